@@ -1,0 +1,75 @@
+"""Turn one decoded YAML/JSON document into a validated model, or an InvalidResource naming
+the resource and the field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from meshd.api.kube import EndpointSlice, Pod, Service
+from meshd.api.meta import InvalidResource, Resource, ResourceKey, field_path
+from meshd.api.networking import (
+    NETWORKING_VERSIONS,
+    DestinationRule,
+    ServiceEntry,
+    VirtualService,
+    WorkloadEntry,
+)
+
+# kind -> (model, accepted apiVersions)
+KINDS: dict[str, tuple[type[Resource], tuple[str, ...]]] = {
+    "Service": (Service, ("v1",)),
+    "Pod": (Pod, ("v1",)),
+    "EndpointSlice": (EndpointSlice, ("discovery.k8s.io/v1",)),
+    "VirtualService": (VirtualService, NETWORKING_VERSIONS),
+    "DestinationRule": (DestinationRule, NETWORKING_VERSIONS),
+    "ServiceEntry": (ServiceEntry, NETWORKING_VERSIONS),
+    "WorkloadEntry": (WorkloadEntry, NETWORKING_VERSIONS),
+}
+
+
+def document_key(doc: Any) -> ResourceKey | None:
+    """The identity of a document if it can be read, even when the rest is invalid."""
+    if not isinstance(doc, dict):
+        return None
+    meta = doc.get("metadata")
+    kind = doc.get("kind")
+    if not isinstance(meta, dict) or not isinstance(kind, str) or not isinstance(meta.get("name"), str):
+        return None
+    namespace = meta.get("namespace", "default")
+    return ResourceKey(kind, namespace if isinstance(namespace, str) else "default", meta["name"])
+
+
+def is_supported(doc: Any) -> bool:
+    return isinstance(doc, dict) and doc.get("kind") in KINDS
+
+
+def parse_resource(doc: Any, *, origin: str = "", default_namespace: str = "default") -> Resource:
+    """Validate a document. Raises InvalidResource with the resource key and field path."""
+    key = document_key(doc)
+    if not isinstance(doc, dict):
+        raise InvalidResource(None, "<root>", "document is not a mapping", origin)
+    kind = doc.get("kind")
+    if kind not in KINDS:
+        raise InvalidResource(key, "kind", f"unsupported kind {kind!r}", origin)
+    model, versions = KINDS[kind]
+    if doc.get("apiVersion") not in versions:
+        raise InvalidResource(
+            key, "apiVersion", f"{doc.get('apiVersion')!r} is not one of {', '.join(versions)}", origin
+        )
+    meta = doc.get("metadata")
+    if isinstance(meta, dict) and "namespace" not in meta:
+        doc = {**doc, "metadata": {**meta, "namespace": default_namespace}}
+    try:
+        return model.model_validate(doc)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        message = first["msg"].removeprefix("Value error, ")
+        field = field_path(first["loc"])
+        # Cross-field validators report "<field>: message"; fold that into the path.
+        head, sep, rest = message.partition(": ")
+        if sep and head and " " not in head:
+            field = f"{field}.{head}" if field != "<root>" else head
+            message = rest
+        raise InvalidResource(key, field, message, origin) from None

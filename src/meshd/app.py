@@ -1,0 +1,102 @@
+"""Composition root: the only module that builds and wires everything."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+import grpc
+from aiohttp import web
+from envoy.config.cluster.v3 import cluster_pb2
+from google.protobuf import duration_pb2
+from prometheus_client import CollectorRegistry
+
+from meshd.clock import Clock, SystemClock
+from meshd.model.store import ConfigStore
+from meshd.obs.http import build_app
+from meshd.obs.metrics import Metrics
+from meshd.settings import Settings
+from meshd.sources.directory import DirectorySource
+from meshd.xds.hub import Hub
+from meshd.xds.push import PushLoop
+from meshd.xds.resource import CLUSTER, make_resource
+from meshd.xds.server import AdsServicer, add_to_server
+
+log = logging.getLogger("meshd")
+
+
+def _test_hooks(push: PushLoop) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def hook(request: web.Request) -> web.Response:
+        name = request.match_info["hook"]
+        if name == "inject-invalid-cluster":
+            # connect_timeout must be > 0: Envoy rejects this cluster (the NACK path under test).
+            bad = cluster_pb2.Cluster(
+                name="meshd-test-invalid", type=cluster_pb2.Cluster.STATIC,
+                connect_timeout=duration_pb2.Duration(seconds=-1),
+            )
+            push.inject(CLUSTER, [make_resource(bad.name, bad)])
+        elif name == "clear":
+            push.inject(CLUSTER, [])
+        else:
+            return web.Response(status=404, text=f"unknown hook {name}\n")
+        return web.Response(text="ok\n")
+
+    return hook
+
+
+async def run_server(settings: Settings, *, clock: Clock | None = None, stop: asyncio.Event | None = None) -> None:
+    """Run meshd until `stop` is set or the process gets SIGINT/SIGTERM."""
+    clock = clock or SystemClock()
+    stop = stop or asyncio.Event()
+    metrics = Metrics(CollectorRegistry())
+    store = ConfigStore()
+    hub = Hub()
+    push = PushLoop(store=store, hub=hub, settings=settings, clock=clock, metrics=metrics, log=log)
+    if settings.config_dir is None:
+        raise SystemExit("meshd serve: --config-dir is required (Kubernetes mode is not available yet)")
+    source = DirectorySource(
+        directory=settings.config_dir, store=store, clock=clock, interval_s=settings.file_poll_interval_s, log=log
+    )
+
+    grpc_server = grpc.aio.server(options=[("grpc.max_receive_message_length", 4 * 1024 * 1024)])
+    add_to_server(grpc_server, AdsServicer(hub=hub, metrics=metrics, clock=clock, log=log))
+    xds_port = grpc_server.add_insecure_port(f"{settings.xds_host}:{settings.xds_port}")
+
+    http_app = build_app(
+        hub=hub,
+        push=push,
+        metrics=metrics,
+        is_ready=lambda: hub.ready,
+        test_hooks=_test_hooks(push) if settings.enable_test_hooks else None,
+    )
+    runner = web.AppRunner(http_app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.http_host, settings.http_port)
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+    await grpc_server.start()
+    await site.start()
+    log.info("event=started xds_port=%d http_port=%d config_dir=%s", xds_port, settings.http_port, settings.config_dir)
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(source.run())
+            tasks.create_task(push.run())
+            await stop.wait()
+            raise _Stop
+    except* _Stop:
+        pass
+    finally:
+        await grpc_server.stop(grace=1.0)
+        await runner.cleanup()
+        log.info("event=stopped")
+
+
+class _Stop(Exception):
+    pass

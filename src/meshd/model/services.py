@@ -1,0 +1,90 @@
+"""The mesh's own view of services and endpoints, independent of where they were declared
+(a Kubernetes Service + EndpointSlices, or an Istio ServiceEntry + WorkloadEntries)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SIDECAR_LABEL = "security.istio.io/tlsMode"
+
+# Port-name prefixes and appProtocol values, as Istio reads them.
+_PROTOCOLS = {
+    "http": "HTTP",
+    "http2": "HTTP2",
+    "grpc": "GRPC",
+    "grpc-web": "HTTP",
+    "h2c": "HTTP2",
+    "tcp": "TCP",
+    "tls": "TLS",
+    "https": "HTTPS",
+    "mongo": "TCP",
+    "redis": "TCP",
+    "mysql": "TCP",
+}
+
+
+def protocol_of(*, name: str, app_protocol: str | None = None, declared: str | None = None) -> str:
+    """Istio's protocol selection: explicit protocol, then appProtocol, then the port-name prefix."""
+    for candidate in (declared, app_protocol):
+        if candidate and candidate.lower() in _PROTOCOLS:
+            return _PROTOCOLS[candidate.lower()]
+        if candidate and candidate.upper() in {"HTTP", "HTTP2", "GRPC", "TCP", "TLS", "HTTPS"}:
+            return candidate.upper()
+    prefix = name.split("-", 1)[0].lower()
+    return _PROTOCOLS.get(name.lower(), _PROTOCOLS.get(prefix, "TCP"))
+
+
+def is_http(protocol: str) -> bool:
+    return protocol in ("HTTP", "HTTP2", "GRPC")
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    name: str
+    number: int
+    protocol: str
+    target_port: int | str | None = None
+
+
+@dataclass(frozen=True)
+class MeshService:
+    hostname: str
+    namespace: str
+    name: str
+    ports: tuple[ServicePort, ...]
+    resolution: str = "EDS"  # EDS (endpoints from the model), DNS (Envoy resolves), NONE
+    addresses: tuple[str, ...] = ()
+    creation: str = ""
+
+    def port(self, number: int) -> ServicePort | None:
+        return next((p for p in self.ports if p.number == number), None)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    address: str
+    port: int
+    labels: tuple[tuple[str, str], ...] = ()
+    service_account: str = ""
+    workload: str = ""
+    ready: bool = True
+    weight: int = 0
+
+    @property
+    def has_sidecar(self) -> bool:
+        return dict(self.labels).get(SIDECAR_LABEL) == "istio"
+
+    def matches(self, selector: dict[str, str]) -> bool:
+        mine = dict(self.labels)
+        return all(mine.get(k) == v for k, v in selector.items())
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A pod or WorkloadEntry: what a sidecar with this address is attached to."""
+
+    name: str
+    namespace: str
+    address: str
+    labels: tuple[tuple[str, str], ...] = field(default=())
+    service_account: str = ""

@@ -1,0 +1,1 @@
+"""Observability: Prometheus metrics on an injected registry, debug HTTP endpoints."""

@@ -1,0 +1,71 @@
+"""Prometheus metrics with Istio's names, registered on a registry passed in (never global).
+
+Istio exposes its counters without the `_total` suffix (`pilot_xds_pushes{type="cds"}`), so
+counters here are a small collector that writes exactly those names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+
+class IstioCounter(Collector):
+    """A labelled counter exposed under its bare name, as Istio's metrics are."""
+
+    def __init__(self, name: str, documentation: str, label: str, registry: CollectorRegistry) -> None:
+        self.name, self.documentation, self.label = name, documentation, label
+        self.values: dict[str, float] = {}
+        registry.register(self)
+
+    def inc(self, value: str, amount: float = 1.0) -> None:
+        self.values[value] = self.values.get(value, 0.0) + amount
+
+    def get(self, value: str) -> float:
+        return self.values.get(value, 0.0)
+
+    def collect(self) -> Iterator[Metric]:
+        # Exposed untyped: prometheus-client would rename a "counter" family to <name>_total.
+        metric = Metric(self.name, self.documentation, "unknown")
+        for value, count in sorted(self.values.items()):
+            metric.add_sample(self.name, {self.label: value}, count)
+        yield metric
+
+
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 3, 5, 10, 20, 30)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.xds_connected = Gauge(
+            "pilot_xds", "Number of endpoints connected to this pilot using XDS.", ["version"], registry=registry
+        )
+        self.xds_pushes = IstioCounter(
+            "pilot_xds_pushes", "Pilot build and send errors for lds, rds, cds and eds.", "type", registry
+        )
+        self.xds_rejects = IstioCounter(
+            "pilot_total_xds_rejects", "Total number of XDS responses from pilot rejected by proxy.", "type", registry
+        )
+        self.push_time = Histogram(
+            "pilot_xds_push_time",
+            "Total time in seconds Pilot takes to push lds, rds, cds and eds.",
+            ["type"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.convergence = Histogram(
+            "pilot_proxy_convergence_time",
+            "Delay in seconds between config change and a proxy receiving all required configuration.",
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.config_errors = Gauge(
+            "meshd_config_errors", "Resources currently rejected by validation or translation.", registry=registry
+        )
+        self.xds_bytes = IstioCounter(
+            "pilot_xds_send_bytes", "Bytes of xDS responses sent, by type.", "type", registry
+        )

@@ -1,0 +1,28 @@
+"""Every tunable of meshd, in one pydantic model passed explicitly to whoever needs it."""
+
+from __future__ import annotations
+
+import pathlib
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Settings(BaseModel):
+    """Process-wide settings. Built once by the CLI (or a test) and passed down; never global."""
+
+    model_config = ConfigDict(frozen=True)
+
+    config_dir: pathlib.Path | None = None
+    xds_host: str = "0.0.0.0"
+    xds_port: int = 15010
+    http_host: str = "0.0.0.0"
+    http_port: int = 15014
+    debounce_quiet_s: float = Field(default=0.1, ge=0)
+    debounce_max_s: float = Field(default=10.0, gt=0)
+    file_poll_interval_s: float = Field(default=0.5, gt=0)
+    domain_suffix: str = "cluster.local"
+    root_namespace: str = "istio-system"
+    # Standalone mode has no traffic capture: outbound listeners bind on the sidecar's own
+    # address, and workloads with a sidecar are reached through its inbound listener.
+    inbound_port: int = 15006
+    enable_test_hooks: bool = False

@@ -1,0 +1,1 @@
+"""Config sources feeding the ConfigStore: a directory of YAML (standalone) and, later, Kubernetes."""

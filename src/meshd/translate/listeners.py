@@ -1,0 +1,183 @@
+"""Listeners for a sidecar without traffic capture (Istio's captureMode NONE with `bind`):
+outbound listeners bound on the sidecar's own address at each service port (HTTP via RDS,
+TCP via tcp_proxy), and one inbound listener that forwards to the local app."""
+
+from __future__ import annotations
+
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from google.protobuf import any_pb2, duration_pb2
+
+from meshd.api.meta import InvalidResource, ResourceKey
+from meshd.model.services import MeshService, is_http
+from meshd.model.world import World
+from meshd.translate import naming
+from meshd.translate.clusters import ads_config_source, socket_address
+from meshd.translate.proxy import Proxy
+
+RESERVED_PORTS = frozenset({15000, 15001, 15004, 15006, 15008, 15020, 15021, 15090})
+
+
+def _pack(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def _router() -> hcm_pb2.HttpFilter:
+    return hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=_pack(router_pb2.Router()))
+
+
+def _hcm_filter(hcm: hcm_pb2.HttpConnectionManager) -> listener_components_pb2.Filter:
+    hcm.codec_type = hcm_pb2.HttpConnectionManager.AUTO
+    hcm.http_filters.append(_router())
+    hcm.stream_idle_timeout.CopyFrom(duration_pb2.Duration(seconds=0))
+    return listener_components_pb2.Filter(
+        name="envoy.filters.network.http_connection_manager", typed_config=_pack(hcm)
+    )
+
+
+def _outbound_http(proxy: Proxy, port: int) -> listener_pb2.Listener:
+    name = naming.outbound_listener(ip=proxy.ip, port=port)
+    hcm = hcm_pb2.HttpConnectionManager(
+        stat_prefix=f"outbound_{port}",
+        rds=hcm_pb2.Rds(config_source=ads_config_source(), route_config_name=naming.route_config(port=port)),
+    )
+    return listener_pb2.Listener(
+        name=name,
+        address=socket_address(proxy.ip, port),
+        filter_chains=[listener_components_pb2.FilterChain(filters=[_hcm_filter(hcm)])],
+        traffic_direction=2,  # OUTBOUND
+    )
+
+
+def _outbound_tcp(proxy: Proxy, port: int, service: MeshService) -> listener_pb2.Listener:
+    cluster = naming.outbound_cluster(port=port, host=service.hostname)
+    proxy_filter = tcp_proxy_pb2.TcpProxy(stat_prefix=cluster, cluster=cluster)
+    return listener_pb2.Listener(
+        name=naming.outbound_listener(ip=proxy.ip, port=port),
+        address=socket_address(proxy.ip, port),
+        filter_chains=[
+            listener_components_pb2.FilterChain(
+                filters=[
+                    listener_components_pb2.Filter(
+                        name="envoy.filters.network.tcp_proxy", typed_config=_pack(proxy_filter)
+                    )
+                ]
+            )
+        ],
+        traffic_direction=2,
+    )
+
+
+def _is_http_port(service: MeshService, port: int) -> bool:
+    sp = service.port(port)
+    return sp is not None and is_http(sp.protocol)
+
+
+def build_outbound_listeners(
+    world: World, proxy: Proxy
+) -> tuple[list[listener_pb2.Listener], list[InvalidResource]]:
+    errors: list[InvalidResource] = []
+    by_port: dict[int, list[MeshService]] = {}
+    for service in world.services.values():
+        for sp in service.ports:
+            by_port.setdefault(sp.number, []).append(service)
+    listeners = []
+    for port, services in sorted(by_port.items()):
+        if port in RESERVED_PORTS:
+            for s in services:
+                errors.append(
+                    InvalidResource(
+                        ResourceKey("Service", s.namespace, s.name),
+                        "spec.ports",
+                        f"port {port} is reserved for the sidecar",
+                    )
+                )
+            continue
+        http = [s for s in services if _is_http_port(s, port)]
+        tcp = [s for s in services if s not in http and s.resolution != "NONE"]
+        if http:
+            listeners.append(_outbound_http(proxy, port))
+            for s in tcp:
+                errors.append(
+                    InvalidResource(
+                        ResourceKey("Service", s.namespace, s.name),
+                        "spec.ports",
+                        f"TCP port {port} collides with HTTP services on the same port; not served",
+                    )
+                )
+        elif tcp:
+            oldest = sorted(tcp, key=lambda s: (s.creation or "~", s.hostname))
+            listeners.append(_outbound_tcp(proxy, port, oldest[0]))
+            for s in oldest[1:]:
+                errors.append(
+                    InvalidResource(
+                        ResourceKey("Service", s.namespace, s.name),
+                        "spec.ports",
+                        f"TCP port {port} is already used by {oldest[0].hostname}",
+                    )
+                )
+    return listeners, errors
+
+
+def inbound_services(world: World, proxy: Proxy) -> list[tuple[MeshService, int, int]]:
+    """(service, service port, target port) for every service this proxy's workload backs."""
+    out = []
+    for (host, port), endpoints in world.endpoints.items():
+        for ep in endpoints:
+            if ep.address == proxy.ip:
+                service = world.services[host]
+                out.append((service, port, ep.port))
+                break
+    return out
+
+
+def build_inbound_listener(
+    world: World, proxy: Proxy, *, inbound_port: int
+) -> tuple[listener_pb2.Listener | None, list[int]]:
+    """The inbound listener at <ip>:<inbound_port>, dispatching by Host to `inbound|<target>||`.
+    Returns the listener (None if the workload backs no service) and the target ports used."""
+    served = inbound_services(world, proxy)
+    if not served:
+        return None, []
+    routes = route_pb2.RouteConfiguration(name=f"inbound|{inbound_port}")
+    for service, port, target in served:
+        routes.virtual_hosts.append(
+            route_components_pb2.VirtualHost(
+                name=f"inbound|{service.hostname}:{port}",
+                domains=[
+                    d
+                    for d in naming.service_domains(service, port=port, proxy_namespace=service.namespace)
+                    if ":" in d
+                ],
+                routes=[_inbound_route(target)],
+            )
+        )
+    # Anything else (a Host without the port, an address) goes to the first service port.
+    routes.virtual_hosts.append(
+        route_components_pb2.VirtualHost(
+            name="inbound|default", domains=["*"], routes=[_inbound_route(served[0][2])]
+        )
+    )
+    hcm = hcm_pb2.HttpConnectionManager(stat_prefix="inbound", route_config=routes)
+    listener = listener_pb2.Listener(
+        name=naming.VIRTUAL_INBOUND,
+        address=socket_address(proxy.ip, inbound_port),
+        filter_chains=[listener_components_pb2.FilterChain(filters=[_hcm_filter(hcm)])],
+        traffic_direction=1,  # INBOUND
+    )
+    return listener, [target for _, _, target in served]
+
+
+def _inbound_route(target: int) -> route_components_pb2.Route:
+    return route_components_pb2.Route(
+        name="default",
+        match=route_components_pb2.RouteMatch(prefix="/"),
+        route=route_components_pb2.RouteAction(
+            cluster=naming.inbound_cluster(port=target), timeout=duration_pb2.Duration(seconds=0)
+        ),
+    )

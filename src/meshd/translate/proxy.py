@@ -1,0 +1,44 @@
+"""Istio-style node ids: `<type>~<ip>~<pod>.<namespace>~<namespace>.svc.<domain>`."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+PROXY_TYPES = ("sidecar", "router")
+
+
+class InvalidNodeId(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Proxy:
+    node_id: str
+    type: str
+    ip: str
+    pod: str
+    namespace: str
+    dns_domain: str
+
+
+def parse_node_id(node_id: str) -> Proxy:
+    """Parse a node id; raises InvalidNodeId with the reason."""
+    parts = node_id.split("~")
+    if len(parts) != 4:
+        raise InvalidNodeId(
+            f"node id {node_id!r} must have 4 '~'-separated parts: type~ip~pod.namespace~namespace.svc.domain"
+        )
+    kind, ip, ident, domain = parts
+    if kind not in PROXY_TYPES:
+        raise InvalidNodeId(f"node id {node_id!r}: type {kind!r} is not one of {', '.join(PROXY_TYPES)}")
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        raise InvalidNodeId(f"node id {node_id!r}: {ip!r} is not an IP address") from None
+    pod, dot, namespace = ident.rpartition(".")
+    if not dot or not pod or not namespace:
+        raise InvalidNodeId(f"node id {node_id!r}: {ident!r} must be <pod>.<namespace>")
+    if not domain.startswith(f"{namespace}.svc."):
+        raise InvalidNodeId(f"node id {node_id!r}: domain {domain!r} must be {namespace}.svc.<domain>")
+    return Proxy(node_id=node_id, type=kind, ip=ip, pod=pod, namespace=namespace, dns_domain=domain)

@@ -1,0 +1,181 @@
+"""Outbound route configurations, one per HTTP port (named by the port, as Istio does), with a
+virtual host per service on that port. VirtualService http routes become Envoy routes."""
+
+from __future__ import annotations
+
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
+from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
+
+from meshd.api.meta import InvalidResource
+from meshd.api.networking import HTTPMatchRequest, HTTPRoute, StringMatch, VirtualService
+from meshd.model.services import MeshService, is_http
+from meshd.model.world import World, resolve_host
+from meshd.translate import naming
+
+# Istio's default retry policy when a VirtualService says nothing.
+DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+DEFAULT_RETRIES = 2
+
+
+def default_retry_policy() -> route_components_pb2.RetryPolicy:
+    predicate = any_pb2.Any()
+    predicate.Pack(previous_hosts_pb2.PreviousHostsPredicate())
+    return route_components_pb2.RetryPolicy(
+        retry_on=DEFAULT_RETRY_ON,
+        num_retries=wrappers_pb2.UInt32Value(value=DEFAULT_RETRIES),
+        retry_host_predicate=[
+            route_components_pb2.RetryPolicy.RetryHostPredicate(
+                name="envoy.retry_host_predicates.previous_hosts", typed_config=predicate
+            )
+        ],
+        host_selection_retry_max_attempts=5,
+    )
+
+
+def _string_matcher(match: StringMatch, *, ignore_case: bool = False) -> string_pb2.StringMatcher:
+    if match.exact is not None:
+        return string_pb2.StringMatcher(exact=match.exact, ignore_case=ignore_case)
+    if match.prefix is not None:
+        return string_pb2.StringMatcher(prefix=match.prefix, ignore_case=ignore_case)
+    return string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=match.regex or ""))
+
+
+def _route_match(match: HTTPMatchRequest | None) -> route_components_pb2.RouteMatch:
+    out = route_components_pb2.RouteMatch()
+    uri = match.uri if match else None
+    if uri is None or (uri.prefix is not None and uri.prefix == ""):
+        out.prefix = "/"
+    elif uri.exact is not None:
+        out.path = uri.exact
+    elif uri.prefix is not None:
+        out.prefix = uri.prefix
+    else:
+        out.safe_regex.CopyFrom(regex_pb2.RegexMatcher(regex=uri.regex or ""))
+    if match is not None:
+        if match.ignore_uri_case:
+            out.case_sensitive.CopyFrom(wrappers_pb2.BoolValue(value=False))
+        for name, value in sorted(match.headers.items()):
+            out.headers.append(
+                route_components_pb2.HeaderMatcher(name=name, string_match=_string_matcher(value))
+            )
+    return out
+
+
+class _RouteBuilder:
+    def __init__(self, world: World, vs: VirtualService, port: int) -> None:
+        self.world, self.vs, self.port = world, vs, port
+
+    def destination_cluster(self, route: HTTPRoute, index: int, dest_index: int) -> str:
+        dest = route.route[dest_index].destination
+        field = f"spec.http[{index}].route[{dest_index}].destination"
+        host = resolve_host(
+            dest.host, namespace=self.vs.metadata.namespace, domain_suffix=self.world.domain_suffix
+        )
+        service = self.world.services.get(host)
+        if dest.port is not None:
+            port = dest.port.number
+        elif service is not None and len(service.ports) == 1:
+            port = service.ports[0].number
+        elif service is not None and service.port(self.port) is not None:
+            port = self.port
+        else:
+            raise InvalidResource(
+                self.vs.key, f"{field}.port", f"a port is required: {host} has several ports"
+            )
+        if dest.subset:
+            rule = self.world.destination_rules.get(host)
+            if rule is None or all(s.name != dest.subset for s in rule.spec.subsets):
+                raise InvalidResource(
+                    self.vs.key,
+                    f"{field}.subset",
+                    f"subset {dest.subset!r} is not defined by a DestinationRule for {host}",
+                )
+        return naming.outbound_cluster(port=port, host=host, subset=dest.subset)
+
+    def action(self, route: HTTPRoute, index: int) -> route_components_pb2.RouteAction:
+        action = route_components_pb2.RouteAction(
+            timeout=duration_pb2.Duration(seconds=0), retry_policy=default_retry_policy()
+        )
+        clusters = [self.destination_cluster(route, index, j) for j in range(len(route.route))]
+        weights = route.weights()
+        if len(clusters) == 1:
+            action.cluster = clusters[0]
+        else:
+            for name, weight in zip(clusters, weights, strict=True):
+                if weight:
+                    action.weighted_clusters.clusters.append(
+                        route_components_pb2.WeightedCluster.ClusterWeight(
+                            name=name, weight=wrappers_pb2.UInt32Value(value=weight)
+                        )
+                    )
+        return action
+
+    def routes(self) -> list[route_components_pb2.Route]:
+        out = []
+        for i, http in enumerate(self.vs.spec.http):
+            action = self.action(http, i)
+            matches: list[HTTPMatchRequest | None] = list(http.match) or [None]
+            for m in matches:
+                name = (
+                    m.name if m and m.name else http.name
+                ) or f"{self.vs.metadata.namespace}/{self.vs.metadata.name}"
+                out.append(route_components_pb2.Route(name=name, match=_route_match(m), route=action))
+        return out
+
+
+def _default_routes(service: MeshService, port: int) -> list[route_components_pb2.Route]:
+    return [
+        route_components_pb2.Route(
+            name="default",
+            match=route_components_pb2.RouteMatch(prefix="/"),
+            route=route_components_pb2.RouteAction(
+                cluster=naming.outbound_cluster(port=port, host=service.hostname),
+                timeout=duration_pb2.Duration(seconds=0),
+                retry_policy=default_retry_policy(),
+            ),
+        )
+    ]
+
+
+def host_routes(
+    world: World, service: MeshService, port: int, errors: list[InvalidResource]
+) -> list[route_components_pb2.Route]:
+    """Routes for one host: the oldest valid VirtualService wins; a bad one is reported and skipped."""
+    candidates = world.virtual_services.get(service.hostname, ())
+    for vs in candidates:
+        try:
+            return _RouteBuilder(world, vs, port).routes()
+        except InvalidResource as err:
+            errors.append(err)
+    return _default_routes(service, port)
+
+
+def build_route_configs(
+    world: World, *, proxy_namespace: str
+) -> tuple[list[route_pb2.RouteConfiguration], list[InvalidResource]]:
+    errors: list[InvalidResource] = []
+    ports = sorted({p.number for s in world.services.values() for p in s.ports if is_http(p.protocol)})
+    configs = []
+    for port in ports:
+        config = route_pb2.RouteConfiguration(
+            name=naming.route_config(port=port), validate_clusters=wrappers_pb2.BoolValue(value=False)
+        )
+        for service in world.services_on_port(port):
+            sp = service.port(port)
+            if sp is None or not is_http(sp.protocol):
+                continue
+            config.virtual_hosts.append(
+                route_components_pb2.VirtualHost(
+                    name=f"{service.hostname}:{port}",
+                    domains=naming.service_domains(service, port=port, proxy_namespace=proxy_namespace),
+                    routes=host_routes(world, service, port, errors),
+                )
+            )
+        configs.append(config)
+    return configs, _unique(errors)
+
+
+def _unique(errors: list[InvalidResource]) -> list[InvalidResource]:
+    return list(dict.fromkeys(errors))

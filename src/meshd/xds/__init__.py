@@ -1,0 +1,1 @@
+"""xDS serving: versioned resources, per-proxy snapshots, the stream state machine, the ADS server."""

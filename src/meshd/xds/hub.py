@@ -1,0 +1,76 @@
+"""The hub between the push pipeline and the ADS streams: it holds the current ConfigGenerator and
+the connected proxies, and wakes every stream when a new generation is published."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshd.translate.proxy import Proxy
+from meshd.xds.cache import ConfigGenerator
+from meshd.xds.resource import EMPTY_SNAPSHOT, Snapshot
+from meshd.xds.stream import DeltaStream, SotwStream
+
+PUSH = object()  # queue token: a new generation is available
+CLOSED = object()  # queue token: the client half-closed the stream
+
+
+@dataclass
+class Connection:
+    conn_id: str
+    proxy: Proxy
+    stream: SotwStream | DeltaStream
+    connected_at: float
+    queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    push_pending: bool = False
+    # nonce -> time of the config change that response carried (for convergence time)
+    change_times: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def delta(self) -> bool:
+        return isinstance(self.stream, DeltaStream)
+
+    def notify(self) -> None:
+        if not self.push_pending:
+            self.push_pending = True
+            self.queue.put_nowait(PUSH)
+
+
+class Hub:
+    def __init__(self) -> None:
+        self.generator: ConfigGenerator | None = None
+        self.changed_at = 0.0  # when the change behind the current generation was first seen
+        self.generation = 0
+        self.connections: dict[str, Connection] = {}
+        self._ids = itertools.count(1)
+
+    @property
+    def ready(self) -> bool:
+        return self.generator is not None
+
+    def publish(self, generator: ConfigGenerator, *, changed_at: float) -> None:
+        self.generator, self.changed_at = generator, changed_at
+        self.generation += 1
+        for conn in self.connections.values():
+            conn.notify()
+
+    def snapshot_for(self, proxy: Proxy) -> Snapshot:
+        return self.generator.snapshot(proxy) if self.generator is not None else EMPTY_SNAPSHOT
+
+    def connect(self, *, proxy: Proxy, stream: SotwStream | DeltaStream, now: float) -> Connection:
+        conn = Connection(conn_id=f"{proxy.node_id}-{next(self._ids)}", proxy=proxy, stream=stream, connected_at=now)
+        self.connections[conn.conn_id] = conn
+        return conn
+
+    def disconnect(self, conn: Connection) -> None:
+        self.connections.pop(conn.conn_id, None)
+
+    def find(self, proxy_id: str) -> Connection | None:
+        """By full node id or Istio's short `<pod>.<namespace>` proxy id; newest connection wins."""
+        for conn in reversed(list(self.connections.values())):
+            p = conn.proxy
+            if proxy_id in (p.node_id, f"{p.pod}.{p.namespace}"):
+                return conn
+        return None

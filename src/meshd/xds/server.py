@@ -1,0 +1,163 @@
+"""The ADS gRPC servicer (grpc.aio): StreamAggregatedResources (SotW) and
+DeltaAggregatedResources. Thin: protocol decisions are in stream.py, config in the hub."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+from meshd.clock import Clock
+from meshd.obs.metrics import Metrics
+from meshd.translate.proxy import InvalidNodeId, parse_node_id
+from meshd.xds.hub import CLOSED, PUSH, Connection, Hub
+from meshd.xds.resource import short_name
+from meshd.xds.stream import DeltaStream, Outcome, Request, Response, SotwStream
+
+
+def _sotw_request(req: Any) -> Request:
+    return Request(
+        type_url=req.type_url,
+        version_info=req.version_info,
+        response_nonce=req.response_nonce,
+        resource_names=tuple(req.resource_names),
+        error_detail=req.error_detail.message if req.HasField("error_detail") else None,
+    )
+
+
+def _delta_request(req: Any) -> Request:
+    return Request(
+        type_url=req.type_url,
+        response_nonce=req.response_nonce,
+        subscribe=tuple(req.resource_names_subscribe),
+        unsubscribe=tuple(req.resource_names_unsubscribe),
+        initial_versions=tuple(sorted(req.initial_resource_versions.items())),
+        error_detail=req.error_detail.message if req.HasField("error_detail") else None,
+    )
+
+
+def _sotw_response(resp: Response) -> Any:
+    return discovery_pb2.DiscoveryResponse(
+        version_info=resp.version,
+        type_url=resp.type_url,
+        nonce=resp.nonce,
+        resources=[r.to_any() for r in resp.resources],
+    )
+
+
+def _delta_response(resp: Response) -> Any:
+    return discovery_pb2.DeltaDiscoveryResponse(
+        system_version_info=resp.version,
+        type_url=resp.type_url,
+        nonce=resp.nonce,
+        resources=[
+            discovery_pb2.Resource(name=r.name, version=r.version, resource=r.to_any()) for r in resp.resources
+        ],
+        removed_resources=list(resp.removed),
+    )
+
+
+class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
+    def __init__(self, *, hub: Hub, metrics: Metrics, clock: Clock, log: logging.Logger) -> None:
+        self._hub = hub
+        self._metrics = metrics
+        self._clock = clock
+        self._log = log
+        # Nonces carry a per-process random prefix: unique across meshd restarts.
+        self._boot = secrets.token_hex(4)
+
+    async def StreamAggregatedResources(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:  # noqa: N802
+        async for resp in self._serve(request_iterator, context, delta=False):
+            yield resp
+
+    async def DeltaAggregatedResources(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:  # noqa: N802
+        async for resp in self._serve(request_iterator, context, delta=True):
+            yield resp
+
+    async def _serve(self, requests: Any, context: Any, *, delta: bool) -> AsyncIterator[Any]:
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        reader = asyncio.create_task(self._read(requests, queue))
+        conn: Connection | None = None
+        try:
+            while True:
+                item = await queue.get()
+                if item is CLOSED:
+                    return
+                # A push carries the time of the change behind it; a reply to a request, now.
+                changed_at = self._clock.now()
+                if item is PUSH:
+                    assert conn is not None
+                    conn.push_pending = False
+                    changed_at = self._hub.changed_at
+                else:
+                    if conn is None:
+                        conn = await self._open(item, queue, context, delta=delta)
+                    req = _delta_request(item) if delta else _sotw_request(item)
+                    self._record(conn, conn.stream.on_request(req), req.response_nonce)
+                if not self._hub.ready:
+                    continue
+                snapshot = self._hub.snapshot_for(conn.proxy)
+                for resp in conn.stream.responses(snapshot):
+                    conn.change_times[resp.nonce] = changed_at
+                    message = _delta_response(resp) if delta else _sotw_response(resp)
+                    kind = short_name(resp.type_url)
+                    self._metrics.xds_pushes.inc(kind)
+                    self._metrics.xds_bytes.inc(kind, message.ByteSize())
+                    self._metrics.push_time.labels(kind).observe(max(0.0, self._clock.now() - changed_at))
+                    self._log.debug(
+                        "event=push proxy=%s type=%s version=%s nonce=%s resources=%d removed=%d",
+                        conn.proxy.node_id, kind, resp.version, resp.nonce, len(resp.resources), len(resp.removed),
+                    )
+                    yield message
+        finally:
+            reader.cancel()
+            if conn is not None:
+                self._hub.disconnect(conn)
+                self._metrics.xds_connected.labels("meshd").set(len(self._hub.connections))
+                self._log.info("event=disconnected proxy=%s", conn.proxy.node_id)
+
+    async def _open(self, first: Any, queue: asyncio.Queue[Any], context: Any, *, delta: bool) -> Connection:
+        try:
+            proxy = parse_node_id(first.node.id)
+        except InvalidNodeId as exc:
+            self._log.warning("event=rejected_stream reason=%r", str(exc))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise  # unreachable: abort raises
+        stream = DeltaStream(nonce_prefix=self._boot) if delta else SotwStream(nonce_prefix=self._boot)
+        conn = self._hub.connect(proxy=proxy, stream=stream, now=self._clock.now())
+        conn.queue = queue
+        self._metrics.xds_connected.labels("meshd").set(len(self._hub.connections))
+        self._log.info("event=connected proxy=%s delta=%s", proxy.node_id, delta)
+        return conn
+
+    def _record(self, conn: Connection, outcome: Outcome, nonce: str) -> None:
+        kind = short_name(outcome.type_url)
+        changed_at = conn.change_times.pop(nonce, None) if outcome.kind in ("ack", "nack") else None
+        if outcome.kind == "nack":
+            self._metrics.xds_rejects.inc(kind)
+            self._log.error(
+                "event=nack proxy=%s type=%s version=%s error=%r", conn.proxy.node_id, kind, outcome.version, outcome.error
+            )
+        elif outcome.kind == "ack" and changed_at is not None:
+            self._metrics.convergence.observe(max(0.0, self._clock.now() - changed_at))
+
+    @staticmethod
+    async def _read(requests: Any, queue: asyncio.Queue[Any]) -> None:
+        try:
+            async for req in requests:
+                queue.put_nowait(req)
+        except (asyncio.CancelledError, grpc.aio.AioRpcError):
+            pass
+        except Exception:  # noqa: BLE001 - a broken client must only end its own stream
+            pass
+        finally:
+            queue.put_nowait(CLOSED)
+
+
+def add_to_server(server: grpc.aio.Server, servicer: AdsServicer) -> None:
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(servicer, server)

@@ -1,0 +1,208 @@
+"""The xDS stream state machine, pure: requests and snapshots in, responses out.
+
+Rules (Envoy's xDS protocol): per-stream nonces; a request echoing the last nonce with
+`error_detail` is a NACK, without it an ACK; a SotW request with an older nonce is stale and
+ignored; subscription changes are honoured (in delta even with a stale nonce); LDS/CDS with no
+names are wildcard; a version Envoy rejected is never sent again; pushes go CDS, EDS, LDS, RDS;
+after a CDS push EDS is answered again so the updated clusters can finish warming.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from meshd.xds.resource import CLUSTER, ENDPOINT, PUSH_ORDER, WILDCARD_TYPES, Snapshot, XdsResource
+
+
+@dataclass(frozen=True)
+class Request:
+    type_url: str
+    version_info: str = ""
+    response_nonce: str = ""
+    resource_names: tuple[str, ...] = ()
+    error_detail: str | None = None
+    # delta only
+    subscribe: tuple[str, ...] = ()
+    unsubscribe: tuple[str, ...] = ()
+    initial_versions: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Response:
+    type_url: str
+    nonce: str
+    version: str
+    resources: tuple[XdsResource, ...]
+    removed: tuple[str, ...] = ()  # delta only
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a request meant: initial, ack, nack, stale or subscribe (a changed subscription)."""
+
+    kind: str
+    type_url: str
+    version: str = ""  # the version acked or rejected
+    error: str = ""
+
+
+@dataclass
+class TypeState:
+    names: frozenset[str] | None = frozenset()  # None = wildcard
+    subscribed: bool = False
+    sent_version: str | None = None
+    sent_nonce: str | None = None
+    acked_version: str | None = None
+    nack_version: str | None = None
+    nack_error: str | None = None
+    respond: bool = False  # answer the next time responses are computed
+    after_cds: bool = False  # SotW EDS: a CDS push went out; answer the next EDS request
+    # version sent per outstanding nonce, to know what an ACK/NACK refers to
+    nonce_versions: dict[str, str] = field(default_factory=dict)
+    # delta: what the client holds (name -> version)
+    known: dict[str, str] = field(default_factory=dict)
+
+
+class _Base:
+    def __init__(self, *, nonce_prefix: str) -> None:
+        self._nonces = (f"{nonce_prefix}-{i}" for i in itertools.count(1))
+        self.types: dict[str, TypeState] = {}
+
+    def state(self, type_url: str) -> TypeState:
+        return self.types.setdefault(type_url, TypeState())
+
+    def _sent(self, st: TypeState, version: str) -> str:
+        nonce = next(self._nonces)
+        st.sent_version, st.sent_nonce, st.respond = version, nonce, False
+        st.nonce_versions = {nonce: version}  # older nonces are now stale
+        return nonce
+
+    def _ack_or_nack(self, st: TypeState, req: Request) -> Outcome:
+        version = st.nonce_versions.get(req.response_nonce, req.version_info)
+        if req.error_detail is not None:
+            st.nack_version, st.nack_error = version, req.error_detail
+            return Outcome("nack", req.type_url, version=version, error=req.error_detail)
+        st.acked_version = version
+        return Outcome("ack", req.type_url, version=version)
+
+
+class SotwStream(_Base):
+    """State-of-the-world ADS stream."""
+
+    def on_request(self, req: Request) -> Outcome:
+        st = self.state(req.type_url)
+        names: frozenset[str] | None = frozenset(req.resource_names)
+        if not req.resource_names and req.type_url in WILDCARD_TYPES:
+            names = None
+        if not req.response_nonce:
+            st.subscribed, st.names, st.respond = True, names, True
+            return Outcome("initial", req.type_url)
+        if req.response_nonce != st.sent_nonce:
+            return Outcome("stale", req.type_url)
+        outcome = self._ack_or_nack(st, req)
+        if names != st.names:
+            st.names, st.respond = names, True
+        if st.after_cds:
+            st.respond, st.after_cds = True, False
+        return outcome
+
+    def responses(self, snapshot: Snapshot, *, ready: bool = True) -> list[Response]:
+        out: list[Response] = []
+        if not ready:
+            return out
+        for type_url in _ordered(self.types):
+            st = self.types[type_url]
+            if not st.subscribed:
+                continue
+            version = snapshot.version(type_url, st.names)
+            if not st.respond and version == st.sent_version:
+                continue
+            resources = tuple(snapshot.select(type_url, st.names))
+            out.append(Response(type_url, self._sent(st, version), version, resources))
+            if type_url == CLUSTER and ENDPOINT in self.types:
+                # Envoy re-requests EDS for clusters it is warming; answer that request even if
+                # the endpoints did not change, or the cluster waits for its fetch timeout.
+                self.types[ENDPOINT].after_cds = True
+        return out
+
+
+class DeltaStream(_Base):
+    """Incremental (delta) ADS stream."""
+
+    def on_request(self, req: Request) -> Outcome:
+        st = self.state(req.type_url)
+        first = not st.subscribed
+        changed = False
+        if first:
+            st.subscribed = True
+            st.known = dict(req.initial_versions)
+            if req.type_url in WILDCARD_TYPES and (not req.subscribe or "*" in req.subscribe):
+                st.names = None
+            changed = True
+        if req.subscribe:
+            explicit = frozenset(n for n in req.subscribe if n != "*")
+            if "*" in req.subscribe:
+                st.names = None
+            elif st.names is not None:
+                st.names = st.names | explicit
+            changed = True
+            for name in explicit:
+                # A (re-)subscription asks for the resource even if the client had it.
+                st.known.pop(name, None)
+        if req.unsubscribe:
+            if st.names is not None:
+                st.names = st.names - frozenset(req.unsubscribe)
+            for name in req.unsubscribe:
+                st.known.pop(name, None)
+            changed = True
+        if changed:
+            st.respond = True
+        if req.response_nonce:
+            if req.response_nonce not in st.nonce_versions:
+                return Outcome("subscribe" if changed else "stale", req.type_url)
+            outcome = self._ack_or_nack(st, req)
+            st.nonce_versions.pop(req.response_nonce, None)
+            return outcome
+        return Outcome("initial" if first else "subscribe", req.type_url)
+
+    def responses(self, snapshot: Snapshot, *, ready: bool = True) -> list[Response]:
+        out: list[Response] = []
+        if not ready:
+            return out
+        for type_url in _ordered(self.types):
+            st = self.types[type_url]
+            if not st.subscribed:
+                continue
+            selected = {r.name: r for r in snapshot.select(type_url, st.names)}
+            changed = tuple(r for n, r in selected.items() if st.known.get(n) != r.version)
+            gone = [n for n in st.known if n not in selected]
+            if st.names is not None:
+                gone += [n for n in st.names if n not in selected and n not in st.known and st.respond]
+            removed = tuple(sorted(set(gone)))
+            if not changed and not removed and not st.respond:
+                continue
+            if not changed and not removed and st.names is not None and not st.names:
+                st.respond = False
+                continue
+            version = snapshot.version(type_url, st.names)
+            nonce = next(self._nonces)
+            st.sent_version, st.sent_nonce, st.respond = version, nonce, False
+            st.nonce_versions[nonce] = version
+            for r in changed:
+                st.known[r.name] = r.version
+            for name in removed:
+                st.known.pop(name, None)
+            out.append(Response(type_url, nonce, version, changed, removed))
+            if type_url == CLUSTER and ENDPOINT in self.types:
+                eds = self.types[ENDPOINT]
+                for r in changed:
+                    # An updated cluster warms again and needs its endpoints re-sent.
+                    eds.known.pop(r.name, None)
+        return out
+
+
+def _ordered(types: Iterable[str]) -> list[str]:
+    rank = {t: i for i, t in enumerate(PUSH_ORDER)}
+    return sorted(types, key=lambda t: (rank.get(t, len(rank)), t))
