@@ -61,7 +61,9 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
         directory=settings.config_dir, store=store, clock=clock, interval_s=settings.file_poll_interval_s, log=log
     )
 
-    grpc_server = grpc.aio.server(options=[("grpc.max_receive_message_length", 4 * 1024 * 1024)])
+    grpc_server = grpc.aio.server(
+        options=[("grpc.max_receive_message_length", 4 * 1024 * 1024), ("grpc.so_reuseport", 0)]
+    )
     add_to_server(grpc_server, AdsServicer(hub=hub, metrics=metrics, clock=clock, log=log))
     xds_port = grpc_server.add_insecure_port(f"{settings.xds_host}:{settings.xds_port}")
 

@@ -143,13 +143,24 @@ def host_routes(
     world: World, service: MeshService, port: int, errors: list[InvalidResource]
 ) -> list[route_components_pb2.Route]:
     """Routes for one host: the oldest valid VirtualService wins; a bad one is reported and skipped."""
-    candidates = world.virtual_services.get(service.hostname, ())
-    for vs in candidates:
+    chosen: tuple[VirtualService, list[route_components_pb2.Route]] | None = None
+    for vs in world.virtual_services.get(service.hostname, ()):
         try:
-            return _RouteBuilder(world, vs, port).routes()
+            routes = _RouteBuilder(world, vs, port).routes()
         except InvalidResource as err:
             errors.append(err)
-    return _default_routes(service, port)
+            continue
+        if chosen is None:
+            chosen = (vs, routes)
+        else:
+            errors.append(
+                InvalidResource(
+                    vs.key,
+                    "spec.hosts",
+                    f"{service.hostname} is already routed by the older VirtualService {chosen[0].key}; ignored",
+                )
+            )
+    return chosen[1] if chosen is not None else _default_routes(service, port)
 
 
 def build_route_configs(

@@ -57,8 +57,14 @@ class PushLoop:
         self._metrics, self._log = metrics, log
         self._debouncer = Debouncer(clock=clock, quiet=settings.debounce_quiet_s, max_delay=settings.debounce_max_s)
         self._extra: dict[str, Sequence[XdsResource]] = {}
-        self.errors: list[InvalidResource] = []
+        self._reported: list[InvalidResource] = []
+        self._translation_errors: list[InvalidResource] = []
         store.subscribe(self._debouncer.touch)
+
+    @property
+    def errors(self) -> list[InvalidResource]:
+        """Every resource rejected right now: by validation (live from the store) or translation."""
+        return self._store.errors() + self._translation_errors
 
     def inject(self, type_url: str, resources: Sequence[XdsResource]) -> None:
         """Test hook: serve extra resources as they are (used to exercise Envoy's NACK path)."""
@@ -78,11 +84,12 @@ class PushLoop:
             extra=dict(self._extra),
         )
         generator.precompute()
-        errors = self._store.errors() + generator.errors
-        for err in errors:
-            if err not in self.errors:
+        self._translation_errors = generator.errors
+        errors = self.errors
+        for err in generator.errors:
+            if err not in self._reported:
                 self._log.error("event=config_rejected resource=%s field=%s message=%r", err.key or "-", err.field, err.message)
-        self.errors = errors
+        self._reported = generator.errors
         self._metrics.config_errors.set(len(errors))
         self._hub.publish(generator, changed_at=changed_at)
         self._log.info(

@@ -1,0 +1,128 @@
+"""Traffic through real Envoy sidecars configured by meshd: weighted split, live edits, bad input,
+meshd restarts and the NACK path. Every test runs over SotW and delta ADS."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import virtual_service
+from tests.e2e.harness import Mesh, eventually
+
+pytestmark = pytest.mark.e2e
+REQUESTS = 400
+
+
+def weights_in(dump: dict[str, Any]) -> list[int]:
+    """Weights of the `web` route as Envoy holds it (from its /config_dump)."""
+    text = json.dumps(dump)
+    return [int(w) for w in re.findall(r'"name": "outbound\|9080\|v\d\|web[^"]*", "weight": (\d+)', text)]
+
+
+async def route_weights(mesh: Mesh) -> list[int]:
+    return weights_in(await mesh.envoys["client"].config_dump(resource="dynamic_route_configs"))
+
+
+def share(seen: dict[str, int], version: str) -> float:
+    return seen.get(version, 0) / sum(seen.values())
+
+
+async def test_weighted_split_then_yaml_edit_shifts_it(mesh: Mesh) -> None:
+    seen = await mesh.versions(via_ip=mesh.ip(1), host="web:9080", count=REQUESTS)
+    assert set(seen) <= {"v1", "v2"}, seen
+    assert 0.72 <= share(seen, "v1") <= 0.88, seen
+
+    mesh.write("web-vs.yaml", virtual_service(20, 80))
+    await eventually(lambda: _equals(route_weights(mesh), [20, 80]), what="Envoy to hold weights 20/80")
+    seen = await mesh.versions(via_ip=mesh.ip(1), host="web:9080", count=REQUESTS)
+    assert 0.72 <= share(seen, "v2") <= 0.88, seen
+
+
+async def _equals(value: Any, expected: Any) -> bool:
+    return bool(await value == expected)
+
+
+async def test_bad_yaml_leaves_routing_intact(mesh: Mesh) -> None:
+    before = await route_weights(mesh)
+    mesh.write("web-vs.yaml", "apiVersion: networking.istio.io/v1\nkind: VirtualService\n  spec: [unclosed\n")
+    mesh.write("broken.yaml", virtual_service(70, 20).replace("name: web", "name: web-broken"))
+    errors = await eventually(
+        lambda: _errors_with(mesh, "web-broken"), what="the invalid VirtualService to be reported"
+    )
+    messages = " | ".join(f"{e['origin']}: {e['resource']}: {e['field']}: {e['message']}" for e in errors)
+    assert "broken.yaml: VirtualService default/web-broken: spec.http[0].route" in messages
+    assert "must add up to 100, got 90" in messages
+    assert "web-vs.yaml" in messages and "malformed YAML" in messages
+    assert "event=invalid_resource" in mesh.meshd.log()
+
+    # The last good VirtualService stays in effect: nothing changed in Envoy, traffic still splits.
+    assert await route_weights(mesh) == before == [80, 20]
+    seen = await mesh.versions(via_ip=mesh.ip(1), host="web:9080", count=REQUESTS)
+    assert 0.72 <= share(seen, "v1") <= 0.88, seen
+    status = await mesh.meshd.get_json("/debug/syncz")
+    assert all(t["nacked"] is None for conn in status for t in conn["types"].values())
+
+
+async def _errors_with(mesh: Mesh, needle: str) -> list[dict[str, Any]]:
+    errors: list[dict[str, Any]] = await mesh.meshd.get_json("/debug/config_errors")
+    return errors if any(needle in (e["resource"] or "") for e in errors) else []
+
+
+async def test_meshd_restart_envoy_keeps_serving_then_converges(mesh: Mesh) -> None:
+    await mesh.meshd.stop()
+    # With the control plane gone, sidecars keep their last config and traffic keeps flowing.
+    seen = await mesh.versions(via_ip=mesh.ip(1), host="web:9080", count=100)
+    assert set(seen) <= {"v1", "v2"} and sum(seen.values()) == 100, seen
+
+    mesh.write("web-vs.yaml", virtual_service(0, 100))
+    await mesh.meshd.start()
+
+    async def reconnected() -> bool:
+        status = await mesh.meshd.get_json("/debug/syncz")
+        return len({c["proxy"] for c in status}) == 3 and all(
+            t["acked"] == t["sent"] for c in status for t in c["types"].values()
+        )
+
+    await eventually(reconnected, timeout=30, what="all three sidecars to reconnect and ACK")
+    await eventually(lambda: _equals(route_weights(mesh), [100]), timeout=30, what="Envoy to converge on 0/100")
+    seen = await mesh.versions(via_ip=mesh.ip(1), host="web:9080", count=50)
+    assert seen == {"v2": 50}, seen
+
+
+def _metric(text: str, name: str, type_label: str) -> float:
+    match = re.search(rf'^{name}{{type="{type_label}"}} ([0-9.e+]+)$', text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+async def test_nack_is_recorded_and_not_resent(mesh: Mesh) -> None:
+    await mesh.meshd.post("/debug/test/inject-invalid-cluster")
+
+    async def nacked() -> list[dict[str, Any]]:
+        status = await mesh.meshd.get_json("/debug/syncz")
+        return [c for c in status if c["types"]["cds"]["nack_error"]]
+
+    rejected = await eventually(nacked, what="Envoy to NACK the invalid cluster")
+    assert "Expected positive duration" in rejected[0]["types"]["cds"]["nack_error"]
+    metrics = await mesh.meshd.metrics()
+    assert _metric(metrics, "pilot_total_xds_rejects", "cds") >= 1
+    await eventually(lambda: _count_nacks(mesh, 3), what="all three sidecars to NACK")
+    cds_pushes = _metric(await mesh.meshd.metrics(), "pilot_xds_pushes", "cds")
+    rejects = _metric(await mesh.meshd.metrics(), "pilot_total_xds_rejects", "cds")
+
+    # A change elsewhere is pushed (RDS) but the rejected CDS version is not sent again.
+    mesh.write("web-vs.yaml", virtual_service(50, 50))
+    await eventually(lambda: _equals(route_weights(mesh), [50, 50]), what="RDS change to reach Envoy")
+    after = await mesh.meshd.metrics()
+    assert _metric(after, "pilot_xds_pushes", "cds") == cds_pushes
+    assert _metric(after, "pilot_total_xds_rejects", "cds") == rejects
+    # Envoy still routes with its last good clusters.
+    seen = await mesh.versions(via_ip=mesh.ip(1), host="web:9080", count=40)
+    assert set(seen) <= {"v1", "v2"}, seen
+
+
+async def _count_nacks(mesh: Mesh, expected: int) -> bool:
+    status = await mesh.meshd.get_json("/debug/syncz")
+    return sum(1 for c in status if c["types"]["cds"]["nack_error"]) == expected

