@@ -34,7 +34,8 @@ def _test_hooks(push: PushLoop) -> Callable[[web.Request], Awaitable[web.Respons
         if name == "inject-invalid-cluster":
             # connect_timeout must be > 0: Envoy rejects this cluster (the NACK path under test).
             bad = cluster_pb2.Cluster(
-                name="meshd-test-invalid", type=cluster_pb2.Cluster.STATIC,
+                name="meshd-test-invalid",
+                type=cluster_pb2.Cluster.STATIC,
                 connect_timeout=duration_pb2.Duration(seconds=-1),
             )
             push.inject(CLUSTER, [make_resource(bad.name, bad)])
@@ -47,7 +48,9 @@ def _test_hooks(push: PushLoop) -> Callable[[web.Request], Awaitable[web.Respons
     return hook
 
 
-async def run_server(settings: Settings, *, clock: Clock | None = None, stop: asyncio.Event | None = None) -> None:
+async def run_server(
+    settings: Settings, *, clock: Clock | None = None, stop: asyncio.Event | None = None
+) -> None:
     """Run meshd until `stop` is set or the process gets SIGINT/SIGTERM."""
     clock = clock or SystemClock()
     stop = stop or asyncio.Event()
@@ -58,7 +61,11 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
     if settings.config_dir is None:
         raise SystemExit("meshd serve: --config-dir is required (Kubernetes mode is not available yet)")
     source = DirectorySource(
-        directory=settings.config_dir, store=store, clock=clock, interval_s=settings.file_poll_interval_s, log=log
+        directory=settings.config_dir,
+        store=store,
+        clock=clock,
+        interval_s=settings.file_poll_interval_s,
+        log=log,
     )
 
     grpc_server = grpc.aio.server(
@@ -85,7 +92,12 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
 
     await grpc_server.start()
     await site.start()
-    log.info("event=started xds_port=%d http_port=%d config_dir=%s", xds_port, settings.http_port, settings.config_dir)
+    log.info(
+        "event=started xds_port=%d http_port=%d config_dir=%s",
+        xds_port,
+        settings.http_port,
+        settings.config_dir,
+    )
     try:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(source.run())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import contextlib
 import logging
 import pathlib
 import sys
@@ -30,10 +30,8 @@ def _serve(args: argparse.Namespace) -> int:
         file_poll_interval_s=args.poll_interval,
         enable_test_hooks=args.enable_test_hooks,
     )
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_server(settings))
-    except KeyboardInterrupt:
-        pass
     return 0
 
 
@@ -57,7 +55,10 @@ def _bootstrap(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from meshd.demo.runner import run_demo
 
-    return asyncio.run(run_demo(duration_s=args.duration, delta=args.delta))
+    try:
+        return asyncio.run(run_demo(duration_s=args.duration, delta=args.delta))
+    except KeyboardInterrupt:
+        return 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,5 +102,4 @@ def main(argv: list[str] | None = None) -> None:
         level=args.log_level.upper(),
         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
     )
-    _ = json  # json kept for subcommands that print structured output
     raise SystemExit(args.func(args))

@@ -36,7 +36,11 @@ def free_port() -> int:
 
 
 async def eventually(
-    check: Callable[[], Awaitable[Any]], *, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"
+    check: Callable[[], Awaitable[Any]],
+    *,
+    timeout: float = 15.0,
+    interval: float = 0.05,
+    what: str = "condition",
 ) -> Any:
     """Poll `check` until it returns a truthy value or raises nothing falsy; fail at the deadline."""
     loop = asyncio.get_running_loop()
@@ -145,7 +149,12 @@ class Mesh:
             admin_host=ip, admin_port=15000, delta=self.delta,
         )  # fmt: skip
         envoy = EnvoyProcess(
-            bootstrap=bootstrap, work_dir=self.work_dir, admin_host=ip, admin_port=15000, name=pod, log_level="warning"
+            bootstrap=bootstrap,
+            work_dir=self.work_dir,
+            admin_host=ip,
+            admin_port=15000,
+            name=pod,
+            log_level="warning",
         )
         self.envoys[pod] = envoy
         await envoy.start()
@@ -157,7 +166,9 @@ class Mesh:
         self.apps.append(server)
         return server
 
-    async def call(self, *, via_ip: str, host: str, path: str = "/", headers: dict[str, str] | None = None) -> Any:
+    async def call(
+        self, *, via_ip: str, host: str, path: str = "/", headers: dict[str, str] | None = None
+    ) -> Any:
         """One request through the sidecar at `via_ip` (its outbound listener on 9080)."""
         async with self.client.get(
             f"http://{via_ip}:9080{path}", headers={"Host": host, **(headers or {})}

@@ -87,7 +87,9 @@ async def test_meshd_restart_envoy_keeps_serving_then_converges(mesh: Mesh) -> N
         )
 
     await eventually(reconnected, timeout=30, what="all three sidecars to reconnect and ACK")
-    await eventually(lambda: _equals(route_weights(mesh), [100]), timeout=30, what="Envoy to converge on 0/100")
+    await eventually(
+        lambda: _equals(route_weights(mesh), [100]), timeout=30, what="Envoy to converge on 0/100"
+    )
     seen = await mesh.versions(via_ip=mesh.ip(1), host="web:9080", count=50)
     assert seen == {"v2": 50}, seen
 
@@ -126,3 +128,14 @@ async def test_nack_is_recorded_and_not_resent(mesh: Mesh) -> None:
 async def _count_nacks(mesh: Mesh, expected: int) -> bool:
     status = await mesh.meshd.get_json("/debug/syncz")
     return sum(1 for c in status if c["types"]["cds"]["nack_error"]) == expected
+
+
+async def test_deleting_a_file_removes_its_config(mesh: Mesh) -> None:
+    (mesh.config_dir / "web-vs.yaml").unlink()
+    # Without the VirtualService the default route balances over every endpoint of `web`.
+    await eventually(lambda: _equals(route_weights(mesh), []), what="the weighted route to disappear")
+    seen = await mesh.versions(via_ip=mesh.ip(1), host="web:9080", count=200)
+    assert 0.35 <= share(seen, "v1") <= 0.65, seen
+    mesh.write("web-vs.yaml", virtual_service(100, 0))
+    await eventually(lambda: _equals(route_weights(mesh), [100]), what="a new file to be picked up")
+    assert await mesh.versions(via_ip=mesh.ip(1), host="web:9080", count=20) == {"v1": 20}

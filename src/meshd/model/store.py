@@ -56,15 +56,34 @@ class ConfigStore:
             self._changed()
 
     def resources(self) -> list[tuple[str, Resource]]:
-        """(origin, resource) pairs, sorted by origin then key: a deterministic order."""
-        return [
-            (origin, self._by_origin[origin][key])
-            for origin in sorted(self._by_origin)
-            for key in sorted(self._by_origin[origin])
-        ]
+        """(origin, resource) pairs, sorted by origin then key. A key defined by two origins is
+        taken from the first origin only (see `errors`)."""
+        seen: set[ResourceKey] = set()
+        out = []
+        for origin in sorted(self._by_origin):
+            for key in sorted(self._by_origin[origin]):
+                if key not in seen:
+                    seen.add(key)
+                    out.append((origin, self._by_origin[origin][key]))
+        return out
 
     def errors(self) -> list[InvalidResource]:
-        return [e for origin in sorted(self._errors) for e in self._errors[origin]]
+        errors = [e for origin in sorted(self._errors) for e in self._errors[origin]]
+        first: dict[ResourceKey, str] = {}
+        for origin in sorted(self._by_origin):
+            for key in sorted(self._by_origin[origin]):
+                if key in first:
+                    errors.append(
+                        InvalidResource(
+                            key,
+                            "metadata.name",
+                            f"also defined in {first[key]}; this copy is ignored",
+                            origin,
+                        )
+                    )
+                else:
+                    first[key] = origin
+        return errors
 
     def _changed(self) -> None:
         self.revision += 1

@@ -57,7 +57,9 @@ def config_dump(hub: Hub, proxy_id: str) -> dict[str, Any] | None:
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(text=json.dumps(data, indent=2, sort_keys=True), status=status, content_type="application/json")
+    return web.Response(
+        text=json.dumps(data, indent=2, sort_keys=True), status=status, content_type="application/json"
+    )
 
 
 def build_app(
@@ -72,7 +74,9 @@ def build_app(
         return web.Response(text="ready\n") if is_ready() else web.Response(text="not ready\n", status=503)
 
     async def prom(_: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(
+            body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
 
     async def syncz(_: web.Request) -> web.Response:
         return _json(sync_status(hub))
@@ -87,7 +91,12 @@ def build_app(
     async def errors(_: web.Request) -> web.Response:
         return _json(
             [
-                {"origin": e.origin, "resource": str(e.key) if e.key else None, "field": e.field, "message": e.message}
+                {
+                    "origin": e.origin,
+                    "resource": str(e.key) if e.key else None,
+                    "field": e.field,
+                    "message": e.message,
+                }
                 for e in push.errors
             ]
         )

@@ -42,13 +42,19 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self.xds_connected = Gauge(
-            "pilot_xds", "Number of endpoints connected to this pilot using XDS.", ["version"], registry=registry
+            "pilot_xds",
+            "Number of endpoints connected to this pilot using XDS.",
+            ["version"],
+            registry=registry,
         )
         self.xds_pushes = IstioCounter(
             "pilot_xds_pushes", "Pilot build and send errors for lds, rds, cds and eds.", "type", registry
         )
         self.xds_rejects = IstioCounter(
-            "pilot_total_xds_rejects", "Total number of XDS responses from pilot rejected by proxy.", "type", registry
+            "pilot_total_xds_rejects",
+            "Total number of XDS responses from pilot rejected by proxy.",
+            "type",
+            registry,
         )
         self.push_time = Histogram(
             "pilot_xds_push_time",
@@ -64,7 +70,9 @@ class Metrics:
             registry=registry,
         )
         self.config_errors = Gauge(
-            "meshd_config_errors", "Resources currently rejected by validation or translation.", registry=registry
+            "meshd_config_errors",
+            "Resources currently rejected by validation or translation.",
+            registry=registry,
         )
         self.xds_bytes = IstioCounter(
             "pilot_xds_send_bytes", "Bytes of xDS responses sent, by type.", "type", registry

@@ -17,7 +17,13 @@ SUFFIXES = (".yaml", ".yml", ".json")
 
 class DirectorySource:
     def __init__(
-        self, *, directory: pathlib.Path, store: ConfigStore, clock: Clock, interval_s: float, log: logging.Logger
+        self,
+        *,
+        directory: pathlib.Path,
+        store: ConfigStore,
+        clock: Clock,
+        interval_s: float,
+        log: logging.Logger,
     ) -> None:
         self._dir = directory
         self._store = store
@@ -49,7 +55,9 @@ class DirectorySource:
                 continue
             self._digests[origin] = digest
             result = parse_file(
-                data.decode("utf-8", errors="replace"), origin=origin, previous=self._resources.get(origin, {})
+                data.decode("utf-8", errors="replace"),
+                origin=origin,
+                previous=self._resources.get(origin, {}),
             )
             for err in result.errors:
                 self._log.error(
@@ -61,7 +69,12 @@ class DirectorySource:
                 )
             self._resources[origin] = result.resources
             changed |= self._store.replace_origin(origin, result.resources, result.errors)
-            self._log.info("event=file_loaded file=%s resources=%d errors=%d", origin, len(result.resources), len(result.errors))
+            self._log.info(
+                "event=file_loaded file=%s resources=%d errors=%d",
+                origin,
+                len(result.resources),
+                len(result.errors),
+            )
         for origin in sorted(set(self._digests) - seen):
             del self._digests[origin]
             self._resources.pop(origin, None)

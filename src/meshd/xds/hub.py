@@ -60,7 +60,9 @@ class Hub:
         return self.generator.snapshot(proxy) if self.generator is not None else EMPTY_SNAPSHOT
 
     def connect(self, *, proxy: Proxy, stream: SotwStream | DeltaStream, now: float) -> Connection:
-        conn = Connection(conn_id=f"{proxy.node_id}-{next(self._ids)}", proxy=proxy, stream=stream, connected_at=now)
+        conn = Connection(
+            conn_id=f"{proxy.node_id}-{next(self._ids)}", proxy=proxy, stream=stream, connected_at=now
+        )
         self.connections[conn.conn_id] = conn
         return conn
 

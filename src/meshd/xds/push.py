@@ -51,11 +51,20 @@ class Debouncer:
 
 class PushLoop:
     def __init__(
-        self, *, store: ConfigStore, hub: Hub, settings: Settings, clock: Clock, metrics: Metrics, log: logging.Logger
+        self,
+        *,
+        store: ConfigStore,
+        hub: Hub,
+        settings: Settings,
+        clock: Clock,
+        metrics: Metrics,
+        log: logging.Logger,
     ) -> None:
         self._store, self._hub, self._settings = store, hub, settings
         self._metrics, self._log = metrics, log
-        self._debouncer = Debouncer(clock=clock, quiet=settings.debounce_quiet_s, max_delay=settings.debounce_max_s)
+        self._debouncer = Debouncer(
+            clock=clock, quiet=settings.debounce_quiet_s, max_delay=settings.debounce_max_s
+        )
         self._extra: dict[str, Sequence[XdsResource]] = {}
         self._reported: list[InvalidResource] = []
         self._translation_errors: list[InvalidResource] = []
@@ -88,13 +97,22 @@ class PushLoop:
         errors = self.errors
         for err in generator.errors:
             if err not in self._reported:
-                self._log.error("event=config_rejected resource=%s field=%s message=%r", err.key or "-", err.field, err.message)
+                self._log.error(
+                    "event=config_rejected resource=%s field=%s message=%r",
+                    err.key or "-",
+                    err.field,
+                    err.message,
+                )
         self._reported = generator.errors
         self._metrics.config_errors.set(len(errors))
         self._hub.publish(generator, changed_at=changed_at)
         self._log.info(
             "event=push_generation generation=%d revision=%d services=%d proxies=%d errors=%d",
-            self._hub.generation, world.revision, len(world.services), len(self._hub.connections), len(errors),
+            self._hub.generation,
+            world.revision,
+            len(world.services),
+            len(self._hub.connections),
+            len(errors),
         )
         return generator
 

@@ -64,7 +64,9 @@ class Snapshot:
     """Everything one proxy may receive, by type URL then name."""
 
     resources: Mapping[str, Mapping[str, XdsResource]]
-    _versions: dict[tuple[str, frozenset[str] | None], str] = field(default_factory=dict, compare=False, repr=False)
+    _versions: dict[tuple[str, frozenset[str] | None], str] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def select(self, type_url: str, names: frozenset[str] | None) -> list[XdsResource]:
         """Resources of a type, all of them (names None: wildcard) or the named ones that exist."""

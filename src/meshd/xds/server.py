@@ -56,7 +56,8 @@ def _delta_response(resp: Response) -> Any:
         type_url=resp.type_url,
         nonce=resp.nonce,
         resources=[
-            discovery_pb2.Resource(name=r.name, version=r.version, resource=r.to_any()) for r in resp.resources
+            discovery_pb2.Resource(name=r.name, version=r.version, resource=r.to_any())
+            for r in resp.resources
         ],
         removed_resources=list(resp.removed),
     )
@@ -71,11 +72,11 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         # Nonces carry a per-process random prefix: unique across meshd restarts.
         self._boot = secrets.token_hex(4)
 
-    async def StreamAggregatedResources(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:  # noqa: N802
+    async def StreamAggregatedResources(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
         async for resp in self._serve(request_iterator, context, delta=False):
             yield resp
 
-    async def DeltaAggregatedResources(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:  # noqa: N802
+    async def DeltaAggregatedResources(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
         async for resp in self._serve(request_iterator, context, delta=True):
             yield resp
 
@@ -111,7 +112,12 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                     self._metrics.push_time.labels(kind).observe(max(0.0, self._clock.now() - changed_at))
                     self._log.debug(
                         "event=push proxy=%s type=%s version=%s nonce=%s resources=%d removed=%d",
-                        conn.proxy.node_id, kind, resp.version, resp.nonce, len(resp.resources), len(resp.removed),
+                        conn.proxy.node_id,
+                        kind,
+                        resp.version,
+                        resp.nonce,
+                        len(resp.resources),
+                        len(resp.removed),
                     )
                     yield message
         finally:
@@ -141,7 +147,11 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         if outcome.kind == "nack":
             self._metrics.xds_rejects.inc(kind)
             self._log.error(
-                "event=nack proxy=%s type=%s version=%s error=%r", conn.proxy.node_id, kind, outcome.version, outcome.error
+                "event=nack proxy=%s type=%s version=%s error=%r",
+                conn.proxy.node_id,
+                kind,
+                outcome.version,
+                outcome.error,
             )
         elif outcome.kind == "ack" and changed_at is not None:
             self._metrics.convergence.observe(max(0.0, self._clock.now() - changed_at))
@@ -153,7 +163,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                 queue.put_nowait(req)
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             pass
-        except Exception:  # noqa: BLE001 - a broken client must only end its own stream
+        except Exception:
             pass
         finally:
             queue.put_nowait(CLOSED)

@@ -104,7 +104,7 @@ class SotwStream(_Base):
         outcome = self._ack_or_nack(st, req)
         if names != st.names:
             st.names, st.respond = names, True
-        if st.after_cds:
+        if st.after_cds and req.error_detail is None:  # a NACK never re-sends what it rejected
             st.respond, st.after_cds = True, False
         return outcome
 
@@ -148,8 +148,9 @@ class DeltaStream(_Base):
             elif st.names is not None:
                 st.names = st.names | explicit
             changed = True
-            for name in explicit:
-                # A (re-)subscription asks for the resource even if the client had it.
+            for name in () if first else explicit:
+                # A re-subscription asks for the resource even if the client had it (on the first
+                # request, initial_versions says what the client already holds).
                 st.known.pop(name, None)
         if req.unsubscribe:
             if st.names is not None:

@@ -1,0 +1,1 @@
+"""meshd benchmarks (`make bench`): printed tables plus benchmarks/results/latest.json."""

@@ -1,0 +1,1 @@
+"""Node agent: Envoy bootstrap generation and Envoy process supervision for a sidecar."""

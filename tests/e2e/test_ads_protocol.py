@@ -1,0 +1,89 @@
+"""The ADS server over real gRPC (grpcio client): a malformed node id closes only that stream
+with INVALID_ARGUMENT; a well-formed one is answered; no config before the source is loaded."""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+from meshd.xds.resource import CLUSTER
+from tests.e2e.harness import Meshd
+
+pytestmark = pytest.mark.e2e
+GOOD_ID = "sidecar~127.0.0.77~probe.default~default.svc.cluster.local"
+
+
+@pytest.fixture
+async def meshd(tmp_path: pathlib.Path) -> AsyncIterator[Meshd]:
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "svc.yaml").write_text(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\n"
+        "spec:\n  ports: [{name: http, port: 9080}]\n"
+    )
+    server = Meshd(config_dir=config, log_path=tmp_path / "meshd.log")
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+async def _first_response(channel: grpc.aio.Channel, node_id: str) -> discovery_pb2.DiscoveryResponse:
+    stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+    call = stub.StreamAggregatedResources()
+    await call.write(discovery_pb2.DiscoveryRequest(node=base_pb2.Node(id=node_id), type_url=CLUSTER))
+    response = await call.read()
+    call.cancel()
+    return response
+
+
+@pytest.mark.parametrize(
+    ("node_id", "reason"),
+    [
+        ("garbage", "must have 4"),
+        ("sidecar~not-an-ip~probe.default~default.svc.cluster.local", "is not an IP address"),
+        ("gateway~127.0.0.1~probe.default~default.svc.cluster.local", "is not one of sidecar, router"),
+        ("sidecar~127.0.0.1~probe~default.svc.cluster.local", "must be <pod>.<namespace>"),
+    ],
+)
+async def test_malformed_node_id_is_refused_and_nothing_else_is_touched(
+    meshd: Meshd, node_id: str, reason: str
+) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{meshd.xds_port}") as channel:
+        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+        call = stub.StreamAggregatedResources()
+        await call.write(discovery_pb2.DiscoveryRequest(node=base_pb2.Node(id=node_id), type_url=CLUSTER))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call.read()
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert reason in (err.value.details() or "")
+
+        # The server is healthy and a correct proxy on the same channel is served.
+        response = await _first_response(channel, GOOD_ID)
+    names = {any_.type_url for any_ in response.resources}
+    assert response.type_url == CLUSTER and names == {CLUSTER}
+    assert await meshd.ready()
+    # Only well-formed proxies are ever registered (the good stream may still be closing).
+    assert all(c["proxy"] == GOOD_ID for c in await meshd.get_json("/debug/syncz"))
+    assert "event=rejected_stream" in meshd.log()
+
+
+async def test_config_dump_debug_endpoint_shows_the_proxy_config(meshd: Meshd) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{meshd.xds_port}") as channel:
+        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+        call = stub.StreamAggregatedResources()
+        await call.write(discovery_pb2.DiscoveryRequest(node=base_pb2.Node(id=GOOD_ID), type_url=CLUSTER))
+        response = await call.read()
+        assert response.version_info
+        dump = await meshd.get_json("/debug/config_dump?proxyID=probe.default")
+        call.cancel()
+    assert [c["name"] for c in dump["cds"]] == ["outbound|9080||web.default.svc.cluster.local"]
+    assert [listener["name"] for listener in dump["lds"]] == ["127.0.0.77_9080"]
+    missing = await meshd.get_json("/debug/config_dump?proxyID=nobody.default")
+    assert "not connected" in missing["error"]
