@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     boot.set_defaults(func=_bootstrap)
 
     demo = sub.add_parser("demo", help="run the bundled example mesh with real Envoy sidecars")
-    demo.add_argument("--duration", type=float, default=30.0, help="seconds per phase")
+    demo.add_argument("--duration", type=float, default=15.0, help="seconds per phase")
     demo.add_argument("--delta", action="store_true")
     demo.set_defaults(func=_demo)
     return parser

@@ -78,70 +78,60 @@ def _is_http_port(service: MeshService, port: int) -> bool:
     return sp is not None and is_http(sp.protocol)
 
 
-def build_outbound_listeners(
-    world: World, proxy: Proxy
-) -> tuple[list[listener_pb2.Listener], list[InvalidResource]]:
-    errors: list[InvalidResource] = []
-    by_port: dict[int, list[MeshService]] = {}
-    for service in world.services.values():
-        for sp in service.ports:
-            by_port.setdefault(sp.number, []).append(service)
-    listeners = []
-    for port, services in sorted(by_port.items()):
+class ListenerPlan:
+    """What every sidecar's listeners look like for one World, computed once: per port HTTP (RDS)
+    or the TCP service it proxies to, the collisions reported, and which services each workload
+    address backs (for its inbound listener). Proxies differ only in the address they bind."""
+
+    def __init__(self, world: World) -> None:
+        self.errors: list[InvalidResource] = []
+        self.outbound: list[tuple[int, MeshService | None]] = []  # (port, None for HTTP | TCP service)
+        self.inbound: dict[str, list[tuple[MeshService, int, int]]] = {}
+        by_port: dict[int, list[MeshService]] = {}
+        for service in world.services.values():
+            for sp in service.ports:
+                by_port.setdefault(sp.number, []).append(service)
+        for port, services in sorted(by_port.items()):
+            self._plan_port(port, services)
+        for (host, port), endpoints in world.endpoints.items():
+            for address in dict.fromkeys(ep.address for ep in endpoints):
+                target = next(ep.port for ep in endpoints if ep.address == address)
+                self.inbound.setdefault(address, []).append((world.services[host], port, target))
+
+    def _reject(self, service: MeshService, message: str) -> None:
+        key = ResourceKey("Service", service.namespace, service.name)
+        self.errors.append(InvalidResource(key, "spec.ports", message))
+
+    def _plan_port(self, port: int, services: list[MeshService]) -> None:
         if port in RESERVED_PORTS:
             for s in services:
-                errors.append(
-                    InvalidResource(
-                        ResourceKey("Service", s.namespace, s.name),
-                        "spec.ports",
-                        f"port {port} is reserved for the sidecar",
-                    )
-                )
-            continue
+                self._reject(s, f"port {port} is reserved for the sidecar")
+            return
         http = [s for s in services if _is_http_port(s, port)]
-        tcp = [s for s in services if s not in http and s.resolution != "NONE"]
+        tcp = [s for s in services if not _is_http_port(s, port) and s.resolution != "NONE"]
         if http:
-            listeners.append(_outbound_http(proxy, port))
+            self.outbound.append((port, None))
             for s in tcp:
-                errors.append(
-                    InvalidResource(
-                        ResourceKey("Service", s.namespace, s.name),
-                        "spec.ports",
-                        f"TCP port {port} collides with HTTP services on the same port; not served",
-                    )
-                )
+                self._reject(s, f"TCP port {port} collides with HTTP services on the same port; not served")
         elif tcp:
             oldest = sorted(tcp, key=lambda s: (s.creation or "~", s.hostname))
-            listeners.append(_outbound_tcp(proxy, port, oldest[0]))
+            self.outbound.append((port, oldest[0]))
             for s in oldest[1:]:
-                errors.append(
-                    InvalidResource(
-                        ResourceKey("Service", s.namespace, s.name),
-                        "spec.ports",
-                        f"TCP port {port} is already used by {oldest[0].hostname}",
-                    )
-                )
-    return listeners, errors
+                self._reject(s, f"TCP port {port} is already used by {oldest[0].hostname}")
 
-
-def inbound_services(world: World, proxy: Proxy) -> list[tuple[MeshService, int, int]]:
-    """(service, service port, target port) for every service this proxy's workload backs."""
-    out = []
-    for (host, port), endpoints in world.endpoints.items():
-        for ep in endpoints:
-            if ep.address == proxy.ip:
-                service = world.services[host]
-                out.append((service, port, ep.port))
-                break
-    return out
+    def outbound_listeners(self, proxy: Proxy) -> list[listener_pb2.Listener]:
+        return [
+            _outbound_http(proxy, port) if service is None else _outbound_tcp(proxy, port, service)
+            for port, service in self.outbound
+        ]
 
 
 def build_inbound_listener(
-    world: World, proxy: Proxy, *, inbound_port: int
+    plan: ListenerPlan, proxy: Proxy, *, inbound_port: int
 ) -> tuple[listener_pb2.Listener | None, list[int]]:
     """The inbound listener at <ip>:<inbound_port>, dispatching by Host to `inbound|<target>||`.
     Returns the listener (None if the workload backs no service) and the target ports used."""
-    served = inbound_services(world, proxy)
+    served = plan.inbound.get(proxy.ip, [])
     if not served:
         return None, []
     routes = route_pb2.RouteConfiguration(name=f"inbound|{inbound_port}")

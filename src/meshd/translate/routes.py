@@ -163,29 +163,44 @@ def host_routes(
     return chosen[1] if chosen is not None else _default_routes(service, port)
 
 
-def build_route_configs(
-    world: World, *, proxy_namespace: str
-) -> tuple[list[route_pb2.RouteConfiguration], list[InvalidResource]]:
-    errors: list[InvalidResource] = []
-    ports = sorted({p.number for s in world.services.values() for p in s.ports if is_http(p.protocol)})
-    configs = []
-    for port in ports:
-        config = route_pb2.RouteConfiguration(
-            name=naming.route_config(port=port), validate_clusters=wrappers_pb2.BoolValue(value=False)
-        )
-        for service in world.services_on_port(port):
-            sp = service.port(port)
-            if sp is None or not is_http(sp.protocol):
-                continue
-            config.virtual_hosts.append(
-                route_components_pb2.VirtualHost(
-                    name=f"{service.hostname}:{port}",
-                    domains=naming.service_domains(service, port=port, proxy_namespace=proxy_namespace),
-                    routes=host_routes(world, service, port, errors),
-                )
+class RouteTable:
+    """Outbound route configurations for one World. Each host's routes are built once; a proxy's
+    namespace only decides which short-name domains its virtual hosts carry."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.errors: list[InvalidResource] = []
+        self._ports: dict[int, list[tuple[MeshService, list[route_components_pb2.Route]]]] | None = None
+
+    def _plan(self) -> dict[int, list[tuple[MeshService, list[route_components_pb2.Route]]]]:
+        if self._ports is None:
+            errors: list[InvalidResource] = []
+            ports: dict[int, list[tuple[MeshService, list[route_components_pb2.Route]]]] = {}
+            for service in self.world.services.values():
+                for sp in service.ports:
+                    if is_http(sp.protocol):
+                        routes = host_routes(self.world, service, sp.number, errors)
+                        ports.setdefault(sp.number, []).append((service, routes))
+            self._ports = dict(sorted(ports.items()))
+            self.errors = _unique(errors)
+        return self._ports
+
+    def configs_for(self, *, proxy_namespace: str) -> list[route_pb2.RouteConfiguration]:
+        configs = []
+        for port, entries in self._plan().items():
+            config = route_pb2.RouteConfiguration(
+                name=naming.route_config(port=port), validate_clusters=wrappers_pb2.BoolValue(value=False)
             )
-        configs.append(config)
-    return configs, _unique(errors)
+            for service, routes in entries:
+                config.virtual_hosts.append(
+                    route_components_pb2.VirtualHost(
+                        name=f"{service.hostname}:{port}",
+                        domains=naming.service_domains(service, port=port, proxy_namespace=proxy_namespace),
+                        routes=routes,
+                    )
+                )
+            configs.append(config)
+        return configs
 
 
 def _unique(errors: list[InvalidResource]) -> list[InvalidResource]:

@@ -12,9 +12,9 @@ from meshd.api.meta import InvalidResource
 from meshd.model.world import World
 from meshd.translate.clusters import build_inbound_clusters, build_outbound_clusters
 from meshd.translate.endpoints import build_load_assignments
-from meshd.translate.listeners import build_inbound_listener, build_outbound_listeners
+from meshd.translate.listeners import ListenerPlan, build_inbound_listener
 from meshd.translate.proxy import Proxy
-from meshd.translate.routes import build_route_configs
+from meshd.translate.routes import RouteTable
 from meshd.xds.resource import CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot, XdsResource, make_resource
 
 
@@ -41,6 +41,8 @@ class ConfigGenerator:
         self._endpoints: dict[str, XdsResource] | None = None
         self._routes: dict[str, dict[str, XdsResource]] = {}
         self._groups: dict[tuple[str, str], Snapshot] = {}
+        self._route_table = RouteTable(world)
+        self._listener_plan: ListenerPlan | None = None
         self._errors: dict[InvalidResource, None] = dict.fromkeys(world.errors)
         self.builds = 0  # number of proxy-group snapshots computed (for tests and metrics)
 
@@ -59,14 +61,21 @@ class ConfigGenerator:
 
     def _routes_for(self, namespace: str) -> dict[str, XdsResource]:
         if namespace not in self._routes:
-            configs, errors = build_route_configs(self.world, proxy_namespace=namespace)
-            self._errors.update(dict.fromkeys(errors))
-            self._routes[namespace] = {c.name: make_resource(c.name, c) for c in configs}
+            configs = self._route_table.configs_for(proxy_namespace=namespace)
+            self._errors.update(dict.fromkeys(self._route_table.errors))
+            self._routes[namespace] = _by_name(configs)
         return self._routes[namespace]
+
+    def _plan(self) -> ListenerPlan:
+        if self._listener_plan is None:
+            self._listener_plan = ListenerPlan(self.world)
+            self._errors.update(dict.fromkeys(self._listener_plan.errors))
+        return self._listener_plan
 
     def precompute(self) -> None:
         """Build the parts every proxy shares, and report their errors, before any proxy asks."""
         self._shared()
+        self._plan()
         self._routes_for("")
 
     def snapshot(self, proxy: Proxy) -> Snapshot:
@@ -77,9 +86,9 @@ class ConfigGenerator:
         self.builds += 1
         clusters, endpoints = self._shared()
         clusters = dict(clusters)
-        listeners_list, errors = build_outbound_listeners(self.world, proxy)
-        self._errors.update(dict.fromkeys(errors))
-        inbound, targets = build_inbound_listener(self.world, proxy, inbound_port=self._inbound_port)
+        plan = self._plan()
+        listeners_list = plan.outbound_listeners(proxy)
+        inbound, targets = build_inbound_listener(plan, proxy, inbound_port=self._inbound_port)
         if inbound is not None:
             listeners_list.append(inbound)
         listeners = _by_name(listeners_list)
