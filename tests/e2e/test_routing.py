@@ -3,6 +3,7 @@ meshd restarts and the NACK path. Every test runs over SotW and delta ADS."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Any
@@ -139,3 +140,25 @@ async def test_deleting_a_file_removes_its_config(mesh: Mesh) -> None:
     mesh.write("web-vs.yaml", virtual_service(100, 0))
     await eventually(lambda: _equals(route_weights(mesh), [100]), what="a new file to be picked up")
     assert await mesh.versions(via_ip=mesh.ip(1), host="web:9080", count=20) == {"v1": 20}
+
+
+async def test_modified_cluster_finishes_warming_without_the_15s_stall(mesh: Mesh) -> None:
+    """Renaming the port to `http2-web` changes every `web` cluster in place (HTTP/2 upstream).
+    Envoy re-warms them and waits for their endpoints: meshd answers EDS again after the CDS push,
+    so the clusters go active well before Envoy's 15 s initial fetch timeout."""
+    loop = asyncio.get_running_loop()
+    text = (mesh.config_dir / "web.yaml").read_text()
+    started = loop.time()
+    mesh.write("web.yaml", text.replace("name: http, port: 9080", "name: http2-web, port: 9080"))
+
+    async def rewarmed() -> bool:
+        dump = json.dumps(await mesh.envoys["client"].config_dump(resource="dynamic_active_clusters"))
+        warming = await mesh.envoys["client"].config_dump(resource="dynamic_warming_clusters")
+        return "http2ProtocolOptions" in dump.replace("http2_protocol_options", "http2ProtocolOptions") and not (
+            warming.get("configs")
+        )
+
+    await eventually(rewarmed, timeout=20, what="the modified web clusters to become active")
+    assert loop.time() - started < 5.0
+    seen = await mesh.versions(via_ip=mesh.ip(1), host="web:9080", count=40)
+    assert set(seen) <= {"v1", "v2"} and sum(seen.values()) == 40, seen

@@ -231,7 +231,7 @@ def build_world(resources: Iterable[Resource], *, domain_suffix: str, revision: 
         host = resolve_host(dr.spec.host, namespace=dr.metadata.namespace, domain_suffix=domain_suffix)
         if host in rules:
             b.errors.append(
-                InvalidResource(dr.key, "spec.host", f"{host} already has DestinationRule {rules[host].key}")
+                InvalidResource(dr.key, "spec.host", f"{host} already has {rules[host].key}; this rule is ignored")
             )
             continue
         rules[host] = dr

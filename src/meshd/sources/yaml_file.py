@@ -22,7 +22,7 @@ def parse_file(text: str, *, origin: str, previous: Mapping[ResourceKey, Resourc
     """Every valid document becomes a resource. An invalid document is reported; if it was valid
     before, its previous version stays. A file that is not YAML at all keeps everything it had."""
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        docs = list(yaml.safe_load_all(text))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1} column {mark.column + 1}" if mark is not None else "<file>"
@@ -33,6 +33,8 @@ def parse_file(text: str, *, origin: str, previous: Mapping[ResourceKey, Resourc
     resources: dict[ResourceKey, Resource] = {}
     errors: list[InvalidResource] = []
     for index, doc in enumerate(docs):
+        if doc is None:
+            continue
         if isinstance(doc, dict) and doc.get("kind") == "List" and isinstance(doc.get("items"), list):
             items = doc["items"]
         else:

@@ -69,6 +69,7 @@ class PushLoop:
         self._reported: list[InvalidResource] = []
         self._translation_errors: list[InvalidResource] = []
         store.subscribe(self._debouncer.touch)
+        metrics.config_errors.set_function(lambda: len(self.errors))
 
     @property
     def errors(self) -> list[InvalidResource]:
@@ -94,7 +95,6 @@ class PushLoop:
         )
         generator.precompute()
         self._translation_errors = generator.errors
-        errors = self.errors
         for err in generator.errors:
             if err not in self._reported:
                 self._log.error(
@@ -104,7 +104,6 @@ class PushLoop:
                     err.message,
                 )
         self._reported = generator.errors
-        self._metrics.config_errors.set(len(errors))
         self._hub.publish(generator, changed_at=changed_at)
         self._log.info(
             "event=push_generation generation=%d revision=%d services=%d proxies=%d errors=%d",
@@ -112,7 +111,7 @@ class PushLoop:
             world.revision,
             len(world.services),
             len(self._hub.connections),
-            len(errors),
+            len(self.errors),
         )
         return generator
 

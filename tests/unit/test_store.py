@@ -1,0 +1,134 @@
+"""ConfigStore: resources by origin; subscribers are told only when something actually changed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from meshd.api.meta import InvalidResource, Resource, ResourceKey
+from meshd.api.parse import parse_resource
+from meshd.model.store import ConfigStore
+
+
+def service(name: str, port: int = 80, namespace: str = "ns") -> Resource:
+    return parse_resource({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"ports": [{"port": port}]},
+    })
+
+
+def by_key(*resources: Resource) -> dict[ResourceKey, Resource]:
+    return {r.key: r for r in resources}
+
+
+class Recorder:
+    def __init__(self, store: ConfigStore) -> None:
+        self.calls = 0
+        store.subscribe(self)
+
+    def __call__(self) -> None:
+        self.calls += 1
+
+
+@pytest.fixture
+def store() -> ConfigStore:
+    s = ConfigStore()
+    s.replace_origin("a.yaml", by_key(service("x"), service("y")))
+    return s
+
+
+@pytest.mark.parametrize(
+    ("replacement", "changed"),
+    [
+        pytest.param(lambda: by_key(service("x"), service("y")), False, id="equal-objects-newly-parsed"),
+        pytest.param(lambda: by_key(service("y"), service("x")), False, id="same-content-other-order"),
+        pytest.param(lambda: by_key(service("x"), service("y", port=81)), True, id="one-changed"),
+        pytest.param(lambda: by_key(service("x")), True, id="one-removed"),
+        pytest.param(lambda: by_key(service("x"), service("y"), service("z")), True, id="one-added"),
+        pytest.param(lambda: {}, True, id="emptied"),
+    ],
+)
+def test_replace_origin_notifies_only_on_change(
+    store: ConfigStore, replacement: Callable[[], dict[ResourceKey, Resource]], changed: bool
+) -> None:
+    recorder = Recorder(store)
+    revision = store.revision
+    resources = replacement()
+
+    assert store.replace_origin("a.yaml", resources) is changed
+
+    assert recorder.calls == int(changed)
+    assert store.revision == revision + int(changed)
+    assert {r.key: r for _, r in store.resources()} == resources
+
+
+def test_replace_origin_with_identical_content_still_records_errors(store: ConfigStore) -> None:
+    recorder = Recorder(store)
+    err = InvalidResource(ResourceKey("Service", "ns", "bad"), "spec", "nope", "a.yaml")
+
+    assert store.replace_origin("a.yaml", by_key(service("x"), service("y")), [err]) is False
+    assert store.errors() == [err]
+    assert store.replace_origin("a.yaml", by_key(service("x"), service("y"))) is False
+    assert store.errors() == []
+    assert recorder.calls == 0
+
+
+def test_resources_are_sorted_by_origin_then_key() -> None:
+    s = ConfigStore()
+    s.replace_origin("b.yaml", by_key(service("b2"), service("b1")))
+    s.replace_origin("a.yaml", by_key(service("a1", namespace="zz"), service("a2", namespace="aa")))
+    assert [(o, r.metadata.name) for o, r in s.resources()] == [
+        ("a.yaml", "a2"), ("a.yaml", "a1"), ("b.yaml", "b1"), ("b.yaml", "b2"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("origin", "removed"),
+    [pytest.param("a.yaml", True, id="known-origin"), pytest.param("unknown.yaml", False, id="unknown-origin")],
+)
+def test_remove_origin(store: ConfigStore, origin: str, removed: bool) -> None:
+    store.replace_origin("b.yaml", by_key(service("z")))
+    recorder = Recorder(store)
+    revision = store.revision
+
+    assert store.remove_origin(origin) is removed
+
+    assert recorder.calls == int(removed)
+    assert store.revision == revision + int(removed)
+    expected = {"b.yaml"} if removed else {"a.yaml", "b.yaml"}
+    assert {o for o, _ in store.resources()} == expected
+    # Removing again is a no-op.
+    assert store.remove_origin(origin) is False
+    assert recorder.calls == int(removed)
+
+
+def test_remove_origin_drops_its_errors(store: ConfigStore) -> None:
+    err = InvalidResource(None, "line 1 column 1", "malformed YAML: x", "a.yaml")
+    store.replace_origin("a.yaml", by_key(service("x"), service("y")), [err])
+    assert store.errors() == [err]
+    store.remove_origin("a.yaml")
+    assert store.errors() == []
+
+
+def test_mark_loaded_notifies_once() -> None:
+    s = ConfigStore()
+    recorder = Recorder(s)
+    assert s.loaded is False
+
+    s.mark_loaded()
+    s.mark_loaded()
+    s.mark_loaded()
+
+    assert s.loaded is True
+    assert recorder.calls == 1
+    assert s.revision == 1
+
+
+def test_every_subscriber_is_notified() -> None:
+    s = ConfigStore()
+    first, second = Recorder(s), Recorder(s)
+    s.replace_origin("a.yaml", by_key(service("x")))
+    assert (first.calls, second.calls) == (1, 1)
