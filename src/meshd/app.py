@@ -48,9 +48,7 @@ def _test_hooks(push: PushLoop) -> Callable[[web.Request], Awaitable[web.Respons
     return hook
 
 
-async def run_server(
-    settings: Settings, *, clock: Clock | None = None, stop: asyncio.Event | None = None
-) -> None:
+async def run_server(settings: Settings, *, clock: Clock | None = None, stop: asyncio.Event | None = None) -> None:
     """Run meshd until `stop` is set or the process gets SIGINT/SIGTERM."""
     clock = clock or SystemClock()
     stop = stop or asyncio.Event()
@@ -71,7 +69,15 @@ async def run_server(
     grpc_server = grpc.aio.server(
         options=[("grpc.max_receive_message_length", 4 * 1024 * 1024), ("grpc.so_reuseport", 0)]
     )
-    add_to_server(grpc_server, AdsServicer(hub=hub, metrics=metrics, clock=clock, log=log))
+    servicer = AdsServicer(
+        hub=hub,
+        metrics=metrics,
+        clock=clock,
+        log=log,
+        send_timeout_s=settings.send_timeout_s,
+        max_concurrent_pushes=settings.max_concurrent_pushes,
+    )
+    add_to_server(grpc_server, servicer)
     xds_port = grpc_server.add_insecure_port(f"{settings.xds_host}:{settings.xds_port}")
 
     http_app = build_app(

@@ -25,4 +25,9 @@ class Settings(BaseModel):
     # Standalone mode has no traffic capture: outbound listeners bind on the sidecar's own
     # address, and workloads with a sidecar are reached through its inbound listener.
     inbound_port: int = 15006
+    # A proxy that does not take a response within this time is disconnected (it reconnects and
+    # gets the current state); it never delays the others.
+    send_timeout_s: float = Field(default=30.0, gt=0)
+    # Streams computing or writing a push at once; the rest wait their turn.
+    max_concurrent_pushes: int = Field(default=100, ge=1)
     enable_test_hooks: bool = False

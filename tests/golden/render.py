@@ -42,6 +42,7 @@ def render(path: pathlib.Path) -> dict[str, Any]:
     """{type: {proxy: [resource, ...]}} plus "errors": [message, ...]."""
     world, proxies, errors = load_case(path)
     generator = ConfigGenerator(world, inbound_port=15006, sidecar_endpoint_port=15006)
+    generator.precompute()
     out: dict[str, Any] = {kind: {} for kind in TYPES}
     for node_id in proxies:
         proxy = parse_node_id(node_id)

@@ -17,8 +17,7 @@ from meshd.translate.proxy import parse_node_id
 
 XDS_CLUSTER = "xds-grpc"
 _DOWNSTREAM_CONNECTIONS = (
-    "type.googleapis.com/envoy.extensions.resource_monitors."
-    "downstream_connections.v3.DownstreamConnectionsConfig"
+    "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
 )
 _HTTP_PROTOCOL_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
@@ -42,9 +41,7 @@ def _xds_cluster(*, host: str, port: int) -> dict[str, Any]:
         "connect_timeout": "1s",
         "load_assignment": {
             "cluster_name": XDS_CLUSTER,
-            "endpoints": [
-                {"lb_endpoints": [{"endpoint": {"address": _socket_address(host=host, port=port)}}]}
-            ],
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket_address(host=host, port=port)}}]}],
         },
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {

@@ -162,3 +162,53 @@ class ServiceEntrySpec(ApiModel):
 class ServiceEntry(Resource):
     kind: Literal["ServiceEntry"]
     spec: ServiceEntrySpec
+
+
+class SidecarPort(ApiModel):
+    number: int = Field(ge=1, le=65535)
+    protocol: str = ""
+    name: str = ""
+
+
+class IstioEgressListener(ApiModel):
+    port: SidecarPort | None = None
+    bind: str = ""
+    capture_mode: str = "DEFAULT"
+    hosts: list[str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _hosts_have_namespace(self) -> IstioEgressListener:
+        for i, host in enumerate(self.hosts):
+            namespace, slash, name = host.partition("/")
+            if not slash or not namespace or not name:
+                raise ValueError(f"hosts[{i}]: {host!r} must be <namespace>/<host> (e.g. ./*, istio-system/*)")
+        return self
+
+
+class SidecarSpec(ApiModel):
+    workload_selector: WorkloadSelector | None = None
+    egress: list[IstioEgressListener] = Field(default_factory=list)
+    ingress: list[dict[str, Any]] = Field(default_factory=list)
+    outbound_traffic_policy: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_catch_all(self) -> SidecarSpec:
+        if sum(1 for e in self.egress if e.port is None) > 1:
+            raise ValueError("egress: only one egress listener may omit the port (the catch-all)")
+        return self
+
+
+class Sidecar(Resource):
+    kind: Literal["Sidecar"]
+    spec: SidecarSpec = Field(default_factory=SidecarSpec)
+
+
+def exported_to(export_to: list[str], *, owner_namespace: str, namespace: str) -> bool:
+    """Istio's exportTo: '*' everyone, '.' the owner's namespace, '~' nobody, or namespace names.
+    Empty means everyone (the mesh default)."""
+    if not export_to:
+        return True
+    for target in export_to:
+        if target == "*" or target == namespace or (target == "." and namespace == owner_namespace):
+            return True
+    return False

@@ -13,6 +13,7 @@ from meshd.api.networking import (
     NETWORKING_VERSIONS,
     DestinationRule,
     ServiceEntry,
+    Sidecar,
     VirtualService,
     WorkloadEntry,
 )
@@ -26,6 +27,7 @@ KINDS: dict[str, tuple[type[Resource], tuple[str, ...]]] = {
     "DestinationRule": (DestinationRule, NETWORKING_VERSIONS),
     "ServiceEntry": (ServiceEntry, NETWORKING_VERSIONS),
     "WorkloadEntry": (WorkloadEntry, NETWORKING_VERSIONS),
+    "Sidecar": (Sidecar, NETWORKING_VERSIONS),
 }
 
 

@@ -117,8 +117,7 @@ def write_weights(*, path: pathlib.Path, weights: dict[str, int], scratch_dir: p
     document = yaml.safe_load(path.read_text())
     host = document["spec"]["hosts"][0]
     document["spec"]["http"][0]["route"] = [
-        {"destination": {"host": host, "subset": subset}, "weight": weight}
-        for subset, weight in weights.items()
+        {"destination": {"host": host, "subset": subset}, "weight": weight} for subset, weight in weights.items()
     ]
     description = " / ".join(f"{subset} {weight}%" for subset, weight in weights.items())
     text = f"# Rewritten by `meshd demo`: {description}.\n" + yaml.safe_dump(document, sort_keys=False)

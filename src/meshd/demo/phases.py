@@ -87,9 +87,7 @@ async def run_phase(
     rewritten = read_weights(path=vs_path) != weights
     if rewritten:
         mesh.write_weights(path=vs_path, weights=weights, scratch_dir=work)
-        display.message(
-            f"rewrote {mesh.VIRTUAL_SERVICE_FILE}: {format_weights(weights=weights, versions=versions)}"
-        )
+        display.message(f"rewrote {mesh.VIRTUAL_SERVICE_FILE}: {format_weights(weights=weights, versions=versions)}")
     for tick in range(1, math.ceil(duration_s) + 1):
         await asyncio.sleep(max(0.0, started_at + min(tick, duration_s) - loop.time()))
         now = loop.time()

@@ -73,9 +73,7 @@ def _check_addresses(*, workloads: list[Workload]) -> None:
                     ) from err
 
 
-async def _start_meshd(
-    *, stack: contextlib.AsyncExitStack, config_dir: pathlib.Path, work: pathlib.Path
-) -> Meshd:
+async def _start_meshd(*, stack: contextlib.AsyncExitStack, config_dir: pathlib.Path, work: pathlib.Path) -> Meshd:
     """Spawn `meshd serve` on the config dir; returns its HTTP base URL once /ready answers 200."""
     xds_port, http_port = _free_port(), _free_port()
     log_path = work / "meshd.log"
@@ -206,13 +204,10 @@ async def _demo(
     out.write(f"starting meshd on {config_dir} ({len(workloads)} workloads, {mode} xDS)\n")
     meshd = await _start_meshd(stack=stack, config_dir=config_dir, work=work)
     out.write(
-        f"meshd ready after {loop.time() - launched_at:.2f}s:"
-        f" xDS 127.0.0.1:{meshd.xds_port}, HTTP {meshd.http_url}\n"
+        f"meshd ready after {loop.time() - launched_at:.2f}s: xDS 127.0.0.1:{meshd.xds_port}, HTTP {meshd.http_url}\n"
     )
     await _start_apps(stack=stack, workloads=workloads)
-    sidecars = await _start_sidecars(
-        stack=stack, workloads=workloads, xds_port=meshd.xds_port, delta=delta, work=work
-    )
+    sidecars = await _start_sidecars(stack=stack, workloads=workloads, xds_port=meshd.xds_port, delta=delta, work=work)
     out.write(f"{len(sidecars)} sidecars LIVE after {loop.time() - launched_at:.2f}s\n")
 
     by_app = {workload.app: workload for workload in workloads}
@@ -236,9 +231,7 @@ async def _demo(
         first = await asyncio.wait_for(generator.wait_first_success(), timeout=STARTUP_TIMEOUT_S)
     except TimeoutError:
         errors = tally(samples=generator.samples, since=0).errors.most_common(3)
-        raise DemoError(
-            f"no successful request in {STARTUP_TIMEOUT_S:.0f}s; most common errors: {errors}"
-        ) from None
+        raise DemoError(f"no successful request in {STARTUP_TIMEOUT_S:.0f}s; most common errors: {errors}") from None
     startup = f"  start-up: first successful request {first - launched_at:.2f}s after launch"
     out.write(startup.strip() + "\n")
 

@@ -55,6 +55,7 @@ class MeshService:
     resolution: str = "EDS"  # EDS (endpoints from the model), DNS (Envoy resolves), NONE
     addresses: tuple[str, ...] = ()
     creation: str = ""
+    export_to: tuple[str, ...] = ()  # Istio exportTo; empty = everyone
 
     def port(self, number: int) -> ServicePort | None:
         return next((p for p in self.ports if p.number == number), None)

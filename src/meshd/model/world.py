@@ -14,8 +14,10 @@ from types import MappingProxyType
 
 from meshd.api.kube import EndpointSlice, Pod, Service
 from meshd.api.meta import InvalidResource, Resource
-from meshd.api.networking import DestinationRule, ServiceEntry, VirtualService, WorkloadEntry
+from meshd.api.networking import DestinationRule, ServiceEntry, Sidecar, VirtualService, WorkloadEntry
 from meshd.model.services import Endpoint, MeshService, ServicePort, Workload, protocol_of
+
+EXPORT_TO_ANNOTATION = "networking.istio.io/exportTo"
 
 
 def resolve_host(host: str, *, namespace: str, domain_suffix: str) -> str:
@@ -35,7 +37,9 @@ class World:
     services: Mapping[str, MeshService]
     endpoints: Mapping[tuple[str, int], tuple[Endpoint, ...]]
     virtual_services: Mapping[str, tuple[VirtualService, ...]]  # resolved host -> oldest first
-    destination_rules: Mapping[str, DestinationRule]
+    destination_rules: Mapping[str, DestinationRule]  # host -> the rule a proxy with no closer one uses
+    rules_by_host: Mapping[str, tuple[DestinationRule, ...]]  # host -> one rule per namespace, oldest first
+    sidecars: Mapping[str, tuple[Sidecar, ...]]  # namespace -> Sidecars, oldest first
     workloads: Mapping[str, Workload]  # address -> workload
     errors: tuple[InvalidResource, ...]
     revision: int = 0
@@ -92,6 +96,8 @@ class _Builder:
             for p in svc.spec.ports
         )
         addresses = (svc.spec.cluster_ip,) if svc.spec.cluster_ip and svc.spec.cluster_ip != "None" else ()
+        export = svc.metadata.annotations.get(EXPORT_TO_ANNOTATION, "")
+        export_to = tuple(t.strip() for t in export.split(",") if t.strip())
         self.services[host] = MeshService(
             hostname=host,
             namespace=svc.metadata.namespace,
@@ -99,6 +105,7 @@ class _Builder:
             ports=ports,
             addresses=addresses,
             creation=svc.metadata.creation_timestamp,
+            export_to=export_to,
         )
 
     def add_slice(self, eps: EndpointSlice) -> None:
@@ -119,9 +126,7 @@ class _Builder:
                     continue
                 pod = None
                 if ep.target_ref is not None and ep.target_ref.kind == "Pod":
-                    pod = self.pods.get(
-                        (ep.target_ref.namespace or eps.metadata.namespace, ep.target_ref.name)
-                    )
+                    pod = self.pods.get((ep.target_ref.namespace or eps.metadata.namespace, ep.target_ref.name))
                 for address in ep.addresses:
                     workload = self.workloads.get(address)
                     if pod is not None:
@@ -174,6 +179,7 @@ class _Builder:
                 resolution=resolution,
                 addresses=tuple(se.spec.addresses),
                 creation=se.metadata.creation_timestamp,
+                export_to=tuple(se.spec.export_to),
             )
             for port in ports:
                 for spec in specs:
@@ -191,6 +197,16 @@ class _Builder:
                     )
                 if resolution == "DNS" and not specs:
                     self.endpoints[(fqdn, port.number)].append(Endpoint(address=host, port=port.number))
+
+
+def default_rule(host: str, candidates: list[DestinationRule], services: Mapping[str, MeshService]) -> DestinationRule:
+    """The rule for a proxy with none closer: the one in the service's own namespace, else the oldest."""
+    service = services.get(host)
+    if service is not None:
+        for rule in candidates:
+            if rule.metadata.namespace == service.namespace:
+                return rule
+    return candidates[0]
 
 
 def build_world(resources: Iterable[Resource], *, domain_suffix: str, revision: int = 0) -> World:
@@ -221,30 +237,35 @@ def build_world(resources: Iterable[Resource], *, domain_suffix: str, revision: 
         if vs.spec.gateways and "mesh" not in vs.spec.gateways:
             continue
         for host in vs.spec.hosts:
-            vs_by_host[
-                resolve_host(host, namespace=vs.metadata.namespace, domain_suffix=domain_suffix)
-            ].append(vs)
+            vs_by_host[resolve_host(host, namespace=vs.metadata.namespace, domain_suffix=domain_suffix)].append(vs)
 
-    rules: dict[str, DestinationRule] = {}
+    rules_by_host: dict[str, list[DestinationRule]] = defaultdict(list)
     for dr in sorted(by_kind["DestinationRule"], key=_age_key):
         assert isinstance(dr, DestinationRule)
         host = resolve_host(dr.spec.host, namespace=dr.metadata.namespace, domain_suffix=domain_suffix)
-        if host in rules:
+        same_ns = [r for r in rules_by_host[host] if r.metadata.namespace == dr.metadata.namespace]
+        if same_ns:
             b.errors.append(
-                InvalidResource(dr.key, "spec.host", f"{host} already has {rules[host].key}; this rule is ignored")
+                InvalidResource(dr.key, "spec.host", f"{host} already has {same_ns[0].key}; this rule is ignored")
             )
             continue
-        rules[host] = dr
+        rules_by_host[host].append(dr)
+    rules = {host: default_rule(host, candidates, b.services) for host, candidates in rules_by_host.items()}
 
-    endpoints = {
-        key: tuple(sorted(eps, key=lambda e: (e.address, e.port))) for key, eps in sorted(b.endpoints.items())
-    }
+    sidecars: dict[str, list[Sidecar]] = defaultdict(list)
+    for sc in sorted(by_kind["Sidecar"], key=_age_key):
+        assert isinstance(sc, Sidecar)
+        sidecars[sc.metadata.namespace].append(sc)
+
+    endpoints = {key: tuple(sorted(eps, key=lambda e: (e.address, e.port))) for key, eps in sorted(b.endpoints.items())}
     return World(
         domain_suffix=domain_suffix,
         services=MappingProxyType(dict(sorted(b.services.items()))),
         endpoints=MappingProxyType(endpoints),
         virtual_services=MappingProxyType({h: tuple(v) for h, v in sorted(vs_by_host.items())}),
         destination_rules=MappingProxyType(rules),
+        rules_by_host=MappingProxyType({h: tuple(v) for h, v in sorted(rules_by_host.items())}),
+        sidecars=MappingProxyType({ns: tuple(v) for ns, v in sorted(sidecars.items())}),
         workloads=MappingProxyType(dict(sorted(b.workloads.items()))),
         errors=tuple(b.errors),
         revision=revision,

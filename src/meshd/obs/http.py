@@ -57,9 +57,7 @@ def config_dump(hub: Hub, proxy_id: str) -> dict[str, Any] | None:
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        text=json.dumps(data, indent=2, sort_keys=True), status=status, content_type="application/json"
-    )
+    return web.Response(text=json.dumps(data, indent=2, sort_keys=True), status=status, content_type="application/json")
 
 
 def build_app(
@@ -74,9 +72,7 @@ def build_app(
         return web.Response(text="ready\n") if is_ready() else web.Response(text="not ready\n", status=503)
 
     async def prom(_: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
+        return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def syncz(_: web.Request) -> web.Response:
         return _json(sync_status(hub))

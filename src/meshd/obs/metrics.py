@@ -74,6 +74,4 @@ class Metrics:
             "Resources currently rejected by validation or translation.",
             registry=registry,
         )
-        self.xds_bytes = IstioCounter(
-            "pilot_xds_send_bytes", "Bytes of xDS responses sent, by type.", "type", registry
-        )
+        self.xds_bytes = IstioCounter("pilot_xds_send_bytes", "Bytes of xDS responses sent, by type.", "type", registry)

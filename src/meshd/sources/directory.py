@@ -31,6 +31,7 @@ class DirectorySource:
         self._interval = interval_s
         self._log = log
         self._digests: dict[str, str] = {}
+        self._stats: dict[str, tuple[int, int, int]] = {}  # origin -> (mtime_ns, size, inode): skip unchanged files
         self._resources: dict[str, dict[ResourceKey, Resource]] = {}
 
     def _files(self) -> list[pathlib.Path]:
@@ -46,6 +47,11 @@ class DirectorySource:
             origin = str(path)
             seen.add(origin)
             try:
+                stat = path.stat()
+                signature = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+                if self._stats.get(origin) == signature and origin in self._digests:
+                    continue
+                self._stats[origin] = signature
                 data = path.read_bytes()
             except OSError as exc:
                 self._log.warning("event=file_unreadable file=%s error=%s", origin, exc)
@@ -77,6 +83,7 @@ class DirectorySource:
             )
         for origin in sorted(set(self._digests) - seen):
             del self._digests[origin]
+            self._stats.pop(origin, None)
             self._resources.pop(origin, None)
             changed |= self._store.remove_origin(origin)
             self._log.info("event=file_removed file=%s", origin)

@@ -27,9 +27,7 @@ def parse_file(text: str, *, origin: str, previous: Mapping[ResourceKey, Resourc
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1} column {mark.column + 1}" if mark is not None else "<file>"
         problem = getattr(exc, "problem", None) or str(exc)
-        return FileResult(
-            dict(previous), [InvalidResource(None, where, f"malformed YAML: {problem}", origin)]
-        )
+        return FileResult(dict(previous), [InvalidResource(None, where, f"malformed YAML: {problem}", origin)])
     resources: dict[ResourceKey, Resource] = {}
     errors: list[InvalidResource] = []
     for index, doc in enumerate(docs):
@@ -51,9 +49,7 @@ def parse_file(text: str, *, origin: str, previous: Mapping[ResourceKey, Resourc
                     resources[key] = previous[key]
                 continue
             if resource.key in resources:
-                errors.append(
-                    InvalidResource(resource.key, "metadata.name", "defined twice in this file", origin)
-                )
+                errors.append(InvalidResource(resource.key, "metadata.name", "defined twice in this file", origin))
                 continue
             resources[resource.key] = resource
     return FileResult(resources, errors)

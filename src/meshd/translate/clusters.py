@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from functools import partial
+
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, config_source_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import any_pb2, duration_pb2
 
-from meshd.model.services import MeshService, ServicePort
-from meshd.model.world import World
+from meshd.model.services import Endpoint, MeshService, ServicePort
 from meshd.translate import naming
+from meshd.translate.scope import Scope
+from meshd.translate.spec import Spec, ident
 
 CONNECT_TIMEOUT = duration_pb2.Duration(seconds=10)
 _HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -39,9 +43,7 @@ def socket_address(address: str, port: int) -> address_pb2.Address:
 
 def _outbound(service: MeshService, port: ServicePort, subset: str) -> cluster_pb2.Cluster:
     name = naming.outbound_cluster(port=port.number, host=service.hostname, subset=subset)
-    cluster = cluster_pb2.Cluster(
-        name=name, connect_timeout=CONNECT_TIMEOUT, lb_policy=cluster_pb2.Cluster.ROUND_ROBIN
-    )
+    cluster = cluster_pb2.Cluster(name=name, connect_timeout=CONNECT_TIMEOUT, lb_policy=cluster_pb2.Cluster.ROUND_ROBIN)
     if service.resolution == "DNS":
         cluster.type = cluster_pb2.Cluster.STRICT_DNS
         cluster.dns_lookup_family = cluster_pb2.Cluster.V4_ONLY
@@ -56,57 +58,64 @@ def _outbound(service: MeshService, port: ServicePort, subset: str) -> cluster_p
     return cluster
 
 
-def build_outbound_clusters(world: World) -> list[cluster_pb2.Cluster]:
-    """Every service port gets `outbound|port||host`; each DestinationRule subset adds
-    `outbound|port|subset|host`. DNS clusters carry their endpoints inline."""
-    clusters: list[cluster_pb2.Cluster] = []
-    for service in world.services.values():
-        if service.resolution == "NONE":
-            continue
-        rule = world.destination_rules.get(service.hostname)
-        subsets = [""] + ([s.name for s in rule.spec.subsets] if rule else [])
-        for port in service.ports:
-            for subset in subsets:
-                cluster = _outbound(service, port, subset)
-                if service.resolution == "DNS":
-                    eps = world.endpoints.get((service.hostname, port.number), ())
-                    locality = cluster.load_assignment.endpoints.add()
-                    for ep in eps:
-                        locality.lb_endpoints.append(
-                            endpoint_components_pb2.LbEndpoint(
-                                endpoint=endpoint_components_pb2.Endpoint(
-                                    address=socket_address(ep.address, ep.port)
-                                )
-                            )
-                        )
-                clusters.append(cluster)
-    return clusters
-
-
-def build_inbound_clusters(*, address: str, target_ports: list[int]) -> list[cluster_pb2.Cluster]:
-    """`inbound|<port>||`: a static cluster to the local app at <workload address>:<port>."""
-    out = []
-    for port in sorted(set(target_ports)):
-        name = naming.inbound_cluster(port=port)
-        out.append(
-            cluster_pb2.Cluster(
-                name=name,
-                type=cluster_pb2.Cluster.STATIC,
-                connect_timeout=CONNECT_TIMEOUT,
-                load_assignment=endpoint_pb2.ClusterLoadAssignment(
-                    cluster_name=name,
-                    endpoints=[
-                        endpoint_components_pb2.LocalityLbEndpoints(
-                            lb_endpoints=[
-                                endpoint_components_pb2.LbEndpoint(
-                                    endpoint=endpoint_components_pb2.Endpoint(
-                                        address=socket_address(address, port)
-                                    )
-                                )
-                            ]
-                        )
-                    ],
-                ),
+def _dns_cluster(
+    service: MeshService, port: ServicePort, subset: str, endpoints: tuple[Endpoint, ...]
+) -> cluster_pb2.Cluster:
+    cluster = _outbound(service, port, subset)
+    locality = cluster.load_assignment.endpoints.add()
+    for ep in endpoints:
+        locality.lb_endpoints.append(
+            endpoint_components_pb2.LbEndpoint(
+                endpoint=endpoint_components_pb2.Endpoint(address=socket_address(ep.address, ep.port))
             )
         )
-    return out
+    return cluster
+
+
+def outbound_cluster_specs(scope: Scope) -> Iterator[Spec]:
+    """Every visible service port gets `outbound|port||host`; each subset of the DestinationRule
+    that applies in this scope adds `outbound|port|subset|host`. DNS clusters carry their
+    endpoints inline."""
+    for service, ports in scope.services:
+        if service.resolution == "NONE":
+            continue
+        rule = scope.destination_rule(service.hostname)
+        subsets = [""] + ([s.name for s in rule.spec.subsets] if rule else [])
+        for port in ports:
+            dns = scope.world.endpoints.get((service.hostname, port.number), ()) if service.resolution == "DNS" else ()
+            for subset in subsets:
+                name = naming.outbound_cluster(port=port.number, host=service.hostname, subset=subset)
+                key = ("cds", service, port, subset, ident(rule), dns)
+                if service.resolution == "DNS":
+                    yield Spec(name, key, partial(_dns_cluster, service, port, subset, dns))
+                else:
+                    yield Spec(name, key, partial(_outbound, service, port, subset))
+
+
+def _inbound_cluster(address: str, port: int) -> cluster_pb2.Cluster:
+    name = naming.inbound_cluster(port=port)
+    return cluster_pb2.Cluster(
+        name=name,
+        type=cluster_pb2.Cluster.STATIC,
+        connect_timeout=CONNECT_TIMEOUT,
+        load_assignment=endpoint_pb2.ClusterLoadAssignment(
+            cluster_name=name,
+            endpoints=[
+                endpoint_components_pb2.LocalityLbEndpoints(
+                    lb_endpoints=[
+                        endpoint_components_pb2.LbEndpoint(
+                            endpoint=endpoint_components_pb2.Endpoint(address=socket_address(address, port))
+                        )
+                    ]
+                )
+            ],
+        ),
+    )
+
+
+def inbound_cluster_specs(*, address: str, target_ports: Iterable[int]) -> Iterator[Spec]:
+    """`inbound|<port>||`: a static cluster to the local app at <workload address>:<port>."""
+    for port in sorted(set(target_ports)):
+        yield Spec(
+            naming.inbound_cluster(port=port), ("cds-in", address, port), partial(_inbound_cluster, address, port)
+        )

@@ -3,17 +3,21 @@ endpoints whose labels match."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from functools import partial
+
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from google.protobuf import wrappers_pb2
 
 from meshd.model.services import Endpoint
-from meshd.model.world import World
 from meshd.translate import naming
 from meshd.translate.clusters import socket_address
+from meshd.translate.scope import Scope
+from meshd.translate.spec import Spec
 
 
 def _assignment(
-    name: str, endpoints: list[Endpoint], *, sidecar_port: int | None
+    name: str, endpoints: Sequence[Endpoint], *, sidecar_port: int | None
 ) -> endpoint_pb2.ClusterLoadAssignment:
     locality = endpoint_components_pb2.LocalityLbEndpoints()
     for ep in endpoints:
@@ -32,20 +36,24 @@ def _assignment(
     return assignment
 
 
-def build_load_assignments(
-    world: World, *, sidecar_port: int | None
-) -> list[endpoint_pb2.ClusterLoadAssignment]:
-    out = []
-    for service in world.services.values():
+def load_assignment_specs(scope: Scope, *, sidecar_port: int | None) -> Iterator[Spec]:
+    """A ClusterLoadAssignment per EDS cluster of the scope: all endpoints of the service port, and
+    per subset (of the DestinationRule that applies in this scope) the endpoints whose labels match."""
+    for service, ports in scope.services:
         if service.resolution != "EDS":
             continue
-        rule = world.destination_rules.get(service.hostname)
-        for port in service.ports:
-            eps = list(world.endpoints.get((service.hostname, port.number), ()))
+        rule = scope.destination_rule(service.hostname)
+        for port in ports:
+            eps = scope.world.endpoints.get((service.hostname, port.number), ())
             name = naming.outbound_cluster(port=port.number, host=service.hostname)
-            out.append(_assignment(name, eps, sidecar_port=sidecar_port))
+            yield Spec(
+                name, ("eds", name, eps, sidecar_port), partial(_assignment, name, eps, sidecar_port=sidecar_port)
+            )
             for subset in rule.spec.subsets if rule else []:
                 name = naming.outbound_cluster(port=port.number, host=service.hostname, subset=subset.name)
-                selected = [e for e in eps if e.matches(subset.labels)]
-                out.append(_assignment(name, selected, sidecar_port=sidecar_port))
-    return out
+                selected = tuple(e for e in eps if e.matches(subset.labels))
+                yield Spec(
+                    name,
+                    ("eds", name, selected, sidecar_port),
+                    partial(_assignment, name, selected, sidecar_port=sidecar_port),
+                )

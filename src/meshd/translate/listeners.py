@@ -4,6 +4,9 @@ TCP via tcp_proxy), and one inbound listener that forwards to the local app."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from functools import partial
+
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
@@ -12,11 +15,12 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf import any_pb2, duration_pb2
 
 from meshd.api.meta import InvalidResource, ResourceKey
-from meshd.model.services import MeshService, is_http
+from meshd.model.services import MeshService, ServicePort, is_http
 from meshd.model.world import World
 from meshd.translate import naming
 from meshd.translate.clusters import ads_config_source, socket_address
 from meshd.translate.proxy import Proxy
+from meshd.translate.spec import Spec
 
 RESERVED_PORTS = frozenset({15000, 15001, 15004, 15006, 15008, 15020, 15021, 15090})
 
@@ -35,9 +39,7 @@ def _hcm_filter(hcm: hcm_pb2.HttpConnectionManager) -> listener_components_pb2.F
     hcm.codec_type = hcm_pb2.HttpConnectionManager.AUTO
     hcm.http_filters.append(_router())
     hcm.stream_idle_timeout.CopyFrom(duration_pb2.Duration(seconds=0))
-    return listener_components_pb2.Filter(
-        name="envoy.filters.network.http_connection_manager", typed_config=_pack(hcm)
-    )
+    return listener_components_pb2.Filter(name="envoy.filters.network.http_connection_manager", typed_config=_pack(hcm))
 
 
 def _outbound_http(proxy: Proxy, port: int) -> listener_pb2.Listener:
@@ -79,24 +81,18 @@ def _is_http_port(service: MeshService, port: int) -> bool:
 
 
 class ListenerPlan:
-    """What every sidecar's listeners look like for one World, computed once: per port HTTP (RDS)
-    or the TCP service it proxies to, the collisions reported, and which services each workload
-    address backs (for its inbound listener). Proxies differ only in the address they bind."""
+    """The outbound listeners of a scope: per port, HTTP (RDS) or the TCP service it proxies to.
+    Port collisions are reported. Proxies of the scope differ only in the address they bind."""
 
-    def __init__(self, world: World) -> None:
+    def __init__(self, services: Sequence[tuple[MeshService, Sequence[ServicePort]]]) -> None:
         self.errors: list[InvalidResource] = []
         self.outbound: list[tuple[int, MeshService | None]] = []  # (port, None for HTTP | TCP service)
-        self.inbound: dict[str, list[tuple[MeshService, int, int]]] = {}
         by_port: dict[int, list[MeshService]] = {}
-        for service in world.services.values():
-            for sp in service.ports:
+        for service, ports in services:
+            for sp in ports:
                 by_port.setdefault(sp.number, []).append(service)
-        for port, services in sorted(by_port.items()):
-            self._plan_port(port, services)
-        for (host, port), endpoints in world.endpoints.items():
-            for address in dict.fromkeys(ep.address for ep in endpoints):
-                target = next(ep.port for ep in endpoints if ep.address == address)
-                self.inbound.setdefault(address, []).append((world.services[host], port, target))
+        for port, on_port in sorted(by_port.items()):
+            self._plan_port(port, on_port)
 
     def _reject(self, service: MeshService, message: str) -> None:
         key = ResourceKey("Service", service.namespace, service.name)
@@ -119,48 +115,59 @@ class ListenerPlan:
             for s in oldest[1:]:
                 self._reject(s, f"TCP port {port} is already used by {oldest[0].hostname}")
 
-    def outbound_listeners(self, proxy: Proxy) -> list[listener_pb2.Listener]:
-        return [
-            _outbound_http(proxy, port) if service is None else _outbound_tcp(proxy, port, service)
-            for port, service in self.outbound
-        ]
+    def specs(self, proxy: Proxy) -> Iterator[Spec]:
+        for port, service in self.outbound:
+            name = naming.outbound_listener(ip=proxy.ip, port=port)
+            if service is None:
+                yield Spec(name, ("lds-out", proxy.ip, port), partial(_outbound_http, proxy, port))
+            else:
+                yield Spec(name, ("lds-out", proxy.ip, port, service), partial(_outbound_tcp, proxy, port, service))
 
 
-def build_inbound_listener(
-    plan: ListenerPlan, proxy: Proxy, *, inbound_port: int
-) -> tuple[listener_pb2.Listener | None, list[int]]:
-    """The inbound listener at <ip>:<inbound_port>, dispatching by Host to `inbound|<target>||`.
-    Returns the listener (None if the workload backs no service) and the target ports used."""
-    served = plan.inbound.get(proxy.ip, [])
-    if not served:
-        return None, []
+InboundEntry = tuple[MeshService, int, int]  # (service, service port, target port)
+
+
+def inbound_index(world: World) -> dict[str, tuple[InboundEntry, ...]]:
+    """For every workload address, the services it backs: what its sidecar's inbound side serves."""
+    index: dict[str, list[InboundEntry]] = {}
+    for (host, port), endpoints in world.endpoints.items():
+        for address in dict.fromkeys(ep.address for ep in endpoints):
+            target = next(ep.port for ep in endpoints if ep.address == address)
+            index.setdefault(address, []).append((world.services[host], port, target))
+    return {address: tuple(entries) for address, entries in index.items()}
+
+
+def _inbound_listener(proxy: Proxy, served: tuple[InboundEntry, ...], inbound_port: int) -> listener_pb2.Listener:
     routes = route_pb2.RouteConfiguration(name=f"inbound|{inbound_port}")
     for service, port, target in served:
         routes.virtual_hosts.append(
             route_components_pb2.VirtualHost(
                 name=f"inbound|{service.hostname}:{port}",
                 domains=[
-                    d
-                    for d in naming.service_domains(service, port=port, proxy_namespace=service.namespace)
-                    if ":" in d
+                    d for d in naming.service_domains(service, port=port, proxy_namespace=service.namespace) if ":" in d
                 ],
                 routes=[_inbound_route(target)],
             )
         )
     # Anything else (a Host without the port, an address) goes to the first service port.
     routes.virtual_hosts.append(
-        route_components_pb2.VirtualHost(
-            name="inbound|default", domains=["*"], routes=[_inbound_route(served[0][2])]
-        )
+        route_components_pb2.VirtualHost(name="inbound|default", domains=["*"], routes=[_inbound_route(served[0][2])])
     )
     hcm = hcm_pb2.HttpConnectionManager(stat_prefix="inbound", route_config=routes)
-    listener = listener_pb2.Listener(
+    return listener_pb2.Listener(
         name=naming.VIRTUAL_INBOUND,
         address=socket_address(proxy.ip, inbound_port),
         filter_chains=[listener_components_pb2.FilterChain(filters=[_hcm_filter(hcm)])],
         traffic_direction=1,  # INBOUND
     )
-    return listener, [target for _, _, target in served]
+
+
+def inbound_listener_specs(proxy: Proxy, served: tuple[InboundEntry, ...], *, inbound_port: int) -> Iterator[Spec]:
+    """The inbound listener at <ip>:<inbound_port>, dispatching by Host to `inbound|<target>||`
+    (none if the workload backs no service)."""
+    if served:
+        key = ("lds-in", proxy.ip, inbound_port, served)
+        yield Spec(naming.VIRTUAL_INBOUND, key, partial(_inbound_listener, proxy, served, inbound_port))
 
 
 def _inbound_route(target: int) -> route_components_pb2.Route:

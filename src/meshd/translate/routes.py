@@ -3,16 +3,21 @@ virtual host per service on that port. VirtualService http routes become Envoy r
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from functools import partial
+
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 
 from meshd.api.meta import InvalidResource
-from meshd.api.networking import HTTPMatchRequest, HTTPRoute, StringMatch, VirtualService
+from meshd.api.networking import DestinationRule, HTTPMatchRequest, HTTPRoute, StringMatch, VirtualService
 from meshd.model.services import MeshService, is_http
 from meshd.model.world import World, resolve_host
 from meshd.translate import naming
+from meshd.translate.scope import Scope
+from meshd.translate.spec import Ident, Spec, ident
 
 # Istio's default retry policy when a VirtualService says nothing.
 DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
@@ -57,22 +62,20 @@ def _route_match(match: HTTPMatchRequest | None) -> route_components_pb2.RouteMa
         if match.ignore_uri_case:
             out.case_sensitive.CopyFrom(wrappers_pb2.BoolValue(value=False))
         for name, value in sorted(match.headers.items()):
-            out.headers.append(
-                route_components_pb2.HeaderMatcher(name=name, string_match=_string_matcher(value))
-            )
+            out.headers.append(route_components_pb2.HeaderMatcher(name=name, string_match=_string_matcher(value)))
     return out
 
 
 class _RouteBuilder:
-    def __init__(self, world: World, vs: VirtualService, port: int) -> None:
-        self.world, self.vs, self.port = world, vs, port
+    def __init__(
+        self, world: World, vs: VirtualService, port: int, rule_for: Callable[[str], DestinationRule | None]
+    ) -> None:
+        self.world, self.vs, self.port, self.rule_for = world, vs, port, rule_for
 
     def destination_cluster(self, route: HTTPRoute, index: int, dest_index: int) -> str:
         dest = route.route[dest_index].destination
         field = f"spec.http[{index}].route[{dest_index}].destination"
-        host = resolve_host(
-            dest.host, namespace=self.vs.metadata.namespace, domain_suffix=self.world.domain_suffix
-        )
+        host = resolve_host(dest.host, namespace=self.vs.metadata.namespace, domain_suffix=self.world.domain_suffix)
         service = self.world.services.get(host)
         if dest.port is not None:
             port = dest.port.number
@@ -81,11 +84,9 @@ class _RouteBuilder:
         elif service is not None and service.port(self.port) is not None:
             port = self.port
         else:
-            raise InvalidResource(
-                self.vs.key, f"{field}.port", f"a port is required: {host} has several ports"
-            )
+            raise InvalidResource(self.vs.key, f"{field}.port", f"a port is required: {host} has several ports")
         if dest.subset:
-            rule = self.world.destination_rules.get(host)
+            rule = self.rule_for(host)
             if rule is None or all(s.name != dest.subset for s in rule.spec.subsets):
                 raise InvalidResource(
                     self.vs.key,
@@ -139,14 +140,30 @@ def _default_routes(service: MeshService, port: int) -> list[route_components_pb
     ]
 
 
-def host_routes(
-    world: World, service: MeshService, port: int, errors: list[InvalidResource]
+def destination_hosts(world: World, vs: VirtualService) -> list[str]:
+    """The resolved hosts a VirtualService routes to (its route depends on their ports and rules)."""
+    return sorted(
+        {
+            resolve_host(d.destination.host, namespace=vs.metadata.namespace, domain_suffix=world.domain_suffix)
+            for http in vs.spec.http
+            for d in http.route
+        }
+    )
+
+
+def _host_routes(
+    world: World,
+    service: MeshService,
+    port: int,
+    candidates: Sequence[VirtualService],
+    rule_for: Callable[[str], DestinationRule | None],
+    errors: list[InvalidResource],
 ) -> list[route_components_pb2.Route]:
-    """Routes for one host: the oldest valid VirtualService wins; a bad one is reported and skipped."""
+    """Routes for one host: the oldest valid VirtualService wins; others are reported and skipped."""
     chosen: tuple[VirtualService, list[route_components_pb2.Route]] | None = None
-    for vs in world.virtual_services.get(service.hostname, ()):
+    for vs in candidates:
         try:
-            routes = _RouteBuilder(world, vs, port).routes()
+            routes = _RouteBuilder(world, vs, port, rule_for).routes()
         except InvalidResource as err:
             errors.append(err)
             continue
@@ -163,45 +180,61 @@ def host_routes(
     return chosen[1] if chosen is not None else _default_routes(service, port)
 
 
-class RouteTable:
-    """Outbound route configurations for one World. Each host's routes are built once; a proxy's
-    namespace only decides which short-name domains its virtual hosts carry."""
-
-    def __init__(self, world: World) -> None:
-        self.world = world
-        self.errors: list[InvalidResource] = []
-        self._ports: dict[int, list[tuple[MeshService, list[route_components_pb2.Route]]]] | None = None
-
-    def _plan(self) -> dict[int, list[tuple[MeshService, list[route_components_pb2.Route]]]]:
-        if self._ports is None:
-            errors: list[InvalidResource] = []
-            ports: dict[int, list[tuple[MeshService, list[route_components_pb2.Route]]]] = {}
-            for service in self.world.services.values():
-                for sp in service.ports:
-                    if is_http(sp.protocol):
-                        routes = host_routes(self.world, service, sp.number, errors)
-                        ports.setdefault(sp.number, []).append((service, routes))
-            self._ports = dict(sorted(ports.items()))
-            self.errors = _unique(errors)
-        return self._ports
-
-    def configs_for(self, *, proxy_namespace: str) -> list[route_pb2.RouteConfiguration]:
-        configs = []
-        for port, entries in self._plan().items():
-            config = route_pb2.RouteConfiguration(
-                name=naming.route_config(port=port), validate_clusters=wrappers_pb2.BoolValue(value=False)
-            )
-            for service, routes in entries:
-                config.virtual_hosts.append(
-                    route_components_pb2.VirtualHost(
-                        name=f"{service.hostname}:{port}",
-                        domains=naming.service_domains(service, port=port, proxy_namespace=proxy_namespace),
-                        routes=routes,
-                    )
-                )
-            configs.append(config)
-        return configs
-
-
-def _unique(errors: list[InvalidResource]) -> list[InvalidResource]:
+def validate_routes(world: World) -> list[InvalidResource]:
+    """Every VirtualService checked once per World against each host's default DestinationRule,
+    so a rejected resource is reported whichever proxies it would reach."""
+    errors: list[InvalidResource] = []
+    for host, candidates in world.virtual_services.items():
+        service = world.services.get(host)
+        if service is None:
+            continue
+        for sp in service.ports:
+            if is_http(sp.protocol):
+                _host_routes(world, service, sp.number, candidates, world.destination_rules.get, errors)
     return list(dict.fromkeys(errors))
+
+
+class RouteTable:
+    """Outbound route configurations for one scope: per HTTP port, a virtual host per visible service.
+    A configuration's key holds every input of its virtual hosts, so an unchanged one is reused."""
+
+    def __init__(self, scope: Scope) -> None:
+        self.scope = scope
+
+    def _vhost_key(self, service: MeshService, port: int) -> tuple[Hashable, ...]:
+        candidates = self.scope.virtual_services(service.hostname)
+        deps = tuple(
+            (host, self.scope.world.services.get(host), ident(self.scope.destination_rule(host)))
+            for vs in candidates
+            for host in destination_hosts(self.scope.world, vs)
+        )
+        return (service, port, tuple(Ident(vs) for vs in candidates), deps)
+
+    def _build(self, port: int, entries: list[MeshService]) -> route_pb2.RouteConfiguration:
+        scope = self.scope
+        config = route_pb2.RouteConfiguration(
+            name=naming.route_config(port=port), validate_clusters=wrappers_pb2.BoolValue(value=False)
+        )
+        ignored: list[InvalidResource] = []  # reported by validate_routes
+        for service in entries:
+            routes = _host_routes(
+                scope.world, service, port, scope.virtual_services(service.hostname), scope.destination_rule, ignored
+            )
+            config.virtual_hosts.append(
+                route_components_pb2.VirtualHost(
+                    name=f"{service.hostname}:{port}",
+                    domains=naming.service_domains(service, port=port, proxy_namespace=scope.namespace),
+                    routes=routes,
+                )
+            )
+        return config
+
+    def specs(self) -> Iterator[Spec]:
+        by_port: dict[int, list[MeshService]] = {}
+        for service, ports in self.scope.services:
+            for sp in ports:
+                if is_http(sp.protocol):
+                    by_port.setdefault(sp.number, []).append(service)
+        for port, entries in sorted(by_port.items()):
+            key = ("rds", port, self.scope.namespace, tuple(self._vhost_key(s, port) for s in entries))
+            yield Spec(naming.route_config(port=port), key, partial(self._build, port, entries))

@@ -1,29 +1,68 @@
-"""Snapshot generation with sharing: for one World, outbound clusters and endpoints are built and
-serialised once for every proxy; routes once per namespace (short names differ); listeners and
-inbound clusters once per proxy group (its address and namespace)."""
+"""Snapshot generation with sharing, across proxies and across pushes.
+
+Translation declares resources as specs (name, key of every input, build function). For one World
+a ConfigGenerator builds:
+- per scope (proxies with the same Sidecar scope and namespace) one layer: outbound clusters,
+  endpoints and routes;
+- per proxy group (scope + address) one layer: its listeners and inbound clusters.
+Every resource is built and serialised once per distinct key; the memo carries resources over
+from the previous generation, so a push rebuilds only what changed (one endpoint change: one
+ClusterLoadAssignment). A layer whose resources are all unchanged is the previous layer object,
+so the hub can tell which proxies have anything new without comparing bytes.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any
 
 from meshd.api.meta import InvalidResource
 from meshd.model.world import World
-from meshd.translate.clusters import build_inbound_clusters, build_outbound_clusters
-from meshd.translate.endpoints import build_load_assignments
-from meshd.translate.listeners import ListenerPlan, build_inbound_listener
+from meshd.translate.clusters import inbound_cluster_specs, outbound_cluster_specs
+from meshd.translate.endpoints import load_assignment_specs
+from meshd.translate.listeners import InboundEntry, ListenerPlan, inbound_index, inbound_listener_specs
 from meshd.translate.proxy import Proxy
-from meshd.translate.routes import RouteTable
+from meshd.translate.routes import RouteTable, validate_routes
+from meshd.translate.scope import Scope, ScopeKey, select_sidecar
+from meshd.translate.spec import Spec
 from meshd.xds.resource import CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot, XdsResource, make_resource
 
+MESH_SCOPE = ScopeKey("", None)
 
-def _by_name(messages: Sequence[Any]) -> dict[str, XdsResource]:
-    return {m.name: make_resource(m.name, m) for m in messages}
+
+class ResourceMemo:
+    """Built resources by spec key: this generation's, falling back to the previous generation's.
+    Only what the current generation used survives into the next (no unbounded growth)."""
+
+    def __init__(self, previous: ResourceMemo | None = None) -> None:
+        self._old: dict[Hashable, XdsResource] = previous._entries if previous is not None else {}
+        self._entries: dict[Hashable, XdsResource] = {}
+        self.built = 0
+        self.reused = 0
+
+    def resolve(self, specs: Iterable[Spec]) -> dict[str, XdsResource]:
+        out: dict[str, XdsResource] = {}
+        for spec in specs:
+            resource = self._entries.get(spec.key)
+            if resource is None:
+                resource = self._old.get(spec.key)
+                if resource is None:
+                    resource = make_resource(spec.name, spec.build())
+                    self.built += 1
+                else:
+                    self.reused += 1
+                self._entries[spec.key] = resource
+            out[spec.name] = resource
+        return out
+
+
+def _layer(by_type: dict[str, dict[str, XdsResource]], previous: Snapshot | None) -> Snapshot:
+    layer = Snapshot(resources=MappingProxyType({t: MappingProxyType(r) for t, r in by_type.items() if r}))
+    return previous if previous is not None and layer.same_content(previous) else layer
 
 
 class ConfigGenerator:
-    """Builds per-proxy snapshots from one World, computing each shared part once."""
+    """Builds per-proxy snapshots from one World, each shared part once."""
 
     def __init__(
         self,
@@ -31,77 +70,101 @@ class ConfigGenerator:
         *,
         inbound_port: int,
         sidecar_endpoint_port: int | None,
+        root_namespace: str = "istio-system",
         extra: Mapping[str, Sequence[XdsResource]] | None = None,
+        previous: ConfigGenerator | None = None,
     ) -> None:
         self.world = world
         self._inbound_port = inbound_port
         self._sidecar_port = sidecar_endpoint_port
-        self._extra = extra or {}
-        self._clusters: dict[str, XdsResource] | None = None
-        self._endpoints: dict[str, XdsResource] | None = None
-        self._routes: dict[str, dict[str, XdsResource]] = {}
-        self._groups: dict[tuple[str, str], Snapshot] = {}
-        self._route_table = RouteTable(world)
-        self._listener_plan: ListenerPlan | None = None
+        self._root = root_namespace
+        self.memo: ResourceMemo = ResourceMemo(previous.memo if previous is not None else None)
+        self._prev_scopes = previous._scope_layers if previous is not None else {}
+        self._prev_groups = previous._group_snapshots if previous is not None else {}
+        self._scopes: dict[ScopeKey, Scope] = {}
+        self._plans: dict[ScopeKey, ListenerPlan] = {}
+        self._scope_layers: dict[ScopeKey, Snapshot] = {}
+        self._group_snapshots: dict[tuple[str, ScopeKey], Snapshot] = {}
+        self._inbound: dict[str, tuple[InboundEntry, ...]] | None = None
+        previous_extra = previous._extra if previous is not None else None
+        self._extra: Snapshot | None = (
+            _layer({t: {r.name: r for r in rs} for t, rs in extra.items()}, previous_extra) if extra else None
+        )
         self._errors: dict[InvalidResource, None] = dict.fromkeys(world.errors)
-        self.builds = 0  # number of proxy-group snapshots computed (for tests and metrics)
+        self.builds = 0  # proxy-group snapshots computed (for tests and metrics)
 
     @property
     def errors(self) -> list[InvalidResource]:
         return list(self._errors)
 
-    def _shared(self) -> tuple[dict[str, XdsResource], dict[str, XdsResource]]:
-        if self._clusters is None or self._endpoints is None:
-            self._clusters = _by_name(build_outbound_clusters(self.world))
-            self._endpoints = {
-                a.cluster_name: make_resource(a.cluster_name, a)
-                for a in build_load_assignments(self.world, sidecar_port=self._sidecar_port)
-            }
-        return self._clusters, self._endpoints
-
-    def _routes_for(self, namespace: str) -> dict[str, XdsResource]:
-        if namespace not in self._routes:
-            configs = self._route_table.configs_for(proxy_namespace=namespace)
-            self._errors.update(dict.fromkeys(self._route_table.errors))
-            self._routes[namespace] = _by_name(configs)
-        return self._routes[namespace]
-
-    def _plan(self) -> ListenerPlan:
-        if self._listener_plan is None:
-            self._listener_plan = ListenerPlan(self.world)
-            self._errors.update(dict.fromkeys(self._listener_plan.errors))
-        return self._listener_plan
-
     def precompute(self) -> None:
-        """Build the parts every proxy shares, and report their errors, before any proxy asks."""
-        self._shared()
-        self._plan()
-        self._routes_for("")
+        """Report every rejected resource once per World, whatever proxies are connected."""
+        self._errors.update(dict.fromkeys(validate_routes(self.world)))
+        mesh = Scope(self.world, key=MESH_SCOPE, sidecar=None, root_namespace=self._root)
+        self._errors.update(dict.fromkeys(ListenerPlan(mesh.services).errors))
+        for namespace in self.world.sidecars:
+            _, errors = select_sidecar(self.world, namespace=namespace, labels={}, root_namespace=self._root)
+            self._errors.update(dict.fromkeys(errors))
+
+    def scope_key(self, proxy: Proxy) -> ScopeKey:
+        workload = self.world.workloads.get(proxy.ip)
+        labels = dict(workload.labels) if workload is not None else {}
+        sidecar, _ = select_sidecar(self.world, namespace=proxy.namespace, labels=labels, root_namespace=self._root)
+        return ScopeKey(proxy.namespace, sidecar.key if sidecar is not None else None)
+
+    def _scope(self, key: ScopeKey) -> Scope:
+        scope = self._scopes.get(key)
+        if scope is None:
+            sidecar = None
+            if key.sidecar is not None:
+                sidecar = next(s for s in self.world.sidecars.get(key.sidecar.namespace, ()) if s.key == key.sidecar)
+            scope = Scope(self.world, key=key, sidecar=sidecar, root_namespace=self._root)
+            self._scopes[key] = scope
+        return scope
+
+    def _scope_layer(self, key: ScopeKey) -> Snapshot:
+        layer = self._scope_layers.get(key)
+        if layer is None:
+            scope = self._scope(key)
+            by_type = {
+                CLUSTER: self.memo.resolve(outbound_cluster_specs(scope)),
+                ENDPOINT: self.memo.resolve(load_assignment_specs(scope, sidecar_port=self._sidecar_port)),
+                ROUTE: self.memo.resolve(RouteTable(scope).specs()),
+            }
+            layer = _layer(by_type, self._prev_scopes.get(key))
+            self._scope_layers[key] = layer
+        return layer
+
+    def _inbound_index(self) -> dict[str, tuple[InboundEntry, ...]]:
+        if self._inbound is None:
+            self._inbound = inbound_index(self.world)
+        return self._inbound
 
     def snapshot(self, proxy: Proxy) -> Snapshot:
-        key = (proxy.ip, proxy.namespace)
-        cached = self._groups.get(key)
+        key = self.scope_key(proxy)
+        group = (proxy.ip, key)
+        cached = self._group_snapshots.get(group)
         if cached is not None:
             return cached
         self.builds += 1
-        clusters, endpoints = self._shared()
-        clusters = dict(clusters)
-        plan = self._plan()
-        listeners_list = plan.outbound_listeners(proxy)
-        inbound, targets = build_inbound_listener(plan, proxy, inbound_port=self._inbound_port)
-        if inbound is not None:
-            listeners_list.append(inbound)
-        listeners = _by_name(listeners_list)
-        for c in build_inbound_clusters(address=proxy.ip, target_ports=targets):
-            clusters[c.name] = make_resource(c.name, c)
-        by_type: dict[str, dict[str, XdsResource]] = {
-            CLUSTER: clusters,
-            ENDPOINT: endpoints,
-            LISTENER: listeners,
-            ROUTE: self._routes_for(proxy.namespace),
+        scope_layer = self._scope_layer(key)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = ListenerPlan(self._scope(key).services)
+        served = self._inbound_index().get(proxy.ip, ())
+        own = {
+            LISTENER: self.memo.resolve(
+                [*plan.specs(proxy), *inbound_listener_specs(proxy, served, inbound_port=self._inbound_port)]
+            ),
+            CLUSTER: self.memo.resolve(inbound_cluster_specs(address=proxy.ip, target_ports=[t for _, _, t in served])),
         }
-        for type_url, extra in self._extra.items():
-            by_type[type_url] = {**by_type.get(type_url, {}), **{r.name: r for r in extra}}
-        snap = Snapshot(resources=MappingProxyType({t: MappingProxyType(r) for t, r in by_type.items()}))
-        self._groups[key] = snap
+        previous = self._prev_groups.get(group)
+        proxy_layer = _layer(own, previous.layers[1] if previous is not None else None)
+        layers = (scope_layer, proxy_layer) + ((self._extra,) if self._extra is not None else ())
+        unchanged = previous is not None and len(previous.layers) == len(layers)
+        if previous is not None and unchanged and all(a is b for a, b in zip(previous.layers, layers, strict=True)):
+            self._group_snapshots[group] = previous
+            return previous
+        snap = Snapshot(layers=layers)
+        self._group_snapshots[group] = snap
         return snap

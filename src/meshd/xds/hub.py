@@ -25,6 +25,7 @@ class Connection:
     connected_at: float
     queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     push_pending: bool = False
+    snapshot: Snapshot | None = None  # what this proxy should hold now
     # nonce -> time of the config change that response carried (for convergence time)
     change_times: dict[str, float] = field(default_factory=dict)
 
@@ -50,19 +51,26 @@ class Hub:
     def ready(self) -> bool:
         return self.generator is not None
 
-    def publish(self, generator: ConfigGenerator, *, changed_at: float) -> None:
+    def publish(self, generator: ConfigGenerator, *, changed_at: float) -> int:
+        """Install a new generation; wake only the streams whose snapshot changed. Returns their number."""
         self.generator, self.changed_at = generator, changed_at
         self.generation += 1
+        woken = 0
         for conn in self.connections.values():
-            conn.notify()
+            snapshot = generator.snapshot(conn.proxy)
+            if snapshot is not conn.snapshot:
+                conn.snapshot = snapshot
+                conn.notify()
+                woken += 1
+        return woken
 
     def snapshot_for(self, proxy: Proxy) -> Snapshot:
         return self.generator.snapshot(proxy) if self.generator is not None else EMPTY_SNAPSHOT
 
     def connect(self, *, proxy: Proxy, stream: SotwStream | DeltaStream, now: float) -> Connection:
-        conn = Connection(
-            conn_id=f"{proxy.node_id}-{next(self._ids)}", proxy=proxy, stream=stream, connected_at=now
-        )
+        conn = Connection(conn_id=f"{proxy.node_id}-{next(self._ids)}", proxy=proxy, stream=stream, connected_at=now)
+        if self.generator is not None:
+            conn.snapshot = self.generator.snapshot(proxy)
         self.connections[conn.conn_id] = conn
         return conn
 

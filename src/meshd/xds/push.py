@@ -62,10 +62,9 @@ class PushLoop:
     ) -> None:
         self._store, self._hub, self._settings = store, hub, settings
         self._metrics, self._log = metrics, log
-        self._debouncer = Debouncer(
-            clock=clock, quiet=settings.debounce_quiet_s, max_delay=settings.debounce_max_s
-        )
+        self._debouncer = Debouncer(clock=clock, quiet=settings.debounce_quiet_s, max_delay=settings.debounce_max_s)
         self._extra: dict[str, Sequence[XdsResource]] = {}
+        self._generator: ConfigGenerator | None = None
         self._reported: list[InvalidResource] = []
         self._translation_errors: list[InvalidResource] = []
         store.subscribe(self._debouncer.touch)
@@ -91,8 +90,11 @@ class PushLoop:
             world,
             inbound_port=self._settings.inbound_port,
             sidecar_endpoint_port=self._settings.inbound_port,
+            root_namespace=self._settings.root_namespace,
             extra=dict(self._extra),
+            previous=self._generator,
         )
+        self._generator = generator
         generator.precompute()
         self._translation_errors = generator.errors
         for err in generator.errors:
@@ -104,13 +106,17 @@ class PushLoop:
                     err.message,
                 )
         self._reported = generator.errors
-        self._hub.publish(generator, changed_at=changed_at)
+        woken = self._hub.publish(generator, changed_at=changed_at)
         self._log.info(
-            "event=push_generation generation=%d revision=%d services=%d proxies=%d errors=%d",
+            "event=push_generation generation=%d revision=%d services=%d proxies=%d pushed=%d built=%d reused=%d"
+            " errors=%d",
             self._hub.generation,
             world.revision,
             len(world.services),
             len(self._hub.connections),
+            woken,
+            generator.memo.built,
+            generator.memo.reused,
             len(self.errors),
         )
         return generator

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import any_pb2
@@ -59,14 +59,42 @@ def version_of(resources: Iterable[XdsResource]) -> str:
     return digest.hexdigest()[:16]
 
 
-@dataclass(frozen=True)
 class Snapshot:
-    """Everything one proxy may receive, by type URL then name."""
+    """Everything one proxy may receive, by type URL then name.
 
-    resources: Mapping[str, Mapping[str, XdsResource]]
-    _versions: dict[tuple[str, frozenset[str] | None], str] = field(
-        default_factory=dict, compare=False, repr=False
-    )
+    A snapshot is either a plain mapping of resources or a stack of shared layers (e.g. what its
+    scope sees, then what is specific to the proxy; a later layer wins on equal names). Versions
+    are cached per (type, subscription) on each layer, so proxies sharing a layer share its work.
+    """
+
+    __slots__ = ("_layers", "_merged", "_own", "_versions")
+
+    def __init__(
+        self,
+        resources: Mapping[str, Mapping[str, XdsResource]] | None = None,
+        *,
+        layers: tuple[Snapshot, ...] = (),
+    ) -> None:
+        self._own = resources or {}
+        self._layers = layers
+        self._versions: dict[tuple[str, frozenset[str] | None], str] = {}
+        self._merged: dict[str, dict[str, XdsResource]] | None = None
+
+    @property
+    def layers(self) -> tuple[Snapshot, ...]:
+        return self._layers
+
+    @property
+    def resources(self) -> Mapping[str, Mapping[str, XdsResource]]:
+        if not self._layers:
+            return self._own
+        if self._merged is None:
+            merged: dict[str, dict[str, XdsResource]] = {}
+            for layer in self._layers:
+                for type_url, by_name in layer.resources.items():
+                    merged.setdefault(type_url, {}).update(by_name)
+            self._merged = merged
+        return self._merged
 
     def select(self, type_url: str, names: frozenset[str] | None) -> list[XdsResource]:
         """Resources of a type, all of them (names None: wildcard) or the named ones that exist."""
@@ -77,9 +105,28 @@ class Snapshot:
 
     def version(self, type_url: str, names: frozenset[str] | None) -> str:
         key = (type_url, names)
-        if key not in self._versions:
-            self._versions[key] = version_of(self.select(type_url, names))
-        return self._versions[key]
+        cached = self._versions.get(key)
+        if cached is None:
+            if self._layers:
+                parts = [layer.version(type_url, names) for layer in self._layers if type_url in layer.resources]
+                if len(parts) == 1:
+                    cached = parts[0]
+                else:
+                    cached = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16] if parts else version_of(())
+            else:
+                cached = version_of(self.select(type_url, names))
+            self._versions[key] = cached
+        return cached
+
+    def same_content(self, other: Snapshot | None) -> bool:
+        """True when both hold the very same resource objects (cheap identity comparison)."""
+        if other is None or self.resources.keys() != other.resources.keys():
+            return False
+        for type_url, mine in self.resources.items():
+            theirs = other.resources[type_url]
+            if len(mine) != len(theirs) or any(theirs.get(n) is not r for n, r in mine.items()):
+                return False
+        return True
 
 
 EMPTY_SNAPSHOT = Snapshot(resources={})

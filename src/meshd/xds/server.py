@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -55,32 +54,38 @@ def _delta_response(resp: Response) -> Any:
         system_version_info=resp.version,
         type_url=resp.type_url,
         nonce=resp.nonce,
-        resources=[
-            discovery_pb2.Resource(name=r.name, version=r.version, resource=r.to_any())
-            for r in resp.resources
-        ],
+        resources=[discovery_pb2.Resource(name=r.name, version=r.version, resource=r.to_any()) for r in resp.resources],
         removed_resources=list(resp.removed),
     )
 
 
 class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
-    def __init__(self, *, hub: Hub, metrics: Metrics, clock: Clock, log: logging.Logger) -> None:
+    def __init__(
+        self,
+        *,
+        hub: Hub,
+        metrics: Metrics,
+        clock: Clock,
+        log: logging.Logger,
+        send_timeout_s: float = 30.0,
+        max_concurrent_pushes: int = 100,
+    ) -> None:
         self._hub = hub
+        self._send_timeout = send_timeout_s
+        self._slots = asyncio.Semaphore(max_concurrent_pushes)
         self._metrics = metrics
         self._clock = clock
         self._log = log
         # Nonces carry a per-process random prefix: unique across meshd restarts.
         self._boot = secrets.token_hex(4)
 
-    async def StreamAggregatedResources(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
-        async for resp in self._serve(request_iterator, context, delta=False):
-            yield resp
+    async def StreamAggregatedResources(self, request_iterator: Any, context: Any) -> None:
+        await self._serve(request_iterator, context, delta=False)
 
-    async def DeltaAggregatedResources(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
-        async for resp in self._serve(request_iterator, context, delta=True):
-            yield resp
+    async def DeltaAggregatedResources(self, request_iterator: Any, context: Any) -> None:
+        await self._serve(request_iterator, context, delta=True)
 
-    async def _serve(self, requests: Any, context: Any, *, delta: bool) -> AsyncIterator[Any]:
+    async def _serve(self, requests: Any, context: Any, *, delta: bool) -> None:
         queue: asyncio.Queue[Any] = asyncio.Queue()
         reader = asyncio.create_task(self._read(requests, queue))
         conn: Connection | None = None
@@ -100,32 +105,42 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                         conn = await self._open(item, queue, context, delta=delta)
                     req = _delta_request(item) if delta else _sotw_request(item)
                     self._record(conn, conn.stream.on_request(req), req.response_nonce)
-                if not self._hub.ready:
-                    continue
-                snapshot = self._hub.snapshot_for(conn.proxy)
-                for resp in conn.stream.responses(snapshot):
-                    conn.change_times[resp.nonce] = changed_at
-                    message = _delta_response(resp) if delta else _sotw_response(resp)
-                    kind = short_name(resp.type_url)
-                    self._metrics.xds_pushes.inc(kind)
-                    self._metrics.xds_bytes.inc(kind, message.ByteSize())
-                    self._metrics.push_time.labels(kind).observe(max(0.0, self._clock.now() - changed_at))
-                    self._log.debug(
-                        "event=push proxy=%s type=%s version=%s nonce=%s resources=%d removed=%d",
-                        conn.proxy.node_id,
-                        kind,
-                        resp.version,
-                        resp.nonce,
-                        len(resp.resources),
-                        len(resp.removed),
-                    )
-                    yield message
+                if conn.snapshot is None:
+                    continue  # not ready: nothing is served before the config has loaded
+                async with self._slots:
+                    await self._send(conn, context, changed_at=changed_at, delta=delta)
         finally:
             reader.cancel()
             if conn is not None:
                 self._hub.disconnect(conn)
                 self._metrics.xds_connected.labels("meshd").set(len(self._hub.connections))
                 self._log.info("event=disconnected proxy=%s", conn.proxy.node_id)
+
+    async def _send(self, conn: Connection, context: Any, *, changed_at: float, delta: bool) -> None:
+        assert conn.snapshot is not None
+        for resp in conn.stream.responses(conn.snapshot):
+            conn.change_times[resp.nonce] = changed_at
+            message = _delta_response(resp) if delta else _sotw_response(resp)
+            kind = short_name(resp.type_url)
+            try:
+                await asyncio.wait_for(context.write(message), self._send_timeout)
+            except TimeoutError:
+                self._log.error(
+                    "event=stuck_proxy proxy=%s type=%s timeout_s=%s", conn.proxy.node_id, kind, self._send_timeout
+                )
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "proxy did not read its xDS stream in time")
+            self._metrics.xds_pushes.inc(kind)
+            self._metrics.xds_bytes.inc(kind, message.ByteSize())
+            self._metrics.push_time.labels(kind).observe(max(0.0, self._clock.now() - changed_at))
+            self._log.debug(
+                "event=push proxy=%s type=%s version=%s nonce=%s resources=%d removed=%d",
+                conn.proxy.node_id,
+                kind,
+                resp.version,
+                resp.nonce,
+                len(resp.resources),
+                len(resp.removed),
+            )
 
     async def _open(self, first: Any, queue: asyncio.Queue[Any], context: Any, *, delta: bool) -> Connection:
         try:

@@ -1,0 +1,124 @@
+"""Sidecar scoping: what a group of proxies may reach.
+
+A proxy's scope comes from the Sidecar that applies to it (workload selector in its namespace,
+else its namespace's default, else the mesh default in the root namespace, else none: all hosts)
+and from exportTo on services, VirtualServices and DestinationRules. Proxies with the same scope
+key get identical clusters, endpoints and routes.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+
+from meshd.api.meta import InvalidResource, ResourceKey
+from meshd.api.networking import DestinationRule, IstioEgressListener, Sidecar, VirtualService, exported_to
+from meshd.model.services import MeshService, ServicePort
+from meshd.model.world import World
+
+
+@dataclass(frozen=True, order=True)
+class ScopeKey:
+    namespace: str
+    sidecar: ResourceKey | None
+
+
+def select_sidecar(
+    world: World, *, namespace: str, labels: dict[str, str], root_namespace: str
+) -> tuple[Sidecar | None, list[InvalidResource]]:
+    """The Sidecar for a workload, as Istio picks it; extra default Sidecars are reported."""
+    errors: list[InvalidResource] = []
+    local = world.sidecars.get(namespace, ())
+    for sc in local:
+        selector = sc.spec.workload_selector
+        if selector is not None and selector.labels and all(labels.get(k) == v for k, v in selector.labels.items()):
+            return sc, errors
+    for candidates in (local, world.sidecars.get(root_namespace, ()) if namespace != root_namespace else ()):
+        defaults = [sc for sc in candidates if sc.spec.workload_selector is None]
+        for extra in defaults[1:]:
+            errors.append(
+                InvalidResource(
+                    extra.key, "spec.workloadSelector", f"{defaults[0].key} is already the namespace default; ignored"
+                )
+            )
+        if defaults:
+            return defaults[0], errors
+    return None, errors
+
+
+def _host_matches(pattern: str, service: MeshService, *, pattern_namespace: str, suffix: str) -> bool:
+    if pattern == "*":
+        return True
+    if "." not in pattern and not pattern.startswith("*"):
+        pattern = f"{pattern}.{pattern_namespace}.svc.{suffix}"
+    if pattern.startswith("*."):
+        return service.hostname.endswith(pattern[1:])
+    return fnmatch.fnmatchcase(service.hostname, pattern)
+
+
+def _listener_allows(listener: IstioEgressListener, service: MeshService, *, proxy_namespace: str, suffix: str) -> bool:
+    for host in listener.hosts:
+        ns, _, name = host.partition("/")
+        if ns == "~":
+            continue
+        if ns == ".":
+            ns = proxy_namespace
+        if ns != "*" and ns != service.namespace:
+            continue
+        if _host_matches(name, service, pattern_namespace=ns if ns != "*" else service.namespace, suffix=suffix):
+            return True
+    return False
+
+
+class Scope:
+    """Visibility for one scope key, computed once per World."""
+
+    def __init__(self, world: World, *, key: ScopeKey, sidecar: Sidecar | None, root_namespace: str) -> None:
+        self.world = world
+        self.key = key
+        self.namespace = key.namespace
+        self._root = root_namespace
+        self._sidecar = sidecar
+        self.services: list[tuple[MeshService, tuple[ServicePort, ...]]] = []
+        for service in world.services.values():
+            if not exported_to(list(service.export_to), owner_namespace=service.namespace, namespace=self.namespace):
+                continue
+            ports = tuple(p for p in service.ports if self._egress_allows(service, p.number))
+            if ports:
+                self.services.append((service, ports))
+        self.visible_hosts = frozenset(s.hostname for s, _ in self.services)
+
+    def _egress_allows(self, service: MeshService, port: int) -> bool:
+        if self._sidecar is None or not self._sidecar.spec.egress:
+            return True
+        egress = self._sidecar.spec.egress
+        listeners = [e for e in egress if e.port is not None and e.port.number == port]
+        if not listeners:
+            listeners = [e for e in egress if e.port is None]
+        suffix = self.world.domain_suffix
+        return any(_listener_allows(e, service, proxy_namespace=self.namespace, suffix=suffix) for e in listeners)
+
+    def virtual_services(self, host: str) -> tuple[VirtualService, ...]:
+        return tuple(
+            vs
+            for vs in self.world.virtual_services.get(host, ())
+            if exported_to(vs.spec.export_to, owner_namespace=vs.metadata.namespace, namespace=self.namespace)
+        )
+
+    def destination_rule(self, host: str) -> DestinationRule | None:
+        """Istio's lookup order: the proxy's namespace, the service's namespace, the root namespace,
+        then any other namespace that exports its rule here (oldest first)."""
+        candidates = [
+            r
+            for r in self.world.rules_by_host.get(host, ())
+            if exported_to(r.spec.export_to, owner_namespace=r.metadata.namespace, namespace=self.namespace)
+        ]
+        if not candidates:
+            return None
+        service = self.world.services.get(host)
+        order = [self.namespace, service.namespace if service else None, self._root]
+        for ns in order:
+            for rule in candidates:
+                if rule.metadata.namespace == ns:
+                    return rule
+        return candidates[0]

@@ -1,0 +1,42 @@
+"""Resource specs: what translation declares instead of building eagerly.
+
+A spec is a resource name, a key holding every input the resource depends on, and a function
+that builds it. The cache layer builds each distinct key once and shares the result across proxy
+groups and across pushes; translation stays pure and never needs to know about caching.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+
+class Ident:
+    """Key part for an input compared by identity (e.g. a parsed VirtualService). Holding the object
+    keeps it alive, so its identity cannot be reused while the key exists."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: object) -> None:
+        self.obj = obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Ident) and other.obj is self.obj
+
+    def __repr__(self) -> str:
+        return f"Ident({type(self.obj).__name__}@{id(self.obj):x})"
+
+
+def ident(obj: object | None) -> Ident | None:
+    return None if obj is None else Ident(obj)
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    name: str
+    key: Hashable
+    build: Callable[[], Any]
