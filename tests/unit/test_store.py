@@ -12,12 +12,14 @@ from meshd.model.store import ConfigStore
 
 
 def service(name: str, port: int = 80, namespace: str = "ns") -> Resource:
-    return parse_resource({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"ports": [{"port": port}]},
-    })
+    return parse_resource(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"ports": [{"port": port}]},
+        }
+    )
 
 
 def by_key(*resources: Resource) -> dict[ResourceKey, Resource]:
@@ -76,12 +78,44 @@ def test_replace_origin_with_identical_content_still_records_errors(store: Confi
     assert recorder.calls == 0
 
 
-def test_resources_are_sorted_by_origin_then_key() -> None:
+def test_resources_are_sorted_by_key() -> None:
     s = ConfigStore()
     s.replace_origin("b.yaml", by_key(service("b2"), service("b1")))
     s.replace_origin("a.yaml", by_key(service("a1", namespace="zz"), service("a2", namespace="aa")))
     assert [(o, r.metadata.name) for o, r in s.resources()] == [
-        ("a.yaml", "a2"), ("a.yaml", "a1"), ("b.yaml", "b1"), ("b.yaml", "b2"),
+        ("a.yaml", "a2"),
+        ("b.yaml", "b1"),
+        ("b.yaml", "b2"),
+        ("a.yaml", "a1"),
+    ]
+
+
+def test_drain_changes_reports_each_changed_winner_once() -> None:
+    s = ConfigStore()
+    first, second = service("x"), service("y")
+    s.replace_origin("a.yaml", by_key(first, second))
+    assert {k.name: r for k, r in s.drain_changes().items()} == {"x": first, "y": second}
+    assert s.drain_changes() == {}
+
+    # A copy in a later origin does not win; removing the winner promotes it; removing all deletes.
+    copy = service("x")
+    s.replace_origin("b.yaml", by_key(copy))
+    assert s.drain_changes() == {}
+    s.replace_origin("a.yaml", by_key(second))
+    assert {k.name: r for k, r in s.drain_changes().items()} == {"x": copy}
+    s.remove_origin("b.yaml")
+    assert {k.name: r for k, r in s.drain_changes().items()} == {"x": None}
+
+
+def test_an_unchanged_resource_in_a_rewritten_origin_is_not_a_change() -> None:
+    s = ConfigStore()
+    kept, edited = service("kept"), service("edited")
+    s.replace_origin("a.yaml", by_key(kept, edited))
+    s.drain_changes()
+    s.replace_origin("a.yaml", by_key(kept, service("edited", namespace="other")))
+    assert sorted((k.namespace, k.name, r is not None) for k, r in s.drain_changes().items()) == [
+        ("ns", "edited", False),
+        ("other", "edited", True),
     ]
 
 

@@ -56,6 +56,29 @@ class MeshService:
     addresses: tuple[str, ...] = ()
     creation: str = ""
     export_to: tuple[str, ...] = ()  # Istio exportTo; empty = everyone
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Services are dictionary keys on the push path: hash once.
+        object.__setattr__(
+            self,
+            "_hash",
+            hash(
+                (
+                    self.hostname,
+                    self.namespace,
+                    self.name,
+                    self.ports,
+                    self.resolution,
+                    self.addresses,
+                    self.creation,
+                    self.export_to,
+                )
+            ),
+        )
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def port(self, number: int) -> ServicePort | None:
         return next((p for p in self.ports if p.number == number), None)
@@ -70,6 +93,15 @@ class Endpoint:
     workload: str = ""
     ready: bool = True
     weight: int = 0
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Endpoint tuples key the endpoint cache on the push path: hash once.
+        fields = (self.address, self.port, self.labels, self.service_account, self.workload, self.ready, self.weight)
+        object.__setattr__(self, "_hash", hash(fields))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def has_sidecar(self) -> bool:

@@ -1,7 +1,9 @@
 """ConfigStore: every valid resource meshd currently knows, grouped by origin (a file, the cluster).
 
 The store is the only mutable state of the pipeline. Sources replace what one origin holds;
-subscribers are told that something changed and build a fresh World from `resources()`.
+subscribers are told that something changed. A key defined by two origins is taken from the first
+origin (sorted) and the other copy is reported. Consumers either read everything (`resources()`)
+or take just what changed since they last asked (`drain_changes()`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from meshd.api.meta import InvalidResource, Resource, ResourceKey
 class ConfigStore:
     def __init__(self) -> None:
         self._by_origin: dict[str, dict[ResourceKey, Resource]] = {}
+        self._origins_of: dict[ResourceKey, set[str]] = {}
+        self._winners: dict[ResourceKey, Resource] = {}
+        self._changes: dict[ResourceKey, Resource | None] = {}
         self._errors: dict[str, tuple[InvalidResource, ...]] = {}
         self._listeners: list[Callable[[], None]] = []
         self.revision = 0
@@ -35,19 +40,39 @@ class ConfigStore:
         previous = self._by_origin.get(origin, {})
         if dict(resources) == previous:
             return False
-        if resources:
-            self._by_origin[origin] = dict(resources)
+        current = dict(resources)
+        if current:
+            self._by_origin[origin] = current
         else:
             self._by_origin.pop(origin, None)
+        touched = [k for k in previous.keys() | current.keys() if previous.get(k) is not current.get(k)]
+        for key in touched:
+            origins = self._origins_of.setdefault(key, set())
+            if key in current:
+                origins.add(origin)
+            else:
+                origins.discard(origin)
+            self._elect(key)
         self._changed()
         return True
 
     def remove_origin(self, origin: str) -> bool:
         self._errors.pop(origin, None)
-        if self._by_origin.pop(origin, None) is None:
+        if origin not in self._by_origin:
             return False
-        self._changed()
-        return True
+        return self.replace_origin(origin, {})
+
+    def _elect(self, key: ResourceKey) -> None:
+        origins = self._origins_of.get(key)
+        winner = self._by_origin[min(origins)][key] if origins else None
+        if not origins:
+            self._origins_of.pop(key, None)
+        if winner is not self._winners.get(key):
+            if winner is None:
+                del self._winners[key]
+            else:
+                self._winners[key] = winner
+            self._changes[key] = winner
 
     def mark_loaded(self) -> None:
         """Sources call this once their first full load is in the store."""
@@ -56,33 +81,22 @@ class ConfigStore:
             self._changed()
 
     def resources(self) -> list[tuple[str, Resource]]:
-        """(origin, resource) pairs, sorted by origin then key. A key defined by two origins is
-        taken from the first origin only (see `errors`)."""
-        seen: set[ResourceKey] = set()
-        out = []
-        for origin in sorted(self._by_origin):
-            for key in sorted(self._by_origin[origin]):
-                if key not in seen:
-                    seen.add(key)
-                    out.append((origin, self._by_origin[origin][key]))
-        return out
+        """(origin, resource) pairs of the winning copies, sorted by key."""
+        return [(min(self._origins_of[key]), self._winners[key]) for key in sorted(self._winners)]
+
+    def drain_changes(self) -> dict[ResourceKey, Resource | None]:
+        """Keys whose winning resource changed since the last call: the new resource, or None if gone."""
+        changes, self._changes = self._changes, {}
+        return changes
 
     def errors(self) -> list[InvalidResource]:
         errors = [e for origin in sorted(self._errors) for e in self._errors[origin]]
-        first: dict[ResourceKey, str] = {}
-        for origin in sorted(self._by_origin):
-            for key in sorted(self._by_origin[origin]):
-                if key in first:
-                    errors.append(
-                        InvalidResource(
-                            key,
-                            "metadata.name",
-                            f"also defined in {first[key]}; this copy is ignored",
-                            origin,
-                        )
-                    )
-                else:
-                    first[key] = origin
+        for key in sorted(k for k, origins in self._origins_of.items() if len(origins) > 1):
+            first, *others = sorted(self._origins_of[key])
+            errors += [
+                InvalidResource(key, "metadata.name", f"also defined in {first}; this copy is ignored", origin)
+                for origin in others
+            ]
         return errors
 
     def _changed(self) -> None:

@@ -3,10 +3,10 @@ virtual host per service on that port. VirtualService http routes become Envoy r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from functools import partial
 
-from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
@@ -194,12 +194,44 @@ def validate_routes(world: World) -> list[InvalidResource]:
     return list(dict.fromkeys(errors))
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _length_delimited(field_number: int, payload: bytes) -> bytes:
+    return _varint(field_number << 3 | 2) + _varint(len(payload)) + payload
+
+
+_RC_NAME, _RC_VIRTUAL_HOSTS, _RC_VALIDATE_CLUSTERS = 1, 2, 7  # RouteConfiguration field numbers
+ROUTE_CONFIGURATION = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+
+
 class RouteTable:
     """Outbound route configurations for one scope: per HTTP port, a virtual host per visible service.
-    A configuration's key holds every input of its virtual hosts, so an unchanged one is reused."""
 
-    def __init__(self, scope: Scope) -> None:
+    A virtual host is serialised once per (inputs, same namespace as the proxy or not) and shared by
+    every scope; a route configuration is the concatenation of its virtual hosts' bytes, so a scope
+    costs a join, not a rebuild. A configuration's key holds every input, so an unchanged one is reused.
+    """
+
+    def __init__(
+        self,
+        scope: Scope,
+        *,
+        cache: dict[Hashable, bytes] | None = None,
+        previous_cache: Mapping[Hashable, bytes] | None = None,
+    ) -> None:
         self.scope = scope
+        self._cache = cache if cache is not None else {}
+        self._previous = previous_cache or {}
 
     def _vhost_key(self, service: MeshService, port: int) -> tuple[Hashable, ...]:
         candidates = self.scope.virtual_services(service.hostname)
@@ -208,26 +240,37 @@ class RouteTable:
             for vs in candidates
             for host in destination_hosts(self.scope.world, vs)
         )
-        return (service, port, tuple(Ident(vs) for vs in candidates), deps)
+        return (service, port, tuple(Ident(vs) for vs in candidates), deps, service.namespace == self.scope.namespace)
 
-    def _build(self, port: int, entries: list[MeshService]) -> route_pb2.RouteConfiguration:
-        scope = self.scope
-        config = route_pb2.RouteConfiguration(
-            name=naming.route_config(port=port), validate_clusters=wrappers_pb2.BoolValue(value=False)
-        )
-        ignored: list[InvalidResource] = []  # reported by validate_routes
-        for service in entries:
-            routes = _host_routes(
-                scope.world, service, port, scope.virtual_services(service.hostname), scope.destination_rule, ignored
-            )
-            config.virtual_hosts.append(
-                route_components_pb2.VirtualHost(
+    def _vhost_bytes(self, service: MeshService, port: int, key: Hashable) -> bytes:
+        body = self._cache.get(key)
+        if body is None:
+            body = self._previous.get(key)
+            if body is None:
+                scope = self.scope
+                ignored: list[InvalidResource] = []  # reported by validate_routes
+                routes = _host_routes(
+                    scope.world,
+                    service,
+                    port,
+                    scope.virtual_services(service.hostname),
+                    scope.destination_rule,
+                    ignored,
+                )
+                vhost = route_components_pb2.VirtualHost(
                     name=f"{service.hostname}:{port}",
                     domains=naming.service_domains(service, port=port, proxy_namespace=scope.namespace),
                     routes=routes,
                 )
-            )
-        return config
+                body = vhost.SerializeToString(deterministic=True)
+            self._cache[key] = body
+        return body
+
+    def _build(self, port: int, entries: Sequence[tuple[MeshService, Hashable]]) -> bytes:
+        parts = [_length_delimited(_RC_NAME, naming.route_config(port=port).encode())]
+        parts += [_length_delimited(_RC_VIRTUAL_HOSTS, self._vhost_bytes(s, port, k)) for s, k in entries]
+        parts.append(_length_delimited(_RC_VALIDATE_CLUSTERS, b""))  # validate_clusters: false
+        return b"".join(parts)
 
     def specs(self) -> Iterator[Spec]:
         by_port: dict[int, list[MeshService]] = {}
@@ -235,6 +278,7 @@ class RouteTable:
             for sp in ports:
                 if is_http(sp.protocol):
                     by_port.setdefault(sp.number, []).append(service)
-        for port, entries in sorted(by_port.items()):
-            key = ("rds", port, self.scope.namespace, tuple(self._vhost_key(s, port) for s in entries))
-            yield Spec(naming.route_config(port=port), key, partial(self._build, port, entries))
+        for port, services in sorted(by_port.items()):
+            entries = [(s, self._vhost_key(s, port)) for s in services]
+            key = ("rds", port, self.scope.namespace, tuple(k for _, k in entries))
+            yield Spec(naming.route_config(port=port), key, partial(self._build, port, entries), ROUTE_CONFIGURATION)

@@ -15,6 +15,23 @@ from meshd.api.meta import InvalidResource, ResourceKey
 from meshd.api.networking import DestinationRule, IstioEgressListener, Sidecar, VirtualService, exported_to
 from meshd.model.services import MeshService, ServicePort
 from meshd.model.world import World
+from meshd.translate.spec import ident
+
+
+class Signature:
+    """A hashable tuple whose hash is computed once (large signatures are looked up often)."""
+
+    __slots__ = ("_hash", "value")
+
+    def __init__(self, value: tuple[object, ...]) -> None:
+        self.value = value
+        self._hash = hash(value)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Signature) and other._hash == self._hash and other.value == self.value
 
 
 @dataclass(frozen=True, order=True)
@@ -87,6 +104,14 @@ class Scope:
             if ports:
                 self.services.append((service, ports))
         self.visible_hosts = frozenset(s.hostname for s, _ in self.services)
+        self._rule_cache: dict[str, DestinationRule | None] = {}
+        # Scopes with equal signatures get identical clusters and endpoints (shared layer).
+        chosen = []
+        for service, _ in self.services:
+            rules = world.rules_by_host.get(service.hostname, ())
+            if len(rules) > 1 or any(r.spec.export_to and "*" not in r.spec.export_to for r in rules):
+                chosen.append((service.hostname, ident(self.destination_rule(service.hostname))))
+        self.cluster_signature = Signature((tuple((s, p) for s, p in self.services), tuple(chosen)))
 
     def _egress_allows(self, service: MeshService, port: int) -> bool:
         if self._sidecar is None or not self._sidecar.spec.egress:
@@ -108,6 +133,11 @@ class Scope:
     def destination_rule(self, host: str) -> DestinationRule | None:
         """Istio's lookup order: the proxy's namespace, the service's namespace, the root namespace,
         then any other namespace that exports its rule here (oldest first)."""
+        if host not in self._rule_cache:
+            self._rule_cache[host] = self._lookup_rule(host)
+        return self._rule_cache[host]
+
+    def _lookup_rule(self, host: str) -> DestinationRule | None:
         candidates = [
             r
             for r in self.world.rules_by_host.get(host, ())

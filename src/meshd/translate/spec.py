@@ -37,6 +37,9 @@ def ident(obj: object | None) -> Ident | None:
 
 @dataclass(frozen=True, slots=True)
 class Spec:
+    """`build` returns a protobuf message, or already-serialised bytes of type `type_url`."""
+
     name: str
     key: Hashable
     build: Callable[[], Any]
+    type_url: str = ""

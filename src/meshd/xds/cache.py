@@ -23,9 +23,18 @@ from meshd.translate.endpoints import load_assignment_specs
 from meshd.translate.listeners import InboundEntry, ListenerPlan, inbound_index, inbound_listener_specs
 from meshd.translate.proxy import Proxy
 from meshd.translate.routes import RouteTable, validate_routes
-from meshd.translate.scope import Scope, ScopeKey, select_sidecar
+from meshd.translate.scope import Scope, ScopeKey, Signature, select_sidecar
 from meshd.translate.spec import Spec
-from meshd.xds.resource import CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot, XdsResource, make_resource
+from meshd.xds.resource import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    Snapshot,
+    XdsResource,
+    make_raw_resource,
+    make_resource,
+)
 
 MESH_SCOPE = ScopeKey("", None)
 
@@ -47,7 +56,11 @@ class ResourceMemo:
             if resource is None:
                 resource = self._old.get(spec.key)
                 if resource is None:
-                    resource = make_resource(spec.name, spec.build())
+                    built = spec.build()
+                    if isinstance(built, bytes):
+                        resource = make_raw_resource(spec.name, spec.type_url, built)
+                    else:
+                        resource = make_resource(spec.name, built)
                     self.built += 1
                 else:
                     self.reused += 1
@@ -83,7 +96,11 @@ class ConfigGenerator:
         self._prev_groups = previous._group_snapshots if previous is not None else {}
         self._scopes: dict[ScopeKey, Scope] = {}
         self._plans: dict[ScopeKey, ListenerPlan] = {}
-        self._scope_layers: dict[ScopeKey, Snapshot] = {}
+        self._scope_layers: dict[ScopeKey, Snapshot] = {}  # routes, per scope
+        self._cluster_layers: dict[Signature, Snapshot] = {}  # clusters + endpoints, shared by signature
+        self._prev_clusters = previous._cluster_layers if previous is not None else {}
+        self._vhost_cache: dict[Hashable, bytes] = {}
+        self._prev_vhosts = previous._vhost_cache if previous is not None else {}
         self._group_snapshots: dict[tuple[str, ScopeKey], Snapshot] = {}
         self._inbound: dict[str, tuple[InboundEntry, ...]] | None = None
         previous_extra = previous._extra if previous is not None else None
@@ -122,16 +139,23 @@ class ConfigGenerator:
             self._scopes[key] = scope
         return scope
 
-    def _scope_layer(self, key: ScopeKey) -> Snapshot:
-        layer = self._scope_layers.get(key)
+    def _cluster_layer(self, scope: Scope) -> Snapshot:
+        signature = scope.cluster_signature
+        layer = self._cluster_layers.get(signature)
         if layer is None:
-            scope = self._scope(key)
             by_type = {
                 CLUSTER: self.memo.resolve(outbound_cluster_specs(scope)),
                 ENDPOINT: self.memo.resolve(load_assignment_specs(scope, sidecar_port=self._sidecar_port)),
-                ROUTE: self.memo.resolve(RouteTable(scope).specs()),
             }
-            layer = _layer(by_type, self._prev_scopes.get(key))
+            layer = _layer(by_type, self._prev_clusters.get(signature))
+            self._cluster_layers[signature] = layer
+        return layer
+
+    def _scope_layer(self, key: ScopeKey) -> Snapshot:
+        layer = self._scope_layers.get(key)
+        if layer is None:
+            table = RouteTable(self._scope(key), cache=self._vhost_cache, previous_cache=self._prev_vhosts)
+            layer = _layer({ROUTE: self.memo.resolve(table.specs())}, self._prev_scopes.get(key))
             self._scope_layers[key] = layer
         return layer
 
@@ -148,6 +172,7 @@ class ConfigGenerator:
             return cached
         self.builds += 1
         scope_layer = self._scope_layer(key)
+        cluster_layer = self._cluster_layer(self._scope(key))
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plans[key] = ListenerPlan(self._scope(key).services)
@@ -159,8 +184,8 @@ class ConfigGenerator:
             CLUSTER: self.memo.resolve(inbound_cluster_specs(address=proxy.ip, target_ports=[t for _, _, t in served])),
         }
         previous = self._prev_groups.get(group)
-        proxy_layer = _layer(own, previous.layers[1] if previous is not None else None)
-        layers = (scope_layer, proxy_layer) + ((self._extra,) if self._extra is not None else ())
+        proxy_layer = _layer(own, previous.layers[2] if previous is not None else None)
+        layers = (cluster_layer, scope_layer, proxy_layer) + ((self._extra,) if self._extra is not None else ())
         unchanged = previous is not None and len(previous.layers) == len(layers)
         if previous is not None and unchanged and all(a is b for a, b in zip(previous.layers, layers, strict=True)):
             self._group_snapshots[group] = previous

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 from meshd.api.meta import InvalidResource
 from meshd.clock import Clock
+from meshd.model.state import WorldState
 from meshd.model.store import ConfigStore
-from meshd.model.world import build_world
 from meshd.obs.metrics import Metrics
 from meshd.settings import Settings
 from meshd.xds.cache import ConfigGenerator
@@ -65,6 +65,7 @@ class PushLoop:
         self._debouncer = Debouncer(clock=clock, quiet=settings.debounce_quiet_s, max_delay=settings.debounce_max_s)
         self._extra: dict[str, Sequence[XdsResource]] = {}
         self._generator: ConfigGenerator | None = None
+        self._state = WorldState(domain_suffix=settings.domain_suffix)
         self._reported: list[InvalidResource] = []
         self._translation_errors: list[InvalidResource] = []
         store.subscribe(self._debouncer.touch)
@@ -81,11 +82,8 @@ class PushLoop:
         self._debouncer.touch()
 
     def rebuild(self, *, changed_at: float) -> ConfigGenerator:
-        world = build_world(
-            (r for _, r in self._store.resources()),
-            domain_suffix=self._settings.domain_suffix,
-            revision=self._store.revision,
-        )
+        self._state.apply(self._store.drain_changes())
+        world = self._state.world(revision=self._store.revision)
         generator = ConfigGenerator(
             world,
             inbound_port=self._settings.inbound_port,

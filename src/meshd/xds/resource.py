@@ -47,6 +47,11 @@ def make_resource(name: str, message: Any) -> XdsResource:
     return XdsResource(name=name, type_url=type_url, body=body, version=hashlib.sha256(body).hexdigest()[:16])
 
 
+def make_raw_resource(name: str, type_url: str, body: bytes) -> XdsResource:
+    """A resource whose bytes were assembled directly (e.g. from pre-serialised parts)."""
+    return XdsResource(name=name, type_url=type_url, body=body, version=hashlib.sha256(body).hexdigest()[:16])
+
+
 def version_of(resources: Iterable[XdsResource]) -> str:
     """A SotW version: a hash of the (name, version) pairs; equal content gives an equal version,
     so versions never collide across meshd restarts."""

@@ -1,0 +1,243 @@
+"""How each kind of resource becomes part of the World: pure functions shared by the full build
+(`build_world`) and the incremental one (`WorldState`), so both give the same answer."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from meshd.api.kube import EndpointSlice, Pod, Service
+from meshd.api.meta import InvalidResource, Resource
+from meshd.api.networking import DestinationRule, ServiceEntry, Sidecar, VirtualService, WorkloadEntry
+from meshd.model.services import Endpoint, MeshService, ServicePort, Workload, protocol_of
+
+EXPORT_TO_ANNOTATION = "networking.istio.io/exportTo"
+EndpointChunks = dict[tuple[str, int], list[tuple[Endpoint, ...]]]
+
+
+def resolve_host(host: str, *, namespace: str, domain_suffix: str) -> str:
+    """Istio's short-name rule: a host without dots is `<host>.<namespace>.svc.<suffix>`."""
+    if "." in host or host == "*" or host.startswith("*"):
+        return host
+    return f"{host}.{namespace}.svc.{domain_suffix}"
+
+
+def fqdn(name: str, namespace: str, suffix: str) -> str:
+    return f"{name}.{namespace}.svc.{suffix}"
+
+
+def age_key(resource: Resource) -> tuple[str, str, str]:
+    return (resource.metadata.creation_timestamp or "~", resource.metadata.namespace, resource.metadata.name)
+
+
+def endpoint_order(endpoint: Endpoint) -> tuple[str, int, tuple[tuple[str, str], ...], str, str, int]:
+    """A total order, so endpoints merged from several slices sort the same whatever their order."""
+    e = endpoint
+    return (e.address, e.port, e.labels, e.service_account, e.workload, e.weight)
+
+
+def pod_workload(pod: Pod) -> Workload:
+    return Workload(
+        name=pod.metadata.name,
+        namespace=pod.metadata.namespace,
+        address=pod.status.pod_ip or "",
+        labels=tuple(sorted(pod.metadata.labels.items())),
+        service_account=pod.spec.service_account_name,
+    )
+
+
+def entry_workload(entry: WorkloadEntry) -> Workload:
+    return Workload(
+        name=entry.metadata.name,
+        namespace=entry.metadata.namespace,
+        address=entry.spec.address,
+        labels=tuple(sorted(entry.spec.labels.items())),
+        service_account=entry.spec.service_account or "default",
+    )
+
+
+def mesh_service(svc: Service, *, suffix: str) -> MeshService:
+    ports = tuple(
+        ServicePort(
+            name=p.name,
+            number=p.port,
+            protocol=protocol_of(name=p.name, app_protocol=p.app_protocol),
+            target_port=p.target_port if p.target_port is not None else p.port,
+        )
+        for p in svc.spec.ports
+    )
+    addresses = (svc.spec.cluster_ip,) if svc.spec.cluster_ip and svc.spec.cluster_ip != "None" else ()
+    export = svc.metadata.annotations.get(EXPORT_TO_ANNOTATION, "")
+    return MeshService(
+        hostname=fqdn(svc.metadata.name, svc.metadata.namespace, suffix),
+        namespace=svc.metadata.namespace,
+        name=svc.metadata.name,
+        ports=ports,
+        addresses=addresses,
+        creation=svc.metadata.creation_timestamp,
+        export_to=tuple(t.strip() for t in export.split(",") if t.strip()),
+    )
+
+
+def slice_pod(eps: EndpointSlice, target: Any, pods: Mapping[tuple[str, str], Pod]) -> Pod | None:
+    if target is not None and target.kind == "Pod":
+        return pods.get((target.namespace or eps.metadata.namespace, target.name))
+    return None
+
+
+def slice_endpoints(
+    eps: EndpointSlice,
+    service: MeshService,
+    *,
+    pods: Mapping[tuple[str, str], Pod],
+    workloads: Mapping[str, Workload],
+) -> list[tuple[int, tuple[Endpoint, ...]]]:
+    """(service port, sorted endpoints) for one slice; labels come from the pod behind each endpoint."""
+    out = []
+    for sp in service.ports:
+        slice_port = next((p for p in eps.ports if p.name == sp.name), None)
+        if slice_port is None and len(eps.ports) == 1 and len(service.ports) == 1:
+            slice_port = eps.ports[0]
+        if slice_port is None or slice_port.port is None:
+            continue
+        endpoints = []
+        for ep in eps.endpoints:
+            if ep.conditions.ready is False:
+                continue
+            pod = slice_pod(eps, ep.target_ref, pods)
+            for address in ep.addresses:
+                workload = workloads.get(address)
+                if pod is not None:
+                    labels = tuple(sorted(pod.metadata.labels.items()))
+                    account, name = pod.spec.service_account_name, pod.metadata.name
+                elif workload is not None:
+                    labels, account, name = workload.labels, workload.service_account, workload.name
+                else:
+                    labels, account, name = (), "", ""
+                endpoints.append(
+                    Endpoint(
+                        address=address, port=slice_port.port, labels=labels, service_account=account, workload=name
+                    )
+                )
+        out.append((sp.number, tuple(sorted(endpoints, key=endpoint_order))))
+    return out
+
+
+def service_entries(
+    entries: Iterable[ServiceEntry],
+    workload_entries: list[WorkloadEntry],
+    *,
+    taken: Mapping[str, MeshService],
+    suffix: str,
+) -> tuple[dict[str, MeshService], EndpointChunks, list[InvalidResource]]:
+    """Services and endpoints declared by ServiceEntries (oldest first wins a host)."""
+    services: dict[str, MeshService] = {}
+    endpoints: EndpointChunks = defaultdict(list)
+    errors: list[InvalidResource] = []
+    for se in sorted(entries, key=age_key):
+        ns = se.metadata.namespace
+        ports = tuple(
+            ServicePort(
+                name=p.name or f"{p.protocol.lower()}-{p.number}",
+                number=p.number,
+                protocol=protocol_of(name=p.name, declared=p.protocol),
+                target_port=p.target_port or p.number,
+            )
+            for p in se.spec.ports
+        )
+        resolution = {"STATIC": "EDS", "DNS": "DNS", "DNS_ROUND_ROBIN": "DNS"}.get(se.spec.resolution, "NONE")
+        specs = list(se.spec.endpoints)
+        if se.spec.workload_selector is not None:
+            selector = se.spec.workload_selector.labels
+            specs = [
+                e.spec
+                for e in workload_entries
+                if e.metadata.namespace == ns and all(e.spec.labels.get(k) == v for k, v in selector.items())
+            ]
+        for host in se.spec.hosts:
+            host_fqdn = resolve_host(host, namespace=ns, domain_suffix=suffix)
+            if host_fqdn in taken or host_fqdn in services:
+                errors.append(InvalidResource(se.key, "spec.hosts", f"host {host_fqdn} is already defined"))
+                continue
+            services[host_fqdn] = MeshService(
+                hostname=host_fqdn,
+                namespace=ns,
+                name=se.metadata.name,
+                ports=ports,
+                resolution=resolution,
+                addresses=tuple(se.spec.addresses),
+                creation=se.metadata.creation_timestamp,
+                export_to=tuple(se.spec.export_to),
+            )
+            for port in ports:
+                for spec in specs:
+                    address = spec.address or (host if resolution == "DNS" else "")
+                    if not address:
+                        continue
+                    endpoint = Endpoint(
+                        address=address,
+                        port=spec.ports.get(port.name, int(port.target_port or port.number)),
+                        labels=tuple(sorted(spec.labels.items())),
+                        service_account=spec.service_account,
+                        weight=spec.weight,
+                    )
+                    endpoints[(host_fqdn, port.number)].append((endpoint,))
+                if resolution == "DNS" and not specs:
+                    endpoints[(host_fqdn, port.number)].append((Endpoint(address=host, port=port.number),))
+    return services, endpoints, errors
+
+
+def virtual_services_by_host(vss: Iterable[VirtualService], *, suffix: str) -> dict[str, tuple[VirtualService, ...]]:
+    by_host: dict[str, list[VirtualService]] = defaultdict(list)
+    for vs in sorted(vss, key=age_key):
+        if vs.spec.gateways and "mesh" not in vs.spec.gateways:
+            continue
+        for host in vs.spec.hosts:
+            by_host[resolve_host(host, namespace=vs.metadata.namespace, domain_suffix=suffix)].append(vs)
+    return {h: tuple(v) for h, v in sorted(by_host.items())}
+
+
+def default_rule(
+    host: str, candidates: Iterable[DestinationRule], services: Mapping[str, MeshService]
+) -> DestinationRule:
+    """The rule for a proxy with none closer: the one in the service's own namespace, else the oldest."""
+    candidates = list(candidates)
+    service = services.get(host)
+    if service is not None:
+        for rule in candidates:
+            if rule.metadata.namespace == service.namespace:
+                return rule
+    return candidates[0]
+
+
+def destination_rules_by_host(
+    drs: Iterable[DestinationRule], *, suffix: str
+) -> tuple[dict[str, tuple[DestinationRule, ...]], list[InvalidResource]]:
+    """One rule per namespace per host (oldest first); a second one in the same namespace is reported."""
+    by_host: dict[str, list[DestinationRule]] = defaultdict(list)
+    errors: list[InvalidResource] = []
+    for dr in sorted(drs, key=age_key):
+        host = resolve_host(dr.spec.host, namespace=dr.metadata.namespace, domain_suffix=suffix)
+        same_ns = [r for r in by_host[host] if r.metadata.namespace == dr.metadata.namespace]
+        if same_ns:
+            errors.append(
+                InvalidResource(dr.key, "spec.host", f"{host} already has {same_ns[0].key}; this rule is ignored")
+            )
+            continue
+        by_host[host].append(dr)
+    return {h: tuple(v) for h, v in sorted(by_host.items())}, errors
+
+
+def sidecars_by_namespace(sidecars: Iterable[Sidecar]) -> dict[str, tuple[Sidecar, ...]]:
+    by_ns: dict[str, list[Sidecar]] = defaultdict(list)
+    for sc in sorted(sidecars, key=age_key):
+        by_ns[sc.metadata.namespace].append(sc)
+    return {ns: tuple(v) for ns, v in sorted(by_ns.items())}
+
+
+def merge_chunks(chunks: list[tuple[Endpoint, ...]]) -> tuple[Endpoint, ...]:
+    """Endpoints of one (host, port) from its slices; a single slice's sorted tuple is kept as is."""
+    if len(chunks) == 1:
+        return chunks[0]
+    return tuple(sorted((e for chunk in chunks for e in chunk), key=endpoint_order))

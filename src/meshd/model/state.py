@@ -1,0 +1,210 @@
+"""WorldState: keeps the World's indexes and applies resource changes to them, so a change costs
+what it touches, not the size of the mesh (one EndpointSlice change recomputes one service's
+endpoints). Pods, Services and EndpointSlices, the kinds that change all the time, are updated
+incrementally; the Istio kinds, fewer and rarer, are re-derived when one of them changes. The
+result equals `build_world` over the same resources (a test checks this on random changes)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+
+from meshd.api.kube import EndpointSlice, Pod, Service
+from meshd.api.meta import InvalidResource, Resource, ResourceKey
+from meshd.api.networking import DestinationRule, ServiceEntry, Sidecar, VirtualService, WorkloadEntry
+from meshd.model import derive
+from meshd.model.services import Endpoint, MeshService, Workload
+from meshd.model.world import World, assemble
+
+_ISTIO_KINDS = ("ServiceEntry", "WorkloadEntry", "VirtualService", "DestinationRule", "Sidecar")
+ServiceId = tuple[str, str]  # (namespace, name)
+
+
+class WorldState:
+    def __init__(self, *, domain_suffix: str) -> None:
+        self._suffix = domain_suffix
+        self._pods: dict[ServiceId, Pod] = {}
+        self._pod_workloads: dict[str, Workload] = {}
+        self._pods_at: dict[str, set[ServiceId]] = defaultdict(set)
+        self._services: dict[ServiceId, MeshService] = {}
+        self._slices: dict[ResourceKey, EndpointSlice] = {}
+        self._slices_of: dict[ServiceId, set[ResourceKey]] = defaultdict(set)
+        self._slices_by_pod: dict[ServiceId, set[ResourceKey]] = defaultdict(set)
+        self._slices_by_address: dict[str, set[ResourceKey]] = defaultdict(set)
+        self._k8s_endpoints: dict[tuple[str, int], tuple[Endpoint, ...]] = {}
+        self._endpoint_keys: dict[str, list[tuple[str, int]]] = {}  # host -> its endpoint keys
+        self._istio: dict[str, dict[ResourceKey, Resource]] = {kind: {} for kind in _ISTIO_KINDS}
+        # derived from the Istio kinds (and the set of Kubernetes service hosts)
+        self._entry_workloads: dict[str, Workload] = {}
+        self._se_services: dict[str, MeshService] = {}
+        self._se_endpoints: dict[tuple[str, int], tuple[Endpoint, ...]] = {}
+        self._virtual_services: dict[str, tuple[VirtualService, ...]] = {}
+        self._rules: dict[str, tuple[DestinationRule, ...]] = {}
+        self._sidecars: dict[str, tuple[Sidecar, ...]] = {}
+        self._errors: list[InvalidResource] = []
+        self._workloads: dict[str, Workload] = {}
+
+    # -- applying changes ---------------------------------------------------------------------
+
+    def apply(self, changes: Mapping[ResourceKey, Resource | None]) -> None:
+        dirty: set[ServiceId] = set()
+        dirty_addresses: set[str] = set()
+        istio_changed = hosts_changed = False
+        for key, resource in changes.items():
+            if key.kind == "Pod":
+                self._apply_pod(key, resource, dirty, dirty_addresses)
+            elif key.kind == "Service":
+                hosts_changed |= self._apply_service(key, resource)
+                dirty.add((key.namespace, key.name))
+            elif key.kind == "EndpointSlice":
+                self._apply_slice(key, resource, dirty)
+            elif key.kind in _ISTIO_KINDS:
+                previous = self._istio[key.kind].pop(key, None)
+                if resource is not None:
+                    self._istio[key.kind][key] = resource
+                istio_changed = True
+                if key.kind == "WorkloadEntry":
+                    for entry in (previous, resource):
+                        if isinstance(entry, WorkloadEntry) and entry.spec.address:
+                            dirty_addresses.add(entry.spec.address)
+        if istio_changed:
+            entries = sorted(
+                (e for e in self._istio["WorkloadEntry"].values() if isinstance(e, WorkloadEntry)), key=lambda e: e.key
+            )
+            self._entry_workloads = {e.spec.address: derive.entry_workload(e) for e in entries if e.spec.address}
+        if istio_changed or dirty_addresses:
+            self._workloads = {**self._entry_workloads, **self._pod_workloads}
+        for address in dirty_addresses:
+            for slice_key in self._slices_by_address.get(address, ()):
+                dirty.add(self._service_of(self._slices[slice_key]))
+        for service_id in dirty:
+            self._recompute_endpoints(service_id)
+        if istio_changed or hosts_changed:
+            self._rederive_istio()
+
+    def _apply_pod(self, key: ResourceKey, pod: Resource | None, dirty: set[ServiceId], addresses: set[str]) -> None:
+        pod_id = (key.namespace, key.name)
+        old = self._pods.pop(pod_id, None)
+        if old is not None and old.status.pod_ip:
+            self._pods_at[old.status.pod_ip].discard(pod_id)
+            self._elect_pod(old.status.pod_ip)
+            addresses.add(old.status.pod_ip)
+        if isinstance(pod, Pod):
+            self._pods[pod_id] = pod
+            if pod.status.pod_ip:
+                self._pods_at[pod.status.pod_ip].add(pod_id)
+                self._elect_pod(pod.status.pod_ip)
+                addresses.add(pod.status.pod_ip)
+        for slice_key in self._slices_by_pod.get(pod_id, ()):
+            dirty.add(self._service_of(self._slices[slice_key]))
+
+    def _elect_pod(self, address: str) -> None:
+        """An address claimed by two pods goes to the last by namespace/name (as in build_world)."""
+        claimants = self._pods_at.get(address)
+        if claimants:
+            self._pod_workloads[address] = derive.pod_workload(self._pods[max(claimants)])
+        else:
+            self._pod_workloads.pop(address, None)
+            self._pods_at.pop(address, None)
+
+    def _apply_service(self, key: ResourceKey, svc: Resource | None) -> bool:
+        """Returns True when the set of service hosts changed (ServiceEntries may collide with it)."""
+        existed = (key.namespace, key.name) in self._services
+        if isinstance(svc, Service):
+            self._services[(key.namespace, key.name)] = derive.mesh_service(svc, suffix=self._suffix)
+        else:
+            self._services.pop((key.namespace, key.name), None)
+        return existed != ((key.namespace, key.name) in self._services)
+
+    def _apply_slice(self, key: ResourceKey, eps: Resource | None, dirty: set[ServiceId]) -> None:
+        old = self._slices.pop(key, None)
+        if old is not None:
+            dirty.add(self._service_of(old))
+            self._slices_of[self._service_of(old)].discard(key)
+            for ref, addresses in self._backing(old):
+                if ref is not None:
+                    self._slices_by_pod[ref].discard(key)
+                for address in addresses:
+                    self._slices_by_address[address].discard(key)
+        if isinstance(eps, EndpointSlice):
+            self._slices[key] = eps
+            dirty.add(self._service_of(eps))
+            self._slices_of[self._service_of(eps)].add(key)
+            for ref, addresses in self._backing(eps):
+                if ref is not None:
+                    self._slices_by_pod[ref].add(key)
+                for address in addresses:
+                    self._slices_by_address[address].add(key)
+
+    @staticmethod
+    def _backing(eps: EndpointSlice) -> list[tuple[ServiceId | None, list[str]]]:
+        out: list[tuple[ServiceId | None, list[str]]] = []
+        for ep in eps.endpoints:
+            ref = ep.target_ref
+            pod_id = (
+                (ref.namespace or eps.metadata.namespace, ref.name) if ref is not None and ref.kind == "Pod" else None
+            )
+            out.append((pod_id, list(ep.addresses)))
+        return out
+
+    @staticmethod
+    def _service_of(eps: EndpointSlice) -> ServiceId:
+        return (eps.metadata.namespace, eps.service_name or "")
+
+    def _recompute_endpoints(self, service_id: ServiceId) -> None:
+        host = derive.fqdn(service_id[1], service_id[0], self._suffix)
+        for key in self._endpoint_keys.pop(host, []):
+            self._k8s_endpoints.pop(key, None)
+        service = self._services.get(service_id)
+        if service is None or not service_id[1]:
+            return
+        chunks: dict[tuple[str, int], list[tuple[Endpoint, ...]]] = defaultdict(list)
+        for slice_key in sorted(self._slices_of.get(service_id, ())):
+            eps = self._slices[slice_key]
+            for port, endpoints in derive.slice_endpoints(eps, service, pods=self._pods, workloads=self._workloads):
+                chunks[(host, port)].append(endpoints)
+        for key, found in chunks.items():
+            self._k8s_endpoints[key] = derive.merge_chunks(found)
+        self._endpoint_keys[host] = list(chunks)
+
+    def _rederive_istio(self) -> None:
+        taken = {s.hostname: s for s in self._services.values()}
+        entries = [e for e in self._istio["WorkloadEntry"].values() if isinstance(e, WorkloadEntry)]
+        se_services, se_chunks, errors = derive.service_entries(
+            [s for s in self._istio["ServiceEntry"].values() if isinstance(s, ServiceEntry)],
+            entries,
+            taken=taken,
+            suffix=self._suffix,
+        )
+        self._se_services = se_services
+        self._se_endpoints = {key: derive.merge_chunks(chunks) for key, chunks in se_chunks.items()}
+        self._virtual_services = derive.virtual_services_by_host(
+            [v for v in self._istio["VirtualService"].values() if isinstance(v, VirtualService)], suffix=self._suffix
+        )
+        self._rules, rule_errors = derive.destination_rules_by_host(
+            [d for d in self._istio["DestinationRule"].values() if isinstance(d, DestinationRule)], suffix=self._suffix
+        )
+        self._sidecars = derive.sidecars_by_namespace(
+            [s for s in self._istio["Sidecar"].values() if isinstance(s, Sidecar)]
+        )
+        self._errors = errors + rule_errors
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def world(self, *, revision: int = 0) -> World:
+        services = {s.hostname: s for s in self._services.values()}
+        services.update(self._se_services)
+        endpoints = dict(self._k8s_endpoints)
+        for key, eps in self._se_endpoints.items():
+            endpoints[key] = derive.merge_chunks([endpoints[key], eps]) if key in endpoints else eps
+        return assemble(
+            domain_suffix=self._suffix,
+            services=services,
+            endpoints=endpoints,
+            virtual_services=self._virtual_services,
+            rules_by_host=self._rules,
+            sidecars=self._sidecars,
+            workloads=self._workloads,
+            errors=self._errors,
+            revision=revision,
+        )

@@ -1,0 +1,155 @@
+"""WorldState (incremental) must equal build_world (from scratch) after any sequence of changes."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from meshd.api.meta import Resource, ResourceKey
+from meshd.api.parse import parse_resource
+from meshd.model.state import WorldState
+from meshd.model.world import World, build_world
+
+NAMESPACES = ("a", "b")
+
+
+def _service(rng: random.Random, ns: str, name: str) -> dict[str, Any]:
+    ports = [{"name": "http", "port": 9080, "targetPort": 8080}]
+    if rng.random() < 0.3:
+        ports.append({"name": "grpc", "port": 7070})
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"ports": ports},
+    }
+
+
+def _pod(rng: random.Random, ns: str, name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": {"version": rng.choice(["v1", "v2"])}},
+        "status": {"podIP": f"10.0.0.{rng.randint(1, 12)}"},
+    }
+
+
+def _slice(rng: random.Random, ns: str, name: str) -> dict[str, Any]:
+    endpoints = []
+    for _ in range(rng.randint(0, 3)):
+        ep: dict[str, Any] = {
+            "addresses": [f"10.0.0.{rng.randint(1, 12)}"],
+            "conditions": {"ready": rng.random() < 0.8},
+        }
+        if rng.random() < 0.7:
+            ep["targetRef"] = {"kind": "Pod", "name": f"p{rng.randint(0, 5)}", "namespace": ns}
+        endpoints.append(ep)
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": ns, "labels": {"kubernetes.io/service-name": f"s{rng.randint(0, 3)}"}},
+        "ports": [{"name": "http", "port": 8080}, {"name": "grpc", "port": 7070}],
+        "endpoints": endpoints,
+    }
+
+
+def _entry(rng: random.Random, ns: str, name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "WorkloadEntry",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"address": f"10.0.0.{rng.randint(1, 12)}", "labels": {"app": "vm", "version": "v3"}},
+    }
+
+
+def _service_entry(rng: random.Random, ns: str, name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "ServiceEntry",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "hosts": [rng.choice(["vm.example.internal", f"s{rng.randint(0, 3)}.{ns}.svc.cluster.local"])],
+            "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+            "resolution": "STATIC",
+            "workloadSelector": {"labels": {"app": "vm"}},
+        },
+    }
+
+
+def _rule(rng: random.Random, ns: str, name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "host": f"s{rng.randint(0, 3)}.a.svc.cluster.local",
+            "subsets": [{"name": "v1", "labels": {"version": "v1"}}],
+        },
+    }
+
+
+def _virtual_service(rng: random.Random, ns: str, name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"hosts": [f"s{rng.randint(0, 3)}"], "http": [{"route": [{"destination": {"host": "s0"}}]}]},
+    }
+
+
+def _sidecar(rng: random.Random, ns: str, name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "Sidecar",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"egress": [{"hosts": [rng.choice(["./*", "*/*"])]}]},
+    }
+
+
+MAKERS = {
+    "Service": (_service, "s", 4),
+    "Pod": (_pod, "p", 6),
+    "EndpointSlice": (_slice, "e", 5),
+    "WorkloadEntry": (_entry, "w", 2),
+    "ServiceEntry": (_service_entry, "se", 2),
+    "DestinationRule": (_rule, "dr", 2),
+    "VirtualService": (_virtual_service, "vs", 2),
+    "Sidecar": (_sidecar, "sc", 1),
+}
+
+
+def _same(a: World, b: World) -> None:
+    assert dict(a.services) == dict(b.services)
+    assert dict(a.endpoints) == dict(b.endpoints)
+    assert dict(a.workloads) == dict(b.workloads)
+    assert dict(a.virtual_services) == dict(b.virtual_services)
+    assert dict(a.rules_by_host) == dict(b.rules_by_host)
+    assert dict(a.destination_rules) == dict(b.destination_rules)
+    assert dict(a.sidecars) == dict(b.sidecars)
+    assert sorted(map(str, a.errors)) == sorted(map(str, b.errors))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_incremental_world_equals_full_rebuild(seed: int) -> None:
+    rng = random.Random(seed)
+    state = WorldState(domain_suffix="cluster.local")
+    current: dict[ResourceKey, Resource] = {}
+    for _ in range(60):
+        changes: dict[ResourceKey, Resource | None] = {}
+        for _ in range(rng.randint(1, 4)):
+            kind = rng.choice(list(MAKERS))
+            make, prefix, count = MAKERS[kind]
+            ns = rng.choice(NAMESPACES)
+            name = f"{prefix}{rng.randint(0, count - 1)}"
+            key = ResourceKey(kind, ns, name)
+            if key in current and rng.random() < 0.3:
+                del current[key]
+                changes[key] = None
+            else:
+                resource = parse_resource(make(rng, ns, name))
+                current[key] = resource
+                changes[key] = resource
+        state.apply(changes)
+        _same(state.world(), build_world(current.values(), domain_suffix="cluster.local"))
