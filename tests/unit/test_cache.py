@@ -1,0 +1,155 @@
+"""The push pipeline's sharing and incrementality: what a change rebuilds, and who hears about it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meshd.api.meta import Resource
+from meshd.api.parse import parse_resource
+from meshd.model.state import WorldState
+from meshd.translate.proxy import Proxy, parse_node_id
+from meshd.xds.cache import ConfigGenerator
+from meshd.xds.hub import Hub
+from meshd.xds.resource import CLUSTER, ENDPOINT, ROUTE
+from meshd.xds.stream import SotwStream
+
+
+def _docs(ns: str, name: str, ips: list[str], *, weight: int | None = None) -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"ports": [{"name": "http", "port": 9080}]},
+        },
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {"name": name, "namespace": ns, "labels": {"kubernetes.io/service-name": name}},
+            "ports": [{"name": "http", "port": 9080}],
+            "endpoints": [{"addresses": [ip]} for ip in ips],
+        },
+        {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "DestinationRule",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"host": name, "subsets": [{"name": "v1", "labels": {"version": "v1"}}]},
+        },
+    ]
+    if weight is not None:
+        docs.append(
+            {
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "VirtualService",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {
+                    "hosts": [name],
+                    "http": [
+                        {
+                            "route": [
+                                {"destination": {"host": name}, "weight": weight},
+                                {"destination": {"host": name, "subset": "v1"}, "weight": 100 - weight},
+                            ]
+                        }
+                    ],
+                },
+            }
+        )
+    return docs
+
+
+def _sidecar(ns: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "Sidecar",
+        "metadata": {"name": "default", "namespace": ns},
+        "spec": {"egress": [{"hosts": ["./*"]}]},
+    }
+
+
+def _resources(docs: list[dict[str, Any]]) -> list[Resource]:
+    return [parse_resource(d) for d in docs]
+
+
+def _proxy(ns: str, n: int) -> Proxy:
+    return parse_node_id(f"sidecar~10.9.{len(ns)}.{n}~client-{n}.{ns}~{ns}.svc.cluster.local")
+
+
+class Mesh:
+    """Two namespaces with a Sidecar each (egress ./*) and two services per namespace."""
+
+    def __init__(self) -> None:
+        self.state = WorldState(domain_suffix="cluster.local")
+        self.generator: ConfigGenerator | None = None
+        docs = [_sidecar("a"), _sidecar("b")]
+        for ns in ("a", "b"):
+            docs += _docs(ns, "s1", ["10.0.0.1"], weight=80) + _docs(ns, "s2", ["10.0.0.2"])
+        self.apply(_resources(docs))
+
+    def apply(self, resources: list[Resource]) -> ConfigGenerator:
+        self.state.apply({r.key: r for r in resources})
+        self.generator = ConfigGenerator(
+            self.state.world(), inbound_port=15006, sidecar_endpoint_port=None, previous=self.generator
+        )
+        return self.generator
+
+
+def test_proxies_of_one_scope_share_one_snapshot_layer_and_one_serialisation() -> None:
+    mesh = Mesh()
+    assert mesh.generator is not None
+    one, two, other = (mesh.generator.snapshot(p) for p in (_proxy("a", 1), _proxy("a", 2), _proxy("b", 1)))
+    assert one.layers[0] is two.layers[0]  # clusters + endpoints, computed once for the scope
+    assert one.layers[1] is two.layers[1]  # routes
+    assert one.layers[0] is not other.layers[0]
+    assert one.select(CLUSTER, None)[0] is two.select(CLUSTER, None)[0]  # the same bytes object
+
+
+def test_endpoint_change_rebuilds_only_its_assignments_and_wakes_only_its_scope() -> None:
+    mesh = Mesh()
+    hub = Hub()
+    assert mesh.generator is not None
+    hub.publish(mesh.generator, changed_at=0.0)
+    conns = {ns: hub.connect(proxy=_proxy(ns, 1), stream=SotwStream(nonce_prefix=ns), now=0.0) for ns in ("a", "b")}
+    before = {ns: c.snapshot for ns, c in conns.items()}
+
+    # s2 in namespace b gets a second endpoint.
+    generator = mesh.apply(_resources(_docs("b", "s2", ["10.0.0.2", "10.0.0.3"])[1:2]))
+    for ns in ("a", "b"):
+        generator.snapshot(_proxy(ns, 1))
+    # Only the default ClusterLoadAssignment of b/s2: its v1 subset selects no endpoint before or after.
+    assert generator.memo.built == 1
+    assert hub.publish(generator, changed_at=1.0) == 1
+    assert conns["a"].snapshot is before["a"] and not conns["a"].push_pending
+    assert conns["b"].snapshot is not before["b"] and conns["b"].push_pending
+    changed = {r.name for r in conns["b"].snapshot.select(ENDPOINT, None)} - {
+        r.name for r in conns["b"].snapshot.select(ENDPOINT, None) if r in before["b"].select(ENDPOINT, None)
+    }
+    assert changed == {"outbound|9080||s2.b.svc.cluster.local"}
+
+
+def test_virtual_service_change_rebuilds_one_route_configuration() -> None:
+    mesh = Mesh()
+    assert mesh.generator is not None
+    old_routes = mesh.generator.snapshot(_proxy("a", 1)).select(ROUTE, None)
+    mesh.generator.snapshot(_proxy("b", 1))
+    generator = mesh.apply(_resources(_docs("a", "s1", ["10.0.0.1"], weight=50)[3:]))
+    snap = generator.snapshot(_proxy("a", 1))
+    generator.snapshot(_proxy("b", 1))
+    assert generator.memo.built == 1
+    assert snap.select(ROUTE, None)[0] is not old_routes[0]
+    assert snap.select(CLUSTER, None) == mesh.generator.snapshot(_proxy("a", 1)).select(CLUSTER, None)
+
+
+def test_unused_resources_are_dropped_after_a_generation() -> None:
+    mesh = Mesh()
+    assert mesh.generator is not None
+    mesh.generator.snapshot(_proxy("a", 1))
+    first = mesh.generator
+    # Remove namespace a's services: the next generation must not keep their resources alive.
+    removed = [r for r in _resources(_docs("a", "s1", ["10.0.0.1"], weight=80) + _docs("a", "s2", ["10.0.0.2"]))]
+    mesh.state.apply({r.key: None for r in removed})
+    second = ConfigGenerator(mesh.state.world(), inbound_port=15006, sidecar_endpoint_port=None, previous=first)
+    second.snapshot(_proxy("a", 1))
+    third = ConfigGenerator(mesh.state.world(), inbound_port=15006, sidecar_endpoint_port=None, previous=second)
+    third.snapshot(_proxy("a", 1))
+    assert len(third.memo._entries) == len(second.memo._entries) <= 1  # only the (empty-scope) listener
