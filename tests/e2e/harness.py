@@ -61,7 +61,8 @@ async def eventually(
 class Meshd:
     """`meshd serve` in a child process, restartable on the same ports."""
 
-    def __init__(self, *, config_dir: pathlib.Path, log_path: pathlib.Path) -> None:
+    def __init__(self, *, config_dir: pathlib.Path, log_path: pathlib.Path, extra_args: tuple[str, ...] = ()) -> None:
+        self.extra_args = extra_args
         self.config_dir = config_dir
         self.log_path = log_path
         self.xds_port = free_port()
@@ -76,7 +77,7 @@ class Meshd:
             "--config-dir", str(self.config_dir),
             "--xds-host", "127.0.0.1", "--xds-port", str(self.xds_port),
             "--http-host", "127.0.0.1", "--http-port", str(self.http_port),
-            "--poll-interval", "0.1", "--enable-test-hooks",
+            "--poll-interval", "0.1", "--enable-test-hooks", *self.extra_args,
             stdout=log, stderr=log,
         )  # fmt: skip
         log.close()
@@ -166,13 +167,9 @@ class Mesh:
         self.apps.append(server)
         return server
 
-    async def call(
-        self, *, via_ip: str, host: str, path: str = "/", headers: dict[str, str] | None = None
-    ) -> Any:
+    async def call(self, *, via_ip: str, host: str, path: str = "/", headers: dict[str, str] | None = None) -> Any:
         """One request through the sidecar at `via_ip` (its outbound listener on 9080)."""
-        async with self.client.get(
-            f"http://{via_ip}:9080{path}", headers={"Host": host, **(headers or {})}
-        ) as resp:
+        async with self.client.get(f"http://{via_ip}:9080{path}", headers={"Host": host, **(headers or {})}) as resp:
             body = await resp.text()
             return resp.status, body
 

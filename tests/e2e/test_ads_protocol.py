@@ -12,7 +12,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from meshd.xds.resource import CLUSTER
-from tests.e2e.harness import Meshd
+from tests.e2e.harness import Meshd, eventually
 
 pytestmark = pytest.mark.e2e
 GOOD_ID = "sidecar~127.0.0.77~probe.default~default.svc.cluster.local"
@@ -87,3 +87,42 @@ async def test_config_dump_debug_endpoint_shows_the_proxy_config(meshd: Meshd) -
     assert [listener["name"] for listener in dump["lds"]] == ["127.0.0.77_9080"]
     missing = await meshd.get_json("/debug/config_dump?proxyID=nobody.default")
     assert "not connected" in missing["error"]
+
+
+async def test_a_stuck_proxy_is_disconnected_and_never_delays_the_others(tmp_path: pathlib.Path) -> None:
+    config = tmp_path / "config"
+    config.mkdir()
+    # Enough services that one CDS response overflows a small HTTP/2 flow-control window.
+    (config / "many.yaml").write_text(
+        "---\n".join(
+            f"apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: default}}\n"
+            "spec:\n  ports: [{name: http, port: 9080}]\n"
+            for i in range(300)
+        )
+    )
+    server = Meshd(config_dir=config, log_path=tmp_path / "meshd.log", extra_args=("--send-timeout", "1"))
+    await server.start()
+    tiny_window = [("grpc.http2.lookahead_bytes", 1024), ("grpc.http2.bdp_probe", 0)]
+    try:
+        async with (
+            grpc.aio.insecure_channel(f"127.0.0.1:{server.xds_port}", options=tiny_window) as stuck_channel,
+            grpc.aio.insecure_channel(f"127.0.0.1:{server.xds_port}") as channel,
+        ):
+            stuck = ads_pb2_grpc.AggregatedDiscoveryServiceStub(stuck_channel).StreamAggregatedResources()
+            stuck_id = "sidecar~127.0.0.78~stuck.default~default.svc.cluster.local"
+            await stuck.write(discovery_pb2.DiscoveryRequest(node=base_pb2.Node(id=stuck_id), type_url=CLUSTER))
+            # ...and never reads. Other proxies are served meanwhile.
+            for n in range(3):
+                response = await _first_response(
+                    channel, f"sidecar~127.0.0.{80 + n}~ok{n}.default~default.svc.cluster.local"
+                )
+                assert len(response.resources) == 300
+
+            async def dropped() -> bool:
+                status = await server.get_json("/debug/syncz")
+                return "event=stuck_proxy" in server.log() and all(c["proxy"] != stuck_id for c in status)
+
+            await eventually(dropped, timeout=10, what="the stuck proxy to be disconnected")
+            stuck.cancel()
+    finally:
+        await server.close()
