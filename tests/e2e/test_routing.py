@@ -88,9 +88,7 @@ async def test_meshd_restart_envoy_keeps_serving_then_converges(mesh: Mesh) -> N
         )
 
     await eventually(reconnected, timeout=30, what="all three sidecars to reconnect and ACK")
-    await eventually(
-        lambda: _equals(route_weights(mesh), [100]), timeout=30, what="Envoy to converge on 0/100"
-    )
+    await eventually(lambda: _equals(route_weights(mesh), [100]), timeout=30, what="Envoy to converge on 0/100")
     seen = await mesh.versions(via_ip=mesh.ip(1), host="web:9080", count=50)
     assert seen == {"v2": 50}, seen
 
@@ -162,3 +160,23 @@ async def test_modified_cluster_finishes_warming_without_the_15s_stall(mesh: Mes
     assert loop.time() - started < 5.0
     seen = await mesh.versions(via_ip=mesh.ip(1), host="web:9080", count=40)
     assert set(seen) <= {"v1", "v2"} and sum(seen.values()) == 40, seen
+
+
+async def test_endpoint_change_keeps_the_assignments_it_does_not_touch(mesh: Mesh) -> None:
+    """SotW pushes only changed endpoints: Envoy must keep the rest (here the v1 subset)."""
+    mesh.write("web-vs.yaml", virtual_service(100, 0))
+    await eventually(lambda: _equals(route_weights(mesh), [100]), what="all traffic to v1")
+    text = (mesh.config_dir / "web.yaml").read_text()
+    v2_endpoint = (
+        f"- addresses: [{mesh.ip(3)}]\n  conditions: {{ready: true}}\n"
+        "  targetRef: {kind: Pod, name: web-v2, namespace: default}\n"
+    )
+    assert v2_endpoint in text
+    mesh.write("web.yaml", text.replace(v2_endpoint, ""))
+
+    async def v2_gone() -> bool:
+        clusters = await mesh.envoys["client"].admin_get("/clusters")
+        return f"outbound|9080||web.default.svc.cluster.local::{mesh.ip(3)}" not in clusters
+
+    await eventually(v2_gone, what="web-v2 to leave the default cluster")
+    assert await mesh.versions(via_ip=mesh.ip(1), host="web:9080", count=40) == {"v1": 40}

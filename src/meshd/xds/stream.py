@@ -61,7 +61,7 @@ class TypeState:
     after_cds: bool = False  # SotW EDS: a CDS push went out; answer the next EDS request
     # version sent per outstanding nonce, to know what an ACK/NACK refers to
     nonce_versions: dict[str, str] = field(default_factory=dict)
-    # delta: what the client holds (name -> version)
+    # what the client holds (name -> version): delta, and SotW endpoints/routes
     known: dict[str, str] = field(default_factory=dict)
 
 
@@ -119,7 +119,17 @@ class SotwStream(_Base):
             version = snapshot.version(type_url, st.names)
             if not st.respond and version == st.sent_version:
                 continue
-            resources = tuple(snapshot.select(type_url, st.names))
+            selected = snapshot.select(type_url, st.names)
+            if type_url in WILDCARD_TYPES or st.respond:
+                resources = tuple(selected)
+            else:
+                # Only Listener and Cluster responses must carry the whole state; endpoints and
+                # routes are sent as they change (Envoy keeps the ones a response leaves out).
+                resources = tuple(r for r in selected if st.known.get(r.name) != r.version)
+                if not resources:
+                    st.sent_version = version
+                    continue
+            st.known = {r.name: r.version for r in selected}
             out.append(Response(type_url, self._sent(st, version), version, resources))
             if type_url == CLUSTER and ENDPOINT in self.types:
                 # Envoy re-requests EDS for clusters it is warming; answer that request even if
