@@ -15,6 +15,7 @@ from google.protobuf import duration_pb2
 from prometheus_client import CollectorRegistry
 
 from meshd.clock import Clock, SystemClock
+from meshd.gcpolicy import GcPolicy
 from meshd.model.store import ConfigStore
 from meshd.obs.http import build_app
 from meshd.obs.metrics import Metrics
@@ -55,7 +56,10 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
     metrics = Metrics(CollectorRegistry())
     store = ConfigStore()
     hub = Hub()
-    push = PushLoop(store=store, hub=hub, settings=settings, clock=clock, metrics=metrics, log=log)
+    gc_policy = GcPolicy(every=settings.gc_full_every_pushes, enabled=settings.gc_freeze)
+    push = PushLoop(
+        store=store, hub=hub, settings=settings, clock=clock, metrics=metrics, log=log, after_push=gc_policy.after_push
+    )
     if settings.config_dir is None:
         raise SystemExit("meshd serve: --config-dir is required (Kubernetes mode is not available yet)")
     source = DirectorySource(

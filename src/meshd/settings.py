@@ -30,4 +30,7 @@ class Settings(BaseModel):
     send_timeout_s: float = Field(default=30.0, gt=0)
     # Streams computing or writing a push at once; the rest wait their turn.
     max_concurrent_pushes: int = Field(default=100, ge=1)
+    # Freeze the live config out of GC passes after each push; a full collection every N pushes.
+    gc_freeze: bool = True
+    gc_full_every_pushes: int = Field(default=100, ge=1)
     enable_test_hooks: bool = False

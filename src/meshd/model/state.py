@@ -43,18 +43,20 @@ class WorldState:
         self._sidecars: dict[str, tuple[Sidecar, ...]] = {}
         self._errors: list[InvalidResource] = []
         self._workloads: dict[str, Workload] = {}
+        self._config_generation = 0
 
     # -- applying changes ---------------------------------------------------------------------
 
     def apply(self, changes: Mapping[ResourceKey, Resource | None]) -> None:
         dirty: set[ServiceId] = set()
         dirty_addresses: set[str] = set()
-        istio_changed = hosts_changed = False
+        istio_changed = hosts_changed = services_changed = False
         for key, resource in changes.items():
             if key.kind == "Pod":
                 self._apply_pod(key, resource, dirty, dirty_addresses)
             elif key.kind == "Service":
                 hosts_changed |= self._apply_service(key, resource)
+                services_changed = True
                 dirty.add((key.namespace, key.name))
             elif key.kind == "EndpointSlice":
                 self._apply_slice(key, resource, dirty)
@@ -79,6 +81,8 @@ class WorldState:
                 dirty.add(self._service_of(self._slices[slice_key]))
         for service_id in dirty:
             self._recompute_endpoints(service_id)
+        if istio_changed or hosts_changed or services_changed:
+            self._config_generation += 1
         if istio_changed or hosts_changed:
             self._rederive_istio()
 
@@ -207,4 +211,5 @@ class WorldState:
             workloads=self._workloads,
             errors=self._errors,
             revision=revision,
+            config_generation=self._config_generation,
         )

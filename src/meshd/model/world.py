@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from meshd.api.kube import EndpointSlice, Pod, Service
@@ -35,6 +35,10 @@ class World:
     workloads: Mapping[str, Workload]  # address -> workload
     errors: tuple[InvalidResource, ...]
     revision: int = 0
+    by_namespace: Mapping[str, tuple[MeshService, ...]] = field(default_factory=dict)  # sorted by hostname
+    # Bumped by WorldState whenever routing inputs other than endpoints change (services, Istio
+    # kinds); None when unknown (a World built from scratch), which disables reuse across Worlds.
+    config_generation: int | None = None
 
     def services_on_port(self, number: int) -> list[MeshService]:
         return [s for s in self.services.values() if s.port(number) is not None]
@@ -51,10 +55,16 @@ def assemble(
     workloads: Mapping[str, Workload],
     errors: Iterable[InvalidResource],
     revision: int,
+    config_generation: int | None = None,
 ) -> World:
+    ordered = dict(sorted(services.items()))
+    by_namespace: dict[str, list[MeshService]] = defaultdict(list)
+    for service in ordered.values():
+        by_namespace[service.namespace].append(service)
     return World(
         domain_suffix=domain_suffix,
-        services=MappingProxyType(dict(sorted(services.items()))),
+        by_namespace=MappingProxyType({ns: tuple(v) for ns, v in by_namespace.items()}),
+        services=MappingProxyType(ordered),
         endpoints=MappingProxyType(dict(sorted(endpoints.items()))),
         virtual_services=MappingProxyType(dict(virtual_services)),
         destination_rules=MappingProxyType(
@@ -65,6 +75,7 @@ def assemble(
         workloads=MappingProxyType(dict(workloads)),
         errors=tuple(errors),
         revision=revision,
+        config_generation=config_generation,
     )
 
 

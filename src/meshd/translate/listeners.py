@@ -93,6 +93,7 @@ class ListenerPlan:
                 by_port.setdefault(sp.number, []).append(service)
         for port, on_port in sorted(by_port.items()):
             self._plan_port(port, on_port)
+        self.signature = tuple(self.outbound)  # equal plans give equal listeners
 
     def _reject(self, service: MeshService, message: str) -> None:
         key = ResourceKey("Service", service.namespace, service.name)

@@ -9,6 +9,7 @@ key get identical clusters, endpoints and routes.
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from meshd.api.meta import InvalidResource, ResourceKey
@@ -97,7 +98,7 @@ class Scope:
         self._root = root_namespace
         self._sidecar = sidecar
         self.services: list[tuple[MeshService, tuple[ServicePort, ...]]] = []
-        for service in world.services.values():
+        for service in self._candidates():
             if not exported_to(list(service.export_to), owner_namespace=service.namespace, namespace=self.namespace):
                 continue
             ports = tuple(p for p in service.ports if self._egress_allows(service, p.number))
@@ -112,6 +113,22 @@ class Scope:
             if len(rules) > 1 or any(r.spec.export_to and "*" not in r.spec.export_to for r in rules):
                 chosen.append((service.hostname, ident(self.destination_rule(service.hostname))))
         self.cluster_signature = Signature((tuple((s, p) for s, p in self.services), tuple(chosen)))
+
+    def _candidates(self) -> Iterable[MeshService]:
+        """The services the Sidecar's egress hosts could match: only the namespaces it names, unless
+        it names '*' (a scope limited to its own namespace never looks at the rest of the mesh)."""
+        if self._sidecar is None or not self._sidecar.spec.egress:
+            return self.world.services.values()
+        namespaces: set[str] = set()
+        for listener in self._sidecar.spec.egress:
+            for host in listener.hosts:
+                ns = host.partition("/")[0]
+                if ns == "*":
+                    return self.world.services.values()
+                if ns != "~":
+                    namespaces.add(self.namespace if ns == "." else ns)
+        found = [s for ns in namespaces for s in self.world.by_namespace.get(ns, ())]
+        return sorted(found, key=lambda s: s.hostname)
 
     def _egress_allows(self, service: MeshService, port: int) -> bool:
         if self._sidecar is None or not self._sidecar.spec.egress:

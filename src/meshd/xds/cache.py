@@ -24,7 +24,7 @@ from meshd.translate.listeners import InboundEntry, ListenerPlan, inbound_index,
 from meshd.translate.proxy import Proxy
 from meshd.translate.routes import RouteTable, validate_routes
 from meshd.translate.scope import Scope, ScopeKey, Signature, select_sidecar
-from meshd.translate.spec import Spec
+from meshd.translate.spec import Ident, Spec
 from meshd.xds.resource import (
     CLUSTER,
     ENDPOINT,
@@ -37,6 +37,8 @@ from meshd.xds.resource import (
 )
 
 MESH_SCOPE = ScopeKey("", None)
+# A layer as carried between generations: (its inputs, the layer, the memo entries it uses)
+_Carried = tuple[Hashable, Snapshot, list[tuple[Hashable, XdsResource]]]
 
 
 class ResourceMemo:
@@ -49,7 +51,15 @@ class ResourceMemo:
         self.built = 0
         self.reused = 0
 
-    def resolve(self, specs: Iterable[Spec]) -> dict[str, XdsResource]:
+    def keep(self, entries: Iterable[tuple[Hashable, XdsResource]]) -> None:
+        """Carry entries of a layer reused as a whole into this generation (they are still in use)."""
+        for key, resource in entries:
+            self._entries.setdefault(key, resource)
+
+    def resolve(
+        self, specs: Iterable[Spec], used: list[tuple[Hashable, XdsResource]] | None = None
+    ) -> dict[str, XdsResource]:
+        """Resources for the specs, by name; `used` collects (key, resource) for a later `keep`."""
         out: dict[str, XdsResource] = {}
         for spec in specs:
             resource = self._entries.get(spec.key)
@@ -66,6 +76,8 @@ class ResourceMemo:
                     self.reused += 1
                 self._entries[spec.key] = resource
             out[spec.name] = resource
+            if used is not None:
+                used.append((spec.key, resource))
         return out
 
 
@@ -96,13 +108,18 @@ class ConfigGenerator:
         self._prev_groups = previous._group_snapshots if previous is not None else {}
         self._scopes: dict[ScopeKey, Scope] = {}
         self._plans: dict[ScopeKey, ListenerPlan] = {}
-        self._scope_layers: dict[ScopeKey, Snapshot] = {}  # routes, per scope
-        self._cluster_layers: dict[Signature, Snapshot] = {}  # clusters + endpoints, shared by signature
+        # (inputs, layer): routes per scope; clusters + endpoints per scope signature (shared)
+        self._scope_layers: dict[ScopeKey, _Carried] = {}
+        self._cluster_layers: dict[Signature, _Carried] = {}
         self._prev_clusters = previous._cluster_layers if previous is not None else {}
         self._vhost_cache: dict[Hashable, bytes] = {}
         self._prev_vhosts = previous._vhost_cache if previous is not None else {}
         self._group_snapshots: dict[tuple[str, ScopeKey], Snapshot] = {}
         self._inbound: dict[str, tuple[InboundEntry, ...]] | None = None
+        self._scope_keys: dict[tuple[str, tuple[tuple[str, str], ...]], ScopeKey] = {}
+        # per proxy group: (the inputs of its own layer, the layer), carried to the next generation
+        self._proxy_layers: dict[tuple[str, ScopeKey], _Carried] = {}
+        self._prev_proxy_layers = previous._proxy_layers if previous is not None else {}
         previous_extra = previous._extra if previous is not None else None
         self._extra: Snapshot | None = (
             _layer({t: {r.name: r for r in rs} for t, rs in extra.items()}, previous_extra) if extra else None
@@ -125,9 +142,15 @@ class ConfigGenerator:
 
     def scope_key(self, proxy: Proxy) -> ScopeKey:
         workload = self.world.workloads.get(proxy.ip)
-        labels = dict(workload.labels) if workload is not None else {}
-        sidecar, _ = select_sidecar(self.world, namespace=proxy.namespace, labels=labels, root_namespace=self._root)
-        return ScopeKey(proxy.namespace, sidecar.key if sidecar is not None else None)
+        labels = workload.labels if workload is not None else ()
+        cached = self._scope_keys.get((proxy.namespace, labels))
+        if cached is None:
+            sidecar, _ = select_sidecar(
+                self.world, namespace=proxy.namespace, labels=dict(labels), root_namespace=self._root
+            )
+            cached = ScopeKey(proxy.namespace, sidecar.key if sidecar is not None else None)
+            self._scope_keys[(proxy.namespace, labels)] = cached
+        return cached
 
     def _scope(self, key: ScopeKey) -> Scope:
         scope = self._scopes.get(key)
@@ -141,22 +164,48 @@ class ConfigGenerator:
 
     def _cluster_layer(self, scope: Scope) -> Snapshot:
         signature = scope.cluster_signature
-        layer = self._cluster_layers.get(signature)
-        if layer is None:
+        cached = self._cluster_layers.get(signature)
+        if cached is not None:
+            return cached[1]
+        # Its inputs: the signature (services, ports, rules) and each visible endpoint set, compared
+        # by identity (the incremental World keeps an unchanged service's endpoints as the same object).
+        endpoints = self.world.endpoints
+        inputs = (
+            signature,
+            tuple(Ident(endpoints.get((s.hostname, p.number))) for s, ports in scope.services for p in ports),
+        )
+        carried = self._prev_clusters.get(signature)
+        if carried is not None and carried[0] == inputs and self.world.config_generation is not None:
+            _, layer, used = carried
+            self.memo.keep(used)
+        else:
+            used = []
             by_type = {
-                CLUSTER: self.memo.resolve(outbound_cluster_specs(scope)),
-                ENDPOINT: self.memo.resolve(load_assignment_specs(scope, sidecar_port=self._sidecar_port)),
+                CLUSTER: self.memo.resolve(outbound_cluster_specs(scope), used),
+                ENDPOINT: self.memo.resolve(load_assignment_specs(scope, sidecar_port=self._sidecar_port), used),
             }
-            layer = _layer(by_type, self._prev_clusters.get(signature))
-            self._cluster_layers[signature] = layer
+            layer = _layer(by_type, carried[1] if carried is not None else None)
+        self._cluster_layers[signature] = (inputs, layer, used)
         return layer
 
     def _scope_layer(self, key: ScopeKey) -> Snapshot:
-        layer = self._scope_layers.get(key)
-        if layer is None:
-            table = RouteTable(self._scope(key), cache=self._vhost_cache, previous_cache=self._prev_vhosts)
-            layer = _layer({ROUTE: self.memo.resolve(table.specs())}, self._prev_scopes.get(key))
-            self._scope_layers[key] = layer
+        cached = self._scope_layers.get(key)
+        if cached is not None:
+            return cached[1]
+        scope = self._scope(key)
+        # Routes depend on the visible services and rules (the signature) and on the routing config
+        # (VirtualServices, rules, services: the World's config generation), never on endpoints.
+        inputs = (scope.cluster_signature, self.world.config_generation)
+        carried = self._prev_scopes.get(key)
+        if carried is not None and carried[0] == inputs and self.world.config_generation is not None:
+            _, layer, used = carried
+            self.memo.keep(used)
+        else:
+            used = []
+            table = RouteTable(scope, cache=self._vhost_cache, previous_cache=self._prev_vhosts)
+            routes = self.memo.resolve(table.specs(), used)
+            layer = _layer({ROUTE: routes}, carried[1] if carried is not None else None)
+        self._scope_layers[key] = (inputs, layer, used)
         return layer
 
     def _inbound_index(self) -> dict[str, tuple[InboundEntry, ...]]:
@@ -177,14 +226,24 @@ class ConfigGenerator:
         if plan is None:
             plan = self._plans[key] = ListenerPlan(self._scope(key).services)
         served = self._inbound_index().get(proxy.ip, ())
-        own = {
-            LISTENER: self.memo.resolve(
-                [*plan.specs(proxy), *inbound_listener_specs(proxy, served, inbound_port=self._inbound_port)]
-            ),
-            CLUSTER: self.memo.resolve(inbound_cluster_specs(address=proxy.ip, target_ports=[t for _, _, t in served])),
-        }
+        inputs = (plan.signature, served, self._inbound_port)
+        carried = self._prev_proxy_layers.get(group)
+        if carried is not None and carried[0] == inputs:
+            _, proxy_layer, used = carried  # nothing it depends on changed: not even rebuilt
+            self.memo.keep(used)
+        else:
+            used = []
+            own = {
+                LISTENER: self.memo.resolve(
+                    [*plan.specs(proxy), *inbound_listener_specs(proxy, served, inbound_port=self._inbound_port)], used
+                ),
+                CLUSTER: self.memo.resolve(
+                    inbound_cluster_specs(address=proxy.ip, target_ports=[t for _, _, t in served]), used
+                ),
+            }
+            proxy_layer = _layer(own, carried[1] if carried is not None else None)
+        self._proxy_layers[group] = (inputs, proxy_layer, used)
         previous = self._prev_groups.get(group)
-        proxy_layer = _layer(own, previous.layers[2] if previous is not None else None)
         layers = (cluster_layer, scope_layer, proxy_layer) + ((self._extra,) if self._extra is not None else ())
         unchanged = previous is not None and len(previous.layers) == len(layers)
         if previous is not None and unchanged and all(a is b for a, b in zip(previous.layers, layers, strict=True)):

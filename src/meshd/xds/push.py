@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from meshd.api.meta import InvalidResource
 from meshd.clock import Clock
@@ -59,7 +59,9 @@ class PushLoop:
         clock: Clock,
         metrics: Metrics,
         log: logging.Logger,
+        after_push: Callable[[], None] | None = None,
     ) -> None:
+        self._after_push = after_push
         self._store, self._hub, self._settings = store, hub, settings
         self._metrics, self._log = metrics, log
         self._debouncer = Debouncer(clock=clock, quiet=settings.debounce_quiet_s, max_delay=settings.debounce_max_s)
@@ -125,4 +127,6 @@ class PushLoop:
             if not self._store.loaded:
                 continue
             self.rebuild(changed_at=changed_at)
+            if self._after_push is not None:
+                self._after_push()
             await asyncio.sleep(0)  # let streams pick the generation up before the next one
