@@ -153,3 +153,30 @@ def test_unused_resources_are_dropped_after_a_generation() -> None:
     third = ConfigGenerator(mesh.state.world(), inbound_port=15006, sidecar_endpoint_port=None, previous=second)
     third.snapshot(_proxy("a", 1))
     assert len(third.memo._entries) == len(second.memo._entries) <= 1  # only the (empty-scope) listener
+
+
+def test_editing_a_destination_rule_updates_clusters_of_a_carried_scope() -> None:
+    mesh = Mesh()
+    assert mesh.generator is not None
+    names = {r.name for r in mesh.generator.snapshot(_proxy("a", 1)).select(CLUSTER, None)}
+    assert "outbound|9080|v2|s1.a.svc.cluster.local" not in names
+    rule = _docs("a", "s1", ["10.0.0.1"])[2]
+    rule["spec"]["subsets"].append({"name": "v2", "labels": {"version": "v2"}})
+    generator = mesh.apply(_resources([rule]))
+    names = {r.name for r in generator.snapshot(_proxy("a", 1)).select(CLUSTER, None)}
+    assert "outbound|9080|v2|s1.a.svc.cluster.local" in names
+
+
+def test_an_endpoint_change_in_an_untouched_scope_after_many_pushes_rebuilds_one_assignment() -> None:
+    mesh = Mesh()
+    hub = Hub()
+    assert mesh.generator is not None
+    hub.publish(mesh.generator, changed_at=0.0)
+    for ns in ("a", "b"):
+        hub.connect(proxy=_proxy(ns, 1), stream=SotwStream(nonce_prefix=ns), now=0.0)
+    for i in range(3):  # pushes that only touch namespace a: b's layers are carried whole
+        generator = mesh.apply(_resources(_docs("a", "s2", ["10.0.0.2", f"10.0.1.{i}"])[1:2]))
+        hub.publish(generator, changed_at=float(i))
+    generator = mesh.apply(_resources(_docs("b", "s2", ["10.0.0.2", "10.0.0.9"])[1:2]))
+    hub.publish(generator, changed_at=9.0)
+    assert generator.memo.built == 1  # b's other resources are still in the memo

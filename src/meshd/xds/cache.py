@@ -172,6 +172,7 @@ class ConfigGenerator:
         endpoints = self.world.endpoints
         inputs = (
             signature,
+            self.world.config_generation,  # DestinationRules (subsets, policies) shape the clusters
             tuple(Ident(endpoints.get((s.hostname, p.number))) for s, ports in scope.services for p in ports),
         )
         carried = self._prev_clusters.get(signature)
