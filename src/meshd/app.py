@@ -71,7 +71,13 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
     )
 
     grpc_server = grpc.aio.server(
-        options=[("grpc.max_receive_message_length", 4 * 1024 * 1024), ("grpc.so_reuseport", 0)]
+        options=[
+            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+            ("grpc.so_reuseport", 0),
+            # A reconnect storm opens thousands of streams at once: queue them rather than refuse.
+            ("grpc.server.max_pending_requests", 20_000),
+            ("grpc.server.max_pending_requests_hard_limit", 20_000),
+        ]
     )
     servicer = AdsServicer(
         hub=hub,

@@ -28,6 +28,7 @@ def _serve(args: argparse.Namespace) -> int:
         debounce_quiet_s=args.debounce_quiet,
         debounce_max_s=args.debounce_max,
         file_poll_interval_s=args.poll_interval,
+        file_watch=args.file_watch,
         send_timeout_s=args.send_timeout,
         max_concurrent_pushes=args.max_concurrent_pushes,
         enable_test_hooks=args.enable_test_hooks,
@@ -78,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--debounce-quiet", type=float, default=defaults.debounce_quiet_s)
     serve.add_argument("--debounce-max", type=float, default=defaults.debounce_max_s)
     serve.add_argument("--poll-interval", type=float, default=defaults.file_poll_interval_s)
+    serve.add_argument(
+        "--file-watch", choices=["events", "poll"], default=defaults.file_watch, help="how --config-dir is watched"
+    )
     serve.add_argument(
         "--send-timeout", type=float, default=defaults.send_timeout_s, help="disconnect a proxy stuck this long"
     )

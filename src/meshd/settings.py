@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,6 +21,8 @@ class Settings(BaseModel):
     debounce_quiet_s: float = Field(default=0.1, ge=0)
     debounce_max_s: float = Field(default=10.0, gt=0)
     file_poll_interval_s: float = Field(default=0.5, gt=0)
+    # "events": file events (inotify); "poll": stat the directory every file_poll_interval_s
+    file_watch: Literal["events", "poll"] = "events"
     domain_suffix: str = "cluster.local"
     root_namespace: str = "istio-system"
     # Standalone mode has no traffic capture: outbound listeners bind on the sidecar's own

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
+from typing import TypeVar
 
 from meshd.api.kube import EndpointSlice, Pod, Service
 from meshd.api.meta import InvalidResource, Resource, ResourceKey
@@ -18,6 +19,16 @@ from meshd.model.world import World, assemble
 
 _ISTIO_KINDS = ("ServiceEntry", "WorkloadEntry", "VirtualService", "DestinationRule", "Sidecar")
 ServiceId = tuple[str, str]  # (namespace, name)
+_K = TypeVar("_K")
+
+
+def _discard(index: dict[_K, set[ResourceKey]], at: _K, key: ResourceKey) -> None:
+    """Remove key from index[at], dropping the entry once empty (addresses come and go under churn)."""
+    keys = index.get(at)
+    if keys is not None:
+        keys.discard(key)
+        if not keys:
+            del index[at]
 
 
 class WorldState:
@@ -124,12 +135,12 @@ class WorldState:
         old = self._slices.pop(key, None)
         if old is not None:
             dirty.add(self._service_of(old))
-            self._slices_of[self._service_of(old)].discard(key)
+            _discard(self._slices_of, self._service_of(old), key)
             for ref, addresses in self._backing(old):
                 if ref is not None:
-                    self._slices_by_pod[ref].discard(key)
+                    _discard(self._slices_by_pod, ref, key)
                 for address in addresses:
-                    self._slices_by_address[address].discard(key)
+                    _discard(self._slices_by_address, address, key)
         if isinstance(eps, EndpointSlice):
             self._slices[key] = eps
             dirty.add(self._service_of(eps))

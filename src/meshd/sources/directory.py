@@ -1,11 +1,16 @@
-"""Watch a directory of YAML files (standalone mode): poll for added, changed and deleted files
-and replace what each file contributes to the store. Invalid input is logged and skipped."""
+"""Watch a directory of YAML files (standalone mode): added, changed and deleted files replace what
+each file contributes to the store. Changes arrive as file events (inotify, through watchfiles), or
+by polling where events are unavailable. Invalid input is logged and skipped."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import pathlib
+from collections.abc import Iterable
+
+import watchfiles
 
 from meshd.api.meta import Resource, ResourceKey
 from meshd.clock import Clock
@@ -24,7 +29,9 @@ class DirectorySource:
         clock: Clock,
         interval_s: float,
         log: logging.Logger,
+        watch: str = "poll",
     ) -> None:
+        self._watch = watch  # "events" (inotify) or "poll"
         self._dir = directory
         self._store = store
         self._clock = clock
@@ -40,60 +47,98 @@ class DirectorySource:
         return sorted(p for p in self._dir.rglob("*") if p.suffix in SUFFIXES and p.is_file())
 
     def scan(self) -> bool:
-        """One pass over the directory; returns True if the store changed."""
+        """One pass over the whole directory; returns True if the store changed."""
+        files = self._files()
+        seen = {str(path) for path in files}
         changed = False
-        seen: set[str] = set()
-        for path in self._files():
-            origin = str(path)
-            seen.add(origin)
-            try:
-                stat = path.stat()
-                signature = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-                if self._stats.get(origin) == signature and origin in self._digests:
-                    continue
-                self._stats[origin] = signature
-                data = path.read_bytes()
-            except OSError as exc:
-                self._log.warning("event=file_unreadable file=%s error=%s", origin, exc)
-                continue
-            digest = hashlib.sha256(data).hexdigest()
-            if self._digests.get(origin) == digest:
-                continue
-            self._digests[origin] = digest
-            result = parse_file(
-                data.decode("utf-8", errors="replace"),
-                origin=origin,
-                previous=self._resources.get(origin, {}),
-            )
-            for err in result.errors:
-                self._log.error(
-                    "event=invalid_resource file=%s resource=%s field=%s message=%r",
-                    origin,
-                    err.key or "-",
-                    err.field,
-                    err.message,
-                )
-            self._resources[origin] = result.resources
-            changed |= self._store.replace_origin(origin, result.resources, result.errors)
-            self._log.info(
-                "event=file_loaded file=%s resources=%d errors=%d",
-                origin,
-                len(result.resources),
-                len(result.errors),
-            )
+        for path in files:
+            changed |= self._load(path)
         for origin in sorted(set(self._digests) - seen):
-            del self._digests[origin]
-            self._stats.pop(origin, None)
-            self._resources.pop(origin, None)
-            changed |= self._store.remove_origin(origin)
-            self._log.info("event=file_removed file=%s", origin)
+            changed |= self._forget(origin)
         return changed
+
+    def rescan(self, paths: Iterable[str]) -> bool:
+        """Look again at just these paths (from file events): load, reload or forget each."""
+        changed = False
+        for name in sorted(set(paths)):
+            path = pathlib.Path(name)
+            if path.suffix not in SUFFIXES:
+                continue
+            changed |= self._load(path) if path.is_file() else self._forget(str(path))
+        return changed
+
+    def on_events(self, paths: list[str]) -> bool:
+        """Files named by events are looked at again; a directory event means a full scan."""
+        if any(name == str(self._dir) or pathlib.Path(name).is_dir() for name in paths):
+            return self.scan()
+        if any(pathlib.Path(name).suffix not in SUFFIXES and not pathlib.Path(name).exists() for name in paths):
+            return self.scan()  # something without a YAML suffix vanished: maybe a directory
+        return self.rescan(paths)
+
+    def _load(self, path: pathlib.Path) -> bool:
+        origin = str(path)
+        try:
+            stat = path.stat()
+            signature = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+            if self._stats.get(origin) == signature and origin in self._digests:
+                return False
+            self._stats[origin] = signature
+            data = path.read_bytes()
+        except OSError as exc:
+            self._log.warning("event=file_unreadable file=%s error=%s", origin, exc)
+            return False
+        digest = hashlib.sha256(data).hexdigest()
+        if self._digests.get(origin) == digest:
+            return False
+        self._digests[origin] = digest
+        result = parse_file(
+            data.decode("utf-8", errors="replace"), origin=origin, previous=self._resources.get(origin, {})
+        )
+        for err in result.errors:
+            self._log.error(
+                "event=invalid_resource file=%s resource=%s field=%s message=%r",
+                origin,
+                err.key or "-",
+                err.field,
+                err.message,
+            )
+        self._resources[origin] = result.resources
+        self._log.info(
+            "event=file_loaded file=%s resources=%d errors=%d", origin, len(result.resources), len(result.errors)
+        )
+        return self._store.replace_origin(origin, result.resources, result.errors)
+
+    def _forget(self, origin: str) -> bool:
+        if origin not in self._digests:
+            return False
+        del self._digests[origin]
+        self._stats.pop(origin, None)
+        self._resources.pop(origin, None)
+        self._log.info("event=file_removed file=%s", origin)
+        return self._store.remove_origin(origin)
 
     async def run(self) -> None:
         if not self._dir.is_dir():
             self._log.error("event=config_dir_missing dir=%s", self._dir)
         self.scan()
         self._store.mark_loaded()
+        if self._watch == "events" and self._dir.is_dir():
+            try:
+                await self._watch_events()
+                return
+            except OSError as exc:  # e.g. no inotify instances left: poll instead
+                self._log.warning("event=file_events_unavailable dir=%s error=%s fallback=poll", self._dir, exc)
         while True:
             await self._clock.sleep(self._interval)
             self.scan()
+
+    async def _watch_events(self) -> None:
+        """File events (inotify via watchfiles): no work at all while nothing changes."""
+        stop = asyncio.Event()
+        try:
+            async for events in watchfiles.awatch(
+                self._dir, watch_filter=None, debounce=50, step=5, rust_timeout=500, stop_event=stop
+            ):
+                self.on_events([name for _, name in events])
+        finally:
+            stop.set()

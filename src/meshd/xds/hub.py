@@ -26,8 +26,9 @@ class Connection:
     queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     push_pending: bool = False
     snapshot: Snapshot | None = None  # what this proxy should hold now
-    # nonce -> time of the config change that response carried (for convergence time)
-    change_times: dict[str, float] = field(default_factory=dict)
+    # type URL -> (nonce of the last response, time of the config change it carried): for the
+    # convergence time; one entry per type, so superseded responses leave nothing behind
+    change_times: dict[str, tuple[str, float]] = field(default_factory=dict)
 
     @property
     def delta(self) -> bool:

@@ -119,7 +119,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
     async def _send(self, conn: Connection, context: Any, *, changed_at: float, delta: bool) -> None:
         assert conn.snapshot is not None
         for resp in conn.stream.responses(conn.snapshot):
-            conn.change_times[resp.nonce] = changed_at
+            conn.change_times[resp.type_url] = (resp.nonce, changed_at)
             message = _delta_response(resp) if delta else _sotw_response(resp)
             kind = short_name(resp.type_url)
             try:
@@ -158,7 +158,11 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
 
     def _record(self, conn: Connection, outcome: Outcome, nonce: str) -> None:
         kind = short_name(outcome.type_url)
-        changed_at = conn.change_times.pop(nonce, None) if outcome.kind in ("ack", "nack") else None
+        changed_at = None
+        sent = conn.change_times.get(outcome.type_url)
+        if outcome.kind in ("ack", "nack") and sent is not None and sent[0] == nonce:
+            changed_at = sent[1]
+            del conn.change_times[outcome.type_url]
         if outcome.kind == "nack":
             self._metrics.xds_rejects.inc(kind)
             self._log.error(
