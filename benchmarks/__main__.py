@@ -1,5 +1,18 @@
-"""`make bench [BENCH_ARGS=--quick]`: translation cost per push at several mesh sizes, and push ->
-ACK latency against real Envoy (SotW and delta). Prints tables; writes benchmarks/results/latest.json."""
+"""`make bench [BENCH_ARGS=--quick]`: meshd at scale, against its targets and against the limit.
+
+Scenarios (sizes adjustable, see --help):
+  isolated   1000 services / 100 namespaces / 2000 proxies, a Sidecar per namespace; 3 real Envoys
+  full-mesh  300 services / 300 proxies, no Sidecar
+  churn      endpoints of 10% of services change every second for 60 s
+  growth     one endpoint change timed at 100, 1000 and 5000 services (50 proxies)
+  translate  in-process translation cost per push (no gRPC)
+  envoy-ack  push -> ACK through one real Envoy (SotW and delta)
+
+Simulated proxies come from a load client in its own process (benchmarks/loadclient.py); the
+reference server (benchmarks/reference_server.py) replays meshd's recorded responses to the same
+client to give the overhead ratio. Prints one table per scenario, then a one-line summary (last
+line); writes benchmarks/results/latest.json.
+"""
 
 from __future__ import annotations
 
@@ -7,52 +20,173 @@ import argparse
 import asyncio
 import json
 import pathlib
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
 from typing import Any
 
-from benchmarks import envoy_bench, translate_bench
+from benchmarks import envoy_bench, report, translate_bench
+from benchmarks.config import Options, quick
+from benchmarks.scenario_churn import run_churn
+from benchmarks.scenario_growth import run_growth
+from benchmarks.scenario_mesh import run_mesh_scenario
 
 
-def _table(rows: list[dict[str, Any]]) -> str:
-    keys = list(rows[0])
-    widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in keys}
-    lines = ["  ".join(k.rjust(widths[k]) for k in keys)]
-    lines += ["  ".join(str(r[k]).rjust(widths[k]) for k in keys) for r in rows]
-    return "\n".join(lines)
+def _triple(text: str) -> tuple[int, int, int]:
+    a, b, c = (int(x) for x in text.split(","))
+    return a, b, c
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--quick", action="store_true", help="small sizes, about a minute")
+    p.add_argument("--out", default="benchmarks/results/latest.json")
+    p.add_argument("--delta", action="store_true", help="load client uses delta ADS (default SotW)")
+    p.add_argument("--scenarios", help="comma list of: " + ",".join(Options(work=pathlib.Path()).scenarios))
+    p.add_argument("--isolated", type=_triple, metavar="S,NS,P", help="services,namespaces,proxies")
+    p.add_argument("--full-mesh", type=_triple, metavar="S,NS,P")
+    p.add_argument("--churn", type=_triple, metavar="S,NS,P", help="mesh of the churn scenario")
+    p.add_argument("--churn-seconds", type=int)
+    p.add_argument("--growth-sizes", help="comma list of service counts")
+    p.add_argument("--growth-proxies", type=int)
+    p.add_argument("--changes", type=int, help="timed changes per kind and scenario")
+    p.add_argument("--envoys", type=int, help="real Envoys in the isolated scenario")
+    p.add_argument("--no-reference", action="store_true", help="skip the reference server runs")
+    p.add_argument("--poll-interval", type=float, help="meshd --poll-interval (default 0.02)")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (meshd/Envoy logs, recordings)")
+    return p
+
+
+def _options(args: argparse.Namespace, work: pathlib.Path) -> Options:
+    opts = quick(Options(work=work)) if args.quick else Options(work=work)
+    opts.delta = args.delta
+    for name in (
+        "isolated",
+        "full_mesh",
+        "churn",
+        "churn_seconds",
+        "growth_proxies",
+        "changes",
+        "envoys",
+        "poll_interval",
+    ):
+        if getattr(args, name) is not None:
+            setattr(opts, name, getattr(args, name))
+    if args.growth_sizes:
+        opts.growth_sizes = tuple(int(x) for x in args.growth_sizes.split(","))
+    if args.scenarios:
+        opts.scenarios = tuple(args.scenarios.split(","))
+    if args.no_reference:
+        opts.reference = ()
+    return opts
+
+
+def _print_scenario(name: str, result: dict[str, Any]) -> None:
+    if "error" in result:
+        print(f"\n== {name}: FAILED: {result['error']} ==", flush=True)
+        return
+    if name in ("isolated", "full-mesh"):
+        head = (f"{result['services']} services, {result['namespaces']} namespaces, {result['proxies']} proxies,"
+                f" Sidecar {'per namespace' if result['sidecar'] else 'none'}, {result['xds']}")  # fmt: skip
+        rows = report.mesh_rows(result, report.TARGETS[name])
+    elif name == "churn":
+        head = f"{result['services']} services, {result['proxies']} proxies, {result['xds']}"
+        rows = report.churn_rows(result)
+    elif name == "growth":
+        print(f"\n== growth: one endpoint change, same proxies, growing mesh ({result['xds']}) ==")
+        print(report.table(report.growth_rows(result)))
+        status = "met" if result["ratio"] is not None and result["ratio"] < 2 else "MISSED"
+        print(f"time per change {result['ratio_of']}: {result['ratio']}x   target < 2x   {status}", flush=True)
+        return
+    else:
+        print(f"\n== {name} ==")
+        print(report.table(result["rows"]), flush=True)
+        return
+    print(f"\n== {name}: {head} ==")
+    print(report.table(rows, ["figure", "value", "target", ""]))
+    if name in ("isolated", "full-mesh"):
+        print(
+            "(change times run from the file write to the last proxy that needed it receiving the update;"
+            " meshd's include its 100 ms debounce and <= 1 file poll, the reference server's include neither)"
+        )
+    sys.stdout.flush()
+
+
+async def _run_scenario(name: str, opts: Options) -> dict[str, Any]:
+    if name == "isolated":
+        return await run_mesh_scenario(name, opts, sidecar=True, envoys=opts.envoys)
+    if name == "full-mesh":
+        return await run_mesh_scenario(name, opts, sidecar=False, envoys=0)
+    if name == "churn":
+        return await run_churn(opts)
+    if name == "growth":
+        return await run_growth(opts)
+    if name == "translate":
+        rows = []
+        for services, namespaces, proxies in opts.translate_sizes:
+            rows.append(translate_bench.run(services=services, namespaces=namespaces, proxies=proxies))
+        return {"rows": rows}
+    if name == "envoy-ack":
+        rows = [
+            await envoy_bench.run(services=opts.envoy_ack_services, changes=opts.envoy_ack_changes, delta=d)
+            for d in (False, True)
+        ]
+        return {"rows": rows}
+    raise ValueError(f"unknown scenario {name!r}")
+
+
+async def _main(opts: Options, out: pathlib.Path) -> dict[str, Any]:
+    results: dict[str, Any] = {"quick": opts.quick, "xds": "delta" if opts.delta else "sotw"}
+    started = time.time()
+    for name in opts.scenarios:
+        t0 = time.time()
+        print(f"-- {name} ...", flush=True)
+        try:
+            result = await _run_scenario(name, opts)
+        except Exception as exc:
+            traceback.print_exc()
+            result = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+        result["elapsed_s"] = round(time.time() - t0, 1)
+        results[name] = result
+        _print_scenario(name, result)
+        _write(out, results)
+    results["elapsed_s"] = round(time.time() - started, 1)
+    results["targets"] = report.statuses(results)
+    results["summary"] = report.summary(results)
+    _write(out, results)
+    return results
+
+
+def _write(out: pathlib.Path, results: dict[str, Any]) -> None:
+    """Written after every scenario, so an interrupted run keeps what it measured."""
+    out.write_text(json.dumps(results, indent=2, default=str))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks")
-    parser.add_argument("--quick", action="store_true", help="small sizes, about a minute")
-    parser.add_argument("--out", default="benchmarks/results/latest.json")
-    args = parser.parse_args()
-
-    sizes = (
-        [(100, 10, 100), (1000, 100, 200)]
-        if args.quick
-        else [(100, 10, 100), (1000, 100, 500), (5000, 100, 1000)]
-    )
-    translate = []
-    for services, namespaces, proxies in sizes:
-        translate.append(translate_bench.run(services=services, namespaces=namespaces, proxies=proxies))
-        print(f"translate {services} services done", flush=True)
-    print("\n== translation per push (in process, one core) ==")
-    print(_table(translate))
-
-    changes = 10 if args.quick else 40
-    services = 50 if args.quick else 500
-    envoy = [asyncio.run(envoy_bench.run(services=services, changes=changes, delta=d)) for d in (False, True)]
-    print("\n== push -> ACK against a real Envoy (file poll 100 ms + debounce 100 ms included end to end) ==")
-    print(_table(envoy))
-
+    args = _parser().parse_args()
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"translate": translate, "envoy": envoy}, indent=2))
-    big, sotw, delta = translate[-1], envoy[0], envoy[1]
-    print(
-        f"\nsummary: {big['services']} services/{big['proxies']} proxies push {big['total_ms']} ms;"
-        f" envoy file->route p50 sotw {sotw['file_to_envoy_p50_ms']} ms delta {delta['file_to_envoy_p50_ms']} ms;"
-        f" change->ACK mean sotw {sotw['change_to_ack_mean_ms']} ms delta {delta['change_to_ack_mean_ms']} ms"
-    )
+    work = pathlib.Path(tempfile.mkdtemp(prefix="meshd-bench-"))
+    opts = _options(args, work)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop children and clean up, as on Ctrl-C
+    try:
+        results = asyncio.run(_main(opts, out))
+    except KeyboardInterrupt:
+        print("\ninterrupted; child processes stopped", file=sys.stderr)
+        raise SystemExit(130) from None
+    finally:
+        if args.keep:
+            print(f"work directory kept: {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    print("\n== targets ==")
+    print(report.table(results["targets"], ["target", "status"]))
+    print(f"\nresults: {out} ({results['elapsed_s']} s)")
+    print(results["summary"], flush=True)
 
 
 if __name__ == "__main__":

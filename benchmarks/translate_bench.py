@@ -22,9 +22,7 @@ def run(*, services: int, namespaces: int, proxies: int) -> dict[str, Any]:
     snapshots = []
     for p in range(proxies):
         ns = f"ns-{p % namespaces}"
-        proxy = parse_node_id(
-            f"sidecar~10.200.{p >> 8 & 255}.{p & 255}~client-{p}.{ns}~{ns}.svc.cluster.local"
-        )
+        proxy = parse_node_id(f"sidecar~10.200.{p >> 8 & 255}.{p & 255}~client-{p}.{ns}~{ns}.svc.cluster.local")
         snapshots.append(generator.snapshot(proxy))
     t3 = time.perf_counter()
     unique: dict[int, int] = {}
@@ -32,9 +30,7 @@ def run(*, services: int, namespaces: int, proxies: int) -> dict[str, Any]:
         for by_name in snap.resources.values():
             for r in by_name.values():
                 unique[id(r)] = len(r.body)
-    per_proxy_bytes = sum(
-        len(r.body) for by_name in snapshots[0].resources.values() for r in by_name.values()
-    )
+    per_proxy_bytes = sum(len(r.body) for by_name in snapshots[0].resources.values() for r in by_name.values())
     return {
         "services": services,
         "proxies": proxies,

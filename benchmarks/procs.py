@@ -1,0 +1,195 @@
+"""The benchmark's child processes: meshd, the load client and the reference server. Each runs in
+its own session with a parent-death signal (a killed driver leaves nothing behind) and is stopped
+by the driver's `finally` (also on Ctrl-C). Resource use is read from /proc."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import pathlib
+import socket
+import sys
+import time
+from typing import Any
+
+import aiohttp
+
+from meshd.agent.process import spawn, terminate
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_PR_SET_PDEATHSIG = 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    """VmRSS (now) and VmHWM (peak) in MB."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0]) / 1024
+    return {"rss_mb": round(out.get("VmRSS", 0.0), 1), "peak_rss_mb": round(out.get("VmHWM", 0.0), 1)}
+
+
+def _pdeathsig() -> None:
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, 9, 0, 0, 0)
+
+
+class Deadline(Exception):
+    """A bounded wait ran out."""
+
+
+class JsonLinesProcess:
+    """A Python child driven over stdin/stdout, one JSON object per line each way."""
+
+    def __init__(self, *, name: str, argv: list[str], log_path: pathlib.Path) -> None:
+        self.name, self.argv, self.log_path = name, argv, log_path
+        self.process: asyncio.subprocess.Process | None = None
+        self.hello: dict[str, Any] = {}
+
+    async def start(self, *, timeout: float = 60.0) -> dict[str, Any]:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable, *self.argv,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
+                start_new_session=True, preexec_fn=_pdeathsig, limit=1 << 26,
+            )  # fmt: skip
+        self.hello = await self._read(timeout)
+        return self.hello
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    async def _read(self, timeout: float) -> dict[str, Any]:
+        assert self.process is not None and self.process.stdout is not None
+        try:
+            line = await asyncio.wait_for(self.process.stdout.readline(), timeout)
+        except TimeoutError:
+            raise Deadline(f"{self.name}: no answer within {timeout}s (log {self.log_path})") from None
+        if not line:
+            tail = self.log_path.read_text(errors="replace")[-3000:] if self.log_path.exists() else ""
+            raise RuntimeError(f"{self.name} exited; log {self.log_path}:\n{tail}")
+        reply: dict[str, Any] = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(f"{self.name}: {reply['error']}")
+        return reply
+
+    async def request(self, cmd: str, *, timeout: float = 120.0, **args: Any) -> dict[str, Any]:
+        assert self.process is not None and self.process.stdin is not None
+        self.process.stdin.write((json.dumps({"cmd": cmd, **args}) + "\n").encode())
+        await self.process.stdin.drain()
+        return await self._read(timeout)
+
+    async def stop(self) -> None:
+        if self.process is None or self.process.returncode is not None:
+            return
+        with contextlib.suppress(Exception):
+            assert self.process.stdin is not None
+            self.process.stdin.write(b'{"cmd": "quit"}\n')
+            await self.process.stdin.drain()
+            self.process.stdin.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.process.wait(), 5)
+        await terminate(process=self.process, timeout_s=3)
+
+
+class MeshdProcess:
+    """`meshd serve` on a config directory, on free loopback ports."""
+
+    def __init__(self, *, config_dir: pathlib.Path, log_path: pathlib.Path, poll_interval: float) -> None:
+        self.config_dir, self.log_path, self.poll_interval = config_dir, log_path, poll_interval
+        self.xds_port, self.http_port = free_port(), free_port()
+        self.process: asyncio.subprocess.Process | None = None
+        self.session: aiohttp.ClientSession | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.xds_port}"
+
+    async def start(self, *, timeout: float) -> float:
+        """Start meshd and wait for /ready; returns seconds to ready."""
+        t0 = time.time()
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        self.process = await spawn(
+            argv=[
+                sys.executable, "-m", "meshd", "serve", "--config-dir", str(self.config_dir),
+                "--xds-host", "127.0.0.1", "--xds-port", str(self.xds_port),
+                "--http-host", "127.0.0.1", "--http-port", str(self.http_port),
+                "--poll-interval", str(self.poll_interval), "--debounce-quiet", "0.1",
+            ],
+            log_path=self.log_path,
+        )  # fmt: skip
+        while True:
+            if self.process.returncode is not None:
+                raise RuntimeError(f"meshd exited with {self.process.returncode}; log {self.log_path}")
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with self.session.get(self.url("/ready")) as resp:
+                    if resp.status == 200:
+                        return time.time() - t0
+            if time.time() - t0 > timeout:
+                raise Deadline(f"meshd not ready after {timeout}s; log {self.log_path}")
+            await asyncio.sleep(0.1)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.http_port}{path}"
+
+    async def get_json(self, path: str) -> Any:
+        assert self.session is not None
+        async with self.session.get(self.url(path)) as resp:
+            return json.loads(await resp.text())
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def memory(self) -> dict[str, float]:
+        return memory_mb(self.pid)
+
+    async def stop(self) -> None:
+        try:
+            if self.process is not None:
+                await terminate(process=self.process, timeout_s=5)
+        finally:
+            if self.session is not None:
+                await self.session.close()
+                self.session = None
+
+
+def load_client(*, work: pathlib.Path, name: str, node_ids: list[str], delta: bool, record: bool) -> JsonLinesProcess:
+    nodes = work / f"{name}.nodes.json"
+    nodes.write_text(json.dumps(node_ids))
+    argv = ["-m", "benchmarks.loadclient", "--proxies", str(nodes)]
+    argv += ["--delta"] if delta else []
+    argv += ["--record"] if record else []
+    return JsonLinesProcess(name=name, argv=argv, log_path=work / f"{name}.log")
+
+
+def reference_server(*, work: pathlib.Path, base: pathlib.Path, changes: list[pathlib.Path]) -> JsonLinesProcess:
+    argv = ["-m", "benchmarks.reference_server", "--base", str(base), "--port", str(free_port())]
+    for path in changes:
+        argv += ["--change", str(path)]
+    return JsonLinesProcess(name="reference", argv=argv, log_path=work / "reference.log")
