@@ -15,6 +15,7 @@ from meshd.api.meta import InvalidResource
 from meshd.api.networking import DestinationRule, HTTPMatchRequest, HTTPRoute, StringMatch, VirtualService
 from meshd.model.services import MeshService, is_http
 from meshd.model.world import World, resolve_host
+from meshd.protowire import length_delimited
 from meshd.translate import naming
 from meshd.translate.scope import Scope
 from meshd.translate.spec import Ident, Spec, ident
@@ -194,22 +195,6 @@ def validate_routes(world: World) -> list[InvalidResource]:
     return list(dict.fromkeys(errors))
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _length_delimited(field_number: int, payload: bytes) -> bytes:
-    return _varint(field_number << 3 | 2) + _varint(len(payload)) + payload
-
-
 _RC_NAME, _RC_VIRTUAL_HOSTS, _RC_VALIDATE_CLUSTERS = 1, 2, 7  # RouteConfiguration field numbers
 ROUTE_CONFIGURATION = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 
@@ -267,9 +252,9 @@ class RouteTable:
         return body
 
     def _build(self, port: int, entries: Sequence[tuple[MeshService, Hashable]]) -> bytes:
-        parts = [_length_delimited(_RC_NAME, naming.route_config(port=port).encode())]
-        parts += [_length_delimited(_RC_VIRTUAL_HOSTS, self._vhost_bytes(s, port, k)) for s, k in entries]
-        parts.append(_length_delimited(_RC_VALIDATE_CLUSTERS, b""))  # validate_clusters: false
+        parts = [length_delimited(_RC_NAME, naming.route_config(port=port).encode())]
+        parts += [length_delimited(_RC_VIRTUAL_HOSTS, self._vhost_bytes(s, port, k)) for s, k in entries]
+        parts.append(length_delimited(_RC_VALIDATE_CLUSTERS, b""))  # validate_clusters: false
         return b"".join(parts)
 
     def specs(self) -> Iterator[Spec]:

@@ -13,6 +13,8 @@ from typing import Any
 
 from google.protobuf import any_pb2
 
+from meshd.protowire import length_delimited, string_field
+
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
@@ -32,24 +34,38 @@ def short_name(type_url: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class XdsResource:
+    """A resource, serialised once, with its encodings as an entry of a SotW response (an Any) and
+    of a delta response (a Resource): every response that carries it copies these bytes as they are."""
+
     name: str
     type_url: str
     body: bytes
     version: str
+    sotw_entry: bytes = b""
+    delta_entry: bytes = b""
 
     def to_any(self) -> any_pb2.Any:
         return any_pb2.Any(type_url=self.type_url, value=self.body)
 
 
+def make_raw_resource(name: str, type_url: str, body: bytes) -> XdsResource:
+    """A resource from its serialised bytes (built by protobuf or assembled from parts)."""
+    version = hashlib.sha256(body).hexdigest()[:16]
+    packed = string_field(1, type_url) + length_delimited(2, body)  # google.protobuf.Any
+    return XdsResource(
+        name=name,
+        type_url=type_url,
+        body=body,
+        version=version,
+        sotw_entry=length_delimited(2, packed),  # DiscoveryResponse.resources
+        # DeltaDiscoveryResponse.resources: Resource{version = 1, resource = 2, name = 3}
+        delta_entry=length_delimited(2, string_field(1, version) + length_delimited(2, packed) + string_field(3, name)),
+    )
+
+
 def make_resource(name: str, message: Any) -> XdsResource:
     body = message.SerializeToString(deterministic=True)
-    type_url = "type.googleapis.com/" + message.DESCRIPTOR.full_name
-    return XdsResource(name=name, type_url=type_url, body=body, version=hashlib.sha256(body).hexdigest()[:16])
-
-
-def make_raw_resource(name: str, type_url: str, body: bytes) -> XdsResource:
-    """A resource whose bytes were assembled directly (e.g. from pre-serialised parts)."""
-    return XdsResource(name=name, type_url=type_url, body=body, version=hashlib.sha256(body).hexdigest()[:16])
+    return make_raw_resource(name, "type.googleapis.com/" + message.DESCRIPTOR.full_name, body)
 
 
 def version_of(resources: Iterable[XdsResource]) -> str:

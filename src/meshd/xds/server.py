@@ -14,9 +14,10 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from meshd.clock import Clock
 from meshd.obs.metrics import Metrics
 from meshd.translate.proxy import InvalidNodeId, parse_node_id
+from meshd.xds.encode import delta_response, sotw_response
 from meshd.xds.hub import CLOSED, PUSH, Connection, Hub
 from meshd.xds.resource import short_name
-from meshd.xds.stream import DeltaStream, Outcome, Request, Response, SotwStream
+from meshd.xds.stream import DeltaStream, Outcome, Request, SotwStream
 
 
 def _sotw_request(req: Any) -> Request:
@@ -37,25 +38,6 @@ def _delta_request(req: Any) -> Request:
         unsubscribe=tuple(req.resource_names_unsubscribe),
         initial_versions=tuple(sorted(req.initial_resource_versions.items())),
         error_detail=req.error_detail.message if req.HasField("error_detail") else None,
-    )
-
-
-def _sotw_response(resp: Response) -> Any:
-    return discovery_pb2.DiscoveryResponse(
-        version_info=resp.version,
-        type_url=resp.type_url,
-        nonce=resp.nonce,
-        resources=[r.to_any() for r in resp.resources],
-    )
-
-
-def _delta_response(resp: Response) -> Any:
-    return discovery_pb2.DeltaDiscoveryResponse(
-        system_version_info=resp.version,
-        type_url=resp.type_url,
-        nonce=resp.nonce,
-        resources=[discovery_pb2.Resource(name=r.name, version=r.version, resource=r.to_any()) for r in resp.resources],
-        removed_resources=list(resp.removed),
     )
 
 
@@ -120,7 +102,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         assert conn.snapshot is not None
         for resp in conn.stream.responses(conn.snapshot):
             conn.change_times[resp.type_url] = (resp.nonce, changed_at)
-            message = _delta_response(resp) if delta else _sotw_response(resp)
+            message = delta_response(resp) if delta else sotw_response(resp)
             kind = short_name(resp.type_url)
             try:
                 await asyncio.wait_for(context.write(message), self._send_timeout)
@@ -130,7 +112,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                 )
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "proxy did not read its xDS stream in time")
             self._metrics.xds_pushes.inc(kind)
-            self._metrics.xds_bytes.inc(kind, message.ByteSize())
+            self._metrics.xds_bytes.inc(kind, len(message))
             self._metrics.push_time.labels(kind).observe(max(0.0, self._clock.now() - changed_at))
             self._log.debug(
                 "event=push proxy=%s type=%s version=%s nonce=%s resources=%d removed=%d",
@@ -189,4 +171,25 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
 
 
 def add_to_server(server: grpc.aio.Server, servicer: AdsServicer) -> None:
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(servicer, server)
+    """Register the ADS service with requests parsed by protobuf and responses written as the
+    bytes encode.py assembled (no response message is ever built)."""
+    handler = grpc.method_handlers_generic_handler(
+        "envoy.service.discovery.v3.AggregatedDiscoveryService",
+        {
+            "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                servicer.StreamAggregatedResources,
+                request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+                response_serializer=_as_is,
+            ),
+            "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                servicer.DeltaAggregatedResources,
+                request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+                response_serializer=_as_is,
+            ),
+        },
+    )
+    server.add_generic_rpc_handlers((handler,))
+
+
+def _as_is(body: bytes) -> bytes:
+    return body
