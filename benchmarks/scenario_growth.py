@@ -37,6 +37,7 @@ async def _one_size(opts: Options, services: int) -> dict[str, Any]:
         cold = await cold_storm(client, meshd.target, timeout=opts.cold_timeout_s)
         out["cold_s"] = cold["cold_s"]
         targets = [proxied[(k * 7) % proxies] for k in range(opts.growth_changes)]
+        await asyncio.sleep(5.0)  # let the cold storm's work finish before sampling idle
         idle0 = meshd.cpu()
         await asyncio.sleep(1.0)  # no change: what watching the files costs
         cpu0 = meshd.cpu()

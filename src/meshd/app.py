@@ -68,6 +68,7 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
         clock=clock,
         interval_s=settings.file_poll_interval_s,
         log=log,
+        watch=settings.file_watch,
     )
 
     grpc_server = grpc.aio.server(

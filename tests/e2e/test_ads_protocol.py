@@ -74,6 +74,11 @@ async def test_malformed_node_id_is_refused_and_nothing_else_is_touched(
     assert "event=rejected_stream" in meshd.log()
 
 
+async def test_the_config_directory_is_watched_by_file_events(meshd: Meshd) -> None:
+    # Events cost nothing while idle; polling is only the fallback (--file-watch poll).
+    assert "event=watching" in meshd.log() and "mode=events" in meshd.log()
+
+
 async def test_config_dump_debug_endpoint_shows_the_proxy_config(meshd: Meshd) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{meshd.xds_port}") as channel:
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)

@@ -29,7 +29,7 @@ class DirectorySource:
         clock: Clock,
         interval_s: float,
         log: logging.Logger,
-        watch: str = "poll",
+        watch: str = "events",
     ) -> None:
         self._watch = watch  # "events" (inotify) or "poll"
         self._dir = directory
@@ -124,10 +124,12 @@ class DirectorySource:
         self._store.mark_loaded()
         if self._watch == "events" and self._dir.is_dir():
             try:
+                self._log.info("event=watching dir=%s mode=events", self._dir)
                 await self._watch_events()
                 return
             except OSError as exc:  # e.g. no inotify instances left: poll instead
                 self._log.warning("event=file_events_unavailable dir=%s error=%s fallback=poll", self._dir, exc)
+        self._log.info("event=watching dir=%s mode=poll interval_s=%s", self._dir, self._interval)
         while True:
             await self._clock.sleep(self._interval)
             self.scan()
