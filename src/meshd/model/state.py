@@ -20,6 +20,17 @@ from meshd.model.world import World, assemble
 _ISTIO_KINDS = ("ServiceEntry", "WorkloadEntry", "VirtualService", "DestinationRule", "Sidecar")
 ServiceId = tuple[str, str]  # (namespace, name)
 _K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _keep_identity(old: dict[str, tuple[_V, ...]], new: dict[str, tuple[_V, ...]]) -> dict[str, tuple[_V, ...]]:
+    """Per key, keep the old tuple object when it holds the very same items: consumers compare these
+    by identity to know that, e.g., the rules of a host did not change."""
+    for key, items in new.items():
+        before = old.get(key)
+        if before is not None and len(before) == len(items) and all(a is b for a, b in zip(before, items, strict=True)):
+            new[key] = before
+    return new
 
 
 def _discard(index: dict[_K, set[ResourceKey]], at: _K, key: ResourceKey) -> None:
@@ -54,20 +65,18 @@ class WorldState:
         self._sidecars: dict[str, tuple[Sidecar, ...]] = {}
         self._errors: list[InvalidResource] = []
         self._workloads: dict[str, Workload] = {}
-        self._config_generation = 0
 
     # -- applying changes ---------------------------------------------------------------------
 
     def apply(self, changes: Mapping[ResourceKey, Resource | None]) -> None:
         dirty: set[ServiceId] = set()
         dirty_addresses: set[str] = set()
-        istio_changed = hosts_changed = services_changed = False
+        istio_changed = hosts_changed = False
         for key, resource in changes.items():
             if key.kind == "Pod":
                 self._apply_pod(key, resource, dirty, dirty_addresses)
             elif key.kind == "Service":
                 hosts_changed |= self._apply_service(key, resource)
-                services_changed = True
                 dirty.add((key.namespace, key.name))
             elif key.kind == "EndpointSlice":
                 self._apply_slice(key, resource, dirty)
@@ -92,8 +101,6 @@ class WorldState:
                 dirty.add(self._service_of(self._slices[slice_key]))
         for service_id in dirty:
             self._recompute_endpoints(service_id)
-        if istio_changed or hosts_changed or services_changed:
-            self._config_generation += 1
         if istio_changed or hosts_changed:
             self._rederive_istio()
 
@@ -193,12 +200,17 @@ class WorldState:
         )
         self._se_services = se_services
         self._se_endpoints = {key: derive.merge_chunks(chunks) for key, chunks in se_chunks.items()}
-        self._virtual_services = derive.virtual_services_by_host(
-            [v for v in self._istio["VirtualService"].values() if isinstance(v, VirtualService)], suffix=self._suffix
+        self._virtual_services = _keep_identity(
+            self._virtual_services,
+            derive.virtual_services_by_host(
+                [v for v in self._istio["VirtualService"].values() if isinstance(v, VirtualService)],
+                suffix=self._suffix,
+            ),
         )
-        self._rules, rule_errors = derive.destination_rules_by_host(
+        rules, rule_errors = derive.destination_rules_by_host(
             [d for d in self._istio["DestinationRule"].values() if isinstance(d, DestinationRule)], suffix=self._suffix
         )
+        self._rules = _keep_identity(self._rules, rules)
         self._sidecars = derive.sidecars_by_namespace(
             [s for s in self._istio["Sidecar"].values() if isinstance(s, Sidecar)]
         )
@@ -222,5 +234,4 @@ class WorldState:
             workloads=self._workloads,
             errors=self._errors,
             revision=revision,
-            config_generation=self._config_generation,
         )

@@ -36,9 +36,6 @@ class World:
     errors: tuple[InvalidResource, ...]
     revision: int = 0
     by_namespace: Mapping[str, tuple[MeshService, ...]] = field(default_factory=dict)  # sorted by hostname
-    # Bumped by WorldState whenever routing inputs other than endpoints change (services, Istio
-    # kinds); None when unknown (a World built from scratch), which disables reuse across Worlds.
-    config_generation: int | None = None
 
     def services_on_port(self, number: int) -> list[MeshService]:
         return [s for s in self.services.values() if s.port(number) is not None]
@@ -55,7 +52,6 @@ def assemble(
     workloads: Mapping[str, Workload],
     errors: Iterable[InvalidResource],
     revision: int,
-    config_generation: int | None = None,
 ) -> World:
     ordered = dict(sorted(services.items()))
     by_namespace: dict[str, list[MeshService]] = defaultdict(list)
@@ -75,7 +71,6 @@ def assemble(
         workloads=MappingProxyType(dict(workloads)),
         errors=tuple(errors),
         revision=revision,
-        config_generation=config_generation,
     )
 
 

@@ -32,6 +32,7 @@ class DirectorySource:
         watch: str = "events",
     ) -> None:
         self._watch = watch  # "events" (inotify) or "poll"
+        self._subdirs: set[str] = set()
         self._dir = directory
         self._store = store
         self._clock = clock
@@ -44,7 +45,9 @@ class DirectorySource:
     def _files(self) -> list[pathlib.Path]:
         if not self._dir.is_dir():
             return []
-        return sorted(p for p in self._dir.rglob("*") if p.suffix in SUFFIXES and p.is_file())
+        entries = list(self._dir.rglob("*"))
+        self._subdirs = {str(p) for p in entries if p.is_dir()}
+        return sorted(p for p in entries if p.suffix in SUFFIXES and p.is_file())
 
     def scan(self) -> bool:
         """One pass over the whole directory; returns True if the store changed."""
@@ -71,8 +74,8 @@ class DirectorySource:
         """Files named by events are looked at again; a directory event means a full scan."""
         if any(name == str(self._dir) or pathlib.Path(name).is_dir() for name in paths):
             return self.scan()
-        if any(pathlib.Path(name).suffix not in SUFFIXES and not pathlib.Path(name).exists() for name in paths):
-            return self.scan()  # something without a YAML suffix vanished: maybe a directory
+        if any(name in self._subdirs for name in paths):
+            return self.scan()  # a known directory vanished (or was renamed)
         return self.rescan(paths)
 
     def _load(self, path: pathlib.Path) -> bool:

@@ -17,12 +17,13 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 
 from meshd.api.meta import InvalidResource
+from meshd.api.networking import VirtualService
 from meshd.model.world import World
 from meshd.translate.clusters import inbound_cluster_specs, outbound_cluster_specs
 from meshd.translate.endpoints import load_assignment_specs
 from meshd.translate.listeners import InboundEntry, ListenerPlan, inbound_index, inbound_listener_specs
 from meshd.translate.proxy import Proxy
-from meshd.translate.routes import RouteTable, validate_routes
+from meshd.translate.routes import RouteTable, destination_hosts, validate_routes
 from meshd.translate.scope import Scope, ScopeKey, Signature, select_sidecar
 from meshd.translate.spec import Ident, Spec
 from meshd.xds.resource import (
@@ -117,6 +118,7 @@ class ConfigGenerator:
         self._group_snapshots: dict[tuple[str, ScopeKey], Snapshot] = {}
         self._inbound: dict[str, tuple[InboundEntry, ...]] | None = None
         self._scope_keys: dict[tuple[str, tuple[tuple[str, str], ...]], ScopeKey] = {}
+        self._destination_cache: dict[int, tuple[VirtualService, list[str]]] = {}
         # per proxy group: (the inputs of its own layer, the layer), carried to the next generation
         self._proxy_layers: dict[tuple[str, ScopeKey], _Carried] = {}
         self._prev_proxy_layers = previous._proxy_layers if previous is not None else {}
@@ -170,13 +172,16 @@ class ConfigGenerator:
         # Its inputs: the signature (services, ports, rules) and each visible endpoint set, compared
         # by identity (the incremental World keeps an unchanged service's endpoints as the same object).
         endpoints = self.world.endpoints
+        rules = self.world.rules_by_host
         inputs = (
             signature,
-            self.world.config_generation,  # DestinationRules (subsets, policies) shape the clusters
+            # DestinationRules (subsets, policies) shape the clusters; WorldState keeps a host's
+            # rules tuple the same object while they are unchanged.
+            tuple(Ident(rules.get(s.hostname)) for s, _ in scope.services),
             tuple(Ident(endpoints.get((s.hostname, p.number))) for s, ports in scope.services for p in ports),
         )
         carried = self._prev_clusters.get(signature)
-        if carried is not None and carried[0] == inputs and self.world.config_generation is not None:
+        if carried is not None and carried[0] == inputs:
             _, layer, used = carried
             self.memo.keep(used)
         else:
@@ -194,11 +199,20 @@ class ConfigGenerator:
         if cached is not None:
             return cached[1]
         scope = self._scope(key)
-        # Routes depend on the visible services and rules (the signature) and on the routing config
-        # (VirtualServices, rules, services: the World's config generation), never on endpoints.
-        inputs = (scope.cluster_signature, self.world.config_generation)
+        # Routes depend on the visible services (the signature), the VirtualServices and rules of
+        # those hosts, and the services and rules of every host those VirtualServices route to;
+        # never on endpoints. WorldState keeps each of these the same object while unchanged.
+        world = self.world
+        deps: list[Ident] = []
+        for service, _ in scope.services:
+            vss = world.virtual_services.get(service.hostname)
+            deps += (Ident(vss), Ident(world.rules_by_host.get(service.hostname)))
+            for vs in vss or ():
+                for host in self._destinations(vs):
+                    deps += (Ident(world.services.get(host)), Ident(world.rules_by_host.get(host)))
+        inputs = (scope.cluster_signature, tuple(deps))
         carried = self._prev_scopes.get(key)
-        if carried is not None and carried[0] == inputs and self.world.config_generation is not None:
+        if carried is not None and carried[0] == inputs:
             _, layer, used = carried
             self.memo.keep(used)
         else:
@@ -208,6 +222,13 @@ class ConfigGenerator:
             layer = _layer({ROUTE: routes}, carried[1] if carried is not None else None)
         self._scope_layers[key] = (inputs, layer, used)
         return layer
+
+    def _destinations(self, vs: VirtualService) -> list[str]:
+        found = self._destination_cache.get(id(vs))
+        if found is None or found[0] is not vs:
+            found = (vs, destination_hosts(self.world, vs))
+            self._destination_cache[id(vs)] = found
+        return found[1]
 
     def _inbound_index(self) -> dict[str, tuple[InboundEntry, ...]]:
         if self._inbound is None:
