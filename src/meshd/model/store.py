@@ -18,6 +18,7 @@ class ConfigStore:
         self._by_origin: dict[str, dict[ResourceKey, Resource]] = {}
         self._origins_of: dict[ResourceKey, set[str]] = {}
         self._winners: dict[ResourceKey, Resource] = {}
+        self._contested: set[ResourceKey] = set()  # keys defined by more than one origin
         self._changes: dict[ResourceKey, Resource | None] = {}
         self._errors: dict[str, tuple[InvalidResource, ...]] = {}
         self._listeners: list[Callable[[], None]] = []
@@ -64,6 +65,10 @@ class ConfigStore:
 
     def _elect(self, key: ResourceKey) -> None:
         origins = self._origins_of.get(key)
+        if origins is not None and len(origins) > 1:
+            self._contested.add(key)
+        else:
+            self._contested.discard(key)
         winner = self._by_origin[min(origins)][key] if origins else None
         if not origins:
             self._origins_of.pop(key, None)
@@ -91,7 +96,7 @@ class ConfigStore:
 
     def errors(self) -> list[InvalidResource]:
         errors = [e for origin in sorted(self._errors) for e in self._errors[origin]]
-        for key in sorted(k for k, origins in self._origins_of.items() if len(origins) > 1):
+        for key in sorted(self._contested):
             first, *others = sorted(self._origins_of[key])
             errors += [
                 InvalidResource(key, "metadata.name", f"also defined in {first}; this copy is ignored", origin)

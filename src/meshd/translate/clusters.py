@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from functools import partial
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -77,19 +77,24 @@ def outbound_cluster_specs(scope: Scope) -> Iterator[Spec]:
     that applies in this scope adds `outbound|port|subset|host`. DNS clusters carry their
     endpoints inline."""
     for service, ports in scope.services:
-        if service.resolution == "NONE":
-            continue
-        rule = scope.destination_rule(service.hostname)
-        subsets = [""] + ([s.name for s in rule.spec.subsets] if rule else [])
-        for port in ports:
-            dns = scope.world.endpoints.get((service.hostname, port.number), ()) if service.resolution == "DNS" else ()
-            for subset in subsets:
-                name = naming.outbound_cluster(port=port.number, host=service.hostname, subset=subset)
-                key = ("cds", service, port, subset, ident(rule), dns)
-                if service.resolution == "DNS":
-                    yield Spec(name, key, partial(_dns_cluster, service, port, subset, dns))
-                else:
-                    yield Spec(name, key, partial(_outbound, service, port, subset))
+        yield from service_cluster_specs(scope, service, ports)
+
+
+def service_cluster_specs(scope: Scope, service: MeshService, ports: Sequence[ServicePort]) -> Iterator[Spec]:
+    """The outbound clusters of one service, as seen from a scope."""
+    if service.resolution == "NONE":
+        return
+    rule = scope.destination_rule(service.hostname)
+    subsets = [""] + ([s.name for s in rule.spec.subsets] if rule else [])
+    for port in ports:
+        dns = scope.world.endpoints.get((service.hostname, port.number), ()) if service.resolution == "DNS" else ()
+        for subset in subsets:
+            name = naming.outbound_cluster(port=port.number, host=service.hostname, subset=subset)
+            key = ("cds", service, port, subset, ident(rule), dns)
+            if service.resolution == "DNS":
+                yield Spec(name, key, partial(_dns_cluster, service, port, subset, dns))
+            else:
+                yield Spec(name, key, partial(_outbound, service, port, subset))
 
 
 def _inbound_cluster(address: str, port: int) -> cluster_pb2.Cluster:

@@ -9,7 +9,7 @@ from functools import partial
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from google.protobuf import wrappers_pb2
 
-from meshd.model.services import Endpoint
+from meshd.model.services import Endpoint, MeshService, ServicePort
 from meshd.translate import naming
 from meshd.translate.clusters import socket_address
 from meshd.translate.scope import Scope
@@ -37,23 +37,29 @@ def _assignment(
 
 
 def load_assignment_specs(scope: Scope, *, sidecar_port: int | None) -> Iterator[Spec]:
-    """A ClusterLoadAssignment per EDS cluster of the scope: all endpoints of the service port, and
-    per subset (of the DestinationRule that applies in this scope) the endpoints whose labels match."""
+    """A ClusterLoadAssignment per EDS cluster of the scope."""
     for service, ports in scope.services:
-        if service.resolution != "EDS":
-            continue
-        rule = scope.destination_rule(service.hostname)
-        for port in ports:
-            eps = scope.world.endpoints.get((service.hostname, port.number), ())
-            name = naming.outbound_cluster(port=port.number, host=service.hostname)
+        yield from service_assignment_specs(scope, service, ports, sidecar_port=sidecar_port)
+
+
+def service_assignment_specs(
+    scope: Scope, service: MeshService, ports: Sequence[ServicePort], *, sidecar_port: int | None
+) -> Iterator[Spec]:
+    """For one service: all endpoints of each port, and per subset (of the DestinationRule that
+    applies in this scope) the endpoints whose labels match."""
+    if service.resolution != "EDS":
+        return
+    rule = scope.destination_rule(service.hostname)
+    for port in ports:
+        eps = scope.world.endpoints.get((service.hostname, port.number), ())
+        name = naming.outbound_cluster(port=port.number, host=service.hostname)
+        build = partial(_assignment, name, eps, sidecar_port=sidecar_port)
+        yield Spec(name, ("eds", name, eps, sidecar_port), build)
+        for subset in rule.spec.subsets if rule else []:
+            name = naming.outbound_cluster(port=port.number, host=service.hostname, subset=subset.name)
+            selected = tuple(e for e in eps if e.matches(subset.labels))
             yield Spec(
-                name, ("eds", name, eps, sidecar_port), partial(_assignment, name, eps, sidecar_port=sidecar_port)
+                name,
+                ("eds", name, selected, sidecar_port),
+                partial(_assignment, name, selected, sidecar_port=sidecar_port),
             )
-            for subset in rule.spec.subsets if rule else []:
-                name = naming.outbound_cluster(port=port.number, host=service.hostname, subset=subset.name)
-                selected = tuple(e for e in eps if e.matches(subset.labels))
-                yield Spec(
-                    name,
-                    ("eds", name, selected, sidecar_port),
-                    partial(_assignment, name, selected, sidecar_port=sidecar_port),
-                )

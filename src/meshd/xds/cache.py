@@ -18,9 +18,10 @@ from types import MappingProxyType
 
 from meshd.api.meta import InvalidResource
 from meshd.api.networking import VirtualService
+from meshd.model.services import MeshService, ServicePort
 from meshd.model.world import World
-from meshd.translate.clusters import inbound_cluster_specs, outbound_cluster_specs
-from meshd.translate.endpoints import load_assignment_specs
+from meshd.translate.clusters import inbound_cluster_specs, service_cluster_specs
+from meshd.translate.endpoints import service_assignment_specs
 from meshd.translate.listeners import InboundEntry, ListenerPlan, inbound_index, inbound_listener_specs
 from meshd.translate.proxy import Proxy
 from meshd.translate.routes import RouteTable, destination_hosts, validate_routes
@@ -40,6 +41,8 @@ from meshd.xds.resource import (
 MESH_SCOPE = ScopeKey("", None)
 # A layer as carried between generations: (its inputs, the layer, the memo entries it uses)
 _Carried = tuple[Hashable, Snapshot, list[tuple[Hashable, XdsResource]]]
+# One service's (clusters, endpoints, memo entries), as one scope sees it
+_ServiceEntry = tuple[dict[str, XdsResource], dict[str, XdsResource], list[tuple[Hashable, XdsResource]]]
 
 
 class ResourceMemo:
@@ -119,6 +122,8 @@ class ConfigGenerator:
         self._inbound: dict[str, tuple[InboundEntry, ...]] | None = None
         self._scope_keys: dict[tuple[str, tuple[tuple[str, str], ...]], ScopeKey] = {}
         self._destination_cache: dict[int, tuple[VirtualService, list[str]]] = {}
+        self._service_entries: dict[Hashable, _ServiceEntry] = {}
+        self._prev_service_entries = previous._service_entries if previous is not None else {}
         # per proxy group: (the inputs of its own layer, the layer), carried to the next generation
         self._proxy_layers: dict[tuple[str, ScopeKey], _Carried] = {}
         self._prev_proxy_layers = previous._proxy_layers if previous is not None else {}
@@ -185,14 +190,36 @@ class ConfigGenerator:
             _, layer, used = carried
             self.memo.keep(used)
         else:
+            # Rebuilt service by service: a service whose own inputs did not change contributes
+            # its previous resources without a single spec being made.
             used = []
-            by_type = {
-                CLUSTER: self.memo.resolve(outbound_cluster_specs(scope), used),
-                ENDPOINT: self.memo.resolve(load_assignment_specs(scope, sidecar_port=self._sidecar_port), used),
-            }
+            by_type: dict[str, dict[str, XdsResource]] = {CLUSTER: {}, ENDPOINT: {}}
+            for service, ports in scope.services:
+                clusters, assignments, entries = self._service_entry(scope, service, ports)
+                by_type[CLUSTER].update(clusters)
+                by_type[ENDPOINT].update(assignments)
+                used += entries
             layer = _layer(by_type, carried[1] if carried is not None else None)
         self._cluster_layers[signature] = (inputs, layer, used)
         return layer
+
+    def _service_entry(
+        self, scope: Scope, service: MeshService, ports: tuple[ServicePort, ...]
+    ) -> tuple[dict[str, XdsResource], dict[str, XdsResource], list[tuple[Hashable, XdsResource]]]:
+        """One service's clusters and endpoints as a scope sees them, keyed by exactly its inputs."""
+        rule = scope.destination_rule(service.hostname)
+        endpoints = self.world.endpoints
+        key = (service, ports, Ident(rule), tuple(Ident(endpoints.get((service.hostname, p.number))) for p in ports))
+        entry = self._service_entries.get(key) or self._prev_service_entries.get(key)
+        if entry is None:
+            used: list[tuple[Hashable, XdsResource]] = []
+            clusters = self.memo.resolve(service_cluster_specs(scope, service, ports), used)
+            specs = service_assignment_specs(scope, service, ports, sidecar_port=self._sidecar_port)
+            entry = (clusters, self.memo.resolve(specs, used), used)
+        else:
+            self.memo.keep(entry[2])
+        self._service_entries[key] = entry
+        return entry
 
     def _scope_layer(self, key: ScopeKey) -> Snapshot:
         cached = self._scope_layers.get(key)
