@@ -11,6 +11,8 @@ import hashlib
 from collections.abc import Iterable
 from typing import Any
 
+from meshd.protowire import length_delimited, varint
+
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
@@ -24,23 +26,9 @@ SOTW_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggr
 DELTA_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
 
 
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
 def field(number: int, data: bytes | str) -> bytes:
     """One length-delimited field (string, bytes or embedded message)."""
-    if isinstance(data, str):
-        data = data.encode()
-    return varint((number << 3) | 2) + varint(len(data)) + data
+    return length_delimited(number, data.encode() if isinstance(data, str) else data)
 
 
 def field_size(number: int, length: int) -> int:

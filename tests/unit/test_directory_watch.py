@@ -19,12 +19,16 @@ SERVICE = (
 )
 
 
+POLL_S = 0.01
+
+
 async def _until(check: object, what: str, timeout: float = 10.0) -> None:
+    """Poll a condition with a deadline (the watcher runs in its own task)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not check():  # type: ignore[operator]
         assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(POLL_S)
 
 
 def _names(store: ConfigStore) -> set[str]:
