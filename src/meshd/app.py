@@ -57,9 +57,7 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
     store = ConfigStore()
     hub = Hub()
     gc_policy = GcPolicy(every=settings.gc_full_every_pushes, enabled=settings.gc_freeze)
-    push = PushLoop(
-        store=store, hub=hub, settings=settings, clock=clock, metrics=metrics, log=log, after_push=gc_policy.after_push
-    )
+    push = PushLoop(store=store, hub=hub, settings=settings, clock=clock, metrics=metrics, log=log, gc_policy=gc_policy)
     if settings.config_dir is None:
         raise SystemExit("meshd serve: --config-dir is required (Kubernetes mode is not available yet)")
     source = DirectorySource(

@@ -1,52 +1,119 @@
-"""The GC policy freezes the live config after each push and fully collects every N pushes."""
+"""The GC policy: freeze the live config after each push; a full collection when due, at an idle
+moment chosen by the push loop (never right inside a push), or anyway under endless churn."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import logging
+import weakref
 from collections.abc import Iterator
 
 import pytest
 
 from meshd.gcpolicy import GcPolicy
+from meshd.model.store import ConfigStore
+from meshd.obs.metrics import Metrics
+from meshd.settings import Settings
+from meshd.xds.hub import Hub
+from meshd.xds.push import PushLoop
+from tests.unit.test_push import FakeClock
 
 
 @pytest.fixture(autouse=True)
 def _unfreeze() -> Iterator[None]:
+    gc.unfreeze()
     yield
     gc.unfreeze()
 
 
-def test_freezes_after_each_push_and_collects_every_n() -> None:
+def test_freezes_after_each_push_and_becomes_due_after_n() -> None:
     policy = GcPolicy(every=3)
-    gc.unfreeze()
     policy.after_push()
-    assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() > 0 and not policy.due
     policy.after_push()
     policy.after_push()
+    assert policy.due and policy.full_collections == 0
+    policy.collect()
+    assert not policy.due and policy.full_collections == 1
+
+
+def test_endless_churn_still_collects() -> None:
+    policy = GcPolicy(every=2)
+    for _ in range(20):
+        policy.after_push()
     assert policy.full_collections == 1
 
 
-def test_cyclic_garbage_is_collected_at_the_periodic_full_collection() -> None:
-    policy = GcPolicy(every=2)
-    gc.unfreeze()
+def test_cyclic_garbage_frozen_while_alive_is_freed_by_the_full_collection() -> None:
+    policy = GcPolicy(every=100)
 
     class Node:
         other: object = None
 
     a, b = Node(), Node()
     a.other, b.other = b, a  # a cycle: only the cyclic collector frees it
-    import weakref
-
     probe = weakref.ref(a)
     policy.after_push()  # frozen while still alive
     del a, b
     gc.collect()
     assert probe() is not None  # frozen objects are not collected...
-    policy.after_push()  # ...until the periodic full collection
+    policy.collect()  # ...until the full collection
     assert probe() is None
 
 
 def test_disabled_policy_touches_nothing() -> None:
-    gc.unfreeze()
-    GcPolicy(every=1, enabled=False).after_push()
-    assert gc.get_freeze_count() == 0
+    policy = GcPolicy(every=1, enabled=False)
+    policy.after_push()
+    policy.collect()
+    assert gc.get_freeze_count() == 0 and not policy.due and policy.full_collections == 0
+
+
+def _loop(clock: FakeClock, policy: GcPolicy) -> tuple[PushLoop, ConfigStore]:
+    store = ConfigStore()
+    loop = PushLoop(
+        store=store, hub=Hub(), settings=Settings(), clock=clock, metrics=Metrics(_registry()),
+        log=logging.getLogger("t"), gc_policy=policy, idle_s=5.0,
+    )  # fmt: skip
+    return loop, store
+
+
+async def _settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def test_push_loop_collects_once_idle_with_nothing_pending() -> None:
+    clock, policy = FakeClock(), GcPolicy(every=1)
+    loop, store = _loop(clock, policy)
+    store.mark_loaded()  # one change -> one push -> a full collection is due
+    task = asyncio.create_task(loop.run())
+    try:
+        await _settle()
+        assert policy.full_collections == 1 and clock.time >= 5.0  # after 5 s of (fake) idle
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_push_loop_does_not_collect_while_a_change_is_pending() -> None:
+    clock, policy = FakeClock(), GcPolicy(every=1)
+    loop, store = _loop(clock, policy)
+    policy.after_push()  # due before the loop starts...
+    store.mark_loaded()  # ...and a change is already waiting
+    task = asyncio.create_task(loop.run())
+    try:
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert policy.full_collections == 0  # the change is served first
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+def _registry():  # type: ignore[no-untyped-def]
+    from prometheus_client import CollectorRegistry
+
+    return CollectorRegistry()

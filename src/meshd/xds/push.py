@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from meshd.api.meta import InvalidResource
 from meshd.clock import Clock
+from meshd.gcpolicy import GcPolicy
 from meshd.model.state import WorldState
 from meshd.model.store import ConfigStore
 from meshd.obs.metrics import Metrics
@@ -33,6 +34,10 @@ class Debouncer:
             self.first = now
         self._last = now
         self._event.set()
+
+    async def pending(self) -> None:
+        """Return as soon as an event is waiting to be handled."""
+        await self._event.wait()
 
     async def wait(self) -> float:
         """Wait for a burst to settle; returns the time of its first event."""
@@ -59,9 +64,12 @@ class PushLoop:
         clock: Clock,
         metrics: Metrics,
         log: logging.Logger,
-        after_push: Callable[[], None] | None = None,
+        gc_policy: GcPolicy | None = None,
+        idle_s: float = 1.0,
     ) -> None:
-        self._after_push = after_push
+        self._gc = gc_policy
+        self._idle_s = idle_s
+        self._clock = clock
         self._store, self._hub, self._settings = store, hub, settings
         self._metrics, self._log = metrics, log
         self._debouncer = Debouncer(clock=clock, quiet=settings.debounce_quiet_s, max_delay=settings.debounce_max_s)
@@ -121,12 +129,28 @@ class PushLoop:
         )
         return generator
 
+    async def _collect_when_idle(self) -> None:
+        """If a full GC is due, run it once no change has been pending for idle_s."""
+        if self._gc is None or not self._gc.due:
+            return
+        pending = asyncio.ensure_future(self._debouncer.pending())
+        idle = asyncio.ensure_future(self._clock.sleep(self._idle_s))
+        try:
+            done, _ = await asyncio.wait({pending, idle}, return_when=asyncio.FIRST_COMPLETED)
+            if idle in done and pending not in done:
+                self._gc.collect()
+                self._log.info("event=gc_full_collection")
+        finally:
+            for task in (pending, idle):
+                task.cancel()
+
     async def run(self) -> None:
         while True:
+            await self._collect_when_idle()
             changed_at = await self._debouncer.wait()
             if not self._store.loaded:
                 continue
             self.rebuild(changed_at=changed_at)
-            if self._after_push is not None:
-                self._after_push()
+            if self._gc is not None:
+                self._gc.after_push()
             await asyncio.sleep(0)  # let streams pick the generation up before the next one
