@@ -85,6 +85,10 @@ class ResourceMemo:
         return out
 
 
+def _build(specs: Iterable[Spec]) -> dict[str, XdsResource]:
+    return {spec.name: make_resource(spec.name, spec.build()) for spec in specs}
+
+
 def _layer(by_type: dict[str, dict[str, XdsResource]], previous: Snapshot | None) -> Snapshot:
     layer = Snapshot(resources=MappingProxyType({t: MappingProxyType(r) for t, r in by_type.items() if r}))
     return previous if previous is not None and layer.same_content(previous) else layer
@@ -278,20 +282,17 @@ class ConfigGenerator:
         inputs = (plan.signature, served, self._inbound_port)
         carried = self._prev_proxy_layers.get(group)
         if carried is not None and carried[0] == inputs:
-            _, proxy_layer, used = carried  # nothing it depends on changed: not even rebuilt
-            self.memo.keep(used)
+            proxy_layer = carried[1]  # nothing it depends on changed: not even rebuilt
         else:
-            used = []
+            # Bound to this proxy's address: nothing to share, so built directly (no memo).
             own = {
-                LISTENER: self.memo.resolve(
-                    [*plan.specs(proxy), *inbound_listener_specs(proxy, served, inbound_port=self._inbound_port)], used
+                LISTENER: _build(
+                    [*plan.specs(proxy), *inbound_listener_specs(proxy, served, inbound_port=self._inbound_port)]
                 ),
-                CLUSTER: self.memo.resolve(
-                    inbound_cluster_specs(address=proxy.ip, target_ports=[t for _, _, t in served]), used
-                ),
+                CLUSTER: _build(inbound_cluster_specs(address=proxy.ip, target_ports=[t for _, _, t in served])),
             }
             proxy_layer = _layer(own, carried[1] if carried is not None else None)
-        self._proxy_layers[group] = (inputs, proxy_layer, used)
+        self._proxy_layers[group] = (inputs, proxy_layer, [])
         previous = self._prev_groups.get(group)
         layers = (cluster_layer, scope_layer, proxy_layer) + ((self._extra,) if self._extra is not None else ())
         unchanged = previous is not None and len(previous.layers) == len(layers)
