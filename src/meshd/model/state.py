@@ -211,8 +211,9 @@ class WorldState:
             [d for d in self._istio["DestinationRule"].values() if isinstance(d, DestinationRule)], suffix=self._suffix
         )
         self._rules = _keep_identity(self._rules, rules)
-        self._sidecars = derive.sidecars_by_namespace(
-            [s for s in self._istio["Sidecar"].values() if isinstance(s, Sidecar)]
+        self._sidecars = _keep_identity(
+            self._sidecars,
+            derive.sidecars_by_namespace([s for s in self._istio["Sidecar"].values() if isinstance(s, Sidecar)]),
         )
         self._errors = errors + rule_errors
 

@@ -127,6 +127,11 @@ class ConfigGenerator:
         self._scope_keys: dict[tuple[str, tuple[tuple[str, str], ...]], ScopeKey] = {}
         self._destination_cache: dict[int, tuple[VirtualService, list[str]]] = {}
         self._service_entries: dict[Hashable, _ServiceEntry] = {}
+        self._previous_world = previous.world if previous is not None else None
+        self._prev_plans = previous._plans if previous is not None else {}
+        self._prev_inbound = previous._inbound if previous is not None else None
+        self._moved: set[str] | None = None  # addresses whose workload or inbound side changed
+        self._scope_verdicts: dict[ScopeKey, tuple[Snapshot, Snapshot] | tuple[()]] = {}
         self._prev_service_entries = previous._service_entries if previous is not None else {}
         # per proxy group: (the inputs of its own layer, the layer), carried to the next generation
         self._proxy_layers: dict[tuple[str, ScopeKey], _Carried] = {}
@@ -135,6 +140,7 @@ class ConfigGenerator:
         self._extra: Snapshot | None = (
             _layer({t: {r.name: r for r in rs} for t, rs in extra.items()}, previous_extra) if extra else None
         )
+        self._extras: tuple[Snapshot, ...] = (self._extra,) if self._extra is not None else ()
         self._errors: dict[InvalidResource, None] = dict.fromkeys(world.errors)
         self.builds = 0  # proxy-group snapshots computed (for tests and metrics)
 
@@ -261,6 +267,59 @@ class ConfigGenerator:
             self._destination_cache[id(vs)] = found
         return found[1]
 
+    def _moved_addresses(self) -> set[str] | None:
+        """Addresses whose proxies may hold something outdated besides their scope's layers, or
+        None when every proxy must be looked at (no previous World, or a Sidecar changed)."""
+        before = self._previous_world
+        if before is None or self._prev_inbound is None:
+            return None
+        if self._moved is None:
+            sidecars = self.world.sidecars
+            if sidecars.keys() != before.sidecars.keys() or any(
+                sidecars[ns] is not before.sidecars[ns] for ns in sidecars
+            ):
+                return None
+            now, then = self.world.workloads, before.workloads
+            moved = {ip for ip in now.keys() | then.keys() if now.get(ip) is not then.get(ip)}
+            inbound, old_inbound = self._inbound_index(), self._prev_inbound
+            moved |= {ip for ip in inbound.keys() | old_inbound.keys() if inbound.get(ip) != old_inbound.get(ip)}
+            self._moved = moved
+        return self._moved
+
+    def still_current(self, proxy: Proxy, key: ScopeKey, held: Snapshot) -> bool:
+        """Whether `held` (built by the previous generation for this proxy under scope `key`) is
+        exactly what this generation would build, decided without building it: same scope layers
+        (the same objects), same listener plan, nothing moved at its address, no Sidecar change."""
+        moved = self._moved_addresses()
+        if moved is None or proxy.ip in moved:
+            return False
+        verdict = self._scope_verdicts.get(key)
+        if verdict is None:
+            verdict = self._scope_verdicts[key] = self._scope_verdict(key)
+        layers = held.layers
+        if not verdict or layers[0] is not verdict[0] or layers[1] is not verdict[1] or layers[3:] != self._extras:
+            return False
+        group = (proxy.ip, key)
+        carried = self._prev_proxy_layers.get(group)
+        if carried is None:
+            return False
+        self._proxy_layers[group] = carried
+        self._group_snapshots[group] = held
+        return True
+
+    def _scope_verdict(self, key: ScopeKey) -> tuple[Snapshot, Snapshot] | tuple[()]:
+        """A scope's (cluster layer, route layer) if its listener plan is unchanged, else ()."""
+        previous_plan = self._prev_plans.get(key)
+        if previous_plan is None or self._plan(key).signature != previous_plan.signature:
+            return ()
+        return (self._cluster_layer(self._scope(key)), self._scope_layer(key))
+
+    def _plan(self, key: ScopeKey) -> ListenerPlan:
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = ListenerPlan(self._scope(key).services)
+        return plan
+
     def _inbound_index(self) -> dict[str, tuple[InboundEntry, ...]]:
         if self._inbound is None:
             self._inbound = inbound_index(self.world)
@@ -275,9 +334,7 @@ class ConfigGenerator:
         self.builds += 1
         scope_layer = self._scope_layer(key)
         cluster_layer = self._cluster_layer(self._scope(key))
-        plan = self._plans.get(key)
-        if plan is None:
-            plan = self._plans[key] = ListenerPlan(self._scope(key).services)
+        plan = self._plan(key)
         served = self._inbound_index().get(proxy.ip, ())
         inputs = (plan.signature, served, self._inbound_port)
         carried = self._prev_proxy_layers.get(group)

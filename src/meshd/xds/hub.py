@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshd.translate.proxy import Proxy
+from meshd.translate.scope import ScopeKey
 from meshd.xds.cache import ConfigGenerator
 from meshd.xds.resource import EMPTY_SNAPSHOT, Snapshot
 from meshd.xds.stream import DeltaStream, SotwStream
@@ -26,6 +27,7 @@ class Connection:
     queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     push_pending: bool = False
     snapshot: Snapshot | None = None  # what this proxy should hold now
+    scope_key: ScopeKey | None = None  # the scope that snapshot was built for
     # type URL -> (nonce of the last response, time of the config change it carried): for the
     # convergence time; one entry per type, so superseded responses leave nothing behind
     change_times: dict[str, tuple[str, float]] = field(default_factory=dict)
@@ -58,6 +60,10 @@ class Hub:
         self.generation += 1
         woken = 0
         for conn in self.connections.values():
+            held, key = conn.snapshot, conn.scope_key
+            if held is not None and key is not None and generator.still_current(conn.proxy, key, held):
+                continue  # nothing it depends on changed: not even looked up
+            conn.scope_key = generator.scope_key(conn.proxy)
             snapshot = generator.snapshot(conn.proxy)
             if snapshot is not conn.snapshot:
                 conn.snapshot = snapshot
@@ -71,6 +77,7 @@ class Hub:
     def connect(self, *, proxy: Proxy, stream: SotwStream | DeltaStream, now: float) -> Connection:
         conn = Connection(conn_id=f"{proxy.node_id}-{next(self._ids)}", proxy=proxy, stream=stream, connected_at=now)
         if self.generator is not None:
+            conn.scope_key = self.generator.scope_key(proxy)
             conn.snapshot = self.generator.snapshot(proxy)
         self.connections[conn.conn_id] = conn
         return conn
