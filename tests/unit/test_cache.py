@@ -198,13 +198,31 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes() 
     hub.publish(mesh.generator, changed_at=0.0)
     proxies = [_proxy(ns, n) for ns in ("a", "b") for n in (1, 2)]
     conns = [hub.connect(proxy=p, stream=SotwStream(nonce_prefix=str(i)), now=0.0) for i, p in enumerate(proxies)]
-    for step in range(40):
+    wide: set[str] = set()
+    for step in range(80):
         ns, name = rng.choice(["a", "b"]), rng.choice(["s1", "s2"])
         choice = rng.random()
         if choice < 0.4:
             docs = _docs(ns, name, [f"10.0.{step}.{k}" for k in range(rng.randint(1, 3))])[1:2]
         elif choice < 0.6:
             docs = _docs(ns, name, ["10.0.0.1"], weight=rng.choice([10, 50, 90]))[3:]
+        elif choice < 0.7:
+            # Relabel a proxy's own pod: a workload-selector Sidecar may now (not) apply to it.
+            # (The Sidecar is applied once, so later steps change only the pod.)
+            proxy = rng.choice(proxies)
+            docs = [
+                {"apiVersion": "v1", "kind": "Pod",
+                 "metadata": {"name": proxy.pod, "namespace": proxy.namespace,
+                              "labels": {"app": rng.choice(["wide", "narrow"])}},
+                 "status": {"podIP": proxy.ip}},
+            ]  # fmt: skip
+            if proxy.namespace not in wide:
+                wide.add(proxy.namespace)
+                docs.append(
+                    {"apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
+                     "metadata": {"name": "wide", "namespace": proxy.namespace},
+                     "spec": {"workloadSelector": {"labels": {"app": "wide"}}, "egress": [{"hosts": ["*/*"]}]}}
+                )  # fmt: skip
         elif choice < 0.8:
             rule = _docs(ns, name, ["10.0.0.1"])[2]
             if rng.random() < 0.5:
