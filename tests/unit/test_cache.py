@@ -238,3 +238,24 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes() 
         for conn in conns:
             assert conn.snapshot is not None
             assert _content(conn.snapshot) == _content(fresh.snapshot(conn.proxy)), (step, conn.proxy.node_id)
+
+
+def test_virtual_service_errors_are_carried_across_pushes_and_follow_their_rule() -> None:
+    mesh = Mesh()
+    vs = _docs("a", "s1", ["10.0.0.1"], weight=50)[3]
+    vs["spec"]["http"][0]["route"][1]["destination"]["subset"] = "v2"  # not defined (yet)
+    generator = mesh.apply(_resources([vs]))
+    generator.precompute()
+    assert [e.field for e in generator.errors] == ["spec.http[0].route[1].destination.subset"]
+
+    # An unrelated push keeps reporting it (the check is carried, not lost).
+    generator = mesh.apply(_resources(_docs("b", "s2", ["10.0.0.7"])[1:2]))
+    generator.precompute()
+    assert [e.field for e in generator.errors] == ["spec.http[0].route[1].destination.subset"]
+
+    # Defining the subset in the host's DestinationRule clears it.
+    rule = _docs("a", "s1", ["10.0.0.1"])[2]
+    rule["spec"]["subsets"].append({"name": "v2", "labels": {"version": "v2"}})
+    generator = mesh.apply(_resources([rule]))
+    generator.precompute()
+    assert generator.errors == []

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
-import textwrap
 from collections.abc import Callable
 
 import pytest
@@ -16,6 +15,7 @@ from meshd.api.kube import Service
 from meshd.api.meta import ResourceKey
 from meshd.model.store import ConfigStore
 from meshd.sources.directory import DirectorySource
+from tests.unit.test_yaml_file import service
 
 LOGGER = "meshd.test.directory"
 SVC_A = ResourceKey("Service", "ns", "a")
@@ -29,20 +29,6 @@ class NoSleepClock:
 
     async def sleep(self, seconds: float) -> None:
         raise AssertionError("scan() must not sleep")
-
-
-def service(name: str, port: int) -> str:
-    return textwrap.dedent(f"""\
-        apiVersion: v1
-        kind: Service
-        metadata:
-          name: {name}
-          namespace: ns
-        spec:
-          ports:
-          - name: http
-            port: {port}
-        """)
 
 
 class Harness:
@@ -117,9 +103,7 @@ UNCHANGED: dict[str, tuple[Callable[[pathlib.Path], object], bool]] = {
 
 
 @pytest.mark.parametrize("edit", UNCHANGED)
-def test_unchanged_content_does_not_notify_the_store(
-    h: Harness, caplog: pytest.LogCaptureFixture, edit: str
-) -> None:
+def test_unchanged_content_does_not_notify_the_store(h: Harness, caplog: pytest.LogCaptureFixture, edit: str) -> None:
     path = h.write("one.yaml", service("a", 80))
     h.source.scan()
     revision, notified = h.store.revision, h.notified
@@ -216,9 +200,7 @@ def test_deleting_a_file_removes_its_resources_and_errors(h: Harness) -> None:
     assert h.ports() == {SVC_A: 80, SVC_B: 80}
 
 
-def test_document_without_identity_is_reported_as_document_n(
-    h: Harness, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_document_without_identity_is_reported_as_document_n(h: Harness, caplog: pytest.LogCaptureFixture) -> None:
     h.write("one.yaml", service("a", 80) + "---\n" + service("b", 80) + "---\napiVersion: v1\nkind: Service\n")
     with caplog.at_level(logging.INFO, logger=LOGGER):
         h.source.scan()

@@ -181,16 +181,15 @@ def _host_routes(
     return chosen[1] if chosen is not None else _default_routes(service, port)
 
 
-def validate_routes(world: World) -> list[InvalidResource]:
-    """Every VirtualService checked once per World against each host's default DestinationRule,
-    so a rejected resource is reported whichever proxies it would reach."""
+def validate_host_routes(world: World, host: str) -> list[InvalidResource]:
+    """The VirtualServices of one host checked against its default DestinationRule, so a rejected
+    resource is reported whichever proxies it would reach."""
     errors: list[InvalidResource] = []
-    for host, candidates in world.virtual_services.items():
-        service = world.services.get(host)
-        if service is None:
-            continue
+    service = world.services.get(host)
+    if service is not None:
         for sp in service.ports:
             if is_http(sp.protocol):
+                candidates = world.virtual_services.get(host, ())
                 _host_routes(world, service, sp.number, candidates, world.destination_rules.get, errors)
     return list(dict.fromkeys(errors))
 
@@ -233,7 +232,7 @@ class RouteTable:
             body = self._previous.get(key)
             if body is None:
                 scope = self.scope
-                ignored: list[InvalidResource] = []  # reported by validate_routes
+                ignored: list[InvalidResource] = []  # reported by validate_host_routes
                 routes = _host_routes(
                     scope.world,
                     service,

@@ -24,7 +24,7 @@ from meshd.translate.clusters import inbound_cluster_specs, service_cluster_spec
 from meshd.translate.endpoints import service_assignment_specs
 from meshd.translate.listeners import InboundEntry, ListenerPlan, inbound_index, inbound_listener_specs
 from meshd.translate.proxy import Proxy
-from meshd.translate.routes import RouteTable, destination_hosts, validate_routes
+from meshd.translate.routes import RouteTable, destination_hosts, validate_host_routes
 from meshd.translate.scope import Scope, ScopeKey, Signature, select_sidecar
 from meshd.translate.spec import Ident, Spec
 from meshd.xds.resource import (
@@ -127,6 +127,11 @@ class ConfigGenerator:
         self._scope_keys: dict[tuple[str, tuple[tuple[str, str], ...]], ScopeKey] = {}
         self._destination_cache: dict[int, tuple[VirtualService, list[str]]] = {}
         self._service_entries: dict[Hashable, _ServiceEntry] = {}
+        # checks carried between pushes: VirtualService validation per host, port collisions
+        self._route_checks: dict[Hashable, list[InvalidResource]] = {}
+        self._prev_route_checks = previous._route_checks if previous is not None else {}
+        self._port_check: tuple[tuple[MeshService, ...], list[InvalidResource]] | None = None
+        self._prev_port_check = previous._port_check if previous is not None else None
         self._previous_world = previous.world if previous is not None else None
         self._prev_plans = previous._plans if previous is not None else {}
         self._prev_inbound = previous._inbound if previous is not None else None
@@ -149,12 +154,32 @@ class ConfigGenerator:
         return list(self._errors)
 
     def precompute(self) -> None:
-        """Report every rejected resource once per World, whatever proxies are connected."""
-        self._errors.update(dict.fromkeys(validate_routes(self.world)))
-        mesh = Scope(self.world, key=MESH_SCOPE, sidecar=None, root_namespace=self._root)
-        self._errors.update(dict.fromkeys(ListenerPlan(mesh.services).errors))
-        for namespace in self.world.sidecars:
-            _, errors = select_sidecar(self.world, namespace=namespace, labels={}, root_namespace=self._root)
+        """Report every rejected resource once per World, whatever proxies are connected. Each check
+        is carried from the previous push while the inputs it read are the same objects."""
+        world = self.world
+        for host, candidates in world.virtual_services.items():
+            deps = tuple(
+                (Ident(world.services.get(h)), Ident(world.rules_by_host.get(h)))
+                for vs in candidates
+                for h in self._destinations(vs)
+            )
+            key = (host, Ident(candidates), Ident(world.services.get(host)), Ident(world.rules_by_host.get(host)), deps)
+            found = self._route_checks.get(key) or self._prev_route_checks.get(key)
+            if found is None:
+                found = validate_host_routes(world, host)
+            self._route_checks[key] = found
+            self._errors.update(dict.fromkeys(found))
+        services = tuple(world.services.values())
+        previous = self._prev_port_check
+        if previous is not None and previous[0] == services:
+            port_errors = previous[1]
+        else:
+            mesh = Scope(world, key=MESH_SCOPE, sidecar=None, root_namespace=self._root)
+            port_errors = ListenerPlan(mesh.services).errors
+        self._port_check = (services, port_errors)
+        self._errors.update(dict.fromkeys(port_errors))
+        for namespace in world.sidecars:
+            _, errors = select_sidecar(world, namespace=namespace, labels={}, root_namespace=self._root)
             self._errors.update(dict.fromkeys(errors))
 
     def scope_key(self, proxy: Proxy) -> ScopeKey:
