@@ -3,9 +3,10 @@ DestinationRule with subsets and (for every tenth service) a weighted VirtualSer
 
 from __future__ import annotations
 
+from meshd.api.destinationrule import DestinationRule
 from meshd.api.kube import EndpointSlice, Pod, Service
 from meshd.api.meta import Resource
-from meshd.api.networking import DestinationRule, VirtualService
+from meshd.api.virtualservice import VirtualService
 
 
 def mesh(*, services: int, namespaces: int, endpoints: int = 3, port: int = 9080) -> list[Resource]:

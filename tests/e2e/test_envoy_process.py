@@ -76,9 +76,7 @@ def _address(host: str, port: int) -> dict[str, Any]:
 
 
 async def test_apps_call_each_other_through_a_sidecar(tmp_path: pathlib.Path) -> None:
-    envoy = EnvoyProcess(
-        bootstrap=_static_sidecar(catalog=CATALOG_IP), work_dir=tmp_path, admin_host=IP, admin_port=0
-    )
+    envoy = EnvoyProcess(bootstrap=_static_sidecar(catalog=CATALOG_IP), work_dir=tmp_path, admin_host=IP, admin_port=0)
     async with (
         envoy,
         await start_app(service="catalog", version="v2", pod="catalog-v2", host=CATALOG_IP) as catalog,
@@ -123,9 +121,7 @@ async def test_a_bad_bootstrap_fails_fast_with_the_log(tmp_path: pathlib.Path) -
 
 
 async def test_stop_is_idempotent_and_safe_before_start(tmp_path: pathlib.Path) -> None:
-    envoy = EnvoyProcess(
-        bootstrap=_static_sidecar(catalog=CATALOG_IP), work_dir=tmp_path, admin_host=IP, admin_port=0
-    )
+    envoy = EnvoyProcess(bootstrap=_static_sidecar(catalog=CATALOG_IP), work_dir=tmp_path, admin_host=IP, admin_port=0)
     assert await envoy.stop() is None
     await envoy.start()
     await envoy.wait_ready(timeout_s=20)

@@ -48,9 +48,7 @@ def render(path: pathlib.Path) -> dict[str, Any]:
         proxy = parse_node_id(node_id)
         snapshot = generator.snapshot(proxy)
         for kind, type_url in TYPES.items():
-            out[kind][f"{proxy.pod}.{proxy.namespace}"] = [
-                _to_dict(r) for r in snapshot.select(type_url, None)
-            ]
+            out[kind][f"{proxy.pod}.{proxy.namespace}"] = [_to_dict(r) for r in snapshot.select(type_url, None)]
     out["errors"] = errors + [str(e) for e in generator.errors]
     return out
 

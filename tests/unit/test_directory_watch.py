@@ -14,8 +14,7 @@ from meshd.model.store import ConfigStore
 from meshd.sources.directory import DirectorySource
 
 SERVICE = (
-    "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n"
-    "spec:\n  ports: [{{port: 80}}]\n"
+    "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  ports: [{{port: 80}}]\n"
 )
 
 

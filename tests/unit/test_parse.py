@@ -7,10 +7,12 @@ from typing import Any
 
 import pytest
 
+from meshd.api.destinationrule import DestinationRule
 from meshd.api.kube import EndpointSlice, Pod, Service
 from meshd.api.meta import InvalidResource, ResourceKey
-from meshd.api.networking import DestinationRule, ServiceEntry, VirtualService, WorkloadEntry
+from meshd.api.networking import ServiceEntry, WorkloadEntry
 from meshd.api.parse import parse_resource
+from meshd.api.virtualservice import VirtualService
 
 NETWORKING = ["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"]
 
@@ -56,15 +58,36 @@ SE_SPEC = {
 WE_SPEC = {"address": "10.2.0.1", "labels": {"app": "vm"}, "serviceAccount": "vm-sa", "ports": {"http": 8080}}
 
 VALID = [
-    pytest.param(doc("Service", "v1", {"spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}],
-                                                "selector": {"app": "a"}, "clusterIP": "10.96.0.10"}}),
-                 Service, id="Service"),
-    pytest.param(doc("Pod", "v1", {"spec": {"serviceAccountName": "sa"}, "status": {"podIP": "10.0.0.5"}}),
-                 Pod, id="Pod"),
-    pytest.param(doc("EndpointSlice", "discovery.k8s.io/v1",
-                     {"endpoints": [{"addresses": ["10.0.0.5"], "conditions": {"ready": True}}],
-                      "ports": [{"name": "http", "port": 8080}]}),
-                 EndpointSlice, id="EndpointSlice"),
+    pytest.param(
+        doc(
+            "Service",
+            "v1",
+            {
+                "spec": {
+                    "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
+                    "selector": {"app": "a"},
+                    "clusterIP": "10.96.0.10",
+                }
+            },
+        ),
+        Service,
+        id="Service",
+    ),
+    pytest.param(
+        doc("Pod", "v1", {"spec": {"serviceAccountName": "sa"}, "status": {"podIP": "10.0.0.5"}}), Pod, id="Pod"
+    ),
+    pytest.param(
+        doc(
+            "EndpointSlice",
+            "discovery.k8s.io/v1",
+            {
+                "endpoints": [{"addresses": ["10.0.0.5"], "conditions": {"ready": True}}],
+                "ports": [{"name": "http", "port": 8080}],
+            },
+        ),
+        EndpointSlice,
+        id="EndpointSlice",
+    ),
     *[
         pytest.param(doc(kind, version, {"spec": spec}), model, id=f"{kind}-{version.rsplit('/', 1)[1]}")
         for kind, model, spec in [
@@ -106,60 +129,161 @@ def test_missing_namespace_takes_the_default(given: str | None, default_namespac
 
 
 def _vs(http: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
-    return doc("VirtualService", "networking.istio.io/v1", {"spec": {"hosts": ["reviews"], "http": http, **spec}},
-               name="reviews")
+    return doc(
+        "VirtualService",
+        "networking.istio.io/v1",
+        {"spec": {"hosts": ["reviews"], "http": http, **spec}},
+        name="reviews",
+    )
 
 
 INVALID = [
-    pytest.param(_vs([{"route": route(50, 40)}]), "VirtualService ns/reviews", "spec.http[0].route",
-                 "weights must add up to 100, got 90", id="weights-not-100"),
-    pytest.param(_vs([{"route": route(100)}, {"route": route(60, 60)}]), "VirtualService ns/reviews",
-                 "spec.http[1].route", "got 120", id="weights-second-route"),
-    pytest.param(_vs([{"route": []}]), "VirtualService ns/reviews", "spec.http[0].route",
-                 "at least one destination", id="route-empty"),
-    pytest.param(_vs([{"match": [{"uri": {"exact": "/a", "prefix": "/"}}], "route": route(100)}]),
-                 "VirtualService ns/reviews", "spec.http[0].match[0].uri", "exactly one of exact, prefix, regex",
-                 id="stringmatch-exact-and-prefix"),
-    pytest.param(_vs([{"match": [{"uri": {"prefix": "/"}}, {"uri": {"prefix": "/", "regex": ".*"}}],
-                       "route": route(100)}]),
-                 "VirtualService ns/reviews", "spec.http[0].match[1].uri", "exactly one of",
-                 id="stringmatch-prefix-regex"),
-    pytest.param(_vs([{"match": [{"headers": {"x-user": {}}}], "route": route(100)}]),
-                 "VirtualService ns/reviews", "spec.http[0].match[0].headers.x-user", "exactly one of",
-                 id="stringmatch-none-set"),
-    pytest.param(doc("VirtualService", "networking.istio.io/v1", {"spec": {"http": []}}, name="r"),
-                 "VirtualService ns/r", "spec.hosts", "Field required", id="hosts-missing"),
-    pytest.param(doc("ServiceEntry", "networking.istio.io/v1beta1", {"spec": {"hosts": []}}, name="se"),
-                 "ServiceEntry ns/se", "spec.hosts", "at least 1 item", id="hosts-empty"),
-    pytest.param(doc("VirtualService", "networking.istio.io/v2", {"spec": {"hosts": ["a"]}}, name="r"),
-                 "VirtualService ns/r", "apiVersion", "'networking.istio.io/v2' is not one of networking.istio.io/v1",
-                 id="bad-apiVersion-networking"),
-    pytest.param(doc("Service", "apps/v1", {}, name="s"), "Service ns/s", "apiVersion", "is not one of v1",
-                 id="bad-apiVersion-core"),
-    pytest.param(doc("Gateway", "networking.istio.io/v1", {}, name="gw"), "Gateway ns/gw", "kind",
-                 "unsupported kind 'Gateway'", id="unknown-kind"),
-    pytest.param(doc("Service", "v1", {"spec": {"ports": [{"port": 80}, {"port": 70000}]}}, name="s"),
-                 "Service ns/s", "spec.ports[1].port", "less than or equal to 65535", id="service-port-too-big"),
-    pytest.param(doc("ServiceEntry", "networking.istio.io/v1", {"spec": {"hosts": ["a.com"], "ports": [{"number": 0}]}},
-                     name="se"),
-                 "ServiceEntry ns/se", "spec.ports[0].number", "greater than or equal to 1", id="se-port-zero"),
-    pytest.param(doc("ServiceEntry", "networking.istio.io/v1",
-                     {"spec": {"hosts": ["a.com"], "ports": [{"number": 80, "targetPort": 65536}]}}, name="se"),
-                 "ServiceEntry ns/se", "spec.ports[0].targetPort", "less than or equal to 65535",
-                 id="se-target-port-too-big"),
-    pytest.param(_vs([{"route": [{"destination": {"host": "r", "port": {"number": 99999}}}]}]),
-                 "VirtualService ns/reviews", "spec.http[0].route[0].destination.port.number", "65535",
-                 id="destination-port-too-big"),
-    pytest.param(doc("DestinationRule", "networking.istio.io/v1alpha3",
-                     {"spec": {"host": "reviews", "subsets": [{"name": "v1"}, {"name": "v2"}, {"name": "v1"}]}},
-                     name="dr"),
-                 "DestinationRule ns/dr", "spec.subsets[2].name", "duplicate subset name 'v1'", id="duplicate-subset"),
-    pytest.param(doc("ServiceEntry", "networking.istio.io/v1",
-                     {"spec": {"hosts": ["a.com"], "resolution": "STATIC", "endpoints": [{"address": ""}]}}, name="se"),
-                 "ServiceEntry ns/se", "spec.endpoints", "STATIC resolution requires an address",
-                 id="static-no-address"),
-    pytest.param(doc("EndpointSlice", "discovery.k8s.io/v1", {"endpoints": [{"addresses": []}]}, name="s-1"),
-                 "EndpointSlice ns/s-1", "endpoints[0].addresses", "at least 1 item", id="slice-no-addresses"),
+    pytest.param(
+        _vs([{"route": route(50, 40)}]),
+        "VirtualService ns/reviews",
+        "spec.http[0].route",
+        "weights must add up to 100, got 90",
+        id="weights-not-100",
+    ),
+    pytest.param(
+        _vs([{"route": route(100)}, {"route": route(60, 60)}]),
+        "VirtualService ns/reviews",
+        "spec.http[1].route",
+        "got 120",
+        id="weights-second-route",
+    ),
+    pytest.param(
+        _vs([{"route": []}]),
+        "VirtualService ns/reviews",
+        "spec.http[0].route",
+        "one of route, redirect, directResponse or delegate is required",
+        id="route-empty",
+    ),
+    pytest.param(
+        _vs([{"match": [{"uri": {"exact": "/a", "prefix": "/"}}], "route": route(100)}]),
+        "VirtualService ns/reviews",
+        "spec.http[0].match[0].uri",
+        "exactly one of exact, prefix, regex",
+        id="stringmatch-exact-and-prefix",
+    ),
+    pytest.param(
+        _vs([{"match": [{"uri": {"prefix": "/"}}, {"uri": {"prefix": "/", "regex": ".*"}}], "route": route(100)}]),
+        "VirtualService ns/reviews",
+        "spec.http[0].match[1].uri",
+        "exactly one of",
+        id="stringmatch-prefix-regex",
+    ),
+    pytest.param(
+        _vs([{"match": [{"uri": {}}], "route": route(100)}]),
+        "VirtualService ns/reviews",
+        "spec.http[0].match[0].uri",
+        "one of exact, prefix, regex is required",
+        id="stringmatch-none-set",
+    ),
+    pytest.param(
+        doc("VirtualService", "networking.istio.io/v1", {"spec": {"hosts": ["a.*.com"]}}, name="r"),
+        "VirtualService ns/r",
+        "spec.hosts[0]",
+        "only allowed as the leftmost label",
+        id="hosts-wildcard-middle",
+    ),
+    pytest.param(
+        doc("ServiceEntry", "networking.istio.io/v1beta1", {"spec": {"hosts": []}}, name="se"),
+        "ServiceEntry ns/se",
+        "spec.hosts",
+        "at least 1 item",
+        id="hosts-empty",
+    ),
+    pytest.param(
+        doc("VirtualService", "networking.istio.io/v2", {"spec": {"hosts": ["a"]}}, name="r"),
+        "VirtualService ns/r",
+        "apiVersion",
+        "'networking.istio.io/v2' is not one of networking.istio.io/v1",
+        id="bad-apiVersion-networking",
+    ),
+    pytest.param(
+        doc("Service", "apps/v1", {}, name="s"),
+        "Service ns/s",
+        "apiVersion",
+        "is not one of v1",
+        id="bad-apiVersion-core",
+    ),
+    pytest.param(
+        doc("Gateway", "networking.istio.io/v1", {}, name="gw"),
+        "Gateway ns/gw",
+        "kind",
+        "unsupported kind 'Gateway'",
+        id="unknown-kind",
+    ),
+    pytest.param(
+        doc("Service", "v1", {"spec": {"ports": [{"port": 80}, {"port": 70000}]}}, name="s"),
+        "Service ns/s",
+        "spec.ports[1].port",
+        "less than or equal to 65535",
+        id="service-port-too-big",
+    ),
+    pytest.param(
+        doc(
+            "ServiceEntry",
+            "networking.istio.io/v1",
+            {"spec": {"hosts": ["a.com"], "ports": [{"number": 0}]}},
+            name="se",
+        ),
+        "ServiceEntry ns/se",
+        "spec.ports[0].number",
+        "greater than or equal to 1",
+        id="se-port-zero",
+    ),
+    pytest.param(
+        doc(
+            "ServiceEntry",
+            "networking.istio.io/v1",
+            {"spec": {"hosts": ["a.com"], "ports": [{"number": 80, "targetPort": 65536}]}},
+            name="se",
+        ),
+        "ServiceEntry ns/se",
+        "spec.ports[0].targetPort",
+        "less than or equal to 65535",
+        id="se-target-port-too-big",
+    ),
+    pytest.param(
+        _vs([{"route": [{"destination": {"host": "r", "port": {"number": 99999}}}]}]),
+        "VirtualService ns/reviews",
+        "spec.http[0].route[0].destination.port.number",
+        "65535",
+        id="destination-port-too-big",
+    ),
+    pytest.param(
+        doc(
+            "DestinationRule",
+            "networking.istio.io/v1alpha3",
+            {"spec": {"host": "reviews", "subsets": [{"name": "v1"}, {"name": "v2"}, {"name": "v1"}]}},
+            name="dr",
+        ),
+        "DestinationRule ns/dr",
+        "spec.subsets[2].name",
+        "duplicate subset name 'v1'",
+        id="duplicate-subset",
+    ),
+    pytest.param(
+        doc(
+            "ServiceEntry",
+            "networking.istio.io/v1",
+            {"spec": {"hosts": ["a.com"], "resolution": "STATIC", "endpoints": [{"address": ""}]}},
+            name="se",
+        ),
+        "ServiceEntry ns/se",
+        "spec.endpoints",
+        "STATIC resolution requires an address",
+        id="static-no-address",
+    ),
+    pytest.param(
+        doc("EndpointSlice", "discovery.k8s.io/v1", {"endpoints": [{"addresses": []}]}, name="s-1"),
+        "EndpointSlice ns/s-1",
+        "endpoints[0].addresses",
+        "at least 1 item",
+        id="slice-no-addresses",
+    ),
 ]
 
 

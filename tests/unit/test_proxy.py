@@ -43,26 +43,40 @@ def test_valid_node_ids(node_id: str, expected: tuple[str, str, str, str, str]) 
     ("node_id", "message"),
     [
         pytest.param("sidecar~10.0.0.5~web.ns", "must have 4 '~'-separated parts", id="three-parts"),
-        pytest.param("sidecar~10.0.0.5~web.ns~ns.svc.cluster.local~x", "must have 4 '~'-separated parts",
-                     id="five-parts"),
+        pytest.param(
+            "sidecar~10.0.0.5~web.ns~ns.svc.cluster.local~x", "must have 4 '~'-separated parts", id="five-parts"
+        ),
         pytest.param("", "must have 4 '~'-separated parts", id="empty"),
-        pytest.param("gateway~10.0.0.5~web.ns~ns.svc.cluster.local", "type 'gateway' is not one of sidecar, router",
-                     id="bad-type"),
+        pytest.param(
+            "gateway~10.0.0.5~web.ns~ns.svc.cluster.local",
+            "type 'gateway' is not one of sidecar, router",
+            id="bad-type",
+        ),
         pytest.param("Sidecar~10.0.0.5~web.ns~ns.svc.cluster.local", "type 'Sidecar' is not one of", id="type-case"),
-        pytest.param("sidecar~10.0.0.256~web.ns~ns.svc.cluster.local", "'10.0.0.256' is not an IP address",
-                     id="ip-octet-out-of-range"),
-        pytest.param("sidecar~web-host~web.ns~ns.svc.cluster.local", "'web-host' is not an IP address",
-                     id="hostname-not-ip"),
+        pytest.param(
+            "sidecar~10.0.0.256~web.ns~ns.svc.cluster.local",
+            "'10.0.0.256' is not an IP address",
+            id="ip-octet-out-of-range",
+        ),
+        pytest.param(
+            "sidecar~web-host~web.ns~ns.svc.cluster.local", "'web-host' is not an IP address", id="hostname-not-ip"
+        ),
         pytest.param("sidecar~~web.ns~ns.svc.cluster.local", "'' is not an IP address", id="empty-ip"),
-        pytest.param("sidecar~10.0.0.5~web~ns.svc.cluster.local", "'web' must be <pod>.<namespace>",
-                     id="no-namespace"),
-        pytest.param("sidecar~10.0.0.5~web.~ns.svc.cluster.local", "'web.' must be <pod>.<namespace>",
-                     id="empty-namespace"),
+        pytest.param("sidecar~10.0.0.5~web~ns.svc.cluster.local", "'web' must be <pod>.<namespace>", id="no-namespace"),
+        pytest.param(
+            "sidecar~10.0.0.5~web.~ns.svc.cluster.local", "'web.' must be <pod>.<namespace>", id="empty-namespace"
+        ),
         pytest.param("sidecar~10.0.0.5~.ns~ns.svc.cluster.local", "'.ns' must be <pod>.<namespace>", id="empty-pod"),
-        pytest.param("sidecar~10.0.0.5~web.ns~other.svc.cluster.local",
-                     "domain 'other.svc.cluster.local' must be ns.svc.<domain>", id="domain-other-namespace"),
-        pytest.param("sidecar~10.0.0.5~web.ns~ns.cluster.local", "domain 'ns.cluster.local' must be ns.svc.<domain>",
-                     id="domain-without-svc"),
+        pytest.param(
+            "sidecar~10.0.0.5~web.ns~other.svc.cluster.local",
+            "domain 'other.svc.cluster.local' must be ns.svc.<domain>",
+            id="domain-other-namespace",
+        ),
+        pytest.param(
+            "sidecar~10.0.0.5~web.ns~ns.cluster.local",
+            "domain 'ns.cluster.local' must be ns.svc.<domain>",
+            id="domain-without-svc",
+        ),
     ],
 )
 def test_malformed_node_ids(node_id: str, message: str) -> None:

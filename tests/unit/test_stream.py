@@ -459,7 +459,12 @@ def test_delta_explicit_cds_subscription_can_widen(subscribe: tuple[str, ...], e
         pytest.param(LISTENER, (), {"l": 0, "m": 0}, {"l": 0}, [], ("m",), id="lds-wildcard-removal-only"),
         pytest.param(ENDPOINT, ("a", "b"), {"a": 0, "b": 0}, {"a": 0}, [], ("b",), id="eds-subscribed-removed"),
         pytest.param(
-            ENDPOINT, ("a", "b"), {"a": 0, "b": 0, "z": 0}, {"a": 0, "b": 1, "z": 1}, ["b"], (),
+            ENDPOINT,
+            ("a", "b"),
+            {"a": 0, "b": 0, "z": 0},
+            {"a": 0, "b": 1, "z": 1},
+            ["b"],
+            (),
             id="eds-unsubscribed-ignored",
         ),
         pytest.param(ROUTE, ("r",), {"r": 0}, {"r": 1}, ["r"], (), id="rds-changed"),

@@ -95,13 +95,23 @@ def test_resolve_host_short_names(host: str, namespace: str, suffix: str, expect
     ],
 )
 def test_virtual_service_and_destination_rule_hosts_are_resolved(vs_namespace: str, host: str, indexed_as: str) -> None:
-    w = world(dump(
-        service(),
-        {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": meta("vs", vs_namespace),
-         "spec": {"hosts": [host], "http": [{"route": [{"destination": {"host": host}}]}]}},
-        {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": meta("dr", vs_namespace),
-         "spec": {"host": host}},
-    ))
+    w = world(
+        dump(
+            service(),
+            {
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "VirtualService",
+                "metadata": meta("vs", vs_namespace),
+                "spec": {"hosts": [host], "http": [{"route": [{"destination": {"host": host}}]}]},
+            },
+            {
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "DestinationRule",
+                "metadata": meta("dr", vs_namespace),
+                "spec": {"host": host},
+            },
+        )
+    )
     assert list(w.virtual_services) == [indexed_as]
     assert list(w.destination_rules) == [indexed_as]
     assert list(w.services) == [REVIEWS]
@@ -137,23 +147,33 @@ POD_LABELS = {"app": "reviews", "version": "v1"}
             [Endpoint("10.0.0.9", 9080)],
             id="unknown-pod-no-labels",
         ),
-        pytest.param({"addresses": ["10.0.0.1"], "conditions": {"ready": True}},
-                     [Endpoint("10.0.0.1", 9080, tuple(sorted(POD_LABELS.items())), "bookinfo-reviews", "reviews-v1")],
-                     id="ready-true"),
+        pytest.param(
+            {"addresses": ["10.0.0.1"], "conditions": {"ready": True}},
+            [Endpoint("10.0.0.1", 9080, tuple(sorted(POD_LABELS.items())), "bookinfo-reviews", "reviews-v1")],
+            id="ready-true",
+        ),
         pytest.param({"addresses": ["10.0.0.1"], "conditions": {"ready": False}}, [], id="ready-false-excluded"),
-        pytest.param({"addresses": ["10.0.0.1"], "conditions": {"ready": False, "serving": True}}, [],
-                     id="not-ready-but-serving-excluded"),
-        pytest.param({"addresses": ["10.0.0.7", "10.0.0.8"]}, [Endpoint("10.0.0.7", 9080), Endpoint("10.0.0.8", 9080)],
-                     id="every-address"),
+        pytest.param(
+            {"addresses": ["10.0.0.1"], "conditions": {"ready": False, "serving": True}},
+            [],
+            id="not-ready-but-serving-excluded",
+        ),
+        pytest.param(
+            {"addresses": ["10.0.0.7", "10.0.0.8"]},
+            [Endpoint("10.0.0.7", 9080), Endpoint("10.0.0.8", 9080)],
+            id="every-address",
+        ),
     ],
 )
 def test_endpoint_slice_endpoints(slice_endpoint: dict[str, Any], expected: list[Endpoint]) -> None:
-    w = world(dump(
-        service(),
-        pod("reviews-v1", "10.0.0.1", POD_LABELS),
-        pod("reviews-v2", "10.0.0.2", {"app": "reviews", "version": "v2"}, account="other-sa"),
-        endpoint_slice([slice_endpoint]),
-    ))
+    w = world(
+        dump(
+            service(),
+            pod("reviews-v1", "10.0.0.1", POD_LABELS),
+            pod("reviews-v2", "10.0.0.2", {"app": "reviews", "version": "v2"}, account="other-sa"),
+            endpoint_slice([slice_endpoint]),
+        )
+    )
     assert list(w.endpoints.get((REVIEWS, 9080), ())) == expected
 
 
@@ -161,8 +181,9 @@ def test_endpoint_slice_endpoints(slice_endpoint: dict[str, Any], expected: list
     ("service_ports", "slice_ports", "expected"),
     [
         pytest.param([{"name": "http", "port": 80}], [{"name": "http", "port": 8080}], {80: 8080}, id="by-name"),
-        pytest.param([{"name": "http", "port": 80}], [{"name": "web", "port": 8080}], {80: 8080},
-                     id="single-port-fallback"),
+        pytest.param(
+            [{"name": "http", "port": 80}], [{"name": "web", "port": 8080}], {80: 8080}, id="single-port-fallback"
+        ),
         pytest.param(
             [{"name": "http", "port": 80}, {"name": "grpc", "port": 90}],
             [{"name": "grpc", "port": 9090}, {"name": "http", "port": 8080}],
@@ -170,7 +191,9 @@ def test_endpoint_slice_endpoints(slice_endpoint: dict[str, Any], expected: list
             id="multi-port",
         ),
         pytest.param(
-            [{"name": "http", "port": 80}, {"name": "grpc", "port": 90}], [{"name": "metrics", "port": 15090}], {},
+            [{"name": "http", "port": 80}, {"name": "grpc", "port": 90}],
+            [{"name": "metrics", "port": 15090}],
+            {},
             id="multi-port-no-match",
         ),
     ],
@@ -192,15 +215,23 @@ def test_endpoint_slice_of_unknown_service_is_ignored() -> None:
 
 
 def service_entry(spec: dict[str, Any], namespace: str = "ext", created: str = "") -> dict[str, Any]:
-    return {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
-            "metadata": meta("se-" + spec["hosts"][0].replace("*", "w"), namespace, created), "spec": spec}
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "ServiceEntry",
+        "metadata": meta("se-" + spec["hosts"][0].replace("*", "w"), namespace, created),
+        "spec": spec,
+    }
 
 
 def workload_entry(
     name: str, namespace: str, address: str, labels: dict[str, str], ports: dict[str, int]
 ) -> dict[str, Any]:
-    return {"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry", "metadata": meta(name, namespace),
-            "spec": {"address": address, "labels": labels, "ports": ports, "serviceAccount": "vm-sa"}}
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "WorkloadEntry",
+        "metadata": meta(name, namespace),
+        "spec": {"address": address, "labels": labels, "ports": ports, "serviceAccount": "vm-sa"},
+    }
 
 
 HTTPS = [{"number": 443, "name": "https", "protocol": "HTTPS"}]
@@ -210,36 +241,79 @@ HTTPS = [{"number": 443, "name": "https", "protocol": "HTTPS"}]
     ("spec", "host", "resolution", "expected"),
     [
         pytest.param(
-            {"hosts": ["api.example.com"], "ports": HTTPS, "resolution": "STATIC",
-             "endpoints": [{"address": "10.1.1.2"}, {"address": "10.1.1.1", "ports": {"https": 8443},
-                                                    "labels": {"zone": "a"}, "weight": 3}]},
-            "api.example.com", "EDS",
+            {
+                "hosts": ["api.example.com"],
+                "ports": HTTPS,
+                "resolution": "STATIC",
+                "endpoints": [
+                    {"address": "10.1.1.2"},
+                    {"address": "10.1.1.1", "ports": {"https": 8443}, "labels": {"zone": "a"}, "weight": 3},
+                ],
+            },
+            "api.example.com",
+            "EDS",
             [Endpoint("10.1.1.1", 8443, (("zone", "a"),), weight=3), Endpoint("10.1.1.2", 443)],
             id="static-endpoints",
         ),
         pytest.param(
-            {"hosts": ["api.example.com"], "resolution": "STATIC", "endpoints": [{"address": "10.1.1.1"}],
-             "ports": [{"number": 443, "name": "https", "protocol": "HTTPS", "targetPort": 9443}]},
-            "api.example.com", "EDS", [Endpoint("10.1.1.1", 9443)],
+            {
+                "hosts": ["api.example.com"],
+                "resolution": "STATIC",
+                "endpoints": [{"address": "10.1.1.1"}],
+                "ports": [{"number": 443, "name": "https", "protocol": "HTTPS", "targetPort": 9443}],
+            },
+            "api.example.com",
+            "EDS",
+            [Endpoint("10.1.1.1", 9443)],
             id="static-target-port",
         ),
-        pytest.param({"hosts": ["httpbin.org"], "ports": HTTPS, "resolution": "DNS"},
-                     "httpbin.org", "DNS", [Endpoint("httpbin.org", 443)], id="dns-host-is-the-endpoint"),
-        pytest.param({"hosts": ["httpbin.org"], "ports": HTTPS, "resolution": "DNS_ROUND_ROBIN"},
-                     "httpbin.org", "DNS", [Endpoint("httpbin.org", 443)], id="dns-round-robin"),
-        pytest.param({"hosts": ["httpbin.org"], "ports": HTTPS, "resolution": "DNS",
-                      "endpoints": [{"address": "eu.httpbin.org"}, {"address": "us.httpbin.org"}]},
-                     "httpbin.org", "DNS", [Endpoint("eu.httpbin.org", 443), Endpoint("us.httpbin.org", 443)],
-                     id="dns-listed-endpoints"),
-        pytest.param({"hosts": ["httpbin.org"], "ports": HTTPS, "resolution": "DNS",
-                      "endpoints": [{"labels": {"zone": "a"}}]},
-                     "httpbin.org", "DNS", [Endpoint("httpbin.org", 443, (("zone", "a"),))],
-                     id="dns-endpoint-without-address-uses-host"),
-        pytest.param({"hosts": ["*.example.com"], "ports": HTTPS, "resolution": "NONE"},
-                     "*.example.com", "NONE", [], id="resolution-none"),
-        pytest.param({"hosts": ["legacy"], "ports": HTTPS, "resolution": "STATIC",
-                      "endpoints": [{"address": "10.9.9.9"}]},
-                     "legacy.ext.svc.cluster.local", "EDS", [Endpoint("10.9.9.9", 443)], id="short-host-resolved"),
+        pytest.param(
+            {"hosts": ["httpbin.org"], "ports": HTTPS, "resolution": "DNS"},
+            "httpbin.org",
+            "DNS",
+            [Endpoint("httpbin.org", 443)],
+            id="dns-host-is-the-endpoint",
+        ),
+        pytest.param(
+            {"hosts": ["httpbin.org"], "ports": HTTPS, "resolution": "DNS_ROUND_ROBIN"},
+            "httpbin.org",
+            "DNS",
+            [Endpoint("httpbin.org", 443)],
+            id="dns-round-robin",
+        ),
+        pytest.param(
+            {
+                "hosts": ["httpbin.org"],
+                "ports": HTTPS,
+                "resolution": "DNS",
+                "endpoints": [{"address": "eu.httpbin.org"}, {"address": "us.httpbin.org"}],
+            },
+            "httpbin.org",
+            "DNS",
+            [Endpoint("eu.httpbin.org", 443), Endpoint("us.httpbin.org", 443)],
+            id="dns-listed-endpoints",
+        ),
+        pytest.param(
+            {"hosts": ["httpbin.org"], "ports": HTTPS, "resolution": "DNS", "endpoints": [{"labels": {"zone": "a"}}]},
+            "httpbin.org",
+            "DNS",
+            [Endpoint("httpbin.org", 443, (("zone", "a"),))],
+            id="dns-endpoint-without-address-uses-host",
+        ),
+        pytest.param(
+            {"hosts": ["*.example.com"], "ports": HTTPS, "resolution": "NONE"},
+            "*.example.com",
+            "NONE",
+            [],
+            id="resolution-none",
+        ),
+        pytest.param(
+            {"hosts": ["legacy"], "ports": HTTPS, "resolution": "STATIC", "endpoints": [{"address": "10.9.9.9"}]},
+            "legacy.ext.svc.cluster.local",
+            "EDS",
+            [Endpoint("10.9.9.9", 443)],
+            id="short-host-resolved",
+        ),
     ],
 )
 def test_service_entry_resolution_and_endpoints(
@@ -254,15 +328,23 @@ def test_service_entry_resolution_and_endpoints(
 
 
 def test_service_entry_workload_selector_selects_workload_entries_in_its_namespace() -> None:
-    w = world(dump(
-        service_entry({"hosts": ["vm.example.internal"], "resolution": "STATIC",
-                       "ports": [{"number": 80, "name": "http"}], "workloadSelector": {"labels": {"app": "vm"}}},
-                      namespace="vms"),
-        workload_entry("vm-1", "vms", "10.2.0.1", {"app": "vm", "zone": "a"}, {"http": 8080}),
-        workload_entry("vm-2", "vms", "10.2.0.2", {"app": "vm"}, {}),
-        workload_entry("other-app", "vms", "10.2.0.3", {"app": "db"}, {"http": 8080}),
-        workload_entry("other-ns", "elsewhere", "10.2.0.4", {"app": "vm"}, {"http": 8080}),
-    ))
+    w = world(
+        dump(
+            service_entry(
+                {
+                    "hosts": ["vm.example.internal"],
+                    "resolution": "STATIC",
+                    "ports": [{"number": 80, "name": "http"}],
+                    "workloadSelector": {"labels": {"app": "vm"}},
+                },
+                namespace="vms",
+            ),
+            workload_entry("vm-1", "vms", "10.2.0.1", {"app": "vm", "zone": "a"}, {"http": 8080}),
+            workload_entry("vm-2", "vms", "10.2.0.2", {"app": "vm"}, {}),
+            workload_entry("other-app", "vms", "10.2.0.3", {"app": "db"}, {"http": 8080}),
+            workload_entry("other-ns", "elsewhere", "10.2.0.4", {"app": "vm"}, {"http": 8080}),
+        )
+    )
     assert list(w.endpoints[("vm.example.internal", 80)]) == [
         Endpoint("10.2.0.1", 8080, (("app", "vm"), ("zone", "a")), "vm-sa"),
         Endpoint("10.2.0.2", 80, (("app", "vm"),), "vm-sa"),
@@ -273,10 +355,12 @@ def test_service_entry_workload_selector_selects_workload_entries_in_its_namespa
 
 
 def test_service_entry_for_an_existing_host_is_an_error() -> None:
-    w = world(dump(
-        service(),
-        service_entry({"hosts": [REVIEWS, "new.example.com"], "ports": HTTPS, "resolution": "DNS"}),
-    ))
+    w = world(
+        dump(
+            service(),
+            service_entry({"hosts": [REVIEWS, "new.example.com"], "ports": HTTPS, "resolution": "DNS"}),
+        )
+    )
     assert sorted(w.services) == ["new.example.com", REVIEWS]
     assert w.services[REVIEWS].resolution == "EDS"  # the Kubernetes Service stays
     [err] = w.errors
@@ -288,16 +372,22 @@ def test_service_entry_for_an_existing_host_is_an_error() -> None:
 
 
 def destination_rule(name: str, namespace: str, host: str, created: str) -> dict[str, Any]:
-    return {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
-            "metadata": meta(name, namespace, created), "spec": {"host": host}}
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": meta(name, namespace, created),
+        "spec": {"host": host},
+    }
 
 
 def test_destination_rules_for_one_host_in_two_namespaces_are_both_kept() -> None:
     # Istio allows one rule per namespace (e.g. a client namespace's own rule with exportTo: ["."]).
-    w = world(dump(
-        destination_rule("dr-new", "other", REVIEWS, created="2024-02-01T00:00:00Z"),
-        destination_rule("dr-old", "bookinfo", "reviews", created="2024-01-01T00:00:00Z"),
-    ))
+    w = world(
+        dump(
+            destination_rule("dr-new", "other", REVIEWS, created="2024-02-01T00:00:00Z"),
+            destination_rule("dr-old", "bookinfo", "reviews", created="2024-01-01T00:00:00Z"),
+        )
+    )
     assert not w.errors
     assert [r.metadata.name for r in w.rules_by_host[REVIEWS]] == ["dr-old", "dr-new"]
     assert w.destination_rules[REVIEWS].metadata.name == "dr-old"
@@ -314,10 +404,12 @@ def test_duplicate_destination_rule_in_one_namespace_is_an_error(
     first: tuple[str, str, str], second: tuple[str, str, str]
 ) -> None:
     # The newer rule is listed first: age, not input order, decides which one stays.
-    w = world(dump(
-        destination_rule(*second, created="2024-02-01T00:00:00Z"),
-        destination_rule(*first, created="2024-01-01T00:00:00Z"),
-    ))
+    w = world(
+        dump(
+            destination_rule(*second, created="2024-02-01T00:00:00Z"),
+            destination_rule(*first, created="2024-01-01T00:00:00Z"),
+        )
+    )
     assert w.destination_rules[REVIEWS].metadata.name == "dr-old"
     [err] = w.errors
     assert (err.key, err.field) == (ResourceKey("DestinationRule", second[1], "dr-new"), "spec.host")
@@ -340,19 +432,28 @@ def test_virtual_service_bound_to_gateways_only_is_ignored(
     spec: dict[str, Any] = {"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews"}}]}]}
     if gateways is not None:
         spec["gateways"] = gateways
-    w = world(dump(
-        service(),
-        {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": meta("vs", "bookinfo"),
-         "spec": spec},
-    ))
+    w = world(
+        dump(
+            service(),
+            {
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "VirtualService",
+                "metadata": meta("vs", "bookinfo"),
+                "spec": spec,
+            },
+        )
+    )
     assert (REVIEWS in w.virtual_services) is applies_to_sidecars
 
 
 def test_virtual_services_for_a_host_are_oldest_first() -> None:
     def vs(name: str, created: str) -> dict[str, Any]:
-        return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
-                "metadata": meta(name, "bookinfo", created),
-                "spec": {"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews"}}]}]}}
+        return {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "VirtualService",
+            "metadata": meta(name, "bookinfo", created),
+            "spec": {"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews"}}]}]},
+        }
 
     w = world(dump(vs("c", "2024-03-01T00:00:00Z"), vs("a", "2024-01-01T00:00:00Z"), vs("b", "2024-02-01T00:00:00Z")))
     assert [v.metadata.name for v in w.virtual_services[REVIEWS]] == ["a", "b", "c"]

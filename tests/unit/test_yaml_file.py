@@ -9,7 +9,7 @@ import pytest
 
 from meshd.api.kube import Service
 from meshd.api.meta import ResourceKey
-from meshd.api.networking import VirtualService
+from meshd.api.virtualservice import VirtualService
 from meshd.sources.yaml_file import parse_file
 
 SVC_A = ResourceKey("Service", "ns", "a")
@@ -141,8 +141,9 @@ def test_document_missing_from_the_file_is_gone() -> None:
     ("bad_document", "field"),
     [
         pytest.param("apiVersion: v1\nkind: Service\n", "document 2: metadata", id="no-metadata"),
-        pytest.param("apiVersion: v1\nkind: Service\nmetadata: {namespace: ns}\n", "document 2: metadata.name",
-                     id="no-name"),
+        pytest.param(
+            "apiVersion: v1\nkind: Service\nmetadata: {namespace: ns}\n", "document 2: metadata.name", id="no-name"
+        ),
         pytest.param("apiVersion: v1\nmetadata: {name: x}\n", "document 2: kind", id="no-kind"),
         pytest.param("- just\n- a list\n", "document 2: <root>", id="not-a-mapping"),
     ],

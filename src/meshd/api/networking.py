@@ -1,4 +1,5 @@
-"""Istio networking.istio.io models: VirtualService, DestinationRule, ServiceEntry, WorkloadEntry.
+"""Istio networking.istio.io models: ServiceEntry, WorkloadEntry, Sidecar (VirtualService and
+DestinationRule have their own modules).
 
 Field names follow Istio's CRD schemas (camelCase on the wire). Cross-field rules that pydantic
 cannot express live in validators here, so the same checks serve translation and admission.
@@ -17,102 +18,6 @@ NETWORKING_VERSIONS = (
     "networking.istio.io/v1beta1",
     "networking.istio.io/v1alpha3",
 )
-
-
-class StringMatch(ApiModel):
-    exact: str | None = None
-    prefix: str | None = None
-    regex: str | None = None
-
-    @model_validator(mode="after")
-    def _one_of(self) -> StringMatch:
-        set_fields = [f for f in ("exact", "prefix", "regex") if getattr(self, f) is not None]
-        if len(set_fields) != 1:
-            raise ValueError("exactly one of exact, prefix, regex must be set")
-        return self
-
-
-class HTTPMatchRequest(ApiModel):
-    name: str = ""
-    uri: StringMatch | None = None
-    headers: dict[str, StringMatch] = Field(default_factory=dict)
-    ignore_uri_case: bool = False
-
-
-class PortSelector(ApiModel):
-    number: int = Field(ge=1, le=65535)
-
-
-class Destination(ApiModel):
-    host: str = Field(min_length=1)
-    subset: str = ""
-    port: PortSelector | None = None
-
-
-class HTTPRouteDestination(ApiModel):
-    destination: Destination
-    weight: int = Field(default=0, ge=0)
-
-
-class HTTPRoute(ApiModel):
-    name: str = ""
-    match: list[HTTPMatchRequest] = Field(default_factory=list)
-    route: list[HTTPRouteDestination] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _weights(self) -> HTTPRoute:
-        if not self.route:
-            raise ValueError("route: at least one destination is required")
-        if len(self.route) > 1:
-            total = sum(d.weight for d in self.route)
-            if total != 100:
-                raise ValueError(f"route: destination weights must add up to 100, got {total}")
-        return self
-
-    def weights(self) -> list[int]:
-        """Effective weights: a single destination gets 100."""
-        if len(self.route) == 1:
-            return [100]
-        return [d.weight for d in self.route]
-
-
-class VirtualServiceSpec(ApiModel):
-    hosts: list[str] = Field(min_length=1)
-    gateways: list[str] = Field(default_factory=list)
-    http: list[HTTPRoute] = Field(default_factory=list)
-    export_to: list[str] = Field(default_factory=list)
-
-
-class VirtualService(Resource):
-    kind: Literal["VirtualService"]
-    spec: VirtualServiceSpec
-
-
-class Subset(ApiModel):
-    name: str = Field(min_length=1)
-    labels: dict[str, str] = Field(default_factory=dict)
-    traffic_policy: dict[str, Any] | None = None
-
-
-class DestinationRuleSpec(ApiModel):
-    host: str = Field(min_length=1)
-    subsets: list[Subset] = Field(default_factory=list)
-    traffic_policy: dict[str, Any] | None = None
-    export_to: list[str] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _unique_subsets(self) -> DestinationRuleSpec:
-        seen: set[str] = set()
-        for i, subset in enumerate(self.subsets):
-            if subset.name in seen:
-                raise ValueError(f"subsets[{i}].name: duplicate subset name {subset.name!r}")
-            seen.add(subset.name)
-        return self
-
-
-class DestinationRule(Resource):
-    kind: Literal["DestinationRule"]
-    spec: DestinationRuleSpec
 
 
 class WorkloadEntrySpec(ApiModel):

@@ -7,16 +7,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from meshd.api.destinationrule import DestinationRule
 from meshd.api.kube import EndpointSlice, Pod, Service
 from meshd.api.meta import InvalidResource, Resource, ResourceKey, field_path
-from meshd.api.networking import (
-    NETWORKING_VERSIONS,
-    DestinationRule,
-    ServiceEntry,
-    Sidecar,
-    VirtualService,
-    WorkloadEntry,
-)
+from meshd.api.networking import NETWORKING_VERSIONS, ServiceEntry, Sidecar, WorkloadEntry
+from meshd.api.virtualservice import VirtualService
 
 # kind -> (model, accepted apiVersions)
 KINDS: dict[str, tuple[type[Resource], tuple[str, ...]]] = {

@@ -7,9 +7,11 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from meshd.api.destinationrule import DestinationRule
 from meshd.api.kube import EndpointSlice, Pod, Service
 from meshd.api.meta import InvalidResource, Resource
-from meshd.api.networking import DestinationRule, ServiceEntry, Sidecar, VirtualService, WorkloadEntry
+from meshd.api.networking import ServiceEntry, Sidecar, WorkloadEntry
+from meshd.api.virtualservice import VirtualService
 from meshd.model.services import Endpoint, MeshService, ServicePort, Workload, protocol_of
 
 EXPORT_TO_ANNOTATION = "networking.istio.io/exportTo"

@@ -10,9 +10,11 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import TypeVar
 
+from meshd.api.destinationrule import DestinationRule
 from meshd.api.kube import EndpointSlice, Pod, Service
 from meshd.api.meta import InvalidResource, Resource, ResourceKey
-from meshd.api.networking import DestinationRule, ServiceEntry, Sidecar, VirtualService, WorkloadEntry
+from meshd.api.networking import ServiceEntry, Sidecar, WorkloadEntry
+from meshd.api.virtualservice import VirtualService
 from meshd.model import derive
 from meshd.model.services import Endpoint, MeshService, Workload
 from meshd.model.world import World, assemble

@@ -13,9 +13,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from meshd.api.destinationrule import DestinationRule
 from meshd.api.kube import EndpointSlice, Pod, Service
 from meshd.api.meta import InvalidResource, Resource
-from meshd.api.networking import DestinationRule, ServiceEntry, Sidecar, VirtualService, WorkloadEntry
+from meshd.api.networking import ServiceEntry, Sidecar, WorkloadEntry
+from meshd.api.virtualservice import VirtualService
 from meshd.model import derive
 from meshd.model.derive import EXPORT_TO_ANNOTATION, EndpointChunks, default_rule, resolve_host
 from meshd.model.services import Endpoint, MeshService, Workload

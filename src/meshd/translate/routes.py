@@ -11,8 +11,9 @@ from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 
+from meshd.api.destinationrule import DestinationRule
 from meshd.api.meta import InvalidResource
-from meshd.api.networking import DestinationRule, HTTPMatchRequest, HTTPRoute, StringMatch, VirtualService
+from meshd.api.virtualservice import HTTPMatchRequest, HTTPRoute, StringMatch, VirtualService
 from meshd.model.services import MeshService, is_http
 from meshd.model.world import World, resolve_host
 from meshd.protowire import length_delimited

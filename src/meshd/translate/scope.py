@@ -12,8 +12,10 @@ import fnmatch
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from meshd.api.destinationrule import DestinationRule
 from meshd.api.meta import InvalidResource, ResourceKey
-from meshd.api.networking import DestinationRule, IstioEgressListener, Sidecar, VirtualService, exported_to
+from meshd.api.networking import IstioEgressListener, Sidecar, exported_to
+from meshd.api.virtualservice import VirtualService
 from meshd.model.services import MeshService, ServicePort
 from meshd.model.world import World
 from meshd.translate.spec import ident

@@ -17,7 +17,7 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 
 from meshd.api.meta import InvalidResource
-from meshd.api.networking import VirtualService
+from meshd.api.virtualservice import VirtualService
 from meshd.model.services import MeshService, ServicePort
 from meshd.model.world import World
 from meshd.translate.clusters import inbound_cluster_specs, service_cluster_specs

@@ -65,9 +65,7 @@ def test_render_round_trips() -> None:
         render(config, fmt="toml")
 
 
-@pytest.mark.parametrize(
-    ("delta", "fmt", "xds_host"), [(False, "json", "127.0.0.1"), (True, "yaml", "meshd")]
-)
+@pytest.mark.parametrize(("delta", "fmt", "xds_host"), [(False, "json", "127.0.0.1"), (True, "yaml", "meshd")])
 def test_envoy_accepts_it(tmp_path: pathlib.Path, delta: bool, fmt: str, xds_host: str) -> None:
     path = tmp_path / f"bootstrap.{fmt}"
     path.write_text(render(_bootstrap(xds_host=xds_host, delta=delta), fmt=fmt))

@@ -53,10 +53,7 @@ def test_classify() -> None:
         "HTTP 503: no healthy upstream",
     )
     broken = json.dumps({"service": "frontend", "error": "calling catalog: HTTP 503"})
-    assert (
-        classify(status=502, text=broken, canary_service="catalog")[1]
-        == "HTTP 502: calling catalog: HTTP 503"
-    )
+    assert classify(status=502, text=broken, canary_service="catalog")[1] == "HTTP 502: calling catalog: HTTP 503"
     no_backend = json.dumps({"service": "frontend", "upstream": {"service": "catalog", "version": "v1"}})
     assert classify(status=200, text=no_backend, canary_service="catalog")[0] is None
 

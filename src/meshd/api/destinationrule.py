@@ -1,0 +1,262 @@
+"""networking.istio.io DestinationRule: subsets and every traffic policy (load balancer, connection
+pool, outlier detection, TLS, port-level settings), validated as Istio does and so that the clusters
+they become are accepted by Envoy."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from meshd.api.meta import ApiModel, Resource
+from meshd.api.values import Duration, DurationOrZero, Percent
+from meshd.api.virtualservice import PortSelector
+
+
+class HTTPCookie(ApiModel):
+    name: str = Field(min_length=1)
+    path: str = ""
+    ttl: DurationOrZero | None = None
+
+
+class RingHash(ApiModel):
+    minimum_ring_size: int = Field(default=0, ge=0, le=8_388_608)
+
+
+class Maglev(ApiModel):
+    table_size: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _prime(self) -> Maglev:
+        n = self.table_size
+        if n and (n < 2 or any(n % d == 0 for d in range(2, int(n**0.5) + 1))):
+            raise ValueError(f"tableSize: {n} must be a prime number (Envoy requires it)")
+        return self
+
+
+class ConsistentHashLB(ApiModel):
+    http_header_name: str | None = None
+    http_cookie: HTTPCookie | None = None
+    use_source_ip: bool | None = None
+    http_query_parameter_name: str | None = None
+    ring_hash: RingHash | None = None
+    maglev: Maglev | None = None
+    minimum_ring_size: int | None = Field(default=None, ge=0)  # deprecated: ringHash.minimumRingSize
+
+    @model_validator(mode="after")
+    def _check(self) -> ConsistentHashLB:
+        keys = [
+            f
+            for f in ("http_header_name", "http_cookie", "use_source_ip", "http_query_parameter_name")
+            if getattr(self, f) not in (None, False, "")
+        ]
+        if len(keys) != 1:
+            raise ValueError(
+                "httpHeaderName: exactly one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName "
+                "is required"
+            )
+        if self.ring_hash is not None and self.maglev is not None:
+            raise ValueError("maglev: only one of ringHash or maglev may be set")
+        return self
+
+
+class LocalityDistribute(ApiModel):
+    from_: str = Field(alias="from", min_length=1)
+    to: dict[str, int] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> LocalityDistribute:
+        total = sum(self.to.values())
+        if total != 100:
+            raise ValueError(f"to: weights must add up to 100, got {total}")
+        if any(w < 0 for w in self.to.values()):
+            raise ValueError("to: weights cannot be negative")
+        return self
+
+
+class LocalityFailover(ApiModel):
+    from_: str = Field(alias="from", min_length=1)
+    to: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> LocalityFailover:
+        if "/" in self.from_ or "/" in self.to:
+            raise ValueError("from: failover is between regions (no '/')")
+        if self.from_ == self.to:
+            raise ValueError("to: failover to the same region")
+        return self
+
+
+class LocalityLbSetting(ApiModel):
+    distribute: list[LocalityDistribute] = Field(default_factory=list)
+    failover: list[LocalityFailover] = Field(default_factory=list)
+    failover_priority: list[str] = Field(default_factory=list)
+    enabled: bool | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> LocalityLbSetting:
+        if self.distribute and (self.failover or self.failover_priority):
+            raise ValueError("failover: only one of distribute or failover/failoverPriority may be set")
+        return self
+
+
+class WarmupConfiguration(ApiModel):
+    duration: Duration
+    minimum_percent: Percent | None = None
+    aggression: float | None = Field(default=None, ge=1)
+
+
+class LoadBalancerSettings(ApiModel):
+    simple: Literal["UNSPECIFIED", "LEAST_CONN", "RANDOM", "PASSTHROUGH", "ROUND_ROBIN", "LEAST_REQUEST"] | None = None
+    consistent_hash: ConsistentHashLB | None = None
+    locality_lb_setting: LocalityLbSetting | None = None
+    warmup_duration_secs: Duration | None = None
+    warmup: WarmupConfiguration | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> LoadBalancerSettings:
+        if self.simple is not None and self.consistent_hash is not None:
+            raise ValueError("consistentHash: only one of simple or consistentHash may be set")
+        if self.warmup_duration_secs is not None and self.warmup is not None:
+            raise ValueError("warmup: only one of warmupDurationSecs or warmup may be set")
+        return self
+
+
+class TcpKeepalive(ApiModel):
+    probes: int = Field(default=0, ge=0)
+    time: Duration | None = None
+    interval: Duration | None = None
+
+
+class TCPSettings(ApiModel):
+    max_connections: int = Field(default=0, ge=0)
+    connect_timeout: Duration | None = None
+    tcp_keepalive: TcpKeepalive | None = None
+    max_connection_duration: Duration | None = None
+    idle_timeout: DurationOrZero | None = None
+
+
+class HTTPSettings(ApiModel):
+    http1_max_pending_requests: int = Field(default=0, ge=0)
+    http2_max_requests: int = Field(default=0, ge=0)
+    max_requests_per_connection: int = Field(default=0, ge=0)
+    max_retries: int = Field(default=0, ge=0)
+    idle_timeout: Duration | None = None
+    h2_upgrade_policy: Literal["DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"] = "DEFAULT"
+    use_client_protocol: bool = False
+    max_concurrent_streams: int = Field(default=0, ge=0)
+
+
+class ConnectionPoolSettings(ApiModel):
+    tcp: TCPSettings | None = None
+    http: HTTPSettings | None = None
+
+
+class OutlierDetection(ApiModel):
+    split_external_local_origin_errors: bool = False
+    consecutive_local_origin_failures: int | None = Field(default=None, ge=0)
+    consecutive_gateway_errors: int | None = Field(default=None, ge=0)
+    consecutive_5xx_errors: int | None = Field(default=None, ge=0, alias="consecutive5xxErrors")
+    consecutive_errors: int | None = Field(default=None, ge=0)  # deprecated: consecutive gateway errors
+    interval: Duration | None = None
+    base_ejection_time: Duration | None = None
+    max_ejection_percent: int = Field(default=0, ge=0, le=100)
+    min_health_percent: int = Field(default=0, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _check(self) -> OutlierDetection:
+        if self.consecutive_local_origin_failures is not None and not self.split_external_local_origin_errors:
+            raise ValueError(
+                "consecutiveLocalOriginFailures: requires splitExternalLocalOriginErrors: true (as in Istio)"
+            )
+        return self
+
+
+class ClientTLSSettings(ApiModel):
+    mode: Literal["DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"] = "DISABLE"
+    client_certificate: str = ""
+    private_key: str = ""
+    ca_certificates: str = ""
+    credential_name: str = ""
+    subject_alt_names: list[str] = Field(default_factory=list)
+    sni: str = ""
+    insecure_skip_verify: bool | None = None
+    ca_crl: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> ClientTLSSettings:
+        files = self.client_certificate or self.private_key or self.ca_certificates or self.ca_crl
+        if self.mode in ("DISABLE", "ISTIO_MUTUAL") and (files or self.credential_name):
+            raise ValueError(f"mode: {self.mode} does not take certificates or credentialName")
+        if self.credential_name and files:
+            raise ValueError("credentialName: cannot be combined with certificate files")
+        if self.mode == "MUTUAL" and not self.credential_name:
+            if not self.client_certificate:
+                raise ValueError("clientCertificate: required for MUTUAL (or set credentialName)")
+            if not self.private_key:
+                raise ValueError("privateKey: required for MUTUAL (or set credentialName)")
+        if self.mode == "SIMPLE" and (self.client_certificate or self.private_key):
+            raise ValueError("clientCertificate: SIMPLE is one-way TLS; use MUTUAL to present a certificate")
+        return self
+
+
+class PortTrafficPolicy(ApiModel):
+    port: PortSelector
+    load_balancer: LoadBalancerSettings | None = None
+    connection_pool: ConnectionPoolSettings | None = None
+    outlier_detection: OutlierDetection | None = None
+    tls: ClientTLSSettings | None = None
+
+
+class TrafficPolicy(ApiModel):
+    load_balancer: LoadBalancerSettings | None = None
+    connection_pool: ConnectionPoolSettings | None = None
+    outlier_detection: OutlierDetection | None = None
+    tls: ClientTLSSettings | None = None
+    port_level_settings: list[PortTrafficPolicy] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_ports(self) -> TrafficPolicy:
+        seen: set[int] = set()
+        for i, setting in enumerate(self.port_level_settings):
+            if setting.port.number in seen:
+                raise ValueError(f"portLevelSettings[{i}].port: port {setting.port.number} is listed twice")
+            seen.add(setting.port.number)
+        return self
+
+
+class Subset(ApiModel):
+    name: str = Field(min_length=1)
+    labels: dict[str, str] = Field(default_factory=dict)
+    traffic_policy: TrafficPolicy | None = None
+
+
+class WorkloadSelector(ApiModel):
+    match_labels: dict[str, str] = Field(default_factory=dict)
+
+
+class DestinationRuleSpec(ApiModel):
+    host: str = Field(min_length=1)
+    subsets: list[Subset] = Field(default_factory=list)
+    traffic_policy: TrafficPolicy | None = None
+    export_to: list[str] = Field(default_factory=list)
+    workload_selector: WorkloadSelector | None = None
+
+    @model_validator(mode="after")
+    def _unique_subsets(self) -> DestinationRuleSpec:
+        seen: set[str] = set()
+        for i, subset in enumerate(self.subsets):
+            if subset.name in seen:
+                raise ValueError(f"subsets[{i}].name: duplicate subset name {subset.name!r}")
+            seen.add(subset.name)
+            if "|" in subset.name:
+                raise ValueError(f"subsets[{i}].name: {subset.name!r} cannot contain '|'")
+        return self
+
+    def subset(self, name: str) -> Subset | None:
+        return next((s for s in self.subsets if s.name == name), None)
+
+
+class DestinationRule(Resource):
+    kind: Literal["DestinationRule"]
+    spec: DestinationRuleSpec
