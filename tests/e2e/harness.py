@@ -162,8 +162,8 @@ class Mesh:
         await envoy.wait_ready(timeout_s=20)
         return envoy
 
-    async def app(self, *, service: str, version: str, pod: str, ip: str) -> AppServer:
-        server = await start_app(service=service, version=version, pod=pod, host=ip, port=8080)
+    async def app(self, *, service: str, version: str, pod: str, ip: str, port: int = 8080) -> AppServer:
+        server = await start_app(service=service, version=version, pod=pod, host=ip, port=port)
         self.apps.append(server)
         return server
 
@@ -172,6 +172,29 @@ class Mesh:
         async with self.client.get(f"http://{via_ip}:9080{path}", headers={"Host": host, **(headers or {})}) as resp:
             body = await resp.text()
             return resp.status, body
+
+    async def request(
+        self,
+        *,
+        via_ip: str,
+        host: str,
+        path: str = "/",
+        method: str = "GET",
+        port: int = 9080,
+        headers: dict[str, str] | None = None,
+        timeout: float = 10.0,
+    ) -> tuple[int, dict[str, str], str]:
+        """Any request through the sidecar at `via_ip`: (status, response headers, body). Redirects
+        are not followed."""
+        async with self.client.request(
+            method,
+            f"http://{via_ip}:{port}{path}",
+            headers={"Host": host, **(headers or {})},
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        ) as resp:
+            body = await resp.text()
+            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, body
 
     async def versions(self, *, via_ip: str, host: str, count: int, concurrency: int = 8) -> Counter[str]:
         """Send `count` requests; count the answering app's version (or the HTTP status on failure)."""

@@ -9,7 +9,10 @@ the upstream's answer:
 
 A failed upstream call answers 502 with "error" (and "upstream_status"/"upstream" when there was a
 response). Query parameters for tests: `?status=503` answers that status without calling upstream;
-`?delay_ms=200` delays the answer.
+`?delay_ms=200` delays the answer; `?fail_once=<token>` answers 503 the first time this app sees
+the token and normally afterwards (a backend that fails the first attempt). Tests can also set
+`AppServer.force_status` (every answer gets that status) and read `AppServer.received` (a summary of
+every request the app got, oldest first).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
@@ -66,6 +69,16 @@ class AppIdentity:
     pod: str
 
 
+@dataclass
+class AppState:
+    """What tests can steer and observe in a running app."""
+
+    force_status: int | None = None
+    received: list[dict[str, Any]] = field(default_factory=list)
+    seen_tokens: set[str] = field(default_factory=set)
+    max_received: int = 10_000
+
+
 class AppServer:
     """A running app; `await stop()` (or leave `async with`) closes its listener and client."""
 
@@ -77,6 +90,19 @@ class AppServer:
         self._runner = runner
         self._session = session
         self._stopped = False
+        self.state = AppState()
+
+    @property
+    def received(self) -> list[dict[str, Any]]:
+        return self.state.received
+
+    @property
+    def force_status(self) -> int | None:
+        return self.state.force_status
+
+    @force_status.setter
+    def force_status(self, status: int | None) -> None:
+        self.state.force_status = status
 
     async def stop(self) -> None:
         if self._stopped:
@@ -135,18 +161,27 @@ async def _call_upstream(
 
 
 def _handler(
-    *, identity: AppIdentity, upstream: Upstream | None, session: aiohttp.ClientSession
+    *, identity: AppIdentity, upstream: Upstream | None, session: aiohttp.ClientSession, state: AppState
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handle(request: web.Request) -> web.Response:
+        summary = _request_summary(request)
+        if len(state.received) < state.max_received:
+            state.received.append(summary)
         body: dict[str, Any] = {
             "service": identity.service,
             "version": identity.version,
             "pod": identity.pod,
-            "request": _request_summary(request),
+            "request": summary,
         }
         delay_ms = request.query.get("delay_ms")
         if delay_ms is not None:
             await asyncio.sleep(float(delay_ms) / 1000)
+        if state.force_status is not None:
+            return web.json_response(body, status=state.force_status)
+        token = request.query.get("fail_once")
+        if token is not None and token not in state.seen_tokens:
+            state.seen_tokens.add(token)
+            return web.json_response(body, status=503)
         forced = request.query.get("status")
         if forced is not None:
             return web.json_response(body, status=int(forced))
@@ -173,7 +208,9 @@ async def start_app(
     identity = AppIdentity(service=service, version=version, pod=pod)
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=upstream_timeout_s))
     app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", _handler(identity=identity, upstream=upstream, session=session))
+    state = AppState()
+    handler = _handler(identity=identity, upstream=upstream, session=session, state=state)
+    app.router.add_route("*", "/{tail:.*}", handler)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     try:
         await runner.setup()
@@ -182,4 +219,6 @@ async def start_app(
         await runner.cleanup()
         await session.close()
         raise
-    return AppServer(identity=identity, runner=runner, session=session, url=f"http://{host}:{port}")
+    server = AppServer(identity=identity, runner=runner, session=session, url=f"http://{host}:{port}")
+    server.state = state
+    return server
