@@ -5,28 +5,28 @@ NACKed by Envoy."""
 from __future__ import annotations
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_private_key
 
-# Envoy loads RSA keys of these sizes and ECDSA keys on these curves (anything else fails the
-# cluster's TLS context).
-RSA_KEY_BITS = (2048, 3072, 4096)
+# What Envoy loads as a certificate's key (checked against `envoy --mode validate`): RSA of at
+# least 2048 bits, ECDSA on these curves, Ed25519. Anything else fails the cluster's TLS context.
+MIN_RSA_BITS = 2048
 EC_CURVES = ("secp256r1", "secp384r1", "secp521r1")
 
 
-def _public_bytes(key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey) -> bytes:
-    return key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+def _public_bytes(key: object) -> bytes:
+    return key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)  # type: ignore[attr-defined, no-any-return]
 
 
 def _check_key_type(key: object, what: str) -> None:
     if isinstance(key, rsa.RSAPublicKey | rsa.RSAPrivateKey):
-        if key.key_size not in RSA_KEY_BITS:
-            raise ValueError(f"{what}: RSA keys must have 2048, 3072 or 4096 bits, got {key.key_size}")
+        if key.key_size < MIN_RSA_BITS:
+            raise ValueError(f"{what}: RSA keys need at least 2048 bits (Envoy's minimum), got {key.key_size}")
     elif isinstance(key, ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey):
         if key.curve.name not in EC_CURVES:
             raise ValueError(f"{what}: ECDSA keys must use P-256, P-384 or P-521, got {key.curve.name}")
-    else:
-        raise ValueError(f"{what}: only RSA and ECDSA keys are supported by Envoy, got {type(key).__name__}")
+    elif not isinstance(key, ed25519.Ed25519PublicKey | ed25519.Ed25519PrivateKey):
+        raise ValueError(f"{what}: Envoy supports RSA, ECDSA and Ed25519 keys, got {type(key).__name__}")
 
 
 def certificates(data: bytes, *, what: str) -> list[x509.Certificate]:
@@ -48,7 +48,7 @@ def check_key_pair(cert_pem: bytes, key_pem: bytes, *, cert_field: str, key_fiel
     _check_key_type(key, key_field)
     public = leaf.public_key()
     _check_key_type(public, cert_field)
-    if _public_bytes(public) != _public_bytes(key.public_key()):  # type: ignore[arg-type]
+    if _public_bytes(public) != _public_bytes(key.public_key()):
         raise ValueError(f"{key_field}: the private key does not match the certificate in {cert_field}")
 
 
