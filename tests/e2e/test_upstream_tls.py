@@ -102,10 +102,11 @@ class TlsMesh:
             return status, body
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def tls_mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[TlsMesh]:
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["sotw", "delta"])
+async def tls_mesh(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[TlsMesh]:
     """meshd + a client sidecar (.1); HTTPS servers without sidecars: `secure` (.2, client
-    certificate optional), `mtls` (.3, client certificate required); a plaintext app `plain` (.4)."""
+    certificate optional), `mtls` (.3, client certificate required); a plaintext app `plain` (.4).
+    Over SotW and delta ADS (SDS rides on the same stream)."""
     work = tmp_path_factory.mktemp("upstream-tls")
     certs = work / "certs"
     certs.mkdir()
@@ -113,7 +114,7 @@ async def tls_mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Tl
     (certs / "ca.pem").write_bytes(ca.pem)
     (certs / "other-ca.pem").write_bytes(Authority("some other CA").pem)
     ca.issue("client-files", client=True).write(certs, "client")
-    m = Mesh(work_dir=work, delta=False)
+    m = Mesh(work_dir=work, delta=request.param == "delta")
     servers: dict[str, TlsServer] = {}
     try:
         for name, host, required in (("secure", 2, False), ("mtls", 3, True)):
@@ -250,6 +251,23 @@ async def test_missing_secret_is_reported_then_served_once_created(tls_mesh: Tls
     t.mesh.write("late.yaml", _secret("late-cred", {"cert": pem.cert, "key": pem.key, "cacert": t.ca.pem}))
     await _until(t, "mtls", lambda s, b: s == 200 and b["client_cn"] == "client-late", "the late Secret to be served")
     assert await reported() == []
+
+
+async def test_missing_certificate_file_is_reported_and_never_nacked(tls_mesh: TlsMesh) -> None:
+    t = tls_mesh
+    good = f"{{mode: MUTUAL, clientCertificate: {t.certs / 'client.pem'}, privateKey: {t.certs / 'client-key.pem'}}}"
+    t.mesh.write("mtls-dr.yaml", _rule("mtls", good.replace("client-key.pem", "typo-key.pem")))
+
+    async def reported() -> list[dict[str, Any]]:
+        errors: list[dict[str, Any]] = await t.mesh.meshd.get_json("/debug/config_errors")
+        return [e for e in errors if e["resource"] == "DestinationRule default/mtls"]
+
+    (error,) = await eventually(reported, what="the missing file to be reported")
+    assert error["field"] == "spec.trafficPolicy.tls.privateKey" and "typo-key.pem does not exist" in error["message"]
+    await _until(t, "mtls", lambda s, b: s == 503, "the cluster to be left out (fails closed)")
+    assert (await t.get("plain"))[0] == 200
+    status = await t.mesh.meshd.get_json("/debug/syncz")
+    assert all(typ["nacked"] is None for conn in status for typ in conn["types"].values())
 
 
 async def test_malformed_secret_is_refused_with_its_field(tls_mesh: TlsMesh) -> None:

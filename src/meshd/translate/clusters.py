@@ -16,7 +16,7 @@ from meshd.model.services import Endpoint, MeshService, ServicePort
 from meshd.translate import naming
 from meshd.translate.scope import Scope
 from meshd.translate.spec import Spec, ident
-from meshd.translate.upstream_tls import apply_upstream_tls, effective_tls, sds_names
+from meshd.translate.upstream_tls import apply_upstream_tls, effective_tls, sds_names, tls_files
 
 CONNECT_TIMEOUT = duration_pb2.Duration(seconds=10)
 _HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -119,6 +119,19 @@ def service_secret_names(scope: Scope, service: MeshService, ports: Sequence[Ser
         for subset in subsets
         for name in sds_names(effective_tls(rule, subset=subset, port=port.number)[0])
     )
+
+
+def clusters_opening(
+    rule: DestinationRule, service: MeshService, ports: Sequence[ServicePort], files: frozenset[str]
+) -> set[str]:
+    """Names of a service's outbound clusters whose TLS settings open one of `files`."""
+    subsets = [""] + [s.name for s in rule.spec.subsets]
+    return {
+        naming.outbound_cluster(port=port.number, host=service.hostname, subset=subset)
+        for port in ports
+        for subset in subsets
+        if any(path in files for _, path in tls_files(effective_tls(rule, subset=subset, port=port.number)[0]))
+    }
 
 
 def _inbound_cluster(address: str, port: int) -> cluster_pb2.Cluster:

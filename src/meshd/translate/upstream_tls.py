@@ -192,3 +192,27 @@ def apply_upstream_tls(cluster: cluster_pb2.Cluster, tls: ClientTLSSettings | No
     if not tls.subject_alt_names and not tls.insecure_skip_verify:
         upstream.auto_san_validation = True
     packed.Pack(options)
+
+
+def tls_files(tls: ClientTLSSettings | None) -> tuple[tuple[str, str], ...]:
+    """(field, path) of each certificate file the settings make Envoy open."""
+    if tls is None or tls.mode not in ("SIMPLE", "MUTUAL") or tls.credential_name:
+        return ()
+    fields = [("clientCertificate", tls.client_certificate), ("privateKey", tls.private_key)]
+    if not tls.insecure_skip_verify:
+        fields += [("caCertificates", tls.ca_certificates), ("caCrl", tls.ca_crl)]
+    return tuple((field, path) for field, path in fields if path)
+
+
+def rule_files(rule: DestinationRule) -> tuple[tuple[str, str], ...]:
+    """(field path, file path) of every certificate file a rule names, at any level."""
+    levels = [("spec.trafficPolicy", rule.spec.traffic_policy)]
+    levels += [(f"spec.subsets[{i}].trafficPolicy", s.traffic_policy) for i, s in enumerate(rule.spec.subsets)]
+    out: list[tuple[str, str]] = []
+    for path, policy in levels:
+        if policy is None:
+            continue
+        blocks = [(f"{path}.tls", policy.tls)]
+        blocks += [(f"{path}.portLevelSettings[{i}].tls", p.tls) for i, p in enumerate(policy.port_level_settings)]
+        out += [(f"{block}.{field}", file) for block, tls in blocks for field, file in tls_files(tls)]
+    return tuple(out)

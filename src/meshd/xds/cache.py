@@ -15,7 +15,7 @@ so the hub can tell which proxies have anything new without comparing bytes.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 
 from meshd.api.meta import InvalidResource
@@ -23,7 +23,12 @@ from meshd.api.networking import exported_to
 from meshd.api.virtualservice import VirtualService
 from meshd.model.services import MeshService, ServicePort
 from meshd.model.world import World
-from meshd.translate.clusters import inbound_cluster_specs, service_cluster_specs, service_secret_names
+from meshd.translate.clusters import (
+    clusters_opening,
+    inbound_cluster_specs,
+    service_cluster_specs,
+    service_secret_names,
+)
 from meshd.translate.endpoints import service_assignment_specs
 from meshd.translate.listeners import InboundEntry, ListenerPlan, inbound_index, inbound_listener_specs
 from meshd.translate.proxy import Proxy
@@ -43,6 +48,7 @@ from meshd.xds.resource import (
     make_raw_resource,
     make_resource,
 )
+from meshd.xds.tls_files import FileCheck
 
 MESH_SCOPE = ScopeKey("", None)
 # A layer as carried between generations: (its inputs, the layer, the memo entries it uses)
@@ -115,8 +121,14 @@ class ConfigGenerator:
         root_namespace: str = "istio-system",
         extra: Mapping[str, Sequence[XdsResource]] | None = None,
         previous: ConfigGenerator | None = None,
+        file_exists: Callable[[str], bool] | None = None,
     ) -> None:
+        """`file_exists`: check certificate files named by DestinationRules on this host (standalone
+        sidecars share meshd's filesystem); None leaves them unchecked."""
         self.world = world
+        self.files: FileCheck = FileCheck(
+            world, exists=file_exists, previous=previous.files if previous is not None else None
+        )
         self._inbound_port = inbound_port
         self._sidecar_port = sidecar_endpoint_port
         self._root = root_namespace
@@ -196,6 +208,7 @@ class ConfigGenerator:
             _, errors = select_sidecar(world, namespace=namespace, labels={}, root_namespace=self._root)
             self._errors.update(dict.fromkeys(errors))
         self._check_credentials()
+        self._errors.update(dict.fromkeys(self.files.errors))
 
     def _check_credentials(self) -> None:
         """credentialNames that do not resolve in a namespace with workloads the rule is exported to
@@ -247,6 +260,7 @@ class ConfigGenerator:
             # rules tuple the same object while they are unchanged.
             tuple(Ident(rules.get(s.hostname)) for s, _ in scope.services),
             tuple(Ident(endpoints.get((s.hostname, p.number))) for s, ports in scope.services for p in ports),
+            self.files.state,  # certificate files that (no longer) exist
         )
         carried = self._prev_clusters.get(signature)
         if carried is not None and carried[0] == inputs:
@@ -274,11 +288,21 @@ class ConfigGenerator:
         """One service's clusters and endpoints as a scope sees them, keyed by exactly its inputs."""
         rule = scope.destination_rule(service.hostname)
         endpoints = self.world.endpoints
-        key = (service, ports, Ident(rule), tuple(Ident(endpoints.get((service.hostname, p.number))) for p in ports))
+        missing = self.files.missing(rule)
+        key = (
+            service,
+            ports,
+            Ident(rule),
+            tuple(Ident(endpoints.get((service.hostname, p.number))) for p in ports),
+            missing,
+        )
         entry = self._service_entries.get(key) or self._prev_service_entries.get(key)
         if entry is None:
             used: list[tuple[Hashable, XdsResource]] = []
             clusters = self.memo.resolve(service_cluster_specs(scope, service, ports), used)
+            if missing and rule is not None:
+                for name in clusters_opening(rule, service, ports, missing):
+                    del clusters[name]
             specs = service_assignment_specs(scope, service, ports, sidecar_port=self._sidecar_port)
             names = service_secret_names(scope, service, ports)
             entry = (clusters, self.memo.resolve(specs, used), used, names)

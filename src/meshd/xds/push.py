@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Sequence
 
 from meshd.api.meta import InvalidResource
@@ -101,6 +102,7 @@ class PushLoop:
             root_namespace=self._settings.root_namespace,
             extra=dict(self._extra),
             previous=self._generator,
+            file_exists=os.path.isfile if self._settings.check_tls_files else None,
         )
         self._generator = generator
         generator.precompute()
