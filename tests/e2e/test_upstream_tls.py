@@ -223,6 +223,9 @@ async def test_mutual_and_simple_from_credential_name_and_secret_rotation(tls_me
     assert envoy.pid == pid and envoy.returncode is None  # no restart: the secret came over SDS
     secrets = json.dumps(await envoy.config_dump(resource="dynamic_active_secrets"))
     assert "kubernetes://client-cred" in secrets and "kubernetes://client-cred-cacert" in secrets
+    served = (await t.mesh.meshd.get_json("/debug/config_dump?proxyID=client.default"))["sds"]
+    cert = next(x for x in served if x["name"] == "kubernetes://client-cred")["tlsCertificate"]
+    assert cert["privateKey"] == {"inlineString": "[redacted]"} and cert["certificateChain"]["inlineBytes"]
 
     # SIMPLE from a CA-only Secret (generic key `cacert`).
     t.mesh.write("ca.yaml", _secret("server-ca", {"cacert": t.ca.pem}))

@@ -67,18 +67,25 @@ def _level(policy: TrafficPolicy | None, *, port: int, path: str) -> tuple[Clien
     return policy.tls, f"{path}.tls"
 
 
-def credential_settings(rule: DestinationRule) -> Iterator[tuple[str, ClientTLSSettings]]:
-    """Every tls block of a rule that names a credentialName, with its field path."""
+def tls_blocks(rule: DestinationRule) -> Iterator[tuple[str, ClientTLSSettings]]:
+    """Every tls block of a rule (top level, port level, subsets and theirs), with its field path."""
     levels = [("spec.trafficPolicy", rule.spec.traffic_policy)]
     levels += [(f"spec.subsets[{i}].trafficPolicy", s.traffic_policy) for i, s in enumerate(rule.spec.subsets)]
     for path, policy in levels:
         if policy is None:
             continue
-        blocks = [(f"{path}.tls", policy.tls)]
-        blocks += [(f"{path}.portLevelSettings[{i}].tls", p.tls) for i, p in enumerate(policy.port_level_settings)]
-        for block_path, tls in blocks:
-            if tls is not None and tls.credential_name and tls.mode in ("SIMPLE", "MUTUAL"):
-                yield block_path, tls
+        if policy.tls is not None:
+            yield f"{path}.tls", policy.tls
+        for i, setting in enumerate(policy.port_level_settings):
+            if setting.tls is not None:
+                yield f"{path}.portLevelSettings[{i}].tls", setting.tls
+
+
+def credential_settings(rule: DestinationRule) -> Iterator[tuple[str, ClientTLSSettings]]:
+    """Every tls block of a rule that names a credentialName, with its field path."""
+    for path, tls in tls_blocks(rule):
+        if tls.credential_name and tls.mode in ("SIMPLE", "MUTUAL"):
+            yield path, tls
 
 
 def credential_base(name: str) -> str:
@@ -204,15 +211,6 @@ def tls_files(tls: ClientTLSSettings | None) -> tuple[tuple[str, str], ...]:
     return tuple((field, path) for field, path in fields if path)
 
 
-def rule_files(rule: DestinationRule) -> tuple[tuple[str, str], ...]:
-    """(field path, file path) of every certificate file a rule names, at any level."""
-    levels = [("spec.trafficPolicy", rule.spec.traffic_policy)]
-    levels += [(f"spec.subsets[{i}].trafficPolicy", s.traffic_policy) for i, s in enumerate(rule.spec.subsets)]
-    out: list[tuple[str, str]] = []
-    for path, policy in levels:
-        if policy is None:
-            continue
-        blocks = [(f"{path}.tls", policy.tls)]
-        blocks += [(f"{path}.portLevelSettings[{i}].tls", p.tls) for i, p in enumerate(policy.port_level_settings)]
-        out += [(f"{block}.{field}", file) for block, tls in blocks for field, file in tls_files(tls)]
-    return tuple(out)
+def rule_files(rule: DestinationRule) -> tuple[tuple[str, ClientTLSSettings], ...]:
+    """The tls blocks of a rule that make Envoy open certificate files, with their field paths."""
+    return tuple((path, tls) for path, tls in tls_blocks(rule) if tls_files(tls))

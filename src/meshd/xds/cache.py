@@ -121,13 +121,13 @@ class ConfigGenerator:
         root_namespace: str = "istio-system",
         extra: Mapping[str, Sequence[XdsResource]] | None = None,
         previous: ConfigGenerator | None = None,
-        file_exists: Callable[[str], bool] | None = None,
+        read_file: Callable[[str], bytes | None] | None = None,
     ) -> None:
-        """`file_exists`: check certificate files named by DestinationRules on this host (standalone
-        sidecars share meshd's filesystem); None leaves them unchecked."""
+        """`read_file`: reads certificate files named by DestinationRules on this host to check them
+        (standalone sidecars share meshd's filesystem); None leaves them unchecked."""
         self.world = world
         self.files: FileCheck = FileCheck(
-            world, exists=file_exists, previous=previous.files if previous is not None else None
+            world, read=read_file, previous=previous.files if previous is not None else None
         )
         self._inbound_port = inbound_port
         self._sidecar_port = sidecar_endpoint_port
