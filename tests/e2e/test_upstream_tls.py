@@ -256,6 +256,26 @@ async def test_missing_secret_is_reported_then_served_once_created(tls_mesh: Tls
     assert await reported() == []
 
 
+async def test_a_secret_that_never_comes_does_not_leave_the_cluster_warming(
+    tls_mesh: TlsMesh, request: pytest.FixtureRequest
+) -> None:
+    """Envoy waits for the secret until its initial fetch timeout (15 s), then uses the cluster
+    without it: connections fail (closed, never plaintext) and no cluster stays warming."""
+    t = tls_mesh
+    if t.mesh.delta:
+        pytest.skip("one slow run is enough: the timeout is Envoy's, the same for both protocols")
+    t.mesh.write("secure-dr.yaml", _rule("secure", "{mode: SIMPLE, credentialName: never-cred}"))
+
+    async def settled() -> bool:
+        dump = json.dumps(await t.mesh.envoys["client"].config_dump(resource="dynamic_active_clusters"))
+        warming = json.dumps(await t.mesh.envoys["client"].config_dump(resource="dynamic_warming_clusters"))
+        return "never-cred-cacert" in dump and "never-cred" not in warming
+
+    await eventually(settled, timeout=30, what="the cluster to leave warming after the fetch timeout")
+    status, _ = await t.get("secure")
+    assert status == 503
+
+
 async def test_missing_certificate_file_is_reported_and_never_nacked(tls_mesh: TlsMesh) -> None:
     t = tls_mesh
     good = f"{{mode: MUTUAL, clientCertificate: {t.certs / 'client.pem'}, privateKey: {t.certs / 'client-key.pem'}}}"

@@ -25,7 +25,7 @@ from envoy.config.core.v3 import base_pb2, config_source_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.matcher.v3 import string_pb2
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 
 from meshd.api.destinationrule import ClientTLSSettings, DestinationRule, TrafficPolicy
 
@@ -35,6 +35,7 @@ SDS_PREFIX = "kubernetes://"
 CA_SUFFIX = "-cacert"
 # What Istio verifies a server against when caCertificates is absent (VERIFY_CERTIFICATE_AT_CLIENT).
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+SDS_FETCH_TIMEOUT_S = 15
 _SAN = common_pb2.SubjectAltNameMatcher
 
 
@@ -120,10 +121,15 @@ def _san_matchers(names: list[str]) -> list[common_pb2.SubjectAltNameMatcher]:
 
 
 def _sds(name: str) -> secret_pb2.SdsSecretConfig:
+    """A secret over the ADS stream. A secret meshd cannot serve (no such Secret) keeps the cluster
+    warming only until this timeout (Envoy's default, stated here): then the cluster is used without
+    it and its connections fail (closed), as with Istio."""
     return secret_pb2.SdsSecretConfig(
         name=name,
         sds_config=config_source_pb2.ConfigSource(
-            ads=config_source_pb2.AggregatedConfigSource(), resource_api_version=config_source_pb2.V3
+            ads=config_source_pb2.AggregatedConfigSource(),
+            resource_api_version=config_source_pb2.V3,
+            initial_fetch_timeout=duration_pb2.Duration(seconds=SDS_FETCH_TIMEOUT_S),
         ),
     )
 
