@@ -10,8 +10,22 @@ from meshd.model.state import WorldState
 from meshd.translate.proxy import Proxy, parse_node_id
 from meshd.xds.cache import ConfigGenerator
 from meshd.xds.hub import Hub
-from meshd.xds.resource import CLUSTER, ENDPOINT, ROUTE
+from meshd.xds.resource import CLUSTER, ENDPOINT, ROUTE, SECRET
 from meshd.xds.stream import SotwStream
+from tests.certs import Authority
+
+_CA = Authority()
+_PAIRS = [_CA.issue(f"client-{i}", client=True) for i in range(2)]
+
+
+def _secret(ns: str, name: str, version: int) -> dict[str, Any]:
+    pair = _PAIRS[version]
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": ns},
+        "stringData": {"cert": pair.cert.decode(), "key": pair.key.decode(), "cacert": _CA.pem.decode()},
+    }
 
 
 def _docs(ns: str, name: str, ips: list[str], *, weight: int | None = None) -> list[dict[str, Any]]:
@@ -199,6 +213,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes() 
     proxies = [_proxy(ns, n) for ns in ("a", "b") for n in (1, 2)]
     conns = [hub.connect(proxy=p, stream=SotwStream(nonce_prefix=str(i)), now=0.0) for i, p in enumerate(proxies)]
     wide: set[str] = set()
+    served_secrets = 0
     for step in range(80):
         ns, name = rng.choice(["a", "b"]), rng.choice(["s1", "s2"])
         choice = rng.random()
@@ -227,7 +242,13 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes() 
             rule = _docs(ns, name, ["10.0.0.1"])[2]
             if rng.random() < 0.5:
                 rule["spec"]["subsets"].append({"name": "v2", "labels": {"version": "v2"}})
+            if rng.random() < 0.5:
+                mode = rng.choice(["MUTUAL", "SIMPLE"])
+                rule["spec"]["trafficPolicy"] = {"tls": {"mode": mode, "credentialName": rng.choice(["c1", "c2"])}}
             docs = [rule]
+        elif choice < 0.85:
+            # A credential Secret appears or changes (possibly one no proxy's clusters use yet).
+            docs = [_secret(ns, rng.choice(["c1", "c2"]), rng.randint(0, 1))]
         else:
             sidecar = _sidecar(ns)
             sidecar["spec"]["egress"][0]["hosts"] = [rng.choice(["./*", "*/*"])]
@@ -238,6 +259,8 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes() 
         for conn in conns:
             assert conn.snapshot is not None
             assert _content(conn.snapshot) == _content(fresh.snapshot(conn.proxy)), (step, conn.proxy.node_id)
+            served_secrets += len(conn.snapshot.resources.get(SECRET, {}))
+    assert served_secrets  # the random changes did reach the SDS layer
 
 
 def test_virtual_service_errors_are_carried_across_pushes_and_follow_their_rule() -> None:

@@ -11,6 +11,7 @@ from meshd.api.meta import Resource, ResourceKey
 from meshd.api.parse import parse_resource
 from meshd.model.state import WorldState
 from meshd.model.world import World, build_world
+from tests.certs import Authority
 
 NAMESPACES = ("a", "b")
 
@@ -79,14 +80,32 @@ def _service_entry(rng: random.Random, ns: str, name: str) -> dict[str, Any]:
 
 
 def _rule(rng: random.Random, ns: str, name: str) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "host": f"s{rng.randint(0, 3)}.a.svc.cluster.local",
+        "subsets": [{"name": "v1", "labels": {"version": "v1"}}],
+    }
+    if rng.random() < 0.3:
+        spec["trafficPolicy"] = {"tls": {"mode": "MUTUAL", "credentialName": "cred"}}
     return {
         "apiVersion": "networking.istio.io/v1",
         "kind": "DestinationRule",
         "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "host": f"s{rng.randint(0, 3)}.a.svc.cluster.local",
-            "subsets": [{"name": "v1", "labels": {"version": "v1"}}],
-        },
+        "spec": spec,
+    }
+
+
+_CA = Authority()
+_PAIRS = [_CA.issue(f"client-{i}", client=True) for i in range(2)]
+
+
+def _secret(rng: random.Random, ns: str, name: str) -> dict[str, Any]:
+    pair = rng.choice(_PAIRS)
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": ns},
+        "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": pair.cert.decode(), "tls.key": pair.key.decode(), "ca.crt": _CA.pem.decode()},
     }
 
 
@@ -117,6 +136,7 @@ MAKERS = {
     "DestinationRule": (_rule, "dr", 2),
     "VirtualService": (_virtual_service, "vs", 2),
     "Sidecar": (_sidecar, "sc", 1),
+    "Secret": (_secret, "cred", 1),
 }
 
 
@@ -128,6 +148,7 @@ def _same(a: World, b: World) -> None:
     assert dict(a.rules_by_host) == dict(b.rules_by_host)
     assert dict(a.destination_rules) == dict(b.destination_rules)
     assert dict(a.sidecars) == dict(b.sidecars)
+    assert dict(a.secrets) == dict(b.secrets)
     assert sorted(map(str, a.errors)) == sorted(map(str, b.errors))
 
 

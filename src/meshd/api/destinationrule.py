@@ -197,6 +197,18 @@ class ClientTLSSettings(ApiModel):
                 raise ValueError("privateKey: required for MUTUAL (or set credentialName)")
         if self.mode == "SIMPLE" and (self.client_certificate or self.private_key):
             raise ValueError("clientCertificate: SIMPLE is one-way TLS; use MUTUAL to present a certificate")
+        for field, path in (
+            ("clientCertificate", self.client_certificate),
+            ("privateKey", self.private_key),
+            ("caCertificates", self.ca_certificates),
+            ("caCrl", self.ca_crl),
+        ):
+            if path and not path.startswith("/"):
+                raise ValueError(f"{field}: {path!r} must be an absolute path (a file in the proxy's filesystem)")
+        if len(self.sni.encode()) > 255:
+            raise ValueError("sni: at most 255 bytes (Envoy's limit)")
+        if self.credential_name and not self.credential_name.removeprefix("kubernetes://"):
+            raise ValueError("credentialName: names no Secret")
         return self
 
 

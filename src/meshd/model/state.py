@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import TypeVar
 
 from meshd.api.destinationrule import DestinationRule
-from meshd.api.kube import EndpointSlice, Pod, Service
+from meshd.api.kube import EndpointSlice, Pod, Secret, Service
 from meshd.api.meta import InvalidResource, Resource, ResourceKey
 from meshd.api.networking import ServiceEntry, Sidecar, WorkloadEntry
 from meshd.api.virtualservice import VirtualService
@@ -67,6 +67,7 @@ class WorldState:
         self._sidecars: dict[str, tuple[Sidecar, ...]] = {}
         self._errors: list[InvalidResource] = []
         self._workloads: dict[str, Workload] = {}
+        self._secrets: dict[tuple[str, str], Secret] = {}
 
     # -- applying changes ---------------------------------------------------------------------
 
@@ -82,6 +83,12 @@ class WorldState:
                 dirty.add((key.namespace, key.name))
             elif key.kind == "EndpointSlice":
                 self._apply_slice(key, resource, dirty)
+            elif key.kind == "Secret":
+                # Secrets only feed SDS: an unchanged Secret stays the same object (consumers compare identity).
+                if isinstance(resource, Secret):
+                    self._secrets[(key.namespace, key.name)] = resource
+                else:
+                    self._secrets.pop((key.namespace, key.name), None)
             elif key.kind in _ISTIO_KINDS:
                 previous = self._istio[key.kind].pop(key, None)
                 if resource is not None:
@@ -237,4 +244,5 @@ class WorldState:
             workloads=self._workloads,
             errors=self._errors,
             revision=revision,
+            secrets=self._secrets,
         )

@@ -1,8 +1,8 @@
 """World: an immutable, indexed snapshot of the mesh.
 
 Indexes: services by hostname, endpoints by (hostname, port), VirtualServices by host,
-DestinationRules by host, Sidecars by namespace, workloads by address. Building it never raises:
-semantic problems become InvalidResource entries in `errors`. `build_world` builds one from
+DestinationRules by host, Sidecars by namespace, workloads by address, Secrets by namespace/name.
+Building it never raises: semantic problems become InvalidResource entries in `errors`. `build_world` builds one from
 scratch; `model.state.WorldState` keeps one up to date change by change (same result).
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from meshd.api.destinationrule import DestinationRule
-from meshd.api.kube import EndpointSlice, Pod, Service
+from meshd.api.kube import EndpointSlice, Pod, Secret, Service
 from meshd.api.meta import InvalidResource, Resource
 from meshd.api.networking import ServiceEntry, Sidecar, WorkloadEntry
 from meshd.api.virtualservice import VirtualService
@@ -38,6 +38,7 @@ class World:
     errors: tuple[InvalidResource, ...]
     revision: int = 0
     by_namespace: Mapping[str, tuple[MeshService, ...]] = field(default_factory=dict)  # sorted by hostname
+    secrets: Mapping[tuple[str, str], Secret] = field(default_factory=dict)  # (namespace, name) -> Secret
 
     def services_on_port(self, number: int) -> list[MeshService]:
         return [s for s in self.services.values() if s.port(number) is not None]
@@ -54,6 +55,7 @@ def assemble(
     workloads: Mapping[str, Workload],
     errors: Iterable[InvalidResource],
     revision: int,
+    secrets: Mapping[tuple[str, str], Secret] | None = None,
 ) -> World:
     ordered = dict(sorted(services.items()))
     by_namespace: dict[str, list[MeshService]] = defaultdict(list)
@@ -73,6 +75,7 @@ def assemble(
         workloads=MappingProxyType(dict(workloads)),
         errors=tuple(errors),
         revision=revision,
+        secrets=MappingProxyType(dict(secrets or {})),
     )
 
 
@@ -127,4 +130,5 @@ def build_world(resources: Iterable[Resource], *, domain_suffix: str, revision: 
         workloads=workloads,
         errors=errors + rule_errors,
         revision=revision,
+        secrets={(s.metadata.namespace, s.metadata.name): s for s in by_kind["Secret"] if isinstance(s, Secret)},
     )

@@ -11,10 +11,12 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import any_pb2, duration_pb2
 
+from meshd.api.destinationrule import DestinationRule
 from meshd.model.services import Endpoint, MeshService, ServicePort
 from meshd.translate import naming
 from meshd.translate.scope import Scope
 from meshd.translate.spec import Spec, ident
+from meshd.translate.upstream_tls import apply_upstream_tls, effective_tls, sds_names, tls_files
 
 CONNECT_TIMEOUT = duration_pb2.Duration(seconds=10)
 _HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -41,7 +43,9 @@ def socket_address(address: str, port: int) -> address_pb2.Address:
     return address_pb2.Address(socket_address=address_pb2.SocketAddress(address=address, port_value=port))
 
 
-def _outbound(service: MeshService, port: ServicePort, subset: str) -> cluster_pb2.Cluster:
+def _outbound(
+    service: MeshService, port: ServicePort, subset: str, rule: DestinationRule | None = None
+) -> cluster_pb2.Cluster:
     name = naming.outbound_cluster(port=port.number, host=service.hostname, subset=subset)
     cluster = cluster_pb2.Cluster(name=name, connect_timeout=CONNECT_TIMEOUT, lb_policy=cluster_pb2.Cluster.ROUND_ROBIN)
     if service.resolution == "DNS":
@@ -55,13 +59,19 @@ def _outbound(service: MeshService, port: ServicePort, subset: str) -> cluster_p
         cluster.eds_cluster_config.service_name = name
     if port.protocol in ("HTTP2", "GRPC"):
         cluster.typed_extension_protocol_options[_HTTP_OPTIONS_KEY].CopyFrom(_h2_options())
+    tls, _ = effective_tls(rule, subset=subset, port=port.number)
+    apply_upstream_tls(cluster, tls, protocol=port.protocol)
     return cluster
 
 
 def _dns_cluster(
-    service: MeshService, port: ServicePort, subset: str, endpoints: tuple[Endpoint, ...]
+    service: MeshService,
+    port: ServicePort,
+    subset: str,
+    endpoints: tuple[Endpoint, ...],
+    rule: DestinationRule | None = None,
 ) -> cluster_pb2.Cluster:
-    cluster = _outbound(service, port, subset)
+    cluster = _outbound(service, port, subset, rule)
     locality = cluster.load_assignment.endpoints.add()
     for ep in endpoints:
         locality.lb_endpoints.append(
@@ -92,9 +102,36 @@ def service_cluster_specs(scope: Scope, service: MeshService, ports: Sequence[Se
             name = naming.outbound_cluster(port=port.number, host=service.hostname, subset=subset)
             key = ("cds", service, port, subset, ident(rule), dns)
             if service.resolution == "DNS":
-                yield Spec(name, key, partial(_dns_cluster, service, port, subset, dns))
+                yield Spec(name, key, partial(_dns_cluster, service, port, subset, dns, rule))
             else:
-                yield Spec(name, key, partial(_outbound, service, port, subset))
+                yield Spec(name, key, partial(_outbound, service, port, subset, rule))
+
+
+def service_secret_names(scope: Scope, service: MeshService, ports: Sequence[ServicePort]) -> frozenset[str]:
+    """The SDS resources (credentialName) the outbound clusters of one service ask for."""
+    rule = scope.destination_rule(service.hostname)
+    if rule is None or service.resolution == "NONE":
+        return frozenset()
+    subsets = [""] + [s.name for s in rule.spec.subsets]
+    return frozenset(
+        name
+        for port in ports
+        for subset in subsets
+        for name in sds_names(effective_tls(rule, subset=subset, port=port.number)[0])
+    )
+
+
+def clusters_opening(
+    rule: DestinationRule, service: MeshService, ports: Sequence[ServicePort], files: frozenset[str]
+) -> set[str]:
+    """Names of a service's outbound clusters whose TLS settings open one of `files`."""
+    subsets = [""] + [s.name for s in rule.spec.subsets]
+    return {
+        naming.outbound_cluster(port=port.number, host=service.hostname, subset=subset)
+        for port in ports
+        for subset in subsets
+        if any(path in files for _, path in tls_files(effective_tls(rule, subset=subset, port=port.number)[0]))
+    }
 
 
 def _inbound_cluster(address: str, port: int) -> cluster_pb2.Cluster:
