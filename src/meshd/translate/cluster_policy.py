@@ -116,8 +116,8 @@ def _store_http_options(cluster: _Cluster, options: _HttpOptions) -> None:
 
 
 def _apply_connection_pool(cluster: _Cluster, pool: ConnectionPoolSettings | None, port: ServicePort) -> None:
-    thresholds = default_thresholds()
-    cluster.circuit_breakers.thresholds.append(thresholds)
+    thresholds = cluster.circuit_breakers.thresholds.add()  # (append would copy it)
+    thresholds.CopyFrom(default_thresholds())
     if pool is None:
         return
     http, tcp = pool.http, pool.tcp
