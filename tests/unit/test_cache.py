@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from meshd.api.meta import Resource
 from meshd.api.parse import parse_resource
 from meshd.model.state import WorldState
@@ -182,16 +184,34 @@ def test_an_endpoint_change_in_an_untouched_scope_after_many_pushes_rebuilds_one
     assert generator.memo.built == 1  # b's other resources are still in the memo
 
 
+_LOCALITIES: list[dict[str, str]] = [
+    {},
+    {"istio-locality": "r1.z1"},
+    {"istio-locality": "r1.z2"},
+    {"topology.kubernetes.io/region": "r2", "topology.kubernetes.io/zone": "z3", "tier": "gold"},
+]
+_OUTLIER = {"consecutive5xxErrors": 2}
+_POLICIES: list[dict[str, Any] | None] = [
+    None,
+    {"loadBalancer": {"simple": "RANDOM"}, "connectionPool": {"tcp": {"maxConnections": 3}}},
+    {"outlierDetection": _OUTLIER, "loadBalancer": {"localityLbSetting": {"failover": [{"from": "r1", "to": "r2"}]}}},
+    {"outlierDetection": _OUTLIER, "loadBalancer": {"localityLbSetting": {"failoverPriority": ["tier"]}}},
+    {"loadBalancer": {"localityLbSetting": {"distribute": [{"from": "r1/*", "to": {"r1/z1": 70, "r2/*": 30}}]}}},
+    {"loadBalancer": {"consistentHash": {"httpHeaderName": "x-user"}}},
+]  # fmt: skip
+
+
 def _content(snapshot: object) -> dict[str, dict[str, bytes]]:
     return {t: {n: r.body for n, r in by_name.items()} for t, by_name in snapshot.resources.items()}  # type: ignore[attr-defined]
 
 
-def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes() -> None:
+@pytest.mark.parametrize("seed", [7, 1, 3])
+def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(seed: int) -> None:
     """Whatever pushes skip or reuse, each proxy must end up with exactly the config a generator
     built from scratch on the same World would give it."""
     import random
 
-    rng = random.Random(7)
+    rng = random.Random(seed)
     mesh = Mesh()
     hub = Hub()
     assert mesh.generator is not None
@@ -202,8 +222,18 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes() 
     for step in range(80):
         ns, name = rng.choice(["a", "b"]), rng.choice(["s1", "s2"])
         choice = rng.random()
-        if choice < 0.4:
-            docs = _docs(ns, name, [f"10.0.{step}.{k}" for k in range(rng.randint(1, 3))])[1:2]
+        if choice < 0.3:
+            ips = [f"10.0.{step}.{k}" for k in range(rng.randint(1, 3))] + rng.sample(["10.0.0.1", "10.0.0.2"], 1)
+            docs = _docs(ns, name, ips)[1:2]
+        elif choice < 0.4:
+            # Place an endpoint's workload in a locality (or move it): its assignments change.
+            ip = rng.choice(["10.0.0.1", "10.0.0.2"])
+            docs = [
+                {"apiVersion": "v1", "kind": "Pod",
+                 "metadata": {"name": f"ep-{ip[-1]}", "namespace": "a",
+                              "labels": {"version": "v1", **rng.choice(_LOCALITIES)}},
+                 "status": {"podIP": ip}},
+            ]  # fmt: skip
         elif choice < 0.6:
             docs = _docs(ns, name, ["10.0.0.1"], weight=rng.choice([10, 50, 90]))[3:]
         elif choice < 0.7:
@@ -213,7 +243,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes() 
             docs = [
                 {"apiVersion": "v1", "kind": "Pod",
                  "metadata": {"name": proxy.pod, "namespace": proxy.namespace,
-                              "labels": {"app": rng.choice(["wide", "narrow"])}},
+                              "labels": {"app": rng.choice(["wide", "narrow"]), **rng.choice(_LOCALITIES)}},
                  "status": {"podIP": proxy.ip}},
             ]  # fmt: skip
             if proxy.namespace not in wide:
@@ -227,6 +257,9 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes() 
             rule = _docs(ns, name, ["10.0.0.1"])[2]
             if rng.random() < 0.5:
                 rule["spec"]["subsets"].append({"name": "v2", "labels": {"version": "v2"}})
+            policy = rng.choice(_POLICIES)
+            if policy is not None:
+                rule["spec"]["trafficPolicy"] = policy
             docs = [rule]
         else:
             sidecar = _sidecar(ns)
