@@ -292,3 +292,33 @@ def test_virtual_service_errors_are_carried_across_pushes_and_follow_their_rule(
     generator = mesh.apply(_resources([rule]))
     generator.precompute()
     assert generator.errors == []
+
+
+def test_a_tcp_idle_timeout_change_reaches_the_listener_of_a_carried_proxy() -> None:
+    from envoy.config.listener.v3 import listener_pb2
+    from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+
+    from meshd.xds.resource import LISTENER
+
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "db", "namespace": "a"},
+               "spec": {"ports": [{"name": "tcp-db", "port": 5432}]}}  # fmt: skip
+
+    def rule(idle: str) -> dict[str, Any]:
+        return {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                "metadata": {"name": "db", "namespace": "a"},
+                "spec": {"host": "db", "trafficPolicy": {"connectionPool": {"tcp": {"idleTimeout": idle}}}}}  # fmt: skip
+
+    mesh = Mesh()
+    generator = mesh.apply(_resources([service, rule("10s")]))
+    hub = Hub()
+    hub.publish(generator, changed_at=0.0)
+    conn = hub.connect(proxy=_proxy("a", 1), stream=SotwStream(nonce_prefix="a"), now=0.0)
+    generator = mesh.apply(_resources([rule("20s")]))
+    hub.publish(generator, changed_at=1.0)
+    assert conn.snapshot is not None
+    listener = next(r for r in conn.snapshot.select(LISTENER, None) if r.name.endswith("_5432"))
+    decoded = listener_pb2.Listener()
+    listener.to_any().Unpack(decoded)
+    proxy_config = tcp_proxy_pb2.TcpProxy()
+    decoded.filter_chains[0].filters[0].typed_config.Unpack(proxy_config)
+    assert proxy_config.idle_timeout.seconds == 20

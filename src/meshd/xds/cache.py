@@ -366,7 +366,8 @@ class ConfigGenerator:
     def _plan(self, key: ScopeKey) -> ListenerPlan:
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._plans[key] = ListenerPlan(self._scope(key).services)
+            scope = self._scope(key)
+            plan = self._plans[key] = ListenerPlan(scope.services, rule_for=scope.destination_rule)
         return plan
 
     def _inbound_index(self) -> dict[str, tuple[InboundEntry, ...]]:
