@@ -306,7 +306,8 @@ def test_a_tcp_idle_timeout_change_reaches_the_listener_of_a_carried_proxy() -> 
     def rule(idle: str) -> dict[str, Any]:
         return {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
                 "metadata": {"name": "db", "namespace": "a"},
-                "spec": {"host": "db", "trafficPolicy": {"connectionPool": {"tcp": {"idleTimeout": idle}}}}}  # fmt: skip
+                "spec": {"host": "db",
+                         "trafficPolicy": {"connectionPool": {"tcp": {"idleTimeout": idle}}}}}  # fmt: skip
 
     mesh = Mesh()
     generator = mesh.apply(_resources([service, rule("10s")]))
