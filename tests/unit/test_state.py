@@ -28,11 +28,19 @@ def _service(rng: random.Random, ns: str, name: str) -> dict[str, Any]:
     }
 
 
+_LOCALITY_LABELS: list[dict[str, str]] = [
+    {},
+    {"istio-locality": "us-east.zone-a"},
+    {"topology.kubernetes.io/region": "eu-west", "topology.kubernetes.io/zone": "zone-c"},
+]
+
+
 def _pod(rng: random.Random, ns: str, name: str) -> dict[str, Any]:
+    labels = {"version": rng.choice(["v1", "v2"]), **rng.choice(_LOCALITY_LABELS)}
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name, "namespace": ns, "labels": {"version": rng.choice(["v1", "v2"])}},
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
         "status": {"podIP": f"10.0.0.{rng.randint(1, 12)}"},
     }
 
@@ -61,7 +69,11 @@ def _entry(rng: random.Random, ns: str, name: str) -> dict[str, Any]:
         "apiVersion": "networking.istio.io/v1",
         "kind": "WorkloadEntry",
         "metadata": {"name": name, "namespace": ns},
-        "spec": {"address": f"10.0.0.{rng.randint(1, 12)}", "labels": {"app": "vm", "version": "v3"}},
+        "spec": {
+            "address": f"10.0.0.{rng.randint(1, 12)}",
+            "labels": {"app": "vm", "version": "v3"},
+            "locality": rng.choice(["", "us-east/zone-b", "eu-west"]),
+        },
     }
 
 

@@ -1,4 +1,5 @@
-"""Outbound clusters (one per service port and DestinationRule subset) and inbound clusters."""
+"""Outbound clusters (one per service port and DestinationRule subset, each with the rule's effective
+traffic policy for that port and subset) and inbound clusters."""
 
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ from google.protobuf import any_pb2, duration_pb2
 from meshd.api.destinationrule import DestinationRule
 from meshd.model.services import Endpoint, MeshService, ServicePort
 from meshd.translate import naming
+from meshd.translate.cluster_policy import apply_policy
+from meshd.translate.locality import locality_groups
+from meshd.translate.policy import effective_policy
 from meshd.translate.scope import Scope
 from meshd.translate.spec import Spec, ident
-from meshd.translate.upstream_tls import apply_upstream_tls, effective_tls, sds_names, tls_files
+from meshd.translate.upstream_tls import effective_tls, sds_names, tls_files
 
 CONNECT_TIMEOUT = duration_pb2.Duration(seconds=10)
 _HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -44,10 +48,23 @@ def socket_address(address: str, port: int) -> address_pb2.Address:
 
 
 def _outbound(
-    service: MeshService, port: ServicePort, subset: str, rule: DestinationRule | None = None
+    service: MeshService, port: ServicePort, subset: str, rule: DestinationRule | None
 ) -> cluster_pb2.Cluster:
+    cluster = _plain_outbound(service, port, subset)
+    _with_policy(cluster, service, port, subset, rule)
+    return cluster
+
+
+def _with_policy(
+    cluster: cluster_pb2.Cluster, service: MeshService, port: ServicePort, subset: str, rule: DestinationRule | None
+) -> None:
+    policy = effective_policy(rule, port=port.number, subset=subset)
+    apply_policy(cluster, policy, service=service, port=port)
+
+
+def _plain_outbound(service: MeshService, port: ServicePort, subset: str) -> cluster_pb2.Cluster:
     name = naming.outbound_cluster(port=port.number, host=service.hostname, subset=subset)
-    cluster = cluster_pb2.Cluster(name=name, connect_timeout=CONNECT_TIMEOUT, lb_policy=cluster_pb2.Cluster.ROUND_ROBIN)
+    cluster = cluster_pb2.Cluster(name=name, connect_timeout=CONNECT_TIMEOUT)
     if service.resolution == "DNS":
         cluster.type = cluster_pb2.Cluster.STRICT_DNS
         cluster.dns_lookup_family = cluster_pb2.Cluster.V4_ONLY
@@ -59,26 +76,24 @@ def _outbound(
         cluster.eds_cluster_config.service_name = name
     if port.protocol in ("HTTP2", "GRPC"):
         cluster.typed_extension_protocol_options[_HTTP_OPTIONS_KEY].CopyFrom(_h2_options())
-    tls, _ = effective_tls(rule, subset=subset, port=port.number)
-    apply_upstream_tls(cluster, tls, protocol=port.protocol)
     return cluster
 
 
 def _dns_cluster(
-    service: MeshService,
-    port: ServicePort,
-    subset: str,
-    endpoints: tuple[Endpoint, ...],
-    rule: DestinationRule | None = None,
+    service: MeshService, port: ServicePort, subset: str, endpoints: tuple[Endpoint, ...], rule: DestinationRule | None
 ) -> cluster_pb2.Cluster:
-    cluster = _outbound(service, port, subset, rule)
-    locality = cluster.load_assignment.endpoints.add()
-    for ep in endpoints:
-        locality.lb_endpoints.append(
+    cluster = _plain_outbound(service, port, subset)
+    pairs = [
+        (
+            ep,
             endpoint_components_pb2.LbEndpoint(
                 endpoint=endpoint_components_pb2.Endpoint(address=socket_address(ep.address, ep.port))
-            )
+            ),
         )
+        for ep in endpoints
+    ]
+    cluster.load_assignment.endpoints.extend(locality_groups(pairs, None))
+    _with_policy(cluster, service, port, subset, rule)
     return cluster
 
 

@@ -18,6 +18,7 @@ from meshd.model.services import MeshService, is_http
 from meshd.model.world import World, resolve_host
 from meshd.protowire import length_delimited
 from meshd.translate import naming
+from meshd.translate.policy import route_hash_policies
 from meshd.translate.scope import Scope
 from meshd.translate.spec import Ident, Spec, ident
 
@@ -75,6 +76,12 @@ class _RouteBuilder:
         self.world, self.vs, self.port, self.rule_for = world, vs, port, rule_for
 
     def destination_cluster(self, route: HTTPRoute, index: int, dest_index: int) -> str:
+        return self.destination(route, index, dest_index)[0]
+
+    def destination(
+        self, route: HTTPRoute, index: int, dest_index: int
+    ) -> tuple[str, list[route_components_pb2.RouteAction.HashPolicy]]:
+        """The destination's cluster name and the hash policy its DestinationRule asks for."""
         dest = route.route[dest_index].destination
         field = f"spec.http[{index}].route[{dest_index}].destination"
         host = resolve_host(dest.host, namespace=self.vs.metadata.namespace, domain_suffix=self.world.domain_suffix)
@@ -95,13 +102,18 @@ class _RouteBuilder:
                     f"{field}.subset",
                     f"subset {dest.subset!r} is not defined by a DestinationRule for {host}",
                 )
-        return naming.outbound_cluster(port=port, host=host, subset=dest.subset)
+        hashing = route_hash_policies(self.rule_for(host), port=port, subset=dest.subset)
+        return naming.outbound_cluster(port=port, host=host, subset=dest.subset), hashing
 
     def action(self, route: HTTPRoute, index: int) -> route_components_pb2.RouteAction:
         action = route_components_pb2.RouteAction(
             timeout=duration_pb2.Duration(seconds=0), retry_policy=default_retry_policy()
         )
-        clusters = [self.destination_cluster(route, index, j) for j in range(len(route.route))]
+        found = [self.destination(route, index, j) for j in range(len(route.route))]
+        clusters = [name for name, _ in found]
+        # A consistent-hash DestinationRule needs the route to say what to hash (the first
+        # destination that has one: Envoy uses it only for ring-hash / Maglev clusters).
+        action.hash_policy.extend(next((h for _, h in found if h), []))
         weights = route.weights()
         if len(clusters) == 1:
             action.cluster = clusters[0]
@@ -128,7 +140,7 @@ class _RouteBuilder:
         return out
 
 
-def _default_routes(service: MeshService, port: int) -> list[route_components_pb2.Route]:
+def _default_routes(service: MeshService, port: int, rule: DestinationRule | None) -> list[route_components_pb2.Route]:
     return [
         route_components_pb2.Route(
             name="default",
@@ -137,6 +149,7 @@ def _default_routes(service: MeshService, port: int) -> list[route_components_pb
                 cluster=naming.outbound_cluster(port=port, host=service.hostname),
                 timeout=duration_pb2.Duration(seconds=0),
                 retry_policy=default_retry_policy(),
+                hash_policy=route_hash_policies(rule, port=port),
             ),
         )
     ]
@@ -179,7 +192,7 @@ def _host_routes(
                     f"{service.hostname} is already routed by the older VirtualService {chosen[0].key}; ignored",
                 )
             )
-    return chosen[1] if chosen is not None else _default_routes(service, port)
+    return chosen[1] if chosen is not None else _default_routes(service, port, rule_for(service.hostname))
 
 
 def validate_host_routes(world: World, host: str) -> list[InvalidResource]:
@@ -225,7 +238,15 @@ class RouteTable:
             for vs in candidates
             for host in destination_hosts(self.scope.world, vs)
         )
-        return (service, port, tuple(Ident(vs) for vs in candidates), deps, service.namespace == self.scope.namespace)
+        own_rule = ident(self.scope.destination_rule(service.hostname))  # its hash policy, without a VirtualService
+        return (
+            service,
+            port,
+            tuple(Ident(vs) for vs in candidates),
+            deps,
+            service.namespace == self.scope.namespace,
+            own_rule,
+        )
 
     def _vhost_bytes(self, service: MeshService, port: int, key: Hashable) -> bytes:
         body = self._cache.get(key)

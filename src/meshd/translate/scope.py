@@ -41,6 +41,11 @@ class Signature:
 class ScopeKey:
     namespace: str
     sidecar: ResourceKey | None
+    # The proxy's locality (region/zone/subzone), set only when it has one: locality failover and
+    # distribute make its endpoints differ.
+    locality: str = ""
+    # The proxy's values of labels some DestinationRule's failoverPriority names (usually none).
+    failover_labels: tuple[tuple[str, str], ...] = ()
 
 
 def select_sidecar(
@@ -114,7 +119,9 @@ class Scope:
             rules = world.rules_by_host.get(service.hostname, ())
             if len(rules) > 1 or any(r.spec.export_to and "*" not in r.spec.export_to for r in rules):
                 chosen.append((service.hostname, ident(self.destination_rule(service.hostname))))
-        self.cluster_signature = Signature((tuple((s, p) for s, p in self.services), tuple(chosen)))
+        self.cluster_signature = Signature(
+            (tuple((s, p) for s, p in self.services), tuple(chosen), key.locality, key.failover_labels)
+        )
 
     def _candidates(self) -> Iterable[MeshService]:
         """The services the Sidecar's egress hosts could match: only the namespaces it names, unless

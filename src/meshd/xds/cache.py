@@ -31,6 +31,7 @@ from meshd.translate.clusters import (
 )
 from meshd.translate.endpoints import service_assignment_specs
 from meshd.translate.listeners import InboundEntry, ListenerPlan, inbound_index, inbound_listener_specs
+from meshd.translate.policy import failover_priority_labels
 from meshd.translate.proxy import Proxy
 from meshd.translate.routes import RouteTable, destination_hosts, validate_host_routes
 from meshd.translate.scope import Scope, ScopeKey, Signature, select_sidecar
@@ -150,7 +151,8 @@ class ConfigGenerator:
         self._prev_vhosts = previous._vhost_cache if previous is not None else {}
         self._group_snapshots: dict[tuple[str, ScopeKey], Snapshot] = {}
         self._inbound: dict[str, tuple[InboundEntry, ...]] | None = None
-        self._scope_keys: dict[tuple[str, tuple[tuple[str, str], ...]], ScopeKey] = {}
+        self._scope_keys: dict[tuple[str, tuple[tuple[str, str], ...], str], ScopeKey] = {}
+        self._failover_labels: frozenset[str] | None = None
         self._destination_cache: dict[int, tuple[VirtualService, list[str]]] = {}
         self._service_entries: dict[Hashable, _ServiceEntry] = {}
         # checks carried between pushes: VirtualService validation per host, port collisions
@@ -226,14 +228,29 @@ class ConfigGenerator:
     def scope_key(self, proxy: Proxy) -> ScopeKey:
         workload = self.world.workloads.get(proxy.ip)
         labels = workload.labels if workload is not None else ()
-        cached = self._scope_keys.get((proxy.namespace, labels))
+        locality = workload.locality if workload is not None else ""
+        cached = self._scope_keys.get((proxy.namespace, labels, locality))
         if cached is None:
             sidecar, _ = select_sidecar(
                 self.world, namespace=proxy.namespace, labels=dict(labels), root_namespace=self._root
             )
-            cached = ScopeKey(proxy.namespace, sidecar.key if sidecar is not None else None)
-            self._scope_keys[(proxy.namespace, labels)] = cached
+            # The proxy's locality matters to its endpoints (locality failover / distribute), and so
+            # do its values of the labels a failoverPriority names.
+            named = self._failover_label_names()
+            failover_labels = tuple((k, v) for k, v in labels if k in named) if locality else ()
+            cached = ScopeKey(proxy.namespace, sidecar.key if sidecar is not None else None, locality, failover_labels)
+            self._scope_keys[(proxy.namespace, labels, locality)] = cached
         return cached
+
+    def _failover_label_names(self) -> frozenset[str]:
+        """Every label some DestinationRule's failoverPriority names (once per World)."""
+        if self._failover_labels is None:
+            names: set[str] = set()
+            for rules in self.world.rules_by_host.values():
+                for rule in rules:
+                    names.update(failover_priority_labels(rule))
+            self._failover_labels = frozenset(names)
+        return self._failover_labels
 
     def _scope(self, key: ScopeKey) -> Scope:
         scope = self._scopes.get(key)
@@ -295,6 +312,8 @@ class ConfigGenerator:
             Ident(rule),
             tuple(Ident(endpoints.get((service.hostname, p.number))) for p in ports),
             missing,
+            scope.key.locality,
+            scope.key.failover_labels,
         )
         entry = self._service_entries.get(key) or self._prev_service_entries.get(key)
         if entry is None:
@@ -432,7 +451,8 @@ class ConfigGenerator:
     def _plan(self, key: ScopeKey) -> ListenerPlan:
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._plans[key] = ListenerPlan(self._scope(key).services)
+            scope = self._scope(key)
+            plan = self._plans[key] = ListenerPlan(scope.services, rule_for=scope.destination_rule)
         return plan
 
     def _inbound_index(self) -> dict[str, tuple[InboundEntry, ...]]:
