@@ -24,7 +24,7 @@ from meshd.translate.clusters import inbound_cluster_specs, service_cluster_spec
 from meshd.translate.endpoints import service_assignment_specs
 from meshd.translate.listeners import InboundEntry, ListenerPlan, inbound_index, inbound_listener_specs
 from meshd.translate.proxy import Proxy
-from meshd.translate.routes import RouteTable, destination_hosts, validate_host_routes
+from meshd.translate.routes import RouteTable, delegate_inputs, destination_hosts, validate_host_routes
 from meshd.translate.scope import Scope, ScopeKey, Signature, select_sidecar
 from meshd.translate.spec import Ident, Spec
 from meshd.xds.resource import (
@@ -163,7 +163,10 @@ class ConfigGenerator:
                 for vs in candidates
                 for h in self._destinations(vs)
             )
-            key = (host, Ident(candidates), Ident(world.services.get(host)), Ident(world.rules_by_host.get(host)), deps)
+            delegates = tuple(delegate_inputs(world, vs) for vs in candidates)
+            # a wildcard host's check covers every service it routes: any service change redoes it
+            target = Ident(world.services if host.startswith("*") else world.services.get(host))
+            key = (host, Ident(candidates), target, Ident(world.rules_by_host.get(host)), deps, delegates)
             found = self._route_checks.get(key) or self._prev_route_checks.get(key)
             if found is None:
                 found = validate_host_routes(world, host)
@@ -190,7 +193,8 @@ class ConfigGenerator:
             sidecar, _ = select_sidecar(
                 self.world, namespace=proxy.namespace, labels=dict(labels), root_namespace=self._root
             )
-            cached = ScopeKey(proxy.namespace, sidecar.key if sidecar is not None else None)
+            source = tuple(all((k, v) in labels for k, v in sel) for sel in self.world.source_selectors)
+            cached = ScopeKey(proxy.namespace, sidecar.key if sidecar is not None else None, source)
             self._scope_keys[(proxy.namespace, labels)] = cached
         return cached
 
@@ -265,11 +269,12 @@ class ConfigGenerator:
         # those hosts, and the services and rules of every host those VirtualServices route to;
         # never on endpoints. WorldState keeps each of these the same object while unchanged.
         world = self.world
-        deps: list[Ident] = []
+        deps: list[Ident | None] = []
         for service, _ in scope.services:
-            vss = world.virtual_services.get(service.hostname)
+            vss = world.virtual_services_for(service.hostname)
             deps += (Ident(vss), Ident(world.rules_by_host.get(service.hostname)))
             for vs in vss or ():
+                deps += delegate_inputs(world, vs)
                 for host in self._destinations(vs):
                     deps += (Ident(world.services.get(host)), Ident(world.rules_by_host.get(host)))
         inputs = (scope.cluster_signature, tuple(deps))
