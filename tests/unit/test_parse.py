@@ -180,6 +180,113 @@ INVALID = [
         "one of exact, prefix, regex is required",
         id="stringmatch-none-set",
     ),
+    *[
+        pytest.param(_vs([http]), "VirtualService ns/reviews", field, message, id=case)
+        for case, http, field, message in (
+            (
+                "regex-lookahead",
+                {"match": [{"uri": {"regex": "(?=x)"}}], "route": route(100)},
+                "spec.http[0].match[0].uri.regex",
+                "invalid RE2 regex",
+            ),
+            (
+                "regex-header-repeat",
+                {"match": [{"headers": {"x": {"regex": "a{1001}"}}}], "route": route(100)},
+                "spec.http[0].match[0].headers.x.regex",
+                "invalid repetition size",
+            ),
+            (
+                "timeout-not-a-duration",
+                {"timeout": "10 seconds", "route": route(100)},
+                "spec.http[0].timeout",
+                "is not a duration",
+            ),
+            (
+                "per-try-timeout",
+                {"retries": {"attempts": 2, "perTryTimeout": "1x"}, "route": route(100)},
+                "spec.http[0].retries.perTryTimeout",
+                "is not a duration",
+            ),
+            (
+                "retry-on-unknown",
+                {"retries": {"attempts": 2, "retryOn": "5xx,sometimes"}, "route": route(100)},
+                "spec.http[0].retries.retryOn",
+                "'sometimes' is neither",
+            ),
+            (
+                "abort-status",
+                {"fault": {"abort": {"httpStatus": 99}}, "route": route(100)},
+                "spec.http[0].fault.abort.httpStatus",
+                "not an HTTP status",
+            ),
+            (
+                "abort-grpc-status",
+                {"fault": {"abort": {"grpcStatus": "NOPE"}}, "route": route(100)},
+                "spec.http[0].fault.abort.grpcStatus",
+                "not a gRPC status name",
+            ),
+            (
+                "delay-percentage",
+                {"fault": {"delay": {"fixedDelay": "1s", "percentage": {"value": 150}}}, "route": route(100)},
+                "spec.http[0].fault.delay.percentage.value",
+                "less than or equal to 100",
+            ),
+            (
+                "redirect-code",
+                {"redirect": {"uri": "/x", "redirectCode": 305}},
+                "spec.http[0].redirect.redirectCode",
+                "not a redirect code",
+            ),
+            (
+                "header-name",
+                {"headers": {"request": {"set": {"bad/header": "x"}}}, "route": route(100)},
+                "spec.http[0].headers.request.set.bad/header",
+                "not a valid HTTP header name",
+            ),
+            (
+                "header-host",
+                {"headers": {"request": {"set": {"Host": "x"}}}, "route": route(100)},
+                "spec.http[0].headers.request.set.Host",
+                "use rewrite.authority",
+            ),
+            (
+                "rewrite-both",
+                {"rewrite": {"uri": "/a", "uriRegexRewrite": {"match": "a", "rewrite": "b"}}, "route": route(100)},
+                "spec.http[0].rewrite.uriRegexRewrite",
+                "only one of",
+            ),
+            (
+                "cors-method",
+                {"corsPolicy": {"allowMethods": ["GE T"]}, "route": route(100)},
+                "spec.http[0].corsPolicy.allowMethods[0]",
+                "not an HTTP method",
+            ),
+            (
+                "mirror-and-mirrors",
+                {"mirror": {"host": "a"}, "mirrors": [{"destination": {"host": "b"}}], "route": route(100)},
+                "spec.http[0].mirrors",
+                "only one of mirror or mirrors",
+            ),
+            (
+                "delegate-and-route",
+                {"delegate": {"name": "d"}, "route": route(100)},
+                "spec.http[0].delegate",
+                "cannot also route",
+            ),
+            (
+                "query-prefix",
+                {"match": [{"queryParams": {"q": {"prefix": "a"}}}], "route": route(100)},
+                "spec.http[0].match[0].queryParams.q",
+                "prefix match is not supported",
+            ),
+            (
+                "direct-status",
+                {"directResponse": {"status": 700}},
+                "spec.http[0].directResponse.status",
+                "less than or equal to 599",
+            ),
+        )
+    ],
     pytest.param(
         doc("VirtualService", "networking.istio.io/v1", {"spec": {"hosts": ["a.*.com"]}}, name="r"),
         "VirtualService ns/r",
