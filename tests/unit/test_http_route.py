@@ -141,7 +141,7 @@ V1 = "outbound|9080|v1|web.default.svc.cluster.local"
          {"pathRedirect": "/n", "hostRedirect": "h", "portRedirect": 81, "schemeRedirect": "https", "responseCode": "FOUND"}),
         ({"route": [], "redirect": {"uri": "/n"}}, "redirect", {"pathRedirect": "/n"}),
         ({"route": [], "redirect": {"scheme": "https", "derivePort": "FROM_PROTOCOL_DEFAULT"}}, "redirect.portRedirect", 443),
-        ({"route": [], "redirect": {"authority": "h", "derivePort": "FROM_REQUEST_PORT"}}, "redirect", {"hostRedirect": "h"}),
+        ({"route": [], "redirect": {"authority": "h", "derivePort": "FROM_REQUEST_PORT"}}, "redirect", {"hostRedirect": "h", "portRedirect": 9080}),
         # direct response
         ({"route": [], "directResponse": {"status": 418, "body": {"string": "tea"}}}, "directResponse", {"status": 418, "body": {"inlineString": "tea"}}),
         ({"route": [], "directResponse": {"status": 200, "body": {"bytes": "aGk="}}}, "directResponse.body.inlineBytes", "aGk="),

@@ -280,6 +280,18 @@ INVALID = [
                 "prefix match is not supported",
             ),
             (
+                "regex-empty",
+                {"match": [{"uri": {"regex": ""}}], "route": route(100)},
+                "spec.http[0].match[0].uri.regex",
+                "empty regex",
+            ),
+            (
+                "cors-origin-empty-prefix",
+                {"corsPolicy": {"allowOrigins": [{"prefix": ""}]}, "route": route(100)},
+                "spec.http[0].corsPolicy.allowOrigins[0]",
+                "empty prefix",
+            ),
+            (
                 "direct-status",
                 {"directResponse": {"status": 700}},
                 "spec.http[0].directResponse.status",

@@ -58,6 +58,8 @@ class StringMatch(ApiModel):
         set_fields = [f for f in ("exact", "prefix", "regex") if getattr(self, f) is not None]
         if len(set_fields) > 1:
             raise ValueError("exactly one of exact, prefix, regex may be set")
+        if self.regex == "":
+            raise ValueError("regex: an empty regex is not allowed (omit the match, or use prefix)")
         if self.regex is not None:
             try:
                 check_regex(self.regex)
@@ -325,6 +327,8 @@ class CorsPolicy(ApiModel):
         for i, origin in enumerate(self.allow_origins):
             if origin.empty:
                 raise ValueError(f"allowOrigins[{i}]: one of exact, prefix, regex is required")
+            if origin.prefix == "":
+                raise ValueError(f"allowOrigins[{i}]: an empty prefix is not allowed (use regex: '.*')")
         for field in ("allow_headers", "expose_headers"):
             for i, name in enumerate(getattr(self, field)):
                 if not _HEADER_NAME.match(name):

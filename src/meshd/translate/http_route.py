@@ -201,7 +201,8 @@ def _mirrors(ctx: RouteContext, action: rc.RouteAction, route: HTTPRoute, field:
         )
 
 
-def redirect_action(redirect: HTTPRedirect) -> rc.RedirectAction:
+def redirect_action(redirect: HTTPRedirect, *, request_port: int) -> rc.RedirectAction:
+    """`request_port` is the port of the route configuration: the port the request came in on."""
     out = rc.RedirectAction(response_code=_REDIRECT_CODES[redirect.redirect_code])
     if redirect.uri:
         out.path_redirect = redirect.uri
@@ -213,7 +214,8 @@ def redirect_action(redirect: HTTPRedirect) -> rc.RedirectAction:
         out.port_redirect = redirect.port
     elif redirect.derive_port == "FROM_PROTOCOL_DEFAULT":
         out.port_redirect = 443 if redirect.scheme == "https" else 80
-    # FROM_REQUEST_PORT: Envoy keeps the request's port when port_redirect is unset.
+    elif redirect.derive_port == "FROM_REQUEST_PORT":
+        out.port_redirect = request_port  # Envoy would drop the port of a redirected host otherwise
     return out
 
 
@@ -263,7 +265,7 @@ def http_routes(
         return []
     template = rc.Route()
     if route.redirect is not None:
-        template.redirect.CopyFrom(redirect_action(route.redirect))
+        template.redirect.CopyFrom(redirect_action(route.redirect, request_port=ctx.match.port))
     elif route.direct_response is not None:
         template.direct_response.CopyFrom(direct_response(ctx, route.direct_response, f"{field}.directResponse"))
     else:
