@@ -291,6 +291,20 @@ INVALID = [
                 "spec.http[0].corsPolicy.allowOrigins[0]",
                 "empty prefix",
             ),
+            ("timeout-too-long", {"timeout": "3000000h", "route": route(100)}, "spec.http[0].timeout", "longer than"),
+            (
+                "redirect-authority-crlf",
+                {"redirect": {"authority": "a\r\nb"}},
+                "spec.http[0].redirect.authority",
+                "CR or LF",
+            ),
+            ("rewrite-uri-nul", {"rewrite": {"uri": "/a\0"}, "route": route(100)}, "spec.http[0].rewrite.uri", "NUL"),
+            (
+                "retry-attempts",
+                {"retries": {"attempts": 2**40}, "route": route(100)},
+                "spec.http[0].retries.attempts",
+                "less than",
+            ),
             (
                 "direct-status",
                 {"directResponse": {"status": 700}},

@@ -46,6 +46,15 @@ def check_header_value(value: str) -> str:
     return value
 
 
+def _check_values(**values: str) -> None:
+    """Paths and authorities end up in request headers: the same characters are refused."""
+    for field, value in values.items():
+        try:
+            check_header_value(value)
+        except ValueError as err:
+            raise ValueError(f"{field}: {err}") from None
+
+
 class StringMatch(ApiModel):
     """One of exact / prefix / regex. An empty match means "present" where Istio allows it (headers)."""
 
@@ -177,6 +186,7 @@ class HTTPRedirect(ApiModel):
             raise ValueError(f"scheme: {self.scheme!r} must be http or https")
         if not (self.uri or self.authority or self.port or self.derive_port or self.scheme):
             raise ValueError("uri: a redirect needs at least one of uri, authority, port, derivePort, scheme")
+        _check_values(uri=self.uri, authority=self.authority)
         return self
 
 
@@ -222,11 +232,12 @@ class HTTPRewrite(ApiModel):
             raise ValueError("uriRegexRewrite: only one of uri or uriRegexRewrite may be set")
         if not (self.uri or self.authority or self.uri_regex_rewrite):
             raise ValueError("uri: a rewrite needs uri, authority or uriRegexRewrite")
+        _check_values(uri=self.uri, authority=self.authority)
         return self
 
 
 class HTTPRetry(ApiModel):
-    attempts: int = Field(default=0, ge=0)
+    attempts: int = Field(default=0, ge=0, le=2**31 - 1)
     per_try_timeout: Duration | None = None
     retry_on: str = ""
     retry_remote_localities: bool = False
