@@ -154,6 +154,8 @@ V1 = "outbound|9080|v1|web.default.svc.cluster.local"
         # timeout and retries
         ({}, "route.timeout", "0s"),
         ({"timeout": "1.5s"}, "route.timeout", "1.500s"),
+        ({"timeout": "1.5s"}, "route.maxGrpcTimeout", "1.500s"),
+        ({}, "route.maxGrpcTimeout", "0s"),
         ({}, "route.retryPolicy.numRetries", 2),
         ({}, "route.retryPolicy.retryOn", "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"),
         ({"retries": {"attempts": 4, "retryOn": "5xx,409"}}, "route.retryPolicy.retryOn", "5xx,retriable-status-codes"),

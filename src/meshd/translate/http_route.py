@@ -121,6 +121,14 @@ def destination_cluster(ctx: RouteContext, dest: Destination, field: str) -> str
     return naming.outbound_cluster(port=port, host=host, subset=dest.subset)
 
 
+def set_timeout(action: rc.RouteAction, timeout: str | None) -> None:
+    """Istio's timeout: none unless set (`0s`); a gRPC request's own `grpc-timeout` is honoured up
+    to the same limit (0: no limit), through Envoy's max_grpc_timeout as Istio does."""
+    value = duration(timeout) if timeout else duration_pb2.Duration(seconds=0)
+    action.timeout.CopyFrom(value)
+    action.max_grpc_timeout.CopyFrom(value)
+
+
 def destination_action(cluster: str) -> rc.RouteAction:
     """The action for one destination cluster (the place for per-destination policies, e.g. hashing)."""
     return rc.RouteAction(cluster=cluster)
@@ -139,7 +147,7 @@ def _forward_action(ctx: RouteContext, route: HTTPRoute, field: str) -> rc.Route
                 entry = rc.WeightedCluster.ClusterWeight(name=name, weight=wrappers_pb2.UInt32Value(value=weight))
                 apply_headers(entry, dest.headers)
                 action.weighted_clusters.clusters.append(entry)
-    action.timeout.CopyFrom(duration(route.timeout) if route.timeout else duration_pb2.Duration(seconds=0))
+    set_timeout(action, route.timeout)
     policy = retry_policy(route.retries)
     if policy is not None:
         action.retry_policy.CopyFrom(policy)

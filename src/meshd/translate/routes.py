@@ -7,7 +7,6 @@ from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from functools import partial
 
 from envoy.config.route.v3 import route_components_pb2
-from google.protobuf import duration_pb2
 
 from meshd.api.destinationrule import DestinationRule
 from meshd.api.meta import InvalidResource
@@ -18,7 +17,7 @@ from meshd.protowire import length_delimited
 from meshd.translate import naming
 from meshd.translate.delegate import delegate_keys, expand
 from meshd.translate.http_match import MatchContext
-from meshd.translate.http_route import RouteContext, destinations, http_routes
+from meshd.translate.http_route import RouteContext, destination_action, destinations, http_routes, set_timeout
 from meshd.translate.retries import default_retry_policy
 from meshd.translate.scope import Scope
 from meshd.translate.spec import Ident, Spec, ident
@@ -46,17 +45,10 @@ def _virtual_service_routes(
 
 
 def _default_routes(service: MeshService, port: int) -> list[route_components_pb2.Route]:
-    return [
-        route_components_pb2.Route(
-            name="default",
-            match=route_components_pb2.RouteMatch(prefix="/"),
-            route=route_components_pb2.RouteAction(
-                cluster=naming.outbound_cluster(port=port, host=service.hostname),
-                timeout=duration_pb2.Duration(seconds=0),
-                retry_policy=default_retry_policy(),
-            ),
-        )
-    ]
+    action = destination_action(naming.outbound_cluster(port=port, host=service.hostname))
+    set_timeout(action, None)
+    action.retry_policy.CopyFrom(default_retry_policy())
+    return [route_components_pb2.Route(name="default", match=route_components_pb2.RouteMatch(prefix="/"), route=action)]
 
 
 def _routed_vss(world: World, vs: VirtualService) -> list[VirtualService]:
