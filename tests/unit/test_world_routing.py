@@ -56,3 +56,17 @@ def test_source_selectors_are_the_distinct_source_labels_of_all_matches() -> Non
     world = _world(_vs("one", ["web"], [gold, both]), _vs("two", [], [gold]))
     assert world.source_selectors == ((("app", "a"), ("tier", "gold")), (("tier", "gold"),))
     assert _world(_vs("one", ["web"])).source_selectors == ()
+
+
+def test_a_wildcard_virtual_service_is_validated_for_the_services_it_covers() -> None:
+    from meshd.translate.routes import validate_host_routes
+
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"},
+               "spec": {"ports": [{"name": "http", "port": 80}]}}  # fmt: skip
+    bad = [{"route": [{"destination": {"host": "web", "subset": "v9"}}]}]
+    world = _world(service, _vs("everything", ["*.svc.cluster.local"], bad))
+    errors = validate_host_routes(world, "*.svc.cluster.local")
+    assert [(e.key.name if e.key else "", e.field) for e in errors] == [
+        ("everything", "spec.http[0].route[0].destination.subset")
+    ]
+    assert validate_host_routes(_world(_vs("everything", ["*.svc.cluster.local"], bad)), "*.svc.cluster.local") == []

@@ -128,22 +128,31 @@ def _validation_context(port: int) -> MatchContext:
     return MatchContext(port=port, namespace="", source_matches=lambda _: True, validating=True)
 
 
+def wildcard_ports(world: World, host: str) -> dict[int, MeshService]:
+    """For a wildcard host: one service it routes per HTTP port (routes differ only by port)."""
+    candidates = world.virtual_services.get(host)
+    out: dict[int, MeshService] = {}
+    for service in world.services.values():
+        if world.virtual_services_for(service.hostname) is candidates:
+            for sp in service.ports:
+                if is_http(sp.protocol):
+                    out.setdefault(sp.number, service)
+    return dict(sorted(out.items()))
+
+
 def validate_host_routes(world: World, host: str) -> list[InvalidResource]:
-    """The VirtualServices of one host (or wildcard host: of every service it covers) checked
-    against the default DestinationRules, so a rejected resource is reported whichever proxies
-    it would reach."""
+    """The VirtualServices of one host (or wildcard host: once per port of the services it covers)
+    checked against the default DestinationRules, so a rejected resource is reported whichever
+    proxies it would reach."""
     errors: list[InvalidResource] = []
     candidates = world.virtual_services.get(host, ())
     if host.startswith("*"):
-        services = [s for s in world.services.values() if world.virtual_services_for(s.hostname) is candidates]
+        targets = list(wildcard_ports(world, host).items())
     else:
-        services = [s for s in (world.services.get(host),) if s is not None]
-    for service in services:
-        for sp in service.ports:
-            if is_http(sp.protocol):
-                _host_routes(
-                    world, service, _validation_context(sp.number), candidates, world.destination_rules.get, errors
-                )
+        service = world.services.get(host)
+        targets = [(sp.number, service) for sp in service.ports if is_http(sp.protocol)] if service else []
+    for port, target in targets:
+        _host_routes(world, target, _validation_context(port), candidates, world.destination_rules.get, errors)
     return list(dict.fromkeys(errors))
 
 

@@ -24,7 +24,13 @@ from meshd.translate.clusters import inbound_cluster_specs, service_cluster_spec
 from meshd.translate.endpoints import service_assignment_specs
 from meshd.translate.listeners import InboundEntry, ListenerPlan, inbound_index, inbound_listener_specs
 from meshd.translate.proxy import Proxy
-from meshd.translate.routes import RouteTable, delegate_inputs, destination_hosts, validate_host_routes
+from meshd.translate.routes import (
+    RouteTable,
+    delegate_inputs,
+    destination_hosts,
+    validate_host_routes,
+    wildcard_ports,
+)
 from meshd.translate.scope import Scope, ScopeKey, Signature, select_sidecar
 from meshd.translate.spec import Ident, Spec
 from meshd.xds.resource import (
@@ -164,8 +170,12 @@ class ConfigGenerator:
                 for h in self._destinations(vs)
             )
             delegates = tuple(delegate_inputs(world, vs) for vs in candidates)
-            # a wildcard host's check covers every service it routes: any service change redoes it
-            target = Ident(world.services if host.startswith("*") else world.services.get(host))
+            # a wildcard host's check covers the ports of every service it routes
+            target: Hashable = (
+                tuple((p, s.hostname) for p, s in wildcard_ports(world, host).items())
+                if host.startswith("*")
+                else Ident(world.services.get(host))
+            )
             key = (host, Ident(candidates), target, Ident(world.rules_by_host.get(host)), deps, delegates)
             found = self._route_checks.get(key) or self._prev_route_checks.get(key)
             if found is None:
