@@ -6,6 +6,7 @@ from typing import Any
 
 from meshd.api.parse import parse_resource
 from meshd.model.world import build_world
+from meshd.translate.routes import validate_host_routes
 
 
 def _vs(name: str, hosts: list[str], http: list[dict[str, Any]] | None = None, created: str = "") -> dict[str, Any]:
@@ -59,8 +60,6 @@ def test_source_selectors_are_the_distinct_source_labels_of_all_matches() -> Non
 
 
 def test_a_wildcard_virtual_service_is_validated_for_the_services_it_covers() -> None:
-    from meshd.translate.routes import validate_host_routes
-
     service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"},
                "spec": {"ports": [{"name": "http", "port": 80}]}}  # fmt: skip
     bad = [{"route": [{"destination": {"host": "web", "subset": "v9"}}]}]
