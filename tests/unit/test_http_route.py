@@ -151,6 +151,7 @@ V1 = "outbound|9080|v1|web.default.svc.cluster.local"
         ({"rewrite": {"uriRegexRewrite": {"match": "^/a/(.*)", "rewrite": "/\\1"}}}, "route.regexRewrite", {"pattern": {"regex": "^/a/(.*)"}, "substitution": "/\\1"}),
         ({"match": [{"uri": {"prefix": "/a"}}], "rewrite": {"uri": "/"}}, "route.regexRewrite", {"pattern": {"regex": "^/a/*"}, "substitution": "/"}),
         ({"match": [{"uri": {"prefix": "/a/"}}], "rewrite": {"uri": "/"}}, "route.prefixRewrite", "/"),
+        ({"match": [{"uri": {"prefix": "/a-b.c"}}], "rewrite": {"uri": "/"}}, "route.regexRewrite.pattern.regex", "^/a\\-b\\.c/*"),
         # timeout and retries
         ({}, "route.timeout", "0s"),
         ({"timeout": "1.5s"}, "route.timeout", "1.500s"),

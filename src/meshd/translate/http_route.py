@@ -21,7 +21,7 @@ from google.protobuf import duration_pb2, wrappers_pb2
 
 from meshd.api.destinationrule import DestinationRule
 from meshd.api.meta import InvalidResource, ResourceKey
-from meshd.api.values import seconds_nanos
+from meshd.api.values import check_regex, seconds_nanos
 from meshd.api.virtualservice import (
     Destination,
     HeaderOperations,
@@ -151,12 +151,12 @@ def _forward_action(ctx: RouteContext, route: HTTPRoute, field: str) -> rc.Route
     policy = retry_policy(route.retries)
     if policy is not None:
         action.retry_policy.CopyFrom(policy)
-    _rewrite(action, route, field)
+    _rewrite(action, route)
     _mirrors(ctx, action, route, field)
     return action
 
 
-def _rewrite(action: rc.RouteAction, route: HTTPRoute, field: str) -> None:
+def _rewrite(action: rc.RouteAction, route: HTTPRoute) -> None:
     rewrite = route.rewrite
     if rewrite is None:
         return
@@ -176,17 +176,20 @@ def _rewrite(action: rc.RouteAction, route: HTTPRoute, field: str) -> None:
 def _rewrite_for_match(action: rc.RouteAction, match: HTTPMatchRequest | None) -> rc.RouteAction:
     """Istio's special case: rewriting a prefix (without trailing slash) to `/` must not leave `//`."""
     prefix = match.uri.prefix if match is not None and match.uri is not None else None
-    if action.prefix_rewrite == "/" and prefix and not prefix.endswith("/"):
-        out = rc.RouteAction()
-        out.CopyFrom(action)
-        out.ClearField("prefix_rewrite")
-        out.regex_rewrite.CopyFrom(
-            regex_pb2.RegexMatchAndSubstitute(
-                pattern=regex_pb2.RegexMatcher(regex=f"^{re.escape(prefix)}/*"), substitution="/"
-            )
-        )
-        return out
-    return action
+    if action.prefix_rewrite != "/" or not prefix or prefix.endswith("/"):
+        return action
+    pattern = f"^{re.escape(prefix)}/*"
+    try:
+        check_regex(pattern)
+    except ValueError:
+        return action  # a prefix too long for Envoy's regex limit keeps the plain prefix rewrite
+    out = rc.RouteAction()
+    out.CopyFrom(action)
+    out.ClearField("prefix_rewrite")
+    out.regex_rewrite.CopyFrom(
+        regex_pb2.RegexMatchAndSubstitute(pattern=regex_pb2.RegexMatcher(regex=pattern), substitution="/")
+    )
+    return out
 
 
 def _mirrors(ctx: RouteContext, action: rc.RouteAction, route: HTTPRoute, field: str) -> None:
