@@ -170,6 +170,10 @@ async def test_match_fields_pick_the_version(mesh: Mesh) -> None:
   route: [{destination: {host: web, subset: v2}}]
 - match: [{uri: {exact: /CASE}, ignoreUriCase: true}]
   route: [{destination: {host: web, subset: v2}}]
+- match: [{authority: {prefix: web.default}, scheme: {exact: http}}]
+  route: [{destination: {host: web, subset: v2}}]
+- match: [{scheme: {exact: https}}]
+  route: [{destination: {host: web, subset: v2}}]
 - route: [{destination: {host: web, subset: v1}}]
 """,
     )
@@ -186,7 +190,9 @@ async def test_match_fields_pick_the_version(mesh: Mesh) -> None:
     assert await version(mesh, headers={"x-beta": "1"}) == "v2"
     assert await version(mesh, headers={"x-beta": "1", "x-opt-out": "1"}) == "v1"
     assert await version(mesh, "/case") == "v2"
-    assert await version(mesh) == "v1"
+    _, _, body = await mesh.request(via_ip=mesh.ip(CLIENT), host="web.default:9080", path="/")
+    assert json.loads(body)["version"] == "v2"  # authority (and scheme http)
+    assert await version(mesh) == "v1"  # neither web.default nor https
 
 
 async def test_source_labels_give_each_client_its_own_routes(mesh: Mesh) -> None:
