@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -215,6 +216,27 @@ _POLICIES: list[dict[str, Any] | None] = [
 ]  # fmt: skip
 
 
+def _routing_vs(rng: random.Random, ns: str) -> dict[str, Any]:
+    """A VirtualService whose routes depend on more than its own hosts: a delegate (its roots'
+    routes change), a root delegating and matching by source labels, or a wildcard host."""
+    route = [{"destination": {"host": rng.choice(["s1", "s2"]), "subset": rng.choice(["", "v1"])}}]
+    kind = rng.choice(["delegate", "root", "wildcard"])
+    if kind == "delegate":
+        spec: dict[str, Any] = {"http": [{"match": [{"uri": {"prefix": "/d"}}], "route": route}]}
+    elif kind == "root":
+        spec = {
+            "hosts": ["s2"],
+            "http": [
+                {"match": [{"sourceLabels": {"app": rng.choice(["wide", "narrow"])}}], "route": route},
+                {"delegate": {"name": "delegate"}},
+            ],
+        }
+    else:
+        spec = {"hosts": [f"*.{ns}.svc.cluster.local"], "http": [{"timeout": f"{rng.randint(1, 3)}s", "route": route}]}
+    return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": kind, "namespace": ns}, "spec": spec}  # fmt: skip
+
+
 def _content(snapshot: object) -> dict[str, dict[str, bytes]]:
     return {t: {n: r.body for n, r in by_name.items()} for t, by_name in snapshot.resources.items()}  # type: ignore[attr-defined]
 
@@ -223,8 +245,6 @@ def _content(snapshot: object) -> dict[str, dict[str, bytes]]:
 def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(seed: int) -> None:
     """Whatever pushes skip or reuse, each proxy must end up with exactly the config a generator
     built from scratch on the same World would give it."""
-    import random
-
     rng = random.Random(seed)
     mesh = Mesh()
     hub = Hub()
@@ -283,6 +303,8 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
         elif choice < 0.85:
             # A credential Secret appears or changes (possibly one no proxy's clusters use yet).
             docs = [_secret(ns, rng.choice(["c1", "c2"]), rng.randint(0, 1))]
+        elif choice < 0.92:
+            docs = [_routing_vs(rng, ns)]
         else:
             sidecar = _sidecar(ns)
             sidecar["spec"]["egress"][0]["hosts"] = [rng.choice(["./*", "*/*"])]

@@ -128,9 +128,7 @@ HTTP = ServicePort(name="http", number=80, protocol="HTTP")
 
 def _cluster(top: dict[str, Any] | None, port: ServicePort = HTTP) -> cluster_pb2.Cluster:
     cluster = cluster_pb2.Cluster(name="c", type=cluster_pb2.Cluster.EDS)
-    apply_policy(
-        cluster, effective_policy(_rule(top), port=port.number), service=SERVICE, port=port
-    )
+    apply_policy(cluster, effective_policy(_rule(top), port=port.number), service=SERVICE, port=port)
     return cluster
 
 

@@ -122,11 +122,18 @@ def _secret(rng: random.Random, ns: str, name: str) -> dict[str, Any]:
 
 
 def _virtual_service(rng: random.Random, ns: str, name: str) -> dict[str, Any]:
+    """A root (exact or wildcard host), or a delegate (no hosts); matches by source labels."""
+    http: list[dict[str, Any]] = [{"route": [{"destination": {"host": "s0"}}]}]
+    if rng.random() < 0.3:
+        http.insert(0, {"match": [{"sourceLabels": {"version": rng.choice(["v1", "v2"])}}], "route": http[0]["route"]})
+    if rng.random() < 0.3:
+        http.insert(0, {"delegate": {"name": f"vs{rng.randint(0, 2)}"}})
+    hosts = rng.choice([[f"s{rng.randint(0, 3)}"], [f"s{rng.randint(0, 3)}"], ["*.a.svc.cluster.local"], []])
     return {
         "apiVersion": "networking.istio.io/v1",
         "kind": "VirtualService",
         "metadata": {"name": name, "namespace": ns},
-        "spec": {"hosts": [f"s{rng.randint(0, 3)}"], "http": [{"route": [{"destination": {"host": "s0"}}]}]},
+        "spec": {"hosts": hosts, "http": http},
     }
 
 
@@ -146,7 +153,7 @@ MAKERS = {
     "WorkloadEntry": (_entry, "w", 2),
     "ServiceEntry": (_service_entry, "se", 2),
     "DestinationRule": (_rule, "dr", 2),
-    "VirtualService": (_virtual_service, "vs", 2),
+    "VirtualService": (_virtual_service, "vs", 3),
     "Sidecar": (_sidecar, "sc", 1),
     "Secret": (_secret, "cred", 1),
 }
@@ -161,6 +168,9 @@ def _same(a: World, b: World) -> None:
     assert dict(a.destination_rules) == dict(b.destination_rules)
     assert dict(a.sidecars) == dict(b.sidecars)
     assert dict(a.secrets) == dict(b.secrets)
+    assert dict(a.virtual_services_by_name) == dict(b.virtual_services_by_name)
+    assert a.source_selectors == b.source_selectors
+    assert a.wildcard_hosts == b.wildcard_hosts
     assert sorted(map(str, a.errors)) == sorted(map(str, b.errors))
 
 

@@ -215,6 +215,18 @@ def virtual_services_by_host(vss: Iterable[VirtualService], *, suffix: str) -> d
     return {h: tuple(v) for h, v in sorted(by_host.items())}
 
 
+def source_selectors(vss: Iterable[VirtualService]) -> tuple[tuple[tuple[str, str], ...], ...]:
+    """The distinct sourceLabels selectors used by any http match, sorted."""
+    found = {
+        tuple(sorted(m.source_labels.items()))
+        for vs in vss
+        for http in vs.spec.http
+        for m in http.match
+        if m.source_labels
+    }
+    return tuple(sorted(found))
+
+
 def default_rule(
     host: str, candidates: Iterable[DestinationRule], services: Mapping[str, MeshService]
 ) -> DestinationRule:

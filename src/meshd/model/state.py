@@ -63,6 +63,7 @@ class WorldState:
         self._se_services: dict[str, MeshService] = {}
         self._se_endpoints: dict[tuple[str, int], tuple[Endpoint, ...]] = {}
         self._virtual_services: dict[str, tuple[VirtualService, ...]] = {}
+        self._vs_by_name: dict[tuple[str, str], VirtualService] = {}
         self._rules: dict[str, tuple[DestinationRule, ...]] = {}
         self._sidecars: dict[str, tuple[Sidecar, ...]] = {}
         self._errors: list[InvalidResource] = []
@@ -209,13 +210,11 @@ class WorldState:
         )
         self._se_services = se_services
         self._se_endpoints = {key: derive.merge_chunks(chunks) for key, chunks in se_chunks.items()}
+        vss = [v for v in self._istio["VirtualService"].values() if isinstance(v, VirtualService)]
         self._virtual_services = _keep_identity(
-            self._virtual_services,
-            derive.virtual_services_by_host(
-                [v for v in self._istio["VirtualService"].values() if isinstance(v, VirtualService)],
-                suffix=self._suffix,
-            ),
+            self._virtual_services, derive.virtual_services_by_host(vss, suffix=self._suffix)
         )
+        self._vs_by_name = {(v.metadata.namespace, v.metadata.name): v for v in vss}
         rules, rule_errors = derive.destination_rules_by_host(
             [d for d in self._istio["DestinationRule"].values() if isinstance(d, DestinationRule)], suffix=self._suffix
         )
@@ -245,4 +244,5 @@ class WorldState:
             errors=self._errors,
             revision=revision,
             secrets=self._secrets,
+            virtual_services_by_name=self._vs_by_name,
         )

@@ -209,9 +209,7 @@ def outlier_detection(outlier: OutlierDetection) -> outlier_detection_pb2.Outlie
     return out
 
 
-def apply_policy(
-    cluster: _Cluster, policy: EffectivePolicy, *, service: MeshService, port: ServicePort
-) -> None:
+def apply_policy(cluster: _Cluster, policy: EffectivePolicy, *, service: MeshService, port: ServicePort) -> None:
     """Apply `policy` (possibly empty: Istio's defaults) to an outbound cluster in place. TLS
     credentials (credentialName) are SDS references resolved in the proxy's namespace."""
     _apply_load_balancer(cluster, policy.load_balancer)

@@ -9,7 +9,6 @@ from functools import partial
 
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
-from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf import any_pb2, duration_pb2
@@ -21,6 +20,7 @@ from meshd.model.services import MeshService, ServicePort, is_http
 from meshd.model.world import World
 from meshd.translate import naming
 from meshd.translate.clusters import ads_config_source, socket_address
+from meshd.translate.http_filters import outbound_http_filters, router
 from meshd.translate.policy import effective_policy
 from meshd.translate.proxy import Proxy
 from meshd.translate.spec import Spec
@@ -34,13 +34,11 @@ def _pack(message: object) -> any_pb2.Any:
     return packed
 
 
-def _router() -> hcm_pb2.HttpFilter:
-    return hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=_pack(router_pb2.Router()))
-
-
-def _hcm_filter(hcm: hcm_pb2.HttpConnectionManager) -> listener_components_pb2.Filter:
+def _hcm_filter(
+    hcm: hcm_pb2.HttpConnectionManager, filters: list[hcm_pb2.HttpFilter] | None = None
+) -> listener_components_pb2.Filter:
     hcm.codec_type = hcm_pb2.HttpConnectionManager.AUTO
-    hcm.http_filters.append(_router())
+    hcm.http_filters.extend(filters if filters is not None else [router()])
     hcm.stream_idle_timeout.CopyFrom(duration_pb2.Duration(seconds=0))
     return listener_components_pb2.Filter(name="envoy.filters.network.http_connection_manager", typed_config=_pack(hcm))
 
@@ -54,7 +52,7 @@ def _outbound_http(proxy: Proxy, port: int) -> listener_pb2.Listener:
     return listener_pb2.Listener(
         name=name,
         address=socket_address(proxy.ip, port),
-        filter_chains=[listener_components_pb2.FilterChain(filters=[_hcm_filter(hcm)])],
+        filter_chains=[listener_components_pb2.FilterChain(filters=[_hcm_filter(hcm, outbound_http_filters())])],
         traffic_direction=2,  # OUTBOUND
     )
 

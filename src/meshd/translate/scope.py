@@ -46,6 +46,9 @@ class ScopeKey:
     locality: str = ""
     # The proxy's values of labels some DestinationRule's failoverPriority names (usually none).
     failover_labels: tuple[tuple[str, str], ...] = ()
+    # per World.source_selectors: whether the proxies' labels satisfy it (empty when no
+    # VirtualService uses sourceLabels, so scopes do not fragment when the feature is unused)
+    source: tuple[bool, ...] = ()
 
 
 def select_sidecar(
@@ -149,10 +152,18 @@ class Scope:
         suffix = self.world.domain_suffix
         return any(_listener_allows(e, service, proxy_namespace=self.namespace, suffix=suffix) for e in listeners)
 
+    def source_matches(self, labels: dict[str, str]) -> bool:
+        """Whether this scope's proxies carry the labels of a VirtualService match's sourceLabels."""
+        selector = tuple(sorted(labels.items()))
+        for i, known in enumerate(self.world.source_selectors):
+            if known == selector:
+                return i < len(self.key.source) and self.key.source[i]
+        return False
+
     def virtual_services(self, host: str) -> tuple[VirtualService, ...]:
         return tuple(
             vs
-            for vs in self.world.virtual_services.get(host, ())
+            for vs in self.world.virtual_services_for(host) or ()
             if exported_to(vs.spec.export_to, owner_namespace=vs.metadata.namespace, namespace=self.namespace)
         )
 

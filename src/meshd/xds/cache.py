@@ -33,7 +33,13 @@ from meshd.translate.endpoints import service_assignment_specs
 from meshd.translate.listeners import InboundEntry, ListenerPlan, inbound_index, inbound_listener_specs
 from meshd.translate.policy import failover_priority_labels
 from meshd.translate.proxy import Proxy
-from meshd.translate.routes import RouteTable, destination_hosts, validate_host_routes
+from meshd.translate.routes import (
+    RouteTable,
+    delegate_inputs,
+    destination_hosts,
+    validate_host_routes,
+    wildcard_ports,
+)
 from meshd.translate.scope import Scope, ScopeKey, Signature, select_sidecar
 from meshd.translate.secrets import check_credentials, secret_specs
 from meshd.translate.spec import Ident, Spec
@@ -191,7 +197,14 @@ class ConfigGenerator:
                 for vs in candidates
                 for h in self._destinations(vs)
             )
-            key = (host, Ident(candidates), Ident(world.services.get(host)), Ident(world.rules_by_host.get(host)), deps)
+            delegates = tuple(delegate_inputs(world, vs) for vs in candidates)
+            # a wildcard host's check covers the ports of every service it routes
+            target: Hashable = (
+                tuple((p, s.hostname) for p, s in wildcard_ports(world, host).items())
+                if host.startswith("*")
+                else Ident(world.services.get(host))
+            )
+            key = (host, Ident(candidates), target, Ident(world.rules_by_host.get(host)), deps, delegates)
             found = self._route_checks.get(key) or self._prev_route_checks.get(key)
             if found is None:
                 found = validate_host_routes(world, host)
@@ -238,7 +251,14 @@ class ConfigGenerator:
             # do its values of the labels a failoverPriority names.
             named = self._failover_label_names()
             failover_labels = tuple((k, v) for k, v in labels if k in named) if locality else ()
-            cached = ScopeKey(proxy.namespace, sidecar.key if sidecar is not None else None, locality, failover_labels)
+            source = tuple(all((k, v) in labels for k, v in sel) for sel in self.world.source_selectors)
+            cached = ScopeKey(
+                proxy.namespace,
+                sidecar.key if sidecar is not None else None,
+                locality=locality,
+                failover_labels=failover_labels,
+                source=source,
+            )
             self._scope_keys[(proxy.namespace, labels, locality)] = cached
         return cached
 
@@ -367,11 +387,12 @@ class ConfigGenerator:
         # those hosts, and the services and rules of every host those VirtualServices route to;
         # never on endpoints. WorldState keeps each of these the same object while unchanged.
         world = self.world
-        deps: list[Ident] = []
+        deps: list[Ident | None] = []
         for service, _ in scope.services:
-            vss = world.virtual_services.get(service.hostname)
+            vss = world.virtual_services_for(service.hostname)
             deps += (Ident(vss), Ident(world.rules_by_host.get(service.hostname)))
             for vs in vss or ():
+                deps += delegate_inputs(world, vs)
                 for host in self._destinations(vs):
                     deps += (Ident(world.services.get(host)), Ident(world.rules_by_host.get(host)))
         inputs = (scope.cluster_signature, tuple(deps))
