@@ -517,3 +517,24 @@ spec:
     status = await mesh.meshd.get_json("/debug/syncz")
     assert all(t["nacked"] is None for conn in status for t in conn["types"].values())
     (mesh.config_dir / "web-newer.yaml").unlink()
+
+
+async def test_an_edit_into_a_broken_reference_keeps_the_previous_version_serving(mesh: Mesh) -> None:
+    await apply_vs(mesh, "- route: [{destination: {host: web, subset: v2}}]")
+    mesh.write("web.yaml", """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: default}
+spec:
+  hosts: [web]
+  http:
+  - route: [{destination: {host: web, subset: v9}}]
+""")  # fmt: skip
+    error = await eventually(
+        lambda: _error_for(mesh, "VirtualService default/web", "spec.http[0].route[0].destination.subset"),
+        what="the broken reference to be reported",
+    )
+    assert "subset 'v9' is not defined" in error["message"], error
+    assert "the previous version stays in effect" in error["message"], error
+    # the previous version (all to v2), not the service's default route (v1 and v2)
+    assert {await version(mesh) for _ in range(20)} == {"v2"}

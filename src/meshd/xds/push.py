@@ -7,9 +7,10 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-from meshd.api.meta import InvalidResource
+from meshd.api.meta import InvalidResource, Resource, ResourceKey
 from meshd.clock import Clock
 from meshd.gcpolicy import GcPolicy
+from meshd.model.fallback import LastAccepted, kept_previous
 from meshd.model.state import WorldState
 from meshd.model.store import ConfigStore
 from meshd.obs.metrics import Metrics
@@ -77,6 +78,8 @@ class PushLoop:
         self._extra: dict[str, Sequence[XdsResource]] = {}
         self._generator: ConfigGenerator | None = None
         self._state = WorldState(domain_suffix=settings.domain_suffix)
+        self._fallback = LastAccepted()
+        self._substituted: dict[ResourceKey, Resource] = {}
         self._reported: list[InvalidResource] = []
         self._translation_errors: list[InvalidResource] = []
         store.subscribe(self._debouncer.touch)
@@ -92,22 +95,52 @@ class PushLoop:
         self._extra[type_url] = resources
         self._debouncer.touch()
 
-    def rebuild(self, *, changed_at: float) -> ConfigGenerator:
-        self._state.apply(self._store.drain_changes())
-        world = self._state.world(revision=self._store.revision)
+    def _generate(self, previous: ConfigGenerator | None) -> ConfigGenerator:
         generator = ConfigGenerator(
-            world,
+            self._state.world(revision=self._store.revision),
             inbound_port=self._settings.inbound_port,
             sidecar_endpoint_port=self._settings.inbound_port,
             root_namespace=self._settings.root_namespace,
             extra=dict(self._extra),
-            previous=self._generator,
+            previous=previous,
             read_file=read_file if self._settings.check_tls_files else None,
         )
-        self._generator = generator
         generator.precompute()
-        self._translation_errors = generator.errors
-        for err in generator.errors:
+        return generator
+
+    def _with_fallbacks(self) -> tuple[ConfigGenerator, list[InvalidResource]]:
+        """Generate from the newest resources; where translation rejects a new version of a
+        VirtualService or DestinationRule, generate again with its last accepted version (kept only
+        if that one is still accepted). Returns the generator and every rejection to report."""
+        changes: dict[ResourceKey, Resource | None] = dict(self._store.drain_changes())
+        self._fallback.observe(changes)
+        for key in self._substituted:  # start again from the newest versions
+            changes.setdefault(key, self._fallback.latest(key))
+        self._state.apply(changes)
+        generator = self._generate(self._generator)
+        substitutes = self._fallback.substitutions(generator.errors)
+        rejected = [e for e in generator.errors if e.key in substitutes]
+        if substitutes:
+            self._state.apply(substitutes)
+            generator = self._generate(generator)
+            failed = {e.key for e in generator.errors if e.key in substitutes}
+            if failed:
+                self._fallback.failed(failed)
+                self._state.apply({key: self._fallback.latest(key) for key in failed})
+                substitutes = {k: v for k, v in substitutes.items() if k not in failed}
+                rejected = [e for e in rejected if e.key not in failed]
+                generator = self._generate(generator)
+        self._substituted = substitutes
+        errors = generator.errors + [kept_previous(e) for e in rejected]
+        self._fallback.settle(e.key for e in errors if e.key is not None)
+        return generator, errors
+
+    def rebuild(self, *, changed_at: float) -> ConfigGenerator:
+        generator, errors = self._with_fallbacks()
+        world = generator.world
+        self._generator = generator
+        self._translation_errors = errors
+        for err in errors:
             if err not in self._reported:
                 self._log.error(
                     "event=config_rejected resource=%s field=%s message=%r",
@@ -115,7 +148,7 @@ class PushLoop:
                     err.field,
                     err.message,
                 )
-        self._reported = generator.errors
+        self._reported = errors
         woken = self._hub.publish(generator, changed_at=changed_at)
         self._log.info(
             "event=push_generation generation=%d revision=%d services=%d proxies=%d pushed=%d built=%d reused=%d"
