@@ -95,6 +95,14 @@ class Bookinfo:
             if path.name not in state and path.name not in istio_docs.WORKLOADS:
                 path.unlink()
 
+    async def assert_accepted(self) -> None:
+        """The page's YAML applied unchanged: meshd rejected nothing and no sidecar NACKed anything."""
+        errors = await self.mesh.meshd.get_json("/debug/config_errors")
+        assert errors == [], errors
+        status = await self.mesh.meshd.get_json("/debug/syncz")
+        nacks = [(c["proxy"], t, v["nack_error"]) for c in status for t, v in c["types"].items() if v["nacked"]]
+        assert nacks == [], nacks
+
     async def routes_hold(self, pod: str, *needles: str) -> bool:
         """Whether `pod`'s sidecar holds route configurations containing every needle (JSON text)."""
         text = json.dumps(await self.mesh.envoys[pod].config_dump(resource="dynamic_route_configs"))
@@ -201,6 +209,7 @@ async def test_request_routing(bookinfo: Bookinfo) -> None:
     # The match is `exact`: another user, or a name that only starts with "jason", still gets v1.
     assert await refresh(bookinfo, 10, "mike", concurrency=5) == {"v1": 10}
     assert await refresh(bookinfo, 10, "jasonx", concurrency=5) == {"v1": 10}
+    await bookinfo.assert_accepted()
 
 
 async def _all_versions(bookinfo: Bookinfo) -> Counter[str]:
@@ -232,6 +241,7 @@ async def test_traffic_shifting(bookinfo: Bookinfo) -> None:
     await bookinfo.apply("traffic-shifting/v3")
     await eventually(showing(bookinfo, {"v3+ratings": 12}), what="all traffic to reviews v3")
     assert await refresh(bookinfo, 40, concurrency=8) == {"v3+ratings": 40}
+    await bookinfo.assert_accepted()
 
 
 # -- fault injection ------------------------------------------------------------------------------
@@ -267,6 +277,7 @@ async def test_fault_injection_delay(bookinfo: Bookinfo) -> None:
     assert PRODUCTPAGE_TIMEOUT_S - 0.1 <= elapsed < 6.95, elapsed
     status, answer, elapsed = other_page
     assert status == 200 and reviews_of(answer) == "v1" and elapsed < 2.0, (answer, elapsed)
+    await bookinfo.assert_accepted()
 
 
 async def test_fault_injection_abort(bookinfo: Bookinfo) -> None:
@@ -298,6 +309,7 @@ async def test_fault_injection_abort(bookinfo: Bookinfo) -> None:
     assert await refresh(bookinfo, 20, "mike", concurrency=5) == {"v1": 20}
     status, _, body, _ = await bookinfo.hop(caller="reviews-v2", host="ratings:9080", user="mike")
     assert status == 200 and json.loads(body)["service"] == "ratings", body
+    await bookinfo.assert_accepted()
 
 
 def received_by(bookinfo: Bookinfo, pod: str, *, user: str, since: int) -> int:
@@ -334,6 +346,7 @@ async def test_request_timeouts(bookinfo: Bookinfo) -> None:
     status, _, body, elapsed = await bookinfo.hop(caller="productpage-v1", host="reviews:9080")
     assert status == 504 and body == "upstream request timeout", (status, body)
     assert 0.45 <= elapsed < 1.5, elapsed
+    await bookinfo.assert_accepted()
 
 
 # -- circuit breaking -----------------------------------------------------------------------------
@@ -358,6 +371,7 @@ async def test_circuit_breaking(bookinfo: Bookinfo) -> None:
 
     seen = await fortio(bookinfo, connections=2, requests=20)
     assert set(seen) <= {"200", "503-overloaded"} and seen["200"] >= 10, seen
+    await bookinfo.assert_accepted()
 
 
 async def fortio(bookinfo: Bookinfo, *, connections: int, requests: int) -> Counter[str]:
@@ -417,6 +431,7 @@ async def test_mirroring(bookinfo: Bookinfo) -> None:
     assert [r["host"] for r in originals] == [HTTPBIN] * 10, originals
     shadows = {r["host"] for r in v2.received if r["path"] in paths}
     assert shadows == {"httpbin-shadow:8000"}, shadows  # Envoy puts `-shadow` before the port
+    await bookinfo.assert_accepted()
 
 
 async def shadow_of(app: AppServer, path: str, *, timeout: float) -> bool:
