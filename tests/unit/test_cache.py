@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
+
+import pytest
 
 from meshd.api.meta import Resource
 from meshd.api.parse import parse_resource
@@ -10,8 +13,22 @@ from meshd.model.state import WorldState
 from meshd.translate.proxy import Proxy, parse_node_id
 from meshd.xds.cache import ConfigGenerator
 from meshd.xds.hub import Hub
-from meshd.xds.resource import CLUSTER, ENDPOINT, ROUTE
+from meshd.xds.resource import CLUSTER, ENDPOINT, ROUTE, SECRET
 from meshd.xds.stream import SotwStream
+from tests.certs import Authority
+
+_CA = Authority()
+_PAIRS = [_CA.issue(f"client-{i}", client=True) for i in range(2)]
+
+
+def _secret(ns: str, name: str, version: int) -> dict[str, Any]:
+    pair = _PAIRS[version]
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": ns},
+        "stringData": {"cert": pair.cert.decode(), "key": pair.key.decode(), "cacert": _CA.pem.decode()},
+    }
 
 
 def _docs(ns: str, name: str, ips: list[str], *, weight: int | None = None) -> list[dict[str, Any]]:
@@ -182,16 +199,53 @@ def test_an_endpoint_change_in_an_untouched_scope_after_many_pushes_rebuilds_one
     assert generator.memo.built == 1  # b's other resources are still in the memo
 
 
+_LOCALITIES: list[dict[str, str]] = [
+    {},
+    {"istio-locality": "r1.z1"},
+    {"istio-locality": "r1.z2"},
+    {"topology.kubernetes.io/region": "r2", "topology.kubernetes.io/zone": "z3", "tier": "gold"},
+]
+_OUTLIER = {"consecutive5xxErrors": 2}
+_POLICIES: list[dict[str, Any] | None] = [
+    None,
+    {"loadBalancer": {"simple": "RANDOM"}, "connectionPool": {"tcp": {"maxConnections": 3}}},
+    {"outlierDetection": _OUTLIER, "loadBalancer": {"localityLbSetting": {"failover": [{"from": "r1", "to": "r2"}]}}},
+    {"outlierDetection": _OUTLIER, "loadBalancer": {"localityLbSetting": {"failoverPriority": ["tier"]}}},
+    {"loadBalancer": {"localityLbSetting": {"distribute": [{"from": "r1/*", "to": {"r1/z1": 70, "r2/*": 30}}]}}},
+    {"loadBalancer": {"consistentHash": {"httpHeaderName": "x-user"}}},
+]  # fmt: skip
+
+
+def _routing_vs(rng: random.Random, ns: str) -> dict[str, Any]:
+    """A VirtualService whose routes depend on more than its own hosts: a delegate (its roots'
+    routes change), a root delegating and matching by source labels, or a wildcard host."""
+    route = [{"destination": {"host": rng.choice(["s1", "s2"]), "subset": rng.choice(["", "v1"])}}]
+    kind = rng.choice(["delegate", "root", "wildcard"])
+    if kind == "delegate":
+        spec: dict[str, Any] = {"http": [{"match": [{"uri": {"prefix": "/d"}}], "route": route}]}
+    elif kind == "root":
+        spec = {
+            "hosts": ["s2"],
+            "http": [
+                {"match": [{"sourceLabels": {"app": rng.choice(["wide", "narrow"])}}], "route": route},
+                {"delegate": {"name": "delegate"}},
+            ],
+        }
+    else:
+        spec = {"hosts": [f"*.{ns}.svc.cluster.local"], "http": [{"timeout": f"{rng.randint(1, 3)}s", "route": route}]}
+    return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": kind, "namespace": ns}, "spec": spec}  # fmt: skip
+
+
 def _content(snapshot: object) -> dict[str, dict[str, bytes]]:
     return {t: {n: r.body for n, r in by_name.items()} for t, by_name in snapshot.resources.items()}  # type: ignore[attr-defined]
 
 
-def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes() -> None:
+@pytest.mark.parametrize("seed", [7, 1, 3])
+def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(seed: int) -> None:
     """Whatever pushes skip or reuse, each proxy must end up with exactly the config a generator
     built from scratch on the same World would give it."""
-    import random
-
-    rng = random.Random(7)
+    rng = random.Random(seed)
     mesh = Mesh()
     hub = Hub()
     assert mesh.generator is not None
@@ -199,11 +253,22 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes() 
     proxies = [_proxy(ns, n) for ns in ("a", "b") for n in (1, 2)]
     conns = [hub.connect(proxy=p, stream=SotwStream(nonce_prefix=str(i)), now=0.0) for i, p in enumerate(proxies)]
     wide: set[str] = set()
+    served_secrets = 0
     for step in range(80):
         ns, name = rng.choice(["a", "b"]), rng.choice(["s1", "s2"])
         choice = rng.random()
-        if choice < 0.4:
-            docs = _docs(ns, name, [f"10.0.{step}.{k}" for k in range(rng.randint(1, 3))])[1:2]
+        if choice < 0.3:
+            ips = [f"10.0.{step}.{k}" for k in range(rng.randint(1, 3))] + rng.sample(["10.0.0.1", "10.0.0.2"], 1)
+            docs = _docs(ns, name, ips)[1:2]
+        elif choice < 0.4:
+            # Place an endpoint's workload in a locality (or move it): its assignments change.
+            ip = rng.choice(["10.0.0.1", "10.0.0.2"])
+            docs = [
+                {"apiVersion": "v1", "kind": "Pod",
+                 "metadata": {"name": f"ep-{ip[-1]}", "namespace": "a",
+                              "labels": {"version": "v1", **rng.choice(_LOCALITIES)}},
+                 "status": {"podIP": ip}},
+            ]  # fmt: skip
         elif choice < 0.6:
             docs = _docs(ns, name, ["10.0.0.1"], weight=rng.choice([10, 50, 90]))[3:]
         elif choice < 0.7:
@@ -213,7 +278,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes() 
             docs = [
                 {"apiVersion": "v1", "kind": "Pod",
                  "metadata": {"name": proxy.pod, "namespace": proxy.namespace,
-                              "labels": {"app": rng.choice(["wide", "narrow"])}},
+                              "labels": {"app": rng.choice(["wide", "narrow"]), **rng.choice(_LOCALITIES)}},
                  "status": {"podIP": proxy.ip}},
             ]  # fmt: skip
             if proxy.namespace not in wide:
@@ -227,7 +292,19 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes() 
             rule = _docs(ns, name, ["10.0.0.1"])[2]
             if rng.random() < 0.5:
                 rule["spec"]["subsets"].append({"name": "v2", "labels": {"version": "v2"}})
+            policy = rng.choice(_POLICIES)
+            if policy is not None:
+                rule["spec"]["trafficPolicy"] = dict(policy)
+            if rng.random() < 0.5:
+                mode = rng.choice(["MUTUAL", "SIMPLE"])
+                tls = {"mode": mode, "credentialName": rng.choice(["c1", "c2"])}
+                rule["spec"]["trafficPolicy"] = {**rule["spec"].get("trafficPolicy", {}), "tls": tls}
             docs = [rule]
+        elif choice < 0.85:
+            # A credential Secret appears or changes (possibly one no proxy's clusters use yet).
+            docs = [_secret(ns, rng.choice(["c1", "c2"]), rng.randint(0, 1))]
+        elif choice < 0.92:
+            docs = [_routing_vs(rng, ns)]
         else:
             sidecar = _sidecar(ns)
             sidecar["spec"]["egress"][0]["hosts"] = [rng.choice(["./*", "*/*"])]
@@ -238,6 +315,8 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes() 
         for conn in conns:
             assert conn.snapshot is not None
             assert _content(conn.snapshot) == _content(fresh.snapshot(conn.proxy)), (step, conn.proxy.node_id)
+            served_secrets += len(conn.snapshot.resources.get(SECRET, {}))
+    assert served_secrets  # the random changes did reach the SDS layer
 
 
 def test_virtual_service_errors_are_carried_across_pushes_and_follow_their_rule() -> None:
@@ -259,3 +338,34 @@ def test_virtual_service_errors_are_carried_across_pushes_and_follow_their_rule(
     generator = mesh.apply(_resources([rule]))
     generator.precompute()
     assert generator.errors == []
+
+
+def test_a_tcp_idle_timeout_change_reaches_the_listener_of_a_carried_proxy() -> None:
+    from envoy.config.listener.v3 import listener_pb2
+    from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+
+    from meshd.xds.resource import LISTENER
+
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "db", "namespace": "a"},
+               "spec": {"ports": [{"name": "tcp-db", "port": 5432}]}}  # fmt: skip
+
+    def rule(idle: str) -> dict[str, Any]:
+        return {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                "metadata": {"name": "db", "namespace": "a"},
+                "spec": {"host": "db",
+                         "trafficPolicy": {"connectionPool": {"tcp": {"idleTimeout": idle}}}}}  # fmt: skip
+
+    mesh = Mesh()
+    generator = mesh.apply(_resources([service, rule("10s")]))
+    hub = Hub()
+    hub.publish(generator, changed_at=0.0)
+    conn = hub.connect(proxy=_proxy("a", 1), stream=SotwStream(nonce_prefix="a"), now=0.0)
+    generator = mesh.apply(_resources([rule("20s")]))
+    hub.publish(generator, changed_at=1.0)
+    assert conn.snapshot is not None
+    listener = next(r for r in conn.snapshot.select(LISTENER, None) if r.name.endswith("_5432"))
+    decoded = listener_pb2.Listener()
+    listener.to_any().Unpack(decoded)
+    proxy_config = tcp_proxy_pb2.TcpProxy()
+    decoded.filter_chains[0].filters[0].typed_config.Unpack(proxy_config)
+    assert proxy_config.idle_timeout.seconds == 20

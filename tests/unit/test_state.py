@@ -11,6 +11,7 @@ from meshd.api.meta import Resource, ResourceKey
 from meshd.api.parse import parse_resource
 from meshd.model.state import WorldState
 from meshd.model.world import World, build_world
+from tests.certs import Authority
 
 NAMESPACES = ("a", "b")
 
@@ -27,11 +28,19 @@ def _service(rng: random.Random, ns: str, name: str) -> dict[str, Any]:
     }
 
 
+_LOCALITY_LABELS: list[dict[str, str]] = [
+    {},
+    {"istio-locality": "us-east.zone-a"},
+    {"topology.kubernetes.io/region": "eu-west", "topology.kubernetes.io/zone": "zone-c"},
+]
+
+
 def _pod(rng: random.Random, ns: str, name: str) -> dict[str, Any]:
+    labels = {"version": rng.choice(["v1", "v2"]), **rng.choice(_LOCALITY_LABELS)}
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name, "namespace": ns, "labels": {"version": rng.choice(["v1", "v2"])}},
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
         "status": {"podIP": f"10.0.0.{rng.randint(1, 12)}"},
     }
 
@@ -60,7 +69,11 @@ def _entry(rng: random.Random, ns: str, name: str) -> dict[str, Any]:
         "apiVersion": "networking.istio.io/v1",
         "kind": "WorkloadEntry",
         "metadata": {"name": name, "namespace": ns},
-        "spec": {"address": f"10.0.0.{rng.randint(1, 12)}", "labels": {"app": "vm", "version": "v3"}},
+        "spec": {
+            "address": f"10.0.0.{rng.randint(1, 12)}",
+            "labels": {"app": "vm", "version": "v3"},
+            "locality": rng.choice(["", "us-east/zone-b", "eu-west"]),
+        },
     }
 
 
@@ -79,23 +92,48 @@ def _service_entry(rng: random.Random, ns: str, name: str) -> dict[str, Any]:
 
 
 def _rule(rng: random.Random, ns: str, name: str) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "host": f"s{rng.randint(0, 3)}.a.svc.cluster.local",
+        "subsets": [{"name": "v1", "labels": {"version": "v1"}}],
+    }
+    if rng.random() < 0.3:
+        spec["trafficPolicy"] = {"tls": {"mode": "MUTUAL", "credentialName": "cred"}}
     return {
         "apiVersion": "networking.istio.io/v1",
         "kind": "DestinationRule",
         "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "host": f"s{rng.randint(0, 3)}.a.svc.cluster.local",
-            "subsets": [{"name": "v1", "labels": {"version": "v1"}}],
-        },
+        "spec": spec,
+    }
+
+
+_CA = Authority()
+_PAIRS = [_CA.issue(f"client-{i}", client=True) for i in range(2)]
+
+
+def _secret(rng: random.Random, ns: str, name: str) -> dict[str, Any]:
+    pair = rng.choice(_PAIRS)
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": ns},
+        "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": pair.cert.decode(), "tls.key": pair.key.decode(), "ca.crt": _CA.pem.decode()},
     }
 
 
 def _virtual_service(rng: random.Random, ns: str, name: str) -> dict[str, Any]:
+    """A root (exact or wildcard host), or a delegate (no hosts); matches by source labels."""
+    http: list[dict[str, Any]] = [{"route": [{"destination": {"host": "s0"}}]}]
+    if rng.random() < 0.3:
+        http.insert(0, {"match": [{"sourceLabels": {"version": rng.choice(["v1", "v2"])}}], "route": http[0]["route"]})
+    if rng.random() < 0.3:
+        http.insert(0, {"delegate": {"name": f"vs{rng.randint(0, 2)}"}})
+    hosts = rng.choice([[f"s{rng.randint(0, 3)}"], [f"s{rng.randint(0, 3)}"], ["*.a.svc.cluster.local"], []])
     return {
         "apiVersion": "networking.istio.io/v1",
         "kind": "VirtualService",
         "metadata": {"name": name, "namespace": ns},
-        "spec": {"hosts": [f"s{rng.randint(0, 3)}"], "http": [{"route": [{"destination": {"host": "s0"}}]}]},
+        "spec": {"hosts": hosts, "http": http},
     }
 
 
@@ -115,8 +153,9 @@ MAKERS = {
     "WorkloadEntry": (_entry, "w", 2),
     "ServiceEntry": (_service_entry, "se", 2),
     "DestinationRule": (_rule, "dr", 2),
-    "VirtualService": (_virtual_service, "vs", 2),
+    "VirtualService": (_virtual_service, "vs", 3),
     "Sidecar": (_sidecar, "sc", 1),
+    "Secret": (_secret, "cred", 1),
 }
 
 
@@ -128,6 +167,10 @@ def _same(a: World, b: World) -> None:
     assert dict(a.rules_by_host) == dict(b.rules_by_host)
     assert dict(a.destination_rules) == dict(b.destination_rules)
     assert dict(a.sidecars) == dict(b.sidecars)
+    assert dict(a.secrets) == dict(b.secrets)
+    assert dict(a.virtual_services_by_name) == dict(b.virtual_services_by_name)
+    assert a.source_selectors == b.source_selectors
+    assert a.wildcard_hosts == b.wildcard_hosts
     assert sorted(map(str, a.errors)) == sorted(map(str, b.errors))
 
 

@@ -9,8 +9,11 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from meshd.api.meta import ApiModel, Resource
-from meshd.api.values import Duration, DurationOrZero, Percent
+from meshd.api.values import Duration, DurationOrZero, Percent, parse_duration
 from meshd.api.virtualservice import PortSelector
+
+INT32_MAX = 2_147_483_647  # Istio's int32 fields; Envoy's thresholds are uint32
+MAX_RING_SIZE = 8_388_608  # Envoy's limit for a ring hash's minimum size
 
 
 class HTTPCookie(ApiModel):
@@ -24,7 +27,7 @@ class RingHash(ApiModel):
 
 
 class Maglev(ApiModel):
-    table_size: int = Field(default=0, ge=0)
+    table_size: int = Field(default=0, ge=0, le=5_000_011)
 
     @model_validator(mode="after")
     def _prime(self) -> Maglev:
@@ -41,10 +44,12 @@ class ConsistentHashLB(ApiModel):
     http_query_parameter_name: str | None = None
     ring_hash: RingHash | None = None
     maglev: Maglev | None = None
-    minimum_ring_size: int | None = Field(default=None, ge=0)  # deprecated: ringHash.minimumRingSize
+    minimum_ring_size: int | None = Field(default=None, ge=0, le=MAX_RING_SIZE)  # deprecated: ringHash.minimumRingSize
 
     @model_validator(mode="after")
     def _check(self) -> ConsistentHashLB:
+        if self.http_header_name is not None and any(c in self.http_header_name for c in "\r\n\0"):
+            raise ValueError("httpHeaderName: a header name cannot contain CR, LF or NUL")
         keys = [
             f
             for f in ("http_header_name", "http_cookie", "use_source_ip", "http_query_parameter_name")
@@ -60,12 +65,25 @@ class ConsistentHashLB(ApiModel):
         return self
 
 
+def _check_locality(text: str, field: str) -> None:
+    """Istio's locality syntax: region/zone/subzone, where '*' may only stand for a whole last part."""
+    parts = text.split("/")
+    if len(parts) > 3 or any(not p for p in parts):
+        raise ValueError(f"{field}: {text!r} is not a locality (region, region/zone or region/zone/subzone)")
+    for i, part in enumerate(parts):
+        if "*" in part and (part != "*" or i != len(parts) - 1):
+            raise ValueError(f"{field}: {text!r}: '*' may only be the last part of a locality")
+
+
 class LocalityDistribute(ApiModel):
     from_: str = Field(alias="from", min_length=1)
     to: dict[str, int] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _check(self) -> LocalityDistribute:
+        _check_locality(self.from_, "from")
+        for locality in self.to:
+            _check_locality(locality, "to")
         total = sum(self.to.values())
         if total != 100:
             raise ValueError(f"to: weights must add up to 100, got {total}")
@@ -123,13 +141,21 @@ class LoadBalancerSettings(ApiModel):
 
 
 class TcpKeepalive(ApiModel):
-    probes: int = Field(default=0, ge=0)
+    probes: int = Field(default=0, ge=0, le=INT32_MAX)
     time: Duration | None = None
     interval: Duration | None = None
 
+    @model_validator(mode="after")
+    def _whole_seconds(self) -> TcpKeepalive:
+        # Envoy takes keepalive time and interval in whole seconds; 0 would make the socket option fail.
+        for name, value in (("time", self.time), ("interval", self.interval)):
+            if value is not None and parse_duration(value) < 1:
+                raise ValueError(f"{name}: {value!r} must be at least 1s (keepalive is set in whole seconds)")
+        return self
+
 
 class TCPSettings(ApiModel):
-    max_connections: int = Field(default=0, ge=0)
+    max_connections: int = Field(default=0, ge=0, le=INT32_MAX)
     connect_timeout: Duration | None = None
     tcp_keepalive: TcpKeepalive | None = None
     max_connection_duration: Duration | None = None
@@ -137,14 +163,14 @@ class TCPSettings(ApiModel):
 
 
 class HTTPSettings(ApiModel):
-    http1_max_pending_requests: int = Field(default=0, ge=0)
-    http2_max_requests: int = Field(default=0, ge=0)
-    max_requests_per_connection: int = Field(default=0, ge=0)
-    max_retries: int = Field(default=0, ge=0)
+    http1_max_pending_requests: int = Field(default=0, ge=0, le=INT32_MAX)
+    http2_max_requests: int = Field(default=0, ge=0, le=INT32_MAX)
+    max_requests_per_connection: int = Field(default=0, ge=0, le=INT32_MAX)
+    max_retries: int = Field(default=0, ge=0, le=INT32_MAX)
     idle_timeout: Duration | None = None
     h2_upgrade_policy: Literal["DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"] = "DEFAULT"
     use_client_protocol: bool = False
-    max_concurrent_streams: int = Field(default=0, ge=0)
+    max_concurrent_streams: int = Field(default=0, ge=0, le=INT32_MAX)
 
 
 class ConnectionPoolSettings(ApiModel):
@@ -154,10 +180,10 @@ class ConnectionPoolSettings(ApiModel):
 
 class OutlierDetection(ApiModel):
     split_external_local_origin_errors: bool = False
-    consecutive_local_origin_failures: int | None = Field(default=None, ge=0)
-    consecutive_gateway_errors: int | None = Field(default=None, ge=0)
-    consecutive_5xx_errors: int | None = Field(default=None, ge=0, alias="consecutive5xxErrors")
-    consecutive_errors: int | None = Field(default=None, ge=0)  # deprecated: consecutive gateway errors
+    consecutive_local_origin_failures: int | None = Field(default=None, ge=0, le=INT32_MAX)
+    consecutive_gateway_errors: int | None = Field(default=None, ge=0, le=INT32_MAX)
+    consecutive_5xx_errors: int | None = Field(default=None, ge=0, le=INT32_MAX, alias="consecutive5xxErrors")
+    consecutive_errors: int | None = Field(default=None, ge=0, le=INT32_MAX)  # deprecated: consecutive gateway errors
     interval: Duration | None = None
     base_ejection_time: Duration | None = None
     max_ejection_percent: int = Field(default=0, ge=0, le=100)
@@ -197,6 +223,18 @@ class ClientTLSSettings(ApiModel):
                 raise ValueError("privateKey: required for MUTUAL (or set credentialName)")
         if self.mode == "SIMPLE" and (self.client_certificate or self.private_key):
             raise ValueError("clientCertificate: SIMPLE is one-way TLS; use MUTUAL to present a certificate")
+        for field, path in (
+            ("clientCertificate", self.client_certificate),
+            ("privateKey", self.private_key),
+            ("caCertificates", self.ca_certificates),
+            ("caCrl", self.ca_crl),
+        ):
+            if path and not path.startswith("/"):
+                raise ValueError(f"{field}: {path!r} must be an absolute path (a file in the proxy's filesystem)")
+        if len(self.sni.encode()) > 255:
+            raise ValueError("sni: at most 255 bytes (Envoy's limit)")
+        if self.credential_name and not self.credential_name.removeprefix("kubernetes://"):
+            raise ValueError("credentialName: names no Secret")
         return self
 
 

@@ -1,11 +1,14 @@
-"""Kubernetes core objects meshd reads: Service, EndpointSlice, Pod (the fields that matter)."""
+"""Kubernetes core objects meshd reads: Service, EndpointSlice, Pod, Secret (the fields that matter)."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, PrivateAttr, model_validator
 
+from meshd.api import pem
 from meshd.api.meta import ApiModel, Resource
 
 
@@ -82,3 +85,62 @@ class Pod(Resource):
     kind: Literal["Pod"]
     spec: PodSpec = Field(default_factory=PodSpec)
     status: PodStatus = Field(default_factory=PodStatus)
+
+
+# Secret keys Istio reads for credentialName: the generic (Opaque) names first, then the
+# kubernetes.io/tls names.
+CERT_KEYS = (("cert", "key"), ("tls.crt", "tls.key"))
+CA_KEYS = (("cacert", "crl"), ("ca.crt", "ca.crl"))
+
+
+class Secret(Resource):
+    """A v1 Secret. `data` is base64 (as the API server stores it), `stringData` plain text and wins
+    on equal keys. The TLS keys Istio reads are checked as PEM (a key must match its certificate);
+    other keys are kept unchecked."""
+
+    kind: Literal["Secret"]
+    type: str = "Opaque"
+    data: dict[str, str] = Field(default_factory=dict)
+    string_data: dict[str, str] = Field(default_factory=dict)
+    _values: dict[str, bytes] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _decode(self) -> Secret:
+        values: dict[str, bytes] = {}
+        for key, text in self.data.items():
+            try:
+                values[key] = base64.b64decode(text, validate=True)
+            except binascii.Error:
+                raise ValueError(f"data.{key}: not valid base64") from None
+        values.update((k, v.encode()) for k, v in self.string_data.items())
+        if self.type == "kubernetes.io/tls" and not ("tls.crt" in values and "tls.key" in values):
+            raise ValueError("data: a kubernetes.io/tls Secret needs tls.crt and tls.key")
+        for cert_key, key_key in CERT_KEYS:
+            if (cert_key in values) != (key_key in values):
+                missing = key_key if cert_key in values else cert_key
+                raise ValueError(f"data.{missing}: {cert_key} and {key_key} go together")
+            if cert_key in values:
+                pem.check_key_pair(
+                    values[cert_key], values[key_key], cert_field=f"data.{cert_key}", key_field=f"data.{key_key}"
+                )
+        for ca_key, crl_key in CA_KEYS:
+            if ca_key in values:
+                pem.certificates(values[ca_key], what=f"data.{ca_key}")
+            if crl_key in values:
+                pem.check_crl(values[crl_key], what=f"data.{crl_key}")
+        self._values = values
+        return self
+
+    def key_cert(self) -> tuple[bytes, bytes] | None:
+        """(certificate chain, private key), as Istio picks them: `cert`/`key`, else `tls.crt`/`tls.key`."""
+        for cert_key, key_key in CERT_KEYS:
+            if cert_key in self._values:
+                return self._values[cert_key], self._values[key_key]
+        return None
+
+    def ca(self) -> tuple[bytes, bytes | None] | None:
+        """(CA certificates, CRL or None): `cacert`/`crl`, else `ca.crt`/`ca.crl`."""
+        for ca_key, crl_key in CA_KEYS:
+            if ca_key in self._values:
+                return self._values[ca_key], self._values.get(crl_key)
+        return None

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from meshd.api.destinationrule import DestinationRule
-from meshd.api.kube import EndpointSlice, Pod, Service
+from meshd.api.kube import EndpointSlice, Pod, Secret, Service
 from meshd.api.meta import InvalidResource, Resource, ResourceKey, field_path
 from meshd.api.networking import NETWORKING_VERSIONS, ServiceEntry, Sidecar, WorkloadEntry
 from meshd.api.virtualservice import VirtualService
@@ -18,6 +18,7 @@ KINDS: dict[str, tuple[type[Resource], tuple[str, ...]]] = {
     "Service": (Service, ("v1",)),
     "Pod": (Pod, ("v1",)),
     "EndpointSlice": (EndpointSlice, ("discovery.k8s.io/v1",)),
+    "Secret": (Secret, ("v1",)),
     "VirtualService": (VirtualService, NETWORKING_VERSIONS),
     "DestinationRule": (DestinationRule, NETWORKING_VERSIONS),
     "ServiceEntry": (ServiceEntry, NETWORKING_VERSIONS),

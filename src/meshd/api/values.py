@@ -33,15 +33,25 @@ def parse_duration(text: str) -> float:
     return total
 
 
-def _duration(text: str) -> str:
+# Go's largest duration (about 292 years); protobuf's Duration holds it, Envoy accepts it.
+MAX_DURATION_SECONDS = (2**63 - 1) / 1e9
+
+
+def _bounded(text: str) -> float:
     seconds = parse_duration(text)
-    if seconds < 0.001:
+    if seconds > MAX_DURATION_SECONDS:
+        raise ValueError(f"duration {text!r} is longer than the largest duration (about 2562047h)")
+    return seconds
+
+
+def _duration(text: str) -> str:
+    if _bounded(text) < 0.001:
         raise ValueError(f"duration {text!r} must be at least 1ms")
     return text
 
 
 def _duration_or_zero(text: str) -> str:
-    parse_duration(text)
+    _bounded(text)
     return text
 
 

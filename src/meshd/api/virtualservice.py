@@ -46,6 +46,15 @@ def check_header_value(value: str) -> str:
     return value
 
 
+def _check_values(**values: str) -> None:
+    """Paths and authorities end up in request headers: the same characters are refused."""
+    for field, value in values.items():
+        try:
+            check_header_value(value)
+        except ValueError as err:
+            raise ValueError(f"{field}: {err}") from None
+
+
 class StringMatch(ApiModel):
     """One of exact / prefix / regex. An empty match means "present" where Istio allows it (headers)."""
 
@@ -58,6 +67,8 @@ class StringMatch(ApiModel):
         set_fields = [f for f in ("exact", "prefix", "regex") if getattr(self, f) is not None]
         if len(set_fields) > 1:
             raise ValueError("exactly one of exact, prefix, regex may be set")
+        if self.regex == "":
+            raise ValueError("regex: an empty regex is not allowed (omit the match, or use prefix)")
         if self.regex is not None:
             try:
                 check_regex(self.regex)
@@ -175,6 +186,7 @@ class HTTPRedirect(ApiModel):
             raise ValueError(f"scheme: {self.scheme!r} must be http or https")
         if not (self.uri or self.authority or self.port or self.derive_port or self.scheme):
             raise ValueError("uri: a redirect needs at least one of uri, authority, port, derivePort, scheme")
+        _check_values(uri=self.uri, authority=self.authority)
         return self
 
 
@@ -220,11 +232,12 @@ class HTTPRewrite(ApiModel):
             raise ValueError("uriRegexRewrite: only one of uri or uriRegexRewrite may be set")
         if not (self.uri or self.authority or self.uri_regex_rewrite):
             raise ValueError("uri: a rewrite needs uri, authority or uriRegexRewrite")
+        _check_values(uri=self.uri, authority=self.authority)
         return self
 
 
 class HTTPRetry(ApiModel):
-    attempts: int = Field(default=0, ge=0)
+    attempts: int = Field(default=0, ge=0, le=2**31 - 1)
     per_try_timeout: Duration | None = None
     retry_on: str = ""
     retry_remote_localities: bool = False
@@ -325,6 +338,8 @@ class CorsPolicy(ApiModel):
         for i, origin in enumerate(self.allow_origins):
             if origin.empty:
                 raise ValueError(f"allowOrigins[{i}]: one of exact, prefix, regex is required")
+            if origin.prefix == "":
+                raise ValueError(f"allowOrigins[{i}]: an empty prefix is not allowed (use regex: '.*')")
         for field in ("allow_headers", "expose_headers"):
             for i, name in enumerate(getattr(self, field)):
                 if not _HEADER_NAME.match(name):

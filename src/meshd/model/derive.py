@@ -12,7 +12,7 @@ from meshd.api.kube import EndpointSlice, Pod, Service
 from meshd.api.meta import InvalidResource, Resource
 from meshd.api.networking import ServiceEntry, Sidecar, WorkloadEntry
 from meshd.api.virtualservice import VirtualService
-from meshd.model.services import Endpoint, MeshService, ServicePort, Workload, protocol_of
+from meshd.model.services import Endpoint, MeshService, ServicePort, Workload, locality_from_labels, protocol_of
 
 EXPORT_TO_ANNOTATION = "networking.istio.io/exportTo"
 EndpointChunks = dict[tuple[str, int], list[tuple[Endpoint, ...]]]
@@ -33,10 +33,10 @@ def age_key(resource: Resource) -> tuple[str, str, str]:
     return (resource.metadata.creation_timestamp or "~", resource.metadata.namespace, resource.metadata.name)
 
 
-def endpoint_order(endpoint: Endpoint) -> tuple[str, int, tuple[tuple[str, str], ...], str, str, int]:
+def endpoint_order(endpoint: Endpoint) -> tuple[str, int, tuple[tuple[str, str], ...], str, str, int, str]:
     """A total order, so endpoints merged from several slices sort the same whatever their order."""
     e = endpoint
-    return (e.address, e.port, e.labels, e.service_account, e.workload, e.weight)
+    return (e.address, e.port, e.labels, e.service_account, e.workload, e.weight, e.locality)
 
 
 def pod_workload(pod: Pod) -> Workload:
@@ -46,6 +46,7 @@ def pod_workload(pod: Pod) -> Workload:
         address=pod.status.pod_ip or "",
         labels=tuple(sorted(pod.metadata.labels.items())),
         service_account=pod.spec.service_account_name,
+        locality=locality_from_labels(pod.metadata.labels),
     )
 
 
@@ -56,7 +57,13 @@ def entry_workload(entry: WorkloadEntry) -> Workload:
         address=entry.spec.address,
         labels=tuple(sorted(entry.spec.labels.items())),
         service_account=entry.spec.service_account or "default",
+        locality=entry_locality(entry.spec.locality, entry.spec.labels),
     )
+
+
+def entry_locality(locality: str, labels: dict[str, str]) -> str:
+    """A WorkloadEntry's (or ServiceEntry endpoint's) locality: its `locality` field, else its labels."""
+    return locality.strip("/") or locality_from_labels(labels)
 
 
 def mesh_service(svc: Service, *, suffix: str) -> MeshService:
@@ -113,13 +120,20 @@ def slice_endpoints(
                 if pod is not None:
                     labels = tuple(sorted(pod.metadata.labels.items()))
                     account, name = pod.spec.service_account_name, pod.metadata.name
+                    locality = locality_from_labels(pod.metadata.labels)
                 elif workload is not None:
                     labels, account, name = workload.labels, workload.service_account, workload.name
+                    locality = workload.locality
                 else:
-                    labels, account, name = (), "", ""
+                    labels, account, name, locality = (), "", "", ""
                 endpoints.append(
                     Endpoint(
-                        address=address, port=slice_port.port, labels=labels, service_account=account, workload=name
+                        address=address,
+                        port=slice_port.port,
+                        labels=labels,
+                        service_account=account,
+                        workload=name,
+                        locality=locality,
                     )
                 )
         out.append((sp.number, tuple(sorted(endpoints, key=endpoint_order))))
@@ -183,6 +197,7 @@ def service_entries(
                         labels=tuple(sorted(spec.labels.items())),
                         service_account=spec.service_account,
                         weight=spec.weight,
+                        locality=entry_locality(spec.locality, spec.labels),
                     )
                     endpoints[(host_fqdn, port.number)].append((endpoint,))
                 if resolution == "DNS" and not specs:
@@ -198,6 +213,18 @@ def virtual_services_by_host(vss: Iterable[VirtualService], *, suffix: str) -> d
         for host in vs.spec.hosts:
             by_host[resolve_host(host, namespace=vs.metadata.namespace, domain_suffix=suffix)].append(vs)
     return {h: tuple(v) for h, v in sorted(by_host.items())}
+
+
+def source_selectors(vss: Iterable[VirtualService]) -> tuple[tuple[tuple[str, str], ...], ...]:
+    """The distinct sourceLabels selectors used by any http match, sorted."""
+    found = {
+        tuple(sorted(m.source_labels.items()))
+        for vs in vss
+        for http in vs.spec.http
+        for m in http.match
+        if m.source_labels
+    }
+    return tuple(sorted(found))
 
 
 def default_rule(

@@ -93,11 +93,21 @@ class Endpoint:
     workload: str = ""
     ready: bool = True
     weight: int = 0
+    locality: str = ""  # region/zone/subzone ("" when unknown)
     _hash: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Endpoint tuples key the endpoint cache on the push path: hash once.
-        fields = (self.address, self.port, self.labels, self.service_account, self.workload, self.ready, self.weight)
+        fields = (
+            self.address,
+            self.port,
+            self.labels,
+            self.service_account,
+            self.workload,
+            self.ready,
+            self.weight,
+            self.locality,
+        )
         object.__setattr__(self, "_hash", hash(fields))
 
     def __hash__(self) -> int:
@@ -121,3 +131,26 @@ class Workload:
     address: str
     labels: tuple[tuple[str, str], ...] = field(default=())
     service_account: str = ""
+    locality: str = ""  # region/zone/subzone ("" when unknown)
+
+
+LOCALITY_LABEL = "istio-locality"
+REGION_LABEL = "topology.kubernetes.io/region"
+ZONE_LABEL = "topology.kubernetes.io/zone"
+SUBZONE_LABEL = "topology.istio.io/subzone"
+
+
+def locality_from_labels(labels: dict[str, str]) -> str:
+    """A workload's locality as `region/zone/subzone`: Istio's `istio-locality` label (dots, since a
+    label value cannot hold '/'), else the standard topology labels."""
+    explicit = labels.get(LOCALITY_LABEL)
+    if explicit:
+        return "/".join(explicit.split(".", 2))
+    parts = [labels.get(REGION_LABEL, ""), labels.get(ZONE_LABEL, ""), labels.get(SUBZONE_LABEL, "")]
+    return "/".join(parts).rstrip("/")
+
+
+def split_locality(locality: str) -> tuple[str, str, str]:
+    region, _, rest = locality.partition("/")
+    zone, _, subzone = rest.partition("/")
+    return region, zone, subzone

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import TypeVar
 
 from meshd.api.destinationrule import DestinationRule
-from meshd.api.kube import EndpointSlice, Pod, Service
+from meshd.api.kube import EndpointSlice, Pod, Secret, Service
 from meshd.api.meta import InvalidResource, Resource, ResourceKey
 from meshd.api.networking import ServiceEntry, Sidecar, WorkloadEntry
 from meshd.api.virtualservice import VirtualService
@@ -63,10 +63,12 @@ class WorldState:
         self._se_services: dict[str, MeshService] = {}
         self._se_endpoints: dict[tuple[str, int], tuple[Endpoint, ...]] = {}
         self._virtual_services: dict[str, tuple[VirtualService, ...]] = {}
+        self._vs_by_name: dict[tuple[str, str], VirtualService] = {}
         self._rules: dict[str, tuple[DestinationRule, ...]] = {}
         self._sidecars: dict[str, tuple[Sidecar, ...]] = {}
         self._errors: list[InvalidResource] = []
         self._workloads: dict[str, Workload] = {}
+        self._secrets: dict[tuple[str, str], Secret] = {}
 
     # -- applying changes ---------------------------------------------------------------------
 
@@ -82,6 +84,12 @@ class WorldState:
                 dirty.add((key.namespace, key.name))
             elif key.kind == "EndpointSlice":
                 self._apply_slice(key, resource, dirty)
+            elif key.kind == "Secret":
+                # Secrets only feed SDS: an unchanged Secret stays the same object (consumers compare identity).
+                if isinstance(resource, Secret):
+                    self._secrets[(key.namespace, key.name)] = resource
+                else:
+                    self._secrets.pop((key.namespace, key.name), None)
             elif key.kind in _ISTIO_KINDS:
                 previous = self._istio[key.kind].pop(key, None)
                 if resource is not None:
@@ -202,13 +210,11 @@ class WorldState:
         )
         self._se_services = se_services
         self._se_endpoints = {key: derive.merge_chunks(chunks) for key, chunks in se_chunks.items()}
+        vss = [v for v in self._istio["VirtualService"].values() if isinstance(v, VirtualService)]
         self._virtual_services = _keep_identity(
-            self._virtual_services,
-            derive.virtual_services_by_host(
-                [v for v in self._istio["VirtualService"].values() if isinstance(v, VirtualService)],
-                suffix=self._suffix,
-            ),
+            self._virtual_services, derive.virtual_services_by_host(vss, suffix=self._suffix)
         )
+        self._vs_by_name = {(v.metadata.namespace, v.metadata.name): v for v in vss}
         rules, rule_errors = derive.destination_rules_by_host(
             [d for d in self._istio["DestinationRule"].values() if isinstance(d, DestinationRule)], suffix=self._suffix
         )
@@ -237,4 +243,6 @@ class WorldState:
             workloads=self._workloads,
             errors=self._errors,
             revision=revision,
+            secrets=self._secrets,
+            virtual_services_by_name=self._vs_by_name,
         )

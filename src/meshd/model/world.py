@@ -1,8 +1,8 @@
 """World: an immutable, indexed snapshot of the mesh.
 
 Indexes: services by hostname, endpoints by (hostname, port), VirtualServices by host,
-DestinationRules by host, Sidecars by namespace, workloads by address. Building it never raises:
-semantic problems become InvalidResource entries in `errors`. `build_world` builds one from
+DestinationRules by host, Sidecars by namespace, workloads by address, Secrets by namespace/name.
+Building it never raises: semantic problems become InvalidResource entries in `errors`. `build_world` builds one from
 scratch; `model.state.WorldState` keeps one up to date change by change (same result).
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from meshd.api.destinationrule import DestinationRule
-from meshd.api.kube import EndpointSlice, Pod, Service
+from meshd.api.kube import EndpointSlice, Pod, Secret, Service
 from meshd.api.meta import InvalidResource, Resource
 from meshd.api.networking import ServiceEntry, Sidecar, WorkloadEntry
 from meshd.api.virtualservice import VirtualService
@@ -38,6 +38,26 @@ class World:
     errors: tuple[InvalidResource, ...]
     revision: int = 0
     by_namespace: Mapping[str, tuple[MeshService, ...]] = field(default_factory=dict)  # sorted by hostname
+    secrets: Mapping[tuple[str, str], Secret] = field(default_factory=dict)  # (namespace, name) -> Secret
+    # every VirtualService by (namespace, name): how a `delegate` finds its target
+    virtual_services_by_name: Mapping[tuple[str, str], VirtualService] = field(default_factory=dict)
+    # the distinct sourceLabels selectors of all VirtualService matches (sorted): a proxy's scope
+    # records which of them its labels satisfy
+    source_selectors: tuple[tuple[tuple[str, str], ...], ...] = ()
+    # the wildcard hosts of `virtual_services`, most specific first ("*" last)
+    wildcard_hosts: tuple[str, ...] = ()
+
+    def virtual_services_for(self, host: str) -> tuple[VirtualService, ...] | None:
+        """The VirtualServices routing a host: those naming it exactly, else those of the most
+        specific wildcard host that covers it. The tuple is the World's own (its identity says
+        whether it changed)."""
+        found = self.virtual_services.get(host)
+        if found is not None or not self.wildcard_hosts:
+            return found
+        for pattern in self.wildcard_hosts:
+            if pattern == "*" or host.endswith(pattern[1:]):
+                return self.virtual_services[pattern]
+        return None
 
     def services_on_port(self, number: int) -> list[MeshService]:
         return [s for s in self.services.values() if s.port(number) is not None]
@@ -54,6 +74,8 @@ def assemble(
     workloads: Mapping[str, Workload],
     errors: Iterable[InvalidResource],
     revision: int,
+    secrets: Mapping[tuple[str, str], Secret] | None = None,
+    virtual_services_by_name: Mapping[tuple[str, str], VirtualService],
 ) -> World:
     ordered = dict(sorted(services.items()))
     by_namespace: dict[str, list[MeshService]] = defaultdict(list)
@@ -73,6 +95,10 @@ def assemble(
         workloads=MappingProxyType(dict(workloads)),
         errors=tuple(errors),
         revision=revision,
+        secrets=MappingProxyType(dict(secrets or {})),
+        virtual_services_by_name=MappingProxyType(dict(virtual_services_by_name)),
+        source_selectors=derive.source_selectors(virtual_services_by_name.values()),
+        wildcard_hosts=tuple(sorted((h for h in virtual_services if h.startswith("*")), key=lambda h: (-len(h), h))),
     )
 
 
@@ -115,16 +141,17 @@ def build_world(resources: Iterable[Resource], *, domain_suffix: str, revision: 
     rules_by_host, rule_errors = derive.destination_rules_by_host(
         [d for d in by_kind["DestinationRule"] if isinstance(d, DestinationRule)], suffix=domain_suffix
     )
+    vss = [v for v in by_kind["VirtualService"] if isinstance(v, VirtualService)]
     return assemble(
         domain_suffix=domain_suffix,
         services=services,
         endpoints={key: derive.merge_chunks(c) for key, c in chunks.items()},
-        virtual_services=derive.virtual_services_by_host(
-            [v for v in by_kind["VirtualService"] if isinstance(v, VirtualService)], suffix=domain_suffix
-        ),
+        virtual_services=derive.virtual_services_by_host(vss, suffix=domain_suffix),
+        virtual_services_by_name={(v.metadata.namespace, v.metadata.name): v for v in vss},
         rules_by_host=rules_by_host,
         sidecars=derive.sidecars_by_namespace([s for s in by_kind["Sidecar"] if isinstance(s, Sidecar)]),
         workloads=workloads,
         errors=errors + rule_errors,
         revision=revision,
+        secrets={(s.metadata.namespace, s.metadata.name): s for s in by_kind["Secret"] if isinstance(s, Secret)},
     )

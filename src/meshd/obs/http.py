@@ -51,9 +51,17 @@ def config_dump(hub: Hub, proxy_id: str) -> dict[str, Any] | None:
         return None
     snapshot = hub.snapshot_for(conn.proxy)
     return {
-        short_name(type_url): [json_format.MessageToDict(r.to_any()) for _, r in sorted(resources.items())]
+        short_name(type_url): [_redacted(json_format.MessageToDict(r.to_any())) for _, r in sorted(resources.items())]
         for type_url, resources in sorted(snapshot.resources.items())
     }
+
+
+def _redacted(resource: dict[str, Any]) -> dict[str, Any]:
+    """Private keys of SDS secrets are never shown (as in Envoy's own config_dump)."""
+    certificate = resource.get("tlsCertificate")
+    if isinstance(certificate, dict) and "privateKey" in certificate:
+        certificate["privateKey"] = {"inlineString": "[redacted]"}
+    return resource
 
 
 def _json(data: Any, status: int = 200) -> web.Response:

@@ -1,4 +1,5 @@
-"""Outbound clusters (one per service port and DestinationRule subset) and inbound clusters."""
+"""Outbound clusters (one per service port and DestinationRule subset, each with the rule's effective
+traffic policy for that port and subset) and inbound clusters."""
 
 from __future__ import annotations
 
@@ -11,10 +12,15 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import any_pb2, duration_pb2
 
+from meshd.api.destinationrule import DestinationRule
 from meshd.model.services import Endpoint, MeshService, ServicePort
 from meshd.translate import naming
+from meshd.translate.cluster_policy import apply_policy
+from meshd.translate.locality import locality_groups
+from meshd.translate.policy import effective_policy
 from meshd.translate.scope import Scope
 from meshd.translate.spec import Spec, ident
+from meshd.translate.upstream_tls import effective_tls, sds_names, tls_files
 
 CONNECT_TIMEOUT = duration_pb2.Duration(seconds=10)
 _HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -41,9 +47,24 @@ def socket_address(address: str, port: int) -> address_pb2.Address:
     return address_pb2.Address(socket_address=address_pb2.SocketAddress(address=address, port_value=port))
 
 
-def _outbound(service: MeshService, port: ServicePort, subset: str) -> cluster_pb2.Cluster:
+def _outbound(
+    service: MeshService, port: ServicePort, subset: str, rule: DestinationRule | None
+) -> cluster_pb2.Cluster:
+    cluster = _plain_outbound(service, port, subset)
+    _with_policy(cluster, service, port, subset, rule)
+    return cluster
+
+
+def _with_policy(
+    cluster: cluster_pb2.Cluster, service: MeshService, port: ServicePort, subset: str, rule: DestinationRule | None
+) -> None:
+    policy = effective_policy(rule, port=port.number, subset=subset)
+    apply_policy(cluster, policy, service=service, port=port)
+
+
+def _plain_outbound(service: MeshService, port: ServicePort, subset: str) -> cluster_pb2.Cluster:
     name = naming.outbound_cluster(port=port.number, host=service.hostname, subset=subset)
-    cluster = cluster_pb2.Cluster(name=name, connect_timeout=CONNECT_TIMEOUT, lb_policy=cluster_pb2.Cluster.ROUND_ROBIN)
+    cluster = cluster_pb2.Cluster(name=name, connect_timeout=CONNECT_TIMEOUT)
     if service.resolution == "DNS":
         cluster.type = cluster_pb2.Cluster.STRICT_DNS
         cluster.dns_lookup_family = cluster_pb2.Cluster.V4_ONLY
@@ -59,16 +80,20 @@ def _outbound(service: MeshService, port: ServicePort, subset: str) -> cluster_p
 
 
 def _dns_cluster(
-    service: MeshService, port: ServicePort, subset: str, endpoints: tuple[Endpoint, ...]
+    service: MeshService, port: ServicePort, subset: str, endpoints: tuple[Endpoint, ...], rule: DestinationRule | None
 ) -> cluster_pb2.Cluster:
-    cluster = _outbound(service, port, subset)
-    locality = cluster.load_assignment.endpoints.add()
-    for ep in endpoints:
-        locality.lb_endpoints.append(
+    cluster = _plain_outbound(service, port, subset)
+    pairs = [
+        (
+            ep,
             endpoint_components_pb2.LbEndpoint(
                 endpoint=endpoint_components_pb2.Endpoint(address=socket_address(ep.address, ep.port))
-            )
+            ),
         )
+        for ep in endpoints
+    ]
+    cluster.load_assignment.endpoints.extend(locality_groups(pairs, None))
+    _with_policy(cluster, service, port, subset, rule)
     return cluster
 
 
@@ -92,9 +117,36 @@ def service_cluster_specs(scope: Scope, service: MeshService, ports: Sequence[Se
             name = naming.outbound_cluster(port=port.number, host=service.hostname, subset=subset)
             key = ("cds", service, port, subset, ident(rule), dns)
             if service.resolution == "DNS":
-                yield Spec(name, key, partial(_dns_cluster, service, port, subset, dns))
+                yield Spec(name, key, partial(_dns_cluster, service, port, subset, dns, rule))
             else:
-                yield Spec(name, key, partial(_outbound, service, port, subset))
+                yield Spec(name, key, partial(_outbound, service, port, subset, rule))
+
+
+def service_secret_names(scope: Scope, service: MeshService, ports: Sequence[ServicePort]) -> frozenset[str]:
+    """The SDS resources (credentialName) the outbound clusters of one service ask for."""
+    rule = scope.destination_rule(service.hostname)
+    if rule is None or service.resolution == "NONE":
+        return frozenset()
+    subsets = [""] + [s.name for s in rule.spec.subsets]
+    return frozenset(
+        name
+        for port in ports
+        for subset in subsets
+        for name in sds_names(effective_tls(rule, subset=subset, port=port.number)[0])
+    )
+
+
+def clusters_opening(
+    rule: DestinationRule, service: MeshService, ports: Sequence[ServicePort], files: frozenset[str]
+) -> set[str]:
+    """Names of a service's outbound clusters whose TLS settings open one of `files`."""
+    subsets = [""] + [s.name for s in rule.spec.subsets]
+    return {
+        naming.outbound_cluster(port=port.number, host=service.hostname, subset=subset)
+        for port in ports
+        for subset in subsets
+        if any(path in files for _, path in tls_files(effective_tls(rule, subset=subset, port=port.number)[0]))
+    }
 
 
 def _inbound_cluster(address: str, port: int) -> cluster_pb2.Cluster:

@@ -1,5 +1,6 @@
 """ClusterLoadAssignments for EDS clusters: all endpoints of a service port, and per subset the
-endpoints whose labels match."""
+endpoints whose labels match, grouped by locality (and prioritised or weighted by the proxy's
+locality where the DestinationRule asks for it: `translate/locality.py`)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,16 @@ from google.protobuf import wrappers_pb2
 from meshd.model.services import Endpoint, MeshService, ServicePort
 from meshd.translate import naming
 from meshd.translate.clusters import socket_address
+from meshd.translate.locality import LocalityPlan, locality_groups, plan_for
+from meshd.translate.policy import effective_policy
 from meshd.translate.scope import Scope
 from meshd.translate.spec import Spec
 
 
 def _assignment(
-    name: str, endpoints: Sequence[Endpoint], *, sidecar_port: int | None
+    name: str, endpoints: Sequence[Endpoint], *, sidecar_port: int | None, plan: LocalityPlan | None = None
 ) -> endpoint_pb2.ClusterLoadAssignment:
-    locality = endpoint_components_pb2.LocalityLbEndpoints()
+    pairs = []
     for ep in endpoints:
         # Without traffic capture, a workload with a sidecar is reached through the sidecar's
         # inbound listener rather than at the app's own port.
@@ -29,11 +32,8 @@ def _assignment(
         )
         if ep.weight:
             lb.load_balancing_weight.CopyFrom(wrappers_pb2.UInt32Value(value=ep.weight))
-        locality.lb_endpoints.append(lb)
-    assignment = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
-    if endpoints:
-        assignment.endpoints.append(locality)
-    return assignment
+        pairs.append((ep, lb))
+    return endpoint_pb2.ClusterLoadAssignment(cluster_name=name, endpoints=locality_groups(pairs, plan))
 
 
 def load_assignment_specs(scope: Scope, *, sidecar_port: int | None) -> Iterator[Spec]:
@@ -50,16 +50,20 @@ def service_assignment_specs(
     if service.resolution != "EDS":
         return
     rule = scope.destination_rule(service.hostname)
+    proxy_locality, proxy_labels = scope.key.locality, dict(scope.key.failover_labels)
     for port in ports:
         eps = scope.world.endpoints.get((service.hostname, port.number), ())
-        name = naming.outbound_cluster(port=port.number, host=service.hostname)
-        build = partial(_assignment, name, eps, sidecar_port=sidecar_port)
-        yield Spec(name, ("eds", name, eps, sidecar_port), build)
-        for subset in rule.spec.subsets if rule else []:
-            name = naming.outbound_cluster(port=port.number, host=service.hostname, subset=subset.name)
-            selected = tuple(e for e in eps if e.matches(subset.labels))
+        for subset in [None, *(rule.spec.subsets if rule else [])]:
+            policy = effective_policy(rule, port=port.number, subset=subset.name if subset else "")
+            if policy.passthrough:
+                continue  # an original-destination cluster has no endpoints
+            name = naming.outbound_cluster(
+                port=port.number, host=service.hostname, subset=subset.name if subset else ""
+            )
+            selected = eps if subset is None else tuple(e for e in eps if e.matches(subset.labels))
+            plan = plan_for(policy, proxy_locality=proxy_locality, proxy_labels=proxy_labels)
             yield Spec(
                 name,
-                ("eds", name, selected, sidecar_port),
-                partial(_assignment, name, selected, sidecar_port=sidecar_port),
+                ("eds", name, selected, sidecar_port, plan),
+                partial(_assignment, name, selected, sidecar_port=sidecar_port, plan=plan),
             )

@@ -4,21 +4,24 @@ TCP via tcp_proxy), and one inbound listener that forwards to the local app."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
-from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf import any_pb2, duration_pb2
 
+from meshd.api.destinationrule import DestinationRule
 from meshd.api.meta import InvalidResource, ResourceKey
+from meshd.api.values import seconds_nanos
 from meshd.model.services import MeshService, ServicePort, is_http
 from meshd.model.world import World
 from meshd.translate import naming
 from meshd.translate.clusters import ads_config_source, socket_address
+from meshd.translate.http_filters import outbound_http_filters, router
+from meshd.translate.policy import effective_policy
 from meshd.translate.proxy import Proxy
 from meshd.translate.spec import Spec
 
@@ -31,13 +34,11 @@ def _pack(message: object) -> any_pb2.Any:
     return packed
 
 
-def _router() -> hcm_pb2.HttpFilter:
-    return hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=_pack(router_pb2.Router()))
-
-
-def _hcm_filter(hcm: hcm_pb2.HttpConnectionManager) -> listener_components_pb2.Filter:
+def _hcm_filter(
+    hcm: hcm_pb2.HttpConnectionManager, filters: list[hcm_pb2.HttpFilter] | None = None
+) -> listener_components_pb2.Filter:
     hcm.codec_type = hcm_pb2.HttpConnectionManager.AUTO
-    hcm.http_filters.append(_router())
+    hcm.http_filters.extend(filters if filters is not None else [router()])
     hcm.stream_idle_timeout.CopyFrom(duration_pb2.Duration(seconds=0))
     return listener_components_pb2.Filter(name="envoy.filters.network.http_connection_manager", typed_config=_pack(hcm))
 
@@ -51,14 +52,17 @@ def _outbound_http(proxy: Proxy, port: int) -> listener_pb2.Listener:
     return listener_pb2.Listener(
         name=name,
         address=socket_address(proxy.ip, port),
-        filter_chains=[listener_components_pb2.FilterChain(filters=[_hcm_filter(hcm)])],
+        filter_chains=[listener_components_pb2.FilterChain(filters=[_hcm_filter(hcm, outbound_http_filters())])],
         traffic_direction=2,  # OUTBOUND
     )
 
 
-def _outbound_tcp(proxy: Proxy, port: int, service: MeshService) -> listener_pb2.Listener:
+def _outbound_tcp(proxy: Proxy, port: int, service: MeshService, idle_timeout: str | None) -> listener_pb2.Listener:
     cluster = naming.outbound_cluster(port=port, host=service.hostname)
     proxy_filter = tcp_proxy_pb2.TcpProxy(stat_prefix=cluster, cluster=cluster)
+    if idle_timeout is not None:  # DestinationRule connectionPool.tcp.idleTimeout (0s: none)
+        seconds, nanos = seconds_nanos(idle_timeout)
+        proxy_filter.idle_timeout.CopyFrom(duration_pb2.Duration(seconds=seconds, nanos=nanos))
     return listener_pb2.Listener(
         name=naming.outbound_listener(ip=proxy.ip, port=port),
         address=socket_address(proxy.ip, port),
@@ -84,9 +88,16 @@ class ListenerPlan:
     """The outbound listeners of a scope: per port, HTTP (RDS) or the TCP service it proxies to.
     Port collisions are reported. Proxies of the scope differ only in the address they bind."""
 
-    def __init__(self, services: Sequence[tuple[MeshService, Sequence[ServicePort]]]) -> None:
+    def __init__(
+        self,
+        services: Sequence[tuple[MeshService, Sequence[ServicePort]]],
+        *,
+        rule_for: Callable[[str], DestinationRule | None] | None = None,
+    ) -> None:
         self.errors: list[InvalidResource] = []
-        self.outbound: list[tuple[int, MeshService | None]] = []  # (port, None for HTTP | TCP service)
+        self._rule_for = rule_for
+        # (port, None for HTTP | (TCP service, its DestinationRule's tcp idleTimeout))
+        self.outbound: list[tuple[int, tuple[MeshService, str | None] | None]] = []
         by_port: dict[int, list[MeshService]] = {}
         for service, ports in services:
             for sp in ports:
@@ -112,17 +123,24 @@ class ListenerPlan:
                 self._reject(s, f"TCP port {port} collides with HTTP services on the same port; not served")
         elif tcp:
             oldest = sorted(tcp, key=lambda s: (s.creation or "~", s.hostname))
-            self.outbound.append((port, oldest[0]))
+            self.outbound.append((port, (oldest[0], self._tcp_idle_timeout(oldest[0], port))))
             for s in oldest[1:]:
                 self._reject(s, f"TCP port {port} is already used by {oldest[0].hostname}")
 
+    def _tcp_idle_timeout(self, service: MeshService, port: int) -> str | None:
+        rule = self._rule_for(service.hostname) if self._rule_for is not None else None
+        pool = effective_policy(rule, port=port).connection_pool
+        return pool.tcp.idle_timeout if pool is not None and pool.tcp is not None else None
+
     def specs(self, proxy: Proxy) -> Iterator[Spec]:
-        for port, service in self.outbound:
+        for port, tcp in self.outbound:
             name = naming.outbound_listener(ip=proxy.ip, port=port)
-            if service is None:
+            if tcp is None:
                 yield Spec(name, ("lds-out", proxy.ip, port), partial(_outbound_http, proxy, port))
             else:
-                yield Spec(name, ("lds-out", proxy.ip, port, service), partial(_outbound_tcp, proxy, port, service))
+                service, idle = tcp
+                key = ("lds-out", proxy.ip, port, service, idle)
+                yield Spec(name, key, partial(_outbound_tcp, proxy, port, service, idle))
 
 
 InboundEntry = tuple[MeshService, int, int]  # (service, service port, target port)

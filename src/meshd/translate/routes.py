@@ -7,156 +7,108 @@ from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from functools import partial
 
 from envoy.config.route.v3 import route_components_pb2
-from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
-from envoy.type.matcher.v3 import regex_pb2, string_pb2
-from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 
 from meshd.api.destinationrule import DestinationRule
 from meshd.api.meta import InvalidResource
-from meshd.api.virtualservice import HTTPMatchRequest, HTTPRoute, StringMatch, VirtualService
+from meshd.api.virtualservice import VirtualService
 from meshd.model.services import MeshService, is_http
 from meshd.model.world import World, resolve_host
 from meshd.protowire import length_delimited
 from meshd.translate import naming
+from meshd.translate.delegate import delegate_keys, expand
+from meshd.translate.http_match import MatchContext
+from meshd.translate.http_route import (
+    RouteContext,
+    destination_action,
+    destinations,
+    hash_policy_for,
+    http_routes,
+    set_timeout,
+)
+from meshd.translate.retries import default_retry_policy
 from meshd.translate.scope import Scope
 from meshd.translate.spec import Ident, Spec, ident
 
-# Istio's default retry policy when a VirtualService says nothing.
-DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
-DEFAULT_RETRIES = 2
 
+def _virtual_service_routes(
+    world: World, vs: VirtualService, match: MatchContext, rule_for: Callable[[str], DestinationRule | None]
+) -> list[route_components_pb2.Route]:
+    """The routes of one VirtualService (delegations expanded) in one route configuration."""
 
-def default_retry_policy() -> route_components_pb2.RetryPolicy:
-    predicate = any_pb2.Any()
-    predicate.Pack(previous_hosts_pb2.PreviousHostsPredicate())
-    return route_components_pb2.RetryPolicy(
-        retry_on=DEFAULT_RETRY_ON,
-        num_retries=wrappers_pb2.UInt32Value(value=DEFAULT_RETRIES),
-        retry_host_predicate=[
-            route_components_pb2.RetryPolicy.RetryHostPredicate(
-                name="envoy.retry_host_predicates.previous_hosts", typed_config=predicate
-            )
-        ],
-        host_selection_retry_max_attempts=5,
-    )
+    def lookup(namespace: str, name: str) -> VirtualService | None:
+        return world.virtual_services_by_name.get((namespace, name))
 
+    out: list[route_components_pb2.Route] = []
+    for entry in expand(vs, lookup):
 
-def _string_matcher(match: StringMatch, *, ignore_case: bool = False) -> string_pb2.StringMatcher:
-    if match.exact is not None:
-        return string_pb2.StringMatcher(exact=match.exact, ignore_case=ignore_case)
-    if match.prefix is not None:
-        return string_pb2.StringMatcher(prefix=match.prefix, ignore_case=ignore_case)
-    return string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=match.regex or ""))
+        def resolve(host: str, namespace: str = entry.namespace) -> tuple[str, MeshService | None]:
+            fqdn = resolve_host(host, namespace=namespace, domain_suffix=world.domain_suffix)
+            return fqdn, world.services.get(fqdn)
 
-
-def _route_match(match: HTTPMatchRequest | None) -> route_components_pb2.RouteMatch:
-    out = route_components_pb2.RouteMatch()
-    uri = match.uri if match else None
-    if uri is None or (uri.prefix is not None and uri.prefix == ""):
-        out.prefix = "/"
-    elif uri.exact is not None:
-        out.path = uri.exact
-    elif uri.prefix is not None:
-        out.prefix = uri.prefix
-    else:
-        out.safe_regex.CopyFrom(regex_pb2.RegexMatcher(regex=uri.regex or ""))
-    if match is not None:
-        if match.ignore_uri_case:
-            out.case_sensitive.CopyFrom(wrappers_pb2.BoolValue(value=False))
-        for name, value in sorted(match.headers.items()):
-            out.headers.append(route_components_pb2.HeaderMatcher(name=name, string_match=_string_matcher(value)))
+        ctx = RouteContext(key=entry.owner, namespace=entry.namespace, resolve=resolve, rule_for=rule_for, match=match)
+        default_name = f"{entry.owner.namespace}/{entry.owner.name}"
+        out += http_routes(ctx, entry.route, entry.field, matches=entry.matches, default_name=default_name)
     return out
 
 
-class _RouteBuilder:
-    def __init__(
-        self, world: World, vs: VirtualService, port: int, rule_for: Callable[[str], DestinationRule | None]
-    ) -> None:
-        self.world, self.vs, self.port, self.rule_for = world, vs, port, rule_for
-
-    def destination_cluster(self, route: HTTPRoute, index: int, dest_index: int) -> str:
-        dest = route.route[dest_index].destination
-        field = f"spec.http[{index}].route[{dest_index}].destination"
-        host = resolve_host(dest.host, namespace=self.vs.metadata.namespace, domain_suffix=self.world.domain_suffix)
-        service = self.world.services.get(host)
-        if dest.port is not None:
-            port = dest.port.number
-        elif service is not None and len(service.ports) == 1:
-            port = service.ports[0].number
-        elif service is not None and service.port(self.port) is not None:
-            port = self.port
-        else:
-            raise InvalidResource(self.vs.key, f"{field}.port", f"a port is required: {host} has several ports")
-        if dest.subset:
-            rule = self.rule_for(host)
-            if rule is None or all(s.name != dest.subset for s in rule.spec.subsets):
-                raise InvalidResource(
-                    self.vs.key,
-                    f"{field}.subset",
-                    f"subset {dest.subset!r} is not defined by a DestinationRule for {host}",
-                )
-        return naming.outbound_cluster(port=port, host=host, subset=dest.subset)
-
-    def action(self, route: HTTPRoute, index: int) -> route_components_pb2.RouteAction:
-        action = route_components_pb2.RouteAction(
-            timeout=duration_pb2.Duration(seconds=0), retry_policy=default_retry_policy()
-        )
-        clusters = [self.destination_cluster(route, index, j) for j in range(len(route.route))]
-        weights = route.weights()
-        if len(clusters) == 1:
-            action.cluster = clusters[0]
-        else:
-            for name, weight in zip(clusters, weights, strict=True):
-                if weight:
-                    action.weighted_clusters.clusters.append(
-                        route_components_pb2.WeightedCluster.ClusterWeight(
-                            name=name, weight=wrappers_pb2.UInt32Value(value=weight)
-                        )
-                    )
-        return action
-
-    def routes(self) -> list[route_components_pb2.Route]:
-        out = []
-        for i, http in enumerate(self.vs.spec.http):
-            action = self.action(http, i)
-            matches: list[HTTPMatchRequest | None] = list(http.match) or [None]
-            for m in matches:
-                name = (
-                    m.name if m and m.name else http.name
-                ) or f"{self.vs.metadata.namespace}/{self.vs.metadata.name}"
-                out.append(route_components_pb2.Route(name=name, match=_route_match(m), route=action))
-        return out
+def _default_routes(
+    service: MeshService, port: int, rule_for: Callable[[str], DestinationRule | None]
+) -> list[route_components_pb2.Route]:
+    cluster = naming.outbound_cluster(port=port, host=service.hostname)
+    action = destination_action(cluster)
+    action.hash_policy.extend(hash_policy_for(rule_for, cluster))
+    set_timeout(action, None)
+    action.retry_policy.CopyFrom(default_retry_policy())
+    return [route_components_pb2.Route(name="default", match=route_components_pb2.RouteMatch(prefix="/"), route=action)]
 
 
-def _default_routes(service: MeshService, port: int) -> list[route_components_pb2.Route]:
-    return [
-        route_components_pb2.Route(
-            name="default",
-            match=route_components_pb2.RouteMatch(prefix="/"),
-            route=route_components_pb2.RouteAction(
-                cluster=naming.outbound_cluster(port=port, host=service.hostname),
-                timeout=duration_pb2.Duration(seconds=0),
-                retry_policy=default_retry_policy(),
-            ),
-        )
-    ]
+def _routed_vss(world: World, vs: VirtualService) -> list[VirtualService]:
+    """The VirtualService and the delegates it names (that exist)."""
+    found = [vs]
+    for key in delegate_keys(vs):
+        delegate = world.virtual_services_by_name.get(key)
+        if delegate is not None:
+            found.append(delegate)
+    return found
 
 
 def destination_hosts(world: World, vs: VirtualService) -> list[str]:
-    """The resolved hosts a VirtualService routes to (its route depends on their ports and rules)."""
-    return sorted(
-        {
-            resolve_host(d.destination.host, namespace=vs.metadata.namespace, domain_suffix=world.domain_suffix)
-            for http in vs.spec.http
-            for d in http.route
-        }
-    )
+    """The resolved hosts a VirtualService (with its delegates) routes or mirrors to: its routes
+    depend on their ports and rules."""
+    hosts: set[str] = set()
+    for owner in _routed_vss(world, vs):
+        for http in owner.spec.http:
+            for d in destinations(http):
+                dest = getattr(d, "destination", d)
+                hosts.add(
+                    resolve_host(dest.host, namespace=owner.metadata.namespace, domain_suffix=world.domain_suffix)
+                )
+    return sorted(hosts)
+
+
+def delegate_inputs(world: World, vs: VirtualService) -> tuple[Ident | None, ...]:
+    """The delegates a VirtualService names, by identity (None where missing): part of every key
+    of its routes, so editing a delegate reaches its roots."""
+    return tuple(ident(world.virtual_services_by_name.get(k)) for k in delegate_keys(vs))
+
+
+def uses_source(vss: Sequence[VirtualService], world: World) -> tuple[bool, bool]:
+    """Whether any match of these VirtualServices (or their delegates) depends on the proxy's
+    namespace (sourceNamespace) or labels (sourceLabels)."""
+    namespace = labels = False
+    for vs in vss:
+        for owner in _routed_vss(world, vs):
+            for http in owner.spec.http:
+                for m in http.match:
+                    namespace |= bool(m.source_namespace)
+                    labels |= bool(m.source_labels)
+    return namespace, labels
 
 
 def _host_routes(
     world: World,
     service: MeshService,
-    port: int,
+    match: MatchContext,
     candidates: Sequence[VirtualService],
     rule_for: Callable[[str], DestinationRule | None],
     errors: list[InvalidResource],
@@ -165,7 +117,7 @@ def _host_routes(
     chosen: tuple[VirtualService, list[route_components_pb2.Route]] | None = None
     for vs in candidates:
         try:
-            routes = _RouteBuilder(world, vs, port, rule_for).routes()
+            routes = _virtual_service_routes(world, vs, match, rule_for)
         except InvalidResource as err:
             errors.append(err)
             continue
@@ -179,19 +131,39 @@ def _host_routes(
                     f"{service.hostname} is already routed by the older VirtualService {chosen[0].key}; ignored",
                 )
             )
-    return chosen[1] if chosen is not None else _default_routes(service, port)
+    return chosen[1] if chosen is not None else _default_routes(service, match.port, rule_for)
+
+
+def _validation_context(port: int) -> MatchContext:
+    """Every match applies: a reference is checked whichever proxies would see it."""
+    return MatchContext(port=port, namespace="", source_matches=lambda _: True, validating=True)
+
+
+def wildcard_ports(world: World, host: str) -> dict[int, MeshService]:
+    """For a wildcard host: one service it routes per HTTP port (routes differ only by port)."""
+    candidates = world.virtual_services.get(host)
+    out: dict[int, MeshService] = {}
+    for service in world.services.values():
+        if world.virtual_services_for(service.hostname) is candidates:
+            for sp in service.ports:
+                if is_http(sp.protocol):
+                    out.setdefault(sp.number, service)
+    return dict(sorted(out.items()))
 
 
 def validate_host_routes(world: World, host: str) -> list[InvalidResource]:
-    """The VirtualServices of one host checked against its default DestinationRule, so a rejected
-    resource is reported whichever proxies it would reach."""
+    """The VirtualServices of one host (or wildcard host: once per port of the services it covers)
+    checked against the default DestinationRules, so a rejected resource is reported whichever
+    proxies it would reach."""
     errors: list[InvalidResource] = []
-    service = world.services.get(host)
-    if service is not None:
-        for sp in service.ports:
-            if is_http(sp.protocol):
-                candidates = world.virtual_services.get(host, ())
-                _host_routes(world, service, sp.number, candidates, world.destination_rules.get, errors)
+    candidates = world.virtual_services.get(host, ())
+    if host.startswith("*"):
+        targets = list(wildcard_ports(world, host).items())
+    else:
+        service = world.services.get(host)
+        targets = [(sp.number, service) for sp in service.ports if is_http(sp.protocol)] if service else []
+    for port, target in targets:
+        _host_routes(world, target, _validation_context(port), candidates, world.destination_rules.get, errors)
     return list(dict.fromkeys(errors))
 
 
@@ -219,13 +191,21 @@ class RouteTable:
         self._previous = previous_cache or {}
 
     def _vhost_key(self, service: MeshService, port: int) -> tuple[Hashable, ...]:
-        candidates = self.scope.virtual_services(service.hostname)
+        scope, world = self.scope, self.scope.world
+        candidates = scope.virtual_services(service.hostname)
         deps = tuple(
-            (host, self.scope.world.services.get(host), ident(self.scope.destination_rule(host)))
+            (host, world.services.get(host), ident(scope.destination_rule(host)))
             for vs in candidates
-            for host in destination_hosts(self.scope.world, vs)
+            for host in destination_hosts(world, vs)
         )
-        return (service, port, tuple(Ident(vs) for vs in candidates), deps, service.namespace == self.scope.namespace)
+        delegates = tuple(delegate_inputs(world, vs) for vs in candidates)
+        by_namespace, by_labels = uses_source(candidates, world) if candidates else (False, False)
+        source = (scope.namespace if by_namespace else None, scope.key.source if by_labels else None)
+        same_namespace = service.namespace == scope.namespace
+        own_rule = ident(scope.destination_rule(service.hostname))  # its hash policy, without a VirtualService
+        return (
+            service, port, tuple(Ident(vs) for vs in candidates), deps, delegates, source, same_namespace, own_rule
+        )  # fmt: skip
 
     def _vhost_bytes(self, service: MeshService, port: int, key: Hashable) -> bytes:
         body = self._cache.get(key)
@@ -234,10 +214,11 @@ class RouteTable:
             if body is None:
                 scope = self.scope
                 ignored: list[InvalidResource] = []  # reported by validate_host_routes
+                match = MatchContext(port=port, namespace=scope.namespace, source_matches=scope.source_matches)
                 routes = _host_routes(
                     scope.world,
                     service,
-                    port,
+                    match,
                     scope.virtual_services(service.hostname),
                     scope.destination_rule,
                     ignored,

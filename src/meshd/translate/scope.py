@@ -41,6 +41,14 @@ class Signature:
 class ScopeKey:
     namespace: str
     sidecar: ResourceKey | None
+    # The proxy's locality (region/zone/subzone), set only when it has one: locality failover and
+    # distribute make its endpoints differ.
+    locality: str = ""
+    # The proxy's values of labels some DestinationRule's failoverPriority names (usually none).
+    failover_labels: tuple[tuple[str, str], ...] = ()
+    # per World.source_selectors: whether the proxies' labels satisfy it (empty when no
+    # VirtualService uses sourceLabels, so scopes do not fragment when the feature is unused)
+    source: tuple[bool, ...] = ()
 
 
 def select_sidecar(
@@ -114,7 +122,9 @@ class Scope:
             rules = world.rules_by_host.get(service.hostname, ())
             if len(rules) > 1 or any(r.spec.export_to and "*" not in r.spec.export_to for r in rules):
                 chosen.append((service.hostname, ident(self.destination_rule(service.hostname))))
-        self.cluster_signature = Signature((tuple((s, p) for s, p in self.services), tuple(chosen)))
+        self.cluster_signature = Signature(
+            (tuple((s, p) for s, p in self.services), tuple(chosen), key.locality, key.failover_labels)
+        )
 
     def _candidates(self) -> Iterable[MeshService]:
         """The services the Sidecar's egress hosts could match: only the namespaces it names, unless
@@ -142,10 +152,18 @@ class Scope:
         suffix = self.world.domain_suffix
         return any(_listener_allows(e, service, proxy_namespace=self.namespace, suffix=suffix) for e in listeners)
 
+    def source_matches(self, labels: dict[str, str]) -> bool:
+        """Whether this scope's proxies carry the labels of a VirtualService match's sourceLabels."""
+        selector = tuple(sorted(labels.items()))
+        for i, known in enumerate(self.world.source_selectors):
+            if known == selector:
+                return i < len(self.key.source) and self.key.source[i]
+        return False
+
     def virtual_services(self, host: str) -> tuple[VirtualService, ...]:
         return tuple(
             vs
-            for vs in self.world.virtual_services.get(host, ())
+            for vs in self.world.virtual_services_for(host) or ()
             if exported_to(vs.spec.export_to, owner_namespace=vs.metadata.namespace, namespace=self.namespace)
         )
 

@@ -4,6 +4,8 @@ Translation declares resources as specs (name, key of every input, build functio
 a ConfigGenerator builds:
 - per scope (proxies with the same Sidecar scope and namespace) one layer: outbound clusters,
   endpoints and routes;
+- per namespace and set of credentialNames its clusters use, one layer of SDS secrets (read from
+  that namespace only);
 - per proxy group (scope + address) one layer: its listeners and inbound clusters.
 Every resource is built and serialised once per distinct key; the memo carries resources over
 from the previous generation, so a push rebuilds only what changed (one endpoint change: one
@@ -13,36 +15,56 @@ so the hub can tell which proxies have anything new without comparing bytes.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 
 from meshd.api.meta import InvalidResource
+from meshd.api.networking import exported_to
 from meshd.api.virtualservice import VirtualService
 from meshd.model.services import MeshService, ServicePort
 from meshd.model.world import World
-from meshd.translate.clusters import inbound_cluster_specs, service_cluster_specs
+from meshd.translate.clusters import (
+    clusters_opening,
+    inbound_cluster_specs,
+    service_cluster_specs,
+    service_secret_names,
+)
 from meshd.translate.endpoints import service_assignment_specs
 from meshd.translate.listeners import InboundEntry, ListenerPlan, inbound_index, inbound_listener_specs
+from meshd.translate.policy import failover_priority_labels
 from meshd.translate.proxy import Proxy
-from meshd.translate.routes import RouteTable, destination_hosts, validate_host_routes
+from meshd.translate.routes import (
+    RouteTable,
+    delegate_inputs,
+    destination_hosts,
+    validate_host_routes,
+    wildcard_ports,
+)
 from meshd.translate.scope import Scope, ScopeKey, Signature, select_sidecar
+from meshd.translate.secrets import check_credentials, secret_specs
 from meshd.translate.spec import Ident, Spec
+from meshd.translate.upstream_tls import CA_SUFFIX, SDS_PREFIX, credential_settings
 from meshd.xds.resource import (
     CLUSTER,
     ENDPOINT,
     LISTENER,
     ROUTE,
+    SECRET,
     Snapshot,
     XdsResource,
     make_raw_resource,
     make_resource,
 )
+from meshd.xds.tls_files import FileCheck
 
 MESH_SCOPE = ScopeKey("", None)
 # A layer as carried between generations: (its inputs, the layer, the memo entries it uses)
 _Carried = tuple[Hashable, Snapshot, list[tuple[Hashable, XdsResource]]]
-# One service's (clusters, endpoints, memo entries), as one scope sees it
-_ServiceEntry = tuple[dict[str, XdsResource], dict[str, XdsResource], list[tuple[Hashable, XdsResource]]]
+# One service's (clusters, endpoints, memo entries, SDS names its clusters use), as one scope sees it
+_ServiceEntry = tuple[
+    dict[str, XdsResource], dict[str, XdsResource], list[tuple[Hashable, XdsResource]], frozenset[str]
+]
+EMPTY_LAYER = Snapshot(resources=MappingProxyType({}))
 
 
 class ResourceMemo:
@@ -106,8 +128,14 @@ class ConfigGenerator:
         root_namespace: str = "istio-system",
         extra: Mapping[str, Sequence[XdsResource]] | None = None,
         previous: ConfigGenerator | None = None,
+        read_file: Callable[[str], bytes | None] | None = None,
     ) -> None:
+        """`read_file`: reads certificate files named by DestinationRules on this host to check them
+        (standalone sidecars share meshd's filesystem); None leaves them unchecked."""
         self.world = world
+        self.files: FileCheck = FileCheck(
+            world, read=read_file, previous=previous.files if previous is not None else None
+        )
         self._inbound_port = inbound_port
         self._sidecar_port = sidecar_endpoint_port
         self._root = root_namespace
@@ -120,11 +148,17 @@ class ConfigGenerator:
         self._scope_layers: dict[ScopeKey, _Carried] = {}
         self._cluster_layers: dict[Signature, _Carried] = {}
         self._prev_clusters = previous._cluster_layers if previous is not None else {}
+        # SDS names the clusters of a signature use; SDS layers per (namespace, names)
+        self._cluster_secrets: dict[Signature, frozenset[str]] = {}
+        self._prev_cluster_secrets = previous._cluster_secrets if previous is not None else {}
+        self._secret_layers: dict[tuple[str, frozenset[str]], _Carried] = {}
+        self._prev_secret_layers = previous._secret_layers if previous is not None else {}
         self._vhost_cache: dict[Hashable, bytes] = {}
         self._prev_vhosts = previous._vhost_cache if previous is not None else {}
         self._group_snapshots: dict[tuple[str, ScopeKey], Snapshot] = {}
         self._inbound: dict[str, tuple[InboundEntry, ...]] | None = None
-        self._scope_keys: dict[tuple[str, tuple[tuple[str, str], ...]], ScopeKey] = {}
+        self._scope_keys: dict[tuple[str, tuple[tuple[str, str], ...], str], ScopeKey] = {}
+        self._failover_labels: frozenset[str] | None = None
         self._destination_cache: dict[int, tuple[VirtualService, list[str]]] = {}
         self._service_entries: dict[Hashable, _ServiceEntry] = {}
         # checks carried between pushes: VirtualService validation per host, port collisions
@@ -136,7 +170,7 @@ class ConfigGenerator:
         self._prev_plans = previous._plans if previous is not None else {}
         self._prev_inbound = previous._inbound if previous is not None else None
         self._moved: set[str] | None = None  # addresses whose workload or inbound side changed
-        self._scope_verdicts: dict[ScopeKey, tuple[Snapshot, Snapshot] | tuple[()]] = {}
+        self._scope_verdicts: dict[ScopeKey, tuple[Snapshot, Snapshot, Snapshot] | tuple[()]] = {}
         self._prev_service_entries = previous._service_entries if previous is not None else {}
         # per proxy group: (the inputs of its own layer, the layer), carried to the next generation
         self._proxy_layers: dict[tuple[str, ScopeKey], _Carried] = {}
@@ -163,7 +197,14 @@ class ConfigGenerator:
                 for vs in candidates
                 for h in self._destinations(vs)
             )
-            key = (host, Ident(candidates), Ident(world.services.get(host)), Ident(world.rules_by_host.get(host)), deps)
+            delegates = tuple(delegate_inputs(world, vs) for vs in candidates)
+            # a wildcard host's check covers the ports of every service it routes
+            target: Hashable = (
+                tuple((p, s.hostname) for p, s in wildcard_ports(world, host).items())
+                if host.startswith("*")
+                else Ident(world.services.get(host))
+            )
+            key = (host, Ident(candidates), target, Ident(world.rules_by_host.get(host)), deps, delegates)
             found = self._route_checks.get(key) or self._prev_route_checks.get(key)
             if found is None:
                 found = validate_host_routes(world, host)
@@ -181,18 +222,55 @@ class ConfigGenerator:
         for namespace in world.sidecars:
             _, errors = select_sidecar(world, namespace=namespace, labels={}, root_namespace=self._root)
             self._errors.update(dict.fromkeys(errors))
+        self._check_credentials()
+        self._errors.update(dict.fromkeys(self.files.errors))
+
+    def _check_credentials(self) -> None:
+        """credentialNames that do not resolve in a namespace with workloads the rule is exported to
+        (Istio reads them from the proxy's namespace). Only rules that name one are looked at."""
+        world = self.world
+        namespaces = sorted({w.namespace for w in world.workloads.values()})
+        for rules in world.rules_by_host.values():
+            for rule in rules:
+                if not any(credential_settings(rule)):
+                    continue
+                export, owner = rule.spec.export_to, rule.metadata.namespace
+                seen = [ns for ns in namespaces if exported_to(export, owner_namespace=owner, namespace=ns)]
+                self._errors.update(dict.fromkeys(check_credentials(rule, world.secrets, namespaces=seen)))
 
     def scope_key(self, proxy: Proxy) -> ScopeKey:
         workload = self.world.workloads.get(proxy.ip)
         labels = workload.labels if workload is not None else ()
-        cached = self._scope_keys.get((proxy.namespace, labels))
+        locality = workload.locality if workload is not None else ""
+        cached = self._scope_keys.get((proxy.namespace, labels, locality))
         if cached is None:
             sidecar, _ = select_sidecar(
                 self.world, namespace=proxy.namespace, labels=dict(labels), root_namespace=self._root
             )
-            cached = ScopeKey(proxy.namespace, sidecar.key if sidecar is not None else None)
-            self._scope_keys[(proxy.namespace, labels)] = cached
+            # The proxy's locality matters to its endpoints (locality failover / distribute), and so
+            # do its values of the labels a failoverPriority names.
+            named = self._failover_label_names()
+            failover_labels = tuple((k, v) for k, v in labels if k in named) if locality else ()
+            source = tuple(all((k, v) in labels for k, v in sel) for sel in self.world.source_selectors)
+            cached = ScopeKey(
+                proxy.namespace,
+                sidecar.key if sidecar is not None else None,
+                locality=locality,
+                failover_labels=failover_labels,
+                source=source,
+            )
+            self._scope_keys[(proxy.namespace, labels, locality)] = cached
         return cached
+
+    def _failover_label_names(self) -> frozenset[str]:
+        """Every label some DestinationRule's failoverPriority names (once per World)."""
+        if self._failover_labels is None:
+            names: set[str] = set()
+            for rules in self.world.rules_by_host.values():
+                for rule in rules:
+                    names.update(failover_priority_labels(rule))
+            self._failover_labels = frozenset(names)
+        return self._failover_labels
 
     def _scope(self, key: ScopeKey) -> Scope:
         scope = self._scopes.get(key)
@@ -219,42 +297,86 @@ class ConfigGenerator:
             # rules tuple the same object while they are unchanged.
             tuple(Ident(rules.get(s.hostname)) for s, _ in scope.services),
             tuple(Ident(endpoints.get((s.hostname, p.number))) for s, ports in scope.services for p in ports),
+            self.files.state,  # certificate files that (no longer) exist
         )
         carried = self._prev_clusters.get(signature)
         if carried is not None and carried[0] == inputs:
             _, layer, used = carried
             self.memo.keep(used)
+            self._cluster_secrets[signature] = self._prev_cluster_secrets.get(signature, frozenset())
         else:
             # Rebuilt service by service: a service whose own inputs did not change contributes
             # its previous resources without a single spec being made.
             used = []
             by_type: dict[str, dict[str, XdsResource]] = {CLUSTER: {}, ENDPOINT: {}}
+            names: set[str] = set()
             for service, ports in scope.services:
-                clusters, assignments, entries = self._service_entry(scope, service, ports)
+                clusters, assignments, entries, secret_names = self._service_entry(scope, service, ports)
                 by_type[CLUSTER].update(clusters)
                 by_type[ENDPOINT].update(assignments)
                 used += entries
+                names |= secret_names
             layer = _layer(by_type, carried[1] if carried is not None else None)
+            self._cluster_secrets[signature] = frozenset(names)
         self._cluster_layers[signature] = (inputs, layer, used)
         return layer
 
-    def _service_entry(
-        self, scope: Scope, service: MeshService, ports: tuple[ServicePort, ...]
-    ) -> tuple[dict[str, XdsResource], dict[str, XdsResource], list[tuple[Hashable, XdsResource]]]:
+    def _service_entry(self, scope: Scope, service: MeshService, ports: tuple[ServicePort, ...]) -> _ServiceEntry:
         """One service's clusters and endpoints as a scope sees them, keyed by exactly its inputs."""
         rule = scope.destination_rule(service.hostname)
         endpoints = self.world.endpoints
-        key = (service, ports, Ident(rule), tuple(Ident(endpoints.get((service.hostname, p.number))) for p in ports))
+        missing = self.files.missing(rule)
+        key = (
+            service,
+            ports,
+            Ident(rule),
+            tuple(Ident(endpoints.get((service.hostname, p.number))) for p in ports),
+            missing,
+            scope.key.locality,
+            scope.key.failover_labels,
+        )
         entry = self._service_entries.get(key) or self._prev_service_entries.get(key)
         if entry is None:
             used: list[tuple[Hashable, XdsResource]] = []
             clusters = self.memo.resolve(service_cluster_specs(scope, service, ports), used)
+            if missing and rule is not None:
+                for name in clusters_opening(rule, service, ports, missing):
+                    del clusters[name]
             specs = service_assignment_specs(scope, service, ports, sidecar_port=self._sidecar_port)
-            entry = (clusters, self.memo.resolve(specs, used), used)
+            names = service_secret_names(scope, service, ports)
+            entry = (clusters, self.memo.resolve(specs, used), used, names)
         else:
             self.memo.keep(entry[2])
         self._service_entries[key] = entry
         return entry
+
+    def _secret_layer(self, scope: Scope) -> Snapshot:
+        """The SDS secrets of a scope's clusters, from its namespace; shared by every scope of that
+        namespace that uses the same credentialNames."""
+        self._cluster_layer(scope)
+        names = self._cluster_secrets[scope.cluster_signature]
+        if not names:
+            return EMPTY_LAYER
+        group = (scope.namespace, names)
+        cached = self._secret_layers.get(group)
+        if cached is not None:
+            return cached[1]
+        secrets = self.world.secrets
+        inputs = tuple(
+            Ident(secrets.get((scope.namespace, n)))
+            for name in sorted(names)
+            for n in (_secret_base(name), _secret_base(name).removesuffix(CA_SUFFIX))
+        )
+        carried = self._prev_secret_layers.get(group)
+        if carried is not None and carried[0] == inputs:
+            _, layer, used = carried
+            self.memo.keep(used)
+        else:
+            used = []
+            resolved = self.memo.resolve(secret_specs(secrets, namespace=scope.namespace, names=names), used)
+            layer = _layer({SECRET: resolved}, carried[1] if carried is not None else None)
+        self._secret_layers[group] = (inputs, layer, used)
+        return layer
 
     def _scope_layer(self, key: ScopeKey) -> Snapshot:
         cached = self._scope_layers.get(key)
@@ -265,11 +387,12 @@ class ConfigGenerator:
         # those hosts, and the services and rules of every host those VirtualServices route to;
         # never on endpoints. WorldState keeps each of these the same object while unchanged.
         world = self.world
-        deps: list[Ident] = []
+        deps: list[Ident | None] = []
         for service, _ in scope.services:
-            vss = world.virtual_services.get(service.hostname)
+            vss = world.virtual_services_for(service.hostname)
             deps += (Ident(vss), Ident(world.rules_by_host.get(service.hostname)))
             for vs in vss or ():
+                deps += delegate_inputs(world, vs)
                 for host in self._destinations(vs):
                     deps += (Ident(world.services.get(host)), Ident(world.rules_by_host.get(host)))
         inputs = (scope.cluster_signature, tuple(deps))
@@ -322,7 +445,13 @@ class ConfigGenerator:
         if verdict is None:
             verdict = self._scope_verdicts[key] = self._scope_verdict(key)
         layers = held.layers
-        if not verdict or layers[0] is not verdict[0] or layers[1] is not verdict[1] or layers[3:] != self._extras:
+        if (
+            not verdict
+            or layers[0] is not verdict[0]
+            or layers[1] is not verdict[1]
+            or layers[3] is not verdict[2]
+            or layers[4:] != self._extras
+        ):
             return False
         group = (proxy.ip, key)
         carried = self._prev_proxy_layers.get(group)
@@ -332,17 +461,19 @@ class ConfigGenerator:
         self._group_snapshots[group] = held
         return True
 
-    def _scope_verdict(self, key: ScopeKey) -> tuple[Snapshot, Snapshot] | tuple[()]:
-        """A scope's (cluster layer, route layer) if its listener plan is unchanged, else ()."""
+    def _scope_verdict(self, key: ScopeKey) -> tuple[Snapshot, Snapshot, Snapshot] | tuple[()]:
+        """A scope's (cluster layer, route layer, secret layer) if its listener plan is unchanged, else ()."""
         previous_plan = self._prev_plans.get(key)
         if previous_plan is None or self._plan(key).signature != previous_plan.signature:
             return ()
-        return (self._cluster_layer(self._scope(key)), self._scope_layer(key))
+        scope = self._scope(key)
+        return (self._cluster_layer(scope), self._scope_layer(key), self._secret_layer(scope))
 
     def _plan(self, key: ScopeKey) -> ListenerPlan:
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._plans[key] = ListenerPlan(self._scope(key).services)
+            scope = self._scope(key)
+            plan = self._plans[key] = ListenerPlan(scope.services, rule_for=scope.destination_rule)
         return plan
 
     def _inbound_index(self) -> dict[str, tuple[InboundEntry, ...]]:
@@ -359,6 +490,7 @@ class ConfigGenerator:
         self.builds += 1
         scope_layer = self._scope_layer(key)
         cluster_layer = self._cluster_layer(self._scope(key))
+        secret_layer = self._secret_layer(self._scope(key))
         plan = self._plan(key)
         served = self._inbound_index().get(proxy.ip, ())
         inputs = (plan.signature, served, self._inbound_port)
@@ -376,7 +508,7 @@ class ConfigGenerator:
             proxy_layer = _layer(own, carried[1] if carried is not None else None)
         self._proxy_layers[group] = (inputs, proxy_layer, [])
         previous = self._prev_groups.get(group)
-        layers = (cluster_layer, scope_layer, proxy_layer) + ((self._extra,) if self._extra is not None else ())
+        layers = (cluster_layer, scope_layer, proxy_layer, secret_layer, *self._extras)
         unchanged = previous is not None and len(previous.layers) == len(layers)
         if previous is not None and unchanged and all(a is b for a, b in zip(previous.layers, layers, strict=True)):
             self._group_snapshots[group] = previous
@@ -384,3 +516,7 @@ class ConfigGenerator:
         snap = Snapshot(layers=layers)
         self._group_snapshots[group] = snap
         return snap
+
+
+def _secret_base(resource: str) -> str:
+    return resource.removeprefix(SDS_PREFIX)

@@ -17,6 +17,7 @@ from meshd.settings import Settings
 from meshd.xds.cache import ConfigGenerator
 from meshd.xds.hub import Hub
 from meshd.xds.resource import XdsResource
+from meshd.xds.tls_files import read_file
 
 
 class Debouncer:
@@ -101,6 +102,7 @@ class PushLoop:
             root_namespace=self._settings.root_namespace,
             extra=dict(self._extra),
             previous=self._generator,
+            read_file=read_file if self._settings.check_tls_files else None,
         )
         self._generator = generator
         generator.precompute()

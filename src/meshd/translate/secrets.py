@@ -1,0 +1,83 @@
+"""SDS secrets for DestinationRule `credentialName`, resolved as Istio does in the proxy's own
+namespace (never another namespace's Secret):
+- `kubernetes://<name>`: the client certificate and key of Secret `<name>` (`cert`/`key`, else
+  `tls.crt`/`tls.key`);
+- `kubernetes://<name>-cacert`: the CA (and CRL) of Secret `<name>-cacert` if it exists, else of
+  Secret `<name>` (`cacert`/`crl`, else `ca.crt`/`ca.crl`).
+A resource that cannot be resolved is not served (Envoy keeps the cluster warming until its
+initial fetch timeout, then fails its connections: closed, never plaintext) and the rule is reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from functools import partial
+
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
+
+from meshd.api.destinationrule import DestinationRule
+from meshd.api.kube import Secret
+from meshd.api.meta import InvalidResource
+from meshd.translate.spec import Spec, ident
+from meshd.translate.upstream_tls import CA_SUFFIX, SDS_PREFIX, credential_settings, sds_names
+
+Secrets = Mapping[tuple[str, str], Secret]
+
+
+def source(secrets: Secrets, *, namespace: str, resource: str) -> tuple[Secret | None, str]:
+    """The Secret an SDS resource is read from, or None and why not."""
+    base = resource.removeprefix(SDS_PREFIX)
+    if base.endswith(CA_SUFFIX):
+        own = secrets.get((namespace, base))
+        holder = own if own is not None else secrets.get((namespace, base.removesuffix(CA_SUFFIX)))
+        if holder is None:
+            return None, f"no Secret {base.removesuffix(CA_SUFFIX)} or {base} in namespace {namespace}"
+        if holder.ca() is None:
+            return None, f"Secret {namespace}/{holder.metadata.name} holds no CA certificate (cacert or ca.crt)"
+        return holder, ""
+    holder = secrets.get((namespace, base))
+    if holder is None:
+        return None, f"no Secret {base} in namespace {namespace} (the proxy's namespace)"
+    if holder.key_cert() is None:
+        return None, f"Secret {namespace}/{base} holds no certificate and key (cert/key or tls.crt/tls.key)"
+    return holder, ""
+
+
+def _build(resource: str, holder: Secret) -> secret_pb2.Secret:
+    if resource.endswith(CA_SUFFIX):
+        ca = holder.ca()
+        assert ca is not None
+        validation = common_pb2.CertificateValidationContext(trusted_ca=base_pb2.DataSource(inline_bytes=ca[0]))
+        if ca[1] is not None:
+            validation.crl.inline_bytes = ca[1]
+        return secret_pb2.Secret(name=resource, validation_context=validation)
+    pair = holder.key_cert()
+    assert pair is not None
+    return secret_pb2.Secret(
+        name=resource,
+        tls_certificate=common_pb2.TlsCertificate(
+            certificate_chain=base_pb2.DataSource(inline_bytes=pair[0]),
+            private_key=base_pb2.DataSource(inline_bytes=pair[1]),
+        ),
+    )
+
+
+def secret_specs(secrets: Secrets, *, namespace: str, names: Iterable[str]) -> Iterator[Spec]:
+    """The SDS resources a proxy in `namespace` may be served (those that resolve)."""
+    for name in sorted(names):
+        holder, _ = source(secrets, namespace=namespace, resource=name)
+        if holder is not None:
+            yield Spec(name, ("sds", namespace, name, ident(holder)), partial(_build, name, holder))
+
+
+def check_credentials(rule: DestinationRule, secrets: Secrets, *, namespaces: Iterable[str]) -> list[InvalidResource]:
+    """A rule's credentialNames that do not resolve for proxies in the given namespaces."""
+    errors = []
+    for path, tls in credential_settings(rule):
+        for namespace in sorted(set(namespaces)):
+            for name in sds_names(tls):
+                holder, why = source(secrets, namespace=namespace, resource=name)
+                if holder is None:
+                    errors.append(InvalidResource(rule.key, f"{path}.credentialName", why))
+    return errors

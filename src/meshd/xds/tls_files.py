@@ -1,0 +1,93 @@
+"""Certificate files named by DestinationRules (`clientCertificate`, `privateKey`, `caCertificates`,
+`caCrl`) must exist and hold what Envoy loads where the sidecar runs, or Envoy rejects the whole
+cluster update. Standalone sidecars share meshd's filesystem (the standalone conventions), so meshd
+reads them: a rule naming a missing or unusable file is reported with its field, and the clusters
+that would open it are left out (their traffic fails closed, 503, instead of Envoy NACKing every
+cluster). Istio serves such files through its node agent's SDS instead, where a bad file leaves the
+cluster without a certificate: closed too. A file that changes is seen at the next push.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+
+from meshd.api import pem
+from meshd.api.destinationrule import ClientTLSSettings, DestinationRule
+from meshd.api.meta import InvalidResource
+from meshd.model.world import World
+from meshd.translate.spec import Ident
+from meshd.translate.upstream_tls import rule_files, tls_files
+
+ReadFile = Callable[[str], bytes | None]
+
+
+def read_file(path: str) -> bytes | None:
+    """The file's bytes, or None when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _problem(tls: ClientTLSSettings, field: str, data: dict[str, bytes | None]) -> str | None:
+    """Why Envoy would not load this file of the block, or None."""
+    path = dict(tls_files(tls))[field]
+    content = data[path]
+    if content is None:
+        return f"{path} does not exist or cannot be read on this host"
+    try:
+        if field == "privateKey":
+            cert = data.get(tls.client_certificate)
+            if cert is not None:
+                pem.check_key_pair(cert, content, cert_field=tls.client_certificate, key_field=path)
+        elif field == "caCrl":
+            pem.check_crl(content, what=path)
+        else:
+            pem.certificates(content, what=path)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+class FileCheck:
+    """Which certificate files of the World's rules Envoy could not load, looked up once per push."""
+
+    def __init__(self, world: World, *, read: ReadFile | None, previous: FileCheck | None = None) -> None:
+        self._blocks: dict[Ident, tuple[tuple[str, ClientTLSSettings], ...]] = {}
+        self._bad: dict[Ident, frozenset[str]] = {}
+        self.errors: list[InvalidResource] = []
+        self.state: tuple[tuple[str, str], ...] = ()  # (path, content digest): what the clusters were built on
+        if read is None:
+            return
+        known = previous._blocks if previous is not None else {}
+        data: dict[str, bytes | None] = {}
+        for rules in world.rules_by_host.values():
+            for rule in rules:
+                key = Ident(rule)
+                blocks = known.get(key)
+                if blocks is None:
+                    blocks = rule_files(rule)
+                self._blocks[key] = blocks
+                bad: set[str] = set()
+                for path, tls in blocks:
+                    for _, file in tls_files(tls):
+                        if file not in data:
+                            data[file] = read(file)
+                    for field, file in tls_files(tls):
+                        problem = _problem(tls, field, data)
+                        if problem is not None:
+                            bad.add(file)
+                            message = f"{problem}; the clusters that use it are left out (Envoy would refuse them)"
+                            self.errors.append(InvalidResource(rule.key, f"{path}.{field}", message))
+                if bad:
+                    self._bad[key] = frozenset(bad)
+        digests = {p: hashlib.sha256(c).hexdigest() if c is not None else "" for p, c in data.items()}
+        self.state = tuple(sorted(digests.items()))
+
+    def missing(self, rule: DestinationRule | None) -> frozenset[str]:
+        """The files of this rule Envoy could not load (empty when files are not checked)."""
+        if rule is None or not self._bad:
+            return frozenset()
+        return self._bad.get(Ident(rule), frozenset())
