@@ -138,6 +138,10 @@ async def tls_mesh(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
             await server.stop()
 
 
+async def _no(found: Any) -> bool:
+    return not await found
+
+
 async def _until(t: TlsMesh, host: str, predicate: Any, what: str) -> tuple[int, Any]:
     async def check() -> tuple[int, Any] | None:
         status, body = await t.get(host)
@@ -264,6 +268,14 @@ async def test_a_secret_that_never_comes_does_not_leave_the_cluster_warming(
     t = tls_mesh
     if t.mesh.delta:
         pytest.skip("one slow run is enough: the timeout is Envoy's, the same for both protocols")
+    # A first version (no earlier accepted one to keep in effect): forget the previous tests' rule.
+    (t.mesh.config_dir / "secure-dr.yaml").unlink(missing_ok=True)
+
+    async def forgotten() -> bool:
+        served = (await t.mesh.meshd.get_json("/debug/config_dump?proxyID=client.default")).get("sds", [])
+        return not any("server-ca" in x["name"] for x in served)
+
+    await eventually(forgotten, what="the client to be served no secret of the deleted rule")
     t.mesh.write("secure-dr.yaml", _rule("secure", "{mode: SIMPLE, credentialName: never-cred}"))
 
     async def settled() -> bool:
@@ -279,14 +291,27 @@ async def test_a_secret_that_never_comes_does_not_leave_the_cluster_warming(
 async def test_missing_certificate_file_is_reported_and_never_nacked(tls_mesh: TlsMesh) -> None:
     t = tls_mesh
     good = f"{{mode: MUTUAL, clientCertificate: {t.certs / 'client.pem'}, privateKey: {t.certs / 'client-key.pem'}}}"
-    t.mesh.write("mtls-dr.yaml", _rule("mtls", good.replace("client-key.pem", "typo-key.pem")))
+    typo = good.replace("client-key.pem", "typo-key.pem")
+    t.mesh.write("mtls-dr.yaml", _rule("mtls", good))
+    await _until(t, "mtls", lambda s, b: s == 200, "MUTUAL with the good files")
 
     async def reported() -> list[dict[str, Any]]:
         errors: list[dict[str, Any]] = await t.mesh.meshd.get_json("/debug/config_errors")
         return [e for e in errors if e["resource"] == "DestinationRule default/mtls"]
 
+    # An edit naming a missing file: reported, and the previous version stays in effect.
+    t.mesh.write("mtls-dr.yaml", _rule("mtls", typo))
     (error,) = await eventually(reported, what="the missing file to be reported")
     assert error["field"] == "spec.trafficPolicy.tls.privateKey" and "typo-key.pem does not exist" in error["message"]
+    assert "the previous version stays in effect" in error["message"]
+    assert (await t.get("mtls"))[0] == 200
+    # A first version naming a missing file: its clusters are left out (fail closed).
+    (t.mesh.config_dir / "mtls-dr.yaml").unlink()
+    await eventually(lambda: _no(reported()), what="the rule's deletion")
+    await _until(t, "mtls", lambda s, b: s != 200, "plaintext to the mTLS server to fail without a rule")
+    t.mesh.write("mtls-dr.yaml", _rule("mtls", typo))
+    (error,) = await eventually(reported, what="the missing file to be reported")
+    assert "typo-key.pem does not exist" in error["message"] and "previous version" not in error["message"]
     await _until(t, "mtls", lambda s, b: s == 503, "the cluster to be left out (fails closed)")
     assert (await t.get("plain"))[0] == 200
     status = await t.mesh.meshd.get_json("/debug/syncz")
