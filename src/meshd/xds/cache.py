@@ -15,7 +15,7 @@ so the hub can tell which proxies have anything new without comparing bytes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from types import MappingProxyType
 
 from meshd.api.meta import InvalidResource
@@ -42,8 +42,9 @@ from meshd.translate.routes import (
 )
 from meshd.translate.scope import Scope, ScopeKey, Signature, select_sidecar
 from meshd.translate.secrets import check_credentials, secret_specs
-from meshd.translate.spec import Ident, Spec
+from meshd.translate.spec import Ident
 from meshd.translate.upstream_tls import CA_SUFFIX, SDS_PREFIX, credential_settings
+from meshd.xds.memo import ResourceMemo, build_all, reuse_layer
 from meshd.xds.resource import (
     CLUSTER,
     ENDPOINT,
@@ -52,8 +53,6 @@ from meshd.xds.resource import (
     SECRET,
     Snapshot,
     XdsResource,
-    make_raw_resource,
-    make_resource,
 )
 from meshd.xds.tls_files import FileCheck
 
@@ -65,55 +64,6 @@ _ServiceEntry = tuple[
     dict[str, XdsResource], dict[str, XdsResource], list[tuple[Hashable, XdsResource]], frozenset[str]
 ]
 EMPTY_LAYER = Snapshot(resources=MappingProxyType({}))
-
-
-class ResourceMemo:
-    """Built resources by spec key: this generation's, falling back to the previous generation's.
-    Only what the current generation used survives into the next (no unbounded growth)."""
-
-    def __init__(self, previous: ResourceMemo | None = None) -> None:
-        self._old: dict[Hashable, XdsResource] = previous._entries if previous is not None else {}
-        self._entries: dict[Hashable, XdsResource] = {}
-        self.built = 0
-        self.reused = 0
-
-    def keep(self, entries: Iterable[tuple[Hashable, XdsResource]]) -> None:
-        """Carry entries of a layer reused as a whole into this generation (they are still in use)."""
-        for key, resource in entries:
-            self._entries.setdefault(key, resource)
-
-    def resolve(
-        self, specs: Iterable[Spec], used: list[tuple[Hashable, XdsResource]] | None = None
-    ) -> dict[str, XdsResource]:
-        """Resources for the specs, by name; `used` collects (key, resource) for a later `keep`."""
-        out: dict[str, XdsResource] = {}
-        for spec in specs:
-            resource = self._entries.get(spec.key)
-            if resource is None:
-                resource = self._old.get(spec.key)
-                if resource is None:
-                    built = spec.build()
-                    if isinstance(built, bytes):
-                        resource = make_raw_resource(spec.name, spec.type_url, built)
-                    else:
-                        resource = make_resource(spec.name, built)
-                    self.built += 1
-                else:
-                    self.reused += 1
-                self._entries[spec.key] = resource
-            out[spec.name] = resource
-            if used is not None:
-                used.append((spec.key, resource))
-        return out
-
-
-def _build(specs: Iterable[Spec]) -> dict[str, XdsResource]:
-    return {spec.name: make_resource(spec.name, spec.build()) for spec in specs}
-
-
-def _layer(by_type: dict[str, dict[str, XdsResource]], previous: Snapshot | None) -> Snapshot:
-    layer = Snapshot(resources=MappingProxyType({t: MappingProxyType(r) for t, r in by_type.items() if r}))
-    return previous if previous is not None and layer.same_content(previous) else layer
 
 
 class ConfigGenerator:
@@ -177,7 +127,7 @@ class ConfigGenerator:
         self._prev_proxy_layers = previous._proxy_layers if previous is not None else {}
         previous_extra = previous._extra if previous is not None else None
         self._extra: Snapshot | None = (
-            _layer({t: {r.name: r for r in rs} for t, rs in extra.items()}, previous_extra) if extra else None
+            reuse_layer({t: {r.name: r for r in rs} for t, rs in extra.items()}, previous_extra) if extra else None
         )
         self._extras: tuple[Snapshot, ...] = (self._extra,) if self._extra is not None else ()
         self._errors: dict[InvalidResource, None] = dict.fromkeys(world.errors)
@@ -282,7 +232,7 @@ class ConfigGenerator:
             self._scopes[key] = scope
         return scope
 
-    def _cluster_layer(self, scope: Scope) -> Snapshot:
+    def _clusterlayer(self, scope: Scope) -> Snapshot:
         signature = scope.cluster_signature
         cached = self._cluster_layers.get(signature)
         if cached is not None:
@@ -316,7 +266,7 @@ class ConfigGenerator:
                 by_type[ENDPOINT].update(assignments)
                 used += entries
                 names |= secret_names
-            layer = _layer(by_type, carried[1] if carried is not None else None)
+            layer = reuse_layer(by_type, carried[1] if carried is not None else None)
             self._cluster_secrets[signature] = frozenset(names)
         self._cluster_layers[signature] = (inputs, layer, used)
         return layer
@@ -350,10 +300,10 @@ class ConfigGenerator:
         self._service_entries[key] = entry
         return entry
 
-    def _secret_layer(self, scope: Scope) -> Snapshot:
+    def _secretlayer(self, scope: Scope) -> Snapshot:
         """The SDS secrets of a scope's clusters, from its namespace; shared by every scope of that
         namespace that uses the same credentialNames."""
-        self._cluster_layer(scope)
+        self._clusterlayer(scope)
         names = self._cluster_secrets[scope.cluster_signature]
         if not names:
             return EMPTY_LAYER
@@ -374,11 +324,11 @@ class ConfigGenerator:
         else:
             used = []
             resolved = self.memo.resolve(secret_specs(secrets, namespace=scope.namespace, names=names), used)
-            layer = _layer({SECRET: resolved}, carried[1] if carried is not None else None)
+            layer = reuse_layer({SECRET: resolved}, carried[1] if carried is not None else None)
         self._secret_layers[group] = (inputs, layer, used)
         return layer
 
-    def _scope_layer(self, key: ScopeKey) -> Snapshot:
+    def _scopelayer(self, key: ScopeKey) -> Snapshot:
         cached = self._scope_layers.get(key)
         if cached is not None:
             return cached[1]
@@ -404,7 +354,7 @@ class ConfigGenerator:
             used = []
             table = RouteTable(scope, cache=self._vhost_cache, previous_cache=self._prev_vhosts)
             routes = self.memo.resolve(table.specs(), used)
-            layer = _layer({ROUTE: routes}, carried[1] if carried is not None else None)
+            layer = reuse_layer({ROUTE: routes}, carried[1] if carried is not None else None)
         self._scope_layers[key] = (inputs, layer, used)
         return layer
 
@@ -467,7 +417,7 @@ class ConfigGenerator:
         if previous_plan is None or self._plan(key).signature != previous_plan.signature:
             return ()
         scope = self._scope(key)
-        return (self._cluster_layer(scope), self._scope_layer(key), self._secret_layer(scope))
+        return (self._clusterlayer(scope), self._scopelayer(key), self._secretlayer(scope))
 
     def _plan(self, key: ScopeKey) -> ListenerPlan:
         plan = self._plans.get(key)
@@ -488,9 +438,9 @@ class ConfigGenerator:
         if cached is not None:
             return cached
         self.builds += 1
-        scope_layer = self._scope_layer(key)
-        cluster_layer = self._cluster_layer(self._scope(key))
-        secret_layer = self._secret_layer(self._scope(key))
+        scope_layer = self._scopelayer(key)
+        cluster_layer = self._clusterlayer(self._scope(key))
+        secret_layer = self._secretlayer(self._scope(key))
         plan = self._plan(key)
         served = self._inbound_index().get(proxy.ip, ())
         inputs = (plan.signature, served, self._inbound_port)
@@ -500,12 +450,12 @@ class ConfigGenerator:
         else:
             # Bound to this proxy's address: nothing to share, so built directly (no memo).
             own = {
-                LISTENER: _build(
+                LISTENER: build_all(
                     [*plan.specs(proxy), *inbound_listener_specs(proxy, served, inbound_port=self._inbound_port)]
                 ),
-                CLUSTER: _build(inbound_cluster_specs(address=proxy.ip, target_ports=[t for _, _, t in served])),
+                CLUSTER: build_all(inbound_cluster_specs(address=proxy.ip, target_ports=[t for _, _, t in served])),
             }
-            proxy_layer = _layer(own, carried[1] if carried is not None else None)
+            proxy_layer = reuse_layer(own, carried[1] if carried is not None else None)
         self._proxy_layers[group] = (inputs, proxy_layer, [])
         previous = self._prev_groups.get(group)
         layers = (cluster_layer, scope_layer, proxy_layer, secret_layer, *self._extras)
