@@ -13,11 +13,11 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from meshd.api.destinationrule import ClientTLSSettings, DestinationRule
 from meshd.api.meta import InvalidResource
 from meshd.api.parse import parse_resource
+from meshd.translate.policy import effective_policy
 from meshd.translate.upstream_tls import (
     HTTP_OPTIONS_KEY,
     SYSTEM_CA_BUNDLE,
     apply_upstream_tls,
-    effective_tls,
     sds_names,
     upstream_tls_context,
 )
@@ -64,21 +64,21 @@ def test_port_level_replaces_the_top_level_and_subsets_override_both() -> None:
         }
     )
 
-    def mode(subset: str, port: int) -> tuple[str | None, str]:
-        tls, path = effective_tls(rule, subset=subset, port=port)
-        return (tls.mode if tls else None), path
+    def mode(subset: str, port: int) -> str | None:
+        tls = effective_policy(rule, subset=subset, port=port).tls
+        return tls.mode if tls else None
 
-    assert mode("", 80) == ("SIMPLE", "spec.trafficPolicy.tls")
-    assert mode("", 8443) == ("MUTUAL", "spec.trafficPolicy.portLevelSettings[0].tls")
+    assert mode("", 80) == "SIMPLE"
+    assert mode("", 8443) == "MUTUAL"
     # A port-level entry without tls does not inherit the top level's (Istio: defaults apply).
-    assert mode("", 9000) == (None, "spec.trafficPolicy.portLevelSettings[1].tls")
-    assert mode("v1", 80) == ("DISABLE", "spec.subsets[0].trafficPolicy.tls")
-    assert mode("v1", 8443) == ("DISABLE", "spec.subsets[0].trafficPolicy.tls")
-    assert mode("v2", 80) == ("SIMPLE", "spec.subsets[1].trafficPolicy.portLevelSettings[0].tls")
-    assert effective_tls(rule, subset="v2", port=80)[0].sni == "x"  # type: ignore[union-attr]
-    assert mode("v2", 8443) == ("MUTUAL", "spec.trafficPolicy.portLevelSettings[0].tls")
-    assert mode("v3", 80) == ("SIMPLE", "spec.trafficPolicy.tls")
-    assert effective_tls(None, subset="", port=80) == (None, "")
+    assert mode("", 9000) is None
+    assert mode("v1", 80) == "DISABLE"
+    assert mode("v1", 8443) == "DISABLE"
+    assert mode("v2", 80) == "SIMPLE"
+    assert effective_policy(rule, subset="v2", port=80).tls.sni == "x"  # type: ignore[union-attr]
+    assert mode("v2", 8443) == "MUTUAL"
+    assert mode("v3", 80) == "SIMPLE"
+    assert effective_policy(None, subset="", port=80).tls is None
 
 
 def test_disable_and_istio_mutual_stay_plaintext() -> None:

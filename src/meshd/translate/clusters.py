@@ -20,7 +20,7 @@ from meshd.translate.locality import locality_groups
 from meshd.translate.policy import effective_policy
 from meshd.translate.scope import Scope
 from meshd.translate.spec import Spec, ident
-from meshd.translate.upstream_tls import effective_tls, sds_names, tls_files
+from meshd.translate.upstream_tls import sds_names, tls_files
 
 CONNECT_TIMEOUT = duration_pb2.Duration(seconds=10)
 _HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -132,7 +132,7 @@ def service_secret_names(scope: Scope, service: MeshService, ports: Sequence[Ser
         name
         for port in ports
         for subset in subsets
-        for name in sds_names(effective_tls(rule, subset=subset, port=port.number)[0])
+        for name in sds_names(effective_policy(rule, subset=subset, port=port.number).tls)
     )
 
 
@@ -145,7 +145,7 @@ def clusters_opening(
         naming.outbound_cluster(port=port.number, host=service.hostname, subset=subset)
         for port in ports
         for subset in subsets
-        if any(path in files for _, path in tls_files(effective_tls(rule, subset=subset, port=port.number)[0]))
+        if any(path in files for _, path in tls_files(effective_policy(rule, subset=subset, port=port.number).tls))
     }
 
 

@@ -27,7 +27,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import any_pb2, duration_pb2
 
-from meshd.api.destinationrule import ClientTLSSettings, DestinationRule, TrafficPolicy
+from meshd.api.destinationrule import ClientTLSSettings, DestinationRule
 
 TLS_SOCKET = "envoy.transport_sockets.tls"
 HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -37,35 +37,6 @@ CA_SUFFIX = "-cacert"
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 SDS_FETCH_TIMEOUT_S = 15
 _SAN = common_pb2.SubjectAltNameMatcher
-
-
-def effective_tls(rule: DestinationRule | None, *, subset: str, port: int) -> tuple[ClientTLSSettings | None, str]:
-    """The tls settings for one cluster and their field path, merged as Istio does: a matching
-    portLevelSettings entry replaces the level's policy (its tls may be absent: plaintext); a subset's
-    policy overrides the top level, and its own port-level entry overrides that."""
-    if rule is None:
-        return None, ""
-    tls, path = _level(rule.spec.traffic_policy, port=port, path="spec.trafficPolicy")
-    chosen = rule.spec.subset(subset) if subset else None
-    if chosen is not None and chosen.traffic_policy is not None:
-        index = rule.spec.subsets.index(chosen)
-        policy = chosen.traffic_policy
-        base = f"spec.subsets[{index}].trafficPolicy"
-        if policy.tls is not None:
-            tls, path = policy.tls, f"{base}.tls"
-        for i, setting in enumerate(policy.port_level_settings):
-            if setting.port.number == port:
-                tls, path = setting.tls, f"{base}.portLevelSettings[{i}].tls"
-    return tls, path
-
-
-def _level(policy: TrafficPolicy | None, *, port: int, path: str) -> tuple[ClientTLSSettings | None, str]:
-    if policy is None:
-        return None, ""
-    for i, setting in enumerate(policy.port_level_settings):
-        if setting.port.number == port:
-            return setting.tls, f"{path}.portLevelSettings[{i}].tls"
-    return policy.tls, f"{path}.tls"
 
 
 def tls_blocks(rule: DestinationRule) -> Iterator[tuple[str, ClientTLSSettings]]:
