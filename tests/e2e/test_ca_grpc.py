@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from meshd._gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
@@ -186,3 +187,34 @@ async def test_metrics_exposed_with_istio_names(ca: CaUnderTest) -> None:
         assert name in text
     seconds = ca.metrics.registry.get_sample_value("citadel_server_root_cert_expiry_seconds")
     assert seconds is not None and 3649 * 86400 < seconds <= 3650 * 86400
+
+
+async def test_plugged_in_cacerts_dir_clamps_to_signer_expiry_then_refuses(tmp_path: pathlib.Path) -> None:
+    from tests.unit.ca.test_signer import plugged_material
+
+    now = datetime.datetime.now(datetime.UTC)
+    material, root = plugged_material(intermediate_days=2, now=now)
+    plugged = tmp_path / "ca" / "cacerts"
+    plugged.mkdir(parents=True)
+    for name, data in material.as_files().items():
+        (plugged / name).write_bytes(data)
+    shift = datetime.timedelta(0)
+    ca = await start_ca(tmp_path, wall=lambda: datetime.datetime.now(datetime.UTC) + shift)
+    try:
+        assert ca.root == root.public_bytes(serialization.Encoding.PEM).decode()
+        chain = await ca.csr(ttl_s=30 * 86400)
+        assert len(chain) == 3  # leaf, intermediate, root
+        intermediate = x509.load_pem_x509_certificate(material.ca_cert)
+        assert _leaf(chain).not_valid_after_utc == intermediate.not_valid_after_utc  # clamped, not 30 days
+        assert not (tmp_path / "ca" / "ca-cert.pem").exists()  # no self-signed root was made
+        shift = datetime.timedelta(days=2) - datetime.timedelta(seconds=30)  # the intermediate is about to expire
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await ca.csr(ttl_s=3600)
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert (
+            ca.metrics.registry.get_sample_value("citadel_server_csr_sign_err_count", {"error": "CA_UNAVAILABLE"}) == 1
+        )
+        shift = datetime.timedelta(0)
+        await ca.assert_healthy()
+    finally:
+        await ca.stop()
