@@ -1,1 +1,2 @@
-"""Kubernetes mode: reflectors (list + watch) per kind, the source that feeds the ConfigStore from them."""
+"""Kubernetes mode: the API client, reflectors (list + watch) per kind, and the source that feeds the
+ConfigStore from them."""
