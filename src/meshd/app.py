@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from meshd.clock import Clock, SystemClock
 from meshd.gcpolicy import GcPolicy
+from meshd.kube.mode import KubeMode, start_kube_mode
 from meshd.model.store import ConfigStore
 from meshd.obs.http import build_app
 from meshd.obs.metrics import Metrics
@@ -53,21 +54,25 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
     """Run meshd until `stop` is set or the process gets SIGINT/SIGTERM."""
     clock = clock or SystemClock()
     stop = stop or asyncio.Event()
+    if settings.config_dir is None:
+        settings = settings.model_copy(update={"check_tls_files": False})  # sidecars are not on this host
     metrics = Metrics(CollectorRegistry())
     store = ConfigStore()
     hub = Hub()
     gc_policy = GcPolicy(every=settings.gc_full_every_pushes, enabled=settings.gc_freeze)
     push = PushLoop(store=store, hub=hub, settings=settings, clock=clock, metrics=metrics, log=log, gc_policy=gc_policy)
+    source: DirectorySource | KubeMode
     if settings.config_dir is None:
-        raise SystemExit("meshd serve: --config-dir is required (Kubernetes mode is not available yet)")
-    source = DirectorySource(
-        directory=settings.config_dir,
-        store=store,
-        clock=clock,
-        interval_s=settings.file_poll_interval_s,
-        log=log,
-        watch=settings.file_watch,
-    )
+        source = await start_kube_mode(settings=settings, store=store, registry=metrics.registry, clock=clock, log=log)
+    else:
+        source = DirectorySource(
+            directory=settings.config_dir,
+            store=store,
+            clock=clock,
+            interval_s=settings.file_poll_interval_s,
+            log=log,
+            watch=settings.file_watch,
+        )
 
     grpc_server = grpc.aio.server(
         options=[
@@ -96,6 +101,8 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
         is_ready=lambda: hub.ready,
         test_hooks=_test_hooks(push) if settings.enable_test_hooks else None,
     )
+    if isinstance(source, KubeMode):
+        source.add_routes(http_app)
     runner = web.AppRunner(http_app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.http_port)

@@ -32,6 +32,10 @@ def _serve(args: argparse.Namespace) -> int:
         send_timeout_s=args.send_timeout,
         max_concurrent_pushes=args.max_concurrent_pushes,
         enable_test_hooks=args.enable_test_hooks,
+        kubeconfig=pathlib.Path(args.kubeconfig) if args.kubeconfig else None,
+        namespace=args.namespace,
+        kube_watch_timeout_s=args.kube_watch_timeout,
+        kube_crd_recheck_s=args.kube_crd_recheck,
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_server(settings))
@@ -87,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--max-concurrent-pushes", type=int, default=defaults.max_concurrent_pushes)
     serve.add_argument("--enable-test-hooks", action="store_true", help=argparse.SUPPRESS)
+    serve.add_argument("--kubeconfig", help="read the cluster with this kubeconfig (no --config-dir: in-cluster)")
+    serve.add_argument("--namespace", default=defaults.namespace, help="meshd's namespace (mesh ConfigMap `istio`)")
+    serve.add_argument("--kube-watch-timeout", type=float, default=defaults.kube_watch_timeout_s)
+    serve.add_argument(
+        "--kube-crd-recheck", type=float, default=defaults.kube_crd_recheck_s, help="seconds between CRD lookups"
+    )
     serve.set_defaults(func=_serve)
 
     boot = sub.add_parser("bootstrap", help="print an Envoy bootstrap for a sidecar")

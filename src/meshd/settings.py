@@ -40,3 +40,8 @@ class Settings(BaseModel):
     # Standalone sidecars share meshd's filesystem: certificate files named by DestinationRules
     # are checked here, and clusters naming a missing one are left out instead of being NACKed.
     check_tls_files: bool = True
+    # Kubernetes mode (no config_dir): a kubeconfig file, else the in-cluster service account.
+    kubeconfig: pathlib.Path | None = None
+    namespace: str = "istio-system"  # meshd's own namespace (the `istio` mesh ConfigMap lives here)
+    kube_watch_timeout_s: float = Field(default=300.0, gt=0)  # each watch asks for up to twice this
+    kube_crd_recheck_s: float = Field(default=30.0, gt=0)  # how often an absent Istio CRD is looked up again

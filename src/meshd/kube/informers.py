@@ -26,7 +26,7 @@ class Informers:
         clock: Clock,
         log: logging.Logger,
         metrics: KubeMetrics | None = None,
-        settings: ReflectorSettings = ReflectorSettings(),
+        settings: ReflectorSettings | None = None,
         rand: random.Random | None = None,
     ) -> None:
         rand = rand or random.Random()
@@ -37,7 +37,7 @@ class Informers:
                 clock=clock,
                 log=log,
                 metrics=metrics,
-                settings=settings,
+                settings=settings or ReflectorSettings(),
                 backoff=Backoff(rand=rand),
                 rand=rand,
             )

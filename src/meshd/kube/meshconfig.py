@@ -76,9 +76,7 @@ def _selector(raw: Any, where: str) -> LabelSelector:
         if operator in ("In", "NotIn") and not values:
             raise InvalidMeshConfig(f"{at}.values: {operator} needs values")
         requirements.append(Requirement(expr["key"], operator, tuple(str(v) for v in values)))
-    return LabelSelector(
-        tuple(sorted((str(k), str(v)) for k, v in labels.items())), tuple(requirements)
-    )
+    return LabelSelector(tuple(sorted((str(k), str(v)) for k, v in labels.items())), tuple(requirements))
 
 
 def parse_mesh_config(text: str, *, default_root: str = "istio-system") -> MeshConfig:

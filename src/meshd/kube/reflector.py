@@ -61,7 +61,7 @@ class Reflector:
         clock: Clock,
         log: logging.Logger,
         metrics: KubeMetrics | None = None,
-        settings: ReflectorSettings = ReflectorSettings(),
+        settings: ReflectorSettings | None = None,
         backoff: Backoff | None = None,
         rand: random.Random | None = None,
     ) -> None:
@@ -70,7 +70,7 @@ class Reflector:
         self._clock = clock
         self._log = log
         self._metrics = metrics
-        self._settings = settings
+        self._settings = settings or ReflectorSettings()
         self._rand = rand or random.Random()
         self.backoff = backoff or Backoff(rand=self._rand)
         self._handlers: list[Handler] = []
@@ -148,7 +148,11 @@ class Reflector:
         delay = self.backoff.failure(self._clock.now(), retry_after=exc.retry_after)
         self.delays = [*self.delays[-99:], delay]
         self._log.warning(
-            "event=kube_api_error kind=%s status=%d error=%r retry_in_s=%.2f", self.spec.kind, exc.status, str(exc), delay
+            "event=kube_api_error kind=%s status=%d error=%r retry_in_s=%.2f",
+            self.spec.kind,
+            exc.status,
+            str(exc),
+            delay,
         )
         await self._clock.sleep(delay)
 
@@ -179,7 +183,7 @@ class Reflector:
                 if isinstance(item, dict):
                     obj = self._typed(item)
                     items[object_key(obj)] = obj
-            list_meta = page.get("metadata") if isinstance(page.get("metadata"), dict) else {}
+            list_meta: dict[str, Any] = page["metadata"] if isinstance(page.get("metadata"), dict) else {}
             token = str(list_meta.get("continue") or "")
             if not token:
                 resource_version = str(list_meta.get("resourceVersion") or "")

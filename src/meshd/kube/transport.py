@@ -37,7 +37,7 @@ def retry_after_of(value: str | None) -> float | None:
 
 
 def from_api_exception(exc: ApiException) -> KubeApiError:
-    headers = exc.headers or {}
+    headers: dict[str, str] = dict(exc.headers or {})
     return KubeApiError(exc.status or 0, str(exc.reason), retry_after=retry_after_of(headers.get("Retry-After")))
 
 
@@ -54,7 +54,7 @@ class ApiClientTransport:
         self._client = client
         self._timeout = request_timeout_s
 
-    async def _open(self, path: str, query: Query, timeout: aiohttp.ClientTimeout) -> Any:
+    async def _open(self, path: str, query: Query, limits: aiohttp.ClientTimeout) -> Any:
         try:
             resp = await self._client.call_api(
                 path,
@@ -63,7 +63,7 @@ class ApiClientTransport:
                 header_params={"Accept": "application/json"},
                 auth_settings=["BearerToken"],
                 _preload_content=False,
-                _request_timeout=timeout,
+                _request_timeout=limits,
             )
         except ApiException as exc:
             raise from_api_exception(exc) from None
