@@ -129,6 +129,9 @@ class Reflector:
                 await self._watch()
             except KubeApiError as exc:
                 await self._failed(exc)
+            except Exception as exc:  # a bug or an unexpected reply must not stop the watch (or meshd)
+                self._log.exception("event=reflector_failed kind=%s", self.spec.kind)
+                await self._failed(KubeApiError(0, f"{type(exc).__name__}: {exc}"))
 
     async def _failed(self, exc: KubeApiError) -> None:
         if exc.expired:

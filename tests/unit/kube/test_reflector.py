@@ -4,11 +4,14 @@ failure -> exponential backoff with jitter, one watch per kind, no hot loop."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+
 import pytest
 
 from meshd.kube.kinds import KindSpec
-from meshd.kube.reflector import ReflectorSettings
-from tests.unit.kube.conftest import Api, service, until
+from meshd.kube.reflector import Reflector, ReflectorSettings
+from tests.unit.kube.conftest import LOG, SERVICE, Api, service, until
 
 VS = KindSpec("networking.istio.io", "VirtualService", "virtualservices", ("v1", "v1beta1", "v1alpha3"), crd=True)
 
@@ -201,3 +204,28 @@ async def test_absent_crd_is_synced_empty_and_picked_up_when_installed(api: Api)
     api.server.remove_crd("networking.istio.io", "VirtualService")
     await until(lambda: seen.of("vs") == ["ADDED", "DELETED"], "objects gone with their CRD")
     assert reflector.absent
+
+
+class _ExplodingOnce:
+    """A transport whose first call fails with an unexpected exception, then serves an empty list."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def get_json(self, path: str, query: object = ()) -> dict[str, object]:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("unexpected")
+        return {"metadata": {"resourceVersion": "5"}, "items": []}
+
+    async def stream(self, path: str, query: object, *, read_timeout_s: float) -> AsyncIterator[bytes]:
+        await asyncio.Event().wait()  # a watch with nothing to say
+        yield b""
+
+
+async def test_an_unexpected_exception_backs_off_instead_of_stopping(api: Api) -> None:
+    transport = _ExplodingOnce()
+    reflector = Reflector(spec=SERVICE, transport=transport, clock=api.clock, log=LOG)
+    api.run(reflector)
+    await until(lambda: reflector.has_synced, "the list after the failure")
+    assert len(api.clock.sleeps) == 1 and reflector.errors == 1 and "RuntimeError" in reflector.last_error
