@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import pathlib
 from typing import Any
 
 from aiohttp import web
@@ -45,12 +46,35 @@ def default_source(settings: AgentSettings) -> CertificateSource | None:
     return CaCertificateSource.from_settings(settings)
 
 
+def socket_path(settings: AgentSettings) -> pathlib.Path:
+    return settings.workdir.resolve() / settings.sds_socket
+
+
+def agent_bootstrap(settings: AgentSettings) -> dict[str, Any]:
+    """The Envoy bootstrap `meshd agent` writes for these settings."""
+    s = settings
+    host, port = split_address(s.xds_address)
+    return build_bootstrap(
+        node_id=node_id(s),
+        cluster=f"{workload_name(s)}.{s.namespace}",
+        xds_host=host,
+        xds_port=port,
+        admin_host=s.ip,
+        admin_port=s.admin_port,
+        delta=s.delta,
+        extra_metadata=node_metadata(s),
+        sds_socket=str(socket_path(s)),
+        xds_server_name=None if s.xds_plaintext else s.xds_server_name,
+        sds_delta=s.sds_delta,
+    )
+
+
 class _Agent:
     def __init__(self, settings: AgentSettings, *, source: CertificateSource | None, clock: Clock, log: logging.Logger):
         self.settings = settings
         self.log = log
         self.workdir = settings.workdir.resolve()
-        self.socket_path = self.workdir / settings.sds_socket
+        self.socket_path = socket_path(settings)
         self.state = SecretState()
         self.sds = SdsServicer(state=self.state, log=log)
         self.rotator = (
@@ -79,21 +103,7 @@ class _Agent:
         )
 
     def bootstrap(self) -> dict[str, Any]:
-        s = self.settings
-        host, port = split_address(s.xds_address)
-        return build_bootstrap(
-            node_id=node_id(s),
-            cluster=f"{workload_name(s)}.{s.namespace}",
-            xds_host=host,
-            xds_port=port,
-            admin_host=s.ip,
-            admin_port=s.admin_port,
-            delta=s.delta,
-            extra_metadata=node_metadata(s),
-            sds_socket=str(self.socket_path),
-            xds_server_name=None if s.xds_plaintext else s.xds_server_name,
-            sds_delta=s.sds_delta,
-        )
+        return agent_bootstrap(self.settings)
 
     def _make_envoy(self) -> EnvoyProcess:
         s = self.settings
