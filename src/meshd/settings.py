@@ -57,6 +57,7 @@ class AgentSettings(BaseModel):
     cluster_id: str = "Kubernetes"
     mesh_id: str = "cluster.local"
     domain_suffix: str = "cluster.local"
+    trust_domain: str = "cluster.local"  # the SPIFFE id the CSR names (the CA decides the issued one)
     # meshd: xDS over mTLS on 15012 (the server name is sent as SNI and checked in meshd's certificate),
     # or plaintext (xds_plaintext, e.g. 15010)
     xds_address: str = "127.0.0.1:15012"
