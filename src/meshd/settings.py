@@ -40,6 +40,22 @@ class Settings(BaseModel):
     # Standalone sidecars share meshd's filesystem: certificate files named by DestinationRules
     # are checked here, and clusters naming a missing one are left out instead of being NACKed.
     check_tls_files: bool = True
+    # Kubernetes mode (no config_dir): a kubeconfig file, else the in-cluster service account.
+    kubeconfig: pathlib.Path | None = None
+    namespace: str = "istio-system"  # meshd's own namespace (the `istio` mesh ConfigMap lives here)
+    # --- CA and the secure (TLS) port: issue 5 -----------------------------------------------
+    ca_enabled: bool = False  # `meshd serve` turns it on unless --no-ca
+    # Standalone CA store: ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem (+ cacerts/ plugged-in)
+    ca_dir: pathlib.Path = pathlib.Path(".meshd/ca")
+    ca_token_file: pathlib.Path | None = None  # standalone: token -> {namespace, serviceAccount}
+    trust_domain: str = "cluster.local"
+    cluster_id: str = "Kubernetes"  # a CSR's ClusterID header naming another cluster is refused
+    secure_host: str = "0.0.0.0"
+    secure_port: int = 15012
+    # Extra SANs on meshd's serving certificate besides meshd.<ns>.svc and istiod.<ns>.svc: what clients dial.
+    secure_sans: tuple[str, ...] = ("localhost", "127.0.0.1")
+    ca_default_ttl_s: int = Field(default=24 * 3600, gt=0)
+    ca_max_ttl_s: int = Field(default=90 * 24 * 3600, gt=0)
 
 
 class AgentSettings(BaseModel):

@@ -67,6 +67,8 @@ class Meshd:
         self.log_path = log_path
         self.xds_port = free_port()
         self.http_port = free_port()
+        self.secure_port = free_port()  # the CA / xDS TLS port (15012 in production)
+        self.ca_dir = log_path.parent / "ca"
         self.process: asyncio.subprocess.Process | None = None
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
 
@@ -77,7 +79,9 @@ class Meshd:
             "--config-dir", str(self.config_dir),
             "--xds-host", "127.0.0.1", "--xds-port", str(self.xds_port),
             "--http-host", "127.0.0.1", "--http-port", str(self.http_port),
-            "--poll-interval", "0.1", "--enable-test-hooks", *self.extra_args,
+            "--poll-interval", "0.1", "--enable-test-hooks",
+            "--secure-host", "127.0.0.1", "--secure-port", str(self.secure_port), "--ca-dir", str(self.ca_dir),
+            *self.extra_args,
             stdout=log, stderr=log,
         )  # fmt: skip
         log.close()
