@@ -21,8 +21,9 @@ TOKENS = {"tok-client": ("default", "client"), "tok-web": ("default", "web")}
 
 
 @pytest.fixture
-async def mesh(tmp_path: pathlib.Path) -> AsyncIterator[Mesh]:
-    m = Mesh(work_dir=tmp_path, delta=False)
+async def mesh(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> AsyncIterator[Mesh]:
+    """web v1/v2 behind agent sidecars with certificates from meshd; delta: delta ADS and delta SDS."""
+    m = Mesh(work_dir=tmp_path, delta=getattr(request, "param", "sotw") == "delta")
     try:
         tokens = write_ca_tokens(tmp_path / "tokens.yaml", TOKENS)
         m.meshd.extra_args = ("--ca-token-file", str(tokens))
@@ -31,7 +32,8 @@ async def mesh(tmp_path: pathlib.Path) -> AsyncIterator[Mesh]:
         await m.meshd.start()
         for pod, host in (("web-v1", 2), ("web-v2", 3)):
             await m.app(service="web", version=pod[-2:], pod=pod, ip=m.ip(host))
-            await m.agent_sidecar(pod=pod, ip=m.ip(host), service_account="web", token="tok-web")
+            sds = ("--sds-delta",) if m.delta else ()
+            await m.agent_sidecar(pod=pod, ip=m.ip(host), service_account="web", token="tok-web", args=sds)
         yield m
     except BaseException:
         print(m.meshd.log()[-5000:])
@@ -47,10 +49,14 @@ async def _stat(agent: AgentProcess, name: str) -> int:
     return int(stats[0]["value"]) if stats else 0
 
 
+@pytest.mark.parametrize("mesh", ["sotw", "delta"], indirect=True)
 async def test_agent_gets_a_certificate_and_envoy_uses_it_for_xds(mesh: Mesh) -> None:
     client: AgentProcess = await mesh.agent_sidecar(
         pod="client", ip=mesh.ip(1), service_account="client", token="tok-client"
     )
+    if mesh.delta:
+        sent = json.loads(await client.admin_get("/config_dump?resource=dynamic_active_clusters"))
+        assert sent["configs"], "delta ADS delivered clusters"
     assert await client.cert_identities() == {"spiffe://cluster.local/ns/default/sa/client"}
     assert (await client.status())["certificate"]["identity"] == ["spiffe://cluster.local/ns/default/sa/client"]
     # xDS came over TLS to the secure port: handshakes on xds-grpc, connected, and config arrived
