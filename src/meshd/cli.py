@@ -1,4 +1,4 @@
-"""Command line: `meshd serve | bootstrap | demo`.
+"""Command line: `meshd serve | bootstrap | agent | demo`.
 
 This is one of the two places (with settings.py) that reads the process environment;
 everything below receives explicit arguments.
@@ -13,6 +13,7 @@ import logging
 import pathlib
 import sys
 
+from meshd.ca.cli import add_ca_arguments, ca_settings
 from meshd.settings import Settings
 
 
@@ -36,6 +37,7 @@ def _serve(args: argparse.Namespace) -> int:
         namespace=args.namespace,
         kube_watch_timeout_s=args.kube_watch_timeout,
         kube_crd_recheck_s=args.kube_crd_recheck,
+        **ca_settings(args),
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_server(settings))
@@ -97,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--kube-crd-recheck", type=float, default=defaults.kube_crd_recheck_s, help="seconds between CRD lookups"
     )
+    add_ca_arguments(serve, defaults)
     serve.set_defaults(func=_serve)
 
     boot = sub.add_parser("bootstrap", help="print an Envoy bootstrap for a sidecar")
@@ -108,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--delta", action="store_true", help="use delta (incremental) ADS")
     boot.add_argument("--format", choices=["json", "yaml"], default="json")
     boot.set_defaults(func=_bootstrap)
+
+    from meshd.agent.cli import add_agent_parser
+
+    add_agent_parser(sub)
 
     demo = sub.add_parser("demo", help="run the bundled example mesh with real Envoy sidecars")
     demo.add_argument("--duration", type=float, default=15.0, help="seconds per phase")
