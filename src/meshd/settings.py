@@ -40,3 +40,18 @@ class Settings(BaseModel):
     # Standalone sidecars share meshd's filesystem: certificate files named by DestinationRules
     # are checked here, and clusters naming a missing one are left out instead of being NACKed.
     check_tls_files: bool = True
+    # Leader election and status (kube/leader.py, kube/status.py): with a cluster (Kubernetes mode,
+    # or a kubeconfig next to --config-dir), one replica holds the Lease and writes status.
+    kubeconfig: pathlib.Path | None = None
+    leader_election: bool = True
+    lease_name: str = "meshd-leader"
+    lease_namespace: str | None = None  # default: root_namespace
+    lease_duration_s: float = Field(default=30.0, ge=1)
+    leader_identity: str | None = None  # default: hostname + random suffix
+    write_status: bool = True
+    status_interval_s: float = Field(default=1.0, gt=0)
+    # Validating admission webhook (kube/webhook.py): served when both files are given.
+    webhook_host: str = "0.0.0.0"
+    webhook_port: int = 15017
+    webhook_cert: pathlib.Path | None = None
+    webhook_key: pathlib.Path | None = None
