@@ -44,8 +44,11 @@ def validate_object(obj: Any, *, namespace: str, name: str = "") -> InvalidResou
     if not isinstance(obj, dict) or obj.get("kind") not in KINDS:
         return None
     meta = obj.get("metadata")
-    if isinstance(meta, dict) and name and not meta.get("name"):
-        obj = {**obj, "metadata": {**meta, "name": name}}
+    if isinstance(meta, dict):  # kubectl may leave both to the request
+        meta = {**meta, "namespace": meta.get("namespace") or namespace}
+        if name and not meta.get("name"):
+            meta["name"] = name
+        obj = {**obj, "metadata": meta}
     try:
         parse_resource(obj, default_namespace=namespace or "default")
     except InvalidResource as err:
