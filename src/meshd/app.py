@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from meshd.clock import Clock, SystemClock
 from meshd.gcpolicy import GcPolicy
+from meshd.kube.duties import run_kube_duties
 from meshd.model.store import ConfigStore
 from meshd.obs.http import build_app
 from meshd.obs.metrics import Metrics
@@ -117,6 +118,9 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(source.run())
             tasks.create_task(push.run())
+            tasks.create_task(
+                run_kube_duties(settings=settings, store=store, errors=lambda: push.errors, clock=clock, log=log)
+            )
             await stop.wait()
             raise _Stop
     except* _Stop:

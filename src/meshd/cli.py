@@ -13,6 +13,7 @@ import logging
 import pathlib
 import sys
 
+from meshd.kube.flags import add_leader_flags, leader_settings
 from meshd.settings import Settings
 
 
@@ -32,6 +33,7 @@ def _serve(args: argparse.Namespace) -> int:
         send_timeout_s=args.send_timeout,
         max_concurrent_pushes=args.max_concurrent_pushes,
         enable_test_hooks=args.enable_test_hooks,
+        **leader_settings(args),
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_server(settings))
@@ -87,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--max-concurrent-pushes", type=int, default=defaults.max_concurrent_pushes)
     serve.add_argument("--enable-test-hooks", action="store_true", help=argparse.SUPPRESS)
+    add_leader_flags(serve, defaults)
     serve.set_defaults(func=_serve)
 
     boot = sub.add_parser("bootstrap", help="print an Envoy bootstrap for a sidecar")

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from meshd.api.meta import InvalidResource
 from meshd.clock import Clock
@@ -21,6 +22,14 @@ from meshd.kube.status import KubeStatusApi, StatusWriter
 from meshd.kube.webhook import serve_webhook
 from meshd.model.store import ConfigStore
 from meshd.settings import Settings
+
+
+async def _webhook_or_log(*, log: logging.Logger, serve: Callable[..., Awaitable[None]], **kwargs: Any) -> None:
+    """A webhook that cannot start (unreadable certificate, port taken) is reported; xDS keeps serving."""
+    try:
+        await serve(log=log, **kwargs)
+    except (OSError, ValueError) as exc:
+        log.error("event=webhook_failed error=%s", exc)
 
 
 def wants_cluster_duties(settings: Settings) -> bool:
@@ -39,16 +48,36 @@ async def run_kube_duties(
     async with asyncio.TaskGroup() as tasks:
         if settings.webhook_cert is not None and settings.webhook_key is not None:
             tasks.create_task(
-                serve_webhook(
+                _webhook_or_log(
+                    log=log,
+                    serve=serve_webhook,
                     host=settings.webhook_host,
                     port=settings.webhook_port,
                     cert=settings.webhook_cert,
                     key=settings.webhook_key,
-                    log=log,
                 )
             )
         if wants_cluster_duties(settings):
-            tasks.create_task(_lead(settings=settings, store=store, errors=errors, clock=clock, log=log))
+            tasks.create_task(_keep_leading(settings=settings, store=store, errors=errors, clock=clock, log=log))
+
+
+async def _keep_leading(
+    *,
+    settings: Settings,
+    store: ConfigStore,
+    errors: Callable[[], list[InvalidResource]],
+    clock: Clock,
+    log: logging.Logger,
+) -> None:
+    """Leader duties must never take meshd down: an unusable kubeconfig is retried, with backoff."""
+    delay = 1.0
+    while True:
+        try:
+            await _lead(settings=settings, store=store, errors=errors, clock=clock, log=log)
+        except Exception as exc:
+            log.error("event=leader_duties_failed error=%s retry_in_s=%.0f", exc, delay)
+        await clock.sleep(delay)
+        delay = min(delay * 2, 30.0)
 
 
 async def _lead(
