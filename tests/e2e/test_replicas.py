@@ -86,7 +86,7 @@ async def test_one_replica_leads_and_writes_status_the_other_takes_over(
                 "--status-interval",
                 "0.1",
             ),
-        )  # fmt: skip
+        )
         for name in ("meshd-a", "meshd-b")
     }
     try:

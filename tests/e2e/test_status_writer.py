@@ -5,6 +5,7 @@ resourceVersion precondition), and a replica that does not lead never writes."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 import pathlib
@@ -18,6 +19,8 @@ from meshd.api.meta import InvalidResource, Resource, ResourceKey
 from meshd.api.parse import parse_resource
 from meshd.clock import SystemClock
 from meshd.kube.client import new_api_client
+from meshd.kube.leader import LeaderElector, LeaseConfig
+from meshd.kube.lease_lock import KubeLeaseLock
 from meshd.kube.status import KubeStatusApi, StatusWriter
 from meshd.model.store import ConfigStore
 from tests.e2e.harness import eventually
@@ -208,3 +211,63 @@ async def test_a_replica_that_does_not_lead_never_writes(server: FakeApiServer, 
     assert (
         "got 90" in server.get(V1, "VirtualService", "default", "web")["status"]["validationMessages"][0]["description"]
     )
+
+
+async def test_writes_stop_when_the_lease_cannot_be_renewed(server: FakeApiServer, api: client.ApiClient) -> None:
+    store = ConfigStore()
+    server.create(virtual_service("web", (50, 50)))
+    sync_store(store, server)
+    elector = LeaderElector(
+        config=LeaseConfig(name="meshd-leader", namespace="istio-system", identity="a", duration_s=3.0),
+        lock=KubeLeaseLock(api=api, name="meshd-leader", namespace="istio-system"),
+        clock=SystemClock(),
+        log=logging.getLogger("test"),
+        request_timeout_s=0.5,
+    )
+    writer = StatusWriter(
+        api=KubeStatusApi(api),
+        store=store,
+        errors=store.errors,
+        is_leader=lambda: elector.is_leader,
+        clock=SystemClock(),
+        log=logging.getLogger("test"),
+        interval_s=0.05,
+    )
+    async with asyncio.TaskGroup() as tasks:
+        election = tasks.create_task(elector.run())
+        writing = tasks.create_task(writer.run())
+
+        async def accepted() -> bool:
+            return status_writes(server) == 1
+
+        await eventually(accepted, what="the leader writes the first status")
+        server.fail(status=500, count=10_000, kind="Lease")  # the leader can no longer renew
+
+        async def stepped_down() -> bool:
+            return not elector.is_leader
+
+        await eventually(stepped_down, timeout=5, what="the leader steps down")
+        broken = server.get(V1, "VirtualService", "default", "web")
+        broken["spec"] = virtual_service("web", (10, 10))["spec"]
+        server.update(broken)
+        sync_store(store, server)
+        rounds = writer.rounds
+
+        async def several_rounds() -> bool:
+            return writer.rounds >= rounds + 10
+
+        await eventually(several_rounds, what="the writer keeps running")
+        assert status_writes(server) == 1  # a replica that lost the lease writes nothing
+        server.clear_faults()
+        await eventually(lambda: _leads(elector), timeout=10, what="leading again")
+
+        async def rejected() -> bool:
+            return "validationMessages" in server.get(V1, "VirtualService", "default", "web").get("status", {})
+
+        await eventually(rejected, timeout=5, what="status written once leading again")
+        election.cancel()
+        writing.cancel()
+
+
+async def _leads(elector: LeaderElector) -> bool:
+    return elector.is_leader

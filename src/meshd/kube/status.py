@@ -117,6 +117,7 @@ class StatusWriter:
         self._versions: dict[str, str] = {}  # API group -> version to use for objects not in the store
         self.writes = 0
         self.conflicts = 0
+        self.rounds = 0
 
     def leadership_changed(self, leading: bool) -> None:
         """A new term starts from scratch: statuses may have changed while another replica led."""
@@ -130,6 +131,7 @@ class StatusWriter:
                     await self.sync_once()
                 except Exception as exc:  # never let one bad round stop status writing
                     self._log.warning("event=status_round_failed error=%s", exc)
+            self.rounds += 1
             await self._clock.sleep(self._interval)
 
     def _targets(self) -> tuple[dict[ResourceKey, tuple[Message, ...]], dict[ResourceKey, tuple[str, str]]]:
