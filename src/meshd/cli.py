@@ -33,6 +33,7 @@ def _serve(args: argparse.Namespace) -> int:
         send_timeout_s=args.send_timeout,
         max_concurrent_pushes=args.max_concurrent_pushes,
         enable_test_hooks=args.enable_test_hooks,
+        kubeconfig=pathlib.Path(args.kubeconfig) if args.kubeconfig else None,
         **leader_settings(args),
     )
     with contextlib.suppress(KeyboardInterrupt):
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--max-concurrent-pushes", type=int, default=defaults.max_concurrent_pushes)
     serve.add_argument("--enable-test-hooks", action="store_true", help=argparse.SUPPRESS)
+    serve.add_argument("--kubeconfig", help="read the cluster with this kubeconfig (no --config-dir: in-cluster)")
     add_leader_flags(serve, defaults)
     serve.set_defaults(func=_serve)
 

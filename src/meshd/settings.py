@@ -33,16 +33,8 @@ class Settings(BaseModel):
     send_timeout_s: float = Field(default=30.0, gt=0)
     # Streams computing or writing a push at once; the rest wait their turn.
     max_concurrent_pushes: int = Field(default=100, ge=1)
-    # Freeze the live config out of GC passes after each push; a full collection every N pushes.
-    gc_freeze: bool = True
-    gc_full_every_pushes: int = Field(default=100, ge=1)
-    enable_test_hooks: bool = False
-    # Standalone sidecars share meshd's filesystem: certificate files named by DestinationRules
-    # are checked here, and clusters naming a missing one are left out instead of being NACKed.
-    check_tls_files: bool = True
     # Leader election and status (kube/leader.py, kube/status.py): with a cluster (Kubernetes mode,
     # or a kubeconfig next to --config-dir), one replica holds the Lease and writes status.
-    kubeconfig: pathlib.Path | None = None
     leader_election: bool = True
     lease_name: str = "meshd-leader"
     lease_namespace: str | None = None  # default: root_namespace
@@ -55,3 +47,12 @@ class Settings(BaseModel):
     webhook_port: int = 15017
     webhook_cert: pathlib.Path | None = None
     webhook_key: pathlib.Path | None = None
+    # Freeze the live config out of GC passes after each push; a full collection every N pushes.
+    gc_freeze: bool = True
+    gc_full_every_pushes: int = Field(default=100, ge=1)
+    enable_test_hooks: bool = False
+    # Standalone sidecars share meshd's filesystem: certificate files named by DestinationRules
+    # are checked here, and clusters naming a missing one are left out instead of being NACKed.
+    check_tls_files: bool = True
+    # Kubernetes mode (no config_dir): a kubeconfig file, else the in-cluster service account.
+    kubeconfig: pathlib.Path | None = None

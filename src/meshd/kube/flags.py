@@ -11,7 +11,6 @@ from meshd.settings import Settings
 
 def add_leader_flags(serve: argparse.ArgumentParser, defaults: Settings) -> None:
     group = serve.add_argument_group("leader election, status and validation webhook")
-    group.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster); with --config-dir: status only")
     group.add_argument(
         "--no-leader-election",
         dest="leader_election",
@@ -35,7 +34,6 @@ def leader_settings(args: argparse.Namespace) -> dict[str, Any]:
         return pathlib.Path(value) if value else None
 
     return {
-        "kubeconfig": path(args.kubeconfig),
         "leader_election": args.leader_election,
         "lease_name": args.lease_name,
         "lease_namespace": args.lease_namespace,
