@@ -119,7 +119,14 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
             tasks.create_task(source.run())
             tasks.create_task(push.run())
             tasks.create_task(
-                run_kube_duties(settings=settings, store=store, errors=lambda: push.errors, clock=clock, log=log)
+                run_kube_duties(
+                    settings=settings,
+                    store=store,
+                    errors=lambda: push.errors,
+                    settled=lambda: hub.generator is not None and hub.generator.world.revision == store.revision,
+                    clock=clock,
+                    log=log,
+                )
             )
             await stop.wait()
             raise _Stop

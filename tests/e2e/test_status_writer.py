@@ -271,3 +271,26 @@ async def test_writes_stop_when_the_lease_cannot_be_renewed(server: FakeApiServe
 
 async def _leads(elector: LeaderElector) -> bool:
     return elector.is_leader
+
+
+async def test_nothing_is_written_while_the_errors_lag_behind_the_store(
+    server: FakeApiServer, api: client.ApiClient
+) -> None:
+    store = ConfigStore()
+    server.create(virtual_service("web", (50, 40)))
+    sync_store(store, server)
+    built = {"revision": -1}  # no push built yet
+    writer = StatusWriter(
+        api=KubeStatusApi(api),
+        store=store,
+        errors=store.errors,
+        is_leader=lambda: True,
+        settled=lambda: built["revision"] == store.revision,
+        clock=SystemClock(),
+        log=logging.getLogger("test"),
+    )
+    assert await writer.sync_once() == 0
+    assert status_writes(server) == 0 and server.count(verb="get", kind="VirtualService") == 0
+    built["revision"] = store.revision  # the push caught up
+    assert await writer.sync_once() == 1
+    assert status_writes(server) == 1

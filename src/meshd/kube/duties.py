@@ -41,6 +41,7 @@ async def run_kube_duties(
     settings: Settings,
     store: ConfigStore,
     errors: Callable[[], list[InvalidResource]],
+    settled: Callable[[], bool],
     clock: Clock,
     log: logging.Logger,
 ) -> None:
@@ -58,7 +59,9 @@ async def run_kube_duties(
                 )
             )
         if wants_cluster_duties(settings):
-            tasks.create_task(_keep_leading(settings=settings, store=store, errors=errors, clock=clock, log=log))
+            tasks.create_task(
+                _keep_leading(settings=settings, store=store, errors=errors, settled=settled, clock=clock, log=log)
+            )
 
 
 async def _keep_leading(
@@ -66,6 +69,7 @@ async def _keep_leading(
     settings: Settings,
     store: ConfigStore,
     errors: Callable[[], list[InvalidResource]],
+    settled: Callable[[], bool],
     clock: Clock,
     log: logging.Logger,
 ) -> None:
@@ -73,7 +77,7 @@ async def _keep_leading(
     delay = 1.0
     while True:
         try:
-            await _lead(settings=settings, store=store, errors=errors, clock=clock, log=log)
+            await _lead(settings=settings, store=store, errors=errors, settled=settled, clock=clock, log=log)
         except Exception as exc:
             log.error("event=leader_duties_failed error=%s retry_in_s=%.0f", exc, delay)
         await clock.sleep(delay)
@@ -85,6 +89,7 @@ async def _lead(
     settings: Settings,
     store: ConfigStore,
     errors: Callable[[], list[InvalidResource]],
+    settled: Callable[[], bool],
     clock: Clock,
     log: logging.Logger,
 ) -> None:
@@ -113,6 +118,7 @@ async def _lead(
             api=KubeStatusApi(api),
             store=store,
             errors=errors,
+            settled=settled,
             is_leader=lambda: elector.is_leader,
             clock=clock,
             log=log,

@@ -99,12 +99,14 @@ class StatusWriter:
         errors: Callable[[], list[InvalidResource]],
         is_leader: Callable[[], bool],
         clock: Clock,
+        settled: Callable[[], bool] = lambda: True,
         log: logging.Logger,
         interval_s: float = 1.0,
         max_backoff_s: float = 30.0,
         wall: Callable[[], datetime.datetime] = _utcnow,
     ) -> None:
         self._api, self._store, self._errors, self._is_leader = api, store, errors, is_leader
+        self._settled = settled
         self._clock, self._log, self._interval, self._max_backoff, self._wall = (
             clock,
             log,
@@ -144,7 +146,10 @@ class StatusWriter:
         return desired_messages(objects=held, errors=self._errors()), held
 
     async def sync_once(self) -> int:
-        """One round; returns how many objects were visited."""
+        """One round; returns how many objects were visited. Skipped while the errors lag behind the
+        store (a push not yet built), so a verdict is never written and reverted a moment later."""
+        if not self._settled():
+            return 0
         desired, held = self._targets()
         for key in [k for k in self._handled if k not in desired]:
             del self._handled[key]
