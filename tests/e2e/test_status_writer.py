@@ -294,3 +294,34 @@ async def test_nothing_is_written_while_the_errors_lag_behind_the_store(
     built["revision"] = store.revision  # the push caught up
     assert await writer.sync_once() == 1
     assert status_writes(server) == 1
+
+
+async def test_an_edit_that_keeps_the_same_error_still_moves_observed_generation(
+    server: FakeApiServer, api: client.ApiClient
+) -> None:
+    store = ConfigStore()
+    server.create(virtual_service("web", (50, 40)))
+    sync_store(store, server)
+    writer = StatusWriter(
+        api=KubeStatusApi(api),
+        store=store,
+        errors=store.errors,
+        is_leader=lambda: True,
+        clock=SystemClock(),
+        log=logging.getLogger("test"),
+        recheck_rejected_s=0.2,
+    )
+    await writer.sync_once()
+    assert server.get(V1, "VirtualService", "default", "web")["status"]["observedGeneration"] == 1
+    edited = server.get(V1, "VirtualService", "default", "web")
+    edited["spec"]["hosts"] = ["web", "web.other"]  # a new generation, still the same error
+    server.update(edited)
+    sync_store(store, server)
+    assert await writer.sync_once() == 0  # same verdict, nothing in the store changed
+
+    async def caught_up() -> bool:
+        await writer.sync_once()
+        return bool(server.get(V1, "VirtualService", "default", "web")["status"]["observedGeneration"] == 2)
+
+    await eventually(caught_up, timeout=5, what="observedGeneration of the edited, still invalid object")
+    assert status_writes(server) == 2

@@ -103,10 +103,12 @@ class StatusWriter:
         log: logging.Logger,
         interval_s: float = 1.0,
         max_backoff_s: float = 30.0,
+        recheck_rejected_s: float = 30.0,
         wall: Callable[[], datetime.datetime] = _utcnow,
     ) -> None:
         self._api, self._store, self._errors, self._is_leader = api, store, errors, is_leader
         self._settled = settled
+        self._recheck_rejected = recheck_rejected_s
         self._clock, self._log, self._interval, self._max_backoff, self._wall = (
             clock,
             log,
@@ -114,7 +116,9 @@ class StatusWriter:
             max_backoff_s,
             wall,
         )
+        # key -> (resourceVersion in the store, messages) when handled, and when
         self._handled: dict[ResourceKey, tuple[str, tuple[Message, ...]]] = {}
+        self._handled_at: dict[ResourceKey, float] = {}
         self._retry: dict[ResourceKey, _Retry] = {}
         self._versions: dict[str, str] = {}  # API group -> version to use for objects not in the store
         self.writes = 0
@@ -124,6 +128,7 @@ class StatusWriter:
     def leadership_changed(self, leading: bool) -> None:
         """A new term starts from scratch: statuses may have changed while another replica led."""
         self._handled.clear()
+        self._handled_at.clear()
         self._retry.clear()
 
     async def run(self) -> None:
@@ -153,11 +158,12 @@ class StatusWriter:
         desired, held = self._targets()
         for key in [k for k in self._handled if k not in desired]:
             del self._handled[key]
+            self._handled_at.pop(key, None)
             self._retry.pop(key, None)
         visited = 0
         for key, messages in desired.items():
             api_version, store_rv = held.get(key, ("", ""))
-            if self._handled.get(key) == (store_rv, messages):
+            if self._handled.get(key) == (store_rv, messages) and not self._recheck_due(key, held):
                 continue
             retry = self._retry.get(key)
             if retry is not None and self._clock.now() < retry.at:
@@ -177,8 +183,14 @@ class StatusWriter:
                 self._backoff(key)
                 continue
             self._handled[key] = (store_rv, messages)
+            self._handled_at[key] = self._clock.now()
             self._retry.pop(key, None)
         return visited
+
+    def _recheck_due(self, key: ResourceKey, held: dict[ResourceKey, tuple[str, str]]) -> bool:
+        """An object meshd rejected outright is not in the store, so an edit that keeps the same
+        error goes unseen there: such objects are read again now and then (observedGeneration)."""
+        return key not in held and self._clock.now() - self._handled_at.get(key, 0.0) >= self._recheck_rejected
 
     def _backoff(self, key: ResourceKey) -> None:
         previous = self._retry.get(key)

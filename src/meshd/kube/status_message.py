@@ -35,12 +35,16 @@ CONDITION = "Reconciled"
 # Istio analysis message types (istio.io/latest/docs/reference/config/analysis/)
 SCHEMA_VALIDATION_ERROR = ("IST0106", "SchemaValidationError")
 REFERENCED_RESOURCE_NOT_FOUND = ("IST0101", "ReferencedResourceNotFound")
-CONFLICT = ("IST0109", "ConflictingMeshGatewayVirtualServiceHosts")
+# a resource ignored because another one already covers the same thing, by kind
+CONFLICTS = {
+    "VirtualService": ("IST0109", "ConflictingMeshGatewayVirtualServiceHosts"),
+    "Sidecar": ("IST0111", "MultipleSidecarsWithoutWorkloadSelectors"),
+}
 
 _REFERENCE = re.compile(
     r"does not exist|is not a port of|not defined|no DestinationRule|not exported|missing|no Secret"
 )
-_CONFLICT = re.compile(r"already (has|defined)|also defined in|is ignored")
+_CONFLICT = re.compile(r"\balready\b|also defined in|\bignored$")
 
 
 @dataclass(frozen=True, order=True)
@@ -61,8 +65,9 @@ class Message:
 def message_for(error: InvalidResource) -> Message:
     """The analysis message for one error; the description is the field and message meshd logs."""
     code, name = SCHEMA_VALIDATION_ERROR
-    if _CONFLICT.search(error.message):
-        code, name = CONFLICT
+    kind = error.key.kind if error.key else ""
+    if _CONFLICT.search(error.message) and kind in CONFLICTS:
+        code, name = CONFLICTS[kind]
     elif _REFERENCE.search(error.message):
         code, name = REFERENCED_RESOURCE_NOT_FOUND
     return Message(code, name, f"{error.field}: {error.message}")

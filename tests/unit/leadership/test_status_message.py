@@ -22,6 +22,12 @@ def test_messages_name_the_field_and_classify_like_istioctl_analyze() -> None:
     )
     reference = message_for(InvalidResource(VS, "spec.http[0].delegate", "default/x does not exist"))
     assert (reference.code, reference.name) == ("IST0101", "ReferencedResourceNotFound")
+    conflict = message_for(
+        InvalidResource(
+            VS, "spec.hosts", "web.default.svc.cluster.local is already routed by the older VirtualService x; ignored"
+        )
+    )
+    assert (conflict.code, conflict.name) == ("IST0109", "ConflictingMeshGatewayVirtualServiceHosts")
 
 
 def test_desired_covers_held_objects_and_rejected_ones_but_only_istio_kinds() -> None:
