@@ -22,7 +22,7 @@ from meshd.api.meta import InvalidResource
 from meshd.api.parse import parse_resource
 from meshd.kube.webhook import serve_webhook
 from tests.certs import Authority
-from tests.e2e.harness import eventually, free_port
+from tests.e2e.harness import Meshd, eventually, free_port
 
 VS: dict[str, Any] = {
     "apiVersion": "networking.istio.io/v1",
@@ -191,3 +191,42 @@ async def test_plaintext_is_not_served(webhook: Webhook) -> None:
         with pytest.raises(aiohttp.ClientError):
             async with plain.post(webhook.url.replace("https", "http") + "/validate", data=b"{}") as resp:
                 await resp.read()
+
+
+async def test_meshd_serve_serves_the_webhook_and_survives_a_broken_one(tmp_path: pathlib.Path) -> None:
+    ca = Authority()
+    cert, key = ca.issue("meshd", sans=("127.0.0.1",)).write(tmp_path, "webhook")
+    config = tmp_path / "config"
+    config.mkdir()
+    port = free_port()
+    meshd = Meshd(
+        config_dir=config,
+        log_path=tmp_path / "meshd.log",
+        extra_args=("--webhook-cert", str(cert), "--webhook-key", str(key), "--webhook-host", "127.0.0.1",
+                    "--webhook-port", str(port)),
+    )  # fmt: skip
+    broken = Meshd(
+        config_dir=config,
+        log_path=tmp_path / "broken.log",
+        extra_args=("--webhook-cert", str(tmp_path / "missing.pem"), "--webhook-key", str(key)),
+    )
+    hook = Webhook(port, ssl.create_default_context(cadata=ca.pem.decode()))
+    try:
+        await meshd.start()
+
+        async def denied() -> bool:
+            return (await hook.review(review(bad_vs())))["allowed"] is False
+
+        await eventually(denied, what="meshd serve answers on its webhook port")
+        await broken.start()  # an unreadable certificate: reported, xDS still served
+        assert await broken.ready()
+
+        async def reported() -> bool:
+            return "event=webhook_failed" in broken.log()
+
+        await eventually(reported, what="the broken webhook reported")
+        assert await broken.ready()
+    finally:
+        await hook.session.close()
+        await meshd.close()
+        await broken.close()
