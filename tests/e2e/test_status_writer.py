@@ -119,13 +119,20 @@ async def test_invalid_resource_gets_validation_messages_and_fixed_one_is_cleare
     good = server.get(V1, "VirtualService", "default", "ok")["status"]
     assert "validationMessages" not in good and good["conditions"][0]["status"] == "True"
 
-    # nothing changed: no more writes, however many rounds (and the informer's new RVs cost one read each)
+    # nothing changed: no more writes and no more reads, however many rounds (the resourceVersion the
+    # informer now brings is the one our own write produced)
     writes = status_writes(server)
     sync_store(store, server)
     for _ in range(5):
         await writer.sync_once()
     assert status_writes(server) == writes
-    assert server.count(verb="get", kind="VirtualService") == 3  # 2 first visits + 1 for the new RV of "ok"
+    assert server.count(verb="get", kind="VirtualService") == 2  # the first visits only
+    other = server.get(V1, "VirtualService", "default", "ok")
+    other["metadata"]["labels"] = {"team": "a"}  # someone else's change: a new RV, read once, not rewritten
+    server.update(other)
+    sync_store(store, server)
+    await writer.sync_once()
+    assert server.count(verb="get", kind="VirtualService") == 3 and status_writes(server) == writes
 
     # fixed: the message goes away, the generation moves on
     fixed = server.get(V1, "VirtualService", "default", "web")

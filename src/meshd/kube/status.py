@@ -116,8 +116,9 @@ class StatusWriter:
             max_backoff_s,
             wall,
         )
-        # key -> (resourceVersion in the store, messages) when handled, and when
-        self._handled: dict[ResourceKey, tuple[str, tuple[Message, ...]]] = {}
+        # key -> (resourceVersions that need no visit, messages) when handled, and when: the store's
+        # version then, and the one the object had after our write (the informer brings it next)
+        self._handled: dict[ResourceKey, tuple[frozenset[str], tuple[Message, ...]]] = {}
         self._handled_at: dict[ResourceKey, float] = {}
         self._retry: dict[ResourceKey, _Retry] = {}
         self._versions: dict[str, str] = {}  # API group -> version to use for objects not in the store
@@ -163,7 +164,8 @@ class StatusWriter:
         visited = 0
         for key, messages in desired.items():
             api_version, store_rv = held.get(key, ("", ""))
-            if self._handled.get(key) == (store_rv, messages) and not self._recheck_due(key, held):
+            handled = self._handled.get(key)
+            if handled and store_rv in handled[0] and handled[1] == messages and not self._recheck_due(key, held):
                 continue
             retry = self._retry.get(key)
             if retry is not None and self._clock.now() < retry.at:
@@ -172,7 +174,7 @@ class StatusWriter:
                 return visited
             visited += 1
             try:
-                await self._visit(key, messages, api_version)
+                seen_rv = await self._visit(key, messages, api_version)
             except StatusConflict:
                 self.conflicts += 1
                 self._log.info("event=status_conflict resource=%s action=reread_later", key)
@@ -182,7 +184,7 @@ class StatusWriter:
                 self._log.warning("event=status_write_failed resource=%s error=%s", key, _describe(exc))
                 self._backoff(key)
                 continue
-            self._handled[key] = (store_rv, messages)
+            self._handled[key] = (frozenset({store_rv, seen_rv}), messages)
             self._handled_at[key] = self._clock.now()
             self._retry.pop(key, None)
         return visited
@@ -207,24 +209,26 @@ class StatusWriter:
             self._versions[group] = version
         return self._versions[group]
 
-    async def _visit(self, key: ResourceKey, messages: tuple[Message, ...], api_version: str) -> None:
+    async def _visit(self, key: ResourceKey, messages: tuple[Message, ...], api_version: str) -> str:
+        """Read, render, write if different; returns the object's resourceVersion afterwards."""
         group, plural = ISTIO_KINDS[key.kind]
         version = await self._version(group, api_version)
         if version is None:
-            return  # the CRD is not served: nothing to write on
+            return ""  # the CRD is not served: nothing to write on
         obj = await self._api.get(group, version, plural, key.namespace, key.name)
         if obj is None:
-            return  # not in the cluster (deleted meanwhile, or a file in standalone mode)
+            return ""  # not in the cluster (deleted meanwhile, or a file in standalone mode)
         meta = obj.get("metadata") or {}
         current = obj.get("status") if isinstance(obj.get("status"), dict) else None
         status = render_status(
             messages, generation=int(meta.get("generation") or 0), previous=current, now=self._wall()
         )
-        if status == current:
-            return
-        if not self._is_leader():  # leadership may have ended while reading
-            return
-        await self._api.replace_status(group, version, plural, key.namespace, key.name, {**obj, "status": status})
+        read_rv = str(meta.get("resourceVersion", ""))
+        if status == current or not self._is_leader():  # (leadership may have ended while reading)
+            return read_rv
+        written = await self._api.replace_status(
+            group, version, plural, key.namespace, key.name, {**obj, "status": status}
+        )
         self.writes += 1
         self._log.info(
             "event=status_written resource=%s accepted=%s messages=%d generation=%s",
@@ -233,6 +237,7 @@ class StatusWriter:
             len(messages),
             meta.get("generation"),
         )
+        return str((written.get("metadata") or {}).get("resourceVersion", ""))
 
 
 def _describe(exc: BaseException) -> str:
