@@ -1,4 +1,4 @@
-"""Command line: `meshd serve | bootstrap | demo`.
+"""Command line: `meshd serve | bootstrap | agent | demo`.
 
 This is one of the two places (with settings.py) that reads the process environment;
 everything below receives explicit arguments.
@@ -13,6 +13,7 @@ import logging
 import pathlib
 import sys
 
+from meshd.ca.cli import add_ca_arguments, ca_settings
 from meshd.kube.flags import add_leader_flags, leader_settings
 from meshd.settings import Settings
 
@@ -35,6 +36,7 @@ def _serve(args: argparse.Namespace) -> int:
         enable_test_hooks=args.enable_test_hooks,
         kubeconfig=pathlib.Path(args.kubeconfig) if args.kubeconfig else None,
         **leader_settings(args),
+        **ca_settings(args),
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_server(settings))
@@ -92,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--enable-test-hooks", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument("--kubeconfig", help="read the cluster with this kubeconfig (no --config-dir: in-cluster)")
     add_leader_flags(serve, defaults)
+    add_ca_arguments(serve, defaults)
     serve.set_defaults(func=_serve)
 
     boot = sub.add_parser("bootstrap", help="print an Envoy bootstrap for a sidecar")
@@ -103,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--delta", action="store_true", help="use delta (incremental) ADS")
     boot.add_argument("--format", choices=["json", "yaml"], default="json")
     boot.set_defaults(func=_bootstrap)
+
+    from meshd.agent.cli import add_agent_parser
+
+    add_agent_parser(sub)
 
     demo = sub.add_parser("demo", help="run the bundled example mesh with real Envoy sidecars")
     demo.add_argument("--duration", type=float, default=15.0, help="seconds per phase")

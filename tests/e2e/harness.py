@@ -67,6 +67,8 @@ class Meshd:
         self.log_path = log_path
         self.xds_port = free_port()
         self.http_port = free_port()
+        self.secure_port = free_port()  # the CA / xDS TLS port (15012 in production)
+        self.ca_dir = log_path.parent / "ca"
         self.process: asyncio.subprocess.Process | None = None
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
 
@@ -77,7 +79,9 @@ class Meshd:
             "--config-dir", str(self.config_dir),
             "--xds-host", "127.0.0.1", "--xds-port", str(self.xds_port),
             "--http-host", "127.0.0.1", "--http-port", str(self.http_port),
-            "--poll-interval", "0.1", "--enable-test-hooks", *self.extra_args,
+            "--poll-interval", "0.1", "--enable-test-hooks",
+            "--secure-host", "127.0.0.1", "--secure-port", str(self.secure_port), "--ca-dir", str(self.ca_dir),
+            *self.extra_args,
             stdout=log, stderr=log,
         )  # fmt: skip
         log.close()
@@ -131,6 +135,7 @@ class Mesh:
         self.config_dir.mkdir()
         self.meshd = Meshd(config_dir=self.config_dir, log_path=work_dir / "meshd.log")
         self.envoys: dict[str, EnvoyProcess] = {}
+        self.agents: dict[str, Any] = {}  # pod -> tests.e2e.agents.AgentProcess
         self.apps: list[AppServer] = []
         self.client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
 
@@ -161,6 +166,49 @@ class Mesh:
         await envoy.start()
         await envoy.wait_ready(timeout_s=20)
         return envoy
+
+    async def agent_sidecar(
+        self,
+        *,
+        pod: str,
+        ip: str,
+        namespace: str = "default",
+        service_account: str = "default",
+        labels: dict[str, str] | None = None,
+        token: str | None = None,
+        args: tuple[str, ...] = (),
+        wait_ready: bool = True,
+    ) -> Any:
+        """A sidecar started by a real `meshd agent` process (tests/e2e/agents.py: AgentProcess).
+
+        With `token` (one of meshd's `--ca-token-file` tokens, see agents.write_ca_tokens): the agent
+        gets its certificate from meshd's CA and Envoy reaches meshd's secure port over mTLS. Without:
+        plaintext xDS to meshd's plaintext port and no certificate.
+        """
+        from tests.e2e.agents import AgentProcess, short_workdir
+
+        workdir = short_workdir(pod)
+        label_arg = ",".join(f"{k}={v}" for k, v in (labels or {}).items())
+        base = ["--namespace", namespace, "--service-account", service_account, "--labels", label_arg]
+        base += ["--restart-base", "0.2", "--envoy-concurrency", "1"]
+        if token is not None:
+            (workdir / "token").write_text(token)
+            base += ["--xds-address", f"127.0.0.1:{self.meshd.secure_port}", "--token-file", "token"]
+            base += ["--root-cert", str(self.meshd.ca_dir / "root-cert.pem")]
+        elif "--xds-address" not in args:
+            base += ["--xds-address", f"127.0.0.1:{self.meshd.xds_port}", "--xds-plaintext"]
+        if self.delta and "--delta" not in args:
+            base.append("--delta")
+        agent = AgentProcess(pod=pod, ip=ip, args=(*base, *args), workdir=workdir)
+        self.agents[pod] = agent
+        await agent.start()
+        if wait_ready:
+            try:
+                await agent.wait_ready()
+            except AssertionError:
+                print(agent.log()[-5000:])
+                raise
+        return agent
 
     async def app(self, *, service: str, version: str, pod: str, ip: str, port: int = 8080) -> AppServer:
         server = await start_app(service=service, version=version, pod=pod, host=ip, port=port)
@@ -210,6 +258,11 @@ class Mesh:
         return seen
 
     async def close(self) -> None:
+        import shutil
+
+        for agent in self.agents.values():
+            await agent.close()
+            shutil.rmtree(agent.workdir, ignore_errors=True)
         for envoy in self.envoys.values():
             await envoy.stop()
         for server in self.apps:

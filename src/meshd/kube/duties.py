@@ -97,7 +97,7 @@ async def _lead(
     try:
         config = LeaseConfig(
             name=settings.lease_name,
-            namespace=settings.lease_namespace or settings.root_namespace,
+            namespace=settings.lease_namespace or settings.namespace,
             identity=settings.leader_identity or default_identity(),
             duration_s=settings.lease_duration_s,
         )

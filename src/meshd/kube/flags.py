@@ -18,7 +18,7 @@ def add_leader_flags(serve: argparse.ArgumentParser, defaults: Settings) -> None
         help="never take the Lease, so never write status",
     )
     group.add_argument("--lease-name", default=defaults.lease_name)
-    group.add_argument("--lease-namespace", help="namespace of the Lease (default: the root namespace)")
+    group.add_argument("--lease-namespace", help="namespace of the Lease (default: meshd's namespace)")
     group.add_argument("--lease-duration", type=float, default=defaults.lease_duration_s, help="seconds")
     group.add_argument("--leader-identity", help="holder identity (default: hostname + random suffix)")
     group.add_argument("--no-status", dest="write_status", action="store_false", help="lead, but write no status")

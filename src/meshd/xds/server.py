@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -13,7 +14,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from meshd.clock import Clock
 from meshd.obs.metrics import Metrics
-from meshd.translate.proxy import InvalidNodeId, parse_node_id
+from meshd.translate.proxy import InvalidNodeId, Proxy, parse_node_id
 from meshd.xds.encode import delta_response, sotw_response
 from meshd.xds.hub import CLOSED, PUSH, Connection, Hub
 from meshd.xds.resource import short_name
@@ -51,8 +52,11 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         log: logging.Logger,
         send_timeout_s: float = 30.0,
         max_concurrent_pushes: int = 100,
+        authorize: Callable[[Any, Proxy], Awaitable[tuple[grpc.StatusCode, str] | None]] | None = None,
     ) -> None:
         self._hub = hub
+        # Optional identity check before a stream is admitted (the secure port): None, or (code, message).
+        self._authorize = authorize
         self._send_timeout = send_timeout_s
         self._slots = asyncio.Semaphore(max_concurrent_pushes)
         self._metrics = metrics
@@ -131,6 +135,11 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             self._log.warning("event=rejected_stream reason=%r", str(exc))
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise  # unreachable: abort raises
+        if self._authorize is not None:
+            verdict = await self._authorize(context, proxy)
+            if verdict is not None:
+                self._log.warning("event=rejected_stream proxy=%s code=%s reason=%r", proxy.node_id, *verdict)
+                await context.abort(*verdict)
         stream = DeltaStream(nonce_prefix=self._boot) if delta else SotwStream(nonce_prefix=self._boot)
         conn = self._hub.connect(proxy=proxy, stream=stream, now=self._clock.now())
         conn.queue = queue
