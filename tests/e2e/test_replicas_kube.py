@@ -48,6 +48,7 @@ class KubeMeshd:
                 "--xds-host", "127.0.0.1", "--xds-port", str(free_port()),
                 "--http-host", "127.0.0.1", "--http-port", str(self.http_port),
                 "--leader-identity", self.name, "--lease-duration", "4", "--status-interval", "0.1",
+                "--no-ca",  # the CA is not under test here (and would share port 15012)
                 stdout=log, stderr=log,
             )  # fmt: skip
 
