@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from meshd.ca.runtime import register_plaintext, start_security
 from meshd.clock import Clock, SystemClock
 from meshd.gcpolicy import GcPolicy
+from meshd.kube.duties import run_kube_duties
 from meshd.kube.mode import KubeMode, start_kube_mode
 from meshd.model.store import ConfigStore
 from meshd.obs.http import build_app
@@ -131,6 +132,16 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(source.run())
             tasks.create_task(push.run())
+            tasks.create_task(
+                run_kube_duties(
+                    settings=settings,
+                    store=store,
+                    errors=lambda: push.errors,
+                    settled=lambda: hub.generator is not None and hub.generator.world.revision == store.revision,
+                    clock=clock,
+                    log=log,
+                )
+            )
             await stop.wait()
             raise _Stop
     except* _Stop:

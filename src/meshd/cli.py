@@ -14,6 +14,7 @@ import pathlib
 import sys
 
 from meshd.ca.cli import add_ca_arguments, ca_settings
+from meshd.kube.flags import add_leader_flags, leader_settings
 from meshd.settings import Settings
 
 
@@ -37,6 +38,7 @@ def _serve(args: argparse.Namespace) -> int:
         namespace=args.namespace,
         kube_watch_timeout_s=args.kube_watch_timeout,
         kube_crd_recheck_s=args.kube_crd_recheck,
+        **leader_settings(args),
         **ca_settings(args),
     )
     with contextlib.suppress(KeyboardInterrupt):
@@ -99,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--kube-crd-recheck", type=float, default=defaults.kube_crd_recheck_s, help="seconds between CRD lookups"
     )
+    add_leader_flags(serve, defaults)
     add_ca_arguments(serve, defaults)
     serve.set_defaults(func=_serve)
 

@@ -33,6 +33,20 @@ class Settings(BaseModel):
     send_timeout_s: float = Field(default=30.0, gt=0)
     # Streams computing or writing a push at once; the rest wait their turn.
     max_concurrent_pushes: int = Field(default=100, ge=1)
+    # Leader election and status (kube/leader.py, kube/status.py): with a cluster (Kubernetes mode,
+    # or a kubeconfig next to --config-dir), one replica holds the Lease and writes status.
+    leader_election: bool = True
+    lease_name: str = "meshd-leader"
+    lease_namespace: str | None = None  # default: namespace (meshd's own)
+    lease_duration_s: float = Field(default=30.0, ge=1)
+    leader_identity: str | None = None  # default: hostname + random suffix
+    write_status: bool = True
+    status_interval_s: float = Field(default=1.0, gt=0)
+    # Validating admission webhook (kube/webhook.py): served when both files are given.
+    webhook_host: str = "0.0.0.0"
+    webhook_port: int = 15017
+    webhook_cert: pathlib.Path | None = None
+    webhook_key: pathlib.Path | None = None
     # Freeze the live config out of GC passes after each push; a full collection every N pushes.
     gc_freeze: bool = True
     gc_full_every_pushes: int = Field(default=100, ge=1)
