@@ -1,4 +1,4 @@
-"""Command line: `meshd serve | bootstrap | demo`.
+"""Command line: `meshd serve | bootstrap | agent | demo`.
 
 This is one of the two places (with settings.py) that reads the process environment;
 everything below receives explicit arguments.
@@ -14,6 +14,7 @@ import pathlib
 import sys
 
 from meshd.ca.cli import add_ca_arguments, ca_settings
+from meshd.kube.flags import add_leader_flags, leader_settings
 from meshd.settings import Settings
 
 
@@ -33,6 +34,11 @@ def _serve(args: argparse.Namespace) -> int:
         send_timeout_s=args.send_timeout,
         max_concurrent_pushes=args.max_concurrent_pushes,
         enable_test_hooks=args.enable_test_hooks,
+        kubeconfig=pathlib.Path(args.kubeconfig) if args.kubeconfig else None,
+        namespace=args.namespace,
+        kube_watch_timeout_s=args.kube_watch_timeout,
+        kube_crd_recheck_s=args.kube_crd_recheck,
+        **leader_settings(args),
         **ca_settings(args),
     )
     with contextlib.suppress(KeyboardInterrupt):
@@ -89,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--max-concurrent-pushes", type=int, default=defaults.max_concurrent_pushes)
     serve.add_argument("--enable-test-hooks", action="store_true", help=argparse.SUPPRESS)
+    serve.add_argument("--kubeconfig", help="read the cluster with this kubeconfig (no --config-dir: in-cluster)")
+    serve.add_argument("--namespace", default=defaults.namespace, help="meshd's namespace (mesh ConfigMap `istio`)")
+    serve.add_argument("--kube-watch-timeout", type=float, default=defaults.kube_watch_timeout_s)
+    serve.add_argument(
+        "--kube-crd-recheck", type=float, default=defaults.kube_crd_recheck_s, help="seconds between CRD lookups"
+    )
+    add_leader_flags(serve, defaults)
     add_ca_arguments(serve, defaults)
     serve.set_defaults(func=_serve)
 
@@ -101,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--delta", action="store_true", help="use delta (incremental) ADS")
     boot.add_argument("--format", choices=["json", "yaml"], default="json")
     boot.set_defaults(func=_bootstrap)
+
+    from meshd.agent.cli import add_agent_parser
+
+    add_agent_parser(sub)
 
     demo = sub.add_parser("demo", help="run the bundled example mesh with real Envoy sidecars")
     demo.add_argument("--duration", type=float, default=15.0, help="seconds per phase")

@@ -33,6 +33,20 @@ class Settings(BaseModel):
     send_timeout_s: float = Field(default=30.0, gt=0)
     # Streams computing or writing a push at once; the rest wait their turn.
     max_concurrent_pushes: int = Field(default=100, ge=1)
+    # Leader election and status (kube/leader.py, kube/status.py): with a cluster (Kubernetes mode,
+    # or a kubeconfig next to --config-dir), one replica holds the Lease and writes status.
+    leader_election: bool = True
+    lease_name: str = "meshd-leader"
+    lease_namespace: str | None = None  # default: namespace (meshd's own)
+    lease_duration_s: float = Field(default=30.0, ge=1)
+    leader_identity: str | None = None  # default: hostname + random suffix
+    write_status: bool = True
+    status_interval_s: float = Field(default=1.0, gt=0)
+    # Validating admission webhook (kube/webhook.py): served when both files are given.
+    webhook_host: str = "0.0.0.0"
+    webhook_port: int = 15017
+    webhook_cert: pathlib.Path | None = None
+    webhook_key: pathlib.Path | None = None
     # Freeze the live config out of GC passes after each push; a full collection every N pushes.
     gc_freeze: bool = True
     gc_full_every_pushes: int = Field(default=100, ge=1)
@@ -43,6 +57,8 @@ class Settings(BaseModel):
     # Kubernetes mode (no config_dir): a kubeconfig file, else the in-cluster service account.
     kubeconfig: pathlib.Path | None = None
     namespace: str = "istio-system"  # meshd's own namespace (the `istio` mesh ConfigMap lives here)
+    kube_watch_timeout_s: float = Field(default=300.0, gt=0)  # each watch asks for up to twice this
+    kube_crd_recheck_s: float = Field(default=30.0, gt=0)  # how often an absent Istio CRD is looked up again
     # --- CA and the secure (TLS) port: issue 5 -----------------------------------------------
     ca_enabled: bool = False  # `meshd serve` turns it on unless --no-ca
     # Standalone CA store: ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem (+ cacerts/ plugged-in)
@@ -56,3 +72,50 @@ class Settings(BaseModel):
     secure_sans: tuple[str, ...] = ("localhost", "127.0.0.1")
     ca_default_ttl_s: int = Field(default=24 * 3600, gt=0)
     ca_max_ttl_s: int = Field(default=90 * 24 * 3600, gt=0)
+
+
+class AgentSettings(BaseModel):
+    """Settings of `meshd agent` (the node agent next to one Envoy). Paths are relative to `workdir`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    pod: str
+    namespace: str = "default"
+    ip: str = "127.0.0.1"
+    service_account: str = "default"
+    labels: dict[str, str] = Field(default_factory=dict)
+    workload_name: str | None = None  # default: label `app`, else the pod name
+    pod_ports: tuple[int, ...] = ()
+    cluster_id: str = "Kubernetes"
+    mesh_id: str = "cluster.local"
+    domain_suffix: str = "cluster.local"
+    trust_domain: str = "cluster.local"  # the SPIFFE id the CSR names (the CA decides the issued one)
+    # meshd: xDS over mTLS on 15012 (the server name is sent as SNI and checked in meshd's certificate),
+    # or plaintext (xds_plaintext, e.g. 15010)
+    xds_address: str = "127.0.0.1:15012"
+    xds_server_name: str = "istiod.istio-system.svc"
+    xds_plaintext: bool = False
+    delta: bool = False
+    # meshd's CA (IstioCertificateService on the TLS port), the root that verifies it, and the token
+    ca_address: str | None = None  # default: xds_address
+    root_cert: pathlib.Path | None = None
+    token_file: pathlib.Path | None = None
+    cert_ttl_s: int = Field(default=24 * 3600, ge=0)  # requested lifetime; 0 = the CA's default
+    grace_ratio: float = Field(default=0.5, gt=0, lt=1)  # rotate this far into the lifetime
+    ca_retry_base_s: float = Field(default=0.5, gt=0)
+    ca_retry_max_s: float = Field(default=30.0, gt=0)
+    # local files and ports
+    workdir: pathlib.Path = pathlib.Path(".")
+    sds_socket: pathlib.Path = pathlib.Path("./var/run/secrets/workload-spiffe-uds/socket")
+    sds_delta: bool = False
+    admin_port: int = 15000
+    status_port: int = 15021  # /healthz/ready; 0 disables it
+    # Envoy and its supervision
+    envoy_path: str | None = None
+    envoy_log_level: str = "warning"
+    envoy_concurrency: int = Field(default=2, ge=1)
+    envoy_args: tuple[str, ...] = ()
+    restart_base_s: float = Field(default=0.5, gt=0)
+    restart_max_s: float = Field(default=30.0, gt=0)
+    max_restarts: int = Field(default=5, ge=0)
+    stable_after_s: float = Field(default=30.0, gt=0)

@@ -61,9 +61,18 @@ async def eventually(
 class Meshd:
     """`meshd serve` in a child process, restartable on the same ports."""
 
-    def __init__(self, *, config_dir: pathlib.Path, log_path: pathlib.Path, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        config_dir: pathlib.Path | None = None,
+        log_path: pathlib.Path,
+        extra_args: tuple[str, ...] = (),
+        kubeconfig: pathlib.Path | None = None,
+    ) -> None:
+        """Standalone with `config_dir`, or Kubernetes mode reading the cluster of `kubeconfig`."""
         self.extra_args = extra_args
         self.config_dir = config_dir
+        self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.xds_port = free_port()
         self.http_port = free_port()
@@ -72,11 +81,12 @@ class Meshd:
         self.process: asyncio.subprocess.Process | None = None
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
 
-    async def start(self) -> None:
+    async def start(self, *, wait_ready: bool = True) -> None:
         log = self.log_path.open("ab")
+        source = ("--kubeconfig", str(self.kubeconfig)) if self.kubeconfig else ("--config-dir", str(self.config_dir))
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "meshd", "serve",
-            "--config-dir", str(self.config_dir),
+            *source,
             "--xds-host", "127.0.0.1", "--xds-port", str(self.xds_port),
             "--http-host", "127.0.0.1", "--http-port", str(self.http_port),
             "--poll-interval", "0.1", "--enable-test-hooks",
@@ -85,7 +95,8 @@ class Meshd:
             stdout=log, stderr=log,
         )  # fmt: skip
         log.close()
-        await eventually(self.ready, timeout=20, what="meshd /ready")
+        if wait_ready:
+            await eventually(self.ready, timeout=20, what="meshd /ready")
 
     async def ready(self) -> bool:
         async with self.session.get(self.url("/ready")) as resp:
@@ -127,14 +138,24 @@ class Meshd:
 class Mesh:
     """A small mesh for one test: YAML on disk, meshd, sidecars and apps."""
 
-    def __init__(self, *, work_dir: pathlib.Path, delta: bool) -> None:
+    def __init__(
+        self,
+        *,
+        work_dir: pathlib.Path,
+        delta: bool,
+        kubeconfig: pathlib.Path | None = None,
+        meshd_args: tuple[str, ...] = (),
+    ) -> None:
         self.work_dir = work_dir
         self.delta = delta
         self.subnet = next_subnet()
         self.config_dir = work_dir / "config"
         self.config_dir.mkdir()
-        self.meshd = Meshd(config_dir=self.config_dir, log_path=work_dir / "meshd.log")
+        self.meshd = Meshd(
+            config_dir=self.config_dir, log_path=work_dir / "meshd.log", kubeconfig=kubeconfig, extra_args=meshd_args
+        )
         self.envoys: dict[str, EnvoyProcess] = {}
+        self.agents: dict[str, Any] = {}  # pod -> tests.e2e.agents.AgentProcess
         self.apps: list[AppServer] = []
         self.client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
 
@@ -165,6 +186,49 @@ class Mesh:
         await envoy.start()
         await envoy.wait_ready(timeout_s=20)
         return envoy
+
+    async def agent_sidecar(
+        self,
+        *,
+        pod: str,
+        ip: str,
+        namespace: str = "default",
+        service_account: str = "default",
+        labels: dict[str, str] | None = None,
+        token: str | None = None,
+        args: tuple[str, ...] = (),
+        wait_ready: bool = True,
+    ) -> Any:
+        """A sidecar started by a real `meshd agent` process (tests/e2e/agents.py: AgentProcess).
+
+        With `token` (one of meshd's `--ca-token-file` tokens, see agents.write_ca_tokens): the agent
+        gets its certificate from meshd's CA and Envoy reaches meshd's secure port over mTLS. Without:
+        plaintext xDS to meshd's plaintext port and no certificate.
+        """
+        from tests.e2e.agents import AgentProcess, short_workdir
+
+        workdir = short_workdir(pod)
+        label_arg = ",".join(f"{k}={v}" for k, v in (labels or {}).items())
+        base = ["--namespace", namespace, "--service-account", service_account, "--labels", label_arg]
+        base += ["--restart-base", "0.2", "--envoy-concurrency", "1"]
+        if token is not None:
+            (workdir / "token").write_text(token)
+            base += ["--xds-address", f"127.0.0.1:{self.meshd.secure_port}", "--token-file", "token"]
+            base += ["--root-cert", str(self.meshd.ca_dir / "root-cert.pem")]
+        elif "--xds-address" not in args:
+            base += ["--xds-address", f"127.0.0.1:{self.meshd.xds_port}", "--xds-plaintext"]
+        if self.delta and "--delta" not in args:
+            base.append("--delta")
+        agent = AgentProcess(pod=pod, ip=ip, args=(*base, *args), workdir=workdir)
+        self.agents[pod] = agent
+        await agent.start()
+        if wait_ready:
+            try:
+                await agent.wait_ready()
+            except AssertionError:
+                print(agent.log()[-5000:])
+                raise
+        return agent
 
     async def app(self, *, service: str, version: str, pod: str, ip: str, port: int = 8080) -> AppServer:
         server = await start_app(service=service, version=version, pod=pod, host=ip, port=port)
@@ -214,6 +278,11 @@ class Mesh:
         return seen
 
     async def close(self) -> None:
+        import shutil
+
+        for agent in self.agents.values():
+            await agent.close()
+            shutil.rmtree(agent.workdir, ignore_errors=True)
         for envoy in self.envoys.values():
             await envoy.stop()
         for server in self.apps:

@@ -145,7 +145,7 @@ class Signer:
             )
         now = self._wall()
         not_after = min(now + ttl, self.ca.not_after)
-        if not_after - now < self._min_ttl:
+        if self.ca.not_after - now < self._min_ttl:  # the signer's remaining life, not the requested TTL
             raise SignerUnavailable(
                 f"the CA chain expires at {self.ca.not_after.isoformat()}: too soon to issue a certificate"
             )
