@@ -218,3 +218,17 @@ async def test_plugged_in_cacerts_dir_clamps_to_signer_expiry_then_refuses(tmp_p
         await ca.assert_healthy()
     finally:
         await ca.stop()
+
+
+async def test_loopback_backend_bypassing_tls_is_refused(ca: CaUnderTest) -> None:
+    """The gRPC server behind the TLS front listens on a loopback port; a local process dialling it
+    directly (no TLS, even with a valid token) is not treated as a TLS caller."""
+    backend = ca.security.front._backend_port
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{backend}") as channel:
+        stub = ca_pb2_grpc.IstioCertificateServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.CreateCertificate(
+                ca_pb2.IstioCertificateRequest(csr=generate_csr()[1]), metadata=(("authorization", "Bearer tok-web"),)
+            )
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    await ca.assert_healthy()
