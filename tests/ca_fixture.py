@@ -3,6 +3,8 @@ server with the refusing CA service, exactly as `meshd serve` wires them (ca/run
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import pathlib
 from dataclasses import dataclass
@@ -28,6 +30,15 @@ TOKENS = {
 }
 TOKEN_FILE = "".join(f"{tok}: {{namespace: {ns}, serviceAccount: {sa}}}\n" for tok, (ns, sa) in TOKENS.items())
 log = logging.getLogger("meshd.test.ca")
+
+
+def fake_jwt(payload: object, *, header: object = None) -> str:
+    """A token shaped like a JWT (header.payload.signature); only a TokenReview can say whether it is good."""
+
+    def part(value: object) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    return f"{part(header or {'alg': 'RS256', 'kid': 'k'})}.{part(payload)}.c2lnbmF0dXJl"
 
 
 @dataclass

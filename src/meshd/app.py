@@ -14,10 +14,11 @@ from envoy.config.cluster.v3 import cluster_pb2
 from google.protobuf import duration_pb2
 from prometheus_client import CollectorRegistry
 
-from meshd.ca.runtime import register_plaintext, start_security
+from meshd.ca.publisher import RootCertPublisher
+from meshd.ca.runtime import Security, register_plaintext, start_security
 from meshd.clock import Clock, SystemClock
 from meshd.gcpolicy import GcPolicy
-from meshd.kube.duties import run_kube_duties
+from meshd.kube.duties import PublisherFactory, run_kube_duties
 from meshd.kube.mode import KubeMode, start_kube_mode
 from meshd.model.store import ConfigStore
 from meshd.obs.http import build_app
@@ -140,6 +141,7 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
                     settled=lambda: hub.generator is not None and hub.generator.world.revision == store.revision,
                     clock=clock,
                     log=log,
+                    root_publisher=root_publisher_factory(security, source, log),
                 )
             )
             await stop.wait()
@@ -152,6 +154,25 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
             await security.stop()
         await runner.cleanup()
         log.info("event=stopped")
+
+
+def root_publisher_factory(security: Security | None, source: object, log: logging.Logger) -> PublisherFactory | None:
+    """Kubernetes mode with the CA on: the leader publishes the root to every namespace the informers
+    know, again whenever a namespace appears or changes."""
+    if security is None or security.api is None or not isinstance(source, KubeMode):
+        return None
+    informers = source.informers
+    current: list[RootCertPublisher] = []
+    informers.add_handler("Namespace", lambda *_: current[-1].trigger() if current else None)
+
+    def namespaces() -> list[str]:
+        return [str(ns["metadata"]["name"]) for ns in informers.objects("Namespace")]
+
+    def build(is_leader: Callable[[], bool]) -> RootCertPublisher:
+        current[:] = [security.root_publisher(namespaces=namespaces, is_leader=is_leader, log=log)]
+        return current[0]
+
+    return build
 
 
 class _Stop(Exception):

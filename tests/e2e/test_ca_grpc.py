@@ -3,9 +3,7 @@ and meshd keeps issuing right after each one."""
 
 from __future__ import annotations
 
-import base64
 import datetime
-import json
 import pathlib
 from collections.abc import AsyncIterator
 
@@ -17,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from meshd._gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
 from meshd.ca.client import generate_csr
-from tests.ca_fixture import CaUnderTest, start_ca
+from tests.ca_fixture import CaUnderTest, fake_jwt, start_ca
 from tests.csr_tools import bad_signature_csr, ec_csr, rsa_csr, sha1_csr
 
 
@@ -48,13 +46,6 @@ def _uris(cert: x509.Certificate) -> list[str]:
     ))  # fmt: skip
 
 
-def _jwt(payload: object) -> str:
-    def part(value: object) -> str:
-        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
-
-    return f"{part({'alg': 'RS256'})}.{part(payload)}.c2ln"
-
-
 async def test_plaintext_port_refuses_every_csr(ca: CaUnderTest) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{ca.plaintext_port}") as channel:
         stub = ca_pb2_grpc.IstioCertificateServiceStub(channel)
@@ -70,7 +61,7 @@ async def test_plaintext_port_refuses_every_csr(ca: CaUnderTest) -> None:
 
 @pytest.mark.parametrize(
     "token",
-    [None, "", "garbage", "not.a.jwt", _jwt(None), _jwt([1, 2]), "tok-web-but-longer", "x" * 7000],
+    [None, "", "garbage", "not.a.jwt", fake_jwt(None), fake_jwt([1, 2]), "tok-web-but-longer", "x" * 7000],
     ids=["missing", "empty", "garbage", "dots", "null-payload", "list-payload", "near-miss", "huge"],
 )
 async def test_bad_tokens_are_unauthenticated(ca: CaUnderTest, token: str | None) -> None:

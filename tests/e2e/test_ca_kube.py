@@ -8,7 +8,6 @@ import asyncio
 import base64
 import contextlib
 import datetime
-import json
 import pathlib
 from collections.abc import AsyncIterator
 
@@ -21,7 +20,7 @@ from meshd.ca.publisher import CONFIGMAP, RootCertPublisher
 from meshd.ca.secret_store import SELF_SIGNED_SECRET, SecretStore
 from meshd.clock import SystemClock
 from meshd.kube.client import new_api_client
-from tests.ca_fixture import CaUnderTest, log, start_ca
+from tests.ca_fixture import CaUnderTest, fake_jwt, log, start_ca
 from tests.e2e.harness import eventually
 from tests.kubeapi import FakeApiServer, TokenIdentity
 from tests.unit.ca.test_signer import plugged_material
@@ -29,17 +28,10 @@ from tests.unit.ca.test_signer import plugged_material
 NS = "istio-system"
 
 
-def _jwt(payload: object) -> str:
-    def part(value: object) -> str:
-        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
-
-    return f"{part({'alg': 'RS256', 'kid': 'k'})}.{part(payload)}.c2lnbmF0dXJl"
-
-
-GOOD = _jwt({"sub": "system:serviceaccount:default:web"})
-WRONG_AUDIENCE = _jwt({"sub": "system:serviceaccount:default:web", "n": 1})
-NOT_SA = _jwt({"sub": "alice"})
-UNKNOWN = _jwt({"sub": "system:serviceaccount:default:ghost"})
+GOOD = fake_jwt({"sub": "system:serviceaccount:default:web"})
+WRONG_AUDIENCE = fake_jwt({"sub": "system:serviceaccount:default:web", "n": 1})
+NOT_SA = fake_jwt({"sub": "alice"})
+UNKNOWN = fake_jwt({"sub": "system:serviceaccount:default:ghost"})
 
 
 @pytest.fixture
@@ -91,7 +83,7 @@ async def test_token_review_refusals(ca: CaUnderTest, api: tuple[FakeApiServer, 
 
 
 @pytest.mark.parametrize(
-    "token", ["garbage", _jwt(None), "a.b.c", "Zm9v.YmFy.YmF6"], ids=["garbage", "null-payload", "abc", "not-json"]
+    "token", ["garbage", fake_jwt(None), "a.b.c", "Zm9v.YmFy.YmF6"], ids=["garbage", "null-payload", "abc", "not-json"]
 )
 async def test_malformed_tokens_never_reach_the_api_server(
     ca: CaUnderTest, api: tuple[FakeApiServer, pathlib.Path], token: str

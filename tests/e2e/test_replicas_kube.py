@@ -1,7 +1,7 @@
 """Two `meshd serve` processes in Kubernetes mode (`--kubeconfig`, no config directory) against the
 fake API server: the objects come from the cluster through the Kubernetes source, exactly one
 replica leads and writes status on them, and when it stops the other takes over and writes.
-Skipped where the Kubernetes source (`meshd.kube.mode`) is not part of the build."""
+"""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ import pytest
 from tests.e2e.harness import eventually, free_port
 from tests.kubeapi import FakeApiServer
 
-pytest.importorskip("meshd.kube.mode")
 pytestmark = pytest.mark.e2e
 
 V1 = "networking.istio.io/v1"

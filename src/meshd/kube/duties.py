@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from meshd.api.meta import InvalidResource
+from meshd.ca.publisher import RootCertPublisher
 from meshd.clock import Clock
 from meshd.kube.client import new_api_client
 from meshd.kube.leader import LeaderElector, LeaseConfig, default_identity
@@ -22,6 +23,9 @@ from meshd.kube.status import KubeStatusApi, StatusWriter
 from meshd.kube.webhook import serve_webhook
 from meshd.model.store import ConfigStore
 from meshd.settings import Settings
+
+# Builds the leader-only `istio-ca-root-cert` publisher, given the elector's `is_leader`.
+PublisherFactory = Callable[[Callable[[], bool]], RootCertPublisher]
 
 
 async def _webhook_or_log(*, log: logging.Logger, serve: Callable[..., Awaitable[None]], **kwargs: Any) -> None:
@@ -44,6 +48,7 @@ async def run_kube_duties(
     settled: Callable[[], bool],
     clock: Clock,
     log: logging.Logger,
+    root_publisher: PublisherFactory | None = None,
 ) -> None:
     """Run until cancelled (returns at once if nothing is enabled)."""
     async with asyncio.TaskGroup() as tasks:
@@ -60,7 +65,15 @@ async def run_kube_duties(
             )
         if wants_cluster_duties(settings):
             tasks.create_task(
-                _keep_leading(settings=settings, store=store, errors=errors, settled=settled, clock=clock, log=log)
+                _keep_leading(
+                    settings=settings,
+                    store=store,
+                    errors=errors,
+                    settled=settled,
+                    clock=clock,
+                    log=log,
+                    root_publisher=root_publisher,
+                )
             )
 
 
@@ -72,12 +85,21 @@ async def _keep_leading(
     settled: Callable[[], bool],
     clock: Clock,
     log: logging.Logger,
+    root_publisher: PublisherFactory | None,
 ) -> None:
     """Leader duties must never take meshd down: an unusable kubeconfig is retried, with backoff."""
     delay = 1.0
     while True:
         try:
-            await _lead(settings=settings, store=store, errors=errors, settled=settled, clock=clock, log=log)
+            await _lead(
+                settings=settings,
+                store=store,
+                errors=errors,
+                settled=settled,
+                clock=clock,
+                log=log,
+                root_publisher=root_publisher,
+            )
         except Exception as exc:
             log.error("event=leader_duties_failed error=%s retry_in_s=%.0f", exc, delay)
         await clock.sleep(delay)
@@ -92,6 +114,7 @@ async def _lead(
     settled: Callable[[], bool],
     clock: Clock,
     log: logging.Logger,
+    root_publisher: PublisherFactory | None,
 ) -> None:
     api = await new_api_client(settings.kubeconfig)
     try:
@@ -102,10 +125,13 @@ async def _lead(
             duration_s=settings.lease_duration_s,
         )
         writer: StatusWriter | None = None
+        publisher: RootCertPublisher | None = None
 
         def on_change(leading: bool) -> None:
             if writer is not None:
                 writer.leadership_changed(leading)
+            if publisher is not None and leading:
+                publisher.trigger()
 
         elector = LeaderElector(
             config=config,
@@ -131,5 +157,8 @@ async def _lead(
             tasks.create_task(elector.run())
             if settings.write_status:
                 tasks.create_task(writer.run())
+            if root_publisher is not None:
+                publisher = root_publisher(lambda: elector.is_leader)
+                tasks.create_task(publisher.run(clock=clock))
     finally:
         await api.close()
