@@ -114,7 +114,11 @@ def _matcher(query: dict[str, str]) -> Callable[[Obj], bool]:
     def match(obj: Obj) -> bool:
         meta = obj.get("metadata", {})
         return labels(meta.get("labels") or {}) and fields(
-            {"metadata.name": meta.get("name", ""), "metadata.namespace": meta.get("namespace", "")}
+            {
+                "metadata.name": meta.get("name", ""),
+                "metadata.namespace": meta.get("namespace", ""),
+                "type": obj.get("type", ""),
+            }
         )
 
     return match

@@ -28,6 +28,10 @@ class KindSpec:
 
 
 MESH_CONFIGMAP = "istio"
+# Secrets that can never hold a credentialName's TLS material are not listed at all.
+SECRET_FIELD_SELECTOR = "type!=kubernetes.io/service-account-token,type!=helm.sh/release.v1"
+# meshd's own CA keys: never served to a proxy, whatever a DestinationRule names.
+PRIVATE_SECRETS = ("istio-ca-secret", "cacerts")
 
 
 def watched_kinds(*, namespace: str) -> tuple[KindSpec, ...]:
@@ -40,6 +44,8 @@ def watched_kinds(*, namespace: str) -> tuple[KindSpec, ...]:
         KindSpec("", "Service", "services", ("v1",)),
         KindSpec("", "Pod", "pods", ("v1",)),
         KindSpec("discovery.k8s.io", "EndpointSlice", "endpointslices", ("v1",)),
+        # DestinationRule credentialName: TLS material served over SDS to proxies of the same namespace
+        KindSpec("", "Secret", "secrets", ("v1",), field_selector=SECRET_FIELD_SELECTOR),
         KindSpec(net, "VirtualService", "virtualservices", CRD_VERSIONS, crd=True),
         KindSpec(net, "DestinationRule", "destinationrules", CRD_VERSIONS, crd=True),
         KindSpec(net, "Gateway", "gateways", CRD_VERSIONS, crd=True),

@@ -8,7 +8,10 @@ origin per object (`kube:<Kind>/<namespace>/<name>`), so one object change touch
   `discoverySelectors` decide which namespaces count (a namespace relabelled in or out brings its
   objects in or takes them out), and a Pod gets its Node's topology labels (region, zone, subzone)
   when it has none of its own, as Istio adds them to a workload's labels (locality).
-- Kinds meshd does not translate (Gateway, the security.istio.io kinds) stay in the reflector caches.
+- Secrets are stored for DestinationRule `credentialName` (served only to proxies of their own
+  namespace); one that is not usable TLS material is simply absent (never an error of its own), and
+  meshd's CA keys (`istio-ca-secret`, `cacerts` in meshd's namespace) are never stored.
+- Kinds meshd does not translate (e.g. Gateway) stay in the reflector caches.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 
 from meshd.api.meta import InvalidResource, Resource, ResourceKey
 from meshd.api.parse import is_supported, parse_resource
-from meshd.kube.kinds import MESH_CONFIGMAP
+from meshd.kube.kinds import MESH_CONFIGMAP, PRIVATE_SECRETS
 from meshd.kube.meshconfig import InvalidMeshConfig, MeshConfig, parse_mesh_config
 from meshd.kube.reflector import Handler, Obj, meta
 from meshd.model.services import REGION_LABEL, SUBZONE_LABEL, ZONE_LABEL
@@ -83,7 +86,7 @@ class KubeSource:
             self._objects.pop(object_id, None)
             self._in_namespace[object_id[1]].discard(object_id)
         else:
-            if not is_supported(new):
+            if not is_supported(new) or self._private(object_id):
                 return
             self._objects[object_id] = new
             self._in_namespace[object_id[1]].add(object_id)
@@ -94,6 +97,10 @@ class KubeSource:
             if node_after:
                 self._pods_on_node[node_after].add(object_id)
         self._sync(object_id)
+
+    def _private(self, object_id: ObjectId) -> bool:
+        kind, namespace, name = object_id
+        return kind == "Secret" and namespace == self._namespace and name in PRIVATE_SECRETS
 
     @staticmethod
     def _node_of(obj: Obj | None) -> str:
@@ -110,6 +117,12 @@ class KubeSource:
         try:
             resource = parse_resource(self._with_topology(obj) if object_id[0] == "Pod" else obj, origin=origin)
         except InvalidResource as err:
+            if object_id[0] == "Secret":
+                # Most Secrets are not TLS material for meshd: one is only an error when a DestinationRule
+                # names it (reported there, as a missing credential), never on its own.
+                self._log.debug("event=secret_not_usable origin=%s field=%s", origin, err.field)
+                self._accepted.pop(origin, None)
+                return self._store.remove_origin(origin)
             self._log.error(
                 "event=invalid_resource origin=%s resource=%s field=%s message=%r",
                 origin, err.key or "-", err.field, err.message,

@@ -4,6 +4,7 @@ relabelled in/out), Node topology labels on Pods, ignored kinds never stored."""
 
 from __future__ import annotations
 
+import base64
 import logging
 from typing import Any
 
@@ -14,6 +15,7 @@ from meshd.api.meta import ResourceKey
 from meshd.kube.source import KubeSource
 from meshd.model.services import locality_from_labels
 from meshd.model.store import ConfigStore
+from tests.certs import Authority
 
 Obj = dict[str, Any]
 LOG = logging.getLogger("meshd.test.kube.source")
@@ -163,3 +165,16 @@ def test_mark_synced_loads_the_store(f: Fixture) -> None:
     assert not f.store.loaded
     f.source.mark_synced()
     assert f.store.loaded
+
+
+def test_secrets_for_credential_names_are_stored_but_never_meshds_own_ca_keys(f: Fixture) -> None:
+    pem = Authority().issue("client")
+    data = {"tls.crt": base64.b64encode(pem.cert).decode(), "tls.key": base64.b64encode(pem.key).decode()}
+    tls = {"type": "kubernetes.io/tls", "data": data}
+    f.add(obj("Secret", "client-cert", "shop", **tls))
+    f.add(obj("Secret", "istio-ca-secret", "istio-system", **tls))
+    f.add(obj("Secret", "cacerts", "istio-system", **tls))
+    f.add(obj("Secret", "cacerts", "shop", **tls))  # only meshd's own namespace holds its CA
+    f.add(obj("Secret", "api-key", "shop", data={"key": "c2VjcmV0"}))  # not TLS material: neither stored nor an error
+    assert f.stored() == {ResourceKey("Secret", "shop", "client-cert"), ResourceKey("Secret", "shop", "cacerts")}
+    assert f.store.errors() == []
