@@ -1,4 +1,4 @@
-"""Command line: `meshd serve | bootstrap | demo`.
+"""Command line: `meshd serve | bootstrap | agent | demo`.
 
 This is one of the two places (with settings.py) that reads the process environment;
 everything below receives explicit arguments.
@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--delta", action="store_true", help="use delta (incremental) ADS")
     boot.add_argument("--format", choices=["json", "yaml"], default="json")
     boot.set_defaults(func=_bootstrap)
+
+    from meshd.agent.cli import add_agent_parser
+
+    add_agent_parser(sub)
 
     demo = sub.add_parser("demo", help="run the bundled example mesh with real Envoy sidecars")
     demo.add_argument("--duration", type=float, default=15.0, help="seconds per phase")

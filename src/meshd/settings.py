@@ -40,3 +40,49 @@ class Settings(BaseModel):
     # Standalone sidecars share meshd's filesystem: certificate files named by DestinationRules
     # are checked here, and clusters naming a missing one are left out instead of being NACKed.
     check_tls_files: bool = True
+
+
+class AgentSettings(BaseModel):
+    """Settings of `meshd agent` (the node agent next to one Envoy). Paths are relative to `workdir`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    pod: str
+    namespace: str = "default"
+    ip: str = "127.0.0.1"
+    service_account: str = "default"
+    labels: dict[str, str] = Field(default_factory=dict)
+    workload_name: str | None = None  # default: label `app`, else the pod name
+    pod_ports: tuple[int, ...] = ()
+    cluster_id: str = "Kubernetes"
+    mesh_id: str = "cluster.local"
+    domain_suffix: str = "cluster.local"
+    # meshd: xDS over mTLS on 15012 (the server name is sent as SNI and checked in meshd's certificate),
+    # or plaintext (xds_plaintext, e.g. 15010)
+    xds_address: str = "127.0.0.1:15012"
+    xds_server_name: str = "istiod.istio-system.svc"
+    xds_plaintext: bool = False
+    delta: bool = False
+    # meshd's CA (IstioCertificateService on the TLS port), the root that verifies it, and the token
+    ca_address: str | None = None  # default: xds_address
+    root_cert: pathlib.Path | None = None
+    token_file: pathlib.Path | None = None
+    cert_ttl_s: int = Field(default=24 * 3600, ge=0)  # requested lifetime; 0 = the CA's default
+    grace_ratio: float = Field(default=0.5, gt=0, lt=1)  # rotate this far into the lifetime
+    ca_retry_base_s: float = Field(default=0.5, gt=0)
+    ca_retry_max_s: float = Field(default=30.0, gt=0)
+    # local files and ports
+    workdir: pathlib.Path = pathlib.Path(".")
+    sds_socket: pathlib.Path = pathlib.Path("./var/run/secrets/workload-spiffe-uds/socket")
+    sds_delta: bool = False
+    admin_port: int = 15000
+    status_port: int = 15021  # /healthz/ready; 0 disables it
+    # Envoy and its supervision
+    envoy_path: str | None = None
+    envoy_log_level: str = "warning"
+    envoy_concurrency: int = Field(default=2, ge=1)
+    envoy_args: tuple[str, ...] = ()
+    restart_base_s: float = Field(default=0.5, gt=0)
+    restart_max_s: float = Field(default=30.0, gt=0)
+    max_restarts: int = Field(default=5, ge=0)
+    stable_after_s: float = Field(default=30.0, gt=0)

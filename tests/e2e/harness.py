@@ -131,6 +131,7 @@ class Mesh:
         self.config_dir.mkdir()
         self.meshd = Meshd(config_dir=self.config_dir, log_path=work_dir / "meshd.log")
         self.envoys: dict[str, EnvoyProcess] = {}
+        self.agents: dict[str, Any] = {}  # pod -> tests.e2e.agents.AgentProcess
         self.apps: list[AppServer] = []
         self.client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
 
@@ -161,6 +162,42 @@ class Mesh:
         await envoy.start()
         await envoy.wait_ready(timeout_s=20)
         return envoy
+
+    async def agent_sidecar(
+        self,
+        *,
+        pod: str,
+        ip: str,
+        namespace: str = "default",
+        service_account: str = "default",
+        labels: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+        wait_ready: bool = True,
+    ) -> Any:
+        """A sidecar started by a real `meshd agent` process (tests/e2e/agents.py: AgentProcess).
+
+        Plaintext xDS to this mesh's meshd unless `args` say otherwise (e.g. `--xds-address` of a TLS
+        port with `--root-cert`/`--token-file`, which also makes the agent fetch certificates).
+        """
+        from tests.e2e.agents import AgentProcess
+
+        label_arg = ",".join(f"{k}={v}" for k, v in (labels or {}).items())
+        base = ["--namespace", namespace, "--service-account", service_account, "--labels", label_arg]
+        base += ["--restart-base", "0.2", "--envoy-concurrency", "1"]
+        if "--xds-address" not in args:
+            base += ["--xds-address", f"127.0.0.1:{self.meshd.xds_port}", "--xds-plaintext"]
+        if self.delta and "--delta" not in args:
+            base.append("--delta")
+        agent = AgentProcess(pod=pod, ip=ip, args=(*base, *args))
+        self.agents[pod] = agent
+        await agent.start()
+        if wait_ready:
+            try:
+                await agent.wait_ready()
+            except AssertionError:
+                print(agent.log()[-5000:])
+                raise
+        return agent
 
     async def app(self, *, service: str, version: str, pod: str, ip: str, port: int = 8080) -> AppServer:
         server = await start_app(service=service, version=version, pod=pod, host=ip, port=port)
@@ -210,6 +247,11 @@ class Mesh:
         return seen
 
     async def close(self) -> None:
+        import shutil
+
+        for agent in self.agents.values():
+            await agent.close()
+            shutil.rmtree(agent.workdir, ignore_errors=True)
         for envoy in self.envoys.values():
             await envoy.stop()
         for server in self.apps:

@@ -16,6 +16,8 @@ import yaml
 from meshd.translate.proxy import parse_node_id
 
 XDS_CLUSTER = "xds-grpc"
+SDS_CLUSTER = "sds-grpc"
+_UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 _DOWNSTREAM_CONNECTIONS = (
     "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
 )
@@ -32,6 +34,68 @@ def _is_ip(host: str) -> bool:
 
 def _socket_address(*, host: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _http2_options() -> dict[str, Any]:
+    return {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": _HTTP_PROTOCOL_OPTIONS,
+            "explicit_http_config": {"http2_protocol_options": {}},
+        }
+    }
+
+
+def sds_config(*, delta: bool = False) -> dict[str, Any]:
+    """How Envoy fetches a secret from the node agent: gRPC over the `sds-grpc` cluster, waiting as
+    long as it takes (no initial fetch timeout: never start without the certificate)."""
+    return {
+        "api_config_source": {
+            "api_type": "DELTA_GRPC" if delta else "GRPC",
+            "transport_api_version": "V3",
+            "grpc_services": [{"envoy_grpc": {"cluster_name": SDS_CLUSTER}}],
+            "set_node_on_first_message_only": True,
+        },
+        "initial_fetch_timeout": "0s",
+        "resource_api_version": "V3",
+    }
+
+
+def _sds_cluster(*, socket_path: str) -> dict[str, Any]:
+    return {
+        "name": SDS_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": SDS_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": socket_path}}}}]}],
+        },
+        "typed_extension_protocol_options": _http2_options(),
+    }
+
+
+def _xds_mtls(*, server_name: str, sds_delta: bool) -> dict[str, Any]:
+    """mTLS towards meshd: the workload certificate (`default`) as client cert, `ROOTCA` as trust,
+    and meshd's DNS name checked in its certificate."""
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": _UPSTREAM_TLS,
+            "sni": server_name,
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificate_sds_secret_configs": [{"name": "default", "sds_config": sds_config(delta=sds_delta)}],
+                "combined_validation_context": {
+                    "default_validation_context": {
+                        "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": server_name}}]
+                    },
+                    "validation_context_sds_secret_config": {
+                        "name": "ROOTCA",
+                        "sds_config": sds_config(delta=sds_delta),
+                    },
+                },
+            },
+        },
+    }
 
 
 def _xds_cluster(*, host: str, port: int) -> dict[str, Any]:
@@ -91,11 +155,24 @@ def build_bootstrap(
     admin_port: int,
     delta: bool,
     extra_metadata: Mapping[str, Any] | None = None,
+    sds_socket: str | None = None,
+    xds_server_name: str | None = None,
+    sds_delta: bool = False,
 ) -> dict[str, Any]:
     """An Envoy v3 bootstrap (JSON-able dict) for the sidecar `node_id`, fetching config from meshd.
 
     `extra_metadata` is merged over the Istio-like node metadata derived from the node id.
+    `sds_socket`: the node agent's SDS Unix socket, served as static cluster `sds-grpc`.
+    `xds_server_name` (requires `sds_socket`): reach meshd over mTLS with the SDS secrets `default` and
+    `ROOTCA`, sending and checking this DNS name; None keeps plaintext xDS.
     """
+    clusters = [_xds_cluster(host=xds_host, port=xds_port)]
+    if xds_server_name is not None:
+        if sds_socket is None:
+            raise ValueError("xDS over mTLS needs the SDS socket (sds_socket) for its certificate")
+        clusters[0]["transport_socket"] = _xds_mtls(server_name=xds_server_name, sds_delta=sds_delta)
+    if sds_socket is not None:
+        clusters.append(_sds_cluster(socket_path=sds_socket))
     return {
         "node": {
             "id": node_id,
@@ -112,7 +189,7 @@ def build_bootstrap(
             "lds_config": {"ads": {}, "resource_api_version": "V3"},
             "cds_config": {"ads": {}, "resource_api_version": "V3"},
         },
-        "static_resources": {"clusters": [_xds_cluster(host=xds_host, port=xds_port)]},
+        "static_resources": {"clusters": clusters},
         "admin": {"address": _socket_address(host=admin_host, port=admin_port)},
         "overload_manager": {
             "resource_monitors": [

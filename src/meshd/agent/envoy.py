@@ -123,6 +123,12 @@ class EnvoyProcess:
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
+    async def wait(self) -> int:
+        """Wait until Envoy exits; its return code (negative: killed by that signal)."""
+        if self._process is None:
+            raise EnvoyError(f"envoy {self.name}: not started")
+        return await self._process.wait()
+
     @property
     def returncode(self) -> int | None:
         """Exit code once Envoy has exited; None while it runs (or before start)."""

@@ -1,0 +1,211 @@
+"""`meshd agent`: the node agent next to one Envoy (Istio's pilot-agent).
+
+    certificate source (CSR to meshd's CA) -> rotator -> SecretState -> SDS server (Unix socket)
+    bootstrap (node identity, sds-grpc, xds-grpc over mTLS) -> Envoy, supervised -> exit code
+    status port: /healthz/ready, /status
+
+`run_agent` is the reusable entry point (CLI, demo and tests); it returns the process exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import pathlib
+from typing import Any
+
+from aiohttp import web
+
+from meshd.agent.bootstrap import build_bootstrap
+from meshd.agent.certificate import CertificateSource
+from meshd.agent.envoy import EnvoyProcess
+from meshd.agent.metadata import node_id, node_metadata, workload_name
+from meshd.agent.rotation import CertificateRotator
+from meshd.agent.sds import SdsServicer, SecretState, start_sds_server
+from meshd.agent.status import build_status_app
+from meshd.agent.supervisor import EnvoySupervisor, RestartPolicy
+from meshd.clock import Clock, SystemClock
+from meshd.settings import AgentSettings
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """`host:port` (IPv6 as `[::1]:port`) -> (host, port); ValueError names the bad address."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"address {address!r} must be host:port")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def default_source(settings: AgentSettings) -> CertificateSource | None:
+    """The CA source the settings describe, or None when the agent is not asked to obtain certificates."""
+    if settings.token_file is None and settings.root_cert is None:
+        return None
+    from meshd.agent.ca_source import CaCertificateSource
+
+    return CaCertificateSource.from_settings(settings)
+
+
+def socket_path(settings: AgentSettings) -> pathlib.Path:
+    return settings.workdir.resolve() / settings.sds_socket
+
+
+def agent_bootstrap(settings: AgentSettings) -> dict[str, Any]:
+    """The Envoy bootstrap `meshd agent` writes for these settings."""
+    s = settings
+    host, port = split_address(s.xds_address)
+    return build_bootstrap(
+        node_id=node_id(s),
+        cluster=f"{workload_name(s)}.{s.namespace}",
+        xds_host=host,
+        xds_port=port,
+        admin_host=s.ip,
+        admin_port=s.admin_port,
+        delta=s.delta,
+        extra_metadata=node_metadata(s),
+        sds_socket=str(socket_path(s)),
+        xds_server_name=None if s.xds_plaintext else s.xds_server_name,
+        sds_delta=s.sds_delta,
+    )
+
+
+class _Agent:
+    def __init__(self, settings: AgentSettings, *, source: CertificateSource | None, clock: Clock, log: logging.Logger):
+        self.settings = settings
+        self.log = log
+        self.workdir = settings.workdir.resolve()
+        self.socket_path = socket_path(settings)
+        self.state = SecretState()
+        self.sds = SdsServicer(state=self.state, log=log)
+        self.rotator = (
+            CertificateRotator(
+                source=source,
+                state=self.state,
+                clock=clock,
+                log=log,
+                grace_ratio=settings.grace_ratio,
+                retry_base_s=settings.ca_retry_base_s,
+                retry_max_s=settings.ca_retry_max_s,
+            )
+            if source is not None
+            else None
+        )
+        self.supervisor = EnvoySupervisor(
+            make_envoy=self._make_envoy,
+            policy=RestartPolicy(
+                base_s=settings.restart_base_s,
+                max_s=settings.restart_max_s,
+                max_restarts=settings.max_restarts,
+                stable_after_s=settings.stable_after_s,
+            ),
+            clock=clock,
+            log=log,
+        )
+
+    def bootstrap(self) -> dict[str, Any]:
+        return agent_bootstrap(self.settings)
+
+    def _make_envoy(self) -> EnvoyProcess:
+        s = self.settings
+        return EnvoyProcess(
+            bootstrap=self.bootstrap(),
+            work_dir=self.workdir,
+            admin_host=s.ip,
+            admin_port=s.admin_port,
+            name="envoy",
+            envoy_path=s.envoy_path,
+            log_level=s.envoy_log_level,
+            concurrency=s.envoy_concurrency,
+            extra_args=s.envoy_args,
+        )
+
+    async def envoy_ready(self) -> bool:
+        envoy = self.supervisor.envoy
+        if envoy is None or envoy.returncode is not None:
+            return False
+        status, body = await envoy.admin_request("/ready")
+        return status == 200 and body.strip() == "LIVE"
+
+    def status(self) -> dict[str, Any]:
+        envoy = self.supervisor.envoy
+        cert = self.rotator.current if self.rotator else None
+        return {
+            "node_id": node_id(self.settings),
+            "envoy": {
+                "pid": envoy.pid if envoy else None,
+                "starts": self.supervisor.stats.starts,
+                "exits": self.supervisor.stats.exits,
+            },
+            "certificate": None
+            if cert is None
+            else {
+                "serial": f"{cert.serial:x}",
+                "identity": list(cert.uris),
+                "not_after": cert.not_after.isoformat(),
+                "issued": self.rotator.issued if self.rotator else 0,
+            },
+            "sds": {
+                "socket": str(self.socket_path),
+                "streams": self.sds.stats.streams,
+                "pushes": self.sds.stats.pushes,
+                "acks": self.sds.stats.acks,
+                "nacks": self.sds.stats.nacks,
+                "last_nack": self.sds.stats.last_nack,
+            },
+        }
+
+    async def run(self, stop: asyncio.Event) -> int:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        server = await start_sds_server(servicer=self.sds, socket_path=self.socket_path)
+        runner: web.AppRunner | None = None
+        try:
+            if self.settings.status_port:
+                app = build_status_app(
+                    envoy_ready=self.envoy_ready,
+                    certificate_ready=lambda: self.rotator is None or self.rotator.current is not None,
+                    status=self.status,
+                )
+                runner = web.AppRunner(app, access_log=None)
+                await runner.setup()
+                await web.TCPSite(runner, self.settings.ip, self.settings.status_port).start()
+            self.log.info(
+                "event=agent_started node=%s sds_socket=%s xds=%s mtls=%s",
+                node_id(self.settings), self.socket_path, self.settings.xds_address, not self.settings.xds_plaintext,
+            )  # fmt: skip
+            rotating = asyncio.create_task(self.rotator.run()) if self.rotator else None
+            try:
+                code = await self.supervisor.run(stop)
+            finally:
+                if rotating is not None:
+                    rotating.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await rotating
+            self.log.info("event=agent_stopped exit_code=%d", code)
+            return code
+        finally:
+            if runner is not None:
+                await runner.cleanup()
+            await server.stop(grace=0.5)
+            self.socket_path.unlink(missing_ok=True)
+
+
+async def run_agent(
+    settings: AgentSettings,
+    *,
+    source: CertificateSource | None = None,
+    stop: asyncio.Event | None = None,
+    clock: Clock | None = None,
+    log: logging.Logger | None = None,
+) -> int:
+    """Run the node agent until `stop` is set or Envoy is given up on; returns the exit code.
+
+    `source` overrides where certificates come from (default: meshd's CA as the settings describe,
+    or none when neither a token file nor a root certificate is configured).
+    """
+    agent = _Agent(
+        settings,
+        source=source if source is not None else default_source(settings),
+        clock=clock or SystemClock(),
+        log=log or logging.getLogger("meshd.agent"),
+    )
+    return await agent.run(stop or asyncio.Event())
