@@ -40,6 +40,10 @@ class Settings(BaseModel):
     # Standalone sidecars share meshd's filesystem: certificate files named by DestinationRules
     # are checked here, and clusters naming a missing one are left out instead of being NACKed.
     check_tls_files: bool = True
+    # Istio mTLS: SPIFFE identities are spiffe://<trust_domain>/ns/<ns>/sa/<sa>; auto mTLS (Istio's
+    # enableAutoMtls) makes client sidecars use mTLS toward workloads that have a sidecar.
+    trust_domain: str = "cluster.local"
+    enable_auto_mtls: bool = True
 
 
 class AgentSettings(BaseModel):

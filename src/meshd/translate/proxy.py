@@ -48,12 +48,11 @@ def parse_node_id(node_id: str) -> Proxy:
     return Proxy(node_id=node_id, type=kind, ip=ip, pod=pod, namespace=namespace, dns_domain=domain)
 
 
-# Node metadata saying a proxy runs under an agent that serves SDS: `SDS: "true"` (Istio's own flag
-# for this, which `meshd agent` sets), or `ISTIO_VERSION` (Istio's pilot-agent, which always does).
+# Node metadata saying a proxy's agent serves it a workload certificate over SDS: `SDS: "true"`
+# (the flag older Istio agents sent; `meshd agent` sets it when it obtains certificates).
 SDS_METADATA = "SDS"
-ISTIO_VERSION_METADATA = "ISTIO_VERSION"
 
 
 def has_sds(metadata: Mapping[str, object]) -> bool:
     flag = metadata.get(SDS_METADATA)
-    return flag is True or str(flag).lower() == "true" or bool(metadata.get(ISTIO_VERSION_METADATA))
+    return flag is True or str(flag).lower() == "true"
