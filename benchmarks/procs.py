@@ -140,7 +140,7 @@ class MeshdProcess:
                 sys.executable, "-m", "meshd", "serve", "--config-dir", str(self.config_dir),
                 "--xds-host", "127.0.0.1", "--xds-port", str(self.xds_port),
                 "--http-host", "127.0.0.1", "--http-port", str(self.http_port),
-                "--poll-interval", str(self.poll_interval), "--debounce-quiet", "0.1",
+                "--poll-interval", str(self.poll_interval), "--debounce-quiet", "0.1", "--no-ca",
             ],
             log_path=self.log_path,
         )  # fmt: skip

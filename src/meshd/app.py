@@ -14,6 +14,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from google.protobuf import duration_pb2
 from prometheus_client import CollectorRegistry
 
+from meshd.ca.runtime import register_plaintext, start_security
 from meshd.clock import Clock, SystemClock
 from meshd.gcpolicy import GcPolicy
 from meshd.model.store import ConfigStore
@@ -87,6 +88,7 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
         max_concurrent_pushes=settings.max_concurrent_pushes,
     )
     add_to_server(grpc_server, servicer)
+    register_plaintext(grpc_server, metrics=metrics, log=log)
     xds_port = grpc_server.add_insecure_port(f"{settings.xds_host}:{settings.xds_port}")
 
     http_app = build_app(
@@ -105,6 +107,11 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
 
+    security = (
+        await start_security(settings=settings, hub=hub, metrics=metrics, clock=clock, log=log)
+        if settings.ca_enabled
+        else None
+    )
     await grpc_server.start()
     await site.start()
     log.info(
@@ -123,6 +130,8 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
         pass
     finally:
         await grpc_server.stop(grace=1.0)
+        if security is not None:
+            await security.stop()
         await runner.cleanup()
         log.info("event=stopped")
 

@@ -13,6 +13,7 @@ import logging
 import pathlib
 import sys
 
+from meshd.ca.cli import add_ca_arguments, ca_settings
 from meshd.settings import Settings
 
 
@@ -32,8 +33,8 @@ def _serve(args: argparse.Namespace) -> int:
         send_timeout_s=args.send_timeout,
         max_concurrent_pushes=args.max_concurrent_pushes,
         enable_test_hooks=args.enable_test_hooks,
-        trust_domain=args.trust_domain,
         enable_auto_mtls=not args.disable_auto_mtls,
+        **ca_settings(args),
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_server(settings))
@@ -89,10 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--max-concurrent-pushes", type=int, default=defaults.max_concurrent_pushes)
     serve.add_argument("--enable-test-hooks", action="store_true", help=argparse.SUPPRESS)
-    serve.add_argument("--trust-domain", default=defaults.trust_domain, help="SPIFFE trust domain of workloads")
     serve.add_argument(
         "--disable-auto-mtls", action="store_true", help="no automatic mTLS toward sidecars (Istio's enableAutoMtls)"
     )
+    add_ca_arguments(serve, defaults)
     serve.set_defaults(func=_serve)
 
     boot = sub.add_parser("bootstrap", help="print an Envoy bootstrap for a sidecar")

@@ -40,9 +40,24 @@ class Settings(BaseModel):
     # Standalone sidecars share meshd's filesystem: certificate files named by DestinationRules
     # are checked here, and clusters naming a missing one are left out instead of being NACKed.
     check_tls_files: bool = True
-    # Istio mTLS: SPIFFE identities are spiffe://<trust_domain>/ns/<ns>/sa/<sa>; auto mTLS (Istio's
-    # enableAutoMtls) makes client sidecars use mTLS toward workloads that have a sidecar.
+    # Kubernetes mode (no config_dir): a kubeconfig file, else the in-cluster service account.
+    kubeconfig: pathlib.Path | None = None
+    namespace: str = "istio-system"  # meshd's own namespace (the `istio` mesh ConfigMap lives here)
+    # --- CA and the secure (TLS) port: issue 5 -----------------------------------------------
+    ca_enabled: bool = False  # `meshd serve` turns it on unless --no-ca
+    # Standalone CA store: ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem (+ cacerts/ plugged-in)
+    ca_dir: pathlib.Path = pathlib.Path(".meshd/ca")
+    ca_token_file: pathlib.Path | None = None  # standalone: token -> {namespace, serviceAccount}
+    # SPIFFE identities are spiffe://<trust_domain>/ns/<ns>/sa/<sa> (issued certificates, mTLS SAN checks)
     trust_domain: str = "cluster.local"
+    cluster_id: str = "Kubernetes"  # a CSR's ClusterID header naming another cluster is refused
+    secure_host: str = "0.0.0.0"
+    secure_port: int = 15012
+    # Extra SANs on meshd's serving certificate besides meshd.<ns>.svc and istiod.<ns>.svc: what clients dial.
+    secure_sans: tuple[str, ...] = ("localhost", "127.0.0.1")
+    ca_default_ttl_s: int = Field(default=24 * 3600, gt=0)
+    ca_max_ttl_s: int = Field(default=90 * 24 * 3600, gt=0)
+    # auto mTLS (Istio's enableAutoMtls): client sidecars use mTLS toward workloads that have a sidecar
     enable_auto_mtls: bool = True
 
 
@@ -61,6 +76,7 @@ class AgentSettings(BaseModel):
     cluster_id: str = "Kubernetes"
     mesh_id: str = "cluster.local"
     domain_suffix: str = "cluster.local"
+    trust_domain: str = "cluster.local"  # the SPIFFE id the CSR names (the CA decides the issued one)
     # meshd: xDS over mTLS on 15012 (the server name is sent as SNI and checked in meshd's certificate),
     # or plaintext (xds_plaintext, e.g. 15010)
     xds_address: str = "127.0.0.1:15012"

@@ -141,3 +141,10 @@ class AgentProcess(_AgentBase):
 
 def remove_workdir(workdir: pathlib.Path) -> None:
     shutil.rmtree(workdir, ignore_errors=True)
+
+
+def write_ca_tokens(path: pathlib.Path, tokens: dict[str, tuple[str, str]]) -> pathlib.Path:
+    """meshd's standalone `--ca-token-file`: token -> (namespace, service account)."""
+    lines = [f"{token}: {{namespace: {ns}, serviceAccount: {sa}}}" for token, (ns, sa) in tokens.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -67,6 +67,8 @@ class Meshd:
         self.log_path = log_path
         self.xds_port = free_port()
         self.http_port = free_port()
+        self.secure_port = free_port()  # the CA / xDS TLS port (15012 in production)
+        self.ca_dir = log_path.parent / "ca"
         self.process: asyncio.subprocess.Process | None = None
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
 
@@ -77,7 +79,9 @@ class Meshd:
             "--config-dir", str(self.config_dir),
             "--xds-host", "127.0.0.1", "--xds-port", str(self.xds_port),
             "--http-host", "127.0.0.1", "--http-port", str(self.http_port),
-            "--poll-interval", "0.1", "--enable-test-hooks", *self.extra_args,
+            "--poll-interval", "0.1", "--enable-test-hooks",
+            "--secure-host", "127.0.0.1", "--secure-port", str(self.secure_port), "--ca-dir", str(self.ca_dir),
+            *self.extra_args,
             stdout=log, stderr=log,
         )  # fmt: skip
         log.close()
@@ -171,24 +175,31 @@ class Mesh:
         namespace: str = "default",
         service_account: str = "default",
         labels: dict[str, str] | None = None,
+        token: str | None = None,
         args: tuple[str, ...] = (),
         wait_ready: bool = True,
     ) -> Any:
         """A sidecar started by a real `meshd agent` process (tests/e2e/agents.py: AgentProcess).
 
-        Plaintext xDS to this mesh's meshd unless `args` say otherwise (e.g. `--xds-address` of a TLS
-        port with `--root-cert`/`--token-file`, which also makes the agent fetch certificates).
+        With `token` (one of meshd's `--ca-token-file` tokens, see agents.write_ca_tokens): the agent
+        gets its certificate from meshd's CA and Envoy reaches meshd's secure port over mTLS. Without:
+        plaintext xDS to meshd's plaintext port and no certificate.
         """
-        from tests.e2e.agents import AgentProcess
+        from tests.e2e.agents import AgentProcess, short_workdir
 
+        workdir = short_workdir(pod)
         label_arg = ",".join(f"{k}={v}" for k, v in (labels or {}).items())
         base = ["--namespace", namespace, "--service-account", service_account, "--labels", label_arg]
         base += ["--restart-base", "0.2", "--envoy-concurrency", "1"]
-        if "--xds-address" not in args:
+        if token is not None:
+            (workdir / "token").write_text(token)
+            base += ["--xds-address", f"127.0.0.1:{self.meshd.secure_port}", "--token-file", "token"]
+            base += ["--root-cert", str(self.meshd.ca_dir / "root-cert.pem")]
+        elif "--xds-address" not in args:
             base += ["--xds-address", f"127.0.0.1:{self.meshd.xds_port}", "--xds-plaintext"]
         if self.delta and "--delta" not in args:
             base.append("--delta")
-        agent = AgentProcess(pod=pod, ip=ip, args=(*base, *args))
+        agent = AgentProcess(pod=pod, ip=ip, args=(*base, *args), workdir=workdir)
         self.agents[pod] = agent
         await agent.start()
         if wait_ready:

@@ -102,3 +102,20 @@ async def _at_least(value: int, minimum: int) -> bool:
 
 async def _differs(agent: AgentTask, first: set[str]) -> bool:
     return bool(await agent.cert_serials()) and await agent.cert_serials() != first
+
+
+async def test_not_ready_until_a_certificate_is_loaded() -> None:
+    source = LocalCaSource(WorkloadCa(), spiffe=SPIFFE, ttl_s=3600)
+    source.fail_next = 1_000_000
+    agent = AgentTask(_settings(ca_retry_base_s=0.05, ca_retry_max_s=0.1), source=source)
+    try:
+        await agent.start()
+        await eventually(lambda: _at_least(source.calls, 3), what="CA attempts")
+        async with agent.session.get(f"http://{agent.ip}:{agent.status_port}/healthz/ready") as resp:
+            assert (resp.status, await resp.text()) == (503, "no workload certificate yet\n")
+        assert await agent.cert_serials() == set()  # Envoy got nothing
+        source.fail_next = 0
+        await eventually(agent.cert_serials, what="the certificate once the CA answers")
+    finally:
+        assert await agent.stop() == 0
+        remove_workdir(agent.workdir)

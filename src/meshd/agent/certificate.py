@@ -48,9 +48,11 @@ class WorkloadCertificate:
             uris=uris,
         )
 
-    def refresh_at(self, *, grace_ratio: float) -> datetime.datetime:
-        """When to ask for the next certificate: `grace_ratio` of the way through the validity window."""
-        return self.not_before + (self.not_after - self.not_before) * grace_ratio
+    def refresh_at(self, *, grace_ratio: float, received_at: datetime.datetime) -> datetime.datetime:
+        """When to ask for the next certificate: `grace_ratio` of the way through its useful life, which
+        starts when it was received if the CA backdated `not_before` (clock-skew tolerance)."""
+        start = max(self.not_before, min(received_at, self.not_after))
+        return start + (self.not_after - start) * grace_ratio
 
 
 class CertificateSource(Protocol):

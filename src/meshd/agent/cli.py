@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import pathlib
 import signal
 
@@ -133,4 +134,10 @@ async def _main(settings: AgentSettings) -> int:
 
 
 def run_agent_command(args: argparse.Namespace) -> int:
-    return asyncio.run(_main(settings_from_args(args)))
+    """Exit code as documented above; 2 for a configuration the agent cannot start with."""
+    try:
+        settings = settings_from_args(args)
+        return asyncio.run(_main(settings))
+    except (ValueError, OSError) as err:
+        logging.getLogger("meshd.agent").error("event=agent_failed error=%s", err)
+        return 2

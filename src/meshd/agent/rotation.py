@@ -69,7 +69,7 @@ class CertificateRotator:
             self.current = cert
             self.issued += 1
             await self._state.replace(build_secrets(cert))
-            refresh = cert.refresh_at(grace_ratio=self._grace_ratio)
+            refresh = cert.refresh_at(grace_ratio=self._grace_ratio, received_at=self._wall_clock())
             wait_s = max(_MIN_REFRESH_S, (refresh - self._wall_clock()).total_seconds())
             self._log.info(
                 "event=cert_issued serial=%x identity=%s not_after=%s refresh_in_s=%.2f",

@@ -94,6 +94,12 @@ async def _start_meshd(*, stack: contextlib.AsyncExitStack, config_dir: pathlib.
         "127.0.0.1",
         "--http-port",
         str(http_port),
+        "--secure-host",
+        "127.0.0.1",
+        "--secure-port",
+        str(_free_port()),
+        "--ca-dir",
+        str(work / "ca"),
     ]
     process = await spawn(argv=argv, log_path=log_path)
     stack.push_async_callback(terminate, process=process, timeout_s=5.0)

@@ -75,3 +75,56 @@ class Metrics:
             registry=registry,
         )
         self.xds_bytes = IstioCounter("pilot_xds_send_bytes", "Bytes of xDS responses sent, by type.", "type", registry)
+        self.ca = CaMetrics(registry)
+
+
+class PlainCounter(Collector):
+    """An unlabelled counter exposed under its bare name (Istio's `citadel_server_*` counters)."""
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
+        self.name, self.documentation, self.value = name, documentation, 0.0
+        registry.register(self)
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+    def collect(self) -> Iterator[Metric]:
+        metric = Metric(self.name, self.documentation, "unknown")
+        metric.add_sample(self.name, {}, self.value)
+        yield metric
+
+
+class CaMetrics:
+    """Istio's CA metrics (`citadel_server_*`); root expiry gauges are computed at scrape time."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.csr_count = PlainCounter(
+            "citadel_server_csr_count", "The number of CSRs received by Citadel server.", registry
+        )
+        self.auth_failures = PlainCounter(
+            "citadel_server_authentication_failure_count", "The number of authentication failures.", registry
+        )
+        self.csr_parsing_errors = PlainCounter(
+            "citadel_server_csr_parsing_err_count", "The number of errors occurred when parsing the CSR.", registry
+        )
+        self.success = PlainCounter(
+            "citadel_server_success_cert_issuance_count",
+            "The number of certificates issuances that have succeeded.",
+            registry,
+        )
+        self.sign_errors = IstioCounter(
+            "citadel_server_csr_sign_err_count",
+            "The number of errors occurred when signing the CSR.",
+            "error",
+            registry,
+        )
+        self.root_expiry_seconds = Gauge(
+            "citadel_server_root_cert_expiry_seconds",
+            "The time remaining, in seconds, before the root cert will expire.",
+            registry=registry,
+        )
+        self.root_expiry_timestamp = Gauge(
+            "citadel_server_root_cert_expiry_timestamp",
+            "The unix timestamp, in seconds, when Citadel root cert will expire.",
+            registry=registry,
+        )

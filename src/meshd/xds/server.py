@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -15,7 +16,7 @@ from google.protobuf import json_format
 
 from meshd.clock import Clock
 from meshd.obs.metrics import Metrics
-from meshd.translate.proxy import InvalidNodeId, has_sds, parse_node_id
+from meshd.translate.proxy import InvalidNodeId, Proxy, has_sds, parse_node_id
 from meshd.xds.encode import delta_response, sotw_response
 from meshd.xds.hub import CLOSED, PUSH, Connection, Hub
 from meshd.xds.resource import short_name
@@ -53,8 +54,11 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         log: logging.Logger,
         send_timeout_s: float = 30.0,
         max_concurrent_pushes: int = 100,
+        authorize: Callable[[Any, Proxy], Awaitable[tuple[grpc.StatusCode, str] | None]] | None = None,
     ) -> None:
         self._hub = hub
+        # Optional identity check before a stream is admitted (the secure port): None, or (code, message).
+        self._authorize = authorize
         self._send_timeout = send_timeout_s
         self._slots = asyncio.Semaphore(max_concurrent_pushes)
         self._metrics = metrics
@@ -135,6 +139,11 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             raise  # unreachable: abort raises
         if has_sds(json_format.MessageToDict(first.node.metadata)):
             proxy = dataclasses.replace(proxy, sds=True)
+        if self._authorize is not None:
+            verdict = await self._authorize(context, proxy)
+            if verdict is not None:
+                self._log.warning("event=rejected_stream proxy=%s code=%s reason=%r", proxy.node_id, *verdict)
+                await context.abort(*verdict)
         stream = DeltaStream(nonce_prefix=self._boot) if delta else SotwStream(nonce_prefix=self._boot)
         conn = self._hub.connect(proxy=proxy, stream=stream, now=self._clock.now())
         conn.queue = queue

@@ -1,0 +1,145 @@
+"""The CA's gRPC edge: `istio.v1.auth.IstioCertificateService/CreateCertificate`, and the TLS server on the
+secure port (15012) that hosts it together with ADS.
+
+- secure port: TLS with meshd's own serving certificate (issued by its CA); callers authenticate with
+  a client certificate from this CA or a bearer token (auth.py). ADS streams there carry an identity
+  too: a proxy may only claim a node in its own namespace (`xds_authorizer`).
+- plaintext port (15010): the CA service is registered but refuses every CSR with UNAUTHENTICATED.
+- requests above 4 MiB are refused by gRPC itself (RESOURCE_EXHAUSTED) before any handler runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+
+from meshd._gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
+from meshd.ca.auth import AuthError, CallerAuthenticator
+from meshd.ca.signer import CsrParseError, CsrRejected, Signer, SignerUnavailable
+from meshd.obs.metrics import CaMetrics
+from meshd.translate.proxy import Proxy
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.so_reuseport", 0),
+    ("grpc.server.max_pending_requests", 20_000),
+    ("grpc.server.max_pending_requests_hard_limit", 20_000),
+)
+
+Verdict = tuple[grpc.StatusCode, str] | None
+Authorize = Callable[[Any, Proxy], Awaitable[Verdict]]
+# The caller's verified client certificate (PEM) or None; raises AuthError for an unknown connection.
+PeerCert = Callable[[Any], bytes | None]
+
+
+def _text_metadata(context: Any) -> list[tuple[str, str]]:
+    pairs: list[tuple[str, str]] = []
+    for item in context.invocation_metadata() or ():
+        key, value = item[0], item[1]
+        if isinstance(value, bytes):  # "-bin" headers carry no identity we accept; keep the key visible
+            value = ""
+        pairs.append((str(key), str(value)))
+    return pairs
+
+
+def _peer(context: Any) -> str:
+    try:
+        return str(context.peer())
+    except Exception:
+        return "?"
+
+
+class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):  # type: ignore[misc]
+    """CreateCertificate. With `authenticator=None` (the plaintext port) every request is refused."""
+
+    def __init__(
+        self,
+        *,
+        signer: Signer | None,
+        authenticator: CallerAuthenticator | None,
+        metrics: CaMetrics,
+        log: logging.Logger,
+        peer_cert: PeerCert | None = None,
+    ) -> None:
+        self._signer = signer
+        self._auth = authenticator
+        self._peer_cert = peer_cert
+        self._metrics = metrics
+        self._log = log
+
+    async def CreateCertificate(self, request: Any, context: Any) -> Any:
+        self._metrics.csr_count.inc()
+        code, message, chain = await self._handle(request, context)
+        if code is not None:
+            self._log.warning("event=csr_refused code=%s peer=%s reason=%r", code.name, _peer(context), message)
+            await context.abort(code, message)
+        return ca_pb2.IstioCertificateResponse(cert_chain=list(chain))
+
+    async def _handle(self, request: Any, context: Any) -> tuple[grpc.StatusCode | None, str, Sequence[str]]:
+        if self._auth is None or self._signer is None or self._peer_cert is None:
+            self._metrics.auth_failures.inc()
+            return grpc.StatusCode.UNAUTHENTICATED, "certificates are only issued over TLS on the secure port", ()
+        keys = list(request.metadata.fields.keys()) if request.HasField("metadata") else []
+        try:
+            identity = await self._auth.authenticate(
+                metadata=_text_metadata(context), peer_cert_pem=self._peer_cert(context), request_metadata_keys=keys
+            )
+        except AuthError as exc:
+            self._metrics.auth_failures.inc()
+            return grpc.StatusCode[exc.code], str(exc), ()
+        except Exception as exc:  # a TokenReview transport failure, ...: never crash, never issue
+            self._metrics.auth_failures.inc()
+            self._log.exception("event=csr_auth_error peer=%s", _peer(context))
+            return grpc.StatusCode.UNAUTHENTICATED, f"authentication failed: {type(exc).__name__}", ()
+        try:
+            issued = self._signer.sign_csr(csr_pem=request.csr, identity=identity, ttl_s=int(request.validity_duration))
+        except CsrParseError as exc:
+            self._metrics.csr_parsing_errors.inc()
+            return grpc.StatusCode.INVALID_ARGUMENT, str(exc), ()
+        except CsrRejected as exc:
+            self._metrics.sign_errors.inc("CSR_REJECTED")
+            return grpc.StatusCode.INVALID_ARGUMENT, str(exc), ()
+        except SignerUnavailable as exc:
+            self._metrics.sign_errors.inc("CA_UNAVAILABLE")
+            return grpc.StatusCode.FAILED_PRECONDITION, str(exc), ()
+        self._metrics.success.inc()
+        self._log.info(
+            "event=cert_issued identity=%s not_after=%s peer=%s",
+            identity.spiffe_id(self._signer.trust_domain),
+            issued.not_after.isoformat(),
+            _peer(context),
+        )
+        return None, "", issued.chain
+
+
+def xds_authorizer(authenticator: CallerAuthenticator, *, peer_cert: PeerCert, log: logging.Logger) -> Authorize:
+    """For ADS on the secure port: the stream's identity (client cert or bearer token) must be in the
+    namespace the node id claims; otherwise PERMISSION_DENIED (UNAUTHENTICATED without identity)."""
+
+    async def authorize(context: Any, proxy: Proxy) -> Verdict:
+        try:
+            identity = await authenticator.authenticate(
+                metadata=_text_metadata(context), peer_cert_pem=peer_cert(context)
+            )
+        except AuthError as exc:
+            return grpc.StatusCode[exc.code], str(exc)
+        except Exception as exc:
+            log.exception("event=xds_auth_error proxy=%s", proxy.node_id)
+            return grpc.StatusCode.UNAUTHENTICATED, f"authentication failed: {type(exc).__name__}"
+        if identity.namespace != proxy.namespace:
+            return (
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"identity in namespace {identity.namespace!r} may not connect as a proxy in namespace "
+                f"{proxy.namespace!r} ({proxy.node_id})",
+            )
+        return None
+
+    return authorize
+
+
+def add_ca_service(server: grpc.aio.Server, service: CertificateService) -> None:
+    ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(service, server)

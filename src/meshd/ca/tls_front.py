@@ -1,0 +1,122 @@
+"""TLS termination for the secure port, with an *optional* client certificate.
+
+grpcio's Python server can either ignore client certificates or require them, not accept them when
+given (Go's VerifyClientCertIfGiven, what istiod does on 15012): a node agent's first CSR has only a
+token, a proxy's xDS stream has a certificate. So the secure port is this front: OpenSSL (the `ssl`
+module) terminates TLS, asks for a client certificate, verifies it against meshd's root when one is
+sent (a bad one fails the handshake), and pipes the HTTP/2 bytes to the gRPC server on a loopback port.
+
+Each piped connection is registered under the address gRPC sees as its peer (`ipv4:127.0.0.1:<port>`)
+before a byte is forwarded, with the verified certificate or None; `peer_cert` answers from that
+table. A connection to the loopback port that did not come through the front is unknown and refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import ssl
+import tempfile
+from typing import Any
+
+from meshd.ca.auth import unauthenticated
+
+_CHUNK = 64 * 1024
+
+
+def server_context(*, key_pem: bytes, chain_pem: bytes, client_roots_pem: str) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    with tempfile.TemporaryDirectory(prefix="meshd-tls-") as tmp:  # ssl loads certificates from files only
+        cert_path, key_path = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+        for path, data in ((cert_path, chain_pem), (key_path, key_pem)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        context.load_cert_chain(cert_path, key_path)
+    context.load_verify_locations(cadata=client_roots_pem)
+    context.verify_mode = ssl.CERT_OPTIONAL
+    context.set_alpn_protocols(["h2"])
+    return context
+
+
+class TlsFront:
+    def __init__(
+        self, *, context: ssl.SSLContext, host: str, port: int, backend_port: int, log: logging.Logger
+    ) -> None:
+        self._context = context
+        self._host, self._port = host, port
+        self._backend_port = backend_port
+        self._log = log
+        self._peers: dict[str, bytes | None] = {}
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(
+            self._accept, self._host, self._port, ssl=self._context, ssl_handshake_timeout=10.0, reuse_address=True
+        )
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+
+    def peer_cert(self, context: Any) -> bytes | None:
+        """The verified client certificate (PEM) of the caller's connection, or None when it sent none.
+        Raises AuthError if the connection did not come through the TLS front."""
+        peer = str(context.peer())
+        if peer not in self._peers:
+            raise unauthenticated("connection did not come through the TLS port")
+        return self._peers[peer]
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self._pipe(reader, writer)
+        except (OSError, ssl.SSLError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        ssl_object = writer.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        pem = ssl.DER_cert_to_PEM_cert(der).encode() if der else None
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._backend_port)
+        key = f"ipv4:127.0.0.1:{up_writer.get_extra_info('sockname')[1]}"
+        self._peers[key] = pem
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._copy(reader, up_writer))
+                tasks.create_task(self._copy(up_reader, writer))
+        except* (OSError, ssl.SSLError):
+            pass
+        finally:
+            self._peers.pop(key, None)
+            up_writer.close()
+
+    @staticmethod
+    async def _copy(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while data := await src.read(_CHUNK):
+                dst.write(data)
+                await dst.drain()
+        finally:
+            with contextlib.suppress(OSError, RuntimeError):
+                if dst.can_write_eof():
+                    dst.write_eof()
+                else:
+                    dst.close()

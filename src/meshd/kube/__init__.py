@@ -1,0 +1,1 @@
+"""Kubernetes mode: meshd reads the cluster through the API server (kubernetes-asyncio)."""
