@@ -1,9 +1,7 @@
-"""Istio mTLS between real Envoy sidecars, each started by a real `meshd agent` (in this event loop)
-serving its workload certificate over SDS: auto mTLS, PeerAuthentication STRICT / PERMISSIVE /
-DISABLE on the inbound side, and DestinationRule ISTIO_MUTUAL with SAN verification.
-
-Certificates come from a test CA (`tests/workload_pki.py`) through the agent's CertificateSource
-interface: the same agent, SDS socket and Envoy as in production, only the CA is a test fixture.
+"""Istio mTLS between real Envoy sidecars, each started by a real `meshd agent` process that obtains its
+workload certificate from meshd's CA (standalone token file) and serves it over SDS: auto mTLS,
+PeerAuthentication STRICT / PERMISSIVE / DISABLE on the inbound side, and DestinationRule ISTIO_MUTUAL
+with SAN verification.
 """
 
 from __future__ import annotations
@@ -16,10 +14,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from meshd.settings import AgentSettings
-from tests.e2e.agents import AgentTask, remove_workdir, short_workdir
+from tests.e2e.agents import AgentProcess, write_ca_tokens
 from tests.e2e.harness import Mesh, eventually
-from tests.workload_pki import LocalCaSource, WorkloadCa
+
+pytestmark = pytest.mark.e2e
 
 CLIENT_ID = "spiffe://cluster.local/ns/default/sa/client"
 WEB_ID = "spiffe://cluster.local/ns/default/sa/web"
@@ -83,28 +81,15 @@ class MtlsMesh:
 
     def __init__(self, mesh: Mesh) -> None:
         self.mesh = mesh
-        self.ca = WorkloadCa()
-        self.agents: dict[str, AgentTask] = {}
+        self.agents: dict[str, AgentProcess] = {}
         self.client_ip, self.web_ip = mesh.ip(1), mesh.ip(2)
 
-    async def agent(self, *, pod: str, ip: str, account: str, labels: dict[str, str]) -> AgentTask:
-        settings = AgentSettings(
-            pod=pod,
-            ip=ip,
-            service_account=account,
-            labels=labels,
-            xds_address=f"127.0.0.1:{self.mesh.meshd.xds_port}",
-            xds_plaintext=True,
-            delta=self.mesh.delta,
-            workdir=short_workdir(pod),
-            restart_base_s=0.2,
-            envoy_concurrency=1,
+    async def agent(self, *, pod: str, ip: str, account: str) -> AgentProcess:
+        sds = ("--sds-delta",) if self.mesh.delta else ()
+        agent: AgentProcess = await self.mesh.agent_sidecar(
+            pod=pod, ip=ip, service_account=account, labels={"app": pod}, token=f"tok-{account}", args=sds
         )
-        spiffe = f"spiffe://cluster.local/ns/default/sa/{account}"
-        agent = AgentTask(settings, source=LocalCaSource(self.ca, spiffe=spiffe, ttl_s=3600))
         self.agents[pod] = agent
-        await agent.start()
-        await agent.wait_ready()
         return agent
 
     async def call(self) -> tuple[int, dict[str, Any]]:
@@ -125,11 +110,6 @@ class MtlsMesh:
             await resp.read()
             return resp.status
 
-    async def close(self) -> None:
-        for agent in self.agents.values():
-            await agent.stop()
-            remove_workdir(agent.workdir)
-
 
 def xfcc(answer: dict[str, Any]) -> str:
     return str(answer.get("request", {}).get("headers", {}).get("x-forwarded-client-cert", ""))
@@ -140,17 +120,20 @@ async def mtls(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> AsyncI
     mesh = Mesh(work_dir=tmp_path, delta=request.param == "delta")
     m = MtlsMesh(mesh)
     try:
+        tokens = {"tok-client": ("default", "client"), "tok-web": ("default", "web")}
+        mesh.meshd.extra_args = ("--ca-token-file", str(write_ca_tokens(tmp_path / "tokens.yaml", tokens)))
         mesh.write("mesh.yaml", MESH.format(client=m.client_ip, web=m.web_ip))
         await mesh.meshd.start()
         await mesh.app(service="web", version="v1", pod="web", ip=m.web_ip)
-        await m.agent(pod="client", ip=m.client_ip, account="client", labels={"app": "client"})
-        await m.agent(pod="web", ip=m.web_ip, account="web", labels={"app": "web"})
+        await m.agent(pod="client", ip=m.client_ip, account="client")
+        await m.agent(pod="web", ip=m.web_ip, account="web")
         yield m
     except BaseException:
         print(mesh.meshd.log()[-5000:])
+        for agent in mesh.agents.values():
+            print(agent.log()[-3000:])
         raise
     finally:
-        await m.close()
         await mesh.close()
 
 

@@ -57,7 +57,7 @@ def agent_bootstrap(settings: AgentSettings, *, certificates: bool | None = None
     tells meshd this sidecar can do Istio mTLS."""
     s = settings
     if certificates is None:
-        certificates = default_source(settings) is not None
+        certificates = settings.token_file is not None or settings.root_cert is not None  # as default_source
     metadata = {**node_metadata(s), **({SDS_METADATA: "true"} if certificates else {})}
     host, port = split_address(s.xds_address)
     return build_bootstrap(
