@@ -134,6 +134,7 @@ class SdsServicer(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[
         nonce = ""
         sent_generation = -1
         sent_names: set[str] = set()
+        sent_content: tuple[str, ...] = ()  # content versions of what was last sent
         async for event in _merge(request_iterator, self._state, self._state.generation):
             if event is _CHANGED:
                 if not names or sent_generation == self._state.generation:
@@ -159,6 +160,10 @@ class SdsServicer(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[
             held = [s for n in sorted(names) if (s := self._state.get(n)) is not None]
             if not held:
                 continue
+            content = tuple(secret_version(s) for s in held)
+            if event is _CHANGED and content == sent_content:
+                continue  # e.g. ROOTCA when only the leaf rotated
+            sent_content = content
             nonce = uuid.uuid4().hex
             sent_names = {s.name for s in held}
             self.stats.pushes += 1

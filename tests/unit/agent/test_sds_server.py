@@ -143,6 +143,16 @@ async def test_sotw_ack_nack_stale_and_rotation(
     assert sorted(_names(third)) == ["ROOTCA", "default"]
     await client.close()
 
+    # A stream holding only ROOTCA is not pushed to when only the leaf rotates.
+    roots = Client(stub, delta=False)
+    await roots.send(discovery_pb2.DiscoveryRequest(type_url=SECRET_TYPE, resource_names=["ROOTCA"]))
+    only = await roots.recv()
+    assert _names(only) == ["ROOTCA"]
+    current = build_secrets(CA.issue(spiffe=SPIFFE, ttl_s=60))
+    await state.replace(current)
+    assert await roots.nothing_within(0.3)
+    await roots.close()
+
 
 async def test_delta_subscribe_versions_and_rotation(
     sds: tuple[SecretState, SdsServicer, sds_pb2_grpc.SecretDiscoveryServiceStub],
