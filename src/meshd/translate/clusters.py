@@ -127,8 +127,10 @@ def service_cluster_specs(scope: Scope, service: MeshService, ports: Sequence[Se
         dns = scope.world.endpoints.get((service.hostname, port.number), ()) if service.resolution == "DNS" else ()
         for subset in subsets:
             name = naming.outbound_cluster(port=port.number, host=service.hostname, subset=subset)
-            policy = effective_policy(rule, port=port.number, subset=subset)
-            mtls = cluster_mtls(scope, service, port, subset, policy, identities=identities)
+            mtls = None
+            if scope.key.sds:  # only proxies with the agent's SDS get Istio mTLS
+                policy = effective_policy(rule, port=port.number, subset=subset)
+                mtls = cluster_mtls(scope, service, port, subset, policy, identities=identities)
             key = ("cds", service, port, subset, ident(rule), dns, mtls)
             if service.resolution == "DNS":
                 yield Spec(name, key, partial(_dns_cluster, service, port, subset, dns, rule, mtls))
