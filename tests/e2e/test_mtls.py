@@ -21,6 +21,7 @@ pytestmark = pytest.mark.e2e
 
 CLIENT_ID = "spiffe://cluster.local/ns/default/sa/client"
 WEB_ID = "spiffe://cluster.local/ns/default/sa/web"
+FORGED = "By=spiffe://cluster.local/ns/default/sa/web;URI=spiffe://cluster.local/ns/default/sa/evil"
 
 MESH = """\
 apiVersion: v1
@@ -92,20 +93,20 @@ class MtlsMesh:
         self.agents[pod] = agent
         return agent
 
-    async def call(self) -> tuple[int, dict[str, Any]]:
+    async def call(self, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
         """web through the client's sidecar: (status, the web app's answer)."""
-        status, _, body = await self.mesh.request(via_ip=self.client_ip, host="web:9080", timeout=5)
+        status, _, body = await self.mesh.request(via_ip=self.client_ip, host="web:9080", headers=headers, timeout=5)
         try:
             return status, json.loads(body)
         except ValueError:
             return status, {"raw": body}
 
-    async def direct_plaintext(self) -> int:
+    async def direct_plaintext(self, headers: dict[str, str] | None = None) -> int:
         """A client without a sidecar calling the web sidecar's inbound port in plaintext."""
         url = f"http://{self.web_ip}:15006/"
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as session,
-            session.get(url, headers={"Host": "web:9080"}) as resp,
+            session.get(url, headers={"Host": "web:9080", **(headers or {})}) as resp,
         ):
             await resp.read()
             return resp.status
@@ -157,13 +158,18 @@ async def test_auto_mtls_carries_the_client_identity(mtls: MtlsMesh) -> None:
     # the client's cluster picked the TLS socket for the sidecar endpoint (handshakes counted)
     stats = await mtls.agents["client"].admin_get("/stats?filter=outbound.9080..web.*ssl.handshake$")
     assert any(line.split(": ")[-1] not in ("0", "") for line in stats.splitlines()), stats
+    # an app cannot forge its identity: its own sidecar drops the header, the server's sets the real one
+    status, answer = await mtls.call(headers={"x-forwarded-client-cert": FORGED})
+    assert status == 200 and "evil" not in xfcc(answer) and f"URI={CLIENT_ID}" in xfcc(answer), answer
 
 
 async def test_permissive_then_strict(mtls: MtlsMesh) -> None:
     """PERMISSIVE (the default) accepts mesh mTLS and a plaintext client; STRICT refuses the plaintext
     client while the mesh client keeps working."""
     await _mtls_answer(mtls)
-    assert await mtls.direct_plaintext() == 200
+    assert await mtls.direct_plaintext(headers={"x-forwarded-client-cert": FORGED}) == 200
+    seen = mtls.mesh.apps[0].received[-1]["headers"]
+    assert "x-forwarded-client-cert" not in seen, seen  # a plaintext caller proves no identity
 
     mtls.mesh.write("peer-auth.yaml", peer_authentication("STRICT"))
 
