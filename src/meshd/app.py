@@ -17,6 +17,8 @@ from prometheus_client import CollectorRegistry
 from meshd.ca.runtime import register_plaintext, start_security
 from meshd.clock import Clock, SystemClock
 from meshd.gcpolicy import GcPolicy
+from meshd.kube.duties import run_kube_duties
+from meshd.kube.mode import KubeMode, start_kube_mode
 from meshd.model.store import ConfigStore
 from meshd.obs.http import build_app
 from meshd.obs.metrics import Metrics
@@ -54,21 +56,25 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
     """Run meshd until `stop` is set or the process gets SIGINT/SIGTERM."""
     clock = clock or SystemClock()
     stop = stop or asyncio.Event()
+    if settings.config_dir is None:
+        settings = settings.model_copy(update={"check_tls_files": False})  # sidecars are not on this host
     metrics = Metrics(CollectorRegistry())
     store = ConfigStore()
     hub = Hub()
     gc_policy = GcPolicy(every=settings.gc_full_every_pushes, enabled=settings.gc_freeze)
     push = PushLoop(store=store, hub=hub, settings=settings, clock=clock, metrics=metrics, log=log, gc_policy=gc_policy)
+    source: DirectorySource | KubeMode
     if settings.config_dir is None:
-        raise SystemExit("meshd serve: --config-dir is required (Kubernetes mode is not available yet)")
-    source = DirectorySource(
-        directory=settings.config_dir,
-        store=store,
-        clock=clock,
-        interval_s=settings.file_poll_interval_s,
-        log=log,
-        watch=settings.file_watch,
-    )
+        source = await start_kube_mode(settings=settings, store=store, registry=metrics.registry, clock=clock, log=log)
+    else:
+        source = DirectorySource(
+            directory=settings.config_dir,
+            store=store,
+            clock=clock,
+            interval_s=settings.file_poll_interval_s,
+            log=log,
+            watch=settings.file_watch,
+        )
 
     grpc_server = grpc.aio.server(
         options=[
@@ -98,6 +104,8 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
         is_ready=lambda: hub.ready,
         test_hooks=_test_hooks(push) if settings.enable_test_hooks else None,
     )
+    if isinstance(source, KubeMode):
+        source.add_routes(http_app)
     runner = web.AppRunner(http_app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.http_port)
@@ -124,6 +132,16 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(source.run())
             tasks.create_task(push.run())
+            tasks.create_task(
+                run_kube_duties(
+                    settings=settings,
+                    store=store,
+                    errors=lambda: push.errors,
+                    settled=lambda: hub.generator is not None and hub.generator.world.revision == store.revision,
+                    clock=clock,
+                    log=log,
+                )
+            )
             await stop.wait()
             raise _Stop
     except* _Stop:

@@ -14,6 +14,7 @@ import pathlib
 import sys
 
 from meshd.ca.cli import add_ca_arguments, ca_settings
+from meshd.kube.flags import add_leader_flags, leader_settings
 from meshd.settings import Settings
 
 
@@ -34,6 +35,11 @@ def _serve(args: argparse.Namespace) -> int:
         max_concurrent_pushes=args.max_concurrent_pushes,
         enable_test_hooks=args.enable_test_hooks,
         enable_auto_mtls=not args.disable_auto_mtls,
+        kubeconfig=pathlib.Path(args.kubeconfig) if args.kubeconfig else None,
+        namespace=args.namespace,
+        kube_watch_timeout_s=args.kube_watch_timeout,
+        kube_crd_recheck_s=args.kube_crd_recheck,
+        **leader_settings(args),
         **ca_settings(args),
     )
     with contextlib.suppress(KeyboardInterrupt):
@@ -93,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--disable-auto-mtls", action="store_true", help="no automatic mTLS toward sidecars (Istio's enableAutoMtls)"
     )
+    serve.add_argument("--kubeconfig", help="read the cluster with this kubeconfig (no --config-dir: in-cluster)")
+    serve.add_argument("--namespace", default=defaults.namespace, help="meshd's namespace (mesh ConfigMap `istio`)")
+    serve.add_argument("--kube-watch-timeout", type=float, default=defaults.kube_watch_timeout_s)
+    serve.add_argument(
+        "--kube-crd-recheck", type=float, default=defaults.kube_crd_recheck_s, help="seconds between CRD lookups"
+    )
+    add_leader_flags(serve, defaults)
     add_ca_arguments(serve, defaults)
     serve.set_defaults(func=_serve)
 

@@ -33,6 +33,20 @@ class Settings(BaseModel):
     send_timeout_s: float = Field(default=30.0, gt=0)
     # Streams computing or writing a push at once; the rest wait their turn.
     max_concurrent_pushes: int = Field(default=100, ge=1)
+    # Leader election and status (kube/leader.py, kube/status.py): with a cluster (Kubernetes mode,
+    # or a kubeconfig next to --config-dir), one replica holds the Lease and writes status.
+    leader_election: bool = True
+    lease_name: str = "meshd-leader"
+    lease_namespace: str | None = None  # default: namespace (meshd's own)
+    lease_duration_s: float = Field(default=30.0, ge=1)
+    leader_identity: str | None = None  # default: hostname + random suffix
+    write_status: bool = True
+    status_interval_s: float = Field(default=1.0, gt=0)
+    # Validating admission webhook (kube/webhook.py): served when both files are given.
+    webhook_host: str = "0.0.0.0"
+    webhook_port: int = 15017
+    webhook_cert: pathlib.Path | None = None
+    webhook_key: pathlib.Path | None = None
     # Freeze the live config out of GC passes after each push; a full collection every N pushes.
     gc_freeze: bool = True
     gc_full_every_pushes: int = Field(default=100, ge=1)
@@ -43,6 +57,8 @@ class Settings(BaseModel):
     # Kubernetes mode (no config_dir): a kubeconfig file, else the in-cluster service account.
     kubeconfig: pathlib.Path | None = None
     namespace: str = "istio-system"  # meshd's own namespace (the `istio` mesh ConfigMap lives here)
+    kube_watch_timeout_s: float = Field(default=300.0, gt=0)  # each watch asks for up to twice this
+    kube_crd_recheck_s: float = Field(default=30.0, gt=0)  # how often an absent Istio CRD is looked up again
     # --- CA and the secure (TLS) port: issue 5 -----------------------------------------------
     ca_enabled: bool = False  # `meshd serve` turns it on unless --no-ca
     # Standalone CA store: ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem (+ cacerts/ plugged-in)

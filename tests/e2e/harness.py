@@ -61,9 +61,18 @@ async def eventually(
 class Meshd:
     """`meshd serve` in a child process, restartable on the same ports."""
 
-    def __init__(self, *, config_dir: pathlib.Path, log_path: pathlib.Path, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        config_dir: pathlib.Path | None = None,
+        log_path: pathlib.Path,
+        extra_args: tuple[str, ...] = (),
+        kubeconfig: pathlib.Path | None = None,
+    ) -> None:
+        """Standalone with `config_dir`, or Kubernetes mode reading the cluster of `kubeconfig`."""
         self.extra_args = extra_args
         self.config_dir = config_dir
+        self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.xds_port = free_port()
         self.http_port = free_port()
@@ -72,11 +81,12 @@ class Meshd:
         self.process: asyncio.subprocess.Process | None = None
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
 
-    async def start(self) -> None:
+    async def start(self, *, wait_ready: bool = True) -> None:
         log = self.log_path.open("ab")
+        source = ("--kubeconfig", str(self.kubeconfig)) if self.kubeconfig else ("--config-dir", str(self.config_dir))
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "meshd", "serve",
-            "--config-dir", str(self.config_dir),
+            *source,
             "--xds-host", "127.0.0.1", "--xds-port", str(self.xds_port),
             "--http-host", "127.0.0.1", "--http-port", str(self.http_port),
             "--poll-interval", "0.1", "--enable-test-hooks",
@@ -85,7 +95,8 @@ class Meshd:
             stdout=log, stderr=log,
         )  # fmt: skip
         log.close()
-        await eventually(self.ready, timeout=20, what="meshd /ready")
+        if wait_ready:
+            await eventually(self.ready, timeout=20, what="meshd /ready")
 
     async def ready(self) -> bool:
         async with self.session.get(self.url("/ready")) as resp:
@@ -127,13 +138,22 @@ class Meshd:
 class Mesh:
     """A small mesh for one test: YAML on disk, meshd, sidecars and apps."""
 
-    def __init__(self, *, work_dir: pathlib.Path, delta: bool) -> None:
+    def __init__(
+        self,
+        *,
+        work_dir: pathlib.Path,
+        delta: bool,
+        kubeconfig: pathlib.Path | None = None,
+        meshd_args: tuple[str, ...] = (),
+    ) -> None:
         self.work_dir = work_dir
         self.delta = delta
         self.subnet = next_subnet()
         self.config_dir = work_dir / "config"
         self.config_dir.mkdir()
-        self.meshd = Meshd(config_dir=self.config_dir, log_path=work_dir / "meshd.log")
+        self.meshd = Meshd(
+            config_dir=self.config_dir, log_path=work_dir / "meshd.log", kubeconfig=kubeconfig, extra_args=meshd_args
+        )
         self.envoys: dict[str, EnvoyProcess] = {}
         self.agents: dict[str, Any] = {}  # pod -> tests.e2e.agents.AgentProcess
         self.apps: list[AppServer] = []

@@ -20,11 +20,17 @@ def _service(rng: random.Random, ns: str, name: str) -> dict[str, Any]:
     ports = [{"name": "http", "port": 9080, "targetPort": 8080}]
     if rng.random() < 0.3:
         ports.append({"name": "grpc", "port": 7070})
+    spec: dict[str, Any] = {"ports": ports}
+    shape = rng.random()
+    if shape < 0.15:  # ExternalName: a DNS endpoint per port, whatever the slices say
+        spec.update(type="ExternalName", externalName=f"{name}.example.com")
+    elif shape < 0.3:  # headless
+        spec["clusterIP"] = "None"
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": name, "namespace": ns},
-        "spec": {"ports": ports},
+        "spec": spec,
     }
 
 
@@ -50,7 +56,9 @@ def _slice(rng: random.Random, ns: str, name: str) -> dict[str, Any]:
     for _ in range(rng.randint(0, 3)):
         ep: dict[str, Any] = {
             "addresses": [f"10.0.0.{rng.randint(1, 12)}"],
-            "conditions": {"ready": rng.random() < 0.8},
+            "conditions": rng.choice(
+                [{"ready": True}, {"ready": False}, {}, {"ready": False, "serving": True, "terminating": True}]
+            ),
         }
         if rng.random() < 0.7:
             ep["targetRef"] = {"kind": "Pod", "name": f"p{rng.randint(0, 5)}", "namespace": ns}

@@ -17,6 +17,7 @@ import datetime
 import logging
 import pathlib
 import ssl
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from meshd.ca import file_store
 from meshd.ca.auth import CallerAuthenticator, PeerCertVerifier, TokenAuthenticator, TokenFileAuthenticator
 from meshd.ca.material import CaMaterial, SigningCa, generate_root, load
+from meshd.ca.publisher import RootCertPublisher
 from meshd.ca.server import SERVER_OPTIONS, CertificateService, add_ca_service, xds_authorizer
 from meshd.ca.signer import Signer, WallClock, utc_now
 from meshd.ca.tls_front import TlsFront, server_context
@@ -47,6 +49,17 @@ class Security:
     root_pem: str
     root_cert_path: pathlib.Path | None  # standalone: the file agents trust
     api: Any = None  # the Kubernetes ApiClient, when one was opened
+
+    def root_publisher(
+        self, *, namespaces: Callable[[], Iterable[str]], is_leader: Callable[[], bool], log: logging.Logger
+    ) -> RootCertPublisher:
+        """Kubernetes mode: the `istio-ca-root-cert` publisher over this CA's root (run it with `.run(clock=...)`
+        and `.trigger()` it when a namespace appears or leadership is gained)."""
+        if self.api is None:
+            raise RuntimeError("the root ConfigMaps are published in Kubernetes mode only")
+        return RootCertPublisher(
+            api=self.api, root_pem=self.root_pem, namespaces=namespaces, is_leader=is_leader, log=log
+        )
 
     async def stop(self) -> None:
         await self.front.stop()

@@ -84,17 +84,17 @@ def parse_csr(csr_pem: str | bytes) -> x509.CertificateSigningRequest:
     except ValueError as exc:
         raise CsrParseError(f"csr is not a PEM certificate request: {exc}") from None
     try:
+        key = csr.public_key()
+    except Exception as exc:
+        raise CsrRejected(f"csr public key not supported: {exc}") from None
+    _check_key(key)
+    try:
         algorithm = csr.signature_hash_algorithm
     except Exception as exc:  # UnsupportedAlgorithm and friends
         raise CsrRejected(f"csr signature algorithm not supported: {exc}") from None
     if not isinstance(algorithm, _ALLOWED_HASHES):
         name = algorithm.name if algorithm is not None else "none"
         raise CsrRejected(f"csr signed with {name} refused: want SHA-256, SHA-384 or SHA-512")
-    try:
-        key = csr.public_key()
-    except Exception as exc:
-        raise CsrRejected(f"csr public key not supported: {exc}") from None
-    _check_key(key)
     try:
         valid = csr.is_signature_valid
     except Exception:

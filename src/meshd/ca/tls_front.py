@@ -53,6 +53,7 @@ class TlsFront:
         self._peers: dict[str, bytes | None] = {}
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(
@@ -63,10 +64,12 @@ class TlsFront:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
+        for writer in list(self._writers):  # end every piped connection: its task then finishes by itself
+            writer.transport.abort()
         if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            _, pending = await asyncio.wait(set(self._tasks), timeout=2.0)
+            for task in pending:
+                task.cancel()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
@@ -83,13 +86,25 @@ class TlsFront:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        self._writers.add(writer)
         try:
             await self._pipe(reader, writer)
         except (OSError, ssl.SSLError, asyncio.IncompleteReadError):
             pass
         finally:
+            self._writers.discard(writer)
+            await self._close(writer)
             self._tasks.discard(task)
-            writer.close()
+
+    @staticmethod
+    async def _close(writer: asyncio.StreamWriter) -> None:
+        writer.close()
+        try:
+            await asyncio.wait_for(writer.wait_closed(), 1.0)
+        except (Exception, asyncio.CancelledError):
+            writer.transport.abort()  # TLS close_notify not answered, or we are stopping: drop the socket
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.sleep(0)  # let connection_lost run and close the socket
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         ssl_object = writer.get_extra_info("ssl_object")
@@ -98,6 +113,7 @@ class TlsFront:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._backend_port)
         key = f"ipv4:127.0.0.1:{up_writer.get_extra_info('sockname')[1]}"
         self._peers[key] = pem
+        self._writers.add(up_writer)
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._copy(reader, up_writer))
@@ -106,7 +122,10 @@ class TlsFront:
             pass
         finally:
             self._peers.pop(key, None)
-            up_writer.close()
+            self._writers.discard(up_writer)
+            up_writer.transport.abort()
+            with contextlib.suppress(Exception):
+                await up_writer.wait_closed()  # until connection_lost: the socket is closed
 
     @staticmethod
     async def _copy(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:

@@ -1,1 +1,2 @@
-"""Kubernetes mode: meshd reads the cluster through the API server (kubernetes-asyncio)."""
+"""Kubernetes mode: the API client, reflectors (list + watch) per kind, and the source that feeds the
+ConfigStore from them."""

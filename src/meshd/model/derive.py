@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from meshd.api.destinationrule import DestinationRule
-from meshd.api.kube import EndpointSlice, Pod, Service
+from meshd.api.kube import EndpointConditions, EndpointSlice, Pod, Service
 from meshd.api.meta import InvalidResource, Resource
 from meshd.api.networking import ServiceEntry, Sidecar, WorkloadEntry
 from meshd.api.security import PeerAuthentication
@@ -77,6 +77,8 @@ def mesh_service(svc: Service, *, suffix: str) -> MeshService:
         )
         for p in svc.spec.ports
     )
+    # Headless (clusterIP None): no virtual address; the endpoints of its slices are load balanced
+    # by Envoy like any other service's (sidecars here call services by name, not by pod IP).
     addresses = (svc.spec.cluster_ip,) if svc.spec.cluster_ip and svc.spec.cluster_ip != "None" else ()
     export = svc.metadata.annotations.get(EXPORT_TO_ANNOTATION, "")
     return MeshService(
@@ -84,10 +86,30 @@ def mesh_service(svc: Service, *, suffix: str) -> MeshService:
         namespace=svc.metadata.namespace,
         name=svc.metadata.name,
         ports=ports,
+        # ExternalName: Envoy resolves the external name (a STRICT_DNS cluster), as Istio does.
+        resolution="DNS" if is_external_name(svc) else "EDS",
         addresses=addresses,
         creation=svc.metadata.creation_timestamp,
         export_to=tuple(t.strip() for t in export.split(",") if t.strip()),
     )
+
+
+def is_external_name(svc: Service) -> bool:
+    return svc.spec.type == "ExternalName" and bool(svc.spec.external_name)
+
+
+def external_name_endpoints(svc: Service, service: MeshService) -> dict[tuple[str, int], tuple[Endpoint, ...]]:
+    """An ExternalName service's one endpoint per port: the external name at the service port."""
+    if not is_external_name(svc) or svc.spec.external_name is None:
+        return {}
+    name = svc.spec.external_name.rstrip(".")
+    return {(service.hostname, p.number): (Endpoint(address=name, port=p.number),) for p in service.ports}
+
+
+def serves_traffic(conditions: EndpointConditions) -> bool:
+    """EndpointSlice conditions as Istio reads them for sidecars: `ready` unset means ready; an endpoint
+    not ready, or terminating (even while still `serving`), leaves the load balancing set."""
+    return conditions.ready is not False and conditions.terminating is not True
 
 
 def slice_pod(eps: EndpointSlice, target: Any, pods: Mapping[tuple[str, str], Pod]) -> Pod | None:
@@ -113,7 +135,7 @@ def slice_endpoints(
             continue
         endpoints = []
         for ep in eps.endpoints:
-            if ep.conditions.ready is False:
+            if not serves_traffic(ep.conditions):
                 continue
             pod = slice_pod(eps, ep.target_ref, pods)
             for address in ep.addresses:

@@ -12,8 +12,10 @@ _PROTOCOLS = {
     "http": "HTTP",
     "http2": "HTTP2",
     "grpc": "GRPC",
-    "grpc-web": "HTTP",
+    "grpc-web": "HTTP2",  # "same as http2" in Istio's protocol selection table
     "h2c": "HTTP2",
+    "kubernetes.io/h2c": "HTTP2",  # appProtocol values Kubernetes defines
+    "kubernetes.io/grpc": "GRPC",
     "tcp": "TCP",
     "tls": "TLS",
     "https": "HTTPS",
@@ -30,6 +32,7 @@ def protocol_of(*, name: str, app_protocol: str | None = None, declared: str | N
             return _PROTOCOLS[candidate.lower()]
         if candidate and candidate.upper() in {"HTTP", "HTTP2", "GRPC", "TCP", "TLS", "HTTPS"}:
             return candidate.upper()
+    # A port name is `<protocol>[-<suffix>]`: `http-web` is HTTP, `httpweb` is not.
     prefix = name.split("-", 1)[0].lower()
     return _PROTOCOLS.get(name.lower(), _PROTOCOLS.get(prefix, "TCP"))
 

@@ -53,6 +53,7 @@ class WorldState:
         self._pod_workloads: dict[str, Workload] = {}
         self._pods_at: dict[str, set[ServiceId]] = defaultdict(set)
         self._services: dict[ServiceId, MeshService] = {}
+        self._external: dict[ServiceId, dict[tuple[str, int], tuple[Endpoint, ...]]] = {}  # ExternalName services
         self._slices: dict[ResourceKey, EndpointSlice] = {}
         self._slices_of: dict[ServiceId, set[ResourceKey]] = defaultdict(set)
         self._slices_by_pod: dict[ServiceId, set[ResourceKey]] = defaultdict(set)
@@ -146,10 +147,15 @@ class WorldState:
     def _apply_service(self, key: ResourceKey, svc: Resource | None) -> bool:
         """Returns True when the set of service hosts changed (ServiceEntries may collide with it)."""
         existed = (key.namespace, key.name) in self._services
+        service_id = (key.namespace, key.name)
+        self._external.pop(service_id, None)
         if isinstance(svc, Service):
-            self._services[(key.namespace, key.name)] = derive.mesh_service(svc, suffix=self._suffix)
+            mesh = self._services[service_id] = derive.mesh_service(svc, suffix=self._suffix)
+            external = derive.external_name_endpoints(svc, mesh)
+            if external:
+                self._external[service_id] = external
         else:
-            self._services.pop((key.namespace, key.name), None)
+            self._services.pop(service_id, None)
         return existed != ((key.namespace, key.name) in self._services)
 
     def _apply_slice(self, key: ResourceKey, eps: Resource | None, dirty: set[ServiceId]) -> None:
@@ -199,6 +205,8 @@ class WorldState:
             eps = self._slices[slice_key]
             for port, endpoints in derive.slice_endpoints(eps, service, pods=self._pods, workloads=self._workloads):
                 chunks[(host, port)].append(endpoints)
+        for key, external in self._external.get(service_id, {}).items():
+            chunks[key].append(external)
         for key, found in chunks.items():
             self._k8s_endpoints[key] = derive.merge_chunks(found)
         self._endpoint_keys[host] = list(chunks)

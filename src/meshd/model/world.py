@@ -120,13 +120,14 @@ def build_world(resources: Iterable[Resource], *, domain_suffix: str, revision: 
         {pods[k].status.pod_ip or "": derive.pod_workload(pods[k]) for k in sorted(pods) if pods[k].status.pod_ip}
     )
 
-    services = {
-        s.hostname: s
-        for s in (
-            derive.mesh_service(svc, suffix=domain_suffix) for svc in by_kind["Service"] if isinstance(svc, Service)
-        )
-    }
+    services: dict[str, MeshService] = {}
     chunks: EndpointChunks = defaultdict(list)
+    for svc in by_kind["Service"]:
+        if isinstance(svc, Service):
+            mesh = derive.mesh_service(svc, suffix=domain_suffix)
+            services[mesh.hostname] = mesh
+            for key, found in derive.external_name_endpoints(svc, mesh).items():
+                chunks[key].append(found)
     for eps in by_kind["EndpointSlice"]:
         assert isinstance(eps, EndpointSlice)
         service = services.get(derive.fqdn(eps.service_name or "", eps.metadata.namespace, domain_suffix))

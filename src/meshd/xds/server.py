@@ -90,6 +90,10 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                     changed_at = self._hub.changed_at
                 else:
                     if conn is None:
+                        if not self._hub.ready:
+                            # Not synced yet: refuse rather than serve a partial mesh; Envoy keeps
+                            # its last config and retries.
+                            await context.abort(grpc.StatusCode.UNAVAILABLE, "meshd has not loaded its config yet")
                         conn = await self._open(item, queue, context, delta=delta)
                     req = _delta_request(item) if delta else _sotw_request(item)
                     self._record(conn, conn.stream.on_request(req), req.response_nonce)

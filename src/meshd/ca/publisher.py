@@ -1,0 +1,101 @@
+"""Publishes the root certificate to every namespace as ConfigMap `istio-ca-root-cert` (key
+`root-cert.pem`), as istiod does, so workloads can trust meshd's CA. Only the leader writes.
+
+The namespace list and leadership come from outside (the namespace informer and the Lease-based
+leader election): `namespaces()` and `is_leader()` are plain callables. `sync()` makes one pass;
+`run()` repeats it on `trigger()` (a namespace appeared, leadership was gained) and every interval
+(repairs edits and deletions of the ConfigMaps).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable
+
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from meshd.clock import Clock
+
+CONFIGMAP = "istio-ca-root-cert"
+KEY = "root-cert.pem"
+LABELS = {"istio.io/config": "true"}
+
+
+class RootCertPublisher:
+    def __init__(
+        self,
+        *,
+        api: client.ApiClient,
+        root_pem: str,
+        namespaces: Callable[[], Iterable[str]],
+        is_leader: Callable[[], bool],
+        log: logging.Logger,
+    ) -> None:
+        self._core = client.CoreV1Api(api)
+        self._root = root_pem
+        self._namespaces = namespaces
+        self._is_leader = is_leader
+        self._log = log
+        self._wake = asyncio.Event()
+
+    def trigger(self) -> None:
+        self._wake.set()
+
+    async def sync(self) -> int:
+        """One pass over the namespaces; returns the number of ConfigMaps created or updated."""
+        writes = 0
+        for namespace in sorted(set(self._namespaces())):
+            if not self._is_leader():  # leadership can be lost mid-pass: stop writing at once
+                return writes
+            try:
+                writes += await self._publish(namespace)
+            except ApiException as exc:
+                self._log.warning(
+                    "event=root_cert_publish_failed namespace=%s status=%s reason=%r", namespace, exc.status, exc.reason
+                )
+        return writes
+
+    async def _publish(self, namespace: str) -> int:
+        try:
+            current = await self._core.read_namespaced_config_map(CONFIGMAP, namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            current = None
+        if current is None:
+            body = client.V1ConfigMap(
+                metadata=client.V1ObjectMeta(name=CONFIGMAP, namespace=namespace, labels=dict(LABELS)),
+                data={KEY: self._root},
+            )
+            try:
+                await self._core.create_namespaced_config_map(namespace, body)
+            except ApiException as exc:
+                if exc.status == 409:  # created meanwhile: the next pass checks its content
+                    return 0
+                raise
+            self._log.info("event=root_cert_published namespace=%s action=create", namespace)
+            return 1
+        if (current.data or {}).get(KEY) == self._root:
+            return 0
+        current.data = {**(current.data or {}), KEY: self._root}
+        # replace carries the resourceVersion we read: a concurrent edit makes it fail (409) and retry later
+        await self._core.replace_namespaced_config_map(CONFIGMAP, namespace, current)
+        self._log.info("event=root_cert_published namespace=%s action=update", namespace)
+        return 1
+
+    async def run(self, *, clock: Clock, interval_s: float = 60.0) -> None:
+        while True:
+            self._wake.clear()
+            await self.sync()
+            sleeper = asyncio.ensure_future(clock.sleep(interval_s))
+            waker = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (sleeper, waker):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task

@@ -1,0 +1,135 @@
+"""Wiring of the leader-only duties and the validation webhook, called once from app.py.
+
+- the validating webhook, when `webhook_cert`/`webhook_key` are set (needs no cluster);
+- leader election and the status writer, when meshd talks to a cluster (Kubernetes mode, or a
+  `kubeconfig` given next to a config directory) and `leader_election` is on. Only the leader
+  writes status; xDS serving never waits for any of this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from meshd.api.meta import InvalidResource
+from meshd.clock import Clock
+from meshd.kube.client import new_api_client
+from meshd.kube.leader import LeaderElector, LeaseConfig, default_identity
+from meshd.kube.lease_lock import KubeLeaseLock
+from meshd.kube.status import KubeStatusApi, StatusWriter
+from meshd.kube.webhook import serve_webhook
+from meshd.model.store import ConfigStore
+from meshd.settings import Settings
+
+
+async def _webhook_or_log(*, log: logging.Logger, serve: Callable[..., Awaitable[None]], **kwargs: Any) -> None:
+    """A webhook that cannot start (unreadable certificate, port taken) is reported; xDS keeps serving."""
+    try:
+        await serve(log=log, **kwargs)
+    except (OSError, ValueError) as exc:
+        log.error("event=webhook_failed error=%s", exc)
+
+
+def wants_cluster_duties(settings: Settings) -> bool:
+    return settings.leader_election and (settings.config_dir is None or settings.kubeconfig is not None)
+
+
+async def run_kube_duties(
+    *,
+    settings: Settings,
+    store: ConfigStore,
+    errors: Callable[[], list[InvalidResource]],
+    settled: Callable[[], bool],
+    clock: Clock,
+    log: logging.Logger,
+) -> None:
+    """Run until cancelled (returns at once if nothing is enabled)."""
+    async with asyncio.TaskGroup() as tasks:
+        if settings.webhook_cert is not None and settings.webhook_key is not None:
+            tasks.create_task(
+                _webhook_or_log(
+                    log=log,
+                    serve=serve_webhook,
+                    host=settings.webhook_host,
+                    port=settings.webhook_port,
+                    cert=settings.webhook_cert,
+                    key=settings.webhook_key,
+                )
+            )
+        if wants_cluster_duties(settings):
+            tasks.create_task(
+                _keep_leading(settings=settings, store=store, errors=errors, settled=settled, clock=clock, log=log)
+            )
+
+
+async def _keep_leading(
+    *,
+    settings: Settings,
+    store: ConfigStore,
+    errors: Callable[[], list[InvalidResource]],
+    settled: Callable[[], bool],
+    clock: Clock,
+    log: logging.Logger,
+) -> None:
+    """Leader duties must never take meshd down: an unusable kubeconfig is retried, with backoff."""
+    delay = 1.0
+    while True:
+        try:
+            await _lead(settings=settings, store=store, errors=errors, settled=settled, clock=clock, log=log)
+        except Exception as exc:
+            log.error("event=leader_duties_failed error=%s retry_in_s=%.0f", exc, delay)
+        await clock.sleep(delay)
+        delay = min(delay * 2, 30.0)
+
+
+async def _lead(
+    *,
+    settings: Settings,
+    store: ConfigStore,
+    errors: Callable[[], list[InvalidResource]],
+    settled: Callable[[], bool],
+    clock: Clock,
+    log: logging.Logger,
+) -> None:
+    api = await new_api_client(settings.kubeconfig)
+    try:
+        config = LeaseConfig(
+            name=settings.lease_name,
+            namespace=settings.lease_namespace or settings.namespace,
+            identity=settings.leader_identity or default_identity(),
+            duration_s=settings.lease_duration_s,
+        )
+        writer: StatusWriter | None = None
+
+        def on_change(leading: bool) -> None:
+            if writer is not None:
+                writer.leadership_changed(leading)
+
+        elector = LeaderElector(
+            config=config,
+            lock=KubeLeaseLock(api=api, name=config.name, namespace=config.namespace),
+            clock=clock,
+            log=log,
+            on_change=on_change,
+        )
+        writer = StatusWriter(
+            api=KubeStatusApi(api),
+            store=store,
+            errors=errors,
+            settled=settled,
+            is_leader=lambda: elector.is_leader,
+            clock=clock,
+            log=log,
+            interval_s=settings.status_interval_s,
+        )
+        log.info(
+            "event=leader_election_started lease=%s/%s identity=%s", config.namespace, config.name, config.identity
+        )
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(elector.run())
+            if settings.write_status:
+                tasks.create_task(writer.run())
+    finally:
+        await api.close()

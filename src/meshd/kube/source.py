@@ -1,0 +1,184 @@
+"""The Kubernetes source: turns the reflectors' object changes into ConfigStore changes, one store
+origin per object (`kube:<Kind>/<namespace>/<name>`), so one object change touches one key.
+
+- Objects are parsed with the same models as the YAML path (`parse_resource`); an invalid object
+  becomes an InvalidResource error of its origin (shown at /debug/config_errors) and its last valid
+  version, if any, stays in effect.
+- Namespaces, Nodes and the `istio` ConfigMap are inputs, never store resources: the mesh config's
+  `discoverySelectors` decide which namespaces count (a namespace relabelled in or out brings its
+  objects in or takes them out), and a Pod gets its Node's topology labels (region, zone, subzone)
+  when it has none of its own, as Istio adds them to a workload's labels (locality).
+- Kinds meshd does not translate (Gateway, the security.istio.io kinds) stay in the reflector caches.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from typing import Any
+
+from meshd.api.meta import InvalidResource, Resource, ResourceKey
+from meshd.api.parse import is_supported, parse_resource
+from meshd.kube.kinds import MESH_CONFIGMAP
+from meshd.kube.meshconfig import InvalidMeshConfig, MeshConfig, parse_mesh_config
+from meshd.kube.reflector import Handler, Obj, meta
+from meshd.model.services import REGION_LABEL, SUBZONE_LABEL, ZONE_LABEL
+from meshd.model.store import ConfigStore
+
+TOPOLOGY_LABELS = (REGION_LABEL, ZONE_LABEL, SUBZONE_LABEL)
+ObjectId = tuple[str, str, str]  # (kind, namespace, name)
+
+
+def origin_of(object_id: ObjectId) -> str:
+    kind, namespace, name = object_id
+    return f"kube:{kind}/{namespace}/{name}"
+
+
+def _labels(obj: Obj | None) -> dict[str, str]:
+    labels = meta(obj).get("labels") if obj is not None else None
+    return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
+
+
+class KubeSource:
+    def __init__(self, *, store: ConfigStore, namespace: str, log: logging.Logger) -> None:
+        self._store = store
+        self._namespace = namespace
+        self._log = log
+        self.mesh = MeshConfig(root_namespace=namespace)
+        self.mesh_error: InvalidResource | None = None
+        self._objects: dict[ObjectId, Obj] = {}
+        self._in_namespace: dict[str, set[ObjectId]] = defaultdict(set)
+        self._namespace_labels: dict[str, dict[str, str]] = {}
+        self._node_labels: dict[str, dict[str, str]] = {}
+        self._pods_on_node: dict[str, set[ObjectId]] = defaultdict(set)
+        self._accepted: dict[str, Resource] = {}  # origin -> last valid version
+
+    def handler(self, kind: str) -> Handler:
+        def on_change(_: str, old: Obj | None, new: Obj | None) -> None:
+            if kind == "Namespace":
+                self._on_namespace(old, new)
+            elif kind == "Node":
+                self._on_node(old, new)
+            elif kind == "ConfigMap":
+                self._on_configmap(new)
+            else:
+                self._on_object(kind, old, new)
+
+        return on_change
+
+    def mark_synced(self) -> None:
+        """Every reflector has listed once: the store holds the whole cluster."""
+        self._store.mark_loaded()
+
+    # -- mesh objects -----------------------------------------------------------------------
+
+    def _on_object(self, kind: str, old: Obj | None, new: Obj | None) -> None:
+        current = new if new is not None else old
+        if current is None:
+            return
+        m = meta(current)
+        object_id = (kind, str(m.get("namespace") or ""), str(m.get("name") or ""))
+        node_before = self._node_of(self._objects.get(object_id))
+        if new is None:
+            self._objects.pop(object_id, None)
+            self._in_namespace[object_id[1]].discard(object_id)
+        else:
+            if not is_supported(new):
+                return
+            self._objects[object_id] = new
+            self._in_namespace[object_id[1]].add(object_id)
+        if kind == "Pod":
+            if node_before:
+                self._pods_on_node[node_before].discard(object_id)
+            node_after = self._node_of(new)
+            if node_after:
+                self._pods_on_node[node_after].add(object_id)
+        self._sync(object_id)
+
+    @staticmethod
+    def _node_of(obj: Obj | None) -> str:
+        spec = obj.get("spec") if obj is not None else None
+        return str(spec.get("nodeName") or "") if isinstance(spec, dict) else ""
+
+    def _sync(self, object_id: ObjectId) -> bool:
+        """Put the object's current valid version in the store, or take it out."""
+        origin = origin_of(object_id)
+        obj = self._objects.get(object_id)
+        if obj is None or not self.mesh.selects(self._namespace_labels.get(object_id[1])):
+            self._accepted.pop(origin, None)
+            return self._store.remove_origin(origin)
+        try:
+            resource = parse_resource(self._with_topology(obj) if object_id[0] == "Pod" else obj, origin=origin)
+        except InvalidResource as err:
+            self._log.error(
+                "event=invalid_resource origin=%s resource=%s field=%s message=%r",
+                origin, err.key or "-", err.field, err.message,
+            )  # fmt: skip
+            previous = self._accepted.get(origin)
+            kept = {previous.key: previous} if previous is not None else {}
+            return self._store.replace_origin(origin, kept, [err])
+        self._accepted[origin] = resource
+        return self._store.replace_origin(origin, {resource.key: resource})
+
+    def _with_topology(self, pod: Obj) -> Obj:
+        labels = _labels(pod)
+        node = self._node_labels.get(self._node_of(pod), {})
+        extra = {k: node[k] for k in TOPOLOGY_LABELS if k in node and k not in labels}
+        if not extra:
+            return pod
+        return {**pod, "metadata": {**meta(pod), "labels": {**labels, **extra}}}
+
+    # -- inputs ---------------------------------------------------------------------------------
+
+    def _on_namespace(self, old: Obj | None, new: Obj | None) -> None:
+        name = str(meta(new if new is not None else old or {}).get("name") or "")
+        before = self._namespace_labels.get(name)
+        if new is None:
+            self._namespace_labels.pop(name, None)
+        else:
+            self._namespace_labels[name] = _labels(new)
+        if self.mesh.selects(before) != self.mesh.selects(self._namespace_labels.get(name)):
+            self._log.info("event=namespace_selection namespace=%s selected=%s", name, name in self._selected())
+            for object_id in sorted(self._in_namespace.get(name, ())):
+                self._sync(object_id)
+
+    def _selected(self) -> set[str]:
+        return {ns for ns, labels in self._namespace_labels.items() if self.mesh.selects(labels)}
+
+    def _on_node(self, old: Obj | None, new: Obj | None) -> None:
+        name = str(meta(new if new is not None else old or {}).get("name") or "")
+        before = {k: v for k, v in self._node_labels.get(name, {}).items() if k in TOPOLOGY_LABELS}
+        if new is None:
+            self._node_labels.pop(name, None)
+        else:
+            self._node_labels[name] = _labels(new)
+        after = {k: v for k, v in self._node_labels.get(name, {}).items() if k in TOPOLOGY_LABELS}
+        if before != after:
+            for object_id in sorted(self._pods_on_node.get(name, ())):
+                self._sync(object_id)
+
+    def _on_configmap(self, new: Obj | None) -> None:
+        if new is not None and meta(new).get("name") != MESH_CONFIGMAP:
+            return
+        data: Any = new.get("data") if new is not None else None
+        text = data.get("mesh", "") if isinstance(data, dict) else ""
+        key = ResourceKey("ConfigMap", self._namespace, MESH_CONFIGMAP)
+        try:
+            mesh = parse_mesh_config(str(text), default_root=self._namespace)
+            self.mesh_error = None
+        except InvalidMeshConfig as exc:
+            self.mesh_error = InvalidResource(key, "data.mesh", str(exc), "kube:ConfigMap")
+            self._log.error("event=invalid_mesh_config resource=%s message=%r", key, str(exc))
+            self._store.replace_origin("kube:ConfigMap", {}, [self.mesh_error])
+            return  # the previous mesh config stays in effect
+        self._store.remove_origin("kube:ConfigMap")
+        if mesh == self.mesh:
+            return
+        previous, self.mesh = self.mesh, mesh
+        self._log.info(
+            "event=mesh_config root_namespace=%s trust_domain=%s discovery_selectors=%d",
+            mesh.root_namespace, mesh.trust_domain, len(mesh.discovery_selectors),
+        )  # fmt: skip
+        if previous.discovery_selectors != mesh.discovery_selectors:
+            for object_id in sorted(self._objects):
+                self._sync(object_id)

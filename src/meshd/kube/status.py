@@ -1,0 +1,245 @@
+"""Status writer: Istio-style status on the `/status` subresource of the Istio objects meshd holds.
+
+While this replica leads, every `interval` it computes what each object's status should be
+(`status_message.desired_messages` from the objects in the store and the errors meshd reports)
+and visits only the objects whose verdict or resourceVersion changed since it last handled them.
+A visit reads the object, renders the status against the one already there and writes only if
+they differ, replacing the object with the resourceVersion it read: a 409 (someone changed the
+object meanwhile) is never overwritten; the object is read again at a later round, with a
+per-object backoff that also covers API errors. Gaining leadership forgets what was handled, so
+a new leader checks everything once.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from meshd.api.meta import InvalidResource, ResourceKey
+from meshd.clock import Clock
+from meshd.kube.status_message import ISTIO_KINDS, Message, desired_messages, render_status
+from meshd.model.store import ConfigStore
+
+
+class StatusConflict(Exception):
+    """The object changed since it was read (409)."""
+
+
+class StatusApi(Protocol):
+    async def preferred_version(self, group: str) -> str | None: ...
+
+    async def get(self, group: str, version: str, plural: str, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    async def replace_status(
+        self, group: str, version: str, plural: str, namespace: str, name: str, body: dict[str, Any]
+    ) -> dict[str, Any]: ...
+
+
+class KubeStatusApi:
+    """StatusApi over kubernetes-asyncio's custom objects API."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self._custom = client.CustomObjectsApi(api)
+        self._apis = client.ApisApi(api)
+
+    async def preferred_version(self, group: str) -> str | None:
+        groups = await self._apis.get_api_versions()
+        for item in groups.groups or []:
+            if item.name == group and item.preferred_version is not None:
+                return str(item.preferred_version.version)
+        return None
+
+    async def get(self, group: str, version: str, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            obj: dict[str, Any] = await self._custom.get_namespaced_custom_object(
+                group, version, namespace, plural, name
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return obj
+
+    async def replace_status(
+        self, group: str, version: str, plural: str, namespace: str, name: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        try:
+            out: dict[str, Any] = await self._custom.replace_namespaced_custom_object_status(
+                group, version, namespace, plural, name, body
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                raise StatusConflict(name) from None
+            raise
+        return out
+
+
+@dataclass
+class _Retry:
+    at: float
+    delay: float
+
+
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+class StatusWriter:
+    def __init__(
+        self,
+        *,
+        api: StatusApi,
+        store: ConfigStore,
+        errors: Callable[[], list[InvalidResource]],
+        is_leader: Callable[[], bool],
+        clock: Clock,
+        settled: Callable[[], bool] = lambda: True,
+        log: logging.Logger,
+        interval_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+        recheck_rejected_s: float = 30.0,
+        wall: Callable[[], datetime.datetime] = _utcnow,
+    ) -> None:
+        self._api, self._store, self._errors, self._is_leader = api, store, errors, is_leader
+        self._settled = settled
+        self._recheck_rejected = recheck_rejected_s
+        self._clock, self._log, self._interval, self._max_backoff, self._wall = (
+            clock,
+            log,
+            interval_s,
+            max_backoff_s,
+            wall,
+        )
+        # key -> (resourceVersions that need no visit, messages) when handled, and when: the store's
+        # version then, and the one the object had after our write (the informer brings it next)
+        self._handled: dict[ResourceKey, tuple[frozenset[str], tuple[Message, ...]]] = {}
+        self._handled_at: dict[ResourceKey, float] = {}
+        self._retry: dict[ResourceKey, _Retry] = {}
+        self._versions: dict[str, str] = {}  # API group -> version to use for objects not in the store
+        self.writes = 0
+        self.conflicts = 0
+        self.rounds = 0
+
+    def leadership_changed(self, leading: bool) -> None:
+        """A new term starts from scratch: statuses may have changed while another replica led."""
+        self._handled.clear()
+        self._handled_at.clear()
+        self._retry.clear()
+
+    async def run(self) -> None:
+        while True:
+            if self._is_leader():
+                try:
+                    await self.sync_once()
+                except Exception as exc:  # never let one bad round stop status writing
+                    self._log.warning("event=status_round_failed error=%s", exc)
+            self.rounds += 1
+            await self._clock.sleep(self._interval)
+
+    def _targets(self) -> tuple[dict[ResourceKey, tuple[Message, ...]], dict[ResourceKey, tuple[str, str]]]:
+        """Desired messages per object, and (apiVersion, resourceVersion) of the objects in the store."""
+        held = {
+            r.key: (r.api_version, r.metadata.resource_version)
+            for _, r in self._store.resources()
+            if r.kind in ISTIO_KINDS
+        }
+        return desired_messages(objects=held, errors=self._errors()), held
+
+    async def sync_once(self) -> int:
+        """One round; returns how many objects were visited. Skipped while the errors lag behind the
+        store (a push not yet built), so a verdict is never written and reverted a moment later."""
+        if not self._settled():
+            return 0
+        desired, held = self._targets()
+        for key in [k for k in self._handled if k not in desired]:
+            del self._handled[key]
+            self._handled_at.pop(key, None)
+            self._retry.pop(key, None)
+        visited = 0
+        for key, messages in desired.items():
+            api_version, store_rv = held.get(key, ("", ""))
+            handled = self._handled.get(key)
+            if handled and store_rv in handled[0] and handled[1] == messages and not self._recheck_due(key, held):
+                continue
+            retry = self._retry.get(key)
+            if retry is not None and self._clock.now() < retry.at:
+                continue
+            if not self._is_leader():
+                return visited
+            visited += 1
+            try:
+                seen_rv = await self._visit(key, messages, api_version)
+            except StatusConflict:
+                self.conflicts += 1
+                self._log.info("event=status_conflict resource=%s action=reread_later", key)
+                self._backoff(key)
+                continue
+            except Exception as exc:
+                self._log.warning("event=status_write_failed resource=%s error=%s", key, _describe(exc))
+                self._backoff(key)
+                continue
+            self._handled[key] = (frozenset({store_rv, seen_rv}), messages)
+            self._handled_at[key] = self._clock.now()
+            self._retry.pop(key, None)
+        return visited
+
+    def _recheck_due(self, key: ResourceKey, held: dict[ResourceKey, tuple[str, str]]) -> bool:
+        """An object meshd rejected outright is not in the store, so an edit that keeps the same
+        error goes unseen there: such objects are read again now and then (observedGeneration)."""
+        return key not in held and self._clock.now() - self._handled_at.get(key, 0.0) >= self._recheck_rejected
+
+    def _backoff(self, key: ResourceKey) -> None:
+        previous = self._retry.get(key)
+        delay = min(previous.delay * 2, self._max_backoff) if previous else self._interval
+        self._retry[key] = _Retry(at=self._clock.now() + delay, delay=delay)
+
+    async def _version(self, group: str, api_version: str) -> str | None:
+        if api_version.startswith(group + "/"):
+            return api_version.split("/", 1)[1]
+        if group not in self._versions:
+            version = await self._api.preferred_version(group)
+            if version is None:
+                return None
+            self._versions[group] = version
+        return self._versions[group]
+
+    async def _visit(self, key: ResourceKey, messages: tuple[Message, ...], api_version: str) -> str:
+        """Read, render, write if different; returns the object's resourceVersion afterwards."""
+        group, plural = ISTIO_KINDS[key.kind]
+        version = await self._version(group, api_version)
+        if version is None:
+            return ""  # the CRD is not served: nothing to write on
+        obj = await self._api.get(group, version, plural, key.namespace, key.name)
+        if obj is None:
+            return ""  # not in the cluster (deleted meanwhile, or a file in standalone mode)
+        meta = obj.get("metadata") or {}
+        current = obj.get("status") if isinstance(obj.get("status"), dict) else None
+        status = render_status(
+            messages, generation=int(meta.get("generation") or 0), previous=current, now=self._wall()
+        )
+        read_rv = str(meta.get("resourceVersion", ""))
+        if status == current or not self._is_leader():  # (leadership may have ended while reading)
+            return read_rv
+        written = await self._api.replace_status(
+            group, version, plural, key.namespace, key.name, {**obj, "status": status}
+        )
+        self.writes += 1
+        self._log.info(
+            "event=status_written resource=%s accepted=%s messages=%d generation=%s",
+            key,
+            not messages,
+            len(messages),
+            meta.get("generation"),
+        )
+        return str((written.get("metadata") or {}).get("resourceVersion", ""))
+
+
+def _describe(exc: BaseException) -> str:
+    status = getattr(exc, "status", None)
+    return f"{type(exc).__name__}({status})" if status else f"{type(exc).__name__}: {exc}"[:200]

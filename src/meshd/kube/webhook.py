@@ -1,0 +1,70 @@
+"""The validating admission webhook server: HTTPS, `POST /validate` (AdmissionReview), `GET /ready`.
+
+Port 15017 as istiod's. A body that is not an AdmissionReview (not JSON, over the size limit,
+nested deeper than `admission.MAX_DEPTH`, fields missing) gets a 4xx; nothing in a request can
+take the server down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import pathlib
+import ssl
+
+from aiohttp import web
+
+from meshd.kube.admission import BadReview, depth_exceeds, review
+
+MAX_BODY_BYTES = 6 * 1024 * 1024  # the API server's own request limit is 3 MiB
+
+
+def server_ssl_context(cert: pathlib.Path, key: pathlib.Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def build_webhook_app(*, log: logging.Logger, max_body_bytes: int = MAX_BODY_BYTES) -> web.Application:
+    async def validate(request: web.Request) -> web.Response:
+        raw = await request.read()  # aiohttp answers 413 itself past client_max_size
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            log.info("event=webhook_bad_request reason=not_json error=%s", type(exc).__name__)
+            return web.json_response({"error": "body is not JSON"}, status=400)
+        if depth_exceeds(body):
+            log.info("event=webhook_bad_request reason=too_deep")
+            return web.json_response({"error": "JSON nested too deeply"}, status=400)
+        try:
+            answer = review(body)
+        except BadReview as exc:
+            log.info("event=webhook_bad_request reason=%r", str(exc))
+            return web.json_response({"error": str(exc)}, status=400)
+        response = answer["response"]
+        if not response["allowed"]:
+            log.info("event=webhook_denied uid=%s message=%r", response["uid"], response["status"]["message"])
+        return web.json_response(answer)
+
+    async def ready(_: web.Request) -> web.Response:
+        return web.Response(text="ready\n")
+
+    app = web.Application(client_max_size=max_body_bytes)
+    app.router.add_post("/validate", validate)
+    app.router.add_get("/ready", ready)
+    return app
+
+
+async def serve_webhook(*, host: str, port: int, cert: pathlib.Path, key: pathlib.Path, log: logging.Logger) -> None:
+    """Serve until cancelled."""
+    runner = web.AppRunner(build_webhook_app(log=log), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, ssl_context=server_ssl_context(cert, key))
+        await site.start()
+        log.info("event=webhook_started port=%d", port)
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

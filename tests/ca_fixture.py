@@ -1,0 +1,115 @@
+"""meshd's CA in-process for tests: the real secure server (TLS front + gRPC) and a plaintext gRPC
+server with the refusing CA service, exactly as `meshd serve` wires them (ca/runtime.py)."""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry
+
+from meshd._gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
+from meshd.ca.client import generate_csr, request_certificate
+from meshd.ca.runtime import Security, register_plaintext, start_security
+from meshd.ca.server import SERVER_OPTIONS
+from meshd.ca.signer import WallClock, utc_now
+from meshd.clock import SystemClock
+from meshd.obs.metrics import Metrics
+from meshd.settings import Settings
+from meshd.xds.hub import Hub
+from tests.e2e.harness import free_port
+
+TOKENS = {
+    "tok-web": ("default", "web"),
+    "tok-api": ("other", "api"),
+}
+TOKEN_FILE = "".join(f"{tok}: {{namespace: {ns}, serviceAccount: {sa}}}\n" for tok, (ns, sa) in TOKENS.items())
+log = logging.getLogger("meshd.test.ca")
+
+
+@dataclass
+class CaUnderTest:
+    security: Security
+    plaintext: grpc.aio.Server
+    plaintext_port: int
+    metrics: Metrics
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.security.port}"
+
+    @property
+    def root(self) -> str:
+        return self.security.root_pem
+
+    def counter(self, name: str) -> float:
+        value = self.metrics.registry.get_sample_value(name)
+        return 0.0 if value is None else value
+
+    async def csr(
+        self,
+        *,
+        csr_pem: str | None = None,
+        token: str | None = "tok-web",
+        ttl_s: int = 3600,
+        metadata: tuple[tuple[str, str], ...] = (),
+        request_metadata: dict[str, Any] | None = None,
+        client_cert: tuple[str, str] | None = None,
+    ) -> list[str]:
+        """A raw CreateCertificate on the secure port (raises AioRpcError)."""
+        from meshd.ca.client import secure_channel
+
+        if csr_pem is None:
+            csr_pem = generate_csr()[1]
+        headers = (("authorization", f"Bearer {token}"),) if token is not None else ()
+        request = ca_pb2.IstioCertificateRequest(csr=csr_pem, validity_duration=ttl_s)
+        if request_metadata:
+            request.metadata.update(request_metadata)
+        async with secure_channel(address=self.address, root_cert_pem=self.root, client_cert=client_cert) as channel:
+            stub = ca_pb2_grpc.IstioCertificateServiceStub(channel)
+            response = await stub.CreateCertificate(request, metadata=headers + metadata, timeout=10)
+        return list(response.cert_chain)
+
+    async def assert_healthy(self, token: str = "tok-web") -> None:
+        """A good CSR succeeds right after whatever the test did."""
+        chain = await request_certificate(
+            address=self.address, root_cert_pem=self.root, token=token, csr_pem=generate_csr()[1], ttl_s=600
+        )
+        assert len(chain) >= 2
+
+    async def stop(self) -> None:
+        await self.security.stop()
+        await self.plaintext.stop(None)
+
+
+async def start_ca(
+    tmp_path: pathlib.Path, *, wall: WallClock = utc_now, kubeconfig: pathlib.Path | None = None, **overrides: Any
+) -> CaUnderTest:
+    token_file = tmp_path / "tokens.yaml"
+    token_file.write_text(TOKEN_FILE)
+    config_dir = None if kubeconfig is not None else tmp_path / "config"
+    if config_dir is not None:
+        config_dir.mkdir(exist_ok=True)
+    values: dict[str, Any] = {
+        "config_dir": config_dir,
+        "kubeconfig": kubeconfig,
+        "ca_enabled": True,
+        "ca_dir": tmp_path / "ca",
+        "ca_token_file": token_file,
+        "secure_host": "127.0.0.1",
+        "secure_port": free_port(),
+        **overrides,
+    }
+    settings = Settings(**values)
+    metrics = Metrics(CollectorRegistry())
+    plaintext = grpc.aio.server(options=list(SERVER_OPTIONS))
+    register_plaintext(plaintext, metrics=metrics, log=log)
+    plaintext_port = plaintext.add_insecure_port("127.0.0.1:0")
+    await plaintext.start()
+    security = await start_security(
+        settings=settings, hub=Hub(), metrics=metrics, clock=SystemClock(), log=log, wall=wall
+    )
+    return CaUnderTest(security=security, plaintext=plaintext, plaintext_port=plaintext_port, metrics=metrics)

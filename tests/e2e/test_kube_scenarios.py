@@ -1,0 +1,414 @@
+"""Kubernetes mode end to end: `meshd serve --kubeconfig` reading a cluster drives real Envoy sidecars.
+
+The cluster is the fake API server (tests/kubeapi, real wire protocol), or a real one when
+MESHD_TEST_KUBECONFIG names a kubeconfig: then objects are written over REST (KubeRest), Pods are
+not created (their status cannot be written) and the fault-injection scenarios are skipped.
+Scenarios (each asserts what Envoy holds or where traffic goes):
+- objects created in the cluster -> Envoy routes (VirtualService header match) within seconds;
+- a pod scaled down (EndpointSlice updated) -> its endpoint leaves, traffic goes to the rest;
+- a terminating endpoint (ready false, serving true) leaves the load balancing set;
+- an invalid VirtualService -> reported at /debug/config_errors, the rest keeps serving;
+- [fake] API down while a Service's slice is deleted + history compacted -> relist applies the delete;
+- [fake] 410 on every kind -> relist with no push and no new config version;
+- [fake] meshd restarted while lists fail -> ADS UNAVAILABLE, Envoy keeps its config and traffic
+  flows, then converges once the API server recovers;
+- [fake] a CRD installed later (at v1beta1) -> its objects are picked up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pathlib
+import re
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+import pytest_asyncio
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+from meshd.xds.resource import CLUSTER
+from tests.e2e.harness import Mesh, eventually
+from tests.kubeapi import FakeApiServer, KubeRest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
+NS = "meshd-e2e"
+WEB = f"outbound|9080||web.{NS}.svc.cluster.local"
+REAL_KUBECONFIG = os.environ.get("MESHD_TEST_KUBECONFIG")
+Obj = dict[str, Any]
+
+
+def service(name: str) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": 9080, "targetPort": 8080}]},
+    }
+
+
+def endpoint_slice(service_name: str, endpoints: list[tuple[str, str, dict[str, bool]]]) -> Obj:
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{service_name}-1",
+            "namespace": NS,
+            "labels": {"kubernetes.io/service-name": service_name},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": [
+            {"addresses": [ip], "conditions": conditions, "targetRef": {"kind": "Pod", "name": pod, "namespace": NS}}
+            for ip, pod, conditions in endpoints
+        ],
+    }
+
+
+def pod(name: str, ip: str, app: str, version: str) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": {"app": app, "version": version}},
+        "spec": {"serviceAccountName": app, "containers": [{"name": "app", "image": "none"}]},
+        "status": {"podIP": ip, "phase": "Running"},
+    }
+
+
+VIRTUAL_SERVICE: Obj = {
+    "apiVersion": "networking.istio.io/v1",
+    "kind": "VirtualService",
+    "metadata": {"name": "web", "namespace": NS},
+    "spec": {
+        "hosts": ["web"],
+        "http": [
+            {"match": [{"headers": {"x-to": {"exact": "other"}}}], "route": [{"destination": {"host": "other"}}]},
+            {"route": [{"destination": {"host": "web"}}]},
+        ],
+    },
+}
+READY = {"ready": True, "serving": True, "terminating": False}
+
+
+@dataclass
+class Kube:
+    mesh: Mesh
+    rest: KubeRest
+    fake: FakeApiServer | None
+
+    def ip(self, host: int) -> str:
+        return self.mesh.ip(host)
+
+    async def apply(self, obj: Obj) -> None:
+        if self.fake is not None:
+            self.fake.apply(obj)  # direct: also writes a Pod's status
+        elif obj["kind"] != "Pod":
+            await self.rest.apply(obj)
+
+    async def delete(self, obj: Obj) -> None:
+        if self.fake is not None:
+            self.fake.delete(obj["apiVersion"], obj["kind"], NS, obj["metadata"]["name"])
+        else:
+            await self.rest.delete(obj["apiVersion"], obj["kind"], NS, obj["metadata"]["name"])
+
+    def web_slice(self, *, second: dict[str, bool] | None = READY) -> Obj:
+        endpoints = [(self.ip(2), "web-1", READY)]
+        if second is not None:
+            endpoints.append((self.ip(3), "web-2", second))
+        return endpoint_slice("web", endpoints)
+
+    def objects(self) -> list[Obj]:
+        return [
+            pod("web-1", self.ip(2), "web", "v1"),
+            pod("web-2", self.ip(3), "web", "v2"),
+            pod("other-1", self.ip(4), "other", "v1"),
+            service("web"),
+            service("other"),
+            self.web_slice(),
+            endpoint_slice("other", [(self.ip(4), "other-1", READY)]),
+            VIRTUAL_SERVICE,
+        ]
+
+    def need_fake(self) -> FakeApiServer:
+        if self.fake is None:
+            pytest.skip("fault injection needs the fake API server")
+        return self.fake
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def kube(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Kube]:
+    work = tmp_path_factory.mktemp("kube")
+    fake: FakeApiServer | None = None
+    if REAL_KUBECONFIG:
+        kubeconfig = pathlib.Path(REAL_KUBECONFIG)
+    else:
+        fake = FakeApiServer()
+        await fake.start()
+        kubeconfig = fake.write_kubeconfig(work / "kubeconfig")
+    rest = KubeRest.from_kubeconfig(kubeconfig)
+    mesh = Mesh(work_dir=work, delta=False, kubeconfig=kubeconfig, meshd_args=("--kube-crd-recheck", "1"))
+    kube = Kube(mesh, rest, fake)
+    try:
+        await rest.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+        await mesh.meshd.start()
+        await mesh.app(service="web", version="v1", pod="web-1", ip=mesh.ip(2))
+        await mesh.app(service="web", version="v2", pod="web-2", ip=mesh.ip(3))
+        await mesh.app(service="other", version="v1", pod="other-1", ip=mesh.ip(4))
+        await mesh.sidecar(pod="client", ip=mesh.ip(1), namespace=NS)
+        yield kube
+    except BaseException:
+        print(mesh.meshd.log()[-6000:])
+        raise
+    finally:
+        await mesh.close()
+        if fake is None:
+            for obj in reversed(kube.objects()):
+                if obj["kind"] != "Pod":
+                    await rest.delete(obj["apiVersion"], obj["kind"], NS, obj["metadata"]["name"])
+        await rest.close()
+        if fake is not None:
+            await fake.stop()
+
+
+# -- observing Envoy and meshd -------------------------------------------------------------------
+
+
+async def pods_answering(kube: Kube, count: int = 20, headers: dict[str, str] | None = None) -> Counter[str]:
+    seen: Counter[str] = Counter()
+    for _ in range(count):
+        status, _, body = await kube.mesh.request(via_ip=kube.ip(1), host="web:9080", headers=headers, timeout=5)
+        seen[str(json.loads(body)["pod"]) if status == 200 else f"status-{status}"] += 1
+    return seen
+
+
+async def endpoints_of(kube: Kube, cluster: str = WEB) -> set[str]:
+    """Addresses Envoy holds for a cluster (its /clusters admin page)."""
+    text = await kube.mesh.envoys["client"].admin_get("/clusters")
+    return set(re.findall(rf"^{re.escape(cluster)}::([\d.]+):\d+::cx_active", text, re.M))
+
+
+async def holds_endpoints(kube: Kube, expected: set[str], cluster: str = WEB) -> None:
+    async def check() -> bool:
+        return await endpoints_of(kube, cluster) == expected
+
+    await eventually(check, timeout=20, what=f"Envoy to hold {sorted(expected)} for {cluster}")
+
+
+async def pushes(kube: Kube) -> dict[str, float]:
+    text = await kube.mesh.meshd.metrics()
+    return {m[1]: float(m[2]) for m in re.finditer(r'^pilot_xds_pushes\{type="(\w+)"\} ([\d.e+]+)', text, re.M)} | {
+        "_": 0.0
+    }
+
+
+async def informers(kube: Kube) -> dict[str, Any]:
+    status = await kube.mesh.meshd.get_json("/debug/informers")
+    return {k["kind"]: k for k in status["kinds"]}
+
+
+async def baseline(kube: Kube) -> None:
+    """Every scenario starts from the same cluster: web (2 pods), other (1 pod), the VirtualService."""
+    for obj in kube.objects():
+        await kube.apply(obj)
+    await holds_endpoints(kube, {kube.ip(2), kube.ip(3)})
+
+
+# -- scenarios ---------------------------------------------------------------------------------
+
+
+async def test_objects_created_in_the_cluster_drive_envoy(kube: Kube) -> None:
+    assert await endpoints_of(kube) == set(), "nothing is served before the objects exist"
+    started = time.monotonic()
+    for obj in kube.objects():
+        await kube.apply(obj)
+
+    async def routed() -> bool:
+        return set(await pods_answering(kube, 6)) == {"web-1", "web-2"}
+
+    await eventually(routed, timeout=15, what="traffic to both web pods")
+    elapsed = time.monotonic() - started
+    print(f"objects created -> Envoy routes: {elapsed:.2f}s")
+    assert elapsed < 5
+    assert set(await pods_answering(kube, 6, headers={"x-to": "other"})) == {"other-1"}
+    status = await informers(kube)
+    assert status["VirtualService"]["synced"] and status["VirtualService"]["apiVersion"] == "networking.istio.io/v1"
+
+
+async def test_pod_scaled_down_leaves_the_load_balancing_set(kube: Kube) -> None:
+    await baseline(kube)
+    await kube.apply(kube.web_slice(second=None))
+    await kube.delete(pod("web-2", kube.ip(3), "web", "v2"))
+    await holds_endpoints(kube, {kube.ip(2)})
+    assert await pods_answering(kube, 20) == Counter({"web-1": 20})
+
+
+async def test_terminating_endpoint_leaves_the_load_balancing_set(kube: Kube) -> None:
+    await baseline(kube)
+    await kube.apply(kube.web_slice(second={"ready": False, "serving": True, "terminating": True}))
+    await holds_endpoints(kube, {kube.ip(2)})
+    assert await pods_answering(kube, 20) == Counter({"web-1": 20})
+
+
+async def test_invalid_object_is_reported_and_the_rest_keeps_serving(kube: Kube) -> None:
+    await baseline(kube)
+    bad = {
+        **VIRTUAL_SERVICE,
+        "metadata": {"name": "bad", "namespace": NS},
+        "spec": {"hosts": ["other"], "http": [{"route": [{"destination": {"host": "other"}}], "timeout": "ten"}]},
+    }
+    await kube.apply(bad)
+
+    async def reported() -> list[Any]:
+        errors = await kube.mesh.meshd.get_json("/debug/config_errors")
+        return [e for e in errors if e["resource"] == f"VirtualService {NS}/bad"]
+
+    [error] = await eventually(reported, what="the invalid VirtualService reported")
+    assert error["origin"] == f"kube:VirtualService/{NS}/bad" and error["field"] == "spec.http[0].timeout"
+    assert set(await pods_answering(kube, 6)) == {"web-1", "web-2"}
+    await kube.delete(bad)
+
+
+async def test_delete_while_disconnected_is_applied_after_relist(kube: Kube) -> None:
+    fake = kube.need_fake()
+    await baseline(kube)
+    assert set(await pods_answering(kube, 4, headers={"x-to": "other"})) == {"other-1"}
+    relists = (await informers(kube))["EndpointSlice"]["relists"]
+    await fake.pause()  # every watch cut, connections refused
+    fake.delete("discovery.k8s.io/v1", "EndpointSlice", NS, "other-1")
+    fake.compact()  # the DELETED event is gone from history: only a relist can find it
+    await fake.resume()
+    await holds_endpoints(kube, set(), cluster=f"outbound|9080||other.{NS}.svc.cluster.local")
+    assert (await informers(kube))["EndpointSlice"]["relists"] > relists
+    assert set(await pods_answering(kube, 4, headers={"x-to": "other"})) == {"status-503"}
+
+
+async def test_410_relists_without_a_push_storm(kube: Kube) -> None:
+    fake = kube.need_fake()
+    await baseline(kube)
+    await holds_endpoints(kube, {kube.ip(4)}, cluster=f"outbound|9080||other.{NS}.svc.cluster.local")
+    before_relists = {k: v["relists"] for k, v in (await informers(kube)).items() if not v["absent"]}
+    before_pushes = await pushes(kube)
+    before_versions = await acked_versions(kube)
+    await fake.pause()
+    fake.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "unrelated", "namespace": "default"}})
+    fake.compact()  # every reflector's resourceVersion is now too old: 410 for every kind
+    await fake.resume()
+
+    async def relisted() -> bool:
+        now = await informers(kube)
+        return all(now[k]["relists"] > n for k, n in before_relists.items())
+
+    await eventually(relisted, timeout=30, what="every kind to relist")
+    # Nothing changed in the mesh: no push at all, Envoy's config versions unchanged.
+    assert await pushes(kube) == before_pushes
+    assert await acked_versions(kube) == before_versions
+    # A real change afterwards is one EDS push, nothing else.
+    await kube.apply(kube.web_slice(second=None))
+    await holds_endpoints(kube, {kube.ip(2)})
+    after = await pushes(kube)
+    changed = {t for t in after if after[t] != before_pushes.get(t)}
+    assert changed == {"eds"} and after["eds"] - before_pushes["eds"] == 1, (before_pushes, after)
+
+
+async def acked_versions(kube: Kube) -> dict[str, Any]:
+    [conn] = [c for c in await kube.mesh.meshd.get_json("/debug/syncz") if "client" in c["proxy"]]
+    return {t: v["acked"] for t, v in conn["types"].items()}
+
+
+async def ads_refused(kube: Kube) -> bool:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{kube.mesh.meshd.xds_port}") as channel:
+        call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
+        node = base_pb2.Node(id=f"sidecar~{kube.ip(9)}~probe.{NS}~{NS}.svc.cluster.local")
+        await call.write(discovery_pb2.DiscoveryRequest(node=node, type_url=CLUSTER))
+        try:
+            await asyncio.wait_for(call.read(), 2)
+        except grpc.aio.AioRpcError as err:
+            return err.code() == grpc.StatusCode.UNAVAILABLE
+        except TimeoutError:
+            return False  # held open without an answer: not refused
+        finally:
+            call.cancel()
+        return False
+
+
+async def test_restart_while_the_api_server_fails_keeps_envoy_serving(kube: Kube) -> None:
+    fake = kube.need_fake()
+    await baseline(kube)
+    await kube.mesh.meshd.stop()
+    fake.fail(status=500, count=1_000_000, verb="list")
+    outage = time.time()
+    await kube.apply(kube.web_slice(second=None))  # changed while meshd cannot list
+    await kube.mesh.meshd.start(wait_ready=False)
+
+    async def not_ready() -> bool:
+        async with kube.mesh.meshd.session.get(kube.mesh.meshd.url("/ready")) as resp:
+            return resp.status == 503
+
+    await eventually(not_ready, what="meshd up but not ready")
+    assert await eventually(lambda: ads_refused(kube), what="ADS refused with UNAVAILABLE")
+    # Envoy keeps its last config: both endpoints, and traffic still flows.
+    assert await endpoints_of(kube) == {kube.ip(2), kube.ip(3)}
+    assert set(await pods_answering(kube, 10)) == {"web-1", "web-2"}
+    assert not await kube.mesh.meshd.ready()
+    lists = fake.count(verb="list", since=outage)
+    assert lists <= 3 * 15, f"{lists} lists during the outage: backoff, not a hot loop"
+    fake.clear_faults()
+    await eventually(kube.mesh.meshd.ready, timeout=30, what="meshd ready once lists work")
+    await eventually(lambda: _converged(kube), timeout=60, what="Envoy to converge on the change")
+    assert await pods_answering(kube, 10) == Counter({"web-1": 10})
+
+
+async def _converged(kube: Kube) -> bool:
+    return await endpoints_of(kube) == {kube.ip(2)}
+
+
+async def test_crd_installed_later_is_picked_up(kube: Kube) -> None:
+    fake = kube.need_fake()
+    await baseline(kube)
+    fake.remove_crd("networking.istio.io", "DestinationRule")
+
+    async def absent() -> bool:
+        return bool((await informers(kube))["DestinationRule"]["absent"])
+
+    await eventually(absent, timeout=20, what="DestinationRule CRD seen absent")
+    assert await ads_ready(kube)
+    fake.install_crd("networking.istio.io", "DestinationRule", ["v1beta1"], plural="destinationrules")
+    fake.apply(
+        {
+            "apiVersion": "networking.istio.io/v1beta1",
+            "kind": "DestinationRule",
+            "metadata": {"name": "web", "namespace": NS},
+            "spec": {"host": "web", "subsets": [{"name": "v1", "labels": {"version": "v1"}}]},
+        }
+    )
+    subset = f"outbound|9080|v1|web.{NS}.svc.cluster.local"
+    await holds_endpoints(kube, {kube.ip(2)}, cluster=subset)
+    assert (await informers(kube))["DestinationRule"]["apiVersion"] == "networking.istio.io/v1beta1"
+
+
+async def ads_ready(kube: Kube) -> bool:
+    """/ready stays 200 while a CRD is absent: an absent kind counts as synced."""
+    return await kube.mesh.meshd.ready()
+
+
+async def test_no_hot_loop_while_idle(kube: Kube) -> None:
+    """Over an idle second, meshd makes no list request and keeps one watch per kind."""
+    fake = kube.need_fake()
+    await baseline(kube)
+    present = [k for k, v in (await informers(kube)).items() if not v["absent"]]
+
+    async def one_each() -> bool:
+        return all(fake.open_watches(k) == 1 for k in present)
+
+    await eventually(one_each, what="one watch per kind")
+    since = time.time()
+    await asyncio.sleep(1.0)  # measuring an interval, not waiting for a condition
+    assert fake.count(verb="list", since=since) == 0
+    assert fake.count(verb="watch", since=since) == 0

@@ -1,0 +1,165 @@
+"""KubeSource, pure (handlers called directly): one store origin per object (a change touches one
+key), invalid objects reported and the last valid version kept, discoverySelectors (namespace
+relabelled in/out), Node topology labels on Pods, ignored kinds never stored."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from meshd.api.kube import Pod
+from meshd.api.meta import ResourceKey
+from meshd.kube.source import KubeSource
+from meshd.model.services import locality_from_labels
+from meshd.model.store import ConfigStore
+
+Obj = dict[str, Any]
+LOG = logging.getLogger("meshd.test.kube.source")
+
+
+def obj(kind: str, name: str, namespace: str = "default", **fields: Any) -> Obj:
+    api = {"VirtualService": "networking.istio.io/v1", "Gateway": "networking.istio.io/v1"}.get(kind, "v1")
+    meta = {"name": name, "uid": f"uid-{name}", "resourceVersion": "1", **fields.pop("meta", {})}
+    if namespace:
+        meta["namespace"] = namespace
+    return {"apiVersion": api, "kind": kind, "metadata": meta, **fields}
+
+
+def svc(name: str, namespace: str = "default", port: int = 80) -> Obj:
+    return obj("Service", name, namespace, spec={"ports": [{"name": "http", "port": port}]})
+
+
+def ns(name: str, **labels: str) -> Obj:
+    return obj("Namespace", name, "", meta={"labels": labels})
+
+
+def mesh(text: str) -> Obj:
+    return obj("ConfigMap", "istio", "istio-system", data={"mesh": text})
+
+
+class Fixture:
+    def __init__(self) -> None:
+        self.store = ConfigStore()
+        self.source = KubeSource(store=self.store, namespace="istio-system", log=LOG)
+        self.notified = 0
+        self.store.subscribe(self._count)
+
+    def _count(self) -> None:
+        self.notified += 1
+
+    def add(self, item: Obj) -> None:
+        self.source.handler(item["kind"])("ADDED", None, item)
+
+    def modify(self, old: Obj, new: Obj) -> None:
+        self.source.handler(new["kind"])("MODIFIED", old, new)
+
+    def delete(self, item: Obj) -> None:
+        self.source.handler(item["kind"])("DELETED", item, None)
+
+    def stored(self) -> set[ResourceKey]:
+        return {r.key for _, r in self.store.resources()}
+
+
+@pytest.fixture
+def f() -> Fixture:
+    return Fixture()
+
+
+def test_one_origin_per_object_and_changes_touch_one_key(f: Fixture) -> None:
+    for name in ("a", "b", "c"):
+        f.add(svc(name))
+    f.store.drain_changes()
+    changed = svc("b", port=81)
+    f.modify(svc("b"), changed)
+    assert list(f.store.drain_changes()) == [ResourceKey("Service", "default", "b")]
+    f.delete(changed)
+    assert f.store.drain_changes() == {ResourceKey("Service", "default", "b"): None}
+    assert f.stored() == {ResourceKey("Service", "default", "a"), ResourceKey("Service", "default", "c")}
+    before = f.notified
+    f.modify(svc("a"), svc("a"))  # same content: no notification, no push
+    assert f.notified == before
+
+
+def test_invalid_object_is_reported_and_its_last_valid_version_kept(f: Fixture) -> None:
+    good = svc("web")
+    f.add(good)
+    bad = obj("Service", "web", spec={"ports": [{"name": "http", "port": 70000}]})
+    f.modify(good, bad)
+    [err] = f.store.errors()
+    assert str(err.key) == "Service default/web" and err.field == "spec.ports[0].port"
+    assert err.origin == "kube:Service/default/web"
+    assert f.store.resources()[0][1].spec.ports[0].port == 80  # type: ignore[attr-defined]
+    f.modify(bad, svc("web", port=90))
+    assert f.store.errors() == []
+    new_vs = obj("VirtualService", "broken", spec={"hosts": ["web"], "http": [{"timeout": "ten"}]})
+    f.add(new_vs)
+    assert [str(e.key) for e in f.store.errors()] == ["VirtualService default/broken"]
+    assert ResourceKey("VirtualService", "default", "broken") not in f.stored()
+
+
+def test_kinds_meshd_ignores_are_not_stored(f: Fixture) -> None:
+    f.add(obj("Gateway", "gw", spec={}))
+    f.add(obj("ConfigMap", "other", "istio-system", data={"mesh": "discoverySelectors: [{matchLabels: {a: b}}]"}))
+    f.add(ns("default"))
+    f.add(obj("Node", "n1", ""))
+    assert f.stored() == set()
+    assert f.source.mesh.discovery_selectors == ()  # only the `istio` ConfigMap is mesh config
+
+
+def test_discovery_selectors_filter_namespaces_and_follow_relabelling(f: Fixture) -> None:
+    f.add(ns("default"))
+    f.add(ns("team", mesh="on"))
+    f.add(svc("a", "default"))
+    f.add(svc("b", "team"))
+    assert len(f.stored()) == 2
+    f.add(mesh("discoverySelectors:\n- matchLabels: {mesh: 'on'}\n"))
+    assert f.stored() == {ResourceKey("Service", "team", "b")}
+    f.modify(ns("default"), ns("default", mesh="on"))  # relabelled in: its objects come back
+    assert f.stored() == {ResourceKey("Service", "team", "b"), ResourceKey("Service", "default", "a")}
+    f.modify(ns("team", mesh="on"), ns("team"))  # relabelled out: its objects leave
+    assert f.stored() == {ResourceKey("Service", "default", "a")}
+    f.add(svc("c", "team"))  # new objects in a non-selected namespace are ignored
+    assert ResourceKey("Service", "team", "c") not in f.stored()
+    f.modify(mesh("discoverySelectors:\n- matchLabels: {mesh: 'on'}\n"), mesh("{}"))  # selectors gone: everything
+    assert len(f.stored()) == 3
+
+
+def test_invalid_mesh_config_is_reported_and_the_previous_one_kept(f: Fixture) -> None:
+    f.add(mesh("discoverySelectors:\n- matchExpressions: [{key: a, operator: In}]\n"))
+    [err] = f.store.errors()
+    assert str(err.key) == "ConfigMap istio-system/istio" and "values" in err.message
+    f.add(mesh("trustDomain: example.org\nrootNamespace: mesh-root\ndefaultConfig: {discoveryAddress: 'meshd:15012'}"))
+    assert f.store.errors() == []
+    assert (f.source.mesh.trust_domain, f.source.mesh.root_namespace) == ("example.org", "mesh-root")
+    assert f.source.mesh.discovery_address == "meshd:15012"
+
+
+def pod(name: str, node: str, **labels: str) -> Obj:
+    return obj("Pod", name, meta={"labels": labels}, spec={"nodeName": node}, status={"podIP": "10.0.0.1"})
+
+
+def node(name: str, **labels: str) -> Obj:
+    return obj("Node", name, "", meta={"labels": labels})
+
+
+def test_pods_get_their_node_topology_for_locality(f: Fixture) -> None:
+    zone = {"topology.kubernetes.io/region": "eu", "topology.kubernetes.io/zone": "eu-1"}
+    f.add(node("n1", **zone))
+    f.add(pod("p", "n1", app="web"))
+    [(_, stored)] = f.store.resources()
+    assert isinstance(stored, Pod) and locality_from_labels(stored.metadata.labels) == "eu/eu-1"
+    f.modify(node("n1", **zone), node("n1", **{**zone, "topology.istio.io/subzone": "rack9"}))
+    [(_, stored)] = f.store.resources()
+    assert locality_from_labels(stored.metadata.labels) == "eu/eu-1/rack9"
+    f.add(pod("own", "n1", **{"topology.kubernetes.io/zone": "mine"}))  # a pod's own label wins
+    own = next(r for _, r in f.store.resources() if r.metadata.name == "own")
+    assert own.metadata.labels["topology.kubernetes.io/zone"] == "mine"
+
+
+def test_mark_synced_loads_the_store(f: Fixture) -> None:
+    f.add(svc("a"))
+    assert not f.store.loaded
+    f.source.mark_synced()
+    assert f.store.loaded
