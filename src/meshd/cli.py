@@ -34,6 +34,7 @@ def _serve(args: argparse.Namespace) -> int:
         send_timeout_s=args.send_timeout,
         max_concurrent_pushes=args.max_concurrent_pushes,
         enable_test_hooks=args.enable_test_hooks,
+        enable_auto_mtls=not args.disable_auto_mtls,
         kubeconfig=pathlib.Path(args.kubeconfig) if args.kubeconfig else None,
         namespace=args.namespace,
         kube_watch_timeout_s=args.kube_watch_timeout,
@@ -95,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--max-concurrent-pushes", type=int, default=defaults.max_concurrent_pushes)
     serve.add_argument("--enable-test-hooks", action="store_true", help=argparse.SUPPRESS)
+    serve.add_argument(
+        "--disable-auto-mtls", action="store_true", help="no automatic mTLS toward sidecars (Istio's enableAutoMtls)"
+    )
     serve.add_argument("--kubeconfig", help="read the cluster with this kubeconfig (no --config-dir: in-cluster)")
     serve.add_argument("--namespace", default=defaults.namespace, help="meshd's namespace (mesh ConfigMap `istio`)")
     serve.add_argument("--kube-watch-timeout", type=float, default=defaults.kube_watch_timeout_s)

@@ -64,6 +64,7 @@ class Settings(BaseModel):
     # Standalone CA store: ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem (+ cacerts/ plugged-in)
     ca_dir: pathlib.Path = pathlib.Path(".meshd/ca")
     ca_token_file: pathlib.Path | None = None  # standalone: token -> {namespace, serviceAccount}
+    # SPIFFE identities are spiffe://<trust_domain>/ns/<ns>/sa/<sa> (issued certificates, mTLS SAN checks)
     trust_domain: str = "cluster.local"
     cluster_id: str = "Kubernetes"  # a CSR's ClusterID header naming another cluster is refused
     secure_host: str = "0.0.0.0"
@@ -72,6 +73,8 @@ class Settings(BaseModel):
     secure_sans: tuple[str, ...] = ("localhost", "127.0.0.1")
     ca_default_ttl_s: int = Field(default=24 * 3600, gt=0)
     ca_max_ttl_s: int = Field(default=90 * 24 * 3600, gt=0)
+    # auto mTLS (Istio's enableAutoMtls): client sidecars use mTLS toward workloads that have a sidecar
+    enable_auto_mtls: bool = True
 
 
 class AgentSettings(BaseModel):

@@ -1,4 +1,5 @@
-"""`meshd demo` end to end: meshd, six sidecars, traffic, and every canary shift observed."""
+"""`meshd demo` end to end: meshd, six agent-run sidecars talking mTLS, traffic, every canary shift observed,
+and the peer identity of each hop."""
 
 from __future__ import annotations
 
@@ -31,5 +32,11 @@ async def test_demo_shifts_traffic() -> None:
     out = io.StringIO()
     code = await run_demo(duration_s=3.0, delta=False, out=out)
     assert code == 0, out.getvalue()
-    assert "traffic flowed and every shift was observed" in out.getvalue()
+    text = out.getvalue()
+    assert "traffic flowed and every shift was observed" in text
+    # every hop is mTLS: each app saw its caller's SPIFFE identity, issued by meshd's CA through `meshd agent`
+    assert "each run by `meshd agent` with a certificate from meshd's CA" in text
+    for caller, callee in (("loadgen", "frontend"), ("frontend", "catalog"), ("catalog", "backend")):
+        assert f"{caller} -> {callee}: spiffe://cluster.local/ns/default/sa/{caller}\n" in text, text
+    assert "plaintext (no peer certificate)" not in text, text
     assert set(_children()) <= before, "the demo left a child process behind"

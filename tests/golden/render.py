@@ -4,6 +4,8 @@ and an Envoy bootstrap that loads the same resources statically for `envoy --mod
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 import pathlib
 from typing import Any
 
@@ -20,10 +22,14 @@ TYPES = {"clusters": CLUSTER, "endpoints": ENDPOINT, "listeners": LISTENER, "rou
 # Written only for cases whose proxies are served any (SDS secrets for DestinationRule credentialName).
 OPTIONAL_TYPES = {"secrets": SECRET}
 DEFAULT_PROXY = "sidecar~127.0.0.99~client.default~default.svc.cluster.local"
+# A case whose text holds this line renders its proxies as run by the node agent (with SDS: mTLS).
+SDS_MARKER = "# proxies: sds"
+SDS_CLUSTER = "sds-grpc"
 
 
 def load_case(path: pathlib.Path) -> tuple[World, list[str], list[str]]:
-    result = parse_file(path.read_text(), origin=path.name, previous={})
+    text = path.read_text()
+    result = parse_file(text, origin=path.name, previous={})
     world = build_world(result.resources.values(), domain_suffix="cluster.local")
     pods = sorted(
         (r for r in result.resources.values() if isinstance(r, Pod) and r.status.pod_ip),
@@ -46,8 +52,9 @@ def render(path: pathlib.Path) -> dict[str, Any]:
     generator = ConfigGenerator(world, inbound_port=15006, sidecar_endpoint_port=15006)
     generator.precompute()
     out: dict[str, Any] = {kind: {} for kind in (*TYPES, *OPTIONAL_TYPES)}
+    sds = SDS_MARKER in path.read_text().splitlines()
     for node_id in proxies:
-        proxy = parse_node_id(node_id)
+        proxy = dataclasses.replace(parse_node_id(node_id), sds=sds)
         snapshot = generator.snapshot(proxy)
         for kind, type_url in (TYPES | OPTIONAL_TYPES).items():
             out[kind][f"{proxy.pod}.{proxy.namespace}"] = [_to_dict(r) for r in snapshot.select(type_url, None)]
@@ -64,10 +71,14 @@ def _inline_secrets(cluster: dict[str, Any], secrets: dict[str, dict[str, Any]],
     common = cluster.get("transportSocket", {}).get("typedConfig", {}).get("commonTlsContext")
     if common is None:
         return
+    if any(_from_agent(s) for s in common.get("tlsCertificateSdsSecretConfigs", [])):
+        return  # the node agent's secrets: left to the bootstrap's sds-grpc cluster
     for sds in common.pop("tlsCertificateSdsSecretConfigs", []):
         common.setdefault("tlsCertificates", []).append(secrets[sds["name"]]["tlsCertificate"])
     combined = common.pop("combinedValidationContext", None)
-    if combined is not None:
+    if combined is not None and _from_agent(combined["validationContextSdsSecretConfig"]):
+        common["combinedValidationContext"] = combined
+    elif combined is not None:
         served = secrets[combined["validationContextSdsSecretConfig"]["name"]]["validationContext"]
         common["validationContext"] = {**combined["defaultValidationContext"], **served}
     for certificate in common.get("tlsCertificates", []):
@@ -77,6 +88,29 @@ def _inline_secrets(cluster: dict[str, Any], secrets: dict[str, dict[str, Any]],
     for part in common.get("validationContext", {}).values():
         if isinstance(part, dict) and "filename" in part:
             part["filename"] = files.get(part["filename"], part["filename"])
+
+
+def _from_agent(sds: dict[str, Any]) -> bool:
+    return "apiConfigSource" in sds.get("sdsConfig", {})
+
+
+def _sds_cluster(path: str) -> dict[str, Any]:
+    """The agent's SDS server as Istio's bootstrap declares it (validate mode never connects)."""
+    return {
+        "name": SDS_CLUSTER,
+        "type": "STATIC",
+        "connectTimeout": "1s",
+        "typedExtensionProtocolOptions": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicitHttpConfig": {"http2ProtocolOptions": {}},
+            }
+        },
+        "loadAssignment": {
+            "clusterName": SDS_CLUSTER,
+            "endpoints": [{"lbEndpoints": [{"endpoint": {"address": {"pipe": {"path": path}}}}]}],
+        },
+    }
 
 
 def validation_bootstrap(
@@ -110,6 +144,8 @@ def validation_bootstrap(
                     route.pop("@type", None)
                     config["routeConfig"] = route
         listeners.append(listener)
+    if SDS_CLUSTER in json.dumps([clusters, listeners]):
+        clusters.append(_sds_cluster("/var/run/secrets/workload-spiffe-uds/socket"))
     return {
         "node": {"id": DEFAULT_PROXY, "cluster": "validate"},
         "admin": {"address": {"socketAddress": {"address": "127.0.0.1", "portValue": 0}}},

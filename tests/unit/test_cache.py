@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Any
 
 import pytest
 
-from meshd.api.meta import Resource
+from meshd.api.meta import Resource, ResourceKey
 from meshd.api.parse import parse_resource
 from meshd.model.state import WorldState
 from meshd.translate.proxy import Proxy, parse_node_id
 from meshd.xds.cache import ConfigGenerator
 from meshd.xds.hub import Hub
-from meshd.xds.resource import CLUSTER, ENDPOINT, ROUTE, SECRET
+from meshd.xds.resource import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 from meshd.xds.stream import SotwStream
 from tests.certs import Authority
 
@@ -103,8 +104,8 @@ class Mesh:
             docs += _docs(ns, "s1", ["10.0.0.1"], weight=80) + _docs(ns, "s2", ["10.0.0.2"])
         self.apply(_resources(docs))
 
-    def apply(self, resources: list[Resource]) -> ConfigGenerator:
-        self.state.apply({r.key: r for r in resources})
+    def apply(self, resources: list[Resource], *, deleted: tuple[ResourceKey, ...] = ()) -> ConfigGenerator:
+        self.state.apply({**{r.key: r for r in resources}, **dict.fromkeys(deleted)})
         self.generator = ConfigGenerator(
             self.state.world(), inbound_port=15006, sidecar_endpoint_port=None, previous=self.generator
         )
@@ -237,6 +238,30 @@ def _routing_vs(rng: random.Random, ns: str) -> dict[str, Any]:
             "metadata": {"name": kind, "namespace": ns}, "spec": spec}  # fmt: skip
 
 
+_MODES = ["STRICT", "PERMISSIVE", "DISABLE", "UNSET"]
+
+
+def _peer_authentication(rng: random.Random, ns: str) -> dict[str, Any]:
+    """A PeerAuthentication at mesh, namespace or workload level (with port-level modes)."""
+    level = rng.choice(["mesh", "namespace", "workload"])
+    spec: dict[str, Any] = {"mtls": {"mode": rng.choice(_MODES)}}
+    if level == "workload":
+        spec["selector"] = {"matchLabels": {"app": rng.choice(["wide", "narrow"])}}
+        if rng.random() < 0.6:
+            spec["portLevelMtls"] = {9080: {"mode": rng.choice(_MODES)}}
+    return {"apiVersion": "security.istio.io/v1beta1", "kind": "PeerAuthentication",
+            "metadata": {"name": level, "namespace": "istio-system" if level == "mesh" else ns},
+            "spec": spec}  # fmt: skip
+
+
+def _mtls_seen(snapshot: object) -> tuple[int, int]:
+    """(outbound clusters with Istio mTLS, inbound listeners with an mTLS chain) in a snapshot."""
+    by_type = _content(snapshot)
+    clusters = sum(b"sds-grpc" in body for body in by_type.get(CLUSTER, {}).values())
+    listeners = sum(b"sds-grpc" in body for name, body in by_type.get(LISTENER, {}).items() if name == "virtualInbound")
+    return clusters, listeners
+
+
 def _content(snapshot: object) -> dict[str, dict[str, bytes]]:
     return {t: {n: r.body for n, r in by_name.items()} for t, by_name in snapshot.resources.items()}  # type: ignore[attr-defined]
 
@@ -250,15 +275,31 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     hub = Hub()
     assert mesh.generator is not None
     hub.publish(mesh.generator, changed_at=0.0)
-    proxies = [_proxy(ns, n) for ns in ("a", "b") for n in (1, 2)]
+    # proxy 2 of each namespace runs under an agent with SDS: it gets Istio mTLS
+    proxies = [dataclasses.replace(_proxy(ns, n), sds=n == 2) for ns in ("a", "b") for n in (1, 2)]
     conns = [hub.connect(proxy=p, stream=SotwStream(nonce_prefix=str(i)), now=0.0) for i, p in enumerate(proxies)]
     wide: set[str] = set()
     served_secrets = 0
+    mtls_seen = [0, 0]
+    policies: set[ResourceKey] = set()
     for step in range(80):
         ns, name = rng.choice(["a", "b"]), rng.choice(["s1", "s2"])
         choice = rng.random()
+        deleted: tuple[ResourceKey, ...] = ()
+        if rng.random() < 0.15:
+            # PeerAuthentication: a new mode at some level, or a policy removed
+            choice = 2.0
+            if policies and rng.random() < 0.3:
+                deleted = (rng.choice(sorted(policies)),)
+                policies.discard(deleted[0])
+                docs = []
+            else:
+                docs = [_peer_authentication(rng, ns)]
+                policies.add(parse_resource(docs[0]).key)
         if choice < 0.3:
             ips = [f"10.0.{step}.{k}" for k in range(rng.randint(1, 3))] + rng.sample(["10.0.0.1", "10.0.0.2"], 1)
+            # proxies' own addresses back services too: their inbound side follows PeerAuthentication
+            ips += rng.sample([p.ip for p in proxies if p.namespace == ns], 1)
             docs = _docs(ns, name, ips)[1:2]
         elif choice < 0.4:
             # Place an endpoint's workload in a locality (or move it): its assignments change.
@@ -296,8 +337,12 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
             if policy is not None:
                 rule["spec"]["trafficPolicy"] = dict(policy)
             if rng.random() < 0.5:
-                mode = rng.choice(["MUTUAL", "SIMPLE"])
-                tls = {"mode": mode, "credentialName": rng.choice(["c1", "c2"])}
+                mode = rng.choice(["MUTUAL", "SIMPLE", "ISTIO_MUTUAL"])
+                tls = (
+                    {"mode": mode, "credentialName": rng.choice(["c1", "c2"])}
+                    if mode != "ISTIO_MUTUAL"
+                    else {"mode": mode}
+                )
                 rule["spec"]["trafficPolicy"] = {**rule["spec"].get("trafficPolicy", {}), "tls": tls}
             docs = [rule]
         elif choice < 0.85:
@@ -305,18 +350,25 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
             docs = [_secret(ns, rng.choice(["c1", "c2"]), rng.randint(0, 1))]
         elif choice < 0.92:
             docs = [_routing_vs(rng, ns)]
+        elif choice > 1:
+            pass  # the PeerAuthentication change above
         else:
             sidecar = _sidecar(ns)
             sidecar["spec"]["egress"][0]["hosts"] = [rng.choice(["./*", "*/*"])]
             docs = [sidecar]
-        generator = mesh.apply(_resources(docs))
+        generator = mesh.apply(_resources(docs), deleted=deleted)
         hub.publish(generator, changed_at=float(step))
         fresh = ConfigGenerator(generator.world, inbound_port=15006, sidecar_endpoint_port=None)
         for conn in conns:
             assert conn.snapshot is not None
             assert _content(conn.snapshot) == _content(fresh.snapshot(conn.proxy)), (step, conn.proxy.node_id)
             served_secrets += len(conn.snapshot.resources.get(SECRET, {}))
+            clusters, listeners = _mtls_seen(conn.snapshot)
+            assert not (clusters or listeners) or conn.proxy.sds  # never to a proxy without SDS
+            mtls_seen[0] += clusters
+            mtls_seen[1] += listeners
     assert served_secrets  # the random changes did reach the SDS layer
+    assert all(mtls_seen)  # and mTLS reached the clusters and inbound listeners of SDS proxies
 
 
 def test_virtual_service_errors_are_carried_across_pushes_and_follow_their_rule() -> None:

@@ -27,6 +27,7 @@ from meshd.agent.status import build_status_app
 from meshd.agent.supervisor import EnvoySupervisor, RestartPolicy
 from meshd.clock import Clock, SystemClock
 from meshd.settings import AgentSettings
+from meshd.translate.proxy import SDS_METADATA
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -50,9 +51,14 @@ def socket_path(settings: AgentSettings) -> pathlib.Path:
     return settings.workdir.resolve() / settings.sds_socket
 
 
-def agent_bootstrap(settings: AgentSettings) -> dict[str, Any]:
-    """The Envoy bootstrap `meshd agent` writes for these settings."""
+def agent_bootstrap(settings: AgentSettings, *, certificates: bool | None = None) -> dict[str, Any]:
+    """The Envoy bootstrap `meshd agent` writes for these settings. `certificates`: the agent serves a
+    workload certificate (default: when the settings name a CA); node metadata `SDS: "true"` then
+    tells meshd this sidecar can do Istio mTLS."""
     s = settings
+    if certificates is None:
+        certificates = settings.token_file is not None or settings.root_cert is not None  # as default_source
+    metadata = {**node_metadata(s), **({SDS_METADATA: "true"} if certificates else {})}
     host, port = split_address(s.xds_address)
     return build_bootstrap(
         node_id=node_id(s),
@@ -62,7 +68,7 @@ def agent_bootstrap(settings: AgentSettings) -> dict[str, Any]:
         admin_host=s.ip,
         admin_port=s.admin_port,
         delta=s.delta,
-        extra_metadata=node_metadata(s),
+        extra_metadata=metadata,
         sds_socket=str(socket_path(s)),
         xds_server_name=None if s.xds_plaintext else s.xds_server_name,
         sds_delta=s.sds_delta,
@@ -103,7 +109,7 @@ class _Agent:
         )
 
     def bootstrap(self) -> dict[str, Any]:
-        return agent_bootstrap(self.settings)
+        return agent_bootstrap(self.settings, certificates=self.rotator is not None)
 
     def _make_envoy(self) -> EnvoyProcess:
         s = self.settings

@@ -11,6 +11,7 @@ from meshd.api.destinationrule import DestinationRule
 from meshd.api.kube import EndpointSlice, Pod, Secret, Service
 from meshd.api.meta import InvalidResource, Resource, ResourceKey, field_path
 from meshd.api.networking import NETWORKING_VERSIONS, ServiceEntry, Sidecar, WorkloadEntry
+from meshd.api.security import SECURITY_VERSIONS, PeerAuthentication
 from meshd.api.virtualservice import VirtualService
 
 # kind -> (model, accepted apiVersions)
@@ -24,6 +25,7 @@ KINDS: dict[str, tuple[type[Resource], tuple[str, ...]]] = {
     "ServiceEntry": (ServiceEntry, NETWORKING_VERSIONS),
     "WorkloadEntry": (WorkloadEntry, NETWORKING_VERSIONS),
     "Sidecar": (Sidecar, NETWORKING_VERSIONS),
+    "PeerAuthentication": (PeerAuthentication, SECURITY_VERSIONS),
 }
 
 

@@ -4,8 +4,11 @@ An app listens on `<ip>:<port>` and, if it has an upstream, calls it through its
 outbound listener (`http://<sidecar_host>:<sidecar_port>/`, `Host: <service>:<sidecar_port>`) and nests
 the upstream's answer:
 
-    {"service": "frontend", "version": "v1", "pod": "frontend", "request": {...},
-     "upstream": {"service": "catalog", "version": "v2", "pod": "catalog-v2", "upstream": {...}}}
+    {"service": "frontend", "version": "v1", "pod": "frontend", "peer": "spiffe://.../sa/loadgen",
+     "request": {...}, "upstream": {"service": "catalog", "version": "v2", "pod": "catalog-v2", ...}}
+
+`peer` is the caller's identity as mTLS proved it to this app's sidecar (x-forwarded-client-cert), or
+null when the call arrived in plaintext.
 
 A failed upstream call answers 502 with "error" (and "upstream_status"/"upstream" when there was a
 response). Query parameters for tests: `?status=503` answers that status without calling upstream;
@@ -26,6 +29,8 @@ from typing import Any, Self
 
 import aiohttp
 from aiohttp import web
+
+from meshd.demo.identity import XFCC_HEADER, peer_identity
 
 PROPAGATED_HEADERS = (
     "x-request-id",
@@ -171,6 +176,7 @@ def _handler(
             "service": identity.service,
             "version": identity.version,
             "pod": identity.pod,
+            "peer": peer_identity(request.headers.get(XFCC_HEADER)),
             "request": summary,
         }
         delay_ms = request.query.get("delay_ms")

@@ -24,6 +24,34 @@ class View:
     envoy_weights: str
     last_second: Tally
     this_phase: Tally
+    hops: tuple[str, ...] = ()  # the chain's apps, traffic source first: hops[i] called hops[i + 1]
+
+
+def short_identity(identity: str | None) -> str:
+    """`spiffe://<td>/ns/<ns>/sa/<sa>` as `<ns>/<sa>` for the table; plaintext as such."""
+    if identity is None:
+        return "plaintext (no peer certificate)"
+    _, _, path = identity.partition("/ns/")
+    namespace, _, account = path.partition("/sa/")
+    return f"{namespace}/{account}" if namespace and account else identity
+
+
+def peer_hops(*, view: View) -> list[tuple[str, str | None]]:
+    """Per hop ("caller -> callee"), the caller identity the callee's app saw over mTLS (the most
+    common combination in this phase)."""
+    if not view.this_phase.peers or len(view.hops) < 2:
+        return []
+    peers, _ = view.this_phase.peers.most_common(1)[0]
+    return [(f"{view.hops[i]} -> {view.hops[i + 1]}", peer) for i, peer in enumerate(peers[: len(view.hops) - 1])]
+
+
+def peer_lines(*, view: View) -> list[str]:
+    hops = peer_hops(view=view)
+    if not hops:
+        return []
+    lines = ["  peer identity (mTLS, from x-forwarded-client-cert seen by the callee):"]
+    lines += [f"    {hop:22} {short_identity(peer):20} {peer or ''}" for hop, peer in hops]
+    return lines
 
 
 def _bar(share: float) -> str:
@@ -46,7 +74,7 @@ def render_table(*, view: View) -> list[str]:
             f"{phase.by_version[version]:6d} {phase.share(version):7.1%}   {_bar(phase.share(version))}"
         )
     lines.append(f"  {'errors':8} {view.last_second.failed:6d} {'':7}   {view.this_phase.failed:6d}")
-    return lines
+    return lines + peer_lines(view=view)
 
 
 def render_line(*, view: View) -> str:
@@ -60,6 +88,7 @@ def render_line(*, view: View) -> str:
         f" | last 1s: {shares(view.last_second)} err {view.last_second.failed}"
         f" | phase n={view.this_phase.total}: {shares(view.this_phase)} err {view.this_phase.failed}"
         f" | weights file {view.file_weights}; sidecar {view.envoy_weights}"
+        + "".join(f" | {hop}: {short_identity(peer)}" for hop, peer in peer_hops(view=view))
     )
 
 

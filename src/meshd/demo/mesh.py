@@ -21,6 +21,7 @@ SERVICE_PORT = 9080
 APP_PORT = 8080
 ADMIN_PORT = 15000
 INBOUND_PORT = 15006
+STATUS_PORT = 15021  # the agent's /healthz/ready
 CALLS = {"frontend": "catalog", "catalog": "backend"}
 TRAFFIC_SOURCE = "loadgen"
 ENTRY_SERVICE = "frontend"
@@ -40,6 +41,7 @@ class Workload:
     version: str
     ip: str
     domain: str = "cluster.local"
+    service_account: str = "default"
 
     @property
     def node_id(self) -> str:
@@ -88,6 +90,7 @@ def load_workloads(*, directory: pathlib.Path) -> list[Workload]:
                 app=labels.get("app", metadata["name"]),
                 version=labels.get("version", "v1"),
                 ip=ip,
+                service_account=(document.get("spec") or {}).get("serviceAccountName") or "default",
             )
         )
     workloads.sort(key=lambda workload: tuple(int(part) for part in workload.ip.split(".")))
@@ -96,6 +99,14 @@ def load_workloads(*, directory: pathlib.Path) -> list[Workload]:
     if missing:
         raise MeshError(f"{directory}: no pod with a sidecar for app(s) {sorted(missing)}")
     return workloads
+
+
+def call_chain() -> tuple[str, ...]:
+    """The apps a request goes through, the traffic source first."""
+    chain = [TRAFFIC_SOURCE, ENTRY_SERVICE]
+    while chain[-1] in CALLS and len(chain) <= len(CALLS) + 1:
+        chain.append(CALLS[chain[-1]])
+    return tuple(chain)
 
 
 def canary_versions(*, workloads: list[Workload]) -> list[str]:

@@ -10,11 +10,17 @@ import asyncio
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
-from meshd.agent.envoy import EnvoyError, EnvoyProcess
+from meshd.agent.envoy import EnvoyError
+
+
+class Admin(Protocol):
+    """Anything that reads an Envoy admin path (an EnvoyProcess, an agent-run sidecar)."""
+
+    async def admin_get(self, path: str) -> str: ...
 
 
 def _route_configs(node: Any) -> Iterator[dict[str, Any]]:
@@ -73,7 +79,7 @@ def route_weights(*, config_dump: Any, service: str) -> dict[str, int] | None:
 class WeightsWatcher:
     """Polls one sidecar's config_dump and records every change of a service's route weights."""
 
-    envoy: EnvoyProcess
+    envoy: Admin
     service: str
     clock: Callable[[], float]
     interval_s: float = 0.2

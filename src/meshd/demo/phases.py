@@ -7,6 +7,7 @@ its config_dump), so the measurement is not blurred by the propagation delay it 
 from __future__ import annotations
 
 import asyncio
+import collections
 import math
 import pathlib
 from dataclasses import dataclass
@@ -103,6 +104,7 @@ async def run_phase(
                 envoy_weights=format_weights(weights=watcher.current, versions=versions),
                 last_second=tally(samples=generator.samples, since=now - 1.0, until=now),
                 this_phase=tally(samples=generator.samples, since=started_at, until=now),
+                hops=mesh.call_chain(),
             )
         )
     ended_at = loop.time()
@@ -150,6 +152,13 @@ def summarize(*, out: TextIO, results: list[PhaseResult], startup: str, versions
         )
         for error, count in result.everything.errors.most_common(3):
             out.write(f"      {count} x {error}\n")
+    peers = sum((result.everything.peers for result in results), start=collections.Counter())
+    if peers:
+        chain = mesh.call_chain()
+        seen, count = peers.most_common(1)[0]
+        out.write(f"  peer identities seen by the apps ({count} of {sum(peers.values())} requests):\n")
+        for i, peer in enumerate(seen[: len(chain) - 1]):
+            out.write(f"      {chain[i]} -> {chain[i + 1]}: {peer or 'plaintext (no peer certificate)'}\n")
     error_rate = errors / requests if requests else 1.0
     ok = requests > 0 and error_rate <= MAX_ERROR_RATE and all(result.matched for result in results)
     outcome = "traffic flowed and every shift was observed" if ok else "FAILED"

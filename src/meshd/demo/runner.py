@@ -1,5 +1,8 @@
 """`meshd demo`: meshd standalone on examples/bookinfo, an Envoy sidecar per pod, live traffic, canary shifts.
 
+Each sidecar is run by `meshd agent` with a certificate from meshd's CA, so the sidecars talk mTLS and
+the table shows the identity each app saw its caller present.
+
 Phases: the VirtualService as shipped (90% v1 / 10% v2), then the file is rewritten to 50/50, then to
 100% v3. Each phase checks that the traffic measured after the frontend sidecar got the new weights
 matches them. Every child process (meshd, Envoys) is stopped on exit, error or Ctrl-C.
@@ -20,8 +23,6 @@ from typing import Any, TextIO
 
 import aiohttp
 
-from meshd.agent.bootstrap import build_bootstrap
-from meshd.agent.envoy import EnvoyError, EnvoyProcess
 from meshd.agent.process import spawn, tail, terminate
 from meshd.demo import mesh
 from meshd.demo.apps import Upstream, start_app
@@ -29,6 +30,7 @@ from meshd.demo.display import LiveDisplay
 from meshd.demo.mesh import MeshError, Workload, read_weights
 from meshd.demo.observe import WeightsWatcher
 from meshd.demo.phases import Phase, run_phase, summarize
+from meshd.demo.sidecars import AgentSidecar, SidecarError, start_agent, wait_ready, write_tokens
 from meshd.demo.traffic import LoadGenerator, tally
 
 RATE_PER_S = 50.0
@@ -49,6 +51,8 @@ class Meshd:
 
     xds_port: int
     http_url: str
+    secure_port: int  # the CA and xDS over mTLS
+    root_cert: pathlib.Path
 
 
 def _free_port() -> int:
@@ -60,7 +64,7 @@ def _free_port() -> int:
 
 def _check_addresses(*, workloads: list[Workload]) -> None:
     for workload in workloads:
-        for port in (mesh.APP_PORT, mesh.SERVICE_PORT, mesh.ADMIN_PORT, mesh.INBOUND_PORT):
+        for port in (mesh.APP_PORT, mesh.SERVICE_PORT, mesh.ADMIN_PORT, mesh.INBOUND_PORT, mesh.STATUS_PORT):
             with socket.socket() as probe:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
@@ -73,9 +77,11 @@ def _check_addresses(*, workloads: list[Workload]) -> None:
                     ) from err
 
 
-async def _start_meshd(*, stack: contextlib.AsyncExitStack, config_dir: pathlib.Path, work: pathlib.Path) -> Meshd:
+async def _start_meshd(
+    *, stack: contextlib.AsyncExitStack, config_dir: pathlib.Path, work: pathlib.Path, tokens: pathlib.Path
+) -> Meshd:
     """Spawn `meshd serve` on the config dir; returns its HTTP base URL once /ready answers 200."""
-    xds_port, http_port = _free_port(), _free_port()
+    xds_port, http_port, secure_port = _free_port(), _free_port(), _free_port()
     log_path = work / "meshd.log"
     argv = [
         sys.executable,
@@ -97,9 +103,11 @@ async def _start_meshd(*, stack: contextlib.AsyncExitStack, config_dir: pathlib.
         "--secure-host",
         "127.0.0.1",
         "--secure-port",
-        str(_free_port()),
+        str(secure_port),
         "--ca-dir",
         str(work / "ca"),
+        "--ca-token-file",
+        str(tokens),
     ]
     process = await spawn(argv=argv, log_path=log_path)
     stack.push_async_callback(terminate, process=process, timeout_s=5.0)
@@ -113,7 +121,8 @@ async def _start_meshd(*, stack: contextlib.AsyncExitStack, config_dir: pathlib.
             with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                 async with session.get(base + "/ready") as response:
                     if response.status == 200:
-                        return Meshd(xds_port=xds_port, http_url=base)
+                        root = work / "ca" / "root-cert.pem"
+                        return Meshd(xds_port=xds_port, http_url=base, secure_port=secure_port, root_cert=root)
             if loop.time() > deadline:
                 raise DemoError(f"meshd not ready after 30s; {log_path}:\n{tail(path=log_path)}")
             await asyncio.sleep(0.05)
@@ -140,35 +149,26 @@ async def _start_sidecars(
     *,
     stack: contextlib.AsyncExitStack,
     workloads: list[Workload],
-    xds_port: int,
+    meshd: Meshd,
+    tokens: dict[str, str],
     delta: bool,
     work: pathlib.Path,
-) -> dict[str, EnvoyProcess]:
-    sidecars: dict[str, EnvoyProcess] = {}
+) -> dict[str, AgentSidecar]:
+    sidecars: dict[str, AgentSidecar] = {}
     for workload in workloads:
-        bootstrap = build_bootstrap(
-            node_id=workload.node_id,
-            cluster=workload.cluster,
-            xds_host="127.0.0.1",
-            xds_port=xds_port,
-            admin_host=workload.ip,
-            admin_port=mesh.ADMIN_PORT,
+        sidecar = await start_agent(
+            workload=workload,
+            token=tokens[workload.pod],
+            secure_port=meshd.secure_port,
+            root_cert=meshd.root_cert,
             delta=delta,
+            work=work,
         )
-        envoy = EnvoyProcess(
-            bootstrap=bootstrap,
-            work_dir=work / "envoy",
-            name=workload.pod,
-            admin_host=workload.ip,
-            admin_port=mesh.ADMIN_PORT,
-            log_level="warning",
-        )
-        stack.push_async_callback(envoy.stop)
-        await envoy.start()
-        sidecars[workload.pod] = envoy
+        stack.push_async_callback(sidecar.stop)
+        sidecars[workload.pod] = sidecar
     try:
-        await asyncio.gather(*(envoy.wait_ready(30.0) for envoy in sidecars.values()))
-    except EnvoyError as err:
+        await asyncio.gather(*(wait_ready(sidecar) for sidecar in sidecars.values()))
+    except SidecarError as err:
         raise DemoError(str(err)) from err
     return sidecars
 
@@ -208,13 +208,19 @@ async def _demo(
 
     mode = "delta" if delta else "SotW"
     out.write(f"starting meshd on {config_dir} ({len(workloads)} workloads, {mode} xDS)\n")
-    meshd = await _start_meshd(stack=stack, config_dir=config_dir, work=work)
+    tokens = write_tokens(path=work / "tokens.yaml", workloads=workloads)
+    meshd = await _start_meshd(stack=stack, config_dir=config_dir, work=work, tokens=work / "tokens.yaml")
     out.write(
         f"meshd ready after {loop.time() - launched_at:.2f}s: xDS 127.0.0.1:{meshd.xds_port}, HTTP {meshd.http_url}\n"
     )
     await _start_apps(stack=stack, workloads=workloads)
-    sidecars = await _start_sidecars(stack=stack, workloads=workloads, xds_port=meshd.xds_port, delta=delta, work=work)
-    out.write(f"{len(sidecars)} sidecars LIVE after {loop.time() - launched_at:.2f}s\n")
+    sidecars = await _start_sidecars(
+        stack=stack, workloads=workloads, meshd=meshd, tokens=tokens, delta=delta, work=work
+    )
+    out.write(
+        f"{len(sidecars)} sidecars LIVE after {loop.time() - launched_at:.2f}s, each run by `meshd agent`"
+        f" with a certificate from meshd's CA (mTLS between sidecars)\n"
+    )
 
     by_app = {workload.app: workload for workload in workloads}
     source_ip = by_app[mesh.TRAFFIC_SOURCE].ip

@@ -23,6 +23,8 @@ class Sample:
     sent_at: float
     version: str | None
     error: str | None
+    # per hop of the chain (entry, canary, its upstream): the caller identity that app saw (None: plaintext)
+    peers: tuple[str | None, ...] = ()
 
 
 @dataclass
@@ -31,6 +33,7 @@ class Tally:
 
     by_version: collections.Counter[str] = field(default_factory=collections.Counter)
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
+    peers: collections.Counter[tuple[str | None, ...]] = field(default_factory=collections.Counter)
 
     @property
     def ok(self) -> int:
@@ -55,9 +58,24 @@ def tally(*, samples: Iterable[Sample], since: float, until: float = float("inf"
         if since <= sample.sent_at < until:
             if sample.version is not None:
                 result.by_version[sample.version] += 1
+                result.peers[sample.peers] += 1
             else:
                 result.errors[sample.error or "unknown"] += 1
     return result
+
+
+def hop_peers(*, text: str) -> tuple[str | None, ...]:
+    """The `peer` of each app along a successful chain's answer, entry first."""
+    try:
+        hop: Any = json.loads(text)
+    except ValueError:
+        return ()
+    peers: list[str | None] = []
+    while isinstance(hop, dict):
+        peer = hop.get("peer")
+        peers.append(peer if isinstance(peer, str) else None)
+        hop = hop.get("upstream")
+    return tuple(peers)
 
 
 def classify(*, status: int, text: str, canary_service: str) -> tuple[str | None, str | None]:
@@ -131,11 +149,12 @@ class LoadGenerator:
             async with session.get(self._url, headers={"Host": self._host_header}) as response:
                 status, text = response.status, await response.text()
             version, error = classify(status=status, text=text, canary_service=self._canary_service)
+            peers = hop_peers(text=text) if version is not None else ()
         except (aiohttp.ClientError, TimeoutError, OSError) as err:
-            version, error = None, f"{type(err).__name__}: {str(err)[:120]}"
+            version, error, peers = None, f"{type(err).__name__}: {str(err)[:120]}", ()
         finally:
             self._in_flight -= 1
-        self.samples.append(Sample(sent_at=sent_at, version=version, error=error))
+        self.samples.append(Sample(sent_at=sent_at, version=version, error=error, peers=peers))
         if version is not None and self.first_success_at is None:
             self.first_success_at = self._clock()
             self._first_success.set()

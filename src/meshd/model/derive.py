@@ -11,6 +11,7 @@ from meshd.api.destinationrule import DestinationRule
 from meshd.api.kube import EndpointConditions, EndpointSlice, Pod, Service
 from meshd.api.meta import InvalidResource, Resource
 from meshd.api.networking import ServiceEntry, Sidecar, WorkloadEntry
+from meshd.api.security import PeerAuthentication
 from meshd.api.virtualservice import VirtualService
 from meshd.model.services import Endpoint, MeshService, ServicePort, Workload, locality_from_labels, protocol_of
 
@@ -207,6 +208,7 @@ def service_entries(
                 addresses=tuple(se.spec.addresses),
                 creation=se.metadata.creation_timestamp,
                 export_to=tuple(se.spec.export_to),
+                mesh_external=se.spec.location == "MESH_EXTERNAL",
             )
             for port in ports:
                 for spec in specs:
@@ -284,6 +286,15 @@ def sidecars_by_namespace(sidecars: Iterable[Sidecar]) -> dict[str, tuple[Sideca
     by_ns: dict[str, list[Sidecar]] = defaultdict(list)
     for sc in sorted(sidecars, key=age_key):
         by_ns[sc.metadata.namespace].append(sc)
+    return {ns: tuple(v) for ns, v in sorted(by_ns.items())}
+
+
+def peer_authentications_by_namespace(
+    policies: Iterable[PeerAuthentication],
+) -> dict[str, tuple[PeerAuthentication, ...]]:
+    by_ns: dict[str, list[PeerAuthentication]] = defaultdict(list)
+    for policy in sorted(policies, key=age_key):
+        by_ns[policy.metadata.namespace].append(policy)
     return {ns: tuple(v) for ns, v in sorted(by_ns.items())}
 
 

@@ -59,6 +59,7 @@ class MeshService:
     addresses: tuple[str, ...] = ()
     creation: str = ""
     export_to: tuple[str, ...] = ()  # Istio exportTo; empty = everyone
+    mesh_external: bool = False  # a ServiceEntry with location MESH_EXTERNAL (never auto mTLS)
     _hash: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -76,6 +77,7 @@ class MeshService:
                     self.addresses,
                     self.creation,
                     self.export_to,
+                    self.mesh_external,
                 )
             ),
         )

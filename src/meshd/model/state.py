@@ -8,18 +8,20 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import TypeVar
 
 from meshd.api.destinationrule import DestinationRule
 from meshd.api.kube import EndpointSlice, Pod, Secret, Service
 from meshd.api.meta import InvalidResource, Resource, ResourceKey
 from meshd.api.networking import ServiceEntry, Sidecar, WorkloadEntry
+from meshd.api.security import PeerAuthentication
 from meshd.api.virtualservice import VirtualService
 from meshd.model import derive
 from meshd.model.services import Endpoint, MeshService, Workload
 from meshd.model.world import World, assemble
 
-_ISTIO_KINDS = ("ServiceEntry", "WorkloadEntry", "VirtualService", "DestinationRule", "Sidecar")
+_ISTIO_KINDS = ("ServiceEntry", "WorkloadEntry", "VirtualService", "DestinationRule", "Sidecar", "PeerAuthentication")
 ServiceId = tuple[str, str]  # (namespace, name)
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -70,6 +72,8 @@ class WorldState:
         self._errors: list[InvalidResource] = []
         self._workloads: dict[str, Workload] = {}
         self._secrets: dict[tuple[str, str], Secret] = {}
+        # namespace -> PeerAuthentications; a new mapping object only when one of them changes
+        self._peer_auth: Mapping[str, tuple[PeerAuthentication, ...]] = MappingProxyType({})
 
     # -- applying changes ---------------------------------------------------------------------
 
@@ -232,6 +236,15 @@ class WorldState:
             derive.sidecars_by_namespace([s for s in self._istio["Sidecar"].values() if isinstance(s, Sidecar)]),
         )
         self._errors = errors + rule_errors
+        peer_auth = derive.peer_authentications_by_namespace(
+            p for p in self._istio["PeerAuthentication"].values() if isinstance(p, PeerAuthentication)
+        )
+        if peer_auth != dict(self._peer_auth) or any(
+            a is not b
+            for ns, policies in peer_auth.items()
+            for a, b in zip(policies, self._peer_auth.get(ns, ()), strict=False)
+        ):
+            self._peer_auth = MappingProxyType(peer_auth)
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -253,4 +266,5 @@ class WorldState:
             revision=revision,
             secrets=self._secrets,
             virtual_services_by_name=self._vs_by_name,
+            peer_authentications=self._peer_auth,
         )

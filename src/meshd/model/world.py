@@ -17,6 +17,7 @@ from meshd.api.destinationrule import DestinationRule
 from meshd.api.kube import EndpointSlice, Pod, Secret, Service
 from meshd.api.meta import InvalidResource, Resource
 from meshd.api.networking import ServiceEntry, Sidecar, WorkloadEntry
+from meshd.api.security import PeerAuthentication
 from meshd.api.virtualservice import VirtualService
 from meshd.model import derive
 from meshd.model.derive import EXPORT_TO_ANNOTATION, EndpointChunks, default_rule, resolve_host
@@ -46,6 +47,8 @@ class World:
     source_selectors: tuple[tuple[tuple[str, str], ...], ...] = ()
     # the wildcard hosts of `virtual_services`, most specific first ("*" last)
     wildcard_hosts: tuple[str, ...] = ()
+    # namespace -> PeerAuthentications, oldest first (the mapping is the same object while none changes)
+    peer_authentications: Mapping[str, tuple[PeerAuthentication, ...]] = field(default_factory=dict)
 
     def virtual_services_for(self, host: str) -> tuple[VirtualService, ...] | None:
         """The VirtualServices routing a host: those naming it exactly, else those of the most
@@ -76,6 +79,7 @@ def assemble(
     revision: int,
     secrets: Mapping[tuple[str, str], Secret] | None = None,
     virtual_services_by_name: Mapping[tuple[str, str], VirtualService],
+    peer_authentications: Mapping[str, tuple[PeerAuthentication, ...]] | None = None,
 ) -> World:
     ordered = dict(sorted(services.items()))
     by_namespace: dict[str, list[MeshService]] = defaultdict(list)
@@ -99,6 +103,7 @@ def assemble(
         virtual_services_by_name=MappingProxyType(dict(virtual_services_by_name)),
         source_selectors=derive.source_selectors(virtual_services_by_name.values()),
         wildcard_hosts=tuple(sorted((h for h in virtual_services if h.startswith("*")), key=lambda h: (-len(h), h))),
+        peer_authentications=peer_authentications if peer_authentications is not None else MappingProxyType({}),
     )
 
 
@@ -155,4 +160,9 @@ def build_world(resources: Iterable[Resource], *, domain_suffix: str, revision: 
         errors=errors + rule_errors,
         revision=revision,
         secrets={(s.metadata.namespace, s.metadata.name): s for s in by_kind["Secret"] if isinstance(s, Secret)},
+        peer_authentications=MappingProxyType(
+            derive.peer_authentications_by_namespace(
+                p for p in by_kind["PeerAuthentication"] if isinstance(p, PeerAuthentication)
+            )
+        ),
     )

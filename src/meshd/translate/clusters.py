@@ -15,6 +15,7 @@ from google.protobuf import any_pb2, duration_pb2
 from meshd.api.destinationrule import DestinationRule
 from meshd.model.services import Endpoint, MeshService, ServicePort
 from meshd.translate import naming
+from meshd.translate.client_mtls import ClusterMtls, cluster_mtls, service_identities
 from meshd.translate.cluster_policy import apply_policy
 from meshd.translate.locality import locality_groups
 from meshd.translate.policy import effective_policy
@@ -48,10 +49,12 @@ def socket_address(address: str, port: int) -> address_pb2.Address:
 
 
 def _outbound(
-    service: MeshService, port: ServicePort, subset: str, rule: DestinationRule | None
+    service: MeshService, port: ServicePort, subset: str, rule: DestinationRule | None, mtls: ClusterMtls | None
 ) -> cluster_pb2.Cluster:
     cluster = _plain_outbound(service, port, subset)
     _with_policy(cluster, service, port, subset, rule)
+    if mtls is not None:
+        mtls.apply(cluster)
     return cluster
 
 
@@ -80,7 +83,12 @@ def _plain_outbound(service: MeshService, port: ServicePort, subset: str) -> clu
 
 
 def _dns_cluster(
-    service: MeshService, port: ServicePort, subset: str, endpoints: tuple[Endpoint, ...], rule: DestinationRule | None
+    service: MeshService,
+    port: ServicePort,
+    subset: str,
+    endpoints: tuple[Endpoint, ...],
+    rule: DestinationRule | None,
+    mtls: ClusterMtls | None,
 ) -> cluster_pb2.Cluster:
     cluster = _plain_outbound(service, port, subset)
     pairs = [
@@ -94,6 +102,8 @@ def _dns_cluster(
     ]
     cluster.load_assignment.endpoints.extend(locality_groups(pairs, None))
     _with_policy(cluster, service, port, subset, rule)
+    if mtls is not None:
+        mtls.apply(cluster)
     return cluster
 
 
@@ -111,15 +121,21 @@ def service_cluster_specs(scope: Scope, service: MeshService, ports: Sequence[Se
         return
     rule = scope.destination_rule(service.hostname)
     subsets = [""] + ([s.name for s in rule.spec.subsets] if rule else [])
+    # SANs of Istio mTLS: every workload behind the service (the endpoints of all its ports)
+    identities = service_identities(scope, service, ports) if scope.key.sds else ()
     for port in ports:
         dns = scope.world.endpoints.get((service.hostname, port.number), ()) if service.resolution == "DNS" else ()
         for subset in subsets:
             name = naming.outbound_cluster(port=port.number, host=service.hostname, subset=subset)
-            key = ("cds", service, port, subset, ident(rule), dns)
+            mtls = None
+            if scope.key.sds:  # only proxies with the agent's SDS get Istio mTLS
+                policy = effective_policy(rule, port=port.number, subset=subset)
+                mtls = cluster_mtls(scope, service, port, subset, policy, identities=identities)
+            key = ("cds", service, port, subset, ident(rule), dns, mtls)
             if service.resolution == "DNS":
-                yield Spec(name, key, partial(_dns_cluster, service, port, subset, dns, rule))
+                yield Spec(name, key, partial(_dns_cluster, service, port, subset, dns, rule, mtls))
             else:
-                yield Spec(name, key, partial(_outbound, service, port, subset, rule))
+                yield Spec(name, key, partial(_outbound, service, port, subset, rule, mtls))
 
 
 def service_secret_names(scope: Scope, service: MeshService, ports: Sequence[ServicePort]) -> frozenset[str]:

@@ -14,13 +14,19 @@ from meshd.model.services import Endpoint, MeshService, ServicePort
 from meshd.translate import naming
 from meshd.translate.clusters import socket_address
 from meshd.translate.locality import LocalityPlan, locality_groups, plan_for
+from meshd.translate.mtls import tls_mode_metadata
 from meshd.translate.policy import effective_policy
 from meshd.translate.scope import Scope
 from meshd.translate.spec import Spec
 
 
 def _assignment(
-    name: str, endpoints: Sequence[Endpoint], *, sidecar_port: int | None, plan: LocalityPlan | None = None
+    name: str,
+    endpoints: Sequence[Endpoint],
+    *,
+    sidecar_port: int | None,
+    plan: LocalityPlan | None = None,
+    tls_mode: bool = False,
 ) -> endpoint_pb2.ClusterLoadAssignment:
     pairs = []
     for ep in endpoints:
@@ -32,6 +38,8 @@ def _assignment(
         )
         if ep.weight:
             lb.load_balancing_weight.CopyFrom(wrappers_pb2.UInt32Value(value=ep.weight))
+        if tls_mode and ep.has_sidecar:  # auto mTLS picks the cluster's TLS socket for this endpoint
+            lb.metadata.CopyFrom(tls_mode_metadata())
         pairs.append((ep, lb))
     return endpoint_pb2.ClusterLoadAssignment(cluster_name=name, endpoints=locality_groups(pairs, plan))
 
@@ -62,8 +70,9 @@ def service_assignment_specs(
             )
             selected = eps if subset is None else tuple(e for e in eps if e.matches(subset.labels))
             plan = plan_for(policy, proxy_locality=proxy_locality, proxy_labels=proxy_labels)
+            tls_mode = scope.key.sds  # only proxies that can do mTLS need to tell endpoints apart
             yield Spec(
                 name,
-                ("eds", name, selected, sidecar_port, plan),
-                partial(_assignment, name, selected, sidecar_port=sidecar_port, plan=plan),
+                ("eds", name, selected, sidecar_port, plan, tls_mode),
+                partial(_assignment, name, selected, sidecar_port=sidecar_port, plan=plan, tls_mode=tls_mode),
             )

@@ -9,6 +9,7 @@ from functools import partial
 
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf import any_pb2, duration_pb2
@@ -21,11 +22,14 @@ from meshd.model.world import World
 from meshd.translate import naming
 from meshd.translate.clusters import ads_config_source, socket_address
 from meshd.translate.http_filters import outbound_http_filters, router
+from meshd.translate.mtls import MTLS_ALPNS, downstream_context, tls_socket
+from meshd.translate.peer_auth import DISABLE, PERMISSIVE, STRICT, InboundMtls
 from meshd.translate.policy import effective_policy
 from meshd.translate.proxy import Proxy
 from meshd.translate.spec import Spec
 
 RESERVED_PORTS = frozenset({15000, 15001, 15004, 15006, 15008, 15020, 15021, 15090})
+DEFAULT_INBOUND = InboundMtls()
 
 
 def _pack(message: object) -> any_pb2.Any:
@@ -156,8 +160,8 @@ def inbound_index(world: World) -> dict[str, tuple[InboundEntry, ...]]:
     return {address: tuple(entries) for address, entries in index.items()}
 
 
-def _inbound_listener(proxy: Proxy, served: tuple[InboundEntry, ...], inbound_port: int) -> listener_pb2.Listener:
-    routes = route_pb2.RouteConfiguration(name=f"inbound|{inbound_port}")
+def _inbound_routes(name: str, served: Sequence[InboundEntry]) -> route_pb2.RouteConfiguration:
+    routes = route_pb2.RouteConfiguration(name=name)
     for service, port, target in served:
         routes.virtual_hosts.append(
             route_components_pb2.VirtualHost(
@@ -172,21 +176,72 @@ def _inbound_listener(proxy: Proxy, served: tuple[InboundEntry, ...], inbound_po
     routes.virtual_hosts.append(
         route_components_pb2.VirtualHost(name="inbound|default", domains=["*"], routes=[_inbound_route(served[0][2])])
     )
-    hcm = hcm_pb2.HttpConnectionManager(stat_prefix="inbound", route_config=routes)
-    return listener_pb2.Listener(
+    return routes
+
+
+def _inbound_chain(
+    served: Sequence[InboundEntry], *, route_name: str, mtls: bool, peer_identity: bool
+) -> listener_components_pb2.FilterChain:
+    hcm = hcm_pb2.HttpConnectionManager(stat_prefix="inbound", route_config=_inbound_routes(route_name, served))
+    if peer_identity:
+        # The app sees who called: the peer's certificate (SPIFFE URI, subject, DNS) in x-forwarded-client-cert.
+        hcm.forward_client_cert_details = hcm_pb2.HttpConnectionManager.APPEND_FORWARD
+        details = hcm.set_current_client_cert_details
+        details.subject.value = True
+        details.uri = True
+        details.dns = True
+    chain = listener_components_pb2.FilterChain(filters=[_hcm_filter(hcm)])
+    if mtls:
+        chain.transport_socket.CopyFrom(tls_socket(downstream_context()))
+    if peer_identity:
+        chain.name = "inbound-mtls" if mtls else "inbound-plaintext"
+    return chain
+
+
+def _inbound_listener(
+    proxy: Proxy, served: tuple[InboundEntry, ...], inbound_port: int, modes: InboundMtls, sds: bool
+) -> listener_pb2.Listener:
+    """One HTTP chain per transport the workload's PeerAuthentication admits: mTLS (STRICT, PERMISSIVE)
+    and plaintext (PERMISSIVE, DISABLE), each routing only the ports whose mode admits it. With both,
+    TLS inspection tells them apart (Istio's ALPNs mark a mesh client). Without SDS the proxy has no
+    certificate: STRICT ports are not served at all."""
+    secure = [e for e in served if sds and modes.for_port(e[2]) in (STRICT, PERMISSIVE)]
+    plain = [e for e in served if modes.for_port(e[2]) in (PERMISSIVE, DISABLE)]
+    listener = listener_pb2.Listener(
         name=naming.VIRTUAL_INBOUND,
         address=socket_address(proxy.ip, inbound_port),
-        filter_chains=[listener_components_pb2.FilterChain(filters=[_hcm_filter(hcm)])],
         traffic_direction=1,  # INBOUND
     )
+    if secure:
+        listener.filter_chains.append(
+            _inbound_chain(secure, route_name=f"inbound|{inbound_port}|mtls", mtls=True, peer_identity=sds)
+        )
+    if plain:
+        listener.filter_chains.append(
+            _inbound_chain(plain, route_name=f"inbound|{inbound_port}", mtls=False, peer_identity=sds)
+        )
+    if secure and plain:
+        listener.listener_filters.append(
+            listener_components_pb2.ListenerFilter(
+                name="envoy.filters.listener.tls_inspector", typed_config=_pack(tls_inspector_pb2.TlsInspector())
+            )
+        )
+        match = listener.filter_chains[0].filter_chain_match
+        match.transport_protocol = "tls"
+        match.application_protocols.extend(MTLS_ALPNS)
+        listener.filter_chains[1].filter_chain_match.transport_protocol = "raw_buffer"
+    return listener
 
 
-def inbound_listener_specs(proxy: Proxy, served: tuple[InboundEntry, ...], *, inbound_port: int) -> Iterator[Spec]:
+def inbound_listener_specs(
+    proxy: Proxy, served: tuple[InboundEntry, ...], *, inbound_port: int, modes: InboundMtls = DEFAULT_INBOUND
+) -> Iterator[Spec]:
     """The inbound listener at <ip>:<inbound_port>, dispatching by Host to `inbound|<target>||`
-    (none if the workload backs no service)."""
-    if served:
-        key = ("lds-in", proxy.ip, inbound_port, served)
-        yield Spec(naming.VIRTUAL_INBOUND, key, partial(_inbound_listener, proxy, served, inbound_port))
+    (none if the workload backs no service, or no port admits any client)."""
+    sds = proxy.sds
+    if any(sds or modes.for_port(t) != STRICT for _, _, t in served):
+        key = ("lds-in", proxy.ip, inbound_port, served, modes, sds)
+        yield Spec(naming.VIRTUAL_INBOUND, key, partial(_inbound_listener, proxy, served, inbound_port, modes, sds))
 
 
 def _inbound_route(target: int) -> route_components_pb2.Route:

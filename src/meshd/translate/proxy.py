@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 PROXY_TYPES = ("sidecar", "router")
@@ -20,6 +21,9 @@ class Proxy:
     pod: str
     namespace: str
     dns_domain: str
+    # The proxy's Envoy has the node agent's SDS (static cluster `sds-grpc` serving `default` and
+    # `ROOTCA`): only then does it get mTLS configuration, which would otherwise be rejected.
+    sds: bool = False
 
 
 def parse_node_id(node_id: str) -> Proxy:
@@ -42,3 +46,13 @@ def parse_node_id(node_id: str) -> Proxy:
     if not domain.startswith(f"{namespace}.svc."):
         raise InvalidNodeId(f"node id {node_id!r}: domain {domain!r} must be {namespace}.svc.<domain>")
     return Proxy(node_id=node_id, type=kind, ip=ip, pod=pod, namespace=namespace, dns_domain=domain)
+
+
+# Node metadata saying a proxy's agent serves it a workload certificate over SDS: `SDS: "true"`
+# (the flag older Istio agents sent; `meshd agent` sets it when it obtains certificates).
+SDS_METADATA = "SDS"
+
+
+def has_sds(metadata: Mapping[str, object]) -> bool:
+    flag = metadata.get(SDS_METADATA)
+    return flag is True or str(flag).lower() == "true"

@@ -49,6 +49,8 @@ class ScopeKey:
     # per World.source_selectors: whether the proxies' labels satisfy it (empty when no
     # VirtualService uses sourceLabels, so scopes do not fragment when the feature is unused)
     source: tuple[bool, ...] = ()
+    # The proxies have the node agent's SDS: they get Istio mTLS (ISTIO_MUTUAL, auto mTLS).
+    sds: bool = False
 
 
 def select_sidecar(
@@ -101,11 +103,23 @@ def _listener_allows(listener: IstioEgressListener, service: MeshService, *, pro
 class Scope:
     """Visibility for one scope key, computed once per World."""
 
-    def __init__(self, world: World, *, key: ScopeKey, sidecar: Sidecar | None, root_namespace: str) -> None:
+    def __init__(
+        self,
+        world: World,
+        *,
+        key: ScopeKey,
+        sidecar: Sidecar | None,
+        root_namespace: str,
+        trust_domain: str = "cluster.local",
+        auto_mtls: bool = True,
+    ) -> None:
         self.world = world
         self.key = key
         self.namespace = key.namespace
         self._root = root_namespace
+        self.root_namespace = root_namespace
+        self.trust_domain = trust_domain
+        self.auto_mtls = auto_mtls
         self._sidecar = sidecar
         self.services: list[tuple[MeshService, tuple[ServicePort, ...]]] = []
         for service in self._candidates():
@@ -123,7 +137,7 @@ class Scope:
             if len(rules) > 1 or any(r.spec.export_to and "*" not in r.spec.export_to for r in rules):
                 chosen.append((service.hostname, ident(self.destination_rule(service.hostname))))
         self.cluster_signature = Signature(
-            (tuple((s, p) for s, p in self.services), tuple(chosen), key.locality, key.failover_labels)
+            (tuple((s, p) for s, p in self.services), tuple(chosen), key.locality, key.failover_labels, key.sds)
         )
 
     def _candidates(self) -> Iterable[MeshService]:

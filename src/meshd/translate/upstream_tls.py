@@ -11,8 +11,9 @@ As Istio builds it:
   `kubernetes://<name>-cacert`, both resolved from Secrets in the *proxy's* namespace (see
   `translate/secrets.py`), so the cluster itself is the same for every namespace;
 - HTTP/2 upstreams advertise ALPN `h2`; TLS 1.2 to 1.3.
-Istio serves certificate files to Envoy over its agent's SDS (`file-cert:`); meshd's standalone
-sidecars have no agent yet, so the paths go into the TLS context and Envoy reads them itself.
+Istio serves certificate files to Envoy over its agent's SDS (`file-cert:`); meshd puts the paths
+into the TLS context and Envoy reads them itself.
+`ISTIO_MUTUAL` (the mesh's own mTLS over the node agent's SDS) is built by `translate/client_mtls.py`.
 """
 
 from __future__ import annotations
@@ -110,8 +111,7 @@ def upstream_tls_context(tls: ClientTLSSettings | None, *, http2: bool = False) 
     if tls is None or tls.mode == "DISABLE":
         return None
     if tls.mode == "ISTIO_MUTUAL":
-        # Istio's own mTLS (workload certificates from the mesh CA over SDS) comes with the
-        # security issue; until then such clusters stay plaintext.
+        # Istio's own mTLS: translate/client_mtls.py (proxies without the agent's SDS stay plaintext)
         return None
     context = tls_pb2.UpstreamTlsContext(sni=tls.sni)
     common = context.common_tls_context  # edited in place (a constructor argument would be a copy)

@@ -23,6 +23,7 @@ from meshd.api.networking import exported_to
 from meshd.api.virtualservice import VirtualService
 from meshd.model.services import MeshService, ServicePort
 from meshd.model.world import World
+from meshd.translate.client_mtls import destination_mode
 from meshd.translate.clusters import (
     clusters_opening,
     inbound_cluster_specs,
@@ -31,6 +32,7 @@ from meshd.translate.clusters import (
 )
 from meshd.translate.endpoints import service_assignment_specs
 from meshd.translate.listeners import InboundEntry, ListenerPlan, inbound_index, inbound_listener_specs
+from meshd.translate.peer_auth import InboundMtls, check_policies, workload_mtls
 from meshd.translate.policy import failover_priority_labels
 from meshd.translate.proxy import Proxy
 from meshd.translate.routes import (
@@ -79,6 +81,8 @@ class ConfigGenerator:
         extra: Mapping[str, Sequence[XdsResource]] | None = None,
         previous: ConfigGenerator | None = None,
         read_file: Callable[[str], bytes | None] | None = None,
+        trust_domain: str = "cluster.local",
+        auto_mtls: bool = True,
     ) -> None:
         """`read_file`: reads certificate files named by DestinationRules on this host to check them
         (standalone sidecars share meshd's filesystem); None leaves them unchecked."""
@@ -89,6 +93,8 @@ class ConfigGenerator:
         self._inbound_port = inbound_port
         self._sidecar_port = sidecar_endpoint_port
         self._root = root_namespace
+        self._trust_domain = trust_domain
+        self._auto_mtls = auto_mtls
         self.memo: ResourceMemo = ResourceMemo(previous.memo if previous is not None else None)
         self._prev_scopes = previous._scope_layers if previous is not None else {}
         self._prev_groups = previous._group_snapshots if previous is not None else {}
@@ -107,7 +113,7 @@ class ConfigGenerator:
         self._prev_vhosts = previous._vhost_cache if previous is not None else {}
         self._group_snapshots: dict[tuple[str, ScopeKey], Snapshot] = {}
         self._inbound: dict[str, tuple[InboundEntry, ...]] | None = None
-        self._scope_keys: dict[tuple[str, tuple[tuple[str, str], ...], str], ScopeKey] = {}
+        self._scope_keys: dict[tuple[str, tuple[tuple[str, str], ...], str, bool], ScopeKey] = {}
         self._failover_labels: frozenset[str] | None = None
         self._destination_cache: dict[int, tuple[VirtualService, list[str]]] = {}
         self._service_entries: dict[Hashable, _ServiceEntry] = {}
@@ -174,6 +180,7 @@ class ConfigGenerator:
             self._errors.update(dict.fromkeys(errors))
         self._check_credentials()
         self._errors.update(dict.fromkeys(self.files.errors))
+        self._errors.update(dict.fromkeys(check_policies(world.peer_authentications)))
 
     def _check_credentials(self) -> None:
         """credentialNames that do not resolve in a namespace with workloads the rule is exported to
@@ -192,7 +199,7 @@ class ConfigGenerator:
         workload = self.world.workloads.get(proxy.ip)
         labels = workload.labels if workload is not None else ()
         locality = workload.locality if workload is not None else ""
-        cached = self._scope_keys.get((proxy.namespace, labels, locality))
+        cached = self._scope_keys.get((proxy.namespace, labels, locality, proxy.sds))
         if cached is None:
             sidecar, _ = select_sidecar(
                 self.world, namespace=proxy.namespace, labels=dict(labels), root_namespace=self._root
@@ -208,8 +215,9 @@ class ConfigGenerator:
                 locality=locality,
                 failover_labels=failover_labels,
                 source=source,
+                sds=proxy.sds,
             )
-            self._scope_keys[(proxy.namespace, labels, locality)] = cached
+            self._scope_keys[(proxy.namespace, labels, locality, proxy.sds)] = cached
         return cached
 
     def _failover_label_names(self) -> frozenset[str]:
@@ -228,7 +236,14 @@ class ConfigGenerator:
             sidecar = None
             if key.sidecar is not None:
                 sidecar = next(s for s in self.world.sidecars.get(key.sidecar.namespace, ()) if s.key == key.sidecar)
-            scope = Scope(self.world, key=key, sidecar=sidecar, root_namespace=self._root)
+            scope = Scope(
+                self.world,
+                key=key,
+                sidecar=sidecar,
+                root_namespace=self._root,
+                trust_domain=self._trust_domain,
+                auto_mtls=self._auto_mtls,
+            )
             self._scopes[key] = scope
         return scope
 
@@ -248,6 +263,8 @@ class ConfigGenerator:
             tuple(Ident(rules.get(s.hostname)) for s, _ in scope.services),
             tuple(Ident(endpoints.get((s.hostname, p.number))) for s, ports in scope.services for p in ports),
             self.files.state,  # certificate files that (no longer) exist
+            # PeerAuthentications decide auto mTLS (the same mapping object while none changes)
+            Ident(self.world.peer_authentications) if signature.value[-1] else None,
         )
         carried = self._prev_clusters.get(signature)
         if carried is not None and carried[0] == inputs:
@@ -284,6 +301,7 @@ class ConfigGenerator:
             missing,
             scope.key.locality,
             scope.key.failover_labels,
+            destination_mode(scope, service) if scope.key.sds else None,
         )
         entry = self._service_entries.get(key) or self._prev_service_entries.get(key)
         if entry is None:
@@ -377,6 +395,8 @@ class ConfigGenerator:
                 sidecars[ns] is not before.sidecars[ns] for ns in sidecars
             ):
                 return None
+            if self.world.peer_authentications is not before.peer_authentications:
+                return None  # inbound modes may change anywhere
             now, then = self.world.workloads, before.workloads
             moved = {ip for ip in now.keys() | then.keys() if now.get(ip) is not then.get(ip)}
             inbound, old_inbound = self._inbound_index(), self._prev_inbound
@@ -431,6 +451,16 @@ class ConfigGenerator:
             self._inbound = inbound_index(self.world)
         return self._inbound
 
+    def _inbound_mtls(self, proxy: Proxy) -> InboundMtls:
+        """The PeerAuthentication modes of the proxy's workload (by its address's labels)."""
+        workload = self.world.workloads.get(proxy.ip)
+        return workload_mtls(
+            self.world.peer_authentications,
+            namespace=proxy.namespace,
+            labels=dict(workload.labels) if workload is not None else {},
+            root_namespace=self._root,
+        )
+
     def snapshot(self, proxy: Proxy) -> Snapshot:
         key = self.scope_key(proxy)
         group = (proxy.ip, key)
@@ -443,7 +473,8 @@ class ConfigGenerator:
         secret_layer = self._secretlayer(self._scope(key))
         plan = self._plan(key)
         served = self._inbound_index().get(proxy.ip, ())
-        inputs = (plan.signature, served, self._inbound_port)
+        modes = self._inbound_mtls(proxy)
+        inputs = (plan.signature, served, self._inbound_port, modes, proxy.sds)
         carried = self._prev_proxy_layers.get(group)
         if carried is not None and carried[0] == inputs:
             proxy_layer = carried[1]  # nothing it depends on changed: not even rebuilt
@@ -451,7 +482,10 @@ class ConfigGenerator:
             # Bound to this proxy's address: nothing to share, so built directly (no memo).
             own = {
                 LISTENER: build_all(
-                    [*plan.specs(proxy), *inbound_listener_specs(proxy, served, inbound_port=self._inbound_port)]
+                    [
+                        *plan.specs(proxy),
+                        *inbound_listener_specs(proxy, served, inbound_port=self._inbound_port, modes=modes),
+                    ]
                 ),
                 CLUSTER: build_all(inbound_cluster_specs(address=proxy.ip, target_ports=[t for _, _, t in served])),
             }

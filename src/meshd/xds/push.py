@@ -104,6 +104,8 @@ class PushLoop:
             extra=dict(self._extra),
             previous=previous,
             read_file=read_file if self._settings.check_tls_files else None,
+            trust_domain=self._settings.trust_domain,
+            auto_mtls=self._settings.enable_auto_mtls,
         )
         generator.precompute()
         return generator

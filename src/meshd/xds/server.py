@@ -4,6 +4,7 @@ DeltaAggregatedResources. Thin: protocol decisions are in stream.py, config in t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -11,10 +12,11 @@ from typing import Any
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.protobuf import json_format
 
 from meshd.clock import Clock
 from meshd.obs.metrics import Metrics
-from meshd.translate.proxy import InvalidNodeId, Proxy, parse_node_id
+from meshd.translate.proxy import InvalidNodeId, Proxy, has_sds, parse_node_id
 from meshd.xds.encode import delta_response, sotw_response
 from meshd.xds.hub import CLOSED, PUSH, Connection, Hub
 from meshd.xds.resource import short_name
@@ -139,6 +141,8 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             self._log.warning("event=rejected_stream reason=%r", str(exc))
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise  # unreachable: abort raises
+        if has_sds(json_format.MessageToDict(first.node.metadata)):
+            proxy = dataclasses.replace(proxy, sds=True)
         if self._authorize is not None:
             verdict = await self._authorize(context, proxy)
             if verdict is not None:
