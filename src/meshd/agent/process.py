@@ -1,38 +1,18 @@
 """Child processes that never outlive their parent: spawn with output to a log file, stop for sure.
 
 Children get their own session (a terminal's Ctrl-C reaches only the parent, which then stops them
-in order) and, on Linux, a parent-death signal so that even a killed parent leaves nothing behind.
+in order). No Python code runs between fork and exec (no `preexec_fn`), so CPython spawns with
+vfork: gRPC's fork handlers never run in a process that serves gRPC, where a full fork could abort
+the child. The parent stops its children on every exit it can catch (SIGTERM, SIGINT, errors).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import os
 import pathlib
-import signal
-import sys
-from collections.abc import Callable, Mapping, Sequence
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _parent_death_hook() -> Callable[[], None] | None:
-    """A pre-exec function asking the kernel to SIGKILL the child when its parent dies (Linux only)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    prctl = libc.prctl
-    parent_pid = os.getpid()
-
-    def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return hook
+from collections.abc import Mapping, Sequence
 
 
 async def spawn(
@@ -53,7 +33,6 @@ async def spawn(
             env=dict(env) if env is not None else None,
             cwd=cwd,
             start_new_session=True,
-            preexec_fn=_parent_death_hook(),
         )
 
 
