@@ -1,8 +1,11 @@
-"""Shared pytest options: `--update-golden` rewrites golden files (and removes orphans)."""
+"""Shared pytest options: `--update-golden` rewrites golden files (and removes orphans). Shared
+fixtures: the fake Kubernetes API server (`server`) and a kubernetes-asyncio client of it (`api`)."""
 
 from __future__ import annotations
 
 import pytest
+
+pytest_plugins = ["tests.kubeapi.fixtures"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -16,9 +16,10 @@ from prometheus_client import CollectorRegistry
 
 from meshd.ca.publisher import RootCertPublisher
 from meshd.ca.runtime import Security, register_plaintext, start_security
+from meshd.ca.server import SERVER_OPTIONS
 from meshd.clock import Clock, SystemClock
 from meshd.gcpolicy import GcPolicy
-from meshd.kube.duties import PublisherFactory, run_kube_duties
+from meshd.kube.duties import Duties, PublisherFactory, run_kube_duties
 from meshd.kube.mode import KubeMode, start_kube_mode
 from meshd.model.store import ConfigStore
 from meshd.obs.http import build_app
@@ -77,15 +78,7 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
             watch=settings.file_watch,
         )
 
-    grpc_server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
-            ("grpc.so_reuseport", 0),
-            # A reconnect storm opens thousands of streams at once: queue them rather than refuse.
-            ("grpc.server.max_pending_requests", 20_000),
-            ("grpc.server.max_pending_requests_hard_limit", 20_000),
-        ]
-    )
+    grpc_server = grpc.aio.server(options=list(SERVER_OPTIONS))
     servicer = AdsServicer(
         hub=hub,
         metrics=metrics,
@@ -135,13 +128,15 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
             tasks.create_task(push.run())
             tasks.create_task(
                 run_kube_duties(
-                    settings=settings,
-                    store=store,
-                    errors=lambda: push.errors,
-                    settled=lambda: hub.generator is not None and hub.generator.world.revision == store.revision,
-                    clock=clock,
-                    log=log,
-                    root_publisher=root_publisher_factory(security, source, log),
+                    Duties(
+                        settings=settings,
+                        store=store,
+                        errors=lambda: push.errors,
+                        settled=lambda: hub.generator is not None and hub.generator.world.revision == store.revision,
+                        clock=clock,
+                        log=log,
+                        root_publisher=root_publisher_factory(security, source, log),
+                    )
                 )
             )
             await stop.wait()

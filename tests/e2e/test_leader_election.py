@@ -27,14 +27,6 @@ MakeReplica = Callable[[str, float], Awaitable["Replica"]]
 LEASE = ("coordination.k8s.io/v1", "Lease", "istio-system", "meshd-leader")
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[FakeApiServer]:
-    fake = FakeApiServer()
-    await fake.start()
-    yield fake
-    await fake.stop()
-
-
 class Replica:
     """One elector with its own API client, as one meshd process would have."""
 

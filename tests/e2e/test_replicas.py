@@ -12,7 +12,6 @@ import asyncio
 import pathlib
 import re
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -44,14 +43,6 @@ def virtual_service(weights: tuple[int, int]) -> dict[str, Any]:
             ],
         },
     }
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[FakeApiServer]:
-    fake = FakeApiServer()
-    await fake.start()
-    yield fake
-    await fake.stop()
 
 
 def holder(server: FakeApiServer) -> str:

@@ -9,7 +9,6 @@ import asyncio
 import pathlib
 import sys
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -69,14 +68,6 @@ class KubeMeshd:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[FakeApiServer]:
-    fake = FakeApiServer()
-    await fake.start()
-    yield fake
-    await fake.stop()
 
 
 async def test_kubernetes_mode_replicas_one_leader_writes_status_the_other_takes_over(

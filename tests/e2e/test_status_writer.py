@@ -8,17 +8,13 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-import pathlib
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 from kubernetes_asyncio import client
 
 from meshd.api.meta import InvalidResource, Resource, ResourceKey
 from meshd.api.parse import parse_resource
 from meshd.clock import SystemClock
-from meshd.kube.client import new_api_client
 from meshd.kube.leader import LeaderElector, LeaseConfig
 from meshd.kube.lease_lock import KubeLeaseLock
 from meshd.kube.status import KubeStatusApi, StatusWriter
@@ -62,21 +58,6 @@ def sync_store(store: ConfigStore, server: FakeApiServer) -> None:
 
 def status_writes(server: FakeApiServer) -> int:
     return sum(1 for r in server.requests if r.subresource == "status" and r.verb in ("update", "patch"))
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[FakeApiServer]:
-    fake = FakeApiServer()
-    await fake.start()
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture
-async def api(server: FakeApiServer, tmp_path: pathlib.Path) -> AsyncIterator[client.ApiClient]:
-    api_client = await new_api_client(server.write_kubeconfig(tmp_path / "kubeconfig"))
-    yield api_client
-    await api_client.close()
 
 
 class Leadership:

@@ -13,7 +13,6 @@ import pytest
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from meshd.kube.client import new_api_client
 from tests.e2e.harness import eventually
 from tests.kubeapi import FakeApiServer, KubeRest, TokenIdentity
 from tests.kubeapi.client import KubeError
@@ -42,13 +41,6 @@ async def server(tmp_path: pathlib.Path) -> AsyncIterator[FakeApiServer]:
     await fake.start()
     yield fake
     await fake.stop()
-
-
-@pytest.fixture
-async def api(server: FakeApiServer, tmp_path: pathlib.Path) -> AsyncIterator[client.ApiClient]:
-    api_client = await new_api_client(server.write_kubeconfig(tmp_path / "kubeconfig"))
-    yield api_client
-    await api_client.close()
 
 
 async def test_list_then_watch_from_the_lists_resource_version(server: FakeApiServer, api: client.ApiClient) -> None:

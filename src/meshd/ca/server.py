@@ -23,6 +23,8 @@ from meshd.obs.metrics import CaMetrics
 from meshd.translate.proxy import Proxy
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# Every gRPC server of meshd (plaintext xDS, secure port). A reconnect storm opens thousands of
+# streams at once: queue them rather than refuse.
 SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.so_reuseport", 0),

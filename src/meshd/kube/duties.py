@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from meshd.api.meta import InvalidResource
@@ -40,22 +41,27 @@ def wants_cluster_duties(settings: Settings) -> bool:
     return settings.leader_election and (settings.config_dir is None or settings.kubeconfig is not None)
 
 
-async def run_kube_duties(
-    *,
-    settings: Settings,
-    store: ConfigStore,
-    errors: Callable[[], list[InvalidResource]],
-    settled: Callable[[], bool],
-    clock: Clock,
-    log: logging.Logger,
-    root_publisher: PublisherFactory | None = None,
-) -> None:
+@dataclass(frozen=True)
+class Duties:
+    """What the duties read: the store and its errors, whether the push caught up, the root publisher."""
+
+    settings: Settings
+    store: ConfigStore
+    errors: Callable[[], list[InvalidResource]]
+    settled: Callable[[], bool]
+    clock: Clock
+    log: logging.Logger
+    root_publisher: PublisherFactory | None = None
+
+
+async def run_kube_duties(duties: Duties) -> None:
     """Run until cancelled (returns at once if nothing is enabled)."""
+    settings = duties.settings
     async with asyncio.TaskGroup() as tasks:
         if settings.webhook_cert is not None and settings.webhook_key is not None:
             tasks.create_task(
                 _webhook_or_log(
-                    log=log,
+                    log=duties.log,
                     serve=serve_webhook,
                     host=settings.webhook_host,
                     port=settings.webhook_port,
@@ -64,58 +70,23 @@ async def run_kube_duties(
                 )
             )
         if wants_cluster_duties(settings):
-            tasks.create_task(
-                _keep_leading(
-                    settings=settings,
-                    store=store,
-                    errors=errors,
-                    settled=settled,
-                    clock=clock,
-                    log=log,
-                    root_publisher=root_publisher,
-                )
-            )
+            tasks.create_task(_keep_leading(duties))
 
 
-async def _keep_leading(
-    *,
-    settings: Settings,
-    store: ConfigStore,
-    errors: Callable[[], list[InvalidResource]],
-    settled: Callable[[], bool],
-    clock: Clock,
-    log: logging.Logger,
-    root_publisher: PublisherFactory | None,
-) -> None:
+async def _keep_leading(duties: Duties) -> None:
     """Leader duties must never take meshd down: an unusable kubeconfig is retried, with backoff."""
     delay = 1.0
     while True:
         try:
-            await _lead(
-                settings=settings,
-                store=store,
-                errors=errors,
-                settled=settled,
-                clock=clock,
-                log=log,
-                root_publisher=root_publisher,
-            )
+            await _lead(duties)
         except Exception as exc:
-            log.error("event=leader_duties_failed error=%s retry_in_s=%.0f", exc, delay)
-        await clock.sleep(delay)
+            duties.log.error("event=leader_duties_failed error=%s retry_in_s=%.0f", exc, delay)
+        await duties.clock.sleep(delay)
         delay = min(delay * 2, 30.0)
 
 
-async def _lead(
-    *,
-    settings: Settings,
-    store: ConfigStore,
-    errors: Callable[[], list[InvalidResource]],
-    settled: Callable[[], bool],
-    clock: Clock,
-    log: logging.Logger,
-    root_publisher: PublisherFactory | None,
-) -> None:
+async def _lead(duties: Duties) -> None:
+    settings, clock, log = duties.settings, duties.clock, duties.log
     api = await new_api_client(settings.kubeconfig)
     try:
         config = LeaseConfig(
@@ -142,9 +113,9 @@ async def _lead(
         )
         writer = StatusWriter(
             api=KubeStatusApi(api),
-            store=store,
-            errors=errors,
-            settled=settled,
+            store=duties.store,
+            errors=duties.errors,
+            settled=duties.settled,
             is_leader=lambda: elector.is_leader,
             clock=clock,
             log=log,
@@ -157,8 +128,8 @@ async def _lead(
             tasks.create_task(elector.run())
             if settings.write_status:
                 tasks.create_task(writer.run())
-            if root_publisher is not None:
-                publisher = root_publisher(lambda: elector.is_leader)
+            if duties.root_publisher is not None:
+                publisher = duties.root_publisher(lambda: elector.is_leader)
                 tasks.create_task(publisher.run(clock=clock))
     finally:
         await api.close()
