@@ -7,6 +7,7 @@ Scenarios (sizes adjustable, see --help):
   growth     one endpoint change timed at 100, 1000 and 5000 services (50 proxies)
   translate  in-process translation cost per push (no gRPC)
   envoy-ack  push -> ACK through one real Envoy (SotW and delta)
+  security   CA signing latency/throughput/CPU; xDS CPU per MB over mTLS 15012 vs plaintext 15010
 
 Simulated proxies come from a load client in its own process (benchmarks/loadclient.py); the
 reference server (benchmarks/reference_server.py) replays meshd's recorded responses to the same
@@ -28,7 +29,7 @@ import time
 import traceback
 from typing import Any
 
-from benchmarks import envoy_bench, report, translate_bench
+from benchmarks import envoy_bench, report, security_bench, translate_bench
 from benchmarks.config import Options, quick
 from benchmarks.scenario_churn import run_churn
 from benchmarks.scenario_growth import run_growth
@@ -136,6 +137,10 @@ async def _run_scenario(name: str, opts: Options) -> dict[str, Any]:
             for d in (False, True)
         ]
         return {"rows": rows}
+    if name == "security":
+        return await security_bench.run(
+            work=opts.work, services=opts.security_services, proxies=opts.security_proxies, csrs=opts.security_csrs
+        )
     raise ValueError(f"unknown scenario {name!r}")
 
 
@@ -183,8 +188,9 @@ def main() -> None:
             print(f"work directory kept: {work}", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)
-    print("\n== targets ==")
-    print(report.table(results["targets"], ["target", "status"]))
+    if results["targets"]:
+        print("\n== targets ==")
+        print(report.table(results["targets"], ["target", "status"]))
     print(f"\nresults: {out} ({results['elapsed_s']} s)")
     print(results["summary"], flush=True)
 

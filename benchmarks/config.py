@@ -33,7 +33,10 @@ class Options:
     )
     envoy_ack_services: int = 200
     envoy_ack_changes: int = 20
-    scenarios: tuple[str, ...] = ("isolated", "full-mesh", "churn", "growth", "translate", "envoy-ack")
+    security_services: int = 300  # full mesh: each proxy's CDS+EDS is the whole mesh
+    security_proxies: int = 100
+    security_csrs: int = 400
+    scenarios: tuple[str, ...] = ("isolated", "full-mesh", "churn", "growth", "translate", "envoy-ack", "security")
 
 
 def quick(options: Options) -> Options:
@@ -51,4 +54,5 @@ def quick(options: Options) -> Options:
     options.translate_sizes = [(100, 10, 100), (500, 50, 200)]
     options.envoy_ack_services = 50
     options.envoy_ack_changes = 5
+    options.security_services, options.security_proxies, options.security_csrs = 100, 30, 100
     return options

@@ -116,8 +116,16 @@ class JsonLinesProcess:
 class MeshdProcess:
     """`meshd serve` on a config directory, on free loopback ports."""
 
-    def __init__(self, *, config_dir: pathlib.Path, log_path: pathlib.Path, poll_interval: float) -> None:
+    def __init__(
+        self,
+        *,
+        config_dir: pathlib.Path,
+        log_path: pathlib.Path,
+        poll_interval: float,
+        extra_args: tuple[str, ...] = ("--no-ca",),
+    ) -> None:
         self.config_dir, self.log_path, self.poll_interval = config_dir, log_path, poll_interval
+        self.extra_args = extra_args
         self.xds_port, self.http_port = free_port(), free_port()
         self.process: asyncio.subprocess.Process | None = None
         self.session: aiohttp.ClientSession | None = None
@@ -140,7 +148,7 @@ class MeshdProcess:
                 sys.executable, "-m", "meshd", "serve", "--config-dir", str(self.config_dir),
                 "--xds-host", "127.0.0.1", "--xds-port", str(self.xds_port),
                 "--http-host", "127.0.0.1", "--http-port", str(self.http_port),
-                "--poll-interval", str(self.poll_interval), "--debounce-quiet", "0.1", "--no-ca",
+                "--poll-interval", str(self.poll_interval), "--debounce-quiet", "0.1", *self.extra_args,
             ],
             log_path=self.log_path,
         )  # fmt: skip
