@@ -19,7 +19,6 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from types import MappingProxyType
 
 from meshd.api.meta import InvalidResource
-from meshd.api.networking import exported_to
 from meshd.api.virtualservice import VirtualService
 from meshd.model.services import MeshService, ServicePort
 from meshd.model.world import World
@@ -32,20 +31,19 @@ from meshd.translate.clusters import (
 )
 from meshd.translate.endpoints import service_assignment_specs
 from meshd.translate.listeners import InboundEntry, ListenerPlan, inbound_index, inbound_listener_specs
-from meshd.translate.peer_auth import InboundMtls, check_policies, workload_mtls
+from meshd.translate.peer_auth import InboundMtls, workload_mtls
 from meshd.translate.policy import failover_priority_labels
 from meshd.translate.proxy import Proxy
 from meshd.translate.routes import (
     RouteTable,
     delegate_inputs,
     destination_hosts,
-    validate_host_routes,
-    wildcard_ports,
 )
 from meshd.translate.scope import Scope, ScopeKey, Signature, select_sidecar
-from meshd.translate.secrets import check_credentials, secret_specs
+from meshd.translate.secrets import secret_specs
 from meshd.translate.spec import Ident
-from meshd.translate.upstream_tls import CA_SUFFIX, SDS_PREFIX, credential_settings
+from meshd.translate.upstream_tls import CA_SUFFIX, SDS_PREFIX
+from meshd.xds.checks import WorldChecks
 from meshd.xds.memo import ResourceMemo, build_all, reuse_layer
 from meshd.xds.resource import (
     CLUSTER,
@@ -58,7 +56,6 @@ from meshd.xds.resource import (
 )
 from meshd.xds.tls_files import FileCheck
 
-MESH_SCOPE = ScopeKey("", None)
 # A layer as carried between generations: (its inputs, the layer, the memo entries it uses)
 _Carried = tuple[Hashable, Snapshot, list[tuple[Hashable, XdsResource]]]
 # One service's (clusters, endpoints, memo entries, SDS names its clusters use), as one scope sees it
@@ -117,11 +114,13 @@ class ConfigGenerator:
         self._failover_labels: frozenset[str] | None = None
         self._destination_cache: dict[int, tuple[VirtualService, list[str]]] = {}
         self._service_entries: dict[Hashable, _ServiceEntry] = {}
-        # checks carried between pushes: VirtualService validation per host, port collisions
-        self._route_checks: dict[Hashable, list[InvalidResource]] = {}
-        self._prev_route_checks = previous._route_checks if previous is not None else {}
-        self._port_check: tuple[tuple[MeshService, ...], list[InvalidResource]] | None = None
-        self._prev_port_check = previous._port_check if previous is not None else None
+        self.checks: WorldChecks = WorldChecks(
+            world,
+            root_namespace=root_namespace,
+            files=self.files,
+            destinations=self._destinations,
+            previous=previous.checks if previous is not None else None,
+        )
         self._previous_world = previous.world if previous is not None else None
         self._prev_plans = previous._plans if previous is not None else {}
         self._prev_inbound = previous._inbound if previous is not None else None
@@ -144,56 +143,8 @@ class ConfigGenerator:
         return list(self._errors)
 
     def precompute(self) -> None:
-        """Report every rejected resource once per World, whatever proxies are connected. Each check
-        is carried from the previous push while the inputs it read are the same objects."""
-        world = self.world
-        for host, candidates in world.virtual_services.items():
-            deps = tuple(
-                (Ident(world.services.get(h)), Ident(world.rules_by_host.get(h)))
-                for vs in candidates
-                for h in self._destinations(vs)
-            )
-            delegates = tuple(delegate_inputs(world, vs) for vs in candidates)
-            # a wildcard host's check covers the ports of every service it routes
-            target: Hashable = (
-                tuple((p, s.hostname) for p, s in wildcard_ports(world, host).items())
-                if host.startswith("*")
-                else Ident(world.services.get(host))
-            )
-            key = (host, Ident(candidates), target, Ident(world.rules_by_host.get(host)), deps, delegates)
-            found = self._route_checks.get(key) or self._prev_route_checks.get(key)
-            if found is None:
-                found = validate_host_routes(world, host)
-            self._route_checks[key] = found
-            self._errors.update(dict.fromkeys(found))
-        services = tuple(world.services.values())
-        previous = self._prev_port_check
-        if previous is not None and previous[0] == services:
-            port_errors = previous[1]
-        else:
-            mesh = Scope(world, key=MESH_SCOPE, sidecar=None, root_namespace=self._root)
-            port_errors = ListenerPlan(mesh.services).errors
-        self._port_check = (services, port_errors)
-        self._errors.update(dict.fromkeys(port_errors))
-        for namespace in world.sidecars:
-            _, errors = select_sidecar(world, namespace=namespace, labels={}, root_namespace=self._root)
-            self._errors.update(dict.fromkeys(errors))
-        self._check_credentials()
-        self._errors.update(dict.fromkeys(self.files.errors))
-        self._errors.update(dict.fromkeys(check_policies(world.peer_authentications)))
-
-    def _check_credentials(self) -> None:
-        """credentialNames that do not resolve in a namespace with workloads the rule is exported to
-        (Istio reads them from the proxy's namespace). Only rules that name one are looked at."""
-        world = self.world
-        namespaces = sorted({w.namespace for w in world.workloads.values()})
-        for rules in world.rules_by_host.values():
-            for rule in rules:
-                if not any(credential_settings(rule)):
-                    continue
-                export, owner = rule.spec.export_to, rule.metadata.namespace
-                seen = [ns for ns in namespaces if exported_to(export, owner_namespace=owner, namespace=ns)]
-                self._errors.update(dict.fromkeys(check_credentials(rule, world.secrets, namespaces=seen)))
+        """Report every rejected resource once per World, whatever proxies are connected."""
+        self._errors.update(dict.fromkeys(self.checks.run()))
 
     def scope_key(self, proxy: Proxy) -> ScopeKey:
         workload = self.world.workloads.get(proxy.ip)
