@@ -32,14 +32,13 @@ from meshd.translate.clusters import (
 from meshd.translate.endpoints import service_assignment_specs
 from meshd.translate.listeners import InboundEntry, ListenerPlan, inbound_index, inbound_listener_specs
 from meshd.translate.peer_auth import InboundMtls, workload_mtls
-from meshd.translate.policy import failover_priority_labels
 from meshd.translate.proxy import Proxy
 from meshd.translate.routes import (
     RouteTable,
     delegate_inputs,
     destination_hosts,
 )
-from meshd.translate.scope import Scope, ScopeKey, Signature, select_sidecar
+from meshd.translate.scope import Scope, ScopeKey, Signature
 from meshd.translate.secrets import secret_specs
 from meshd.translate.spec import Ident
 from meshd.translate.upstream_tls import CA_SUFFIX, SDS_PREFIX
@@ -54,6 +53,7 @@ from meshd.xds.resource import (
     Snapshot,
     XdsResource,
 )
+from meshd.xds.scope_keys import ScopeKeys
 from meshd.xds.tls_files import FileCheck
 
 # A layer as carried between generations: (its inputs, the layer, the memo entries it uses)
@@ -110,8 +110,7 @@ class ConfigGenerator:
         self._prev_vhosts = previous._vhost_cache if previous is not None else {}
         self._group_snapshots: dict[tuple[str, ScopeKey], Snapshot] = {}
         self._inbound: dict[str, tuple[InboundEntry, ...]] | None = None
-        self._scope_keys: dict[tuple[str, tuple[tuple[str, str], ...], str, bool], ScopeKey] = {}
-        self._failover_labels: frozenset[str] | None = None
+        self._keys = ScopeKeys(world, root_namespace=root_namespace)
         self._destination_cache: dict[int, tuple[VirtualService, list[str]]] = {}
         self._service_entries: dict[Hashable, _ServiceEntry] = {}
         self.checks: WorldChecks = WorldChecks(
@@ -147,39 +146,7 @@ class ConfigGenerator:
         self._errors.update(dict.fromkeys(self.checks.run()))
 
     def scope_key(self, proxy: Proxy) -> ScopeKey:
-        workload = self.world.workloads.get(proxy.ip)
-        labels = workload.labels if workload is not None else ()
-        locality = workload.locality if workload is not None else ""
-        cached = self._scope_keys.get((proxy.namespace, labels, locality, proxy.sds))
-        if cached is None:
-            sidecar, _ = select_sidecar(
-                self.world, namespace=proxy.namespace, labels=dict(labels), root_namespace=self._root
-            )
-            # The proxy's locality matters to its endpoints (locality failover / distribute), and so
-            # do its values of the labels a failoverPriority names.
-            named = self._failover_label_names()
-            failover_labels = tuple((k, v) for k, v in labels if k in named) if locality else ()
-            source = tuple(all((k, v) in labels for k, v in sel) for sel in self.world.source_selectors)
-            cached = ScopeKey(
-                proxy.namespace,
-                sidecar.key if sidecar is not None else None,
-                locality=locality,
-                failover_labels=failover_labels,
-                source=source,
-                sds=proxy.sds,
-            )
-            self._scope_keys[(proxy.namespace, labels, locality, proxy.sds)] = cached
-        return cached
-
-    def _failover_label_names(self) -> frozenset[str]:
-        """Every label some DestinationRule's failoverPriority names (once per World)."""
-        if self._failover_labels is None:
-            names: set[str] = set()
-            for rules in self.world.rules_by_host.values():
-                for rule in rules:
-                    names.update(failover_priority_labels(rule))
-            self._failover_labels = frozenset(names)
-        return self._failover_labels
+        return self._keys.for_proxy(proxy)
 
     def _scope(self, key: ScopeKey) -> Scope:
         scope = self._scopes.get(key)

@@ -1,0 +1,53 @@
+"""Which scope a proxy belongs to: everything about a proxy that can change its outbound config
+(namespace, Sidecar, locality and failover labels, sourceLabels matches, SDS), computed once per
+distinct (namespace, labels, locality, SDS) for one World."""
+
+from __future__ import annotations
+
+from meshd.model.world import World
+from meshd.translate.policy import failover_priority_labels
+from meshd.translate.proxy import Proxy
+from meshd.translate.scope import ScopeKey, select_sidecar
+
+
+class ScopeKeys:
+    def __init__(self, world: World, *, root_namespace: str) -> None:
+        self.world = world
+        self._root = root_namespace
+        self._keys: dict[tuple[str, tuple[tuple[str, str], ...], str, bool], ScopeKey] = {}
+        self._failover_labels: frozenset[str] | None = None
+
+    def for_proxy(self, proxy: Proxy) -> ScopeKey:
+        workload = self.world.workloads.get(proxy.ip)
+        labels = workload.labels if workload is not None else ()
+        locality = workload.locality if workload is not None else ""
+        cached = self._keys.get((proxy.namespace, labels, locality, proxy.sds))
+        if cached is None:
+            sidecar, _ = select_sidecar(
+                self.world, namespace=proxy.namespace, labels=dict(labels), root_namespace=self._root
+            )
+            # The proxy's locality matters to its endpoints (locality failover / distribute), and so
+            # do its values of the labels a failoverPriority names.
+            named = self._failover_label_names()
+            failover_labels = tuple((k, v) for k, v in labels if k in named) if locality else ()
+            source = tuple(all((k, v) in labels for k, v in sel) for sel in self.world.source_selectors)
+            cached = ScopeKey(
+                proxy.namespace,
+                sidecar.key if sidecar is not None else None,
+                locality=locality,
+                failover_labels=failover_labels,
+                source=source,
+                sds=proxy.sds,
+            )
+            self._keys[(proxy.namespace, labels, locality, proxy.sds)] = cached
+        return cached
+
+    def _failover_label_names(self) -> frozenset[str]:
+        """Every label some DestinationRule's failoverPriority names (once per World)."""
+        if self._failover_labels is None:
+            names: set[str] = set()
+            for rules in self.world.rules_by_host.values():
+                for rule in rules:
+                    names.update(failover_priority_labels(rule))
+            self._failover_labels = frozenset(names)
+        return self._failover_labels
