@@ -13,7 +13,15 @@ from meshd.api.meta import InvalidResource, Resource
 from meshd.api.networking import ServiceEntry, Sidecar, WorkloadEntry
 from meshd.api.security import PeerAuthentication
 from meshd.api.virtualservice import VirtualService
-from meshd.model.services import Endpoint, MeshService, ServicePort, Workload, locality_from_labels, protocol_of
+from meshd.model.services import (
+    Endpoint,
+    MeshService,
+    ServicePort,
+    Workload,
+    is_captured,
+    locality_from_labels,
+    protocol_of,
+)
 
 EXPORT_TO_ANNOTATION = "networking.istio.io/exportTo"
 EndpointChunks = dict[tuple[str, int], list[tuple[Endpoint, ...]]]
@@ -149,6 +157,7 @@ def slice_endpoints(
                     locality = workload.locality
                 else:
                     labels, account, name, locality = (), "", "", ""
+                captured = pod is not None and is_captured(pod.metadata.annotations)
                 endpoints.append(
                     Endpoint(
                         address=address,
@@ -157,6 +166,7 @@ def slice_endpoints(
                         service_account=account,
                         workload=name,
                         locality=locality,
+                        captured=captured,
                     )
                 )
         out.append((sp.number, tuple(sorted(endpoints, key=endpoint_order))))
