@@ -138,5 +138,5 @@ def test_outbound_traffic_policy_sidecar_over_mesh_default(
 def test_unknown_outbound_mode_is_refused_naming_the_field() -> None:
     doc = {"apiVersion": "networking.istio.io/v1", "kind": "Sidecar", "metadata": {"name": "s", "namespace": "x"},
            "spec": {"outboundTrafficPolicy": {"mode": "SOMETIMES"}}}  # fmt: skip
-    with pytest.raises(InvalidResource, match="outboundTrafficPolicy.mode"):
+    with pytest.raises(InvalidResource, match=r"outboundTrafficPolicy\.mode"):
         parse_resource(doc)
