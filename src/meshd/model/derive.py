@@ -42,10 +42,10 @@ def age_key(resource: Resource) -> tuple[str, str, str]:
     return (resource.metadata.creation_timestamp or "~", resource.metadata.namespace, resource.metadata.name)
 
 
-def endpoint_order(endpoint: Endpoint) -> tuple[str, int, tuple[tuple[str, str], ...], str, str, int, str]:
+def endpoint_order(endpoint: Endpoint) -> tuple[str, int, tuple[tuple[str, str], ...], str, str, int, str, bool]:
     """A total order, so endpoints merged from several slices sort the same whatever their order."""
     e = endpoint
-    return (e.address, e.port, e.labels, e.service_account, e.workload, e.weight, e.locality)
+    return (e.address, e.port, e.labels, e.service_account, e.workload, e.weight, e.locality, e.captured)
 
 
 def pod_workload(pod: Pod) -> Workload:
@@ -56,6 +56,7 @@ def pod_workload(pod: Pod) -> Workload:
         labels=tuple(sorted(pod.metadata.labels.items())),
         service_account=pod.spec.service_account_name,
         locality=locality_from_labels(pod.metadata.labels),
+        captured=is_captured(pod.metadata.annotations),
     )
 
 
@@ -157,7 +158,10 @@ def slice_endpoints(
                     locality = workload.locality
                 else:
                     labels, account, name, locality = (), "", "", ""
-                captured = pod is not None and is_captured(pod.metadata.annotations)
+                if pod is not None:
+                    captured = is_captured(pod.metadata.annotations)
+                else:  # the pod at that address, as for its labels
+                    captured = workload is not None and workload.captured
                 endpoints.append(
                     Endpoint(
                         address=address,

@@ -141,6 +141,7 @@ class Workload:
     labels: tuple[tuple[str, str], ...] = field(default=())
     service_account: str = ""
     locality: str = ""  # region/zone/subzone ("" when unknown)
+    captured: bool = False  # its sidecar captures its traffic (see is_captured)
 
 
 INTERCEPTION_ANNOTATION = "sidecar.istio.io/interceptionMode"
