@@ -46,6 +46,8 @@ socketserver.ThreadingTCPServer.allow_reuse_address = True
 for port in (5555, 7777):
     server = socketserver.ThreadingTCPServer(("0.0.0.0", port), Tcp)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+web = http.server.ThreadingHTTPServer(("0.0.0.0", 80), Http)  # a port no service of the server's has
+threading.Thread(target=web.serve_forever, daemon=True).start()
 http.server.ThreadingHTTPServer(("0.0.0.0", 8080), Http).serve_forever()
 """
 
@@ -239,6 +241,10 @@ async def test_captured_traffic_flows_through_both_sidecars(capture_mesh: Captur
     assert unknown == {"data": "peer=127.0.0.6 port=7777"}, unknown
     assert await mesh.stat(mesh.client_ip, "cluster.PassthroughCluster.upstream_cx_total") >= 1
     assert await mesh.stat(mesh.server_ip, "cluster.InboundPassthroughCluster.upstream_cx_total") >= 1
+    # ... and so does HTTP to an unknown Host on a port the mesh routes (80): the `allow_any` virtual host
+    external = await mesh.call("http", mesh.server_ip, 80)
+    assert external.get("status") == 200 and external["body"]["peer"] == "127.0.0.6", external
+    assert await mesh.stat(mesh.client_ip, "cluster.PassthroughCluster.upstream_rq_200") >= 1
 
     # no sidecar NACKed anything meshd sent
     status = json.loads(await mesh.fetch(f"http://{mesh.lab.node_ip}:{mesh.http_port}/debug/syncz"))
@@ -252,4 +258,6 @@ async def test_captured_traffic_flows_through_both_sidecars(capture_mesh: Captur
 
     await eventually(refused, timeout=20, what="REGISTRY_ONLY black-holes unknown destinations")
     assert await mesh.stat(mesh.client_ip, "cluster.BlackHoleCluster.upstream_cx_none_healthy") >= 1
+    blocked = await mesh.call("http", mesh.server_ip, 80)
+    assert "502" in blocked.get("error", ""), blocked  # the `block_all` virtual host
     assert (await mesh.call("http", f"{mesh.vip}.10", 80)).get("status") == 200

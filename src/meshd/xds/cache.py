@@ -284,14 +284,15 @@ class ConfigGenerator:
                 deps += delegate_inputs(world, vs)
                 for host in self._destinations(vs):
                     deps += (Ident(world.services.get(host)), Ident(world.rules_by_host.get(host)))
-        inputs = (scope.cluster_signature, tuple(deps))
+        catch_all = self._outbound_mode(key) if key.capture else None
+        inputs = (scope.cluster_signature, tuple(deps), catch_all)
         carried = self._prev_scopes.get(key)
         if carried is not None and carried[0] == inputs:
             _, layer, used = carried
             self.memo.keep(used)
         else:
             used = []
-            table = RouteTable(scope, cache=self._vhost_cache, previous_cache=self._prev_vhosts)
+            table = RouteTable(scope, cache=self._vhost_cache, previous_cache=self._prev_vhosts, catch_all=catch_all)
             routes = self.memo.resolve(table.specs(), used)
             layer = reuse_layer({ROUTE: routes}, carried[1] if carried is not None else None)
         self._scope_layers[key] = (inputs, layer, used)
