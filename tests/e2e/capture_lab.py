@@ -4,7 +4,7 @@ Nothing is added to the host namespace; `close()` deletes every namespace it mad
 with them). Processes run inside a namespace with `ip netns exec`, the proxy as UID 1337 (`setpriv`).
 
 The capture rules installed here are the minimal Istio-shaped NAT rules (outbound TCP to 15001 except
-the proxy's UID, loopback and 127.0.0.6; inbound TCP to 15006 except Envoy's admin/health/metrics ports).
+the proxy's UID and GID, loopback and 127.0.0.6; inbound TCP to 15006 except Envoy's admin/health/metrics ports).
 `meshd iptables` (issue 7 item 5) is the production writer of such rules.
 """
 
@@ -30,6 +30,7 @@ RULES = """\
 -A OUTPUT -p tcp -j MESHLAB_OUT
 -A MESHLAB_OUT -s 127.0.0.6/32 -o lo -j RETURN
 -A MESHLAB_OUT -m owner --uid-owner 1337 -j RETURN
+-A MESHLAB_OUT -m owner --gid-owner 1337 -j RETURN
 -A MESHLAB_OUT -d 127.0.0.1/32 -j RETURN
 -A MESHLAB_OUT -p tcp -j REDIRECT --to-ports 15001
 COMMIT
@@ -85,10 +86,13 @@ class Lab:
     def node_ip(self) -> str:
         return f"{self.prefix}.1"
 
-    def exec_argv(self, namespace: str, *argv: str, uid: int | None = None) -> list[str]:
+    def exec_argv(self, namespace: str, *argv: str, uid: int | None = None, gid: int | None = None) -> list[str]:
+        """`uid`: run as that user and group; `gid`: only as that group (the user stays root)."""
         prefix = ["ip", "netns", "exec", namespace]
         if uid is not None:
             prefix += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+        elif gid is not None:
+            prefix += ["setpriv", f"--regid={gid}", "--clear-groups"]
         return [*prefix, *argv]
 
     def create(self) -> None:
@@ -133,11 +137,13 @@ class Lab:
     def _in(self, namespace: str, *argv: str) -> str:
         return _run(*self.exec_argv(namespace, *argv))
 
-    async def spawn(self, namespace: str, *argv: str, uid: int | None = None, log: str) -> asyncio.subprocess.Process:
+    async def spawn(
+        self, namespace: str, *argv: str, uid: int | None = None, gid: int | None = None, log: str
+    ) -> asyncio.subprocess.Process:
         out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             proc = await asyncio.create_subprocess_exec(
-                *self.exec_argv(namespace, *argv, uid=uid), stdout=out, stderr=out
+                *self.exec_argv(namespace, *argv, uid=uid, gid=gid), stdout=out, stderr=out
             )
         finally:
             os.close(out)

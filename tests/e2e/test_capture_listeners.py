@@ -80,6 +80,7 @@ metadata:
   namespace: default
   labels: {{app: client, security.istio.io/tlsMode: istio}}
   annotations: {{sidecar.istio.io/status: '{{}}'}}
+spec: {{serviceAccountName: client}}
 status: {{podIP: {client}}}
 ---
 apiVersion: v1
@@ -89,6 +90,7 @@ metadata:
   namespace: default
   labels: {{app: server, security.istio.io/tlsMode: istio}}
   annotations: {{sidecar.istio.io/status: '{{}}'}}
+spec: {{serviceAccountName: server}}
 status: {{podIP: {server}}}
 ---
 apiVersion: v1
@@ -130,6 +132,28 @@ kind: Sidecar
 metadata: {name: default, namespace: default}
 spec:
   outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+"""
+
+
+STRICT_SERVER = """\
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: server, namespace: default}
+spec:
+  selector: {matchLabels: {app: server}}
+  mtls: {mode: STRICT}
+"""
+
+PERMISSIVE_8080 = """\
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: server, namespace: default}
+spec:
+  selector: {matchLabels: {app: server}}
+  mtls: {mode: STRICT}
+  portLevelMtls:
+    8080: {mode: PERMISSIVE}
 """
 
 
@@ -175,43 +199,105 @@ async def _sidecar(lab: Lab, workdir: pathlib.Path, namespace: str, pod: str, ip
 
 
 def _workdir() -> pathlib.Path:
-    workdir = pathlib.Path(tempfile.mkdtemp(prefix="meshd-capture-"))
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="mcap-", dir="/tmp"))  # short: the SDS socket path
     workdir.chmod(0o755)  # the proxies run as UID 1337 and read their bootstraps here
     (workdir / "config").mkdir()
     return workdir
 
 
-@pytest.fixture
-async def capture_mesh() -> AsyncIterator[CaptureMesh]:
-    reason = lab_unavailable()
-    if reason is not None:
-        pytest.skip(f"capture-mode test needs network namespaces and iptables: {reason}")
+def _agent_workdir(workdir: pathlib.Path, pod: str) -> pathlib.Path:
+    """What `meshd agent` of `pod` reads: its CA token and meshd's root."""
+    own = workdir / pod
+    own.mkdir()
+    (own / "token").write_text(f"tok-{pod}")
+    shutil.copy(workdir / "ca" / "root-cert.pem", own / "root-cert.pem")
+    return own
+
+
+async def _agent(lab: Lab, workdir: pathlib.Path, namespace: str, pod: str, ip: str, secure_port: int) -> None:
+    """`meshd agent --interception-mode REDIRECT` in the pod, with GID 1337 (its CSR and xDS traffic and its
+    Envoy's are not captured, as with Istio's proxy GID rule; its UID stays root to run this venv's Python)."""
+    own = _agent_workdir(workdir, pod)
+    agent = (
+        sys.executable, "-m", "meshd", "agent", "--pod", pod, "--namespace", "default", "--ip", ip,
+        "--service-account", pod, "--labels", f"app={pod}", "--interception-mode", "REDIRECT",
+        "--xds-address", f"{lab.node_ip}:{secure_port}", "--token-file", "token", "--root-cert", "root-cert.pem",
+        "--workdir", str(own), "--envoy-concurrency", "1", "--restart-base", "0.2",
+    )  # fmt: skip
+    await lab.spawn(namespace, *agent, gid=PROXY_UID, log=str(workdir / f"{pod}.agent.log"))
+
+
+async def _start(*, mtls: bool, extra_yaml: str = "") -> CaptureMesh:
     lab = Lab()
     workdir = _workdir()
     config = workdir / "config"
+    mesh: CaptureMesh | None = None
     try:
         lab.create()
         client_ns, client_ip = lab.pod("client", capture=True)
         server_ns, server_ip = lab.pod("server", capture=True)
         vip = f"10.96.{lab.prefix.rsplit('.', 1)[1]}"
-        (config / "mesh.yaml").write_text(MESH.format(client=client_ip, server=server_ip, vip=vip))
-        xds_port, http_port = free_port(), free_port()
-        meshd = (
-            sys.executable, "-m", "meshd", "serve", "--config-dir", str(config), "--no-ca",
+        (config / "mesh.yaml").write_text(MESH.format(client=client_ip, server=server_ip, vip=vip) + extra_yaml)
+        xds_port, http_port, secure_port = free_port(), free_port(), free_port()
+        meshd = [
+            sys.executable, "-m", "meshd", "serve", "--config-dir", str(config),
             "--xds-host", "0.0.0.0", "--xds-port", str(xds_port),
             "--http-host", "0.0.0.0", "--http-port", str(http_port), "--poll-interval", "0.1",
-        )  # fmt: skip
+        ]  # fmt: skip
+        if mtls:
+            (workdir / "tokens.yaml").write_text(
+                "tok-client: {namespace: default, serviceAccount: client}\n"
+                "tok-server: {namespace: default, serviceAccount: server}\n"
+            )
+            meshd += ["--ca-token-file", str(workdir / "tokens.yaml"), "--ca-dir", str(workdir / "ca")]
+            meshd += ["--secure-host", "0.0.0.0", "--secure-port", str(secure_port)]
+        else:
+            meshd.append("--no-ca")
         await lab.spawn(lab.node, *meshd, log=str(workdir / "meshd.log"))
         await lab.spawn(server_ns, sys.executable, "-c", SERVER_APP, log=str(workdir / "app.log"))
         mesh = CaptureMesh(lab, workdir, http_port, client_ns, client_ip, server_ip, vip)
         await eventually(lambda: mesh.fetch(f"http://{lab.node_ip}:{http_port}/ready"), timeout=30, what="meshd")
         for namespace, pod, ip in ((client_ns, "client", client_ip), (server_ns, "server", server_ip)):
-            await _sidecar(lab, workdir, namespace, pod, ip, xds_port)
+            if mtls:
+                await _agent(lab, workdir, namespace, pod, ip, secure_port)
+            else:
+                await _sidecar(lab, workdir, namespace, pod, ip, xds_port)
+        return mesh
+    except BaseException:
+        await _stop(lab, workdir)
+        raise
+
+
+async def _stop(lab: Lab, workdir: pathlib.Path) -> None:
+    await lab.close()
+    if os.environ.get("MESHD_KEEP_CAPTURE_LOGS") is None:
+        shutil.rmtree(workdir)
+
+
+def _skip_without_lab() -> None:
+    reason = lab_unavailable()
+    if reason is not None:
+        pytest.skip(f"capture-mode test needs network namespaces and iptables: {reason}")
+
+
+@pytest.fixture
+async def capture_mesh() -> AsyncIterator[CaptureMesh]:
+    _skip_without_lab()
+    mesh = await _start(mtls=False)
+    try:
         yield mesh
     finally:
-        await lab.close()
-        if os.environ.get("MESHD_KEEP_CAPTURE_LOGS") is None:
-            shutil.rmtree(workdir)
+        await _stop(mesh.lab, mesh.workdir)
+
+
+@pytest.fixture
+async def mtls_mesh() -> AsyncIterator[CaptureMesh]:
+    _skip_without_lab()
+    mesh = await _start(mtls=True, extra_yaml=STRICT_SERVER)
+    try:
+        yield mesh
+    finally:
+        await _stop(mesh.lab, mesh.workdir)
 
 
 async def test_captured_traffic_flows_through_both_sidecars(capture_mesh: CaptureMesh) -> None:
@@ -261,3 +347,42 @@ async def test_captured_traffic_flows_through_both_sidecars(capture_mesh: Captur
     blocked = await mesh.call("http", mesh.server_ip, 80)
     assert "502" in blocked.get("error", ""), blocked  # the `block_all` virtual host
     assert (await mesh.call("http", f"{mesh.vip}.10", 80)).get("status") == 200
+
+
+async def test_peer_authentication_per_port_on_captured_inbound(mtls_mesh: CaptureMesh) -> None:
+    """Sidecars run by `meshd agent --interception-mode REDIRECT` with certificates from meshd's CA: the
+    captured call arrives over mTLS (the app sees the caller's SPIFFE identity); the server's STRICT
+    policy refuses a plaintext caller without a sidecar, until port 8080 is made PERMISSIVE."""
+    mesh = mtls_mesh
+
+    async def served() -> dict[str, Any] | None:
+        answer = await mesh.call("http", f"{mesh.vip}.10", 80)
+        return answer if answer.get("status") == 200 else None
+
+    answer = await eventually(served, timeout=60, what="HTTP over mTLS through the capture listeners")
+    headers = {k.lower(): v for k, v in answer["body"]["headers"].items()}
+    assert "URI=spiffe://cluster.local/ns/default/sa/client" in headers["x-forwarded-client-cert"], headers
+    assert answer["body"]["peer"] == "127.0.0.6"
+    tcp = await mesh.call("tcp", f"{mesh.vip}.11", 5555)  # STRICT TCP chain, auto mTLS from the client
+    assert tcp == {"data": "peer=127.0.0.6 port=5555"}, tcp
+
+    # a caller without a sidecar (the node namespace: not captured on its way out) is refused by STRICT
+    plain = mesh.lab.python(mesh.lab.node, CLIENT, "http", mesh.server_ip, "8080")
+    assert "error" in json.loads(await plain), "STRICT must refuse plaintext"
+
+    (mesh.workdir / "config" / "mesh.yaml").write_text(
+        (mesh.workdir / "config" / "mesh.yaml").read_text().replace(STRICT_SERVER, "---\n" + PERMISSIVE_8080)
+    )
+
+    async def admitted() -> bool:
+        answer = json.loads(await mesh.lab.python(mesh.lab.node, CLIENT, "http", mesh.server_ip, "8080"))
+        return answer.get("status") == 200
+
+    await eventually(admitted, timeout=20, what="port 8080 PERMISSIVE admits plaintext")
+    # the other port stays STRICT, and the meshed client still goes over mTLS
+    refused = json.loads(await mesh.lab.python(mesh.lab.node, CLIENT, "tcp", mesh.server_ip, "5555"))
+    assert "peer=" not in refused.get("data", ""), refused  # a TLS alert or a reset, never the app
+    again = await mesh.call("http", f"{mesh.vip}.10", 80)
+    assert "spiffe://cluster.local/ns/default/sa/client" in str(again["body"]["headers"]), again
+    status = json.loads(await mesh.fetch(f"http://{mesh.lab.node_ip}:{mesh.http_port}/debug/syncz"))
+    assert len(status) == 2 and all(t["nacked"] is None for c in status for t in c["types"].values()), status
