@@ -41,8 +41,20 @@ STORAGE = {NETWORKING: "v1alpha3", SECURITY: "v1beta1"}
 CATEGORIES = {NETWORKING: ["istio-io", "networking-istio-io"], SECURITY: ["istio-io", "security-istio-io"]}
 
 # JSON-schema keywords that carry over unchanged into OpenAPI v3 value validation.
-_VALIDATIONS = ("enum", "minimum", "maximum", "minLength", "maxLength", "pattern", "minItems", "maxItems",
-                "minProperties", "maxProperties", "format", "description")
+_VALIDATIONS = (
+    "enum",
+    "minimum",
+    "maximum",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minItems",
+    "maxItems",
+    "minProperties",
+    "maxProperties",
+    "format",
+    "description",
+)
 
 
 @dataclass(frozen=True)

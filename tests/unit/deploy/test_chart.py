@@ -216,10 +216,17 @@ def test_injection_webhook(default: list[dict[str, Any]]) -> None:
     assert config["metadata"]["name"] == "meshd-sidecar-injector"
     by_namespace, by_object = config["webhooks"]
     for hook in (by_namespace, by_object):
-        assert hook["clientConfig"]["service"] == {"name": "meshd", "namespace": NAMESPACE, "path": "/inject", "port": 443}
+        assert hook["clientConfig"]["service"] == {
+            "name": "meshd",
+            "namespace": NAMESPACE,
+            "path": "/inject",
+            "port": 443,
+        }
         assert "caBundle" not in hook["clientConfig"]  # meshd patches it; helm upgrade must not wipe it
         assert hook["failurePolicy"] == "Ignore"
-        assert hook["rules"] == [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}]
+        assert hook["rules"] == [
+            {"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}
+        ]
     assert selects(by_namespace, namespace={"istio-injection": "enabled"}, pod={})
     assert not selects(by_namespace, namespace={"istio-injection": "enabled"}, pod={"sidecar.istio.io/inject": "false"})
     assert not selects(by_namespace, namespace={"istio-injection": "disabled"}, pod={})
