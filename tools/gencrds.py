@@ -14,6 +14,7 @@ detail get a permissive `spec`.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,7 +206,8 @@ META = """\
 def render() -> str:
     parts = [HEADER]
     for doc in all_crds():
-        text = yaml.safe_dump(doc, sort_keys=False, width=1000)
+        # a JSON round trip unshares repeated sub-schemas, so the YAML has no anchors/aliases
+        text = yaml.safe_dump(json.loads(json.dumps(doc)), sort_keys=False, width=1000)
         if "{{" in text or "}}" in text:
             raise SystemExit(f"{doc['metadata']['name']}: a schema contains template delimiters")
         head, _, rest = text.partition("\nspec:\n")
