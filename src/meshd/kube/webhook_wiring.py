@@ -27,7 +27,7 @@ def injection_config(settings: Settings) -> InjectionConfig | None:
     return InjectionConfig(
         image=settings.inject_image,
         image_pull_policy=settings.inject_image_pull_policy,
-        xds_address=settings.inject_xds_address or f"istiod.{ns}.svc:{settings.secure_port or 15012}",
+        xds_address=settings.inject_xds_address or f"istiod.{ns}.svc:15012",  # the Service port, whatever meshd binds
         xds_server_name=f"istiod.{ns}.svc",
         ca_address=settings.inject_ca_address,
         trust_domain=settings.trust_domain,
