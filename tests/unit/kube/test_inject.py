@@ -193,7 +193,7 @@ def test_existing_init_containers_volumes_labels_are_kept() -> None:
     out = injected(pod)
     validate_pod(out)
     assert [c["name"] for c in out["spec"]["initContainers"]] == ["migrate", "istio-init"]
-    assert [v["name"] for v in out["spec"]["volumes"]][0] == "data" and len(out["spec"]["volumes"]) == 7
+    assert out["spec"]["volumes"][0]["name"] == "data" and len(out["spec"]["volumes"]) == 7
     assert out["metadata"]["labels"]["service.istio.io/canonical-name"] == "shop-web"  # not overwritten
     assert out["metadata"]["annotations"]["a/b~c"] == "x"
 
@@ -229,8 +229,8 @@ def test_host_network_pods_and_system_namespaces_are_not_injected() -> None:
 @pytest.mark.parametrize(
     ("annotation", "value", "init_flag", "expected"),
     [
-        ("traffic.sidecar.istio.io/includeOutboundIPRanges", "10.0.0.0/8, 172.16.0.0/12", "--include-outbound-ip-ranges",
-         "10.0.0.0/8,172.16.0.0/12"),
+        ("traffic.sidecar.istio.io/includeOutboundIPRanges", "10.0.0.0/8, 172.16.0.0/12",
+         "--include-outbound-ip-ranges", "10.0.0.0/8,172.16.0.0/12"),
         ("traffic.sidecar.istio.io/excludeOutboundIPRanges", "169.254.169.254/32", "--exclude-outbound-ip-ranges",
          "169.254.169.254/32"),
         ("traffic.sidecar.istio.io/excludeInboundPorts", "8081,9000", "--exclude-inbound-ports",
