@@ -21,6 +21,7 @@ from meshd.clock import Clock, SystemClock
 from meshd.gcpolicy import GcPolicy
 from meshd.kube.duties import Duties, PublisherFactory, run_kube_duties
 from meshd.kube.mode import KubeMode, start_kube_mode
+from meshd.kube.webhook_wiring import webhook_duties
 from meshd.model.store import ConfigStore
 from meshd.obs.http import build_app
 from meshd.obs.metrics import Metrics
@@ -136,6 +137,7 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
                         clock=clock,
                         log=log,
                         root_publisher=root_publisher_factory(security, source, log),
+                        **webhook_duties(settings, security, is_ready=lambda: hub.ready, log=log),
                     )
                 )
             )

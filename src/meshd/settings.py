@@ -78,6 +78,19 @@ class Settings(BaseModel):
     # The mesh's outboundTrafficPolicy.mode for capture-mode proxies (a Sidecar's mode wins): unknown
     # destinations go to PassthroughCluster (ALLOW_ANY) or BlackHoleCluster (REGISTRY_ONLY).
     outbound_traffic_policy: Literal["ALLOW_ANY", "REGISTRY_ONLY"] = "ALLOW_ANY"
+    # --- Sidecar injection and webhook configurations: issue 7 ----------------------------------
+    # `/inject` on the webhook server (kube/inject.py); what the injected containers run and dial.
+    inject_enabled: bool = True
+    inject_image: str = "meshd:latest"
+    inject_image_pull_policy: str = "IfNotPresent"
+    inject_xds_address: str | None = None  # default: istiod.<namespace>.svc:15012
+    inject_ca_address: str | None = None  # default: the xDS address
+    # Kubernetes mode with the CA, no --webhook-cert: the webhook certificate is issued by meshd's CA for
+    # <webhook_service>.<namespace>.svc (+ meshd/istiod), and the leader patches these configurations'
+    # caBundle (and the validating one's failurePolicy to Fail once ready). "" skips one.
+    webhook_service: str = "meshd"
+    injector_webhook_config: str = "meshd-sidecar-injector"
+    validator_webhook_config: str = "meshd-validator"
 
 
 class AgentSettings(BaseModel):

@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import pathlib
 import signal
+from collections.abc import Mapping
 
 from meshd.settings import AgentSettings
 
@@ -44,10 +46,12 @@ def add_agent_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ident = p.add_argument_group("workload identity")
-    ident.add_argument("--pod", required=True, help="pod name (node id and NAME metadata)")
-    ident.add_argument("--namespace", default=d.namespace)
-    ident.add_argument("--ip", default=d.ip, help="the workload's address; Envoy admin and status bind here")
-    ident.add_argument("--service-account", default=d.service_account)
+    ident.add_argument("--pod", help="pod name (node id and NAME metadata); default: $POD_NAME")
+    ident.add_argument("--namespace", help=f"default: $POD_NAMESPACE, else {d.namespace}")
+    ident.add_argument(
+        "--ip", help=f"the workload's address; Envoy admin and status bind here; default: $INSTANCE_IP, else {d.ip}"
+    )
+    ident.add_argument("--service-account", help=f"default: $SERVICE_ACCOUNT, else {d.service_account}")
     ident.add_argument("--labels", type=_labels, default={}, help="k=v,k2=v2 (LABELS metadata)")
     ident.add_argument("--workload-name", default=None, help="default: label app, else the pod name")
     ident.add_argument("--pod-ports", type=_ports, default=(), help="container ports, comma separated")
@@ -59,6 +63,7 @@ def add_agent_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         default=d.interception_mode,
         help="REDIRECT: iptables captures the workload's traffic (capture-mode listeners); NONE: bound listeners",
     )
+    ident.add_argument("--trust-domain", default=d.trust_domain, help="trust domain of the SPIFFE id in the CSR")
     xds = p.add_argument_group("control plane")
     xds.add_argument("--xds-address", default=d.xds_address, help="meshd host:port (15012: mTLS)")
     xds.add_argument("--xds-server-name", default=d.xds_server_name, help="SNI and DNS SAN expected of meshd")
@@ -90,18 +95,36 @@ def add_agent_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.set_defaults(func=run_agent_command)
 
 
-def settings_from_args(args: argparse.Namespace) -> AgentSettings:
+# Flags win; an injected sidecar gets these from the downward API (`kube/inject_template.py`).
+ENV_FALLBACKS = {
+    "pod": "POD_NAME",
+    "namespace": "POD_NAMESPACE",
+    "ip": "INSTANCE_IP",
+    "service_account": "SERVICE_ACCOUNT",
+}
+
+
+def _identity(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, str]:
+    defaults = AgentSettings(pod="-")
+    identity: dict[str, str] = {}
+    for field, var in ENV_FALLBACKS.items():
+        value = getattr(args, field) or env.get(var) or (None if field == "pod" else getattr(defaults, field))
+        if not value:
+            raise ValueError(f"--{field.replace('_', '-')} or ${var} is required")
+        identity[field] = value
+    return identity
+
+
+def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> AgentSettings:
     return AgentSettings(
-        pod=args.pod,
-        namespace=args.namespace,
-        ip=args.ip,
-        service_account=args.service_account,
+        **_identity(args, os.environ if env is None else env),
         labels=args.labels,
         workload_name=args.workload_name,
         pod_ports=args.pod_ports,
         cluster_id=args.cluster_id,
         mesh_id=args.mesh_id,
         interception_mode=args.interception_mode,
+        trust_domain=args.trust_domain,
         xds_address=args.xds_address,
         xds_server_name=args.xds_server_name,
         xds_plaintext=args.xds_plaintext,

@@ -1,6 +1,8 @@
 """Wiring of the leader-only duties and the validation webhook, called once from app.py.
 
-- the validating webhook, when `webhook_cert`/`webhook_key` are set (needs no cluster);
+- the webhook server (`/validate`, `/inject`), when `webhook_cert`/`webhook_key` are set (needs no
+  cluster) or meshd's CA issued its certificate (`webhook_ssl`, Kubernetes mode);
+- the leader's webhook configuration patcher (caBundle, failurePolicy), see `kube/webhook_patcher.py`;
 - leader election and the status writer, when meshd talks to a cluster (Kubernetes mode, or a
   `kubeconfig` given next to a config directory) and `leader_election` is on. Only the leader
   writes status; xDS serving never waits for any of this.
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +25,8 @@ from meshd.kube.leader import LeaderElector, LeaseConfig, default_identity
 from meshd.kube.lease_lock import KubeLeaseLock
 from meshd.kube.status import KubeStatusApi, StatusWriter
 from meshd.kube.webhook import serve_webhook
+from meshd.kube.webhook_patcher import WebhookConfigPatcher
+from meshd.kube.webhook_wiring import PatcherFactory, injection_config
 from meshd.model.store import ConfigStore
 from meshd.settings import Settings
 
@@ -52,13 +57,16 @@ class Duties:
     clock: Clock
     log: logging.Logger
     root_publisher: PublisherFactory | None = None
+    webhook_ssl: ssl.SSLContext | None = None  # the webhook certificate from meshd's CA
+    webhook_patcher: PatcherFactory | None = None
 
 
 async def run_kube_duties(duties: Duties) -> None:
     """Run until cancelled (returns at once if nothing is enabled)."""
     settings = duties.settings
     async with asyncio.TaskGroup() as tasks:
-        if settings.webhook_cert is not None and settings.webhook_key is not None:
+        files = settings.webhook_cert is not None and settings.webhook_key is not None
+        if files or duties.webhook_ssl is not None:
             tasks.create_task(
                 _webhook_or_log(
                     log=duties.log,
@@ -67,6 +75,8 @@ async def run_kube_duties(duties: Duties) -> None:
                     port=settings.webhook_port,
                     cert=settings.webhook_cert,
                     key=settings.webhook_key,
+                    ssl_context=None if files else duties.webhook_ssl,
+                    injection=injection_config(settings),
                 )
             )
         if wants_cluster_duties(settings):
@@ -97,12 +107,15 @@ async def _lead(duties: Duties) -> None:
         )
         writer: StatusWriter | None = None
         publisher: RootCertPublisher | None = None
+        patcher: WebhookConfigPatcher | None = None
 
         def on_change(leading: bool) -> None:
             if writer is not None:
                 writer.leadership_changed(leading)
             if publisher is not None and leading:
                 publisher.trigger()
+            if patcher is not None and leading:
+                patcher.trigger()
 
         elector = LeaderElector(
             config=config,
@@ -131,5 +144,8 @@ async def _lead(duties: Duties) -> None:
             if duties.root_publisher is not None:
                 publisher = duties.root_publisher(lambda: elector.is_leader)
                 tasks.create_task(publisher.run(clock=clock))
+            if duties.webhook_patcher is not None:
+                patcher = duties.webhook_patcher(lambda: elector.is_leader)
+                tasks.create_task(patcher.run(clock=clock))
     finally:
         await api.close()

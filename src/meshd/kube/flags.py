@@ -1,4 +1,4 @@
-"""`meshd serve` flags of leader election, status writing and the validation webhook."""
+"""`meshd serve` flags of leader election, status writing, the webhooks and sidecar injection."""
 
 from __future__ import annotations
 
@@ -27,6 +27,25 @@ def add_leader_flags(serve: argparse.ArgumentParser, defaults: Settings) -> None
     group.add_argument("--webhook-key", help="PEM private key of the validating webhook")
     group.add_argument("--webhook-host", default=defaults.webhook_host)
     group.add_argument("--webhook-port", type=int, default=defaults.webhook_port)
+    inject = serve.add_argument_group("sidecar injection (/inject) and webhook configurations")
+    inject.add_argument("--no-inject", dest="inject_enabled", action="store_false", help="do not serve /inject")
+    inject.add_argument("--inject-image", default=defaults.inject_image, help="image of istio-init and istio-proxy")
+    inject.add_argument("--inject-image-pull-policy", default=defaults.inject_image_pull_policy)
+    inject.add_argument("--inject-xds-address", help="what sidecars dial (default: istiod.<namespace>.svc:15012)")
+    inject.add_argument("--inject-ca-address", help="the CA sidecars dial (default: the xDS address)")
+    inject.add_argument(
+        "--webhook-service", default=defaults.webhook_service, help="Service name in the CA-issued webhook cert"
+    )
+    inject.add_argument(
+        "--injector-webhook-config",
+        default=defaults.injector_webhook_config,
+        help='MutatingWebhookConfiguration whose caBundle the leader sets ("" = none)',
+    )
+    inject.add_argument(
+        "--validator-webhook-config",
+        default=defaults.validator_webhook_config,
+        help='ValidatingWebhookConfiguration: caBundle, failurePolicy Fail once ready ("" = none)',
+    )
 
 
 def leader_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -45,4 +64,12 @@ def leader_settings(args: argparse.Namespace) -> dict[str, Any]:
         "webhook_key": path(args.webhook_key),
         "webhook_host": args.webhook_host,
         "webhook_port": args.webhook_port,
+        "inject_enabled": args.inject_enabled,
+        "inject_image": args.inject_image,
+        "inject_image_pull_policy": args.inject_image_pull_policy,
+        "inject_xds_address": args.inject_xds_address,
+        "inject_ca_address": args.inject_ca_address,
+        "webhook_service": args.webhook_service,
+        "injector_webhook_config": args.injector_webhook_config,
+        "validator_webhook_config": args.validator_webhook_config,
     }

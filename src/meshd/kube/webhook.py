@@ -1,4 +1,5 @@
-"""The validating admission webhook server: HTTPS, `POST /validate` (AdmissionReview), `GET /ready`.
+"""The admission webhook server: HTTPS, `POST /validate` (validation), `POST /inject` (sidecar
+injection, `kube/inject.py`), `GET /ready`.
 
 Port 15017 as istiod's. A body that is not an AdmissionReview (not JSON, over the size limit,
 nested deeper than `admission.MAX_DEPTH`, fields missing) gets a 4xx; nothing in a request can
@@ -12,10 +13,14 @@ import json
 import logging
 import pathlib
 import ssl
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
 from meshd.kube.admission import BadReview, depth_exceeds, review
+from meshd.kube.inject import inject_review
+from meshd.kube.inject_template import InjectionConfig
 
 MAX_BODY_BYTES = 6 * 1024 * 1024  # the API server's own request limit is 3 MiB
 
@@ -27,8 +32,8 @@ def server_ssl_context(cert: pathlib.Path, key: pathlib.Path) -> ssl.SSLContext:
     return context
 
 
-def build_webhook_app(*, log: logging.Logger, max_body_bytes: int = MAX_BODY_BYTES) -> web.Application:
-    async def validate(request: web.Request) -> web.Response:
+def _handler(answer_for: Callable[[Any], dict[str, Any]], *, log: logging.Logger) -> Callable[[web.Request], Any]:
+    async def handle(request: web.Request) -> web.Response:
         raw = await request.read()  # aiohttp answers 413 itself past client_max_size
         try:
             body = json.loads(raw)
@@ -39,7 +44,7 @@ def build_webhook_app(*, log: logging.Logger, max_body_bytes: int = MAX_BODY_BYT
             log.info("event=webhook_bad_request reason=too_deep")
             return web.json_response({"error": "JSON nested too deeply"}, status=400)
         try:
-            answer = review(body)
+            answer = answer_for(body)
         except BadReview as exc:
             log.info("event=webhook_bad_request reason=%r", str(exc))
             return web.json_response({"error": str(exc)}, status=400)
@@ -48,21 +53,45 @@ def build_webhook_app(*, log: logging.Logger, max_body_bytes: int = MAX_BODY_BYT
             log.info("event=webhook_denied uid=%s message=%r", response["uid"], response["status"]["message"])
         return web.json_response(answer)
 
+    return handle
+
+
+def build_webhook_app(
+    *, log: logging.Logger, injection: InjectionConfig | None = None, max_body_bytes: int = MAX_BODY_BYTES
+) -> web.Application:
+    """`/inject` is served when `injection` is given."""
+
     async def ready(_: web.Request) -> web.Response:
         return web.Response(text="ready\n")
 
     app = web.Application(client_max_size=max_body_bytes)
-    app.router.add_post("/validate", validate)
+    app.router.add_post("/validate", _handler(review, log=log))
+    if injection is not None:
+        config = injection
+        app.router.add_post("/inject", _handler(lambda body: inject_review(body, config=config), log=log))
     app.router.add_get("/ready", ready)
     return app
 
 
-async def serve_webhook(*, host: str, port: int, cert: pathlib.Path, key: pathlib.Path, log: logging.Logger) -> None:
-    """Serve until cancelled."""
-    runner = web.AppRunner(build_webhook_app(log=log), access_log=None)
+async def serve_webhook(
+    *,
+    host: str,
+    port: int,
+    log: logging.Logger,
+    cert: pathlib.Path | None = None,
+    key: pathlib.Path | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    injection: InjectionConfig | None = None,
+) -> None:
+    """Serve until cancelled, with `ssl_context` or else the `cert`/`key` files."""
+    if ssl_context is None:
+        if cert is None or key is None:
+            raise ValueError("the webhook needs a certificate and key")
+        ssl_context = server_ssl_context(cert, key)
+    runner = web.AppRunner(build_webhook_app(log=log, injection=injection), access_log=None)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, ssl_context=server_ssl_context(cert, key))
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
         await site.start()
         log.info("event=webhook_started port=%d", port)
         await asyncio.Event().wait()

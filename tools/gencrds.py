@@ -1,0 +1,236 @@
+"""Generate the Istio CRDs of the Helm chart (deploy/helm/meshd/templates/crds.yaml) from meshd's own
+pydantic models, converted to Kubernetes structural OpenAPI v3 schemas.
+
+    python tools/gencrds.py            # rewrite the chart's CRD template
+    python tools/gencrds.py --check    # exit 1 if the committed file is stale
+
+Conversion rules (Kubernetes "structural schema"): every `$ref` inlined, a `type` on every node, no
+defaults (the API server would write them into stored objects), every object of an open model (meshd
+ignores unknown fields, so does this schema) marked `x-kubernetes-preserve-unknown-fields`, an int|str
+union as `x-kubernetes-int-or-string`, Go durations as plain strings. Kinds meshd does not model in
+detail get a permissive `spec`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+ROOT = Path(__file__).resolve().parent.parent
+OUTPUT = ROOT / "deploy" / "helm" / "meshd" / "templates" / "crds.yaml"
+
+sys.path.insert(0, str(ROOT / "src"))
+
+from meshd.api.destinationrule import DestinationRuleSpec  # noqa: E402
+from meshd.api.networking import ServiceEntrySpec, SidecarSpec, WorkloadEntrySpec  # noqa: E402
+from meshd.api.security import PeerAuthenticationSpec  # noqa: E402
+from meshd.api.virtualservice import VirtualServiceSpec  # noqa: E402
+
+NETWORKING = "networking.istio.io"
+SECURITY = "security.istio.io"
+# Served versions as Istio serves them; the storage version is Istio's, so a later switch to Istio's
+# own CRDs keeps the stored objects readable.
+VERSIONS = {NETWORKING: ("v1alpha3", "v1beta1", "v1"), SECURITY: ("v1beta1", "v1")}
+STORAGE = {NETWORKING: "v1alpha3", SECURITY: "v1beta1"}
+CATEGORIES = {NETWORKING: ["istio-io", "networking-istio-io"], SECURITY: ["istio-io", "security-istio-io"]}
+
+# JSON-schema keywords that carry over unchanged into OpenAPI v3 value validation.
+_VALIDATIONS = (
+    "enum",
+    "minimum",
+    "maximum",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minItems",
+    "maxItems",
+    "minProperties",
+    "maxProperties",
+    "format",
+    "description",
+)
+
+
+@dataclass(frozen=True)
+class CrdKind:
+    group: str
+    kind: str
+    plural: str
+    short_names: tuple[str, ...]
+    spec_model: type[BaseModel] | None  # None: permissive spec
+
+
+KINDS = (
+    CrdKind(NETWORKING, "VirtualService", "virtualservices", ("vs",), VirtualServiceSpec),
+    CrdKind(NETWORKING, "DestinationRule", "destinationrules", ("dr",), DestinationRuleSpec),
+    CrdKind(NETWORKING, "Gateway", "gateways", ("gw",), None),
+    CrdKind(NETWORKING, "ServiceEntry", "serviceentries", ("se",), ServiceEntrySpec),
+    CrdKind(NETWORKING, "WorkloadEntry", "workloadentries", ("we",), WorkloadEntrySpec),
+    CrdKind(NETWORKING, "Sidecar", "sidecars", (), SidecarSpec),
+    CrdKind(SECURITY, "PeerAuthentication", "peerauthentications", ("pa",), PeerAuthenticationSpec),
+    CrdKind(SECURITY, "AuthorizationPolicy", "authorizationpolicies", ("ap",), None),
+    CrdKind(SECURITY, "RequestAuthentication", "requestauthentications", ("ra",), None),
+)
+
+OPEN = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+
+
+def structural(node: Any, defs: dict[str, Any], seen: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """One pydantic JSON-schema node as a structural OpenAPI v3 schema."""
+    if not isinstance(node, dict) or not node:
+        return {"x-kubernetes-preserve-unknown-fields": True}
+    if "$ref" in node:
+        name = node["$ref"].rsplit("/", 1)[-1]
+        if name in seen:  # recursive model: Kubernetes schemas cannot recurse
+            return dict(OPEN)
+        out = structural(defs[name], defs, seen | {name})
+        if "description" in node:
+            out["description"] = node["description"]
+        return out
+    if "anyOf" in node or "oneOf" in node:
+        branches = [b for b in node.get("anyOf", node.get("oneOf", [])) if b.get("type") != "null"]
+        if len(branches) == 1:
+            out = structural(branches[0], defs, seen)
+            if "description" in node:
+                out["description"] = node["description"]
+            return out
+        types = {structural(b, defs, seen).get("type") for b in branches}
+        if types == {"integer", "string"}:
+            return {"x-kubernetes-int-or-string": True}
+        if len(types) == 1 and None not in types:
+            return {"type": types.pop(), "x-kubernetes-preserve-unknown-fields": True}
+        return {"x-kubernetes-preserve-unknown-fields": True}
+    kind = node.get("type")
+    out: dict[str, Any] = {k: node[k] for k in _VALIDATIONS if k in node}
+    if "exclusiveMinimum" in node:
+        out.update(minimum=node["exclusiveMinimum"], exclusiveMinimum=True)
+    if "exclusiveMaximum" in node:
+        out.update(maximum=node["exclusiveMaximum"], exclusiveMaximum=True)
+    if kind == "object":
+        out["type"] = "object"
+        if "properties" in node:  # a model: open, as meshd's models ignore unknown fields
+            out["properties"] = {k: structural(v, defs, seen) for k, v in sorted(node["properties"].items())}
+            if node.get("required"):
+                out["required"] = sorted(node["required"])
+            out["x-kubernetes-preserve-unknown-fields"] = True
+        elif isinstance(node.get("additionalProperties"), dict) and node["additionalProperties"]:
+            out["additionalProperties"] = structural(node["additionalProperties"], defs, seen)
+        else:
+            out["x-kubernetes-preserve-unknown-fields"] = True
+        return out
+    if kind == "array":
+        out["type"] = "array"
+        out["items"] = structural(node.get("items", {}), defs, seen)
+        return out
+    if kind in ("string", "integer", "number", "boolean"):
+        out["type"] = kind
+        return out
+    return {"x-kubernetes-preserve-unknown-fields": True}
+
+
+def spec_schema(model: type[BaseModel] | None) -> dict[str, Any]:
+    if model is None:
+        return {
+            "type": "object",
+            "x-kubernetes-preserve-unknown-fields": True,
+            "description": "Not modelled in detail by meshd: any Istio spec is accepted.",
+        }
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    return structural(raw, raw.get("$defs", {}))
+
+
+def crd(kind: CrdKind) -> dict[str, Any]:
+    schema = {
+        "type": "object",
+        "properties": {
+            "spec": spec_schema(kind.spec_model),
+            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+        },
+    }
+    names: dict[str, Any] = {
+        "kind": kind.kind,
+        "listKind": f"{kind.kind}List",
+        "plural": kind.plural,
+        "singular": kind.kind.lower(),
+        "categories": CATEGORIES[kind.group],
+    }
+    if kind.short_names:
+        names["shortNames"] = list(kind.short_names)
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{kind.plural}.{kind.group}"},
+        "spec": {
+            "group": kind.group,
+            "names": names,
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": version,
+                    "served": True,
+                    "storage": version == STORAGE[kind.group],
+                    "subresources": {"status": {}},
+                    "schema": {"openAPIV3Schema": schema},
+                }
+                for version in VERSIONS[kind.group]
+            ],
+        },
+    }
+
+
+def all_crds() -> list[dict[str, Any]]:
+    return [crd(kind) for kind in KINDS]
+
+
+HEADER = """\
+# GENERATED by tools/gencrds.py from meshd's pydantic models (src/meshd/api/): do not edit.
+{{- if .Values.crds.install }}
+"""
+FOOTER = "{{- end }}\n"
+META = """\
+  labels:
+    {{- include "meshd.labels" . | nindent 4 }}
+  annotations:
+    # kept on `helm uninstall`: deleting a CRD deletes every object of its kind
+    helm.sh/resource-policy: keep
+"""
+
+
+def render() -> str:
+    parts = [HEADER]
+    for doc in all_crds():
+        # a JSON round trip unshares repeated sub-schemas, so the YAML has no anchors/aliases
+        text = yaml.safe_dump(json.loads(json.dumps(doc)), sort_keys=False, width=1000)
+        if "{{" in text or "}}" in text:
+            raise SystemExit(f"{doc['metadata']['name']}: a schema contains template delimiters")
+        head, _, rest = text.partition("\nspec:\n")
+        parts.append("---\n" + head + "\n" + META + "spec:\n" + rest)
+    parts.append(FOOTER)
+    return "".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if the committed file is stale")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.check:
+        if not OUTPUT.exists() or OUTPUT.read_text() != text:
+            print(f"{OUTPUT.relative_to(ROOT)} is stale: run `python tools/gencrds.py`", file=sys.stderr)
+            return 1
+        return 0
+    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
+    OUTPUT.write_text(text)
+    print(f"wrote {OUTPUT.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
