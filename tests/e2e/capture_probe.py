@@ -1,0 +1,67 @@
+"""A tiny TCP probe (stdlib only, so it runs as any UID inside a network namespace).
+
+`serve PORT...`: listen on every port of the namespace; on each connection reply one JSON line saying which
+port accepted it, the original destination the kernel recorded (SO_ORIGINAL_DST: what the client dialled
+before a REDIRECT), the peer, and the probe's UID; print `ready` once listening.
+`connect HOST PORT`: dial and print the reply line (what an unmodified client app would see).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import struct
+import sys
+
+SO_ORIGINAL_DST = 80
+
+
+def original_dst(sock: socket.socket) -> str | None:
+    try:
+        raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+    except OSError:
+        return None
+    port, addr = struct.unpack_from("!2xH4s", raw)
+    return f"{socket.inet_ntoa(addr)}:{port}"
+
+
+async def serve(ports: list[int]) -> None:
+    def handler(listener: int):  # type: ignore[no-untyped-def]
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            sock = writer.get_extra_info("socket")
+            peer = writer.get_extra_info("peername")
+            reply = {
+                "listener": listener,
+                "original_dst": original_dst(sock),
+                "peer": f"{peer[0]}:{peer[1]}",
+                "uid": os.getuid(),
+            }
+            writer.write((json.dumps(reply) + "\n").encode())
+            await writer.drain()
+            writer.close()
+
+        return handle
+
+    servers = [await asyncio.start_server(handler(port), "0.0.0.0", port) for port in ports]
+    print("ready", flush=True)
+    await asyncio.gather(*(server.serve_forever() for server in servers))
+
+
+def connect(host: str, port: int) -> None:
+    with socket.create_connection((host, port), timeout=5) as sock:
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    print(data.decode().strip(), flush=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "serve":
+        asyncio.run(serve([int(port) for port in sys.argv[2:]]))
+    else:
+        connect(sys.argv[2], int(sys.argv[3]))
