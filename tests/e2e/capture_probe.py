@@ -14,6 +14,7 @@ import os
 import socket
 import struct
 import sys
+from collections.abc import Awaitable, Callable
 
 SO_ORIGINAL_DST = 80
 
@@ -28,7 +29,7 @@ def original_dst(sock: socket.socket) -> str | None:
 
 
 async def serve(ports: list[int]) -> None:
-    def handler(listener: int):  # type: ignore[no-untyped-def]
+    def handler(listener: int) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             sock = writer.get_extra_info("socket")
             peer = writer.get_extra_info("peername")

@@ -41,9 +41,7 @@ def netns_unavailable() -> str | None:
 
 
 async def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await proc.communicate()
     done = subprocess.CompletedProcess(list(argv), proc.returncode or 0, out.decode(), err.decode())
     if check and done.returncode != 0:

@@ -11,7 +11,9 @@ class CaptureApplyError(RuntimeError):
     """iptables is missing, not permitted, or refused the rules; the message says which and what to do."""
 
 
-def apply_nat(ours: list[str], *, iptables_save: str = "iptables-save", iptables_restore: str = "iptables-restore") -> str:
+def apply_nat(
+    ours: list[str], *, iptables_save: str = "iptables-save", iptables_restore: str = "iptables-restore"
+) -> str:
     """Replace meshd's chains in the nat table (keeping every other rule) atomically; returns what was restored."""
     saved = _run([iptables_save, "-t", "nat"], stdin=None)
     text = merge_nat(saved, ours)
@@ -32,8 +34,6 @@ def _run(argv: list[str], *, stdin: str | None) -> str:
         err = done.stderr.strip() or done.stdout.strip()
         lowered = err.lower()
         if "permission denied" in lowered or "must be root" in lowered or "operation not permitted" in lowered:
-            raise CaptureApplyError(
-                f"{argv[0]} not permitted ({err}): run as root or with the NET_ADMIN capability"
-            )
+            raise CaptureApplyError(f"{argv[0]} not permitted ({err}): run as root or with the NET_ADMIN capability")
         raise CaptureApplyError(f"{argv[0]} failed with exit code {done.returncode}: {err}")
     return done.stdout
