@@ -51,12 +51,14 @@ async def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]
 
 @dataclasses.dataclass
 class Namespace:
+    """A network namespace by name; the empty name is the host's (the test process's own)."""
+
     name: str
     ip: str
 
     def argv(self, *argv: str, uid: int | None = None) -> list[str]:
         """`argv` run inside this namespace (as `uid`, with the same GID, no supplementary groups)."""
-        prefix = ["ip", "netns", "exec", self.name]
+        prefix = ["ip", "netns", "exec", self.name] if self.name else []
         if uid is not None:
             prefix += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
         return [*prefix, *argv]
@@ -71,31 +73,39 @@ class Namespace:
 
 
 class Lab:
-    """One test's namespaces: `node` (a bridge at .1) and pods at .2, .3, ... of a private 10.B.N.0/24."""
+    """One test's namespaces: `node` (a bridge at .1) and pods at .2, .3, ... of a private 10.B.N.0/24.
 
-    def __init__(self) -> None:
+    With `host_bridge`, the node is the host namespace itself (a bridge of the lab's own, deleted at close): the test
+    process then reaches every pod directly, and pods reach servers the test runs on the bridge address.
+    """
+
+    def __init__(self, *, host_bridge: bool = False) -> None:
         base = int(os.environ.get("MESHD_E2E_SUBNET_BASE", "60")) % 250
         index = next(_labs)
         self.prefix = f"10.{base}.{(os.getpid() + index) % 250}"
         self.tag = f"meshd-{os.getpid()}-{index}"
-        self.node = Namespace(name=f"{self.tag}-node", ip=f"{self.prefix}.1")
+        self.node = Namespace(name="" if host_bridge else f"{self.tag}-node", ip=f"{self.prefix}.1")
+        self.bridge = f"mbr{os.getpid() % 100000}x{index}" if host_bridge else "br0"
         self.pods: list[Namespace] = []
         self._made: list[str] = []
         self._processes: list[asyncio.subprocess.Process] = []
+        self._bridge_made = False
 
     async def start(self) -> None:
-        await self._add_namespace(self.node.name)
-        await self.node.run("ip", "link", "add", "br0", "type", "bridge")
-        await self.node.run("ip", "addr", "add", f"{self.node.ip}/24", "dev", "br0")
-        await self.node.run("ip", "link", "set", "br0", "up")
+        if self.node.name:
+            await self._add_namespace(self.node.name)
+        await self.node.run("ip", "link", "add", self.bridge, "type", "bridge")
+        self._bridge_made = True
+        await self.node.run("ip", "addr", "add", f"{self.node.ip}/24", "dev", self.bridge)
+        await self.node.run("ip", "link", "set", self.bridge, "up")
 
     async def pod(self, name: str) -> Namespace:
         """A pod namespace wired to the node's bridge, with its default route via the node."""
         pod = Namespace(name=f"{self.tag}-{name}", ip=f"{self.prefix}.{len(self.pods) + 2}")
         await self._add_namespace(pod.name)
-        port = f"veth{len(self.pods)}"
+        port = f"{self.bridge}v{len(self.pods)}"
         await self.node.run("ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", pod.name)
-        await self.node.run("ip", "link", "set", port, "master", "br0", "up")
+        await self.node.run("ip", "link", "set", port, "master", self.bridge, "up")
         await pod.run("ip", "addr", "add", f"{pod.ip}/24", "dev", "eth0")
         await pod.run("ip", "link", "set", "eth0", "up")
         await pod.run("ip", "route", "add", "default", "via", self.node.ip)
@@ -121,3 +131,6 @@ class Lab:
         for name in reversed(self._made):
             await sh("ip", "netns", "del", name, check=False)
         self._made.clear()
+        if self._bridge_made and not self.node.name:
+            await sh("ip", "link", "del", self.bridge, check=False)
+        self._bridge_made = False

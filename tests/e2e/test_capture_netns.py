@@ -4,6 +4,7 @@ outbound TCP to 15001 and inbound TCP to 15006, where the listener reads the ori
 
 from __future__ import annotations
 
+import asyncio
 import json
 import pathlib
 import sys
@@ -12,16 +13,16 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import eventually
-from tests.e2e.netns import PROXY_UID, Lab, Namespace, netns_unavailable
+from tests.e2e.harness import eventually, free_port
+from tests.e2e.netns import PROXY_UID, Lab, Namespace, netns_unavailable, sh
 
 pytestmark = pytest.mark.e2e
 
 PROBE = str(pathlib.Path(__file__).with_name("capture_probe.py"))
 PYTHON = sys.executable
 APP_PORT = 9090  # a real server in the pod, excluded from capture
-NODE_PORT = 7000  # a real server outside the pods
-DB_PORT = 5432  # another one
+NODE_PORT = free_port()  # a real server outside the pods (free: in host-bridge mode it runs in the host namespace)
+DB_PORT = free_port()  # another one
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +140,19 @@ async def test_not_permitted_is_a_clear_error(lab: Lab) -> None:
 
 async def _no_rules(pod: Namespace) -> bool:
     return "ISTIO" not in (await pod.run("iptables-save", "-t", "nat")).stdout
+
+
+async def test_host_bridge_lab_reaches_pods_from_the_test_process(netns_ok: None) -> None:
+    lab = Lab(host_bridge=True)
+    try:
+        await lab.start()
+        pod = await captured_pod(lab)
+        reader, writer = await asyncio.open_connection(pod.ip, 8080)
+        reply = json.loads(await reader.readline())
+        writer.close()
+        await writer.wait_closed()
+        assert reply["listener"] == 15006 and reply["original_dst"] == f"{pod.ip}:8080"
+        assert (await dial(pod, lab.node.ip, NODE_PORT))["listener"] == 15001
+    finally:
+        await lab.close()
+    assert lab.bridge not in (await sh("ip", "-br", "link")).stdout
