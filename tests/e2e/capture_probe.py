@@ -4,6 +4,7 @@
 port accepted it, the original destination the kernel recorded (SO_ORIGINAL_DST: what the client dialled
 before a REDIRECT), the peer, and the probe's UID; print `ready` once listening.
 `connect HOST PORT`: dial and print the reply line (what an unmodified client app would see).
+`http URL [HOST]`: an unmodified HTTP client (urllib): GET URL (with that Host header), print the status and body.
 """
 
 from __future__ import annotations
@@ -61,8 +62,23 @@ def connect(host: str, port: int) -> None:
     print(data.decode().strip(), flush=True)
 
 
+def http_get(url: str, host: str | None) -> None:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"Host": host} if host else {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            status, body = response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        status, body = err.code, err.read().decode()
+    print(json.dumps({"status": status, "body": body}), flush=True)
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "serve":
+    if sys.argv[1] == "http":
+        http_get(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else None)
+    elif sys.argv[1] == "serve":
         asyncio.run(serve([int(port) for port in sys.argv[2:]]))
     else:
         connect(sys.argv[2], int(sys.argv[3]))

@@ -101,6 +101,14 @@ async def test_proxy_uid_and_loopback_are_not_captured(lab: Lab) -> None:
     assert (await dial(pod, "127.0.0.1", APP_PORT))["listener"] == APP_PORT
 
 
+async def test_proxy_calling_its_own_pod_ip_goes_inbound_except_envoy_and_excluded_ports(lab: Lab) -> None:
+    pod = await captured_pod(lab, "--exclude-inbound-ports", str(APP_PORT))
+    reply = await dial(pod, pod.ip, 8080, uid=PROXY_UID)  # an app calling itself through its service
+    assert (reply["listener"], reply["original_dst"]) == (15006, f"{pod.ip}:8080")
+    assert (await dial(pod, pod.ip, 15021, uid=PROXY_UID))["listener"] == 15021  # e.g. the agent probing Envoy
+    assert (await dial(pod, pod.ip, APP_PORT, uid=PROXY_UID))["listener"] == APP_PORT
+
+
 async def test_excluded_outbound_ranges_go_direct(lab: Lab) -> None:
     pod = await captured_pod(lab, "--exclude-outbound-ip-ranges", f"{lab.node.ip}/32")
     assert (await dial(pod, lab.node.ip, NODE_PORT))["listener"] == NODE_PORT
@@ -123,7 +131,8 @@ async def test_rerunning_replaces_the_rules(lab: Lab) -> None:
     pod = await captured_pod(lab)
     await meshd_iptables(pod, "--exclude-outbound-ip-ranges", f"{lab.node.ip}/32")
     saved = (await pod.run("iptables-save", "-t", "nat")).stdout
-    assert saved.count("-j ISTIO_OUTPUT") == 1 and saved.count("-j ISTIO_INBOUND") == 1
+    assert saved.count("-A OUTPUT -p tcp -j ISTIO_OUTPUT") == 1
+    assert saved.count("-A PREROUTING -p tcp -j ISTIO_INBOUND") == 1
     assert (await dial(pod, lab.node.ip, NODE_PORT))["listener"] == NODE_PORT
     await meshd_iptables(pod, "--clean")
     assert "ISTIO" not in (await pod.run("iptables-save", "-t", "nat")).stdout

@@ -45,8 +45,10 @@ def _outbound(options: CaptureOptions) -> list[str]:
     # Envoy's inbound passthrough connects from 127.0.0.6 to the app: never capture it.
     rules.append(f"-A ISTIO_OUTPUT -s {INBOUND_PASSTHROUGH_SOURCE} -o lo -j RETURN")
     for match, owner in (("--uid-owner", options.proxy_uid), ("--gid-owner", options.proxy_gid)):
-        # The proxy calling this pod's own IP (an app calling itself through its service) goes inbound.
-        rules.append(f"-A ISTIO_OUTPUT ! -d {LOCALHOST} -o lo -m owner {match} {owner} -j ISTIO_IN_REDIRECT")
+        # The proxy calling this pod's own IP (an app calling itself through its service) is inbound traffic:
+        # ISTIO_INBOUND's port rules apply (so Envoy's own ports and the inbound exclusions stay untouched; where
+        # it RETURNs, the proxy's RETURN below ends it). Istio jumps to ISTIO_IN_REDIRECT directly here.
+        rules.append(f"-A ISTIO_OUTPUT ! -d {LOCALHOST} -o lo -m owner {match} {owner} -j ISTIO_INBOUND")
         # Anyone else on loopback is left alone; the proxy's own traffic is never captured (no loop).
         rules.append(f"-A ISTIO_OUTPUT -o lo -m owner ! {match} {owner} -j RETURN")
         rules.append(f"-A ISTIO_OUTPUT -m owner {match} {owner} -j RETURN")

@@ -26,10 +26,10 @@ PROXY_PORTS_RETURN = "".join(
 
 def owner_rules(uid: int, gid: int) -> str:
     return f"""-A ISTIO_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN
--A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -m owner --uid-owner {uid} -j ISTIO_IN_REDIRECT
+-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -m owner --uid-owner {uid} -j ISTIO_INBOUND
 -A ISTIO_OUTPUT -o lo -m owner ! --uid-owner {uid} -j RETURN
 -A ISTIO_OUTPUT -m owner --uid-owner {uid} -j RETURN
--A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -m owner --gid-owner {gid} -j ISTIO_IN_REDIRECT
+-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -m owner --gid-owner {gid} -j ISTIO_INBOUND
 -A ISTIO_OUTPUT -o lo -m owner ! --gid-owner {gid} -j RETURN
 -A ISTIO_OUTPUT -m owner --gid-owner {gid} -j RETURN
 -A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN
