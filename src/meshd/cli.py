@@ -35,6 +35,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_concurrent_pushes=args.max_concurrent_pushes,
         enable_test_hooks=args.enable_test_hooks,
         enable_auto_mtls=not args.disable_auto_mtls,
+        outbound_traffic_policy=args.outbound_traffic_policy,
         kubeconfig=pathlib.Path(args.kubeconfig) if args.kubeconfig else None,
         namespace=args.namespace,
         kube_watch_timeout_s=args.kube_watch_timeout,
@@ -98,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--enable-test-hooks", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument(
         "--disable-auto-mtls", action="store_true", help="no automatic mTLS toward sidecars (Istio's enableAutoMtls)"
+    )
+    serve.add_argument(
+        "--outbound-traffic-policy",
+        choices=["ALLOW_ANY", "REGISTRY_ONLY"],
+        default=defaults.outbound_traffic_policy,
+        help="capture mode: where unknown destinations go (a Sidecar's outboundTrafficPolicy wins)",
     )
     serve.add_argument("--kubeconfig", help="read the cluster with this kubeconfig (no --config-dir: in-cluster)")
     serve.add_argument("--namespace", default=defaults.namespace, help="meshd's namespace (mesh ConfigMap `istio`)")

@@ -75,6 +75,9 @@ class Settings(BaseModel):
     ca_max_ttl_s: int = Field(default=90 * 24 * 3600, gt=0)
     # auto mTLS (Istio's enableAutoMtls): client sidecars use mTLS toward workloads that have a sidecar
     enable_auto_mtls: bool = True
+    # The mesh's outboundTrafficPolicy.mode for capture-mode proxies (a Sidecar's mode wins): unknown
+    # destinations go to PassthroughCluster (ALLOW_ANY) or BlackHoleCluster (REGISTRY_ONLY).
+    outbound_traffic_policy: Literal["ALLOW_ANY", "REGISTRY_ONLY"] = "ALLOW_ANY"
 
 
 class AgentSettings(BaseModel):
@@ -113,6 +116,9 @@ class AgentSettings(BaseModel):
     sds_delta: bool = False
     admin_port: int = 15000
     status_port: int = 15021  # /healthz/ready; 0 disables it
+    # INTERCEPTION_MODE in the node metadata: REDIRECT when iptables captures the workload's traffic
+    # (meshd then serves the capture-mode listeners), NONE for listeners bound on the workload's address.
+    interception_mode: Literal["REDIRECT", "NONE"] = "NONE"
     # Envoy and its supervision
     envoy_path: str | None = None
     envoy_log_level: str = "warning"

@@ -22,7 +22,9 @@ TYPES = {"clusters": CLUSTER, "endpoints": ENDPOINT, "listeners": LISTENER, "rou
 # Written only for cases whose proxies are served any (SDS secrets for DestinationRule credentialName).
 OPTIONAL_TYPES = {"secrets": SECRET}
 DEFAULT_PROXY = "sidecar~127.0.0.99~client.default~default.svc.cluster.local"
-# A case whose text holds this line renders its proxies as run by the node agent (with SDS: mTLS).
+# A case whose text holds a line `# proxies: <flags>` renders its proxies with those flags: `sds` (run
+# by the node agent: mTLS), `capture` (node metadata INTERCEPTION_MODE REDIRECT: capture-mode listeners).
+PROXIES_MARKER = "# proxies:"
 SDS_MARKER = "# proxies: sds"
 SDS_CLUSTER = "sds-grpc"
 
@@ -42,6 +44,15 @@ def load_case(path: pathlib.Path) -> tuple[World, list[str], list[str]]:
     return world, proxies, [str(e) for e in result.errors]
 
 
+def proxy_flags(text: str) -> set[str]:
+    return {
+        flag
+        for line in text.splitlines()
+        if line.startswith(PROXIES_MARKER)
+        for flag in line.removeprefix(PROXIES_MARKER).split()
+    }
+
+
 def _to_dict(resource: XdsResource) -> dict[str, Any]:
     return json_format.MessageToDict(resource.to_any())
 
@@ -52,9 +63,9 @@ def render(path: pathlib.Path) -> dict[str, Any]:
     generator = ConfigGenerator(world, inbound_port=15006, sidecar_endpoint_port=15006)
     generator.precompute()
     out: dict[str, Any] = {kind: {} for kind in (*TYPES, *OPTIONAL_TYPES)}
-    sds = SDS_MARKER in path.read_text().splitlines()
+    flags = proxy_flags(path.read_text())
     for node_id in proxies:
-        proxy = dataclasses.replace(parse_node_id(node_id), sds=sds)
+        proxy = dataclasses.replace(parse_node_id(node_id), sds="sds" in flags, capture="capture" in flags)
         snapshot = generator.snapshot(proxy)
         for kind, type_url in (TYPES | OPTIONAL_TYPES).items():
             out[kind][f"{proxy.pod}.{proxy.namespace}"] = [_to_dict(r) for r in snapshot.select(type_url, None)]

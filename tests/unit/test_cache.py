@@ -107,7 +107,7 @@ class Mesh:
     def apply(self, resources: list[Resource], *, deleted: tuple[ResourceKey, ...] = ()) -> ConfigGenerator:
         self.state.apply({**{r.key: r for r in resources}, **dict.fromkeys(deleted)})
         self.generator = ConfigGenerator(
-            self.state.world(), inbound_port=15006, sidecar_endpoint_port=None, previous=self.generator
+            self.state.world(), inbound_port=15006, sidecar_endpoint_port=15006, previous=self.generator
         )
         return self.generator
 
@@ -239,6 +239,14 @@ def _routing_vs(rng: random.Random, ns: str) -> dict[str, Any]:
 
 
 _MODES = ["STRICT", "PERMISSIVE", "DISABLE", "UNSET"]
+# A pod with a sidecar or not, captured (injected, or annotated REDIRECT) or not
+_SIDECAR: list[dict[str, str]] = [{}, {"security.istio.io/tlsMode": "istio"}]
+_CAPTURED: list[dict[str, str]] = [
+    {},
+    {"sidecar.istio.io/status": "{}"},
+    {"sidecar.istio.io/interceptionMode": "REDIRECT"},
+    {"sidecar.istio.io/status": "{}", "sidecar.istio.io/interceptionMode": "NONE"},
+]
 
 
 def _peer_authentication(rng: random.Random, ns: str) -> dict[str, Any]:
@@ -275,12 +283,18 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     hub = Hub()
     assert mesh.generator is not None
     hub.publish(mesh.generator, changed_at=0.0)
-    # proxy 2 of each namespace runs under an agent with SDS: it gets Istio mTLS
-    proxies = [dataclasses.replace(_proxy(ns, n), sds=n == 2) for ns in ("a", "b") for n in (1, 2)]
+    # proxy 2 of each namespace runs under an agent with SDS: it gets Istio mTLS; proxy 3 has its
+    # traffic captured (capture-mode listeners), with SDS in namespace a
+    proxies = [
+        dataclasses.replace(_proxy(ns, n), sds=n == 2 or (n == 3 and ns == "a"), capture=n == 3)
+        for ns in ("a", "b")
+        for n in (1, 2, 3)
+    ]
     conns = [hub.connect(proxy=p, stream=SotwStream(nonce_prefix=str(i)), now=0.0) for i, p in enumerate(proxies)]
     wide: set[str] = set()
     served_secrets = 0
     mtls_seen = [0, 0]
+    outbound_modes: set[bytes] = set()
     policies: set[ResourceKey] = set()
     for step in range(80):
         ns, name = rng.choice(["a", "b"]), rng.choice(["s1", "s2"])
@@ -307,7 +321,8 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
             docs = [
                 {"apiVersion": "v1", "kind": "Pod",
                  "metadata": {"name": f"ep-{ip[-1]}", "namespace": "a",
-                              "labels": {"version": "v1", **rng.choice(_LOCALITIES)}},
+                              "labels": {"version": "v1", **rng.choice(_LOCALITIES), **rng.choice(_SIDECAR)},
+                              "annotations": rng.choice(_CAPTURED)},
                  "status": {"podIP": ip}},
             ]  # fmt: skip
         elif choice < 0.6:
@@ -319,7 +334,9 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
             docs = [
                 {"apiVersion": "v1", "kind": "Pod",
                  "metadata": {"name": proxy.pod, "namespace": proxy.namespace,
-                              "labels": {"app": rng.choice(["wide", "narrow"]), **rng.choice(_LOCALITIES)}},
+                              "labels": {"app": rng.choice(["wide", "narrow"]), **rng.choice(_LOCALITIES),
+                                         **rng.choice(_SIDECAR)},
+                              "annotations": rng.choice(_CAPTURED)},
                  "status": {"podIP": proxy.ip}},
             ]  # fmt: skip
             if proxy.namespace not in wide:
@@ -327,7 +344,8 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
                 docs.append(
                     {"apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
                      "metadata": {"name": "wide", "namespace": proxy.namespace},
-                     "spec": {"workloadSelector": {"labels": {"app": "wide"}}, "egress": [{"hosts": ["*/*"]}]}}
+                     "spec": {"workloadSelector": {"labels": {"app": "wide"}}, "egress": [{"hosts": ["*/*"]}],
+                              "outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}}}
                 )  # fmt: skip
         elif choice < 0.8:
             rule = _docs(ns, name, ["10.0.0.1"])[2]
@@ -355,10 +373,13 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
         else:
             sidecar = _sidecar(ns)
             sidecar["spec"]["egress"][0]["hosts"] = [rng.choice(["./*", "*/*"])]
+            mode = rng.choice([None, "ALLOW_ANY", "REGISTRY_ONLY"])
+            if mode is not None:
+                sidecar["spec"]["outboundTrafficPolicy"] = {"mode": mode}
             docs = [sidecar]
         generator = mesh.apply(_resources(docs), deleted=deleted)
         hub.publish(generator, changed_at=float(step))
-        fresh = ConfigGenerator(generator.world, inbound_port=15006, sidecar_endpoint_port=None)
+        fresh = ConfigGenerator(generator.world, inbound_port=15006, sidecar_endpoint_port=15006)
         for conn in conns:
             assert conn.snapshot is not None
             assert _content(conn.snapshot) == _content(fresh.snapshot(conn.proxy)), (step, conn.proxy.node_id)
@@ -367,6 +388,11 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
             assert not (clusters or listeners) or conn.proxy.sds  # never to a proxy without SDS
             mtls_seen[0] += clusters
             mtls_seen[1] += listeners
+            listeners_held = conn.snapshot.resources.get(LISTENER, {})
+            assert ("virtualOutbound" in listeners_held) == conn.proxy.capture
+            if conn.proxy.capture:
+                outbound_modes.add(listeners_held["virtualOutbound"].body)
+    assert len(outbound_modes) == 2  # capture proxies saw both ALLOW_ANY and REGISTRY_ONLY
     assert served_secrets  # the random changes did reach the SDS layer
     assert all(mtls_seen)  # and mTLS reached the clusters and inbound listeners of SDS proxies
 

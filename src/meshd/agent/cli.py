@@ -53,6 +53,12 @@ def add_agent_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     ident.add_argument("--pod-ports", type=_ports, default=(), help="container ports, comma separated")
     ident.add_argument("--cluster-id", default=d.cluster_id)
     ident.add_argument("--mesh-id", default=d.mesh_id)
+    ident.add_argument(
+        "--interception-mode",
+        choices=("REDIRECT", "NONE"),
+        default=d.interception_mode,
+        help="REDIRECT: iptables captures the workload's traffic (capture-mode listeners); NONE: bound listeners",
+    )
     xds = p.add_argument_group("control plane")
     xds.add_argument("--xds-address", default=d.xds_address, help="meshd host:port (15012: mTLS)")
     xds.add_argument("--xds-server-name", default=d.xds_server_name, help="SNI and DNS SAN expected of meshd")
@@ -95,6 +101,7 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         pod_ports=args.pod_ports,
         cluster_id=args.cluster_id,
         mesh_id=args.mesh_id,
+        interception_mode=args.interception_mode,
         xds_address=args.xds_address,
         xds_server_name=args.xds_server_name,
         xds_plaintext=args.xds_plaintext,

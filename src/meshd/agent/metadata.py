@@ -36,7 +36,7 @@ def node_metadata(settings: AgentSettings) -> dict[str, Any]:
         "CLUSTER_ID": settings.cluster_id,
         "MESH_ID": settings.mesh_id,
         "ISTIO_VERSION": f"meshd-{__version__}",
-        "INTERCEPTION_MODE": "NONE",
+        "INTERCEPTION_MODE": settings.interception_mode,
         "ENVOY_STATUS_PORT": settings.status_port,
     }
     if settings.pod_ports:

@@ -90,6 +90,10 @@ class IstioEgressListener(ApiModel):
         return self
 
 
+# Sidecar / mesh `outboundTrafficPolicy.mode`: unknown destinations pass through, or are refused.
+OUTBOUND_MODES = ("ALLOW_ANY", "REGISTRY_ONLY")
+
+
 class SidecarSpec(ApiModel):
     workload_selector: WorkloadSelector | None = None
     egress: list[IstioEgressListener] = Field(default_factory=list)
@@ -100,7 +104,17 @@ class SidecarSpec(ApiModel):
     def _one_catch_all(self) -> SidecarSpec:
         if sum(1 for e in self.egress if e.port is None) > 1:
             raise ValueError("egress: only one egress listener may omit the port (the catch-all)")
+        mode = (self.outbound_traffic_policy or {}).get("mode", "ALLOW_ANY")
+        if mode not in OUTBOUND_MODES:
+            raise ValueError(f"outboundTrafficPolicy.mode: {mode!r} is not one of {', '.join(OUTBOUND_MODES)}")
         return self
+
+    @property
+    def outbound_mode(self) -> str | None:
+        """ALLOW_ANY or REGISTRY_ONLY when the Sidecar says, else None (the mesh default applies)."""
+        if not self.outbound_traffic_policy or "mode" not in self.outbound_traffic_policy:
+            return None
+        return str(self.outbound_traffic_policy["mode"])
 
 
 class Sidecar(Resource):

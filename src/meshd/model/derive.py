@@ -13,7 +13,15 @@ from meshd.api.meta import InvalidResource, Resource
 from meshd.api.networking import ServiceEntry, Sidecar, WorkloadEntry
 from meshd.api.security import PeerAuthentication
 from meshd.api.virtualservice import VirtualService
-from meshd.model.services import Endpoint, MeshService, ServicePort, Workload, locality_from_labels, protocol_of
+from meshd.model.services import (
+    Endpoint,
+    MeshService,
+    ServicePort,
+    Workload,
+    is_captured,
+    locality_from_labels,
+    protocol_of,
+)
 
 EXPORT_TO_ANNOTATION = "networking.istio.io/exportTo"
 EndpointChunks = dict[tuple[str, int], list[tuple[Endpoint, ...]]]
@@ -34,10 +42,10 @@ def age_key(resource: Resource) -> tuple[str, str, str]:
     return (resource.metadata.creation_timestamp or "~", resource.metadata.namespace, resource.metadata.name)
 
 
-def endpoint_order(endpoint: Endpoint) -> tuple[str, int, tuple[tuple[str, str], ...], str, str, int, str]:
+def endpoint_order(endpoint: Endpoint) -> tuple[str, int, tuple[tuple[str, str], ...], str, str, int, str, bool]:
     """A total order, so endpoints merged from several slices sort the same whatever their order."""
     e = endpoint
-    return (e.address, e.port, e.labels, e.service_account, e.workload, e.weight, e.locality)
+    return (e.address, e.port, e.labels, e.service_account, e.workload, e.weight, e.locality, e.captured)
 
 
 def pod_workload(pod: Pod) -> Workload:
@@ -48,6 +56,7 @@ def pod_workload(pod: Pod) -> Workload:
         labels=tuple(sorted(pod.metadata.labels.items())),
         service_account=pod.spec.service_account_name,
         locality=locality_from_labels(pod.metadata.labels),
+        captured=is_captured(pod.metadata.annotations),
     )
 
 
@@ -149,6 +158,10 @@ def slice_endpoints(
                     locality = workload.locality
                 else:
                     labels, account, name, locality = (), "", "", ""
+                if pod is not None:
+                    captured = is_captured(pod.metadata.annotations)
+                else:  # the pod at that address, as for its labels
+                    captured = workload is not None and workload.captured
                 endpoints.append(
                     Endpoint(
                         address=address,
@@ -157,6 +170,7 @@ def slice_endpoints(
                         service_account=account,
                         workload=name,
                         locality=locality,
+                        captured=captured,
                     )
                 )
         out.append((sp.number, tuple(sorted(endpoints, key=endpoint_order))))

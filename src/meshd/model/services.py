@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 SIDECAR_LABEL = "security.istio.io/tlsMode"
@@ -99,6 +100,8 @@ class Endpoint:
     ready: bool = True
     weight: int = 0
     locality: str = ""  # region/zone/subzone ("" when unknown)
+    # The workload's sidecar captures its traffic (iptables): peers reach it at its own port.
+    captured: bool = False
     _hash: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -112,6 +115,7 @@ class Endpoint:
             self.ready,
             self.weight,
             self.locality,
+            self.captured,
         )
         object.__setattr__(self, "_hash", hash(fields))
 
@@ -137,6 +141,21 @@ class Workload:
     labels: tuple[tuple[str, str], ...] = field(default=())
     service_account: str = ""
     locality: str = ""  # region/zone/subzone ("" when unknown)
+    captured: bool = False  # its sidecar captures its traffic (see is_captured)
+
+
+INTERCEPTION_ANNOTATION = "sidecar.istio.io/interceptionMode"
+INJECTED_ANNOTATION = "sidecar.istio.io/status"  # what the injector adds to a pod it injected
+
+
+def is_captured(annotations: Mapping[str, str]) -> bool:
+    """Whether a pod's sidecar captures its traffic (iptables redirects inbound to 15006), so peers
+    dial the app's own port: `sidecar.istio.io/interceptionMode` if set (REDIRECT yes, anything else no),
+    else whether the injector injected it (`sidecar.istio.io/status`, its default mode is REDIRECT)."""
+    mode = annotations.get(INTERCEPTION_ANNOTATION)
+    if mode is not None:
+        return mode.upper() == "REDIRECT"
+    return INJECTED_ANNOTATION in annotations
 
 
 LOCALITY_LABEL = "istio-locality"

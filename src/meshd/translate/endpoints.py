@@ -31,8 +31,9 @@ def _assignment(
     pairs = []
     for ep in endpoints:
         # Without traffic capture, a workload with a sidecar is reached through the sidecar's
-        # inbound listener rather than at the app's own port.
-        port = sidecar_port if sidecar_port is not None and ep.has_sidecar else ep.port
+        # inbound listener rather than at the app's own port; with capture, at its own port
+        # (iptables redirects it to the sidecar's 15006).
+        port = sidecar_port if sidecar_port is not None and ep.has_sidecar and not ep.captured else ep.port
         lb = endpoint_components_pb2.LbEndpoint(
             endpoint=endpoint_components_pb2.Endpoint(address=socket_address(ep.address, port))
         )

@@ -48,37 +48,44 @@ def _hcm_filter(
 
 
 def _outbound_http(proxy: Proxy, port: int) -> listener_pb2.Listener:
-    name = naming.outbound_listener(ip=proxy.ip, port=port)
-    hcm = hcm_pb2.HttpConnectionManager(
-        stat_prefix=f"outbound_{port}",
-        rds=hcm_pb2.Rds(config_source=ads_config_source(), route_config_name=naming.route_config(port=port)),
-    )
     return listener_pb2.Listener(
-        name=name,
+        name=naming.outbound_listener(ip=proxy.ip, port=port),
         address=socket_address(proxy.ip, port),
-        filter_chains=[listener_components_pb2.FilterChain(filters=[_hcm_filter(hcm, outbound_http_filters())])],
+        filter_chains=[outbound_http_chain(port)],
         traffic_direction=2,  # OUTBOUND
     )
 
 
-def _outbound_tcp(proxy: Proxy, port: int, service: MeshService, idle_timeout: str | None) -> listener_pb2.Listener:
-    cluster = naming.outbound_cluster(port=port, host=service.hostname)
+def tcp_proxy_filter(cluster: str, idle_timeout: str | None = None) -> listener_components_pb2.Filter:
     proxy_filter = tcp_proxy_pb2.TcpProxy(stat_prefix=cluster, cluster=cluster)
     if idle_timeout is not None:  # DestinationRule connectionPool.tcp.idleTimeout (0s: none)
         seconds, nanos = seconds_nanos(idle_timeout)
         proxy_filter.idle_timeout.CopyFrom(duration_pb2.Duration(seconds=seconds, nanos=nanos))
+    return listener_components_pb2.Filter(name="envoy.filters.network.tcp_proxy", typed_config=_pack(proxy_filter))
+
+
+def outbound_tcp_chain(
+    port: int, service: MeshService, idle_timeout: str | None
+) -> listener_components_pb2.FilterChain:
+    """tcp_proxy to the service's cluster at this port."""
+    cluster = naming.outbound_cluster(port=port, host=service.hostname)
+    return listener_components_pb2.FilterChain(filters=[tcp_proxy_filter(cluster, idle_timeout)])
+
+
+def outbound_http_chain(port: int) -> listener_components_pb2.FilterChain:
+    """The HTTP connection manager with the route table of this port (RDS `<port>`)."""
+    hcm = hcm_pb2.HttpConnectionManager(
+        stat_prefix=f"outbound_{port}",
+        rds=hcm_pb2.Rds(config_source=ads_config_source(), route_config_name=naming.route_config(port=port)),
+    )
+    return listener_components_pb2.FilterChain(filters=[_hcm_filter(hcm, outbound_http_filters())])
+
+
+def _outbound_tcp(proxy: Proxy, port: int, service: MeshService, idle_timeout: str | None) -> listener_pb2.Listener:
     return listener_pb2.Listener(
         name=naming.outbound_listener(ip=proxy.ip, port=port),
         address=socket_address(proxy.ip, port),
-        filter_chains=[
-            listener_components_pb2.FilterChain(
-                filters=[
-                    listener_components_pb2.Filter(
-                        name="envoy.filters.network.tcp_proxy", typed_config=_pack(proxy_filter)
-                    )
-                ]
-            )
-        ],
+        filter_chains=[outbound_tcp_chain(port, service, idle_timeout)],
         traffic_direction=2,
     )
 
@@ -102,13 +109,16 @@ class ListenerPlan:
         self._rule_for = rule_for
         # (port, None for HTTP | (TCP service, its DestinationRule's tcp idleTimeout))
         self.outbound: list[tuple[int, tuple[MeshService, str | None] | None]] = []
+        # Capture mode tells TCP services sharing a port apart by destination address (their
+        # ClusterIPs): per TCP port, every TCP service on it with its idle timeout, oldest first.
+        self.tcp_services: dict[int, tuple[tuple[MeshService, str | None], ...]] = {}
         by_port: dict[int, list[MeshService]] = {}
         for service, ports in services:
             for sp in ports:
                 by_port.setdefault(sp.number, []).append(service)
         for port, on_port in sorted(by_port.items()):
             self._plan_port(port, on_port)
-        self.signature = tuple(self.outbound)  # equal plans give equal listeners
+        self.signature = (tuple(self.outbound), tuple(self.tcp_services.items()))  # equal plans: equal listeners
 
     def _reject(self, service: MeshService, message: str) -> None:
         key = ResourceKey("Service", service.namespace, service.name)
@@ -128,6 +138,7 @@ class ListenerPlan:
         elif tcp:
             oldest = sorted(tcp, key=lambda s: (s.creation or "~", s.hostname))
             self.outbound.append((port, (oldest[0], self._tcp_idle_timeout(oldest[0], port))))
+            self.tcp_services[port] = tuple((s, self._tcp_idle_timeout(s, port)) for s in oldest)
             for s in oldest[1:]:
                 self._reject(s, f"TCP port {port} is already used by {oldest[0].hostname}")
 
@@ -179,9 +190,11 @@ def _inbound_routes(name: str, served: Sequence[InboundEntry]) -> route_pb2.Rout
     return routes
 
 
-def _inbound_chain(
+def inbound_http_chain(
     served: Sequence[InboundEntry], *, route_name: str, mtls: bool, peer_identity: bool
 ) -> listener_components_pb2.FilterChain:
+    """An HTTP chain routing by Host to `inbound|<target>||` (XFCC with the peer's identity when the
+    proxy has the agent's SDS); TLS with a required client certificate when `mtls`."""
     hcm = hcm_pb2.HttpConnectionManager(stat_prefix="inbound", route_config=_inbound_routes(route_name, served))
     if peer_identity:
         # The app sees who called: the peer's certificate (SPIFFE URI, subject, DNS) in x-forwarded-client-cert.
@@ -198,38 +211,53 @@ def _inbound_chain(
     return chain
 
 
+def admits(mode: str, *, mtls: bool, sds: bool) -> bool:
+    """Whether a PeerAuthentication mode admits mTLS (needs the agent's certificate) or plaintext clients."""
+    return sds and mode in (STRICT, PERMISSIVE) if mtls else mode in (PERMISSIVE, DISABLE)
+
+
+def split_by_transport(chains: Sequence[tuple[bool, listener_components_pb2.FilterChain]]) -> bool:
+    """Where both an mTLS and a plaintext chain serve the same traffic, TLS inspection tells them
+    apart (Istio's ALPNs mark a mesh client): sets their matches; returns whether it did."""
+    if len({mtls for mtls, _ in chains}) < 2:
+        return False
+    for mtls, chain in chains:
+        match = chain.filter_chain_match
+        if mtls:
+            match.transport_protocol = "tls"
+            match.application_protocols.extend(MTLS_ALPNS)
+        else:
+            match.transport_protocol = "raw_buffer"
+    return True
+
+
+def tls_inspector() -> listener_components_pb2.ListenerFilter:
+    return listener_components_pb2.ListenerFilter(
+        name="envoy.filters.listener.tls_inspector", typed_config=_pack(tls_inspector_pb2.TlsInspector())
+    )
+
+
 def _inbound_listener(
     proxy: Proxy, served: tuple[InboundEntry, ...], inbound_port: int, modes: InboundMtls, sds: bool
 ) -> listener_pb2.Listener:
     """One HTTP chain per transport the workload's PeerAuthentication admits: mTLS (STRICT, PERMISSIVE)
-    and plaintext (PERMISSIVE, DISABLE), each routing only the ports whose mode admits it. With both,
-    TLS inspection tells them apart (Istio's ALPNs mark a mesh client). Without SDS the proxy has no
-    certificate: STRICT ports are not served at all."""
-    secure = [e for e in served if sds and modes.for_port(e[2]) in (STRICT, PERMISSIVE)]
-    plain = [e for e in served if modes.for_port(e[2]) in (PERMISSIVE, DISABLE)]
+    and plaintext (PERMISSIVE, DISABLE), each routing only the ports whose mode admits it. Without SDS
+    the proxy has no certificate: STRICT ports are not served at all."""
     listener = listener_pb2.Listener(
         name=naming.VIRTUAL_INBOUND,
         address=socket_address(proxy.ip, inbound_port),
         traffic_direction=1,  # INBOUND
     )
-    if secure:
-        listener.filter_chains.append(
-            _inbound_chain(secure, route_name=f"inbound|{inbound_port}|mtls", mtls=True, peer_identity=sds)
-        )
-    if plain:
-        listener.filter_chains.append(
-            _inbound_chain(plain, route_name=f"inbound|{inbound_port}", mtls=False, peer_identity=sds)
-        )
-    if secure and plain:
-        listener.listener_filters.append(
-            listener_components_pb2.ListenerFilter(
-                name="envoy.filters.listener.tls_inspector", typed_config=_pack(tls_inspector_pb2.TlsInspector())
-            )
-        )
-        match = listener.filter_chains[0].filter_chain_match
-        match.transport_protocol = "tls"
-        match.application_protocols.extend(MTLS_ALPNS)
-        listener.filter_chains[1].filter_chain_match.transport_protocol = "raw_buffer"
+    chains = []
+    for mtls in (True, False):
+        entries = [e for e in served if admits(modes.for_port(e[2]), mtls=mtls, sds=sds)]
+        if entries:
+            route_name = f"inbound|{inbound_port}|mtls" if mtls else f"inbound|{inbound_port}"
+            chain = inbound_http_chain(entries, route_name=route_name, mtls=mtls, peer_identity=sds)
+            chains.append((mtls, chain))
+    if split_by_transport(chains):  # before the chains are copied into the listener
+        listener.listener_filters.append(tls_inspector())
+    listener.filter_chains.extend(chain for _, chain in chains)
     return listener
 
 

@@ -24,6 +24,9 @@ class Proxy:
     # The proxy's Envoy has the node agent's SDS (static cluster `sds-grpc` serving `default` and
     # `ROOTCA`): only then does it get mTLS configuration, which would otherwise be rejected.
     sds: bool = False
+    # Its traffic is captured by iptables (node metadata `INTERCEPTION_MODE: REDIRECT`): it gets the
+    # capture-mode listeners (`translate/capture.py`) instead of listeners bound on its address.
+    capture: bool = False
 
 
 def parse_node_id(node_id: str) -> Proxy:
@@ -56,3 +59,13 @@ SDS_METADATA = "SDS"
 def has_sds(metadata: Mapping[str, object]) -> bool:
     flag = metadata.get(SDS_METADATA)
     return flag is True or str(flag).lower() == "true"
+
+
+# Node metadata naming how the proxy's traffic reaches it (Istio's field): `REDIRECT` (iptables NAT
+# redirection to 15001/15006: capture mode), `NONE` (no capture: listeners bound on the proxy's address).
+INTERCEPTION_METADATA = "INTERCEPTION_MODE"
+REDIRECT = "REDIRECT"
+
+
+def has_capture(metadata: Mapping[str, object]) -> bool:
+    return str(metadata.get(INTERCEPTION_METADATA, "")).upper() == REDIRECT

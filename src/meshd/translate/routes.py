@@ -171,6 +171,25 @@ _RC_NAME, _RC_VIRTUAL_HOSTS, _RC_VALIDATE_CLUSTERS = 1, 2, 7  # RouteConfigurati
 ROUTE_CONFIGURATION = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 
 
+PASSTHROUGH_CLUSTER = "PassthroughCluster"  # translate/capture.py defines it for capture-mode proxies
+
+
+def catch_all_vhost(mode: str) -> bytes:
+    """Istio's last virtual host of a capture-mode route table: unknown Hosts pass through to their
+    original destination (ALLOW_ANY) or get a 502 (REGISTRY_ONLY)."""
+    route = route_components_pb2.Route(name=mode.lower(), match=route_components_pb2.RouteMatch(prefix="/"))
+    if mode == "REGISTRY_ONLY":
+        vhost = route_components_pb2.VirtualHost(name="block_all", domains=["*"])
+        route.direct_response.status = 502
+    else:
+        vhost = route_components_pb2.VirtualHost(name="allow_any", domains=["*"])
+        route.route.cluster = PASSTHROUGH_CLUSTER
+        route.route.timeout.SetInParent()  # no timeout (0s), as for any Istio route without one
+    vhost.routes.append(route)
+    body: bytes = vhost.SerializeToString(deterministic=True)
+    return body
+
+
 class RouteTable:
     """Outbound route configurations for one scope: per HTTP port, a virtual host per visible service.
 
@@ -185,8 +204,13 @@ class RouteTable:
         *,
         cache: dict[Hashable, bytes] | None = None,
         previous_cache: Mapping[Hashable, bytes] | None = None,
+        catch_all: str | None = None,
     ) -> None:
+        """`catch_all`: for capture-mode proxies, the outboundTrafficPolicy mode. Each table then ends with
+        Istio's `allow_any` virtual host (any other Host to PassthroughCluster) for ALLOW_ANY, or
+        `block_all` (502) for REGISTRY_ONLY: captured HTTP to a destination the mesh does not know."""
         self.scope = scope
+        self._catch_all = catch_all
         self._cache = cache if cache is not None else {}
         self._previous = previous_cache or {}
 
@@ -235,6 +259,8 @@ class RouteTable:
     def _build(self, port: int, entries: Sequence[tuple[MeshService, Hashable]]) -> bytes:
         parts = [length_delimited(_RC_NAME, naming.route_config(port=port).encode())]
         parts += [length_delimited(_RC_VIRTUAL_HOSTS, self._vhost_bytes(s, port, k)) for s, k in entries]
+        if self._catch_all is not None and not any("*" in s.hostname.split(".") for s, _ in entries):
+            parts.append(length_delimited(_RC_VIRTUAL_HOSTS, catch_all_vhost(self._catch_all)))
         parts.append(length_delimited(_RC_VALIDATE_CLUSTERS, b""))  # validate_clusters: false
         return b"".join(parts)
 
@@ -246,5 +272,5 @@ class RouteTable:
                     by_port.setdefault(sp.number, []).append(service)
         for port, services in sorted(by_port.items()):
             entries = [(s, self._vhost_key(s, port)) for s in services]
-            key = ("rds", port, self.scope.namespace, tuple(k for _, k in entries))
+            key = ("rds", port, self.scope.namespace, tuple(k for _, k in entries), self._catch_all)
             yield Spec(naming.route_config(port=port), key, partial(self._build, port, entries), ROUTE_CONFIGURATION)

@@ -51,6 +51,8 @@ class ScopeKey:
     source: tuple[bool, ...] = ()
     # The proxies have the node agent's SDS: they get Istio mTLS (ISTIO_MUTUAL, auto mTLS).
     sds: bool = False
+    # The proxies' traffic is captured (INTERCEPTION_MODE REDIRECT): capture-mode listeners.
+    capture: bool = False
 
 
 def select_sidecar(
@@ -139,6 +141,11 @@ class Scope:
         self.cluster_signature = Signature(
             (tuple((s, p) for s, p in self.services), tuple(chosen), key.locality, key.failover_labels, key.sds)
         )
+
+    @property
+    def sidecar(self) -> Sidecar | None:
+        """The Sidecar resource that applies to the scope's proxies, if any."""
+        return self._sidecar
 
     def _candidates(self) -> Iterable[MeshService]:
         """The services the Sidecar's egress hosts could match: only the namespaces it names, unless

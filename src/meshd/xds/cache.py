@@ -22,6 +22,7 @@ from meshd.api.meta import InvalidResource
 from meshd.api.virtualservice import VirtualService
 from meshd.model.services import MeshService, ServicePort
 from meshd.model.world import World
+from meshd.translate.capture import ALLOW_ANY, capture_cluster_specs, capture_listener_specs
 from meshd.translate.client_mtls import destination_mode
 from meshd.translate.clusters import (
     clusters_opening,
@@ -80,6 +81,7 @@ class ConfigGenerator:
         read_file: Callable[[str], bytes | None] | None = None,
         trust_domain: str = "cluster.local",
         auto_mtls: bool = True,
+        outbound_traffic_policy: str = ALLOW_ANY,
     ) -> None:
         """`read_file`: reads certificate files named by DestinationRules on this host to check them
         (standalone sidecars share meshd's filesystem); None leaves them unchecked."""
@@ -92,6 +94,7 @@ class ConfigGenerator:
         self._root = root_namespace
         self._trust_domain = trust_domain
         self._auto_mtls = auto_mtls
+        self._outbound_policy = outbound_traffic_policy  # the mesh default; a Sidecar's mode wins
         self.memo: ResourceMemo = ResourceMemo(previous.memo if previous is not None else None)
         self._prev_scopes = previous._scope_layers if previous is not None else {}
         self._prev_groups = previous._group_snapshots if previous is not None else {}
@@ -281,14 +284,15 @@ class ConfigGenerator:
                 deps += delegate_inputs(world, vs)
                 for host in self._destinations(vs):
                     deps += (Ident(world.services.get(host)), Ident(world.rules_by_host.get(host)))
-        inputs = (scope.cluster_signature, tuple(deps))
+        catch_all = self._outbound_mode(key) if key.capture else None
+        inputs = (scope.cluster_signature, tuple(deps), catch_all)
         carried = self._prev_scopes.get(key)
         if carried is not None and carried[0] == inputs:
             _, layer, used = carried
             self.memo.keep(used)
         else:
             used = []
-            table = RouteTable(scope, cache=self._vhost_cache, previous_cache=self._prev_vhosts)
+            table = RouteTable(scope, cache=self._vhost_cache, previous_cache=self._prev_vhosts, catch_all=catch_all)
             routes = self.memo.resolve(table.specs(), used)
             layer = reuse_layer({ROUTE: routes}, carried[1] if carried is not None else None)
         self._scope_layers[key] = (inputs, layer, used)
@@ -369,6 +373,12 @@ class ConfigGenerator:
             self._inbound = inbound_index(self.world)
         return self._inbound
 
+    def _outbound_mode(self, key: ScopeKey) -> str:
+        """`outboundTrafficPolicy.mode` of the proxies' Sidecar, else the mesh default."""
+        sidecar = self._scope(key).sidecar
+        mode = sidecar.spec.outbound_mode if sidecar is not None else None
+        return mode or self._outbound_policy
+
     def _inbound_mtls(self, proxy: Proxy) -> InboundMtls:
         """The PeerAuthentication modes of the proxy's workload (by its address's labels)."""
         workload = self.world.workloads.get(proxy.ip)
@@ -392,10 +402,22 @@ class ConfigGenerator:
         plan = self._plan(key)
         served = self._inbound_index().get(proxy.ip, ())
         modes = self._inbound_mtls(proxy)
-        inputs = (plan.signature, served, self._inbound_port, modes, proxy.sds)
+        outbound_mode = self._outbound_mode(key) if proxy.capture else None
+        inputs = (plan.signature, served, self._inbound_port, modes, proxy.sds, outbound_mode)
         carried = self._prev_proxy_layers.get(group)
         if carried is not None and carried[0] == inputs:
             proxy_layer = carried[1]  # nothing it depends on changed: not even rebuilt
+        elif outbound_mode is not None:
+            listener_specs = capture_listener_specs(
+                plan=plan,
+                served=served,
+                modes=modes,
+                sds=proxy.sds,
+                outbound_mode=outbound_mode,
+                inbound_port=self._inbound_port,
+            )
+            own = {LISTENER: build_all(listener_specs), CLUSTER: build_all(capture_cluster_specs(served=served))}
+            proxy_layer = reuse_layer(own, carried[1] if carried is not None else None)
         else:
             # Bound to this proxy's address: nothing to share, so built directly (no memo).
             own = {

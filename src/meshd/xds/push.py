@@ -106,6 +106,7 @@ class PushLoop:
             read_file=read_file if self._settings.check_tls_files else None,
             trust_domain=self._settings.trust_domain,
             auto_mtls=self._settings.enable_auto_mtls,
+            outbound_traffic_policy=self._settings.outbound_traffic_policy,
         )
         generator.precompute()
         return generator

@@ -1,6 +1,6 @@
 """Which scope a proxy belongs to: everything about a proxy that can change its outbound config
-(namespace, Sidecar, locality and failover labels, sourceLabels matches, SDS), computed once per
-distinct (namespace, labels, locality, SDS) for one World."""
+(namespace, Sidecar, locality and failover labels, sourceLabels matches, SDS, traffic capture), computed once per
+distinct (namespace, labels, locality, SDS, capture) for one World."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ class ScopeKeys:
     def __init__(self, world: World, *, root_namespace: str) -> None:
         self.world = world
         self._root = root_namespace
-        self._keys: dict[tuple[str, tuple[tuple[str, str], ...], str, bool], ScopeKey] = {}
+        self._keys: dict[tuple[str, tuple[tuple[str, str], ...], str, bool, bool], ScopeKey] = {}
         self._failover_labels: frozenset[str] | None = None
 
     def for_proxy(self, proxy: Proxy) -> ScopeKey:
         workload = self.world.workloads.get(proxy.ip)
         labels = workload.labels if workload is not None else ()
         locality = workload.locality if workload is not None else ""
-        cached = self._keys.get((proxy.namespace, labels, locality, proxy.sds))
+        cached = self._keys.get((proxy.namespace, labels, locality, proxy.sds, proxy.capture))
         if cached is None:
             sidecar, _ = select_sidecar(
                 self.world, namespace=proxy.namespace, labels=dict(labels), root_namespace=self._root
@@ -38,8 +38,9 @@ class ScopeKeys:
                 failover_labels=failover_labels,
                 source=source,
                 sds=proxy.sds,
+                capture=proxy.capture,
             )
-            self._keys[(proxy.namespace, labels, locality, proxy.sds)] = cached
+            self._keys[(proxy.namespace, labels, locality, proxy.sds, proxy.capture)] = cached
         return cached
 
     def _failover_label_names(self) -> frozenset[str]:

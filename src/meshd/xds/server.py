@@ -16,7 +16,7 @@ from google.protobuf import json_format
 
 from meshd.clock import Clock
 from meshd.obs.metrics import Metrics
-from meshd.translate.proxy import InvalidNodeId, Proxy, has_sds, parse_node_id
+from meshd.translate.proxy import InvalidNodeId, Proxy, has_capture, has_sds, parse_node_id
 from meshd.xds.encode import delta_response, sotw_response
 from meshd.xds.hub import CLOSED, PUSH, Connection, Hub
 from meshd.xds.resource import short_name
@@ -141,8 +141,9 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             self._log.warning("event=rejected_stream reason=%r", str(exc))
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise  # unreachable: abort raises
-        if has_sds(json_format.MessageToDict(first.node.metadata)):
-            proxy = dataclasses.replace(proxy, sds=True)
+        metadata = json_format.MessageToDict(first.node.metadata)
+        if has_sds(metadata) or has_capture(metadata):
+            proxy = dataclasses.replace(proxy, sds=has_sds(metadata), capture=has_capture(metadata))
         if self._authorize is not None:
             verdict = await self._authorize(context, proxy)
             if verdict is not None:

@@ -1,0 +1,289 @@
+"""Listeners and clusters for a sidecar whose traffic iptables captures (Istio's interception mode
+REDIRECT, node metadata `INTERCEPTION_MODE: REDIRECT`), as Istio lays them out:
+
+- `virtualOutbound` on 0.0.0.0:15001 (where iptables redirects the app's outbound TCP) hands each
+  connection to the listener of its original destination (`use_original_dst`): `0.0.0.0_<port>`,
+  not bound (`bind_to_port: false`). HTTP ports: the HTTP connection manager with route table
+  `<port>`; TCP ports: tcp_proxy to the service, one chain per service matched by its addresses
+  (ClusterIPs) where it has any. Destinations no listener or chain knows go to `PassthroughCluster`
+  (the original destination) with `outboundTrafficPolicy` ALLOW_ANY, to `BlackHoleCluster` with
+  REGISTRY_ONLY. A connection made to 15001 itself is black-holed (no loop).
+- `virtualInbound` on 0.0.0.0:15006 (where iptables redirects inbound TCP), original destination
+  restored by the `original_dst` listener filter: per served port, chains matched by destination port
+  (HTTP routing to `inbound|<port>||`, or TCP), split by the PeerAuthentication mode of the port as the
+  bound inbound listener does (`listeners.py` helpers); other ports pass through to
+  `InboundPassthroughCluster`; a connection made to 15006 itself is black-holed.
+- Inbound clusters `inbound|<port>||` and `InboundPassthroughCluster` send to the original destination
+  (the pod's own address and port) from source address 127.0.0.6, as Istio does since 1.10: the
+  capture rules let traffic from 127.0.0.6 reach the app instead of redirecting it to 15006 again,
+  and the app sees a connection from outside localhost (it must listen on the pod address or 0.0.0.0).
+
+Envoy's own ports (15000 admin, 15001, 15006, 15020, 15021 health, 15090 Prometheus) are never given
+a listener or an inbound chain: services on them are reported by the listener plan, and the capture
+rules (`meshd iptables`) leave them alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from functools import partial
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import address_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
+from google.protobuf import any_pb2, wrappers_pb2
+
+from meshd.model.services import MeshService, is_http
+from meshd.translate import naming
+from meshd.translate.clusters import CONNECT_TIMEOUT, socket_address
+from meshd.translate.listeners import (
+    RESERVED_PORTS,
+    InboundEntry,
+    ListenerPlan,
+    admits,
+    inbound_http_chain,
+    outbound_http_chain,
+    outbound_tcp_chain,
+    split_by_transport,
+    tcp_proxy_filter,
+    tls_inspector,
+)
+from meshd.translate.mtls import downstream_context, tls_socket
+from meshd.translate.peer_auth import InboundMtls
+from meshd.translate.spec import Spec
+
+VIRTUAL_OUTBOUND = "virtualOutbound"
+OUTBOUND_CAPTURE_PORT = 15001
+PASSTHROUGH = "PassthroughCluster"
+BLACKHOLE = "BlackHoleCluster"
+INBOUND_PASSTHROUGH = "InboundPassthroughCluster"
+INBOUND_SOURCE = "127.0.0.6"  # the source of the sidecar's connections to its own app
+ALLOW_ANY, REGISTRY_ONLY = "ALLOW_ANY", "REGISTRY_ONLY"
+ANY_ADDRESS = "0.0.0.0"
+OUTBOUND, INBOUND = 2, 1  # envoy.config.core.v3.TrafficDirection
+
+
+def _pack(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def _tcp_chain(name: str, cluster: str) -> listener_components_pb2.FilterChain:
+    return listener_components_pb2.FilterChain(name=name, filters=[tcp_proxy_filter(cluster)])
+
+
+def unknown_destination_cluster(outbound_mode: str) -> str:
+    return BLACKHOLE if outbound_mode == REGISTRY_ONLY else PASSTHROUGH
+
+
+# --- outbound --------------------------------------------------------------------------------------
+
+
+def _virtual_outbound(port: int, outbound_mode: str) -> listener_pb2.Listener:
+    loop = _tcp_chain("virtualOutbound-blackhole", BLACKHOLE)
+    loop.filter_chain_match.destination_port.value = port
+    return listener_pb2.Listener(
+        name=VIRTUAL_OUTBOUND,
+        address=socket_address(ANY_ADDRESS, port),
+        use_original_dst=wrappers_pb2.BoolValue(value=True),
+        filter_chains=[loop],
+        default_filter_chain=_tcp_chain("virtualOutbound-catchall-tcp", unknown_destination_cluster(outbound_mode)),
+        traffic_direction=OUTBOUND,
+    )
+
+
+def _unbound(name: str, port: int) -> listener_pb2.Listener:
+    return listener_pb2.Listener(
+        name=name,
+        address=socket_address(ANY_ADDRESS, port),
+        bind_to_port=wrappers_pb2.BoolValue(value=False),
+        traffic_direction=OUTBOUND,
+    )
+
+
+def _outbound_http(port: int) -> listener_pb2.Listener:
+    listener = _unbound(naming.outbound_listener(ip=ANY_ADDRESS, port=port), port)
+    listener.filter_chains.append(outbound_http_chain(port))
+    return listener
+
+
+def _outbound_tcp(
+    port: int, services: tuple[tuple[MeshService, str | None], ...], outbound_mode: str
+) -> listener_pb2.Listener:
+    """One chain per TCP service with addresses (matched by them); the oldest service without any
+    takes every other destination of the port, else the unknown-destination cluster does."""
+    listener = _unbound(naming.outbound_listener(ip=ANY_ADDRESS, port=port), port)
+    taken: set[str] = set()
+    fallback: listener_components_pb2.FilterChain | None = None
+    for service, idle in services:
+        addresses = [a for a in service.addresses if a not in taken]
+        chain = outbound_tcp_chain(port, service, idle)
+        chain.name = naming.outbound_cluster(port=port, host=service.hostname)
+        if addresses:
+            taken.update(addresses)
+            for address in addresses:
+                chain.filter_chain_match.prefix_ranges.append(
+                    address_pb2.CidrRange(
+                        address_prefix=address, prefix_len=wrappers_pb2.UInt32Value(value=_bits(address))
+                    )
+                )
+            listener.filter_chains.append(chain)
+        elif not service.addresses and fallback is None:
+            fallback = chain
+    if fallback is None:
+        fallback = _tcp_chain(f"{port}-unknown-destination", unknown_destination_cluster(outbound_mode))
+    listener.default_filter_chain.CopyFrom(fallback)
+    return listener
+
+
+def _bits(address: str) -> int:
+    return 128 if ":" in address else 32
+
+
+# --- inbound ---------------------------------------------------------------------------------------
+
+
+def _inbound_tcp_chain(target: int, *, mtls: bool) -> listener_components_pb2.FilterChain:
+    chain = listener_components_pb2.FilterChain(filters=[tcp_proxy_filter(naming.inbound_cluster(port=target))])
+    if mtls:
+        chain.transport_socket.CopyFrom(tls_socket(downstream_context()))
+    return chain
+
+
+def _passthrough_chain(*, mtls: bool) -> listener_components_pb2.FilterChain:
+    chain = _tcp_chain(f"{INBOUND_PASSTHROUGH}|{'mtls' if mtls else 'plaintext'}", INBOUND_PASSTHROUGH)
+    if mtls:
+        chain.transport_socket.CopyFrom(tls_socket(downstream_context()))
+    return chain
+
+
+def served_ports(served: Sequence[InboundEntry]) -> dict[int, list[InboundEntry]]:
+    """The workload's target ports (not Envoy's own) with the service ports they back."""
+    by_target: dict[int, list[InboundEntry]] = {}
+    for entry in served:
+        if entry[2] not in RESERVED_PORTS:
+            by_target.setdefault(entry[2], []).append(entry)
+    return dict(sorted(by_target.items()))
+
+
+def _is_http_target(entries: Sequence[InboundEntry]) -> bool:
+    return any((sp := service.port(port)) is not None and is_http(sp.protocol) for service, port, _ in entries)
+
+
+def _virtual_inbound(
+    served: tuple[InboundEntry, ...], inbound_port: int, modes: InboundMtls, sds: bool
+) -> listener_pb2.Listener:
+    listener = listener_pb2.Listener(
+        name=naming.VIRTUAL_INBOUND, address=socket_address(ANY_ADDRESS, inbound_port), traffic_direction=INBOUND
+    )
+    listener.listener_filters.append(
+        listener_components_pb2.ListenerFilter(
+            name="envoy.filters.listener.original_dst", typed_config=_pack(original_dst_pb2.OriginalDst())
+        )
+    )
+    loop = _tcp_chain("virtualInbound-blackhole", BLACKHOLE)
+    loop.filter_chain_match.destination_port.value = inbound_port
+    chains = [loop]
+    inspect = False
+    for target, entries in served_ports(served).items():
+        mode = modes.for_port(target)
+        http = _is_http_target(entries)
+        per_port = []
+        for mtls in (True, False):
+            if not admits(mode, mtls=mtls, sds=sds):
+                continue
+            if http:
+                chain = inbound_http_chain(
+                    entries, route_name=naming.inbound_cluster(port=target), mtls=mtls, peer_identity=sds
+                )
+            else:
+                chain = _inbound_tcp_chain(target, mtls=mtls)
+            chain.name = f"{naming.inbound_cluster(port=target)}{'mtls' if mtls else 'plaintext'}"
+            chain.filter_chain_match.destination_port.value = target
+            per_port.append((mtls, chain))
+        inspect |= split_by_transport(per_port)
+        chains += [chain for _, chain in per_port]
+    passthrough = [
+        (mtls, _passthrough_chain(mtls=mtls)) for mtls in (True, False) if admits(modes.mode, mtls=mtls, sds=sds)
+    ]
+    inspect |= split_by_transport(passthrough)
+    chains += [chain for _, chain in passthrough]
+    if inspect:
+        listener.listener_filters.append(tls_inspector())
+    listener.filter_chains.extend(chains)
+    return listener
+
+
+# --- clusters --------------------------------------------------------------------------------------
+
+
+def _original_destination(name: str, *, bind: str | None) -> cluster_pb2.Cluster:
+    cluster = cluster_pb2.Cluster(
+        name=name,
+        type=cluster_pb2.Cluster.ORIGINAL_DST,
+        lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED,
+        connect_timeout=CONNECT_TIMEOUT,
+    )
+    if bind is not None:
+        cluster.upstream_bind_config.CopyFrom(address_pb2.BindConfig(source_address=_source(bind)))
+    return cluster
+
+
+def _source(address: str) -> address_pb2.SocketAddress:
+    return address_pb2.SocketAddress(address=address, port_value=0)
+
+
+def _blackhole() -> cluster_pb2.Cluster:
+    """No endpoints: every connection fails at once (Istio's BlackHoleCluster)."""
+    return cluster_pb2.Cluster(name=BLACKHOLE, type=cluster_pb2.Cluster.STATIC, connect_timeout=CONNECT_TIMEOUT)
+
+
+# --- specs -----------------------------------------------------------------------------------------
+
+
+def capture_listener_specs(
+    *,
+    plan: ListenerPlan,
+    served: tuple[InboundEntry, ...],
+    modes: InboundMtls,
+    sds: bool,
+    outbound_mode: str,
+    inbound_port: int,
+) -> Iterator[Spec]:
+    """Every listener of a capture-mode proxy. Nothing is bound to its address: proxies of a scope
+    with the same served ports and modes get the same listeners."""
+    yield Spec(
+        VIRTUAL_OUTBOUND,
+        ("lds-cap-out", OUTBOUND_CAPTURE_PORT, outbound_mode),
+        partial(_virtual_outbound, OUTBOUND_CAPTURE_PORT, outbound_mode),
+    )
+    for port, tcp in plan.outbound:
+        name = naming.outbound_listener(ip=ANY_ADDRESS, port=port)
+        if tcp is None:
+            yield Spec(name, ("lds-cap-http", port), partial(_outbound_http, port))
+        else:
+            services = plan.tcp_services[port]
+            yield Spec(
+                name,
+                ("lds-cap-tcp", port, services, outbound_mode),
+                partial(_outbound_tcp, port, services, outbound_mode),
+            )
+    key = ("lds-cap-in", served, inbound_port, modes, sds)
+    yield Spec(naming.VIRTUAL_INBOUND, key, partial(_virtual_inbound, served, inbound_port, modes, sds))
+
+
+def capture_cluster_specs(*, served: tuple[InboundEntry, ...]) -> Iterator[Spec]:
+    """PassthroughCluster, BlackHoleCluster, InboundPassthroughCluster and `inbound|<port>||` per served
+    port: original-destination clusters (the inbound ones from 127.0.0.6)."""
+    yield Spec(PASSTHROUGH, ("cds-cap", PASSTHROUGH), partial(_original_destination, PASSTHROUGH, bind=None))
+    yield Spec(BLACKHOLE, ("cds-cap", BLACKHOLE), _blackhole)
+    yield Spec(
+        INBOUND_PASSTHROUGH,
+        ("cds-cap", INBOUND_PASSTHROUGH),
+        partial(_original_destination, INBOUND_PASSTHROUGH, bind=INBOUND_SOURCE),
+    )
+    for target in served_ports(served):
+        name = naming.inbound_cluster(port=target)
+        yield Spec(name, ("cds-cap-in", target), partial(_original_destination, name, bind=INBOUND_SOURCE))
