@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BENCH_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench proto setup clean
+.PHONY: demo test lint bench proto setup system-deps clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +13,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed system-deps
+
+## make system-deps: system tools the tests use (iptables for the netns capture tests), when installable
+system-deps:
+	@sh tools/system-deps.sh
 
 ## make demo: meshd standalone on examples/, real Envoy sidecars, live traffic table, a canary shift
 demo: setup

@@ -1,4 +1,4 @@
-"""Command line: `meshd serve | bootstrap | agent | demo`.
+"""Command line: `meshd serve | bootstrap | agent | iptables | demo`.
 
 This is one of the two places (with settings.py) that reads the process environment;
 everything below receives explicit arguments.
@@ -129,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     from meshd.agent.cli import add_agent_parser
 
     add_agent_parser(sub)
+
+    from meshd.capture.cli import add_iptables_parser
+
+    add_iptables_parser(sub)
 
     demo = sub.add_parser("demo", help="run the bundled example mesh with real Envoy sidecars")
     demo.add_argument("--duration", type=float, default=15.0, help="seconds per phase")
