@@ -3,9 +3,8 @@
 Nothing is added to the host namespace; `close()` deletes every namespace it made (veths and bridge go
 with them). Processes run inside a namespace with `ip netns exec`, the proxy as UID 1337 (`setpriv`).
 
-The capture rules installed here are the minimal Istio-shaped NAT rules (outbound TCP to 15001 except
-the proxy's UID and GID, loopback and 127.0.0.6; inbound TCP to 15006 except Envoy's admin/health/metrics ports).
-`meshd iptables` (issue 7 item 5) is the production writer of such rules.
+The capture rules are written by `meshd iptables` itself (production code, its defaults: outbound TCP to
+15001 except the proxy's UID/GID 1337 and loopback, inbound TCP to 15006 except Envoy's own ports).
 """
 
 from __future__ import annotations
@@ -13,54 +12,21 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import shutil
 import subprocess
 import sys
 import uuid
 
+from tests.e2e.netns import netns_unavailable
+
 PROXY_UID = 1337
 _labs = itertools.count()
-RULES = """\
-*nat
-:MESHLAB_IN - [0:0]
-:MESHLAB_OUT - [0:0]
--A PREROUTING -p tcp -j MESHLAB_IN
--A MESHLAB_IN -p tcp -m multiport --dports 15000,15020,15021,15090 -j RETURN
--A MESHLAB_IN -p tcp -j REDIRECT --to-ports 15006
--A OUTPUT -p tcp -j MESHLAB_OUT
--A MESHLAB_OUT -s 127.0.0.6/32 -o lo -j RETURN
--A MESHLAB_OUT -m owner --uid-owner 1337 -j RETURN
--A MESHLAB_OUT -m owner --gid-owner 1337 -j RETURN
--A MESHLAB_OUT -d 127.0.0.1/32 -j RETURN
--A MESHLAB_OUT -p tcp -j REDIRECT --to-ports 15001
-COMMIT
-"""
 
 
 def lab_unavailable() -> str | None:
     """Why network-namespace tests cannot run here, or None when they can."""
     if os.geteuid() != 0:
         return "network namespaces and iptables need root"
-    for tool in ("ip", "iptables-restore", "setpriv"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (apt-get install -y iptables iproute2 util-linux)"
-    probe = f"mcap-probe-{uuid.uuid4().hex[:6]}"
-    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True, check=False)
-    if made.returncode != 0:
-        return f"cannot create network namespaces: {made.stderr.strip()}"
-    try:
-        nat = subprocess.run(
-            ["ip", "netns", "exec", probe, "iptables-restore", "--test"],
-            input=RULES,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if nat.returncode != 0:
-            return f"iptables NAT rules not usable in a network namespace: {nat.stderr.strip()}"
-    finally:
-        subprocess.run(["ip", "netns", "del", probe], capture_output=True, check=False)
-    return None
+    return netns_unavailable()
 
 
 def _run(*argv: str, stdin: str | None = None) -> str:
@@ -131,7 +97,7 @@ class Lab:
         self._in(namespace, "ip", "link", "set", pod_end, "up")
         self._in(namespace, "ip", "route", "add", "default", "via", self.node_ip)
         if capture:
-            _run(*self.exec_argv(namespace, "iptables-restore"), stdin=RULES)
+            _run(*self.exec_argv(namespace, sys.executable, "-m", "meshd", "iptables"))
         return namespace, ip
 
     def _in(self, namespace: str, *argv: str) -> str:
