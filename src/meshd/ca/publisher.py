@@ -10,14 +10,13 @@ leader election): `namespaces()` and `is_leader()` are plain callables. `sync()`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Iterable
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from meshd.clock import Clock
+from meshd.clock import Clock, sleep_or_wake
 
 CONFIGMAP = "istio-ca-root-cert"
 KEY = "root-cert.pem"
@@ -90,12 +89,4 @@ class RootCertPublisher:
         while True:
             self._wake.clear()
             await self.sync()
-            sleeper = asyncio.ensure_future(clock.sleep(interval_s))
-            waker = asyncio.ensure_future(self._wake.wait())
-            try:
-                await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in (sleeper, waker):
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+            await sleep_or_wake(clock, interval_s, self._wake)

@@ -26,16 +26,22 @@ from meshd.ca.auth import unauthenticated
 _CHUNK = 64 * 1024
 
 
-def server_context(*, key_pem: bytes, chain_pem: bytes, client_roots_pem: str) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    with tempfile.TemporaryDirectory(prefix="meshd-tls-") as tmp:  # ssl loads certificates from files only
+def load_chain_pem(context: ssl.SSLContext, *, chain_pem: bytes, key_pem: bytes) -> None:
+    """Load a certificate chain and key given as PEM (ssl reads them from files only: a private
+    temporary directory, the key file created 0600)."""
+    with tempfile.TemporaryDirectory(prefix="meshd-tls-") as tmp:
         cert_path, key_path = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
         for path, data in ((cert_path, chain_pem), (key_path, key_pem)):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
         context.load_cert_chain(cert_path, key_path)
+
+
+def server_context(*, key_pem: bytes, chain_pem: bytes, client_roots_pem: str) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    load_chain_pem(context, chain_pem=chain_pem, key_pem=key_pem)
     context.load_verify_locations(cadata=client_roots_pem)
     context.verify_mode = ssl.CERT_OPTIONAL
     context.set_alpn_protocols(["h2"])

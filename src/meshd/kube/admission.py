@@ -56,8 +56,8 @@ def validate_object(obj: Any, *, namespace: str, name: str = "") -> InvalidResou
     return None
 
 
-def review(body: Any) -> dict[str, Any]:
-    """Answer one AdmissionReview. Raises BadReview for a body that is not one."""
+def admission_request(body: Any) -> tuple[str, dict[str, Any]]:
+    """(apiVersion, request) of an AdmissionReview with a request uid. Raises BadReview otherwise."""
     if not isinstance(body, dict) or body.get("kind") != "AdmissionReview":
         raise BadReview("not an AdmissionReview")
     api_version = body.get("apiVersion")
@@ -66,6 +66,12 @@ def review(body: Any) -> dict[str, Any]:
     request = body.get("request")
     if not isinstance(request, dict) or not isinstance(request.get("uid"), str) or not request["uid"]:
         raise BadReview("request.uid is missing")
+    return str(api_version), request
+
+
+def review(body: Any) -> dict[str, Any]:
+    """Answer one AdmissionReview. Raises BadReview for a body that is not one."""
+    api_version, request = admission_request(body)
     kind = request.get("kind")
     if not isinstance(kind, dict):
         raise BadReview("request.kind is missing")

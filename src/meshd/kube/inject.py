@@ -18,7 +18,7 @@ import base64
 import json
 from typing import Any
 
-from meshd.kube.admission import BadReview
+from meshd.kube.admission import admission_request
 from meshd.kube.inject_options import BadAnnotation, sidecar_options
 from meshd.kube.inject_template import (
     INIT_NAME,
@@ -183,14 +183,7 @@ def injection_patch(pod: dict[str, Any], *, namespace: str, config: InjectionCon
 
 def inject_review(body: Any, *, config: InjectionConfig) -> dict[str, Any]:
     """Answer one AdmissionReview for the injector. Raises BadReview for a body that is not one."""
-    if not isinstance(body, dict) or body.get("kind") != "AdmissionReview":
-        raise BadReview("not an AdmissionReview")
-    api_version = body.get("apiVersion")
-    if api_version not in ("admission.k8s.io/v1", "admission.k8s.io/v1beta1"):
-        raise BadReview(f"unsupported apiVersion {api_version!r}")
-    request = body.get("request")
-    if not isinstance(request, dict) or not isinstance(request.get("uid"), str) or not request["uid"]:
-        raise BadReview("request.uid is missing")
+    api_version, request = admission_request(body)
     uid = request["uid"]
     response: dict[str, Any] = {"uid": uid, "allowed": True}
     kind = request.get("kind")

@@ -5,14 +5,13 @@ into the webhook configurations' `caBundle` (`kube/webhook_patcher.py`)."""
 
 from __future__ import annotations
 
-import os
 import ssl
-import tempfile
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from meshd.ca.signer import Signer
+from meshd.ca.tls_front import load_chain_pem
 from meshd.settings import Settings
 
 
@@ -32,11 +31,5 @@ def webhook_ssl_context(signer: Signer, *, sans: list[str], ttl_s: int) -> ssl.S
     chain_pem = "".join(issued.chain[:-1] if len(issued.chain) > 1 else issued.chain).encode()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    with tempfile.TemporaryDirectory(prefix="meshd-webhook-") as tmp:  # ssl loads certificates from files only
-        cert_path, key_path = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
-        for path, data in ((cert_path, chain_pem), (key_path, key_pem)):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-        context.load_cert_chain(cert_path, key_path)
+    load_chain_pem(context, chain_pem=chain_pem, key_pem=key_pem)
     return context

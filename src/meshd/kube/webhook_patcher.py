@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from meshd.clock import Clock
+from meshd.clock import Clock, sleep_or_wake
 
 
 class WebhookConfigPatcher:
@@ -109,13 +108,4 @@ class WebhookConfigPatcher:
         while True:
             self._wake.clear()
             await self.sync()
-            wait = interval_s if self._is_ready() else ready_poll_s
-            sleeper = asyncio.ensure_future(clock.sleep(wait))
-            waker = asyncio.ensure_future(self._wake.wait())
-            try:
-                await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in (sleeper, waker):
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+            await sleep_or_wake(clock, interval_s if self._is_ready() else ready_poll_s, self._wake)
