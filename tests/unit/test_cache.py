@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import random
+import weakref
 from typing import Any
 
 import pytest
@@ -171,6 +173,27 @@ def test_unused_resources_are_dropped_after_a_generation() -> None:
     third = ConfigGenerator(mesh.state.world(), inbound_port=15006, sidecar_endpoint_port=None, previous=second)
     third.snapshot(_proxy("a", 1))
     assert len(third.memo._entries) == len(second.memo._entries) <= 1  # only the (empty-scope) listener
+
+
+def test_an_old_generation_is_freed_by_reference_counting_alone() -> None:
+    """meshd freezes GC between pushes (gcpolicy.py): a reference cycle through a generator would keep
+    every old World, memo and snapshot alive until a full collection (the churn benchmark's RSS)."""
+    mesh = Mesh()
+    assert mesh.generator is not None
+    for proxy in (_proxy("a", 1), _proxy("b", 1)):
+        mesh.generator.snapshot(proxy)
+    mesh.generator.precompute()
+    old = weakref.ref(mesh.generator)
+    gc.disable()
+    try:
+        mesh.apply(_resources(_docs("a", "s1", ["10.0.0.9"], weight=80)))
+        assert mesh.generator is not None
+        mesh.generator.precompute()
+        mesh.generator.snapshot(_proxy("a", 1))
+        mesh.apply([])  # the generation after next no longer reads the first one's tables either
+        assert old() is None, "the first generation is still referenced (a cycle?)"
+    finally:
+        gc.enable()
 
 
 def test_editing_a_destination_rule_updates_clusters_of_a_carried_scope() -> None:

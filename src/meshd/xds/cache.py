@@ -120,7 +120,6 @@ class ConfigGenerator:
             world,
             root_namespace=root_namespace,
             files=self.files,
-            destinations=self._destinations,
             previous=previous.checks if previous is not None else None,
         )
         self._previous_world = previous.world if previous is not None else None
@@ -146,7 +145,7 @@ class ConfigGenerator:
 
     def precompute(self) -> None:
         """Report every rejected resource once per World, whatever proxies are connected."""
-        self._errors.update(dict.fromkeys(self.checks.run()))
+        self._errors.update(dict.fromkeys(self.checks.run(self._destinations)))
 
     def scope_key(self, proxy: Proxy) -> ScopeKey:
         return self._keys.for_proxy(proxy)

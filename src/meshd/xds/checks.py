@@ -31,26 +31,27 @@ class WorldChecks:
         *,
         root_namespace: str,
         files: FileCheck,
-        destinations: Callable[[VirtualService], list[str]],
         previous: WorldChecks | None,
     ) -> None:
         self.world = world
         self._root = root_namespace
         self._files = files
-        self._destinations = destinations
         self.route_checks: dict[Hashable, list[InvalidResource]] = {}  # per host and its inputs
         self._prev_route_checks = previous.route_checks if previous is not None else {}
         self.port_check: tuple[tuple[MeshService, ...], list[InvalidResource]] | None = None
         self._prev_port_check = previous.port_check if previous is not None else None
 
-    def run(self) -> list[InvalidResource]:
+    def run(self, destinations: Callable[[VirtualService], list[str]]) -> list[InvalidResource]:
+        """`destinations`: the hosts a VirtualService routes to. Passed per call, never kept: holding the
+        generator's bound method would make a cycle that keeps every old generation alive until a full
+        GC (and meshd freezes GC between pushes)."""
         errors: dict[InvalidResource, None] = {}
         world = self.world
         for host, candidates in world.virtual_services.items():
             deps = tuple(
                 (Ident(world.services.get(h)), Ident(world.rules_by_host.get(h)))
                 for vs in candidates
-                for h in self._destinations(vs)
+                for h in destinations(vs)
             )
             delegates = tuple(delegate_inputs(world, vs) for vs in candidates)
             # a wildcard host's check covers the ports of every service it routes
