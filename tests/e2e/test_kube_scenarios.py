@@ -408,7 +408,7 @@ async def test_no_hot_loop_while_idle(kube: Kube) -> None:
         return all(fake.open_watches(k) == 1 for k in present)
 
     await eventually(one_each, what="one watch per kind")
-    since = time.time()
+    since = time.monotonic()  # the fake API server stamps requests with time.monotonic()
     await asyncio.sleep(1.0)  # measuring an interval, not waiting for a condition
     assert fake.count(verb="list", since=since) == 0
     assert fake.count(verb="watch", since=since) == 0

@@ -85,9 +85,15 @@ async def test_two_replicas_elect_exactly_one_leader(server: FakeApiServer, repl
     assert holder(server) == leader.elector.config.identity
     renewals = server.count(verb="update", kind="Lease")
     # over several renewals (every second) the leader keeps it and the other never leads
-    while server.count(verb="update", kind="Lease") < renewals + 3:
-        assert leader.elector.is_leader and not other.elector.is_leader
-        await asyncio.sleep(0.05)
+    broken: list[str] = []
+
+    async def renewed_three_times() -> bool:
+        if not leader.elector.is_leader or other.elector.is_leader:
+            broken.append(f"leader={leader.elector.is_leader} other={other.elector.is_leader}")
+        return server.count(verb="update", kind="Lease") >= renewals + 3
+
+    await eventually(renewed_three_times, timeout=15, what="three renewals")
+    assert broken == [], "leadership changed hands while the leader kept renewing"
     assert other.changes == [] and [c[0] for c in leader.changes] == [True]
     lease = server.get(*LEASE)
     assert lease["spec"]["leaseDurationSeconds"] == 2 and lease["spec"]["renewTime"]

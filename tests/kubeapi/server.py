@@ -339,6 +339,7 @@ class FakeApiServer:
     # ---------------------------------------------------------------- observation
 
     def count(self, *, verb: str | None = None, kind: str | None = None, since: float = 0.0) -> int:
+        """Requests seen matching verb/kind (None: any), stamped at or after `since` (`time.monotonic()`)."""
         return sum(
             1
             for r in self.requests
