@@ -6,9 +6,10 @@ import time
 from typing import Any
 
 from benchmarks.synthetic import mesh
+from meshd.generate.generator import ConfigGenerator
+from meshd.generate.options import GenerateOptions
 from meshd.model.world import build_world
 from meshd.translate.proxy import parse_node_id
-from meshd.xds.cache import ConfigGenerator
 
 
 def run(*, services: int, namespaces: int, proxies: int) -> dict[str, Any]:
@@ -16,7 +17,7 @@ def run(*, services: int, namespaces: int, proxies: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     world = build_world(resources, domain_suffix="cluster.local")
     t1 = time.perf_counter()
-    generator = ConfigGenerator(world, inbound_port=15006, sidecar_endpoint_port=15006)
+    generator = ConfigGenerator(world, options=GenerateOptions(inbound_port=15006, sidecar_endpoint_port=15006))
     generator.precompute()
     t2 = time.perf_counter()
     snapshots = []

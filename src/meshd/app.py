@@ -25,10 +25,10 @@ from meshd.kube.webhook_wiring import webhook_duties
 from meshd.model.store import ConfigStore
 from meshd.obs.http import build_app
 from meshd.obs.metrics import Metrics
+from meshd.push.loop import PushLoop
 from meshd.settings import Settings
 from meshd.sources.directory import DirectorySource
 from meshd.xds.hub import Hub
-from meshd.xds.push import PushLoop
 from meshd.xds.resource import CLUSTER, make_resource
 from meshd.xds.server import AdsServicer, add_to_server
 
@@ -133,7 +133,7 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
                         settings=settings,
                         store=store,
                         errors=lambda: push.errors,
-                        settled=lambda: hub.generator is not None and hub.generator.world.revision == store.revision,
+                        settled=lambda: hub.generator is not None and hub.generator.revision == store.revision,
                         clock=clock,
                         log=log,
                         root_publisher=root_publisher_factory(security, source, log),

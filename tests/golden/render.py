@@ -12,10 +12,11 @@ from typing import Any
 from google.protobuf import json_format
 
 from meshd.api.kube import Pod
+from meshd.generate.generator import ConfigGenerator
+from meshd.generate.options import GenerateOptions
 from meshd.model.world import World, build_world
 from meshd.sources.yaml_file import parse_file
 from meshd.translate.proxy import parse_node_id
-from meshd.xds.cache import ConfigGenerator
 from meshd.xds.resource import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, XdsResource
 
 TYPES = {"clusters": CLUSTER, "endpoints": ENDPOINT, "listeners": LISTENER, "routes": ROUTE}
@@ -60,7 +61,9 @@ def _to_dict(resource: XdsResource) -> dict[str, Any]:
 def render(path: pathlib.Path) -> dict[str, Any]:
     """{type: {proxy: [resource, ...]}} plus "errors": [message, ...]."""
     world, proxies, errors = load_case(path)
-    generator = ConfigGenerator(world, inbound_port=15006, sidecar_endpoint_port=15006)
+    generator = ConfigGenerator(
+        world, options=GenerateOptions(inbound_port=15006, sidecar_endpoint_port=15006), check=True
+    )
     generator.precompute()
     out: dict[str, Any] = {kind: {} for kind in (*TYPES, *OPTIONAL_TYPES)}
     flags = proxy_flags(path.read_text())

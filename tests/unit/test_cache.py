@@ -12,9 +12,10 @@ import pytest
 
 from meshd.api.meta import Resource, ResourceKey
 from meshd.api.parse import parse_resource
+from meshd.generate.generator import ConfigGenerator
+from meshd.generate.options import GenerateOptions
 from meshd.model.state import WorldState
 from meshd.translate.proxy import Proxy, parse_node_id
-from meshd.xds.cache import ConfigGenerator
 from meshd.xds.hub import Hub
 from meshd.xds.resource import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 from meshd.xds.stream import SotwStream
@@ -109,7 +110,10 @@ class Mesh:
     def apply(self, resources: list[Resource], *, deleted: tuple[ResourceKey, ...] = ()) -> ConfigGenerator:
         self.state.apply({**{r.key: r for r in resources}, **dict.fromkeys(deleted)})
         self.generator = ConfigGenerator(
-            self.state.world(), inbound_port=15006, sidecar_endpoint_port=15006, previous=self.generator
+            self.state.world(),
+            options=GenerateOptions(inbound_port=15006, sidecar_endpoint_port=15006),
+            previous=self.generator,
+            check=True,
         )
         return self.generator
 
@@ -168,9 +172,13 @@ def test_unused_resources_are_dropped_after_a_generation() -> None:
     # Remove namespace a's services: the next generation must not keep their resources alive.
     removed = [r for r in _resources(_docs("a", "s1", ["10.0.0.1"], weight=80) + _docs("a", "s2", ["10.0.0.2"]))]
     mesh.state.apply({r.key: None for r in removed})
-    second = ConfigGenerator(mesh.state.world(), inbound_port=15006, sidecar_endpoint_port=None, previous=first)
+    second = ConfigGenerator(
+        mesh.state.world(), options=GenerateOptions(inbound_port=15006, sidecar_endpoint_port=15006), previous=first
+    )
     second.snapshot(_proxy("a", 1))
-    third = ConfigGenerator(mesh.state.world(), inbound_port=15006, sidecar_endpoint_port=None, previous=second)
+    third = ConfigGenerator(
+        mesh.state.world(), options=GenerateOptions(inbound_port=15006, sidecar_endpoint_port=15006), previous=second
+    )
     third.snapshot(_proxy("a", 1))
     assert len(third.memo._entries) == len(second.memo._entries) <= 1  # only the (empty-scope) listener
 
@@ -402,7 +410,9 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
             docs = [sidecar]
         generator = mesh.apply(_resources(docs), deleted=deleted)
         hub.publish(generator, changed_at=float(step))
-        fresh = ConfigGenerator(generator.world, inbound_port=15006, sidecar_endpoint_port=15006)
+        fresh = ConfigGenerator(
+            generator.world, options=GenerateOptions(inbound_port=15006, sidecar_endpoint_port=15006)
+        )
         for conn in conns:
             assert conn.snapshot is not None
             assert _content(conn.snapshot) == _content(fresh.snapshot(conn.proxy)), (step, conn.proxy.node_id)
@@ -470,3 +480,23 @@ def test_a_tcp_idle_timeout_change_reaches_the_listener_of_a_carried_proxy() -> 
     proxy_config = tcp_proxy_pb2.TcpProxy()
     decoded.filter_chains[0].filters[0].typed_config.Unpack(proxy_config)
     assert proxy_config.idle_timeout.seconds == 20
+
+
+def test_a_mesh_wide_option_change_reaches_every_carried_layer() -> None:
+    """Options (trust domain, auto mTLS...) are part of every key: a generation with new options
+    builds what a fresh one would, even where nothing in the World changed."""
+    mesh = Mesh()
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "ep-1", "namespace": "a", "labels": {"security.istio.io/tlsMode": "istio"}},
+           "spec": {"serviceAccountName": "sa1"}, "status": {"podIP": "10.0.0.1"}}  # fmt: skip
+    mesh.apply(_resources([pod]))
+    proxy = dataclasses.replace(_proxy("a", 2), sds=True)
+    assert mesh.generator is not None
+    before = mesh.generator.snapshot(proxy)
+    assert b"spiffe://cluster.local/" in b"".join(r.body for r in before.resources[CLUSTER].values())
+    options = GenerateOptions(inbound_port=15006, sidecar_endpoint_port=15006, trust_domain="example.org")
+    after = ConfigGenerator(mesh.state.world(), options=options, previous=mesh.generator, check=True)
+    fresh = ConfigGenerator(mesh.state.world(), options=options)
+    assert _content(after.snapshot(proxy)) == _content(fresh.snapshot(proxy))
+    clusters = b"".join(r.body for r in after.snapshot(proxy).resources[CLUSTER].values())
+    assert b"spiffe://example.org/" in clusters and b"spiffe://cluster.local/" not in clusters

@@ -10,10 +10,11 @@ from meshd.agent.run import agent_bootstrap
 from meshd.api.meta import InvalidResource
 from meshd.api.parse import parse_resource
 from meshd.cli import build_parser
+from meshd.generate.generator import ConfigGenerator
+from meshd.generate.options import GenerateOptions
 from meshd.model.services import is_captured
 from meshd.model.world import build_world
 from meshd.translate.proxy import has_capture, parse_node_id
-from meshd.xds.cache import ConfigGenerator
 from meshd.xds.resource import CLUSTER, ENDPOINT, LISTENER
 
 
@@ -80,9 +81,7 @@ def _world(*, sidecar_mode: str | None = None) -> object:
 def _snapshot(world: object, *, capture: bool, mesh_default: str = "ALLOW_ANY") -> dict[str, dict[str, bytes]]:
     generator = ConfigGenerator(
         world,  # type: ignore[arg-type]
-        inbound_port=15006,
-        sidecar_endpoint_port=15006,
-        outbound_traffic_policy=mesh_default,
+        options=GenerateOptions(inbound_port=15006, sidecar_endpoint_port=15006, outbound_traffic_policy=mesh_default),
     )
     proxy = parse_node_id("sidecar~10.0.0.2~db.shop~shop.svc.cluster.local")
     snap = generator.snapshot(proxy.__class__(**{**proxy.__dict__, "capture": capture}))

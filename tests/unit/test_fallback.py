@@ -13,11 +13,11 @@ from meshd.api.meta import InvalidResource, ResourceKey
 from meshd.model.fallback import LastAccepted
 from meshd.model.store import ConfigStore
 from meshd.obs.metrics import Metrics
+from meshd.push.loop import PushLoop
 from meshd.settings import Settings
 from meshd.sources.yaml_file import parse_file
 from meshd.translate.proxy import parse_node_id
 from meshd.xds.hub import Hub
-from meshd.xds.push import PushLoop
 from meshd.xds.resource import ROUTE
 from tests.unit.test_push import FakeClock
 

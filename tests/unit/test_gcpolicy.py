@@ -14,9 +14,9 @@ import pytest
 from meshd.gcpolicy import GcPolicy
 from meshd.model.store import ConfigStore
 from meshd.obs.metrics import Metrics
+from meshd.push.loop import PushLoop
 from meshd.settings import Settings
 from meshd.xds.hub import Hub
-from meshd.xds.push import PushLoop
 from tests.unit.test_push import FakeClock
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from meshd.xds.push import Debouncer
+from meshd.push.debounce import Debouncer
 
 
 class FakeClock:

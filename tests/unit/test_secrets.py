@@ -17,9 +17,10 @@ from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from meshd.api.kube import Secret
 from meshd.api.meta import InvalidResource
 from meshd.api.parse import parse_resource
+from meshd.generate.generator import ConfigGenerator
+from meshd.generate.options import GenerateOptions
 from meshd.model.world import build_world
 from meshd.translate.proxy import parse_node_id
-from meshd.xds.cache import ConfigGenerator
 from meshd.xds.resource import CLUSTER, SECRET
 from tests.certs import Authority
 
@@ -128,7 +129,7 @@ def _pod(ns: str, ip: str) -> dict[str, Any]:
 
 def _generator(docs: list[dict[str, Any]]) -> ConfigGenerator:
     world = build_world([parse_resource(d) for d in docs], domain_suffix="cluster.local")
-    generator = ConfigGenerator(world, inbound_port=15006, sidecar_endpoint_port=None)
+    generator = ConfigGenerator(world, options=GenerateOptions(inbound_port=15006, sidecar_endpoint_port=None))
     generator.precompute()
     return generator
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 from meshd.api.parse import parse_resource
+from meshd.generate.generator import ConfigGenerator
+from meshd.generate.options import GenerateOptions
 from meshd.model.state import WorldState
 from meshd.translate.proxy import parse_node_id
-from meshd.xds.cache import ConfigGenerator
 from meshd.xds.resource import CLUSTER
 from tests.certs import Authority
 
@@ -49,7 +50,9 @@ def test_a_missing_certificate_file_leaves_its_clusters_out_until_it_exists() ->
     def read(path: str) -> bytes | None:
         return files.get(path)
 
-    generator = ConfigGenerator(world, inbound_port=15006, sidecar_endpoint_port=None, read_file=read)
+    generator = ConfigGenerator(
+        world, options=GenerateOptions(inbound_port=15006, sidecar_endpoint_port=None), read_file=read
+    )
     generator.precompute()
     (error,) = generator.errors
     assert (str(error.key), error.field) == ("DestinationRule default/ledger", "spec.trafficPolicy.tls.privateKey")
@@ -60,7 +63,10 @@ def test_a_missing_certificate_file_leaves_its_clusters_out_until_it_exists() ->
 
     files["/certs/k.pem"] = OTHER.key  # not the certificate's key: still refused
     generator = ConfigGenerator(
-        world, inbound_port=15006, sidecar_endpoint_port=None, read_file=read, previous=generator
+        world,
+        options=GenerateOptions(inbound_port=15006, sidecar_endpoint_port=None),
+        read_file=read,
+        previous=generator,
     )
     generator.precompute()
     (error,) = generator.errors
@@ -69,7 +75,10 @@ def test_a_missing_certificate_file_leaves_its_clusters_out_until_it_exists() ->
 
     files["/certs/k.pem"] = CLIENT.key  # the next push (same World) reads it and serves the cluster
     generator = ConfigGenerator(
-        world, inbound_port=15006, sidecar_endpoint_port=None, read_file=read, previous=generator
+        world,
+        options=GenerateOptions(inbound_port=15006, sidecar_endpoint_port=None),
+        read_file=read,
+        previous=generator,
     )
     generator.precompute()
     assert generator.errors == []
@@ -79,7 +88,7 @@ def test_a_missing_certificate_file_leaves_its_clusters_out_until_it_exists() ->
 def test_files_are_not_checked_without_a_checker() -> None:
     state = WorldState(domain_suffix="cluster.local")
     state.apply({r.key: r for r in (parse_resource(d) for d in DOCS)})
-    generator = ConfigGenerator(state.world(), inbound_port=15006, sidecar_endpoint_port=None)
+    generator = ConfigGenerator(state.world(), options=GenerateOptions(inbound_port=15006, sidecar_endpoint_port=None))
     generator.precompute()
     assert generator.errors == []
     assert "outbound|80||ledger.default.svc.cluster.local" in generator.snapshot(PROXY).resources[CLUSTER]

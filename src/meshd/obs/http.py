@@ -16,8 +16,8 @@ from google.protobuf import json_format
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from meshd.obs.metrics import Metrics
+from meshd.push.loop import PushLoop
 from meshd.xds.hub import Hub
-from meshd.xds.push import PushLoop
 from meshd.xds.resource import short_name
 
 

@@ -20,7 +20,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from meshd.api.destinationrule import ClientTLSSettings
 from meshd.model.services import Endpoint, MeshService, ServicePort
 from meshd.translate.mtls import apply_istio_mutual, sni, spiffe_id
-from meshd.translate.peer_auth import DISABLE, service_mode
+from meshd.translate.peer_auth import DISABLE
 from meshd.translate.policy import EffectivePolicy
 from meshd.translate.scope import Scope
 
@@ -50,12 +50,6 @@ def service_identities(scope: Scope, service: MeshService, ports: Sequence[Servi
     )
 
 
-def destination_mode(scope: Scope, service: MeshService) -> str:
-    """The PeerAuthentication mode auto mTLS assumes for a destination service."""
-    policies = scope.world.peer_authentications
-    return service_mode(policies, namespace=service.namespace, root_namespace=scope.root_namespace)
-
-
 def cluster_mtls(
     scope: Scope,
     service: MeshService,
@@ -81,7 +75,7 @@ def cluster_mtls(
         or service.mesh_external
         or service.resolution != "EDS"
         or policy.passthrough
-        or destination_mode(scope, service) == DISABLE
+        or scope.destination_mode(service) == DISABLE
     ):
         return None
     return ClusterMtls(auto=True, sni=name, sans=identities, http2=http2)

@@ -120,6 +120,12 @@ class ListenerPlan:
             self._plan_port(port, on_port)
         self.signature = (tuple(self.outbound), tuple(self.tcp_services.items()))  # equal plans: equal listeners
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ListenerPlan) and other.signature == self.signature
+
+    def __hash__(self) -> int:
+        return hash(self.signature)
+
     def _reject(self, service: MeshService, message: str) -> None:
         key = ResourceKey("Service", service.namespace, service.name)
         self.errors.append(InvalidResource(key, "spec.ports", message))

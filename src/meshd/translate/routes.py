@@ -205,12 +205,15 @@ class RouteTable:
         cache: dict[Hashable, bytes] | None = None,
         previous_cache: Mapping[Hashable, bytes] | None = None,
         catch_all: str | None = None,
+        check: bool = False,
     ) -> None:
         """`catch_all`: for capture-mode proxies, the outboundTrafficPolicy mode. Each table then ends with
         Istio's `allow_any` virtual host (any other Host to PassthroughCluster) for ALLOW_ANY, or
-        `block_all` (502) for REGISTRY_ONLY: captured HTTP to a destination the mesh does not know."""
+        `block_all` (502) for REGISTRY_ONLY: captured HTTP to a destination the mesh does not know.
+        `check`: a cached virtual host is built again and must be byte-identical (its key covers its inputs)."""
         self.scope = scope
         self._catch_all = catch_all
+        self._check = check
         self._cache = cache if cache is not None else {}
         self._previous = previous_cache or {}
 
@@ -236,24 +239,39 @@ class RouteTable:
         if body is None:
             body = self._previous.get(key)
             if body is None:
-                scope = self.scope
-                ignored: list[InvalidResource] = []  # reported by validate_host_routes
-                match = MatchContext(port=port, namespace=scope.namespace, source_matches=scope.source_matches)
-                routes = _host_routes(
-                    scope.world,
-                    service,
-                    match,
-                    scope.virtual_services(service.hostname),
-                    scope.destination_rule,
-                    ignored,
-                )
-                vhost = route_components_pb2.VirtualHost(
-                    name=f"{service.hostname}:{port}",
-                    domains=naming.service_domains(service, port=port, proxy_namespace=scope.namespace),
-                    routes=routes,
-                )
-                body = vhost.SerializeToString(deterministic=True)
+                body = self._vhost(service, port)
+            elif self._check:
+                self._verify(service, port, key, body)
             self._cache[key] = body
+        elif self._check:
+            self._verify(service, port, key, body)
+        return body
+
+    def _verify(self, service: MeshService, port: int, key: Hashable, body: bytes) -> None:
+        if self._vhost(service, port) != body:
+            raise AssertionError(
+                f"virtual host {service.hostname}:{port} reused under key {key!r} but built now it differs: "
+                "the key does not cover an input of the build"
+            )
+
+    def _vhost(self, service: MeshService, port: int) -> bytes:
+        scope = self.scope
+        ignored: list[InvalidResource] = []  # reported by validate_host_routes
+        match = MatchContext(port=port, namespace=scope.namespace, source_matches=scope.source_matches)
+        routes = _host_routes(
+            scope.world,
+            service,
+            match,
+            scope.virtual_services(service.hostname),
+            scope.destination_rule,
+            ignored,
+        )
+        vhost = route_components_pb2.VirtualHost(
+            name=f"{service.hostname}:{port}",
+            domains=naming.service_domains(service, port=port, proxy_namespace=scope.namespace),
+            routes=routes,
+        )
+        body: bytes = vhost.SerializeToString(deterministic=True)
         return body
 
     def _build(self, port: int, entries: Sequence[tuple[MeshService, Hashable]]) -> bytes:

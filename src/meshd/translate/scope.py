@@ -18,6 +18,7 @@ from meshd.api.networking import IstioEgressListener, Sidecar, exported_to
 from meshd.api.virtualservice import VirtualService
 from meshd.model.services import MeshService, ServicePort
 from meshd.model.world import World
+from meshd.translate.peer_auth import service_mode
 from meshd.translate.spec import ident
 
 
@@ -180,6 +181,11 @@ class Scope:
             if known == selector:
                 return i < len(self.key.source) and self.key.source[i]
         return False
+
+    def destination_mode(self, service: MeshService) -> str:
+        """The PeerAuthentication mode auto mTLS assumes for a destination service (builds read this
+        derived mode, not the policies, so a cache key holding the mode covers it)."""
+        return service_mode(self.world.peer_authentications, namespace=service.namespace, root_namespace=self._root)
 
     def virtual_services(self, host: str) -> tuple[VirtualService, ...]:
         return tuple(

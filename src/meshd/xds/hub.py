@@ -1,21 +1,40 @@
-"""The hub between the push pipeline and the ADS streams: it holds the current ConfigGenerator and
-the connected proxies, and wakes every stream when a new generation is published."""
+"""The hub between the push loop and the ADS streams: it holds the current generation and the
+connected proxies, and wakes every stream when a new generation is published. It sees generation
+only through the small `Generation` protocol (as go-control-plane's server sees a ConfigWatcher)."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from meshd.translate.proxy import Proxy
-from meshd.translate.scope import ScopeKey
-from meshd.xds.cache import ConfigGenerator
 from meshd.xds.resource import EMPTY_SNAPSHOT, Snapshot
 from meshd.xds.stream import DeltaStream, SotwStream
 
 PUSH = object()  # queue token: a new generation is available
 CLOSED = object()  # queue token: the client half-closed the stream
+
+
+class Generation(Protocol):
+    """What the hub needs of one generation of config."""
+
+    @property
+    def revision(self) -> int:
+        """The store revision it was built from."""
+        ...
+
+    def scope_key(self, proxy: Proxy) -> Hashable:
+        """What decides the proxy's config besides its address (proxies with equal keys share layers)."""
+        ...
+
+    def snapshot(self, proxy: Proxy) -> Snapshot: ...
+
+    def still_current(self, proxy: Proxy, key: Hashable, held: Snapshot) -> bool:
+        """Whether `held`, built by the previous generation under `key`, is what this one would build."""
+        ...
 
 
 @dataclass
@@ -27,7 +46,7 @@ class Connection:
     queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     push_pending: bool = False
     snapshot: Snapshot | None = None  # what this proxy should hold now
-    scope_key: ScopeKey | None = None  # the scope that snapshot was built for
+    scope_key: Hashable | None = None  # the scope that snapshot was built for
     # type URL -> (nonce of the last response, time of the config change it carried): for the
     # convergence time; one entry per type, so superseded responses leave nothing behind
     change_times: dict[str, tuple[str, float]] = field(default_factory=dict)
@@ -44,7 +63,7 @@ class Connection:
 
 class Hub:
     def __init__(self) -> None:
-        self.generator: ConfigGenerator | None = None
+        self.generator: Generation | None = None
         self.changed_at = 0.0  # when the change behind the current generation was first seen
         self.generation = 0
         self.connections: dict[str, Connection] = {}
@@ -54,7 +73,7 @@ class Hub:
     def ready(self) -> bool:
         return self.generator is not None
 
-    def publish(self, generator: ConfigGenerator, *, changed_at: float) -> int:
+    def publish(self, generator: Generation, *, changed_at: float) -> int:
         """Install a new generation; wake only the streams whose snapshot changed. Returns their number."""
         self.generator, self.changed_at = generator, changed_at
         self.generation += 1

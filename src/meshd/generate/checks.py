@@ -10,6 +10,7 @@ from collections.abc import Callable, Hashable
 from meshd.api.meta import InvalidResource
 from meshd.api.networking import exported_to
 from meshd.api.virtualservice import VirtualService
+from meshd.generate.tls_files import FileCheck
 from meshd.model.services import MeshService
 from meshd.model.world import World
 from meshd.translate.listeners import ListenerPlan
@@ -19,7 +20,6 @@ from meshd.translate.scope import Scope, ScopeKey, select_sidecar
 from meshd.translate.secrets import check_credentials
 from meshd.translate.spec import Ident
 from meshd.translate.upstream_tls import credential_settings
-from meshd.xds.tls_files import FileCheck
 
 MESH_SCOPE = ScopeKey("", None)
 

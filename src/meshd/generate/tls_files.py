@@ -22,15 +22,6 @@ from meshd.translate.upstream_tls import rule_files, tls_files
 ReadFile = Callable[[str], bytes | None]
 
 
-def read_file(path: str) -> bytes | None:
-    """The file's bytes, or None when it cannot be read."""
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        return None
-
-
 def _problem(tls: ClientTLSSettings, field: str, data: dict[str, bytes | None]) -> str | None:
     """Why Envoy would not load this file of the block, or None."""
     path = dict(tls_files(tls))[field]

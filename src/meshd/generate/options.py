@@ -1,0 +1,21 @@
+"""The mesh-wide settings generation reads: one frozen value, part of every cache key (a generation
+whose options differ from the previous one's carries nothing over), so mesh-wide settings can change
+at run time and every proxy gets config built with the new ones."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from meshd.translate.capture import ALLOW_ANY
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    inbound_port: int = 15006
+    # the port endpoints of workloads with a sidecar are reached on (None: their service ports)
+    sidecar_endpoint_port: int | None = None
+    root_namespace: str = "istio-system"
+    trust_domain: str = "cluster.local"
+    auto_mtls: bool = True
+    # meshConfig.outboundTrafficPolicy.mode: the default of capture-mode proxies (a Sidecar's mode wins)
+    outbound_traffic_policy: str = ALLOW_ANY

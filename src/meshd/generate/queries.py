@@ -1,0 +1,124 @@
+"""Values derived once per generation from the World that builds read: a scope's listener plan, the
+services an address backs, a workload's inbound mTLS modes, a scope's outbound traffic mode, the
+certificate files a rule names that Envoy could not load, the hosts a VirtualService routes to.
+
+Builds read them through the context (`ctx.queries`), so in check mode each value is recorded like any
+read of the World and a reused entry is checked against the value this generation gives.
+"""
+
+from __future__ import annotations
+
+from meshd.api.destinationrule import DestinationRule
+from meshd.api.virtualservice import VirtualService
+from meshd.generate.options import GenerateOptions
+from meshd.generate.tls_files import FileCheck
+from meshd.model.world import World
+from meshd.translate.listeners import InboundEntry, ListenerPlan, inbound_index
+from meshd.translate.peer_auth import InboundMtls, workload_mtls
+from meshd.translate.routes import destination_hosts
+from meshd.translate.scope import Scope, ScopeKey
+
+
+class Queries:
+    def __init__(
+        self,
+        world: World,
+        *,
+        options: GenerateOptions,
+        files: FileCheck,
+        previous: Queries | None,
+    ) -> None:
+        self._world = world
+        self._options = options
+        self._files = files
+        self._scopes: dict[ScopeKey, Scope] = {}
+        self._plans: dict[ScopeKey, ListenerPlan] = {}
+        self._inbound: dict[str, tuple[InboundEntry, ...]] | None = None
+        self._moved: set[str] | None = None
+        self._previous_world = previous._world if previous is not None else None
+        self._prev_plans = previous._plans if previous is not None else {}
+        self._prev_inbound = previous._inbound if previous is not None else None
+
+    def scope(self, key: ScopeKey) -> Scope:
+        """What the proxies of a scope key see (computed once per World)."""
+        scope = self._scopes.get(key)
+        if scope is None:
+            sidecar = None
+            if key.sidecar is not None:
+                sidecar = next(s for s in self._world.sidecars.get(key.sidecar.namespace, ()) if s.key == key.sidecar)
+            options = self._options
+            scope = self._scopes[key] = Scope(
+                self._world,
+                key=key,
+                sidecar=sidecar,
+                root_namespace=options.root_namespace,
+                trust_domain=options.trust_domain,
+                auto_mtls=options.auto_mtls,
+            )
+        return scope
+
+    def plan(self, key: ScopeKey) -> ListenerPlan:
+        """The outbound listener plan of a scope (equal plans give equal listeners)."""
+        plan = self._plans.get(key)
+        if plan is None:
+            scope = self.scope(key)
+            plan = self._plans[key] = ListenerPlan(scope.services, rule_for=scope.destination_rule)
+        return plan
+
+    def plan_unchanged(self, key: ScopeKey) -> bool:
+        previous = self._prev_plans.get(key)
+        return previous is not None and self.plan(key) == previous
+
+    def served(self, ip: str) -> tuple[InboundEntry, ...]:
+        """The (service, port, target port) an address backs: what its sidecar's inbound side serves."""
+        return self._inbound_index().get(ip, ())
+
+    def _inbound_index(self) -> dict[str, tuple[InboundEntry, ...]]:
+        if self._inbound is None:
+            self._inbound = inbound_index(self._world)
+        return self._inbound
+
+    def inbound_mtls(self, namespace: str, ip: str) -> InboundMtls:
+        """The PeerAuthentication modes of the workload at an address (by its labels)."""
+        workload = self._world.workloads.get(ip)
+        return workload_mtls(
+            self._world.peer_authentications,
+            namespace=namespace,
+            labels=dict(workload.labels) if workload is not None else {},
+            root_namespace=self._options.root_namespace,
+        )
+
+    def outbound_mode(self, key: ScopeKey) -> str:
+        """`outboundTrafficPolicy.mode` of the scope's Sidecar, else the mesh default."""
+        sidecar = self.scope(key).sidecar
+        mode = sidecar.spec.outbound_mode if sidecar is not None else None
+        return mode or self._options.outbound_traffic_policy
+
+    def missing(self, rule: DestinationRule | None) -> frozenset[str]:
+        """The files of this rule Envoy could not load (empty when files are not checked)."""
+        return self._files.missing(rule)
+
+    def destinations(self, vs: VirtualService) -> list[str]:
+        return destination_hosts(self._world, vs)
+
+    def moved_addresses(self) -> set[str] | None:
+        """Addresses whose proxies may hold something outdated besides their scope's layers, or
+        None when every proxy must be looked at (no previous World, or a Sidecar changed)."""
+        before = self._previous_world
+        if before is None or self._prev_inbound is None:
+            return None
+        if self._moved is None:
+            world = self._world
+            sidecars = world.sidecars
+            if sidecars.keys() != before.sidecars.keys() or any(
+                sidecars[ns] is not before.sidecars[ns] for ns in sidecars
+            ):
+                return None
+            if world.peer_authentications is not before.peer_authentications:
+                return None  # inbound modes may change anywhere
+            now, then = world.workloads, before.workloads
+            moved = {ip for ip in now.keys() | then.keys() if now.get(ip) is not then.get(ip)}
+            inbound, old_inbound = self._inbound_index(), self._prev_inbound
+            moved |= {ip for ip in inbound.keys() | old_inbound.keys() if inbound.get(ip) != old_inbound.get(ip)}
+            self._moved = moved
+        return self._moved

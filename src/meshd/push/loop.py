@@ -1,0 +1,131 @@
+"""The push loop: store changes are debounced (quiet period, capped by a maximum delay), then one World
+and one generation are built (meshd.generate) and published to every stream through the hub."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from meshd.api.meta import InvalidResource
+from meshd.clock import Clock
+from meshd.gcpolicy import GcPolicy
+from meshd.generate.generations import Generations
+from meshd.generate.generator import ConfigGenerator
+from meshd.generate.options import GenerateOptions
+from meshd.model.store import ConfigStore
+from meshd.obs.metrics import Metrics
+from meshd.push.debounce import Debouncer
+from meshd.push.files import read_file
+from meshd.settings import Settings
+from meshd.xds.hub import Hub
+from meshd.xds.resource import XdsResource
+
+
+class PushLoop:
+    def __init__(
+        self,
+        *,
+        store: ConfigStore,
+        hub: Hub,
+        settings: Settings,
+        clock: Clock,
+        metrics: Metrics,
+        log: logging.Logger,
+        gc_policy: GcPolicy | None = None,
+        idle_s: float = 1.0,
+    ) -> None:
+        self._gc = gc_policy
+        self._idle_s = idle_s
+        self._clock = clock
+        self._store, self._hub, self._settings = store, hub, settings
+        self._metrics, self._log = metrics, log
+        self._debouncer = Debouncer(clock=clock, quiet=settings.debounce_quiet_s, max_delay=settings.debounce_max_s)
+        self._extra: dict[str, Sequence[XdsResource]] = {}
+        self._generations = Generations(
+            domain_suffix=settings.domain_suffix,
+            options=generate_options(settings),
+            read_file=read_file if settings.check_tls_files else None,
+        )
+        self._reported: list[InvalidResource] = []
+        self._translation_errors: list[InvalidResource] = []
+        store.subscribe(self._debouncer.touch)
+        metrics.config_errors.set_function(lambda: len(self.errors))
+
+    @property
+    def errors(self) -> list[InvalidResource]:
+        """Every resource rejected right now: by validation (live from the store) or translation."""
+        return self._store.errors() + self._translation_errors
+
+    def inject(self, type_url: str, resources: Sequence[XdsResource]) -> None:
+        """Test hook: serve extra resources as they are (used to exercise Envoy's NACK path)."""
+        self._extra[type_url] = resources
+        self._debouncer.touch()
+
+    def rebuild(self, *, changed_at: float) -> ConfigGenerator:
+        generator, errors = self._generations.next(
+            self._store.drain_changes(), revision=self._store.revision, extra=dict(self._extra)
+        )
+        world = generator.world
+        self._translation_errors = errors
+        for err in errors:
+            if err not in self._reported:
+                self._log.error(
+                    "event=config_rejected resource=%s field=%s message=%r",
+                    err.key or "-",
+                    err.field,
+                    err.message,
+                )
+        self._reported = errors
+        woken = self._hub.publish(generator, changed_at=changed_at)
+        self._log.info(
+            "event=push_generation generation=%d revision=%d services=%d proxies=%d pushed=%d built=%d reused=%d"
+            " errors=%d",
+            self._hub.generation,
+            world.revision,
+            len(world.services),
+            len(self._hub.connections),
+            woken,
+            generator.memo.built,
+            generator.memo.reused,
+            len(self.errors),
+        )
+        return generator
+
+    async def _collect_when_idle(self) -> None:
+        """If a full GC is due, run it once no change has been pending for idle_s."""
+        if self._gc is None or not self._gc.due:
+            return
+        pending = asyncio.ensure_future(self._debouncer.pending())
+        idle = asyncio.ensure_future(self._clock.sleep(self._idle_s))
+        try:
+            done, _ = await asyncio.wait({pending, idle}, return_when=asyncio.FIRST_COMPLETED)
+            if idle in done and pending not in done:
+                self._gc.collect()
+                self._log.info("event=gc_full_collection")
+        finally:
+            for task in (pending, idle):
+                task.cancel()
+
+    async def run(self) -> None:
+        while True:
+            await self._collect_when_idle()
+            changed_at = await self._debouncer.wait()
+            if not self._store.loaded:
+                continue
+            self.rebuild(changed_at=changed_at)
+            if self._gc is not None:
+                self._gc.after_push()
+            await asyncio.sleep(0)  # let streams pick the generation up before the next one
+
+
+def generate_options(settings: Settings) -> GenerateOptions:
+    """The mesh-wide settings generation reads, from meshd's settings."""
+    return GenerateOptions(
+        inbound_port=settings.inbound_port,
+        sidecar_endpoint_port=settings.inbound_port,
+        root_namespace=settings.root_namespace,
+        trust_domain=settings.trust_domain,
+        auto_mtls=settings.enable_auto_mtls,
+        outbound_traffic_policy=settings.outbound_traffic_policy,
+    )
