@@ -94,6 +94,11 @@ class Queries:
         mode = sidecar.spec.outbound_mode if sidecar is not None else None
         return mode or self._options.outbound_traffic_policy
 
+    @property
+    def files_state(self) -> tuple[tuple[str, str], ...]:
+        """The certificate files read this generation and their content digests."""
+        return self._files.state
+
     def missing(self, rule: DestinationRule | None) -> frozenset[str]:
         """The files of this rule Envoy could not load (empty when files are not checked)."""
         return self._files.missing(rule)

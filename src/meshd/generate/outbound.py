@@ -1,0 +1,241 @@
+"""The outbound layers a scope's proxies share, each in its own named LayerCache:
+- `services`: one service's clusters and endpoints as a scope sees them (shared by every scope that
+  sees the service the same way);
+- `clusters`: per scope signature (proxies that see the same services, rules and endpoints), its
+  outbound clusters and endpoints, assembled service by service;
+- `secrets`: per namespace and set of credentialNames those clusters use, the SDS secrets (read
+  from that namespace only);
+- `routes`: per scope, its outbound route configurations (virtual hosts serialised once and shared).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from types import MappingProxyType
+from typing import NamedTuple
+
+from meshd.api.virtualservice import VirtualService
+from meshd.generate.layers import LayerCache
+from meshd.generate.memo import MemoEntry, ResourceMemo, reuse_layer
+from meshd.generate.options import GenerateOptions
+from meshd.generate.queries import Queries
+from meshd.generate.reads import Context, Tracer
+from meshd.model.services import MeshService, ServicePort
+from meshd.model.world import World
+from meshd.translate.clusters import clusters_opening, service_cluster_specs, service_secret_names
+from meshd.translate.endpoints import service_assignment_specs
+from meshd.translate.routes import RouteTable, delegate_inputs
+from meshd.translate.scope import Scope, ScopeKey, Signature
+from meshd.translate.secrets import secret_specs
+from meshd.translate.spec import Ident
+from meshd.translate.upstream_tls import CA_SUFFIX, SDS_PREFIX
+from meshd.xds.resource import CLUSTER, ENDPOINT, ROUTE, SECRET, Snapshot, XdsResource
+
+EMPTY_LAYER = Snapshot(resources=MappingProxyType({}))
+
+
+class ServiceEntry(NamedTuple):
+    """One service's clusters and endpoints as a scope sees them, and the SDS names its clusters use."""
+
+    clusters: dict[str, XdsResource]
+    assignments: dict[str, XdsResource]
+    secret_names: frozenset[str]
+    used: list[MemoEntry]  # the memo entries of both
+
+
+class ClusterLayer(NamedTuple):
+    layer: Snapshot
+    secret_names: frozenset[str]
+
+
+class OutboundLayers:
+    """The shared layers of one generation, carried from the previous generation's."""
+
+    def __init__(
+        self,
+        world: World,
+        *,
+        options: GenerateOptions,
+        memo: ResourceMemo,
+        queries: Queries,
+        previous: OutboundLayers | None,
+        tracer: Tracer | None,
+    ) -> None:
+        self.world = world
+        self.options = options
+        self.memo = memo
+        self.queries = queries
+        self._check = tracer is not None
+        self.services: LayerCache[Hashable, ServiceEntry] = _cache("services", previous, memo, tracer)
+        self.clusters: LayerCache[Signature, ClusterLayer] = _cache("clusters", previous, memo, tracer)
+        self.secrets: LayerCache[tuple[str, frozenset[str]], Snapshot] = _cache("secrets", previous, memo, tracer)
+        self.routes: LayerCache[ScopeKey, Snapshot] = _cache("routes", previous, memo, tracer)
+        self._vhost_cache: dict[Hashable, bytes] = {}
+        self._prev_vhosts = previous._vhost_cache if previous is not None else {}
+        self._destination_cache: dict[int, tuple[VirtualService, list[str]]] = {}
+
+    def _context(self, scope: Scope) -> Context:
+        return Context(world=self.world, scope=scope, queries=self.queries)
+
+    def _scope(self, key: ScopeKey) -> Scope:
+        return self.queries.scope(key)
+
+    # -- clusters and endpoints, per scope signature ------------------------------------------------
+
+    def cluster_layer(self, scope: Scope) -> ClusterLayer:
+        signature = scope.cluster_signature
+
+        def inputs() -> Hashable:
+            # The signature (services, ports, rules) and each visible endpoint set, compared by identity
+            # (the incremental World keeps an unchanged service's endpoints as the same object).
+            endpoints, rules = self.world.endpoints, self.world.rules_by_host
+            return (
+                signature,
+                # DestinationRules (subsets, policies) shape the clusters; WorldState keeps a host's
+                # rules tuple the same object while they are unchanged.
+                tuple(Ident(rules.get(s.hostname)) for s, _ in scope.services),
+                tuple(Ident(endpoints.get((s.hostname, p.number))) for s, ports in scope.services for p in ports),
+                self.queries.files_state,  # certificate files that (no longer) exist
+                # PeerAuthentications decide auto mTLS (the same mapping object while none changes)
+                Ident(self.world.peer_authentications) if signature.value[-1] else None,
+            )
+
+        def build(ctx: Context, previous: ClusterLayer | None) -> tuple[ClusterLayer, list[MemoEntry]]:
+            # Rebuilt service by service: a service whose own inputs did not change contributes its
+            # previous resources without a single spec being made.
+            by_type: dict[str, dict[str, XdsResource]] = {CLUSTER: {}, ENDPOINT: {}}
+            names: set[str] = set()
+            used: list[MemoEntry] = []
+            for service, ports in ctx.scope.services:  # type: ignore[union-attr]
+                entry = self._service_entry(scope, service, ports)
+                by_type[CLUSTER].update(entry.clusters)
+                by_type[ENDPOINT].update(entry.assignments)
+                names |= entry.secret_names
+                used += entry.used
+            layer = reuse_layer(by_type, previous.layer if previous is not None else None)
+            return ClusterLayer(layer, frozenset(names)), used
+
+        return self.clusters.get(signature, inputs=inputs, context=self._context(scope), build=build)
+
+    def _service_key(self, scope: Scope, service: MeshService, ports: tuple[ServicePort, ...]) -> Hashable:
+        rule = scope.destination_rule(service.hostname)
+        endpoints = self.world.endpoints
+        return (
+            service,
+            ports,
+            Ident(rule),
+            tuple(Ident(endpoints.get((service.hostname, p.number))) for p in ports),
+            self.queries.missing(rule),
+            scope.key.locality,
+            scope.key.failover_labels,
+            scope.destination_mode(service) if scope.key.sds else None,
+        )
+
+    def _service_entry(self, scope: Scope, service: MeshService, ports: tuple[ServicePort, ...]) -> ServiceEntry:
+        """One service's clusters and endpoints as a scope sees them, keyed by exactly its inputs."""
+        rule = scope.destination_rule(service.hostname)
+        endpoints = self.world.endpoints
+        key = (
+            service,
+            ports,
+            Ident(rule),
+            tuple(Ident(endpoints.get((service.hostname, p.number))) for p in ports),
+            self.queries.missing(rule),
+            scope.key.locality,
+            scope.key.failover_labels,
+            scope.destination_mode(service) if scope.key.sds else None,
+        )
+
+        def build(ctx: Context, _: ServiceEntry | None) -> tuple[ServiceEntry, list[MemoEntry]]:
+            scope = ctx.scope
+            assert scope is not None
+            used: list[MemoEntry] = []
+            clusters = self.memo.resolve(service_cluster_specs(scope, service, ports), used)
+            rule = scope.destination_rule(service.hostname)
+            missing = ctx.queries.missing(rule)
+            if missing and rule is not None:
+                for name in clusters_opening(rule, service, ports, missing):
+                    del clusters[name]
+            specs = service_assignment_specs(scope, service, ports, sidecar_port=self.options.sidecar_endpoint_port)
+            assignments = self.memo.resolve(specs, used)
+            return ServiceEntry(clusters, assignments, service_secret_names(scope, service, ports), used), used
+
+        return self.services.get(key, context=self._context(scope), build=build)
+
+    # -- SDS secrets, per namespace and credentialNames ---------------------------------------------
+
+    def secret_layer(self, scope: Scope) -> Snapshot:
+        """The SDS secrets of a scope's clusters, from its namespace; shared by every scope of that
+        namespace that uses the same credentialNames."""
+        names = self.cluster_layer(scope).secret_names
+        if not names:
+            return EMPTY_LAYER
+        namespace = scope.namespace
+
+        def inputs() -> Hashable:
+            secrets = self.world.secrets
+            return tuple(
+                Ident(secrets.get((namespace, n)))
+                for name in sorted(names)
+                for n in (_secret_base(name), _secret_base(name).removesuffix(CA_SUFFIX))
+            )
+
+        def build(ctx: Context, previous: Snapshot | None) -> tuple[Snapshot, list[MemoEntry]]:
+            used: list[MemoEntry] = []
+            resolved = self.memo.resolve(secret_specs(ctx.world.secrets, namespace=namespace, names=names), used)
+            return reuse_layer({SECRET: resolved}, previous), used
+
+        return self.secrets.get((namespace, names), inputs=inputs, context=self._context(scope), build=build)
+
+    # -- routes, per scope ----------------------------------------------------------------------------
+
+    def route_layer(self, key: ScopeKey) -> Snapshot:
+        scope = self._scope(key)
+
+        def inputs() -> Hashable:
+            # Routes depend on the visible services (the signature), the VirtualServices and rules of
+            # those hosts, and the services and rules of every host those VirtualServices route to;
+            # never on endpoints. WorldState keeps each of these the same object while unchanged.
+            world = self.world
+            deps: list[Ident | None] = []
+            for service, _ in scope.services:
+                vss = world.virtual_services_for(service.hostname)
+                deps += (Ident(vss), Ident(world.rules_by_host.get(service.hostname)))
+                for vs in vss or ():
+                    deps += delegate_inputs(world, vs)
+                    for host in self.destinations(vs):
+                        deps += (Ident(world.services.get(host)), Ident(world.rules_by_host.get(host)))
+            catch_all = self.queries.outbound_mode(key) if key.capture else None
+            return (scope.cluster_signature, tuple(deps), catch_all)
+
+        def build(ctx: Context, previous: Snapshot | None) -> tuple[Snapshot, list[MemoEntry]]:
+            used: list[MemoEntry] = []
+            catch_all = ctx.queries.outbound_mode(key) if key.capture else None
+            table = RouteTable(
+                ctx.scope,  # type: ignore[arg-type]
+                cache=self._vhost_cache,
+                previous_cache=self._prev_vhosts,
+                catch_all=catch_all,
+                check=self._check,
+            )
+            routes = self.memo.resolve(table.specs(), used)
+            return reuse_layer({ROUTE: routes}, previous), used
+
+        return self.routes.get(key, inputs=inputs, context=self._context(scope), build=build)
+
+    def destinations(self, vs: VirtualService) -> list[str]:
+        found = self._destination_cache.get(id(vs))
+        if found is None or found[0] is not vs:
+            found = (vs, self.queries.destinations(vs))
+            self._destination_cache[id(vs)] = found
+        return found[1]
+
+
+def _cache(name: str, previous: OutboundLayers | None, memo: ResourceMemo, tracer: Tracer | None) -> LayerCache:  # type: ignore[type-arg]
+    return LayerCache(
+        name, previous=getattr(previous, name) if previous is not None else None, memo=memo, tracer=tracer
+    )
+
+
+def _secret_base(resource: str) -> str:
+    return resource.removeprefix(SDS_PREFIX)
