@@ -32,7 +32,7 @@ SDS_CLUSTER = "sds-grpc"
 
 def load_case(path: pathlib.Path) -> tuple[World, list[str], list[str]]:
     text = path.read_text()
-    result = parse_file(text, origin=path.name, previous={})
+    result = parse_file(text, origin=path.name)
     world = build_world(result.resources.values(), domain_suffix="cluster.local")
     pods = sorted(
         (r for r in result.resources.values() if isinstance(r, Pod) and r.status.pod_ip),

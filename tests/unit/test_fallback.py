@@ -56,8 +56,7 @@ class Harness:
         )  # fmt: skip
 
     def load(self, origin: str, text: str) -> None:
-        result = parse_file(text, origin=origin, previous={})
-        self.store.replace_origin(origin, result.resources, result.errors)
+        parse_file(text, origin=origin).apply(self.store, origin=origin)
 
     def routed_cluster(self) -> str:
         generator = self.loop.rebuild(changed_at=0.0)
@@ -111,7 +110,7 @@ def test_deleting_a_resource_forgets_its_accepted_version() -> None:
 def test_a_substitution_that_is_rejected_too_is_not_tried_again() -> None:
     fallback = LastAccepted()
     key = ResourceKey("VirtualService", "default", "web")
-    old, new = parse_file(_vs("v1"), origin="a", previous={}), parse_file(_vs("v2"), origin="a", previous={})
+    old, new = parse_file(_vs("v1"), origin="a"), parse_file(_vs("v2"), origin="a")
     fallback.observe(old.resources)
     fallback.settle([])
     fallback.observe(new.resources)

@@ -37,7 +37,7 @@ def test_invalid_sidecar_is_refused_and_the_rest_of_the_file_is_kept(
     service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "shop"},
                "spec": {"ports": [{"port": 80}]}}  # fmt: skip
     text = yaml.safe_dump_all([_sidecar("bad", spec), service])
-    result = parse_file(text, origin="scope.yaml", previous={})
+    result = parse_file(text, origin="scope.yaml")
     [error] = result.errors
     assert error.key == ResourceKey("Sidecar", "shop", "bad")
     assert error.field == field and message in error.message, str(error)

@@ -1,5 +1,5 @@
-"""parse_file: one multi-document YAML text -> resources and errors, keeping the last good
-version of a resource that became invalid, and everything when the text is not YAML at all."""
+"""parse_file: one multi-document YAML text -> resources and errors; applied to the store, the last
+good version of a resource that became invalid stays, and everything when the text is not YAML at all."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import textwrap
 import pytest
 
 from meshd.api.kube import Service
-from meshd.api.meta import ResourceKey
+from meshd.api.meta import Resource, ResourceKey
 from meshd.api.virtualservice import VirtualService
+from meshd.model.store import ConfigStore
 from meshd.sources.yaml_file import parse_file
 
 SVC_A = ResourceKey("Service", "ns", "a")
@@ -56,13 +57,19 @@ def join(*docs: str) -> str:
 GOOD = join(service("a", 80), service("b", 80), virtual_service((50, 50)))
 
 
+def load(store: ConfigStore, text: str) -> dict[ResourceKey, Resource]:
+    """Parse the text as the file f.yaml and apply it to the store: what the store then holds."""
+    parse_file(text, origin="f.yaml").apply(store, origin="f.yaml")
+    return {r.key: r for _, r in store.resources()}
+
+
 def port_of(resource: object) -> int:
     assert isinstance(resource, Service)
     return resource.spec.ports[0].port
 
 
 def test_every_valid_document_becomes_a_resource() -> None:
-    result = parse_file(GOOD, origin="f.yaml", previous={})
+    result = parse_file(GOOD, origin="f.yaml")
     assert result.errors == []
     assert sorted(result.resources) == [SVC_A, SVC_B, VS_R]
     assert port_of(result.resources[SVC_A]) == 80
@@ -76,7 +83,7 @@ def test_kind_list_items_are_resources() -> None:
         - {apiVersion: v1, kind: Service, metadata: {name: a, namespace: ns}, spec: {ports: [{port: 80}]}}
         - {apiVersion: v1, kind: Service, metadata: {name: b, namespace: ns}, spec: {ports: [{port: 81}]}}
         """)
-    result = parse_file(text, origin="f.yaml", previous={})
+    result = parse_file(text, origin="f.yaml")
     assert result.errors == []
     assert sorted(result.resources) == [SVC_A, SVC_B]
     assert port_of(result.resources[SVC_B]) == 81
@@ -93,12 +100,14 @@ def test_kind_list_items_are_resources() -> None:
     ],
 )
 def test_malformed_yaml_keeps_previous_resources_and_reports_position(text: str, where: str) -> None:
-    previous = parse_file(GOOD, origin="f.yaml", previous={}).resources
+    store = ConfigStore()
+    previous = load(store, GOOD)
 
-    result = parse_file(text, origin="f.yaml", previous=previous)
-
-    assert result.resources == previous
-    [err] = result.errors
+    assert load(store, text) == previous
+    result = parse_file(text, origin="f.yaml")
+    assert result.malformed and result.resources == {}
+    [err] = store.errors()
+    assert result.errors == [err]
     assert err.key is None
     assert err.field == where
     assert err.message.startswith("malformed YAML: ")
@@ -116,25 +125,26 @@ def test_invalid_document_keeps_last_good_version_of_that_resource_only(
     had_it_before: bool, expected_keys: list[ResourceKey]
 ) -> None:
     before = GOOD if had_it_before else join(service("a", 80), service("b", 80))
-    previous = parse_file(before, origin="f.yaml", previous={}).resources
+    store = ConfigStore()
+    previous = load(store, before)
 
     edited = join(service("a", 81), service("b", 82), virtual_service((50, 40)))
-    result = parse_file(edited, origin="f.yaml", previous=previous)
+    held = load(store, edited)
 
-    assert sorted(result.resources) == expected_keys
-    assert (port_of(result.resources[SVC_A]), port_of(result.resources[SVC_B])) == (81, 82)
+    assert sorted(held) == expected_keys
+    assert (port_of(held[SVC_A]), port_of(held[SVC_B])) == (81, 82)
     if had_it_before:
-        assert result.resources[VS_R] is previous[VS_R]
-        assert isinstance(result.resources[VS_R], VirtualService)
-    [err] = result.errors
+        assert held[VS_R] is previous[VS_R]
+        assert isinstance(held[VS_R], VirtualService)
+    [err] = store.errors()
     assert (err.key, err.field) == (VS_R, "spec.http[0].route")
     assert str(err).startswith("f.yaml: VirtualService ns/r: spec.http[0].route: ")
 
 
 def test_document_missing_from_the_file_is_gone() -> None:
-    previous = parse_file(GOOD, origin="f.yaml", previous={}).resources
-    result = parse_file(service("a", 80), origin="f.yaml", previous=previous)
-    assert sorted(result.resources) == [SVC_A]
+    store = ConfigStore()
+    load(store, GOOD)
+    assert sorted(load(store, service("a", 80))) == [SVC_A]
 
 
 @pytest.mark.parametrize(
@@ -150,7 +160,7 @@ def test_document_missing_from_the_file_is_gone() -> None:
 )
 def test_document_without_identity_is_reported_by_position(bad_document: str, field: str) -> None:
     text = join(service("a", 80), bad_document, service("b", 80))
-    result = parse_file(text, origin="f.yaml", previous={})
+    result = parse_file(text, origin="f.yaml")
     assert sorted(result.resources) == [SVC_A, SVC_B]
     [err] = result.errors
     assert err.key is None
@@ -159,7 +169,7 @@ def test_document_without_identity_is_reported_by_position(bad_document: str, fi
 
 
 def test_resource_defined_twice_in_a_file_keeps_the_first() -> None:
-    result = parse_file(join(service("a", 80), service("a", 81)), origin="f.yaml", previous={})
+    result = parse_file(join(service("a", 80), service("a", 81)), origin="f.yaml")
     assert port_of(result.resources[SVC_A]) == 80
     [err] = result.errors
     assert (err.key, err.field, err.message) == (SVC_A, "metadata.name", "defined twice in this file")

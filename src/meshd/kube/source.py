@@ -20,7 +20,7 @@ import logging
 from collections import defaultdict
 from typing import Any
 
-from meshd.api.meta import InvalidResource, Resource, ResourceKey
+from meshd.api.meta import InvalidResource, ResourceKey
 from meshd.api.parse import is_supported, parse_resource
 from meshd.kube.kinds import MESH_CONFIGMAP, PRIVATE_SECRETS
 from meshd.kube.meshconfig import InvalidMeshConfig, MeshConfig, parse_mesh_config
@@ -54,7 +54,6 @@ class KubeSource:
         self._namespace_labels: dict[str, dict[str, str]] = {}
         self._node_labels: dict[str, dict[str, str]] = {}
         self._pods_on_node: dict[str, set[ObjectId]] = defaultdict(set)
-        self._accepted: dict[str, Resource] = {}  # origin -> last valid version
 
     def handler(self, kind: str) -> Handler:
         def on_change(_: str, old: Obj | None, new: Obj | None) -> None:
@@ -112,7 +111,6 @@ class KubeSource:
         origin = origin_of(object_id)
         obj = self._objects.get(object_id)
         if obj is None or not self.mesh.selects(self._namespace_labels.get(object_id[1])):
-            self._accepted.pop(origin, None)
             return self._store.remove_origin(origin)
         try:
             resource = parse_resource(self._with_topology(obj) if object_id[0] == "Pod" else obj, origin=origin)
@@ -121,16 +119,13 @@ class KubeSource:
                 # Most Secrets are not TLS material for meshd: one is only an error when a DestinationRule
                 # names it (reported there, as a missing credential), never on its own.
                 self._log.debug("event=secret_not_usable origin=%s field=%s", origin, err.field)
-                self._accepted.pop(origin, None)
                 return self._store.remove_origin(origin)
             self._log.error(
                 "event=invalid_resource origin=%s resource=%s field=%s message=%r",
                 origin, err.key or "-", err.field, err.message,
             )  # fmt: skip
-            previous = self._accepted.get(origin)
-            kept = {previous.key: previous} if previous is not None else {}
-            return self._store.replace_origin(origin, kept, [err])
-        self._accepted[origin] = resource
+            # the store keeps the last accepted version of the object (one origin per object)
+            return self._store.refuse_origin(origin, [err])
         return self._store.replace_origin(origin, {resource.key: resource})
 
     def _with_topology(self, pod: Obj) -> Obj:

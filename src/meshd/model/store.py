@@ -33,12 +33,19 @@ class ConfigStore:
         origin: str,
         resources: Mapping[ResourceKey, Resource],
         errors: Iterable[InvalidResource] = (),
+        *,
+        rejected: Iterable[ResourceKey] = (),
     ) -> bool:
-        """Set what `origin` holds; returns True (and notifies) when the resources changed."""
+        """Set what `origin` holds; returns True (and notifies) when the resources changed.
+        `rejected`: keys whose new version was refused (its errors say why): what this origin held for
+        them stays, so a bad edit never takes away the last accepted version, whatever the source."""
         self._errors[origin] = tuple(errors)
         if not self._errors[origin]:
             del self._errors[origin]
         previous = self._by_origin.get(origin, {})
+        kept = {k: previous[k] for k in rejected if k in previous and k not in resources}
+        if kept:
+            resources = {**resources, **kept}
         if dict(resources) == previous:
             return False
         current = dict(resources)
@@ -56,6 +63,10 @@ class ConfigStore:
             self._elect(key)
         self._changed()
         return True
+
+    def refuse_origin(self, origin: str, errors: Iterable[InvalidResource]) -> bool:
+        """The origin's whole new content was refused (e.g. not YAML at all): it keeps all it held."""
+        return self.replace_origin(origin, {}, errors, rejected=list(self._by_origin.get(origin, {})))
 
     def remove_origin(self, origin: str) -> bool:
         self._errors.pop(origin, None)

@@ -12,7 +12,6 @@ from collections.abc import Iterable
 
 import watchfiles
 
-from meshd.api.meta import Resource, ResourceKey
 from meshd.clock import Clock
 from meshd.model.store import ConfigStore
 from meshd.sources.yaml_file import parse_file
@@ -40,7 +39,6 @@ class DirectorySource:
         self._log = log
         self._digests: dict[str, str] = {}
         self._stats: dict[str, tuple[int, int, int]] = {}  # origin -> (mtime_ns, size, inode): skip unchanged files
-        self._resources: dict[str, dict[ResourceKey, Resource]] = {}
 
     def _files(self) -> list[pathlib.Path]:
         if not self._dir.is_dir():
@@ -94,9 +92,7 @@ class DirectorySource:
         if self._digests.get(origin) == digest:
             return False
         self._digests[origin] = digest
-        result = parse_file(
-            data.decode("utf-8", errors="replace"), origin=origin, previous=self._resources.get(origin, {})
-        )
+        result = parse_file(data.decode("utf-8", errors="replace"), origin=origin)
         for err in result.errors:
             self._log.error(
                 "event=invalid_resource file=%s resource=%s field=%s message=%r",
@@ -105,18 +101,16 @@ class DirectorySource:
                 err.field,
                 err.message,
             )
-        self._resources[origin] = result.resources
         self._log.info(
             "event=file_loaded file=%s resources=%d errors=%d", origin, len(result.resources), len(result.errors)
         )
-        return self._store.replace_origin(origin, result.resources, result.errors)
+        return result.apply(self._store, origin=origin)
 
     def _forget(self, origin: str) -> bool:
         if origin not in self._digests:
             return False
         del self._digests[origin]
         self._stats.pop(origin, None)
-        self._resources.pop(origin, None)
         self._log.info("event=file_removed file=%s", origin)
         return self._store.remove_origin(origin)
 

@@ -1,35 +1,45 @@
-"""Parse one multi-document YAML file into resources, keeping the last good version of any
-resource that is now invalid. Pure: text in, (resources, errors) out."""
+"""Parse one multi-document YAML file into resources. Pure: text in; (resources, errors, the keys of
+documents that were refused) out. The store keeps the last accepted version of a refused resource."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import yaml
 
 from meshd.api.meta import InvalidResource, Resource, ResourceKey
 from meshd.api.parse import document_key, parse_resource
+from meshd.model.store import ConfigStore
 
 
 @dataclass(frozen=True)
 class FileResult:
     resources: dict[ResourceKey, Resource]
     errors: list[InvalidResource]
+    rejected: tuple[ResourceKey, ...] = ()  # documents refused whose identity could be read
+    malformed: bool = False  # not YAML at all: nothing of it can be trusted
+
+    def apply(self, store: ConfigStore, *, origin: str) -> bool:
+        """Put the file's content in the store: a refused document (or a malformed file) leaves what was
+        accepted before in place."""
+        if self.malformed:
+            return store.refuse_origin(origin, self.errors)
+        return store.replace_origin(origin, self.resources, self.errors, rejected=self.rejected)
 
 
-def parse_file(text: str, *, origin: str, previous: Mapping[ResourceKey, Resource]) -> FileResult:
-    """Every valid document becomes a resource. An invalid document is reported; if it was valid
-    before, its previous version stays. A file that is not YAML at all keeps everything it had."""
+def parse_file(text: str, *, origin: str) -> FileResult:
+    """Every valid document becomes a resource; an invalid document is reported (and named in
+    `rejected` when its identity can be read); a file that is not YAML at all is `malformed`."""
     try:
         docs = list(yaml.safe_load_all(text))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1} column {mark.column + 1}" if mark is not None else "<file>"
         problem = getattr(exc, "problem", None) or str(exc)
-        return FileResult(dict(previous), [InvalidResource(None, where, f"malformed YAML: {problem}", origin)])
+        return FileResult({}, [InvalidResource(None, where, f"malformed YAML: {problem}", origin)], malformed=True)
     resources: dict[ResourceKey, Resource] = {}
     errors: list[InvalidResource] = []
+    rejected: list[ResourceKey] = []
     for index, doc in enumerate(docs):
         if doc is None:
             continue
@@ -45,11 +55,11 @@ def parse_file(text: str, *, origin: str, previous: Mapping[ResourceKey, Resourc
                     err = InvalidResource(None, f"document {index + 1}: {err.field}", err.message, origin)
                 errors.append(err)
                 key = document_key(item)
-                if key is not None and key in previous:
-                    resources[key] = previous[key]
+                if key is not None:
+                    rejected.append(key)
                 continue
             if resource.key in resources:
                 errors.append(InvalidResource(resource.key, "metadata.name", "defined twice in this file", origin))
                 continue
             resources[resource.key] = resource
-    return FileResult(resources, errors)
+    return FileResult(resources, errors, tuple(rejected))
