@@ -105,6 +105,7 @@ class ConfigGenerator:
         self._extras: tuple[Snapshot, ...] = (self._extra,) if self._extra is not None else ()
         self._errors: dict[InvalidResource, None] = dict.fromkeys(world.errors)
         self.builds = 0  # proxy-group snapshots computed (for tests and metrics)
+        self._precomputed = False
 
     @property
     def revision(self) -> int:
@@ -117,6 +118,7 @@ class ConfigGenerator:
     def precompute(self) -> None:
         """Report every rejected resource once per World, whatever proxies are connected."""
         self._errors.update(dict.fromkeys(self.checks.run(self.outbound.destinations)))
+        self._precomputed = True
 
     def scope_key(self, proxy: Proxy) -> ScopeKey:
         return self._keys.for_proxy(proxy)
@@ -224,7 +226,18 @@ class ConfigGenerator:
             return cached
         self.builds += 1
         snap = self._group_snapshots[group] = self._build(proxy, key, group)
+        if self._check:
+            self._check_errors()
         return snap
+
+    def _check_errors(self) -> None:
+        """Check mode: every rejection a build ran into is one the World checks report (errors are found
+        once, by the same functions; a rejection only the build path knows would be lost)."""
+        if not self._precomputed:
+            self.precompute()
+        unreported = [e for e in self.outbound.build_errors if e not in self._errors]
+        if unreported:
+            raise AssertionError(f"rejections found while building but not reported: {unreported}")
 
     def _build(self, proxy: Proxy, key: ScopeKey, group: Group) -> Snapshot:
         scope = self._scope(key)

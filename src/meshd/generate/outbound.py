@@ -14,6 +14,7 @@ from collections.abc import Hashable
 from types import MappingProxyType
 from typing import NamedTuple
 
+from meshd.api.meta import InvalidResource
 from meshd.api.virtualservice import VirtualService
 from meshd.generate.layers import LayerCache
 from meshd.generate.memo import MemoEntry, ResourceMemo, reuse_layer
@@ -73,6 +74,8 @@ class OutboundLayers:
         self._vhost_cache: dict[Hashable, bytes] = {}
         self._prev_vhosts = previous._vhost_cache if previous is not None else {}
         self._destination_cache: dict[int, tuple[VirtualService, list[str]]] = {}
+        # rejections found while building (check mode compares them with what the World checks report)
+        self.build_errors: list[InvalidResource] = []
 
     def _context(self, scope: Scope) -> Context:
         return Context(world=self.world, scope=scope, queries=self.queries)
@@ -219,6 +222,7 @@ class OutboundLayers:
                 check=self._check,
             )
             routes = self.memo.resolve(table.specs(), used)
+            self.build_errors += table.errors
             return reuse_layer({ROUTE: routes}, previous), used
 
         return self.routes.get(key, inputs=inputs, context=self._context(scope), build=build)

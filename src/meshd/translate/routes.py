@@ -111,9 +111,10 @@ def _host_routes(
     match: MatchContext,
     candidates: Sequence[VirtualService],
     rule_for: Callable[[str], DestinationRule | None],
-    errors: list[InvalidResource],
-) -> list[route_components_pb2.Route]:
-    """Routes for one host: the oldest valid VirtualService wins; others are reported and skipped."""
+) -> tuple[list[route_components_pb2.Route], list[InvalidResource]]:
+    """Routes for one host: the oldest valid VirtualService wins; the others are skipped and returned
+    as errors (with the resource they concern)."""
+    errors: list[InvalidResource] = []
     chosen: tuple[VirtualService, list[route_components_pb2.Route]] | None = None
     for vs in candidates:
         try:
@@ -131,7 +132,7 @@ def _host_routes(
                     f"{service.hostname} is already routed by the older VirtualService {chosen[0].key}; ignored",
                 )
             )
-    return chosen[1] if chosen is not None else _default_routes(service, match.port, rule_for)
+    return (chosen[1] if chosen is not None else _default_routes(service, match.port, rule_for)), errors
 
 
 def _validation_context(port: int) -> MatchContext:
@@ -163,7 +164,7 @@ def validate_host_routes(world: World, host: str) -> list[InvalidResource]:
         service = world.services.get(host)
         targets = [(sp.number, service) for sp in service.ports if is_http(sp.protocol)] if service else []
     for port, target in targets:
-        _host_routes(world, target, _validation_context(port), candidates, world.destination_rules.get, errors)
+        errors += _host_routes(world, target, _validation_context(port), candidates, world.destination_rules.get)[1]
     return list(dict.fromkeys(errors))
 
 
@@ -216,6 +217,7 @@ class RouteTable:
         self._check = check
         self._cache = cache if cache is not None else {}
         self._previous = previous_cache or {}
+        self.errors: list[InvalidResource] = []  # found while building this table's virtual hosts
 
     def _vhost_key(self, service: MeshService, port: int) -> tuple[Hashable, ...]:
         scope, world = self.scope, self.scope.world
@@ -256,16 +258,13 @@ class RouteTable:
 
     def _vhost(self, service: MeshService, port: int) -> bytes:
         scope = self.scope
-        ignored: list[InvalidResource] = []  # reported by validate_host_routes
         match = MatchContext(port=port, namespace=scope.namespace, source_matches=scope.source_matches)
-        routes = _host_routes(
-            scope.world,
-            service,
-            match,
-            scope.virtual_services(service.hostname),
-            scope.destination_rule,
-            ignored,
+        routes, errors = _host_routes(
+            scope.world, service, match, scope.virtual_services(service.hostname), scope.destination_rule
         )
+        # Reported once per World, whatever proxies are connected, by validate_host_routes (the same
+        # function in the validation context): kept here only for the check mode's comparison.
+        self.errors += errors
         vhost = route_components_pb2.VirtualHost(
             name=f"{service.hostname}:{port}",
             domains=naming.service_domains(service, port=port, proxy_namespace=scope.namespace),
