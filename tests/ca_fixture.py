@@ -14,7 +14,7 @@ import grpc
 from prometheus_client import CollectorRegistry
 
 from meshd._gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
-from meshd.ca.client import generate_csr, request_certificate
+from meshd.agent.ca_client import generate_csr, request_certificate
 from meshd.ca.runtime import Security, register_plaintext, start_security
 from meshd.ca.server import SERVER_OPTIONS
 from meshd.ca.signer import WallClock, utc_now
@@ -71,7 +71,7 @@ class CaUnderTest:
         client_cert: tuple[str, str] | None = None,
     ) -> list[str]:
         """A raw CreateCertificate on the secure port (raises AioRpcError)."""
-        from meshd.ca.client import secure_channel
+        from meshd.agent.ca_client import secure_channel
 
         if csr_pem is None:
             csr_pem = generate_csr()[1]
