@@ -85,36 +85,35 @@ async def run_leader_duties(
     clock: Clock,
     log: logging.Logger,
 ) -> None:
-    """Run until cancelled: open the client (retried), then elect and run the duties (retried)."""
-    built: list[tuple[Leadership, list[LeaderDuty]]] = []
+    """Run until cancelled: open the client (retried), build the elector and the duties once, then
+    elect and run them (retried after a failure, on the same objects)."""
+    leading: tuple[Leadership, list[LeaderDuty]] | None = None
 
-    async def attempt() -> None:
-        if not built:
-            api = await cluster.get()
-            config = lease_config(settings)
-            leadership = Leadership(
-                config=config,
-                lock=KubeLeaseLock(api=api, name=config.name, namespace=config.namespace),
+    def build(api: ApiClient) -> tuple[Leadership, list[LeaderDuty]]:
+        config = lease_config(settings)
+        lock = KubeLeaseLock(api=api, name=config.name, namespace=config.namespace)
+        leadership = Leadership(config=config, lock=lock, clock=clock, log=log)
+        duties: list[LeaderDuty] = []
+        if settings.write_status:
+            writer = StatusWriter(
+                api=KubeStatusApi(api),
+                store=store,
+                errors=errors,
+                settled=settled,
+                is_leader=leadership.is_leader,
                 clock=clock,
                 log=log,
+                interval_s=settings.status_interval_s,
             )
-            duties: list[LeaderDuty] = []
-            if settings.write_status:
-                duties.append(
-                    StatusWriter(
-                        api=KubeStatusApi(api),
-                        store=store,
-                        errors=errors,
-                        settled=settled,
-                        is_leader=leadership.is_leader,
-                        clock=clock,
-                        log=log,
-                        interval_s=settings.status_interval_s,
-                    )
-                )
-            duties += [build(api, leadership.is_leader) for build in more]
-            built.append((leadership, duties))
-        leadership, duties = built[0]
+            duties.append(writer)
+        duties += [factory(api, leadership.is_leader) for factory in more]
+        return leadership, duties
+
+    async def attempt() -> None:
+        nonlocal leading
+        if leading is None:
+            leading = build(await cluster.get())
+        leadership, duties = leading
         await leadership.run(duties)
 
     await keep_trying(attempt, clock=clock, log=log)
