@@ -30,6 +30,7 @@ test: setup lint
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks tools
 	$(VENV)/bin/mypy src
+	$(VENV)/bin/lint-imports
 
 bench: setup
 	$(PY) -m benchmarks $(BENCH_ARGS)

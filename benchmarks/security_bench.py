@@ -24,7 +24,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from benchmarks.meshdir import MeshDir, MeshSpec
 from benchmarks.procs import MeshdProcess, free_port
 from meshd._gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
-from meshd.ca.client import generate_csr, secure_channel
+from meshd.agent.ca_client import generate_csr, secure_channel
 
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"

@@ -1,5 +1,6 @@
 """meshd's CA in-process for tests: the real secure server (TLS front + gRPC) and a plaintext gRPC
-server with the refusing CA service, exactly as `meshd serve` wires them (ca/runtime.py)."""
+server with the refusing CA service, exactly as `meshd serve` wires them (wiring/authority.py,
+wiring/grpc_servers.py)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,14 @@ import grpc
 from prometheus_client import CollectorRegistry
 
 from meshd._gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
-from meshd.ca.client import generate_csr, request_certificate
-from meshd.ca.runtime import Security, register_plaintext, start_security
-from meshd.ca.server import SERVER_OPTIONS
+from meshd.agent.ca_client import generate_csr, request_certificate
 from meshd.ca.signer import WallClock, utc_now
 from meshd.clock import SystemClock
+from meshd.kube.client import new_api_client
 from meshd.obs.metrics import Metrics
 from meshd.settings import Settings
+from meshd.wiring.authority import load_authority
+from meshd.wiring.grpc_servers import SecurePort, ads_servicer, plaintext_server, start_secure_port
 from meshd.xds.hub import Hub
 from tests.e2e.harness import free_port
 
@@ -43,10 +45,11 @@ def fake_jwt(payload: object, *, header: object = None) -> str:
 
 @dataclass
 class CaUnderTest:
-    security: Security
+    security: SecurePort
     plaintext: grpc.aio.Server
     plaintext_port: int
     metrics: Metrics
+    api: Any = None  # the Kubernetes API client (kubeconfig given)
 
     @property
     def address(self) -> str:
@@ -71,7 +74,7 @@ class CaUnderTest:
         client_cert: tuple[str, str] | None = None,
     ) -> list[str]:
         """A raw CreateCertificate on the secure port (raises AioRpcError)."""
-        from meshd.ca.client import secure_channel
+        from meshd.agent.ca_client import secure_channel
 
         if csr_pem is None:
             csr_pem = generate_csr()[1]
@@ -94,6 +97,8 @@ class CaUnderTest:
     async def stop(self) -> None:
         await self.security.stop()
         await self.plaintext.stop(None)
+        if self.api is not None:
+            await self.api.close()
 
 
 async def start_ca(
@@ -116,11 +121,19 @@ async def start_ca(
     }
     settings = Settings(**values)
     metrics = Metrics(CollectorRegistry())
-    plaintext = grpc.aio.server(options=list(SERVER_OPTIONS))
-    register_plaintext(plaintext, metrics=metrics, log=log)
-    plaintext_port = plaintext.add_insecure_port("127.0.0.1:0")
+    hub, clock = Hub(), SystemClock()
+    ads = ads_servicer(settings=settings, hub=hub, metrics=metrics, clock=clock, log=log)
+    plaintext, plaintext_port = plaintext_server(host="127.0.0.1", port=0, ads=ads, metrics=metrics, log=log)
     await plaintext.start()
-    security = await start_security(
-        settings=settings, hub=Hub(), metrics=metrics, clock=SystemClock(), log=log, wall=wall
-    )
-    return CaUnderTest(security=security, plaintext=plaintext, plaintext_port=plaintext_port, metrics=metrics)
+    api = await new_api_client(kubeconfig) if kubeconfig is not None else None
+    try:
+        authority = await load_authority(settings=settings, api=api, metrics=metrics, wall=wall, log=log)
+        security = await start_secure_port(
+            settings=settings, authority=authority, hub=hub, metrics=metrics, clock=clock, log=log
+        )
+    except BaseException:
+        await plaintext.stop(None)
+        if api is not None:
+            await api.close()
+        raise
+    return CaUnderTest(security=security, plaintext=plaintext, plaintext_port=plaintext_port, metrics=metrics, api=api)

@@ -13,16 +13,19 @@ import logging
 import pathlib
 import sys
 
-from meshd.ca.cli import add_ca_arguments, ca_settings
-from meshd.kube.flags import add_leader_flags, leader_settings
+from meshd.ca.cli import add_ca_arguments
+from meshd.kube.flags import add_leader_flags
 from meshd.settings import Settings
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from meshd.app import run_server
+def _path(value: str | None) -> pathlib.Path | None:
+    return pathlib.Path(value) if value else None
 
-    settings = Settings(
-        config_dir=pathlib.Path(args.config_dir) if args.config_dir else None,
+
+def serve_settings(args: argparse.Namespace) -> Settings:
+    """The `meshd serve` flags as Settings, field by field (typed: no dict splatted in)."""
+    return Settings(
+        config_dir=_path(args.config_dir),
         xds_host=args.xds_host,
         xds_port=args.xds_port,
         http_host=args.http_host,
@@ -36,13 +39,48 @@ def _serve(args: argparse.Namespace) -> int:
         enable_test_hooks=args.enable_test_hooks,
         enable_auto_mtls=not args.disable_auto_mtls,
         outbound_traffic_policy=args.outbound_traffic_policy,
-        kubeconfig=pathlib.Path(args.kubeconfig) if args.kubeconfig else None,
+        kubeconfig=_path(args.kubeconfig),
         namespace=args.namespace,
         kube_watch_timeout_s=args.kube_watch_timeout,
         kube_crd_recheck_s=args.kube_crd_recheck,
-        **leader_settings(args),
-        **ca_settings(args),
+        # leader election, status, webhooks and injection (kube/flags.py)
+        leader_election=args.leader_election,
+        lease_name=args.lease_name,
+        lease_namespace=args.lease_namespace,
+        lease_duration_s=args.lease_duration,
+        leader_identity=args.leader_identity,
+        write_status=args.write_status,
+        status_interval_s=args.status_interval,
+        webhook_cert=_path(args.webhook_cert),
+        webhook_key=_path(args.webhook_key),
+        webhook_host=args.webhook_host,
+        webhook_port=args.webhook_port,
+        inject_enabled=args.inject_enabled,
+        inject_image=args.inject_image,
+        inject_image_pull_policy=args.inject_image_pull_policy,
+        inject_xds_address=args.inject_xds_address,
+        inject_ca_address=args.inject_ca_address,
+        webhook_service=args.webhook_service,
+        injector_webhook_config=args.injector_webhook_config,
+        validator_webhook_config=args.validator_webhook_config,
+        # the CA and the secure port (ca/cli.py)
+        ca_enabled=not args.no_ca,
+        ca_dir=pathlib.Path(args.ca_dir),
+        ca_token_file=_path(args.ca_token_file),
+        trust_domain=args.trust_domain,
+        cluster_id=args.cluster_id,
+        secure_host=args.secure_host,
+        secure_port=args.secure_port,
+        secure_sans=tuple(args.secure_san) if args.secure_san else Settings().secure_sans,
+        ca_default_ttl_s=args.ca_default_ttl,
+        ca_max_ttl_s=args.ca_max_ttl,
     )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from meshd.app import run_server
+
+    settings = serve_settings(args)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_server(settings))
     return 0

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from meshd._gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
-from meshd.ca.client import generate_csr
+from meshd.agent.ca_client import generate_csr
 from tests.ca_fixture import CaUnderTest, fake_jwt, start_ca
 from tests.csr_tools import bad_signature_csr, ec_csr, rsa_csr, sha1_csr
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from meshd.ca.client import generate_csr, request_certificate
+from meshd.agent.ca_client import generate_csr, request_certificate
 from tests.ca_fixture import fake_jwt
 from tests.e2e.harness import eventually, free_port
 from tests.kubeapi import FakeApiServer, TokenIdentity

@@ -117,7 +117,11 @@ async def test_kubernetes_mode_replicas_one_leader_writes_status_the_other_takes
             return "validationMessages" not in status and status.get("observedGeneration") == 2
 
         await eventually(cleared, timeout=10, what="the new leader clears the status")
-        assert "event=status_written" in replicas[follower].log()
+
+        async def logged() -> bool:  # the line follows the write's response: it may land a moment after
+            return "event=status_written" in replicas[follower].log()
+
+        await eventually(logged, timeout=5, what="the new leader logs its status write")
     finally:
         for replica in replicas.values():
             await replica.stop()

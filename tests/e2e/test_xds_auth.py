@@ -16,8 +16,8 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from meshd.agent.bootstrap import XDS_CLUSTER, build_bootstrap
+from meshd.agent.ca_client import generate_csr, request_certificate, secure_channel
 from meshd.agent.envoy import EnvoyProcess
-from meshd.ca.client import generate_csr, request_certificate, secure_channel
 from tests.ca_fixture import TOKEN_FILE
 from tests.e2e.harness import Meshd, eventually, next_subnet
 

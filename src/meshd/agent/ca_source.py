@@ -8,8 +8,8 @@ from __future__ import annotations
 import asyncio
 import pathlib
 
+from meshd.agent.ca_client import generate_csr, request_certificate
 from meshd.agent.certificate import WorkloadCertificate
-from meshd.ca.client import generate_csr, request_certificate
 from meshd.settings import AgentSettings
 
 

@@ -1,10 +1,8 @@
-"""`meshd serve` flags of the CA and the secure port (kept here so cli.py only calls two functions)."""
+"""`meshd serve` flags of the CA and the secure port (cli.py maps them onto Settings)."""
 
 from __future__ import annotations
 
 import argparse
-import pathlib
-from typing import Any
 
 from meshd.settings import Settings
 
@@ -28,20 +26,3 @@ def add_ca_arguments(parser: argparse.ArgumentParser, defaults: Settings) -> Non
     )
     group.add_argument("--ca-default-ttl", type=int, default=defaults.ca_default_ttl_s, help="seconds")
     group.add_argument("--ca-max-ttl", type=int, default=defaults.ca_max_ttl_s, help="seconds")
-
-
-def ca_settings(args: argparse.Namespace) -> dict[str, Any]:
-    settings: dict[str, Any] = {
-        "ca_enabled": not args.no_ca,
-        "ca_dir": pathlib.Path(args.ca_dir),
-        "ca_token_file": pathlib.Path(args.ca_token_file) if args.ca_token_file else None,
-        "trust_domain": args.trust_domain,
-        "cluster_id": args.cluster_id,
-        "secure_host": args.secure_host,
-        "secure_port": args.secure_port,
-        "ca_default_ttl_s": args.ca_default_ttl,
-        "ca_max_ttl_s": args.ca_max_ttl,
-    }
-    if args.secure_san:
-        settings["secure_sans"] = tuple(args.secure_san)
-    return settings

@@ -1,10 +1,9 @@
-"""`meshd serve` flags of leader election, status writing, the webhooks and sidecar injection."""
+"""`meshd serve` flags of leader election, status writing, the webhooks and sidecar injection
+(cli.py maps them onto Settings)."""
 
 from __future__ import annotations
 
 import argparse
-import pathlib
-from typing import Any
 
 from meshd.settings import Settings
 
@@ -46,30 +45,3 @@ def add_leader_flags(serve: argparse.ArgumentParser, defaults: Settings) -> None
         default=defaults.validator_webhook_config,
         help='ValidatingWebhookConfiguration: caBundle, failurePolicy Fail once ready ("" = none)',
     )
-
-
-def leader_settings(args: argparse.Namespace) -> dict[str, Any]:
-    def path(value: str | None) -> pathlib.Path | None:
-        return pathlib.Path(value) if value else None
-
-    return {
-        "leader_election": args.leader_election,
-        "lease_name": args.lease_name,
-        "lease_namespace": args.lease_namespace,
-        "lease_duration_s": args.lease_duration,
-        "leader_identity": args.leader_identity,
-        "write_status": args.write_status,
-        "status_interval_s": args.status_interval,
-        "webhook_cert": path(args.webhook_cert),
-        "webhook_key": path(args.webhook_key),
-        "webhook_host": args.webhook_host,
-        "webhook_port": args.webhook_port,
-        "inject_enabled": args.inject_enabled,
-        "inject_image": args.inject_image,
-        "inject_image_pull_policy": args.inject_image_pull_policy,
-        "inject_xds_address": args.inject_xds_address,
-        "inject_ca_address": args.inject_ca_address,
-        "webhook_service": args.webhook_service,
-        "injector_webhook_config": args.injector_webhook_config,
-        "validator_webhook_config": args.validator_webhook_config,
-    }

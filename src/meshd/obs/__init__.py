@@ -1,1 +1,2 @@
-"""Observability: Prometheus metrics on an injected registry, debug HTTP endpoints."""
+"""Observability shared by every edge: Prometheus metric definitions on an injected registry
+(`metrics.py`). Low level: imports nothing of meshd, so any package may import it."""

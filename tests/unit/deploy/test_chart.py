@@ -9,9 +9,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from meshd.ca.cli import ca_settings
-from meshd.cli import build_parser
-from meshd.kube.flags import leader_settings
+from meshd.cli import build_parser, serve_settings
 from tests.unit.deploy.chart import NAMESPACE, lint, notes, of_kind, one, render
 
 KUBE_VERSION = kubernetes_validate.latest_version()
@@ -138,10 +136,10 @@ def test_deployment_args_are_meshd_serve_flags(default: list[dict[str, Any]]) ->
     assert parsed.config_dir is None and parsed.kubeconfig is None
     assert parsed.namespace == NAMESPACE
     assert parsed.webhook_port == 15017
-    ca = ca_settings(parsed)
-    assert f"meshd.{NAMESPACE}.svc" in ca["secure_sans"]
-    assert ca["trust_domain"] == "cluster.local" and ca["ca_enabled"]
-    assert leader_settings(parsed)["leader_identity"] == "meshd-abc"
+    settings = serve_settings(parsed)
+    assert f"meshd.{NAMESPACE}.svc" in settings.secure_sans
+    assert settings.trust_domain == "cluster.local" and settings.ca_enabled
+    assert settings.leader_identity == "meshd-abc"
 
 
 def test_service_ports(default: list[dict[str, Any]]) -> None:

@@ -18,9 +18,10 @@ import pytest
 from kubernetes_asyncio import client
 
 from meshd.ca.material import generate_root, load
+from meshd.ca.serving import webhook_ssl_context
 from meshd.ca.signer import Signer, utc_now
 from meshd.kube.client import new_api_client
-from meshd.kube.webhook_certs import webhook_sans, webhook_ssl_context
+from meshd.kube.webhook_certs import webhook_sans
 from meshd.kube.webhook_patcher import WebhookConfigPatcher
 from meshd.settings import Settings
 from tests.e2e.test_webhook_ca_bundle import ADMISSION, configurations

@@ -1,0 +1,47 @@
+"""meshd's own serving certificates, issued by its CA: a fresh ECDSA P-256 key each time, the chain
+without the root. For the secure port (`secure_port_context`: client certificates optional, verified
+against the root) and for the webhook server when no `--webhook-cert` files are given
+(`webhook_ssl_context`: no client certificates; the root goes into the webhook configurations' caBundle)."""
+
+from __future__ import annotations
+
+import ssl
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from meshd.ca.signer import Signer
+from meshd.ca.tls_front import load_chain_pem, server_context
+from meshd.settings import Settings
+
+
+def serving_sans(settings: Settings) -> list[str]:
+    """The names clients dial on the secure port."""
+    ns = settings.namespace
+    return [f"meshd.{ns}.svc", f"istiod.{ns}.svc", *settings.secure_sans]
+
+
+def issue_key_and_chain(signer: Signer, *, sans: list[str], ttl_s: int) -> tuple[bytes, bytes]:
+    """(private key PEM, certificate chain PEM without the root) for `sans`."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    issued = signer.issue_for_key(public_key=key.public_key(), sans=sans, ttl_s=ttl_s)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    chain_pem = "".join(issued.chain[:-1] if len(issued.chain) > 1 else issued.chain).encode()
+    return key_pem, chain_pem
+
+
+def secure_port_context(signer: Signer, *, sans: list[str], ttl_s: int) -> ssl.SSLContext:
+    """TLS for the secure port: client certificates optional and verified against the root."""
+    key_pem, chain_pem = issue_key_and_chain(signer, sans=sans, ttl_s=ttl_s)
+    return server_context(key_pem=key_pem, chain_pem=chain_pem, client_roots_pem=signer.ca.root_pem())
+
+
+def webhook_ssl_context(signer: Signer, *, sans: list[str], ttl_s: int) -> ssl.SSLContext:
+    """An HTTPS server context (TLS 1.2+, no client certificates) with a certificate issued by `signer`."""
+    key_pem, chain_pem = issue_key_and_chain(signer, sans=sans, ttl_s=ttl_s)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    load_chain_pem(context, chain_pem=chain_pem, key_pem=key_pem)
+    return context

@@ -1,0 +1,91 @@
+"""The operations HTTP port (15014): /ready, /metrics and the debug endpoints.
+
+/debug/syncz            every connected proxy: per type the version sent, acked and the last NACK
+/debug/config_dump      ?proxyID=<pod>.<ns> or a full node id: the resources that proxy is served
+/debug/config_errors    every resource currently rejected, with file/resource/field/message
+/debug/informers        Kubernetes mode: each informer's state and the mesh config read
+
+What the endpoints show comes in as callables (`DebugViews`): this server knows no xDS and no Kubernetes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from meshd.api.meta import InvalidResource
+
+Json = Any  # what json.dumps takes
+
+
+@dataclass(frozen=True)
+class DebugViews:
+    """The data behind the debug endpoints, read at each request."""
+
+    sync_status: Callable[[], Json]
+    config_dump: Callable[[str], Json | None]  # None: no such proxy connected
+    config_errors: Callable[[], Sequence[InvalidResource]]
+    informers: Callable[[], Json] | None = None  # Kubernetes mode only
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(text=json.dumps(data, indent=2, sort_keys=True), status=status, content_type="application/json")
+
+
+def build_app(
+    *,
+    registry: CollectorRegistry,
+    is_ready: Callable[[], bool],
+    views: DebugViews,
+    test_hooks: Callable[[web.Request], Awaitable[web.Response]] | None = None,
+) -> web.Application:
+    async def ready(_: web.Request) -> web.Response:
+        return web.Response(text="ready\n") if is_ready() else web.Response(text="not ready\n", status=503)
+
+    async def prom(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def syncz(_: web.Request) -> web.Response:
+        return _json(views.sync_status())
+
+    async def dump(request: web.Request) -> web.Response:
+        proxy_id = request.query.get("proxyID", "")
+        data = views.config_dump(proxy_id)
+        if data is None:
+            return _json({"error": f"proxy {proxy_id!r} is not connected"}, status=404)
+        return _json(data)
+
+    async def errors(_: web.Request) -> web.Response:
+        return _json(
+            [
+                {
+                    "origin": e.origin,
+                    "resource": str(e.key) if e.key else None,
+                    "field": e.field,
+                    "message": e.message,
+                }
+                for e in views.config_errors()
+            ]
+        )
+
+    app = web.Application()
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", prom)
+    app.router.add_get("/debug/syncz", syncz)
+    app.router.add_get("/debug/config_dump", dump)
+    app.router.add_get("/debug/config_errors", errors)
+    if test_hooks is not None:
+        app.router.add_post("/debug/test/{hook}", test_hooks)
+    if views.informers is not None:
+        informers = views.informers
+
+        async def informers_status(_: web.Request) -> web.Response:
+            return _json(informers())
+
+        app.router.add_get("/debug/informers", informers_status)
+    return app

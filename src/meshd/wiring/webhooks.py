@@ -1,0 +1,104 @@
+"""The webhook server of `meshd serve` (`/validate`, `/inject`) and its certificate: the
+`--webhook-cert`/`--webhook-key` files when given (needs no cluster; their CA is the operator's
+business), else, in Kubernetes mode with the CA on, a certificate from meshd's CA plus the leader duty
+that makes the API server trust it (caBundle, then failurePolicy Fail once ready)."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kubernetes_asyncio.client import ApiClient
+
+from meshd.ca.serving import webhook_ssl_context
+from meshd.clock import Clock
+from meshd.kube.inject_template import InjectionConfig
+from meshd.kube.leading import LeaderDuty
+from meshd.kube.webhook import serve_webhook
+from meshd.kube.webhook_certs import webhook_sans
+from meshd.kube.webhook_patcher import WebhookConfigPatcher
+from meshd.settings import Settings
+from meshd.wiring.authority import Authority
+from meshd.wiring.leading import DutyFactory, PassOnLeading
+
+
+def injection_config(settings: Settings) -> InjectionConfig | None:
+    if not settings.inject_enabled:
+        return None
+    ns = settings.namespace
+    return InjectionConfig(
+        image=settings.inject_image,
+        image_pull_policy=settings.inject_image_pull_policy,
+        xds_address=settings.inject_xds_address or f"istiod.{ns}.svc:15012",  # the Service port, whatever meshd binds
+        xds_server_name=f"istiod.{ns}.svc",
+        ca_address=settings.inject_ca_address,
+        trust_domain=settings.trust_domain,
+        cluster_id=settings.cluster_id,
+    )
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """How the webhook server runs: `ssl_context` None means the --webhook-cert files."""
+
+    settings: Settings
+    ssl_context: ssl.SSLContext | None
+    log: logging.Logger
+
+    async def serve(self) -> None:
+        """Until cancelled. A webhook that cannot start (unreadable certificate, port taken) is reported;
+        xDS keeps serving."""
+        settings = self.settings
+        try:
+            await serve_webhook(
+                log=self.log,
+                host=settings.webhook_host,
+                port=settings.webhook_port,
+                cert=settings.webhook_cert,
+                key=settings.webhook_key,
+                ssl_context=self.ssl_context,
+                injection=injection_config(settings),
+            )
+        except (OSError, ValueError) as exc:
+            self.log.error("event=webhook_failed error=%s", exc)
+
+
+def _has_files(settings: Settings) -> bool:
+    return settings.webhook_cert is not None and settings.webhook_key is not None
+
+
+def webhook_server(
+    *, settings: Settings, ca_issued: bool, authority: Authority | None, log: logging.Logger
+) -> Webhook | None:
+    """The webhook to serve, if any: with the files, or (`ca_issued`: Kubernetes mode with the CA) a
+    certificate from `authority`."""
+    if _has_files(settings):
+        return Webhook(settings=settings, ssl_context=None, log=log)
+    if authority is None or not ca_issued:
+        return None
+    sans = webhook_sans(settings)
+    context = webhook_ssl_context(authority.signer, sans=sans, ttl_s=settings.ca_max_ttl_s)
+    log.info("event=webhook_cert_issued sans=%s", ",".join(sans))
+    return Webhook(settings=settings, ssl_context=context, log=log)
+
+
+def webhook_patcher(
+    *, settings: Settings, root_pem: str, is_ready: Callable[[], bool], clock: Clock, log: logging.Logger
+) -> DutyFactory:
+    """The leader keeps the webhook configurations' caBundle on meshd's root (and failurePolicy Fail once ready)."""
+
+    def build(api: ApiClient, is_leader: Callable[[], bool]) -> LeaderDuty:
+        patcher = WebhookConfigPatcher(
+            api=api,
+            root_pem=root_pem,
+            mutating=settings.injector_webhook_config or None,
+            validating=settings.validator_webhook_config or None,
+            is_leader=is_leader,
+            is_ready=is_ready,
+            log=log,
+        )
+        return PassOnLeading(target=patcher, clock=clock)
+
+    return build

@@ -1,0 +1,57 @@
+"""The ops HTTP port renders what it is handed: the debug views are callables read at each request
+(no hub, no push loop, no informers inside the ops package)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry, Gauge
+
+from meshd.api.meta import InvalidResource
+from meshd.ops.http import DebugViews, build_app
+
+
+def _views(*, informers: bool) -> DebugViews:
+    dumps = {"web-1.default": {"clusters": [{"name": "outbound|80||web.default.svc.cluster.local"}]}}
+    errors = [InvalidResource(key=None, field="spec.hosts", message="empty", origin="bad.yaml")]
+    return DebugViews(
+        sync_status=lambda: [{"proxy": "sidecar~10.0.0.1~web-1.default~default.svc.cluster.local"}],
+        config_dump=dumps.get,
+        config_errors=lambda: errors,
+        informers=(lambda: {"synced": True}) if informers else None,
+    )
+
+
+async def _get(client: TestClient[Any, Any], path: str) -> tuple[int, str]:
+    response = await client.get(path)
+    return response.status, await response.text()
+
+
+async def test_endpoints_render_the_views() -> None:
+    registry = CollectorRegistry()
+    Gauge("meshd_probe", "a probe", registry=registry).set(3)
+    ready = [False]
+    app = build_app(registry=registry, is_ready=lambda: ready[0], views=_views(informers=True))
+    async with TestClient(TestServer(app)) as client:
+        assert (await _get(client, "/ready"))[0] == 503
+        ready[0] = True
+        assert await _get(client, "/ready") == (200, "ready\n")
+        assert "meshd_probe 3.0" in (await _get(client, "/metrics"))[1]
+        status, body = await _get(client, "/debug/syncz")
+        assert status == 200 and json.loads(body)[0]["proxy"].startswith("sidecar~")
+        status, body = await _get(client, "/debug/config_dump?proxyID=web-1.default")
+        assert status == 200 and "clusters" in json.loads(body)
+        status, body = await _get(client, "/debug/config_dump?proxyID=ghost.default")
+        assert status == 404 and json.loads(body) == {"error": "proxy 'ghost.default' is not connected"}
+        status, body = await _get(client, "/debug/config_errors")
+        assert json.loads(body) == [{"origin": "bad.yaml", "resource": None, "field": "spec.hosts", "message": "empty"}]
+        assert json.loads((await _get(client, "/debug/informers"))[1]) == {"synced": True}
+        assert (await client.post("/debug/test/clear")).status == 404  # test hooks are off
+
+
+async def test_no_informers_view_outside_kubernetes_mode() -> None:
+    app = build_app(registry=CollectorRegistry(), is_ready=lambda: True, views=_views(informers=False))
+    async with TestClient(TestServer(app)) as client:
+        assert (await _get(client, "/debug/informers"))[0] == 404
