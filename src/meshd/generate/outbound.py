@@ -74,11 +74,16 @@ class OutboundLayers:
         self._vhost_cache: dict[Hashable, bytes] = {}
         self._prev_vhosts = previous._vhost_cache if previous is not None else {}
         self._destination_cache: dict[int, tuple[VirtualService, list[str]]] = {}
+        self._contexts: dict[ScopeKey, Context] = {}
         # rejections found while building (check mode compares them with what the World checks report)
         self.build_errors: list[InvalidResource] = []
 
     def _context(self, scope: Scope) -> Context:
-        return Context(world=self.world, scope=scope, queries=self.queries)
+        """What builds for this scope read (one per scope and generation: made on the hot path)."""
+        context = self._contexts.get(scope.key)
+        if context is None:
+            context = self._contexts[scope.key] = Context(world=self.world, scope=scope, queries=self.queries)
+        return context
 
     def _scope(self, key: ScopeKey) -> Scope:
         return self.queries.scope(key)
