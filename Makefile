@@ -5,13 +5,27 @@ PY := $(VENV)/bin/python
 BENCH_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench proto setup system-deps clean
+# Exact versions of every runtime and dev dependency (pip-compile output); `make lock` rewrites it.
+LOCK := requirements/dev.lock
+LOCK_VENV := .venv-lock
+PIP_TOOLS := pip-tools==7.7.0
+LOCK_ARGS ?=
 
-$(VENV)/.installed: pyproject.toml
+.PHONY: demo test lint bench proto setup system-deps clean lock
+
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -r $(LOCK)
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
+
+## make lock: re-resolve $(LOCK) from pyproject.toml (runtime + dev extras) with pip-compile, in a venv of
+## its own; pins already in the lock are kept: LOCK_ARGS=--upgrade (or --upgrade-package NAME) moves them
+lock:
+	test -x $(LOCK_VENV)/bin/pip-compile || { $(PYTHON) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install -q $(PIP_TOOLS); }
+	CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile -q --extra dev --strip-extras --allow-unsafe \
+		--no-emit-index-url --no-emit-find-links $(LOCK_ARGS) -o $(LOCK) pyproject.toml
 
 setup: $(VENV)/.installed system-deps
 
@@ -40,4 +54,4 @@ proto: setup
 	$(PY) tools/genproto.py src/meshd/_gen
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LOCK_VENV) .pytest_cache .mypy_cache .ruff_cache

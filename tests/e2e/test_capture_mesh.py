@@ -18,7 +18,7 @@ import pytest
 
 from meshd.settings import AgentSettings
 from tests.e2e.agents import AgentProcess, short_workdir, write_ca_tokens
-from tests.e2e.harness import Meshd, eventually
+from tests.e2e.harness import Meshd, eventually, logs_on_failure
 from tests.e2e.netns import PROXY_UID, Lab, Namespace, netns_unavailable, sh
 
 pytestmark = pytest.mark.e2e
@@ -133,7 +133,7 @@ class CaptureMesh:
             await self.meshd.close()
         await self.lab.close()
 
-    def logs(self) -> str:
+    def failure_logs(self) -> str:
         parts = [self.meshd.log()[-4000:] if self.meshd else ""]
         parts += [agent.log()[-3000:] for agent in self.agents]
         return "\n----\n".join(parts)
@@ -144,15 +144,9 @@ async def capture_mesh(tmp_path: pathlib.Path) -> AsyncIterator[CaptureMesh]:
     reason = capture_mode_available()
     if reason:
         pytest.skip(reason)
-    mesh = CaptureMesh(tmp_path)
-    try:
+    async with logs_on_failure(CaptureMesh(tmp_path)) as mesh:
         await mesh.start()
         yield mesh
-    except BaseException:
-        print(mesh.logs())
-        raise
-    finally:
-        await mesh.close()
 
 
 async def http_from(ns: Namespace, url: str, host: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import pytest
 import pytest_asyncio
 
 from meshd.demo.apps import AppServer
-from tests.e2e.harness import Mesh, eventually
+from tests.e2e.harness import Mesh, eventually, logs_on_failure
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -60,19 +60,13 @@ def _rule(policy: str, *, name: str = "web", subsets: str = "") -> str:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
-    m = Mesh(work_dir=tmp_path_factory.mktemp("policies"), delta=False)
-    try:
+    async with logs_on_failure(Mesh(work_dir=tmp_path_factory.mktemp("policies"), delta=False)) as m:
         m.write("web.yaml", _world(m))
         await m.meshd.start()
         for pod, (host, _) in PODS.items():
             await m.app(service="web", version=pod, pod=pod, ip=m.ip(host))
         await m.sidecar(pod="client", ip=m.ip(1))
         yield m
-    except BaseException:
-        print(m.meshd.log()[-5000:])
-        raise
-    finally:
-        await m.close()
 
 
 def _apps(mesh: Mesh) -> dict[str, AppServer]:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from tests.e2e.harness import Mesh, eventually
+from tests.e2e.harness import Mesh, eventually, logs_on_failure
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -85,8 +85,7 @@ _markers = itertools.count()
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
-    m = Mesh(work_dir=tmp_path_factory.mktemp("http-features"), delta=False)
-    try:
+    async with logs_on_failure(Mesh(work_dir=tmp_path_factory.mktemp("http-features"), delta=False)) as m:
         ips = {"client": m.ip(CLIENT), "client2": m.ip(CLIENT2), "v1": m.ip(V1), "v2": m.ip(V2), "shadow": m.ip(SHADOW)}
         m.write("mesh.yaml", MESH.format(**ips))
         await m.meshd.start()
@@ -96,11 +95,6 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
         await m.sidecar(pod="client", ip=ips["client"])
         await m.sidecar(pod="client2", ip=ips["client2"])
         yield m
-    except BaseException:
-        print(m.meshd.log()[-5000:])
-        raise
-    finally:
-        await m.close()
 
 
 def app(mesh: Mesh, pod: str) -> Any:

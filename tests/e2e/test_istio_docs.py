@@ -30,7 +30,7 @@ import pytest_asyncio
 
 from meshd.demo.apps import AppServer, Upstream, start_app
 from tests.e2e import istio_docs
-from tests.e2e.harness import Mesh, eventually
+from tests.e2e.harness import Mesh, eventually, logs_on_failure
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -144,8 +144,7 @@ def showing(bookinfo: Bookinfo, expected: dict[str, int], *, user: str | None = 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def bookinfo(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Bookinfo]:
     work_dir: pathlib.Path = tmp_path_factory.mktemp("istio-docs")
-    mesh = Mesh(work_dir=work_dir, delta=False)
-    try:
+    async with logs_on_failure(Mesh(work_dir=work_dir, delta=False)) as mesh:
         addresses = {pod.replace("-", "_"): mesh.ip(host) for pod, host in HOSTS.items() if pod != "client"}
         for name, text in istio_docs.workloads(addresses).items():
             mesh.write(name, text)
@@ -175,11 +174,6 @@ async def bookinfo(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Bo
             info.apps[pod] = app
         await asyncio.gather(*(mesh.sidecar(pod=pod, ip=info.ip(pod)) for pod in HOSTS))
         yield info
-    except BaseException:
-        print(mesh.meshd.log()[-5000:])
-        raise
-    finally:
-        await mesh.close()
 
 
 # -- request routing ------------------------------------------------------------------------------

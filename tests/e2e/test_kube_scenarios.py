@@ -35,7 +35,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from meshd.xds.resource import CLUSTER
-from tests.e2e.harness import Mesh, eventually
+from tests.e2e.harness import Mesh, eventually, logs_on_failure
 from tests.kubeapi import FakeApiServer, KubeRest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
@@ -156,18 +156,15 @@ async def kube(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Kube]:
     mesh = Mesh(work_dir=work, delta=False, kubeconfig=kubeconfig, meshd_args=("--kube-crd-recheck", "1"))
     kube = Kube(mesh, rest, fake)
     try:
-        await rest.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
-        await mesh.meshd.start()
-        await mesh.app(service="web", version="v1", pod="web-1", ip=mesh.ip(2))
-        await mesh.app(service="web", version="v2", pod="web-2", ip=mesh.ip(3))
-        await mesh.app(service="other", version="v1", pod="other-1", ip=mesh.ip(4))
-        await mesh.sidecar(pod="client", ip=mesh.ip(1), namespace=NS)
-        yield kube
-    except BaseException:
-        print(mesh.meshd.log()[-6000:])
-        raise
+        async with logs_on_failure(mesh):
+            await rest.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+            await mesh.meshd.start()
+            await mesh.app(service="web", version="v1", pod="web-1", ip=mesh.ip(2))
+            await mesh.app(service="web", version="v2", pod="web-2", ip=mesh.ip(3))
+            await mesh.app(service="other", version="v1", pod="other-1", ip=mesh.ip(4))
+            await mesh.sidecar(pod="client", ip=mesh.ip(1), namespace=NS)
+            yield kube
     finally:
-        await mesh.close()
         if fake is None:
             for obj in reversed(kube.objects()):
                 if obj["kind"] != "Pod":

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from tests.e2e.agents import AgentProcess, write_ca_tokens
-from tests.e2e.harness import Mesh, eventually
+from tests.e2e.harness import Mesh, eventually, logs_on_failure
 
 pytestmark = pytest.mark.e2e
 
@@ -118,9 +118,8 @@ def xfcc(answer: dict[str, Any]) -> str:
 
 @pytest.fixture(params=["sotw", "delta"])
 async def mtls(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> AsyncIterator[MtlsMesh]:
-    mesh = Mesh(work_dir=tmp_path, delta=request.param == "delta")
-    m = MtlsMesh(mesh)
-    try:
+    async with logs_on_failure(Mesh(work_dir=tmp_path, delta=request.param == "delta")) as mesh:
+        m = MtlsMesh(mesh)
         tokens = {"tok-client": ("default", "client"), "tok-web": ("default", "web")}
         mesh.meshd.extra_args = ("--ca-token-file", str(write_ca_tokens(tmp_path / "tokens.yaml", tokens)))
         mesh.write("mesh.yaml", MESH.format(client=m.client_ip, web=m.web_ip))
@@ -129,13 +128,6 @@ async def mtls(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> AsyncI
         await m.agent(pod="client", ip=m.client_ip, account="client")
         await m.agent(pod="web", ip=m.web_ip, account="web")
         yield m
-    except BaseException:
-        print(mesh.meshd.log()[-5000:])
-        for agent in mesh.agents.values():
-            print(agent.log()[-3000:])
-        raise
-    finally:
-        await mesh.close()
 
 
 async def _mtls_answer(m: MtlsMesh) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.e2e.harness import Mesh, eventually
+from tests.e2e.harness import Mesh, eventually, logs_on_failure
 
 pytestmark = pytest.mark.e2e
 
@@ -52,8 +52,7 @@ spec:
 
 @pytest.fixture(params=["sotw", "delta"])
 async def mesh(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> AsyncIterator[Mesh]:
-    m = Mesh(work_dir=tmp_path, delta=request.param == "delta")
-    try:
+    async with logs_on_failure(Mesh(work_dir=tmp_path, delta=request.param == "delta")) as m:
         m.write("web.yaml", _service("a", "web", m.ip(2)))
         m.write("other.yaml", _service("b", "other", m.ip(3)))
         m.write("client.yaml", f"apiVersion: v1\nkind: Pod\nmetadata: {{name: client, namespace: a}}\n"
@@ -66,11 +65,6 @@ async def mesh(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> AsyncI
         for pod, host, ns in (("web-1", 2, "a"), ("other-1", 3, "b")):
             await m.sidecar(pod=pod, ip=m.ip(host), namespace=ns)
         yield m
-    except BaseException:
-        print(m.meshd.log()[-5000:])
-        raise
-    finally:
-        await m.close()
 
 
 async def _clusters(mesh: Mesh) -> set[str]:

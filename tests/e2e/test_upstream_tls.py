@@ -15,7 +15,7 @@ import pytest_asyncio
 from aiohttp import web
 
 from tests.certs import Authority, Pem
-from tests.e2e.harness import Mesh, eventually
+from tests.e2e.harness import Mesh, eventually, logs_on_failure
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -114,26 +114,22 @@ async def tls_mesh(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
     (certs / "ca.pem").write_bytes(ca.pem)
     (certs / "other-ca.pem").write_bytes(Authority("some other CA").pem)
     ca.issue("client-files", client=True).write(certs, "client")
-    m = Mesh(work_dir=work, delta=request.param == "delta")
     servers: dict[str, TlsServer] = {}
     try:
-        for name, host, required in (("secure", 2, False), ("mtls", 3, True)):
-            pem = ca.issue(name, sans=(name, f"{name}.example.com", f"{name}.default.svc.cluster.local"))
-            servers[name] = TlsServer(pem=pem, ca=ca.pem, require_client_cert=required, work=certs, name=name)
-            await servers[name].start(m.ip(host), 8443)
-            m.write(f"{name}.yaml", _service(name, m.ip(host), 8443))
-        await m.app(service="plain", version="v1", pod="plain-1", ip=m.ip(4))
-        m.write("plain.yaml", _service("plain", m.ip(4), 8080))
-        m.write("client.yaml", f"apiVersion: v1\nkind: Pod\nmetadata: {{name: client, namespace: default}}\n"
-                               f"status: {{podIP: {m.ip(1)}}}\n")  # fmt: skip
-        await m.meshd.start()
-        await m.sidecar(pod="client", ip=m.ip(1))
-        yield TlsMesh(m, ca, certs, servers)
-    except BaseException:
-        print(m.meshd.log()[-5000:])
-        raise
+        async with logs_on_failure(Mesh(work_dir=work, delta=request.param == "delta")) as m:
+            for name, host, required in (("secure", 2, False), ("mtls", 3, True)):
+                pem = ca.issue(name, sans=(name, f"{name}.example.com", f"{name}.default.svc.cluster.local"))
+                servers[name] = TlsServer(pem=pem, ca=ca.pem, require_client_cert=required, work=certs, name=name)
+                await servers[name].start(m.ip(host), 8443)
+                m.write(f"{name}.yaml", _service(name, m.ip(host), 8443))
+            await m.app(service="plain", version="v1", pod="plain-1", ip=m.ip(4))
+            m.write("plain.yaml", _service("plain", m.ip(4), 8080))
+            m.write("client.yaml", f"apiVersion: v1\nkind: Pod\nmetadata: {{name: client, namespace: default}}\n"
+                                   f"status: {{podIP: {m.ip(1)}}}\n")  # fmt: skip
+            await m.meshd.start()
+            await m.sidecar(pod="client", ip=m.ip(1))
+            yield TlsMesh(m, ca, certs, servers)
     finally:
-        await m.close()
         for server in servers.values():
             await server.stop()
 

@@ -22,9 +22,9 @@ import grpc
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.secret.v3 import sds_pb2_grpc
-from google.protobuf import any_pb2
 
 from meshd.agent.secrets import SECRET_TYPE, secret_version
+from meshd.translate.proto import pack
 
 
 class SecretState:
@@ -99,12 +99,6 @@ async def _merge(requests: AsyncIterator[Any], state: SecretState, start: int) -
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _pack(secret: secret_pb2.Secret) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(secret)
-    return packed
-
-
 class SdsServicer(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[misc]
     def __init__(self, *, state: SecretState, log: logging.Logger, on_ack: Callable[[], None] | None = None) -> None:
         self._state = state
@@ -170,7 +164,7 @@ class SdsServicer(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[
             self._log.info("event=sds_push resources=%s generation=%d", ",".join(sorted(sent_names)), sent_generation)
             yield discovery_pb2.DiscoveryResponse(
                 version_info=str(sent_generation),
-                resources=[_pack(s) for s in held],
+                resources=[pack(s) for s in held],
                 type_url=SECRET_TYPE,
                 nonce=nonce,
             )
@@ -212,7 +206,7 @@ class SdsServicer(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[
                 if known.get(name) == version:
                     continue
                 known[name] = version
-                resources.append(discovery_pb2.Resource(name=name, version=version, resource=_pack(secret)))
+                resources.append(discovery_pb2.Resource(name=name, version=version, resource=pack(secret)))
             if not resources:
                 continue
             nonce = uuid.uuid4().hex

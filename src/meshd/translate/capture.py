@@ -32,7 +32,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
-from google.protobuf import any_pb2, wrappers_pb2
+from google.protobuf import wrappers_pb2
 
 from meshd.model.services import MeshService, is_http
 from meshd.translate import naming
@@ -51,6 +51,7 @@ from meshd.translate.listeners import (
 )
 from meshd.translate.mtls import downstream_context, tls_socket
 from meshd.translate.peer_auth import InboundMtls
+from meshd.translate.proto import pack
 from meshd.translate.spec import Spec
 
 VIRTUAL_OUTBOUND = "virtualOutbound"
@@ -62,12 +63,6 @@ INBOUND_SOURCE = "127.0.0.6"  # the source of the sidecar's connections to its o
 ALLOW_ANY, REGISTRY_ONLY = "ALLOW_ANY", "REGISTRY_ONLY"
 ANY_ADDRESS = "0.0.0.0"
 OUTBOUND, INBOUND = 2, 1  # envoy.config.core.v3.TrafficDirection
-
-
-def _pack(message: object) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
 
 
 def _tcp_chain(name: str, cluster: str) -> listener_components_pb2.FilterChain:
@@ -180,7 +175,7 @@ def _virtual_inbound(
     )
     listener.listener_filters.append(
         listener_components_pb2.ListenerFilter(
-            name="envoy.filters.listener.original_dst", typed_config=_pack(original_dst_pb2.OriginalDst())
+            name="envoy.filters.listener.original_dst", typed_config=pack(original_dst_pb2.OriginalDst())
         )
     )
     loop = _tcp_chain("virtualInbound-blackhole", BLACKHOLE)

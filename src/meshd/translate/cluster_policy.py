@@ -14,12 +14,13 @@ from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_de
 from envoy.config.core.v3 import base_pb2, protocol_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.v3 import percent_pb2
-from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
+from google.protobuf import wrappers_pb2
 
 from meshd.api.destinationrule import ConnectionPoolSettings, LoadBalancerSettings, OutlierDetection
-from meshd.api.values import parse_duration, seconds_nanos
+from meshd.api.values import parse_duration
 from meshd.model.services import MeshService, ServicePort, is_http
 from meshd.translate.policy import EffectivePolicy
+from meshd.translate.proto import duration, pack
 from meshd.translate.upstream_tls import apply_upstream_tls
 
 UINT32_MAX = 4_294_967_295
@@ -28,11 +29,6 @@ HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _AGGRESSION_RUNTIME_KEY = "upstream.slow_start.aggression"
 _Cluster: TypeAlias = cluster_pb2.Cluster
 _HttpOptions: TypeAlias = http_protocol_options_pb2.HttpProtocolOptions
-
-
-def _duration(text: str) -> duration_pb2.Duration:
-    seconds, nanos = seconds_nanos(text)
-    return duration_pb2.Duration(seconds=seconds, nanos=nanos)
 
 
 def _u32(value: int) -> wrappers_pb2.UInt32Value:
@@ -51,9 +47,9 @@ def default_thresholds() -> circuit_breaker_pb2.CircuitBreakers.Thresholds:
 
 def _slow_start(lb: LoadBalancerSettings) -> cluster_pb2.Cluster.SlowStartConfig | None:
     if lb.warmup_duration_secs is not None:
-        return _Cluster.SlowStartConfig(slow_start_window=_duration(lb.warmup_duration_secs))
+        return _Cluster.SlowStartConfig(slow_start_window=duration(lb.warmup_duration_secs))
     if lb.warmup is not None:
-        config = _Cluster.SlowStartConfig(slow_start_window=_duration(lb.warmup.duration))
+        config = _Cluster.SlowStartConfig(slow_start_window=duration(lb.warmup.duration))
         if lb.warmup.aggression is not None:
             config.aggression.CopyFrom(
                 base_pb2.RuntimeDouble(default_value=lb.warmup.aggression, runtime_key=_AGGRESSION_RUNTIME_KEY)
@@ -110,9 +106,7 @@ def _http_options(cluster: _Cluster) -> _HttpOptions:
 
 
 def _store_http_options(cluster: _Cluster, options: _HttpOptions) -> None:
-    packed = any_pb2.Any()
-    packed.Pack(options)
-    cluster.typed_extension_protocol_options[HTTP_OPTIONS_KEY].CopyFrom(packed)
+    cluster.typed_extension_protocol_options[HTTP_OPTIONS_KEY].CopyFrom(pack(options))
 
 
 def _apply_connection_pool(cluster: _Cluster, pool: ConnectionPoolSettings | None, port: ServicePort) -> None:
@@ -123,7 +117,7 @@ def _apply_connection_pool(cluster: _Cluster, pool: ConnectionPoolSettings | Non
     http, tcp = pool.http, pool.tcp
     if tcp is not None:
         if tcp.connect_timeout is not None:
-            cluster.connect_timeout.CopyFrom(_duration(tcp.connect_timeout))
+            cluster.connect_timeout.CopyFrom(duration(tcp.connect_timeout))
         if tcp.max_connections:
             thresholds.max_connections.value = tcp.max_connections
         if tcp.tcp_keepalive is not None:
@@ -159,9 +153,9 @@ def _apply_http_protocol(cluster: _Cluster, pool: ConnectionPoolSettings, port: 
     options = _http_options(cluster)
     common = options.common_http_protocol_options
     if idle is not None:
-        common.idle_timeout.CopyFrom(_duration(idle))
+        common.idle_timeout.CopyFrom(duration(idle))
     if max_duration is not None:
-        common.max_connection_duration.CopyFrom(_duration(max_duration))
+        common.max_connection_duration.CopyFrom(duration(max_duration))
     if per_connection:
         common.max_requests_per_connection.value = per_connection
     if upgrade:
@@ -195,9 +189,9 @@ def outlier_detection(outlier: OutlierDetection) -> outlier_detection_pb2.Outlie
         out.consecutive_gateway_failure.value = outlier.consecutive_gateway_errors
         out.enforcing_consecutive_gateway_failure.value = 100 if outlier.consecutive_gateway_errors > 0 else 0
     if outlier.interval is not None:
-        out.interval.CopyFrom(_duration(outlier.interval))
+        out.interval.CopyFrom(duration(outlier.interval))
     if outlier.base_ejection_time is not None:
-        out.base_ejection_time.CopyFrom(_duration(outlier.base_ejection_time))
+        out.base_ejection_time.CopyFrom(duration(outlier.base_ejection_time))
     if outlier.max_ejection_percent > 0:
         out.max_ejection_percent.value = outlier.max_ejection_percent
     if outlier.split_external_local_origin_errors:

@@ -19,6 +19,7 @@ from meshd.translate.client_mtls import ClusterMtls, cluster_mtls, service_ident
 from meshd.translate.cluster_policy import apply_policy
 from meshd.translate.locality import locality_groups
 from meshd.translate.policy import effective_policy
+from meshd.translate.proto import pack
 from meshd.translate.scope import Scope
 from meshd.translate.spec import Spec, ident
 from meshd.translate.upstream_tls import sds_names, tls_files
@@ -39,9 +40,7 @@ def _h2_options() -> any_pb2.Any:
             http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
         )
     )
-    packed = any_pb2.Any()
-    packed.Pack(options)
-    return packed
+    return pack(options)
 
 
 def socket_address(address: str, port: int) -> address_pb2.Address:

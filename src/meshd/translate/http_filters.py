@@ -11,21 +11,16 @@ from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.type.matcher.v3 import string_pb2
 from envoy.type.v3 import percent_pb2
-from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
+from google.protobuf import any_pb2, wrappers_pb2
 
-from meshd.api.values import parse_duration, seconds_nanos
+from meshd.api.values import parse_duration
 from meshd.api.virtualservice import GRPC_STATUS, CorsPolicy, HTTPFaultInjection
 from meshd.translate.http_match import string_matcher
+from meshd.translate.proto import duration, pack
 
 CORS = "envoy.filters.http.cors"
 FAULT = "envoy.filters.http.fault"
 ROUTER = "envoy.filters.http.router"
-
-
-def _pack(message: object) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
 
 
 def fractional(percent: float) -> percent_pb2.FractionalPercent:
@@ -38,21 +33,20 @@ def fractional(percent: float) -> percent_pb2.FractionalPercent:
 def outbound_http_filters() -> list[hcm_pb2.HttpFilter]:
     """CORS and fault (configured per route), then the router."""
     return [
-        hcm_pb2.HttpFilter(name=CORS, typed_config=_pack(cors_pb2.Cors())),
-        hcm_pb2.HttpFilter(name=FAULT, typed_config=_pack(fault_pb2.HTTPFault())),
+        hcm_pb2.HttpFilter(name=CORS, typed_config=pack(cors_pb2.Cors())),
+        hcm_pb2.HttpFilter(name=FAULT, typed_config=pack(fault_pb2.HTTPFault())),
         router(),
     ]
 
 
 def router() -> hcm_pb2.HttpFilter:
-    return hcm_pb2.HttpFilter(name=ROUTER, typed_config=_pack(router_pb2.Router()))
+    return hcm_pb2.HttpFilter(name=ROUTER, typed_config=pack(router_pb2.Router()))
 
 
 def fault_config(fault: HTTPFaultInjection) -> fault_pb2.HTTPFault:
     out = fault_pb2.HTTPFault()
     if fault.delay is not None and fault.delay.fixed_delay is not None:
-        seconds, nanos = seconds_nanos(fault.delay.fixed_delay)
-        out.delay.fixed_delay.CopyFrom(duration_pb2.Duration(seconds=seconds, nanos=nanos))
+        out.delay.fixed_delay.CopyFrom(duration(fault.delay.fixed_delay))
         out.delay.percentage.CopyFrom(fractional(fault.delay.rate()))
     if fault.abort is not None:
         abort = fault.abort
@@ -91,7 +85,7 @@ def typed_per_filter_config(
 ) -> dict[str, any_pb2.Any]:
     out: dict[str, any_pb2.Any] = {}
     if cors is not None:
-        out[CORS] = _pack(cors)
+        out[CORS] = pack(cors)
     if fault is not None:
-        out[FAULT] = _pack(fault)
+        out[FAULT] = pack(fault)
     return out

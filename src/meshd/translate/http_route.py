@@ -21,7 +21,7 @@ from google.protobuf import duration_pb2, wrappers_pb2
 
 from meshd.api.destinationrule import DestinationRule
 from meshd.api.meta import InvalidResource, ResourceKey
-from meshd.api.values import check_regex, seconds_nanos
+from meshd.api.values import check_regex
 from meshd.api.virtualservice import (
     Destination,
     HeaderOperations,
@@ -36,6 +36,7 @@ from meshd.translate import naming
 from meshd.translate.http_filters import cors_config, fault_config, fractional, typed_per_filter_config
 from meshd.translate.http_match import MatchContext, applies, route_match
 from meshd.translate.policy import route_hash_policies
+from meshd.translate.proto import duration
 from meshd.translate.retries import retry_policy
 
 # Envoy's default limit on a direct response body (max_direct_response_body_size_bytes).
@@ -58,11 +59,6 @@ class RouteContext:
     resolve: Callable[[str], tuple[str, MeshService | None]]  # host -> (FQDN, service if known)
     rule_for: Callable[[str], DestinationRule | None]
     match: MatchContext
-
-
-def duration(text: str) -> duration_pb2.Duration:
-    seconds, nanos = seconds_nanos(text)
-    return duration_pb2.Duration(seconds=seconds, nanos=nanos)
 
 
 def header_value(value: str) -> str:

@@ -12,11 +12,10 @@ from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
-from google.protobuf import any_pb2, duration_pb2
+from google.protobuf import duration_pb2
 
 from meshd.api.destinationrule import DestinationRule
 from meshd.api.meta import InvalidResource, ResourceKey
-from meshd.api.values import seconds_nanos
 from meshd.model.services import MeshService, ServicePort, is_http
 from meshd.model.world import World
 from meshd.translate import naming
@@ -25,17 +24,12 @@ from meshd.translate.http_filters import outbound_http_filters, router
 from meshd.translate.mtls import MTLS_ALPNS, downstream_context, tls_socket
 from meshd.translate.peer_auth import DISABLE, PERMISSIVE, STRICT, InboundMtls
 from meshd.translate.policy import effective_policy
+from meshd.translate.proto import duration, pack
 from meshd.translate.proxy import Proxy
 from meshd.translate.spec import Spec
 
 RESERVED_PORTS = frozenset({15000, 15001, 15004, 15006, 15008, 15020, 15021, 15090})
 DEFAULT_INBOUND = InboundMtls()
-
-
-def _pack(message: object) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
 
 
 def _hcm_filter(
@@ -44,7 +38,7 @@ def _hcm_filter(
     hcm.codec_type = hcm_pb2.HttpConnectionManager.AUTO
     hcm.http_filters.extend(filters if filters is not None else [router()])
     hcm.stream_idle_timeout.CopyFrom(duration_pb2.Duration(seconds=0))
-    return listener_components_pb2.Filter(name="envoy.filters.network.http_connection_manager", typed_config=_pack(hcm))
+    return listener_components_pb2.Filter(name="envoy.filters.network.http_connection_manager", typed_config=pack(hcm))
 
 
 def _outbound_http(proxy: Proxy, port: int) -> listener_pb2.Listener:
@@ -59,9 +53,8 @@ def _outbound_http(proxy: Proxy, port: int) -> listener_pb2.Listener:
 def tcp_proxy_filter(cluster: str, idle_timeout: str | None = None) -> listener_components_pb2.Filter:
     proxy_filter = tcp_proxy_pb2.TcpProxy(stat_prefix=cluster, cluster=cluster)
     if idle_timeout is not None:  # DestinationRule connectionPool.tcp.idleTimeout (0s: none)
-        seconds, nanos = seconds_nanos(idle_timeout)
-        proxy_filter.idle_timeout.CopyFrom(duration_pb2.Duration(seconds=seconds, nanos=nanos))
-    return listener_components_pb2.Filter(name="envoy.filters.network.tcp_proxy", typed_config=_pack(proxy_filter))
+        proxy_filter.idle_timeout.CopyFrom(duration(idle_timeout))
+    return listener_components_pb2.Filter(name="envoy.filters.network.tcp_proxy", typed_config=pack(proxy_filter))
 
 
 def outbound_tcp_chain(
@@ -239,7 +232,7 @@ def split_by_transport(chains: Sequence[tuple[bool, listener_components_pb2.Filt
 
 def tls_inspector() -> listener_components_pb2.ListenerFilter:
     return listener_components_pb2.ListenerFilter(
-        name="envoy.filters.listener.tls_inspector", typed_config=_pack(tls_inspector_pb2.TlsInspector())
+        name="envoy.filters.listener.tls_inspector", typed_config=pack(tls_inspector_pb2.TlsInspector())
     )
 
 

@@ -26,7 +26,9 @@ from envoy.config.core.v3 import base_pb2, config_source_pb2, grpc_service_pb2
 from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.type.matcher.v3 import string_pb2
-from google.protobuf import any_pb2, duration_pb2, struct_pb2
+from google.protobuf import duration_pb2, struct_pb2
+
+from meshd.translate.proto import pack
 
 SDS_CLUSTER = "sds-grpc"
 WORKLOAD_SECRET = "default"
@@ -90,14 +92,8 @@ def istio_mutual_context(*, sni_name: str, sans: Iterable[str], http2: bool) -> 
     return context
 
 
-def _pack(message: object) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
-
-
 def tls_socket(context: tls_pb2.UpstreamTlsContext | tls_pb2.DownstreamTlsContext) -> base_pb2.TransportSocket:
-    return base_pb2.TransportSocket(name=TLS_SOCKET, typed_config=_pack(context))
+    return base_pb2.TransportSocket(name=TLS_SOCKET, typed_config=pack(context))
 
 
 def apply_istio_mutual(
@@ -118,7 +114,7 @@ def apply_istio_mutual(
         cluster_pb2.Cluster.TransportSocketMatch(
             name="tlsMode-disabled",
             match=struct_pb2.Struct(),
-            transport_socket=base_pb2.TransportSocket(name=RAW_SOCKET, typed_config=_pack(raw_buffer_pb2.RawBuffer())),
+            transport_socket=base_pb2.TransportSocket(name=RAW_SOCKET, typed_config=pack(raw_buffer_pb2.RawBuffer())),
         )
     )
 

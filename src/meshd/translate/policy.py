@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from envoy.config.route.v3 import route_components_pb2
-from google.protobuf import duration_pb2
 
 from meshd.api.destinationrule import (
     ClientTLSSettings,
@@ -26,7 +25,7 @@ from meshd.api.destinationrule import (
     PortTrafficPolicy,
     TrafficPolicy,
 )
-from meshd.api.values import seconds_nanos
+from meshd.translate.proto import duration
 
 # Istio's mesh default (meshConfig.localityLbSetting): locality load balancing on, which becomes
 # locality failover wherever outlier detection is configured.
@@ -107,11 +106,6 @@ def effective_policy(rule: DestinationRule | None, *, port: int, subset: str = "
     return merge(spec.traffic_policy, chosen.traffic_policy if chosen is not None else None, port=port)
 
 
-def _duration(text: str) -> duration_pb2.Duration:
-    seconds, nanos = seconds_nanos(text)
-    return duration_pb2.Duration(seconds=seconds, nanos=nanos)
-
-
 def hash_policies(policy: EffectivePolicy) -> list[route_components_pb2.RouteAction.HashPolicy]:
     """The route hash policy that feeds a RING_HASH / MAGLEV cluster (empty for other balancers)."""
     chash = policy.consistent_hash
@@ -124,7 +118,7 @@ def hash_policies(policy: EffectivePolicy) -> list[route_components_pb2.RouteAct
         cookie = hp.Cookie(name=chash.http_cookie.name, path=chash.http_cookie.path)
         if chash.http_cookie.ttl is not None:
             # With a ttl Envoy generates the cookie when the request has none.
-            cookie.ttl.CopyFrom(_duration(chash.http_cookie.ttl))
+            cookie.ttl.CopyFrom(duration(chash.http_cookie.ttl))
         return [hp(cookie=cookie)]
     if chash.use_source_ip:
         return [hp(connection_properties=hp.ConnectionProperties(source_ip=True))]

@@ -9,21 +9,16 @@ from __future__ import annotations
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.extensions.retry.priority.previous_priorities.v3 import previous_priorities_config_pb2
-from google.protobuf import any_pb2, wrappers_pb2
+from google.protobuf import wrappers_pb2
 
 from meshd.api.values import seconds_nanos
 from meshd.api.virtualservice import HTTPRetry
+from meshd.translate.proto import pack
 
 # Istio's default retry policy when a VirtualService says nothing.
 DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
 DEFAULT_RETRIES = 2
 RETRIABLE_STATUS_CODES = "retriable-status-codes"
-
-
-def _pack(message: object) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
 
 
 def _base_policy(*, retry_on: str, attempts: int) -> rc.RetryPolicy:
@@ -33,7 +28,7 @@ def _base_policy(*, retry_on: str, attempts: int) -> rc.RetryPolicy:
         retry_host_predicate=[
             rc.RetryPolicy.RetryHostPredicate(
                 name="envoy.retry_host_predicates.previous_hosts",
-                typed_config=_pack(previous_hosts_pb2.PreviousHostsPredicate()),
+                typed_config=pack(previous_hosts_pb2.PreviousHostsPredicate()),
             )
         ],
         host_selection_retry_max_attempts=5,
@@ -67,6 +62,6 @@ def retry_policy(retries: HTTPRetry | None) -> rc.RetryPolicy | None:
     if retries.retry_remote_localities:
         policy.retry_priority.name = "envoy.retry_priorities.previous_priorities"
         policy.retry_priority.typed_config.CopyFrom(
-            _pack(previous_priorities_config_pb2.PreviousPrioritiesConfig(update_frequency=2))
+            pack(previous_priorities_config_pb2.PreviousPrioritiesConfig(update_frequency=2))
         )
     return policy

@@ -26,9 +26,10 @@ from envoy.config.core.v3 import base_pb2, config_source_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.matcher.v3 import string_pb2
-from google.protobuf import any_pb2, duration_pb2
+from google.protobuf import duration_pb2
 
 from meshd.api.destinationrule import ClientTLSSettings, DestinationRule
+from meshd.translate.proto import pack
 
 TLS_SOCKET = "envoy.transport_sockets.tls"
 HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -150,9 +151,7 @@ def transport_socket(tls: ClientTLSSettings | None, *, http2: bool = False) -> b
     context = upstream_tls_context(tls, http2=http2)
     if context is None:
         return None
-    packed = any_pb2.Any()
-    packed.Pack(context)
-    return base_pb2.TransportSocket(name=TLS_SOCKET, typed_config=packed)
+    return base_pb2.TransportSocket(name=TLS_SOCKET, typed_config=pack(context))
 
 
 def apply_upstream_tls(cluster: cluster_pb2.Cluster, tls: ClientTLSSettings | None, *, protocol: str) -> None:
