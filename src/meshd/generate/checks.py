@@ -10,6 +10,7 @@ from collections.abc import Callable, Hashable
 from meshd.api.meta import InvalidResource
 from meshd.api.networking import exported_to
 from meshd.api.virtualservice import VirtualService
+from meshd.generate.reads import MissedInput
 from meshd.generate.tls_files import FileCheck
 from meshd.model.services import MeshService
 from meshd.model.world import World
@@ -32,8 +33,11 @@ class WorldChecks:
         root_namespace: str,
         files: FileCheck,
         previous: WorldChecks | None,
+        check: bool = False,
     ) -> None:
+        """`check`: a carried result is computed again and must be equal (its key covers its inputs)."""
         self.world = world
+        self._check = check
         self._root = root_namespace
         self._files = files
         self.route_checks: dict[Hashable, list[InvalidResource]] = {}  # per host and its inputs
@@ -64,15 +68,19 @@ class WorldChecks:
             found = self.route_checks.get(key) or self._prev_route_checks.get(key)
             if found is None:
                 found = validate_host_routes(world, host)
+            elif self._check and found != validate_host_routes(world, host):
+                raise MissedInput(f"route check of {host} reused under key {key!r} but its result changed")
             self.route_checks[key] = found
             errors.update(dict.fromkeys(found))
         services = tuple(world.services.values())
         previous = self._prev_port_check
-        if previous is not None and previous[0] == services:
+        if previous is not None and previous[0] == services and not self._check:
             port_errors = previous[1]
         else:
             mesh = Scope(world, key=MESH_SCOPE, sidecar=None, root_namespace=self._root)
             port_errors = ListenerPlan(mesh.services).errors
+            if previous is not None and previous[0] == services and port_errors != previous[1]:
+                raise MissedInput("port collision check reused with the same services but its result changed")
         self.port_check = (services, port_errors)
         errors.update(dict.fromkeys(port_errors))
         for namespace in world.sidecars:

@@ -97,6 +97,7 @@ class ConfigGenerator:
             root_namespace=options.root_namespace,
             files=self.files,
             previous=previous.checks if previous is not None else None,
+            check=check,
         )
         previous_extra = previous._extra if previous is not None else None
         self._extra: Snapshot | None = (
