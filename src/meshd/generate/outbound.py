@@ -125,20 +125,6 @@ class OutboundLayers:
 
         return self.clusters.get(signature, inputs=inputs, context=self._context(scope), build=build)
 
-    def _service_key(self, scope: Scope, service: MeshService, ports: tuple[ServicePort, ...]) -> Hashable:
-        rule = scope.destination_rule(service.hostname)
-        endpoints = self.world.endpoints
-        return (
-            service,
-            ports,
-            Ident(rule),
-            tuple(Ident(endpoints.get((service.hostname, p.number))) for p in ports),
-            self.queries.missing(rule),
-            scope.key.locality,
-            scope.key.failover_labels,
-            scope.destination_mode(service) if scope.key.sds else None,
-        )
-
     def _service_entry(self, scope: Scope, service: MeshService, ports: tuple[ServicePort, ...]) -> ServiceEntry:
         """One service's clusters and endpoints as a scope sees them, keyed by exactly its inputs."""
         rule = scope.destination_rule(service.hostname)
