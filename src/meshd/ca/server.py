@@ -18,6 +18,7 @@ import grpc
 
 from meshd._gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
 from meshd.ca.auth import AuthError, CallerAuthenticator
+from meshd.ca.identity import Identity
 from meshd.ca.signer import CsrParseError, CsrRejected, Signer, SignerUnavailable
 from meshd.obs.metrics import CaMetrics
 from meshd.translate.proxy import Proxy
@@ -33,7 +34,8 @@ SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
 )
 
 Verdict = tuple[grpc.StatusCode, str] | None
-Authorize = Callable[[Any, Proxy], Awaitable[Verdict]]
+# For ADS on the secure port: the caller's verified identity, or (code, message) to refuse the stream.
+Authorize = Callable[[Any, Proxy], Awaitable[Identity | tuple[grpc.StatusCode, str]]]
 # The caller's verified client certificate (PEM) or None; raises AuthError for an unknown connection.
 PeerCert = Callable[[Any], bytes | None]
 
@@ -120,9 +122,10 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):  # type: 
 
 def xds_authorizer(authenticator: CallerAuthenticator, *, peer_cert: PeerCert, log: logging.Logger) -> Authorize:
     """For ADS on the secure port: the stream's identity (client cert or bearer token) must be in the
-    namespace the node id claims; otherwise PERMISSION_DENIED (UNAUTHENTICATED without identity)."""
+    namespace the node id claims; otherwise PERMISSION_DENIED (UNAUTHENTICATED without identity).
+    Returns the verified identity (the ADS servicer serves secrets of that namespace only)."""
 
-    async def authorize(context: Any, proxy: Proxy) -> Verdict:
+    async def authorize(context: Any, proxy: Proxy) -> Identity | tuple[grpc.StatusCode, str]:
         try:
             identity = await authenticator.authenticate(
                 metadata=_text_metadata(context), peer_cert_pem=peer_cert(context)
@@ -138,7 +141,7 @@ def xds_authorizer(authenticator: CallerAuthenticator, *, peer_cert: PeerCert, l
                 f"identity in namespace {identity.namespace!r} may not connect as a proxy in namespace "
                 f"{proxy.namespace!r} ({proxy.node_id})",
             )
-        return None
+        return identity
 
     return authorize
 

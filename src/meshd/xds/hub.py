@@ -50,6 +50,8 @@ class Connection:
     # type URL -> (nonce of the last response, time of the config change it carried): for the
     # convergence time; one entry per type, so superseded responses leave nothing behind
     change_times: dict[str, tuple[str, float]] = field(default_factory=dict)
+    verified_namespace: str | None = None  # the caller's namespace verified on the secure port, else None
+    secret_refusals: int = 0  # SDS requests refused on this stream (access.py)
 
     @property
     def delta(self) -> bool:
