@@ -80,6 +80,12 @@ class Metrics:
             "reason",
             registry,
         )
+        self.build_failures = IstioCounter(
+            "meshd_build_failures",
+            "Config builds that raised (stage: generation, or one proxy's snapshot); the last good config is kept.",
+            "stage",
+            registry,
+        )
         self.xds_bytes = IstioCounter("pilot_xds_send_bytes", "Bytes of xDS responses sent, by type.", "type", registry)
         self.ca = CaMetrics(registry)
 

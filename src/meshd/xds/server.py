@@ -160,6 +160,10 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         conn = self._hub.connect(proxy=proxy, stream=stream, now=self._clock.now())
         conn.verified_namespace = verified
         conn.queue = queue
+        failure = self._hub.failures.get(proxy.node_id)
+        if conn.snapshot is None and failure is not None:  # served once a generation builds its config
+            self._metrics.build_failures.inc("proxy")
+            self._log.error("event=proxy_build_failed proxy=%s error=%r", proxy.node_id, failure.error[:300])
         self._metrics.xds_connected.labels("meshd").set(len(self._hub.connections))
         self._log.info("event=connected proxy=%s delta=%s", proxy.node_id, delta)
         return conn
