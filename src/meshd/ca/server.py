@@ -20,6 +20,7 @@ from meshd._gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
 from meshd.ca.auth import AuthError, CallerAuthenticator
 from meshd.ca.identity import Identity
 from meshd.ca.signer import CsrParseError, CsrRejected, Signer, SignerUnavailable
+from meshd.obs.logsafe import quoted
 from meshd.obs.metrics import CaMetrics
 from meshd.translate.proxy import Proxy
 
@@ -133,13 +134,13 @@ def xds_authorizer(authenticator: CallerAuthenticator, *, peer_cert: PeerCert, l
         except AuthError as exc:
             return grpc.StatusCode[exc.code], str(exc)
         except Exception as exc:
-            log.exception("event=xds_auth_error proxy=%s", proxy.node_id)
+            log.exception("event=xds_auth_error proxy=%s", quoted(proxy.node_id))
             return grpc.StatusCode.UNAUTHENTICATED, f"authentication failed: {type(exc).__name__}"
         if identity.namespace != proxy.namespace:
             return (
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"identity in namespace {identity.namespace!r} may not connect as a proxy in namespace "
-                f"{proxy.namespace!r} ({proxy.node_id})",
+                f"{proxy.namespace!r} ({quoted(proxy.node_id)})",
             )
         return identity
 

@@ -15,6 +15,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import json_format
 
 from meshd.clock import Clock
+from meshd.obs.logsafe import quoted
 from meshd.obs.metrics import Metrics
 from meshd.translate.proxy import InvalidNodeId, has_capture, has_sds, parse_node_id
 from meshd.xds.access import PROTECTED_TYPES, Authorize, secret_refusal
@@ -108,7 +109,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             if conn is not None:
                 self._hub.disconnect(conn)
                 self._metrics.xds_connected.labels("meshd").set(len(self._hub.connections))
-                self._log.info("event=disconnected proxy=%s", conn.proxy.node_id)
+                self._log.info("event=disconnected proxy=%s", quoted(conn.proxy.node_id))
 
     async def _send(self, conn: Connection, context: Any, *, changed_at: float, delta: bool) -> None:
         assert conn.snapshot is not None
@@ -120,7 +121,10 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                 await asyncio.wait_for(context.write(message), self._send_timeout)
             except TimeoutError:
                 self._log.error(
-                    "event=stuck_proxy proxy=%s type=%s timeout_s=%s", conn.proxy.node_id, kind, self._send_timeout
+                    "event=stuck_proxy proxy=%s type=%s timeout_s=%s",
+                    quoted(conn.proxy.node_id),
+                    kind,
+                    self._send_timeout,
                 )
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "proxy did not read its xDS stream in time")
             self._metrics.xds_pushes.inc(kind)
@@ -128,7 +132,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             self._metrics.push_time.labels(kind).observe(max(0.0, self._clock.now() - changed_at))
             self._log.debug(
                 "event=push proxy=%s type=%s version=%s nonce=%s resources=%d removed=%d",
-                conn.proxy.node_id,
+                quoted(conn.proxy.node_id),
                 kind,
                 resp.version,
                 resp.nonce,
@@ -140,7 +144,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         try:
             proxy = parse_node_id(first.node.id)
         except InvalidNodeId as exc:
-            self._log.warning("event=rejected_stream reason=%r", str(exc))
+            self._log.warning("event=rejected_stream reason=%s", quoted(exc, 400))
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise  # unreachable: abort raises
         metadata = json_format.MessageToDict(first.node.metadata)
@@ -150,7 +154,12 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         if self._authorize is not None:
             verdict = await self._authorize(context, proxy)
             if isinstance(verdict, tuple):
-                self._log.warning("event=rejected_stream proxy=%s code=%s reason=%r", proxy.node_id, *verdict)
+                self._log.warning(
+                    "event=rejected_stream proxy=%s code=%s reason=%s",
+                    quoted(proxy.node_id),
+                    verdict[0],
+                    quoted(verdict[1], 400),
+                )
                 await context.abort(*verdict)
                 raise AssertionError("unreachable: abort raises")
             verified = verdict.namespace
@@ -163,9 +172,11 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         failure = self._hub.failures.get(proxy.node_id)
         if conn.snapshot is None and failure is not None:  # served once a generation builds its config
             self._metrics.build_failures.inc("proxy")
-            self._log.error("event=proxy_build_failed proxy=%s error=%r", proxy.node_id, failure.error[:300])
+            self._log.error(
+                "event=proxy_build_failed proxy=%s error=%s", quoted(proxy.node_id), quoted(failure.error, 300)
+            )
         self._metrics.xds_connected.labels("meshd").set(len(self._hub.connections))
-        self._log.info("event=connected proxy=%s delta=%s", proxy.node_id, delta)
+        self._log.info("event=connected proxy=%s delta=%s", quoted(proxy.node_id), delta)
         return conn
 
     def _record(self, conn: Connection, outcome: Outcome, req: Request) -> None:
@@ -182,11 +193,11 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         if outcome.kind == "nack":
             self._metrics.xds_rejects.inc(kind)
             self._log.error(
-                "event=nack proxy=%s type=%s version=%s error=%r",
-                conn.proxy.node_id,
+                "event=nack proxy=%s type=%s version=%s error=%s",
+                quoted(conn.proxy.node_id),
                 kind,
-                outcome.version,
-                outcome.error,
+                quoted(outcome.version),
+                quoted(outcome.error, 1000),
             )
         elif outcome.kind == "ack" and changed_at is not None:
             self._metrics.convergence.observe(max(0.0, self._clock.now() - changed_at))
@@ -200,11 +211,11 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         if conn.secret_refusals == 1:
             names = [*req.resource_names, *req.subscribe][:5]
             self._log.warning(
-                "event=sds_refused proxy=%s reason=%s names=%r message=%r",
-                conn.proxy.node_id,
+                "event=sds_refused proxy=%s reason=%s names=%s message=%s",
+                quoted(conn.proxy.node_id),
                 reason,
-                names,
-                message,
+                quoted(names),
+                quoted(message),
             )
 
     @staticmethod
