@@ -29,6 +29,7 @@ from tests.e2e.harness import free_port
 TOKENS = {
     "tok-web": ("default", "web"),
     "tok-api": ("other", "api"),
+    "tok-shop": ("shop", "client"),
 }
 TOKEN_FILE = "".join(f"{tok}: {{namespace: {ns}, serviceAccount: {sa}}}\n" for tok, (ns, sa) in TOKENS.items())
 log = logging.getLogger("meshd.test.ca")
@@ -50,6 +51,7 @@ class CaUnderTest:
     plaintext_port: int
     metrics: Metrics
     api: Any = None  # the Kubernetes API client (kubeconfig given)
+    hub: Hub | None = None  # the hub both ADS servicers serve
 
     @property
     def address(self) -> str:
@@ -102,7 +104,12 @@ class CaUnderTest:
 
 
 async def start_ca(
-    tmp_path: pathlib.Path, *, wall: WallClock = utc_now, kubeconfig: pathlib.Path | None = None, **overrides: Any
+    tmp_path: pathlib.Path,
+    *,
+    wall: WallClock = utc_now,
+    kubeconfig: pathlib.Path | None = None,
+    hub: Hub | None = None,
+    **overrides: Any,
 ) -> CaUnderTest:
     token_file = tmp_path / "tokens.yaml"
     token_file.write_text(TOKEN_FILE)
@@ -121,7 +128,7 @@ async def start_ca(
     }
     settings = Settings(**values)
     metrics = Metrics(CollectorRegistry())
-    hub, clock = Hub(), SystemClock()
+    hub, clock = hub or Hub(), SystemClock()
     ads = ads_servicer(settings=settings, hub=hub, metrics=metrics, clock=clock, log=log)
     plaintext, plaintext_port = plaintext_server(host="127.0.0.1", port=0, ads=ads, metrics=metrics, log=log)
     await plaintext.start()
@@ -136,4 +143,6 @@ async def start_ca(
         if api is not None:
             await api.close()
         raise
-    return CaUnderTest(security=security, plaintext=plaintext, plaintext_port=plaintext_port, metrics=metrics, api=api)
+    return CaUnderTest(
+        security=security, plaintext=plaintext, plaintext_port=plaintext_port, metrics=metrics, api=api, hub=hub
+    )

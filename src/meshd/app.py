@@ -75,7 +75,12 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
                 host=settings.xds_host, port=settings.xds_port, ads=ads, metrics=metrics, log=log
             )
             http_app = ops_app(
-                hub=hub, push=push, metrics=metrics, kube=kube, enable_test_hooks=settings.enable_test_hooks
+                hub=hub,
+                push=push,
+                metrics=metrics,
+                kube=kube,
+                enable_test_hooks=settings.enable_test_hooks,
+                debug_expose=settings.debug_expose,
             )
             runner = web.AppRunner(http_app, access_log=None)
             await runner.setup()

@@ -30,6 +30,7 @@ def serve_settings(args: argparse.Namespace) -> Settings:
         xds_port=args.xds_port,
         http_host=args.http_host,
         http_port=args.http_port,
+        debug_expose=args.debug_expose,
         debounce_quiet_s=args.debounce_quiet,
         debounce_max_s=args.debounce_max,
         file_poll_interval_s=args.poll_interval,
@@ -124,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--xds-port", type=int, default=defaults.xds_port)
     serve.add_argument("--http-host", default=defaults.http_host)
     serve.add_argument("--http-port", type=int, default=defaults.http_port)
+    serve.add_argument(
+        "--debug-expose",
+        action="store_true",
+        help="answer /debug/* on the ops port from any address (default: loopback clients only; no authentication)",
+    )
     serve.add_argument("--debounce-quiet", type=float, default=defaults.debounce_quiet_s)
     serve.add_argument("--debounce-max", type=float, default=defaults.debounce_max_s)
     serve.add_argument("--poll-interval", type=float, default=defaults.file_poll_interval_s)

@@ -18,6 +18,8 @@ class Settings(BaseModel):
     xds_port: int = 15010
     http_host: str = "0.0.0.0"
     http_port: int = 15014
+    # /debug/* on the ops port answer only loopback clients unless exposed (they show every proxy's config)
+    debug_expose: bool = False
     debounce_quiet_s: float = Field(default=0.1, ge=0)
     debounce_max_s: float = Field(default=10.0, gt=0)
     file_poll_interval_s: float = Field(default=0.5, gt=0)

@@ -180,6 +180,43 @@ class Meshd:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+async def secure_xds(bootstrap: dict[str, Any], *, meshd: Meshd, token: str, certs: pathlib.Path) -> None:
+    """Make a bootstrap's xds cluster use mTLS to meshd's secure port with a certificate its CA issues for
+    `token`'s identity (files written to `certs`)."""
+    from meshd.agent.bootstrap import XDS_CLUSTER
+    from meshd.agent.ca_client import generate_csr, request_certificate
+
+    root = (meshd.ca_dir / "root-cert.pem").read_text()
+    key, csr = generate_csr()
+    address = f"127.0.0.1:{meshd.secure_port}"
+    chain = await request_certificate(address=address, root_cert_pem=root, token=token, csr_pem=csr, ttl_s=3600)
+    for name, text in {"cert-chain.pem": "".join(chain), "key.pem": key, "root-cert.pem": root}.items():
+        (certs / name).write_text(text)
+    xds = next(c for c in bootstrap["static_resources"]["clusters"] if c["name"] == XDS_CLUSTER)
+    xds["transport_socket"] = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": "istiod.istio-system.svc",
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificates": [
+                    {
+                        "certificate_chain": {"filename": str(certs / "cert-chain.pem")},
+                        "private_key": {"filename": str(certs / "key.pem")},
+                    }
+                ],
+                "validation_context": {
+                    "trusted_ca": {"filename": str(certs / "root-cert.pem")},
+                    "match_typed_subject_alt_names": [
+                        {"san_type": "DNS", "matcher": {"exact": "istiod.istio-system.svc"}}
+                    ],
+                },
+            },
+        },
+    }
+
+
 class Mesh:
     """A small mesh for one test: YAML on disk, meshd, sidecars and apps."""
 
@@ -213,12 +250,20 @@ class Mesh:
         tmp.write_text(text)
         tmp.replace(path)  # atomic, as editors and kubectl-like tools do
 
-    async def sidecar(self, *, pod: str, ip: str, namespace: str = "default") -> EnvoyProcess:
+    async def sidecar(self, *, pod: str, ip: str, namespace: str = "default", token: str | None = None) -> EnvoyProcess:
+        """A plain Envoy (no agent). Plaintext xDS on meshd's plaintext port; with `token` (one of meshd's
+        `--ca-token-file` tokens) xDS over mTLS on the secure port with a certificate from meshd's CA for
+        that identity: the only way to be served credentialName Secrets."""
         node_id = f"sidecar~{ip}~{pod}.{namespace}~{namespace}.svc.cluster.local"
+        port = self.meshd.xds_port if token is None else self.meshd.secure_port
         bootstrap = build_bootstrap(
-            node_id=node_id, cluster=f"{pod}.{namespace}", xds_host="127.0.0.1", xds_port=self.meshd.xds_port,
+            node_id=node_id, cluster=f"{pod}.{namespace}", xds_host="127.0.0.1", xds_port=port,
             admin_host=ip, admin_port=15000, delta=self.delta,
         )  # fmt: skip
+        if token is not None:
+            certs = self.work_dir / f"{pod}-xds-certs"
+            certs.mkdir(exist_ok=True)
+            await secure_xds(bootstrap, meshd=self.meshd, token=token, certs=certs)
         envoy = EnvoyProcess(
             bootstrap=bootstrap,
             work_dir=self.work_dir,

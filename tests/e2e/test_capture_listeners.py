@@ -333,7 +333,7 @@ async def test_captured_traffic_flows_through_both_sidecars(capture_mesh: Captur
     assert await mesh.stat(mesh.client_ip, "cluster.PassthroughCluster.upstream_rq_200") >= 1
 
     # no sidecar NACKed anything meshd sent
-    status = json.loads(await mesh.fetch(f"http://{mesh.lab.node_ip}:{mesh.http_port}/debug/syncz"))
+    status = json.loads(await mesh.fetch(f"http://127.0.0.1:{mesh.http_port}/debug/syncz"))
     assert len(status) == 2 and all(t["nacked"] is None for c in status for t in c["types"].values()), status
 
     # REGISTRY_ONLY: the unknown destination is black-holed, the service still answers
@@ -384,5 +384,5 @@ async def test_peer_authentication_per_port_on_captured_inbound(mtls_mesh: Captu
     assert "peer=" not in refused.get("data", ""), refused  # a TLS alert or a reset, never the app
     again = await mesh.call("http", f"{mesh.vip}.10", 80)
     assert "spiffe://cluster.local/ns/default/sa/client" in str(again["body"]["headers"]), again
-    status = json.loads(await mesh.fetch(f"http://{mesh.lab.node_ip}:{mesh.http_port}/debug/syncz"))
+    status = json.loads(await mesh.fetch(f"http://127.0.0.1:{mesh.http_port}/debug/syncz"))
     assert len(status) == 2 and all(t["nacked"] is None for c in status for t in c["types"].values()), status

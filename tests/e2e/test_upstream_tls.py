@@ -15,6 +15,7 @@ import pytest_asyncio
 from aiohttp import web
 
 from tests.certs import Authority, Pem
+from tests.e2e.agents import write_ca_tokens
 from tests.e2e.harness import Mesh, eventually, logs_on_failure
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
@@ -106,7 +107,8 @@ class TlsMesh:
 async def tls_mesh(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[TlsMesh]:
     """meshd + a client sidecar (.1); HTTPS servers without sidecars: `secure` (.2, client
     certificate optional), `mtls` (.3, client certificate required); a plaintext app `plain` (.4).
-    Over SotW and delta ADS (SDS rides on the same stream)."""
+    Over SotW and delta ADS (SDS rides on the same stream). The client's xDS runs over mTLS on meshd's
+    secure port: credentialName Secrets are served only there, to an identity of their namespace."""
     work = tmp_path_factory.mktemp("upstream-tls")
     certs = work / "certs"
     certs.mkdir()
@@ -115,8 +117,10 @@ async def tls_mesh(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
     (certs / "other-ca.pem").write_bytes(Authority("some other CA").pem)
     ca.issue("client-files", client=True).write(certs, "client")
     servers: dict[str, TlsServer] = {}
+    tokens = write_ca_tokens(work / "tokens.yaml", {"tok-client": ("default", "client")})
+    mesh = Mesh(work_dir=work, delta=request.param == "delta", meshd_args=("--ca-token-file", str(tokens)))
     try:
-        async with logs_on_failure(Mesh(work_dir=work, delta=request.param == "delta")) as m:
+        async with logs_on_failure(mesh) as m:
             for name, host, required in (("secure", 2, False), ("mtls", 3, True)):
                 pem = ca.issue(name, sans=(name, f"{name}.example.com", f"{name}.default.svc.cluster.local"))
                 servers[name] = TlsServer(pem=pem, ca=ca.pem, require_client_cert=required, work=certs, name=name)
@@ -127,7 +131,7 @@ async def tls_mesh(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
             m.write("client.yaml", f"apiVersion: v1\nkind: Pod\nmetadata: {{name: client, namespace: default}}\n"
                                    f"status: {{podIP: {m.ip(1)}}}\n")  # fmt: skip
             await m.meshd.start()
-            await m.sidecar(pod="client", ip=m.ip(1))
+            await m.sidecar(pod="client", ip=m.ip(1), token="tok-client")
             yield TlsMesh(m, ca, certs, servers)
     finally:
         for server in servers.values():

@@ -556,3 +556,18 @@ def test_nonces_are_unique_within_and_across_streams(kind: str) -> None:
             nonces += [r.nonce for r in client.settle(snapshot(cds={"a": tag}, eds={"a": tag}))]
     assert len(nonces) >= 12
     assert len(set(nonces)) == len(nonces)
+
+
+@pytest.mark.parametrize("kind", ["sotw", "delta"])
+def test_a_refused_type_is_never_subscribed_nor_sent(kind: str) -> None:
+    """A stream without a verified identity refuses SDS secrets (xds/access.py): the request is
+    answered `refused`, and no later snapshot sends anything of that type."""
+    cls = SotwStream if kind == "sotw" else DeltaStream
+    stream = cls(nonce_prefix="r", refused=frozenset({ROUTE}))
+    asked = Request(type_url=ROUTE, resource_names=("r1",), subscribe=("r1",))
+    assert stream.on_request(asked) == Outcome("refused", ROUTE)
+    assert stream.on_request(Request(type_url=CLUSTER)).kind == "initial"
+    responses = stream.responses(snapshot(cds={"c1": 1}, rds={"r1": 1}))
+    assert [r.type_url for r in responses] == [CLUSTER]
+    assert stream.responses(snapshot(cds={"c1": 2}, rds={"r1": 2}))[0].type_url == CLUSTER
+    assert ROUTE not in stream.types

@@ -173,3 +173,32 @@ def test_resource_defined_twice_in_a_file_keeps_the_first() -> None:
     assert port_of(result.resources[SVC_A]) == 80
     [err] = result.errors
     assert (err.key, err.field, err.message) == (SVC_A, "metadata.name", "defined twice in this file")
+
+
+def test_type_confused_kind_is_refused_and_the_rest_of_the_file_parses() -> None:
+    """Issue 20: `kind: [Service]` raised TypeError (unhashable list) and meshd could not start."""
+    from meshd.sources.yaml_file import parse_file
+
+    text = """\
+apiVersion: v1
+kind: [Service]
+metadata: {name: a, namespace: default}
+---
+apiVersion: v1
+kind: {Service: 1}
+metadata: {name: b}
+---
+apiVersion: [v1]
+kind: Service
+metadata: {name: c}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ok}
+spec: {ports: [{port: 80}]}
+"""
+    result = parse_file(text, origin="x.yaml")
+    assert [str(k) for k in result.resources] == ["Service default/ok"]
+    assert [e.field for e in result.errors] == ["document 1: kind", "document 2: kind", "apiVersion"]
+    assert "['Service']" in result.errors[0].message

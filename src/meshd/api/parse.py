@@ -42,7 +42,13 @@ def document_key(doc: Any) -> ResourceKey | None:
 
 
 def is_supported(doc: Any) -> bool:
-    return isinstance(doc, dict) and doc.get("kind") in KINDS
+    return isinstance(doc, dict) and _kind(doc) in KINDS
+
+
+def _kind(doc: dict[Any, Any]) -> str | None:
+    """The document's kind if it is a string (a list or mapping there is not hashable, not a kind)."""
+    kind = doc.get("kind")
+    return kind if isinstance(kind, str) else None
 
 
 def parse_resource(doc: Any, *, origin: str = "", default_namespace: str = "default") -> Resource:
@@ -50,19 +56,28 @@ def parse_resource(doc: Any, *, origin: str = "", default_namespace: str = "defa
     key = document_key(doc)
     if not isinstance(doc, dict):
         raise InvalidResource(None, "<root>", "document is not a mapping", origin)
-    kind = doc.get("kind")
-    if kind not in KINDS:
-        raise InvalidResource(key, "kind", f"unsupported kind {kind!r}", origin)
+    kind = _kind(doc)
+    if kind is None or kind not in KINDS:
+        raise InvalidResource(key, "kind", f"unsupported kind {_clip(repr(doc.get('kind')))}", origin)
     model, versions = KINDS[kind]
     if doc.get("apiVersion") not in versions:
         raise InvalidResource(
-            key, "apiVersion", f"{doc.get('apiVersion')!r} is not one of {', '.join(versions)}", origin
+            key, "apiVersion", f"{_clip(repr(doc.get('apiVersion')))} is not one of {', '.join(versions)}", origin
         )
     meta = doc.get("metadata")
     if isinstance(meta, dict) and "namespace" not in meta:
         doc = {**doc, "metadata": {**meta, "namespace": default_namespace}}
     try:
         return model.model_validate(doc)
+    except (
+        TypeError,
+        ArithmeticError,
+        LookupError,
+        RecursionError,
+    ) as exc:  # a validator meeting a type it did not expect
+        raise InvalidResource(
+            key, "<root>", f"invalid document: {type(exc).__name__}: {_clip(str(exc))}", origin
+        ) from None
     except ValidationError as exc:
         first = exc.errors()[0]
         message = first["msg"].removeprefix("Value error, ")
@@ -73,3 +88,7 @@ def parse_resource(doc: Any, *, origin: str = "", default_namespace: str = "defa
             field = f"{field}.{head}" if field != "<root>" else head
             message = rest
         raise InvalidResource(key, field, message, origin) from None
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} chars)"

@@ -18,7 +18,9 @@ import grpc
 
 from meshd._gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
 from meshd.ca.auth import AuthError, CallerAuthenticator
+from meshd.ca.identity import Identity
 from meshd.ca.signer import CsrParseError, CsrRejected, Signer, SignerUnavailable
+from meshd.obs.logsafe import quoted
 from meshd.obs.metrics import CaMetrics
 from meshd.translate.proxy import Proxy
 
@@ -33,7 +35,8 @@ SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
 )
 
 Verdict = tuple[grpc.StatusCode, str] | None
-Authorize = Callable[[Any, Proxy], Awaitable[Verdict]]
+# For ADS on the secure port: the caller's verified identity, or (code, message) to refuse the stream.
+Authorize = Callable[[Any, Proxy], Awaitable[Identity | tuple[grpc.StatusCode, str]]]
 # The caller's verified client certificate (PEM) or None; raises AuthError for an unknown connection.
 PeerCert = Callable[[Any], bytes | None]
 
@@ -120,9 +123,10 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):  # type: 
 
 def xds_authorizer(authenticator: CallerAuthenticator, *, peer_cert: PeerCert, log: logging.Logger) -> Authorize:
     """For ADS on the secure port: the stream's identity (client cert or bearer token) must be in the
-    namespace the node id claims; otherwise PERMISSION_DENIED (UNAUTHENTICATED without identity)."""
+    namespace the node id claims; otherwise PERMISSION_DENIED (UNAUTHENTICATED without identity).
+    Returns the verified identity (the ADS servicer serves secrets of that namespace only)."""
 
-    async def authorize(context: Any, proxy: Proxy) -> Verdict:
+    async def authorize(context: Any, proxy: Proxy) -> Identity | tuple[grpc.StatusCode, str]:
         try:
             identity = await authenticator.authenticate(
                 metadata=_text_metadata(context), peer_cert_pem=peer_cert(context)
@@ -130,15 +134,15 @@ def xds_authorizer(authenticator: CallerAuthenticator, *, peer_cert: PeerCert, l
         except AuthError as exc:
             return grpc.StatusCode[exc.code], str(exc)
         except Exception as exc:
-            log.exception("event=xds_auth_error proxy=%s", proxy.node_id)
+            log.exception("event=xds_auth_error proxy=%s", quoted(proxy.node_id))
             return grpc.StatusCode.UNAUTHENTICATED, f"authentication failed: {type(exc).__name__}"
         if identity.namespace != proxy.namespace:
             return (
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"identity in namespace {identity.namespace!r} may not connect as a proxy in namespace "
-                f"{proxy.namespace!r} ({proxy.node_id})",
+                f"{proxy.namespace!r} ({quoted(proxy.node_id)})",
             )
-        return None
+        return identity
 
     return authorize
 

@@ -74,6 +74,18 @@ class Metrics:
             "Resources currently rejected by validation or translation.",
             registry=registry,
         )
+        self.secret_refusals = IstioCounter(
+            "meshd_xds_secret_refusals",
+            "SDS requests for secrets refused (reason: unauthenticated on the plaintext port, or namespace).",
+            "reason",
+            registry,
+        )
+        self.build_failures = IstioCounter(
+            "meshd_build_failures",
+            "Config builds that raised (stage: generation, or one proxy's snapshot); the last good config is kept.",
+            "stage",
+            registry,
+        )
         self.xds_bytes = IstioCounter("pilot_xds_send_bytes", "Bytes of xDS responses sent, by type.", "type", registry)
         self.ca = CaMetrics(registry)
 

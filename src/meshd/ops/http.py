@@ -6,16 +6,24 @@
 /debug/informers        Kubernetes mode: each informer's state and the mesh config read
 
 What the endpoints show comes in as callables (`DebugViews`): this server knows no xDS and no Kubernetes.
+
+/ready and /metrics answer anyone (probes, Prometheus). The /debug endpoints show every proxy's config
+and every namespace's errors: by default they answer only clients on the loopback interface (inside the
+pod: `kubectl port-forward`, `kubectl exec`), anyone else gets 403; `meshd serve --debug-expose` opens
+them to the network (no authentication yet: only on a trusted network).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import posixpath
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from meshd.api.meta import InvalidResource
@@ -37,12 +45,39 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(text=json.dumps(data, indent=2, sort_keys=True), status=status, content_type="application/json")
 
 
+DEBUG_PREFIX = "/debug/"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def is_loopback(remote: str | None) -> bool:
+    try:
+        return remote is not None and ipaddress.ip_address(remote.split("%")[0]).is_loopback
+    except ValueError:
+        return False  # a Unix socket or anything unexpected: not known to be local
+
+
+def debug_guard(*, expose: bool) -> Middleware:
+    """Middleware: /debug/* only for loopback clients unless `expose`."""
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = posixpath.normpath("/" + request.path.lstrip("/"))
+        if not expose and (path + "/").startswith(DEBUG_PREFIX) and not is_loopback(request.remote):
+            return web.Response(
+                status=403, text="the debug endpoints answer only on localhost (meshd serve --debug-expose)\n"
+            )
+        return await handler(request)
+
+    return guard
+
+
 def build_app(
     *,
     registry: CollectorRegistry,
     is_ready: Callable[[], bool],
     views: DebugViews,
     test_hooks: Callable[[web.Request], Awaitable[web.Response]] | None = None,
+    debug_expose: bool = False,
 ) -> web.Application:
     async def ready(_: web.Request) -> web.Response:
         return web.Response(text="ready\n") if is_ready() else web.Response(text="not ready\n", status=503)
@@ -73,7 +108,7 @@ def build_app(
             ]
         )
 
-    app = web.Application()
+    app = web.Application(middlewares=[debug_guard(expose=debug_expose)])
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", prom)
     app.router.add_get("/debug/syncz", syncz)

@@ -1,5 +1,9 @@
 """The push loop: store changes are debounced (quiet period, capped by a maximum delay), then one World
-and one generation are built (meshd.generate) and published to every stream through the hub."""
+and one generation are built (meshd.generate) and published to every stream through the hub.
+
+No input stops meshd: a generation that raises is reported (log, `meshd_build_failures`, an error in
+/debug/config_errors) and the hub keeps serving the last good one; a proxy whose snapshot raises keeps
+its last good snapshot while every other proxy is updated (xds/hub.py)."""
 
 from __future__ import annotations
 
@@ -49,13 +53,14 @@ class PushLoop:
         )
         self._reported: list[InvalidResource] = []
         self._translation_errors: list[InvalidResource] = []
+        self._build_errors: list[InvalidResource] = []  # generation or proxy builds that raised
         store.subscribe(self._debouncer.touch)
         metrics.config_errors.set_function(lambda: len(self.errors))
 
     @property
     def errors(self) -> list[InvalidResource]:
         """Every resource rejected right now: by validation (live from the store) or translation."""
-        return self._store.errors() + self._translation_errors
+        return self._store.errors() + self._translation_errors + self._build_errors
 
     def inject(self, type_url: str, resources: Sequence[XdsResource]) -> None:
         """Test hook: serve extra resources as they are (used to exercise Envoy's NACK path)."""
@@ -78,6 +83,7 @@ class PushLoop:
                 )
         self._reported = errors
         woken = self._hub.publish(generator, changed_at=changed_at)
+        self._report_proxy_failures()
         self._log.info(
             "event=push_generation generation=%d revision=%d services=%d proxies=%d pushed=%d built=%d reused=%d"
             " errors=%d",
@@ -91,6 +97,48 @@ class PushLoop:
             len(self.errors),
         )
         return generator
+
+    def push(self, *, changed_at: float) -> bool:
+        """One generation, published; False if it raised (the hub keeps serving the last good one)."""
+        try:
+            self.rebuild(changed_at=changed_at)
+        except Exception as exc:  # never stops meshd
+            self._generation_failed(exc)
+            return False
+        return True
+
+    def _report_proxy_failures(self) -> None:
+        reported = {e.field for e in self._build_errors}
+        self._build_errors = []
+        for failure in self._hub.failures.values():
+            field = f"proxy {_clip(failure.node_id)}"
+            self._build_errors.append(
+                InvalidResource(
+                    None, field, f"its config could not be built, it keeps its last: {_clip(failure.error)}"
+                )
+            )
+            if field not in reported:
+                self._metrics.build_failures.inc("proxy")
+                self._log.error(
+                    "event=proxy_build_failed proxy=%r generation=%d error=%r",
+                    _clip(failure.node_id),
+                    self._hub.generation,
+                    _clip(failure.error),
+                )
+
+    def _generation_failed(self, exc: Exception) -> None:
+        """A generation raised: the hub keeps serving the last good one."""
+        self._metrics.build_failures.inc("generation")
+        error = _clip(f"{type(exc).__name__}: {exc}")
+        self._build_errors = [
+            InvalidResource(None, "<generation>", f"config generation failed, the last good one is served: {error}")
+        ]
+        self._log.exception(
+            "event=generation_failed revision=%d serving_generation=%d error=%r",
+            self._store.revision,
+            self._hub.generation,
+            error,
+        )
 
     async def _collect_when_idle(self) -> None:
         """If a full GC is due, run it once no change has been pending for idle_s."""
@@ -113,10 +161,14 @@ class PushLoop:
             changed_at = await self._debouncer.wait()
             if not self._store.loaded:
                 continue
-            self.rebuild(changed_at=changed_at)
+            self.push(changed_at=changed_at)
             if self._gc is not None:
                 self._gc.after_push()
             await asyncio.sleep(0)  # let streams pick the generation up before the next one
+
+
+def _clip(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} chars)"
 
 
 def generate_options(settings: Settings) -> GenerateOptions:

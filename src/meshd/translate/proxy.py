@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 PROXY_TYPES = ("sidecar", "router")
+MAX_NODE_ID = 1024  # Istio's are ~100 characters
 
 
 class InvalidNodeId(ValueError):
@@ -30,24 +31,29 @@ class Proxy:
 
 
 def parse_node_id(node_id: str) -> Proxy:
-    """Parse a node id; raises InvalidNodeId with the reason."""
+    """Parse a node id; raises InvalidNodeId with the reason (quoting at most the start of the node id)."""
+    shown = repr(node_id) if len(node_id) <= 120 else f"{node_id[:120]!r}...(+{len(node_id) - 120} chars)"
+    if len(node_id) > MAX_NODE_ID:
+        raise InvalidNodeId(f"node id {shown} is longer than {MAX_NODE_ID} characters")
+    if not node_id.isprintable():
+        raise InvalidNodeId(f"node id {shown} has control characters")
     parts = node_id.split("~")
     if len(parts) != 4:
         raise InvalidNodeId(
-            f"node id {node_id!r} must have 4 '~'-separated parts: type~ip~pod.namespace~namespace.svc.domain"
+            f"node id {shown} must have 4 '~'-separated parts: type~ip~pod.namespace~namespace.svc.domain"
         )
     kind, ip, ident, domain = parts
     if kind not in PROXY_TYPES:
-        raise InvalidNodeId(f"node id {node_id!r}: type {kind!r} is not one of {', '.join(PROXY_TYPES)}")
+        raise InvalidNodeId(f"node id {shown}: type {kind!r} is not one of {', '.join(PROXY_TYPES)}")
     try:
         ipaddress.ip_address(ip)
     except ValueError:
-        raise InvalidNodeId(f"node id {node_id!r}: {ip!r} is not an IP address") from None
+        raise InvalidNodeId(f"node id {shown}: {ip!r} is not an IP address") from None
     pod, dot, namespace = ident.rpartition(".")
     if not dot or not pod or not namespace:
-        raise InvalidNodeId(f"node id {node_id!r}: {ident!r} must be <pod>.<namespace>")
+        raise InvalidNodeId(f"node id {shown}: {ident!r} must be <pod>.<namespace>")
     if not domain.startswith(f"{namespace}.svc."):
-        raise InvalidNodeId(f"node id {node_id!r}: domain {domain!r} must be {namespace}.svc.<domain>")
+        raise InvalidNodeId(f"node id {shown}: domain {domain!r} must be {namespace}.svc.<domain>")
     return Proxy(node_id=node_id, type=kind, ip=ip, pod=pod, namespace=namespace, dns_domain=domain)
 
 

@@ -40,7 +40,13 @@ def hooks_for_tests(push: PushLoop) -> Callable[[web.Request], Awaitable[web.Res
 
 
 def ops_app(
-    *, hub: Hub, push: PushLoop, metrics: Metrics, kube: KubeMode | None, enable_test_hooks: bool
+    *,
+    hub: Hub,
+    push: PushLoop,
+    metrics: Metrics,
+    kube: KubeMode | None,
+    enable_test_hooks: bool,
+    debug_expose: bool = False,
 ) -> web.Application:
     views = DebugViews(
         sync_status=lambda: debug.sync_status(hub),
@@ -53,4 +59,5 @@ def ops_app(
         is_ready=lambda: hub.ready,
         views=views,
         test_hooks=hooks_for_tests(push) if enable_test_hooks else None,
+        debug_expose=debug_expose,
     )

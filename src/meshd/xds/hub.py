@@ -1,6 +1,10 @@
 """The hub between the push loop and the ADS streams: it holds the current generation and the
 connected proxies, and wakes every stream when a new generation is published. It sees generation
-only through the small `Generation` protocol (as go-control-plane's server sees a ConfigWatcher)."""
+only through the small `Generation` protocol (as go-control-plane's server sees a ConfigWatcher).
+
+Building one proxy's snapshot may fail (a bug, or an input no validation caught): that proxy keeps
+what it held (the last good snapshot; nothing yet for a new one), every other proxy is still updated,
+and the failure is kept in `failures` for the push loop to report. Nothing here stops meshd."""
 
 from __future__ import annotations
 
@@ -37,6 +41,14 @@ class Generation(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class BuildFailure:
+    """A proxy whose snapshot could not be built by the current generation."""
+
+    node_id: str
+    error: str  # exception type and message
+
+
 @dataclass
 class Connection:
     conn_id: str
@@ -50,6 +62,8 @@ class Connection:
     # type URL -> (nonce of the last response, time of the config change it carried): for the
     # convergence time; one entry per type, so superseded responses leave nothing behind
     change_times: dict[str, tuple[str, float]] = field(default_factory=dict)
+    verified_namespace: str | None = None  # the caller's namespace verified on the secure port, else None
+    secret_refusals: int = 0  # SDS requests refused on this stream (access.py)
 
     @property
     def delta(self) -> bool:
@@ -68,6 +82,8 @@ class Hub:
         self.generation = 0
         self.connections: dict[str, Connection] = {}
         self._ids = itertools.count(1)
+        # node id -> why its snapshot could not be built by the current generation
+        self.failures: dict[str, BuildFailure] = {}
 
     @property
     def ready(self) -> bool:
@@ -77,18 +93,26 @@ class Hub:
         """Install a new generation; wake only the streams whose snapshot changed. Returns their number."""
         self.generator, self.changed_at = generator, changed_at
         self.generation += 1
+        self.failures = {}
         woken = 0
         for conn in self.connections.values():
             held, key = conn.snapshot, conn.scope_key
-            if held is not None and key is not None and generator.still_current(conn.proxy, key, held):
-                continue  # nothing it depends on changed: not even looked up
-            conn.scope_key = generator.scope_key(conn.proxy)
-            snapshot = generator.snapshot(conn.proxy)
+            try:
+                if held is not None and key is not None and generator.still_current(conn.proxy, key, held):
+                    continue  # nothing it depends on changed: not even looked up
+                new_key, snapshot = generator.scope_key(conn.proxy), generator.snapshot(conn.proxy)
+            except Exception as exc:  # this proxy keeps its last good snapshot; the others go on
+                self._failed(conn.proxy, exc)
+                continue
+            conn.scope_key = new_key
             if snapshot is not conn.snapshot:
                 conn.snapshot = snapshot
                 conn.notify()
                 woken += 1
         return woken
+
+    def _failed(self, proxy: Proxy, exc: Exception) -> None:
+        self.failures[proxy.node_id] = BuildFailure(proxy.node_id, f"{type(exc).__name__}: {exc}")
 
     def snapshot_for(self, proxy: Proxy) -> Snapshot:
         return self.generator.snapshot(proxy) if self.generator is not None else EMPTY_SNAPSHOT
@@ -96,8 +120,11 @@ class Hub:
     def connect(self, *, proxy: Proxy, stream: SotwStream | DeltaStream, now: float) -> Connection:
         conn = Connection(conn_id=f"{proxy.node_id}-{next(self._ids)}", proxy=proxy, stream=stream, connected_at=now)
         if self.generator is not None:
-            conn.scope_key = self.generator.scope_key(proxy)
-            conn.snapshot = self.generator.snapshot(proxy)
+            try:
+                conn.scope_key, conn.snapshot = self.generator.scope_key(proxy), self.generator.snapshot(proxy)
+            except Exception as exc:  # served nothing until a generation builds it
+                conn.scope_key = conn.snapshot = None
+                self._failed(proxy, exc)
         self.connections[conn.conn_id] = conn
         return conn
 

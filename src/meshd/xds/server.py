@@ -1,5 +1,6 @@
 """The ADS gRPC servicer (grpc.aio): StreamAggregatedResources (SotW) and
-DeltaAggregatedResources. Thin: protocol decisions are in stream.py, config in the hub."""
+DeltaAggregatedResources. Thin: protocol decisions are in stream.py, config in the hub, who may be
+served secrets in access.py (a servicer without `authorize` serves none)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import asyncio
 import dataclasses
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -15,8 +15,10 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import json_format
 
 from meshd.clock import Clock
+from meshd.obs.logsafe import quoted
 from meshd.obs.metrics import Metrics
-from meshd.translate.proxy import InvalidNodeId, Proxy, has_capture, has_sds, parse_node_id
+from meshd.translate.proxy import InvalidNodeId, has_capture, has_sds, parse_node_id
+from meshd.xds.access import PROTECTED_TYPES, Authorize, secret_refusal
 from meshd.xds.encode import delta_response, sotw_response
 from meshd.xds.hub import CLOSED, PUSH, Connection, Hub
 from meshd.xds.resource import short_name
@@ -54,10 +56,11 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         log: logging.Logger,
         send_timeout_s: float = 30.0,
         max_concurrent_pushes: int = 100,
-        authorize: Callable[[Any, Proxy], Awaitable[tuple[grpc.StatusCode, str] | None]] | None = None,
+        authorize: Authorize | None = None,
     ) -> None:
         self._hub = hub
-        # Optional identity check before a stream is admitted (the secure port): None, or (code, message).
+        # Identity check before a stream is admitted (the secure port): the verified caller, or
+        # (code, message). Without it (the plaintext port) no stream is ever served a secret.
         self._authorize = authorize
         self._send_timeout = send_timeout_s
         self._slots = asyncio.Semaphore(max_concurrent_pushes)
@@ -96,7 +99,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                             await context.abort(grpc.StatusCode.UNAVAILABLE, "meshd has not loaded its config yet")
                         conn = await self._open(item, queue, context, delta=delta)
                     req = _delta_request(item) if delta else _sotw_request(item)
-                    self._record(conn, conn.stream.on_request(req), req.response_nonce)
+                    self._record(conn, conn.stream.on_request(req), req)
                 if conn.snapshot is None:
                     continue  # not ready: nothing is served before the config has loaded
                 async with self._slots:
@@ -106,7 +109,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             if conn is not None:
                 self._hub.disconnect(conn)
                 self._metrics.xds_connected.labels("meshd").set(len(self._hub.connections))
-                self._log.info("event=disconnected proxy=%s", conn.proxy.node_id)
+                self._log.info("event=disconnected proxy=%s", quoted(conn.proxy.node_id))
 
     async def _send(self, conn: Connection, context: Any, *, changed_at: float, delta: bool) -> None:
         assert conn.snapshot is not None
@@ -118,7 +121,10 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                 await asyncio.wait_for(context.write(message), self._send_timeout)
             except TimeoutError:
                 self._log.error(
-                    "event=stuck_proxy proxy=%s type=%s timeout_s=%s", conn.proxy.node_id, kind, self._send_timeout
+                    "event=stuck_proxy proxy=%s type=%s timeout_s=%s",
+                    quoted(conn.proxy.node_id),
+                    kind,
+                    self._send_timeout,
                 )
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "proxy did not read its xDS stream in time")
             self._metrics.xds_pushes.inc(kind)
@@ -126,7 +132,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             self._metrics.push_time.labels(kind).observe(max(0.0, self._clock.now() - changed_at))
             self._log.debug(
                 "event=push proxy=%s type=%s version=%s nonce=%s resources=%d removed=%d",
-                conn.proxy.node_id,
+                quoted(conn.proxy.node_id),
                 kind,
                 resp.version,
                 resp.nonce,
@@ -138,25 +144,46 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         try:
             proxy = parse_node_id(first.node.id)
         except InvalidNodeId as exc:
-            self._log.warning("event=rejected_stream reason=%r", str(exc))
+            self._log.warning("event=rejected_stream reason=%s", quoted(exc, 400))
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise  # unreachable: abort raises
         metadata = json_format.MessageToDict(first.node.metadata)
         if has_sds(metadata) or has_capture(metadata):
             proxy = dataclasses.replace(proxy, sds=has_sds(metadata), capture=has_capture(metadata))
+        verified: str | None = None
         if self._authorize is not None:
             verdict = await self._authorize(context, proxy)
-            if verdict is not None:
-                self._log.warning("event=rejected_stream proxy=%s code=%s reason=%r", proxy.node_id, *verdict)
+            if isinstance(verdict, tuple):
+                self._log.warning(
+                    "event=rejected_stream proxy=%s code=%s reason=%s",
+                    quoted(proxy.node_id),
+                    verdict[0],
+                    quoted(verdict[1], 400),
+                )
                 await context.abort(*verdict)
-        stream = DeltaStream(nonce_prefix=self._boot) if delta else SotwStream(nonce_prefix=self._boot)
+                raise AssertionError("unreachable: abort raises")
+            verified = verdict.namespace
+        no_secrets = secret_refusal(verified_namespace=verified, proxy=proxy) is not None
+        refused = PROTECTED_TYPES if no_secrets else frozenset()
+        stream = (DeltaStream if delta else SotwStream)(nonce_prefix=self._boot, refused=refused)
         conn = self._hub.connect(proxy=proxy, stream=stream, now=self._clock.now())
+        conn.verified_namespace = verified
         conn.queue = queue
+        failure = self._hub.failures.get(proxy.node_id)
+        if conn.snapshot is None and failure is not None:  # served once a generation builds its config
+            self._metrics.build_failures.inc("proxy")
+            self._log.error(
+                "event=proxy_build_failed proxy=%s error=%s", quoted(proxy.node_id), quoted(failure.error, 300)
+            )
         self._metrics.xds_connected.labels("meshd").set(len(self._hub.connections))
-        self._log.info("event=connected proxy=%s delta=%s", proxy.node_id, delta)
+        self._log.info("event=connected proxy=%s delta=%s", quoted(proxy.node_id), delta)
         return conn
 
-    def _record(self, conn: Connection, outcome: Outcome, nonce: str) -> None:
+    def _record(self, conn: Connection, outcome: Outcome, req: Request) -> None:
+        if outcome.kind == "refused":
+            self._refuse_secrets(conn, req)
+            return
+        nonce = req.response_nonce
         kind = short_name(outcome.type_url)
         changed_at = None
         sent = conn.change_times.get(outcome.type_url)
@@ -166,14 +193,30 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         if outcome.kind == "nack":
             self._metrics.xds_rejects.inc(kind)
             self._log.error(
-                "event=nack proxy=%s type=%s version=%s error=%r",
-                conn.proxy.node_id,
+                "event=nack proxy=%s type=%s version=%s error=%s",
+                quoted(conn.proxy.node_id),
                 kind,
-                outcome.version,
-                outcome.error,
+                quoted(outcome.version),
+                quoted(outcome.error, 1000),
             )
         elif outcome.kind == "ack" and changed_at is not None:
             self._metrics.convergence.observe(max(0.0, self._clock.now() - changed_at))
+
+    def _refuse_secrets(self, conn: Connection, req: Request) -> None:
+        """A request for secrets this stream may not have: never answered; counted, logged once per stream."""
+        refusal = secret_refusal(verified_namespace=conn.verified_namespace, proxy=conn.proxy)
+        reason, message = refusal if refusal is not None else ("protected", "type not served on this stream")
+        self._metrics.secret_refusals.inc(reason)
+        conn.secret_refusals += 1
+        if conn.secret_refusals == 1:
+            names = [*req.resource_names, *req.subscribe][:5]
+            self._log.warning(
+                "event=sds_refused proxy=%s reason=%s names=%s message=%s",
+                quoted(conn.proxy.node_id),
+                reason,
+                quoted(names),
+                quoted(message),
+            )
 
     @staticmethod
     async def _read(requests: Any, queue: asyncio.Queue[Any]) -> None:

@@ -5,6 +5,8 @@ Rules (Envoy's xDS protocol): per-stream nonces; a request echoing the last nonc
 ignored; subscription changes are honoured (in delta even with a stale nonce); LDS/CDS with no
 names are wildcard; a version Envoy rejected is never sent again; pushes go CDS, EDS, LDS, RDS;
 after a CDS push EDS is answered again so the updated clusters can finish warming.
+A stream may be built with `refused` type URLs (SDS secrets on a stream without a verified identity):
+a request for one is answered `refused`, never subscribed, and nothing of that type is ever sent.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ class Response:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a request meant: initial, ack, nack, stale or subscribe (a changed subscription)."""
+    """What a request meant: initial, ack, nack, stale, subscribe (a changed subscription) or refused
+    (a type this stream never serves)."""
 
     kind: str
     type_url: str
@@ -66,9 +69,13 @@ class TypeState:
 
 
 class _Base:
-    def __init__(self, *, nonce_prefix: str) -> None:
+    def __init__(self, *, nonce_prefix: str, refused: frozenset[str] = frozenset()) -> None:
         self._nonces = (f"{nonce_prefix}-{i}" for i in itertools.count(1))
         self.types: dict[str, TypeState] = {}
+        self.refused = refused  # type URLs never served on this stream
+
+    def _refused(self, req: Request) -> Outcome | None:
+        return Outcome("refused", req.type_url) if req.type_url in self.refused else None
 
     def state(self, type_url: str) -> TypeState:
         return self.types.setdefault(type_url, TypeState())
@@ -92,6 +99,8 @@ class SotwStream(_Base):
     """State-of-the-world ADS stream."""
 
     def on_request(self, req: Request) -> Outcome:
+        if (refused := self._refused(req)) is not None:
+            return refused
         st = self.state(req.type_url)
         names: frozenset[str] | None = frozenset(req.resource_names)
         if not req.resource_names and req.type_url in WILDCARD_TYPES:
@@ -112,7 +121,7 @@ class SotwStream(_Base):
         out: list[Response] = []
         if not ready:
             return out
-        for type_url in _ordered(self.types):
+        for type_url in _ordered(self.types, self.refused):
             st = self.types[type_url]
             if not st.subscribed:
                 continue
@@ -142,6 +151,8 @@ class DeltaStream(_Base):
     """Incremental (delta) ADS stream."""
 
     def on_request(self, req: Request) -> Outcome:
+        if (refused := self._refused(req)) is not None:
+            return refused
         st = self.state(req.type_url)
         first = not st.subscribed
         changed = False
@@ -182,7 +193,7 @@ class DeltaStream(_Base):
         out: list[Response] = []
         if not ready:
             return out
-        for type_url in _ordered(self.types):
+        for type_url in _ordered(self.types, self.refused):
             st = self.types[type_url]
             if not st.subscribed:
                 continue
@@ -214,6 +225,6 @@ class DeltaStream(_Base):
         return out
 
 
-def _ordered(types: Iterable[str]) -> list[str]:
+def _ordered(types: Iterable[str], refused: frozenset[str]) -> list[str]:
     rank = {t: i for i, t in enumerate(PUSH_ORDER)}
-    return sorted(types, key=lambda t: (rank.get(t, len(rank)), t))
+    return sorted((t for t in types if t not in refused), key=lambda t: (rank.get(t, len(rank)), t))

@@ -55,3 +55,43 @@ async def test_no_informers_view_outside_kubernetes_mode() -> None:
     app = build_app(registry=CollectorRegistry(), is_ready=lambda: True, views=_views(informers=False))
     async with TestClient(TestServer(app)) as client:
         assert (await _get(client, "/debug/informers"))[0] == 404
+
+
+async def _as_peer(app: Any, path: str, remote: str) -> tuple[int, str]:
+    """One request through the app's middleware and router as if it came from `remote`."""
+    from aiohttp.test_utils import make_mocked_request
+
+    request = make_mocked_request("GET", path, app=app).clone(remote=remote)
+    match = await app.router.resolve(request)
+    match.add_app(app)
+    request._match_info = match
+    handler = match.handler
+    for middleware in reversed(app.middlewares):
+        handler = _bound(middleware, handler)
+    response = await handler(request)
+    return response.status, getattr(response, "text", "") or ""
+
+
+def _bound(middleware: Any, handler: Any) -> Any:
+    async def call(request: Any) -> Any:
+        return await middleware(request, handler)
+
+    return call
+
+
+async def test_debug_endpoints_answer_only_loopback_clients_unless_exposed() -> None:
+    """Issue 20, item 7: /debug/* answered anyone on 0.0.0.0:15014; /ready and /metrics are unchanged."""
+    registry = CollectorRegistry()
+    app = build_app(registry=registry, is_ready=lambda: True, views=_views(informers=True))
+    debug = ("/debug/syncz", "/debug/config_dump?proxyID=web-1.default", "/debug/config_errors", "/debug/informers")
+    for path in debug:
+        status, text = await _as_peer(app, path, "192.0.2.7")
+        assert status == 403 and "--debug-expose" in text, path
+        assert (await _as_peer(app, path, "127.0.0.1"))[0] == 200, path
+        assert (await _as_peer(app, path, "::1"))[0] == 200, path
+    for path in ("/ready", "/metrics"):
+        assert (await _as_peer(app, path, "192.0.2.7"))[0] == 200, path
+    assert (await _as_peer(app, "/debug/../debug/syncz", "10.1.2.3"))[0] in (403, 404)
+
+    exposed = build_app(registry=registry, is_ready=lambda: True, views=_views(informers=False), debug_expose=True)
+    assert (await _as_peer(exposed, "/debug/syncz", "192.0.2.7"))[0] == 200
