@@ -42,6 +42,7 @@ from meshd.xds.resource import CLUSTER
 from tests.e2e.harness import Mesh, eventually, logs_on_failure
 from tests.e2e.netns import Lab, netns_unavailable
 from tests.kubeapi import FakeApiServer, KubeRest
+from tests.kubeapi.client import KubeError
 from tests.kubereal.control_plane import ControlPlane
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
@@ -312,6 +313,54 @@ async def test_invalid_object_is_reported_and_the_rest_keeps_serving(kube: Kube)
     assert error["origin"] == f"kube:VirtualService/{NS}/bad" and error["field"] == "spec.http[0].timeout"
     assert set(await pods_answering(kube, 40)) == {"web-1", "web-2"}
     await kube.delete(bad)
+
+
+async def test_weights_not_adding_up_to_100_are_relative(kube: Kube) -> None:
+    """As Istio does today: weights 1 and 3 send a quarter to web, three quarters to other (only a total of 0
+    is refused)."""
+    await baseline(kube)
+    split = {**VIRTUAL_SERVICE, "spec": {"hosts": ["web"], "http": [{"route": [
+        {"destination": {"host": "web"}, "weight": 1}, {"destination": {"host": "other"}, "weight": 3},
+    ]}]}}  # fmt: skip
+    await kube.apply(split)
+
+    async def both() -> Counter[str]:
+        seen = await pods_answering(kube, 40)
+        return seen if seen["other-1"] and seen.keys() & {"web-1", "web-2"} else Counter()
+
+    seen = await eventually(both, timeout=20, what="traffic to web and other")
+    assert seen["other-1"] > seen["web-1"] + seen["web-2"], seen
+    errors = await kube.mesh.meshd.get_json("/debug/config_errors")
+    assert not [e for e in errors if e["resource"] == f"VirtualService {NS}/web"], errors
+    await kube.apply(VIRTUAL_SERVICE)
+
+
+async def test_out_of_range_port_never_reaches_envoy(kube: Kube) -> None:
+    """A WorkloadEntry port of 99999: the real API server refuses it (the CRD schema), the fake one stores
+    it and meshd refuses it (its reader); either way Envoy's EDS keeps updating for everyone."""
+    await baseline(kube)
+    entry = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "WorkloadEntry",
+        "metadata": {"name": "bad-port", "namespace": NS},
+        "spec": {"address": "192.0.2.10", "ports": {"http": 99999}, "labels": {"app": "ext"}},
+    }
+    if kube.fake is None:
+        with pytest.raises(KubeError) as refused:
+            await kube.rest.create(entry)
+        assert refused.value.status == 422 and "65535" in str(refused.value.body), refused.value.body
+    else:
+        await kube.apply(entry)
+
+        async def reported() -> list[Any]:
+            errors = await kube.mesh.meshd.get_json("/debug/config_errors")
+            return [e for e in errors if e["resource"] == f"WorkloadEntry {NS}/bad-port"]
+
+        [error] = await eventually(reported, what="the WorkloadEntry refused")
+        assert error["field"] == "spec.ports.http", error
+    await kube.apply(kube.web_slice(second=None))  # EDS still updates
+    await holds_endpoints(kube, {kube.ip(2)})
+    await kube.delete(entry)
 
 
 async def test_delete_while_disconnected_is_applied_after_relist(kube: Kube) -> None:
