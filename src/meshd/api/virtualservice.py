@@ -386,7 +386,7 @@ class HTTPRoute(ApiModel):
         # As Istio does today: weights that do not add up to 100 are relative (Envoy divides by their sum);
         # only a total of 0 (nowhere to send traffic) is refused.
         if len(self.route) > 1 and sum(d.weight for d in self.route) == 0:
-            raise ValueError("route: destination weights add up to 0: at least one must be positive")
+            raise ValueError("route: destination weights add up to 0")
         return self
 
     def weights(self) -> list[int]:

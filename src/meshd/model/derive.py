@@ -11,8 +11,8 @@ from meshd.api.destinationrule import DestinationRule
 from meshd.api.kube import EndpointConditions, EndpointSlice, Pod, Service
 from meshd.api.meta import InvalidResource, Resource
 from meshd.api.networking import ServiceEntry, Sidecar, WorkloadEntry
-from meshd.api.values import valid_port
 from meshd.api.security import PeerAuthentication
+from meshd.api.values import valid_port
 from meshd.api.virtualservice import VirtualService
 from meshd.model.services import (
     Endpoint,
@@ -233,7 +233,9 @@ def service_entries(
                     endpoint_port = spec.ports.get(port.name, int(port.target_port or port.number))
                     if not valid_port(endpoint_port):  # the last guard: Envoy refuses the whole EDS update
                         errors.append(
-                            InvalidResource(se.key, "spec.endpoints", f"{address}: port {endpoint_port} not in 1..65535")
+                            InvalidResource(
+                                se.key, "spec.endpoints", f"{address}: port {endpoint_port} not in 1..65535"
+                            )
                         )
                         continue
                     endpoint = Endpoint(
