@@ -55,6 +55,13 @@ class RootCertPublisher:
                 self._log.warning(
                     "event=root_cert_publish_failed namespace=%s status=%s reason=%r", namespace, exc.status, exc.reason
                 )
+            except Exception as exc:  # API server unreachable, timeout...: the next pass tries again
+                self._log.warning(
+                    "event=root_cert_publish_failed namespace=%s error_type=%s error=%r",
+                    namespace,
+                    type(exc).__name__,
+                    str(exc),
+                )
         return writes
 
     async def _publish(self, namespace: str) -> int:
