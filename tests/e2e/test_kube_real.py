@@ -158,6 +158,26 @@ async def test_two_replicas_one_leader_writes_status_and_the_other_takes_over(cl
     await leader.start()
 
 
+async def test_a_regex_error_is_a_schema_error_not_a_missing_reference(cluster: Cluster) -> None:
+    bad = {
+        "apiVersion": V1,
+        "kind": "VirtualService",
+        "metadata": {"name": "bad-regex", "namespace": APP_NS},
+        "spec": {"hosts": ["web"], "http": [{"match": [{"uri": {"regex": "(unclosed"}}],
+                                             "route": [{"destination": {"host": "web"}}]}]},
+    }  # fmt: skip
+    await cluster.rest.apply(bad)
+
+    async def status() -> list[Any]:
+        vs = await cluster.rest.get(V1, "VirtualService", APP_NS, "bad-regex")
+        return list(((vs or {}).get("status") or {}).get("validationMessages") or [])
+
+    [message] = await eventually(status, what="status on the VirtualService with a bad regex")
+    assert "missing" in message["description"], message  # RE2's words...
+    assert message["type"] == {"code": "IST0106", "name": "SchemaValidationError"}, message  # ...not IST0101
+    await cluster.rest.delete(V1, "VirtualService", APP_NS, "bad-regex")
+
+
 async def test_the_api_server_calls_the_validating_webhook_on_loopback(cluster: Cluster) -> None:
     meshd = cluster.replicas[0]
     port = int(meshd.extra_args[meshd.extra_args.index("--webhook-port") + 1])
