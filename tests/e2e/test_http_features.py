@@ -459,7 +459,8 @@ async def _error_for(mesh: Mesh, resource: str, field: str) -> dict[str, Any] | 
         ),
         ("- timeout: 10 seconds\n  route: [{destination: {host: web}}]", "spec.http[0].timeout", "duration"),
         (
-            "- route:\n  - {destination: {host: web, subset: v1}, weight: 0}\n  - {destination: {host: web}, weight: 0}",
+            "- route:\n  - {destination: {host: web, subset: v1}, weight: 0}"
+            "\n  - {destination: {host: web}, weight: 0}",
             "spec.http[0].route",
             "add up to 0",
         ),

@@ -237,7 +237,7 @@ async def test_writes_stop_when_the_lease_cannot_be_renewed(server: FakeApiServe
 
         await eventually(stepped_down, timeout=5, what="the leader steps down")
         broken = server.get(V1, "VirtualService", "default", "web")
-        broken["spec"] = virtual_service("web", (10, 10))["spec"]
+        broken["spec"] = virtual_service("web", (0, 0))["spec"]
         server.update(broken)
         sync_store(store, server)
         rounds = writer.rounds
