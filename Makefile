@@ -37,9 +37,10 @@ system-deps:
 demo: setup
 	$(PY) -m meshd demo
 
-## make test: lint, then every test (unit, golden, real-Envoy end-to-end)
+## make test: lint, then every test (unit, golden, real-Envoy end-to-end); with ../shared/envtest present,
+## KUBEBUILDER_ASSETS names its unpacked copy (tools/envtest-assets.sh) and the real-API-server tests run
 test: setup lint
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	KUBEBUILDER_ASSETS="$${KUBEBUILDER_ASSETS:-$$(sh tools/envtest-assets.sh)}" $(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks tools

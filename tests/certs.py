@@ -50,9 +50,14 @@ class Authority:
         )
         self.pem = self.cert.public_bytes(serialization.Encoding.PEM)
 
-    def issue(self, common_name: str, *, sans: tuple[str, ...] = (), client: bool = False) -> Pem:
+    def issue(
+        self, common_name: str, *, sans: tuple[str, ...] = (), client: bool = False, organization: str | None = None
+    ) -> Pem:
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
+        subject = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+        if organization is not None:
+            subject.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
         names: list[x509.GeneralName] = []
         for san in sans:
             try:
@@ -61,7 +66,7 @@ class Authority:
                 names.append(x509.UniformResourceIdentifier(san) if "://" in san else x509.DNSName(san))
         builder = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .subject_name(x509.Name(subject))
             .issuer_name(self.name)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())

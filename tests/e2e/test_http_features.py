@@ -459,9 +459,10 @@ async def _error_for(mesh: Mesh, resource: str, field: str) -> dict[str, Any] | 
         ),
         ("- timeout: 10 seconds\n  route: [{destination: {host: web}}]", "spec.http[0].timeout", "duration"),
         (
-            "- route:\n  - {destination: {host: web, subset: v1}, weight: 60}\n  - {destination: {host: web}}",
+            "- route:\n  - {destination: {host: web, subset: v1}, weight: 0}"
+            "\n  - {destination: {host: web}, weight: 0}",
             "spec.http[0].route",
-            "100",
+            "add up to 0",
         ),
     ],
 )

@@ -1,12 +1,16 @@
 """Kubernetes mode end to end: `meshd serve --kubeconfig` reading a cluster drives real Envoy sidecars.
 
-The cluster is the fake API server (tests/kubeapi, real wire protocol), or a real one when
-MESHD_TEST_KUBECONFIG names a kubeconfig: then objects are written over REST (KubeRest), Pods are
-not created (their status cannot be written) and the fault-injection scenarios are skipped.
+Every scenario runs twice: on the fake API server (tests/kubeapi, real wire protocol) and on a real
+kube-apiserver + etcd (tests/kubereal: KUBEBUILDER_ASSETS; skipped, saying so, without it). A real API
+server refuses loopback addresses in EndpointSlices, so there the apps are network-namespace test hosts
+(tests/e2e/netns.py, a bridge in the host namespace) while the client sidecar stays on loopback. Objects are
+written over REST (KubeRest); a real server's Pod status is written through its status subresource.
 Scenarios (each asserts what Envoy holds or where traffic goes):
 - objects created in the cluster -> Envoy routes (VirtualService header match) within seconds;
 - a pod scaled down (EndpointSlice updated) -> its endpoint leaves, traffic goes to the rest;
 - a terminating endpoint (ready false, serving true) leaves the load balancing set;
+- an EndpointSlice emptied (a real API server then serves `"endpoints": null`) -> the endpoints leave within
+  a push;
 - an invalid VirtualService -> reported at /debug/config_errors, the rest keeps serving;
 - [fake] API down while a Service's slice is deleted + history compacted -> relist applies the delete;
 - [fake] 410 on every kind -> relist with no push and no new config version;
@@ -19,9 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import pathlib
 import re
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -36,12 +40,16 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from meshd.xds.resource import CLUSTER
 from tests.e2e.harness import Mesh, eventually, logs_on_failure
+from tests.e2e.netns import Lab, netns_unavailable
 from tests.kubeapi import FakeApiServer, KubeRest
+from tests.kubeapi.client import KubeError
+from tests.kubereal.control_plane import ControlPlane
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 NS = "meshd-e2e"
 WEB = f"outbound|9080||web.{NS}.svc.cluster.local"
-REAL_KUBECONFIG = os.environ.get("MESHD_TEST_KUBECONFIG")
+APP = str(pathlib.Path(__file__).with_name("netns_app.py"))
+APP_HOSTS = {2: ("web", "v1", "web-1"), 3: ("web", "v2", "web-2"), 4: ("other", "v1", "other-1")}
 Obj = dict[str, Any]
 
 
@@ -102,15 +110,23 @@ class Kube:
     mesh: Mesh
     rest: KubeRest
     fake: FakeApiServer | None
+    hosts: dict[int, str]  # real API server: app host -> its network-namespace address
 
     def ip(self, host: int) -> str:
-        return self.mesh.ip(host)
+        return self.hosts.get(host) or self.mesh.ip(host)
 
     async def apply(self, obj: Obj) -> None:
         if self.fake is not None:
             self.fake.apply(obj)  # direct: also writes a Pod's status
         elif obj["kind"] != "Pod":
             await self.rest.apply(obj)
+        else:
+            name = obj["metadata"]["name"]
+            if await self.rest.get("v1", "Pod", NS, name) is None:
+                await self.rest.create({k: v for k, v in obj.items() if k != "status"})
+            ip = obj["status"]["podIP"]
+            status = {**obj["status"], "podIPs": [{"ip": ip}]}
+            await self.rest.patch("v1", "Pod", NS, name, {"status": status}, subresource="status")
 
     async def delete(self, obj: Obj) -> None:
         if self.fake is not None:
@@ -142,34 +158,49 @@ class Kube:
         return self.fake
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def kube(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Kube]:
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["fake", "real"])
+async def kube(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Kube]:
     work = tmp_path_factory.mktemp("kube")
     fake: FakeApiServer | None = None
-    if REAL_KUBECONFIG:
-        kubeconfig = pathlib.Path(REAL_KUBECONFIG)
+    lab: Lab | None = None
+    meshd_args: tuple[str, ...] = ("--kube-crd-recheck", "1")
+    if request.param == "real":
+        plane: ControlPlane = request.getfixturevalue("real_kube")
+        if (why := netns_unavailable()) is not None:
+            pytest.skip(f"the real API server needs network-namespace app hosts: {why}")
+        kubeconfig = plane.kubeconfig
+        meshd_args += ("--namespace", NS)  # its Lease, CA Secret and mesh ConfigMap in the test's namespace
     else:
         fake = FakeApiServer()
         await fake.start()
         kubeconfig = fake.write_kubeconfig(work / "kubeconfig")
     rest = KubeRest.from_kubeconfig(kubeconfig)
-    mesh = Mesh(work_dir=work, delta=False, kubeconfig=kubeconfig, meshd_args=("--kube-crd-recheck", "1"))
-    kube = Kube(mesh, rest, fake)
+    mesh = Mesh(work_dir=work, delta=False, kubeconfig=kubeconfig, meshd_args=meshd_args)
+    kube = Kube(mesh, rest, fake, {})
     try:
         async with logs_on_failure(mesh):
             await rest.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
             await mesh.meshd.start()
-            await mesh.app(service="web", version="v1", pod="web-1", ip=mesh.ip(2))
-            await mesh.app(service="web", version="v2", pod="web-2", ip=mesh.ip(3))
-            await mesh.app(service="other", version="v1", pod="other-1", ip=mesh.ip(4))
+            if fake is None:
+                lab = Lab(host_bridge=True)
+                await lab.start()
+                for host, (service_name, version, pod_name) in APP_HOSTS.items():
+                    ns = await lab.pod(pod_name)
+                    proc = await lab.spawn(ns, sys.executable, APP, service_name, version, pod_name, "8080")
+                    assert proc.stdout is not None and await proc.stdout.readline() == b"ready\n"
+                    kube.hosts[host] = ns.ip
+            else:
+                for host, (service_name, version, pod_name) in APP_HOSTS.items():
+                    await mesh.app(service=service_name, version=version, pod=pod_name, ip=mesh.ip(host))
             await mesh.sidecar(pod="client", ip=mesh.ip(1), namespace=NS)
             yield kube
     finally:
         if fake is None:
             for obj in reversed(kube.objects()):
-                if obj["kind"] != "Pod":
-                    await rest.delete(obj["apiVersion"], obj["kind"], NS, obj["metadata"]["name"])
+                await rest.delete(obj["apiVersion"], obj["kind"], NS, obj["metadata"]["name"])
         await rest.close()
+        if lab is not None:
+            await lab.close()
         if fake is not None:
             await fake.stop()
 
@@ -253,6 +284,18 @@ async def test_terminating_endpoint_leaves_the_load_balancing_set(kube: Kube) ->
     assert await pods_answering(kube, 20) == Counter({"web-1": 20})
 
 
+async def test_emptied_slice_removes_its_endpoints(kube: Kube) -> None:
+    """A Service whose last ready pod left: its slice has no endpoints (a real API server serves
+    `"endpoints": null, "ports": null`); Envoy must drop the old endpoints, not keep them forever."""
+    await baseline(kube)
+    emptied = {**kube.web_slice(), "endpoints": [], "ports": []}
+    await kube.apply(emptied)
+    started = time.monotonic()
+    await holds_endpoints(kube, set())
+    print(f"EndpointSlice emptied -> endpoints gone from Envoy: {time.monotonic() - started:.2f}s")
+    assert set(await pods_answering(kube, 4)) == {"status-503"}
+
+
 async def test_invalid_object_is_reported_and_the_rest_keeps_serving(kube: Kube) -> None:
     await baseline(kube)
     bad = {
@@ -270,6 +313,55 @@ async def test_invalid_object_is_reported_and_the_rest_keeps_serving(kube: Kube)
     assert error["origin"] == f"kube:VirtualService/{NS}/bad" and error["field"] == "spec.http[0].timeout"
     assert set(await pods_answering(kube, 40)) == {"web-1", "web-2"}
     await kube.delete(bad)
+
+
+async def test_weights_not_adding_up_to_100_are_relative(kube: Kube) -> None:
+    """As Istio does today: weights 1 and 3 send a quarter to web, three quarters to other (only a total of 0
+    is refused)."""
+    await baseline(kube)
+    split = {**VIRTUAL_SERVICE, "spec": {"hosts": ["web"], "http": [{"route": [
+        {"destination": {"host": "web"}, "weight": 1}, {"destination": {"host": "other"}, "weight": 3},
+    ]}]}}  # fmt: skip
+    await kube.apply(split)
+
+    async def both() -> Counter[str]:
+        seen = await pods_answering(kube, 40)
+        return seen if seen["other-1"] and seen.keys() & {"web-1", "web-2"} else Counter()
+
+    await eventually(both, timeout=20, what="traffic to web and other")
+    seen = await pods_answering(kube, 80)  # now that the split is in place: about 20 to web, 60 to other
+    assert seen["other-1"] > seen["web-1"] + seen["web-2"] > 0, seen
+    errors = await kube.mesh.meshd.get_json("/debug/config_errors")
+    assert not [e for e in errors if e["resource"] == f"VirtualService {NS}/web"], errors
+    await kube.apply(VIRTUAL_SERVICE)
+
+
+async def test_out_of_range_port_never_reaches_envoy(kube: Kube) -> None:
+    """A WorkloadEntry port of 99999: the real API server refuses it (the CRD schema), the fake one stores
+    it and meshd refuses it (its reader); either way Envoy's EDS keeps updating for everyone."""
+    await baseline(kube)
+    entry = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "WorkloadEntry",
+        "metadata": {"name": "bad-port", "namespace": NS},
+        "spec": {"address": "192.0.2.10", "ports": {"http": 99999}, "labels": {"app": "ext"}},
+    }
+    if kube.fake is None:
+        with pytest.raises(KubeError) as refused:
+            await kube.rest.create(entry)
+        assert refused.value.status == 422 and "65535" in str(refused.value.body), refused.value.body
+    else:
+        await kube.apply(entry)
+
+        async def reported() -> list[Any]:
+            errors = await kube.mesh.meshd.get_json("/debug/config_errors")
+            return [e for e in errors if e["resource"] == f"WorkloadEntry {NS}/bad-port"]
+
+        [error] = await eventually(reported, what="the WorkloadEntry refused")
+        assert error["field"] == "spec.ports.http", error
+    await kube.apply(kube.web_slice(second=None))  # EDS still updates
+    await holds_endpoints(kube, {kube.ip(2)})
+    await kube.delete(entry)
 
 
 async def test_delete_while_disconnected_is_applied_after_relist(kube: Kube) -> None:
@@ -396,13 +488,16 @@ async def ads_ready(kube: Kube) -> bool:
 
 
 async def test_no_hot_loop_while_idle(kube: Kube) -> None:
-    """Over an idle second, meshd makes no list request and keeps one watch per kind."""
+    """Over an idle second, meshd makes no list request and keeps one watch per kind (two on ConfigMaps)."""
     fake = kube.need_fake()
     await baseline(kube)
     present = [k for k, v in (await informers(kube)).items() if not v["absent"]]
 
+    # ConfigMap: the informer's (the mesh ConfigMap) and the root-certificate publisher's (istio-ca-root-cert)
+    expected = {k: 2 if k == "ConfigMap" else 1 for k in present}
+
     async def one_each() -> bool:
-        return all(fake.open_watches(k) == 1 for k in present)
+        return all(fake.open_watches(k) == n for k, n in expected.items())
 
     await eventually(one_each, what="one watch per kind")
     since = time.monotonic()  # the fake API server stamps requests with time.monotonic()

@@ -60,8 +60,8 @@ async def test_one_replica_leads_and_writes_status_the_other_takes_over(
 ) -> None:
     config = tmp_path / "config"
     config.mkdir()
-    (config / "web.yaml").write_text(yaml.safe_dump(virtual_service((60, 30))))
-    server.create(virtual_service((60, 30)))
+    (config / "web.yaml").write_text(yaml.safe_dump(virtual_service((0, 0))))
+    server.create(virtual_service((0, 0)))
     kubeconfig = server.write_kubeconfig(tmp_path / "kubeconfig")
     replicas = {
         name: Meshd(
@@ -93,7 +93,7 @@ async def test_one_replica_leads_and_writes_status_the_other_takes_over(
             return list(status(server).get("validationMessages", []))
 
         [message] = await eventually(rejected, timeout=10, what="status on the invalid VirtualService")
-        assert message["description"] == "spec.http[0].route: destination weights must add up to 100, got 90"
+        assert message["description"] == "spec.http[0].route: destination weights add up to 0"
         # the same field and message meshd logs for the resource
         logged = re.search(
             r"event=invalid_resource .*resource=VirtualService default/web field=(\S+) message='([^']*)'",

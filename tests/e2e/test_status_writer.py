@@ -81,7 +81,7 @@ async def test_invalid_resource_gets_validation_messages_and_fixed_one_is_cleare
     server: FakeApiServer, api: client.ApiClient
 ) -> None:
     store = ConfigStore()
-    server.create(virtual_service("web", (50, 40)))
+    server.create(virtual_service("web", (0, 0)))
     server.create(virtual_service("ok", (50, 50)))
     sync_store(store, server)
     writer = make_writer(KubeStatusApi(api), store, Leadership(True))
@@ -93,7 +93,7 @@ async def test_invalid_resource_gets_validation_messages_and_fixed_one_is_cleare
     # the field and the text meshd logs for this resource
     [error] = store.errors()
     assert message["description"] == f"{error.field}: {error.message}"
-    assert message["description"] == "spec.http[0].route: destination weights must add up to 100, got 90"
+    assert message["description"] == "spec.http[0].route: destination weights add up to 0"
     [condition] = bad["conditions"]
     assert (condition["type"], condition["status"], condition["observedGeneration"]) == ("Reconciled", "False", 1)
     assert bad["observedGeneration"] == 1
@@ -149,7 +149,7 @@ async def test_a_concurrent_change_is_not_clobbered_and_the_write_is_retried(
     server: FakeApiServer, api: client.ApiClient
 ) -> None:
     store = ConfigStore()
-    server.create(virtual_service("web", (50, 40)))
+    server.create(virtual_service("web", (0, 0)))
     sync_store(store, server)
     writer = make_writer(RacingApi(api, server), store, Leadership(True))
     await writer.sync_once()
@@ -173,7 +173,7 @@ async def test_a_concurrent_change_is_not_clobbered_and_the_write_is_retried(
 
 async def test_a_replica_that_does_not_lead_never_writes(server: FakeApiServer, api: client.ApiClient) -> None:
     store = ConfigStore()
-    server.create(virtual_service("web", (50, 40)))
+    server.create(virtual_service("web", (0, 0)))
     sync_store(store, server)
     leadership = Leadership(False)
     writer = make_writer(KubeStatusApi(api), store, leadership)
@@ -197,7 +197,8 @@ async def test_a_replica_that_does_not_lead_never_writes(server: FakeApiServer, 
         await writer.sync_once()
     assert status_writes(server) == 1
     assert (
-        "got 90" in server.get(V1, "VirtualService", "default", "web")["status"]["validationMessages"][0]["description"]
+        "add up to 0"
+        in server.get(V1, "VirtualService", "default", "web")["status"]["validationMessages"][0]["description"]
     )
 
 
@@ -236,7 +237,7 @@ async def test_writes_stop_when_the_lease_cannot_be_renewed(server: FakeApiServe
 
         await eventually(stepped_down, timeout=5, what="the leader steps down")
         broken = server.get(V1, "VirtualService", "default", "web")
-        broken["spec"] = virtual_service("web", (10, 10))["spec"]
+        broken["spec"] = virtual_service("web", (0, 0))["spec"]
         server.update(broken)
         sync_store(store, server)
         rounds = writer.rounds
@@ -265,7 +266,7 @@ async def test_nothing_is_written_while_the_errors_lag_behind_the_store(
     server: FakeApiServer, api: client.ApiClient
 ) -> None:
     store = ConfigStore()
-    server.create(virtual_service("web", (50, 40)))
+    server.create(virtual_service("web", (0, 0)))
     sync_store(store, server)
     built = {"revision": -1}  # no push built yet
     writer = StatusWriter(
@@ -288,7 +289,7 @@ async def test_an_edit_that_keeps_the_same_error_still_moves_observed_generation
     server: FakeApiServer, api: client.ApiClient
 ) -> None:
     store = ConfigStore()
-    server.create(virtual_service("web", (50, 40)))
+    server.create(virtual_service("web", (0, 0)))
     sync_store(store, server)
     writer = StatusWriter(
         api=KubeStatusApi(api),

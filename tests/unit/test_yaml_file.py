@@ -128,7 +128,7 @@ def test_invalid_document_keeps_last_good_version_of_that_resource_only(
     store = ConfigStore()
     previous = load(store, before)
 
-    edited = join(service("a", 81), service("b", 82), virtual_service((50, 40)))
+    edited = join(service("a", 81), service("b", 82), virtual_service((0, 0)))
     held = load(store, edited)
 
     assert sorted(held) == expected_keys

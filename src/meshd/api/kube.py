@@ -10,12 +10,13 @@ from pydantic import Field, PrivateAttr, model_validator
 
 from meshd.api import pem
 from meshd.api.meta import ApiModel, Resource
+from meshd.api.values import PortNumber
 
 
 class ServicePortSpec(ApiModel):
     name: str = ""
-    port: int = Field(ge=1, le=65535)
-    target_port: int | str | None = None
+    port: PortNumber
+    target_port: PortNumber | str | None = None
     protocol: str = "TCP"
     app_protocol: str | None = None
 
@@ -55,7 +56,7 @@ class SliceEndpoint(ApiModel):
 
 class SlicePort(ApiModel):
     name: str = ""
-    port: int | None = Field(default=None, ge=1, le=65535)
+    port: PortNumber | None = None
     protocol: str = "TCP"
     app_protocol: str | None = None
 

@@ -2,17 +2,50 @@
 
 from __future__ import annotations
 
+import types
+import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 
 class ApiModel(BaseModel):
-    """Base of every model: camelCase on the wire, unknown fields ignored, immutable."""
+    """Base of every model: camelCase on the wire, unknown fields ignored, immutable.
+
+    A null where the field takes no null means "not set", as in Kubernetes: a real API server serves an
+    empty list or map as null (an EndpointSlice with no endpoints: `"endpoints": null, "ports": null`), and
+    `annotations:` with nothing after it is YAML null. Such a field then gets its default (empty)."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+    _null_is_unset: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        names: set[str] = set()
+        for name, info in cls.model_fields.items():
+            if not info.is_required() and not _accepts_none(info.annotation):
+                names.update({name, info.alias or name})
+        cls._null_is_unset = frozenset(names)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict) and None in data.values():
+            return {k: v for k, v in data.items() if v is not None or k not in cls._null_is_unset}
+        return data
+
+
+def _accepts_none(annotation: Any) -> bool:
+    if annotation is None or annotation is type(None) or annotation is Any:
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_accepts_none(arg) for arg in typing.get_args(annotation))
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _accepts_none(typing.get_args(annotation)[0])
+    return False
 
 
 class ObjectMeta(ApiModel):

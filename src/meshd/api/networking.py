@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from meshd.api.meta import ApiModel, Resource
+from meshd.api.values import PortNumber
 
 NETWORKING_VERSIONS = (
     "networking.istio.io/v1",
@@ -22,7 +23,7 @@ NETWORKING_VERSIONS = (
 
 class WorkloadEntrySpec(ApiModel):
     address: str = ""
-    ports: dict[str, int] = Field(default_factory=dict)
+    ports: dict[str, PortNumber] = Field(default_factory=dict)
     labels: dict[str, str] = Field(default_factory=dict)
     service_account: str = ""
     locality: str = ""
@@ -35,10 +36,10 @@ class WorkloadEntry(Resource):
 
 
 class ServiceEntryPort(ApiModel):
-    number: int = Field(ge=1, le=65535)
+    number: PortNumber
     protocol: str = "TCP"
     name: str = ""
-    target_port: int | None = Field(default=None, ge=1, le=65535)
+    target_port: PortNumber | None = None
 
 
 class WorkloadSelector(ApiModel):
@@ -70,7 +71,7 @@ class ServiceEntry(Resource):
 
 
 class SidecarPort(ApiModel):
-    number: int = Field(ge=1, le=65535)
+    number: PortNumber
     protocol: str = ""
     name: str = ""
 

@@ -77,7 +77,13 @@ DurationOrZero = Annotated[str, AfterValidator(_duration_or_zero)]
 """A duration that may be 0 (meaning "none" where Istio says so)."""
 Regex = Annotated[str, AfterValidator(check_regex)]
 Percent = Annotated[float, Field(ge=0, le=100)]
-PortNumber = Annotated[int, Field(ge=1, le=65535)]
+MAX_PORT = 65535
+PortNumber = Annotated[int, Field(ge=1, le=MAX_PORT)]
+
+
+def valid_port(port: int) -> bool:
+    """A port number Envoy's proto validation accepts where a port is required (1..65535)."""
+    return 1 <= port <= MAX_PORT
 
 
 def seconds_nanos(text: str) -> tuple[int, int]:

@@ -383,10 +383,10 @@ class HTTPRoute(ApiModel):
             raise ValueError("rewrite: a redirect cannot be combined with a rewrite")
         if self.mirror is not None and self.mirrors:
             raise ValueError("mirrors: only one of mirror or mirrors may be set")
-        if len(self.route) > 1:
-            total = sum(d.weight for d in self.route)
-            if total != 100:
-                raise ValueError(f"route: destination weights must add up to 100, got {total}")
+        # As Istio does today: weights that do not add up to 100 are relative (Envoy divides by their sum);
+        # only a total of 0 (nowhere to send traffic) is refused.
+        if len(self.route) > 1 and sum(d.weight for d in self.route) == 0:
+            raise ValueError("route: destination weights add up to 0")
         return self
 
     def weights(self) -> list[int]:

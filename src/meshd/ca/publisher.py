@@ -3,8 +3,9 @@
 
 The namespace list and leadership come from outside (the namespace informer and the Lease-based
 leader election): `namespaces()` and `is_leader()` are plain callables. `sync()` makes one pass;
-`run()` repeats it on `trigger()` (a namespace appeared, leadership was gained) and every interval
-(repairs edits and deletions of the ConfigMaps).
+`run()` repeats it on `trigger()` (a namespace appeared, leadership was gained, a watch on every
+namespace's `istio-ca-root-cert` saw one edited or deleted: repaired within a pass) and every interval.
+Like istiod, it skips the Kubernetes system namespaces kube-public and kube-node-lease.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable
 
-from kubernetes_asyncio import client
+from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from meshd.clock import Clock, sleep_or_wake
@@ -21,6 +22,9 @@ from meshd.clock import Clock, sleep_or_wake
 CONFIGMAP = "istio-ca-root-cert"
 KEY = "root-cert.pem"
 LABELS = {"istio.io/config": "true"}
+SKIPPED_NAMESPACES = frozenset({"kube-public", "kube-node-lease"})
+WATCH_TIMEOUT_S = 300
+WATCH_RETRY_S = 1.0
 
 
 class RootCertPublisher:
@@ -46,7 +50,7 @@ class RootCertPublisher:
     async def sync(self) -> int:
         """One pass over the namespaces; returns the number of ConfigMaps created or updated."""
         writes = 0
-        for namespace in sorted(set(self._namespaces())):
+        for namespace in sorted(set(self._namespaces()) - SKIPPED_NAMESPACES):
             if not self._is_leader():  # leadership can be lost mid-pass: stop writing at once
                 return writes
             try:
@@ -54,6 +58,13 @@ class RootCertPublisher:
             except ApiException as exc:
                 self._log.warning(
                     "event=root_cert_publish_failed namespace=%s status=%s reason=%r", namespace, exc.status, exc.reason
+                )
+            except Exception as exc:  # API server unreachable, timeout...: the next pass tries again
+                self._log.warning(
+                    "event=root_cert_publish_failed namespace=%s error_type=%s error=%r",
+                    namespace,
+                    type(exc).__name__,
+                    str(exc),
                 )
         return writes
 
@@ -86,7 +97,35 @@ class RootCertPublisher:
         return 1
 
     async def run(self, *, clock: Clock, interval_s: float = 60.0) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._watch_changes(clock))
+            while True:
+                self._wake.clear()
+                await self.sync()
+                await sleep_or_wake(clock, interval_s, self._wake)
+
+    async def _watch_changes(self, clock: Clock) -> None:
+        """Trigger a pass when a published ConfigMap is edited away from the root or deleted."""
         while True:
-            self._wake.clear()
-            await self.sync()
-            await sleep_or_wake(clock, interval_s, self._wake)
+            stream = watch.Watch()
+            try:
+                async for event in stream.stream(
+                    self._core.list_config_map_for_all_namespaces,
+                    field_selector=f"metadata.name={CONFIGMAP}",
+                    timeout_seconds=WATCH_TIMEOUT_S,
+                ):
+                    if self._needs_repair(event):
+                        self.trigger()
+            except Exception as exc:  # the API server briefly away: watch again
+                self._log.warning("event=root_cert_watch_failed error_type=%s error=%r", type(exc).__name__, str(exc))
+                await clock.sleep(WATCH_RETRY_S)
+            finally:
+                await stream.close()
+
+    def _needs_repair(self, event: dict[str, object]) -> bool:
+        obj = event.get("object")
+        if not isinstance(obj, client.V1ConfigMap) or obj.metadata is None:
+            return False
+        if obj.metadata.namespace in SKIPPED_NAMESPACES:
+            return False
+        return event.get("type") == "DELETED" or (obj.data or {}).get(KEY) != self._root

@@ -5,6 +5,7 @@ against the root) and for the webhook server when no `--webhook-cert` files are 
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 
 from cryptography.hazmat.primitives import serialization
@@ -18,7 +19,18 @@ from meshd.settings import Settings
 def serving_sans(settings: Settings) -> list[str]:
     """The names clients dial on the secure port."""
     ns = settings.namespace
-    return [f"meshd.{ns}.svc", f"istiod.{ns}.svc", *settings.secure_sans]
+    names = [f"meshd.{ns}.svc", f"istiod.{ns}.svc", *settings.secure_sans, *ip_san(settings.secure_host)]
+    return list(dict.fromkeys(names))  # each SAN once, in order
+
+
+def ip_san(host: str) -> list[str]:
+    """The address a server listens on, as a SAN, when it is one IP (not a wildcard address or a name):
+    clients dialling that IP then verify the certificate without `--secure-san`."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return []
+    return [] if address.is_unspecified else [str(address)]
 
 
 def issue_key_and_chain(signer: Signer, *, sans: list[str], ttl_s: int) -> tuple[bytes, bytes]:

@@ -29,6 +29,7 @@ class Leadership:
 
     def __init__(self, *, config: LeaseConfig, lock: LeaseLock, clock: Clock, log: logging.Logger) -> None:
         self._log = log
+        self._clock = clock
         self._duties: tuple[LeaderDuty, ...] = ()
         self.elector = LeaderElector(config=config, lock=lock, clock=clock, log=log, on_change=self._changed)
 
@@ -49,7 +50,39 @@ class Leadership:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self.elector.run())
             for duty in self._duties:
-                tasks.create_task(duty.run())
+                tasks.create_task(self._supervise(duty))
+
+    async def _supervise(self, duty: LeaderDuty) -> None:
+        """Run one duty; when it fails (any error: an API server that is briefly down raises connection
+        errors, not only ApiException) log which duty failed and run it again after a backoff. A failing
+        duty never ends the election: leadership is lost only at the Lease's renew deadline."""
+        name = duty_name(duty)
+        delay = DUTY_RETRY_FIRST_S
+        while True:
+            try:
+                await duty.run()
+                return
+            except Exception as exc:
+                self._log.warning(
+                    "event=leader_duty_failed duty=%s error_type=%s error=%r retry_in_s=%.1f",
+                    name,
+                    type(exc).__name__,
+                    str(exc),
+                    delay,
+                )
+            await self._clock.sleep(delay)
+            delay = min(delay * 2, DUTY_RETRY_MAX_S)
+
+
+# A failed duty runs again after 0.5 s, 1 s, 2 s... at most this often.
+DUTY_RETRY_FIRST_S = 0.5
+DUTY_RETRY_MAX_S = 10.0
+
+
+def duty_name(duty: object) -> str:
+    """What a log line calls a duty: the class it wraps (a PassOnLeading's target) or its own."""
+    target = getattr(duty, "target", duty)
+    return type(target).__name__
 
 
 async def keep_trying(

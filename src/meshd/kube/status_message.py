@@ -45,6 +45,8 @@ _REFERENCE = re.compile(
     r"does not exist|is not a port of|not defined|no DestinationRule|not exported|missing|no Secret"
 )
 _CONFLICT = re.compile(r"\balready\b|also defined in|\bignored$")
+# a value that is wrong in itself, whatever words its explanation uses (RE2 says "missing )")
+_SCHEMA = re.compile(r"^invalid RE2 regex|regex program")
 
 
 @dataclass(frozen=True, order=True)
@@ -68,7 +70,7 @@ def message_for(error: InvalidResource) -> Message:
     kind = error.key.kind if error.key else ""
     if _CONFLICT.search(error.message) and kind in CONFLICTS:
         code, name = CONFLICTS[kind]
-    elif _REFERENCE.search(error.message):
+    elif _REFERENCE.search(error.message) and not _SCHEMA.search(error.message):
         code, name = REFERENCED_RESOURCE_NOT_FOUND
     return Message(code, name, f"{error.field}: {error.message}")
 

@@ -101,6 +101,14 @@ class WebhookConfigPatcher:
                     exc.status,
                     exc.reason,
                 )
+            except Exception as exc:  # API server unreachable, timeout...: the next pass tries again
+                self._log.warning(
+                    "event=webhook_config_patch_failed kind=%s name=%s error_type=%s error=%r",
+                    kind,
+                    name,
+                    type(exc).__name__,
+                    str(exc),
+                )
         return writes
 
     async def run(self, *, clock: Clock, interval_s: float = 30.0, ready_poll_s: float = 1.0) -> None:

@@ -12,6 +12,7 @@ from meshd.api.kube import EndpointConditions, EndpointSlice, Pod, Service
 from meshd.api.meta import InvalidResource, Resource
 from meshd.api.networking import ServiceEntry, Sidecar, WorkloadEntry
 from meshd.api.security import PeerAuthentication
+from meshd.api.values import valid_port
 from meshd.api.virtualservice import VirtualService
 from meshd.model.services import (
     Endpoint,
@@ -140,7 +141,7 @@ def slice_endpoints(
         slice_port = next((p for p in eps.ports if p.name == sp.name), None)
         if slice_port is None and len(eps.ports) == 1 and len(service.ports) == 1:
             slice_port = eps.ports[0]
-        if slice_port is None or slice_port.port is None:
+        if slice_port is None or slice_port.port is None or not valid_port(slice_port.port):
             continue
         endpoints = []
         for ep in eps.endpoints:
@@ -229,9 +230,17 @@ def service_entries(
                     address = spec.address or (host if resolution == "DNS" else "")
                     if not address:
                         continue
+                    endpoint_port = spec.ports.get(port.name, int(port.target_port or port.number))
+                    if not valid_port(endpoint_port):  # the last guard: Envoy refuses the whole EDS update
+                        errors.append(
+                            InvalidResource(
+                                se.key, "spec.endpoints", f"{address}: port {endpoint_port} not in 1..65535"
+                            )
+                        )
+                        continue
                     endpoint = Endpoint(
                         address=address,
-                        port=spec.ports.get(port.name, int(port.target_port or port.number)),
+                        port=endpoint_port,
                         labels=tuple(sorted(spec.labels.items())),
                         service_account=spec.service_account,
                         weight=spec.weight,

@@ -8,6 +8,8 @@ import asyncio
 import contextlib
 import logging
 
+import pytest
+
 from meshd.kube.leader import LeaseConfig
 from meshd.kube.leading import LeaderDuty, Leadership, keep_trying
 from tests.unit.leadership.test_leader_clock import ManualClock, MemoryLeases
@@ -64,3 +66,37 @@ async def test_keep_trying_retries_with_backoff() -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await task
     assert attempts == [0.0, 1.0, 3.0, 7.0, 11.0, 15.0, 19.0]  # 1, 2, 4, then capped at 4
+
+
+class FlakyPublisher:
+    """A duty whose passes fail as a briefly unreachable API server makes them fail: not an ApiException."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.runs = 0
+
+    def leadership_changed(self, leading: bool) -> None:
+        pass
+
+    async def run(self) -> None:
+        self.runs += 1
+        if self.runs <= self.failures:
+            raise ConnectionRefusedError("Cannot connect to host 127.0.0.1:6443")
+        await asyncio.Event().wait()
+
+
+async def test_a_failing_duty_neither_drops_leadership_nor_stops_the_others(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger=log.name)
+    clock, leases = ManualClock(), MemoryLeases()
+    leadership = Leadership(config=CONFIG, lock=leases.client(), clock=clock, log=log)
+    flaky, steady = FlakyPublisher(failures=3), RecordingDuty(leadership)
+    task = asyncio.create_task(leadership.run([flaky, steady]))
+    await clock.advance(10)
+    assert leadership.is_leader() and steady.changes == [True]  # never stepped down
+    assert flaky.runs == 4  # run again after each failure (0.5 s, 1 s, 2 s)
+    assert steady.runs == 1  # the other duty was never restarted
+    failed = [r.getMessage() for r in caplog.records if "event=leader_duty_failed" in r.getMessage()]
+    assert len(failed) == 3 and all("duty=FlakyPublisher error_type=ConnectionRefusedError" in m for m in failed)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -1,0 +1,56 @@
+"""pytest fixtures for a real Kubernetes control plane (tests/kubereal/control_plane.py), available to every
+test (tests/conftest.py): `real_kube` is one etcd + kube-apiserver for the whole session, with the chart's CRDs
+installed; `real_kube_controllers` adds kube-controller-manager (the EndpointSlice controller). Without
+KUBEBUILDER_ASSETS they skip, naming the variable. Tests share the cluster: each uses namespaces of its own."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.kubereal.control_plane import ControlPlane, assets_unavailable, request
+from tests.unit.deploy.chart import render
+
+CRD_ESTABLISH_TIMEOUT = 30.0
+
+
+def install_chart_crds(plane: ControlPlane) -> list[str]:
+    """The chart's CRDs (tools/gencrds.py output, rendered by Helm) created and Established."""
+    crds = [d for d in render() if d["kind"] == "CustomResourceDefinition"]
+    base = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    for crd in crds:
+        request(plane, "POST", base, crd)
+    names = [crd["metadata"]["name"] for crd in crds]
+    deadline = time.monotonic() + CRD_ESTABLISH_TIMEOUT
+    for name in names:
+        while True:
+            status = request(plane, "GET", f"{base}/{name}").get("status") or {}
+            conditions = status.get("conditions") or [] if isinstance(status, dict) else []
+            if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"CRD {name} not Established in {CRD_ESTABLISH_TIMEOUT}s")
+            time.sleep(0.05)  # polling the API server with a deadline
+    return names
+
+
+@pytest.fixture(scope="session")
+def real_kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    why = assets_unavailable()
+    if why is not None:
+        pytest.skip(why)
+    plane = ControlPlane(tmp_path_factory.mktemp("envtest"))
+    try:
+        plane.start()
+        install_chart_crds(plane)
+        yield plane
+    finally:
+        plane.stop()
+
+
+@pytest.fixture(scope="session")
+def real_kube_controllers(real_kube: ControlPlane) -> ControlPlane:
+    real_kube.start_controllers()
+    return real_kube
