@@ -93,7 +93,7 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
                     loop.add_signal_handler(sig, stop.set)
 
             # The CA: raises on an unusable one (meshd must not run half-secured).
-            authority = None
+            authority, secure = None, None
             if settings.ca_enabled:
                 api = await cluster.get() if in_cluster else None
                 authority = await load_authority(settings=settings, api=api, metrics=metrics, wall=utc_now, log=log)
@@ -111,7 +111,9 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
                 settings.config_dir,
             )
 
-            webhook = webhook_server(settings=settings, ca_issued=in_cluster, authority=authority, log=log)
+            webhook = webhook_server(
+                settings=settings, ca_issued=in_cluster, authority=authority, clock=clock, metrics=metrics, log=log
+            )
             more_duties: list[DutyFactory] = []
             if authority is not None and kube is not None:
                 more_duties.append(
@@ -128,6 +130,10 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
                 tasks.create_task(push.run())
                 if webhook is not None:
                     tasks.create_task(webhook.serve())
+                    if webhook.certificate is not None:
+                        tasks.create_task(webhook.certificate.run())
+                if secure is not None:
+                    tasks.create_task(secure.certificate.run())
                 if wants_leader_duties(settings):
                     tasks.create_task(
                         run_leader_duties(
@@ -135,9 +141,7 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
                             settings=settings,
                             store=store,
                             errors=lambda: push.errors,
-                            settled=lambda: (
-                                hub.generator is not None and hub.generator.revision == store.revision
-                            ),
+                            settled=lambda: hub.generator is not None and hub.generator.revision == store.revision,
                             more=more_duties,
                             clock=clock,
                             log=log,

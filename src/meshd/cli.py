@@ -75,6 +75,7 @@ def serve_settings(args: argparse.Namespace) -> Settings:
         secure_sans=tuple(args.secure_san) if args.secure_san else Settings().secure_sans,
         ca_default_ttl_s=args.ca_default_ttl,
         ca_max_ttl_s=args.ca_max_ttl,
+        serving_cert_ttl_s=args.serving_cert_ttl,
     )
 
 

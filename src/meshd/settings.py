@@ -75,6 +75,9 @@ class Settings(BaseModel):
     secure_sans: tuple[str, ...] = ("localhost", "127.0.0.1")
     ca_default_ttl_s: int = Field(default=24 * 3600, gt=0)
     ca_max_ttl_s: int = Field(default=90 * 24 * 3600, gt=0)
+    # meshd's own serving certificates (secure port, CA-issued webhook): renewed at half this life.
+    # None: ca_max_ttl_s.
+    serving_cert_ttl_s: int | None = Field(default=None, gt=0)
     # auto mTLS (Istio's enableAutoMtls): client sidecars use mTLS toward workloads that have a sidecar
     enable_auto_mtls: bool = True
     # The mesh's outboundTrafficPolicy.mode for capture-mode proxies (a Sidecar's mode wins): unknown

@@ -26,3 +26,10 @@ def add_ca_arguments(parser: argparse.ArgumentParser, defaults: Settings) -> Non
     )
     group.add_argument("--ca-default-ttl", type=int, default=defaults.ca_default_ttl_s, help="seconds")
     group.add_argument("--ca-max-ttl", type=int, default=defaults.ca_max_ttl_s, help="seconds")
+    group.add_argument(
+        "--serving-cert-ttl",
+        type=int,
+        default=defaults.serving_cert_ttl_s,
+        help="seconds: lifetime of meshd's own serving certificates (15012, CA-issued webhook), renewed at half "
+        "life (default: --ca-max-ttl)",
+    )

@@ -140,3 +140,21 @@ class CaMetrics:
             "The unix timestamp, in seconds, when Citadel root cert will expire.",
             registry=registry,
         )
+        self.serving_renewals = IstioCounter(
+            "meshd_serving_cert_renewals",
+            "meshd's own serving certificates re-issued and swapped in (server: secure, webhook).",
+            "server",
+            registry,
+        )
+        self.serving_renewal_failures = IstioCounter(
+            "meshd_serving_cert_renewal_failures",
+            "Failed renewals of meshd's serving certificates (retried while the current one serves).",
+            "server",
+            registry,
+        )
+        self.serving_expiry = Gauge(
+            "meshd_serving_cert_expiry_timestamp",
+            "The unix timestamp when the serving certificate in use expires.",
+            ["server"],
+            registry=registry,
+        )

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import grpc
 
+from meshd.ca.renewal import RenewedCertificate
 from meshd.ca.server import SERVER_OPTIONS, Authorize, CertificateService, add_ca_service, xds_authorizer
-from meshd.ca.serving import secure_port_context, serving_sans
+from meshd.ca.serving import issue_serving_cert, secure_port_context, serving_sans
 from meshd.ca.tls_front import TlsFront
 from meshd.clock import Clock
 from meshd.obs.metrics import Metrics
@@ -59,6 +60,7 @@ class SecurePort:
     front: TlsFront
     port: int
     authority: Authority
+    certificate: RenewedCertificate  # run() keeps it fresh
 
     @property
     def root_pem(self) -> str:
@@ -80,7 +82,19 @@ async def start_secure_port(
 ) -> SecurePort:
     """Build and start the secure server with meshd's serving certificate from `authority`."""
     sans = serving_sans(settings)
-    context = secure_port_context(authority.signer, sans=sans, ttl_s=settings.ca_max_ttl_s)
+    ttl_s = serving_ttl_s(settings)
+    cert = issue_serving_cert(authority.signer, sans=sans, ttl_s=ttl_s)
+    context = secure_port_context(authority.signer, cert=cert)
+    certificate = RenewedCertificate(
+        server="secure",
+        context=context,
+        current=cert,
+        issue=lambda: issue_serving_cert(authority.signer, sans=sans, ttl_s=ttl_s),
+        clock=clock,
+        wall=authority.wall,
+        metrics=metrics.ca,
+        log=log,
+    )
     server = grpc.aio.server(options=list(SERVER_OPTIONS))
     backend_port = server.add_insecure_port("127.0.0.1:0")  # reachable only through the TLS front
     front = TlsFront(
@@ -111,4 +125,8 @@ async def start_secure_port(
         authority.root_expires.isoformat(),
         ",".join(sans),
     )
-    return SecurePort(server=server, front=front, port=port, authority=authority)
+    return SecurePort(server=server, front=front, port=port, authority=authority, certificate=certificate)
+
+
+def serving_ttl_s(settings: Settings) -> int:
+    return settings.serving_cert_ttl_s or settings.ca_max_ttl_s

@@ -12,13 +12,15 @@ from dataclasses import dataclass
 
 from kubernetes_asyncio.client import ApiClient
 
-from meshd.ca.serving import webhook_ssl_context
+from meshd.ca.renewal import RenewedCertificate
+from meshd.ca.serving import issue_serving_cert, webhook_ssl_context
 from meshd.clock import Clock
 from meshd.kube.inject_template import InjectionConfig
 from meshd.kube.leading import LeaderDuty
 from meshd.kube.webhook import serve_webhook
 from meshd.kube.webhook_certs import webhook_sans
 from meshd.kube.webhook_patcher import WebhookConfigPatcher
+from meshd.obs.metrics import Metrics
 from meshd.settings import Settings
 from meshd.wiring.authority import Authority
 from meshd.wiring.leading import DutyFactory, PassOnLeading
@@ -41,11 +43,13 @@ def injection_config(settings: Settings) -> InjectionConfig | None:
 
 @dataclass(frozen=True)
 class Webhook:
-    """How the webhook server runs: `ssl_context` None means the --webhook-cert files."""
+    """How the webhook server runs: `ssl_context` None means the --webhook-cert files; with a
+    CA-issued certificate, `certificate` renews it in `ssl_context`."""
 
     settings: Settings
     ssl_context: ssl.SSLContext | None
     log: logging.Logger
+    certificate: RenewedCertificate | None = None
 
     async def serve(self) -> None:
         """Until cancelled. A webhook that cannot start (unreadable certificate, port taken) is reported;
@@ -70,7 +74,13 @@ def _has_files(settings: Settings) -> bool:
 
 
 def webhook_server(
-    *, settings: Settings, ca_issued: bool, authority: Authority | None, log: logging.Logger
+    *,
+    settings: Settings,
+    ca_issued: bool,
+    authority: Authority | None,
+    clock: Clock,
+    metrics: Metrics,
+    log: logging.Logger,
 ) -> Webhook | None:
     """The webhook to serve, if any: with the files, or (`ca_issued`: Kubernetes mode with the CA) a
     certificate from `authority`."""
@@ -78,10 +88,22 @@ def webhook_server(
         return Webhook(settings=settings, ssl_context=None, log=log)
     if authority is None or not ca_issued:
         return None
-    sans = webhook_sans(settings)
-    context = webhook_ssl_context(authority.signer, sans=sans, ttl_s=settings.ca_max_ttl_s)
-    log.info("event=webhook_cert_issued sans=%s", ",".join(sans))
-    return Webhook(settings=settings, ssl_context=context, log=log)
+    signer, sans = authority.signer, webhook_sans(settings)
+    ttl_s = settings.serving_cert_ttl_s or settings.ca_max_ttl_s
+    cert = issue_serving_cert(signer, sans=sans, ttl_s=ttl_s)
+    context = webhook_ssl_context(cert=cert)
+    certificate = RenewedCertificate(
+        server="webhook",
+        context=context,
+        current=cert,
+        issue=lambda: issue_serving_cert(signer, sans=sans, ttl_s=ttl_s),
+        clock=clock,
+        wall=authority.wall,
+        metrics=metrics.ca,
+        log=log,
+    )
+    log.info("event=webhook_cert_issued sans=%s expires=%s", ",".join(sans), cert.not_after.isoformat())
+    return Webhook(settings=settings, ssl_context=context, log=log, certificate=certificate)
 
 
 def webhook_patcher(
