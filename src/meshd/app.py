@@ -72,7 +72,12 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
 
             ads = ads_servicer(settings=settings, hub=hub, metrics=metrics, clock=clock, log=log)
             grpc_server, xds_port = plaintext_server(
-                host=settings.xds_host, port=settings.xds_port, ads=ads, metrics=metrics, log=log
+                host=settings.xds_host,
+                port=settings.xds_port,
+                ads=ads,
+                metrics=metrics,
+                log=log,
+                max_connections=settings.xds_max_connections,
             )
             http_app = ops_app(
                 hub=hub,

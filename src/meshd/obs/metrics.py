@@ -88,6 +88,7 @@ class Metrics:
         )
         self.xds_bytes = IstioCounter("pilot_xds_send_bytes", "Bytes of xDS responses sent, by type.", "type", registry)
         self.ca = CaMetrics(registry)
+        self.connections = ConnectionMetrics(registry)
 
 
 class PlainCounter(Collector):
@@ -158,3 +159,34 @@ class CaMetrics:
             ["server"],
             registry=registry,
         )
+
+
+class ConnectionMetrics:
+    """Connection hygiene on meshd's listeners (listener: secure, webhook, xds)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.refused = IstioCounter(
+            "meshd_connections_refused",
+            "Connections closed at accept because the listener's connection limit was reached.",
+            "listener",
+            registry,
+        )
+        self.exhausted = IstioCounter(
+            "meshd_accept_descriptors_exhausted",
+            "Accepts that failed for lack of file descriptors (the pending connection is shed).",
+            "listener",
+            registry,
+        )
+        self.handshake_failures = IstioCounter(
+            "meshd_tls_handshake_failures",
+            "TLS handshakes that failed or did not finish within the handshake timeout.",
+            "listener",
+            registry,
+        )
+        self.idle_closed = IstioCounter(
+            "meshd_connections_closed_idle",
+            "TLS connections closed because they sent no request within the first-request timeout.",
+            "listener",
+            registry,
+        )
+        self.open = Gauge("meshd_connections_open", "Open connections by listener.", ["listener"], registry=registry)

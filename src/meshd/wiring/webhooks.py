@@ -23,6 +23,7 @@ from meshd.kube.webhook_patcher import WebhookConfigPatcher
 from meshd.obs.metrics import Metrics
 from meshd.settings import Settings
 from meshd.wiring.authority import Authority
+from meshd.wiring.grpc_servers import gated_listener
 from meshd.wiring.leading import DutyFactory, PassOnLeading
 
 
@@ -49,12 +50,25 @@ class Webhook:
     settings: Settings
     ssl_context: ssl.SSLContext | None
     log: logging.Logger
+    metrics: Metrics
     certificate: RenewedCertificate | None = None
 
     async def serve(self) -> None:
         """Until cancelled. A webhook that cannot start (unreadable certificate, port taken) is reported;
         xDS keeps serving."""
         settings = self.settings
+        try:
+            listener = gated_listener(
+                "webhook",
+                settings.webhook_host,
+                settings.webhook_port,
+                settings.webhook_max_connections,
+                metrics=self.metrics,
+                log=self.log,
+            )
+        except OSError as exc:
+            self.log.error("event=webhook_failed error=%s", exc)
+            return
         try:
             await serve_webhook(
                 log=self.log,
@@ -64,9 +78,12 @@ class Webhook:
                 key=settings.webhook_key,
                 ssl_context=self.ssl_context,
                 injection=injection_config(settings),
+                sock=listener.socket,
             )
         except (OSError, ValueError) as exc:
             self.log.error("event=webhook_failed error=%s", exc)
+        finally:
+            listener.close()
 
 
 def _has_files(settings: Settings) -> bool:
@@ -85,7 +102,7 @@ def webhook_server(
     """The webhook to serve, if any: with the files, or (`ca_issued`: Kubernetes mode with the CA) a
     certificate from `authority`."""
     if _has_files(settings):
-        return Webhook(settings=settings, ssl_context=None, log=log)
+        return Webhook(settings=settings, ssl_context=None, log=log, metrics=metrics)
     if authority is None or not ca_issued:
         return None
     signer, sans = authority.signer, webhook_sans(settings)
@@ -103,7 +120,7 @@ def webhook_server(
         log=log,
     )
     log.info("event=webhook_cert_issued sans=%s expires=%s", ",".join(sans), cert.not_after.isoformat())
-    return Webhook(settings=settings, ssl_context=context, log=log, certificate=certificate)
+    return Webhook(settings=settings, ssl_context=context, log=log, metrics=metrics, certificate=certificate)
 
 
 def webhook_patcher(
