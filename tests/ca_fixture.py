@@ -130,7 +130,9 @@ async def start_ca(
     metrics = Metrics(CollectorRegistry())
     hub, clock = hub or Hub(), SystemClock()
     ads = ads_servicer(settings=settings, hub=hub, metrics=metrics, clock=clock, log=log)
-    plaintext, plaintext_port = plaintext_server(host="127.0.0.1", port=0, ads=ads, metrics=metrics, log=log)
+    plaintext, plaintext_port = plaintext_server(
+        host="127.0.0.1", port=0, ads=ads, metrics=metrics, log=log, max_connections=settings.xds_max_connections
+    )
     await plaintext.start()
     api = await new_api_client(kubeconfig) if kubeconfig is not None else None
     try:

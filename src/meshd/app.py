@@ -72,7 +72,12 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
 
             ads = ads_servicer(settings=settings, hub=hub, metrics=metrics, clock=clock, log=log)
             grpc_server, xds_port = plaintext_server(
-                host=settings.xds_host, port=settings.xds_port, ads=ads, metrics=metrics, log=log
+                host=settings.xds_host,
+                port=settings.xds_port,
+                ads=ads,
+                metrics=metrics,
+                log=log,
+                max_connections=settings.xds_max_connections,
             )
             http_app = ops_app(
                 hub=hub,
@@ -93,7 +98,7 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
                     loop.add_signal_handler(sig, stop.set)
 
             # The CA: raises on an unusable one (meshd must not run half-secured).
-            authority = None
+            authority, secure = None, None
             if settings.ca_enabled:
                 api = await cluster.get() if in_cluster else None
                 authority = await load_authority(settings=settings, api=api, metrics=metrics, wall=utc_now, log=log)
@@ -111,7 +116,9 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
                 settings.config_dir,
             )
 
-            webhook = webhook_server(settings=settings, ca_issued=in_cluster, authority=authority, log=log)
+            webhook = webhook_server(
+                settings=settings, ca_issued=in_cluster, authority=authority, clock=clock, metrics=metrics, log=log
+            )
             more_duties: list[DutyFactory] = []
             if authority is not None and kube is not None:
                 more_duties.append(
@@ -128,6 +135,10 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
                 tasks.create_task(push.run())
                 if webhook is not None:
                     tasks.create_task(webhook.serve())
+                    if webhook.certificate is not None:
+                        tasks.create_task(webhook.certificate.run())
+                if secure is not None:
+                    tasks.create_task(secure.certificate.run())
                 if wants_leader_duties(settings):
                     tasks.create_task(
                         run_leader_duties(

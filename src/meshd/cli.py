@@ -75,6 +75,12 @@ def serve_settings(args: argparse.Namespace) -> Settings:
         secure_sans=tuple(args.secure_san) if args.secure_san else Settings().secure_sans,
         ca_default_ttl_s=args.ca_default_ttl,
         ca_max_ttl_s=args.ca_max_ttl,
+        serving_cert_ttl_s=args.serving_cert_ttl,
+        secure_max_connections=args.secure_max_connections,
+        tls_handshake_timeout_s=args.tls_handshake_timeout,
+        first_request_timeout_s=args.first_request_timeout,
+        xds_max_connections=args.xds_max_connections,
+        webhook_max_connections=args.webhook_max_connections,
     )
 
 
@@ -123,6 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config-dir", help="directory of Istio/Kubernetes YAML (standalone mode)")
     serve.add_argument("--xds-host", default=defaults.xds_host)
     serve.add_argument("--xds-port", type=int, default=defaults.xds_port)
+    serve.add_argument(
+        "--xds-max-connections", type=int, default=defaults.xds_max_connections, help="open connections on --xds-port"
+    )
+    serve.add_argument(
+        "--webhook-max-connections",
+        type=int,
+        default=defaults.webhook_max_connections,
+        help="open connections on --webhook-port",
+    )
     serve.add_argument("--http-host", default=defaults.http_host)
     serve.add_argument("--http-port", type=int, default=defaults.http_port)
     serve.add_argument(

@@ -75,6 +75,17 @@ class Settings(BaseModel):
     secure_sans: tuple[str, ...] = ("localhost", "127.0.0.1")
     ca_default_ttl_s: int = Field(default=24 * 3600, gt=0)
     ca_max_ttl_s: int = Field(default=90 * 24 * 3600, gt=0)
+    # Connection hygiene (ca/tls_front.py, netlimits.py): open-connection caps per listener (a refused
+    # connection is counted in meshd_connections_refused), the TLS handshake timeout, and how long a TLS
+    # connection to the secure port may stay open without sending a request.
+    secure_max_connections: int = Field(default=8192, ge=1)
+    xds_max_connections: int = Field(default=8192, ge=1)
+    webhook_max_connections: int = Field(default=512, ge=1)
+    tls_handshake_timeout_s: float = Field(default=10.0, gt=0)
+    first_request_timeout_s: float = Field(default=30.0, gt=0)
+    # meshd's own serving certificates (secure port, CA-issued webhook): renewed at half this life.
+    # None: ca_max_ttl_s.
+    serving_cert_ttl_s: int | None = Field(default=None, gt=0)
     # auto mTLS (Istio's enableAutoMtls): client sidecars use mTLS toward workloads that have a sidecar
     enable_auto_mtls: bool = True
     # The mesh's outboundTrafficPolicy.mode for capture-mode proxies (a Sidecar's mode wins): unknown

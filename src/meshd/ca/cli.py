@@ -26,3 +26,20 @@ def add_ca_arguments(parser: argparse.ArgumentParser, defaults: Settings) -> Non
     )
     group.add_argument("--ca-default-ttl", type=int, default=defaults.ca_default_ttl_s, help="seconds")
     group.add_argument("--ca-max-ttl", type=int, default=defaults.ca_max_ttl_s, help="seconds")
+    group.add_argument("--secure-max-connections", type=int, default=defaults.secure_max_connections)
+    group.add_argument(
+        "--tls-handshake-timeout", type=float, default=defaults.tls_handshake_timeout_s, help="seconds (secure port)"
+    )
+    group.add_argument(
+        "--first-request-timeout",
+        type=float,
+        default=defaults.first_request_timeout_s,
+        help="seconds: a TLS connection to the secure port that sends no request by then is closed",
+    )
+    group.add_argument(
+        "--serving-cert-ttl",
+        type=int,
+        default=defaults.serving_cert_ttl_s,
+        help="seconds: lifetime of meshd's own serving certificates (15012, CA-issued webhook), renewed at half "
+        "life (default: --ca-max-ttl)",
+    )

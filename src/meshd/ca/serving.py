@@ -1,12 +1,15 @@
 """meshd's own serving certificates, issued by its CA: a fresh ECDSA P-256 key each time, the chain
 without the root. For the secure port (`secure_port_context`: client certificates optional, verified
 against the root) and for the webhook server when no `--webhook-cert` files are given
-(`webhook_ssl_context`: no client certificates; the root goes into the webhook configurations' caBundle)."""
+(`webhook_ssl_context`: no client certificates; the root goes into the webhook configurations' caBundle).
+Both are kept fresh by `ca/renewal.py`, which loads a new certificate into the same context."""
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import ssl
+from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -33,27 +36,32 @@ def ip_san(host: str) -> list[str]:
     return [] if address.is_unspecified else [str(address)]
 
 
-def issue_key_and_chain(signer: Signer, *, sans: list[str], ttl_s: int) -> tuple[bytes, bytes]:
-    """(private key PEM, certificate chain PEM without the root) for `sans`."""
+@dataclass(frozen=True)
+class ServingCert:
+    key_pem: bytes
+    chain_pem: bytes  # without the root
+    not_after: datetime.datetime
+
+
+def issue_serving_cert(signer: Signer, *, sans: list[str], ttl_s: int) -> ServingCert:
+    """A new key and its certificate chain (without the root) for `sans`."""
     key = ec.generate_private_key(ec.SECP256R1())
     issued = signer.issue_for_key(public_key=key.public_key(), sans=sans, ttl_s=ttl_s)
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     chain_pem = "".join(issued.chain[:-1] if len(issued.chain) > 1 else issued.chain).encode()
-    return key_pem, chain_pem
+    return ServingCert(key_pem=key_pem, chain_pem=chain_pem, not_after=issued.not_after)
 
 
-def secure_port_context(signer: Signer, *, sans: list[str], ttl_s: int) -> ssl.SSLContext:
+def secure_port_context(signer: Signer, *, cert: ServingCert) -> ssl.SSLContext:
     """TLS for the secure port: client certificates optional and verified against the root."""
-    key_pem, chain_pem = issue_key_and_chain(signer, sans=sans, ttl_s=ttl_s)
-    return server_context(key_pem=key_pem, chain_pem=chain_pem, client_roots_pem=signer.ca.root_pem())
+    return server_context(key_pem=cert.key_pem, chain_pem=cert.chain_pem, client_roots_pem=signer.ca.root_pem())
 
 
-def webhook_ssl_context(signer: Signer, *, sans: list[str], ttl_s: int) -> ssl.SSLContext:
-    """An HTTPS server context (TLS 1.2+, no client certificates) with a certificate issued by `signer`."""
-    key_pem, chain_pem = issue_key_and_chain(signer, sans=sans, ttl_s=ttl_s)
+def webhook_ssl_context(*, cert: ServingCert) -> ssl.SSLContext:
+    """An HTTPS server context (TLS 1.2+, no client certificates) with `cert`."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    load_chain_pem(context, chain_pem=chain_pem, key_pem=key_pem)
+    load_chain_pem(context, chain_pem=cert.chain_pem, key_pem=cert.key_pem)
     return context

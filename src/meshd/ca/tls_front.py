@@ -6,6 +6,12 @@ token, a proxy's xDS stream has a certificate. So the secure port is this front:
 module) terminates TLS, asks for a client certificate, verifies it against meshd's root when one is
 sent (a bad one fails the handshake), and pipes the HTTP/2 bytes to the gRPC server on a loopback port.
 
+Connection hygiene (issue 20): the listening socket is a `GatedListener` (a cap on open connections,
+handshakes included; descriptor exhaustion shed without a log storm); the handshake must finish within
+`handshake_timeout_s`; a connection that has not sent a request (an HTTP/2 HEADERS frame,
+`h2_watch.py`) within `first_request_timeout_s` of its handshake is closed, and the loopback connection
+to the gRPC server is opened only once the client has sent its first bytes. Each event is counted.
+
 Each piped connection is registered under the address gRPC sees as its peer (`ipv4:127.0.0.1:<port>`)
 before a byte is forwarded, with the verified certificate or None; `peer_cert` answers from that
 table. A connection to the loopback port that did not come through the front is unknown and refused.
@@ -19,9 +25,13 @@ import logging
 import os
 import ssl
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from meshd.ca.auth import unauthenticated
+from meshd.ca.h2_watch import RequestWatch
+from meshd.netlimits import GatedListener
 
 _CHUNK = 64 * 1024
 
@@ -48,13 +58,28 @@ def server_context(*, key_pem: bytes, chain_pem: bytes, client_roots_pem: str) -
     return context
 
 
+@dataclass(frozen=True)
+class FrontLimits:
+    handshake_timeout_s: float = 10.0
+    first_request_timeout_s: float = 30.0
+    on_handshake_failed: Callable[[], None] = lambda: None
+    on_idle_closed: Callable[[], None] = lambda: None
+
+
 class TlsFront:
     def __init__(
-        self, *, context: ssl.SSLContext, host: str, port: int, backend_port: int, log: logging.Logger
+        self,
+        *,
+        context: ssl.SSLContext,
+        listener: GatedListener,
+        backend_port: int,
+        log: logging.Logger,
+        limits: FrontLimits = FrontLimits(),
     ) -> None:
         self._context = context
-        self._host, self._port = host, port
+        self._listener = listener
         self._backend_port = backend_port
+        self._limits = limits
         self._log = log
         self._peers: dict[str, bytes | None] = {}
         self._server: asyncio.Server | None = None
@@ -62,10 +87,8 @@ class TlsFront:
         self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> int:
-        self._server = await asyncio.start_server(
-            self._accept, self._host, self._port, ssl=self._context, ssl_handshake_timeout=10.0, reuse_address=True
-        )
-        return int(self._server.sockets[0].getsockname()[1])
+        self._server = await asyncio.start_server(self._accept, sock=self._listener.socket)
+        return self._listener.port
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -79,6 +102,7 @@ class TlsFront:
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
+        self._listener.close()
 
     def peer_cert(self, context: Any) -> bytes | None:
         """The verified client certificate (PEM) of the caller's connection, or None when it sent none.
@@ -94,7 +118,7 @@ class TlsFront:
         self._tasks.add(task)
         self._writers.add(writer)
         try:
-            await self._pipe(reader, writer)
+            await self._serve(reader, writer)
         except (OSError, ssl.SSLError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -104,6 +128,8 @@ class TlsFront:
 
     @staticmethod
     async def _close(writer: asyncio.StreamWriter) -> None:
+        if writer.transport is None:  # lost during the TLS handshake: nothing left to close
+            return
         writer.close()
         try:
             await asyncio.wait_for(writer.wait_closed(), 1.0)
@@ -112,7 +138,27 @@ class TlsFront:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.sleep(0)  # let connection_lost run and close the socket
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        limits = self._limits
+        try:
+            await writer.start_tls(self._context, ssl_handshake_timeout=limits.handshake_timeout_s)
+        except (OSError, ssl.SSLError, TimeoutError, AttributeError):  # AttributeError: CPython 3.11 start_tls
+            # on a connection lost mid-handshake (its protocol has no transport left)
+            limits.on_handshake_failed()
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limits.first_request_timeout_s
+        try:
+            first = await asyncio.wait_for(reader.read(_CHUNK), limits.first_request_timeout_s)
+        except TimeoutError:
+            limits.on_idle_closed()
+            return
+        if first:
+            await self._pipe(reader, writer, first=first, deadline=deadline)
+
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, first: bytes, deadline: float
+    ) -> None:
         ssl_object = writer.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         pem = ssl.DER_cert_to_PEM_cert(der).encode() if der else None
@@ -120,10 +166,16 @@ class TlsFront:
         key = f"ipv4:127.0.0.1:{up_writer.get_extra_info('sockname')[1]}"
         self._peers[key] = pem
         self._writers.add(up_writer)
+        watch, seen = RequestWatch(), asyncio.Event()
+        if watch.feed(first):
+            seen.set()
+        up_writer.write(first)
         try:
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._copy(reader, up_writer))
+                upstream = tasks.create_task(self._copy(reader, up_writer, watch=(watch, seen)))
                 tasks.create_task(self._copy(up_reader, writer))
+                if not seen.is_set():
+                    tasks.create_task(self._close_without_request(seen, deadline, (writer, up_writer), upstream))
         except* (OSError, ssl.SSLError):
             pass
         finally:
@@ -133,10 +185,36 @@ class TlsFront:
             with contextlib.suppress(Exception):
                 await up_writer.wait_closed()  # until connection_lost: the socket is closed
 
+    async def _close_without_request(
+        self,
+        seen: asyncio.Event,
+        deadline: float,
+        writers: tuple[asyncio.StreamWriter, asyncio.StreamWriter],
+        upstream: asyncio.Task[None],
+    ) -> None:
+        """Close the connection (both sides) if the client has sent no request by `deadline`."""
+        waiter = asyncio.ensure_future(seen.wait())
+        try:
+            timeout = max(0.0, deadline - asyncio.get_running_loop().time())
+            await asyncio.wait({upstream, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if not seen.is_set() and not upstream.done():
+            self._limits.on_idle_closed()
+            for writer in writers:
+                writer.transport.abort()
+
     @staticmethod
-    async def _copy(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    async def _copy(
+        src: asyncio.StreamReader,
+        dst: asyncio.StreamWriter,
+        *,
+        watch: tuple[RequestWatch, asyncio.Event] | None = None,
+    ) -> None:
         try:
             while data := await src.read(_CHUNK):
+                if watch is not None and not watch[1].is_set() and watch[0].feed(data):
+                    watch[1].set()
                 dst.write(data)
                 await dst.drain()
         finally:

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import pathlib
+import socket
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -82,8 +83,10 @@ async def serve_webhook(
     key: pathlib.Path | None = None,
     ssl_context: ssl.SSLContext | None = None,
     injection: InjectionConfig | None = None,
+    sock: socket.socket | None = None,
 ) -> None:
-    """Serve until cancelled, with `ssl_context` or else the `cert`/`key` files."""
+    """Serve until cancelled, with `ssl_context` or else the `cert`/`key` files; on `sock` (a bound,
+    listening socket) when given, else on host:port."""
     if ssl_context is None:
         if cert is None or key is None:
             raise ValueError("the webhook needs a certificate and key")
@@ -91,7 +94,11 @@ async def serve_webhook(
     runner = web.AppRunner(build_webhook_app(log=log, injection=injection), access_log=None)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+        site: web.BaseSite = (
+            web.SockSite(runner, sock, ssl_context=ssl_context)
+            if sock is not None
+            else web.TCPSite(runner, host, port, ssl_context=ssl_context)
+        )
         await site.start()
         log.info("event=webhook_started port=%d", port)
         await asyncio.Event().wait()

@@ -88,6 +88,7 @@ class Metrics:
         )
         self.xds_bytes = IstioCounter("pilot_xds_send_bytes", "Bytes of xDS responses sent, by type.", "type", registry)
         self.ca = CaMetrics(registry)
+        self.connections = ConnectionMetrics(registry)
 
 
 class PlainCounter(Collector):
@@ -140,3 +141,52 @@ class CaMetrics:
             "The unix timestamp, in seconds, when Citadel root cert will expire.",
             registry=registry,
         )
+        self.serving_renewals = IstioCounter(
+            "meshd_serving_cert_renewals",
+            "meshd's own serving certificates re-issued and swapped in (server: secure, webhook).",
+            "server",
+            registry,
+        )
+        self.serving_renewal_failures = IstioCounter(
+            "meshd_serving_cert_renewal_failures",
+            "Failed renewals of meshd's serving certificates (retried while the current one serves).",
+            "server",
+            registry,
+        )
+        self.serving_expiry = Gauge(
+            "meshd_serving_cert_expiry_timestamp",
+            "The unix timestamp when the serving certificate in use expires.",
+            ["server"],
+            registry=registry,
+        )
+
+
+class ConnectionMetrics:
+    """Connection hygiene on meshd's listeners (listener: secure, webhook, xds)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.refused = IstioCounter(
+            "meshd_connections_refused",
+            "Connections closed at accept because the listener's connection limit was reached.",
+            "listener",
+            registry,
+        )
+        self.exhausted = IstioCounter(
+            "meshd_accept_descriptors_exhausted",
+            "Accepts that failed for lack of file descriptors (the pending connection is shed).",
+            "listener",
+            registry,
+        )
+        self.handshake_failures = IstioCounter(
+            "meshd_tls_handshake_failures",
+            "TLS handshakes that failed or did not finish within the handshake timeout.",
+            "listener",
+            registry,
+        )
+        self.idle_closed = IstioCounter(
+            "meshd_connections_closed_idle",
+            "TLS connections closed because they sent no request within the first-request timeout.",
+            "listener",
+            registry,
+        )
+        self.open = Gauge("meshd_connections_open", "Open connections by listener.", ["listener"], registry=registry)

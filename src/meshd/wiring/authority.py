@@ -41,6 +41,7 @@ class Authority:
     origin: str  # where the root came from: a directory or a Secret
     root_expires: datetime.datetime
     root_cert_path: pathlib.Path | None  # standalone: the file agents trust
+    wall: WallClock  # the time certificates are issued against
 
 
 async def _load_material(
@@ -107,4 +108,5 @@ async def load_authority(
         origin=origin,
         root_expires=ca.root.not_valid_after_utc,
         root_cert_path=pathlib.Path(origin) / "root-cert.pem" if api is None else None,
+        wall=wall,
     )

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 
 import grpc
 
+from meshd.ca.renewal import RenewedCertificate
 from meshd.ca.server import SERVER_OPTIONS, Authorize, CertificateService, add_ca_service, xds_authorizer
-from meshd.ca.serving import secure_port_context, serving_sans
-from meshd.ca.tls_front import TlsFront
+from meshd.ca.serving import issue_serving_cert, secure_port_context, serving_sans
+from meshd.ca.tls_front import FrontLimits, TlsFront
 from meshd.clock import Clock
+from meshd.netlimits import GatedListener
 from meshd.obs.metrics import Metrics
 from meshd.settings import Settings
 from meshd.wiring.authority import Authority
@@ -44,10 +46,18 @@ def ads_servicer(
 
 
 def plaintext_server(
-    *, host: str, port: int, ads: AdsServicer, metrics: Metrics, log: logging.Logger
+    *,
+    host: str,
+    port: int,
+    ads: AdsServicer,
+    metrics: Metrics,
+    log: logging.Logger,
+    max_connections: int | None = None,
 ) -> tuple[grpc.aio.Server, int]:
-    """The plaintext xDS server (not started) and the port it bound."""
-    server = grpc.aio.server(options=list(SERVER_OPTIONS))
+    """The plaintext xDS server (not started) and the port it bound. `max_connections`: gRPC closes
+    connections over it at accept (gRPC core does not tell us when: no refusal metric on this port)."""
+    cap = [("grpc.max_allowed_incoming_connections", max_connections)] if max_connections else []
+    server = grpc.aio.server(options=[*SERVER_OPTIONS, *cap])
     add_to_server(server, ads)
     add_ca_service(server, CertificateService(signer=None, authenticator=None, metrics=metrics.ca, log=log))
     return server, server.add_insecure_port(f"{host}:{port}")
@@ -59,6 +69,7 @@ class SecurePort:
     front: TlsFront
     port: int
     authority: Authority
+    certificate: RenewedCertificate  # run() keeps it fresh
 
     @property
     def root_pem(self) -> str:
@@ -80,11 +91,39 @@ async def start_secure_port(
 ) -> SecurePort:
     """Build and start the secure server with meshd's serving certificate from `authority`."""
     sans = serving_sans(settings)
-    context = secure_port_context(authority.signer, sans=sans, ttl_s=settings.ca_max_ttl_s)
+    ttl_s = serving_ttl_s(settings)
+    cert = issue_serving_cert(authority.signer, sans=sans, ttl_s=ttl_s)
+    context = secure_port_context(authority.signer, cert=cert)
+    certificate = RenewedCertificate(
+        server="secure",
+        context=context,
+        current=cert,
+        issue=lambda: issue_serving_cert(authority.signer, sans=sans, ttl_s=ttl_s),
+        clock=clock,
+        wall=authority.wall,
+        metrics=metrics.ca,
+        log=log,
+    )
     server = grpc.aio.server(options=list(SERVER_OPTIONS))
     backend_port = server.add_insecure_port("127.0.0.1:0")  # reachable only through the TLS front
     front = TlsFront(
-        context=context, host=settings.secure_host, port=settings.secure_port, backend_port=backend_port, log=log
+        context=context,
+        listener=gated_listener(
+            "secure",
+            settings.secure_host,
+            settings.secure_port,
+            settings.secure_max_connections,
+            metrics=metrics,
+            log=log,
+        ),
+        backend_port=backend_port,
+        log=log,
+        limits=FrontLimits(
+            handshake_timeout_s=settings.tls_handshake_timeout_s,
+            first_request_timeout_s=settings.first_request_timeout_s,
+            on_handshake_failed=lambda: metrics.connections.handshake_failures.inc("secure"),
+            on_idle_closed=lambda: metrics.connections.idle_closed.inc("secure"),
+        ),
     )
     service = CertificateService(
         signer=authority.signer,
@@ -111,4 +150,25 @@ async def start_secure_port(
         authority.root_expires.isoformat(),
         ",".join(sans),
     )
-    return SecurePort(server=server, front=front, port=port, authority=authority)
+    return SecurePort(server=server, front=front, port=port, authority=authority, certificate=certificate)
+
+
+def gated_listener(
+    name: str, host: str, port: int, max_connections: int, *, metrics: Metrics, log: logging.Logger
+) -> GatedListener:
+    """A listening socket with a connection cap, counted in `metrics` under `name`."""
+    listener = GatedListener(
+        name=name,
+        host=host,
+        port=port,
+        max_connections=max_connections,
+        on_refused=lambda: metrics.connections.refused.inc(name),
+        on_exhausted=lambda: metrics.connections.exhausted.inc(name),
+        log=log,
+    )
+    metrics.connections.open.labels(name).set_function(lambda: listener.open)
+    return listener
+
+
+def serving_ttl_s(settings: Settings) -> int:
+    return settings.serving_cert_ttl_s or settings.ca_max_ttl_s

@@ -12,15 +12,18 @@ from dataclasses import dataclass
 
 from kubernetes_asyncio.client import ApiClient
 
-from meshd.ca.serving import webhook_ssl_context
+from meshd.ca.renewal import RenewedCertificate
+from meshd.ca.serving import issue_serving_cert, webhook_ssl_context
 from meshd.clock import Clock
 from meshd.kube.inject_template import InjectionConfig
 from meshd.kube.leading import LeaderDuty
 from meshd.kube.webhook import serve_webhook
 from meshd.kube.webhook_certs import webhook_sans
 from meshd.kube.webhook_patcher import WebhookConfigPatcher
+from meshd.obs.metrics import Metrics
 from meshd.settings import Settings
 from meshd.wiring.authority import Authority
+from meshd.wiring.grpc_servers import gated_listener
 from meshd.wiring.leading import DutyFactory, PassOnLeading
 
 
@@ -41,16 +44,31 @@ def injection_config(settings: Settings) -> InjectionConfig | None:
 
 @dataclass(frozen=True)
 class Webhook:
-    """How the webhook server runs: `ssl_context` None means the --webhook-cert files."""
+    """How the webhook server runs: `ssl_context` None means the --webhook-cert files; with a
+    CA-issued certificate, `certificate` renews it in `ssl_context`."""
 
     settings: Settings
     ssl_context: ssl.SSLContext | None
     log: logging.Logger
+    metrics: Metrics
+    certificate: RenewedCertificate | None = None
 
     async def serve(self) -> None:
         """Until cancelled. A webhook that cannot start (unreadable certificate, port taken) is reported;
         xDS keeps serving."""
         settings = self.settings
+        try:
+            listener = gated_listener(
+                "webhook",
+                settings.webhook_host,
+                settings.webhook_port,
+                settings.webhook_max_connections,
+                metrics=self.metrics,
+                log=self.log,
+            )
+        except OSError as exc:
+            self.log.error("event=webhook_failed error=%s", exc)
+            return
         try:
             await serve_webhook(
                 log=self.log,
@@ -60,9 +78,12 @@ class Webhook:
                 key=settings.webhook_key,
                 ssl_context=self.ssl_context,
                 injection=injection_config(settings),
+                sock=listener.socket,
             )
         except (OSError, ValueError) as exc:
             self.log.error("event=webhook_failed error=%s", exc)
+        finally:
+            listener.close()
 
 
 def _has_files(settings: Settings) -> bool:
@@ -70,18 +91,36 @@ def _has_files(settings: Settings) -> bool:
 
 
 def webhook_server(
-    *, settings: Settings, ca_issued: bool, authority: Authority | None, log: logging.Logger
+    *,
+    settings: Settings,
+    ca_issued: bool,
+    authority: Authority | None,
+    clock: Clock,
+    metrics: Metrics,
+    log: logging.Logger,
 ) -> Webhook | None:
     """The webhook to serve, if any: with the files, or (`ca_issued`: Kubernetes mode with the CA) a
     certificate from `authority`."""
     if _has_files(settings):
-        return Webhook(settings=settings, ssl_context=None, log=log)
+        return Webhook(settings=settings, ssl_context=None, log=log, metrics=metrics)
     if authority is None or not ca_issued:
         return None
-    sans = webhook_sans(settings)
-    context = webhook_ssl_context(authority.signer, sans=sans, ttl_s=settings.ca_max_ttl_s)
-    log.info("event=webhook_cert_issued sans=%s", ",".join(sans))
-    return Webhook(settings=settings, ssl_context=context, log=log)
+    signer, sans = authority.signer, webhook_sans(settings)
+    ttl_s = settings.serving_cert_ttl_s or settings.ca_max_ttl_s
+    cert = issue_serving_cert(signer, sans=sans, ttl_s=ttl_s)
+    context = webhook_ssl_context(cert=cert)
+    certificate = RenewedCertificate(
+        server="webhook",
+        context=context,
+        current=cert,
+        issue=lambda: issue_serving_cert(signer, sans=sans, ttl_s=ttl_s),
+        clock=clock,
+        wall=authority.wall,
+        metrics=metrics.ca,
+        log=log,
+    )
+    log.info("event=webhook_cert_issued sans=%s expires=%s", ",".join(sans), cert.not_after.isoformat())
+    return Webhook(settings=settings, ssl_context=context, log=log, metrics=metrics, certificate=certificate)
 
 
 def webhook_patcher(

@@ -18,7 +18,7 @@ import pytest
 from kubernetes_asyncio import client
 
 from meshd.ca.material import generate_root, load
-from meshd.ca.serving import webhook_ssl_context
+from meshd.ca.serving import issue_serving_cert, webhook_ssl_context
 from meshd.ca.signer import Signer, utc_now
 from meshd.kube.client import new_api_client
 from meshd.kube.webhook_certs import webhook_sans
@@ -114,7 +114,7 @@ def test_webhook_certificate_from_the_ca_verifies_against_its_root() -> None:
     settings = Settings(namespace="mesh", webhook_service="meshd-hooks")
     sans = webhook_sans(settings)
     assert sans[:3] == ["meshd-hooks.mesh.svc", "meshd.mesh.svc", "istiod.mesh.svc"]
-    server_ctx = webhook_ssl_context(signer, sans=sans, ttl_s=3600)
+    server_ctx = webhook_ssl_context(cert=issue_serving_cert(signer, sans=sans, ttl_s=3600))
     client_ctx = ssl.create_default_context(cadata=ca.root_pem())
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO()
