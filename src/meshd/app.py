@@ -27,6 +27,7 @@ from meshd.settings import Settings
 from meshd.sources.directory import DirectorySource
 from meshd.wiring.authority import load_authority
 from meshd.wiring.cluster import ClusterApi, wants_leader_duties
+from meshd.wiring.debug_access import debug_authorizer
 from meshd.wiring.grpc_servers import ads_servicer, plaintext_server, start_secure_port
 from meshd.wiring.kube_mode import build_kube_mode
 from meshd.wiring.leading import DutyFactory, root_cert_publisher, run_leader_duties
@@ -79,6 +80,11 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
                 log=log,
                 max_connections=settings.xds_max_connections,
             )
+            debug_authorize = (
+                debug_authorizer(settings=settings, api=await cluster.get() if in_cluster else None, log=log)
+                if settings.debug_expose
+                else None
+            )
             http_app = ops_app(
                 hub=hub,
                 push=push,
@@ -86,6 +92,7 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
                 kube=kube,
                 enable_test_hooks=settings.enable_test_hooks,
                 debug_expose=settings.debug_expose,
+                debug_authorize=debug_authorize,
             )
             runner = web.AppRunner(http_app, access_log=None)
             await runner.setup()

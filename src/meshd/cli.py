@@ -143,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--debug-expose",
         action="store_true",
-        help="answer /debug/* on the ops port from any address (default: loopback clients only; no authentication)",
+        help="answer /debug/* on the ops port from other addresses, to authenticated callers only: Kubernetes mode, "
+        "a service-account token RBAC lets get the path (nonResourceURLs /debug/*); standalone, a --ca-token-file "
+        "token of meshd's namespace (default: loopback clients only)",
     )
     serve.add_argument("--debounce-quiet", type=float, default=defaults.debounce_quiet_s)
     serve.add_argument("--debounce-max", type=float, default=defaults.debounce_max_s)

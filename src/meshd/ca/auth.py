@@ -112,7 +112,8 @@ class TokenFileAuthenticator:
 
 
 class TokenReviewAuthenticator:
-    """Kubernetes mode: `authentication.k8s.io/v1` TokenReview with audience istio-ca."""
+    """Kubernetes mode: `authentication.k8s.io/v1` TokenReview with audience istio-ca (`audiences=()`: the
+    API server's own audiences, as `kubectl create token` issues them)."""
 
     def __init__(self, *, api: Any, audiences: Sequence[str] = (AUDIENCE,)) -> None:
         from kubernetes_asyncio import client
@@ -134,7 +135,7 @@ class TokenReviewAuthenticator:
         if status is None or not status.authenticated:
             error = status.error if status is not None and status.error else "not authenticated"
             raise unauthenticated(f"TokenReview: {error}")
-        if not set(self._audiences) & set(status.audiences or ()):
+        if self._audiences and not set(self._audiences) & set(status.audiences or ()):
             raise unauthenticated(f"TokenReview: token is not for audience {self._audiences[0]}")
         username = status.user.username if status.user is not None else ""
         try:

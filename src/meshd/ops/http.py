@@ -9,8 +9,9 @@ What the endpoints show comes in as callables (`DebugViews`): this server knows 
 
 /ready and /metrics answer anyone (probes, Prometheus). The /debug endpoints show every proxy's config
 and every namespace's errors: by default they answer only clients on the loopback interface (inside the
-pod: `kubectl port-forward`, `kubectl exec`), anyone else gets 403; `meshd serve --debug-expose` opens
-them to the network (no authentication yet: only on a trusted network).
+pod: `kubectl port-forward`, `kubectl exec`), anyone else gets 403. `meshd serve --debug-expose` opens them
+to other addresses for authenticated callers only: a bearer token (401 without one) that the authorizer app
+hands in accepts for the path (403 otherwise); exposed without an authorizer, they stay closed (403).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 DEBUG_PREFIX = "/debug/"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# (bearer token, request path) -> None to let the request through, or (HTTP status, why) to refuse it
+DebugAuthorizer = Callable[[str, str], Awaitable[tuple[int, str] | None]]
 
 
 def is_loopback(remote: str | None) -> bool:
@@ -56,16 +59,32 @@ def is_loopback(remote: str | None) -> bool:
         return False  # a Unix socket or anything unexpected: not known to be local
 
 
-def debug_guard(*, expose: bool) -> Middleware:
-    """Middleware: /debug/* only for loopback clients unless `expose`."""
+def debug_guard(*, expose: bool, authorize: DebugAuthorizer | None = None) -> Middleware:
+    """Middleware: /debug/* for loopback clients; for others only when `expose`, with a bearer token that
+    `authorize` accepts (fails closed: exposed without an authorizer, other clients get 403)."""
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         path = posixpath.normpath("/" + request.path.lstrip("/"))
-        if not expose and (path + "/").startswith(DEBUG_PREFIX) and not is_loopback(request.remote):
+        if not (path + "/").startswith(DEBUG_PREFIX) or is_loopback(request.remote):
+            return await handler(request)
+        if not expose:
             return web.Response(
                 status=403, text="the debug endpoints answer only on localhost (meshd serve --debug-expose)\n"
             )
+        if authorize is None:
+            return web.Response(status=403, text="the debug endpoints are exposed but no authenticator is set\n")
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return web.Response(
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="meshd-debug"'},
+                text="a bearer token is required for the debug endpoints\n",
+            )
+        refusal = await authorize(token.strip(), path)
+        if refusal is not None:
+            status, why = refusal
+            return web.Response(status=status, text=f"{why}\n")
         return await handler(request)
 
     return guard
@@ -78,6 +97,7 @@ def build_app(
     views: DebugViews,
     test_hooks: Callable[[web.Request], Awaitable[web.Response]] | None = None,
     debug_expose: bool = False,
+    debug_authorize: DebugAuthorizer | None = None,
 ) -> web.Application:
     async def ready(_: web.Request) -> web.Response:
         return web.Response(text="ready\n") if is_ready() else web.Response(text="not ready\n", status=503)
@@ -108,7 +128,7 @@ def build_app(
             ]
         )
 
-    app = web.Application(middlewares=[debug_guard(expose=debug_expose)])
+    app = web.Application(middlewares=[debug_guard(expose=debug_expose, authorize=debug_authorize)])
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", prom)
     app.router.add_get("/debug/syncz", syncz)

@@ -12,7 +12,7 @@ from google.protobuf import duration_pb2
 
 from meshd.kube.mode import KubeMode
 from meshd.obs.metrics import Metrics
-from meshd.ops.http import DebugViews, build_app
+from meshd.ops.http import DebugAuthorizer, DebugViews, build_app
 from meshd.push.loop import PushLoop
 from meshd.xds import debug
 from meshd.xds.hub import Hub
@@ -47,6 +47,7 @@ def ops_app(
     kube: KubeMode | None,
     enable_test_hooks: bool,
     debug_expose: bool = False,
+    debug_authorize: DebugAuthorizer | None = None,
 ) -> web.Application:
     views = DebugViews(
         sync_status=lambda: debug.sync_status(hub),
@@ -60,4 +61,5 @@ def ops_app(
         views=views,
         test_hooks=hooks_for_tests(push) if enable_test_hooks else None,
         debug_expose=debug_expose,
+        debug_authorize=debug_authorize,
     )

@@ -57,11 +57,12 @@ async def test_no_informers_view_outside_kubernetes_mode() -> None:
         assert (await _get(client, "/debug/informers"))[0] == 404
 
 
-async def _as_peer(app: Any, path: str, remote: str) -> tuple[int, str]:
+async def _as_peer(app: Any, path: str, remote: str, *, token: str | None = None) -> tuple[int, str]:
     """One request through the app's middleware and router as if it came from `remote`."""
     from aiohttp.test_utils import make_mocked_request
 
-    request = make_mocked_request("GET", path, app=app).clone(remote=remote)
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else None
+    request = make_mocked_request("GET", path, headers=headers, app=app).clone(remote=remote)
     match = await app.router.resolve(request)
     match.add_app(app)
     request._match_info = match
@@ -93,5 +94,32 @@ async def test_debug_endpoints_answer_only_loopback_clients_unless_exposed() -> 
         assert (await _as_peer(app, path, "192.0.2.7"))[0] == 200, path
     assert (await _as_peer(app, "/debug/../debug/syncz", "10.1.2.3"))[0] in (403, 404)
 
+    # exposed without an authenticator: still closed to other addresses (fails closed)
     exposed = build_app(registry=registry, is_ready=lambda: True, views=_views(informers=False), debug_expose=True)
-    assert (await _as_peer(exposed, "/debug/syncz", "192.0.2.7"))[0] == 200
+    assert (await _as_peer(exposed, "/debug/syncz", "192.0.2.7"))[0] == 403
+    assert (await _as_peer(exposed, "/debug/syncz", "127.0.0.1"))[0] == 200
+
+
+async def test_exposed_debug_endpoints_need_a_token_the_authorizer_accepts() -> None:
+    """Issue 20, item 7: exposing the debug endpoints needs authentication (401 without a token, 403 for a
+    token not allowed the path); /ready and /metrics stay open."""
+    seen: list[tuple[str, str]] = []
+
+    async def authorize(token: str, path: str) -> tuple[int, str] | None:
+        seen.append((token, path))
+        return None if token == "good" else (403, "not allowed")
+
+    app = build_app(
+        registry=CollectorRegistry(),
+        is_ready=lambda: True,
+        views=_views(informers=False),
+        debug_expose=True,
+        debug_authorize=authorize,
+    )
+    assert (await _as_peer(app, "/debug/syncz", "192.0.2.7"))[0] == 401
+    assert (await _as_peer(app, "/debug/syncz", "192.0.2.7", token="bad"))[0] == 403
+    assert (await _as_peer(app, "/debug/syncz", "192.0.2.7", token="good"))[0] == 200
+    assert (await _as_peer(app, "/debug/config_errors", "192.0.2.7", token="good"))[0] == 200
+    assert seen == [("bad", "/debug/syncz"), ("good", "/debug/syncz"), ("good", "/debug/config_errors")]
+    assert (await _as_peer(app, "/ready", "192.0.2.7"))[0] == 200
+    assert (await _as_peer(app, "/debug/syncz", "127.0.0.1"))[0] == 200  # loopback needs no token
