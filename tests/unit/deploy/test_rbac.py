@@ -35,6 +35,7 @@ EXPECTED_CLUSTER = (
     | {("apiextensions.k8s.io", "customresourcedefinitions", v, "") for v in READ}
     | {("", "configmaps", "create", ""), ("", "configmaps", "update", "istio-ca-root-cert")}
     | {("authentication.k8s.io", "tokenreviews", "create", "")}
+    | {("authorization.k8s.io", "subjectaccessreviews", "create", "")}
     | {
         ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", v, "meshd-sidecar-injector")
         for v in ("get", "patch")
