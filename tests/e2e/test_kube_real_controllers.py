@@ -10,8 +10,10 @@ used to keep it forever: meshd refused the null list and kept the previous slice
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
+import urllib.error
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +24,7 @@ import pytest_asyncio
 from tests.e2e.harness import Mesh, eventually, logs_on_failure
 from tests.e2e.netns import Lab, netns_unavailable
 from tests.kubeapi import KubeRest
-from tests.kubereal.control_plane import ControlPlane
+from tests.kubereal.control_plane import ControlPlane, request
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 NS = "meshd-ctl"
@@ -57,6 +59,9 @@ async def cluster(
             await mesh.sidecar(pod="client", ip=mesh.ip(1), namespace=NS)
             yield Cluster(mesh, rest, host.ip)
     finally:
+        # no kubelet confirms the pod's end: remove it outright, or the namespace stays Terminating
+        with contextlib.suppress(urllib.error.HTTPError):
+            request(real_kube_controllers, "DELETE", f"/api/v1/namespaces/{NS}/pods/web-1?gracePeriodSeconds=0")
         await rest.delete("v1", "Namespace", "", NS)
         await rest.delete("v1", "Node", "", NODE)
         await rest.close()

@@ -60,8 +60,12 @@ def root_cert_publisher(
     """The leader publishes the root to every namespace the informers know, again whenever a namespace
     appears or changes, and every `interval_s`."""
 
-    def namespaces() -> Iterable[str]:
-        return [str(ns["metadata"]["name"]) for ns in informers.objects("Namespace")]
+    def namespaces() -> Iterable[str]:  # not those being deleted: they refuse new objects (403)
+        return [
+            str(ns["metadata"]["name"])
+            for ns in informers.objects("Namespace")
+            if (ns.get("status") or {}).get("phase") != "Terminating"
+        ]
 
     def build(api: ApiClient, is_leader: Callable[[], bool]) -> LeaderDuty:
         publisher = RootCertPublisher(api=api, root_pem=root_pem, namespaces=namespaces, is_leader=is_leader, log=log)
