@@ -129,7 +129,13 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
             more_duties: list[DutyFactory] = []
             if authority is not None and kube is not None:
                 more_duties.append(
-                    root_cert_publisher(root_pem=authority.root_pem, informers=kube.informers, clock=clock, log=log)
+                    root_cert_publisher(
+                        root_pem=authority.root_pem,
+                        informers=kube.informers,
+                        interval_s=settings.root_cert_resync_s,
+                        clock=clock,
+                        log=log,
+                    )
                 )
             if authority is not None and webhook is not None and webhook.ssl_context is not None:
                 more_duties.append(

@@ -52,6 +52,7 @@ def serve_settings(args: argparse.Namespace) -> Settings:
         leader_identity=args.leader_identity,
         write_status=args.write_status,
         status_interval_s=args.status_interval,
+        root_cert_resync_s=args.root_cert_resync,
         webhook_cert=_path(args.webhook_cert),
         webhook_key=_path(args.webhook_key),
         webhook_host=args.webhook_host,

@@ -44,6 +44,8 @@ class Settings(BaseModel):
     leader_identity: str | None = None  # default: hostname + random suffix
     write_status: bool = True
     status_interval_s: float = Field(default=1.0, gt=0)
+    # The leader checks every namespace's istio-ca-root-cert this often, besides watching them.
+    root_cert_resync_s: float = Field(default=60.0, gt=0)
     # Validating admission webhook (kube/webhook.py): served when both files are given.
     webhook_host: str = "0.0.0.0"
     webhook_port: int = 15017

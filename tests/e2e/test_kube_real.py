@@ -1,7 +1,7 @@
 """meshd's Kubernetes duties against a real kube-apiserver + etcd (tests/kubereal; skipped without
 KUBEBUILDER_ASSETS): the root ConfigMap published (not into kube-public / kube-node-lease) and repaired by a
 watch; TokenReview-authenticated CSRs with a token from TokenRequest; two replicas, one Lease holder, status
-written by the leader; the real API server calling meshd's validating webhook at https://127.0.0.1:<port>
+written by the leader; the real API server calling meshd's validating and injection webhooks at https://127.0.0.1:<port>
 (clientConfig.url: it never dials a cluster IP).
 
 Each meshd uses its own namespace (`--namespace`) for its Lease, CA Secret and mesh ConfigMap."""
@@ -214,3 +214,57 @@ async def test_the_api_server_calls_the_validating_webhook_on_loopback(cluster: 
         await cluster.rest.delete(
             "admissionregistration.k8s.io/v1", "ValidatingWebhookConfiguration", "", config["metadata"]["name"]
         )
+
+
+async def test_the_api_server_calls_the_injection_webhook_on_loopback(cluster: Cluster) -> None:
+    """A MutatingWebhookConfiguration naming https://127.0.0.1:<port>/inject (caBundle: meshd's root) on a
+    namespace labelled for injection: the Pod the API server stores has the sidecar."""
+    meshd = cluster.replicas[0]
+    port = int(meshd.extra_args[meshd.extra_args.index("--webhook-port") + 1])
+    root = await eventually(lambda: root_map(cluster, NS), what="the root")
+    inject_ns = "meshd-real-inject"
+    labels = {"meshd-real-injection": "enabled"}
+    await cluster.rest.apply(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": inject_ns, "labels": labels}}
+    )
+    config = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": "meshd-real-injector"},
+        "webhooks": [{
+            "name": "injection.meshd.test",
+            "clientConfig": {"url": f"https://127.0.0.1:{port}/inject",
+                             "caBundle": base64.b64encode(root.encode()).decode()},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}],
+            "namespaceSelector": {"matchLabels": {**labels, "kubernetes.io/metadata.name": inject_ns}},
+            "failurePolicy": "Fail", "sideEffects": "None", "admissionReviewVersions": ["v1"],
+            "reinvocationPolicy": "Never",
+        }],
+    }  # fmt: skip
+    await cluster.rest.apply(config)
+    try:
+
+        async def injected() -> dict[str, Any] | None:
+            name = f"web-{time.monotonic_ns()}"  # a fresh Pod per attempt: the configuration may take a moment
+            pod = await cluster.rest.create({
+                "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": inject_ns},
+                "spec": {"serviceAccountName": "default",  # what the ServiceAccount admission plugin (off here) sets
+                         "containers": [{"name": "app", "image": "none", "ports": [{"containerPort": 8080}]}]},
+            })  # fmt: skip
+            stored = await cluster.rest.get("v1", "Pod", inject_ns, name)
+            await cluster.rest.delete("v1", "Pod", inject_ns, name)
+            containers = [c["name"] for c in ((stored or pod).get("spec") or {}).get("containers") or []]
+            return stored if "istio-proxy" in containers else None
+
+        stored = await eventually(injected, what="the API server to store an injected Pod")
+        spec = stored["spec"]
+        assert [c["name"] for c in spec["containers"]] == ["app", "istio-proxy"], spec["containers"]
+        assert [c["name"] for c in spec.get("initContainers") or []] == ["istio-init"], spec.get("initContainers")
+        annotations = stored["metadata"].get("annotations") or {}
+        assert "sidecar.istio.io/status" in annotations, annotations
+        assert (stored["metadata"].get("labels") or {}).get("security.istio.io/tlsMode") == "istio", stored["metadata"]
+    finally:
+        await cluster.rest.delete(
+            "admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration", "", config["metadata"]["name"]
+        )
+        await cluster.rest.delete("v1", "Namespace", "", inject_ns)

@@ -53,6 +53,7 @@ class ControlPlane:
     kubeconfig: pathlib.Path = field(init=False)
     ca_file: pathlib.Path = field(init=False)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    arguments: dict[str, tuple[str, ...]] = field(default_factory=dict)  # to start one again as it was
 
     def __post_init__(self) -> None:
         self.kubeconfig = self.work / "kubeconfig"
@@ -100,7 +101,19 @@ class ControlPlane:
             "--controllers=endpointslice,namespace,garbagecollector,serviceaccount,serviceaccount-token",
         )  # fmt: skip
 
+    def stop_apiserver(self) -> None:
+        """An outage: kube-apiserver killed (connections refused); etcd and the controllers keep running."""
+        proc = self.processes.pop("kube-apiserver")
+        proc.kill()
+        proc.wait()
+
+    def start_apiserver(self) -> None:
+        """kube-apiserver again, with the same flags: the same port, PKI and etcd; returns once ready."""
+        self._spawn("kube-apiserver", *self.arguments["kube-apiserver"])
+        self._wait_ready()
+
     def _spawn(self, name: str, *args: str) -> None:
+        self.arguments[name] = args
         log = (self.work / f"{name}.log").open("ab")
         self.processes[name] = subprocess.Popen(
             [str(self.assets / name), *args], stdout=log, stderr=log, stdin=subprocess.DEVNULL

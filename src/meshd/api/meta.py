@@ -84,12 +84,14 @@ class Resource(ApiModel):
 
 @dataclass(frozen=True)
 class InvalidResource(Exception):
-    """A resource rejected by validation. `key` is None when even its identity could not be read."""
+    """A resource rejected by validation. `key` is None when even its identity could not be read.
+    `severity` "warning": the resource is served, but not to every proxy (the message says to which not)."""
 
     key: ResourceKey | None
     field: str
     message: str
     origin: str = ""
+    severity: str = "error"
 
     def __str__(self) -> str:
         where = f"{self.origin}: " if self.origin else ""

@@ -43,29 +43,39 @@ class RootCertPublisher:
         self._is_leader = is_leader
         self._log = log
         self._wake = asyncio.Event()
+        self._failing = 0  # namespaces whose publishing failed in the last pass that had failures
 
     def trigger(self) -> None:
         self._wake.set()
 
     async def sync(self) -> int:
-        """One pass over the namespaces; returns the number of ConfigMaps created or updated."""
+        """One pass over the namespaces; returns the number of ConfigMaps created or updated. The first
+        complete pass without a failure after one with failures is logged (`root_cert_publish_recovered`)."""
         writes = 0
+        failed = 0
         for namespace in sorted(set(self._namespaces()) - SKIPPED_NAMESPACES):
             if not self._is_leader():  # leadership can be lost mid-pass: stop writing at once
                 return writes
             try:
                 writes += await self._publish(namespace)
             except ApiException as exc:
+                failed += 1
                 self._log.warning(
                     "event=root_cert_publish_failed namespace=%s status=%s reason=%r", namespace, exc.status, exc.reason
                 )
             except Exception as exc:  # API server unreachable, timeout...: the next pass tries again
+                failed += 1
                 self._log.warning(
                     "event=root_cert_publish_failed namespace=%s error_type=%s error=%r",
                     namespace,
                     type(exc).__name__,
                     str(exc),
                 )
+        if failed:
+            self._failing = failed
+        elif self._failing:
+            self._log.info("event=root_cert_publish_recovered failed_namespaces_before=%d", self._failing)
+            self._failing = 0
         return writes
 
     async def _publish(self, namespace: str) -> int:

@@ -22,6 +22,12 @@ def add_leader_flags(serve: argparse.ArgumentParser, defaults: Settings) -> None
     group.add_argument("--leader-identity", help="holder identity (default: hostname + random suffix)")
     group.add_argument("--no-status", dest="write_status", action="store_false", help="lead, but write no status")
     group.add_argument("--status-interval", type=float, default=defaults.status_interval_s, help="seconds")
+    group.add_argument(
+        "--root-cert-resync",
+        type=float,
+        default=defaults.root_cert_resync_s,
+        help="seconds between the leader's passes over every namespace's istio-ca-root-cert (besides a watch)",
+    )
     group.add_argument("--webhook-cert", help="PEM certificate of the validating webhook (enables it)")
     group.add_argument("--webhook-key", help="PEM private key of the validating webhook")
     group.add_argument("--webhook-host", default=defaults.webhook_host)

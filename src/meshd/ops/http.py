@@ -123,6 +123,7 @@ def build_app(
                     "resource": str(e.key) if e.key else None,
                     "field": e.field,
                     "message": e.message,
+                    "severity": e.severity,
                 }
                 for e in views.config_errors()
             ]

@@ -75,8 +75,10 @@ class PushLoop:
         self._translation_errors = errors
         for err in errors:
             if err not in self._reported:
-                self._log.error(
-                    "event=config_rejected resource=%s field=%s message=%r",
+                self._log.log(
+                    logging.WARNING if err.severity == "warning" else logging.ERROR,
+                    "event=%s resource=%s field=%s message=%r",
+                    "config_warning" if err.severity == "warning" else "config_rejected",
                     err.key or "-",
                     err.field,
                     err.message,

@@ -83,6 +83,13 @@ def _outbound_tcp(proxy: Proxy, port: int, service: MeshService, idle_timeout: s
     )
 
 
+def tcp_port_shared(port: int, holder: str) -> str:
+    return (
+        f"TCP port {port} is already used by {holder}: not served to proxies without traffic capture"
+        " (captured proxies tell the services apart by address)"
+    )
+
+
 def _is_http_port(service: MeshService, port: int) -> bool:
     sp = service.port(port)
     return sp is not None and is_http(sp.protocol)
@@ -119,9 +126,9 @@ class ListenerPlan:
     def __hash__(self) -> int:
         return hash(self.signature)
 
-    def _reject(self, service: MeshService, message: str) -> None:
+    def _reject(self, service: MeshService, message: str, *, severity: str = "error") -> None:
         key = ResourceKey("Service", service.namespace, service.name)
-        self.errors.append(InvalidResource(key, "spec.ports", message))
+        self.errors.append(InvalidResource(key, "spec.ports", message, severity=severity))
 
     def _plan_port(self, port: int, services: list[MeshService]) -> None:
         if port in RESERVED_PORTS:
@@ -138,8 +145,10 @@ class ListenerPlan:
             oldest = sorted(tcp, key=lambda s: (s.creation or "~", s.hostname))
             self.outbound.append((port, (oldest[0], self._tcp_idle_timeout(oldest[0], port))))
             self.tcp_services[port] = tuple((s, self._tcp_idle_timeout(s, port)) for s in oldest)
+            # Only proxies without capture (one listener per port) drop the younger services; captured
+            # proxies (how injected pods run in Kubernetes) serve them all: a warning, not a rejection.
             for s in oldest[1:]:
-                self._reject(s, f"TCP port {port} is already used by {oldest[0].hostname}")
+                self._reject(s, tcp_port_shared(port, oldest[0].hostname), severity="warning")
 
     def _tcp_idle_timeout(self, service: MeshService, port: int) -> str | None:
         rule = self._rule_for(service.hostname) if self._rule_for is not None else None

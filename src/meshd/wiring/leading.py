@@ -28,7 +28,7 @@ from meshd.wiring.cluster import ClusterApi
 class Triggered(Protocol):
     def trigger(self) -> None: ...
 
-    async def run(self, *, clock: Clock) -> None: ...
+    async def run(self, *, clock: Clock, interval_s: float = ...) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -37,30 +37,40 @@ class PassOnLeading:
 
     target: Triggered
     clock: Clock
+    interval_s: float | None = None  # between passes; None: the target's default
 
     def leadership_changed(self, leading: bool) -> None:
         if leading:
             self.target.trigger()
 
     async def run(self) -> None:
-        await self.target.run(clock=self.clock)
+        if self.interval_s is None:
+            await self.target.run(clock=self.clock)
+        else:
+            await self.target.run(clock=self.clock, interval_s=self.interval_s)
 
 
 # Builds the duties beyond the status writer, given the client and `is_leader`.
 DutyFactory = Callable[[ApiClient, Callable[[], bool]], LeaderDuty]
 
 
-def root_cert_publisher(*, root_pem: str, informers: Informers, clock: Clock, log: logging.Logger) -> DutyFactory:
+def root_cert_publisher(
+    *, root_pem: str, informers: Informers, interval_s: float, clock: Clock, log: logging.Logger
+) -> DutyFactory:
     """The leader publishes the root to every namespace the informers know, again whenever a namespace
-    appears or changes."""
+    appears or changes, and every `interval_s`."""
 
-    def namespaces() -> Iterable[str]:
-        return [str(ns["metadata"]["name"]) for ns in informers.objects("Namespace")]
+    def namespaces() -> Iterable[str]:  # not those being deleted: they refuse new objects (403)
+        return [
+            str(ns["metadata"]["name"])
+            for ns in informers.objects("Namespace")
+            if (ns.get("status") or {}).get("phase") != "Terminating"
+        ]
 
     def build(api: ApiClient, is_leader: Callable[[], bool]) -> LeaderDuty:
         publisher = RootCertPublisher(api=api, root_pem=root_pem, namespaces=namespaces, is_leader=is_leader, log=log)
         informers.add_handler("Namespace", lambda *_: publisher.trigger())
-        return PassOnLeading(target=publisher, clock=clock)
+        return PassOnLeading(target=publisher, clock=clock, interval_s=interval_s)
 
     return build
 

@@ -46,7 +46,9 @@ async def test_endpoints_render_the_views() -> None:
         status, body = await _get(client, "/debug/config_dump?proxyID=ghost.default")
         assert status == 404 and json.loads(body) == {"error": "proxy 'ghost.default' is not connected"}
         status, body = await _get(client, "/debug/config_errors")
-        assert json.loads(body) == [{"origin": "bad.yaml", "resource": None, "field": "spec.hosts", "message": "empty"}]
+        assert json.loads(body) == [
+            {"origin": "bad.yaml", "resource": None, "field": "spec.hosts", "message": "empty", "severity": "error"}
+        ]
         assert json.loads((await _get(client, "/debug/informers"))[1]) == {"synced": True}
         assert (await client.post("/debug/test/clear")).status == 404  # test hooks are off
 
