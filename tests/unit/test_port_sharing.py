@@ -64,3 +64,27 @@ def test_a_proxy_without_capture_still_hears_of_the_collision() -> None:
         "TCP port 443 is already used by kubernetes.default.svc.cluster.local: not served to proxies without "
         "traffic capture (captured proxies tell the services apart by address)"
     )
+
+
+def test_the_config_errors_gauge_counts_errors_not_warnings() -> None:
+    """meshd_config_errors stays 0 in a cluster whose only finding is the shared port 443 warning."""
+    import logging
+
+    from prometheus_client import CollectorRegistry
+
+    from meshd.model.store import ConfigStore
+    from meshd.obs.metrics import Metrics
+    from meshd.push.loop import PushLoop
+    from meshd.settings import Settings
+    from meshd.xds.hub import Hub
+    from tests.unit.test_push import FakeClock
+
+    store, metrics = ConfigStore(), Metrics(CollectorRegistry())
+    loop = PushLoop(store=store, hub=Hub(), settings=Settings(), clock=FakeClock(), metrics=metrics,
+                    log=logging.getLogger("test"))  # fmt: skip
+    docs = [_service("kubernetes", "default", "10.96.0.1", "2026-01-01T00:00:00Z"),
+            _service("meshd", "istio-system", "10.96.0.10", "2026-01-02T00:00:00Z")]  # fmt: skip
+    store.replace_origin("f.yaml", {r.key: r for r in (parse_resource(d) for d in docs)})
+    loop.rebuild(changed_at=0.0)
+    assert [e.severity for e in loop.errors] == ["warning"]
+    assert metrics.registry.get_sample_value("meshd_config_errors") == 0

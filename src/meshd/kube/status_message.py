@@ -54,11 +54,12 @@ class Message:
     code: str
     name: str
     description: str
+    level: str = "ERROR"  # or WARNING: the resource is served, not to every proxy
 
     def render(self) -> dict[str, Any]:
         return {
             "type": {"code": self.code, "name": self.name},
-            "level": "ERROR",
+            "level": self.level,
             "description": self.description,
             "documentationUrl": f"https://istio.io/latest/docs/reference/config/analysis/{self.code.lower()}/",
         }
@@ -72,7 +73,8 @@ def message_for(error: InvalidResource) -> Message:
         code, name = CONFLICTS[kind]
     elif _REFERENCE.search(error.message) and not _SCHEMA.search(error.message):
         code, name = REFERENCED_RESOURCE_NOT_FOUND
-    return Message(code, name, f"{error.field}: {error.message}")
+    level = "WARNING" if error.severity == "warning" else "ERROR"
+    return Message(code, name, f"{error.field}: {error.message}", level)
 
 
 def desired_messages(

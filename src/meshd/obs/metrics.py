@@ -71,7 +71,7 @@ class Metrics:
         )
         self.config_errors = Gauge(
             "meshd_config_errors",
-            "Resources currently rejected by validation or translation.",
+            "Resources currently rejected by validation or translation (warnings not counted).",
             registry=registry,
         )
         self.secret_refusals = IstioCounter(

@@ -55,7 +55,7 @@ class PushLoop:
         self._translation_errors: list[InvalidResource] = []
         self._build_errors: list[InvalidResource] = []  # generation or proxy builds that raised
         store.subscribe(self._debouncer.touch)
-        metrics.config_errors.set_function(lambda: len(self.errors))
+        metrics.config_errors.set_function(lambda: sum(e.severity != "warning" for e in self.errors))
 
     @property
     def errors(self) -> list[InvalidResource]:

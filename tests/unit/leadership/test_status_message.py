@@ -64,3 +64,11 @@ def test_render_keeps_foreign_conditions_and_the_transition_time_of_an_unchanged
     assert "validationMessages" not in fixed
     assert fixed["conditions"][1]["status"] == "True"
     assert fixed["conditions"][1]["lastTransitionTime"] == "2026-01-01T01:00:00Z"
+
+
+def test_a_warning_is_written_at_level_warning() -> None:
+    """A TCP port two services share is served to captured proxies: a WARNING on the Service, not an ERROR."""
+    key = ResourceKey("Service", "istio-system", "meshd")
+    warning = InvalidResource(key, "spec.ports", "TCP port 443 is already used by ...", severity="warning")
+    assert message_for(warning).render()["level"] == "WARNING"
+    assert message_for(InvalidResource(key, "spec.ports", "port 15006 is reserved")).render()["level"] == "ERROR"
