@@ -36,7 +36,8 @@ def serve_settings(args: argparse.Namespace) -> Settings:
         file_poll_interval_s=args.poll_interval,
         file_watch=args.file_watch,
         send_timeout_s=args.send_timeout,
-        max_concurrent_pushes=args.max_concurrent_pushes,
+        max_xds_streams=args.max_xds_streams,
+        max_xds_streams_per_peer=args.max_xds_streams_per_peer,
         enable_test_hooks=args.enable_test_hooks,
         enable_auto_mtls=not args.disable_auto_mtls,
         outbound_traffic_policy=args.outbound_traffic_policy,
@@ -139,7 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--send-timeout", type=float, default=defaults.send_timeout_s, help="disconnect a proxy stuck this long"
     )
-    serve.add_argument("--max-concurrent-pushes", type=int, default=defaults.max_concurrent_pushes)
+    serve.add_argument(
+        "--max-xds-streams", type=int, default=defaults.max_xds_streams, help="ADS streams per gRPC server"
+    )
+    serve.add_argument(
+        "--max-xds-streams-per-peer",
+        type=int,
+        default=defaults.max_xds_streams_per_peer,
+        help="ADS streams per peer address on the plaintext port",
+    )
     serve.add_argument("--enable-test-hooks", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument(
         "--disable-auto-mtls", action="store_true", help="no automatic mTLS toward sidecars (Istio's enableAutoMtls)"

@@ -33,8 +33,10 @@ class Settings(BaseModel):
     # A proxy that does not take a response within this time is disconnected (it reconnects and
     # gets the current state); it never delays the others.
     send_timeout_s: float = Field(default=30.0, gt=0)
-    # Streams computing or writing a push at once; the rest wait their turn.
-    max_concurrent_pushes: int = Field(default=100, ge=1)
+    # ADS streams each gRPC server admits (beyond: RESOURCE_EXHAUSTED, Envoy retries), and on the
+    # plaintext port per peer address (a pod is one address with one ADS stream).
+    max_xds_streams: int = Field(default=20_000, ge=1)
+    max_xds_streams_per_peer: int = Field(default=1_000, ge=1)
     # Leader election and status (kube/leader.py, kube/status.py): with a cluster (Kubernetes mode,
     # or a kubeconfig next to --config-dir), one replica holds the Lease and writes status.
     leader_election: bool = True

@@ -1,6 +1,12 @@
 """The ADS gRPC servicer (grpc.aio): StreamAggregatedResources (SotW) and
 DeltaAggregatedResources. Thin: protocol decisions are in stream.py, config in the hub, who may be
-served secrets in access.py (a servicer without `authorize` serves none)."""
+served secrets in access.py (a servicer without `authorize` serves none).
+
+A slow client delays only itself: each stream computes and writes its own responses in its own task,
+one message at a time, and shares no slot with other streams while it waits for its client to read
+(HTTP/2 flow control); the hub only sets its inbox's push flag. What one stream can hold is bounded:
+one message being written, one pending push, the inbox's requests (inbox.py), for at most the send
+timeout. How many streams a server admits, in all and per peer, is bounded in limits.py."""
 
 from __future__ import annotations
 
@@ -20,7 +26,9 @@ from meshd.obs.metrics import Metrics
 from meshd.translate.proxy import InvalidNodeId, has_capture, has_sds, parse_node_id
 from meshd.xds.access import PROTECTED_TYPES, Authorize, secret_refusal
 from meshd.xds.encode import delta_response, sotw_response
-from meshd.xds.hub import CLOSED, PUSH, Connection, Hub
+from meshd.xds.hub import Connection, Hub
+from meshd.xds.inbox import CLOSED, PUSH, Inbox
+from meshd.xds.limits import StreamLimits, peer_host
 from meshd.xds.resource import short_name
 from meshd.xds.stream import DeltaStream, Outcome, Request, SotwStream
 
@@ -55,7 +63,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         clock: Clock,
         log: logging.Logger,
         send_timeout_s: float = 30.0,
-        max_concurrent_pushes: int = 100,
+        limits: StreamLimits | None = None,
         authorize: Authorize | None = None,
     ) -> None:
         self._hub = hub
@@ -63,7 +71,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         # (code, message). Without it (the plaintext port) no stream is ever served a secret.
         self._authorize = authorize
         self._send_timeout = send_timeout_s
-        self._slots = asyncio.Semaphore(max_concurrent_pushes)
+        self._limits = limits if limits is not None else StreamLimits(max_streams=100_000, max_per_peer=None)
         self._metrics = metrics
         self._clock = clock
         self._log = log
@@ -77,19 +85,30 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         await self._serve(request_iterator, context, delta=True)
 
     async def _serve(self, requests: Any, context: Any, *, delta: bool) -> None:
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        reader = asyncio.create_task(self._read(requests, queue))
+        peer = peer_host(_peer(context))
+        refused = self._limits.admit(peer)
+        if refused is not None:
+            self._metrics.xds_streams_refused.inc(refused)
+            self._log.warning("event=stream_refused reason=%s peer=%s", refused, quoted(peer, 100))
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"too many xDS streams ({refused})")
+        try:
+            await self._serve_admitted(requests, context, delta=delta)
+        finally:
+            self._limits.release(peer)
+
+    async def _serve_admitted(self, requests: Any, context: Any, *, delta: bool) -> None:
+        inbox = Inbox()
+        reader = asyncio.create_task(self._read(requests, inbox))
         conn: Connection | None = None
         try:
             while True:
-                item = await queue.get()
+                item = await inbox.get()
                 if item is CLOSED:
                     return
                 # A push carries the time of the change behind it; a reply to a request, now.
                 changed_at = self._clock.now()
                 if item is PUSH:
                     assert conn is not None
-                    conn.push_pending = False
                     changed_at = self._hub.changed_at
                 else:
                     if conn is None:
@@ -97,13 +116,12 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                             # Not synced yet: refuse rather than serve a partial mesh; Envoy keeps
                             # its last config and retries.
                             await context.abort(grpc.StatusCode.UNAVAILABLE, "meshd has not loaded its config yet")
-                        conn = await self._open(item, queue, context, delta=delta)
+                        conn = await self._open(item, inbox, context, delta=delta)
                     req = _delta_request(item) if delta else _sotw_request(item)
                     self._record(conn, conn.stream.on_request(req), req)
                 if conn.snapshot is None:
                     continue  # not ready: nothing is served before the config has loaded
-                async with self._slots:
-                    await self._send(conn, context, changed_at=changed_at, delta=delta)
+                await self._send(conn, context, changed_at=changed_at, delta=delta)
         finally:
             reader.cancel()
             if conn is not None:
@@ -118,7 +136,10 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             message = delta_response(resp) if delta else sotw_response(resp)
             kind = short_name(resp.type_url)
             try:
-                await asyncio.wait_for(context.write(message), self._send_timeout)
+                # (asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+                # that arrives as the write completes, and it makes a task per write)
+                async with asyncio.timeout(self._send_timeout):
+                    await context.write(message)
             except TimeoutError:
                 self._log.error(
                     "event=stuck_proxy proxy=%s type=%s timeout_s=%s",
@@ -140,7 +161,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                 len(resp.removed),
             )
 
-    async def _open(self, first: Any, queue: asyncio.Queue[Any], context: Any, *, delta: bool) -> Connection:
+    async def _open(self, first: Any, inbox: Inbox, context: Any, *, delta: bool) -> Connection:
         try:
             proxy = parse_node_id(first.node.id)
         except InvalidNodeId as exc:
@@ -166,9 +187,8 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         no_secrets = secret_refusal(verified_namespace=verified, proxy=proxy) is not None
         refused = PROTECTED_TYPES if no_secrets else frozenset()
         stream = (DeltaStream if delta else SotwStream)(nonce_prefix=self._boot, refused=refused)
-        conn = self._hub.connect(proxy=proxy, stream=stream, now=self._clock.now())
+        conn = self._hub.connect(proxy=proxy, stream=stream, now=self._clock.now(), inbox=inbox)
         conn.verified_namespace = verified
-        conn.queue = queue
         failure = self._hub.failures.get(proxy.node_id)
         if conn.snapshot is None and failure is not None:  # served once a generation builds its config
             self._metrics.build_failures.inc("proxy")
@@ -219,16 +239,23 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             )
 
     @staticmethod
-    async def _read(requests: Any, queue: asyncio.Queue[Any]) -> None:
+    async def _read(requests: Any, inbox: Inbox) -> None:
         try:
             async for req in requests:
-                queue.put_nowait(req)
+                await inbox.put(req)  # waits while the inbox is full: the client waits too
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             pass
         except Exception:
             pass
         finally:
-            queue.put_nowait(CLOSED)
+            inbox.close()
+
+
+def _peer(context: Any) -> str:
+    try:
+        return str(context.peer())
+    except Exception:
+        return "?"
 
 
 def add_to_server(server: grpc.aio.Server, servicer: AdsServicer) -> None:
