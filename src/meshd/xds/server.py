@@ -118,7 +118,13 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                             await context.abort(grpc.StatusCode.UNAVAILABLE, "meshd has not loaded its config yet")
                         conn = await self._open(item, inbox, context, delta=delta)
                     req = _delta_request(item) if delta else _sotw_request(item)
-                    self._record(conn, conn.stream.on_request(req), req)
+                    outcome = conn.stream.on_request(req)
+                    if outcome.kind == "limit":
+                        self._log.warning(
+                            "event=stream_limit proxy=%s reason=%s", quoted(conn.proxy.node_id), outcome.error
+                        )
+                        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, outcome.error)
+                    self._record(conn, outcome, req)
                 if conn.snapshot is None:
                     continue  # not ready: nothing is served before the config has loaded
                 await self._send(conn, context, changed_at=changed_at, delta=delta)
