@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import pathlib
 import socket
@@ -67,10 +68,8 @@ def _flood(port: int, count: int, deadline: float) -> dict[str, int]:
                     goaway = 1
             out = conn.data_to_send()
             if out:
-                try:
+                with contextlib.suppress(BlockingIOError, OSError):
                     sock.sendall(out)
-                except (BlockingIOError, OSError):
-                    pass
     except Exception:
         pass
     finally:
