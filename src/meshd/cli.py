@@ -35,6 +35,7 @@ def serve_settings(args: argparse.Namespace) -> Settings:
         debounce_max_s=args.debounce_max,
         file_poll_interval_s=args.poll_interval,
         file_watch=args.file_watch,
+        max_config_file_bytes=args.max_config_file_bytes,
         send_timeout_s=args.send_timeout,
         max_xds_streams=args.max_xds_streams,
         max_xds_streams_per_peer=args.max_xds_streams_per_peer,
@@ -136,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--poll-interval", type=float, default=defaults.file_poll_interval_s)
     serve.add_argument(
         "--file-watch", choices=["events", "poll"], default=defaults.file_watch, help="how --config-dir is watched"
+    )
+    serve.add_argument(
+        "--max-config-file-bytes",
+        type=int,
+        default=defaults.max_config_file_bytes,
+        help="a config file larger than this is refused",
     )
     serve.add_argument(
         "--send-timeout", type=float, default=defaults.send_timeout_s, help="disconnect a proxy stuck this long"

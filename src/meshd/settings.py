@@ -25,6 +25,8 @@ class Settings(BaseModel):
     file_poll_interval_s: float = Field(default=0.5, gt=0)
     # "events": file events (inotify); "poll": stat the directory every file_poll_interval_s
     file_watch: Literal["events", "poll"] = "events"
+    # A config file larger than this is refused (what it contributed before stays).
+    max_config_file_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
     domain_suffix: str = "cluster.local"
     root_namespace: str = "istio-system"
     # Standalone mode has no traffic capture: outbound listeners bind on the sidecar's own
