@@ -136,9 +136,7 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
                             settings=settings,
                             store=store,
                             errors=lambda: push.errors,
-                            settled=lambda: (
-                                hub.generator is not None and hub.generator.revision == store.revision
-                            ),
+                            settled=lambda: hub.generator is not None and hub.generator.revision == store.revision,
                             more=more_duties,
                             clock=clock,
                             log=log,

@@ -15,7 +15,10 @@ from tests.e2e.harness import Meshd, eventually
 
 pytestmark = pytest.mark.e2e
 
-WEB = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec: {ports: [{name: http, port: 80}]}\n"
+WEB = (
+    "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\n"
+    "spec: {ports: [{name: http, port: 80}]}\n"
+)
 
 
 def _big_service(annotations: int) -> str:

@@ -13,7 +13,10 @@ from meshd.model.store import ConfigStore
 from meshd.sources.directory import DirectorySource
 from meshd.sources.yaml_file import MAX_ALIAS_EXPANSION, parse_file
 
-SERVICE = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec: {ports: [{name: http, port: 80}]}\n"
+SERVICE = (
+    "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\n"
+    "spec: {ports: [{name: http, port: 80}]}\n"
+)
 
 
 def _bomb(levels: int) -> str:

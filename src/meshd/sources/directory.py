@@ -7,6 +7,7 @@ ADS and /ready never wait on a large file (the GIL is shared, but handed over ev
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import pathlib
@@ -188,7 +189,6 @@ class DirectorySource:
             async for events in watchfiles.awatch(
                 self._dir, watch_filter=None, debounce=50, step=5, rust_timeout=500, stop_event=stop
             ):
-                names = [name for _, name in events]
-                await self._off_loop(lambda: self._plan_events(names))
+                await self._off_loop(functools.partial(self._plan_events, [name for _, name in events]))
         finally:
             stop.set()

@@ -67,7 +67,7 @@ def load_documents(text: str) -> list[Any]:
     """yaml.safe_load_all, refusing a document whose aliases expand beyond MAX_ALIAS_EXPANSION nodes."""
     loader = _LOADER(text)
     try:
-        docs = []
+        docs: list[Any] = []
         while loader.check_node():
             node = loader.get_node()
             distinct, expanded = _expanded_nodes(node)
