@@ -191,3 +191,21 @@ async def test_streams_beyond_the_limits_are_refused(peers: list[str], refused_p
 )
 def test_peer_host(peer: str, host: str) -> None:
     assert peer_host(peer) == host
+
+
+async def test_a_storm_of_refused_streams_logs_a_few_lines(caplog: pytest.LogCaptureFixture) -> None:
+    hub = Hub()
+    hub.publish(FakeGeneration("v1"), changed_at=0.0)
+    ads = _servicer(hub, limits=StreamLimits(max_streams=1, max_per_peer=None))
+    requests = Requests()
+    requests.send("first")
+    first = asyncio.create_task(ads.StreamAggregatedResources(requests, FakeContext(stuck=False)))
+    await until(lambda: len(hub.connections) == 1)
+    caplog.set_level(logging.INFO, logger=log.name)
+    for _ in range(200):
+        with pytest.raises(Aborted):
+            await ads.StreamAggregatedResources(Requests(), FakeContext(stuck=False))
+    lines = [m for m in caplog.messages if "event=stream_refused" in m]
+    assert 1 <= len(lines) <= 5, len(lines)
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)

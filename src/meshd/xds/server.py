@@ -22,6 +22,7 @@ from google.protobuf import json_format
 
 from meshd.clock import Clock
 from meshd.obs.logsafe import quoted
+from meshd.obs.ratelimit import LogLimiter
 from meshd.obs.metrics import Metrics
 from meshd.translate.proxy import InvalidNodeId, has_capture, has_sds, parse_node_id
 from meshd.xds.access import PROTECTED_TYPES, Authorize, secret_refusal
@@ -75,6 +76,8 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         self._metrics = metrics
         self._clock = clock
         self._log = log
+        # Per-peer (or per-proxy) events a client can repeat at will are logged at most a few times a minute.
+        self._log_limit = LogLimiter(now=clock.now)
         # Nonces carry a per-process random prefix: unique across meshd restarts.
         self._boot = secrets.token_hex(4)
 
@@ -89,7 +92,10 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         refused = self._limits.admit(peer)
         if refused is not None:
             self._metrics.xds_streams_refused.inc(refused)
-            self._log.warning("event=stream_refused reason=%s peer=%s", refused, quoted(peer, 100))
+            if (dropped := self._log_limit.allow(("stream_refused", peer))) is not None:
+                self._log.warning(
+                    "event=stream_refused reason=%s peer=%s dropped=%d", refused, quoted(peer, 100), dropped
+                )
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"too many xDS streams ({refused})")
         try:
             await self._serve_admitted(requests, context, delta=delta)
@@ -120,9 +126,13 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                     req = _delta_request(item) if delta else _sotw_request(item)
                     outcome = conn.stream.on_request(req)
                     if outcome.kind == "limit":
-                        self._log.warning(
-                            "event=stream_limit proxy=%s reason=%s", quoted(conn.proxy.node_id), outcome.error
-                        )
+                        if (dropped := self._log_limit.allow(("stream_limit", conn.proxy.node_id))) is not None:
+                            self._log.warning(
+                                "event=stream_limit proxy=%s reason=%s dropped=%d",
+                                quoted(conn.proxy.node_id),
+                                outcome.error,
+                                dropped,
+                            )
                         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, outcome.error)
                     self._record(conn, outcome, req)
                 if conn.snapshot is None:
@@ -171,7 +181,8 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         try:
             proxy = parse_node_id(first.node.id)
         except InvalidNodeId as exc:
-            self._log.warning("event=rejected_stream reason=%s", quoted(exc, 400))
+            if (dropped := self._log_limit.allow(("rejected_stream", peer_host(_peer(context))))) is not None:
+                self._log.warning("event=rejected_stream reason=%s dropped=%d", quoted(exc, 400), dropped)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise  # unreachable: abort raises
         metadata = json_format.MessageToDict(first.node.metadata)
@@ -181,12 +192,14 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         if self._authorize is not None:
             verdict = await self._authorize(context, proxy)
             if isinstance(verdict, tuple):
-                self._log.warning(
-                    "event=rejected_stream proxy=%s code=%s reason=%s",
-                    quoted(proxy.node_id),
-                    verdict[0],
-                    quoted(verdict[1], 400),
-                )
+                if (dropped := self._log_limit.allow(("rejected_stream", proxy.node_id))) is not None:
+                    self._log.warning(
+                        "event=rejected_stream proxy=%s code=%s reason=%s dropped=%d",
+                        quoted(proxy.node_id),
+                        verdict[0],
+                        quoted(verdict[1], 400),
+                        dropped,
+                    )
                 await context.abort(*verdict)
                 raise AssertionError("unreachable: abort raises")
             verified = verdict.namespace
@@ -218,13 +231,15 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             del conn.change_times[outcome.type_url]
         if outcome.kind == "nack":
             self._metrics.xds_rejects.inc(kind)
-            self._log.error(
-                "event=nack proxy=%s type=%s version=%s error=%s",
-                quoted(conn.proxy.node_id),
-                kind,
-                quoted(outcome.version),
-                quoted(outcome.error, 1000),
-            )
+            if (dropped := self._log_limit.allow(("nack", conn.proxy.node_id))) is not None:
+                self._log.error(
+                    "event=nack proxy=%s type=%s version=%s error=%s dropped=%d",
+                    quoted(conn.proxy.node_id),
+                    kind,
+                    quoted(outcome.version),
+                    quoted(outcome.error, 1000),
+                    dropped,
+                )
         elif outcome.kind == "ack" and changed_at is not None:
             self._metrics.convergence.observe(max(0.0, self._clock.now() - changed_at))
 
