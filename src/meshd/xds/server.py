@@ -22,8 +22,8 @@ from google.protobuf import json_format
 
 from meshd.clock import Clock
 from meshd.obs.logsafe import quoted
-from meshd.obs.ratelimit import LogLimiter
 from meshd.obs.metrics import Metrics
+from meshd.obs.ratelimit import LogLimiter
 from meshd.translate.proxy import InvalidNodeId, has_capture, has_sds, parse_node_id
 from meshd.xds.access import PROTECTED_TYPES, Authorize, secret_refusal
 from meshd.xds.encode import delta_response, sotw_response
