@@ -8,6 +8,7 @@ Scenarios (sizes adjustable, see --help):
   translate  in-process translation cost per push (no gRPC)
   envoy-ack  push -> ACK through one real Envoy (SotW and delta)
   security   CA signing latency/throughput/CPU; xDS CPU per MB over mTLS 15012 vs plaintext 15010
+  slowclients  healthy proxies' change latency, quiet and with 100 never-reading ADS streams attacking
 
 Simulated proxies come from a load client in its own process (benchmarks/loadclient.py); the
 reference server (benchmarks/reference_server.py) replays meshd's recorded responses to the same
@@ -29,11 +30,12 @@ import time
 import traceback
 from typing import Any
 
-from benchmarks import envoy_bench, report, security_bench, translate_bench
+from benchmarks import envoy_bench, report, scenario_slowclients, security_bench, translate_bench
 from benchmarks.config import Options, quick
 from benchmarks.scenario_churn import run_churn
 from benchmarks.scenario_growth import run_growth
 from benchmarks.scenario_mesh import run_mesh_scenario
+from benchmarks.scenario_slowclients import run_slowclients
 
 
 def _triple(text: str) -> tuple[int, int, int]:
@@ -97,6 +99,9 @@ def _print_scenario(name: str, result: dict[str, Any]) -> None:
     elif name == "churn":
         head = f"{result['services']} services, {result['proxies']} proxies, {result['xds']}"
         rows = report.churn_rows(result)
+    elif name == "slowclients":
+        head = f"{result['services']} services, full mesh, {result['xds']}"
+        rows = scenario_slowclients.rows(result)
     elif name == "growth":
         print(f"\n== growth: one endpoint change, same proxies, growing mesh ({result['xds']}) ==")
         print(report.table(report.growth_rows(result)))
@@ -141,6 +146,8 @@ async def _run_scenario(name: str, opts: Options) -> dict[str, Any]:
         return await security_bench.run(
             work=opts.work, services=opts.security_services, proxies=opts.security_proxies, csrs=opts.security_csrs
         )
+    if name == "slowclients":
+        return await run_slowclients(opts)
     raise ValueError(f"unknown scenario {name!r}")
 
 

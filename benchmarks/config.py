@@ -36,7 +36,12 @@ class Options:
     security_services: int = 300  # full mesh: each proxy's CDS+EDS is the whole mesh
     security_proxies: int = 100
     security_csrs: int = 400
-    scenarios: tuple[str, ...] = ("isolated", "full-mesh", "churn", "growth", "translate", "envoy-ack", "security")
+    # slowclients: full mesh (services, namespaces, healthy proxies) and never-reading attacker streams
+    slow_mesh: tuple[int, int, int] = (300, 30, 50)
+    slow_streams: int = 100
+    scenarios: tuple[str, ...] = (
+        "isolated", "full-mesh", "churn", "growth", "translate", "envoy-ack", "security", "slowclients",
+    )  # fmt: skip
 
 
 def quick(options: Options) -> Options:
@@ -55,4 +60,5 @@ def quick(options: Options) -> Options:
     options.envoy_ack_services = 50
     options.envoy_ack_changes = 5
     options.security_services, options.security_proxies, options.security_csrs = 100, 30, 100
+    options.slow_mesh = (300, 30, 20)
     return options

@@ -148,7 +148,9 @@ class MeshdProcess:
                 sys.executable, "-m", "meshd", "serve", "--config-dir", str(self.config_dir),
                 "--xds-host", "127.0.0.1", "--xds-port", str(self.xds_port),
                 "--http-host", "127.0.0.1", "--http-port", str(self.http_port),
-                "--poll-interval", str(self.poll_interval), "--debounce-quiet", "0.1", *self.extra_args,
+                "--poll-interval", str(self.poll_interval), "--debounce-quiet", "0.1",
+                # every simulated proxy connects from 127.0.0.1: one peer address for thousands of streams
+                "--max-xds-streams-per-peer", "100000", *self.extra_args,
             ],
             log_path=self.log_path,
         )  # fmt: skip

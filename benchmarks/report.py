@@ -161,6 +161,10 @@ def statuses(results: dict[str, Any]) -> list[tuple[str, str]]:
     if r and "error" not in r:
         label = f"growth: time per endpoint change {r['ratio_of']} = {r['ratio']}x, target < 2x"
         out.append((label, _check(r["ratio"], lambda v: v < 2)))
+    r = results.get("slowclients")
+    if r and "error" not in r:
+        label = f"slowclients: change p99 under attack / quiet = {r['ratio']}x, target <= 2x"
+        out.append((label, _check(r["ratio"], lambda v: v <= 2)))
     return out
 
 

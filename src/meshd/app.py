@@ -69,6 +69,7 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
                     interval_s=settings.file_poll_interval_s,
                     log=log,
                     watch=settings.file_watch,
+                    max_file_bytes=settings.max_config_file_bytes,
                 )
 
             ads = ads_servicer(settings=settings, hub=hub, metrics=metrics, clock=clock, log=log)

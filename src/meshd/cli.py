@@ -35,8 +35,10 @@ def serve_settings(args: argparse.Namespace) -> Settings:
         debounce_max_s=args.debounce_max,
         file_poll_interval_s=args.poll_interval,
         file_watch=args.file_watch,
+        max_config_file_bytes=args.max_config_file_bytes,
         send_timeout_s=args.send_timeout,
-        max_concurrent_pushes=args.max_concurrent_pushes,
+        max_xds_streams=args.max_xds_streams,
+        max_xds_streams_per_peer=args.max_xds_streams_per_peer,
         enable_test_hooks=args.enable_test_hooks,
         enable_auto_mtls=not args.disable_auto_mtls,
         outbound_traffic_policy=args.outbound_traffic_policy,
@@ -155,9 +157,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--file-watch", choices=["events", "poll"], default=defaults.file_watch, help="how --config-dir is watched"
     )
     serve.add_argument(
+        "--max-config-file-bytes",
+        type=int,
+        default=defaults.max_config_file_bytes,
+        help="a config file larger than this is refused",
+    )
+    serve.add_argument(
         "--send-timeout", type=float, default=defaults.send_timeout_s, help="disconnect a proxy stuck this long"
     )
-    serve.add_argument("--max-concurrent-pushes", type=int, default=defaults.max_concurrent_pushes)
+    serve.add_argument(
+        "--max-xds-streams", type=int, default=defaults.max_xds_streams, help="ADS streams per gRPC server"
+    )
+    serve.add_argument(
+        "--max-xds-streams-per-peer",
+        type=int,
+        default=defaults.max_xds_streams_per_peer,
+        help="ADS streams per peer address on the plaintext port",
+    )
     serve.add_argument("--enable-test-hooks", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument(
         "--disable-auto-mtls", action="store_true", help="no automatic mTLS toward sidecars (Istio's enableAutoMtls)"

@@ -25,6 +25,8 @@ class Settings(BaseModel):
     file_poll_interval_s: float = Field(default=0.5, gt=0)
     # "events": file events (inotify); "poll": stat the directory every file_poll_interval_s
     file_watch: Literal["events", "poll"] = "events"
+    # A config file larger than this is refused (what it contributed before stays).
+    max_config_file_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
     domain_suffix: str = "cluster.local"
     root_namespace: str = "istio-system"
     # Standalone mode has no traffic capture: outbound listeners bind on the sidecar's own
@@ -33,8 +35,10 @@ class Settings(BaseModel):
     # A proxy that does not take a response within this time is disconnected (it reconnects and
     # gets the current state); it never delays the others.
     send_timeout_s: float = Field(default=30.0, gt=0)
-    # Streams computing or writing a push at once; the rest wait their turn.
-    max_concurrent_pushes: int = Field(default=100, ge=1)
+    # ADS streams each gRPC server admits (beyond: RESOURCE_EXHAUSTED, Envoy retries), and on the
+    # plaintext port per peer address (a pod is one address with one ADS stream).
+    max_xds_streams: int = Field(default=20_000, ge=1)
+    max_xds_streams_per_peer: int = Field(default=1_000, ge=1)
     # Leader election and status (kube/leader.py, kube/status.py): with a cluster (Kubernetes mode,
     # or a kubeconfig next to --config-dir), one replica holds the Lease and writes status.
     leader_election: bool = True

@@ -82,6 +82,10 @@ class Resource(ApiModel):
         return ResourceKey(self.kind, self.metadata.namespace, self.metadata.name)
 
 
+MAX_MESSAGE_CHARS = 2000
+MAX_FIELD_CHARS = 300
+
+
 @dataclass(frozen=True)
 class InvalidResource(Exception):
     """A resource rejected by validation. `key` is None when even its identity could not be read.
@@ -92,6 +96,13 @@ class InvalidResource(Exception):
     message: str
     origin: str = ""
     severity: str = "error"
+
+    def __post_init__(self) -> None:
+        # Messages may quote the input (a pydantic error, a YAML problem): bounded, whatever the input.
+        for name, limit in (("field", MAX_FIELD_CHARS), ("message", MAX_MESSAGE_CHARS)):
+            value = getattr(self, name)
+            if len(value) > limit:
+                object.__setattr__(self, name, f"{value[:limit]}... ({len(value) - limit} more characters)")
 
     def __str__(self) -> str:
         where = f"{self.origin}: " if self.origin else ""

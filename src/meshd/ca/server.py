@@ -25,13 +25,14 @@ from meshd.obs.metrics import CaMetrics
 from meshd.translate.proxy import Proxy
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-# Every gRPC server of meshd (plaintext xDS, secure port). A reconnect storm opens thousands of
-# streams at once: queue them rather than refuse.
+# Every gRPC server of meshd (plaintext xDS, secure port). HTTP/2: at most 128 concurrent streams per
+# connection (Envoy opens one ADS stream per connection); gRPC's own bounds on calls not yet taken by
+# the application (1,000 soft / 3,000 hard) and on RST_STREAM floods (CVE-2023-44487) are kept: a
+# 20,000 pending-call limit made an HTTP/2 rapid reset grow memory several times faster (issue 20).
 SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.so_reuseport", 0),
-    ("grpc.server.max_pending_requests", 20_000),
-    ("grpc.server.max_pending_requests_hard_limit", 20_000),
+    ("grpc.max_concurrent_streams", 128),
 )
 
 Verdict = tuple[grpc.StatusCode, str] | None

@@ -41,7 +41,12 @@ def depth_exceeds(value: Any, limit: int = MAX_DEPTH) -> bool:
 
 def validate_object(obj: Any, *, namespace: str, name: str = "") -> InvalidResource | None:
     """None if meshd accepts the object (or does not read its kind), else the rejection."""
-    if not isinstance(obj, dict) or obj.get("kind") not in KINDS:
+    if not isinstance(obj, dict):
+        return None
+    kind = obj.get("kind")
+    if not isinstance(kind, str):  # e.g. `kind: [Service]`: denied, whatever the group says
+        return InvalidResource(None, "kind", f"must be a string, not {type(kind).__name__}")
+    if kind not in KINDS:
         return None
     meta = obj.get("metadata")
     if isinstance(meta, dict):  # kubectl may leave both to the request
@@ -77,7 +82,8 @@ def review(body: Any) -> dict[str, Any]:
         raise BadReview("request.kind is missing")
     response: dict[str, Any] = {"uid": request["uid"], "allowed": True}
     operation = request.get("operation")
-    if operation in ("CREATE", "UPDATE") and kind.get("group") in ISTIO_GROUPS:
+    group = kind.get("group")
+    if operation in ("CREATE", "UPDATE") and isinstance(group, str) and group in ISTIO_GROUPS:
         obj = request.get("object")
         if not isinstance(obj, dict):
             raise BadReview("request.object is missing")

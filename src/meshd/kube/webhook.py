@@ -33,26 +33,34 @@ def server_ssl_context(cert: pathlib.Path, key: pathlib.Path) -> ssl.SSLContext:
     return context
 
 
+def _answer(raw: bytes, answer_for: Callable[[Any], dict[str, Any]], log: logging.Logger) -> tuple[Any, int]:
+    """(JSON answer, HTTP status) for one request body: parsing and validation, run in a worker thread."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        log.info("event=webhook_bad_request reason=not_json error=%s", type(exc).__name__)
+        return {"error": "body is not JSON"}, 400
+    if depth_exceeds(body):
+        log.info("event=webhook_bad_request reason=too_deep")
+        return {"error": "JSON nested too deeply"}, 400
+    try:
+        answer = answer_for(body)
+    except BadReview as exc:
+        log.info("event=webhook_bad_request reason=%r", str(exc)[:300])
+        return {"error": str(exc)}, 400
+    response = answer["response"]
+    if not response["allowed"]:
+        log.info("event=webhook_denied uid=%r message=%r", response["uid"][:100], response["status"]["message"])
+    return answer, 200
+
+
 def _handler(answer_for: Callable[[Any], dict[str, Any]], *, log: logging.Logger) -> Callable[[web.Request], Any]:
     async def handle(request: web.Request) -> web.Response:
         raw = await request.read()  # aiohttp answers 413 itself past client_max_size
-        try:
-            body = json.loads(raw)
-        except (ValueError, RecursionError) as exc:
-            log.info("event=webhook_bad_request reason=not_json error=%s", type(exc).__name__)
-            return web.json_response({"error": "body is not JSON"}, status=400)
-        if depth_exceeds(body):
-            log.info("event=webhook_bad_request reason=too_deep")
-            return web.json_response({"error": "JSON nested too deeply"}, status=400)
-        try:
-            answer = answer_for(body)
-        except BadReview as exc:
-            log.info("event=webhook_bad_request reason=%r", str(exc))
-            return web.json_response({"error": str(exc)}, status=400)
-        response = answer["response"]
-        if not response["allowed"]:
-            log.info("event=webhook_denied uid=%s message=%r", response["uid"], response["status"]["message"])
-        return web.json_response(answer)
+        # Off the event loop: a review of several MB takes long to parse and validate, and this loop
+        # also serves ADS (the GIL is shared, but handed over every few ms).
+        answer, status = await asyncio.to_thread(_answer, raw, answer_for, log)
+        return web.json_response(answer, status=status)
 
     return handle
 

@@ -80,6 +80,12 @@ class Metrics:
             "reason",
             registry,
         )
+        self.xds_streams_refused = IstioCounter(
+            "meshd_xds_streams_refused",
+            "ADS streams refused with RESOURCE_EXHAUSTED (reason: max_streams, max_streams_per_peer).",
+            "reason",
+            registry,
+        )
         self.build_failures = IstioCounter(
             "meshd_build_failures",
             "Config builds that raised (stage: generation, or one proxy's snapshot); the last good config is kept.",

@@ -22,6 +22,7 @@ from meshd.obs.metrics import Metrics
 from meshd.settings import Settings
 from meshd.wiring.authority import Authority
 from meshd.xds.hub import Hub
+from meshd.xds.limits import StreamLimits
 from meshd.xds.server import AdsServicer, add_to_server
 
 
@@ -34,13 +35,15 @@ def ads_servicer(
     log: logging.Logger,
     authorize: Authorize | None = None,
 ) -> AdsServicer:
+    # The secure port's peers are all its TLS front on loopback: counted in all only.
+    per_peer = settings.max_xds_streams_per_peer if authorize is None else None
     return AdsServicer(
         hub=hub,
         metrics=metrics,
         clock=clock,
         log=log,
         send_timeout_s=settings.send_timeout_s,
-        max_concurrent_pushes=settings.max_concurrent_pushes,
+        limits=StreamLimits(max_streams=settings.max_xds_streams, max_per_peer=per_peer),
         authorize=authorize,
     )
 

@@ -8,18 +8,15 @@ and the failure is kept in `failures` for the push loop to report. Nothing here 
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from meshd.translate.proxy import Proxy
+from meshd.xds.inbox import Inbox
 from meshd.xds.resource import EMPTY_SNAPSHOT, Snapshot
 from meshd.xds.stream import DeltaStream, SotwStream
-
-PUSH = object()  # queue token: a new generation is available
-CLOSED = object()  # queue token: the client half-closed the stream
 
 
 class Generation(Protocol):
@@ -55,8 +52,7 @@ class Connection:
     proxy: Proxy
     stream: SotwStream | DeltaStream
     connected_at: float
-    queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
-    push_pending: bool = False
+    inbox: Inbox = field(default_factory=Inbox)  # requests and the pending push; publish never waits on it
     snapshot: Snapshot | None = None  # what this proxy should hold now
     scope_key: Hashable | None = None  # the scope that snapshot was built for
     # type URL -> (nonce of the last response, time of the config change it carried): for the
@@ -69,10 +65,12 @@ class Connection:
     def delta(self) -> bool:
         return isinstance(self.stream, DeltaStream)
 
+    @property
+    def push_pending(self) -> bool:
+        return self.inbox.push_pending
+
     def notify(self) -> None:
-        if not self.push_pending:
-            self.push_pending = True
-            self.queue.put_nowait(PUSH)
+        self.inbox.push()
 
 
 class Hub:
@@ -117,8 +115,16 @@ class Hub:
     def snapshot_for(self, proxy: Proxy) -> Snapshot:
         return self.generator.snapshot(proxy) if self.generator is not None else EMPTY_SNAPSHOT
 
-    def connect(self, *, proxy: Proxy, stream: SotwStream | DeltaStream, now: float) -> Connection:
-        conn = Connection(conn_id=f"{proxy.node_id}-{next(self._ids)}", proxy=proxy, stream=stream, connected_at=now)
+    def connect(
+        self, *, proxy: Proxy, stream: SotwStream | DeltaStream, now: float, inbox: Inbox | None = None
+    ) -> Connection:
+        conn = Connection(
+            conn_id=f"{proxy.node_id}-{next(self._ids)}",
+            proxy=proxy,
+            stream=stream,
+            connected_at=now,
+            inbox=inbox if inbox is not None else Inbox(),
+        )
         if self.generator is not None:
             try:
                 conn.scope_key, conn.snapshot = self.generator.scope_key(proxy), self.generator.snapshot(proxy)

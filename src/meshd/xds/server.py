@@ -1,6 +1,12 @@
 """The ADS gRPC servicer (grpc.aio): StreamAggregatedResources (SotW) and
 DeltaAggregatedResources. Thin: protocol decisions are in stream.py, config in the hub, who may be
-served secrets in access.py (a servicer without `authorize` serves none)."""
+served secrets in access.py (a servicer without `authorize` serves none).
+
+A slow client delays only itself: each stream computes and writes its own responses in its own task,
+one message at a time, and shares no slot with other streams while it waits for its client to read
+(HTTP/2 flow control); the hub only sets its inbox's push flag. What one stream can hold is bounded:
+one message being written, one pending push, the inbox's requests (inbox.py), for at most the send
+timeout. How many streams a server admits, in all and per peer, is bounded in limits.py."""
 
 from __future__ import annotations
 
@@ -17,10 +23,13 @@ from google.protobuf import json_format
 from meshd.clock import Clock
 from meshd.obs.logsafe import quoted
 from meshd.obs.metrics import Metrics
+from meshd.obs.ratelimit import LogLimiter
 from meshd.translate.proxy import InvalidNodeId, has_capture, has_sds, parse_node_id
 from meshd.xds.access import PROTECTED_TYPES, Authorize, secret_refusal
 from meshd.xds.encode import delta_response, sotw_response
-from meshd.xds.hub import CLOSED, PUSH, Connection, Hub
+from meshd.xds.hub import Connection, Hub
+from meshd.xds.inbox import CLOSED, PUSH, Inbox
+from meshd.xds.limits import StreamLimits, peer_host
 from meshd.xds.resource import short_name
 from meshd.xds.stream import DeltaStream, Outcome, Request, SotwStream
 
@@ -55,7 +64,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         clock: Clock,
         log: logging.Logger,
         send_timeout_s: float = 30.0,
-        max_concurrent_pushes: int = 100,
+        limits: StreamLimits | None = None,
         authorize: Authorize | None = None,
     ) -> None:
         self._hub = hub
@@ -63,10 +72,12 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         # (code, message). Without it (the plaintext port) no stream is ever served a secret.
         self._authorize = authorize
         self._send_timeout = send_timeout_s
-        self._slots = asyncio.Semaphore(max_concurrent_pushes)
+        self._limits = limits if limits is not None else StreamLimits(max_streams=100_000, max_per_peer=None)
         self._metrics = metrics
         self._clock = clock
         self._log = log
+        # Per-peer (or per-proxy) events a client can repeat at will are logged at most a few times a minute.
+        self._log_limit = LogLimiter(now=clock.now)
         # Nonces carry a per-process random prefix: unique across meshd restarts.
         self._boot = secrets.token_hex(4)
 
@@ -77,19 +88,33 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         await self._serve(request_iterator, context, delta=True)
 
     async def _serve(self, requests: Any, context: Any, *, delta: bool) -> None:
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        reader = asyncio.create_task(self._read(requests, queue))
+        peer = peer_host(_peer(context))
+        refused = self._limits.admit(peer)
+        if refused is not None:
+            self._metrics.xds_streams_refused.inc(refused)
+            if (dropped := self._log_limit.allow(("stream_refused", peer))) is not None:
+                self._log.warning(
+                    "event=stream_refused reason=%s peer=%s dropped=%d", refused, quoted(peer, 100), dropped
+                )
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"too many xDS streams ({refused})")
+        try:
+            await self._serve_admitted(requests, context, delta=delta)
+        finally:
+            self._limits.release(peer)
+
+    async def _serve_admitted(self, requests: Any, context: Any, *, delta: bool) -> None:
+        inbox = Inbox()
+        reader = asyncio.create_task(self._read(requests, inbox))
         conn: Connection | None = None
         try:
             while True:
-                item = await queue.get()
+                item = await inbox.get()
                 if item is CLOSED:
                     return
                 # A push carries the time of the change behind it; a reply to a request, now.
                 changed_at = self._clock.now()
                 if item is PUSH:
                     assert conn is not None
-                    conn.push_pending = False
                     changed_at = self._hub.changed_at
                 else:
                     if conn is None:
@@ -97,13 +122,22 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                             # Not synced yet: refuse rather than serve a partial mesh; Envoy keeps
                             # its last config and retries.
                             await context.abort(grpc.StatusCode.UNAVAILABLE, "meshd has not loaded its config yet")
-                        conn = await self._open(item, queue, context, delta=delta)
+                        conn = await self._open(item, inbox, context, delta=delta)
                     req = _delta_request(item) if delta else _sotw_request(item)
-                    self._record(conn, conn.stream.on_request(req), req)
+                    outcome = conn.stream.on_request(req)
+                    if outcome.kind == "limit":
+                        if (dropped := self._log_limit.allow(("stream_limit", conn.proxy.node_id))) is not None:
+                            self._log.warning(
+                                "event=stream_limit proxy=%s reason=%s dropped=%d",
+                                quoted(conn.proxy.node_id),
+                                outcome.error,
+                                dropped,
+                            )
+                        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, outcome.error)
+                    self._record(conn, outcome, req)
                 if conn.snapshot is None:
                     continue  # not ready: nothing is served before the config has loaded
-                async with self._slots:
-                    await self._send(conn, context, changed_at=changed_at, delta=delta)
+                await self._send(conn, context, changed_at=changed_at, delta=delta)
         finally:
             reader.cancel()
             if conn is not None:
@@ -118,7 +152,10 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             message = delta_response(resp) if delta else sotw_response(resp)
             kind = short_name(resp.type_url)
             try:
-                await asyncio.wait_for(context.write(message), self._send_timeout)
+                # (asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+                # that arrives as the write completes, and it makes a task per write)
+                async with asyncio.timeout(self._send_timeout):
+                    await context.write(message)
             except TimeoutError:
                 self._log.error(
                     "event=stuck_proxy proxy=%s type=%s timeout_s=%s",
@@ -140,11 +177,12 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                 len(resp.removed),
             )
 
-    async def _open(self, first: Any, queue: asyncio.Queue[Any], context: Any, *, delta: bool) -> Connection:
+    async def _open(self, first: Any, inbox: Inbox, context: Any, *, delta: bool) -> Connection:
         try:
             proxy = parse_node_id(first.node.id)
         except InvalidNodeId as exc:
-            self._log.warning("event=rejected_stream reason=%s", quoted(exc, 400))
+            if (dropped := self._log_limit.allow(("rejected_stream", peer_host(_peer(context))))) is not None:
+                self._log.warning("event=rejected_stream reason=%s dropped=%d", quoted(exc, 400), dropped)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise  # unreachable: abort raises
         metadata = json_format.MessageToDict(first.node.metadata)
@@ -154,21 +192,22 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         if self._authorize is not None:
             verdict = await self._authorize(context, proxy)
             if isinstance(verdict, tuple):
-                self._log.warning(
-                    "event=rejected_stream proxy=%s code=%s reason=%s",
-                    quoted(proxy.node_id),
-                    verdict[0],
-                    quoted(verdict[1], 400),
-                )
+                if (dropped := self._log_limit.allow(("rejected_stream", proxy.node_id))) is not None:
+                    self._log.warning(
+                        "event=rejected_stream proxy=%s code=%s reason=%s dropped=%d",
+                        quoted(proxy.node_id),
+                        verdict[0],
+                        quoted(verdict[1], 400),
+                        dropped,
+                    )
                 await context.abort(*verdict)
                 raise AssertionError("unreachable: abort raises")
             verified = verdict.namespace
         no_secrets = secret_refusal(verified_namespace=verified, proxy=proxy) is not None
         refused = PROTECTED_TYPES if no_secrets else frozenset()
         stream = (DeltaStream if delta else SotwStream)(nonce_prefix=self._boot, refused=refused)
-        conn = self._hub.connect(proxy=proxy, stream=stream, now=self._clock.now())
+        conn = self._hub.connect(proxy=proxy, stream=stream, now=self._clock.now(), inbox=inbox)
         conn.verified_namespace = verified
-        conn.queue = queue
         failure = self._hub.failures.get(proxy.node_id)
         if conn.snapshot is None and failure is not None:  # served once a generation builds its config
             self._metrics.build_failures.inc("proxy")
@@ -192,13 +231,15 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             del conn.change_times[outcome.type_url]
         if outcome.kind == "nack":
             self._metrics.xds_rejects.inc(kind)
-            self._log.error(
-                "event=nack proxy=%s type=%s version=%s error=%s",
-                quoted(conn.proxy.node_id),
-                kind,
-                quoted(outcome.version),
-                quoted(outcome.error, 1000),
-            )
+            if (dropped := self._log_limit.allow(("nack", conn.proxy.node_id))) is not None:
+                self._log.error(
+                    "event=nack proxy=%s type=%s version=%s error=%s dropped=%d",
+                    quoted(conn.proxy.node_id),
+                    kind,
+                    quoted(outcome.version),
+                    quoted(outcome.error, 1000),
+                    dropped,
+                )
         elif outcome.kind == "ack" and changed_at is not None:
             self._metrics.convergence.observe(max(0.0, self._clock.now() - changed_at))
 
@@ -219,16 +260,23 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             )
 
     @staticmethod
-    async def _read(requests: Any, queue: asyncio.Queue[Any]) -> None:
+    async def _read(requests: Any, inbox: Inbox) -> None:
         try:
             async for req in requests:
-                queue.put_nowait(req)
+                await inbox.put(req)  # waits while the inbox is full: the client waits too
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             pass
         except Exception:
             pass
         finally:
-            queue.put_nowait(CLOSED)
+            inbox.close()
+
+
+def _peer(context: Any) -> str:
+    try:
+        return str(context.peer())
+    except Exception:
+        return "?"
 
 
 def add_to_server(server: grpc.aio.Server, servicer: AdsServicer) -> None:

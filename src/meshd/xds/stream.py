@@ -7,6 +7,10 @@ names are wildcard; a version Envoy rejected is never sent again; pushes go CDS,
 after a CDS push EDS is answered again so the updated clusters can finish warming.
 A stream may be built with `refused` type URLs (SDS secrets on a stream without a verified identity):
 a request for one is answered `refused`, never subscribed, and nothing of that type is ever sent.
+What one stream may subscribe is bounded: MAX_TYPES type URLs (known or not: an unknown type gets an
+empty response, as before) and MAX_NAMES names per type; a request beyond is answered `limit`, not
+subscribed (the servicer ends the stream with RESOURCE_EXHAUSTED). So every request costs at most
+MAX_TYPES types' work: many unknown types cannot make a stream's work quadratic (issue 20, defect 11).
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from meshd.xds.resource import CLUSTER, ENDPOINT, PUSH_ORDER, WILDCARD_TYPES, Snapshot, XdsResource
+
+MAX_TYPES = 16  # Envoy's xDS has about a dozen type URLs; meshd serves five
+MAX_NAMES = 100_000  # resource names subscribed per type
 
 
 @dataclass(frozen=True)
@@ -42,8 +49,8 @@ class Response:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a request meant: initial, ack, nack, stale, subscribe (a changed subscription) or refused
-    (a type this stream never serves)."""
+    """What a request meant: initial, ack, nack, stale, subscribe (a changed subscription), refused
+    (a type this stream never serves) or limit (more types or names than a stream may subscribe)."""
 
     kind: str
     type_url: str
@@ -75,7 +82,13 @@ class _Base:
         self.refused = refused  # type URLs never served on this stream
 
     def _refused(self, req: Request) -> Outcome | None:
-        return Outcome("refused", req.type_url) if req.type_url in self.refused else None
+        if req.type_url in self.refused:
+            return Outcome("refused", req.type_url)
+        if req.type_url not in self.types and len(self.types) >= MAX_TYPES:
+            return Outcome("limit", req.type_url, error=f"more than {MAX_TYPES} type URLs on one stream")
+        if len(req.resource_names) + len(req.subscribe) > MAX_NAMES:
+            return Outcome("limit", req.type_url, error=f"more than {MAX_NAMES} resource names in one request")
+        return None
 
     def state(self, type_url: str) -> TypeState:
         return self.types.setdefault(type_url, TypeState())
@@ -167,6 +180,8 @@ class DeltaStream(_Base):
             if "*" in req.subscribe:
                 st.names = None
             elif st.names is not None:
+                if len(st.names | explicit) > MAX_NAMES:
+                    return Outcome("limit", req.type_url, error=f"more than {MAX_NAMES} resource names subscribed")
                 st.names = st.names | explicit
             changed = True
             for name in () if first else explicit:

@@ -40,3 +40,25 @@ def test_an_invalid_destination_rule_is_refused_with_resource_and_field() -> Non
     response = answer["response"]
     assert response["allowed"] is False
     assert response["status"]["message"].startswith("DestinationRule ns/r: spec.trafficPolicy.loadBalancer.simple")
+
+
+@pytest.mark.parametrize(
+    ("group", "kind", "allowed"),
+    [
+        ("networking.istio.io", ["Service"], False),  # used to raise TypeError: unhashable (HTTP 500)
+        ("networking.istio.io", {"k": 1}, False),
+        (["networking.istio.io"], "DestinationRule", True),  # a group that is not a string: not ours
+    ],
+)
+def test_a_type_confused_kind_gets_a_clean_answer(group: object, kind: object, allowed: bool) -> None:
+    obj = {"apiVersion": "networking.istio.io/v1", "kind": kind, "metadata": {"name": "r", "namespace": "ns"}}
+    answer = review(
+        {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {"uid": "1", "kind": {"group": group}, "operation": "CREATE", "object": obj},
+        }
+    )
+    assert answer["response"]["allowed"] is allowed
+    if not allowed:
+        assert "kind: must be a string" in answer["response"]["status"]["message"]
