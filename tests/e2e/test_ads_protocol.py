@@ -1,8 +1,10 @@
 """The ADS server over real gRPC (grpcio client): a malformed node id closes only that stream
-with INVALID_ARGUMENT; a well-formed one is answered; no config before the source is loaded."""
+with INVALID_ARGUMENT; a well-formed one is answered, also when it reconnects to a restarted meshd with
+the old nonce; no config before the source is loaded."""
 
 from __future__ import annotations
 
+import asyncio
 import pathlib
 from collections.abc import AsyncIterator
 
@@ -72,6 +74,30 @@ async def test_malformed_node_id_is_refused_and_nothing_else_is_touched(
     # Only well-formed proxies are ever registered (the good stream may still be closing).
     assert all(c["proxy"] == GOOD_ID for c in await meshd.get_json("/debug/syncz"))
     assert "event=rejected_stream" in meshd.log()
+
+
+async def test_a_proxy_reconnecting_to_a_restarted_meshd_with_its_old_nonce_and_version_is_answered(
+    meshd: Meshd,
+) -> None:
+    # Envoy's first request after a reconnect carries the version it holds and the previous server's
+    # nonce (issue 20, low: it used to get no response at all).
+    node = base_pb2.Node(id=GOOD_ID)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{meshd.xds_port}") as channel:
+        held = await _first_response(channel, GOOD_ID)
+        await meshd.stop()
+        await meshd.start()
+        call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
+        await call.write(
+            discovery_pb2.DiscoveryRequest(
+                node=node, type_url=CLUSTER, version_info=held.version_info, response_nonce=held.nonce
+            )
+        )
+        response = await asyncio.wait_for(call.read(), 20)
+        call.cancel()
+    assert response.type_url == CLUSTER
+    assert response.version_info == held.version_info  # same config: answered all the same
+    assert response.nonce != held.nonce
+    assert len(response.resources) == len(held.resources)
 
 
 async def test_the_config_directory_is_watched_by_file_events(meshd: Meshd) -> None:
