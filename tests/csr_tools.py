@@ -43,8 +43,8 @@ def ec_csr(curve: ec.EllipticCurve | None = None, *, sans: tuple[str, ...] = ())
     return csr_for(ec.generate_private_key(curve or ec.SECP256R1()), sans=sans)
 
 
-def rsa_csr(bits: int) -> str:
-    return csr_for(rsa.generate_private_key(public_exponent=65537, key_size=bits))
+def rsa_csr(bits: int, *, exponent: int = 65537) -> str:
+    return csr_for(rsa.generate_private_key(public_exponent=exponent, key_size=bits))
 
 
 def sha1_csr() -> str:

@@ -1,10 +1,13 @@
 """The ADS server over real gRPC (grpcio client): a malformed node id closes only that stream
-with INVALID_ARGUMENT; a well-formed one is answered; no config before the source is loaded."""
+with INVALID_ARGUMENT; a well-formed one is answered, also when it reconnects to a restarted meshd with
+the old nonce; no config before the source is loaded."""
 
 from __future__ import annotations
 
+import asyncio
 import pathlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
@@ -72,6 +75,80 @@ async def test_malformed_node_id_is_refused_and_nothing_else_is_touched(
     # Only well-formed proxies are ever registered (the good stream may still be closing).
     assert all(c["proxy"] == GOOD_ID for c in await meshd.get_json("/debug/syncz"))
     assert "event=rejected_stream" in meshd.log()
+
+
+async def test_a_proxy_reconnecting_to_a_restarted_meshd_with_its_old_nonce_and_version_is_answered(
+    meshd: Meshd,
+) -> None:
+    # Envoy's first request after a reconnect carries the version it holds and the previous server's
+    # nonce (issue 20, low: it used to get no response at all).
+    node = base_pb2.Node(id=GOOD_ID)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{meshd.xds_port}") as channel:
+        held = await _first_response(channel, GOOD_ID)
+        await meshd.stop()
+        await meshd.start()
+        call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
+        await call.write(
+            discovery_pb2.DiscoveryRequest(
+                node=node, type_url=CLUSTER, version_info=held.version_info, response_nonce=held.nonce
+            )
+        )
+        response = await asyncio.wait_for(call.read(), 20)
+        call.cancel()
+    assert response.type_url == CLUSTER
+    assert response.version_info == held.version_info  # same config: answered all the same
+    assert response.nonce != held.nonce
+    assert len(response.resources) == len(held.resources)
+
+
+def _deep(request: Any, depth: int) -> Any:
+    """The request with node metadata nested `depth` levels (built in place: copying it would parse it)."""
+    request.node.id = GOOD_ID
+    value: dict[str, object] = {"INTERCEPTION_MODE": "REDIRECT"}
+    for _ in range(depth - 1):
+        value = {"x": value}
+    request.node.metadata.update(value)
+    return request
+
+
+@pytest.mark.parametrize(
+    ("delta", "depth", "reason"),
+    [
+        pytest.param(False, 25, "nested deeper than 20", id="sotw-25-levels-parsed-then-refused"),
+        pytest.param(False, 40, "cannot be parsed", id="sotw-40-levels-beyond-protobuf"),
+        pytest.param(True, 40, "cannot be parsed", id="delta-40-levels-beyond-protobuf"),
+    ],
+)
+async def test_deeply_nested_node_metadata_ends_the_stream_with_invalid_argument(
+    meshd: Meshd, delta: bool, depth: int, reason: str
+) -> None:
+    # Issue 20, low: metadata nested 40 levels closed the stream silently with status OK.
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{meshd.xds_port}") as channel:
+        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+        if delta:
+            call: Any = stub.DeltaAggregatedResources()
+            await call.write(_deep(discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER), depth))
+        else:
+            call = stub.StreamAggregatedResources()
+            await call.write(_deep(discovery_pb2.DiscoveryRequest(type_url=CLUSTER), depth))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await asyncio.wait_for(call.read(), 20)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+        assert reason in (err.value.details() or "")
+        response = await _first_response(channel, GOOD_ID)  # the server is fine
+    assert response.type_url == CLUSTER and response.resources
+
+
+async def test_an_unparsable_request_later_on_a_stream_ends_it_with_invalid_argument(meshd: Meshd) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{meshd.xds_port}") as channel:
+        call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
+        await call.write(discovery_pb2.DiscoveryRequest(node=base_pb2.Node(id=GOOD_ID), type_url=CLUSTER))
+        first = await asyncio.wait_for(call.read(), 20)
+        await call.write(_deep(discovery_pb2.DiscoveryRequest(type_url=CLUSTER, response_nonce=first.nonce), 40))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await asyncio.wait_for(call.read(), 20)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert "cannot be parsed" in (err.value.details() or "")
 
 
 async def test_the_config_directory_is_watched_by_file_events(meshd: Meshd) -> None:

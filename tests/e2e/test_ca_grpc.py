@@ -96,8 +96,14 @@ async def test_issued_certificate_shape_and_chain(ca: CaUnderTest) -> None:
 
 @pytest.mark.parametrize(
     "make",
-    [bad_signature_csr, lambda: rsa_csr(1024), lambda: ec_csr(ec.SECP224R1()), sha1_csr],
-    ids=["bad-signature", "rsa-1024", "p-224", "sha1"],
+    [
+        bad_signature_csr,
+        lambda: rsa_csr(1024),
+        lambda: rsa_csr(2048, exponent=3),
+        lambda: ec_csr(ec.SECP224R1()),
+        sha1_csr,
+    ],
+    ids=["bad-signature", "rsa-1024", "rsa-exponent-3", "p-224", "sha1"],
 )
 async def test_weak_or_forged_csrs_are_invalid_argument(ca: CaUnderTest, make: object) -> None:
     details = await _refused(ca, grpc.StatusCode.INVALID_ARGUMENT, csr_pem=make())  # type: ignore[operator]
@@ -118,6 +124,8 @@ async def test_accepted_key_types(ca: CaUnderTest) -> None:
 async def test_ttl_above_maximum_is_refused(ca: CaUnderTest) -> None:
     await _refused(ca, grpc.StatusCode.INVALID_ARGUMENT, ttl_s=91 * 24 * 3600)
     await _refused(ca, grpc.StatusCode.INVALID_ARGUMENT, ttl_s=-5)
+    details = await _refused(ca, grpc.StatusCode.INVALID_ARGUMENT, ttl_s=2**63 - 1)  # int64 max: no overflow
+    assert "maximum" in details
     chain = await ca.csr(ttl_s=90 * 24 * 3600)  # the maximum itself is fine
     assert _leaf(chain).not_valid_after_utc > datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=89)
 

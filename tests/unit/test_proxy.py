@@ -1,10 +1,18 @@
-"""parse_node_id: Istio node ids `<type>~<ip>~<pod>.<namespace>~<namespace>.svc.<domain>`."""
+"""parse_node_id: Istio node ids `<type>~<ip>~<pod>.<namespace>~<namespace>.svc.<domain>`; the node metadata
+depth bound."""
 
 from __future__ import annotations
 
 import pytest
 
-from meshd.translate.proxy import InvalidNodeId, Proxy, parse_node_id
+from meshd.translate.proxy import (
+    MAX_METADATA_DEPTH,
+    InvalidNodeId,
+    InvalidNodeMetadata,
+    Proxy,
+    check_node_metadata,
+    parse_node_id,
+)
 
 
 @pytest.mark.parametrize(
@@ -85,3 +93,32 @@ def test_malformed_node_ids(node_id: str, message: str) -> None:
     assert message in str(info.value)
     assert repr(node_id) in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+def _nested(depth: int, *, container: str = "map") -> dict[str, object]:
+    """Node metadata whose maps (or lists under the top map) nest `depth` levels, the top map included."""
+    value: object = "REDIRECT"
+    for _ in range(depth - 1):
+        value = {"x": value} if container == "map" else [value]
+    return {"INTERCEPTION_MODE": "REDIRECT", "deep": value} if depth > 1 else {"INTERCEPTION_MODE": "REDIRECT"}
+
+
+ISTIO_METADATA = {
+    "ISTIO_VERSION": "1.24.0",
+    "LABELS": {"app": "web", "version": "v1"},
+    "PROXY_CONFIG": {"tracing": {"zipkin": {"address": "zipkin:9411"}}, "proxyMetadata": {"A": "b"}},
+    "APP_CONTAINERS": ["web"],
+    "SDS": "true",
+}
+
+
+@pytest.mark.parametrize("metadata", [{}, ISTIO_METADATA, _nested(MAX_METADATA_DEPTH), _nested(20, container="list")])
+def test_node_metadata_within_the_depth_bound_is_accepted(metadata: dict[str, object]) -> None:
+    check_node_metadata(metadata)
+
+
+@pytest.mark.parametrize("metadata", [_nested(MAX_METADATA_DEPTH + 1), _nested(40), _nested(5000, container="list")])
+def test_node_metadata_nested_too_deep_is_refused(metadata: dict[str, object]) -> None:
+    # Issue 20, low: a stream whose node metadata nested 40 levels was closed silently with status OK.
+    with pytest.raises(InvalidNodeMetadata, match="nested deeper than 20 levels"):
+        check_node_metadata(metadata)

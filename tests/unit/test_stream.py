@@ -319,6 +319,55 @@ def test_sotw_sends_the_full_state_of_the_subscription_on_change() -> None:
     assert resp.removed == ()
 
 
+# --- a reconnect: the first request of a type echoes the previous server's nonce and version -----------
+
+
+def _held_by_envoy(type_url: str, snap: Snapshot, subscribed: tuple[str, ...]) -> Response:
+    """What the previous meshd (another process: another nonce prefix) last sent and Envoy ACKed."""
+    previous = Client(SotwStream(nonce_prefix="before-restart"))
+    previous.subscribe(type_url, *subscribed)
+    return previous.settle(snap)[0]
+
+
+@pytest.mark.parametrize(
+    ("type_url", "subscribed"),
+    [(CLUSTER, ()), (ENDPOINT, ("a",)), (LISTENER, ()), (ROUTE, ("r1",))],
+    ids=["cds", "eds", "lds", "rds"],
+)
+@pytest.mark.parametrize("config_changed", [False, True], ids=["same-version", "new-version"])
+def test_sotw_first_request_with_a_nonce_this_stream_never_issued_is_answered(
+    type_url: str, subscribed: tuple[str, ...], config_changed: bool
+) -> None:
+    # Envoy reconnecting to a restarted meshd keeps its version_info and response_nonce (issue 20, low):
+    # on a new stream the first request of a type is the initial request, whatever nonce it carries.
+    before = snapshot(cds=["a"], eds=["a"], lds=["l1"], rds=["r1"])
+    held = _held_by_envoy(type_url, before, subscribed)
+    now = snapshot(cds={"a": 1}, eds={"a": 1}, lds={"l1": 1}, rds={"r1": 1}) if config_changed else before
+    stream = SotwStream(nonce_prefix="after-restart")
+
+    outcome = stream.on_request(Request(type_url, held.version, held.nonce, subscribed))
+
+    assert outcome == Outcome("initial", type_url)
+    # Answered even when the version is the one Envoy holds (as go-control-plane and istiod do).
+    [resp] = stream.responses(now)
+    assert (resp.type_url, names(resp)) == (type_url, [held.resources[0].name])
+    assert (resp.version == held.version) is not config_changed
+    assert resp.nonce != held.nonce
+    # From now on the stream has answered: the previous server's nonce is stale, the new one an ACK.
+    assert stream.on_request(Request(type_url, held.version, held.nonce, subscribed)) == Outcome("stale", type_url)
+    assert stream.responses(now) == []
+    assert stream.on_request(Request(type_url, resp.version, resp.nonce, subscribed)).kind == "ack"
+    assert stream.responses(now) == []
+
+
+def test_delta_first_request_with_a_nonce_this_stream_never_issued_is_answered() -> None:
+    stream = DeltaStream(nonce_prefix="after-restart")
+    outcome = stream.on_request(Request(CLUSTER, response_nonce="before-restart-7", subscribe=("*",)))
+    assert outcome == Outcome("initial", CLUSTER)
+    [resp] = stream.responses(snapshot(cds=["a", "b"]))
+    assert names(resp) == ["a", "b"]
+
+
 # --- SotW: EDS answered again after a CDS push ---------------------------------------------------
 
 

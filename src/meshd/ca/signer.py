@@ -2,10 +2,12 @@
 
 Policy:
 - the CSR's signature must verify, and it must not be signed with SHA-1 (or MD5);
-- keys: RSA >= 2048 bits (<= 8192), ECDSA P-256 or P-384; anything else is refused;
+- keys: RSA >= 2048 bits (<= 8192) with public exponent 65537, ECDSA P-256 or P-384; anything else is
+  refused (a small exponent such as 3 invites the low-exponent attacks on RSA);
 - the certificate's only SAN is the caller's SPIFFE id, whatever the CSR asks for; its subject is empty
   (so the SAN extension is critical, RFC 5280 4.2.1.6);
-- TTL: 0 -> the default (24 h); above the maximum (90 d) -> refused; a certificate never outlives
+- TTL: 0 -> the default (24 h); above the maximum (90 d) -> refused, however large (istiod's TTLError,
+  INVALID_ARGUMENT; it does not cap); a certificate never outlives
   the signing chain: its expiry is **clamped** to the earliest expiry of signer, intermediates and root,
   and the request is refused only when less than `min_ttl` (1 minute) would remain;
 - leaf: CA:false, keyUsage digitalSignature + keyEncipherment, EKU serverAuth + clientAuth;
@@ -33,6 +35,7 @@ MIN_TTL = datetime.timedelta(minutes=1)
 MAX_CSR_BYTES = 64 * 1024
 _BACKDATE = datetime.timedelta(minutes=1)  # tolerate small clock skew between meshd and peers
 _ALLOWED_CURVES = (ec.SECP256R1, ec.SECP384R1)
+_RSA_EXPONENT = 65537
 _ALLOWED_HASHES = (hashes.SHA256, hashes.SHA384, hashes.SHA512)
 
 WallClock = Callable[[], datetime.datetime]
@@ -64,6 +67,9 @@ def _check_key(key: object) -> None:
     if isinstance(key, rsa.RSAPublicKey):
         if not 2048 <= key.key_size <= 8192:
             raise CsrRejected(f"RSA key of {key.key_size} bits refused: want 2048 to 8192 bits")
+        if (exponent := key.public_numbers().e) != _RSA_EXPONENT:
+            shown = exponent if exponent.bit_length() <= 64 else f"of {exponent.bit_length()} bits"
+            raise CsrRejected(f"RSA public exponent {shown} refused: want {_RSA_EXPONENT}")
         return
     if isinstance(key, ec.EllipticCurvePublicKey):
         if not isinstance(key.curve, _ALLOWED_CURVES):
@@ -138,11 +144,11 @@ class Signer:
         """(not_before, not_after) for a requested TTL in seconds, per the policy above."""
         if ttl_s < 0:
             raise CsrRejected(f"validity_duration {ttl_s}s refused: must not be negative")
-        ttl = self._default_ttl if ttl_s == 0 else datetime.timedelta(seconds=ttl_s)
+        # Compared as seconds before any timedelta is made: a huge TTL (up to int64) does not fit in one.
+        max_s = self._max_ttl.total_seconds()
+        ttl = self._default_ttl if ttl_s == 0 else datetime.timedelta(seconds=min(ttl_s, max_s + 1))
         if ttl > self._max_ttl:
-            raise CsrRejected(
-                f"validity_duration {ttl_s}s refused: the maximum is {int(self._max_ttl.total_seconds())}s"
-            )
+            raise CsrRejected(f"validity_duration {ttl_s}s refused: the maximum is {int(max_s)}s")
         now = self._wall()
         not_after = min(now + ttl, self.ca.not_after)
         if self.ca.not_after - now < self._min_ttl:  # the signer's remaining life, not the requested TTL

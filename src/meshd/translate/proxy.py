@@ -1,4 +1,5 @@
-"""Istio-style node ids: `<type>~<ip>~<pod>.<namespace>~<namespace>.svc.<domain>`."""
+"""Istio-style node ids: `<type>~<ip>~<pod>.<namespace>~<namespace>.svc.<domain>`, and the node metadata
+meshd reads (nested at most MAX_METADATA_DEPTH levels)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,14 @@ from dataclasses import dataclass
 
 PROXY_TYPES = ("sidecar", "router")
 MAX_NODE_ID = 1024  # Istio's are ~100 characters
+MAX_METADATA_DEPTH = 20  # Istio's node metadata nests about 5 levels (PROXY_CONFIG)
 
 
 class InvalidNodeId(ValueError):
+    pass
+
+
+class InvalidNodeMetadata(ValueError):
     pass
 
 
@@ -55,6 +61,18 @@ def parse_node_id(node_id: str) -> Proxy:
     if not domain.startswith(f"{namespace}.svc."):
         raise InvalidNodeId(f"node id {shown}: domain {domain!r} must be {namespace}.svc.<domain>")
     return Proxy(node_id=node_id, type=kind, ip=ip, pod=pod, namespace=namespace, dns_domain=domain)
+
+
+def check_node_metadata(metadata: Mapping[str, object]) -> None:
+    """Raises InvalidNodeMetadata if maps and lists nest deeper than MAX_METADATA_DEPTH (the top map is
+    level 1). Iterative: the walk itself never recurses."""
+    pending: list[tuple[object, int]] = [(metadata, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if depth > MAX_METADATA_DEPTH:
+            raise InvalidNodeMetadata(f"node metadata is nested deeper than {MAX_METADATA_DEPTH} levels")
+        children = value.values() if isinstance(value, Mapping) else value if isinstance(value, list) else ()
+        pending.extend((child, depth + 1) for child in children if isinstance(child, Mapping | list))
 
 
 # Node metadata saying a proxy's agent serves it a workload certificate over SDS: `SDS: "true"`

@@ -6,7 +6,9 @@ A slow client delays only itself: each stream computes and writes its own respon
 one message at a time, and shares no slot with other streams while it waits for its client to read
 (HTTP/2 flow control); the hub only sets its inbox's push flag. What one stream can hold is bounded:
 one message being written, one pending push, the inbox's requests (inbox.py), for at most the send
-timeout. How many streams a server admits, in all and per peer, is bounded in limits.py."""
+timeout. How many streams a server admits, in all and per peer, is bounded in limits.py.
+A request protobuf cannot parse (nested beyond its depth limit, ...) or a node whose metadata nests too
+deep ends its stream with INVALID_ARGUMENT and the reason."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import asyncio
 import dataclasses
 import logging
 import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -24,7 +28,14 @@ from meshd.clock import Clock
 from meshd.obs.logsafe import quoted
 from meshd.obs.metrics import Metrics
 from meshd.obs.ratelimit import LogLimiter
-from meshd.translate.proxy import InvalidNodeId, has_capture, has_sds, parse_node_id
+from meshd.translate.proxy import (
+    InvalidNodeId,
+    InvalidNodeMetadata,
+    check_node_metadata,
+    has_capture,
+    has_sds,
+    parse_node_id,
+)
 from meshd.xds.access import PROTECTED_TYPES, Authorize, secret_refusal
 from meshd.xds.encode import delta_response, sotw_response
 from meshd.xds.hub import Connection, Hub
@@ -32,6 +43,24 @@ from meshd.xds.inbox import CLOSED, PUSH, Inbox
 from meshd.xds.limits import StreamLimits, peer_host
 from meshd.xds.resource import short_name
 from meshd.xds.stream import DeltaStream, Outcome, Request, SotwStream
+
+
+@dataclass(frozen=True)
+class Unparsable:
+    """What the request deserializer hands in for bytes protobuf cannot parse (instead of raising, which
+    gRPC turned into a silent end of the stream with status OK)."""
+
+    reason: str
+
+
+def _parser(message_type: Any) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return message_type.FromString(data)
+        except Exception as exc:  # DecodeError (e.g. nested beyond protobuf's depth limit), RecursionError
+            return Unparsable(f"{message_type.DESCRIPTOR.name} cannot be parsed: {quoted(str(exc), 300)}")
+
+    return parse
 
 
 def _sotw_request(req: Any) -> Request:
@@ -117,6 +146,8 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                     assert conn is not None
                     changed_at = self._hub.changed_at
                 else:
+                    if isinstance(item, Unparsable):
+                        await self._reject(context, conn, item.reason)
                     if conn is None:
                         if not self._hub.ready:
                             # Not synced yet: refuse rather than serve a partial mesh; Envoy keeps
@@ -180,12 +211,11 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
     async def _open(self, first: Any, inbox: Inbox, context: Any, *, delta: bool) -> Connection:
         try:
             proxy = parse_node_id(first.node.id)
-        except InvalidNodeId as exc:
-            if (dropped := self._log_limit.allow(("rejected_stream", peer_host(_peer(context))))) is not None:
-                self._log.warning("event=rejected_stream reason=%s dropped=%d", quoted(exc, 400), dropped)
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            metadata = json_format.MessageToDict(first.node.metadata)
+            check_node_metadata(metadata)
+        except (InvalidNodeId, InvalidNodeMetadata) as exc:
+            await self._reject(context, None, str(exc))
             raise  # unreachable: abort raises
-        metadata = json_format.MessageToDict(first.node.metadata)
         if has_sds(metadata) or has_capture(metadata):
             proxy = dataclasses.replace(proxy, sds=has_sds(metadata), capture=has_capture(metadata))
         verified: str | None = None
@@ -217,6 +247,16 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         self._metrics.xds_connected.labels("meshd").set(len(self._hub.connections))
         self._log.info("event=connected proxy=%s delta=%s", quoted(proxy.node_id), delta)
         return conn
+
+    async def _reject(self, context: Any, conn: Connection | None, reason: str) -> None:
+        """End the stream with INVALID_ARGUMENT for a malformed request; logged a few times a minute per peer."""
+        key = ("rejected_stream", conn.proxy.node_id if conn is not None else peer_host(_peer(context)))
+        if (dropped := self._log_limit.allow(key)) is not None:
+            shown = quoted(conn.proxy.node_id) if conn is not None else "-"
+            self._log.warning(
+                "event=rejected_stream proxy=%s reason=%s dropped=%d", shown, quoted(reason, 400), dropped
+            )
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason)
 
     def _record(self, conn: Connection, outcome: Outcome, req: Request) -> None:
         if outcome.kind == "refused":
@@ -287,12 +327,12 @@ def add_to_server(server: grpc.aio.Server, servicer: AdsServicer) -> None:
         {
             "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
                 servicer.StreamAggregatedResources,
-                request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+                request_deserializer=_parser(discovery_pb2.DiscoveryRequest),
                 response_serializer=_as_is,
             ),
             "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
                 servicer.DeltaAggregatedResources,
-                request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+                request_deserializer=_parser(discovery_pb2.DeltaDiscoveryRequest),
                 response_serializer=_as_is,
             ),
         },

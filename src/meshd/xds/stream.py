@@ -2,9 +2,11 @@
 
 Rules (Envoy's xDS protocol): per-stream nonces; a request echoing the last nonce with
 `error_detail` is a NACK, without it an ACK; a SotW request with an older nonce is stale and
-ignored; subscription changes are honoured (in delta even with a stale nonce); LDS/CDS with no
-names are wildcard; a version Envoy rejected is never sent again; pushes go CDS, EDS, LDS, RDS;
-after a CDS push EDS is answered again so the updated clusters can finish warming.
+ignored, except the first request of a type on the stream, which is the initial request whatever
+nonce it echoes (a reconnecting Envoy sends the previous server's); subscription changes are
+honoured (in delta even with a stale nonce); LDS/CDS with no names are wildcard; a version Envoy
+rejected is never sent again; pushes go CDS, EDS, LDS, RDS; after a CDS push EDS is answered again
+so the updated clusters can finish warming.
 A stream may be built with `refused` type URLs (SDS secrets on a stream without a verified identity):
 a request for one is answered `refused`, never subscribed, and nothing of that type is ever sent.
 What one stream may subscribe is bounded: MAX_TYPES type URLs (known or not: an unknown type gets an
@@ -118,7 +120,10 @@ class SotwStream(_Base):
         names: frozenset[str] | None = frozenset(req.resource_names)
         if not req.resource_names and req.type_url in WILDCARD_TYPES:
             names = None
-        if not req.response_nonce:
+        if not req.response_nonce or not st.subscribed:
+            # The first request of a type on this stream is the initial request even when it echoes a
+            # nonce and version this stream never issued: Envoy reconnecting (to a restarted meshd) keeps
+            # them. Answered whatever version Envoy holds, as go-control-plane and istiod do.
             st.subscribed, st.names, st.respond = True, names, True
             return Outcome("initial", req.type_url)
         if req.response_nonce != st.sent_nonce:
@@ -197,8 +202,8 @@ class DeltaStream(_Base):
         if changed:
             st.respond = True
         if req.response_nonce:
-            if req.response_nonce not in st.nonce_versions:
-                return Outcome("subscribe" if changed else "stale", req.type_url)
+            if req.response_nonce not in st.nonce_versions:  # (on the first request: a previous server's)
+                return Outcome("initial" if first else "subscribe" if changed else "stale", req.type_url)
             outcome = self._ack_or_nack(st, req)
             st.nonce_versions.pop(req.response_nonce, None)
             return outcome

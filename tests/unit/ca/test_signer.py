@@ -105,6 +105,7 @@ def _ed25519_csr() -> str:
     ("make", "words"),
     [
         (lambda: rsa_csr(1024), "1024 bits"),
+        (lambda: rsa_csr(2048, exponent=3), "exponent 3"),
         (lambda: ec_csr(ec.SECP224R1()), "secp224r1"),
         (lambda: ec_csr(ec.SECP521R1()), "secp521r1"),
         (_ed25519_csr, "ed25519"),
@@ -138,6 +139,13 @@ def test_ttl_zero_is_24h_and_above_max_is_refused() -> None:
         signer.lifetime(90 * 86400 + 1)
     with pytest.raises(CsrRejected, match="negative"):
         signer.lifetime(-1)
+
+
+@pytest.mark.parametrize("ttl_s", [10**12, 2**63 - 1])
+def test_huge_ttl_is_refused_not_an_overflow(ttl_s: int) -> None:
+    # Beyond what a timedelta holds (issue 20, low): refused like any TTL above the maximum, as istiod does.
+    with pytest.raises(CsrRejected, match=f"validity_duration {ttl_s}s refused: the maximum is 7776000s"):
+        _signer().sign_csr(csr_pem=ec_csr(), identity=WEB, ttl_s=ttl_s)
 
 
 def test_lifetime_clamped_to_signer_expiry_and_refused_when_too_close() -> None:
