@@ -6,16 +6,17 @@ configs of filters and transport sockets) included when their type is in the des
 returns each violation with its path, e.g.
 `filter_chains[0].filters[1].typed_config(HttpConnectionManager).route_config.virtual_hosts[0].name: min_len 1`.
 
-The rules are compiled once per message type into a plan (proto_rules: which rule kinds are checked,
-which skipped): the fields with rules or with rules somewhere below them, what an unset field violates,
-required oneofs. A walk visits only the fields a message has set (`ListFields()`) and does not enter a
-message type with no rule anywhere below it, so its cost follows the set fields that can matter.
+The rules are compiled once per message type (proto_rules says which rule kinds are checked and which
+skipped) into a walker: a handler per field that has rules or rules somewhere below it, what an unset
+field violates, the required oneofs. A walk visits only the fields a message has set (`ListFields()`)
+and never enters a message type with no rule anywhere below it (nor an Any of such a type: not even
+parsed), so its cost follows the set fields that can matter.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import Any
 
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -26,28 +27,18 @@ from meshd.translate.proto_rules import FieldChecks, compile_field
 
 _ANY = "google.protobuf.Any"
 _MAX_DEPTH = 100  # deeper than any generated config; guards against a pathological Any chain
-
-
-class _Field(NamedTuple):
-    name: str
-    checks: FieldChecks
-    repeated: bool
-    is_map: bool
-    walk: bool  # a message value with rules below it (or an Any): walked
-    is_any: bool
-
-
-class _Plan(NamedTuple):
-    fields: Mapping[int, _Field]  # by field number: the fields to look at when set
-    unset: tuple[tuple[int, str, str], ...]  # (number, name, violation) of a field left unset
-    oneofs: tuple[tuple[str, frozenset[int]], ...]  # required oneofs: (name, member numbers)
-
-
 _NO_CHECKS = FieldChecks(None, None, None, False, False)
-_plans: dict[str, _Plan | None] = {}  # by descriptor full name; None: no rule anywhere below
-_own: dict[str, bool] = {}
-_below: dict[str, bool] = {}
-_classes: dict[str, type[Message] | None] = {}  # Any type URL -> message class (None: unknown type)
+
+# A path, rendered only when a violation is found: (parent, field name, index or key, Any type shown)
+_Path = tuple[Any, str, Any, str] | None
+# A compiled walker of one message type, and a handler of one of its fields:
+# (message or field value, path of the message, violations found, depth)
+Walker = Callable[[Any, _Path, list[str], int], None]
+
+_own: dict[str, bool] = {}  # by type full name: has a rule itself
+_below: dict[str, bool] = {}  # by type full name: has a rule itself or in a type reachable from it
+_walkers: dict[Descriptor, Walker | None] = {}  # None: nothing to check below this type
+_classes: dict[str, type[Message] | None] = {}  # Any type URL -> message class (None: nothing to check)
 
 
 def _rules(fd: FieldDescriptor) -> Any:
@@ -64,8 +55,8 @@ def _message_type(fd: FieldDescriptor) -> Descriptor | None:
     if fd.message_type is None:
         return None
     if _is_map(fd):
-        value = fd.message_type.fields_by_name["value"]
-        return value.message_type
+        value: Descriptor | None = fd.message_type.fields_by_name["value"].message_type
+        return value
     return fd.message_type
 
 
@@ -88,12 +79,13 @@ def _rules_below(desc: Descriptor) -> bool:
     seen = {desc.full_name}
     todo = [desc]
     found = False
-    while todo and not found:
+    while todo:
         current = todo.pop()
-        if _below.get(current.full_name) or _has_own_rules(current):
+        known = _below.get(current.full_name)
+        if known or _has_own_rules(current):
             found = True
             break
-        if _below.get(current.full_name) is False:
+        if known is False:
             continue
         for fd in current.fields:
             sub = _message_type(fd)
@@ -107,39 +99,130 @@ def _rules_below(desc: Descriptor) -> bool:
     return found
 
 
-def _plan(desc: Descriptor) -> _Plan | None:
-    name = desc.full_name
-    if name in _plans:
-        return _plans[name]
-    plan = None
+def _walker(desc: Descriptor) -> Walker | None:
+    if desc in _walkers:
+        return _walkers[desc]
+    walker = None
     if _rules_below(desc) and not desc.GetOptions().Extensions[validate_pb2.disabled]:
-        plan = _compile(desc)
-    _plans[name] = plan
-    return plan
+        walker = _compile(desc)
+    _walkers[desc] = walker
+    return walker
 
 
-def _compile(desc: Descriptor) -> _Plan:
-    fields: dict[int, _Field] = {}
-    unset: list[tuple[int, str, str]] = []
+def _compile(desc: Descriptor) -> Walker:
+    handlers: dict[FieldDescriptor, Walker] = {}
+    unset: list[tuple[FieldDescriptor, str, str]] = []
     for fd in desc.fields:
         rules = _rules(fd)
-        is_map = _is_map(fd)
-        checks = compile_field(fd, rules, is_map=is_map) if rules is not None else _NO_CHECKS
+        checks = compile_field(fd, rules, is_map=_is_map(fd)) if rules is not None else _NO_CHECKS
         sub = _message_type(fd)
         walk = sub is not None and not checks.skip and _rules_below(sub)
-        is_any = sub is not None and sub.full_name == _ANY
         if checks.value or checks.item or checks.key or walk:
-            fields[fd.number] = _Field(fd.name, checks, fd.is_repeated, is_map, walk, is_any)
+            handlers[fd] = _handler(fd, checks, sub if walk else None)
         if fd.containing_oneof is None:
             violation = _unset_violation(fd, checks)
             if violation is not None:
-                unset.append((fd.number, fd.name, violation))
+                unset.append((fd, fd.name, violation))
     oneofs = tuple(
-        (o.name, frozenset(fd.number for fd in o.fields))
-        for o in desc.oneofs
-        if o.GetOptions().Extensions[validate_pb2.required]
+        (o.name, frozenset(o.fields)) for o in desc.oneofs if o.GetOptions().Extensions[validate_pb2.required]
     )
-    return _Plan(fields, tuple(unset), oneofs)
+    return _message_walker(handlers, tuple(unset), oneofs)
+
+
+def _message_walker(
+    handlers: dict[FieldDescriptor, Walker],
+    unset: tuple[tuple[FieldDescriptor, str, str], ...],
+    oneofs: tuple[tuple[str, frozenset[FieldDescriptor]], ...],
+) -> Walker:
+    get = handlers.get
+    if not unset and not oneofs:
+
+        def walk(message: Any, path: _Path, out: list[str], depth: int) -> None:
+            for fd, value in message.ListFields():
+                handle = get(fd)
+                if handle is not None:
+                    handle(value, path, out, depth)
+
+        return walk
+
+    def walk_all(message: Any, path: _Path, out: list[str], depth: int) -> None:
+        listed = message.ListFields()
+        for fd, value in listed:
+            handle = get(fd)
+            if handle is not None:
+                handle(value, path, out, depth)
+        present = {fd for fd, _ in listed}
+        for fd, name, violation in unset:
+            if fd not in present:
+                out.append(f"{_at(path, name)}: {violation}")
+        for name, members in oneofs:
+            if present.isdisjoint(members):
+                out.append(f"{_at(path, name)}: oneof required")
+
+    return walk_all
+
+
+def _handler(fd: FieldDescriptor, checks: FieldChecks, sub: Descriptor | None) -> Walker:
+    """The handler of one field's value: its checks, then (`sub`: a message type with rules below) its
+    messages walked."""
+    name, check, item_check, key_check = fd.name, checks.value, checks.item, checks.key
+    is_any = sub is not None and sub.full_name == _ANY
+
+    def descend(value: Any, path: _Path, out: list[str], depth: int) -> None:
+        if depth >= _MAX_DEPTH:
+            out.append(f"{_render(path)}: nested deeper than {_MAX_DEPTH}")
+        elif is_any:
+            _walk_any(value, path, out, depth + 1)
+        else:
+            walker = _walkers[sub] if sub in _walkers else _walker(sub)
+            if walker is not None:
+                walker(value, path, out, depth + 1)
+
+    def checked(value: Any, path: _Path, out: list[str]) -> None:
+        if check is not None and (found := check(value)) is not None:
+            out.append(f"{_at(path, name)}: {found}")
+
+    if _is_map(fd):
+
+        def handle_map(value: Any, path: _Path, out: list[str], depth: int) -> None:
+            checked(value, path, out)
+            for key, item in value.items():
+                if key_check is not None and (found := key_check(key)) is not None:
+                    out.append(f"{_at(path, name)}[{key!r}] key: {found}")
+                here = (path, name, repr(key), "")
+                if item_check is not None and (found := item_check(item)) is not None:
+                    out.append(f"{_render(here)}: {found}")
+                if sub is not None:
+                    descend(item, here, out, depth)
+
+        return handle_map
+    if fd.is_repeated:
+
+        def handle_items(value: Any, path: _Path, out: list[str], depth: int) -> None:
+            checked(value, path, out)
+            if item_check is None and sub is None:
+                return
+            for i, item in enumerate(value):
+                here = (path, name, i, "")
+                if item_check is not None and (found := item_check(item)) is not None:
+                    out.append(f"{_render(here)}: {found}")
+                if sub is not None:
+                    descend(item, here, out, depth)
+
+        return handle_items
+    if sub is None:
+
+        def handle_value(value: Any, path: _Path, out: list[str], depth: int) -> None:
+            if (found := check(value)) is not None:  # type: ignore[misc]
+                out.append(f"{_at(path, name)}: {found}")
+
+        return handle_value
+
+    def handle_message(value: Any, path: _Path, out: list[str], depth: int) -> None:
+        checked(value, path, out)
+        descend(value, (path, name, None, ""), out, depth)
+
+    return handle_message
 
 
 def _unset_violation(fd: FieldDescriptor, checks: FieldChecks) -> str | None:
@@ -154,8 +237,9 @@ def _unset_violation(fd: FieldDescriptor, checks: FieldChecks) -> str | None:
     return checks.value(fd.default_value)
 
 
-def _unpack(any_message: Any) -> Message | None:
-    type_url = any_message.type_url
+def _walk_any(value: Any, path: _Path, out: list[str], depth: int) -> None:
+    """A message packed in an Any: parsed and walked if its type is known and has rules."""
+    type_url = value.type_url
     if type_url in _classes:
         cls = _classes[type_url]
     else:
@@ -164,18 +248,22 @@ def _unpack(any_message: Any) -> Message | None:
             desc = descriptor_pool.Default().FindMessageTypeByName(type_url.rsplit("/", 1)[-1])
         except KeyError:
             desc = None
-        if desc is not None and _plan(desc) is not None:
+        if desc is not None and _walker(desc) is not None:
             cls = message_factory.GetMessageClass(desc)
         _classes[type_url] = cls
     if cls is None:
-        return None
-    inner: Message = cls()
-    inner.ParseFromString(any_message.value)
-    return inner
-
-
-# A path, built only when a violation is found: (parent, field name, index or key, Any type shown)
-_Path = tuple[Any, str, Any, str] | None
+        return
+    inner = cls()
+    try:
+        inner.ParseFromString(value.value)
+    except DecodeError:
+        out.append(f"{_render(path)}: {type_url} does not parse")
+        return
+    assert path is not None
+    parent, name, index, _ = path
+    walker = _walkers[inner.DESCRIPTOR]
+    assert walker is not None
+    walker(inner, (parent, name, index, inner.DESCRIPTOR.name), out, depth)
 
 
 def _render(path: _Path) -> str:
@@ -192,72 +280,15 @@ def _at(path: _Path, name: str) -> str:
     return f"{where}.{name}" if where else name
 
 
-def _walk(message: Any, path: _Path, out: list[str], depth: int) -> None:
-    plan = _plan(message.DESCRIPTOR)
-    if plan is None:
-        return
-    if depth > _MAX_DEPTH:
-        out.append(f"{_render(path)}: nested deeper than {_MAX_DEPTH}")
-        return
-    fields = plan.fields
-    present: set[int] | None = set() if plan.unset or plan.oneofs else None
-    for fd, value in message.ListFields():
-        if present is not None:
-            present.add(fd.number)
-        field = fields.get(fd.number)
-        if field is None:
-            continue
-        checks = field.checks
-        if checks.value is not None and (found := checks.value(value)) is not None:
-            out.append(f"{_at(path, field.name)}: {found}")
-        if field.is_map:
-            for key, item in value.items():
-                if checks.key is not None and (found := checks.key(key)) is not None:
-                    out.append(f"{_at(path, field.name)}[{key!r}] key: {found}")
-                _visit(field, item, (path, field.name, repr(key), ""), out, depth)
-        elif field.repeated:
-            for i, item in enumerate(value):
-                _visit(field, item, (path, field.name, i, ""), out, depth)
-        elif field.walk:
-            _walk_value(field, value, (path, field.name, None, ""), out, depth)
-    if present is not None:
-        for number, name, violation in plan.unset:
-            if number not in present:
-                out.append(f"{_at(path, name)}: {violation}")
-        for name, members in plan.oneofs:
-            if not members & present:
-                out.append(f"{_at(path, name)}: oneof required")
-
-
-def _visit(field: _Field, item: Any, path: _Path, out: list[str], depth: int) -> None:
-    checks = field.checks
-    if checks.item is not None and (found := checks.item(item)) is not None:
-        out.append(f"{_render(path)}: {found}")
-    if field.walk:
-        _walk_value(field, item, path, out, depth)
-
-
-def _walk_value(field: _Field, value: Any, path: _Path, out: list[str], depth: int) -> None:
-    if not field.is_any:
-        _walk(value, path, out, depth + 1)
-        return
-    try:
-        inner = _unpack(value)
-    except DecodeError:
-        out.append(f"{_render(path)}: {value.type_url} does not parse")
-        return
-    if inner is not None and path is not None:
-        parent, name, index, _ = path
-        _walk(inner, (parent, name, index, inner.DESCRIPTOR.name), out, depth + 1)
-
-
 def violations(message: Any) -> list[str]:
     """Every PGV rule the message breaks, each as `path: rule` (empty: Envoy accepts its values)."""
     out: list[str] = []
-    _walk(message, None, out, 0)
+    walker = _walker(message.DESCRIPTOR)
+    if walker is not None:
+        walker(message, None, out, 0)
     return out
 
 
 def has_rules(message_type: Descriptor) -> bool:
     """Whether checking messages of this type can find anything (a rule somewhere below it)."""
-    return _plan(message_type) is not None
+    return _walker(message_type) is not None
