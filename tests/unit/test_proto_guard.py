@@ -58,7 +58,10 @@ def test_a_violation_inside_an_any_typed_config_is_found() -> None:
     packed = any_pb2.Any()
     packed.Pack(manager)
     chain = listener_components_pb2.FilterChain(
-        filters=[listener_components_pb2.Filter(name="a"), listener_components_pb2.Filter(name="h", typed_config=packed)]
+        filters=[
+            listener_components_pb2.Filter(name="a"),
+            listener_components_pb2.Filter(name="h", typed_config=packed),
+        ]
     )
     listener = _listener(80)
     listener.filter_chains.append(chain)

@@ -46,9 +46,7 @@ class Partial(NamedTuple):
 
 def refusal(kind: str, name: str, found: list[str]) -> InvalidResource:
     """The error of a generated resource (or part) Envoy's proto validation would refuse: left out."""
-    return InvalidResource(
-        None, f"{kind} {name}", "left out: Envoy's proto validation refuses it: " + "; ".join(found)
-    )
+    return InvalidResource(None, f"{kind} {name}", "left out: Envoy's proto validation refuses it: " + "; ".join(found))
 
 
 class Spec(NamedTuple):
