@@ -114,7 +114,16 @@ class ConfigGenerator:
 
     @property
     def errors(self) -> list[InvalidResource]:
-        return list(self._errors)
+        """Rejected resources: every one of the World, and the generated resources the proto guard left
+        out of the snapshots built so far (snapshots are built for connected proxies)."""
+        refused = self.refused
+        return [*self._errors, *(e for e in refused if e not in self._errors)] if refused else list(self._errors)
+
+    @property
+    def refused(self) -> list[InvalidResource]:
+        """Generated resources (or parts) left out of the snapshots built so far: Envoy's proto
+        validation would refuse them (generate.memo)."""
+        return list(dict.fromkeys(e for errors in self.memo.refused.values() for e in errors))
 
     def precompute(self) -> None:
         """Report every rejected resource once per World, whatever proxies are connected."""
@@ -146,6 +155,7 @@ class ConfigGenerator:
             plan, served = q.plan(key), q.served(proxy.ip)
             modes = q.inbound_mtls(proxy.namespace, proxy.ip)
             inbound_port = self.options.inbound_port
+            refused: list[MemoEntry] = []  # left out by the proto guard: reported while the layer is used
             if proxy.capture:
                 listener_specs = capture_listener_specs(
                     plan=plan,
@@ -155,7 +165,10 @@ class ConfigGenerator:
                     outbound_mode=q.outbound_mode(key),
                     inbound_port=inbound_port,
                 )
-                own = {LISTENER: build_all(listener_specs), CLUSTER: build_all(capture_cluster_specs(served=served))}
+                own = {
+                    LISTENER: build_all(listener_specs, refused),
+                    CLUSTER: build_all(capture_cluster_specs(served=served), refused),
+                }
             else:
                 # Bound to this proxy's address: nothing to share, so built directly (no memo).
                 own = {
@@ -163,11 +176,15 @@ class ConfigGenerator:
                         [
                             *plan.specs(proxy),
                             *inbound_listener_specs(proxy, served, inbound_port=inbound_port, modes=modes),
-                        ]
+                        ],
+                        refused,
                     ),
-                    CLUSTER: build_all(inbound_cluster_specs(address=proxy.ip, target_ports=[t for _, _, t in served])),
+                    CLUSTER: build_all(
+                        inbound_cluster_specs(address=proxy.ip, target_ports=[t for _, _, t in served]), refused
+                    ),
                 }
-            return reuse_layer(own, previous), []
+            self.memo.keep(refused)
+            return reuse_layer(own, previous), refused
 
         return self.proxies.get((proxy.ip, key), inputs=inputs, context=self._context(proxy=proxy), build=build)
 

@@ -68,6 +68,7 @@ class LayerCache(Generic[G, V]):
 
     def carry(self, group: G, entry: Entry[V]) -> None:
         """Adopt an entry of the previous generation known to be current (decided by the caller)."""
+        self._memo.keep(entry.used)
         self.entries[group] = entry
 
     def previous(self, group: G) -> Entry[V] | None:

@@ -25,7 +25,7 @@ from meshd.model.services import MeshService, ServicePort
 from meshd.model.world import World
 from meshd.translate.clusters import clusters_opening, service_cluster_specs, service_secret_names
 from meshd.translate.endpoints import service_assignment_specs
-from meshd.translate.routes import RouteTable, delegate_inputs
+from meshd.translate.routes import RouteTable, VhostBody, delegate_inputs
 from meshd.translate.scope import Scope, ScopeKey, Signature
 from meshd.translate.secrets import secret_specs
 from meshd.translate.spec import Ident
@@ -71,7 +71,7 @@ class OutboundLayers:
         self.clusters: LayerCache[Signature, ClusterLayer] = _cache("clusters", previous, memo, tracer)
         self.secrets: LayerCache[tuple[str, frozenset[str]], Snapshot] = _cache("secrets", previous, memo, tracer)
         self.routes: LayerCache[ScopeKey, Snapshot] = _cache("routes", previous, memo, tracer)
-        self._vhost_cache: dict[Hashable, bytes] = {}
+        self._vhost_cache: dict[Hashable, VhostBody] = {}
         self._prev_vhosts = previous._vhost_cache if previous is not None else {}
         self._destination_cache: dict[int, tuple[VirtualService, list[str]]] = {}
         self._contexts: dict[ScopeKey, Context] = {}
@@ -149,7 +149,7 @@ class OutboundLayers:
             missing = ctx.queries.missing(rule)
             if missing and rule is not None:
                 for name in clusters_opening(rule, service, ports, missing):
-                    del clusters[name]
+                    clusters.pop(name, None)  # (None: the proto guard left it out)
             specs = service_assignment_specs(scope, service, ports, sidecar_port=self.options.sidecar_endpoint_port)
             assignments = self.memo.resolve(specs, used)
             return ServiceEntry(clusters, assignments, service_secret_names(scope, service, ports), used), used

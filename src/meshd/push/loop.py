@@ -59,8 +59,11 @@ class PushLoop:
 
     @property
     def errors(self) -> list[InvalidResource]:
-        """Every resource rejected right now: by validation (live from the store) or translation."""
-        return self._store.errors() + self._translation_errors + self._build_errors
+        """Every resource rejected right now: by validation (live from the store), translation, or the
+        proto guard (generated resources left out, live: a proxy connecting later may meet more)."""
+        current, reported = self._generations.current, self._translation_errors
+        refused = [e for e in current.refused if e not in reported] if current is not None else []
+        return self._store.errors() + reported + refused + self._build_errors
 
     def inject(self, type_url: str, resources: Sequence[XdsResource]) -> None:
         """Test hook: serve extra resources as they are (used to exercise Envoy's NACK path)."""
@@ -73,6 +76,9 @@ class PushLoop:
         )
         world = generator.world
         self._translation_errors = errors
+        woken = self._hub.publish(generator, changed_at=changed_at)
+        # generated resources the proto guard left out of the snapshots just built
+        errors = self._translation_errors = errors + [e for e in generator.refused if e not in errors]
         for err in errors:
             if err not in self._reported:
                 self._log.log(
@@ -84,7 +90,6 @@ class PushLoop:
                     err.message,
                 )
         self._reported = errors
-        woken = self._hub.publish(generator, changed_at=changed_at)
         self._report_proxy_failures()
         self._log.info(
             "event=push_generation generation=%d revision=%d services=%d proxies=%d pushed=%d built=%d reused=%d"

@@ -25,9 +25,13 @@ from meshd.translate.http_route import (
     http_routes,
     set_timeout,
 )
+from meshd.translate.proto_guard import violations
 from meshd.translate.retries import default_retry_policy
 from meshd.translate.scope import Scope
-from meshd.translate.spec import Ident, Spec, ident
+from meshd.translate.spec import Ident, Partial, Spec, ident, refusal
+
+# A virtual host serialised, or why the proto guard left it out
+VhostBody = bytes | tuple[InvalidResource, ...]
 
 
 def _virtual_service_routes(
@@ -195,7 +199,9 @@ class RouteTable:
     """Outbound route configurations for one scope: per HTTP port, a virtual host per visible service.
 
     A virtual host is serialised once per (inputs, same namespace as the proxy or not) and shared by
-    every scope; a route configuration is the concatenation of its virtual hosts' bytes, so a scope
+    every scope, after the proto guard checked it (one that breaks a rule of Envoy's protos is left out
+    of every configuration, its error kept in its place); a route configuration is the concatenation
+    of its virtual hosts' bytes, so a scope
     costs a join, not a rebuild. A configuration's key holds every input, so an unchanged one is reused.
     """
 
@@ -203,8 +209,8 @@ class RouteTable:
         self,
         scope: Scope,
         *,
-        cache: dict[Hashable, bytes] | None = None,
-        previous_cache: Mapping[Hashable, bytes] | None = None,
+        cache: dict[Hashable, VhostBody] | None = None,
+        previous_cache: Mapping[Hashable, VhostBody] | None = None,
         catch_all: str | None = None,
         check: bool = False,
     ) -> None:
@@ -236,7 +242,7 @@ class RouteTable:
             service, port, tuple(Ident(vs) for vs in candidates), deps, delegates, source, same_namespace, own_rule
         )  # fmt: skip
 
-    def _vhost_bytes(self, service: MeshService, port: int, key: Hashable) -> bytes:
+    def _vhost_bytes(self, service: MeshService, port: int, key: Hashable) -> VhostBody:
         body = self._cache.get(key)
         if body is None:
             body = self._previous.get(key)
@@ -249,14 +255,14 @@ class RouteTable:
             self._verify(service, port, key, body)
         return body
 
-    def _verify(self, service: MeshService, port: int, key: Hashable, body: bytes) -> None:
+    def _verify(self, service: MeshService, port: int, key: Hashable, body: VhostBody) -> None:
         if self._vhost(service, port) != body:
             raise AssertionError(
                 f"virtual host {service.hostname}:{port} reused under key {key!r} but built now it differs: "
                 "the key does not cover an input of the build"
             )
 
-    def _vhost(self, service: MeshService, port: int) -> bytes:
+    def _vhost(self, service: MeshService, port: int) -> VhostBody:
         scope = self.scope
         match = MatchContext(port=port, namespace=scope.namespace, source_matches=scope.source_matches)
         routes, errors = _host_routes(
@@ -270,16 +276,26 @@ class RouteTable:
             domains=naming.service_domains(service, port=port, proxy_namespace=scope.namespace),
             routes=routes,
         )
+        # Checked here, once per distinct virtual host (cheaper than parsing every assembled configuration).
+        found = violations(vhost)
+        if found:
+            return (refusal("virtual host", f"{vhost.name} of {naming.route_config(port=port)}", found),)
         body: bytes = vhost.SerializeToString(deterministic=True)
         return body
 
-    def _build(self, port: int, entries: Sequence[tuple[MeshService, Hashable]]) -> bytes:
+    def _build(self, port: int, entries: Sequence[tuple[MeshService, Hashable]]) -> bytes | Partial:
         parts = [length_delimited(_RC_NAME, naming.route_config(port=port).encode())]
-        parts += [length_delimited(_RC_VIRTUAL_HOSTS, self._vhost_bytes(s, port, k)) for s, k in entries]
+        refused: list[InvalidResource] = []
+        for service, key in entries:
+            body = self._vhost_bytes(service, port, key)
+            if isinstance(body, bytes):
+                parts.append(length_delimited(_RC_VIRTUAL_HOSTS, body))
+            else:
+                refused += body
         if self._catch_all is not None and not any("*" in s.hostname.split(".") for s, _ in entries):
             parts.append(length_delimited(_RC_VIRTUAL_HOSTS, catch_all_vhost(self._catch_all)))
         parts.append(length_delimited(_RC_VALIDATE_CLUSTERS, b""))  # validate_clusters: false
-        return b"".join(parts)
+        return Partial(b"".join(parts), tuple(refused)) if refused else b"".join(parts)
 
     def specs(self) -> Iterator[Spec]:
         by_port: dict[int, list[MeshService]] = {}

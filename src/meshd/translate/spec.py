@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
+from meshd.api.meta import InvalidResource
+
 
 class Ident:
     """Key part for an input compared by identity (e.g. a parsed VirtualService). Holding the object
@@ -34,8 +36,22 @@ def ident(obj: object | None) -> Ident | None:
     return None if obj is None else Ident(obj)
 
 
+class Partial(NamedTuple):
+    """Serialised bytes assembled without some parts the proto guard refused (a virtual host left out
+    of its route configuration): what is served, and why the parts are missing."""
+
+    body: bytes
+    errors: tuple[InvalidResource, ...]
+
+
+def refusal(kind: str, name: str, found: list[str]) -> InvalidResource:
+    """The error of a generated resource (or part) Envoy's proto validation would refuse: left out."""
+    return InvalidResource(None, f"{kind} {name}", "left out: Envoy's proto validation refuses it: " + "; ".join(found))
+
+
 class Spec(NamedTuple):
-    """`build` returns a protobuf message, or already-serialised bytes of type `type_url`.
+    """`build` returns a protobuf message, or already-serialised bytes of type `type_url` (a `Partial`
+    when parts were left out).
     (A NamedTuple: thousands are made per push, and tuples are the cheapest to make.)"""
 
     name: str
