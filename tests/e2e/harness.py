@@ -193,7 +193,13 @@ async def secure_xds(bootstrap: dict[str, Any], *, meshd: Meshd, token: str, cer
     for name, text in {"cert-chain.pem": "".join(chain), "key.pem": key, "root-cert.pem": root}.items():
         (certs / name).write_text(text)
     xds = next(c for c in bootstrap["static_resources"]["clusters"] if c["name"] == XDS_CLUSTER)
-    xds["transport_socket"] = {
+    xds["transport_socket"] = mtls_xds_transport(certs)
+
+
+def mtls_xds_transport(certs: pathlib.Path) -> dict[str, Any]:
+    """The xDS cluster's transport socket for meshd's secure port: the workload's certificate, key and the
+    root from `certs` (cert-chain.pem, key.pem, root-cert.pem), meshd verified as istiod.istio-system.svc."""
+    return {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",

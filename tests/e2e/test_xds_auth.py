@@ -19,7 +19,7 @@ from meshd.agent.bootstrap import XDS_CLUSTER, build_bootstrap
 from meshd.agent.ca_client import generate_csr, request_certificate, secure_channel
 from meshd.agent.envoy import EnvoyProcess
 from tests.ca_fixture import TOKEN_FILE
-from tests.e2e.harness import Meshd, eventually, next_subnet
+from tests.e2e.harness import Meshd, eventually, mtls_xds_transport, next_subnet
 
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 CONFIG = """\
@@ -138,28 +138,7 @@ async def test_envoy_gets_config_over_mtls_on_the_secure_port(meshd: Meshd, tmp_
         admin_host=ip, admin_port=15000, delta=False,
     )  # fmt: skip
     xds = next(c for c in bootstrap["static_resources"]["clusters"] if c["name"] == XDS_CLUSTER)
-    xds["transport_socket"] = {
-        "name": "envoy.transport_sockets.tls",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-            "sni": "istiod.istio-system.svc",
-            "common_tls_context": {
-                "alpn_protocols": ["h2"],
-                "tls_certificates": [
-                    {
-                        "certificate_chain": {"filename": str(tmp_path / "cert-chain.pem")},
-                        "private_key": {"filename": str(tmp_path / "key.pem")},
-                    }
-                ],
-                "validation_context": {
-                    "trusted_ca": {"filename": str(tmp_path / "root-cert.pem")},
-                    "match_typed_subject_alt_names": [
-                        {"san_type": "DNS", "matcher": {"exact": "istiod.istio-system.svc"}}
-                    ],
-                },
-            },
-        },
-    }
+    xds["transport_socket"] = mtls_xds_transport(tmp_path)
     envoy = EnvoyProcess(
         bootstrap=bootstrap, work_dir=tmp_path, admin_host=ip, admin_port=15000, name="web", log_level="warning"
     )
