@@ -340,6 +340,18 @@ INVALID_VS = [
         "prefix match is not supported",
     ),
     ("- match: [{port: 0}]\n  " + OK, "spec.http[0].match[0].port", "greater than or equal to 1"),
+    # Istio's weight is an int32 and Envoy adds them up as a uint32 (99999999999 used to stop generation)
+    (
+        "- route: [{destination: {host: reviews}, weight: 99999999999}, {destination: {host: ratings}, weight: 1}]",
+        "spec.http[0].route[0].weight",
+        "less than or equal to 2147483647",
+    ),
+    (
+        "- route: [{destination: {host: reviews}, weight: 2147483647},"
+        " {destination: {host: ratings}, weight: 2147483647}, {destination: {host: details}, weight: 2}]",
+        "spec.http[0].route",
+        "add up to more than 4294967295",
+    ),
     (
         "- match: [{headers: {'x@y': {exact: a}}}]\n  " + OK,
         "spec.http[0].match[0].headers.x@y",

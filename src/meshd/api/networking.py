@@ -27,7 +27,7 @@ class WorkloadEntrySpec(ApiModel):
     labels: dict[str, str] = Field(default_factory=dict)
     service_account: str = ""
     locality: str = ""
-    weight: int = Field(default=0, ge=0)
+    weight: int = Field(default=0, ge=0, le=2**32 - 1)  # Istio's and Envoy's uint32
 
 
 class WorkloadEntry(Resource):

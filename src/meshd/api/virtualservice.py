@@ -161,9 +161,14 @@ class Headers(ApiModel):
     response: HeaderOperations | None = None
 
 
+# Istio's `weight` is an int32; Envoy adds a route's weights up as a uint32
+MAX_WEIGHT = 2**31 - 1
+MAX_TOTAL_WEIGHT = 2**32 - 1
+
+
 class HTTPRouteDestination(ApiModel):
     destination: Destination
-    weight: int = Field(default=0, ge=0)
+    weight: int = Field(default=0, ge=0, le=MAX_WEIGHT)
     headers: Headers | None = None
 
 
@@ -387,6 +392,8 @@ class HTTPRoute(ApiModel):
         # only a total of 0 (nowhere to send traffic) is refused.
         if len(self.route) > 1 and sum(d.weight for d in self.route) == 0:
             raise ValueError("route: destination weights add up to 0")
+        if sum(d.weight for d in self.route) > MAX_TOTAL_WEIGHT:
+            raise ValueError(f"route: destination weights add up to more than {MAX_TOTAL_WEIGHT}")
         return self
 
     def weights(self) -> list[int]:
