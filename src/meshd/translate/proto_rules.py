@@ -175,13 +175,7 @@ def _text(r: Any, is_bytes: bool) -> Check | None:
     if not is_bytes and r.HasField("not_contains"):
         part = r.not_contains
         checks.append(lambda v: None if part not in v else f"not_contains {part!r}")
-    members = list(getattr(r, "in"))
-    if members:
-        allowed = frozenset(members)
-        checks.append(lambda v: None if v in allowed else f"in {sorted(allowed)}")
-    if r.not_in:
-        refused = frozenset(r.not_in)
-        checks.append(lambda v: None if v not in refused else f"not_in {sorted(refused)}")
+    checks += _membership(r)
     if not is_bytes and r.HasField("well_known_regex") and r.well_known_regex:
         strict = not r.HasField("strict") or r.strict
         if r.well_known_regex == validate_pb2.HTTP_HEADER_NAME:
@@ -206,25 +200,13 @@ def _bounds_enum(r: Any) -> list[Check]:
     if r.HasField("const"):
         const = r.const
         checks.append(lambda v: None if v == const else f"const {const}")
-    members = list(getattr(r, "in"))
-    if members:
-        allowed = frozenset(members)
-        checks.append(lambda v: None if v in allowed else f"in {sorted(allowed)}")
-    if r.not_in:
-        refused = frozenset(r.not_in)
-        checks.append(lambda v: None if v not in refused else f"not_in {sorted(refused)}")
+    checks += _membership(r)
     return checks
 
 
 def _any(r: Any) -> Check | None:
     checks: list[Check] = []
-    members = list(getattr(r, "in"))
-    if members:
-        allowed = frozenset(members)
-        checks.append(lambda a: None if a.type_url in allowed else f"in {sorted(allowed)}")
-    if r.not_in:
-        refused = frozenset(r.not_in)
-        checks.append(lambda a: None if a.type_url not in refused else f"not_in {sorted(refused)}")
+    checks += [(lambda a, check=check: check(a.type_url)) for check in _membership(r)]
     return _all(checks)
 
 
@@ -298,3 +280,16 @@ def compile_field(fd: FieldDescriptor, rules: Any, *, is_map: bool) -> FieldChec
         return FieldChecks(container, item[0] if item else None, None, False, bool(item and item[2]))
     check, required, skip = _scalar(rules, fd)
     return FieldChecks(check, None, None, required, skip)
+
+
+def _membership(r: Any) -> list[Check]:
+    """The `in` and `not_in` rules of a rule message (any scalar kind)."""
+    checks: list[Check] = []
+    members = list(getattr(r, "in"))
+    if members:
+        allowed = frozenset(members)
+        checks.append(lambda v: None if v in allowed else f"in {sorted(allowed)}")
+    if r.not_in:
+        refused = frozenset(r.not_in)
+        checks.append(lambda v: None if v not in refused else f"not_in {sorted(refused)}")
+    return checks
