@@ -205,9 +205,13 @@ def _bounds_enum(r: Any) -> list[Check]:
 
 
 def _any(r: Any) -> Check | None:
-    checks: list[Check] = []
-    checks += [(lambda a, check=check: check(a.type_url)) for check in _membership(r)]
+    checks = [_of_type_url(check) for check in _membership(r)]
     return _all(checks)
+
+
+def _of_type_url(check: Check) -> Check:
+    """A check of an Any's type URL."""
+    return lambda a: check(a.type_url)
 
 
 def _count(r: Any, names: tuple[str, str]) -> Check | None:
