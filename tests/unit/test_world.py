@@ -277,7 +277,7 @@ HTTPS = [{"number": 443, "name": "https", "protocol": "HTTPS"}]
         pytest.param(
             {"hosts": ["httpbin.org"], "ports": HTTPS, "resolution": "DNS_ROUND_ROBIN"},
             "httpbin.org",
-            "DNS",
+            "DNS_ROUND_ROBIN",
             [Endpoint("httpbin.org", 443)],
             id="dns-round-robin",
         ),

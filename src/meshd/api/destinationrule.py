@@ -4,13 +4,14 @@ they become are accepted by Envoy."""
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Literal
 
 from pydantic import Field, model_validator
 
+from meshd.api.destination import PortSelector
 from meshd.api.meta import ApiModel, Resource
-from meshd.api.values import Duration, DurationOrZero, Percent, parse_duration
-from meshd.api.virtualservice import PortSelector
+from meshd.api.values import Duration, DurationOrZero, Percent, PortNumber, parse_duration
 
 INT32_MAX = 2_147_483_647  # Istio's int32 fields; Envoy's thresholds are uint32
 MAX_RING_SIZE = 8_388_608  # Envoy's limit for a ring hash's minimum size
@@ -246,12 +247,41 @@ class PortTrafficPolicy(ApiModel):
     tls: ClientTLSSettings | None = None
 
 
+class TunnelSettings(ApiModel):
+    """TCP tunnelled over HTTP to `targetHost:targetPort` through the rule's host (an HTTP proxy)."""
+
+    protocol: Literal["CONNECT", "POST"] = "CONNECT"
+    target_host: str = Field(min_length=1)
+    target_port: PortNumber
+
+    @model_validator(mode="after")
+    def _check(self) -> TunnelSettings:
+        if any(c in self.target_host for c in "/: \t\r\n") and not _is_ipv6(self.target_host):
+            raise ValueError(f"targetHost: {self.target_host!r} must be an FQDN or an IP address")
+        return self
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        return ipaddress.ip_address(text).version == 6
+    except ValueError:
+        return False
+
+
+class ProxyProtocol(ApiModel):
+    """The PROXY protocol header the proxy sends upstream before the connection's bytes."""
+
+    version: Literal["V1", "V2"] = "V1"
+
+
 class TrafficPolicy(ApiModel):
     load_balancer: LoadBalancerSettings | None = None
     connection_pool: ConnectionPoolSettings | None = None
     outlier_detection: OutlierDetection | None = None
     tls: ClientTLSSettings | None = None
     port_level_settings: list[PortTrafficPolicy] = Field(default_factory=list)
+    tunnel: TunnelSettings | None = None
+    proxy_protocol: ProxyProtocol | None = None
 
     @model_validator(mode="after")
     def _unique_ports(self) -> TrafficPolicy:

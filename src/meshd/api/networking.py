@@ -7,12 +7,17 @@ cannot express live in validators here, so the same checks serve translation and
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import ipaddress
+from typing import Literal
 
 from pydantic import Field, model_validator
 
+from meshd.api.destinationrule import ConnectionPoolSettings
 from meshd.api.meta import ApiModel, Resource
+from meshd.api.sidecar_ingress import OUTBOUND_MODES, IstioIngressListener, OutboundTrafficPolicy, check_ingress
 from meshd.api.values import PortNumber
+
+__all__ = ["OUTBOUND_MODES", "IstioIngressListener", "OutboundTrafficPolicy"]
 
 NETWORKING_VERSIONS = (
     "networking.istio.io/v1",
@@ -35,15 +40,45 @@ class WorkloadEntry(Resource):
     spec: WorkloadEntrySpec
 
 
+# ServiceEntry port protocols Istio accepts (case-insensitive); UDP it accepts is not proxied by sidecars.
+SE_PROTOCOLS = ("HTTP", "HTTPS", "GRPC", "GRPC-WEB", "HTTP2", "MONGO", "MYSQL", "REDIS", "TCP", "TLS")
+
+
 class ServiceEntryPort(ApiModel):
     number: PortNumber
     protocol: str = "TCP"
     name: str = ""
     target_port: PortNumber | None = None
 
+    @model_validator(mode="after")
+    def _protocol(self) -> ServiceEntryPort:
+        if self.protocol.upper() not in SE_PROTOCOLS:
+            raise ValueError(f"protocol: {self.protocol!r} is not one of {', '.join(SE_PROTOCOLS)}")
+        return self
+
 
 class WorkloadSelector(ApiModel):
     labels: dict[str, str] = Field(default_factory=dict)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_entry_hosts(hosts: list[str]) -> None:
+    for i, host in enumerate(hosts):
+        if not host:
+            raise ValueError(f"hosts[{i}]: a host cannot be empty")
+        if host == "*":
+            raise ValueError(f"hosts[{i}]: '*' is not a host (a wildcard needs a domain: *.example.com)")
+        if "/" in host:
+            raise ValueError(f"hosts[{i}]: {host!r} must be a host name, not <namespace>/<host>")
+        if "*" in host and (not host.startswith("*.") or "*" in host[1:]):
+            raise ValueError(f"hosts[{i}]: {host!r}: a wildcard is only allowed as the whole leftmost label")
 
 
 class ServiceEntrySpec(ApiModel):
@@ -51,17 +86,54 @@ class ServiceEntrySpec(ApiModel):
     addresses: list[str] = Field(default_factory=list)
     ports: list[ServiceEntryPort] = Field(default_factory=list)
     location: Literal["MESH_EXTERNAL", "MESH_INTERNAL"] = "MESH_EXTERNAL"
-    resolution: Literal["NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN"] = "NONE"
+    resolution: Literal["NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS"] = "NONE"
     endpoints: list[WorkloadEntrySpec] = Field(default_factory=list)
     workload_selector: WorkloadSelector | None = None
     export_to: list[str] = Field(default_factory=list)
+    subject_alt_names: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _endpoints_or_selector(self) -> ServiceEntrySpec:
+    def _check(self) -> ServiceEntrySpec:
+        """Istio's ServiceEntry validation (its CRD rules and istioctl's), naming the field."""
+        _check_entry_hosts(self.hosts)
+        resolution = self.resolution
+        if resolution == "DYNAMIC_DNS":
+            raise ValueError(
+                "resolution: DYNAMIC_DNS is not supported by meshd; for wildcard hosts use NONE (captured "
+                "proxies forward to the address the application resolved)"
+            )
+        for i, address in enumerate(self.addresses):
+            try:
+                ipaddress.ip_network(address, strict=False)
+            except ValueError:
+                raise ValueError(f"addresses[{i}]: {address!r} is not an IP address or CIDR range") from None
+            if "/" in address and resolution not in ("NONE", "STATIC"):
+                raise ValueError(f"addresses[{i}]: CIDR addresses are allowed only for NONE and STATIC resolution")
+        numbers = [p.number for p in self.ports]
+        for i, number in enumerate(numbers):
+            if number in numbers[:i]:
+                raise ValueError(f"ports[{i}].number: port {number} is listed twice")
         if self.endpoints and self.workload_selector is not None:
             raise ValueError("only one of endpoints or workloadSelector can be set")
-        if self.resolution == "STATIC" and any(not e.address for e in self.endpoints):
-            raise ValueError("endpoints: STATIC resolution requires an address on every endpoint")
+        if resolution == "NONE" and (self.endpoints or self.workload_selector is not None):
+            field = "endpoints" if self.endpoints else "workloadSelector"
+            raise ValueError(f"{field}: NONE resolution forwards to the original destination and cannot have endpoints")
+        if resolution == "STATIC":
+            for i, endpoint in enumerate(self.endpoints):
+                if not endpoint.address:
+                    raise ValueError("endpoints: STATIC resolution requires an address on every endpoint")
+                if not _is_ip(endpoint.address):
+                    raise ValueError(
+                        f"endpoints[{i}].address: {endpoint.address!r}: STATIC resolution needs IP addresses"
+                    )
+        if resolution == "DNS_ROUND_ROBIN" and len(self.endpoints) > 1:
+            raise ValueError("endpoints: DNS_ROUND_ROBIN resolution cannot have more than one endpoint")
+        if resolution in ("DNS", "DNS_ROUND_ROBIN") and not self.endpoints and self.workload_selector is None:
+            for i, host in enumerate(self.hosts):
+                if host.startswith("*"):
+                    raise ValueError(
+                        f"hosts[{i}]: {host!r}: a wildcard host cannot be resolved by DNS without endpoints"
+                    )
         return self
 
 
@@ -91,31 +163,25 @@ class IstioEgressListener(ApiModel):
         return self
 
 
-# Sidecar / mesh `outboundTrafficPolicy.mode`: unknown destinations pass through, or are refused.
-OUTBOUND_MODES = ("ALLOW_ANY", "REGISTRY_ONLY")
-
-
 class SidecarSpec(ApiModel):
     workload_selector: WorkloadSelector | None = None
     egress: list[IstioEgressListener] = Field(default_factory=list)
-    ingress: list[dict[str, Any]] = Field(default_factory=list)
-    outbound_traffic_policy: dict[str, Any] | None = None
+    ingress: list[IstioIngressListener] = Field(default_factory=list)
+    outbound_traffic_policy: OutboundTrafficPolicy | None = None
+    inbound_connection_pool: ConnectionPoolSettings | None = None
 
     @model_validator(mode="after")
     def _one_catch_all(self) -> SidecarSpec:
         if sum(1 for e in self.egress if e.port is None) > 1:
             raise ValueError("egress: only one egress listener may omit the port (the catch-all)")
-        mode = (self.outbound_traffic_policy or {}).get("mode", "ALLOW_ANY")
-        if mode not in OUTBOUND_MODES:
-            raise ValueError(f"outboundTrafficPolicy.mode: {mode!r} is not one of {', '.join(OUTBOUND_MODES)}")
+        check_ingress(self.ingress)
         return self
 
     @property
     def outbound_mode(self) -> str | None:
         """ALLOW_ANY or REGISTRY_ONLY when the Sidecar says, else None (the mesh default applies)."""
-        if not self.outbound_traffic_policy or "mode" not in self.outbound_traffic_policy:
-            return None
-        return str(self.outbound_traffic_policy["mode"])
+        policy = self.outbound_traffic_policy
+        return policy.mode if policy is not None and "mode" in policy.model_fields_set else None
 
 
 class Sidecar(Resource):

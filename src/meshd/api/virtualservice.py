@@ -13,8 +13,12 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from meshd.api.destination import MAX_TOTAL_WEIGHT, MAX_WEIGHT, Destination, PortSelector, check_weights
+from meshd.api.l4route import TCPRoute, TLSRoute, check_sni_hosts
 from meshd.api.meta import ApiModel, Resource
 from meshd.api.values import Duration, DurationOrZero, Percent, PortNumber, check_regex
+
+__all__ = ["MAX_TOTAL_WEIGHT", "MAX_WEIGHT", "Destination", "PortSelector", "TCPRoute", "TLSRoute"]
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9a-zA-Z]+$")
 _RESERVED_HEADERS = ("host",)
@@ -81,10 +85,6 @@ class StringMatch(ApiModel):
         return self.exact is None and self.prefix is None and self.regex is None
 
 
-class PortSelector(ApiModel):
-    number: PortNumber
-
-
 class HTTPMatchRequest(ApiModel):
     name: str = ""
     uri: StringMatch | None = None
@@ -126,12 +126,6 @@ def _camel(field: str) -> str:
     return head + "".join(p.title() for p in rest)
 
 
-class Destination(ApiModel):
-    host: str = Field(min_length=1)
-    subset: str = ""
-    port: PortSelector | None = None
-
-
 class HeaderOperations(ApiModel):
     set: dict[str, str] = Field(default_factory=dict)
     add: dict[str, str] = Field(default_factory=dict)
@@ -159,11 +153,6 @@ class HeaderOperations(ApiModel):
 class Headers(ApiModel):
     request: HeaderOperations | None = None
     response: HeaderOperations | None = None
-
-
-# Istio's `weight` is an int32; Envoy adds a route's weights up as a uint32
-MAX_WEIGHT = 2**31 - 1
-MAX_TOTAL_WEIGHT = 2**32 - 1
 
 
 class HTTPRouteDestination(ApiModel):
@@ -390,10 +379,7 @@ class HTTPRoute(ApiModel):
             raise ValueError("mirrors: only one of mirror or mirrors may be set")
         # As Istio does today: weights that do not add up to 100 are relative (Envoy divides by their sum);
         # only a total of 0 (nowhere to send traffic) is refused.
-        if len(self.route) > 1 and sum(d.weight for d in self.route) == 0:
-            raise ValueError("route: destination weights add up to 0")
-        if sum(d.weight for d in self.route) > MAX_TOTAL_WEIGHT:
-            raise ValueError(f"route: destination weights add up to more than {MAX_TOTAL_WEIGHT}")
+        check_weights([d.weight for d in self.route])
         return self
 
     def weights(self) -> list[int]:
@@ -403,17 +389,12 @@ class HTTPRoute(ApiModel):
         return [d.weight for d in self.route]
 
 
-class TCPRoute(ApiModel):
-    match: list[dict[str, object]] = Field(default_factory=list)
-    route: list[HTTPRouteDestination] = Field(default_factory=list)
-
-
 class VirtualServiceSpec(ApiModel):
     hosts: list[str] = Field(default_factory=list)
     gateways: list[str] = Field(default_factory=list)
     http: list[HTTPRoute] = Field(default_factory=list)
     tcp: list[TCPRoute] = Field(default_factory=list)
-    tls: list[dict[str, object]] = Field(default_factory=list)
+    tls: list[TLSRoute] = Field(default_factory=list)
     export_to: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -425,6 +406,9 @@ class VirtualServiceSpec(ApiModel):
                 raise ValueError(f"hosts[{i}]: {host!r} must be a host name, not <namespace>/<host>")
             if "*" in host and host != "*" and (not host.startswith("*") or "*" in host[1:]):
                 raise ValueError(f"hosts[{i}]: {host!r}: a wildcard is only allowed as the leftmost label")
+        if self.is_delegate and (self.tcp or self.tls):
+            raise ValueError("tcp: a delegate VirtualService (without hosts) may only have http routes")
+        check_sni_hosts(self.tls, self.hosts)
         return self
 
     @property

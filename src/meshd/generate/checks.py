@@ -14,7 +14,7 @@ from meshd.generate.reads import MissedInput
 from meshd.generate.tls_files import FileCheck
 from meshd.model.services import MeshService
 from meshd.model.world import World
-from meshd.translate.listeners import ListenerPlan
+from meshd.translate.listener_plan import ListenerPlan
 from meshd.translate.peer_auth import check_policies
 from meshd.translate.routes import delegate_inputs, validate_host_routes, wildcard_ports
 from meshd.translate.scope import Scope, ScopeKey, select_sidecar

@@ -30,7 +30,7 @@ from meshd.generate.tls_files import FileCheck, ReadFile
 from meshd.model.world import World
 from meshd.translate.capture import capture_cluster_specs, capture_listener_specs
 from meshd.translate.clusters import inbound_cluster_specs
-from meshd.translate.listeners import inbound_listener_specs
+from meshd.translate.listeners import inbound_listener_specs, outbound_listener_specs
 from meshd.translate.proxy import Proxy
 from meshd.translate.scope import Scope, ScopeKey
 from meshd.xds.resource import CLUSTER, LISTENER, Snapshot, XdsResource
@@ -174,7 +174,7 @@ class ConfigGenerator:
                 own = {
                     LISTENER: build_all(
                         [
-                            *plan.specs(proxy),
+                            *outbound_listener_specs(plan, proxy),
                             *inbound_listener_specs(proxy, served, inbound_port=inbound_port, modes=modes),
                         ],
                         refused,

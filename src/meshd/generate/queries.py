@@ -13,7 +13,8 @@ from meshd.api.virtualservice import VirtualService
 from meshd.generate.options import GenerateOptions
 from meshd.generate.tls_files import FileCheck
 from meshd.model.world import World
-from meshd.translate.listeners import InboundEntry, ListenerPlan, inbound_index
+from meshd.translate.listener_plan import ListenerPlan
+from meshd.translate.listeners import InboundEntry, inbound_index
 from meshd.translate.peer_auth import InboundMtls, workload_mtls
 from meshd.translate.routes import destination_hosts
 from meshd.translate.scope import Scope, ScopeKey
@@ -62,7 +63,7 @@ class Queries:
         plan = self._plans.get(key)
         if plan is None:
             scope = self.scope(key)
-            plan = self._plans[key] = ListenerPlan(scope.services, rule_for=scope.destination_rule)
+            plan = self._plans[key] = ListenerPlan(scope.services, scope=scope)
         return plan
 
     def plan_unchanged(self, key: ScopeKey) -> bool:

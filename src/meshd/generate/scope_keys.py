@@ -1,5 +1,6 @@
 """Which scope a proxy belongs to: everything about a proxy that can change its outbound config
-(namespace, Sidecar, locality and failover labels, sourceLabels matches, SDS, traffic capture), computed once per
+(namespace, Sidecar, locality and failover labels, sourceLabels matches, DestinationRule workload
+selectors, SDS, traffic capture), computed once per
 distinct (namespace, labels, locality, SDS, capture) for one World."""
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ class ScopeKeys:
             named = self._failover_label_names()
             failover_labels = tuple((k, v) for k, v in labels if k in named) if locality else ()
             source = tuple(all((k, v) in labels for k, v in sel) for sel in self.world.source_selectors)
+            rule_selection = tuple(
+                namespace == proxy.namespace and all((k, v) in labels for k, v in sel)
+                for namespace, sel in self.world.rule_selectors
+            )
             cached = ScopeKey(
                 proxy.namespace,
                 sidecar.key if sidecar is not None else None,
@@ -39,6 +44,7 @@ class ScopeKeys:
                 source=source,
                 sds=proxy.sds,
                 capture=proxy.capture,
+                rule_selection=rule_selection,
             )
             self._keys[(proxy.namespace, labels, locality, proxy.sds, proxy.capture)] = cached
         return cached

@@ -15,6 +15,7 @@ from meshd.api.security import PeerAuthentication
 from meshd.api.values import valid_port
 from meshd.api.virtualservice import VirtualService
 from meshd.model.services import (
+    DNS_RESOLUTIONS,
     Endpoint,
     MeshService,
     ServicePort,
@@ -178,6 +179,10 @@ def slice_endpoints(
     return out
 
 
+# ServiceEntry resolution -> MeshService resolution (STATIC endpoints are served over EDS)
+_RESOLUTIONS = {"STATIC": "EDS", "DNS": "DNS", "DNS_ROUND_ROBIN": "DNS_ROUND_ROBIN"}
+
+
 def service_entries(
     entries: Iterable[ServiceEntry],
     workload_entries: list[WorkloadEntry],
@@ -200,7 +205,9 @@ def service_entries(
             )
             for p in se.spec.ports
         )
-        resolution = {"STATIC": "EDS", "DNS": "DNS", "DNS_ROUND_ROBIN": "DNS"}.get(se.spec.resolution, "NONE")
+        resolution = {"STATIC": "EDS", "DNS": "DNS", "DNS_ROUND_ROBIN": "DNS_ROUND_ROBIN"}.get(
+            se.spec.resolution, "NONE"
+        )
         specs = list(se.spec.endpoints)
         if se.spec.workload_selector is not None:
             selector = se.spec.workload_selector.labels
@@ -224,10 +231,11 @@ def service_entries(
                 creation=se.metadata.creation_timestamp,
                 export_to=tuple(se.spec.export_to),
                 mesh_external=se.spec.location == "MESH_EXTERNAL",
+                subject_alt_names=tuple(se.spec.subject_alt_names),
             )
             for port in ports:
                 for spec in specs:
-                    address = spec.address or (host if resolution == "DNS" else "")
+                    address = spec.address or (host if resolution in DNS_RESOLUTIONS else "")
                     if not address:
                         continue
                     endpoint_port = spec.ports.get(port.name, int(port.target_port or port.number))
@@ -247,8 +255,9 @@ def service_entries(
                         locality=entry_locality(spec.locality, spec.labels),
                     )
                     endpoints[(host_fqdn, port.number)].append((endpoint,))
-                if resolution == "DNS" and not specs:
-                    endpoints[(host_fqdn, port.number)].append((Endpoint(address=host, port=port.number),))
+                if resolution in DNS_RESOLUTIONS and not specs:
+                    target = int(port.target_port or port.number)
+                    endpoints[(host_fqdn, port.number)].append((Endpoint(address=host, port=target),))
     return services, endpoints, errors
 
 
@@ -263,22 +272,42 @@ def virtual_services_by_host(vss: Iterable[VirtualService], *, suffix: str) -> d
 
 
 def source_selectors(vss: Iterable[VirtualService]) -> tuple[tuple[tuple[str, str], ...], ...]:
-    """The distinct sourceLabels selectors used by any http match, sorted."""
-    found = {
-        tuple(sorted(m.source_labels.items()))
-        for vs in vss
-        for http in vs.spec.http
-        for m in http.match
-        if m.source_labels
-    }
+    """The distinct sourceLabels selectors used by any http, tcp or tls match, sorted."""
+    found: set[tuple[tuple[str, str], ...]] = set()
+    for vs in vss:
+        matches = [m.source_labels for http in vs.spec.http for m in http.match]
+        matches += [m.source_labels for tcp in vs.spec.tcp for m in tcp.match]
+        matches += [m.source_labels for tls in vs.spec.tls for m in tls.match]
+        found.update(tuple(sorted(labels.items())) for labels in matches if labels)
+    return tuple(sorted(found))
+
+
+RuleSelector = tuple[str, tuple[tuple[str, str], ...]]  # (namespace, matchLabels) of a DestinationRule
+
+
+def rule_selector(rule: DestinationRule) -> RuleSelector | None:
+    """The workloads a DestinationRule's workloadSelector picks: its namespace and labels (None: every proxy
+    the rule is exported to)."""
+    selector = rule.spec.workload_selector
+    if selector is None:
+        return None
+    return rule.metadata.namespace, tuple(sorted(selector.match_labels.items()))
+
+
+def rule_selectors(rules_by_host: Mapping[str, tuple[DestinationRule, ...]]) -> tuple[RuleSelector, ...]:
+    """The distinct workload selectors of DestinationRules, sorted (a proxy's scope records which select it)."""
+    found = {s for rules in rules_by_host.values() for r in rules if (s := rule_selector(r)) is not None}
     return tuple(sorted(found))
 
 
 def default_rule(
     host: str, candidates: Iterable[DestinationRule], services: Mapping[str, MeshService]
-) -> DestinationRule:
-    """The rule for a proxy with none closer: the one in the service's own namespace, else the oldest."""
-    candidates = list(candidates)
+) -> DestinationRule | None:
+    """The rule for a proxy with none closer: the one in the service's own namespace, else the oldest
+    (rules with a workload selector apply only to the workloads they select: never a default)."""
+    candidates = [r for r in candidates if r.spec.workload_selector is None]
+    if not candidates:
+        return None
     service = services.get(host)
     if service is not None:
         for rule in candidates:
@@ -290,15 +319,21 @@ def default_rule(
 def destination_rules_by_host(
     drs: Iterable[DestinationRule], *, suffix: str
 ) -> tuple[dict[str, tuple[DestinationRule, ...]], list[InvalidResource]]:
-    """One rule per namespace per host (oldest first); a second one in the same namespace is reported."""
+    """One rule per namespace per host, and one per workload selector (oldest first); another one in the same
+    namespace with the same selector (or none) is reported."""
     by_host: dict[str, list[DestinationRule]] = defaultdict(list)
     errors: list[InvalidResource] = []
     for dr in sorted(drs, key=age_key):
         host = resolve_host(dr.spec.host, namespace=dr.metadata.namespace, domain_suffix=suffix)
-        same_ns = [r for r in by_host[host] if r.metadata.namespace == dr.metadata.namespace]
-        if same_ns:
+        selector = rule_selector(dr)
+        same = [
+            r for r in by_host[host] if r.metadata.namespace == dr.metadata.namespace and rule_selector(r) == selector
+        ]
+        if same:
+            field = "spec.host" if selector is None else "spec.workloadSelector"
+            what = "" if selector is None else " for the same workloads"
             errors.append(
-                InvalidResource(dr.key, "spec.host", f"{host} already has {same_ns[0].key}; this rule is ignored")
+                InvalidResource(dr.key, field, f"{host} already has {same[0].key}{what}; this rule is ignored")
             )
             continue
         by_host[host].append(dr)

@@ -42,6 +42,14 @@ def is_http(protocol: str) -> bool:
     return protocol in ("HTTP", "HTTP2", "GRPC")
 
 
+def is_tls(protocol: str) -> bool:
+    """TLS the proxy does not terminate: routed by the ClientHello's SNI (VirtualService `tls` routes)."""
+    return protocol in ("TLS", "HTTPS")
+
+
+DNS_RESOLUTIONS = ("DNS", "DNS_ROUND_ROBIN")
+
+
 @dataclass(frozen=True)
 class ServicePort:
     name: str
@@ -56,11 +64,14 @@ class MeshService:
     namespace: str
     name: str
     ports: tuple[ServicePort, ...]
-    resolution: str = "EDS"  # EDS (endpoints from the model), DNS (Envoy resolves), NONE
-    addresses: tuple[str, ...] = ()
+    # EDS (endpoints from the model), DNS / DNS_ROUND_ROBIN (Envoy resolves every address / the first
+    # one), NONE (the original destination of captured traffic)
+    resolution: str = "EDS"
+    addresses: tuple[str, ...] = ()  # virtual IPs or CIDR ranges (ServiceEntry `addresses`)
     creation: str = ""
     export_to: tuple[str, ...] = ()  # Istio exportTo; empty = everyone
     mesh_external: bool = False  # a ServiceEntry with location MESH_EXTERNAL (never auto mTLS)
+    subject_alt_names: tuple[str, ...] = ()  # ServiceEntry subjectAltNames: also verified in Istio mTLS
     _hash: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -79,6 +90,7 @@ class MeshService:
                     self.creation,
                     self.export_to,
                     self.mesh_external,
+                    self.subject_alt_names,
                 )
             ),
         )
@@ -88,6 +100,15 @@ class MeshService:
 
     def port(self, number: int) -> ServicePort | None:
         return next((p for p in self.ports if p.number == number), None)
+
+    @property
+    def dns(self) -> bool:
+        """Envoy resolves its endpoints' names (STRICT_DNS or LOGICAL_DNS cluster)."""
+        return self.resolution in DNS_RESOLUTIONS
+
+    @property
+    def wildcard(self) -> bool:
+        return self.hostname.startswith("*")
 
 
 @dataclass(frozen=True)

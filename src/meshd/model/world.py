@@ -33,7 +33,8 @@ class World:
     endpoints: Mapping[tuple[str, int], tuple[Endpoint, ...]]
     virtual_services: Mapping[str, tuple[VirtualService, ...]]  # resolved host -> oldest first
     destination_rules: Mapping[str, DestinationRule]  # host -> the rule a proxy with no closer one uses
-    rules_by_host: Mapping[str, tuple[DestinationRule, ...]]  # host -> one rule per namespace, oldest first
+    # host -> one rule per namespace (and per workload selector), oldest first
+    rules_by_host: Mapping[str, tuple[DestinationRule, ...]]
     sidecars: Mapping[str, tuple[Sidecar, ...]]  # namespace -> Sidecars, oldest first
     workloads: Mapping[str, Workload]  # address -> workload
     errors: tuple[InvalidResource, ...]
@@ -49,6 +50,9 @@ class World:
     wildcard_hosts: tuple[str, ...] = ()
     # namespace -> PeerAuthentications, oldest first (the mapping is the same object while none changes)
     peer_authentications: Mapping[str, tuple[PeerAuthentication, ...]] = field(default_factory=dict)
+    # the distinct (namespace, matchLabels) of DestinationRule workload selectors (sorted): a proxy's scope
+    # records which of them select it
+    rule_selectors: tuple[derive.RuleSelector, ...] = ()
 
     def virtual_services_for(self, host: str) -> tuple[VirtualService, ...] | None:
         """The VirtualServices routing a host: those naming it exactly, else those of the most
@@ -92,7 +96,11 @@ def assemble(
         endpoints=MappingProxyType(dict(sorted(endpoints.items()))),
         virtual_services=MappingProxyType(dict(virtual_services)),
         destination_rules=MappingProxyType(
-            {host: default_rule(host, rules, services) for host, rules in rules_by_host.items()}
+            {
+                host: rule
+                for host, rules in rules_by_host.items()
+                if (rule := default_rule(host, rules, services)) is not None
+            }
         ),
         rules_by_host=MappingProxyType(dict(rules_by_host)),
         sidecars=MappingProxyType(dict(sidecars)),
@@ -104,6 +112,7 @@ def assemble(
         source_selectors=derive.source_selectors(virtual_services_by_name.values()),
         wildcard_hosts=tuple(sorted((h for h in virtual_services if h.startswith("*")), key=lambda h: (-len(h), h))),
         peer_authentications=peer_authentications if peer_authentications is not None else MappingProxyType({}),
+        rule_selectors=derive.rule_selectors(rules_by_host),
     )
 
 

@@ -4,8 +4,9 @@ REDIRECT, node metadata `INTERCEPTION_MODE: REDIRECT`), as Istio lays them out:
 - `virtualOutbound` on 0.0.0.0:15001 (where iptables redirects the app's outbound TCP) hands each
   connection to the listener of its original destination (`use_original_dst`): `0.0.0.0_<port>`,
   not bound (`bind_to_port: false`). HTTP ports: the HTTP connection manager with route table
-  `<port>`; TCP ports: tcp_proxy to the service, one chain per service matched by its addresses
-  (ClusterIPs) where it has any. Destinations no listener or chain knows go to `PassthroughCluster`
+  `<port>`; TCP and TLS ports: the L4 chains of the scope's listener plan (`translate/listener_plan.py`:
+  VirtualService tcp/tls routes, services matched by their addresses or CIDR ranges, TLS services by
+  SNI, with the tls_inspector). Destinations no listener or chain knows go to `PassthroughCluster`
   (the original destination) with `outboundTrafficPolicy` ALLOW_ANY, to `BlackHoleCluster` with
   REGISTRY_ONLY. A connection made to 15001 itself is black-holed (no loop).
 - `virtualInbound` on 0.0.0.0:15006 (where iptables redirects inbound TCP), original destination
@@ -34,17 +35,16 @@ from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
 from google.protobuf import wrappers_pb2
 
-from meshd.model.services import MeshService, is_http
+from meshd.model.services import is_http
 from meshd.translate import naming
 from meshd.translate.clusters import CONNECT_TIMEOUT, socket_address
+from meshd.translate.l4_chain import filter_chain
+from meshd.translate.listener_plan import RESERVED_PORTS, ListenerPlan, PortPlan
 from meshd.translate.listeners import (
-    RESERVED_PORTS,
     InboundEntry,
-    ListenerPlan,
     admits,
     inbound_http_chain,
     outbound_http_chain,
-    outbound_tcp_chain,
     split_by_transport,
     tcp_proxy_filter,
     tls_inspector,
@@ -104,37 +104,19 @@ def _outbound_http(port: int) -> listener_pb2.Listener:
     return listener
 
 
-def _outbound_tcp(
-    port: int, services: tuple[tuple[MeshService, str | None], ...], outbound_mode: str
-) -> listener_pb2.Listener:
-    """One chain per TCP service with addresses (matched by them); the oldest service without any
-    takes every other destination of the port, else the unknown-destination cluster does."""
-    listener = _unbound(naming.outbound_listener(ip=ANY_ADDRESS, port=port), port)
-    taken: set[str] = set()
-    fallback: listener_components_pb2.FilterChain | None = None
-    for service, idle in services:
-        addresses = [a for a in service.addresses if a not in taken]
-        chain = outbound_tcp_chain(port, service, idle)
-        chain.name = naming.outbound_cluster(port=port, host=service.hostname)
-        if addresses:
-            taken.update(addresses)
-            for address in addresses:
-                chain.filter_chain_match.prefix_ranges.append(
-                    address_pb2.CidrRange(
-                        address_prefix=address, prefix_len=wrappers_pb2.UInt32Value(value=_bits(address))
-                    )
-                )
-            listener.filter_chains.append(chain)
-        elif not service.addresses and fallback is None:
-            fallback = chain
-    if fallback is None:
-        fallback = _tcp_chain(f"{port}-unknown-destination", unknown_destination_cluster(outbound_mode))
-    listener.default_filter_chain.CopyFrom(fallback)
+def _outbound_l4(plan: PortPlan, outbound_mode: str) -> listener_pb2.Listener:
+    """The port's chains (by address and SNI); what none matches goes to the chain that takes the rest of
+    the port (a service without addresses), else to the unknown-destination cluster."""
+    listener = _unbound(naming.outbound_listener(ip=ANY_ADDRESS, port=plan.port), plan.port)
+    listener.filter_chains.extend(filter_chain(c) for c in plan.chains)
+    if plan.default is not None:
+        listener.default_filter_chain.CopyFrom(filter_chain(plan.default))
+    else:
+        cluster = unknown_destination_cluster(outbound_mode)
+        listener.default_filter_chain.CopyFrom(_tcp_chain(f"{plan.port}-unknown-destination", cluster))
+    if plan.inspects_tls:
+        listener.listener_filters.append(tls_inspector())
     return listener
-
-
-def _bits(address: str) -> int:
-    return 128 if ":" in address else 32
 
 
 # --- inbound ---------------------------------------------------------------------------------------
@@ -254,17 +236,12 @@ def capture_listener_specs(
         ("lds-cap-out", OUTBOUND_CAPTURE_PORT, outbound_mode),
         partial(_virtual_outbound, OUTBOUND_CAPTURE_PORT, outbound_mode),
     )
-    for port, tcp in plan.outbound:
-        name = naming.outbound_listener(ip=ANY_ADDRESS, port=port)
-        if tcp is None:
-            yield Spec(name, ("lds-cap-http", port), partial(_outbound_http, port))
+    for port_plan in plan.ports:
+        name = naming.outbound_listener(ip=ANY_ADDRESS, port=port_plan.port)
+        if port_plan.http:
+            yield Spec(name, ("lds-cap-http", port_plan.port), partial(_outbound_http, port_plan.port))
         else:
-            services = plan.tcp_services[port]
-            yield Spec(
-                name,
-                ("lds-cap-tcp", port, services, outbound_mode),
-                partial(_outbound_tcp, port, services, outbound_mode),
-            )
+            yield Spec(name, ("lds-cap-l4", port_plan, outbound_mode), partial(_outbound_l4, port_plan, outbound_mode))
     key = ("lds-cap-in", served, inbound_port, modes, sds)
     yield Spec(naming.VIRTUAL_INBOUND, key, partial(_virtual_inbound, served, inbound_port, modes, sds))
 

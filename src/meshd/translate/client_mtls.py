@@ -39,15 +39,17 @@ class ClusterMtls:
 
 
 def service_identities(scope: Scope, service: MeshService, ports: Sequence[ServicePort]) -> tuple[str, ...]:
-    """SPIFFE identities of the workloads behind a service (every port), sorted."""
+    """SPIFFE identities of the workloads behind a service (every port), sorted, then the names a
+    ServiceEntry's `subjectAltNames` adds (as Istio verifies both)."""
     accounts: set[str] = set()
     for port in ports:
         endpoints: Sequence[Endpoint] = scope.world.endpoints.get((service.hostname, port.number), ())
         accounts.update(ep.service_account for ep in endpoints if ep.service_account)
-    return tuple(
+    found = tuple(
         spiffe_id(trust_domain=scope.trust_domain, namespace=service.namespace, service_account=account)
         for account in sorted(accounts)
     )
+    return (*found, *(name for name in service.subject_alt_names if name not in found))
 
 
 def cluster_mtls(

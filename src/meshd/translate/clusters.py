@@ -18,8 +18,9 @@ from meshd.translate import naming
 from meshd.translate.client_mtls import ClusterMtls, cluster_mtls, service_identities
 from meshd.translate.cluster_policy import apply_policy
 from meshd.translate.locality import locality_groups
-from meshd.translate.policy import effective_policy
+from meshd.translate.policy import EffectivePolicy, effective_policy
 from meshd.translate.proto import pack
+from meshd.translate.proxy_protocol import apply_proxy_protocol
 from meshd.translate.scope import Scope
 from meshd.translate.spec import Spec, ident
 from meshd.translate.upstream_tls import sds_names, tls_files
@@ -51,27 +52,46 @@ def _outbound(
     service: MeshService, port: ServicePort, subset: str, rule: DestinationRule | None, mtls: ClusterMtls | None
 ) -> cluster_pb2.Cluster:
     cluster = _plain_outbound(service, port, subset)
-    _with_policy(cluster, service, port, subset, rule)
+    policy = _with_policy(cluster, service, port, subset, rule)
     if mtls is not None:
         mtls.apply(cluster)
+    apply_proxy_protocol(cluster, policy.proxy_protocol)
     return cluster
 
 
 def _with_policy(
     cluster: cluster_pb2.Cluster, service: MeshService, port: ServicePort, subset: str, rule: DestinationRule | None
-) -> None:
+) -> EffectivePolicy:
     policy = effective_policy(rule, port=port.number, subset=subset)
     apply_policy(cluster, policy, service=service, port=port)
+    if service.resolution == "NONE":
+        original_destination(cluster)
+    return policy
+
+
+def original_destination(cluster: cluster_pb2.Cluster) -> None:
+    """ServiceEntry resolution NONE: the connection goes to the address the application dialled (what
+    iptables captured), whatever load balancer a rule asks for."""
+    cluster.type = cluster_pb2.Cluster.ORIGINAL_DST
+    cluster.lb_policy = cluster_pb2.Cluster.CLUSTER_PROVIDED
+    cluster.ClearField("eds_cluster_config")
+    cluster.ClearField("load_assignment")
+    cluster.ClearField("lb_config")  # least-request / round-robin / ring-hash / Maglev settings
+    cluster.common_lb_config.ClearField("locality_weighted_lb_config")
 
 
 def _plain_outbound(service: MeshService, port: ServicePort, subset: str) -> cluster_pb2.Cluster:
     name = naming.outbound_cluster(port=port.number, host=service.hostname, subset=subset)
     cluster = cluster_pb2.Cluster(name=name, connect_timeout=CONNECT_TIMEOUT)
-    if service.resolution == "DNS":
-        cluster.type = cluster_pb2.Cluster.STRICT_DNS
+    if service.dns:
+        # DNS_ROUND_ROBIN: Envoy's LOGICAL_DNS (connections to the first address the name resolves to)
+        logical = service.resolution == "DNS_ROUND_ROBIN"
+        cluster.type = cluster_pb2.Cluster.LOGICAL_DNS if logical else cluster_pb2.Cluster.STRICT_DNS
         cluster.dns_lookup_family = cluster_pb2.Cluster.V4_ONLY
         cluster.load_assignment.cluster_name = name
         # DNS endpoints are the service's declared hosts/addresses; resolved by Envoy.
+    elif service.resolution == "NONE":
+        original_destination(cluster)
     else:
         cluster.type = cluster_pb2.Cluster.EDS
         cluster.eds_cluster_config.eds_config.CopyFrom(ads_config_source())
@@ -90,6 +110,8 @@ def _dns_cluster(
     mtls: ClusterMtls | None,
 ) -> cluster_pb2.Cluster:
     cluster = _plain_outbound(service, port, subset)
+    if service.resolution == "DNS_ROUND_ROBIN":
+        endpoints = endpoints[:1]  # LOGICAL_DNS takes exactly one name
     pairs = [
         (
             ep,
@@ -100,9 +122,10 @@ def _dns_cluster(
         for ep in endpoints
     ]
     cluster.load_assignment.endpoints.extend(locality_groups(pairs, None))
-    _with_policy(cluster, service, port, subset, rule)
+    policy = _with_policy(cluster, service, port, subset, rule)
     if mtls is not None:
         mtls.apply(cluster)
+    apply_proxy_protocol(cluster, policy.proxy_protocol)
     return cluster
 
 
@@ -115,15 +138,14 @@ def outbound_cluster_specs(scope: Scope) -> Iterator[Spec]:
 
 
 def service_cluster_specs(scope: Scope, service: MeshService, ports: Sequence[ServicePort]) -> Iterator[Spec]:
-    """The outbound clusters of one service, as seen from a scope."""
-    if service.resolution == "NONE":
-        return
+    """The outbound clusters of one service, as seen from a scope (resolution NONE: original-destination
+    clusters, which only scopes with traffic capture see)."""
     rule = scope.destination_rule(service.hostname)
     subsets = [""] + ([s.name for s in rule.spec.subsets] if rule else [])
     # SANs of Istio mTLS: every workload behind the service (the endpoints of all its ports)
     identities = service_identities(scope, service, ports) if scope.key.sds else ()
     for port in ports:
-        dns = scope.world.endpoints.get((service.hostname, port.number), ()) if service.resolution == "DNS" else ()
+        dns = scope.world.endpoints.get((service.hostname, port.number), ()) if service.dns else ()
         for subset in subsets:
             name = naming.outbound_cluster(port=port.number, host=service.hostname, subset=subset)
             mtls = None
@@ -131,7 +153,7 @@ def service_cluster_specs(scope: Scope, service: MeshService, ports: Sequence[Se
                 policy = effective_policy(rule, port=port.number, subset=subset)
                 mtls = cluster_mtls(scope, service, port, subset, policy, identities=identities)
             key = ("cds", service, port, subset, ident(rule), dns, mtls)
-            if service.resolution == "DNS":
+            if service.dns:
                 yield Spec(name, key, partial(_dns_cluster, service, port, subset, dns, rule, mtls))
             else:
                 yield Spec(name, key, partial(_outbound, service, port, subset, rule, mtls))
@@ -140,7 +162,7 @@ def service_cluster_specs(scope: Scope, service: MeshService, ports: Sequence[Se
 def service_secret_names(scope: Scope, service: MeshService, ports: Sequence[ServicePort]) -> frozenset[str]:
     """The SDS resources (credentialName) the outbound clusters of one service ask for."""
     rule = scope.destination_rule(service.hostname)
-    if rule is None or service.resolution == "NONE":
+    if rule is None:
         return frozenset()
     subsets = [""] + [s.name for s in rule.spec.subsets]
     return frozenset(

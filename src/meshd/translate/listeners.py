@@ -1,10 +1,11 @@
 """Listeners for a sidecar without traffic capture (Istio's captureMode NONE with `bind`):
-outbound listeners bound on the sidecar's own address at each service port (HTTP via RDS,
-TCP via tcp_proxy), and one inbound listener that forwards to the local app."""
+outbound listeners bound on the sidecar's own address at each service port (HTTP via RDS, TCP and
+TLS through the L4 chains of the scope's listener plan), and one inbound listener that forwards to
+the local app."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from functools import partial
 
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
@@ -14,21 +15,20 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf import duration_pb2
 
-from meshd.api.destinationrule import DestinationRule
-from meshd.api.meta import InvalidResource, ResourceKey
-from meshd.model.services import MeshService, ServicePort, is_http
+from meshd.model.services import MeshService
 from meshd.model.world import World
 from meshd.translate import naming
 from meshd.translate.clusters import ads_config_source, socket_address
 from meshd.translate.http_filters import outbound_http_filters, router
+from meshd.translate.l4_chain import filter_chain
+from meshd.translate.listener_plan import RESERVED_PORTS, ListenerPlan, PortPlan
 from meshd.translate.mtls import MTLS_ALPNS, downstream_context, tls_socket
 from meshd.translate.peer_auth import DISABLE, PERMISSIVE, STRICT, InboundMtls
-from meshd.translate.policy import effective_policy
 from meshd.translate.proto import duration, pack
 from meshd.translate.proxy import Proxy
 from meshd.translate.spec import Spec
 
-RESERVED_PORTS = frozenset({15000, 15001, 15004, 15006, 15008, 15020, 15021, 15090})
+__all__ = ["RESERVED_PORTS", "ListenerPlan"]
 DEFAULT_INBOUND = InboundMtls()
 
 
@@ -57,14 +57,6 @@ def tcp_proxy_filter(cluster: str, idle_timeout: str | None = None) -> listener_
     return listener_components_pb2.Filter(name="envoy.filters.network.tcp_proxy", typed_config=pack(proxy_filter))
 
 
-def outbound_tcp_chain(
-    port: int, service: MeshService, idle_timeout: str | None
-) -> listener_components_pb2.FilterChain:
-    """tcp_proxy to the service's cluster at this port."""
-    cluster = naming.outbound_cluster(port=port, host=service.hostname)
-    return listener_components_pb2.FilterChain(filters=[tcp_proxy_filter(cluster, idle_timeout)])
-
-
 def outbound_http_chain(port: int) -> listener_components_pb2.FilterChain:
     """The HTTP connection manager with the route table of this port (RDS `<port>`)."""
     hcm = hcm_pb2.HttpConnectionManager(
@@ -74,96 +66,27 @@ def outbound_http_chain(port: int) -> listener_components_pb2.FilterChain:
     return listener_components_pb2.FilterChain(filters=[_hcm_filter(hcm, outbound_http_filters())])
 
 
-def _outbound_tcp(proxy: Proxy, port: int, service: MeshService, idle_timeout: str | None) -> listener_pb2.Listener:
-    return listener_pb2.Listener(
-        name=naming.outbound_listener(ip=proxy.ip, port=port),
-        address=socket_address(proxy.ip, port),
-        filter_chains=[outbound_tcp_chain(port, service, idle_timeout)],
+def _outbound_l4(proxy: Proxy, plan: PortPlan) -> listener_pb2.Listener:
+    """A TCP/TLS port bound on the proxy's address: its chains (SNI read by the tls_inspector)."""
+    listener = listener_pb2.Listener(
+        name=naming.outbound_listener(ip=proxy.ip, port=plan.port),
+        address=socket_address(proxy.ip, plan.port),
+        filter_chains=[filter_chain(c) for c in plan.chains],
         traffic_direction=2,
     )
+    if plan.inspects_tls:
+        listener.listener_filters.append(tls_inspector())
+    return listener
 
 
-def tcp_port_shared(port: int, holder: str) -> str:
-    return (
-        f"TCP port {port} is already used by {holder}: not served to proxies without traffic capture"
-        " (captured proxies tell the services apart by address)"
-    )
-
-
-def _is_http_port(service: MeshService, port: int) -> bool:
-    sp = service.port(port)
-    return sp is not None and is_http(sp.protocol)
-
-
-class ListenerPlan:
-    """The outbound listeners of a scope: per port, HTTP (RDS) or the TCP service it proxies to.
-    Port collisions are reported. Proxies of the scope differ only in the address they bind."""
-
-    def __init__(
-        self,
-        services: Sequence[tuple[MeshService, Sequence[ServicePort]]],
-        *,
-        rule_for: Callable[[str], DestinationRule | None] | None = None,
-    ) -> None:
-        self.errors: list[InvalidResource] = []
-        self._rule_for = rule_for
-        # (port, None for HTTP | (TCP service, its DestinationRule's tcp idleTimeout))
-        self.outbound: list[tuple[int, tuple[MeshService, str | None] | None]] = []
-        # Capture mode tells TCP services sharing a port apart by destination address (their
-        # ClusterIPs): per TCP port, every TCP service on it with its idle timeout, oldest first.
-        self.tcp_services: dict[int, tuple[tuple[MeshService, str | None], ...]] = {}
-        by_port: dict[int, list[MeshService]] = {}
-        for service, ports in services:
-            for sp in ports:
-                by_port.setdefault(sp.number, []).append(service)
-        for port, on_port in sorted(by_port.items()):
-            self._plan_port(port, on_port)
-        self.signature = (tuple(self.outbound), tuple(self.tcp_services.items()))  # equal plans: equal listeners
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, ListenerPlan) and other.signature == self.signature
-
-    def __hash__(self) -> int:
-        return hash(self.signature)
-
-    def _reject(self, service: MeshService, message: str, *, severity: str = "error") -> None:
-        key = ResourceKey("Service", service.namespace, service.name)
-        self.errors.append(InvalidResource(key, "spec.ports", message, severity=severity))
-
-    def _plan_port(self, port: int, services: list[MeshService]) -> None:
-        if port in RESERVED_PORTS:
-            for s in services:
-                self._reject(s, f"port {port} is reserved for the sidecar")
-            return
-        http = [s for s in services if _is_http_port(s, port)]
-        tcp = [s for s in services if not _is_http_port(s, port) and s.resolution != "NONE"]
-        if http:
-            self.outbound.append((port, None))
-            for s in tcp:
-                self._reject(s, f"TCP port {port} collides with HTTP services on the same port; not served")
-        elif tcp:
-            oldest = sorted(tcp, key=lambda s: (s.creation or "~", s.hostname))
-            self.outbound.append((port, (oldest[0], self._tcp_idle_timeout(oldest[0], port))))
-            self.tcp_services[port] = tuple((s, self._tcp_idle_timeout(s, port)) for s in oldest)
-            # Only proxies without capture (one listener per port) drop the younger services; captured
-            # proxies (how injected pods run in Kubernetes) serve them all: a warning, not a rejection.
-            for s in oldest[1:]:
-                self._reject(s, tcp_port_shared(port, oldest[0].hostname), severity="warning")
-
-    def _tcp_idle_timeout(self, service: MeshService, port: int) -> str | None:
-        rule = self._rule_for(service.hostname) if self._rule_for is not None else None
-        pool = effective_policy(rule, port=port).connection_pool
-        return pool.tcp.idle_timeout if pool is not None and pool.tcp is not None else None
-
-    def specs(self, proxy: Proxy) -> Iterator[Spec]:
-        for port, tcp in self.outbound:
-            name = naming.outbound_listener(ip=proxy.ip, port=port)
-            if tcp is None:
-                yield Spec(name, ("lds-out", proxy.ip, port), partial(_outbound_http, proxy, port))
-            else:
-                service, idle = tcp
-                key = ("lds-out", proxy.ip, port, service, idle)
-                yield Spec(name, key, partial(_outbound_tcp, proxy, port, service, idle))
+def outbound_listener_specs(plan: ListenerPlan, proxy: Proxy) -> Iterator[Spec]:
+    """The outbound listeners of a proxy without traffic capture, bound on its address."""
+    for port_plan in plan.ports:
+        name = naming.outbound_listener(ip=proxy.ip, port=port_plan.port)
+        if port_plan.http:
+            yield Spec(name, ("lds-out", proxy.ip, port_plan.port), partial(_outbound_http, proxy, port_plan.port))
+        else:
+            yield Spec(name, ("lds-out", proxy.ip, port_plan), partial(_outbound_l4, proxy, port_plan))
 
 
 InboundEntry = tuple[MeshService, int, int]  # (service, service port, target port)

@@ -34,8 +34,17 @@ def service_domains(service: MeshService, *, port: int, proxy_namespace: str) ->
         names += [f"{short}.{service.namespace}", f"{short}.{service.namespace}.svc"]
         if proxy_namespace == service.namespace:
             names.append(short)
-    names += list(service.addresses)
+    names += [a for a in map(host_address, service.addresses) if a is not None]
     out: list[str] = []
     for name in names:
         out += [name, f"{name}:{port}"]
     return out
+
+
+def host_address(address: str) -> str | None:
+    """A service address as a Host a client may send: an IP (a /32 or /128 range as its IP); None for a
+    wider CIDR range (no single Host names it)."""
+    ip, slash, bits = address.partition("/")
+    if not slash:
+        return address
+    return ip if bits in ("32", "128") else None

@@ -23,7 +23,9 @@ from meshd.api.destinationrule import (
     LocalityLbSetting,
     OutlierDetection,
     PortTrafficPolicy,
+    ProxyProtocol,
     TrafficPolicy,
+    TunnelSettings,
 )
 from meshd.translate.proto import duration
 
@@ -38,6 +40,9 @@ class EffectivePolicy:
     connection_pool: ConnectionPoolSettings | None = None
     outlier_detection: OutlierDetection | None = None
     tls: ClientTLSSettings | None = None
+    # not port-level settings in Istio: a port-level entry does not reset them
+    tunnel: TunnelSettings | None = None
+    proxy_protocol: ProxyProtocol | None = None
 
     @property
     def passthrough(self) -> bool:
@@ -68,18 +73,32 @@ def _port_level(settings: list[PortTrafficPolicy], port: int) -> PortTrafficPoli
     return next((s for s in settings if s.port.number == port), None)
 
 
-def _replace_all(level: PortTrafficPolicy) -> EffectivePolicy:
-    # A port-level entry does not inherit: what it omits goes back to the default.
-    return EffectivePolicy(level.load_balancer, level.connection_pool, level.outlier_detection, level.tls)
+def _replace_all(level: PortTrafficPolicy, above: EffectivePolicy) -> EffectivePolicy:
+    # A port-level entry does not inherit: what it omits goes back to the default (tunnel and proxyProtocol,
+    # which have no port level, stay).
+    return EffectivePolicy(
+        level.load_balancer,
+        level.connection_pool,
+        level.outlier_detection,
+        level.tls,
+        above.tunnel,
+        above.proxy_protocol,
+    )
 
 
 def _top_level(policy: TrafficPolicy | None, port: int) -> EffectivePolicy:
     if policy is None:
         return NO_POLICY
+    merged = EffectivePolicy(
+        policy.load_balancer,
+        policy.connection_pool,
+        policy.outlier_detection,
+        policy.tls,
+        policy.tunnel,
+        policy.proxy_protocol,
+    )
     level = _port_level(policy.port_level_settings, port)
-    if level is not None:
-        return _replace_all(level)
-    return EffectivePolicy(policy.load_balancer, policy.connection_pool, policy.outlier_detection, policy.tls)
+    return _replace_all(level, merged) if level is not None else merged
 
 
 def merge(top: TrafficPolicy | None, subset: TrafficPolicy | None, *, port: int) -> EffectivePolicy:
@@ -92,9 +111,11 @@ def merge(top: TrafficPolicy | None, subset: TrafficPolicy | None, *, port: int)
         subset.connection_pool if subset.connection_pool is not None else merged.connection_pool,
         subset.outlier_detection if subset.outlier_detection is not None else merged.outlier_detection,
         subset.tls if subset.tls is not None else merged.tls,
+        subset.tunnel if subset.tunnel is not None else merged.tunnel,
+        subset.proxy_protocol if subset.proxy_protocol is not None else merged.proxy_protocol,
     )
     level = _port_level(subset.port_level_settings, port)
-    return _replace_all(level) if level is not None else merged
+    return _replace_all(level, merged) if level is not None else merged
 
 
 def effective_policy(rule: DestinationRule | None, *, port: int, subset: str = "") -> EffectivePolicy:

@@ -16,6 +16,7 @@ from meshd.api.destinationrule import DestinationRule
 from meshd.api.meta import InvalidResource, ResourceKey
 from meshd.api.networking import IstioEgressListener, Sidecar, exported_to
 from meshd.api.virtualservice import VirtualService
+from meshd.model.derive import rule_selector
 from meshd.model.services import MeshService, ServicePort
 from meshd.model.world import World
 from meshd.translate.peer_auth import service_mode
@@ -54,6 +55,9 @@ class ScopeKey:
     sds: bool = False
     # The proxies' traffic is captured (INTERCEPTION_MODE REDIRECT): capture-mode listeners.
     capture: bool = False
+    # per World.rule_selectors: whether it selects the proxies (empty when no DestinationRule has a
+    # workload selector)
+    rule_selection: tuple[bool, ...] = ()
 
 
 def select_sidecar(
@@ -128,6 +132,8 @@ class Scope:
         for service in self._candidates():
             if not exported_to(list(service.export_to), owner_namespace=service.namespace, namespace=self.namespace):
                 continue
+            if service.resolution == "NONE" and not key.capture:
+                continue  # forwarded to the original destination, which only captured traffic has
             ports = tuple(p for p in service.ports if self._egress_allows(service, p.number))
             if ports:
                 self.services.append((service, ports))
@@ -137,7 +143,10 @@ class Scope:
         chosen = []
         for service, _ in self.services:
             rules = world.rules_by_host.get(service.hostname, ())
-            if len(rules) > 1 or any(r.spec.export_to and "*" not in r.spec.export_to for r in rules):
+            if len(rules) > 1 or any(
+                (r.spec.export_to and "*" not in r.spec.export_to) or r.spec.workload_selector is not None
+                for r in rules
+            ):
                 chosen.append((service.hostname, ident(self.destination_rule(service.hostname))))
         self.cluster_signature = Signature(
             (tuple((s, p) for s, p in self.services), tuple(chosen), key.locality, key.failover_labels, key.sds)
@@ -201,11 +210,26 @@ class Scope:
             self._rule_cache[host] = self._lookup_rule(host)
         return self._rule_cache[host]
 
+    def selects(self, rule: DestinationRule) -> bool:
+        """Whether a DestinationRule's workload selector picks this scope's proxies: only in its own namespace,
+        by their labels (recorded in the scope key)."""
+        selector = rule_selector(rule)
+        if selector is None or selector[0] != self.namespace:
+            return False
+        index = self.world.rule_selectors.index(selector)
+        return index < len(self.key.rule_selection) and self.key.rule_selection[index]
+
     def _lookup_rule(self, host: str) -> DestinationRule | None:
+        """A rule whose workload selector picks the proxies wins (the oldest); then Istio's namespace order."""
+        rules = self.world.rules_by_host.get(host, ())
+        selected = next((r for r in rules if r.spec.workload_selector is not None and self.selects(r)), None)
+        if selected is not None:
+            return selected
         candidates = [
             r
-            for r in self.world.rules_by_host.get(host, ())
-            if exported_to(r.spec.export_to, owner_namespace=r.metadata.namespace, namespace=self.namespace)
+            for r in rules
+            if r.spec.workload_selector is None
+            and exported_to(r.spec.export_to, owner_namespace=r.metadata.namespace, namespace=self.namespace)
         ]
         if not candidates:
             return None

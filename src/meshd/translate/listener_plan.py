@@ -1,0 +1,193 @@
+"""The outbound listener plan of a scope: per port, HTTP (the route table of the port) or the L4 chains
+of its TCP and TLS services, as plain hashable data (equal plans give equal listeners; the plan is a
+checked derived value, `generate/queries.py`).
+
+Per TCP/TLS service on a port, oldest first: the chains of its VirtualService's `tls` routes (TLS and
+HTTPS ports) or `tcp` routes that apply to the scope's proxies (`translate/tls_route.py`,
+`tcp_route.py`); without any, one default chain to `outbound|<port>||<host>`. Where a listener tells
+services apart (traffic capture: one listener per port for every destination), a chain without
+`destinationSubnets` matches the service's addresses; a TLS service without addresses matches its
+host name as SNI (Istio's rule), so several external TLS hosts share 443. Without capture the
+listener is bound on the proxy's address: TLS services share the port by SNI (a lone one takes every
+connection), a TCP port serves its oldest service (the others are reported).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+
+from meshd.api.destinationrule import DestinationRule
+from meshd.api.meta import InvalidResource, ResourceKey
+from meshd.api.virtualservice import VirtualService
+from meshd.model.services import MeshService, ServicePort, is_http, is_tls
+from meshd.model.world import resolve_host
+from meshd.translate import naming
+from meshd.translate.l4_chain import L4Chain, distinct, normalise_cidr
+from meshd.translate.l4_route import L4Context, chain_policy, sidecar_applies
+from meshd.translate.scope import Scope
+from meshd.translate.tcp_route import tcp_route_chains
+from meshd.translate.tls_route import tls_route_chains
+
+RESERVED_PORTS = frozenset({15000, 15001, 15004, 15006, 15008, 15020, 15021, 15090})
+
+
+def tcp_port_shared(port: int, holder: str) -> str:
+    return (
+        f"TCP port {port} is already used by {holder}: not served to proxies without traffic capture"
+        " (captured proxies tell the services apart by address)"
+    )
+
+
+@dataclass(frozen=True)
+class PortPlan:
+    """One outbound port: HTTP (RDS), or L4 chains and the chain that takes what none matches."""
+
+    port: int
+    http: bool = False
+    chains: tuple[L4Chain, ...] = ()
+    default: L4Chain | None = None
+
+    @property
+    def inspects_tls(self) -> bool:
+        """Whether a chain matches SNI: the listener needs the tls_inspector."""
+        return any(c.server_names for c in self.chains)
+
+
+def _port_protocol(service: MeshService, port: int) -> str:
+    sp = service.port(port)
+    return sp.protocol if sp is not None else "TCP"
+
+
+def _age(service: MeshService) -> tuple[str, str]:
+    return (service.creation or "~", service.hostname)
+
+
+class ListenerPlan:
+    """The outbound listeners of a scope. Port collisions are reported (`errors`); VirtualServices whose
+    TCP/TLS routes cannot be translated are left out (`route_errors`; `generate/checks.py` reports them)."""
+
+    def __init__(
+        self,
+        services: Sequence[tuple[MeshService, Sequence[ServicePort]]],
+        *,
+        rule_for: Callable[[str], DestinationRule | None] | None = None,
+        scope: Scope | None = None,
+    ) -> None:
+        self.errors: list[InvalidResource] = []
+        self.route_errors: list[InvalidResource] = []
+        self._scope = scope
+        self._capture = scope is not None and scope.key.capture
+        self._rule_for = rule_for if rule_for is not None else (scope.destination_rule if scope else lambda _: None)
+        by_port: dict[int, list[MeshService]] = {}
+        for service, ports in services:
+            for sp in ports:
+                by_port.setdefault(sp.number, []).append(service)
+        self.ports: tuple[PortPlan, ...] = tuple(
+            plan for port, on_port in sorted(by_port.items()) if (plan := self._plan_port(port, on_port)) is not None
+        )
+        self.signature = self.ports  # equal plans: equal listeners
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ListenerPlan) and other.signature == self.signature
+
+    def __hash__(self) -> int:
+        return hash(self.signature)
+
+    def _reject(self, service: MeshService, message: str, *, severity: str = "error") -> None:
+        key = ResourceKey("Service", service.namespace, service.name)
+        self.errors.append(InvalidResource(key, "spec.ports", message, severity=severity))
+
+    def _plan_port(self, port: int, services: list[MeshService]) -> PortPlan | None:
+        if port in RESERVED_PORTS:
+            for s in services:
+                self._reject(s, f"port {port} is reserved for the sidecar")
+            return None
+        http = [s for s in services if is_http(_port_protocol(s, port))]
+        l4 = sorted((s for s in services if not is_http(_port_protocol(s, port))), key=_age)
+        if http:
+            for s in l4:
+                self._reject(s, f"TCP port {port} collides with HTTP services on the same port; not served")
+            return PortPlan(port, http=True)
+        if not l4:
+            return None
+        if self._capture:
+            chains = distinct([c for s in l4 for c in self._service_chains(s, port, sni=True)])
+            default = next((c for c in chains if c.catch_all), None)
+            return PortPlan(port, chains=tuple(_named(c for c in chains if not c.catch_all)), default=default)
+        # Bound on the proxy's address, the listener cannot tell services apart by address: TLS services
+        # without addresses share the port by SNI; of the others only the oldest is served.
+        by_name = [s for s in l4 if is_tls(_port_protocol(s, port)) and not s.addresses]
+        by_address = [s for s in l4 if s not in by_name]
+        for s in by_address[1:]:
+            self._reject(s, tcp_port_shared(port, by_address[0].hostname), severity="warning")
+        sni = len(by_name) > 1 or bool(by_address)
+        served = by_address[:1] + by_name
+        chains = distinct([c for s in served for c in self._service_chains(s, port, sni=sni)])
+        return PortPlan(port, chains=tuple(_named(chains)))
+
+    def _service_chains(self, service: MeshService, port: int, *, sni: bool) -> list[L4Chain]:
+        """The chains of one service: its VirtualService's applicable routes, else its default chain."""
+        tls = is_tls(_port_protocol(service, port))
+        addresses = tuple(normalise_cidr(a) for a in service.addresses) if self._capture else ()
+        for vs in self._virtual_services(service):
+            if not (vs.spec.tcp or (tls and vs.spec.tls)):
+                continue
+            try:
+                chains = self._route_chains(vs, port, tls=tls, addresses=addresses)
+            except InvalidResource as err:
+                self.route_errors.append(err)
+                continue
+            if chains:
+                return chains
+            break  # the host's VirtualService routes none of this proxy's connections here: the default
+        idle, tunnel = chain_policy(self._rule_for, naming.outbound_cluster(port=port, host=service.hostname))
+        cluster = naming.outbound_cluster(port=port, host=service.hostname)
+        # A TLS service the listener cannot tell apart by address is told apart by its host name as SNI.
+        names = (service.hostname,) if tls and not addresses and sni else ()
+        return [
+            L4Chain(
+                name=cluster,
+                clusters=((cluster, 100),),
+                server_names=names,
+                prefix_ranges=addresses,
+                idle_timeout=idle,
+                tunnel=tunnel,
+            )
+        ]
+
+    def _virtual_services(self, service: MeshService) -> tuple[VirtualService, ...]:
+        return self._scope.virtual_services(service.hostname) if self._scope is not None else ()
+
+    def _route_chains(self, vs: VirtualService, port: int, *, tls: bool, addresses: tuple[str, ...]) -> list[L4Chain]:
+        scope = self._scope
+        assert scope is not None
+        world, namespace = scope.world, vs.metadata.namespace
+
+        def resolve(host: str) -> tuple[str, MeshService | None]:
+            fqdn = resolve_host(host, namespace=namespace, domain_suffix=world.domain_suffix)
+            return fqdn, world.services.get(fqdn)
+
+        ctx = L4Context(
+            key=vs.key,
+            namespace=namespace,
+            port=port,
+            resolve=resolve,
+            rule_for=self._rule_for,
+            applies=sidecar_applies(vs, port=port, namespace=scope.namespace, source_matches=scope.source_matches),
+            addresses=addresses,
+        )
+        if tls and vs.spec.tls:
+            return tls_route_chains(ctx=ctx, routes=vs.spec.tls)
+        return tcp_route_chains(ctx=ctx, routes=vs.spec.tcp)
+
+
+def _named(chains: Iterable[L4Chain]) -> list[L4Chain]:
+    """Chains with unique names (Envoy refuses two chains of a listener with one name)."""
+    out: list[L4Chain] = []
+    seen: dict[str, int] = {}
+    for chain in chains:
+        count = seen.get(chain.name, 0)
+        seen[chain.name] = count + 1
+        out.append(chain if not count else replace(chain, name=f"{chain.name}#{count}"))
+    return out
