@@ -37,6 +37,8 @@ from meshd.translate.proxy import (
     parse_node_id,
 )
 from meshd.xds.access import PROTECTED_TYPES, Authorize, secret_refusal
+from meshd.xds.debug_stream import DebugTypes
+from meshd.xds.debug_types import is_debug_type
 from meshd.xds.encode import delta_response, sotw_response
 from meshd.xds.hub import Connection, Hub
 from meshd.xds.inbox import CLOSED, PUSH, Inbox
@@ -95,8 +97,11 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         send_timeout_s: float = 30.0,
         limits: StreamLimits | None = None,
         authorize: Authorize | None = None,
+        debug: DebugTypes | None = None,
     ) -> None:
         self._hub = hub
+        # Istio's debug types (istio.io/debug/syncz, ...) on streams of their own; None: refused.
+        self._debug = debug
         # Identity check before a stream is admitted (the secure port): the verified caller, or
         # (code, message). Without it (the plaintext port) no stream is ever served a secret.
         self._authorize = authorize
@@ -148,6 +153,12 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                 else:
                     if isinstance(item, Unparsable):
                         await self._reject(context, conn, item.reason)
+                    if conn is None and is_debug_type(item.type_url):
+                        if self._debug is None:
+                            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "debug types are not served here")
+                        assert self._debug is not None
+                        await self._debug.serve(item, inbox, context, delta=delta)
+                        return
                     if conn is None:
                         if not self._hub.ready:
                             # Not synced yet: refuse rather than serve a partial mesh; Envoy keeps
