@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import logging
 import pathlib
 import sys
+from dataclasses import asdict
 
+from meshd.ctl.analyze import analyze_paths
 from meshd.ctl.proxy_status import parse_syncz, render_json, render_table, select
 from meshd.ctl.xds_client import SYNCZ, XdsClientError, ask
+from meshd.settings import Settings
 
 
 def add_ctl_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], *, xds_port: int) -> None:
@@ -19,6 +24,31 @@ def add_ctl_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], *,
     _xds_arguments(status, xds_port=xds_port)
     status.add_argument("-o", "--output", choices=["table", "json"], default="table")
     status.set_defaults(func=_proxy_status)
+
+    analyze = sub.add_parser(
+        "analyze",
+        help="report every problem in a directory of Istio/Kubernetes YAML without serving (exit 1 on errors)",
+    )
+    analyze.add_argument("paths", nargs="+", type=pathlib.Path, help="directories (read recursively) or files")
+    analyze.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    analyze.set_defaults(func=_analyze)
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    missing = [str(p) for p in args.paths if not p.exists()]
+    if missing:
+        sys.stderr.write(f"meshd analyze: no such file or directory: {', '.join(missing)}\n")
+        return 2
+    log = logging.getLogger("meshd.analyze")
+    log.setLevel(logging.WARNING + 10)  # findings are the output; the source's own log lines are not
+    findings = analyze_paths(args.paths, settings=Settings(), log=log)
+    if args.output == "json":
+        sys.stdout.write(json.dumps([asdict(f) for f in findings], indent=2) + "\n")
+    elif findings:
+        sys.stdout.write("".join(f.render() + "\n" for f in findings))
+    else:
+        sys.stdout.write("\u2714 No validation issues found when analyzing " + ", ".join(map(str, args.paths)) + ".\n")
+    return 1 if any(f.level == "Error" for f in findings) else 0
 
 
 def _xds_arguments(parser: argparse.ArgumentParser, *, xds_port: int) -> None:
