@@ -58,7 +58,7 @@ def analyze_paths(paths: Sequence[pathlib.Path], *, settings: Settings, log: log
     refused = [e for e in generator.refused if e not in errors]
     origins = {resource.key: origin for origin, resource in store.resources()}
     found = [*store.errors(), *errors, *refused]
-    return sorted({_finding(e, origin=e.origin or origins.get(e.key, "")) for e in found})
+    return sorted({_finding(e, origin=e.origin or (origins.get(e.key, "") if e.key else "")) for e in found})
 
 
 def workload_proxies(world: World) -> list[Proxy]:

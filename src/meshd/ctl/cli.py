@@ -11,8 +11,11 @@ import sys
 from dataclasses import asdict
 
 from meshd.ctl.analyze import analyze_paths
+from meshd.ctl.proxy_config import KINDS, NoSuchProxy, resources
+from meshd.ctl.proxy_config import render_json as config_json
+from meshd.ctl.proxy_config import render_table as config_table
 from meshd.ctl.proxy_status import parse_syncz, render_json, render_table, select
-from meshd.ctl.xds_client import SYNCZ, XdsClientError, ask
+from meshd.ctl.xds_client import CONFIG_DUMP, SYNCZ, XdsClientError, ask
 from meshd.settings import Settings
 
 
@@ -25,6 +28,13 @@ def add_ctl_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], *,
     status.add_argument("-o", "--output", choices=["table", "json"], default="table")
     status.set_defaults(func=_proxy_status)
 
+    config = sub.add_parser("proxy-config", help="what meshd serves one proxy: clusters, listeners, routes, ...")
+    config.add_argument("kind", choices=KINDS)
+    config.add_argument("proxy", help="pod.namespace of a connected proxy, or any proxy's full node id")
+    _xds_arguments(config, xds_port=xds_port)
+    config.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    config.set_defaults(func=_proxy_config)
+
     analyze = sub.add_parser(
         "analyze",
         help="report every problem in a directory of Istio/Kubernetes YAML without serving (exit 1 on errors)",
@@ -32,6 +42,31 @@ def add_ctl_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], *,
     analyze.add_argument("paths", nargs="+", type=pathlib.Path, help="directories (read recursively) or files")
     analyze.add_argument("-o", "--output", choices=["text", "json"], default="text")
     analyze.set_defaults(func=_analyze)
+
+
+def _proxy_config(args: argparse.Namespace) -> int:
+    try:
+        response = asyncio.run(
+            ask(
+                args.xds_address,
+                CONFIG_DUMP,
+                names=(args.proxy,),
+                cert_dir=args.cert_dir,
+                authority=args.authority,
+                timeout_s=args.timeout,
+            )
+        )
+        items = resources(response, args.kind)
+    except XdsClientError as exc:
+        sys.stderr.write(f"meshd proxy-config: {exc}\n")
+        return 1
+    except NoSuchProxy:
+        sys.stderr.write(
+            f"meshd proxy-config: {args.proxy!r} is neither a connected proxy (pod.namespace) nor a node id\n"
+        )
+        return 1
+    sys.stdout.write(config_json(items) if args.output == "json" else config_table(args.kind, items))
+    return 0
 
 
 def _analyze(args: argparse.Namespace) -> int:

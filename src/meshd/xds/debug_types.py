@@ -13,6 +13,7 @@ The response's `control_plane.identifier` is the JSON istioctl reads for its IST
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.status.v3 import csds_pb2
 from google.protobuf import any_pb2
 
+from meshd.translate.proxy import InvalidNodeId, Proxy, parse_node_id
 from meshd.xds.hub import Connection, Hub
 from meshd.xds.resource import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 from meshd.xds.stream import TypeState
@@ -104,14 +106,16 @@ def syncz(hub: Hub, *, cluster_id: str) -> list[any_pb2.Any]:
 
 
 def config_dump(hub: Hub, names: Iterable[str]) -> list[any_pb2.Any]:
-    """The config meshd serves each named proxy (proxy id or full node id); unknown names are left out."""
+    """The config meshd serves each named proxy: a connected one by proxy id or node id, any other by its
+    full node id (computed as for a sidecar run by the agent, with SDS, not capturing); names that are
+    neither are left out."""
     out = []
     for name in names:
-        conn = _find(hub, name)
-        if conn is None:
+        proxy = _proxy(hub, name)
+        if proxy is None:
             continue
         dump = config_dump_pb2.ConfigDump()
-        snapshot = hub.snapshot_for(conn.proxy)
+        snapshot = hub.snapshot_for(proxy)
         clusters = config_dump_shared_pb2.ClustersConfigDump()
         listeners = config_dump_shared_pb2.ListenersConfigDump()
         routes = config_dump_shared_pb2.RoutesConfigDump()
@@ -139,11 +143,13 @@ def config_dump(hub: Hub, names: Iterable[str]) -> list[any_pb2.Any]:
     return out
 
 
-def _find(hub: Hub, name: str) -> Connection | None:
-    for conn in reversed(list(hub.connections.values())):
-        if name in (proxy_id(conn), conn.proxy.node_id):
-            return conn
-    return None
+def _proxy(hub: Hub, name: str) -> Proxy | None:
+    if (conn := hub.find(name)) is not None:
+        return conn.proxy
+    try:
+        return dataclasses.replace(parse_node_id(name), sds=True)
+    except InvalidNodeId:
+        return None
 
 
 def _packed(message: csds_pb2.ClientConfig | config_dump_pb2.ConfigDump) -> any_pb2.Any:

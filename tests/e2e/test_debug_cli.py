@@ -6,6 +6,7 @@ only an identity in meshd's namespace may ask."""
 from __future__ import annotations
 
 import asyncio
+import json
 import pathlib
 import sys
 
@@ -148,3 +149,30 @@ async def test_secure_port_answers_only_an_identity_in_meshds_namespace(mesh: Me
     assert code == 1 and "PERMISSION_DENIED" in err and "'istio-system'" in err, (out, err)
     code, out, err = await _istioctl("--xds-address", address, "--cert-dir", str(web), *secure)
     assert code != 0 and "PermissionDenied" in err + out, (out, err)
+
+
+async def test_proxy_config_shows_what_envoy_holds_and_computes_an_unconnected_proxy(mesh: Mesh) -> None:
+    address = ("--xds-address", f"127.0.0.1:{mesh.meshd.xds_port}")
+    code, out, err = await _meshd_ctl_config("clusters", "client.default", *address, "-o", "json")
+    assert code == 0, err
+    held = await mesh.envoys["client"].config_dump(resource="dynamic_active_clusters")
+    assert {c["name"] for c in json.loads(out)} == {c["cluster"]["name"] for c in held["configs"]}
+
+    code, out, err = await _meshd_ctl_config("endpoints", "client.default", *address)
+    assert code == 0, err
+    rows = [line.split() for line in out.splitlines()[1:]]
+    v1 = {row[0] for row in rows if row[3] == "outbound|9080|v1|web.default.svc.cluster.local"}
+    assert v1 == {f"{mesh.ip(2)}:15006"}, out  # web-v1's sidecar, as the client's Envoy routes it
+
+    # a proxy that never connected, by its node id: its inbound listener for the web service it backs
+    node = f"sidecar~{mesh.ip(2)}~web-v9.default~default.svc.cluster.local"
+    code, out, err = await _meshd_ctl_config("listeners", node, *address)
+    assert code == 0, err
+    assert any(line.split()[:3] == ["virtualInbound", mesh.ip(2), "15006"] for line in out.splitlines()), out
+
+    code, out, err = await _meshd_ctl_config("routes", "nobody.default", *address)
+    assert code == 1 and "neither a connected proxy" in err
+
+
+async def _meshd_ctl_config(*args: str) -> tuple[int, str, str]:
+    return await _run(sys.executable, "-m", "meshd", "proxy-config", *args)
