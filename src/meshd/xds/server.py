@@ -189,7 +189,9 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
 
     async def _send(self, conn: Connection, context: Any, *, changed_at: float, delta: bool) -> None:
         assert conn.snapshot is not None
-        for resp in conn.stream.responses(conn.snapshot):
+        view = conn.isolation.view(conn.snapshot)  # the versions it rejected held back
+        for resp in conn.stream.responses(view):
+            conn.isolation.sent(resp.type_url, resp.nonce, view)
             conn.change_times[resp.type_url] = (resp.nonce, changed_at)
             message = delta_response(resp) if delta else sotw_response(resp)
             kind = short_name(resp.type_url)
@@ -280,7 +282,17 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         if outcome.kind in ("ack", "nack") and sent is not None and sent[0] == nonce:
             changed_at = sent[1]
             del conn.change_times[outcome.type_url]
+        if outcome.kind == "ack":
+            conn.isolation.accepted(outcome.type_url, nonce)
         if outcome.kind == "nack":
+            rejected = conn.isolation.nacked(outcome.type_url, nonce, outcome.error or "")
+            if rejected:
+                self._log.warning(
+                    "event=resources_isolated proxy=%s type=%s names=%s",
+                    quoted(conn.proxy.node_id),
+                    kind,
+                    quoted([r.name for r in rejected][:10], 600),
+                )
             self._metrics.xds_rejects.inc(kind)
             if (dropped := self._log_limit.allow(("nack", conn.proxy.node_id))) is not None:
                 self._log.error(
