@@ -10,7 +10,7 @@ import pathlib
 import sys
 from dataclasses import asdict
 
-from meshd.ctl.analyze import analyze_paths
+from meshd.ctl.analyze import analyze_cluster, analyze_paths
 from meshd.ctl.proxy_config import KINDS, NoSuchProxy, resources
 from meshd.ctl.proxy_config import render_json as config_json
 from meshd.ctl.proxy_config import render_table as config_table
@@ -39,7 +39,10 @@ def add_ctl_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], *,
         "analyze",
         help="report every problem in a directory of Istio/Kubernetes YAML without serving (exit 1 on errors)",
     )
-    analyze.add_argument("paths", nargs="+", type=pathlib.Path, help="directories (read recursively) or files")
+    analyze.add_argument("paths", nargs="*", type=pathlib.Path, help="directories (read recursively) or files")
+    analyze.add_argument("--kubeconfig", type=pathlib.Path, help="analyze the cluster of this kubeconfig instead")
+    analyze.add_argument("-n", "--namespace", default="default", help="report this namespace's resources (cluster)")
+    analyze.add_argument("-A", "--all-namespaces", action="store_true", help="report every namespace (cluster)")
     analyze.add_argument("-o", "--output", choices=["text", "json"], default="text")
     analyze.set_defaults(func=_analyze)
 
@@ -70,19 +73,34 @@ def _proxy_config(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
+    if bool(args.paths) == (args.kubeconfig is not None):
+        sys.stderr.write("meshd analyze: give either files/directories or --kubeconfig\n")
+        return 2
     missing = [str(p) for p in args.paths if not p.exists()]
     if missing:
         sys.stderr.write(f"meshd analyze: no such file or directory: {', '.join(missing)}\n")
         return 2
     log = logging.getLogger("meshd.analyze")
-    log.setLevel(logging.WARNING + 10)  # findings are the output; the source's own log lines are not
-    findings = analyze_paths(args.paths, settings=Settings(), log=log)
+    log.setLevel(logging.CRITICAL)  # findings are the output; the readers' own log lines are not
+    if args.kubeconfig is not None:
+        settings = Settings(kubeconfig=args.kubeconfig, leader_election=False)
+        try:
+            findings = asyncio.run(analyze_cluster(args.kubeconfig, settings=settings, log=log))
+        except Exception as exc:
+            sys.stderr.write(f"meshd analyze: cannot read the cluster: {type(exc).__name__}: {exc}\n")
+            return 2
+        if not args.all_namespaces:
+            findings = [f for f in findings if f.resource.split(" ", 1)[-1].startswith(f"{args.namespace}/")]
+        where = "the cluster" if args.all_namespaces else f"namespace {args.namespace}"
+    else:
+        findings = analyze_paths(args.paths, settings=Settings(), log=log)
+        where = ", ".join(map(str, args.paths))
     if args.output == "json":
         sys.stdout.write(json.dumps([asdict(f) for f in findings], indent=2) + "\n")
     elif findings:
         sys.stdout.write("".join(f.render() + "\n" for f in findings))
     else:
-        sys.stdout.write("\u2714 No validation issues found when analyzing " + ", ".join(map(str, args.paths)) + ".\n")
+        sys.stdout.write(f"\u2714 No validation issues found when analyzing {where}.\n")
     return 1 if any(f.level == "Error" for f in findings) else 0
 
 
