@@ -12,9 +12,9 @@ from meshd.api.networking import exported_to
 from meshd.api.virtualservice import VirtualService
 from meshd.generate.reads import MissedInput
 from meshd.generate.tls_files import FileCheck
-from meshd.model.services import MeshService
+from meshd.model.services import MeshService, is_http
 from meshd.model.world import World
-from meshd.translate.listener_plan import ListenerPlan
+from meshd.translate.listener_plan import RESERVED_PORTS, ListenerPlan, l4_check_inputs, validate_l4_routes
 from meshd.translate.peer_auth import check_policies
 from meshd.translate.routes import delegate_inputs, validate_host_routes, wildcard_ports
 from meshd.translate.scope import Scope, ScopeKey, select_sidecar
@@ -23,6 +23,11 @@ from meshd.translate.spec import Ident
 from meshd.translate.upstream_tls import credential_settings
 
 MESH_SCOPE = ScopeKey("", None)
+
+
+def _host_checks(world: World, host: str) -> list[InvalidResource]:
+    """The HTTP routes and the TCP/TLS routes of a host's VirtualServices."""
+    return validate_host_routes(world, host) + validate_l4_routes(world, host)
 
 
 class WorldChecks:
@@ -60,15 +65,15 @@ class WorldChecks:
             delegates = tuple(delegate_inputs(world, vs) for vs in candidates)
             # a wildcard host's check covers the ports of every service it routes
             target: Hashable = (
-                tuple((p, s.hostname) for p, s in wildcard_ports(world, host).items())
+                (tuple((p, s.hostname) for p, s in wildcard_ports(world, host).items()), l4_check_inputs(world, host))
                 if host.startswith("*")
                 else Ident(world.services.get(host))
             )
             key = (host, Ident(candidates), target, Ident(world.rules_by_host.get(host)), deps, delegates)
             found = self.route_checks.get(key) or self._prev_route_checks.get(key)
             if found is None:
-                found = validate_host_routes(world, host)
-            elif self._check and found != validate_host_routes(world, host):
+                found = _host_checks(world, host)
+            elif self._check and found != _host_checks(world, host):
                 raise MissedInput(f"route check of {host} reused under key {key!r} but its result changed")
             self.route_checks[key] = found
             errors.update(dict.fromkeys(found))
@@ -87,6 +92,8 @@ class WorldChecks:
             _, sidecar_errors = select_sidecar(world, namespace=namespace, labels={}, root_namespace=self._root)
             errors.update(dict.fromkeys(sidecar_errors))
         errors.update(dict.fromkeys(self._credentials()))
+        errors.update(dict.fromkeys(_tunnels(world)))
+        errors.update(dict.fromkeys(_ingress_ports(world)))
         errors.update(dict.fromkeys(self._files.errors))
         errors.update(dict.fromkeys(check_policies(world.peer_authentications)))
         return list(errors)
@@ -103,5 +110,43 @@ class WorldChecks:
                     continue
                 export, owner = rule.spec.export_to, rule.metadata.namespace
                 seen = [ns for ns in namespaces if exported_to(export, owner_namespace=owner, namespace=ns)]
+                if rule.spec.workload_selector is not None:  # it applies in its own namespace only
+                    seen = [ns for ns in seen if ns == owner]
                 found += check_credentials(rule, world.secrets, namespaces=seen)
         return found
+
+
+def _tunnels(world: World) -> list[InvalidResource]:
+    """A DestinationRule `tunnel` applies to TCP and TLS ports (as in Istio): its HTTP ports are reported as
+    not tunnelled (a warning: the rule is served)."""
+    found: list[InvalidResource] = []
+    for host, rules in world.rules_by_host.items():
+        service = world.services.get(host)
+        if service is None:
+            continue
+        http = [p.number for p in service.ports if is_http(p.protocol)]
+        for rule in rules:
+            policies = [("spec.trafficPolicy", rule.spec.traffic_policy)]
+            policies += [
+                (f"spec.subsets[{i}].trafficPolicy", s.traffic_policy) for i, s in enumerate(rule.spec.subsets)
+            ]
+            for path, policy in policies:
+                if policy is not None and policy.tunnel is not None and http:
+                    ports = ", ".join(map(str, http))
+                    message = f"applies to TCP and TLS ports only: HTTP port(s) {ports} of {host} are not tunnelled"
+                    found.append(InvalidResource(rule.key, f"{path}.tunnel", message, severity="warning"))
+    return found
+
+
+def _ingress_ports(world: World) -> list[InvalidResource]:
+    """A Sidecar's ingress listener on one of Envoy's own ports is left out."""
+    found: list[InvalidResource] = []
+    for sidecars in world.sidecars.values():
+        for sidecar in sidecars:
+            for i, listener in enumerate(sidecar.spec.ingress):
+                if listener.port.number in RESERVED_PORTS:
+                    message = (
+                        f"port {listener.port.number} is reserved for the sidecar; this ingress listener is left out"
+                    )
+                    found.append(InvalidResource(sidecar.key, f"spec.ingress[{i}].port.number", message))
+    return found

@@ -33,6 +33,12 @@ from meshd.translate.clusters import inbound_cluster_specs
 from meshd.translate.listeners import inbound_listener_specs, outbound_listener_specs
 from meshd.translate.proxy import Proxy
 from meshd.translate.scope import Scope, ScopeKey
+from meshd.translate.sidecar_ingress import (
+    bound_ingress_listener_specs,
+    bound_ports,
+    ingress_cluster_specs,
+    plaintext_ports,
+)
 from meshd.xds.resource import CLUSTER, LISTENER, Snapshot, XdsResource
 
 Group = tuple[str, ScopeKey]  # a proxy group: (address, scope)
@@ -147,13 +153,15 @@ class ConfigGenerator:
         def inputs() -> Hashable:
             outbound_mode = queries.outbound_mode(key) if proxy.capture else None
             modes = queries.inbound_mtls(proxy.namespace, proxy.ip)
-            return (queries.plan(key), queries.served(proxy.ip), modes, proxy.sds, outbound_mode)
+            inbound = queries.sidecar_inbound(key)
+            return (queries.plan(key), queries.served(proxy.ip), modes, proxy.sds, outbound_mode, inbound)
 
         def build(ctx: Context, previous: Snapshot | None) -> tuple[Snapshot, list[MemoEntry]]:
             proxy, q = ctx.proxy, ctx.queries
             assert proxy is not None
             plan, served = q.plan(key), q.served(proxy.ip)
             modes = q.inbound_mtls(proxy.namespace, proxy.ip)
+            inbound = q.sidecar_inbound(key)
             inbound_port = self.options.inbound_port
             refused: list[MemoEntry] = []  # left out by the proto guard: reported while the layer is used
             if proxy.capture:
@@ -164,24 +172,37 @@ class ConfigGenerator:
                     sds=proxy.sds,
                     outbound_mode=q.outbound_mode(key),
                     inbound_port=inbound_port,
+                    inbound=inbound,
                 )
+                ingress_specs = bound_ingress_listener_specs(inbound, proxy, modes=modes, capture=True)
                 own = {
-                    LISTENER: build_all(listener_specs, refused),
-                    CLUSTER: build_all(capture_cluster_specs(served=served), refused),
+                    LISTENER: build_all([*listener_specs, *ingress_specs], refused),
+                    CLUSTER: build_all(
+                        capture_cluster_specs(served=served, inbound=inbound, address=proxy.ip), refused
+                    ),
                 }
             else:
-                # Bound to this proxy's address: nothing to share, so built directly (no memo).
+                # Bound to this proxy's address: nothing to share, so built directly (no memo). A Sidecar's
+                # ingress replaces the inbound side derived from the services (peers still reach its
+                # plaintext ports through the inbound port).
+                if inbound.ingress is not None:
+                    plaintext = plaintext_ports(inbound)
+                    served = tuple(e for e in served if e[2] in plaintext)
+                    clusters = ingress_cluster_specs(inbound, address=proxy.ip, capture=False)
+                else:
+                    clusters = inbound_cluster_specs(
+                        address=proxy.ip, target_ports=[t for _, _, t in served], pool=inbound.pool
+                    )
                 own = {
                     LISTENER: build_all(
                         [
-                            *outbound_listener_specs(plan, proxy),
+                            *outbound_listener_specs(plan, proxy, taken=bound_ports(inbound, proxy, capture=False)),
                             *inbound_listener_specs(proxy, served, inbound_port=inbound_port, modes=modes),
+                            *bound_ingress_listener_specs(inbound, proxy, modes=modes, capture=False),
                         ],
                         refused,
                     ),
-                    CLUSTER: build_all(
-                        inbound_cluster_specs(address=proxy.ip, target_ports=[t for _, _, t in served]), refused
-                    ),
+                    CLUSTER: build_all(clusters, refused),
                 }
             self.memo.keep(refused)
             return reuse_layer(own, previous), refused

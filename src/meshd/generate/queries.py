@@ -18,6 +18,7 @@ from meshd.translate.listeners import InboundEntry, inbound_index
 from meshd.translate.peer_auth import InboundMtls, workload_mtls
 from meshd.translate.routes import destination_hosts
 from meshd.translate.scope import Scope, ScopeKey
+from meshd.translate.sidecar_ingress import SidecarInbound, sidecar_inbound
 
 
 class Queries:
@@ -39,6 +40,8 @@ class Queries:
         self._previous_world = previous._world if previous is not None else None
         self._prev_plans = previous._plans if previous is not None else {}
         self._prev_inbound = previous._inbound if previous is not None else None
+        self._prev_files = previous._files.state if previous is not None else None
+        self._sidecar_inbound: dict[ScopeKey, SidecarInbound] = {}
 
     def scope(self, key: ScopeKey) -> Scope:
         """What the proxies of a scope key see (computed once per World)."""
@@ -89,6 +92,16 @@ class Queries:
             root_namespace=self._options.root_namespace,
         )
 
+    def sidecar_inbound(self, key: ScopeKey) -> SidecarInbound:
+        """The inbound side the scope's Sidecar declares (ingress listeners whose certificate files Envoy
+        could not load left out), or Istio's automatic one."""
+        found = self._sidecar_inbound.get(key)
+        if found is None:
+            sidecar = self.scope(key).sidecar
+            found = sidecar_inbound(sidecar, missing=self._files.missing_ingress(sidecar))
+            self._sidecar_inbound[key] = found
+        return found
+
     def outbound_mode(self, key: ScopeKey) -> str:
         """`outboundTrafficPolicy.mode` of the scope's Sidecar, else the mesh default."""
         sidecar = self.scope(key).sidecar
@@ -122,6 +135,8 @@ class Queries:
                 return None
             if world.peer_authentications is not before.peer_authentications:
                 return None  # inbound modes may change anywhere
+            if self._files.state != self._prev_files:
+                return None  # a Sidecar's ingress certificate file may have appeared or gone
             now, then = world.workloads, before.workloads
             moved = {ip for ip in now.keys() | then.keys() if now.get(ip) is not then.get(ip)}
             inbound, old_inbound = self._inbound_index(), self._prev_inbound

@@ -1,8 +1,9 @@
 """Certificate files named by DestinationRules (`clientCertificate`, `privateKey`, `caCertificates`,
-`caCrl`) must exist and hold what Envoy loads where the sidecar runs, or Envoy rejects the whole
-cluster update. Standalone sidecars share meshd's filesystem (the standalone conventions), so meshd
+`caCrl`) and by Sidecar ingress listeners (`serverCertificate`, `privateKey`, `caCertificates`, `caCrl`)
+must exist and hold what Envoy loads where the sidecar runs, or Envoy rejects the whole cluster (or
+listener) update. Standalone sidecars share meshd's filesystem (the standalone conventions), so meshd
 reads them: a rule naming a missing or unusable file is reported with its field, and the clusters
-that would open it are left out (their traffic fails closed, 503, instead of Envoy NACKing every
+(ingress listeners) that would open it are left out (their traffic fails closed, 503, instead of Envoy NACKing every
 cluster). Istio serves such files through its node agent's SDS instead, where a bad file leaves the
 cluster without a certificate: closed too. A file that changes is seen at the next push.
 """
@@ -15,6 +16,8 @@ from collections.abc import Callable
 from meshd.api import pem
 from meshd.api.destinationrule import ClientTLSSettings, DestinationRule
 from meshd.api.meta import InvalidResource
+from meshd.api.networking import Sidecar
+from meshd.api.sidecar_ingress import IngressTLSSettings
 from meshd.model.world import World
 from meshd.translate.spec import Ident
 from meshd.translate.upstream_tls import rule_files, tls_files
@@ -42,12 +45,43 @@ def _problem(tls: ClientTLSSettings, field: str, data: dict[str, bytes | None]) 
     return None
 
 
+def server_tls_files(tls: IngressTLSSettings) -> tuple[tuple[str, str], ...]:
+    """(field, path) of each certificate file an ingress listener's TLS makes Envoy open."""
+    fields = [
+        ("serverCertificate", tls.server_certificate),
+        ("privateKey", tls.private_key),
+        ("caCertificates", tls.ca_certificates),
+        ("caCrl", tls.ca_crl),
+    ]
+    return tuple((field, path) for field, path in fields if path)
+
+
+def _server_problem(tls: IngressTLSSettings, field: str, data: dict[str, bytes | None]) -> str | None:
+    path = dict(server_tls_files(tls))[field]
+    content = data[path]
+    if content is None:
+        return f"{path} does not exist or cannot be read on this host"
+    try:
+        if field == "privateKey":
+            cert = data.get(tls.server_certificate)
+            if cert is not None:
+                pem.check_key_pair(cert, content, cert_field=tls.server_certificate, key_field=path)
+        elif field == "caCrl":
+            pem.check_crl(content, what=path)
+        else:
+            pem.certificates(content, what=path)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 class FileCheck:
     """Which certificate files of the World's rules Envoy could not load, looked up once per push."""
 
     def __init__(self, world: World, *, read: ReadFile | None, previous: FileCheck | None = None) -> None:
         self._blocks: dict[Ident, tuple[tuple[str, ClientTLSSettings], ...]] = {}
         self._bad: dict[Ident, frozenset[str]] = {}
+        self._bad_ingress: dict[Ident, frozenset[str]] = {}
         self.errors: list[InvalidResource] = []
         self.state: tuple[tuple[str, str], ...] = ()  # (path, content digest): what the clusters were built on
         if read is None:
@@ -74,8 +108,36 @@ class FileCheck:
                             self.errors.append(InvalidResource(rule.key, f"{path}.{field}", message))
                 if bad:
                     self._bad[key] = frozenset(bad)
+        self._ingress_files(world, read, data)
         digests = {p: hashlib.sha256(c).hexdigest() if c is not None else "" for p, c in data.items()}
         self.state = tuple(sorted(digests.items()))
+
+    def _ingress_files(self, world: World, read: ReadFile, data: dict[str, bytes | None]) -> None:
+        for sidecars in world.sidecars.values():
+            for sidecar in sidecars:
+                bad: set[str] = set()
+                for i, listener in enumerate(sidecar.spec.ingress):
+                    tls = listener.tls
+                    if tls is None:
+                        continue
+                    files = server_tls_files(tls)
+                    for _, file in files:
+                        if file not in data:
+                            data[file] = read(file)
+                    for field, file in files:
+                        problem = _server_problem(tls, field, data)
+                        if problem is not None:
+                            bad.add(file)
+                            message = f"{problem}; this ingress listener is left out (Envoy would refuse it)"
+                            self.errors.append(InvalidResource(sidecar.key, f"spec.ingress[{i}].tls.{field}", message))
+                if bad:
+                    self._bad_ingress[Ident(sidecar)] = frozenset(bad)
+
+    def missing_ingress(self, sidecar: Sidecar | None) -> frozenset[str]:
+        """The files of a Sidecar's ingress listeners Envoy could not load (empty when not checked)."""
+        if sidecar is None or not self._bad_ingress:
+            return frozenset()
+        return self._bad_ingress.get(Ident(sidecar), frozenset())
 
     def missing(self, rule: DestinationRule | None) -> frozenset[str]:
         """The files of this rule Envoy could not load (empty when files are not checked)."""

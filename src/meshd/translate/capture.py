@@ -37,6 +37,7 @@ from google.protobuf import wrappers_pb2
 
 from meshd.model.services import is_http
 from meshd.translate import naming
+from meshd.translate.cluster_policy import inbound_pool
 from meshd.translate.clusters import CONNECT_TIMEOUT, socket_address
 from meshd.translate.l4_chain import filter_chain
 from meshd.translate.listener_plan import RESERVED_PORTS, ListenerPlan, PortPlan
@@ -52,7 +53,14 @@ from meshd.translate.listeners import (
 from meshd.translate.mtls import downstream_context, tls_socket
 from meshd.translate.peer_auth import InboundMtls
 from meshd.translate.proto import pack
-from meshd.translate.spec import Spec
+from meshd.translate.sidecar_ingress import (
+    AUTOMATIC,
+    IngressPort,
+    SidecarInbound,
+    ingress_chains,
+    ingress_cluster_specs,
+)
+from meshd.translate.spec import Ident, Spec
 
 VIRTUAL_OUTBOUND = "virtualOutbound"
 OUTBOUND_CAPTURE_PORT = 15001
@@ -149,8 +157,29 @@ def _is_http_target(entries: Sequence[InboundEntry]) -> bool:
     return any((sp := service.port(port)) is not None and is_http(sp.protocol) for service, port, _ in entries)
 
 
+def _ingress_chains(
+    ingress: tuple[IngressPort, ...], modes: InboundMtls, sds: bool
+) -> tuple[list[listener_components_pb2.FilterChain], bool]:
+    """A Sidecar's ingress ports (those traffic capture brings here), each matched by its port."""
+    chains: list[listener_components_pb2.FilterChain] = []
+    inspect = False
+    for port in ingress:
+        if not port.captured:
+            continue
+        found, split = ingress_chains(port, modes=modes, sds=sds)
+        for chain in found:
+            chain.filter_chain_match.destination_port.value = port.port
+        chains += found
+        inspect |= split
+    return chains, inspect
+
+
 def _virtual_inbound(
-    served: tuple[InboundEntry, ...], inbound_port: int, modes: InboundMtls, sds: bool
+    served: tuple[InboundEntry, ...],
+    inbound_port: int,
+    modes: InboundMtls,
+    sds: bool,
+    ingress: tuple[IngressPort, ...] | None = None,
 ) -> listener_pb2.Listener:
     listener = listener_pb2.Listener(
         name=naming.VIRTUAL_INBOUND, address=socket_address(ANY_ADDRESS, inbound_port), traffic_direction=INBOUND
@@ -164,6 +193,10 @@ def _virtual_inbound(
     loop.filter_chain_match.destination_port.value = inbound_port
     chains = [loop]
     inspect = False
+    if ingress is not None:  # a Sidecar's ingress replaces the ports derived from the services
+        found, inspect = _ingress_chains(ingress, modes, sds)
+        chains += found
+        served = ()
     for target, entries in served_ports(served).items():
         mode = modes.for_port(target)
         http = _is_http_target(entries)
@@ -196,7 +229,9 @@ def _virtual_inbound(
 # --- clusters --------------------------------------------------------------------------------------
 
 
-def _original_destination(name: str, *, bind: str | None) -> cluster_pb2.Cluster:
+def _original_destination(
+    name: str, *, bind: str | None, pool: Ident | None = None, port: int = 0
+) -> cluster_pb2.Cluster:
     cluster = cluster_pb2.Cluster(
         name=name,
         type=cluster_pb2.Cluster.ORIGINAL_DST,
@@ -205,6 +240,7 @@ def _original_destination(name: str, *, bind: str | None) -> cluster_pb2.Cluster
     )
     if bind is not None:
         cluster.upstream_bind_config.CopyFrom(address_pb2.BindConfig(source_address=_source(bind)))
+    inbound_pool(cluster, pool, port=port, protocol="TCP")  # a Sidecar's inboundConnectionPool
     return cluster
 
 
@@ -228,6 +264,7 @@ def capture_listener_specs(
     sds: bool,
     outbound_mode: str,
     inbound_port: int,
+    inbound: SidecarInbound = AUTOMATIC,
 ) -> Iterator[Spec]:
     """Every listener of a capture-mode proxy. Nothing is bound to its address: proxies of a scope
     with the same served ports and modes get the same listeners."""
@@ -242,13 +279,17 @@ def capture_listener_specs(
             yield Spec(name, ("lds-cap-http", port_plan.port), partial(_outbound_http, port_plan.port))
         else:
             yield Spec(name, ("lds-cap-l4", port_plan, outbound_mode), partial(_outbound_l4, port_plan, outbound_mode))
-    key = ("lds-cap-in", served, inbound_port, modes, sds)
-    yield Spec(naming.VIRTUAL_INBOUND, key, partial(_virtual_inbound, served, inbound_port, modes, sds))
+    ingress = inbound.ingress
+    key = ("lds-cap-in", served, inbound_port, modes, sds, ingress)
+    yield Spec(naming.VIRTUAL_INBOUND, key, partial(_virtual_inbound, served, inbound_port, modes, sds, ingress))
 
 
-def capture_cluster_specs(*, served: tuple[InboundEntry, ...]) -> Iterator[Spec]:
+def capture_cluster_specs(
+    *, served: tuple[InboundEntry, ...], inbound: SidecarInbound = AUTOMATIC, address: str = ""
+) -> Iterator[Spec]:
     """PassthroughCluster, BlackHoleCluster, InboundPassthroughCluster and `inbound|<port>||` per served
-    port: original-destination clusters (the inbound ones from 127.0.0.6)."""
+    port: original-destination clusters (the inbound ones from 127.0.0.6); with a Sidecar's ingress, its
+    clusters to the application instead (`translate/sidecar_ingress.py`)."""
     yield Spec(PASSTHROUGH, ("cds-cap", PASSTHROUGH), partial(_original_destination, PASSTHROUGH, bind=None))
     yield Spec(BLACKHOLE, ("cds-cap", BLACKHOLE), _blackhole)
     yield Spec(
@@ -256,6 +297,14 @@ def capture_cluster_specs(*, served: tuple[InboundEntry, ...]) -> Iterator[Spec]
         ("cds-cap", INBOUND_PASSTHROUGH),
         partial(_original_destination, INBOUND_PASSTHROUGH, bind=INBOUND_SOURCE),
     )
+    if inbound.ingress is not None:
+        yield from ingress_cluster_specs(inbound, address=address, capture=True)
+        return
+    pool = inbound.pool
     for target in served_ports(served):
         name = naming.inbound_cluster(port=target)
-        yield Spec(name, ("cds-cap-in", target), partial(_original_destination, name, bind=INBOUND_SOURCE))
+        yield Spec(
+            name,
+            ("cds-cap-in", target, pool),
+            partial(_original_destination, name, bind=INBOUND_SOURCE, pool=pool, port=target),
+        )

@@ -21,6 +21,7 @@ from meshd.api.values import parse_duration
 from meshd.model.services import MeshService, ServicePort, is_http
 from meshd.translate.policy import EffectivePolicy
 from meshd.translate.proto import duration, pack
+from meshd.translate.spec import Ident
 from meshd.translate.upstream_tls import apply_upstream_tls
 
 UINT32_MAX = 4_294_967_295
@@ -138,6 +139,21 @@ def _apply_connection_pool(cluster: _Cluster, pool: ConnectionPoolSettings | Non
             thresholds.max_retries.value = http.max_retries
     if is_http(port.protocol):
         _apply_http_protocol(cluster, pool, port)
+
+
+def apply_connection_pool(cluster: _Cluster, pool: ConnectionPoolSettings | None, port: ServicePort) -> None:
+    """Circuit breakers (Istio's defaults at the maximum), connect timeout, keepalive and HTTP protocol
+    options of a connection pool, on any cluster (Sidecar `inboundConnectionPool` on inbound clusters)."""
+    _apply_connection_pool(cluster, pool, port)
+
+
+def inbound_pool(cluster: _Cluster, pool: Ident | None, *, port: int, protocol: str) -> None:
+    """A Sidecar's connection pool (`inboundConnectionPool`, an ingress listener's `connectionPool`, compared
+    by identity) on an inbound cluster; none: the cluster is left as it is."""
+    if pool is not None:
+        settings = pool.obj
+        assert isinstance(settings, ConnectionPoolSettings)
+        _apply_connection_pool(cluster, settings, ServicePort(name="", number=port, protocol=protocol))
 
 
 def _apply_http_protocol(cluster: _Cluster, pool: ConnectionPoolSettings, port: ServicePort) -> None:

@@ -16,13 +16,13 @@ from meshd.api.destinationrule import DestinationRule
 from meshd.model.services import Endpoint, MeshService, ServicePort
 from meshd.translate import naming
 from meshd.translate.client_mtls import ClusterMtls, cluster_mtls, service_identities
-from meshd.translate.cluster_policy import apply_policy
+from meshd.translate.cluster_policy import apply_policy, inbound_pool
 from meshd.translate.locality import locality_groups
 from meshd.translate.policy import EffectivePolicy, effective_policy
 from meshd.translate.proto import pack
 from meshd.translate.proxy_protocol import apply_proxy_protocol
 from meshd.translate.scope import Scope
-from meshd.translate.spec import Spec, ident
+from meshd.translate.spec import Ident, Spec, ident
 from meshd.translate.upstream_tls import sds_names, tls_files
 
 CONNECT_TIMEOUT = duration_pb2.Duration(seconds=10)
@@ -186,9 +186,9 @@ def clusters_opening(
     }
 
 
-def _inbound_cluster(address: str, port: int) -> cluster_pb2.Cluster:
+def _inbound_cluster(address: str, port: int, pool: Ident | None) -> cluster_pb2.Cluster:
     name = naming.inbound_cluster(port=port)
-    return cluster_pb2.Cluster(
+    cluster = cluster_pb2.Cluster(
         name=name,
         type=cluster_pb2.Cluster.STATIC,
         connect_timeout=CONNECT_TIMEOUT,
@@ -205,11 +205,16 @@ def _inbound_cluster(address: str, port: int) -> cluster_pb2.Cluster:
             ],
         ),
     )
+    inbound_pool(cluster, pool, port=port, protocol="TCP")
+    return cluster
 
 
-def inbound_cluster_specs(*, address: str, target_ports: Iterable[int]) -> Iterator[Spec]:
-    """`inbound|<port>||`: a static cluster to the local app at <workload address>:<port>."""
+def inbound_cluster_specs(*, address: str, target_ports: Iterable[int], pool: Ident | None = None) -> Iterator[Spec]:
+    """`inbound|<port>||`: a static cluster to the local app at <workload address>:<port> (with the Sidecar's
+    inboundConnectionPool, if any)."""
     for port in sorted(set(target_ports)):
         yield Spec(
-            naming.inbound_cluster(port=port), ("cds-in", address, port), partial(_inbound_cluster, address, port)
+            naming.inbound_cluster(port=port),
+            ("cds-in", address, port, pool),
+            partial(_inbound_cluster, address, port, pool),
         )

@@ -21,10 +21,10 @@ from meshd.api.destinationrule import DestinationRule
 from meshd.api.meta import InvalidResource, ResourceKey
 from meshd.api.virtualservice import VirtualService
 from meshd.model.services import MeshService, ServicePort, is_http, is_tls
-from meshd.model.world import resolve_host
+from meshd.model.world import World, resolve_host
 from meshd.translate import naming
 from meshd.translate.l4_chain import L4Chain, distinct, normalise_cidr
-from meshd.translate.l4_route import L4Context, chain_policy, sidecar_applies
+from meshd.translate.l4_route import L4Context, chain_policy, route_chain, sidecar_applies, validating
 from meshd.translate.scope import Scope
 from meshd.translate.tcp_route import tcp_route_chains
 from meshd.translate.tls_route import tls_route_chains
@@ -130,8 +130,8 @@ class ListenerPlan:
         """The chains of one service: its VirtualService's applicable routes, else its default chain."""
         tls = is_tls(_port_protocol(service, port))
         addresses = tuple(normalise_cidr(a) for a in service.addresses) if self._capture else ()
-        for vs in self._virtual_services(service):
-            if not (vs.spec.tcp or (tls and vs.spec.tls)):
+        for vs in self._virtual_services(service):  # the oldest valid one with TCP or TLS routes
+            if not (vs.spec.tcp or vs.spec.tls):
                 continue
             try:
                 chains = self._route_chains(vs, port, tls=tls, addresses=addresses)
@@ -191,3 +191,63 @@ def _named(chains: Iterable[L4Chain]) -> list[L4Chain]:
         seen[chain.name] = count + 1
         out.append(chain if not count else replace(chain, name=f"{chain.name}#{count}"))
     return out
+
+
+def _l4_ports(world: World, host: str) -> list[int]:
+    """The TCP/TLS ports of the service(s) a VirtualService host routes (a wildcard host: every service it
+    covers)."""
+    if not host.startswith("*"):
+        service = world.services.get(host)
+        services = [service] if service is not None else []
+    else:
+        candidates = world.virtual_services.get(host)
+        services = [s for s in world.services.values() if world.virtual_services_for(s.hostname) is candidates]
+    return sorted({p.number for s in services for p in s.ports if not is_http(p.protocol)})
+
+
+def l4_check_inputs(world: World, host: str) -> tuple[int, ...]:
+    """What `validate_l4_routes` reads of a host besides its VirtualServices and their destinations."""
+    return tuple(_l4_ports(world, host))
+
+
+def validate_l4_routes(world: World, host: str) -> list[InvalidResource]:
+    """The TCP and TLS routes of a host's VirtualServices checked at each TCP/TLS port of the host against
+    the default DestinationRules, so a rejected resource is reported whichever proxies it would reach; a
+    younger VirtualService with TCP/TLS routes for the same host is reported as ignored."""
+    candidates = [vs for vs in world.virtual_services.get(host, ()) if vs.spec.tcp or vs.spec.tls]
+    ports = _l4_ports(world, host)
+    if not candidates or not ports:
+        return []
+    errors: list[InvalidResource] = []
+    chosen: VirtualService | None = None
+    for vs in candidates:
+        namespace = vs.metadata.namespace
+
+        def resolve(name: str, namespace: str = namespace) -> tuple[str, MeshService | None]:
+            fqdn = resolve_host(name, namespace=namespace, domain_suffix=world.domain_suffix)
+            return fqdn, world.services.get(fqdn)
+
+        try:
+            for port in ports:
+                ctx = L4Context(
+                    key=vs.key,
+                    namespace=namespace,
+                    port=port,
+                    resolve=resolve,
+                    rule_for=world.destination_rules.get,
+                    applies=validating,
+                )
+                for i, tcp in enumerate(vs.spec.tcp):
+                    route_chain(ctx, tcp.route, f"spec.tcp[{i}].route")
+                for i, tls in enumerate(vs.spec.tls):
+                    route_chain(ctx, tls.route, f"spec.tls[{i}].route")
+        except InvalidResource as err:
+            errors.append(err)
+            continue
+        if chosen is None:
+            chosen = vs
+        else:
+            field = "spec.tcp" if vs.spec.tcp else "spec.tls"
+            message = f"{host} is already routed (TCP/TLS) by the older VirtualService {chosen.key}; ignored"
+            errors.append(InvalidResource(vs.key, field, message))
+    return errors

@@ -32,7 +32,7 @@ __all__ = ["RESERVED_PORTS", "ListenerPlan"]
 DEFAULT_INBOUND = InboundMtls()
 
 
-def _hcm_filter(
+def hcm_filter(
     hcm: hcm_pb2.HttpConnectionManager, filters: list[hcm_pb2.HttpFilter] | None = None
 ) -> listener_components_pb2.Filter:
     hcm.codec_type = hcm_pb2.HttpConnectionManager.AUTO
@@ -63,7 +63,7 @@ def outbound_http_chain(port: int) -> listener_components_pb2.FilterChain:
         stat_prefix=f"outbound_{port}",
         rds=hcm_pb2.Rds(config_source=ads_config_source(), route_config_name=naming.route_config(port=port)),
     )
-    return listener_components_pb2.FilterChain(filters=[_hcm_filter(hcm, outbound_http_filters())])
+    return listener_components_pb2.FilterChain(filters=[hcm_filter(hcm, outbound_http_filters())])
 
 
 def _outbound_l4(proxy: Proxy, plan: PortPlan) -> listener_pb2.Listener:
@@ -79,9 +79,14 @@ def _outbound_l4(proxy: Proxy, plan: PortPlan) -> listener_pb2.Listener:
     return listener
 
 
-def outbound_listener_specs(plan: ListenerPlan, proxy: Proxy) -> Iterator[Spec]:
-    """The outbound listeners of a proxy without traffic capture, bound on its address."""
+def outbound_listener_specs(
+    plan: ListenerPlan, proxy: Proxy, *, taken: frozenset[tuple[str, int]] = frozenset()
+) -> Iterator[Spec]:
+    """The outbound listeners of a proxy without traffic capture, bound on its address (except ports a
+    Sidecar's ingress listener binds there: `taken`)."""
     for port_plan in plan.ports:
+        if (proxy.ip, port_plan.port) in taken:
+            continue
         name = naming.outbound_listener(ip=proxy.ip, port=port_plan.port)
         if port_plan.http:
             yield Spec(name, ("lds-out", proxy.ip, port_plan.port), partial(_outbound_http, proxy, port_plan.port))
@@ -134,7 +139,7 @@ def inbound_http_chain(
         details.subject.value = True
         details.uri = True
         details.dns = True
-    chain = listener_components_pb2.FilterChain(filters=[_hcm_filter(hcm)])
+    chain = listener_components_pb2.FilterChain(filters=[hcm_filter(hcm)])
     if mtls:
         chain.transport_socket.CopyFrom(tls_socket(downstream_context()))
     if peer_identity:

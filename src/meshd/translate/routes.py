@@ -77,16 +77,15 @@ def _routed_vss(world: World, vs: VirtualService) -> list[VirtualService]:
 
 
 def destination_hosts(world: World, vs: VirtualService) -> list[str]:
-    """The resolved hosts a VirtualService (with its delegates) routes or mirrors to: its routes
-    depend on their ports and rules."""
+    """The resolved hosts a VirtualService (with its delegates) routes or mirrors to, by its HTTP, TCP
+    and TLS routes: its routes depend on their ports and rules."""
     hosts: set[str] = set()
     for owner in _routed_vss(world, vs):
-        for http in owner.spec.http:
-            for d in destinations(http):
-                dest = getattr(d, "destination", d)
-                hosts.add(
-                    resolve_host(dest.host, namespace=owner.metadata.namespace, domain_suffix=world.domain_suffix)
-                )
+        found = [getattr(d, "destination", d) for http in owner.spec.http for d in destinations(http)]
+        found += [d.destination for tcp in owner.spec.tcp for d in tcp.route]
+        found += [d.destination for tls in owner.spec.tls for d in tls.route]
+        for dest in found:
+            hosts.add(resolve_host(dest.host, namespace=owner.metadata.namespace, domain_suffix=world.domain_suffix))
     return sorted(hosts)
 
 
