@@ -104,6 +104,18 @@ def _inline_secrets(cluster: dict[str, Any], secrets: dict[str, dict[str, Any]],
             part["filename"] = files.get(part["filename"], part["filename"])
 
 
+def _local_files(node: Any, files: dict[str, str]) -> None:
+    """Certificate file paths anywhere in a resource (a listener's TLS) replaced by files that exist."""
+    if isinstance(node, dict):
+        if isinstance(node.get("filename"), str):
+            node["filename"] = files.get(node["filename"], node["filename"])
+        for value in node.values():
+            _local_files(value, files)
+    elif isinstance(node, list):
+        for value in node:
+            _local_files(value, files)
+
+
 def _from_agent(sds: dict[str, Any]) -> bool:
     return "apiConfigSource" in sds.get("sdsConfig", {})
 
@@ -140,6 +152,7 @@ def validation_bootstrap(
     for cluster in copy.deepcopy(rendered["clusters"][proxy]):
         cluster.pop("@type")
         _inline_secrets(cluster, secrets, files or {})
+        _local_files(cluster, files or {})  # also in transport sockets that wrap the TLS one (PROXY protocol)
         if cluster.get("type") == "EDS":
             name = cluster.pop("edsClusterConfig")["serviceName"]
             cluster["type"] = "STATIC"
@@ -150,6 +163,7 @@ def validation_bootstrap(
     listeners = []
     for listener in copy.deepcopy(rendered["listeners"][proxy]):
         listener.pop("@type")
+        _local_files(listener, files or {})
         for chain in listener.get("filterChains", []):
             for filt in chain.get("filters", []):
                 config = filt.get("typedConfig", {})

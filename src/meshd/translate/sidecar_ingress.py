@@ -150,7 +150,9 @@ def _ingress_cluster(port: IngressPort, address: str, capture: bool) -> cluster_
     )
     if capture and not isinstance(port.endpoint, str) and port.endpoint[0] in ("0.0.0.0", "::"):
         # to the workload's own address: from 127.0.0.6, which the capture rules do not send back to 15006
-        cluster.upstream_bind_config.source_address.CopyFrom(address_pb2.SocketAddress(address=LOCAL_SOURCE))
+        cluster.upstream_bind_config.source_address.CopyFrom(
+            address_pb2.SocketAddress(address=LOCAL_SOURCE, port_value=0)
+        )
     inbound_pool(cluster, port.pool, port=port.port, protocol=port.protocol)
     return cluster
 
