@@ -32,9 +32,7 @@ tok-web: {namespace: default, serviceAccount: web}
 async def mesh(tmp_path: pathlib.Path) -> object:
     tokens = tmp_path / "tokens.yaml"
     tokens.write_text(TOKENS)
-    async with logs_on_failure(
-        Mesh(work_dir=tmp_path, delta=False, meshd_args=("--ca-token-file", str(tokens)))
-    ) as m:
+    async with logs_on_failure(Mesh(work_dir=tmp_path, delta=False, meshd_args=("--ca-token-file", str(tokens)))) as m:
         m.write("web.yaml", SERVICE.format(v1=m.ip(2), v2=m.ip(3)))
         m.write("web-vs.yaml", virtual_service(80, 20))
         await m.meshd.start()
@@ -44,9 +42,7 @@ async def mesh(tmp_path: pathlib.Path) -> object:
 
 
 async def _run(*argv: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
