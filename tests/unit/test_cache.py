@@ -295,6 +295,122 @@ def _peer_authentication(rng: random.Random, ns: str) -> dict[str, Any]:
             "spec": spec}  # fmt: skip
 
 
+def _tcp_service(rng: random.Random, ns: str) -> list[dict[str, Any]]:
+    """A TCP and a TLS service (with or without a ClusterIP), their endpoints and subsets v1/v2 (or only v1)."""
+    ip = rng.choice([None, "10.96.7.1", "10.96.7.2"])
+    spec: dict[str, Any] = {"ports": [{"name": "tcp", "port": 9000}, {"name": "tls", "port": 8443}]}
+    if ip is not None:
+        spec["clusterIP"] = ip
+    subsets = [{"name": "v1", "labels": {"version": "v1"}}] + (
+        [{"name": "v2", "labels": {"version": "v2"}}] if rng.random() < 0.7 else []
+    )
+    return [
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "t1", "namespace": ns}, "spec": spec},
+        {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+         "metadata": {"name": "t1", "namespace": ns, "labels": {"kubernetes.io/service-name": "t1"}},
+         "ports": [{"name": "tcp", "port": 9000}, {"name": "tls", "port": 8443}],
+         "endpoints": [{"addresses": ["10.0.0.1"]}, {"addresses": ["10.0.0.2"]}]},
+        {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "t1", "namespace": ns},
+         "spec": {"host": "t1", "subsets": subsets,
+                  "trafficPolicy": rng.choice([{}, {"connectionPool": {"tcp": {"idleTimeout": "5s"}}},
+                                               {"tunnel": {"targetHost": "192.0.2.9", "targetPort": 9000}},
+                                               {"tunnel": {"targetHost": "192.0.2.9", "targetPort": 9000,
+                                                           "protocol": "POST"}}])}},
+    ]  # fmt: skip
+
+
+def _l4_route(rng: random.Random, ns: str) -> dict[str, Any]:
+    """A VirtualService with tcp routes (weights, port / sourceLabels / destinationSubnets matches) or tls routes
+    by SNI, to subsets that may not exist (rejected, then accepted once a DestinationRule change adds them)."""
+
+    def destination(subset: str) -> dict[str, Any]:
+        return {"destination": {"host": "t1", "subset": subset, "port": {"number": 9000}}}
+
+    matches = rng.choice([[], [{"port": 9000}], [{"sourceLabels": {"app": rng.choice(["wide", "narrow"])}}],
+                          [{"destinationSubnets": ["192.0.2.0/24"]}]])  # fmt: skip
+    weight = rng.choice([0, 30, 80])
+    tcp = [
+        {"match": matches, "route": [destination("v2")]},
+        {"route": [{**destination("v1"), "weight": weight}, {**destination("v2"), "weight": 100 - weight}]},
+    ]
+    if rng.random() < 0.5:
+        spec: dict[str, Any] = {"hosts": ["t1"], "tcp": tcp}
+    else:
+        sni = rng.choice(["t1.example.com", "*.example.com"])
+        spec = {"hosts": ["t1", "*.example.com"],
+                "tls": [{"match": [{"sniHosts": [sni], "port": 8443, **(matches[0] if matches else {})}],
+                         "route": [{"destination": {"host": "t1", "subset": rng.choice(["v1", "v2"])}}]}]}  # fmt: skip
+    return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "l4", "namespace": ns}, "spec": spec}  # fmt: skip
+
+
+def _egress(rng: random.Random, ns: str) -> dict[str, Any]:
+    """An egress ServiceEntry: resolution NONE (captured proxies only), DNS or STATIC; a wildcard, CIDR
+    ranges or single addresses; TLS, HTTP or TCP ports (several share 443 by SNI)."""
+    resolution = rng.choice(["NONE", "NONE", "DNS", "STATIC"])
+    host = rng.choice(["api.example.com", "*.wild.test", "db.example.net"])
+    if host.startswith("*") and resolution in ("DNS", "STATIC"):
+        resolution = "NONE"
+    port = rng.choice([{"number": 443, "name": "tls", "protocol": "TLS"},
+                       {"number": 80, "name": "http", "protocol": "HTTP"},
+                       {"number": 9000, "name": "tcp", "protocol": "TCP"}])  # fmt: skip
+    spec: dict[str, Any] = {"hosts": [host], "ports": [port], "resolution": resolution}
+    if resolution in ("NONE", "STATIC") and rng.random() < 0.5:
+        spec["addresses"] = [rng.choice(["192.0.2.0/24", "198.51.100.7/32", "198.51.100.8"])]
+    if resolution == "STATIC":
+        spec["endpoints"] = [{"address": "10.20.0.1"}]
+    name = "egress-" + host.replace("*", "star").replace(".", "-")
+    return {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+            "metadata": {"name": name, "namespace": ns}, "spec": spec}  # fmt: skip
+
+
+def _ingress_sidecar(rng: random.Random, ns: str) -> dict[str, Any]:
+    """A Sidecar for app=narrow workloads declaring ingress ports (or none), an inboundConnectionPool, TLS."""
+    ingress = [{"port": {"number": 8088, "protocol": rng.choice(["HTTP", "TCP"]), "name": "in"},
+                "defaultEndpoint": rng.choice(["127.0.0.1:9088", "0.0.0.0:9089"]),
+                "captureMode": rng.choice(["DEFAULT", "NONE"])}]  # fmt: skip
+    if rng.random() < 0.4:
+        ingress.append({"port": {"number": 8443, "protocol": "TCP", "name": "tls"}, "defaultEndpoint": "127.0.0.1:7443",
+                        "tls": {"mode": "SIMPLE", "serverCertificate": "/c.pem", "privateKey": "/k.pem"}})  # fmt: skip
+    spec: dict[str, Any] = {"workloadSelector": {"labels": {"app": "narrow"}}}
+    if rng.random() < 0.8:
+        spec["ingress"] = ingress
+    if rng.random() < 0.5:
+        spec["inboundConnectionPool"] = {"tcp": {"maxConnections": rng.choice([5, 50])}}
+    if rng.random() < 0.5:
+        spec["outboundTrafficPolicy"] = {"mode": rng.choice(["ALLOW_ANY", "REGISTRY_ONLY"])}
+    return {"apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
+            "metadata": {"name": "ingress", "namespace": ns}, "spec": spec}  # fmt: skip
+
+
+def _selector_rule(rng: random.Random, ns: str) -> dict[str, Any]:
+    """A DestinationRule for s1 selecting app=wide or app=narrow workloads, with its own policy."""
+    policy = rng.choice([{"loadBalancer": {"simple": "RANDOM"}},
+                         {"proxyProtocol": {"version": rng.choice(["V1", "V2"])}},
+                         {"tls": {"mode": "SIMPLE", "sni": "s1.example.com"}}])  # fmt: skip
+    return {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": "selected", "namespace": ns},
+            "spec": {"host": "s1", "workloadSelector": {"matchLabels": {"app": rng.choice(["wide", "narrow"])}},
+                     "trafficPolicy": policy, "subsets": [{"name": "v1", "labels": {"version": "v1"}}]}}  # fmt: skip
+
+
+_L4_CHANGES = {"tcp-service": _tcp_service, "l4-route": _l4_route, "egress": _egress,
+               "ingress": _ingress_sidecar, "selector-rule": _selector_rule}  # fmt: skip
+
+
+def _features_seen(snapshot: object, seen: dict[str, int]) -> None:
+    """Count what the random L4 / egress / ingress / selector changes put in a snapshot."""
+    by_type = _content(snapshot)
+    listeners = b"".join(by_type.get(LISTENER, {}).values())
+    clusters = by_type.get(CLUSTER, {})
+    seen["sni"] += b"tls_inspector" in listeners and b".example.com" in listeners
+    seen["weighted"] += b"|v2|t1." in listeners and b"|v1|t1." in listeners
+    seen["tunnel"] += b"192.0.2.9:9000" in listeners
+    seen["original-dst"] += any(n.startswith("outbound|") and b"\x10\x04" in body[:64] for n, body in clusters.items())
+    seen["ingress"] += "inbound|8088||" in clusters
+    seen["proxy-protocol"] += any(b"upstream_proxy_protocol" in body for body in clusters.values())
+
+
 def _mtls_seen(snapshot: object) -> tuple[int, int]:
     """(outbound clusters with Istio mTLS, inbound listeners with an mTLS chain) in a snapshot."""
     by_type = _content(snapshot)
@@ -330,6 +446,12 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     outbound_modes: set[bytes] = set()
     policies: set[ResourceKey] = set()
     rejections_seen = 0
+    features: dict[str, int] = dict.fromkeys(
+        ("sni", "weighted", "tunnel", "original-dst", "ingress", "proxy-protocol"), 0
+    )
+    # TCP/TLS services and routes, egress ServiceEntries, Sidecar ingress, workload-selected rules: drawn from a
+    # stream of their own and pushed with the other changes of a step
+    l4_rng = random.Random(seed + 1000)
     for step in range(80):
         ns, name = rng.choice(["a", "b"]), rng.choice(["s1", "s2"])
         choice = rng.random()
@@ -411,8 +533,12 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
             if mode is not None:
                 sidecar["spec"]["outboundTrafficPolicy"] = {"mode": mode}
             docs = [sidecar]
+        if l4_rng.random() < 0.5:
+            made = _L4_CHANGES[l4_rng.choice(sorted(_L4_CHANGES))](l4_rng, l4_rng.choice(["a", "b"]))
+            docs = [*docs, *(made if isinstance(made, list) else [made])]
         generator = mesh.apply(_resources(docs), deleted=deleted)
         hub.publish(generator, changed_at=float(step))
+        assert not hub.failures, hub.failures  # a build that raises (check mode) keeps a stale snapshot
         fresh = ConfigGenerator(
             generator.world, options=GenerateOptions(inbound_port=15006, sidecar_endpoint_port=15006)
         )
@@ -428,6 +554,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
             assert not (clusters or listeners) or conn.proxy.sds  # never to a proxy without SDS
             mtls_seen[0] += clusters
             mtls_seen[1] += listeners
+            _features_seen(conn.snapshot, features)
             listeners_held = conn.snapshot.resources.get(LISTENER, {})
             assert ("virtualOutbound" in listeners_held) == conn.proxy.capture
             if conn.proxy.capture:
@@ -436,6 +563,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     assert served_secrets  # the random changes did reach the SDS layer
     assert rejections_seen  # and rejected VirtualServices (a subset that comes and goes)
     assert all(mtls_seen)  # and mTLS reached the clusters and inbound listeners of SDS proxies
+    assert all(features.values()), features  # and every L4 / egress / ingress / selector feature reached a proxy
 
 
 def test_virtual_service_errors_are_carried_across_pushes_and_follow_their_rule() -> None:

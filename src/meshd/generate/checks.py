@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable
 
+from meshd.api.destinationrule import DestinationRule
 from meshd.api.meta import InvalidResource
 from meshd.api.networking import exported_to
 from meshd.api.virtualservice import VirtualService
 from meshd.generate.reads import MissedInput
 from meshd.generate.tls_files import FileCheck
+from meshd.model.derive import RuleSelector, rule_selector
 from meshd.model.services import MeshService, is_http
 from meshd.model.world import World
 from meshd.translate.listener_plan import RESERVED_PORTS, ListenerPlan, l4_check_inputs, validate_l4_routes
@@ -26,8 +28,23 @@ MESH_SCOPE = ScopeKey("", None)
 
 
 def _host_checks(world: World, host: str) -> list[InvalidResource]:
-    """The HTTP routes and the TCP/TLS routes of a host's VirtualServices."""
-    return validate_host_routes(world, host) + validate_l4_routes(world, host)
+    """The HTTP routes and the TCP/TLS routes of a host's VirtualServices, against the default rules and
+    against the rules each DestinationRule workload selector picks instead (its proxies see those)."""
+    found = validate_host_routes(world, host) + validate_l4_routes(world, host)
+    for selector in world.rule_selectors:
+        rule_for = _selected_rules(world, selector)
+        found += validate_host_routes(world, host, rule_for) + validate_l4_routes(world, host, rule_for)
+    return list(dict.fromkeys(found))
+
+
+def _selected_rules(world: World, selector: RuleSelector) -> Callable[[str], DestinationRule | None]:
+    """The rule a proxy picked by `selector` gets for a host: the selected one, else the default."""
+
+    def rule_for(host: str) -> DestinationRule | None:
+        selected = next((r for r in world.rules_by_host.get(host, ()) if rule_selector(r) == selector), None)
+        return selected if selected is not None else world.destination_rules.get(host)
+
+    return rule_for
 
 
 class WorldChecks:
@@ -69,7 +86,8 @@ class WorldChecks:
                 if host.startswith("*")
                 else Ident(world.services.get(host))
             )
-            key = (host, Ident(candidates), target, Ident(world.rules_by_host.get(host)), deps, delegates)
+            rules = Ident(world.rules_by_host.get(host))
+            key = (host, Ident(candidates), target, rules, deps, delegates, world.rule_selectors)
             found = self.route_checks.get(key) or self._prev_route_checks.get(key)
             if found is None:
                 found = _host_checks(world, host)

@@ -233,6 +233,10 @@ class ConfigGenerator:
         exactly what this generation would build, decided without building it: same shared layers
         (the same objects), same listener plan, nothing moved at its address, no Sidecar change."""
         assert isinstance(key, ScopeKey)
+        if self.scope_key(proxy) != key:
+            # its scope moved (e.g. a new DestinationRule workload selector or sourceLabels selector now
+            # distinguishes it): the held snapshot was built for another scope
+            return False
         group = (proxy.ip, key)
         before = self._prev_group_layers.get(group)
         moved = self.queries.moved_addresses()

@@ -210,10 +210,12 @@ def l4_check_inputs(world: World, host: str) -> tuple[int, ...]:
     return tuple(_l4_ports(world, host))
 
 
-def validate_l4_routes(world: World, host: str) -> list[InvalidResource]:
+def validate_l4_routes(
+    world: World, host: str, rule_for: Callable[[str], DestinationRule | None] | None = None
+) -> list[InvalidResource]:
     """The TCP and TLS routes of a host's VirtualServices checked at each TCP/TLS port of the host against
-    the default DestinationRules, so a rejected resource is reported whichever proxies it would reach; a
-    younger VirtualService with TCP/TLS routes for the same host is reported as ignored."""
+    the default DestinationRules (or `rule_for`), so a rejected resource is reported whichever proxies it
+    would reach; a younger VirtualService with TCP/TLS routes for the same host is reported as ignored."""
     candidates = [vs for vs in world.virtual_services.get(host, ()) if vs.spec.tcp or vs.spec.tls]
     ports = _l4_ports(world, host)
     if not candidates or not ports:
@@ -234,7 +236,7 @@ def validate_l4_routes(world: World, host: str) -> list[InvalidResource]:
                     namespace=namespace,
                     port=port,
                     resolve=resolve,
-                    rule_for=world.destination_rules.get,
+                    rule_for=rule_for if rule_for is not None else world.destination_rules.get,
                     applies=validating,
                 )
                 for i, tcp in enumerate(vs.spec.tcp):

@@ -155,10 +155,13 @@ def wildcard_ports(world: World, host: str) -> dict[int, MeshService]:
     return dict(sorted(out.items()))
 
 
-def validate_host_routes(world: World, host: str) -> list[InvalidResource]:
+def validate_host_routes(
+    world: World, host: str, rule_for: Callable[[str], DestinationRule | None] | None = None
+) -> list[InvalidResource]:
     """The VirtualServices of one host (or wildcard host: once per port of the services it covers)
-    checked against the default DestinationRules, so a rejected resource is reported whichever
-    proxies it would reach."""
+    checked against the default DestinationRules (or `rule_for`: those a workload selector picks), so a
+    rejected resource is reported whichever proxies it would reach."""
+    rules = rule_for if rule_for is not None else world.destination_rules.get
     errors: list[InvalidResource] = []
     candidates = world.virtual_services.get(host, ())
     if host.startswith("*"):
@@ -167,7 +170,7 @@ def validate_host_routes(world: World, host: str) -> list[InvalidResource]:
         service = world.services.get(host)
         targets = [(sp.number, service) for sp in service.ports if is_http(sp.protocol)] if service else []
     for port, target in targets:
-        errors += _host_routes(world, target, _validation_context(port), candidates, world.destination_rules.get)[1]
+        errors += _host_routes(world, target, _validation_context(port), candidates, rules)[1]
     return list(dict.fromkeys(errors))
 
 
