@@ -8,6 +8,8 @@ dials the hosts' IP addresses with the SNI (or Host) of the name it means, as an
   a destination no ServiceEntry names, is refused; a CIDR range in `addresses` is matched as a range.
 - HTTP by Host on port 80 (allow-listed Host passes, another gets the 502 of `block_all`).
 - ALLOW_ANY: what was refused passes through to its original destination.
+- The client's Sidecar `ingress` port 8088: a caller outside the pod, captured into virtualInbound, reaches the
+  app listening on 127.0.0.1:9088 only.
 Skipped, with the reason, without root, `ip netns` or iptables."""
 
 from __future__ import annotations
@@ -85,6 +87,15 @@ except Exception as exc:
     print(json.dumps({"error": repr(exc)}))
 """
 
+LOOPBACK_APP = """
+import socketserver, sys
+class Named(socketserver.BaseRequestHandler):
+    def handle(self):
+        self.request.sendall(f"{sys.argv[1]}\\n".encode())
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer(("127.0.0.1", 9088), Named).serve_forever()
+"""
+
 HOSTS = {"api": "api.example.test", "oth": "other.example.test", "wld": "foo.wild.test", "far": "far.example.test"}
 
 
@@ -104,6 +115,9 @@ kind: Sidecar
 metadata: {{name: default, namespace: default}}
 spec:
   outboundTrafficPolicy: {{mode: {mode}}}
+  ingress:
+  - port: {{number: 8088, protocol: TCP, name: tcp-custom}}
+    defaultEndpoint: 127.0.0.1:9088
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -201,6 +215,8 @@ async def egress() -> AsyncIterator[Egress]:
     try:
         lab.create()
         client_ns, client_ip = lab.pod("client", capture=True)
+        loopback_app = [LOOPBACK_APP, "client-app"]
+        await lab.spawn(client_ns, sys.executable, "-c", *loopback_app, log=str(workdir / "client-app.log"))
         authority = Authority()
         (workdir / "ca.pem").write_bytes(authority.pem)
         ips: dict[str, str] = {}
@@ -259,6 +275,12 @@ async def test_registry_only_allows_listed_hosts_by_sni_range_and_host_then_allo
     assert errors == [], errors  # two TLS ServiceEntries on 443 are no collision
     status = await mesh.debug("/debug/syncz")
     assert len(status) == 1 and all(t["nacked"] is None for c in status for t in c["types"].values()), status
+
+    # the Sidecar's ingress port, from outside the pod: captured into virtualInbound, to the loopback app
+    code = (
+        f"import socket;s=socket.create_connection(('{mesh.client_ip}', 8088), timeout=5);print(s.recv(100).decode())"
+    )
+    assert (await mesh.lab.python(mesh.lab.node, code)).strip() == "client-app"
 
     mesh.write("ALLOW_ANY")
 
