@@ -278,7 +278,8 @@ class ConfigGenerator:
         once, by the same functions; a rejection only the build path knows would be lost)."""
         if not self._precomputed:
             self.precompute()
-        unreported = [e for e in self.outbound.build_errors if e not in self._errors]
+        found = [*self.outbound.build_errors, *self.queries.plan_errors()]
+        unreported = [e for e in found if e not in self._errors]
         if unreported:
             raise AssertionError(f"rejections found while building but not reported: {unreported}")
 

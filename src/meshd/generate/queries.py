@@ -9,6 +9,7 @@ read of the World and a reused entry is checked against the value this generatio
 from __future__ import annotations
 
 from meshd.api.destinationrule import DestinationRule
+from meshd.api.meta import InvalidResource
 from meshd.api.virtualservice import VirtualService
 from meshd.generate.options import GenerateOptions
 from meshd.generate.tls_files import FileCheck
@@ -68,6 +69,11 @@ class Queries:
             scope = self.scope(key)
             plan = self._plans[key] = ListenerPlan(scope.services, scope=scope)
         return plan
+
+    def plan_errors(self) -> list[InvalidResource]:
+        """The TCP/TLS route rejections met while planning this generation's scopes (check mode compares
+        them with what the World checks report)."""
+        return [e for plan in self._plans.values() for e in plan.route_errors]
 
     def plan_unchanged(self, key: ScopeKey) -> bool:
         previous = self._prev_plans.get(key)
