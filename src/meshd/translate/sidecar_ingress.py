@@ -12,7 +12,7 @@ or with `captureMode: NONE`, a listener bound on `bind` (default: the workload's
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 
@@ -296,7 +296,3 @@ def bound_ports(inbound: SidecarInbound, proxy: Proxy, *, capture: bool) -> froz
     return frozenset(
         (port.bind or proxy.ip, port.port) for port in inbound.ingress or () if not (capture and port.captured)
     )
-
-
-def captured_ports(ingress: Sequence[IngressPort]) -> list[IngressPort]:
-    return [p for p in ingress if p.captured]
