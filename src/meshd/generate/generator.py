@@ -28,7 +28,7 @@ from meshd.generate.reads import Context, Tracer
 from meshd.generate.scope_keys import ScopeKeys
 from meshd.generate.tls_files import FileCheck, ReadFile
 from meshd.model.world import World
-from meshd.translate.capture import capture_cluster_specs, capture_listener_specs
+from meshd.translate.capture import capture_cluster_specs, capture_listener_specs, inbound_protocols
 from meshd.translate.clusters import inbound_cluster_specs
 from meshd.translate.listeners import inbound_listener_specs
 from meshd.translate.proxy import Proxy
@@ -180,7 +180,12 @@ class ConfigGenerator:
                         refused,
                     ),
                     CLUSTER: build_all(
-                        inbound_cluster_specs(address=proxy.ip, target_ports=[t for _, _, t in served]), refused
+                        inbound_cluster_specs(
+                            address=proxy.ip,
+                            target_ports=[t for _, _, t in served],
+                            protocols=inbound_protocols(served),
+                        ),
+                        refused,
                     ),
                 }
             self.memo.keep(refused)

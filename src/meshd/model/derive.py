@@ -82,7 +82,7 @@ def mesh_service(svc: Service, *, suffix: str) -> MeshService:
         ServicePort(
             name=p.name,
             number=p.port,
-            protocol=protocol_of(name=p.name, app_protocol=p.app_protocol),
+            protocol=protocol_of(name=p.name, app_protocol=p.app_protocol, transport=p.protocol),
             target_port=p.target_port if p.target_port is not None else p.port,
         )
         for p in svc.spec.ports

@@ -11,7 +11,7 @@ from envoy.config.route.v3 import route_components_pb2
 from meshd.api.destinationrule import DestinationRule
 from meshd.api.meta import InvalidResource
 from meshd.api.virtualservice import VirtualService
-from meshd.model.services import MeshService, is_http
+from meshd.model.services import MeshService, routes_http
 from meshd.model.world import World, resolve_host
 from meshd.protowire import length_delimited
 from meshd.translate import naming
@@ -151,7 +151,7 @@ def wildcard_ports(world: World, host: str) -> dict[int, MeshService]:
     for service in world.services.values():
         if world.virtual_services_for(service.hostname) is candidates:
             for sp in service.ports:
-                if is_http(sp.protocol):
+                if routes_http(sp.protocol):
                     out.setdefault(sp.number, service)
     return dict(sorted(out.items()))
 
@@ -166,7 +166,7 @@ def validate_host_routes(world: World, host: str) -> list[InvalidResource]:
         targets = list(wildcard_ports(world, host).items())
     else:
         service = world.services.get(host)
-        targets = [(sp.number, service) for sp in service.ports if is_http(sp.protocol)] if service else []
+        targets = [(sp.number, service) for sp in service.ports if routes_http(sp.protocol)] if service else []
     for port, target in targets:
         errors += _host_routes(world, target, _validation_context(port), candidates, world.destination_rules.get)[1]
     return list(dict.fromkeys(errors))
@@ -301,7 +301,7 @@ class RouteTable:
         by_port: dict[int, list[MeshService]] = {}
         for service, ports in self.scope.services:
             for sp in ports:
-                if is_http(sp.protocol):
+                if routes_http(sp.protocol):
                     by_port.setdefault(sp.number, []).append(service)
         for port, services in sorted(by_port.items()):
             entries = [(s, self._vhost_key(s, port)) for s in services]
