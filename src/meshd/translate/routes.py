@@ -109,7 +109,7 @@ def uses_source(vss: Sequence[VirtualService], world: World) -> tuple[bool, bool
     return namespace, labels
 
 
-def _host_routes(
+def host_routes(
     world: World,
     service: MeshService,
     match: MatchContext,
@@ -168,7 +168,7 @@ def validate_host_routes(world: World, host: str) -> list[InvalidResource]:
         service = world.services.get(host)
         targets = [(sp.number, service) for sp in service.ports if routes_http(sp.protocol)] if service else []
     for port, target in targets:
-        errors += _host_routes(world, target, _validation_context(port), candidates, world.destination_rules.get)[1]
+        errors += host_routes(world, target, _validation_context(port), candidates, world.destination_rules.get)[1]
     return list(dict.fromkeys(errors))
 
 
@@ -265,7 +265,7 @@ class RouteTable:
     def _vhost(self, service: MeshService, port: int) -> VhostBody:
         scope = self.scope
         match = MatchContext(port=port, namespace=scope.namespace, source_matches=scope.source_matches)
-        routes, errors = _host_routes(
+        routes, errors = host_routes(
             scope.world, service, match, scope.virtual_services(service.hostname), scope.destination_rule
         )
         # Reported once per World, whatever proxies are connected, by validate_host_routes (the same
