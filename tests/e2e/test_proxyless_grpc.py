@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import pathlib
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
@@ -95,12 +94,14 @@ async def proxyless(tmp_path: pathlib.Path) -> AsyncIterator[tuple[Mesh, pathlib
             await server.start()
         node_id = f"sidecar~{mesh.ip(1)}~client.default~default.svc.cluster.local"
         bootstrap = tmp_path / "grpc-bootstrap.json"
-        made = subprocess.run(
-            [sys.executable, "-m", "meshd", "bootstrap", "--proxyless", "--node-id", node_id,
-             "--xds-address", f"127.0.0.1:{mesh.meshd.xds_port}", "--labels", "app=client"],
-            capture_output=True, text=True, check=True,
+        made = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "meshd", "bootstrap", "--proxyless", "--node-id", node_id,
+            "--xds-address", f"127.0.0.1:{mesh.meshd.xds_port}", "--labels", "app=client",
+            stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
-        bootstrap.write_text(made.stdout)
+        out, _ = await made.communicate()
+        assert made.returncode == 0
+        bootstrap.write_text(out.decode())
         try:
             yield mesh, bootstrap, servers
         finally:
