@@ -192,9 +192,11 @@ class OutboundLayers:
             # never on endpoints. WorldState keeps each of these the same object while unchanged.
             world = self.world
             deps: list[Ident | None] = []
-            for service, _ in scope.services:
+            for service, ports in scope.services:
                 vss = world.virtual_services_for(service.hostname)
                 deps += (Ident(vss), Ident(world.rules_by_host.get(service.hostname)))
+                if service.headless:  # its pods' virtual hosts
+                    deps += tuple(Ident(world.endpoints.get((service.hostname, p.number))) for p in ports)
                 for vs in vss or ():
                     deps += delegate_inputs(world, vs)
                     for host in self.destinations(vs):

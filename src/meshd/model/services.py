@@ -95,6 +95,9 @@ class MeshService:
     creation: str = ""
     export_to: tuple[str, ...] = ()  # Istio exportTo; empty = everyone
     mesh_external: bool = False  # a ServiceEntry with location MESH_EXTERNAL (never auto mTLS)
+    # A Kubernetes Service with clusterIP None: its pods are also reached one by one, by the hostname
+    # their EndpointSlice gives them (StatefulSets: `<pod>.<service>.<ns>.svc.<domain>`) or their address.
+    headless: bool = False
     _hash: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -113,6 +116,7 @@ class MeshService:
                     self.creation,
                     self.export_to,
                     self.mesh_external,
+                    self.headless,
                 )
             ),
         )
@@ -136,6 +140,7 @@ class Endpoint:
     locality: str = ""  # region/zone/subzone ("" when unknown)
     # The workload's sidecar captures its traffic (iptables): peers reach it at its own port.
     captured: bool = False
+    hostname: str = ""  # its hostname within a headless service (EndpointSlice `hostname`, StatefulSet pods)
     _hash: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -150,6 +155,7 @@ class Endpoint:
             self.weight,
             self.locality,
             self.captured,
+            self.hostname,
         )
         object.__setattr__(self, "_hash", hash(fields))
 

@@ -16,6 +16,7 @@ from meshd.model.services import Endpoint, MeshService, ServicePort
 from meshd.translate import naming
 from meshd.translate.client_mtls import ClusterMtls, cluster_mtls, service_identities
 from meshd.translate.cluster_policy import apply_policy
+from meshd.translate.headless import pods
 from meshd.translate.locality import locality_groups
 from meshd.translate.policy import effective_policy
 from meshd.translate.proto import pack
@@ -132,6 +133,14 @@ def service_cluster_specs(scope: Scope, service: MeshService, ports: Sequence[Se
                 yield Spec(name, key, partial(_dns_cluster, service, port, subset, dns, rule, mtls))
             else:
                 yield Spec(name, key, partial(_outbound, service, port, subset, rule, mtls))
+        for pod, _ in pods(scope.world, service, port.number):  # a headless service's pods, one by one
+            name = naming.outbound_cluster(port=port.number, host=pod.hostname)
+            mtls = None
+            if scope.key.sds:
+                policy = effective_policy(rule, port=port.number)
+                mtls = cluster_mtls(scope, pod, port, "", policy, identities=identities)
+            key = ("cds", pod, port, "", ident(rule), (), mtls)
+            yield Spec(name, key, partial(_outbound, pod, port, "", rule, mtls))
 
 
 def service_secret_names(scope: Scope, service: MeshService, ports: Sequence[ServicePort]) -> frozenset[str]:

@@ -16,6 +16,7 @@ from meshd.model.world import World, resolve_host
 from meshd.protowire import length_delimited
 from meshd.translate import naming
 from meshd.translate.delegate import delegate_keys, expand
+from meshd.translate.headless import pod_virtual_hosts
 from meshd.translate.http_match import MatchContext
 from meshd.translate.http_route import (
     RouteContext,
@@ -238,8 +239,11 @@ class RouteTable:
         source = (scope.namespace if by_namespace else None, scope.key.source if by_labels else None)
         same_namespace = service.namespace == scope.namespace
         own_rule = ident(scope.destination_rule(service.hostname))  # its hash policy, without a VirtualService
+        # a headless service's pods have virtual hosts of their own: its endpoints (their names, addresses)
+        pods = ident(world.endpoints.get((service.hostname, port))) if service.headless else None
         return (
-            service, port, tuple(Ident(vs) for vs in candidates), deps, delegates, source, same_namespace, own_rule
+            service, port, tuple(Ident(vs) for vs in candidates), deps, delegates, source, same_namespace, own_rule,
+            pods,
         )  # fmt: skip
 
     def _vhost_bytes(self, service: MeshService, port: int, key: Hashable) -> VhostBody:
@@ -292,6 +296,9 @@ class RouteTable:
                 parts.append(length_delimited(_RC_VIRTUAL_HOSTS, body))
             else:
                 refused += body
+            if service.headless:
+                for vhost in pod_virtual_hosts(self.scope.world, service, port):
+                    parts.append(length_delimited(_RC_VIRTUAL_HOSTS, vhost.SerializeToString(deterministic=True)))
         if self._catch_all is not None and not any("*" in s.hostname.split(".") for s, _ in entries):
             parts.append(length_delimited(_RC_VIRTUAL_HOSTS, catch_all_vhost(self._catch_all)))
         parts.append(length_delimited(_RC_VALIDATE_CLUSTERS, b""))  # validate_clusters: false
