@@ -5,7 +5,9 @@
   the server sidecar speaks HTTP/2 (h2c) to the app;
 - WebSocket: an aiohttp client and server echo through both sidecars (the upgrade is allowed);
 - a port whose name says nothing: HTTP on it gets the HTTP VirtualService (a fault abort on one path, the
-  app on the others), raw TCP on another unnamed port still flows (http_inspector falls back to TCP).
+  app on the others), raw TCP on another unnamed port still flows (http_inspector falls back to TCP);
+- a headless service of two StatefulSet-like pods: each reached by its own name and address, the service
+  name load balanced over both.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from tests.e2e.harness import Mesh, eventually, free_port, logs_on_failure
 pytestmark = pytest.mark.e2e
 
 ECHO = "echo.default.svc.cluster.local"
-GRPC_PORT, WS_PORT, PLAIN_PORT, RAW_PORT = 7070, 8090, 8070, 8071
+GRPC_PORT, WS_PORT, PLAIN_PORT, RAW_PORT, DB_PORT = 7070, 8090, 8070, 8071, 8072
 
 CONFIG = """\
 apiVersion: v1
@@ -53,6 +55,21 @@ kind: Service
 metadata: {{name: raw, namespace: default}}
 spec:
   ports: [{{port: 8071, targetPort: {raw_app}}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: db, namespace: default}}
+spec:
+  clusterIP: None
+  ports: [{{name: http, port: 8072, targetPort: {db_app}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: db-1, namespace: default, labels: {{kubernetes.io/service-name: db}}}}
+ports: [{{name: http, port: {db_app}}}]
+endpoints:
+- {{addresses: [{db0}], hostname: db-0}}
+- {{addresses: [{db1}], hostname: db-1}}
 ---
 {pods}
 ---
@@ -159,7 +176,7 @@ async def _tcp_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) 
 class ProtocolMesh:
     def __init__(self, mesh: Mesh) -> None:
         self.mesh = mesh
-        self.ports = {name: free_port() for name in ("grpc", "ws", "plain", "raw")}
+        self.ports = {name: free_port() for name in ("grpc", "ws", "plain", "raw", "db")}
         self.servers: list[EchoServer] = []
         self.closers: list[object] = []
 
@@ -181,8 +198,8 @@ class ProtocolMesh:
         )
         p = self.ports
         return CONFIG.format(
-            grpc_app=p["grpc"], ws_app=p["ws"], plain_app=p["plain"], raw_app=p["raw"], pods=pods,
-            v1=m.ip(2), v2=m.ip(3), ws=m.ip(4), plain=m.ip(5), raw=m.ip(6),
+            grpc_app=p["grpc"], ws_app=p["ws"], plain_app=p["plain"], raw_app=p["raw"], db_app=p["db"], pods=pods,
+            v1=m.ip(2), v2=m.ip(3), ws=m.ip(4), plain=m.ip(5), raw=m.ip(6), db0=m.ip(7), db1=m.ip(8),
         )  # fmt: skip
 
     async def start(self) -> None:
@@ -201,6 +218,8 @@ class ProtocolMesh:
         await web.TCPSite(runner, m.ip(4), self.ports["ws"]).start()
         self.closers.append(runner)
         await m.app(service="plain", version="v1", pod="plain", ip=m.ip(5), port=self.ports["plain"])
+        for pod, n in (("db-0", 7), ("db-1", 8)):
+            await m.app(service="db", version=pod, pod=pod, ip=m.ip(n), port=self.ports["db"])
         raw = await asyncio.start_server(_tcp_echo, m.ip(6), self.ports["raw"])
         self.closers.append(raw)
         for pod, n in (("client", 1), ("echo-v1", 2), ("echo-v2", 3), ("ws", 4), ("plain", 5)):
@@ -316,3 +335,22 @@ async def test_unnamed_ports_sniff_http_for_routes_and_carry_raw_tcp(protocols: 
     assert await eventually(raw, timeout=30, what="raw TCP on an unnamed port") == b"raw:\x00\x01binary, not HTTP"
     raw_cluster = f"cluster.outbound|{RAW_PORT}||raw.default.svc.cluster.local"
     assert await _stat(lab.mesh, "client", f"{raw_cluster}.upstream_cx_total")
+
+
+async def test_headless_service_pods_by_name_and_address(protocols: ProtocolMesh) -> None:
+    lab = protocols
+
+    async def answer(host: str) -> str:
+        status, _, body = await lab.mesh.request(via_ip=lab.client_ip, host=host, port=DB_PORT)
+        assert status == 200, (host, status, body)
+        version: str = json.loads(body)["version"]
+        return version
+
+    first = f"db-0.db.default.svc.cluster.local:{DB_PORT}"
+    assert await eventually(lambda: answer(first), timeout=30, what="the pod db-0 by name") == "db-0"
+    for _ in range(10):  # always that pod, never load balanced
+        assert await answer(first) == "db-0"
+        assert await answer(f"db-1.db.default.svc.cluster.local:{DB_PORT}") == "db-1"
+        assert await answer(f"{lab.mesh.ip(8)}:{DB_PORT}") == "db-1"  # by the pod's address
+    both = {await answer(f"db.default.svc.cluster.local:{DB_PORT}") for _ in range(30)}
+    assert both == {"db-0", "db-1"}  # the service's own name: both pods
