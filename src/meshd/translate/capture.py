@@ -210,7 +210,8 @@ def _virtual_inbound(
     loop = _tcp_chain("virtualInbound-blackhole", BLACKHOLE)
     loop.filter_chain_match.destination_port.value = inbound_port
     chains = [loop]
-    inspect = inspect_http = False
+    inspect = False
+    sniffed: list[int] = []
     for target, entries in served_ports(served).items():
         mode = modes.for_port(target)
         protocol = target_protocol(entries)
@@ -228,7 +229,7 @@ def _virtual_inbound(
                 if is_sniffed(protocol):
                     match_sniffed_http(chain)
                     chain.name += "-http"
-                    inspect_http = True
+                    sniffed.append(target)
                 per_port.append((mtls, chain))
             if not is_http(protocol):
                 # Sniffed ports over mTLS are proxied as TCP (the client's ALPN does not say HTTP).
@@ -245,8 +246,8 @@ def _virtual_inbound(
     chains += [chain for _, chain in passthrough]
     if inspect:
         listener.listener_filters.append(tls_inspector())
-    if inspect_http:
-        sniff(listener, timeout_s=detection_timeout)
+    if sniffed:
+        sniff(listener, timeout_s=detection_timeout, ports=sniffed)
     listener.filter_chains.extend(chains)
     return listener
 

@@ -17,7 +17,7 @@ the downstream's protocol for sniffed ports (`inbound|<port>||` and outbound clu
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from envoy.config.core.v3 import protocol_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
@@ -25,6 +25,7 @@ from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_p
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.mongo_proxy.v3 import mongo_proxy_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from envoy.type.v3 import range_pb2
 from google.protobuf import duration_pb2
 
 from meshd.model.services import UNKNOWN, is_http, is_http2, is_sniffed
@@ -44,10 +45,28 @@ def http_inspector() -> listener_components_pb2.ListenerFilter:
     )
 
 
-def sniff(listener: listener_pb2.Listener, *, timeout_s: float) -> None:
+def sniff(listener: listener_pb2.Listener, *, timeout_s: float, ports: Sequence[int] = ()) -> None:
     """Add protocol detection to a listener: http_inspector, waiting at most `timeout_s` (0: no limit) for
-    the client's first bytes, then carrying on as TCP (Istio's protocolDetectionTimeout)."""
-    listener.listener_filters.append(http_inspector())
+    the client's first bytes, then carrying on as TCP (Istio's protocolDetectionTimeout). With `ports`, only
+    for connections to those destination ports (as Istio's inbound listener does): a TCP protocol whose
+    first bytes could start an HTTP request line must not wait for detection on a port that needs none."""
+    inspector = http_inspector()
+    if ports:
+        ranges = [
+            listener_components_pb2.ListenerFilterChainMatchPredicate(
+                destination_port_range=range_pb2.Int32Range(start=port, end=port + 1)
+            )
+            for port in sorted(set(ports))
+        ]
+        wanted = (
+            ranges[0]
+            if len(ranges) == 1
+            else listener_components_pb2.ListenerFilterChainMatchPredicate(
+                or_match=listener_components_pb2.ListenerFilterChainMatchPredicate.MatchSet(rules=ranges)
+            )
+        )
+        inspector.filter_disabled.not_match.CopyFrom(wanted)
+    listener.listener_filters.append(inspector)
     seconds = int(timeout_s)
     listener.listener_filters_timeout.CopyFrom(
         duration_pb2.Duration(seconds=seconds, nanos=round((timeout_s - seconds) * 1e9))
