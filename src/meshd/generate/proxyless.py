@@ -3,8 +3,10 @@ LayerCache (`proxyless`): their listeners, route configurations and clusters, pl
 assignments of the scope's shared cluster layer (the same objects sidecars get).
 
 It is built from what the scope's shared cluster and route layers are built from (the visible services,
-their rules, endpoints and VirtualServices), so its key is those two layers, by identity: a layer is the
-previous object exactly while its own inputs are unchanged. Check mode replays the build's reads on reuse.
+their rules, endpoints and VirtualServices), so its key is the cluster layer by identity (the previous
+object exactly while its own inputs are unchanged) and the route layer's inputs (not the layer: a
+VirtualService on a TCP port changes no sidecar route but a gRPC client's). Check mode replays the
+build's reads on reuse.
 """
 
 from __future__ import annotations
@@ -40,10 +42,11 @@ class ProxylessLayers:
 
     def layer(self, scope: Scope, context: Context) -> Snapshot:
         clusters = self._outbound.cluster_layer(scope).layer
-        routes = self._outbound.route_layer(scope.key)
 
         def inputs() -> Hashable:
-            return (Ident(clusters), Ident(routes))
+            # the shared cluster layer covers endpoints and rules; routes are built from what the scope's
+            # route layer is (whatever the port's protocol: gRPC clients get routes on every port)
+            return (Ident(clusters), self._outbound.route_inputs(scope.key))
 
         def build(ctx: Context, previous: Snapshot | None) -> tuple[Snapshot, list[MemoEntry]]:
             assert ctx.scope is not None
