@@ -42,6 +42,7 @@ def serve_settings(args: argparse.Namespace) -> Settings:
         enable_test_hooks=args.enable_test_hooks,
         enable_auto_mtls=not args.disable_auto_mtls,
         outbound_traffic_policy=args.outbound_traffic_policy,
+        protocol_detection_timeout_s=args.protocol_detection_timeout,
         kubeconfig=_path(args.kubeconfig),
         namespace=args.namespace,
         kube_watch_timeout_s=args.kube_watch_timeout,
@@ -200,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["ALLOW_ANY", "REGISTRY_ONLY"],
         default=defaults.outbound_traffic_policy,
         help="capture mode: where unknown destinations go (a Sidecar's outboundTrafficPolicy wins)",
+    )
+    serve.add_argument(
+        "--protocol-detection-timeout",
+        type=float,
+        default=defaults.protocol_detection_timeout_s,
+        help="seconds a port without a declared protocol waits for the client's first bytes before TCP (0: no limit)",
     )
     serve.add_argument("--kubeconfig", help="read the cluster with this kubeconfig (no --config-dir: in-cluster)")
     serve.add_argument("--namespace", default=defaults.namespace, help="meshd's namespace (mesh ConfigMap `istio`)")

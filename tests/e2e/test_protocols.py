@@ -354,3 +354,52 @@ async def test_headless_service_pods_by_name_and_address(protocols: ProtocolMesh
         assert await answer(f"{lab.mesh.ip(8)}:{DB_PORT}") == "db-1"  # by the pod's address
     both = {await answer(f"db.default.svc.cluster.local:{DB_PORT}") for _ in range(30)}
     assert both == {"db-0", "db-1"}  # the service's own name: both pods
+
+
+GREETER = """\
+apiVersion: v1
+kind: Service
+metadata: {{name: greeter, namespace: default}}
+spec:
+  ports: [{{port: 8073, targetPort: {port}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: greeter-1, namespace: default, labels: {{kubernetes.io/service-name: greeter}}}}
+ports: [{{port: {port}}}]
+endpoints: [{{addresses: [{ip}]}}]
+"""
+
+
+async def test_a_server_first_protocol_on_an_unnamed_port_falls_back_to_tcp_after_the_detection_timeout(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The server speaks first (as MySQL does): http_inspector sees no byte until protocolDetectionTimeout
+    (`--protocol-detection-timeout 0.5`) ends, then the connection goes on as TCP and the greeting arrives."""
+    mesh_args = ("--protocol-detection-timeout", "0.5")
+    async with logs_on_failure(Mesh(work_dir=tmp_path, delta=False, meshd_args=mesh_args)) as mesh:
+        port = free_port()
+
+        async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"220 hello from the server\r\n")
+            await writer.drain()
+            await reader.read(100)
+            writer.close()
+
+        server = await asyncio.start_server(greet, mesh.ip(2), port)
+        try:
+            mesh.write("greeter.yaml", GREETER.format(port=port, ip=mesh.ip(2)))
+            await mesh.meshd.start()
+            await mesh.sidecar(pod="client", ip=mesh.ip(1))
+
+            async def greeting() -> bytes:
+                reader, writer = await asyncio.open_connection(mesh.ip(1), 8073)
+                try:
+                    return await asyncio.wait_for(reader.readline(), 5)
+                finally:
+                    writer.close()
+
+            assert await eventually(greeting, timeout=30, what="the greeting") == b"220 hello from the server\r\n"
+        finally:
+            server.close()
+            await server.wait_closed()
