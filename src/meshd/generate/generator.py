@@ -106,6 +106,7 @@ class ConfigGenerator:
             files=self.files,
             previous=previous.checks if previous is not None else None,
             check=check,
+            sidecar_port=options.sidecar_endpoint_port,
         )
         previous_extra = previous._extra if previous is not None else None
         self._extra: Snapshot | None = (

@@ -28,7 +28,9 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.v3 import range_pb2
 from google.protobuf import duration_pb2
 
+from meshd.api.meta import InvalidResource, ResourceKey
 from meshd.model.services import UNKNOWN, is_http, is_http2, is_sniffed
+from meshd.model.world import World
 from meshd.translate.proto import pack
 
 HTTP_INSPECTOR = "envoy.filters.listener.http_inspector"
@@ -119,3 +121,28 @@ def upstream_http_options(protocol: str) -> http_protocol_options_pb2.HttpProtoc
             )
         )
     return None
+
+
+def bound_inbound_errors(world: World) -> list[InvalidResource]:
+    """Service ports whose endpoints include workloads with a sidecar but no traffic capture, on a port that
+    is not declared HTTP: such a sidecar's one inbound port (shared by every service port) speaks HTTP only,
+    so TCP there is not served (an unnamed port: its HTTP is). Reported once per Service port."""
+    errors: list[InvalidResource] = []
+    for (host, number), endpoints in world.endpoints.items():
+        service = world.services.get(host)
+        port = service.port(number) if service is not None else None
+        if service is None or port is None or is_http(port.protocol) or service.resolution != "EDS":
+            continue
+        if any(ep.has_sidecar and not ep.captured for ep in endpoints):
+            what = "TCP" if is_sniffed(port.protocol) else port.protocol
+            declared = "no protocol declared" if is_sniffed(port.protocol) else port.protocol
+            errors.append(
+                InvalidResource(
+                    ResourceKey("Service", service.namespace, service.name),
+                    "spec.ports",
+                    f"port {number} ({declared}): its workloads with a sidecar without traffic capture are"
+                    f" reached through the sidecar's HTTP-only inbound port: {what} to them is not served",
+                    severity="warning",
+                )
+            )
+    return errors
