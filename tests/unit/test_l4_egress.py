@@ -173,12 +173,14 @@ def test_the_first_matching_route_wins_and_a_route_without_match_ends_the_list()
         _plan(generator, labels="app=canary", capture=False),
     )
     # plain clients: the weighted route (the third route, after a route without match, is never reached)
-    [chain] = plain[9000].chains
+    chain = plain[9000].default
+    assert not plain[9000].chains and chain is not None
     assert chain.clusters == (("outbound|9000|v1|echo.default.svc.cluster.local", 75),
                               ("outbound|9000|v2|echo.default.svc.cluster.local", 25))  # fmt: skip
     assert chain.idle_timeout == "7s" and chain.tunnel is not None and chain.tunnel.target == "[2001:db8::1]:9"
     # canary clients: their sourceLabels route matches the same way and comes first
-    [chain] = canary[9000].chains
+    chain = canary[9000].default
+    assert not canary[9000].chains and chain is not None
     assert chain.clusters == (("outbound|9000|v2|echo.default.svc.cluster.local", 100),)
 
 

@@ -67,7 +67,9 @@ class Queries:
         plan = self._plans.get(key)
         if plan is None:
             scope = self.scope(key)
-            plan = self._plans[key] = ListenerPlan(scope.services, scope=scope)
+            plan = self._plans[key] = ListenerPlan(
+                scope.services, scope=scope, detection_timeout=self._options.protocol_detection_timeout
+            )
         return plan
 
     def plan_errors(self) -> list[InvalidResource]:

@@ -35,11 +35,11 @@ from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
 from google.protobuf import wrappers_pb2
 
-from meshd.model.services import is_http
+from meshd.model.services import is_http, is_sniffed
 from meshd.translate import naming
 from meshd.translate.cluster_policy import inbound_pool
-from meshd.translate.clusters import CONNECT_TIMEOUT, socket_address
-from meshd.translate.l4_chain import filter_chain
+from meshd.translate.clusters import CONNECT_TIMEOUT, set_upstream_protocol, socket_address
+from meshd.translate.l4_chain import cidr_range, filter_chain
 from meshd.translate.listener_plan import RESERVED_PORTS, ListenerPlan, PortPlan
 from meshd.translate.listeners import (
     InboundEntry,
@@ -47,12 +47,14 @@ from meshd.translate.listeners import (
     inbound_http_chain,
     outbound_http_chain,
     split_by_transport,
+    tcp_filters,
     tcp_proxy_filter,
     tls_inspector,
 )
 from meshd.translate.mtls import downstream_context, tls_socket
 from meshd.translate.peer_auth import InboundMtls
 from meshd.translate.proto import pack
+from meshd.translate.protocol import match_sniffed_http, port_protocol, sniff
 from meshd.translate.sidecar_ingress import (
     AUTOMATIC,
     IngressPort,
@@ -106,32 +108,46 @@ def _unbound(name: str, port: int) -> listener_pb2.Listener:
     )
 
 
-def _outbound_http(port: int) -> listener_pb2.Listener:
+def _outbound(plan: PortPlan, outbound_mode: str) -> listener_pb2.Listener:
+    """The port's L4 chains (by address and SNI), and the HTTP of sniffed services with addresses (by address);
+    other destinations: the HTTP connection manager where some service on the port declares HTTP, else HTTP
+    detected for the route table where some service is sniffed, and the rest to the chain that takes the rest
+    of the port (a service without addresses), else to the unknown-destination cluster."""
+    port = plan.port
     listener = _unbound(naming.outbound_listener(ip=ANY_ADDRESS, port=port), port)
-    listener.filter_chains.append(outbound_http_chain(port))
-    return listener
-
-
-def _outbound_l4(plan: PortPlan, outbound_mode: str) -> listener_pb2.Listener:
-    """The port's chains (by address and SNI); what none matches goes to the chain that takes the rest of
-    the port (a service without addresses), else to the unknown-destination cluster."""
-    listener = _unbound(naming.outbound_listener(ip=ANY_ADDRESS, port=plan.port), plan.port)
+    detect = False
+    for cluster, ranges in plan.sniffed_ranges:
+        http = match_sniffed_http(outbound_http_chain(port))
+        http.name = f"{cluster}|http"
+        http.filter_chain_match.prefix_ranges.extend(cidr_range(r) for r in ranges)
+        listener.filter_chains.append(http)
+        detect = True
     listener.filter_chains.extend(filter_chain(c) for c in plan.chains)
-    if plan.default is not None:
-        listener.default_filter_chain.CopyFrom(filter_chain(plan.default))
+    if plan.http:
+        listener.default_filter_chain.CopyFrom(outbound_http_chain(port))
     else:
-        cluster = unknown_destination_cluster(outbound_mode)
-        listener.default_filter_chain.CopyFrom(_tcp_chain(f"{plan.port}-unknown-destination", cluster))
+        if plan.sniff:
+            http = match_sniffed_http(outbound_http_chain(port))
+            http.name = f"{port}-http"
+            listener.filter_chains.append(http)
+            detect = True
+        if plan.default is not None:
+            listener.default_filter_chain.CopyFrom(filter_chain(plan.default))
+        else:
+            cluster = unknown_destination_cluster(outbound_mode)
+            listener.default_filter_chain.CopyFrom(_tcp_chain(f"{port}-unknown-destination", cluster))
     if plan.inspects_tls:
         listener.listener_filters.append(tls_inspector())
+    if detect:
+        sniff(listener, timeout_s=plan.detection_timeout)
     return listener
 
 
 # --- inbound ---------------------------------------------------------------------------------------
 
 
-def _inbound_tcp_chain(target: int, *, mtls: bool) -> listener_components_pb2.FilterChain:
-    chain = listener_components_pb2.FilterChain(filters=[tcp_proxy_filter(naming.inbound_cluster(port=target))])
+def _inbound_tcp_chain(target: int, *, mtls: bool, protocol: str = "TCP") -> listener_components_pb2.FilterChain:
+    chain = listener_components_pb2.FilterChain(filters=tcp_filters(naming.inbound_cluster(port=target), protocol))
     if mtls:
         chain.transport_socket.CopyFrom(tls_socket(downstream_context()))
     return chain
@@ -153,8 +169,17 @@ def served_ports(served: Sequence[InboundEntry]) -> dict[int, list[InboundEntry]
     return dict(sorted(by_target.items()))
 
 
-def _is_http_target(entries: Sequence[InboundEntry]) -> bool:
-    return any((sp := service.port(port)) is not None and is_http(sp.protocol) for service, port, _ in entries)
+def target_protocol(entries: Sequence[InboundEntry]) -> str:
+    """The protocol of a target port, from the service ports it backs (`protocol.port_protocol`)."""
+    return port_protocol(sp.protocol for service, port, _ in entries if (sp := service.port(port)) is not None)
+
+
+def inbound_protocols(served: Sequence[InboundEntry]) -> dict[int, str]:
+    """Per target port of a workload, the protocol its inbound cluster speaks to the app."""
+    by_target: dict[int, list[InboundEntry]] = {}
+    for entry in served:
+        by_target.setdefault(entry[2], []).append(entry)
+    return {target: target_protocol(entries) for target, entries in sorted(by_target.items())}
 
 
 def _ingress_chains(
@@ -179,6 +204,7 @@ def _virtual_inbound(
     inbound_port: int,
     modes: InboundMtls,
     sds: bool,
+    detection_timeout: float = 0.0,
     ingress: tuple[IngressPort, ...] | None = None,
 ) -> listener_pb2.Listener:
     listener = listener_pb2.Listener(
@@ -193,26 +219,36 @@ def _virtual_inbound(
     loop.filter_chain_match.destination_port.value = inbound_port
     chains = [loop]
     inspect = False
+    sniffed: list[int] = []
     if ingress is not None:  # a Sidecar's ingress replaces the ports derived from the services
         found, inspect = _ingress_chains(ingress, modes, sds)
         chains += found
         served = ()
     for target, entries in served_ports(served).items():
         mode = modes.for_port(target)
-        http = _is_http_target(entries)
+        protocol = target_protocol(entries)
         per_port = []
         for mtls in (True, False):
             if not admits(mode, mtls=mtls, sds=sds):
                 continue
-            if http:
+            kind = "mtls" if mtls else "plaintext"
+            if is_http(protocol) or (is_sniffed(protocol) and not mtls):
                 chain = inbound_http_chain(
                     entries, route_name=naming.inbound_cluster(port=target), mtls=mtls, peer_identity=sds
                 )
-            else:
-                chain = _inbound_tcp_chain(target, mtls=mtls)
-            chain.name = f"{naming.inbound_cluster(port=target)}{'mtls' if mtls else 'plaintext'}"
-            chain.filter_chain_match.destination_port.value = target
-            per_port.append((mtls, chain))
+                chain.name = f"{naming.inbound_cluster(port=target)}{kind}"
+                chain.filter_chain_match.destination_port.value = target
+                if is_sniffed(protocol):
+                    match_sniffed_http(chain)
+                    chain.name += "-http"
+                    sniffed.append(target)
+                per_port.append((mtls, chain))
+            if not is_http(protocol):
+                # Sniffed ports over mTLS are proxied as TCP (the client's ALPN does not say HTTP).
+                chain = _inbound_tcp_chain(target, mtls=mtls, protocol=protocol)
+                chain.name = f"{naming.inbound_cluster(port=target)}{kind}"
+                chain.filter_chain_match.destination_port.value = target
+                per_port.append((mtls, chain))
         inspect |= split_by_transport(per_port)
         chains += [chain for _, chain in per_port]
     passthrough = [
@@ -222,6 +258,8 @@ def _virtual_inbound(
     chains += [chain for _, chain in passthrough]
     if inspect:
         listener.listener_filters.append(tls_inspector())
+    if sniffed:
+        sniff(listener, timeout_s=detection_timeout, ports=sniffed)
     listener.filter_chains.extend(chains)
     return listener
 
@@ -230,7 +268,7 @@ def _virtual_inbound(
 
 
 def _original_destination(
-    name: str, *, bind: str | None, pool: Ident | None = None, port: int = 0
+    name: str, *, bind: str | None, protocol: str = "TCP", pool: Ident | None = None, port: int = 0
 ) -> cluster_pb2.Cluster:
     cluster = cluster_pb2.Cluster(
         name=name,
@@ -240,7 +278,8 @@ def _original_destination(
     )
     if bind is not None:
         cluster.upstream_bind_config.CopyFrom(address_pb2.BindConfig(source_address=_source(bind)))
-    inbound_pool(cluster, pool, port=port, protocol="TCP")  # a Sidecar's inboundConnectionPool
+    set_upstream_protocol(cluster, protocol)  # the app's own protocol (h2c for gRPC)
+    inbound_pool(cluster, pool, port=port, protocol=protocol)  # a Sidecar's inboundConnectionPool
     return cluster
 
 
@@ -275,13 +314,14 @@ def capture_listener_specs(
     )
     for port_plan in plan.ports:
         name = naming.outbound_listener(ip=ANY_ADDRESS, port=port_plan.port)
-        if port_plan.http:
-            yield Spec(name, ("lds-cap-http", port_plan.port), partial(_outbound_http, port_plan.port))
-        else:
-            yield Spec(name, ("lds-cap-l4", port_plan, outbound_mode), partial(_outbound_l4, port_plan, outbound_mode))
-    ingress = inbound.ingress
-    key = ("lds-cap-in", served, inbound_port, modes, sds, ingress)
-    yield Spec(naming.VIRTUAL_INBOUND, key, partial(_virtual_inbound, served, inbound_port, modes, sds, ingress))
+        yield Spec(name, ("lds-cap-port", port_plan, outbound_mode), partial(_outbound, port_plan, outbound_mode))
+    timeout, ingress = plan.detection_timeout, inbound.ingress
+    inbound_key = ("lds-cap-in", served, inbound_port, modes, sds, timeout, ingress)
+    yield Spec(
+        naming.VIRTUAL_INBOUND,
+        inbound_key,
+        partial(_virtual_inbound, served, inbound_port, modes, sds, timeout, ingress),
+    )
 
 
 def capture_cluster_specs(
@@ -301,10 +341,11 @@ def capture_cluster_specs(
         yield from ingress_cluster_specs(inbound, address=address, capture=True)
         return
     pool = inbound.pool
-    for target in served_ports(served):
+    for target, entries in served_ports(served).items():
         name = naming.inbound_cluster(port=target)
+        protocol = target_protocol(entries)
         yield Spec(
             name,
-            ("cds-cap-in", target, pool),
-            partial(_original_destination, name, bind=INBOUND_SOURCE, pool=pool, port=target),
+            ("cds-cap-in", target, protocol, pool),
+            partial(_original_destination, name, bind=INBOUND_SOURCE, protocol=protocol, pool=pool, port=target),
         )

@@ -19,6 +19,7 @@ from google.protobuf import wrappers_pb2
 
 from meshd.api.destinationrule import TunnelSettings
 from meshd.translate.proto import duration, pack
+from meshd.translate.protocol import mongo_filter
 
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
 
@@ -50,6 +51,7 @@ class L4Chain:
     prefix_ranges: tuple[str, ...] = ()  # destination CIDR ranges (normalised); empty: any
     idle_timeout: str | None = None
     tunnel: Tunnel | None = None
+    mongo: bool = False  # a mongo port: the Mongo proxy filter in front of the TCP proxy (Istio's default)
 
     @property
     def match_key(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -91,10 +93,10 @@ def tcp_proxy(chain: L4Chain) -> tcp_proxy_pb2.TcpProxy:
 
 
 def filter_chain(chain: L4Chain) -> listener_components_pb2.FilterChain:
-    out = listener_components_pb2.FilterChain(
-        name=chain.name,
-        filters=[listener_components_pb2.Filter(name=TCP_PROXY, typed_config=pack(tcp_proxy(chain)))],
-    )
+    out = listener_components_pb2.FilterChain(name=chain.name)
+    if chain.mongo:
+        out.filters.append(mongo_filter(chain.name))
+    out.filters.append(listener_components_pb2.Filter(name=TCP_PROXY, typed_config=pack(tcp_proxy(chain))))
     if chain.server_names:
         out.filter_chain_match.server_names.extend(chain.server_names)
     if chain.prefix_ranges:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from meshd.api.destinationrule import DestinationRule
 from meshd.api.meta import InvalidResource, ResourceKey
 from meshd.api.virtualservice import VirtualService
-from meshd.model.services import MeshService, ServicePort, is_http, is_tls
+from meshd.model.services import MeshService, ServicePort, is_http, is_served, is_sniffed, is_tls
 from meshd.model.world import World, resolve_host
 from meshd.translate import naming
 from meshd.translate.l4_chain import L4Chain, distinct, normalise_cidr
@@ -41,17 +41,29 @@ def tcp_port_shared(port: int, holder: str) -> str:
 
 @dataclass(frozen=True)
 class PortPlan:
-    """One outbound port: HTTP (RDS), or L4 chains and the chain that takes what none matches."""
+    """One outbound port: `http` (some service declares HTTP: the HTTP connection manager with RDS `<port>`),
+    `sniff` (some service declares nothing: HTTP detected per connection), the L4 chains of its TCP, TLS and
+    sniffed services, the chain that takes what no other matches (`default`), the ranges of sniffed services
+    whose HTTP is told apart by address (`sniffed_ranges`, with capture), and how long detection waits
+    (protocolDetectionTimeout)."""
 
     port: int
     http: bool = False
+    sniff: bool = False
     chains: tuple[L4Chain, ...] = ()
     default: L4Chain | None = None
+    sniffed_ranges: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (the service's cluster, its ranges)
+    detection_timeout: float = 0.0
 
     @property
     def inspects_tls(self) -> bool:
         """Whether a chain matches SNI: the listener needs the tls_inspector."""
         return any(c.server_names for c in self.chains)
+
+    @property
+    def l4(self) -> bool:
+        """Whether the port carries anything but HTTP."""
+        return bool(self.chains) or self.default is not None
 
 
 def _port_protocol(service: MeshService, port: int) -> str:
@@ -64,8 +76,14 @@ def _age(service: MeshService) -> tuple[str, str]:
 
 
 class ListenerPlan:
-    """The outbound listeners of a scope. Port collisions are reported (`errors`); VirtualServices whose
-    TCP/TLS routes cannot be translated are left out (`route_errors`; `generate/checks.py` reports them)."""
+    """The outbound listeners of a scope. What cannot be served is reported (`errors`, naming the Service and
+    port); VirtualServices whose TCP/TLS routes cannot be translated are left out (`route_errors`;
+    `generate/checks.py` reports them).
+
+    One port number shared by services of different kinds: proxies with traffic capture tell TCP services
+    apart by their addresses and TLS services by SNI, and serve every one; proxies without capture (one
+    listener per port) detect HTTP, tell TLS services without addresses apart by SNI and send the rest to the
+    oldest other service: younger ones on that port are not served to them (a warning naming the port)."""
 
     def __init__(
         self,
@@ -73,12 +91,14 @@ class ListenerPlan:
         *,
         rule_for: Callable[[str], DestinationRule | None] | None = None,
         scope: Scope | None = None,
+        detection_timeout: float = 0.0,
     ) -> None:
         self.errors: list[InvalidResource] = []
         self.route_errors: list[InvalidResource] = []
         self._scope = scope
         self._capture = scope is not None and scope.key.capture
         self._rule_for = rule_for if rule_for is not None else (scope.destination_rule if scope else lambda _: None)
+        self.detection_timeout = detection_timeout
         by_port: dict[int, list[MeshService]] = {}
         for service, ports in services:
             for sp in ports:
@@ -86,7 +106,7 @@ class ListenerPlan:
         self.ports: tuple[PortPlan, ...] = tuple(
             plan for port, on_port in sorted(by_port.items()) if (plan := self._plan_port(port, on_port)) is not None
         )
-        self.signature = self.ports  # equal plans: equal listeners
+        self.signature = self.ports  # equal plans: equal listeners (the detection timeout is in each)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ListenerPlan) and other.signature == self.signature
@@ -103,31 +123,70 @@ class ListenerPlan:
             for s in services:
                 self._reject(s, f"port {port} is reserved for the sidecar")
             return None
-        http = [s for s in services if is_http(_port_protocol(s, port))]
-        l4 = sorted((s for s in services if not is_http(_port_protocol(s, port))), key=_age)
-        if http:
-            for s in l4:
-                self._reject(s, f"TCP port {port} collides with HTTP services on the same port; not served")
-            return PortPlan(port, http=True)
-        if not l4:
+        served = []
+        for s in services:
+            protocol = _port_protocol(s, port)
+            if is_served(protocol):
+                served.append(s)
+            else:
+                self._reject(s, f"{protocol} port {port} is not proxied by the sidecar (TCP only)", severity="warning")
+        http = [s for s in served if is_http(_port_protocol(s, port))]
+        l4 = sorted((s for s in served if not is_http(_port_protocol(s, port))), key=_age)
+        sniffed = [s for s in l4 if is_sniffed(_port_protocol(s, port))]
+        if not http and not l4:
             return None
-        if self._capture:
-            chains = distinct([c for s in l4 for c in self._service_chains(s, port, sni=True)])
-            default = next((c for c in chains if c.catch_all), None)
-            return PortPlan(port, chains=tuple(_named(c for c in chains if not c.catch_all)), default=default)
-        # Bound on the proxy's address, the listener cannot tell services apart by address: TLS services
-        # without addresses share the port by SNI; of the others only the oldest is served.
+        # TLS services without addresses are told apart by SNI; of the others (TCP, sniffed, TLS with
+        # addresses) a listener bound on the proxy's address serves only the oldest.
         by_name = [s for s in l4 if is_tls(_port_protocol(s, port)) and not s.addresses]
         by_address = [s for s in l4 if s not in by_name]
         for s in by_address[1:]:
             self._reject(s, tcp_port_shared(port, by_address[0].hostname), severity="warning")
-        sni = len(by_name) > 1 or bool(by_address)
-        served = by_address[:1] + by_name
-        chains = distinct([c for s in served for c in self._service_chains(s, port, sni=sni)])
-        return PortPlan(port, chains=tuple(_named(chains)))
+        if http:
+            for s in (s for s in by_address if not s.addresses):
+                self._reject(
+                    s,
+                    f"{_port_protocol(s, port)} port {port} has no ClusterIP to tell it from the HTTP services on the"
+                    " same port: captured proxies handle its traffic as HTTP",
+                    severity="warning",
+                )
+        timeout = self.detection_timeout if (sniffed or (http and l4)) else 0.0
+        if self._capture:
+            chains = _named(distinct([c for s in l4 for c in self._service_chains(s, port, sni=True)]))
+            default = None if http else next((c for c in chains if c.catch_all), None)
+            ranges = tuple(
+                (naming.outbound_cluster(port=port, host=s.hostname), tuple(normalise_cidr(a) for a in s.addresses))
+                for s in sniffed
+                if s.addresses
+            )
+            return PortPlan(
+                port,
+                http=bool(http),
+                sniff=bool(sniffed),
+                chains=tuple(c for c in chains if not c.catch_all),
+                default=default,
+                sniffed_ranges=ranges,
+                detection_timeout=timeout,
+            )
+        sni = len(by_name) > 1 or bool(by_address) or bool(http)
+        chains = _named(distinct([c for s in by_address[:1] + by_name for c in self._service_chains(s, port, sni=sni)]))
+        return PortPlan(
+            port,
+            http=bool(http),
+            sniff=bool(sniffed),
+            chains=tuple(c for c in chains if not c.catch_all),
+            default=next((c for c in chains if c.catch_all), None),
+            detection_timeout=timeout,
+        )
 
     def _service_chains(self, service: MeshService, port: int, *, sni: bool) -> list[L4Chain]:
-        """The chains of one service: its VirtualService's applicable routes, else its default chain."""
+        """The chains of one service (behind the Mongo proxy filter on a mongo port, Istio's default)."""
+        chains = self._chains_of(service, port, sni=sni)
+        if _port_protocol(service, port) == "MONGO":
+            return [replace(c, mongo=True) for c in chains]
+        return chains
+
+    def _chains_of(self, service: MeshService, port: int, *, sni: bool) -> list[L4Chain]:
+        """Its VirtualService's applicable TCP/TLS routes, else its default chain."""
         tls = is_tls(_port_protocol(service, port))
         addresses = tuple(normalise_cidr(a) for a in service.addresses) if self._capture else ()
         for vs in self._virtual_services(service):  # the oldest valid one with TCP or TLS routes
@@ -229,22 +288,25 @@ def validate_l4_routes(
             fqdn = resolve_host(name, namespace=namespace, domain_suffix=world.domain_suffix)
             return fqdn, world.services.get(fqdn)
 
-        try:
-            for port in ports:
-                ctx = L4Context(
-                    key=vs.key,
-                    namespace=namespace,
-                    port=port,
-                    resolve=resolve,
-                    rule_for=rule_for if rule_for is not None else world.destination_rules.get,
-                    applies=validating,
-                )
-                for i, tcp in enumerate(vs.spec.tcp):
-                    route_chain(ctx, tcp.route, f"spec.tcp[{i}].route")
-                for i, tls in enumerate(vs.spec.tls):
-                    route_chain(ctx, tls.route, f"spec.tls[{i}].route")
-        except InvalidResource as err:
-            errors.append(err)
+        found: list[InvalidResource] = []  # every route's, whichever one a proxy's plan meets first
+        for port in ports:
+            ctx = L4Context(
+                key=vs.key,
+                namespace=namespace,
+                port=port,
+                resolve=resolve,
+                rule_for=rule_for if rule_for is not None else world.destination_rules.get,
+                applies=validating,
+            )
+            routes = [(f"spec.tcp[{i}].route", r.route) for i, r in enumerate(vs.spec.tcp)]
+            routes += [(f"spec.tls[{i}].route", r.route) for i, r in enumerate(vs.spec.tls)]
+            for field, route in routes:
+                try:
+                    route_chain(ctx, route, field)
+                except InvalidResource as err:
+                    found.append(err)
+        if found:
+            errors += found
             continue
         if chosen is None:
             chosen = vs

@@ -25,6 +25,7 @@ from meshd.translate.listener_plan import RESERVED_PORTS, ListenerPlan, PortPlan
 from meshd.translate.mtls import MTLS_ALPNS, downstream_context, tls_socket
 from meshd.translate.peer_auth import DISABLE, PERMISSIVE, STRICT, InboundMtls
 from meshd.translate.proto import duration, pack
+from meshd.translate.protocol import allow_upgrades, match_sniffed_http, mongo_filter, sniff
 from meshd.translate.proxy import Proxy
 from meshd.translate.spec import Spec
 
@@ -38,16 +39,8 @@ def hcm_filter(
     hcm.codec_type = hcm_pb2.HttpConnectionManager.AUTO
     hcm.http_filters.extend(filters if filters is not None else [router()])
     hcm.stream_idle_timeout.CopyFrom(duration_pb2.Duration(seconds=0))
+    allow_upgrades(hcm)
     return listener_components_pb2.Filter(name="envoy.filters.network.http_connection_manager", typed_config=pack(hcm))
-
-
-def _outbound_http(proxy: Proxy, port: int) -> listener_pb2.Listener:
-    return listener_pb2.Listener(
-        name=naming.outbound_listener(ip=proxy.ip, port=port),
-        address=socket_address(proxy.ip, port),
-        filter_chains=[outbound_http_chain(port)],
-        traffic_direction=2,  # OUTBOUND
-    )
 
 
 def tcp_proxy_filter(cluster: str, idle_timeout: str | None = None) -> listener_components_pb2.Filter:
@@ -55,6 +48,12 @@ def tcp_proxy_filter(cluster: str, idle_timeout: str | None = None) -> listener_
     if idle_timeout is not None:  # DestinationRule connectionPool.tcp.idleTimeout (0s: none)
         proxy_filter.idle_timeout.CopyFrom(duration(idle_timeout))
     return listener_components_pb2.Filter(name="envoy.filters.network.tcp_proxy", typed_config=pack(proxy_filter))
+
+
+def tcp_filters(cluster: str, protocol: str, idle_timeout: str | None = None) -> list[listener_components_pb2.Filter]:
+    """The TCP proxy to `cluster`, behind the Mongo proxy filter on a mongo port (Istio's default)."""
+    filters = [mongo_filter(cluster)] if protocol == "MONGO" else []
+    return [*filters, tcp_proxy_filter(cluster, idle_timeout)]
 
 
 def outbound_http_chain(port: int) -> listener_components_pb2.FilterChain:
@@ -66,14 +65,27 @@ def outbound_http_chain(port: int) -> listener_components_pb2.FilterChain:
     return listener_components_pb2.FilterChain(filters=[hcm_filter(hcm, outbound_http_filters())])
 
 
-def _outbound_l4(proxy: Proxy, plan: PortPlan) -> listener_pb2.Listener:
-    """A TCP/TLS port bound on the proxy's address: its chains (SNI read by the tls_inspector)."""
+def _outbound(proxy: Proxy, plan: PortPlan) -> listener_pb2.Listener:
+    """Bound on the proxy's address: the HTTP connection manager for a port with HTTP services only; the L4
+    chains of a port without (SNI read by the tls_inspector); both on a port with both kinds or sniffed
+    services (HTTP told from the rest by the http_inspector, the L4 chain taking the rest as the default)."""
     listener = listener_pb2.Listener(
         name=naming.outbound_listener(ip=proxy.ip, port=plan.port),
         address=socket_address(proxy.ip, plan.port),
-        filter_chains=[filter_chain(c) for c in plan.chains],
-        traffic_direction=2,
+        traffic_direction=2,  # OUTBOUND
     )
+    if not plan.l4:
+        listener.filter_chains.append(outbound_http_chain(plan.port))
+        return listener
+    listener.filter_chains.extend(filter_chain(c) for c in plan.chains)
+    if not plan.http and not plan.sniff:
+        if plan.default is not None:
+            listener.filter_chains.append(filter_chain(plan.default))
+    else:
+        listener.filter_chains.insert(0, match_sniffed_http(outbound_http_chain(plan.port)))
+        if plan.default is not None:
+            listener.default_filter_chain.CopyFrom(filter_chain(plan.default))
+        sniff(listener, timeout_s=plan.detection_timeout)
     if plan.inspects_tls:
         listener.listener_filters.append(tls_inspector())
     return listener
@@ -88,10 +100,7 @@ def outbound_listener_specs(
         if (proxy.ip, port_plan.port) in taken:
             continue
         name = naming.outbound_listener(ip=proxy.ip, port=port_plan.port)
-        if port_plan.http:
-            yield Spec(name, ("lds-out", proxy.ip, port_plan.port), partial(_outbound_http, proxy, port_plan.port))
-        else:
-            yield Spec(name, ("lds-out", proxy.ip, port_plan), partial(_outbound_l4, proxy, port_plan))
+        yield Spec(name, ("lds-out", proxy.ip, port_plan), partial(_outbound, proxy, port_plan))
 
 
 InboundEntry = tuple[MeshService, int, int]  # (service, service port, target port)

@@ -31,7 +31,7 @@ from meshd.api.sidecar_ingress import IngressTLSSettings
 from meshd.model.services import is_http, protocol_of
 from meshd.translate import naming
 from meshd.translate.cluster_policy import inbound_pool
-from meshd.translate.clusters import CONNECT_TIMEOUT, socket_address
+from meshd.translate.clusters import CONNECT_TIMEOUT, set_upstream_protocol, socket_address
 from meshd.translate.listener_plan import RESERVED_PORTS
 from meshd.translate.listeners import admits, hcm_filter, split_by_transport, tcp_proxy_filter, tls_inspector
 from meshd.translate.mtls import downstream_context, tls_socket
@@ -153,6 +153,7 @@ def _ingress_cluster(port: IngressPort, address: str, capture: bool) -> cluster_
         cluster.upstream_bind_config.source_address.CopyFrom(
             address_pb2.SocketAddress(address=LOCAL_SOURCE, port_value=0)
         )
+    set_upstream_protocol(cluster, port.protocol)  # the app's own protocol (h2c for HTTP2/gRPC)
     inbound_pool(cluster, port.pool, port=port.port, protocol=port.protocol)
     return cluster
 
