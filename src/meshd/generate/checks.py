@@ -1,5 +1,6 @@
 """The checks of one World that do not depend on which proxies are connected: VirtualService
-routes per host, port collisions, Sidecars, credentialNames, certificate files, PeerAuthentications.
+routes per host, port collisions, Sidecars, credentialNames, certificate files, PeerAuthentications,
+RequestAuthentications.
 Each check is carried from the previous generation while the inputs it read are the same objects,
 so a push re-checks only what changed."""
 
@@ -14,6 +15,7 @@ from meshd.generate.reads import MissedInput
 from meshd.generate.tls_files import FileCheck
 from meshd.model.services import MeshService
 from meshd.model.world import World
+from meshd.translate import jwt_authn
 from meshd.translate.listeners import ListenerPlan
 from meshd.translate.peer_auth import check_policies
 from meshd.translate.routes import delegate_inputs, validate_host_routes, wildcard_ports
@@ -89,6 +91,7 @@ class WorldChecks:
         errors.update(dict.fromkeys(self._credentials()))
         errors.update(dict.fromkeys(self._files.errors))
         errors.update(dict.fromkeys(check_policies(world.peer_authentications)))
+        errors.update(dict.fromkeys(jwt_authn.check_policies(world.request_authentications)))
         return list(errors)
 
     def _credentials(self) -> list[InvalidResource]:

@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from meshd.api.destinationrule import DestinationRule
+from meshd.api.jwks import FetchedJwks
 from meshd.api.kube import EndpointSlice, Pod, Secret, Service
 from meshd.api.meta import InvalidResource, Resource
 from meshd.api.networking import ServiceEntry, Sidecar, WorkloadEntry
+from meshd.api.request_authentication import RequestAuthentication
 from meshd.api.security import PeerAuthentication
 from meshd.api.virtualservice import VirtualService
 from meshd.model import derive
@@ -49,6 +51,10 @@ class World:
     wildcard_hosts: tuple[str, ...] = ()
     # namespace -> PeerAuthentications, oldest first (the mapping is the same object while none changes)
     peer_authentications: Mapping[str, tuple[PeerAuthentication, ...]] = field(default_factory=dict)
+    # namespace -> RequestAuthentications, oldest first; jwksUri -> the key set meshd fetched from it
+    # (canonical JSON). Each mapping is the same object while nothing in it changes.
+    request_authentications: Mapping[str, tuple[RequestAuthentication, ...]] = field(default_factory=dict)
+    jwks: Mapping[str, str] = field(default_factory=dict)
 
     def virtual_services_for(self, host: str) -> tuple[VirtualService, ...] | None:
         """The VirtualServices routing a host: those naming it exactly, else those of the most
@@ -80,6 +86,8 @@ def assemble(
     secrets: Mapping[tuple[str, str], Secret] | None = None,
     virtual_services_by_name: Mapping[tuple[str, str], VirtualService],
     peer_authentications: Mapping[str, tuple[PeerAuthentication, ...]] | None = None,
+    request_authentications: Mapping[str, tuple[RequestAuthentication, ...]] | None = None,
+    jwks: Mapping[str, str] | None = None,
 ) -> World:
     ordered = dict(sorted(services.items()))
     by_namespace: dict[str, list[MeshService]] = defaultdict(list)
@@ -104,6 +112,10 @@ def assemble(
         source_selectors=derive.source_selectors(virtual_services_by_name.values()),
         wildcard_hosts=tuple(sorted((h for h in virtual_services if h.startswith("*")), key=lambda h: (-len(h), h))),
         peer_authentications=peer_authentications if peer_authentications is not None else MappingProxyType({}),
+        request_authentications=request_authentications
+        if request_authentications is not None
+        else MappingProxyType({}),
+        jwks=jwks if jwks is not None else MappingProxyType({}),
     )
 
 
@@ -165,4 +177,10 @@ def build_world(resources: Iterable[Resource], *, domain_suffix: str, revision: 
                 p for p in by_kind["PeerAuthentication"] if isinstance(p, PeerAuthentication)
             )
         ),
+        request_authentications=MappingProxyType(
+            derive.oldest_first_by_namespace(
+                r for r in by_kind["RequestAuthentication"] if isinstance(r, RequestAuthentication)
+            )
+        ),
+        jwks=MappingProxyType({j.uri: j.keys for j in by_kind["FetchedJwks"] if isinstance(j, FetchedJwks)}),
     )

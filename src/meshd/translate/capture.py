@@ -37,6 +37,7 @@ from google.protobuf import wrappers_pb2
 from meshd.model.services import MeshService, is_http
 from meshd.translate import naming
 from meshd.translate.clusters import CONNECT_TIMEOUT, socket_address
+from meshd.translate.jwt_authn import JwtProviders
 from meshd.translate.listeners import (
     RESERVED_PORTS,
     InboundEntry,
@@ -168,7 +169,7 @@ def _is_http_target(entries: Sequence[InboundEntry]) -> bool:
 
 
 def _virtual_inbound(
-    served: tuple[InboundEntry, ...], inbound_port: int, modes: InboundMtls, sds: bool
+    served: tuple[InboundEntry, ...], inbound_port: int, modes: InboundMtls, sds: bool, jwt: JwtProviders
 ) -> listener_pb2.Listener:
     listener = listener_pb2.Listener(
         name=naming.VIRTUAL_INBOUND, address=socket_address(ANY_ADDRESS, inbound_port), traffic_direction=INBOUND
@@ -191,7 +192,7 @@ def _virtual_inbound(
                 continue
             if http:
                 chain = inbound_http_chain(
-                    entries, route_name=naming.inbound_cluster(port=target), mtls=mtls, peer_identity=sds
+                    entries, route_name=naming.inbound_cluster(port=target), mtls=mtls, peer_identity=sds, jwt=jwt
                 )
             else:
                 chain = _inbound_tcp_chain(target, mtls=mtls)
@@ -246,6 +247,7 @@ def capture_listener_specs(
     sds: bool,
     outbound_mode: str,
     inbound_port: int,
+    jwt: JwtProviders = (),
 ) -> Iterator[Spec]:
     """Every listener of a capture-mode proxy. Nothing is bound to its address: proxies of a scope
     with the same served ports and modes get the same listeners."""
@@ -265,8 +267,8 @@ def capture_listener_specs(
                 ("lds-cap-tcp", port, services, outbound_mode),
                 partial(_outbound_tcp, port, services, outbound_mode),
             )
-    key = ("lds-cap-in", served, inbound_port, modes, sds)
-    yield Spec(naming.VIRTUAL_INBOUND, key, partial(_virtual_inbound, served, inbound_port, modes, sds))
+    key = ("lds-cap-in", served, inbound_port, modes, sds, jwt)
+    yield Spec(naming.VIRTUAL_INBOUND, key, partial(_virtual_inbound, served, inbound_port, modes, sds, jwt))
 
 
 def capture_cluster_specs(*, served: tuple[InboundEntry, ...]) -> Iterator[Spec]:
