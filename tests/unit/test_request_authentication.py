@@ -69,7 +69,7 @@ _BAD_JWKS_EXPONENT = json.dumps({"keys": [{**KEY.jwk, "e": "EQ"}]})  # e = 17
     [
         ({"jwtRules": [_rule(bogus=1)]}, "spec.jwtRules[0].bogus", "unknown field"),
         ({"bogus": 1}, "spec.bogus", "unknown field"),
-        ({"selector": {"matchLabels": {}, "other": 1}}, "spec.selector.other", "unknown field of a workload selector"),
+        ({"selector": {"matchLabels": {}, "other": 1}}, "spec.selector.other", "unknown field"),
         ({"jwtRules": [{"jwksUri": "https://x/k"}]}, "spec.jwtRules[0].issuer", "Field required"),
         ({"jwtRules": [_rule(issuer="")]}, "spec.jwtRules[0].issuer", "at least 1 character"),
         ({"jwtRules": [_rule(audiences=[""])]}, "spec.jwtRules[0].audiences[0]", "non-empty"),

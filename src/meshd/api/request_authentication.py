@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from meshd.api.jwks import JwksError, normalize_jwks
 from meshd.api.meta import ApiModel, Resource
-from meshd.api.security import LabelSelector
 from meshd.api.values import Duration
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9a-zA-Z]+$")  # an HTTP header (or cookie) name
@@ -48,6 +47,10 @@ def _header_name(name: str, what: str) -> None:
 def _printable(value: str, what: str) -> None:
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
         raise ValueError(f"{what}: {value!r} contains a control character")
+
+
+class WorkloadSelector(_Strict):
+    match_labels: dict[str, str] = Field(default_factory=dict)
 
 
 class JwtHeader(_Strict):
@@ -95,7 +98,14 @@ def check_jwks_uri(uri: str) -> str:
     return uri
 
 
+def _alt_name(schema: dict[str, Any]) -> None:
+    """Istio's CRD also names `jwksUri` `jwks_uri` (a kubebuilder altName): a strict schema must keep it."""
+    schema["properties"]["jwks_uri"] = {"type": "string", "description": "jwksUri under its other name"}
+
+
 class JwtRule(_Strict):
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_alt_name)
+
     issuer: str = Field(min_length=1)
     audiences: list[str] = Field(default_factory=list)
     jwks_uri: str = ""
@@ -173,18 +183,10 @@ class PolicyTargetReference(_Strict):
 
 
 class RequestAuthenticationSpec(_Strict):
-    selector: LabelSelector | None = None
+    selector: WorkloadSelector | None = None
     target_ref: PolicyTargetReference | None = None
     target_refs: list[PolicyTargetReference] = Field(default_factory=list, max_length=16)
     jwt_rules: list[JwtRule] = Field(default_factory=list, max_length=4096)
-
-    @field_validator("selector", mode="before")
-    @classmethod
-    def _selector(cls, value: Any) -> Any:
-        if isinstance(value, dict) and set(value) - {"matchLabels", "match_labels"}:
-            extra = sorted(set(value) - {"matchLabels", "match_labels"})[0]
-            raise ValueError(f"{extra}: unknown field of a workload selector (only matchLabels)")
-        return value
 
     @model_validator(mode="after")
     def _check(self) -> RequestAuthenticationSpec:
