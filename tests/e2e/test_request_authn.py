@@ -193,6 +193,12 @@ async def test_tokens_are_verified_and_their_claims_reach_the_app(jwt_mesh: JwtM
     assert await m.bearer(token(rsa, issuer=ISSUER, aud="not-web")) == 403
     assert len(m.mesh.apps[0].received) == received
 
+    # a client cannot forge the payload or claim headers: the sidecar drops them, token or not
+    status, seen = await m.call(headers={"x-jwt-payload": "forged", "x-jwt-sub": "forged"})
+    assert status == 200 and "x-jwt-payload" not in seen and "x-jwt-sub" not in seen, seen
+    status, seen = await m.call(headers={"x-jwt-payload": "forged", "Authorization": f"Bearer {good}"})
+    assert status == 200 and decode_payload(seen["x-jwt-payload"])["sub"] == "alice", seen
+
     # no token: authentication passes, with no identity (AuthorizationPolicy would decide)
     status, seen = await m.call()
     assert status == 200 and "x-jwt-payload" not in seen and "x-jwt-sub" not in seen, seen
