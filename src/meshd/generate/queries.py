@@ -13,7 +13,7 @@ from meshd.api.virtualservice import VirtualService
 from meshd.generate.options import GenerateOptions
 from meshd.generate.tls_files import FileCheck
 from meshd.model.world import World
-from meshd.translate.jwt_authn import JwtProviders, workload_providers
+from meshd.translate.jwt_authn import JwtProviders, inline_keys, workload_providers
 from meshd.translate.listeners import InboundEntry, ListenerPlan, inbound_index
 from meshd.translate.peer_auth import InboundMtls, workload_mtls
 from meshd.translate.routes import destination_hosts
@@ -37,6 +37,7 @@ class Queries:
         self._inbound: dict[str, tuple[InboundEntry, ...]] | None = None
         self._moved: set[str] | None = None
         self._jwt: dict[tuple[str, str], JwtProviders] = {}
+        self._inline_keys: dict[str, str] = {}
         self._previous_world = previous._world if previous is not None else None
         self._prev_plans = previous._plans if previous is not None else {}
         self._prev_inbound = previous._inbound if previous is not None else None
@@ -101,8 +102,16 @@ class Queries:
                 namespace=namespace,
                 labels=dict(workload.labels) if workload is not None else {},
                 root_namespace=self._options.root_namespace,
+                inline=self._inline,
             )
         return found
+
+    def _inline(self, jwks: str) -> str:
+        """Inline key sets normalised once per generation, whatever the number of workloads."""
+        keys = self._inline_keys.get(jwks)
+        if keys is None:
+            keys = self._inline_keys[jwks] = inline_keys(jwks)
+        return keys
 
     def outbound_mode(self, key: ScopeKey) -> str:
         """`outboundTrafficPolicy.mode` of the scope's Sidecar, else the mesh default."""

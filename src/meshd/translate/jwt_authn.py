@@ -18,7 +18,7 @@ What a workload gets is a value (`JwtProviders`): equal inputs give equal filter
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from envoy.config.core.v3 import base_pb2
@@ -68,21 +68,26 @@ def applicable(
     return found
 
 
-def _keys(rule: JwtRule, fetched: Mapping[str, str]) -> str:
+def inline_keys(jwks: str) -> str:
+    """A rule's inline `jwks` as Envoy gets it (canonical, usable keys only)."""
+    try:
+        return normalize_jwks(jwks).text
+    except JwksError:  # refused by validation: never reached with an accepted policy
+        return NO_KEYS_JWKS
+
+
+def _keys(rule: JwtRule, fetched: Mapping[str, str], inline: Callable[[str], str]) -> str:
     if rule.jwks:
-        try:
-            return normalize_jwks(rule.jwks).text
-        except JwksError:  # refused by validation: never reached with an accepted policy
-            return NO_KEYS_JWKS
+        return inline(rule.jwks)
     source = key_source(rule)
     return fetched.get(source.url, NO_KEYS_JWKS) if source is not None else NO_KEYS_JWKS
 
 
-def provider(rule: JwtRule, fetched: Mapping[str, str]) -> JwtProvider:
+def provider(rule: JwtRule, fetched: Mapping[str, str], inline: Callable[[str], str] = inline_keys) -> JwtProvider:
     return JwtProvider(
         issuer=rule.issuer,
         audiences=tuple(rule.audiences),
-        keys=_keys(rule, fetched),
+        keys=_keys(rule, fetched, inline),
         from_headers=tuple((h.name, h.prefix) for h in rule.from_headers),
         from_params=tuple(rule.from_params),
         from_cookies=tuple(rule.from_cookies),
@@ -93,11 +98,18 @@ def provider(rule: JwtRule, fetched: Mapping[str, str]) -> JwtProvider:
 
 
 def workload_providers(
-    policies: Policies, fetched: Mapping[str, str], *, namespace: str, labels: Mapping[str, str], root_namespace: str
+    policies: Policies,
+    fetched: Mapping[str, str],
+    *,
+    namespace: str,
+    labels: Mapping[str, str],
+    root_namespace: str,
+    inline: Callable[[str], str] = inline_keys,
 ) -> JwtProviders:
-    """The providers of a workload with these labels in this namespace (empty: no jwt_authn filter)."""
+    """The providers of a workload with these labels in this namespace (empty: no jwt_authn filter).
+    `inline`: normalises an inline `jwks` (callers with many workloads pass a memoised one)."""
     chosen = applicable(policies, namespace=namespace, labels=labels, root_namespace=root_namespace)
-    return tuple(provider(rule, fetched) for policy in chosen for rule in policy.spec.jwt_rules)
+    return tuple(provider(rule, fetched, inline) for policy in chosen for rule in policy.spec.jwt_rules)
 
 
 def _envoy_provider(p: JwtProvider) -> jwt_pb2.JwtProvider:
