@@ -504,3 +504,37 @@ async def test_no_hot_loop_while_idle(kube: Kube) -> None:
     await asyncio.sleep(1.0)  # measuring an interval, not waiting for a condition
     assert fake.count(verb="list", since=since) == 0
     assert fake.count(verb="watch", since=since) == 0
+
+
+async def test_an_envoy_nack_is_written_on_the_resource_behind_it(kube: Kube) -> None:
+    """Envoy rejects the cluster generated for web (replaced through a test hook by one it NACKs): the
+    DestinationRule of web gets a status message naming that cluster, within seconds, and traffic goes on."""
+    await baseline(kube)
+    rule: Obj = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": {"name": "web", "namespace": NS},
+        "spec": {"host": "web", "trafficPolicy": {"loadBalancer": {"simple": "ROUND_ROBIN"}}},
+    }
+    await kube.apply(rule)
+    await kube.mesh.meshd.post(f"/debug/test/inject-invalid-cluster?name={WEB.replace('|', '%7C')}")
+
+    async def status() -> list[Any]:
+        current = await kube.rest.get("networking.istio.io/v1", "DestinationRule", NS, "web")
+        messages = list(((current or {}).get("status") or {}).get("validationMessages") or [])
+        assert any(WEB in m["description"] for m in messages), current
+        return messages
+
+    started = time.monotonic()
+    [message] = await eventually(status, timeout=15, what="the NACK on the DestinationRule's status")
+    print(f"NACK -> status on the DestinationRule: {time.monotonic() - started:.2f}s")
+    assert "Envoy rejected CDS resource" in message["description"] and "client." in message["description"]
+    assert set(await pods_answering(kube, 20)) == {"web-1", "web-2"}
+    await kube.mesh.meshd.post("/debug/test/clear")
+
+    async def cleared() -> bool:
+        current = await kube.rest.get("networking.istio.io/v1", "DestinationRule", NS, "web")
+        return not ((current or {}).get("status") or {}).get("validationMessages")
+
+    await eventually(cleared, timeout=15, what="the status to clear once the cluster is valid again")
+    await kube.delete(rule)
