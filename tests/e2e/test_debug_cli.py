@@ -217,6 +217,7 @@ async def test_explain_names_the_rule_and_endpoints_real_traffic_then_takes(mesh
     [dest] = found["destinations"]
     assert dest["cluster"] == "outbound|9080|v2|web.default.svc.cluster.local"
     assert dest["endpoints"] == [f"{mesh.ip(3)}:15006 (weight 1)"]
+
     # real traffic takes that path: web-v2 answers
     async def canary_answers() -> bool:
         canary = {"x-canary": "yes"}

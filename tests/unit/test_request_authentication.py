@@ -12,7 +12,12 @@ import pytest
 from meshd.api.jwks import NO_KEYS_JWKS
 from meshd.api.meta import InvalidResource
 from meshd.api.parse import parse_resource
-from meshd.api.request_authentication import KeySource, RequestAuthentication, key_source
+from meshd.api.request_authentication import (
+    KeySource,
+    RequestAuthentication,
+    key_source,
+    refused_request_authentication,
+)
 from meshd.kube.admission import validate_object
 from meshd.model.derive import oldest_first_by_namespace
 from meshd.translate.jwt_authn import check_policies, jwt_authn_filter, workload_providers
@@ -245,3 +250,55 @@ def test_filter_requires_any_provider_or_a_missing_token() -> None:
     requirements = rule.requires.requires_any.requirements
     assert [r.provider_name for r in requirements[:2]] == ["origins-0", "origins-1"]
     assert requirements[2].HasField("allow_missing")
+
+
+def _refused(spec: Any, **meta: Any) -> RequestAuthentication | None:
+    doc = _ra(spec, **meta)
+    try:
+        parse_resource(doc)
+    except InvalidResource as error:
+        return refused_request_authentication(doc, error)
+    raise AssertionError("the document is valid")
+
+
+def test_a_refused_policy_keeps_its_scope_and_token_locations() -> None:
+    refused = _refused(
+        {
+            "selector": {"matchLabels": {"app": "web"}},
+            "jwtRules": [
+                {
+                    "issuer": "i",
+                    "jwks": "not json",
+                    "fromHeaders": [{"name": "x-token", "prefix": "T "}, {"name": "a b"}],
+                },
+                {"fromParams": ["tok", ""], "fromCookies": ["session", 7]},
+                "not a rule",
+            ],
+        }
+    )
+    assert refused is not None and refused.refusal is not None
+    assert refused.refusal.field == "spec.jwtRules[0].fromHeaders[1].name"
+    assert refused.spec.selector is not None and refused.spec.selector.match_labels == {"app": "web"}
+    assert refused.spec.jwt_rules == []
+    where = refused.refused_locations
+    assert where.headers == (("Authorization", "Bearer "), ("x-token", "T "))  # Envoy's default, then readable ones
+    assert where.params == ("access_token", "tok") and where.cookies == ("session",)
+    # an unreadable selector: the whole namespace fails closed; a policy for a Gateway changes no sidecar
+    wide = _refused({"selector": {"matchLabels": "app"}, "jwtRules": [{"issuer": "i"}]})
+    assert wide is not None and wide.spec.selector is None
+    assert _refused({"targetRefs": [{"kind": "Gateway", "name": "gw"}]}) is None
+    assert refused_request_authentication({"metadata": {"name": 7}}, InvalidResource(None, "x", "y")) is None
+
+
+def test_a_refused_policy_fails_closed_on_its_workloads() -> None:
+    refused = _refused({"selector": {"matchLabels": {"app": "web"}}, "jwtRules": [{"issuer": ""}]})
+    assert refused is not None
+    good = parse_resource(_ra({"jwtRules": [{"issuer": "fine", "jwks": jwks(KEY)}]}, name="good"))
+    assert isinstance(good, RequestAuthentication)
+    policies = oldest_first_by_namespace([refused, good])
+    web = workload_providers(policies, {}, namespace="foo", labels={"app": "web"}, root_namespace=ROOT)
+    assert [p.issuer for p in web] == ["fine", "meshd: refused RequestAuthentication foo/ra"]  # namespace first
+    assert web[1].keys == NO_KEYS_JWKS and web[1].from_headers == (("Authorization", "Bearer "),)
+    other = workload_providers(policies, {}, namespace="foo", labels={"app": "db"}, root_namespace=ROOT)
+    assert [p.issuer for p in other] == ["fine"]
+    assert list(check_policies(policies)) == [refused.refusal]

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from meshd.api.jwks import JwksError, normalize_jwks
-from meshd.api.meta import ApiModel, Resource
+from meshd.api.meta import ApiModel, InvalidResource, ObjectMeta, Resource
 from meshd.api.values import Duration
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9a-zA-Z]+$")  # an HTTP header (or cookie) name
@@ -209,13 +209,84 @@ class RequestAuthenticationSpec(_Strict):
         return self.selector is not None and bool(self.selector.match_labels)
 
 
+@dataclass(frozen=True)
+class TokenLocations:
+    """Where a refused policy's tokens may be: Envoy's defaults plus what its rules name and can be read."""
+
+    headers: tuple[tuple[str, str], ...] = (("Authorization", "Bearer "),)  # (name, prefix)
+    params: tuple[str, ...] = ("access_token",)
+    cookies: tuple[str, ...] = ()
+
+
 class RequestAuthentication(Resource):
     kind: Literal["RequestAuthentication"]
     spec: RequestAuthenticationSpec = Field(default_factory=RequestAuthenticationSpec)
+    # Set on a policy whose spec failed validation (`refused_request_authentication`; never read from a
+    # document): what was wrong, and where its tokens may be. Its `spec` then holds only its selector.
+    _refusal: InvalidResource | None = PrivateAttr(default=None)
+    _refused_locations: TokenLocations = PrivateAttr(default_factory=TokenLocations)
 
     def selects(self, labels: dict[str, str]) -> bool:
         selector = self.spec.selector
         return selector is not None and all(labels.get(k) == v for k, v in selector.match_labels.items())
+
+    @property
+    def refusal(self) -> InvalidResource | None:
+        return self._refusal
+
+    @property
+    def refused_locations(self) -> TokenLocations:
+        return self._refused_locations
+
+
+def _locations(rules: object) -> TokenLocations:
+    """The token locations a refused policy's rules name, those that read (besides Envoy's defaults)."""
+    headers = dict(TokenLocations().headers)
+    params: list[str] = list(TokenLocations().params)
+    cookies: list[str] = []
+    for rule in rules if isinstance(rules, list) else []:
+        if not isinstance(rule, dict):
+            continue
+        from_headers = rule.get("fromHeaders")
+        for header in from_headers if isinstance(from_headers, list) else []:
+            name = header.get("name") if isinstance(header, dict) else None
+            prefix = header.get("prefix", "") if isinstance(header, dict) else ""
+            if isinstance(name, str) and _TOKEN.match(name) and isinstance(prefix, str) and prefix.isprintable():
+                headers.setdefault(name, prefix)
+        for field, found in (("fromParams", params), ("fromCookies", cookies)):
+            values = rule.get(field)
+            for value in values if isinstance(values, list) else []:
+                if isinstance(value, str) and _TOKEN.match(value) and value not in found:
+                    found.append(value)
+    return TokenLocations(tuple(headers.items()), tuple(params), tuple(cookies))
+
+
+def refused_request_authentication(doc: dict[str, Any], error: InvalidResource) -> RequestAuthentication | None:
+    """A policy whose spec failed validation, kept so that it fails closed on its workloads (every token
+    presented where its rules, or Envoy's defaults, look is rejected): its metadata, its selector if that
+    reads (else it is namespace-wide) and its token locations. None when the metadata is unreadable, and
+    for a policy with `targetRef`/`targetRefs` (not for sidecars: refused, it changes none)."""
+    try:
+        metadata = ObjectMeta.model_validate(doc.get("metadata"))
+    except (ValidationError, TypeError, ValueError):
+        return None
+    raw = doc.get("spec")
+    spec: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    if "targetRef" in spec or "targetRefs" in spec:
+        return None
+    try:
+        selector = WorkloadSelector.model_validate(spec["selector"]) if spec.get("selector") is not None else None
+    except (ValidationError, TypeError, ValueError):
+        selector = None
+    policy = RequestAuthentication(
+        api_version=str(doc.get("apiVersion")),
+        kind="RequestAuthentication",
+        metadata=metadata,
+        spec=RequestAuthenticationSpec(selector=selector),
+    )
+    policy._refusal = error
+    policy._refused_locations = _locations(spec.get("jwtRules"))
+    return policy
 
 
 DISCOVERY_PATH = "/.well-known/openid-configuration"

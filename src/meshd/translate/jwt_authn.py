@@ -12,6 +12,8 @@ managers, with Istio's semantics:
 - Keys are always inline (`local_jwks`): the rule's `jwks`, else the key set meshd fetched from its
   `jwksUri` (or its issuer's OpenID discovery) and holds in the World, else a placeholder no token verifies
   against (`NO_KEYS_JWKS`: fail closed, as istiod does while it has no keys).
+- A policy whose spec failed validation is kept with its selector and fails closed: one provider that reads
+  its token locations and verifies nothing (`refused_provider`).
 
 What a workload gets is a value (`JwtProviders`): equal inputs give equal filters, and caches key on it.
 """
@@ -109,7 +111,33 @@ def workload_providers(
     """The providers of a workload with these labels in this namespace (empty: no jwt_authn filter).
     `inline`: normalises an inline `jwks` (callers with many workloads pass a memoised one)."""
     chosen = applicable(policies, namespace=namespace, labels=labels, root_namespace=root_namespace)
-    return tuple(provider(rule, fetched, inline) for policy in chosen for rule in policy.spec.jwt_rules)
+    return tuple(
+        found
+        for policy in chosen
+        for found in (
+            (refused_provider(policy),)
+            if policy.refusal is not None
+            else (provider(rule, fetched, inline) for rule in policy.spec.jwt_rules)
+        )
+    )
+
+
+def refused_provider(policy: RequestAuthentication) -> JwtProvider:
+    """A policy whose spec failed validation fails closed: a provider that reads where its tokens may be
+    (Envoy's default locations and those its rules name) and verifies none (an issuer no token carries, the
+    placeholder keys). A token there is rejected unless another policy's provider verifies it."""
+    where = policy.refused_locations
+    return JwtProvider(
+        issuer=f"meshd: refused RequestAuthentication {policy.metadata.namespace}/{policy.metadata.name}",
+        audiences=(),
+        keys=NO_KEYS_JWKS,
+        from_headers=where.headers,
+        from_params=where.params,
+        from_cookies=where.cookies,
+        forward=False,
+        payload_header="",
+        claim_headers=(),
+    )
 
 
 def _envoy_provider(p: JwtProvider) -> jwt_pb2.JwtProvider:
@@ -149,10 +177,13 @@ def jwt_authn_filter(providers: Sequence[JwtProvider]) -> hcm_pb2.HttpFilter:
 
 
 def check_policies(policies: Policies) -> Iterator[InvalidResource]:
-    """What an accepted policy cannot do as written (per World, whatever proxies are connected): a rule
-    with no keys anywhere (its tokens are all rejected) and an ignored `jwksUri`."""
+    """The errors of the policies (per World, whatever proxies are connected): a spec that failed validation
+    (kept to fail closed), a rule with no keys anywhere (its tokens are all rejected), an ignored `jwksUri`."""
     for found in policies.values():
         for policy in found:
+            if policy.refusal is not None:
+                yield policy.refusal
+                continue
             for i, rule in enumerate(policy.spec.jwt_rules):
                 field = f"spec.jwtRules[{i}]"
                 if rule.jwks and rule.jwks_uri:

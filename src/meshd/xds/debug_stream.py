@@ -58,9 +58,7 @@ class DebugTypes:
         item = first
         while True:
             if not is_debug_type(getattr(item, "type_url", "")):
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT, "a debug stream asks only istio.io/debug/ types"
-                )
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a debug stream asks only istio.io/debug/ types")
             if item.response_nonce not in sent:  # an ACK of our response needs no answer
                 nonce = next(self._nonces)
                 sent.add(nonce)
