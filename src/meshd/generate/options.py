@@ -19,3 +19,6 @@ class GenerateOptions:
     auto_mtls: bool = True
     # meshConfig.outboundTrafficPolicy.mode: the default of capture-mode proxies (a Sidecar's mode wins)
     outbound_traffic_policy: str = ALLOW_ANY
+    # meshConfig.protocolDetectionTimeout in seconds: how long a sniffed port waits for the client's first
+    # bytes before carrying on as TCP (Istio's default 0: no limit)
+    protocol_detection_timeout: float = 0.0
