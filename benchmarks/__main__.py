@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import json
 import pathlib
+import shlex
 import shutil
 import signal
 import sys
@@ -76,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="cells instead: services/proxies, a Sidecar per namespace, meshd alone")  # fmt: skip
     peer.add_argument("--peer-rounds", type=int, default=2, help="rounds per control plane, alternating")
     peer.add_argument("--peer-servers", default="meshd,istiod", help="control planes to run (meshd, istiod)")
+    peer.add_argument("--peer-meshd-args", default="", help='more `meshd serve` flags, e.g. "--no-status"')
     return p
 
 
@@ -97,6 +99,7 @@ def _peer_options(args: argparse.Namespace, work: pathlib.Path) -> PeerOptions:
         cells = (*cells, LARGE_CELL)
     opts = PeerOptions(work=work, cells=cells, rounds=args.peer_rounds, delta=args.delta)
     opts.servers = tuple(args.peer_servers.split(","))
+    opts.meshd_args = tuple(shlex.split(args.peer_meshd_args))
     if args.changes is not None:
         opts.changes = args.changes
     return opts

@@ -72,6 +72,7 @@ class PeerOptions:
     settle_max_s: float = 30.0
     start_timeout_s: float = 300.0
     servers: tuple[str, ...] = field(default=SERVERS)  # restricts every cell's control planes
+    meshd_args: tuple[str, ...] = ()  # more `meshd serve` flags (e.g. --no-status)
 
 
 def unavailable(opts: PeerOptions) -> str | None:
@@ -108,7 +109,7 @@ async def _round(
     if server == "meshd":
         proc = MeshdProcess(
             config_dir=None, kubeconfig=kubeconfig, log_path=work / f"{name}.log", poll_interval=0.0,
-            extra_args=("--no-ca", "--namespace", MESH_NAMESPACE),
+            extra_args=("--no-ca", "--namespace", MESH_NAMESPACE, *opts.meshd_args),
         )  # fmt: skip
     else:
         binary, _ = istiod_binary()
@@ -175,7 +176,7 @@ async def run_cell(cell: Cell, opts: PeerOptions, *, assets: pathlib.Path) -> di
     out: dict[str, Any] = {
         "cell": cell.label, "services": cell.services, "namespaces": cell.namespaces, "proxies": cell.proxies,
         "sidecar": cell.sidecar, "servers": list(servers), "xds": "delta" if opts.delta else "sotw",
-        "pods_per_service": spec.pods_per_service,
+        "pods_per_service": spec.pods_per_service, "meshd_args": list(opts.meshd_args),
     }  # fmt: skip
     plane = await start_cluster(work=work / "kube", assets=assets)
     rest = KubeRest.from_kubeconfig(plane.kubeconfig)
