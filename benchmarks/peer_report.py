@@ -49,6 +49,8 @@ def aggregate(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     out["peak_rss_mb"] = _round(_mean([r["memory"]["peak_rss_mb"] for r in rounds]), 1)
     out["cpu_s"] = _round(_mean([r["cpu_s"] for r in rounds]))
     out["client_cold_cpu_s"] = _round(_mean([r["client_cold_cpu_s"] for r in rounds]))
+    out["cold_converged"] = min(r["cold"]["converged"] for r in rounds)
+    out["stream_errors"] = sum(r["cold"]["stream_errors"] for r in rounds)
     for kind in ("vs", "ep"):
         done = [r[kind] for r in rounds if kind in r]
         each = [e for d in done for e in d[f"{kind}_each"]]
@@ -89,8 +91,10 @@ def cell_table(cell: dict[str, Any]) -> str:
     ]  # fmt: skip
     needed = ["proxies that needed an edit VS / endpoint",
               *(f"{figures[s]['vs_needed']} / {figures[s]['ep_needed']}" for s in servers)]  # fmt: skip
+    storm = [f"cold storm: fewest converged / stream errors (of {cell['proxies']})",
+             *(f"{figures[s]['cold_converged']} / {figures[s]['stream_errors']}" for s in servers)]  # fmt: skip
     extra = [""] if "ratios" in cell else []
-    return table([*rows, [*edits, *extra], [*needed, *extra]], headers)  # type: ignore[arg-type]
+    return table([*rows, [*edits, *extra], [*needed, *extra], [*storm, *extra]], headers)  # type: ignore[arg-type]
 
 
 def matrix_rows(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:

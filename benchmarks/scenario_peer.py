@@ -133,8 +133,8 @@ async def _round(
         out["cold_cpu_s"] = round(proc.cpu() - cpu0, 2)
         out["client_cold_cpu_s"] = round(cpu_seconds(client.pid) - client_cpu0, 2)
         out["cold_bytes"] = (await client.request("totals"))["bytes"]
-        print(f"    {name}: ready {out['ready_s']} s, cold {cold['cold_s']} s "
-              f"({cold['converged']}/{cold['proxies']})", flush=True)  # fmt: skip
+        print(f"    {name}: ready {out['ready_s']} s, cold {cold['cold_s']} s ({cold['converged']}/{cold['proxies']},"
+              f" stream errors {cold['stream_errors']}, last {cold['last_error']})", flush=True)  # fmt: skip
         if not cold["timed_out"]:
             out["settle_s"] = await settle(client, quiet=opts.settle_quiet_s, limit=opts.settle_max_s)
             vs_services = mesh.vs_services()
@@ -148,13 +148,15 @@ async def _round(
                 i = moving[k % len(moving)]
                 return {"type": "eds", "names": mesh.moving_eds_names(i)}, lambda: patch(rest, mesh.move_endpoint(i))
 
-            for kind, make in (("vs", vs_change), ("ep", ep_change)):
+            kinds = [("vs", vs_change)] if vs_services else []  # a mesh of < 2 services has no VirtualService
+            for kind, make in [*kinds, ("ep", ep_change)]:
                 runs = await change_series(
                     client, count=opts.changes, budget_s=opts.change_budget_s, timeout=opts.change_timeout_s,
                     make=make,
                 )  # fmt: skip
                 out[kind] = summarise(kind, runs)
-            print(f"    {name}: VS p50/p99 {out['vs']['vs_p50_ms']}/{out['vs']['vs_p99_ms']} ms, endpoint "
+            vs = out.get("vs", {})
+            print(f"    {name}: VS p50/p99 {vs.get('vs_p50_ms')}/{vs.get('vs_p99_ms')} ms, endpoint "
                   f"{out['ep']['ep_p50_ms']}/{out['ep']['ep_p99_ms']} ms", flush=True)  # fmt: skip
         totals = await client.request("totals")
         out["bytes"] = totals["bytes"]
@@ -165,9 +167,9 @@ async def _round(
     return out
 
 
-async def run_cell(cell: Cell, opts: PeerOptions, *, assets: pathlib.Path) -> dict[str, Any]:
+async def run_cell(cell: Cell, opts: PeerOptions, *, assets: pathlib.Path, index: int) -> dict[str, Any]:
     servers = tuple(s for s in cell.servers if s in opts.servers)
-    work = opts.work / f"peer-{cell.services}-{cell.proxies}-{'sc' if cell.sidecar else 'nosc'}"
+    work = opts.work / f"peer-{index}-{cell.services}-{cell.proxies}-{'sc' if cell.sidecar else 'nosc'}"
     moving = tuple(dict.fromkeys((k * 37) % cell.services for k in range(opts.changes)))
     spec = KubeMeshSpec(
         services=cell.services, namespaces=cell.namespaces, proxies=cell.proxies, sidecar=cell.sidecar, moving=moving
@@ -206,11 +208,11 @@ async def run_peer(opts: PeerOptions) -> dict[str, Any]:
     assets, _ = envtest_assets()
     assert assets is not None
     cells = []
-    for cell in opts.cells:
+    for index, cell in enumerate(opts.cells):
         t0 = time.time()
         print(f"  -- {cell.label}", flush=True)
         try:
-            result = await run_cell(cell, opts, assets=assets)
+            result = await run_cell(cell, opts, assets=assets, index=index)
         except Exception as exc:  # one failed cell does not lose the others
             import traceback
 

@@ -39,7 +39,9 @@ async def test_meshd_and_istiod_measured_side_by_side_with_a_ratio_per_figure(
         assert (figures["vs_incomplete"], figures["ep_incomplete"]) == (0, 0), server
         assert figures["peak_rss_mb"] > 0 and figures["cpu_s"] > 0 and figures["cold_mb"] > 0, server
     assert set(cell["ratios"]) == {key for key, _ in FIGURES}
-    assert all(ratio is not None and ratio > 0 for ratio in cell["ratios"].values()), cell["ratios"]
+    # (CPU seconds of a 10-proxy storm may round to 0 at the kernel's 10 ms tick: no ratio then)
+    measured = set(cell["ratios"]) - {"cold_cpu_s", "client_cold_cpu_s"}
+    assert all(cell["ratios"][key] is not None and cell["ratios"][key] > 0 for key in measured), cell["ratios"]
     print_peer(result)
     printed = capsys.readouterr().out
     assert "meshd/istiod" in printed and "cold convergence s" in printed
