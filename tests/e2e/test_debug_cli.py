@@ -9,6 +9,7 @@ import asyncio
 import json
 import pathlib
 import sys
+from typing import Any
 
 import pytest
 from envoy.admin.v3 import config_dump_pb2, config_dump_shared_pb2
@@ -32,21 +33,19 @@ tok-web: {namespace: default, serviceAccount: web}
 async def mesh(tmp_path: pathlib.Path) -> object:
     tokens = tmp_path / "tokens.yaml"
     tokens.write_text(TOKENS)
-    async with logs_on_failure(
-        Mesh(work_dir=tmp_path, delta=False, meshd_args=("--ca-token-file", str(tokens)))
-    ) as m:
+    async with logs_on_failure(Mesh(work_dir=tmp_path, delta=False, meshd_args=("--ca-token-file", str(tokens)))) as m:
         m.write("web.yaml", SERVICE.format(v1=m.ip(2), v2=m.ip(3)))
         m.write("web-vs.yaml", virtual_service(80, 20))
         await m.meshd.start()
+        await m.app(service="web", version="v1", pod="web-v1", ip=m.ip(2))
+        await m.app(service="web", version="v2", pod="web-v2", ip=m.ip(3))
         for pod, host in (("client", 1), ("web-v1", 2), ("web-v2", 3)):
             await m.sidecar(pod=pod, ip=m.ip(host))
         yield m
 
 
 async def _run(*argv: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
@@ -176,3 +175,69 @@ async def test_proxy_config_shows_what_envoy_holds_and_computes_an_unconnected_p
 
 async def _meshd_ctl_config(*args: str) -> tuple[int, str, str]:
     return await _run(sys.executable, "-m", "meshd", "proxy-config", *args)
+
+
+CANARY = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: default}
+spec:
+  hosts: [web]
+  http:
+  - name: canary
+    match: [{headers: {x-canary: {exact: "yes"}}, uri: {prefix: /api}}]
+    route: [{destination: {host: web, subset: v2}}]
+  - name: stable
+    route: [{destination: {host: web, subset: v1}}]
+"""
+
+
+async def test_explain_names_the_rule_and_endpoints_real_traffic_then_takes(mesh: Mesh) -> None:
+    mesh.write("web-vs.yaml", CANARY)
+    address = ("--xds-address", f"127.0.0.1:{mesh.meshd.xds_port}")
+
+    async def explained(*request: str) -> dict[str, Any]:
+        code, out, err = await _run(
+            sys.executable, "-m", "meshd", "explain", "--from", "client.default", "--to", "web:9080",
+            *request, *address, "-o", "json",
+        )  # fmt: skip
+        assert code == 0, err
+        found: dict[str, Any] = json.loads(out)
+        return found
+
+    async def canary_explained() -> dict[str, Any]:
+        found = await explained("--path", "/api/items", "--header", "x-canary=yes")
+        route = next(s for s in found["steps"] if s["step"] == "route")
+        assert "canary" in route["choice"], found
+        return found
+
+    found = await eventually(canary_explained, what="explain to see the canary rule")
+    route = next(s for s in found["steps"] if s["step"] == "route")
+    assert "VirtualService default/web" in route["choice"] and "header x-canary exact 'yes'" in route["why"]
+    [dest] = found["destinations"]
+    assert dest["cluster"] == "outbound|9080|v2|web.default.svc.cluster.local"
+    assert dest["endpoints"] == [f"{mesh.ip(3)}:15006 (weight 1)"]
+    # real traffic takes that path: web-v2 answers
+    async def canary_answers() -> bool:
+        canary = {"x-canary": "yes"}
+        status, _, body = await mesh.request(via_ip=mesh.ip(1), host="web:9080", path="/api/items", headers=canary)
+        return status == 200 and json.loads(body)["version"] == "v2"
+
+    await eventually(canary_answers, what="web-v2 to answer the canary request (Envoy holding the same config)")
+
+    # without the header: the stable rule, v1's endpoint, and web-v1 answers
+    found = await explained("--path", "/api/items")
+    route = next(s for s in found["steps"] if s["step"] == "route")
+    assert route["choice"].startswith("#1 stable"), found
+    assert [d["endpoints"] for d in found["destinations"]] == [[f"{mesh.ip(2)}:15006 (weight 1)"]]
+    status, headers, body = await mesh.request(via_ip=mesh.ip(1), host="web:9080", path="/api/items")
+    assert status == 200 and json.loads(body)["version"] == "v1", (status, headers, body)
+    # a host nobody serves: no virtual host, Envoy's 404
+    found = await explained("--path", "/")
+    assert found["outcome"].startswith("forwarded")
+    code, out, _ = await _run(
+        sys.executable, "-m", "meshd", "explain", "--from", "client.default", "--to", "nowhere.example:9080", *address,
+    )  # fmt: skip
+    assert code == 0 and "404" in out, out
+    status, _, _ = await mesh.request(via_ip=mesh.ip(1), host="nowhere.example:9080", path="/")
+    assert status == 404

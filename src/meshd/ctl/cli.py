@@ -11,6 +11,7 @@ import sys
 from dataclasses import asdict
 
 from meshd.ctl.analyze import analyze_cluster, analyze_paths
+from meshd.ctl.explain import Request, explain
 from meshd.ctl.proxy_config import KINDS, NoSuchProxy, resources
 from meshd.ctl.proxy_config import render_json as config_json
 from meshd.ctl.proxy_config import render_table as config_table
@@ -34,6 +35,18 @@ def add_ctl_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], *,
     _xds_arguments(config, xds_port=xds_port)
     config.add_argument("-o", "--output", choices=["table", "json"], default="table")
     config.set_defaults(func=_proxy_config)
+
+    why = sub.add_parser(
+        "explain", help="the listener, route, VirtualService rule, destinations and endpoints a request takes"
+    )
+    why.add_argument("--from", dest="source", required=True, help="the calling proxy: pod.namespace or node id")
+    why.add_argument("--to", dest="target", required=True, help="HOST[:PORT] as the app calls it (port default 80)")
+    why.add_argument("--path", default="/")
+    why.add_argument("--method", default="GET")
+    why.add_argument("--header", action="append", default=[], metavar="K=V", help="a request header (repeatable)")
+    _xds_arguments(why, xds_port=xds_port)
+    why.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    why.set_defaults(func=_explain)
 
     analyze = sub.add_parser(
         "analyze",
@@ -69,6 +82,36 @@ def _proxy_config(args: argparse.Namespace) -> int:
         )
         return 1
     sys.stdout.write(config_json(items) if args.output == "json" else config_table(args.kind, items))
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    host, _, port = args.target.rpartition(":") if ":" in args.target else (args.target, "", "80")
+    if not port.isdigit():
+        sys.stderr.write(f"meshd explain: --to {args.target!r}: the port must be a number\n")
+        return 2
+    headers = dict(h.split("=", 1) for h in args.header if "=" in h)
+    try:
+        response = asyncio.run(
+            ask(
+                args.xds_address,
+                CONFIG_DUMP,
+                names=(args.source,),
+                cert_dir=args.cert_dir,
+                authority=args.authority,
+                timeout_s=args.timeout,
+            )
+        )
+        config = {kind: resources(response, kind) for kind in ("listeners", "routes", "clusters", "endpoints")}
+    except XdsClientError as exc:
+        sys.stderr.write(f"meshd explain: {exc}\n")
+        return 1
+    except NoSuchProxy:
+        sys.stderr.write(f"meshd explain: {args.source!r} is neither a connected proxy (pod.namespace) nor a node id\n")
+        return 1
+    request = Request(host=host, port=int(port), path=args.path, method=args.method.upper(), headers=headers)
+    found = explain(config, request)
+    sys.stdout.write(json.dumps(found.as_dict(), indent=2) + "\n" if args.output == "json" else found.render())
     return 0
 
 

@@ -83,16 +83,21 @@ def client_config(conn: Connection, *, cluster_id: str) -> csds_pb2.ClientConfig
             "NODE_ID": conn.proxy.node_id,
         }
     )
+    held = {r.type_url: r for r in conn.isolation.rejected}  # rejected resources still held back
     for type_url, field in _TYPE_FIELDS:
         state = conn.stream.types.get(type_url)
         status = sync_status(state)
+        if type_url in held:
+            status = csds_pb2.ERROR
         getattr(out.xds_config.add(status=status), field).SetInParent()
         # The newer CSDS form also carries the NACK's error (meshd proxy-status shows it).
         generic = out.generic_xds_configs.add(type_url=type_url, config_status=status)
         if state is not None:
             generic.version_info = state.sent_version or ""
             if status == csds_pb2.ERROR:
-                generic.error_state.details = state.nack_error or ""
+                rejected = held.get(type_url)
+                detail = f"{rejected.name}: {rejected.error}" if rejected is not None else state.nack_error or ""
+                generic.error_state.details = detail
                 generic.error_state.version_info = state.nack_version or ""
     return out
 
