@@ -10,6 +10,12 @@ Scenarios (sizes adjustable, see --help):
   security   CA signing latency/throughput/CPU; xDS CPU per MB over mTLS 15012 vs plaintext 15010
   slowclients  healthy proxies' change latency, quiet and with 100 never-reading ADS streams attacking
 
+--peer istiod: instead of the scenarios, meshd side by side with the real istiod (Istio 1.14, from
+../shared/peers/istiod-1.14) on a real kube-apiserver (../shared/envtest), same objects, same load
+client, alternating rounds; a table of meshd / istiod per figure (benchmarks/scenario_peer.py).
+Default cells: 200 services / 500 proxies without and with a Sidecar per namespace; --peer-full for
+200 and 1000 services x 500 and 2000 proxies x both; --peer-large adds 5000 / 5000 (Sidecar, meshd only).
+
 Simulated proxies come from a load client in its own process (benchmarks/loadclient.py); the
 reference server (benchmarks/reference_server.py) replays meshd's recorded responses to the same
 client to give the overhead ratio. Prints one table per scenario, then a one-line summary (last
@@ -22,6 +28,7 @@ import argparse
 import asyncio
 import json
 import pathlib
+import shlex
 import shutil
 import signal
 import sys
@@ -30,11 +37,12 @@ import time
 import traceback
 from typing import Any
 
-from benchmarks import envoy_bench, report, scenario_slowclients, security_bench, translate_bench
+from benchmarks import envoy_bench, peer_report, report, scenario_slowclients, security_bench, translate_bench
 from benchmarks.config import Options, quick
 from benchmarks.scenario_churn import run_churn
 from benchmarks.scenario_growth import run_growth
 from benchmarks.scenario_mesh import run_mesh_scenario
+from benchmarks.scenario_peer import DEFAULT_CELLS, FULL_CELLS, LARGE_CELL, Cell, PeerOptions, run_peer
 from benchmarks.scenario_slowclients import run_slowclients
 
 
@@ -47,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--quick", action="store_true", help="small sizes, about a minute")
-    p.add_argument("--out", default="benchmarks/results/latest.json")
+    p.add_argument("--out", help="results JSON (default benchmarks/results/latest.json; with --peer, peer-istiod.json)")
     p.add_argument("--delta", action="store_true", help="load client uses delta ADS (default SotW)")
     p.add_argument("--scenarios", help="comma list of: " + ",".join(Options(work=pathlib.Path()).scenarios))
     p.add_argument("--isolated", type=_triple, metavar="S,NS,P", help="services,namespaces,proxies")
@@ -61,7 +69,40 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-reference", action="store_true", help="skip the reference server runs")
     p.add_argument("--poll-interval", type=float, help="meshd --poll-interval (default 0.02)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (meshd/Envoy logs, recordings)")
+    peer = p.add_argument_group("side by side with istiod (--peer istiod)")
+    peer.add_argument("--peer", choices=["istiod"], help="run the side-by-side benchmark instead of the scenarios")
+    peer.add_argument("--peer-full", action="store_true", help="200,1000 services x 500,2000 proxies x Sidecar or not")
+    peer.add_argument("--peer-large", action="store_true", help="add 5000 services / 5000 proxies, Sidecar, meshd only")
+    peer.add_argument("--peer-cells", type=_cells, metavar="S/P[/sidecar][/meshd],...",
+                      help="cells instead: services/proxies, a Sidecar per namespace, meshd alone")  # fmt: skip
+    peer.add_argument("--peer-rounds", type=int, default=2, help="rounds per control plane, alternating")
+    peer.add_argument("--peer-servers", default="meshd,istiod", help="control planes to run (meshd, istiod)")
+    peer.add_argument("--peer-meshd-args", default="", help='more `meshd serve` flags, e.g. "--no-status"')
     return p
+
+
+def _cells(text: str) -> tuple[Cell, ...]:
+    cells = []
+    for item in text.split(","):
+        services, proxies, *flags = item.split("/")
+        unknown = set(flags) - {"sidecar", "meshd"}
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown cell flag(s) {sorted(unknown)} in {item!r}")
+        servers = ("meshd",) if "meshd" in flags else ("meshd", "istiod")
+        cells.append(Cell(int(services), int(proxies), "sidecar" in flags, servers=servers))
+    return tuple(cells)
+
+
+def _peer_options(args: argparse.Namespace, work: pathlib.Path) -> PeerOptions:
+    cells = args.peer_cells or (FULL_CELLS if args.peer_full else DEFAULT_CELLS)
+    if args.peer_large:
+        cells = (*cells, LARGE_CELL)
+    opts = PeerOptions(work=work, cells=cells, rounds=args.peer_rounds, delta=args.delta)
+    opts.servers = tuple(args.peer_servers.split(","))
+    opts.meshd_args = tuple(shlex.split(args.peer_meshd_args))
+    if args.changes is not None:
+        opts.changes = args.changes
+    return opts
 
 
 def _options(args: argparse.Namespace, work: pathlib.Path) -> Options:
@@ -178,23 +219,48 @@ def _write(out: pathlib.Path, results: dict[str, Any]) -> None:
     out.write_text(json.dumps(results, indent=2, default=str))
 
 
+async def _main_peer(opts: PeerOptions, out: pathlib.Path) -> dict[str, Any]:
+    started = time.time()
+    print(f"-- peer: meshd and istiod side by side, {len(opts.cells)} cell(s) ...", flush=True)
+    results = await run_peer(opts)
+    results["elapsed_s"] = round(time.time() - started, 1)
+    _write(out, results)
+    peer_report.print_peer(results)
+    return results
+
+
+def _cleanup(work: pathlib.Path, *, keep: bool) -> None:
+    if keep:
+        print(f"work directory kept: {work}", file=sys.stderr)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     args = _parser().parse_args()
-    out = pathlib.Path(args.out)
+    default_out = "benchmarks/results/peer-istiod.json" if args.peer else "benchmarks/results/latest.json"
+    out = pathlib.Path(args.out or default_out)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = pathlib.Path(tempfile.mkdtemp(prefix="meshd-bench-"))
-    opts = _options(args, work)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop children and clean up, as on Ctrl-C
+    if args.peer:
+        try:
+            peer = asyncio.run(_main_peer(_peer_options(args, work), out))
+        except KeyboardInterrupt:
+            print("\ninterrupted; child processes stopped", file=sys.stderr)
+            raise SystemExit(130) from None
+        finally:
+            _cleanup(work, keep=args.keep)
+        print(f"results: {out} ({peer['elapsed_s']} s)", flush=True)
+        return
+    opts = _options(args, work)
     try:
         results = asyncio.run(_main(opts, out))
     except KeyboardInterrupt:
         print("\ninterrupted; child processes stopped", file=sys.stderr)
         raise SystemExit(130) from None
     finally:
-        if args.keep:
-            print(f"work directory kept: {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        _cleanup(work, keep=args.keep)
     if results["targets"]:
         print("\n== targets ==")
         print(report.table(results["targets"], ["target", "status"]))

@@ -1,6 +1,6 @@
 """Load client: N simulated sidecars, each one ADS stream over real gRPC, behaving like Envoy.
 
-    python -m benchmarks.loadclient --proxies nodes.json [--delta] [--record] [--per-channel 100]
+    python -m benchmarks.loadclient --proxies nodes.json [--metadata m.json] [--delta] [--record] [--per-channel 100]
 
 Each proxy subscribes wildcard CDS and LDS, then EDS for the EDS clusters it received and RDS for
 the route configurations its listeners name, and ACKs every response at once (SotW: version,
@@ -32,6 +32,7 @@ from typing import Any
 
 import grpc
 from envoy.config.core.v3 import base_pb2
+from google.protobuf import struct_pb2
 
 from benchmarks import wire
 from benchmarks.holdings import Tracker
@@ -67,15 +68,29 @@ class _Blobs:
         return blob
 
 
-def _node(node_id: str) -> bytes:
+def _node(node_id: str, metadata: dict[str, Any] | None) -> bytes:
     pod_ns = node_id.split("~")[2]
-    return base_pb2.Node(id=node_id, cluster=pod_ns, user_agent_name="meshd-bench").SerializeToString()
+    node = base_pb2.Node(id=node_id, cluster=pod_ns, user_agent_name="meshd-bench")
+    if metadata:
+        fields = struct_pb2.Struct()
+        fields.update(metadata)
+        node.metadata.CopyFrom(fields)
+    return node.SerializeToString()
 
 
 class LoadClient:
-    def __init__(self, *, node_ids: list[str], delta: bool, record: bool, per_channel: int) -> None:
+    def __init__(
+        self,
+        *,
+        node_ids: list[str],
+        delta: bool,
+        record: bool,
+        per_channel: int,
+        metadata: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.tracker = Tracker(node_ids=node_ids, delta=delta, record=record)
         self.node_ids = node_ids
+        self.metadata = metadata  # per proxy: node metadata (NAMESPACE, LABELS, ...), as a sidecar sends
         self.delta = delta
         self.per_channel = per_channel
         self.blobs = _Blobs()
@@ -112,7 +127,7 @@ class LoadClient:
         """One proxy's ADS stream; like Envoy, reopen it after a failure with jittered exponential
         backoff (base 0.5 s), keeping what the proxy holds and asking again for what it subscribes."""
         method = wire.DELTA_METHOD if self.delta else wire.SOTW_METHOD
-        node = _node(self.node_ids[p])
+        node = _node(self.node_ids[p], self.metadata[p] if self.metadata else None)
         for attempt in range(_MAX_ATTEMPTS):
             call = self.channels[p // self.per_channel].stream_stream(method)()  # bytes in, bytes out
             try:
@@ -249,13 +264,20 @@ async def serve_commands(client: LoadClient) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.loadclient")
     parser.add_argument("--proxies", required=True, help="JSON file: list of node ids")
+    parser.add_argument("--metadata", help="JSON file: per proxy, its node metadata (a map)")
     parser.add_argument("--delta", action="store_true")
     parser.add_argument("--record", action="store_true", help="keep resource bodies for `dump`")
     parser.add_argument("--per-channel", type=int, default=100, help="streams per gRPC channel")
     args = parser.parse_args()
     with open(args.proxies) as f:
         node_ids = json.load(f)
-    client = LoadClient(node_ids=node_ids, delta=args.delta, record=args.record, per_channel=args.per_channel)
+    metadata = None
+    if args.metadata:
+        with open(args.metadata) as f:
+            metadata = json.load(f)
+    client = LoadClient(
+        node_ids=node_ids, delta=args.delta, record=args.record, per_channel=args.per_channel, metadata=metadata
+    )
     asyncio.run(serve_commands(client))
 
 

@@ -46,7 +46,7 @@ def memory_mb(pid: int) -> dict[str, float]:
     return {"rss_mb": round(out.get("VmRSS", 0.0), 1), "peak_rss_mb": round(out.get("VmHWM", 0.0), 1)}
 
 
-def _pdeathsig() -> None:
+def pdeathsig() -> None:
     import ctypes
 
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, 9, 0, 0, 0)
@@ -70,7 +70,7 @@ class JsonLinesProcess:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, *self.argv,
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
-                start_new_session=True, preexec_fn=_pdeathsig, limit=1 << 26,
+                start_new_session=True, preexec_fn=pdeathsig, limit=1 << 26,
             )  # fmt: skip
         self.hello = await self._read(timeout)
         return self.hello
@@ -114,21 +114,31 @@ class JsonLinesProcess:
 
 
 class MeshdProcess:
-    """`meshd serve` on a config directory, on free loopback ports."""
+    """`meshd serve` on a config directory, or in Kubernetes mode with `kubeconfig` (then `config_dir`
+    is None), on free loopback ports."""
 
     def __init__(
         self,
         *,
-        config_dir: pathlib.Path,
+        config_dir: pathlib.Path | None,
         log_path: pathlib.Path,
         poll_interval: float,
         extra_args: tuple[str, ...] = ("--no-ca",),
+        kubeconfig: pathlib.Path | None = None,
     ) -> None:
         self.config_dir, self.log_path, self.poll_interval = config_dir, log_path, poll_interval
         self.extra_args = extra_args
+        self.kubeconfig = kubeconfig
         self.xds_port, self.http_port = free_port(), free_port()
         self.process: asyncio.subprocess.Process | None = None
         self.session: aiohttp.ClientSession | None = None
+
+    def _source_args(self) -> list[str]:
+        if self.kubeconfig is not None:
+            # the webhook server (not configured here) would otherwise listen on 0.0.0.0:15017
+            return ["--kubeconfig", str(self.kubeconfig), "--webhook-host", "127.0.0.1",
+                    "--webhook-port", str(free_port())]  # fmt: skip
+        return ["--config-dir", str(self.config_dir), "--poll-interval", str(self.poll_interval)]
 
     @property
     def pid(self) -> int:
@@ -145,10 +155,9 @@ class MeshdProcess:
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
         self.process = await spawn(
             argv=[
-                sys.executable, "-m", "meshd", "serve", "--config-dir", str(self.config_dir),
+                sys.executable, "-m", "meshd", "serve", *self._source_args(),
                 "--xds-host", "127.0.0.1", "--xds-port", str(self.xds_port),
-                "--http-host", "127.0.0.1", "--http-port", str(self.http_port),
-                "--poll-interval", str(self.poll_interval), "--debounce-quiet", "0.1",
+                "--http-host", "127.0.0.1", "--http-port", str(self.http_port), "--debounce-quiet", "0.1",
                 # every simulated proxy connects from 127.0.0.1: one peer address for thousands of streams
                 "--max-xds-streams-per-peer", "100000", *self.extra_args,
             ],
@@ -189,10 +198,22 @@ class MeshdProcess:
                 self.session = None
 
 
-def load_client(*, work: pathlib.Path, name: str, node_ids: list[str], delta: bool, record: bool) -> JsonLinesProcess:
+def load_client(
+    *,
+    work: pathlib.Path,
+    name: str,
+    node_ids: list[str],
+    delta: bool,
+    record: bool,
+    metadata: list[dict[str, Any]] | None = None,
+) -> JsonLinesProcess:
+    """The load client for these proxies; `metadata`: each proxy's node metadata (default none)."""
     nodes = work / f"{name}.nodes.json"
     nodes.write_text(json.dumps(node_ids))
     argv = ["-m", "benchmarks.loadclient", "--proxies", str(nodes)]
+    if metadata is not None:
+        (work / f"{name}.metadata.json").write_text(json.dumps(metadata))
+        argv += ["--metadata", str(work / f"{name}.metadata.json")]
     argv += ["--delta"] if delta else []
     argv += ["--record"] if record else []
     return JsonLinesProcess(name=name, argv=argv, log_path=work / f"{name}.log")

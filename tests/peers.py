@@ -1,6 +1,6 @@
 """The real Istio binaries in `../shared/peers/istiod-1.14/` beside the checkout (read-only there):
 unpacked once into a cache directory named by the archive's checksum. Tests that need one skip, naming
-the path, where it is absent."""
+the path, where it is absent; the side-by-side benchmark (benchmarks/scenario_peer.py) says why instead."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ PEERS = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "peers" 
 CACHE = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "meshd-peers"
 
 
-def peer_binary(name: str) -> pathlib.Path:
-    """`name` (istioctl, pilot-discovery) unpacked from `<name>.xz`; skips the test when it is absent."""
+def unpack_peer(name: str) -> pathlib.Path | None:
+    """`name` (istioctl, pilot-discovery) unpacked from `<name>.xz`, or None when the archive is absent."""
     archive = PEERS / f"{name}.xz"
     if not archive.is_file():
-        pytest.skip(f"{archive} is absent: the real {name} is not available on this machine")
+        return None
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()[:16]
     target = CACHE / digest / name
     if not target.is_file():
@@ -30,4 +30,12 @@ def peer_binary(name: str) -> pathlib.Path:
                 dst.write(chunk)
         tmp.chmod(0o755)
         tmp.replace(target)
+    return target
+
+
+def peer_binary(name: str) -> pathlib.Path:
+    """`name` unpacked (see unpack_peer); skips the test when its archive is absent."""
+    target = unpack_peer(name)
+    if target is None:
+        pytest.skip(f"{PEERS / (name + '.xz')} is absent: the real {name} is not available on this machine")
     return target

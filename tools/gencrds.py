@@ -7,8 +7,9 @@ pydantic models, converted to Kubernetes structural OpenAPI v3 schemas.
 Conversion rules (Kubernetes "structural schema"): every `$ref` inlined, a `type` on every node, no
 defaults (the API server would write them into stored objects), every object of an open model (meshd
 ignores unknown fields, so does this schema) marked `x-kubernetes-preserve-unknown-fields`, an int|str
-union as `x-kubernetes-int-or-string`, Go durations as plain strings. Kinds meshd does not model in
-detail get a permissive `spec`.
+union as `x-kubernetes-int-or-string`, Go durations as plain strings. A strict model (one that refuses
+unknown fields: RequestAuthentication) gets a strict schema: no unknown field is preserved, so none
+reaches meshd unseen. Kinds meshd does not model in detail get a permissive `spec`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from meshd.api.destinationrule import DestinationRuleSpec  # noqa: E402
 from meshd.api.networking import ServiceEntrySpec, SidecarSpec, WorkloadEntrySpec  # noqa: E402
+from meshd.api.request_authentication import RequestAuthenticationSpec  # noqa: E402
 from meshd.api.security import PeerAuthenticationSpec  # noqa: E402
 from meshd.api.virtualservice import VirtualServiceSpec  # noqa: E402
 
@@ -76,7 +78,7 @@ KINDS = (
     CrdKind(NETWORKING, "Sidecar", "sidecars", (), SidecarSpec),
     CrdKind(SECURITY, "PeerAuthentication", "peerauthentications", ("pa",), PeerAuthenticationSpec),
     CrdKind(SECURITY, "AuthorizationPolicy", "authorizationpolicies", ("ap",), None),
-    CrdKind(SECURITY, "RequestAuthentication", "requestauthentications", ("ra",), None),
+    CrdKind(SECURITY, "RequestAuthentication", "requestauthentications", ("ra",), RequestAuthenticationSpec),
 )
 
 OPEN = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
@@ -115,11 +117,12 @@ def structural(node: Any, defs: dict[str, Any], seen: frozenset[str] = frozenset
         out.update(maximum=node["exclusiveMaximum"], exclusiveMaximum=True)
     if kind == "object":
         out["type"] = "object"
-        if "properties" in node:  # a model: open, as meshd's models ignore unknown fields
+        if "properties" in node:  # a model: open, as meshd's models ignore unknown fields, unless strict
             out["properties"] = {k: structural(v, defs, seen) for k, v in sorted(node["properties"].items())}
             if node.get("required"):
                 out["required"] = sorted(node["required"])
-            out["x-kubernetes-preserve-unknown-fields"] = True
+            if node.get("additionalProperties") is not False:
+                out["x-kubernetes-preserve-unknown-fields"] = True
         elif isinstance(node.get("additionalProperties"), dict) and node["additionalProperties"]:
             out["additionalProperties"] = structural(node["additionalProperties"], defs, seen)
         else:

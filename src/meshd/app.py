@@ -29,6 +29,7 @@ from meshd.wiring.authority import load_authority
 from meshd.wiring.cluster import ClusterApi, wants_leader_duties
 from meshd.wiring.debug_access import debug_authorizer
 from meshd.wiring.grpc_servers import ads_servicer, plaintext_server, start_secure_port
+from meshd.wiring.jwks import jwks_fetcher
 from meshd.wiring.kube_mode import build_kube_mode
 from meshd.wiring.leading import DutyFactory, root_cert_publisher, run_leader_duties
 from meshd.wiring.ops import ops_app
@@ -144,9 +145,11 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
                         settings=settings, root_pem=authority.root_pem, is_ready=lambda: hub.ready, clock=clock, log=log
                     )
                 )
+            jwks = jwks_fetcher(settings=settings, store=store, clock=clock, metrics=metrics, log=log)
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(source.run())
                 tasks.create_task(push.run())
+                tasks.create_task(jwks.run())
                 if webhook is not None:
                     tasks.create_task(webhook.serve())
                     if webhook.certificate is not None:

@@ -16,6 +16,7 @@ import sys
 from meshd.ca.cli import add_ca_arguments
 from meshd.kube.flags import add_leader_flags
 from meshd.settings import Settings
+from meshd.sources.jwks_cli import add_jwks_arguments
 
 
 def _path(value: str | None) -> pathlib.Path | None:
@@ -85,6 +86,13 @@ def serve_settings(args: argparse.Namespace) -> Settings:
         first_request_timeout_s=args.first_request_timeout,
         xds_max_connections=args.xds_max_connections,
         webhook_max_connections=args.webhook_max_connections,
+        # RequestAuthentication key sets (sources/jwks_cli.py)
+        jwks_refresh_s=args.jwks_refresh_interval,
+        jwks_retry_s=args.jwks_retry_interval,
+        jwks_fetch_timeout_s=args.jwks_fetch_timeout,
+        jwks_max_bytes=args.jwks_max_bytes,
+        jwks_allow_loopback=args.jwks_allow_loopback,
+        jwks_allow_link_local=args.jwks_allow_link_local,
     )
 
 
@@ -216,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_leader_flags(serve, defaults)
     add_ca_arguments(serve, defaults)
+    add_jwks_arguments(serve, defaults)
     serve.set_defaults(func=_serve)
 
     boot = sub.add_parser("bootstrap", help="print an Envoy bootstrap for a sidecar (or a gRPC one: --proxyless)")

@@ -100,6 +100,15 @@ class Settings(BaseModel):
     # meshConfig.protocolDetectionTimeout: how long a sniffed port (no protocol in its name or appProtocol)
     # waits for the client's first bytes before carrying on as TCP; 0: no limit (Istio's default)
     protocol_detection_timeout_s: float = Field(default=0.0, ge=0, le=3600)
+    # --- RequestAuthentication key sets (sources/jwks.py): fetched by meshd and inlined -------------
+    jwks_refresh_s: float = Field(default=1200.0, gt=0)  # Istio's default: 20 minutes
+    jwks_retry_s: float = Field(default=5.0, gt=0)  # a failed fetch is retried after this, doubling up to refresh
+    jwks_fetch_timeout_s: float = Field(default=5.0, gt=0)  # a rule without `timeout` (Istio's default)
+    jwks_max_bytes: int = Field(default=1024 * 1024, ge=1)  # a larger response is a failed fetch
+    # jwksUri is user input that makes meshd connect: loopback, link-local and cloud metadata addresses
+    # are refused unless allowed here
+    jwks_allow_loopback: bool = False
+    jwks_allow_link_local: bool = False
     # --- Sidecar injection and webhook configurations: issue 7 ----------------------------------
     # `/inject` on the webhook server (kube/inject.py); what the injected containers run and dial.
     inject_enabled: bool = True

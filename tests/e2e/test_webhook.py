@@ -230,3 +230,25 @@ async def test_meshd_serve_serves_the_webhook_and_survives_a_broken_one(tmp_path
         await hook.session.close()
         await meshd.close()
         await broken.close()
+
+
+async def test_request_authentication_is_validated_with_the_message_meshd_logs(webhook: Webhook) -> None:
+    def ra(rule: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "RequestAuthentication",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}}, "jwtRules": [rule]},
+        }
+
+    good = ra({"issuer": "https://issuer.example", "jwksUri": "https://issuer.example/jwks"})
+    assert (await webhook.review(review(good, group="security.istio.io")))["allowed"] is True
+    bad = ra({"issuer": "https://issuer.example", "fromHeaders": [{"name": "x y"}]})
+    response = await webhook.review(review(bad, group="security.istio.io"))
+    assert response["allowed"] is False
+    with pytest.raises(InvalidResource) as rejected:
+        parse_resource(bad)
+    assert response["status"]["message"] == str(rejected.value)
+    assert response["status"]["message"].startswith(
+        "RequestAuthentication shop/web: spec.jwtRules[0].fromHeaders[0].name: 'x y' is not a valid HTTP header name"
+    )

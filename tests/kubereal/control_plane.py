@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from typing import Any
 
 import yaml
 from cryptography.hazmat.primitives import serialization
@@ -29,6 +30,7 @@ from tests.e2e.harness import free_port
 
 ASSETS_VARIABLE = "KUBEBUILDER_ASSETS"
 START_TIMEOUT = 60.0
+CRD_ESTABLISH_TIMEOUT = 30.0
 
 
 def assets_unavailable() -> str | None:
@@ -217,3 +219,22 @@ def request(plane: ControlPlane, method: str, path: str, body: object = None) ->
     with urllib.request.urlopen(req, context=plane.ssl_context(), timeout=10) as resp:
         result: dict[str, object] = json.loads(resp.read() or b"{}")
         return result
+
+
+def install_crds(plane: ControlPlane, crds: list[dict[str, Any]]) -> list[str]:
+    """CustomResourceDefinitions created and waited for until Established; returns their names."""
+    base = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    for crd in crds:
+        request(plane, "POST", base, crd)
+    names = [crd["metadata"]["name"] for crd in crds]
+    deadline = time.monotonic() + CRD_ESTABLISH_TIMEOUT
+    for name in names:
+        while True:
+            status = request(plane, "GET", f"{base}/{name}").get("status") or {}
+            conditions = status.get("conditions") or [] if isinstance(status, dict) else []
+            if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"CRD {name} not Established in {CRD_ESTABLISH_TIMEOUT}s")
+            time.sleep(0.05)  # polling the API server with a deadline
+    return names

@@ -5,35 +5,17 @@ KUBEBUILDER_ASSETS they skip, naming the variable. Tests share the cluster: each
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
 
-from tests.kubereal.control_plane import ControlPlane, assets_unavailable, request
+from tests.kubereal.control_plane import ControlPlane, assets_unavailable, install_crds
 from tests.unit.deploy.chart import render
-
-CRD_ESTABLISH_TIMEOUT = 30.0
 
 
 def install_chart_crds(plane: ControlPlane) -> list[str]:
     """The chart's CRDs (tools/gencrds.py output, rendered by Helm) created and Established."""
-    crds = [d for d in render() if d["kind"] == "CustomResourceDefinition"]
-    base = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
-    for crd in crds:
-        request(plane, "POST", base, crd)
-    names = [crd["metadata"]["name"] for crd in crds]
-    deadline = time.monotonic() + CRD_ESTABLISH_TIMEOUT
-    for name in names:
-        while True:
-            status = request(plane, "GET", f"{base}/{name}").get("status") or {}
-            conditions = status.get("conditions") or [] if isinstance(status, dict) else []
-            if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
-                break
-            if time.monotonic() > deadline:
-                raise AssertionError(f"CRD {name} not Established in {CRD_ESTABLISH_TIMEOUT}s")
-            time.sleep(0.05)  # polling the API server with a deadline
-    return names
+    return install_crds(plane, [d for d in render() if d["kind"] == "CustomResourceDefinition"])
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from meshd.api.jwks import fetched_jwks
 from meshd.api.meta import Resource, ResourceKey
 from meshd.api.parse import parse_resource
 from meshd.generate.generator import ConfigGenerator
@@ -441,6 +442,32 @@ def _service_variant(rng: random.Random, ns: str, name: str) -> list[dict[str, A
     return [service, eps]
 
 
+_JWKS_URIS = ["https://keys.example/a", "https://keys.example/b"]
+
+
+def _request_authentication(rng: random.Random, ns: str) -> dict[str, Any]:
+    """A RequestAuthentication at mesh, namespace or workload level, keys fetched (or not) from a jwksUri."""
+    level = rng.choice(["mesh", "namespace", "workload"])
+    rule: dict[str, Any] = {"issuer": f"https://{level}.example", "jwksUri": rng.choice(_JWKS_URIS)}
+    if rng.random() < 0.5:
+        rule["outputPayloadToHeader"] = rng.choice(["x-a", "x-b"])
+    spec: dict[str, Any] = {"jwtRules": [rule]}
+    if level == "workload":
+        spec["selector"] = {"matchLabels": {"app": rng.choice(["wide", "narrow"])}}
+    return {"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+            "metadata": {"name": f"ra-{level}", "namespace": "istio-system" if level == "mesh" else ns},
+            "spec": spec}  # fmt: skip
+
+
+def _fetched_keys(rng: random.Random) -> Resource:
+    """The key set meshd fetched from one of the jwksUris changes (a rotation)."""
+    return fetched_jwks(rng.choice(_JWKS_URIS), f'{{"keys":[{{"kid":"k{rng.randint(0, 2)}"}}]}}')
+
+
+def _jwt_seen(snapshot: object) -> int:
+    return sum(b"jwt_authn" in body for body in _content(snapshot).get(LISTENER, {}).values())
+
+
 def _mtls_seen(snapshot: object) -> tuple[int, int]:
     """(outbound clusters with Istio mTLS, inbound listeners with an mTLS chain) in a snapshot."""
     by_type = _content(snapshot)
@@ -484,10 +511,14 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     l4_rng = random.Random(seed + 1000)
     protocols_seen: set[str] = set()
     proxyless_listeners: set[str] = set()
+    jwt_rng = random.Random(seed + 1000)
+    request_authns: set[ResourceKey] = set()
+    jwt_seen = [0, 0]  # bound, captured
     for step in range(80):
         ns, name = rng.choice(["a", "b"]), rng.choice(["s1", "s2"])
         choice = rng.random()
         deleted: tuple[ResourceKey, ...] = ()
+        extra: list[Resource] = []
         if rng.random() < 0.15:
             # PeerAuthentication: a new mode at some level, or a policy removed
             choice = 2.0
@@ -575,7 +606,20 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
         elif l4_rng.random() < 0.5:
             made = _L4_CHANGES[l4_rng.choice(sorted(_L4_CHANGES))](l4_rng, l4_rng.choice(["a", "b"]))
             docs = [*docs, *(made if isinstance(made, list) else [made])]
-        generator = mesh.apply(_resources(docs), deleted=deleted)
+        if jwt_rng.random() < 0.2:
+            # on top of this step's change (its own random stream: the other changes stay as they were):
+            # a RequestAuthentication at some level, one removed, or the keys of a jwksUri rotated
+            what = jwt_rng.random()
+            if what < 0.4:
+                extra.append(_fetched_keys(jwt_rng))
+            elif what < 0.55 and request_authns:
+                gone = jwt_rng.choice(sorted(request_authns))
+                request_authns.discard(gone)
+                deleted += (gone,)
+            else:
+                docs.append(_request_authentication(jwt_rng, jwt_rng.choice(["a", "b"])))
+                request_authns.add(parse_resource(docs[-1]).key)
+        generator = mesh.apply(_resources(docs) + extra, deleted=deleted)
         hub.publish(generator, changed_at=float(step))
         assert not hub.failures, hub.failures  # a build that raises (check mode) keeps a stale snapshot
         fresh = ConfigGenerator(
@@ -589,6 +633,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
             assert conn.snapshot is not None
             assert _content(conn.snapshot) == _content(fresh.snapshot(conn.proxy)), (step, conn.proxy.node_id)
             served_secrets += len(conn.snapshot.resources.get(SECRET, {}))
+            jwt_seen[conn.proxy.capture] += _jwt_seen(conn.snapshot)
             clusters, listeners = _mtls_seen(conn.snapshot)
             assert not (clusters or listeners) or conn.proxy.sds  # never to a proxy without SDS
             mtls_seen[0] += clusters
@@ -607,6 +652,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     assert all(mtls_seen)  # and mTLS reached the clusters and inbound listeners of SDS proxies
     assert all(features.values()), features  # and every L4 / egress / ingress / selector feature reached a proxy
     assert len(protocols_seen) >= 3 and proxyless_listeners  # and protocol changes, proxyless clients
+    assert all(jwt_seen)  # and jwt_authn reached inbound listeners, bound and captured
 
 
 def test_virtual_service_errors_are_carried_across_pushes_and_follow_their_rule() -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from meshd.api.jwks import FETCHED_JWKS, fetched_jwks
 from meshd.api.meta import Resource, ResourceKey
 from meshd.api.parse import parse_resource
 from meshd.model.state import WorldState
@@ -154,6 +155,26 @@ def _sidecar(rng: random.Random, ns: str, name: str) -> dict[str, Any]:
     }
 
 
+def _request_authentication(rng: random.Random, ns: str, name: str) -> dict[str, Any]:
+    spec: dict[str, Any] = {"jwtRules": [{"issuer": f"https://{name}.example", "jwksUri": _jwks_uri(rng)}]}
+    if rng.random() < 0.5:
+        spec["selector"] = {"matchLabels": {"version": rng.choice(["v1", "v2"])}}
+    return {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "RequestAuthentication",
+        "metadata": {"name": name, "namespace": rng.choice([ns, "istio-system"])},
+        "spec": spec,
+    }
+
+
+def _jwks_uri(rng: random.Random) -> str:
+    return f"https://keys.example/{rng.randint(0, 1)}"
+
+
+def _fetched(rng: random.Random, ns: str, name: str) -> Resource:
+    return fetched_jwks(f"https://keys.example/{name[-1]}", rng.choice(['{"keys":[1]}', '{"keys":[2]}']))
+
+
 MAKERS = {
     "Service": (_service, "s", 4),
     "Pod": (_pod, "p", 6),
@@ -164,6 +185,8 @@ MAKERS = {
     "VirtualService": (_virtual_service, "vs", 3),
     "Sidecar": (_sidecar, "sc", 1),
     "Secret": (_secret, "cred", 1),
+    "RequestAuthentication": (_request_authentication, "ra", 2),
+    FETCHED_JWKS: (_fetched, "k", 2),
 }
 
 
@@ -179,6 +202,9 @@ def _same(a: World, b: World) -> None:
     assert dict(a.virtual_services_by_name) == dict(b.virtual_services_by_name)
     assert a.source_selectors == b.source_selectors
     assert a.wildcard_hosts == b.wildcard_hosts
+    assert dict(a.peer_authentications) == dict(b.peer_authentications)
+    assert dict(a.request_authentications) == dict(b.request_authentications)
+    assert dict(a.jwks) == dict(b.jwks)
     assert sorted(map(str, a.errors)) == sorted(map(str, b.errors))
 
 
@@ -194,12 +220,13 @@ def test_incremental_world_equals_full_rebuild(seed: int) -> None:
             make, prefix, count = MAKERS[kind]
             ns = rng.choice(NAMESPACES)
             name = f"{prefix}{rng.randint(0, count - 1)}"
-            key = ResourceKey(kind, ns, name)
+            made = make(rng, ns, name)
+            resource = made if isinstance(made, Resource) else parse_resource(made)
+            key = resource.key
             if key in current and rng.random() < 0.3:
                 del current[key]
                 changes[key] = None
             else:
-                resource = parse_resource(make(rng, ns, name))
                 current[key] = resource
                 changes[key] = resource
         state.apply(changes)

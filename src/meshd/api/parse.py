@@ -11,6 +11,7 @@ from meshd.api.destinationrule import DestinationRule
 from meshd.api.kube import EndpointSlice, Pod, Secret, Service
 from meshd.api.meta import InvalidResource, Resource, ResourceKey, field_path
 from meshd.api.networking import NETWORKING_VERSIONS, ServiceEntry, Sidecar, WorkloadEntry
+from meshd.api.request_authentication import RequestAuthentication
 from meshd.api.security import SECURITY_VERSIONS, PeerAuthentication
 from meshd.api.virtualservice import VirtualService
 
@@ -26,6 +27,7 @@ KINDS: dict[str, tuple[type[Resource], tuple[str, ...]]] = {
     "WorkloadEntry": (WorkloadEntry, NETWORKING_VERSIONS),
     "Sidecar": (Sidecar, NETWORKING_VERSIONS),
     "PeerAuthentication": (PeerAuthentication, SECURITY_VERSIONS),
+    "RequestAuthentication": (RequestAuthentication, SECURITY_VERSIONS),
 }
 
 
@@ -103,6 +105,8 @@ def parse_resource(doc: Any, *, origin: str = "", default_namespace: str = "defa
     except ValidationError as exc:
         first = exc.errors()[0]
         message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":  # models that refuse what they do not know
+            message = "unknown field (refused rather than ignored)"
         field = field_path(first["loc"])
         # Cross-field validators report "<field>: message"; fold that into the path.
         head, sep, rest = message.partition(": ")

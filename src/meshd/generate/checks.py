@@ -1,5 +1,6 @@
 """The checks of one World that do not depend on which proxies are connected: VirtualService
-routes per host, port collisions, Sidecars, credentialNames, certificate files, PeerAuthentications.
+routes per host, port collisions, Sidecars, credentialNames, certificate files, PeerAuthentications,
+RequestAuthentications.
 Each check is carried from the previous generation while the inputs it read are the same objects,
 so a push re-checks only what changed."""
 
@@ -16,6 +17,7 @@ from meshd.generate.tls_files import FileCheck
 from meshd.model.derive import RuleSelector, rule_selector
 from meshd.model.services import MeshService, is_http
 from meshd.model.world import World
+from meshd.translate import jwt_authn
 from meshd.translate.listener_plan import RESERVED_PORTS, ListenerPlan, l4_check_inputs, validate_l4_routes
 from meshd.translate.peer_auth import check_policies
 from meshd.translate.protocol import bound_inbound_errors
@@ -117,6 +119,7 @@ class WorldChecks:
         errors.update(dict.fromkeys(_ingress_ports(world)))
         errors.update(dict.fromkeys(self._files.errors))
         errors.update(dict.fromkeys(check_policies(world.peer_authentications)))
+        errors.update(dict.fromkeys(jwt_authn.check_policies(world.request_authentications)))
         if self._sidecar_port is not None:
             errors.update(dict.fromkeys(bound_inbound_errors(world)))
         return list(errors)

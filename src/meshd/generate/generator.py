@@ -162,14 +162,16 @@ class ConfigGenerator:
         def inputs() -> Hashable:
             outbound_mode = queries.outbound_mode(key) if proxy.capture else None
             modes = queries.inbound_mtls(proxy.namespace, proxy.ip)
+            jwt = queries.jwt_providers(proxy.namespace, proxy.ip)
             inbound = queries.sidecar_inbound(key)
-            return (queries.plan(key), queries.served(proxy.ip), modes, proxy.sds, outbound_mode, inbound)
+            return (queries.plan(key), queries.served(proxy.ip), modes, jwt, proxy.sds, outbound_mode, inbound)
 
         def build(ctx: Context, previous: Snapshot | None) -> tuple[Snapshot, list[MemoEntry]]:
             proxy, q = ctx.proxy, ctx.queries
             assert proxy is not None
             plan, served = q.plan(key), q.served(proxy.ip)
             modes = q.inbound_mtls(proxy.namespace, proxy.ip)
+            jwt = q.jwt_providers(proxy.namespace, proxy.ip)
             inbound = q.sidecar_inbound(key)
             inbound_port = self.options.inbound_port
             refused: list[MemoEntry] = []  # left out by the proto guard: reported while the layer is used
@@ -181,9 +183,10 @@ class ConfigGenerator:
                     sds=proxy.sds,
                     outbound_mode=q.outbound_mode(key),
                     inbound_port=inbound_port,
+                    jwt=jwt,
                     inbound=inbound,
                 )
-                ingress_specs = bound_ingress_listener_specs(inbound, proxy, modes=modes, capture=True)
+                ingress_specs = bound_ingress_listener_specs(inbound, proxy, modes=modes, capture=True, jwt=jwt)
                 own = {
                     LISTENER: build_all([*listener_specs, *ingress_specs], refused),
                     CLUSTER: build_all(
@@ -209,8 +212,8 @@ class ConfigGenerator:
                     LISTENER: build_all(
                         [
                             *outbound_listener_specs(plan, proxy, taken=bound_ports(inbound, proxy, capture=False)),
-                            *inbound_listener_specs(proxy, served, inbound_port=inbound_port, modes=modes),
-                            *bound_ingress_listener_specs(inbound, proxy, modes=modes, capture=False),
+                            *inbound_listener_specs(proxy, served, inbound_port=inbound_port, modes=modes, jwt=jwt),
+                            *bound_ingress_listener_specs(inbound, proxy, modes=modes, capture=False, jwt=jwt),
                         ],
                         refused,
                     ),

@@ -1,5 +1,5 @@
 """Values derived once per generation from the World that builds read: a scope's listener plan, the
-services an address backs, a workload's inbound mTLS modes, a scope's outbound traffic mode, the
+services an address backs, a workload's inbound mTLS modes and JWT providers, a scope's outbound traffic mode, the
 certificate files a rule names that Envoy could not load, the hosts a VirtualService routes to.
 
 Builds read them through the context (`ctx.queries`), so in check mode each value is recorded like any
@@ -14,6 +14,7 @@ from meshd.api.virtualservice import VirtualService
 from meshd.generate.options import GenerateOptions
 from meshd.generate.tls_files import FileCheck
 from meshd.model.world import World
+from meshd.translate.jwt_authn import JwtProviders, inline_keys, workload_providers
 from meshd.translate.listener_plan import ListenerPlan
 from meshd.translate.listeners import InboundEntry, inbound_index
 from meshd.translate.peer_auth import InboundMtls, workload_mtls
@@ -38,6 +39,8 @@ class Queries:
         self._plans: dict[ScopeKey, ListenerPlan] = {}
         self._inbound: dict[str, tuple[InboundEntry, ...]] | None = None
         self._moved: set[str] | None = None
+        self._jwt: dict[tuple[str, str], JwtProviders] = {}
+        self._inline_keys: dict[str, str] = {}
         self._previous_world = previous._world if previous is not None else None
         self._prev_plans = previous._plans if previous is not None else {}
         self._prev_inbound = previous._inbound if previous is not None else None
@@ -110,6 +113,28 @@ class Queries:
             self._sidecar_inbound[key] = found
         return found
 
+    def jwt_providers(self, namespace: str, ip: str) -> JwtProviders:
+        """The JWT providers (RequestAuthentications, keys resolved) of the workload at an address."""
+        found = self._jwt.get((namespace, ip))
+        if found is None:
+            workload = self._world.workloads.get(ip)
+            found = self._jwt[(namespace, ip)] = workload_providers(
+                self._world.request_authentications,
+                self._world.jwks,
+                namespace=namespace,
+                labels=dict(workload.labels) if workload is not None else {},
+                root_namespace=self._options.root_namespace,
+                inline=self._inline,
+            )
+        return found
+
+    def _inline(self, jwks: str) -> str:
+        """Inline key sets normalised once per generation, whatever the number of workloads."""
+        keys = self._inline_keys.get(jwks)
+        if keys is None:
+            keys = self._inline_keys[jwks] = inline_keys(jwks)
+        return keys
+
     def outbound_mode(self, key: ScopeKey) -> str:
         """`outboundTrafficPolicy.mode` of the scope's Sidecar, else the mesh default."""
         sidecar = self.scope(key).sidecar
@@ -145,6 +170,8 @@ class Queries:
                 return None  # inbound modes may change anywhere
             if self._files.state != self._prev_files:
                 return None  # a Sidecar's ingress certificate file may have appeared or gone
+            if world.request_authentications is not before.request_authentications or world.jwks is not before.jwks:
+                return None  # so may inbound JWT providers
             now, then = world.workloads, before.workloads
             moved = {ip for ip in now.keys() | then.keys() if now.get(ip) is not then.get(ip)}
             inbound, old_inbound = self._inbound_index(), self._prev_inbound

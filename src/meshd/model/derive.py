@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from meshd.api.destinationrule import DestinationRule
 from meshd.api.kube import EndpointConditions, EndpointSlice, Pod, Service
@@ -359,6 +359,17 @@ def peer_authentications_by_namespace(
     by_ns: dict[str, list[PeerAuthentication]] = defaultdict(list)
     for policy in sorted(policies, key=age_key):
         by_ns[policy.metadata.namespace].append(policy)
+    return {ns: tuple(v) for ns, v in sorted(by_ns.items())}
+
+
+_R = TypeVar("_R", bound=Resource)
+
+
+def oldest_first_by_namespace(resources: Iterable[_R]) -> dict[str, tuple[_R, ...]]:
+    """Resources grouped by namespace, each group oldest first (then by name)."""
+    by_ns: dict[str, list[_R]] = defaultdict(list)
+    for resource in sorted(resources, key=age_key):
+        by_ns[resource.metadata.namespace].append(resource)
     return {ns: tuple(v) for ns, v in sorted(by_ns.items())}
 
 

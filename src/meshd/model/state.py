@@ -12,9 +12,11 @@ from types import MappingProxyType
 from typing import TypeVar
 
 from meshd.api.destinationrule import DestinationRule
+from meshd.api.jwks import FETCHED_JWKS, FetchedJwks
 from meshd.api.kube import EndpointSlice, Pod, Secret, Service
 from meshd.api.meta import InvalidResource, Resource, ResourceKey
 from meshd.api.networking import ServiceEntry, Sidecar, WorkloadEntry
+from meshd.api.request_authentication import RequestAuthentication
 from meshd.api.security import PeerAuthentication
 from meshd.api.virtualservice import VirtualService
 from meshd.model import derive
@@ -74,6 +76,10 @@ class WorldState:
         self._secrets: dict[tuple[str, str], Secret] = {}
         # namespace -> PeerAuthentications; a new mapping object only when one of them changes
         self._peer_auth: Mapping[str, tuple[PeerAuthentication, ...]] = MappingProxyType({})
+        # RequestAuthentications and fetched key sets: re-derived (a new mapping object) only when one changes
+        self._request_authn: dict[ResourceKey, RequestAuthentication] = {}
+        self._request_authn_by_ns: Mapping[str, tuple[RequestAuthentication, ...]] = MappingProxyType({})
+        self._jwks: Mapping[str, str] = MappingProxyType({})
 
     # -- applying changes ---------------------------------------------------------------------
 
@@ -95,6 +101,10 @@ class WorldState:
                     self._secrets[(key.namespace, key.name)] = resource
                 else:
                     self._secrets.pop((key.namespace, key.name), None)
+            elif key.kind == "RequestAuthentication":
+                self._apply_request_authentication(key, resource)
+            elif key.kind == FETCHED_JWKS:
+                self._apply_jwks(key, resource)
             elif key.kind in _ISTIO_KINDS:
                 previous = self._istio[key.kind].pop(key, None)
                 if resource is not None:
@@ -118,6 +128,21 @@ class WorldState:
             self._recompute_endpoints(service_id)
         if istio_changed or hosts_changed:
             self._rederive_istio()
+
+    def _apply_request_authentication(self, key: ResourceKey, resource: Resource | None) -> None:
+        if isinstance(resource, RequestAuthentication):
+            self._request_authn[key] = resource
+        else:
+            self._request_authn.pop(key, None)
+        self._request_authn_by_ns = MappingProxyType(derive.oldest_first_by_namespace(self._request_authn.values()))
+
+    def _apply_jwks(self, key: ResourceKey, resource: Resource | None) -> None:
+        keys = dict(self._jwks)
+        if isinstance(resource, FetchedJwks):
+            keys[key.name] = resource.keys
+        else:
+            keys.pop(key.name, None)
+        self._jwks = MappingProxyType(keys)
 
     def _apply_pod(self, key: ResourceKey, pod: Resource | None, dirty: set[ServiceId], addresses: set[str]) -> None:
         pod_id = (key.namespace, key.name)
@@ -267,4 +292,6 @@ class WorldState:
             secrets=self._secrets,
             virtual_services_by_name=self._vs_by_name,
             peer_authentications=self._peer_auth,
+            request_authentications=self._request_authn_by_ns,
+            jwks=self._jwks,
         )

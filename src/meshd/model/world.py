@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from meshd.api.destinationrule import DestinationRule
+from meshd.api.jwks import FetchedJwks
 from meshd.api.kube import EndpointSlice, Pod, Secret, Service
 from meshd.api.meta import InvalidResource, Resource
 from meshd.api.networking import ServiceEntry, Sidecar, WorkloadEntry
+from meshd.api.request_authentication import RequestAuthentication
 from meshd.api.security import PeerAuthentication
 from meshd.api.virtualservice import VirtualService
 from meshd.model import derive
@@ -53,6 +55,10 @@ class World:
     # the distinct (namespace, matchLabels) of DestinationRule workload selectors (sorted): a proxy's scope
     # records which of them select it
     rule_selectors: tuple[derive.RuleSelector, ...] = ()
+    # namespace -> RequestAuthentications, oldest first; jwksUri -> the key set meshd fetched from it
+    # (canonical JSON). Each mapping is the same object while nothing in it changes.
+    request_authentications: Mapping[str, tuple[RequestAuthentication, ...]] = field(default_factory=dict)
+    jwks: Mapping[str, str] = field(default_factory=dict)
 
     def virtual_services_for(self, host: str) -> tuple[VirtualService, ...] | None:
         """The VirtualServices routing a host: those naming it exactly, else those of the most
@@ -84,6 +90,8 @@ def assemble(
     secrets: Mapping[tuple[str, str], Secret] | None = None,
     virtual_services_by_name: Mapping[tuple[str, str], VirtualService],
     peer_authentications: Mapping[str, tuple[PeerAuthentication, ...]] | None = None,
+    request_authentications: Mapping[str, tuple[RequestAuthentication, ...]] | None = None,
+    jwks: Mapping[str, str] | None = None,
 ) -> World:
     ordered = dict(sorted(services.items()))
     by_namespace: dict[str, list[MeshService]] = defaultdict(list)
@@ -113,6 +121,10 @@ def assemble(
         wildcard_hosts=tuple(sorted((h for h in virtual_services if h.startswith("*")), key=lambda h: (-len(h), h))),
         peer_authentications=peer_authentications if peer_authentications is not None else MappingProxyType({}),
         rule_selectors=derive.rule_selectors(rules_by_host),
+        request_authentications=request_authentications
+        if request_authentications is not None
+        else MappingProxyType({}),
+        jwks=jwks if jwks is not None else MappingProxyType({}),
     )
 
 
@@ -174,4 +186,10 @@ def build_world(resources: Iterable[Resource], *, domain_suffix: str, revision: 
                 p for p in by_kind["PeerAuthentication"] if isinstance(p, PeerAuthentication)
             )
         ),
+        request_authentications=MappingProxyType(
+            derive.oldest_first_by_namespace(
+                r for r in by_kind["RequestAuthentication"] if isinstance(r, RequestAuthentication)
+            )
+        ),
+        jwks=MappingProxyType({j.uri: j.keys for j in by_kind["FetchedJwks"] if isinstance(j, FetchedJwks)}),
     )

@@ -92,6 +92,12 @@ class Metrics:
             "stage",
             registry,
         )
+        self.jwks_fetches = IstioCounter(
+            "meshd_jwks_fetches",
+            "Fetches of RequestAuthentication key sets (result: ok, failed, refused by the address policy).",
+            "result",
+            registry,
+        )
         self.xds_bytes = IstioCounter("pilot_xds_send_bytes", "Bytes of xDS responses sent, by type.", "type", registry)
         self.ca = CaMetrics(registry)
         self.connections = ConnectionMetrics(registry)

@@ -39,6 +39,7 @@ from meshd.model.services import is_http, is_sniffed
 from meshd.translate import naming
 from meshd.translate.cluster_policy import inbound_pool
 from meshd.translate.clusters import CONNECT_TIMEOUT, set_upstream_protocol, socket_address
+from meshd.translate.jwt_authn import JwtProviders
 from meshd.translate.l4_chain import cidr_range, filter_chain
 from meshd.translate.listener_plan import RESERVED_PORTS, ListenerPlan, PortPlan
 from meshd.translate.listeners import (
@@ -183,7 +184,7 @@ def inbound_protocols(served: Sequence[InboundEntry]) -> dict[int, str]:
 
 
 def _ingress_chains(
-    ingress: tuple[IngressPort, ...], modes: InboundMtls, sds: bool
+    ingress: tuple[IngressPort, ...], modes: InboundMtls, sds: bool, jwt: JwtProviders
 ) -> tuple[list[listener_components_pb2.FilterChain], bool]:
     """A Sidecar's ingress ports (those traffic capture brings here), each matched by its port."""
     chains: list[listener_components_pb2.FilterChain] = []
@@ -191,7 +192,7 @@ def _ingress_chains(
     for port in ingress:
         if not port.captured:
             continue
-        found, split = ingress_chains(port, modes=modes, sds=sds)
+        found, split = ingress_chains(port, modes=modes, sds=sds, jwt=jwt)
         for chain in found:
             chain.filter_chain_match.destination_port.value = port.port
         chains += found
@@ -204,6 +205,7 @@ def _virtual_inbound(
     inbound_port: int,
     modes: InboundMtls,
     sds: bool,
+    jwt: JwtProviders,
     detection_timeout: float = 0.0,
     ingress: tuple[IngressPort, ...] | None = None,
 ) -> listener_pb2.Listener:
@@ -221,7 +223,7 @@ def _virtual_inbound(
     inspect = False
     sniffed: list[int] = []
     if ingress is not None:  # a Sidecar's ingress replaces the ports derived from the services
-        found, inspect = _ingress_chains(ingress, modes, sds)
+        found, inspect = _ingress_chains(ingress, modes, sds, jwt)
         chains += found
         served = ()
     for target, entries in served_ports(served).items():
@@ -234,7 +236,7 @@ def _virtual_inbound(
             kind = "mtls" if mtls else "plaintext"
             if is_http(protocol) or (is_sniffed(protocol) and not mtls):
                 chain = inbound_http_chain(
-                    entries, route_name=naming.inbound_cluster(port=target), mtls=mtls, peer_identity=sds
+                    entries, route_name=naming.inbound_cluster(port=target), mtls=mtls, peer_identity=sds, jwt=jwt
                 )
                 chain.name = f"{naming.inbound_cluster(port=target)}{kind}"
                 chain.filter_chain_match.destination_port.value = target
@@ -303,6 +305,7 @@ def capture_listener_specs(
     sds: bool,
     outbound_mode: str,
     inbound_port: int,
+    jwt: JwtProviders = (),
     inbound: SidecarInbound = AUTOMATIC,
 ) -> Iterator[Spec]:
     """Every listener of a capture-mode proxy. Nothing is bound to its address: proxies of a scope
@@ -316,12 +319,9 @@ def capture_listener_specs(
         name = naming.outbound_listener(ip=ANY_ADDRESS, port=port_plan.port)
         yield Spec(name, ("lds-cap-port", port_plan, outbound_mode), partial(_outbound, port_plan, outbound_mode))
     timeout, ingress = plan.detection_timeout, inbound.ingress
-    inbound_key = ("lds-cap-in", served, inbound_port, modes, sds, timeout, ingress)
-    yield Spec(
-        naming.VIRTUAL_INBOUND,
-        inbound_key,
-        partial(_virtual_inbound, served, inbound_port, modes, sds, timeout, ingress),
-    )
+    inbound_key = ("lds-cap-in", served, inbound_port, modes, sds, jwt, timeout, ingress)
+    build = partial(_virtual_inbound, served, inbound_port, modes, sds, jwt, timeout, ingress)
+    yield Spec(naming.VIRTUAL_INBOUND, inbound_key, build)
 
 
 def capture_cluster_specs(

@@ -1,6 +1,7 @@
-"""The HTTP filters of an outbound connection manager (CORS, fault, router, in Istio's order) and
-their per-route configurations: Istio's corsPolicy and fault become `typed_per_filter_config`
-entries, so the filters in the chain are inert until a route enables them."""
+"""The HTTP filters of a connection manager, in Istio's order. Outbound: CORS, fault, router, with their
+per-route configurations (Istio's corsPolicy and fault become `typed_per_filter_config` entries, so the
+filters are inert until a route enables them). Inbound: request authentication (jwt_authn), then
+authorization (RBAC, which reads what jwt_authn verified), then the router."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from google.protobuf import any_pb2, wrappers_pb2
 from meshd.api.values import parse_duration
 from meshd.api.virtualservice import GRPC_STATUS, CorsPolicy, HTTPFaultInjection
 from meshd.translate.http_match import string_matcher
+from meshd.translate.jwt_authn import JwtProviders, jwt_authn_filter
 from meshd.translate.proto import duration, pack
 
 CORS = "envoy.filters.http.cors"
@@ -37,6 +39,14 @@ def outbound_http_filters() -> list[hcm_pb2.HttpFilter]:
         hcm_pb2.HttpFilter(name=FAULT, typed_config=pack(fault_pb2.HTTPFault())),
         router(),
     ]
+
+
+def inbound_http_filters(*, jwt: JwtProviders = ()) -> list[hcm_pb2.HttpFilter]:
+    """The inbound HTTP filters: jwt_authn first (when a RequestAuthentication applies), the
+    authorization filters after it (they read its verified payload), the router last."""
+    filters = [jwt_authn_filter(jwt)] if jwt else []
+    filters.append(router())
+    return filters
 
 
 def router() -> hcm_pb2.HttpFilter:

@@ -19,7 +19,8 @@ from meshd.model.services import MeshService
 from meshd.model.world import World
 from meshd.translate import naming
 from meshd.translate.clusters import ads_config_source, socket_address
-from meshd.translate.http_filters import outbound_http_filters, router
+from meshd.translate.http_filters import inbound_http_filters, outbound_http_filters, router
+from meshd.translate.jwt_authn import JwtProviders
 from meshd.translate.l4_chain import filter_chain
 from meshd.translate.listener_plan import RESERVED_PORTS, ListenerPlan, PortPlan
 from meshd.translate.mtls import MTLS_ALPNS, downstream_context, tls_socket
@@ -136,10 +137,11 @@ def _inbound_routes(name: str, served: Sequence[InboundEntry]) -> route_pb2.Rout
 
 
 def inbound_http_chain(
-    served: Sequence[InboundEntry], *, route_name: str, mtls: bool, peer_identity: bool
+    served: Sequence[InboundEntry], *, route_name: str, mtls: bool, peer_identity: bool, jwt: JwtProviders = ()
 ) -> listener_components_pb2.FilterChain:
     """An HTTP chain routing by Host to `inbound|<target>||` (XFCC with the peer's identity when the
-    proxy has the agent's SDS); TLS with a required client certificate when `mtls`."""
+    proxy has the agent's SDS); TLS with a required client certificate when `mtls`. Its HTTP filters:
+    `inbound_http_filters` (jwt_authn for the workload's RequestAuthentications, then the router)."""
     hcm = hcm_pb2.HttpConnectionManager(stat_prefix="inbound", route_config=_inbound_routes(route_name, served))
     if peer_identity:
         # The app sees who called: the peer's certificate (SPIFFE URI, subject, DNS) in x-forwarded-client-cert.
@@ -148,7 +150,7 @@ def inbound_http_chain(
         details.subject.value = True
         details.uri = True
         details.dns = True
-    chain = listener_components_pb2.FilterChain(filters=[hcm_filter(hcm)])
+    chain = listener_components_pb2.FilterChain(filters=[hcm_filter(hcm, inbound_http_filters(jwt=jwt))])
     if mtls:
         chain.transport_socket.CopyFrom(tls_socket(downstream_context()))
     if peer_identity:
@@ -183,7 +185,12 @@ def tls_inspector() -> listener_components_pb2.ListenerFilter:
 
 
 def _inbound_listener(
-    proxy: Proxy, served: tuple[InboundEntry, ...], inbound_port: int, modes: InboundMtls, sds: bool
+    proxy: Proxy,
+    served: tuple[InboundEntry, ...],
+    inbound_port: int,
+    modes: InboundMtls,
+    sds: bool,
+    jwt: JwtProviders,
 ) -> listener_pb2.Listener:
     """One HTTP chain per transport the workload's PeerAuthentication admits: mTLS (STRICT, PERMISSIVE)
     and plaintext (PERMISSIVE, DISABLE), each routing only the ports whose mode admits it. Without SDS
@@ -198,7 +205,7 @@ def _inbound_listener(
         entries = [e for e in served if admits(modes.for_port(e[2]), mtls=mtls, sds=sds)]
         if entries:
             route_name = f"inbound|{inbound_port}|mtls" if mtls else f"inbound|{inbound_port}"
-            chain = inbound_http_chain(entries, route_name=route_name, mtls=mtls, peer_identity=sds)
+            chain = inbound_http_chain(entries, route_name=route_name, mtls=mtls, peer_identity=sds, jwt=jwt)
             chains.append((mtls, chain))
     if split_by_transport(chains):  # before the chains are copied into the listener
         listener.listener_filters.append(tls_inspector())
@@ -207,14 +214,20 @@ def _inbound_listener(
 
 
 def inbound_listener_specs(
-    proxy: Proxy, served: tuple[InboundEntry, ...], *, inbound_port: int, modes: InboundMtls = DEFAULT_INBOUND
+    proxy: Proxy,
+    served: tuple[InboundEntry, ...],
+    *,
+    inbound_port: int,
+    modes: InboundMtls = DEFAULT_INBOUND,
+    jwt: JwtProviders = (),
 ) -> Iterator[Spec]:
     """The inbound listener at <ip>:<inbound_port>, dispatching by Host to `inbound|<target>||`
     (none if the workload backs no service, or no port admits any client)."""
     sds = proxy.sds
     if any(sds or modes.for_port(t) != STRICT for _, _, t in served):
-        key = ("lds-in", proxy.ip, inbound_port, served, modes, sds)
-        yield Spec(naming.VIRTUAL_INBOUND, key, partial(_inbound_listener, proxy, served, inbound_port, modes, sds))
+        key = ("lds-in", proxy.ip, inbound_port, served, modes, sds, jwt)
+        build = partial(_inbound_listener, proxy, served, inbound_port, modes, sds, jwt)
+        yield Spec(naming.VIRTUAL_INBOUND, key, build)
 
 
 def _inbound_route(target: int) -> route_components_pb2.Route:

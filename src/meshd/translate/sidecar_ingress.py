@@ -32,6 +32,8 @@ from meshd.model.services import is_http, protocol_of
 from meshd.translate import naming
 from meshd.translate.cluster_policy import inbound_pool
 from meshd.translate.clusters import CONNECT_TIMEOUT, set_upstream_protocol, socket_address
+from meshd.translate.http_filters import inbound_http_filters
+from meshd.translate.jwt_authn import JwtProviders
 from meshd.translate.listener_plan import RESERVED_PORTS
 from meshd.translate.listeners import admits, hcm_filter, split_by_transport, tcp_proxy_filter, tls_inspector
 from meshd.translate.mtls import downstream_context, tls_socket
@@ -206,7 +208,7 @@ def server_tls_context(tls: IngressTLSSettings, *, http: bool) -> tls_pb2.Downst
     return context
 
 
-def _http_filter(port: IngressPort, *, peer_identity: bool) -> listener_components_pb2.Filter:
+def _http_filter(port: IngressPort, *, peer_identity: bool, jwt: JwtProviders) -> listener_components_pb2.Filter:
     cluster = naming.inbound_cluster(port=port.port)
     route = route_components_pb2.Route(
         name="default",
@@ -224,15 +226,18 @@ def _http_filter(port: IngressPort, *, peer_identity: bool) -> listener_componen
         details.subject.value = True
         details.uri = True
         details.dns = True
-    return hcm_filter(hcm)
+    return hcm_filter(hcm, inbound_http_filters(jwt=jwt))
 
 
-def ingress_chain(port: IngressPort, *, mtls: bool, peer_identity: bool) -> listener_components_pb2.FilterChain:
-    """One chain of an ingress port: its own TLS if it has any, else Istio mTLS (`mtls`) or plaintext."""
+def ingress_chain(
+    port: IngressPort, *, mtls: bool, peer_identity: bool, jwt: JwtProviders = ()
+) -> listener_components_pb2.FilterChain:
+    """One chain of an ingress port: its own TLS if it has any, else Istio mTLS (`mtls`) or plaintext; HTTP
+    with the workload's RequestAuthentications (jwt_authn), as on the automatic inbound side."""
     tls = port.tls.obj if port.tls is not None else None
     identity = peer_identity and (mtls or (isinstance(tls, IngressTLSSettings) and tls.mode == "MUTUAL"))
     if port.http:
-        network = _http_filter(port, peer_identity=identity)
+        network = _http_filter(port, peer_identity=identity, jwt=jwt)
     else:
         network = tcp_proxy_filter(naming.inbound_cluster(port=port.port))
     transport = "tls" if tls is not None else "mtls" if mtls else "plaintext"
@@ -247,14 +252,14 @@ def ingress_chain(port: IngressPort, *, mtls: bool, peer_identity: bool) -> list
 
 
 def ingress_chains(
-    port: IngressPort, *, modes: InboundMtls, sds: bool
+    port: IngressPort, *, modes: InboundMtls, sds: bool, jwt: JwtProviders = ()
 ) -> tuple[list[listener_components_pb2.FilterChain], bool]:
     """The chains of one ingress port and whether TLS inspection tells them apart: its own TLS, else one
     chain per transport its PeerAuthentication mode admits."""
     if port.tls is not None:
-        return [ingress_chain(port, mtls=False, peer_identity=sds)], False
+        return [ingress_chain(port, mtls=False, peer_identity=sds, jwt=jwt)], False
     chains = [
-        (mtls, ingress_chain(port, mtls=mtls, peer_identity=sds))
+        (mtls, ingress_chain(port, mtls=mtls, peer_identity=sds, jwt=jwt))
         for mtls in (True, False)
         if admits(modes.for_port(port.port), mtls=mtls, sds=sds)
     ]
@@ -262,13 +267,15 @@ def ingress_chains(
     return [chain for _, chain in chains], inspect
 
 
-def _bound_listener(port: IngressPort, address: str, modes: InboundMtls, sds: bool) -> listener_pb2.Listener:
+def _bound_listener(
+    port: IngressPort, address: str, modes: InboundMtls, sds: bool, jwt: JwtProviders
+) -> listener_pb2.Listener:
     listener = listener_pb2.Listener(
         name=naming.outbound_listener(ip=address, port=port.port),
         address=socket_address(address, port.port),
         traffic_direction=1,  # INBOUND
     )
-    chains, inspect = ingress_chains(port, modes=modes, sds=sds)
+    chains, inspect = ingress_chains(port, modes=modes, sds=sds, jwt=jwt)
     listener.filter_chains.extend(chains)
     if inspect:
         listener.listener_filters.append(tls_inspector())
@@ -276,7 +283,7 @@ def _bound_listener(port: IngressPort, address: str, modes: InboundMtls, sds: bo
 
 
 def bound_ingress_listener_specs(
-    inbound: SidecarInbound, proxy: Proxy, *, modes: InboundMtls, capture: bool
+    inbound: SidecarInbound, proxy: Proxy, *, modes: InboundMtls, capture: bool, jwt: JwtProviders = ()
 ) -> Iterator[Spec]:
     """Listeners bound on `bind` (default: the proxy's address) at each ingress port that traffic capture
     does not bring to virtualInbound (every port without capture; `captureMode: NONE` ports with it)."""
@@ -284,11 +291,11 @@ def bound_ingress_listener_specs(
         if capture and port.captured:
             continue
         address = port.bind or proxy.ip
-        key = ("lds-ingress", address, port, modes, proxy.sds)
+        key = ("lds-ingress", address, port, modes, proxy.sds, jwt)
         yield Spec(
             naming.outbound_listener(ip=address, port=port.port),
             key,
-            partial(_bound_listener, port, address, modes, proxy.sds),
+            partial(_bound_listener, port, address, modes, proxy.sds, jwt),
         )
 
 

@@ -1,0 +1,62 @@
+"""The side-by-side benchmark's harness (benchmarks/scenario_peer.py, `make bench BENCH_ARGS=--peer istiod`)
+at a tiny size: a real kube-apiserver with Istio 1.14's CRDs, the mesh written through it, then meshd and
+the real istiod in turn, each converging every proxy and delivering every edit, and a ratio per figure.
+Skips, saying why, without ../shared/envtest or ../shared/peers/istiod-1.14. About 30 s."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from benchmarks.__main__ import _cells
+from benchmarks.peer_report import FIGURES, print_peer
+from benchmarks.scenario_peer import Cell, PeerOptions, run_peer, unavailable
+
+pytestmark = [pytest.mark.e2e]
+
+PROXIES = 10
+
+
+async def test_meshd_and_istiod_measured_side_by_side_with_a_ratio_per_figure(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    opts = PeerOptions(work=tmp_path, cells=(Cell(5, PROXIES, False),), rounds=1, changes=2)
+    why = unavailable(opts)
+    if why is not None:
+        pytest.skip(why)
+
+    result = await run_peer(opts)
+
+    (cell,) = result["cells"]
+    assert "error" not in cell, cell.get("error")
+    assert [r["server"] for r in cell["rounds"]] == ["meshd", "istiod"]
+    for server in ("meshd", "istiod"):
+        figures = cell["figures"][server]
+        assert figures["cold_s"] is not None, f"{server}: not every proxy converged"
+        # no Sidecar: every proxy routes to every service, so every proxy needs every edit, and got it
+        assert (figures["vs_needed"], figures["ep_needed"]) == (PROXIES, PROXIES), server
+        assert (figures["vs_incomplete"], figures["ep_incomplete"]) == (0, 0), server
+        assert figures["peak_rss_mb"] > 0 and figures["cpu_s"] > 0 and figures["cold_mb"] > 0, server
+    assert set(cell["ratios"]) == {key for key, _ in FIGURES}
+    # (CPU seconds of a 10-proxy storm may round to 0 at the kernel's 10 ms tick: no ratio then)
+    measured = set(cell["ratios"]) - {"cold_cpu_s", "client_cold_cpu_s"}
+    assert all(cell["ratios"][key] is not None and cell["ratios"][key] > 0 for key in measured), cell["ratios"]
+    print_peer(result)
+    printed = capsys.readouterr().out
+    assert "meshd/istiod" in printed and "cold convergence s" in printed
+
+
+async def test_skipped_with_the_reason_where_the_real_api_server_is_absent(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBEBUILDER_ASSETS", str(tmp_path))  # a directory without etcd / kube-apiserver
+    result = await run_peer(PeerOptions(work=tmp_path))
+    assert result == {"skipped": f"{tmp_path} has no executable etcd"}
+
+
+def test_cells_from_the_command_line() -> None:
+    assert _cells("200/500,5000/5000/sidecar/meshd") == (
+        Cell(200, 500, False),
+        Cell(5000, 5000, True, servers=("meshd",)),
+    )
