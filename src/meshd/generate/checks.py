@@ -1,5 +1,6 @@
 """The checks of one World that do not depend on which proxies are connected: VirtualService
-routes per host, port collisions, Sidecars, credentialNames, certificate files, PeerAuthentications.
+routes per host, port collisions, Sidecars, credentialNames, certificate files, PeerAuthentications,
+AuthorizationPolicies.
 Each check is carried from the previous generation while the inputs it read are the same objects,
 so a push re-checks only what changed."""
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable
 
+from meshd.api.meshconfig import MeshPolicy
 from meshd.api.meta import InvalidResource
 from meshd.api.networking import exported_to
 from meshd.api.virtualservice import VirtualService
@@ -14,6 +16,7 @@ from meshd.generate.reads import MissedInput
 from meshd.generate.tls_files import FileCheck
 from meshd.model.services import MeshService
 from meshd.model.world import World
+from meshd.translate.authz.checks import authorization_errors
 from meshd.translate.listeners import ListenerPlan
 from meshd.translate.peer_auth import check_policies
 from meshd.translate.routes import delegate_inputs, validate_host_routes, wildcard_ports
@@ -34,11 +37,13 @@ class WorldChecks:
         files: FileCheck,
         previous: WorldChecks | None,
         check: bool = False,
+        mesh: MeshPolicy | None = None,
     ) -> None:
         """`check`: a carried result is computed again and must be equal (its key covers its inputs)."""
         self.world = world
         self._check = check
         self._root = root_namespace
+        self._mesh = mesh or MeshPolicy()
         self._files = files
         self.route_checks: dict[Hashable, list[InvalidResource]] = {}  # per host and its inputs
         self._prev_route_checks = previous.route_checks if previous is not None else {}
@@ -89,6 +94,7 @@ class WorldChecks:
         errors.update(dict.fromkeys(self._credentials()))
         errors.update(dict.fromkeys(self._files.errors))
         errors.update(dict.fromkeys(check_policies(world.peer_authentications)))
+        errors.update(dict.fromkeys(authorization_errors(world, mesh=self._mesh, root_namespace=self._root)))
         return list(errors)
 
     def _credentials(self) -> list[InvalidResource]:

@@ -98,6 +98,7 @@ class ConfigGenerator:
             files=self.files,
             previous=previous.checks if previous is not None else None,
             check=check,
+            mesh=options.mesh,
         )
         previous_extra = previous._extra if previous is not None else None
         self._extra: Snapshot | None = (
@@ -147,13 +148,15 @@ class ConfigGenerator:
         def inputs() -> Hashable:
             outbound_mode = queries.outbound_mode(key) if proxy.capture else None
             modes = queries.inbound_mtls(proxy.namespace, proxy.ip)
-            return (queries.plan(key), queries.served(proxy.ip), modes, proxy.sds, outbound_mode)
+            authz = queries.authorization(proxy.namespace, proxy.ip)
+            return (queries.plan(key), queries.served(proxy.ip), modes, proxy.sds, outbound_mode, authz)
 
         def build(ctx: Context, previous: Snapshot | None) -> tuple[Snapshot, list[MemoEntry]]:
             proxy, q = ctx.proxy, ctx.queries
             assert proxy is not None
             plan, served = q.plan(key), q.served(proxy.ip)
             modes = q.inbound_mtls(proxy.namespace, proxy.ip)
+            authz = q.authorization(proxy.namespace, proxy.ip)
             inbound_port = self.options.inbound_port
             refused: list[MemoEntry] = []  # left out by the proto guard: reported while the layer is used
             if proxy.capture:
@@ -164,6 +167,7 @@ class ConfigGenerator:
                     sds=proxy.sds,
                     outbound_mode=q.outbound_mode(key),
                     inbound_port=inbound_port,
+                    authz=authz,
                 )
                 own = {
                     LISTENER: build_all(listener_specs, refused),
@@ -175,7 +179,7 @@ class ConfigGenerator:
                     LISTENER: build_all(
                         [
                             *plan.specs(proxy),
-                            *inbound_listener_specs(proxy, served, inbound_port=inbound_port, modes=modes),
+                            *inbound_listener_specs(proxy, served, inbound_port=inbound_port, modes=modes, authz=authz),
                         ],
                         refused,
                     ),

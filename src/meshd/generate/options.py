@@ -4,8 +4,9 @@ at run time and every proxy gets config built with the new ones."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from meshd.api.meshconfig import MeshPolicy
 from meshd.translate.capture import ALLOW_ANY
 
 
@@ -19,3 +20,5 @@ class GenerateOptions:
     auto_mtls: bool = True
     # meshConfig.outboundTrafficPolicy.mode: the default of capture-mode proxies (a Sidecar's mode wins)
     outbound_traffic_policy: str = ALLOW_ANY
+    # meshConfig: extensionProviders (CUSTOM authorization), pathNormalization, trustDomainAliases
+    mesh: MeshPolicy = field(default_factory=MeshPolicy)

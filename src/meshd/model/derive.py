@@ -7,6 +7,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from meshd.api.authorization import AuthorizationPolicy
 from meshd.api.destinationrule import DestinationRule
 from meshd.api.kube import EndpointConditions, EndpointSlice, Pod, Service
 from meshd.api.meta import InvalidResource, Resource
@@ -317,6 +318,16 @@ def peer_authentications_by_namespace(
 ) -> dict[str, tuple[PeerAuthentication, ...]]:
     by_ns: dict[str, list[PeerAuthentication]] = defaultdict(list)
     for policy in sorted(policies, key=age_key):
+        by_ns[policy.metadata.namespace].append(policy)
+    return {ns: tuple(v) for ns, v in sorted(by_ns.items())}
+
+
+def authorization_policies_by_namespace(
+    policies: Iterable[AuthorizationPolicy],
+) -> dict[str, tuple[AuthorizationPolicy, ...]]:
+    """Per namespace, its policies by name (Istio evaluates them as one set: order only names rules)."""
+    by_ns: dict[str, list[AuthorizationPolicy]] = defaultdict(list)
+    for policy in sorted(policies, key=lambda p: (p.metadata.namespace, p.metadata.name)):
         by_ns[policy.metadata.namespace].append(policy)
     return {ns: tuple(v) for ns, v in sorted(by_ns.items())}
 

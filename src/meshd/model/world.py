@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from meshd.api.authorization import AuthorizationPolicy
 from meshd.api.destinationrule import DestinationRule
 from meshd.api.kube import EndpointSlice, Pod, Secret, Service
 from meshd.api.meta import InvalidResource, Resource
@@ -49,6 +50,8 @@ class World:
     wildcard_hosts: tuple[str, ...] = ()
     # namespace -> PeerAuthentications, oldest first (the mapping is the same object while none changes)
     peer_authentications: Mapping[str, tuple[PeerAuthentication, ...]] = field(default_factory=dict)
+    # namespace -> AuthorizationPolicies by name (the mapping is the same object while none changes)
+    authorization_policies: Mapping[str, tuple[AuthorizationPolicy, ...]] = field(default_factory=dict)
 
     def virtual_services_for(self, host: str) -> tuple[VirtualService, ...] | None:
         """The VirtualServices routing a host: those naming it exactly, else those of the most
@@ -80,6 +83,7 @@ def assemble(
     secrets: Mapping[tuple[str, str], Secret] | None = None,
     virtual_services_by_name: Mapping[tuple[str, str], VirtualService],
     peer_authentications: Mapping[str, tuple[PeerAuthentication, ...]] | None = None,
+    authorization_policies: Mapping[str, tuple[AuthorizationPolicy, ...]] | None = None,
 ) -> World:
     ordered = dict(sorted(services.items()))
     by_namespace: dict[str, list[MeshService]] = defaultdict(list)
@@ -104,6 +108,7 @@ def assemble(
         source_selectors=derive.source_selectors(virtual_services_by_name.values()),
         wildcard_hosts=tuple(sorted((h for h in virtual_services if h.startswith("*")), key=lambda h: (-len(h), h))),
         peer_authentications=peer_authentications if peer_authentications is not None else MappingProxyType({}),
+        authorization_policies=authorization_policies if authorization_policies is not None else MappingProxyType({}),
     )
 
 
@@ -163,6 +168,11 @@ def build_world(resources: Iterable[Resource], *, domain_suffix: str, revision: 
         peer_authentications=MappingProxyType(
             derive.peer_authentications_by_namespace(
                 p for p in by_kind["PeerAuthentication"] if isinstance(p, PeerAuthentication)
+            )
+        ),
+        authorization_policies=MappingProxyType(
+            derive.authorization_policies_by_namespace(
+                p for p in by_kind["AuthorizationPolicy"] if isinstance(p, AuthorizationPolicy)
             )
         ),
     )

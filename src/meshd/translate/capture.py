@@ -36,6 +36,7 @@ from google.protobuf import wrappers_pb2
 
 from meshd.model.services import MeshService, is_http
 from meshd.translate import naming
+from meshd.translate.authz.inbound import NO_AUTHZ, InboundAuthz
 from meshd.translate.clusters import CONNECT_TIMEOUT, socket_address
 from meshd.translate.listeners import (
     RESERVED_PORTS,
@@ -140,15 +141,23 @@ def _bits(address: str) -> int:
 # --- inbound ---------------------------------------------------------------------------------------
 
 
-def _inbound_tcp_chain(target: int, *, mtls: bool) -> listener_components_pb2.FilterChain:
-    chain = listener_components_pb2.FilterChain(filters=[tcp_proxy_filter(naming.inbound_cluster(port=target))])
+def _inbound_tcp_chain(target: int, *, mtls: bool, authz: InboundAuthz) -> listener_components_pb2.FilterChain:
+    """tcp_proxy to the app's port, after the workload's network authorization filters."""
+    chain = listener_components_pb2.FilterChain(
+        filters=[*authz.network_filters, tcp_proxy_filter(naming.inbound_cluster(port=target))]
+    )
     if mtls:
         chain.transport_socket.CopyFrom(tls_socket(downstream_context()))
     return chain
 
 
-def _passthrough_chain(*, mtls: bool) -> listener_components_pb2.FilterChain:
-    chain = _tcp_chain(f"{INBOUND_PASSTHROUGH}|{'mtls' if mtls else 'plaintext'}", INBOUND_PASSTHROUGH)
+def _passthrough_chain(*, mtls: bool, authz: InboundAuthz) -> listener_components_pb2.FilterChain:
+    """Ports no service declares: to the original destination, after the network authorization filters
+    (a policy covers every port of the workload, declared or not)."""
+    chain = listener_components_pb2.FilterChain(
+        name=f"{INBOUND_PASSTHROUGH}|{'mtls' if mtls else 'plaintext'}",
+        filters=[*authz.network_filters, tcp_proxy_filter(INBOUND_PASSTHROUGH)],
+    )
     if mtls:
         chain.transport_socket.CopyFrom(tls_socket(downstream_context()))
     return chain
@@ -168,7 +177,7 @@ def _is_http_target(entries: Sequence[InboundEntry]) -> bool:
 
 
 def _virtual_inbound(
-    served: tuple[InboundEntry, ...], inbound_port: int, modes: InboundMtls, sds: bool
+    served: tuple[InboundEntry, ...], inbound_port: int, modes: InboundMtls, sds: bool, authz: InboundAuthz
 ) -> listener_pb2.Listener:
     listener = listener_pb2.Listener(
         name=naming.VIRTUAL_INBOUND, address=socket_address(ANY_ADDRESS, inbound_port), traffic_direction=INBOUND
@@ -190,18 +199,19 @@ def _virtual_inbound(
             if not admits(mode, mtls=mtls, sds=sds):
                 continue
             if http:
-                chain = inbound_http_chain(
-                    entries, route_name=naming.inbound_cluster(port=target), mtls=mtls, peer_identity=sds
-                )
+                route_name = naming.inbound_cluster(port=target)
+                chain = inbound_http_chain(entries, route_name=route_name, mtls=mtls, peer_identity=sds, authz=authz)
             else:
-                chain = _inbound_tcp_chain(target, mtls=mtls)
+                chain = _inbound_tcp_chain(target, mtls=mtls, authz=authz)
             chain.name = f"{naming.inbound_cluster(port=target)}{'mtls' if mtls else 'plaintext'}"
             chain.filter_chain_match.destination_port.value = target
             per_port.append((mtls, chain))
         inspect |= split_by_transport(per_port)
         chains += [chain for _, chain in per_port]
     passthrough = [
-        (mtls, _passthrough_chain(mtls=mtls)) for mtls in (True, False) if admits(modes.mode, mtls=mtls, sds=sds)
+        (mtls, _passthrough_chain(mtls=mtls, authz=authz))
+        for mtls in (True, False)
+        if admits(modes.mode, mtls=mtls, sds=sds)
     ]
     inspect |= split_by_transport(passthrough)
     chains += [chain for _, chain in passthrough]
@@ -246,6 +256,7 @@ def capture_listener_specs(
     sds: bool,
     outbound_mode: str,
     inbound_port: int,
+    authz: InboundAuthz = NO_AUTHZ,
 ) -> Iterator[Spec]:
     """Every listener of a capture-mode proxy. Nothing is bound to its address: proxies of a scope
     with the same served ports and modes get the same listeners."""
@@ -265,8 +276,8 @@ def capture_listener_specs(
                 ("lds-cap-tcp", port, services, outbound_mode),
                 partial(_outbound_tcp, port, services, outbound_mode),
             )
-    key = ("lds-cap-in", served, inbound_port, modes, sds)
-    yield Spec(naming.VIRTUAL_INBOUND, key, partial(_virtual_inbound, served, inbound_port, modes, sds))
+    key = ("lds-cap-in", served, inbound_port, modes, sds, authz)
+    yield Spec(naming.VIRTUAL_INBOUND, key, partial(_virtual_inbound, served, inbound_port, modes, sds, authz))
 
 
 def capture_cluster_specs(*, served: tuple[InboundEntry, ...]) -> Iterator[Spec]:

@@ -19,6 +19,7 @@ from meshd.api.meta import InvalidResource, ResourceKey
 from meshd.model.services import MeshService, ServicePort, is_http
 from meshd.model.world import World
 from meshd.translate import naming
+from meshd.translate.authz.inbound import NO_AUTHZ, InboundAuthz
 from meshd.translate.clusters import ads_config_source, socket_address
 from meshd.translate.http_filters import outbound_http_filters, router
 from meshd.translate.mtls import MTLS_ALPNS, downstream_context, tls_socket
@@ -198,12 +199,36 @@ def _inbound_routes(name: str, served: Sequence[InboundEntry]) -> route_pb2.Rout
     return routes
 
 
+_ESCAPED_SLASHES = hcm_pb2.HttpConnectionManager.PathWithEscapedSlashesAction
+
+
+def normalize_paths(hcm: hcm_pb2.HttpConnectionManager, mode: str) -> None:
+    """meshConfig.pathNormalization on an inbound connection manager, as Istio maps it: NONE leaves paths
+    as received; BASE normalises them (RFC 3986: `.`/`..` segments, percent-encoded unreserved characters,
+    backslashes); MERGE_SLASHES also merges `//`; DECODE_AND_MERGE_SLASHES also decodes `%2F` and `%5C`
+    first. Authorization policies see (and the app receives) the normalised path."""
+    if mode == "NONE":
+        return
+    hcm.normalize_path.value = True
+    hcm.merge_slashes = mode in ("MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES")
+    hcm.path_with_escaped_slashes_action = (
+        _ESCAPED_SLASHES.UNESCAPE_AND_FORWARD if mode == "DECODE_AND_MERGE_SLASHES" else _ESCAPED_SLASHES.KEEP_UNCHANGED
+    )
+
+
 def inbound_http_chain(
-    served: Sequence[InboundEntry], *, route_name: str, mtls: bool, peer_identity: bool
+    served: Sequence[InboundEntry],
+    *,
+    route_name: str,
+    mtls: bool,
+    peer_identity: bool,
+    authz: InboundAuthz = NO_AUTHZ,
 ) -> listener_components_pb2.FilterChain:
     """An HTTP chain routing by Host to `inbound|<target>||` (XFCC with the peer's identity when the
-    proxy has the agent's SDS); TLS with a required client certificate when `mtls`."""
+    proxy has the agent's SDS), the workload's authorization filters before the router; TLS with a
+    required client certificate when `mtls`."""
     hcm = hcm_pb2.HttpConnectionManager(stat_prefix="inbound", route_config=_inbound_routes(route_name, served))
+    normalize_paths(hcm, authz.normalization)
     if peer_identity:
         # The app sees who called: the peer's certificate (SPIFFE URI, subject, DNS) in x-forwarded-client-cert.
         hcm.forward_client_cert_details = hcm_pb2.HttpConnectionManager.APPEND_FORWARD
@@ -211,7 +236,7 @@ def inbound_http_chain(
         details.subject.value = True
         details.uri = True
         details.dns = True
-    chain = listener_components_pb2.FilterChain(filters=[_hcm_filter(hcm)])
+    chain = listener_components_pb2.FilterChain(filters=[_hcm_filter(hcm, [*authz.http_filters, router()])])
     if mtls:
         chain.transport_socket.CopyFrom(tls_socket(downstream_context()))
     if peer_identity:
@@ -246,7 +271,12 @@ def tls_inspector() -> listener_components_pb2.ListenerFilter:
 
 
 def _inbound_listener(
-    proxy: Proxy, served: tuple[InboundEntry, ...], inbound_port: int, modes: InboundMtls, sds: bool
+    proxy: Proxy,
+    served: tuple[InboundEntry, ...],
+    inbound_port: int,
+    modes: InboundMtls,
+    sds: bool,
+    authz: InboundAuthz,
 ) -> listener_pb2.Listener:
     """One HTTP chain per transport the workload's PeerAuthentication admits: mTLS (STRICT, PERMISSIVE)
     and plaintext (PERMISSIVE, DISABLE), each routing only the ports whose mode admits it. Without SDS
@@ -261,7 +291,7 @@ def _inbound_listener(
         entries = [e for e in served if admits(modes.for_port(e[2]), mtls=mtls, sds=sds)]
         if entries:
             route_name = f"inbound|{inbound_port}|mtls" if mtls else f"inbound|{inbound_port}"
-            chain = inbound_http_chain(entries, route_name=route_name, mtls=mtls, peer_identity=sds)
+            chain = inbound_http_chain(entries, route_name=route_name, mtls=mtls, peer_identity=sds, authz=authz)
             chains.append((mtls, chain))
     if split_by_transport(chains):  # before the chains are copied into the listener
         listener.listener_filters.append(tls_inspector())
@@ -270,14 +300,20 @@ def _inbound_listener(
 
 
 def inbound_listener_specs(
-    proxy: Proxy, served: tuple[InboundEntry, ...], *, inbound_port: int, modes: InboundMtls = DEFAULT_INBOUND
+    proxy: Proxy,
+    served: tuple[InboundEntry, ...],
+    *,
+    inbound_port: int,
+    modes: InboundMtls = DEFAULT_INBOUND,
+    authz: InboundAuthz = NO_AUTHZ,
 ) -> Iterator[Spec]:
     """The inbound listener at <ip>:<inbound_port>, dispatching by Host to `inbound|<target>||`
     (none if the workload backs no service, or no port admits any client)."""
     sds = proxy.sds
     if any(sds or modes.for_port(t) != STRICT for _, _, t in served):
-        key = ("lds-in", proxy.ip, inbound_port, served, modes, sds)
-        yield Spec(naming.VIRTUAL_INBOUND, key, partial(_inbound_listener, proxy, served, inbound_port, modes, sds))
+        key = ("lds-in", proxy.ip, inbound_port, served, modes, sds, authz)
+        build = partial(_inbound_listener, proxy, served, inbound_port, modes, sds, authz)
+        yield Spec(naming.VIRTUAL_INBOUND, key, build)
 
 
 def _inbound_route(target: int) -> route_components_pb2.Route:
