@@ -20,6 +20,7 @@ from meshd.model.services import MeshService, ServicePort, is_http
 from meshd.model.world import World
 from meshd.translate import naming
 from meshd.translate.authz.inbound import NO_AUTHZ, InboundAuthz
+from meshd.translate.authz.ports import per_route, port_dependent
 from meshd.translate.clusters import ads_config_source, socket_address
 from meshd.translate.http_filters import outbound_http_filters, router
 from meshd.translate.mtls import MTLS_ALPNS, downstream_context, tls_socket
@@ -180,7 +181,10 @@ def inbound_index(world: World) -> dict[str, tuple[InboundEntry, ...]]:
     return {address: tuple(entries) for address, entries in index.items()}
 
 
-def _inbound_routes(name: str, served: Sequence[InboundEntry]) -> route_pb2.RouteConfiguration:
+def _inbound_routes(
+    name: str, served: Sequence[InboundEntry], port_filters: tuple[hcm_pb2.HttpFilter, ...] = ()
+) -> route_pb2.RouteConfiguration:
+    """`port_filters`: RBAC filters testing the destination port, decided per route for its target port."""
     routes = route_pb2.RouteConfiguration(name=name)
     for service, port, target in served:
         routes.virtual_hosts.append(
@@ -189,12 +193,14 @@ def _inbound_routes(name: str, served: Sequence[InboundEntry]) -> route_pb2.Rout
                 domains=[
                     d for d in naming.service_domains(service, port=port, proxy_namespace=service.namespace) if ":" in d
                 ],
-                routes=[_inbound_route(target)],
+                routes=[_inbound_route(target, port_filters)],
             )
         )
     # Anything else (a Host without the port, an address) goes to the first service port.
     routes.virtual_hosts.append(
-        route_components_pb2.VirtualHost(name="inbound|default", domains=["*"], routes=[_inbound_route(served[0][2])])
+        route_components_pb2.VirtualHost(
+            name="inbound|default", domains=["*"], routes=[_inbound_route(served[0][2], port_filters)]
+        )
     )
     return routes
 
@@ -223,11 +229,16 @@ def inbound_http_chain(
     mtls: bool,
     peer_identity: bool,
     authz: InboundAuthz = NO_AUTHZ,
+    shared_port: bool = False,
 ) -> listener_components_pb2.FilterChain:
     """An HTTP chain routing by Host to `inbound|<target>||` (XFCC with the peer's identity when the
     proxy has the agent's SDS), the workload's authorization filters before the router; TLS with a
-    required client certificate when `mtls`."""
-    hcm = hcm_pb2.HttpConnectionManager(stat_prefix="inbound", route_config=_inbound_routes(route_name, served))
+    required client certificate when `mtls`. `shared_port`: the chain serves several target ports on one
+    listener port (bound mode), so RBAC port tests are decided per route (`authz/ports.py`)."""
+    per_port = authz.http_filters if shared_port and port_dependent(authz.http_filters) else ()
+    hcm = hcm_pb2.HttpConnectionManager(
+        stat_prefix="inbound", route_config=_inbound_routes(route_name, served, per_port)
+    )
     normalize_paths(hcm, authz.normalization)
     if peer_identity:
         # The app sees who called: the peer's certificate (SPIFFE URI, subject, DNS) in x-forwarded-client-cert.
@@ -291,7 +302,9 @@ def _inbound_listener(
         entries = [e for e in served if admits(modes.for_port(e[2]), mtls=mtls, sds=sds)]
         if entries:
             route_name = f"inbound|{inbound_port}|mtls" if mtls else f"inbound|{inbound_port}"
-            chain = inbound_http_chain(entries, route_name=route_name, mtls=mtls, peer_identity=sds, authz=authz)
+            chain = inbound_http_chain(
+                entries, route_name=route_name, mtls=mtls, peer_identity=sds, authz=authz, shared_port=True
+            )
             chains.append((mtls, chain))
     if split_by_transport(chains):  # before the chains are copied into the listener
         listener.listener_filters.append(tls_inspector())
@@ -316,11 +329,14 @@ def inbound_listener_specs(
         yield Spec(naming.VIRTUAL_INBOUND, key, build)
 
 
-def _inbound_route(target: int) -> route_components_pb2.Route:
-    return route_components_pb2.Route(
+def _inbound_route(target: int, port_filters: tuple[hcm_pb2.HttpFilter, ...] = ()) -> route_components_pb2.Route:
+    route = route_components_pb2.Route(
         name="default",
         match=route_components_pb2.RouteMatch(prefix="/"),
         route=route_components_pb2.RouteAction(
             cluster=naming.inbound_cluster(port=target), timeout=duration_pb2.Duration(seconds=0)
         ),
     )
+    for name, config in per_route(port_filters, target).items() if port_filters else ():
+        route.typed_per_filter_config[name].CopyFrom(config)
+    return route

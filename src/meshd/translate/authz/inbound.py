@@ -43,6 +43,9 @@ from meshd.translate.authz.selection import Selected
 from meshd.translate.proto import pack
 
 HTTP_RBAC = "envoy.filters.http.rbac"
+# Each RBAC filter of a connection manager has a name of its own, so that a route can carry a per-route
+# configuration for each (bound mode, `ports.py`); the CUSTOM marker keeps the canonical name.
+RBAC_NAMES = {"AUDIT": f"{HTTP_RBAC}.audit", "DENY": f"{HTTP_RBAC}.deny", "ALLOW": f"{HTTP_RBAC}.allow"}
 NETWORK_RBAC = "envoy.filters.network.rbac"
 TCP_STAT_PREFIX = "tcp."
 DRY_RUN_PREFIX = {"ALLOW": "istio_dry_run_allow_", "DENY": "istio_dry_run_deny_"}
@@ -177,7 +180,7 @@ def _http_rbac(action: str, rules: _Rules) -> hcm_pb2.HttpFilter | None:
         config.shadow_rules_stat_prefix = DRY_RUN_PREFIX[action]
     if not config.HasField("rules") and not config.HasField("shadow_rules"):
         return None
-    return hcm_pb2.HttpFilter(name=HTTP_RBAC, typed_config=pack(config))
+    return hcm_pb2.HttpFilter(name=RBAC_NAMES[action], typed_config=pack(config))
 
 
 def _network_rbac(action: str, rules: _Rules) -> listener_components_pb2.Filter | None:
@@ -204,7 +207,9 @@ def _http_filters(
     audit = by_action["AUDIT"]
     if audit.http:
         out.append(
-            hcm_pb2.HttpFilter(name=HTTP_RBAC, typed_config=pack(http_rbac_pb2.RBAC(rules=_rbac("AUDIT", audit.http))))
+            hcm_pb2.HttpFilter(
+                name=RBAC_NAMES["AUDIT"], typed_config=pack(http_rbac_pb2.RBAC(rules=_rbac("AUDIT", audit.http)))
+            )
         )
     custom = by_action["CUSTOM"].http
     if custom and provider is not None:

@@ -71,7 +71,7 @@ def target_problem(policy: AuthorizationPolicy, target: TargetRef, *, root_names
     attach = "gateways" if target.kind.startswith("Gateway") else "waypoints"
     return (
         f"meshd does not attach authorization policies to {attach} yet: the policy fails closed on the workloads "
-        f"of {what}, which deny what it would decide (an ALLOW policy allows nothing there)"
+        f"of {what}, where a DENY or CUSTOM policy denies every request and an ALLOW policy allows nothing"
     )
 
 
