@@ -42,6 +42,7 @@ def serve_settings(args: argparse.Namespace) -> Settings:
         enable_test_hooks=args.enable_test_hooks,
         enable_auto_mtls=not args.disable_auto_mtls,
         outbound_traffic_policy=args.outbound_traffic_policy,
+        mesh_config=_path(args.mesh_config),
         kubeconfig=_path(args.kubeconfig),
         namespace=args.namespace,
         kube_watch_timeout_s=args.kube_watch_timeout,
@@ -183,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["ALLOW_ANY", "REGISTRY_ONLY"],
         default=defaults.outbound_traffic_policy,
         help="capture mode: where unknown destinations go (a Sidecar's outboundTrafficPolicy wins)",
+    )
+    serve.add_argument(
+        "--mesh-config",
+        help="standalone: a MeshConfig YAML file (as istiod's --meshConfig) for extensionProviders, "
+        "pathNormalization, trustDomainAliases (Kubernetes mode reads the `istio` ConfigMap)",
     )
     serve.add_argument("--kubeconfig", help="read the cluster with this kubeconfig (no --config-dir: in-cluster)")
     serve.add_argument("--namespace", default=defaults.namespace, help="meshd's namespace (mesh ConfigMap `istio`)")

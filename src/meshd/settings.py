@@ -97,6 +97,9 @@ class Settings(BaseModel):
     # The mesh's outboundTrafficPolicy.mode for capture-mode proxies (a Sidecar's mode wins): unknown
     # destinations go to PassthroughCluster (ALLOW_ANY) or BlackHoleCluster (REGISTRY_ONLY).
     outbound_traffic_policy: Literal["ALLOW_ANY", "REGISTRY_ONLY"] = "ALLOW_ANY"
+    # Standalone: a MeshConfig YAML file read at start (extensionProviders, pathNormalization,
+    # trustDomainAliases); Kubernetes mode reads the `istio` ConfigMap instead.
+    mesh_config: pathlib.Path | None = None
     # --- Sidecar injection and webhook configurations: issue 7 ----------------------------------
     # `/inject` on the webhook server (kube/inject.py); what the injected containers run and dial.
     inject_enabled: bool = True
