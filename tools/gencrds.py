@@ -6,7 +6,8 @@ pydantic models, converted to Kubernetes structural OpenAPI v3 schemas.
 
 Conversion rules (Kubernetes "structural schema"): every `$ref` inlined, a `type` on every node, no
 defaults (the API server would write them into stored objects), every object of an open model (meshd
-ignores unknown fields, so does this schema) marked `x-kubernetes-preserve-unknown-fields`, an int|str
+ignores unknown fields, so does this schema) marked `x-kubernetes-preserve-unknown-fields` (a strict model,
+one that refuses unknown fields, gets a closed schema: AuthorizationPolicy), an int|str
 union as `x-kubernetes-int-or-string`, Go durations as plain strings. Kinds meshd does not model in
 detail get a permissive `spec`.
 """
@@ -28,6 +29,7 @@ OUTPUT = ROOT / "deploy" / "helm" / "meshd" / "templates" / "crds.yaml"
 
 sys.path.insert(0, str(ROOT / "src"))
 
+from meshd.api.authorization import AuthorizationPolicySpec  # noqa: E402
 from meshd.api.destinationrule import DestinationRuleSpec  # noqa: E402
 from meshd.api.networking import ServiceEntrySpec, SidecarSpec, WorkloadEntrySpec  # noqa: E402
 from meshd.api.security import PeerAuthenticationSpec  # noqa: E402
@@ -75,7 +77,7 @@ KINDS = (
     CrdKind(NETWORKING, "WorkloadEntry", "workloadentries", ("we",), WorkloadEntrySpec),
     CrdKind(NETWORKING, "Sidecar", "sidecars", (), SidecarSpec),
     CrdKind(SECURITY, "PeerAuthentication", "peerauthentications", ("pa",), PeerAuthenticationSpec),
-    CrdKind(SECURITY, "AuthorizationPolicy", "authorizationpolicies", ("ap",), None),
+    CrdKind(SECURITY, "AuthorizationPolicy", "authorizationpolicies", ("ap",), AuthorizationPolicySpec),
     CrdKind(SECURITY, "RequestAuthentication", "requestauthentications", ("ra",), None),
 )
 
@@ -115,11 +117,12 @@ def structural(node: Any, defs: dict[str, Any], seen: frozenset[str] = frozenset
         out.update(maximum=node["exclusiveMaximum"], exclusiveMaximum=True)
     if kind == "object":
         out["type"] = "object"
-        if "properties" in node:  # a model: open, as meshd's models ignore unknown fields
+        if "properties" in node:  # a model: open, as meshd's models ignore unknown fields (unless strict)
             out["properties"] = {k: structural(v, defs, seen) for k, v in sorted(node["properties"].items())}
             if node.get("required"):
                 out["required"] = sorted(node["required"])
-            out["x-kubernetes-preserve-unknown-fields"] = True
+            if node.get("additionalProperties") is not False:
+                out["x-kubernetes-preserve-unknown-fields"] = True
         elif isinstance(node.get("additionalProperties"), dict) and node["additionalProperties"]:
             out["additionalProperties"] = structural(node["additionalProperties"], defs, seen)
         else:
