@@ -213,9 +213,9 @@ def normalize_paths(hcm: hcm_pb2.HttpConnectionManager, mode: str) -> None:
     as received; BASE normalises them (RFC 3986: `.`/`..` segments, percent-encoded unreserved characters,
     backslashes); MERGE_SLASHES also merges `//`; DECODE_AND_MERGE_SLASHES also decodes `%2F` and `%5C`
     first. Authorization policies see (and the app receives) the normalised path."""
+    hcm.normalize_path.value = mode != "NONE"  # explicit: Envoy's runtime default may change
     if mode == "NONE":
         return
-    hcm.normalize_path.value = True
     hcm.merge_slashes = mode in ("MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES")
     hcm.path_with_escaped_slashes_action = (
         _ESCAPED_SLASHES.UNESCAPE_AND_FORWARD if mode == "DECODE_AND_MERGE_SLASHES" else _ESCAPED_SLASHES.KEEP_UNCHANGED
