@@ -151,8 +151,8 @@ class Queries:
                 return None  # inbound modes may change anywhere
             if world.authorization_policies is not before.authorization_policies:
                 return None  # inbound authorization may change anywhere
-            if world.services is not before.services and _has_custom(world):
-                return None  # a CUSTOM policy's provider service may have come or gone
+            if self._provider_services_changed(before):
+                return None  # a CUSTOM policy's provider service came, went or changed
             now, then = world.workloads, before.workloads
             moved = {ip for ip in now.keys() | then.keys() if now.get(ip) is not then.get(ip)}
             inbound, old_inbound = self._inbound_index(), self._prev_inbound
@@ -160,6 +160,12 @@ class Queries:
             self._moved = moved
         return self._moved
 
-
-def _has_custom(world: World) -> bool:
-    return any(p.action == "CUSTOM" for policies in world.authorization_policies.values() for p in policies)
+    def _provider_services_changed(self, before: World) -> bool:
+        """Whether the service of an ext_authz provider changed while a CUSTOM policy exists (whether the
+        provider can be used decides what its workloads get)."""
+        hosts = {p.ext_authz.hostname for p in self._options.mesh.extension_providers if p.ext_authz is not None}
+        now, then = self._world.services, before.services
+        if not hosts or all(now.get(h) == then.get(h) for h in hosts):
+            return False
+        policies = self._world.authorization_policies.values()
+        return any(p.action == "CUSTOM" for found in policies for p in found)
