@@ -43,6 +43,7 @@ def serve_settings(args: argparse.Namespace) -> Settings:
         enable_auto_mtls=not args.disable_auto_mtls,
         outbound_traffic_policy=args.outbound_traffic_policy,
         mesh_config=_path(args.mesh_config),
+        protocol_detection_timeout_s=args.protocol_detection_timeout,
         kubeconfig=_path(args.kubeconfig),
         namespace=args.namespace,
         kube_watch_timeout_s=args.kube_watch_timeout,
@@ -101,6 +102,23 @@ def _bootstrap(args: argparse.Namespace) -> int:
     from meshd.agent.bootstrap import build_bootstrap, render
 
     host, _, port = args.xds_address.rpartition(":")
+    if args.proxyless:
+        from meshd.agent.grpc_bootstrap import build_grpc_bootstrap
+        from meshd.translate.proxy import InvalidNodeId
+
+        labels = dict(item.split("=", 1) for item in args.labels.split(",") if "=" in item)
+        try:
+            grpc_config = build_grpc_bootstrap(
+                node_id=args.node_id, xds_host=host or "127.0.0.1", xds_port=int(port), labels=labels
+            )
+        except InvalidNodeId as exc:
+            sys.stderr.write(f"meshd bootstrap: {exc}\n")
+            return 2
+        sys.stdout.write(render(grpc_config, fmt=args.format))
+        return 0
+    if args.cluster is None:
+        sys.stderr.write("meshd bootstrap: --cluster is required for an Envoy bootstrap\n")
+        return 2
     config = build_bootstrap(
         node_id=args.node_id,
         cluster=args.cluster,
@@ -190,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="standalone: a MeshConfig YAML file (as istiod's --meshConfig) for extensionProviders, "
         "pathNormalization, trustDomainAliases (Kubernetes mode reads the `istio` ConfigMap)",
     )
+    serve.add_argument(
+        "--protocol-detection-timeout",
+        type=float,
+        default=defaults.protocol_detection_timeout_s,
+        help="seconds a port without a declared protocol waits for the client's first bytes before TCP (0: no limit)",
+    )
     serve.add_argument("--kubeconfig", help="read the cluster with this kubeconfig (no --config-dir: in-cluster)")
     serve.add_argument("--namespace", default=defaults.namespace, help="meshd's namespace (mesh ConfigMap `istio`)")
     serve.add_argument("--kube-watch-timeout", type=float, default=defaults.kube_watch_timeout_s)
@@ -200,9 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_ca_arguments(serve, defaults)
     serve.set_defaults(func=_serve)
 
-    boot = sub.add_parser("bootstrap", help="print an Envoy bootstrap for a sidecar")
+    boot = sub.add_parser("bootstrap", help="print an Envoy bootstrap for a sidecar (or a gRPC one: --proxyless)")
     boot.add_argument("--node-id", required=True)
-    boot.add_argument("--cluster", required=True)
+    boot.add_argument("--cluster", help="Envoy's cluster name (Envoy bootstraps only)")
+    boot.add_argument(
+        "--proxyless",
+        action="store_true",
+        help="a gRPC xDS bootstrap (GRPC_XDS_BOOTSTRAP) for a proxyless gRPC client, as Istio's agent writes it",
+    )
+    boot.add_argument("--labels", default="", help="the workload's labels, k=v,k=v (--proxyless)")
     boot.add_argument("--xds-address", default=f"127.0.0.1:{defaults.xds_port}")
     boot.add_argument("--admin-host", default="127.0.0.1")
     boot.add_argument("--admin-port", type=int, default=15000)

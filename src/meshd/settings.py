@@ -100,6 +100,9 @@ class Settings(BaseModel):
     # Standalone: a MeshConfig YAML file read at start (extensionProviders, pathNormalization,
     # trustDomainAliases); Kubernetes mode reads the `istio` ConfigMap instead.
     mesh_config: pathlib.Path | None = None
+    # meshConfig.protocolDetectionTimeout: how long a sniffed port (no protocol in its name or appProtocol)
+    # waits for the client's first bytes before carrying on as TCP; 0: no limit (Istio's default)
+    protocol_detection_timeout_s: float = Field(default=0.0, ge=0, le=3600)
     # --- Sidecar injection and webhook configurations: issue 7 ----------------------------------
     # `/inject` on the webhook server (kube/inject.py); what the injected containers run and dial.
     inject_enabled: bool = True

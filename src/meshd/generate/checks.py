@@ -19,6 +19,7 @@ from meshd.model.world import World
 from meshd.translate.authz.checks import authorization_errors
 from meshd.translate.listeners import ListenerPlan
 from meshd.translate.peer_auth import check_policies
+from meshd.translate.protocol import bound_inbound_errors
 from meshd.translate.routes import delegate_inputs, validate_host_routes, wildcard_ports
 from meshd.translate.scope import Scope, ScopeKey, select_sidecar
 from meshd.translate.secrets import check_credentials
@@ -38,10 +39,12 @@ class WorldChecks:
         previous: WorldChecks | None,
         check: bool = False,
         mesh: MeshPolicy | None = None,
+        sidecar_port: int | None = None,
     ) -> None:
         """`check`: a carried result is computed again and must be equal (its key covers its inputs)."""
         self.world = world
         self._check = check
+        self._sidecar_port = sidecar_port  # workloads with a sidecar but no capture are reached on it
         self._root = root_namespace
         self._mesh = mesh or MeshPolicy()
         self._files = files
@@ -95,6 +98,8 @@ class WorldChecks:
         errors.update(dict.fromkeys(self._files.errors))
         errors.update(dict.fromkeys(check_policies(world.peer_authentications)))
         errors.update(dict.fromkeys(authorization_errors(world, mesh=self._mesh, root_namespace=self._root)))
+        if self._sidecar_port is not None:
+            errors.update(dict.fromkeys(bound_inbound_errors(world)))
         return list(errors)
 
     def _credentials(self) -> list[InvalidResource]:

@@ -23,19 +23,21 @@ from meshd.generate.layers import LayerCache
 from meshd.generate.memo import MemoEntry, ResourceMemo, build_all, reuse_layer
 from meshd.generate.options import GenerateOptions
 from meshd.generate.outbound import EMPTY_LAYER, OutboundLayers
+from meshd.generate.proxyless import ProxylessLayers
 from meshd.generate.queries import Queries
 from meshd.generate.reads import Context, Tracer
 from meshd.generate.scope_keys import ScopeKeys
 from meshd.generate.tls_files import FileCheck, ReadFile
 from meshd.model.world import World
-from meshd.translate.capture import capture_cluster_specs, capture_listener_specs
+from meshd.translate.capture import capture_cluster_specs, capture_listener_specs, inbound_protocols
 from meshd.translate.clusters import inbound_cluster_specs
 from meshd.translate.listeners import inbound_listener_specs
 from meshd.translate.proxy import Proxy
 from meshd.translate.scope import Scope, ScopeKey
 from meshd.xds.resource import CLUSTER, LISTENER, Snapshot, XdsResource
 
-Group = tuple[str, ScopeKey]  # a proxy group: (address, scope)
+Group = tuple[str, ScopeKey]  # a proxy group: (address, scope); proxyless gRPC clients: (PROXYLESS, scope)
+PROXYLESS = "grpc"
 
 
 class ProxyLayers(NamedTuple):
@@ -82,6 +84,12 @@ class ConfigGenerator:
             previous=previous.outbound if previous else None,
             tracer=tracer,
         )
+        self.proxyless: ProxylessLayers = ProxylessLayers(
+            outbound=self.outbound,
+            memo=self.memo,
+            previous=previous.proxyless if previous else None,
+            tracer=tracer,
+        )
         self.proxies: LayerCache[Group, Snapshot] = LayerCache(
             "proxies", previous=previous.proxies if previous else None, memo=self.memo, tracer=tracer
         )
@@ -99,6 +107,7 @@ class ConfigGenerator:
             previous=previous.checks if previous is not None else None,
             check=check,
             mesh=options.mesh,
+            sidecar_port=options.sidecar_endpoint_port,
         )
         previous_extra = previous._extra if previous is not None else None
         self._extra: Snapshot | None = (
@@ -184,7 +193,12 @@ class ConfigGenerator:
                         refused,
                     ),
                     CLUSTER: build_all(
-                        inbound_cluster_specs(address=proxy.ip, target_ports=[t for _, _, t in served]), refused
+                        inbound_cluster_specs(
+                            address=proxy.ip,
+                            target_ports=[t for _, _, t in served],
+                            protocols=inbound_protocols(served),
+                        ),
+                        refused,
                     ),
                 }
             self.memo.keep(refused)
@@ -216,6 +230,8 @@ class ConfigGenerator:
         exactly what this generation would build, decided without building it: same shared layers
         (the same objects), same listener plan, nothing moved at its address, no Sidecar change."""
         assert isinstance(key, ScopeKey)
+        if proxy.proxyless:
+            return False  # snapshot() gives back the held object while its layer is unchanged
         group = (proxy.ip, key)
         before = self._prev_group_layers.get(group)
         moved = self.queries.moved_addresses()
@@ -242,7 +258,7 @@ class ConfigGenerator:
 
     def snapshot(self, proxy: Proxy) -> Snapshot:
         key = self.scope_key(proxy)
-        group = (proxy.ip, key)
+        group = (PROXYLESS if proxy.proxyless else proxy.ip, key)
         cached = self._group_snapshots.get(group)
         if cached is not None:
             return cached
@@ -263,6 +279,10 @@ class ConfigGenerator:
 
     def _build(self, proxy: Proxy, key: ScopeKey, group: Group) -> Snapshot:
         scope = self._scope(key)
+        if proxy.proxyless:
+            layer = self.proxyless.layer(scope, self._context(scope))
+            held = self._prev_groups.get(group)
+            return held if held is not None and held.layers == (layer,) else Snapshot(layers=(layer,))
         layers = ProxyLayers(
             clusters=self.outbound.cluster_layer(scope).layer,
             routes=self.outbound.route_layer(key),

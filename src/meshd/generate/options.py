@@ -22,3 +22,6 @@ class GenerateOptions:
     outbound_traffic_policy: str = ALLOW_ANY
     # meshConfig: extensionProviders (CUSTOM authorization), pathNormalization, trustDomainAliases
     mesh: MeshPolicy = field(default_factory=MeshPolicy)
+    # meshConfig.protocolDetectionTimeout in seconds: how long a sniffed port waits for the client's first
+    # bytes before carrying on as TCP (Istio's default 0: no limit)
+    protocol_detection_timeout: float = 0.0

@@ -203,4 +203,5 @@ def generate_options(settings: Settings, mesh: MeshPolicy | None = None) -> Gene
         trust_domain=settings.trust_domain,
         auto_mtls=settings.enable_auto_mtls,
         outbound_traffic_policy=settings.outbound_traffic_policy,
+        protocol_detection_timeout=settings.protocol_detection_timeout_s,
     )

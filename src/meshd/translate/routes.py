@@ -11,11 +11,12 @@ from envoy.config.route.v3 import route_components_pb2
 from meshd.api.destinationrule import DestinationRule
 from meshd.api.meta import InvalidResource
 from meshd.api.virtualservice import VirtualService
-from meshd.model.services import MeshService, is_http
+from meshd.model.services import MeshService, routes_http
 from meshd.model.world import World, resolve_host
 from meshd.protowire import length_delimited
 from meshd.translate import naming
 from meshd.translate.delegate import delegate_keys, expand
+from meshd.translate.headless import pod_virtual_hosts
 from meshd.translate.http_match import MatchContext
 from meshd.translate.http_route import (
     RouteContext,
@@ -109,7 +110,7 @@ def uses_source(vss: Sequence[VirtualService], world: World) -> tuple[bool, bool
     return namespace, labels
 
 
-def _host_routes(
+def host_routes(
     world: World,
     service: MeshService,
     match: MatchContext,
@@ -151,7 +152,7 @@ def wildcard_ports(world: World, host: str) -> dict[int, MeshService]:
     for service in world.services.values():
         if world.virtual_services_for(service.hostname) is candidates:
             for sp in service.ports:
-                if is_http(sp.protocol):
+                if routes_http(sp.protocol):
                     out.setdefault(sp.number, service)
     return dict(sorted(out.items()))
 
@@ -166,9 +167,9 @@ def validate_host_routes(world: World, host: str) -> list[InvalidResource]:
         targets = list(wildcard_ports(world, host).items())
     else:
         service = world.services.get(host)
-        targets = [(sp.number, service) for sp in service.ports if is_http(sp.protocol)] if service else []
+        targets = [(sp.number, service) for sp in service.ports if routes_http(sp.protocol)] if service else []
     for port, target in targets:
-        errors += _host_routes(world, target, _validation_context(port), candidates, world.destination_rules.get)[1]
+        errors += host_routes(world, target, _validation_context(port), candidates, world.destination_rules.get)[1]
     return list(dict.fromkeys(errors))
 
 
@@ -238,8 +239,11 @@ class RouteTable:
         source = (scope.namespace if by_namespace else None, scope.key.source if by_labels else None)
         same_namespace = service.namespace == scope.namespace
         own_rule = ident(scope.destination_rule(service.hostname))  # its hash policy, without a VirtualService
+        # a headless service's pods have virtual hosts of their own: its endpoints (their names, addresses)
+        pods = ident(world.endpoints.get((service.hostname, port))) if service.headless else None
         return (
-            service, port, tuple(Ident(vs) for vs in candidates), deps, delegates, source, same_namespace, own_rule
+            service, port, tuple(Ident(vs) for vs in candidates), deps, delegates, source, same_namespace, own_rule,
+            pods,
         )  # fmt: skip
 
     def _vhost_bytes(self, service: MeshService, port: int, key: Hashable) -> VhostBody:
@@ -265,7 +269,7 @@ class RouteTable:
     def _vhost(self, service: MeshService, port: int) -> VhostBody:
         scope = self.scope
         match = MatchContext(port=port, namespace=scope.namespace, source_matches=scope.source_matches)
-        routes, errors = _host_routes(
+        routes, errors = host_routes(
             scope.world, service, match, scope.virtual_services(service.hostname), scope.destination_rule
         )
         # Reported once per World, whatever proxies are connected, by validate_host_routes (the same
@@ -292,6 +296,9 @@ class RouteTable:
                 parts.append(length_delimited(_RC_VIRTUAL_HOSTS, body))
             else:
                 refused += body
+            if service.headless:
+                for vhost in pod_virtual_hosts(self.scope.world, service, port):
+                    parts.append(length_delimited(_RC_VIRTUAL_HOSTS, vhost.SerializeToString(deterministic=True)))
         if self._catch_all is not None and not any("*" in s.hostname.split(".") for s, _ in entries):
             parts.append(length_delimited(_RC_VIRTUAL_HOSTS, catch_all_vhost(self._catch_all)))
         parts.append(length_delimited(_RC_VALIDATE_CLUSTERS, b""))  # validate_clusters: false
@@ -301,7 +308,7 @@ class RouteTable:
         by_port: dict[int, list[MeshService]] = {}
         for service, ports in self.scope.services:
             for sp in ports:
-                if is_http(sp.protocol):
+                if routes_http(sp.protocol):
                     by_port.setdefault(sp.number, []).append(service)
         for port, services in sorted(by_port.items()):
             entries = [(s, self._vhost_key(s, port)) for s in services]
