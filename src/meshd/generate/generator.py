@@ -106,6 +106,7 @@ class ConfigGenerator:
             files=self.files,
             previous=previous.checks if previous is not None else None,
             check=check,
+            mesh=options.mesh,
             sidecar_port=options.sidecar_endpoint_port,
         )
         previous_extra = previous._extra if previous is not None else None
@@ -157,7 +158,8 @@ class ConfigGenerator:
             outbound_mode = queries.outbound_mode(key) if proxy.capture else None
             modes = queries.inbound_mtls(proxy.namespace, proxy.ip)
             jwt = queries.jwt_providers(proxy.namespace, proxy.ip)
-            return (queries.plan(key), queries.served(proxy.ip), modes, jwt, proxy.sds, outbound_mode)
+            authz = queries.authorization(proxy.namespace, proxy.ip)
+            return (queries.plan(key), queries.served(proxy.ip), modes, jwt, proxy.sds, outbound_mode, authz)
 
         def build(ctx: Context, previous: Snapshot | None) -> tuple[Snapshot, list[MemoEntry]]:
             proxy, q = ctx.proxy, ctx.queries
@@ -165,6 +167,7 @@ class ConfigGenerator:
             plan, served = q.plan(key), q.served(proxy.ip)
             modes = q.inbound_mtls(proxy.namespace, proxy.ip)
             jwt = q.jwt_providers(proxy.namespace, proxy.ip)
+            authz = q.authorization(proxy.namespace, proxy.ip)
             inbound_port = self.options.inbound_port
             refused: list[MemoEntry] = []  # left out by the proto guard: reported while the layer is used
             if proxy.capture:
@@ -176,6 +179,7 @@ class ConfigGenerator:
                     outbound_mode=q.outbound_mode(key),
                     inbound_port=inbound_port,
                     jwt=jwt,
+                    authz=authz,
                 )
                 own = {
                     LISTENER: build_all(listener_specs, refused),
@@ -187,7 +191,9 @@ class ConfigGenerator:
                     LISTENER: build_all(
                         [
                             *plan.specs(proxy),
-                            *inbound_listener_specs(proxy, served, inbound_port=inbound_port, modes=modes, jwt=jwt),
+                            *inbound_listener_specs(
+                                proxy, served, inbound_port=inbound_port, modes=modes, jwt=jwt, authz=authz
+                            ),
                         ],
                         refused,
                     ),

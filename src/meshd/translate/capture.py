@@ -36,6 +36,7 @@ from google.protobuf import wrappers_pb2
 
 from meshd.model.services import is_http, is_sniffed
 from meshd.translate import naming
+from meshd.translate.authz.inbound import NO_AUTHZ, InboundAuthz
 from meshd.translate.clusters import CONNECT_TIMEOUT, set_upstream_protocol, socket_address
 from meshd.translate.jwt_authn import JwtProviders
 from meshd.translate.listeners import (
@@ -161,15 +162,24 @@ def _bits(address: str) -> int:
 # --- inbound ---------------------------------------------------------------------------------------
 
 
-def _inbound_tcp_chain(target: int, *, mtls: bool, protocol: str = "TCP") -> listener_components_pb2.FilterChain:
-    chain = listener_components_pb2.FilterChain(filters=tcp_filters(naming.inbound_cluster(port=target), protocol))
+def _inbound_tcp_chain(
+    target: int, *, mtls: bool, protocol: str = "TCP", authz: InboundAuthz = NO_AUTHZ
+) -> listener_components_pb2.FilterChain:
+    """tcp_proxy to the app's port, after the workload's network authorization filters."""
+    filters = [*authz.network_filters, *tcp_filters(naming.inbound_cluster(port=target), protocol)]
+    chain = listener_components_pb2.FilterChain(filters=filters)
     if mtls:
         chain.transport_socket.CopyFrom(tls_socket(downstream_context()))
     return chain
 
 
-def _passthrough_chain(*, mtls: bool) -> listener_components_pb2.FilterChain:
-    chain = _tcp_chain(f"{INBOUND_PASSTHROUGH}|{'mtls' if mtls else 'plaintext'}", INBOUND_PASSTHROUGH)
+def _passthrough_chain(*, mtls: bool, authz: InboundAuthz = NO_AUTHZ) -> listener_components_pb2.FilterChain:
+    """Ports no service declares: to the original destination, after the network authorization filters
+    (a policy covers every port of the workload, declared or not)."""
+    chain = listener_components_pb2.FilterChain(
+        name=f"{INBOUND_PASSTHROUGH}|{'mtls' if mtls else 'plaintext'}",
+        filters=[*authz.network_filters, tcp_proxy_filter(INBOUND_PASSTHROUGH)],
+    )
     if mtls:
         chain.transport_socket.CopyFrom(tls_socket(downstream_context()))
     return chain
@@ -204,6 +214,7 @@ def _virtual_inbound(
     sds: bool,
     jwt: JwtProviders,
     detection_timeout: float = 0.0,
+    authz: InboundAuthz = NO_AUTHZ,
 ) -> listener_pb2.Listener:
     listener = listener_pb2.Listener(
         name=naming.VIRTUAL_INBOUND, address=socket_address(ANY_ADDRESS, inbound_port), traffic_direction=INBOUND
@@ -227,8 +238,9 @@ def _virtual_inbound(
                 continue
             kind = "mtls" if mtls else "plaintext"
             if is_http(protocol) or (is_sniffed(protocol) and not mtls):
+                route_name = naming.inbound_cluster(port=target)
                 chain = inbound_http_chain(
-                    entries, route_name=naming.inbound_cluster(port=target), mtls=mtls, peer_identity=sds, jwt=jwt
+                    entries, route_name=route_name, mtls=mtls, peer_identity=sds, jwt=jwt, authz=authz
                 )
                 chain.name = f"{naming.inbound_cluster(port=target)}{kind}"
                 chain.filter_chain_match.destination_port.value = target
@@ -239,14 +251,16 @@ def _virtual_inbound(
                 per_port.append((mtls, chain))
             if not is_http(protocol):
                 # Sniffed ports over mTLS are proxied as TCP (the client's ALPN does not say HTTP).
-                chain = _inbound_tcp_chain(target, mtls=mtls, protocol=protocol)
+                chain = _inbound_tcp_chain(target, mtls=mtls, protocol=protocol, authz=authz)
                 chain.name = f"{naming.inbound_cluster(port=target)}{kind}"
                 chain.filter_chain_match.destination_port.value = target
                 per_port.append((mtls, chain))
         inspect |= split_by_transport(per_port)
         chains += [chain for _, chain in per_port]
     passthrough = [
-        (mtls, _passthrough_chain(mtls=mtls)) for mtls in (True, False) if admits(modes.mode, mtls=mtls, sds=sds)
+        (mtls, _passthrough_chain(mtls=mtls, authz=authz))
+        for mtls in (True, False)
+        if admits(modes.mode, mtls=mtls, sds=sds)
     ]
     inspect |= split_by_transport(passthrough)
     chains += [chain for _, chain in passthrough]
@@ -295,6 +309,7 @@ def capture_listener_specs(
     outbound_mode: str,
     inbound_port: int,
     jwt: JwtProviders = (),
+    authz: InboundAuthz = NO_AUTHZ,
 ) -> Iterator[Spec]:
     """Every listener of a capture-mode proxy. Nothing is bound to its address: proxies of a scope
     with the same served ports and modes get the same listeners."""
@@ -307,8 +322,8 @@ def capture_listener_specs(
         name = naming.outbound_listener(ip=ANY_ADDRESS, port=port)
         yield Spec(name, ("lds-cap-out", port, entry, outbound_mode), partial(_outbound, port, entry, outbound_mode))
     timeout = plan.detection_timeout
-    key = ("lds-cap-in", served, inbound_port, modes, sds, jwt, timeout)
-    build = partial(_virtual_inbound, served, inbound_port, modes, sds, jwt, timeout)
+    key = ("lds-cap-in", served, inbound_port, modes, sds, jwt, timeout, authz)
+    build = partial(_virtual_inbound, served, inbound_port, modes, sds, jwt, timeout, authz)
     yield Spec(naming.VIRTUAL_INBOUND, key, build)
 
 
