@@ -8,8 +8,8 @@ Conversion rules (Kubernetes "structural schema"): every `$ref` inlined, a `type
 defaults (the API server would write them into stored objects), every object of an open model (meshd
 ignores unknown fields, so does this schema) marked `x-kubernetes-preserve-unknown-fields`, an int|str
 union as `x-kubernetes-int-or-string`, Go durations as plain strings. A strict model (one that refuses
-unknown fields: RequestAuthentication) gets a strict schema: no unknown field is preserved, so none
-reaches meshd unseen. Kinds meshd does not model in detail get a permissive `spec`.
+unknown fields: AuthorizationPolicy, RequestAuthentication) gets a strict schema: no unknown field is
+preserved, so none reaches meshd unseen. Kinds meshd does not model in detail get a permissive `spec`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ OUTPUT = ROOT / "deploy" / "helm" / "meshd" / "templates" / "crds.yaml"
 
 sys.path.insert(0, str(ROOT / "src"))
 
+from meshd.api.authorization import AuthorizationPolicySpec  # noqa: E402
 from meshd.api.destinationrule import DestinationRuleSpec  # noqa: E402
 from meshd.api.networking import ServiceEntrySpec, SidecarSpec, WorkloadEntrySpec  # noqa: E402
 from meshd.api.request_authentication import RequestAuthenticationSpec  # noqa: E402
@@ -77,7 +78,7 @@ KINDS = (
     CrdKind(NETWORKING, "WorkloadEntry", "workloadentries", ("we",), WorkloadEntrySpec),
     CrdKind(NETWORKING, "Sidecar", "sidecars", (), SidecarSpec),
     CrdKind(SECURITY, "PeerAuthentication", "peerauthentications", ("pa",), PeerAuthenticationSpec),
-    CrdKind(SECURITY, "AuthorizationPolicy", "authorizationpolicies", ("ap",), None),
+    CrdKind(SECURITY, "AuthorizationPolicy", "authorizationpolicies", ("ap",), AuthorizationPolicySpec),
     CrdKind(SECURITY, "RequestAuthentication", "requestauthentications", ("ra",), RequestAuthenticationSpec),
 )
 

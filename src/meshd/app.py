@@ -32,6 +32,7 @@ from meshd.wiring.grpc_servers import ads_servicer, plaintext_server, start_secu
 from meshd.wiring.jwks import jwks_fetcher
 from meshd.wiring.kube_mode import build_kube_mode
 from meshd.wiring.leading import DutyFactory, root_cert_publisher, run_leader_duties
+from meshd.wiring.mesh import read_mesh_policy
 from meshd.wiring.ops import ops_app
 from meshd.wiring.webhooks import webhook_patcher, webhook_server
 from meshd.xds.hub import Hub
@@ -51,6 +52,9 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
     hub = Hub()
     gc_policy = GcPolicy(every=settings.gc_full_every_pushes, enabled=settings.gc_freeze)
     push = PushLoop(store=store, hub=hub, settings=settings, clock=clock, metrics=metrics, log=log, gc_policy=gc_policy)
+    if settings.mesh_config is not None:
+        mesh_policy = read_mesh_policy(settings.mesh_config)  # raises on an unusable file: meshd does not start
+        push.follow_mesh(lambda: mesh_policy)
     cluster = ClusterApi(kubeconfig=settings.kubeconfig)
     try:
         async with contextlib.AsyncExitStack() as cleanup:  # undone in reverse: servers first, the client last
@@ -62,6 +66,8 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
                 kube = source = build_kube_mode(
                     api=api, settings=settings, store=store, registry=metrics.registry, clock=clock, log=log
                 )
+                kube_source = kube.source
+                push.follow_mesh(lambda: kube_source.mesh.policy)  # the `istio` ConfigMap
             else:
                 source = DirectorySource(
                     directory=settings.config_dir,

@@ -43,6 +43,7 @@ def serve_settings(args: argparse.Namespace) -> Settings:
         enable_test_hooks=args.enable_test_hooks,
         enable_auto_mtls=not args.disable_auto_mtls,
         outbound_traffic_policy=args.outbound_traffic_policy,
+        mesh_config=_path(args.mesh_config),
         protocol_detection_timeout_s=args.protocol_detection_timeout,
         kubeconfig=_path(args.kubeconfig),
         namespace=args.namespace,
@@ -209,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["ALLOW_ANY", "REGISTRY_ONLY"],
         default=defaults.outbound_traffic_policy,
         help="capture mode: where unknown destinations go (a Sidecar's outboundTrafficPolicy wins)",
+    )
+    serve.add_argument(
+        "--mesh-config",
+        help="standalone: a MeshConfig YAML file (as istiod's --meshConfig) for extensionProviders, "
+        "pathNormalization, trustDomainAliases (Kubernetes mode reads the `istio` ConfigMap)",
     )
     serve.add_argument(
         "--protocol-detection-timeout",

@@ -97,6 +97,9 @@ class Settings(BaseModel):
     # The mesh's outboundTrafficPolicy.mode for capture-mode proxies (a Sidecar's mode wins): unknown
     # destinations go to PassthroughCluster (ALLOW_ANY) or BlackHoleCluster (REGISTRY_ONLY).
     outbound_traffic_policy: Literal["ALLOW_ANY", "REGISTRY_ONLY"] = "ALLOW_ANY"
+    # Standalone: a MeshConfig YAML file read at start (extensionProviders, pathNormalization,
+    # trustDomainAliases); Kubernetes mode reads the `istio` ConfigMap instead.
+    mesh_config: pathlib.Path | None = None
     # meshConfig.protocolDetectionTimeout: how long a sniffed port (no protocol in its name or appProtocol)
     # waits for the client's first bytes before carrying on as TCP; 0: no limit (Istio's default)
     protocol_detection_timeout_s: float = Field(default=0.0, ge=0, le=3600)

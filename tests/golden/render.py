@@ -9,9 +9,11 @@ import json
 import pathlib
 from typing import Any
 
+import yaml
 from google.protobuf import json_format
 
 from meshd.api.kube import Pod
+from meshd.api.meshconfig import parse_mesh_policy
 from meshd.generate.generator import ConfigGenerator
 from meshd.generate.options import GenerateOptions
 from meshd.model.world import World, build_world
@@ -29,6 +31,8 @@ DEFAULT_PROXY = "sidecar~127.0.0.99~client.default~default.svc.cluster.local"
 PROXIES_MARKER = "# proxies:"
 SDS_MARKER = "# proxies: sds"
 SDS_CLUSTER = "sds-grpc"
+# A case may come with `<case>.mesh.yaml`: a MeshConfig (extensionProviders, pathNormalization...).
+MESH_SUFFIX = ".mesh.yaml"
 
 
 def load_case(path: pathlib.Path) -> tuple[World, list[str], list[str]]:
@@ -62,9 +66,11 @@ def _to_dict(resource: XdsResource) -> dict[str, Any]:
 def render(path: pathlib.Path) -> dict[str, Any]:
     """{type: {proxy: [resource, ...]}} plus "errors": [message, ...]."""
     world, proxies, errors = load_case(path)
-    generator = ConfigGenerator(
-        world, options=GenerateOptions(inbound_port=15006, sidecar_endpoint_port=15006), check=True
-    )
+    mesh_file = path.with_name(path.name.removesuffix(".in.yaml") + MESH_SUFFIX)
+    options = GenerateOptions(inbound_port=15006, sidecar_endpoint_port=15006)
+    if mesh_file.exists():
+        options = dataclasses.replace(options, mesh=parse_mesh_policy(yaml.safe_load(mesh_file.read_text())))
+    generator = ConfigGenerator(world, options=options, check=True)
     generator.precompute()
     out: dict[str, Any] = {kind: {} for kind in (*TYPES, *OPTIONAL_TYPES)}
     flags = proxy_flags(path.read_text())

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from meshd.api.jwks import fetched_jwks
+from meshd.api.meshconfig import parse_mesh_policy
 from meshd.api.meta import Resource, ResourceKey
 from meshd.api.parse import parse_resource
 from meshd.generate.generator import ConfigGenerator
@@ -89,6 +90,22 @@ def _sidecar(ns: str) -> dict[str, Any]:
     }
 
 
+# Extension providers for CUSTOM policies: one whose service comes and goes (random steps), one of an
+# existing service, one of another kind.
+MESH_POLICY = parse_mesh_policy(
+    {
+        "extensionProviders": [
+            {"name": "ext", "envoyExtAuthzGrpc": {"service": "ext-authz.a.svc.cluster.local", "port": 9000}},
+            {"name": "s1-http", "envoyExtAuthzHttp": {"service": "s1.a.svc.cluster.local", "port": 9080}},
+            {"name": "tracing", "zipkin": {"service": "zipkin", "port": 9411}},
+        ],
+        "pathNormalization": {"normalization": "MERGE_SLASHES"},
+        "trustDomainAliases": ["old.example.org"],
+    }
+)
+OPTIONS = GenerateOptions(inbound_port=15006, sidecar_endpoint_port=15006, mesh=MESH_POLICY)
+
+
 def _resources(docs: list[dict[str, Any]]) -> list[Resource]:
     return [parse_resource(d) for d in docs]
 
@@ -110,12 +127,7 @@ class Mesh:
 
     def apply(self, resources: list[Resource], *, deleted: tuple[ResourceKey, ...] = ()) -> ConfigGenerator:
         self.state.apply({**{r.key: r for r in resources}, **dict.fromkeys(deleted)})
-        self.generator = ConfigGenerator(
-            self.state.world(),
-            options=GenerateOptions(inbound_port=15006, sidecar_endpoint_port=15006),
-            previous=self.generator,
-            check=True,
-        )
+        self.generator = ConfigGenerator(self.state.world(), options=OPTIONS, previous=self.generator, check=True)
         return self.generator
 
 
@@ -413,6 +425,74 @@ def _features_seen(snapshot: object, seen: dict[str, int]) -> None:
     seen["proxy-protocol"] += any(b"upstream_proxy_protocol" in body for body in clusters.values())
 
 
+_RULES: list[dict[str, Any]] = [
+    {"to": [{"operation": {"paths": ["/admin*"], "methods": ["GET"]}}]},
+    {"to": [{"operation": {"ports": ["9080"]}}]},
+    {"from": [{"source": {"principals": ["cluster.local/ns/a/sa/x"], "notNamespaces": ["b"]}}]},
+    {"from": [{"source": {"ipBlocks": ["10.0.0.0/8"]}}], "when": [{"key": "request.headers[x-a]", "values": ["1"]}]},
+    {"from": [{"source": {"requestPrincipals": ["iss/*"]}}], "when": [{"key": "destination.port", "values": ["9080"]}]},
+    {},
+]
+
+
+def _authorization_policy(rng: random.Random, ns: str) -> dict[str, Any]:
+    """An AuthorizationPolicy at mesh, namespace or workload level, of any action (CUSTOM with a provider
+    whose service comes and goes, or one that is not ext_authz), dry-run or not, refused (a spec that
+    fails validation: fails closed), or targeting a Service or a Gateway (failing closed on them)."""
+    level = rng.choice(["mesh", "namespace", "workload", "target"])
+    action = rng.choice(["ALLOW", "DENY", "AUDIT", "CUSTOM"])
+    spec: dict[str, Any] = {"action": action, "rules": rng.sample(_RULES, rng.randint(0, 2))}
+    if action == "CUSTOM":
+        spec["provider"] = {"name": rng.choice(["ext", "s1-http", "tracing", "missing"])}
+    if level == "workload":
+        spec["selector"] = {"matchLabels": {"app": rng.choice(["wide", "narrow"])}}
+    elif level == "target":
+        kind = rng.choice(["Service", "Gateway"])
+        group = "" if kind == "Service" else "gateway.networking.k8s.io"
+        spec["targetRefs"] = [{"kind": kind, "group": group, "name": rng.choice(["s1", "wide"])}]
+    if rng.random() < 0.15:
+        spec["rules"] = [{"from": [{"source": {"ipBlocks": ["not-an-ip"]}}]}]  # refused: fails closed
+    meta: dict[str, Any] = {
+        "name": f"{level}-{rng.randint(0, 1)}",
+        "namespace": "istio-system" if level == "mesh" else ns,
+    }
+    if rng.random() < 0.25:
+        meta["annotations"] = {"istio.io/dry-run": "true"}
+    return {"apiVersion": rng.choice(["security.istio.io/v1", "security.istio.io/v1beta1"]),
+            "kind": "AuthorizationPolicy", "metadata": meta, "spec": spec}  # fmt: skip
+
+
+def _authorization_change(
+    rng: random.Random, ns: str, existing: set[ResourceKey]
+) -> tuple[list[dict[str, Any]], tuple[ResourceKey, ...]]:
+    """A policy created or edited, one deleted, or the CUSTOM provider's service created or deleted."""
+    if existing and rng.random() < 0.25:
+        gone = rng.choice(sorted(existing))
+        existing.discard(gone)
+        return [], (gone,)
+    if rng.random() < 0.15:
+        if rng.random() < 0.5:
+            return [], (ResourceKey("Service", "a", "ext-authz"),)
+        return [_EXT_AUTHZ_SERVICE], ()
+    doc = _authorization_policy(rng, ns)
+    existing.add(parse_resource(doc).key)
+    return [doc], ()
+
+
+_EXT_AUTHZ_SERVICE = {
+    "apiVersion": "v1",
+    "kind": "Service",
+    "metadata": {"name": "ext-authz", "namespace": "a"},
+    "spec": {"ports": [{"name": "grpc", "port": 9000}]},
+}
+
+
+def _authz_seen(snapshot: object) -> tuple[int, int]:
+    """(inbound listeners with an HTTP RBAC filter, with a network RBAC filter) in a snapshot."""
+    inbound = [body for name, body in _content(snapshot).get(LISTENER, {}).items() if name == "virtualInbound"]
+    return sum(b"filters.http.rbac" in b for b in inbound), sum(b"filters.network.rbac" in b for b in inbound)
+
+
 _PORT_NAMES = ["http", "grpc", "", "tcp-db", "mongo", "web", "http2-x"]
 _APP_PROTOCOLS = [None, None, "http", "kubernetes.io/h2c", "tcp"]
 
@@ -502,6 +582,8 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     mtls_seen = [0, 0]
     outbound_modes: set[bytes] = set()
     policies: set[ResourceKey] = set()
+    authz_policies: set[ResourceKey] = set()
+    authz_seen = [0, 0]
     rejections_seen = 0
     features: dict[str, int] = dict.fromkeys(
         ("sni", "weighted", "tunnel", "original-dst", "ingress", "proxy-protocol"), 0
@@ -509,6 +591,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     # TCP/TLS services and routes, egress ServiceEntries, Sidecar ingress, workload-selected rules: drawn from a
     # stream of their own and pushed with the other changes of a step
     l4_rng = random.Random(seed + 1000)
+    authz_rng = random.Random(seed * 31 + 5)  # its own sequence: the other changes stay as they were
     protocols_seen: set[str] = set()
     proxyless_listeners: set[str] = set()
     jwt_rng = random.Random(seed + 1000)
@@ -619,12 +702,13 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
             else:
                 docs.append(_request_authentication(jwt_rng, jwt_rng.choice(["a", "b"])))
                 request_authns.add(parse_resource(docs[-1]).key)
+        if authz_rng.random() < 0.4:  # in the same push: an AuthorizationPolicy change
+            more, gone = _authorization_change(authz_rng, ns, authz_policies)
+            docs, deleted = [*docs, *more], (*deleted, *gone)
         generator = mesh.apply(_resources(docs) + extra, deleted=deleted)
         hub.publish(generator, changed_at=float(step))
         assert not hub.failures, hub.failures  # a build that raises (check mode) keeps a stale snapshot
-        fresh = ConfigGenerator(
-            generator.world, options=GenerateOptions(inbound_port=15006, sidecar_endpoint_port=15006)
-        )
+        fresh = ConfigGenerator(generator.world, options=OPTIONS)
         generator.precompute()
         fresh.precompute()
         assert sorted(map(str, generator.errors)) == sorted(map(str, fresh.errors)), step
@@ -639,6 +723,9 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
             mtls_seen[0] += clusters
             mtls_seen[1] += listeners
             _features_seen(conn.snapshot, features)
+            http_rbac, network_rbac = _authz_seen(conn.snapshot)
+            authz_seen[0] += http_rbac
+            authz_seen[1] += network_rbac
             listeners_held = conn.snapshot.resources.get(LISTENER, {})
             assert ("virtualOutbound" in listeners_held) == conn.proxy.capture
             if conn.proxy.capture:
@@ -651,6 +738,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     assert rejections_seen  # and rejected VirtualServices (a subset that comes and goes)
     assert all(mtls_seen)  # and mTLS reached the clusters and inbound listeners of SDS proxies
     assert all(features.values()), features  # and every L4 / egress / ingress / selector feature reached a proxy
+    assert all(authz_seen)  # and authorization reached HTTP chains and (capture proxies) TCP chains
     assert len(protocols_seen) >= 3 and proxyless_listeners  # and protocol changes, proxyless clients
     assert all(jwt_seen)  # and jwt_authn reached inbound listeners, bound and captured
 
@@ -725,3 +813,27 @@ def test_a_mesh_wide_option_change_reaches_every_carried_layer() -> None:
     assert _content(after.snapshot(proxy)) == _content(fresh.snapshot(proxy))
     clusters = b"".join(r.body for r in after.snapshot(proxy).resources[CLUSTER].values())
     assert b"spiffe://example.org/" in clusters and b"spiffe://cluster.local/" not in clusters
+
+
+def test_a_custom_provider_service_appearing_reaches_a_proxy_that_cannot_see_it() -> None:
+    """A proxy whose Sidecar hides the provider's service (namespace b sees only ./*) still changes when
+    the service appears: its CUSTOM policy goes from failing closed to ext_authz. Nothing else of its
+    snapshot changes, so only the authorization input can tell."""
+    mesh = Mesh()
+    policy = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+              "metadata": {"name": "custom", "namespace": "istio-system"},
+              "spec": {"action": "CUSTOM", "provider": {"name": "ext"}, "rules": [{}]}}  # fmt: skip
+    own = _docs("b", "s1", ["10.9.1.1"])[1]  # proxy 1 of namespace b backs s1: it has an inbound side
+    mesh.apply(_resources([policy, own]))
+    hub = Hub()
+    assert mesh.generator is not None
+    hub.publish(mesh.generator, changed_at=0.0)
+    conn = hub.connect(proxy=_proxy("b", 1), stream=SotwStream(nonce_prefix="b"), now=0.0)
+    assert conn.snapshot is not None
+    before = conn.snapshot.resources[LISTENER]["virtualInbound"].body
+    assert b"ext_authz" not in before and b"-provider" in before  # fails closed: no such service yet
+    generator = mesh.apply(_resources([_EXT_AUTHZ_SERVICE]))
+    hub.publish(generator, changed_at=1.0)
+    after = conn.snapshot.resources[LISTENER]["virtualInbound"].body
+    assert _content(conn.snapshot) == _content(ConfigGenerator(generator.world, options=OPTIONS).snapshot(conn.proxy))
+    assert b"ext_authz" in after and b"-provider" not in after

@@ -149,3 +149,18 @@ def test_a_generation_that_raises_leaves_the_last_good_one_served(
     assert mesh.hub.generator is not good
     assert "outbound|80||bad.a.svc.cluster.local" in _clusters(conn)
     assert not [e for e in mesh.loop.errors if e.field == "<generation>"]
+
+
+def test_the_mesh_policy_reaches_the_generation_options() -> None:
+    from meshd.api.meshconfig import parse_mesh_policy
+
+    mesh = Mesh()
+    current = {"policy": parse_mesh_policy({})}
+    mesh.loop.follow_mesh(lambda: current["policy"])
+    assert mesh.set(_service("web"))
+    assert mesh.hub.generator is not None
+    assert mesh.hub.generator.options.mesh.path_normalization == "BASE"  # type: ignore[attr-defined]
+    current["policy"] = parse_mesh_policy({"pathNormalization": {"normalization": "NONE"}})
+    mesh.store.touch()  # what the mesh config's source does on a change
+    assert mesh.loop.push(changed_at=mesh.now + 1)
+    assert mesh.hub.generator.options.mesh.path_normalization == "NONE"  # type: ignore[attr-defined]

@@ -3,10 +3,12 @@ the resource and the field."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
 
+from meshd.api.authorization import AuthorizationPolicy, refused_policy
 from meshd.api.destinationrule import DestinationRule
 from meshd.api.kube import EndpointSlice, Pod, Secret, Service
 from meshd.api.meta import InvalidResource, Resource, ResourceKey, field_path
@@ -28,6 +30,13 @@ KINDS: dict[str, tuple[type[Resource], tuple[str, ...]]] = {
     "Sidecar": (Sidecar, NETWORKING_VERSIONS),
     "PeerAuthentication": (PeerAuthentication, SECURITY_VERSIONS),
     "RequestAuthentication": (RequestAuthentication, SECURITY_VERSIONS),
+    "AuthorizationPolicy": (AuthorizationPolicy, SECURITY_VERSIONS),
+}
+# Security kinds that fail closed: a document of these kinds whose spec is invalid is not refused at the
+# source but kept as a refused resource (what could be read of it, and the error), which translation
+# turns into a denial on what it selects. Without this, a new policy with a typo would not exist at all.
+FAIL_CLOSED: dict[str, Callable[[dict[str, Any], InvalidResource], Resource | None]] = {
+    "AuthorizationPolicy": refused_policy,
 }
 
 
@@ -73,8 +82,11 @@ def _kind(doc: dict[Any, Any]) -> str | None:
     return kind if isinstance(kind, str) else None
 
 
-def parse_resource(doc: Any, *, origin: str = "", default_namespace: str = "default") -> Resource:
-    """Validate a document. Raises InvalidResource with the resource key and field path."""
+def parse_resource(
+    doc: Any, *, origin: str = "", default_namespace: str = "default", fail_closed: bool = True
+) -> Resource:
+    """Validate a document. Raises InvalidResource with the resource key and field path, except for a
+    FAIL_CLOSED kind whose spec is invalid (when `fail_closed`): that returns the refused resource."""
     key = document_key(doc)
     if not isinstance(doc, dict):
         raise InvalidResource(None, "<root>", "document is not a mapping", origin)
@@ -93,6 +105,13 @@ def parse_resource(doc: Any, *, origin: str = "", default_namespace: str = "defa
         doc = {**doc, "metadata": {**meta, "namespace": default_namespace}}
     try:
         return model.model_validate(doc)
+    except ValidationError as exc:
+        error = _validation_error(key, exc, origin)
+        refused = FAIL_CLOSED.get(kind) if fail_closed and key is not None else None
+        kept = refused(doc, error) if refused is not None and _in_spec(error.field) else None
+        if kept is None:
+            raise error from None
+        return kept
     except (
         TypeError,
         ArithmeticError,
@@ -102,18 +121,23 @@ def parse_resource(doc: Any, *, origin: str = "", default_namespace: str = "defa
         raise InvalidResource(
             key, "<root>", f"invalid document: {type(exc).__name__}: {_clip(str(exc))}", origin
         ) from None
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        message = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":  # models that refuse what they do not know
-            message = "unknown field (refused rather than ignored)"
-        field = field_path(first["loc"])
-        # Cross-field validators report "<field>: message"; fold that into the path.
-        head, sep, rest = message.partition(": ")
-        if sep and head and " " not in head:
-            field = f"{field}.{head}" if field != "<root>" else head
-            message = rest
-        raise InvalidResource(key, field, message, origin) from None
+
+
+def _validation_error(key: ResourceKey | None, exc: ValidationError, origin: str) -> InvalidResource:
+    first = exc.errors()[0]
+    message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
+    field = field_path(first["loc"])
+    # Cross-field validators report "<field>: message"; fold that into the path.
+    head, sep, rest = message.partition(": ")
+    if sep and head and " " not in head:
+        field = f"{field}.{head}" if field != "<root>" else head
+        message = rest
+    return InvalidResource(key, field, message, origin)
+
+
+def _in_spec(field: str) -> bool:
+    """An error in the spec (or the annotations a spec reads): the resource's identity is sound."""
+    return field.startswith(("spec", "metadata.annotations"))
 
 
 def _clip(text: str, limit: int = 200) -> str:

@@ -1,6 +1,7 @@
 """The checks of one World that do not depend on which proxies are connected: VirtualService
 routes per host, port collisions, Sidecars, credentialNames, certificate files, PeerAuthentications,
-RequestAuthentications.
+RequestAuthentications,
+AuthorizationPolicies.
 Each check is carried from the previous generation while the inputs it read are the same objects,
 so a push re-checks only what changed."""
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 
 from meshd.api.destinationrule import DestinationRule
+from meshd.api.meshconfig import MeshPolicy
 from meshd.api.meta import InvalidResource
 from meshd.api.networking import exported_to
 from meshd.api.virtualservice import VirtualService
@@ -18,6 +20,7 @@ from meshd.model.derive import RuleSelector, rule_selector
 from meshd.model.services import MeshService, is_http
 from meshd.model.world import World
 from meshd.translate import jwt_authn
+from meshd.translate.authz.checks import authorization_errors
 from meshd.translate.listener_plan import RESERVED_PORTS, ListenerPlan, l4_check_inputs, validate_l4_routes
 from meshd.translate.peer_auth import check_policies
 from meshd.translate.protocol import bound_inbound_errors
@@ -59,6 +62,7 @@ class WorldChecks:
         files: FileCheck,
         previous: WorldChecks | None,
         check: bool = False,
+        mesh: MeshPolicy | None = None,
         sidecar_port: int | None = None,
     ) -> None:
         """`check`: a carried result is computed again and must be equal (its key covers its inputs)."""
@@ -66,6 +70,7 @@ class WorldChecks:
         self._check = check
         self._sidecar_port = sidecar_port  # workloads with a sidecar but no capture are reached on it
         self._root = root_namespace
+        self._mesh = mesh or MeshPolicy()
         self._files = files
         self.route_checks: dict[Hashable, list[InvalidResource]] = {}  # per host and its inputs
         self._prev_route_checks = previous.route_checks if previous is not None else {}
@@ -120,6 +125,7 @@ class WorldChecks:
         errors.update(dict.fromkeys(self._files.errors))
         errors.update(dict.fromkeys(check_policies(world.peer_authentications)))
         errors.update(dict.fromkeys(jwt_authn.check_policies(world.request_authentications)))
+        errors.update(dict.fromkeys(authorization_errors(world, mesh=self._mesh, root_namespace=self._root)))
         if self._sidecar_port is not None:
             errors.update(dict.fromkeys(bound_inbound_errors(world)))
         return list(errors)

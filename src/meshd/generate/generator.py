@@ -112,6 +112,7 @@ class ConfigGenerator:
             files=self.files,
             previous=previous.checks if previous is not None else None,
             check=check,
+            mesh=options.mesh,
             sidecar_port=options.sidecar_endpoint_port,
         )
         previous_extra = previous._extra if previous is not None else None
@@ -163,8 +164,10 @@ class ConfigGenerator:
             outbound_mode = queries.outbound_mode(key) if proxy.capture else None
             modes = queries.inbound_mtls(proxy.namespace, proxy.ip)
             jwt = queries.jwt_providers(proxy.namespace, proxy.ip)
+            authz = queries.authorization(proxy.namespace, proxy.ip)
             inbound = queries.sidecar_inbound(key)
-            return (queries.plan(key), queries.served(proxy.ip), modes, jwt, proxy.sds, outbound_mode, inbound)
+            served = queries.served(proxy.ip)
+            return (queries.plan(key), served, modes, jwt, proxy.sds, outbound_mode, authz, inbound)
 
         def build(ctx: Context, previous: Snapshot | None) -> tuple[Snapshot, list[MemoEntry]]:
             proxy, q = ctx.proxy, ctx.queries
@@ -172,6 +175,7 @@ class ConfigGenerator:
             plan, served = q.plan(key), q.served(proxy.ip)
             modes = q.inbound_mtls(proxy.namespace, proxy.ip)
             jwt = q.jwt_providers(proxy.namespace, proxy.ip)
+            authz = q.authorization(proxy.namespace, proxy.ip)
             inbound = q.sidecar_inbound(key)
             inbound_port = self.options.inbound_port
             refused: list[MemoEntry] = []  # left out by the proto guard: reported while the layer is used
@@ -184,9 +188,12 @@ class ConfigGenerator:
                     outbound_mode=q.outbound_mode(key),
                     inbound_port=inbound_port,
                     jwt=jwt,
+                    authz=authz,
                     inbound=inbound,
                 )
-                ingress_specs = bound_ingress_listener_specs(inbound, proxy, modes=modes, capture=True, jwt=jwt)
+                ingress_specs = bound_ingress_listener_specs(
+                    inbound, proxy, modes=modes, capture=True, jwt=jwt, authz=authz
+                )
                 own = {
                     LISTENER: build_all([*listener_specs, *ingress_specs], refused),
                     CLUSTER: build_all(
@@ -212,8 +219,12 @@ class ConfigGenerator:
                     LISTENER: build_all(
                         [
                             *outbound_listener_specs(plan, proxy, taken=bound_ports(inbound, proxy, capture=False)),
-                            *inbound_listener_specs(proxy, served, inbound_port=inbound_port, modes=modes, jwt=jwt),
-                            *bound_ingress_listener_specs(inbound, proxy, modes=modes, capture=False, jwt=jwt),
+                            *inbound_listener_specs(
+                                proxy, served, inbound_port=inbound_port, modes=modes, jwt=jwt, authz=authz
+                            ),
+                            *bound_ingress_listener_specs(
+                                inbound, proxy, modes=modes, capture=False, jwt=jwt, authz=authz
+                            ),
                         ],
                         refused,
                     ),

@@ -4,8 +4,9 @@ at run time and every proxy gets config built with the new ones."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from meshd.api.meshconfig import MeshPolicy
 from meshd.translate.capture import ALLOW_ANY
 
 
@@ -19,6 +20,8 @@ class GenerateOptions:
     auto_mtls: bool = True
     # meshConfig.outboundTrafficPolicy.mode: the default of capture-mode proxies (a Sidecar's mode wins)
     outbound_traffic_policy: str = ALLOW_ANY
+    # meshConfig: extensionProviders (CUSTOM authorization), pathNormalization, trustDomainAliases
+    mesh: MeshPolicy = field(default_factory=MeshPolicy)
     # meshConfig.protocolDetectionTimeout in seconds: how long a sniffed port waits for the client's first
     # bytes before carrying on as TCP (Istio's default 0: no limit)
     protocol_detection_timeout: float = 0.0

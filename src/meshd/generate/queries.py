@@ -1,6 +1,7 @@
 """Values derived once per generation from the World that builds read: a scope's listener plan, the
-services an address backs, a workload's inbound mTLS modes and JWT providers, a scope's outbound traffic mode, the
-certificate files a rule names that Envoy could not load, the hosts a VirtualService routes to.
+services an address backs, a workload's inbound mTLS modes, JWT providers and inbound authorization, a scope's outbound
+traffic mode, the certificate files a rule names that Envoy could not load, the hosts a VirtualService
+routes to.
 
 Builds read them through the context (`ctx.queries`), so in check mode each value is recorded like any
 read of the World and a reused entry is checked against the value this generation gives.
@@ -8,12 +9,15 @@ read of the World and a reused entry is checked against the value this generatio
 
 from __future__ import annotations
 
+from meshd.api.authorization import AuthorizationPolicy
 from meshd.api.destinationrule import DestinationRule
 from meshd.api.meta import InvalidResource
 from meshd.api.virtualservice import VirtualService
 from meshd.generate.options import GenerateOptions
 from meshd.generate.tls_files import FileCheck
 from meshd.model.world import World
+from meshd.translate.authz.inbound import InboundAuthz, inbound_authz
+from meshd.translate.authz.selection import Selected, applied, unattached_index
 from meshd.translate.jwt_authn import JwtProviders, inline_keys, workload_providers
 from meshd.translate.listener_plan import ListenerPlan
 from meshd.translate.listeners import InboundEntry, inbound_index
@@ -46,6 +50,8 @@ class Queries:
         self._prev_inbound = previous._inbound if previous is not None else None
         self._prev_files = previous._files.state if previous is not None else None
         self._sidecar_inbound: dict[ScopeKey, SidecarInbound] = {}
+        self._unattached: dict[str, tuple[AuthorizationPolicy, ...]] | None = None
+        self._authz: dict[object, InboundAuthz] = {}  # per distinct set of policies
 
     def scope(self, key: ScopeKey) -> Scope:
         """What the proxies of a scope key see (computed once per World)."""
@@ -135,6 +141,28 @@ class Queries:
             keys = self._inline_keys[jwks] = inline_keys(jwks)
         return keys
 
+    def selected_policies(self, namespace: str, ip: str) -> Selected:
+        """The AuthorizationPolicies of the workload at an address (by its labels), and those failing
+        closed on it (targets this release cannot attach)."""
+        workload = self._world.workloads.get(ip)
+        labels = dict(workload.labels) if workload is not None else {}
+        policies = applied(self._world, namespace=namespace, labels=labels, root_namespace=self._options.root_namespace)
+        if self._unattached is None:
+            self._unattached = unattached_index(self._world, root_namespace=self._options.root_namespace)
+        return Selected(policies, self._unattached.get(ip, ()))
+
+    def authorization(self, namespace: str, ip: str) -> InboundAuthz:
+        """The inbound authorization filters of the workload at an address (one translation per distinct
+        set of policies and generation)."""
+        selected = self.selected_policies(namespace, ip)
+        found = self._authz.get(selected.identity)
+        if found is None:
+            options = self._options
+            found = self._authz[selected.identity] = inbound_authz(
+                selected, mesh=options.mesh, trust_domain=options.trust_domain, services=self._world.services
+            )
+        return found
+
     def outbound_mode(self, key: ScopeKey) -> str:
         """`outboundTrafficPolicy.mode` of the scope's Sidecar, else the mesh default."""
         sidecar = self.scope(key).sidecar
@@ -172,9 +200,23 @@ class Queries:
                 return None  # a Sidecar's ingress certificate file may have appeared or gone
             if world.request_authentications is not before.request_authentications or world.jwks is not before.jwks:
                 return None  # so may inbound JWT providers
+            if world.authorization_policies is not before.authorization_policies:
+                return None  # inbound authorization may change anywhere
+            if self._provider_services_changed(before):
+                return None  # a CUSTOM policy's provider service came, went or changed
             now, then = world.workloads, before.workloads
             moved = {ip for ip in now.keys() | then.keys() if now.get(ip) is not then.get(ip)}
             inbound, old_inbound = self._inbound_index(), self._prev_inbound
             moved |= {ip for ip in inbound.keys() | old_inbound.keys() if inbound.get(ip) != old_inbound.get(ip)}
             self._moved = moved
         return self._moved
+
+    def _provider_services_changed(self, before: World) -> bool:
+        """Whether the service of an ext_authz provider changed while a CUSTOM policy exists (whether the
+        provider can be used decides what its workloads get)."""
+        hosts = {p.ext_authz.hostname for p in self._options.mesh.extension_providers if p.ext_authz is not None}
+        now, then = self._world.services, before.services
+        if not hosts or all(now.get(h) == then.get(h) for h in hosts):
+            return False
+        policies = self._world.authorization_policies.values()
+        return any(p.action == "CUSTOM" for found in policies for p in found)

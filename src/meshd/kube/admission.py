@@ -55,7 +55,8 @@ def validate_object(obj: Any, *, namespace: str, name: str = "") -> InvalidResou
             meta["name"] = name
         obj = {**obj, "metadata": meta}
     try:
-        parse_resource(obj, default_namespace=namespace or "default")
+        # strict: a spec meshd would keep only to fail closed (AuthorizationPolicy) is refused here
+        parse_resource(obj, default_namespace=namespace or "default", fail_closed=False)
     except InvalidResource as err:
         return err
     return None

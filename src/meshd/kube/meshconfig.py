@@ -1,18 +1,20 @@
 """Mesh config from the `istio` ConfigMap (key `mesh`, MeshConfig as YAML), the fields meshd reads:
-rootNamespace, trustDomain, defaultConfig.discoveryAddress and discoverySelectors (Kubernetes label
-selectors on namespaces: when any is set, only objects in a namespace matching one of them count)."""
+rootNamespace, trustDomain, defaultConfig.discoveryAddress, discoverySelectors (Kubernetes label
+selectors on namespaces: when any is set, only objects in a namespace matching one of them count), and
+what authorization translation reads (`api.meshconfig.MeshPolicy`: extensionProviders,
+pathNormalization, trustDomainAliases)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
+from meshd.api.meshconfig import InvalidMeshConfig, MeshPolicy, parse_mesh_policy
 
-class InvalidMeshConfig(ValueError):
-    pass
+__all__ = ["InvalidMeshConfig", "LabelSelector", "MeshConfig", "Requirement", "parse_mesh_config"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class MeshConfig:
     trust_domain: str = "cluster.local"
     discovery_address: str = ""
     discovery_selectors: tuple[LabelSelector, ...] = ()
+    policy: MeshPolicy = field(default_factory=MeshPolicy)
 
     def selects(self, namespace_labels: Mapping[str, str] | None) -> bool:
         """Whether a namespace with these labels is part of the mesh (None: namespace unknown)."""
@@ -95,4 +98,5 @@ def parse_mesh_config(text: str, *, default_root: str = "istio-system") -> MeshC
         trust_domain=str(raw.get("trustDomain") or "cluster.local"),
         discovery_address=str(default_config.get("discoveryAddress", "")) if isinstance(default_config, dict) else "",
         discovery_selectors=tuple(_selector(s, f"discoverySelectors[{i}]") for i, s in enumerate(selectors)),
+        policy=parse_mesh_policy(raw),
     )

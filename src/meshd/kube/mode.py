@@ -29,5 +29,8 @@ def _mesh(source: KubeSource) -> dict[str, object]:
         "trustDomain": mesh.trust_domain,
         "discoveryAddress": mesh.discovery_address,
         "discoverySelectors": len(mesh.discovery_selectors),
+        "extensionProviders": [f"{p.name} ({p.kind})" for p in mesh.policy.extension_providers],
+        "pathNormalization": mesh.policy.path_normalization,
+        "trustDomainAliases": list(mesh.policy.trust_domain_aliases),
         "error": str(source.mesh_error) if source.mesh_error else None,
     }

@@ -190,3 +190,11 @@ class KubeSource:
         if previous.discovery_selectors != mesh.discovery_selectors:
             for object_id in sorted(self._objects):
                 self._sync(object_id)
+        if previous.policy != mesh.policy:
+            # extension providers, path normalisation, trust domain aliases: read by the next generation
+            self._log.info(
+                "event=mesh_policy extension_providers=%d path_normalization=%s trust_domain_aliases=%d",
+                len(mesh.policy.extension_providers), mesh.policy.path_normalization,
+                len(mesh.policy.trust_domain_aliases),
+            )  # fmt: skip
+            self._store.touch()

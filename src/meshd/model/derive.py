@@ -7,6 +7,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
+from meshd.api.authorization import AuthorizationPolicy
 from meshd.api.destinationrule import DestinationRule
 from meshd.api.kube import EndpointConditions, EndpointSlice, Pod, Service
 from meshd.api.meta import InvalidResource, Resource
@@ -370,6 +371,16 @@ def oldest_first_by_namespace(resources: Iterable[_R]) -> dict[str, tuple[_R, ..
     by_ns: dict[str, list[_R]] = defaultdict(list)
     for resource in sorted(resources, key=age_key):
         by_ns[resource.metadata.namespace].append(resource)
+    return {ns: tuple(v) for ns, v in sorted(by_ns.items())}
+
+
+def authorization_policies_by_namespace(
+    policies: Iterable[AuthorizationPolicy],
+) -> dict[str, tuple[AuthorizationPolicy, ...]]:
+    """Per namespace, its policies by name (Istio evaluates them as one set: order only names rules)."""
+    by_ns: dict[str, list[AuthorizationPolicy]] = defaultdict(list)
+    for policy in sorted(policies, key=lambda p: (p.metadata.namespace, p.metadata.name)):
+        by_ns[policy.metadata.namespace].append(policy)
     return {ns: tuple(v) for ns, v in sorted(by_ns.items())}
 
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TypeVar
 
+from meshd.api.authorization import AuthorizationPolicy
 from meshd.api.destinationrule import DestinationRule
 from meshd.api.jwks import FETCHED_JWKS, FetchedJwks
 from meshd.api.kube import EndpointSlice, Pod, Secret, Service
@@ -23,7 +24,15 @@ from meshd.model import derive
 from meshd.model.services import Endpoint, MeshService, Workload
 from meshd.model.world import World, assemble
 
-_ISTIO_KINDS = ("ServiceEntry", "WorkloadEntry", "VirtualService", "DestinationRule", "Sidecar", "PeerAuthentication")
+_ISTIO_KINDS = (
+    "ServiceEntry",
+    "WorkloadEntry",
+    "VirtualService",
+    "DestinationRule",
+    "Sidecar",
+    "PeerAuthentication",
+    "AuthorizationPolicy",
+)
 ServiceId = tuple[str, str]  # (namespace, name)
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -80,6 +89,7 @@ class WorldState:
         self._request_authn: dict[ResourceKey, RequestAuthentication] = {}
         self._request_authn_by_ns: Mapping[str, tuple[RequestAuthentication, ...]] = MappingProxyType({})
         self._jwks: Mapping[str, str] = MappingProxyType({})
+        self._authz: Mapping[str, tuple[AuthorizationPolicy, ...]] = MappingProxyType({})
 
     # -- applying changes ---------------------------------------------------------------------
 
@@ -264,12 +274,11 @@ class WorldState:
         peer_auth = derive.peer_authentications_by_namespace(
             p for p in self._istio["PeerAuthentication"].values() if isinstance(p, PeerAuthentication)
         )
-        if peer_auth != dict(self._peer_auth) or any(
-            a is not b
-            for ns, policies in peer_auth.items()
-            for a, b in zip(policies, self._peer_auth.get(ns, ()), strict=False)
-        ):
-            self._peer_auth = MappingProxyType(peer_auth)
+        self._peer_auth = _same_or_new(self._peer_auth, peer_auth)
+        authz = derive.authorization_policies_by_namespace(
+            p for p in self._istio["AuthorizationPolicy"].values() if isinstance(p, AuthorizationPolicy)
+        )
+        self._authz = _same_or_new(self._authz, authz)
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -294,4 +303,15 @@ class WorldState:
             peer_authentications=self._peer_auth,
             request_authentications=self._request_authn_by_ns,
             jwks=self._jwks,
+            authorization_policies=self._authz,
         )
+
+
+def _same_or_new(old: Mapping[str, tuple[_V, ...]], new: dict[str, tuple[_V, ...]]) -> Mapping[str, tuple[_V, ...]]:
+    """The old mapping object when it holds the very same objects (consumers compare it by identity)."""
+    if new.keys() == old.keys() and all(
+        len(items) == len(old[ns]) and all(a is b for a, b in zip(items, old[ns], strict=True))
+        for ns, items in new.items()
+    ):
+        return old
+    return MappingProxyType(new)

@@ -96,6 +96,10 @@ class ConfigStore:
             self.loaded = True
             self._changed()
 
+    def touch(self) -> None:
+        """An input that is not a resource changed (the mesh config): a new revision, subscribers told."""
+        self._changed()
+
     def resources(self) -> list[tuple[str, Resource]]:
         """(origin, resource) pairs of the winning copies, sorted by key."""
         return [(min(self._origins_of[key]), self._winners[key]) for key in sorted(self._winners)]

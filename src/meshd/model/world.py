@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from meshd.api.authorization import AuthorizationPolicy
 from meshd.api.destinationrule import DestinationRule
 from meshd.api.jwks import FetchedJwks
 from meshd.api.kube import EndpointSlice, Pod, Secret, Service
@@ -59,6 +60,8 @@ class World:
     # (canonical JSON). Each mapping is the same object while nothing in it changes.
     request_authentications: Mapping[str, tuple[RequestAuthentication, ...]] = field(default_factory=dict)
     jwks: Mapping[str, str] = field(default_factory=dict)
+    # namespace -> AuthorizationPolicies by name (the mapping is the same object while none changes)
+    authorization_policies: Mapping[str, tuple[AuthorizationPolicy, ...]] = field(default_factory=dict)
 
     def virtual_services_for(self, host: str) -> tuple[VirtualService, ...] | None:
         """The VirtualServices routing a host: those naming it exactly, else those of the most
@@ -92,6 +95,7 @@ def assemble(
     peer_authentications: Mapping[str, tuple[PeerAuthentication, ...]] | None = None,
     request_authentications: Mapping[str, tuple[RequestAuthentication, ...]] | None = None,
     jwks: Mapping[str, str] | None = None,
+    authorization_policies: Mapping[str, tuple[AuthorizationPolicy, ...]] | None = None,
 ) -> World:
     ordered = dict(sorted(services.items()))
     by_namespace: dict[str, list[MeshService]] = defaultdict(list)
@@ -125,6 +129,7 @@ def assemble(
         if request_authentications is not None
         else MappingProxyType({}),
         jwks=jwks if jwks is not None else MappingProxyType({}),
+        authorization_policies=authorization_policies if authorization_policies is not None else MappingProxyType({}),
     )
 
 
@@ -192,4 +197,9 @@ def build_world(resources: Iterable[Resource], *, domain_suffix: str, revision: 
             )
         ),
         jwks=MappingProxyType({j.uri: j.keys for j in by_kind["FetchedJwks"] if isinstance(j, FetchedJwks)}),
+        authorization_policies=MappingProxyType(
+            derive.authorization_policies_by_namespace(
+                p for p in by_kind["AuthorizationPolicy"] if isinstance(p, AuthorizationPolicy)
+            )
+        ),
     )

@@ -4,6 +4,8 @@
 /debug/config_dump      ?proxyID=<pod>.<ns> or a full node id: the resources that proxy is served
 /debug/config_errors    every resource currently rejected, with file/resource/field/message
 /debug/informers        Kubernetes mode: each informer's state and the mesh config read
+/debug/authorizationz   ?proxyID=<pod>.<ns> or a full node id: the AuthorizationPolicies applying to that proxy
+                        (and their errors) and the RBAC / ext_authz filters its inbound side gets
 
 What the endpoints show comes in as callables (`DebugViews`): this server knows no xDS and no Kubernetes.
 
@@ -40,6 +42,7 @@ class DebugViews:
     config_dump: Callable[[str], Json | None]  # None: no such proxy connected
     config_errors: Callable[[], Sequence[InvalidResource]]
     informers: Callable[[], Json] | None = None  # Kubernetes mode only
+    authorizationz: Callable[[str], Json | None] | None = None  # None: no such proxy connected
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -137,6 +140,17 @@ def build_app(
     app.router.add_get("/debug/config_errors", errors)
     if test_hooks is not None:
         app.router.add_post("/debug/test/{hook}", test_hooks)
+    if views.authorizationz is not None:
+        authorizationz = views.authorizationz
+
+        async def authorization(request: web.Request) -> web.Response:
+            proxy_id = request.query.get("proxyID", "")
+            data = authorizationz(proxy_id)
+            if data is None:
+                return _json({"error": f"proxy {proxy_id!r} is not connected"}, status=404)
+            return _json(data)
+
+        app.router.add_get("/debug/authorizationz", authorization)
     if views.informers is not None:
         informers = views.informers
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from meshd.api.meshconfig import MeshPolicy
 from meshd.api.meta import InvalidResource
 from meshd.clock import Clock
 from meshd.gcpolicy import GcPolicy
@@ -47,6 +48,7 @@ class PushLoop:
         self._metrics, self._log = metrics, log
         self._debouncer = Debouncer(clock=clock, quiet=settings.debounce_quiet_s, max_delay=settings.debounce_max_s)
         self._extra: dict[str, Sequence[XdsResource]] = {}
+        self._mesh: Callable[[], MeshPolicy] = MeshPolicy
         self._generations = Generations(
             domain_suffix=settings.domain_suffix,
             options=generate_options(settings),
@@ -69,14 +71,23 @@ class PushLoop:
         nacked = nack_errors(rejected, current.world) if rejected and current is not None else []
         return self._store.errors() + reported + refused + self._build_errors + nacked
 
+    def follow_mesh(self, mesh: Callable[[], MeshPolicy]) -> None:
+        """Where the mesh config's authorization settings come from (read at every generation; a change
+        rebuilds everything: options are part of every key). The source touches the store on a change."""
+        self._mesh = mesh
+
     def inject(self, type_url: str, resources: Sequence[XdsResource]) -> None:
         """Test hook: serve extra resources as they are (used to exercise Envoy's NACK path)."""
         self._extra[type_url] = resources
         self._debouncer.touch()
 
     def rebuild(self, *, changed_at: float) -> ConfigGenerator:
+        options = generate_options(self._settings, self._mesh())
         generator, errors = self._generations.next(
-            self._store.drain_changes(), revision=self._store.revision, extra=dict(self._extra)
+            self._store.drain_changes(),
+            revision=self._store.revision,
+            extra=dict(self._extra),
+            options=options if options != self._generations.options else None,
         )
         world = generator.world
         self._translation_errors = errors
@@ -182,9 +193,10 @@ def _clip(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else f"{text[:limit]}...({len(text)} chars)"
 
 
-def generate_options(settings: Settings) -> GenerateOptions:
-    """The mesh-wide settings generation reads, from meshd's settings."""
+def generate_options(settings: Settings, mesh: MeshPolicy | None = None) -> GenerateOptions:
+    """The mesh-wide settings generation reads, from meshd's settings and the mesh config."""
     return GenerateOptions(
+        mesh=mesh or MeshPolicy(),
         inbound_port=settings.inbound_port,
         sidecar_endpoint_port=settings.inbound_port,
         root_namespace=settings.root_namespace,

@@ -37,6 +37,7 @@ from google.protobuf import wrappers_pb2
 
 from meshd.model.services import is_http, is_sniffed
 from meshd.translate import naming
+from meshd.translate.authz.inbound import NO_AUTHZ, InboundAuthz
 from meshd.translate.cluster_policy import inbound_pool
 from meshd.translate.clusters import CONNECT_TIMEOUT, set_upstream_protocol, socket_address
 from meshd.translate.jwt_authn import JwtProviders
@@ -147,15 +148,24 @@ def _outbound(plan: PortPlan, outbound_mode: str) -> listener_pb2.Listener:
 # --- inbound ---------------------------------------------------------------------------------------
 
 
-def _inbound_tcp_chain(target: int, *, mtls: bool, protocol: str = "TCP") -> listener_components_pb2.FilterChain:
-    chain = listener_components_pb2.FilterChain(filters=tcp_filters(naming.inbound_cluster(port=target), protocol))
+def _inbound_tcp_chain(
+    target: int, *, mtls: bool, protocol: str = "TCP", authz: InboundAuthz = NO_AUTHZ
+) -> listener_components_pb2.FilterChain:
+    """tcp_proxy to the app's port, after the workload's network authorization filters."""
+    filters = [*authz.network_filters, *tcp_filters(naming.inbound_cluster(port=target), protocol)]
+    chain = listener_components_pb2.FilterChain(filters=filters)
     if mtls:
         chain.transport_socket.CopyFrom(tls_socket(downstream_context()))
     return chain
 
 
-def _passthrough_chain(*, mtls: bool) -> listener_components_pb2.FilterChain:
-    chain = _tcp_chain(f"{INBOUND_PASSTHROUGH}|{'mtls' if mtls else 'plaintext'}", INBOUND_PASSTHROUGH)
+def _passthrough_chain(*, mtls: bool, authz: InboundAuthz = NO_AUTHZ) -> listener_components_pb2.FilterChain:
+    """Ports no service declares: to the original destination, after the network authorization filters
+    (a policy covers every port of the workload, declared or not)."""
+    chain = listener_components_pb2.FilterChain(
+        name=f"{INBOUND_PASSTHROUGH}|{'mtls' if mtls else 'plaintext'}",
+        filters=[*authz.network_filters, tcp_proxy_filter(INBOUND_PASSTHROUGH)],
+    )
     if mtls:
         chain.transport_socket.CopyFrom(tls_socket(downstream_context()))
     return chain
@@ -184,7 +194,7 @@ def inbound_protocols(served: Sequence[InboundEntry]) -> dict[int, str]:
 
 
 def _ingress_chains(
-    ingress: tuple[IngressPort, ...], modes: InboundMtls, sds: bool, jwt: JwtProviders
+    ingress: tuple[IngressPort, ...], modes: InboundMtls, sds: bool, jwt: JwtProviders, authz: InboundAuthz
 ) -> tuple[list[listener_components_pb2.FilterChain], bool]:
     """A Sidecar's ingress ports (those traffic capture brings here), each matched by its port."""
     chains: list[listener_components_pb2.FilterChain] = []
@@ -192,7 +202,7 @@ def _ingress_chains(
     for port in ingress:
         if not port.captured:
             continue
-        found, split = ingress_chains(port, modes=modes, sds=sds, jwt=jwt)
+        found, split = ingress_chains(port, modes=modes, sds=sds, jwt=jwt, authz=authz)
         for chain in found:
             chain.filter_chain_match.destination_port.value = port.port
         chains += found
@@ -207,6 +217,7 @@ def _virtual_inbound(
     sds: bool,
     jwt: JwtProviders,
     detection_timeout: float = 0.0,
+    authz: InboundAuthz = NO_AUTHZ,
     ingress: tuple[IngressPort, ...] | None = None,
 ) -> listener_pb2.Listener:
     listener = listener_pb2.Listener(
@@ -223,7 +234,7 @@ def _virtual_inbound(
     inspect = False
     sniffed: list[int] = []
     if ingress is not None:  # a Sidecar's ingress replaces the ports derived from the services
-        found, inspect = _ingress_chains(ingress, modes, sds, jwt)
+        found, inspect = _ingress_chains(ingress, modes, sds, jwt, authz)
         chains += found
         served = ()
     for target, entries in served_ports(served).items():
@@ -235,8 +246,9 @@ def _virtual_inbound(
                 continue
             kind = "mtls" if mtls else "plaintext"
             if is_http(protocol) or (is_sniffed(protocol) and not mtls):
+                route_name = naming.inbound_cluster(port=target)
                 chain = inbound_http_chain(
-                    entries, route_name=naming.inbound_cluster(port=target), mtls=mtls, peer_identity=sds, jwt=jwt
+                    entries, route_name=route_name, mtls=mtls, peer_identity=sds, jwt=jwt, authz=authz
                 )
                 chain.name = f"{naming.inbound_cluster(port=target)}{kind}"
                 chain.filter_chain_match.destination_port.value = target
@@ -247,14 +259,16 @@ def _virtual_inbound(
                 per_port.append((mtls, chain))
             if not is_http(protocol):
                 # Sniffed ports over mTLS are proxied as TCP (the client's ALPN does not say HTTP).
-                chain = _inbound_tcp_chain(target, mtls=mtls, protocol=protocol)
+                chain = _inbound_tcp_chain(target, mtls=mtls, protocol=protocol, authz=authz)
                 chain.name = f"{naming.inbound_cluster(port=target)}{kind}"
                 chain.filter_chain_match.destination_port.value = target
                 per_port.append((mtls, chain))
         inspect |= split_by_transport(per_port)
         chains += [chain for _, chain in per_port]
     passthrough = [
-        (mtls, _passthrough_chain(mtls=mtls)) for mtls in (True, False) if admits(modes.mode, mtls=mtls, sds=sds)
+        (mtls, _passthrough_chain(mtls=mtls, authz=authz))
+        for mtls in (True, False)
+        if admits(modes.mode, mtls=mtls, sds=sds)
     ]
     inspect |= split_by_transport(passthrough)
     chains += [chain for _, chain in passthrough]
@@ -306,6 +320,7 @@ def capture_listener_specs(
     outbound_mode: str,
     inbound_port: int,
     jwt: JwtProviders = (),
+    authz: InboundAuthz = NO_AUTHZ,
     inbound: SidecarInbound = AUTOMATIC,
 ) -> Iterator[Spec]:
     """Every listener of a capture-mode proxy. Nothing is bound to its address: proxies of a scope
@@ -319,8 +334,8 @@ def capture_listener_specs(
         name = naming.outbound_listener(ip=ANY_ADDRESS, port=port_plan.port)
         yield Spec(name, ("lds-cap-port", port_plan, outbound_mode), partial(_outbound, port_plan, outbound_mode))
     timeout, ingress = plan.detection_timeout, inbound.ingress
-    inbound_key = ("lds-cap-in", served, inbound_port, modes, sds, jwt, timeout, ingress)
-    build = partial(_virtual_inbound, served, inbound_port, modes, sds, jwt, timeout, ingress)
+    inbound_key = ("lds-cap-in", served, inbound_port, modes, sds, jwt, timeout, authz, ingress)
+    build = partial(_virtual_inbound, served, inbound_port, modes, sds, jwt, timeout, authz, ingress)
     yield Spec(naming.VIRTUAL_INBOUND, inbound_key, build)
 
 

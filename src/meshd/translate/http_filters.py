@@ -5,6 +5,8 @@ authorization (RBAC, which reads what jwt_authn verified), then the router."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
@@ -41,10 +43,13 @@ def outbound_http_filters() -> list[hcm_pb2.HttpFilter]:
     ]
 
 
-def inbound_http_filters(*, jwt: JwtProviders = ()) -> list[hcm_pb2.HttpFilter]:
+def inbound_http_filters(
+    *, jwt: JwtProviders = (), authz: Sequence[hcm_pb2.HttpFilter] = ()
+) -> list[hcm_pb2.HttpFilter]:
     """The inbound HTTP filters: jwt_authn first (when a RequestAuthentication applies), the
     authorization filters after it (they read its verified payload), the router last."""
     filters = [jwt_authn_filter(jwt)] if jwt else []
+    filters.extend(authz)
     filters.append(router())
     return filters
 

@@ -18,6 +18,8 @@ from google.protobuf import duration_pb2
 from meshd.model.services import MeshService
 from meshd.model.world import World
 from meshd.translate import naming
+from meshd.translate.authz.inbound import NO_AUTHZ, InboundAuthz
+from meshd.translate.authz.ports import per_route, port_dependent
 from meshd.translate.clusters import ads_config_source, socket_address
 from meshd.translate.http_filters import inbound_http_filters, outbound_http_filters, router
 from meshd.translate.jwt_authn import JwtProviders
@@ -117,7 +119,10 @@ def inbound_index(world: World) -> dict[str, tuple[InboundEntry, ...]]:
     return {address: tuple(entries) for address, entries in index.items()}
 
 
-def _inbound_routes(name: str, served: Sequence[InboundEntry]) -> route_pb2.RouteConfiguration:
+def _inbound_routes(
+    name: str, served: Sequence[InboundEntry], port_filters: tuple[hcm_pb2.HttpFilter, ...] = ()
+) -> route_pb2.RouteConfiguration:
+    """`port_filters`: RBAC filters testing the destination port, decided per route for its target port."""
     routes = route_pb2.RouteConfiguration(name=name)
     for service, port, target in served:
         routes.virtual_hosts.append(
@@ -126,23 +131,55 @@ def _inbound_routes(name: str, served: Sequence[InboundEntry]) -> route_pb2.Rout
                 domains=[
                     d for d in naming.service_domains(service, port=port, proxy_namespace=service.namespace) if ":" in d
                 ],
-                routes=[_inbound_route(target)],
+                routes=[_inbound_route(target, port_filters)],
             )
         )
     # Anything else (a Host without the port, an address) goes to the first service port.
     routes.virtual_hosts.append(
-        route_components_pb2.VirtualHost(name="inbound|default", domains=["*"], routes=[_inbound_route(served[0][2])])
+        route_components_pb2.VirtualHost(
+            name="inbound|default", domains=["*"], routes=[_inbound_route(served[0][2], port_filters)]
+        )
     )
     return routes
 
 
+_ESCAPED_SLASHES = hcm_pb2.HttpConnectionManager.PathWithEscapedSlashesAction
+
+
+def normalize_paths(hcm: hcm_pb2.HttpConnectionManager, mode: str) -> None:
+    """meshConfig.pathNormalization on an inbound connection manager, as Istio maps it: NONE leaves paths
+    as received; BASE normalises them (RFC 3986: `.`/`..` segments, percent-encoded unreserved characters,
+    backslashes); MERGE_SLASHES also merges `//`; DECODE_AND_MERGE_SLASHES also decodes `%2F` and `%5C`
+    first. Authorization policies see (and the app receives) the normalised path."""
+    hcm.normalize_path.value = mode != "NONE"  # explicit: Envoy's runtime default may change
+    if mode == "NONE":
+        return
+    hcm.merge_slashes = mode in ("MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES")
+    hcm.path_with_escaped_slashes_action = (
+        _ESCAPED_SLASHES.UNESCAPE_AND_FORWARD if mode == "DECODE_AND_MERGE_SLASHES" else _ESCAPED_SLASHES.KEEP_UNCHANGED
+    )
+
+
 def inbound_http_chain(
-    served: Sequence[InboundEntry], *, route_name: str, mtls: bool, peer_identity: bool, jwt: JwtProviders = ()
+    served: Sequence[InboundEntry],
+    *,
+    route_name: str,
+    mtls: bool,
+    peer_identity: bool,
+    authz: InboundAuthz = NO_AUTHZ,
+    jwt: JwtProviders = (),
+    shared_port: bool = False,
 ) -> listener_components_pb2.FilterChain:
     """An HTTP chain routing by Host to `inbound|<target>||` (XFCC with the peer's identity when the
-    proxy has the agent's SDS); TLS with a required client certificate when `mtls`. Its HTTP filters:
-    `inbound_http_filters` (jwt_authn for the workload's RequestAuthentications, then the router)."""
-    hcm = hcm_pb2.HttpConnectionManager(stat_prefix="inbound", route_config=_inbound_routes(route_name, served))
+    proxy has the agent's SDS), its HTTP filters `inbound_http_filters`: jwt_authn for the workload's
+    RequestAuthentications, its authorization filters, the router; TLS with a
+    required client certificate when `mtls`. `shared_port`: the chain serves several target ports on one
+    listener port (bound mode), so RBAC port tests are decided per route (`authz/ports.py`)."""
+    per_port = authz.http_filters if shared_port and port_dependent(authz.http_filters) else ()
+    hcm = hcm_pb2.HttpConnectionManager(
+        stat_prefix="inbound", route_config=_inbound_routes(route_name, served, per_port)
+    )
+    normalize_paths(hcm, authz.normalization)
     if peer_identity:
         # The app sees who called: the peer's certificate (SPIFFE URI, subject, DNS) in x-forwarded-client-cert.
         hcm.forward_client_cert_details = hcm_pb2.HttpConnectionManager.APPEND_FORWARD
@@ -150,7 +187,8 @@ def inbound_http_chain(
         details.subject.value = True
         details.uri = True
         details.dns = True
-    chain = listener_components_pb2.FilterChain(filters=[hcm_filter(hcm, inbound_http_filters(jwt=jwt))])
+    filters = inbound_http_filters(jwt=jwt, authz=authz.http_filters)
+    chain = listener_components_pb2.FilterChain(filters=[hcm_filter(hcm, filters)])
     if mtls:
         chain.transport_socket.CopyFrom(tls_socket(downstream_context()))
     if peer_identity:
@@ -191,6 +229,7 @@ def _inbound_listener(
     modes: InboundMtls,
     sds: bool,
     jwt: JwtProviders,
+    authz: InboundAuthz,
 ) -> listener_pb2.Listener:
     """One HTTP chain per transport the workload's PeerAuthentication admits: mTLS (STRICT, PERMISSIVE)
     and plaintext (PERMISSIVE, DISABLE), each routing only the ports whose mode admits it. Without SDS
@@ -205,7 +244,9 @@ def _inbound_listener(
         entries = [e for e in served if admits(modes.for_port(e[2]), mtls=mtls, sds=sds)]
         if entries:
             route_name = f"inbound|{inbound_port}|mtls" if mtls else f"inbound|{inbound_port}"
-            chain = inbound_http_chain(entries, route_name=route_name, mtls=mtls, peer_identity=sds, jwt=jwt)
+            chain = inbound_http_chain(
+                entries, route_name=route_name, mtls=mtls, peer_identity=sds, authz=authz, jwt=jwt, shared_port=True
+            )
             chains.append((mtls, chain))
     if split_by_transport(chains):  # before the chains are copied into the listener
         listener.listener_filters.append(tls_inspector())
@@ -220,21 +261,25 @@ def inbound_listener_specs(
     inbound_port: int,
     modes: InboundMtls = DEFAULT_INBOUND,
     jwt: JwtProviders = (),
+    authz: InboundAuthz = NO_AUTHZ,
 ) -> Iterator[Spec]:
     """The inbound listener at <ip>:<inbound_port>, dispatching by Host to `inbound|<target>||`
     (none if the workload backs no service, or no port admits any client)."""
     sds = proxy.sds
     if any(sds or modes.for_port(t) != STRICT for _, _, t in served):
-        key = ("lds-in", proxy.ip, inbound_port, served, modes, sds, jwt)
-        build = partial(_inbound_listener, proxy, served, inbound_port, modes, sds, jwt)
+        key = ("lds-in", proxy.ip, inbound_port, served, modes, sds, jwt, authz)
+        build = partial(_inbound_listener, proxy, served, inbound_port, modes, sds, jwt, authz)
         yield Spec(naming.VIRTUAL_INBOUND, key, build)
 
 
-def _inbound_route(target: int) -> route_components_pb2.Route:
-    return route_components_pb2.Route(
+def _inbound_route(target: int, port_filters: tuple[hcm_pb2.HttpFilter, ...] = ()) -> route_components_pb2.Route:
+    route = route_components_pb2.Route(
         name="default",
         match=route_components_pb2.RouteMatch(prefix="/"),
         route=route_components_pb2.RouteAction(
             cluster=naming.inbound_cluster(port=target), timeout=duration_pb2.Duration(seconds=0)
         ),
     )
+    for name, config in per_route(port_filters, target).items() if port_filters else ():
+        route.typed_per_filter_config[name].CopyFrom(config)
+    return route

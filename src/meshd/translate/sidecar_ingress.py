@@ -30,12 +30,20 @@ from meshd.api.networking import Sidecar
 from meshd.api.sidecar_ingress import IngressTLSSettings
 from meshd.model.services import is_http, protocol_of
 from meshd.translate import naming
+from meshd.translate.authz.inbound import NO_AUTHZ, InboundAuthz
 from meshd.translate.cluster_policy import inbound_pool
 from meshd.translate.clusters import CONNECT_TIMEOUT, set_upstream_protocol, socket_address
 from meshd.translate.http_filters import inbound_http_filters
 from meshd.translate.jwt_authn import JwtProviders
 from meshd.translate.listener_plan import RESERVED_PORTS
-from meshd.translate.listeners import admits, hcm_filter, split_by_transport, tcp_proxy_filter, tls_inspector
+from meshd.translate.listeners import (
+    admits,
+    hcm_filter,
+    normalize_paths,
+    split_by_transport,
+    tcp_filters,
+    tls_inspector,
+)
 from meshd.translate.mtls import downstream_context, tls_socket
 from meshd.translate.peer_auth import InboundMtls
 from meshd.translate.proxy import Proxy
@@ -208,7 +216,9 @@ def server_tls_context(tls: IngressTLSSettings, *, http: bool) -> tls_pb2.Downst
     return context
 
 
-def _http_filter(port: IngressPort, *, peer_identity: bool, jwt: JwtProviders) -> listener_components_pb2.Filter:
+def _http_filter(
+    port: IngressPort, *, peer_identity: bool, jwt: JwtProviders, authz: InboundAuthz
+) -> listener_components_pb2.Filter:
     cluster = naming.inbound_cluster(port=port.port)
     route = route_components_pb2.Route(
         name="default",
@@ -220,29 +230,31 @@ def _http_filter(port: IngressPort, *, peer_identity: bool, jwt: JwtProviders) -
         virtual_hosts=[route_components_pb2.VirtualHost(name=f"{cluster}default", domains=["*"], routes=[route])],
     )
     hcm = hcm_pb2.HttpConnectionManager(stat_prefix=cluster, route_config=routes)
+    normalize_paths(hcm, authz.normalization)
     if peer_identity:
         hcm.forward_client_cert_details = hcm_pb2.HttpConnectionManager.APPEND_FORWARD
         details = hcm.set_current_client_cert_details
         details.subject.value = True
         details.uri = True
         details.dns = True
-    return hcm_filter(hcm, inbound_http_filters(jwt=jwt))
+    return hcm_filter(hcm, inbound_http_filters(jwt=jwt, authz=authz.http_filters))
 
 
 def ingress_chain(
-    port: IngressPort, *, mtls: bool, peer_identity: bool, jwt: JwtProviders = ()
+    port: IngressPort, *, mtls: bool, peer_identity: bool, jwt: JwtProviders = (), authz: InboundAuthz = NO_AUTHZ
 ) -> listener_components_pb2.FilterChain:
-    """One chain of an ingress port: its own TLS if it has any, else Istio mTLS (`mtls`) or plaintext; HTTP
-    with the workload's RequestAuthentications (jwt_authn), as on the automatic inbound side."""
+    """One chain of an ingress port: its own TLS if it has any, else Istio mTLS (`mtls`) or plaintext; with the
+    workload's RequestAuthentications (jwt_authn, HTTP) and AuthorizationPolicies (RBAC / ext_authz filters,
+    HTTP or network), as on the automatic inbound side."""
     tls = port.tls.obj if port.tls is not None else None
     identity = peer_identity and (mtls or (isinstance(tls, IngressTLSSettings) and tls.mode == "MUTUAL"))
     if port.http:
-        network = _http_filter(port, peer_identity=identity, jwt=jwt)
+        filters = [_http_filter(port, peer_identity=identity, jwt=jwt, authz=authz)]
     else:
-        network = tcp_proxy_filter(naming.inbound_cluster(port=port.port))
+        filters = [*authz.network_filters, *tcp_filters(naming.inbound_cluster(port=port.port), port.protocol)]
     transport = "tls" if tls is not None else "mtls" if mtls else "plaintext"
     chain = listener_components_pb2.FilterChain(
-        name=f"{naming.inbound_cluster(port=port.port)}{transport}", filters=[network]
+        name=f"{naming.inbound_cluster(port=port.port)}{transport}", filters=filters
     )
     if isinstance(tls, IngressTLSSettings):
         chain.transport_socket.CopyFrom(tls_socket(server_tls_context(tls, http=port.http)))
@@ -252,14 +264,14 @@ def ingress_chain(
 
 
 def ingress_chains(
-    port: IngressPort, *, modes: InboundMtls, sds: bool, jwt: JwtProviders = ()
+    port: IngressPort, *, modes: InboundMtls, sds: bool, jwt: JwtProviders = (), authz: InboundAuthz = NO_AUTHZ
 ) -> tuple[list[listener_components_pb2.FilterChain], bool]:
     """The chains of one ingress port and whether TLS inspection tells them apart: its own TLS, else one
     chain per transport its PeerAuthentication mode admits."""
     if port.tls is not None:
-        return [ingress_chain(port, mtls=False, peer_identity=sds, jwt=jwt)], False
+        return [ingress_chain(port, mtls=False, peer_identity=sds, jwt=jwt, authz=authz)], False
     chains = [
-        (mtls, ingress_chain(port, mtls=mtls, peer_identity=sds, jwt=jwt))
+        (mtls, ingress_chain(port, mtls=mtls, peer_identity=sds, jwt=jwt, authz=authz))
         for mtls in (True, False)
         if admits(modes.for_port(port.port), mtls=mtls, sds=sds)
     ]
@@ -268,14 +280,14 @@ def ingress_chains(
 
 
 def _bound_listener(
-    port: IngressPort, address: str, modes: InboundMtls, sds: bool, jwt: JwtProviders
+    port: IngressPort, address: str, modes: InboundMtls, sds: bool, jwt: JwtProviders, authz: InboundAuthz
 ) -> listener_pb2.Listener:
     listener = listener_pb2.Listener(
         name=naming.outbound_listener(ip=address, port=port.port),
         address=socket_address(address, port.port),
         traffic_direction=1,  # INBOUND
     )
-    chains, inspect = ingress_chains(port, modes=modes, sds=sds, jwt=jwt)
+    chains, inspect = ingress_chains(port, modes=modes, sds=sds, jwt=jwt, authz=authz)
     listener.filter_chains.extend(chains)
     if inspect:
         listener.listener_filters.append(tls_inspector())
@@ -283,7 +295,13 @@ def _bound_listener(
 
 
 def bound_ingress_listener_specs(
-    inbound: SidecarInbound, proxy: Proxy, *, modes: InboundMtls, capture: bool, jwt: JwtProviders = ()
+    inbound: SidecarInbound,
+    proxy: Proxy,
+    *,
+    modes: InboundMtls,
+    capture: bool,
+    jwt: JwtProviders = (),
+    authz: InboundAuthz = NO_AUTHZ,
 ) -> Iterator[Spec]:
     """Listeners bound on `bind` (default: the proxy's address) at each ingress port that traffic capture
     does not bring to virtualInbound (every port without capture; `captureMode: NONE` ports with it)."""
@@ -291,11 +309,11 @@ def bound_ingress_listener_specs(
         if capture and port.captured:
             continue
         address = port.bind or proxy.ip
-        key = ("lds-ingress", address, port, modes, proxy.sds, jwt)
+        key = ("lds-ingress", address, port, modes, proxy.sds, jwt, authz)
         yield Spec(
             naming.outbound_listener(ip=address, port=port.port),
             key,
-            partial(_bound_listener, port, address, modes, proxy.sds, jwt),
+            partial(_bound_listener, port, address, modes, proxy.sds, jwt, authz),
         )
 
 

@@ -5,11 +5,14 @@ and (Kubernetes mode) the informers, plus the test hooks of the end-to-end tests
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from envoy.config.cluster.v3 import cluster_pb2
 from google.protobuf import duration_pb2
 
+from meshd.generate.authz_view import authorization_view
+from meshd.generate.generator import ConfigGenerator
 from meshd.kube.mode import KubeMode
 from meshd.obs.metrics import Metrics
 from meshd.ops.http import DebugAuthorizer, DebugViews, build_app
@@ -40,6 +43,15 @@ def hooks_for_tests(push: PushLoop) -> Callable[[web.Request], Awaitable[web.Res
     return hook
 
 
+def _authorizationz(hub: Hub, proxy_id: str) -> dict[str, Any] | None:
+    """/debug/authorizationz: None when no such proxy is connected (or nothing is generated yet)."""
+    conn = hub.find(proxy_id)
+    generator = hub.generator
+    if conn is None or not isinstance(generator, ConfigGenerator):
+        return None
+    return authorization_view(generator, conn.proxy)
+
+
 def ops_app(
     *,
     hub: Hub,
@@ -55,6 +67,7 @@ def ops_app(
         config_dump=lambda proxy_id: debug.config_dump(hub, proxy_id),
         config_errors=lambda: push.errors,
         informers=kube.debug_status if kube is not None else None,
+        authorizationz=lambda proxy_id: _authorizationz(hub, proxy_id),
     )
     return build_app(
         registry=metrics.registry,

@@ -109,8 +109,16 @@ def test_modelled_kinds_have_typed_specs(crds: dict[tuple[str, str], dict[str, A
     assert "ROUND_ROBIN" in lb["properties"]["loadBalancer"]["properties"]["simple"]["enum"]
     for kind in ("Gateway",):
         assert spec_schema(crds, "networking.istio.io/v1", kind)["x-kubernetes-preserve-unknown-fields"] is True
-    for kind in ("AuthorizationPolicy",):
-        assert spec_schema(crds, "security.istio.io/v1", kind)["x-kubernetes-preserve-unknown-fields"] is True
+    # AuthorizationPolicy: strict, every level typed and closed (security config is never left open)
+    authz = spec_schema(crds, "security.istio.io/v1", "AuthorizationPolicy")
+    assert "x-kubernetes-preserve-unknown-fields" not in json.dumps(authz)
+    assert authz["properties"]["action"]["enum"] == ["ALLOW", "DENY", "AUDIT", "CUSTOM"]
+    rule = authz["properties"]["rules"]["items"]["properties"]
+    assert rule["when"]["items"]["required"] == ["key"]
+    assert rule["to"]["items"]["properties"]["operation"]["properties"]["notPaths"] == {
+        "type": "array",
+        "items": {"type": "string"},
+    }
 
 
 def _preserving(node: Any, path: str = "spec") -> list[str]:

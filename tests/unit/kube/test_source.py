@@ -178,3 +178,20 @@ def test_secrets_for_credential_names_are_stored_but_never_meshds_own_ca_keys(f:
     f.add(obj("Secret", "api-key", "shop", data={"key": "c2VjcmV0"}))  # not TLS material: neither stored nor an error
     assert f.stored() == {ResourceKey("Secret", "shop", "client-cert"), ResourceKey("Secret", "shop", "cacerts")}
     assert f.store.errors() == []
+
+
+def test_the_mesh_configs_authorization_parts_are_read_and_a_change_wakes_the_push(f: Fixture) -> None:
+    providers = (
+        "extensionProviders:\n- name: ext\n  envoyExtAuthzGrpc: {service: authz.foo.svc.cluster.local, port: 9000}\n"
+        "pathNormalization: {normalization: MERGE_SLASHES}\ntrustDomainAliases: [old.example.org]\n"
+    )
+    before = f.notified
+    f.add(mesh(providers))
+    policy = f.source.mesh.policy
+    assert [p.name for p in policy.extension_providers] == ["ext"]
+    assert (policy.path_normalization, policy.trust_domain_aliases) == ("MERGE_SLASHES", ("old.example.org",))
+    assert f.notified == before + 1  # the store was touched: the next generation reads the new options
+    f.modify(mesh(providers), mesh(providers.replace("port: 9000", "port: 0")))
+    [err] = f.store.errors()  # an invalid provider: reported, the previous mesh config stays
+    assert err.field == "data.mesh" and "extensionProviders[0].envoyExtAuthzGrpc.port" in err.message
+    assert f.source.mesh.policy == policy
