@@ -139,3 +139,37 @@ def test_unknown_outbound_mode_is_refused_naming_the_field() -> None:
            "spec": {"outboundTrafficPolicy": {"mode": "SOMETIMES"}}}  # fmt: skip
     with pytest.raises(InvalidResource, match=r"outboundTrafficPolicy\.mode"):
         parse_resource(doc)
+
+
+@pytest.mark.parametrize(
+    ("mesh_config", "flag", "catchall"),
+    [
+        ({"outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}}, "ALLOW_ANY", b"BlackHoleCluster"),
+        ({"outboundTrafficPolicy": {"mode": "ALLOW_ANY"}}, "REGISTRY_ONLY", b"PassthroughCluster"),
+        ({}, "REGISTRY_ONLY", b"BlackHoleCluster"),  # not in the mesh config: the flag
+    ],
+)
+def test_mesh_config_outbound_traffic_policy_over_the_flag(
+    mesh_config: dict[str, object], flag: str, catchall: bytes
+) -> None:
+    """meshConfig.outboundTrafficPolicy.mode (the `istio` ConfigMap, or --mesh-config) is the mesh default;
+    `--outbound-traffic-policy` applies where it says nothing."""
+    from envoy.config.listener.v3 import listener_pb2
+
+    from meshd.api.meshconfig import parse_mesh_policy
+    from meshd.push.loop import generate_options
+    from meshd.settings import Settings
+
+    options = generate_options(Settings(outbound_traffic_policy=flag), parse_mesh_policy(mesh_config))
+    generator = ConfigGenerator(_world(), options=options)  # type: ignore[arg-type]
+    proxy = parse_node_id("sidecar~10.0.0.2~db.shop~shop.svc.cluster.local")
+    snap = generator.snapshot(proxy.__class__(**{**proxy.__dict__, "capture": True}))
+    listener = listener_pb2.Listener.FromString(snap.resources[LISTENER]["virtualOutbound"].body)
+    assert catchall in listener.default_filter_chain.filters[0].typed_config.value
+
+
+def test_mesh_config_outbound_mode_is_checked_naming_the_field() -> None:
+    from meshd.api.meshconfig import InvalidMeshConfig, parse_mesh_policy
+
+    with pytest.raises(InvalidMeshConfig, match=r"^outboundTrafficPolicy\.mode: "):
+        parse_mesh_policy({"outboundTrafficPolicy": {"mode": "SOMETIMES"}})

@@ -126,23 +126,30 @@ class ExtensionProvider(ApiModel):
 
 
 class MeshPolicy(ApiModel):
-    """What authorization translation reads of the mesh config."""
+    """What translation reads of the mesh config: authorization's parts, and `outboundTrafficPolicy.mode`
+    (None: not set, meshd's `--outbound-traffic-policy` applies)."""
 
     extension_providers: tuple[ExtensionProvider, ...] = ()
     path_normalization: Literal["NONE", "BASE", "MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES"] = "BASE"
     trust_domain_aliases: tuple[str, ...] = ()
+    outbound_traffic_policy: Literal["ALLOW_ANY", "REGISTRY_ONLY"] | None = None
 
     def provider(self, name: str) -> ExtensionProvider | None:
         return next((p for p in self.extension_providers if p.name == name), None)
 
     def __hash__(self) -> int:
-        return hash((self.extension_providers, self.path_normalization, self.trust_domain_aliases))
+        return hash(
+            (self.extension_providers, self.path_normalization, self.trust_domain_aliases, self.outbound_traffic_policy)
+        )
 
 
 def parse_mesh_policy(raw: dict[str, Any]) -> MeshPolicy:
     """The authorization parts of a MeshConfig mapping. Raises InvalidMeshConfig naming the field."""
     providers = raw.get("extensionProviders") or []
     normalization = raw.get("pathNormalization") or {}
+    outbound = raw.get("outboundTrafficPolicy") or {}
+    if not isinstance(outbound, dict):
+        raise InvalidMeshConfig("outboundTrafficPolicy: must be a mapping")
     if not isinstance(providers, list):
         raise InvalidMeshConfig("extensionProviders: must be a list")
     if not isinstance(normalization, dict):
@@ -152,12 +159,14 @@ def parse_mesh_policy(raw: dict[str, Any]) -> MeshPolicy:
         "extensionProviders": providers,
         "pathNormalization": "BASE" if mode == "DEFAULT" else mode,
         "trustDomainAliases": raw.get("trustDomainAliases") or [],
+        "outboundTrafficPolicy": outbound.get("mode"),
     }
     try:
         policy = MeshPolicy.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = field_path(first["loc"]).replace("pathNormalization", "pathNormalization.normalization")
+        where = where.replace("outboundTrafficPolicy", "outboundTrafficPolicy.mode")
         message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
         raise InvalidMeshConfig(f"{where}: {message}") from None
     names = [p.name for p in policy.extension_providers]

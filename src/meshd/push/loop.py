@@ -202,6 +202,7 @@ def generate_options(settings: Settings, mesh: MeshPolicy | None = None) -> Gene
         root_namespace=settings.root_namespace,
         trust_domain=settings.trust_domain,
         auto_mtls=settings.enable_auto_mtls,
-        outbound_traffic_policy=settings.outbound_traffic_policy,
+        # the mesh config's outboundTrafficPolicy.mode, else the flag (a Sidecar's own mode wins over both)
+        outbound_traffic_policy=(mesh.outbound_traffic_policy if mesh else None) or settings.outbound_traffic_policy,
         protocol_detection_timeout=settings.protocol_detection_timeout_s,
     )
