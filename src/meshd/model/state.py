@@ -12,6 +12,7 @@ from types import MappingProxyType
 from typing import TypeVar
 
 from meshd.api.destinationrule import DestinationRule
+from meshd.api.gateway import Gateway
 from meshd.api.kube import EndpointSlice, Pod, Secret, Service
 from meshd.api.meta import InvalidResource, Resource, ResourceKey
 from meshd.api.networking import ServiceEntry, Sidecar, WorkloadEntry
@@ -21,13 +22,15 @@ from meshd.model import derive
 from meshd.model.services import Endpoint, MeshService, Workload
 from meshd.model.world import World, assemble
 
-_ISTIO_KINDS = ("ServiceEntry", "WorkloadEntry", "VirtualService", "DestinationRule", "Sidecar", "PeerAuthentication")
+_ISTIO_KINDS = (
+    "ServiceEntry", "WorkloadEntry", "VirtualService", "DestinationRule", "Sidecar", "PeerAuthentication", "Gateway"
+)  # fmt: skip
 ServiceId = tuple[str, str]  # (namespace, name)
 _K = TypeVar("_K")
 _V = TypeVar("_V")
 
 
-def _keep_identity(old: dict[str, tuple[_V, ...]], new: dict[str, tuple[_V, ...]]) -> dict[str, tuple[_V, ...]]:
+def _keep_identity(old: dict[_K, tuple[_V, ...]], new: dict[_K, tuple[_V, ...]]) -> dict[_K, tuple[_V, ...]]:
     """Per key, keep the old tuple object when it holds the very same items: consumers compare these
     by identity to know that, e.g., the rules of a host did not change."""
     for key, items in new.items():
@@ -74,6 +77,9 @@ class WorldState:
         self._secrets: dict[tuple[str, str], Secret] = {}
         # namespace -> PeerAuthentications; a new mapping object only when one of them changes
         self._peer_auth: Mapping[str, tuple[PeerAuthentication, ...]] = MappingProxyType({})
+        # (namespace, name) -> Gateway; a new mapping object only when one of them changes
+        self._gateways: Mapping[tuple[str, str], Gateway] = MappingProxyType({})
+        self._gateway_bindings: dict[tuple[str, str], tuple[VirtualService, ...]] = {}
 
     # -- applying changes ---------------------------------------------------------------------
 
@@ -227,6 +233,10 @@ class WorldState:
             self._virtual_services, derive.virtual_services_by_host(vss, suffix=self._suffix)
         )
         self._vs_by_name = {(v.metadata.namespace, v.metadata.name): v for v in vss}
+        self._gateway_bindings = _keep_identity(self._gateway_bindings, derive.gateway_bindings(vss))
+        gateways = derive.gateways_by_key(g for g in self._istio["Gateway"].values() if isinstance(g, Gateway))
+        if list(gateways) != list(self._gateways) or any(gateways[key] is not self._gateways[key] for key in gateways):
+            self._gateways = MappingProxyType(gateways)
         rules, rule_errors = derive.destination_rules_by_host(
             [d for d in self._istio["DestinationRule"].values() if isinstance(d, DestinationRule)], suffix=self._suffix
         )
@@ -267,4 +277,6 @@ class WorldState:
             secrets=self._secrets,
             virtual_services_by_name=self._vs_by_name,
             peer_authentications=self._peer_auth,
+            gateways=self._gateways,
+            gateway_bindings=self._gateway_bindings,
         )

@@ -1,7 +1,8 @@
 """World: an immutable, indexed snapshot of the mesh.
 
-Indexes: services by hostname, endpoints by (hostname, port), VirtualServices by host,
-DestinationRules by host, Sidecars by namespace, workloads by address, Secrets by namespace/name.
+Indexes: services by hostname, endpoints by (hostname, port), VirtualServices by host (and by the
+Gateway they are bound to), DestinationRules by host, Sidecars by namespace, workloads by address,
+Secrets by namespace/name, Gateways by namespace/name.
 Building it never raises: semantic problems become InvalidResource entries in `errors`. `build_world` builds one from
 scratch; `model.state.WorldState` keeps one up to date change by change (same result).
 """
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from meshd.api.destinationrule import DestinationRule
+from meshd.api.gateway import Gateway
 from meshd.api.kube import EndpointSlice, Pod, Secret, Service
 from meshd.api.meta import InvalidResource, Resource
 from meshd.api.networking import ServiceEntry, Sidecar, WorkloadEntry
@@ -49,6 +51,11 @@ class World:
     wildcard_hosts: tuple[str, ...] = ()
     # namespace -> PeerAuthentications, oldest first (the mapping is the same object while none changes)
     peer_authentications: Mapping[str, tuple[PeerAuthentication, ...]] = field(default_factory=dict)
+    # every Gateway by (namespace, name), oldest first (the mapping is the same object while none changes)
+    gateways: Mapping[tuple[str, str], Gateway] = field(default_factory=dict)
+    # (namespace, name) a VirtualService's top-level `gateways` names -> those VirtualServices, oldest
+    # first (whether or not the Gateway exists); each tuple is the same object while unchanged
+    gateway_bindings: Mapping[tuple[str, str], tuple[VirtualService, ...]] = field(default_factory=dict)
 
     def virtual_services_for(self, host: str) -> tuple[VirtualService, ...] | None:
         """The VirtualServices routing a host: those naming it exactly, else those of the most
@@ -80,6 +87,8 @@ def assemble(
     secrets: Mapping[tuple[str, str], Secret] | None = None,
     virtual_services_by_name: Mapping[tuple[str, str], VirtualService],
     peer_authentications: Mapping[str, tuple[PeerAuthentication, ...]] | None = None,
+    gateways: Mapping[tuple[str, str], Gateway] | None = None,
+    gateway_bindings: Mapping[tuple[str, str], tuple[VirtualService, ...]] | None = None,
 ) -> World:
     ordered = dict(sorted(services.items()))
     by_namespace: dict[str, list[MeshService]] = defaultdict(list)
@@ -104,6 +113,8 @@ def assemble(
         source_selectors=derive.source_selectors(virtual_services_by_name.values()),
         wildcard_hosts=tuple(sorted((h for h in virtual_services if h.startswith("*")), key=lambda h: (-len(h), h))),
         peer_authentications=peer_authentications if peer_authentications is not None else MappingProxyType({}),
+        gateways=gateways if gateways is not None else MappingProxyType({}),
+        gateway_bindings=MappingProxyType(dict(gateway_bindings or {})),
     )
 
 
@@ -165,4 +176,6 @@ def build_world(resources: Iterable[Resource], *, domain_suffix: str, revision: 
                 p for p in by_kind["PeerAuthentication"] if isinstance(p, PeerAuthentication)
             )
         ),
+        gateways=MappingProxyType(derive.gateways_by_key(g for g in by_kind["Gateway"] if isinstance(g, Gateway))),
+        gateway_bindings=derive.gateway_bindings(vss),
     )
