@@ -6,7 +6,8 @@ pydantic models, converted to Kubernetes structural OpenAPI v3 schemas.
 
 Conversion rules (Kubernetes "structural schema"): every `$ref` inlined, a `type` on every node, no
 defaults (the API server would write them into stored objects), every object of an open model (meshd
-ignores unknown fields, so does this schema) marked `x-kubernetes-preserve-unknown-fields`, an int|str
+ignores unknown fields, so does this schema) marked `x-kubernetes-preserve-unknown-fields` (a strict model,
+which refuses them, is not: the API server refuses them too), an int|str
 union as `x-kubernetes-int-or-string`, Go durations as plain strings. Kinds meshd does not model in
 detail get a permissive `spec`.
 """
@@ -29,6 +30,7 @@ OUTPUT = ROOT / "deploy" / "helm" / "meshd" / "templates" / "crds.yaml"
 sys.path.insert(0, str(ROOT / "src"))
 
 from meshd.api.destinationrule import DestinationRuleSpec  # noqa: E402
+from meshd.api.gateway import GatewaySpec  # noqa: E402
 from meshd.api.networking import ServiceEntrySpec, SidecarSpec, WorkloadEntrySpec  # noqa: E402
 from meshd.api.security import PeerAuthenticationSpec  # noqa: E402
 from meshd.api.virtualservice import VirtualServiceSpec  # noqa: E402
@@ -70,7 +72,7 @@ class CrdKind:
 KINDS = (
     CrdKind(NETWORKING, "VirtualService", "virtualservices", ("vs",), VirtualServiceSpec),
     CrdKind(NETWORKING, "DestinationRule", "destinationrules", ("dr",), DestinationRuleSpec),
-    CrdKind(NETWORKING, "Gateway", "gateways", ("gw",), None),
+    CrdKind(NETWORKING, "Gateway", "gateways", ("gw",), GatewaySpec),
     CrdKind(NETWORKING, "ServiceEntry", "serviceentries", ("se",), ServiceEntrySpec),
     CrdKind(NETWORKING, "WorkloadEntry", "workloadentries", ("we",), WorkloadEntrySpec),
     CrdKind(NETWORKING, "Sidecar", "sidecars", (), SidecarSpec),
@@ -119,7 +121,8 @@ def structural(node: Any, defs: dict[str, Any], seen: frozenset[str] = frozenset
             out["properties"] = {k: structural(v, defs, seen) for k, v in sorted(node["properties"].items())}
             if node.get("required"):
                 out["required"] = sorted(node["required"])
-            out["x-kubernetes-preserve-unknown-fields"] = True
+            if node.get("additionalProperties") is not False:  # a strict model: unknown fields refused
+                out["x-kubernetes-preserve-unknown-fields"] = True
         elif isinstance(node.get("additionalProperties"), dict) and node["additionalProperties"]:
             out["additionalProperties"] = structural(node["additionalProperties"], defs, seen)
         else:

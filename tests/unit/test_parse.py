@@ -342,10 +342,10 @@ INVALID = [
         id="bad-apiVersion-core",
     ),
     pytest.param(
-        doc("Gateway", "networking.istio.io/v1", {}, name="gw"),
-        "Gateway ns/gw",
+        doc("WasmPlugin", "extensions.istio.io/v1alpha1", {}, name="wp"),
+        "WasmPlugin ns/wp",
         "kind",
-        "unsupported kind 'Gateway'",
+        "unsupported kind 'WasmPlugin'",
         id="unknown-kind",
     ),
     pytest.param(

@@ -16,7 +16,7 @@ import ipaddress
 import re
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from meshd.api.meta import ApiModel, Resource
 from meshd.api.values import PortNumber
@@ -50,8 +50,10 @@ _HEX_HASH = re.compile(r"^[0-9A-Fa-f]{64}$")
 
 
 class StrictModel(ApiModel):
-    """A model whose unknown fields are refused by name (nothing a user writes is silently dropped)."""
+    """A model whose unknown fields are refused by name (nothing a user writes is silently dropped);
+    its schema says so (`additionalProperties: false`), so the chart's CRD is strict too."""
 
+    model_config = ConfigDict(**{**ApiModel.model_config, "extra": "forbid"})
     _known: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod

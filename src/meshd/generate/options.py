@@ -19,3 +19,8 @@ class GenerateOptions:
     auto_mtls: bool = True
     # meshConfig.outboundTrafficPolicy.mode: the default of capture-mode proxies (a Sidecar's mode wins)
     outbound_traffic_policy: str = ALLOW_ANY
+    # Gateways select only gateway workloads of their own namespace (Istio's PILOT_SCOPE_GATEWAY_TO_NAMESPACE)
+    scope_gateway_to_namespace: bool = False
+    # Gateway listeners bind the gateway proxy's own address instead of 0.0.0.0 (standalone: every
+    # workload has an address of its own on one host, as sidecars bind theirs)
+    gateway_bind_proxy_ip: bool = False
