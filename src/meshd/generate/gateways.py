@@ -104,7 +104,10 @@ class GatewayLayers:
                     base = name.removeprefix(SDS_PREFIX)
                     for secret in (base, base.removesuffix(CA_SUFFIX)):
                         deps.append(Ident(world.secrets.get((key.namespace, secret))))
+        # AUTO_PASSTHROUGH: a chain per visible service port and subset of its DestinationRule
         auto = any(s.auto_passthrough for g in gateways for s in g.spec.servers)
+        if auto:
+            deps += (Ident(scope.destination_rule(s.hostname)) for s, _ in scope.services)
         return (
             tuple(Ident(g) for g in gateways),
             tuple(deps),
@@ -217,7 +220,8 @@ class GatewayLayers:
         for namespace, labels in sorted({(w.namespace, w.labels) for w in world.workloads.values()}):
             if not q.selected_gateways(namespace, labels):
                 continue
-            key = GatewayKey(namespace=namespace, labels=labels)
+            # with the agent's certificate: its build serves (so checks) every server a proxy can have
+            key = GatewayKey(namespace=namespace, labels=labels, sds=True)
             scope = self.scope(key)
             inputs = (key, self._inputs(key, scope))
             errors = self._checks.get(inputs)

@@ -30,7 +30,7 @@ class MatchContext:
     port: int
     namespace: str
     source_matches: Callable[[dict[str, str]], bool]
-    validating: bool = False  # every match applies (references are checked for any proxy)
+    validating: bool = False  # every match of these gateways applies (references are checked for any proxy)
     # None: the mesh (a sidecar); else the Gateway whose server the routes are for (`<ns>/<name>`)
     gateway: str | None = None
 
@@ -61,11 +61,11 @@ def gateway_applies(names: list[str], ctx: MatchContext, *, namespace: str) -> b
 def applies(match: SourceMatch, ctx: MatchContext, *, namespace: str = "") -> bool:
     """Whether a match exists for a proxy of this source in the route configuration of this port.
     `namespace`: the VirtualService's (its short gateway names resolve there)."""
+    if not gateway_applies(match.gateways, ctx, namespace=namespace):
+        return False  # (also when validating: a match for other gateways never applies here)
     if ctx.validating:
         return True
     if match.port is not None and match.port != ctx.port:
-        return False
-    if not gateway_applies(match.gateways, ctx, namespace=namespace):
         return False
     if match.source_namespace and match.source_namespace != ctx.namespace:
         return False
