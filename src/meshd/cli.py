@@ -42,6 +42,8 @@ def serve_settings(args: argparse.Namespace) -> Settings:
         enable_test_hooks=args.enable_test_hooks,
         enable_auto_mtls=not args.disable_auto_mtls,
         outbound_traffic_policy=args.outbound_traffic_policy,
+        scope_gateway_to_namespace=args.scope_gateway_to_namespace,
+        gateway_bind=args.gateway_bind,
         kubeconfig=_path(args.kubeconfig),
         namespace=args.namespace,
         kube_watch_timeout_s=args.kube_watch_timeout,
@@ -183,6 +185,18 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["ALLOW_ANY", "REGISTRY_ONLY"],
         default=defaults.outbound_traffic_policy,
         help="capture mode: where unknown destinations go (a Sidecar's outboundTrafficPolicy wins)",
+    )
+    serve.add_argument(
+        "--scope-gateway-to-namespace",
+        action="store_true",
+        help="a Gateway selects gateway workloads of its own namespace only (Istio's PILOT_SCOPE_GATEWAY_TO_NAMESPACE)",
+    )
+    serve.add_argument(
+        "--gateway-bind",
+        choices=["auto", "any", "proxy-ip"],
+        default=defaults.gateway_bind,
+        help="gateway listeners bind 0.0.0.0 (any) or the gateway proxy's address (proxy-ip); auto: proxy-ip"
+        " standalone, any in Kubernetes mode",
     )
     serve.add_argument("--kubeconfig", help="read the cluster with this kubeconfig (no --config-dir: in-cluster)")
     serve.add_argument("--namespace", default=defaults.namespace, help="meshd's namespace (mesh ConfigMap `istio`)")

@@ -79,7 +79,16 @@ class GatewayLayers:
             locality=locality,
             sds=proxy.sds,
             address=proxy.ip if self.options.gateway_bind_proxy_ip else ANY_ADDRESS,
+            port_map=self.port_map(proxy.ip),
         )
+
+    def port_map(self, ip: str) -> tuple[tuple[int, int], ...]:
+        """Service port -> target port of the Services the workload at `ip` backs (where they differ)."""
+        found: dict[int, int] = {}
+        for _, port, target in self.queries.served(ip):
+            if target != port:
+                found.setdefault(port, target)
+        return tuple(sorted(found.items()))
 
     def scope(self, key: GatewayKey) -> Scope:
         """What a gateway workload sees: every service exported to its namespace (Sidecar resources
@@ -217,11 +226,12 @@ class GatewayLayers:
         for gateway in world.gateways.values():
             bound = world.gateway_bindings.get((gateway.metadata.namespace, gateway.metadata.name), ())
             found.update(dict.fromkeys(binding_errors(world, gateway, bound)))
-        for namespace, labels in sorted({(w.namespace, w.labels) for w in world.workloads.values()}):
+        groups = {(w.namespace, w.labels, self.port_map(w.address)) for w in world.workloads.values()}
+        for namespace, labels, port_map in sorted(groups):
             if not q.selected_gateways(namespace, labels):
                 continue
             # with the agent's certificate: its build serves (so checks) every server a proxy can have
-            key = GatewayKey(namespace=namespace, labels=labels, sds=True)
+            key = GatewayKey(namespace=namespace, labels=labels, sds=True, port_map=port_map)
             scope = self.scope(key)
             inputs = (key, self._inputs(key, scope))
             errors = self._checks.get(inputs)

@@ -47,6 +47,9 @@ class GatewayKey:
     failover_labels: tuple[tuple[str, str], ...] = ()
     sds: bool = False
     address: str = ANY_ADDRESS
+    # server port -> the port the workload listens on: the targetPort of a Service port of the
+    # workload (Istio's mapping: Gateway port 80, gateway Service 80 -> 8080, listener 0.0.0.0_8080)
+    port_map: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass
@@ -108,7 +111,7 @@ class _Builder:
     # -- ports ----------------------------------------------------------------------------------
 
     def build(self, gateways: Sequence[Gateway]) -> GatewayConfig:
-        ports, errors = plan_ports(gateways, usable=self.usable)
+        ports, errors = plan_ports(gateways, usable=self.usable, listen=dict(self.key.port_map))
         self.out.errors += errors
         for plan in ports:
             address = plan.bind or self.key.address
@@ -130,7 +133,7 @@ class _Builder:
         self.out.routes.append(Spec(name, None, partial(_same, config)))
 
     def _http_port(self, plan: PortPlan) -> list[listener_components_pb2.FilterChain]:
-        name = http_route_name(plan.servers[0])
+        name = http_route_name(plan.servers[0], listen=plan.number)
         self._routes(name, plan.servers, plan.number)
         stat = f"outbound_{plan.bind or self.key.address}_{plan.number}"
         return [gl.chain(f"http_{plan.number}", gl.http_filter(route_name=name, stat_prefix=stat))]
@@ -165,7 +168,7 @@ class _Builder:
                 snis = [] if "*" in granted else granted
                 chain_name = f"{server.gateway_name}/{server.index}"
                 if s.serves_http:
-                    name = http_route_name(server)
+                    name = http_route_name(server, listen=plan.number)
                     self._routes(name, [_only(server, granted)], plan.number)
                     stat = f"outbound_{plan.bind or self.key.address}_{plan.number}"
                     chains.append(

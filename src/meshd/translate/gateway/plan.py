@@ -13,7 +13,7 @@ instead) and reported with the field.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from meshd.api.gateway import Gateway, Server
@@ -52,10 +52,10 @@ class GatewayServer:
 
 @dataclass
 class PortPlan:
-    """The servers one listener serves: (bind address or "", port), their kind."""
+    """The servers one listener serves: (bind address or "", the port it listens on), their kind."""
 
     bind: str
-    number: int
+    number: int  # the listener's port (a server's port, or the targetPort it maps to)
     kind: str  # "http" | "tls" | "tcp"
     servers: list[GatewayServer] = field(default_factory=list)
 
@@ -64,15 +64,20 @@ class PortPlan:
 Usable = Callable[[GatewayServer], tuple[str, str] | None]
 
 
-def plan_ports(gateways: Iterable[Gateway], *, usable: Usable) -> tuple[list[PortPlan], list[InvalidResource]]:
-    """Per (bind, port) the servers served, in Gateway age then server order; and the conflicts."""
+def plan_ports(
+    gateways: Iterable[Gateway], *, usable: Usable, listen: Mapping[int, int] | None = None
+) -> tuple[list[PortPlan], list[InvalidResource]]:
+    """Per (bind, listener port) the servers served, in Gateway age then server order; and the conflicts.
+    `listen`: server port -> the port the proxy listens on (the targetPort of the gateway workload's
+    Service of that port, as Istio maps it: a Gateway on 80 served by a pod listening on 8080)."""
+    ports_of = listen or {}
     ports: dict[tuple[str, int], PortPlan] = {}
     errors: list[InvalidResource] = []
     http_hosts: dict[tuple[str, int, str], GatewayServer] = {}
     for gateway in gateways:
         for index, server in enumerate(gateway.spec.servers):
             bound = GatewayServer(gateway, index, server)
-            at = (server.bind, server.port.number)
+            at = (server.bind, ports_of.get(server.port.number, server.port.number))
             plan = ports.get(at)
             if plan is not None and plan.kind != server.port.kind:
                 first = plan.servers[0] if plan.servers else None
@@ -100,7 +105,7 @@ def plan_ports(gateways: Iterable[Gateway], *, usable: Usable) -> tuple[list[Por
                 errors.append(bound.error(*problem))
                 continue
             if plan is None:
-                plan = ports[at] = PortPlan(server.bind, server.port.number, server.port.kind)
+                plan = ports[at] = PortPlan(server.bind, at[1], server.port.kind)
             if plan.kind == "http":
                 for host in bound.hosts:
                     other = http_hosts.setdefault((server.bind, server.port.number, host), bound)

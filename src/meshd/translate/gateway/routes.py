@@ -1,6 +1,7 @@
 """Route configurations of a gateway proxy, named as Istio names them: `http.<port>` for the plain HTTP
-servers of a port (all of them share it), `https.<port>.<port name>.<gateway>.<namespace>` for each
-HTTPS server whose TLS the gateway terminates (`.<bind>` appended when the server binds an address).
+servers of a port (all of them share it; the port the listener listens on),
+`https.<port>.<port name>.<gateway>.<namespace>` for each HTTPS server whose TLS the gateway terminates
+(`.<bind>` appended when the server binds an address).
 
 A virtual host per host where a bound VirtualService meets the server (`hosts.py`), named
 `<host>:<port>`, matching the host with or without a port; the http routes of every VirtualService
@@ -28,12 +29,12 @@ from meshd.translate.http_match import MatchContext
 from meshd.translate.routes import virtual_service_routes
 
 
-def http_route_name(server: GatewayServer) -> str:
-    """Istio's RDS name for a server's routes."""
+def http_route_name(server: GatewayServer, *, listen: int) -> str:
+    """Istio's RDS name for a server's routes (`listen`: the port its listener listens on)."""
     s = server.server
     suffix = f".{s.bind}" if s.bind else ""
     if s.port.kind == "http":
-        return f"http.{s.port.number}{suffix}"
+        return f"http.{listen}{suffix}"
     g = server.gateway.metadata
     return f"https.{s.port.number}.{s.port.name}.{g.name}.{g.namespace}{suffix}"
 
