@@ -1,0 +1,140 @@
+"""A gateway run by `meshd agent --proxy-type router` with its workload certificate from meshd's CA, and
+a sidecar client run by `meshd agent` too: the egress-gateway pattern of Istio's tasks. The gateway's
+server on port 80 (protocol HTTPS, tls ISTIO_MUTUAL) terminates the client sidecar's Istio mTLS with
+the gateway's own certificate; its Service maps 80 to targetPort 8080 and the gateway listens there
+(Istio's mapping); the backend sees the client's SPIFFE identity; a client without mTLS is refused."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from tests.e2e.agents import write_ca_tokens
+from tests.e2e.harness import Mesh, eventually, logs_on_failure
+
+pytestmark = pytest.mark.e2e
+
+TOKENS = {"tok-client": ("default", "client"), "tok-gw": ("istio-system", "istio-egressgateway-service-account")}
+
+CONFIG = """\
+apiVersion: v1
+kind: Pod
+metadata: {{name: istio-egressgateway-1, namespace: istio-system, labels: {{istio: egressgateway}}}}
+spec: {{serviceAccountName: istio-egressgateway-service-account}}
+status: {{podIP: {gw}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: istio-egressgateway, namespace: istio-system}}
+spec:
+  selector: {{istio: egressgateway}}
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: istio-egressgateway-1
+  namespace: istio-system
+  labels: {{kubernetes.io/service-name: istio-egressgateway}}
+ports: [{{name: http, port: 8080}}]
+endpoints:
+- addresses: [{gw}]
+  targetRef: {{kind: Pod, name: istio-egressgateway-1, namespace: istio-system}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client, namespace: default}}
+spec: {{serviceAccountName: client}}
+status: {{podIP: {client}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: default}}
+spec:
+  ports: [{{name: http, port: 9080, targetPort: 8080}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-1, namespace: default, labels: {{kubernetes.io/service-name: web}}}}
+ports: [{{name: http, port: 8080}}]
+endpoints: [{{addresses: [{web}]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: istio-egressgateway, namespace: istio-system}}
+spec:
+  selector: {{istio: egressgateway}}
+  servers:
+  - port: {{number: 80, name: https, protocol: HTTPS}}
+    hosts: ["*"]
+    tls: {{mode: ISTIO_MUTUAL}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: egressgateway-for-web, namespace: istio-system}}
+spec:
+  host: istio-egressgateway.istio-system.svc.cluster.local
+  trafficPolicy:
+    tls: {{mode: ISTIO_MUTUAL, sni: web.default.svc.cluster.local}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: web-through-egressgateway, namespace: istio-system}}
+spec:
+  hosts: ["*"]
+  gateways: [istio-egressgateway]
+  http:
+  - route:
+    - destination: {{host: web.default.svc.cluster.local, port: {{number: 9080}}}}
+"""
+
+
+@pytest.fixture
+async def mesh(tmp_path: pathlib.Path) -> AsyncIterator[Mesh]:
+    async with logs_on_failure(Mesh(work_dir=tmp_path, delta=False)) as m:
+        tokens = write_ca_tokens(tmp_path / "tokens.yaml", TOKENS)
+        m.meshd.extra_args = ("--ca-token-file", str(tokens))
+        m.write("config.yaml", CONFIG.format(gw=m.ip(1), client=m.ip(2), web=m.ip(3)))
+        await m.meshd.start()
+        await m.app(service="web", version="v1", pod="web-1", ip=m.ip(3))
+        await m.agent_sidecar(
+            pod="istio-egressgateway-1",
+            ip=m.ip(1),
+            namespace="istio-system",
+            service_account="istio-egressgateway-service-account",
+            labels={"istio": "egressgateway"},
+            token="tok-gw",
+            args=("--proxy-type", "router"),
+        )
+        await m.agent_sidecar(pod="client", ip=m.ip(2), service_account="client", token="tok-client")
+        yield m
+
+
+async def test_istio_mutual_gateway_server_terminates_the_sidecars_mtls(mesh: Mesh) -> None:
+    gateway_host = "istio-egressgateway.istio-system.svc.cluster.local"
+
+    async def through_gateway() -> dict[str, object] | None:
+        status, _, body = await mesh.request(via_ip=mesh.ip(2), host=gateway_host, port=80, path="/via-gateway")
+        return json.loads(body) if status == 200 else None
+
+    body = await eventually(through_gateway, timeout=30, what="client sidecar -> gateway (ISTIO_MUTUAL) -> web")
+    assert body["service"] == "web" and body["request"]["path"] == "/via-gateway"  # type: ignore[index]
+    # the gateway verified the client's workload certificate and says who it was
+    xfcc = body["request"]["headers"]["x-forwarded-client-cert"]  # type: ignore[index]
+    assert "URI=spiffe://cluster.local/ns/default/sa/client" in xfcc
+    gateway = mesh.agents["istio-egressgateway-1"]
+    listeners = json.loads(await gateway.admin_get("/config_dump?resource=dynamic_listeners"))
+    names = {entry["name"] for entry in listeners["configs"]}
+    assert names == {f"{mesh.ip(1)}_8080"}  # the Service's targetPort; no sidecar listener
+    assert await gateway.cert_identities() == {
+        "spiffe://cluster.local/ns/istio-system/sa/istio-egressgateway-service-account"
+    }
+
+    # a plaintext client (no sidecar) on the gateway's port gets no answer
+    with pytest.raises(aiohttp.ClientError):
+        async with mesh.client.get(f"http://{mesh.ip(1)}:8080/", headers={"Host": "web"}) as resp:
+            pytest.fail(f"a plaintext request was answered: {resp.status}")
