@@ -403,3 +403,53 @@ async def test_tcp_traffic_shifting_80_20_through_the_gateway(lab: Lab) -> None:
     seen = await answers(200)
     assert set(seen) == {"v1", "v2"}
     assert 120 <= seen["v1"] <= 190, seen  # 80 % of 200 connections (binomial: ±6 sd is about ±34)
+
+
+LATE = """\
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: late-gateway, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 9443, name: https-late, protocol: HTTPS}
+    hosts: [late.example.com]
+    tls: {mode: SIMPLE, credentialName: late-credential}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: late, namespace: default}
+spec:
+  hosts: [late.example.com]
+  gateways: [istio-system/late-gateway]
+  http:
+  - route:
+    - destination: {host: helloworld}
+"""
+
+
+async def test_a_missing_secret_is_reported_and_its_server_not_served_until_it_exists(lab: Lab) -> None:
+    lab.mesh.write("late-gateway.yaml", LATE)
+
+    async def reported() -> list[dict[str, Any]]:
+        errors: list[dict[str, Any]] = await lab.mesh.meshd.get_json("/debug/config_errors")
+        return [e for e in errors if e["resource"] == "Gateway istio-system/late-gateway"]
+
+    [error] = await _until(reported, "the missing Secret reported on the Gateway")
+    assert error["field"] == "spec.servers[0].tls.credentialName"
+    assert "no Secret late-credential in namespace istio-system" in error["message"]
+    trusting = client_context(lab.ca)
+    # fail closed: no listener on 9443 at all, never plaintext
+    with pytest.raises(OSError):
+        await https_get(lab.gateway_ip, 9443, sni="late.example.com", path="/", tls=trusting)
+    lab.credential("late-credential", "late.example.com")
+
+    async def served() -> tuple[int, Any, Any] | None:
+        try:
+            return await https_get(lab.gateway_ip, 9443, sni="late.example.com", path="/", tls=trusting)
+        except (OSError, ssl.SSLError):
+            return None
+
+    status, body, cert = await _until(served, "the server once its Secret exists")
+    assert status == 200 and body["service"] == "helloworld" and common_name(cert) == "late.example.com"
+    assert await reported() == []
