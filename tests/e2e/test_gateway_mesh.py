@@ -2,7 +2,8 @@
 a sidecar client run by `meshd agent` too: the egress-gateway pattern of Istio's tasks. The gateway's
 server on port 80 (protocol HTTPS, tls ISTIO_MUTUAL) terminates the client sidecar's Istio mTLS with
 the gateway's own certificate; its Service maps 80 to targetPort 8080 and the gateway listens there
-(Istio's mapping); the backend sees the client's SPIFFE identity; a client without mTLS is refused."""
+(Istio's mapping); the backend sees the client's SPIFFE identity; a client without mTLS is refused.
+Certificate files named by a Gateway are read by the gateway's agent and served over SDS, as Istio does."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from cryptography import x509
 
+from tests.certs import Authority
 from tests.e2e.agents import write_ca_tokens
+from tests.e2e.gateway_lab import client_context, common_name, https_get
 from tests.e2e.harness import Mesh, eventually, logs_on_failure
 
 pytestmark = pytest.mark.e2e
@@ -138,3 +142,60 @@ async def test_istio_mutual_gateway_server_terminates_the_sidecars_mtls(mesh: Me
     with pytest.raises(aiohttp.ClientError):
         async with mesh.client.get(f"http://{mesh.ip(1)}:8080/", headers={"Host": "web"}) as resp:
             pytest.fail(f"a plaintext request was answered: {resp.status}")
+
+
+FILES_GATEWAY = """\
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: files-gateway, namespace: istio-system}}
+spec:
+  selector: {{istio: egressgateway}}
+  servers:
+  - port: {{number: 9443, name: https-files, protocol: HTTPS}}
+    hosts: [files.example.com]
+    tls: {{mode: SIMPLE, serverCertificate: {cert}, privateKey: {key}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: files, namespace: istio-system}}
+spec:
+  hosts: [files.example.com]
+  gateways: [files-gateway]
+  http:
+  - route:
+    - destination: {{host: web.default.svc.cluster.local, port: {{number: 9080}}}}
+"""
+
+
+async def test_certificate_files_are_served_by_the_gateways_agent_and_rotate(mesh: Mesh) -> None:
+    """serverCertificate/privateKey files of the gateway's pod reach Envoy through its agent's SDS
+    (`file-cert:<cert>~<key>`, as Istio's agent serves them); rewriting the files rotates the certificate
+    without restarting Envoy."""
+    ca = Authority("gateway files CA")
+    files = mesh.work_dir / "gateway-files"
+    files.mkdir()
+    cert, key = ca.issue("files.example.com", sans=("files.example.com",)).write(files, "server")
+    mesh.write("files-gateway.yaml", FILES_GATEWAY.format(cert=cert, key=key))
+    trusting = client_context(ca)
+
+    async def certificate() -> x509.Certificate | None:
+        try:
+            status, _, served = await https_get(mesh.ip(1), 9443, sni="files.example.com", path="/", tls=trusting)
+        except OSError:
+            return None
+        return served if status == 200 else None
+
+    first = await eventually(certificate, timeout=30, what="HTTPS with the certificate files over the agent's SDS")
+    assert common_name(first) == "files.example.com"
+    gateway = mesh.agents["istio-egressgateway-1"]
+    secrets = json.loads(await gateway.admin_get("/config_dump?resource=dynamic_active_secrets"))
+    assert {s["name"] for s in secrets["configs"]} >= {f"file-cert:{cert}~{key}"}
+    starts = (await gateway.status())["envoy"]["starts"]
+    ca.issue("files.example.com", sans=("files.example.com",)).write(files, "server")  # rotated in place
+
+    async def rotated() -> bool:
+        now = await certificate()
+        return now is not None and now.serial_number != first.serial_number
+
+    await eventually(rotated, timeout=30, what="the rewritten files to reach new handshakes")
+    assert (await gateway.status())["envoy"]["starts"] == starts  # no restart

@@ -3,7 +3,9 @@
 - certificates: `credentialName` (or each of `credentialNames`) over SDS on the ADS stream as
   `kubernetes://<name>`, served from the Secret of that name in the gateway workload's namespace
   (`translate/secrets.py`, Istio's rule); `serverCertificate`/`privateKey` (or each `tlsCertificates`
-  entry) as files Envoy reads in the gateway pod;
+  entry) and `caCertificates`: files of the gateway pod, served by its node agent over SDS as
+  `file-cert:<cert>~<key>` / `file-root:<ca>` (Istio's names), or read by Envoy itself when the proxy
+  has no agent;
 - client verification (MUTUAL: a certificate is required; OPTIONAL_MUTUAL: verified when presented):
   the CA of `kubernetes://<name>-cacert` (Secret `<name>-cacert`, else the `ca.crt`/`cacert` key of
   `<name>`) or the `caCertificates` file and `caCrl`, with `subjectAltNames`, `verifyCertificateSpki`
@@ -31,6 +33,8 @@ _VERSIONS = {
     "TLSV1_3": common_pb2.TlsParameters.TLSv1_3,
 }
 HTTP_ALPN = ("h2", "http/1.1")
+# Istio's names of certificate files its agent serves over SDS (meshd agent: agent/file_secrets.py)
+FILE_CERT, FILE_ROOT = "file-cert:", "file-root:"
 
 
 def sds_secret_names(tls: ServerTLSSettings) -> tuple[str, ...]:
@@ -111,10 +115,23 @@ def downstream_tls(tls: ServerTLSSettings, *, http: bool, sds: bool) -> tls_pb2.
         return context
     pairs = [(tls.server_certificate, tls.private_key)] if tls.server_certificate else []
     pairs += [(c.server_certificate, c.private_key) for c in tls.tls_certificates]
+    ca = tls.ca_certificates or next((c.ca_certificates for c in tls.tls_certificates if c.ca_certificates), "")
+    if sds:
+        # as Istio: the node agent reads the pod's files and serves them over SDS (a missing one keeps
+        # the listener warming, closed; Envoy never refuses the update for it)
+        for cert, key in pairs:
+            common.tls_certificate_sds_secret_configs.append(agent_sds(f"{FILE_CERT}{cert}~{key}"))
+        if verify:
+            combined = common.combined_validation_context
+            combined.default_validation_context.SetInParent()
+            _validation(combined.default_validation_context, tls)
+            if tls.ca_crl:
+                combined.default_validation_context.crl.CopyFrom(_file(tls.ca_crl))
+            combined.validation_context_sds_secret_config.CopyFrom(agent_sds(f"{FILE_ROOT}{ca}"))
+        return context
     for cert, key in pairs:
         common.tls_certificates.append(common_pb2.TlsCertificate(certificate_chain=_file(cert), private_key=_file(key)))
     if verify:
-        ca = tls.ca_certificates or next(c.ca_certificates for c in tls.tls_certificates if c.ca_certificates)
         validation = common.validation_context
         validation.trusted_ca.CopyFrom(_file(ca))
         if tls.ca_crl:
