@@ -7,6 +7,7 @@ an identity of its namespace (istio-system): credentialName Secrets are served o
 
 from __future__ import annotations
 
+import asyncio
 import json
 import pathlib
 import ssl
@@ -453,3 +454,71 @@ async def test_a_missing_secret_is_reported_and_its_server_not_served_until_it_e
     status, body, cert = await _until(served, "the server once its Secret exists")
     assert status == 200 and body["service"] == "helloworld" and common_name(cert) == "late.example.com"
     assert await reported() == []
+
+
+TLS_OPTIONS = """\
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: options-gateway, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 9444, name: https-optional, protocol: HTTPS}
+    hosts: [opt.example.com]
+    tls:
+      mode: OPTIONAL_MUTUAL
+      credentialName: opt-credential
+      minProtocolVersion: TLSV1_2
+      maxProtocolVersion: TLSV1_2
+      cipherSuites: [ECDHE-ECDSA-AES128-GCM-SHA256]
+  - port: {number: 9445, name: https-san, protocol: HTTPS}
+    hosts: [san.example.com]
+    tls: {mode: MUTUAL, credentialName: san-credential, subjectAltNames: [alice.example.com]}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: options, namespace: default}
+spec:
+  hosts: [opt.example.com, san.example.com]
+  gateways: [istio-system/options-gateway]
+  http:
+  - route:
+    - destination: {host: helloworld}
+"""
+
+
+async def test_optional_mutual_versions_ciphers_and_client_subject_alt_names(lab: Lab) -> None:
+    lab.credential("opt-credential", "opt.example.com", ca=True)
+    lab.credential("san-credential", "san.example.com", ca=True)
+    lab.mesh.write("options-gateway.yaml", TLS_OPTIONS)
+    trusting = client_context(lab.ca)
+    alice = client_context(
+        lab.ca, client=lab.ca.issue("alice", sans=("alice.example.com",), client=True), work=lab.work
+    )
+
+    async def get(port: int, sni: str, tls: ssl.SSLContext) -> tuple[int, Any, Any] | None:
+        try:
+            return await https_get(lab.gateway_ip, port, sni=sni, path="/", tls=tls)
+        except (OSError, ssl.SSLError):
+            return None
+
+    # OPTIONAL_MUTUAL: served without a client certificate, and with one (verified: its subject forwarded)
+    status, body, _ = await _until(lambda: get(9444, "opt.example.com", trusting), "OPTIONAL_MUTUAL without a cert")
+    assert status == 200 and "x-forwarded-client-cert" not in body["request"]["headers"]
+    status, body, _ = await _until(lambda: get(9444, "opt.example.com", alice), "OPTIONAL_MUTUAL with a cert")
+    assert status == 200 and "alice" in body["request"]["headers"]["x-forwarded-client-cert"]
+    # maxProtocolVersion TLSV1_2 with the one cipher suite: TLS 1.2 with it is negotiated, 1.3 only is refused
+    _, writer = await asyncio.open_connection(lab.gateway_ip, 9444, ssl=trusting, server_hostname="opt.example.com")
+    ssl_object = writer.get_extra_info("ssl_object")
+    assert ssl_object.version() == "TLSv1.2" and ssl_object.cipher()[0] == "ECDHE-ECDSA-AES128-GCM-SHA256"
+    writer.close()
+    tls13 = client_context(lab.ca)
+    tls13.minimum_version = ssl.TLSVersion.TLSv1_3
+    with pytest.raises((OSError, ssl.SSLError)):
+        await https_get(lab.gateway_ip, 9444, sni="opt.example.com", path="/", tls=tls13)
+    # subjectAltNames: alice.example.com's certificate is accepted, another client of the same CA is not
+    status, _, _ = await _until(lambda: get(9445, "san.example.com", alice), "MUTUAL with the allowed SAN")
+    assert status == 200
+    bob = client_context(lab.ca, client=lab.ca.issue("bob", sans=("bob.example.com",), client=True), work=lab.work)
+    with pytest.raises((OSError, ssl.SSLError)):
+        await https_get(lab.gateway_ip, 9445, sni="san.example.com", path="/", tls=bob)
