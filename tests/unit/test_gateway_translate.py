@@ -169,3 +169,22 @@ def test_a_gateway_proxy_never_captures() -> None:
     with pytest.raises(ValidationError, match="REDIRECT does not apply"):
         AgentSettings(pod="gw", proxy_type="router", interception_mode="REDIRECT")
     assert dataclasses.replace(parse_node_id(ROUTER)).type == "router"
+
+
+def test_an_edit_into_a_broken_destination_keeps_the_last_accepted_version_at_the_gateway() -> None:
+    from meshd.generate.generations import Generations
+
+    generations = Generations(domain_suffix="cluster.local", options=GenerateOptions(), read_file=None, check=True)
+    good = vs("web", ["gw"], ["web.example.com"])
+    docs = [POD, WEB, gateway("gw", server("HTTP", 80, ["*"])), good]
+    generator, errors = generations.next({(r := parse_resource(d)).key: r for d in docs}, revision=1, extra={})
+    assert errors == []
+    broken = vs(
+        "web", ["gw"], ["web.example.com"], http=[{"route": [{"destination": {"host": "web", "subset": "v9"}}]}]
+    )
+    generator, errors = generations.next({(r := parse_resource(broken)).key: r}, revision=2, extra={})
+    [error] = errors
+    assert (str(error.key), error.field) == ("VirtualService default/web", "spec.http[0].route[0].destination.subset")
+    assert error.message.endswith("the previous version stays in effect")
+    routes = b"".join(r.body for r in generator.snapshot(parse_node_id(ROUTER)).select(ROUTE, None))
+    assert b"outbound|9080||web.default.svc.cluster.local" in routes  # the accepted version still routes

@@ -145,11 +145,10 @@ class _Builder:
         granted = []
         for name in names:
             if name in claimed:
-                self.out.errors.append(
-                    server.error(
-                        where, f"SNI {name} on port {plan.number} is already served by another chain: left out"
-                    )
-                )
+                port = server.server.port.number
+                at = f"port {port}" + (f" (listener {plan.number})" if plan.number != port else "")
+                message = f"SNI {name} on {at} is already served by another chain: left out"
+                self.out.errors.append(server.error(where, message))
             else:
                 claimed.add(name)
                 granted.append(name)
