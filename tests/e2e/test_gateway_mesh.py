@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import ssl
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -138,6 +139,11 @@ async def test_istio_mutual_gateway_server_terminates_the_sidecars_mtls(mesh: Me
         "spiffe://cluster.local/ns/istio-system/sa/istio-egressgateway-service-account"
     }
 
+    # a TLS client trusting the mesh root but without a workload certificate of its own is refused
+    no_cert = ssl.create_default_context(cafile=str(mesh.meshd.ca_dir / "root-cert.pem"))
+    no_cert.check_hostname = False
+    with pytest.raises((OSError, ssl.SSLError)):
+        await https_get(mesh.ip(1), 8080, sni="web.default.svc.cluster.local", path="/", tls=no_cert)
     # a plaintext client (no sidecar) on the gateway's port gets no answer
     with pytest.raises(aiohttp.ClientError):
         async with mesh.client.get(f"http://{mesh.ip(1)}:8080/", headers={"Host": "web"}) as resp:
