@@ -226,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_iptables_parser(sub)
 
+    from meshd.ctl.cli import add_ctl_parsers
+
+    add_ctl_parsers(sub, xds_port=defaults.xds_port)
+
     demo = sub.add_parser("demo", help="run the bundled example mesh with real Envoy sidecars")
     demo.add_argument("--duration", type=float, default=15.0, help="seconds per phase")
     demo.add_argument("--delta", action="store_true")

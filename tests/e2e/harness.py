@@ -22,7 +22,8 @@ from meshd.agent.bootstrap import build_bootstrap
 from meshd.agent.envoy import EnvoyProcess
 from meshd.demo.apps import AppServer, start_app
 
-_subnets = itertools.count(int(os.environ.get("MESHD_E2E_SUBNET_BASE", "60")))
+# A per-process start: test runs side by side (several worktrees on one machine) rarely collide.
+_subnets = itertools.count(int(os.environ.get("MESHD_E2E_SUBNET_BASE", str(os.getpid() % 200))))
 
 
 # Tail sizes of the logs a failing test shows.

@@ -504,3 +504,80 @@ async def test_no_hot_loop_while_idle(kube: Kube) -> None:
     await asyncio.sleep(1.0)  # measuring an interval, not waiting for a condition
     assert fake.count(verb="list", since=since) == 0
     assert fake.count(verb="watch", since=since) == 0
+
+
+async def test_an_envoy_nack_is_written_on_the_resource_behind_it(kube: Kube) -> None:
+    """Envoy rejects the cluster generated for web (replaced through a test hook by one it NACKs): the
+    DestinationRule of web gets a status message naming that cluster, within seconds, and traffic goes on."""
+    await baseline(kube)
+    rule: Obj = {
+        "apiVersion": "networking.istio.io/v1beta1",  # (test_crd_installed_later leaves only v1beta1 served)
+        "kind": "DestinationRule",
+        "metadata": {"name": "web", "namespace": NS},
+        "spec": {"host": "web", "trafficPolicy": {"loadBalancer": {"simple": "ROUND_ROBIN"}}},
+    }
+    await kube.apply(rule)
+    await kube.mesh.meshd.post(f"/debug/test/inject-invalid-cluster?name={WEB.replace('|', '%7C')}")
+
+    async def status() -> list[Any]:
+        current = await kube.rest.get(rule["apiVersion"], "DestinationRule", NS, "web")
+        messages = list(((current or {}).get("status") or {}).get("validationMessages") or [])
+        assert any(WEB in m["description"] for m in messages), current
+        return messages
+
+    started = time.monotonic()
+    [message] = await eventually(status, timeout=15, what="the NACK on the DestinationRule's status")
+    print(f"NACK -> status on the DestinationRule: {time.monotonic() - started:.2f}s")
+    assert "Envoy rejected CDS resource" in message["description"] and "client." in message["description"]
+    assert set(await pods_answering(kube, 20)) == {"web-1", "web-2"}
+    await kube.mesh.meshd.post("/debug/test/clear")
+
+    async def cleared() -> bool:
+        current = await kube.rest.get(rule["apiVersion"], "DestinationRule", NS, "web")
+        return not ((current or {}).get("status") or {}).get("validationMessages")
+
+    await eventually(cleared, timeout=15, what="the status to clear once the cluster is valid again")
+    await kube.delete(rule)
+
+
+async def test_istio_kinds_meshd_does_not_translate_get_a_status_saying_so(kube: Kube) -> None:
+    """Telemetry and EnvoyFilter (Istio kinds meshd does not translate yet) are never silently ignored: each
+    object gets Reconciled False with what that means for traffic, and an entry in /debug/config_errors."""
+    objects: list[Obj] = [
+        {
+            "apiVersion": "telemetry.istio.io/v1alpha1",
+            "kind": "Telemetry",
+            "metadata": {"name": "mesh-default", "namespace": NS},
+            "spec": {"accessLogging": [{"providers": [{"name": "envoy"}]}]},
+        },
+        {
+            "apiVersion": "networking.istio.io/v1alpha3",
+            "kind": "EnvoyFilter",
+            "metadata": {"name": "lua", "namespace": NS},
+            "spec": {"configPatches": [{"applyTo": "HTTP_FILTER", "patch": {"operation": "INSERT_BEFORE"}}]},
+        },
+    ]
+    for obj in objects:
+        await kube.apply(obj)
+
+    async def reported() -> dict[str, str]:
+        errors = await kube.mesh.meshd.get_json("/debug/config_errors")
+        found = {e["resource"]: e["message"] for e in errors if e["field"] == "kind"}
+        assert {f"Telemetry {NS}/mesh-default", f"EnvoyFilter {NS}/lua"} <= set(found), errors
+        return found
+
+    found = await eventually(reported, timeout=20, what="both objects reported as not supported")
+    assert "is not applied" in found[f"Telemetry {NS}/mesh-default"]
+    assert "patches are not applied" in found[f"EnvoyFilter {NS}/lua"]
+
+    async def status(obj: Obj) -> dict[str, Any]:
+        current = await kube.rest.get(obj["apiVersion"], obj["kind"], NS, obj["metadata"]["name"])
+        conditions = ((current or {}).get("status") or {}).get("conditions") or []
+        assert [c["status"] for c in conditions if c["type"] == "Reconciled"] == ["False"], current
+        return dict(current or {})
+
+    for obj in objects:
+        current = await eventually(lambda obj=obj: status(obj), timeout=20, what=f"status on {obj['kind']}")  # type: ignore[misc]
+        [message] = current["status"]["validationMessages"]
+        assert "not supported by meshd" in message["description"]
+        await kube.delete(obj)

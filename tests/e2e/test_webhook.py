@@ -167,7 +167,7 @@ async def test_namespace_comes_from_the_request_when_the_object_has_none(webhook
 
 async def test_delete_and_kinds_meshd_does_not_read_are_allowed(webhook: Webhook) -> None:
     assert (await webhook.review(review(bad_vs(), operation="DELETE")))["allowed"] is True
-    unread = {"apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter", "metadata": {"name": "f"},
+    unread = {"apiVersion": "networking.istio.io/v1", "kind": "Frobnicator", "metadata": {"name": "f"},
               "spec": {"x": 1}}  # fmt: skip
     assert (await webhook.review(review(unread)))["allowed"] is True
     other = {**bad_vs(), "apiVersion": "example.com/v1"}

@@ -75,6 +75,9 @@ ISTIO = (
         )
     ),
     Kind("networking.istio.io", "EnvoyFilter", "envoyfilters", versions=("v1alpha3",), status=True, crd=True),
+    Kind("networking.istio.io", "ProxyConfig", "proxyconfigs", versions=("v1beta1",), status=True, crd=True),
+    Kind("telemetry.istio.io", "Telemetry", "telemetries", versions=("v1", "v1alpha1"), status=True, crd=True),
+    Kind("extensions.istio.io", "WasmPlugin", "wasmplugins", versions=("v1alpha1",), status=True, crd=True),
     *(
         Kind("security.istio.io", kind, plural, versions=SECURITY_VERSIONS, status=True, crd=True)
         for kind, plural in (

@@ -342,10 +342,10 @@ INVALID = [
         id="bad-apiVersion-core",
     ),
     pytest.param(
-        doc("WasmPlugin", "extensions.istio.io/v1alpha1", {}, name="wp"),
-        "WasmPlugin ns/wp",
+        doc("Frobnicator", "networking.istio.io/v1", {}, name="fr"),
+        "Frobnicator ns/fr",
         "kind",
-        "unsupported kind 'WasmPlugin'",
+        "unsupported kind 'Frobnicator'",
         id="unknown-kind",
     ),
     pytest.param(
@@ -446,3 +446,21 @@ def test_invalid_document_without_identity(document: Any, field: str) -> None:
     assert info.value.key is None
     assert info.value.field == field
     assert str(info.value).startswith(f"resource: {field}: ")
+
+
+def test_istio_kinds_meshd_does_not_translate_are_refused_with_what_that_means() -> None:
+    from meshd.api.parse import REFUSED_KINDS
+
+    for kind, api_version in (
+        ("Telemetry", "telemetry.istio.io/v1"),
+        ("EnvoyFilter", "networking.istio.io/v1alpha3"),
+        ("WasmPlugin", "extensions.istio.io/v1alpha1"),
+        ("ProxyConfig", "networking.istio.io/v1beta1"),
+        ("WorkloadGroup", "networking.istio.io/v1"),
+    ):
+        doc = {"apiVersion": api_version, "kind": kind, "metadata": {"name": "x", "namespace": "ns"}, "spec": {}}
+        with pytest.raises(InvalidResource) as info:
+            parse_resource(doc, origin="f.yaml")
+        err = info.value
+        assert (str(err.key), err.field, err.origin) == (f"{kind} ns/x", "kind", "f.yaml")
+        assert err.message == REFUSED_KINDS[kind] and "not supported by meshd" in err.message

@@ -31,6 +31,26 @@ KINDS: dict[str, tuple[type[Resource], tuple[str, ...]]] = {
 }
 
 
+# Istio kinds meshd reads but does not translate yet: refused with what that means for traffic (in
+# Kubernetes mode their CRDs are watched so each object gets this on its status, never silently ignored).
+REFUSED_KINDS: dict[str, str] = {
+    "Telemetry": "telemetry.istio.io Telemetry is not supported by meshd yet: it is not applied (metrics, access "
+    "logging and tracing stay as the mesh config sets them)",
+    "EnvoyFilter": "networking.istio.io EnvoyFilter is not supported by meshd yet: its patches are not applied to "
+    "the Envoy config meshd generates",
+    "WasmPlugin": "extensions.istio.io WasmPlugin is not supported by meshd yet: the plugin is not loaded, no Wasm "
+    "filter runs in the selected proxies",
+    "ProxyConfig": "networking.istio.io ProxyConfig is not supported by meshd yet: proxies keep their defaults "
+    "(use the pod annotation proxy.istio.io/config)",
+    "WorkloadGroup": "networking.istio.io WorkloadGroup is not supported by meshd yet: no WorkloadEntry is created "
+    "from it (declare WorkloadEntries)",
+}
+
+
+def is_refused_kind(doc: Any) -> bool:
+    return isinstance(doc, dict) and _kind(doc) in REFUSED_KINDS
+
+
 def document_key(doc: Any) -> ResourceKey | None:
     """The identity of a document if it can be read, even when the rest is invalid."""
     if not isinstance(doc, dict):
@@ -59,6 +79,8 @@ def parse_resource(doc: Any, *, origin: str = "", default_namespace: str = "defa
     if not isinstance(doc, dict):
         raise InvalidResource(None, "<root>", "document is not a mapping", origin)
     kind = _kind(doc)
+    if kind is not None and kind in REFUSED_KINDS:
+        raise InvalidResource(key, "kind", REFUSED_KINDS[kind], origin)
     if kind is None or kind not in KINDS:
         raise InvalidResource(key, "kind", f"unsupported kind {_clip(repr(doc.get('kind')))}", origin)
     model, versions = KINDS[kind]

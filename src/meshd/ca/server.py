@@ -122,6 +122,9 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):  # type: 
         return None, "", issued.chain
 
 
+VerifyNamespace = Callable[[Any], Awaitable["str | tuple[grpc.StatusCode, str]"]]
+
+
 def xds_authorizer(authenticator: CallerAuthenticator, *, peer_cert: PeerCert, log: logging.Logger) -> Authorize:
     """For ADS on the secure port: the stream's identity (client cert or bearer token) must be in the
     namespace the node id claims; otherwise PERMISSION_DENIED (UNAUTHENTICATED without identity).
@@ -146,6 +149,25 @@ def xds_authorizer(authenticator: CallerAuthenticator, *, peer_cert: PeerCert, l
         return identity
 
     return authorize
+
+
+def debug_verifier(authenticator: CallerAuthenticator, *, peer_cert: PeerCert, log: logging.Logger) -> VerifyNamespace:
+    """For Istio's debug types on the secure port: the caller's verified namespace (client cert or bearer
+    token), or why there is none."""
+
+    async def verify(context: Any) -> str | tuple[grpc.StatusCode, str]:
+        try:
+            identity = await authenticator.authenticate(
+                metadata=_text_metadata(context), peer_cert_pem=peer_cert(context)
+            )
+        except AuthError as exc:
+            return grpc.StatusCode[exc.code], str(exc)
+        except Exception as exc:
+            log.exception("event=xds_debug_auth_error")
+            return grpc.StatusCode.UNAUTHENTICATED, f"authentication failed: {type(exc).__name__}"
+        return identity.namespace
+
+    return verify
 
 
 def add_ca_service(server: grpc.aio.Server, service: CertificateService) -> None:

@@ -21,7 +21,7 @@ from collections import defaultdict
 from typing import Any
 
 from meshd.api.meta import InvalidResource, ResourceKey
-from meshd.api.parse import is_supported, parse_resource
+from meshd.api.parse import is_refused_kind, is_supported, parse_resource
 from meshd.kube.kinds import MESH_CONFIGMAP, PRIVATE_SECRETS
 from meshd.kube.meshconfig import InvalidMeshConfig, MeshConfig, parse_mesh_config
 from meshd.kube.reflector import Handler, Obj, meta
@@ -85,7 +85,7 @@ class KubeSource:
             self._objects.pop(object_id, None)
             self._in_namespace[object_id[1]].discard(object_id)
         else:
-            if not is_supported(new) or self._private(object_id):
+            if not (is_supported(new) or is_refused_kind(new)) or self._private(object_id):
                 return
             self._objects[object_id] = new
             self._in_namespace[object_id[1]].add(object_id)

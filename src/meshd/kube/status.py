@@ -23,7 +23,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from meshd.api.meta import InvalidResource, ResourceKey
 from meshd.clock import Clock
-from meshd.kube.status_message import ISTIO_KINDS, Message, desired_messages, render_status
+from meshd.kube.status_message import ISTIO_KINDS, KIND_VERSIONS, Message, desired_messages, render_status
 from meshd.model.store import ConfigStore
 
 
@@ -212,7 +212,8 @@ class StatusWriter:
     async def _visit(self, key: ResourceKey, messages: tuple[Message, ...], api_version: str) -> str:
         """Read, render, write if different; returns the object's resourceVersion afterwards."""
         group, plural = ISTIO_KINDS[key.kind]
-        version = await self._version(group, api_version)
+        pinned = f"{group}/{KIND_VERSIONS[key.kind]}" if key.kind in KIND_VERSIONS else ""
+        version = await self._version(group, api_version or pinned)
         if version is None:
             return ""  # the CRD is not served: nothing to write on
         obj = await self._api.get(group, version, plural, key.namespace, key.name)

@@ -28,7 +28,16 @@ ISTIO_KINDS: dict[str, tuple[str, str]] = {
     "PeerAuthentication": ("security.istio.io", "peerauthentications"),
     "AuthorizationPolicy": ("security.istio.io", "authorizationpolicies"),
     "RequestAuthentication": ("security.istio.io", "requestauthentications"),
+    "Telemetry": ("telemetry.istio.io", "telemetries"),
+    "EnvoyFilter": ("networking.istio.io", "envoyfilters"),
+    "WasmPlugin": ("extensions.istio.io", "wasmplugins"),
+    "ProxyConfig": ("networking.istio.io", "proxyconfigs"),
+    "WorkloadGroup": ("networking.istio.io", "workloadgroups"),
 }
+
+# kinds whose versions are not their group's preferred one: written at this version when meshd holds no
+# copy of the object (a refused kind is never in the store)
+KIND_VERSIONS = {"EnvoyFilter": "v1alpha3", "ProxyConfig": "v1beta1", "WasmPlugin": "v1alpha1"}
 
 CONDITION = "Reconciled"
 

@@ -16,6 +16,7 @@ from meshd.clock import Clock
 from meshd.gcpolicy import GcPolicy
 from meshd.generate.generations import Generations
 from meshd.generate.generator import ConfigGenerator
+from meshd.generate.nacks import nack_errors
 from meshd.generate.options import GenerateOptions
 from meshd.model.store import ConfigStore
 from meshd.obs.metrics import Metrics
@@ -59,11 +60,14 @@ class PushLoop:
 
     @property
     def errors(self) -> list[InvalidResource]:
-        """Every resource rejected right now: by validation (live from the store), translation, or the
-        proto guard (generated resources left out, live: a proxy connecting later may meet more)."""
+        """Every resource rejected right now: by validation (live from the store), translation, the
+        proto guard (generated resources left out, live: a proxy connecting later may meet more), or a
+        connected Envoy (NACKs, on the resources behind the rejected one)."""
         current, reported = self._generations.current, self._translation_errors
         refused = [e for e in current.refused if e not in reported] if current is not None else []
-        return self._store.errors() + reported + refused + self._build_errors
+        rejected = self._hub.rejected()
+        nacked = nack_errors(rejected, current.world) if rejected and current is not None else []
+        return self._store.errors() + reported + refused + self._build_errors + nacked
 
     def inject(self, type_url: str, resources: Sequence[XdsResource]) -> None:
         """Test hook: serve extra resources as they are (used to exercise Envoy's NACK path)."""

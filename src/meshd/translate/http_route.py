@@ -263,6 +263,10 @@ def route_name(route: HTTPRoute, match: HTTPMatchRequest | None, default: str) -
     return route.name or (match.name if match is not None else "") or default
 
 
+def virtual_service_path(key: ResourceKey) -> str:
+    return f"/apis/networking.istio.io/v1alpha3/namespaces/{key.namespace}/virtual-service/{key.name}"
+
+
 def http_routes(
     ctx: RouteContext,
     route: HTTPRoute,
@@ -281,6 +285,8 @@ def http_routes(
     if not applicable:
         return []
     template = rc.Route()
+    # Istio's provenance on every route: which VirtualService made it (istioctl and `meshd explain` read it)
+    template.metadata.filter_metadata["istio"].update({"config": virtual_service_path(ctx.key)})
     if route.redirect is not None:
         template.redirect.CopyFrom(redirect_action(route.redirect, request_port=ctx.match.port))
     elif route.direct_response is not None:

@@ -8,12 +8,22 @@
 from __future__ import annotations
 
 import logging
+import socket
 from dataclasses import dataclass
 
 import grpc
 
+from meshd import __version__
 from meshd.ca.renewal import RenewedCertificate
-from meshd.ca.server import SERVER_OPTIONS, Authorize, CertificateService, add_ca_service, xds_authorizer
+from meshd.ca.server import (
+    SERVER_OPTIONS,
+    Authorize,
+    CertificateService,
+    VerifyNamespace,
+    add_ca_service,
+    debug_verifier,
+    xds_authorizer,
+)
 from meshd.ca.serving import issue_serving_cert, secure_port_context, serving_sans
 from meshd.ca.tls_front import FrontLimits, TlsFront
 from meshd.clock import Clock
@@ -21,6 +31,8 @@ from meshd.netlimits import GatedListener
 from meshd.obs.metrics import Metrics
 from meshd.settings import Settings
 from meshd.wiring.authority import Authority
+from meshd.xds.debug_stream import DebugTypes
+from meshd.xds.debug_types import ControlPlane
 from meshd.xds.hub import Hub
 from meshd.xds.limits import StreamLimits
 from meshd.xds.server import AdsServicer, add_to_server
@@ -34,9 +46,21 @@ def ads_servicer(
     clock: Clock,
     log: logging.Logger,
     authorize: Authorize | None = None,
+    verify_debug: VerifyNamespace | None = None,
 ) -> AdsServicer:
     # The secure port's peers are all its TLS front on loopback: counted in all only.
     per_peer = settings.max_xds_streams_per_peer if authorize is None else None
+    debug = DebugTypes(
+        hub=hub,
+        control_plane=ControlPlane(
+            identity=settings.leader_identity or socket.gethostname(),
+            version=__version__,
+            cluster_id=settings.cluster_id,
+        ),
+        log=log,
+        system_namespace=settings.namespace,
+        verify=verify_debug,
+    )
     return AdsServicer(
         hub=hub,
         metrics=metrics,
@@ -45,6 +69,7 @@ def ads_servicer(
         send_timeout_s=settings.send_timeout_s,
         limits=StreamLimits(max_streams=settings.max_xds_streams, max_per_peer=per_peer),
         authorize=authorize,
+        debug=debug,
     )
 
 
@@ -137,9 +162,17 @@ async def start_secure_port(
     )
     add_ca_service(server, service)
     authorize = xds_authorizer(authority.authenticator, peer_cert=front.peer_cert, log=log)
-    add_to_server(
-        server, ads_servicer(settings=settings, hub=hub, metrics=metrics, clock=clock, log=log, authorize=authorize)
+    verify_debug = debug_verifier(authority.authenticator, peer_cert=front.peer_cert, log=log)
+    servicer = ads_servicer(
+        settings=settings,
+        hub=hub,
+        metrics=metrics,
+        clock=clock,
+        log=log,
+        authorize=authorize,
+        verify_debug=verify_debug,
     )
+    add_to_server(server, servicer)
     await server.start()
     try:
         port = await front.start()

@@ -23,9 +23,10 @@ def hooks_for_tests(push: PushLoop) -> Callable[[web.Request], Awaitable[web.Res
     async def hook(request: web.Request) -> web.Response:
         name = request.match_info["hook"]
         if name == "inject-invalid-cluster":
-            # connect_timeout must be > 0: Envoy rejects this cluster (the NACK path under test).
+            # connect_timeout must be > 0: Envoy rejects this cluster (the NACK path under test). With
+            # `?name=`, it replaces the generated cluster of that name (served over it, past the proto guard).
             bad = cluster_pb2.Cluster(
-                name="meshd-test-invalid",
+                name=request.query.get("name", "meshd-test-invalid"),
                 type=cluster_pb2.Cluster.STATIC,
                 connect_timeout=duration_pb2.Duration(seconds=-1),
             )

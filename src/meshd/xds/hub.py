@@ -15,6 +15,7 @@ from typing import Protocol
 
 from meshd.translate.proxy import Proxy
 from meshd.xds.inbox import Inbox
+from meshd.xds.isolation import Isolation, Rejected
 from meshd.xds.resource import EMPTY_SNAPSHOT, Snapshot
 from meshd.xds.stream import DeltaStream, SotwStream
 
@@ -59,6 +60,7 @@ class Connection:
     # convergence time; one entry per type, so superseded responses leave nothing behind
     change_times: dict[str, tuple[str, float]] = field(default_factory=dict)
     verified_namespace: str | None = None  # the caller's namespace verified on the secure port, else None
+    isolation: Isolation = field(default_factory=Isolation)  # what it rejected, held back (isolation.py)
     secret_refusals: int = 0  # SDS requests refused on this stream (access.py)
 
     @property
@@ -136,6 +138,10 @@ class Hub:
 
     def disconnect(self, conn: Connection) -> None:
         self.connections.pop(conn.conn_id, None)
+
+    def rejected(self) -> list[tuple[Proxy, Rejected]]:
+        """Every resource version a connected proxy rejected and is held back from it (isolation.py)."""
+        return [(conn.proxy, r) for conn in self.connections.values() for r in conn.isolation.rejected]
 
     def find(self, proxy_id: str) -> Connection | None:
         """By full node id or Istio's short `<pod>.<namespace>` proxy id; newest connection wins."""

@@ -37,6 +37,8 @@ from meshd.translate.proxy import (
     parse_node_id,
 )
 from meshd.xds.access import PROTECTED_TYPES, Authorize, secret_refusal
+from meshd.xds.debug_stream import DebugTypes
+from meshd.xds.debug_types import is_debug_type
 from meshd.xds.encode import delta_response, sotw_response
 from meshd.xds.hub import Connection, Hub
 from meshd.xds.inbox import CLOSED, PUSH, Inbox
@@ -95,8 +97,11 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         send_timeout_s: float = 30.0,
         limits: StreamLimits | None = None,
         authorize: Authorize | None = None,
+        debug: DebugTypes | None = None,
     ) -> None:
         self._hub = hub
+        # Istio's debug types (istio.io/debug/syncz, ...) on streams of their own; None: refused.
+        self._debug = debug
         # Identity check before a stream is admitted (the secure port): the verified caller, or
         # (code, message). Without it (the plaintext port) no stream is ever served a secret.
         self._authorize = authorize
@@ -148,6 +153,12 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                 else:
                     if isinstance(item, Unparsable):
                         await self._reject(context, conn, item.reason)
+                    if conn is None and is_debug_type(item.type_url):
+                        if self._debug is None:
+                            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "debug types are not served here")
+                        assert self._debug is not None
+                        await self._debug.serve(item, inbox, context, delta=delta)
+                        return
                     if conn is None:
                         if not self._hub.ready:
                             # Not synced yet: refuse rather than serve a partial mesh; Envoy keeps
@@ -178,7 +189,9 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
 
     async def _send(self, conn: Connection, context: Any, *, changed_at: float, delta: bool) -> None:
         assert conn.snapshot is not None
-        for resp in conn.stream.responses(conn.snapshot):
+        view = conn.isolation.view(conn.snapshot)  # the versions it rejected held back
+        for resp in conn.stream.responses(view):
+            conn.isolation.sent(resp.type_url, resp.nonce, view)
             conn.change_times[resp.type_url] = (resp.nonce, changed_at)
             message = delta_response(resp) if delta else sotw_response(resp)
             kind = short_name(resp.type_url)
@@ -269,7 +282,17 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         if outcome.kind in ("ack", "nack") and sent is not None and sent[0] == nonce:
             changed_at = sent[1]
             del conn.change_times[outcome.type_url]
+        if outcome.kind == "ack":
+            conn.isolation.accepted(outcome.type_url, nonce)
         if outcome.kind == "nack":
+            rejected = conn.isolation.nacked(outcome.type_url, nonce, outcome.error or "")
+            if rejected:
+                self._log.warning(
+                    "event=resources_isolated proxy=%s type=%s names=%s",
+                    quoted(conn.proxy.node_id),
+                    kind,
+                    quoted([r.name for r in rejected][:10], 600),
+                )
             self._metrics.xds_rejects.inc(kind)
             if (dropped := self._log_limit.allow(("nack", conn.proxy.node_id))) is not None:
                 self._log.error(

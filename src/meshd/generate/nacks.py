@@ -1,0 +1,88 @@
+"""Envoy's rejections, reported on the Istio resources behind them (pure).
+
+A proxy NACKed a generated resource (xds/isolation.py holds it back). Which Istio resources produced it is
+read from the resource's Istio-style name and the World, as istiod names them:
+- cluster / endpoints `outbound|<port>|<subset>|<host>`: the Service or ServiceEntry of the host and its
+  DestinationRules;
+- route configuration `<port>`: the VirtualServices of hosts served on that port;
+- listener `<ip>_<port>`: the Services and ServiceEntries with that port, and their VirtualServices.
+Each becomes an error on those resources (status, /debug/config_errors, the log), naming the Envoy
+resource, the proxies and Envoy's message. A name that leads nowhere is reported without a resource."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable
+
+from meshd.api.meta import InvalidResource, ResourceKey
+from meshd.model.services import MeshService
+from meshd.model.world import World
+from meshd.translate.proxy import Proxy
+from meshd.xds.isolation import Rejected
+from meshd.xds.resource import CLUSTER, ENDPOINT, LISTENER, ROUTE, short_name
+
+MAX_PROXIES_SHOWN = 3
+# protobuf's text format marks debug output with a link whose wording varies from process to process
+_PROTOBUF_DEBUG_MARK = re.compile(r"goo\.gle/debug\w*\s*")
+
+
+def nack_errors(rejections: Iterable[tuple[Proxy, Rejected]], world: World) -> list[InvalidResource]:
+    by_resource: dict[tuple[str, str], list[str]] = defaultdict(list)
+    errors: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for proxy, rejected in rejections:
+        by_resource[(rejected.type_url, rejected.name)].append(f"{proxy.pod}.{proxy.namespace}")
+        errors[(rejected.type_url, rejected.name)].add(_PROTOBUF_DEBUG_MARK.sub("", rejected.error).strip())
+    out = []
+    for (type_url, name), proxies in sorted(by_resource.items()):
+        error = " | ".join(sorted(errors[(type_url, name)])[:MAX_PROXIES_SHOWN])
+        shown = ", ".join(sorted(proxies)[:MAX_PROXIES_SHOWN]) + (
+            f" and {len(proxies) - MAX_PROXIES_SHOWN} more" if len(proxies) > MAX_PROXIES_SHOWN else ""
+        )
+        message = (
+            f"Envoy rejected {short_name(type_url).upper()} resource {name!r} (proxies {shown}): "
+            f"{error}; those proxies keep the version they accepted before"
+        )
+        keys: list[ResourceKey | None] = [*provenance(world, type_url, name)] or [None]
+        out += [InvalidResource(key, "<generated config>", message) for key in keys]
+    return out
+
+
+def provenance(world: World, type_url: str, name: str) -> list[ResourceKey]:
+    """The Istio resources (and Services) a generated resource came from, as far as its name says."""
+    keys: dict[ResourceKey, None] = {}
+    if type_url in (CLUSTER, ENDPOINT) and name.startswith("outbound|"):
+        parts = name.split("|", 3)
+        if len(parts) == 4:
+            _host_keys(world, parts[3], keys, routes=False)
+    elif type_url == ROUTE and name.isdigit():
+        _port_keys(world, int(name), keys, services=False)
+    elif type_url == LISTENER and "_" in name and name.rsplit("_", 1)[1].isdigit():
+        _port_keys(world, int(name.rsplit("_", 1)[1]), keys, services=True)
+    return list(keys)
+
+
+def _port_keys(world: World, port: int, keys: dict[ResourceKey, None], *, services: bool) -> None:
+    for host, service in world.services.items():
+        if service.port(port) is not None:
+            if services:
+                keys[_service_key(service, world.domain_suffix)] = None
+            for vs in world.virtual_services.get(host, ()):
+                keys[vs.key] = None
+
+
+def _host_keys(world: World, host: str, keys: dict[ResourceKey, None], *, routes: bool) -> None:
+    service = world.services.get(host)
+    if service is not None:
+        keys[_service_key(service, world.domain_suffix)] = None
+    for rule in world.rules_by_host.get(host, ()):
+        keys[rule.key] = None
+    if routes:
+        for vs in world.virtual_services.get(host, ()):
+            keys[vs.key] = None
+
+
+def _service_key(service: MeshService, suffix: str) -> ResourceKey:
+    if service.hostname == f"{service.name}.{service.namespace}.svc.{suffix}":
+        return ResourceKey("Service", service.namespace, service.name)
+    return ResourceKey("ServiceEntry", service.namespace, service.name)
