@@ -188,3 +188,15 @@ def test_an_edit_into_a_broken_destination_keeps_the_last_accepted_version_at_th
     assert error.message.endswith("the previous version stays in effect")
     routes = b"".join(r.body for r in generator.snapshot(parse_node_id(ROUTER)).select(ROUTE, None))
     assert b"outbound|9080||web.default.svc.cluster.local" in routes  # the accepted version still routes
+
+
+def test_a_nacked_gateway_route_configuration_is_reported_on_its_gateway_and_bound_virtual_services() -> None:
+    from meshd.generate.nacks import provenance
+
+    https = server("HTTPS", 443, ["*"], tls={"mode": "SIMPLE", "credentialName": "c"})
+    docs = [gateway("gw", server("HTTP", 80, ["*"]), https), vs("web", ["gw"], ["web.example.com"])]
+    world = build_world([parse_resource(d) for d in (POD, WEB, *docs)], domain_suffix="cluster.local")
+    expected = ["Gateway default/gw", "VirtualService default/web"]
+    assert [str(k) for k in provenance(world, ROUTE, "http.80")] == expected
+    assert [str(k) for k in provenance(world, ROUTE, "https.443.https-443.gw.default")] == expected
+    assert provenance(world, ROUTE, "https.443.https-443.other.default") == []
