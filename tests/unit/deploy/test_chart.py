@@ -89,13 +89,18 @@ def test_crds_rendered_only_when_installed(default: list[dict[str, Any]]) -> Non
     assert sorted(c["metadata"]["name"] for c in crds) == [
         "authorizationpolicies.security.istio.io",
         "destinationrules.networking.istio.io",
+        "envoyfilters.networking.istio.io",
         "gateways.networking.istio.io",
         "peerauthentications.security.istio.io",
+        "proxyconfigs.networking.istio.io",
         "requestauthentications.security.istio.io",
         "serviceentries.networking.istio.io",
         "sidecars.networking.istio.io",
+        "telemetries.telemetry.istio.io",
         "virtualservices.networking.istio.io",
+        "wasmplugins.extensions.istio.io",
         "workloadentries.networking.istio.io",
+        "workloadgroups.networking.istio.io",
     ]
     for c in crds:  # kept on uninstall: deleting a CRD deletes every object of its kind
         assert c["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
@@ -247,7 +252,15 @@ def test_validation_webhook(default: list[dict[str, Any]]) -> None:
     assert hook["failurePolicy"] == "Ignore"
     covered = {(g, r) for rule in hook["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
     crds = {(c["spec"]["group"], c["spec"]["names"]["plural"]) for c in of_kind(default, "CustomResourceDefinition")}
-    assert covered == crds
+    # every kind meshd translates; the kinds it does not translate yet are admitted (their status says so)
+    unsupported = {
+        ("networking.istio.io", "envoyfilters"),
+        ("networking.istio.io", "proxyconfigs"),
+        ("networking.istio.io", "workloadgroups"),
+        ("telemetry.istio.io", "telemetries"),
+        ("extensions.istio.io", "wasmplugins"),
+    }
+    assert covered == crds - unsupported
 
 
 def test_notes_tell_the_next_step() -> None:
