@@ -11,7 +11,7 @@ LOCK_VENV := .venv-lock
 PIP_TOOLS := pip-tools==7.7.0
 LOCK_ARGS ?=
 
-.PHONY: demo test lint bench proto setup system-deps clean lock
+.PHONY: demo test lint bench proto setup system-deps clean lock docs
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -50,9 +50,14 @@ lint: setup
 bench: setup
 	$(PY) -m benchmarks $(BENCH_ARGS)
 
+## make docs: the documentation site (mkdocs, docs/) into site/; fails on a broken link or a stale support table
+docs: setup
+	$(PY) tools/gensupport.py --check
+	$(VENV)/bin/mkdocs build --strict -q
+
 proto: setup
 	rm -rf src/meshd/_gen
 	$(PY) tools/genproto.py src/meshd/_gen
 
 clean:
-	rm -rf $(VENV) $(LOCK_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LOCK_VENV) .pytest_cache .mypy_cache .ruff_cache site

@@ -44,6 +44,7 @@ def serve_settings(args: argparse.Namespace) -> Settings:
         outbound_traffic_policy=args.outbound_traffic_policy,
         scope_gateway_to_namespace=args.scope_gateway_to_namespace,
         gateway_bind=args.gateway_bind,
+        protocol_detection_timeout_s=args.protocol_detection_timeout,
         kubeconfig=_path(args.kubeconfig),
         namespace=args.namespace,
         kube_watch_timeout_s=args.kube_watch_timeout,
@@ -102,6 +103,23 @@ def _bootstrap(args: argparse.Namespace) -> int:
     from meshd.agent.bootstrap import build_bootstrap, render
 
     host, _, port = args.xds_address.rpartition(":")
+    if args.proxyless:
+        from meshd.agent.grpc_bootstrap import build_grpc_bootstrap
+        from meshd.translate.proxy import InvalidNodeId
+
+        labels = dict(item.split("=", 1) for item in args.labels.split(",") if "=" in item)
+        try:
+            grpc_config = build_grpc_bootstrap(
+                node_id=args.node_id, xds_host=host or "127.0.0.1", xds_port=int(port), labels=labels
+            )
+        except InvalidNodeId as exc:
+            sys.stderr.write(f"meshd bootstrap: {exc}\n")
+            return 2
+        sys.stdout.write(render(grpc_config, fmt=args.format))
+        return 0
+    if args.cluster is None:
+        sys.stderr.write("meshd bootstrap: --cluster is required for an Envoy bootstrap\n")
+        return 2
     config = build_bootstrap(
         node_id=args.node_id,
         cluster=args.cluster,
@@ -198,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="gateway listeners bind 0.0.0.0 (any) or the gateway proxy's address (proxy-ip); auto: proxy-ip"
         " standalone, any in Kubernetes mode",
     )
+    serve.add_argument(
+        "--protocol-detection-timeout",
+        type=float,
+        default=defaults.protocol_detection_timeout_s,
+        help="seconds a port without a declared protocol waits for the client's first bytes before TCP (0: no limit)",
+    )
     serve.add_argument("--kubeconfig", help="read the cluster with this kubeconfig (no --config-dir: in-cluster)")
     serve.add_argument("--namespace", default=defaults.namespace, help="meshd's namespace (mesh ConfigMap `istio`)")
     serve.add_argument("--kube-watch-timeout", type=float, default=defaults.kube_watch_timeout_s)
@@ -208,9 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_ca_arguments(serve, defaults)
     serve.set_defaults(func=_serve)
 
-    boot = sub.add_parser("bootstrap", help="print an Envoy bootstrap for a sidecar")
+    boot = sub.add_parser("bootstrap", help="print an Envoy bootstrap for a sidecar (or a gRPC one: --proxyless)")
     boot.add_argument("--node-id", required=True)
-    boot.add_argument("--cluster", required=True)
+    boot.add_argument("--cluster", help="Envoy's cluster name (Envoy bootstraps only)")
+    boot.add_argument(
+        "--proxyless",
+        action="store_true",
+        help="a gRPC xDS bootstrap (GRPC_XDS_BOOTSTRAP) for a proxyless gRPC client, as Istio's agent writes it",
+    )
+    boot.add_argument("--labels", default="", help="the workload's labels, k=v,k=v (--proxyless)")
     boot.add_argument("--xds-address", default=f"127.0.0.1:{defaults.xds_port}")
     boot.add_argument("--admin-host", default="127.0.0.1")
     boot.add_argument("--admin-port", type=int, default=15000)

@@ -102,6 +102,9 @@ class Settings(BaseModel):
     # Where gateway listeners bind: "any" (0.0.0.0, as Istio), "proxy-ip" (the gateway proxy's own address,
     # the standalone convention), "auto": proxy-ip standalone, any in Kubernetes mode
     gateway_bind: Literal["auto", "any", "proxy-ip"] = "auto"
+    # meshConfig.protocolDetectionTimeout: how long a sniffed port (no protocol in its name or appProtocol)
+    # waits for the client's first bytes before carrying on as TCP; 0: no limit (Istio's default)
+    protocol_detection_timeout_s: float = Field(default=0.0, ge=0, le=3600)
     # --- Sidecar injection and webhook configurations: issue 7 ----------------------------------
     # `/inject` on the webhook server (kube/inject.py); what the injected containers run and dial.
     inject_enabled: bool = True

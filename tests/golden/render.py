@@ -24,7 +24,8 @@ TYPES = {"clusters": CLUSTER, "endpoints": ENDPOINT, "listeners": LISTENER, "rou
 OPTIONAL_TYPES = {"secrets": SECRET}
 DEFAULT_PROXY = "sidecar~127.0.0.99~client.default~default.svc.cluster.local"
 # A case whose text holds a line `# proxies: <flags>` renders its proxies with those flags: `sds` (run
-# by the node agent: mTLS), `capture` (node metadata INTERCEPTION_MODE REDIRECT: capture-mode listeners).
+# by the node agent: mTLS), `capture` (node metadata INTERCEPTION_MODE REDIRECT: capture-mode listeners),
+# `proxyless` (node metadata GENERATOR grpc: proxyless gRPC clients; not Envoy, so not validated by Envoy).
 PROXIES_MARKER = "# proxies:"
 SDS_MARKER = "# proxies: sds"
 SDS_CLUSTER = "sds-grpc"
@@ -77,7 +78,9 @@ def render(path: pathlib.Path) -> dict[str, Any]:
     out: dict[str, Any] = {kind: {} for kind in (*TYPES, *OPTIONAL_TYPES)}
     flags = proxy_flags(path.read_text())
     for node_id in proxies:
-        proxy = dataclasses.replace(parse_node_id(node_id), sds="sds" in flags, capture="capture" in flags)
+        proxy = dataclasses.replace(
+            parse_node_id(node_id), sds="sds" in flags, capture="capture" in flags, proxyless="proxyless" in flags
+        )
         snapshot = generator.snapshot(proxy)
         for kind, type_url in (TYPES | OPTIONAL_TYPES).items():
             out[kind][f"{proxy.pod}.{proxy.namespace}"] = [_to_dict(r) for r in snapshot.select(type_url, None)]

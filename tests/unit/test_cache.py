@@ -350,6 +350,35 @@ def _peer_authentication(rng: random.Random, ns: str) -> dict[str, Any]:
             "spec": spec}  # fmt: skip
 
 
+_PORT_NAMES = ["http", "grpc", "", "tcp-db", "mongo", "web", "http2-x"]
+_APP_PROTOCOLS = [None, None, "http", "kubernetes.io/h2c", "tcp"]
+
+
+def _service_variant(rng: random.Random, ns: str, name: str) -> list[dict[str, Any]]:
+    """The service redeclared with another protocol (port name, appProtocol), as headless (pods with
+    hostnames) or ExternalName, with a ClusterIP or not: listeners, clusters, routes and endpoints follow."""
+    port: dict[str, Any] = {"name": rng.choice(_PORT_NAMES), "port": 9080}
+    app_protocol = rng.choice(_APP_PROTOCOLS)
+    if app_protocol is not None:
+        port["appProtocol"] = app_protocol
+    spec: dict[str, Any] = {"ports": [port]}
+    kind = rng.choice(["plain", "vip", "headless", "external"])
+    if kind == "vip":
+        spec["clusterIP"] = f"10.96.{len(ns)}.{len(name)}"
+    elif kind == "headless":
+        spec["clusterIP"] = "None"
+    elif kind == "external":
+        spec.update(type="ExternalName", externalName=f"{name}.example.com")
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns}, "spec": spec}
+    ips = ["10.0.0.1", "10.0.0.2"][: rng.randint(1, 2)]
+    endpoints = [{"addresses": [ip], **({"hostname": f"{name}-{i}"} if rng.random() < 0.7 else {})}
+                 for i, ip in enumerate(ips)]  # fmt: skip
+    eps = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+           "metadata": {"name": name, "namespace": ns, "labels": {"kubernetes.io/service-name": name}},
+           "ports": [{"name": port["name"], "port": 9080}], "endpoints": endpoints}  # fmt: skip
+    return [service, eps]
+
+
 def _mtls_seen(snapshot: object) -> tuple[int, int]:
     """(outbound clusters with Istio mTLS, inbound listeners with an mTLS chain) in a snapshot."""
     by_type = _content(snapshot)
@@ -362,7 +391,7 @@ def _content(snapshot: object) -> dict[str, dict[str, bytes]]:
     return {t: {n: r.body for n, r in by_name.items()} for t, by_name in snapshot.resources.items()}  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("seed", [7, 1, 3])
+@pytest.mark.parametrize("seed", [3, 5, 11])
 def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(seed: int) -> None:
     """Whatever pushes skip or reuse, each proxy must end up with exactly the config a generator
     built from scratch on the same World would give it."""
@@ -372,11 +401,11 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     assert mesh.generator is not None
     hub.publish(mesh.generator, changed_at=0.0)
     # proxy 2 of each namespace runs under an agent with SDS: it gets Istio mTLS; proxy 3 has its
-    # traffic captured (capture-mode listeners), with SDS in namespace a
+    # traffic captured (capture-mode listeners), with SDS in namespace a; proxy 4 is a proxyless gRPC client
     proxies = [
-        dataclasses.replace(_proxy(ns, n), sds=n == 2 or (n == 3 and ns == "a"), capture=n == 3)
+        dataclasses.replace(_proxy(ns, n), sds=n == 2 or (n == 3 and ns == "a"), capture=n == 3, proxyless=n == 4)
         for ns in ("a", "b")
-        for n in (1, 2, 3)
+        for n in (1, 2, 3, 4)
     ]
     # gateway proxies (router): one per namespace, the one of namespace a with the agent's SDS
     routers = [dataclasses.replace(_router(ns), sds=ns == "a") for ns in ("a", "b")]
@@ -393,6 +422,8 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     rejections_seen = 0
     gateway_listeners: set[str] = set()
     gateway_secrets = 0
+    protocols_seen: set[str] = set()
+    proxyless_listeners: set[str] = set()
     for step in range(130):
         ns, name = rng.choice(["a", "b"]), rng.choice(["s1", "s2"])
         choice = rng.random()
@@ -409,7 +440,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
                 policies.add(parse_resource(docs[0]).key)
         elif rng.random() < 0.25:
             # Gateways, VirtualServices bound to them, router pods relabelled (selected or not)
-            choice = 3.0
+            choice = 4.0
             pick = rng.random()
             if pick < 0.4:
                 docs = [_gateway(rng, ns)]
@@ -417,6 +448,11 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
                 docs = [_gateway_vs(rng, ns)]
             else:
                 docs = [_router_pod(rng.choice(routers), rng.choice(["ingressgateway", "other"]))]
+        if choice < 4.0 and rng.random() < 0.12:
+            # the service redeclared: another protocol, headless or ExternalName (issue 17)
+            choice = 3.0
+            docs = _service_variant(rng, ns, name)
+            protocols_seen.add(docs[0]["spec"]["ports"][0]["name"])
         if choice < 0.3:
             ips = [f"10.0.{step}.{k}" for k in range(rng.randint(1, 3))] + rng.sample(["10.0.0.1", "10.0.0.2"], 1)
             # proxies' own addresses back services too: their inbound side follows PeerAuthentication
@@ -510,6 +546,9 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
                 gateway_secrets += len(conn.snapshot.resources.get(SECRET, {}))
             if conn.proxy.capture:
                 outbound_modes.add(listeners_held["virtualOutbound"].body)
+            if conn.proxy.proxyless:  # gRPC's view only: api_listeners named host:port
+                assert all(":" in name for name in listeners_held), sorted(listeners_held)
+                proxyless_listeners.update(listeners_held)
     assert len(outbound_modes) == 2  # capture proxies saw both ALLOW_ANY and REGISTRY_ONLY
     # the gateways served HTTP, HTTPS (with Secrets over SDS), TCP and TLS ports at some point
     assert {"0.0.0.0_80", "0.0.0.0_443", "0.0.0.0_31400", "0.0.0.0_8443"} <= gateway_listeners
@@ -517,6 +556,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     assert served_secrets  # the random changes did reach the SDS layer
     assert rejections_seen  # and rejected VirtualServices (a subset that comes and goes)
     assert all(mtls_seen)  # and mTLS reached the clusters and inbound listeners of SDS proxies
+    assert len(protocols_seen) >= 3 and proxyless_listeners  # and protocol changes, proxyless clients
 
 
 def test_virtual_service_errors_are_carried_across_pushes_and_follow_their_rule() -> None:

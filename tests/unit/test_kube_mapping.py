@@ -17,22 +17,23 @@ from meshd.model.world import build_world
     [
         ("http", None, "HTTP"),
         ("http-web", None, "HTTP"),
-        ("httpweb", None, "TCP"),  # `<protocol>[-<suffix>]`: no dash, no prefix
+        ("httpweb", None, "UNKNOWN"),  # `<protocol>[-<suffix>]`: no dash, no prefix: sniffed
         ("http2-x", None, "HTTP2"),
         ("grpc", None, "GRPC"),
-        ("grpc-web", None, "HTTP2"),
+        ("grpc-web", None, "GRPC-WEB"),
         ("tcp-db", None, "TCP"),
         ("tls-x", None, "TLS"),
         ("https", None, "HTTPS"),
-        ("mongo", None, "TCP"),
-        ("redis-main", None, "TCP"),
-        ("mysql", None, "TCP"),
-        ("", None, "TCP"),
+        ("mongo", None, "MONGO"),
+        ("redis-main", None, "REDIS"),
+        ("mysql", None, "MYSQL"),
+        ("", None, "UNKNOWN"),  # unnamed: sniffed
+        ("web", None, "UNKNOWN"),
         ("tcp", "http", "HTTP"),  # appProtocol wins over the name
         ("http", "tcp", "TCP"),
         ("anything", "HTTP2", "HTTP2"),
         ("x", "grpc", "GRPC"),
-        ("x", "grpc-web", "HTTP2"),
+        ("x", "grpc-web", "GRPC-WEB"),
         ("x", "kubernetes.io/h2c", "HTTP2"),
         ("x", "kubernetes.io/grpc", "GRPC"),
         ("http-ok", "example.com/custom", "HTTP"),  # an unknown appProtocol falls back to the name
@@ -40,6 +41,12 @@ from meshd.model.world import build_world
 )
 def test_protocol_selection(name: str, app_protocol: str | None, expected: str) -> None:
     assert protocol_of(name=name, app_protocol=app_protocol) == expected
+
+
+def test_udp_and_sctp_ports_are_their_transport_whatever_their_name() -> None:
+    assert protocol_of(name="http", transport="UDP") == "UDP"
+    assert protocol_of(name="dns", transport="SCTP") == "SCTP"
+    assert protocol_of(name="dns", transport="TCP") == "UNKNOWN"
 
 
 @pytest.mark.parametrize(

@@ -50,6 +50,7 @@ class SliceEndpoint(ApiModel):
     addresses: list[str] = Field(min_length=1)
     conditions: EndpointConditions = Field(default_factory=EndpointConditions)
     target_ref: ObjectReference | None = None
+    hostname: str | None = None
     node_name: str | None = None
     zone: str | None = None
 

@@ -16,6 +16,7 @@ from meshd.model.services import MeshService
 from meshd.model.world import World
 from meshd.translate.listeners import ListenerPlan
 from meshd.translate.peer_auth import check_policies
+from meshd.translate.protocol import bound_inbound_errors
 from meshd.translate.routes import delegate_inputs, validate_host_routes, wildcard_ports
 from meshd.translate.scope import Scope, ScopeKey, select_sidecar
 from meshd.translate.secrets import check_credentials
@@ -34,10 +35,12 @@ class WorldChecks:
         files: FileCheck,
         previous: WorldChecks | None,
         check: bool = False,
+        sidecar_port: int | None = None,
     ) -> None:
         """`check`: a carried result is computed again and must be equal (its key covers its inputs)."""
         self.world = world
         self._check = check
+        self._sidecar_port = sidecar_port  # workloads with a sidecar but no capture are reached on it
         self._root = root_namespace
         self._files = files
         self.route_checks: dict[Hashable, list[InvalidResource]] = {}  # per host and its inputs
@@ -89,6 +92,8 @@ class WorldChecks:
         errors.update(dict.fromkeys(self._credentials()))
         errors.update(dict.fromkeys(self._files.errors))
         errors.update(dict.fromkeys(check_policies(world.peer_authentications)))
+        if self._sidecar_port is not None:
+            errors.update(dict.fromkeys(bound_inbound_errors(world)))
         return list(errors)
 
     def _credentials(self) -> list[InvalidResource]:

@@ -24,19 +24,21 @@ from meshd.generate.layers import LayerCache
 from meshd.generate.memo import MemoEntry, ResourceMemo, build_all, reuse_layer
 from meshd.generate.options import GenerateOptions
 from meshd.generate.outbound import EMPTY_LAYER, OutboundLayers
+from meshd.generate.proxyless import ProxylessLayers
 from meshd.generate.queries import Queries
 from meshd.generate.reads import Context, Tracer
 from meshd.generate.scope_keys import ScopeKeys
 from meshd.generate.tls_files import FileCheck, ReadFile
 from meshd.model.world import World
-from meshd.translate.capture import capture_cluster_specs, capture_listener_specs
+from meshd.translate.capture import capture_cluster_specs, capture_listener_specs, inbound_protocols
 from meshd.translate.clusters import inbound_cluster_specs
 from meshd.translate.listeners import inbound_listener_specs
 from meshd.translate.proxy import Proxy
 from meshd.translate.scope import Scope, ScopeKey
 from meshd.xds.resource import CLUSTER, LISTENER, Snapshot, XdsResource
 
-Group = tuple[str, ScopeKey]  # a proxy group: (address, scope)
+Group = tuple[str, ScopeKey]  # a proxy group: (address, scope); proxyless gRPC clients: (PROXYLESS, scope)
+PROXYLESS = "grpc"
 ROUTER = "router"  # Istio's node type of gateway proxies
 
 
@@ -93,6 +95,12 @@ class ConfigGenerator:
             previous=previous.gateways if previous else None,
             tracer=tracer,
         )
+        self.proxyless: ProxylessLayers = ProxylessLayers(
+            outbound=self.outbound,
+            memo=self.memo,
+            previous=previous.proxyless if previous else None,
+            tracer=tracer,
+        )
         self.proxies: LayerCache[Group, Snapshot] = LayerCache(
             "proxies", previous=previous.proxies if previous else None, memo=self.memo, tracer=tracer
         )
@@ -109,6 +117,7 @@ class ConfigGenerator:
             files=self.files,
             previous=previous.checks if previous is not None else None,
             check=check,
+            sidecar_port=options.sidecar_endpoint_port,
         )
         previous_extra = previous._extra if previous is not None else None
         self._extra: Snapshot | None = (
@@ -194,7 +203,12 @@ class ConfigGenerator:
                         refused,
                     ),
                     CLUSTER: build_all(
-                        inbound_cluster_specs(address=proxy.ip, target_ports=[t for _, _, t in served]), refused
+                        inbound_cluster_specs(
+                            address=proxy.ip,
+                            target_ports=[t for _, _, t in served],
+                            protocols=inbound_protocols(served),
+                        ),
+                        refused,
                     ),
                 }
             self.memo.keep(refused)
@@ -229,6 +243,8 @@ class ConfigGenerator:
         if proxy.type == ROUTER:
             return False
         assert isinstance(key, ScopeKey)
+        if proxy.proxyless:
+            return False  # snapshot() gives back the held object while its layer is unchanged
         group = (proxy.ip, key)
         before = self._prev_group_layers.get(group)
         moved = self.queries.moved_addresses()
@@ -257,7 +273,7 @@ class ConfigGenerator:
         if proxy.type == ROUTER:
             return self._router_snapshot(proxy)
         key = self._keys.for_proxy(proxy)
-        group = (proxy.ip, key)
+        group = (PROXYLESS if proxy.proxyless else proxy.ip, key)
         cached = self._group_snapshots.get(group)
         if cached is not None:
             return cached
@@ -300,6 +316,10 @@ class ConfigGenerator:
 
     def _build(self, proxy: Proxy, key: ScopeKey, group: Group) -> Snapshot:
         scope = self._scope(key)
+        if proxy.proxyless:
+            layer = self.proxyless.layer(scope, self._context(scope))
+            held = self._prev_groups.get(group)
+            return held if held is not None and held.layers == (layer,) else Snapshot(layers=(layer,))
         layers = ProxyLayers(
             clusters=self.outbound.cluster_layer(scope).layer,
             routes=self.outbound.route_layer(key),

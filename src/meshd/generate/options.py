@@ -24,3 +24,6 @@ class GenerateOptions:
     # Gateway listeners bind the gateway proxy's own address instead of 0.0.0.0 (standalone: every
     # workload has an address of its own on one host, as sidecars bind theirs)
     gateway_bind_proxy_ip: bool = False
+    # meshConfig.protocolDetectionTimeout in seconds: how long a sniffed port waits for the client's first
+    # bytes before carrying on as TCP (Istio's default 0: no limit)
+    protocol_detection_timeout: float = 0.0

@@ -187,24 +187,33 @@ class OutboundLayers:
 
     # -- routes, per scope ----------------------------------------------------------------------------
 
+    def route_inputs(self, key: ScopeKey) -> Hashable:
+        """What a scope's routes are built from (the key of its route layer; proxyless gRPC clients' routes
+        are built from the same inputs)."""
+        scope = self._scope(key)
+        # Routes depend on the visible services (the signature), the VirtualServices and rules of
+        # those hosts, and the services and rules of every host those VirtualServices route to;
+        # never on endpoints (but a headless service's pods). WorldState keeps each of these the same
+        # object while unchanged.
+        world = self.world
+        deps: list[Ident | None] = []
+        for service, ports in scope.services:
+            vss = world.virtual_services_for(service.hostname)
+            deps += (Ident(vss), Ident(world.rules_by_host.get(service.hostname)))
+            if service.headless:  # its pods' virtual hosts
+                deps += tuple(Ident(world.endpoints.get((service.hostname, p.number))) for p in ports)
+            for vs in vss or ():
+                deps += delegate_inputs(world, vs)
+                for host in self.destinations(vs):
+                    deps += (Ident(world.services.get(host)), Ident(world.rules_by_host.get(host)))
+        catch_all = self.queries.outbound_mode(key) if key.capture else None
+        return (scope.cluster_signature, tuple(deps), catch_all)
+
     def route_layer(self, key: ScopeKey) -> Snapshot:
         scope = self._scope(key)
 
         def inputs() -> Hashable:
-            # Routes depend on the visible services (the signature), the VirtualServices and rules of
-            # those hosts, and the services and rules of every host those VirtualServices route to;
-            # never on endpoints. WorldState keeps each of these the same object while unchanged.
-            world = self.world
-            deps: list[Ident | None] = []
-            for service, _ in scope.services:
-                vss = world.virtual_services_for(service.hostname)
-                deps += (Ident(vss), Ident(world.rules_by_host.get(service.hostname)))
-                for vs in vss or ():
-                    deps += delegate_inputs(world, vs)
-                    for host in self.destinations(vs):
-                        deps += (Ident(world.services.get(host)), Ident(world.rules_by_host.get(host)))
-            catch_all = self.queries.outbound_mode(key) if key.capture else None
-            return (scope.cluster_signature, tuple(deps), catch_all)
+            return self.route_inputs(key)
 
         def build(ctx: Context, previous: Snapshot | None) -> tuple[Snapshot, list[MemoEntry]]:
             used: list[MemoEntry] = []

@@ -66,7 +66,11 @@ class Queries:
         plan = self._plans.get(key)
         if plan is None:
             scope = self.scope(key)
-            plan = self._plans[key] = ListenerPlan(scope.services, rule_for=scope.destination_rule)
+            plan = self._plans[key] = ListenerPlan(
+                scope.services,
+                rule_for=scope.destination_rule,
+                detection_timeout=self._options.protocol_detection_timeout,
+            )
         return plan
 
     def plan_unchanged(self, key: ScopeKey) -> bool:

@@ -46,10 +46,12 @@ def age_key(resource: Resource) -> tuple[str, str, str]:
     return (resource.metadata.creation_timestamp or "~", resource.metadata.namespace, resource.metadata.name)
 
 
-def endpoint_order(endpoint: Endpoint) -> tuple[str, int, tuple[tuple[str, str], ...], str, str, int, str, bool]:
+def endpoint_order(
+    endpoint: Endpoint,
+) -> tuple[str, int, tuple[tuple[str, str], ...], str, str, int, str, bool, str]:
     """A total order, so endpoints merged from several slices sort the same whatever their order."""
     e = endpoint
-    return (e.address, e.port, e.labels, e.service_account, e.workload, e.weight, e.locality, e.captured)
+    return (e.address, e.port, e.labels, e.service_account, e.workload, e.weight, e.locality, e.captured, e.hostname)
 
 
 def pod_workload(pod: Pod) -> Workload:
@@ -85,14 +87,16 @@ def mesh_service(svc: Service, *, suffix: str) -> MeshService:
         ServicePort(
             name=p.name,
             number=p.port,
-            protocol=protocol_of(name=p.name, app_protocol=p.app_protocol),
+            protocol=protocol_of(name=p.name, app_protocol=p.app_protocol, transport=p.protocol),
             target_port=p.target_port if p.target_port is not None else p.port,
         )
         for p in svc.spec.ports
     )
-    # Headless (clusterIP None): no virtual address; the endpoints of its slices are load balanced
-    # by Envoy like any other service's (sidecars here call services by name, not by pod IP).
+    # Headless (clusterIP None): no virtual address; the endpoints of its slices are load balanced by the
+    # service's name like any other service's, and each pod is also reached by its own name and address
+    # (`translate/headless.py`).
     addresses = (svc.spec.cluster_ip,) if svc.spec.cluster_ip and svc.spec.cluster_ip != "None" else ()
+    headless = svc.spec.cluster_ip == "None" and not is_external_name(svc)
     export = svc.metadata.annotations.get(EXPORT_TO_ANNOTATION, "")
     return MeshService(
         hostname=fqdn(svc.metadata.name, svc.metadata.namespace, suffix),
@@ -104,6 +108,7 @@ def mesh_service(svc: Service, *, suffix: str) -> MeshService:
         addresses=addresses,
         creation=svc.metadata.creation_timestamp,
         export_to=tuple(t.strip() for t in export.split(",") if t.strip()),
+        headless=headless,
     )
 
 
@@ -175,6 +180,7 @@ def slice_endpoints(
                         workload=name,
                         locality=locality,
                         captured=captured,
+                        hostname=ep.hostname or "",
                     )
                 )
         out.append((sp.number, tuple(sorted(endpoints, key=endpoint_order))))

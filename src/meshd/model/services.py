@@ -8,38 +8,72 @@ from dataclasses import dataclass, field
 
 SIDECAR_LABEL = "security.istio.io/tlsMode"
 
-# Port-name prefixes and appProtocol values, as Istio reads them.
+# Port-name prefixes and appProtocol values, as Istio reads them (its protocol selection table).
 _PROTOCOLS = {
     "http": "HTTP",
     "http2": "HTTP2",
     "grpc": "GRPC",
-    "grpc-web": "HTTP2",  # "same as http2" in Istio's protocol selection table
+    "grpc-web": "GRPC-WEB",  # "same as http2" in Istio's table: HTTP/2 to the app
     "h2c": "HTTP2",
     "kubernetes.io/h2c": "HTTP2",  # appProtocol values Kubernetes defines
     "kubernetes.io/grpc": "GRPC",
+    "kubernetes.io/ws": "HTTP",
+    "kubernetes.io/wss": "TLS",
     "tcp": "TCP",
     "tls": "TLS",
     "https": "HTTPS",
-    "mongo": "TCP",
-    "redis": "TCP",
-    "mysql": "TCP",
+    "mongo": "MONGO",
+    "redis": "REDIS",
+    "mysql": "MYSQL",
+    "udp": "UDP",
 }
+# What an unnamed port (or one whose name and appProtocol say nothing Istio knows) gets: the sidecar
+# sniffs each connection (HTTP/1.1 and HTTP/2 go through the HTTP connection manager, anything else is TCP).
+UNKNOWN = "UNKNOWN"
+_DECLARED = {"HTTP", "HTTP2", "GRPC", "GRPC-WEB", "TCP", "TLS", "HTTPS", "MONGO", "REDIS", "MYSQL", "UDP"}
 
 
-def protocol_of(*, name: str, app_protocol: str | None = None, declared: str | None = None) -> str:
-    """Istio's protocol selection: explicit protocol, then appProtocol, then the port-name prefix."""
+def protocol_of(
+    *, name: str, app_protocol: str | None = None, declared: str | None = None, transport: str = "TCP"
+) -> str:
+    """Istio's protocol selection: explicit protocol (a ServiceEntry's), then appProtocol, then the
+    port-name prefix (`<protocol>[-<suffix>]`), else UNKNOWN (sniffed). A Kubernetes port whose
+    `protocol` (transport) is UDP or SCTP is that, whatever its name."""
+    if transport.upper() in ("UDP", "SCTP"):
+        return transport.upper()
     for candidate in (declared, app_protocol):
         if candidate and candidate.lower() in _PROTOCOLS:
             return _PROTOCOLS[candidate.lower()]
-        if candidate and candidate.upper() in {"HTTP", "HTTP2", "GRPC", "TCP", "TLS", "HTTPS"}:
+        if candidate and candidate.upper() in _DECLARED:
             return candidate.upper()
     # A port name is `<protocol>[-<suffix>]`: `http-web` is HTTP, `httpweb` is not.
     prefix = name.split("-", 1)[0].lower()
-    return _PROTOCOLS.get(name.lower(), _PROTOCOLS.get(prefix, "TCP"))
+    return _PROTOCOLS.get(name.lower(), _PROTOCOLS.get(prefix, UNKNOWN))
 
 
 def is_http(protocol: str) -> bool:
-    return protocol in ("HTTP", "HTTP2", "GRPC")
+    """Declared HTTP (routed by the HTTP connection manager on every connection)."""
+    return protocol in ("HTTP", "HTTP2", "GRPC", "GRPC-WEB")
+
+
+def is_http2(protocol: str) -> bool:
+    """HTTP/2 to the upstream (Istio: http2, grpc, grpc-web, h2c)."""
+    return protocol in ("HTTP2", "GRPC", "GRPC-WEB")
+
+
+def is_sniffed(protocol: str) -> bool:
+    """Neither name nor appProtocol says: HTTP is detected per connection, the rest is TCP."""
+    return protocol == UNKNOWN
+
+
+def routes_http(protocol: str) -> bool:
+    """The port has an HTTP route configuration (declared HTTP, or sniffed)."""
+    return is_http(protocol) or is_sniffed(protocol)
+
+
+def is_served(protocol: str) -> bool:
+    """Whether a sidecar can carry the port at all (Istio does not proxy UDP or SCTP)."""
+    return protocol not in ("UDP", "SCTP")
 
 
 @dataclass(frozen=True)
@@ -61,6 +95,9 @@ class MeshService:
     creation: str = ""
     export_to: tuple[str, ...] = ()  # Istio exportTo; empty = everyone
     mesh_external: bool = False  # a ServiceEntry with location MESH_EXTERNAL (never auto mTLS)
+    # A Kubernetes Service with clusterIP None: its pods are also reached one by one, by the hostname
+    # their EndpointSlice gives them (StatefulSets: `<pod>.<service>.<ns>.svc.<domain>`) or their address.
+    headless: bool = False
     _hash: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -79,6 +116,7 @@ class MeshService:
                     self.creation,
                     self.export_to,
                     self.mesh_external,
+                    self.headless,
                 )
             ),
         )
@@ -102,6 +140,7 @@ class Endpoint:
     locality: str = ""  # region/zone/subzone ("" when unknown)
     # The workload's sidecar captures its traffic (iptables): peers reach it at its own port.
     captured: bool = False
+    hostname: str = ""  # its hostname within a headless service (EndpointSlice `hostname`, StatefulSet pods)
     _hash: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -116,6 +155,7 @@ class Endpoint:
             self.weight,
             self.locality,
             self.captured,
+            self.hostname,
         )
         object.__setattr__(self, "_hash", hash(fields))
 

@@ -194,4 +194,5 @@ def generate_options(settings: Settings) -> GenerateOptions:
         scope_gateway_to_namespace=settings.scope_gateway_to_namespace,
         gateway_bind_proxy_ip=settings.gateway_bind == "proxy-ip"
         or (settings.gateway_bind == "auto" and settings.config_dir is not None),
+        protocol_detection_timeout=settings.protocol_detection_timeout_s,
     )

@@ -34,24 +34,27 @@ from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
 from google.protobuf import wrappers_pb2
 
-from meshd.model.services import MeshService, is_http
+from meshd.model.services import is_http, is_sniffed
 from meshd.translate import naming
-from meshd.translate.clusters import CONNECT_TIMEOUT, socket_address
+from meshd.translate.clusters import CONNECT_TIMEOUT, set_upstream_protocol, socket_address
 from meshd.translate.listeners import (
     RESERVED_PORTS,
     InboundEntry,
     ListenerPlan,
+    PortPlan,
     admits,
     inbound_http_chain,
     outbound_http_chain,
     outbound_tcp_chain,
     split_by_transport,
+    tcp_filters,
     tcp_proxy_filter,
     tls_inspector,
 )
 from meshd.translate.mtls import downstream_context, tls_socket
 from meshd.translate.peer_auth import InboundMtls
 from meshd.translate.proto import pack
+from meshd.translate.protocol import match_sniffed_http, port_protocol, sniff
 from meshd.translate.spec import Spec
 
 VIRTUAL_OUTBOUND = "virtualOutbound"
@@ -98,39 +101,56 @@ def _unbound(name: str, port: int) -> listener_pb2.Listener:
     )
 
 
-def _outbound_http(port: int) -> listener_pb2.Listener:
-    listener = _unbound(naming.outbound_listener(ip=ANY_ADDRESS, port=port), port)
-    listener.filter_chains.append(outbound_http_chain(port))
-    return listener
-
-
-def _outbound_tcp(
-    port: int, services: tuple[tuple[MeshService, str | None], ...], outbound_mode: str
-) -> listener_pb2.Listener:
-    """One chain per TCP service with addresses (matched by them); the oldest service without any
-    takes every other destination of the port, else the unknown-destination cluster does."""
+def _outbound(port: int, entry: PortPlan, outbound_mode: str) -> listener_pb2.Listener:
+    """Per TCP or sniffed service with addresses, chains matched by them (a sniffed service's HTTP to the
+    route table, the rest to its TCP proxy); other destinations: the HTTP connection manager where some
+    service on the port declares HTTP, else HTTP detected for the route table where some service is
+    sniffed, and the rest to the oldest TCP service without addresses, else to the unknown-destination
+    cluster."""
     listener = _unbound(naming.outbound_listener(ip=ANY_ADDRESS, port=port), port)
     taken: set[str] = set()
     fallback: listener_components_pb2.FilterChain | None = None
-    for service, idle in services:
+    detect = False
+    for service, idle in entry.tcp:
         addresses = [a for a in service.addresses if a not in taken]
-        chain = outbound_tcp_chain(port, service, idle)
-        chain.name = naming.outbound_cluster(port=port, host=service.hostname)
+        cluster = naming.outbound_cluster(port=port, host=service.hostname)
         if addresses:
             taken.update(addresses)
-            for address in addresses:
-                chain.filter_chain_match.prefix_ranges.append(
-                    address_pb2.CidrRange(
-                        address_prefix=address, prefix_len=wrappers_pb2.UInt32Value(value=_bits(address))
-                    )
-                )
+            sp = service.port(port)
+            if sp is not None and is_sniffed(sp.protocol):
+                http = match_sniffed_http(outbound_http_chain(port))
+                http.name = f"{cluster}|http"
+                _match_addresses(http, addresses)
+                listener.filter_chains.append(http)
+                detect = True
+            chain = outbound_tcp_chain(port, service, idle)
+            chain.name = cluster
+            _match_addresses(chain, addresses)
             listener.filter_chains.append(chain)
         elif not service.addresses and fallback is None:
-            fallback = chain
-    if fallback is None:
-        fallback = _tcp_chain(f"{port}-unknown-destination", unknown_destination_cluster(outbound_mode))
-    listener.default_filter_chain.CopyFrom(fallback)
+            fallback = outbound_tcp_chain(port, service, idle)
+            fallback.name = cluster
+    if entry.http:
+        listener.default_filter_chain.CopyFrom(outbound_http_chain(port))
+    else:
+        if entry.sniff:
+            http = match_sniffed_http(outbound_http_chain(port))
+            http.name = f"{port}-http"
+            listener.filter_chains.append(http)
+            detect = True
+        if fallback is None:
+            fallback = _tcp_chain(f"{port}-unknown-destination", unknown_destination_cluster(outbound_mode))
+        listener.default_filter_chain.CopyFrom(fallback)
+    if detect:
+        sniff(listener, timeout_s=entry.detection_timeout)
     return listener
+
+
+def _match_addresses(chain: listener_components_pb2.FilterChain, addresses: Sequence[str]) -> None:
+    for address in addresses:
+        chain.filter_chain_match.prefix_ranges.append(
+            address_pb2.CidrRange(address_prefix=address, prefix_len=wrappers_pb2.UInt32Value(value=_bits(address)))
+        )
 
 
 def _bits(address: str) -> int:
@@ -140,8 +160,8 @@ def _bits(address: str) -> int:
 # --- inbound ---------------------------------------------------------------------------------------
 
 
-def _inbound_tcp_chain(target: int, *, mtls: bool) -> listener_components_pb2.FilterChain:
-    chain = listener_components_pb2.FilterChain(filters=[tcp_proxy_filter(naming.inbound_cluster(port=target))])
+def _inbound_tcp_chain(target: int, *, mtls: bool, protocol: str = "TCP") -> listener_components_pb2.FilterChain:
+    chain = listener_components_pb2.FilterChain(filters=tcp_filters(naming.inbound_cluster(port=target), protocol))
     if mtls:
         chain.transport_socket.CopyFrom(tls_socket(downstream_context()))
     return chain
@@ -163,12 +183,21 @@ def served_ports(served: Sequence[InboundEntry]) -> dict[int, list[InboundEntry]
     return dict(sorted(by_target.items()))
 
 
-def _is_http_target(entries: Sequence[InboundEntry]) -> bool:
-    return any((sp := service.port(port)) is not None and is_http(sp.protocol) for service, port, _ in entries)
+def target_protocol(entries: Sequence[InboundEntry]) -> str:
+    """The protocol of a target port, from the service ports it backs (`protocol.port_protocol`)."""
+    return port_protocol(sp.protocol for service, port, _ in entries if (sp := service.port(port)) is not None)
+
+
+def inbound_protocols(served: Sequence[InboundEntry]) -> dict[int, str]:
+    """Per target port of a workload, the protocol its inbound cluster speaks to the app."""
+    by_target: dict[int, list[InboundEntry]] = {}
+    for entry in served:
+        by_target.setdefault(entry[2], []).append(entry)
+    return {target: target_protocol(entries) for target, entries in sorted(by_target.items())}
 
 
 def _virtual_inbound(
-    served: tuple[InboundEntry, ...], inbound_port: int, modes: InboundMtls, sds: bool
+    served: tuple[InboundEntry, ...], inbound_port: int, modes: InboundMtls, sds: bool, detection_timeout: float = 0.0
 ) -> listener_pb2.Listener:
     listener = listener_pb2.Listener(
         name=naming.VIRTUAL_INBOUND, address=socket_address(ANY_ADDRESS, inbound_port), traffic_direction=INBOUND
@@ -182,22 +211,32 @@ def _virtual_inbound(
     loop.filter_chain_match.destination_port.value = inbound_port
     chains = [loop]
     inspect = False
+    sniffed: list[int] = []
     for target, entries in served_ports(served).items():
         mode = modes.for_port(target)
-        http = _is_http_target(entries)
+        protocol = target_protocol(entries)
         per_port = []
         for mtls in (True, False):
             if not admits(mode, mtls=mtls, sds=sds):
                 continue
-            if http:
+            kind = "mtls" if mtls else "plaintext"
+            if is_http(protocol) or (is_sniffed(protocol) and not mtls):
                 chain = inbound_http_chain(
                     entries, route_name=naming.inbound_cluster(port=target), mtls=mtls, peer_identity=sds
                 )
-            else:
-                chain = _inbound_tcp_chain(target, mtls=mtls)
-            chain.name = f"{naming.inbound_cluster(port=target)}{'mtls' if mtls else 'plaintext'}"
-            chain.filter_chain_match.destination_port.value = target
-            per_port.append((mtls, chain))
+                chain.name = f"{naming.inbound_cluster(port=target)}{kind}"
+                chain.filter_chain_match.destination_port.value = target
+                if is_sniffed(protocol):
+                    match_sniffed_http(chain)
+                    chain.name += "-http"
+                    sniffed.append(target)
+                per_port.append((mtls, chain))
+            if not is_http(protocol):
+                # Sniffed ports over mTLS are proxied as TCP (the client's ALPN does not say HTTP).
+                chain = _inbound_tcp_chain(target, mtls=mtls, protocol=protocol)
+                chain.name = f"{naming.inbound_cluster(port=target)}{kind}"
+                chain.filter_chain_match.destination_port.value = target
+                per_port.append((mtls, chain))
         inspect |= split_by_transport(per_port)
         chains += [chain for _, chain in per_port]
     passthrough = [
@@ -207,6 +246,8 @@ def _virtual_inbound(
     chains += [chain for _, chain in passthrough]
     if inspect:
         listener.listener_filters.append(tls_inspector())
+    if sniffed:
+        sniff(listener, timeout_s=detection_timeout, ports=sniffed)
     listener.filter_chains.extend(chains)
     return listener
 
@@ -214,7 +255,7 @@ def _virtual_inbound(
 # --- clusters --------------------------------------------------------------------------------------
 
 
-def _original_destination(name: str, *, bind: str | None) -> cluster_pb2.Cluster:
+def _original_destination(name: str, *, bind: str | None, protocol: str = "TCP") -> cluster_pb2.Cluster:
     cluster = cluster_pb2.Cluster(
         name=name,
         type=cluster_pb2.Cluster.ORIGINAL_DST,
@@ -223,6 +264,7 @@ def _original_destination(name: str, *, bind: str | None) -> cluster_pb2.Cluster
     )
     if bind is not None:
         cluster.upstream_bind_config.CopyFrom(address_pb2.BindConfig(source_address=_source(bind)))
+    set_upstream_protocol(cluster, protocol)  # the app's own protocol (h2c for gRPC)
     return cluster
 
 
@@ -254,19 +296,12 @@ def capture_listener_specs(
         ("lds-cap-out", OUTBOUND_CAPTURE_PORT, outbound_mode),
         partial(_virtual_outbound, OUTBOUND_CAPTURE_PORT, outbound_mode),
     )
-    for port, tcp in plan.outbound:
+    for port, entry in plan.ports:
         name = naming.outbound_listener(ip=ANY_ADDRESS, port=port)
-        if tcp is None:
-            yield Spec(name, ("lds-cap-http", port), partial(_outbound_http, port))
-        else:
-            services = plan.tcp_services[port]
-            yield Spec(
-                name,
-                ("lds-cap-tcp", port, services, outbound_mode),
-                partial(_outbound_tcp, port, services, outbound_mode),
-            )
-    key = ("lds-cap-in", served, inbound_port, modes, sds)
-    yield Spec(naming.VIRTUAL_INBOUND, key, partial(_virtual_inbound, served, inbound_port, modes, sds))
+        yield Spec(name, ("lds-cap-out", port, entry, outbound_mode), partial(_outbound, port, entry, outbound_mode))
+    timeout = plan.detection_timeout
+    key = ("lds-cap-in", served, inbound_port, modes, sds, timeout)
+    yield Spec(naming.VIRTUAL_INBOUND, key, partial(_virtual_inbound, served, inbound_port, modes, sds, timeout))
 
 
 def capture_cluster_specs(*, served: tuple[InboundEntry, ...]) -> Iterator[Spec]:
@@ -279,6 +314,11 @@ def capture_cluster_specs(*, served: tuple[InboundEntry, ...]) -> Iterator[Spec]
         ("cds-cap", INBOUND_PASSTHROUGH),
         partial(_original_destination, INBOUND_PASSTHROUGH, bind=INBOUND_SOURCE),
     )
-    for target in served_ports(served):
+    for target, entries in served_ports(served).items():
         name = naming.inbound_cluster(port=target)
-        yield Spec(name, ("cds-cap-in", target), partial(_original_destination, name, bind=INBOUND_SOURCE))
+        protocol = target_protocol(entries)
+        yield Spec(
+            name,
+            ("cds-cap-in", target, protocol),
+            partial(_original_destination, name, bind=INBOUND_SOURCE, protocol=protocol),
+        )

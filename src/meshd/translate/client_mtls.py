@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from envoy.config.cluster.v3 import cluster_pb2
 
 from meshd.api.destinationrule import ClientTLSSettings
-from meshd.model.services import Endpoint, MeshService, ServicePort
+from meshd.model.services import Endpoint, MeshService, ServicePort, is_http2
 from meshd.translate.mtls import apply_istio_mutual, sni, spiffe_id
 from meshd.translate.peer_auth import DISABLE
 from meshd.translate.policy import EffectivePolicy
@@ -61,7 +61,7 @@ def cluster_mtls(
 ) -> ClusterMtls | None:
     if not scope.key.sds:
         return None
-    http2 = port.protocol in ("HTTP2", "GRPC")
+    http2 = is_http2(port.protocol)
     tls: ClientTLSSettings | None = policy.tls
     name = sni(port=port.number, subset=subset, host=service.hostname)
     if tls is not None:

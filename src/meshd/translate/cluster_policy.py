@@ -18,7 +18,7 @@ from google.protobuf import wrappers_pb2
 
 from meshd.api.destinationrule import ConnectionPoolSettings, LoadBalancerSettings, OutlierDetection
 from meshd.api.values import parse_duration
-from meshd.model.services import MeshService, ServicePort, is_http
+from meshd.model.services import MeshService, ServicePort, routes_http
 from meshd.translate.policy import EffectivePolicy
 from meshd.translate.proto import duration, pack
 from meshd.translate.upstream_tls import apply_upstream_tls
@@ -136,7 +136,7 @@ def _apply_connection_pool(cluster: _Cluster, pool: ConnectionPoolSettings | Non
             thresholds.max_pending_requests.value = http.http1_max_pending_requests
         if http.max_retries:
             thresholds.max_retries.value = http.max_retries
-    if is_http(port.protocol):
+    if routes_http(port.protocol):
         _apply_http_protocol(cluster, pool, port)
 
 

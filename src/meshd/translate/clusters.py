@@ -3,29 +3,29 @@ traffic policy for that port and subset) and inbound clusters."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import partial
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2, config_source_pb2, protocol_pb2
+from envoy.config.core.v3 import address_pb2, config_source_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
-from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
-from google.protobuf import any_pb2, duration_pb2
+from google.protobuf import duration_pb2
 
 from meshd.api.destinationrule import DestinationRule
 from meshd.model.services import Endpoint, MeshService, ServicePort
 from meshd.translate import naming
 from meshd.translate.client_mtls import ClusterMtls, cluster_mtls, service_identities
 from meshd.translate.cluster_policy import apply_policy
+from meshd.translate.headless import pods
 from meshd.translate.locality import locality_groups
 from meshd.translate.policy import effective_policy
 from meshd.translate.proto import pack
+from meshd.translate.protocol import HTTP_OPTIONS_KEY, upstream_http_options
 from meshd.translate.scope import Scope
 from meshd.translate.spec import Spec, ident
 from meshd.translate.upstream_tls import sds_names, tls_files
 
 CONNECT_TIMEOUT = duration_pb2.Duration(seconds=10)
-_HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
 def ads_config_source() -> config_source_pb2.ConfigSource:
@@ -34,13 +34,12 @@ def ads_config_source() -> config_source_pb2.ConfigSource:
     )
 
 
-def _h2_options() -> any_pb2.Any:
-    options = http_protocol_options_pb2.HttpProtocolOptions(
-        explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
-            http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
-        )
-    )
-    return pack(options)
+def set_upstream_protocol(cluster: cluster_pb2.Cluster, protocol: str) -> None:
+    """The cluster speaks HTTP to its upstream in the port's protocol (h2c for HTTP2/gRPC, the
+    downstream's for a sniffed port)."""
+    options = upstream_http_options(protocol)
+    if options is not None:
+        cluster.typed_extension_protocol_options[HTTP_OPTIONS_KEY].CopyFrom(pack(options))
 
 
 def socket_address(address: str, port: int) -> address_pb2.Address:
@@ -76,8 +75,7 @@ def _plain_outbound(service: MeshService, port: ServicePort, subset: str) -> clu
         cluster.type = cluster_pb2.Cluster.EDS
         cluster.eds_cluster_config.eds_config.CopyFrom(ads_config_source())
         cluster.eds_cluster_config.service_name = name
-    if port.protocol in ("HTTP2", "GRPC"):
-        cluster.typed_extension_protocol_options[_HTTP_OPTIONS_KEY].CopyFrom(_h2_options())
+    set_upstream_protocol(cluster, port.protocol)
     return cluster
 
 
@@ -135,6 +133,14 @@ def service_cluster_specs(scope: Scope, service: MeshService, ports: Sequence[Se
                 yield Spec(name, key, partial(_dns_cluster, service, port, subset, dns, rule, mtls))
             else:
                 yield Spec(name, key, partial(_outbound, service, port, subset, rule, mtls))
+        for pod, _ in pods(scope.world, service, port.number):  # a headless service's pods, one by one
+            name = naming.outbound_cluster(port=port.number, host=pod.hostname)
+            mtls = None
+            if scope.key.sds:
+                policy = effective_policy(rule, port=port.number)
+                mtls = cluster_mtls(scope, pod, port, "", policy, identities=identities)
+            key = ("cds", pod, port, "", ident(rule), (), mtls)
+            yield Spec(name, key, partial(_outbound, pod, port, "", rule, mtls))
 
 
 def service_secret_names(scope: Scope, service: MeshService, ports: Sequence[ServicePort]) -> frozenset[str]:
@@ -164,9 +170,9 @@ def clusters_opening(
     }
 
 
-def _inbound_cluster(address: str, port: int) -> cluster_pb2.Cluster:
+def _inbound_cluster(address: str, port: int, protocol: str = "TCP") -> cluster_pb2.Cluster:
     name = naming.inbound_cluster(port=port)
-    return cluster_pb2.Cluster(
+    cluster = cluster_pb2.Cluster(
         name=name,
         type=cluster_pb2.Cluster.STATIC,
         connect_timeout=CONNECT_TIMEOUT,
@@ -183,11 +189,19 @@ def _inbound_cluster(address: str, port: int) -> cluster_pb2.Cluster:
             ],
         ),
     )
+    set_upstream_protocol(cluster, protocol)
+    return cluster
 
 
-def inbound_cluster_specs(*, address: str, target_ports: Iterable[int]) -> Iterator[Spec]:
-    """`inbound|<port>||`: a static cluster to the local app at <workload address>:<port>."""
+def inbound_cluster_specs(
+    *, address: str, target_ports: Iterable[int], protocols: Mapping[int, str] | None = None
+) -> Iterator[Spec]:
+    """`inbound|<port>||`: a static cluster to the local app at <workload address>:<port>, speaking the
+    port's protocol (`protocols`: per target port; TCP where not given)."""
     for port in sorted(set(target_ports)):
+        protocol = (protocols or {}).get(port, "TCP")
         yield Spec(
-            naming.inbound_cluster(port=port), ("cds-in", address, port), partial(_inbound_cluster, address, port)
+            naming.inbound_cluster(port=port),
+            ("cds-in", address, port, protocol),
+            partial(_inbound_cluster, address, port, protocol),
         )

@@ -13,6 +13,7 @@ from google.protobuf import wrappers_pb2
 from meshd.model.services import Endpoint, MeshService, ServicePort
 from meshd.translate import naming
 from meshd.translate.clusters import socket_address
+from meshd.translate.headless import pods
 from meshd.translate.locality import LocalityPlan, locality_groups, plan_for
 from meshd.translate.mtls import tls_mode_metadata
 from meshd.translate.policy import effective_policy
@@ -76,4 +77,14 @@ def service_assignment_specs(
                 name,
                 ("eds", name, selected, sidecar_port, plan, tls_mode),
                 partial(_assignment, name, selected, sidecar_port=sidecar_port, plan=plan, tls_mode=tls_mode),
+            )
+        if effective_policy(rule, port=port.number).passthrough:
+            continue
+        for pod, endpoint in pods(scope.world, service, port.number):  # a headless service's pods, one by one
+            name = naming.outbound_cluster(port=port.number, host=pod.hostname)
+            tls_mode = scope.key.sds
+            yield Spec(
+                name,
+                ("eds", name, (endpoint,), sidecar_port, None, tls_mode),
+                partial(_assignment, name, (endpoint,), sidecar_port=sidecar_port, tls_mode=tls_mode),
             )

@@ -5,6 +5,7 @@ TCP via tcp_proxy), and one inbound listener that forwards to the local app."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from functools import partial
 
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
@@ -16,7 +17,7 @@ from google.protobuf import duration_pb2
 
 from meshd.api.destinationrule import DestinationRule
 from meshd.api.meta import InvalidResource, ResourceKey
-from meshd.model.services import MeshService, ServicePort, is_http
+from meshd.model.services import MeshService, ServicePort, is_http, is_served, is_sniffed
 from meshd.model.world import World
 from meshd.translate import naming
 from meshd.translate.clusters import ads_config_source, socket_address
@@ -25,6 +26,7 @@ from meshd.translate.mtls import MTLS_ALPNS, downstream_context, tls_socket
 from meshd.translate.peer_auth import DISABLE, PERMISSIVE, STRICT, InboundMtls
 from meshd.translate.policy import effective_policy
 from meshd.translate.proto import duration, pack
+from meshd.translate.protocol import allow_upgrades, match_sniffed_http, mongo_filter, sniff
 from meshd.translate.proxy import Proxy
 from meshd.translate.spec import Spec
 
@@ -38,16 +40,8 @@ def _hcm_filter(
     hcm.codec_type = hcm_pb2.HttpConnectionManager.AUTO
     hcm.http_filters.extend(filters if filters is not None else [router()])
     hcm.stream_idle_timeout.CopyFrom(duration_pb2.Duration(seconds=0))
+    allow_upgrades(hcm)
     return listener_components_pb2.Filter(name="envoy.filters.network.http_connection_manager", typed_config=pack(hcm))
-
-
-def _outbound_http(proxy: Proxy, port: int) -> listener_pb2.Listener:
-    return listener_pb2.Listener(
-        name=naming.outbound_listener(ip=proxy.ip, port=port),
-        address=socket_address(proxy.ip, port),
-        filter_chains=[outbound_http_chain(port)],
-        traffic_direction=2,  # OUTBOUND
-    )
 
 
 def tcp_proxy_filter(cluster: str, idle_timeout: str | None = None) -> listener_components_pb2.Filter:
@@ -57,12 +51,21 @@ def tcp_proxy_filter(cluster: str, idle_timeout: str | None = None) -> listener_
     return listener_components_pb2.Filter(name="envoy.filters.network.tcp_proxy", typed_config=pack(proxy_filter))
 
 
+def tcp_filters(cluster: str, protocol: str, idle_timeout: str | None = None) -> list[listener_components_pb2.Filter]:
+    """The TCP proxy to `cluster`, behind the Mongo proxy filter on a mongo port (Istio's default)."""
+    filters = [mongo_filter(cluster)] if protocol == "MONGO" else []
+    return [*filters, tcp_proxy_filter(cluster, idle_timeout)]
+
+
 def outbound_tcp_chain(
     port: int, service: MeshService, idle_timeout: str | None
 ) -> listener_components_pb2.FilterChain:
     """tcp_proxy to the service's cluster at this port."""
     cluster = naming.outbound_cluster(port=port, host=service.hostname)
-    return listener_components_pb2.FilterChain(filters=[tcp_proxy_filter(cluster, idle_timeout)])
+    sp = service.port(port)
+    return listener_components_pb2.FilterChain(
+        filters=tcp_filters(cluster, sp.protocol if sp is not None else "TCP", idle_timeout)
+    )
 
 
 def outbound_http_chain(port: int) -> listener_components_pb2.FilterChain:
@@ -74,13 +77,27 @@ def outbound_http_chain(port: int) -> listener_components_pb2.FilterChain:
     return listener_components_pb2.FilterChain(filters=[_hcm_filter(hcm, outbound_http_filters())])
 
 
-def _outbound_tcp(proxy: Proxy, port: int, service: MeshService, idle_timeout: str | None) -> listener_pb2.Listener:
-    return listener_pb2.Listener(
+def _outbound(proxy: Proxy, port: int, entry: PortPlan) -> listener_pb2.Listener:
+    """Bound on the proxy's address: the HTTP connection manager for a port with HTTP services only, the
+    TCP proxy to the (oldest) TCP service of a port without; both on a port with both kinds or sniffed
+    services (HTTP told from the rest by http_inspector)."""
+    listener = listener_pb2.Listener(
         name=naming.outbound_listener(ip=proxy.ip, port=port),
         address=socket_address(proxy.ip, port),
-        filter_chains=[outbound_tcp_chain(port, service, idle_timeout)],
-        traffic_direction=2,
+        traffic_direction=2,  # OUTBOUND
     )
+    if not entry.tcp:
+        listener.filter_chains.append(outbound_http_chain(port))
+        return listener
+    service, idle = entry.tcp[0]
+    tcp = outbound_tcp_chain(port, service, idle)
+    if not entry.http and not entry.sniff:
+        listener.filter_chains.append(tcp)
+        return listener
+    listener.filter_chains.append(match_sniffed_http(outbound_http_chain(port)))
+    listener.default_filter_chain.CopyFrom(tcp)
+    sniff(listener, timeout_s=entry.detection_timeout)
+    return listener
 
 
 def tcp_port_shared(port: int, holder: str) -> str:
@@ -90,35 +107,56 @@ def tcp_port_shared(port: int, holder: str) -> str:
     )
 
 
-def _is_http_port(service: MeshService, port: int) -> bool:
+def _protocol(service: MeshService, port: int) -> str:
     sp = service.port(port)
-    return sp is not None and is_http(sp.protocol)
+    return sp.protocol if sp is not None else "TCP"
+
+
+@dataclass(frozen=True)
+class PortPlan:
+    """One outbound port: `http` (some service declares HTTP: the HTTP connection manager with RDS
+    `<port>`), `sniff` (some service declares nothing: HTTP detected per connection), `tcp` (the services
+    whose non-HTTP traffic the port carries, TCP and sniffed ones, oldest first, each with its
+    DestinationRule's tcp idleTimeout), and how long detection waits (protocolDetectionTimeout)."""
+
+    http: bool
+    sniff: bool
+    tcp: tuple[tuple[MeshService, str | None], ...]
+    detection_timeout: float = 0.0
 
 
 class ListenerPlan:
-    """The outbound listeners of a scope: per port, HTTP (RDS) or the TCP service it proxies to.
-    Port collisions are reported. Proxies of the scope differ only in the address they bind."""
+    """The outbound listeners of a scope: per port, its PortPlan. What cannot be served is reported
+    (naming the Service and port). Proxies of the scope differ only in the address they bind.
+
+    Rule for one port number shared by services of different kinds: proxies with traffic capture tell
+    TCP services apart by their ClusterIPs (per destination address) and serve every one; proxies without
+    capture (one listener per port) detect HTTP and send the rest to the oldest TCP service: younger TCP
+    services on that port are not served to them (a warning naming the port)."""
 
     def __init__(
         self,
         services: Sequence[tuple[MeshService, Sequence[ServicePort]]],
         *,
         rule_for: Callable[[str], DestinationRule | None] | None = None,
+        detection_timeout: float = 0.0,
     ) -> None:
         self.errors: list[InvalidResource] = []
         self._rule_for = rule_for
-        # (port, None for HTTP | (TCP service, its DestinationRule's tcp idleTimeout))
-        self.outbound: list[tuple[int, tuple[MeshService, str | None] | None]] = []
-        # Capture mode tells TCP services sharing a port apart by destination address (their
-        # ClusterIPs): per TCP port, every TCP service on it with its idle timeout, oldest first.
-        self.tcp_services: dict[int, tuple[tuple[MeshService, str | None], ...]] = {}
+        self.detection_timeout = detection_timeout
+        self.ports: list[tuple[int, PortPlan]] = []
         by_port: dict[int, list[MeshService]] = {}
         for service, ports in services:
             for sp in ports:
                 by_port.setdefault(sp.number, []).append(service)
         for port, on_port in sorted(by_port.items()):
             self._plan_port(port, on_port)
-        self.signature = (tuple(self.outbound), tuple(self.tcp_services.items()))  # equal plans: equal listeners
+        self.signature = (tuple(self.ports), detection_timeout)  # equal plans: equal listeners
+
+    @property
+    def tcp_services(self) -> dict[int, tuple[tuple[MeshService, str | None], ...]]:
+        """Per port, the TCP (and sniffed) services on it with their idle timeouts, oldest first."""
+        return {port: entry.tcp for port, entry in self.ports if entry.tcp}
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ListenerPlan) and other.signature == self.signature
@@ -135,20 +173,38 @@ class ListenerPlan:
             for s in services:
                 self._reject(s, f"port {port} is reserved for the sidecar")
             return
-        http = [s for s in services if _is_http_port(s, port)]
-        tcp = [s for s in services if not _is_http_port(s, port) and s.resolution != "NONE"]
+        served = []
+        for s in services:
+            protocol = _protocol(s, port)
+            if is_served(protocol):
+                served.append(s)
+            else:
+                self._reject(s, f"{protocol} port {port} is not proxied by the sidecar (TCP only)", severity="warning")
+        http = [s for s in served if is_http(_protocol(s, port))]
+        sniffed = [s for s in served if is_sniffed(_protocol(s, port))]
+        tcp = [s for s in served if not is_http(_protocol(s, port)) and s.resolution != "NONE"]
+        if not http and not tcp and not sniffed:
+            return
+        oldest = sorted(tcp, key=lambda s: (s.creation or "~", s.hostname))
+        entry = PortPlan(
+            http=bool(http),
+            sniff=bool(sniffed),
+            tcp=tuple((s, self._tcp_idle_timeout(s, port)) for s in oldest),
+            detection_timeout=self.detection_timeout if (sniffed or (http and tcp)) else 0.0,
+        )
+        self.ports.append((port, entry))
+        # Only proxies without capture (one listener per port) drop the younger services; captured
+        # proxies (how injected pods run in Kubernetes) serve them all: a warning, not a rejection.
+        for s in oldest[1:]:
+            self._reject(s, tcp_port_shared(port, oldest[0].hostname), severity="warning")
         if http:
-            self.outbound.append((port, None))
-            for s in tcp:
-                self._reject(s, f"TCP port {port} collides with HTTP services on the same port; not served")
-        elif tcp:
-            oldest = sorted(tcp, key=lambda s: (s.creation or "~", s.hostname))
-            self.outbound.append((port, (oldest[0], self._tcp_idle_timeout(oldest[0], port))))
-            self.tcp_services[port] = tuple((s, self._tcp_idle_timeout(s, port)) for s in oldest)
-            # Only proxies without capture (one listener per port) drop the younger services; captured
-            # proxies (how injected pods run in Kubernetes) serve them all: a warning, not a rejection.
-            for s in oldest[1:]:
-                self._reject(s, tcp_port_shared(port, oldest[0].hostname), severity="warning")
+            for s in (s for s in oldest if not s.addresses):
+                self._reject(
+                    s,
+                    f"{_protocol(s, port)} port {port} has no ClusterIP to tell it from the HTTP services on the"
+                    " same port: captured proxies handle its traffic as HTTP",
+                    severity="warning",
+                )
 
     def _tcp_idle_timeout(self, service: MeshService, port: int) -> str | None:
         rule = self._rule_for(service.hostname) if self._rule_for is not None else None
@@ -156,14 +212,9 @@ class ListenerPlan:
         return pool.tcp.idle_timeout if pool is not None and pool.tcp is not None else None
 
     def specs(self, proxy: Proxy) -> Iterator[Spec]:
-        for port, tcp in self.outbound:
+        for port, entry in self.ports:
             name = naming.outbound_listener(ip=proxy.ip, port=port)
-            if tcp is None:
-                yield Spec(name, ("lds-out", proxy.ip, port), partial(_outbound_http, proxy, port))
-            else:
-                service, idle = tcp
-                key = ("lds-out", proxy.ip, port, service, idle)
-                yield Spec(name, key, partial(_outbound_tcp, proxy, port, service, idle))
+            yield Spec(name, ("lds-out", proxy.ip, port, entry), partial(_outbound, proxy, port, entry))
 
 
 InboundEntry = tuple[MeshService, int, int]  # (service, service port, target port)

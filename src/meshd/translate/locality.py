@@ -83,8 +83,8 @@ def _weighted_group(
     locality: str, endpoints: Sequence[tuple[Endpoint, endpoint_components_pb2.LbEndpoint]], *, priority: int = 0
 ) -> _Group:
     group = _Group(lb_endpoints=[lb for _, lb in endpoints], priority=priority)
-    if locality:
-        group.locality.CopyFrom(_locality_proto(locality))
+    # Always present, if empty (as Istio sends it): gRPC's xDS client refuses a group without a locality.
+    group.locality.CopyFrom(_locality_proto(locality) if locality else base_pb2.Locality())
     group.load_balancing_weight.value = sum(ep.weight or 1 for ep, _ in endpoints)
     return group
 

@@ -34,6 +34,9 @@ class Proxy:
     # Its traffic is captured by iptables (node metadata `INTERCEPTION_MODE: REDIRECT`): it gets the
     # capture-mode listeners (`translate/capture.py`) instead of listeners bound on its address.
     capture: bool = False
+    # A proxyless gRPC client (node metadata `GENERATOR: grpc`, as Istio's agent writes it for them): it gets
+    # gRPC's view of the mesh (`translate/proxyless.py`), never a sidecar's listeners.
+    proxyless: bool = False
 
 
 def parse_node_id(node_id: str) -> Proxy:
@@ -93,3 +96,12 @@ REDIRECT = "REDIRECT"
 
 def has_capture(metadata: Mapping[str, object]) -> bool:
     return str(metadata.get(INTERCEPTION_METADATA, "")).upper() == REDIRECT
+
+
+# Node metadata naming the config generator a client wants (Istio's field): `grpc` for proxyless gRPC.
+GENERATOR_METADATA = "GENERATOR"
+GRPC_GENERATOR = "grpc"
+
+
+def is_proxyless(metadata: Mapping[str, object]) -> bool:
+    return str(metadata.get(GENERATOR_METADATA, "")).lower() == GRPC_GENERATOR

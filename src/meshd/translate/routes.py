@@ -11,11 +11,12 @@ from envoy.config.route.v3 import route_components_pb2
 from meshd.api.destinationrule import DestinationRule
 from meshd.api.meta import InvalidResource
 from meshd.api.virtualservice import VirtualService
-from meshd.model.services import MeshService, is_http
+from meshd.model.services import MeshService, routes_http
 from meshd.model.world import World, resolve_host
 from meshd.protowire import length_delimited
 from meshd.translate import naming
 from meshd.translate.delegate import delegate_keys, expand
+from meshd.translate.headless import pod_virtual_hosts
 from meshd.translate.http_match import MatchContext
 from meshd.translate.http_route import (
     RouteContext,
@@ -108,7 +109,7 @@ def uses_source(vss: Sequence[VirtualService], world: World) -> tuple[bool, bool
     return namespace, labels
 
 
-def _host_routes(
+def host_routes(
     world: World,
     service: MeshService,
     match: MatchContext,
@@ -121,6 +122,10 @@ def _host_routes(
     chosen: tuple[VirtualService, list[route_components_pb2.Route]] | None = None
     for vs in candidates:
         try:
+            if not match.validating and _proxy_dependent(world, vs):
+                # a match this proxy does not get (other source, port) may hold the reference the World
+                # checks reject the VirtualService for: rejected here too, as they report it
+                virtual_service_routes(world, vs, _validation_context(match.port), rule_for)
             routes = virtual_service_routes(world, vs, match, rule_for)
         except InvalidResource as err:
             errors.append(err)
@@ -138,6 +143,16 @@ def _host_routes(
     return (chosen[1] if chosen is not None else _default_routes(service, match.port, rule_for)), errors
 
 
+def _proxy_dependent(world: World, vs: VirtualService) -> bool:
+    """Whether some http match of the VirtualService (or its delegates) applies to some proxies or ports only."""
+    return any(
+        m.port is not None or m.source_labels or m.source_namespace
+        for owner in _routed_vss(world, vs)
+        for http in owner.spec.http
+        for m in http.match
+    )
+
+
 def _validation_context(port: int) -> MatchContext:
     """Every match applies: a reference is checked whichever proxies would see it."""
     return MatchContext(port=port, namespace="", source_matches=lambda _: True, validating=True)
@@ -150,7 +165,7 @@ def wildcard_ports(world: World, host: str) -> dict[int, MeshService]:
     for service in world.services.values():
         if world.virtual_services_for(service.hostname) is candidates:
             for sp in service.ports:
-                if is_http(sp.protocol):
+                if routes_http(sp.protocol):
                     out.setdefault(sp.number, service)
     return dict(sorted(out.items()))
 
@@ -165,9 +180,9 @@ def validate_host_routes(world: World, host: str) -> list[InvalidResource]:
         targets = list(wildcard_ports(world, host).items())
     else:
         service = world.services.get(host)
-        targets = [(sp.number, service) for sp in service.ports if is_http(sp.protocol)] if service else []
+        targets = [(sp.number, service) for sp in service.ports if routes_http(sp.protocol)] if service else []
     for port, target in targets:
-        errors += _host_routes(world, target, _validation_context(port), candidates, world.destination_rules.get)[1]
+        errors += host_routes(world, target, _validation_context(port), candidates, world.destination_rules.get)[1]
     return list(dict.fromkeys(errors))
 
 
@@ -237,8 +252,11 @@ class RouteTable:
         source = (scope.namespace if by_namespace else None, scope.key.source if by_labels else None)
         same_namespace = service.namespace == scope.namespace
         own_rule = ident(scope.destination_rule(service.hostname))  # its hash policy, without a VirtualService
+        # a headless service's pods have virtual hosts of their own: its endpoints (their names, addresses)
+        pods = ident(world.endpoints.get((service.hostname, port))) if service.headless else None
         return (
-            service, port, tuple(Ident(vs) for vs in candidates), deps, delegates, source, same_namespace, own_rule
+            service, port, tuple(Ident(vs) for vs in candidates), deps, delegates, source, same_namespace, own_rule,
+            pods,
         )  # fmt: skip
 
     def _vhost_bytes(self, service: MeshService, port: int, key: Hashable) -> VhostBody:
@@ -264,7 +282,7 @@ class RouteTable:
     def _vhost(self, service: MeshService, port: int) -> VhostBody:
         scope = self.scope
         match = MatchContext(port=port, namespace=scope.namespace, source_matches=scope.source_matches)
-        routes, errors = _host_routes(
+        routes, errors = host_routes(
             scope.world, service, match, scope.virtual_services(service.hostname), scope.destination_rule
         )
         # Reported once per World, whatever proxies are connected, by validate_host_routes (the same
@@ -291,6 +309,9 @@ class RouteTable:
                 parts.append(length_delimited(_RC_VIRTUAL_HOSTS, body))
             else:
                 refused += body
+            if service.headless:
+                for vhost in pod_virtual_hosts(self.scope.world, service, port):
+                    parts.append(length_delimited(_RC_VIRTUAL_HOSTS, vhost.SerializeToString(deterministic=True)))
         if self._catch_all is not None and not any("*" in s.hostname.split(".") for s, _ in entries):
             parts.append(length_delimited(_RC_VIRTUAL_HOSTS, catch_all_vhost(self._catch_all)))
         parts.append(length_delimited(_RC_VALIDATE_CLUSTERS, b""))  # validate_clusters: false
@@ -300,7 +321,7 @@ class RouteTable:
         by_port: dict[int, list[MeshService]] = {}
         for service, ports in self.scope.services:
             for sp in ports:
-                if is_http(sp.protocol):
+                if routes_http(sp.protocol):
                     by_port.setdefault(sp.number, []).append(service)
         for port, services in sorted(by_port.items()):
             entries = [(s, self._vhost_key(s, port)) for s in services]

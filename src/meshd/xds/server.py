@@ -34,6 +34,7 @@ from meshd.translate.proxy import (
     check_node_metadata,
     has_capture,
     has_sds,
+    is_proxyless,
     parse_node_id,
 )
 from meshd.xds.access import PROTECTED_TYPES, Authorize, secret_refusal
@@ -229,7 +230,9 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         except (InvalidNodeId, InvalidNodeMetadata) as exc:
             await self._reject(context, None, str(exc))
             raise  # unreachable: abort raises
-        if has_sds(metadata) or has_capture(metadata):
+        if is_proxyless(metadata):  # a gRPC library, not Envoy: no SDS, no capture listeners
+            proxy = dataclasses.replace(proxy, proxyless=True)
+        elif has_sds(metadata) or has_capture(metadata):
             proxy = dataclasses.replace(proxy, sds=has_sds(metadata), capture=has_capture(metadata))
         verified: str | None = None
         if self._authorize is not None:

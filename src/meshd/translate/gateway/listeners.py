@@ -25,6 +25,7 @@ from meshd.translate.http_filters import outbound_http_filters
 from meshd.translate.listeners import tls_inspector
 from meshd.translate.mtls import tls_socket
 from meshd.translate.proto import pack
+from meshd.translate.protocol import allow_upgrades
 
 HCM = "envoy.filters.network.http_connection_manager"
 OUTBOUND = 2  # envoy.config.core.v3.TrafficDirection
@@ -42,6 +43,7 @@ def http_filter(*, route_name: str, stat_prefix: str) -> listener_components_pb2
         stream_idle_timeout=duration_pb2.Duration(seconds=0),
     )
     hcm.http_filters.extend(outbound_http_filters())
+    allow_upgrades(hcm)  # WebSocket through the gateway, as Istio's gateways allow it
     hcm.use_remote_address.value = True
     hcm.forward_client_cert_details = hcm_pb2.HttpConnectionManager.SANITIZE_SET
     details = hcm.set_current_client_cert_details
