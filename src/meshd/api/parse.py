@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from meshd.api.authorization import AuthorizationPolicy, refused_policy
 from meshd.api.destinationrule import DestinationRule
+from meshd.api.gateway import Gateway
 from meshd.api.kube import EndpointSlice, Pod, Secret, Service
 from meshd.api.meta import InvalidResource, Resource, ResourceKey, field_path
 from meshd.api.networking import NETWORKING_VERSIONS, ServiceEntry, Sidecar, WorkloadEntry
@@ -28,6 +29,7 @@ KINDS: dict[str, tuple[type[Resource], tuple[str, ...]]] = {
     "ServiceEntry": (ServiceEntry, NETWORKING_VERSIONS),
     "WorkloadEntry": (WorkloadEntry, NETWORKING_VERSIONS),
     "Sidecar": (Sidecar, NETWORKING_VERSIONS),
+    "Gateway": (Gateway, NETWORKING_VERSIONS),
     "PeerAuthentication": (PeerAuthentication, SECURITY_VERSIONS),
     "RequestAuthentication": (RequestAuthentication, SECURITY_VERSIONS),
     "AuthorizationPolicy": (AuthorizationPolicy, SECURITY_VERSIONS),

@@ -8,6 +8,7 @@ the error's path (`spec.http[2].fault.abort.httpStatus`).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Literal
 
@@ -403,9 +404,88 @@ class HTTPRoute(ApiModel):
         return [d.weight for d in self.route]
 
 
+class RouteDestination(ApiModel):
+    """A destination of a tcp or tls route (no header operations: the bytes are not HTTP)."""
+
+    destination: Destination
+    weight: int = Field(default=0, ge=0, le=MAX_WEIGHT)
+
+
+def _check_l4_routes(route: list[RouteDestination]) -> None:
+    if not route:
+        raise ValueError("route: at least one destination is required")
+    total = sum(d.weight for d in route)
+    if len(route) > 1 and total == 0:
+        raise ValueError("route: destination weights add up to 0")
+    if total > MAX_TOTAL_WEIGHT:
+        raise ValueError(f"route: destination weights add up to more than {MAX_TOTAL_WEIGHT}")
+
+
+def _check_subnets(field: str, subnets: list[str]) -> None:
+    for i, subnet in enumerate(subnets):
+        try:
+            ipaddress.ip_network(subnet, strict=False)
+        except ValueError:
+            raise ValueError(f"{field}[{i}]: {subnet!r} is not an IP address or CIDR") from None
+
+
+class L4MatchAttributes(ApiModel):
+    destination_subnets: list[str] = Field(default_factory=list)
+    port: PortNumber | None = None
+    source_subnet: str = ""
+    source_labels: dict[str, str] = Field(default_factory=dict)
+    gateways: list[str] = Field(default_factory=list)
+    source_namespace: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> L4MatchAttributes:
+        _check_subnets("destinationSubnets", self.destination_subnets)
+        if self.source_subnet:
+            _check_subnets("sourceSubnet", [self.source_subnet])
+        return self
+
+
+class TLSMatchAttributes(ApiModel):
+    sni_hosts: list[str] = Field(min_length=1)
+    destination_subnets: list[str] = Field(default_factory=list)
+    port: PortNumber | None = None
+    source_labels: dict[str, str] = Field(default_factory=dict)
+    gateways: list[str] = Field(default_factory=list)
+    source_namespace: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> TLSMatchAttributes:
+        _check_subnets("destinationSubnets", self.destination_subnets)
+        for i, host in enumerate(self.sni_hosts):
+            if not host or "/" in host or ("*" in host and host != "*" and not host.startswith("*.")):
+                raise ValueError(f"sniHosts[{i}]: {host!r} is not a host name (a wildcard only as the leftmost label)")
+        return self
+
+
 class TCPRoute(ApiModel):
-    match: list[dict[str, object]] = Field(default_factory=list)
-    route: list[HTTPRouteDestination] = Field(default_factory=list)
+    match: list[L4MatchAttributes] = Field(default_factory=list)
+    route: list[RouteDestination] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> TCPRoute:
+        _check_l4_routes(self.route)
+        return self
+
+    def weights(self) -> list[int]:
+        return [100] if len(self.route) == 1 else [d.weight for d in self.route]
+
+
+class TLSRoute(ApiModel):
+    match: list[TLSMatchAttributes] = Field(min_length=1)
+    route: list[RouteDestination] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> TLSRoute:
+        _check_l4_routes(self.route)
+        return self
+
+    def weights(self) -> list[int]:
+        return [100] if len(self.route) == 1 else [d.weight for d in self.route]
 
 
 class VirtualServiceSpec(ApiModel):
@@ -413,7 +493,7 @@ class VirtualServiceSpec(ApiModel):
     gateways: list[str] = Field(default_factory=list)
     http: list[HTTPRoute] = Field(default_factory=list)
     tcp: list[TCPRoute] = Field(default_factory=list)
-    tls: list[dict[str, object]] = Field(default_factory=list)
+    tls: list[TLSRoute] = Field(default_factory=list)
     export_to: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -425,6 +505,10 @@ class VirtualServiceSpec(ApiModel):
                 raise ValueError(f"hosts[{i}]: {host!r} must be a host name, not <namespace>/<host>")
             if "*" in host and host != "*" and (not host.startswith("*") or "*" in host[1:]):
                 raise ValueError(f"hosts[{i}]: {host!r}: a wildcard is only allowed as the leftmost label")
+        for i, gateway in enumerate(self.gateways):
+            namespace, slash, name = gateway.partition("/")
+            if not gateway or (slash and (not namespace or not name or "/" in name)):
+                raise ValueError(f"gateways[{i}]: {gateway!r} must be <gateway name>, <namespace>/<name> or mesh")
         return self
 
     @property

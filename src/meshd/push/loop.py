@@ -203,5 +203,8 @@ def generate_options(settings: Settings, mesh: MeshPolicy | None = None) -> Gene
         trust_domain=settings.trust_domain,
         auto_mtls=settings.enable_auto_mtls,
         outbound_traffic_policy=settings.outbound_traffic_policy,
+        scope_gateway_to_namespace=settings.scope_gateway_to_namespace,
+        gateway_bind_proxy_ip=settings.gateway_bind == "proxy-ip"
+        or (settings.gateway_bind == "auto" and settings.config_dir is not None),
         protocol_detection_timeout=settings.protocol_detection_timeout_s,
     )

@@ -35,7 +35,7 @@ from meshd.translate.spec import Ident, Partial, Spec, ident, refusal
 VhostBody = bytes | tuple[InvalidResource, ...]
 
 
-def _virtual_service_routes(
+def virtual_service_routes(
     world: World, vs: VirtualService, match: MatchContext, rule_for: Callable[[str], DestinationRule | None]
 ) -> list[route_components_pb2.Route]:
     """The routes of one VirtualService (delegations expanded) in one route configuration."""
@@ -78,16 +78,15 @@ def _routed_vss(world: World, vs: VirtualService) -> list[VirtualService]:
 
 
 def destination_hosts(world: World, vs: VirtualService) -> list[str]:
-    """The resolved hosts a VirtualService (with its delegates) routes or mirrors to: its routes
-    depend on their ports and rules."""
+    """The resolved hosts a VirtualService (with its delegates) routes or mirrors to (http, tcp and tls
+    routes): its routes depend on their ports and rules."""
     hosts: set[str] = set()
     for owner in _routed_vss(world, vs):
-        for http in owner.spec.http:
-            for d in destinations(http):
-                dest = getattr(d, "destination", d)
-                hosts.add(
-                    resolve_host(dest.host, namespace=owner.metadata.namespace, domain_suffix=world.domain_suffix)
-                )
+        found = [d for http in owner.spec.http for d in destinations(http)]
+        found += [d.destination for tcp in owner.spec.tcp for d in tcp.route]
+        found += [d.destination for tls in owner.spec.tls for d in tls.route]
+        for dest in found:
+            hosts.add(resolve_host(dest.host, namespace=owner.metadata.namespace, domain_suffix=world.domain_suffix))
     return sorted(hosts)
 
 
@@ -123,7 +122,11 @@ def host_routes(
     chosen: tuple[VirtualService, list[route_components_pb2.Route]] | None = None
     for vs in candidates:
         try:
-            routes = _virtual_service_routes(world, vs, match, rule_for)
+            if not match.validating and _proxy_dependent(world, vs):
+                # a match this proxy does not get (other source, port) may hold the reference the World
+                # checks reject the VirtualService for: rejected here too, as they report it
+                virtual_service_routes(world, vs, _validation_context(match.port), rule_for)
+            routes = virtual_service_routes(world, vs, match, rule_for)
         except InvalidResource as err:
             errors.append(err)
             continue
@@ -138,6 +141,16 @@ def host_routes(
                 )
             )
     return (chosen[1] if chosen is not None else _default_routes(service, match.port, rule_for)), errors
+
+
+def _proxy_dependent(world: World, vs: VirtualService) -> bool:
+    """Whether some http match of the VirtualService (or its delegates) applies to some proxies or ports only."""
+    return any(
+        m.port is not None or m.source_labels or m.source_namespace
+        for owner in _routed_vss(world, vs)
+        for http in owner.spec.http
+        for m in http.match
+    )
 
 
 def _validation_context(port: int) -> MatchContext:
