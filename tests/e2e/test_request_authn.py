@@ -352,6 +352,55 @@ async def test_an_invalid_request_authentication_fails_closed_with_its_field(jwt
     assert await _none(_config_errors(m, "outputClaimToHeaders"))
 
 
+def authorization_policy(name: str, rules: list[dict[str, Any]]) -> str:
+    return json.dumps(
+        {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}}, "action": "ALLOW", "rules": rules},
+        }
+    )
+
+
+async def test_authorization_policy_decides_on_the_verified_token(jwt_mesh: JwtMesh) -> None:
+    """Istio's "require a JWT" pattern: RequestAuthentication verifies, an ALLOW policy with
+    `requestPrincipals` rejects requests without a token (403), and `when` matches verified claims."""
+    m = jwt_mesh
+    key = SigningKey("k")
+    m.mesh.write("ra.yaml", request_authentication("web", [{"issuer": ISSUER, "jwks": jwks(key)}]))
+    m.mesh.write("ap.yaml", authorization_policy("require-jwt", [{"from": [{"source": {"requestPrincipals": ["*"]}}]}]))
+    alice = token(key, issuer=ISSUER, sub="alice", groups=["admins", "dev"])
+    bob = token(key, issuer=ISSUER, sub="bob", groups=["users"])
+    await eventually(lambda: _status(m, 403), what="a request without a token denied")
+    assert await m.bearer(alice) == 200 and await m.bearer(bob) == 200
+    assert await m.bearer(tampered(alice)) == 401  # authentication rejects first
+    assert await m.bearer(token(SigningKey("x"), issuer=ISSUER)) == 401
+
+    # a principal: <iss>/<sub>
+    m.mesh.write(
+        "ap.yaml",
+        authorization_policy("require-jwt", [{"from": [{"source": {"requestPrincipals": [f"{ISSUER}/alice"]}}]}]),
+    )
+    await eventually(lambda: _true_status(m, bob, 403), what="only alice's principal allowed")
+    assert await m.bearer(alice) == 200
+
+    # a claims-based condition: request.auth.claims[groups] (a list claim: any of its values)
+    m.mesh.write(
+        "ap.yaml",
+        authorization_policy("require-jwt", [{"when": [{"key": "request.auth.claims[groups]", "values": ["admins"]}]}]),
+    )
+    carol = token(key, issuer=ISSUER, sub="carol", groups=["admins"])
+    await eventually(lambda: _true_status(m, carol, 200), what="the claims condition in effect")
+    assert await m.bearer(alice) == 200
+    assert await m.bearer(bob) == 403  # groups [users]
+    assert await _status(m, 403)  # no token, no claims
+
+
+async def _true_status(m: JwtMesh, jwt: str, expected: int) -> bool:
+    return await m.bearer(jwt) == expected
+
+
 async def _refusals(m: JwtMesh, count: int) -> bool:
     return len(await _config_errors(m, "refused")) >= count
 
