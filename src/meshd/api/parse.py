@@ -14,7 +14,7 @@ from meshd.api.gateway import Gateway
 from meshd.api.kube import EndpointSlice, Pod, Secret, Service
 from meshd.api.meta import InvalidResource, Resource, ResourceKey, field_path
 from meshd.api.networking import NETWORKING_VERSIONS, ServiceEntry, Sidecar, WorkloadEntry
-from meshd.api.request_authentication import RequestAuthentication
+from meshd.api.request_authentication import RequestAuthentication, refused_request_authentication
 from meshd.api.security import SECURITY_VERSIONS, PeerAuthentication
 from meshd.api.virtualservice import VirtualService
 
@@ -39,6 +39,7 @@ KINDS: dict[str, tuple[type[Resource], tuple[str, ...]]] = {
 # turns into a denial on what it selects. Without this, a new policy with a typo would not exist at all.
 FAIL_CLOSED: dict[str, Callable[[dict[str, Any], InvalidResource], Resource | None]] = {
     "AuthorizationPolicy": refused_policy,
+    "RequestAuthentication": refused_request_authentication,
 }
 
 
