@@ -8,7 +8,7 @@ Conversion rules (Kubernetes "structural schema"): every `$ref` inlined, a `type
 defaults (the API server would write them into stored objects), every object of an open model (meshd
 ignores unknown fields, so does this schema) marked `x-kubernetes-preserve-unknown-fields`, an int|str
 union as `x-kubernetes-int-or-string`, Go durations as plain strings. A strict model (one that refuses
-unknown fields: AuthorizationPolicy, RequestAuthentication) gets a strict schema: no unknown field is
+unknown fields: AuthorizationPolicy, RequestAuthentication, Gateway) gets a strict schema: no unknown field is
 preserved, so none reaches meshd unseen. Kinds meshd does not model in detail get a permissive `spec`.
 """
 
@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from meshd.api.authorization import AuthorizationPolicySpec  # noqa: E402
 from meshd.api.destinationrule import DestinationRuleSpec  # noqa: E402
+from meshd.api.gateway import GatewaySpec  # noqa: E402
 from meshd.api.networking import ServiceEntrySpec, SidecarSpec, WorkloadEntrySpec  # noqa: E402
 from meshd.api.request_authentication import RequestAuthenticationSpec  # noqa: E402
 from meshd.api.security import PeerAuthenticationSpec  # noqa: E402
@@ -73,7 +74,7 @@ class CrdKind:
 KINDS = (
     CrdKind(NETWORKING, "VirtualService", "virtualservices", ("vs",), VirtualServiceSpec),
     CrdKind(NETWORKING, "DestinationRule", "destinationrules", ("dr",), DestinationRuleSpec),
-    CrdKind(NETWORKING, "Gateway", "gateways", ("gw",), None),
+    CrdKind(NETWORKING, "Gateway", "gateways", ("gw",), GatewaySpec),
     CrdKind(NETWORKING, "ServiceEntry", "serviceentries", ("se",), ServiceEntrySpec),
     CrdKind(NETWORKING, "WorkloadEntry", "workloadentries", ("we",), WorkloadEntrySpec),
     CrdKind(NETWORKING, "Sidecar", "sidecars", (), SidecarSpec),
@@ -122,7 +123,7 @@ def structural(node: Any, defs: dict[str, Any], seen: frozenset[str] = frozenset
             out["properties"] = {k: structural(v, defs, seen) for k, v in sorted(node["properties"].items())}
             if node.get("required"):
                 out["required"] = sorted(node["required"])
-            if node.get("additionalProperties") is not False:
+            if node.get("additionalProperties") is not False:  # a strict model: unknown fields refused
                 out["x-kubernetes-preserve-unknown-fields"] = True
         elif isinstance(node.get("additionalProperties"), dict) and node["additionalProperties"]:
             out["additionalProperties"] = structural(node["additionalProperties"], defs, seen)

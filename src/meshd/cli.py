@@ -44,6 +44,8 @@ def serve_settings(args: argparse.Namespace) -> Settings:
         enable_auto_mtls=not args.disable_auto_mtls,
         outbound_traffic_policy=args.outbound_traffic_policy,
         mesh_config=_path(args.mesh_config),
+        scope_gateway_to_namespace=args.scope_gateway_to_namespace,
+        gateway_bind=args.gateway_bind,
         protocol_detection_timeout_s=args.protocol_detection_timeout,
         kubeconfig=_path(args.kubeconfig),
         namespace=args.namespace,
@@ -215,6 +217,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--mesh-config",
         help="standalone: a MeshConfig YAML file (as istiod's --meshConfig) for extensionProviders, "
         "pathNormalization, trustDomainAliases (Kubernetes mode reads the `istio` ConfigMap)",
+    )
+    serve.add_argument(
+        "--scope-gateway-to-namespace",
+        action="store_true",
+        help="a Gateway selects gateway workloads of its own namespace only (Istio's PILOT_SCOPE_GATEWAY_TO_NAMESPACE)",
+    )
+    serve.add_argument(
+        "--gateway-bind",
+        choices=["auto", "any", "proxy-ip"],
+        default=defaults.gateway_bind,
+        help="gateway listeners bind 0.0.0.0 (any) or the gateway proxy's address (proxy-ip); auto: proxy-ip"
+        " standalone, any in Kubernetes mode",
     )
     serve.add_argument(
         "--protocol-detection-timeout",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pathlib
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Settings(BaseModel):
@@ -100,6 +100,11 @@ class Settings(BaseModel):
     # Standalone: a MeshConfig YAML file read at start (extensionProviders, pathNormalization,
     # trustDomainAliases); Kubernetes mode reads the `istio` ConfigMap instead.
     mesh_config: pathlib.Path | None = None
+    # Gateways select gateway workloads of their own namespace only (Istio's PILOT_SCOPE_GATEWAY_TO_NAMESPACE)
+    scope_gateway_to_namespace: bool = False
+    # Where gateway listeners bind: "any" (0.0.0.0, as Istio), "proxy-ip" (the gateway proxy's own address,
+    # the standalone convention), "auto": proxy-ip standalone, any in Kubernetes mode
+    gateway_bind: Literal["auto", "any", "proxy-ip"] = "auto"
     # meshConfig.protocolDetectionTimeout: how long a sniffed port (no protocol in its name or appProtocol)
     # waits for the client's first bytes before carrying on as TCP; 0: no limit (Istio's default)
     protocol_detection_timeout_s: float = Field(default=0.0, ge=0, le=3600)
@@ -166,6 +171,16 @@ class AgentSettings(BaseModel):
     # INTERCEPTION_MODE in the node metadata: REDIRECT when iptables captures the workload's traffic
     # (meshd then serves the capture-mode listeners), NONE for listeners bound on the workload's address.
     interception_mode: Literal["REDIRECT", "NONE"] = "NONE"
+    # Istio's node type: a `sidecar` next to an app, or a `router` (a gateway: Gateway listeners only, no
+    # traffic capture), as `pilot-agent proxy router` runs gateways
+    proxy_type: Literal["sidecar", "router"] = "sidecar"
+
+    @model_validator(mode="after")
+    def _router_captures_nothing(self) -> AgentSettings:
+        if self.proxy_type == "router" and self.interception_mode == "REDIRECT":
+            raise ValueError("a router (gateway) has no traffic capture: --interception-mode REDIRECT does not apply")
+        return self
+
     # Envoy and its supervision
     envoy_path: str | None = None
     envoy_log_level: str = "warning"

@@ -1,4 +1,5 @@
-"""The chart installed with real Helm (Helm's Go SDK through helm-python-sdk) into a real kube-apiserver
+"""The chart installed with real Helm (with an ingress and an egress gateway; Helm's Go SDK through
+helm-python-sdk) into a real kube-apiserver
 (tests/kubereal; skipped without KUBEBUILDER_ASSETS), then every object of the release dry-run applied
 server-side: the API server's own validation and defaulting accept all of it. CRDs are already installed by the
 fixture (from the same chart), so the release leaves them out. Its webhooks start with failurePolicy Ignore and
@@ -17,7 +18,15 @@ from tests.kubereal.control_plane import ControlPlane
 from tests.unit.deploy.chart import CHART
 
 RELEASE, NAMESPACE = "meshd", "meshd-helm"
-VALUES: dict[str, Any] = {"crds": {"install": False}}
+VALUES: dict[str, Any] = {
+    "crds": {"install": False},
+    # the ingress gateway and an egress gateway (Deployment + Service + ServiceAccount each)
+    "gateways": {
+        "ingress": {"enabled": True},
+        "extra": [{"name": "istio-egressgateway", "labels": {"istio": "egressgateway"}, "serviceType": "ClusterIP",
+                   "ports": [{"name": "http2", "port": 80, "targetPort": 8080}]}],
+    },
+}  # fmt: skip
 
 
 def dry_run_apply(plane: ControlPlane, obj: dict[str, Any]) -> int:
@@ -44,6 +53,8 @@ def test_helm_install_then_server_side_dry_run_of_every_object(real_kube: Contro
         objects = [d for d in yaml.safe_load_all(release["manifest"]) if d]
         kinds = {d["kind"] for d in objects}
         assert {"Deployment", "Service", "ServiceAccount", "ClusterRole", "MutatingWebhookConfiguration"} <= kinds
+        deployments = {d["metadata"]["name"] for d in objects if d["kind"] == "Deployment"}
+        assert deployments == {"meshd", "istio-ingressgateway", "istio-egressgateway"}
         statuses = {f"{d['kind']}/{d['metadata']['name']}": dry_run_apply(real_kube, d) for d in objects}
         assert set(statuses.values()) == {200}, statuses
     finally:

@@ -257,11 +257,13 @@ class Mesh:
         tmp.write_text(text)
         tmp.replace(path)  # atomic, as editors and kubectl-like tools do
 
-    async def sidecar(self, *, pod: str, ip: str, namespace: str = "default", token: str | None = None) -> EnvoyProcess:
+    async def sidecar(
+        self, *, pod: str, ip: str, namespace: str = "default", token: str | None = None, node_type: str = "sidecar"
+    ) -> EnvoyProcess:
         """A plain Envoy (no agent). Plaintext xDS on meshd's plaintext port; with `token` (one of meshd's
         `--ca-token-file` tokens) xDS over mTLS on the secure port with a certificate from meshd's CA for
-        that identity: the only way to be served credentialName Secrets."""
-        node_id = f"sidecar~{ip}~{pod}.{namespace}~{namespace}.svc.cluster.local"
+        that identity: the only way to be served credentialName Secrets. `node_type` "router": a gateway."""
+        node_id = f"{node_type}~{ip}~{pod}.{namespace}~{namespace}.svc.cluster.local"
         port = self.meshd.xds_port if token is None else self.meshd.secure_port
         bootstrap = build_bootstrap(
             node_id=node_id, cluster=f"{pod}.{namespace}", xds_host="127.0.0.1", xds_port=port,

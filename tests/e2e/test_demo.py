@@ -1,5 +1,5 @@
-"""`meshd demo` end to end: meshd, six agent-run sidecars talking mTLS, traffic, every canary shift observed,
-and the peer identity of each hop."""
+"""`meshd demo` end to end: meshd, five agent-run sidecars talking mTLS and an agent-run ingress gateway the
+traffic enters by, every canary shift observed, and the peer identity of each hop."""
 
 from __future__ import annotations
 
@@ -36,7 +36,12 @@ async def test_demo_shifts_traffic() -> None:
     assert "traffic flowed and every shift was observed" in text
     # every hop is mTLS: each app saw its caller's SPIFFE identity, issued by meshd's CA through `meshd agent`
     assert "each run by `meshd agent` with a certificate from meshd's CA" in text
-    for caller, callee in (("loadgen", "frontend"), ("frontend", "catalog"), ("catalog", "backend")):
+    # the traffic entered through the ingress gateway (a router proxy run by `meshd agent`): the frontend
+    # saw the gateway's own workload identity
+    gateway = "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
+    assert f"istio-ingressgateway -> frontend: {gateway}\n" in text, text
+    assert "into the ingress gateway, http://127.0.10.6:8080/" in text, text
+    for caller, callee in (("frontend", "catalog"), ("catalog", "backend")):
         assert f"{caller} -> {callee}: spiffe://cluster.local/ns/default/sa/{caller}\n" in text, text
     assert "plaintext (no peer certificate)" not in text, text
     assert set(_children()) <= before, "the demo left a child process behind"

@@ -2,8 +2,8 @@
 KUBEBUILDER_ASSETS or network namespaces): the workload is a network-namespace host (a real API server refuses
 loopback endpoints) running the app and a real Envoy sidecar fed by `meshd serve --kubeconfig`. A
 RequestAuthentication applied through the API server (the chart's strict CRD) turns on jwt_authn: an invalid
-token gets 401, a valid one reaches the app with its payload; a rule meshd cannot give keys to is on the
-object's status, written by the leader."""
+token gets 401, a valid one reaches the app with its payload; a rule meshd cannot give keys to, and a spec
+the CRD admits but meshd refuses (kept to fail closed), are on the objects' status, written by the leader."""
 
 from __future__ import annotations
 
@@ -133,7 +133,7 @@ async def workload(real_kube: ControlPlane, tmp_path: pathlib.Path) -> AsyncIter
         print(f"----- meshd log -----\n{meshd.log()[-6000:]}")
         raise
     finally:
-        for kind, name in (("RequestAuthentication", "web"), ("RequestAuthentication", "no-keys")):
+        for kind, name in (("RequestAuthentication", n) for n in ("web", "no-keys", "broken")):
             await rest.delete("security.istio.io/v1", kind, NS, name)
         for obj in objects(""):
             await rest.delete(obj["apiVersion"], obj["kind"], NS, obj["metadata"]["name"])
@@ -171,3 +171,17 @@ async def test_request_authentication_applied_through_the_api_server(workload: W
     assert messages[0]["level"] == "ERROR"
     assert await answers(token(KEY, issuer="someone@example.com"), 401)
     assert await answers(good, 200)
+
+    # a spec the CRD admits but meshd refuses (no webhook here): on its status, and it fails closed
+    broken = request_authentication("broken", {"issuer": "https://b.example", "fromHeaders": [{"name": "x y"}]})
+    await workload.rest.apply(broken)
+
+    async def broken_status() -> list[Any]:
+        obj = await workload.rest.get("security.istio.io/v1", "RequestAuthentication", NS, "broken")
+        messages: list[Any] = ((obj or {}).get("status") or {}).get("validationMessages") or []
+        return messages
+
+    messages = await eventually(broken_status, timeout=30, what="the refused RequestAuthentication's status")
+    assert "spec.jwtRules[0].fromHeaders[0].name" in messages[0]["description"], messages
+    assert await answers(token(KEY, issuer="https://b.example"), 401)
+    assert await answers(good, 200)  # the valid policy's tokens still verify

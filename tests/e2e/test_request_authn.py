@@ -322,29 +322,83 @@ async def test_link_local_and_metadata_jwks_uri_refused(jwt_mesh: JwtMesh) -> No
     assert await m.bearer(token(key, issuer="link-local")) == 401
 
 
-async def test_invalid_request_authentication_is_refused_with_its_field(jwt_mesh: JwtMesh) -> None:
+async def test_an_invalid_request_authentication_fails_closed_with_its_field(jwt_mesh: JwtMesh) -> None:
     m = jwt_mesh
-    key = SigningKey("k")
-    m.mesh.write(
-        "ra.yaml",
-        request_authentication(
-            "web", [{"issuer": "good", "jwks": jwks(key), "outputPayloadToHeader": "x-jwt-payload"}]
-        ),
-    )
-    await m.applied(1)
+    key, other_key = SigningKey("k"), SigningKey("o", kind="EC")
+    good = [{"issuer": "good", "jwks": jwks(key), "outputPayloadToHeader": "x-jwt-payload"}]
+    other = [{"issuer": "other", "jwks": jwks(other_key), "outputPayloadToHeader": "x-other"}]
+    m.mesh.write("ra.yaml", request_authentication("web", good))
+    m.mesh.write("other.yaml", request_authentication("other", other, selector=False))  # namespace-wide
+    await m.applied(2)
     assert await m.verified(token(key, issuer="good"))
-    # a bad edit is refused with the field, and the last accepted version stays in effect
-    m.mesh.write(
-        "ra.yaml",
-        request_authentication(
-            "web", [{"issuer": "good", "jwks": jwks(key), "outputClaimToHeaders": [{"header": "x y", "claim": "sub"}]}]
-        ),
-    )
+
+    # a bad edit: reported with its field, and the policy fails closed (tokens where it looks are rejected:
+    # a revoked issuer removed by that edit must not keep working), other policies' tokens still verify
+    bad = [{**good[0], "outputClaimToHeaders": [{"header": "x y", "claim": "sub"}]}]
+    m.mesh.write("ra.yaml", request_authentication("web", bad))
     errors = await eventually(lambda: _config_errors(m, "outputClaimToHeaders"), what="the refusal reported")
     assert errors[0]["resource"] == "RequestAuthentication default/web", errors
     assert errors[0]["field"] == "spec.jwtRules[0].outputClaimToHeaders[0].header", errors
-    assert await m.verified(token(key, issuer="good"))
-    assert await m.bearer(tampered(token(key, issuer="good"))) == 401
+    assert "not a valid" in errors[0]["message"] or "must match" in errors[0]["message"], errors
+    await eventually(lambda: _status(m, 401, {"Authorization": f"Bearer {token(key, issuer='good')}"}), what="closed")
+    assert await m.verified(token(other_key, issuer="other"), "x-other")
+    assert await _status(m, 200)  # no token: authentication passes
+    config = await m.jwt_filter()
+    assert config is not None and "meshd: refused RequestAuthentication default/web" in json.dumps(config)
+
+    # fixed: verified again
+    m.mesh.write("ra.yaml", request_authentication("web", good))
+    await eventually(lambda: m.verified(token(key, issuer="good")), what="the fixed policy")
+    assert await _none(_config_errors(m, "outputClaimToHeaders"))
+
+
+def authorization_policy(name: str, rules: list[dict[str, Any]]) -> str:
+    return json.dumps(
+        {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}}, "action": "ALLOW", "rules": rules},
+        }
+    )
+
+
+async def test_authorization_policy_decides_on_the_verified_token(jwt_mesh: JwtMesh) -> None:
+    """Istio's "require a JWT" pattern: RequestAuthentication verifies, an ALLOW policy with
+    `requestPrincipals` rejects requests without a token (403), and `when` matches verified claims."""
+    m = jwt_mesh
+    key = SigningKey("k")
+    m.mesh.write("ra.yaml", request_authentication("web", [{"issuer": ISSUER, "jwks": jwks(key)}]))
+    m.mesh.write("ap.yaml", authorization_policy("require-jwt", [{"from": [{"source": {"requestPrincipals": ["*"]}}]}]))
+    alice = token(key, issuer=ISSUER, sub="alice", groups=["admins", "dev"])
+    bob = token(key, issuer=ISSUER, sub="bob", groups=["users"])
+    await eventually(lambda: _status(m, 403), what="a request without a token denied")
+    assert await m.bearer(alice) == 200 and await m.bearer(bob) == 200
+    assert await m.bearer(tampered(alice)) == 401  # authentication rejects first
+    assert await m.bearer(token(SigningKey("x"), issuer=ISSUER)) == 401
+
+    # a principal: <iss>/<sub>
+    m.mesh.write(
+        "ap.yaml",
+        authorization_policy("require-jwt", [{"from": [{"source": {"requestPrincipals": [f"{ISSUER}/alice"]}}]}]),
+    )
+    await eventually(lambda: _true_status(m, bob, 403), what="only alice's principal allowed")
+    assert await m.bearer(alice) == 200
+
+    # a claims-based condition: request.auth.claims[groups] (a list claim: any of its values)
+    m.mesh.write(
+        "ap.yaml",
+        authorization_policy("require-jwt", [{"when": [{"key": "request.auth.claims[groups]", "values": ["admins"]}]}]),
+    )
+    carol = token(key, issuer=ISSUER, sub="carol", groups=["admins"])
+    await eventually(lambda: _true_status(m, carol, 200), what="the claims condition in effect")
+    assert await m.bearer(alice) == 200
+    assert await m.bearer(bob) == 403  # groups [users]
+    assert await _status(m, 403)  # no token, no claims
+
+
+async def _true_status(m: JwtMesh, jwt: str, expected: int) -> bool:
+    return await m.bearer(jwt) == expected
 
 
 async def _refusals(m: JwtMesh, count: int) -> bool:

@@ -141,6 +141,23 @@ async def test_invalid_virtual_service_is_refused_with_the_message_meshd_logs(we
     assert response["status"]["code"] == 400
 
 
+async def test_gateways_are_validated_as_meshd_reads_them(webhook: Webhook) -> None:
+    server = {"port": {"number": 443, "name": "https", "protocol": "HTTPS"}, "hosts": ["*"]}
+    good = {"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "gw"},
+            "spec": {"selector": {"istio": "ingressgateway"},
+                     "servers": [{**server, "tls": {"mode": "SIMPLE", "credentialName": "cred"}}]}}  # fmt: skip
+    assert (await webhook.review(review(good)))["allowed"] is True
+    bad = {**good, "spec": {**good["spec"], "servers": [{**server, "tls": {"mode": "SIMPLE"}}]}}
+    response = await webhook.review(review(bad))
+    assert response["allowed"] is False
+    assert response["status"]["message"].startswith(
+        "Gateway shop/gw: spec.servers[0].tls.mode: SIMPLE needs a server certificate"
+    ), response
+    unknown = {**good, "spec": {**good["spec"], "servers": [{**server, "tls": {"mode": "SIMPLE", "sds": "x"}}]}}
+    response = await webhook.review(review(unknown))
+    assert response["status"]["message"].startswith("Gateway shop/gw: spec.servers[0].tls.sds: unknown field")
+
+
 async def test_namespace_comes_from_the_request_when_the_object_has_none(webhook: Webhook) -> None:
     doc = bad_vs()
     doc["metadata"] = {"name": "web"}
@@ -150,8 +167,9 @@ async def test_namespace_comes_from_the_request_when_the_object_has_none(webhook
 
 async def test_delete_and_kinds_meshd_does_not_read_are_allowed(webhook: Webhook) -> None:
     assert (await webhook.review(review(bad_vs(), operation="DELETE")))["allowed"] is True
-    gateway = {"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "gw"}, "spec": {"x": 1}}
-    assert (await webhook.review(review(gateway)))["allowed"] is True
+    unread = {"apiVersion": "networking.istio.io/v1", "kind": "Frobnicator", "metadata": {"name": "f"},
+              "spec": {"x": 1}}  # fmt: skip
+    assert (await webhook.review(review(unread)))["allowed"] is True
     other = {**bad_vs(), "apiVersion": "example.com/v1"}
     assert (await webhook.review(review(other, group="example.com")))["allowed"] is True
 

@@ -33,6 +33,8 @@ SDS_MARKER = "# proxies: sds"
 SDS_CLUSTER = "sds-grpc"
 # A case may come with `<case>.mesh.yaml`: a MeshConfig (extensionProviders, pathNormalization...).
 MESH_SUFFIX = ".mesh.yaml"
+# `# routers: <pod>.<namespace> ...`: those pods are gateway proxies (node type `router`).
+ROUTERS_MARKER = "# routers:"
 
 
 def load_case(path: pathlib.Path) -> tuple[World, list[str], list[str]]:
@@ -43,8 +45,15 @@ def load_case(path: pathlib.Path) -> tuple[World, list[str], list[str]]:
         (r for r in result.resources.values() if isinstance(r, Pod) and r.status.pod_ip),
         key=lambda p: (p.metadata.namespace, p.metadata.name),
     )
+    routers = {
+        name
+        for line in text.splitlines()
+        if line.startswith(ROUTERS_MARKER)
+        for name in line.removeprefix(ROUTERS_MARKER).split()
+    }
     proxies = [
-        f"sidecar~{p.status.pod_ip}~{p.metadata.name}.{p.metadata.namespace}~{p.metadata.namespace}.svc.cluster.local"
+        f"{'router' if f'{p.metadata.name}.{p.metadata.namespace}' in routers else 'sidecar'}~{p.status.pod_ip}~"
+        f"{p.metadata.name}.{p.metadata.namespace}~{p.metadata.namespace}.svc.cluster.local"
         for p in pods
     ] or [DEFAULT_PROXY]
     return world, proxies, [str(e) for e in result.errors]
@@ -88,10 +97,11 @@ def render(path: pathlib.Path) -> dict[str, Any]:
     return out
 
 
-def _inline_secrets(cluster: dict[str, Any], secrets: dict[str, dict[str, Any]], files: dict[str, str]) -> None:
-    """SDS references of a cluster's TLS context replaced by the secrets the proxy is served (as Envoy
-    assembles them), and certificate file paths by files that exist (validate mode opens them)."""
-    common = cluster.get("transportSocket", {}).get("typedConfig", {}).get("commonTlsContext")
+def _inline_secrets(holder: dict[str, Any], secrets: dict[str, dict[str, Any]], files: dict[str, str]) -> None:
+    """SDS references of a cluster's (or filter chain's) TLS context replaced by the secrets the proxy is
+    served (as Envoy assembles them), and certificate file paths by files that exist (validate mode
+    opens them)."""
+    common = holder.get("transportSocket", {}).get("typedConfig", {}).get("commonTlsContext")
     if common is None:
         return
     if any(_from_agent(s) for s in common.get("tlsCertificateSdsSecretConfigs", [])):
@@ -174,6 +184,7 @@ def validation_bootstrap(
         listener.pop("@type")
         _local_files(listener, files or {})
         for chain in listener.get("filterChains", []):
+            _inline_secrets(chain, secrets, files or {})
             for filt in chain.get("filters", []):
                 config = filt.get("typedConfig", {})
                 if "rds" in config:

@@ -21,6 +21,8 @@ CASES = sorted(p.name.removesuffix(".in.yaml") for p in TESTDATA.glob("*.in.yaml
 OUTPUTS = (*TYPES, "errors")
 # Certificate files golden cases name (as a DestinationRule's tls would): created for validation.
 CERT_FILES = ("/etc/certs/ca.pem", "/etc/certs/crl.pem", "/etc/certs/client.pem", "/etc/certs/client-key.pem")
+# ... and a gateway server's (serverCertificate / privateKey, as mounted in a gateway pod)
+SERVER_FILES = ("/etc/certs/server.pem", "/etc/certs/server-key.pem")
 
 
 def _dump(data: object) -> str:
@@ -88,7 +90,9 @@ def test_envoy_accepts_golden(case: str, tmp_path: pathlib.Path) -> None:
 def _certificate_files(directory: pathlib.Path) -> dict[str, str]:
     ca = Authority()
     client = ca.issue("client", client=True)
+    server = ca.issue("gateway.example.com", sans=("gateway.example.com",))
     contents = dict(zip(CERT_FILES, (ca.pem, ca.crl(), client.cert, client.key), strict=True))
+    contents.update(zip(SERVER_FILES, (server.cert, server.key), strict=True))
     files = {}
     for path, data in contents.items():
         local = directory / pathlib.PurePath(path).name

@@ -114,6 +114,16 @@ def _proxy(ns: str, n: int) -> Proxy:
     return parse_node_id(f"sidecar~10.9.{len(ns)}.{n}~client-{n}.{ns}~{ns}.svc.cluster.local")
 
 
+def _router(ns: str) -> Proxy:
+    return parse_node_id(f"router~10.8.{ord(ns)}.1~gateway-1.{ns}~{ns}.svc.cluster.local")
+
+
+def _router_pod(proxy: Proxy, istio: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": proxy.pod, "namespace": proxy.namespace, "labels": {"istio": istio}},
+            "status": {"podIP": proxy.ip}}  # fmt: skip
+
+
 class Mesh:
     """Two namespaces with a Sidecar each (egress ./*) and two services per namespace."""
 
@@ -284,6 +294,51 @@ def _routing_vs(rng: random.Random, ns: str) -> dict[str, Any]:
             "metadata": {"name": kind, "namespace": ns}, "spec": spec}  # fmt: skip
 
 
+def _gateway(rng: random.Random, ns: str) -> dict[str, Any]:
+    """A Gateway selecting the router pods (or not), with HTTP, HTTPS (credentialName), TCP and TLS
+    passthrough servers whose hosts, modes and Secrets vary."""
+    servers: list[dict[str, Any]] = [
+        {"port": {"number": 80, "name": "http", "protocol": "HTTP"},
+         "hosts": [rng.choice(["*", "s1.example.com", "./*", "b/*"])]},
+    ]  # fmt: skip
+    if rng.random() < 0.7:
+        mode = rng.choice(["SIMPLE", "MUTUAL", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL"])
+        tls: dict[str, Any] = {"mode": mode}
+        if mode != "ISTIO_MUTUAL":
+            tls["credentialName"] = rng.choice(["c1", "c2", "c3"])
+        servers.append({"port": {"number": 443, "name": "https", "protocol": "HTTPS"},
+                        "hosts": [rng.choice(["*", "s1.example.com"])], "tls": tls})  # fmt: skip
+    if rng.random() < 0.6:
+        servers.append({"port": {"number": 31400, "name": "tcp", "protocol": "TCP"}, "hosts": ["*"]})
+    if rng.random() < 0.5:
+        servers.append({"port": {"number": 8443, "name": "tls", "protocol": "TLS"},
+                        "hosts": ["*.example.com", "*.local"],
+                        "tls": {"mode": rng.choice(["PASSTHROUGH", "AUTO_PASSTHROUGH"])}})  # fmt: skip
+    return {"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+            "metadata": {"name": rng.choice(["gw", "gw", "gw2"]), "namespace": ns},
+            "spec": {"selector": {"istio": rng.choice(["ingressgateway", "ingressgateway", "other"])},
+                     "servers": servers}}  # fmt: skip
+
+
+def _gateway_vs(rng: random.Random, ns: str) -> dict[str, Any]:
+    """A VirtualService bound to a Gateway (and maybe the mesh), with http, tcp and tls routes."""
+    dest = {"host": rng.choice(["s1", "s2"]), "subset": rng.choice(["", "v1", "v2"])}
+    gateways = [rng.choice(["gw", "gw", f"{ns}/gw2", "a/gw", "missing"])] + (["mesh"] if rng.random() < 0.3 else [])
+    spec: dict[str, Any] = {
+        "hosts": [rng.choice(["*", "s1.example.com", "s1"])],
+        "gateways": gateways,
+        "http": [{"match": [{"uri": {"prefix": "/g"}, **({"gateways": [gateways[0]]} if rng.random() < 0.3 else {})}],
+                  "route": [{"destination": dest}]}],
+        "tcp": [{"route": [{"destination": {"host": "s1", "subset": "v1"}, "weight": rng.choice([20, 80])},
+                           {"destination": {"host": "s2"}, "weight": 50}]}],
+    }  # fmt: skip
+    if rng.random() < 0.5:
+        spec["hosts"].append("x.example.com")
+        spec["tls"] = [{"match": [{"sniHosts": ["x.example.com"]}], "route": [{"destination": {"host": "s2"}}]}]
+    return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": rng.choice(["bound", "bound2"]), "namespace": ns}, "spec": spec}  # fmt: skip
+
+
 _MODES = ["STRICT", "PERMISSIVE", "DISABLE", "UNSET"]
 # A pod with a sidecar or not, captured (injected, or annotated REDIRECT) or not
 _SIDECAR: list[dict[str, str]] = [{}, {"security.istio.io/tlsMode": "istio"}]
@@ -333,15 +388,16 @@ def _tcp_service(rng: random.Random, ns: str) -> list[dict[str, Any]]:
 
 
 def _l4_route(rng: random.Random, ns: str) -> dict[str, Any]:
-    """A VirtualService with tcp routes (weights, port / sourceLabels / destinationSubnets matches) or tls routes
-    by SNI, to subsets that may not exist (rejected, then accepted once a DestinationRule change adds them)."""
+    """A VirtualService with tcp routes (weights, port / sourceLabels / destinationSubnets / sourceSubnet
+    matches) or tls routes by SNI, to subsets that may not exist (rejected, then accepted once a DestinationRule
+    change adds them)."""
 
     def destination(subset: str) -> dict[str, Any]:
         return {"destination": {"host": "t1", "subset": subset, "port": {"number": 9000}}}
 
     matches = rng.choice([[], [{"port": 9000}], [{"sourceLabels": {"app": rng.choice(["wide", "narrow"])}}],
                           [{"sourceLabels": {"app": "narrow"}}], [{"destinationSubnets": ["192.0.2.0/24"]}],
-                          [{"destinationSubnets": ["192.0.2.0/24"]}]])  # fmt: skip
+                          [{"destinationSubnets": ["192.0.2.0/24"]}], [{"sourceSubnet": "127.0.0.0/8"}]])  # fmt: skip
     weight = rng.choice([0, 30, 80, 80])
     tcp = [
         {"match": matches, "route": [destination("v2")]},
@@ -352,7 +408,8 @@ def _l4_route(rng: random.Random, ns: str) -> dict[str, Any]:
     else:
         sni = rng.choice(["t1.example.com", "*.example.com"])
         spec = {"hosts": ["t1", "*.example.com"],
-                "tls": [{"match": [{"sniHosts": [sni], "port": 8443, **(matches[0] if matches else {})}],
+                "tls": [{"match": [{"sniHosts": [sni], "port": 8443,
+                                   **{k: v for m in matches[:1] for k, v in m.items() if k != "sourceSubnet"}}],
                          "route": [{"destination": {"host": "t1", "subset": rng.choice(["v1", "v2"])}}]}]}  # fmt: skip
     return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
             "metadata": {"name": "l4", "namespace": ns}, "spec": spec}  # fmt: skip
@@ -576,6 +633,12 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
         for ns in ("a", "b")
         for n in (1, 2, 3, 4)
     ]
+    # gateway proxies (router): one per namespace, the one of namespace a with the agent's SDS
+    routers = [dataclasses.replace(_router(ns), sds=ns == "a") for ns in ("a", "b")]
+    start = [_router_pod(r, "ingressgateway") for r in routers] + [_secret(ns, "c1", 0) for ns in "ab"]
+    start += [_gateway(random.Random(157), "a"), _gateway_vs(random.Random(2), "a")]  # every kind of server, bound
+    mesh.apply(_resources(start))
+    proxies += routers
     conns = [hub.connect(proxy=p, stream=SotwStream(nonce_prefix=str(i)), now=0.0) for i, p in enumerate(proxies)]
     wide: set[str] = set()
     served_secrets = 0
@@ -592,12 +655,14 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     # stream of their own and pushed with the other changes of a step
     l4_rng = random.Random(seed + 1000)
     authz_rng = random.Random(seed * 31 + 5)  # its own sequence: the other changes stay as they were
+    gateway_listeners: set[str] = set()
+    gateway_secrets = 0
     protocols_seen: set[str] = set()
     proxyless_listeners: set[str] = set()
     jwt_rng = random.Random(seed + 1000)
     request_authns: set[ResourceKey] = set()
     jwt_seen = [0, 0]  # bound, captured
-    for step in range(80):
+    for step in range(130):
         ns, name = rng.choice(["a", "b"]), rng.choice(["s1", "s2"])
         choice = rng.random()
         deleted: tuple[ResourceKey, ...] = ()
@@ -612,7 +677,17 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
             else:
                 docs = [_peer_authentication(rng, ns)]
                 policies.add(parse_resource(docs[0]).key)
-        if rng.random() < 0.12:
+        elif rng.random() < 0.25:
+            # Gateways, VirtualServices bound to them, router pods relabelled (selected or not)
+            choice = 4.0
+            pick = rng.random()
+            if pick < 0.4:
+                docs = [_gateway(rng, ns)]
+            elif pick < 0.85:
+                docs = [_gateway_vs(rng, ns)]
+            else:
+                docs = [_router_pod(rng.choice(routers), rng.choice(["ingressgateway", "other"]))]
+        if choice < 4.0 and rng.random() < 0.12:
             # the service redeclared: another protocol, headless or ExternalName (issue 17)
             choice = 3.0
             docs = _service_variant(rng, ns, name)
@@ -637,7 +712,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
         elif choice < 0.7:
             # Relabel a proxy's own pod: a workload-selector Sidecar may now (not) apply to it.
             # (The Sidecar is applied once, so later steps change only the pod.)
-            proxy = rng.choice(proxies)
+            proxy = rng.choice([p for p in proxies if p.type == "sidecar"])
             docs = [
                 {"apiVersion": "v1", "kind": "Pod",
                  "metadata": {"name": proxy.pod, "namespace": proxy.namespace,
@@ -676,7 +751,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
         elif choice < 0.92:
             docs = [_routing_vs(rng, ns)]
         elif choice > 1:
-            pass  # the PeerAuthentication change above
+            pass  # the PeerAuthentication or gateway change above
         else:
             sidecar = _sidecar(ns)
             sidecar["spec"]["egress"][0]["hosts"] = [rng.choice(["./*", "*/*"])]
@@ -728,12 +803,19 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
             authz_seen[1] += network_rbac
             listeners_held = conn.snapshot.resources.get(LISTENER, {})
             assert ("virtualOutbound" in listeners_held) == conn.proxy.capture
+            if conn.proxy.type == "router":
+                assert "virtualInbound" not in listeners_held  # a gateway gets no sidecar config
+                gateway_listeners.update(listeners_held)
+                gateway_secrets += len(conn.snapshot.resources.get(SECRET, {}))
             if conn.proxy.capture:
                 outbound_modes.add(listeners_held["virtualOutbound"].body)
             if conn.proxy.proxyless:  # gRPC's view only: api_listeners named host:port
                 assert all(":" in name for name in listeners_held), sorted(listeners_held)
                 proxyless_listeners.update(listeners_held)
     assert len(outbound_modes) == 2  # capture proxies saw both ALLOW_ANY and REGISTRY_ONLY
+    # the gateways served HTTP, HTTPS (with Secrets over SDS), TCP and TLS ports at some point
+    assert {"0.0.0.0_80", "0.0.0.0_443", "0.0.0.0_31400", "0.0.0.0_8443"} <= gateway_listeners
+    assert gateway_secrets
     assert served_secrets  # the random changes did reach the SDS layer
     assert rejections_seen  # and rejected VirtualServices (a subset that comes and goes)
     assert all(mtls_seen)  # and mTLS reached the clusters and inbound listeners of SDS proxies

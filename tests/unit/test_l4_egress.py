@@ -11,12 +11,14 @@ from typing import Any
 import pytest
 import yaml
 
+from meshd.api.l4route import TLSMatchAttributes
 from meshd.api.meta import InvalidResource
 from meshd.api.parse import parse_resource
 from meshd.generate.generator import ConfigGenerator
 from meshd.generate.options import GenerateOptions
 from meshd.model.world import build_world
-from meshd.translate.l4_route import chain_policy
+from meshd.translate.l4_chain import filter_chain
+from meshd.translate.l4_route import chain_policy, sni_names
 from meshd.translate.listener_plan import PortPlan
 from meshd.translate.proxy import parse_node_id
 from meshd.translate.scope import ScopeKey
@@ -44,13 +46,13 @@ ROUTE = [{"destination": {"host": "a"}}]
         ("VirtualService", {"hosts": ["a"], "tcp": [{"match": [{"destinationSubnets": ["10.0.0.0/8", "nope"]}],
                                                      "route": ROUTE}]},
          "spec.tcp[0].match[0].destinationSubnets[1]", "not an IP address or CIDR range"),
-        ("VirtualService", {"hosts": ["a"], "tcp": [{"match": [{"sourceSubnet": "10.0.0.0/8"}], "route": ROUTE}]},
-         "spec.tcp[0].match[0].sourceSubnet", "not supported"),
+        ("VirtualService", {"hosts": ["a"], "tcp": [{"match": [{"sourceSubnet": "10.0.0/8"}], "route": ROUTE}]},
+         "spec.tcp[0].match[0].sourceSubnet", "not an IP address or CIDR range"),
         ("VirtualService", {"hosts": ["a"], "tcp": [{"route": [{"destination": {"host": "a"}, "weight": 0},
                                                                {"destination": {"host": "b"}, "weight": 0}]}]},
          "spec.tcp[0].route", "add up to 0"),
         ("VirtualService", {"tcp": [{"route": ROUTE}]}, "spec.tcp", "only have http routes"),
-        ("VirtualService", {"hosts": ["a"], "tcp": [{"route": []}]}, "spec.tcp[0].route", "at least 1"),
+        ("VirtualService", {"hosts": ["a"], "tcp": [{"route": []}]}, "spec.tcp[0].route", "at least one destination"),
         ("ServiceEntry", {"hosts": ["*"]}, "spec.hosts[0]", "not a host"),
         ("ServiceEntry", {"hosts": ["a.*.com"]}, "spec.hosts[0]", "leftmost label"),
         ("ServiceEntry", {"hosts": ["a.com"], "addresses": ["10.0.0.0/33"]}, "spec.addresses[0]", "not an IP"),
@@ -194,6 +196,54 @@ def test_captured_listeners_match_addresses_and_sni_and_keep_the_rest_for_the_de
     # without capture, two TLS hosts on 443 are told apart by SNI too
     bound = _plan(generator, labels="app=plain", capture=False)
     assert sorted(c.server_names for c in bound[443].chains) == [("a.example.com",), ("b.example.com",)]
+
+
+SOURCES = """
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: default}
+spec: {clusterIP: 10.96.0.7, ports: [{name: tcp, port: 5432}, {name: tls, port: 8443, appProtocol: tls}]}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db, namespace: default}
+spec:
+  hosts: [db]
+  tcp:
+  - match: [{port: 5432, sourceSubnet: 10.0.0.5/24}]
+    route: [{destination: {host: other}}]
+  - route: [{destination: {host: db}}]
+  tls:
+  - match: [{port: 8443, sniHosts: [db]}]
+    route: [{destination: {host: other}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: other, namespace: default}
+spec: {clusterIP: 10.96.0.8, ports: [{name: tcp, port: 5432}, {name: tls, port: 8443, appProtocol: tls}]}
+"""
+
+
+def test_source_subnet_matches_the_source_address_and_a_star_sni_any_name() -> None:
+    # `*` (allowed where the VirtualService's hosts include `*`, as at gateways): no server_names restriction
+    assert sni_names(TLSMatchAttributes.model_validate({"sniHosts": ["a.com", "*"]})) == ()
+    assert sni_names(TLSMatchAttributes.model_validate({"sniHosts": ["a.com", "a.com", "*.b.com"]})) == (
+        "a.com",
+        "*.b.com",
+    )
+    world = build_world([parse_resource(d) for d in yaml.safe_load_all(SOURCES)], domain_suffix="cluster.local")
+    generator = ConfigGenerator(world, options=GenerateOptions(), check=True)
+    generator.precompute()
+    assert all(e.severity == "warning" for e in generator.errors), generator.errors  # port shared when bound
+    plan = _plan(generator, labels="app=plain", capture=True)
+    first, rest = plan[5432].chains[:2]
+    assert (first.source_ranges, first.prefix_ranges) == (("10.0.0.0/24",), ("10.96.0.7/32",))
+    assert first.clusters == (("outbound|5432||other.default.svc.cluster.local", 100),)
+    assert (rest.source_ranges, rest.clusters) == ((), (("outbound|5432||db.default.svc.cluster.local", 100),))
+    match = filter_chain(first).filter_chain_match
+    assert [(r.address_prefix, r.prefix_len.value) for r in match.source_prefix_ranges] == [("10.0.0.0", 24)]
+    sni = next(c for c in plan[8443].chains if c.prefix_ranges == ("10.96.0.7/32",))
+    assert sni.server_names == ("db",) and sni.clusters[0][0] == "outbound|8443||other.default.svc.cluster.local"
 
 
 def test_a_younger_virtual_service_for_the_same_host_is_reported_once_per_world() -> None:

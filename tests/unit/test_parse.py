@@ -342,10 +342,10 @@ INVALID = [
         id="bad-apiVersion-core",
     ),
     pytest.param(
-        doc("Gateway", "networking.istio.io/v1", {}, name="gw"),
-        "Gateway ns/gw",
+        doc("Frobnicator", "networking.istio.io/v1", {}, name="fr"),
+        "Frobnicator ns/fr",
         "kind",
-        "unsupported kind 'Gateway'",
+        "unsupported kind 'Frobnicator'",
         id="unknown-kind",
     ),
     pytest.param(

@@ -160,17 +160,26 @@ _BAD_JWKS_EXPONENT = json.dumps({"keys": [{**KEY.jwk, "e": "EQ"}]})  # e = 17
 )
 def test_invalid_fields_are_named(spec: dict[str, Any], field: str, message: str) -> None:
     with pytest.raises(InvalidResource) as caught:
-        parse_resource(_ra(spec))
+        parse_resource(_ra(spec), fail_closed=False)
     assert (str(caught.value.key), caught.value.field) == ("RequestAuthentication foo/ra", field), caught.value
     assert message in caught.value.message, caught.value.message
     # the admission webhook refuses it with the very same text
     denied = validate_object(_ra(spec), namespace="foo")
     assert denied is not None and str(denied) == str(caught.value)
+    # read from a file or the cluster, it is kept to fail closed with that error (one for a Gateway is refused)
+    if "targetRef" in spec or "targetRefs" in spec:
+        with pytest.raises(InvalidResource):
+            parse_resource(_ra(spec))
+    else:
+        kept = parse_resource(_ra(spec))
+        assert isinstance(kept, RequestAuthentication) and kept.refusal == caught.value
 
 
 def test_unsupported_api_version_is_refused() -> None:
     with pytest.raises(InvalidResource, match="apiVersion"):
         parse_resource(_ra({}, version="v1alpha1"))
+    with pytest.raises(InvalidResource, match=r"metadata\.name"):  # no identity: nothing to keep
+        parse_resource({**_ra({"jwtRules": [{"issuer": ""}]}), "metadata": {"name": "", "namespace": "foo"}})
 
 
 def test_key_sources() -> None:
@@ -255,7 +264,7 @@ def test_filter_requires_any_provider_or_a_missing_token() -> None:
 def _refused(spec: Any, **meta: Any) -> RequestAuthentication | None:
     doc = _ra(spec, **meta)
     try:
-        parse_resource(doc)
+        parse_resource(doc, fail_closed=False)
     except InvalidResource as error:
         return refused_request_authentication(doc, error)
     raise AssertionError("the document is valid")

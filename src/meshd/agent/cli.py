@@ -63,6 +63,12 @@ def add_agent_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         default=d.interception_mode,
         help="REDIRECT: iptables captures the workload's traffic (capture-mode listeners); NONE: bound listeners",
     )
+    ident.add_argument(
+        "--proxy-type",
+        choices=("sidecar", "router"),
+        default=d.proxy_type,
+        help="sidecar: next to an app; router: a gateway (Gateway listeners, no capture: `pilot-agent proxy router`)",
+    )
     ident.add_argument("--trust-domain", default=d.trust_domain, help="trust domain of the SPIFFE id in the CSR")
     xds = p.add_argument_group("control plane")
     xds.add_argument("--xds-address", default=d.xds_address, help="meshd host:port (15012: mTLS)")
@@ -124,6 +130,7 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None =
         cluster_id=args.cluster_id,
         mesh_id=args.mesh_id,
         interception_mode=args.interception_mode,
+        proxy_type=args.proxy_type,
         trust_domain=args.trust_domain,
         xds_address=args.xds_address,
         xds_server_name=args.xds_server_name,

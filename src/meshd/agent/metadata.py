@@ -16,7 +16,7 @@ from meshd.settings import AgentSettings
 
 def node_id(settings: AgentSettings) -> str:
     ns = settings.namespace
-    return f"sidecar~{settings.ip}~{settings.pod}.{ns}~{ns}.svc.{settings.domain_suffix}"
+    return f"{settings.proxy_type}~{settings.ip}~{settings.pod}.{ns}~{ns}.svc.{settings.domain_suffix}"
 
 
 def workload_name(settings: AgentSettings) -> str:

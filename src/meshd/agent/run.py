@@ -20,6 +20,7 @@ from aiohttp import web
 from meshd.agent.bootstrap import build_bootstrap
 from meshd.agent.certificate import CertificateSource
 from meshd.agent.envoy import EnvoyProcess
+from meshd.agent.file_secrets import serve_files
 from meshd.agent.metadata import node_id, node_metadata, workload_name
 from meshd.agent.rotation import CertificateRotator
 from meshd.agent.sds import SdsServicer, SecretState, start_sds_server
@@ -179,13 +180,15 @@ class _Agent:
                 node_id(self.settings), self.socket_path, self.settings.xds_address, not self.settings.xds_plaintext,
             )  # fmt: skip
             rotating = asyncio.create_task(self.rotator.run()) if self.rotator else None
+            files = asyncio.create_task(serve_files(self.state, log=self.log))  # gateways' certificate files
             try:
                 code = await self.supervisor.run(stop)
             finally:
-                if rotating is not None:
-                    rotating.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await rotating
+                for task in (rotating, files):
+                    if task is not None:
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
             self.log.info("event=agent_stopped exit_code=%d", code)
             return code
         finally:

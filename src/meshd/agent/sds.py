@@ -28,23 +28,42 @@ from meshd.translate.proto import pack
 
 
 class SecretState:
-    """The secrets currently served, with a generation number that grows on every change."""
+    """The secrets currently served, with a generation number that grows on every change: the
+    workload's (`default`, `ROOTCA`) and the certificate files Envoy asked for (`file-cert:...`,
+    `file-root:...`, agent/file_secrets.py)."""
 
     def __init__(self) -> None:
         self._secrets: dict[str, secret_pb2.Secret] = {}
+        self._files: dict[str, secret_pb2.Secret] = {}
         self._generation = 0
         self._changed = asyncio.Condition()
+        self.wanted: set[str] = set()  # file secrets Envoy asked for
+        self.wanted_changed = asyncio.Event()
 
     @property
     def generation(self) -> int:
         return self._generation
 
     def get(self, name: str) -> secret_pb2.Secret | None:
-        return self._secrets.get(name)
+        found = self._secrets.get(name)
+        return found if found is not None else self._files.get(name)
+
+    def want(self, names: set[str]) -> None:
+        """Names a stream asked for: the file ones are read and served (agent/file_secrets.py)."""
+        new = {n for n in names if n.startswith(("file-cert:", "file-root:"))} - self.wanted
+        if new:
+            self.wanted |= new
+            self.wanted_changed.set()
 
     async def replace(self, secrets: dict[str, secret_pb2.Secret]) -> None:
         async with self._changed:
             self._secrets = dict(secrets)
+            self._generation += 1
+            self._changed.notify_all()
+
+    async def set_files(self, secrets: dict[str, secret_pb2.Secret]) -> None:
+        async with self._changed:
+            self._files = dict(secrets)
             self._generation += 1
             self._changed.notify_all()
 
@@ -148,6 +167,7 @@ class SdsServicer(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[
                     if requested == names:
                         continue
                 names = requested
+                self._state.want(names)
                 if not names:
                     continue
             sent_generation = self._state.generation
@@ -194,6 +214,7 @@ class SdsServicer(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[
                     known.update(request.initial_resource_versions)
                 subscribed |= set(request.resource_names_subscribe)
                 subscribed -= set(request.resource_names_unsubscribe)
+                self._state.want(subscribed)
                 for name in request.resource_names_unsubscribe:
                     known.pop(name, None)
             generation = self._state.generation

@@ -39,7 +39,9 @@ def _check_subnets(subnets: list[str]) -> None:
 
 
 def check_sni_host(host: str) -> str:
-    """A DNS name whose leftmost label may be `*`, or an IP address (what a ClientHello may carry)."""
+    """A DNS name whose leftmost label may be `*`, `*` alone (any name), or an IP address."""
+    if host == "*":
+        return host
     try:
         ipaddress.ip_address(host)
         return host
@@ -64,8 +66,7 @@ def host_within(host: str, pattern: str) -> bool:
 
 
 class L4MatchAttributes(ApiModel):
-    """Istio's L4MatchAttributes. The deprecated, hidden `sourceSubnet` is refused (meshd does not
-    match source addresses)."""
+    """Istio's L4MatchAttributes (`sourceSubnet`, hidden in Istio's docs, matches the source address)."""
 
     destination_subnets: list[str] = Field(default_factory=list)
     port: PortNumber | None = None
@@ -78,7 +79,10 @@ class L4MatchAttributes(ApiModel):
     def _check(self) -> L4MatchAttributes:
         _check_subnets(self.destination_subnets)
         if self.source_subnet:
-            raise ValueError("sourceSubnet: not supported (a deprecated field Istio hides); match destinationSubnets")
+            try:
+                check_subnet(self.source_subnet)
+            except ValueError as err:
+                raise ValueError(f"sourceSubnet: {err}") from None
         return self
 
 
@@ -109,6 +113,8 @@ class RouteDestination(ApiModel):
 
 
 def _weights(route: list[RouteDestination]) -> None:
+    if not route:
+        raise ValueError("route: at least one destination is required")
     check_weights([d.weight for d in route])
 
 
@@ -119,22 +125,28 @@ def effective_weights(route: Sequence[RouteDestination]) -> list[int]:
 
 class TCPRoute(ApiModel):
     match: list[L4MatchAttributes] = Field(default_factory=list)
-    route: list[RouteDestination] = Field(min_length=1)
+    route: list[RouteDestination] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _check(self) -> TCPRoute:
         _weights(self.route)
         return self
 
+    def weights(self) -> list[int]:
+        return effective_weights(self.route)
+
 
 class TLSRoute(ApiModel):
     match: list[TLSMatchAttributes] = Field(min_length=1)
-    route: list[RouteDestination] = Field(min_length=1)
+    route: list[RouteDestination] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _check(self) -> TLSRoute:
         _weights(self.route)
         return self
+
+    def weights(self) -> list[int]:
+        return effective_weights(self.route)
 
 
 def check_sni_hosts(routes: Sequence[TLSRoute], hosts: Sequence[str]) -> None:

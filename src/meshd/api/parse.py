@@ -10,10 +10,11 @@ from pydantic import ValidationError
 
 from meshd.api.authorization import AuthorizationPolicy, refused_policy
 from meshd.api.destinationrule import DestinationRule
+from meshd.api.gateway import Gateway
 from meshd.api.kube import EndpointSlice, Pod, Secret, Service
 from meshd.api.meta import InvalidResource, Resource, ResourceKey, field_path
 from meshd.api.networking import NETWORKING_VERSIONS, ServiceEntry, Sidecar, WorkloadEntry
-from meshd.api.request_authentication import RequestAuthentication
+from meshd.api.request_authentication import RequestAuthentication, refused_request_authentication
 from meshd.api.security import SECURITY_VERSIONS, PeerAuthentication
 from meshd.api.virtualservice import VirtualService
 
@@ -28,6 +29,7 @@ KINDS: dict[str, tuple[type[Resource], tuple[str, ...]]] = {
     "ServiceEntry": (ServiceEntry, NETWORKING_VERSIONS),
     "WorkloadEntry": (WorkloadEntry, NETWORKING_VERSIONS),
     "Sidecar": (Sidecar, NETWORKING_VERSIONS),
+    "Gateway": (Gateway, NETWORKING_VERSIONS),
     "PeerAuthentication": (PeerAuthentication, SECURITY_VERSIONS),
     "RequestAuthentication": (RequestAuthentication, SECURITY_VERSIONS),
     "AuthorizationPolicy": (AuthorizationPolicy, SECURITY_VERSIONS),
@@ -37,6 +39,7 @@ KINDS: dict[str, tuple[type[Resource], tuple[str, ...]]] = {
 # turns into a denial on what it selects. Without this, a new policy with a typo would not exist at all.
 FAIL_CLOSED: dict[str, Callable[[dict[str, Any], InvalidResource], Resource | None]] = {
     "AuthorizationPolicy": refused_policy,
+    "RequestAuthentication": refused_request_authentication,
 }
 
 

@@ -8,6 +8,9 @@ Gateway or a Service: sidecars are selected with `selector`), are refused with a
 Scope, as Istio: a policy in the root namespace without a selector applies to the whole mesh, one without a
 selector to its namespace, one with a selector to the matching workloads of its namespace; every policy that
 applies to a workload counts (their rules are combined, translate/jwt_authn.py).
+
+A policy whose spec fails validation is not dropped (parse.FAIL_CLOSED): `refused_request_authentication`
+keeps its selector and where its tokens may be, so that its workloads reject those tokens (fail closed).
 """
 
 from __future__ import annotations

@@ -406,6 +406,10 @@ class VirtualServiceSpec(ApiModel):
                 raise ValueError(f"hosts[{i}]: {host!r} must be a host name, not <namespace>/<host>")
             if "*" in host and host != "*" and (not host.startswith("*") or "*" in host[1:]):
                 raise ValueError(f"hosts[{i}]: {host!r}: a wildcard is only allowed as the leftmost label")
+        for i, gateway in enumerate(self.gateways):
+            namespace, slash, name = gateway.partition("/")
+            if not gateway or (slash and (not namespace or not name or "/" in name)):
+                raise ValueError(f"gateways[{i}]: {gateway!r} must be <gateway name>, <namespace>/<name> or mesh")
         if self.is_delegate and (self.tcp or self.tls):
             raise ValueError("tcp: a delegate VirtualService (without hosts) may only have http routes")
         check_sni_hosts(self.tls, self.hosts)

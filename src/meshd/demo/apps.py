@@ -4,7 +4,7 @@ An app listens on `<ip>:<port>` and, if it has an upstream, calls it through its
 outbound listener (`http://<sidecar_host>:<sidecar_port>/`, `Host: <service>:<sidecar_port>`) and nests
 the upstream's answer:
 
-    {"service": "frontend", "version": "v1", "pod": "frontend", "peer": "spiffe://.../sa/loadgen",
+    {"service": "frontend", "version": "v1", "pod": "frontend", "peer": "spiffe://.../sa/istio-ingressgateway-...",
      "request": {...}, "upstream": {"service": "catalog", "version": "v2", "pod": "catalog-v2", ...}}
 
 `peer` is the caller's identity as mTLS proved it to this app's sidecar (x-forwarded-client-cert), or

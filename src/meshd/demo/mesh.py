@@ -1,7 +1,8 @@
 """The example mesh as the demo sees it: where it lives, its workloads, and the canary weights file.
 
-Workloads come from the Pods in the example YAML (single source of truth for names and IPs); who
-calls whom is the apps' business logic (`CALLS`).
+Workloads come from the Pods in the example YAML (single source of truth for names and IPs): the pods
+with a sidecar, and the ingress gateway (a `router` proxy) the traffic enters by; who calls whom is the
+apps' business logic (`CALLS`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ ADMIN_PORT = 15000
 INBOUND_PORT = 15006
 STATUS_PORT = 15021  # the agent's /healthz/ready
 CALLS = {"frontend": "catalog", "catalog": "backend"}
-TRAFFIC_SOURCE = "loadgen"
+GATEWAY_APP = "istio-ingressgateway"  # the ingress gateway: where the demo's traffic enters
+GATEWAY_LABEL = ("istio", "ingressgateway")
+GATEWAY_PORT = 8080  # its Gateway server's port (unprivileged: the demo may run as any user)
 ENTRY_SERVICE = "frontend"
 
 
@@ -42,10 +45,12 @@ class Workload:
     ip: str
     domain: str = "cluster.local"
     service_account: str = "default"
+    router: bool = False  # a gateway proxy (node type `router`), not a sidecar
 
     @property
     def node_id(self) -> str:
-        return f"sidecar~{self.ip}~{self.pod}.{self.namespace}~{self.namespace}.svc.{self.domain}"
+        kind = "router" if self.router else "sidecar"
+        return f"{kind}~{self.ip}~{self.pod}.{self.namespace}~{self.namespace}.svc.{self.domain}"
 
     @property
     def cluster(self) -> str:
@@ -73,7 +78,7 @@ def _documents(*, directory: pathlib.Path) -> list[dict[str, Any]]:
 
 
 def load_workloads(*, directory: pathlib.Path) -> list[Workload]:
-    """Pods with a sidecar (label security.istio.io/tlsMode=istio), ordered by IP."""
+    """Pods with a sidecar (label security.istio.io/tlsMode=istio) and the ingress gateway, ordered by IP."""
     workloads: list[Workload] = []
     for document in _documents(directory=directory):
         if document.get("kind") != "Pod":
@@ -81,7 +86,8 @@ def load_workloads(*, directory: pathlib.Path) -> list[Workload]:
         metadata = document.get("metadata") or {}
         labels = metadata.get("labels") or {}
         ip = (document.get("status") or {}).get("podIP")
-        if labels.get("security.istio.io/tlsMode") != "istio" or not ip:
+        router = labels.get(GATEWAY_LABEL[0]) == GATEWAY_LABEL[1]
+        if (labels.get("security.istio.io/tlsMode") != "istio" and not router) or not ip:
             continue
         workloads.append(
             Workload(
@@ -91,19 +97,20 @@ def load_workloads(*, directory: pathlib.Path) -> list[Workload]:
                 version=labels.get("version", "v1"),
                 ip=ip,
                 service_account=(document.get("spec") or {}).get("serviceAccountName") or "default",
+                router=router,
             )
         )
     workloads.sort(key=lambda workload: tuple(int(part) for part in workload.ip.split(".")))
     apps = {workload.app for workload in workloads}
-    missing = ({TRAFFIC_SOURCE, ENTRY_SERVICE} | set(CALLS) | set(CALLS.values())) - apps
+    missing = ({GATEWAY_APP, ENTRY_SERVICE} | set(CALLS) | set(CALLS.values())) - apps
     if missing:
-        raise MeshError(f"{directory}: no pod with a sidecar for app(s) {sorted(missing)}")
+        raise MeshError(f"{directory}: no pod with a sidecar (or gateway) for app(s) {sorted(missing)}")
     return workloads
 
 
 def call_chain() -> tuple[str, ...]:
-    """The apps a request goes through, the traffic source first."""
-    chain = [TRAFFIC_SOURCE, ENTRY_SERVICE]
+    """The proxies and apps a request goes through, the ingress gateway first."""
+    chain = [GATEWAY_APP, ENTRY_SERVICE]
     while chain[-1] in CALLS and len(chain) <= len(CALLS) + 1:
         chain.append(CALLS[chain[-1]])
     return tuple(chain)

@@ -1,7 +1,8 @@
 """`meshd demo`: meshd standalone on examples/bookinfo, an Envoy sidecar per pod, live traffic, canary shifts.
 
 Each sidecar is run by `meshd agent` with a certificate from meshd's CA, so the sidecars talk mTLS and
-the table shows the identity each app saw its caller present.
+the table shows the identity each app saw its caller present. The traffic enters through the ingress
+gateway (a Gateway and a VirtualService bound to it, served to a `meshd agent --proxy-type router`).
 
 Phases: the VirtualService as shipped (90% v1 / 10% v2), then the file is rewritten to 50/50, then to
 100% v3. Each phase checks that the traffic measured after the frontend sidecar got the new weights
@@ -130,8 +131,8 @@ async def _start_meshd(
 
 async def _start_apps(*, stack: contextlib.AsyncExitStack, workloads: list[Workload]) -> None:
     for workload in workloads:
-        if workload.app == mesh.TRAFFIC_SOURCE:
-            continue
+        if workload.router:
+            continue  # the gateway is a proxy alone
         callee = mesh.CALLS.get(workload.app)
         upstream = None if callee is None else Upstream(service=callee, sidecar_host=workload.ip)
         server = await start_app(
@@ -218,15 +219,15 @@ async def _demo(
         stack=stack, workloads=workloads, meshd=meshd, tokens=tokens, delta=delta, work=work
     )
     out.write(
-        f"{len(sidecars)} sidecars LIVE after {loop.time() - launched_at:.2f}s, each run by `meshd agent`"
-        f" with a certificate from meshd's CA (mTLS between sidecars)\n"
+        f"{len(sidecars) - 1} sidecars and the ingress gateway LIVE after {loop.time() - launched_at:.2f}s, each run"
+        f" by `meshd agent` with a certificate from meshd's CA (mTLS between sidecars)\n"
     )
 
     by_app = {workload.app: workload for workload in workloads}
-    source_ip = by_app[mesh.TRAFFIC_SOURCE].ip
+    gateway_ip = by_app[mesh.GATEWAY_APP].ip
     generator = LoadGenerator(
-        url=f"http://{source_ip}:{mesh.SERVICE_PORT}/",
-        host_header=f"{mesh.ENTRY_SERVICE}:{mesh.SERVICE_PORT}",
+        url=f"http://{gateway_ip}:{mesh.GATEWAY_PORT}/",
+        host_header="bookinfo.example.com",
         canary_service=mesh.CANARY_SERVICE,
         rate_per_s=RATE_PER_S,
         clock=loop.time,
@@ -236,9 +237,7 @@ async def _demo(
     )
     await _background(stack=stack, coroutine=watcher.run())
     await _background(stack=stack, coroutine=generator.run())
-    out.write(
-        f"traffic: {RATE_PER_S:.0f} req/s from {mesh.TRAFFIC_SOURCE} to http://{source_ip}:{mesh.SERVICE_PORT}/\n"
-    )
+    out.write(f"traffic: {RATE_PER_S:.0f} req/s into the ingress gateway, http://{gateway_ip}:{mesh.GATEWAY_PORT}/\n")
     try:
         first = await asyncio.wait_for(generator.wait_first_success(), timeout=STARTUP_TIMEOUT_S)
     except TimeoutError:

@@ -1,5 +1,5 @@
-"""The demo's sidecars: one `meshd agent` process per workload, as in production. Each agent obtains
-its workload certificate from meshd's CA with its token (standalone token file), serves it to its
+"""The demo's sidecars (and ingress gateway): one `meshd agent` process per workload, as in production.
+Each agent obtains its workload certificate from meshd's CA with its token (standalone token file), serves it to its
 Envoy over SDS, and reaches meshd's xDS over mTLS on the secure port; meshd then turns on mTLS
 between the sidecars (auto mTLS)."""
 
@@ -88,6 +88,7 @@ async def start_agent(
         "--xds-address", f"127.0.0.1:{secure_port}", "--envoy-concurrency", "1",
         "--admin-port", str(mesh.ADMIN_PORT), "--status-port", str(mesh.STATUS_PORT),
         *(["--delta"] if delta else []),
+        *(["--proxy-type", "router"] if workload.router else []),
     ]  # fmt: skip
     log_path = workdir / "agent.log"
     process = await spawn(argv=argv, log_path=log_path)

@@ -50,12 +50,14 @@ class Generations:
             pending.setdefault(key, self._fallback.latest(key))
         self._state.apply(pending)
         generator = self._generate(self.current, revision, extra)
-        substitutes = self._fallback.substitutions(generator.errors)
-        rejected = [e for e in generator.errors if e.key in substitutes]
+        # a warning (served, only not everywhere: a gateway binding that resolves nowhere) rejects nothing
+        refused = [e for e in generator.errors if e.severity != "warning"]
+        substitutes = self._fallback.substitutions(refused)
+        rejected = [e for e in refused if e.key in substitutes]
         if substitutes:
             self._state.apply(substitutes)
             generator = self._generate(generator, revision, extra)
-            failed = {e.key for e in generator.errors if e.key in substitutes}
+            failed = {e.key for e in generator.errors if e.key in substitutes and e.severity != "warning"}
             if failed:
                 self._fallback.failed(failed)
                 self._state.apply({key: self._fallback.latest(key) for key in failed})
@@ -64,7 +66,7 @@ class Generations:
                 generator = self._generate(generator, revision, extra)
         self._substituted = substitutes
         errors = generator.errors + [kept_previous(e) for e in rejected]
-        self._fallback.settle(e.key for e in errors if e.key is not None)
+        self._fallback.settle(e.key for e in errors if e.key is not None and e.severity != "warning")
         self.current = generator
         return generator, errors
 

@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 from meshd.api.meta import InvalidResource
 from meshd.generate.checks import WorldChecks
+from meshd.generate.gateways import GatewayLayers
 from meshd.generate.layers import LayerCache
 from meshd.generate.memo import MemoEntry, ResourceMemo, build_all, reuse_layer
 from meshd.generate.options import GenerateOptions
@@ -44,6 +45,7 @@ from meshd.xds.resource import CLUSTER, LISTENER, Snapshot, XdsResource
 
 Group = tuple[str, ScopeKey]  # a proxy group: (address, scope); proxyless gRPC clients: (PROXYLESS, scope)
 PROXYLESS = "grpc"
+ROUTER = "router"  # Istio's node type of gateway proxies
 
 
 class ProxyLayers(NamedTuple):
@@ -90,6 +92,15 @@ class ConfigGenerator:
             previous=previous.outbound if previous else None,
             tracer=tracer,
         )
+        self.gateways: GatewayLayers = GatewayLayers(
+            world,
+            options=options,
+            memo=self.memo,
+            queries=self.queries,
+            outbound=self.outbound,
+            previous=previous.gateways if previous else None,
+            tracer=tracer,
+        )
         self.proxyless: ProxylessLayers = ProxylessLayers(
             outbound=self.outbound,
             memo=self.memo,
@@ -102,7 +113,7 @@ class ConfigGenerator:
         self._keys = ScopeKeys(world, root_namespace=options.root_namespace)
         # per proxy group: its named layers, and the snapshot made of them (carried to the next generation)
         self._group_layers: dict[Group, ProxyLayers] = {}
-        self._group_snapshots: dict[Group, Snapshot] = {}
+        self._group_snapshots: dict[Hashable, Snapshot] = {}
         self._prev_group_layers = previous._group_layers if previous is not None else {}
         self._prev_groups = previous._group_snapshots if previous is not None else {}
         self._scope_verdicts: dict[ScopeKey, ProxyLayers | None] = {}
@@ -144,9 +155,12 @@ class ConfigGenerator:
     def precompute(self) -> None:
         """Report every rejected resource once per World, whatever proxies are connected."""
         self._errors.update(dict.fromkeys(self.checks.run(self.outbound.destinations)))
+        self._errors.update(dict.fromkeys(self.gateways.errors()))
         self._precomputed = True
 
-    def scope_key(self, proxy: Proxy) -> ScopeKey:
+    def scope_key(self, proxy: Proxy) -> Hashable:
+        if proxy.type == ROUTER:
+            return (ROUTER, self.gateways.key_for(proxy))
         return self._keys.for_proxy(proxy)
 
     def _scope(self, key: ScopeKey) -> Scope:
@@ -257,7 +271,10 @@ class ConfigGenerator:
     def still_current(self, proxy: Proxy, key: Hashable, held: Snapshot) -> bool:
         """Whether `held` (built by the previous generation for this proxy under scope `key`) is
         exactly what this generation would build, decided without building it: same shared layers
-        (the same objects), same listener plan, nothing moved at its address, no Sidecar change."""
+        (the same objects), same listener plan, nothing moved at its address, no Sidecar change.
+        Gateways are looked at every time (their layers are cached: an unchanged one is the same object)."""
+        if proxy.type == ROUTER:
+            return False
         assert isinstance(key, ScopeKey)
         if proxy.proxyless:
             return False  # snapshot() gives back the held object while its layer is unchanged
@@ -290,7 +307,9 @@ class ConfigGenerator:
         return True
 
     def snapshot(self, proxy: Proxy) -> Snapshot:
-        key = self.scope_key(proxy)
+        if proxy.type == ROUTER:
+            return self._router_snapshot(proxy)
+        key = self._keys.for_proxy(proxy)
         group = (PROXYLESS if proxy.proxyless else proxy.ip, key)
         cached = self._group_snapshots.get(group)
         if cached is not None:
@@ -306,10 +325,32 @@ class ConfigGenerator:
         once, by the same functions; a rejection only the build path knows would be lost)."""
         if not self._precomputed:
             self.precompute()
-        found = [*self.outbound.build_errors, *self.queries.plan_errors()]
+        found = [*self.outbound.build_errors, *self.gateways.build_errors, *self.queries.plan_errors()]
         unreported = [e for e in found if e not in self._errors]
         if unreported:
             raise AssertionError(f"rejections found while building but not reported: {unreported}")
+
+    def _router_snapshot(self, proxy: Proxy) -> Snapshot:
+        """A gateway proxy's snapshot: its gateway layers only (no sidecar listeners or clusters)."""
+        group = (ROUTER, self.gateways.key_for(proxy))
+        cached = self._group_snapshots.get(group)
+        if cached is not None:
+            return cached
+        self.builds += 1
+        stack = (*self.gateways.layers(proxy), *self._extras)
+        previous = self._prev_groups.get(group)
+        if (
+            previous is not None
+            and len(previous.layers) == len(stack)
+            and all(a is b for a, b in zip(previous.layers, stack, strict=True))
+        ):
+            snap = previous
+        else:
+            snap = Snapshot(layers=stack)
+        self._group_snapshots[group] = snap
+        if self._check:
+            self._check_errors()
+        return snap
 
     def _build(self, proxy: Proxy, key: ScopeKey, group: Group) -> Snapshot:
         scope = self._scope(key)

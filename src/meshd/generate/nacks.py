@@ -5,7 +5,9 @@ read from the resource's Istio-style name and the World, as istiod names them:
 - cluster / endpoints `outbound|<port>|<subset>|<host>`: the Service or ServiceEntry of the host and its
   DestinationRules;
 - route configuration `<port>`: the VirtualServices of hosts served on that port;
-- listener `<ip>_<port>`: the Services and ServiceEntries with that port, and their VirtualServices.
+- listener `<ip>_<port>`: the Services and ServiceEntries with that port, and their VirtualServices;
+- a gateway's route configuration `http.<port>` / `https.<port>.<port name>.<gateway>.<namespace>`: the
+  Gateway(s) and the VirtualServices bound to them.
 Each becomes an error on those resources (status, /debug/config_errors, the log), naming the Envoy
 resource, the proxies and Envoy's message. A name that leads nowhere is reported without a resource."""
 
@@ -25,6 +27,10 @@ from meshd.xds.resource import CLUSTER, ENDPOINT, LISTENER, ROUTE, short_name
 MAX_PROXIES_SHOWN = 3
 # protobuf's text format marks debug output with a link whose wording varies from process to process
 _PROTOBUF_DEBUG_MARK = re.compile(r"goo\.gle/debug\w*\s*")
+# a gateway's route configuration: `http.<port>`, `https.<port>.<port name>.<gateway>.<namespace>` (`.<bind>`)
+_GATEWAY_ROUTE = re.compile(
+    r"^(?:http\.(?P<port>\d+)|https\.(?P<sport>\d+)\.[^.]+\.(?P<gw>[^.]+)\.(?P<ns>[^.]+))(?:\..*)?$"
+)
 
 
 def nack_errors(rejections: Iterable[tuple[Proxy, Rejected]], world: World) -> list[InvalidResource]:
@@ -57,9 +63,21 @@ def provenance(world: World, type_url: str, name: str) -> list[ResourceKey]:
             _host_keys(world, parts[3], keys, routes=False)
     elif type_url == ROUTE and name.isdigit():
         _port_keys(world, int(name), keys, services=False)
+    elif type_url == ROUTE and (m := _GATEWAY_ROUTE.match(name)) is not None:
+        port = int(m["port"] or m["sport"])
+        _gateway_keys(world, keys, port=port, gateway=(m["ns"], m["gw"]) if m["gw"] else None)
     elif type_url == LISTENER and "_" in name and name.rsplit("_", 1)[1].isdigit():
         _port_keys(world, int(name.rsplit("_", 1)[1]), keys, services=True)
     return list(keys)
+
+
+def _gateway_keys(world: World, keys: dict[ResourceKey, None], *, port: int, gateway: tuple[str, str] | None) -> None:
+    """The Gateway(s) of a gateway route configuration and the VirtualServices bound to them."""
+    for key, found in world.gateways.items():
+        if key == gateway or (gateway is None and any(s.port.number == port for s in found.spec.servers)):
+            keys[found.key] = None
+            for vs in world.gateway_bindings.get(key, ()):
+                keys[vs.key] = None
 
 
 def _port_keys(world: World, port: int, keys: dict[ResourceKey, None], *, services: bool) -> None:

@@ -22,6 +22,11 @@ class GenerateOptions:
     outbound_traffic_policy: str = ALLOW_ANY
     # meshConfig: extensionProviders (CUSTOM authorization), pathNormalization, trustDomainAliases
     mesh: MeshPolicy = field(default_factory=MeshPolicy)
+    # Gateways select only gateway workloads of their own namespace (Istio's PILOT_SCOPE_GATEWAY_TO_NAMESPACE)
+    scope_gateway_to_namespace: bool = False
+    # Gateway listeners bind the gateway proxy's own address instead of 0.0.0.0 (standalone: every
+    # workload has an address of its own on one host, as sidecars bind theirs)
+    gateway_bind_proxy_ip: bool = False
     # meshConfig.protocolDetectionTimeout in seconds: how long a sniffed port waits for the client's first
     # bytes before carrying on as TCP (Istio's default 0: no limit)
     protocol_detection_timeout: float = 0.0

@@ -161,7 +161,11 @@ class OutboundLayers:
     def secret_layer(self, scope: Scope) -> Snapshot:
         """The SDS secrets of a scope's clusters, from its namespace; shared by every scope of that
         namespace that uses the same credentialNames."""
-        names = self.cluster_layer(scope).secret_names
+        return self.secrets_of(scope, self.cluster_layer(scope).secret_names)
+
+    def secrets_of(self, scope: Scope, names: frozenset[str]) -> Snapshot:
+        """The SDS secrets `names` as proxies of the scope's namespace are served them (a gateway's
+        credentialNames too)."""
         if not names:
             return EMPTY_LAYER
         namespace = scope.namespace

@@ -1,7 +1,7 @@
 """Values derived once per generation from the World that builds read: a scope's listener plan, the
 services an address backs, a workload's inbound mTLS modes, JWT providers and inbound authorization, a scope's outbound
 traffic mode, the certificate files a rule names that Envoy could not load, the hosts a VirtualService
-routes to.
+routes to, the Gateways that select a gateway workload.
 
 Builds read them through the context (`ctx.queries`), so in check mode each value is recorded like any
 read of the World and a reused entry is checked against the value this generation gives.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from meshd.api.authorization import AuthorizationPolicy
 from meshd.api.destinationrule import DestinationRule
+from meshd.api.gateway import Gateway
 from meshd.api.meta import InvalidResource
 from meshd.api.virtualservice import VirtualService
 from meshd.generate.options import GenerateOptions
@@ -18,6 +19,7 @@ from meshd.generate.tls_files import FileCheck
 from meshd.model.world import World
 from meshd.translate.authz.inbound import InboundAuthz, inbound_authz
 from meshd.translate.authz.selection import Selected, applied, unattached_index
+from meshd.translate.gateway.select import selected_gateways
 from meshd.translate.jwt_authn import JwtProviders, inline_keys, workload_providers
 from meshd.translate.listener_plan import ListenerPlan
 from meshd.translate.listeners import InboundEntry, inbound_index
@@ -45,6 +47,7 @@ class Queries:
         self._moved: set[str] | None = None
         self._jwt: dict[tuple[str, str], JwtProviders] = {}
         self._inline_keys: dict[str, str] = {}
+        self._selected: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[Gateway, ...]] = {}
         self._previous_world = previous._world if previous is not None else None
         self._prev_plans = previous._plans if previous is not None else {}
         self._prev_inbound = previous._inbound if previous is not None else None
@@ -177,6 +180,23 @@ class Queries:
     def missing(self, rule: DestinationRule | None) -> frozenset[str]:
         """The files of this rule Envoy could not load (empty when files are not checked)."""
         return self._files.missing(rule)
+
+    def selected_gateways(self, namespace: str, labels: tuple[tuple[str, str], ...]) -> tuple[Gateway, ...]:
+        """The Gateways that select a gateway workload of this namespace with these labels, oldest first."""
+        key = (namespace, labels)
+        found = self._selected.get(key)
+        if found is None:
+            found = self._selected[key] = selected_gateways(
+                self._world.gateways.values(),
+                namespace=namespace,
+                labels=dict(labels),
+                scope_to_namespace=self._options.scope_gateway_to_namespace,
+            )
+        return found
+
+    def gateway_file_problem(self, path: str) -> str | None:
+        """Why Envoy could not load a gateway server's certificate file (None: fine, or not checked)."""
+        return self._files.problem(path)
 
     def destinations(self, vs: VirtualService) -> list[str]:
         return destination_hosts(self._world, vs)

@@ -6,6 +6,10 @@ reads them: a rule naming a missing or unusable file is reported with its field,
 (ingress listeners) that would open it are left out (their traffic fails closed, 503, instead of Envoy NACKing every
 cluster). Istio serves such files through its node agent's SDS instead, where a bad file leaves the
 cluster without a certificate: closed too. A file that changes is seen at the next push.
+
+Gateway servers' `serverCertificate` / `privateKey` / `caCertificates` / `caCrl` (and `tlsCertificates`)
+are read the same way: a server naming a file Envoy could not load is left out (`problem(path)`),
+rather than Envoy refusing every listener of the update.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ from collections.abc import Callable
 
 from meshd.api import pem
 from meshd.api.destinationrule import ClientTLSSettings, DestinationRule
+from meshd.api.gateway import Gateway
 from meshd.api.meta import InvalidResource
 from meshd.api.networking import Sidecar
 from meshd.api.sidecar_ingress import IngressTLSSettings
 from meshd.model.world import World
+from meshd.translate.gateway.tls import server_files
 from meshd.translate.spec import Ident
 from meshd.translate.upstream_tls import rule_files, tls_files
 
@@ -84,6 +90,7 @@ class FileCheck:
         self._bad_ingress: dict[Ident, frozenset[str]] = {}
         self.errors: list[InvalidResource] = []
         self.state: tuple[tuple[str, str], ...] = ()  # (path, content digest): what the clusters were built on
+        self._gateway_problems: dict[str, str] = {}  # path -> why Envoy could not load it
         if read is None:
             return
         known = previous._blocks if previous is not None else {}
@@ -109,6 +116,8 @@ class FileCheck:
                 if bad:
                     self._bad[key] = frozenset(bad)
         self._ingress_files(world, read, data)
+        for gateway in world.gateways.values():
+            self._gateway_files(gateway, data, read)
         digests = {p: hashlib.sha256(c).hexdigest() if c is not None else "" for p, c in data.items()}
         self.state = tuple(sorted(digests.items()))
 
@@ -144,3 +153,33 @@ class FileCheck:
         if rule is None or not self._bad:
             return frozenset()
         return self._bad.get(Ident(rule), frozenset())
+
+    def _gateway_files(self, gateway: Gateway, data: dict[str, bytes | None], read: ReadFile) -> None:
+        for server in gateway.spec.servers:
+            if server.tls is None:
+                continue
+            files = server_files(server.tls)
+            for _, path in files:
+                if path not in data:
+                    data[path] = read(path)
+            by_field = dict(files)
+            for field, path in files:
+                content = data[path]
+                if content is None:
+                    self._gateway_problems[path] = f"{path} does not exist or cannot be read on this host"
+                    continue
+                try:
+                    if field.endswith("privateKey"):
+                        cert = data.get(by_field[field.replace("privateKey", "serverCertificate")])
+                        if cert is not None:
+                            pem.check_key_pair(cert, content, cert_field="serverCertificate", key_field=path)
+                    elif field.endswith("caCrl"):
+                        pem.check_crl(content, what=path)
+                    else:
+                        pem.certificates(content, what=path)
+                except ValueError as exc:
+                    self._gateway_problems[path] = str(exc)
+
+    def problem(self, path: str) -> str | None:
+        """Why Envoy could not load a gateway server's file, or None (also when files are not checked)."""
+        return self._gateway_problems.get(path)

@@ -10,6 +10,8 @@ a false value (`false`, `no`, `n`, `off`) opts out, any other leaves the policy 
 already has a sidecar (`sidecar.istio.io/status` or an `istio-proxy` container) gets no patch, so
 injecting twice adds one sidecar. A review that is not a Pod CREATE the injector can use is refused
 with a message naming `Pod ns/name` and the field; one that is not an AdmissionReview raises BadReview.
+A pod annotated `inject.istio.io/templates: gateway` (a user-deployed gateway) gets Istio's gateway
+template instead (kube/inject_gateway.py); another template name is refused.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 from typing import Any
 
 from meshd.kube.admission import admission_request
+from meshd.kube.inject_gateway import gateway_ops
 from meshd.kube.inject_options import BadAnnotation, sidecar_options
 from meshd.kube.inject_template import (
     INIT_NAME,
@@ -31,6 +34,7 @@ from meshd.kube.inject_template import (
 )
 
 INJECT = "sidecar.istio.io/inject"
+TEMPLATES = "inject.istio.io/templates"
 STATUS = "sidecar.istio.io/status"
 TLS_MODE = "security.istio.io/tlsMode"
 CANONICAL_NAME = "service.istio.io/canonical-name"
@@ -58,11 +62,25 @@ def _mapping(meta: dict[str, Any], key: str, where: str) -> dict[str, str]:
     return value
 
 
-def skip_reason(pod: dict[str, Any], *, namespace: str, labels: dict[str, str], annotations: dict[str, str]) -> str:
-    """Why this pod gets no sidecar, or "" to inject it."""
+def templates(annotations: dict[str, str], where: str) -> str:
+    """The injection template the pod asks for: "sidecar" (the default) or "gateway"."""
+    asked = [t.strip() for t in annotations.get(TEMPLATES, "sidecar").split(",") if t.strip()] or ["sidecar"]
+    unknown = [t for t in asked if t not in ("sidecar", "gateway")]
+    if unknown or len(asked) > 1:
+        raise Refused(
+            f"{where}: metadata.annotations[{TEMPLATES}]: {annotations[TEMPLATES]!r}: one of sidecar or gateway"
+        )
+    return asked[0]
+
+
+def skip_reason(
+    pod: dict[str, Any], *, namespace: str, labels: dict[str, str], annotations: dict[str, str], gateway: bool = False
+) -> str:
+    """Why this pod gets no sidecar, or "" to inject it. A gateway's `istio-proxy` container is the
+    placeholder the injector fills in, not a sign it was injected."""
     spec = pod.get("spec") or {}
-    if STATUS in annotations or any(
-        isinstance(c, dict) and c.get("name") == PROXY_NAME for c in spec.get("containers") or []
+    if STATUS in annotations or (
+        not gateway and any(isinstance(c, dict) and c.get("name") == PROXY_NAME for c in spec.get("containers") or [])
     ):
         return "already injected"
     if spec.get("hostNetwork") is True:
@@ -140,12 +158,15 @@ def injection_patch(pod: dict[str, Any], *, namespace: str, config: InjectionCon
     for field in ("initContainers", "volumes"):
         if spec.get(field) is not None and not isinstance(spec[field], list):
             raise Refused(f"{where}: spec.{field} must be a list")
-    if skip_reason(pod, namespace=namespace, labels=labels, annotations=annotations):
+    gateway = templates(annotations, where) == "gateway"
+    if skip_reason(pod, namespace=namespace, labels=labels, annotations=annotations, gateway=gateway):
         return []
     try:
         options = sidecar_options(annotations)
     except BadAnnotation as exc:
         raise Refused(f"{where}: {exc}") from None
+    if gateway:
+        return _gateway_patch(pod, spec, labels=labels, annotations=annotations, config=config, options=options)
     taken = {str(v.get("name")) for v in spec.get("volumes") or [] if isinstance(v, dict)}
     clash = sorted(taken & set(VOLUMES))
     if clash:
@@ -179,6 +200,36 @@ def injection_patch(pod: dict[str, Any], *, namespace: str, config: InjectionCon
     _add_items(ops, "/spec/containers", containers, [proxy])
     _add_items(ops, "/spec/volumes", spec.get("volumes"), volumes(config))
     return ops
+
+
+def _gateway_patch(
+    pod: dict[str, Any],
+    spec: dict[str, Any],
+    *,
+    labels: dict[str, str],
+    annotations: dict[str, str],
+    config: InjectionConfig,
+    options: Any,
+) -> list[dict[str, Any]]:
+    """Istio's `gateway` template: the `istio-proxy` placeholder becomes a router proxy (kube/inject_gateway.py)."""
+    new_labels = {
+        key: value
+        for key, value in (
+            (CANONICAL_NAME, canonical_name(pod, labels)),
+            (CANONICAL_REVISION, canonical_revision(labels)),
+        )
+        if key not in labels
+    }
+    others = [c for c in spec["containers"] if c.get("name") != PROXY_NAME]
+    spec_ops, status = gateway_ops(
+        spec, config=config, options=options, labels={**labels, **new_labels}, ports=_container_ports(others)
+    )
+    ops: list[dict[str, Any]] = []
+    if not pod.get("metadata"):
+        ops.append({"op": "add", "path": "/metadata", "value": {}})
+    _add_map(ops, "/metadata/labels", labels, new_labels)
+    _add_map(ops, "/metadata/annotations", annotations, status)
+    return ops + spec_ops
 
 
 def inject_review(body: Any, *, config: InjectionConfig) -> dict[str, Any]:

@@ -82,8 +82,15 @@ def init_container(config: InjectionConfig, options: SidecarOptions) -> dict[str
 
 
 def proxy_container(
-    config: InjectionConfig, options: SidecarOptions, *, labels: dict[str, str], ports: list[int]
+    config: InjectionConfig,
+    options: SidecarOptions,
+    *,
+    labels: dict[str, str],
+    ports: list[int],
+    router: bool = False,
 ) -> dict[str, Any]:
+    """The `istio-proxy` container: a sidecar (traffic captured: REDIRECT), or with `router` a gateway
+    proxy (`--proxy-type router`, Istio's `proxy router`: Gateway listeners, no capture)."""
     xds_address = options.discovery_address or config.xds_address
     args = [
         "agent",
@@ -98,7 +105,7 @@ def proxy_container(
         "--sds-socket", f"{SOCKET_DIR}/socket",
         "--admin-port", str(ADMIN_PORT),
         "--status-port", str(STATUS_PORT),
-        "--interception-mode", "REDIRECT",
+        *(("--proxy-type", "router") if router else ("--interception-mode", "REDIRECT")),
     ]  # fmt: skip
     if labels:
         args += ["--labels", ",".join(f"{k}={v}" for k, v in sorted(labels.items()))]

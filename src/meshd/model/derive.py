@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 from meshd.api.authorization import AuthorizationPolicy
 from meshd.api.destinationrule import DestinationRule
+from meshd.api.gateway import Gateway
 from meshd.api.kube import EndpointConditions, EndpointSlice, Pod, Service
 from meshd.api.meta import InvalidResource, Resource
 from meshd.api.networking import ServiceEntry, Sidecar, WorkloadEntry
@@ -28,6 +29,8 @@ from meshd.model.services import (
 
 EXPORT_TO_ANNOTATION = "networking.istio.io/exportTo"
 EndpointChunks = dict[tuple[str, int], list[tuple[Endpoint, ...]]]
+
+MESH = "mesh"  # the reserved gateway name of every sidecar
 
 
 def resolve_host(host: str, *, namespace: str, domain_suffix: str) -> str:
@@ -271,11 +274,33 @@ def service_entries(
 def virtual_services_by_host(vss: Iterable[VirtualService], *, suffix: str) -> dict[str, tuple[VirtualService, ...]]:
     by_host: dict[str, list[VirtualService]] = defaultdict(list)
     for vs in sorted(vss, key=age_key):
-        if vs.spec.gateways and "mesh" not in vs.spec.gateways:
+        if vs.spec.gateways and MESH not in vs.spec.gateways:
             continue
         for host in vs.spec.hosts:
             by_host[resolve_host(host, namespace=vs.metadata.namespace, domain_suffix=suffix)].append(vs)
     return {h: tuple(v) for h, v in sorted(by_host.items())}
+
+
+def gateway_reference(name: str, *, namespace: str) -> tuple[str, str]:
+    """A VirtualService's gateway name as (namespace, name): a short name is in its own namespace."""
+    ns, slash, short = name.partition("/")
+    return (ns, short) if slash else (namespace, name)
+
+
+def gateway_bindings(vss: Iterable[VirtualService]) -> dict[tuple[str, str], tuple[VirtualService, ...]]:
+    """The VirtualServices bound (top-level `gateways`) to each Gateway they name, oldest first; the
+    key is the reference, whether or not that Gateway exists."""
+    by_gateway: dict[tuple[str, str], list[VirtualService]] = defaultdict(list)
+    for vs in sorted(vss, key=age_key):
+        for name in dict.fromkeys(vs.spec.gateways):
+            if name != MESH:
+                by_gateway[gateway_reference(name, namespace=vs.metadata.namespace)].append(vs)
+    return {key: tuple(v) for key, v in sorted(by_gateway.items())}
+
+
+def gateways_by_key(gateways: Iterable[Gateway]) -> dict[tuple[str, str], Gateway]:
+    """Every Gateway by (namespace, name), oldest first (the older server wins a conflict)."""
+    return {(g.metadata.namespace, g.metadata.name): g for g in sorted(gateways, key=age_key)}
 
 
 def source_selectors(vss: Iterable[VirtualService]) -> tuple[tuple[tuple[str, str], ...], ...]:

@@ -13,6 +13,7 @@ from typing import TypeVar
 
 from meshd.api.authorization import AuthorizationPolicy
 from meshd.api.destinationrule import DestinationRule
+from meshd.api.gateway import Gateway
 from meshd.api.jwks import FETCHED_JWKS, FetchedJwks
 from meshd.api.kube import EndpointSlice, Pod, Secret, Service
 from meshd.api.meta import InvalidResource, Resource, ResourceKey
@@ -32,13 +33,14 @@ _ISTIO_KINDS = (
     "Sidecar",
     "PeerAuthentication",
     "AuthorizationPolicy",
+    "Gateway",
 )
 ServiceId = tuple[str, str]  # (namespace, name)
 _K = TypeVar("_K")
 _V = TypeVar("_V")
 
 
-def _keep_identity(old: dict[str, tuple[_V, ...]], new: dict[str, tuple[_V, ...]]) -> dict[str, tuple[_V, ...]]:
+def _keep_identity(old: dict[_K, tuple[_V, ...]], new: dict[_K, tuple[_V, ...]]) -> dict[_K, tuple[_V, ...]]:
     """Per key, keep the old tuple object when it holds the very same items: consumers compare these
     by identity to know that, e.g., the rules of a host did not change."""
     for key, items in new.items():
@@ -90,6 +92,9 @@ class WorldState:
         self._request_authn_by_ns: Mapping[str, tuple[RequestAuthentication, ...]] = MappingProxyType({})
         self._jwks: Mapping[str, str] = MappingProxyType({})
         self._authz: Mapping[str, tuple[AuthorizationPolicy, ...]] = MappingProxyType({})
+        # (namespace, name) -> Gateway; a new mapping object only when one of them changes
+        self._gateways: Mapping[tuple[str, str], Gateway] = MappingProxyType({})
+        self._gateway_bindings: dict[tuple[str, str], tuple[VirtualService, ...]] = {}
 
     # -- applying changes ---------------------------------------------------------------------
 
@@ -262,6 +267,10 @@ class WorldState:
             self._virtual_services, derive.virtual_services_by_host(vss, suffix=self._suffix)
         )
         self._vs_by_name = {(v.metadata.namespace, v.metadata.name): v for v in vss}
+        self._gateway_bindings = _keep_identity(self._gateway_bindings, derive.gateway_bindings(vss))
+        gateways = derive.gateways_by_key(g for g in self._istio["Gateway"].values() if isinstance(g, Gateway))
+        if list(gateways) != list(self._gateways) or any(gateways[key] is not self._gateways[key] for key in gateways):
+            self._gateways = MappingProxyType(gateways)
         rules, rule_errors = derive.destination_rules_by_host(
             [d for d in self._istio["DestinationRule"].values() if isinstance(d, DestinationRule)], suffix=self._suffix
         )
@@ -304,6 +313,8 @@ class WorldState:
             request_authentications=self._request_authn_by_ns,
             jwks=self._jwks,
             authorization_policies=self._authz,
+            gateways=self._gateways,
+            gateway_bindings=self._gateway_bindings,
         )
 
 

@@ -1,7 +1,8 @@
 """World: an immutable, indexed snapshot of the mesh.
 
-Indexes: services by hostname, endpoints by (hostname, port), VirtualServices by host,
-DestinationRules by host, Sidecars by namespace, workloads by address, Secrets by namespace/name.
+Indexes: services by hostname, endpoints by (hostname, port), VirtualServices by host (and by the
+Gateway they are bound to), DestinationRules by host, Sidecars by namespace, workloads by address,
+Secrets by namespace/name, Gateways by namespace/name.
 Building it never raises: semantic problems become InvalidResource entries in `errors`. `build_world` builds one from
 scratch; `model.state.WorldState` keeps one up to date change by change (same result).
 """
@@ -15,6 +16,7 @@ from types import MappingProxyType
 
 from meshd.api.authorization import AuthorizationPolicy
 from meshd.api.destinationrule import DestinationRule
+from meshd.api.gateway import Gateway
 from meshd.api.jwks import FetchedJwks
 from meshd.api.kube import EndpointSlice, Pod, Secret, Service
 from meshd.api.meta import InvalidResource, Resource
@@ -62,6 +64,11 @@ class World:
     jwks: Mapping[str, str] = field(default_factory=dict)
     # namespace -> AuthorizationPolicies by name (the mapping is the same object while none changes)
     authorization_policies: Mapping[str, tuple[AuthorizationPolicy, ...]] = field(default_factory=dict)
+    # every Gateway by (namespace, name), oldest first (the mapping is the same object while none changes)
+    gateways: Mapping[tuple[str, str], Gateway] = field(default_factory=dict)
+    # (namespace, name) a VirtualService's top-level `gateways` names -> those VirtualServices, oldest
+    # first (whether or not the Gateway exists); each tuple is the same object while unchanged
+    gateway_bindings: Mapping[tuple[str, str], tuple[VirtualService, ...]] = field(default_factory=dict)
 
     def virtual_services_for(self, host: str) -> tuple[VirtualService, ...] | None:
         """The VirtualServices routing a host: those naming it exactly, else those of the most
@@ -96,6 +103,8 @@ def assemble(
     request_authentications: Mapping[str, tuple[RequestAuthentication, ...]] | None = None,
     jwks: Mapping[str, str] | None = None,
     authorization_policies: Mapping[str, tuple[AuthorizationPolicy, ...]] | None = None,
+    gateways: Mapping[tuple[str, str], Gateway] | None = None,
+    gateway_bindings: Mapping[tuple[str, str], tuple[VirtualService, ...]] | None = None,
 ) -> World:
     ordered = dict(sorted(services.items()))
     by_namespace: dict[str, list[MeshService]] = defaultdict(list)
@@ -130,6 +139,8 @@ def assemble(
         else MappingProxyType({}),
         jwks=jwks if jwks is not None else MappingProxyType({}),
         authorization_policies=authorization_policies if authorization_policies is not None else MappingProxyType({}),
+        gateways=gateways if gateways is not None else MappingProxyType({}),
+        gateway_bindings=MappingProxyType(dict(gateway_bindings or {})),
     )
 
 
@@ -202,4 +213,6 @@ def build_world(resources: Iterable[Resource], *, domain_suffix: str, revision: 
                 p for p in by_kind["AuthorizationPolicy"] if isinstance(p, AuthorizationPolicy)
             )
         ),
+        gateways=MappingProxyType(derive.gateways_by_key(g for g in by_kind["Gateway"] if isinstance(g, Gateway))),
+        gateway_bindings=derive.gateway_bindings(vss),
     )

@@ -204,5 +204,8 @@ def generate_options(settings: Settings, mesh: MeshPolicy | None = None) -> Gene
         auto_mtls=settings.enable_auto_mtls,
         # the mesh config's outboundTrafficPolicy.mode, else the flag (a Sidecar's own mode wins over both)
         outbound_traffic_policy=(mesh.outbound_traffic_policy if mesh else None) or settings.outbound_traffic_policy,
+        scope_gateway_to_namespace=settings.scope_gateway_to_namespace,
+        gateway_bind_proxy_ip=settings.gateway_bind == "proxy-ip"
+        or (settings.gateway_bind == "auto" and settings.config_dir is not None),
         protocol_detection_timeout=settings.protocol_detection_timeout_s,
     )

@@ -4,13 +4,15 @@ Fields of one match are AND-ed: uri becomes the path matcher, scheme / method / 
 `:scheme` / `:method` / `:authority` pseudo-header matchers, headers (an empty match means
 "present") and withoutHeaders (inverted) header matchers, queryParams query-parameter matchers.
 `port`, `gateways`, `sourceNamespace` and `sourceLabels` are not Envoy conditions: they decide
-whether the match exists at all in a given route configuration (`applies`).
+whether the match exists at all in a given route configuration (`applies`): for a sidecar (the
+reserved gateway `mesh`) or for the servers of one Gateway (its `<namespace>/<name>`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from envoy.config.route.v3 import route_components_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
@@ -28,16 +30,42 @@ class MatchContext:
     port: int
     namespace: str
     source_matches: Callable[[dict[str, str]], bool]
-    validating: bool = False  # every match applies (references are checked for any proxy)
+    validating: bool = False  # every match of these gateways applies (references are checked for any proxy)
+    # None: the mesh (a sidecar); else the Gateway whose server the routes are for (`<ns>/<name>`)
+    gateway: str | None = None
 
 
-def applies(match: HTTPMatchRequest, ctx: MatchContext) -> bool:
-    """Whether a match exists for a sidecar of this source in the route configuration of this port."""
+class SourceMatch(Protocol):
+    """The fields of an http, tcp or tls match that say where it applies."""
+
+    @property
+    def port(self) -> int | None: ...
+    @property
+    def gateways(self) -> list[str]: ...
+    @property
+    def source_namespace(self) -> str: ...
+    @property
+    def source_labels(self) -> dict[str, str]: ...
+
+
+def gateway_applies(names: list[str], ctx: MatchContext, *, namespace: str) -> bool:
+    """Whether a match-level `gateways` list (names resolved in the VirtualService's `namespace`)
+    includes where the routes are built; an empty list inherits the VirtualService's binding."""
+    if not names:
+        return True
+    if ctx.gateway is None:
+        return MESH_GATEWAY in names
+    return any((n if "/" in n else f"{namespace}/{n}") == ctx.gateway for n in names if n != MESH_GATEWAY)
+
+
+def applies(match: SourceMatch, ctx: MatchContext, *, namespace: str = "") -> bool:
+    """Whether a match exists for a proxy of this source in the route configuration of this port.
+    `namespace`: the VirtualService's (its short gateway names resolve there)."""
+    if not gateway_applies(match.gateways, ctx, namespace=namespace):
+        return False  # (also when validating: a match for other gateways never applies here)
     if ctx.validating:
         return True
     if match.port is not None and match.port != ctx.port:
-        return False
-    if match.gateways and MESH_GATEWAY not in match.gateways:
         return False
     if match.source_namespace and match.source_namespace != ctx.namespace:
         return False

@@ -279,7 +279,7 @@ def http_routes(
     another port or source), all with the same action. `matches` overrides the route's own
     (delegation merges them with the root's)."""
     own = list(route.match if matches is None else matches)
-    applicable: list[HTTPMatchRequest | None] = [m for m in own if applies(m, ctx.match)]
+    applicable: list[HTTPMatchRequest | None] = [m for m in own if applies(m, ctx.match, namespace=ctx.namespace)]
     if not own:
         applicable = [None]
     if not applicable:

@@ -1,6 +1,7 @@
 """An outbound L4 filter chain as plain data (`L4Chain`: what it matches, where it sends the connection)
 and its Envoy FilterChain: tcp_proxy to one cluster or to weighted clusters, optionally tunnelled over
-HTTP (DestinationRule `tunnel`), matched by destination CIDR ranges and TLS server names (SNI).
+HTTP (DestinationRule `tunnel`), matched by destination CIDR ranges, TLS server names (SNI) and source
+CIDR ranges (a match's `sourceSubnet`).
 
 The chains of a port are planned once per scope (`translate/listener_plan.py`) by the TCP and TLS route
 translators (`translate/tcp_route.py`, `translate/tls_route.py`); bound and capture-mode listeners, and
@@ -49,18 +50,19 @@ class L4Chain:
     clusters: tuple[tuple[str, int], ...]  # (cluster, weight); a single entry is sent everything
     server_names: tuple[str, ...] = ()  # SNI; empty: any
     prefix_ranges: tuple[str, ...] = ()  # destination CIDR ranges (normalised); empty: any
+    source_ranges: tuple[str, ...] = ()  # source CIDR ranges (the match's sourceSubnet); empty: any
     idle_timeout: str | None = None
     tunnel: Tunnel | None = None
     mongo: bool = False  # a mongo port: the Mongo proxy filter in front of the TCP proxy (Istio's default)
 
     @property
-    def match_key(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    def match_key(self) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
         """What Envoy matches the chain by: two chains with equal keys cannot share a listener."""
-        return tuple(sorted(self.server_names)), tuple(sorted(self.prefix_ranges))
+        return tuple(sorted(self.server_names)), tuple(sorted(self.prefix_ranges)), tuple(sorted(self.source_ranges))
 
     @property
     def catch_all(self) -> bool:
-        return not self.server_names and not self.prefix_ranges
+        return not self.server_names and not self.prefix_ranges and not self.source_ranges
 
 
 def normalise_cidr(text: str) -> str:
@@ -101,13 +103,15 @@ def filter_chain(chain: L4Chain) -> listener_components_pb2.FilterChain:
         out.filter_chain_match.server_names.extend(chain.server_names)
     if chain.prefix_ranges:
         out.filter_chain_match.prefix_ranges.extend(cidr_range(c) for c in chain.prefix_ranges)
+    if chain.source_ranges:
+        out.filter_chain_match.source_prefix_ranges.extend(cidr_range(c) for c in chain.source_ranges)
     return out
 
 
 def distinct(chains: list[L4Chain]) -> list[L4Chain]:
     """The first chain of each match key (Istio: the first matching route wins; Envoy refuses two chains
     with the same match)."""
-    seen: set[tuple[tuple[str, ...], tuple[str, ...]]] = set()
+    seen: set[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = set()
     out = []
     for chain in chains:
         if chain.match_key not in seen:

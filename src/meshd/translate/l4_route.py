@@ -1,8 +1,9 @@
-"""What translating a VirtualService's TCP or TLS routes into L4 chains needs, shared by
-`translate/tcp_route.py` and `translate/tls_route.py`: the context (listener port, which matches apply
-to the proxy, the destination ranges a match without `destinationSubnets` stands for), weighted
-destinations as clusters, and the per-destination policy a chain carries (DestinationRule tcp
-idleTimeout and tunnel).
+"""What translating a VirtualService's TCP or TLS routes needs, shared by sidecars (`translate/tcp_route.py`,
+`translate/tls_route.py`: the context (listener port, which matches apply to the proxy, the destination ranges a
+match without `destinationSubnets` stands for), weighted destinations as L4 chains with the per-destination
+policy a chain carries, DestinationRule tcp idleTimeout and tunnel) and gateways (`route_clusters`,
+`tcp_proxy`, `cidr_ranges`: the route's destinations as one cluster or weighted clusters, and
+`destinationSubnets` / `sourceSubnet` as Envoy CIDR ranges).
 
 A reference the route cannot honour (undefined subset, port not on the service, destinations whose
 tunnels differ) raises InvalidResource naming the VirtualService and field.
@@ -10,20 +11,28 @@ tunnels differ) raises InvalidResource naming the VirtualService and field.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from envoy.config.core.v3 import address_pb2
+from envoy.config.listener.v3 import listener_components_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from google.protobuf import wrappers_pb2
 
 from meshd.api.destinationrule import DestinationRule
 from meshd.api.l4route import L4MatchAttributes, RouteDestination, TLSMatchAttributes, effective_weights
 from meshd.api.meta import InvalidResource, ResourceKey
-from meshd.api.virtualservice import VirtualService
+from meshd.api.virtualservice import TCPRoute, TLSRoute, VirtualService
 from meshd.model.services import MeshService
 from meshd.translate.http_match import MESH_GATEWAY, MatchContext
 from meshd.translate.http_route import RouteContext, destination_cluster
 from meshd.translate.l4_chain import L4Chain, Tunnel, normalise_cidr, tunnel_of
 from meshd.translate.policy import effective_policy
+from meshd.translate.proto import duration, pack
 
 L4Match = L4MatchAttributes | TLSMatchAttributes
+TCP_PROXY = "envoy.filters.network.tcp_proxy"
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,20 @@ def subnets(match: L4Match | None, ctx: L4Context) -> tuple[str, ...]:
     return ctx.addresses
 
 
+def sources(match: L4Match | None) -> tuple[str, ...]:
+    """The match's `sourceSubnet` as a source range of the chain (the address of the connection's peer)."""
+    if not isinstance(match, L4MatchAttributes) or not match.source_subnet:
+        return ()  # TLS matches have no sourceSubnet
+    return (normalise_cidr(match.source_subnet),)
+
+
+def sni_names(match: TLSMatchAttributes) -> tuple[str, ...]:
+    """The match's `sniHosts` as Envoy server names; `*` (any SNI) leaves the names unrestricted."""
+    if "*" in match.sni_hosts:
+        return ()
+    return tuple(dict.fromkeys(match.sni_hosts))
+
+
 def chain_policy(rule_for: Callable[[str], DestinationRule | None], cluster: str) -> tuple[str | None, Tunnel | None]:
     """(tcp idleTimeout, tunnel) the DestinationRule of `outbound|port|subset|host` sets."""
     _, port, subset, host = cluster.split("|", 3)
@@ -87,6 +110,7 @@ def route_chain(
     *,
     server_names: tuple[str, ...] = (),
     prefix_ranges: tuple[str, ...] = (),
+    source_ranges: tuple[str, ...] = (),
 ) -> L4Chain:
     """A chain sending to the route's weighted destinations (zero weights left out)."""
     rctx = RouteContext(
@@ -113,6 +137,51 @@ def route_chain(
         clusters=kept,
         server_names=server_names,
         prefix_ranges=prefix_ranges,
+        source_ranges=source_ranges,
         idle_timeout=idle,
         tunnel=tunnel,
     )
+
+
+# --- gateways -------------------------------------------------------------------------------------
+
+
+def route_clusters(ctx: RouteContext, route: TCPRoute | TLSRoute, field: str) -> list[tuple[str, int]]:
+    """(cluster, weight) of each destination with a weight (ports and subsets checked: InvalidResource)."""
+    out = []
+    for j, (dest, weight) in enumerate(zip(route.route, route.weights(), strict=True)):
+        cluster = destination_cluster(ctx, dest.destination, f"{field}.route[{j}].destination")
+        if weight:
+            out.append((cluster, weight))
+    return out
+
+
+def tcp_proxy(
+    clusters: Sequence[tuple[str, int]], *, stat_prefix: str, idle_timeout: str | None = None
+) -> listener_components_pb2.Filter:
+    """tcp_proxy to one cluster, or to weighted clusters (each new connection picks one)."""
+    config = tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix)
+    if len(clusters) == 1:
+        config.cluster = clusters[0][0]
+    else:
+        for name, weight in clusters:
+            config.weighted_clusters.clusters.append(
+                tcp_proxy_pb2.TcpProxy.WeightedCluster.ClusterWeight(name=name, weight=weight)
+            )
+    if idle_timeout is not None:
+        config.idle_timeout.CopyFrom(duration(idle_timeout))
+    return listener_components_pb2.Filter(name=TCP_PROXY, typed_config=pack(config))
+
+
+def cidr_ranges(subnets: Sequence[str]) -> list[address_pb2.CidrRange]:
+    """`destinationSubnets` / `sourceSubnet` as Envoy CIDR ranges (an address alone is a /32 or /128)."""
+    out = []
+    for subnet in subnets:
+        network = ipaddress.ip_network(subnet, strict=False)
+        out.append(
+            address_pb2.CidrRange(
+                address_prefix=str(network.network_address),
+                prefix_len=wrappers_pb2.UInt32Value(value=network.prefixlen),
+            )
+        )
+    return out

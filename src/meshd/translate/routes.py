@@ -35,7 +35,7 @@ from meshd.translate.spec import Ident, Partial, Spec, ident, refusal
 VhostBody = bytes | tuple[InvalidResource, ...]
 
 
-def _virtual_service_routes(
+def virtual_service_routes(
     world: World, vs: VirtualService, match: MatchContext, rule_for: Callable[[str], DestinationRule | None]
 ) -> list[route_components_pb2.Route]:
     """The routes of one VirtualService (delegations expanded) in one route configuration."""
@@ -78,11 +78,11 @@ def _routed_vss(world: World, vs: VirtualService) -> list[VirtualService]:
 
 
 def destination_hosts(world: World, vs: VirtualService) -> list[str]:
-    """The resolved hosts a VirtualService (with its delegates) routes or mirrors to, by its HTTP, TCP
-    and TLS routes: its routes depend on their ports and rules."""
+    """The resolved hosts a VirtualService (with its delegates) routes or mirrors to (http, tcp and tls
+    routes): its routes depend on their ports and rules."""
     hosts: set[str] = set()
     for owner in _routed_vss(world, vs):
-        found = [getattr(d, "destination", d) for http in owner.spec.http for d in destinations(http)]
+        found = [d for http in owner.spec.http for d in destinations(http)]
         found += [d.destination for tcp in owner.spec.tcp for d in tcp.route]
         found += [d.destination for tls in owner.spec.tls for d in tls.route]
         for dest in found:
@@ -122,7 +122,11 @@ def host_routes(
     chosen: tuple[VirtualService, list[route_components_pb2.Route]] | None = None
     for vs in candidates:
         try:
-            routes = _virtual_service_routes(world, vs, match, rule_for)
+            if not match.validating and _proxy_dependent(world, vs):
+                # a match this proxy does not get (other source, port) may hold the reference the World
+                # checks reject the VirtualService for: rejected here too, as they report it
+                virtual_service_routes(world, vs, _validation_context(match.port), rule_for)
+            routes = virtual_service_routes(world, vs, match, rule_for)
         except InvalidResource as err:
             errors.append(err)
             continue
@@ -133,10 +137,33 @@ def host_routes(
                 InvalidResource(
                     vs.key,
                     "spec.hosts",
-                    f"{service.hostname} is already routed by the older VirtualService {chosen[0].key}; ignored",
+                    f"{_routed_as(world, chosen[0], service.hostname)} is already routed by the older VirtualService"
+                    f" {chosen[0].key}; ignored",
                 )
             )
     return (chosen[1] if chosen is not None else _default_routes(service, match.port, rule_for)), errors
+
+
+def _routed_as(world: World, vs: VirtualService, hostname: str) -> str:
+    """The host of the VirtualService that routes a service: its name, else the most specific wildcard
+    covering it (a conflict is the same for every service a wildcard covers, and World checks try one
+    service per port). Read from the VirtualService itself: the route's key holds it."""
+    namespace = vs.metadata.namespace
+    hosts = [resolve_host(h, namespace=namespace, domain_suffix=world.domain_suffix) for h in vs.spec.hosts]
+    if hostname in hosts:
+        return hostname
+    covering = [h for h in hosts if h == "*" or (h.startswith("*.") and hostname.endswith(h[1:]))]
+    return max(covering, key=len, default=hostname)
+
+
+def _proxy_dependent(world: World, vs: VirtualService) -> bool:
+    """Whether some http match of the VirtualService (or its delegates) applies to some proxies or ports only."""
+    return any(
+        m.port is not None or m.source_labels or m.source_namespace
+        for owner in _routed_vss(world, vs)
+        for http in owner.spec.http
+        for m in http.match
+    )
 
 
 def _validation_context(port: int) -> MatchContext:

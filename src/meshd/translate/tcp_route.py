@@ -1,8 +1,8 @@
 """VirtualService `tcp` routes -> L4 chains of a TCP port, as Istio builds them for a listener: each
 applicable match becomes a chain matching its `destinationSubnets` (else the routed service's
-addresses) and sending to the route's weighted destinations; a route without matches takes every
-connection, so the routes after it are never reached. Among chains that match the same way, the first
-(the first matching route) wins."""
+addresses) and its `sourceSubnet` (the connection's source address) and sending to the route's weighted
+destinations; a route without matches takes every connection, so the routes after it are never reached.
+Among chains that match the same way, the first (the first matching route) wins."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from meshd.api.l4route import TCPRoute
 from meshd.translate.l4_chain import L4Chain
-from meshd.translate.l4_route import L4Context, route_chain, subnets
+from meshd.translate.l4_route import L4Context, route_chain, sources, subnets
 
 
 def tcp_route_chains(*, ctx: L4Context, routes: Sequence[TCPRoute], field: str = "spec.tcp") -> list[L4Chain]:
@@ -23,5 +23,8 @@ def tcp_route_chains(*, ctx: L4Context, routes: Sequence[TCPRoute], field: str =
             break  # every connection matches: later routes are never reached
         for match in route.match:
             if ctx.applies(match):
-                out.append(route_chain(ctx, route.route, where, prefix_ranges=subnets(match, ctx)))
+                chain = route_chain(
+                    ctx, route.route, where, prefix_ranges=subnets(match, ctx), source_ranges=sources(match)
+                )
+                out.append(chain)
     return out

@@ -80,7 +80,7 @@ def _file(path: str) -> base_pb2.DataSource:
     return base_pb2.DataSource(filename=path)
 
 
-def _san_matchers(names: list[str]) -> list[common_pb2.SubjectAltNameMatcher]:
+def san_matchers(names: list[str]) -> list[common_pb2.SubjectAltNameMatcher]:
     """Exact SAN matchers; the SAN type follows the value (an IP, a URI such as spiffe://..., a DNS name)."""
     out = []
     for name in names:
@@ -93,7 +93,7 @@ def _san_matchers(names: list[str]) -> list[common_pb2.SubjectAltNameMatcher]:
     return out
 
 
-def _sds(name: str) -> secret_pb2.SdsSecretConfig:
+def ads_secret(name: str) -> secret_pb2.SdsSecretConfig:
     """A secret over the ADS stream. A secret meshd cannot serve (no such Secret) keeps the cluster
     warming only until this timeout (Envoy's default, stated here): then the cluster is used without
     it and its connections fail (closed), as with Istio."""
@@ -121,15 +121,15 @@ def upstream_tls_context(tls: ClientTLSSettings | None, *, http2: bool = False) 
     if http2:
         common.alpn_protocols.append("h2")
     verify = not tls.insecure_skip_verify
-    sans = _san_matchers(tls.subject_alt_names)
+    sans = san_matchers(tls.subject_alt_names)
     if tls.credential_name:
         base = SDS_PREFIX + credential_base(tls.credential_name)
         if tls.mode == "MUTUAL":
-            common.tls_certificate_sds_secret_configs.append(_sds(base))
+            common.tls_certificate_sds_secret_configs.append(ads_secret(base))
         if verify:
             combined = common.combined_validation_context
             combined.default_validation_context.match_typed_subject_alt_names.extend(sans)
-            combined.validation_context_sds_secret_config.CopyFrom(_sds(base + CA_SUFFIX))
+            combined.validation_context_sds_secret_config.CopyFrom(ads_secret(base + CA_SUFFIX))
         return context
     if tls.mode == "MUTUAL":
         common.tls_certificates.append(

@@ -22,9 +22,11 @@ def test_example_mesh_follows_the_standalone_conventions() -> None:
         ("catalog-v2", "127.0.10.3"),
         ("catalog-v3", "127.0.10.4"),
         ("backend", "127.0.10.5"),
-        ("loadgen", "127.0.10.6"),
+        ("istio-ingressgateway", "127.0.10.6"),
     ]
     assert workloads[1].node_id == "sidecar~127.0.10.2~catalog-v1.default~default.svc.cluster.local"
+    assert workloads[5].node_id == "router~127.0.10.6~istio-ingressgateway.istio-system~istio-system.svc.cluster.local"
+    assert mesh.call_chain() == ("istio-ingressgateway", "frontend", "catalog", "backend")
     assert mesh.canary_versions(workloads=workloads) == ["v1", "v2", "v3"]
     assert mesh.read_weights(path=mesh.example_dir() / mesh.VIRTUAL_SERVICE_FILE) == {"v1": 90, "v2": 10}
 

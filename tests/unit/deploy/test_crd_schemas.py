@@ -107,8 +107,11 @@ def test_modelled_kinds_have_typed_specs(crds: dict[tuple[str, str], dict[str, A
     assert spec["x-kubernetes-preserve-unknown-fields"] is True  # open: fields meshd ignores still apply
     lb = spec_schema(crds, "networking.istio.io/v1", "DestinationRule")["properties"]["trafficPolicy"]
     assert "ROUND_ROBIN" in lb["properties"]["loadBalancer"]["properties"]["simple"]["enum"]
-    for kind in ("Gateway",):
-        assert spec_schema(crds, "networking.istio.io/v1", kind)["x-kubernetes-preserve-unknown-fields"] is True
+    gateway = spec_schema(crds, "networking.istio.io/v1", "Gateway")
+    assert "x-kubernetes-preserve-unknown-fields" not in gateway  # strict: the API server refuses unknown fields
+    tls = gateway["properties"]["servers"]["items"]["properties"]["tls"]
+    assert "x-kubernetes-preserve-unknown-fields" not in tls
+    assert "OPTIONAL_MUTUAL" in tls["properties"]["mode"]["enum"]
     # AuthorizationPolicy: strict, every level typed and closed (security config is never left open)
     authz = spec_schema(crds, "security.istio.io/v1", "AuthorizationPolicy")
     assert "x-kubernetes-preserve-unknown-fields" not in json.dumps(authz)

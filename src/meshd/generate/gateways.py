@@ -1,0 +1,255 @@
+"""The layers of router proxies (gateways), each in a named LayerCache:
+- `gateways`: per GatewayKey (namespace, labels, locality, SDS, listening address) the listeners and
+  route configurations built from the Gateways selecting it and the VirtualServices bound to them,
+  with the clusters and SDS secrets they use (`translate/gateway/`);
+- `gateway_clusters`: the clusters and endpoints of exactly those destinations (each service's from
+  the shared `services` cache, filtered) and the SNI-named clusters of AUTO_PASSTHROUGH servers;
+- the SDS secrets through the shared `secrets` cache (read from the gateway workload's namespace).
+A router gets no sidecar configuration: no inbound listener, no outbound listeners of the mesh.
+
+The World checks of gateways run the same build per gateway workload (namespace and labels) of the
+World, whatever proxies are connected, plus the checks that need no workload
+(`translate/gateway/checks.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import NamedTuple
+
+from meshd.api.meta import InvalidResource
+from meshd.generate.layers import LayerCache
+from meshd.generate.memo import MemoEntry, ResourceMemo, build_all, reuse_layer
+from meshd.generate.options import GenerateOptions
+from meshd.generate.outbound import EMPTY_LAYER, OutboundLayers, ServiceEntry
+from meshd.generate.queries import Queries
+from meshd.generate.reads import Context, MissedInput, Tracer
+from meshd.model.world import World
+from meshd.translate.gateway.checks import binding_errors, reference_errors, selector_errors
+from meshd.translate.gateway.config import ANY_ADDRESS, GatewayKey, build_gateway
+from meshd.translate.gateway.sni_dnat import SniTarget, sni_specs
+from meshd.translate.gateway.tls import sds_secret_names
+from meshd.translate.proxy import Proxy
+from meshd.translate.routes import delegate_inputs
+from meshd.translate.scope import Scope, ScopeKey
+from meshd.translate.spec import Ident
+from meshd.translate.upstream_tls import CA_SUFFIX, SDS_PREFIX
+from meshd.xds.resource import CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot
+
+
+class GatewayBuild(NamedTuple):
+    layer: Snapshot  # listeners and route configurations
+    clusters: frozenset[str]
+    sni_targets: tuple[SniTarget, ...]
+    secrets: frozenset[str]
+    errors: tuple[InvalidResource, ...]
+
+
+class GatewayLayers:
+    def __init__(
+        self,
+        world: World,
+        *,
+        options: GenerateOptions,
+        memo: ResourceMemo,
+        queries: Queries,
+        outbound: OutboundLayers,
+        previous: GatewayLayers | None,
+        tracer: Tracer | None,
+    ) -> None:
+        self.world, self.options, self.memo, self.queries, self.outbound = world, options, memo, queries, outbound
+        self.builds: LayerCache[GatewayKey, GatewayBuild] = LayerCache(
+            "gateways", previous=previous.builds if previous else None, memo=memo, tracer=tracer
+        )
+        self.clusters: LayerCache[Hashable, tuple[Snapshot, frozenset[str]]] = LayerCache(
+            "gateway_clusters", previous=previous.clusters if previous else None, memo=memo, tracer=tracer
+        )
+        self.build_errors: list[InvalidResource] = []  # met by builds (check mode compares with the checks)
+        self._checks: dict[Hashable, tuple[InvalidResource, ...]] = {}
+        self._prev_checks = previous._checks if previous is not None else {}
+        self._check = tracer is not None
+
+    def key_for(self, proxy: Proxy) -> GatewayKey:
+        workload = self.world.workloads.get(proxy.ip)
+        labels = workload.labels if workload is not None else ()
+        locality = workload.locality if workload is not None else ""
+        return GatewayKey(
+            namespace=proxy.namespace,
+            labels=labels,
+            locality=locality,
+            sds=proxy.sds,
+            address=proxy.ip if self.options.gateway_bind_proxy_ip else ANY_ADDRESS,
+            port_map=self.port_map(proxy.ip),
+        )
+
+    def port_map(self, ip: str) -> tuple[tuple[int, int], ...]:
+        """Service port -> target port of the Services the workload at `ip` backs (where they differ)."""
+        found: dict[int, int] = {}
+        for _, port, target in self.queries.served(ip):
+            if target != port:
+                found.setdefault(port, target)
+        return tuple(sorted(found.items()))
+
+    def scope(self, key: GatewayKey) -> Scope:
+        """What a gateway workload sees: every service exported to its namespace (Sidecar resources
+        do not apply to gateways), DestinationRules looked up from its namespace."""
+        return self.queries.scope(ScopeKey(key.namespace, None, key.locality, key.failover_labels, (), key.sds, False))
+
+    # -- the gateway layer ------------------------------------------------------------------------
+
+    def _inputs(self, key: GatewayKey, scope: Scope) -> Hashable:
+        world, q = self.world, self.queries
+        gateways = q.selected_gateways(key.namespace, key.labels)
+        deps: list[object] = []
+        for gateway in gateways:
+            bound = world.gateway_bindings.get((gateway.metadata.namespace, gateway.metadata.name))
+            deps.append(Ident(bound))
+            for vs in bound or ():
+                deps += delegate_inputs(world, vs)
+                for host in self.outbound.destinations(vs):
+                    deps += (Ident(world.services.get(host)), Ident(scope.destination_rule(host)))
+            for server in gateway.spec.servers:
+                for name in sds_secret_names(server.tls) if server.tls is not None else ():
+                    base = name.removeprefix(SDS_PREFIX)
+                    for secret in (base, base.removesuffix(CA_SUFFIX)):
+                        deps.append(Ident(world.secrets.get((key.namespace, secret))))
+        # AUTO_PASSTHROUGH: a chain per visible service port and subset of its DestinationRule
+        auto = any(s.auto_passthrough for g in gateways for s in g.spec.servers)
+        if auto:
+            deps += (Ident(scope.destination_rule(s.hostname)) for s, _ in scope.services)
+        return (
+            tuple(Ident(g) for g in gateways),
+            tuple(deps),
+            q.files_state,
+            scope.cluster_signature if auto else None,
+        )
+
+    def build(self, key: GatewayKey) -> GatewayBuild:
+        scope = self.scope(key)
+
+        def build(ctx: Context, previous: GatewayBuild | None) -> tuple[GatewayBuild, list[MemoEntry]]:
+            q = ctx.queries
+            config = build_gateway(
+                ctx.world,
+                gateways=q.selected_gateways(key.namespace, key.labels),
+                scope=ctx.scope,  # type: ignore[arg-type]
+                key=key,
+                file_problem=q.gateway_file_problem,
+            )
+            refused: list[MemoEntry] = []
+            own = {LISTENER: build_all(config.listeners, refused), ROUTE: build_all(config.routes, refused)}
+            self.memo.keep(refused)
+            layer = reuse_layer(own, previous.layer if previous is not None else None)
+            errors = tuple(dict.fromkeys(config.errors))
+            return (
+                GatewayBuild(
+                    layer, frozenset(config.clusters), tuple(config.sni_targets), frozenset(config.secrets), errors
+                ),
+                refused,
+            )
+
+        context = Context(world=self.world, scope=scope, queries=self.queries)
+        built = self.builds.get(key, inputs=lambda: self._inputs(key, scope), context=context, build=build)
+        self.build_errors += built.errors
+        return built
+
+    # -- clusters, endpoints and secrets ------------------------------------------------------------
+
+    def _entries(self, scope: Scope, names: frozenset[str]) -> list[ServiceEntry]:
+        hosts = {name.split("|", 3)[3] for name in names if name.count("|") == 3}
+        return [
+            self.outbound._service_entry(scope, service, ports)
+            for service, ports in scope.services
+            if service.hostname in hosts
+        ]
+
+    def cluster_layer(self, key: GatewayKey, built: GatewayBuild) -> tuple[Snapshot, frozenset[str]]:
+        """(clusters and endpoints of the destinations, the SDS names their clusters use)."""
+        scope = self.scope(key)
+        entries = self._entries(scope, built.clusters)
+        names, targets = built.clusters, built.sni_targets
+        endpoints = self.world.endpoints
+
+        def inputs() -> Hashable:
+            return (
+                tuple(Ident(e) for e in entries),
+                tuple(
+                    (Ident(endpoints.get((s.hostname, p.number))), Ident(scope.destination_rule(s.hostname)))
+                    for s, p, _ in targets
+                ),
+            )
+
+        def build(
+            ctx: Context, previous: tuple[Snapshot, frozenset[str]] | None
+        ) -> tuple[tuple[Snapshot, frozenset[str]], list[MemoEntry]]:
+            used: list[MemoEntry] = []
+            by_type: dict[str, dict[str, object]] = {CLUSTER: {}, ENDPOINT: {}}
+            secret_names: set[str] = set()
+            for entry in entries:
+                by_type[CLUSTER].update((n, r) for n, r in entry.clusters.items() if n in names)
+                by_type[ENDPOINT].update((n, r) for n, r in entry.assignments.items() if n in names)
+                secret_names |= entry.secret_names
+                used += entry.used
+            if targets:
+                specs = list(sni_specs(ctx.scope, targets, sidecar_port=self.options.sidecar_endpoint_port))  # type: ignore[arg-type]
+                for kind, tag in ((CLUSTER, "sni-cds"), (ENDPOINT, "sni-eds")):
+                    chosen = [s for s in specs if isinstance(s.key, tuple) and s.key[0] == tag]
+                    by_type[kind].update(self.memo.resolve(chosen, used))
+            layer = reuse_layer(by_type, previous[0] if previous is not None else None)  # type: ignore[arg-type]
+            return (layer, frozenset(secret_names)), used
+
+        context = Context(world=self.world, scope=scope, queries=self.queries)
+        return self.clusters.get((scope.key, names, targets), inputs=inputs, context=context, build=build)
+
+    def layers(self, proxy: Proxy) -> tuple[Snapshot, Snapshot, Snapshot, Snapshot]:
+        """(clusters, routes, own, secrets) of a router proxy (its routes are in its own layer)."""
+        key = self.key_for(proxy)
+        built = self.build(key)
+        clusters, cluster_secrets = self.cluster_layer(key, built)
+        secrets = self.outbound.secrets_of(self.scope(key), built.secrets | cluster_secrets)
+        return clusters, EMPTY_LAYER, built.layer, secrets
+
+    # -- World checks ------------------------------------------------------------------------------
+
+    def errors(self) -> list[InvalidResource]:
+        """Every gateway error of the World: per gateway workload (namespace and labels) selected by a
+        Gateway, the errors its build meets; and the checks that need no workload."""
+        world, q = self.world, self.queries
+        found: dict[InvalidResource, None] = dict.fromkeys(reference_errors(world))
+        found.update(
+            dict.fromkeys(
+                selector_errors(
+                    world, workloads=world.workloads, scope_to_namespace=self.options.scope_gateway_to_namespace
+                )
+            )
+        )
+        for gateway in world.gateways.values():
+            bound = world.gateway_bindings.get((gateway.metadata.namespace, gateway.metadata.name), ())
+            found.update(dict.fromkeys(binding_errors(world, gateway, bound)))
+        groups = {(w.namespace, w.labels, self.port_map(w.address)) for w in world.workloads.values()}
+        for namespace, labels, port_map in sorted(groups):
+            if not q.selected_gateways(namespace, labels):
+                continue
+            # with the agent's certificate: its build serves (so checks) every server a proxy can have
+            key = GatewayKey(namespace=namespace, labels=labels, sds=True, port_map=port_map)
+            scope = self.scope(key)
+            inputs = (key, self._inputs(key, scope))
+            errors = self._checks.get(inputs)
+            if errors is None:
+                errors = self._prev_checks.get(inputs)
+                if errors is None or self._check:
+                    fresh = tuple(
+                        build_gateway(
+                            world,
+                            gateways=q.selected_gateways(namespace, labels),
+                            scope=scope,
+                            key=key,
+                            file_problem=q.gateway_file_problem,
+                        ).errors
+                    )
+                    if errors is not None and errors != fresh:
+                        raise MissedInput(f"gateway check of {key} reused under its inputs but its result changed")
+                    errors = fresh
+                self._checks[inputs] = errors
+            found.update(dict.fromkeys(errors))
+        return list(found)

@@ -1,0 +1,30 @@
+"""Which Gateways apply to a gateway workload: those whose `selector` labels its pod (or WorkloadEntry)
+carries, from any namespace (Istio's default), or only from the workload's own namespace when the
+mesh is configured so (Istio's PILOT_SCOPE_GATEWAY_TO_NAMESPACE; meshd's `--scope-gateway-to-namespace`).
+An empty selector selects every gateway workload. Oldest Gateway first: it wins a conflict."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from meshd.api.gateway import Gateway
+
+
+def selects(gateway: Gateway, *, namespace: str, labels: Mapping[str, str], scope_to_namespace: bool) -> bool:
+    if scope_to_namespace and gateway.metadata.namespace != namespace:
+        return False
+    return all(labels.get(k) == v for k, v in gateway.spec.selector.items())
+
+
+def selected_gateways(
+    gateways: Iterable[Gateway], *, namespace: str, labels: Mapping[str, str], scope_to_namespace: bool
+) -> tuple[Gateway, ...]:
+    """The Gateways that apply to a workload of this namespace with these labels, oldest first."""
+    return tuple(
+        g for g in gateways if selects(g, namespace=namespace, labels=labels, scope_to_namespace=scope_to_namespace)
+    )
+
+
+def gateway_name(gateway: Gateway) -> str:
+    """`<namespace>/<name>`: how a VirtualService's `gateways` names it once resolved."""
+    return f"{gateway.metadata.namespace}/{gateway.metadata.name}"
