@@ -5,11 +5,12 @@ pydantic models, converted to Kubernetes structural OpenAPI v3 schemas.
     python tools/gencrds.py --check    # exit 1 if the committed file is stale
 
 Conversion rules (Kubernetes "structural schema"): every `$ref` inlined, a `type` on every node, no
-defaults (the API server would write them into stored objects), every object of an open model (meshd
-ignores unknown fields, so does this schema) marked `x-kubernetes-preserve-unknown-fields`, an int|str
-union as `x-kubernetes-int-or-string`, Go durations as plain strings. A strict model (one that refuses
-unknown fields: AuthorizationPolicy, RequestAuthentication, Gateway) gets a strict schema: no unknown field is
-preserved, so none reaches meshd unseen. Kinds meshd does not model in detail get a permissive `spec`.
+defaults (the API server would write them into stored objects), an int|str union as
+`x-kubernetes-int-or-string`, Go durations as plain strings. Every Istio model is strict
+(`api.meta.StrictModel`: unknown fields refused), so every spec schema is closed: no unknown field is
+preserved, and the API server refuses it (or prunes it, with a warning) instead of storing what meshd would
+not read. Fields of Istio's API that meshd refuses are in the schema, typed, with a description saying so:
+they reach meshd, which refuses the object naming them.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from meshd.api.authorization import AuthorizationPolicySpec  # noqa: E402
 from meshd.api.destinationrule import DestinationRuleSpec  # noqa: E402
 from meshd.api.gateway import GatewaySpec  # noqa: E402
+from meshd.api.meta import REFUSED_MARK  # noqa: E402
 from meshd.api.networking import ServiceEntrySpec, SidecarSpec, WorkloadEntrySpec  # noqa: E402
 from meshd.api.request_authentication import RequestAuthenticationSpec  # noqa: E402
 from meshd.api.security import PeerAuthenticationSpec  # noqa: E402
@@ -87,7 +89,12 @@ OPEN = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
 
 
 def structural(node: Any, defs: dict[str, Any], seen: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """One pydantic JSON-schema node as a structural OpenAPI v3 schema."""
+    """One pydantic JSON-schema node as a structural OpenAPI v3 schema. A field meshd refuses (`refused(...)`
+    in the model) keeps its type, so the API server hands it to meshd (which names it) instead of pruning it."""
+    if isinstance(node, dict) and REFUSED_MARK in node:
+        out = structural({k: v for k, v in node.items() if k != REFUSED_MARK}, defs, seen)
+        out["description"] = f"Refused by meshd when set: {node[REFUSED_MARK]}"
+        return out
     if not isinstance(node, dict) or not node:
         return {"x-kubernetes-preserve-unknown-fields": True}
     if "$ref" in node:

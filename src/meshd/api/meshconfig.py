@@ -16,7 +16,7 @@ from envoy.type.v3 import http_status_pb2
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from meshd.api.meta import ApiModel, field_path
+from meshd.api.meta import ApiModel, StrictModel, field_path
 from meshd.api.values import Duration, PortNumber
 
 NORMALIZATIONS = ("NONE", "BASE", "MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES")
@@ -30,19 +30,13 @@ class InvalidMeshConfig(ValueError):
     pass
 
 
-class _Strict(ApiModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, hide_input_in_errors=True
-    )
-
-
-class RequestBody(_Strict):
+class RequestBody(StrictModel):
     max_request_bytes: int = Field(default=0, ge=0, le=2**32 - 1)
     allow_partial_message: bool = False
     pack_as_bytes: bool = False
 
 
-class _ExtAuthz(_Strict):
+class _ExtAuthz(StrictModel):
     service: str = Field(min_length=1)
     port: PortNumber
     timeout: Duration | None = None

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from meshd.api.jwks import JwksError, normalize_jwks
-from meshd.api.meta import ApiModel, InvalidResource, ObjectMeta, Resource
+from meshd.api.meta import InvalidResource, ObjectMeta, Resource, StrictModel, refused
 from meshd.api.values import Duration
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9a-zA-Z]+$")  # an HTTP header (or cookie) name
@@ -34,10 +34,7 @@ _RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "c
 MAX_URI = 2048
 # Fields of newer Istio releases meshd does not implement: refused with this name, never ignored.
 UNSUPPORTED_RULE_FIELDS = ("spaceDelimitedClaims", "presence", "failureMode", "failedStatusInMetadata")
-
-
-class _Strict(ApiModel):
-    model_config = ConfigDict(extra="forbid")
+_NEWER = "a field of newer Istio releases meshd does not implement yet (refused rather than ignored)"
 
 
 def _header_name(name: str, what: str) -> None:
@@ -52,11 +49,11 @@ def _printable(value: str, what: str) -> None:
         raise ValueError(f"{what}: {value!r} contains a control character")
 
 
-class WorkloadSelector(_Strict):
+class WorkloadSelector(StrictModel):
     match_labels: dict[str, str] = Field(default_factory=dict)
 
 
-class JwtHeader(_Strict):
+class JwtHeader(StrictModel):
     name: str = Field(min_length=1)
     prefix: str = ""
 
@@ -68,7 +65,7 @@ class JwtHeader(_Strict):
         return self
 
 
-class ClaimToHeader(_Strict):
+class ClaimToHeader(StrictModel):
     header: str = Field(min_length=1)
     claim: str = Field(min_length=1)
 
@@ -106,8 +103,8 @@ def _alt_name(schema: dict[str, Any]) -> None:
     schema["properties"]["jwks_uri"] = {"type": "string", "description": "jwksUri under its other name"}
 
 
-class JwtRule(_Strict):
-    model_config = ConfigDict(extra="forbid", json_schema_extra=_alt_name)
+class JwtRule(StrictModel):
+    model_config = ConfigDict(json_schema_extra=_alt_name)
 
     issuer: str = Field(min_length=1)
     audiences: list[str] = Field(default_factory=list)
@@ -121,17 +118,13 @@ class JwtRule(_Strict):
     forward_original_token: bool = False
     timeout: Duration | None = None
     # newer Istio fields: declared so the CRD keeps them and meshd can refuse them by name
-    space_delimited_claims: list[str] = Field(default_factory=list)
-    presence: str | None = None
-    failure_mode: str | None = None
-    failed_status_in_metadata: bool | None = None
+    space_delimited_claims: list[str] | None = refused(_NEWER)
+    presence: str | None = refused(_NEWER)
+    failure_mode: str | None = refused(_NEWER)
+    failed_status_in_metadata: bool | None = refused(_NEWER)
 
     @model_validator(mode="after")
     def _check(self) -> JwtRule:
-        for field in UNSUPPORTED_RULE_FIELDS:
-            value = getattr(self, _snake(field))
-            if value not in (None, []):
-                raise ValueError(f"{field}: not supported by meshd yet (refused rather than ignored)")
         _printable(self.issuer, "issuer")
         for i, audience in enumerate(self.audiences):
             if not audience:
@@ -166,11 +159,7 @@ class JwtRule(_Strict):
         return self
 
 
-def _snake(camel: str) -> str:
-    return re.sub(r"[A-Z]", lambda m: "_" + m.group(0).lower(), camel)
-
-
-class PolicyTargetReference(_Strict):
+class PolicyTargetReference(StrictModel):
     group: str = ""
     kind: str = Field(min_length=1, max_length=63)
     name: str = Field(min_length=1, max_length=253)
@@ -185,7 +174,7 @@ class PolicyTargetReference(_Strict):
         return self
 
 
-class RequestAuthenticationSpec(_Strict):
+class RequestAuthenticationSpec(StrictModel):
     selector: WorkloadSelector | None = None
     target_ref: PolicyTargetReference | None = None
     target_refs: list[PolicyTargetReference] = Field(default_factory=list, max_length=16)

@@ -104,7 +104,7 @@ def test_modelled_kinds_have_typed_specs(crds: dict[tuple[str, str], dict[str, A
     http = spec["properties"]["http"]["items"]["properties"]
     assert http["timeout"] == {"type": "string"}  # a Go duration
     assert http["route"]["items"]["properties"]["weight"]["type"] == "integer"
-    assert spec["x-kubernetes-preserve-unknown-fields"] is True  # open: fields meshd ignores still apply
+    assert _preserving(spec) == []  # strict: an unknown field never reaches meshd unseen
     lb = spec_schema(crds, "networking.istio.io/v1", "DestinationRule")["properties"]["trafficPolicy"]
     assert "ROUND_ROBIN" in lb["properties"]["loadBalancer"]["properties"]["simple"]["enum"]
     gateway = spec_schema(crds, "networking.istio.io/v1", "Gateway")
@@ -145,6 +145,21 @@ def test_request_authentication_schema_is_strict(crds: dict[tuple[str, str], dic
         rule = spec["properties"]["jwtRules"]["items"]["properties"]
         assert {"jwksUri", "jwks_uri", "fromCookies", "timeout", "spaceDelimitedClaims", "presence"} <= set(rule)
         assert set(spec["properties"]) == {"selector", "targetRef", "targetRefs", "jwtRules"}
+
+
+def test_every_modelled_spec_is_closed(crds: dict[tuple[str, str], dict[str, Any]]) -> None:
+    """No Istio kind meshd models keeps unknown fields anywhere in its spec (issue 21: strict schemas)."""
+    for (_, kind), crd in crds.items():
+        for version in crd["spec"]["versions"]:
+            assert _preserving(version["schema"]["openAPIV3Schema"]["properties"]["spec"]) == [], (kind, version)
+
+
+def test_fields_meshd_refuses_are_typed_and_described(crds: dict[tuple[str, str], dict[str, Any]]) -> None:
+    """A field of Istio's API that meshd refuses stays in the schema (typed), so the API server hands it to
+    meshd, which refuses the object naming it, instead of pruning it silently."""
+    spec = spec_schema(crds, "networking.istio.io/v1beta1", "WorkloadEntry")
+    assert spec["properties"]["network"]["type"] == "string"
+    assert spec["properties"]["network"]["description"].startswith("Refused by meshd when set: multi-network")
 
 
 def test_int_or_string_conversion() -> None:

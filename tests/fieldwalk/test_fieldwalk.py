@@ -1,0 +1,126 @@
+"""The field walk (issue 21): every field of every Istio API model meshd reads is either read by
+translation (recorded while every golden case is translated) or refused by name when set (`refused(...)`
+in the model, listed in the chart's CRD descriptions and docs/support.md). A field that is neither would
+be accepted and silently ignored."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from meshd.api.meta import InvalidResource
+from meshd.api.parse import parse_resource
+from tests.fieldwalk.walk import GOLDEN, Field, istio_spec_models, reachable, recording, wire_name
+from tests.golden import render as golden
+
+SRC = pathlib.Path(__file__).resolve().parents[2] / "src" / "meshd"
+# Fields translation reads on a path no golden case takes: the module that reads them (checked below).
+READ_ELSEWHERE: dict[Field, str] = {
+    ("CorsPolicy", "allowOrigin"): "translate/http_filters.py",  # the deprecated exact-origin list
+    ("JwtRule", "timeout"): "sources/jwks.py",  # the JWKS fetch's timeout (the fetcher, not translation)
+}
+# Fields refused by a validation rule rather than `refused(...)` (the rule names the field; its test is cited).
+REFUSED_BY_RULE: dict[Field, str] = {
+    ("RequestAuthenticationSpec", "targetRef"): "attaching to a Service/Gateway is not supported yet "
+    "(tests/unit/test_request_authentication.py)",
+    ("RequestAuthenticationSpec", "targetRefs"): "as targetRef",
+}
+# Fields with no effect on traffic in Istio either: validated, documented here.
+NO_TRAFFIC_EFFECT: dict[Field, str] = {
+    ("Server", "name"): "Istio uses a server's name for statistics and status only",
+    ("TargetRef", "group"): "checked against the kinds Istio attaches policies to (validation); the target is "
+    "resolved by kind and name",
+}
+
+
+@pytest.fixture(scope="module")
+def translated_reads() -> set[Field]:
+    reads: set[Field] = set()
+    with recording(reads) as switch:
+        parse_file = golden.parse_file
+
+        def unrecorded_parse(*args: object, **kwargs: object) -> object:
+            switch["on"] = False
+            try:
+                return parse_file(*args, **kwargs)  # type: ignore[arg-type]
+            finally:
+                switch["on"] = True
+
+        golden.parse_file = unrecorded_parse  # type: ignore[assignment]
+        try:
+            for case in sorted(GOLDEN.glob("*.in.yaml")):
+                golden.render(case)
+        finally:
+            golden.parse_file = parse_file
+    return reads
+
+
+def every_field() -> dict[Field, str]:
+    """(model, wire name) -> the refusal reason, "" for a field meshd implements. Models reached only
+    through a refused field are not walked (setting the field at all is refused)."""
+    out: dict[Field, str] = {}
+    for spec in istio_spec_models().values():
+        for model in reachable(spec, skip=set(REFUSED_BY_RULE)):
+            refused = model.refused_fields()
+            for name in model.model_fields:
+                field = (model.__name__, wire_name(model, name))
+                out[field] = refused.get(field[1], "") or REFUSED_BY_RULE.get(field, "")
+    return out
+
+
+def test_every_field_is_translated_or_refused(translated_reads: set[Field]) -> None:
+    fields = every_field()
+    assert len(fields) > 300
+    used = translated_reads | set(READ_ELSEWHERE) | set(NO_TRAFFIC_EFFECT)
+    ignored = sorted(
+        f"{model}.{name}" for (model, name), why in fields.items() if not why and (model, name) not in used
+    )
+    assert ignored == [], "read by no translation and not refused: " + ", ".join(ignored)
+
+
+def test_the_explicit_lists_are_true(translated_reads: set[Field]) -> None:
+    """Each READ_ELSEWHERE field is read by the module named (and by no golden case: else drop it from the
+    list); the lists name existing fields."""
+    fields = every_field()
+    for field, module in READ_ELSEWHERE.items():
+        assert field in fields and field not in translated_reads, field
+        model = next(m for spec in istio_spec_models().values() for m in reachable(spec) if m.__name__ == field[0])
+        python_name = next(n for n, info in model.model_fields.items() if (info.alias or n) == field[1])
+        assert f".{python_name}" in (SRC / module).read_text(), (field, module)
+    for field in (*REFUSED_BY_RULE, *NO_TRAFFIC_EFFECT):
+        assert field in fields, field
+
+
+def test_refused_fields_are_not_read_by_translation(translated_reads: set[Field]) -> None:
+    """A field on the refused list is never translated (the list stays true)."""
+    read_refused = sorted(f"{m}.{n}" for (m, n), why in every_field().items() if why and (m, n) in translated_reads)
+    assert read_refused == []
+
+
+def test_the_recorder_sees_reads() -> None:
+    """The walk's instrument works: a field read while recording is recorded, and only then."""
+    from meshd.api.virtualservice import VirtualService
+
+    vs = parse_resource({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "a"},
+                         "spec": {"hosts": ["a"], "http": [{"route": [{"destination": {"host": "a"}}]}]}})  # fmt: skip
+    assert isinstance(vs, VirtualService)
+    reads: set[Field] = set()
+    with recording(reads):
+        assert vs.spec.http[0].route[0].destination.host == "a"
+    _ = vs.spec.hosts
+    assert reads == {("VirtualServiceSpec", "http"), ("HTTPRoute", "route"),
+                     ("HTTPRouteDestination", "destination"), ("Destination", "host")}  # fmt: skip
+
+
+def test_each_refused_field_gets_a_named_error() -> None:
+    """Setting any refused field is an error naming it (exercised through a model that holds it)."""
+    from meshd.api.networking import WorkloadEntry
+
+    with pytest.raises(InvalidResource) as caught:
+        parse_resource({"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry", "metadata": {"name": "a"},
+                        "spec": {"address": "1.1.1.1", "network": "n1"}}, fail_closed=False)  # fmt: skip
+    assert caught.value.field == "spec.network" and caught.value.message.startswith("not supported by meshd: ")
+    assert WorkloadEntry.model_fields["spec"].annotation is not None
+    for (model_name, field), why in every_field().items():
+        assert not why or why.strip(), (model_name, field)
