@@ -65,14 +65,16 @@ class StrictModel(ApiModel):
         super().__pydantic_init_subclass__(**kwargs)
         cls._known = frozenset(n for name, info in cls.model_fields.items() for n in (name, info.alias or name))
         cls._wire_names = tuple(info.alias or name for name, info in cls.model_fields.items())
-        refused_fields: dict[str, str] = {}
+        wire = {info.alias or name: name for name, info in cls.model_fields.items()}
+        refused_fields: dict[str, str] = {}  # by wire name, and by Python name unless that is another's wire name
         for name, info in cls.model_fields.items():
             extra = info.json_schema_extra
             if isinstance(extra, dict) and isinstance(extra.get(REFUSED_MARK), str):
                 reason = extra[REFUSED_MARK]
                 assert isinstance(reason, str)
-                refused_fields[name] = reason
                 refused_fields[info.alias or name] = reason
+                if wire.get(name, name) == name:
+                    refused_fields[name] = reason
         cls._refused = refused_fields
 
     @model_validator(mode="before")
@@ -91,12 +93,16 @@ class StrictModel(ApiModel):
     def refused_fields(cls) -> dict[str, str]:
         """Wire name -> reason, for the fields this model refuses when set."""
         return {
-            (info.alias or name): cls._refused[name] for name, info in cls.model_fields.items() if name in cls._refused
+            info.alias or name: cls._refused[info.alias or name]
+            for name, info in cls.model_fields.items()
+            if (info.alias or name) in cls._refused
         }
 
 
 def did_you_mean(name: str, candidates: typing.Iterable[str]) -> str:
     """` (did you mean 'timeout'?)` when a candidate is close to `name` (case-insensitive), else ''."""
+    if len(name) > 64:  # no field name is that long: not a typo of one (and difflib stays cheap)
+        return ""
     lowered = {c.lower(): c for c in candidates}
     close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.75)
     return f" (did you mean {lowered[close[0]]!r}?)" if close else ""
