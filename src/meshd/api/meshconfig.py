@@ -162,6 +162,9 @@ def parse_mesh_policy(raw: dict[str, Any]) -> MeshPolicy:
         where = field_path(first["loc"]).replace("pathNormalization", "pathNormalization.normalization")
         where = where.replace("outboundTrafficPolicy", "outboundTrafficPolicy.mode")
         message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
+        head, sep, rest = message.partition(": ")
+        if sep and head and " " not in head:  # "<field>: message" from a model validator: part of the path
+            where, message = f"{where}.{head}" if where != "<root>" else head, rest
         raise InvalidMeshConfig(f"{where}: {message}") from None
     names = [p.name for p in policy.extension_providers]
     for i, name in enumerate(names):
