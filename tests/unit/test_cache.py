@@ -950,3 +950,30 @@ def test_a_change_that_keeps_every_scope_input_still_rebuilds_what_it_touches(se
         fresh = ConfigGenerator(generator.world, options=OPTIONS)
         for proxy in proxies:
             assert _content(generator.snapshot(proxy)) == _content(fresh.snapshot(proxy)), (step, proxy.node_id)
+
+
+def test_carried_world_checks_follow_their_inputs() -> None:
+    """A whole-World check is carried while what it reads is unchanged: a credentialName error goes
+    when its Secret appears, comes back when the Secret goes, and stays put across unrelated changes."""
+    mesh = Mesh()
+    rule = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": "tls", "namespace": "a"},
+            "spec": {"host": "s2.b.svc.cluster.local",
+                     "trafficPolicy": {"tls": {"mode": "MUTUAL", "credentialName": "cred"}}}}  # fmt: skip
+    # the workloads of namespace a are its pods
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "a"},
+           "status": {"podIP": "10.0.9.9"}}  # fmt: skip
+
+    def credential_errors() -> list[str]:
+        assert mesh.generator is not None
+        mesh.generator.precompute()  # the World checks
+        return sorted({str(e.key) for e in mesh.generator.errors if "cred" in e.message})
+
+    mesh.apply(_resources([rule, pod]))
+    assert credential_errors() == ["DestinationRule a/tls"]
+    mesh.apply(_resources(_docs("b", "s1", ["10.0.0.7"])[1:2]))  # an endpoint change: carried
+    assert credential_errors() == ["DestinationRule a/tls"]
+    mesh.apply(_resources([_secret("a", "cred", 0)]))
+    assert credential_errors() == []
+    mesh.apply([], deleted=(ResourceKey("Secret", "a", "cred"),))
+    assert credential_errors() == ["DestinationRule a/tls"]

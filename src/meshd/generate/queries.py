@@ -261,7 +261,7 @@ class Queries:
             if self._provider_services_changed(before):
                 return None  # a CUSTOM policy's provider service came, went or changed
             now, then = world.workloads, before.workloads
-            moved = {ip for ip in now.keys() | then.keys() if now.get(ip) is not then.get(ip)}
+            moved = set() if now is then else {ip for ip in now.keys() | then.keys() if now.get(ip) is not then.get(ip)}
             index, old = self._index(), self._prev_inbound.entries
             inbound = index.entries
             candidates = index.touched if index.touched is not None else inbound.keys() | old.keys()
