@@ -16,6 +16,7 @@ import pytest
 
 from tests.e2e.conftest import SERVICE, virtual_service
 from tests.e2e.harness import Mesh, eventually, logs_on_failure
+from tests.e2e.ratelimit_service import start_rate_limit_service
 
 pytestmark = pytest.mark.e2e
 HCM = "envoy.filters.network.http_connection_manager"
@@ -205,6 +206,123 @@ spec:
 """
 
 
+GATEWAY = """\
+apiVersion: v1
+kind: Pod
+metadata: {{name: istio-ingressgateway-1, namespace: istio-system, labels: {{istio: ingressgateway}}}}
+status: {{podIP: {ip}}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: bookinfo-gateway, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 8080, name: http, protocol: HTTP}}
+    hosts: [bookinfo.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: bookinfo, namespace: default}}
+spec:
+  hosts: [bookinfo.example.com]
+  gateways: [bookinfo-gateway]
+  http:
+  - route: [{{destination: {{host: productpage, port: {{number: 9080}}}}}}]
+"""
+# Istio's local rate limit task on the ingress gateway: 4 requests a minute for the whole gateway
+GATEWAY_LOCAL_RATE_LIMIT = """\
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: filter-local-ratelimit-gateway, namespace: istio-system}
+spec:
+  workloadSelector: {labels: {istio: ingressgateway}}
+  configPatches:
+  - applyTo: HTTP_FILTER
+    match:
+      context: GATEWAY
+      listener: {filterChain: {filter: {name: envoy.filters.network.http_connection_manager}}}
+    patch:
+      operation: INSERT_BEFORE
+      value:
+        name: envoy.filters.http.local_ratelimit
+        typed_config:
+          "@type": type.googleapis.com/udpa.type.v1.TypedStruct
+          type_url: type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+          value:
+            stat_prefix: http_local_rate_limiter
+            token_bucket: {max_tokens: 4, tokens_per_fill: 4, fill_interval: 60s}
+            filter_enabled: {runtime_key: lrl_enabled, default_value: {numerator: 100, denominator: HUNDRED}}
+            filter_enforced: {runtime_key: lrl_enforced, default_value: {numerator: 100, denominator: HUNDRED}}
+            response_headers_to_add:
+            - append: false
+              header: {key: x-local-rate-limit, value: "true"}
+"""
+RATELIMIT_SERVICE = """\
+apiVersion: v1
+kind: Service
+metadata: {{name: ratelimit, namespace: default}}
+spec:
+  ports: [{{name: grpc, port: 8081, targetPort: 8081}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: ratelimit-1, namespace: default, labels: {{kubernetes.io/service-name: ratelimit}}}}
+addressType: IPv4
+ports: [{{name: grpc, port: 8081}}]
+endpoints:
+- addresses: [{ip}]
+"""
+# Istio's global rate limit task (filter-ratelimit, filter-ratelimit-svc), on the client's sidecar: the
+# ratelimit HTTP filter calling the rate-limit service's cluster, the :path as descriptor PATH on web's routes
+GLOBAL_RATE_LIMIT = """\
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: filter-ratelimit, namespace: default}
+spec:
+  workloadSelector: {labels: {app: client}}
+  configPatches:
+  - applyTo: HTTP_FILTER
+    match:
+      context: SIDECAR_OUTBOUND
+      listener:
+        filterChain:
+          filter:
+            name: envoy.filters.network.http_connection_manager
+            subFilter: {name: envoy.filters.http.router}
+    patch:
+      operation: INSERT_BEFORE
+      value:
+        name: envoy.filters.http.ratelimit
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit
+          domain: ratelimit
+          failure_mode_deny: true
+          timeout: 10s
+          rate_limit_service:
+            grpc_service:
+              envoy_grpc: {cluster_name: "outbound|8081||ratelimit.default.svc.cluster.local", authority: ratelimit}
+            transport_api_version: V3
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: filter-ratelimit-svc, namespace: default}
+spec:
+  workloadSelector: {labels: {app: client}}
+  configPatches:
+  - applyTo: VIRTUAL_HOST
+    match:
+      context: SIDECAR_OUTBOUND
+      routeConfiguration: {vhost: {name: "web.default.svc.cluster.local:9080", route: {action: ANY}}}
+    patch:
+      operation: MERGE
+      value:
+        rate_limits:
+        - actions:
+          - request_headers: {header_name: ":path", descriptor_key: PATH}
+"""
+
+
 @pytest.fixture
 async def mesh(tmp_path: pathlib.Path) -> AsyncIterator[Mesh]:
     """meshd + sidecars: client (.1), web-v1 (.2), web-v2 (.3), productpage (.4, app on port 8000)."""
@@ -349,3 +467,54 @@ async def _cluster_timeout(mesh: Mesh, wanted: str) -> bool:
 
 async def _no_errors(mesh: Mesh, resource: str) -> bool:
     return not await _errors_on(mesh, resource)
+
+
+async def test_global_rate_limit_asks_the_rate_limit_service(mesh: Mesh) -> None:
+    """Istio's global rate limiting: Envoy's ratelimit filter asks the test's gRPC rate-limit service
+    (envoy.service.ratelimit.v3) about each request's PATH descriptor; the service decides."""
+    server, service = await start_rate_limit_service(mesh.ip(5), 8081, limits={("ratelimit", "PATH", "/limited"): 2})
+    try:
+        mesh.write("ratelimit.yaml", RATELIMIT_SERVICE.format(ip=mesh.ip(5)))
+        mesh.write("global-rate-limit.yaml", GLOBAL_RATE_LIMIT)
+
+        async def asked() -> bool:
+            await _get(mesh, "/free")
+            return ("ratelimit", (("PATH", "/free"),)) in service.seen
+
+        await eventually(asked, what="the client's sidecar to ask the rate-limit service")
+        statuses = [(await _get(mesh, "/limited"))[0] for _ in range(4)]
+        assert statuses == [200, 200, 429, 429], statuses  # the service's limit of 2
+        assert [(await _get(mesh, "/free"))[0] for _ in range(4)] == [200] * 4
+    finally:
+        await server.stop(None)
+    # the service gone: failure_mode_deny refuses what it cannot ask about (the decision is the service's)
+    await eventually(lambda: _status_is(mesh, 500, "/free"), what="requests refused without the service")
+
+
+async def test_a_local_rate_limit_on_the_ingress_gateway(mesh: Mesh) -> None:
+    mesh.write("gateway.yaml", GATEWAY.format(ip=mesh.ip(6)))
+    await mesh.sidecar(pod="istio-ingressgateway-1", ip=mesh.ip(6), namespace="istio-system", node_type="router")
+
+    async def through_gateway() -> tuple[int, dict[str, str]]:
+        status, headers, _ = await mesh.request(
+            via_ip=mesh.ip(6), host="bookinfo.example.com", port=8080, headers={"connection": "close"}
+        )  # a new connection each time: one opened before the patch keeps the listener it was accepted on
+        return status, headers
+
+    await eventually(lambda: _ok(through_gateway), what="the gateway to route to productpage")
+    mesh.write("gateway-limit.yaml", GATEWAY_LOCAL_RATE_LIMIT)
+
+    async def applied() -> bool:
+        listeners = json.dumps(await mesh.envoys["istio-ingressgateway-1"].config_dump(resource="dynamic_listeners"))
+        return "envoy.filters.http.local_ratelimit" in listeners
+
+    await eventually(applied, what="the local rate limit on the gateway")
+    statuses = [(await through_gateway())[0] for _ in range(4)]
+    status, headers = await through_gateway()
+    assert statuses == [200] * 4 and status == 429, (statuses, status)
+    assert headers.get("x-local-rate-limit") == "true"
+    assert await _status_is(mesh, 200)  # the sidecars are not selected
+
+
+async def _ok(call: Any) -> bool:
+    return bool((await call())[0] == 200)

@@ -31,6 +31,8 @@ VALUE_TYPES = {
     "LISTENER_FILTER": "envoy.config.listener.v3.ListenerFilter",
 }
 _TYPE_PREFIX = "type.googleapis.com/"
+# the packages of Envoy's protos (xds-protos): the only modules a type name may import
+_PROTO_ROOTS = ("envoy.", "udpa.", "xds.", "google.protobuf.", "google.rpc.", "validate.")
 _MAX_DEPTH = 64
 
 
@@ -51,6 +53,8 @@ def message_class(full_name: str) -> type[Message] | None:
 @cache
 def _import_package_of(full_name: str) -> bool:
     """Import every `*_pb2` module of the proto package a type name belongs to (its directory)."""
+    if not full_name.startswith(_PROTO_ROOTS):
+        return False  # never import a module a document names outside Envoy's protos
     parts = full_name.split(".")
     for cut in range(len(parts) - 1, 0, -1):
         package = ".".join(parts[:cut])
