@@ -518,3 +518,48 @@ async def test_a_local_rate_limit_on_the_ingress_gateway(mesh: Mesh) -> None:
 
 async def _ok(call: Any) -> bool:
     return bool((await call())[0] == 200)
+
+
+ECDS = """\
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: ecds-lua, namespace: default}
+spec:
+  workloadSelector: {labels: {app: client}}
+  configPatches:
+  - applyTo: EXTENSION_CONFIG
+    patch:
+      operation: ADD
+      value:
+        name: ecds-lua
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
+          inlineCode: |
+            function envoy_on_response(handle)
+              handle:headers():add("x-ecds", "delivered")
+            end
+  - applyTo: HTTP_FILTER
+    match:
+      context: SIDECAR_OUTBOUND
+      listener: {filterChain: {filter: {name: envoy.filters.network.http_connection_manager,
+                                        subFilter: {name: envoy.filters.http.router}}}}
+    patch:
+      operation: INSERT_BEFORE
+      value:
+        name: ecds-lua
+        config_discovery:
+          config_source: {ads: {}, resource_api_version: V3}
+          type_urls: [type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua]
+"""
+
+
+async def test_an_extension_config_is_delivered_over_ecds(mesh: Mesh) -> None:
+    mesh.write("ecds.yaml", ECDS)
+
+    async def delivered() -> bool:
+        status, headers = await _get(mesh)
+        return status == 200 and headers.get("x-ecds") == "delivered"
+
+    await eventually(delivered, what="the Lua filter delivered over ECDS to answer")
+    dump = json.dumps(await mesh.envoys["client"].config_dump(resource="ecds_filters"))
+    assert "ecds-lua" in dump

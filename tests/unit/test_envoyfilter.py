@@ -293,3 +293,70 @@ def test_gateway_context_and_proxy_match() -> None:
     patch["match"]["proxy"] = {"metadata": {"ROLE": "edge"}}
     assert timeout(_apply([patch], router=True, ROLE="edge")[0]) == 9
     assert timeout(_apply([patch], router=True)[0]) == 0
+
+
+TCP_PROXY = {"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+    "stat_prefix": "t", "cluster": "c"}}  # fmt: skip
+
+
+def test_filter_chain_route_configuration_listener_and_extension_config_operations() -> None:
+    ecds = {
+        "name": "my-lua",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+            "inline_code": "-- noop",
+        },
+    }
+    config, errors = _apply([
+        {"applyTo": "FILTER_CHAIN", "match": {"context": "SIDECAR_INBOUND"},
+         "patch": {"operation": "MERGE", "value": {"name": "merged-chain"}}},
+        {"applyTo": "FILTER_CHAIN", "match": {"context": "SIDECAR_OUTBOUND", "listener": {"name": "0.0.0.0_80"}},
+         "patch": {"operation": "ADD", "value": {"name": "added", "filter_chain_match": {"destination_port": 81},
+                                                  "filters": [TCP_PROXY]}}},
+        {"applyTo": "ROUTE_CONFIGURATION",
+         "match": {"context": "SIDECAR_OUTBOUND", "routeConfiguration": {"portNumber": 80}},
+         "patch": {"operation": "MERGE", "value": {"validate_clusters": True}}},
+        {"applyTo": "ROUTE_CONFIGURATION", "match": {"context": "SIDECAR_OUTBOUND"},
+         "patch": {"operation": "ADD", "value": {"name": "extra-routes"}}},
+        {"applyTo": "LISTENER", "match": {"context": "SIDECAR_OUTBOUND", "listener": {"portNumber": 80}},
+         "patch": {"operation": "MERGE", "value": {"per_connection_buffer_limit_bytes": 4096}}},
+        {"applyTo": "EXTENSION_CONFIG", "patch": {"operation": "ADD", "value": ecds}},
+    ])  # fmt: skip
+    assert not errors, errors
+    assert [c.name for c in config.listeners["virtualInbound"].filter_chains] == ["merged-chain"]
+    assert [c.name for c in config.listeners["0.0.0.0_80"].filter_chains] == ["", "added"]
+    assert config.routes["80"].validate_clusters.value is True
+    assert sorted(config.routes) == ["80", "extra-routes"]
+    assert config.listeners["0.0.0.0_80"].per_connection_buffer_limit_bytes.value == 4096
+    assert config.listeners["virtualInbound"].per_connection_buffer_limit_bytes.value == 0
+    assert list(config.extensions) == ["my-lua"]
+
+
+def test_listener_replace_and_filter_class_authn() -> None:
+    replacement = {"name": "0.0.0.0_80", "address": {"socket_address": {"address": "0.0.0.0", "port_value": 80}},
+                   "stat_prefix": "replaced"}  # fmt: skip
+    config, errors = _apply([
+        {"applyTo": "LISTENER", "match": {"listener": {"name": "0.0.0.0_80"}},
+         "patch": {"operation": "REPLACE", "value": replacement}},
+        _http("ADD", None, _lua(), ctx="SIDECAR_INBOUND", filterClass="AUTHN"),
+    ])  # fmt: skip
+    assert not errors, errors
+    assert config.listeners["0.0.0.0_80"].stat_prefix == "replaced"
+    assert not config.listeners["0.0.0.0_80"].filter_chains
+    assert _http_filters(config, "virtualInbound") == [LUA, RT]  # no authn filter there: first
+
+
+def test_filters_apply_in_order_and_a_failing_one_leaves_the_others() -> None:
+    first = _parse(_ef([{"applyTo": "CLUSTER", "patch": {"operation": "MERGE", "value": {"connect_timeout": "2s"}}}],
+                       name="first"))  # fmt: skip
+    bad = _parse(_ef([{"applyTo": "CLUSTER", "patch": {"operation": "MERGE", "value": {"connect_timeout": "0s"}}}],
+                     name="bad"))  # fmt: skip
+    last = _parse(_ef([{"applyTo": "CLUSTER", "patch": {"operation": "MERGE", "value": {"connect_timeout": "3s"}}}],
+                      name="last"))  # fmt: skip
+    config, errors = apply_filters(_config(), (first, bad, last), router=False, metadata={})
+    assert [e.key.name for e in errors if e.key is not None] == ["bad"]
+    assert "duration gt 0ns" in errors[0].message
+    assert config.clusters["outbound|80||web.shop.svc.cluster.local"].connect_timeout.seconds == 3
+    config, _ = apply_filters(_config(), (last, first), router=False, metadata={})
+    assert config.clusters["outbound|80||web.shop.svc.cluster.local"].connect_timeout.seconds == 2
