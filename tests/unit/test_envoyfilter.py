@@ -113,7 +113,7 @@ def test_selection_order_is_root_then_namespace_then_workload_then_priority() ->
     docs = [
         _ef([], name="ns-wide", ns="shop"),
         _ef([], name="ns-workload", ns="shop", workloadSelector={"labels": {"app": "web"}}),
-        _ef([], name="ns-early", ns="shop", priority=-5),
+        _ef([], name="zz-early", ns="shop", priority=-5),
         _ef([], name="root-workload", ns="istio-system", workloadSelector={"labels": {"app": "web"}}),
         _ef([], name="root-wide", ns="istio-system"),
         _ef([], name="other-ns", ns="other"),
@@ -125,10 +125,10 @@ def test_selection_order_is_root_then_namespace_then_workload_then_priority() ->
     names = [
         f.metadata.name for f in selected(world, namespace="shop", labels={"app": "web"}, root_namespace="istio-system")
     ]
-    assert names == ["root-wide", "root-workload", "ns-early", "ns-wide", "ns-workload"]
+    assert names == ["root-wide", "root-workload", "zz-early", "ns-wide", "ns-workload"]
     gateway = {"gateway.networking.k8s.io/gateway-name": "edge"}
     names = [f.metadata.name for f in selected(world, namespace="shop", labels=gateway, root_namespace="istio-system")]
-    assert names == ["root-wide", "ns-early", "ns-wide", "gw"]
+    assert names == ["root-wide", "zz-early", "ns-wide", "gw"]
 
 
 # -- operations ------------------------------------------------------------------------------------------
