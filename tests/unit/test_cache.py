@@ -9,6 +9,7 @@ import weakref
 from typing import Any
 
 import pytest
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
 
 from meshd.api.jwks import fetched_jwks
 from meshd.api.meshconfig import parse_mesh_policy
@@ -985,3 +986,30 @@ def test_a_custom_provider_service_appearing_reaches_a_proxy_that_cannot_see_it(
     after = conn.snapshot.resources[LISTENER]["virtualInbound"].body
     assert _content(conn.snapshot) == _content(ConfigGenerator(generator.world, options=OPTIONS).snapshot(conn.proxy))
     assert b"ext_authz" in after and b"-provider" not in after
+
+
+def test_an_envoy_filter_alone_reaches_a_connected_proxy_and_its_removal_too() -> None:
+    """A push whose only change is an EnvoyFilter: the shared layers are unchanged, yet the held snapshot is
+    not current (the patch layer decides), both when the filter comes and when it goes."""
+    mesh = Mesh()
+    hub = Hub()
+    assert mesh.generator is not None
+    hub.publish(mesh.generator, changed_at=0.0)
+    conn = hub.connect(proxy=_proxy("a", 1), stream=SotwStream(nonce_prefix="a"), now=0.0)
+    timeout = {"applyTo": "CLUSTER", "match": {"cluster": {"service": "s1.a.svc.cluster.local"}},
+               "patch": {"operation": "MERGE", "value": {"connect_timeout": "7s"}}}  # fmt: skip
+    doc = {"apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
+           "metadata": {"name": "ef", "namespace": "a"}, "spec": {"configPatches": [timeout]}}  # fmt: skip
+    name = "outbound|9080||s1.a.svc.cluster.local"
+
+    def connect_timeout() -> int:
+        assert conn.snapshot is not None
+        cluster = Cluster()
+        cluster.ParseFromString(conn.snapshot.resources[CLUSTER][name].body)
+        return int(cluster.connect_timeout.seconds)
+
+    assert connect_timeout() != 7
+    hub.publish(mesh.apply(_resources([doc])), changed_at=1.0)
+    assert connect_timeout() == 7
+    hub.publish(mesh.apply([], deleted=(parse_resource(doc).key,)), changed_at=2.0)
+    assert connect_timeout() != 7

@@ -44,7 +44,6 @@ class EnvoyFilterLayers:
             "envoyfilters", previous=previous.cache if previous is not None else None, memo=memo, tracer=tracer
         )
         self._memo = memo
-        self.patched: set[int] = set()  # ids of the patched snapshots this generation served
 
     def apply(self, proxy: Proxy, group: Hashable, base: Snapshot, context: Context) -> Snapshot:
         queries = context.queries
@@ -64,9 +63,7 @@ class EnvoyFilterLayers:
             self._memo.keep(used)  # its errors are reported while the entry is in use
             return snap, used
 
-        snap = self.cache.get((group, proxy.metadata), inputs=inputs, context=context, build=build)
-        self.patched.add(id(snap))
-        return snap
+        return self.cache.get((group, proxy.metadata), inputs=inputs, context=context, build=build)
 
 
 def _patched(

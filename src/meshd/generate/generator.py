@@ -114,7 +114,6 @@ class ConfigGenerator:
         self.envoyfilters: EnvoyFilterLayers = EnvoyFilterLayers(
             memo=self.memo, previous=previous.envoyfilters if previous else None, tracer=tracer
         )
-        self._prev_patched = previous.envoyfilters.patched if previous is not None else set()
         self._keys = ScopeKeys(world, root_namespace=options.root_namespace)
         # per proxy group: its named layers, and the snapshot made of them (carried to the next generation)
         self._group_layers: dict[Group, ProxyLayers] = {}
@@ -283,8 +282,8 @@ class ConfigGenerator:
         assert isinstance(key, ScopeKey)
         if proxy.proxyless:
             return False  # snapshot() gives back the held object while its layer is unchanged
-        if id(held) in self._prev_patched or self.queries.envoy_filters(proxy.namespace, proxy.ip):
-            return False  # EnvoyFilters patch it (or did): the patch layer decides
+        if self.queries.envoy_filters(proxy.namespace, proxy.ip):
+            return False  # EnvoyFilters patch it: the patch layer decides (a held patched one is not _prev_groups')
         if self.scope_key(proxy) != key:
             # its scope moved (e.g. a new DestinationRule workload selector or sourceLabels selector now
             # distinguishes it): the held snapshot was built for another scope

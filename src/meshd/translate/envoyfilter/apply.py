@@ -29,7 +29,7 @@ from envoy.config.route.v3.route_pb2 import RouteConfiguration
 from envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2 import (
     HttpConnectionManager,
 )
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from meshd.api.envoyfilter import ConfigPatch, EnvoyFilter, VirtualHostMatch
 from meshd.api.meta import InvalidResource
@@ -93,6 +93,11 @@ def apply_filters(
                     _apply(config, patch, router=router)
                 except PatchFailed as exc:
                     raise PatchFailed(f"spec.configPatches[{i}]", str(exc)) from None
+                except (ValueError, TypeError, KeyError, AttributeError, IndexError, DecodeError) as exc:
+                    # a message the patch cannot be applied to as written (never a crash of the generation)
+                    raise PatchFailed(
+                        f"spec.configPatches[{i}]", f"cannot apply: {type(exc).__name__}: {exc}"
+                    ) from None
             _rekey(config)
             _validate(before, config)
         except PatchFailed as exc:
