@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from meshd.api.authorization import AuthorizationPolicySpec  # noqa: E402
 from meshd.api.destinationrule import DestinationRuleSpec  # noqa: E402
+from meshd.api.envoyfilter import EnvoyFilterSpec  # noqa: E402
 from meshd.api.gateway import GatewaySpec  # noqa: E402
 from meshd.api.meta import REFUSED_MARK  # noqa: E402
 from meshd.api.networking import ServiceEntrySpec, SidecarSpec, WorkloadEntrySpec  # noqa: E402
@@ -71,6 +72,7 @@ class CrdKind:
     plural: str
     short_names: tuple[str, ...]
     spec_model: type[BaseModel] | None  # None: permissive spec
+    versions: tuple[str, ...] = ()  # served versions when not the group's (EnvoyFilter: v1alpha3 only)
 
 
 KINDS = (
@@ -80,6 +82,7 @@ KINDS = (
     CrdKind(NETWORKING, "ServiceEntry", "serviceentries", ("se",), ServiceEntrySpec),
     CrdKind(NETWORKING, "WorkloadEntry", "workloadentries", ("we",), WorkloadEntrySpec),
     CrdKind(NETWORKING, "Sidecar", "sidecars", (), SidecarSpec),
+    CrdKind(NETWORKING, "EnvoyFilter", "envoyfilters", (), EnvoyFilterSpec, versions=("v1alpha3",)),
     CrdKind(SECURITY, "PeerAuthentication", "peerauthentications", ("pa",), PeerAuthenticationSpec),
     CrdKind(SECURITY, "AuthorizationPolicy", "authorizationpolicies", ("ap",), AuthorizationPolicySpec),
     CrdKind(SECURITY, "RequestAuthentication", "requestauthentications", ("ra",), RequestAuthenticationSpec),
@@ -187,11 +190,11 @@ def crd(kind: CrdKind) -> dict[str, Any]:
                 {
                     "name": version,
                     "served": True,
-                    "storage": version == STORAGE[kind.group],
+                    "storage": version == STORAGE[kind.group] or len(kind.versions) == 1,
                     "subresources": {"status": {}},
                     "schema": {"openAPIV3Schema": schema},
                 }
-                for version in VERSIONS[kind.group]
+                for version in kind.versions or VERSIONS[kind.group]
             ],
         },
     }

@@ -541,8 +541,9 @@ async def test_an_envoy_nack_is_written_on_the_resource_behind_it(kube: Kube) ->
 
 
 async def test_istio_kinds_meshd_does_not_translate_get_a_status_saying_so(kube: Kube) -> None:
-    """Telemetry and EnvoyFilter (Istio kinds meshd does not translate yet) are never silently ignored: each
-    object gets Reconciled False with what that means for traffic, and an entry in /debug/config_errors."""
+    """Telemetry (an Istio kind meshd does not translate yet) and an invalid EnvoyFilter are never silently
+    ignored: each object gets Reconciled False with what that means (the kind not supported; the field that is
+    wrong), and an entry in /debug/config_errors."""
     objects: list[Obj] = [
         {
             "apiVersion": "telemetry.istio.io/v1alpha1",
@@ -562,13 +563,13 @@ async def test_istio_kinds_meshd_does_not_translate_get_a_status_saying_so(kube:
 
     async def reported() -> dict[str, str]:
         errors = await kube.mesh.meshd.get_json("/debug/config_errors")
-        found = {e["resource"]: e["message"] for e in errors if e["field"] == "kind"}
+        found = {e["resource"]: f"{e['field']}: {e['message']}" for e in errors}
         assert {f"Telemetry {NS}/mesh-default", f"EnvoyFilter {NS}/lua"} <= set(found), errors
         return found
 
-    found = await eventually(reported, timeout=20, what="both objects reported as not supported")
+    found = await eventually(reported, timeout=20, what="both objects reported")
     assert "is not applied" in found[f"Telemetry {NS}/mesh-default"]
-    assert "patches are not applied" in found[f"EnvoyFilter {NS}/lua"]
+    assert found[f"EnvoyFilter {NS}/lua"].startswith("spec.configPatches[0].patch.value: required for INSERT_BEFORE")
 
     async def status(obj: Obj) -> dict[str, Any]:
         current = await kube.rest.get(obj["apiVersion"], obj["kind"], NS, obj["metadata"]["name"])
@@ -579,5 +580,6 @@ async def test_istio_kinds_meshd_does_not_translate_get_a_status_saying_so(kube:
     for obj in objects:
         current = await eventually(lambda obj=obj: status(obj), timeout=20, what=f"status on {obj['kind']}")  # type: ignore[misc]
         [message] = current["status"]["validationMessages"]
-        assert "not supported by meshd" in message["description"]
+        wanted = "not supported by meshd" if obj["kind"] == "Telemetry" else "required for INSERT_BEFORE"
+        assert wanted in message["description"]
         await kube.delete(obj)

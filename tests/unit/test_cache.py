@@ -9,6 +9,7 @@ import weakref
 from typing import Any
 
 import pytest
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
 
 from meshd.api.jwks import fetched_jwks
 from meshd.api.meshconfig import parse_mesh_policy
@@ -469,6 +470,50 @@ _L4_CHANGES = {"tcp-service": _tcp_service, "l4-route": _l4_route, "egress": _eg
                "ingress": _ingress_sidecar, "selector-rule": _selector_rule}  # fmt: skip
 
 
+_HCM = "envoy.filters.network.http_connection_manager"
+_LUA = "function envoy_on_response(h) h:headers():add('x-ef', '1') end"
+_EF_PATCHES: list[dict[str, Any]] = [
+    {"applyTo": "CLUSTER", "match": {"context": "SIDECAR_OUTBOUND", "cluster": {"service": "s1.a.svc.cluster.local"}},
+     "patch": {"operation": "MERGE", "value": {"connect_timeout": "7s"}}},
+    {"applyTo": "CLUSTER", "match": {"cluster": {"portNumber": 80}},
+     "patch": {"operation": "MERGE", "value": {"connect_timeout": "3s"}}},
+    {"applyTo": "HTTP_FILTER",
+     "match": {"context": "ANY", "listener": {"filterChain": {"filter": {
+         "name": _HCM, "subFilter": {"name": "envoy.filters.http.router"}}}}},
+     "patch": {"operation": "INSERT_BEFORE", "value": {"name": "envoy.filters.http.lua", "typed_config": {
+         "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua", "inline_code": _LUA}}}},
+    {"applyTo": "LISTENER_FILTER", "match": {"listener": {"listenerFilter": "envoy.filters.listener.original_dst"}},
+     "patch": {"operation": "REMOVE"}},
+    {"applyTo": "HTTP_ROUTE", "match": {"context": "SIDECAR_OUTBOUND", "routeConfiguration": {"vhost": {"route": {
+         "action": "ROUTE"}}}}, "patch": {"operation": "MERGE", "value": {"route": {"timeout": "9s"}}}},
+    {"applyTo": "HTTP_ROUTE", "match": {"context": "SIDECAR_INBOUND", "routeConfiguration": {"vhost": {}}},
+     "patch": {"operation": "INSERT_FIRST", "value": {"name": "ef", "match": {"prefix": "/ef"},
+                                                       "direct_response": {"status": 418}}}},
+    {"applyTo": "VIRTUAL_HOST", "match": {"context": "GATEWAY"},
+     "patch": {"operation": "MERGE", "value": {"include_request_attempt_count": True}}},
+    {"applyTo": "CLUSTER", "match": {"context": "SIDECAR_OUTBOUND", "proxy": {"proxyVersion": "^1\\.2"}},
+     "patch": {"operation": "MERGE", "value": {"connect_timeout": "2s"}}},
+    {"applyTo": "CLUSTER", "match": {"cluster": {"service": "s2.b.svc.cluster.local"}},  # Envoy would refuse it
+     "patch": {"operation": "MERGE", "value": {"connect_timeout": "0s"}}},
+]  # fmt: skip
+
+
+def _envoy_filter(rng: random.Random) -> dict[str, Any]:
+    """An EnvoyFilter at mesh, namespace or workload level with one to three of the patches above."""
+    ns = rng.choice(["a", "b", "istio-system"])
+    spec: dict[str, Any] = {"configPatches": rng.sample(_EF_PATCHES, rng.randint(1, 3)), "priority": rng.randint(-1, 1)}
+    selector = rng.choice([None, "wide", "narrow", "ingressgateway"])
+    if selector is not None:
+        spec["workloadSelector"] = {"labels": {"app" if selector != "ingressgateway" else "istio": selector}}
+    return {"apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
+            "metadata": {"name": f"ef{rng.randint(0, 3)}", "namespace": ns}, "spec": spec}  # fmt: skip
+
+
+def _envoy_filters_seen(snapshot: object) -> int:
+    """Listeners a Lua filter or an inline route of the EnvoyFilters above reached."""
+    return sum(b"x-ef" in body or b"/ef" in body for body in _content(snapshot).get(LISTENER, {}).values())
+
+
 def _features_seen(snapshot: object, seen: dict[str, int]) -> None:
     """Count what the random L4 / egress / ingress / selector changes put in a snapshot."""
     by_type = _content(snapshot)
@@ -629,7 +674,13 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     # proxy 2 of each namespace runs under an agent with SDS: it gets Istio mTLS; proxy 3 has its
     # traffic captured (capture-mode listeners), with SDS in namespace a; proxy 4 is a proxyless gRPC client
     proxies = [
-        dataclasses.replace(_proxy(ns, n), sds=n == 2 or (n == 3 and ns == "a"), capture=n == 3, proxyless=n == 4)
+        dataclasses.replace(
+            _proxy(ns, n),
+            sds=n == 2 or (n == 3 and ns == "a"),
+            capture=n == 3,
+            proxyless=n == 4,
+            metadata=(("ISTIO_VERSION", "1.24.0"),) if n == 1 else (),
+        )
         for ns in ("a", "b")
         for n in (1, 2, 3, 4)
     ]
@@ -662,6 +713,10 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     jwt_rng = random.Random(seed + 1000)
     request_authns: set[ResourceKey] = set()
     jwt_seen = [0, 0]  # bound, captured
+    ef_rng = random.Random(seed * 7 + 3)
+    envoy_filters: set[ResourceKey] = set()
+    ef_seen = 0
+    ef_errors = 0
     for step in range(130):
         ns, name = rng.choice(["a", "b"]), rng.choice(["s1", "s2"])
         choice = rng.random()
@@ -777,6 +832,14 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
             else:
                 docs.append(_request_authentication(jwt_rng, jwt_rng.choice(["a", "b"])))
                 request_authns.add(parse_resource(docs[-1]).key)
+        if ef_rng.random() < 0.3:  # in the same push: an EnvoyFilter added, changed or removed
+            if envoy_filters and ef_rng.random() < 0.25:
+                gone = ef_rng.choice(sorted(envoy_filters))
+                envoy_filters.discard(gone)
+                deleted += (gone,)
+            else:
+                docs.append(_envoy_filter(ef_rng))
+                envoy_filters.add(parse_resource(docs[-1]).key)
         if authz_rng.random() < 0.4:  # in the same push: an AuthorizationPolicy change
             more, gone = _authorization_change(authz_rng, ns, authz_policies)
             docs, deleted = [*docs, *more], (*deleted, *gone)
@@ -786,13 +849,14 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
         fresh = ConfigGenerator(generator.world, options=OPTIONS)
         generator.precompute()
         fresh.precompute()
-        assert sorted(map(str, generator.errors)) == sorted(map(str, fresh.errors)), step
         rejections_seen += bool(generator.errors)
+        ef_errors += any(e.key is not None and e.key.kind == "EnvoyFilter" for e in generator.errors)
         for conn in conns:
             assert conn.snapshot is not None
             assert _content(conn.snapshot) == _content(fresh.snapshot(conn.proxy)), (step, conn.proxy.node_id)
             served_secrets += len(conn.snapshot.resources.get(SECRET, {}))
             jwt_seen[conn.proxy.capture] += _jwt_seen(conn.snapshot)
+            ef_seen += _envoy_filters_seen(conn.snapshot)
             clusters, listeners = _mtls_seen(conn.snapshot)
             assert not (clusters or listeners) or conn.proxy.sds  # never to a proxy without SDS
             mtls_seen[0] += clusters
@@ -812,6 +876,8 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
             if conn.proxy.proxyless:  # gRPC's view only: api_listeners named host:port
                 assert all(":" in name for name in listeners_held), sorted(listeners_held)
                 proxyless_listeners.update(listeners_held)
+        # (after the fresh snapshots: what an EnvoyFilter fails on is found building the proxies it selects)
+        assert sorted(map(str, generator.errors)) == sorted(map(str, fresh.errors)), step
     assert len(outbound_modes) == 2  # capture proxies saw both ALLOW_ANY and REGISTRY_ONLY
     # the gateways served HTTP, HTTPS (with Secrets over SDS), TCP and TLS ports at some point
     assert {"0.0.0.0_80", "0.0.0.0_443", "0.0.0.0_31400", "0.0.0.0_8443"} <= gateway_listeners
@@ -823,6 +889,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     assert all(authz_seen)  # and authorization reached HTTP chains and (capture proxies) TCP chains
     assert len(protocols_seen) >= 3 and proxyless_listeners  # and protocol changes, proxyless clients
     assert all(jwt_seen)  # and jwt_authn reached inbound listeners, bound and captured
+    assert ef_seen and ef_errors  # and EnvoyFilters patched proxies, one was refused on some
 
 
 def test_virtual_service_errors_are_carried_across_pushes_and_follow_their_rule() -> None:
@@ -919,6 +986,33 @@ def test_a_custom_provider_service_appearing_reaches_a_proxy_that_cannot_see_it(
     after = conn.snapshot.resources[LISTENER]["virtualInbound"].body
     assert _content(conn.snapshot) == _content(ConfigGenerator(generator.world, options=OPTIONS).snapshot(conn.proxy))
     assert b"ext_authz" in after and b"-provider" not in after
+
+
+def test_an_envoy_filter_alone_reaches_a_connected_proxy_and_its_removal_too() -> None:
+    """A push whose only change is an EnvoyFilter: the shared layers are unchanged, yet the held snapshot is
+    not current (the patch layer decides), both when the filter comes and when it goes."""
+    mesh = Mesh()
+    hub = Hub()
+    assert mesh.generator is not None
+    hub.publish(mesh.generator, changed_at=0.0)
+    conn = hub.connect(proxy=_proxy("a", 1), stream=SotwStream(nonce_prefix="a"), now=0.0)
+    timeout = {"applyTo": "CLUSTER", "match": {"cluster": {"service": "s1.a.svc.cluster.local"}},
+               "patch": {"operation": "MERGE", "value": {"connect_timeout": "7s"}}}  # fmt: skip
+    doc = {"apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
+           "metadata": {"name": "ef", "namespace": "a"}, "spec": {"configPatches": [timeout]}}  # fmt: skip
+    name = "outbound|9080||s1.a.svc.cluster.local"
+
+    def connect_timeout() -> int:
+        assert conn.snapshot is not None
+        cluster = Cluster()
+        cluster.ParseFromString(conn.snapshot.resources[CLUSTER][name].body)
+        return int(cluster.connect_timeout.seconds)
+
+    assert connect_timeout() != 7
+    hub.publish(mesh.apply(_resources([doc])), changed_at=1.0)
+    assert connect_timeout() == 7
+    hub.publish(mesh.apply([], deleted=(parse_resource(doc).key,)), changed_at=2.0)
+    assert connect_timeout() != 7
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from meshd.api.authorization import AuthorizationPolicy, refused_policy
 from meshd.api.destinationrule import DestinationRule
+from meshd.api.envoyfilter import EnvoyFilter
 from meshd.api.gateway import Gateway
 from meshd.api.kube import EndpointSlice, Pod, Secret, Service
 from meshd.api.meta import InvalidResource, Resource, ResourceKey, field_path
@@ -30,6 +31,7 @@ KINDS: dict[str, tuple[type[Resource], tuple[str, ...]]] = {
     "WorkloadEntry": (WorkloadEntry, NETWORKING_VERSIONS),
     "Sidecar": (Sidecar, NETWORKING_VERSIONS),
     "Gateway": (Gateway, NETWORKING_VERSIONS),
+    "EnvoyFilter": (EnvoyFilter, ("networking.istio.io/v1alpha3",)),
     "PeerAuthentication": (PeerAuthentication, SECURITY_VERSIONS),
     "RequestAuthentication": (RequestAuthentication, SECURITY_VERSIONS),
     "AuthorizationPolicy": (AuthorizationPolicy, SECURITY_VERSIONS),
@@ -48,8 +50,6 @@ FAIL_CLOSED: dict[str, Callable[[dict[str, Any], InvalidResource], Resource | No
 REFUSED_KINDS: dict[str, str] = {
     "Telemetry": "telemetry.istio.io Telemetry is not supported by meshd yet: it is not applied (metrics, access "
     "logging and tracing stay as the mesh config sets them)",
-    "EnvoyFilter": "networking.istio.io EnvoyFilter is not supported by meshd yet: its patches are not applied to "
-    "the Envoy config meshd generates",
     "WasmPlugin": "extensions.istio.io WasmPlugin is not supported by meshd yet: the plugin is not loaded, no Wasm "
     "filter runs in the selected proxies",
     "ProxyConfig": "networking.istio.io ProxyConfig is not supported by meshd yet: proxies keep their defaults "

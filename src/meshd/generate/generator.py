@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 from meshd.api.meta import InvalidResource
 from meshd.generate.checks import WorldChecks
+from meshd.generate.envoyfilters import EnvoyFilterLayers
 from meshd.generate.gateways import GatewayLayers
 from meshd.generate.layers import LayerCache
 from meshd.generate.memo import MemoEntry, ResourceMemo, build_all, reuse_layer
@@ -109,6 +110,9 @@ class ConfigGenerator:
         )
         self.proxies: LayerCache[Group, Snapshot] = LayerCache(
             "proxies", previous=previous.proxies if previous else None, memo=self.memo, tracer=tracer
+        )
+        self.envoyfilters: EnvoyFilterLayers = EnvoyFilterLayers(
+            memo=self.memo, previous=previous.envoyfilters if previous else None, tracer=tracer
         )
         self._keys: ScopeKeys = ScopeKeys(
             world, root_namespace=options.root_namespace, previous=previous._keys if previous is not None else None
@@ -280,6 +284,8 @@ class ConfigGenerator:
         assert isinstance(key, ScopeKey)
         if proxy.proxyless:
             return False  # snapshot() gives back the held object while its layer is unchanged
+        if self.queries.envoy_filters(proxy.namespace, proxy.ip):
+            return False  # EnvoyFilters patch it: the patch layer decides (a held patched one is not _prev_groups')
         if self.scope_key(proxy) != key:
             # its scope moved (e.g. a new DestinationRule workload selector or sourceLabels selector now
             # distinguishes it): the held snapshot was built for another scope
@@ -314,13 +320,14 @@ class ConfigGenerator:
         key = self._keys.for_proxy(proxy)
         group = (PROXYLESS if proxy.proxyless else proxy.ip, key)
         cached = self._group_snapshots.get(group)
-        if cached is not None:
+        if cached is None:
+            self.builds += 1
+            cached = self._group_snapshots[group] = self._build(proxy, key, group)
+            if self._check:
+                self._check_errors()
+        if proxy.proxyless:
             return cached
-        self.builds += 1
-        snap = self._group_snapshots[group] = self._build(proxy, key, group)
-        if self._check:
-            self._check_errors()
-        return snap
+        return self.envoyfilters.apply(proxy, group, cached, self._context(proxy=proxy))
 
     def _check_errors(self) -> None:
         """Check mode: every rejection a build ran into is one the World checks report (errors are found
@@ -337,7 +344,7 @@ class ConfigGenerator:
         group = (ROUTER, self.gateways.key_for(proxy))
         cached = self._group_snapshots.get(group)
         if cached is not None:
-            return cached
+            return self.envoyfilters.apply(proxy, group, cached, self._context(proxy=proxy))
         self.builds += 1
         stack = (*self.gateways.layers(proxy), *self._extras)
         previous = self._prev_groups.get(group)
@@ -352,7 +359,7 @@ class ConfigGenerator:
         self._group_snapshots[group] = snap
         if self._check:
             self._check_errors()
-        return snap
+        return self.envoyfilters.apply(proxy, group, snap, self._context(proxy=proxy))
 
     def _build(self, proxy: Proxy, key: ScopeKey, group: Group) -> Snapshot:
         scope = self._scope(key)

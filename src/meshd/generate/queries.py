@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 from meshd.api.authorization import AuthorizationPolicy
 from meshd.api.destinationrule import DestinationRule
+from meshd.api.envoyfilter import EnvoyFilter
 from meshd.api.gateway import Gateway
 from meshd.api.meta import InvalidResource
 from meshd.api.virtualservice import VirtualService
@@ -22,6 +23,7 @@ from meshd.generate.tls_files import FileCheck
 from meshd.model.world import World
 from meshd.translate.authz.inbound import InboundAuthz, inbound_authz
 from meshd.translate.authz.selection import Selected, applied, unattached_index
+from meshd.translate.envoyfilter.selection import selected as selected_envoy_filters
 from meshd.translate.gateway.select import selected_gateways
 from meshd.translate.jwt_authn import JwtProviders, inline_keys, workload_providers
 from meshd.translate.listener_plan import ListenerPlan
@@ -189,6 +191,16 @@ class Queries:
         if self._unattached is None:
             self._unattached = unattached_index(self._world, root_namespace=self._options.root_namespace)
         return Selected(policies, self._unattached.get(ip, ()))
+
+    def envoy_filters(self, namespace: str, ip: str) -> tuple[EnvoyFilter, ...]:
+        """The EnvoyFilters applying to the proxy of the workload at an address (by its labels), in order."""
+        if not self._world.envoy_filters:
+            return ()
+        workload = self._world.workloads.get(ip)
+        labels = dict(workload.labels) if workload is not None else {}
+        return selected_envoy_filters(
+            self._world, namespace=namespace, labels=labels, root_namespace=self._options.root_namespace
+        )
 
     def authorization(self, namespace: str, ip: str) -> InboundAuthz:
         """The inbound authorization filters of the workload at an address (one translation per distinct

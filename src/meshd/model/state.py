@@ -14,6 +14,7 @@ from typing import TypeVar
 
 from meshd.api.authorization import AuthorizationPolicy
 from meshd.api.destinationrule import DestinationRule
+from meshd.api.envoyfilter import EnvoyFilter
 from meshd.api.gateway import Gateway
 from meshd.api.jwks import FETCHED_JWKS, FetchedJwks
 from meshd.api.kube import EndpointSlice, Pod, Secret, Service
@@ -35,6 +36,7 @@ _ISTIO_KINDS = (
     "PeerAuthentication",
     "AuthorizationPolicy",
     "Gateway",
+    "EnvoyFilter",
 )
 ServiceId = tuple[str, str]  # (namespace, name)
 _K = TypeVar("_K")
@@ -95,6 +97,7 @@ class WorldState:
         self._request_authn_by_ns: Mapping[str, tuple[RequestAuthentication, ...]] = MappingProxyType({})
         self._jwks: Mapping[str, str] = MappingProxyType({})
         self._authz: Mapping[str, tuple[AuthorizationPolicy, ...]] = MappingProxyType({})
+        self._envoy_filters: Mapping[str, tuple[EnvoyFilter, ...]] = MappingProxyType({})
         # (namespace, name) -> Gateway; a new mapping object only when one of them changes
         self._gateways: Mapping[tuple[str, str], Gateway] = MappingProxyType({})
         self._gateway_bindings: dict[tuple[str, str], tuple[VirtualService, ...]] = {}
@@ -299,6 +302,10 @@ class WorldState:
             p for p in self._istio["AuthorizationPolicy"].values() if isinstance(p, AuthorizationPolicy)
         )
         self._authz = _same_or_new(self._authz, authz)
+        envoy_filters = derive.envoy_filters_by_namespace(
+            e for e in self._istio["EnvoyFilter"].values() if isinstance(e, EnvoyFilter)
+        )
+        self._envoy_filters = _same_or_new(self._envoy_filters, envoy_filters)
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -368,6 +375,7 @@ class WorldState:
             authorization_policies=self._authz,
             gateways=self._gateways,
             gateway_bindings=self._gateway_bindings,
+            envoy_filters=self._envoy_filters,
         )
 
 

@@ -16,6 +16,7 @@ from types import MappingProxyType
 
 from meshd.api.authorization import AuthorizationPolicy
 from meshd.api.destinationrule import DestinationRule
+from meshd.api.envoyfilter import EnvoyFilter
 from meshd.api.gateway import Gateway
 from meshd.api.jwks import FetchedJwks
 from meshd.api.kube import EndpointSlice, Pod, Secret, Service
@@ -69,6 +70,8 @@ class World:
     # (namespace, name) a VirtualService's top-level `gateways` names -> those VirtualServices, oldest
     # first (whether or not the Gateway exists); each tuple is the same object while unchanged
     gateway_bindings: Mapping[tuple[str, str], tuple[VirtualService, ...]] = field(default_factory=dict)
+    # namespace -> its EnvoyFilters in the order Istio applies them (priority, creation time, name)
+    envoy_filters: Mapping[str, tuple[EnvoyFilter, ...]] = field(default_factory=dict)
 
     def virtual_services_for(self, host: str) -> tuple[VirtualService, ...] | None:
         """The VirtualServices routing a host: those naming it exactly, else those of the most
@@ -105,6 +108,7 @@ def assemble(
     authorization_policies: Mapping[str, tuple[AuthorizationPolicy, ...]] | None = None,
     gateways: Mapping[tuple[str, str], Gateway] | None = None,
     gateway_bindings: Mapping[tuple[str, str], tuple[VirtualService, ...]] | None = None,
+    envoy_filters: Mapping[str, tuple[EnvoyFilter, ...]] | None = None,
 ) -> World:
     ordered = dict(sorted(services.items()))
     by_namespace: dict[str, list[MeshService]] = defaultdict(list)
@@ -141,6 +145,7 @@ def assemble(
         authorization_policies=authorization_policies if authorization_policies is not None else MappingProxyType({}),
         gateways=gateways if gateways is not None else MappingProxyType({}),
         gateway_bindings=MappingProxyType(dict(gateway_bindings or {})),
+        envoy_filters=envoy_filters if envoy_filters is not None else MappingProxyType({}),
     )
 
 
@@ -215,4 +220,7 @@ def build_world(resources: Iterable[Resource], *, domain_suffix: str, revision: 
         ),
         gateways=MappingProxyType(derive.gateways_by_key(g for g in by_kind["Gateway"] if isinstance(g, Gateway))),
         gateway_bindings=derive.gateway_bindings(vss),
+        envoy_filters=MappingProxyType(
+            derive.envoy_filters_by_namespace(e for e in by_kind["EnvoyFilter"] if isinstance(e, EnvoyFilter))
+        ),
     )

@@ -68,7 +68,11 @@ class PushLoop:
         current, reported = self._generations.current, self._translation_errors
         refused = [e for e in current.refused if e not in reported] if current is not None else []
         rejected = self._hub.rejected()
-        nacked = nack_errors(rejected, current.world) if rejected and current is not None else []
+        nacked = (
+            nack_errors(rejected, current.world, root_namespace=self._settings.root_namespace)
+            if rejected and current is not None
+            else []
+        )
         return self._store.errors() + reported + refused + self._build_errors + nacked
 
     def follow_mesh(self, mesh: Callable[[], MeshPolicy]) -> None:

@@ -254,7 +254,6 @@ def test_validation_webhook(default: list[dict[str, Any]]) -> None:
     crds = {(c["spec"]["group"], c["spec"]["names"]["plural"]) for c in of_kind(default, "CustomResourceDefinition")}
     # every kind meshd translates; the kinds it does not translate yet are admitted (their status says so)
     unsupported = {
-        ("networking.istio.io", "envoyfilters"),
         ("networking.istio.io", "proxyconfigs"),
         ("networking.istio.io", "workloadgroups"),
         ("telemetry.istio.io", "telemetries"),
