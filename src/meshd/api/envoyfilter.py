@@ -14,9 +14,8 @@ from typing import Any, Literal
 from google.protobuf.message import Message
 from pydantic import Field, PrivateAttr, model_validator
 
-from meshd.api.authorization import StrictModel
 from meshd.api.envoy_value import VALUE_TYPES, parse_value
-from meshd.api.meta import Resource
+from meshd.api.meta import Resource, StrictModel
 
 ApplyTo = Literal[
     "LISTENER",
