@@ -21,6 +21,14 @@ READ_ELSEWHERE: dict[Field, str] = {
     ("CorsPolicy", "allowOrigin"): "translate/http_filters.py",  # the deprecated exact-origin list
     ("HTTPRoute", "mirrorPercent"): "translate/http_route.py",  # the deprecated integer mirror percentage
     ("JwtRule", "timeout"): "sources/jwks.py",  # the JWKS fetch's timeout (the fetcher, not translation)
+    # EnvoyFilter (tests/unit/test_envoyfilter.py, tests/e2e/test_envoyfilter*.py)
+    ("Patch", "value"): "api/envoyfilter.py",  # parsed into the Envoy message translation applies
+    ("Patch", "filterClass"): "translate/envoyfilter/apply.py",
+    ("ProxyMatch", "proxyVersion"): "translate/envoyfilter/match.py",
+    ("ProxyMatch", "metadata"): "translate/envoyfilter/match.py",
+    ("EnvoyFilterTargetRef", "kind"): "translate/envoyfilter/selection.py",
+    ("EnvoyFilterTargetRef", "name"): "translate/envoyfilter/selection.py",
+    ("EnvoyFilterTargetRef", "namespace"): "translate/envoyfilter/selection.py",
 }
 # Fields refused by a validation rule rather than `refused(...)` (the rule names the field; its test is cited).
 REFUSED_BY_RULE: dict[Field, str] = {
@@ -33,6 +41,7 @@ NO_TRAFFIC_EFFECT: dict[Field, str] = {
     ("Server", "name"): "Istio uses a server's name for statistics and status only",
     ("TargetRef", "group"): "checked against the kinds Istio attaches policies to (validation); the target is "
     "resolved by kind and name",
+    ("EnvoyFilterTargetRef", "group"): "as TargetRef.group",
 }
 
 

@@ -15,7 +15,7 @@ from google.protobuf.message import Message
 from pydantic import Field, PrivateAttr, model_validator
 
 from meshd.api.envoy_value import VALUE_TYPES, parse_value
-from meshd.api.meta import Resource, StrictModel
+from meshd.api.meta import Resource, StrictModel, refused
 
 ApplyTo = Literal[
     "LISTENER",
@@ -65,16 +65,10 @@ class FilterChainMatch(StrictModel):
 
 class ListenerMatch(StrictModel):
     port_number: int | None = Field(default=None, ge=0, le=65535)
-    port_name: str = ""
+    port_name: str | None = refused("deprecated in Istio; the patch would apply nowhere: match by portNumber")
     filter_chain: FilterChainMatch | None = None
     listener_filter: str = ""
     name: str = ""
-
-    @model_validator(mode="after")
-    def _unsupported(self) -> ListenerMatch:
-        if self.port_name:
-            raise ValueError("portName: not supported by meshd (deprecated in Istio): match by portNumber")
-        return self
 
 
 class RouteMatch(StrictModel):
@@ -89,18 +83,10 @@ class VirtualHostMatch(StrictModel):
 
 class RouteConfigurationMatch(StrictModel):
     port_number: int | None = Field(default=None, ge=0, le=65535)
-    port_name: str = ""
-    gateway: str = ""
+    port_name: str | None = refused("the patch would apply nowhere: match by portNumber or name")
+    gateway: str | None = refused("the patch would apply nowhere: match a gateway's route configuration by name")
     vhost: VirtualHostMatch | None = None
     name: str = ""
-
-    @model_validator(mode="after")
-    def _unsupported(self) -> RouteConfigurationMatch:
-        if self.port_name:
-            raise ValueError("portName: not supported by meshd: match by portNumber or name")
-        if self.gateway:
-            raise ValueError("gateway: not supported by meshd yet: match a gateway's route configuration by name")
-        return self
 
 
 class ClusterMatch(StrictModel):

@@ -149,11 +149,18 @@ def test_request_authentication_schema_is_strict(crds: dict[tuple[str, str], dic
         assert set(spec["properties"]) == {"selector", "targetRef", "targetRefs", "jwtRules"}
 
 
+# Free-form by Istio's API (a google.protobuf.Struct): an EnvoyFilter patch's Envoy config, which meshd parses
+# as the Envoy message its applyTo names (unknown fields refused with their path: tests/unit/test_envoyfilter.py).
+FREE_FORM = {("EnvoyFilter", "spec.configPatches.items.patch.value")}
+
+
 def test_every_modelled_spec_is_closed(crds: dict[tuple[str, str], dict[str, Any]]) -> None:
-    """No Istio kind meshd models keeps unknown fields anywhere in its spec (issue 21: strict schemas)."""
+    """No Istio kind meshd models keeps unknown fields anywhere in its spec (issue 21: strict schemas), but
+    where Istio's API itself is free-form."""
     for (_, kind), crd in crds.items():
         for version in crd["spec"]["versions"]:
-            assert _preserving(version["schema"]["openAPIV3Schema"]["properties"]["spec"]) == [], (kind, version)
+            spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            assert [p for p in _preserving(spec) if (kind, p) not in FREE_FORM] == [], (kind, version["name"])
 
 
 def test_fields_meshd_refuses_are_typed_and_described(crds: dict[tuple[str, str], dict[str, Any]]) -> None:
