@@ -14,7 +14,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.e2e.agents import write_ca_tokens
 from tests.e2e.harness import Mesh
 
-TOKENS = {"tok-client": ("default", "client"), "tok-web": ("default", "web")}
+TOKENS = {
+    "tok-client": ("default", "client"),
+    "tok-web": ("default", "web"),
+    "tok-gw": ("istio-system", "istio-ingressgateway-service-account"),
+}
 SPIFFE = "spiffe://cluster.local/ns/default/sa/{}"
 
 SERVICES = """\
@@ -99,7 +103,50 @@ spec:
     defaultEndpoint: 127.0.0.1:{app_port}
 """
 
-CLIENT, WEB, PLAIN, WEB_TCP = 1, 2, 4, 5
+GATEWAY_CONFIG = """\
+apiVersion: v1
+kind: Pod
+metadata: {{name: istio-ingressgateway-1, namespace: istio-system, labels: {{istio: ingressgateway}}}}
+spec: {{serviceAccountName: istio-ingressgateway-service-account}}
+status: {{podIP: {gw}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: istio-ingressgateway, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: istio-ingressgateway-1
+  namespace: istio-system
+  labels: {{kubernetes.io/service-name: istio-ingressgateway}}
+ports: [{{name: http, port: 8080}}]
+endpoints:
+- addresses: [{gw}]
+  targetRef: {{kind: Pod, name: istio-ingressgateway-1, namespace: istio-system}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: ingress, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers: [{{port: {{number: 80, name: http, protocol: HTTP}}, hosts: ["*"]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: web-ingress, namespace: istio-system}}
+spec:
+  hosts: ["*"]
+  gateways: [ingress]
+  http:
+  - route:
+    - destination: {{host: web.default.svc.cluster.local, port: {{number: 9080}}}}
+"""
+
+CLIENT, WEB, PLAIN, WEB_TCP, GATEWAY = 1, 2, 4, 5, 6
 
 
 async def start_metrics_mesh(m: Mesh, tmp_path: pathlib.Path) -> None:
@@ -118,6 +165,16 @@ async def start_metrics_mesh(m: Mesh, tmp_path: pathlib.Path) -> None:
     await m.agent_sidecar(
         pod="client-5d8f", ip=m.ip(CLIENT), service_account="client", token="tok-client",
         labels={"app": "client", "version": "v7"}, args=("--workload-name", "client"),
+    )  # fmt: skip
+
+
+async def start_gateway(m: Mesh) -> None:
+    """An ingress gateway (`meshd agent --proxy-type router`, workload `istio-ingressgateway`) routing to web."""
+    m.write("gateway.yaml", GATEWAY_CONFIG.format(gw=m.ip(GATEWAY)))
+    await m.agent_sidecar(
+        pod="istio-ingressgateway-1", ip=m.ip(GATEWAY), namespace="istio-system",
+        service_account="istio-ingressgateway-service-account", labels={"istio": "ingressgateway"},
+        token="tok-gw", args=("--proxy-type", "router", "--workload-name", "istio-ingressgateway"),
     )  # fmt: skip
 
 

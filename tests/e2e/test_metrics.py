@@ -15,6 +15,7 @@ import pytest
 from tests.e2e.harness import Mesh, eventually, free_port, logs_on_failure
 from tests.e2e.metrics_lab import (
     CLIENT,
+    GATEWAY,
     SPIFFE,
     TCP_SERVICE,
     WEB,
@@ -22,6 +23,7 @@ from tests.e2e.metrics_lab import (
     only,
     samples,
     scrape,
+    start_gateway,
     start_metrics_mesh,
     subset,
     total,
@@ -207,6 +209,40 @@ async def test_histograms_and_envoy_endpoint(mesh: Mesh) -> None:
     assert total(text, "istio_agent_scrapes_total") >= 1
 
 
+async def test_gateway_reports_as_source(mesh: Mesh) -> None:
+    """An ingress gateway reports its requests as Istio's gateways do (reporter source, its own workload as the
+    source); the server sidecar sees the gateway as the source over mTLS."""
+    await start_gateway(mesh)
+    url = f"http://{mesh.ip(GATEWAY)}:8080/?status=202"
+
+    async def through() -> bool:
+        async with mesh.client.get(url, headers={"Host": "shop.example"}) as resp:
+            return resp.status == 202
+
+    await eventually(through, timeout=30, what="gateway -> web")
+    assert await through()
+    gateway_source = {
+        "source_workload": "istio-ingressgateway",
+        "source_workload_namespace": "istio-system",
+        "source_principal": SPIFFE.format("istio-ingressgateway-service-account").replace(
+            "ns/default", "ns/istio-system"
+        ),
+        "destination_workload": "web-v1",
+        "destination_principal": SPIFFE.format("web"),
+        "destination_service": "web.default.svc.cluster.local",
+    }
+
+    async def counted(ip: str, reporter: str) -> dict[str, str]:
+        text = await scrape(mesh.client, ip)
+        assert total(text, REQUESTS, reporter=reporter, response_code="202") == 2
+        return only(text, REQUESTS, reporter=reporter, response_code="202")
+
+    at_gateway = await eventually(lambda: counted(mesh.ip(GATEWAY), "source"), timeout=20, what="gateway metrics")
+    assert subset(at_gateway, {**gateway_source, "connection_security_policy": "unknown"}) == {}
+    at_web = await eventually(lambda: counted(mesh.ip(WEB), "destination"), timeout=20, what="server metrics")
+    assert subset(at_web, {**gateway_source, "connection_security_policy": "mutual_tls"}) == {}
+
+
 REPLY = 1234
 
 
@@ -243,6 +279,7 @@ async def test_tcp_byte_counters(mesh: Mesh) -> None:
             assert await _exchange(mesh.ip(CLIENT), b"a" * (size - 1) + b"\n") == REPLY
     finally:
         server.close()
+
     async def counted(ip: str, reporter: str) -> str:
         text = await scrape(mesh.client, ip)
         assert total(text, "istio_tcp_connections_closed_total", reporter=reporter, **tcp) >= 3
