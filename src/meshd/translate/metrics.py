@@ -26,6 +26,7 @@ histograms `istio.<name>`; the node agent's 15090 listener and merged 15020 endp
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -224,7 +225,13 @@ def http_stats_loggers(
     *, reporter: str, mtls: bool | None = None, config: MetricsConfig = DEFAULT_METRICS
 ) -> list[accesslog_pb2.AccessLog]:
     """The access logger of an HTTP connection manager: istio_requests_total, the duration and size
-    histograms (none when every metric is disabled)."""
+    histograms (none when every metric is disabled). Built once per distinct argument set (a pure memo: the
+    messages are only ever copied into the connection managers)."""
+    return list(_http_loggers(reporter, mtls, config))
+
+
+@functools.lru_cache(maxsize=256)
+def _http_loggers(reporter: str, mtls: bool | None, config: MetricsConfig) -> tuple[accesslog_pb2.AccessLog, ...]:
     base = standard_tags(reporter=reporter, http=True, mtls=mtls)
     out = stats_pb2.Config(stat_prefix=STAT_PREFIX)
     one = wrappers_pb2.UInt64Value(value=1)
@@ -238,14 +245,19 @@ def http_stats_loggers(
     ):
         if (tags := config.metric_tags(metric, reporter, base)) is not None:
             out.histograms.append(stats_pb2.Config.Histogram(stat=_stat(metric, tags), unit=kind, value_format=value))
-    return [_logger(out)] if out.counters or out.histograms else []
+    return (_logger(out),) if out.counters or out.histograms else ()
 
 
 def tcp_stats_loggers(
     *, reporter: str, mtls: bool | None = None, config: MetricsConfig = DEFAULT_METRICS
 ) -> list[accesslog_pb2.AccessLog]:
     """The access loggers of a tcp_proxy: connections opened (when the upstream connects), and at the
-    connection's end connections closed and the bytes each way."""
+    connection's end connections closed and the bytes each way (built once per argument set)."""
+    return list(_tcp_loggers(reporter, mtls, config))
+
+
+@functools.lru_cache(maxsize=256)
+def _tcp_loggers(reporter: str, mtls: bool | None, config: MetricsConfig) -> tuple[accesslog_pb2.AccessLog, ...]:
     base = standard_tags(reporter=reporter, http=False, mtls=mtls)
     one = wrappers_pb2.UInt64Value(value=1)
     opened = stats_pb2.Config(stat_prefix=STAT_PREFIX)
@@ -269,7 +281,7 @@ def tcp_stats_loggers(
         out.append(_logger(opened, [data_pb2.TcpUpstreamConnected]))
     if closed.counters:
         out.append(_logger(closed, [data_pb2.TcpConnectionEnd]))
-    return out
+    return tuple(out)
 
 
 def tcp_metrics(
@@ -322,12 +334,19 @@ def _add_headers(*, request: bool) -> hcm_pb2.HttpFilter:
 
 def outbound_exchange_filters(config: MetricsConfig = DEFAULT_METRICS) -> list[hcm_pb2.HttpFilter]:
     """Client side (first in the chain): send our identity; read and remove the server's from the response."""
-    return [_add_headers(request=True), _to_metadata(request=False)] if config.enabled else []
+    return list(_exchange(outbound=True)) if config.enabled else []
 
 
 def inbound_exchange_filters(config: MetricsConfig = DEFAULT_METRICS) -> list[hcm_pb2.HttpFilter]:
     """Server side (first in the chain): read and remove the client's identity; answer with ours."""
-    return [_to_metadata(request=True), _add_headers(request=False)] if config.enabled else []
+    return list(_exchange(outbound=False)) if config.enabled else []
+
+
+@functools.lru_cache(maxsize=2)
+def _exchange(*, outbound: bool) -> tuple[hcm_pb2.HttpFilter, ...]:
+    if outbound:
+        return _add_headers(request=True), _to_metadata(request=False)
+    return _to_metadata(request=True), _add_headers(request=False)
 
 
 def service_metadata(*, host: str, name: str, namespace: str) -> base_pb2.Metadata:
