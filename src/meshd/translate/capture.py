@@ -53,6 +53,7 @@ from meshd.translate.listeners import (
     tcp_proxy_filter,
     tls_inspector,
 )
+from meshd.translate.metrics import DESTINATION, SOURCE
 from meshd.translate.mtls import downstream_context, tls_socket
 from meshd.translate.peer_auth import InboundMtls
 from meshd.translate.proto import pack
@@ -78,7 +79,7 @@ OUTBOUND, INBOUND = 2, 1  # envoy.config.core.v3.TrafficDirection
 
 
 def _tcp_chain(name: str, cluster: str) -> listener_components_pb2.FilterChain:
-    return listener_components_pb2.FilterChain(name=name, filters=[tcp_proxy_filter(cluster)])
+    return listener_components_pb2.FilterChain(name=name, filters=[tcp_proxy_filter(cluster, reporter=SOURCE)])
 
 
 def unknown_destination_cluster(outbound_mode: str) -> str:
@@ -152,7 +153,8 @@ def _inbound_tcp_chain(
     target: int, *, mtls: bool, protocol: str = "TCP", authz: InboundAuthz = NO_AUTHZ
 ) -> listener_components_pb2.FilterChain:
     """tcp_proxy to the app's port, after the workload's network authorization filters."""
-    filters = [*authz.network_filters, *tcp_filters(naming.inbound_cluster(port=target), protocol)]
+    cluster = naming.inbound_cluster(port=target)
+    filters = [*authz.network_filters, *tcp_filters(cluster, protocol, reporter=DESTINATION, mtls=mtls)]
     chain = listener_components_pb2.FilterChain(filters=filters)
     if mtls:
         chain.transport_socket.CopyFrom(tls_socket(downstream_context()))
@@ -164,7 +166,7 @@ def _passthrough_chain(*, mtls: bool, authz: InboundAuthz = NO_AUTHZ) -> listene
     (a policy covers every port of the workload, declared or not)."""
     chain = listener_components_pb2.FilterChain(
         name=f"{INBOUND_PASSTHROUGH}|{'mtls' if mtls else 'plaintext'}",
-        filters=[*authz.network_filters, tcp_proxy_filter(INBOUND_PASSTHROUGH)],
+        filters=[*authz.network_filters, tcp_proxy_filter(INBOUND_PASSTHROUGH, reporter=DESTINATION, mtls=mtls)],
     )
     if mtls:
         chain.transport_socket.CopyFrom(tls_socket(downstream_context()))

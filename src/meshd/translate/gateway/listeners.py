@@ -23,6 +23,7 @@ from google.protobuf import duration_pb2
 from meshd.translate.clusters import ads_config_source, socket_address
 from meshd.translate.http_filters import outbound_http_filters
 from meshd.translate.listeners import tls_inspector
+from meshd.translate.metrics import SOURCE, http_stats_loggers, outbound_exchange_filters
 from meshd.translate.mtls import tls_socket
 from meshd.translate.proto import pack
 from meshd.translate.protocol import allow_upgrades
@@ -42,7 +43,8 @@ def http_filter(*, route_name: str, stat_prefix: str) -> listener_components_pb2
         rds=hcm_pb2.Rds(config_source=ads_config_source(), route_config_name=route_name),
         stream_idle_timeout=duration_pb2.Duration(seconds=0),
     )
-    hcm.http_filters.extend(outbound_http_filters())
+    hcm.access_log.extend(http_stats_loggers(reporter=SOURCE))  # Istio's gateways report as the source
+    hcm.http_filters.extend([*outbound_exchange_filters(), *outbound_http_filters()])
     allow_upgrades(hcm)  # WebSocket through the gateway, as Istio's gateways allow it
     hcm.use_remote_address.value = True
     hcm.forward_client_cert_details = hcm_pb2.HttpConnectionManager.SANITIZE_SET
