@@ -23,6 +23,7 @@ from meshd.api.meta import InvalidResource, Resource
 from meshd.api.networking import ServiceEntry, Sidecar, WorkloadEntry
 from meshd.api.request_authentication import RequestAuthentication
 from meshd.api.security import PeerAuthentication
+from meshd.api.telemetry import Telemetry
 from meshd.api.virtualservice import VirtualService
 from meshd.model import derive
 from meshd.model.derive import EXPORT_TO_ANNOTATION, EndpointChunks, default_rule, resolve_host
@@ -69,6 +70,8 @@ class World:
     # (namespace, name) a VirtualService's top-level `gateways` names -> those VirtualServices, oldest
     # first (whether or not the Gateway exists); each tuple is the same object while unchanged
     gateway_bindings: Mapping[tuple[str, str], tuple[VirtualService, ...]] = field(default_factory=dict)
+    # namespace -> Telemetry resources, oldest first (the mapping is the same object while none changes)
+    telemetries: Mapping[str, tuple[Telemetry, ...]] = field(default_factory=dict)
 
     def virtual_services_for(self, host: str) -> tuple[VirtualService, ...] | None:
         """The VirtualServices routing a host: those naming it exactly, else those of the most
@@ -105,6 +108,7 @@ def assemble(
     authorization_policies: Mapping[str, tuple[AuthorizationPolicy, ...]] | None = None,
     gateways: Mapping[tuple[str, str], Gateway] | None = None,
     gateway_bindings: Mapping[tuple[str, str], tuple[VirtualService, ...]] | None = None,
+    telemetries: Mapping[str, tuple[Telemetry, ...]] | None = None,
 ) -> World:
     ordered = dict(sorted(services.items()))
     by_namespace: dict[str, list[MeshService]] = defaultdict(list)
@@ -141,6 +145,7 @@ def assemble(
         authorization_policies=authorization_policies if authorization_policies is not None else MappingProxyType({}),
         gateways=gateways if gateways is not None else MappingProxyType({}),
         gateway_bindings=MappingProxyType(dict(gateway_bindings or {})),
+        telemetries=telemetries if telemetries is not None else MappingProxyType({}),
     )
 
 
@@ -215,4 +220,7 @@ def build_world(resources: Iterable[Resource], *, domain_suffix: str, revision: 
         ),
         gateways=MappingProxyType(derive.gateways_by_key(g for g in by_kind["Gateway"] if isinstance(g, Gateway))),
         gateway_bindings=derive.gateway_bindings(vss),
+        telemetries=MappingProxyType(
+            derive.oldest_first_by_namespace(t for t in by_kind["Telemetry"] if isinstance(t, Telemetry))
+        ),
     )

@@ -257,7 +257,6 @@ def test_validation_webhook(default: list[dict[str, Any]]) -> None:
         ("networking.istio.io", "envoyfilters"),
         ("networking.istio.io", "proxyconfigs"),
         ("networking.istio.io", "workloadgroups"),
-        ("telemetry.istio.io", "telemetries"),
         ("extensions.istio.io", "wasmplugins"),
     }
     assert covered == crds - unsupported
