@@ -115,7 +115,7 @@ class Metrics(_Strict):
     def _prometheus(cls, value: list[ProviderRef]) -> list[ProviderRef]:
         for i, ref in enumerate(value):
             if ref.name != "prometheus":
-                raise ValueError(f"[{i}].name: {ref.name!r}: only the prometheus metrics provider is supported")
+                raise ValueError(f"provider {ref.name!r} (item {i}): only the prometheus metrics provider is supported")
         return value
 
     @field_validator("overrides")
