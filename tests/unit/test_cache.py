@@ -993,3 +993,24 @@ def test_a_custom_provider_service_appearing_reaches_a_proxy_that_cannot_see_it(
     after = conn.snapshot.resources[LISTENER]["virtualInbound"].body
     assert _content(conn.snapshot) == _content(ConfigGenerator(generator.world, options=OPTIONS).snapshot(conn.proxy))
     assert b"ext_authz" in after and b"-provider" not in after
+
+
+def test_a_telemetry_collector_service_appearing_reaches_a_carried_proxy() -> None:
+    """A Telemetry logs to OpenTelemetry (envoyOtelAls: the ext-authz.a service, absent at first): when the
+    collector's service appears, a proxy carried over from the previous push gets the logger, though its
+    Sidecar hides the service (namespace b sees only ./*) and nothing else of its config changes."""
+    mesh = Mesh()
+    logs = {"apiVersion": "telemetry.istio.io/v1", "kind": "Telemetry",
+            "metadata": {"name": "otel", "namespace": "istio-system"},
+            "spec": {"accessLogging": [{"providers": [{"name": "otel-als"}]}]}}  # fmt: skip
+    mesh.apply(_resources([logs]))
+    hub = Hub()
+    assert mesh.generator is not None
+    hub.publish(mesh.generator, changed_at=0.0)
+    conn = hub.connect(proxy=_proxy("b", 1), stream=SotwStream(nonce_prefix="b"), now=0.0)
+    assert conn.snapshot is not None
+    assert not any(b"open_telemetry" in r.body for r in conn.snapshot.resources[LISTENER].values())
+    generator = mesh.apply(_resources([_EXT_AUTHZ_SERVICE]))
+    hub.publish(generator, changed_at=1.0)
+    assert _content(conn.snapshot) == _content(ConfigGenerator(generator.world, options=OPTIONS).snapshot(conn.proxy))
+    assert any(b"open_telemetry" in r.body for r in conn.snapshot.resources[LISTENER].values())
