@@ -23,11 +23,12 @@ import pytest_asyncio
 from meshd.translate.telemetry.access_log import ISTIO_JSON_FORMAT
 from tests.e2e.agents import write_ca_tokens
 from tests.e2e.harness import Mesh, eventually, logs_on_failure
+from tests.e2e.l4_servers import Servers, read_line
 from tests.e2e.telemetry_collectors import OtlpCollector, Span, ZipkinCollector
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
-CLIENT, WEB, GATEWAY, ZIPKIN, OTLP = 1, 2, 3, 8, 9
+CLIENT, WEB, GATEWAY, DB, ZIPKIN, OTLP = 1, 2, 3, 4, 8, 9
 # Envoy writes access log files out every 10 s by default: the sidecars here every 100 ms
 FLUSH = ("--envoy-arg=--file-flush-interval-msec", "--envoy-arg=100")
 TOKENS = {
@@ -38,6 +39,20 @@ TOKENS = {
 WEB_HOST = "web.default.svc.cluster.local:9080"
 
 MESH_YAML = """\
+apiVersion: v1
+kind: Service
+metadata: {{name: db, namespace: default}}
+spec:
+  ports: [{{name: tcp-db, port: 5432}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: db, namespace: default, labels: {{kubernetes.io/service-name: db}}}}
+addressType: IPv4
+ports: [{{name: tcp-db, port: 5432}}]
+endpoints:
+- addresses: [{db}]
+---
 apiVersion: v1
 kind: Service
 metadata: {{name: web, namespace: default}}
@@ -236,13 +251,20 @@ async def tm(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Telemetr
         m.write(
             "mesh.yaml",
             MESH_YAML.format(
-                web=m.ip(WEB), client=m.ip(CLIENT), gateway=m.ip(GATEWAY), zipkin=m.ip(ZIPKIN), otlp=m.ip(OTLP)
+                web=m.ip(WEB),
+                client=m.ip(CLIENT),
+                gateway=m.ip(GATEWAY),
+                zipkin=m.ip(ZIPKIN),
+                otlp=m.ip(OTLP),
+                db=m.ip(DB),
             ),
         )
         m.write("telemetry.yaml", "")
         await m.meshd.start()
         zipkin = await ZipkinCollector().start(m.ip(ZIPKIN), 9411)
         otlp = await OtlpCollector().start(m.ip(OTLP), 4317)
+        servers = Servers()
+        await servers.name(m.ip(DB), 5432, "db")  # a TCP server without a sidecar
         try:
             await m.app(service="web", version="v1", pod="web", ip=m.ip(WEB))
             await m.agent_sidecar(
@@ -266,6 +288,7 @@ async def tm(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Telemetr
         finally:
             await zipkin.stop()
             await otlp.stop()
+            await servers.close()
 
 
 def marker() -> str:
@@ -300,6 +323,33 @@ async def test_mesh_config_access_log_is_istios_default_text_one_line_per_reques
         assert inb["cluster"] == "inbound|8080||"
         assert out["request_id"] == inb["request_id"] != ""
         assert inb["upstream_host"] == f"{tm.mesh.ip(WEB)}:8080"
+
+
+async def test_tcp_connections_are_logged_once_each(tm: TelemetryMesh) -> None:
+    """TCP through the client sidecar (its outbound tcp_proxy to `db`, a server without a sidecar): one TEXT
+    line per connection with the TCP fields (no method, path or status), the cluster and the bytes."""
+    tm.apply()
+    db = "outbound|5432||db.default.svc.cluster.local"
+    before = len([m for m in tm.text_lines("client", db)])
+
+    async def answered() -> bool:
+        return await read_line(tm.mesh.ip(CLIENT), 5432) == "db"
+
+    await eventually(answered, timeout=30, what="db through the client sidecar")
+    for _ in range(2):
+        assert await read_line(tm.mesh.ip(CLIENT), 5432) == "db"
+    lines: list[re.Match[str]] = []
+
+    async def logged() -> bool:
+        lines[:] = tm.text_lines("client", db)
+        return len(lines) - before >= 3
+
+    await eventually(logged, timeout=20, what="a line per TCP connection")
+    await tm.stays(lambda: len(tm.text_lines("client", db)) - before == 3, seconds=1.0, what="exactly three lines")
+    for line in lines[before:]:
+        assert (line["method"], line["path"], line["protocol"], line["code"]) == ("-", "-", "-", "0")
+        assert line["cluster"] == db and line["sent"] == "3"  # "db\n" to the client
+        assert line["upstream_host"] == f"{tm.mesh.ip(DB)}:5432"
 
 
 async def test_telemetry_json_provider_logs_istios_default_json(tm: TelemetryMesh) -> None:
