@@ -343,6 +343,7 @@ class WorldState:
             secrets=MappingProxyType(dict(self._secrets)),
             request_authentications=self._request_authn_by_ns,
             jwks=self._jwks,
+            telemetries=self._telemetry_by_ns,
             revision=revision,
         )
         return world
