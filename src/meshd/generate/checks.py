@@ -127,7 +127,7 @@ class WorldChecks:
         self.port_check = (services, port_errors)
         errors.update(dict.fromkeys(port_errors))
         errors.update(dict.fromkeys(self._carry("sidecars", (world.sidecars,), self._sidecar_errors)))
-        with_workloads = frozenset(w.namespace for w in world.workloads.values())
+        with_workloads = self._namespaces_with_workloads()
         credential_inputs = (with_workloads, world.rules_by_host, world.secrets)
         errors.update(dict.fromkeys(self._carry("credentials", credential_inputs, self._credentials)))
         errors.update(dict.fromkeys(self._carry("tunnels", (world.services, world.rules_by_host), self._tunnels)))
@@ -150,6 +150,16 @@ class WorldChecks:
         if self._sidecar_port is not None:
             errors.update(dict.fromkeys(self._bound_inbound()))
         return list(errors)
+
+    def _namespaces_with_workloads(self) -> frozenset[str]:
+        held = self._prev_carried.get("with-workloads")
+        if held is not None and held[0][0] is self.world.workloads:
+            found = held[0][1]
+        else:
+            found = frozenset(w.namespace for w in self.world.workloads.values())
+        self.carried["with-workloads"] = ((self.world.workloads, found), [])
+        assert isinstance(found, frozenset)
+        return found
 
     def _carry(
         self, name: str, inputs: tuple[object, ...], compute: Callable[[], list[InvalidResource]]

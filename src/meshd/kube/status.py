@@ -146,8 +146,8 @@ class StatusWriter:
         """Desired messages per object, and (apiVersion, resourceVersion) of the objects in the store."""
         held = {
             r.key: (r.api_version, r.metadata.resource_version)
-            for _, r in self._store.resources()
-            if r.kind in ISTIO_KINDS
+            for kind in ISTIO_KINDS
+            for r in self._store.of_kind(kind)  # (not the Pods, Services and EndpointSlices)
         }
         return desired_messages(objects=held, errors=self._errors()), held
 

@@ -22,6 +22,7 @@ class ConfigStore:
         self._changes: dict[ResourceKey, Resource | None] = {}
         self._errors: dict[str, tuple[InvalidResource, ...]] = {}
         self._listeners: list[Callable[[], None]] = []
+        self._kinds: dict[str, set[ResourceKey]] = {}  # kind -> keys with a winner
         self.revision = 0
         self.loaded = False
 
@@ -48,7 +49,8 @@ class ConfigStore:
             resources = {**resources, **kept}
         if dict(resources) == previous:
             return False
-        current = dict(resources)
+        # an equal copy (the rest of a rewritten file, newly parsed) is no change: keep the object held
+        current = {k: held if (held := previous.get(k)) is not None and held == v else v for k, v in resources.items()}
         if current.keys() == previous.keys() and all(_same_but_version(current[k], previous[k]) for k in current):
             self._take_versions(origin, current)
             return False
@@ -99,8 +101,10 @@ class ConfigStore:
         if winner is not self._winners.get(key):
             if winner is None:
                 del self._winners[key]
+                self._kinds[key.kind].discard(key)
             else:
                 self._winners[key] = winner
+                self._kinds.setdefault(key.kind, set()).add(key)
             self._changes[key] = winner
 
     def mark_loaded(self) -> None:
@@ -116,6 +120,10 @@ class ConfigStore:
     def resources(self) -> list[tuple[str, Resource]]:
         """(origin, resource) pairs of the winning copies, sorted by key."""
         return [(min(self._origins_of[key]), self._winners[key]) for key in sorted(self._winners)]
+
+    def of_kind(self, kind: str) -> list[Resource]:
+        """The winning copies of one kind, sorted by key (without walking the rest)."""
+        return [self._winners[key] for key in sorted(self._kinds.get(kind, ()))]
 
     def drain_changes(self) -> dict[ResourceKey, Resource | None]:
         """Keys whose winning resource changed since the last call: the new resource, or None if gone."""
