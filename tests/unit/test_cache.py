@@ -99,7 +99,13 @@ MESH_POLICY = parse_mesh_policy(
             {"name": "ext", "envoyExtAuthzGrpc": {"service": "ext-authz.a.svc.cluster.local", "port": 9000}},
             {"name": "s1-http", "envoyExtAuthzHttp": {"service": "s1.a.svc.cluster.local", "port": 9080}},
             {"name": "tracing", "zipkin": {"service": "zipkin", "port": 9411}},
+            # telemetry providers whose services come, go and change with the random steps
+            {"name": "zipkin-s2", "zipkin": {"service": "s2.b.svc.cluster.local", "port": 9080}},
+            {"name": "otel", "opentelemetry": {"service": "s1.a.svc.cluster.local", "port": 9080}},
+            {"name": "otel-als", "envoyOtelAls": {"service": "ext-authz.a.svc.cluster.local", "port": 9000}},
+            {"name": "json", "envoyFileAccessLog": {"path": "/dev/stdout", "logFormat": {"labels": {}}}},
         ],
+        "accessLogFile": "/dev/stdout",
         "pathNormalization": {"normalization": "MERGE_SLASHES"},
         "trustDomainAliases": ["old.example.org"],
     }
@@ -641,6 +647,58 @@ def _request_authentication(rng: random.Random, ns: str) -> dict[str, Any]:
             "spec": spec}  # fmt: skip
 
 
+def _telemetry(rng: random.Random, ns: str) -> dict[str, Any]:
+    """A Telemetry at mesh, namespace, workload or gateway level with access logging and/or tracing."""
+    level = rng.choice(["mesh", "namespace", "workload", "gateway"])
+    spec: dict[str, Any] = {}
+    if level == "workload":
+        spec["selector"] = {"matchLabels": {"app": rng.choice(["wide", "narrow"])}}
+    elif level == "gateway":
+        spec["selector"] = {"matchLabels": {"istio": "ingressgateway"}}
+    if rng.random() < 0.7:
+        entry: dict[str, Any] = {"match": {"mode": rng.choice(["CLIENT", "SERVER", "CLIENT_AND_SERVER"])}}
+        count = rng.randint(1, 2) if rng.random() < 0.8 else 0  # none: the default (the mesh config's file)
+        entry["providers"] = [{"name": n} for n in rng.sample(["json", "otel-als", "envoy"], count)]
+        if rng.random() < 0.3:
+            entry["disabled"] = True
+        if rng.random() < 0.3:
+            entry["filter"] = {"expression": "response.code >= 500"}
+        spec["accessLogging"] = [entry]
+    if rng.random() < 0.6:
+        tracing: dict[str, Any] = {"randomSamplingPercentage": rng.choice([1, 50, 100])}
+        if rng.random() < 0.8:
+            tracing["providers"] = [{"name": rng.choice(["zipkin-s2", "otel"])}]
+        if rng.random() < 0.3:
+            tracing["customTags"] = {"t": {"literal": {"value": rng.choice(["x", "y"])}}}
+        if rng.random() < 0.2:
+            tracing["disableSpanReporting"] = True
+        spec["tracing"] = [tracing]
+    return {"apiVersion": "telemetry.istio.io/v1", "kind": "Telemetry",
+            "metadata": {"name": f"t-{level}", "namespace": "istio-system" if level == "mesh" else ns},
+            "spec": spec}  # fmt: skip
+
+
+def _telemetry_seen(snapshot: object) -> tuple[int, int]:
+    """(listeners with an access logger other than the mesh config's JSON-less default, with a tracer)."""
+    listeners = _content(snapshot).get(LISTENER, {}).values()
+    return sum(b"open_telemetry" in body or b"jsonFormat" in body or b"json_format" in body for body in listeners), sum(
+        b"envoy.tracers" in body for body in listeners
+    )
+
+
+def _catchall_cluster(body: bytes) -> str:
+    """Where a virtualOutbound listener sends unknown destinations (its outbound traffic policy)."""
+    from envoy.config.listener.v3 import listener_pb2
+    from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+
+    listener = listener_pb2.Listener.FromString(body)
+    chains = [*listener.filter_chains, listener.default_filter_chain]
+    chain = next(c for c in chains if c.name == "virtualOutbound-catchall-tcp")
+    proxy = tcp_proxy_pb2.TcpProxy()
+    chain.filters[-1].typed_config.Unpack(proxy)
+    return proxy.cluster
+
+
 def _fetched_keys(rng: random.Random) -> Resource:
     """The key set meshd fetched from one of the jwksUris changes (a rotation)."""
     return fetched_jwks(rng.choice(_JWKS_URIS), f'{{"keys":[{{"kid":"k{rng.randint(0, 2)}"}}]}}')
@@ -694,7 +752,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     wide: set[str] = set()
     served_secrets = 0
     mtls_seen = [0, 0]
-    outbound_modes: set[bytes] = set()
+    outbound_modes: set[str] = set()
     policies: set[ResourceKey] = set()
     authz_policies: set[ResourceKey] = set()
     authz_seen = [0, 0]
@@ -717,6 +775,9 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     envoy_filters: set[ResourceKey] = set()
     ef_seen = 0
     ef_errors = 0
+    telemetry_rng = random.Random(seed * 7 + 3)
+    telemetries: set[ResourceKey] = set()
+    telemetry_seen = [0, 0, 0]  # listeners with a Telemetry access logger, with a tracer; routers with either
     for step in range(130):
         ns, name = rng.choice(["a", "b"]), rng.choice(["s1", "s2"])
         choice = rng.random()
@@ -840,6 +901,14 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
             else:
                 docs.append(_envoy_filter(ef_rng))
                 envoy_filters.add(parse_resource(docs[-1]).key)
+        if telemetry_rng.random() < 0.25:  # in the same push: a Telemetry at some level, or one removed
+            if telemetries and telemetry_rng.random() < 0.25:
+                gone = telemetry_rng.choice(sorted(telemetries))
+                telemetries.discard(gone)
+                deleted += (gone,)
+            else:
+                docs.append(_telemetry(telemetry_rng, telemetry_rng.choice(["a", "b"])))
+                telemetries.add(parse_resource(docs[-1]).key)
         if authz_rng.random() < 0.4:  # in the same push: an AuthorizationPolicy change
             more, gone = _authorization_change(authz_rng, ns, authz_policies)
             docs, deleted = [*docs, *more], (*deleted, *gone)
@@ -862,6 +931,10 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
             mtls_seen[0] += clusters
             mtls_seen[1] += listeners
             _features_seen(conn.snapshot, features)
+            logs, tracers = _telemetry_seen(conn.snapshot)
+            telemetry_seen[0] += logs
+            telemetry_seen[1] += tracers
+            telemetry_seen[2] += conn.proxy.type == "router" and bool(logs or tracers)
             http_rbac, network_rbac = _authz_seen(conn.snapshot)
             authz_seen[0] += http_rbac
             authz_seen[1] += network_rbac
@@ -872,7 +945,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
                 gateway_listeners.update(listeners_held)
                 gateway_secrets += len(conn.snapshot.resources.get(SECRET, {}))
             if conn.proxy.capture:
-                outbound_modes.add(listeners_held["virtualOutbound"].body)
+                outbound_modes.add(_catchall_cluster(listeners_held["virtualOutbound"].body))
             if conn.proxy.proxyless:  # gRPC's view only: api_listeners named host:port
                 assert all(":" in name for name in listeners_held), sorted(listeners_held)
                 proxyless_listeners.update(listeners_held)
@@ -890,6 +963,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     assert len(protocols_seen) >= 3 and proxyless_listeners  # and protocol changes, proxyless clients
     assert all(jwt_seen)  # and jwt_authn reached inbound listeners, bound and captured
     assert ef_seen and ef_errors  # and EnvoyFilters patched proxies, one was refused on some
+    assert all(telemetry_seen), telemetry_seen  # and Telemetry access logs and tracers, on sidecars and gateways
 
 
 def test_virtual_service_errors_are_carried_across_pushes_and_follow_their_rule() -> None:
@@ -1013,6 +1087,27 @@ def test_an_envoy_filter_alone_reaches_a_connected_proxy_and_its_removal_too() -
     assert connect_timeout() == 7
     hub.publish(mesh.apply([], deleted=(parse_resource(doc).key,)), changed_at=2.0)
     assert connect_timeout() != 7
+
+
+def test_a_telemetry_collector_service_appearing_reaches_a_carried_proxy() -> None:
+    """A Telemetry logs to OpenTelemetry (envoyOtelAls: the ext-authz.a service, absent at first): when the
+    collector's service appears, a proxy carried over from the previous push gets the logger, though its
+    Sidecar hides the service (namespace b sees only ./*) and nothing else of its config changes."""
+    mesh = Mesh()
+    logs = {"apiVersion": "telemetry.istio.io/v1", "kind": "Telemetry",
+            "metadata": {"name": "otel", "namespace": "istio-system"},
+            "spec": {"accessLogging": [{"providers": [{"name": "otel-als"}]}]}}  # fmt: skip
+    mesh.apply(_resources([logs]))
+    hub = Hub()
+    assert mesh.generator is not None
+    hub.publish(mesh.generator, changed_at=0.0)
+    conn = hub.connect(proxy=_proxy("b", 1), stream=SotwStream(nonce_prefix="b"), now=0.0)
+    assert conn.snapshot is not None
+    assert not any(b"open_telemetry" in r.body for r in conn.snapshot.resources[LISTENER].values())
+    generator = mesh.apply(_resources([_EXT_AUTHZ_SERVICE]))
+    hub.publish(generator, changed_at=1.0)
+    assert _content(conn.snapshot) == _content(ConfigGenerator(generator.world, options=OPTIONS).snapshot(conn.proxy))
+    assert any(b"open_telemetry" in r.body for r in conn.snapshot.resources[LISTENER].values())
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -16,6 +16,7 @@ from envoy.type.v3 import http_status_pb2
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from meshd.api.meshtelemetry import InvalidTelemetryConfig, MeshTelemetry, parse_mesh_telemetry
 from meshd.api.meta import ApiModel, StrictModel, field_path
 from meshd.api.values import Duration, PortNumber
 
@@ -127,13 +128,21 @@ class MeshPolicy(ApiModel):
     path_normalization: Literal["NONE", "BASE", "MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES"] = "BASE"
     trust_domain_aliases: tuple[str, ...] = ()
     outbound_traffic_policy: Literal["ALLOW_ANY", "REGISTRY_ONLY"] | None = None
+    # access logging and tracing (api/meshtelemetry.py)
+    telemetry: MeshTelemetry = MeshTelemetry()
 
     def provider(self, name: str) -> ExtensionProvider | None:
         return next((p for p in self.extension_providers if p.name == name), None)
 
     def __hash__(self) -> int:
         return hash(
-            (self.extension_providers, self.path_normalization, self.trust_domain_aliases, self.outbound_traffic_policy)
+            (
+                self.extension_providers,
+                self.path_normalization,
+                self.trust_domain_aliases,
+                self.outbound_traffic_policy,
+                self.telemetry,
+            )
         )
 
 
@@ -170,4 +179,8 @@ def parse_mesh_policy(raw: dict[str, Any]) -> MeshPolicy:
     for i, name in enumerate(names):
         if name in names[:i]:
             raise InvalidMeshConfig(f"extensionProviders[{i}].name: {name!r} is already the name of another provider")
-    return policy
+    try:
+        telemetry = parse_mesh_telemetry(raw)
+    except InvalidTelemetryConfig as exc:
+        raise InvalidMeshConfig(str(exc)) from None
+    return policy.model_copy(update={"telemetry": telemetry})

@@ -17,6 +17,7 @@ from meshd.api.meta import InvalidResource, Resource, ResourceKey, field_path
 from meshd.api.networking import NETWORKING_VERSIONS, ServiceEntry, Sidecar, WorkloadEntry
 from meshd.api.request_authentication import RequestAuthentication, refused_request_authentication
 from meshd.api.security import SECURITY_VERSIONS, PeerAuthentication
+from meshd.api.telemetry import TELEMETRY_VERSIONS, Telemetry
 from meshd.api.virtualservice import VirtualService
 
 # kind -> (model, accepted apiVersions)
@@ -35,6 +36,7 @@ KINDS: dict[str, tuple[type[Resource], tuple[str, ...]]] = {
     "PeerAuthentication": (PeerAuthentication, SECURITY_VERSIONS),
     "RequestAuthentication": (RequestAuthentication, SECURITY_VERSIONS),
     "AuthorizationPolicy": (AuthorizationPolicy, SECURITY_VERSIONS),
+    "Telemetry": (Telemetry, TELEMETRY_VERSIONS),
 }
 # Security kinds that fail closed: a document of these kinds whose spec is invalid is not refused at the
 # source but kept as a refused resource (what could be read of it, and the error), which translation
@@ -48,8 +50,6 @@ FAIL_CLOSED: dict[str, Callable[[dict[str, Any], InvalidResource], Resource | No
 # Istio kinds meshd reads but does not translate yet: refused with what that means for traffic (in
 # Kubernetes mode their CRDs are watched so each object gets this on its status, never silently ignored).
 REFUSED_KINDS: dict[str, str] = {
-    "Telemetry": "telemetry.istio.io Telemetry is not supported by meshd yet: it is not applied (metrics, access "
-    "logging and tracing stay as the mesh config sets them)",
     "WasmPlugin": "extensions.istio.io WasmPlugin is not supported by meshd yet: the plugin is not loaded, no Wasm "
     "filter runs in the selected proxies",
     "ProxyConfig": "networking.istio.io ProxyConfig is not supported by meshd yet: proxies keep their defaults "

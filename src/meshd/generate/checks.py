@@ -28,6 +28,7 @@ from meshd.translate.routes import delegate_inputs, validate_host_routes, wildca
 from meshd.translate.scope import Scope, ScopeKey, same_items, select_sidecar
 from meshd.translate.secrets import check_credentials
 from meshd.translate.spec import Ident
+from meshd.translate.telemetry.problems import telemetry_errors
 from meshd.translate.upstream_tls import credential_settings
 
 MESH_SCOPE = ScopeKey("", None)
@@ -135,6 +136,17 @@ class WorldChecks:
         errors.update(dict.fromkeys(check_policies(world.peer_authentications)))
         errors.update(dict.fromkeys(jwt_authn.check_policies(world.request_authentications)))
         errors.update(dict.fromkeys(authorization_errors(world, mesh=self._mesh, root_namespace=self._root)))
+        errors.update(
+            dict.fromkeys(
+                telemetry_errors(
+                    world.telemetries,
+                    mesh=self._mesh.telemetry,
+                    services=world.services,
+                    domain_suffix=world.domain_suffix,
+                    root_namespace=self._root,
+                )
+            )
+        )
         if self._sidecar_port is not None:
             errors.update(dict.fromkeys(self._bound_inbound()))
         return list(errors)

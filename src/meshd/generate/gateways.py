@@ -33,6 +33,7 @@ from meshd.translate.proxy import Proxy
 from meshd.translate.routes import delegate_inputs
 from meshd.translate.scope import Scope, ScopeKey
 from meshd.translate.spec import Ident
+from meshd.translate.telemetry.apply import with_telemetry
 from meshd.translate.upstream_tls import CA_SUFFIX, SDS_PREFIX
 from meshd.xds.resource import CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot
 
@@ -122,6 +123,7 @@ class GatewayLayers:
             tuple(deps),
             q.files_state,
             scope.cluster_signature if auto else None,
+            q.telemetry(key.namespace, key.labels),
         )
 
     def build(self, key: GatewayKey) -> GatewayBuild:
@@ -137,13 +139,21 @@ class GatewayLayers:
                 file_problem=q.gateway_file_problem,
             )
             refused: list[MemoEntry] = []
-            own = {LISTENER: build_all(config.listeners, refused), ROUTE: build_all(config.routes, refused)}
+            telemetry = q.telemetry(key.namespace, key.labels)
+            listeners = with_telemetry(config.listeners, telemetry) if config.listeners else ()
+            own = {LISTENER: build_all(listeners, refused), ROUTE: build_all(config.routes, refused)}
+            # the collectors' clusters (access log and trace services) where a listener uses them
+            collectors = telemetry.collector_clusters if config.listeners else frozenset()
             self.memo.keep(refused)
             layer = reuse_layer(own, previous.layer if previous is not None else None)
             errors = tuple(dict.fromkeys(config.errors))
             return (
                 GatewayBuild(
-                    layer, frozenset(config.clusters), tuple(config.sni_targets), frozenset(config.secrets), errors
+                    layer,
+                    frozenset(config.clusters) | collectors,
+                    tuple(config.sni_targets),
+                    frozenset(config.secrets),
+                    errors,
                 ),
                 refused,
             )

@@ -42,6 +42,7 @@ from meshd.translate.sidecar_ingress import (
     ingress_cluster_specs,
     plaintext_ports,
 )
+from meshd.translate.telemetry.apply import with_telemetry
 from meshd.xds.resource import CLUSTER, LISTENER, Snapshot, XdsResource
 
 Group = tuple[str, ScopeKey]  # a proxy group: (address, scope); proxyless gRPC clients: (PROXYLESS, scope)
@@ -187,7 +188,8 @@ class ConfigGenerator:
             authz = queries.authorization(proxy.namespace, proxy.ip)
             inbound = queries.sidecar_inbound(key)
             served = queries.served(proxy.ip)
-            return (queries.plan(key), served, modes, jwt, proxy.sds, outbound_mode, authz, inbound)
+            telemetry = queries.workload_telemetry(proxy.namespace, proxy.ip)
+            return (queries.plan(key), served, modes, jwt, proxy.sds, outbound_mode, authz, inbound, telemetry)
 
         def build(ctx: Context, previous: Snapshot | None) -> tuple[Snapshot, list[MemoEntry]]:
             proxy, q = ctx.proxy, ctx.queries
@@ -198,6 +200,7 @@ class ConfigGenerator:
             authz = q.authorization(proxy.namespace, proxy.ip)
             inbound = q.sidecar_inbound(key)
             inbound_port = self.options.inbound_port
+            telemetry = q.workload_telemetry(proxy.namespace, proxy.ip)
             refused: list[MemoEntry] = []  # left out by the proto guard: reported while the layer is used
             if proxy.capture:
                 listener_specs = capture_listener_specs(
@@ -215,7 +218,7 @@ class ConfigGenerator:
                     inbound, proxy, modes=modes, capture=True, jwt=jwt, authz=authz
                 )
                 own = {
-                    LISTENER: build_all([*listener_specs, *ingress_specs], refused),
+                    LISTENER: build_all(with_telemetry([*listener_specs, *ingress_specs], telemetry), refused),
                     CLUSTER: build_all(
                         capture_cluster_specs(served=served, inbound=inbound, address=proxy.ip), refused
                     ),
@@ -237,15 +240,18 @@ class ConfigGenerator:
                     )
                 own = {
                     LISTENER: build_all(
-                        [
-                            *outbound_listener_specs(plan, proxy, taken=bound_ports(inbound, proxy, capture=False)),
-                            *inbound_listener_specs(
-                                proxy, served, inbound_port=inbound_port, modes=modes, jwt=jwt, authz=authz
-                            ),
-                            *bound_ingress_listener_specs(
-                                inbound, proxy, modes=modes, capture=False, jwt=jwt, authz=authz
-                            ),
-                        ],
+                        with_telemetry(
+                            [
+                                *outbound_listener_specs(plan, proxy, taken=bound_ports(inbound, proxy, capture=False)),
+                                *inbound_listener_specs(
+                                    proxy, served, inbound_port=inbound_port, modes=modes, jwt=jwt, authz=authz
+                                ),
+                                *bound_ingress_listener_specs(
+                                    inbound, proxy, modes=modes, capture=False, jwt=jwt, authz=authz
+                                ),
+                            ],
+                            telemetry,
+                        ),
                         refused,
                     ),
                     CLUSTER: build_all(clusters, refused),

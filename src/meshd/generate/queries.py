@@ -32,6 +32,16 @@ from meshd.translate.peer_auth import InboundMtls, workload_mtls
 from meshd.translate.routes import destination_hosts
 from meshd.translate.scope import Scope, ScopeKey, Signature, same_scope_inputs
 from meshd.translate.sidecar_ingress import SidecarInbound, sidecar_inbound
+from meshd.translate.telemetry.resolve import (
+    WorkloadTelemetry,
+    applicable,
+    legacy_address,
+    service_hostname,
+    workload_telemetry,
+)
+
+# the labels Istio reads a workload's canonical service name from, in order
+CANONICAL_NAME_LABELS = ("service.istio.io/canonical-name", "app.kubernetes.io/name", "app")
 
 
 class Queries:
@@ -69,6 +79,7 @@ class Queries:
         self._sidecar_inbound: dict[ScopeKey, SidecarInbound] = {}
         self._unattached: dict[str, tuple[AuthorizationPolicy, ...]] | None = None
         self._authz: dict[object, InboundAuthz] = {}  # per distinct set of policies
+        self._telemetry: dict[tuple[str, tuple[tuple[str, str], ...]], WorkloadTelemetry] = {}
 
     @property
     def carried(self) -> bool:
@@ -214,6 +225,34 @@ class Queries:
             )
         return found
 
+    def telemetry(self, namespace: str, labels: tuple[tuple[str, str], ...]) -> WorkloadTelemetry:
+        """The access logging and tracing of a workload of this namespace with these labels (Telemetry
+        resources and the mesh config)."""
+        key = (namespace, labels)
+        found = self._telemetry.get(key)
+        if found is None:
+            options, world = self._options, self._world
+            by_label = dict(labels)
+            name = next(
+                (by_label[k] for k in CANONICAL_NAME_LABELS if by_label.get(k)),
+                "unknown",
+            )
+            found = self._telemetry[key] = workload_telemetry(
+                applicable(
+                    world.telemetries, namespace=namespace, labels=by_label, root_namespace=options.root_namespace
+                ),
+                mesh=options.mesh.telemetry,
+                services=world.services,
+                domain_suffix=world.domain_suffix,
+                root_namespace=options.root_namespace,
+                service_name=f"{name}.{namespace}",
+            )
+        return found
+
+    def workload_telemetry(self, namespace: str, ip: str) -> WorkloadTelemetry:
+        workload = self._world.workloads.get(ip)
+        return self.telemetry(namespace, tuple(sorted(workload.labels)) if workload is not None else ())
+
     def outbound_mode(self, key: ScopeKey) -> str:
         """`outboundTrafficPolicy.mode` of the scope's Sidecar, else the mesh default."""
         sidecar = self.scope(key).sidecar
@@ -272,6 +311,8 @@ class Queries:
                 return None  # inbound authorization may change anywhere
             if self._provider_services_changed(before):
                 return None  # a CUSTOM policy's provider service came, went or changed
+            if world.telemetries is not before.telemetries or self._collector_services_changed(before):
+                return None  # access logging and tracing may change anywhere
             now, then = world.workloads, before.workloads
             moved = set() if now is then else {ip for ip in now.keys() | then.keys() if now.get(ip) is not then.get(ip)}
             index, old = self._index(), self._prev_inbound.entries
@@ -280,6 +321,17 @@ class Queries:
             moved |= {ip for ip in candidates if inbound.get(ip) != old.get(ip)}
             self._moved = moved
         return self._moved
+
+    def _collector_services_changed(self, before: World) -> bool:
+        """Whether the service of a telemetry provider (or the enableTracing collector) changed: whether
+        it is a service of the mesh decides whether proxies log to it or trace to it."""
+        mesh = self._options.mesh.telemetry
+        world = self._world
+        hosts = {service_hostname(p.service, domain_suffix=world.domain_suffix) for p in mesh.providers if p.service}
+        legacy, _ = legacy_address(mesh, root_namespace=self._options.root_namespace)
+        hosts.add(service_hostname(legacy, domain_suffix=world.domain_suffix))
+        now, then = world.services, before.services
+        return not all(now.get(h) == then.get(h) for h in hosts)
 
     def _provider_services_changed(self, before: World) -> bool:
         """Whether the service of an ext_authz provider changed while a CUSTOM policy exists (whether the

@@ -22,6 +22,7 @@ from meshd.api.meta import InvalidResource, Resource, ResourceKey
 from meshd.api.networking import ServiceEntry, Sidecar, WorkloadEntry
 from meshd.api.request_authentication import RequestAuthentication
 from meshd.api.security import PeerAuthentication
+from meshd.api.telemetry import Telemetry
 from meshd.api.virtualservice import VirtualService
 from meshd.model import derive
 from meshd.model.services import Endpoint, MeshService, Workload
@@ -96,6 +97,8 @@ class WorldState:
         self._request_authn: dict[ResourceKey, RequestAuthentication] = {}
         self._request_authn_by_ns: Mapping[str, tuple[RequestAuthentication, ...]] = MappingProxyType({})
         self._jwks: Mapping[str, str] = MappingProxyType({})
+        self._telemetry: dict[ResourceKey, Telemetry] = {}
+        self._telemetry_by_ns: Mapping[str, tuple[Telemetry, ...]] = MappingProxyType({})
         self._authz: Mapping[str, tuple[AuthorizationPolicy, ...]] = MappingProxyType({})
         self._envoy_filters: Mapping[str, tuple[EnvoyFilter, ...]] = MappingProxyType({})
         # (namespace, name) -> Gateway; a new mapping object only when one of them changes
@@ -130,6 +133,12 @@ class WorldState:
                     self._secrets.pop((key.namespace, key.name), None)
             elif key.kind == "RequestAuthentication":
                 self._apply_request_authentication(key, resource)
+            elif key.kind == "Telemetry":
+                if isinstance(resource, Telemetry):
+                    self._telemetry[key] = resource
+                else:
+                    self._telemetry.pop(key, None)
+                self._telemetry_by_ns = MappingProxyType(derive.oldest_first_by_namespace(self._telemetry.values()))
             elif key.kind == FETCHED_JWKS:
                 self._apply_jwks(key, resource)
             elif key.kind in _ISTIO_KINDS:
@@ -341,6 +350,7 @@ class WorldState:
             secrets=MappingProxyType(dict(self._secrets)),
             request_authentications=self._request_authn_by_ns,
             jwks=self._jwks,
+            telemetries=self._telemetry_by_ns,
             revision=revision,
         )
         return world
@@ -376,6 +386,7 @@ class WorldState:
             gateways=self._gateways,
             gateway_bindings=self._gateway_bindings,
             envoy_filters=self._envoy_filters,
+            telemetries=self._telemetry_by_ns,
         )
 
 

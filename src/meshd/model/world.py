@@ -24,6 +24,7 @@ from meshd.api.meta import InvalidResource, Resource
 from meshd.api.networking import ServiceEntry, Sidecar, WorkloadEntry
 from meshd.api.request_authentication import RequestAuthentication
 from meshd.api.security import PeerAuthentication
+from meshd.api.telemetry import Telemetry
 from meshd.api.virtualservice import VirtualService
 from meshd.model import derive
 from meshd.model.derive import EXPORT_TO_ANNOTATION, EndpointChunks, default_rule, resolve_host
@@ -72,6 +73,8 @@ class World:
     gateway_bindings: Mapping[tuple[str, str], tuple[VirtualService, ...]] = field(default_factory=dict)
     # namespace -> its EnvoyFilters in the order Istio applies them (priority, creation time, name)
     envoy_filters: Mapping[str, tuple[EnvoyFilter, ...]] = field(default_factory=dict)
+    # namespace -> Telemetry resources, oldest first (the mapping is the same object while none changes)
+    telemetries: Mapping[str, tuple[Telemetry, ...]] = field(default_factory=dict)
 
     def virtual_services_for(self, host: str) -> tuple[VirtualService, ...] | None:
         """The VirtualServices routing a host: those naming it exactly, else those of the most
@@ -109,6 +112,7 @@ def assemble(
     gateways: Mapping[tuple[str, str], Gateway] | None = None,
     gateway_bindings: Mapping[tuple[str, str], tuple[VirtualService, ...]] | None = None,
     envoy_filters: Mapping[str, tuple[EnvoyFilter, ...]] | None = None,
+    telemetries: Mapping[str, tuple[Telemetry, ...]] | None = None,
 ) -> World:
     ordered = dict(sorted(services.items()))
     by_namespace: dict[str, list[MeshService]] = defaultdict(list)
@@ -146,6 +150,7 @@ def assemble(
         gateways=gateways if gateways is not None else MappingProxyType({}),
         gateway_bindings=MappingProxyType(dict(gateway_bindings or {})),
         envoy_filters=envoy_filters if envoy_filters is not None else MappingProxyType({}),
+        telemetries=telemetries if telemetries is not None else MappingProxyType({}),
     )
 
 
@@ -222,5 +227,8 @@ def build_world(resources: Iterable[Resource], *, domain_suffix: str, revision: 
         gateway_bindings=derive.gateway_bindings(vss),
         envoy_filters=MappingProxyType(
             derive.envoy_filters_by_namespace(e for e in by_kind["EnvoyFilter"] if isinstance(e, EnvoyFilter))
+        ),
+        telemetries=MappingProxyType(
+            derive.oldest_first_by_namespace(t for t in by_kind["Telemetry"] if isinstance(t, Telemetry))
         ),
     )

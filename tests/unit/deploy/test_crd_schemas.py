@@ -52,7 +52,10 @@ def test_committed_crds_are_generated_from_the_models() -> None:
 def test_served_versions_as_istio(crds: dict[tuple[str, str], dict[str, Any]]) -> None:
     for (group, kind), crd in crds.items():
         versions = {v["name"]: v for v in crd["spec"]["versions"]}
-        expected = {"v1", "v1beta1", "v1alpha3"} if group == "networking.istio.io" else {"v1", "v1beta1"}
+        expected = {
+            "networking.istio.io": {"v1", "v1beta1", "v1alpha3"},
+            "telemetry.istio.io": {"v1", "v1alpha1"},
+        }.get(group, {"v1", "v1beta1"})
         if kind == "EnvoyFilter":
             expected = {"v1alpha3"}  # Istio serves EnvoyFilter as v1alpha3 only
         assert set(versions) == expected
