@@ -184,7 +184,7 @@ class InvalidTelemetryConfig(ValueError):
     pass
 
 
-_FIELDS: dict[str, tuple[str, type[_Strict]]] = {
+_FIELDS: dict[str, tuple[str, type[StrictModel]]] = {
     "envoyFileAccessLog": ("file", FileAccessLogProvider),
     "envoyOtelAls": ("otel_als", OtelAlsProvider),
     "zipkin": ("zipkin", ZipkinProvider),
@@ -239,7 +239,7 @@ def parse_mesh_telemetry(raw: dict[str, Any]) -> MeshTelemetry:
         raise InvalidTelemetryConfig(f"{where}: {message}") from None
 
 
-def _validate(model: type[_Strict], value: Any, where: str) -> Any:
+def _validate(model: type[StrictModel], value: Any, where: str) -> Any:
     try:
         return model.model_validate(value)
     except ValidationError as exc:
