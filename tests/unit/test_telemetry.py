@@ -60,9 +60,9 @@ def resolve(*items: Telemetry, namespace: str = "shop", labels: dict[str, str] |
 @pytest.mark.parametrize(
     ("spec", "field", "message"),
     [
-        ({"metrics": [{"overrides": [{"disabled": True}]}]}, "spec.metrics[0].overrides", "metrics overrides not supported yet"),  # noqa: E501
+        ({"metrics": [{"overrides": [{"disabled": True}]}]}, "spec.metrics[0].overrides", "metrics overrides are not applied yet"),  # noqa: E501
         ({"metrics": [{"providers": [{"name": "stackdriver"}]}]}, "spec.metrics[0].providers", "only the prometheus"),
-        ({"metrics": [{"reportingInterval": "5s"}]}, "spec.metrics[0].reportingInterval", "not supported yet"),
+        ({"metrics": [{"reportingInterval": "5s"}]}, "spec.metrics[0].reportingInterval", "not supported by meshd"),
         ({"tracing": [{}, {}]}, "spec.tracing", "only one tracing entry"),
         ({"tracing": [{"providers": [{"name": "a"}, {"name": "b"}]}]}, "spec.tracing[0].providers", "only one"),
         ({"tracing": [{"randomSamplingPercentage": 101}]}, "spec.tracing[0].randomSamplingPercentage", "less than"),

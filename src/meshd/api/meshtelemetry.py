@@ -245,4 +245,8 @@ def _validate(model: type[StrictModel], value: Any, where: str) -> Any:
     except ValidationError as exc:
         first = exc.errors()[0]
         message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
-        raise InvalidTelemetryConfig(f"{where}.{field_path(first['loc'])}: {message}") from None
+        field = field_path(first["loc"])
+        head, sep, rest = message.partition(": ")  # a model-level check names its field first ("bogus: unknown field")
+        if sep and head and " " not in head:
+            field, message = (f"{field}.{head}" if field != "<root>" else head), rest
+        raise InvalidTelemetryConfig(f"{where}.{field}: {message}") from None
