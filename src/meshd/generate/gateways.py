@@ -1,7 +1,9 @@
 """The layers of router proxies (gateways), each in a named LayerCache:
 - `gateways`: per GatewayKey (namespace, labels, locality, SDS, listening address) the listeners and
   route configurations built from the Gateways selecting it and the VirtualServices bound to them,
-  with the clusters and SDS secrets they use (`translate/gateway/`);
+  with the clusters and SDS secrets they use (`translate/gateway/`), and the gateway workload's
+  RequestAuthentications and AuthorizationPolicies (`queries.gateway_jwt` / `gateway_authorization`) on
+  its listeners;
 - `gateway_clusters`: the clusters and endpoints of exactly those destinations (each service's from
   the shared `services` cache, filtered) and the SNI-named clusters of AUTO_PASSTHROUGH servers;
 - the SDS secrets through the shared `secrets` cache (read from the gateway workload's namespace).
@@ -80,6 +82,7 @@ class GatewayLayers:
             sds=proxy.sds,
             address=proxy.ip if self.options.gateway_bind_proxy_ip else ANY_ADDRESS,
             port_map=self.port_map(proxy.ip),
+            trusted_hops=self.options.gateway_trusted_proxies,
         )
 
     def port_map(self, ip: str) -> tuple[tuple[int, int], ...]:
@@ -122,6 +125,8 @@ class GatewayLayers:
             tuple(deps),
             q.files_state,
             scope.cluster_signature if auto else None,
+            q.gateway_authorization(key.namespace, key.labels),
+            q.gateway_jwt(key.namespace, key.labels),
         )
 
     def build(self, key: GatewayKey) -> GatewayBuild:
@@ -135,6 +140,8 @@ class GatewayLayers:
                 scope=ctx.scope,  # type: ignore[arg-type]
                 key=key,
                 file_problem=q.gateway_file_problem,
+                authz=q.gateway_authorization(key.namespace, key.labels),
+                jwt=q.gateway_jwt(key.namespace, key.labels),
             )
             refused: list[MemoEntry] = []
             own = {LISTENER: build_all(config.listeners, refused), ROUTE: build_all(config.routes, refused)}

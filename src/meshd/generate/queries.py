@@ -46,6 +46,7 @@ class Queries:
         self._inbound: dict[str, tuple[InboundEntry, ...]] | None = None
         self._moved: set[str] | None = None
         self._jwt: dict[tuple[str, str], JwtProviders] = {}
+        self._gateway_jwt: dict[tuple[str, tuple[tuple[str, str], ...]], JwtProviders] = {}
         self._inline_keys: dict[str, str] = {}
         self._selected: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[Gateway, ...]] = {}
         self._previous_world = previous._world if previous is not None else None
@@ -154,15 +155,41 @@ class Queries:
             self._unattached = unattached_index(self._world, root_namespace=self._options.root_namespace)
         return Selected(policies, self._unattached.get(ip, ()))
 
+    def gateway_policies(self, namespace: str, labels: tuple[tuple[str, str], ...]) -> Selected:
+        """The AuthorizationPolicies of a gateway workload of this namespace with these labels: mesh-wide,
+        namespace-wide, by selector, and by a Gateway/GatewayClass target (its gateway-name labels)."""
+        root = self._options.root_namespace
+        return Selected(applied(self._world, namespace=namespace, labels=dict(labels), root_namespace=root))
+
     def authorization(self, namespace: str, ip: str) -> InboundAuthz:
         """The inbound authorization filters of the workload at an address (one translation per distinct
         set of policies and generation)."""
-        selected = self.selected_policies(namespace, ip)
+        return self._translated(self.selected_policies(namespace, ip))
+
+    def gateway_authorization(self, namespace: str, labels: tuple[tuple[str, str], ...]) -> InboundAuthz:
+        """The authorization filters of a gateway workload's listeners (as a sidecar's inbound side)."""
+        return self._translated(self.gateway_policies(namespace, labels))
+
+    def _translated(self, selected: Selected) -> InboundAuthz:
         found = self._authz.get(selected.identity)
         if found is None:
             options = self._options
             found = self._authz[selected.identity] = inbound_authz(
                 selected, mesh=options.mesh, trust_domain=options.trust_domain, services=self._world.services
+            )
+        return found
+
+    def gateway_jwt(self, namespace: str, labels: tuple[tuple[str, str], ...]) -> JwtProviders:
+        """The JWT providers (RequestAuthentications, keys resolved) of a gateway workload."""
+        found = self._gateway_jwt.get((namespace, labels))
+        if found is None:
+            found = self._gateway_jwt[(namespace, labels)] = workload_providers(
+                self._world.request_authentications,
+                self._world.jwks,
+                namespace=namespace,
+                labels=dict(labels),
+                root_namespace=self._options.root_namespace,
+                inline=self._inline,
             )
         return found
 
