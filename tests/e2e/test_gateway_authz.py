@@ -8,7 +8,8 @@ Gateway and a VirtualService, written from Istio's ingress security tasks:
 - JWT required on the gateway: valid 200, invalid 401, missing with `requestPrincipals` required 403;
 - remoteIpBlocks with X-Forwarded-For: without trusted proxies the client address is the peer's (XFF
   ignored); with `meshConfig.defaultConfig.gatewayTopology.numTrustedProxies: 1` (the `--mesh-config` file,
-  edited while meshd runs) it is taken from X-Forwarded-For; ipBlocks always match the direct peer.
+  edited while meshd runs) or the gateway pod's `proxy.istio.io/config` annotation it is taken from
+  X-Forwarded-For; ipBlocks always match the direct peer.
 """
 
 from __future__ import annotations
@@ -228,4 +229,12 @@ async def test_remote_ip_blocks_through_x_forwarded_for(lab: Lab) -> None:
     assert (await lab.get("/", client))[0] == 403 and (await lab.get("/", other))[0] == 200
     lab.edit_mesh_config("defaultConfig:\n  gatewayTopology: {numTrustedProxies: 0}\n")
     await lab.with_headers_until([(client, 200), (other, 200)], "XFF no longer trusted")
+    # the gateway pod's proxy.istio.io/config annotation wins over the mesh config's default
+    annotated = GATEWAY_POD.replace("{ip}", lab.gateway_ip).replace(
+        "status:", "  annotations: {proxy.istio.io/config: 'gatewayTopology: {numTrustedProxies: 1}'}\nstatus:"
+    )
+    lab.mesh.write("gateway-pod.yaml", annotated)
+    await lab.with_headers_until([(client, 403), (other, 200)], "XFF trusted by the pod's annotation")
+    lab.mesh.write("gateway-pod.yaml", GATEWAY_POD.replace("{ip}", lab.gateway_ip))
     lab.remove("allow-remote.yaml")
+    await lab.with_headers_until([(client, 200), (other, 200)], "the policy removed")

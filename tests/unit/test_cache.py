@@ -118,11 +118,16 @@ def _router(ns: str) -> Proxy:
     return parse_node_id(f"router~10.8.{ord(ns)}.1~gateway-1.{ns}~{ns}.svc.cluster.local")
 
 
-def _router_pod(proxy: Proxy, istio: str, gateway_name: str | None = None) -> dict[str, Any]:
-    """A gateway pod labelled `istio: <istio>` (and, as a Gateway API gateway's, with its gateway name)."""
+def _router_pod(
+    proxy: Proxy, istio: str, gateway_name: str | None = None, trusted: int | None = None
+) -> dict[str, Any]:
+    """A gateway pod labelled `istio: <istio>` (and, as a Gateway API gateway's, with its gateway name; with
+    `trusted`, its proxy.istio.io/config trusts that many proxies in front of it)."""
     labels = {"istio": istio} | ({"gateway.networking.k8s.io/gateway-name": gateway_name} if gateway_name else {})
+    annotations = {"proxy.istio.io/config": f"gatewayTopology: {{numTrustedProxies: {trusted}}}"} if trusted else {}
     return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": proxy.pod, "namespace": proxy.namespace, "labels": labels},
+            "metadata": {"name": proxy.pod, "namespace": proxy.namespace, "labels": labels,
+                         "annotations": annotations},
             "status": {"podIP": proxy.ip}}  # fmt: skip
 
 
@@ -611,6 +616,21 @@ def _fetched_keys(rng: random.Random) -> Resource:
     return fetched_jwks(rng.choice(_JWKS_URIS), f'{{"keys":[{{"kid":"k{rng.randint(0, 2)}"}}]}}')
 
 
+def _trusted_xff(snapshot: object) -> int:
+    """Gateway HTTP connection managers trusting X-Forwarded-For hops (gatewayTopology.numTrustedProxies)."""
+    from envoy.config.listener.v3 import listener_pb2
+    from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
+
+    found = 0
+    for body in _content(snapshot).get(LISTENER, {}).values():
+        for chain in listener_pb2.Listener.FromString(body).filter_chains:
+            for network_filter in chain.filters:
+                hcm = http_connection_manager_pb2.HttpConnectionManager()
+                if network_filter.typed_config.Unpack(hcm) and hcm.xff_num_trusted_hops:
+                    found += 1
+    return found
+
+
 def _jwt_seen(snapshot: object) -> int:
     return sum(b"jwt_authn" in body for body in _content(snapshot).get(LISTENER, {}).values())
 
@@ -672,7 +692,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     jwt_rng = random.Random(seed + 1000)
     request_authns: set[ResourceKey] = set()
     jwt_seen = [0, 0]  # bound, captured
-    gateway_authz_seen = [0, 0, 0]  # gateway listeners with jwt_authn, an HTTP RBAC filter, a network one
+    gateway_authz_seen = [0, 0, 0, 0]  # gateway listeners with jwt_authn, HTTP RBAC, network RBAC, trusted XFF
     for step in range(130):
         ns, name = rng.choice(["a", "b"]), rng.choice(["s1", "s2"])
         choice = rng.random()
@@ -698,7 +718,10 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
                 docs = [_gateway_vs(rng, ns)]
             else:
                 gateway_name = authz_rng.choice(["gw", "other", None])  # (its own stream: the rest stays as it was)
-                docs = [_router_pod(rng.choice(routers), rng.choice(["ingressgateway", "other"]), gateway_name)]
+                trusted = authz_rng.choice([None, 1, 2])
+                docs = [
+                    _router_pod(rng.choice(routers), rng.choice(["ingressgateway", "other"]), gateway_name, trusted)
+                ]
         if choice < 4.0 and rng.random() < 0.12:
             # the service redeclared: another protocol, headless or ExternalName (issue 17)
             choice = 3.0
@@ -819,6 +842,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
                 assert "virtualInbound" not in listeners_held  # a gateway gets no sidecar config
                 gateway_listeners.update(listeners_held)
                 gateway_secrets += len(conn.snapshot.resources.get(SECRET, {}))
+                gateway_authz_seen[3] += _trusted_xff(conn.snapshot)
                 for i, marker in enumerate((b"jwt_authn", b"filters.http.rbac", b"filters.network.rbac")):
                     gateway_authz_seen[i] += sum(
                         marker in b for b in _content(conn.snapshot).get(LISTENER, {}).values()

@@ -117,9 +117,36 @@ def _unused(raw: dict[str, Any], used: frozenset[str], prefix: str = "") -> list
     return [f"{prefix}{name}" for name in sorted(map(str, raw)) if name not in used]
 
 
-def _trusted_proxies(default_config: dict[str, Any]) -> tuple[int, list[str]]:
+PROXY_CONFIG_ANNOTATION = "proxy.istio.io/config"
+
+
+def annotation_trusted_proxies(annotations: Mapping[str, str]) -> tuple[int | None, str]:
+    """A pod's `proxy.istio.io/config` `gatewayTopology.numTrustedProxies` (None: not set), and what is wrong
+    with it ("" when fine; other gatewayTopology fields are named as not used by meshd)."""
+    raw = annotations.get(PROXY_CONFIG_ANNOTATION)
+    if raw is None:
+        return None, ""
+    try:
+        config = yaml.safe_load(raw) if raw.strip() else {}
+    except yaml.YAMLError:
+        return None, "not YAML/JSON"
+    if not isinstance(config, dict):
+        return None, "must be a ProxyConfig mapping"
+    if "gatewayTopology" not in config:
+        return None, ""
+    try:
+        value, unused = _trusted_proxies(config, where="gatewayTopology")
+    except InvalidMeshConfig as exc:
+        return None, str(exc)
+    if unused:
+        return value, f"{', '.join(unused)}: not used by meshd, ignored"
+    return value, ""
+
+
+def _trusted_proxies(
+    default_config: dict[str, Any], *, where: str = "defaultConfig.gatewayTopology"
+) -> tuple[int, list[str]]:
     topology = default_config.get("gatewayTopology") or {}
-    where = "defaultConfig.gatewayTopology"
     if not isinstance(topology, dict):
         raise InvalidMeshConfig(f"{where}: must be a mapping")
     value = topology.get("numTrustedProxies", 0)

@@ -19,13 +19,15 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import NamedTuple
 
-from meshd.api.meta import InvalidResource
+from meshd.api.mesh import PROXY_CONFIG_ANNOTATION
+from meshd.api.meta import InvalidResource, ResourceKey
 from meshd.generate.layers import LayerCache
 from meshd.generate.memo import MemoEntry, ResourceMemo, build_all, reuse_layer
 from meshd.generate.options import GenerateOptions
 from meshd.generate.outbound import EMPTY_LAYER, OutboundLayers, ServiceEntry
 from meshd.generate.queries import Queries
 from meshd.generate.reads import Context, MissedInput, Tracer
+from meshd.model.services import Workload
 from meshd.model.world import World
 from meshd.translate.gateway.checks import binding_errors, reference_errors, selector_errors
 from meshd.translate.gateway.config import ANY_ADDRESS, GatewayKey, build_gateway
@@ -45,6 +47,32 @@ class GatewayBuild(NamedTuple):
     sni_targets: tuple[SniTarget, ...]
     secrets: frozenset[str]
     errors: tuple[InvalidResource, ...]
+
+
+def trusted_hops(workload: Workload | None, mesh_default: int) -> int:
+    """gatewayTopology.numTrustedProxies of a gateway workload: its `proxy.istio.io/config` annotation's, else
+    the mesh config's `defaultConfig`."""
+    found = workload.gateway_trusted_proxies if workload is not None else None
+    return mesh_default if found is None else found
+
+
+def proxy_config_errors(world: World, groups: set[tuple[str, tuple[tuple[str, str], ...]]]) -> list[InvalidResource]:
+    """A gateway workload's `proxy.istio.io/config` annotation that cannot be used (the mesh config's
+    numTrustedProxies applies instead), or whose other gatewayTopology fields meshd ignores."""
+    found = []
+    for workload in sorted(world.workloads.values(), key=lambda w: (w.namespace, w.name)):
+        if workload.proxy_config_problem and (workload.namespace, workload.labels) in groups:
+            used = workload.gateway_trusted_proxies is not None
+            found.append(
+                InvalidResource(
+                    ResourceKey("Pod", workload.namespace, workload.name),
+                    f"metadata.annotations[{PROXY_CONFIG_ANNOTATION}]",
+                    workload.proxy_config_problem
+                    + ("" if used else ": the mesh config's gatewayTopology.numTrustedProxies applies"),
+                    severity="warning" if used else "error",
+                )
+            )
+    return found
 
 
 class GatewayLayers:
@@ -82,7 +110,7 @@ class GatewayLayers:
             sds=proxy.sds,
             address=proxy.ip if self.options.gateway_bind_proxy_ip else ANY_ADDRESS,
             port_map=self.port_map(proxy.ip),
-            trusted_hops=self.options.gateway_trusted_proxies,
+            trusted_hops=trusted_hops(workload, self.options.gateway_trusted_proxies),
         )
 
     def port_map(self, ip: str) -> tuple[tuple[int, int], ...]:
@@ -234,6 +262,8 @@ class GatewayLayers:
             bound = world.gateway_bindings.get((gateway.metadata.namespace, gateway.metadata.name), ())
             found.update(dict.fromkeys(binding_errors(world, gateway, bound)))
         groups = {(w.namespace, w.labels, self.port_map(w.address)) for w in world.workloads.values()}
+        gateway_groups = {(ns, labels) for ns, labels, _ in groups if q.selected_gateways(ns, labels)}
+        found.update(dict.fromkeys(proxy_config_errors(world, gateway_groups)))
         for namespace, labels, port_map in sorted(groups):
             if not q.selected_gateways(namespace, labels):
                 continue
