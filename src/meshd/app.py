@@ -140,8 +140,15 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
                 settings.config_dir,
             )
 
+            mesh_source = kube.source if kube is not None else None
             webhook = webhook_server(
-                settings=settings, ca_issued=in_cluster, authority=authority, clock=clock, metrics=metrics, log=log
+                settings=settings,
+                ca_issued=in_cluster,
+                authority=authority,
+                clock=clock,
+                metrics=metrics,
+                log=log,
+                discovery_address=lambda: mesh_source.mesh.discovery_address if mesh_source is not None else "",
             )
             more_duties: list[DutyFactory] = []
             if authority is not None and kube is not None:

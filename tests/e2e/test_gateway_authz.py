@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from tests.e2e.authz_helpers import raw_request
+from tests.e2e.authz_helpers import authorization, raw_request
 from tests.e2e.gateway_lab import service_yaml
 from tests.e2e.harness import Mesh, eventually, logs_on_failure
 from tests.jwt_tokens import SigningKey, jwks, tampered, token
@@ -160,6 +160,10 @@ async def test_allow_nothing_on_the_gateway_and_a_gateway_target(lab: Lab) -> No
     }
     lab.mesh.write("allow-get.yaml", policy("allow-get", allow_get))
     await lab.until({"/": 200}, "the targetRef ALLOW policy on the gateway")
+    view = await authorization(lab.mesh.meshd, "istio-ingressgateway-1.istio-system")
+    applies = {p["policy"]: p["applies"] for p in view["policies"]}
+    assert applies == {"istio-system/allow-nothing": "selector", "istio-system/allow-get": "targetRef (gateway)"}
+    assert [f["name"] for f in view["httpFilters"]] == ["envoy.filters.http.rbac.allow"]
     # one targeting another Gateway does not apply here
     allow_get["targetRefs"][0]["name"] = "other"  # type: ignore[index]
     lab.mesh.write("allow-get.yaml", policy("allow-get", allow_get))
