@@ -20,6 +20,7 @@ from meshd.ca.signer import utc_now
 from meshd.clock import Clock, SystemClock
 from meshd.gcpolicy import GcPolicy
 from meshd.kube.mode import KubeMode
+from meshd.kube.source import KubeSource
 from meshd.model.store import ConfigStore
 from meshd.obs.metrics import Metrics
 from meshd.push.loop import PushLoop
@@ -140,7 +141,7 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
                 settings.config_dir,
             )
 
-            mesh_source = kube.source if kube is not None else None
+            mesh_source: KubeSource | MeshConfigFile | None = kube.source if kube is not None else mesh_file
             webhook = webhook_server(
                 settings=settings,
                 ca_issued=in_cluster,
