@@ -960,3 +960,61 @@ def test_a_custom_provider_service_appearing_reaches_a_proxy_that_cannot_see_it(
     after = conn.snapshot.resources[LISTENER]["virtualInbound"].body
     assert _content(conn.snapshot) == _content(ConfigGenerator(generator.world, options=OPTIONS).snapshot(conn.proxy))
     assert b"ext_authz" in after and b"-provider" not in after
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_change_that_keeps_every_scope_input_still_rebuilds_what_it_touches(seed: int) -> None:
+    """Changes that leave every scope input alone (endpoints, a TCP/TLS VirtualService's routes alone, a
+    delegate's routes, a subset added) carry the previous scopes and listener plans over
+    (`same_scope_inputs`), and an HTTP route's weights do not: each proxy must get what a fresh build gives."""
+    rng = random.Random(seed)
+    mesh = Mesh()
+    root = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "root", "namespace": "a"},
+            "spec": {"hosts": ["s2"], "http": [{"delegate": {"name": "delegate"}}]}}  # fmt: skip
+    mesh.apply(_resources([*_tcp_service(random.Random(1), "a"), _l4_route(rng, "a"), root]))
+    proxies = [dataclasses.replace(_proxy("a", n), capture=n == 3) for n in (1, 2, 3)] + [_proxy("b", 1)]
+    for step in range(12):
+        pick = rng.random()
+        if pick < 0.5:
+            docs = [_l4_route(rng, "a")]  # only the VirtualService: the services and rules are the same objects
+        elif pick < 0.65:
+            docs = _docs(rng.choice("ab"), rng.choice(["s1", "s2"]), [f"10.0.{step}.9", "10.0.0.1"])[1:2]
+        elif pick < 0.7:  # an HTTP route's weights
+            docs = _docs(rng.choice("ab"), "s1", ["10.0.0.1"], weight=rng.choice([10, 50, 80]))[3:]
+        elif pick < 0.8:  # only the delegate (no hosts of its own): the root's routes change
+            delegate = {"http": [{"timeout": f"{step + 1}s", "route": [{"destination": {"host": "s1"}}]}]}
+            docs = [{**root, "metadata": {"name": "delegate", "namespace": "a"}, "spec": delegate}]
+        else:
+            docs = _tcp_service(rng, "a")[2:]  # the DestinationRule only (subsets, tunnel)
+        generator = mesh.apply(_resources(docs))
+        fresh = ConfigGenerator(generator.world, options=OPTIONS)
+        for proxy in proxies:
+            assert _content(generator.snapshot(proxy)) == _content(fresh.snapshot(proxy)), (step, proxy.node_id)
+
+
+def test_carried_world_checks_follow_their_inputs() -> None:
+    """A whole-World check is carried while what it reads is unchanged: a credentialName error goes
+    when its Secret appears, comes back when the Secret goes, and stays put across unrelated changes."""
+    mesh = Mesh()
+    rule = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": "tls", "namespace": "a"},
+            "spec": {"host": "s2.b.svc.cluster.local",
+                     "trafficPolicy": {"tls": {"mode": "MUTUAL", "credentialName": "cred"}}}}  # fmt: skip
+    # the workloads of namespace a are its pods
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "a"},
+           "status": {"podIP": "10.0.9.9"}}  # fmt: skip
+
+    def credential_errors() -> list[str]:
+        assert mesh.generator is not None
+        mesh.generator.precompute()  # the World checks
+        return sorted({str(e.key) for e in mesh.generator.errors if "cred" in e.message})
+
+    mesh.apply(_resources([rule, pod]))
+    assert credential_errors() == ["DestinationRule a/tls"]
+    mesh.apply(_resources(_docs("b", "s1", ["10.0.0.7"])[1:2]))  # an endpoint change: carried
+    assert credential_errors() == ["DestinationRule a/tls"]
+    mesh.apply(_resources([_secret("a", "cred", 0)]))
+    assert credential_errors() == []
+    mesh.apply([], deleted=(ResourceKey("Secret", "a", "cred"),))
+    assert credential_errors() == ["DestinationRule a/tls"]

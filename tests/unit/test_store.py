@@ -11,12 +11,12 @@ from meshd.api.parse import parse_resource
 from meshd.model.store import ConfigStore
 
 
-def service(name: str, port: int = 80, namespace: str = "ns") -> Resource:
+def service(name: str, port: int = 80, namespace: str = "ns", version: str = "") -> Resource:
     return parse_resource(
         {
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": {"name": name, "namespace": namespace},
+            "metadata": {"name": name, "namespace": namespace, "resourceVersion": version},
             "spec": {"ports": [{"port": port}]},
         }
     )
@@ -51,6 +51,10 @@ def store() -> ConfigStore:
         pytest.param(lambda: by_key(service("x")), True, id="one-removed"),
         pytest.param(lambda: by_key(service("x"), service("y"), service("z")), True, id="one-added"),
         pytest.param(lambda: {}, True, id="emptied"),
+        # a status write moves only the resourceVersion: nothing to translate, but readers (the status
+        # writer) see the new version
+        pytest.param(lambda: by_key(service("x", version="7"), service("y")), False, id="only-version-moved"),
+        pytest.param(lambda: by_key(service("x", port=81, version="7"), service("y")), True, id="version-and-spec"),
     ],
 )
 def test_replace_origin_notifies_only_on_change(
@@ -65,6 +69,8 @@ def test_replace_origin_notifies_only_on_change(
     assert recorder.calls == int(changed)
     assert store.revision == revision + int(changed)
     assert {r.key: r for _, r in store.resources()} == resources
+    if not changed:
+        assert store.drain_changes() == resources  # the fixture's load, in its newest copies
 
 
 def test_replace_origin_with_identical_content_still_records_errors(store: ConfigStore) -> None:

@@ -261,12 +261,12 @@ class GatewayLayers:
         for gateway in world.gateways.values():
             bound = world.gateway_bindings.get((gateway.metadata.namespace, gateway.metadata.name), ())
             found.update(dict.fromkeys(binding_errors(world, gateway, bound)))
-        groups = {(w.namespace, w.labels, self.port_map(w.address)) for w in world.workloads.values()}
-        gateway_groups = {(ns, labels) for ns, labels, _ in groups if q.selected_gateways(ns, labels)}
-        found.update(dict.fromkeys(proxy_config_errors(world, gateway_groups)))
+        # only the workloads some Gateway selects (the port map reads every workload's services: not for all)
+        workloads = world.workloads.values() if world.gateways else ()
+        selected = [w for w in workloads if q.selected_gateways(w.namespace, w.labels)]
+        groups = {(w.namespace, w.labels, self.port_map(w.address)) for w in selected}
+        found.update(dict.fromkeys(proxy_config_errors(world, {(w.namespace, w.labels) for w in selected})))
         for namespace, labels, port_map in sorted(groups):
-            if not q.selected_gateways(namespace, labels):
-                continue
             # with the agent's certificate: its build serves (so checks) every server a proxy can have
             key = GatewayKey(namespace=namespace, labels=labels, sds=True, port_map=port_map)
             scope = self.scope(key)

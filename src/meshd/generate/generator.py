@@ -110,7 +110,9 @@ class ConfigGenerator:
         self.proxies: LayerCache[Group, Snapshot] = LayerCache(
             "proxies", previous=previous.proxies if previous else None, memo=self.memo, tracer=tracer
         )
-        self._keys = ScopeKeys(world, root_namespace=options.root_namespace)
+        self._keys: ScopeKeys = ScopeKeys(
+            world, root_namespace=options.root_namespace, previous=previous._keys if previous is not None else None
+        )
         # per proxy group: its named layers, and the snapshot made of them (carried to the next generation)
         self._group_layers: dict[Group, ProxyLayers] = {}
         self._group_snapshots: dict[Hashable, Snapshot] = {}

@@ -6,6 +6,7 @@ result equals `build_world` over the same resources (a test checks this on rando
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -84,6 +85,8 @@ class WorldState:
         self._sidecars: dict[str, tuple[Sidecar, ...]] = {}
         self._errors: list[InvalidResource] = []
         self._workloads: dict[str, Workload] = {}
+        self._view_of: dict[str, Workload] | None = None
+        self._view: Mapping[str, Workload] = MappingProxyType({})
         self._secrets: dict[tuple[str, str], Secret] = {}
         # namespace -> PeerAuthentications; a new mapping object only when one of them changes
         self._peer_auth: Mapping[str, tuple[PeerAuthentication, ...]] = MappingProxyType({})
@@ -95,6 +98,11 @@ class WorldState:
         # (namespace, name) -> Gateway; a new mapping object only when one of them changes
         self._gateways: Mapping[tuple[str, str], Gateway] = MappingProxyType({})
         self._gateway_bindings: dict[tuple[str, str], tuple[VirtualService, ...]] = {}
+        # the last World assembled, and what changed since: only endpoints, workloads, Secrets and the
+        # JWT inputs (the kinds that change all the time) are updated in place of a full assembly
+        self._last: World | None = None
+        self._reassemble = True
+        self._dirty_endpoints: set[tuple[str, int]] = set()
 
     # -- applying changes ---------------------------------------------------------------------
 
@@ -107,6 +115,7 @@ class WorldState:
                 self._apply_pod(key, resource, dirty, dirty_addresses)
             elif key.kind == "Service":
                 hosts_changed |= self._apply_service(key, resource)
+                self._reassemble = True
                 dirty.add((key.namespace, key.name))
             elif key.kind == "EndpointSlice":
                 self._apply_slice(key, resource, dirty)
@@ -124,7 +133,7 @@ class WorldState:
                 previous = self._istio[key.kind].pop(key, None)
                 if resource is not None:
                     self._istio[key.kind][key] = resource
-                istio_changed = True
+                istio_changed = self._reassemble = True
                 if key.kind == "WorkloadEntry":
                     for entry in (previous, resource):
                         if isinstance(entry, WorkloadEntry) and entry.spec.address:
@@ -237,6 +246,7 @@ class WorldState:
         host = derive.fqdn(service_id[1], service_id[0], self._suffix)
         for key in self._endpoint_keys.pop(host, []):
             self._k8s_endpoints.pop(key, None)
+            self._dirty_endpoints.add(key)
         service = self._services.get(service_id)
         if service is None or not service_id[1]:
             return
@@ -249,6 +259,7 @@ class WorldState:
             chunks[key].append(external)
         for key, found in chunks.items():
             self._k8s_endpoints[key] = derive.merge_chunks(found)
+            self._dirty_endpoints.add(key)
         self._endpoint_keys[host] = list(chunks)
 
     def _rederive_istio(self) -> None:
@@ -291,7 +302,49 @@ class WorldState:
 
     # -- reading ----------------------------------------------------------------------------------
 
+    def _workloads_view(self) -> Mapping[str, Workload]:
+        """The World's workloads: the same object while they did not change (consumers compare it)."""
+        if self._view_of is not self._workloads:
+            self._view_of, self._view = self._workloads, MappingProxyType(dict(self._workloads))
+        return self._view
+
     def world(self, *, revision: int = 0) -> World:
+        last = self._last
+        if last is None or self._reassemble:
+            world = self._last = self._assemble(revision)
+            self._reassemble = False
+            self._dirty_endpoints.clear()
+            return world
+        endpoints = last.endpoints
+        if self._dirty_endpoints:
+            merged, grown = dict(endpoints), False
+            for key in self._dirty_endpoints:
+                value = self._endpoints_at(key)
+                if value is None:
+                    merged.pop(key, None)
+                else:
+                    grown |= key not in merged
+                    merged[key] = value
+            endpoints = MappingProxyType(dict(sorted(merged.items())) if grown else merged)
+            self._dirty_endpoints.clear()
+        world = self._last = dataclasses.replace(
+            last,
+            endpoints=endpoints,
+            workloads=self._workloads_view(),
+            secrets=MappingProxyType(dict(self._secrets)),
+            request_authentications=self._request_authn_by_ns,
+            jwks=self._jwks,
+            revision=revision,
+        )
+        return world
+
+    def _endpoints_at(self, key: tuple[str, int]) -> tuple[Endpoint, ...] | None:
+        k8s, entries = self._k8s_endpoints.get(key), self._se_endpoints.get(key)
+        if k8s is not None and entries is not None:
+            return derive.merge_chunks([k8s, entries])
+        return k8s if k8s is not None else entries
+
+    def _assemble(self, revision: int) -> World:
         services = {s.hostname: s for s in self._services.values()}
         services.update(self._se_services)
         endpoints = dict(self._k8s_endpoints)
@@ -304,7 +357,7 @@ class WorldState:
             virtual_services=self._virtual_services,
             rules_by_host=self._rules,
             sidecars=self._sidecars,
-            workloads=self._workloads,
+            workloads=self._workloads_view(),
             errors=self._errors,
             revision=revision,
             secrets=self._secrets,

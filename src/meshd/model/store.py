@@ -49,6 +49,9 @@ class ConfigStore:
         if dict(resources) == previous:
             return False
         current = dict(resources)
+        if current.keys() == previous.keys() and all(_same_but_version(current[k], previous[k]) for k in current):
+            self._take_versions(origin, current)
+            return False
         if current:
             self._by_origin[origin] = current
         else:
@@ -63,6 +66,16 @@ class ConfigStore:
             self._elect(key)
         self._changed()
         return True
+
+    def _take_versions(self, origin: str, current: dict[ResourceKey, Resource]) -> None:
+        """Only resourceVersions moved (e.g. a status write meshd made): keep the new copies, so
+        readers see the current version, without a new revision (nothing to translate)."""
+        self._by_origin[origin] = current
+        for key, resource in current.items():
+            if min(self._origins_of[key]) == origin:
+                self._winners[key] = resource
+                if key in self._changes:
+                    self._changes[key] = resource
 
     def refuse_origin(self, origin: str, errors: Iterable[InvalidResource]) -> bool:
         """The origin's whole new content was refused (e.g. not YAML at all): it keeps all it held."""
@@ -123,3 +136,13 @@ class ConfigStore:
         self.revision += 1
         for callback in self._listeners:
             callback()
+
+
+def _same_but_version(a: Resource, b: Resource) -> bool:
+    """Equal except for metadata.resourceVersion (which changes with every write, status included)."""
+    if a.metadata.resource_version == b.metadata.resource_version:
+        return a == b
+    unversioned = {"resource_version": ""}
+    return a.model_copy(update={"metadata": a.metadata.model_copy(update=unversioned)}) == b.model_copy(
+        update={"metadata": b.metadata.model_copy(update=unversioned)}
+    )

@@ -125,7 +125,7 @@ def assemble(
         ),
         rules_by_host=MappingProxyType(dict(rules_by_host)),
         sidecars=MappingProxyType(dict(sidecars)),
-        workloads=MappingProxyType(dict(workloads)),
+        workloads=workloads if isinstance(workloads, MappingProxyType) else MappingProxyType(dict(workloads)),
         errors=tuple(errors),
         revision=revision,
         secrets=MappingProxyType(dict(secrets or {})),

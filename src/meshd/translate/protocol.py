@@ -129,12 +129,14 @@ def upstream_http_options(protocol: str) -> http_protocol_options_pb2.HttpProtoc
     return None
 
 
-def bound_inbound_errors(world: World) -> list[InvalidResource]:
+def bound_inbound_errors(world: World, *, only: tuple[str, int] | None = None) -> list[InvalidResource]:
     """Service ports whose endpoints include workloads with a sidecar but no traffic capture, on a port that
     is not declared HTTP: such a sidecar's one inbound port (shared by every service port) speaks HTTP only,
-    so TCP there is not served (an unnamed port: its HTTP is). Reported once per Service port."""
+    so TCP there is not served (an unnamed port: its HTTP is). Reported once per Service port.
+    `only`: just this (host, port)."""
     errors: list[InvalidResource] = []
-    for (host, number), endpoints in world.endpoints.items():
+    items = world.endpoints.items() if only is None else [(only, world.endpoints.get(only, ()))]
+    for (host, number), endpoints in items:
         service = world.services.get(host)
         port = service.port(number) if service is not None else None
         if service is None or port is None or is_http(port.protocol) or service.resolution != "EDS":

@@ -84,6 +84,17 @@ def test_one_origin_per_object_and_changes_touch_one_key(f: Fixture) -> None:
     assert f.notified == before
 
 
+def test_a_status_write_moves_only_the_resource_version_and_wakes_no_push(f: Fixture) -> None:
+    vs = obj("VirtualService", "web", spec={"hosts": ["web"], "http": [{"route": [{"destination": {"host": "web"}}]}]})
+    f.add(vs)
+    before = f.notified
+    written = {**vs, "metadata": {**vs["metadata"], "resourceVersion": "2"}, "status": {"observedGeneration": 1}}
+    f.modify(vs, written)  # what meshd's own status write comes back as
+    assert f.notified == before
+    [(_, held)] = f.store.resources()
+    assert held.metadata.resource_version == "2"  # the status writer sees the version it wrote
+
+
 def test_invalid_object_is_reported_and_its_last_valid_version_kept(f: Fixture) -> None:
     good = svc("web")
     f.add(good)
