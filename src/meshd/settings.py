@@ -97,8 +97,8 @@ class Settings(BaseModel):
     # The mesh's outboundTrafficPolicy.mode for capture-mode proxies (a Sidecar's mode wins): unknown
     # destinations go to PassthroughCluster (ALLOW_ANY) or BlackHoleCluster (REGISTRY_ONLY).
     outbound_traffic_policy: Literal["ALLOW_ANY", "REGISTRY_ONLY"] = "ALLOW_ANY"
-    # Standalone: a MeshConfig YAML file read at start (extensionProviders, pathNormalization,
-    # trustDomainAliases); Kubernetes mode reads the `istio` ConfigMap instead.
+    # Standalone: a MeshConfig YAML file (api/mesh.py: rootNamespace, trustDomain, extensionProviders...),
+    # read at start and watched (sources/mesh_file.py); Kubernetes mode reads the `istio` ConfigMap instead.
     mesh_config: pathlib.Path | None = None
     # Gateways select gateway workloads of their own namespace only (Istio's PILOT_SCOPE_GATEWAY_TO_NAMESPACE)
     scope_gateway_to_namespace: bool = False

@@ -125,9 +125,16 @@ def _router(ns: str) -> Proxy:
     return parse_node_id(f"router~10.8.{ord(ns)}.1~gateway-1.{ns}~{ns}.svc.cluster.local")
 
 
-def _router_pod(proxy: Proxy, istio: str) -> dict[str, Any]:
+def _router_pod(
+    proxy: Proxy, istio: str, gateway_name: str | None = None, trusted: int | None = None
+) -> dict[str, Any]:
+    """A gateway pod labelled `istio: <istio>` (and, as a Gateway API gateway's, with its gateway name; with
+    `trusted`, its proxy.istio.io/config trusts that many proxies in front of it)."""
+    labels = {"istio": istio} | ({"gateway.networking.k8s.io/gateway-name": gateway_name} if gateway_name else {})
+    annotations = {"proxy.istio.io/config": f"gatewayTopology: {{numTrustedProxies: {trusted}}}"} if trusted else {}
     return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": proxy.pod, "namespace": proxy.namespace, "labels": {"istio": istio}},
+            "metadata": {"name": proxy.pod, "namespace": proxy.namespace, "labels": labels,
+                         "annotations": annotations},
             "status": {"podIP": proxy.ip}}  # fmt: skip
 
 
@@ -546,18 +553,21 @@ _RULES: list[dict[str, Any]] = [
 def _authorization_policy(rng: random.Random, ns: str) -> dict[str, Any]:
     """An AuthorizationPolicy at mesh, namespace or workload level, of any action (CUSTOM with a provider
     whose service comes and goes, or one that is not ext_authz), dry-run or not, refused (a spec that
-    fails validation: fails closed), or targeting a Service or a Gateway (failing closed on them)."""
+    fails validation: fails closed), targeting a Service (failing closed on its endpoints) or a Gateway
+    (attached to the gateway pods labelled with its name); workload-level ones may select the gateways."""
     level = rng.choice(["mesh", "namespace", "workload", "target"])
     action = rng.choice(["ALLOW", "DENY", "AUDIT", "CUSTOM"])
     spec: dict[str, Any] = {"action": action, "rules": rng.sample(_RULES, rng.randint(0, 2))}
     if action == "CUSTOM":
         spec["provider"] = {"name": rng.choice(["ext", "s1-http", "tracing", "missing"])}
     if level == "workload":
-        spec["selector"] = {"matchLabels": {"app": rng.choice(["wide", "narrow"])}}
+        spec["selector"] = {
+            "matchLabels": rng.choice([{"app": "wide"}, {"app": "narrow"}, {"istio": "ingressgateway"}])
+        }
     elif level == "target":
         kind = rng.choice(["Service", "Gateway"])
         group = "" if kind == "Service" else "gateway.networking.k8s.io"
-        spec["targetRefs"] = [{"kind": kind, "group": group, "name": rng.choice(["s1", "wide"])}]
+        spec["targetRefs"] = [{"kind": kind, "group": group, "name": rng.choice(["s1", "wide", "gw"])}]
     if rng.random() < 0.15:
         spec["rules"] = [{"from": [{"source": {"ipBlocks": ["not-an-ip"]}}]}]  # refused: fails closed
     meta: dict[str, Any] = {
@@ -634,14 +644,19 @@ _JWKS_URIS = ["https://keys.example/a", "https://keys.example/b"]
 
 
 def _request_authentication(rng: random.Random, ns: str) -> dict[str, Any]:
-    """A RequestAuthentication at mesh, namespace or workload level, keys fetched (or not) from a jwksUri."""
-    level = rng.choice(["mesh", "namespace", "workload"])
+    """A RequestAuthentication at mesh, namespace or workload level (gateways by selector or by a Gateway
+    target too), keys fetched (or not) from a jwksUri."""
+    level = rng.choice(["mesh", "namespace", "workload", "gateway"])
     rule: dict[str, Any] = {"issuer": f"https://{level}.example", "jwksUri": rng.choice(_JWKS_URIS)}
     if rng.random() < 0.5:
         rule["outputPayloadToHeader"] = rng.choice(["x-a", "x-b"])
     spec: dict[str, Any] = {"jwtRules": [rule]}
     if level == "workload":
-        spec["selector"] = {"matchLabels": {"app": rng.choice(["wide", "narrow"])}}
+        spec["selector"] = {
+            "matchLabels": rng.choice([{"app": "wide"}, {"app": "narrow"}, {"istio": "ingressgateway"}])
+        }
+    elif level == "gateway":
+        spec["targetRef"] = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": rng.choice(["gw", "x"])}
     return {"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
             "metadata": {"name": f"ra-{level}", "namespace": "istio-system" if level == "mesh" else ns},
             "spec": spec}  # fmt: skip
@@ -702,6 +717,21 @@ def _catchall_cluster(body: bytes) -> str:
 def _fetched_keys(rng: random.Random) -> Resource:
     """The key set meshd fetched from one of the jwksUris changes (a rotation)."""
     return fetched_jwks(rng.choice(_JWKS_URIS), f'{{"keys":[{{"kid":"k{rng.randint(0, 2)}"}}]}}')
+
+
+def _trusted_xff(snapshot: object) -> int:
+    """Gateway HTTP connection managers trusting X-Forwarded-For hops (gatewayTopology.numTrustedProxies)."""
+    from envoy.config.listener.v3 import listener_pb2
+    from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
+
+    found = 0
+    for body in _content(snapshot).get(LISTENER, {}).values():
+        for chain in listener_pb2.Listener.FromString(body).filter_chains:
+            for network_filter in chain.filters:
+                hcm = http_connection_manager_pb2.HttpConnectionManager()
+                if network_filter.typed_config.Unpack(hcm) and hcm.xff_num_trusted_hops:
+                    found += 1
+    return found
 
 
 def _jwt_seen(snapshot: object) -> int:
@@ -778,6 +808,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     telemetry_rng = random.Random(seed * 7 + 3)
     telemetries: set[ResourceKey] = set()
     telemetry_seen = [0, 0, 0]  # listeners with a Telemetry access logger, with a tracer; routers with either
+    gateway_authz_seen = [0, 0, 0, 0]  # gateway listeners with jwt_authn, HTTP RBAC, network RBAC, trusted XFF
     for step in range(130):
         ns, name = rng.choice(["a", "b"]), rng.choice(["s1", "s2"])
         choice = rng.random()
@@ -802,7 +833,11 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
             elif pick < 0.85:
                 docs = [_gateway_vs(rng, ns)]
             else:
-                docs = [_router_pod(rng.choice(routers), rng.choice(["ingressgateway", "other"]))]
+                gateway_name = authz_rng.choice(["gw", "other", None])  # (its own stream: the rest stays as it was)
+                trusted = authz_rng.choice([None, 1, 2])
+                docs = [
+                    _router_pod(rng.choice(routers), rng.choice(["ingressgateway", "other"]), gateway_name, trusted)
+                ]
         if choice < 4.0 and rng.random() < 0.12:
             # the service redeclared: another protocol, headless or ExternalName (issue 17)
             choice = 3.0
@@ -944,6 +979,11 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
                 assert "virtualInbound" not in listeners_held  # a gateway gets no sidecar config
                 gateway_listeners.update(listeners_held)
                 gateway_secrets += len(conn.snapshot.resources.get(SECRET, {}))
+                gateway_authz_seen[3] += _trusted_xff(conn.snapshot)
+                for i, marker in enumerate((b"jwt_authn", b"filters.http.rbac", b"filters.network.rbac")):
+                    gateway_authz_seen[i] += sum(
+                        marker in b for b in _content(conn.snapshot).get(LISTENER, {}).values()
+                    )
             if conn.proxy.capture:
                 outbound_modes.add(_catchall_cluster(listeners_held["virtualOutbound"].body))
             if conn.proxy.proxyless:  # gRPC's view only: api_listeners named host:port
@@ -964,6 +1004,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     assert all(jwt_seen)  # and jwt_authn reached inbound listeners, bound and captured
     assert ef_seen and ef_errors  # and EnvoyFilters patched proxies, one was refused on some
     assert all(telemetry_seen), telemetry_seen  # and Telemetry access logs and tracers, on sidecars and gateways
+    assert all(gateway_authz_seen), gateway_authz_seen  # and jwt_authn and RBAC (HTTP, TCP) reached gateways
 
 
 def test_virtual_service_errors_are_carried_across_pushes_and_follow_their_rule() -> None:

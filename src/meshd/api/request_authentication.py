@@ -2,8 +2,10 @@
 
 Every field of Istio's schema is modelled and checked as Istio validates it (plus what Envoy would refuse),
 so admission, standalone files and translation give the same message. Unknown fields are refused, never
-dropped. Fields Istio added that meshd does not implement yet, and `targetRef`/`targetRefs` (attaching to a
-Gateway or a Service: sidecars are selected with `selector`), are refused with a named error.
+dropped. Fields Istio added that meshd does not implement yet, and `targetRef`/`targetRefs` to a Service or
+ServiceEntry (Istio attaches those to waypoints, which meshd does not serve), are refused with a named error.
+A `targetRef` to a gateway.networking.k8s.io Gateway or GatewayClass attaches the policy to the gateway
+workloads labelled with its name (`gateway.networking.k8s.io/gateway-name` / `gateway-class-name`).
 
 Scope, as Istio: a policy in the root namespace without a selector applies to the whole mesh, one without a
 selector to its namespace, one with a selector to the matching workloads of its namespace; every policy that
@@ -159,6 +161,16 @@ class JwtRule(StrictModel):
         return self
 
 
+def _snake(camel: str) -> str:
+    return re.sub(r"[A-Z]", lambda m: "_" + m.group(0).lower(), camel)
+
+
+# targetRef kinds: attached to gateway workloads by their labels (translate/jwt_authn.py); the waypoint
+# kinds Istio also accepts are refused by name (meshd serves no waypoint)
+GATEWAY_TARGETS = frozenset({("gateway.networking.k8s.io", "Gateway"), ("gateway.networking.k8s.io", "GatewayClass")})
+WAYPOINT_TARGETS = frozenset({("", "Service"), ("core", "Service"), ("networking.istio.io", "ServiceEntry")})
+
+
 class PolicyTargetReference(StrictModel):
     group: str = ""
     kind: str = Field(min_length=1, max_length=63)
@@ -189,11 +201,23 @@ class RequestAuthenticationSpec(StrictModel):
         if targets and self.selector is not None:
             raise ValueError(f"{targets[0][0]}: only one of targetRefs or selector can be set")
         for where, ref in targets:
+            if (ref.group, ref.kind) in GATEWAY_TARGETS:
+                continue
+            if (ref.group, ref.kind) in WAYPOINT_TARGETS:
+                raise ValueError(
+                    f"{where}.kind: Istio attaches a RequestAuthentication targeting a {ref.kind} to its waypoint, "
+                    "which meshd does not serve; select the sidecars with spec.selector"
+                )
             raise ValueError(
-                f"{where}.kind: attaching a RequestAuthentication to a {ref.kind} ({ref.group or 'core'}) is not "
-                "supported by meshd yet; select the sidecars with spec.selector"
+                f"{where}.kind: {ref.group or 'core'}/{ref.kind} is not a kind Istio attaches a RequestAuthentication"
+                " to (gateway.networking.k8s.io/Gateway or GatewayClass; core/Service and "
+                "networking.istio.io/ServiceEntry for waypoints)"
             )
         return self
+
+    @property
+    def targets(self) -> list[PolicyTargetReference]:
+        return [self.target_ref] if self.target_ref is not None else list(self.target_refs)
 
     @property
     def has_selector(self) -> bool:
@@ -256,8 +280,9 @@ def _locations(rules: object) -> TokenLocations:
 def refused_request_authentication(doc: dict[str, Any], error: InvalidResource) -> RequestAuthentication | None:
     """A policy whose spec failed validation, kept so that it fails closed on its workloads (every token
     presented where its rules, or Envoy's defaults, look is rejected): its metadata, its selector if that
-    reads (else it is namespace-wide) and its token locations. None when the metadata is unreadable, and
-    for a policy with `targetRef`/`targetRefs` (not for sidecars: refused, it changes none)."""
+    reads (else it is namespace-wide), or its gateway targets, and its token locations. None when the metadata
+    is unreadable, and for a policy whose `targetRef`/`targetRefs` do not name gateways (refused: it attaches
+    to nothing meshd serves)."""
     try:
         metadata = ObjectMeta.model_validate(doc.get("metadata"))
     except (ValidationError, TypeError, ValueError):
@@ -265,16 +290,23 @@ def refused_request_authentication(doc: dict[str, Any], error: InvalidResource) 
     raw = doc.get("spec")
     spec: dict[str, Any] = raw if isinstance(raw, dict) else {}
     if "targetRef" in spec or "targetRefs" in spec:
-        return None
-    try:
-        selector = WorkloadSelector.model_validate(spec["selector"]) if spec.get("selector") is not None else None
-    except (ValidationError, TypeError, ValueError):
-        selector = None
+        try:  # gateway targets that read on their own: the policy fails closed on those gateways
+            scope = RequestAuthenticationSpec.model_validate(
+                {k: spec[k] for k in ("targetRef", "targetRefs") if k in spec}
+            )
+        except (ValidationError, TypeError, ValueError):
+            return None
+    else:
+        try:
+            selector = WorkloadSelector.model_validate(spec["selector"]) if spec.get("selector") is not None else None
+        except (ValidationError, TypeError, ValueError):
+            selector = None
+        scope = RequestAuthenticationSpec(selector=selector)
     policy = RequestAuthentication(
         api_version=str(doc.get("apiVersion")),
         kind="RequestAuthentication",
         metadata=metadata,
-        spec=RequestAuthenticationSpec(selector=selector),
+        spec=scope,
     )
     policy._refusal = error
     policy._refused_locations = _locations(spec.get("jwtRules"))

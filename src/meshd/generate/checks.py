@@ -135,6 +135,7 @@ class WorldChecks:
         errors.update(dict.fromkeys(self._files.errors))
         errors.update(dict.fromkeys(check_policies(world.peer_authentications)))
         errors.update(dict.fromkeys(jwt_authn.check_policies(world.request_authentications)))
+        errors.update(dict.fromkeys(jwt_authn.target_errors(world.request_authentications, root_namespace=self._root)))
         errors.update(dict.fromkeys(authorization_errors(world, mesh=self._mesh, root_namespace=self._root)))
         errors.update(
             dict.fromkeys(

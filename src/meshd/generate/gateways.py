@@ -1,7 +1,9 @@
 """The layers of router proxies (gateways), each in a named LayerCache:
 - `gateways`: per GatewayKey (namespace, labels, locality, SDS, listening address) the listeners and
   route configurations built from the Gateways selecting it and the VirtualServices bound to them,
-  with the clusters and SDS secrets they use (`translate/gateway/`);
+  with the clusters and SDS secrets they use (`translate/gateway/`), and the gateway workload's
+  RequestAuthentications and AuthorizationPolicies (`queries.gateway_jwt` / `gateway_authorization`) on
+  its listeners;
 - `gateway_clusters`: the clusters and endpoints of exactly those destinations (each service's from
   the shared `services` cache, filtered) and the SNI-named clusters of AUTO_PASSTHROUGH servers;
 - the SDS secrets through the shared `secrets` cache (read from the gateway workload's namespace).
@@ -17,13 +19,15 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import NamedTuple
 
-from meshd.api.meta import InvalidResource
+from meshd.api.mesh import PROXY_CONFIG_ANNOTATION
+from meshd.api.meta import InvalidResource, ResourceKey
 from meshd.generate.layers import LayerCache
 from meshd.generate.memo import MemoEntry, ResourceMemo, build_all, reuse_layer
 from meshd.generate.options import GenerateOptions
 from meshd.generate.outbound import EMPTY_LAYER, OutboundLayers, ServiceEntry
 from meshd.generate.queries import Queries
 from meshd.generate.reads import Context, MissedInput, Tracer
+from meshd.model.services import Workload
 from meshd.model.world import World
 from meshd.translate.gateway.checks import binding_errors, reference_errors, selector_errors
 from meshd.translate.gateway.config import ANY_ADDRESS, GatewayKey, build_gateway
@@ -44,6 +48,32 @@ class GatewayBuild(NamedTuple):
     sni_targets: tuple[SniTarget, ...]
     secrets: frozenset[str]
     errors: tuple[InvalidResource, ...]
+
+
+def trusted_hops(workload: Workload | None, mesh_default: int) -> int:
+    """gatewayTopology.numTrustedProxies of a gateway workload: its `proxy.istio.io/config` annotation's, else
+    the mesh config's `defaultConfig`."""
+    found = workload.gateway_trusted_proxies if workload is not None else None
+    return mesh_default if found is None else found
+
+
+def proxy_config_errors(world: World, groups: set[tuple[str, tuple[tuple[str, str], ...]]]) -> list[InvalidResource]:
+    """A gateway workload's `proxy.istio.io/config` annotation that cannot be used (the mesh config's
+    numTrustedProxies applies instead), or whose other gatewayTopology fields meshd ignores."""
+    found = []
+    for workload in sorted(world.workloads.values(), key=lambda w: (w.namespace, w.name)):
+        if workload.proxy_config_problem and (workload.namespace, workload.labels) in groups:
+            used = workload.gateway_trusted_proxies is not None
+            found.append(
+                InvalidResource(
+                    ResourceKey("Pod", workload.namespace, workload.name),
+                    f"metadata.annotations[{PROXY_CONFIG_ANNOTATION}]",
+                    workload.proxy_config_problem
+                    + ("" if used else ": the mesh config's gatewayTopology.numTrustedProxies applies"),
+                    severity="warning" if used else "error",
+                )
+            )
+    return found
 
 
 class GatewayLayers:
@@ -81,6 +111,7 @@ class GatewayLayers:
             sds=proxy.sds,
             address=proxy.ip if self.options.gateway_bind_proxy_ip else ANY_ADDRESS,
             port_map=self.port_map(proxy.ip),
+            trusted_hops=trusted_hops(workload, self.options.gateway_trusted_proxies),
         )
 
     def port_map(self, ip: str) -> tuple[tuple[int, int], ...]:
@@ -124,6 +155,8 @@ class GatewayLayers:
             q.files_state,
             scope.cluster_signature if auto else None,
             q.telemetry(key.namespace, key.labels),
+            q.gateway_authorization(key.namespace, key.labels),
+            q.gateway_jwt(key.namespace, key.labels),
         )
 
     def build(self, key: GatewayKey) -> GatewayBuild:
@@ -137,6 +170,8 @@ class GatewayLayers:
                 scope=ctx.scope,  # type: ignore[arg-type]
                 key=key,
                 file_problem=q.gateway_file_problem,
+                authz=q.gateway_authorization(key.namespace, key.labels),
+                jwt=q.gateway_jwt(key.namespace, key.labels),
             )
             refused: list[MemoEntry] = []
             telemetry = q.telemetry(key.namespace, key.labels)
@@ -240,6 +275,7 @@ class GatewayLayers:
         workloads = world.workloads.values() if world.gateways else ()
         selected = [w for w in workloads if q.selected_gateways(w.namespace, w.labels)]
         groups = {(w.namespace, w.labels, self.port_map(w.address)) for w in selected}
+        found.update(dict.fromkeys(proxy_config_errors(world, {(w.namespace, w.labels) for w in selected})))
         for namespace, labels, port_map in sorted(groups):
             # with the agent's certificate: its build serves (so checks) every server a proxy can have
             key = GatewayKey(namespace=namespace, labels=labels, sds=True, port_map=port_map)

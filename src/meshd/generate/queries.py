@@ -61,6 +61,7 @@ class Queries:
         self._inbound: InboundIndex | None = None
         self._moved: set[str] | None = None
         self._jwt: dict[tuple[str, str], JwtProviders] = {}
+        self._gateway_jwt: dict[tuple[str, tuple[tuple[str, str], ...]], JwtProviders] = {}
         self._mtls: dict[tuple[str, tuple[tuple[str, str], ...]], InboundMtls] = {}
         self._inline_keys: dict[str, str] = {}
         self._selected: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[Gateway, ...]] = {}
@@ -213,10 +214,22 @@ class Queries:
             self._world, namespace=namespace, labels=labels, root_namespace=self._options.root_namespace
         )
 
+    def gateway_policies(self, namespace: str, labels: tuple[tuple[str, str], ...]) -> Selected:
+        """The AuthorizationPolicies of a gateway workload of this namespace with these labels: mesh-wide,
+        namespace-wide, by selector, and by a Gateway/GatewayClass target (its gateway-name labels)."""
+        root = self._options.root_namespace
+        return Selected(applied(self._world, namespace=namespace, labels=dict(labels), root_namespace=root))
+
     def authorization(self, namespace: str, ip: str) -> InboundAuthz:
         """The inbound authorization filters of the workload at an address (one translation per distinct
         set of policies and generation)."""
-        selected = self.selected_policies(namespace, ip)
+        return self._translated(self.selected_policies(namespace, ip))
+
+    def gateway_authorization(self, namespace: str, labels: tuple[tuple[str, str], ...]) -> InboundAuthz:
+        """The authorization filters of a gateway workload's listeners (as a sidecar's inbound side)."""
+        return self._translated(self.gateway_policies(namespace, labels))
+
+    def _translated(self, selected: Selected) -> InboundAuthz:
         found = self._authz.get(selected.identity)
         if found is None:
             options = self._options
@@ -252,6 +265,20 @@ class Queries:
     def workload_telemetry(self, namespace: str, ip: str) -> WorkloadTelemetry:
         workload = self._world.workloads.get(ip)
         return self.telemetry(namespace, tuple(sorted(workload.labels)) if workload is not None else ())
+
+    def gateway_jwt(self, namespace: str, labels: tuple[tuple[str, str], ...]) -> JwtProviders:
+        """The JWT providers (RequestAuthentications, keys resolved) of a gateway workload."""
+        found = self._gateway_jwt.get((namespace, labels))
+        if found is None:
+            found = self._gateway_jwt[(namespace, labels)] = workload_providers(
+                self._world.request_authentications,
+                self._world.jwks,
+                namespace=namespace,
+                labels=dict(labels),
+                root_namespace=self._options.root_namespace,
+                inline=self._inline,
+            )
+        return found
 
     def outbound_mode(self, key: ScopeKey) -> str:
         """`outboundTrafficPolicy.mode` of the scope's Sidecar, else the mesh default."""

@@ -12,6 +12,7 @@ from meshd.api.destinationrule import DestinationRule
 from meshd.api.envoyfilter import EnvoyFilter
 from meshd.api.gateway import Gateway
 from meshd.api.kube import EndpointConditions, EndpointSlice, Pod, Service
+from meshd.api.mesh import annotation_trusted_proxies
 from meshd.api.meta import InvalidResource, Resource
 from meshd.api.networking import ServiceEntry, Sidecar, WorkloadEntry
 from meshd.api.security import PeerAuthentication
@@ -58,7 +59,10 @@ def endpoint_order(
 
 
 def pod_workload(pod: Pod) -> Workload:
+    trusted, problem = annotation_trusted_proxies(pod.metadata.annotations)
     return Workload(
+        gateway_trusted_proxies=trusted,
+        proxy_config_problem=problem,
         name=pod.metadata.name,
         namespace=pod.metadata.namespace,
         address=pod.status.pod_ip or "",

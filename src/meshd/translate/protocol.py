@@ -47,27 +47,33 @@ def http_inspector() -> listener_components_pb2.ListenerFilter:
     )
 
 
-def sniff(listener: listener_pb2.Listener, *, timeout_s: float, ports: Sequence[int] = ()) -> None:
+def _any_port(ports: Sequence[int]) -> listener_components_pb2.ListenerFilterChainMatchPredicate:
+    ranges = [
+        listener_components_pb2.ListenerFilterChainMatchPredicate(
+            destination_port_range=range_pb2.Int32Range(start=port, end=port + 1)
+        )
+        for port in sorted(set(ports))
+    ]
+    if len(ranges) == 1:
+        return ranges[0]
+    return listener_components_pb2.ListenerFilterChainMatchPredicate(
+        or_match=listener_components_pb2.ListenerFilterChainMatchPredicate.MatchSet(rules=ranges)
+    )
+
+
+def sniff(
+    listener: listener_pb2.Listener, *, timeout_s: float, ports: Sequence[int] = (), skip_ports: Sequence[int] = ()
+) -> None:
     """Add protocol detection to a listener: http_inspector, waiting at most `timeout_s` (0: no limit) for
     the client's first bytes, then carrying on as TCP (Istio's protocolDetectionTimeout). With `ports`, only
     for connections to those destination ports (as Istio's inbound listener does): a TCP protocol whose
-    first bytes could start an HTTP request line must not wait for detection on a port that needs none."""
+    first bytes could start an HTTP request line must not wait for detection on a port that needs none.
+    With `skip_ports`, for every port but those (undeclared ports are sniffed too)."""
     inspector = http_inspector()
     if ports:
-        ranges = [
-            listener_components_pb2.ListenerFilterChainMatchPredicate(
-                destination_port_range=range_pb2.Int32Range(start=port, end=port + 1)
-            )
-            for port in sorted(set(ports))
-        ]
-        wanted = (
-            ranges[0]
-            if len(ranges) == 1
-            else listener_components_pb2.ListenerFilterChainMatchPredicate(
-                or_match=listener_components_pb2.ListenerFilterChainMatchPredicate.MatchSet(rules=ranges)
-            )
-        )
-        inspector.filter_disabled.not_match.CopyFrom(wanted)
+        inspector.filter_disabled.not_match.CopyFrom(_any_port(ports))
+    elif skip_ports:
+        inspector.filter_disabled.CopyFrom(_any_port(skip_ports))
     listener.listener_filters.append(inspector)
     seconds = int(timeout_s)
     listener.listener_filters_timeout.CopyFrom(
