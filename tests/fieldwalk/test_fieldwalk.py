@@ -32,9 +32,6 @@ READ_ELSEWHERE: dict[Field, str] = {
 }
 # Fields refused by a validation rule rather than `refused(...)` (the rule names the field; its test is cited).
 REFUSED_BY_RULE: dict[Field, str] = {
-    ("RequestAuthenticationSpec", "targetRef"): "attaching to a Service/Gateway is not supported yet "
-    "(tests/unit/test_request_authentication.py)",
-    ("RequestAuthenticationSpec", "targetRefs"): "as targetRef",
 }
 # Fields with no effect on traffic in Istio either: validated, documented here.
 NO_TRAFFIC_EFFECT: dict[Field, str] = {
@@ -42,6 +39,7 @@ NO_TRAFFIC_EFFECT: dict[Field, str] = {
     ("TargetRef", "group"): "checked against the kinds Istio attaches policies to (validation); the target is "
     "resolved by kind and name",
     ("EnvoyFilterTargetRef", "group"): "as TargetRef.group",
+    ("PolicyTargetReference", "group"): "as TargetRef.group (RequestAuthentication)",
 }
 
 # Fields whose only accepted value is what meshd does anyway: validation refuses every other value, naming it.
