@@ -623,6 +623,6 @@ async def test_a_telemetry_gets_a_status_accepted_or_naming_its_field(kube: Kube
     assert "'nowhere' is not an extensionProviders entry" in message["description"]
     current = await eventually(lambda: reconciled(overrides, "False"), timeout=20, what="the metrics overrides")
     [message] = current["status"]["validationMessages"]
-    assert "metrics overrides not supported yet" in message["description"]
+    assert "metrics overrides are not applied yet" in message["description"]
     for obj in (good, unknown, overrides):
         await kube.delete(obj)
