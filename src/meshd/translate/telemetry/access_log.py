@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import grpc_service_pb2, substitution_format_string_pb2
+from envoy.data.accesslog.v3 import accesslog_pb2 as data_pb2
 from envoy.extensions.access_loggers.file.v3 import file_pb2
 from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
 from envoy.extensions.access_loggers.grpc.v3 import als_pb2
@@ -68,7 +69,9 @@ def _labels(sink: AccessLogSink) -> tuple[tuple[str, str], ...]:
     return sink.labels or ISTIO_JSON_FORMAT
 
 
-def access_log(sink: AccessLogSink) -> accesslog_pb2.AccessLog:
+def access_log(sink: AccessLogSink, *, tcp: bool = False) -> accesslog_pb2.AccessLog:
+    """`tcp`: on a TCP proxy, one line per connection, at its end (the proxy also flushes its loggers when the
+    upstream connects, for Istio's connections-opened metric)."""
     out = accesslog_pb2.AccessLog()
     if sink.path:
         config = file_pb2.FileAccessLog(path=sink.path)
@@ -106,7 +109,16 @@ def access_log(sink: AccessLogSink) -> accesslog_pb2.AccessLog:
             otel.body.string_value = _text(sink).rstrip("\n")
         out.name = OTEL_LOGGER
         out.typed_config.CopyFrom(pack(otel))
+    at_end = accesslog_pb2.AccessLogFilter()
+    at_end.log_type_filter.types.append(data_pb2.TcpConnectionEnd)
     if sink.filter:
-        out.filter.extension_filter.name = CEL_FILTER
-        out.filter.extension_filter.typed_config.CopyFrom(pack(cel_pb2.ExpressionFilter(expression=sink.filter)))
+        cel = accesslog_pb2.AccessLogFilter()
+        cel.extension_filter.name = CEL_FILTER
+        cel.extension_filter.typed_config.CopyFrom(pack(cel_pb2.ExpressionFilter(expression=sink.filter)))
+        if tcp:
+            out.filter.and_filter.filters.extend([at_end, cel])
+        else:
+            out.filter.CopyFrom(cel)
+    elif tcp:
+        out.filter.CopyFrom(at_end)
     return out

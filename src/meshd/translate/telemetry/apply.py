@@ -62,5 +62,5 @@ def _filter(network_filter: listener_components_pb2.Filter, side: SideTelemetry)
     elif network_filter.name == TCP_PROXY and side.logs:
         proxy = tcp_proxy_pb2.TcpProxy()
         network_filter.typed_config.Unpack(proxy)
-        proxy.access_log.extend(access_log(s) for s in side.logs)
+        proxy.access_log.extend(access_log(s, tcp=True) for s in side.logs)
         network_filter.typed_config.CopyFrom(pack(proxy))
