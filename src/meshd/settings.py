@@ -192,6 +192,8 @@ class AgentSettings(BaseModel):
     envoy_log_level: str = "warning"
     envoy_concurrency: int = Field(default=2, ge=1)
     envoy_args: tuple[str, ...] = ()
+    # the environment Envoy starts with (the agent's own, read by agent/cli.py; the metrics identity is added)
+    envoy_environment: dict[str, str] = Field(default_factory=dict, repr=False)
     restart_base_s: float = Field(default=0.5, gt=0)
     restart_max_s: float = Field(default=30.0, gt=0)
     max_restarts: int = Field(default=5, ge=0)

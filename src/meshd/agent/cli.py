@@ -128,8 +128,9 @@ def _identity(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, str
 def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> AgentSettings:
     from meshd.agent.prometheus import app_scrape
 
+    env = os.environ if env is None else env
     return AgentSettings(
-        **_identity(args, os.environ if env is None else env),
+        **_identity(args, env),
         labels=args.labels,
         workload_name=args.workload_name,
         pod_ports=args.pod_ports,
@@ -156,11 +157,12 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None =
         status_port=args.status_port,
         stats_port=args.stats_port,
         metrics_port=args.metrics_port,
-        app_metrics=app_scrape(os.environ if env is None else env),
+        app_metrics=app_scrape(env),
         envoy_path=args.envoy_path,
         envoy_log_level=args.envoy_log_level,
         envoy_concurrency=args.envoy_concurrency,
         envoy_args=tuple(args.envoy_arg),
+        envoy_environment=dict(env),
         restart_base_s=args.restart_base,
         restart_max_s=args.restart_max,
         max_restarts=args.max_restarts,

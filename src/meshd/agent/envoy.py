@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import pathlib
 from collections.abc import Mapping
 from types import TracebackType
@@ -55,7 +54,7 @@ class EnvoyProcess:
         extra_args: tuple[str, ...] = (),
         env: Mapping[str, str] | None = None,
     ) -> None:
-        """`env`: variables added to Envoy's environment (the identity its metrics read)."""
+        """`env`: Envoy's whole environment (None: the caller's)."""
         self.name = name
         self.work_dir = work_dir
         self.bootstrap_path = work_dir / f"{name}.bootstrap.json"
@@ -68,7 +67,7 @@ class EnvoyProcess:
         self._log_level = log_level
         self._concurrency = concurrency
         self._extra_args = extra_args
-        self._env = dict(env or {})
+        self._env = dict(env) if env is not None else None
         self._process: asyncio.subprocess.Process | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -94,8 +93,7 @@ class EnvoyProcess:
         ]  # fmt: skip
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
         try:
-            environment = {**os.environ, **self._env} if self._env else None
-            self._process = await spawn(argv=argv, log_path=self.log_path, env=environment)
+            self._process = await spawn(argv=argv, log_path=self.log_path, env=self._env)
         except BaseException:
             await self._session.close()
             self._session = None

@@ -128,7 +128,7 @@ class _Agent:
             log_level=s.envoy_log_level,
             concurrency=s.envoy_concurrency,
             extra_args=s.envoy_args,
-            env=identity_env(s),
+            env={**s.envoy_environment, **identity_env(s)},
         )
 
     async def envoy_ready(self) -> bool:

@@ -45,8 +45,10 @@ def test_cli_flags() -> None:
             "--pod-ports", "8080,9090",
         ]
     )  # fmt: skip
-    settings = settings_from_args(args)
+    settings = settings_from_args(args, env={"PATH": "/usr/bin", "POD_NAMESPACE": "ignored"})
     assert settings.labels == {"app": "web", "version": "v1"}
+    # the agent's environment is what Envoy starts with (read here, at the command line, not deep inside)
+    assert settings.envoy_environment == {"PATH": "/usr/bin", "POD_NAMESPACE": "ignored"}
     assert (settings.cert_ttl_s, settings.max_restarts, settings.envoy_args) == (5, 2, ("--foo",))
     assert settings.workdir == pathlib.Path("/tmp/w") and settings.pod_ports == (8080, 9090)
     assert settings.sds_socket == pathlib.Path("./var/run/secrets/workload-spiffe-uds/socket")
