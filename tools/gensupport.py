@@ -30,6 +30,18 @@ ISTIO_KINDS = (
     ("telemetry.istio.io", "Telemetry"),
     ("extensions.istio.io", "WasmPlugin"),
 )
+# The Kubernetes Gateway API kinds (gateway.networking.k8s.io): (kind, meshd's identity of it).
+GATEWAY_API_KINDS = (
+    ("GatewayClass", "GatewayClass"),
+    ("Gateway", "KubernetesGateway"),
+    ("HTTPRoute", "HTTPRoute"),
+    ("GRPCRoute", "GRPCRoute"),
+    ("TCPRoute", "TCPRoute"),
+    ("TLSRoute", "TLSRoute"),
+    ("UDPRoute", "UDPRoute"),
+    ("ReferenceGrant", "ReferenceGrant"),
+    ("BackendTLSPolicy", "BackendTLSPolicy"),
+)
 
 
 def render() -> str:
@@ -53,10 +65,18 @@ def render() -> str:
             lines.append(f"| {group} | {kind} | - | refused: {REFUSED_KINDS[kind].split(': ', 1)[-1]} |")
         else:
             lines.append(f"| {group} | {kind} | - | refused as an unknown kind |")
+    for kind, identity in GATEWAY_API_KINDS:
+        group = "gateway.networking.k8s.io"
+        if identity in KINDS:
+            versions = ", ".join(v.split("/", 1)[-1] for v in KINDS[identity][1])
+            lines.append(f"| {group} | {kind} | {versions} | translated (tests/GATEWAY_API_FIELDS.md) |")
+        else:
+            lines.append(f"| {group} | {kind} | - | refused: {REFUSED_KINDS[identity].split(': ', 1)[-1]} |")
+    listed = {kind for _, kind in ISTIO_KINDS} | {identity for _, identity in GATEWAY_API_KINDS}
     lines += [
         "",
         "Kubernetes kinds meshd reads: "
-        + ", ".join(k for k in KINDS if not any(k == kind for _, kind in ISTIO_KINDS))
+        + ", ".join(k for k in KINDS if k not in listed)
         + " (and Namespaces, Nodes and the `istio` mesh ConfigMap in Kubernetes mode).",
         "",
     ]
