@@ -77,7 +77,7 @@ def render() -> str:
         "",
         "Kubernetes kinds meshd reads: "
         + ", ".join(k for k in KINDS if k not in listed)
-        + " (and Namespaces, Nodes and the `istio` mesh ConfigMap in Kubernetes mode).",
+        + " (and Nodes and the `istio` mesh ConfigMap in Kubernetes mode).",
         "",
     ]
     return "\n".join(lines)

@@ -255,3 +255,72 @@ def test_status_rendering_keeps_transition_times_and_other_controllers_parents()
     assert out is not None
     assert out["parents"][0]["conditions"][0]["reason"] == "UnsupportedValue"
     assert "backendRequest" in out["parents"][0]["conditions"][0]["message"]
+
+
+def test_allowed_routes_by_namespace_selector() -> None:
+    gw = k8s_gateway({"name": "http", "port": 80, "protocol": "HTTP", "allowedRoutes": {"namespaces": {
+        "from": "Selector", "selector": {"matchLabels": {"shared-gateway": "true"}}}}})  # fmt: skip
+
+    def accepted(*namespaces: dict[str, Any]) -> str:
+        result = _convert(gw, http_route(), service(), *namespaces)
+        parent = result.status[ResourceKey("HTTPRoute", "apps", "r")]["parents"][0]
+        return str({c["type"]: c["reason"] for c in parent["conditions"]}["Accepted"])
+
+    labelled = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": "apps", "labels": {"shared-gateway": "true"}},
+    }
+    assert accepted() == "NotAllowedByListeners"
+    assert accepted({**labelled, "metadata": {"name": "apps"}}) == "NotAllowedByListeners"
+    assert accepted(labelled) == "Accepted"
+    # Kubernetes' own name label selects too
+    gw["spec"]["listeners"][0]["allowedRoutes"]["namespaces"]["selector"] = {"matchExpressions": [
+        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["apps"]}]}  # fmt: skip
+    assert accepted() == "Accepted"
+
+
+def test_the_kube_source_stores_namespaces_with_their_labels() -> None:
+    store = ConfigStore()
+    source = KubeSource(store=store, namespace="istio-system", log=logging.getLogger("test"))
+    ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "apps", "labels": {"team": "a"}}}
+    source.handler("Namespace")("ADDED", None, ns)
+    [(_, stored)] = list(store.resources())
+    assert stored.key == ResourceKey("Namespace", "", "apps") and stored.metadata.labels == {"team": "a"}
+    source.handler("Namespace")("DELETED", ns, None)
+    assert not list(store.resources())
+
+
+def test_certificate_refs_of_another_namespace_are_refused() -> None:
+    https = {"name": "https", "port": 443, "protocol": "HTTPS",
+             "tls": {"certificateRefs": [{"name": "c", "namespace": "certs"}]}}  # fmt: skip
+    grant = {"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+             "metadata": {"name": "g", "namespace": "certs"},
+             "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": "infra"}],
+                      "to": [{"group": "", "kind": "Secret"}]}}  # fmt: skip
+    for docs, words in (((), "no ReferenceGrant"), ((grant,), "own namespace only")):
+        result = _convert(k8s_gateway(https), *docs, secrets={("certs", "c")})
+        [listener] = result.status[ResourceKey(KUBERNETES_GATEWAY, "infra", "gw")]["listeners"]
+        resolved = next(c for c in listener["conditions"] if c["type"] == "ResolvedRefs")
+        assert resolved["reason"] == "RefNotPermitted" and words in resolved["message"], resolved
+        assert not result.gateways  # nothing served
+
+
+def test_addresses_and_tls_options_are_refused() -> None:
+    result = _convert(k8s_gateway(addresses=[{"value": "10.0.0.1"}]))
+    conditions = {
+        c["type"]: c["reason"] for c in result.status[ResourceKey(KUBERNETES_GATEWAY, "infra", "gw")]["conditions"]
+    }
+    assert conditions["Accepted"] == "UnsupportedAddress" and not result.gateways
+    with pytest.raises(InvalidResource) as err:
+        parse_resource(
+            k8s_gateway(
+                {
+                    "name": "h",
+                    "port": 443,
+                    "protocol": "HTTPS",
+                    "tls": {"certificateRefs": [{"name": "c"}], "options": {"a": "b"}},
+                }
+            )
+        )
+    assert err.value.field == "spec.listeners[0].tls.options"

@@ -19,7 +19,7 @@ from meshd.api.gateway_api import (
     ReferenceGrant,
 )
 from meshd.api.httproute import HTTPRoute
-from meshd.api.kube import EndpointSlice, Pod, Secret, Service
+from meshd.api.kube import EndpointSlice, Namespace, Pod, Secret, Service
 from meshd.api.meta import KUBERNETES_GATEWAY, InvalidResource, Resource, ResourceKey, field_path, kind_identity
 from meshd.api.networking import NETWORKING_VERSIONS, ServiceEntry, Sidecar, WorkloadEntry
 from meshd.api.request_authentication import RequestAuthentication, refused_request_authentication
@@ -32,6 +32,7 @@ KINDS: dict[str, tuple[type[Resource], tuple[str, ...]]] = {
     "Pod": (Pod, ("v1",)),
     "EndpointSlice": (EndpointSlice, ("discovery.k8s.io/v1",)),
     "Secret": (Secret, ("v1",)),
+    "Namespace": (Namespace, ("v1",)),
     "VirtualService": (VirtualService, NETWORKING_VERSIONS),
     "DestinationRule": (DestinationRule, NETWORKING_VERSIONS),
     "ServiceEntry": (ServiceEntry, NETWORKING_VERSIONS),
@@ -48,7 +49,7 @@ KINDS: dict[str, tuple[type[Resource], tuple[str, ...]]] = {
     "ReferenceGrant": (ReferenceGrant, REFERENCE_GRANT_VERSIONS),
 }
 # Kinds without a namespace (their key's namespace is "").
-CLUSTER_SCOPED = frozenset({"GatewayClass"})
+CLUSTER_SCOPED = frozenset({"GatewayClass", "Namespace"})
 # Security kinds that fail closed: a document of these kinds whose spec is invalid is not refused at the
 # source but kept as a refused resource (what could be read of it, and the error), which translation
 # turns into a denial on what it selects. Without this, a new policy with a typo would not exist at all.

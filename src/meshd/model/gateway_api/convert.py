@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from meshd.api.gateway import Gateway
 from meshd.api.gateway_api import CONTROLLER_NAMES, GatewayClass, KubernetesGateway, ParentReference, ReferenceGrant
 from meshd.api.httproute import BackendObjectReference, HTTPRoute
+from meshd.api.kube import Namespace
 from meshd.api.meta import GATEWAY_API_GROUP, KUBERNETES_GATEWAY, InvalidResource, ResourceKey, field_path
 from meshd.api.virtualservice import VirtualService
 from meshd.model.gateway_api.conditions import Condition, cond, rendered
@@ -44,9 +45,10 @@ class GatewayApiInputs:
     gateways: tuple[KubernetesGateway, ...] = ()
     routes: tuple[HTTPRoute, ...] = ()
     grants: tuple[ReferenceGrant, ...] = ()
+    namespaces: tuple[Namespace, ...] = ()  # their labels: allowedRoutes selectors
 
     def __bool__(self) -> bool:
-        return bool(self.gateways or self.routes or self.classes)
+        return bool(self.gateways or self.routes or self.classes)  # (grants and namespaces alone: nothing)
 
 
 def convert(
@@ -76,11 +78,13 @@ def convert(
         views = listener_views(gateway, grants=grants, secrets=secrets) if verdict[0] else []
         listeners[(gateway.metadata.namespace, gateway.metadata.name)] = (gateway, views)
     per_host: dict[tuple[str, str, str], list[tuple[Precedence, dict[str, Any]]]] = {}
+    namespace_labels = {n.metadata.name: n.labels for n in inputs.namespaces}
     for route in sorted(inputs.routes, key=lambda r: r.key):
         _attach_route(
             route,
             listeners,
             verdicts=verdicts,
+            namespace_labels=namespace_labels,
             grants=grants,
             services=services,
             domain_suffix=domain_suffix,
@@ -187,6 +191,7 @@ def _attach_route(
     listeners: Mapping[tuple[str, str], tuple[KubernetesGateway, list[ListenerView]]],
     *,
     verdicts: Mapping[str, tuple[bool, str, str]],
+    namespace_labels: Mapping[str, dict[str, str]],
     grants: Grants,
     services: ServiceIds,
     domain_suffix: str,
@@ -194,6 +199,7 @@ def _attach_route(
     result: GatewayApiResult,
 ) -> None:
     ns = route.metadata.namespace
+    labels = namespace_labels.get(ns) or {"kubernetes.io/metadata.name": ns}
     controllers = {key: verdicts[gw.spec.gateway_class_name][2] for key, (gw, _) in listeners.items()}
     resolved = _resolved_refs(route, grants=grants, services=services)
     entries: list[tuple[Precedence, dict[str, Any]]] | None = None
@@ -214,7 +220,7 @@ def _attach_route(
             )
             attach = []
         else:
-            accepted, attach = _listeners_for(route, ref, listeners[target][1])
+            accepted, attach = _listeners_for(route, ref, listeners[target][1], labels)
         for view, hosts in attach:
             view.attached += 1
             if entries is None:
@@ -240,7 +246,7 @@ def _attach_route(
 
 
 def _listeners_for(
-    route: HTTPRoute, ref: ParentReference, views: list[ListenerView]
+    route: HTTPRoute, ref: ParentReference, views: list[ListenerView], labels: dict[str, str]
 ) -> tuple[Condition, list[tuple[ListenerView, list[str]]]]:
     named = [
         v
@@ -250,7 +256,7 @@ def _listeners_for(
     ]
     if not named:
         return cond("Accepted", False, "NoMatchingParent", "no listener of the Gateway has this sectionName/port"), []
-    allowed = [v for v in named if v.valid and _allows(v, route)]
+    allowed = [v for v in named if v.valid and _allows(v, route, labels)]
     if not allowed:
         return cond(
             "Accepted",
@@ -273,7 +279,7 @@ def _listeners_for(
     return cond("Accepted", True, "Accepted", "attached"), attach
 
 
-def _allows(view: ListenerView, route: HTTPRoute) -> bool:
+def _allows(view: ListenerView, route: HTTPRoute, labels: dict[str, str]) -> bool:
     if "HTTPRoute" not in view.supported_kinds:
         return False
     spec = view.listener.allowed_routes.namespaces
@@ -281,7 +287,8 @@ def _allows(view: ListenerView, route: HTTPRoute) -> bool:
         return True
     if spec.from_ == "Same":
         return route.metadata.namespace == view.gateway.metadata.namespace
-    return False  # Selector is refused when the Gateway is read
+    assert spec.selector is not None  # the model requires it with Selector
+    return spec.selector.matches(labels)
 
 
 def _backend_problem(route: HTTPRoute, *, grants: Grants, services: ServiceIds) -> Any:
@@ -358,7 +365,8 @@ def _virtual_service(key: tuple[str, str, str], entries: list[tuple[Precedence, 
     return VirtualService.model_validate(_vs_doc(f"{gateway}~{host}", namespace, host, http, f"{namespace}/{gateway}"))
 
 
-GATEWAY_API_KINDS = ("GatewayClass", KUBERNETES_GATEWAY, "HTTPRoute", "ReferenceGrant")
+# the kinds the conversion reads (Namespaces: for their labels)
+GATEWAY_API_KINDS = ("GatewayClass", KUBERNETES_GATEWAY, "HTTPRoute", "ReferenceGrant", "Namespace")
 
 
 class GatewayApiConversion:
@@ -410,7 +418,8 @@ def inputs_of(resources: Iterable[Any]) -> GatewayApiInputs:
         gateways=tuple(r for r in items if isinstance(r, KubernetesGateway)),
         routes=tuple(r for r in items if isinstance(r, HTTPRoute)),
         grants=tuple(r for r in items if isinstance(r, ReferenceGrant)),
+        namespaces=tuple(r for r in items if isinstance(r, Namespace)),
     )
 
 
-_KINDS = (GatewayClass, KubernetesGateway, HTTPRoute, ReferenceGrant)
+_KINDS = (GatewayClass, KubernetesGateway, HTTPRoute, ReferenceGrant, Namespace)
