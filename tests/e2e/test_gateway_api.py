@@ -184,7 +184,10 @@ async def test_weighted_backends_and_header_modifiers(lab: Lab) -> None:
     await _until(served, "web.example.com through the Gateway API gateway")
     seen: Counter[str] = Counter()
     for _ in range(200):
-        status, headers, body = await lab.http(host="web.example.com", path="/x", headers={"x-drop": "1"})
+        # (x-canary with another value: not the header match's exact "yes")
+        status, headers, body = await lab.http(
+            host="web.example.com", path="/x", headers={"x-drop": "1", "x-canary": "no"}
+        )
         assert status == 200, body
         answer = json.loads(body)
         seen[answer["version"]] += 1

@@ -324,3 +324,21 @@ def test_addresses_and_tls_options_are_refused() -> None:
             )
         )
     assert err.value.field == "spec.listeners[0].tls.options"
+
+
+@pytest.mark.parametrize(
+    ("doc", "field"),
+    [
+        (http_route(hostnames=["Bad_Host"]), "spec.hostnames[0]"),
+        (http_route(hostnames=["10.0.0.1"]), "spec.hostnames[0]"),
+        (http_route(rules=[{"filters": [{"type": "URLRewrite", "urlRewrite": {"hostname": "*.example.com"}}]}]),
+         "spec.rules[0].filters[0].urlRewrite.hostname"),
+        (http_route(rules=[{"matches": [{"headers": [{"name": "bad header", "value": "x"}]}]}]),
+         "spec.rules[0].matches[0].headers[0].name"),
+        (k8s_gateway({"name": "h", "port": 80, "protocol": "HTTP", "hostname": "*"}), "spec.listeners[0].hostname"),
+    ],
+)  # fmt: skip
+def test_hostnames_and_header_names_are_checked(doc: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidResource) as err:
+        parse_resource(doc)
+    assert err.value.field == field, err.value

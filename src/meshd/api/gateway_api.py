@@ -10,9 +10,10 @@ serve is a listener condition `UnsupportedProtocol`, `addresses` a Gateway condi
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from meshd.api.gateway import StrictModel
 from meshd.api.meta import GATEWAY_API_GROUP, Resource
@@ -24,6 +25,27 @@ REFERENCE_GRANT_VERSIONS = (f"{GATEWAY_API_GROUP}/v1beta1", f"{GATEWAY_API_GROUP
 CONTROLLER_NAMES = ("istio.io/gateway-controller", "meshd.io/gateway-controller")
 # GatewayClasses meshd serves even when no GatewayClass object names them (istiod creates `istio` itself).
 BUILTIN_CLASSES = {"istio": CONTROLLER_NAMES[0], "meshd": CONTROLLER_NAMES[1]}
+
+
+_HOSTNAME = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def check_hostname(value: str, *, wildcard: bool = True) -> str:
+    """A Gateway API hostname: lowercase RFC 1123 DNS name, `*.` first where a wildcard is allowed, no IP."""
+    if len(value) > 253 or not _HOSTNAME.match(value) or (not wildcard and value.startswith("*")):
+        kind = "a hostname (RFC 1123, optionally starting with *.)" if wildcard else "a hostname (RFC 1123)"
+        raise ValueError(f"{value[:300]!r} is not {kind}")
+    if all(part.isdigit() for part in value.split(".")):
+        raise ValueError(f"{value!r} is an IP address, not a hostname")
+    return value
+
+
+def _precise(value: str) -> str:
+    return check_hostname(value, wildcard=False)
+
+
+Hostname = Annotated[str, AfterValidator(check_hostname)]
+PreciseHostname = Annotated[str, AfterValidator(_precise)]
 
 
 class LabelSelectorRequirement(StrictModel):
@@ -112,7 +134,7 @@ class AllowedRoutes(StrictModel):
 
 class Listener(StrictModel):
     name: str = Field(min_length=1, max_length=253)
-    hostname: str = ""
+    hostname: Hostname | None = None
     port: PortNumber
     protocol: str = Field(min_length=1)
     tls: GatewayTLSConfig | None = None

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from meshd.api.gateway import StrictModel
-from meshd.api.gateway_api import ParentReference
+from meshd.api.gateway_api import Hostname, ParentReference, PreciseHostname
 from meshd.api.meta import Resource
 from meshd.api.values import DurationOrZero, PortNumber, check_regex
 
@@ -33,9 +33,12 @@ class PathMatch(StrictModel):
         return self
 
 
+HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$"
+
+
 class HeaderMatch(StrictModel):
     type: Literal["Exact", "RegularExpression"] = "Exact"
-    name: str = Field(min_length=1, max_length=256)
+    name: str = Field(min_length=1, max_length=256, pattern=HEADER_NAME)
     value: str = Field(max_length=4096)
 
     @model_validator(mode="after")
@@ -53,7 +56,7 @@ class RouteMatch(StrictModel):
 
 
 class HeaderValue(StrictModel):
-    name: str = Field(min_length=1, max_length=256)
+    name: str = Field(min_length=1, max_length=256, pattern=HEADER_NAME)
     value: str = Field(max_length=4096)
 
 
@@ -85,7 +88,7 @@ class PathModifier(StrictModel):
 
 class RequestRedirect(StrictModel):
     scheme: Literal["http", "https"] | None = None
-    hostname: str = ""
+    hostname: PreciseHostname | None = None
     path: PathModifier | None = None
     port: PortNumber | None = None
     status_code: Literal[301, 302] = 302
@@ -98,7 +101,7 @@ class RequestRedirect(StrictModel):
 
 
 class URLRewrite(StrictModel):
-    hostname: str = ""
+    hostname: PreciseHostname | None = None
     path: PathModifier | None = None
 
 
@@ -206,7 +209,7 @@ class RouteRule(StrictModel):
 
 class HTTPRouteSpec(StrictModel):
     parent_refs: list[ParentReference] = Field(default_factory=list, max_length=32)
-    hostnames: list[str] = Field(default_factory=list, max_length=16)
+    hostnames: list[Hostname] = Field(default_factory=list, max_length=16)
     rules: list[RouteRule] = Field(default_factory=lambda: [RouteRule()], max_length=16)
 
 

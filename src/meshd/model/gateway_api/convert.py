@@ -94,7 +94,13 @@ def convert(
     for gateway, views in listeners.values():
         _gateway_status(gateway, views, verdicts, gateway_pods=gateway_pods, result=result)
         result.gateways += [v.istio for v in views if v.istio is not None]
-    result.virtual_services = [_virtual_service(key, entries) for key, entries in sorted(per_host.items())]
+    for key, entries in sorted(per_host.items()):
+        try:
+            result.virtual_services.append(_virtual_service(key, entries))
+        except ValidationError as exc:  # each route was checked alone: a bug, reported rather than raised
+            owner = ResourceKey(KUBERNETES_GATEWAY, key[0], key[1].split("~", 1)[0])
+            message = f"routes of hostname {key[2]!r} cannot be translated: {exc.errors()[0]['msg']}"
+            result.errors.append(InvalidResource(owner, "spec.listeners", message))
     return result
 
 
@@ -266,7 +272,7 @@ def _listeners_for(
         ), []
     attach = []
     for view in allowed:
-        hosts = intersect_hostnames(route.spec.hostnames, view.listener.hostname)
+        hosts = intersect_hostnames(route.spec.hostnames, view.listener.hostname or "")
         if hosts:
             attach.append((view, hosts))
     if not attach:
