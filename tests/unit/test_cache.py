@@ -626,8 +626,9 @@ def _gateway_api_change(rng: random.Random, routers: list[Proxy]) -> list[dict[s
     pick = rng.random()
     if pick < 0.25:
         listeners: list[dict[str, Any]] = [
-            {"name": "http", "port": 80, "protocol": "HTTP", "hostname": rng.choice(["", "*.example.com"]),
-             "allowedRoutes": {"namespaces": {"from": rng.choice(["All", "Same"])}}},
+            {"name": "http", "port": 80, "protocol": "HTTP",
+             "allowedRoutes": {"namespaces": {"from": rng.choice(["All", "Same"])}},
+             **({"hostname": "*.example.com"} if rng.random() < 0.5 else {})},
         ]  # fmt: skip
         if rng.random() < 0.6:
             listeners.append({"name": "https", "port": 443, "protocol": "HTTPS",

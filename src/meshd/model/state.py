@@ -267,7 +267,7 @@ class WorldState:
         self._se_endpoints = {key: derive.merge_chunks(chunks) for key, chunks in se_chunks.items()}
         converted = self._gateway_api.run(
             [r for kind in GATEWAY_API_KINDS for r in self._istio[kind].values()],
-            services={(s.namespace, s.name): frozenset(p.number for p in s.ports) for s in self._services.values()},
+            services=self._services,
         )
         vss = [v for v in self._istio["VirtualService"].values() if isinstance(v, VirtualService)]
         vss += converted.virtual_services

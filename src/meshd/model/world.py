@@ -173,7 +173,7 @@ def build_world(resources: Iterable[Resource], *, domain_suffix: str, revision: 
             for port, endpoints in derive.slice_endpoints(eps, service, pods=pods, workloads=workloads):
                 chunks[(service.hostname, port)].append(endpoints)
 
-    k8s_services = {(s.namespace, s.name): frozenset(p.number for p in s.ports) for s in services.values()}
+    k8s_services = {(s.namespace, s.name): s for s in services.values()}
     se_services, se_chunks, errors = derive.service_entries(
         [s for s in by_kind["ServiceEntry"] if isinstance(s, ServiceEntry)],
         entries,

@@ -383,13 +383,15 @@ class GatewayApiConversion:
         self._suffix = domain_suffix
         self._last: tuple[GatewayApiInputs, ServiceIds, GatewayApiResult] | None = None
 
-    def run(self, resources: Iterable[Any], *, services: ServiceIds) -> GatewayApiResult:
+    def run(self, resources: Iterable[Any], *, services: Mapping[tuple[str, str], Any]) -> GatewayApiResult:
+        """`services`: (namespace, name) -> the MeshService (only those routes name are looked at: the cost does
+        not grow with the mesh)."""
         inputs = inputs_of(resources)
         if not inputs:
             return GatewayApiResult()
-        # only the Services routes name matter: a Service coming or going elsewhere changes nothing
-        wanted = _named_services(inputs)
-        named = {s: ports for s, ports in services.items() if s in wanted}
+        named = {
+            s: frozenset(port.number for port in services[s].ports) for s in _named_services(inputs) if s in services
+        }
         if self._last is not None and self._last[0] == inputs and self._last[1] == named:
             return self._last[2]
         result = convert(inputs, services=named, domain_suffix=self._suffix)
