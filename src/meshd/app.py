@@ -28,13 +28,14 @@ from meshd.sources.directory import DirectorySource
 from meshd.wiring.authority import load_authority
 from meshd.wiring.cluster import ClusterApi, wants_leader_duties
 from meshd.wiring.debug_access import debug_authorizer
+from meshd.wiring.gateway_deploy import gateway_deployer
 from meshd.wiring.grpc_servers import ads_servicer, plaintext_server, start_secure_port
 from meshd.wiring.jwks import jwks_fetcher
 from meshd.wiring.kube_mode import build_kube_mode
 from meshd.wiring.leading import DutyFactory, root_cert_publisher, run_leader_duties
 from meshd.wiring.mesh import read_mesh_policy
 from meshd.wiring.ops import ops_app
-from meshd.wiring.webhooks import webhook_patcher, webhook_server
+from meshd.wiring.webhooks import proxy_config, webhook_patcher, webhook_server
 from meshd.xds.hub import Hub
 
 log = logging.getLogger("meshd")
@@ -149,6 +150,16 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
                 more_duties.append(
                     webhook_patcher(
                         settings=settings, root_pem=authority.root_pem, is_ready=lambda: hub.ready, clock=clock, log=log
+                    )
+                )
+            if kube is not None and settings.gateway_deploy:
+                more_duties.append(
+                    gateway_deployer(
+                        store=store,
+                        config=proxy_config(settings),
+                        interval_s=settings.gateway_deploy_resync_s,
+                        clock=clock,
+                        log=log,
                     )
                 )
             jwks = jwks_fetcher(settings=settings, store=store, clock=clock, metrics=metrics, log=log)

@@ -51,6 +51,7 @@ BUILTIN = (
     Kind("", "ConfigMap", "configmaps"),
     Kind("", "Secret", "secrets"),
     Kind("", "ServiceAccount", "serviceaccounts"),
+    Kind("apps", "Deployment", "deployments", status=True),
     Kind("discovery.k8s.io", "EndpointSlice", "endpointslices"),
     Kind("coordination.k8s.io", "Lease", "leases"),
     Kind("admissionregistration.k8s.io", "ValidatingWebhookConfiguration", "validatingwebhookconfigurations", False),

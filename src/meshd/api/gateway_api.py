@@ -146,19 +146,40 @@ class GatewayAddress(StrictModel):
     value: str = Field(min_length=1)
 
 
+_LABEL_NAME = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+
+
+class GatewayInfrastructure(StrictModel):
+    """What goes on the objects meshd deploys for the Gateway (`kube/gateway_deploy.py`)."""
+
+    labels: dict[str, str] = Field(default_factory=dict, max_length=8)
+    annotations: dict[str, str] = Field(default_factory=dict, max_length=8)
+    parameters_ref: dict[str, object] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> GatewayInfrastructure:
+        if self.parameters_ref is not None:
+            raise ValueError("parametersRef: not supported by meshd (no parameters are applied to what it deploys)")
+        for key, value in self.labels.items():
+            if not _LABEL_NAME.match(key) or not _LABEL_VALUE.match(value):
+                raise ValueError(f"labels: {key[:100]!r}: {value[:100]!r} is not a valid Kubernetes label")
+        for key in self.annotations:
+            if not _LABEL_NAME.match(key):
+                raise ValueError(f"annotations: {key[:100]!r} is not a valid Kubernetes annotation name")
+        return self
+
+
 class GatewaySpec(StrictModel):
     gateway_class_name: str = Field(min_length=1)
     listeners: list[Listener] = Field(min_length=1, max_length=64)
     addresses: list[GatewayAddress] = Field(default_factory=list)
-    infrastructure: dict[str, object] | None = None
+    infrastructure: GatewayInfrastructure | None = None
 
     @model_validator(mode="after")
     def _check(self) -> GatewaySpec:
-        if self.infrastructure is not None:
-            raise ValueError(
-                "infrastructure: not supported by meshd (it deploys no gateway: label the gateway proxy pods "
-                "gateway.networking.k8s.io/gateway-name=<name>)"
-            )
         names = [listener.name for listener in self.listeners]
         for i, name in enumerate(names):
             if name in names[:i]:

@@ -28,8 +28,11 @@ from meshd.wiring.leading import DutyFactory, PassOnLeading
 
 
 def injection_config(settings: Settings) -> InjectionConfig | None:
-    if not settings.inject_enabled:
-        return None
+    return proxy_config(settings) if settings.inject_enabled else None
+
+
+def proxy_config(settings: Settings) -> InjectionConfig:
+    """What meshd's proxies run and dial: injected sidecars and the gateways it deploys alike."""
     ns = settings.namespace
     return InjectionConfig(
         image=settings.inject_image,

@@ -52,6 +52,12 @@ EXPECTED_CLUSTER = (
     | {(g, f"{r}/status", v, "") for g, r in UNSUPPORTED for v in ("update", "patch")}
     | {("", "configmaps", "create", ""), ("", "configmaps", "update", "istio-ca-root-cert")}
     | {("authentication.k8s.io", "tokenreviews", "create", "")}
+    # Gateway API automated deployment (kube/gateway_deployer.py): server-side apply, orphans listed and deleted
+    | {
+        (g, r, v, "")
+        for g, r in (("", "services"), ("", "serviceaccounts"), ("apps", "deployments"))
+        for v in ("get", "list", "create", "patch", "delete")
+    }
     | {("authorization.k8s.io", "subjectaccessreviews", "create", "")}
     | {
         ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", v, "meshd-sidecar-injector")
