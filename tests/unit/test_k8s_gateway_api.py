@@ -117,14 +117,17 @@ def test_the_kube_source_keeps_both_gateway_kinds_apart() -> None:
     ("rule", "field", "words"),
     [
         ({"filters": [{"type": "ExtensionRef", "extensionRef": {"group": "", "kind": "X", "name": "x"}}]},
-         "spec.rules[0].filters[0]", "unknown field"),
+         "spec.rules[0].filters[0].extensionRef", "not supported"),
         ({"filters": [{"type": "CORS"}]}, "spec.rules[0].filters[0].type", "not supported"),
         ({"timeouts": {"backendRequest": "1s"}}, "spec.rules[0].timeouts.backendRequest", "not supported"),
         ({"backendRefs": [{"name": "web"}]}, "spec.rules[0].backendRefs[0].port", "required"),
         ({"filters": [{"type": "RequestRedirect", "requestRedirect": {
             "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/x"}}}]},
          "spec.rules[0].filters[0].requestRedirect.path.type", "not supported"),
-        ({"retry": {"attempts": 2}}, "spec.rules[0]", "unknown field"),
+        ({"retry": {"attempts": 2}}, "spec.rules[0].retry", "not supported"),
+        ({"sessionPersistence": {"type": "Cookie"}}, "spec.rules[0].sessionPersistence", "not supported"),
+        ({"filters": [{"type": "CORS", "cors": {}}]}, "spec.rules[0].filters[0].cors", "not supported"),
+        ({"nope": 1}, "spec.rules[0].nope", "unknown field"),
     ],
 )  # fmt: skip
 def test_route_fields_meshd_does_not_translate_are_refused_by_name(

@@ -15,8 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
-from meshd.api.gateway import StrictModel
-from meshd.api.meta import GATEWAY_API_GROUP, Resource
+from meshd.api.meta import GATEWAY_API_GROUP, Resource, StrictModel, refused
 from meshd.api.values import PortNumber
 
 GATEWAY_API_VERSIONS = (f"{GATEWAY_API_GROUP}/v1", f"{GATEWAY_API_GROUP}/v1beta1")
@@ -48,15 +47,15 @@ Hostname = Annotated[str, AfterValidator(check_hostname)]
 PreciseHostname = Annotated[str, AfterValidator(_precise)]
 
 
-class LabelSelectorRequirement(StrictModel):
+class KubeLabelSelectorRequirement(StrictModel):
     key: str = Field(min_length=1)
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
     values: list[str] = Field(default_factory=list)
 
 
-class LabelSelector(StrictModel):
+class KubeLabelSelector(StrictModel):
     match_labels: dict[str, str] = Field(default_factory=dict)
-    match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list)
+    match_expressions: list[KubeLabelSelectorRequirement] = Field(default_factory=list)
 
     def matches(self, labels: dict[str, str]) -> bool:
         if any(labels.get(k) != v for k, v in self.match_labels.items()):
@@ -83,7 +82,7 @@ class ParametersReference(StrictModel):
 
 class GatewayClassSpec(StrictModel):
     controller_name: str = Field(min_length=1)
-    parameters_ref: ParametersReference | None = None
+    parameters_ref: ParametersReference | None = None  # the class is not Accepted (InvalidParameters)
     description: str = ""
 
 
@@ -102,18 +101,12 @@ class SecretObjectReference(StrictModel):
 class GatewayTLSConfig(StrictModel):
     mode: Literal["Terminate", "Passthrough"] = "Terminate"
     certificate_refs: list[SecretObjectReference] = Field(default_factory=list, max_length=64)
-    options: dict[str, str] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _check(self) -> GatewayTLSConfig:
-        if self.options:
-            raise ValueError("options: TLS options are not supported by meshd (none is applied)")
-        return self
+    options: dict[str, str] | None = refused("TLS options are not applied by meshd (the listener keeps its defaults)")
 
 
 class RouteNamespaces(StrictModel):
     from_: Literal["All", "Same", "Selector"] = Field(default="Same", alias="from")
-    selector: LabelSelector | None = None
+    selector: KubeLabelSelector | None = None
 
     @model_validator(mode="after")
     def _check(self) -> RouteNamespaces:
@@ -146,19 +139,16 @@ class GatewayAddress(StrictModel):
     value: str = Field(min_length=1)
 
 
-class GatewaySpec(StrictModel):
+class KubernetesGatewaySpec(StrictModel):
     gateway_class_name: str = Field(min_length=1)
     listeners: list[Listener] = Field(min_length=1, max_length=64)
     addresses: list[GatewayAddress] = Field(default_factory=list)
-    infrastructure: dict[str, object] | None = None
+    infrastructure: dict[str, object] | None = refused(
+        "meshd deploys no gateway proxy (label the gateway proxy pods gateway.networking.k8s.io/gateway-name=<name>)"
+    )
 
     @model_validator(mode="after")
-    def _check(self) -> GatewaySpec:
-        if self.infrastructure is not None:
-            raise ValueError(
-                "infrastructure: not supported by meshd (it deploys no gateway: label the gateway proxy pods "
-                "gateway.networking.k8s.io/gateway-name=<name>)"
-            )
+    def _check(self) -> KubernetesGatewaySpec:
         names = [listener.name for listener in self.listeners]
         for i, name in enumerate(names):
             if name in names[:i]:
@@ -170,7 +160,7 @@ class KubernetesGateway(Resource):
     """gateway.networking.k8s.io Gateway (identity kind `KubernetesGateway`)."""
 
     kind: Literal["Gateway"]
-    spec: GatewaySpec
+    spec: KubernetesGatewaySpec
 
 
 class ReferenceGrantFrom(StrictModel):
