@@ -37,7 +37,15 @@ import time
 import traceback
 from typing import Any
 
-from benchmarks import envoy_bench, peer_report, report, scenario_slowclients, security_bench, translate_bench
+from benchmarks import (
+    envoy_bench,
+    metrics_bench,
+    peer_report,
+    report,
+    scenario_slowclients,
+    security_bench,
+    translate_bench,
+)
 from benchmarks.config import Options, quick
 from benchmarks.scenario_churn import run_churn
 from benchmarks.scenario_growth import run_growth
@@ -189,6 +197,8 @@ async def _run_scenario(name: str, opts: Options) -> dict[str, Any]:
         )
     if name == "slowclients":
         return await run_slowclients(opts)
+    if name == "metrics":
+        return await metrics_bench.run(seconds=opts.metrics_seconds, rounds=opts.metrics_rounds)
     raise ValueError(f"unknown scenario {name!r}")
 
 

@@ -39,8 +39,11 @@ class Options:
     # slowclients: full mesh (services, namespaces, healthy proxies) and never-reading attacker streams
     slow_mesh: tuple[int, int, int] = (300, 30, 50)
     slow_streams: int = 100
+    # metrics: seconds of wrk load per configuration and round, rounds (without / with metrics alternating)
+    metrics_seconds: int = 10
+    metrics_rounds: int = 3
     scenarios: tuple[str, ...] = (
-        "isolated", "full-mesh", "churn", "growth", "translate", "envoy-ack", "security", "slowclients",
+        "isolated", "full-mesh", "churn", "growth", "translate", "envoy-ack", "security", "slowclients", "metrics",
     )  # fmt: skip
 
 
@@ -61,4 +64,5 @@ def quick(options: Options) -> Options:
     options.envoy_ack_changes = 5
     options.security_services, options.security_proxies, options.security_csrs = 100, 30, 100
     options.slow_mesh = (300, 30, 20)
+    options.metrics_seconds, options.metrics_rounds = 3, 1
     return options

@@ -5,11 +5,12 @@ pydantic models, converted to Kubernetes structural OpenAPI v3 schemas.
     python tools/gencrds.py --check    # exit 1 if the committed file is stale
 
 Conversion rules (Kubernetes "structural schema"): every `$ref` inlined, a `type` on every node, no
-defaults (the API server would write them into stored objects), every object of an open model (meshd
-ignores unknown fields, so does this schema) marked `x-kubernetes-preserve-unknown-fields`, an int|str
-union as `x-kubernetes-int-or-string`, Go durations as plain strings. A strict model (one that refuses
-unknown fields: AuthorizationPolicy, RequestAuthentication, Gateway) gets a strict schema: no unknown field is
-preserved, so none reaches meshd unseen. Kinds meshd does not model in detail get a permissive `spec`.
+defaults (the API server would write them into stored objects), an int|str union as
+`x-kubernetes-int-or-string`, Go durations as plain strings. Every Istio model is strict
+(`api.meta.StrictModel`: unknown fields refused), so every spec schema is closed: no unknown field is
+preserved, and the API server refuses it (or prunes it, with a warning) instead of storing what meshd would
+not read. Fields of Istio's API that meshd refuses are in the schema, typed, with a description saying so:
+they reach meshd, which refuses the object naming them.
 """
 
 from __future__ import annotations
@@ -34,25 +35,34 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from meshd.api.authorization import AuthorizationPolicySpec  # noqa: E402
 from meshd.api.destinationrule import DestinationRuleSpec  # noqa: E402
+from meshd.api.envoyfilter import EnvoyFilterSpec  # noqa: E402
 from meshd.api.gateway import GatewaySpec  # noqa: E402
-from meshd.api.gateway_api import GatewayClassSpec, ReferenceGrantSpec  # noqa: E402
-from meshd.api.gateway_api import GatewaySpec as KubernetesGatewaySpec  # noqa: E402
+from meshd.api.gateway_api import GatewayClassSpec, KubernetesGatewaySpec, ReferenceGrantSpec  # noqa: E402
 from meshd.api.httproute import HTTPRouteSpec  # noqa: E402
+from meshd.api.meta import REFUSED_MARK  # noqa: E402
 from meshd.api.networking import ServiceEntrySpec, SidecarSpec, WorkloadEntrySpec  # noqa: E402
 from meshd.api.request_authentication import RequestAuthenticationSpec  # noqa: E402
 from meshd.api.security import PeerAuthenticationSpec  # noqa: E402
+from meshd.api.telemetry import TelemetrySpec  # noqa: E402
 from meshd.api.virtualservice import VirtualServiceSpec  # noqa: E402
 
 NETWORKING = "networking.istio.io"
 SECURITY = "security.istio.io"
+TELEMETRY = "telemetry.istio.io"
 GATEWAY_API = "gateway.networking.k8s.io"
 # Served versions as Istio serves them; the storage version is Istio's, so a later switch to Istio's
 # own CRDs keeps the stored objects readable.
-VERSIONS = {NETWORKING: ("v1alpha3", "v1beta1", "v1"), SECURITY: ("v1beta1", "v1"), GATEWAY_API: ("v1beta1", "v1")}
-STORAGE = {NETWORKING: "v1alpha3", SECURITY: "v1beta1", GATEWAY_API: "v1"}
+VERSIONS = {
+    NETWORKING: ("v1alpha3", "v1beta1", "v1"),
+    SECURITY: ("v1beta1", "v1"),
+    TELEMETRY: ("v1alpha1", "v1"),
+    GATEWAY_API: ("v1beta1", "v1"),
+}
+STORAGE = {NETWORKING: "v1alpha3", SECURITY: "v1beta1", TELEMETRY: "v1alpha1", GATEWAY_API: "v1"}
 CATEGORIES = {
     NETWORKING: ["istio-io", "networking-istio-io"],
     SECURITY: ["istio-io", "security-istio-io"],
+    TELEMETRY: ["istio-io", "telemetry-istio-io"],
     GATEWAY_API: ["gateway-api"],
 }
 
@@ -81,8 +91,8 @@ class CrdKind:
     short_names: tuple[str, ...]
     spec_model: type[BaseModel] | None  # None: permissive spec
     scope: str = "Namespaced"
-    versions: tuple[str, ...] = ()  # () -> VERSIONS of the group
-    storage: str = ""  # "" -> STORAGE of the group
+    versions: tuple[str, ...] = ()  # served versions when not the group's (EnvoyFilter: v1alpha3 only)
+    storage: str = ""  # "" -> STORAGE of the group, or the only served version
 
 
 KINDS = (
@@ -92,9 +102,11 @@ KINDS = (
     CrdKind(NETWORKING, "ServiceEntry", "serviceentries", ("se",), ServiceEntrySpec),
     CrdKind(NETWORKING, "WorkloadEntry", "workloadentries", ("we",), WorkloadEntrySpec),
     CrdKind(NETWORKING, "Sidecar", "sidecars", (), SidecarSpec),
+    CrdKind(NETWORKING, "EnvoyFilter", "envoyfilters", (), EnvoyFilterSpec, versions=("v1alpha3",)),
     CrdKind(SECURITY, "PeerAuthentication", "peerauthentications", ("pa",), PeerAuthenticationSpec),
     CrdKind(SECURITY, "AuthorizationPolicy", "authorizationpolicies", ("ap",), AuthorizationPolicySpec),
     CrdKind(SECURITY, "RequestAuthentication", "requestauthentications", ("ra",), RequestAuthenticationSpec),
+    CrdKind(TELEMETRY, "Telemetry", "telemetries", ("telemetry",), TelemetrySpec),
 )
 # Gateway API v1.2 standard channel (GRPCRoute: refused by meshd for now, its spec permissive).
 GATEWAY_API_KINDS = (
@@ -112,7 +124,12 @@ OPEN = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
 
 
 def structural(node: Any, defs: dict[str, Any], seen: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """One pydantic JSON-schema node as a structural OpenAPI v3 schema."""
+    """One pydantic JSON-schema node as a structural OpenAPI v3 schema. A field meshd refuses (`refused(...)`
+    in the model) keeps its type, so the API server hands it to meshd (which names it) instead of pruning it."""
+    if isinstance(node, dict) and REFUSED_MARK in node:
+        out = structural({k: v for k, v in node.items() if k != REFUSED_MARK}, defs, seen)
+        out["description"] = f"Refused by meshd when set: {node[REFUSED_MARK]}"
+        return out
     if not isinstance(node, dict) or not node:
         return {"x-kubernetes-preserve-unknown-fields": True}
     if "$ref" in node:
@@ -205,7 +222,7 @@ def crd(kind: CrdKind) -> dict[str, Any]:
                 {
                     "name": version,
                     "served": True,
-                    "storage": version == (kind.storage or STORAGE[kind.group]),
+                    "storage": version == (kind.storage or STORAGE[kind.group]) or len(kind.versions) == 1,
                     "subresources": {"status": {}},
                     "schema": {"openAPIV3Schema": schema},
                 }

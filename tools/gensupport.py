@@ -10,6 +10,14 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+import types  # noqa: E402
+import typing  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from typing import Any  # noqa: E402
+
+from pydantic import BaseModel  # noqa: E402
+
+from meshd.api.meta import StrictModel  # noqa: E402
 from meshd.api.parse import KINDS, REFUSED_KINDS  # noqa: E402
 
 OUTPUT = ROOT / "docs" / "support.md"
@@ -79,8 +87,53 @@ def render() -> str:
         + ", ".join(k for k in KINDS if k not in listed)
         + " (and Nodes and the `istio` mesh ConfigMap in Kubernetes mode).",
         "",
+        "## Fields meshd refuses",
+        "",
+        "Every field of a translated kind is either translated or in this list (the field-walk test,",
+        "`tests/fieldwalk/`, fails otherwise). An object setting one of these is refused, naming the field; an",
+        "unknown field (a typo) is refused with its path and, when one is close, the field it may have meant.",
+        "",
+        "| kind | field | why |",
+        "|---|---|---|",
     ]
+    for kind, identity in [(k, k) for _, k in ISTIO_KINDS] + [(k, i) for k, i in GATEWAY_API_KINDS]:
+        if identity in KINDS:
+            spec = KINDS[identity][0].model_fields["spec"].annotation
+            label = kind if kind == identity else f"{kind} (gateway.networking.k8s.io)"
+            for path, why in sorted(set(refused_fields(spec, "spec"))):
+                lines.append(f"| {label} | `{path}` | {why} |")
+    lines.append("")
     return "\n".join(lines)
+
+
+def _models_in(annotation: Any) -> Iterator[tuple[type[BaseModel], str]]:
+    """The models in a field's type, with the path suffix of how they nest (`[]` in a list, `.*` in a map)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation, ""
+        return
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is list:
+        yield from ((m, "[]" + sfx) for m, sfx in _models_in(args[0]))
+    elif origin is dict:
+        yield from ((m, ".*" + sfx) for m, sfx in _models_in(args[1]))
+    elif origin in (typing.Union, types.UnionType) or origin is typing.Annotated:
+        for arg in args:
+            yield from _models_in(arg)
+
+
+def refused_fields(model: Any, path: str, seen: frozenset[type] = frozenset()) -> Iterator[tuple[str, str]]:
+    """(field path, reason) for every field meshd refuses, under `model` at `path`."""
+    if not (isinstance(model, type) and issubclass(model, StrictModel)) or model in seen:
+        return
+    refused = model.refused_fields()
+    for name, info in model.model_fields.items():
+        wire = info.alias or name
+        if wire in refused:
+            yield f"{path}.{wire}", refused[wire]
+            continue
+        for inner, suffix in _models_in(info.annotation):
+            yield from refused_fields(inner, f"{path}.{wire}{suffix}", seen | {model})
 
 
 def main(argv: list[str]) -> int:

@@ -20,11 +20,13 @@ from meshd.ca.signer import utc_now
 from meshd.clock import Clock, SystemClock
 from meshd.gcpolicy import GcPolicy
 from meshd.kube.mode import KubeMode
+from meshd.kube.source import KubeSource
 from meshd.model.store import ConfigStore
 from meshd.obs.metrics import Metrics
 from meshd.push.loop import PushLoop
 from meshd.settings import Settings
 from meshd.sources.directory import DirectorySource
+from meshd.sources.mesh_file import MeshConfigFile
 from meshd.wiring.authority import load_authority
 from meshd.wiring.cluster import ClusterApi, wants_leader_duties
 from meshd.wiring.debug_access import debug_authorizer
@@ -33,7 +35,6 @@ from meshd.wiring.grpc_servers import ads_servicer, plaintext_server, start_secu
 from meshd.wiring.jwks import jwks_fetcher
 from meshd.wiring.kube_mode import build_kube_mode
 from meshd.wiring.leading import DutyFactory, root_cert_publisher, run_leader_duties
-from meshd.wiring.mesh import read_mesh_policy
 from meshd.wiring.ops import ops_app
 from meshd.wiring.webhooks import proxy_config, webhook_patcher, webhook_server
 from meshd.xds.hub import Hub
@@ -53,9 +54,18 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
     hub = Hub()
     gc_policy = GcPolicy(every=settings.gc_full_every_pushes, enabled=settings.gc_freeze)
     push = PushLoop(store=store, hub=hub, settings=settings, clock=clock, metrics=metrics, log=log, gc_policy=gc_policy)
-    if settings.mesh_config is not None:
-        mesh_policy = read_mesh_policy(settings.mesh_config)  # raises on an unusable file: meshd does not start
-        push.follow_mesh(lambda: mesh_policy)
+    mesh_file = None
+    if settings.mesh_config is not None and settings.config_dir is not None:
+        mesh_file = MeshConfigFile(  # raises on an unusable file: meshd does not start
+            path=settings.mesh_config,
+            store=store,
+            clock=clock,
+            interval_s=settings.file_poll_interval_s,
+            log=log,
+            root_namespace=settings.root_namespace,
+            trust_domain=settings.trust_domain,
+        )
+        push.follow_mesh(lambda: mesh_file.mesh if mesh_file is not None else None)
     cluster = ClusterApi(kubeconfig=settings.kubeconfig)
     try:
         async with contextlib.AsyncExitStack() as cleanup:  # undone in reverse: servers first, the client last
@@ -68,7 +78,7 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
                     api=api, settings=settings, store=store, registry=metrics.registry, clock=clock, log=log
                 )
                 kube_source = kube.source
-                push.follow_mesh(lambda: kube_source.mesh.policy)  # the `istio` ConfigMap
+                push.follow_mesh(lambda: kube_source.mesh)  # the `istio` ConfigMap
             else:
                 source = DirectorySource(
                     directory=settings.config_dir,
@@ -132,8 +142,19 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
                 settings.config_dir,
             )
 
+            mesh_source: KubeSource | MeshConfigFile | None = kube.source if kube is not None else mesh_file
+
+            def discovery_address() -> str:
+                return mesh_source.mesh.discovery_address if mesh_source is not None else ""
+
             webhook = webhook_server(
-                settings=settings, ca_issued=in_cluster, authority=authority, clock=clock, metrics=metrics, log=log
+                settings=settings,
+                ca_issued=in_cluster,
+                authority=authority,
+                clock=clock,
+                metrics=metrics,
+                log=log,
+                discovery_address=discovery_address,
             )
             more_duties: list[DutyFactory] = []
             if authority is not None and kube is not None:
@@ -156,7 +177,7 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
                 more_duties.append(
                     gateway_deployer(
                         store=store,
-                        config=proxy_config(settings),
+                        config=lambda: proxy_config(settings, discovery_address=discovery_address()),
                         interval_s=settings.gateway_deploy_resync_s,
                         clock=clock,
                         log=log,
@@ -165,6 +186,8 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
             jwks = jwks_fetcher(settings=settings, store=store, clock=clock, metrics=metrics, log=log)
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(source.run())
+                if mesh_file is not None:
+                    tasks.create_task(mesh_file.run())
                 tasks.create_task(push.run())
                 tasks.create_task(jwks.run())
                 if webhook is not None:

@@ -217,8 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--mesh-config",
-        help="standalone: a MeshConfig YAML file (as istiod's --meshConfig) for extensionProviders, "
-        "pathNormalization, trustDomainAliases (Kubernetes mode reads the `istio` ConfigMap)",
+        help="standalone: a MeshConfig YAML file (as istiod's --meshConfig), watched for changes: rootNamespace, "
+        "trustDomain, extensionProviders, pathNormalization... (Kubernetes mode reads the `istio` ConfigMap)",
     )
     serve.add_argument(
         "--scope-gateway-to-namespace",

@@ -102,8 +102,8 @@ class Settings(BaseModel):
     # The mesh's outboundTrafficPolicy.mode for capture-mode proxies (a Sidecar's mode wins): unknown
     # destinations go to PassthroughCluster (ALLOW_ANY) or BlackHoleCluster (REGISTRY_ONLY).
     outbound_traffic_policy: Literal["ALLOW_ANY", "REGISTRY_ONLY"] = "ALLOW_ANY"
-    # Standalone: a MeshConfig YAML file read at start (extensionProviders, pathNormalization,
-    # trustDomainAliases); Kubernetes mode reads the `istio` ConfigMap instead.
+    # Standalone: a MeshConfig YAML file (api/mesh.py: rootNamespace, trustDomain, extensionProviders...),
+    # read at start and watched (sources/mesh_file.py); Kubernetes mode reads the `istio` ConfigMap instead.
     mesh_config: pathlib.Path | None = None
     # Gateways select gateway workloads of their own namespace only (Istio's PILOT_SCOPE_GATEWAY_TO_NAMESPACE)
     scope_gateway_to_namespace: bool = False
@@ -173,6 +173,12 @@ class AgentSettings(BaseModel):
     sds_delta: bool = False
     admin_port: int = 15000
     status_port: int = 15021  # /healthz/ready; 0 disables it
+    # Prometheus: Envoy's /stats/prometheus (Istio's 15090 listener) and the agent's merged endpoint (15020:
+    # Envoy's + the agent's + the application's metrics); 0 disables either
+    stats_port: int = 15090
+    metrics_port: int = 15020
+    # the application's metrics merged into 15020 (the injector's ISTIO_PROMETHEUS_ANNOTATIONS): (port, path)
+    app_metrics: tuple[int, str] | None = None
     # INTERCEPTION_MODE in the node metadata: REDIRECT when iptables captures the workload's traffic
     # (meshd then serves the capture-mode listeners), NONE for listeners bound on the workload's address.
     interception_mode: Literal["REDIRECT", "NONE"] = "NONE"

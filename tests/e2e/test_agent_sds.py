@@ -113,6 +113,7 @@ async def test_not_ready_until_a_certificate_is_loaded() -> None:
         await eventually(lambda: _at_least(source.calls, 3), what="CA attempts")
         async with agent.session.get(f"http://{agent.ip}:{agent.status_port}/healthz/ready") as resp:
             assert (resp.status, await resp.text()) == (503, "no workload certificate yet\n")
+
         # Envoy got nothing (its admin port may come up only now on a loaded machine: polled, not assumed)
         async def nothing_held() -> bool:
             return await agent.cert_serials() == set()

@@ -408,9 +408,10 @@ spec:
     assert (status, body) == (403, DENIED)  # the DENY policy could not be read: its workloads deny
     errors = await authz.mesh.meshd.get_json("/debug/config_errors")
     [error] = [e for e in errors if e["resource"] == "AuthorizationPolicy default/deny-typo"]
-    assert error["field"] == "spec.rules[0].to[0].operation.notpaths" and error["message"] == "unknown field"
+    typo = "unknown field (did you mean 'notPaths'?)"
+    assert error["field"] == "spec.rules[0].to[0].operation.notpaths" and error["message"] == typo
     view = await authorization(authz.mesh.meshd, "web.default")
-    assert view["policies"][0]["errors"] == ["spec.rules[0].to[0].operation.notpaths: unknown field"]
+    assert view["policies"][0]["errors"] == [f"spec.rules[0].to[0].operation.notpaths: {typo}"]
 
     unknown_provider = """\
 apiVersion: security.istio.io/v1

@@ -7,10 +7,13 @@ that sidecar reaches it over the bridge; the client sidecar stays on loopback. S
 - a DENY policy blocks what it matches (403 `RBAC: access denied`), the rest still flows;
 - an edit moves the denial, a delete lifts it;
 - an invalid policy (it passes the API server's schema, not meshd's validation: no webhook here) gets
-  Istio-style status naming its field, and its workload fails closed until it is deleted."""
+  Istio-style status naming its field, and its workload fails closed until it is deleted;
+- the `istio` mesh ConfigMap is a live input: rootNamespace decides which namespace's policies are
+  mesh-wide, trustDomain (with trustDomainAliases) the principals web's Envoy holds."""
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import sys
@@ -173,3 +176,71 @@ async def test_an_invalid_policy_gets_status_and_its_workload_fails_closed(kube:
     assert (condition["type"], condition["status"], condition["reason"]) == ("Reconciled", "False", "Rejected")
     await kube.rest.delete(POLICY, "AuthorizationPolicy", NS, "deny-invalid")
     await kube.until({"/public": 200}, "the invalid policy deleted")
+
+
+ROOT = "meshd-authz-root"
+
+
+def mesh_configmap(text: str) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "istio", "namespace": NS},
+        "data": {"mesh": text},
+    }
+
+
+async def _web_listeners(kube: KubeAuthz) -> str:
+    dump = await kube.mesh.envoys["web"].config_dump(resource="dynamic_listeners")
+    return json.dumps(dump)
+
+
+async def test_the_mesh_configmap_is_a_live_input(kube: KubeAuthz) -> None:
+    """Editing the `istio` ConfigMap (meshd's namespace, key `mesh`) changes which namespace is the root
+    (its policies without selector become mesh-wide) and the trust domain of principals, without restart."""
+    await kube.rest.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ROOT}})
+    mesh_wide = policy(
+        "deny-mesh-wide", {"action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/mesh-wide"]}}]}]}
+    )
+    mesh_wide["metadata"]["namespace"] = ROOT
+    by_principal = policy(
+        "deny-principal",
+        {"action": "DENY", "rules": [{"from": [{"source": {"principals": [f"cluster.local/ns/{NS}/sa/intruder"]}}]}]},
+    )
+    try:
+        await kube.rest.apply(mesh_wide)
+        await kube.rest.apply(by_principal)
+        # the root namespace is meshd's own (no mesh config): the policy of another namespace does not apply
+        await kube.until({"/mesh-wide": 200}, "a policy outside the root namespace not applied to web")
+        await kube.rest.apply(mesh_configmap(f"rootNamespace: {ROOT}\n"))
+        await kube.until({"/mesh-wide": 403, "/other": 200}, "the new root namespace's policy applied mesh-wide")
+
+        # trustDomain: principals written in the old trust domain (listed as an alias) match both
+        intruder = f"/ns/{NS}/sa/intruder"
+        assert f"spiffe://cluster.local{intruder}" in await _web_listeners(kube)
+        assert f"spiffe://td.example{intruder}" not in await _web_listeners(kube)
+        await kube.rest.apply(
+            mesh_configmap(f"rootNamespace: {ROOT}\ntrustDomain: td.example\ntrustDomainAliases: [cluster.local]\n")
+        )
+
+        async def both_domains() -> bool:
+            held = await _web_listeners(kube)
+            return f"spiffe://td.example{intruder}" in held and f"spiffe://cluster.local{intruder}" in held
+
+        await eventually(both_domains, timeout=30, what="web's Envoy holding principals in the new trust domain")
+        # a bad edit keeps the last good mesh config (the root stays), with the error reported
+        await kube.rest.apply(mesh_configmap("rootNamespace: [not, a, string]\n"))
+
+        async def reported() -> bool:
+            errors = await kube.mesh.meshd.get_json("/debug/config_errors")
+            return "rootNamespace: must be a string" in json.dumps(errors)
+
+        await eventually(reported, timeout=30, what="the invalid mesh config reported")
+        assert await kube.status("/mesh-wide") == 403
+        # the ConfigMap deleted: meshd's namespace is the root again
+        await kube.rest.delete("v1", "ConfigMap", NS, "istio")
+        await kube.until({"/mesh-wide": 200}, "the root namespace back to meshd's own")
+    finally:
+        await kube.rest.delete("v1", "ConfigMap", NS, "istio")
+        await kube.rest.delete(POLICY, "AuthorizationPolicy", ROOT, "deny-mesh-wide")
+        await kube.rest.delete(POLICY, "AuthorizationPolicy", NS, "deny-principal")

@@ -541,14 +541,15 @@ async def test_an_envoy_nack_is_written_on_the_resource_behind_it(kube: Kube) ->
 
 
 async def test_istio_kinds_meshd_does_not_translate_get_a_status_saying_so(kube: Kube) -> None:
-    """Telemetry and EnvoyFilter (Istio kinds meshd does not translate yet) are never silently ignored: each
-    object gets Reconciled False with what that means for traffic, and an entry in /debug/config_errors."""
+    """WorkloadGroup (an Istio kind meshd does not translate yet) and an invalid EnvoyFilter are never silently
+    ignored: each object gets Reconciled False with what that means (the kind not supported; the field that is
+    wrong), and an entry in /debug/config_errors."""
     objects: list[Obj] = [
         {
-            "apiVersion": "telemetry.istio.io/v1alpha1",
-            "kind": "Telemetry",
-            "metadata": {"name": "mesh-default", "namespace": NS},
-            "spec": {"accessLogging": [{"providers": [{"name": "envoy"}]}]},
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "WorkloadGroup",
+            "metadata": {"name": "vms", "namespace": NS},
+            "spec": {"template": {"serviceAccount": "vm"}},
         },
         {
             "apiVersion": "networking.istio.io/v1alpha3",
@@ -562,13 +563,13 @@ async def test_istio_kinds_meshd_does_not_translate_get_a_status_saying_so(kube:
 
     async def reported() -> dict[str, str]:
         errors = await kube.mesh.meshd.get_json("/debug/config_errors")
-        found = {e["resource"]: e["message"] for e in errors if e["field"] == "kind"}
-        assert {f"Telemetry {NS}/mesh-default", f"EnvoyFilter {NS}/lua"} <= set(found), errors
+        found = {e["resource"]: f"{e['field']}: {e['message']}" for e in errors}
+        assert {f"WorkloadGroup {NS}/vms", f"EnvoyFilter {NS}/lua"} <= set(found), errors
         return found
 
-    found = await eventually(reported, timeout=20, what="both objects reported as not supported")
-    assert "is not applied" in found[f"Telemetry {NS}/mesh-default"]
-    assert "patches are not applied" in found[f"EnvoyFilter {NS}/lua"]
+    found = await eventually(reported, timeout=20, what="both objects reported")
+    assert "no WorkloadEntry is created" in found[f"WorkloadGroup {NS}/vms"]
+    assert found[f"EnvoyFilter {NS}/lua"].startswith("spec.configPatches[0].patch.value: required for INSERT_BEFORE")
 
     async def status(obj: Obj) -> dict[str, Any]:
         current = await kube.rest.get(obj["apiVersion"], obj["kind"], NS, obj["metadata"]["name"])
@@ -579,5 +580,49 @@ async def test_istio_kinds_meshd_does_not_translate_get_a_status_saying_so(kube:
     for obj in objects:
         current = await eventually(lambda obj=obj: status(obj), timeout=20, what=f"status on {obj['kind']}")  # type: ignore[misc]
         [message] = current["status"]["validationMessages"]
-        assert "not supported by meshd" in message["description"]
+        wanted = "not supported by meshd" if obj["kind"] == "WorkloadGroup" else "required for INSERT_BEFORE"
+        assert wanted in message["description"]
+        await kube.delete(obj)
+
+
+async def test_a_telemetry_gets_a_status_accepted_or_naming_its_field(kube: Kube) -> None:
+    """Telemetry is a translated kind: through the API server (its CRD from the chart, v1 and v1alpha1), a valid
+    one gets Reconciled True; one naming a provider the mesh config lacks gets Reconciled False naming the
+    field, and so does one with metrics overrides (not supported yet), refused by validation."""
+    good: Obj = {
+        "apiVersion": "telemetry.istio.io/v1",
+        "kind": "Telemetry",
+        "metadata": {"name": "logs", "namespace": NS},
+        "spec": {"accessLogging": [{"filter": {"expression": "response.code >= 500"}}]},
+    }
+    unknown: Obj = {
+        "apiVersion": "telemetry.istio.io/v1alpha1",
+        "kind": "Telemetry",
+        "metadata": {"name": "traces", "namespace": NS},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}, "tracing": [{"providers": [{"name": "nowhere"}]}]},
+    }
+    overrides: Obj = {
+        "apiVersion": "telemetry.istio.io/v1",
+        "kind": "Telemetry",
+        "metadata": {"name": "metrics", "namespace": NS},
+        "spec": {"metrics": [{"providers": [{"name": "prometheus"}], "overrides": [{"disabled": True}]}]},
+    }
+    for obj in (good, unknown, overrides):
+        await kube.apply(obj)
+
+    async def reconciled(obj: Obj, expected: str) -> dict[str, Any]:
+        current = await kube.rest.get(obj["apiVersion"], obj["kind"], NS, obj["metadata"]["name"])
+        conditions = ((current or {}).get("status") or {}).get("conditions") or []
+        assert [c["status"] for c in conditions if c["type"] == "Reconciled"] == [expected], current
+        return dict(current or {})
+
+    await eventually(lambda: reconciled(good, "True"), timeout=20, what="Reconciled True on the valid Telemetry")
+    current = await eventually(lambda: reconciled(unknown, "False"), timeout=20, what="the unknown provider")
+    [message] = current["status"]["validationMessages"]
+    assert "spec.tracing[0].providers[0].name" in message["description"]
+    assert "'nowhere' is not an extensionProviders entry" in message["description"]
+    current = await eventually(lambda: reconciled(overrides, "False"), timeout=20, what="the metrics overrides")
+    [message] = current["status"]["validationMessages"]
+    assert "metrics overrides are not applied yet" in message["description"]
+    for obj in (good, unknown, overrides):
         await kube.delete(obj)

@@ -57,7 +57,10 @@ async def test_ready_answers_while_a_large_file_is_parsed(meshd: Meshd, tmp_path
         slowest = max(slowest, time.monotonic() - t0)
     loaded_after = time.monotonic() - started
     assert loaded_after > 1.0, f"the file took {loaded_after:.2f}s: too small to show anything"
-    assert slowest < 0.5, f"/ready took {slowest:.2f}s while the file was parsed ({loaded_after:.2f}s)"
+    # parsed on the event loop, one /ready would wait for (nearly) the whole parse; a loaded machine slows
+    # both alike, so the bound follows the parse time
+    bound = max(0.5, loaded_after / 4)
+    assert slowest < bound, f"/ready took {slowest:.2f}s while the file was parsed ({loaded_after:.2f}s)"
 
 
 async def test_a_file_over_the_size_limit_is_refused_and_named(meshd: Meshd, tmp_path: pathlib.Path) -> None:

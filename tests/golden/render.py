@@ -9,11 +9,10 @@ import json
 import pathlib
 from typing import Any
 
-import yaml
 from google.protobuf import json_format
 
 from meshd.api.kube import Pod
-from meshd.api.meshconfig import parse_mesh_policy
+from meshd.api.mesh import parse_mesh_config
 from meshd.generate.generator import ConfigGenerator
 from meshd.generate.options import GenerateOptions
 from meshd.model.world import World, build_world
@@ -78,7 +77,14 @@ def render(path: pathlib.Path) -> dict[str, Any]:
     mesh_file = path.with_name(path.name.removesuffix(".in.yaml") + MESH_SUFFIX)
     options = GenerateOptions(inbound_port=15006, sidecar_endpoint_port=15006)
     if mesh_file.exists():
-        options = dataclasses.replace(options, mesh=parse_mesh_policy(yaml.safe_load(mesh_file.read_text())))
+        found = parse_mesh_config(mesh_file.read_text())
+        options = dataclasses.replace(
+            options,
+            mesh=found.policy,
+            root_namespace=found.root_namespace,
+            trust_domain=found.trust_domain,
+            gateway_trusted_proxies=found.gateway_trusted_proxies,
+        )
     generator = ConfigGenerator(world, options=options, check=True)
     generator.precompute()
     out: dict[str, Any] = {kind: {} for kind in (*TYPES, *OPTIONAL_TYPES)}

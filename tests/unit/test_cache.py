@@ -9,6 +9,7 @@ import weakref
 from typing import Any
 
 import pytest
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
 
 from meshd.api.jwks import fetched_jwks
 from meshd.api.meshconfig import parse_mesh_policy
@@ -98,7 +99,13 @@ MESH_POLICY = parse_mesh_policy(
             {"name": "ext", "envoyExtAuthzGrpc": {"service": "ext-authz.a.svc.cluster.local", "port": 9000}},
             {"name": "s1-http", "envoyExtAuthzHttp": {"service": "s1.a.svc.cluster.local", "port": 9080}},
             {"name": "tracing", "zipkin": {"service": "zipkin", "port": 9411}},
+            # telemetry providers whose services come, go and change with the random steps
+            {"name": "zipkin-s2", "zipkin": {"service": "s2.b.svc.cluster.local", "port": 9080}},
+            {"name": "otel", "opentelemetry": {"service": "s1.a.svc.cluster.local", "port": 9080}},
+            {"name": "otel-als", "envoyOtelAls": {"service": "ext-authz.a.svc.cluster.local", "port": 9000}},
+            {"name": "json", "envoyFileAccessLog": {"path": "/dev/stdout", "logFormat": {"labels": {}}}},
         ],
+        "accessLogFile": "/dev/stdout",
         "pathNormalization": {"normalization": "MERGE_SLASHES"},
         "trustDomainAliases": ["old.example.org"],
     }
@@ -118,9 +125,16 @@ def _router(ns: str) -> Proxy:
     return parse_node_id(f"router~10.8.{ord(ns)}.1~gateway-1.{ns}~{ns}.svc.cluster.local")
 
 
-def _router_pod(proxy: Proxy, istio: str) -> dict[str, Any]:
+def _router_pod(
+    proxy: Proxy, istio: str, gateway_name: str | None = None, trusted: int | None = None
+) -> dict[str, Any]:
+    """A gateway pod labelled `istio: <istio>` (and, as a Gateway API gateway's, with its gateway name; with
+    `trusted`, its proxy.istio.io/config trusts that many proxies in front of it)."""
+    labels = {"istio": istio} | ({"gateway.networking.k8s.io/gateway-name": gateway_name} if gateway_name else {})
+    annotations = {"proxy.istio.io/config": f"gatewayTopology: {{numTrustedProxies: {trusted}}}"} if trusted else {}
     return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": proxy.pod, "namespace": proxy.namespace, "labels": {"istio": istio}},
+            "metadata": {"name": proxy.pod, "namespace": proxy.namespace, "labels": labels,
+                         "annotations": annotations},
             "status": {"podIP": proxy.ip}}  # fmt: skip
 
 
@@ -469,6 +483,50 @@ _L4_CHANGES = {"tcp-service": _tcp_service, "l4-route": _l4_route, "egress": _eg
                "ingress": _ingress_sidecar, "selector-rule": _selector_rule}  # fmt: skip
 
 
+_HCM = "envoy.filters.network.http_connection_manager"
+_LUA = "function envoy_on_response(h) h:headers():add('x-ef', '1') end"
+_EF_PATCHES: list[dict[str, Any]] = [
+    {"applyTo": "CLUSTER", "match": {"context": "SIDECAR_OUTBOUND", "cluster": {"service": "s1.a.svc.cluster.local"}},
+     "patch": {"operation": "MERGE", "value": {"connect_timeout": "7s"}}},
+    {"applyTo": "CLUSTER", "match": {"cluster": {"portNumber": 80}},
+     "patch": {"operation": "MERGE", "value": {"connect_timeout": "3s"}}},
+    {"applyTo": "HTTP_FILTER",
+     "match": {"context": "ANY", "listener": {"filterChain": {"filter": {
+         "name": _HCM, "subFilter": {"name": "envoy.filters.http.router"}}}}},
+     "patch": {"operation": "INSERT_BEFORE", "value": {"name": "envoy.filters.http.lua", "typed_config": {
+         "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua", "inline_code": _LUA}}}},
+    {"applyTo": "LISTENER_FILTER", "match": {"listener": {"listenerFilter": "envoy.filters.listener.original_dst"}},
+     "patch": {"operation": "REMOVE"}},
+    {"applyTo": "HTTP_ROUTE", "match": {"context": "SIDECAR_OUTBOUND", "routeConfiguration": {"vhost": {"route": {
+         "action": "ROUTE"}}}}, "patch": {"operation": "MERGE", "value": {"route": {"timeout": "9s"}}}},
+    {"applyTo": "HTTP_ROUTE", "match": {"context": "SIDECAR_INBOUND", "routeConfiguration": {"vhost": {}}},
+     "patch": {"operation": "INSERT_FIRST", "value": {"name": "ef", "match": {"prefix": "/ef"},
+                                                       "direct_response": {"status": 418}}}},
+    {"applyTo": "VIRTUAL_HOST", "match": {"context": "GATEWAY"},
+     "patch": {"operation": "MERGE", "value": {"include_request_attempt_count": True}}},
+    {"applyTo": "CLUSTER", "match": {"context": "SIDECAR_OUTBOUND", "proxy": {"proxyVersion": "^1\\.2"}},
+     "patch": {"operation": "MERGE", "value": {"connect_timeout": "2s"}}},
+    {"applyTo": "CLUSTER", "match": {"cluster": {"service": "s2.b.svc.cluster.local"}},  # Envoy would refuse it
+     "patch": {"operation": "MERGE", "value": {"connect_timeout": "0s"}}},
+]  # fmt: skip
+
+
+def _envoy_filter(rng: random.Random) -> dict[str, Any]:
+    """An EnvoyFilter at mesh, namespace or workload level with one to three of the patches above."""
+    ns = rng.choice(["a", "b", "istio-system"])
+    spec: dict[str, Any] = {"configPatches": rng.sample(_EF_PATCHES, rng.randint(1, 3)), "priority": rng.randint(-1, 1)}
+    selector = rng.choice([None, "wide", "narrow", "ingressgateway"])
+    if selector is not None:
+        spec["workloadSelector"] = {"labels": {"app" if selector != "ingressgateway" else "istio": selector}}
+    return {"apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
+            "metadata": {"name": f"ef{rng.randint(0, 3)}", "namespace": ns}, "spec": spec}  # fmt: skip
+
+
+def _envoy_filters_seen(snapshot: object) -> int:
+    """Listeners a Lua filter or an inline route of the EnvoyFilters above reached."""
+    return sum(b"x-ef" in body or b"/ef" in body for body in _content(snapshot).get(LISTENER, {}).values())
+
+
 def _features_seen(snapshot: object, seen: dict[str, int]) -> None:
     """Count what the random L4 / egress / ingress / selector changes put in a snapshot."""
     by_type = _content(snapshot)
@@ -495,18 +553,21 @@ _RULES: list[dict[str, Any]] = [
 def _authorization_policy(rng: random.Random, ns: str) -> dict[str, Any]:
     """An AuthorizationPolicy at mesh, namespace or workload level, of any action (CUSTOM with a provider
     whose service comes and goes, or one that is not ext_authz), dry-run or not, refused (a spec that
-    fails validation: fails closed), or targeting a Service or a Gateway (failing closed on them)."""
+    fails validation: fails closed), targeting a Service (failing closed on its endpoints) or a Gateway
+    (attached to the gateway pods labelled with its name); workload-level ones may select the gateways."""
     level = rng.choice(["mesh", "namespace", "workload", "target"])
     action = rng.choice(["ALLOW", "DENY", "AUDIT", "CUSTOM"])
     spec: dict[str, Any] = {"action": action, "rules": rng.sample(_RULES, rng.randint(0, 2))}
     if action == "CUSTOM":
         spec["provider"] = {"name": rng.choice(["ext", "s1-http", "tracing", "missing"])}
     if level == "workload":
-        spec["selector"] = {"matchLabels": {"app": rng.choice(["wide", "narrow"])}}
+        spec["selector"] = {
+            "matchLabels": rng.choice([{"app": "wide"}, {"app": "narrow"}, {"istio": "ingressgateway"}])
+        }
     elif level == "target":
         kind = rng.choice(["Service", "Gateway"])
         group = "" if kind == "Service" else "gateway.networking.k8s.io"
-        spec["targetRefs"] = [{"kind": kind, "group": group, "name": rng.choice(["s1", "wide"])}]
+        spec["targetRefs"] = [{"kind": kind, "group": group, "name": rng.choice(["s1", "wide", "gw"])}]
     if rng.random() < 0.15:
         spec["rules"] = [{"from": [{"source": {"ipBlocks": ["not-an-ip"]}}]}]  # refused: fails closed
     meta: dict[str, Any] = {
@@ -583,22 +644,94 @@ _JWKS_URIS = ["https://keys.example/a", "https://keys.example/b"]
 
 
 def _request_authentication(rng: random.Random, ns: str) -> dict[str, Any]:
-    """A RequestAuthentication at mesh, namespace or workload level, keys fetched (or not) from a jwksUri."""
-    level = rng.choice(["mesh", "namespace", "workload"])
+    """A RequestAuthentication at mesh, namespace or workload level (gateways by selector or by a Gateway
+    target too), keys fetched (or not) from a jwksUri."""
+    level = rng.choice(["mesh", "namespace", "workload", "gateway"])
     rule: dict[str, Any] = {"issuer": f"https://{level}.example", "jwksUri": rng.choice(_JWKS_URIS)}
     if rng.random() < 0.5:
         rule["outputPayloadToHeader"] = rng.choice(["x-a", "x-b"])
     spec: dict[str, Any] = {"jwtRules": [rule]}
     if level == "workload":
-        spec["selector"] = {"matchLabels": {"app": rng.choice(["wide", "narrow"])}}
+        spec["selector"] = {
+            "matchLabels": rng.choice([{"app": "wide"}, {"app": "narrow"}, {"istio": "ingressgateway"}])
+        }
+    elif level == "gateway":
+        spec["targetRef"] = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": rng.choice(["gw", "x"])}
     return {"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
             "metadata": {"name": f"ra-{level}", "namespace": "istio-system" if level == "mesh" else ns},
             "spec": spec}  # fmt: skip
 
 
+def _telemetry(rng: random.Random, ns: str) -> dict[str, Any]:
+    """A Telemetry at mesh, namespace, workload or gateway level with access logging and/or tracing."""
+    level = rng.choice(["mesh", "namespace", "workload", "gateway"])
+    spec: dict[str, Any] = {}
+    if level == "workload":
+        spec["selector"] = {"matchLabels": {"app": rng.choice(["wide", "narrow"])}}
+    elif level == "gateway":
+        spec["selector"] = {"matchLabels": {"istio": "ingressgateway"}}
+    if rng.random() < 0.7:
+        entry: dict[str, Any] = {"match": {"mode": rng.choice(["CLIENT", "SERVER", "CLIENT_AND_SERVER"])}}
+        count = rng.randint(1, 2) if rng.random() < 0.8 else 0  # none: the default (the mesh config's file)
+        entry["providers"] = [{"name": n} for n in rng.sample(["json", "otel-als", "envoy"], count)]
+        if rng.random() < 0.3:
+            entry["disabled"] = True
+        if rng.random() < 0.3:
+            entry["filter"] = {"expression": "response.code >= 500"}
+        spec["accessLogging"] = [entry]
+    if rng.random() < 0.6:
+        tracing: dict[str, Any] = {"randomSamplingPercentage": rng.choice([1, 50, 100])}
+        if rng.random() < 0.8:
+            tracing["providers"] = [{"name": rng.choice(["zipkin-s2", "otel"])}]
+        if rng.random() < 0.3:
+            tracing["customTags"] = {"t": {"literal": {"value": rng.choice(["x", "y"])}}}
+        if rng.random() < 0.2:
+            tracing["disableSpanReporting"] = True
+        spec["tracing"] = [tracing]
+    return {"apiVersion": "telemetry.istio.io/v1", "kind": "Telemetry",
+            "metadata": {"name": f"t-{level}", "namespace": "istio-system" if level == "mesh" else ns},
+            "spec": spec}  # fmt: skip
+
+
+def _telemetry_seen(snapshot: object) -> tuple[int, int]:
+    """(listeners with an access logger other than the mesh config's JSON-less default, with a tracer)."""
+    listeners = _content(snapshot).get(LISTENER, {}).values()
+    return sum(b"open_telemetry" in body or b"jsonFormat" in body or b"json_format" in body for body in listeners), sum(
+        b"envoy.tracers" in body for body in listeners
+    )
+
+
+def _catchall_cluster(body: bytes) -> str:
+    """Where a virtualOutbound listener sends unknown destinations (its outbound traffic policy)."""
+    from envoy.config.listener.v3 import listener_pb2
+    from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+
+    listener = listener_pb2.Listener.FromString(body)
+    chains = [*listener.filter_chains, listener.default_filter_chain]
+    chain = next(c for c in chains if c.name == "virtualOutbound-catchall-tcp")
+    proxy = tcp_proxy_pb2.TcpProxy()
+    chain.filters[-1].typed_config.Unpack(proxy)
+    return proxy.cluster
+
+
 def _fetched_keys(rng: random.Random) -> Resource:
     """The key set meshd fetched from one of the jwksUris changes (a rotation)."""
     return fetched_jwks(rng.choice(_JWKS_URIS), f'{{"keys":[{{"kid":"k{rng.randint(0, 2)}"}}]}}')
+
+
+def _trusted_xff(snapshot: object) -> int:
+    """Gateway HTTP connection managers trusting X-Forwarded-For hops (gatewayTopology.numTrustedProxies)."""
+    from envoy.config.listener.v3 import listener_pb2
+    from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
+
+    found = 0
+    for body in _content(snapshot).get(LISTENER, {}).values():
+        for chain in listener_pb2.Listener.FromString(body).filter_chains:
+            for network_filter in chain.filters:
+                hcm = http_connection_manager_pb2.HttpConnectionManager()
+                if network_filter.typed_config.Unpack(hcm) and hcm.xff_num_trusted_hops:
+                    found += 1
+    return found
 
 
 def _jwt_seen(snapshot: object) -> int:
@@ -705,7 +838,13 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     # proxy 2 of each namespace runs under an agent with SDS: it gets Istio mTLS; proxy 3 has its
     # traffic captured (capture-mode listeners), with SDS in namespace a; proxy 4 is a proxyless gRPC client
     proxies = [
-        dataclasses.replace(_proxy(ns, n), sds=n == 2 or (n == 3 and ns == "a"), capture=n == 3, proxyless=n == 4)
+        dataclasses.replace(
+            _proxy(ns, n),
+            sds=n == 2 or (n == 3 and ns == "a"),
+            capture=n == 3,
+            proxyless=n == 4,
+            metadata=(("ISTIO_VERSION", "1.24.0"),) if n == 1 else (),
+        )
         for ns in ("a", "b")
         for n in (1, 2, 3, 4)
     ]
@@ -728,7 +867,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     wide: set[str] = set()
     served_secrets = 0
     mtls_seen = [0, 0]
-    outbound_modes: set[bytes] = set()
+    outbound_modes: set[str] = set()
     policies: set[ResourceKey] = set()
     authz_policies: set[ResourceKey] = set()
     authz_seen = [0, 0]
@@ -747,6 +886,14 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     jwt_rng = random.Random(seed + 1000)
     request_authns: set[ResourceKey] = set()
     jwt_seen = [0, 0]  # bound, captured
+    ef_rng = random.Random(seed * 7 + 3)
+    envoy_filters: set[ResourceKey] = set()
+    ef_seen = 0
+    ef_errors = 0
+    telemetry_rng = random.Random(seed * 7 + 3)
+    telemetries: set[ResourceKey] = set()
+    telemetry_seen = [0, 0, 0]  # listeners with a Telemetry access logger, with a tracer; routers with either
+    gateway_authz_seen = [0, 0, 0, 0]  # gateway listeners with jwt_authn, HTTP RBAC, network RBAC, trusted XFF
     gwapi_rng = random.Random(seed + 3000)  # Gateway API changes: a stream of their own
     gwapi_routes = 0
     for step in range(130):
@@ -773,7 +920,11 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
             elif pick < 0.85:
                 docs = [_gateway_vs(rng, ns)]
             else:
-                docs = [_router_pod(rng.choice(routers), rng.choice(["ingressgateway", "other"]))]
+                gateway_name = authz_rng.choice(["gw", "other", None])  # (its own stream: the rest stays as it was)
+                trusted = authz_rng.choice([None, 1, 2])
+                docs = [
+                    _router_pod(rng.choice(routers), rng.choice(["ingressgateway", "other"]), gateway_name, trusted)
+                ]
         if choice < 4.0 and rng.random() < 0.12:
             # the service redeclared: another protocol, headless or ExternalName (issue 17)
             choice = 3.0
@@ -864,6 +1015,22 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
             else:
                 docs.append(_request_authentication(jwt_rng, jwt_rng.choice(["a", "b"])))
                 request_authns.add(parse_resource(docs[-1]).key)
+        if ef_rng.random() < 0.3:  # in the same push: an EnvoyFilter added, changed or removed
+            if envoy_filters and ef_rng.random() < 0.25:
+                gone = ef_rng.choice(sorted(envoy_filters))
+                envoy_filters.discard(gone)
+                deleted += (gone,)
+            else:
+                docs.append(_envoy_filter(ef_rng))
+                envoy_filters.add(parse_resource(docs[-1]).key)
+        if telemetry_rng.random() < 0.25:  # in the same push: a Telemetry at some level, or one removed
+            if telemetries and telemetry_rng.random() < 0.25:
+                gone = telemetry_rng.choice(sorted(telemetries))
+                telemetries.discard(gone)
+                deleted += (gone,)
+            else:
+                docs.append(_telemetry(telemetry_rng, telemetry_rng.choice(["a", "b"])))
+                telemetries.add(parse_resource(docs[-1]).key)
         if gwapi_rng.random() < 0.3:  # in the same push: a Gateway API change
             docs = [*docs, *_gateway_api_change(gwapi_rng, routers)]
         if authz_rng.random() < 0.4:  # in the same push: an AuthorizationPolicy change
@@ -875,18 +1042,23 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
         fresh = ConfigGenerator(generator.world, options=OPTIONS)
         generator.precompute()
         fresh.precompute()
-        assert sorted(map(str, generator.errors)) == sorted(map(str, fresh.errors)), step
         rejections_seen += bool(generator.errors)
+        ef_errors += any(e.key is not None and e.key.kind == "EnvoyFilter" for e in generator.errors)
         for conn in conns:
             assert conn.snapshot is not None
             assert _content(conn.snapshot) == _content(fresh.snapshot(conn.proxy)), (step, conn.proxy.node_id)
             served_secrets += len(conn.snapshot.resources.get(SECRET, {}))
             jwt_seen[conn.proxy.capture] += _jwt_seen(conn.snapshot)
+            ef_seen += _envoy_filters_seen(conn.snapshot)
             clusters, listeners = _mtls_seen(conn.snapshot)
             assert not (clusters or listeners) or conn.proxy.sds  # never to a proxy without SDS
             mtls_seen[0] += clusters
             mtls_seen[1] += listeners
             _features_seen(conn.snapshot, features)
+            logs, tracers = _telemetry_seen(conn.snapshot)
+            telemetry_seen[0] += logs
+            telemetry_seen[1] += tracers
+            telemetry_seen[2] += conn.proxy.type == "router" and bool(logs or tracers)
             http_rbac, network_rbac = _authz_seen(conn.snapshot)
             authz_seen[0] += http_rbac
             authz_seen[1] += network_rbac
@@ -898,11 +1070,18 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
                 held_routes = conn.snapshot.resources.get(ROUTE, {}).values()
                 gwapi_routes += sum(b"/kgw~" in r.body for r in held_routes)  # an HTTPRoute's VirtualService
                 gateway_secrets += len(conn.snapshot.resources.get(SECRET, {}))
+                gateway_authz_seen[3] += _trusted_xff(conn.snapshot)
+                for i, marker in enumerate((b"jwt_authn", b"filters.http.rbac", b"filters.network.rbac")):
+                    gateway_authz_seen[i] += sum(
+                        marker in b for b in _content(conn.snapshot).get(LISTENER, {}).values()
+                    )
             if conn.proxy.capture:
-                outbound_modes.add(listeners_held["virtualOutbound"].body)
+                outbound_modes.add(_catchall_cluster(listeners_held["virtualOutbound"].body))
             if conn.proxy.proxyless:  # gRPC's view only: api_listeners named host:port
                 assert all(":" in name for name in listeners_held), sorted(listeners_held)
                 proxyless_listeners.update(listeners_held)
+        # (after the fresh snapshots: what an EnvoyFilter fails on is found building the proxies it selects)
+        assert sorted(map(str, generator.errors)) == sorted(map(str, fresh.errors)), step
     assert len(outbound_modes) == 2  # capture proxies saw both ALLOW_ANY and REGISTRY_ONLY
     # the gateways served HTTP, HTTPS (with Secrets over SDS), TCP and TLS ports at some point
     assert {"0.0.0.0_80", "0.0.0.0_443", "0.0.0.0_31400", "0.0.0.0_8443"} <= gateway_listeners
@@ -914,6 +1093,9 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     assert all(authz_seen)  # and authorization reached HTTP chains and (capture proxies) TCP chains
     assert len(protocols_seen) >= 3 and proxyless_listeners  # and protocol changes, proxyless clients
     assert all(jwt_seen)  # and jwt_authn reached inbound listeners, bound and captured
+    assert ef_seen and ef_errors  # and EnvoyFilters patched proxies, one was refused on some
+    assert all(telemetry_seen), telemetry_seen  # and Telemetry access logs and tracers, on sidecars and gateways
+    assert all(gateway_authz_seen), gateway_authz_seen  # and jwt_authn and RBAC (HTTP, TCP) reached gateways
     assert gwapi_routes  # and HTTPRoutes reached the gateways
 
 
@@ -1011,3 +1193,109 @@ def test_a_custom_provider_service_appearing_reaches_a_proxy_that_cannot_see_it(
     after = conn.snapshot.resources[LISTENER]["virtualInbound"].body
     assert _content(conn.snapshot) == _content(ConfigGenerator(generator.world, options=OPTIONS).snapshot(conn.proxy))
     assert b"ext_authz" in after and b"-provider" not in after
+
+
+def test_an_envoy_filter_alone_reaches_a_connected_proxy_and_its_removal_too() -> None:
+    """A push whose only change is an EnvoyFilter: the shared layers are unchanged, yet the held snapshot is
+    not current (the patch layer decides), both when the filter comes and when it goes."""
+    mesh = Mesh()
+    hub = Hub()
+    assert mesh.generator is not None
+    hub.publish(mesh.generator, changed_at=0.0)
+    conn = hub.connect(proxy=_proxy("a", 1), stream=SotwStream(nonce_prefix="a"), now=0.0)
+    timeout = {"applyTo": "CLUSTER", "match": {"cluster": {"service": "s1.a.svc.cluster.local"}},
+               "patch": {"operation": "MERGE", "value": {"connect_timeout": "7s"}}}  # fmt: skip
+    doc = {"apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
+           "metadata": {"name": "ef", "namespace": "a"}, "spec": {"configPatches": [timeout]}}  # fmt: skip
+    name = "outbound|9080||s1.a.svc.cluster.local"
+
+    def connect_timeout() -> int:
+        assert conn.snapshot is not None
+        cluster = Cluster()
+        cluster.ParseFromString(conn.snapshot.resources[CLUSTER][name].body)
+        return int(cluster.connect_timeout.seconds)
+
+    assert connect_timeout() != 7
+    hub.publish(mesh.apply(_resources([doc])), changed_at=1.0)
+    assert connect_timeout() == 7
+    hub.publish(mesh.apply([], deleted=(parse_resource(doc).key,)), changed_at=2.0)
+    assert connect_timeout() != 7
+
+
+def test_a_telemetry_collector_service_appearing_reaches_a_carried_proxy() -> None:
+    """A Telemetry logs to OpenTelemetry (envoyOtelAls: the ext-authz.a service, absent at first): when the
+    collector's service appears, a proxy carried over from the previous push gets the logger, though its
+    Sidecar hides the service (namespace b sees only ./*) and nothing else of its config changes."""
+    mesh = Mesh()
+    logs = {"apiVersion": "telemetry.istio.io/v1", "kind": "Telemetry",
+            "metadata": {"name": "otel", "namespace": "istio-system"},
+            "spec": {"accessLogging": [{"providers": [{"name": "otel-als"}]}]}}  # fmt: skip
+    mesh.apply(_resources([logs]))
+    hub = Hub()
+    assert mesh.generator is not None
+    hub.publish(mesh.generator, changed_at=0.0)
+    conn = hub.connect(proxy=_proxy("b", 1), stream=SotwStream(nonce_prefix="b"), now=0.0)
+    assert conn.snapshot is not None
+    assert not any(b"open_telemetry" in r.body for r in conn.snapshot.resources[LISTENER].values())
+    generator = mesh.apply(_resources([_EXT_AUTHZ_SERVICE]))
+    hub.publish(generator, changed_at=1.0)
+    assert _content(conn.snapshot) == _content(ConfigGenerator(generator.world, options=OPTIONS).snapshot(conn.proxy))
+    assert any(b"open_telemetry" in r.body for r in conn.snapshot.resources[LISTENER].values())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_change_that_keeps_every_scope_input_still_rebuilds_what_it_touches(seed: int) -> None:
+    """Changes that leave every scope input alone (endpoints, a TCP/TLS VirtualService's routes alone, a
+    delegate's routes, a subset added) carry the previous scopes and listener plans over
+    (`same_scope_inputs`), and an HTTP route's weights do not: each proxy must get what a fresh build gives."""
+    rng = random.Random(seed)
+    mesh = Mesh()
+    root = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "root", "namespace": "a"},
+            "spec": {"hosts": ["s2"], "http": [{"delegate": {"name": "delegate"}}]}}  # fmt: skip
+    mesh.apply(_resources([*_tcp_service(random.Random(1), "a"), _l4_route(rng, "a"), root]))
+    proxies = [dataclasses.replace(_proxy("a", n), capture=n == 3) for n in (1, 2, 3)] + [_proxy("b", 1)]
+    for step in range(12):
+        pick = rng.random()
+        if pick < 0.5:
+            docs = [_l4_route(rng, "a")]  # only the VirtualService: the services and rules are the same objects
+        elif pick < 0.65:
+            docs = _docs(rng.choice("ab"), rng.choice(["s1", "s2"]), [f"10.0.{step}.9", "10.0.0.1"])[1:2]
+        elif pick < 0.7:  # an HTTP route's weights
+            docs = _docs(rng.choice("ab"), "s1", ["10.0.0.1"], weight=rng.choice([10, 50, 80]))[3:]
+        elif pick < 0.8:  # only the delegate (no hosts of its own): the root's routes change
+            delegate = {"http": [{"timeout": f"{step + 1}s", "route": [{"destination": {"host": "s1"}}]}]}
+            docs = [{**root, "metadata": {"name": "delegate", "namespace": "a"}, "spec": delegate}]
+        else:
+            docs = _tcp_service(rng, "a")[2:]  # the DestinationRule only (subsets, tunnel)
+        generator = mesh.apply(_resources(docs))
+        fresh = ConfigGenerator(generator.world, options=OPTIONS)
+        for proxy in proxies:
+            assert _content(generator.snapshot(proxy)) == _content(fresh.snapshot(proxy)), (step, proxy.node_id)
+
+
+def test_carried_world_checks_follow_their_inputs() -> None:
+    """A whole-World check is carried while what it reads is unchanged: a credentialName error goes
+    when its Secret appears, comes back when the Secret goes, and stays put across unrelated changes."""
+    mesh = Mesh()
+    rule = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": "tls", "namespace": "a"},
+            "spec": {"host": "s2.b.svc.cluster.local",
+                     "trafficPolicy": {"tls": {"mode": "MUTUAL", "credentialName": "cred"}}}}  # fmt: skip
+    # the workloads of namespace a are its pods
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "a"},
+           "status": {"podIP": "10.0.9.9"}}  # fmt: skip
+
+    def credential_errors() -> list[str]:
+        assert mesh.generator is not None
+        mesh.generator.precompute()  # the World checks
+        return sorted({str(e.key) for e in mesh.generator.errors if "cred" in e.message})
+
+    mesh.apply(_resources([rule, pod]))
+    assert credential_errors() == ["DestinationRule a/tls"]
+    mesh.apply(_resources(_docs("b", "s1", ["10.0.0.7"])[1:2]))  # an endpoint change: carried
+    assert credential_errors() == ["DestinationRule a/tls"]
+    mesh.apply(_resources([_secret("a", "cred", 0)]))
+    assert credential_errors() == []
+    mesh.apply([], deleted=(ResourceKey("Secret", "a", "cred"),))
+    assert credential_errors() == ["DestinationRule a/tls"]

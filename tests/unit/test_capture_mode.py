@@ -154,13 +154,14 @@ def test_mesh_config_outbound_traffic_policy_over_the_flag(
 ) -> None:
     """meshConfig.outboundTrafficPolicy.mode (the `istio` ConfigMap, or --mesh-config) is the mesh default;
     `--outbound-traffic-policy` applies where it says nothing."""
+    import yaml
     from envoy.config.listener.v3 import listener_pb2
 
-    from meshd.api.meshconfig import parse_mesh_policy
+    from meshd.api.mesh import parse_mesh_config
     from meshd.push.loop import generate_options
     from meshd.settings import Settings
 
-    options = generate_options(Settings(outbound_traffic_policy=flag), parse_mesh_policy(mesh_config))
+    options = generate_options(Settings(outbound_traffic_policy=flag), parse_mesh_config(yaml.safe_dump(mesh_config)))
     generator = ConfigGenerator(_world(), options=options)  # type: ignore[arg-type]
     proxy = parse_node_id("sidecar~10.0.0.2~db.shop~shop.svc.cluster.local")
     snap = generator.snapshot(proxy.__class__(**{**proxy.__dict__, "capture": True}))

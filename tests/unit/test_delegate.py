@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
+from meshd.api.http_match import HTTPMatchRequest
 from meshd.api.meta import InvalidResource
 from meshd.api.parse import parse_resource
-from meshd.api.virtualservice import HTTPMatchRequest, VirtualService
+from meshd.api.virtualservice import VirtualService
 from meshd.translate.delegate import expand, merge_matches
 
 

@@ -94,6 +94,12 @@ def test_a_first_version_that_is_rejected_has_nothing_to_fall_back_to() -> None:
     assert h.routed_cluster() == "outbound|9080||"  # the service's default route
     (err,) = h.loop.errors
     assert "previous version" not in err.message
+    # the rule gains v2: the same version, rejected until now, is accepted without changing...
+    h.load("mesh.yaml", MESH % ", {name: v2, labels: {version: v2}}")
+    assert h.routed_cluster() == "outbound|9080|v2|"
+    # ...so it is what a rejected newer version falls back to
+    h.load("vs.yaml", _vs("v3"))
+    assert h.routed_cluster() == "outbound|9080|v2|"
 
 
 def test_deleting_a_resource_forgets_its_accepted_version() -> None:

@@ -200,3 +200,41 @@ def test_a_nacked_gateway_route_configuration_is_reported_on_its_gateway_and_bou
     assert [str(k) for k in provenance(world, ROUTE, "http.80")] == expected
     assert [str(k) for k in provenance(world, ROUTE, "https.443.https-443.gw.default")] == expected
     assert provenance(world, ROUTE, "https.443.https-443.other.default") == []
+
+
+def _gateway_hcm(generator: ConfigGenerator, listener_name: str) -> Any:
+    from envoy.config.listener.v3 import listener_pb2
+    from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+
+    snapshot = generator.snapshot(parse_node_id(ROUTER))
+    listener = listener_pb2.Listener.FromString(snapshot.resources[LISTENER][listener_name].body)
+    hcm = hcm_pb2.HttpConnectionManager()
+    assert listener.filter_chains[0].filters[-1].typed_config.Unpack(hcm)
+    return hcm
+
+
+def test_gateway_trusted_proxies_from_the_mesh_config_and_the_pod_annotation() -> None:
+    """numTrustedProxies: the gateway pod's proxy.istio.io/config annotation wins over the mesh config's
+    defaultConfig; an annotation meshd cannot use is reported on the pod (the mesh default applies)."""
+    docs = (gateway("gw", server("HTTP", 80, ["*"])), vs("web", ["gw"], ["*"]))
+    mesh_default = GenerateOptions(gateway_trusted_proxies=2)
+    assert _gateway_hcm(generate(*docs), "0.0.0.0_80").xff_num_trusted_hops == 0
+    assert _gateway_hcm(generate(*docs, options=mesh_default), "0.0.0.0_80").xff_num_trusted_hops == 2
+    config = "gatewayTopology: {numTrustedProxies: 1, forwardClientCertDetails: SANITIZE}"
+    pod: dict[str, Any] = {**POD, "metadata": {**POD["metadata"], "annotations": {"proxy.istio.io/config": config}}}
+    world = build_world([parse_resource(d) for d in (pod, WEB, *docs)], domain_suffix="cluster.local")
+    generator = ConfigGenerator(world, options=mesh_default, check=True)
+    generator.precompute()
+    assert _gateway_hcm(generator, "0.0.0.0_80").xff_num_trusted_hops == 1
+    assert errors(generator) == [
+        "Pod istio-system/gw-1: metadata.annotations[proxy.istio.io/config]: gatewayTopology.forwardClientCertDetails:"
+        " not used by meshd, ignored"
+    ]
+    pod["metadata"]["annotations"] = {"proxy.istio.io/config": "gatewayTopology: {numTrustedProxies: lots}"}
+    world = build_world([parse_resource(d) for d in (pod, WEB, *docs)], domain_suffix="cluster.local")
+    generator = ConfigGenerator(world, options=mesh_default, check=True)
+    generator.precompute()
+    assert _gateway_hcm(generator, "0.0.0.0_80").xff_num_trusted_hops == 2
+    [error] = errors(generator)
+    assert "gatewayTopology.numTrustedProxies: 'lots' is not a number" in error
+    assert error.endswith("the mesh config's gatewayTopology.numTrustedProxies applies")

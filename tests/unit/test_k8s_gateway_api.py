@@ -76,9 +76,9 @@ def test_a_gateway_api_gateway_and_an_istio_gateway_of_one_name_are_two_resource
 
 def test_an_invalid_gateway_api_gateway_is_named_by_its_own_kind() -> None:
     with pytest.raises(InvalidResource) as err:
-        parse_resource(k8s_gateway(infrastructure={"labels": {"a": "b"}}))
+        parse_resource(k8s_gateway(infrastructure={"parametersRef": {"group": "", "kind": "ConfigMap", "name": "x"}}))
     assert err.value.key == ResourceKey(KUBERNETES_GATEWAY, "infra", "gw")
-    assert err.value.field == "spec.infrastructure" and "not supported" in err.value.message
+    assert err.value.field == "spec.infrastructure.parametersRef" and "no parameters" in err.value.message
     # a Gateway whose apiVersion names no group meshd reads stays an Istio Gateway (and is refused as one)
     with pytest.raises(InvalidResource) as err:
         parse_resource({**k8s_gateway(), "apiVersion": "example.com/v1"})
@@ -117,14 +117,17 @@ def test_the_kube_source_keeps_both_gateway_kinds_apart() -> None:
     ("rule", "field", "words"),
     [
         ({"filters": [{"type": "ExtensionRef", "extensionRef": {"group": "", "kind": "X", "name": "x"}}]},
-         "spec.rules[0].filters[0]", "unknown field"),
+         "spec.rules[0].filters[0].extensionRef", "not supported"),
         ({"filters": [{"type": "CORS"}]}, "spec.rules[0].filters[0].type", "not supported"),
         ({"timeouts": {"backendRequest": "1s"}}, "spec.rules[0].timeouts.backendRequest", "not supported"),
         ({"backendRefs": [{"name": "web"}]}, "spec.rules[0].backendRefs[0].port", "required"),
         ({"filters": [{"type": "RequestRedirect", "requestRedirect": {
             "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/x"}}}]},
          "spec.rules[0].filters[0].requestRedirect.path.type", "not supported"),
-        ({"retry": {"attempts": 2}}, "spec.rules[0]", "unknown field"),
+        ({"retry": {"attempts": 2}}, "spec.rules[0].retry", "not supported"),
+        ({"sessionPersistence": {"type": "Cookie"}}, "spec.rules[0].sessionPersistence", "not supported"),
+        ({"filters": [{"type": "CORS", "cors": {}}]}, "spec.rules[0].filters[0].cors", "not supported"),
+        ({"nope": 1}, "spec.rules[0].nope", "unknown field"),
     ],
 )  # fmt: skip
 def test_route_fields_meshd_does_not_translate_are_refused_by_name(

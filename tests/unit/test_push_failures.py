@@ -151,16 +151,31 @@ def test_a_generation_that_raises_leaves_the_last_good_one_served(
     assert not [e for e in mesh.loop.errors if e.field == "<generation>"]
 
 
-def test_the_mesh_policy_reaches_the_generation_options() -> None:
-    from meshd.api.meshconfig import parse_mesh_policy
+def test_the_mesh_config_reaches_the_generation_options() -> None:
+    from meshd.api.mesh import parse_mesh_config
 
     mesh = Mesh()
-    current = {"policy": parse_mesh_policy({})}
-    mesh.loop.follow_mesh(lambda: current["policy"])
+    current = {"mesh": parse_mesh_config("")}
+    mesh.loop.follow_mesh(lambda: current["mesh"])
     assert mesh.set(_service("web"))
     assert mesh.hub.generator is not None
-    assert mesh.hub.generator.options.mesh.path_normalization == "BASE"  # type: ignore[attr-defined]
-    current["policy"] = parse_mesh_policy({"pathNormalization": {"normalization": "NONE"}})
+    options = mesh.hub.generator.options  # type: ignore[attr-defined]
+    assert options.mesh.path_normalization == "BASE"
+    assert (options.root_namespace, options.trust_domain, options.gateway_trusted_proxies) == (
+        "istio-system",
+        "cluster.local",
+        0,
+    )
+    current["mesh"] = parse_mesh_config(
+        "pathNormalization: {normalization: NONE}\nrootNamespace: mesh-root\ntrustDomain: td.example\n"
+        "defaultConfig: {gatewayTopology: {numTrustedProxies: 1}}\n"
+    )
     mesh.store.touch()  # what the mesh config's source does on a change
     assert mesh.loop.push(changed_at=mesh.now + 1)
-    assert mesh.hub.generator.options.mesh.path_normalization == "NONE"  # type: ignore[attr-defined]
+    options = mesh.hub.generator.options  # type: ignore[attr-defined]
+    assert options.mesh.path_normalization == "NONE"
+    assert (options.root_namespace, options.trust_domain, options.gateway_trusted_proxies) == (
+        "mesh-root",
+        "td.example",
+        1,
+    )

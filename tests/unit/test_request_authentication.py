@@ -139,11 +139,20 @@ _BAD_JWKS_EXPONENT = json.dumps({"keys": [{**KEY.jwk, "e": "EQ"}]})  # e = 17
             "not supported",
         ),
         (
-            {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "gw"}]},
+            {"targetRefs": [{"group": "networking.istio.io", "kind": "ServiceEntry", "name": "se"}]},
             "spec.targetRefs[0].kind",
-            "attaching a RequestAuthentication to a Gateway (gateway.networking.k8s.io) is not supported",
+            "targeting a ServiceEntry to its waypoint, which meshd does not serve",
         ),
-        ({"targetRef": {"group": "", "kind": "Service", "name": "web"}}, "spec.targetRef.kind", "Service (core)"),
+        (
+            {"targetRef": {"group": "", "kind": "Service", "name": "web"}},
+            "spec.targetRef.kind",
+            "Service to its waypoint",
+        ),
+        (
+            {"targetRef": {"group": "apps", "kind": "Deployment", "name": "web"}},
+            "spec.targetRef.kind",
+            "apps/Deployment",
+        ),
         (
             {"targetRef": {"kind": "Service", "name": "a"}, "targetRefs": [{"kind": "Service", "name": "b"}]},
             "spec.targetRef",

@@ -167,6 +167,18 @@ def _request_authentication(rng: random.Random, ns: str, name: str) -> dict[str,
     }
 
 
+def _telemetry(rng: random.Random, ns: str, name: str) -> dict[str, Any]:
+    spec: dict[str, Any] = {"accessLogging": [{"disabled": rng.random() < 0.5}]}
+    if rng.random() < 0.5:
+        spec["selector"] = {"matchLabels": {"version": rng.choice(["v1", "v2"])}}
+    return {
+        "apiVersion": "telemetry.istio.io/v1",
+        "kind": "Telemetry",
+        "metadata": {"name": name, "namespace": rng.choice([ns, "istio-system"])},
+        "spec": spec,
+    }
+
+
 def _jwks_uri(rng: random.Random) -> str:
     return f"https://keys.example/{rng.randint(0, 1)}"
 
@@ -186,6 +198,7 @@ MAKERS = {
     "Sidecar": (_sidecar, "sc", 1),
     "Secret": (_secret, "cred", 1),
     "RequestAuthentication": (_request_authentication, "ra", 2),
+    "Telemetry": (_telemetry, "t", 2),
     FETCHED_JWKS: (_fetched, "k", 2),
 }
 
@@ -205,6 +218,7 @@ def _same(a: World, b: World) -> None:
     assert dict(a.peer_authentications) == dict(b.peer_authentications)
     assert dict(a.request_authentications) == dict(b.request_authentications)
     assert dict(a.jwks) == dict(b.jwks)
+    assert dict(a.telemetries) == dict(b.telemetries)
     assert sorted(map(str, a.errors)) == sorted(map(str, b.errors))
 
 

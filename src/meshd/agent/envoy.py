@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import pathlib
 from collections.abc import Mapping
 from types import TracebackType
@@ -52,7 +53,9 @@ class EnvoyProcess:
         log_level: str = "info",
         concurrency: int = 1,
         extra_args: tuple[str, ...] = (),
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        """`env`: variables added to Envoy's environment (the identity its metrics read)."""
         self.name = name
         self.work_dir = work_dir
         self.bootstrap_path = work_dir / f"{name}.bootstrap.json"
@@ -65,6 +68,7 @@ class EnvoyProcess:
         self._log_level = log_level
         self._concurrency = concurrency
         self._extra_args = extra_args
+        self._env = dict(env or {})
         self._process: asyncio.subprocess.Process | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -90,7 +94,8 @@ class EnvoyProcess:
         ]  # fmt: skip
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
         try:
-            self._process = await spawn(argv=argv, log_path=self.log_path)
+            environment = {**os.environ, **self._env} if self._env else None
+            self._process = await spawn(argv=argv, log_path=self.log_path, env=environment)
         except BaseException:
             await self._session.close()
             self._session = None

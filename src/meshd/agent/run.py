@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import pathlib
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -21,7 +22,9 @@ from meshd.agent.bootstrap import build_bootstrap
 from meshd.agent.certificate import CertificateSource
 from meshd.agent.envoy import EnvoyProcess
 from meshd.agent.file_secrets import serve_files
+from meshd.agent.merged_metrics import ScrapeStats, agent_metrics, build_metrics_app
 from meshd.agent.metadata import node_id, node_metadata, workload_name
+from meshd.agent.prometheus import identity_env
 from meshd.agent.rotation import CertificateRotator
 from meshd.agent.sds import SdsServicer, SecretState, start_sds_server
 from meshd.agent.status import build_status_app
@@ -73,6 +76,7 @@ def agent_bootstrap(settings: AgentSettings, *, certificates: bool | None = None
         sds_socket=str(socket_path(s)),
         xds_server_name=None if s.xds_plaintext else s.xds_server_name,
         sds_delta=s.sds_delta,
+        stats_port=s.stats_port or None,
     )
 
 
@@ -124,6 +128,7 @@ class _Agent:
             log_level=s.envoy_log_level,
             concurrency=s.envoy_concurrency,
             extra_args=s.envoy_args,
+            env=identity_env(s),
         )
 
     async def envoy_ready(self) -> bool:
@@ -132,6 +137,24 @@ class _Agent:
             return False
         status, body = await envoy.admin_request("/ready")
         return status == 200 and body.strip() == "LIVE"
+
+    async def envoy_stats(self) -> str:
+        envoy = self.supervisor.envoy
+        if envoy is None or envoy.returncode is not None:
+            raise RuntimeError("envoy is not running")
+        return await envoy.admin_get("/stats/prometheus")
+
+    def metrics_app(self) -> web.Application:
+        """The merged endpoint (15020): Envoy's stats, the agent's, the application's."""
+        app = self.settings.app_metrics
+        app_url = f"http://{self.settings.ip}:{app[0]}{app[1]}" if app is not None else None
+
+        def own(stats: ScrapeStats) -> str:
+            cert = self.rotator.current if self.rotator else None
+            expiry = (cert.not_after - datetime.now(UTC)).total_seconds() if cert is not None else None
+            return agent_metrics(stats, cert_expiry_s=expiry, envoy_starts=len(self.supervisor.stats.starts))
+
+        return build_metrics_app(envoy_stats=self.envoy_stats, own=own, app_url=app_url)
 
     def status(self) -> dict[str, Any]:
         envoy = self.supervisor.envoy
@@ -165,7 +188,12 @@ class _Agent:
         self.workdir.mkdir(parents=True, exist_ok=True)
         server = await start_sds_server(servicer=self.sds, socket_path=self.socket_path)
         runner: web.AppRunner | None = None
+        metrics: web.AppRunner | None = None
         try:
+            if self.settings.metrics_port:
+                metrics = web.AppRunner(self.metrics_app(), access_log=None)
+                await metrics.setup()
+                await web.TCPSite(metrics, self.settings.ip, self.settings.metrics_port).start()
             if self.settings.status_port:
                 app = build_status_app(
                     envoy_ready=self.envoy_ready,
@@ -192,8 +220,9 @@ class _Agent:
             self.log.info("event=agent_stopped exit_code=%d", code)
             return code
         finally:
-            if runner is not None:
-                await runner.cleanup()
+            for site in (runner, metrics):
+                if site is not None:
+                    await site.cleanup()
             await server.stop(grace=0.5)
             self.socket_path.unlink(missing_ok=True)
 

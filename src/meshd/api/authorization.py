@@ -22,10 +22,9 @@ import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import AfterValidator, Field, PrivateAttr, ValidationError, model_validator
 
-from meshd.api.meta import ApiModel, InvalidResource, ObjectMeta, Resource
+from meshd.api.meta import InvalidResource, ObjectMeta, Resource, StrictModel
 from meshd.api.values import check_regex
 
 ACTIONS = ("ALLOW", "DENY", "AUDIT", "CUSTOM")
@@ -64,14 +63,6 @@ _CLAIM_KEY = re.compile(r"request\.auth\.claims((?:\[[^\[\]]+\])+)")
 _FILTER_KEY = re.compile(r"experimental\.envoy\.filters\.([a-z0-9_]+(?:\.[a-z0-9_]+)+)\[([^\[\]]+)\]")
 _TEMPLATE_OPERATOR = re.compile(r"\{\*\*?\}")
 _RE2_SPECIAL = frozenset("\\.^$|?*+()[]{}")
-
-
-class StrictModel(ApiModel):
-    """Unknown fields are refused (named by their path), not ignored."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, hide_input_in_errors=True
-    )
 
 
 def _non_empty(values: list[str]) -> list[str]:
@@ -246,7 +237,7 @@ class Condition(StrictModel):
     not_values: Strings = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _known(self) -> Condition:
+    def _check_key(self) -> Condition:
         problem = condition_key_problem(self.key)
         if problem:
             raise ValueError(f"key: {problem}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from meshd.api.meta import ApiModel
+from meshd.api.meta import StrictModel
 from meshd.api.values import PortNumber
 
 # Istio's `weight` is an int32; Envoy adds a route's weights up as a uint32
@@ -13,11 +13,11 @@ MAX_WEIGHT = 2**31 - 1
 MAX_TOTAL_WEIGHT = 2**32 - 1
 
 
-class PortSelector(ApiModel):
+class PortSelector(StrictModel):
     number: PortNumber
 
 
-class Destination(ApiModel):
+class Destination(StrictModel):
     host: str = Field(min_length=1)
     subset: str = ""
     port: PortSelector | None = None

@@ -10,24 +10,24 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from meshd.api.destination import PortSelector
-from meshd.api.meta import ApiModel, Resource
+from meshd.api.meta import Resource, StrictModel
 from meshd.api.values import Duration, DurationOrZero, Percent, PortNumber, parse_duration
 
 INT32_MAX = 2_147_483_647  # Istio's int32 fields; Envoy's thresholds are uint32
 MAX_RING_SIZE = 8_388_608  # Envoy's limit for a ring hash's minimum size
 
 
-class HTTPCookie(ApiModel):
+class HTTPCookie(StrictModel):
     name: str = Field(min_length=1)
     path: str = ""
     ttl: DurationOrZero | None = None
 
 
-class RingHash(ApiModel):
+class RingHash(StrictModel):
     minimum_ring_size: int = Field(default=0, ge=0, le=8_388_608)
 
 
-class Maglev(ApiModel):
+class Maglev(StrictModel):
     table_size: int = Field(default=0, ge=0, le=5_000_011)
 
     @model_validator(mode="after")
@@ -38,7 +38,7 @@ class Maglev(ApiModel):
         return self
 
 
-class ConsistentHashLB(ApiModel):
+class ConsistentHashLB(StrictModel):
     http_header_name: str | None = None
     http_cookie: HTTPCookie | None = None
     use_source_ip: bool | None = None
@@ -76,7 +76,7 @@ def _check_locality(text: str, field: str) -> None:
             raise ValueError(f"{field}: {text!r}: '*' may only be the last part of a locality")
 
 
-class LocalityDistribute(ApiModel):
+class LocalityDistribute(StrictModel):
     from_: str = Field(alias="from", min_length=1)
     to: dict[str, int] = Field(min_length=1)
 
@@ -93,7 +93,7 @@ class LocalityDistribute(ApiModel):
         return self
 
 
-class LocalityFailover(ApiModel):
+class LocalityFailover(StrictModel):
     from_: str = Field(alias="from", min_length=1)
     to: str = Field(min_length=1)
 
@@ -106,7 +106,7 @@ class LocalityFailover(ApiModel):
         return self
 
 
-class LocalityLbSetting(ApiModel):
+class LocalityLbSetting(StrictModel):
     distribute: list[LocalityDistribute] = Field(default_factory=list)
     failover: list[LocalityFailover] = Field(default_factory=list)
     failover_priority: list[str] = Field(default_factory=list)
@@ -119,13 +119,13 @@ class LocalityLbSetting(ApiModel):
         return self
 
 
-class WarmupConfiguration(ApiModel):
+class WarmupConfiguration(StrictModel):
     duration: Duration
     minimum_percent: Percent | None = None
     aggression: float | None = Field(default=None, ge=1)
 
 
-class LoadBalancerSettings(ApiModel):
+class LoadBalancerSettings(StrictModel):
     simple: Literal["UNSPECIFIED", "LEAST_CONN", "RANDOM", "PASSTHROUGH", "ROUND_ROBIN", "LEAST_REQUEST"] | None = None
     consistent_hash: ConsistentHashLB | None = None
     locality_lb_setting: LocalityLbSetting | None = None
@@ -141,7 +141,7 @@ class LoadBalancerSettings(ApiModel):
         return self
 
 
-class TcpKeepalive(ApiModel):
+class TcpKeepalive(StrictModel):
     probes: int = Field(default=0, ge=0, le=INT32_MAX)
     time: Duration | None = None
     interval: Duration | None = None
@@ -155,7 +155,7 @@ class TcpKeepalive(ApiModel):
         return self
 
 
-class TCPSettings(ApiModel):
+class TCPSettings(StrictModel):
     max_connections: int = Field(default=0, ge=0, le=INT32_MAX)
     connect_timeout: Duration | None = None
     tcp_keepalive: TcpKeepalive | None = None
@@ -163,7 +163,7 @@ class TCPSettings(ApiModel):
     idle_timeout: DurationOrZero | None = None
 
 
-class HTTPSettings(ApiModel):
+class HTTPSettings(StrictModel):
     http1_max_pending_requests: int = Field(default=0, ge=0, le=INT32_MAX)
     http2_max_requests: int = Field(default=0, ge=0, le=INT32_MAX)
     max_requests_per_connection: int = Field(default=0, ge=0, le=INT32_MAX)
@@ -174,12 +174,12 @@ class HTTPSettings(ApiModel):
     max_concurrent_streams: int = Field(default=0, ge=0, le=INT32_MAX)
 
 
-class ConnectionPoolSettings(ApiModel):
+class ConnectionPoolSettings(StrictModel):
     tcp: TCPSettings | None = None
     http: HTTPSettings | None = None
 
 
-class OutlierDetection(ApiModel):
+class OutlierDetection(StrictModel):
     split_external_local_origin_errors: bool = False
     consecutive_local_origin_failures: int | None = Field(default=None, ge=0, le=INT32_MAX)
     consecutive_gateway_errors: int | None = Field(default=None, ge=0, le=INT32_MAX)
@@ -199,7 +199,7 @@ class OutlierDetection(ApiModel):
         return self
 
 
-class ClientTLSSettings(ApiModel):
+class ClientTLSSettings(StrictModel):
     mode: Literal["DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"] = "DISABLE"
     client_certificate: str = ""
     private_key: str = ""
@@ -239,7 +239,7 @@ class ClientTLSSettings(ApiModel):
         return self
 
 
-class PortTrafficPolicy(ApiModel):
+class PortTrafficPolicy(StrictModel):
     port: PortSelector
     load_balancer: LoadBalancerSettings | None = None
     connection_pool: ConnectionPoolSettings | None = None
@@ -247,7 +247,7 @@ class PortTrafficPolicy(ApiModel):
     tls: ClientTLSSettings | None = None
 
 
-class TunnelSettings(ApiModel):
+class TunnelSettings(StrictModel):
     """TCP tunnelled over HTTP to `targetHost:targetPort` through the rule's host (an HTTP proxy)."""
 
     protocol: Literal["CONNECT", "POST"] = "CONNECT"
@@ -268,13 +268,13 @@ def _is_ipv6(text: str) -> bool:
         return False
 
 
-class ProxyProtocol(ApiModel):
+class ProxyProtocol(StrictModel):
     """The PROXY protocol header the proxy sends upstream before the connection's bytes."""
 
     version: Literal["V1", "V2"] = "V1"
 
 
-class TrafficPolicy(ApiModel):
+class TrafficPolicy(StrictModel):
     load_balancer: LoadBalancerSettings | None = None
     connection_pool: ConnectionPoolSettings | None = None
     outlier_detection: OutlierDetection | None = None
@@ -293,17 +293,17 @@ class TrafficPolicy(ApiModel):
         return self
 
 
-class Subset(ApiModel):
+class Subset(StrictModel):
     name: str = Field(min_length=1)
     labels: dict[str, str] = Field(default_factory=dict)
     traffic_policy: TrafficPolicy | None = None
 
 
-class WorkloadSelector(ApiModel):
+class WorkloadSelector(StrictModel):
     match_labels: dict[str, str] = Field(default_factory=dict)
 
 
-class DestinationRuleSpec(ApiModel):
+class DestinationRuleSpec(StrictModel):
     host: str = Field(min_length=1)
     subsets: list[Subset] = Field(default_factory=list)
     traffic_policy: TrafficPolicy | None = None

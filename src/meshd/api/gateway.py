@@ -14,11 +14,11 @@ import base64
 import binascii
 import ipaddress
 import re
-from typing import Any, ClassVar, Literal
+from typing import Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from meshd.api.meta import ApiModel, Resource
+from meshd.api.meta import Resource, StrictModel, refused
 from meshd.api.values import PortNumber
 
 HTTP_PROTOCOLS = ("HTTP", "HTTP2", "GRPC", "GRPC-WEB")
@@ -49,33 +49,11 @@ _DNS_LABEL = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_]*[A-Za-z0-9])?$")
 _HEX_HASH = re.compile(r"^[0-9A-Fa-f]{64}$")
 
 
-class StrictModel(ApiModel):
-    """A model whose unknown fields are refused by name (nothing a user writes is silently dropped);
-    its schema says so (`additionalProperties: false`), so the chart's CRD is strict too."""
-
-    model_config = ConfigDict(**{**ApiModel.model_config, "extra": "forbid"})
-    _known: ClassVar[frozenset[str]] = frozenset()
-
-    @classmethod
-    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
-        super().__pydantic_init_subclass__(**kwargs)
-        cls._known = frozenset(n for name, info in cls.model_fields.items() for n in (name, info.alias or name))
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_unknown(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for key in data:
-                if key not in cls._known:
-                    raise ValueError(f"{key}: unknown field (not part of Istio's Gateway API as meshd reads it)")
-        return data
-
-
 class GatewayPort(StrictModel):
     number: PortNumber
     protocol: str = Field(min_length=1)
     name: str = ""
-    target_port: int | None = None
+    target_port: int | None = refused("gateway servers listen on port.number; a separate target port is not used")
 
     @model_validator(mode="after")
     def _check(self) -> GatewayPort:
@@ -83,8 +61,6 @@ class GatewayPort(StrictModel):
             raise ValueError(f"protocol: {self.protocol!r} is not one of {', '.join(PROTOCOLS)}")
         if not self.name:
             raise ValueError("name: a gateway server port needs a name (Istio requires it)")
-        if self.target_port is not None:
-            raise ValueError("targetPort: not used by gateway servers (the proxy listens on port.number)")
         return self
 
     @property
@@ -282,7 +258,7 @@ class Server(StrictModel):
     bind: str = ""
     hosts: list[str] = Field(min_length=1)
     tls: ServerTLSSettings | None = None
-    default_endpoint: str = ""
+    default_endpoint: str | None = refused("not implemented by Istio either")
     name: str = ""
 
     @model_validator(mode="after")
@@ -292,8 +268,6 @@ class Server(StrictModel):
                 _check_server_host(host)
             except ValueError as err:
                 raise ValueError(f"hosts[{i}]: {err}") from None
-        if self.default_endpoint:
-            raise ValueError("defaultEndpoint: not implemented (as in Istio)")
         if self.bind:
             try:
                 ipaddress.ip_address(self.bind)

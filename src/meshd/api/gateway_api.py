@@ -4,7 +4,7 @@ them (the standard channel of Gateway API v1.2).
 Strict: an unknown field is refused by name. Fields of the standard channel that meshd does not translate
 are read so that they can be refused where the specification says to (a listener protocol meshd does not
 serve is a listener condition `UnsupportedProtocol`, `addresses` a Gateway condition `UnsupportedAddress`);
-`infrastructure` and TLS `options` are refused here, by name. A Gateway API Gateway's identity is
+`infrastructure.parametersRef` and TLS `options` are refused here, by name. A Gateway API Gateway's identity is
 `KubernetesGateway` (`api.meta.kind_identity`): it never collides with an Istio Gateway of the same name.
 """
 
@@ -15,8 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
-from meshd.api.gateway import StrictModel
-from meshd.api.meta import GATEWAY_API_GROUP, Resource
+from meshd.api.meta import GATEWAY_API_GROUP, Resource, StrictModel, refused
 from meshd.api.values import PortNumber
 
 GATEWAY_API_VERSIONS = (f"{GATEWAY_API_GROUP}/v1", f"{GATEWAY_API_GROUP}/v1beta1")
@@ -48,15 +47,15 @@ Hostname = Annotated[str, AfterValidator(check_hostname)]
 PreciseHostname = Annotated[str, AfterValidator(_precise)]
 
 
-class LabelSelectorRequirement(StrictModel):
+class KubeLabelSelectorRequirement(StrictModel):
     key: str = Field(min_length=1)
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
     values: list[str] = Field(default_factory=list)
 
 
-class LabelSelector(StrictModel):
+class KubeLabelSelector(StrictModel):
     match_labels: dict[str, str] = Field(default_factory=dict)
-    match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list)
+    match_expressions: list[KubeLabelSelectorRequirement] = Field(default_factory=list)
 
     def matches(self, labels: dict[str, str]) -> bool:
         if any(labels.get(k) != v for k, v in self.match_labels.items()):
@@ -83,7 +82,7 @@ class ParametersReference(StrictModel):
 
 class GatewayClassSpec(StrictModel):
     controller_name: str = Field(min_length=1)
-    parameters_ref: ParametersReference | None = None
+    parameters_ref: ParametersReference | None = None  # the class is not Accepted (InvalidParameters)
     description: str = ""
 
 
@@ -102,18 +101,12 @@ class SecretObjectReference(StrictModel):
 class GatewayTLSConfig(StrictModel):
     mode: Literal["Terminate", "Passthrough"] = "Terminate"
     certificate_refs: list[SecretObjectReference] = Field(default_factory=list, max_length=64)
-    options: dict[str, str] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _check(self) -> GatewayTLSConfig:
-        if self.options:
-            raise ValueError("options: TLS options are not supported by meshd (none is applied)")
-        return self
+    options: dict[str, str] | None = refused("TLS options are not applied by meshd (the listener keeps its defaults)")
 
 
 class RouteNamespaces(StrictModel):
     from_: Literal["All", "Same", "Selector"] = Field(default="Same", alias="from")
-    selector: LabelSelector | None = None
+    selector: KubeLabelSelector | None = None
 
     @model_validator(mode="after")
     def _check(self) -> RouteNamespaces:
@@ -157,12 +150,12 @@ class GatewayInfrastructure(StrictModel):
 
     labels: dict[str, str] = Field(default_factory=dict, max_length=8)
     annotations: dict[str, str] = Field(default_factory=dict, max_length=8)
-    parameters_ref: dict[str, object] | None = None
+    parameters_ref: dict[str, object] | None = refused(
+        "no parameters are applied to what meshd deploys: use infrastructure.labels/annotations"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> GatewayInfrastructure:
-        if self.parameters_ref is not None:
-            raise ValueError("parametersRef: not supported by meshd (no parameters are applied to what it deploys)")
         for key, value in self.labels.items():
             if not _LABEL_NAME.match(key) or not _LABEL_VALUE.match(value):
                 raise ValueError(f"labels: {key[:100]!r}: {value[:100]!r} is not a valid Kubernetes label")
@@ -172,14 +165,14 @@ class GatewayInfrastructure(StrictModel):
         return self
 
 
-class GatewaySpec(StrictModel):
+class KubernetesGatewaySpec(StrictModel):
     gateway_class_name: str = Field(min_length=1)
     listeners: list[Listener] = Field(min_length=1, max_length=64)
     addresses: list[GatewayAddress] = Field(default_factory=list)
     infrastructure: GatewayInfrastructure | None = None
 
     @model_validator(mode="after")
-    def _check(self) -> GatewaySpec:
+    def _check(self) -> KubernetesGatewaySpec:
         names = [listener.name for listener in self.listeners]
         for i, name in enumerate(names):
             if name in names[:i]:
@@ -191,7 +184,7 @@ class KubernetesGateway(Resource):
     """gateway.networking.k8s.io Gateway (identity kind `KubernetesGateway`)."""
 
     kind: Literal["Gateway"]
-    spec: GatewaySpec
+    spec: KubernetesGatewaySpec
 
 
 class ReferenceGrantFrom(StrictModel):

@@ -12,9 +12,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from meshd.api.gateway import StrictModel
 from meshd.api.gateway_api import Hostname, ParentReference, PreciseHostname
-from meshd.api.meta import Resource
+from meshd.api.meta import Resource, StrictModel, refused
 from meshd.api.values import DurationOrZero, PortNumber, check_regex
 
 MAX_BACKEND_WEIGHT = 1_000_000
@@ -48,7 +47,7 @@ class HeaderMatch(StrictModel):
         return self
 
 
-class RouteMatch(StrictModel):
+class HTTPRouteMatch(StrictModel):
     path: PathMatch = Field(default_factory=PathMatch)
     headers: list[HeaderMatch] = Field(default_factory=list, max_length=16)
     query_params: list[HeaderMatch] = Field(default_factory=list, max_length=16)
@@ -122,13 +121,7 @@ class BackendObjectReference(StrictModel):
 class RequestMirror(StrictModel):
     backend_ref: BackendObjectReference
     percent: int | None = Field(default=None, ge=0, le=100)
-    fraction: dict[str, int] | None = None
-
-    @model_validator(mode="after")
-    def _check(self) -> RequestMirror:
-        if self.fraction is not None:
-            raise ValueError("fraction: not supported by meshd yet (use percent)")
-        return self
+    fraction: dict[str, int] | None = refused("a mirror fraction is not applied by meshd yet (use percent)")
 
 
 FILTER_FIELDS = {
@@ -147,6 +140,8 @@ class RouteFilter(StrictModel):
     request_redirect: RequestRedirect | None = None
     url_rewrite: URLRewrite | None = None
     request_mirror: RequestMirror | None = None
+    extension_ref: dict[str, object] | None = refused("extension filters are not applied by meshd")
+    cors: dict[str, object] | None = refused("the CORS filter of HTTPRoute is not applied by meshd yet")
 
     @model_validator(mode="after")
     def _check(self) -> RouteFilter:
@@ -180,21 +175,19 @@ class HTTPBackendRef(BackendObjectReference):
 
 class RouteTimeouts(StrictModel):
     request: DurationOrZero | None = None
-    backend_request: DurationOrZero | None = None
-
-    @model_validator(mode="after")
-    def _check(self) -> RouteTimeouts:
-        if self.backend_request is not None:
-            raise ValueError("backendRequest: not supported by meshd yet (use request)")
-        return self
+    backend_request: DurationOrZero | None = refused(
+        "a per-try backend timeout is not applied by meshd yet (use request)"
+    )
 
 
 class RouteRule(StrictModel):
     name: str = ""
-    matches: list[RouteMatch] = Field(default_factory=list, max_length=64)
+    matches: list[HTTPRouteMatch] = Field(default_factory=list, max_length=64)
     filters: list[RouteFilter] = Field(default_factory=list, max_length=16)
     backend_refs: list[HTTPBackendRef] = Field(default_factory=list, max_length=16)
     timeouts: RouteTimeouts | None = None
+    retry: dict[str, object] | None = refused("retries of an HTTPRoute are not applied by meshd yet")
+    session_persistence: dict[str, object] | None = refused("session persistence is not applied by meshd")
 
     @model_validator(mode="after")
     def _check(self) -> RouteRule:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pydantic import Field, model_validator
 
 from meshd.api.destination import MAX_WEIGHT, Destination, check_weights
-from meshd.api.meta import ApiModel
+from meshd.api.meta import StrictModel
 from meshd.api.values import PortNumber
 
 _LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
@@ -65,7 +65,7 @@ def host_within(host: str, pattern: str) -> bool:
     return False
 
 
-class L4MatchAttributes(ApiModel):
+class L4MatchAttributes(StrictModel):
     """Istio's L4MatchAttributes (`sourceSubnet`, hidden in Istio's docs, matches the source address)."""
 
     destination_subnets: list[str] = Field(default_factory=list)
@@ -86,7 +86,7 @@ class L4MatchAttributes(ApiModel):
         return self
 
 
-class TLSMatchAttributes(ApiModel):
+class TLSMatchAttributes(StrictModel):
     sni_hosts: list[str] = Field(min_length=1)
     destination_subnets: list[str] = Field(default_factory=list)
     port: PortNumber | None = None
@@ -105,7 +105,7 @@ class TLSMatchAttributes(ApiModel):
         return self
 
 
-class RouteDestination(ApiModel):
+class RouteDestination(StrictModel):
     """An L4 weighted destination (Istio's RouteDestination: no header operations)."""
 
     destination: Destination
@@ -123,7 +123,7 @@ def effective_weights(route: Sequence[RouteDestination]) -> list[int]:
     return [100] if len(route) == 1 else [d.weight for d in route]
 
 
-class TCPRoute(ApiModel):
+class TCPRoute(StrictModel):
     match: list[L4MatchAttributes] = Field(default_factory=list)
     route: list[RouteDestination] = Field(default_factory=list)
 
@@ -136,7 +136,7 @@ class TCPRoute(ApiModel):
         return effective_weights(self.route)
 
 
-class TLSRoute(ApiModel):
+class TLSRoute(StrictModel):
     match: list[TLSMatchAttributes] = Field(min_length=1)
     route: list[RouteDestination] = Field(default_factory=list)
 

@@ -16,7 +16,8 @@ from envoy.type.v3 import http_status_pb2
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from meshd.api.meta import ApiModel, field_path
+from meshd.api.meshtelemetry import InvalidTelemetryConfig, MeshTelemetry, parse_mesh_telemetry
+from meshd.api.meta import ApiModel, StrictModel, field_path
 from meshd.api.values import Duration, PortNumber
 
 NORMALIZATIONS = ("NONE", "BASE", "MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES")
@@ -30,19 +31,13 @@ class InvalidMeshConfig(ValueError):
     pass
 
 
-class _Strict(ApiModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, hide_input_in_errors=True
-    )
-
-
-class RequestBody(_Strict):
+class RequestBody(StrictModel):
     max_request_bytes: int = Field(default=0, ge=0, le=2**32 - 1)
     allow_partial_message: bool = False
     pack_as_bytes: bool = False
 
 
-class _ExtAuthz(_Strict):
+class _ExtAuthz(StrictModel):
     service: str = Field(min_length=1)
     port: PortNumber
     timeout: Duration | None = None
@@ -133,13 +128,21 @@ class MeshPolicy(ApiModel):
     path_normalization: Literal["NONE", "BASE", "MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES"] = "BASE"
     trust_domain_aliases: tuple[str, ...] = ()
     outbound_traffic_policy: Literal["ALLOW_ANY", "REGISTRY_ONLY"] | None = None
+    # access logging and tracing (api/meshtelemetry.py)
+    telemetry: MeshTelemetry = MeshTelemetry()
 
     def provider(self, name: str) -> ExtensionProvider | None:
         return next((p for p in self.extension_providers if p.name == name), None)
 
     def __hash__(self) -> int:
         return hash(
-            (self.extension_providers, self.path_normalization, self.trust_domain_aliases, self.outbound_traffic_policy)
+            (
+                self.extension_providers,
+                self.path_normalization,
+                self.trust_domain_aliases,
+                self.outbound_traffic_policy,
+                self.telemetry,
+            )
         )
 
 
@@ -168,9 +171,16 @@ def parse_mesh_policy(raw: dict[str, Any]) -> MeshPolicy:
         where = field_path(first["loc"]).replace("pathNormalization", "pathNormalization.normalization")
         where = where.replace("outboundTrafficPolicy", "outboundTrafficPolicy.mode")
         message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
+        head, sep, rest = message.partition(": ")
+        if sep and head and " " not in head:  # "<field>: message" from a model validator: part of the path
+            where, message = f"{where}.{head}" if where != "<root>" else head, rest
         raise InvalidMeshConfig(f"{where}: {message}") from None
     names = [p.name for p in policy.extension_providers]
     for i, name in enumerate(names):
         if name in names[:i]:
             raise InvalidMeshConfig(f"extensionProviders[{i}].name: {name!r} is already the name of another provider")
-    return policy
+    try:
+        telemetry = parse_mesh_telemetry(raw)
+    except InvalidTelemetryConfig as exc:
+        raise InvalidMeshConfig(str(exc)) from None
+    return policy.model_copy(update={"telemetry": telemetry})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import types
 import typing
 from dataclasses import dataclass
@@ -36,6 +37,81 @@ class ApiModel(BaseModel):
         if isinstance(data, dict) and None in data.values():
             return {k: v for k, v in data.items() if v is not None or k not in cls._null_is_unset}
         return data
+
+
+REFUSED_MARK = "x-meshd-refused"
+
+
+def refused(reason: str, *, alias: str | None = None) -> Any:
+    """A field of Istio's API that meshd does not implement: modelled (so the CRD has its type and the
+    API server hands it to meshd rather than pruning it) and refused, naming it, whenever it is set.
+    `reason` says what that means for traffic; the field-walk test lists every such field."""
+    return Field(default=None, alias=alias, json_schema_extra={REFUSED_MARK: reason})
+
+
+class StrictModel(ApiModel):
+    """The base of every Istio API model: an unknown field is refused with its path and, when one of the
+    model's fields is close, "did you mean" (a typo like `timout` must never be dropped); a field marked
+    `refused(...)` is refused, with its reason, when set. The schema says `additionalProperties: false`,
+    so the chart's CRDs (tools/gencrds.py) are as strict as the models."""
+
+    model_config = ConfigDict(**{**ApiModel.model_config, "extra": "forbid", "hide_input_in_errors": True})
+    _known: ClassVar[frozenset[str]] = frozenset()
+    _wire_names: ClassVar[tuple[str, ...]] = ()
+    _refused: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        cls._known = frozenset(n for name, info in cls.model_fields.items() for n in (name, info.alias or name))
+        cls._wire_names = tuple(info.alias or name for name, info in cls.model_fields.items())
+        wire = {info.alias or name: name for name, info in cls.model_fields.items()}
+        refused_fields: dict[str, str] = {}  # by wire name, and by Python name unless that is another's wire name
+        for name, info in cls.model_fields.items():
+            extra = info.json_schema_extra
+            if isinstance(extra, dict) and isinstance(extra.get(REFUSED_MARK), str):
+                reason = extra[REFUSED_MARK]
+                assert isinstance(reason, str)
+                refused_fields[info.alias or name] = reason
+                if wire.get(name, name) == name:
+                    refused_fields[name] = reason
+        cls._refused = refused_fields
+
+    @model_validator(mode="before")
+    @classmethod
+    def _strict(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, value in data.items():
+                name = str(key)
+                if name not in cls._known:
+                    raise ValueError(f"{_path_part(name)}: unknown field{did_you_mean(name, cls._wire_names)}")
+                if value is not None and name in cls._refused:
+                    raise ValueError(f"{name}: not supported by meshd: {cls._refused[name]}")
+        return data
+
+    @classmethod
+    def refused_fields(cls) -> dict[str, str]:
+        """Wire name -> reason, for the fields this model refuses when set."""
+        return {
+            info.alias or name: cls._refused[info.alias or name]
+            for name, info in cls.model_fields.items()
+            if (info.alias or name) in cls._refused
+        }
+
+
+def did_you_mean(name: str, candidates: typing.Iterable[str]) -> str:
+    """` (did you mean 'timeout'?)` when a candidate is close to `name` (case-insensitive), else ''."""
+    if len(name) > 64:  # no field name is that long: not a typo of one (and difflib stays cheap)
+        return ""
+    lowered = {c.lower(): c for c in candidates}
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.75)
+    return f" (did you mean {lowered[close[0]]!r}?)" if close else ""
+
+
+def _path_part(name: str) -> str:
+    """A key as a path part the parser folds into the field path (no spaces, bounded)."""
+    clipped = name if len(name) <= 80 else f"{name[:80]}..."
+    return clipped if clipped and " " not in clipped and ":" not in clipped else repr(clipped).replace(" ", "\\x20")
 
 
 def _accepts_none(annotation: Any) -> bool:

@@ -13,8 +13,14 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from meshd.api.destinationrule import ConnectionPoolSettings
-from meshd.api.meta import ApiModel, Resource
-from meshd.api.sidecar_ingress import OUTBOUND_MODES, IstioIngressListener, OutboundTrafficPolicy, check_ingress
+from meshd.api.meta import Resource, StrictModel, refused
+from meshd.api.sidecar_ingress import (
+    OUTBOUND_MODES,
+    CaptureMode,
+    IstioIngressListener,
+    OutboundTrafficPolicy,
+    check_ingress,
+)
 from meshd.api.values import PortNumber
 
 __all__ = ["OUTBOUND_MODES", "IstioIngressListener", "OutboundTrafficPolicy"]
@@ -26,13 +32,16 @@ NETWORKING_VERSIONS = (
 )
 
 
-class WorkloadEntrySpec(ApiModel):
+class WorkloadEntrySpec(StrictModel):
     address: str = ""
     ports: dict[str, PortNumber] = Field(default_factory=dict)
     labels: dict[str, str] = Field(default_factory=dict)
     service_account: str = ""
     locality: str = ""
     weight: int = Field(default=0, ge=0, le=2**32 - 1)  # Istio's and Envoy's uint32
+    network: str | None = refused(
+        "multi-network meshes are not supported: every endpoint is taken as reachable directly"
+    )
 
 
 class WorkloadEntry(Resource):
@@ -44,7 +53,7 @@ class WorkloadEntry(Resource):
 SE_PROTOCOLS = ("HTTP", "HTTPS", "GRPC", "GRPC-WEB", "HTTP2", "MONGO", "MYSQL", "REDIS", "TCP", "TLS")
 
 
-class ServiceEntryPort(ApiModel):
+class ServiceEntryPort(StrictModel):
     number: PortNumber
     protocol: str = "TCP"
     name: str = ""
@@ -57,7 +66,7 @@ class ServiceEntryPort(ApiModel):
         return self
 
 
-class WorkloadSelector(ApiModel):
+class WorkloadSelector(StrictModel):
     labels: dict[str, str] = Field(default_factory=dict)
 
 
@@ -81,7 +90,7 @@ def _check_entry_hosts(hosts: list[str]) -> None:
             raise ValueError(f"hosts[{i}]: {host!r}: a wildcard is only allowed as the whole leftmost label")
 
 
-class ServiceEntrySpec(ApiModel):
+class ServiceEntrySpec(StrictModel):
     hosts: list[str] = Field(min_length=1)
     addresses: list[str] = Field(default_factory=list)
     ports: list[ServiceEntryPort] = Field(default_factory=list)
@@ -142,16 +151,17 @@ class ServiceEntry(Resource):
     spec: ServiceEntrySpec
 
 
-class SidecarPort(ApiModel):
+class SidecarPort(StrictModel):
     number: PortNumber
     protocol: str = ""
     name: str = ""
+    target_port: int | None = refused("an egress listener's port has no target port (Istio ignores it too)")
 
 
-class IstioEgressListener(ApiModel):
+class IstioEgressListener(StrictModel):
     port: SidecarPort | None = None
-    bind: str = ""
-    capture_mode: str = "DEFAULT"
+    bind: str | None = refused("egress listeners are not bound to other addresses by meshd")
+    capture_mode: CaptureMode | None = refused("egress listeners follow the proxy's capture mode in meshd")
     hosts: list[str] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -163,7 +173,7 @@ class IstioEgressListener(ApiModel):
         return self
 
 
-class SidecarSpec(ApiModel):
+class SidecarSpec(StrictModel):
     workload_selector: WorkloadSelector | None = None
     egress: list[IstioEgressListener] = Field(default_factory=list)
     ingress: list[IstioIngressListener] = Field(default_factory=list)

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from meshd.api.authorization import AuthorizationPolicy, refused_policy
 from meshd.api.destinationrule import DestinationRule
+from meshd.api.envoyfilter import EnvoyFilter
 from meshd.api.gateway import Gateway
 from meshd.api.gateway_api import (
     GATEWAY_API_VERSIONS,
@@ -24,6 +25,7 @@ from meshd.api.meta import KUBERNETES_GATEWAY, InvalidResource, Resource, Resour
 from meshd.api.networking import NETWORKING_VERSIONS, ServiceEntry, Sidecar, WorkloadEntry
 from meshd.api.request_authentication import RequestAuthentication, refused_request_authentication
 from meshd.api.security import SECURITY_VERSIONS, PeerAuthentication
+from meshd.api.telemetry import TELEMETRY_VERSIONS, Telemetry
 from meshd.api.virtualservice import VirtualService
 
 # kind identity (api.meta.kind_identity) -> (model, accepted apiVersions)
@@ -39,9 +41,11 @@ KINDS: dict[str, tuple[type[Resource], tuple[str, ...]]] = {
     "WorkloadEntry": (WorkloadEntry, NETWORKING_VERSIONS),
     "Sidecar": (Sidecar, NETWORKING_VERSIONS),
     "Gateway": (Gateway, NETWORKING_VERSIONS),
+    "EnvoyFilter": (EnvoyFilter, ("networking.istio.io/v1alpha3",)),
     "PeerAuthentication": (PeerAuthentication, SECURITY_VERSIONS),
     "RequestAuthentication": (RequestAuthentication, SECURITY_VERSIONS),
     "AuthorizationPolicy": (AuthorizationPolicy, SECURITY_VERSIONS),
+    "Telemetry": (Telemetry, TELEMETRY_VERSIONS),
     # Kubernetes Gateway API (gateway.networking.k8s.io): converted into gateways and routes (model/gateway_api/)
     "GatewayClass": (GatewayClass, GATEWAY_API_VERSIONS),
     KUBERNETES_GATEWAY: (KubernetesGateway, GATEWAY_API_VERSIONS),
@@ -62,10 +66,6 @@ FAIL_CLOSED: dict[str, Callable[[dict[str, Any], InvalidResource], Resource | No
 # Istio kinds meshd reads but does not translate yet: refused with what that means for traffic (in
 # Kubernetes mode their CRDs are watched so each object gets this on its status, never silently ignored).
 REFUSED_KINDS: dict[str, str] = {
-    "Telemetry": "telemetry.istio.io Telemetry is not supported by meshd yet: it is not applied (metrics, access "
-    "logging and tracing stay as the mesh config sets them)",
-    "EnvoyFilter": "networking.istio.io EnvoyFilter is not supported by meshd yet: its patches are not applied to "
-    "the Envoy config meshd generates",
     "WasmPlugin": "extensions.istio.io WasmPlugin is not supported by meshd yet: the plugin is not loaded, no Wasm "
     "filter runs in the selected proxies",
     "ProxyConfig": "networking.istio.io ProxyConfig is not supported by meshd yet: proxies keep their defaults "

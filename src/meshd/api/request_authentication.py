@@ -2,8 +2,10 @@
 
 Every field of Istio's schema is modelled and checked as Istio validates it (plus what Envoy would refuse),
 so admission, standalone files and translation give the same message. Unknown fields are refused, never
-dropped. Fields Istio added that meshd does not implement yet, and `targetRef`/`targetRefs` (attaching to a
-Gateway or a Service: sidecars are selected with `selector`), are refused with a named error.
+dropped. Fields Istio added that meshd does not implement yet, and `targetRef`/`targetRefs` to a Service or
+ServiceEntry (Istio attaches those to waypoints, which meshd does not serve), are refused with a named error.
+A `targetRef` to a gateway.networking.k8s.io Gateway or GatewayClass attaches the policy to the gateway
+workloads labelled with its name (`gateway.networking.k8s.io/gateway-name` / `gateway-class-name`).
 
 Scope, as Istio: a policy in the root namespace without a selector applies to the whole mesh, one without a
 selector to its namespace, one with a selector to the matching workloads of its namespace; every policy that
@@ -23,7 +25,7 @@ from urllib.parse import urlsplit
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from meshd.api.jwks import JwksError, normalize_jwks
-from meshd.api.meta import ApiModel, InvalidResource, ObjectMeta, Resource
+from meshd.api.meta import InvalidResource, ObjectMeta, Resource, StrictModel, refused
 from meshd.api.values import Duration
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9a-zA-Z]+$")  # an HTTP header (or cookie) name
@@ -34,10 +36,7 @@ _RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "c
 MAX_URI = 2048
 # Fields of newer Istio releases meshd does not implement: refused with this name, never ignored.
 UNSUPPORTED_RULE_FIELDS = ("spaceDelimitedClaims", "presence", "failureMode", "failedStatusInMetadata")
-
-
-class _Strict(ApiModel):
-    model_config = ConfigDict(extra="forbid")
+_NEWER = "a field of newer Istio releases meshd does not implement yet (refused rather than ignored)"
 
 
 def _header_name(name: str, what: str) -> None:
@@ -52,11 +51,11 @@ def _printable(value: str, what: str) -> None:
         raise ValueError(f"{what}: {value!r} contains a control character")
 
 
-class WorkloadSelector(_Strict):
+class WorkloadSelector(StrictModel):
     match_labels: dict[str, str] = Field(default_factory=dict)
 
 
-class JwtHeader(_Strict):
+class JwtHeader(StrictModel):
     name: str = Field(min_length=1)
     prefix: str = ""
 
@@ -68,7 +67,7 @@ class JwtHeader(_Strict):
         return self
 
 
-class ClaimToHeader(_Strict):
+class ClaimToHeader(StrictModel):
     header: str = Field(min_length=1)
     claim: str = Field(min_length=1)
 
@@ -106,8 +105,8 @@ def _alt_name(schema: dict[str, Any]) -> None:
     schema["properties"]["jwks_uri"] = {"type": "string", "description": "jwksUri under its other name"}
 
 
-class JwtRule(_Strict):
-    model_config = ConfigDict(extra="forbid", json_schema_extra=_alt_name)
+class JwtRule(StrictModel):
+    model_config = ConfigDict(json_schema_extra=_alt_name)
 
     issuer: str = Field(min_length=1)
     audiences: list[str] = Field(default_factory=list)
@@ -121,17 +120,13 @@ class JwtRule(_Strict):
     forward_original_token: bool = False
     timeout: Duration | None = None
     # newer Istio fields: declared so the CRD keeps them and meshd can refuse them by name
-    space_delimited_claims: list[str] = Field(default_factory=list)
-    presence: str | None = None
-    failure_mode: str | None = None
-    failed_status_in_metadata: bool | None = None
+    space_delimited_claims: list[str] | None = refused(_NEWER)
+    presence: str | None = refused(_NEWER)
+    failure_mode: str | None = refused(_NEWER)
+    failed_status_in_metadata: bool | None = refused(_NEWER)
 
     @model_validator(mode="after")
     def _check(self) -> JwtRule:
-        for field in UNSUPPORTED_RULE_FIELDS:
-            value = getattr(self, _snake(field))
-            if value not in (None, []):
-                raise ValueError(f"{field}: not supported by meshd yet (refused rather than ignored)")
         _printable(self.issuer, "issuer")
         for i, audience in enumerate(self.audiences):
             if not audience:
@@ -170,7 +165,13 @@ def _snake(camel: str) -> str:
     return re.sub(r"[A-Z]", lambda m: "_" + m.group(0).lower(), camel)
 
 
-class PolicyTargetReference(_Strict):
+# targetRef kinds: attached to gateway workloads by their labels (translate/jwt_authn.py); the waypoint
+# kinds Istio also accepts are refused by name (meshd serves no waypoint)
+GATEWAY_TARGETS = frozenset({("gateway.networking.k8s.io", "Gateway"), ("gateway.networking.k8s.io", "GatewayClass")})
+WAYPOINT_TARGETS = frozenset({("", "Service"), ("core", "Service"), ("networking.istio.io", "ServiceEntry")})
+
+
+class PolicyTargetReference(StrictModel):
     group: str = ""
     kind: str = Field(min_length=1, max_length=63)
     name: str = Field(min_length=1, max_length=253)
@@ -185,7 +186,7 @@ class PolicyTargetReference(_Strict):
         return self
 
 
-class RequestAuthenticationSpec(_Strict):
+class RequestAuthenticationSpec(StrictModel):
     selector: WorkloadSelector | None = None
     target_ref: PolicyTargetReference | None = None
     target_refs: list[PolicyTargetReference] = Field(default_factory=list, max_length=16)
@@ -200,11 +201,23 @@ class RequestAuthenticationSpec(_Strict):
         if targets and self.selector is not None:
             raise ValueError(f"{targets[0][0]}: only one of targetRefs or selector can be set")
         for where, ref in targets:
+            if (ref.group, ref.kind) in GATEWAY_TARGETS:
+                continue
+            if (ref.group, ref.kind) in WAYPOINT_TARGETS:
+                raise ValueError(
+                    f"{where}.kind: Istio attaches a RequestAuthentication targeting a {ref.kind} to its waypoint, "
+                    "which meshd does not serve; select the sidecars with spec.selector"
+                )
             raise ValueError(
-                f"{where}.kind: attaching a RequestAuthentication to a {ref.kind} ({ref.group or 'core'}) is not "
-                "supported by meshd yet; select the sidecars with spec.selector"
+                f"{where}.kind: {ref.group or 'core'}/{ref.kind} is not a kind Istio attaches a RequestAuthentication"
+                " to (gateway.networking.k8s.io/Gateway or GatewayClass; core/Service and "
+                "networking.istio.io/ServiceEntry for waypoints)"
             )
         return self
+
+    @property
+    def targets(self) -> list[PolicyTargetReference]:
+        return [self.target_ref] if self.target_ref is not None else list(self.target_refs)
 
     @property
     def has_selector(self) -> bool:
@@ -267,8 +280,9 @@ def _locations(rules: object) -> TokenLocations:
 def refused_request_authentication(doc: dict[str, Any], error: InvalidResource) -> RequestAuthentication | None:
     """A policy whose spec failed validation, kept so that it fails closed on its workloads (every token
     presented where its rules, or Envoy's defaults, look is rejected): its metadata, its selector if that
-    reads (else it is namespace-wide) and its token locations. None when the metadata is unreadable, and
-    for a policy with `targetRef`/`targetRefs` (not for sidecars: refused, it changes none)."""
+    reads (else it is namespace-wide), or its gateway targets, and its token locations. None when the metadata
+    is unreadable, and for a policy whose `targetRef`/`targetRefs` do not name gateways (refused: it attaches
+    to nothing meshd serves)."""
     try:
         metadata = ObjectMeta.model_validate(doc.get("metadata"))
     except (ValidationError, TypeError, ValueError):
@@ -276,16 +290,23 @@ def refused_request_authentication(doc: dict[str, Any], error: InvalidResource) 
     raw = doc.get("spec")
     spec: dict[str, Any] = raw if isinstance(raw, dict) else {}
     if "targetRef" in spec or "targetRefs" in spec:
-        return None
-    try:
-        selector = WorkloadSelector.model_validate(spec["selector"]) if spec.get("selector") is not None else None
-    except (ValidationError, TypeError, ValueError):
-        selector = None
+        try:  # gateway targets that read on their own: the policy fails closed on those gateways
+            scope = RequestAuthenticationSpec.model_validate(
+                {k: spec[k] for k in ("targetRef", "targetRefs") if k in spec}
+            )
+        except (ValidationError, TypeError, ValueError):
+            return None
+    else:
+        try:
+            selector = WorkloadSelector.model_validate(spec["selector"]) if spec.get("selector") is not None else None
+        except (ValidationError, TypeError, ValueError):
+            selector = None
+        scope = RequestAuthenticationSpec(selector=selector)
     policy = RequestAuthentication(
         api_version=str(doc.get("apiVersion")),
         kind="RequestAuthentication",
         metadata=metadata,
-        spec=RequestAuthenticationSpec(selector=selector),
+        spec=scope,
     )
     policy._refusal = error
     policy._refused_locations = _locations(spec.get("jwtRules"))

@@ -10,21 +10,21 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from meshd.api.meta import ApiModel, Resource
+from meshd.api.meta import Resource, StrictModel
 
 SECURITY_VERSIONS = ("security.istio.io/v1", "security.istio.io/v1beta1")
 MtlsMode = Literal["UNSET", "DISABLE", "PERMISSIVE", "STRICT"]
 
 
-class PeerAuthenticationMtls(ApiModel):
+class PeerAuthenticationMtls(StrictModel):
     mode: MtlsMode = "UNSET"
 
 
-class LabelSelector(ApiModel):
+class LabelSelector(StrictModel):
     match_labels: dict[str, str] = Field(default_factory=dict)
 
 
-class PeerAuthenticationSpec(ApiModel):
+class PeerAuthenticationSpec(StrictModel):
     selector: LabelSelector | None = None
     mtls: PeerAuthenticationMtls | None = None
     # keyed by the workload's (container / target) port, as Istio reads it

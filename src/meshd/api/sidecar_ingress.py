@@ -13,10 +13,11 @@ from pydantic import Field, model_validator
 
 from meshd.api.destination import Destination
 from meshd.api.destinationrule import ConnectionPoolSettings
-from meshd.api.meta import ApiModel
+from meshd.api.meta import StrictModel, refused
 from meshd.api.values import PortNumber
 
 CAPTURE_MODES = ("DEFAULT", "IPTABLES", "NONE")
+CaptureMode = Literal["DEFAULT", "IPTABLES", "NONE"]
 TLS_VERSIONS = ("TLS_AUTO", "TLSV1_0", "TLSV1_1", "TLSV1_2", "TLSV1_3")
 # The cipher suites BoringSSL (Envoy) knows by name; Envoy refuses a listener naming another.
 CIPHER_SUITES = frozenset(
@@ -31,14 +32,14 @@ CIPHER_SUITES = frozenset(
 OUTBOUND_MODES = ("ALLOW_ANY", "REGISTRY_ONLY")
 
 
-class SidecarPort(ApiModel):
+class SidecarPort(StrictModel):
     number: PortNumber
     protocol: str = ""
     name: str = ""
     target_port: PortNumber | None = None
 
 
-class IngressTLSSettings(ApiModel):
+class IngressTLSSettings(StrictModel):
     """Istio's ServerTLSSettings as a sidecar's ingress listener takes them."""
 
     mode: str = "SIMPLE"
@@ -46,26 +47,24 @@ class IngressTLSSettings(ApiModel):
     private_key: str = ""
     ca_certificates: str = ""
     ca_crl: str = ""
-    credential_name: str = ""
-    credential_names: list[str] = Field(default_factory=list)
+    credential_name: str | None = refused(
+        "a sidecar's ingress listener reads its certificate from files: give serverCertificate and privateKey"
+    )
+    credential_names: list[str] | None = refused(
+        "a sidecar's ingress listener reads its certificate from files: give serverCertificate and privateKey"
+    )
     subject_alt_names: list[str] = Field(default_factory=list)
     verify_certificate_spki: list[str] = Field(default_factory=list)
     verify_certificate_hash: list[str] = Field(default_factory=list)
     min_protocol_version: Literal["TLS_AUTO", "TLSV1_0", "TLSV1_1", "TLSV1_2", "TLSV1_3"] = "TLS_AUTO"
     max_protocol_version: Literal["TLS_AUTO", "TLSV1_0", "TLSV1_1", "TLSV1_2", "TLSV1_3"] = "TLS_AUTO"
     cipher_suites: list[str] = Field(default_factory=list)
-    https_redirect: bool = False
+    https_redirect: bool | None = refused("httpsRedirect applies to gateways only")
 
     @model_validator(mode="after")
     def _check(self) -> IngressTLSSettings:
         if self.mode not in ("SIMPLE", "MUTUAL"):
             raise ValueError(f"mode: {self.mode!r}: a sidecar's ingress terminates TLS with SIMPLE or MUTUAL only")
-        if self.credential_name or self.credential_names:
-            raise ValueError(
-                "credentialName: not supported on a sidecar's ingress listener; give serverCertificate and privateKey"
-            )
-        if self.https_redirect:
-            raise ValueError("httpsRedirect: only applies to gateways")
         if not self.server_certificate:
             raise ValueError("serverCertificate: required (a file in the proxy's filesystem)")
         if not self.private_key:
@@ -110,18 +109,16 @@ def parse_endpoint(text: str) -> tuple[str, int] | str:
     return host, int(port)
 
 
-class IstioIngressListener(ApiModel):
+class IstioIngressListener(StrictModel):
     port: SidecarPort
     bind: str = ""
-    capture_mode: str = "DEFAULT"
+    capture_mode: CaptureMode = "DEFAULT"
     default_endpoint: str = ""
     tls: IngressTLSSettings | None = None
     connection_pool: ConnectionPoolSettings | None = None
 
     @model_validator(mode="after")
     def _check(self) -> IstioIngressListener:
-        if self.capture_mode not in CAPTURE_MODES:
-            raise ValueError(f"captureMode: {self.capture_mode!r} is not one of {', '.join(CAPTURE_MODES)}")
         if self.bind:
             if self.bind.startswith("unix://"):
                 raise ValueError("bind: Unix domain socket binds are not supported by meshd; bind an IP address")
@@ -144,20 +141,12 @@ class IstioIngressListener(ApiModel):
         return parse_endpoint(self.default_endpoint)
 
 
-class OutboundTrafficPolicy(ApiModel):
-    mode: str = "ALLOW_ANY"
-    egress_proxy: Destination | None = None
-
-    @model_validator(mode="after")
-    def _check(self) -> OutboundTrafficPolicy:
-        if self.mode not in OUTBOUND_MODES:
-            raise ValueError(f"mode: {self.mode!r} is not one of {', '.join(OUTBOUND_MODES)}")
-        if self.egress_proxy is not None:
-            raise ValueError(
-                "egressProxy: not supported by meshd (unknown destinations pass through to their original "
-                "destination with ALLOW_ANY); route them with a ServiceEntry and VirtualService instead"
-            )
-        return self
+class OutboundTrafficPolicy(StrictModel):
+    mode: Literal["ALLOW_ANY", "REGISTRY_ONLY"] = "ALLOW_ANY"
+    egress_proxy: Destination | None = refused(
+        "unknown destinations pass through to their original destination with ALLOW_ANY; route them with a "
+        "ServiceEntry and VirtualService instead"
+    )
 
 
 def check_ingress(listeners: list[IstioIngressListener]) -> None:

@@ -9,9 +9,11 @@ import logging
 import pathlib
 import sys
 from dataclasses import asdict
+from typing import Any
 
 from meshd.ctl.analyze import analyze_cluster, analyze_paths
-from meshd.ctl.explain import Request, explain
+from meshd.ctl.explain import Explanation, Request, explain
+from meshd.ctl.explain_inbound import Call, client_transport, explain_inbound, first_endpoint
 from meshd.ctl.proxy_config import KINDS, NoSuchProxy, resources
 from meshd.ctl.proxy_config import render_json as config_json
 from meshd.ctl.proxy_config import render_table as config_table
@@ -44,6 +46,9 @@ def add_ctl_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], *,
     why.add_argument("--path", default="/")
     why.add_argument("--method", default="GET")
     why.add_argument("--header", action="append", default=[], metavar="K=V", help="a request header (repeatable)")
+    why.add_argument(
+        "--from-identity", help="the SPIFFE identity the caller presents over mTLS (for authorization by principal)"
+    )
     _xds_arguments(why, xds_port=xds_port)
     why.add_argument("-o", "--output", choices=["text", "json"], default="text")
     why.set_defaults(func=_explain)
@@ -111,8 +116,50 @@ def _explain(args: argparse.Namespace) -> int:
         return 1
     request = Request(host=host, port=int(port), path=args.path, method=args.method.upper(), headers=headers)
     found = explain(config, request)
+    try:
+        asyncio.run(_server_side(args, config, request, found))
+    except XdsClientError as exc:
+        found.add("server", "unknown", f"meshd did not answer for the server proxy: {exc}")
     sys.stdout.write(json.dumps(found.as_dict(), indent=2) + "\n" if args.output == "json" else found.render())
     return 0
+
+
+async def _server_side(args: argparse.Namespace, config: Any, request: Request, found: Explanation) -> None:
+    """The destination's side: the server proxy of the first destination's first endpoint, its peer
+    authentication and authorization of this request (ctl/explain_inbound.py)."""
+    chosen = next((d for d in found.destinations if d["endpoints"]), None)
+    if chosen is None or not found.outcome.startswith("forwarded"):
+        return
+    cluster, endpoint = first_endpoint(config, chosen["cluster"])
+    if endpoint is None:
+        return
+    address = endpoint.endpoint.address.socket_address
+    statuses = parse_syncz(
+        await ask(args.xds_address, SYNCZ, cert_dir=args.cert_dir, authority=args.authority, timeout_s=args.timeout)
+    )
+    ips = {s.name: s.node_id.split("~")[1] for s in statuses if s.node_id.count("~") >= 3}
+    client_ip = ips.get(args.source) or (args.source.split("~")[1] if args.source.count("~") >= 3 else "")
+    server = next((name for name, ip in ips.items() if ip == address.address), None)
+    if server is None:
+        found.add("server", "none", f"no proxy connected to meshd has the endpoint's address {address.address}")
+        return
+    dump = await ask(
+        args.xds_address, CONFIG_DUMP, names=(server,), cert_dir=args.cert_dir, authority=args.authority,
+        timeout_s=args.timeout,
+    )  # fmt: skip
+    server_config = {kind: resources(dump, kind) for kind in ("listeners",)}
+    mtls, sni = client_transport(cluster, endpoint)
+    call = Call(
+        host=request.host, path=request.path, method=request.method, headers=request.headers,
+        server_ip=address.address, server_port=address.port_value, client_ip=client_ip,
+        client_identity=args.from_identity, mtls=mtls, sni=sni,
+    )  # fmt: skip
+    found.add("server", server, f"the proxy at the endpoint {address.address}:{address.port_value}")
+    inbound = explain_inbound(server_config, call)
+    for step in inbound.steps:
+        found.add(*step)
+    if inbound.outcome:
+        found.outcome = inbound.outcome
 
 
 def _analyze(args: argparse.Namespace) -> int:

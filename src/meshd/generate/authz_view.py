@@ -1,7 +1,8 @@
 """`/debug/authorizationz?proxyID=`: the effective authorization of one connected proxy, as the current
 generation builds it: the policies that apply to its workload (and how: mesh-wide, namespace, selector,
 or failing closed as an unattachable target), each one's errors, the path normalisation, and the RBAC /
-ext_authz filters its inbound HTTP and TCP chains get (as Envoy JSON)."""
+ext_authz filters its inbound HTTP and TCP chains get (as Envoy JSON). For a gateway (router), those of
+its listeners."""
 
 from __future__ import annotations
 
@@ -17,8 +18,14 @@ from meshd.translate.proxy import Proxy
 def authorization_view(generator: ConfigGenerator, proxy: Proxy) -> dict[str, Any]:
     world, options = generator.world, generator.options
     workload = world.workloads.get(proxy.ip)
-    selected = generator.queries.selected_policies(proxy.namespace, proxy.ip)
-    authz = generator.queries.authorization(proxy.namespace, proxy.ip)
+    queries = generator.queries
+    if proxy.type == "router":  # a gateway: by its labels, on its listeners
+        labels = workload.labels if workload is not None else ()
+        selected = queries.gateway_policies(proxy.namespace, labels)
+        authz = queries.gateway_authorization(proxy.namespace, labels)
+    else:
+        selected = queries.selected_policies(proxy.namespace, proxy.ip)
+        authz = queries.authorization(proxy.namespace, proxy.ip)
 
     def describe(policy: Any, how: str) -> dict[str, Any]:
         errors = policy_errors(
@@ -33,6 +40,8 @@ def authorization_view(generator: ConfigGenerator, proxy: Proxy) -> dict[str, An
         }
 
     def how(policy: Any) -> str:
+        if policy.spec.targets:
+            return "targetRef (gateway)"
         if policy.metadata.namespace == options.root_namespace and policy.metadata.namespace != proxy.namespace:
             return "mesh-wide (root namespace)"
         return "selector" if policy.spec.selector and policy.spec.selector.match_labels else "namespace-wide"

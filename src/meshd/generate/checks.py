@@ -7,7 +7,7 @@ so a push re-checks only what changed."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 
 from meshd.api.destinationrule import DestinationRule
 from meshd.api.meshconfig import MeshPolicy
@@ -25,12 +25,16 @@ from meshd.translate.listener_plan import RESERVED_PORTS, ListenerPlan, l4_check
 from meshd.translate.peer_auth import check_policies
 from meshd.translate.protocol import bound_inbound_errors
 from meshd.translate.routes import delegate_inputs, validate_host_routes, wildcard_ports
-from meshd.translate.scope import Scope, ScopeKey, select_sidecar
+from meshd.translate.scope import Scope, ScopeKey, same_items, select_sidecar
 from meshd.translate.secrets import check_credentials
 from meshd.translate.spec import Ident
+from meshd.translate.telemetry.problems import telemetry_errors
 from meshd.translate.upstream_tls import credential_settings
 
 MESH_SCOPE = ScopeKey("", None)
+BoundCheck = tuple[
+    Mapping[tuple[str, int], object], Mapping[str, MeshService], dict[tuple[str, int], list[InvalidResource]]
+]
 
 
 def _host_checks(world: World, host: str) -> list[InvalidResource]:
@@ -76,6 +80,12 @@ class WorldChecks:
         self._prev_route_checks = previous.route_checks if previous is not None else {}
         self.port_check: tuple[tuple[MeshService, ...], list[InvalidResource]] | None = None
         self._prev_port_check = previous.port_check if previous is not None else None
+        # whole-World checks by name: (the inputs they read, their result)
+        self.carried: dict[str, tuple[tuple[object, ...], list[InvalidResource]]] = {}
+        self._prev_carried = previous.carried if previous is not None else {}
+        # the bound-inbound check: (the endpoints and services it read, its errors per endpoint set)
+        self.bound: BoundCheck | None = None
+        self._prev_bound = previous.bound if previous is not None else None
 
     def run(self, destinations: Callable[[VirtualService], list[str]]) -> list[InvalidResource]:
         """`destinations`: the hosts a VirtualService routes to. Passed per call, never kept: holding the
@@ -116,19 +126,91 @@ class WorldChecks:
                 raise MissedInput("port collision check reused with the same services but its result changed")
         self.port_check = (services, port_errors)
         errors.update(dict.fromkeys(port_errors))
-        for namespace in world.sidecars:
-            _, sidecar_errors = select_sidecar(world, namespace=namespace, labels={}, root_namespace=self._root)
-            errors.update(dict.fromkeys(sidecar_errors))
-        errors.update(dict.fromkeys(self._credentials()))
-        errors.update(dict.fromkeys(_tunnels(world)))
-        errors.update(dict.fromkeys(_ingress_ports(world)))
+        errors.update(dict.fromkeys(self._carry("sidecars", (world.sidecars,), self._sidecar_errors)))
+        with_workloads = self._namespaces_with_workloads()
+        credential_inputs = (with_workloads, world.rules_by_host, world.secrets)
+        errors.update(dict.fromkeys(self._carry("credentials", credential_inputs, self._credentials)))
+        errors.update(dict.fromkeys(self._carry("tunnels", (world.services, world.rules_by_host), self._tunnels)))
+        errors.update(dict.fromkeys(self._carry("ingress", (world.sidecars,), self._ingress_ports)))
         errors.update(dict.fromkeys(self._files.errors))
         errors.update(dict.fromkeys(check_policies(world.peer_authentications)))
         errors.update(dict.fromkeys(jwt_authn.check_policies(world.request_authentications)))
+        errors.update(dict.fromkeys(jwt_authn.target_errors(world.request_authentications, root_namespace=self._root)))
         errors.update(dict.fromkeys(authorization_errors(world, mesh=self._mesh, root_namespace=self._root)))
+        errors.update(
+            dict.fromkeys(
+                telemetry_errors(
+                    world.telemetries,
+                    mesh=self._mesh.telemetry,
+                    services=world.services,
+                    domain_suffix=world.domain_suffix,
+                    root_namespace=self._root,
+                )
+            )
+        )
         if self._sidecar_port is not None:
-            errors.update(dict.fromkeys(bound_inbound_errors(world)))
+            errors.update(dict.fromkeys(self._bound_inbound()))
         return list(errors)
+
+    def _namespaces_with_workloads(self) -> frozenset[str]:
+        held = self._prev_carried.get("with-workloads")
+        if held is not None and held[0][0] is self.world.workloads:
+            found = held[0][1]
+        else:
+            found = frozenset(w.namespace for w in self.world.workloads.values())
+        self.carried["with-workloads"] = ((self.world.workloads, found), [])
+        assert isinstance(found, frozenset)
+        return found
+
+    def _carry(
+        self, name: str, inputs: tuple[object, ...], compute: Callable[[], list[InvalidResource]]
+    ) -> list[InvalidResource]:
+        """A whole-World check, carried while every input is the same (a mapping: the same object per key)."""
+        previous = self._prev_carried.get(name)
+        if previous is not None and _same_inputs(previous[0], inputs):
+            found = previous[1]
+            if self._check and found != compute():
+                raise MissedInput(f"check {name!r} carried with the same inputs but its result changed")
+        else:
+            found = compute()
+        self.carried[name] = (inputs, found)
+        return found
+
+    def _bound_inbound(self) -> list[InvalidResource]:
+        """`bound_inbound_errors` per endpoint set, checked again only for the sets that changed (the
+        incremental World keeps an unchanged set as the same object) while every service is the same."""
+        world = self.world
+        now = world.endpoints
+        previous = self._prev_bound
+        if previous is not None and same_items(previous[1], world.services):
+            then, by_key = previous[0], dict(previous[2])
+            changed = [k for k, v in now.items() if then.get(k) is not v] + [k for k in then if k not in now]
+        else:
+            by_key, changed = {}, list(now)
+        for key in changed:
+            found = bound_inbound_errors(world, only=key) if key in now else []
+            if found:
+                by_key[key] = found
+            else:
+                by_key.pop(key, None)
+        self.bound = (now, world.services, by_key)
+        result = [e for key in sorted(by_key) for e in by_key[key]]
+        if self._check and result != bound_inbound_errors(world):
+            raise MissedInput("bound inbound check carried but its result changed")
+        return result
+
+    def _sidecar_errors(self) -> list[InvalidResource]:
+        found: list[InvalidResource] = []
+        for namespace in self.world.sidecars:
+            _, sidecar_errors = select_sidecar(self.world, namespace=namespace, labels={}, root_namespace=self._root)
+            found += sidecar_errors
+        return found
+
+    def _tunnels(self) -> list[InvalidResource]:
+        return _tunnels(self.world)
+
+    def _ingress_ports(self) -> list[InvalidResource]:
+        return _ingress_ports(self.world)
 
     def _credentials(self) -> list[InvalidResource]:
         """credentialNames that do not resolve in a namespace with workloads the rule is exported to
@@ -182,3 +264,10 @@ def _ingress_ports(world: World) -> list[InvalidResource]:
                     )
                     found.append(InvalidResource(sidecar.key, f"spec.ingress[{i}].port.number", message))
     return found
+
+
+def _same_inputs(before: tuple[object, ...], after: tuple[object, ...]) -> bool:
+    return len(before) == len(after) and all(
+        a is b or (same_items(a, b) if isinstance(a, Mapping) and isinstance(b, Mapping) else a == b)
+        for a, b in zip(before, after, strict=True)
+    )

@@ -1,7 +1,9 @@
 """The layers of router proxies (gateways), each in a named LayerCache:
 - `gateways`: per GatewayKey (namespace, labels, locality, SDS, listening address) the listeners and
   route configurations built from the Gateways selecting it and the VirtualServices bound to them,
-  with the clusters and SDS secrets they use (`translate/gateway/`);
+  with the clusters and SDS secrets they use (`translate/gateway/`), and the gateway workload's
+  RequestAuthentications and AuthorizationPolicies (`queries.gateway_jwt` / `gateway_authorization`) on
+  its listeners;
 - `gateway_clusters`: the clusters and endpoints of exactly those destinations (each service's from
   the shared `services` cache, filtered) and the SNI-named clusters of AUTO_PASSTHROUGH servers;
 - the SDS secrets through the shared `secrets` cache (read from the gateway workload's namespace).
@@ -17,13 +19,15 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import NamedTuple
 
-from meshd.api.meta import InvalidResource
+from meshd.api.mesh import PROXY_CONFIG_ANNOTATION
+from meshd.api.meta import InvalidResource, ResourceKey
 from meshd.generate.layers import LayerCache
 from meshd.generate.memo import MemoEntry, ResourceMemo, build_all, reuse_layer
 from meshd.generate.options import GenerateOptions
 from meshd.generate.outbound import EMPTY_LAYER, OutboundLayers, ServiceEntry
 from meshd.generate.queries import Queries
 from meshd.generate.reads import Context, MissedInput, Tracer
+from meshd.model.services import Workload
 from meshd.model.world import World
 from meshd.translate.gateway.checks import binding_errors, reference_errors, selector_errors
 from meshd.translate.gateway.config import ANY_ADDRESS, GatewayKey, build_gateway
@@ -33,6 +37,7 @@ from meshd.translate.proxy import Proxy
 from meshd.translate.routes import delegate_inputs
 from meshd.translate.scope import Scope, ScopeKey
 from meshd.translate.spec import Ident
+from meshd.translate.telemetry.apply import with_telemetry
 from meshd.translate.upstream_tls import CA_SUFFIX, SDS_PREFIX
 from meshd.xds.resource import CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot
 
@@ -43,6 +48,32 @@ class GatewayBuild(NamedTuple):
     sni_targets: tuple[SniTarget, ...]
     secrets: frozenset[str]
     errors: tuple[InvalidResource, ...]
+
+
+def trusted_hops(workload: Workload | None, mesh_default: int) -> int:
+    """gatewayTopology.numTrustedProxies of a gateway workload: its `proxy.istio.io/config` annotation's, else
+    the mesh config's `defaultConfig`."""
+    found = workload.gateway_trusted_proxies if workload is not None else None
+    return mesh_default if found is None else found
+
+
+def proxy_config_errors(world: World, groups: set[tuple[str, tuple[tuple[str, str], ...]]]) -> list[InvalidResource]:
+    """A gateway workload's `proxy.istio.io/config` annotation that cannot be used (the mesh config's
+    numTrustedProxies applies instead), or whose other gatewayTopology fields meshd ignores."""
+    found = []
+    for workload in sorted(world.workloads.values(), key=lambda w: (w.namespace, w.name)):
+        if workload.proxy_config_problem and (workload.namespace, workload.labels) in groups:
+            used = workload.gateway_trusted_proxies is not None
+            found.append(
+                InvalidResource(
+                    ResourceKey("Pod", workload.namespace, workload.name),
+                    f"metadata.annotations[{PROXY_CONFIG_ANNOTATION}]",
+                    workload.proxy_config_problem
+                    + ("" if used else ": the mesh config's gatewayTopology.numTrustedProxies applies"),
+                    severity="warning" if used else "error",
+                )
+            )
+    return found
 
 
 class GatewayLayers:
@@ -80,6 +111,7 @@ class GatewayLayers:
             sds=proxy.sds,
             address=proxy.ip if self.options.gateway_bind_proxy_ip else ANY_ADDRESS,
             port_map=self.port_map(proxy.ip),
+            trusted_hops=trusted_hops(workload, self.options.gateway_trusted_proxies),
         )
 
     def port_map(self, ip: str) -> tuple[tuple[int, int], ...]:
@@ -122,6 +154,9 @@ class GatewayLayers:
             tuple(deps),
             q.files_state,
             scope.cluster_signature if auto else None,
+            q.telemetry(key.namespace, key.labels),
+            q.gateway_authorization(key.namespace, key.labels),
+            q.gateway_jwt(key.namespace, key.labels),
         )
 
     def build(self, key: GatewayKey) -> GatewayBuild:
@@ -135,15 +170,25 @@ class GatewayLayers:
                 scope=ctx.scope,  # type: ignore[arg-type]
                 key=key,
                 file_problem=q.gateway_file_problem,
+                authz=q.gateway_authorization(key.namespace, key.labels),
+                jwt=q.gateway_jwt(key.namespace, key.labels),
             )
             refused: list[MemoEntry] = []
-            own = {LISTENER: build_all(config.listeners, refused), ROUTE: build_all(config.routes, refused)}
+            telemetry = q.telemetry(key.namespace, key.labels)
+            listeners = with_telemetry(config.listeners, telemetry) if config.listeners else ()
+            own = {LISTENER: build_all(listeners, refused), ROUTE: build_all(config.routes, refused)}
+            # the collectors' clusters (access log and trace services) where a listener uses them
+            collectors = telemetry.collector_clusters if config.listeners else frozenset()
             self.memo.keep(refused)
             layer = reuse_layer(own, previous.layer if previous is not None else None)
             errors = tuple(dict.fromkeys(config.errors))
             return (
                 GatewayBuild(
-                    layer, frozenset(config.clusters), tuple(config.sni_targets), frozenset(config.secrets), errors
+                    layer,
+                    frozenset(config.clusters) | collectors,
+                    tuple(config.sni_targets),
+                    frozenset(config.secrets),
+                    errors,
                 ),
                 refused,
             )
@@ -226,10 +271,12 @@ class GatewayLayers:
         for gateway in world.gateways.values():
             bound = world.gateway_bindings.get((gateway.metadata.namespace, gateway.metadata.name), ())
             found.update(dict.fromkeys(binding_errors(world, gateway, bound)))
-        groups = {(w.namespace, w.labels, self.port_map(w.address)) for w in world.workloads.values()}
+        # only the workloads some Gateway selects (the port map reads every workload's services: not for all)
+        workloads = world.workloads.values() if world.gateways else ()
+        selected = [w for w in workloads if q.selected_gateways(w.namespace, w.labels)]
+        groups = {(w.namespace, w.labels, self.port_map(w.address)) for w in selected}
+        found.update(dict.fromkeys(proxy_config_errors(world, {(w.namespace, w.labels) for w in selected})))
         for namespace, labels, port_map in sorted(groups):
-            if not q.selected_gateways(namespace, labels):
-                continue
             # with the agent's certificate: its build serves (so checks) every server a proxy can have
             key = GatewayKey(namespace=namespace, labels=labels, sds=True, port_map=port_map)
             scope = self.scope(key)

@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 from meshd.api.meta import InvalidResource
 from meshd.generate.checks import WorldChecks
+from meshd.generate.envoyfilters import EnvoyFilterLayers
 from meshd.generate.gateways import GatewayLayers
 from meshd.generate.layers import LayerCache
 from meshd.generate.memo import MemoEntry, ResourceMemo, build_all, reuse_layer
@@ -41,6 +42,7 @@ from meshd.translate.sidecar_ingress import (
     ingress_cluster_specs,
     plaintext_ports,
 )
+from meshd.translate.telemetry.apply import with_telemetry
 from meshd.xds.resource import CLUSTER, LISTENER, Snapshot, XdsResource
 
 Group = tuple[str, ScopeKey]  # a proxy group: (address, scope); proxyless gRPC clients: (PROXYLESS, scope)
@@ -110,7 +112,12 @@ class ConfigGenerator:
         self.proxies: LayerCache[Group, Snapshot] = LayerCache(
             "proxies", previous=previous.proxies if previous else None, memo=self.memo, tracer=tracer
         )
-        self._keys = ScopeKeys(world, root_namespace=options.root_namespace)
+        self.envoyfilters: EnvoyFilterLayers = EnvoyFilterLayers(
+            memo=self.memo, previous=previous.envoyfilters if previous else None, tracer=tracer
+        )
+        self._keys: ScopeKeys = ScopeKeys(
+            world, root_namespace=options.root_namespace, previous=previous._keys if previous is not None else None
+        )
         # per proxy group: its named layers, and the snapshot made of them (carried to the next generation)
         self._group_layers: dict[Group, ProxyLayers] = {}
         self._group_snapshots: dict[Hashable, Snapshot] = {}
@@ -181,7 +188,8 @@ class ConfigGenerator:
             authz = queries.authorization(proxy.namespace, proxy.ip)
             inbound = queries.sidecar_inbound(key)
             served = queries.served(proxy.ip)
-            return (queries.plan(key), served, modes, jwt, proxy.sds, outbound_mode, authz, inbound)
+            telemetry = queries.workload_telemetry(proxy.namespace, proxy.ip)
+            return (queries.plan(key), served, modes, jwt, proxy.sds, outbound_mode, authz, inbound, telemetry)
 
         def build(ctx: Context, previous: Snapshot | None) -> tuple[Snapshot, list[MemoEntry]]:
             proxy, q = ctx.proxy, ctx.queries
@@ -192,6 +200,7 @@ class ConfigGenerator:
             authz = q.authorization(proxy.namespace, proxy.ip)
             inbound = q.sidecar_inbound(key)
             inbound_port = self.options.inbound_port
+            telemetry = q.workload_telemetry(proxy.namespace, proxy.ip)
             refused: list[MemoEntry] = []  # left out by the proto guard: reported while the layer is used
             if proxy.capture:
                 listener_specs = capture_listener_specs(
@@ -209,7 +218,7 @@ class ConfigGenerator:
                     inbound, proxy, modes=modes, capture=True, jwt=jwt, authz=authz
                 )
                 own = {
-                    LISTENER: build_all([*listener_specs, *ingress_specs], refused),
+                    LISTENER: build_all(with_telemetry([*listener_specs, *ingress_specs], telemetry), refused),
                     CLUSTER: build_all(
                         capture_cluster_specs(served=served, inbound=inbound, address=proxy.ip), refused
                     ),
@@ -231,15 +240,18 @@ class ConfigGenerator:
                     )
                 own = {
                     LISTENER: build_all(
-                        [
-                            *outbound_listener_specs(plan, proxy, taken=bound_ports(inbound, proxy, capture=False)),
-                            *inbound_listener_specs(
-                                proxy, served, inbound_port=inbound_port, modes=modes, jwt=jwt, authz=authz
-                            ),
-                            *bound_ingress_listener_specs(
-                                inbound, proxy, modes=modes, capture=False, jwt=jwt, authz=authz
-                            ),
-                        ],
+                        with_telemetry(
+                            [
+                                *outbound_listener_specs(plan, proxy, taken=bound_ports(inbound, proxy, capture=False)),
+                                *inbound_listener_specs(
+                                    proxy, served, inbound_port=inbound_port, modes=modes, jwt=jwt, authz=authz
+                                ),
+                                *bound_ingress_listener_specs(
+                                    inbound, proxy, modes=modes, capture=False, jwt=jwt, authz=authz
+                                ),
+                            ],
+                            telemetry,
+                        ),
                         refused,
                     ),
                     CLUSTER: build_all(clusters, refused),
@@ -278,6 +290,8 @@ class ConfigGenerator:
         assert isinstance(key, ScopeKey)
         if proxy.proxyless:
             return False  # snapshot() gives back the held object while its layer is unchanged
+        if self.queries.envoy_filters(proxy.namespace, proxy.ip):
+            return False  # EnvoyFilters patch it: the patch layer decides (a held patched one is not _prev_groups')
         if self.scope_key(proxy) != key:
             # its scope moved (e.g. a new DestinationRule workload selector or sourceLabels selector now
             # distinguishes it): the held snapshot was built for another scope
@@ -312,13 +326,14 @@ class ConfigGenerator:
         key = self._keys.for_proxy(proxy)
         group = (PROXYLESS if proxy.proxyless else proxy.ip, key)
         cached = self._group_snapshots.get(group)
-        if cached is not None:
+        if cached is None:
+            self.builds += 1
+            cached = self._group_snapshots[group] = self._build(proxy, key, group)
+            if self._check:
+                self._check_errors()
+        if proxy.proxyless:
             return cached
-        self.builds += 1
-        snap = self._group_snapshots[group] = self._build(proxy, key, group)
-        if self._check:
-            self._check_errors()
-        return snap
+        return self.envoyfilters.apply(proxy, group, cached, self._context(proxy=proxy))
 
     def _check_errors(self) -> None:
         """Check mode: every rejection a build ran into is one the World checks report (errors are found
@@ -335,7 +350,7 @@ class ConfigGenerator:
         group = (ROUTER, self.gateways.key_for(proxy))
         cached = self._group_snapshots.get(group)
         if cached is not None:
-            return cached
+            return self.envoyfilters.apply(proxy, group, cached, self._context(proxy=proxy))
         self.builds += 1
         stack = (*self.gateways.layers(proxy), *self._extras)
         previous = self._prev_groups.get(group)
@@ -350,7 +365,7 @@ class ConfigGenerator:
         self._group_snapshots[group] = snap
         if self._check:
             self._check_errors()
-        return snap
+        return self.envoyfilters.apply(proxy, group, snap, self._context(proxy=proxy))
 
     def _build(self, proxy: Proxy, key: ScopeKey, group: Group) -> Snapshot:
         scope = self._scope(key)

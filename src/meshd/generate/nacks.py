@@ -7,7 +7,9 @@ read from the resource's Istio-style name and the World, as istiod names them:
 - route configuration `<port>`: the VirtualServices of hosts served on that port;
 - listener `<ip>_<port>`: the Services and ServiceEntries with that port, and their VirtualServices;
 - a gateway's route configuration `http.<port>` / `https.<port>.<port name>.<gateway>.<namespace>`: the
-  Gateway(s) and the VirtualServices bound to them.
+  Gateway(s) and the VirtualServices bound to them;
+- any resource of a proxy EnvoyFilters patch: those EnvoyFilters selecting the proxy that have a patch of
+  that resource's type (a Lua script Envoy cannot compile is seen by Envoy only).
 Each becomes an error on those resources (status, /debug/config_errors, the log), naming the Envoy
 resource, the proxies and Envoy's message. A name that leads nowhere is reported without a resource."""
 
@@ -20,6 +22,7 @@ from collections.abc import Iterable
 from meshd.api.meta import InvalidResource, ResourceKey
 from meshd.model.services import MeshService
 from meshd.model.world import World
+from meshd.translate.envoyfilter.selection import selected
 from meshd.translate.proxy import Proxy
 from meshd.xds.isolation import Rejected
 from meshd.xds.resource import CLUSTER, ENDPOINT, LISTENER, ROUTE, short_name
@@ -33,10 +36,26 @@ _GATEWAY_ROUTE = re.compile(
 )
 
 
-def nack_errors(rejections: Iterable[tuple[Proxy, Rejected]], world: World) -> list[InvalidResource]:
+# the EnvoyFilter patches that change a resource of each type
+_PATCHED_BY = {
+    LISTENER: frozenset(
+        {"LISTENER", "FILTER_CHAIN", "NETWORK_FILTER", "HTTP_FILTER", "LISTENER_FILTER", "ROUTE_CONFIGURATION",
+         "VIRTUAL_HOST", "HTTP_ROUTE"}
+    ),
+    ROUTE: frozenset({"ROUTE_CONFIGURATION", "VIRTUAL_HOST", "HTTP_ROUTE"}),
+    CLUSTER: frozenset({"CLUSTER"}),
+}  # fmt: skip
+
+
+def nack_errors(
+    rejections: Iterable[tuple[Proxy, Rejected]], world: World, *, root_namespace: str = "istio-system"
+) -> list[InvalidResource]:
     by_resource: dict[tuple[str, str], list[str]] = defaultdict(list)
     errors: dict[tuple[str, str], set[str]] = defaultdict(set)
+    patched: dict[tuple[str, str], dict[ResourceKey, None]] = defaultdict(dict)
     for proxy, rejected in rejections:
+        for key in _envoy_filter_keys(world, proxy, rejected.type_url, root_namespace):
+            patched[(rejected.type_url, rejected.name)][key] = None
         by_resource[(rejected.type_url, rejected.name)].append(f"{proxy.pod}.{proxy.namespace}")
         errors[(rejected.type_url, rejected.name)].add(_PROTOBUF_DEBUG_MARK.sub("", rejected.error).strip())
     out = []
@@ -49,9 +68,19 @@ def nack_errors(rejections: Iterable[tuple[Proxy, Rejected]], world: World) -> l
             f"Envoy rejected {short_name(type_url).upper()} resource {name!r} (proxies {shown}): "
             f"{error}; those proxies keep the version they accepted before"
         )
-        keys: list[ResourceKey | None] = [*provenance(world, type_url, name)] or [None]
+        keys: list[ResourceKey | None] = [*provenance(world, type_url, name), *patched[(type_url, name)]] or [None]
         out += [InvalidResource(key, "<generated config>", message) for key in keys]
     return out
+
+
+def _envoy_filter_keys(world: World, proxy: Proxy, type_url: str, root_namespace: str) -> list[ResourceKey]:
+    kinds = _PATCHED_BY.get(type_url)
+    if kinds is None or not world.envoy_filters:
+        return []
+    workload = world.workloads.get(proxy.ip)
+    labels = dict(workload.labels) if workload is not None else {}
+    chosen = selected(world, namespace=proxy.namespace, labels=labels, root_namespace=root_namespace)
+    return [f.key for f in chosen if any(p.apply_to in kinds for p in f.spec.config_patches)]
 
 
 def provenance(world: World, type_url: str, name: str) -> list[ResourceKey]:

@@ -30,3 +30,5 @@ class GenerateOptions:
     # meshConfig.protocolDetectionTimeout in seconds: how long a sniffed port waits for the client's first
     # bytes before carrying on as TCP (Istio's default 0: no limit)
     protocol_detection_timeout: float = 0.0
+    # meshConfig.defaultConfig.gatewayTopology.numTrustedProxies: X-Forwarded-For hops a gateway trusts
+    gateway_trusted_proxies: int = 0

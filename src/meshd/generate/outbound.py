@@ -26,7 +26,7 @@ from meshd.model.world import World
 from meshd.translate.clusters import clusters_opening, service_cluster_specs, service_secret_names
 from meshd.translate.endpoints import service_assignment_specs
 from meshd.translate.routes import RouteTable, VhostBody, delegate_inputs
-from meshd.translate.scope import Scope, ScopeKey, Signature
+from meshd.translate.scope import Scope, ScopeKey, Signature, same_items
 from meshd.translate.secrets import secret_specs
 from meshd.translate.spec import Ident
 from meshd.translate.upstream_tls import CA_SUFFIX, SDS_PREFIX
@@ -74,6 +74,16 @@ class OutboundLayers:
         self._vhost_cache: dict[Hashable, VhostBody] = {}
         self._prev_vhosts = previous._vhost_cache if previous is not None else {}
         self._destination_cache: dict[int, tuple[VirtualService, list[str]]] = {}
+        # route inputs per scope; carried over while the scopes are (no scope input moved) and no
+        # VirtualService a delegate could name changed
+        self._route_inputs: dict[ScopeKey, Hashable] = {}
+        self._prev_route_inputs = (
+            previous._route_inputs
+            if previous is not None
+            and queries.carried
+            and same_items(previous.world.virtual_services_by_name, world.virtual_services_by_name)
+            else {}
+        )
         self._contexts: dict[ScopeKey, Context] = {}
         # rejections found while building (check mode compares them with what the World checks report)
         self.build_errors: list[InvalidResource] = []
@@ -190,7 +200,14 @@ class OutboundLayers:
     def route_inputs(self, key: ScopeKey) -> Hashable:
         """What a scope's routes are built from (the key of its route layer; proxyless gRPC clients' routes
         are built from the same inputs)."""
+        found = self._route_inputs.get(key)
+        if found is not None:
+            return found
         scope = self._scope(key)
+        carried = self._prev_route_inputs.get(key)
+        if carried is not None and not scope.headless:  # (a headless service's inputs hold its endpoints)
+            self._route_inputs[key] = carried
+            return carried
         # Routes depend on the visible services (the signature), the VirtualServices and rules of
         # those hosts, and the services and rules of every host those VirtualServices route to;
         # never on endpoints (but a headless service's pods). WorldState keeps each of these the same
@@ -207,7 +224,8 @@ class OutboundLayers:
                 for host in self.destinations(vs):
                     deps += (Ident(world.services.get(host)), Ident(world.rules_by_host.get(host)))
         catch_all = self.queries.outbound_mode(key) if key.capture else None
-        return (scope.cluster_signature, tuple(deps), catch_all)
+        found = self._route_inputs[key] = (scope.cluster_signature, tuple(deps), catch_all)
+        return found
 
     def route_layer(self, key: ScopeKey) -> Snapshot:
         scope = self._scope(key)

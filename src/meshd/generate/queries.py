@@ -9,24 +9,39 @@ read of the World and a reused entry is checked against the value this generatio
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from meshd.api.authorization import AuthorizationPolicy
 from meshd.api.destinationrule import DestinationRule
+from meshd.api.envoyfilter import EnvoyFilter
 from meshd.api.gateway import Gateway
 from meshd.api.meta import InvalidResource
 from meshd.api.virtualservice import VirtualService
+from meshd.generate.inbound_index import InboundIndex, build_index, update_index
 from meshd.generate.options import GenerateOptions
 from meshd.generate.tls_files import FileCheck
 from meshd.model.world import World
 from meshd.translate.authz.inbound import InboundAuthz, inbound_authz
 from meshd.translate.authz.selection import Selected, applied, unattached_index
+from meshd.translate.envoyfilter.selection import selected as selected_envoy_filters
 from meshd.translate.gateway.select import selected_gateways
 from meshd.translate.jwt_authn import JwtProviders, inline_keys, workload_providers
 from meshd.translate.listener_plan import ListenerPlan
-from meshd.translate.listeners import InboundEntry, inbound_index
+from meshd.translate.listeners import InboundEntry
 from meshd.translate.peer_auth import InboundMtls, workload_mtls
 from meshd.translate.routes import destination_hosts
-from meshd.translate.scope import Scope, ScopeKey
+from meshd.translate.scope import Scope, ScopeKey, Signature, same_scope_inputs
 from meshd.translate.sidecar_ingress import SidecarInbound, sidecar_inbound
+from meshd.translate.telemetry.resolve import (
+    WorkloadTelemetry,
+    applicable,
+    legacy_address,
+    service_hostname,
+    workload_telemetry,
+)
+
+# the labels Istio reads a workload's canonical service name from, in order
+CANONICAL_NAME_LABELS = ("service.istio.io/canonical-name", "app.kubernetes.io/name", "app")
 
 
 class Queries:
@@ -43,22 +58,40 @@ class Queries:
         self._files = files
         self._scopes: dict[ScopeKey, Scope] = {}
         self._plans: dict[ScopeKey, ListenerPlan] = {}
-        self._inbound: dict[str, tuple[InboundEntry, ...]] | None = None
+        self._inbound: InboundIndex | None = None
         self._moved: set[str] | None = None
         self._jwt: dict[tuple[str, str], JwtProviders] = {}
+        self._gateway_jwt: dict[tuple[str, tuple[tuple[str, str], ...]], JwtProviders] = {}
+        self._mtls: dict[tuple[str, tuple[tuple[str, str], ...]], InboundMtls] = {}
         self._inline_keys: dict[str, str] = {}
         self._selected: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[Gateway, ...]] = {}
         self._previous_world = previous._world if previous is not None else None
         self._prev_plans = previous._plans if previous is not None else {}
+        # an unchanged scope input (e.g. only endpoints moved) keeps every scope and listener plan
+        self._carried = (
+            previous is not None and previous._options == options and same_scope_inputs(previous._world, world)
+        )
+        self._prev_scopes = previous._scopes if previous is not None and self._carried else {}
+        # one object per distinct cluster signature: layer lookups by signature then compare by identity
+        # (scopes of different namespaces often see the same services)
+        self._signatures: dict[Signature, Signature] = previous._signatures if previous is not None else {}
         self._prev_inbound = previous._inbound if previous is not None else None
         self._prev_files = previous._files.state if previous is not None else None
         self._sidecar_inbound: dict[ScopeKey, SidecarInbound] = {}
         self._unattached: dict[str, tuple[AuthorizationPolicy, ...]] | None = None
         self._authz: dict[object, InboundAuthz] = {}  # per distinct set of policies
+        self._telemetry: dict[tuple[str, tuple[tuple[str, str], ...]], WorkloadTelemetry] = {}
+
+    @property
+    def carried(self) -> bool:
+        """Whether every scope and listener plan of the previous generation still holds."""
+        return self._carried
 
     def scope(self, key: ScopeKey) -> Scope:
         """What the proxies of a scope key see (computed once per World)."""
         scope = self._scopes.get(key)
+        if scope is None and key in self._prev_scopes:
+            scope = self._scopes[key] = self._prev_scopes[key].rebased(self._world)
         if scope is None:
             sidecar = None
             if key.sidecar is not None:
@@ -72,11 +105,16 @@ class Queries:
                 trust_domain=options.trust_domain,
                 auto_mtls=options.auto_mtls,
             )
+            if len(self._signatures) > 4 * len(self._scopes) + 64:  # signatures of scopes long gone
+                self._signatures = {}
+            scope.cluster_signature = self._signatures.setdefault(scope.cluster_signature, scope.cluster_signature)
         return scope
 
     def plan(self, key: ScopeKey) -> ListenerPlan:
         """The outbound listener plan of a scope (equal plans give equal listeners)."""
         plan = self._plans.get(key)
+        if plan is None and self._carried and key in self._prev_plans:
+            plan = self._plans[key] = self._prev_plans[key]  # built from the same scope inputs
         if plan is None:
             scope = self.scope(key)
             plan = self._plans[key] = ListenerPlan(
@@ -97,20 +135,32 @@ class Queries:
         """The (service, port, target port) an address backs: what its sidecar's inbound side serves."""
         return self._inbound_index().get(ip, ())
 
-    def _inbound_index(self) -> dict[str, tuple[InboundEntry, ...]]:
+    def _inbound_index(self) -> Mapping[str, tuple[InboundEntry, ...]]:
+        return self._index().entries
+
+    def _index(self) -> InboundIndex:
         if self._inbound is None:
-            self._inbound = inbound_index(self._world)
+            before, previous = self._previous_world, self._prev_inbound
+            self._inbound = (
+                update_index(previous, before=before, world=self._world)
+                if previous is not None and before is not None
+                else build_index(self._world)
+            )
         return self._inbound
 
     def inbound_mtls(self, namespace: str, ip: str) -> InboundMtls:
         """The PeerAuthentication modes of the workload at an address (by its labels)."""
         workload = self._world.workloads.get(ip)
-        return workload_mtls(
-            self._world.peer_authentications,
-            namespace=namespace,
-            labels=dict(workload.labels) if workload is not None else {},
-            root_namespace=self._options.root_namespace,
-        )
+        labels = workload.labels if workload is not None else ()
+        found = self._mtls.get((namespace, labels))
+        if found is None:  # once per distinct (namespace, labels) and generation
+            found = self._mtls[(namespace, labels)] = workload_mtls(
+                self._world.peer_authentications,
+                namespace=namespace,
+                labels=dict(labels),
+                root_namespace=self._options.root_namespace,
+            )
+        return found
 
     def sidecar_inbound(self, key: ScopeKey) -> SidecarInbound:
         """The inbound side the scope's Sidecar declares (ingress listeners whose certificate files Envoy
@@ -154,15 +204,79 @@ class Queries:
             self._unattached = unattached_index(self._world, root_namespace=self._options.root_namespace)
         return Selected(policies, self._unattached.get(ip, ()))
 
+    def envoy_filters(self, namespace: str, ip: str) -> tuple[EnvoyFilter, ...]:
+        """The EnvoyFilters applying to the proxy of the workload at an address (by its labels), in order."""
+        if not self._world.envoy_filters:
+            return ()
+        workload = self._world.workloads.get(ip)
+        labels = dict(workload.labels) if workload is not None else {}
+        return selected_envoy_filters(
+            self._world, namespace=namespace, labels=labels, root_namespace=self._options.root_namespace
+        )
+
+    def gateway_policies(self, namespace: str, labels: tuple[tuple[str, str], ...]) -> Selected:
+        """The AuthorizationPolicies of a gateway workload of this namespace with these labels: mesh-wide,
+        namespace-wide, by selector, and by a Gateway/GatewayClass target (its gateway-name labels)."""
+        root = self._options.root_namespace
+        return Selected(applied(self._world, namespace=namespace, labels=dict(labels), root_namespace=root))
+
     def authorization(self, namespace: str, ip: str) -> InboundAuthz:
         """The inbound authorization filters of the workload at an address (one translation per distinct
         set of policies and generation)."""
-        selected = self.selected_policies(namespace, ip)
+        return self._translated(self.selected_policies(namespace, ip))
+
+    def gateway_authorization(self, namespace: str, labels: tuple[tuple[str, str], ...]) -> InboundAuthz:
+        """The authorization filters of a gateway workload's listeners (as a sidecar's inbound side)."""
+        return self._translated(self.gateway_policies(namespace, labels))
+
+    def _translated(self, selected: Selected) -> InboundAuthz:
         found = self._authz.get(selected.identity)
         if found is None:
             options = self._options
             found = self._authz[selected.identity] = inbound_authz(
                 selected, mesh=options.mesh, trust_domain=options.trust_domain, services=self._world.services
+            )
+        return found
+
+    def telemetry(self, namespace: str, labels: tuple[tuple[str, str], ...]) -> WorkloadTelemetry:
+        """The access logging and tracing of a workload of this namespace with these labels (Telemetry
+        resources and the mesh config)."""
+        key = (namespace, labels)
+        found = self._telemetry.get(key)
+        if found is None:
+            options, world = self._options, self._world
+            by_label = dict(labels)
+            name = next(
+                (by_label[k] for k in CANONICAL_NAME_LABELS if by_label.get(k)),
+                "unknown",
+            )
+            found = self._telemetry[key] = workload_telemetry(
+                applicable(
+                    world.telemetries, namespace=namespace, labels=by_label, root_namespace=options.root_namespace
+                ),
+                mesh=options.mesh.telemetry,
+                services=world.services,
+                domain_suffix=world.domain_suffix,
+                root_namespace=options.root_namespace,
+                service_name=f"{name}.{namespace}",
+            )
+        return found
+
+    def workload_telemetry(self, namespace: str, ip: str) -> WorkloadTelemetry:
+        workload = self._world.workloads.get(ip)
+        return self.telemetry(namespace, tuple(sorted(workload.labels)) if workload is not None else ())
+
+    def gateway_jwt(self, namespace: str, labels: tuple[tuple[str, str], ...]) -> JwtProviders:
+        """The JWT providers (RequestAuthentications, keys resolved) of a gateway workload."""
+        found = self._gateway_jwt.get((namespace, labels))
+        if found is None:
+            found = self._gateway_jwt[(namespace, labels)] = workload_providers(
+                self._world.request_authentications,
+                self._world.jwks,
+                namespace=namespace,
+                labels=dict(labels),
+                root_namespace=self._options.root_namespace,
+                inline=self._inline,
             )
         return found
 
@@ -224,12 +338,27 @@ class Queries:
                 return None  # inbound authorization may change anywhere
             if self._provider_services_changed(before):
                 return None  # a CUSTOM policy's provider service came, went or changed
+            if world.telemetries is not before.telemetries or self._collector_services_changed(before):
+                return None  # access logging and tracing may change anywhere
             now, then = world.workloads, before.workloads
-            moved = {ip for ip in now.keys() | then.keys() if now.get(ip) is not then.get(ip)}
-            inbound, old_inbound = self._inbound_index(), self._prev_inbound
-            moved |= {ip for ip in inbound.keys() | old_inbound.keys() if inbound.get(ip) != old_inbound.get(ip)}
+            moved = set() if now is then else {ip for ip in now.keys() | then.keys() if now.get(ip) is not then.get(ip)}
+            index, old = self._index(), self._prev_inbound.entries
+            inbound = index.entries
+            candidates = index.touched if index.touched is not None else inbound.keys() | old.keys()
+            moved |= {ip for ip in candidates if inbound.get(ip) != old.get(ip)}
             self._moved = moved
         return self._moved
+
+    def _collector_services_changed(self, before: World) -> bool:
+        """Whether the service of a telemetry provider (or the enableTracing collector) changed: whether
+        it is a service of the mesh decides whether proxies log to it or trace to it."""
+        mesh = self._options.mesh.telemetry
+        world = self._world
+        hosts = {service_hostname(p.service, domain_suffix=world.domain_suffix) for p in mesh.providers if p.service}
+        legacy, _ = legacy_address(mesh, root_namespace=self._options.root_namespace)
+        hosts.add(service_hostname(legacy, domain_suffix=world.domain_suffix))
+        now, then = world.services, before.services
+        return not all(now.get(h) == then.get(h) for h in hosts)
 
     def _provider_services_changed(self, before: World) -> bool:
         """Whether the service of an ext_authz provider changed while a CUSTOM policy exists (whether the

@@ -8,15 +8,19 @@ from __future__ import annotations
 from meshd.model.world import World
 from meshd.translate.policy import failover_priority_labels
 from meshd.translate.proxy import Proxy
-from meshd.translate.scope import ScopeKey, select_sidecar
+from meshd.translate.scope import ScopeKey, same_items, select_sidecar
 
 
 class ScopeKeys:
-    def __init__(self, world: World, *, root_namespace: str) -> None:
+    def __init__(self, world: World, *, root_namespace: str, previous: ScopeKeys | None = None) -> None:
         self.world = world
         self._root = root_namespace
         self._keys: dict[tuple[str, tuple[tuple[str, str], ...], str, bool, bool], ScopeKey] = {}
         self._failover_labels: frozenset[str] | None = None
+        if previous is not None and previous._root == root_namespace and _same_key_inputs(previous.world, world):
+            # nothing a key is derived from changed: the keys found so far hold (the cache key holds the rest)
+            self._keys = dict(previous._keys)
+            self._failover_labels = previous._failover_labels
 
     def for_proxy(self, proxy: Proxy) -> ScopeKey:
         workload = self.world.workloads.get(proxy.ip)
@@ -58,3 +62,14 @@ class ScopeKeys:
                     names.update(failover_priority_labels(rule))
             self._failover_labels = frozenset(names)
         return self._failover_labels
+
+
+def _same_key_inputs(before: World, after: World) -> bool:
+    """What a scope key reads of the World besides the proxy's own (namespace, labels, locality): the
+    Sidecars, the DestinationRules (failover labels, workload selectors) and the sourceLabels selectors."""
+    return (
+        same_items(before.sidecars, after.sidecars)
+        and same_items(before.rules_by_host, after.rules_by_host)
+        and before.source_selectors == after.source_selectors
+        and before.rule_selectors == after.rule_selectors
+    )

@@ -108,16 +108,15 @@ class GatewayDeployer:
     async def _apply(self, key: ObjectKey, body: dict[str, Any], *, owner_uid: str) -> bool:
         kind, ns, name = key
         owners = await self._owners(kind, ns, name)
-        if owners is not None:
-            if owner_uid not in owners:
-                self._log.warning(
-                    "event=gateway_deploy_conflict object=%s/%s/%s reason=%r",
-                    kind,
-                    ns,
-                    name,
-                    "exists and is not owned by its Gateway: left as it is",
-                )
-                return False
+        if owners is not None and owner_uid not in owners:
+            self._log.warning(
+                "event=gateway_deploy_conflict object=%s/%s/%s reason=%r",
+                kind,
+                ns,
+                name,
+                "exists and is not owned by its Gateway: left as it is",
+            )
+            return False
         patch = {"field_manager": FIELD_MANAGER, "force": True, "_content_type": APPLY}
         if kind == "ServiceAccount":
             await self._core.patch_namespaced_service_account(name, ns, body, **patch)

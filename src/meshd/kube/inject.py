@@ -22,6 +22,7 @@ from typing import Any
 
 from meshd.kube.admission import admission_request
 from meshd.kube.inject_gateway import gateway_ops
+from meshd.kube.inject_metrics import APP_ENV, BadMetricsAnnotation, metrics_merge
 from meshd.kube.inject_options import BadAnnotation, sidecar_options
 from meshd.kube.inject_template import (
     INIT_NAME,
@@ -186,7 +187,11 @@ def injection_patch(pod: dict[str, Any], *, namespace: str, config: InjectionCon
         "imagePullSecrets": None,
         "revision": config.revision,
     }
-    new_annotations = {STATUS: json.dumps(status, separators=(",", ":"))}
+    try:
+        merged, app_metrics = metrics_merge(annotations)
+    except BadMetricsAnnotation as exc:
+        raise Refused(f"{where}: {exc}") from None
+    new_annotations = {STATUS: json.dumps(status, separators=(",", ":")), **merged}
     if DEFAULT_CONTAINER not in annotations and isinstance(containers[0].get("name"), str):
         new_annotations[DEFAULT_CONTAINER] = containers[0]["name"]
 
@@ -197,6 +202,8 @@ def injection_patch(pod: dict[str, Any], *, namespace: str, config: InjectionCon
     _add_map(ops, "/metadata/annotations", annotations, new_annotations)
     _add_items(ops, "/spec/initContainers", spec.get("initContainers"), [init_container(config, options)])
     proxy = proxy_container(config, options, labels={**labels, **new_labels}, ports=_container_ports(containers))
+    if app_metrics is not None:  # the application's metrics, merged into the agent's 15020 endpoint
+        proxy["env"].append({"name": APP_ENV, "value": app_metrics})
     _add_items(ops, "/spec/containers", containers, [proxy])
     _add_items(ops, "/spec/volumes", spec.get("volumes"), volumes(config))
     return ops

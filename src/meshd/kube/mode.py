@@ -32,5 +32,7 @@ def _mesh(source: KubeSource) -> dict[str, object]:
         "extensionProviders": [f"{p.name} ({p.kind})" for p in mesh.policy.extension_providers],
         "pathNormalization": mesh.policy.path_normalization,
         "trustDomainAliases": list(mesh.policy.trust_domain_aliases),
+        "gatewayTopology": {"numTrustedProxies": mesh.gateway_trusted_proxies},
+        "unused": list(mesh.unused),
         "error": str(source.mesh_error) if source.mesh_error else None,
     }

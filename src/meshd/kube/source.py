@@ -20,10 +20,10 @@ import logging
 from collections import defaultdict
 from typing import Any
 
+from meshd.api.mesh import MESH_FIELD, InvalidMeshConfig, MeshConfig, mesh_warnings, parse_mesh_config
 from meshd.api.meta import InvalidResource, ResourceKey
 from meshd.api.parse import is_refused_kind, is_supported, parse_resource
 from meshd.kube.kinds import MESH_CONFIGMAP, PRIVATE_SECRETS
-from meshd.kube.meshconfig import InvalidMeshConfig, MeshConfig, parse_mesh_config
 from meshd.kube.reflector import Handler, Obj, meta
 from meshd.model.services import REGION_LABEL, SUBZONE_LABEL, ZONE_LABEL
 from meshd.model.store import ConfigStore
@@ -43,11 +43,14 @@ def _labels(obj: Obj | None) -> dict[str, str]:
 
 
 class KubeSource:
-    def __init__(self, *, store: ConfigStore, namespace: str, log: logging.Logger) -> None:
+    def __init__(
+        self, *, store: ConfigStore, namespace: str, log: logging.Logger, trust_domain: str = "cluster.local"
+    ) -> None:
         self._store = store
         self._namespace = namespace
+        self._trust_domain = trust_domain  # the one meshd's CA issues identities in
         self._log = log
-        self.mesh = MeshConfig(root_namespace=namespace)
+        self.mesh = MeshConfig(root_namespace=namespace, trust_domain=trust_domain)
         self.mesh_error: InvalidResource | None = None
         self._objects: dict[ObjectId, Obj] = {}
         self._in_namespace: dict[str, set[ObjectId]] = defaultdict(set)
@@ -179,35 +182,38 @@ class KubeSource:
                 self._sync(object_id)
 
     def _on_configmap(self, new: Obj | None) -> None:
+        """The mesh config: applied on every change (the next generation reads it: `mesh`), fields meshd
+        does not use reported once as warnings; an invalid one keeps the last good one in effect."""
         if new is not None and meta(new).get("name") != MESH_CONFIGMAP:
             return
         data: Any = new.get("data") if new is not None else None
         text = data.get("mesh", "") if isinstance(data, dict) else ""
         key = ResourceKey("ConfigMap", self._namespace, MESH_CONFIGMAP)
         try:
-            mesh = parse_mesh_config(str(text), default_root=self._namespace)
+            mesh = parse_mesh_config(str(text), default_root=self._namespace, default_trust_domain=self._trust_domain)
             self.mesh_error = None
         except InvalidMeshConfig as exc:
-            self.mesh_error = InvalidResource(key, "data.mesh", str(exc), "kube:ConfigMap")
+            self.mesh_error = InvalidResource(key, MESH_FIELD, str(exc), "kube:ConfigMap")
             self._log.error("event=invalid_mesh_config resource=%s message=%r", key, str(exc))
             self._store.replace_origin("kube:ConfigMap", {}, [self.mesh_error])
             return  # the previous mesh config stays in effect
-        self._store.remove_origin("kube:ConfigMap")
-        if mesh == self.mesh:
-            return
+        warnings = mesh_warnings(mesh, key=key, origin="kube:ConfigMap", ca_trust_domain=self._trust_domain)
+        changed = mesh != self.mesh
+        if changed or mesh.unused != self.mesh.unused:
+            for warning in warnings:
+                self._log.warning("event=mesh_config_warning resource=%s message=%r", key, warning.message)
+        self._store.replace_origin("kube:ConfigMap", {}, warnings)
         previous, self.mesh = self.mesh, mesh
+        if not changed:
+            return
         self._log.info(
-            "event=mesh_config root_namespace=%s trust_domain=%s discovery_selectors=%d",
-            mesh.root_namespace, mesh.trust_domain, len(mesh.discovery_selectors),
+            "event=mesh_config root_namespace=%s trust_domain=%s discovery_selectors=%d gateway_trusted_proxies=%d"
+            " extension_providers=%d path_normalization=%s trust_domain_aliases=%d",
+            mesh.root_namespace, mesh.trust_domain, len(mesh.discovery_selectors), mesh.gateway_trusted_proxies,
+            len(mesh.policy.extension_providers), mesh.policy.path_normalization,
+            len(mesh.policy.trust_domain_aliases),
         )  # fmt: skip
         if previous.discovery_selectors != mesh.discovery_selectors:
             for object_id in sorted(self._objects):
                 self._sync(object_id)
-        if previous.policy != mesh.policy:
-            # extension providers, path normalisation, trust domain aliases: read by the next generation
-            self._log.info(
-                "event=mesh_policy extension_providers=%d path_normalization=%s trust_domain_aliases=%d",
-                len(mesh.policy.extension_providers), mesh.policy.path_normalization,
-                len(mesh.policy.trust_domain_aliases),
-            )  # fmt: skip
-            self._store.touch()
+        self._store.touch()  # the next generation reads the new mesh config (it is part of every key)

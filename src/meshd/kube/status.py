@@ -32,6 +32,10 @@ from meshd.model.store import ConfigStore
 Desired = tuple[Message, ...] | ApiStatus  # an Istio object's messages, or a Gateway API object's status
 
 
+# The other kinds a Gateway API object's status depends on (grants, namespaces, backends, certificates, pods).
+_GATEWAY_API_INPUTS = ("ReferenceGrant", "Namespace", "Service", "Secret", "Pod")
+
+
 class StatusConflict(Exception):
     """The object changed since it was read (409)."""
 
@@ -158,17 +162,19 @@ class StatusWriter:
 
     def _targets(self) -> tuple[dict[ResourceKey, Desired], dict[ResourceKey, tuple[str, str]]]:
         """Desired status per object, and (apiVersion, resourceVersion) of the objects in the store."""
-        resources = [r for _, r in self._store.resources()]
         held = {
             r.key: (r.api_version, r.metadata.resource_version)
-            for r in resources
-            if r.key.kind in ISTIO_KINDS or r.key.kind in STATUS_KINDS
+            for kind in (*ISTIO_KINDS, *STATUS_KINDS)
+            for r in self._store.of_kind(kind)  # (not the Pods, Services and EndpointSlices)
         }
         errors = self._errors()
         desired: dict[ResourceKey, Desired] = dict(
             desired_messages(objects=[k for k in held if k.kind in ISTIO_KINDS], errors=errors)
         )
-        desired.update(desired_statuses(resources, errors=errors, domain_suffix=self._domain_suffix))
+        gateway_api = [r for kind in STATUS_KINDS for r in self._store.of_kind(kind)]
+        if gateway_api:  # what their status reads besides themselves
+            gateway_api += [r for kind in _GATEWAY_API_INPUTS for r in self._store.of_kind(kind)]
+        desired.update(desired_statuses(gateway_api, errors=errors, domain_suffix=self._domain_suffix))
         return desired, held
 
     async def sync_once(self) -> int:

@@ -66,9 +66,13 @@ def _handler(answer_for: Callable[[Any], dict[str, Any]], *, log: logging.Logger
 
 
 def build_webhook_app(
-    *, log: logging.Logger, injection: InjectionConfig | None = None, max_body_bytes: int = MAX_BODY_BYTES
+    *,
+    log: logging.Logger,
+    injection: InjectionConfig | Callable[[], InjectionConfig] | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> web.Application:
-    """`/inject` is served when `injection` is given."""
+    """`/inject` is served when `injection` is given (a function: read at each review, so a live input such
+    as the mesh config's discovery address applies to the next pod)."""
 
     async def ready(_: web.Request) -> web.Response:
         return web.Response(text="ready\n")
@@ -76,8 +80,8 @@ def build_webhook_app(
     app = web.Application(client_max_size=max_body_bytes)
     app.router.add_post("/validate", _handler(review, log=log))
     if injection is not None:
-        config = injection
-        app.router.add_post("/inject", _handler(lambda body: inject_review(body, config=config), log=log))
+        current = injection if callable(injection) else (lambda: injection)
+        app.router.add_post("/inject", _handler(lambda body: inject_review(body, config=current()), log=log))
     app.router.add_get("/ready", ready)
     return app
 
@@ -90,7 +94,7 @@ async def serve_webhook(
     cert: pathlib.Path | None = None,
     key: pathlib.Path | None = None,
     ssl_context: ssl.SSLContext | None = None,
-    injection: InjectionConfig | None = None,
+    injection: InjectionConfig | Callable[[], InjectionConfig] | None = None,
     sock: socket.socket | None = None,
 ) -> None:
     """Serve until cancelled, with `ssl_context` or else the `cert`/`key` files; on `sock` (a bound,

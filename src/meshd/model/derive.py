@@ -9,8 +9,10 @@ from typing import Any, TypeVar
 
 from meshd.api.authorization import AuthorizationPolicy
 from meshd.api.destinationrule import DestinationRule
+from meshd.api.envoyfilter import EnvoyFilter
 from meshd.api.gateway import Gateway
 from meshd.api.kube import EndpointConditions, EndpointSlice, Pod, Service
+from meshd.api.mesh import annotation_trusted_proxies
 from meshd.api.meta import InvalidResource, Resource
 from meshd.api.networking import ServiceEntry, Sidecar, WorkloadEntry
 from meshd.api.security import PeerAuthentication
@@ -57,7 +59,10 @@ def endpoint_order(
 
 
 def pod_workload(pod: Pod) -> Workload:
+    trusted, problem = annotation_trusted_proxies(pod.metadata.annotations)
     return Workload(
+        gateway_trusted_proxies=trusted,
+        proxy_config_problem=problem,
         name=pod.metadata.name,
         namespace=pod.metadata.namespace,
         address=pod.status.pod_ip or "",
@@ -406,6 +411,17 @@ def authorization_policies_by_namespace(
     by_ns: dict[str, list[AuthorizationPolicy]] = defaultdict(list)
     for policy in sorted(policies, key=lambda p: (p.metadata.namespace, p.metadata.name)):
         by_ns[policy.metadata.namespace].append(policy)
+    return {ns: tuple(v) for ns, v in sorted(by_ns.items())}
+
+
+def envoy_filters_by_namespace(filters: Iterable[EnvoyFilter]) -> dict[str, tuple[EnvoyFilter, ...]]:
+    """Per namespace, its EnvoyFilters in Istio's order of application: priority, then creation time, then name."""
+    by_ns: dict[str, list[EnvoyFilter]] = defaultdict(list)
+    for found in sorted(
+        filters,
+        key=lambda f: (f.metadata.namespace, f.spec.priority, f.metadata.creation_timestamp, f.metadata.name),
+    ):
+        by_ns[found.metadata.namespace].append(found)
     return {ns: tuple(v) for ns, v in sorted(by_ns.items())}
 
 

@@ -23,6 +23,8 @@ class LastAccepted:
         self._accepted: dict[ResourceKey, Resource] = {}
         # (newest, accepted) pairs whose substitution was itself rejected: not tried again
         self._futile: dict[ResourceKey, tuple[Resource, Resource]] = {}
+        # keys whose newest version may not be the accepted one: changed since, or refused at, the last settle
+        self._unsettled: set[ResourceKey] = set()
 
     def observe(self, changes: Mapping[ResourceKey, Resource | None]) -> None:
         """Record the newest version of every resource of a fallback kind (None: deleted)."""
@@ -33,8 +35,10 @@ class LastAccepted:
             if resource is None:
                 self._latest.pop(key, None)
                 self._accepted.pop(key, None)
+                self._unsettled.discard(key)
             else:
                 self._latest[key] = resource
+                self._unsettled.add(key)
 
     def latest(self, key: ResourceKey) -> Resource | None:
         return self._latest.get(key)
@@ -64,9 +68,11 @@ class LastAccepted:
     def settle(self, rejected: Iterable[ResourceKey]) -> None:
         """After a push: every newest version that was not rejected is now the accepted one."""
         refused = set(rejected)
-        for key, resource in self._latest.items():
-            if key not in refused:
+        for key in self._unsettled:  # every other key's newest version is its accepted one already
+            resource = self._latest.get(key)
+            if resource is not None and key not in refused:
                 self._accepted[key] = resource
+        self._unsettled = {key for key in self._unsettled if key in refused and key in self._latest}
 
 
 def kept_previous(err: InvalidResource) -> InvalidResource:

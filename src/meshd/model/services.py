@@ -203,6 +203,10 @@ class Workload:
     service_account: str = ""
     locality: str = ""  # region/zone/subzone ("" when unknown)
     captured: bool = False  # its sidecar captures its traffic (see is_captured)
+    # its `proxy.istio.io/config` annotation's gatewayTopology.numTrustedProxies (None: not set), and what is
+    # wrong with that annotation ("": nothing); read for gateway workloads
+    gateway_trusted_proxies: int | None = None
+    proxy_config_problem: str = ""
 
 
 INTERCEPTION_ANNOTATION = "sidecar.istio.io/interceptionMode"

@@ -6,6 +6,7 @@ result equals `build_world` over the same resources (a test checks this on rando
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -13,6 +14,7 @@ from typing import TypeVar
 
 from meshd.api.authorization import AuthorizationPolicy
 from meshd.api.destinationrule import DestinationRule
+from meshd.api.envoyfilter import EnvoyFilter
 from meshd.api.gateway import Gateway
 from meshd.api.jwks import FETCHED_JWKS, FetchedJwks
 from meshd.api.kube import EndpointSlice, Pod, Secret, Service
@@ -20,6 +22,7 @@ from meshd.api.meta import InvalidResource, Resource, ResourceKey
 from meshd.api.networking import ServiceEntry, Sidecar, WorkloadEntry
 from meshd.api.request_authentication import RequestAuthentication
 from meshd.api.security import PeerAuthentication
+from meshd.api.telemetry import Telemetry
 from meshd.api.virtualservice import VirtualService
 from meshd.model import derive
 from meshd.model.gateway_api.convert import GATEWAY_API_KINDS, GatewayApiConversion
@@ -36,6 +39,7 @@ _ISTIO_KINDS = (
     "AuthorizationPolicy",
     "Gateway",
     *GATEWAY_API_KINDS,
+    "EnvoyFilter",
 )
 ServiceId = tuple[str, str]  # (namespace, name)
 _K = TypeVar("_K")
@@ -87,6 +91,8 @@ class WorldState:
         self._sidecars: dict[str, tuple[Sidecar, ...]] = {}
         self._errors: list[InvalidResource] = []
         self._workloads: dict[str, Workload] = {}
+        self._view_of: dict[str, Workload] | None = None
+        self._view: Mapping[str, Workload] = MappingProxyType({})
         self._secrets: dict[tuple[str, str], Secret] = {}
         # namespace -> PeerAuthentications; a new mapping object only when one of them changes
         self._peer_auth: Mapping[str, tuple[PeerAuthentication, ...]] = MappingProxyType({})
@@ -94,10 +100,18 @@ class WorldState:
         self._request_authn: dict[ResourceKey, RequestAuthentication] = {}
         self._request_authn_by_ns: Mapping[str, tuple[RequestAuthentication, ...]] = MappingProxyType({})
         self._jwks: Mapping[str, str] = MappingProxyType({})
+        self._telemetry: dict[ResourceKey, Telemetry] = {}
+        self._telemetry_by_ns: Mapping[str, tuple[Telemetry, ...]] = MappingProxyType({})
         self._authz: Mapping[str, tuple[AuthorizationPolicy, ...]] = MappingProxyType({})
+        self._envoy_filters: Mapping[str, tuple[EnvoyFilter, ...]] = MappingProxyType({})
         # (namespace, name) -> Gateway; a new mapping object only when one of them changes
         self._gateways: Mapping[tuple[str, str], Gateway] = MappingProxyType({})
         self._gateway_bindings: dict[tuple[str, str], tuple[VirtualService, ...]] = {}
+        # the last World assembled, and what changed since: only endpoints, workloads, Secrets and the
+        # JWT inputs (the kinds that change all the time) are updated in place of a full assembly
+        self._last: World | None = None
+        self._reassemble = True
+        self._dirty_endpoints: set[tuple[str, int]] = set()
 
     # -- applying changes ---------------------------------------------------------------------
 
@@ -110,6 +124,7 @@ class WorldState:
                 self._apply_pod(key, resource, dirty, dirty_addresses)
             elif key.kind == "Service":
                 hosts_changed |= self._apply_service(key, resource)
+                self._reassemble = True
                 dirty.add((key.namespace, key.name))
             elif key.kind == "EndpointSlice":
                 self._apply_slice(key, resource, dirty)
@@ -121,13 +136,19 @@ class WorldState:
                     self._secrets.pop((key.namespace, key.name), None)
             elif key.kind == "RequestAuthentication":
                 self._apply_request_authentication(key, resource)
+            elif key.kind == "Telemetry":
+                if isinstance(resource, Telemetry):
+                    self._telemetry[key] = resource
+                else:
+                    self._telemetry.pop(key, None)
+                self._telemetry_by_ns = MappingProxyType(derive.oldest_first_by_namespace(self._telemetry.values()))
             elif key.kind == FETCHED_JWKS:
                 self._apply_jwks(key, resource)
             elif key.kind in _ISTIO_KINDS:
                 previous = self._istio[key.kind].pop(key, None)
                 if resource is not None:
                     self._istio[key.kind][key] = resource
-                istio_changed = True
+                istio_changed = self._reassemble = True
                 if key.kind == "WorkloadEntry":
                     for entry in (previous, resource):
                         if isinstance(entry, WorkloadEntry) and entry.spec.address:
@@ -240,6 +261,7 @@ class WorldState:
         host = derive.fqdn(service_id[1], service_id[0], self._suffix)
         for key in self._endpoint_keys.pop(host, []):
             self._k8s_endpoints.pop(key, None)
+            self._dirty_endpoints.add(key)
         service = self._services.get(service_id)
         if service is None or not service_id[1]:
             return
@@ -252,6 +274,7 @@ class WorldState:
             chunks[key].append(external)
         for key, found in chunks.items():
             self._k8s_endpoints[key] = derive.merge_chunks(found)
+            self._dirty_endpoints.add(key)
         self._endpoint_keys[host] = list(chunks)
 
     def _rederive_istio(self) -> None:
@@ -298,10 +321,57 @@ class WorldState:
             p for p in self._istio["AuthorizationPolicy"].values() if isinstance(p, AuthorizationPolicy)
         )
         self._authz = _same_or_new(self._authz, authz)
+        envoy_filters = derive.envoy_filters_by_namespace(
+            e for e in self._istio["EnvoyFilter"].values() if isinstance(e, EnvoyFilter)
+        )
+        self._envoy_filters = _same_or_new(self._envoy_filters, envoy_filters)
 
     # -- reading ----------------------------------------------------------------------------------
 
+    def _workloads_view(self) -> Mapping[str, Workload]:
+        """The World's workloads: the same object while they did not change (consumers compare it)."""
+        if self._view_of is not self._workloads:
+            self._view_of, self._view = self._workloads, MappingProxyType(dict(self._workloads))
+        return self._view
+
     def world(self, *, revision: int = 0) -> World:
+        last = self._last
+        if last is None or self._reassemble:
+            world = self._last = self._assemble(revision)
+            self._reassemble = False
+            self._dirty_endpoints.clear()
+            return world
+        endpoints = last.endpoints
+        if self._dirty_endpoints:
+            merged, grown = dict(endpoints), False
+            for key in self._dirty_endpoints:
+                value = self._endpoints_at(key)
+                if value is None:
+                    merged.pop(key, None)
+                else:
+                    grown |= key not in merged
+                    merged[key] = value
+            endpoints = MappingProxyType(dict(sorted(merged.items())) if grown else merged)
+            self._dirty_endpoints.clear()
+        world = self._last = dataclasses.replace(
+            last,
+            endpoints=endpoints,
+            workloads=self._workloads_view(),
+            secrets=MappingProxyType(dict(self._secrets)),
+            request_authentications=self._request_authn_by_ns,
+            jwks=self._jwks,
+            telemetries=self._telemetry_by_ns,
+            revision=revision,
+        )
+        return world
+
+    def _endpoints_at(self, key: tuple[str, int]) -> tuple[Endpoint, ...] | None:
+        k8s, entries = self._k8s_endpoints.get(key), self._se_endpoints.get(key)
+        if k8s is not None and entries is not None:
+            return derive.merge_chunks([k8s, entries])
+        return k8s if k8s is not None else entries
+
+    def _assemble(self, revision: int) -> World:
         services = {s.hostname: s for s in self._services.values()}
         services.update(self._se_services)
         endpoints = dict(self._k8s_endpoints)
@@ -314,7 +384,7 @@ class WorldState:
             virtual_services=self._virtual_services,
             rules_by_host=self._rules,
             sidecars=self._sidecars,
-            workloads=self._workloads,
+            workloads=self._workloads_view(),
             errors=self._errors,
             revision=revision,
             secrets=self._secrets,
@@ -325,6 +395,8 @@ class WorldState:
             authorization_policies=self._authz,
             gateways=self._gateways,
             gateway_bindings=self._gateway_bindings,
+            envoy_filters=self._envoy_filters,
+            telemetries=self._telemetry_by_ns,
         )
 
 

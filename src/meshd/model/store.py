@@ -22,6 +22,7 @@ class ConfigStore:
         self._changes: dict[ResourceKey, Resource | None] = {}
         self._errors: dict[str, tuple[InvalidResource, ...]] = {}
         self._listeners: list[Callable[[], None]] = []
+        self._kinds: dict[str, set[ResourceKey]] = {}  # kind -> keys with a winner
         self.revision = 0
         self.loaded = False
 
@@ -48,7 +49,11 @@ class ConfigStore:
             resources = {**resources, **kept}
         if dict(resources) == previous:
             return False
-        current = dict(resources)
+        # an equal copy (the rest of a rewritten file, newly parsed) is no change: keep the object held
+        current = {k: held if (held := previous.get(k)) is not None and held == v else v for k, v in resources.items()}
+        if current.keys() == previous.keys() and all(_same_but_version(current[k], previous[k]) for k in current):
+            self._take_versions(origin, current)
+            return False
         if current:
             self._by_origin[origin] = current
         else:
@@ -63,6 +68,16 @@ class ConfigStore:
             self._elect(key)
         self._changed()
         return True
+
+    def _take_versions(self, origin: str, current: dict[ResourceKey, Resource]) -> None:
+        """Only resourceVersions moved (e.g. a status write meshd made): keep the new copies, so
+        readers see the current version, without a new revision (nothing to translate)."""
+        self._by_origin[origin] = current
+        for key, resource in current.items():
+            if min(self._origins_of[key]) == origin:
+                self._winners[key] = resource
+                if key in self._changes:
+                    self._changes[key] = resource
 
     def refuse_origin(self, origin: str, errors: Iterable[InvalidResource]) -> bool:
         """The origin's whole new content was refused (e.g. not YAML at all): it keeps all it held."""
@@ -86,8 +101,10 @@ class ConfigStore:
         if winner is not self._winners.get(key):
             if winner is None:
                 del self._winners[key]
+                self._kinds[key.kind].discard(key)
             else:
                 self._winners[key] = winner
+                self._kinds.setdefault(key.kind, set()).add(key)
             self._changes[key] = winner
 
     def mark_loaded(self) -> None:
@@ -103,6 +120,10 @@ class ConfigStore:
     def resources(self) -> list[tuple[str, Resource]]:
         """(origin, resource) pairs of the winning copies, sorted by key."""
         return [(min(self._origins_of[key]), self._winners[key]) for key in sorted(self._winners)]
+
+    def of_kind(self, kind: str) -> list[Resource]:
+        """The winning copies of one kind, sorted by key (without walking the rest)."""
+        return [self._winners[key] for key in sorted(self._kinds.get(kind, ()))]
 
     def drain_changes(self) -> dict[ResourceKey, Resource | None]:
         """Keys whose winning resource changed since the last call: the new resource, or None if gone."""
@@ -123,3 +144,13 @@ class ConfigStore:
         self.revision += 1
         for callback in self._listeners:
             callback()
+
+
+def _same_but_version(a: Resource, b: Resource) -> bool:
+    """Equal except for metadata.resourceVersion (which changes with every write, status included)."""
+    if a.metadata.resource_version == b.metadata.resource_version:
+        return a == b
+    unversioned = {"resource_version": ""}
+    return a.model_copy(update={"metadata": a.metadata.model_copy(update=unversioned)}) == b.model_copy(
+        update={"metadata": b.metadata.model_copy(update=unversioned)}
+    )

@@ -16,6 +16,7 @@ from types import MappingProxyType
 
 from meshd.api.authorization import AuthorizationPolicy
 from meshd.api.destinationrule import DestinationRule
+from meshd.api.envoyfilter import EnvoyFilter
 from meshd.api.gateway import Gateway
 from meshd.api.jwks import FetchedJwks
 from meshd.api.kube import EndpointSlice, Pod, Secret, Service
@@ -23,6 +24,7 @@ from meshd.api.meta import InvalidResource, Resource
 from meshd.api.networking import ServiceEntry, Sidecar, WorkloadEntry
 from meshd.api.request_authentication import RequestAuthentication
 from meshd.api.security import PeerAuthentication
+from meshd.api.telemetry import Telemetry
 from meshd.api.virtualservice import VirtualService
 from meshd.model import derive
 from meshd.model.derive import EXPORT_TO_ANNOTATION, EndpointChunks, default_rule, resolve_host
@@ -70,6 +72,10 @@ class World:
     # (namespace, name) a VirtualService's top-level `gateways` names -> those VirtualServices, oldest
     # first (whether or not the Gateway exists); each tuple is the same object while unchanged
     gateway_bindings: Mapping[tuple[str, str], tuple[VirtualService, ...]] = field(default_factory=dict)
+    # namespace -> its EnvoyFilters in the order Istio applies them (priority, creation time, name)
+    envoy_filters: Mapping[str, tuple[EnvoyFilter, ...]] = field(default_factory=dict)
+    # namespace -> Telemetry resources, oldest first (the mapping is the same object while none changes)
+    telemetries: Mapping[str, tuple[Telemetry, ...]] = field(default_factory=dict)
 
     def virtual_services_for(self, host: str) -> tuple[VirtualService, ...] | None:
         """The VirtualServices routing a host: those naming it exactly, else those of the most
@@ -106,6 +112,8 @@ def assemble(
     authorization_policies: Mapping[str, tuple[AuthorizationPolicy, ...]] | None = None,
     gateways: Mapping[tuple[str, str], Gateway] | None = None,
     gateway_bindings: Mapping[tuple[str, str], tuple[VirtualService, ...]] | None = None,
+    envoy_filters: Mapping[str, tuple[EnvoyFilter, ...]] | None = None,
+    telemetries: Mapping[str, tuple[Telemetry, ...]] | None = None,
 ) -> World:
     ordered = dict(sorted(services.items()))
     by_namespace: dict[str, list[MeshService]] = defaultdict(list)
@@ -126,7 +134,7 @@ def assemble(
         ),
         rules_by_host=MappingProxyType(dict(rules_by_host)),
         sidecars=MappingProxyType(dict(sidecars)),
-        workloads=MappingProxyType(dict(workloads)),
+        workloads=workloads if isinstance(workloads, MappingProxyType) else MappingProxyType(dict(workloads)),
         errors=tuple(errors),
         revision=revision,
         secrets=MappingProxyType(dict(secrets or {})),
@@ -142,6 +150,8 @@ def assemble(
         authorization_policies=authorization_policies if authorization_policies is not None else MappingProxyType({}),
         gateways=gateways if gateways is not None else MappingProxyType({}),
         gateway_bindings=MappingProxyType(dict(gateway_bindings or {})),
+        envoy_filters=envoy_filters if envoy_filters is not None else MappingProxyType({}),
+        telemetries=telemetries if telemetries is not None else MappingProxyType({}),
     )
 
 
@@ -222,4 +232,10 @@ def build_world(resources: Iterable[Resource], *, domain_suffix: str, revision: 
             derive.gateways_by_key([g for g in by_kind["Gateway"] if isinstance(g, Gateway)] + converted.gateways)
         ),
         gateway_bindings=derive.gateway_bindings(vss),
+        envoy_filters=MappingProxyType(
+            derive.envoy_filters_by_namespace(e for e in by_kind["EnvoyFilter"] if isinstance(e, EnvoyFilter))
+        ),
+        telemetries=MappingProxyType(
+            derive.oldest_first_by_namespace(t for t in by_kind["Telemetry"] if isinstance(t, Telemetry))
+        ),
     )

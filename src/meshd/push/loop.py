@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 
+from meshd.api.mesh import MeshConfig
 from meshd.api.meshconfig import MeshPolicy
 from meshd.api.meta import InvalidResource
 from meshd.clock import Clock
@@ -48,7 +49,7 @@ class PushLoop:
         self._metrics, self._log = metrics, log
         self._debouncer = Debouncer(clock=clock, quiet=settings.debounce_quiet_s, max_delay=settings.debounce_max_s)
         self._extra: dict[str, Sequence[XdsResource]] = {}
-        self._mesh: Callable[[], MeshPolicy] = MeshPolicy
+        self._mesh: Callable[[], MeshConfig | None] = lambda: None
         self._generations = Generations(
             domain_suffix=settings.domain_suffix,
             options=generate_options(settings),
@@ -68,12 +69,17 @@ class PushLoop:
         current, reported = self._generations.current, self._translation_errors
         refused = [e for e in current.refused if e not in reported] if current is not None else []
         rejected = self._hub.rejected()
-        nacked = nack_errors(rejected, current.world) if rejected and current is not None else []
+        nacked = (
+            nack_errors(rejected, current.world, root_namespace=self._settings.root_namespace)
+            if rejected and current is not None
+            else []
+        )
         return self._store.errors() + reported + refused + self._build_errors + nacked
 
-    def follow_mesh(self, mesh: Callable[[], MeshPolicy]) -> None:
-        """Where the mesh config's authorization settings come from (read at every generation; a change
-        rebuilds everything: options are part of every key). The source touches the store on a change."""
+    def follow_mesh(self, mesh: Callable[[], MeshConfig | None]) -> None:
+        """Where the mesh config comes from (read at every generation; a change rebuilds everything:
+        options are part of every key): the `istio` ConfigMap, or the `--mesh-config` file. The source
+        touches the store on a change."""
         self._mesh = mesh
 
     def inject(self, type_url: str, resources: Sequence[XdsResource]) -> None:
@@ -193,17 +199,20 @@ def _clip(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else f"{text[:limit]}...({len(text)} chars)"
 
 
-def generate_options(settings: Settings, mesh: MeshPolicy | None = None) -> GenerateOptions:
-    """The mesh-wide settings generation reads, from meshd's settings and the mesh config."""
+def generate_options(settings: Settings, mesh: MeshConfig | None = None) -> GenerateOptions:
+    """The mesh-wide settings generation reads, from meshd's settings and the mesh config (whose
+    rootNamespace and trustDomain win over the settings' defaults)."""
+    policy = mesh.policy if mesh is not None else MeshPolicy()
     return GenerateOptions(
-        mesh=mesh or MeshPolicy(),
+        mesh=policy,
         inbound_port=settings.inbound_port,
         sidecar_endpoint_port=settings.inbound_port,
-        root_namespace=settings.root_namespace,
-        trust_domain=settings.trust_domain,
+        root_namespace=mesh.root_namespace if mesh is not None else settings.root_namespace,
+        trust_domain=mesh.trust_domain if mesh is not None else settings.trust_domain,
+        gateway_trusted_proxies=mesh.gateway_trusted_proxies if mesh is not None else 0,
         auto_mtls=settings.enable_auto_mtls,
         # the mesh config's outboundTrafficPolicy.mode, else the flag (a Sidecar's own mode wins over both)
-        outbound_traffic_policy=(mesh.outbound_traffic_policy if mesh else None) or settings.outbound_traffic_policy,
+        outbound_traffic_policy=policy.outbound_traffic_policy or settings.outbound_traffic_policy,
         scope_gateway_to_namespace=settings.scope_gateway_to_namespace,
         gateway_bind_proxy_ip=settings.gateway_bind == "proxy-ip"
         or (settings.gateway_bind == "auto" and settings.config_dir is not None),

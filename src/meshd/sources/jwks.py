@@ -84,7 +84,7 @@ class JwksFetcher:
     def sources(self) -> dict[str, _Source]:
         """Every key source the RequestAuthentications in the store name, with its users."""
         found: dict[str, _Source] = {}
-        for _, resource in self._store.resources():
+        for resource in self._store.of_kind("RequestAuthentication"):
             if not isinstance(resource, RequestAuthentication):
                 continue
             for i, rule in enumerate(resource.spec.jwt_rules):

@@ -13,7 +13,9 @@ REDIRECT, node metadata `INTERCEPTION_MODE: REDIRECT`), as Istio lays them out:
   restored by the `original_dst` listener filter: per served port, chains matched by destination port
   (HTTP routing to `inbound|<port>||`, or TCP), split by the PeerAuthentication mode of the port as the
   bound inbound listener does (`listeners.py` helpers); other ports pass through to
-  `InboundPassthroughCluster`; a connection made to 15006 itself is black-holed.
+  `InboundPassthroughCluster` (after the network authorization filters; plaintext HTTP to them, sniffed,
+  through jwt_authn and the HTTP authorization filters when the workload has any, as Istio's passthrough
+  HTTP chain); a connection made to 15006 itself is black-holed.
 - Inbound clusters `inbound|<port>||` and `InboundPassthroughCluster` send to the original destination
   (the pod's own address and port) from source address 127.0.0.6, as Istio does since 1.10: the
   capture rules let traffic from 127.0.0.6 reach the app instead of redirecting it to 15006 again,
@@ -32,27 +34,33 @@ from functools import partial
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
-from google.protobuf import wrappers_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from google.protobuf import duration_pb2, wrappers_pb2
 
 from meshd.model.services import is_http, is_sniffed
 from meshd.translate import naming
 from meshd.translate.authz.inbound import NO_AUTHZ, InboundAuthz
 from meshd.translate.cluster_policy import inbound_pool
 from meshd.translate.clusters import CONNECT_TIMEOUT, set_upstream_protocol, socket_address
+from meshd.translate.http_filters import inbound_http_filters
 from meshd.translate.jwt_authn import JwtProviders
 from meshd.translate.l4_chain import cidr_range, filter_chain
 from meshd.translate.listener_plan import RESERVED_PORTS, ListenerPlan, PortPlan
 from meshd.translate.listeners import (
     InboundEntry,
     admits,
+    hcm_filter,
     inbound_http_chain,
+    normalize_paths,
     outbound_http_chain,
     split_by_transport,
     tcp_filters,
     tcp_proxy_filter,
     tls_inspector,
 )
+from meshd.translate.metrics import DESTINATION, SOURCE
 from meshd.translate.mtls import downstream_context, tls_socket
 from meshd.translate.peer_auth import InboundMtls
 from meshd.translate.proto import pack
@@ -78,7 +86,7 @@ OUTBOUND, INBOUND = 2, 1  # envoy.config.core.v3.TrafficDirection
 
 
 def _tcp_chain(name: str, cluster: str) -> listener_components_pb2.FilterChain:
-    return listener_components_pb2.FilterChain(name=name, filters=[tcp_proxy_filter(cluster)])
+    return listener_components_pb2.FilterChain(name=name, filters=[tcp_proxy_filter(cluster, reporter=SOURCE)])
 
 
 def unknown_destination_cluster(outbound_mode: str) -> str:
@@ -152,7 +160,8 @@ def _inbound_tcp_chain(
     target: int, *, mtls: bool, protocol: str = "TCP", authz: InboundAuthz = NO_AUTHZ
 ) -> listener_components_pb2.FilterChain:
     """tcp_proxy to the app's port, after the workload's network authorization filters."""
-    filters = [*authz.network_filters, *tcp_filters(naming.inbound_cluster(port=target), protocol)]
+    cluster = naming.inbound_cluster(port=target)
+    filters = [*authz.network_filters, *tcp_filters(cluster, protocol, reporter=DESTINATION, mtls=mtls)]
     chain = listener_components_pb2.FilterChain(filters=filters)
     if mtls:
         chain.transport_socket.CopyFrom(tls_socket(downstream_context()))
@@ -164,11 +173,34 @@ def _passthrough_chain(*, mtls: bool, authz: InboundAuthz = NO_AUTHZ) -> listene
     (a policy covers every port of the workload, declared or not)."""
     chain = listener_components_pb2.FilterChain(
         name=f"{INBOUND_PASSTHROUGH}|{'mtls' if mtls else 'plaintext'}",
-        filters=[*authz.network_filters, tcp_proxy_filter(INBOUND_PASSTHROUGH)],
+        filters=[*authz.network_filters, tcp_proxy_filter(INBOUND_PASSTHROUGH, reporter=DESTINATION, mtls=mtls)],
     )
     if mtls:
         chain.transport_socket.CopyFrom(tls_socket(downstream_context()))
     return chain
+
+
+def _passthrough_http_chain(*, jwt: JwtProviders, authz: InboundAuthz) -> listener_components_pb2.FilterChain:
+    """Plaintext HTTP (sniffed) to a port no service declares, when the workload has RequestAuthentications or
+    HTTP authorization filters (as Istio's inbound passthrough HTTP chain): jwt_authn, the HTTP authorization
+    filters and the router to the original destination, so tokens are verified and HTTP rules apply there
+    as on declared ports, instead of the TCP adaptation of the rules (`rules.py`)."""
+    route = route_components_pb2.Route(
+        name="default",
+        match=route_components_pb2.RouteMatch(prefix="/"),
+        route=route_components_pb2.RouteAction(cluster=INBOUND_PASSTHROUGH, timeout=duration_pb2.Duration(seconds=0)),
+    )
+    routes = route_pb2.RouteConfiguration(
+        name=INBOUND_PASSTHROUGH,
+        virtual_hosts=[route_components_pb2.VirtualHost(name="inbound|passthrough", domains=["*"], routes=[route])],
+    )
+    hcm = hcm_pb2.HttpConnectionManager(stat_prefix="inbound_passthrough", route_config=routes)
+    normalize_paths(hcm, authz.normalization)
+    chain = listener_components_pb2.FilterChain(
+        name=f"{INBOUND_PASSTHROUGH}|plaintext-http",
+        filters=[hcm_filter(hcm, inbound_http_filters(jwt=jwt, authz=authz.http_filters))],
+    )
+    return match_sniffed_http(chain)
 
 
 def served_ports(served: Sequence[InboundEntry]) -> dict[int, list[InboundEntry]]:
@@ -270,11 +302,24 @@ def _virtual_inbound(
         for mtls in (True, False)
         if admits(modes.mode, mtls=mtls, sds=sds)
     ]
-    inspect |= split_by_transport(passthrough)
+    split = split_by_transport(passthrough)
+    inspect |= split
     chains += [chain for _, chain in passthrough]
+    # HTTP to undeclared ports: sniffed when tokens or HTTP rules must be checked there (plaintext only:
+    # inside mTLS the client's ALPN does not say HTTP, as for sniffed declared ports)
+    passthrough_http = (bool(jwt) or bool(authz.http_filters)) and admits(modes.mode, mtls=False, sds=sds)
+    if passthrough_http:
+        http = _passthrough_http_chain(jwt=jwt, authz=authz)
+        if split:
+            http.filter_chain_match.transport_protocol = "raw_buffer"
+        chains.append(http)
     if inspect:
         listener.listener_filters.append(tls_inspector())
-    if sniffed:
+    if passthrough_http:  # every port but the declared ones that need no detection (and 15006 itself)
+        declared = {c.filter_chain_match.destination_port.value for c in chains}
+        declared.discard(0)  # (chains without a port)
+        sniff(listener, timeout_s=detection_timeout, skip_ports=sorted(declared - set(sniffed)))
+    elif sniffed:
         sniff(listener, timeout_s=detection_timeout, ports=sniffed)
     listener.filter_chains.extend(chains)
     return listener

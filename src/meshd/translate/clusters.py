@@ -18,6 +18,7 @@ from meshd.translate.client_mtls import ClusterMtls, cluster_mtls, service_ident
 from meshd.translate.cluster_policy import apply_policy, inbound_pool
 from meshd.translate.headless import pods
 from meshd.translate.locality import locality_groups
+from meshd.translate.metrics import service_metadata
 from meshd.translate.policy import EffectivePolicy, effective_policy
 from meshd.translate.proto import pack
 from meshd.translate.protocol import HTTP_OPTIONS_KEY, upstream_http_options
@@ -82,6 +83,8 @@ def original_destination(cluster: cluster_pb2.Cluster) -> None:
 def _plain_outbound(service: MeshService, port: ServicePort, subset: str) -> cluster_pb2.Cluster:
     name = naming.outbound_cluster(port=port.number, host=service.hostname, subset=subset)
     cluster = cluster_pb2.Cluster(name=name, connect_timeout=CONNECT_TIMEOUT)
+    # the destination_service labels of Istio's metrics (translate/metrics.py)
+    cluster.metadata.CopyFrom(service_metadata(host=service.hostname, name=service.name, namespace=service.namespace))
     if service.dns:
         # DNS_ROUND_ROBIN: Envoy's LOGICAL_DNS (connections to the first address the name resolves to)
         logical = service.resolution == "DNS_ROUND_ROBIN"

@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from meshd.api.http_match import HTTPMatchRequest, StringMatch
 from meshd.api.meta import InvalidResource, ResourceKey
 from meshd.api.networking import exported_to
-from meshd.api.virtualservice import HTTPMatchRequest, HTTPRoute, StringMatch, VirtualService
+from meshd.api.virtualservice import HTTPRoute, VirtualService
 
 Lookup = Callable[[str, str], VirtualService | None]  # (namespace, name) -> VirtualService
 

@@ -16,8 +16,9 @@ from envoy.type.matcher.v3 import string_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import any_pb2, wrappers_pb2
 
+from meshd.api.http_actions import CorsPolicy
+from meshd.api.http_fault import GRPC_STATUS, HTTPFaultInjection
 from meshd.api.values import parse_duration
-from meshd.api.virtualservice import GRPC_STATUS, CorsPolicy, HTTPFaultInjection
 from meshd.translate.http_match import string_matcher
 from meshd.translate.jwt_authn import JwtProviders, jwt_authn_filter
 from meshd.translate.proto import duration, pack

@@ -18,7 +18,7 @@ from envoy.config.route.v3 import route_components_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import wrappers_pb2
 
-from meshd.api.virtualservice import HTTPMatchRequest, StringMatch
+from meshd.api.http_match import HTTPMatchRequest, StringMatch
 
 MESH_GATEWAY = "mesh"
 

@@ -19,18 +19,13 @@ from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.type.matcher.v3 import regex_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 
+from meshd.api.destination import Destination
 from meshd.api.destinationrule import DestinationRule
+from meshd.api.http_actions import HeaderOperations, Headers, HTTPDirectResponse, HTTPRedirect
+from meshd.api.http_match import HTTPMatchRequest
 from meshd.api.meta import InvalidResource, ResourceKey
 from meshd.api.values import check_regex
-from meshd.api.virtualservice import (
-    Destination,
-    HeaderOperations,
-    Headers,
-    HTTPDirectResponse,
-    HTTPMatchRequest,
-    HTTPRedirect,
-    HTTPRoute,
-)
+from meshd.api.virtualservice import HTTPRoute
 from meshd.model.services import MeshService
 from meshd.translate import naming
 from meshd.translate.http_filters import cors_config, fault_config, fractional, typed_per_filter_config

@@ -32,6 +32,7 @@ from google.protobuf import empty_pb2
 from meshd.api.jwks import NO_KEYS_JWKS, JwksError, normalize_jwks
 from meshd.api.meta import InvalidResource
 from meshd.api.request_authentication import JwtRule, RequestAuthentication, key_source
+from meshd.translate.authz.selection import target_problem, targets_workload
 from meshd.translate.proto import pack
 
 JWT_AUTHN = "envoy.filters.http.jwt_authn"
@@ -61,12 +62,28 @@ JwtProviders = tuple[JwtProvider, ...]
 def applicable(
     policies: Policies, *, namespace: str, labels: Mapping[str, str], root_namespace: str
 ) -> list[RequestAuthentication]:
-    """The RequestAuthentications of a workload: mesh-wide, namespace-wide, then by selector (each oldest first)."""
-    found = [p for p in policies.get(root_namespace, ()) if not p.spec.has_selector]
+    """The RequestAuthentications of a workload: mesh-wide, namespace-wide, then by selector or by a
+    Gateway/GatewayClass target (a gateway workload's labels; GatewayClass from the root namespace), each
+    oldest first."""
+
+    def wide(policy: RequestAuthentication) -> bool:
+        return not policy.spec.has_selector and not policy.spec.targets
+
+    def targeted(policy: RequestAuthentication) -> bool:
+        at = policy.metadata.namespace
+        return any(
+            targets_workload(t, policy_namespace=at, namespace=namespace, labels=labels, root_namespace=root_namespace)
+            for t in policy.spec.targets
+        )
+
+    found = [p for p in policies.get(root_namespace, ()) if wide(p)]
     local = policies.get(namespace, ())
     if namespace != root_namespace:
-        found += [p for p in local if not p.spec.has_selector]
+        found += [p for p in local if wide(p)]
     found += [p for p in local if p.spec.has_selector and p.selects(dict(labels))]
+    found += [p for p in local if targeted(p)]
+    if namespace != root_namespace:
+        found += [p for p in policies.get(root_namespace, ()) if targeted(p)]  # GatewayClass targets
     return found
 
 
@@ -200,3 +217,17 @@ def check_policies(policies: Policies) -> Iterator[InvalidResource]:
                         f"no jwks, no jwksUri, and the issuer {rule.issuer!r} is not an http(s) URL to discover keys "
                         "from: every token of this rule is rejected",
                     )
+
+
+def target_errors(policies: Policies, *, root_namespace: str) -> Iterator[InvalidResource]:
+    """Gateway targets that select nothing (another namespace; a GatewayClass outside the root namespace)."""
+    for found in policies.values():
+        for policy in found:
+            spec = policy.spec
+            for i, target in enumerate(spec.targets):
+                where = "spec.targetRef" if spec.target_ref is not None else f"spec.targetRefs[{i}]"
+                problem = target_problem(
+                    target, policy_namespace=policy.metadata.namespace, root_namespace=root_namespace
+                )
+                if problem is not None:
+                    yield InvalidResource(policy.key, where, problem)

@@ -19,6 +19,7 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf import wrappers_pb2
 
 from meshd.api.destinationrule import TunnelSettings
+from meshd.translate.metrics import SOURCE, tcp_metrics
 from meshd.translate.proto import duration, pack
 from meshd.translate.protocol import mongo_filter
 
@@ -79,6 +80,7 @@ def cidr_range(text: str) -> address_pb2.CidrRange:
 
 def tcp_proxy(chain: L4Chain) -> tcp_proxy_pb2.TcpProxy:
     config = tcp_proxy_pb2.TcpProxy(stat_prefix=chain.name)
+    tcp_metrics(config, reporter=SOURCE)
     if len(chain.clusters) == 1:
         config.cluster = chain.clusters[0][0]
     else:

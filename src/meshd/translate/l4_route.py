@@ -28,6 +28,7 @@ from meshd.model.services import MeshService
 from meshd.translate.http_match import MESH_GATEWAY, MatchContext
 from meshd.translate.http_route import RouteContext, destination_cluster
 from meshd.translate.l4_chain import L4Chain, Tunnel, normalise_cidr, tunnel_of
+from meshd.translate.metrics import SOURCE, tcp_metrics
 from meshd.translate.policy import effective_policy
 from meshd.translate.proto import duration, pack
 
@@ -161,6 +162,7 @@ def tcp_proxy(
 ) -> listener_components_pb2.Filter:
     """tcp_proxy to one cluster, or to weighted clusters (each new connection picks one)."""
     config = tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix)
+    tcp_metrics(config, reporter=SOURCE)
     if len(clusters) == 1:
         config.cluster = clusters[0][0]
     else:

@@ -25,6 +25,15 @@ from meshd.translate.http_filters import inbound_http_filters, outbound_http_fil
 from meshd.translate.jwt_authn import JwtProviders
 from meshd.translate.l4_chain import filter_chain
 from meshd.translate.listener_plan import RESERVED_PORTS, ListenerPlan, PortPlan
+from meshd.translate.metrics import (
+    DESTINATION,
+    SOURCE,
+    http_stats_loggers,
+    inbound_exchange_filters,
+    outbound_exchange_filters,
+    service_metadata,
+    tcp_metrics,
+)
 from meshd.translate.mtls import MTLS_ALPNS, downstream_context, tls_socket
 from meshd.translate.peer_auth import DISABLE, PERMISSIVE, STRICT, InboundMtls
 from meshd.translate.proto import duration, pack
@@ -46,26 +55,35 @@ def hcm_filter(
     return listener_components_pb2.Filter(name="envoy.filters.network.http_connection_manager", typed_config=pack(hcm))
 
 
-def tcp_proxy_filter(cluster: str, idle_timeout: str | None = None) -> listener_components_pb2.Filter:
+def tcp_proxy_filter(
+    cluster: str, idle_timeout: str | None = None, *, reporter: str, mtls: bool | None = None
+) -> listener_components_pb2.Filter:
+    """tcp_proxy to `cluster` with Istio's TCP metrics as `reporter` (`mtls`: the inbound chain's transport)."""
     proxy_filter = tcp_proxy_pb2.TcpProxy(stat_prefix=cluster, cluster=cluster)
+    tcp_metrics(proxy_filter, reporter=reporter, mtls=mtls)
     if idle_timeout is not None:  # DestinationRule connectionPool.tcp.idleTimeout (0s: none)
         proxy_filter.idle_timeout.CopyFrom(duration(idle_timeout))
     return listener_components_pb2.Filter(name="envoy.filters.network.tcp_proxy", typed_config=pack(proxy_filter))
 
 
-def tcp_filters(cluster: str, protocol: str, idle_timeout: str | None = None) -> list[listener_components_pb2.Filter]:
+def tcp_filters(
+    cluster: str, protocol: str, idle_timeout: str | None = None, *, reporter: str, mtls: bool | None = None
+) -> list[listener_components_pb2.Filter]:
     """The TCP proxy to `cluster`, behind the Mongo proxy filter on a mongo port (Istio's default)."""
     filters = [mongo_filter(cluster)] if protocol == "MONGO" else []
-    return [*filters, tcp_proxy_filter(cluster, idle_timeout)]
+    return [*filters, tcp_proxy_filter(cluster, idle_timeout, reporter=reporter, mtls=mtls)]
 
 
 def outbound_http_chain(port: int) -> listener_components_pb2.FilterChain:
-    """The HTTP connection manager with the route table of this port (RDS `<port>`)."""
+    """The HTTP connection manager with the route table of this port (RDS `<port>`), reporting Istio's
+    metrics as the client side (`translate/metrics.py`)."""
     hcm = hcm_pb2.HttpConnectionManager(
         stat_prefix=f"outbound_{port}",
         rds=hcm_pb2.Rds(config_source=ads_config_source(), route_config_name=naming.route_config(port=port)),
     )
-    return listener_components_pb2.FilterChain(filters=[hcm_filter(hcm, outbound_http_filters())])
+    hcm.access_log.extend(http_stats_loggers(reporter=SOURCE))
+    filters = [*outbound_exchange_filters(), *outbound_http_filters()]
+    return listener_components_pb2.FilterChain(filters=[hcm_filter(hcm, filters)])
 
 
 def _outbound(proxy: Proxy, plan: PortPlan) -> listener_pb2.Listener:
@@ -131,13 +149,13 @@ def _inbound_routes(
                 domains=[
                     d for d in naming.service_domains(service, port=port, proxy_namespace=service.namespace) if ":" in d
                 ],
-                routes=[_inbound_route(target, port_filters)],
+                routes=[_inbound_route(target, port_filters, service)],
             )
         )
     # Anything else (a Host without the port, an address) goes to the first service port.
     routes.virtual_hosts.append(
         route_components_pb2.VirtualHost(
-            name="inbound|default", domains=["*"], routes=[_inbound_route(served[0][2], port_filters)]
+            name="inbound|default", domains=["*"], routes=[_inbound_route(served[0][2], port_filters, served[0][0])]
         )
     )
     return routes
@@ -180,6 +198,7 @@ def inbound_http_chain(
         stat_prefix="inbound", route_config=_inbound_routes(route_name, served, per_port)
     )
     normalize_paths(hcm, authz.normalization)
+    hcm.access_log.extend(http_stats_loggers(reporter=DESTINATION, mtls=mtls))
     if peer_identity:
         # The app sees who called: the peer's certificate (SPIFFE URI, subject, DNS) in x-forwarded-client-cert.
         hcm.forward_client_cert_details = hcm_pb2.HttpConnectionManager.APPEND_FORWARD
@@ -187,7 +206,7 @@ def inbound_http_chain(
         details.subject.value = True
         details.uri = True
         details.dns = True
-    filters = inbound_http_filters(jwt=jwt, authz=authz.http_filters)
+    filters = [*inbound_exchange_filters(), *inbound_http_filters(jwt=jwt, authz=authz.http_filters)]
     chain = listener_components_pb2.FilterChain(filters=[hcm_filter(hcm, filters)])
     if mtls:
         chain.transport_socket.CopyFrom(tls_socket(downstream_context()))
@@ -272,13 +291,17 @@ def inbound_listener_specs(
         yield Spec(naming.VIRTUAL_INBOUND, key, build)
 
 
-def _inbound_route(target: int, port_filters: tuple[hcm_pb2.HttpFilter, ...] = ()) -> route_components_pb2.Route:
+def _inbound_route(
+    target: int, port_filters: tuple[hcm_pb2.HttpFilter, ...], service: MeshService
+) -> route_components_pb2.Route:
+    """To the app's port; the route's metadata names the service (the destination_service labels)."""
     route = route_components_pb2.Route(
         name="default",
         match=route_components_pb2.RouteMatch(prefix="/"),
         route=route_components_pb2.RouteAction(
             cluster=naming.inbound_cluster(port=target), timeout=duration_pb2.Duration(seconds=0)
         ),
+        metadata=service_metadata(host=service.hostname, name=service.name, namespace=service.namespace),
     )
     for name, config in per_route(port_filters, target).items() if port_filters else ():
         route.typed_per_filter_config[name].CopyFrom(config)

@@ -47,27 +47,33 @@ def http_inspector() -> listener_components_pb2.ListenerFilter:
     )
 
 
-def sniff(listener: listener_pb2.Listener, *, timeout_s: float, ports: Sequence[int] = ()) -> None:
+def _any_port(ports: Sequence[int]) -> listener_components_pb2.ListenerFilterChainMatchPredicate:
+    ranges = [
+        listener_components_pb2.ListenerFilterChainMatchPredicate(
+            destination_port_range=range_pb2.Int32Range(start=port, end=port + 1)
+        )
+        for port in sorted(set(ports))
+    ]
+    if len(ranges) == 1:
+        return ranges[0]
+    return listener_components_pb2.ListenerFilterChainMatchPredicate(
+        or_match=listener_components_pb2.ListenerFilterChainMatchPredicate.MatchSet(rules=ranges)
+    )
+
+
+def sniff(
+    listener: listener_pb2.Listener, *, timeout_s: float, ports: Sequence[int] = (), skip_ports: Sequence[int] = ()
+) -> None:
     """Add protocol detection to a listener: http_inspector, waiting at most `timeout_s` (0: no limit) for
     the client's first bytes, then carrying on as TCP (Istio's protocolDetectionTimeout). With `ports`, only
     for connections to those destination ports (as Istio's inbound listener does): a TCP protocol whose
-    first bytes could start an HTTP request line must not wait for detection on a port that needs none."""
+    first bytes could start an HTTP request line must not wait for detection on a port that needs none.
+    With `skip_ports`, for every port but those (undeclared ports are sniffed too)."""
     inspector = http_inspector()
     if ports:
-        ranges = [
-            listener_components_pb2.ListenerFilterChainMatchPredicate(
-                destination_port_range=range_pb2.Int32Range(start=port, end=port + 1)
-            )
-            for port in sorted(set(ports))
-        ]
-        wanted = (
-            ranges[0]
-            if len(ranges) == 1
-            else listener_components_pb2.ListenerFilterChainMatchPredicate(
-                or_match=listener_components_pb2.ListenerFilterChainMatchPredicate.MatchSet(rules=ranges)
-            )
-        )
-        inspector.filter_disabled.not_match.CopyFrom(wanted)
+        inspector.filter_disabled.not_match.CopyFrom(_any_port(ports))
+    elif skip_ports:
+        inspector.filter_disabled.CopyFrom(_any_port(skip_ports))
     listener.listener_filters.append(inspector)
     seconds = int(timeout_s)
     listener.listener_filters_timeout.CopyFrom(
@@ -123,12 +129,14 @@ def upstream_http_options(protocol: str) -> http_protocol_options_pb2.HttpProtoc
     return None
 
 
-def bound_inbound_errors(world: World) -> list[InvalidResource]:
+def bound_inbound_errors(world: World, *, only: tuple[str, int] | None = None) -> list[InvalidResource]:
     """Service ports whose endpoints include workloads with a sidecar but no traffic capture, on a port that
     is not declared HTTP: such a sidecar's one inbound port (shared by every service port) speaks HTTP only,
-    so TCP there is not served (an unnamed port: its HTTP is). Reported once per Service port."""
+    so TCP there is not served (an unnamed port: its HTTP is). Reported once per Service port.
+    `only`: just this (host, port)."""
     errors: list[InvalidResource] = []
-    for (host, number), endpoints in world.endpoints.items():
+    items = world.endpoints.items() if only is None else [(only, world.endpoints.get(only, ()))]
+    for (host, number), endpoints in items:
         service = world.services.get(host)
         port = service.port(number) if service is not None else None
         if service is None or port is None or is_http(port.protocol) or service.resolution != "EDS":

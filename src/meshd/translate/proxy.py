@@ -37,6 +37,8 @@ class Proxy:
     # A proxyless gRPC client (node metadata `GENERATOR: grpc`, as Istio's agent writes it for them): it gets
     # gRPC's view of the mesh (`translate/proxyless.py`), never a sidecar's listeners.
     proxyless: bool = False
+    # The node metadata's string values (EnvoyFilter `match.proxy`: `metadata`, `proxyVersion` = ISTIO_VERSION).
+    metadata: tuple[tuple[str, str], ...] = ()
 
 
 def parse_node_id(node_id: str) -> Proxy:
@@ -105,3 +107,8 @@ GRPC_GENERATOR = "grpc"
 
 def is_proxyless(metadata: Mapping[str, object]) -> bool:
     return str(metadata.get(GENERATOR_METADATA, "")).lower() == GRPC_GENERATOR
+
+
+def string_metadata(metadata: Mapping[str, object]) -> tuple[tuple[str, str], ...]:
+    """The top-level string values of node metadata, sorted (what EnvoyFilters match on)."""
+    return tuple(sorted((k, v) for k, v in metadata.items() if isinstance(v, str)))

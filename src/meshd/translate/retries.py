@@ -11,8 +11,8 @@ from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.extensions.retry.priority.previous_priorities.v3 import previous_priorities_config_pb2
 from google.protobuf import wrappers_pb2
 
+from meshd.api.http_actions import HTTPRetry
 from meshd.api.values import seconds_nanos
-from meshd.api.virtualservice import HTTPRetry
 from meshd.translate.proto import pack
 
 # Istio's default retry policy when a VirtualService says nothing.

@@ -8,9 +8,11 @@ key get identical clusters, endpoints and routes.
 
 from __future__ import annotations
 
+import copy
 import fnmatch
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from meshd.api.destinationrule import DestinationRule
 from meshd.api.meta import InvalidResource, ResourceKey
@@ -36,6 +38,8 @@ class Signature:
         return self._hash
 
     def __eq__(self, other: object) -> bool:
+        if other is self:
+            return True
         return isinstance(other, Signature) and other._hash == self._hash and other.value == self.value
 
 
@@ -138,6 +142,7 @@ class Scope:
             if ports:
                 self.services.append((service, ports))
         self.visible_hosts = frozenset(s.hostname for s, _ in self.services)
+        self.headless = any(s.headless for s, _ in self.services)
         self._rule_cache: dict[str, DestinationRule | None] = {}
         # Scopes with equal signatures get identical clusters and endpoints (shared layer).
         chosen = []
@@ -151,6 +156,14 @@ class Scope:
         self.cluster_signature = Signature(
             (tuple((s, p) for s, p in self.services), tuple(chosen), key.locality, key.failover_labels, key.sds)
         )
+
+    def rebased(self, world: World) -> Scope:
+        """This scope over a newer World whose scope inputs are unchanged (`same_scope_inputs`): the
+        visibility computed here still holds; lookups that read more of the World read the new one."""
+        scope = copy.copy(self)
+        scope.world = world
+        scope._rule_cache = dict(self._rule_cache)
+        return scope
 
     @property
     def sidecar(self) -> Sidecar | None:
@@ -240,3 +253,27 @@ class Scope:
                 if rule.metadata.namespace == ns:
                     return rule
         return candidates[0]
+
+
+def same_items(a: Mapping[Any, object], b: Mapping[Any, object]) -> bool:
+    """The same keys, each with the very same object."""
+    return a is b or (a.keys() == b.keys() and all(v is b[k] for k, v in a.items()))
+
+
+def same_scope_inputs(before: World, after: World) -> bool:
+    """Whether everything a Scope (and the listener plan built from it) reads of the World is unchanged:
+    the services, VirtualServices, DestinationRules, Sidecars and PeerAuthentications, each the very same
+    object (WorldState keeps unchanged ones), and the selectors derived from them. Endpoints, workloads,
+    secrets and policies are not among them: an endpoint change keeps every scope."""
+    return (
+        before.domain_suffix == after.domain_suffix
+        and same_items(before.services, after.services)
+        and same_items(before.virtual_services, after.virtual_services)
+        and same_items(before.rules_by_host, after.rules_by_host)
+        and same_items(before.destination_rules, after.destination_rules)
+        and same_items(before.sidecars, after.sidecars)
+        and same_items(before.peer_authentications, after.peer_authentications)
+        and before.wildcard_hosts == after.wildcard_hosts
+        and before.source_selectors == after.source_selectors
+        and before.rule_selectors == after.rule_selectors
+    )

@@ -44,6 +44,7 @@ from meshd.translate.listeners import (
     tcp_filters,
     tls_inspector,
 )
+from meshd.translate.metrics import DESTINATION, http_stats_loggers, inbound_exchange_filters
 from meshd.translate.mtls import downstream_context, tls_socket
 from meshd.translate.peer_auth import InboundMtls
 from meshd.translate.proxy import Proxy
@@ -217,7 +218,7 @@ def server_tls_context(tls: IngressTLSSettings, *, http: bool) -> tls_pb2.Downst
 
 
 def _http_filter(
-    port: IngressPort, *, peer_identity: bool, jwt: JwtProviders, authz: InboundAuthz
+    port: IngressPort, *, peer_identity: bool, jwt: JwtProviders, authz: InboundAuthz, mtls: bool
 ) -> listener_components_pb2.Filter:
     cluster = naming.inbound_cluster(port=port.port)
     route = route_components_pb2.Route(
@@ -231,13 +232,14 @@ def _http_filter(
     )
     hcm = hcm_pb2.HttpConnectionManager(stat_prefix=cluster, route_config=routes)
     normalize_paths(hcm, authz.normalization)
+    hcm.access_log.extend(http_stats_loggers(reporter=DESTINATION, mtls=mtls))
     if peer_identity:
         hcm.forward_client_cert_details = hcm_pb2.HttpConnectionManager.APPEND_FORWARD
         details = hcm.set_current_client_cert_details
         details.subject.value = True
         details.uri = True
         details.dns = True
-    return hcm_filter(hcm, inbound_http_filters(jwt=jwt, authz=authz.http_filters))
+    return hcm_filter(hcm, [*inbound_exchange_filters(), *inbound_http_filters(jwt=jwt, authz=authz.http_filters)])
 
 
 def ingress_chain(
@@ -249,9 +251,10 @@ def ingress_chain(
     tls = port.tls.obj if port.tls is not None else None
     identity = peer_identity and (mtls or (isinstance(tls, IngressTLSSettings) and tls.mode == "MUTUAL"))
     if port.http:
-        filters = [_http_filter(port, peer_identity=identity, jwt=jwt, authz=authz)]
+        filters = [_http_filter(port, peer_identity=identity, jwt=jwt, authz=authz, mtls=mtls and tls is None)]
     else:
-        filters = [*authz.network_filters, *tcp_filters(naming.inbound_cluster(port=port.port), port.protocol)]
+        cluster = naming.inbound_cluster(port=port.port)
+        filters = [*authz.network_filters, *tcp_filters(cluster, port.protocol, reporter=DESTINATION, mtls=mtls)]
     transport = "tls" if tls is not None else "mtls" if mtls else "plaintext"
     chain = listener_components_pb2.FilterChain(
         name=f"{naming.inbound_cluster(port=port.port)}{transport}", filters=filters

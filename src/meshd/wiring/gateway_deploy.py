@@ -21,12 +21,19 @@ from meshd.wiring.leading import DutyFactory
 
 
 def gateway_deployer(
-    *, store: ConfigStore, config: InjectionConfig, interval_s: float, clock: Clock, log: logging.Logger
+    *,
+    store: ConfigStore,
+    config: Callable[[], InjectionConfig],
+    interval_s: float,
+    clock: Clock,
+    log: logging.Logger,
 ) -> DutyFactory:
+    """`config`: what the gateway proxies run and dial, read at each pass (the mesh config's discoveryAddress)."""
+
     def planned() -> tuple[list[GatewayDeployment], list[DeployRefusal]]:
         gateways = [g for g in store.of_kind(KUBERNETES_GATEWAY) if isinstance(g, KubernetesGateway)]
         classes = [c for c in store.of_kind("GatewayClass") if isinstance(c, GatewayClass)]
-        return plan(gateways, classes, config=config)
+        return plan(gateways, classes, config=config())
 
     def build(api: ApiClient, is_leader: Callable[[], bool]) -> LeaderDuty:
         deployer = GatewayDeployer(

@@ -39,7 +39,7 @@ def build_kube_mode(
             watch_timeout_s=settings.kube_watch_timeout_s, recheck_s=settings.kube_crd_recheck_s
         ),
     )
-    source = KubeSource(store=store, namespace=settings.namespace, log=log)
+    source = KubeSource(store=store, namespace=settings.namespace, log=log, trust_domain=settings.trust_domain)
     for kind in informers.reflectors:
         informers.add_handler(kind, source.handler(kind))
     informers.on_synced(source.mark_synced)

@@ -27,17 +27,21 @@ from meshd.wiring.grpc_servers import gated_listener
 from meshd.wiring.leading import DutyFactory, PassOnLeading
 
 
-def injection_config(settings: Settings) -> InjectionConfig | None:
-    return proxy_config(settings) if settings.inject_enabled else None
+def injection_config(settings: Settings, *, discovery_address: str = "") -> InjectionConfig | None:
+    """What injected sidecars get (None: injection is off)."""
+    return proxy_config(settings, discovery_address=discovery_address) if settings.inject_enabled else None
 
 
-def proxy_config(settings: Settings) -> InjectionConfig:
-    """What meshd's proxies run and dial: injected sidecars and the gateways it deploys alike."""
+def proxy_config(settings: Settings, *, discovery_address: str = "") -> InjectionConfig:
+    """What meshd's proxies run and dial, injected sidecars and the gateways it deploys alike; their xDS address:
+    the mesh config's `defaultConfig.discoveryAddress`, else `--inject-xds-address`, else
+    istiod.<namespace>.svc:15012 (a pod's proxy.istio.io/config wins over all)."""
     ns = settings.namespace
     return InjectionConfig(
         image=settings.inject_image,
         image_pull_policy=settings.inject_image_pull_policy,
-        xds_address=settings.inject_xds_address or f"istiod.{ns}.svc:15012",  # the Service port, whatever meshd binds
+        # the Service port, whatever meshd binds
+        xds_address=discovery_address or settings.inject_xds_address or f"istiod.{ns}.svc:15012",
         xds_server_name=f"istiod.{ns}.svc",
         ca_address=settings.inject_ca_address,
         trust_domain=settings.trust_domain,
@@ -55,6 +59,8 @@ class Webhook:
     log: logging.Logger
     metrics: Metrics
     certificate: RenewedCertificate | None = None
+    # the mesh config's defaultConfig.discoveryAddress, read at each injection ("": not set)
+    discovery_address: Callable[[], str] = lambda: ""
 
     async def serve(self) -> None:
         """Until cancelled. A webhook that cannot start (unreadable certificate, port taken) is reported;
@@ -80,13 +86,21 @@ class Webhook:
                 cert=settings.webhook_cert,
                 key=settings.webhook_key,
                 ssl_context=self.ssl_context,
-                injection=injection_config(settings),
+                injection=self._injection() if settings.inject_enabled else None,
                 sock=listener.socket,
             )
         except (OSError, ValueError) as exc:
             self.log.error("event=webhook_failed error=%s", exc)
         finally:
             listener.close()
+
+    def _injection(self) -> Callable[[], InjectionConfig]:
+        def current() -> InjectionConfig:
+            found = injection_config(self.settings, discovery_address=self.discovery_address())
+            assert found is not None  # (injection is on)
+            return found
+
+        return current
 
 
 def _has_files(settings: Settings) -> bool:
@@ -101,11 +115,14 @@ def webhook_server(
     clock: Clock,
     metrics: Metrics,
     log: logging.Logger,
+    discovery_address: Callable[[], str] = lambda: "",
 ) -> Webhook | None:
     """The webhook to serve, if any: with the files, or (`ca_issued`: Kubernetes mode with the CA) a
-    certificate from `authority`."""
+    certificate from `authority`. `discovery_address`: the mesh config's, read at each injection."""
     if _has_files(settings):
-        return Webhook(settings=settings, ssl_context=None, log=log, metrics=metrics)
+        return Webhook(
+            settings=settings, ssl_context=None, log=log, metrics=metrics, discovery_address=discovery_address
+        )
     if authority is None or not ca_issued:
         return None
     signer, sans = authority.signer, webhook_sans(settings)
@@ -123,7 +140,14 @@ def webhook_server(
         log=log,
     )
     log.info("event=webhook_cert_issued sans=%s expires=%s", ",".join(sans), cert.not_after.isoformat())
-    return Webhook(settings=settings, ssl_context=context, log=log, metrics=metrics, certificate=certificate)
+    return Webhook(
+        settings=settings,
+        ssl_context=context,
+        log=log,
+        metrics=metrics,
+        certificate=certificate,
+        discovery_address=discovery_address,
+    )
 
 
 def webhook_patcher(

@@ -36,6 +36,7 @@ from meshd.translate.proxy import (
     has_sds,
     is_proxyless,
     parse_node_id,
+    string_metadata,
 )
 from meshd.xds.access import PROTECTED_TYPES, Authorize, secret_refusal
 from meshd.xds.debug_stream import DebugTypes
@@ -232,8 +233,10 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             raise  # unreachable: abort raises
         if is_proxyless(metadata):  # a gRPC library, not Envoy: no SDS, no capture listeners
             proxy = dataclasses.replace(proxy, proxyless=True)
-        elif has_sds(metadata) or has_capture(metadata):
-            proxy = dataclasses.replace(proxy, sds=has_sds(metadata), capture=has_capture(metadata))
+        else:
+            proxy = dataclasses.replace(
+                proxy, sds=has_sds(metadata), capture=has_capture(metadata), metadata=string_metadata(metadata)
+            )
         verified: str | None = None
         if self._authorize is not None:
             verdict = await self._authorize(context, proxy)

@@ -50,9 +50,14 @@ def test_committed_crds_are_generated_from_the_models() -> None:
 
 
 def test_served_versions_as_istio(crds: dict[tuple[str, str], dict[str, Any]]) -> None:
-    for (group, _), crd in crds.items():
+    for (group, kind), crd in crds.items():
         versions = {v["name"]: v for v in crd["spec"]["versions"]}
-        expected = {"v1", "v1beta1", "v1alpha3"} if group == "networking.istio.io" else {"v1", "v1beta1"}
+        expected = {
+            "networking.istio.io": {"v1", "v1beta1", "v1alpha3"},
+            "telemetry.istio.io": {"v1", "v1alpha1"},
+        }.get(group, {"v1", "v1beta1"})
+        if kind == "EnvoyFilter":
+            expected = {"v1alpha3"}  # Istio serves EnvoyFilter as v1alpha3 only
         assert set(versions) == expected
         assert all(v["served"] for v in versions.values())
         assert sum(v["storage"] for v in versions.values()) == 1
@@ -104,7 +109,7 @@ def test_modelled_kinds_have_typed_specs(crds: dict[tuple[str, str], dict[str, A
     http = spec["properties"]["http"]["items"]["properties"]
     assert http["timeout"] == {"type": "string"}  # a Go duration
     assert http["route"]["items"]["properties"]["weight"]["type"] == "integer"
-    assert spec["x-kubernetes-preserve-unknown-fields"] is True  # open: fields meshd ignores still apply
+    assert _preserving(spec) == []  # strict: an unknown field never reaches meshd unseen
     lb = spec_schema(crds, "networking.istio.io/v1", "DestinationRule")["properties"]["trafficPolicy"]
     assert "ROUND_ROBIN" in lb["properties"]["loadBalancer"]["properties"]["simple"]["enum"]
     gateway = spec_schema(crds, "networking.istio.io/v1", "Gateway")
@@ -145,6 +150,28 @@ def test_request_authentication_schema_is_strict(crds: dict[tuple[str, str], dic
         rule = spec["properties"]["jwtRules"]["items"]["properties"]
         assert {"jwksUri", "jwks_uri", "fromCookies", "timeout", "spaceDelimitedClaims", "presence"} <= set(rule)
         assert set(spec["properties"]) == {"selector", "targetRef", "targetRefs", "jwtRules"}
+
+
+# Free-form by Istio's API (a google.protobuf.Struct): an EnvoyFilter patch's Envoy config, which meshd parses
+# as the Envoy message its applyTo names (unknown fields refused with their path: tests/unit/test_envoyfilter.py).
+FREE_FORM = {("EnvoyFilter", "spec.configPatches.items.patch.value")}
+
+
+def test_every_modelled_spec_is_closed(crds: dict[tuple[str, str], dict[str, Any]]) -> None:
+    """No Istio kind meshd models keeps unknown fields anywhere in its spec (issue 21: strict schemas), but
+    where Istio's API itself is free-form."""
+    for (_, kind), crd in crds.items():
+        for version in crd["spec"]["versions"]:
+            spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            assert [p for p in _preserving(spec) if (kind, p) not in FREE_FORM] == [], (kind, version["name"])
+
+
+def test_fields_meshd_refuses_are_typed_and_described(crds: dict[tuple[str, str], dict[str, Any]]) -> None:
+    """A field of Istio's API that meshd refuses stays in the schema (typed), so the API server hands it to
+    meshd, which refuses the object naming it, instead of pruning it silently."""
+    spec = spec_schema(crds, "networking.istio.io/v1beta1", "WorkloadEntry")
+    assert spec["properties"]["network"]["type"] == "string"
+    assert spec["properties"]["network"]["description"].startswith("Refused by meshd when set: multi-network")
 
 
 def test_int_or_string_conversion() -> None:
@@ -222,6 +249,7 @@ def test_the_examples_cover_every_kind() -> None:
         "PeerAuthentication",
         "AuthorizationPolicy",
         "RequestAuthentication",
+        "EnvoyFilter",
     }
     assert len(VALID) >= 25
 

@@ -123,7 +123,7 @@ def test_refusals_name_the_gateway_and_why() -> None:
 @pytest.mark.parametrize(
     ("infrastructure", "message"),
     [
-        ({"parametersRef": {"group": "", "kind": "ConfigMap", "name": "x"}}, "parametersRef: not supported"),
+        ({"parametersRef": {"group": "", "kind": "ConfigMap", "name": "x"}}, "parametersRef"),
         ({"labels": {"bad key!": "x"}}, "is not a valid Kubernetes label"),
         ({"labels": {f"k{i}": "v" for i in range(9)}}, "labels"),
         ({"color": "blue"}, "color"),

@@ -355,3 +355,30 @@ def test_malformed_pods_are_refused_with_a_message(name: str, mutate: Any, messa
 def test_bodies_that_are_not_admission_reviews_raise_bad_review(body: Any) -> None:
     with pytest.raises(BadReview):
         inject_review(body, config=CONFIG)
+
+
+def test_the_mesh_config_discovery_address_is_read_at_each_injection() -> None:
+    """meshConfig.defaultConfig.discoveryAddress (a live input) wins over --inject-xds-address; a pod's
+    proxy.istio.io/config wins over both."""
+    import logging
+
+    from meshd.settings import Settings
+    from meshd.wiring.webhooks import Webhook
+
+    mesh = {"address": ""}
+    settings = Settings(inject_xds_address="meshd.istio-system.svc:15012")
+    webhook = Webhook(
+        settings=settings,
+        ssl_context=None,
+        log=logging.getLogger("test"),
+        metrics=None,  # type: ignore[arg-type]
+        discovery_address=lambda: mesh["address"],
+    )
+    current = webhook._injection()
+    assert current().xds_address == "meshd.istio-system.svc:15012"
+    mesh["address"] = "meshd-canary.istio-system.svc:15012"
+    config = current()
+    assert flag(container(injected(make_pod(), config), "istio-proxy")["args"], "--xds-address") == mesh["address"]
+    annotated = make_pod(annotations={"proxy.istio.io/config": "discoveryAddress: own.istio-system.svc:15012"})
+    proxy = container(injected(annotated, config), "istio-proxy")
+    assert flag(proxy["args"], "--xds-address") == "own.istio-system.svc:15012"

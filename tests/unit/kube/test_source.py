@@ -85,6 +85,17 @@ def test_one_origin_per_object_and_changes_touch_one_key(f: Fixture) -> None:
     assert f.notified == before
 
 
+def test_a_status_write_moves_only_the_resource_version_and_wakes_no_push(f: Fixture) -> None:
+    vs = obj("VirtualService", "web", spec={"hosts": ["web"], "http": [{"route": [{"destination": {"host": "web"}}]}]})
+    f.add(vs)
+    before = f.notified
+    written = {**vs, "metadata": {**vs["metadata"], "resourceVersion": "2"}, "status": {"observedGeneration": 1}}
+    f.modify(vs, written)  # what meshd's own status write comes back as
+    assert f.notified == before
+    [(_, held)] = f.store.resources()
+    assert held.metadata.resource_version == "2"  # the status writer sees the version it wrote
+
+
 def test_invalid_object_is_reported_and_its_last_valid_version_kept(f: Fixture) -> None:
     good = svc("web")
     f.add(good)
@@ -134,9 +145,34 @@ def test_invalid_mesh_config_is_reported_and_the_previous_one_kept(f: Fixture) -
     [err] = f.store.errors()
     assert str(err.key) == "ConfigMap istio-system/istio" and "values" in err.message
     f.add(mesh("trustDomain: example.org\nrootNamespace: mesh-root\ndefaultConfig: {discoveryAddress: 'meshd:15012'}"))
-    assert f.store.errors() == []
+    # the invalid one's error is gone; a trust domain other than the CA's is a warning
+    [warning] = f.store.errors()
+    assert warning.severity == "warning" and warning.message.startswith("trustDomain: 'example.org' is used")
     assert (f.source.mesh.trust_domain, f.source.mesh.root_namespace) == ("example.org", "mesh-root")
     assert f.source.mesh.discovery_address == "meshd:15012"
+
+
+def test_mesh_config_changes_touch_the_store_and_unused_fields_are_warned_once(f: Fixture) -> None:
+    touched: list[int] = []
+    f.store.subscribe(lambda: touched.append(1))
+    f.add(mesh("rootNamespace: mesh-root\ndefaultConfig: {gatewayTopology: {numTrustedProxies: 2}}"))
+    assert touched and f.source.mesh.gateway_trusted_proxies == 2 and f.store.errors() == []
+    touched.clear()
+    f.modify(
+        mesh("{}"),
+        mesh(
+            "rootNamespace: mesh-root\nenablePrometheusMerge: true\n"
+            "defaultConfig: {holdApplicationUntilProxyStarts: true,"
+            " gatewayTopology: {numTrustedProxies: 2, proxyProtocol: {}}}"
+        ),
+    )
+    assert not touched  # nothing meshd uses changed
+    assert sorted(e.message.split(":")[0] for e in f.store.errors()) == [
+        "defaultConfig.gatewayTopology.proxyProtocol",
+        "defaultConfig.holdApplicationUntilProxyStarts",
+        "enablePrometheusMerge",
+    ]
+    assert all(e.severity == "warning" and "not used by meshd" in e.message for e in f.store.errors())
 
 
 def pod(name: str, node: str, **labels: str) -> Obj:

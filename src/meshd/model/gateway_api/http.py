@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from meshd.api.httproute import HeaderFilter, HTTPBackendRef, HTTPRoute, PathModifier, RouteMatch, RouteRule
+from meshd.api.httproute import HeaderFilter, HTTPBackendRef, HTTPRoute, HTTPRouteMatch, PathModifier, RouteRule
 
 # group, kind, namespace, name, port -> (reason, message) of a problem, or None
 BackendCheck = Callable[[str, str, str, str, int | None], tuple[str, str] | None]
@@ -49,7 +49,7 @@ def http_routes(
     meta = route.metadata
     for r, rule in enumerate(route.spec.rules):
         action = _action(rule, route=route, domain_suffix=domain_suffix, backend_problem=backend_problem)
-        for m, match in enumerate(rule.matches or [RouteMatch()]):
+        for m, match in enumerate(rule.matches or [HTTPRouteMatch()]):
             for v, (uri, rewrite_prefix) in enumerate(_uri_variants(match)):
                 precedence = Precedence(
                     _PATH_RANK[match.path.type],
@@ -72,7 +72,7 @@ def http_routes(
     return out
 
 
-def _uri_variants(match: RouteMatch) -> list[tuple[dict[str, str], str | None]]:
+def _uri_variants(match: HTTPRouteMatch) -> list[tuple[dict[str, str], str | None]]:
     """(VirtualService uri match, the prefix a ReplacePrefixMatch replaces it with: "" keep, "/" add)."""
     path = match.path
     if path.type == "Exact":
@@ -85,7 +85,7 @@ def _uri_variants(match: RouteMatch) -> list[tuple[dict[str, str], str | None]]:
     return [({"exact": base}, ""), ({"prefix": f"{base}/"}, "/")]
 
 
-def _match(match: RouteMatch, uri: dict[str, str]) -> dict[str, Any]:
+def _match(match: HTTPRouteMatch, uri: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {"uri": uri}
     if match.headers:
         out["headers"] = {h.name.lower(): {"exact" if h.type == "Exact" else "regex": h.value} for h in match.headers}

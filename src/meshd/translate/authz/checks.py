@@ -6,7 +6,8 @@ a translation that fails closed (`inbound.py` says how); none is a policy silent
 - a CUSTOM policy whose provider is missing, not an ext_authz provider or names an unknown service; one of
   an HTTP provider (its TCP connections are denied, a warning); dry-run on CUSTOM (enforced, a warning);
 - two CUSTOM providers on one workload (Istio allows one: the workload denies every request);
-- targets this release cannot attach (failing closed on what they stand for).
+- targets this release cannot attach (Service, ServiceEntry: failing closed on their endpoints), and
+  targets in another namespace (selecting nothing, as Istio).
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ def policy_errors(
     field = "spec.targetRef" if spec.target_ref is not None else "spec.targetRefs"
     for i, target in enumerate(spec.targets):
         where = field if spec.target_ref is not None else f"{field}[{i}]"
-        yield InvalidResource(key, where, target_problem(policy, target, root_namespace=root_namespace))
+        problem = target_problem(target, policy_namespace=policy.metadata.namespace, root_namespace=root_namespace)
+        if problem is not None:
+            yield InvalidResource(key, where, problem)
 
 
 def provider_conflicts(world: World, *, root_namespace: str) -> Iterator[InvalidResource]:

@@ -63,6 +63,7 @@ class InboundAuthz:
     network_filters: tuple[listener_components_pb2.Filter, ...] = ()
     normalization: str = "BASE"
     policies: tuple[str, ...] = ()  # what applies, for /debug/authorizationz: "<ns>/<name> <how>"
+    ext_authz_cluster: str = ""  # the provider's cluster its ext_authz filters call ("": none)
     digest: bytes = field(default=b"", repr=False)
 
     def __eq__(self, other: object) -> bool:
@@ -155,11 +156,15 @@ def inbound_authz(
     http_filters = _http_filters(by_action, found)
     network_filters = _network_filters(by_action, found)
     normalization = mesh.path_normalization
+    calls = any(f.name == ext_authz.HTTP_FILTER for f in http_filters) or any(
+        f.name == ext_authz.NETWORK_FILTER for f in network_filters
+    )
     return InboundAuthz(
         http_filters=tuple(http_filters),
         network_filters=tuple(network_filters),
         normalization=normalization,
         policies=tuple(described),
+        ext_authz_cluster=ext_authz.cluster(found) if calls and found is not None else "",
         digest=_digest(http_filters, network_filters, normalization),
     )
 

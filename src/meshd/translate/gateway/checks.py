@@ -96,7 +96,9 @@ def selector_errors(
     world: World, *, workloads: Mapping[str, Workload], scope_to_namespace: bool
 ) -> list[InvalidResource]:
     """Gateways no workload is selected by (Istio's analysers say the same)."""
-    out = []
+    out: list[InvalidResource] = []
+    if not world.gateways:
+        return out
     groups = {(w.namespace, w.labels) for w in workloads.values()}
     for gateway in world.gateways.values():
         if not any(

@@ -18,6 +18,7 @@ from meshd.api.meta import InvalidResource
 from meshd.api.virtualservice import TCPRoute, TLSRoute, VirtualService
 from meshd.model.derive import resolve_host
 from meshd.model.world import World
+from meshd.translate.authz.inbound import NO_AUTHZ, InboundAuthz
 from meshd.translate.gateway import listeners as gl
 from meshd.translate.gateway.hosts import bindable, intersect, virtual_hosts
 from meshd.translate.gateway.plan import GatewayServer, PortPlan, plan_ports
@@ -26,6 +27,7 @@ from meshd.translate.gateway.sni_dnat import SniTarget, sni_targets
 from meshd.translate.gateway.tls import downstream_tls, sds_secret_names, server_files
 from meshd.translate.http_match import MatchContext, applies
 from meshd.translate.http_route import RouteContext
+from meshd.translate.jwt_authn import JwtProviders
 from meshd.translate.l4_route import cidr_ranges, route_clusters, tcp_proxy
 from meshd.translate.scope import Scope
 from meshd.translate.secrets import source
@@ -50,6 +52,8 @@ class GatewayKey:
     # server port -> the port the workload listens on: the targetPort of a Service port of the
     # workload (Istio's mapping: Gateway port 80, gateway Service 80 -> 8080, listener 0.0.0.0_8080)
     port_map: tuple[tuple[int, int], ...] = ()
+    # gatewayTopology.numTrustedProxies: X-Forwarded-For hops trusted for the client address
+    trusted_hops: int = 0
 
 
 @dataclass
@@ -66,10 +70,22 @@ FileProblem = Callable[[str], str | None]  # a certificate file Envoy could not 
 
 
 class _Builder:
-    def __init__(self, world: World, *, scope: Scope, key: GatewayKey, file_problem: FileProblem | None) -> None:
+    def __init__(
+        self,
+        world: World,
+        *,
+        scope: Scope,
+        key: GatewayKey,
+        file_problem: FileProblem | None,
+        authz: InboundAuthz,
+        jwt: JwtProviders,
+    ) -> None:
         self.world, self.scope, self.key = world, scope, key
         self.file_problem = file_problem
+        self.authz, self.jwt = authz, jwt
         self.out = GatewayConfig()
+        if authz.ext_authz_cluster:
+            self.out.clusters.add(authz.ext_authz_cluster)
         labels = dict(key.labels)
         self._source_matches: Callable[[dict[str, str]], bool] = lambda wanted: all(
             labels.get(k) == v for k, v in wanted.items()
@@ -108,6 +124,15 @@ class _Builder:
         self.out.secrets.update(sds_secret_names(tls))
         return None
 
+    def http_filter(self, route_name: str, stat_prefix: str) -> listener_components_pb2.Filter:
+        return gl.http_filter(
+            route_name=route_name,
+            stat_prefix=stat_prefix,
+            authz=self.authz,
+            jwt=self.jwt,
+            trusted_hops=self.key.trusted_hops,
+        )
+
     # -- ports ----------------------------------------------------------------------------------
 
     def build(self, gateways: Sequence[Gateway]) -> GatewayConfig:
@@ -136,7 +161,7 @@ class _Builder:
         name = http_route_name(plan.servers[0], listen=plan.number)
         self._routes(name, plan.servers, plan.number)
         stat = f"outbound_{plan.bind or self.key.address}_{plan.number}"
-        return [gl.chain(f"http_{plan.number}", gl.http_filter(route_name=name, stat_prefix=stat))]
+        return [gl.chain(f"http_{plan.number}", self.http_filter(name, stat))]
 
     def _claim(self, plan: PortPlan, server: GatewayServer, names: Sequence[str], where: str) -> list[str]:
         """The SNIs of a new chain that no earlier chain of the port has (`*`: no SNI); the others are
@@ -173,7 +198,7 @@ class _Builder:
                     chains.append(
                         gl.chain(
                             chain_name,
-                            gl.http_filter(route_name=name, stat_prefix=stat),
+                            self.http_filter(name, stat),
                             server_names=snis,
                             tls=context,
                         )
@@ -251,6 +276,7 @@ class _Builder:
                     chains[(dest, src)] = gl.chain(
                         f"{prefix or server.gateway_name}/tcp/{len(chains)}",
                         tcp_proxy(clusters, stat_prefix=stat),
+                        before=self.authz.network_filters,
                         server_names=server_names,
                         tls=tls,
                         destination_ranges=cidr_ranges(dest),
@@ -282,6 +308,7 @@ class _Builder:
                         gl.chain(
                             f"{server.gateway_name}/{server.index}/tls/{len(chains)}",
                             tcp_proxy(clusters, stat_prefix=stat),
+                            before=self.authz.network_filters,
                             server_names=[] if "*" in granted else granted,
                             destination_ranges=cidr_ranges(match.destination_subnets),
                         )
@@ -294,7 +321,14 @@ class _Builder:
             if not self._claim(plan, server, [name], "hosts"):
                 continue
             self.out.sni_targets.append(target)
-            chains.append(gl.chain(name, tcp_proxy([(name, 1)], stat_prefix=name), server_names=[name]))
+            chains.append(
+                gl.chain(
+                    name,
+                    tcp_proxy([(name, 1)], stat_prefix=name),
+                    server_names=[name],
+                    before=self.authz.network_filters,
+                )
+            )
         return chains
 
 
@@ -325,6 +359,10 @@ def build_gateway(
     scope: Scope,
     key: GatewayKey,
     file_problem: FileProblem | None = None,
+    authz: InboundAuthz = NO_AUTHZ,
+    jwt: JwtProviders = (),
 ) -> GatewayConfig:
-    """The configuration of a gateway workload `key` selected by `gateways` (oldest first)."""
-    return _Builder(world, scope=scope, key=key, file_problem=file_problem).build(gateways)
+    """The configuration of a gateway workload `key` selected by `gateways` (oldest first), with its
+    RequestAuthentications (`jwt`) and AuthorizationPolicies (`authz`) on every listener."""
+    builder = _Builder(world, scope=scope, key=key, file_problem=file_problem, authz=authz, jwt=jwt)
+    return builder.build(gateways)

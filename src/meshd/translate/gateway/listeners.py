@@ -7,8 +7,12 @@
   PASSTHROUGH server (its `sniHosts` met with the server's hosts; tcp_proxy), AUTO_PASSTHROUGH
   (SNI `outbound_.<port>_.<subset>_.<host>` to that cluster); an unknown SNI is closed;
 - TCP ports: the first TCP route that applies (tcp_proxy, weighted).
-The HTTP connection manager sets the client address (`use_remote_address`) and, as Istio's gateways,
-sanitizes and sets `x-forwarded-client-cert` from a verified client certificate.
+The HTTP connection manager sets the client address (`use_remote_address`; from X-Forwarded-For when
+`gatewayTopology.numTrustedProxies` is set) and, as Istio's gateways, sanitizes and sets
+`x-forwarded-client-cert` from a verified client certificate. The gateway workload's
+RequestAuthentications and AuthorizationPolicies apply as on a sidecar's inbound side: jwt_authn and the
+authorization filters ahead of CORS, fault and the router (paths normalised per `pathNormalization`), the
+network authorization filters ahead of every TCP chain's tcp_proxy.
 """
 
 from __future__ import annotations
@@ -20,9 +24,12 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import duration_pb2
 
+from meshd.translate.authz.inbound import NO_AUTHZ, InboundAuthz
 from meshd.translate.clusters import ads_config_source, socket_address
 from meshd.translate.http_filters import outbound_http_filters
-from meshd.translate.listeners import tls_inspector
+from meshd.translate.jwt_authn import JwtProviders, jwt_authn_filter
+from meshd.translate.listeners import normalize_paths, tls_inspector
+from meshd.translate.metrics import SOURCE, http_stats_loggers, outbound_exchange_filters
 from meshd.translate.mtls import tls_socket
 from meshd.translate.proto import pack
 from meshd.translate.protocol import allow_upgrades
@@ -35,16 +42,33 @@ def listener_name(address: str, port: int) -> str:
     return f"{address}_{port}"
 
 
-def http_filter(*, route_name: str, stat_prefix: str) -> listener_components_pb2.Filter:
+def http_filter(
+    *,
+    route_name: str,
+    stat_prefix: str,
+    authz: InboundAuthz = NO_AUTHZ,
+    jwt: JwtProviders = (),
+    trusted_hops: int = 0,
+) -> listener_components_pb2.Filter:
     hcm = hcm_pb2.HttpConnectionManager(
         stat_prefix=stat_prefix,
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         rds=hcm_pb2.Rds(config_source=ads_config_source(), route_config_name=route_name),
         stream_idle_timeout=duration_pb2.Duration(seconds=0),
     )
+    hcm.access_log.extend(http_stats_loggers(reporter=SOURCE))  # Istio's gateways report as the source
+    # as Istio's gateways: the peer exchange, jwt_authn, the authorization filters (they read its payload), CORS,
+    # fault, router
+    hcm.http_filters.extend(outbound_exchange_filters())
+    hcm.http_filters.extend([jwt_authn_filter(jwt)] if jwt else [])
+    hcm.http_filters.extend(authz.http_filters)
     hcm.http_filters.extend(outbound_http_filters())
+    normalize_paths(hcm, authz.normalization)
     allow_upgrades(hcm)  # WebSocket through the gateway, as Istio's gateways allow it
     hcm.use_remote_address.value = True
+    # gatewayTopology.numTrustedProxies: the client address (RBAC's remote_ip) is taken from
+    # X-Forwarded-For, that many hops from the right
+    hcm.xff_num_trusted_hops = trusted_hops
     hcm.forward_client_cert_details = hcm_pb2.HttpConnectionManager.SANITIZE_SET
     details = hcm.set_current_client_cert_details
     details.subject.value = True
@@ -61,8 +85,11 @@ def chain(
     tls: tls_pb2.DownstreamTlsContext | None = None,
     destination_ranges: Sequence[object] = (),
     source_ranges: Sequence[object] = (),
+    before: Sequence[listener_components_pb2.Filter] = (),
 ) -> listener_components_pb2.FilterChain:
-    out = listener_components_pb2.FilterChain(name=name, filters=[network_filter])
+    """A filter chain ending in `network_filter`; `before`: the network filters ahead of it (a TCP
+    chain's authorization)."""
+    out = listener_components_pb2.FilterChain(name=name, filters=[*before, network_filter])
     if server_names or destination_ranges or source_ranges:
         match = out.filter_chain_match
         match.server_names.extend(sorted(server_names))

@@ -1,0 +1,358 @@
+"""Istio's standard metrics from upstream Envoy: names, labels and the peer-metadata exchange behind them.
+
+Upstream Envoy has no Istio stats filter. Each side learns what it reports from what Envoy provides:
+- **its own identity** from environment variables the node agent sets for Envoy (`%ENVIRONMENT(...)%`:
+  `MESHD_WORKLOAD_NAME`, `MESHD_WORKLOAD_NAMESPACE`, `MESHD_APP`, `MESHD_VERSION`, `MESHD_CLUSTER_ID`), so the
+  configuration is the same for every proxy and stays shared;
+- **the peer's identity (HTTP)** from a header exchange meshd configures: the client sidecar adds
+  `x-meshd-peer-*` request headers with its own identity (header_mutation, overwriting what the app sent); the
+  server sidecar moves them into dynamic metadata (`header_to_metadata`, namespace `meshd.peer`, removed before
+  the app sees them; `unknown` when absent: a client without sidecar) and answers with its own identity in the
+  same response headers, which the client sidecar moves into metadata and removes in turn (`unknown`: a server
+  without sidecar);
+- **principals** from the mTLS certificates (`%DOWNSTREAM_PEER_URI_SAN%`, `%UPSTREAM_PEER_URI_SAN%`...);
+  `connection_security_policy` from the inbound filter chain (its mTLS or plaintext chain);
+- **the destination service** from the metadata meshd puts on outbound clusters (`meshd.service`) and on
+  inbound routes (one per service);
+- **TCP**: no headers; the peer's principal from the certificate, the service from the cluster metadata,
+  workload labels of the peer `unknown`.
+The values are emitted by Envoy's stats access logger (`envoy.access_loggers.stats`) as tagged counters and
+histograms `istio.<name>`; the node agent's 15090 listener and merged 15020 endpoint expose them as Istio's
+`istio_<name>` (Envoy's Prometheus output alone would name them `envoy_istio_<name>`).
+
+`MetricsConfig` is what a proxy's metrics are (Istio's defaults: `DEFAULT_METRICS`); the Telemetry API's
+`metrics` (overrides: disabled metrics, tags removed or upserted) maps onto it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from envoy.config.accesslog.v3 import accesslog_pb2
+from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
+from envoy.config.core.v3 import base_pb2
+from envoy.data.accesslog.v3 import accesslog_pb2 as data_pb2
+from envoy.extensions.access_loggers.stats.v3 import stats_pb2
+from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
+from envoy.extensions.filters.http.header_to_metadata.v3 import header_to_metadata_pb2 as h2m_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from google.protobuf import struct_pb2, wrappers_pb2
+
+from meshd.translate.proto import pack
+
+STATS_LOGGER = "envoy.access_loggers.stats"
+STAT_PREFIX = "istio"  # Envoy names the stats istio.<name>; exposed as istio_<name>
+PEER_HEADER = "x-meshd-peer-"
+PEER_METADATA = "meshd.peer"
+SERVICE_METADATA = "meshd.service"
+UNKNOWN = "unknown"
+# The proxy's own identity: (peer header suffix / metadata key, environment variable the agent sets)
+IDENTITY_ENV = (
+    ("workload", "MESHD_WORKLOAD_NAME"),
+    ("namespace", "MESHD_WORKLOAD_NAMESPACE"),
+    ("app", "MESHD_APP"),
+    ("version", "MESHD_VERSION"),
+    ("cluster", "MESHD_CLUSTER_ID"),
+)
+# Istio's label for each identity field, on the source_ or destination_ side
+_LABEL_OF = {
+    "workload": "workload",
+    "namespace": "workload_namespace",
+    "app": "app",
+    "version": "version",
+    "cluster": "cluster",
+}
+
+# Istio's metric names (Telemetry API enum -> exposed name without the `istio_` prefix)
+REQUEST_COUNT = "REQUEST_COUNT"
+REQUEST_DURATION = "REQUEST_DURATION"
+REQUEST_SIZE = "REQUEST_SIZE"
+RESPONSE_SIZE = "RESPONSE_SIZE"
+TCP_OPENED_CONNECTIONS = "TCP_OPENED_CONNECTIONS"
+TCP_CLOSED_CONNECTIONS = "TCP_CLOSED_CONNECTIONS"
+TCP_SENT_BYTES = "TCP_SENT_BYTES"
+TCP_RECEIVED_BYTES = "TCP_RECEIVED_BYTES"
+GRPC_REQUEST_MESSAGES = "GRPC_REQUEST_MESSAGES"
+GRPC_RESPONSE_MESSAGES = "GRPC_RESPONSE_MESSAGES"
+METRIC_NAMES = {
+    REQUEST_COUNT: "requests_total",
+    REQUEST_DURATION: "request_duration_milliseconds",
+    REQUEST_SIZE: "request_bytes",
+    RESPONSE_SIZE: "response_bytes",
+    TCP_OPENED_CONNECTIONS: "tcp_connections_opened_total",
+    TCP_CLOSED_CONNECTIONS: "tcp_connections_closed_total",
+    TCP_SENT_BYTES: "tcp_sent_bytes_total",
+    TCP_RECEIVED_BYTES: "tcp_received_bytes_total",
+}
+# Envoy has no per-call message counts a stats logger can read: not emitted (tests/TELEMETRY_FIELDS.md)
+UNSUPPORTED_METRICS = frozenset({GRPC_REQUEST_MESSAGES, GRPC_RESPONSE_MESSAGES})
+BYTES_BUCKETS = (1, 10, 100, 1000, 10_000, 100_000, 1_000_000, 10_000_000, 100_000_000, 1_000_000_000)
+
+SOURCE, DESTINATION = "source", "destination"  # reporters: client side, server side
+CLIENT, SERVER = "CLIENT", "SERVER"  # Telemetry API modes
+
+
+@dataclass(frozen=True)
+class MetricOverride:
+    """One Telemetry `metrics.overrides` entry: `metric` (an Istio name, or ALL_METRICS) in `mode` (CLIENT,
+    SERVER, CLIENT_AND_SERVER); `disabled`; tags removed; tags upserted with an Envoy format string (a CEL
+    expression becomes `%CEL(expr)%`)."""
+
+    metric: str = "ALL_METRICS"
+    mode: str = "CLIENT_AND_SERVER"
+    disabled: bool = False
+    remove_tags: tuple[str, ...] = ()
+    upsert_tags: tuple[tuple[str, str], ...] = ()
+
+    def applies(self, metric: str, reporter: str) -> bool:
+        mode = CLIENT if reporter == SOURCE else SERVER
+        return self.metric in ("ALL_METRICS", metric) and self.mode in ("CLIENT_AND_SERVER", mode)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """A proxy's standard metrics (hashable, part of its listeners' keys). The default is Istio's: every
+    metric with every standard label; overrides apply in order."""
+
+    enabled: bool = True  # False: no metrics provider (Telemetry `providers` without prometheus)
+    overrides: tuple[MetricOverride, ...] = ()
+
+    def metric_tags(self, metric: str, reporter: str, tags: list[tuple[str, str]]) -> list[tuple[str, str]] | None:
+        """The tags of `metric` for this reporter after the overrides; None when it is disabled."""
+        if not self.enabled or metric in UNSUPPORTED_METRICS:
+            return None
+        out = dict(tags)
+        for override in self.overrides:
+            if not override.applies(metric, reporter):
+                continue
+            if override.disabled:
+                return None
+            for tag in override.remove_tags:
+                out.pop(tag, None)
+            out.update(override.upsert_tags)
+        return list(out.items())
+
+
+DEFAULT_METRICS = MetricsConfig()
+
+
+def _env(var: str) -> str:
+    return f"%ENVIRONMENT({var})%"
+
+
+def _own(side: str) -> list[tuple[str, str]]:
+    return [(f"{side}_{_LABEL_OF[key]}", _env(var)) for key, var in IDENTITY_ENV]
+
+
+def _peer(side: str, *, known: bool) -> list[tuple[str, str]]:
+    """The peer's identity: from the exchanged headers (HTTP), else unknown (TCP)."""
+    return [
+        (f"{side}_{_LABEL_OF[key]}", f"%DYNAMIC_METADATA({PEER_METADATA}:{key})%" if known else UNKNOWN)
+        for key, _ in IDENTITY_ENV
+    ]
+
+
+def _service(kind: str) -> list[tuple[str, str]]:
+    """destination_service*: from the outbound cluster's metadata, or the inbound route's."""
+    source = "CLUSTER_METADATA(" if kind == "cluster" else "METADATA(ROUTE:"
+    return [
+        ("destination_service", f"%{source}{SERVICE_METADATA}:host)%"),
+        ("destination_service_name", f"%{source}{SERVICE_METADATA}:name)%"),
+        ("destination_service_namespace", f"%{source}{SERVICE_METADATA}:namespace)%"),
+    ]
+
+
+_GRPC = (
+    "%CEL('content-type' in request.headers && "
+    "request.headers['content-type'].startsWith('application/grpc') ? 'grpc' : 'http')%"
+)
+
+
+def _or_unknown(attribute: str) -> str:
+    """A CEL attribute, `unknown` when the connection has none (an upstream without TLS)."""
+    return f"%CEL(has({attribute}) ? {attribute} : '{UNKNOWN}')%"
+
+
+def standard_tags(*, reporter: str, http: bool, mtls: bool | None) -> list[tuple[str, str]]:
+    """Istio's labels and how Envoy fills them. `mtls`: the inbound chain's transport (destination reporter);
+    None on the client side (Istio reports `unknown` there)."""
+    if reporter == SOURCE:
+        tags = [
+            ("reporter", SOURCE),
+            *_own("source"),
+            ("source_principal", _or_unknown("upstream.uri_san_local_certificate")),
+        ]
+        tags += [
+            *_peer("destination", known=http),
+            ("destination_principal", _or_unknown("upstream.uri_san_peer_certificate")),
+        ]
+        tags += _service("cluster")
+        policy = UNKNOWN
+    else:
+        tags = [("reporter", DESTINATION), *_peer("source", known=http)]
+        tags.append(("source_principal", "%DOWNSTREAM_PEER_URI_SAN%" if mtls else UNKNOWN))
+        tags += [*_own("destination"), ("destination_principal", "%DOWNSTREAM_LOCAL_URI_SAN%" if mtls else UNKNOWN)]
+        # the inbound route names the service; an inbound TCP chain knows none (an app port may back several)
+        tags += _service("route") if http else [(n, UNKNOWN) for n, _ in _service("route")]
+        policy = "mutual_tls" if mtls else "none"
+    if http:
+        tags += [("request_protocol", _GRPC), ("response_code", "%RESPONSE_CODE%")]
+        tags += [("grpc_response_status", "%GRPC_STATUS_NUMBER%")]
+    else:
+        tags.append(("request_protocol", "tcp"))  # Istio's TCP metrics have no response code
+    tags += [("response_flags", "%RESPONSE_FLAGS%"), ("connection_security_policy", policy)]
+    return tags
+
+
+def _stat(metric: str, tags: Iterable[tuple[str, str]]) -> stats_pb2.Config.Stat:
+    return stats_pb2.Config.Stat(
+        name=METRIC_NAMES[metric], tags=[stats_pb2.Config.Tag(name=n, value_format=v) for n, v in tags]
+    )
+
+
+def _logger(config: stats_pb2.Config, log_types: Iterable[int] = ()) -> accesslog_pb2.AccessLog:
+    log = accesslog_pb2.AccessLog(name=STATS_LOGGER, typed_config=pack(config))
+    types = list(log_types)
+    if types:
+        log.filter.log_type_filter.types.extend(types)
+    return log
+
+
+def http_stats_loggers(
+    *, reporter: str, mtls: bool | None = None, config: MetricsConfig = DEFAULT_METRICS
+) -> list[accesslog_pb2.AccessLog]:
+    """The access logger of an HTTP connection manager: istio_requests_total, the duration and size
+    histograms (none when every metric is disabled). Built once per distinct argument set (a pure memo: the
+    messages are only ever copied into the connection managers)."""
+    return list(_http_loggers(reporter, mtls, config))
+
+
+@functools.lru_cache(maxsize=256)
+def _http_loggers(reporter: str, mtls: bool | None, config: MetricsConfig) -> tuple[accesslog_pb2.AccessLog, ...]:
+    base = standard_tags(reporter=reporter, http=True, mtls=mtls)
+    out = stats_pb2.Config(stat_prefix=STAT_PREFIX)
+    one = wrappers_pb2.UInt64Value(value=1)
+    if (tags := config.metric_tags(REQUEST_COUNT, reporter, base)) is not None:
+        out.counters.append(stats_pb2.Config.Counter(stat=_stat(REQUEST_COUNT, tags), value_fixed=one))
+    unit = stats_pb2.Config.Histogram.Unit
+    for metric, value, kind in (
+        (REQUEST_DURATION, "%DURATION%", unit.Milliseconds),
+        (REQUEST_SIZE, "%BYTES_RECEIVED%", unit.Bytes),
+        (RESPONSE_SIZE, "%BYTES_SENT%", unit.Bytes),
+    ):
+        if (tags := config.metric_tags(metric, reporter, base)) is not None:
+            out.histograms.append(stats_pb2.Config.Histogram(stat=_stat(metric, tags), unit=kind, value_format=value))
+    return (_logger(out),) if out.counters or out.histograms else ()
+
+
+def tcp_stats_loggers(
+    *, reporter: str, mtls: bool | None = None, config: MetricsConfig = DEFAULT_METRICS
+) -> list[accesslog_pb2.AccessLog]:
+    """The access loggers of a tcp_proxy: connections opened (when the upstream connects), and at the
+    connection's end connections closed and the bytes each way (built once per argument set)."""
+    return list(_tcp_loggers(reporter, mtls, config))
+
+
+@functools.lru_cache(maxsize=256)
+def _tcp_loggers(reporter: str, mtls: bool | None, config: MetricsConfig) -> tuple[accesslog_pb2.AccessLog, ...]:
+    base = standard_tags(reporter=reporter, http=False, mtls=mtls)
+    one = wrappers_pb2.UInt64Value(value=1)
+    opened = stats_pb2.Config(stat_prefix=STAT_PREFIX)
+    if (tags := config.metric_tags(TCP_OPENED_CONNECTIONS, reporter, base)) is not None:
+        opened.counters.append(stats_pb2.Config.Counter(stat=_stat(TCP_OPENED_CONNECTIONS, tags), value_fixed=one))
+    closed = stats_pb2.Config(stat_prefix=STAT_PREFIX)
+    for metric, value in (
+        (TCP_CLOSED_CONNECTIONS, None),
+        (TCP_SENT_BYTES, "%BYTES_SENT%"),
+        (TCP_RECEIVED_BYTES, "%BYTES_RECEIVED%"),
+    ):
+        if (tags := config.metric_tags(metric, reporter, base)) is not None:
+            counter = stats_pb2.Config.Counter(stat=_stat(metric, tags))
+            if value is None:
+                counter.value_fixed.CopyFrom(one)
+            else:
+                counter.value_format = value
+            closed.counters.append(counter)
+    out = []
+    if opened.counters:
+        out.append(_logger(opened, [data_pb2.TcpUpstreamConnected]))
+    if closed.counters:
+        out.append(_logger(closed, [data_pb2.TcpConnectionEnd]))
+    return tuple(out)
+
+
+def tcp_metrics(
+    proxy: tcp_proxy_pb2.TcpProxy, *, reporter: str, mtls: bool | None = None, config: MetricsConfig = DEFAULT_METRICS
+) -> None:
+    """Istio's TCP metrics on a tcp_proxy: its stats loggers, logging also when the upstream connects."""
+    loggers = tcp_stats_loggers(reporter=reporter, mtls=mtls, config=config)
+    proxy.access_log.extend(loggers)
+    if loggers:
+        proxy.access_log_options.flush_access_log_on_connected = True
+
+
+# --- the peer-metadata exchange ----------------------------------------------------------------------
+
+
+def _own_headers() -> list[base_pb2.HeaderValueOption]:
+    overwrite = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+    return [
+        base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key=f"{PEER_HEADER}{key}", value=_env(var)), append_action=overwrite
+        )
+        for key, var in IDENTITY_ENV
+    ]
+
+
+def _to_metadata(*, request: bool) -> hcm_pb2.HttpFilter:
+    """The peer's identity headers into dynamic metadata (`unknown` when absent), removed from the message."""
+    rules = []
+    for key, _ in IDENTITY_ENV:
+        rule = h2m_pb2.Config.Rule(header=f"{PEER_HEADER}{key}", remove=True)
+        rule.on_header_present.metadata_namespace = PEER_METADATA
+        rule.on_header_present.key = key
+        rule.on_header_missing.metadata_namespace = PEER_METADATA
+        rule.on_header_missing.key = key
+        rule.on_header_missing.value = UNKNOWN
+        rules.append(rule)
+    config = h2m_pb2.Config(request_rules=rules) if request else h2m_pb2.Config(response_rules=rules)
+    return hcm_pb2.HttpFilter(name="envoy.filters.http.header_to_metadata", typed_config=pack(config))
+
+
+def _add_headers(*, request: bool) -> hcm_pb2.HttpFilter:
+    mutations = [mutation_rules_pb2.HeaderMutation(append=h) for h in _own_headers()]
+    config = header_mutation_pb2.HeaderMutation()
+    if request:
+        config.mutations.request_mutations.extend(mutations)
+    else:
+        config.mutations.response_mutations.extend(mutations)
+    return hcm_pb2.HttpFilter(name="envoy.filters.http.header_mutation", typed_config=pack(config))
+
+
+def outbound_exchange_filters(config: MetricsConfig = DEFAULT_METRICS) -> list[hcm_pb2.HttpFilter]:
+    """Client side (first in the chain): send our identity; read and remove the server's from the response."""
+    return list(_exchange(outbound=True)) if config.enabled else []
+
+
+def inbound_exchange_filters(config: MetricsConfig = DEFAULT_METRICS) -> list[hcm_pb2.HttpFilter]:
+    """Server side (first in the chain): read and remove the client's identity; answer with ours."""
+    return list(_exchange(outbound=False)) if config.enabled else []
+
+
+@functools.lru_cache(maxsize=2)
+def _exchange(*, outbound: bool) -> tuple[hcm_pb2.HttpFilter, ...]:
+    if outbound:
+        return _add_headers(request=True), _to_metadata(request=False)
+    return _to_metadata(request=True), _add_headers(request=False)
+
+
+def service_metadata(*, host: str, name: str, namespace: str) -> base_pb2.Metadata:
+    """What a cluster or route says of its destination service (read by the destination_service labels)."""
+    fields = struct_pb2.Struct()
+    fields.update({"host": host, "name": name, "namespace": namespace})
+    out = base_pb2.Metadata()
+    out.filter_metadata[SERVICE_METADATA].CopyFrom(fields)
+    return out

@@ -1,0 +1,66 @@
+"""A workload's telemetry on the listeners built for it: every HTTP connection manager gets its side's
+access loggers and tracer, every TCP proxy its access loggers (inbound listeners: the `server` side;
+outbound and gateway listeners: `client`). Applied to the listener specs a layer builds, the telemetry
+part of their keys: listeners without telemetry keep their keys (and bytes) unchanged."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from functools import partial
+from typing import Any
+
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+
+from meshd.translate.proto import pack
+from meshd.translate.spec import Spec
+from meshd.translate.telemetry.access_log import access_log
+from meshd.translate.telemetry.resolve import SideTelemetry, WorkloadTelemetry
+from meshd.translate.telemetry.tracing import apply_tracing
+
+HCM = "envoy.filters.network.http_connection_manager"
+TCP_PROXY = "envoy.filters.network.tcp_proxy"
+INBOUND = 1  # envoy.config.core.v3.TrafficDirection
+
+
+def with_telemetry(specs: Iterable[Spec], telemetry: WorkloadTelemetry) -> Iterator[Spec]:
+    if telemetry.empty:
+        yield from specs
+        return
+    for spec in specs:
+        yield Spec(spec.name, (spec.key, telemetry), partial(_decorated, spec.build, telemetry), spec.type_url)
+
+
+def _decorated(build: Any, telemetry: WorkloadTelemetry) -> Any:
+    built = build()
+    if isinstance(built, listener_pb2.Listener):
+        side = telemetry.server if built.traffic_direction == INBOUND else telemetry.client
+        decorate(built, side)
+    return built
+
+
+def decorate(listener: listener_pb2.Listener, side: SideTelemetry) -> None:
+    if not side.logs and side.tracing is None:
+        return
+    chains = list(listener.filter_chains)
+    if listener.HasField("default_filter_chain"):
+        chains.append(listener.default_filter_chain)
+    for chain in chains:
+        for network_filter in chain.filters:
+            _filter(network_filter, side)
+
+
+def _filter(network_filter: listener_components_pb2.Filter, side: SideTelemetry) -> None:
+    if network_filter.name == HCM:
+        hcm = hcm_pb2.HttpConnectionManager()
+        network_filter.typed_config.Unpack(hcm)
+        hcm.access_log.extend(access_log(s) for s in side.logs)
+        if side.tracing is not None:
+            apply_tracing(hcm, side.tracing)
+        network_filter.typed_config.CopyFrom(pack(hcm))
+    elif network_filter.name == TCP_PROXY and side.logs:
+        proxy = tcp_proxy_pb2.TcpProxy()
+        network_filter.typed_config.Unpack(proxy)
+        proxy.access_log.extend(access_log(s, tcp=True) for s in side.logs)
+        network_filter.typed_config.CopyFrom(pack(proxy))
