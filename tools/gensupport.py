@@ -38,6 +38,18 @@ ISTIO_KINDS = (
     ("telemetry.istio.io", "Telemetry"),
     ("extensions.istio.io", "WasmPlugin"),
 )
+# The Kubernetes Gateway API kinds (gateway.networking.k8s.io): (kind, meshd's identity of it).
+GATEWAY_API_KINDS = (
+    ("GatewayClass", "GatewayClass"),
+    ("Gateway", "KubernetesGateway"),
+    ("HTTPRoute", "HTTPRoute"),
+    ("GRPCRoute", "GRPCRoute"),
+    ("TCPRoute", "TCPRoute"),
+    ("TLSRoute", "TLSRoute"),
+    ("UDPRoute", "UDPRoute"),
+    ("ReferenceGrant", "ReferenceGrant"),
+    ("BackendTLSPolicy", "BackendTLSPolicy"),
+)
 
 
 def render() -> str:
@@ -61,11 +73,19 @@ def render() -> str:
             lines.append(f"| {group} | {kind} | - | refused: {REFUSED_KINDS[kind].split(': ', 1)[-1]} |")
         else:
             lines.append(f"| {group} | {kind} | - | refused as an unknown kind |")
+    for kind, identity in GATEWAY_API_KINDS:
+        group = "gateway.networking.k8s.io"
+        if identity in KINDS:
+            versions = ", ".join(v.split("/", 1)[-1] for v in KINDS[identity][1])
+            lines.append(f"| {group} | {kind} | {versions} | translated (tests/GATEWAY_API_FIELDS.md) |")
+        else:
+            lines.append(f"| {group} | {kind} | - | refused: {REFUSED_KINDS[identity].split(': ', 1)[-1]} |")
+    listed = {kind for _, kind in ISTIO_KINDS} | {identity for _, identity in GATEWAY_API_KINDS}
     lines += [
         "",
         "Kubernetes kinds meshd reads: "
-        + ", ".join(k for k in KINDS if not any(k == kind for _, kind in ISTIO_KINDS))
-        + " (and Namespaces, Nodes and the `istio` mesh ConfigMap in Kubernetes mode).",
+        + ", ".join(k for k in KINDS if k not in listed)
+        + " (and Nodes and the `istio` mesh ConfigMap in Kubernetes mode).",
         "",
         "## Fields meshd refuses",
         "",
@@ -76,11 +96,12 @@ def render() -> str:
         "| kind | field | why |",
         "|---|---|---|",
     ]
-    for _, kind in ISTIO_KINDS:
-        if kind in KINDS:
-            spec = KINDS[kind][0].model_fields["spec"].annotation
+    for kind, identity in [(k, k) for _, k in ISTIO_KINDS] + [(k, i) for k, i in GATEWAY_API_KINDS]:
+        if identity in KINDS:
+            spec = KINDS[identity][0].model_fields["spec"].annotation
+            label = kind if kind == identity else f"{kind} (gateway.networking.k8s.io)"
             for path, why in sorted(set(refused_fields(spec, "spec"))):
-                lines.append(f"| {kind} | `{path}` | {why} |")
+                lines.append(f"| {label} | `{path}` | {why} |")
     lines.append("")
     return "\n".join(lines)
 

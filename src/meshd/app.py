@@ -30,12 +30,13 @@ from meshd.sources.mesh_file import MeshConfigFile
 from meshd.wiring.authority import load_authority
 from meshd.wiring.cluster import ClusterApi, wants_leader_duties
 from meshd.wiring.debug_access import debug_authorizer
+from meshd.wiring.gateway_deploy import gateway_deployer
 from meshd.wiring.grpc_servers import ads_servicer, plaintext_server, start_secure_port
 from meshd.wiring.jwks import jwks_fetcher
 from meshd.wiring.kube_mode import build_kube_mode
 from meshd.wiring.leading import DutyFactory, root_cert_publisher, run_leader_duties
 from meshd.wiring.ops import ops_app
-from meshd.wiring.webhooks import webhook_patcher, webhook_server
+from meshd.wiring.webhooks import proxy_config, webhook_patcher, webhook_server
 from meshd.xds.hub import Hub
 
 log = logging.getLogger("meshd")
@@ -142,6 +143,10 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
             )
 
             mesh_source: KubeSource | MeshConfigFile | None = kube.source if kube is not None else mesh_file
+
+            def discovery_address() -> str:
+                return mesh_source.mesh.discovery_address if mesh_source is not None else ""
+
             webhook = webhook_server(
                 settings=settings,
                 ca_issued=in_cluster,
@@ -149,7 +154,7 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
                 clock=clock,
                 metrics=metrics,
                 log=log,
-                discovery_address=lambda: mesh_source.mesh.discovery_address if mesh_source is not None else "",
+                discovery_address=discovery_address,
             )
             more_duties: list[DutyFactory] = []
             if authority is not None and kube is not None:
@@ -166,6 +171,16 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
                 more_duties.append(
                     webhook_patcher(
                         settings=settings, root_pem=authority.root_pem, is_ready=lambda: hub.ready, clock=clock, log=log
+                    )
+                )
+            if kube is not None and settings.gateway_deploy:
+                more_duties.append(
+                    gateway_deployer(
+                        store=store,
+                        config=lambda: proxy_config(settings, discovery_address=discovery_address()),
+                        interval_s=settings.gateway_deploy_resync_s,
+                        clock=clock,
+                        log=log,
                     )
                 )
             jwks = jwks_fetcher(settings=settings, store=store, clock=clock, metrics=metrics, log=log)

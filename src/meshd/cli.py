@@ -60,6 +60,8 @@ def serve_settings(args: argparse.Namespace) -> Settings:
         write_status=args.write_status,
         status_interval_s=args.status_interval,
         root_cert_resync_s=args.root_cert_resync,
+        gateway_deploy=args.gateway_deploy,
+        gateway_deploy_resync_s=args.gateway_deploy_resync,
         webhook_cert=_path(args.webhook_cert),
         webhook_key=_path(args.webhook_key),
         webhook_host=args.webhook_host,

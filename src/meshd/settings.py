@@ -50,6 +50,11 @@ class Settings(BaseModel):
     status_interval_s: float = Field(default=1.0, gt=0)
     # The leader checks every namespace's istio-ca-root-cert this often, besides watching them.
     root_cert_resync_s: float = Field(default=60.0, gt=0)
+    # Gateway API automated deployment (kube/gateway_deploy.py): the leader creates and owns a Deployment,
+    # Service and ServiceAccount per Gateway of an `istio`/`meshd` class (the injection image and addresses);
+    # a full pass (repairs, orphans) this often, besides every Gateway change
+    gateway_deploy: bool = True
+    gateway_deploy_resync_s: float = Field(default=60.0, gt=0)
     # Validating admission webhook (kube/webhook.py): served when both files are given.
     webhook_host: str = "0.0.0.0"
     webhook_port: int = 15017

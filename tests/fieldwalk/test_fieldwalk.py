@@ -1,4 +1,4 @@
-"""The field walk (issue 21): every field of every Istio API model meshd reads is either read by
+"""The field walk (issue 21): every field of every Istio (and Gateway API) model meshd reads is either read by
 translation (recorded while every golden case is translated) or refused by name when set (`refused(...)`
 in the model, listed in the chart's CRD descriptions and docs/support.md). A field that is neither would
 be accepted and silently ignored."""
@@ -29,9 +29,24 @@ READ_ELSEWHERE: dict[Field, str] = {
     ("EnvoyFilterTargetRef", "kind"): "translate/envoyfilter/selection.py",
     ("EnvoyFilterTargetRef", "name"): "translate/envoyfilter/selection.py",
     ("EnvoyFilterTargetRef", "namespace"): "translate/envoyfilter/selection.py",
+    # Gateway API (tests/unit/test_k8s_gateway_api.py)
+    # automated deployment: the leader's objects per Gateway (tests/unit/kube/test_gateway_deploy.py,
+    # tests/e2e/test_gateway_deploy_kube.py)
+    ("KubernetesGatewaySpec", "infrastructure"): "kube/gateway_deploy.py",
+    ("GatewayInfrastructure", "labels"): "kube/gateway_deploy.py",
+    ("GatewayInfrastructure", "annotations"): "kube/gateway_deploy.py",
 }
 # Fields refused by a validation rule rather than `refused(...)` (the rule names the field; its test is cited).
 REFUSED_BY_RULE: dict[Field, str] = {
+    # a Gateway API Gateway with addresses is not Accepted (UnsupportedAddress), as the Gateway API specifies
+    # (tests/unit/test_k8s_gateway_api.py::test_addresses_and_tls_options_are_refused)
+    ("GatewayAddress", "type"): "a Gateway's addresses are not assigned by meshd (status UnsupportedAddress)",
+    ("GatewayAddress", "value"): "a Gateway's addresses are not assigned by meshd (status UnsupportedAddress)",
+    # a GatewayClass with parametersRef is not Accepted (InvalidParameters): tests/e2e/test_gateway_api_kube.py
+    **{
+        ("ParametersReference", name): "meshd deploys no gateway proxy: no parameters apply (InvalidParameters)"
+        for name in ("group", "kind", "name", "namespace")
+    },
 }
 # Fields with no effect on traffic in Istio either: validated, documented here.
 NO_TRAFFIC_EFFECT: dict[Field, str] = {
@@ -40,6 +55,8 @@ NO_TRAFFIC_EFFECT: dict[Field, str] = {
     "resolved by kind and name",
     ("EnvoyFilterTargetRef", "group"): "as TargetRef.group",
     ("PolicyTargetReference", "group"): "as TargetRef.group (RequestAuthentication)",
+    ("GatewayClassSpec", "description"): "a Gateway API GatewayClass's description is for people",
+    ("RouteRule", "name"): "a Gateway API route rule's name is for status and policy attachment",
 }
 
 # Fields whose only accepted value is what meshd does anyway: validation refuses every other value, naming it.
@@ -49,6 +66,7 @@ VALIDATED_ONLY: dict[Field, str] = {
     ("TelemetryTargetRef", "group"): "gateway.networking.k8s.io only (a Telemetry attaches to Gateway API Gateways)",
     ("TelemetryTargetRef", "kind"): "Gateway only",
     ("TelemetryTargetRef", "namespace"): "empty only (a Gateway of the Telemetry's own namespace)",
+    ("RouteFilter", "type"): "Gateway API: must name the one filter field given (validation); the field is read",
 }
 
 

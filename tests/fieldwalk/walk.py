@@ -1,6 +1,6 @@
-"""Every field of every Istio API model, and which of them translation reads: a recording `__getattribute__`
-on the models while the golden cases are translated (parsing excluded: validators reading a field do not
-count as using it)."""
+"""Every field of every Istio (and Gateway API) model, and which of them translation reads: a recording
+`__getattribute__` on the models while the golden cases are translated (parsing excluded: validators reading a
+field do not count as using it)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from meshd.api.meta import StrictModel
+from meshd.api.meta import GATEWAY_API_GROUP, StrictModel
 from meshd.api.parse import KINDS
 
 GOLDEN = pathlib.Path(__file__).resolve().parents[1] / "golden" / "testdata"
@@ -21,10 +21,10 @@ Field = tuple[str, str]  # (model class name, wire name)
 
 
 def istio_spec_models() -> dict[str, type[StrictModel]]:
-    """kind -> its spec model, for the Istio kinds meshd reads."""
+    """kind -> its spec model, for the Istio and Gateway API kinds meshd reads."""
     out = {}
     for kind, (model, versions) in KINDS.items():
-        if any(".istio.io/" in v for v in versions):
+        if any(".istio.io/" in v or v.startswith(f"{GATEWAY_API_GROUP}/") for v in versions):
             spec = model.model_fields["spec"].annotation
             assert isinstance(spec, type) and issubclass(spec, StrictModel), kind
             out[kind] = spec

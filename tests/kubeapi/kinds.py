@@ -51,6 +51,7 @@ BUILTIN = (
     Kind("", "ConfigMap", "configmaps"),
     Kind("", "Secret", "secrets"),
     Kind("", "ServiceAccount", "serviceaccounts"),
+    Kind("apps", "Deployment", "deployments", status=True),
     Kind("discovery.k8s.io", "EndpointSlice", "endpointslices"),
     Kind("coordination.k8s.io", "Lease", "leases"),
     Kind("admissionregistration.k8s.io", "ValidatingWebhookConfiguration", "validatingwebhookconfigurations", False),
@@ -90,8 +91,20 @@ ISTIO = (
 
 ALL = BUILTIN + ISTIO
 
+# Kubernetes Gateway API kinds: known to the client (the real API server serves them with the chart's
+# crds.gatewayApi CRDs); the fake server does not serve them.
+GATEWAY_API = (
+    Kind("gateway.networking.k8s.io", "GatewayClass", "gatewayclasses", False, ("v1", "v1beta1"), True, True),
+    *(
+        Kind("gateway.networking.k8s.io", kind, plural, versions=("v1", "v1beta1"), status=True, crd=True)
+        for kind, plural in (("Gateway", "gateways"), ("HTTPRoute", "httproutes"))
+    ),
+    Kind("gateway.networking.k8s.io", "GRPCRoute", "grpcroutes", versions=("v1",), status=True, crd=True),
+    Kind("gateway.networking.k8s.io", "ReferenceGrant", "referencegrants", versions=("v1beta1",), crd=True),
+)
 
-def by_kind(api_version: str, kind: str, kinds: tuple[Kind, ...] = ALL) -> Kind:
+
+def by_kind(api_version: str, kind: str, kinds: tuple[Kind, ...] = ALL + GATEWAY_API) -> Kind:
     group = api_version.rpartition("/")[0]
     for candidate in kinds:
         if candidate.group == group and candidate.kind == kind:

@@ -216,9 +216,12 @@ def request(plane: ControlPlane, method: str, path: str, body: object = None) ->
     req = urllib.request.Request(plane.url + path, data=data, method=method)
     if data is not None:
         req.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(req, context=plane.ssl_context(), timeout=10) as resp:
-        result: dict[str, object] = json.loads(resp.read() or b"{}")
-        return result
+    try:
+        with urllib.request.urlopen(req, context=plane.ssl_context(), timeout=10) as resp:
+            result: dict[str, object] = json.loads(resp.read() or b"{}")
+            return result
+    except urllib.error.HTTPError as err:  # the API server's reason, not only its code
+        raise RuntimeError(f"{method} {path}: {err.code}: {err.read().decode(errors='replace')[:3000]}") from None
 
 
 def install_crds(plane: ControlPlane, crds: list[dict[str, Any]]) -> list[str]:

@@ -14,8 +14,10 @@ from tests.unit.deploy.chart import render
 
 
 def install_chart_crds(plane: ControlPlane) -> list[str]:
-    """The chart's CRDs (tools/gencrds.py output, rendered by Helm) created and Established."""
-    return install_crds(plane, [d for d in render() if d["kind"] == "CustomResourceDefinition"])
+    """The chart's CRDs (tools/gencrds.py output, rendered by Helm; the Gateway API's too) created and
+    Established."""
+    docs = render({"crds": {"gatewayApi": True}})
+    return install_crds(plane, [d for d in docs if d["kind"] == "CustomResourceDefinition"])
 
 
 @pytest.fixture(scope="session")

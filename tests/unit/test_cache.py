@@ -750,6 +750,82 @@ def _content(snapshot: object) -> dict[str, dict[str, bytes]]:
     return {t: {n: r.body for n, r in by_name.items()} for t, by_name in snapshot.resources.items()}  # type: ignore[attr-defined]
 
 
+def _gateway_api_change(rng: random.Random, routers: list[Proxy]) -> list[dict[str, Any]]:
+    """A Gateway API change: a Gateway (HTTP, HTTPS with a Secret, a protocol not served; of class istio or
+    another), an HTTPRoute (weights, filters, a backend of another namespace), a ReferenceGrant, a GatewayClass,
+    or a router pod (re)labelled with the Gateway's name."""
+    gw_api = "gateway.networking.k8s.io/v1"
+    ns = rng.choice(["a", "b"])
+    pick = rng.random()
+    if pick < 0.25:
+        listeners: list[dict[str, Any]] = [
+            {"name": "http", "port": 80, "protocol": "HTTP",
+             "allowedRoutes": {"namespaces": {"from": rng.choice(["All", "Same"])}},
+             **({"hostname": "*.example.com"} if rng.random() < 0.5 else {})},
+        ]  # fmt: skip
+        if rng.random() < 0.6:
+            listeners.append({"name": "https", "port": 443, "protocol": "HTTPS",
+                              "tls": {"certificateRefs": [{"name": rng.choice(["c1", "c2"])}]}})  # fmt: skip
+        if rng.random() < 0.3:
+            listeners.append({"name": "tcp", "port": 9000, "protocol": "TCP"})
+        return [
+            {
+                "apiVersion": gw_api,
+                "kind": "Gateway",
+                "metadata": {"name": "kgw", "namespace": ns},
+                "spec": {"gatewayClassName": rng.choice(["istio", "istio", "other"]), "listeners": listeners},
+            }
+        ]
+    if pick < 0.6:
+        backends = [{"name": rng.choice(["s1", "s2", "missing"]), "port": 9080, "weight": rng.choice([0, 1, 9])}]
+        if rng.random() < 0.4:
+            backends.append({"name": "s1", "namespace": rng.choice(["a", "b"]), "port": rng.choice([80, 9080])})
+        rule: dict[str, Any] = {"matches": [{"path": {"type": rng.choice(["PathPrefix", "Exact"]),
+                                                      "value": rng.choice(["/", "/r", "/r/"])}}],
+                                "backendRefs": backends}  # fmt: skip
+        if rng.random() < 0.5:
+            rule["filters"] = [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [
+                {"name": "x-r", "value": str(rng.randint(0, 2))}]}}]  # fmt: skip
+        return [
+            {
+                "apiVersion": gw_api,
+                "kind": "HTTPRoute",
+                "metadata": {"name": rng.choice(["r1", "r2"]), "namespace": ns},
+                "spec": {
+                    "parentRefs": [
+                        {
+                            "name": "kgw",
+                            "namespace": rng.choice(["a", "b"]),
+                            **({"sectionName": "https"} if rng.random() < 0.3 else {}),
+                        }
+                    ],
+                    "hostnames": rng.choice([[], ["h.example.com"], ["h.other.org"]]),
+                    "rules": [rule],
+                },
+            }
+        ]
+    if pick < 0.75:
+        return [{"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+                 "metadata": {"name": "g", "namespace": ns},
+                 "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute",
+                                    "namespace": rng.choice(["a", "b"])}],
+                          "to": [{"group": "", "kind": "Service"}]}}]  # fmt: skip
+    if pick < 0.85:
+        return [
+            {
+                "apiVersion": gw_api,
+                "kind": "GatewayClass",
+                "metadata": {"name": "other"},
+                "spec": {"controllerName": rng.choice(["istio.io/gateway-controller", "example.com/x"])},
+            }
+        ]
+    router = rng.choice(routers)
+    pod = _router_pod(router, "ingressgateway")
+    if rng.random() < 0.6:
+        pod["metadata"]["labels"]["gateway.networking.k8s.io/gateway-name"] = "kgw"
+    return [pod]
+
+
 @pytest.mark.parametrize("seed", [3, 5, 11])
 def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(seed: int) -> None:
     """Whatever pushes skip or reuse, each proxy must end up with exactly the config a generator
@@ -776,6 +852,15 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     routers = [dataclasses.replace(_router(ns), sds=ns == "a") for ns in ("a", "b")]
     start = [_router_pod(r, "ingressgateway") for r in routers] + [_secret(ns, "c1", 0) for ns in "ab"]
     start += [_gateway(random.Random(157), "a"), _gateway_vs(random.Random(2), "a")]  # every kind of server, bound
+    # a Gateway API Gateway served by namespace a's router, and an HTTPRoute attached to it
+    start[0]["metadata"]["labels"]["gateway.networking.k8s.io/gateway-name"] = "kgw"
+    start += [
+        {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "kgw", "namespace": "a"},
+         "spec": {"gatewayClassName": "istio", "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}},
+        {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+         "metadata": {"name": "r0", "namespace": "a"},
+         "spec": {"parentRefs": [{"name": "kgw"}], "rules": [{"backendRefs": [{"name": "s1", "port": 9080}]}]}},
+    ]  # fmt: skip
     mesh.apply(_resources(start))
     proxies += routers
     conns = [hub.connect(proxy=p, stream=SotwStream(nonce_prefix=str(i)), now=0.0) for i, p in enumerate(proxies)]
@@ -809,6 +894,8 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     telemetries: set[ResourceKey] = set()
     telemetry_seen = [0, 0, 0]  # listeners with a Telemetry access logger, with a tracer; routers with either
     gateway_authz_seen = [0, 0, 0, 0]  # gateway listeners with jwt_authn, HTTP RBAC, network RBAC, trusted XFF
+    gwapi_rng = random.Random(seed + 3000)  # Gateway API changes: a stream of their own
+    gwapi_routes = 0
     for step in range(130):
         ns, name = rng.choice(["a", "b"]), rng.choice(["s1", "s2"])
         choice = rng.random()
@@ -944,6 +1031,8 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
             else:
                 docs.append(_telemetry(telemetry_rng, telemetry_rng.choice(["a", "b"])))
                 telemetries.add(parse_resource(docs[-1]).key)
+        if gwapi_rng.random() < 0.3:  # in the same push: a Gateway API change
+            docs = [*docs, *_gateway_api_change(gwapi_rng, routers)]
         if authz_rng.random() < 0.4:  # in the same push: an AuthorizationPolicy change
             more, gone = _authorization_change(authz_rng, ns, authz_policies)
             docs, deleted = [*docs, *more], (*deleted, *gone)
@@ -978,6 +1067,8 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
             if conn.proxy.type == "router":
                 assert "virtualInbound" not in listeners_held  # a gateway gets no sidecar config
                 gateway_listeners.update(listeners_held)
+                held_routes = conn.snapshot.resources.get(ROUTE, {}).values()
+                gwapi_routes += sum(b"/kgw~" in r.body for r in held_routes)  # an HTTPRoute's VirtualService
                 gateway_secrets += len(conn.snapshot.resources.get(SECRET, {}))
                 gateway_authz_seen[3] += _trusted_xff(conn.snapshot)
                 for i, marker in enumerate((b"jwt_authn", b"filters.http.rbac", b"filters.network.rbac")):
@@ -1005,6 +1096,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     assert ef_seen and ef_errors  # and EnvoyFilters patched proxies, one was refused on some
     assert all(telemetry_seen), telemetry_seen  # and Telemetry access logs and tracers, on sidecars and gateways
     assert all(gateway_authz_seen), gateway_authz_seen  # and jwt_authn and RBAC (HTTP, TCP) reached gateways
+    assert gwapi_routes  # and HTTPRoutes reached the gateways
 
 
 def test_virtual_service_errors_are_carried_across_pushes_and_follow_their_rule() -> None:

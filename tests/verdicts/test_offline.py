@@ -11,21 +11,25 @@ import jsonschema
 import pytest
 import yaml
 
-from meshd.api.meta import InvalidResource
+from meshd.api.meta import InvalidResource, kind_identity
 from meshd.api.parse import KINDS, parse_resource
 from tests.peers import peer_binary
 from tests.unit.deploy.chart import of_kind, render
 from tests.unit.deploy.test_crd_schemas import openapi_schema, to_json_schema
 from tests.verdicts.cases import CASES, IDS, Case
 
-ISTIO_KINDS = {kind for kind, (_, versions) in KINDS.items() if any(".istio.io/" in v for v in versions)}
+ISTIO_KINDS = {  # and the Gateway API's (KubernetesGateway is a gateway.networking.k8s.io Gateway)
+    kind
+    for kind, (_, versions) in KINDS.items()
+    if any(".istio.io/" in v or v.startswith("gateway.networking.k8s.io/") for v in versions)
+}
 
 
 def test_the_table_covers_every_istio_kind_both_ways() -> None:
     assert len(CASES) >= 50
     assert len({c.name for c in CASES}) == len(CASES)
     for kind in ISTIO_KINDS:
-        verdicts = {c.valid for c in CASES if c.doc["kind"] == kind}
+        verdicts = {c.valid for c in CASES if kind_identity(c.doc["apiVersion"], c.doc["kind"]) == kind}
         assert verdicts == {True, False}, f"{kind}: needs valid and invalid cases"
     assert all(c.field for c in CASES if not c.valid)
 
@@ -92,7 +96,8 @@ def test_istioctl_agrees_unless_the_table_says_why(case: Case, istio_verdicts: d
 @pytest.fixture(scope="module")
 def crds() -> dict[tuple[str, str], dict[str, Any]]:
     return {
-        (c["spec"]["group"], c["spec"]["names"]["kind"]): c for c in of_kind(render({}), "CustomResourceDefinition")
+        (c["spec"]["group"], c["spec"]["names"]["kind"]): c
+        for c in of_kind(render({"crds": {"gatewayApi": True}}), "CustomResourceDefinition")
     }
 
 

@@ -1,4 +1,4 @@
-"""Kubernetes core objects meshd reads: Service, EndpointSlice, Pod, Secret (the fields that matter)."""
+"""Kubernetes core objects meshd reads: Service, EndpointSlice, Pod, Secret, Namespace (the fields that matter)."""
 
 from __future__ import annotations
 
@@ -81,6 +81,17 @@ class PodSpec(ApiModel):
 class PodStatus(ApiModel):
     pod_ip: str | None = Field(default=None, alias="podIP")
     phase: str | None = None
+
+
+class Namespace(Resource):
+    """A Namespace: its labels (a Gateway API listener's `allowedRoutes.namespaces.selector` reads them)."""
+
+    kind: Literal["Namespace"]
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """Its labels, with the `kubernetes.io/metadata.name` label Kubernetes gives every namespace."""
+        return {"kubernetes.io/metadata.name": self.metadata.name, **self.metadata.labels}
 
 
 class Pod(Resource):

@@ -134,9 +134,28 @@ class ObjectMeta(ApiModel):
     creation_timestamp: str = ""
 
 
+# Kinds whose name another API group also uses: their identity (ResourceKey.kind, the store's, the World's and
+# the Kubernetes source's) is distinct, so that an Istio `networking.istio.io` Gateway and a Gateway API
+# `gateway.networking.k8s.io` Gateway of the same namespace/name never replace each other.
+GATEWAY_API_GROUP = "gateway.networking.k8s.io"
+KUBERNETES_GATEWAY = "KubernetesGateway"
+_QUALIFIED_KINDS = {(GATEWAY_API_GROUP, "Gateway"): KUBERNETES_GATEWAY}
+
+
+def api_group(api_version: str) -> str:
+    """The group of an apiVersion ("" for the core group's `v1`)."""
+    return api_version.rpartition("/")[0]
+
+
+def kind_identity(api_version: str, kind: str) -> str:
+    """The kind meshd identifies a resource by: its kind, unless another group uses the same kind name."""
+    return _QUALIFIED_KINDS.get((api_group(api_version), kind), kind)
+
+
 @dataclass(frozen=True, order=True)
 class ResourceKey:
-    """Identity of a resource: kind, namespace and name (the apiVersion does not change identity)."""
+    """Identity of a resource: kind identity (`kind_identity`: the group matters only where two groups share a
+    kind name), namespace and name (the version does not change identity)."""
 
     kind: str
     namespace: str
@@ -155,7 +174,7 @@ class Resource(ApiModel):
 
     @property
     def key(self) -> ResourceKey:
-        return ResourceKey(self.kind, self.metadata.namespace, self.metadata.name)
+        return ResourceKey(kind_identity(self.api_version, self.kind), self.metadata.namespace, self.metadata.name)
 
 
 MAX_MESSAGE_CHARS = 2000

@@ -12,20 +12,29 @@ from meshd.api.authorization import AuthorizationPolicy, refused_policy
 from meshd.api.destinationrule import DestinationRule
 from meshd.api.envoyfilter import EnvoyFilter
 from meshd.api.gateway import Gateway
-from meshd.api.kube import EndpointSlice, Pod, Secret, Service
-from meshd.api.meta import InvalidResource, Resource, ResourceKey, field_path
+from meshd.api.gateway_api import (
+    GATEWAY_API_VERSIONS,
+    REFERENCE_GRANT_VERSIONS,
+    GatewayClass,
+    KubernetesGateway,
+    ReferenceGrant,
+)
+from meshd.api.httproute import HTTPRoute
+from meshd.api.kube import EndpointSlice, Namespace, Pod, Secret, Service
+from meshd.api.meta import KUBERNETES_GATEWAY, InvalidResource, Resource, ResourceKey, field_path, kind_identity
 from meshd.api.networking import NETWORKING_VERSIONS, ServiceEntry, Sidecar, WorkloadEntry
 from meshd.api.request_authentication import RequestAuthentication, refused_request_authentication
 from meshd.api.security import SECURITY_VERSIONS, PeerAuthentication
 from meshd.api.telemetry import TELEMETRY_VERSIONS, Telemetry
 from meshd.api.virtualservice import VirtualService
 
-# kind -> (model, accepted apiVersions)
+# kind identity (api.meta.kind_identity) -> (model, accepted apiVersions)
 KINDS: dict[str, tuple[type[Resource], tuple[str, ...]]] = {
     "Service": (Service, ("v1",)),
     "Pod": (Pod, ("v1",)),
     "EndpointSlice": (EndpointSlice, ("discovery.k8s.io/v1",)),
     "Secret": (Secret, ("v1",)),
+    "Namespace": (Namespace, ("v1",)),
     "VirtualService": (VirtualService, NETWORKING_VERSIONS),
     "DestinationRule": (DestinationRule, NETWORKING_VERSIONS),
     "ServiceEntry": (ServiceEntry, NETWORKING_VERSIONS),
@@ -37,7 +46,14 @@ KINDS: dict[str, tuple[type[Resource], tuple[str, ...]]] = {
     "RequestAuthentication": (RequestAuthentication, SECURITY_VERSIONS),
     "AuthorizationPolicy": (AuthorizationPolicy, SECURITY_VERSIONS),
     "Telemetry": (Telemetry, TELEMETRY_VERSIONS),
+    # Kubernetes Gateway API (gateway.networking.k8s.io): converted into gateways and routes (model/gateway_api/)
+    "GatewayClass": (GatewayClass, GATEWAY_API_VERSIONS),
+    KUBERNETES_GATEWAY: (KubernetesGateway, GATEWAY_API_VERSIONS),
+    "HTTPRoute": (HTTPRoute, GATEWAY_API_VERSIONS),
+    "ReferenceGrant": (ReferenceGrant, REFERENCE_GRANT_VERSIONS),
 }
+# Kinds without a namespace (their key's namespace is "").
+CLUSTER_SCOPED = frozenset({"GatewayClass", "Namespace"})
 # Security kinds that fail closed: a document of these kinds whose spec is invalid is not refused at the
 # source but kept as a refused resource (what could be read of it, and the error), which translation
 # turns into a denial on what it selects. Without this, a new policy with a typo would not exist at all.
@@ -56,6 +72,15 @@ REFUSED_KINDS: dict[str, str] = {
     "(use the pod annotation proxy.istio.io/config)",
     "WorkloadGroup": "networking.istio.io WorkloadGroup is not supported by meshd yet: no WorkloadEntry is created "
     "from it (declare WorkloadEntries)",
+    "GRPCRoute": "gateway.networking.k8s.io GRPCRoute is not supported by meshd yet: it attaches to no Gateway and "
+    "routes nothing (use an HTTPRoute, or a VirtualService)",
+    "TCPRoute": "gateway.networking.k8s.io TCPRoute is not supported by meshd yet: it attaches to no Gateway and "
+    "routes nothing (use a VirtualService tcp route)",
+    "TLSRoute": "gateway.networking.k8s.io TLSRoute is not supported by meshd yet: it attaches to no Gateway and "
+    "routes nothing (use a VirtualService tls route)",
+    "UDPRoute": "gateway.networking.k8s.io UDPRoute is not supported by meshd: UDP is not proxied",
+    "BackendTLSPolicy": "gateway.networking.k8s.io BackendTLSPolicy is not supported by meshd yet: connections to "
+    "the backend are not originated with TLS (use a DestinationRule)",
 }
 
 
@@ -71,6 +96,9 @@ def document_key(doc: Any) -> ResourceKey | None:
     kind = doc.get("kind")
     if not isinstance(meta, dict) or not isinstance(kind, str) or not isinstance(meta.get("name"), str):
         return None
+    kind = _kind(doc) or kind
+    if kind in CLUSTER_SCOPED:
+        return ResourceKey(kind, "", meta["name"])
     namespace = meta.get("namespace", "default")
     return ResourceKey(kind, namespace if isinstance(namespace, str) else "default", meta["name"])
 
@@ -80,9 +108,12 @@ def is_supported(doc: Any) -> bool:
 
 
 def _kind(doc: dict[Any, Any]) -> str | None:
-    """The document's kind if it is a string (a list or mapping there is not hashable, not a kind)."""
-    kind = doc.get("kind")
-    return kind if isinstance(kind, str) else None
+    """The document's kind identity if its kind is a string (a list or mapping there is not hashable, not a
+    kind): the kind, or a distinct identity where two API groups share the name (`api.meta.kind_identity`)."""
+    kind, version = doc.get("kind"), doc.get("apiVersion")
+    if not isinstance(kind, str):
+        return None
+    return kind_identity(version, kind) if isinstance(version, str) else kind
 
 
 def parse_resource(
@@ -104,7 +135,9 @@ def parse_resource(
             key, "apiVersion", f"{_clip(repr(doc.get('apiVersion')))} is not one of {', '.join(versions)}", origin
         )
     meta = doc.get("metadata")
-    if isinstance(meta, dict) and "namespace" not in meta:
+    if isinstance(meta, dict) and kind in CLUSTER_SCOPED:
+        doc = {**doc, "metadata": {**meta, "namespace": ""}}
+    elif isinstance(meta, dict) and "namespace" not in meta:
         doc = {**doc, "metadata": {**meta, "namespace": default_namespace}}
     try:
         return model.model_validate(doc)

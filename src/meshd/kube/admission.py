@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from meshd.api.meta import InvalidResource
+from meshd.api.meta import GATEWAY_API_GROUP, InvalidResource
 from meshd.api.parse import KINDS, parse_resource
 
-ISTIO_GROUPS = frozenset({"networking.istio.io", "security.istio.io", "telemetry.istio.io"})
+# The groups whose objects the webhook validates: Istio's, and the Kubernetes Gateway API that meshd converts.
+ISTIO_GROUPS = frozenset({"networking.istio.io", "security.istio.io", "telemetry.istio.io", GATEWAY_API_GROUP})
 MAX_DEPTH = 100  # deeper JSON is refused before anything walks it
 
 

@@ -28,6 +28,18 @@ def add_leader_flags(serve: argparse.ArgumentParser, defaults: Settings) -> None
         default=defaults.root_cert_resync_s,
         help="seconds between the leader's passes over every namespace's istio-ca-root-cert (besides a watch)",
     )
+    group.add_argument(
+        "--no-gateway-deploy",
+        dest="gateway_deploy",
+        action="store_false",
+        help="deploy no gateway proxy for Gateway API Gateways (manual deployment only)",
+    )
+    group.add_argument(
+        "--gateway-deploy-resync",
+        type=float,
+        default=defaults.gateway_deploy_resync_s,
+        help="seconds between the leader's full passes over the Gateways' generated objects",
+    )
     group.add_argument("--webhook-cert", help="PEM certificate of the validating webhook (enables it)")
     group.add_argument("--webhook-key", help="PEM private key of the validating webhook")
     group.add_argument("--webhook-host", default=defaults.webhook_host)

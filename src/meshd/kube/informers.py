@@ -31,7 +31,7 @@ class Informers:
     ) -> None:
         rand = rand or random.Random()
         self.reflectors: dict[str, Reflector] = {
-            spec.kind: Reflector(
+            spec.identity: Reflector(
                 spec=spec,
                 transport=transport,
                 clock=clock,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from meshd.api.meta import GATEWAY_API_GROUP, kind_identity
+
 CRD_VERSIONS = ("v1", "v1beta1", "v1alpha3")  # preference order for the Istio CRDs
 
 
@@ -17,6 +19,12 @@ class KindSpec:
     crd: bool = False
     namespace: str | None = None  # watch one namespace only
     field_selector: str | None = None
+
+    @property
+    def identity(self) -> str:
+        """The kind meshd identifies these objects by (`api.meta.kind_identity`): informers, handlers and store
+        origins are keyed by it, so two groups' kinds of the same name stay apart."""
+        return kind_identity(self.api_version("v1"), self.kind)
 
     def api_version(self, version: str) -> str:
         return f"{self.group}/{version}" if self.group else version
@@ -36,7 +44,8 @@ PRIVATE_SECRETS = ("istio-ca-secret", "cacerts")
 
 def watched_kinds(*, namespace: str) -> tuple[KindSpec, ...]:
     """Everything meshd reads from a cluster; `namespace` is meshd's own (for the mesh ConfigMap)."""
-    net, sec = "networking.istio.io", "security.istio.io"
+    net, sec, gw = "networking.istio.io", "security.istio.io", GATEWAY_API_GROUP
+    gw_versions = ("v1", "v1beta1")
     return (
         KindSpec("", "Namespace", "namespaces", ("v1",)),
         KindSpec("", "ConfigMap", "configmaps", ("v1",), namespace=namespace, field_selector="metadata.name=istio"),
@@ -61,4 +70,15 @@ def watched_kinds(*, namespace: str) -> tuple[KindSpec, ...]:
         KindSpec("extensions.istio.io", "WasmPlugin", "wasmplugins", ("v1alpha1",), crd=True),
         KindSpec(net, "ProxyConfig", "proxyconfigs", ("v1beta1",), crd=True),
         KindSpec(net, "WorkloadGroup", "workloadgroups", CRD_VERSIONS, crd=True),
+        # Kubernetes Gateway API (converted into gateways and routes; the route kinds not translated yet are
+        # refused, api/parse.py REFUSED_KINDS)
+        KindSpec(gw, "GatewayClass", "gatewayclasses", gw_versions, crd=True),
+        KindSpec(gw, "Gateway", "gateways", gw_versions, crd=True),
+        KindSpec(gw, "HTTPRoute", "httproutes", gw_versions, crd=True),
+        KindSpec(gw, "ReferenceGrant", "referencegrants", ("v1beta1", "v1alpha2"), crd=True),
+        KindSpec(gw, "GRPCRoute", "grpcroutes", ("v1",), crd=True),
+        KindSpec(gw, "TCPRoute", "tcproutes", ("v1alpha2",), crd=True),
+        KindSpec(gw, "TLSRoute", "tlsroutes", ("v1alpha2",), crd=True),
+        KindSpec(gw, "UDPRoute", "udproutes", ("v1alpha2",), crd=True),
+        KindSpec(gw, "BackendTLSPolicy", "backendtlspolicies", ("v1alpha3",), crd=True),
     )

@@ -4,7 +4,7 @@ origin per object (`kube:<Kind>/<namespace>/<name>`), so one object change touch
 - Objects are parsed with the same models as the YAML path (`parse_resource`); an invalid object
   becomes an InvalidResource error of its origin (shown at /debug/config_errors) and its last valid
   version, if any, stays in effect.
-- Namespaces, Nodes and the `istio` ConfigMap are inputs, never store resources: the mesh config's
+- Namespaces (also stored, with their labels only), Nodes and the `istio` ConfigMap are inputs: the mesh config's
   `discoverySelectors` decide which namespaces count (a namespace relabelled in or out brings its
   objects in or takes them out), and a Pod gets its Node's topology labels (region, zone, subzone)
   when it has none of its own, as Istio adds them to a workload's labels (locality).
@@ -148,10 +148,23 @@ class KubeSource:
             self._namespace_labels.pop(name, None)
         else:
             self._namespace_labels[name] = _labels(new)
+        if before != self._namespace_labels.get(name):
+            self._store_namespace(name)
         if self.mesh.selects(before) != self.mesh.selects(self._namespace_labels.get(name)):
             self._log.info("event=namespace_selection namespace=%s selected=%s", name, name in self._selected())
             for object_id in sorted(self._in_namespace.get(name, ())):
                 self._sync(object_id)
+
+    def _store_namespace(self, name: str) -> None:
+        """A Namespace as a store resource (its labels: Gateway API `allowedRoutes` selectors read them)."""
+        origin = origin_of(("Namespace", "", name))
+        labels = self._namespace_labels.get(name)
+        if labels is None:
+            self._store.remove_origin(origin)
+            return
+        doc = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+        resource = parse_resource(doc, origin=origin)
+        self._store.replace_origin(origin, {resource.key: resource})
 
     def _selected(self) -> set[str]:
         return {ns for ns, labels in self._namespace_labels.items() if self.mesh.selects(labels)}

@@ -1,4 +1,6 @@
-"""Status writer: Istio-style status on the `/status` subresource of the Istio objects meshd holds.
+"""Status writer: Istio-style status on the `/status` subresource of the Istio objects meshd holds, and the
+Gateway API's own status (`model/gateway_api/status.py`) on the GatewayClasses, Gateways and HTTPRoutes meshd
+handles.
 
 While this replica leads, every `interval` it computes what each object's status should be
 (`status_message.desired_messages` from the objects in the store and the errors meshd reports)
@@ -21,10 +23,17 @@ from typing import Any, Protocol
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from meshd.api.meta import InvalidResource, ResourceKey
+from meshd.api.meta import GATEWAY_API_GROUP, InvalidResource, ResourceKey
 from meshd.clock import Clock
 from meshd.kube.status_message import ISTIO_KINDS, KIND_VERSIONS, Message, desired_messages, render_status
+from meshd.model.gateway_api.status import STATUS_KINDS, STATUS_VERSIONS, ApiStatus, desired_statuses, render_api_status
 from meshd.model.store import ConfigStore
+
+Desired = tuple[Message, ...] | ApiStatus  # an Istio object's messages, or a Gateway API object's status
+
+
+# The other kinds a Gateway API object's status depends on (grants, namespaces, backends, certificates, pods).
+_GATEWAY_API_INPUTS = ("ReferenceGrant", "Namespace", "Service", "Secret", "Pod")
 
 
 class StatusConflict(Exception):
@@ -56,10 +65,14 @@ class KubeStatusApi:
         return None
 
     async def get(self, group: str, version: str, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """`namespace` "": a cluster-scoped object (GatewayClass)."""
         try:
-            obj: dict[str, Any] = await self._custom.get_namespaced_custom_object(
-                group, version, namespace, plural, name
-            )
+            if namespace:
+                obj: dict[str, Any] = await self._custom.get_namespaced_custom_object(
+                    group, version, namespace, plural, name
+                )
+            else:
+                obj = await self._custom.get_cluster_custom_object(group, version, plural, name)
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -70,9 +83,12 @@ class KubeStatusApi:
         self, group: str, version: str, plural: str, namespace: str, name: str, body: dict[str, Any]
     ) -> dict[str, Any]:
         try:
-            out: dict[str, Any] = await self._custom.replace_namespaced_custom_object_status(
-                group, version, namespace, plural, name, body
-            )
+            if namespace:
+                out: dict[str, Any] = await self._custom.replace_namespaced_custom_object_status(
+                    group, version, namespace, plural, name, body
+                )
+            else:
+                out = await self._custom.replace_cluster_custom_object_status(group, version, plural, name, body)
         except ApiException as exc:
             if exc.status == 409:
                 raise StatusConflict(name) from None
@@ -105,7 +121,9 @@ class StatusWriter:
         max_backoff_s: float = 30.0,
         recheck_rejected_s: float = 30.0,
         wall: Callable[[], datetime.datetime] = _utcnow,
+        domain_suffix: str = "cluster.local",
     ) -> None:
+        self._domain_suffix = domain_suffix
         self._api, self._store, self._errors, self._is_leader = api, store, errors, is_leader
         self._settled = settled
         self._recheck_rejected = recheck_rejected_s
@@ -118,7 +136,7 @@ class StatusWriter:
         )
         # key -> (resourceVersions that need no visit, messages) when handled, and when: the store's
         # version then, and the one the object had after our write (the informer brings it next)
-        self._handled: dict[ResourceKey, tuple[frozenset[str], tuple[Message, ...]]] = {}
+        self._handled: dict[ResourceKey, tuple[frozenset[str], Desired]] = {}
         self._handled_at: dict[ResourceKey, float] = {}
         self._retry: dict[ResourceKey, _Retry] = {}
         self._versions: dict[str, str] = {}  # API group -> version to use for objects not in the store
@@ -142,14 +160,22 @@ class StatusWriter:
             self.rounds += 1
             await self._clock.sleep(self._interval)
 
-    def _targets(self) -> tuple[dict[ResourceKey, tuple[Message, ...]], dict[ResourceKey, tuple[str, str]]]:
-        """Desired messages per object, and (apiVersion, resourceVersion) of the objects in the store."""
+    def _targets(self) -> tuple[dict[ResourceKey, Desired], dict[ResourceKey, tuple[str, str]]]:
+        """Desired status per object, and (apiVersion, resourceVersion) of the objects in the store."""
         held = {
             r.key: (r.api_version, r.metadata.resource_version)
-            for kind in ISTIO_KINDS
+            for kind in (*ISTIO_KINDS, *STATUS_KINDS)
             for r in self._store.of_kind(kind)  # (not the Pods, Services and EndpointSlices)
         }
-        return desired_messages(objects=held, errors=self._errors()), held
+        errors = self._errors()
+        desired: dict[ResourceKey, Desired] = dict(
+            desired_messages(objects=[k for k in held if k.kind in ISTIO_KINDS], errors=errors)
+        )
+        gateway_api = [r for kind in STATUS_KINDS for r in self._store.of_kind(kind)]
+        if gateway_api:  # what their status reads besides themselves
+            gateway_api += [r for kind in _GATEWAY_API_INPUTS for r in self._store.of_kind(kind)]
+        desired.update(desired_statuses(gateway_api, errors=errors, domain_suffix=self._domain_suffix))
+        return desired, held
 
     async def sync_once(self) -> int:
         """One round; returns how many objects were visited. Skipped while the errors lag behind the
@@ -209,10 +235,14 @@ class StatusWriter:
             self._versions[group] = version
         return self._versions[group]
 
-    async def _visit(self, key: ResourceKey, messages: tuple[Message, ...], api_version: str) -> str:
+    async def _visit(self, key: ResourceKey, messages: Desired, api_version: str) -> str:
         """Read, render, write if different; returns the object's resourceVersion afterwards."""
-        group, plural = ISTIO_KINDS[key.kind]
-        pinned = f"{group}/{KIND_VERSIONS[key.kind]}" if key.kind in KIND_VERSIONS else ""
+        pins = KIND_VERSIONS
+        if isinstance(messages, ApiStatus):
+            group, plural, pins = GATEWAY_API_GROUP, STATUS_KINDS[key.kind], STATUS_VERSIONS
+        else:
+            group, plural = ISTIO_KINDS[key.kind]
+        pinned = f"{group}/{pins[key.kind]}" if key.kind in pins else ""
         version = await self._version(group, api_version or pinned)
         if version is None:
             return ""  # the CRD is not served: nothing to write on
@@ -221,9 +251,13 @@ class StatusWriter:
             return ""  # not in the cluster (deleted meanwhile, or a file in standalone mode)
         meta = obj.get("metadata") or {}
         current = obj.get("status") if isinstance(obj.get("status"), dict) else None
-        status = render_status(
-            messages, generation=int(meta.get("generation") or 0), previous=current, now=self._wall()
-        )
+        generation = int(meta.get("generation") or 0)
+        if isinstance(messages, ApiStatus):
+            status = render_api_status(key, messages, obj=obj, generation=generation, now=self._wall())
+            if status is None:
+                return str(meta.get("resourceVersion", ""))  # another controller's object
+        else:
+            status = render_status(messages, generation=generation, previous=current, now=self._wall())
         read_rv = str(meta.get("resourceVersion", ""))
         if status == current or not self._is_leader():  # (leadership may have ended while reading)
             return read_rv
@@ -234,8 +268,8 @@ class StatusWriter:
         self._log.info(
             "event=status_written resource=%s accepted=%s messages=%d generation=%s",
             key,
-            not messages,
-            len(messages),
+            not messages if not isinstance(messages, ApiStatus) else not messages.refused,
+            len(messages) if not isinstance(messages, ApiStatus) else int(bool(messages.refused)),
             meta.get("generation"),
         )
         return str((written.get("metadata") or {}).get("resourceVersion", ""))

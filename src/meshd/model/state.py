@@ -25,6 +25,7 @@ from meshd.api.security import PeerAuthentication
 from meshd.api.telemetry import Telemetry
 from meshd.api.virtualservice import VirtualService
 from meshd.model import derive
+from meshd.model.gateway_api.convert import GATEWAY_API_KINDS, GatewayApiConversion
 from meshd.model.services import Endpoint, MeshService, Workload
 from meshd.model.world import World, assemble
 
@@ -37,6 +38,7 @@ _ISTIO_KINDS = (
     "PeerAuthentication",
     "AuthorizationPolicy",
     "Gateway",
+    *GATEWAY_API_KINDS,
     "EnvoyFilter",
 )
 ServiceId = tuple[str, str]  # (namespace, name)
@@ -78,6 +80,7 @@ class WorldState:
         self._k8s_endpoints: dict[tuple[str, int], tuple[Endpoint, ...]] = {}
         self._endpoint_keys: dict[str, list[tuple[str, int]]] = {}  # host -> its endpoint keys
         self._istio: dict[str, dict[ResourceKey, Resource]] = {kind: {} for kind in _ISTIO_KINDS}
+        self._gateway_api = GatewayApiConversion(domain_suffix=domain_suffix)
         # derived from the Istio kinds (and the set of Kubernetes service hosts)
         self._entry_workloads: dict[str, Workload] = {}
         self._se_services: dict[str, MeshService] = {}
@@ -285,13 +288,20 @@ class WorldState:
         )
         self._se_services = se_services
         self._se_endpoints = {key: derive.merge_chunks(chunks) for key, chunks in se_chunks.items()}
+        converted = self._gateway_api.run(
+            [r for kind in GATEWAY_API_KINDS for r in self._istio[kind].values()],
+            services=self._services,
+        )
         vss = [v for v in self._istio["VirtualService"].values() if isinstance(v, VirtualService)]
+        vss += converted.virtual_services
         self._virtual_services = _keep_identity(
             self._virtual_services, derive.virtual_services_by_host(vss, suffix=self._suffix)
         )
         self._vs_by_name = {(v.metadata.namespace, v.metadata.name): v for v in vss}
         self._gateway_bindings = _keep_identity(self._gateway_bindings, derive.gateway_bindings(vss))
-        gateways = derive.gateways_by_key(g for g in self._istio["Gateway"].values() if isinstance(g, Gateway))
+        gateways = derive.gateways_by_key(
+            [g for g in self._istio["Gateway"].values() if isinstance(g, Gateway)] + converted.gateways
+        )
         if list(gateways) != list(self._gateways) or any(gateways[key] is not self._gateways[key] for key in gateways):
             self._gateways = MappingProxyType(gateways)
         rules, rule_errors = derive.destination_rules_by_host(
@@ -302,7 +312,7 @@ class WorldState:
             self._sidecars,
             derive.sidecars_by_namespace([s for s in self._istio["Sidecar"].values() if isinstance(s, Sidecar)]),
         )
-        self._errors = errors + rule_errors
+        self._errors = errors + rule_errors + converted.errors
         peer_auth = derive.peer_authentications_by_namespace(
             p for p in self._istio["PeerAuthentication"].values() if isinstance(p, PeerAuthentication)
         )

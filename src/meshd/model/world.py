@@ -28,6 +28,7 @@ from meshd.api.telemetry import Telemetry
 from meshd.api.virtualservice import VirtualService
 from meshd.model import derive
 from meshd.model.derive import EXPORT_TO_ANNOTATION, EndpointChunks, default_rule, resolve_host
+from meshd.model.gateway_api.convert import GATEWAY_API_KINDS, GatewayApiConversion
 from meshd.model.services import Endpoint, MeshService, Workload
 
 __all__ = ["EXPORT_TO_ANNOTATION", "World", "build_world", "default_rule", "resolve_host"]
@@ -158,7 +159,7 @@ def build_world(resources: Iterable[Resource], *, domain_suffix: str, revision: 
     """Index every resource. Pure: the same resources always give an equal World."""
     by_kind: dict[str, list[Resource]] = defaultdict(list)
     for resource in resources:
-        by_kind[resource.kind].append(resource)
+        by_kind[resource.key.kind].append(resource)
     pods = {(p.metadata.namespace, p.metadata.name): p for p in by_kind["Pod"] if isinstance(p, Pod)}
     entries = sorted((e for e in by_kind["WorkloadEntry"] if isinstance(e, WorkloadEntry)), key=lambda e: e.key)
     # An address claimed twice goes to the last by namespace/name; a pod wins over a WorkloadEntry.
@@ -182,6 +183,7 @@ def build_world(resources: Iterable[Resource], *, domain_suffix: str, revision: 
             for port, endpoints in derive.slice_endpoints(eps, service, pods=pods, workloads=workloads):
                 chunks[(service.hostname, port)].append(endpoints)
 
+    k8s_services = {(s.namespace, s.name): s for s in services.values()}
     se_services, se_chunks, errors = derive.service_entries(
         [s for s in by_kind["ServiceEntry"] if isinstance(s, ServiceEntry)],
         entries,
@@ -194,7 +196,10 @@ def build_world(resources: Iterable[Resource], *, domain_suffix: str, revision: 
     rules_by_host, rule_errors = derive.destination_rules_by_host(
         [d for d in by_kind["DestinationRule"] if isinstance(d, DestinationRule)], suffix=domain_suffix
     )
-    vss = [v for v in by_kind["VirtualService"] if isinstance(v, VirtualService)]
+    converted = GatewayApiConversion(domain_suffix=domain_suffix).run(
+        [r for kind in GATEWAY_API_KINDS for r in by_kind[kind]], services=k8s_services
+    )
+    vss = [v for v in by_kind["VirtualService"] if isinstance(v, VirtualService)] + converted.virtual_services
     return assemble(
         domain_suffix=domain_suffix,
         services=services,
@@ -204,7 +209,7 @@ def build_world(resources: Iterable[Resource], *, domain_suffix: str, revision: 
         rules_by_host=rules_by_host,
         sidecars=derive.sidecars_by_namespace([s for s in by_kind["Sidecar"] if isinstance(s, Sidecar)]),
         workloads=workloads,
-        errors=errors + rule_errors,
+        errors=errors + rule_errors + converted.errors,
         revision=revision,
         secrets={(s.metadata.namespace, s.metadata.name): s for s in by_kind["Secret"] if isinstance(s, Secret)},
         peer_authentications=MappingProxyType(
@@ -223,7 +228,9 @@ def build_world(resources: Iterable[Resource], *, domain_suffix: str, revision: 
                 p for p in by_kind["AuthorizationPolicy"] if isinstance(p, AuthorizationPolicy)
             )
         ),
-        gateways=MappingProxyType(derive.gateways_by_key(g for g in by_kind["Gateway"] if isinstance(g, Gateway))),
+        gateways=MappingProxyType(
+            derive.gateways_by_key([g for g in by_kind["Gateway"] if isinstance(g, Gateway)] + converted.gateways)
+        ),
         gateway_bindings=derive.gateway_bindings(vss),
         envoy_filters=MappingProxyType(
             derive.envoy_filters_by_namespace(e for e in by_kind["EnvoyFilter"] if isinstance(e, EnvoyFilter))

@@ -28,10 +28,14 @@ from meshd.wiring.leading import DutyFactory, PassOnLeading
 
 
 def injection_config(settings: Settings, *, discovery_address: str = "") -> InjectionConfig | None:
-    """What injected sidecars get; their xDS address: the mesh config's `defaultConfig.discoveryAddress`, else
-    `--inject-xds-address`, else istiod.<namespace>.svc:15012 (a pod's proxy.istio.io/config wins over all)."""
-    if not settings.inject_enabled:
-        return None
+    """What injected sidecars get (None: injection is off)."""
+    return proxy_config(settings, discovery_address=discovery_address) if settings.inject_enabled else None
+
+
+def proxy_config(settings: Settings, *, discovery_address: str = "") -> InjectionConfig:
+    """What meshd's proxies run and dial, injected sidecars and the gateways it deploys alike; their xDS address:
+    the mesh config's `defaultConfig.discoveryAddress`, else `--inject-xds-address`, else
+    istiod.<namespace>.svc:15012 (a pod's proxy.istio.io/config wins over all)."""
     ns = settings.namespace
     return InjectionConfig(
         image=settings.inject_image,

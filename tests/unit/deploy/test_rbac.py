@@ -32,6 +32,11 @@ UNSUPPORTED = (
     ("telemetry.istio.io", "telemetries"),
     ("extensions.istio.io", "wasmplugins"),
 )
+# Kubernetes Gateway API: read; status written on the kinds meshd handles or refuses (not ReferenceGrant,
+# BackendTLSPolicy: no status of meshd's)
+GATEWAY_API_READ = ("gatewayclasses", "gateways", "httproutes", "referencegrants", "grpcroutes", "tcproutes",
+                    "tlsroutes", "udproutes", "backendtlspolicies")  # fmt: skip
+GATEWAY_API_STATUS = ("gatewayclasses", "gateways", "httproutes", "grpcroutes", "tcproutes", "tlsroutes", "udproutes")
 EXPECTED_CLUSTER = (
     {("", r, v, "") for r in ("services", "pods", "namespaces", "nodes", "secrets", "configmaps") for v in READ}
     | {("discovery.k8s.io", "endpointslices", v, "") for v in READ}
@@ -40,11 +45,19 @@ EXPECTED_CLUSTER = (
     | {("networking.istio.io", f"{r}/status", v, "") for r in ISTIO_NETWORKING for v in ("update", "patch")}
     | {("security.istio.io", f"{r}/status", v, "") for r in ISTIO_SECURITY for v in ("update", "patch")}
     | {("apiextensions.k8s.io", "customresourcedefinitions", v, "") for v in READ}
+    | {("gateway.networking.k8s.io", r, v, "") for r in GATEWAY_API_READ for v in READ}
+    | {("gateway.networking.k8s.io", f"{r}/status", v, "") for r in GATEWAY_API_STATUS for v in ("update", "patch")}
     # Istio kinds meshd does not translate yet: read, and status written saying so
     | {(g, r, v, "") for g, r in UNSUPPORTED for v in READ}
     | {(g, f"{r}/status", v, "") for g, r in UNSUPPORTED for v in ("update", "patch")}
     | {("", "configmaps", "create", ""), ("", "configmaps", "update", "istio-ca-root-cert")}
     | {("authentication.k8s.io", "tokenreviews", "create", "")}
+    # Gateway API automated deployment (kube/gateway_deployer.py): server-side apply, orphans listed and deleted
+    | {
+        (g, r, v, "")
+        for g, r in (("", "services"), ("", "serviceaccounts"), ("apps", "deployments"))
+        for v in ("get", "list", "create", "patch", "delete")
+    }
     | {("authorization.k8s.io", "subjectaccessreviews", "create", "")}
     | {
         ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", v, "meshd-sidecar-injector")

@@ -61,7 +61,8 @@ class Fixture:
         self.source.handler(item["kind"])("DELETED", item, None)
 
     def stored(self) -> set[ResourceKey]:
-        return {r.key for _, r in self.store.resources()}
+        """What the store holds besides Namespaces (stored with their labels for Gateway API selectors)."""
+        return {r.key for _, r in self.store.resources() if r.key.kind != "Namespace"}
 
 
 @pytest.fixture

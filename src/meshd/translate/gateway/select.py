@@ -1,17 +1,21 @@
 """Which Gateways apply to a gateway workload: those whose `selector` labels its pod (or WorkloadEntry)
 carries, from any namespace (Istio's default), or only from the workload's own namespace when the
 mesh is configured so (Istio's PILOT_SCOPE_GATEWAY_TO_NAMESPACE; meshd's `--scope-gateway-to-namespace`).
-An empty selector selects every gateway workload. Oldest Gateway first: it wins a conflict."""
+An empty selector selects every gateway workload. Oldest Gateway first: it wins a conflict.
+The Istio Gateways meshd derives from a Gateway API Gateway's listeners (`LISTENER_ANNOTATION`) select the
+gateway workloads of their own namespace only, whatever the setting."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
 from meshd.api.gateway import Gateway
+from meshd.model.gateway_api.listeners import LISTENER_ANNOTATION
 
 
 def selects(gateway: Gateway, *, namespace: str, labels: Mapping[str, str], scope_to_namespace: bool) -> bool:
-    if scope_to_namespace and gateway.metadata.namespace != namespace:
+    scoped = scope_to_namespace or LISTENER_ANNOTATION in gateway.metadata.annotations
+    if scoped and gateway.metadata.namespace != namespace:
         return False
     return all(labels.get(k) == v for k, v in gateway.spec.selector.items())
 

@@ -1,0 +1,433 @@
+"""Gateway API objects -> the Istio Gateways and VirtualServices meshd translates, the errors meshd reports on
+them (`/debug/config_errors`, logs) and the status each object should carry (pure; the World builds call it,
+and so does the status writer, with the pods and Secrets it also knows of).
+
+A route attaches to a listener of one of meshd's Gateways when its parentRef names the Gateway (and the
+listener by `sectionName` / `port`, if given), the listener allows the route's namespace and kind, and their
+hostnames meet. A parentRef to a Service (mesh routing, GAMMA) or another kind is refused (UnsupportedValue).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from meshd.api.gateway import Gateway
+from meshd.api.gateway_api import CONTROLLER_NAMES, GatewayClass, KubernetesGateway, ParentReference, ReferenceGrant
+from meshd.api.httproute import BackendObjectReference, HTTPRoute
+from meshd.api.kube import Namespace
+from meshd.api.meta import GATEWAY_API_GROUP, KUBERNETES_GATEWAY, InvalidResource, ResourceKey, field_path
+from meshd.api.virtualservice import VirtualService
+from meshd.model.gateway_api.conditions import Condition, cond, rendered
+from meshd.model.gateway_api.grants import Grants
+from meshd.model.gateway_api.hostnames import intersect_hostnames
+from meshd.model.gateway_api.http import Precedence, http_routes
+from meshd.model.gateway_api.listeners import GATEWAY_NAME_LABEL, ListenerView, class_verdicts, listener_views
+
+ServiceIds = Mapping[tuple[str, str], frozenset[int]]  # (namespace, name) of a Kubernetes Service -> its ports
+
+
+@dataclass
+class GatewayApiResult:
+    gateways: list[Gateway] = field(default_factory=list)
+    virtual_services: list[VirtualService] = field(default_factory=list)
+    errors: list[InvalidResource] = field(default_factory=list)
+    status: dict[ResourceKey, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GatewayApiInputs:
+    classes: tuple[GatewayClass, ...] = ()
+    gateways: tuple[KubernetesGateway, ...] = ()
+    routes: tuple[HTTPRoute, ...] = ()
+    grants: tuple[ReferenceGrant, ...] = ()
+    namespaces: tuple[Namespace, ...] = ()  # their labels: allowedRoutes selectors
+
+    def __bool__(self) -> bool:
+        return bool(self.gateways or self.routes or self.classes)  # (grants and namespaces alone: nothing)
+
+
+def convert(
+    inputs: GatewayApiInputs,
+    *,
+    services: ServiceIds,
+    domain_suffix: str,
+    secrets: Collection[tuple[str, str]] | None = None,
+    gateway_pods: Mapping[tuple[str, str], tuple[str, ...]] | None = None,
+) -> GatewayApiResult:
+    """`secrets` / `gateway_pods` ((namespace, gateway name) -> pod IPs) are given by the status writer only:
+    a missing certificate Secret is otherwise reported by the gateway translation, as for an Istio Gateway."""
+    result = GatewayApiResult()
+    verdicts = class_verdicts(inputs.classes)
+    for gc in inputs.classes:
+        if gc.metadata.name in verdicts:
+            ok, message, _ = verdicts[gc.metadata.name]
+            reason = "Accepted" if ok else "InvalidParameters"
+            conditions = [cond("Accepted", ok, reason, message or "handled by meshd")]
+            result.status[gc.key] = {"conditions": rendered(conditions)}
+    grants = Grants.of(inputs.grants)
+    listeners: dict[tuple[str, str], tuple[KubernetesGateway, list[ListenerView]]] = {}
+    for gateway in sorted(inputs.gateways, key=lambda g: g.key):
+        verdict = verdicts.get(gateway.spec.gateway_class_name)
+        if verdict is None:
+            continue  # another controller's
+        views = listener_views(gateway, grants=grants, secrets=secrets) if verdict[0] else []
+        listeners[(gateway.metadata.namespace, gateway.metadata.name)] = (gateway, views)
+    per_host: dict[tuple[str, str, str], list[tuple[Precedence, dict[str, Any]]]] = {}
+    namespace_labels = {n.metadata.name: n.labels for n in inputs.namespaces}
+    for route in sorted(inputs.routes, key=lambda r: r.key):
+        _attach_route(
+            route,
+            listeners,
+            verdicts=verdicts,
+            namespace_labels=namespace_labels,
+            grants=grants,
+            services=services,
+            domain_suffix=domain_suffix,
+            per_host=per_host,
+            result=result,
+        )
+    for gateway, views in listeners.values():
+        _gateway_status(gateway, views, verdicts, gateway_pods=gateway_pods, result=result)
+        result.gateways += [v.istio for v in views if v.istio is not None]
+    for key, entries in sorted(per_host.items()):
+        try:
+            result.virtual_services.append(_virtual_service(key, entries))
+        except ValidationError as exc:  # each route was checked alone: a bug, reported rather than raised
+            owner = ResourceKey(KUBERNETES_GATEWAY, key[0], key[1].split("~", 1)[0])
+            message = f"routes of hostname {key[2]!r} cannot be translated: {exc.errors()[0]['msg']}"
+            result.errors.append(InvalidResource(owner, "spec.listeners", message))
+    return result
+
+
+def _gateway_status(
+    gateway: KubernetesGateway,
+    views: list[ListenerView],
+    verdicts: Mapping[str, tuple[bool, str, str]],
+    *,
+    gateway_pods: Mapping[tuple[str, str], tuple[str, ...]] | None,
+    result: GatewayApiResult,
+) -> None:
+    ns, name = gateway.metadata.namespace, gateway.metadata.name
+    conditions: list[Condition] = []
+    if not verdicts[gateway.spec.gateway_class_name][0]:
+        conditions.append(
+            cond("Accepted", False, "Invalid", f"GatewayClass {gateway.spec.gateway_class_name} is not accepted")
+        )
+    elif gateway.spec.addresses:
+        conditions.append(
+            cond(
+                "Accepted",
+                False,
+                "UnsupportedAddress",
+                "addresses are not supported by meshd "
+                f"(the Gateway is served by the proxies labelled {GATEWAY_NAME_LABEL}={name})",
+            )
+        )
+        for view in views:
+            view.istio = None
+    elif not any(v.valid for v in views):
+        conditions.append(cond("Accepted", False, "ListenersNotValid", "no listener is valid"))
+    else:
+        conditions.append(cond("Accepted", True, "Accepted", "handled by meshd"))
+    accepted = conditions[0][1] == "True"
+    pods = gateway_pods.get((ns, name), ()) if gateway_pods is not None else None
+    if not accepted:
+        conditions.append(cond("Programmed", False, "Invalid", "the Gateway is not accepted"))
+    elif pods is not None and not pods:
+        conditions.append(
+            cond(
+                "Programmed",
+                False,
+                "NoResources",
+                f"no gateway proxy pod in {ns} is labelled "
+                f"{GATEWAY_NAME_LABEL}={name} (meshd deploys none: deploy one)",
+            )
+        )
+    else:
+        conditions.append(
+            cond(
+                "Programmed", True, "Programmed", f"served by the gateway proxies labelled {GATEWAY_NAME_LABEL}={name}"
+            )
+        )
+    for view in views:
+        if not view.valid:
+            problems = [c for c in view.conditions if (c[0] == "Conflicted") == (c[1] == "True")]
+            message = "; ".join(f"{c[0]} {c[2]}: {c[3]}" for c in problems)
+            result.errors.append(InvalidResource(gateway.key, f"spec.listeners[{view.index}]", message))
+    if conditions[0][1] == "False":
+        result.errors.append(InvalidResource(gateway.key, "spec", f"{conditions[0][2]}: {conditions[0][3]}"))
+    status: dict[str, Any] = {
+        "conditions": rendered(conditions),
+        "listeners": [
+            {
+                "name": v.listener.name,
+                "supportedKinds": [{"group": GATEWAY_API_GROUP, "kind": k} for k in v.supported_kinds],
+                "attachedRoutes": v.attached,
+                "conditions": rendered(v.conditions),
+            }
+            for v in views
+        ],
+    }
+    if pods:
+        status["addresses"] = [{"type": "IPAddress", "value": ip} for ip in pods]
+    result.status[gateway.key] = status
+
+
+def _parent_ref(ref: ParentReference, namespace: str) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "group": ref.group,
+        "kind": ref.kind,
+        "namespace": ref.namespace or namespace,
+        "name": ref.name,
+    }
+    if ref.section_name:
+        out["sectionName"] = ref.section_name
+    if ref.port is not None:
+        out["port"] = ref.port
+    return out
+
+
+def _attach_route(
+    route: HTTPRoute,
+    listeners: Mapping[tuple[str, str], tuple[KubernetesGateway, list[ListenerView]]],
+    *,
+    verdicts: Mapping[str, tuple[bool, str, str]],
+    namespace_labels: Mapping[str, dict[str, str]],
+    grants: Grants,
+    services: ServiceIds,
+    domain_suffix: str,
+    per_host: dict[tuple[str, str, str], list[tuple[Precedence, dict[str, Any]]]],
+    result: GatewayApiResult,
+) -> None:
+    ns = route.metadata.namespace
+    labels = namespace_labels.get(ns) or {"kubernetes.io/metadata.name": ns}
+    controllers = {key: verdicts[gw.spec.gateway_class_name][2] for key, (gw, _) in listeners.items()}
+    resolved = _resolved_refs(route, grants=grants, services=services)
+    entries: list[tuple[Precedence, dict[str, Any]]] | None = None
+    parents = []
+    for i, ref in enumerate(route.spec.parent_refs):
+        where = f"spec.parentRefs[{i}]"
+        target = (ref.namespace or ns, ref.name)
+        if ref.group != GATEWAY_API_GROUP or ref.kind != "Gateway":
+            what = "mesh routing (a Service parent, GAMMA)" if ref.kind == "Service" else f"parent kind {ref.kind}"
+            accepted = cond("Accepted", False, "UnsupportedValue", f"{what} is not supported by meshd yet")
+            attach: list[tuple[ListenerView, list[str]]] = []
+        elif target not in listeners:
+            accepted = cond(
+                "Accepted",
+                False,
+                "NoMatchingParent",
+                f"Gateway {target[0]}/{target[1]} does not exist or is not of a GatewayClass meshd serves",
+            )
+            attach = []
+        else:
+            accepted, attach = _listeners_for(route, ref, listeners[target][1], labels)
+        for view, hosts in attach:
+            view.attached += 1
+            if entries is None:
+                entries = _route_entries(
+                    route, domain_suffix=domain_suffix, services=services, grants=grants, result=result
+                )
+            for host in hosts:
+                key = (view.gateway.metadata.namespace, view.istio_name, host)
+                per_host.setdefault(key, []).extend(entries)
+        if accepted[1] == "False":
+            result.errors.append(InvalidResource(route.key, where, f"{accepted[2]}: {accepted[3]}"))
+        parents.append(
+            {
+                "parentRef": _parent_ref(ref, ns),
+                "controllerName": controllers.get(target, CONTROLLER_NAMES[0]),
+                "conditions": rendered([accepted, resolved[0]]),
+            }
+        )
+    if resolved[1]:
+        result.errors.append(InvalidResource(route.key, resolved[1], f"{resolved[0][2]}: {resolved[0][3]}"))
+    if parents:
+        result.status[route.key] = {"parents": parents}
+
+
+def _listeners_for(
+    route: HTTPRoute, ref: ParentReference, views: list[ListenerView], labels: dict[str, str]
+) -> tuple[Condition, list[tuple[ListenerView, list[str]]]]:
+    named = [
+        v
+        for v in views
+        if (not ref.section_name or v.listener.name == ref.section_name)
+        and (ref.port is None or v.listener.port == ref.port)
+    ]
+    if not named:
+        return cond("Accepted", False, "NoMatchingParent", "no listener of the Gateway has this sectionName/port"), []
+    allowed = [v for v in named if v.valid and _allows(v, route, labels)]
+    if not allowed:
+        return cond(
+            "Accepted",
+            False,
+            "NotAllowedByListeners",
+            f"no listener of the Gateway allows routes of kind HTTPRoute from namespace {route.metadata.namespace}",
+        ), []
+    attach = []
+    for view in allowed:
+        hosts = intersect_hostnames(route.spec.hostnames, view.listener.hostname or "")
+        if hosts:
+            attach.append((view, hosts))
+    if not attach:
+        return cond(
+            "Accepted",
+            False,
+            "NoMatchingListenerHostname",
+            "no hostname of the route matches a listener hostname of the Gateway",
+        ), []
+    return cond("Accepted", True, "Accepted", "attached"), attach
+
+
+def _allows(view: ListenerView, route: HTTPRoute, labels: dict[str, str]) -> bool:
+    if "HTTPRoute" not in view.supported_kinds:
+        return False
+    spec = view.listener.allowed_routes.namespaces
+    if spec.from_ == "All":
+        return True
+    if spec.from_ == "Same":
+        return route.metadata.namespace == view.gateway.metadata.namespace
+    assert spec.selector is not None  # the model requires it with Selector
+    return spec.selector.matches(labels)
+
+
+def _backend_problem(route: HTTPRoute, *, grants: Grants, services: ServiceIds) -> Any:
+    def problem(group: str, kind: str, namespace: str, name: str, port: int | None) -> tuple[str, str] | None:
+        if group not in ("", "core") or kind != "Service":
+            return "InvalidKind", f"backend {group or 'core'}/{kind} {name}: only Services are supported"
+        if namespace != route.metadata.namespace and not grants.allows(
+            from_kind="HTTPRoute",
+            from_namespace=route.metadata.namespace,
+            to_kind="Service",
+            to_namespace=namespace,
+            name=name,
+        ):
+            return "RefNotPermitted", f"backend Service {namespace}/{name}: no ReferenceGrant in {namespace} allows it"
+        if (namespace, name) not in services:
+            return "BackendNotFound", f"backend Service {namespace}/{name} does not exist"
+        if port is None or port not in services[(namespace, name)]:
+            return "BackendNotFound", f"backend Service {namespace}/{name} has no port {port}"
+        return None
+
+    return problem
+
+
+def _resolved_refs(route: HTTPRoute, *, grants: Grants, services: ServiceIds) -> tuple[Condition, str]:
+    """The route's ResolvedRefs condition and the field of its first unresolved reference ("" if none)."""
+    problem = _backend_problem(route, grants=grants, services=services)
+    ns = route.metadata.namespace
+    for r, rule in enumerate(route.spec.rules):
+        refs: list[tuple[str, BackendObjectReference]] = [
+            (f"backendRefs[{b}]", ref) for b, ref in enumerate(rule.backend_refs)
+        ]
+        refs += [
+            (f"filters[{f}].requestMirror.backendRef", flt.request_mirror.backend_ref)
+            for f, flt in enumerate(rule.filters)
+            if flt.request_mirror is not None
+        ]
+        for where, ref in refs:
+            found = problem(ref.group, ref.kind, ref.namespace or ns, ref.name, ref.port)
+            if found is not None:
+                return cond("ResolvedRefs", False, *found), f"spec.rules[{r}].{where}"
+    return cond("ResolvedRefs", True, "ResolvedRefs", "references resolved"), ""
+
+
+def _route_entries(
+    route: HTTPRoute, *, domain_suffix: str, services: ServiceIds, grants: Grants, result: GatewayApiResult
+) -> list[tuple[Precedence, dict[str, Any]]]:
+    problem = _backend_problem(route, grants=grants, services=services)
+    entries = http_routes(route, domain_suffix=domain_suffix, backend_problem=problem)
+    kept = []
+    for precedence, entry in entries:
+        try:
+            VirtualService.model_validate(_vs_doc("check", "default", "*", [entry]))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            message = f"cannot be translated: {field_path(first['loc'])}: {first['msg']}"
+            result.errors.append(InvalidResource(route.key, f"spec.rules[{precedence.rule}]", message))
+            continue
+        kept.append((precedence, entry))
+    return kept
+
+
+def _vs_doc(name: str, namespace: str, host: str, http: list[dict[str, Any]], gateway: str = "") -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"hosts": [host], "gateways": [gateway] if gateway else [], "http": http},
+    }
+
+
+def _virtual_service(key: tuple[str, str, str], entries: list[tuple[Precedence, dict[str, Any]]]) -> VirtualService:
+    namespace, gateway, host = key
+    http = [entry for _, entry in sorted(entries, key=lambda e: e[0])]
+    return VirtualService.model_validate(_vs_doc(f"{gateway}~{host}", namespace, host, http, f"{namespace}/{gateway}"))
+
+
+# the kinds the conversion reads (Namespaces: for their labels)
+GATEWAY_API_KINDS = ("GatewayClass", KUBERNETES_GATEWAY, "HTTPRoute", "ReferenceGrant", "Namespace")
+
+
+class GatewayApiConversion:
+    """`convert` for the World builds, run again only when its inputs change (the result's Istio Gateways and
+    VirtualServices keep their identity, which the caches compare)."""
+
+    def __init__(self, *, domain_suffix: str) -> None:
+        self._suffix = domain_suffix
+        self._last: tuple[GatewayApiInputs, ServiceIds, GatewayApiResult] | None = None
+
+    def run(self, resources: Iterable[Any], *, services: Mapping[tuple[str, str], Any]) -> GatewayApiResult:
+        """`services`: (namespace, name) -> the MeshService (only those routes name are looked at: the cost does
+        not grow with the mesh)."""
+        inputs = inputs_of(resources)
+        if not inputs:
+            return GatewayApiResult()
+        named = {
+            s: frozenset(port.number for port in services[s].ports) for s in _named_services(inputs) if s in services
+        }
+        if self._last is not None and self._last[0] == inputs and self._last[1] == named:
+            return self._last[2]
+        result = convert(inputs, services=named, domain_suffix=self._suffix)
+        self._last = (inputs, named, result)
+        return result
+
+
+def _named_services(inputs: GatewayApiInputs) -> set[tuple[str, str]]:
+    out: set[tuple[str, str]] = set()
+    for route in inputs.routes:
+        ns = route.metadata.namespace
+        for rule in route.spec.rules:
+            out.update((b.namespace or ns, b.name) for b in rule.backend_refs)
+            out.update(
+                (f.request_mirror.backend_ref.namespace or ns, f.request_mirror.backend_ref.name)
+                for f in rule.filters
+                if f.request_mirror is not None
+            )
+    return out
+
+
+def status_digest(status: Mapping[str, Any]) -> str:
+    """A canonical text of a desired status: equal statuses, equal digests."""
+    return json.dumps(status, sort_keys=True, separators=(",", ":"))
+
+
+def inputs_of(resources: Iterable[Any]) -> GatewayApiInputs:
+    """The Gateway API objects among `resources`, each kind in key order (equal sets, equal inputs)."""
+    items = sorted((r for r in resources if isinstance(r, _KINDS)), key=lambda r: r.key)
+    return GatewayApiInputs(
+        classes=tuple(r for r in items if isinstance(r, GatewayClass)),
+        gateways=tuple(r for r in items if isinstance(r, KubernetesGateway)),
+        routes=tuple(r for r in items if isinstance(r, HTTPRoute)),
+        grants=tuple(r for r in items if isinstance(r, ReferenceGrant)),
+        namespaces=tuple(r for r in items if isinstance(r, Namespace)),
+    )
+
+
+_KINDS = (GatewayClass, KubernetesGateway, HTTPRoute, ReferenceGrant, Namespace)

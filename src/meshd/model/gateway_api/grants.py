@@ -1,0 +1,43 @@
+"""ReferenceGrants: which cross-namespace references (a route's backendRefs, a Gateway's certificateRefs)
+the owner of the target namespace allows. A reference to another namespace without one is refused
+(RefNotPermitted)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from meshd.api.gateway_api import ReferenceGrant
+from meshd.api.meta import GATEWAY_API_GROUP
+
+# the group of each kind that may be on either side of a grant meshd checks
+_GROUPS = {"HTTPRoute": GATEWAY_API_GROUP, "Gateway": GATEWAY_API_GROUP, "Service": "", "Secret": ""}
+
+
+@dataclass(frozen=True)
+class Grants:
+    grants: tuple[ReferenceGrant, ...]
+
+    @classmethod
+    def of(cls, grants: Iterable[ReferenceGrant]) -> Grants:
+        return cls(tuple(sorted(grants, key=lambda g: g.key)))
+
+    def allows(self, *, from_kind: str, from_namespace: str, to_kind: str, to_namespace: str, name: str) -> bool:
+        for grant in self.grants:
+            if grant.metadata.namespace != to_namespace:
+                continue
+            sources = any(
+                f.kind == from_kind and f.namespace == from_namespace and _group(f.group) == _GROUPS[from_kind]
+                for f in grant.spec.from_
+            )
+            targets = any(
+                t.kind == to_kind and _group(t.group) == _GROUPS[to_kind] and t.name in ("", name)
+                for t in grant.spec.to
+            )
+            if sources and targets:
+                return True
+        return False
+
+
+def _group(group: str) -> str:
+    return "" if group == "core" else group

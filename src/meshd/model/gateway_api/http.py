@@ -1,0 +1,199 @@
+"""HTTPRoute rules as VirtualService http routes (the same routes a VirtualService would give), and the
+order the Gateway API requires among the routes of one hostname.
+
+- A match is one VirtualService route (its own rewrite); `PathPrefix /foo` matches `/foo` and `/foo/...`
+  (path segments, as the specification says), so it becomes two: exact `/foo` and prefix `/foo/`.
+- Filters: RequestHeaderModifier / ResponseHeaderModifier -> `headers` (also per backend), RequestRedirect ->
+  `redirect` (302 unless statusCode says 301; a new scheme without port: no port in the Location),
+  URLRewrite -> `rewrite` (ReplacePrefixMatch: the matched prefix; ReplaceFullPath: the whole path),
+  RequestMirror -> `mirror` (+ `mirrorPercentage`), timeouts.request -> `timeout`.
+- backendRefs -> weighted destinations `<name>.<namespace>.svc.<domain>:<port>`; weight 0 gets no traffic; a
+  rule whose backends are all unusable (not found, not permitted, not a Service) answers 500.
+- Precedence (Gateway API): Exact path before prefix, longer path first, then a method match, more header
+  matches, more query matches, then the older route, then namespace/name, then rule and match order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from meshd.api.httproute import HeaderFilter, HTTPBackendRef, HTTPRoute, HTTPRouteMatch, PathModifier, RouteRule
+
+# group, kind, namespace, name, port -> (reason, message) of a problem, or None
+BackendCheck = Callable[[str, str, str, str, int | None], tuple[str, str] | None]
+_PATH_RANK = {"Exact": 0, "PathPrefix": 1, "RegularExpression": 2}
+
+
+@dataclass(frozen=True, order=True)
+class Precedence:
+    path_rank: int
+    path_length: int  # negated: longer first
+    no_method: bool
+    headers: int  # negated
+    queries: int  # negated
+    created: str
+    namespace: str
+    name: str
+    rule: int
+    match: int
+    variant: int
+
+
+def http_routes(
+    route: HTTPRoute, *, domain_suffix: str, backend_problem: BackendCheck
+) -> list[tuple[Precedence, dict[str, Any]]]:
+    """Every (precedence, VirtualService http route) of an HTTPRoute."""
+    out = []
+    meta = route.metadata
+    for r, rule in enumerate(route.spec.rules):
+        action = _action(rule, route=route, domain_suffix=domain_suffix, backend_problem=backend_problem)
+        for m, match in enumerate(rule.matches or [HTTPRouteMatch()]):
+            for v, (uri, rewrite_prefix) in enumerate(_uri_variants(match)):
+                precedence = Precedence(
+                    _PATH_RANK[match.path.type],
+                    -len(match.path.value.rstrip("/") or "/"),
+                    match.method is None,
+                    -len(match.headers),
+                    -len(match.query_params),
+                    meta.creation_timestamp,
+                    meta.namespace,
+                    meta.name,
+                    r,
+                    m,
+                    v,
+                )
+                entry = {"name": f"{meta.namespace}.{meta.name}.{r}.{m}", "match": [_match(match, uri)], **action}
+                rewrite = _rewrite(rule, rewrite_prefix)
+                if rewrite:
+                    entry["rewrite"] = rewrite
+                out.append((precedence, entry))
+    return out
+
+
+def _uri_variants(match: HTTPRouteMatch) -> list[tuple[dict[str, str], str | None]]:
+    """(VirtualService uri match, the prefix a ReplacePrefixMatch replaces it with: "" keep, "/" add)."""
+    path = match.path
+    if path.type == "Exact":
+        return [({"exact": path.value}, "")]
+    if path.type == "RegularExpression":
+        return [({"regex": path.value}, "")]
+    base = path.value.rstrip("/")
+    if not base:
+        return [({"prefix": "/"}, "/")]
+    return [({"exact": base}, ""), ({"prefix": f"{base}/"}, "/")]
+
+
+def _match(match: HTTPRouteMatch, uri: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {"uri": uri}
+    if match.headers:
+        out["headers"] = {h.name.lower(): {"exact" if h.type == "Exact" else "regex": h.value} for h in match.headers}
+    if match.query_params:
+        out["queryParams"] = {q.name: {"exact" if q.type == "Exact" else "regex": q.value} for q in match.query_params}
+    if match.method is not None:
+        out["method"] = {"exact": match.method}
+    return out
+
+
+def _headers(f: HeaderFilter) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if f.set:
+        out["set"] = {h.name: h.value for h in f.set}
+    if f.add:
+        out["add"] = {h.name: h.value for h in f.add}
+    if f.remove:
+        out["remove"] = list(f.remove)
+    return out
+
+
+def _header_ops(filters: list[Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in filters:
+        if f.request_header_modifier is not None:
+            out["request"] = _headers(f.request_header_modifier)
+        if f.response_header_modifier is not None:
+            out["response"] = _headers(f.response_header_modifier)
+    return out
+
+
+def _fqdn(ref: Any, *, namespace: str, domain_suffix: str) -> str:
+    return f"{ref.name}.{ref.namespace or namespace}.svc.{domain_suffix}"
+
+
+def _action(rule: RouteRule, *, route: HTTPRoute, domain_suffix: str, backend_problem: BackendCheck) -> dict[str, Any]:
+    ns = route.metadata.namespace
+    out: dict[str, Any] = {}
+    headers = _header_ops(rule.filters)
+    if headers:
+        out["headers"] = headers
+    for f in rule.filters:
+        if f.request_redirect is not None:
+            out["redirect"] = _redirect(f.request_redirect)
+        if f.request_mirror is not None:
+            ref = f.request_mirror.backend_ref
+            if backend_problem(ref.group, ref.kind, ref.namespace or ns, ref.name, ref.port) is None:
+                out["mirror"] = {"host": _fqdn(ref, namespace=ns, domain_suffix=domain_suffix)}
+                if ref.port is not None:
+                    out["mirror"]["port"] = {"number": ref.port}
+                if f.request_mirror.percent is not None:
+                    out["mirrorPercentage"] = {"value": float(f.request_mirror.percent)}
+    if rule.timeouts is not None and rule.timeouts.request is not None:
+        out["timeout"] = rule.timeouts.request
+    if "redirect" in out:
+        return out
+    destinations = [
+        _destination(b, namespace=ns, domain_suffix=domain_suffix)
+        for b in rule.backend_refs
+        if b.weight > 0 and backend_problem(b.group, b.kind, b.namespace or ns, b.name, b.port) is None
+    ]
+    if destinations:
+        out["route"] = destinations
+    else:
+        out["directResponse"] = {"status": 500}
+        out.pop("mirror", None)
+        out.pop("mirrorPercentage", None)
+    return out
+
+
+def _destination(backend: HTTPBackendRef, *, namespace: str, domain_suffix: str) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "destination": {"host": _fqdn(backend, namespace=namespace, domain_suffix=domain_suffix)},
+        "weight": backend.weight,
+    }
+    if backend.port is not None:
+        out["destination"]["port"] = {"number": backend.port}
+    headers = _header_ops(backend.filters)
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+def _redirect(redirect: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"redirectCode": redirect.status_code}
+    if redirect.scheme:
+        # no port: the new scheme's well-known one, left out of the Location (as the Gateway API requires)
+        out["scheme"] = redirect.scheme
+    if redirect.hostname:
+        out["authority"] = redirect.hostname
+    if redirect.port is not None:
+        out["port"] = redirect.port
+    if redirect.path is not None:
+        out["uri"] = redirect.path.value
+    return out
+
+
+def _rewrite(rule: RouteRule, variant: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in rule.filters:
+        if f.url_rewrite is None:
+            continue
+        if f.url_rewrite.hostname:
+            out["authority"] = f.url_rewrite.hostname
+        path: PathModifier | None = f.url_rewrite.path
+        if path is not None and path.type == "ReplaceFullPath":
+            out["uriRegexRewrite"] = {"match": "^/.*$", "rewrite": path.value}
+        elif path is not None:
+            # the matched prefix `/foo/` (variant "/") is replaced keeping its slash; exact `/foo` wholly
+            out["uri"] = path.value.rstrip("/") + "/" if variant == "/" else path.value
+    return out

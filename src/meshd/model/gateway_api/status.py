@@ -1,0 +1,188 @@
+"""The status each Gateway API object meshd handles should carry, and how it is written over the status
+already there (pure; the leader's status writer calls these).
+
+- Desired: `convert` over the objects meshd holds, with the Kubernetes Services, the Secrets (a missing
+  certificate is a listener's InvalidCertificateRef) and the gateway proxy pods (none: the Gateway is not
+  Programmed, NoResources; their IPs are its `addresses`). An object meshd refused outright (its model is
+  invalid: an unsupported field, filter or value) gets a refusal, whatever its last accepted version says:
+  GatewayClass Accepted False InvalidParameters, Gateway Accepted False Invalid, route Accepted False
+  UnsupportedValue on each parent.
+- Written: meshd's conditions get `observedGeneration` and a `lastTransitionTime` kept while their status
+  does not change; a route's parents of other controllers are kept.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from meshd.api.gateway_api import CONTROLLER_NAMES
+from meshd.api.kube import Pod, Secret, Service
+from meshd.api.meta import GATEWAY_API_GROUP, KUBERNETES_GATEWAY, InvalidResource, Resource, ResourceKey
+from meshd.model.gateway_api.convert import convert, inputs_of, status_digest
+from meshd.model.gateway_api.listeners import GATEWAY_NAME_LABEL, class_verdicts
+
+# kind identity -> plural, for the kinds meshd writes status on (group gateway.networking.k8s.io)
+# (the route kinds meshd does not translate yet get a refusal on each parent)
+STATUS_KINDS = {
+    "GatewayClass": "gatewayclasses",
+    KUBERNETES_GATEWAY: "gateways",
+    "HTTPRoute": "httproutes",
+    "GRPCRoute": "grpcroutes",
+    "TCPRoute": "tcproutes",
+    "TLSRoute": "tlsroutes",
+    "UDPRoute": "udproutes",
+}
+# the version to read an object meshd holds no copy of at, where the group's preferred one may not serve it
+STATUS_VERSIONS = {"TCPRoute": "v1alpha2", "TLSRoute": "v1alpha2", "UDPRoute": "v1alpha2", "GRPCRoute": "v1"}
+ROUTE_KINDS = ("HTTPRoute", "GRPCRoute", "TCPRoute", "TLSRoute", "UDPRoute")
+REFUSED_REASONS = {
+    "GatewayClass": "InvalidParameters",
+    KUBERNETES_GATEWAY: "Invalid",
+    **dict.fromkeys(ROUTE_KINDS, "UnsupportedValue"),
+}
+
+
+@dataclass(frozen=True)
+class ApiStatus:
+    """A desired Gateway API status: `body` (canonical JSON) from the conversion, or `refused` (the message of
+    the error meshd refused the object with)."""
+
+    body: str = ""
+    refused: str = ""
+    classes: tuple[str, ...] = ()  # the class names meshd serves (whether a refused Gateway is meshd's)
+
+
+def desired_statuses(
+    resources: Iterable[Resource], *, errors: Iterable[InvalidResource], domain_suffix: str
+) -> dict[ResourceKey, ApiStatus]:
+    items = list(resources)
+    inputs = inputs_of(items)
+    out: dict[ResourceKey, ApiStatus] = {}
+    if inputs:
+        pods: dict[tuple[str, str], list[str]] = {}
+        for pod in items:
+            if isinstance(pod, Pod) and GATEWAY_NAME_LABEL in pod.metadata.labels and pod.status.pod_ip:
+                at = (pod.metadata.namespace, pod.metadata.labels[GATEWAY_NAME_LABEL])
+                pods.setdefault(at, []).append(pod.status.pod_ip)
+        result = convert(
+            inputs,
+            services={
+                (s.metadata.namespace, s.metadata.name): frozenset(p.port for p in s.spec.ports)
+                for s in items
+                if isinstance(s, Service)
+            },
+            secrets={(s.metadata.namespace, s.metadata.name) for s in items if isinstance(s, Secret)},
+            gateway_pods={at: tuple(sorted(ips)) for at, ips in pods.items()},
+            domain_suffix=domain_suffix,
+        )
+        out = {key: ApiStatus(body=status_digest(status)) for key, status in result.status.items()}
+    classes = tuple(sorted(class_verdicts(inputs.classes)))
+    for error in errors:
+        if error.key is not None and error.key.kind in STATUS_KINDS and error.origin:
+            out[error.key] = ApiStatus(refused=f"{error.field}: {error.message}", classes=classes)
+    return out
+
+
+def _rfc3339(when: datetime.datetime) -> str:
+    return when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _stamp(
+    conditions: list[dict[str, Any]], previous: Any, *, generation: int, now: datetime.datetime
+) -> list[dict[str, Any]]:
+    before = {c.get("type"): c for c in previous or [] if isinstance(c, dict)}
+    out = []
+    for c in conditions:
+        old = before.get(c["type"])
+        keep = old is not None and old.get("status") == c["status"] and old.get("lastTransitionTime")
+        when = old["lastTransitionTime"] if keep and old is not None else _rfc3339(now)
+        out.append({**c, "observedGeneration": generation, "lastTransitionTime": when})
+    return out
+
+
+def _refusal(key: ResourceKey, message: str, obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The status of a refused object, from what can be read of it (its parentRefs, its class)."""
+    spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
+    assert isinstance(spec, dict)
+    reason = REFUSED_REASONS[key.kind]
+    refused = [{"type": "Accepted", "status": "False", "reason": reason, "message": f"refused by meshd: {message}"}]
+    if key.kind in ROUTE_KINDS:
+        refs = spec.get("parentRefs") if isinstance(spec.get("parentRefs"), list) else []
+        parents = []
+        for ref in refs or []:
+            if isinstance(ref, dict) and isinstance(ref.get("name"), str):
+                parent = {"group": GATEWAY_API_GROUP, "kind": "Gateway", "namespace": key.namespace, **ref}
+                parents.append({"parentRef": parent, "controllerName": CONTROLLER_NAMES[0], "conditions": refused})
+        return {"parents": parents}
+    if key.kind == KUBERNETES_GATEWAY:
+        return {"conditions": [*refused, {**refused[0], "type": "Programmed", "reason": "Invalid"}]}
+    return {"conditions": refused}
+
+
+def _owned(key: ResourceKey, desired: ApiStatus, obj: Mapping[str, Any]) -> bool:
+    """Whether a refused object is meshd's to write on: a class of its controllers, a Gateway of such a class,
+    a route whatever its parents."""
+    spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
+    assert isinstance(spec, dict)
+    if key.kind == "GatewayClass":
+        return spec.get("controllerName") in CONTROLLER_NAMES
+    if key.kind == KUBERNETES_GATEWAY:
+        return spec.get("gatewayClassName") in desired.classes
+    return True
+
+
+def render_api_status(
+    key: ResourceKey,
+    desired: ApiStatus,
+    *,
+    obj: Mapping[str, Any],
+    generation: int,
+    now: datetime.datetime,
+) -> dict[str, Any] | None:
+    """The status to write on `obj` (None: not meshd's to write)."""
+    if not desired.body and not _owned(key, desired, obj):
+        return None
+    previous = obj.get("status") if isinstance(obj.get("status"), dict) else {}
+    assert isinstance(previous, dict)
+    body: dict[str, Any] = json.loads(desired.body) if desired.body else _refusal(key, desired.refused, obj)
+    if key.kind not in ROUTE_KINDS:
+        status = {k: v for k, v in previous.items() if k not in ("conditions", "listeners", "addresses")}
+        status["conditions"] = _stamp(body["conditions"], previous.get("conditions"), generation=generation, now=now)
+        if "listeners" in body:
+            before = {lst.get("name"): lst for lst in previous.get("listeners") or [] if isinstance(lst, dict)}
+            status["listeners"] = [
+                {
+                    **lst,
+                    "conditions": _stamp(
+                        lst["conditions"],
+                        (before.get(lst["name"]) or {}).get("conditions"),
+                        generation=generation,
+                        now=now,
+                    ),
+                }
+                for lst in body["listeners"]
+            ]
+        if body.get("addresses"):
+            status["addresses"] = body["addresses"]
+        return status
+    ours = set(CONTROLLER_NAMES)
+    kept = [p for p in previous.get("parents") or [] if isinstance(p, dict) and p.get("controllerName") not in ours]
+    old = {
+        json.dumps(p.get("parentRef"), sort_keys=True): p
+        for p in previous.get("parents") or []
+        if isinstance(p, dict) and p.get("controllerName") in ours
+    }
+    parents = []
+    for parent in body["parents"]:
+        before = old.get(json.dumps(parent["parentRef"], sort_keys=True)) or {}
+        parents.append(
+            {
+                **parent,
+                "conditions": _stamp(parent["conditions"], before.get("conditions"), generation=generation, now=now),
+            }
+        )
+    return {**{k: v for k, v in previous.items() if k != "parents"}, "parents": [*kept, *parents]}

@@ -1,0 +1,241 @@
+"""Gateway API status written by meshd's leader on a real kube-apiserver (tests/kubereal; skipped without
+KUBEBUILDER_ASSETS), the CRDs the chart installs with crds.gatewayApi: GatewayClass Accepted (and
+InvalidParameters), Gateway Accepted/Programmed (NoResources until a gateway pod exists, its IP then as the
+address), listener conditions (UnsupportedProtocol, InvalidCertificateRef until the Secret exists) and
+attachedRoutes; HTTPRoute Accepted/ResolvedRefs per parent with NotAllowedByListeners,
+NoMatchingListenerHostname, NoMatchingParent, UnsupportedValue (a Service parent, an unsupported field),
+BackendNotFound, InvalidKind and RefNotPermitted until a ReferenceGrant allows the reference; a GRPCRoute
+refused on each parent. Another controller's GatewayClass and Gateways get nothing from meshd."""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from tests.e2e.harness import Meshd, eventually, free_port
+from tests.kubeapi import KubeRest
+from tests.kubereal.control_plane import ControlPlane
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
+NS = "meshd-gwapi"
+GW_NS = "gwapi-infra"
+APP_NS = "gwapi-apps"
+TEAM_NS = "gwapi-team"
+GW = "gateway.networking.k8s.io/v1"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def kube(real_kube: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[KubeRest]:
+    rest = KubeRest.from_kubeconfig(real_kube.kubeconfig)
+    for ns in (NS, GW_NS, APP_NS, TEAM_NS):
+        await rest.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    work: pathlib.Path = tmp_path_factory.mktemp("gwapi-kube")
+    meshd = Meshd(
+        log_path=work / "meshd.log",
+        kubeconfig=real_kube.kubeconfig,
+        extra_args=("--namespace", NS, "--webhook-port", str(free_port()), "--status-interval", "0.2"),
+    )
+    try:
+        await meshd.start()
+        yield rest
+    except BaseException:
+        print(f"----- meshd.log -----\n{meshd.log()[-8000:]}")
+        raise
+    finally:
+        await meshd.close()
+        await rest.close()
+
+
+def conditions(obj: dict[str, Any] | None) -> dict[str, tuple[str, str]]:
+    found = ((obj or {}).get("status") or {}).get("conditions") or []
+    return {c["type"]: (c["status"], c["reason"]) for c in found}
+
+
+def parent_conditions(obj: dict[str, Any] | None, index: int = 0) -> dict[str, tuple[str, str]]:
+    parents = ((obj or {}).get("status") or {}).get("parents") or []
+    return {c["type"]: (c["status"], c["reason"]) for c in parents[index]["conditions"]} if len(parents) > index else {}
+
+
+async def wait_for(kube: KubeRest, kind: str, ns: str, name: str, check: Any, what: str) -> dict[str, Any]:
+    async def probe() -> dict[str, Any] | None:
+        obj = await kube.get(GW, kind, ns, name)
+        return obj if obj is not None and check(obj) else None
+
+    found: dict[str, Any] = await eventually(probe, timeout=60, what=what)
+    return found
+
+
+def service(name: str, ns: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"ports": [{"name": "http", "port": 8080}]},
+    }
+
+
+def route(name: str, ns: str, *, parent: dict[str, Any], backend: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": GW,
+        "kind": "HTTPRoute",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"parentRefs": [parent], "rules": [{"backendRefs": [backend]}], **spec},
+    }
+
+
+GATEWAY = {
+    "apiVersion": GW,
+    "kind": "Gateway",
+    "metadata": {"name": "gw", "namespace": GW_NS},
+    "spec": {
+        "gatewayClassName": "istio",
+        "listeners": [
+            {"name": "http", "port": 80, "protocol": "HTTP", "hostname": "*.example.com",
+             "allowedRoutes": {"namespaces": {"from": "All"}}},
+            {"name": "same", "port": 8080, "protocol": "HTTP"},
+            {"name": "https", "port": 443, "protocol": "HTTPS",
+             "tls": {"mode": "Terminate", "certificateRefs": [{"name": "gw-cert"}]}},
+            {"name": "tcp", "port": 9000, "protocol": "TCP"},
+        ],
+    },
+}  # fmt: skip
+PARENT = {"name": "gw", "namespace": GW_NS, "sectionName": "http"}
+
+
+async def test_gateway_class_and_gateway_status(kube: KubeRest) -> None:
+    await kube.apply({"apiVersion": GW, "kind": "GatewayClass", "metadata": {"name": "istio"},
+                      "spec": {"controllerName": "istio.io/gateway-controller"}})  # fmt: skip
+    await kube.apply(
+        {
+            "apiVersion": GW,
+            "kind": "GatewayClass",
+            "metadata": {"name": "meshd-params"},
+            "spec": {
+                "controllerName": "meshd.io/gateway-controller",
+                "parametersRef": {"group": "", "kind": "ConfigMap", "name": "x", "namespace": NS},
+            },
+        }
+    )
+    await kube.apply({"apiVersion": GW, "kind": "GatewayClass", "metadata": {"name": "foreign"},
+                      "spec": {"controllerName": "example.com/other"}})  # fmt: skip
+    await wait_for(kube, "GatewayClass", "", "istio", lambda o: conditions(o).get("Accepted") == ("True", "Accepted"),
+                   "GatewayClass istio Accepted")  # fmt: skip
+    await wait_for(kube, "GatewayClass", "", "meshd-params",
+                   lambda o: conditions(o).get("Accepted") == ("False", "InvalidParameters"),
+                   "GatewayClass with parametersRef: InvalidParameters")  # fmt: skip
+
+    await kube.apply(GATEWAY)
+    gw = await wait_for(kube, "Gateway", GW_NS, "gw", lambda o: "Programmed" in conditions(o), "Gateway status")
+    assert conditions(gw)["Accepted"] == ("True", "Accepted")
+    assert conditions(gw)["Programmed"] == ("False", "NoResources")  # no gateway pod yet
+    listeners = {lst["name"]: lst for lst in gw["status"]["listeners"]}
+    lc = {name: {c["type"]: (c["status"], c["reason"]) for c in lst["conditions"]} for name, lst in listeners.items()}
+    assert lc["http"]["Accepted"] == ("True", "Accepted") and lc["http"]["Programmed"] == ("True", "Programmed")
+    assert lc["tcp"]["Accepted"] == ("False", "UnsupportedProtocol")
+    assert lc["https"]["ResolvedRefs"] == ("False", "InvalidCertificateRef")
+    assert listeners["http"]["supportedKinds"] == [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}]
+
+    # the Secret appears: the HTTPS listener resolves; another controller's classes get nothing of meshd
+    cert, key = _tls_pair()
+    await kube.apply({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                      "metadata": {"name": "gw-cert", "namespace": GW_NS},
+                      "stringData": {"tls.crt": cert, "tls.key": key}})  # fmt: skip
+
+    def https_resolved(o: dict[str, Any]) -> bool:
+        https = next(lst for lst in o["status"]["listeners"] if lst["name"] == "https")
+        return any(c["type"] == "ResolvedRefs" and c["status"] == "True" for c in https["conditions"])
+
+    await wait_for(kube, "Gateway", GW_NS, "gw", https_resolved, "HTTPS listener ResolvedRefs once the Secret exists")
+    foreign = await kube.get(GW, "GatewayClass", "", "foreign")
+    assert not (foreign or {}).get("status", {}).get("conditions"), foreign
+
+    # a gateway pod labelled with the Gateway's name: Programmed, its IP the address
+    await kube.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "gw-1", "namespace": GW_NS,
+                      "labels": {"gateway.networking.k8s.io/gateway-name": "gw"}},
+                      "spec": {"containers": [{"name": "proxy", "image": "envoy"}]}})  # fmt: skip
+    pod = await kube.get("v1", "Pod", GW_NS, "gw-1")
+    assert pod is not None
+    pod["status"] = {"podIP": "10.70.0.5", "podIPs": [{"ip": "10.70.0.5"}], "phase": "Running"}
+    await kube.replace(pod, subresource="status")
+    programmed = ("True", "Programmed")
+    gw = await wait_for(kube, "Gateway", GW_NS, "gw", lambda o: conditions(o).get("Programmed") == programmed,
+                        "Gateway Programmed once a gateway pod exists")  # fmt: skip
+    assert gw["status"]["addresses"] == [{"type": "IPAddress", "value": "10.70.0.5"}]
+
+
+async def test_route_status_reasons(kube: KubeRest) -> None:
+    await kube.apply(service("web", APP_NS))
+    await kube.apply(service("shared", TEAM_NS))
+    backend = {"name": "web", "port": 8080}
+    cases = {
+        "ok": (route("ok", APP_NS, parent=PARENT, backend=backend, hostnames=["web.example.com"]),
+               {"Accepted": ("True", "Accepted"), "ResolvedRefs": ("True", "ResolvedRefs")}),
+        "not-allowed": (route("not-allowed", APP_NS, parent={**PARENT, "sectionName": "same"}, backend=backend),
+                        {"Accepted": ("False", "NotAllowedByListeners")}),
+        "hostname": (route("hostname", APP_NS, parent=PARENT, backend=backend, hostnames=["web.other.org"]),
+                     {"Accepted": ("False", "NoMatchingListenerHostname")}),
+        "no-parent": (route("no-parent", APP_NS, parent={**PARENT, "sectionName": "nope"}, backend=backend),
+                      {"Accepted": ("False", "NoMatchingParent")}),
+        "mesh": (route("mesh", APP_NS, parent={"group": "", "kind": "Service", "name": "web"}, backend=backend),
+                 {"Accepted": ("False", "UnsupportedValue")}),
+        "missing": (route("missing", APP_NS, parent=PARENT, backend={"name": "nowhere", "port": 8080}),
+                    {"Accepted": ("True", "Accepted"), "ResolvedRefs": ("False", "BackendNotFound")}),
+        "kind": (route("kind", APP_NS, parent=PARENT, backend={"kind": "ConfigMap", "name": "x", "port": 80}),
+                 {"ResolvedRefs": ("False", "InvalidKind")}),
+        "refused": (route("refused", APP_NS, parent=PARENT, backend=backend) | {"spec": {
+                        "parentRefs": [PARENT], "rules": [{"backendRefs": [backend],
+                                                           "timeouts": {"backendRequest": "1s"}}]}},
+                    {"Accepted": ("False", "UnsupportedValue")}),
+    }  # fmt: skip
+    for obj, _ in cases.values():
+        await kube.apply(obj)
+    for name, (_, expected) in cases.items():
+        await wait_for(
+            kube, "HTTPRoute", APP_NS, name,
+            lambda o, e=expected: all(parent_conditions(o).get(t) == v for t, v in e.items()),
+            f"HTTPRoute {name}: {expected}",
+        )  # fmt: skip
+    gw = await wait_for(
+        kube, "Gateway", GW_NS, "gw",
+        lambda o: next(lst for lst in o["status"]["listeners"] if lst["name"] == "http")["attachedRoutes"] == 3,
+        "listener http: 3 attached routes (ok, missing, kind)",
+    )  # fmt: skip
+    assert next(lst for lst in gw["status"]["listeners"] if lst["name"] == "same")["attachedRoutes"] == 0
+
+
+async def test_cross_namespace_backend_needs_a_reference_grant(kube: KubeRest) -> None:
+    cross = route("cross", APP_NS, parent=PARENT, backend={"name": "shared", "namespace": TEAM_NS, "port": 8080})
+    await kube.apply(cross)
+    await wait_for(kube, "HTTPRoute", APP_NS, "cross",
+                   lambda o: parent_conditions(o).get("ResolvedRefs") == ("False", "RefNotPermitted"),
+                   "RefNotPermitted without a ReferenceGrant")  # fmt: skip
+    await kube.apply({
+        "apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+        "metadata": {"name": "apps-to-shared", "namespace": TEAM_NS},
+        "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": APP_NS}],
+                 "to": [{"group": "", "kind": "Service", "name": "shared"}]},
+    })  # fmt: skip
+    await wait_for(kube, "HTTPRoute", APP_NS, "cross",
+                   lambda o: parent_conditions(o).get("ResolvedRefs") == ("True", "ResolvedRefs"),
+                   "ResolvedRefs once a ReferenceGrant allows it")  # fmt: skip
+
+
+async def test_a_route_kind_not_supported_yet_is_refused_on_its_parents(kube: KubeRest) -> None:
+    await kube.apply({"apiVersion": GW, "kind": "GRPCRoute", "metadata": {"name": "grpc", "namespace": APP_NS},
+                      "spec": {"parentRefs": [PARENT]}})  # fmt: skip
+    found = await wait_for(kube, "GRPCRoute", APP_NS, "grpc",
+                           lambda o: parent_conditions(o).get("Accepted") == ("False", "UnsupportedValue"),
+                           "GRPCRoute refused")  # fmt: skip
+    message = found["status"]["parents"][0]["conditions"][0]["message"]
+    assert "GRPCRoute is not supported by meshd yet" in message, message
+
+
+def _tls_pair() -> tuple[str, str]:
+    from tests.certs import Authority
+
+    pem = Authority("gwapi test CA").issue("gw.example.com", sans=("gw.example.com",))
+    return pem.cert.decode(), pem.key.decode()
