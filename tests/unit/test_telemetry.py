@@ -75,7 +75,7 @@ def resolve(*items: Telemetry, namespace: str = "shop", labels: dict[str, str] |
         ({"metrics": [{"overrides": [{"tagOverrides": {"bad-name": {"operation": "REMOVE"}}}]}]}, "spec.metrics[0].overrides[0].tagOverrides.'bad-name'", "not a Prometheus label name"),  # noqa: E501
         ({"metrics": [{"overrides": [{"match": {"mode": "BOTH"}}]}]}, "spec.metrics[0].overrides[0].match.mode", "CLIENT"),  # noqa: E501
         ({"metrics": [{"providers": [{"name": "stackdriver"}]}]}, "spec.metrics[0].providers", "only the prometheus"),
-        ({"metrics": [{"reportingInterval": "5s"}]}, "spec.metrics[0].reportingInterval", "byte counts are cumulative"),
+        ({"metrics": [{"reportingInterval": "5s"}]}, "spec.metrics[0].reportingInterval", "cumulative"),
         ({"tracing": [{}, {}]}, "spec.tracing", "only one tracing entry"),
         ({"tracing": [{"providers": [{"name": "a"}, {"name": "b"}]}]}, "spec.tracing[0].providers", "only one"),
         ({"tracing": [{"randomSamplingPercentage": 101}]}, "spec.tracing[0].randomSamplingPercentage", "less than"),
@@ -199,12 +199,40 @@ def test_mesh_config_telemetry_errors_name_the_field(raw: dict[str, Any], expect
 
 
 def test_metrics_overrides_accumulate_mesh_namespace_workload() -> None:
-    mesh = telemetry("mesh", "istio-system", {"metrics": [{"providers": [{"name": "prometheus"}], "overrides": [
-        {"match": {"metric": "ALL_METRICS"}, "tagOverrides": {"request_protocol": {"operation": "REMOVE"}}},
-        {"match": {"metric": "REQUEST_DURATION"}, "disabled": True}]}]})
-    namespace = telemetry("ns", "shop", {"metrics": [{"overrides": [
-        {"match": {"customMetric": "requests_total", "mode": "SERVER"},
-         "tagOverrides": {"host": {"value": "request.host"}}}]}]})
+    mesh = telemetry(
+        "mesh",
+        "istio-system",
+        {
+            "metrics": [
+                {
+                    "providers": [{"name": "prometheus"}],
+                    "overrides": [
+                        {
+                            "match": {"metric": "ALL_METRICS"},
+                            "tagOverrides": {"request_protocol": {"operation": "REMOVE"}},
+                        },
+                        {"match": {"metric": "REQUEST_DURATION"}, "disabled": True},
+                    ],
+                }
+            ]
+        },
+    )
+    namespace = telemetry(
+        "ns",
+        "shop",
+        {
+            "metrics": [
+                {
+                    "overrides": [
+                        {
+                            "match": {"customMetric": "requests_total", "mode": "SERVER"},
+                            "tagOverrides": {"host": {"value": "request.host"}},
+                        }
+                    ]
+                }
+            ]
+        },
+    )
     workload = telemetry("web", "shop", {"selector": {"matchLabels": {"app": "web"}}, "metrics": [{"overrides": [
         {"match": {"metric": "REQUEST_DURATION", "mode": "CLIENT"}, "disabled": False}]}]})  # fmt: skip
     config = resolve(mesh, namespace, workload, labels={"app": "web"}).metrics

@@ -196,9 +196,9 @@ class Metrics(StrictModel):
     providers: list[ProviderRef] = Field(default_factory=list)
     overrides: list[MetricsOverride] = Field(default_factory=list)
     reporting_interval: str | None = refused(
-        "Envoy's access loggers can flush a TCP connection periodically, but its byte counts are cumulative: "
-        "meshd would count a long connection's bytes more than once, so TCP byte counters move at the "
-        "connection's end only"
+        "Envoy's tcp_proxy can flush its access loggers periodically, but the byte counts it reports then are "
+        "cumulative: a counter fed at each flush would count a long connection's bytes more than once, so "
+        "meshd's TCP byte counters move at the connection's end only"
     )
 
     @field_validator("providers")
