@@ -588,7 +588,8 @@ async def test_istio_kinds_meshd_does_not_translate_get_a_status_saying_so(kube:
 async def test_a_telemetry_gets_a_status_accepted_or_naming_its_field(kube: Kube) -> None:
     """Telemetry is a translated kind: through the API server (its CRD from the chart, v1 and v1alpha1), a valid
     one gets Reconciled True; one naming a provider the mesh config lacks gets Reconciled False naming the
-    field, and so does one with metrics overrides (not supported yet), refused by validation."""
+    field; one with metrics overrides is accepted, one whose tag value reads an attribute Envoy lacks is refused
+    by validation naming the field."""
     good: Obj = {
         "apiVersion": "telemetry.istio.io/v1",
         "kind": "Telemetry",
@@ -607,7 +608,16 @@ async def test_a_telemetry_gets_a_status_accepted_or_naming_its_field(kube: Kube
         "metadata": {"name": "metrics", "namespace": NS},
         "spec": {"metrics": [{"providers": [{"name": "prometheus"}], "overrides": [{"disabled": True}]}]},
     }
-    for obj in (good, unknown, overrides):
+    peer: Obj = {
+        "apiVersion": "telemetry.istio.io/v1",
+        "kind": "Telemetry",
+        "metadata": {"name": "peer", "namespace": NS},
+        "spec": {
+            "selector": {"matchLabels": {"app": "other"}},
+            "metrics": [{"overrides": [{"tagOverrides": {"app": {"value": "upstream_peer.labels['app'].value"}}}]}],
+        },
+    }
+    for obj in (good, unknown, overrides, peer):
         await kube.apply(obj)
 
     async def reconciled(obj: Obj, expected: str) -> dict[str, Any]:
@@ -621,8 +631,10 @@ async def test_a_telemetry_gets_a_status_accepted_or_naming_its_field(kube: Kube
     [message] = current["status"]["validationMessages"]
     assert "spec.tracing[0].providers[0].name" in message["description"]
     assert "'nowhere' is not an extensionProviders entry" in message["description"]
-    current = await eventually(lambda: reconciled(overrides, "False"), timeout=20, what="the metrics overrides")
+    await eventually(lambda: reconciled(overrides, "True"), timeout=20, what="Reconciled True on metrics overrides")
+    current = await eventually(lambda: reconciled(peer, "False"), timeout=20, what="the peer attribute refused")
     [message] = current["status"]["validationMessages"]
-    assert "metrics overrides are not applied yet" in message["description"]
-    for obj in (good, unknown, overrides):
+    assert "spec.metrics[0].overrides[0].tagOverrides.app.value" in message["description"]
+    assert "attribute 'upstream_peer'" in message["description"]
+    for obj in (good, unknown, overrides, peer):
         await kube.delete(obj)

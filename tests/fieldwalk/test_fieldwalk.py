@@ -61,8 +61,8 @@ NO_TRAFFIC_EFFECT: dict[Field, str] = {
 
 # Fields whose only accepted value is what meshd does anyway: validation refuses every other value, naming it.
 VALIDATED_ONLY: dict[Field, str] = {
-    ("TelemetrySpec", "metrics"): "only the prometheus provider is accepted, which every proxy reports to (always)",
-    ("Metrics", "providers"): "as TelemetrySpec.metrics (tests/unit/test_telemetry.py)",
+    ("Metrics", "providers"): "only the prometheus provider is accepted, which every proxy reports to (always) "
+    "(tests/unit/test_telemetry.py)",
     ("TelemetryTargetRef", "group"): "gateway.networking.k8s.io only (a Telemetry attaches to Gateway API Gateways)",
     ("TelemetryTargetRef", "kind"): "Gateway only",
     ("TelemetryTargetRef", "namespace"): "empty only (a Gateway of the Telemetry's own namespace)",

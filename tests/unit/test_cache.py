@@ -688,16 +688,34 @@ def _telemetry(rng: random.Random, ns: str) -> dict[str, Any]:
         if rng.random() < 0.2:
             tracing["disableSpanReporting"] = True
         spec["tracing"] = [tracing]
+    if rng.random() < 0.4:  # metrics overrides: disable, re-enable, retag (with a marker value seen below)
+        override: dict[str, Any] = {
+            "match": {
+                "metric": rng.choice(["ALL_METRICS", "REQUEST_COUNT", "TCP_SENT_BYTES"]),
+                "mode": rng.choice(["CLIENT", "SERVER", "CLIENT_AND_SERVER"]),
+            }
+        }
+        if rng.random() < 0.4:
+            override["disabled"] = rng.choice([True, False])
+        if rng.random() < 0.7:
+            override["tagOverrides"] = {
+                rng.choice(["marker_a", "marker_b"]): {"value": "request.host"},
+                "request_protocol": {"operation": "REMOVE"},
+            }
+        spec["metrics"] = [{"overrides": [override]}]
     return {"apiVersion": "telemetry.istio.io/v1", "kind": "Telemetry",
             "metadata": {"name": f"t-{level}", "namespace": "istio-system" if level == "mesh" else ns},
             "spec": spec}  # fmt: skip
 
 
-def _telemetry_seen(snapshot: object) -> tuple[int, int]:
-    """(listeners with an access logger other than the mesh config's JSON-less default, with a tracer)."""
+def _telemetry_seen(snapshot: object) -> tuple[int, int, int]:
+    """(listeners with an access logger other than the mesh config's JSON-less default, with a tracer, with a
+    metrics tag override)."""
     listeners = _content(snapshot).get(LISTENER, {}).values()
-    return sum(b"open_telemetry" in body or b"jsonFormat" in body or b"json_format" in body for body in listeners), sum(
-        b"envoy.tracers" in body for body in listeners
+    return (
+        sum(b"open_telemetry" in body or b"jsonFormat" in body or b"json_format" in body for body in listeners),
+        sum(b"envoy.tracers" in body for body in listeners),
+        sum(b"marker_a" in body or b"marker_b" in body for body in listeners),
     )
 
 
@@ -892,7 +910,8 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     ef_errors = 0
     telemetry_rng = random.Random(seed * 7 + 3)
     telemetries: set[ResourceKey] = set()
-    telemetry_seen = [0, 0, 0]  # listeners with a Telemetry access logger, with a tracer; routers with either
+    # listeners with a Telemetry access logger, with a tracer; routers with either; with a metrics override
+    telemetry_seen = [0, 0, 0, 0]
     gateway_authz_seen = [0, 0, 0, 0]  # gateway listeners with jwt_authn, HTTP RBAC, network RBAC, trusted XFF
     gwapi_rng = random.Random(seed + 3000)  # Gateway API changes: a stream of their own
     gwapi_routes = 0
@@ -1055,10 +1074,11 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
             mtls_seen[0] += clusters
             mtls_seen[1] += listeners
             _features_seen(conn.snapshot, features)
-            logs, tracers = _telemetry_seen(conn.snapshot)
+            logs, tracers, retagged = _telemetry_seen(conn.snapshot)
             telemetry_seen[0] += logs
             telemetry_seen[1] += tracers
             telemetry_seen[2] += conn.proxy.type == "router" and bool(logs or tracers)
+            telemetry_seen[3] += retagged
             http_rbac, network_rbac = _authz_seen(conn.snapshot)
             authz_seen[0] += http_rbac
             authz_seen[1] += network_rbac

@@ -12,6 +12,7 @@ from meshd.api.meta import InvalidResource
 from meshd.api.parse import parse_resource
 from meshd.api.telemetry import Telemetry
 from meshd.model.world import build_world
+from meshd.translate.metrics import DEFAULT_METRICS, DESTINATION, SOURCE
 from meshd.translate.telemetry.problems import telemetry_errors
 from meshd.translate.telemetry.resolve import WorkloadTelemetry, applicable, workload_telemetry
 
@@ -60,9 +61,21 @@ def resolve(*items: Telemetry, namespace: str = "shop", labels: dict[str, str] |
 @pytest.mark.parametrize(
     ("spec", "field", "message"),
     [
-        ({"metrics": [{"overrides": [{"disabled": True}]}]}, "spec.metrics[0].overrides", "metrics overrides are not applied yet"),  # noqa: E501
+        ({"metrics": [{"overrides": [{"match": {"metric": "GRPC_REQUEST_MESSAGES"}, "disabled": True}]}]}, "spec.metrics[0].overrides[0].match.metric", "does not emit gRPC message counts"),  # noqa: E501
+        ({"metrics": [{"overrides": [{"match": {"customMetric": "response_messages_total"}}]}]}, "spec.metrics[0].overrides[0].match.customMetric", "GRPC_RESPONSE_MESSAGES: meshd does not emit"),  # noqa: E501
+        ({"metrics": [{"overrides": [{"match": {"metric": "BOGUS"}}]}]}, "spec.metrics[0].overrides[0].match.metric", "REQUEST_COUNT"),  # noqa: E501
+        ({"metrics": [{"overrides": [{"match": {"customMetric": "my_metric"}}]}]}, "spec.metrics[0].overrides[0].match.customMetric", "defines no new metrics"),  # noqa: E501
+        ({"metrics": [{"overrides": [{"match": {"metric": "REQUEST_COUNT", "customMetric": "requests_total"}}]}]}, "spec.metrics[0].overrides[0].match.customMetric", "only one of metric"),  # noqa: E501
+        ({"metrics": [{"overrides": [{"tagOverrides": {"x": {"operation": "UPSERT"}}}]}]}, "spec.metrics[0].overrides[0].tagOverrides.x.value", "needs a value"),  # noqa: E501
+        ({"metrics": [{"overrides": [{"tagOverrides": {"x": {"value": "upstream_peer.labels['app'].value"}}}]}]}, "spec.metrics[0].overrides[0].tagOverrides.x.value", "attribute 'upstream_peer'"),  # noqa: E501
+        ({"metrics": [{"overrides": [{"tagOverrides": {"x": {"value": "source.labels['app']"}}}]}]}, "spec.metrics[0].overrides[0].tagOverrides.x.value", "'source.labels'"),  # noqa: E501
+        ({"metrics": [{"overrides": [{"tagOverrides": {"x": {"value": "node.metadata['A']"}}}]}]}, "spec.metrics[0].overrides[0].tagOverrides.x.value", "attribute 'node'"),  # noqa: E501
+        ({"metrics": [{"overrides": [{"tagOverrides": {"x": {"value": "request.headers['a'"}}}]}]}, "spec.metrics[0].overrides[0].tagOverrides.x.value", "unclosed"),  # noqa: E501
+        ({"metrics": [{"overrides": [{"tagOverrides": {"x": {"value": "response.code % 2"}}}]}]}, "spec.metrics[0].overrides[0].tagOverrides.x.value", "'%'"),  # noqa: E501
+        ({"metrics": [{"overrides": [{"tagOverrides": {"bad-name": {"operation": "REMOVE"}}}]}]}, "spec.metrics[0].overrides[0].tagOverrides.'bad-name'", "not a Prometheus label name"),  # noqa: E501
+        ({"metrics": [{"overrides": [{"match": {"mode": "BOTH"}}]}]}, "spec.metrics[0].overrides[0].match.mode", "CLIENT"),  # noqa: E501
         ({"metrics": [{"providers": [{"name": "stackdriver"}]}]}, "spec.metrics[0].providers", "only the prometheus"),
-        ({"metrics": [{"reportingInterval": "5s"}]}, "spec.metrics[0].reportingInterval", "not supported by meshd"),
+        ({"metrics": [{"reportingInterval": "5s"}]}, "spec.metrics[0].reportingInterval", "cumulative"),
         ({"tracing": [{}, {}]}, "spec.tracing", "only one tracing entry"),
         ({"tracing": [{"providers": [{"name": "a"}, {"name": "b"}]}]}, "spec.tracing[0].providers", "only one"),
         ({"tracing": [{"randomSamplingPercentage": 101}]}, "spec.tracing[0].randomSamplingPercentage", "less than"),
@@ -183,3 +196,51 @@ def test_unusable_providers_are_reported_on_the_telemetry_and_left_out() -> None
 def test_mesh_config_telemetry_errors_name_the_field(raw: dict[str, Any], expected: str) -> None:
     with pytest.raises(InvalidMeshConfig, match=expected.replace(".", r"\.")):
         parse_mesh_policy(raw)
+
+
+def test_metrics_overrides_accumulate_mesh_namespace_workload() -> None:
+    mesh = telemetry(
+        "mesh",
+        "istio-system",
+        {
+            "metrics": [
+                {
+                    "providers": [{"name": "prometheus"}],
+                    "overrides": [
+                        {
+                            "match": {"metric": "ALL_METRICS"},
+                            "tagOverrides": {"request_protocol": {"operation": "REMOVE"}},
+                        },
+                        {"match": {"metric": "REQUEST_DURATION"}, "disabled": True},
+                    ],
+                }
+            ]
+        },
+    )
+    namespace = telemetry(
+        "ns",
+        "shop",
+        {
+            "metrics": [
+                {
+                    "overrides": [
+                        {
+                            "match": {"customMetric": "requests_total", "mode": "SERVER"},
+                            "tagOverrides": {"host": {"value": "request.host"}},
+                        }
+                    ]
+                }
+            ]
+        },
+    )
+    workload = telemetry("web", "shop", {"selector": {"matchLabels": {"app": "web"}}, "metrics": [{"overrides": [
+        {"match": {"metric": "REQUEST_DURATION", "mode": "CLIENT"}, "disabled": False}]}]})  # fmt: skip
+    config = resolve(mesh, namespace, workload, labels={"app": "web"}).metrics
+    base = [("reporter", "x"), ("request_protocol", "p")]
+    upserted = [("reporter", "x"), ("host", "%CEL(request.host)%")]
+    assert config.metric_tags("REQUEST_COUNT", DESTINATION, base) == upserted
+    assert config.metric_tags("REQUEST_COUNT", SOURCE, base) == [("reporter", "x")]  # SERVER only
+    assert config.metric_tags("REQUEST_DURATION", DESTINATION, base) is None  # disabled mesh-wide
+    assert config.metric_tags("REQUEST_DURATION", SOURCE, base) == [("reporter", "x")]  # enabled again (CLIENT)
+    assert resolve(mesh).metrics.metric_tags("REQUEST_DURATION", SOURCE, base) is None
+    assert resolve().metrics == DEFAULT_METRICS

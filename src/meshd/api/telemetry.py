@@ -2,12 +2,14 @@
 providers, by selector or targetRef(s), inherited mesh (root namespace) -> namespace -> workload.
 
 Field names follow Istio's CRD schema. Unknown fields are refused with their path, as are the parts meshd
-does not translate yet (metrics overrides and reportingInterval, targetRefs to waypoint kinds): never
-silently dropped. Istio's own validation rules are checked here so admission and translation agree.
+does not translate (metrics reportingInterval, overrides of the gRPC message counts, tag expressions on
+attributes Envoy cannot evaluate, targetRefs to waypoint kinds): never silently dropped. Istio's own
+validation rules are checked here so admission and translation agree.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -96,15 +98,76 @@ class Tracing(StrictModel):
         return self.match.mode if self.match is not None else "CLIENT_AND_SERVER"
 
 
+MetricName = Literal[
+    "ALL_METRICS",
+    "REQUEST_COUNT",
+    "REQUEST_DURATION",
+    "REQUEST_SIZE",
+    "RESPONSE_SIZE",
+    "TCP_OPENED_CONNECTIONS",
+    "TCP_CLOSED_CONNECTIONS",
+    "TCP_SENT_BYTES",
+    "TCP_RECEIVED_BYTES",
+    "GRPC_REQUEST_MESSAGES",
+    "GRPC_RESPONSE_MESSAGES",
+]
+# Istio's standard metrics as a `customMetric` names them (the Prometheus name without `istio_`)
+STANDARD_METRIC_NAMES = {
+    "requests_total": "REQUEST_COUNT",
+    "request_duration_milliseconds": "REQUEST_DURATION",
+    "request_bytes": "REQUEST_SIZE",
+    "response_bytes": "RESPONSE_SIZE",
+    "tcp_connections_opened_total": "TCP_OPENED_CONNECTIONS",
+    "tcp_connections_closed_total": "TCP_CLOSED_CONNECTIONS",
+    "tcp_sent_bytes_total": "TCP_SENT_BYTES",
+    "tcp_received_bytes_total": "TCP_RECEIVED_BYTES",
+    "request_messages_total": "GRPC_REQUEST_MESSAGES",
+    "response_messages_total": "GRPC_RESPONSE_MESSAGES",
+}
+# not emitted by meshd (tests/TELEMETRY_FIELDS.md): an override naming them would have nothing to act on
+UNEMITTED_METRICS = frozenset({"GRPC_REQUEST_MESSAGES", "GRPC_RESPONSE_MESSAGES"})
+_TAG_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
 class MetricSelector(StrictModel):
-    metric: str = ""
+    metric: MetricName = "ALL_METRICS"
     custom_metric: str = ""
     mode: WorkloadMode = "CLIENT_AND_SERVER"
+
+    @model_validator(mode="after")
+    def _one_metric(self) -> MetricSelector:
+        if self.custom_metric and "metric" in self.model_fields_set:
+            raise ValueError("customMetric: only one of metric and customMetric may be set")
+        if self.custom_metric and self.custom_metric not in STANDARD_METRIC_NAMES:
+            raise ValueError(
+                f"customMetric: {self.custom_metric!r} is not one of Istio's standard metrics "
+                f"({', '.join(STANDARD_METRIC_NAMES)}): meshd defines no new metrics"
+            )
+        if self.target in UNEMITTED_METRICS:
+            field = "customMetric" if self.custom_metric else "metric"
+            raise ValueError(f"{field}: {self.target}: meshd does not emit gRPC message counts yet")
+        return self
+
+    @property
+    def target(self) -> str:
+        """The Istio metric enum this selects (ALL_METRICS for every one)."""
+        return STANDARD_METRIC_NAMES[self.custom_metric] if self.custom_metric else self.metric
 
 
 class TagOverride(StrictModel):
     operation: Literal["UPSERT", "REMOVE"] = "UPSERT"
-    value: str = ""
+    value: str = Field(default="", max_length=4096)
+
+    @model_validator(mode="after")
+    def _expression(self) -> TagOverride:
+        if self.operation != "UPSERT":
+            return self
+        if not self.value:
+            raise ValueError("value: an UPSERT needs a value (an attribute expression)")
+        problem = cel_problem(self.value) or tag_expression_problem(self.value)
+        if problem:
+            raise ValueError(f"value: {problem}")
+        return self
 
 
 class MetricsOverride(StrictModel):
@@ -112,13 +175,31 @@ class MetricsOverride(StrictModel):
     disabled: bool | None = None
     tag_overrides: dict[str, TagOverride] = Field(default_factory=dict)
 
+    @field_validator("tag_overrides")
+    @classmethod
+    def _tag_names(cls, value: dict[str, TagOverride]) -> dict[str, TagOverride]:
+        for name in value:
+            if not _TAG_NAME.match(name):
+                raise ValueError(f"{name!r}: not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*)")
+        return value
+
+    @property
+    def metric(self) -> str:
+        return self.match.target if self.match is not None else "ALL_METRICS"
+
+    @property
+    def mode(self) -> str:
+        return self.match.mode if self.match is not None else "CLIENT_AND_SERVER"
+
 
 class Metrics(StrictModel):
     providers: list[ProviderRef] = Field(default_factory=list)
-    overrides: list[MetricsOverride] | None = refused(
-        "metrics overrides are not applied yet: every Istio standard metric is reported with its default labels"
+    overrides: list[MetricsOverride] = Field(default_factory=list)
+    reporting_interval: str | None = refused(
+        "Envoy's tcp_proxy can flush its access loggers periodically, but the byte counts it reports then are "
+        "cumulative: a counter fed at each flush would count a long connection's bytes more than once, so "
+        "meshd's TCP byte counters move at the connection's end only"
     )
-    reporting_interval: str | None = refused("Envoy's stats are scraped, not pushed: no reporting interval applies")
 
     @field_validator("providers")
     @classmethod
@@ -233,4 +314,40 @@ def cel_problem(text: str) -> str:
     stripped = text.strip()
     if not stripped or stripped[-1] in "=<>!&|+-*/%.,?:" or stripped[0] in "=<>&|*/%.,?:)":
         return "incomplete expression"
+    return ""
+
+
+# The roots of the attributes Envoy's CEL evaluates (request, response, connection, upstream, source and
+# destination addresses, xDS names and metadata, dynamic metadata, filter state)
+ENVOY_ATTRIBUTES = frozenset(
+    {"request", "response", "connection", "upstream", "source", "destination", "xds", "metadata", "filter_state"}
+)
+_ADDRESS_PARTS = frozenset({"address", "port"})
+_CEL_WORDS = frozenset({"true", "false", "null", "in"})
+_STRING = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+_PATH = re.compile(r"(?<![\w.])([A-Za-z_]\w*)((?:\s*\.\s*[A-Za-z_]\w*)*)(\s*\()?")
+
+
+def tag_expression_problem(text: str) -> str:
+    """Why a tag override's value cannot be evaluated by Envoy's CEL formatter (`%CEL(...)%`), else "".
+    Istio's attributes that only its own stats filter has (the peer's and node's: `upstream_peer`,
+    `downstream_peer`, `node`, `source.labels`...) are refused by name."""
+    if "%" in text:
+        return "'%' cannot appear in an expression Envoy's formatter embeds as %CEL(...)%"
+    bare = _STRING.sub("''", text)
+    for match in _PATH.finditer(bare):
+        root, rest, call = match.group(1), match.group(2), match.group(3)
+        if root in _CEL_WORDS or root.isdigit() or (call and not rest):
+            continue  # a literal, an operator word, or a function (has, size, string...)
+        parts = [part.strip() for part in rest.split(".") if part.strip()]
+        if root not in ENVOY_ATTRIBUTES:
+            return (
+                f"attribute {root!r} is not one Envoy evaluates (Istio's peer and node attributes come from its "
+                f"own stats filter, absent from upstream Envoy); supported roots: {', '.join(sorted(ENVOY_ATTRIBUTES))}"
+            )
+        if root in ("source", "destination") and parts and parts[0] not in _ADDRESS_PARTS:
+            return (
+                f"attribute '{root}.{parts[0]}' is not one Envoy evaluates ({root}.address and {root}.port are; "
+                "Istio's workload labels come from its own stats filter)"
+            )
     return ""

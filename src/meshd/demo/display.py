@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TextIO
 
+from meshd.demo.metrics import HopCounts, metric_lines, metric_summary
 from meshd.demo.traffic import Tally
 
 _BAR_WIDTH = 30
@@ -25,6 +26,7 @@ class View:
     last_second: Tally
     this_phase: Tally
     hops: tuple[str, ...] = ()  # the chain's apps, traffic source first: hops[i] called hops[i + 1]
+    metrics: HopCounts | None = None  # istio_requests_total per hop and reporter, from the proxies' endpoints
 
 
 def short_identity(identity: str | None) -> str:
@@ -74,7 +76,7 @@ def render_table(*, view: View) -> list[str]:
             f"{phase.by_version[version]:6d} {phase.share(version):7.1%}   {_bar(phase.share(version))}"
         )
     lines.append(f"  {'errors':8} {view.last_second.failed:6d} {'':7}   {view.this_phase.failed:6d}")
-    return lines + peer_lines(view=view)
+    return lines + peer_lines(view=view) + metric_lines(counts=view.metrics or HopCounts(), chain=view.hops)
 
 
 def render_line(*, view: View) -> str:
@@ -89,6 +91,7 @@ def render_line(*, view: View) -> str:
         f" | phase n={view.this_phase.total}: {shares(view.this_phase)} err {view.this_phase.failed}"
         f" | weights file {view.file_weights}; sidecar {view.envoy_weights}"
         + "".join(f" | {hop}: {short_identity(peer)}" for hop, peer in peer_hops(view=view))
+        + (f" | {summary}" if (summary := metric_summary(counts=view.metrics or HopCounts(), chain=view.hops)) else "")
     )
 
 

@@ -16,6 +16,7 @@ from typing import TextIO
 from meshd.demo import mesh
 from meshd.demo.display import LiveDisplay, View
 from meshd.demo.mesh import format_weights, read_weights
+from meshd.demo.metrics import HopCheck, MetricsWatcher
 from meshd.demo.observe import WeightsWatcher
 from meshd.demo.traffic import LoadGenerator, Tally, tally
 
@@ -77,6 +78,7 @@ async def run_phase(
     work: pathlib.Path,
     generator: LoadGenerator,
     watcher: WeightsWatcher,
+    metrics: MetricsWatcher,
     display: LiveDisplay,
     versions: list[str],
 ) -> PhaseResult:
@@ -105,6 +107,7 @@ async def run_phase(
                 last_second=tally(samples=generator.samples, since=now - 1.0, until=now),
                 this_phase=tally(samples=generator.samples, since=started_at, until=now),
                 hops=mesh.call_chain(),
+                metrics=metrics.latest,
             )
         )
     ended_at = loop.time()
@@ -128,8 +131,11 @@ async def run_phase(
     )
 
 
-def summarize(*, out: TextIO, results: list[PhaseResult], startup: str, versions: list[str]) -> bool:
-    """Print the summary; True if traffic flowed, errors were rare and every phase matched its weights."""
+def summarize(
+    *, out: TextIO, results: list[PhaseResult], startup: str, versions: list[str], metrics: list[HopCheck]
+) -> bool:
+    """Print the summary; True if traffic flowed, errors were rare, every phase matched its weights and
+    Istio's metrics on every hop counted the requests answered 200."""
     out.write("\nsummary\n" + startup + "\n")
     requests = sum(result.everything.total for result in results)
     errors = sum(result.everything.failed for result in results)
@@ -159,8 +165,16 @@ def summarize(*, out: TextIO, results: list[PhaseResult], startup: str, versions
         out.write(f"  peer identities seen by the apps ({count} of {sum(peers.values())} requests):\n")
         for i, peer in enumerate(seen[: len(chain) - 1]):
             out.write(f"      {chain[i]} -> {chain[i + 1]}: {peer or 'plaintext (no peer certificate)'}\n")
+    out.write('  istio_requests_total{response_code="200"} per hop, from the proxies\' own endpoints (15020):\n')
+    for check in metrics:
+        verdict = "ok" if check.matched else "MISMATCH"
+        out.write(
+            f"      {check.hop.title()}: {check.expected} answered 200 to the load generator;"
+            f" reporter source {check.source}, reporter destination {check.destination} -> {verdict}\n"
+        )
+    counted = bool(metrics) and all(check.matched for check in metrics)
     error_rate = errors / requests if requests else 1.0
-    ok = requests > 0 and error_rate <= MAX_ERROR_RATE and all(result.matched for result in results)
+    ok = requests > 0 and error_rate <= MAX_ERROR_RATE and all(result.matched for result in results) and counted
     outcome = "traffic flowed and every shift was observed" if ok else "FAILED"
     out.write(f"  {requests} requests, {errors} errors ({error_rate:.1%}); {outcome}\n")
     return ok

@@ -29,6 +29,7 @@ from meshd.demo import mesh
 from meshd.demo.apps import Upstream, start_app
 from meshd.demo.display import LiveDisplay
 from meshd.demo.mesh import MeshError, Workload, read_weights
+from meshd.demo.metrics import HopCheck, MetricsWatcher, hop_check
 from meshd.demo.observe import WeightsWatcher
 from meshd.demo.phases import Phase, run_phase, summarize
 from meshd.demo.sidecars import AgentSidecar, SidecarError, start_agent, wait_ready, write_tokens
@@ -40,6 +41,7 @@ LATER_PHASES = (
     Phase(title="promote", weights={"v3": 100}),
 )
 STARTUP_TIMEOUT_S = 60.0
+METRICS_TIMEOUT_S = 30.0  # for the proxies' counters to hold every request once the traffic stopped
 
 
 class DemoError(RuntimeError):
@@ -65,7 +67,15 @@ def _free_port() -> int:
 
 def _check_addresses(*, workloads: list[Workload]) -> None:
     for workload in workloads:
-        for port in (mesh.APP_PORT, mesh.SERVICE_PORT, mesh.ADMIN_PORT, mesh.INBOUND_PORT, mesh.STATUS_PORT):
+        for port in (
+            mesh.APP_PORT,
+            mesh.SERVICE_PORT,
+            mesh.ADMIN_PORT,
+            mesh.INBOUND_PORT,
+            mesh.STATUS_PORT,
+            mesh.METRICS_PORT,
+            mesh.STATS_PORT,
+        ):
             with socket.socket() as probe:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
@@ -235,7 +245,9 @@ async def _demo(
     watcher = WeightsWatcher(
         envoy=sidecars[by_app[mesh.ENTRY_SERVICE].pod], service=mesh.CANARY_SERVICE, clock=loop.time
     )
+    metrics = MetricsWatcher(proxies=list(sidecars.values()), clock=loop.time)
     await _background(stack=stack, coroutine=watcher.run())
+    await _background(stack=stack, coroutine=metrics.run())
     await _background(stack=stack, coroutine=generator.run())
     out.write(f"traffic: {RATE_PER_S:.0f} req/s into the ingress gateway, http://{gateway_ip}:{mesh.GATEWAY_PORT}/\n")
     try:
@@ -260,11 +272,43 @@ async def _demo(
                 work=work,
                 generator=generator,
                 watcher=watcher,
+                metrics=metrics,
                 display=display,
                 versions=versions,
             )
         )
-    return summarize(out=out, results=results, startup=startup, versions=versions)
+    checks = await _count_check(generator=generator, metrics=metrics, workloads=workloads)
+    return summarize(out=out, results=results, startup=startup, versions=versions, metrics=checks)
+
+
+async def _count_check(
+    *, generator: LoadGenerator, metrics: MetricsWatcher, workloads: list[Workload]
+) -> list[HopCheck]:
+    """Stop the traffic (every request answered), then compare each hop's istio_requests_total on both
+    reporters with the requests the load generator got answered 200, until they match or a deadline."""
+    await generator.stop()
+    by_version = tally(samples=generator.samples, since=0).by_version
+    versions: dict[str, list[str]] = {}
+    for workload in workloads:
+        versions.setdefault(workload.app, []).append(workload.version)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + METRICS_TIMEOUT_S
+    while True:
+        counts = await metrics.read()
+        checks = (
+            []
+            if counts is None
+            else hop_check(
+                counts=counts,
+                chain=mesh.call_chain(),
+                canary=mesh.CANARY_SERVICE,
+                versions=versions,
+                by_version=by_version,
+            )
+        )
+        if (checks and all(check.matched for check in checks)) or loop.time() > deadline:
+            return checks
+        await asyncio.sleep(0.5)
 
 
 def _tidy(*, work: pathlib.Path, keep_logs: bool) -> bool:

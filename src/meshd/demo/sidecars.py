@@ -55,6 +55,16 @@ class AgentSidecar:
                 raise EnvoyError(f"sidecar {self.name}: GET {path} -> {response.status}")
             return body
 
+    async def scrape_metrics(self) -> str:
+        """The agent's merged Prometheus endpoint (Istio's 15020 `/stats/prometheus`: Envoy's stats with
+        Istio's metric names, and the agent's own)."""
+        url = f"http://{self.workload.ip}:{mesh.METRICS_PORT}/stats/prometheus"
+        async with self.session.get(url) as response:
+            body = await response.text()
+            if response.status != 200:
+                raise EnvoyError(f"sidecar {self.name}: GET {url} -> {response.status}")
+            return body
+
     async def ready(self) -> bool:
         url = f"http://{self.workload.ip}:{mesh.STATUS_PORT}/healthz/ready"
         with contextlib.suppress(aiohttp.ClientError, TimeoutError):
@@ -87,6 +97,7 @@ async def start_agent(
         "--workdir", str(workdir), "--token-file", str(workdir / "token"), "--root-cert", str(root_cert),
         "--xds-address", f"127.0.0.1:{secure_port}", "--envoy-concurrency", "1",
         "--admin-port", str(mesh.ADMIN_PORT), "--status-port", str(mesh.STATUS_PORT),
+        "--metrics-port", str(mesh.METRICS_PORT), "--stats-port", str(mesh.STATS_PORT),
         *(["--delta"] if delta else []),
         *(["--proxy-type", "router"] if workload.router else []),
     ]  # fmt: skip

@@ -120,6 +120,8 @@ class LoadGenerator:
         self._in_flight = 0
         self.first_success_at: float | None = None
         self._first_success = asyncio.Event()
+        self._stopping = False
+        self._stopped = asyncio.Event()
 
     async def wait_first_success(self) -> float:
         """The clock time of the first successful request (waits for it)."""
@@ -127,20 +129,27 @@ class LoadGenerator:
         assert self.first_success_at is not None
         return self.first_success_at
 
+    async def stop(self) -> None:
+        """Send no more requests and wait for those in flight to be answered (or time out), so that every
+        request sent is in `samples`; `run()` then returns."""
+        self._stopping = True
+        await self._stopped.wait()
+
     async def run(self) -> None:
-        """Generate load until cancelled; in-flight requests are cancelled with it."""
+        """Generate load until `stop()` or cancelled; in-flight requests are cancelled with it."""
         connector = aiohttp.TCPConnector(limit=self._max_in_flight)
         async with (
             aiohttp.ClientSession(connector=connector, timeout=self._timeout) as session,
             asyncio.TaskGroup() as group,
         ):
             next_at = self._clock()
-            while True:
+            while not self._stopping:
                 if self._in_flight < self._max_in_flight:
                     group.create_task(self._one(session=session))
                 now = self._clock()
                 next_at = max(next_at + self._interval, now - 1.0)
                 await asyncio.sleep(max(0.0, next_at - now))
+        self._stopped.set()
 
     async def _one(self, *, session: aiohttp.ClientSession) -> None:
         sent_at = self._clock()

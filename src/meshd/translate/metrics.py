@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
@@ -103,7 +104,7 @@ class MetricOverride:
 
     metric: str = "ALL_METRICS"
     mode: str = "CLIENT_AND_SERVER"
-    disabled: bool = False
+    disabled: bool | None = None  # None: as the earlier overrides left it
     remove_tags: tuple[str, ...] = ()
     upsert_tags: tuple[tuple[str, str], ...] = ()
 
@@ -125,15 +126,20 @@ class MetricsConfig:
         if not self.enabled or metric in UNSUPPORTED_METRICS:
             return None
         out = dict(tags)
+        disabled = False
         for override in self.overrides:
             if not override.applies(metric, reporter):
                 continue
-            if override.disabled:
-                return None
+            if override.disabled is not None:
+                disabled = override.disabled  # a later (more specific) override may enable it again
             for tag in override.remove_tags:
                 out.pop(tag, None)
             out.update(override.upsert_tags)
-        return list(out.items())
+        return None if disabled else list(out.items())
+
+    @property
+    def default(self) -> bool:
+        return self == DEFAULT_METRICS
 
 
 DEFAULT_METRICS = MetricsConfig()
@@ -292,6 +298,50 @@ def tcp_metrics(
     proxy.access_log.extend(loggers)
     if loggers:
         proxy.access_log_options.flush_access_log_on_connected = True
+
+
+_METRIC_OF_NAME = {name: metric for metric, name in METRIC_NAMES.items()}
+
+
+def apply_overrides(access_logs: Any, *, reporter: str, config: MetricsConfig) -> None:
+    """Re-tag (or leave out) the standard metrics of the stats access loggers in `access_logs` (a
+    connection manager's or tcp_proxy's repeated `access_log`) as `config` says, for the reporter each stat
+    names (else `reporter`); a logger left with no metric is removed."""
+    keep: list[accesslog_pb2.AccessLog] = []
+    for log in access_logs:
+        if log.name != STATS_LOGGER:
+            keep.append(log)
+            continue
+        stats = stats_pb2.Config()
+        log.typed_config.Unpack(stats)
+        counters = [c for c in stats.counters if _retag(c.stat, reporter=reporter, config=config)]
+        histograms = [h for h in stats.histograms if _retag(h.stat, reporter=reporter, config=config)]
+        if not counters and not histograms:
+            continue
+        del stats.counters[:], stats.histograms[:]
+        stats.counters.extend(counters)
+        stats.histograms.extend(histograms)
+        out = accesslog_pb2.AccessLog()
+        out.CopyFrom(log)
+        out.typed_config.CopyFrom(pack(stats))
+        keep.append(out)
+    del access_logs[:]
+    access_logs.extend(keep)
+
+
+def _retag(stat: stats_pb2.Config.Stat, *, reporter: str, config: MetricsConfig) -> bool:
+    """`stat`'s tags after the overrides; False when its metric is disabled."""
+    metric = _METRIC_OF_NAME.get(stat.name)
+    if metric is None:
+        return True
+    current = [(t.name, t.value_format) for t in stat.tags]
+    reporter = dict(current).get("reporter", reporter)  # the stat's own side (a passthrough chain's differs)
+    tags = config.metric_tags(metric, reporter, current)
+    if tags is None:
+        return False
+    del stat.tags[:]
+    stat.tags.extend(stats_pb2.Config.Tag(name=n, value_format=v) for n, v in tags)
+    return True
 
 
 # --- the peer-metadata exchange ----------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""What access logging and tracing a workload gets: its Telemetry resources (mesh-wide in the root
+"""What access logging, tracing and metrics a workload gets: its Telemetry resources (mesh-wide in the root
 namespace, namespace-wide, then by selector or targetRef; the oldest at each level, as Istio picks) and
 the mesh config, resolved into one frozen, hashable value (`WorkloadTelemetry`) per side: `client`
 (outbound listeners, and gateways, as Istio's CLIENT mode covers them) and `server` (inbound).
@@ -23,6 +23,7 @@ from meshd.api.meshtelemetry import ACCESS_LOG_KINDS, TRACING_KINDS, MeshTelemet
 from meshd.api.telemetry import CustomTag, Telemetry
 from meshd.model.services import MeshService
 from meshd.translate import naming
+from meshd.translate.metrics import DEFAULT_METRICS, MetricOverride, MetricsConfig
 
 MESH_LOG = ""  # the pseudo-provider of accessLogFile / accessLogFormat / accessLogEncoding
 DEFAULT_TRACING_ADDRESS = "zipkin.{root}:9411"  # Istio's defaultConfig.tracing.zipkin.address
@@ -67,6 +68,7 @@ class SideTelemetry:
 class WorkloadTelemetry:
     client: SideTelemetry = SideTelemetry()
     server: SideTelemetry = SideTelemetry()
+    metrics: MetricsConfig = DEFAULT_METRICS  # Istio's standard metrics after the Telemetry overrides
 
     @property
     def empty(self) -> bool:
@@ -118,7 +120,30 @@ def workload_telemetry(
         )
         for side, mode in SIDES
     }
-    return WorkloadTelemetry(client=sides["client"], server=sides["server"])
+    return WorkloadTelemetry(client=sides["client"], server=sides["server"], metrics=metrics_config(telemetries))
+
+
+def metrics_config(telemetries: Sequence[Telemetry]) -> MetricsConfig:
+    """Istio's standard metrics after every level's `metrics[].overrides`, least specific first: a later
+    override sets again what an earlier one set (disabled, a tag's operation), per metric and mode. Tag
+    values are CEL expressions, evaluated by Envoy's `%CEL(...)%` formatter."""
+    overrides = []
+    for telemetry in telemetries:
+        for entry in telemetry.spec.metrics:
+            for override in entry.overrides:
+                tags = override.tag_overrides
+                overrides.append(
+                    MetricOverride(
+                        metric=override.metric,
+                        mode=override.mode,
+                        disabled=override.disabled,
+                        remove_tags=tuple(sorted(n for n, t in tags.items() if t.operation == "REMOVE")),
+                        upsert_tags=tuple(
+                            sorted((n, f"%CEL({t.value})%") for n, t in tags.items() if t.operation == "UPSERT")
+                        ),
+                    )
+                )
+    return MetricsConfig(overrides=tuple(overrides)) if overrides else DEFAULT_METRICS
 
 
 def _applies(entry_mode: str, mode: str) -> bool:
