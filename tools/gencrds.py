@@ -40,18 +40,26 @@ from meshd.api.request_authentication import RequestAuthenticationSpec  # noqa: 
 from meshd.api.security import PeerAuthenticationSpec  # noqa: E402
 from meshd.api.telemetry import TelemetrySpec  # noqa: E402
 from meshd.api.virtualservice import VirtualServiceSpec  # noqa: E402
+from meshd.api.wasmplugin import WasmPluginSpec  # noqa: E402
 
 NETWORKING = "networking.istio.io"
 SECURITY = "security.istio.io"
 TELEMETRY = "telemetry.istio.io"
+EXTENSIONS = "extensions.istio.io"
 # Served versions as Istio serves them; the storage version is Istio's, so a later switch to Istio's
 # own CRDs keeps the stored objects readable.
-VERSIONS = {NETWORKING: ("v1alpha3", "v1beta1", "v1"), SECURITY: ("v1beta1", "v1"), TELEMETRY: ("v1alpha1", "v1")}
-STORAGE = {NETWORKING: "v1alpha3", SECURITY: "v1beta1", TELEMETRY: "v1alpha1"}
+VERSIONS = {
+    NETWORKING: ("v1alpha3", "v1beta1", "v1"),
+    SECURITY: ("v1beta1", "v1"),
+    TELEMETRY: ("v1alpha1", "v1"),
+    EXTENSIONS: ("v1alpha1",),
+}
+STORAGE = {NETWORKING: "v1alpha3", SECURITY: "v1beta1", TELEMETRY: "v1alpha1", EXTENSIONS: "v1alpha1"}
 CATEGORIES = {
     NETWORKING: ["istio-io", "networking-istio-io"],
     SECURITY: ["istio-io", "security-istio-io"],
     TELEMETRY: ["istio-io", "telemetry-istio-io"],
+    EXTENSIONS: ["istio-io", "extensions-istio-io"],
 }
 
 # JSON-schema keywords that carry over unchanged into OpenAPI v3 value validation.
@@ -93,6 +101,7 @@ KINDS = (
     CrdKind(SECURITY, "AuthorizationPolicy", "authorizationpolicies", ("ap",), AuthorizationPolicySpec),
     CrdKind(SECURITY, "RequestAuthentication", "requestauthentications", ("ra",), RequestAuthenticationSpec),
     CrdKind(TELEMETRY, "Telemetry", "telemetries", ("telemetry",), TelemetrySpec),
+    CrdKind(EXTENSIONS, "WasmPlugin", "wasmplugins", (), WasmPluginSpec),
 )
 
 OPEN = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}

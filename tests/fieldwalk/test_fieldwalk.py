@@ -29,6 +29,10 @@ READ_ELSEWHERE: dict[Field, str] = {
     ("EnvoyFilterTargetRef", "kind"): "translate/envoyfilter/selection.py",
     ("EnvoyFilterTargetRef", "name"): "translate/envoyfilter/selection.py",
     ("EnvoyFilterTargetRef", "namespace"): "translate/envoyfilter/selection.py",
+    # WasmPlugin (tests/unit/test_wasm_plugin.py, tests/e2e/test_wasm_plugin.py)
+    ("WasmTargetRef", "kind"): "translate/wasm_plugin.py",
+    ("WasmTargetRef", "name"): "translate/wasm_plugin.py",
+    ("WasmTargetRef", "namespace"): "translate/wasm_plugin.py",
 }
 # Fields refused by a validation rule rather than `refused(...)` (the rule names the field; its test is cited).
 REFUSED_BY_RULE: dict[Field, str] = {
@@ -40,6 +44,9 @@ NO_TRAFFIC_EFFECT: dict[Field, str] = {
     "resolved by kind and name",
     ("EnvoyFilterTargetRef", "group"): "as TargetRef.group",
     ("PolicyTargetReference", "group"): "as TargetRef.group (RequestAuthentication)",
+    ("WasmTargetRef", "group"): "as TargetRef.group (WasmPlugin)",
+    ("WasmPluginSpec", "imagePullPolicy"): "meshd runs a module only with its digest (sha256 for http(s)://, a local "
+    "file for file://); Istio applies the pull policy only to modules referenced without one",
 }
 
 # Fields whose only accepted value is what meshd does anyway: validation refuses every other value, naming it.
@@ -49,6 +56,7 @@ VALIDATED_ONLY: dict[Field, str] = {
     ("TelemetryTargetRef", "group"): "gateway.networking.k8s.io only (a Telemetry attaches to Gateway API Gateways)",
     ("TelemetryTargetRef", "kind"): "Gateway only",
     ("TelemetryTargetRef", "namespace"): "empty only (a Gateway of the Telemetry's own namespace)",
+    ("WasmPluginSpec", "type"): "HTTP (or unset, Istio's HTTP) only: NETWORK is refused by validation",
 }
 
 

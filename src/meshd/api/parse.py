@@ -19,6 +19,7 @@ from meshd.api.request_authentication import RequestAuthentication, refused_requ
 from meshd.api.security import SECURITY_VERSIONS, PeerAuthentication
 from meshd.api.telemetry import TELEMETRY_VERSIONS, Telemetry
 from meshd.api.virtualservice import VirtualService
+from meshd.api.wasmplugin import WasmPlugin
 
 # kind -> (model, accepted apiVersions)
 KINDS: dict[str, tuple[type[Resource], tuple[str, ...]]] = {
@@ -37,6 +38,7 @@ KINDS: dict[str, tuple[type[Resource], tuple[str, ...]]] = {
     "RequestAuthentication": (RequestAuthentication, SECURITY_VERSIONS),
     "AuthorizationPolicy": (AuthorizationPolicy, SECURITY_VERSIONS),
     "Telemetry": (Telemetry, TELEMETRY_VERSIONS),
+    "WasmPlugin": (WasmPlugin, ("extensions.istio.io/v1alpha1",)),
 }
 # Security kinds that fail closed: a document of these kinds whose spec is invalid is not refused at the
 # source but kept as a refused resource (what could be read of it, and the error), which translation
@@ -50,8 +52,6 @@ FAIL_CLOSED: dict[str, Callable[[dict[str, Any], InvalidResource], Resource | No
 # Istio kinds meshd reads but does not translate yet: refused with what that means for traffic (in
 # Kubernetes mode their CRDs are watched so each object gets this on its status, never silently ignored).
 REFUSED_KINDS: dict[str, str] = {
-    "WasmPlugin": "extensions.istio.io WasmPlugin is not supported by meshd yet: the plugin is not loaded, no Wasm "
-    "filter runs in the selected proxies",
     "ProxyConfig": "networking.istio.io ProxyConfig is not supported by meshd yet: proxies keep their defaults "
     "(use the pod annotation proxy.istio.io/config)",
     "WorkloadGroup": "networking.istio.io WorkloadGroup is not supported by meshd yet: no WorkloadEntry is created "

@@ -14,7 +14,7 @@ from typing import Any
 from meshd.api.meta import InvalidResource
 from meshd.api.parse import KINDS, parse_resource
 
-ISTIO_GROUPS = frozenset({"networking.istio.io", "security.istio.io", "telemetry.istio.io"})
+ISTIO_GROUPS = frozenset({"networking.istio.io", "security.istio.io", "telemetry.istio.io", "extensions.istio.io"})
 MAX_DEPTH = 100  # deeper JSON is refused before anything walks it
 
 

@@ -256,7 +256,6 @@ def test_validation_webhook(default: list[dict[str, Any]]) -> None:
     unsupported = {
         ("networking.istio.io", "proxyconfigs"),
         ("networking.istio.io", "workloadgroups"),
-        ("extensions.istio.io", "wasmplugins"),
     }
     assert covered == crds - unsupported
 

@@ -55,6 +55,7 @@ def test_served_versions_as_istio(crds: dict[tuple[str, str], dict[str, Any]]) -
         expected = {
             "networking.istio.io": {"v1", "v1beta1", "v1alpha3"},
             "telemetry.istio.io": {"v1", "v1alpha1"},
+            "extensions.istio.io": {"v1alpha1"},
         }.get(group, {"v1", "v1beta1"})
         if kind == "EnvoyFilter":
             expected = {"v1alpha3"}  # Istio serves EnvoyFilter as v1alpha3 only
