@@ -35,7 +35,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 PLAIN_NS = "verdicts-plain"
 HOOKED_NS = "verdicts-hooked"
 HOOK_NAME = "meshd-verdicts"
-GROUPS = ("networking.istio.io", "security.istio.io", "telemetry.istio.io")
+GROUPS = ("networking.istio.io", "security.istio.io", "telemetry.istio.io", "extensions.istio.io")
 
 
 class Hook:
