@@ -188,6 +188,8 @@ def test_the_extension_config_envoy_is_given() -> None:
     local.typed_config.Unpack(wasm)
     assert wasm.config.failure_policy == wasm_pb2.FAIL_CLOSED
     assert wasm.config.vm_config.code.local.filename == "/etc/w.wasm"
+    extension_config(_plugin(failStrategy="FAIL_RELOAD")).typed_config.Unpack(wasm)
+    assert wasm.config.failure_policy == wasm_pb2.FAIL_RELOAD
     # a changed remote plugin is a new filter (Envoy fetches while the referencing listener warms)
     assert filter_name(_plugin(url="http://h/p.wasm", sha256=SHA, pluginConfig={"v": 1})) != filter_name(
         _plugin(url="http://h/p.wasm", sha256=SHA, pluginConfig={"v": 2})
