@@ -7,6 +7,7 @@ skipping the filter; an invalid WasmPlugin reported (/debug/config_errors) namin
 
 from __future__ import annotations
 
+import asyncio
 import json
 import pathlib
 from collections.abc import AsyncIterator
@@ -217,6 +218,39 @@ async def test_an_unfetchable_module_fails_closed(mesh: Mesh) -> None:
 
     await eventually(refused, timeout=60, what="FAIL_CLOSE: an unfetchable module refuses requests")
     assert set(seen) <= {200, 503}, seen  # the listener without the plugin until the new one is ready
+
+
+async def test_no_request_passes_the_plugin_while_its_module_is_fetched(mesh: Mesh) -> None:
+    """A slow module server (6 s): the listener that references the new filter warms while Envoy fetches, so
+    no new connection meets the filter before its module runs (FAIL_CLOSE leaves no gap at creation)."""
+
+    async def slow(_: web.Request) -> web.Response:
+        await asyncio.sleep(6)
+        return web.Response(body=MODULE)
+
+    app = web.Application()
+    app.router.add_get("/slow.wasm", slow)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, mesh.ip(9), 8092).start()
+    try:
+        extra = f"  sha256: {sha256(MODULE)}\n  pluginConfig: {{from: slow}}\n"
+        url = f"http://{mesh.ip(9)}:8092/slow.wasm"
+        mesh.write("plugin.yaml", plugin("slow", url=url, selector="{app: client}", extra=extra))
+        seen: list[tuple[bool, int, bool]] = []  # (an active listener holds the filter, status, the header)
+
+        async def loaded() -> bool:
+            dump = await mesh.envoys["client"].config_dump(resource="dynamic_listeners")
+            holds = any('"default.slow~' in json.dumps(c.get("active_state", {})) for c in dump.get("configs", []))
+            status, headers, _ = await mesh.request(via_ip=mesh.ip(1), host="web", headers={"connection": "close"})
+            seen.append((holds, status, HEADER in headers))
+            return status == 200 and HEADER in headers
+
+        await eventually(loaded, timeout=60, interval=0.2, what="the slow module loaded and run")
+    finally:
+        await runner.cleanup()
+    assert sum(not holds for holds, _, _ in seen) >= 5, seen  # the fetch took a while: the listener warmed
+    assert not [s for s in seen if s[0] and not s[2]], seen  # never the filter without its module
 
 
 async def _status_is(mesh: Mesh, wanted: int) -> bool:
