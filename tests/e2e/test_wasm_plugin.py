@@ -253,6 +253,32 @@ async def test_no_request_passes_the_plugin_while_its_module_is_fetched(mesh: Me
     assert not [s for s in seen if s[0] and not s[2]], seen  # never the filter without its module
 
 
+async def test_a_missing_file_module_fails_closed(mesh: Mesh, module_file: pathlib.Path) -> None:
+    """file:// names a path in the proxy's container: no such file, Envoy rejects the plugin's config (whatever
+    `failStrategy`: it cannot build the filter) and its filter, without a config, refuses every request (500);
+    the rejection (a NACK) is reported on the WasmPlugin."""
+    mesh.write("plugin.yaml", plugin("missing", url=f"file://{module_file}", selector="{app: client}",
+                                     extra="  pluginConfig: {v: 1}\n"))  # fmt: skip
+    await eventually(lambda: _header_is(mesh, '{"v":1}'), what="the module's header")
+    for strategy in ("FAIL_CLOSE", "FAIL_OPEN"):
+        extra = f"  failStrategy: {strategy}\n"
+        mesh.write("plugin.yaml", plugin("missing", url="file:///nonexistent/header.wasm", selector="{app: client}",
+                                         extra=extra))  # fmt: skip
+
+        async def refused() -> bool:
+            status, _, _ = await mesh.request(via_ip=mesh.ip(1), host="web", headers={"connection": "close"})
+            return status == 500
+
+        await eventually(refused, what=f"{strategy}: requests refused without the module")
+
+        async def reported() -> list[str]:
+            found = await _errors_on(mesh, "WasmPlugin default/missing")
+            assert found and "Invalid path: /nonexistent/header.wasm" in found[0], found
+            return found
+
+        await eventually(reported, what="Envoy's rejection reported on the WasmPlugin")
+
+
 async def _status_is(mesh: Mesh, wanted: int) -> bool:
     return (await _get(mesh))[0] == wanted
 
@@ -264,8 +290,9 @@ async def test_an_invalid_wasm_plugin_is_reported_naming_its_field(mesh: Mesh) -
     )
 
     async def reported() -> list[str]:
-        found = await _errors_on(mesh, "WasmPlugin default/registry")
-        assert found and "spec.url" in found[0] and "oci://" in found[0], found
+        errors = await mesh.meshd.get_json("/debug/config_errors")
+        found = [e for e in errors if e["resource"] == "WasmPlugin default/registry"]
+        assert found and found[0]["field"] == "spec.url" and "oci://" in found[0]["message"], errors
         return found
 
     await eventually(reported, what="the oci:// WasmPlugin to be reported")

@@ -111,7 +111,7 @@ def _hcm_listener(name: str, *, inbound: bool, port: int) -> Listener:
 def _filters(config: ProxyConfig, listener: str) -> list[str]:
     hcm = unpack(config.listeners[listener].filter_chains[0].filters[0].typed_config)
     assert isinstance(hcm, HttpConnectionManager)
-    return [f.name for f in hcm.http_filters]
+    return [f.name.split("~")[0] for f in hcm.http_filters]  # a plugin's filter: <namespace>.<name>~<digest>
 
 
 def _config() -> ProxyConfig:
@@ -139,6 +139,7 @@ def test_phases_place_plugins_among_meshds_filters_priority_first() -> None:
         "envoy.filters.http.rbac.deny", "default.stats", "envoy.filters.http.cors", "default.last-high",
         "default.last-low", "envoy.filters.http.router"]  # fmt: skip
     assert sorted(config.extensions) == sorted(filter_name(p) for p in plugins)
+    assert all(name.startswith("default.") and "~" in name for name in config.extensions)
 
 
 def test_traffic_selectors_pick_direction_and_port() -> None:
@@ -184,13 +185,13 @@ def test_the_extension_config_envoy_is_given() -> None:
     assert dict(config.vm_config.environment_variables.key_values) == {"MODE": "strict"}
     # the default: FAIL_CLOSE; a file:// module is read by Envoy from the path, under Istio's name
     local = extension_config(_plugin(url="file:///etc/w.wasm"))
-    assert local.name == "default.p"
+    assert local.name.startswith("default.p~")
     local.typed_config.Unpack(wasm)
     assert wasm.config.failure_policy == wasm_pb2.FAIL_CLOSED
     assert wasm.config.vm_config.code.local.filename == "/etc/w.wasm"
     extension_config(_plugin(failStrategy="FAIL_RELOAD")).typed_config.Unpack(wasm)
     assert wasm.config.failure_policy == wasm_pb2.FAIL_RELOAD
-    # a changed remote plugin is a new filter (Envoy fetches while the referencing listener warms)
+    # a changed plugin is a new filter (Envoy loads and fetches while the referencing listener warms)
     assert filter_name(_plugin(url="http://h/p.wasm", sha256=SHA, pluginConfig={"v": 1})) != filter_name(
         _plugin(url="http://h/p.wasm", sha256=SHA, pluginConfig={"v": 2})
     )

@@ -13,7 +13,7 @@ its metrics are access loggers), unspecified right before the router. The peer-i
 metrics comes first, as Istio's metadata exchange. Plugins of one phase go in `priority` order, highest
 first, then namespace and name.
 
-Delivery (Istio's shape): the filter is an ECDS reference named `<namespace>.<name>`; the ECDS resource is
+Delivery (Istio's shape): the filter is an ECDS reference named `<namespace>.<name>~<digest>`; the ECDS resource is
 Envoy's Wasm filter (V8) whose code is the `file://` path, or the `http(s)://` URL Envoy fetches itself
 through a cluster `wasm|<scheme>|<host>|<port>` added to the proxy's clusters, with `sha256` checked by
 Envoy before the module runs. `pluginConfig` is handed to the plugin as JSON (`configuration`), `pluginName`
@@ -64,14 +64,12 @@ ROUTER = "envoy.filters.http.router"
 
 
 def filter_name(plugin: WasmPlugin) -> str:
-    """Istio's `<namespace>.<name>`; for a module Envoy fetches, followed by a digest of the plugin's
-    config (`~<12 hex>`): Envoy fetches a remote module while the listener that references the filter
-    warms, not on an ECDS update of an existing filter (the update would leave the filter without a
-    module, passing requests whatever `failStrategy` says), so a changed plugin is a new filter."""
-    base = f"{plugin.metadata.namespace}.{plugin.metadata.name}"
-    if plugin.spec.scheme not in ("http", "https"):
-        return base
-    return f"{base}~{_digest(plugin)}"
+    """Istio's `<namespace>.<name>`, followed by a digest of the plugin (`~<12 hex>`): a changed plugin is a
+    new filter, so the listeners that reference it warm until its module is loaded. Envoy loads (and
+    fetches) a module while the listener that references the filter warms; an ECDS update of an existing
+    filter is not waited for: a fetched module would be missing (requests passing whatever `failStrategy`
+    says) and a module that fails to load would keep the previous config."""
+    return f"{plugin.metadata.namespace}.{plugin.metadata.name}~{_digest(plugin)}"
 
 
 def _digest(plugin: WasmPlugin) -> str:
