@@ -19,6 +19,7 @@ from google.protobuf import wrappers_pb2
 from meshd.api.meta import InvalidResource
 from meshd.api.parse import parse_resource
 from meshd.api.wasmplugin import WasmPlugin
+from meshd.generate.nacks import ECDS, provenance
 from meshd.model.world import build_world
 from meshd.translate.envoyfilter.apply import ProxyConfig
 from meshd.translate.envoyfilter.merge import pack, unpack
@@ -198,3 +199,11 @@ def test_the_extension_config_envoy_is_given() -> None:
     https = fetch_cluster(_plugin(url="https://modules.example.com/p.wasm", sha256=SHA))
     assert https is not None and https.name == "wasm|https|modules.example.com|443"
     assert https.transport_socket.name == "envoy.transport_sockets.tls"
+
+
+def test_envoys_rejection_of_a_wasm_config_names_the_wasm_plugin() -> None:
+    found = _plugin("header", url="file:///w.wasm")
+    world = build_world([found], domain_suffix="cluster.local")
+    assert provenance(world, ECDS, filter_name(found)) == [found.key]
+    assert provenance(world, ECDS, "default.other~0123456789ab") == []  # no such WasmPlugin
+    assert provenance(world, ECDS, "ecds-lua") == []  # an EnvoyFilter's extension config
