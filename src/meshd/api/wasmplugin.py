@@ -97,7 +97,7 @@ class VmConfig(StrictModel):
 
 class WasmPluginSpec(StrictModel):
     selector: WasmSelector | None = None
-    target_ref: dict[str, Any] | None = refused("hidden in Istio's API (use targetRefs)")
+    target_ref: WasmTargetRef | None = refused("hidden in Istio's API (use targetRefs)")
     target_refs: list[WasmTargetRef] = Field(default_factory=list, max_length=16)
     url: str = Field(min_length=1)
     sha256: str = ""
