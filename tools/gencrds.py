@@ -45,11 +45,13 @@ from meshd.api.request_authentication import RequestAuthenticationSpec  # noqa: 
 from meshd.api.security import PeerAuthenticationSpec  # noqa: E402
 from meshd.api.telemetry import TelemetrySpec  # noqa: E402
 from meshd.api.virtualservice import VirtualServiceSpec  # noqa: E402
+from meshd.api.wasmplugin import WasmPluginSpec  # noqa: E402
 
 NETWORKING = "networking.istio.io"
 SECURITY = "security.istio.io"
 TELEMETRY = "telemetry.istio.io"
 GATEWAY_API = "gateway.networking.k8s.io"
+EXTENSIONS = "extensions.istio.io"
 # Served versions as Istio serves them; the storage version is Istio's, so a later switch to Istio's
 # own CRDs keeps the stored objects readable.
 VERSIONS = {
@@ -57,13 +59,21 @@ VERSIONS = {
     SECURITY: ("v1beta1", "v1"),
     TELEMETRY: ("v1alpha1", "v1"),
     GATEWAY_API: ("v1beta1", "v1"),
+    EXTENSIONS: ("v1alpha1",),
 }
-STORAGE = {NETWORKING: "v1alpha3", SECURITY: "v1beta1", TELEMETRY: "v1alpha1", GATEWAY_API: "v1"}
+STORAGE = {
+    NETWORKING: "v1alpha3",
+    SECURITY: "v1beta1",
+    TELEMETRY: "v1alpha1",
+    GATEWAY_API: "v1",
+    EXTENSIONS: "v1alpha1",
+}
 CATEGORIES = {
     NETWORKING: ["istio-io", "networking-istio-io"],
     SECURITY: ["istio-io", "security-istio-io"],
     TELEMETRY: ["istio-io", "telemetry-istio-io"],
     GATEWAY_API: ["gateway-api"],
+    EXTENSIONS: ["istio-io", "extensions-istio-io"],
 }
 
 # JSON-schema keywords that carry over unchanged into OpenAPI v3 value validation.
@@ -107,6 +117,7 @@ KINDS = (
     CrdKind(SECURITY, "AuthorizationPolicy", "authorizationpolicies", ("ap",), AuthorizationPolicySpec),
     CrdKind(SECURITY, "RequestAuthentication", "requestauthentications", ("ra",), RequestAuthenticationSpec),
     CrdKind(TELEMETRY, "Telemetry", "telemetries", ("telemetry",), TelemetrySpec),
+    CrdKind(EXTENSIONS, "WasmPlugin", "wasmplugins", (), WasmPluginSpec),
 )
 # Gateway API v1.2 standard channel (GRPCRoute: refused by meshd for now, its spec permissive).
 GATEWAY_API_KINDS = (

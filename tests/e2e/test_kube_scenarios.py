@@ -638,3 +638,36 @@ async def test_a_telemetry_gets_a_status_accepted_or_naming_its_field(kube: Kube
     assert "attribute 'upstream_peer'" in message["description"]
     for obj in (good, unknown, overrides, peer):
         await kube.delete(obj)
+
+
+async def test_a_wasm_plugin_gets_a_status_accepted_or_naming_its_field(kube: Kube) -> None:
+    """WasmPlugin (extensions.istio.io v1alpha1, its CRD from the chart): a valid one gets Reconciled True; an
+    oci:// one (no registry is pulled from) Reconciled False naming spec.url."""
+    good: Obj = {
+        "apiVersion": "extensions.istio.io/v1alpha1",
+        "kind": "WasmPlugin",
+        "metadata": {"name": "header", "namespace": NS},
+        "spec": {"url": "file:///etc/wasm/header.wasm", "phase": "AUTHZ", "pluginConfig": {"a": {"b": [1, 2]}}},
+    }
+    registry: Obj = {
+        "apiVersion": "extensions.istio.io/v1alpha1",
+        "kind": "WasmPlugin",
+        "metadata": {"name": "registry", "namespace": NS},
+        "spec": {"url": "oci://registry.example.com/header:v1"},
+    }
+    for obj in (good, registry):
+        await kube.apply(obj)
+
+    async def reconciled(obj: Obj, expected: str) -> dict[str, Any]:
+        current = await kube.rest.get(obj["apiVersion"], obj["kind"], NS, obj["metadata"]["name"])
+        conditions = ((current or {}).get("status") or {}).get("conditions") or []
+        assert [c["status"] for c in conditions if c["type"] == "Reconciled"] == [expected], current
+        return dict(current or {})
+
+    current = await eventually(lambda: reconciled(good, "True"), timeout=20, what="Reconciled True on the plugin")
+    assert current["spec"]["pluginConfig"] == {"a": {"b": [1, 2]}}  # kept whole by the CRD (free-form)
+    current = await eventually(lambda: reconciled(registry, "False"), timeout=20, what="the oci:// plugin refused")
+    [message] = current["status"]["validationMessages"]
+    assert "spec.url" in message["description"] and "oci://" in message["description"]
+    for obj in (good, registry):
+        await kube.delete(obj)

@@ -35,6 +35,10 @@ READ_ELSEWHERE: dict[Field, str] = {
     ("KubernetesGatewaySpec", "infrastructure"): "kube/gateway_deploy.py",
     ("GatewayInfrastructure", "labels"): "kube/gateway_deploy.py",
     ("GatewayInfrastructure", "annotations"): "kube/gateway_deploy.py",
+    # WasmPlugin (tests/unit/test_wasm_plugin.py, tests/e2e/test_wasm_plugin.py)
+    ("WasmTargetRef", "kind"): "translate/wasm_plugin.py",
+    ("WasmTargetRef", "name"): "translate/wasm_plugin.py",
+    ("WasmTargetRef", "namespace"): "translate/wasm_plugin.py",
 }
 # Fields refused by a validation rule rather than `refused(...)` (the rule names the field; its test is cited).
 REFUSED_BY_RULE: dict[Field, str] = {
@@ -57,6 +61,9 @@ NO_TRAFFIC_EFFECT: dict[Field, str] = {
     ("PolicyTargetReference", "group"): "as TargetRef.group (RequestAuthentication)",
     ("GatewayClassSpec", "description"): "a Gateway API GatewayClass's description is for people",
     ("RouteRule", "name"): "a Gateway API route rule's name is for status and policy attachment",
+    ("WasmTargetRef", "group"): "as TargetRef.group (WasmPlugin)",
+    ("WasmPluginSpec", "imagePullPolicy"): "meshd runs a module only with its digest (sha256 for http(s)://, a local "
+    "file for file://); Istio applies the pull policy only to modules referenced without one",
 }
 
 # Fields whose only accepted value is what meshd does anyway: validation refuses every other value, naming it.
@@ -67,6 +74,7 @@ VALIDATED_ONLY: dict[Field, str] = {
     ("TelemetryTargetRef", "kind"): "Gateway only",
     ("TelemetryTargetRef", "namespace"): "empty only (a Gateway of the Telemetry's own namespace)",
     ("RouteFilter", "type"): "Gateway API: must name the one filter field given (validation); the field is read",
+    ("WasmPluginSpec", "type"): "HTTP (or unset, Istio's HTTP) only: NETWORK is refused by validation",
 }
 
 

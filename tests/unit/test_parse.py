@@ -452,7 +452,6 @@ def test_istio_kinds_meshd_does_not_translate_are_refused_with_what_that_means()
     from meshd.api.parse import REFUSED_KINDS
 
     for kind, api_version in (
-        ("WasmPlugin", "extensions.istio.io/v1alpha1"),
         ("ProxyConfig", "networking.istio.io/v1beta1"),
         ("WorkloadGroup", "networking.istio.io/v1"),
     ):

@@ -35,7 +35,13 @@ pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 PLAIN_NS = "verdicts-plain"
 HOOKED_NS = "verdicts-hooked"
 HOOK_NAME = "meshd-verdicts"
-GROUPS = ("networking.istio.io", "security.istio.io", "telemetry.istio.io", "gateway.networking.k8s.io")
+GROUPS = (
+    "networking.istio.io",
+    "security.istio.io",
+    "telemetry.istio.io",
+    "extensions.istio.io",
+    "gateway.networking.k8s.io",
+)
 
 
 class Hook:

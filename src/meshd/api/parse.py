@@ -27,6 +27,7 @@ from meshd.api.request_authentication import RequestAuthentication, refused_requ
 from meshd.api.security import SECURITY_VERSIONS, PeerAuthentication
 from meshd.api.telemetry import TELEMETRY_VERSIONS, Telemetry
 from meshd.api.virtualservice import VirtualService
+from meshd.api.wasmplugin import WasmPlugin
 
 # kind identity (api.meta.kind_identity) -> (model, accepted apiVersions)
 KINDS: dict[str, tuple[type[Resource], tuple[str, ...]]] = {
@@ -51,6 +52,7 @@ KINDS: dict[str, tuple[type[Resource], tuple[str, ...]]] = {
     KUBERNETES_GATEWAY: (KubernetesGateway, GATEWAY_API_VERSIONS),
     "HTTPRoute": (HTTPRoute, GATEWAY_API_VERSIONS),
     "ReferenceGrant": (ReferenceGrant, REFERENCE_GRANT_VERSIONS),
+    "WasmPlugin": (WasmPlugin, ("extensions.istio.io/v1alpha1",)),
 }
 # Kinds without a namespace (their key's namespace is "").
 CLUSTER_SCOPED = frozenset({"GatewayClass", "Namespace"})
@@ -66,8 +68,6 @@ FAIL_CLOSED: dict[str, Callable[[dict[str, Any], InvalidResource], Resource | No
 # Istio kinds meshd reads but does not translate yet: refused with what that means for traffic (in
 # Kubernetes mode their CRDs are watched so each object gets this on its status, never silently ignored).
 REFUSED_KINDS: dict[str, str] = {
-    "WasmPlugin": "extensions.istio.io WasmPlugin is not supported by meshd yet: the plugin is not loaded, no Wasm "
-    "filter runs in the selected proxies",
     "ProxyConfig": "networking.istio.io ProxyConfig is not supported by meshd yet: proxies keep their defaults "
     "(use the pod annotation proxy.istio.io/config)",
     "WorkloadGroup": "networking.istio.io WorkloadGroup is not supported by meshd yet: no WorkloadEntry is created "

@@ -1,11 +1,13 @@
-"""The `envoyfilters` layer: a proxy's snapshot with the EnvoyFilters that select it applied (pure).
+"""The `envoyfilters` layer: a proxy's snapshot with the WasmPlugins and EnvoyFilters that select it applied
+(pure; the WasmPlugins' filters first, translate/wasm_plugin.py, then the EnvoyFilters' patches, as Istio).
 
 The last step of a proxy's generation, on the resources meshd generated for it (before they are served):
 listeners, clusters and route configurations are decoded, patched (translate/envoyfilter), validated, and
 those that changed are serialised again; the rest stay the very objects the shared layers hold. A proxy
 no EnvoyFilter selects gets its snapshot untouched (no cost). The cache key is the proxy group, the
 snapshot patched (an unchanged one is the same object), the filters that select the proxy (read through
-`ctx.queries.envoy_filters`, so check mode verifies the key holds them) and the node metadata patches match.
+`ctx.queries.envoy_filters` / `wasm_plugins`, so check mode verifies the key holds them) and the node
+metadata patches match.
 An EnvoyFilter that fails on a proxy is left out there and its error is reported while the entry is in use
 (as the memo's refused resources are)."""
 
@@ -25,6 +27,7 @@ from meshd.generate.memo import MemoEntry, Refused, ResourceMemo
 from meshd.generate.reads import Context, Tracer
 from meshd.translate.envoyfilter.apply import ProxyConfig, apply_filters
 from meshd.translate.proxy import Proxy
+from meshd.translate.wasm_plugin import apply_plugins
 from meshd.xds.resource import CLUSTER, LISTENER, ROUTE, Snapshot, XdsResource, make_resource
 
 ECDS = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
@@ -49,17 +52,19 @@ class EnvoyFilterLayers:
         queries = context.queries
         router = proxy.type == "router"
         filters = queries.envoy_filters(proxy.namespace, proxy.ip)
-        if not filters:
+        plugins = queries.wasm_plugins(proxy.namespace, proxy.ip)
+        if not filters and not plugins:
             return base
 
         def inputs() -> Hashable:
-            return (base, filters, proxy.metadata, router)
+            return (base, filters, plugins, proxy.metadata, router)
 
         def build(ctx: Context, previous: Snapshot | None) -> tuple[Snapshot, list[MemoEntry]]:
             assert ctx.proxy is not None
             chosen = ctx.queries.envoy_filters(ctx.proxy.namespace, ctx.proxy.ip)
+            wasm = ctx.queries.wasm_plugins(ctx.proxy.namespace, ctx.proxy.ip)
             metadata = dict(ctx.proxy.metadata)
-            snap, used = _patched(base, chosen, router=router, metadata=metadata, key=(group, proxy.metadata))
+            snap, used = _patched(base, chosen, wasm, router=router, metadata=metadata, key=(group, proxy.metadata))
             self._memo.keep(used)  # its errors are reported while the entry is in use
             return snap, used
 
@@ -67,7 +72,7 @@ class EnvoyFilterLayers:
 
 
 def _patched(
-    base: Snapshot, filters: Any, *, router: bool, metadata: dict[str, str], key: Hashable
+    base: Snapshot, filters: Any, plugins: Any, *, router: bool, metadata: dict[str, str], key: Hashable
 ) -> tuple[Snapshot, list[MemoEntry]]:
     resources = base.resources
     config = ProxyConfig()
@@ -80,6 +85,7 @@ def _patched(
             decoded[name] = msg
         setattr(config, attr, decoded)
         originals[type_url] = {n: _copy(v) for n, v in decoded.items()}
+    apply_plugins(config, plugins, router=router)  # as Istio: generated config, then the EnvoyFilters
     patched, errors = apply_filters(config, filters, router=router, metadata=metadata)
     out: dict[str, dict[str, XdsResource]] = {t: dict(r) for t, r in resources.items()}
     for type_url, attr, _ in _TYPES:

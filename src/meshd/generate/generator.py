@@ -290,7 +290,9 @@ class ConfigGenerator:
         assert isinstance(key, ScopeKey)
         if proxy.proxyless:
             return False  # snapshot() gives back the held object while its layer is unchanged
-        if self.queries.envoy_filters(proxy.namespace, proxy.ip):
+        if self.queries.envoy_filters(proxy.namespace, proxy.ip) or self.queries.wasm_plugins(
+            proxy.namespace, proxy.ip
+        ):
             return False  # EnvoyFilters patch it: the patch layer decides (a held patched one is not _prev_groups')
         if self.scope_key(proxy) != key:
             # its scope moved (e.g. a new DestinationRule workload selector or sourceLabels selector now

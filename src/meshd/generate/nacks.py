@@ -8,6 +8,8 @@ read from the resource's Istio-style name and the World, as istiod names them:
 - listener `<ip>_<port>`: the Services and ServiceEntries with that port, and their VirtualServices;
 - a gateway's route configuration `http.<port>` / `https.<port>.<port name>.<gateway>.<namespace>`: the
   Gateway(s) and the VirtualServices bound to them;
+- an extension config `<namespace>.<name>~<digest>` (ECDS): the WasmPlugin (e.g. a file:// module Envoy
+  cannot read);
 - any resource of a proxy EnvoyFilters patch: those EnvoyFilters selecting the proxy that have a patch of
   that resource's type (a Lua script Envoy cannot compile is seen by Envoy only).
 Each becomes an error on those resources (status, /debug/config_errors, the log), naming the Envoy
@@ -28,6 +30,7 @@ from meshd.xds.isolation import Rejected
 from meshd.xds.resource import CLUSTER, ENDPOINT, LISTENER, ROUTE, short_name
 
 MAX_PROXIES_SHOWN = 3
+ECDS = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
 # protobuf's text format marks debug output with a link whose wording varies from process to process
 _PROTOBUF_DEBUG_MARK = re.compile(r"goo\.gle/debug\w*\s*")
 # a gateway's route configuration: `http.<port>`, `https.<port>.<port name>.<gateway>.<namespace>` (`.<bind>`)
@@ -97,6 +100,11 @@ def provenance(world: World, type_url: str, name: str) -> list[ResourceKey]:
         _gateway_keys(world, keys, port=port, gateway=(m["ns"], m["gw"]) if m["gw"] else None)
     elif type_url == LISTENER and "_" in name and name.rsplit("_", 1)[1].isdigit():
         _port_keys(world, int(name.rsplit("_", 1)[1]), keys, services=True)
+    elif type_url == ECDS and "~" in name:  # a WasmPlugin's Wasm config: `<namespace>.<name>~<digest>`
+        namespace, _, plugin = name.rsplit("~", 1)[0].partition(".")
+        for found in world.wasm_plugins.get(namespace, ()):
+            if found.metadata.name == plugin:
+                keys[found.key] = None
     return list(keys)
 
 

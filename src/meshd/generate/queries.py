@@ -17,6 +17,7 @@ from meshd.api.envoyfilter import EnvoyFilter
 from meshd.api.gateway import Gateway
 from meshd.api.meta import InvalidResource
 from meshd.api.virtualservice import VirtualService
+from meshd.api.wasmplugin import WasmPlugin
 from meshd.generate.inbound_index import InboundIndex, build_index, update_index
 from meshd.generate.options import GenerateOptions
 from meshd.generate.tls_files import FileCheck
@@ -39,6 +40,7 @@ from meshd.translate.telemetry.resolve import (
     service_hostname,
     workload_telemetry,
 )
+from meshd.translate.wasm_plugin import selected as selected_wasm_plugins
 
 # the labels Istio reads a workload's canonical service name from, in order
 CANONICAL_NAME_LABELS = ("service.istio.io/canonical-name", "app.kubernetes.io/name", "app")
@@ -211,6 +213,16 @@ class Queries:
         workload = self._world.workloads.get(ip)
         labels = dict(workload.labels) if workload is not None else {}
         return selected_envoy_filters(
+            self._world, namespace=namespace, labels=labels, root_namespace=self._options.root_namespace
+        )
+
+    def wasm_plugins(self, namespace: str, ip: str) -> tuple[WasmPlugin, ...]:
+        """The WasmPlugins applying to the proxy of the workload at an address (by its labels)."""
+        if not self._world.wasm_plugins:
+            return ()
+        workload = self._world.workloads.get(ip)
+        labels = dict(workload.labels) if workload is not None else {}
+        return selected_wasm_plugins(
             self._world, namespace=namespace, labels=labels, root_namespace=self._options.root_namespace
         )
 

@@ -14,8 +14,9 @@ from typing import Any
 from meshd.api.meta import GATEWAY_API_GROUP, InvalidResource
 from meshd.api.parse import KINDS, parse_resource
 
-# The groups whose objects the webhook validates: Istio's, and the Kubernetes Gateway API that meshd converts.
-ISTIO_GROUPS = frozenset({"networking.istio.io", "security.istio.io", "telemetry.istio.io", GATEWAY_API_GROUP})
+ISTIO_GROUPS = frozenset(
+    {"networking.istio.io", "security.istio.io", "telemetry.istio.io", "extensions.istio.io", GATEWAY_API_GROUP}
+)
 MAX_DEPTH = 100  # deeper JSON is refused before anything walks it
 
 

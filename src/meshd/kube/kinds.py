@@ -65,9 +65,9 @@ def watched_kinds(*, namespace: str) -> tuple[KindSpec, ...]:
         KindSpec(sec, "AuthorizationPolicy", "authorizationpolicies", ("v1", "v1beta1"), crd=True),
         KindSpec(sec, "RequestAuthentication", "requestauthentications", ("v1", "v1beta1"), crd=True),
         KindSpec(net, "EnvoyFilter", "envoyfilters", ("v1alpha3",), crd=True),
-        # not translated yet (api/parse.py REFUSED_KINDS): watched so that each gets a status saying so
         KindSpec("telemetry.istio.io", "Telemetry", "telemetries", ("v1", "v1alpha1"), crd=True),
         KindSpec("extensions.istio.io", "WasmPlugin", "wasmplugins", ("v1alpha1",), crd=True),
+        # not translated yet (api/parse.py REFUSED_KINDS): watched so that each gets a status saying so
         KindSpec(net, "ProxyConfig", "proxyconfigs", ("v1beta1",), crd=True),
         KindSpec(net, "WorkloadGroup", "workloadgroups", CRD_VERSIONS, crd=True),
         # Kubernetes Gateway API (converted into gateways and routes; the route kinds not translated yet are

@@ -18,6 +18,7 @@ from meshd.api.networking import ServiceEntry, Sidecar, WorkloadEntry
 from meshd.api.security import PeerAuthentication
 from meshd.api.values import valid_port
 from meshd.api.virtualservice import VirtualService
+from meshd.api.wasmplugin import WasmPlugin
 from meshd.model.services import (
     DNS_RESOLUTIONS,
     Endpoint,
@@ -422,6 +423,14 @@ def envoy_filters_by_namespace(filters: Iterable[EnvoyFilter]) -> dict[str, tupl
         key=lambda f: (f.metadata.namespace, f.spec.priority, f.metadata.creation_timestamp, f.metadata.name),
     ):
         by_ns[found.metadata.namespace].append(found)
+    return {ns: tuple(v) for ns, v in sorted(by_ns.items())}
+
+
+def by_namespace_and_name(plugins: Iterable[WasmPlugin]) -> dict[str, tuple[WasmPlugin, ...]]:
+    """Per namespace, its WasmPlugins by name (translation orders them by phase and priority)."""
+    by_ns: dict[str, list[WasmPlugin]] = defaultdict(list)
+    for plugin in sorted(plugins, key=lambda p: (p.metadata.namespace, p.metadata.name)):
+        by_ns[plugin.metadata.namespace].append(plugin)
     return {ns: tuple(v) for ns, v in sorted(by_ns.items())}
 
 

@@ -24,6 +24,7 @@ from meshd.api.request_authentication import RequestAuthentication
 from meshd.api.security import PeerAuthentication
 from meshd.api.telemetry import Telemetry
 from meshd.api.virtualservice import VirtualService
+from meshd.api.wasmplugin import WasmPlugin
 from meshd.model import derive
 from meshd.model.gateway_api.convert import GATEWAY_API_KINDS, GatewayApiConversion
 from meshd.model.services import Endpoint, MeshService, Workload
@@ -40,6 +41,7 @@ _ISTIO_KINDS = (
     "Gateway",
     *GATEWAY_API_KINDS,
     "EnvoyFilter",
+    "WasmPlugin",
 )
 ServiceId = tuple[str, str]  # (namespace, name)
 _K = TypeVar("_K")
@@ -104,6 +106,7 @@ class WorldState:
         self._telemetry_by_ns: Mapping[str, tuple[Telemetry, ...]] = MappingProxyType({})
         self._authz: Mapping[str, tuple[AuthorizationPolicy, ...]] = MappingProxyType({})
         self._envoy_filters: Mapping[str, tuple[EnvoyFilter, ...]] = MappingProxyType({})
+        self._wasm_plugins: Mapping[str, tuple[WasmPlugin, ...]] = MappingProxyType({})
         # (namespace, name) -> Gateway; a new mapping object only when one of them changes
         self._gateways: Mapping[tuple[str, str], Gateway] = MappingProxyType({})
         self._gateway_bindings: dict[tuple[str, str], tuple[VirtualService, ...]] = {}
@@ -325,6 +328,10 @@ class WorldState:
             e for e in self._istio["EnvoyFilter"].values() if isinstance(e, EnvoyFilter)
         )
         self._envoy_filters = _same_or_new(self._envoy_filters, envoy_filters)
+        wasm_plugins = derive.by_namespace_and_name(
+            w for w in self._istio["WasmPlugin"].values() if isinstance(w, WasmPlugin)
+        )
+        self._wasm_plugins = _same_or_new(self._wasm_plugins, wasm_plugins)
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -397,6 +404,7 @@ class WorldState:
             gateway_bindings=self._gateway_bindings,
             envoy_filters=self._envoy_filters,
             telemetries=self._telemetry_by_ns,
+            wasm_plugins=self._wasm_plugins,
         )
 
 

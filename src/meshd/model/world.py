@@ -26,6 +26,7 @@ from meshd.api.request_authentication import RequestAuthentication
 from meshd.api.security import PeerAuthentication
 from meshd.api.telemetry import Telemetry
 from meshd.api.virtualservice import VirtualService
+from meshd.api.wasmplugin import WasmPlugin
 from meshd.model import derive
 from meshd.model.derive import EXPORT_TO_ANNOTATION, EndpointChunks, default_rule, resolve_host
 from meshd.model.gateway_api.convert import GATEWAY_API_KINDS, GatewayApiConversion
@@ -74,6 +75,8 @@ class World:
     gateway_bindings: Mapping[tuple[str, str], tuple[VirtualService, ...]] = field(default_factory=dict)
     # namespace -> its EnvoyFilters in the order Istio applies them (priority, creation time, name)
     envoy_filters: Mapping[str, tuple[EnvoyFilter, ...]] = field(default_factory=dict)
+    # namespace -> its WasmPlugins by name (the mapping is the same object while none changes)
+    wasm_plugins: Mapping[str, tuple[WasmPlugin, ...]] = field(default_factory=dict)
     # namespace -> Telemetry resources, oldest first (the mapping is the same object while none changes)
     telemetries: Mapping[str, tuple[Telemetry, ...]] = field(default_factory=dict)
 
@@ -114,6 +117,7 @@ def assemble(
     gateway_bindings: Mapping[tuple[str, str], tuple[VirtualService, ...]] | None = None,
     envoy_filters: Mapping[str, tuple[EnvoyFilter, ...]] | None = None,
     telemetries: Mapping[str, tuple[Telemetry, ...]] | None = None,
+    wasm_plugins: Mapping[str, tuple[WasmPlugin, ...]] | None = None,
 ) -> World:
     ordered = dict(sorted(services.items()))
     by_namespace: dict[str, list[MeshService]] = defaultdict(list)
@@ -152,6 +156,7 @@ def assemble(
         gateway_bindings=MappingProxyType(dict(gateway_bindings or {})),
         envoy_filters=envoy_filters if envoy_filters is not None else MappingProxyType({}),
         telemetries=telemetries if telemetries is not None else MappingProxyType({}),
+        wasm_plugins=wasm_plugins if wasm_plugins is not None else MappingProxyType({}),
     )
 
 
@@ -237,5 +242,8 @@ def build_world(resources: Iterable[Resource], *, domain_suffix: str, revision: 
         ),
         telemetries=MappingProxyType(
             derive.oldest_first_by_namespace(t for t in by_kind["Telemetry"] if isinstance(t, Telemetry))
+        ),
+        wasm_plugins=MappingProxyType(
+            derive.by_namespace_and_name(w for w in by_kind["WasmPlugin"] if isinstance(w, WasmPlugin))
         ),
     )

@@ -55,6 +55,7 @@ def test_served_versions_as_istio(crds: dict[tuple[str, str], dict[str, Any]]) -
         expected = {
             "networking.istio.io": {"v1", "v1beta1", "v1alpha3"},
             "telemetry.istio.io": {"v1", "v1alpha1"},
+            "extensions.istio.io": {"v1alpha1"},
         }.get(group, {"v1", "v1beta1"})
         if kind == "EnvoyFilter":
             expected = {"v1alpha3"}  # Istio serves EnvoyFilter as v1alpha3 only
@@ -154,7 +155,10 @@ def test_request_authentication_schema_is_strict(crds: dict[tuple[str, str], dic
 
 # Free-form by Istio's API (a google.protobuf.Struct): an EnvoyFilter patch's Envoy config, which meshd parses
 # as the Envoy message its applyTo names (unknown fields refused with their path: tests/unit/test_envoyfilter.py).
-FREE_FORM = {("EnvoyFilter", "spec.configPatches.items.patch.value")}
+FREE_FORM = {
+    ("EnvoyFilter", "spec.configPatches.items.patch.value"),
+    ("WasmPlugin", "spec.pluginConfig"),  # Istio's google.protobuf.Struct: the plugin's own configuration
+}
 
 
 def test_every_modelled_spec_is_closed(crds: dict[tuple[str, str], dict[str, Any]]) -> None:
