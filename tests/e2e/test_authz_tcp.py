@@ -7,7 +7,9 @@ the app answers (the client reads nothing).
 - ALLOW by port and caller principal (mTLS identity): 9000 answers, 9001 and the undeclared 9002 do not;
 - an ALLOW rule with an HTTP-only field (methods) is left out on TCP: it allows nothing on 9001;
 - a DENY rule with an HTTP-only field (paths) is broadened on TCP: it denies all of its port;
-- deleting the policies lets every port answer again."""
+- deleting the policies lets every port answer again.
+`meshd explain` says the same for each port before the connections are tried (the network RBAC decision
+and the policy that made it; the PeerAuthentication mode: the mesh default)."""
 
 from __future__ import annotations
 
@@ -114,6 +116,20 @@ class TcpMesh:
     async def ports(self) -> dict[int, bool]:
         return {port: await self.answers(port) for port in (9000, 9001, 9002)}
 
+    async def explain(self, port: int) -> dict[str, Any]:
+        """`meshd explain` from the client to tcp-echo's declared port, as the client's identity."""
+        assert self.capture.meshd is not None
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "meshd", "explain", "--from", "client.default",
+            "--to", f"tcp-echo.default.svc.cluster.local:{port}", "--from-identity", CLIENT_ID,
+            "--xds-address", f"{self.capture.lab.node.ip}:{self.capture.meshd.xds_port}", "-o", "json",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
+        found: dict[str, Any] = json.loads(out)
+        return {s["step"]: s["choice"] for s in found["steps"]} | {"why": found["steps"], "outcome": found["outcome"]}
+
     async def apply(self, text: str, policies: set[str]) -> None:
         assert self.capture.meshd is not None
         before = await snapshot(self.capture.meshd, "tcp-echo.default")
@@ -177,11 +193,25 @@ spec:
 """
 
 
+CLIENT_ID = "spiffe://cluster.local/ns/default/sa/client"
+CLOSED = "connection closed by RBAC (the client reads nothing)"
+
+
 async def test_tcp_allow_by_port_and_principal_http_fields_and_deletion(tcp: TcpMesh) -> None:
     await tcp.apply(ALLOW, {"default/tcp-policy"})
+    allowed, refused = await tcp.explain(9000), await tcp.explain(9001)
+    assert allowed["authorization"] == "allowed by AuthorizationPolicy default/tcp-policy (rule 0)", allowed
+    assert allowed["peer auth"] == f"PERMISSIVE: mutual TLS as {CLIENT_ID}", allowed
+    assert "set by mesh default" in str(allowed["why"]) and allowed["outcome"] == "forwarded as TCP"
+    assert refused["authorization"] == "denied: no ALLOW rule matches", refused
+    assert refused["outcome"] == f"{CLOSED} (no ALLOW policy matches)"
     # 9001: its only rule has an HTTP-only field, left out on TCP; 9002: undeclared, no rule allows it
     assert await tcp.ports() == {9000: True, 9001: False, 9002: False}
     await tcp.apply(ALLOW + DENY, {"default/tcp-policy", "default/tcp-deny"})
+    denied = await tcp.explain(9000)
+    assert denied["authorization"] == "denied by AuthorizationPolicy default/tcp-deny (rule 0)", denied
+    assert denied["outcome"] == f"{CLOSED} (AuthorizationPolicy default/tcp-deny (rule 0))"
     assert await tcp.ports() == {9000: False, 9001: False, 9002: False}  # the DENY broadened to port 9000
     await tcp.apply("", set())
+    assert (await tcp.explain(9001))["authorization"] == "allowed: no policy denies it"
     assert await tcp.ports() == {9000: True, 9001: True, 9002: True}

@@ -133,6 +133,7 @@ async def test_an_allowed_request_names_the_allow_policy_and_mtls(mesh: Mesh) ->
     assert step(found, "server")["choice"] == "web.default"
     peer = step(found, "peer auth")
     assert peer["choice"] == f"STRICT: mutual TLS as {CLIENT_ID}", found
+    assert "mode is STRICT, set by PeerAuthentication default/strict " in peer["why"], peer
     assert step(found, "authorization")["choice"] == "allowed by AuthorizationPolicy default/web-viewer (rule 0)"
     assert found["outcome"].startswith("forwarded"), found
     status, body = await real(mesh, CLIENT, "/info")

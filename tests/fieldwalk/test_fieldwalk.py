@@ -18,8 +18,6 @@ from tests.golden import render as golden
 SRC = pathlib.Path(__file__).resolve().parents[2] / "src" / "meshd"
 # Fields translation reads on a path no golden case takes: the module that reads them (checked below).
 READ_ELSEWHERE: dict[Field, str] = {
-    ("CorsPolicy", "allowOrigin"): "translate/http_filters.py",  # the deprecated exact-origin list
-    ("HTTPRoute", "mirrorPercent"): "translate/http_route.py",  # the deprecated integer mirror percentage
     ("JwtRule", "timeout"): "sources/jwks.py",  # the JWKS fetch's timeout (the fetcher, not translation)
     # EnvoyFilter (tests/unit/test_envoyfilter.py, tests/e2e/test_envoyfilter*.py)
     ("Patch", "value"): "api/envoyfilter.py",  # parsed into the Envoy message translation applies

@@ -6,12 +6,20 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from google.protobuf import json_format
 
 from meshd.api.meta import InvalidResource
 from meshd.api.parse import parse_resource
 from meshd.api.security import PeerAuthentication
 from meshd.model.derive import peer_authentications_by_namespace
-from meshd.translate.peer_auth import InboundMtls, check_policies, namespace_mode, service_mode, workload_mtls
+from meshd.translate.peer_auth import (
+    InboundMtls,
+    check_policies,
+    mtls_metadata,
+    namespace_mode,
+    service_mode,
+    workload_mtls,
+)
 
 ROOT = "istio-system"
 
@@ -156,3 +164,39 @@ def test_invalid_policies_name_resource_and_field(doc: dict[str, Any], field: st
     assert str(caught.value.key) == "PeerAuthentication shop/p"
     assert caught.value.field.startswith(field), caught.value
     assert message in caught.value.message, caught.value
+
+
+def test_each_mode_names_the_policy_that_set_it() -> None:
+    """The most specific policy whose mode is not UNSET (explain names it); none: the mesh default."""
+    assert _mode({}).source == "mesh default"
+    policies = _policies(
+        _pa(ROOT, "default", "STRICT"),
+        _pa("shop", "default", "UNSET"),
+        _pa("shop", "api", None, selector={"app": "api"}, ports={8080: {"mode": "DISABLE"}, 9090: {}}),
+        _pa("shop", "legacy", "DISABLE", selector={"app": "legacy"}),
+        _pa("other", "default", "PERMISSIVE"),
+    )
+    assert _mode(policies, "shop", app="cart").source == f"{ROOT}/default"  # the namespace's policy is UNSET
+    api = _mode(policies, "shop", app="api")
+    assert (api.source, api.source_for_port(8080), api.source_for_port(9090)) == (
+        f"{ROOT}/default",  # the workload policy's own mode is UNSET
+        "shop/api",  # its portLevelMtls set this port
+        f"{ROOT}/default",  # port-level UNSET inherits
+    )
+    assert _mode(policies, "shop", app="legacy").source == "shop/legacy"
+    assert _mode(policies, "other").source == "other/default"
+    renamed = _policies(_pa("shop", "old", "DISABLE", selector={"app": "legacy"}))
+    assert _mode(policies, "shop", app="legacy") != _mode(renamed, "shop", app="legacy")  # part of the keys
+
+
+def test_the_inbound_listener_metadata_names_them() -> None:
+    policies = _policies(_pa("shop", "api", "STRICT", selector={"app": "api"}, ports={8080: {"mode": "DISABLE"}}))
+    metadata = json_format.MessageToDict(mtls_metadata(_mode(policies, "shop", app="api")))
+    assert metadata == {
+        "filterMetadata": {
+            "meshd": {"peer_authentication": "shop/api", "peer_authentication_ports": {"8080": "shop/api"}}
+        }
+    }
+    assert json_format.MessageToDict(mtls_metadata(_mode({}))) == {
+        "filterMetadata": {"meshd": {"peer_authentication": "mesh default"}}
+    }

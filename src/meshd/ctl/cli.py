@@ -152,7 +152,7 @@ async def _server_side(args: argparse.Namespace, config: Any, request: Request, 
     call = Call(
         host=request.host, path=request.path, method=request.method, headers=request.headers,
         server_ip=address.address, server_port=address.port_value, client_ip=client_ip,
-        client_identity=args.from_identity, mtls=mtls, sni=sni,
+        client_identity=args.from_identity, mtls=mtls, sni=sni, service_port=request.port,
     )  # fmt: skip
     found.add("server", server, f"the proxy at the endpoint {address.address}:{address.port_value}")
     inbound = explain_inbound(server_config, call)

@@ -62,7 +62,7 @@ from meshd.translate.listeners import (
 )
 from meshd.translate.metrics import DESTINATION, SOURCE
 from meshd.translate.mtls import downstream_context, tls_socket
-from meshd.translate.peer_auth import InboundMtls
+from meshd.translate.peer_auth import InboundMtls, mtls_metadata
 from meshd.translate.proto import pack
 from meshd.translate.protocol import match_sniffed_http, port_protocol, sniff
 from meshd.translate.sidecar_ingress import (
@@ -255,6 +255,7 @@ def _virtual_inbound(
     listener = listener_pb2.Listener(
         name=naming.VIRTUAL_INBOUND, address=socket_address(ANY_ADDRESS, inbound_port), traffic_direction=INBOUND
     )
+    listener.metadata.CopyFrom(mtls_metadata(modes))
     listener.listener_filters.append(
         listener_components_pb2.ListenerFilter(
             name="envoy.filters.listener.original_dst", typed_config=pack(original_dst_pb2.OriginalDst())

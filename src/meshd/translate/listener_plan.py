@@ -120,8 +120,14 @@ class ListenerPlan:
 
     def _plan_port(self, port: int, services: list[MeshService]) -> PortPlan | None:
         if port in RESERVED_PORTS:
+            # A warning: the rest of the Service is served, and Istio's own gateway Services declare the
+            # status port 15021 (callers reach it directly, not through their sidecar's listeners).
             for s in services:
-                self._reject(s, f"port {port} is reserved for the sidecar")
+                self._reject(
+                    s,
+                    f"port {port} is reserved for the sidecar: not served through outbound listeners",
+                    severity="warning",
+                )
             return None
         served = []
         for s in services:

@@ -35,7 +35,7 @@ from meshd.translate.metrics import (
     tcp_metrics,
 )
 from meshd.translate.mtls import MTLS_ALPNS, downstream_context, tls_socket
-from meshd.translate.peer_auth import DISABLE, PERMISSIVE, STRICT, InboundMtls
+from meshd.translate.peer_auth import DISABLE, PERMISSIVE, STRICT, InboundMtls, mtls_metadata
 from meshd.translate.proto import duration, pack
 from meshd.translate.protocol import allow_upgrades, match_sniffed_http, mongo_filter, sniff
 from meshd.translate.proxy import Proxy
@@ -258,6 +258,7 @@ def _inbound_listener(
         address=socket_address(proxy.ip, inbound_port),
         traffic_direction=1,  # INBOUND
     )
+    listener.metadata.CopyFrom(mtls_metadata(modes))
     chains = []
     for mtls in (True, False):
         entries = [e for e in served if admits(modes.for_port(e[2]), mtls=mtls, sds=sds)]

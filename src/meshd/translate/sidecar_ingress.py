@@ -46,7 +46,7 @@ from meshd.translate.listeners import (
 )
 from meshd.translate.metrics import DESTINATION, http_stats_loggers, inbound_exchange_filters
 from meshd.translate.mtls import downstream_context, tls_socket
-from meshd.translate.peer_auth import InboundMtls
+from meshd.translate.peer_auth import InboundMtls, mtls_metadata
 from meshd.translate.proxy import Proxy
 from meshd.translate.spec import Ident, Spec
 
@@ -290,6 +290,7 @@ def _bound_listener(
         address=socket_address(address, port.port),
         traffic_direction=1,  # INBOUND
     )
+    listener.metadata.CopyFrom(mtls_metadata(modes))
     chains, inspect = ingress_chains(port, modes=modes, sds=sds, jwt=jwt, authz=authz)
     listener.filter_chains.extend(chains)
     if inspect:

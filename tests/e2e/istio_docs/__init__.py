@@ -3,6 +3,12 @@ each traffic-management task page's YAML (istio.io/latest/docs/tasks/traffic-man
 from the documented facts (names, hosts, matches, weights, faults, timeouts, policies) and applied
 unchanged. Only the Pod addresses of the workload files are templated.
 
+`SAMPLES`: Istio's own `samples/` files that use gateways, TCP routes and egress ServiceEntries
+(bookinfo-gateway, httpbin-gateway, helloworld-gateway, tcp-echo-all-v1 / tcp-echo-20-v2) and the egress
+task pages' YAML (egress-control, egress-gateway), applied unchanged by tests/e2e/test_istio_samples.py
+with the workload files of `SAMPLE_WORKLOADS` (the ingress and egress gateways of Istio's default install,
+helloworld, tcp-echo).
+
 A page step is the files the page has applied so far, in order. `kubectl apply` replaces an object that
 an earlier file created (virtual-service-reviews-test-v2.yaml replaces the `reviews` VirtualService of
 virtual-service-all-v1.yaml); a config directory would instead report two files defining one object. So
@@ -57,6 +63,21 @@ PAGES: dict[str, tuple[str, ...]] = {
 }
 
 
+# Istio's samples/ and the egress task pages: the files applied together for each step.
+SAMPLE_WORKLOADS = ("ingressgateway.yaml", "egressgateway.yaml", "helloworld.yaml", "tcp-echo.yaml")
+SAMPLES: dict[str, tuple[str, ...]] = {
+    "bookinfo-gateway": ("bookinfo-gateway.yaml",),
+    "httpbin-gateway": ("httpbin-gateway.yaml",),
+    "helloworld-gateway": ("helloworld-gateway.yaml",),
+    "tcp-echo/all-v1": ("tcp-echo-all-v1.yaml",),
+    "tcp-echo/20-v2": ("tcp-echo-all-v1.yaml", "tcp-echo-20-v2.yaml"),
+    "egress-control/httpbin-ext": ("egress-control-serviceentries.yaml",),
+    "egress-control/timeout": ("egress-control-serviceentries.yaml", "egress-control-httpbin-ext-timeout.yaml"),
+    "egress-gateway/http": ("egress-gateway-http.yaml",),
+    "egress-gateway/https": ("egress-gateway-https.yaml",),
+}
+
+
 def text(name: str) -> str:
     return (HERE / name).read_text()
 
@@ -64,6 +85,11 @@ def text(name: str) -> str:
 def workloads(addresses: dict[str, str]) -> dict[str, str]:
     """The workload files with Pod addresses filled in (`productpage_v1` -> `127.0.x.y`, ...)."""
     return {name: Template(text(name)).substitute(addresses) for name in WORKLOADS}
+
+
+def sample_workloads(addresses: dict[str, str]) -> dict[str, str]:
+    """The workload files of the samples with Pod addresses filled in (`ingressgateway` -> `127.0.x.y`, ...)."""
+    return {name: Template(text(name)).substitute(addresses) for name in SAMPLE_WORKLOADS}
 
 
 def documents(source: str) -> list[str]:
@@ -81,7 +107,7 @@ def object_file(document: str) -> str:
 def cluster_state(step: str) -> dict[str, str]:
     """What the cluster holds after a page step: config file name -> the object's document."""
     state: dict[str, str] = {}
-    for name in PAGES[step]:
+    for name in PAGES[step] if step in PAGES else SAMPLES[step]:
         for document in documents(text(name)):
             state[object_file(document)] = document
     return state
