@@ -52,6 +52,7 @@ NO_TRAFFIC_EFFECT: dict[Field, str] = {
     ("PolicyTargetReference", "group"): "as TargetRef.group (RequestAuthentication)",
     ("GatewayClassSpec", "description"): "a Gateway API GatewayClass's description is for people",
     ("RouteRule", "name"): "a Gateway API route rule's name is for status and policy attachment",
+    ("L4RouteRule", "name"): "as RouteRule.name (TCPRoute, TLSRoute)",
 }
 
 # Fields whose only accepted value is what meshd does anyway: validation refuses every other value, naming it.
