@@ -4,8 +4,9 @@ InvalidParameters), Gateway Accepted/Programmed (NoResources until a gateway pod
 address), listener conditions (UnsupportedProtocol, InvalidCertificateRef until the Secret exists) and
 attachedRoutes; HTTPRoute Accepted/ResolvedRefs per parent with NotAllowedByListeners,
 NoMatchingListenerHostname, NoMatchingParent, UnsupportedValue (a Service parent, an unsupported field),
-BackendNotFound, InvalidKind and RefNotPermitted until a ReferenceGrant allows the reference; a GRPCRoute
-refused on each parent. Another controller's GatewayClass and Gateways get nothing from meshd."""
+BackendNotFound, InvalidKind and RefNotPermitted until a ReferenceGrant allows the reference; TCPRoute and
+TLSRoute status on TCP / TLS Passthrough listeners; a GRPCRoute refused on each parent. Another controller's
+GatewayClass and Gateways get nothing from meshd."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ GW_NS = "gwapi-infra"
 APP_NS = "gwapi-apps"
 TEAM_NS = "gwapi-team"
 GW = "gateway.networking.k8s.io/v1"
+VERSIONS = {"TCPRoute": "gateway.networking.k8s.io/v1alpha2", "TLSRoute": "gateway.networking.k8s.io/v1alpha2"}
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -62,7 +64,7 @@ def parent_conditions(obj: dict[str, Any] | None, index: int = 0) -> dict[str, t
 
 async def wait_for(kube: KubeRest, kind: str, ns: str, name: str, check: Any, what: str) -> dict[str, Any]:
     async def probe() -> dict[str, Any] | None:
-        obj = await kube.get(GW, kind, ns, name)
+        obj = await kube.get(VERSIONS.get(kind, GW), kind, ns, name)
         return obj if obj is not None and check(obj) else None
 
     found: dict[str, Any] = await eventually(probe, timeout=60, what=what)
@@ -99,7 +101,10 @@ GATEWAY = {
             {"name": "same", "port": 8080, "protocol": "HTTP"},
             {"name": "https", "port": 443, "protocol": "HTTPS",
              "tls": {"mode": "Terminate", "certificateRefs": [{"name": "gw-cert"}]}},
-            {"name": "tcp", "port": 9000, "protocol": "TCP"},
+            {"name": "udp", "port": 9001, "protocol": "UDP"},
+            {"name": "tcp", "port": 9000, "protocol": "TCP", "allowedRoutes": {"namespaces": {"from": "All"}}},
+            {"name": "tls", "port": 8443, "protocol": "TLS", "hostname": "*.example.com",
+             "tls": {"mode": "Passthrough"}, "allowedRoutes": {"namespaces": {"from": "All"}}},
         ],
     },
 }  # fmt: skip
@@ -135,7 +140,10 @@ async def test_gateway_class_and_gateway_status(kube: KubeRest) -> None:
     listeners = {lst["name"]: lst for lst in gw["status"]["listeners"]}
     lc = {name: {c["type"]: (c["status"], c["reason"]) for c in lst["conditions"]} for name, lst in listeners.items()}
     assert lc["http"]["Accepted"] == ("True", "Accepted") and lc["http"]["Programmed"] == ("True", "Programmed")
-    assert lc["tcp"]["Accepted"] == ("False", "UnsupportedProtocol")
+    assert lc["udp"]["Accepted"] == ("False", "UnsupportedProtocol")
+    assert lc["tcp"]["Accepted"] == ("True", "Accepted") and lc["tls"]["Programmed"] == ("True", "Programmed")
+    assert listeners["tcp"]["supportedKinds"] == [{"group": "gateway.networking.k8s.io", "kind": "TCPRoute"}]
+    assert listeners["tls"]["supportedKinds"] == [{"group": "gateway.networking.k8s.io", "kind": "TLSRoute"}]
     assert lc["https"]["ResolvedRefs"] == ("False", "InvalidCertificateRef")
     assert listeners["http"]["supportedKinds"] == [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}]
 
@@ -232,6 +240,45 @@ async def test_a_route_kind_not_supported_yet_is_refused_on_its_parents(kube: Ku
                            "GRPCRoute refused")  # fmt: skip
     message = found["status"]["parents"][0]["conditions"][0]["message"]
     assert "GRPCRoute is not supported by meshd yet" in message, message
+
+
+async def test_tcp_and_tls_route_status(kube: KubeRest) -> None:
+    await kube.apply(service("db", APP_NS))
+    alpha = "gateway.networking.k8s.io/v1alpha2"
+
+    def l4(kind: str, name: str, section: str, backend: str, **spec: Any) -> dict[str, Any]:
+        return {"apiVersion": alpha, "kind": kind, "metadata": {"name": name, "namespace": APP_NS},
+                "spec": {"parentRefs": [{"name": "gw", "namespace": GW_NS, "sectionName": section}],
+                         "rules": [{"backendRefs": [{"name": backend, "port": 8080}]}], **spec}}  # fmt: skip
+
+    cases = {
+        ("TCPRoute", "tcp-ok"): (l4("TCPRoute", "tcp-ok", "tcp", "db"),
+                                 {"Accepted": ("True", "Accepted"), "ResolvedRefs": ("True", "ResolvedRefs")}),
+        ("TCPRoute", "tcp-missing"): (l4("TCPRoute", "tcp-missing", "tcp", "nowhere"),
+                                      {"Accepted": ("True", "Accepted"), "ResolvedRefs": ("False", "BackendNotFound")}),
+        ("TCPRoute", "tcp-on-tls"): (l4("TCPRoute", "tcp-on-tls", "tls", "db"),
+                                     {"Accepted": ("False", "NotAllowedByListeners")}),
+        ("TLSRoute", "tls-ok"): (l4("TLSRoute", "tls-ok", "tls", "db", hostnames=["db.example.com"]),
+                                 {"Accepted": ("True", "Accepted"), "ResolvedRefs": ("True", "ResolvedRefs")}),
+        ("TLSRoute", "tls-hostname"): (l4("TLSRoute", "tls-hostname", "tls", "db", hostnames=["db.other.org"]),
+                                       {"Accepted": ("False", "NoMatchingListenerHostname")}),
+        ("TLSRoute", "tls-on-tcp"): (l4("TLSRoute", "tls-on-tcp", "tcp", "db"),
+                                     {"Accepted": ("False", "NotAllowedByListeners")}),
+    }  # fmt: skip
+    for obj, _ in cases.values():
+        await kube.apply(obj)
+    for (kind, name), (_, expected) in cases.items():
+        await wait_for(
+            kube, kind, APP_NS, name,
+            lambda o, e=expected: all(parent_conditions(o).get(t) == v for t, v in e.items()),
+            f"{kind} {name}: {expected}",
+        )  # fmt: skip
+
+    def attached(o: dict[str, Any]) -> dict[str, int]:
+        return {lst["name"]: lst["attachedRoutes"] for lst in o["status"]["listeners"] if lst["name"] in ("tcp", "tls")}
+
+    await wait_for(kube, "Gateway", GW_NS, "gw", lambda o: attached(o) == {"tcp": 2, "tls": 1},
+                   "listener tcp: 2 TCPRoutes, tls: 1 TLSRoute")  # fmt: skip
 
 
 def _tls_pair() -> tuple[str, str]:

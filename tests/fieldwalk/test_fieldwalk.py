@@ -62,6 +62,7 @@ NO_TRAFFIC_EFFECT: dict[Field, str] = {
     ("WasmTargetRef", "group"): "as TargetRef.group (WasmPlugin)",
     ("WasmPluginSpec", "imagePullPolicy"): "meshd runs a module only with its digest (sha256 for http(s)://, a local "
     "file for file://); Istio applies the pull policy only to modules referenced without one",
+    ("L4RouteRule", "name"): "as RouteRule.name (TCPRoute, TLSRoute)",
 }
 
 # Fields whose only accepted value is what meshd does anyway: validation refuses every other value, naming it.

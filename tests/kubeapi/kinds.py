@@ -100,6 +100,8 @@ GATEWAY_API = (
         for kind, plural in (("Gateway", "gateways"), ("HTTPRoute", "httproutes"))
     ),
     Kind("gateway.networking.k8s.io", "GRPCRoute", "grpcroutes", versions=("v1",), status=True, crd=True),
+    Kind("gateway.networking.k8s.io", "TCPRoute", "tcproutes", versions=("v1alpha2",), status=True, crd=True),
+    Kind("gateway.networking.k8s.io", "TLSRoute", "tlsroutes", versions=("v1alpha2",), status=True, crd=True),
     Kind("gateway.networking.k8s.io", "ReferenceGrant", "referencegrants", versions=("v1beta1",), crd=True),
 )
 

@@ -819,16 +819,35 @@ def _gateway_api_change(rng: random.Random, routers: list[Proxy]) -> list[dict[s
         if rng.random() < 0.6:
             listeners.append({"name": "https", "port": 443, "protocol": "HTTPS",
                               "tls": {"certificateRefs": [{"name": rng.choice(["c1", "c2"])}]}})  # fmt: skip
-        if rng.random() < 0.3:
-            listeners.append({"name": "tcp", "port": 9000, "protocol": "TCP"})
-        return [
-            {
-                "apiVersion": gw_api,
-                "kind": "Gateway",
-                "metadata": {"name": "kgw", "namespace": ns},
-                "spec": {"gatewayClassName": rng.choice(["istio", "istio", "other"]), "listeners": listeners},
-            }
-        ]
+        if rng.random() < 0.8:
+            listeners.append({"name": "tcp", "port": 9000, "protocol": "TCP",
+                              "allowedRoutes": {"namespaces": {"from": rng.choice(["All", "Same"])}}})  # fmt: skip
+        if rng.random() < 0.5:
+            listeners.append({"name": "tls", "port": 9443, "protocol": "TLS", "tls": {"mode": "Passthrough"},
+                              "allowedRoutes": {"namespaces": {"from": "All"}},
+                              **({"hostname": "*.example.com"} if rng.random() < 0.5 else {})})  # fmt: skip
+        gateway = {
+            "apiVersion": gw_api,
+            "kind": "Gateway",
+            "metadata": {"name": "kgw", "namespace": ns},
+            "spec": {"gatewayClassName": rng.choice(["istio", "istio", "other"]), "listeners": listeners},
+        }
+        served_by = [r for r in routers if r.namespace == ns and rng.random() < 0.5]  # its pod (re)labelled too
+        return [gateway, *(_router_pod(r, "ingressgateway", "kgw") for r in served_by)]
+    if pick < 0.45:  # a TCPRoute or TLSRoute (weights, a missing backend, another namespace's)
+        kind = rng.choice(["TCPRoute", "TLSRoute"])
+        l4_backends = [{"name": rng.choice(["s1", "s2", "missing"]), "port": 9080, "weight": rng.choice([0, 1, 4])}]
+        if rng.random() < 0.5:
+            l4_backends.append({"name": "s2", "namespace": rng.choice(["a", "b"]), "port": 9080})
+        spec: dict[str, Any] = {
+            "parentRefs": [{"name": "kgw", "namespace": rng.choice(["a", "b"]),
+                            **({"sectionName": rng.choice(["tcp", "tls"])} if rng.random() < 0.5 else {})}],
+            "rules": [{"backendRefs": l4_backends}],
+        }  # fmt: skip
+        if kind == "TLSRoute":
+            spec["hostnames"] = rng.choice([["t.example.com"], ["t.example.com", "u.other.org"], []])
+        return [{"apiVersion": "gateway.networking.k8s.io/v1alpha2", "kind": kind,
+                 "metadata": {"name": rng.choice(["l1", "l2"]), "namespace": ns}, "spec": spec}]  # fmt: skip
     if pick < 0.6:
         backends = [{"name": rng.choice(["s1", "s2", "missing"]), "port": 9080, "weight": rng.choice([0, 1, 9])}]
         if rng.random() < 0.4:
@@ -953,6 +972,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     gateway_authz_seen = [0, 0, 0, 0]  # gateway listeners with jwt_authn, HTTP RBAC, network RBAC, trusted XFF
     gwapi_rng = random.Random(seed + 3000)  # Gateway API changes: a stream of their own
     gwapi_routes = 0
+    gwapi_l4 = 0
     for step in range(130):
         ns, name = rng.choice(["a", "b"]), rng.choice(["s1", "s2"])
         choice = rng.random()
@@ -1136,6 +1156,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
                 gateway_listeners.update(listeners_held)
                 held_routes = conn.snapshot.resources.get(ROUTE, {}).values()
                 gwapi_routes += sum(b"/kgw~" in r.body for r in held_routes)  # an HTTPRoute's VirtualService
+                gwapi_l4 += sum(b"/kgw~tcp/" in r.body or b"/kgw~tls/" in r.body for r in listeners_held.values())
                 gateway_secrets += len(conn.snapshot.resources.get(SECRET, {}))
                 gateway_authz_seen[3] += _trusted_xff(conn.snapshot)
                 for i, marker in enumerate((b"jwt_authn", b"filters.http.rbac", b"filters.network.rbac")):
@@ -1164,7 +1185,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     assert wasm_seen  # and WasmPlugins' filters reached listeners
     assert all(telemetry_seen), telemetry_seen  # and Telemetry access logs and tracers, on sidecars and gateways
     assert all(gateway_authz_seen), gateway_authz_seen  # and jwt_authn and RBAC (HTTP, TCP) reached gateways
-    assert gwapi_routes  # and HTTPRoutes reached the gateways
+    assert gwapi_routes and gwapi_l4  # and HTTPRoutes, TCPRoutes / TLSRoutes reached the gateways
 
 
 def test_virtual_service_errors_are_carried_across_pushes_and_follow_their_rule() -> None:

@@ -19,6 +19,7 @@ from meshd.api.gateway_api import (
     KubernetesGateway,
     ReferenceGrant,
 )
+from meshd.api.gateway_l4route import L4_ROUTE_VERSIONS, KubernetesTCPRoute, KubernetesTLSRoute
 from meshd.api.httproute import HTTPRoute
 from meshd.api.kube import EndpointSlice, Namespace, Pod, Secret, Service
 from meshd.api.meta import KUBERNETES_GATEWAY, InvalidResource, Resource, ResourceKey, field_path, kind_identity
@@ -53,6 +54,8 @@ KINDS: dict[str, tuple[type[Resource], tuple[str, ...]]] = {
     "HTTPRoute": (HTTPRoute, GATEWAY_API_VERSIONS),
     "ReferenceGrant": (ReferenceGrant, REFERENCE_GRANT_VERSIONS),
     "WasmPlugin": (WasmPlugin, ("extensions.istio.io/v1alpha1",)),
+    "TCPRoute": (KubernetesTCPRoute, L4_ROUTE_VERSIONS),
+    "TLSRoute": (KubernetesTLSRoute, L4_ROUTE_VERSIONS),
 }
 # Kinds without a namespace (their key's namespace is "").
 CLUSTER_SCOPED = frozenset({"GatewayClass", "Namespace"})
@@ -74,10 +77,6 @@ REFUSED_KINDS: dict[str, str] = {
     "from it (declare WorkloadEntries)",
     "GRPCRoute": "gateway.networking.k8s.io GRPCRoute is not supported by meshd yet: it attaches to no Gateway and "
     "routes nothing (use an HTTPRoute, or a VirtualService)",
-    "TCPRoute": "gateway.networking.k8s.io TCPRoute is not supported by meshd yet: it attaches to no Gateway and "
-    "routes nothing (use a VirtualService tcp route)",
-    "TLSRoute": "gateway.networking.k8s.io TLSRoute is not supported by meshd yet: it attaches to no Gateway and "
-    "routes nothing (use a VirtualService tls route)",
     "UDPRoute": "gateway.networking.k8s.io UDPRoute is not supported by meshd: UDP is not proxied",
     "BackendTLSPolicy": "gateway.networking.k8s.io BackendTLSPolicy is not supported by meshd yet: connections to "
     "the backend are not originated with TLS (use a DestinationRule)",

@@ -4,13 +4,15 @@ and so does the status writer, with the pods and Secrets it also knows of).
 
 A route attaches to a listener of one of meshd's Gateways when its parentRef names the Gateway (and the
 listener by `sectionName` / `port`, if given), the listener allows the route's namespace and kind, and their
-hostnames meet. A parentRef to a Service (mesh routing, GAMMA) or another kind is refused (UnsupportedValue).
+hostnames meet (a TCPRoute has no hostnames: it takes the listener's). HTTPRoutes become http routes
+(`http.py`), TCPRoutes and TLSRoutes tcp / tls routes (`l4.py`) of one VirtualService per listener and hostname.
+A parentRef to a Service (mesh routing, GAMMA) or another kind is refused (UnsupportedValue).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +20,8 @@ from pydantic import ValidationError
 
 from meshd.api.gateway import Gateway
 from meshd.api.gateway_api import CONTROLLER_NAMES, GatewayClass, KubernetesGateway, ParentReference, ReferenceGrant
-from meshd.api.httproute import BackendObjectReference, HTTPRoute
+from meshd.api.gateway_l4route import KubernetesTCPRoute, KubernetesTLSRoute, L4RouteRule
+from meshd.api.httproute import BackendObjectReference, HTTPRoute, RouteRule
 from meshd.api.kube import Namespace
 from meshd.api.meta import GATEWAY_API_GROUP, KUBERNETES_GATEWAY, InvalidResource, ResourceKey, field_path
 from meshd.api.virtualservice import VirtualService
@@ -26,9 +29,15 @@ from meshd.model.gateway_api.conditions import Condition, cond, rendered
 from meshd.model.gateway_api.grants import Grants
 from meshd.model.gateway_api.hostnames import intersect_hostnames
 from meshd.model.gateway_api.http import Precedence, http_routes
+from meshd.model.gateway_api.l4 import L4Order, l4_route
 from meshd.model.gateway_api.listeners import GATEWAY_NAME_LABEL, ListenerView, class_verdicts, listener_views
 
 ServiceIds = Mapping[tuple[str, str], frozenset[int]]  # (namespace, name) of a Kubernetes Service -> its ports
+AnyRoute = HTTPRoute | KubernetesTCPRoute | KubernetesTLSRoute
+# (namespace, Istio Gateway name, hostname) -> the routes of one VirtualService: http ones with their precedence,
+# tcp / tls ones with their order
+HttpEntries = dict[tuple[str, str, str], list[tuple[Precedence, dict[str, Any]]]]
+L4Entries = dict[tuple[str, str, str], list[tuple[L4Order, str, dict[str, Any]]]]
 
 
 @dataclass
@@ -43,7 +52,7 @@ class GatewayApiResult:
 class GatewayApiInputs:
     classes: tuple[GatewayClass, ...] = ()
     gateways: tuple[KubernetesGateway, ...] = ()
-    routes: tuple[HTTPRoute, ...] = ()
+    routes: tuple[AnyRoute, ...] = ()
     grants: tuple[ReferenceGrant, ...] = ()
     namespaces: tuple[Namespace, ...] = ()  # their labels: allowedRoutes selectors
 
@@ -77,7 +86,8 @@ def convert(
             continue  # another controller's
         views = listener_views(gateway, grants=grants, secrets=secrets) if verdict[0] else []
         listeners[(gateway.metadata.namespace, gateway.metadata.name)] = (gateway, views)
-    per_host: dict[tuple[str, str, str], list[tuple[Precedence, dict[str, Any]]]] = {}
+    per_host: HttpEntries = {}
+    per_host_l4: L4Entries = {}
     namespace_labels = {n.metadata.name: n.labels for n in inputs.namespaces}
     for route in sorted(inputs.routes, key=lambda r: r.key):
         _attach_route(
@@ -89,14 +99,15 @@ def convert(
             services=services,
             domain_suffix=domain_suffix,
             per_host=per_host,
+            per_host_l4=per_host_l4,
             result=result,
         )
     for gateway, views in listeners.values():
         _gateway_status(gateway, views, verdicts, gateway_pods=gateway_pods, result=result)
         result.gateways += [v.istio for v in views if v.istio is not None]
-    for key, entries in sorted(per_host.items()):
+    for key in sorted({*per_host, *per_host_l4}):
         try:
-            result.virtual_services.append(_virtual_service(key, entries))
+            result.virtual_services.append(_virtual_service(key, per_host.get(key, []), per_host_l4.get(key, [])))
         except ValidationError as exc:  # each route was checked alone: a bug, reported rather than raised
             owner = ResourceKey(KUBERNETES_GATEWAY, key[0], key[1].split("~", 1)[0])
             message = f"routes of hostname {key[2]!r} cannot be translated: {exc.errors()[0]['msg']}"
@@ -193,7 +204,7 @@ def _parent_ref(ref: ParentReference, namespace: str) -> dict[str, Any]:
 
 
 def _attach_route(
-    route: HTTPRoute,
+    route: AnyRoute,
     listeners: Mapping[tuple[str, str], tuple[KubernetesGateway, list[ListenerView]]],
     *,
     verdicts: Mapping[str, tuple[bool, str, str]],
@@ -201,7 +212,8 @@ def _attach_route(
     grants: Grants,
     services: ServiceIds,
     domain_suffix: str,
-    per_host: dict[tuple[str, str, str], list[tuple[Precedence, dict[str, Any]]]],
+    per_host: HttpEntries,
+    per_host_l4: L4Entries,
     result: GatewayApiResult,
 ) -> None:
     ns = route.metadata.namespace
@@ -229,6 +241,16 @@ def _attach_route(
             accepted, attach = _listeners_for(route, ref, listeners[target][1], labels)
         for view, hosts in attach:
             view.attached += 1
+            if not isinstance(route, HTTPRoute):
+                problem = _backend_problem(route, grants=grants, services=services)
+                for host in hosts:
+                    key = (view.gateway.metadata.namespace, view.istio_name, host)
+                    found = l4_route(
+                        route, port=view.listener.port, host=host, domain_suffix=domain_suffix, backend_problem=problem
+                    )
+                    if found is not None:
+                        per_host_l4.setdefault(key, []).append(found)
+                continue
             if entries is None:
                 entries = _route_entries(
                     route, domain_suffix=domain_suffix, services=services, grants=grants, result=result
@@ -252,7 +274,7 @@ def _attach_route(
 
 
 def _listeners_for(
-    route: HTTPRoute, ref: ParentReference, views: list[ListenerView], labels: dict[str, str]
+    route: AnyRoute, ref: ParentReference, views: list[ListenerView], labels: dict[str, str]
 ) -> tuple[Condition, list[tuple[ListenerView, list[str]]]]:
     named = [
         v
@@ -268,10 +290,13 @@ def _listeners_for(
             "Accepted",
             False,
             "NotAllowedByListeners",
-            f"no listener of the Gateway allows routes of kind HTTPRoute from namespace {route.metadata.namespace}",
+            f"no listener of the Gateway allows routes of kind {route.kind} from namespace {route.metadata.namespace}",
         ), []
     attach = []
     for view in allowed:
+        if isinstance(route, KubernetesTCPRoute):  # no hostnames: one VirtualService host for the port
+            attach.append((view, ["*"]))
+            continue
         hosts = intersect_hostnames(route.spec.hostnames, view.listener.hostname or "")
         if hosts:
             attach.append((view, hosts))
@@ -285,8 +310,8 @@ def _listeners_for(
     return cond("Accepted", True, "Accepted", "attached"), attach
 
 
-def _allows(view: ListenerView, route: HTTPRoute, labels: dict[str, str]) -> bool:
-    if "HTTPRoute" not in view.supported_kinds:
+def _allows(view: ListenerView, route: AnyRoute, labels: dict[str, str]) -> bool:
+    if route.kind not in view.supported_kinds:
         return False
     spec = view.listener.allowed_routes.namespaces
     if spec.from_ == "All":
@@ -297,12 +322,12 @@ def _allows(view: ListenerView, route: HTTPRoute, labels: dict[str, str]) -> boo
     return spec.selector.matches(labels)
 
 
-def _backend_problem(route: HTTPRoute, *, grants: Grants, services: ServiceIds) -> Any:
+def _backend_problem(route: AnyRoute, *, grants: Grants, services: ServiceIds) -> Any:
     def problem(group: str, kind: str, namespace: str, name: str, port: int | None) -> tuple[str, str] | None:
         if group not in ("", "core") or kind != "Service":
             return "InvalidKind", f"backend {group or 'core'}/{kind} {name}: only Services are supported"
         if namespace != route.metadata.namespace and not grants.allows(
-            from_kind="HTTPRoute",
+            from_kind=route.kind,
             from_namespace=route.metadata.namespace,
             to_kind="Service",
             to_namespace=namespace,
@@ -318,19 +343,21 @@ def _backend_problem(route: HTTPRoute, *, grants: Grants, services: ServiceIds) 
     return problem
 
 
-def _resolved_refs(route: HTTPRoute, *, grants: Grants, services: ServiceIds) -> tuple[Condition, str]:
+def _resolved_refs(route: AnyRoute, *, grants: Grants, services: ServiceIds) -> tuple[Condition, str]:
     """The route's ResolvedRefs condition and the field of its first unresolved reference ("" if none)."""
     problem = _backend_problem(route, grants=grants, services=services)
     ns = route.metadata.namespace
-    for r, rule in enumerate(route.spec.rules):
+    rules: Sequence[RouteRule | L4RouteRule] = route.spec.rules
+    for r, rule in enumerate(rules):
         refs: list[tuple[str, BackendObjectReference]] = [
             (f"backendRefs[{b}]", ref) for b, ref in enumerate(rule.backend_refs)
         ]
-        refs += [
-            (f"filters[{f}].requestMirror.backendRef", flt.request_mirror.backend_ref)
-            for f, flt in enumerate(rule.filters)
-            if flt.request_mirror is not None
-        ]
+        if isinstance(rule, RouteRule):
+            refs += [
+                (f"filters[{f}].requestMirror.backendRef", flt.request_mirror.backend_ref)
+                for f, flt in enumerate(rule.filters)
+                if flt.request_mirror is not None
+            ]
         for where, ref in refs:
             found = problem(ref.group, ref.kind, ref.namespace or ns, ref.name, ref.port)
             if found is not None:
@@ -356,23 +383,47 @@ def _route_entries(
     return kept
 
 
-def _vs_doc(name: str, namespace: str, host: str, http: list[dict[str, Any]], gateway: str = "") -> dict[str, Any]:
+def _vs_doc(
+    name: str, namespace: str, host: str, http: list[dict[str, Any]], gateway: str = "", **l4: list[dict[str, Any]]
+) -> dict[str, Any]:
+    spec = {
+        "hosts": [host],
+        "gateways": [gateway] if gateway else [],
+        "http": http,
+        **{k: v for k, v in l4.items() if v},
+    }
     return {
         "apiVersion": "networking.istio.io/v1",
         "kind": "VirtualService",
         "metadata": {"name": name, "namespace": namespace},
-        "spec": {"hosts": [host], "gateways": [gateway] if gateway else [], "http": http},
+        "spec": spec,
     }
 
 
-def _virtual_service(key: tuple[str, str, str], entries: list[tuple[Precedence, dict[str, Any]]]) -> VirtualService:
+def _virtual_service(
+    key: tuple[str, str, str],
+    entries: list[tuple[Precedence, dict[str, Any]]],
+    l4_entries: list[tuple[L4Order, str, dict[str, Any]]],
+) -> VirtualService:
     namespace, gateway, host = key
     http = [entry for _, entry in sorted(entries, key=lambda e: e[0])]
-    return VirtualService.model_validate(_vs_doc(f"{gateway}~{host}", namespace, host, http, f"{namespace}/{gateway}"))
+    ordered = sorted(l4_entries, key=lambda e: e[0])
+    tcp = [entry for _, kind, entry in ordered if kind == "tcp"]
+    tls = [entry for _, kind, entry in ordered if kind == "tls"]
+    doc = _vs_doc(f"{gateway}~{host}", namespace, host, http, f"{namespace}/{gateway}", tcp=tcp, tls=tls)
+    return VirtualService.model_validate(doc)
 
 
 # the kinds the conversion reads (Namespaces: for their labels)
-GATEWAY_API_KINDS = ("GatewayClass", KUBERNETES_GATEWAY, "HTTPRoute", "ReferenceGrant", "Namespace")
+GATEWAY_API_KINDS = (
+    "GatewayClass",
+    KUBERNETES_GATEWAY,
+    "HTTPRoute",
+    "TCPRoute",
+    "TLSRoute",
+    "ReferenceGrant",
+    "Namespace",
+)
 
 
 class GatewayApiConversion:
@@ -403,13 +454,15 @@ def _named_services(inputs: GatewayApiInputs) -> set[tuple[str, str]]:
     out: set[tuple[str, str]] = set()
     for route in inputs.routes:
         ns = route.metadata.namespace
-        for rule in route.spec.rules:
+        rules: Sequence[RouteRule | L4RouteRule] = route.spec.rules
+        for rule in rules:
             out.update((b.namespace or ns, b.name) for b in rule.backend_refs)
-            out.update(
-                (f.request_mirror.backend_ref.namespace or ns, f.request_mirror.backend_ref.name)
-                for f in rule.filters
-                if f.request_mirror is not None
-            )
+            if isinstance(rule, RouteRule):
+                out.update(
+                    (f.request_mirror.backend_ref.namespace or ns, f.request_mirror.backend_ref.name)
+                    for f in rule.filters
+                    if f.request_mirror is not None
+                )
     return out
 
 
@@ -424,10 +477,10 @@ def inputs_of(resources: Iterable[Any]) -> GatewayApiInputs:
     return GatewayApiInputs(
         classes=tuple(r for r in items if isinstance(r, GatewayClass)),
         gateways=tuple(r for r in items if isinstance(r, KubernetesGateway)),
-        routes=tuple(r for r in items if isinstance(r, HTTPRoute)),
+        routes=tuple(r for r in items if isinstance(r, (HTTPRoute, KubernetesTCPRoute, KubernetesTLSRoute))),
         grants=tuple(r for r in items if isinstance(r, ReferenceGrant)),
         namespaces=tuple(r for r in items if isinstance(r, Namespace)),
     )
 
 
-_KINDS = (GatewayClass, KubernetesGateway, HTTPRoute, ReferenceGrant, Namespace)
+_KINDS = (GatewayClass, KubernetesGateway, HTTPRoute, KubernetesTCPRoute, KubernetesTLSRoute, ReferenceGrant, Namespace)

@@ -23,8 +23,22 @@ GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 # On the Istio Gateways meshd derives from a Gateway API listener: they select gateway proxies of their own
 # namespace only (translate/gateway/select.py), as a Gateway API Gateway's pods live with it.
 LISTENER_ANNOTATION = "internal.meshd.io/gateway-api-listener"
-PROTOCOLS = ("HTTP", "HTTPS")
-ROUTE_KINDS = {"HTTP": ("HTTPRoute",), "HTTPS": ("HTTPRoute",)}
+PROTOCOLS = ("HTTP", "HTTPS", "TCP", "TLS")
+# The route kinds each listener protocol (TLS: and mode) takes.
+ROUTE_KINDS = {
+    "HTTP": ("HTTPRoute",),
+    "HTTPS": ("HTTPRoute",),
+    "TCP": ("TCPRoute",),
+    "TLS/Passthrough": ("TLSRoute",),
+    "TLS/Terminate": ("TCPRoute",),
+}
+
+
+def route_kinds(listener: Listener) -> tuple[str, ...]:
+    """The route kinds a listener serves (a TLS listener: TLSRoute passed through, TCPRoute terminated)."""
+    if listener.protocol == "TLS":
+        return ROUTE_KINDS[f"TLS/{listener.tls.mode if listener.tls is not None else 'Terminate'}"]
+    return ROUTE_KINDS.get(listener.protocol, ())
 
 
 @dataclass
@@ -75,7 +89,7 @@ def listener_views(
 
 
 def _supported_kinds(listener: Listener) -> tuple[str, ...]:
-    allowed = ROUTE_KINDS.get(listener.protocol, ())
+    allowed = route_kinds(listener)
     asked = listener.allowed_routes.kinds
     if not asked:
         return allowed
@@ -120,7 +134,7 @@ def _check_listener(view: ListenerView, *, grants: Grants, secrets: Collection[t
         refs = (
             "InvalidRouteKinds",
             "allowedRoutes.kinds names a kind meshd does not serve on this listener "
-            f"(supported: {', '.join(ROUTE_KINDS.get(listener.protocol, ())) or 'none'})",
+            f"(supported: {', '.join(route_kinds(listener)) or 'none'})",
         )
     if refs is not None:
         view.conditions.append(cond("ResolvedRefs", False, *refs))
@@ -149,10 +163,14 @@ def _resolve_tls(
     tls = listener.tls
     if listener.protocol == "HTTP":
         return ("InvalidCertificateRef", "tls: an HTTP listener takes no TLS settings") if tls is not None else None
-    if listener.protocol != "HTTPS":
+    if listener.protocol == "TCP":
+        return ("InvalidCertificateRef", "tls: a TCP listener takes no TLS settings") if tls is not None else None
+    if listener.protocol == "TLS" and tls is not None and tls.mode == "Passthrough":
+        return None  # the client's TLS passes through: no certificate of the Gateway's
+    if listener.protocol not in ("HTTPS", "TLS"):
         return None
     if tls is None or tls.mode != "Terminate" or not tls.certificate_refs:
-        return "InvalidCertificateRef", "an HTTPS listener needs tls.mode Terminate and certificateRefs"
+        return "InvalidCertificateRef", f"an {listener.protocol} listener needs tls.mode Terminate and certificateRefs"
     if len(tls.certificate_refs) > 2:
         return "InvalidCertificateRef", "at most 2 certificateRefs (an RSA and an ECDSA certificate) are supported"
     for i, ref in enumerate(tls.certificate_refs):
@@ -183,7 +201,11 @@ def _istio_gateway(view: ListenerView) -> Gateway:
         "port": {"number": listener.port, "name": listener.name, "protocol": listener.protocol},
         "hosts": [f"*/{listener.hostname or '*'}"],
     }
-    if listener.protocol == "HTTPS" and listener.tls is not None:
+    if listener.protocol == "TCP":
+        server["hosts"] = ["*/*"]
+    if listener.protocol == "TLS" and listener.tls is not None and listener.tls.mode == "Passthrough":
+        server["tls"] = {"mode": "PASSTHROUGH"}
+    elif listener.protocol in ("HTTPS", "TLS") and listener.tls is not None:
         names = [ref.name for ref in listener.tls.certificate_refs]
         server["tls"] = (
             {"mode": "SIMPLE", "credentialName": names[0]}
