@@ -21,9 +21,12 @@ import aiohttp
 from meshd.agent.bootstrap import build_bootstrap
 from meshd.agent.envoy import EnvoyProcess
 from meshd.demo.apps import AppServer, start_app
+from tests.e2e.workers import worker_slot
 
-# A per-process start: test runs side by side (several worktrees on one machine) rarely collide.
-_subnets = itertools.count(int(os.environ.get("MESHD_E2E_SUBNET_BASE", str(os.getpid() % 200))))
+# A per-process start: test runs side by side (several worktrees on one machine) rarely collide; the workers
+# of one pytest-xdist run take disjoint slots (tests/e2e/workers.py).
+_SUBNET_START = int(os.environ.get("MESHD_E2E_SUBNET_BASE", str(os.getpid() % 200)))
+_subnets = itertools.count()
 
 
 # Tail sizes of the logs a failing test shows.
@@ -72,7 +75,7 @@ def log_tail(title: str, text: str, size: int) -> str:
 
 def next_subnet() -> str:
     """A fresh `127.0.N` prefix for one test."""
-    return f"127.0.{next(_subnets) % 200 + 20}"
+    return f"127.0.{worker_slot(next(_subnets), span=200, start=_SUBNET_START) + 20}"
 
 
 def free_port() -> int:
