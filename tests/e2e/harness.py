@@ -29,6 +29,11 @@ _SUBNET_START = int(os.environ.get("MESHD_E2E_SUBNET_BASE", str(os.getpid() % 20
 _subnets = itertools.count()
 
 
+# How long a process the harness starts may take to be ready: generous, since the suite runs on several
+# workers on a shared machine and a Python process's imports alone can take tens of seconds there; a poll,
+# so an idle machine does not wait for it.
+START_TIMEOUT_S = 60.0
+
 # Tail sizes of the logs a failing test shows.
 MESHD_LOG_TAIL = 6000
 SIDECAR_LOG_TAIL = 3000
@@ -145,7 +150,7 @@ class Meshd:
         )  # fmt: skip
         log.close()
         if wait_ready:
-            await eventually(self.ready, timeout=20, what="meshd /ready")
+            await eventually(self.ready, timeout=START_TIMEOUT_S, what="meshd /ready")
 
     async def ready(self) -> bool:
         async with self.session.get(self.url("/ready")) as resp:
@@ -286,7 +291,7 @@ class Mesh:
         )
         self.envoys[pod] = envoy
         await envoy.start()
-        await envoy.wait_ready(timeout_s=20)
+        await envoy.wait_ready(timeout_s=START_TIMEOUT_S)
         return envoy
 
     async def agent_sidecar(
