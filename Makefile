@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BENCH_ARGS ?=
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 4
 
 # Exact versions of every runtime and dev dependency (pip-compile output); `make lock` rewrites it.
 LOCK := requirements/dev.lock
@@ -38,9 +39,13 @@ demo: setup
 	$(PY) -m meshd demo
 
 ## make test: lint, then every test (unit, golden, real-Envoy end-to-end); with ../shared/envtest present,
-## KUBEBUILDER_ASSETS names its unpacked copy (tools/envtest-assets.sh) and the real-API-server tests run
+## KUBEBUILDER_ASSETS names its unpacked copy (tools/envtest-assets.sh) and the real-API-server tests run.
+## The tests run on TEST_WORKERS pytest-xdist workers, a test file per worker at a time (--dist loadfile: a
+## module's fixtures stay in one process); most e2e time is waiting on processes, so more workers than cores
+## pays. TEST_WORKERS=0 runs them in this one process.
 test: setup lint
-	KUBEBUILDER_ASSETS="$${KUBEBUILDER_ASSETS:-$$(sh tools/envtest-assets.sh)}" $(PY) -m pytest -q $(PYTEST_ARGS)
+	KUBEBUILDER_ASSETS="$${KUBEBUILDER_ASSETS:-$$(sh tools/envtest-assets.sh)}" $(PY) -m pytest -q \
+		-n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks tools

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-pytest_plugins = ["tests.kubeapi.fixtures", "tests.kubereal.fixtures"]
+pytest_plugins = ["tests.kubeapi.fixtures", "tests.kubereal.fixtures", "tests.xdist_scheduling"]
 
 # Loop iterations a task that is already finishing (e.g. cancelled, not yet run) gets to complete.
 _SETTLE_ITERATIONS = 20

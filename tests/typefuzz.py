@@ -88,10 +88,11 @@ def replaced(doc: Any, path: Path, new: Any) -> Any:
     return out
 
 
-def mutants(doc: dict[str, Any]) -> Iterator[tuple[Path, Any]]:
+def confusions(doc: dict[str, Any]) -> Iterator[tuple[Path, Any]]:
+    """Each (path, confused value) of a document: `replaced(doc, path, value)` is a mutant."""
     for path in paths(doc):
         for value in CONFUSED:
-            yield path, replaced(doc, path, value)
+            yield path, value
 
 
 @dataclass(frozen=True)
@@ -131,9 +132,12 @@ def generate_crash(resources: list[Resource]) -> str | None:
     return None
 
 
-def fuzz(*, generate: bool, limit: int | None = None) -> tuple[int, list[Crash]]:
-    """Run every mutant (up to `limit`); returns (mutants tried, crashes)."""
+def fuzz(*, generate: bool, limit: int | None = None, shard: tuple[int, int] = (0, 1)) -> tuple[int, list[Crash]]:
+    """Run every mutant (up to `limit`); returns (mutants tried, crashes). `shard` (i, n): only every n-th
+    mutant, from the i-th on; the n shards together run every mutant once."""
     tried, crashes = 0, []
+    which, shards = shard
+    number = -1
     for docs in seed_files():
         rest_of = {
             i: [r for j, d in enumerate(docs) if j != i for r in [_parse_or_none(d)] if r is not None]
@@ -141,10 +145,14 @@ def fuzz(*, generate: bool, limit: int | None = None) -> tuple[int, list[Crash]]
         }
         for index, doc in enumerate(docs):
             kind = str(doc.get("kind"))
-            for path, mutant in mutants(doc):
+            for path, value in confusions(doc):
+                number += 1
+                if number % shards != which:
+                    continue
                 if limit is not None and tried >= limit:
                     return tried, crashes
                 tried += 1
+                mutant = replaced(doc, path, value)
                 resource, crash = parse_crash(mutant)
                 if crash is not None:
                     crashes.append(Crash("parse", kind, path, crash))

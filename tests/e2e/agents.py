@@ -69,7 +69,7 @@ class _AgentBase:
         async with self.session.get(f"http://{self.ip}:{self.status_port}/healthz/ready") as resp:
             return resp.status == 200
 
-    async def wait_ready(self, timeout: float = 30) -> None:
+    async def wait_ready(self, timeout: float = 60) -> None:
         await eventually(self.ready, timeout=timeout, what=f"agent {self.workdir} /healthz/ready")
 
 

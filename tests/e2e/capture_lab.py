@@ -17,6 +17,7 @@ import sys
 import uuid
 
 from tests.e2e.netns import netns_unavailable
+from tests.e2e.workers import worker_slot
 
 PROXY_UID = 1337
 _labs = itertools.count()
@@ -41,7 +42,7 @@ class Lab:
 
     def __init__(self) -> None:
         base = int(os.environ.get("MESHD_E2E_SUBNET_BASE", "60"))
-        self.prefix = f"10.{200 + base % 50}.{(os.getpid() + next(_labs)) % 250}"
+        self.prefix = f"10.{200 + base % 50}.{worker_slot(next(_labs), span=250, start=os.getpid())}"
         self.tag = uuid.uuid4().hex[:6]
         self.node = f"mcap-{self.tag}-node"
         self.namespaces: list[str] = []

@@ -21,10 +21,18 @@ import aiohttp
 from meshd.agent.bootstrap import build_bootstrap
 from meshd.agent.envoy import EnvoyProcess
 from meshd.demo.apps import AppServer, start_app
+from tests.e2e.workers import worker_slot
 
-# A per-process start: test runs side by side (several worktrees on one machine) rarely collide.
-_subnets = itertools.count(int(os.environ.get("MESHD_E2E_SUBNET_BASE", str(os.getpid() % 200))))
+# A per-process start: test runs side by side (several worktrees on one machine) rarely collide; the workers
+# of one pytest-xdist run take disjoint slots (tests/e2e/workers.py).
+_SUBNET_START = int(os.environ.get("MESHD_E2E_SUBNET_BASE", str(os.getpid() % 200)))
+_subnets = itertools.count()
 
+
+# How long a process the harness starts may take to be ready: generous, since the suite runs on several
+# workers on a shared machine and a Python process's imports alone can take tens of seconds there; a poll,
+# so an idle machine does not wait for it.
+START_TIMEOUT_S = 60.0
 
 # Tail sizes of the logs a failing test shows.
 MESHD_LOG_TAIL = 6000
@@ -72,7 +80,7 @@ def log_tail(title: str, text: str, size: int) -> str:
 
 def next_subnet() -> str:
     """A fresh `127.0.N` prefix for one test."""
-    return f"127.0.{next(_subnets) % 200 + 20}"
+    return f"127.0.{worker_slot(next(_subnets), span=200, start=_SUBNET_START) + 20}"
 
 
 def free_port() -> int:
@@ -142,7 +150,7 @@ class Meshd:
         )  # fmt: skip
         log.close()
         if wait_ready:
-            await eventually(self.ready, timeout=20, what="meshd /ready")
+            await eventually(self.ready, timeout=START_TIMEOUT_S, what="meshd /ready")
 
     async def ready(self) -> bool:
         async with self.session.get(self.url("/ready")) as resp:
@@ -283,7 +291,7 @@ class Mesh:
         )
         self.envoys[pod] = envoy
         await envoy.start()
-        await envoy.wait_ready(timeout_s=20)
+        await envoy.wait_ready(timeout_s=START_TIMEOUT_S)
         return envoy
 
     async def agent_sidecar(

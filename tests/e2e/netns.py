@@ -16,6 +16,8 @@ import shutil
 import subprocess
 import uuid
 
+from tests.e2e.workers import worker_slot
+
 _labs = itertools.count()
 PROXY_UID = 1337
 
@@ -82,7 +84,7 @@ class Lab:
     def __init__(self, *, host_bridge: bool = False) -> None:
         base = int(os.environ.get("MESHD_E2E_SUBNET_BASE", "60")) % 250
         index = next(_labs)
-        self.prefix = f"10.{base}.{(os.getpid() + index) % 250}"
+        self.prefix = f"10.{base}.{worker_slot(index, span=250, start=os.getpid())}"
         self.tag = f"meshd-{os.getpid()}-{index}"
         self.node = Namespace(name="" if host_bridge else f"{self.tag}-node", ip=f"{self.prefix}.1")
         self.bridge = f"mbr{os.getpid() % 100000}x{index}" if host_bridge else "br0"

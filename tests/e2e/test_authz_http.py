@@ -31,6 +31,7 @@ from tests.e2e.authz_helpers import (
     stat,
 )
 from tests.e2e.harness import Mesh, eventually, logs_on_failure
+from tests.e2e.workloads import meshed_service_yaml
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -40,27 +41,6 @@ WEB_HOST = "web.default.svc.cluster.local:9080"
 DENIED = "RBAC: access denied"
 
 MESH_YAML = """\
-apiVersion: v1
-kind: Service
-metadata: {{name: web, namespace: default}}
-spec:
-  ports: [{{name: http, port: 9080, targetPort: 8080}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: web, namespace: default, labels: {{app: web, security.istio.io/tlsMode: istio}}}}
-spec: {{serviceAccountName: web}}
-status: {{podIP: {web}}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: web, namespace: default, labels: {{kubernetes.io/service-name: web}}}}
-addressType: IPv4
-ports: [{{name: http, port: 8080}}]
-endpoints:
-- addresses: [{web}]
-  targetRef: {{kind: Pod, name: web, namespace: default}}
----
 apiVersion: v1
 kind: Service
 metadata: {{name: ext-authz, namespace: authz}}
@@ -136,7 +116,8 @@ async def authz(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Authz
         mesh_config = work / "mesh.yaml"
         mesh_config.write_text(MESH_CONFIG)
         m.meshd.extra_args = ("--ca-token-file", str(tokens), "--mesh-config", str(mesh_config))
-        m.write("mesh.yaml", MESH_YAML.format(web=m.ip(WEB), http_authz=m.ip(HTTP_AUTHZ), grpc_authz=m.ip(GRPC_AUTHZ)))
+        web = meshed_service_yaml("web", ip=m.ip(WEB), service_account="web")
+        m.write("mesh.yaml", web + "---\n" + MESH_YAML.format(http_authz=m.ip(HTTP_AUTHZ), grpc_authz=m.ip(GRPC_AUTHZ)))
         m.write("authz.yaml", "")
         await m.meshd.start()
         out = AuthzMesh(m)

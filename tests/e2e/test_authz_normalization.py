@@ -26,38 +26,20 @@ import pytest_asyncio
 
 from tests.e2e.authz_helpers import authorization, converge, raw_request, received_paths, snapshot
 from tests.e2e.harness import Mesh, eventually, logs_on_failure
+from tests.e2e.workloads import meshed_service_yaml
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
 WEB = 2
 AUTHORITY = "web.default.svc.cluster.local:9080"
-CONFIG = """\
-apiVersion: v1
-kind: Service
-metadata: {{name: web, namespace: default}}
-spec:
-  ports: [{{name: http, port: 9080, targetPort: 8080}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: web, namespace: default, labels: {{app: web, security.istio.io/tlsMode: istio}}}}
-status: {{podIP: {web}}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: web, namespace: default, labels: {{kubernetes.io/service-name: web}}}}
-addressType: IPv4
-ports: [{{name: http, port: 8080}}]
-endpoints:
-- addresses: [{web}]
----
+DENY_ADMIN = """\
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
-metadata: {{name: deny-admin, namespace: default}}
+metadata: {name: deny-admin, namespace: default}
 spec:
   action: DENY
   rules:
-  - to: [{{operation: {{paths: [/admin, "/admin/*"]}}}}]
+  - to: [{operation: {paths: [/admin, "/admin/*"]}}]
 """
 REQUESTS = (
     "/admin", "/admin/x", "/public/../admin", "/admin/../admin", "/./admin", "/%61dmin", "//admin", "/admin%2Fx",
@@ -81,7 +63,7 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
     async with logs_on_failure(Mesh(work_dir=work, delta=False)) as m:
         m.meshd.extra_args = ("--mesh-config", str(work / "mesh.yaml"))
         (work / "mesh.yaml").write_text("{}\n")
-        m.write("web.yaml", CONFIG.format(web=m.ip(WEB)))
+        m.write("web.yaml", meshed_service_yaml("web", ip=m.ip(WEB), target_ref=False) + "---\n" + DENY_ADMIN)
         await m.meshd.start()
         await m.app(service="web", version="v1", pod="web", ip=m.ip(WEB))
         await m.sidecar(pod="web", ip=m.ip(WEB))

@@ -12,11 +12,13 @@ import pytest
 
 from meshd.agent.envoy import EnvoyError, EnvoyProcess
 from meshd.demo.apps import Upstream, start_app
+from tests.e2e.harness import next_subnet
 
 pytestmark = pytest.mark.e2e
 
-IP = "127.0.30.1"  # the sidecar, and the app that calls through it
-CATALOG_IP = "127.0.30.2"
+_SUBNET = next_subnet()  # this worker's own: no other test binds it meanwhile
+IP = f"{_SUBNET}.1"  # the sidecar, and the app that calls through it
+CATALOG_IP = f"{_SUBNET}.2"
 ROUTER = {
     "name": "envoy.filters.http.router",
     "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},

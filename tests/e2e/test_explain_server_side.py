@@ -18,6 +18,7 @@ import pytest_asyncio
 from tests.e2e.agents import write_ca_tokens
 from tests.e2e.authz_helpers import converge, snapshot
 from tests.e2e.harness import Mesh, eventually, logs_on_failure
+from tests.e2e.workloads import meshed_service_yaml
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -27,28 +28,6 @@ WEB_HOST = "web.default.svc.cluster.local:9080"
 CLIENT_ID = "spiffe://cluster.local/ns/default/sa/client"
 INTRUDER_ID = "spiffe://cluster.local/ns/bar/sa/intruder"
 
-MESH_YAML = """\
-apiVersion: v1
-kind: Service
-metadata: {{name: web, namespace: default}}
-spec:
-  ports: [{{name: http, port: 9080, targetPort: 8080}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: web, namespace: default, labels: {{app: web, security.istio.io/tlsMode: istio}}}}
-spec: {{serviceAccountName: web}}
-status: {{podIP: {web}}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: web, namespace: default, labels: {{kubernetes.io/service-name: web}}}}
-addressType: IPv4
-ports: [{{name: http, port: 8080}}]
-endpoints:
-- addresses: [{web}]
-  targetRef: {{kind: Pod, name: web, namespace: default}}
-"""
 
 POLICIES = """\
 apiVersion: security.istio.io/v1
@@ -84,7 +63,7 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
     async with logs_on_failure(Mesh(work_dir=work, delta=False)) as m:
         tokens = write_ca_tokens(work / "tokens.yaml", TOKENS)
         m.meshd.extra_args = ("--ca-token-file", str(tokens))
-        m.write("mesh.yaml", MESH_YAML.format(web=m.ip(WEB)))
+        m.write("mesh.yaml", meshed_service_yaml("web", ip=m.ip(WEB), service_account="web"))
         m.write("policies.yaml", "")
         await m.meshd.start()
         await m.app(service="web", version="v1", pod="web", ip=m.ip(WEB))

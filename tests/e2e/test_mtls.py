@@ -16,6 +16,7 @@ import pytest
 
 from tests.e2e.agents import AgentProcess, write_ca_tokens
 from tests.e2e.harness import Mesh, eventually, logs_on_failure
+from tests.e2e.workloads import meshed_service_yaml
 
 pytestmark = pytest.mark.e2e
 
@@ -29,28 +30,6 @@ kind: Pod
 metadata: {{name: client, namespace: default, labels: {{app: client, security.istio.io/tlsMode: istio}}}}
 spec: {{serviceAccountName: client}}
 status: {{podIP: {client}}}
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: web, namespace: default, labels: {{app: web, security.istio.io/tlsMode: istio}}}}
-spec: {{serviceAccountName: web}}
-status: {{podIP: {web}}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: web, namespace: default}}
-spec:
-  selector: {{app: web}}
-  ports: [{{name: http, port: 9080, targetPort: 8080}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: web-1, namespace: default, labels: {{kubernetes.io/service-name: web}}}}
-addressType: IPv4
-ports: [{{name: http, port: 8080}}]
-endpoints:
-- addresses: [{web}]
-  targetRef: {{kind: Pod, name: web, namespace: default}}
 """
 
 
@@ -122,7 +101,8 @@ async def mtls(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> AsyncI
         m = MtlsMesh(mesh)
         tokens = {"tok-client": ("default", "client"), "tok-web": ("default", "web")}
         mesh.meshd.extra_args = ("--ca-token-file", str(write_ca_tokens(tmp_path / "tokens.yaml", tokens)))
-        mesh.write("mesh.yaml", MESH.format(client=m.client_ip, web=m.web_ip))
+        web = meshed_service_yaml("web", ip=m.web_ip, service_account="web", selector=True, slice_name="web-1")
+        mesh.write("mesh.yaml", MESH.format(client=m.client_ip) + "---\n" + web)
         await mesh.meshd.start()
         await mesh.app(service="web", version="v1", pod="web", ip=m.web_ip)
         await m.agent(pod="client", ip=m.client_ip, account="client")

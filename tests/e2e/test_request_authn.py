@@ -19,32 +19,11 @@ import pytest
 
 from tests.e2e.harness import Mesh, eventually, free_port, logs_on_failure
 from tests.e2e.jwks_server import JwksServer
+from tests.e2e.workloads import meshed_service_yaml
 from tests.jwt_tokens import SigningKey, decode_payload, jwks, tampered, token
 
 pytestmark = pytest.mark.e2e
 
-MESH = """\
-apiVersion: v1
-kind: Pod
-metadata: {{name: web, namespace: default, labels: {{app: web}}}}
-status: {{podIP: {web}}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: web, namespace: default}}
-spec:
-  selector: {{app: web}}
-  ports: [{{name: http, port: 9080, targetPort: 8080}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: web-1, namespace: default, labels: {{kubernetes.io/service-name: web}}}}
-addressType: IPv4
-ports: [{{name: http, port: 8080}}]
-endpoints:
-- addresses: [{web}]
-  targetRef: {{kind: Pod, name: web, namespace: default}}
-"""
 
 ISSUER = "https://issuer.example.com"
 
@@ -122,7 +101,8 @@ async def jwt_mesh(tmp_path: pathlib.Path) -> AsyncIterator[JwtMesh]:
         web_ip = mesh.ip(2)
         issuer = await JwksServer(host=mesh.ip(60), port=free_port(), keys=[]).start()
         try:
-            mesh.write("mesh.yaml", MESH.format(web=web_ip))
+            web = meshed_service_yaml("web", ip=web_ip, selector=True, sidecar=False, slice_name="web-1")
+            mesh.write("mesh.yaml", web)
             await mesh.meshd.start()
             await mesh.app(service="web", version="v1", pod="web", ip=web_ip)
             await mesh.sidecar(pod="web", ip=web_ip)

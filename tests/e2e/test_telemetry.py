@@ -25,6 +25,7 @@ from tests.e2e.agents import write_ca_tokens
 from tests.e2e.harness import Mesh, eventually, logs_on_failure
 from tests.e2e.l4_servers import Servers, read_line
 from tests.e2e.telemetry_collectors import OtlpCollector, Span, ZipkinCollector
+from tests.e2e.workloads import meshed_service_yaml
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -52,27 +53,6 @@ addressType: IPv4
 ports: [{{name: tcp-db, port: 5432}}]
 endpoints:
 - addresses: [{db}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: web, namespace: default}}
-spec:
-  ports: [{{name: http, port: 9080, targetPort: 8080}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: web, namespace: default, labels: {{app: web, security.istio.io/tlsMode: istio}}}}
-spec: {{serviceAccountName: web}}
-status: {{podIP: {web}}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: web, namespace: default, labels: {{kubernetes.io/service-name: web}}}}
-addressType: IPv4
-ports: [{{name: http, port: 8080}}]
-endpoints:
-- addresses: [{web}]
-  targetRef: {{kind: Pod, name: web, namespace: default}}
 ---
 apiVersion: v1
 kind: Pod
@@ -250,8 +230,9 @@ async def tm(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Telemetr
         m.meshd.extra_args = ("--ca-token-file", str(tokens), "--mesh-config", str(work / "mesh.yaml"))
         m.write(
             "mesh.yaml",
-            MESH_YAML.format(
-                web=m.ip(WEB),
+            meshed_service_yaml("web", ip=m.ip(WEB), service_account="web")
+            + "---\n"
+            + MESH_YAML.format(
                 client=m.ip(CLIENT),
                 gateway=m.ip(GATEWAY),
                 zipkin=m.ip(ZIPKIN),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
@@ -82,10 +83,15 @@ def test_parse_file_of_any_documents_keeps_the_valid_and_reports_the_rest(docs: 
         assert resource.key in result.resources or any(e.key == resource.key for e in result.errors)
 
 
-def test_exhaustive_type_confusion_crashes_nothing_at_parse_or_generation() -> None:
-    """Every value of every golden/example document replaced by each confused value (~57,000 documents): each
-    parses or is refused, and what parses generates every proxy's config without an exception (a route weight
-    of 99999999999 used to pass validation and make every generation raise)."""
-    tried, crashes = fuzz(generate=True)
-    assert tried > 50_000
+FUZZ_SHARDS = 8  # independent tests: `make test` shares them among its workers (tests/xdist_scheduling.py)
+
+
+@pytest.mark.parametrize("shard", range(FUZZ_SHARDS))
+def test_exhaustive_type_confusion_crashes_nothing_at_parse_or_generation(shard: int) -> None:
+    """Every value of every golden/example document replaced by each confused value (~57,000 documents, every
+    FUZZ_SHARDS-th one per shard: the shards together try each once): each parses or is refused, and what
+    parses generates every proxy's config without an exception (a route weight of 99999999999 used to pass
+    validation and make every generation raise)."""
+    tried, crashes = fuzz(generate=True, shard=(shard, FUZZ_SHARDS))
+    assert tried > 50_000 // FUZZ_SHARDS
     assert crashes == []

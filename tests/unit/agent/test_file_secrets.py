@@ -8,8 +8,9 @@ import asyncio
 import contextlib
 import logging
 import pathlib
+from collections.abc import Callable
 
-from meshd.agent.file_secrets import file_secret, serve_files
+from meshd.agent.file_secrets import file_secret, read_file, serve_files
 from meshd.agent.sds import SecretState
 from tests.certs import Authority
 
@@ -35,17 +36,26 @@ async def test_the_agent_serves_what_envoy_asks_for_once_it_exists(tmp_path: pat
     ca = Authority()
     name = f"file-root:{tmp_path / 'ca.pem'}"
     state = SecretState()
-    task = asyncio.create_task(serve_files(state, log=logging.getLogger("test"), interval_s=0.05))
+    reads: list[str] = []
+
+    def read(path: str) -> bytes | None:
+        reads.append(path)
+        return read_file(path)
+
+    async def until(done: Callable[[], bool], what: str) -> None:
+        deadline = asyncio.get_running_loop().time() + 10
+        while not done():
+            assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.01)
+
+    task = asyncio.create_task(serve_files(state, log=logging.getLogger("test"), interval_s=0.05, read=read))
     try:
         state.want({name, "default"})
         assert state.wanted == {name}  # the workload's own secrets are not files
-        await asyncio.sleep(0.2)
+        await until(lambda: len(reads) >= 3, "three reads of the missing file")
         assert state.get(name) is None  # missing: not served (Envoy waits)
         (tmp_path / "ca.pem").write_bytes(ca.pem)
-        for _ in range(100):
-            if state.get(name) is not None:
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: state.get(name) is not None, "the file served once it exists")
         secret = state.get(name)
         assert secret is not None and secret.validation_context.trusted_ca.inline_bytes == ca.pem
     finally:
