@@ -39,8 +39,9 @@ from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 
-from meshd.model.services import is_http, is_sniffed
+from meshd.model.services import is_http, is_sniffed, routes_http
 from meshd.translate import naming
+from meshd.translate.alpn import mesh_http, mesh_tcp
 from meshd.translate.authz.inbound import NO_AUTHZ, InboundAuthz
 from meshd.translate.cluster_policy import inbound_pool
 from meshd.translate.clusters import CONNECT_TIMEOUT, set_upstream_protocol, socket_address
@@ -60,7 +61,7 @@ from meshd.translate.listeners import (
     tcp_proxy_filter,
     tls_inspector,
 )
-from meshd.translate.metrics import DESTINATION, SOURCE
+from meshd.translate.metrics import DESTINATION, SOURCE, http_stats_loggers
 from meshd.translate.mtls import downstream_context, tls_socket
 from meshd.translate.peer_auth import InboundMtls, mtls_metadata
 from meshd.translate.proto import pack
@@ -180,11 +181,14 @@ def _passthrough_chain(*, mtls: bool, authz: InboundAuthz = NO_AUTHZ) -> listene
     return chain
 
 
-def _passthrough_http_chain(*, jwt: JwtProviders, authz: InboundAuthz) -> listener_components_pb2.FilterChain:
-    """Plaintext HTTP (sniffed) to a port no service declares, when the workload has RequestAuthentications or
-    HTTP authorization filters (as Istio's inbound passthrough HTTP chain): jwt_authn, the HTTP authorization
-    filters and the router to the original destination, so tokens are verified and HTTP rules apply there
-    as on declared ports, instead of the TCP adaptation of the rules (`rules.py`)."""
+def _passthrough_http_chain(
+    *, jwt: JwtProviders, authz: InboundAuthz, mtls: bool
+) -> listener_components_pb2.FilterChain:
+    """HTTP to a port no service declares, when the workload has RequestAuthentications or HTTP authorization
+    filters (as Istio's inbound passthrough HTTP chains): plaintext HTTP (sniffed) or HTTP inside Istio mTLS
+    (the client's ALPN says HTTP; the caller sets the match): jwt_authn, the HTTP authorization filters and the
+    router to the original destination, so tokens are verified and HTTP rules apply there as on declared
+    ports, instead of the TCP adaptation of the rules (`rules.py`)."""
     route = route_components_pb2.Route(
         name="default",
         match=route_components_pb2.RouteMatch(prefix="/"),
@@ -196,11 +200,14 @@ def _passthrough_http_chain(*, jwt: JwtProviders, authz: InboundAuthz) -> listen
     )
     hcm = hcm_pb2.HttpConnectionManager(stat_prefix="inbound_passthrough", route_config=routes)
     normalize_paths(hcm, authz.normalization)
+    hcm.access_log.extend(http_stats_loggers(reporter=DESTINATION, mtls=mtls))
     chain = listener_components_pb2.FilterChain(
-        name=f"{INBOUND_PASSTHROUGH}|plaintext-http",
+        name=f"{INBOUND_PASSTHROUGH}|{'mtls' if mtls else 'plaintext'}-http",
         filters=[hcm_filter(hcm, inbound_http_filters(jwt=jwt, authz=authz.http_filters))],
     )
-    return match_sniffed_http(chain)
+    if mtls:
+        chain.transport_socket.CopyFrom(tls_socket(downstream_context()))
+    return chain
 
 
 def served_ports(served: Sequence[InboundEntry]) -> dict[int, list[InboundEntry]]:
@@ -278,7 +285,7 @@ def _virtual_inbound(
             if not admits(mode, mtls=mtls, sds=sds):
                 continue
             kind = "mtls" if mtls else "plaintext"
-            if is_http(protocol) or (is_sniffed(protocol) and not mtls):
+            if routes_http(protocol):
                 route_name = naming.inbound_cluster(port=target)
                 chain = inbound_http_chain(
                     entries, route_name=route_name, mtls=mtls, peer_identity=sds, jwt=jwt, authz=authz
@@ -286,31 +293,42 @@ def _virtual_inbound(
                 chain.name = f"{naming.inbound_cluster(port=target)}{kind}"
                 chain.filter_chain_match.destination_port.value = target
                 if is_sniffed(protocol):
-                    match_sniffed_http(chain)
+                    # plaintext: what http_inspector detected; mTLS: the HTTP ALPNs of a mesh client
+                    if mtls:
+                        mesh_http(chain)
+                    else:
+                        match_sniffed_http(chain)
                     chain.name += "-http"
-                    sniffed.append(target)
+                    if not mtls:
+                        sniffed.append(target)
                 per_port.append((mtls, chain))
             if not is_http(protocol):
-                # Sniffed ports over mTLS are proxied as TCP (the client's ALPN does not say HTTP).
                 chain = _inbound_tcp_chain(target, mtls=mtls, protocol=protocol, authz=authz)
                 chain.name = f"{naming.inbound_cluster(port=target)}{kind}"
                 chain.filter_chain_match.destination_port.value = target
+                if mtls and is_sniffed(protocol):  # beside the HTTP chain: the rest of the TLS connections
+                    mesh_tcp(chain, split=admits(mode, mtls=False, sds=sds))
                 per_port.append((mtls, chain))
-        inspect |= split_by_transport(per_port)
+        inspect |= split_by_transport(per_port) or (is_sniffed(protocol) and admits(mode, mtls=True, sds=sds))
         chains += [chain for _, chain in per_port]
-    passthrough = [
-        (mtls, _passthrough_chain(mtls=mtls, authz=authz))
-        for mtls in (True, False)
-        if admits(modes.mode, mtls=mtls, sds=sds)
-    ]
+    # HTTP to undeclared ports: sniffed (plaintext) or told by a mesh client's ALPN (mTLS) when tokens or HTTP
+    # rules must be checked there
+    checks_http = bool(jwt) or bool(authz.http_filters)
+    passthrough: list[tuple[bool, listener_components_pb2.FilterChain]] = []
+    for mtls in (True, False):
+        if not admits(modes.mode, mtls=mtls, sds=sds):
+            continue
+        chain = _passthrough_chain(mtls=mtls, authz=authz)
+        if mtls and checks_http:
+            mesh_tcp(chain, split=admits(modes.mode, mtls=False, sds=sds))
+            passthrough.append((mtls, mesh_http(_passthrough_http_chain(jwt=jwt, authz=authz, mtls=True))))
+        passthrough.append((mtls, chain))
     split = split_by_transport(passthrough)
-    inspect |= split
+    inspect |= split or (checks_http and admits(modes.mode, mtls=True, sds=sds))
     chains += [chain for _, chain in passthrough]
-    # HTTP to undeclared ports: sniffed when tokens or HTTP rules must be checked there (plaintext only:
-    # inside mTLS the client's ALPN does not say HTTP, as for sniffed declared ports)
-    passthrough_http = (bool(jwt) or bool(authz.http_filters)) and admits(modes.mode, mtls=False, sds=sds)
+    passthrough_http = checks_http and admits(modes.mode, mtls=False, sds=sds)
     if passthrough_http:
-        http = _passthrough_http_chain(jwt=jwt, authz=authz)
+        http = match_sniffed_http(_passthrough_http_chain(jwt=jwt, authz=authz, mtls=False))
         if split:
             http.filter_chain_match.transport_protocol = "raw_buffer"
         chains.append(http)

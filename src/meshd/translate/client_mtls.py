@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from envoy.config.cluster.v3 import cluster_pb2
 
 from meshd.api.destinationrule import ClientTLSSettings
-from meshd.model.services import Endpoint, MeshService, ServicePort, is_http2
+from meshd.model.services import Endpoint, MeshService, ServicePort
 from meshd.translate.mtls import apply_istio_mutual, sni, spiffe_id
 from meshd.translate.peer_auth import DISABLE
 from meshd.translate.policy import EffectivePolicy
@@ -32,10 +32,10 @@ class ClusterMtls:
     auto: bool  # per endpoint (tlsMode metadata) rather than every endpoint
     sni: str
     sans: tuple[str, ...]
-    http2: bool
+    protocol: str  # the port's protocol: HTTP/2 ALPN, and what its HTTP requests announce (`translate/alpn.py`)
 
     def apply(self, cluster: cluster_pb2.Cluster) -> None:
-        apply_istio_mutual(cluster, sni_name=self.sni, sans=self.sans, http2=self.http2, auto=self.auto)
+        apply_istio_mutual(cluster, sni_name=self.sni, sans=self.sans, protocol=self.protocol, auto=self.auto)
 
 
 def service_identities(scope: Scope, service: MeshService, ports: Sequence[ServicePort]) -> tuple[str, ...]:
@@ -63,14 +63,14 @@ def cluster_mtls(
 ) -> ClusterMtls | None:
     if not scope.key.sds:
         return None
-    http2 = is_http2(port.protocol)
+    protocol = port.protocol
     tls: ClientTLSSettings | None = policy.tls
     name = sni(port=port.number, subset=subset, host=service.hostname)
     if tls is not None:
         if tls.mode != "ISTIO_MUTUAL":
             return None
         return ClusterMtls(
-            auto=False, sni=tls.sni or name, sans=tuple(tls.subject_alt_names) or identities, http2=http2
+            auto=False, sni=tls.sni or name, sans=tuple(tls.subject_alt_names) or identities, protocol=protocol
         )
     if (
         not scope.auto_mtls
@@ -80,4 +80,4 @@ def cluster_mtls(
         or scope.destination_mode(service) == DISABLE
     ):
         return None
-    return ClusterMtls(auto=True, sni=name, sans=identities, http2=http2)
+    return ClusterMtls(auto=True, sni=name, sans=identities, protocol=protocol)

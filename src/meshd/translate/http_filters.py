@@ -19,6 +19,7 @@ from google.protobuf import any_pb2, wrappers_pb2
 from meshd.api.http_actions import CorsPolicy
 from meshd.api.http_fault import GRPC_STATUS, HTTPFaultInjection
 from meshd.api.values import parse_duration
+from meshd.translate.alpn import alpn_filter
 from meshd.translate.http_match import string_matcher
 from meshd.translate.jwt_authn import JwtProviders, jwt_authn_filter
 from meshd.translate.proto import duration, pack
@@ -36,8 +37,10 @@ def fractional(percent: float) -> percent_pb2.FractionalPercent:
 
 
 def outbound_http_filters() -> list[hcm_pb2.HttpFilter]:
-    """CORS and fault (configured per route), then the router."""
+    """`istio.alpn` (the ALPN of HTTP over Istio mTLS, `translate/alpn.py`), CORS and fault (configured per
+    route), then the router."""
     return [
+        alpn_filter(),
         hcm_pb2.HttpFilter(name=CORS, typed_config=pack(cors_pb2.Cors())),
         hcm_pb2.HttpFilter(name=FAULT, typed_config=pack(fault_pb2.HTTPFault())),
         router(),

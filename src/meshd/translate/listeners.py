@@ -229,7 +229,8 @@ def split_by_transport(chains: Sequence[tuple[bool, listener_components_pb2.Filt
         match = chain.filter_chain_match
         if mtls:
             match.transport_protocol = "tls"
-            match.application_protocols.extend(MTLS_ALPNS)
+            if not match.application_protocols:  # (a sniffed port's mTLS chains have theirs: `alpn.py`)
+                match.application_protocols.extend(MTLS_ALPNS)
         else:
             match.transport_protocol = "raw_buffer"
     return True

@@ -7,7 +7,8 @@ names Istio uses, so the same sidecars work with Istio's agent and with `meshd a
 - client side (`ISTIO_MUTUAL`, chosen by a DestinationRule or by auto mTLS): SNI
   `outbound_.<port>_.<subset>_.<host>`, server certificate checked against the root and the SPIFFE
   identities `spiffe://<trust domain>/ns/<ns>/sa/<sa>` of the destination's workloads (plus the rule's
-  subjectAltNames), ALPN `istio` (and `h2` for HTTP/2 upstreams);
+  subjectAltNames), ALPN `istio` (and `h2` for HTTP/2 upstreams), and for HTTP requests Istio's
+  `istio-http/1.x` / `istio-h2` before it (`translate/alpn.py`);
 - auto mTLS: the cluster carries two transport socket matches, TLS for endpoints whose metadata says
   `tlsMode: istio` (Pods labelled `security.istio.io/tlsMode: istio`) and plaintext for the rest;
 - server side: a DownstreamTlsContext requiring a client certificate issued by the root.
@@ -28,6 +29,8 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tl
 from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import duration_pb2, struct_pb2
 
+from meshd.model.services import is_http2
+from meshd.translate.alpn import MTLS_HTTP_ALPNS, MTLS_TCP_ALPNS, mark_cluster
 from meshd.translate.proto import pack
 
 SDS_CLUSTER = "sds-grpc"
@@ -41,7 +44,7 @@ ALPN_IN_MESH = ("istio",)
 ALPN_IN_MESH_H2 = ("istio", "h2")
 ALPN_DOWNSTREAM = ("h2", "http/1.1")
 # What a client sidecar advertises, any of which marks a connection as Istio mTLS on the server side.
-MTLS_ALPNS = ("istio-peer-exchange", "istio", "istio-http/1.0", "istio-http/1.1", "istio-h2")
+MTLS_ALPNS = (*MTLS_TCP_ALPNS, *MTLS_HTTP_ALPNS)
 
 
 def spiffe_id(*, trust_domain: str, namespace: str, service_account: str) -> str:
@@ -97,11 +100,13 @@ def tls_socket(context: tls_pb2.UpstreamTlsContext | tls_pb2.DownstreamTlsContex
 
 
 def apply_istio_mutual(
-    cluster: cluster_pb2.Cluster, *, sni_name: str, sans: Iterable[str], http2: bool, auto: bool
+    cluster: cluster_pb2.Cluster, *, sni_name: str, sans: Iterable[str], protocol: str, auto: bool
 ) -> None:
-    """ISTIO_MUTUAL on a cluster: for every endpoint (a DestinationRule asked for it), or with auto
-    mTLS only for endpoints whose metadata says `tlsMode: istio` (plaintext for the others)."""
-    socket = tls_socket(istio_mutual_context(sni_name=sni_name, sans=sans, http2=http2))
+    """ISTIO_MUTUAL on a cluster of a port of `protocol`: for every endpoint (a DestinationRule asked for it),
+    or with auto mTLS only for endpoints whose metadata says `tlsMode: istio` (plaintext for the others); the
+    ALPNs its HTTP requests announce in its metadata (`translate/alpn.py`)."""
+    socket = tls_socket(istio_mutual_context(sni_name=sni_name, sans=sans, http2=is_http2(protocol)))
+    mark_cluster(cluster, protocol=protocol)
     if not auto:
         cluster.transport_socket.CopyFrom(socket)
         return
