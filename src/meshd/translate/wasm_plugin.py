@@ -43,13 +43,12 @@ from google.protobuf.duration_pb2 import Duration
 
 from meshd.api.wasmplugin import WasmPlugin
 from meshd.model.world import World
+from meshd.translate.authz.selection import targets_workload
 from meshd.translate.envoyfilter import match as m
 from meshd.translate.envoyfilter.apply import ProxyConfig
 from meshd.translate.envoyfilter.merge import pack, unpack
 
 WASM_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
-GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
-GATEWAY_CLASS_LABEL = "gateway.networking.k8s.io/gateway-class-name"
 _FAILURE = {
     "FAIL_CLOSE": wasm_pb2.FAIL_CLOSED,
     "FAIL_OPEN": wasm_pb2.FAIL_OPEN,
@@ -91,14 +90,10 @@ def selected(world: World, *, namespace: str, labels: Mapping[str, str], root_na
 def _selects(plugin: WasmPlugin, *, namespace: str, labels: Mapping[str, str], root: str) -> bool:
     spec, own = plugin.spec, plugin.metadata.namespace
     if spec.target_refs:
-        for ref in spec.target_refs:
-            if ref.namespace and ref.namespace != own:
-                continue
-            if ref.kind == "Gateway" and own == namespace and labels.get(GATEWAY_NAME_LABEL) == ref.name:
-                return True
-            if ref.kind == "GatewayClass" and own == root and labels.get(GATEWAY_CLASS_LABEL) == ref.name:
-                return True
-        return False
+        return any(
+            targets_workload(ref, policy_namespace=own, namespace=namespace, labels=labels, root_namespace=root)
+            for ref in spec.target_refs
+        )
     if spec.selector is None:
         return own in (namespace, root)
     return all(labels.get(k) == v for k, v in spec.selector.match_labels.items())

@@ -15,23 +15,17 @@ from collections.abc import Mapping
 
 from meshd.api.envoyfilter import EnvoyFilter
 from meshd.model.world import World
-
-GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
-GATEWAY_CLASS_LABEL = "gateway.networking.k8s.io/gateway-class-name"
+from meshd.translate.authz.selection import targets_workload
 
 
 def _selects(found: EnvoyFilter, *, namespace: str, labels: Mapping[str, str], root: str) -> bool:
     spec = found.spec
     if spec.target_refs:
-        for ref in spec.target_refs:
-            own = found.metadata.namespace
-            if ref.namespace and ref.namespace != own:
-                continue
-            if ref.kind == "Gateway" and own == namespace and labels.get(GATEWAY_NAME_LABEL) == ref.name:
-                return True
-            if ref.kind == "GatewayClass" and own == root and labels.get(GATEWAY_CLASS_LABEL) == ref.name:
-                return True
-        return False
+        own = found.metadata.namespace
+        return any(
+            targets_workload(ref, policy_namespace=own, namespace=namespace, labels=labels, root_namespace=root)
+            for ref in spec.target_refs
+        )
     selector = spec.workload_selector
     if selector is None:
         return found.metadata.namespace in (namespace, root)
