@@ -83,10 +83,24 @@ def next_subnet() -> str:
     return f"127.0.{worker_slot(next(_subnets), span=200, start=_SUBNET_START) + 20}"
 
 
+# Test ports come from below the kernel's ephemeral range (32768-60999 by default), each xdist worker from its
+# own share (workers.py): a port the kernel hands another process (port 0, an outgoing connection) or another
+# worker's port never collides with one a test picked and has not bound yet.
+PORT_LOW, PORT_SPAN = 12000, 20000
+_ports = itertools.count(os.getpid() % 1000)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing holds now, from this worker's share."""
+    for _ in range(PORT_SPAN):
+        port = PORT_LOW + worker_slot(next(_ports), span=PORT_SPAN)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port in this worker's share")
 
 
 async def eventually(
