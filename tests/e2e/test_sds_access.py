@@ -101,6 +101,7 @@ async def _sds_then_cds(channel: grpc.aio.Channel, *, node_id: str, token: str |
         return exc
     finally:
         call.cancel()
+        await call.code()  # the call's status delivered: grpc's own task for it is done before the test ends
 
 
 async def _secure(ca: CaUnderTest, *, node_id: str, token: str) -> Any:
@@ -162,5 +163,6 @@ async def test_identity_of_other_namespace_never_gets_shops_secret(ca: CaUnderTe
         sds = await asyncio.wait_for(call.read(), 10)
         cds = await asyncio.wait_for(call.read(), 10)
         call.cancel()
+        await call.code()
     assert sds.type_url == SECRET and list(sds.resources) == []
     assert cds.type_url == CLUSTER and any(SECRET_NAME.encode() in r.value for r in cds.resources)

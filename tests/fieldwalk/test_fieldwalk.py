@@ -24,9 +24,9 @@ READ_ELSEWHERE: dict[Field, str] = {
     ("Patch", "filterClass"): "translate/envoyfilter/apply.py",
     ("ProxyMatch", "proxyVersion"): "translate/envoyfilter/match.py",
     ("ProxyMatch", "metadata"): "translate/envoyfilter/match.py",
-    ("EnvoyFilterTargetRef", "kind"): "translate/envoyfilter/selection.py",
-    ("EnvoyFilterTargetRef", "name"): "translate/envoyfilter/selection.py",
-    ("EnvoyFilterTargetRef", "namespace"): "translate/envoyfilter/selection.py",
+    ("EnvoyFilterTargetRef", "kind"): "translate/authz/selection.py",
+    ("EnvoyFilterTargetRef", "name"): "translate/authz/selection.py",
+    ("EnvoyFilterTargetRef", "namespace"): "translate/authz/selection.py",
     # Gateway API (tests/unit/test_k8s_gateway_api.py)
     # automated deployment: the leader's objects per Gateway (tests/unit/kube/test_gateway_deploy.py,
     # tests/e2e/test_gateway_deploy_kube.py)
@@ -34,9 +34,9 @@ READ_ELSEWHERE: dict[Field, str] = {
     ("GatewayInfrastructure", "labels"): "kube/gateway_deploy.py",
     ("GatewayInfrastructure", "annotations"): "kube/gateway_deploy.py",
     # WasmPlugin (tests/unit/test_wasm_plugin.py, tests/e2e/test_wasm_plugin.py)
-    ("WasmTargetRef", "kind"): "translate/wasm_plugin.py",
-    ("WasmTargetRef", "name"): "translate/wasm_plugin.py",
-    ("WasmTargetRef", "namespace"): "translate/wasm_plugin.py",
+    ("WasmTargetRef", "kind"): "translate/authz/selection.py",
+    ("WasmTargetRef", "name"): "translate/authz/selection.py",
+    ("WasmTargetRef", "namespace"): "translate/authz/selection.py",
 }
 # Fields refused by a validation rule rather than `refused(...)` (the rule names the field; its test is cited).
 REFUSED_BY_RULE: dict[Field, str] = {
