@@ -26,11 +26,12 @@ from meshd.api.kube import Namespace
 from meshd.api.meta import GATEWAY_API_GROUP, KUBERNETES_GATEWAY, InvalidResource, ResourceKey, field_path
 from meshd.api.virtualservice import VirtualService
 from meshd.model.gateway_api.conditions import Condition, cond, rendered
+from meshd.model.gateway_api.gateway_status import gateway_status
 from meshd.model.gateway_api.grants import Grants
 from meshd.model.gateway_api.hostnames import intersect_hostnames
 from meshd.model.gateway_api.http import Precedence, http_routes
 from meshd.model.gateway_api.l4 import L4Order, l4_route
-from meshd.model.gateway_api.listeners import GATEWAY_NAME_LABEL, ListenerView, class_verdicts, listener_views
+from meshd.model.gateway_api.listeners import ListenerView, class_verdicts, listener_views
 
 ServiceIds = Mapping[tuple[str, str], frozenset[int]]  # (namespace, name) of a Kubernetes Service -> its ports
 AnyRoute = HTTPRoute | KubernetesTCPRoute | KubernetesTLSRoute
@@ -103,7 +104,7 @@ def convert(
             result=result,
         )
     for gateway, views in listeners.values():
-        _gateway_status(gateway, views, verdicts, gateway_pods=gateway_pods, result=result)
+        gateway_status(gateway, views, verdicts, gateway_pods=gateway_pods, result=result)
         result.gateways += [v.istio for v in views if v.istio is not None]
     for key in sorted({*per_host, *per_host_l4}):
         try:
@@ -113,80 +114,6 @@ def convert(
             message = f"routes of hostname {key[2]!r} cannot be translated: {exc.errors()[0]['msg']}"
             result.errors.append(InvalidResource(owner, "spec.listeners", message))
     return result
-
-
-def _gateway_status(
-    gateway: KubernetesGateway,
-    views: list[ListenerView],
-    verdicts: Mapping[str, tuple[bool, str, str]],
-    *,
-    gateway_pods: Mapping[tuple[str, str], tuple[str, ...]] | None,
-    result: GatewayApiResult,
-) -> None:
-    ns, name = gateway.metadata.namespace, gateway.metadata.name
-    conditions: list[Condition] = []
-    if not verdicts[gateway.spec.gateway_class_name][0]:
-        conditions.append(
-            cond("Accepted", False, "Invalid", f"GatewayClass {gateway.spec.gateway_class_name} is not accepted")
-        )
-    elif gateway.spec.addresses:
-        conditions.append(
-            cond(
-                "Accepted",
-                False,
-                "UnsupportedAddress",
-                "addresses are not supported by meshd "
-                f"(the Gateway is served by the proxies labelled {GATEWAY_NAME_LABEL}={name})",
-            )
-        )
-        for view in views:
-            view.istio = None
-    elif not any(v.valid for v in views):
-        conditions.append(cond("Accepted", False, "ListenersNotValid", "no listener is valid"))
-    else:
-        conditions.append(cond("Accepted", True, "Accepted", "handled by meshd"))
-    accepted = conditions[0][1] == "True"
-    pods = gateway_pods.get((ns, name), ()) if gateway_pods is not None else None
-    if not accepted:
-        conditions.append(cond("Programmed", False, "Invalid", "the Gateway is not accepted"))
-    elif pods is not None and not pods:
-        conditions.append(
-            cond(
-                "Programmed",
-                False,
-                "NoResources",
-                f"no gateway proxy pod in {ns} is labelled "
-                f"{GATEWAY_NAME_LABEL}={name} (meshd deploys none: deploy one)",
-            )
-        )
-    else:
-        conditions.append(
-            cond(
-                "Programmed", True, "Programmed", f"served by the gateway proxies labelled {GATEWAY_NAME_LABEL}={name}"
-            )
-        )
-    for view in views:
-        if not view.valid:
-            problems = [c for c in view.conditions if (c[0] == "Conflicted") == (c[1] == "True")]
-            message = "; ".join(f"{c[0]} {c[2]}: {c[3]}" for c in problems)
-            result.errors.append(InvalidResource(gateway.key, f"spec.listeners[{view.index}]", message))
-    if conditions[0][1] == "False":
-        result.errors.append(InvalidResource(gateway.key, "spec", f"{conditions[0][2]}: {conditions[0][3]}"))
-    status: dict[str, Any] = {
-        "conditions": rendered(conditions),
-        "listeners": [
-            {
-                "name": v.listener.name,
-                "supportedKinds": [{"group": GATEWAY_API_GROUP, "kind": k} for k in v.supported_kinds],
-                "attachedRoutes": v.attached,
-                "conditions": rendered(v.conditions),
-            }
-            for v in views
-        ],
-    }
-    if pods:
-        status["addresses"] = [{"type": "IPAddress", "value": ip} for ip in pods]
-    result.status[gateway.key] = status
 
 
 def _parent_ref(ref: ParentReference, namespace: str) -> dict[str, Any]:
