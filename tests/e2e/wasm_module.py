@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 
+from meshd.protowire import varint
+
 I32 = 0x7F
 _SCRATCH_PTR, _SCRATCH_SIZE = 16, 20
 _PATH_AT, _HEADER_AT, _PREFIX_AT, _BODY_AT = 64, 96, 160, 224
@@ -25,16 +27,8 @@ _PLUGIN_CONFIGURATION = 7  # proxy-wasm BufferType
 _REQUEST_HEADERS, _RESPONSE_HEADERS = 0, 2  # proxy-wasm MapType
 
 
-def _uleb(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+# WebAssembly's unsigned LEB128 is protobuf's varint
+_uleb = varint
 
 
 def _sleb(n: int) -> bytes:
