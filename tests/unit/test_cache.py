@@ -726,7 +726,7 @@ def _telemetry(rng: random.Random, ns: str) -> dict[str, Any]:
     if rng.random() < 0.4:  # metrics overrides: disable, re-enable, retag (with a marker value seen below)
         override: dict[str, Any] = {
             "match": {
-                "metric": rng.choice(["ALL_METRICS", "REQUEST_COUNT", "TCP_SENT_BYTES"]),
+                "metric": rng.choice(["ALL_METRICS", "REQUEST_COUNT", "TCP_SENT_BYTES", "GRPC_RESPONSE_MESSAGES"]),
                 "mode": rng.choice(["CLIENT", "SERVER", "CLIENT_AND_SERVER"]),
             }
         }

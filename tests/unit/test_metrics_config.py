@@ -11,12 +11,14 @@ from envoy.extensions.access_loggers.stats.v3 import stats_pb2
 from meshd.agent.prometheus import app_scrape, identity_env, istio_names
 from meshd.kube.inject_metrics import BadMetricsAnnotation, metrics_merge
 from meshd.settings import AgentSettings
+from meshd.translate.grpc_messages import MESSAGES_METADATA, REQUEST_MESSAGES_VALUE, RESPONSE_MESSAGES_VALUE
 from meshd.translate.metrics import (
     DEFAULT_METRICS,
     DESTINATION,
     SOURCE,
     MetricOverride,
     MetricsConfig,
+    counts_grpc_messages,
     http_stats_loggers,
     standard_tags,
     tcp_stats_loggers,
@@ -39,14 +41,21 @@ def _config(log: object) -> stats_pb2.Config:
 
 @pytest.mark.parametrize("reporter", [SOURCE, DESTINATION])
 def test_http_labels_are_istios(reporter: str) -> None:
-    (log,) = http_stats_loggers(reporter=reporter, mtls=True)
-    config = _config(log)
+    log, grpc = http_stats_loggers(reporter=reporter, mtls=True)
+    config, messages = _config(log), _config(grpc)
     assert [c.stat.name for c in config.counters] == ["requests_total"]
     assert [h.stat.name for h in config.histograms] == [
         "request_duration_milliseconds", "request_bytes", "response_bytes"
     ]  # fmt: skip
+    # the gRPC message counters: their own logger, logging only streams the Lua step gave counts (gRPC calls)
+    assert [c.stat.name for c in messages.counters] == ["request_messages_total", "response_messages_total"]
+    assert [c.value_format for c in messages.counters] == [REQUEST_MESSAGES_VALUE, RESPONSE_MESSAGES_VALUE]
+    assert grpc.filter.metadata_filter.matcher.filter == MESSAGES_METADATA
+    assert not log.HasField("filter")
     for stat in [*(c.stat for c in config.counters), *(h.stat for h in config.histograms)]:
         assert {t.name for t in stat.tags} == ISTIO_LABELS
+    for counter in messages.counters:
+        assert {t.name for t in counter.stat.tags} == ISTIO_LABELS
 
 
 def test_connection_security_policy_by_side_and_chain() -> None:
@@ -83,7 +92,12 @@ def test_overrides_disable_and_retag() -> None:
     client = _config(http_stats_loggers(reporter=SOURCE, config=config)[0])
     assert "source_principal" in {t.name for t in client.counters[0].stat.tags}  # SERVER only
     assert http_stats_loggers(reporter=SOURCE, config=MetricsConfig(enabled=False)) == []
-    assert DEFAULT_METRICS.metric_tags("GRPC_REQUEST_MESSAGES", SOURCE, []) is None  # not emitted: documented
+    assert DEFAULT_METRICS.metric_tags("GRPC_REQUEST_MESSAGES", SOURCE, []) == []
+    # both gRPC message counts disabled: no second logger, and the reporter needs no counting filters
+    no_grpc = MetricsConfig(overrides=(MetricOverride(metric="GRPC_REQUEST_MESSAGES", disabled=True),
+                                       MetricOverride(metric="GRPC_RESPONSE_MESSAGES", disabled=True)))  # fmt: skip
+    assert len(http_stats_loggers(reporter=SOURCE, config=no_grpc)) == 1
+    assert not counts_grpc_messages(no_grpc, reporter=SOURCE) and counts_grpc_messages(config, reporter=SOURCE)
 
 
 def test_istio_names() -> None:

@@ -61,8 +61,6 @@ def resolve(*items: Telemetry, namespace: str = "shop", labels: dict[str, str] |
 @pytest.mark.parametrize(
     ("spec", "field", "message"),
     [
-        ({"metrics": [{"overrides": [{"match": {"metric": "GRPC_REQUEST_MESSAGES"}, "disabled": True}]}]}, "spec.metrics[0].overrides[0].match.metric", "does not emit gRPC message counts"),  # noqa: E501
-        ({"metrics": [{"overrides": [{"match": {"customMetric": "response_messages_total"}}]}]}, "spec.metrics[0].overrides[0].match.customMetric", "GRPC_RESPONSE_MESSAGES: meshd does not emit"),  # noqa: E501
         ({"metrics": [{"overrides": [{"match": {"metric": "BOGUS"}}]}]}, "spec.metrics[0].overrides[0].match.metric", "REQUEST_COUNT"),  # noqa: E501
         ({"metrics": [{"overrides": [{"match": {"customMetric": "my_metric"}}]}]}, "spec.metrics[0].overrides[0].match.customMetric", "defines no new metrics"),  # noqa: E501
         ({"metrics": [{"overrides": [{"match": {"metric": "REQUEST_COUNT", "customMetric": "requests_total"}}]}]}, "spec.metrics[0].overrides[0].match.customMetric", "only one of metric"),  # noqa: E501

@@ -2,7 +2,7 @@
 providers, by selector or targetRef(s), inherited mesh (root namespace) -> namespace -> workload.
 
 Field names follow Istio's CRD schema. Unknown fields are refused with their path, as are the parts meshd
-does not translate (metrics reportingInterval, overrides of the gRPC message counts, tag expressions on
+does not translate (metrics reportingInterval, tag expressions on
 attributes Envoy cannot evaluate, targetRefs to waypoint kinds): never silently dropped. Istio's own
 validation rules are checked here so admission and translation agree.
 """
@@ -124,8 +124,6 @@ STANDARD_METRIC_NAMES = {
     "request_messages_total": "GRPC_REQUEST_MESSAGES",
     "response_messages_total": "GRPC_RESPONSE_MESSAGES",
 }
-# not emitted by meshd (tests/TELEMETRY_FIELDS.md): an override naming them would have nothing to act on
-UNEMITTED_METRICS = frozenset({"GRPC_REQUEST_MESSAGES", "GRPC_RESPONSE_MESSAGES"})
 _TAG_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 
@@ -143,9 +141,6 @@ class MetricSelector(StrictModel):
                 f"customMetric: {self.custom_metric!r} is not one of Istio's standard metrics "
                 f"({', '.join(STANDARD_METRIC_NAMES)}): meshd defines no new metrics"
             )
-        if self.target in UNEMITTED_METRICS:
-            field = "customMetric" if self.custom_metric else "metric"
-            raise ValueError(f"{field}: {self.target}: meshd does not emit gRPC message counts yet")
         return self
 
     @property

@@ -45,6 +45,7 @@ from meshd.translate.alpn import mesh_http, mesh_tcp
 from meshd.translate.authz.inbound import NO_AUTHZ, InboundAuthz
 from meshd.translate.cluster_policy import inbound_pool
 from meshd.translate.clusters import CONNECT_TIMEOUT, set_upstream_protocol, socket_address
+from meshd.translate.grpc_messages import message_count_filters
 from meshd.translate.http_filters import inbound_http_filters
 from meshd.translate.jwt_authn import JwtProviders
 from meshd.translate.l4_chain import cidr_range, filter_chain
@@ -203,7 +204,7 @@ def _passthrough_http_chain(
     hcm.access_log.extend(http_stats_loggers(reporter=DESTINATION, mtls=mtls))
     chain = listener_components_pb2.FilterChain(
         name=f"{INBOUND_PASSTHROUGH}|{'mtls' if mtls else 'plaintext'}-http",
-        filters=[hcm_filter(hcm, inbound_http_filters(jwt=jwt, authz=authz.http_filters))],
+        filters=[hcm_filter(hcm, [*message_count_filters(), *inbound_http_filters(jwt=jwt, authz=authz.http_filters)])],
     )
     if mtls:
         chain.transport_socket.CopyFrom(tls_socket(downstream_context()))

@@ -16,6 +16,8 @@ Upstream Envoy has no Istio stats filter. Each side learns what it reports from 
   inbound routes (one per service);
 - **TCP**: no headers; the peer's principal from the certificate, the service from the cluster metadata,
   workload labels of the peer `unknown`.
+- **gRPC message counts** from Envoy's grpc_stats filter through a Lua step into dynamic metadata
+  (`translate/grpc_messages.py`), on gRPC calls only.
 The values are emitted by Envoy's stats access logger (`envoy.access_loggers.stats`) as tagged counters and
 histograms `istio.<name>`; the node agent's 15090 listener and merged 15020 endpoint expose them as Istio's
 `istio_<name>` (Envoy's Prometheus output alone would name them `envoy_istio_<name>`).
@@ -42,6 +44,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf import struct_pb2, wrappers_pb2
 
+from meshd.translate import grpc_messages
 from meshd.translate.proto import pack
 
 STATS_LOGGER = "envoy.access_loggers.stats"
@@ -87,9 +90,9 @@ METRIC_NAMES = {
     TCP_CLOSED_CONNECTIONS: "tcp_connections_closed_total",
     TCP_SENT_BYTES: "tcp_sent_bytes_total",
     TCP_RECEIVED_BYTES: "tcp_received_bytes_total",
+    GRPC_REQUEST_MESSAGES: "request_messages_total",
+    GRPC_RESPONSE_MESSAGES: "response_messages_total",
 }
-# Envoy has no per-call message counts a stats logger can read: not emitted (tests/TELEMETRY_FIELDS.md)
-UNSUPPORTED_METRICS = frozenset({GRPC_REQUEST_MESSAGES, GRPC_RESPONSE_MESSAGES})
 BYTES_BUCKETS = (1, 10, 100, 1000, 10_000, 100_000, 1_000_000, 10_000_000, 100_000_000, 1_000_000_000)
 
 SOURCE, DESTINATION = "source", "destination"  # reporters: client side, server side
@@ -123,7 +126,7 @@ class MetricsConfig:
 
     def metric_tags(self, metric: str, reporter: str, tags: list[tuple[str, str]]) -> list[tuple[str, str]] | None:
         """The tags of `metric` for this reporter after the overrides; None when it is disabled."""
-        if not self.enabled or metric in UNSUPPORTED_METRICS:
+        if not self.enabled:
             return None
         out = dict(tags)
         disabled = False
@@ -230,9 +233,10 @@ def _logger(config: stats_pb2.Config, log_types: Iterable[int] = ()) -> accesslo
 def http_stats_loggers(
     *, reporter: str, mtls: bool | None = None, config: MetricsConfig = DEFAULT_METRICS
 ) -> list[accesslog_pb2.AccessLog]:
-    """The access logger of an HTTP connection manager: istio_requests_total, the duration and size
-    histograms (none when every metric is disabled). Built once per distinct argument set (a pure memo: the
-    messages are only ever copied into the connection managers)."""
+    """The access loggers of an HTTP connection manager: istio_requests_total, the duration and size
+    histograms; the gRPC message counters in a second logger that logs gRPC calls only (none when every
+    metric is disabled). Built once per distinct argument set (a pure memo: the messages are only ever
+    copied into the connection managers)."""
     return list(_http_loggers(reporter, mtls, config))
 
 
@@ -251,7 +255,17 @@ def _http_loggers(reporter: str, mtls: bool | None, config: MetricsConfig) -> tu
     ):
         if (tags := config.metric_tags(metric, reporter, base)) is not None:
             out.histograms.append(stats_pb2.Config.Histogram(stat=_stat(metric, tags), unit=kind, value_format=value))
-    return (_logger(out),) if out.counters or out.histograms else ()
+    messages = stats_pb2.Config(stat_prefix=STAT_PREFIX)  # gRPC calls only: their own logger, filtered
+    for metric, value in (
+        (GRPC_REQUEST_MESSAGES, grpc_messages.REQUEST_MESSAGES_VALUE),
+        (GRPC_RESPONSE_MESSAGES, grpc_messages.RESPONSE_MESSAGES_VALUE),
+    ):
+        if (tags := config.metric_tags(metric, reporter, base)) is not None:
+            messages.counters.append(stats_pb2.Config.Counter(stat=_stat(metric, tags), value_format=value))
+    loggers = [_logger(out)] if out.counters or out.histograms else []
+    if messages.counters:
+        loggers.append(grpc_messages.only_grpc_calls(_logger(messages)))
+    return tuple(loggers)
 
 
 def tcp_stats_loggers(
@@ -383,13 +397,20 @@ def _add_headers(*, request: bool) -> hcm_pb2.HttpFilter:
 
 
 def outbound_exchange_filters(config: MetricsConfig = DEFAULT_METRICS) -> list[hcm_pb2.HttpFilter]:
-    """Client side (first in the chain): send our identity; read and remove the server's from the response."""
-    return list(_exchange(outbound=True)) if config.enabled else []
+    """Client side (first in the chain): send our identity; read and remove the server's from the response;
+    then the gRPC message counts (`translate/grpc_messages.py`)."""
+    return [*_exchange(outbound=True), *grpc_messages.message_count_filters()] if config.enabled else []
 
 
 def inbound_exchange_filters(config: MetricsConfig = DEFAULT_METRICS) -> list[hcm_pb2.HttpFilter]:
-    """Server side (first in the chain): read and remove the client's identity; answer with ours."""
-    return list(_exchange(outbound=False)) if config.enabled else []
+    """Server side (first in the chain): read and remove the client's identity; answer with ours; then the
+    gRPC message counts."""
+    return [*_exchange(outbound=False), *grpc_messages.message_count_filters()] if config.enabled else []
+
+
+def counts_grpc_messages(config: MetricsConfig, *, reporter: str) -> bool:
+    """Whether `reporter` emits either gRPC message count (else its counting filters can go)."""
+    return any(config.metric_tags(m, reporter, []) is not None for m in (GRPC_REQUEST_MESSAGES, GRPC_RESPONSE_MESSAGES))
 
 
 @functools.lru_cache(maxsize=2)

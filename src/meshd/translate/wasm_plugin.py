@@ -47,6 +47,7 @@ from meshd.translate.authz.selection import targets_workload
 from meshd.translate.envoyfilter import match as m
 from meshd.translate.envoyfilter.apply import ProxyConfig
 from meshd.translate.envoyfilter.merge import pack, unpack
+from meshd.translate.grpc_messages import FILTER_NAMES as GRPC_COUNTING
 
 WASM_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 _FAILURE = {
@@ -56,7 +57,7 @@ _FAILURE = {
 }
 # where meshd's own HTTP filters stand; a phase goes before the first filter ranked above it
 _PHASE_RANK = {"AUTHN": 1, "AUTHZ": 3, "STATS": 5, "UNSPECIFIED_PHASE": 7}
-_PEER_EXCHANGE = ("envoy.filters.http.header_mutation", "envoy.filters.http.header_to_metadata")
+_PEER_EXCHANGE = ("envoy.filters.http.header_mutation", "envoy.filters.http.header_to_metadata", *GRPC_COUNTING)
 _AUTHN = ("envoy.filters.http.jwt_authn",)
 _AUTHZ_PREFIXES = ("envoy.filters.http.rbac", "envoy.filters.http.ext_authz")
 ROUTER = "envoy.filters.http.router"

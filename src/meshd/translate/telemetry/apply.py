@@ -14,7 +14,15 @@ from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
-from meshd.translate.metrics import DEFAULT_METRICS, DESTINATION, SOURCE, MetricsConfig, apply_overrides
+from meshd.translate import grpc_messages
+from meshd.translate.metrics import (
+    DEFAULT_METRICS,
+    DESTINATION,
+    SOURCE,
+    MetricsConfig,
+    apply_overrides,
+    counts_grpc_messages,
+)
 from meshd.translate.proto import pack
 from meshd.translate.spec import Spec
 from meshd.translate.telemetry.access_log import access_log
@@ -66,6 +74,10 @@ def _filter(
         network_filter.typed_config.Unpack(hcm)
         if not metrics.default:
             apply_overrides(hcm.access_log, reporter=reporter, config=metrics)
+            if not counts_grpc_messages(metrics, reporter=reporter):  # nothing reads the counts: no Lua step
+                kept = [f for f in hcm.http_filters if f.name not in grpc_messages.FILTER_NAMES]
+                del hcm.http_filters[:]
+                hcm.http_filters.extend(kept)
         hcm.access_log.extend(access_log(s) for s in side.logs)
         if side.tracing is not None:
             apply_tracing(hcm, side.tracing)
