@@ -1,9 +1,10 @@
 """Telemetry `metrics.overrides` through real Envoys: a client sidecar and a server sidecar with mTLS
-identities, a mesh-wide Telemetry (root namespace) and a workload one (selector on the server). After
-requests, both reporters' merged endpoints (15020) show the tags removed and added with values Envoy
-evaluated (`request.host`, `request.method`, a request header), the metrics disabled by metric and mode,
-one re-enabled by the workload level; TCP metrics follow their own overrides; and removing the Telemetry
-brings Istio's defaults back."""
+identities, a mesh-wide Telemetry (root namespace), a namespace one and a workload one (selector on the
+server). After requests, both reporters' merged endpoints (15020) show the tags removed and added with values
+Envoy evaluated (`request.host`, `request.method`, a request header), the metrics disabled by metric and mode,
+one re-enabled by the workload level, the three levels' overrides applied one on top of the other (Istio's
+documented rule); TCP metrics follow their own overrides; and removing the Telemetry brings Istio's defaults
+back."""
 
 from __future__ import annotations
 
@@ -43,6 +44,16 @@ spec:
 ---
 apiVersion: telemetry.istio.io/v1
 kind: Telemetry
+metadata: {name: namespace-default, namespace: default}
+spec:
+  metrics:
+  - overrides:
+    - match: {metric: REQUEST_COUNT}
+      tagOverrides:
+        level: {value: "'namespace'"}
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
 metadata: {name: web, namespace: default}
 spec:
   selector: {matchLabels: {app: web}}
@@ -52,6 +63,9 @@ spec:
       disabled: true
     - match: {metric: REQUEST_SIZE, mode: SERVER}
       disabled: false
+    - match: {metric: REQUEST_COUNT, mode: SERVER}
+      tagOverrides:
+        level: {value: "'workload'"}
 """
 
 
@@ -100,6 +114,10 @@ async def test_overrides_retag_and_disable_per_reporter(mesh: Mesh) -> None:
             assert labels["request_host"] == "web:9080" and labels["request_method"] == "GET", labels
             assert "request_protocol" not in labels, labels
             assert labels["destination_workload"] == "web-v1" and labels["source_workload"] == "client", labels
+            # Istio's rule: each level's overrides apply on top of the inherited ones (mesh, namespace, workload):
+            # the namespace level adds `level` without dropping the mesh's tags; the server's workload level sets
+            # it again
+            assert labels["level"] == ("namespace" if reporter == "source" else "workload"), labels
         # the histograms are not retagged: REQUEST_COUNT only
         duration = samples(text, "istio_request_duration_milliseconds_count", reporter=reporter, response_code="201")
         assert duration and all("request_protocol" in labels and "user" not in labels for labels, _ in duration)
