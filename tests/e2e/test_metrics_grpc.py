@@ -7,6 +7,7 @@ HTTP requests add none), and Telemetry overrides act on them (a tag added, disab
 
 from __future__ import annotations
 
+import json
 import pathlib
 from collections.abc import AsyncIterator
 
@@ -20,6 +21,7 @@ pytestmark = pytest.mark.e2e
 
 REQUESTS, RESPONSES = "istio_request_messages_total", "istio_response_messages_total"
 SERVICE = "meshd.test.Counts"
+COUNTING = "meshd.grpc_message_counts"  # the Lua step's filter name (translate/grpc_messages.py)
 HOST = "greeter.default.svc.cluster.local"
 GRPC_SERVICE = """\
 apiVersion: v1
@@ -162,6 +164,18 @@ async def _fail_call(channel: grpc.aio.Channel) -> grpc.StatusCode:
     raise AssertionError("Fail answered")
 
 
+async def _listeners(mesh: Mesh, pod: str, direction: str) -> str:
+    """The listeners of one direction in the pod's Envoy (config dump), as JSON text."""
+    dump = await mesh.agents[pod].config_dump("dynamic_listeners")
+    found = [
+        c
+        for c in dump["configs"]
+        if c.get("active_state", {}).get("listener", {}).get("traffic_direction") == direction
+    ]
+    assert found, (pod, direction)
+    return json.dumps(found)
+
+
 def _counts(text: str, reporter: str, **labels: str) -> tuple[float, float]:
     selected = {"reporter": reporter, "destination_service_name": "greeter", **labels}
     return total(text, REQUESTS, **selected), total(text, RESPONSES, **selected)
@@ -250,5 +264,8 @@ async def test_overrides_act_on_message_counts(mesh: Mesh) -> None:
     server = await scrape(mesh.client, mesh.ip(WEB))
     for name in (REQUESTS, RESPONSES):
         assert total(server, name, reporter="destination") == total(before[mesh.ip(WEB)], name, reporter="destination")
+    # the counting filters are gone from the server's inbound listeners, kept on the client's outbound ones
+    assert COUNTING not in await _listeners(mesh, "web-v1", "INBOUND")
+    assert COUNTING in await _listeners(mesh, "client-5d8f", "OUTBOUND")
     # the server still counts the calls themselves
     assert total(server, "istio_requests_total", reporter="destination", overridden="yes", request_protocol="grpc") >= 2
