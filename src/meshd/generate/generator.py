@@ -217,12 +217,16 @@ class ConfigGenerator:
                 ingress_specs = bound_ingress_listener_specs(
                     inbound, proxy, modes=modes, capture=True, jwt=jwt, authz=authz
                 )
+                # Nothing here is bound to the proxy's address unless its key says so (a Sidecar's ingress):
+                # proxies of a scope serving the same ports share these resources through the memo.
+                used: list[MemoEntry] = []
                 own = {
-                    LISTENER: build_all(with_telemetry([*listener_specs, *ingress_specs], telemetry), refused),
-                    CLUSTER: build_all(
-                        capture_cluster_specs(served=served, inbound=inbound, address=proxy.ip), refused
+                    LISTENER: self.memo.resolve(with_telemetry([*listener_specs, *ingress_specs], telemetry), used),
+                    CLUSTER: self.memo.resolve(
+                        capture_cluster_specs(served=served, inbound=inbound, address=proxy.ip), used
                     ),
                 }
+                return reuse_layer(own, previous), used
             else:
                 # Bound to this proxy's address: nothing to share, so built directly (no memo). A Sidecar's
                 # ingress replaces the inbound side derived from the services (peers still reach its
