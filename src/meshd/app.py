@@ -67,6 +67,7 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
         )
         push.follow_mesh(lambda: mesh_file.mesh if mesh_file is not None else None)
     cluster = ClusterApi(kubeconfig=settings.kubeconfig)
+    thresholds = gc_policy.install()
     try:
         async with contextlib.AsyncExitStack() as cleanup:  # undone in reverse: servers first, the client last
             cleanup.push_async_callback(cluster.close)
@@ -214,6 +215,7 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
     except* _Stop:
         pass
     finally:
+        gc_policy.uninstall(thresholds)
         log.info("event=stopped")
 
 

@@ -908,12 +908,13 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     assert mesh.generator is not None
     hub.publish(mesh.generator, changed_at=0.0)
     # proxy 2 of each namespace runs under an agent with SDS: it gets Istio mTLS; proxy 3 has its
-    # traffic captured (capture-mode listeners), with SDS in namespace a; proxy 4 is a proxyless gRPC client
+    # traffic captured (capture-mode listeners), with SDS in namespace a (and proxy 1 of b too); proxy 4 is a
+    # proxyless gRPC client
     proxies = [
         dataclasses.replace(
             _proxy(ns, n),
             sds=n == 2 or (n == 3 and ns == "a"),
-            capture=n == 3,
+            capture=n == 3 or (n == 1 and ns == "b"),  # two captured in b: their own layers share the memo
             proxyless=n == 4,
             metadata=(("ISTIO_VERSION", "1.24.0"),) if n == 1 else (),
         )

@@ -117,3 +117,41 @@ def _registry():  # type: ignore[no-untyped-def]
     from prometheus_client import CollectorRegistry
 
     return CollectorRegistry()
+
+
+def _full_collections_while_growing(objects: int) -> int:
+    """Full (generation 2) collections CPython runs on its own while `objects` live containers are made."""
+    full = 0
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        nonlocal full
+        if phase == "start" and info["generation"] == 2:
+            full += 1
+
+    gc.collect()
+    gc.callbacks.append(count)
+    try:
+        kept = [[i] for i in range(objects)]  # a growing live heap, like a World loading or a cold storm
+    finally:
+        gc.callbacks.remove(count)
+    del kept
+    return full
+
+
+def test_install_makes_automatic_full_collections_rarer_while_the_heap_grows() -> None:
+    policy = GcPolicy(every=100)
+    default = _full_collections_while_growing(400_000)
+    before = policy.install()
+    try:
+        assert gc.get_threshold()[2] == 100
+        installed = _full_collections_while_growing(400_000)
+    finally:
+        policy.uninstall(before)
+    assert gc.get_threshold() == before
+    assert default >= 3 and installed < default / 2, (default, installed)
+
+
+def test_install_with_the_policy_disabled_changes_nothing() -> None:
+    before = gc.get_threshold()
+    GcPolicy(enabled=False).install()
+    assert gc.get_threshold() == before

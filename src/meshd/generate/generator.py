@@ -22,7 +22,7 @@ from meshd.generate.checks import WorldChecks
 from meshd.generate.envoyfilters import EnvoyFilterLayers
 from meshd.generate.gateways import GatewayLayers
 from meshd.generate.layers import LayerCache
-from meshd.generate.memo import MemoEntry, ResourceMemo, build_all, reuse_layer
+from meshd.generate.memo import MemoEntry, Refused, ResourceMemo, build_all, reuse_layer
 from meshd.generate.options import GenerateOptions
 from meshd.generate.outbound import EMPTY_LAYER, OutboundLayers
 from meshd.generate.proxyless import ProxylessLayers
@@ -217,12 +217,19 @@ class ConfigGenerator:
                 ingress_specs = bound_ingress_listener_specs(
                     inbound, proxy, modes=modes, capture=True, jwt=jwt, authz=authz
                 )
+                # Nothing here is bound to the proxy's address unless its key says so (a Sidecar's ingress):
+                # proxies of a scope serving the same ports share these resources through the memo. Only
+                # the refused entries are carried with the layer (reported while it is used): keeping every
+                # entry would cost each carried proxy a walk per push; one not kept is built again by the
+                # first proxy that needs it after the next generation.
+                used: list[MemoEntry] = []
                 own = {
-                    LISTENER: build_all(with_telemetry([*listener_specs, *ingress_specs], telemetry), refused),
-                    CLUSTER: build_all(
-                        capture_cluster_specs(served=served, inbound=inbound, address=proxy.ip), refused
+                    LISTENER: self.memo.resolve(with_telemetry([*listener_specs, *ingress_specs], telemetry), used),
+                    CLUSTER: self.memo.resolve(
+                        capture_cluster_specs(served=served, inbound=inbound, address=proxy.ip), used
                     ),
                 }
+                return reuse_layer(own, previous), [entry for entry in used if type(entry[1]) is Refused]
             else:
                 # Bound to this proxy's address: nothing to share, so built directly (no memo). A Sidecar's
                 # ingress replaces the inbound side derived from the services (peers still reach its

@@ -88,6 +88,7 @@ class PushLoop:
         self._debouncer.touch()
 
     def rebuild(self, *, changed_at: float) -> ConfigGenerator:
+        started = self._clock.now()
         options = generate_options(self._settings, self._mesh())
         generator, errors = self._generations.next(
             self._store.drain_changes(),
@@ -97,7 +98,9 @@ class PushLoop:
         )
         world = generator.world
         self._translation_errors = errors
+        generated = self._clock.now()
         woken = self._hub.publish(generator, changed_at=changed_at)
+        published = self._clock.now()
         # generated resources the proto guard left out of the snapshots just built
         errors = self._translation_errors = errors + [e for e in generator.refused if e not in errors]
         for err in errors:
@@ -114,7 +117,7 @@ class PushLoop:
         self._report_proxy_failures()
         self._log.info(
             "event=push_generation generation=%d revision=%d services=%d proxies=%d pushed=%d built=%d reused=%d"
-            " errors=%d",
+            " errors=%d generate_ms=%.1f publish_ms=%.1f",
             self._hub.generation,
             world.revision,
             len(world.services),
@@ -123,6 +126,8 @@ class PushLoop:
             generator.memo.built,
             generator.memo.reused,
             len(self.errors),
+            (generated - started) * 1000,
+            (published - generated) * 1000,
         )
         return generator
 
