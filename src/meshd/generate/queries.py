@@ -31,7 +31,7 @@ from meshd.translate.listener_plan import ListenerPlan
 from meshd.translate.listeners import InboundEntry
 from meshd.translate.peer_auth import InboundMtls, workload_mtls
 from meshd.translate.routes import destination_hosts
-from meshd.translate.scope import Scope, ScopeKey, Signature, same_scope_inputs
+from meshd.translate.scope import Scope, ScopeKey, Signature, same_scope_inputs, same_visibility_inputs
 from meshd.translate.sidecar_ingress import SidecarInbound, sidecar_inbound
 from meshd.translate.telemetry.resolve import (
     WorkloadTelemetry,
@@ -73,7 +73,11 @@ class Queries:
         self._carried = (
             previous is not None and previous._options == options and same_scope_inputs(previous._world, world)
         )
-        self._prev_scopes = previous._scopes if previous is not None and self._carried else {}
+        # scopes (visibility) are also kept over a VirtualService change; their plans are then built again
+        rebase = self._carried or (
+            previous is not None and previous._options == options and same_visibility_inputs(previous._world, world)
+        )
+        self._prev_scopes = previous._scopes if previous is not None and rebase else {}
         # one object per distinct cluster signature: layer lookups by signature then compare by identity
         # (scopes of different namespaces often see the same services)
         self._signatures: dict[Signature, Signature] = previous._signatures if previous is not None else {}

@@ -158,7 +158,7 @@ class Scope:
         )
 
     def rebased(self, world: World) -> Scope:
-        """This scope over a newer World whose scope inputs are unchanged (`same_scope_inputs`): the
+        """This scope over a newer World whose visibility inputs are unchanged (`same_visibility_inputs`): the
         visibility computed here still holds; lookups that read more of the World read the new one."""
         scope = copy.copy(self)
         scope.world = world
@@ -261,14 +261,21 @@ def same_items(a: Mapping[Any, object], b: Mapping[Any, object]) -> bool:
 
 
 def same_scope_inputs(before: World, after: World) -> bool:
-    """Whether everything a Scope (and the listener plan built from it) reads of the World is unchanged:
+    """Whether everything a Scope and the listener plan built from it read of the World is unchanged:
     the services, VirtualServices, DestinationRules, Sidecars and PeerAuthentications, each the very same
     object (WorldState keeps unchanged ones), and the selectors derived from them. Endpoints, workloads,
     secrets and policies are not among them: an endpoint change keeps every scope."""
+    return same_items(before.virtual_services, after.virtual_services) and same_visibility_inputs(before, after)
+
+
+def same_visibility_inputs(before: World, after: World) -> bool:
+    """Whether what a Scope itself computes (visible services and ports, cluster signature, rule lookups)
+    still holds: `same_scope_inputs` but the VirtualServices, which a scope only looks up in its World
+    (`virtual_services`), so that a rebased scope reads the new ones. A VirtualService edit keeps every
+    scope (rebased) and rebuilds the listener plans."""
     return (
         before.domain_suffix == after.domain_suffix
         and same_items(before.services, after.services)
-        and same_items(before.virtual_services, after.virtual_services)
         and same_items(before.rules_by_host, after.rules_by_host)
         and same_items(before.destination_rules, after.destination_rules)
         and same_items(before.sidecars, after.sidecars)
