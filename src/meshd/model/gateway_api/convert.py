@@ -6,7 +6,8 @@ A route attaches to a listener of one of meshd's Gateways when its parentRef nam
 listener by `sectionName` / `port`, if given), the listener allows the route's namespace and kind, and their
 hostnames meet (a TCPRoute has no hostnames: it takes the listener's). HTTPRoutes become http routes
 (`http.py`), TCPRoutes and TLSRoutes tcp / tls routes (`l4.py`) of one VirtualService per listener and hostname.
-A parentRef to a Service (mesh routing, GAMMA) or another kind is refused (UnsupportedValue).
+A parentRef to a Service (mesh routing, GAMMA) attaches the route to the sidecars calling that Service
+(`mesh.py`); a parentRef of another kind is refused (UnsupportedValue).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from meshd.model.gateway_api.hostnames import intersect_hostnames
 from meshd.model.gateway_api.http import Precedence, http_routes
 from meshd.model.gateway_api.l4 import L4Order, l4_route
 from meshd.model.gateway_api.listeners import ListenerView, class_verdicts, listener_views
+from meshd.model.gateway_api.mesh import MeshRoutes, is_service_parent
 
 ServiceIds = Mapping[tuple[str, str], frozenset[int]]  # (namespace, name) of a Kubernetes Service -> its ports
 AnyRoute = HTTPRoute | KubernetesTCPRoute | KubernetesTLSRoute
@@ -89,6 +91,7 @@ def convert(
         listeners[(gateway.metadata.namespace, gateway.metadata.name)] = (gateway, views)
     per_host: HttpEntries = {}
     per_host_l4: L4Entries = {}
+    mesh = MeshRoutes()
     namespace_labels = {n.metadata.name: n.labels for n in inputs.namespaces}
     for route in sorted(inputs.routes, key=lambda r: r.key):
         _attach_route(
@@ -101,8 +104,10 @@ def convert(
             domain_suffix=domain_suffix,
             per_host=per_host,
             per_host_l4=per_host_l4,
+            mesh=mesh,
             result=result,
         )
+    result.virtual_services += mesh.virtual_services(domain_suffix=domain_suffix)
     for gateway, views in listeners.values():
         gateway_status(gateway, views, verdicts, gateway_pods=gateway_pods, result=result)
         result.gateways += [v.istio for v in views if v.istio is not None]
@@ -141,6 +146,7 @@ def _attach_route(
     domain_suffix: str,
     per_host: HttpEntries,
     per_host_l4: L4Entries,
+    mesh: MeshRoutes,
     result: GatewayApiResult,
 ) -> None:
     ns = route.metadata.namespace
@@ -152,10 +158,22 @@ def _attach_route(
     for i, ref in enumerate(route.spec.parent_refs):
         where = f"spec.parentRefs[{i}]"
         target = (ref.namespace or ns, ref.name)
-        if ref.group != GATEWAY_API_GROUP or ref.kind != "Gateway":
-            what = "mesh routing (a Service parent, GAMMA)" if ref.kind == "Service" else f"parent kind {ref.kind}"
-            accepted = cond("Accepted", False, "UnsupportedValue", f"{what} is not supported by meshd yet")
-            attach: list[tuple[ListenerView, list[str]]] = []
+        attach: list[tuple[ListenerView, list[str]]] = []
+        if is_service_parent(ref):
+            if isinstance(route, HTTPRoute) and entries is None:
+                entries = _route_entries(
+                    route, domain_suffix=domain_suffix, services=services, grants=grants, result=result
+                )
+            accepted = mesh.attach(
+                route,
+                ref,
+                services=services,
+                domain_suffix=domain_suffix,
+                http_entries=entries or [],
+                backend_problem=_backend_problem(route, grants=grants, services=services),
+            )
+        elif ref.group != GATEWAY_API_GROUP or ref.kind != "Gateway":
+            accepted = cond("Accepted", False, "UnsupportedValue", f"parent kind {ref.kind} is not supported by meshd")
         elif target not in listeners:
             accepted = cond(
                 "Accepted",
@@ -166,6 +184,7 @@ def _attach_route(
             attach = []
         else:
             accepted, attach = _listeners_for(route, ref, listeners[target][1], labels)
+        controller = controllers.get(target, CONTROLLER_NAMES[0]) if not is_service_parent(ref) else CONTROLLER_NAMES[0]
         for view, hosts in attach:
             view.attached += 1
             if not isinstance(route, HTTPRoute):
@@ -190,7 +209,7 @@ def _attach_route(
         parents.append(
             {
                 "parentRef": _parent_ref(ref, ns),
-                "controllerName": controllers.get(target, CONTROLLER_NAMES[0]),
+                "controllerName": controller,
                 "conditions": rendered([accepted, resolved[0]]),
             }
         )
@@ -381,6 +400,7 @@ def _named_services(inputs: GatewayApiInputs) -> set[tuple[str, str]]:
     out: set[tuple[str, str]] = set()
     for route in inputs.routes:
         ns = route.metadata.namespace
+        out.update((p.namespace or ns, p.name) for p in route.spec.parent_refs if is_service_parent(p))
         rules: Sequence[RouteRule | L4RouteRule] = route.spec.rules
         for rule in rules:
             out.update((b.namespace or ns, b.name) for b in rule.backend_refs)
