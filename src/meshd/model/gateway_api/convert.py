@@ -26,6 +26,13 @@ from meshd.api.httproute import BackendObjectReference, HTTPRoute, RouteRule
 from meshd.api.kube import Namespace
 from meshd.api.meta import GATEWAY_API_GROUP, KUBERNETES_GATEWAY, InvalidResource, ResourceKey, field_path
 from meshd.api.virtualservice import VirtualService
+from meshd.model.gateway_api.addresses import (
+    AddressTargets,
+    AddressVerdict,
+    address_targets,
+    address_verdict,
+    linked_gateway,
+)
 from meshd.model.gateway_api.conditions import Condition, cond, rendered
 from meshd.model.gateway_api.gateway_status import gateway_status
 from meshd.model.gateway_api.grants import Grants
@@ -70,9 +77,11 @@ def convert(
     domain_suffix: str,
     secrets: Collection[tuple[str, str]] | None = None,
     gateway_pods: Mapping[tuple[str, str], tuple[str, ...]] | None = None,
+    addresses: AddressTargets | None = None,
 ) -> GatewayApiResult:
     """`secrets` / `gateway_pods` ((namespace, gateway name) -> pod IPs) are given by the status writer only:
-    a missing certificate Secret is otherwise reported by the gateway translation, as for an Istio Gateway."""
+    a missing certificate Secret is otherwise reported by the gateway translation, as for an Istio Gateway.
+    `addresses`: the Service each address of a Gateway's `spec.addresses` names (`addresses.py`)."""
     result = GatewayApiResult()
     verdicts = class_verdicts(inputs.classes)
     for gc in inputs.classes:
@@ -83,12 +92,20 @@ def convert(
             result.status[gc.key] = {"conditions": rendered(conditions)}
     grants = Grants.of(inputs.grants)
     listeners: dict[tuple[str, str], tuple[KubernetesGateway, list[ListenerView]]] = {}
+    linked: dict[tuple[str, str], AddressVerdict | None] = {}
     for gateway in sorted(inputs.gateways, key=lambda g: g.key):
         verdict = verdicts.get(gateway.spec.gateway_class_name)
         if verdict is None:
             continue  # another controller's
         views = listener_views(gateway, grants=grants, secrets=secrets) if verdict[0] else []
-        listeners[(gateway.metadata.namespace, gateway.metadata.name)] = (gateway, views)
+        at = (gateway.metadata.namespace, gateway.metadata.name)
+        linked[at] = found = address_verdict(gateway, addresses or {})
+        for view in views if found is not None else ():
+            if found is not None and found.target is not None and view.istio is not None:
+                view.istio = linked_gateway(view.istio, found.target)
+            else:  # addresses that cannot be used: served nowhere
+                view.istio = None
+        listeners[at] = (gateway, views)
     per_host: HttpEntries = {}
     per_host_l4: L4Entries = {}
     mesh = MeshRoutes()
@@ -109,7 +126,8 @@ def convert(
         )
     result.virtual_services += mesh.virtual_services(domain_suffix=domain_suffix)
     for gateway, views in listeners.values():
-        gateway_status(gateway, views, verdicts, gateway_pods=gateway_pods, result=result)
+        at = (gateway.metadata.namespace, gateway.metadata.name)
+        gateway_status(gateway, views, verdicts, gateway_pods=gateway_pods, address=linked[at], result=result)
         result.gateways += [v.istio for v in views if v.istio is not None]
     for key in sorted({*per_host, *per_host_l4}):
         try:
@@ -378,7 +396,7 @@ class GatewayApiConversion:
 
     def __init__(self, *, domain_suffix: str) -> None:
         self._suffix = domain_suffix
-        self._last: tuple[GatewayApiInputs, ServiceIds, GatewayApiResult] | None = None
+        self._last: tuple[GatewayApiInputs, ServiceIds, AddressTargets, GatewayApiResult] | None = None
 
     def run(self, resources: Iterable[Any], *, services: Mapping[tuple[str, str], Any]) -> GatewayApiResult:
         """`services`: (namespace, name) -> the MeshService (only those routes name are looked at: the cost does
@@ -389,10 +407,13 @@ class GatewayApiConversion:
         named = {
             s: frozenset(port.number for port in services[s].ports) for s in _named_services(inputs) if s in services
         }
-        if self._last is not None and self._last[0] == inputs and self._last[1] == named:
-            return self._last[2]
-        result = convert(inputs, services=named, domain_suffix=self._suffix)
-        self._last = (inputs, named, result)
+        linked = address_targets(
+            [g for g in inputs.gateways if g.spec.addresses], services=services, domain_suffix=self._suffix
+        )
+        if self._last is not None and self._last[:3] == (inputs, named, linked):
+            return self._last[3]
+        result = convert(inputs, services=named, domain_suffix=self._suffix, addresses=linked)
+        self._last = (inputs, named, linked, result)
         return result
 
 
