@@ -297,3 +297,27 @@ def _tls_pair() -> tuple[str, str]:
 
     pem = Authority("gwapi test CA").issue("gw.example.com", sans=("gw.example.com",))
     return pem.cert.decode(), pem.key.decode()
+
+
+async def test_gateway_addresses_link_to_a_service(kube: KubeRest) -> None:
+    """Manual deployment: `spec.addresses` naming an existing Service (by FQDN) is Programmed with that address;
+    one naming no Service is `Programmed: False, AddressNotUsable`."""
+    spec = {"selector": {"istio": "ingressgateway"}, "ports": [{"name": "http", "port": 80}]}
+    await kube.apply({"apiVersion": "v1", "kind": "Service",
+                      "metadata": {"name": "istio-ingressgateway", "namespace": GW_NS}, "spec": spec})  # fmt: skip
+    listeners = [{"name": "http", "port": 80, "protocol": "HTTP"}]
+    for name, host in (("manual", f"istio-ingressgateway.{GW_NS}.svc.cluster.local"),
+                       ("lost", f"nowhere.{GW_NS}.svc.cluster.local")):  # fmt: skip
+        await kube.apply({"apiVersion": GW, "kind": "Gateway", "metadata": {"name": name, "namespace": GW_NS},
+                          "spec": {"gatewayClassName": "istio", "listeners": listeners,
+                                   "addresses": [{"type": "Hostname", "value": host}]}})  # fmt: skip
+    found = await wait_for(kube, "Gateway", GW_NS, "manual",
+                           lambda o: conditions(o).get("Programmed") == ("True", "Programmed"),
+                           "Gateway manual Programmed by its Service's pods")  # fmt: skip
+    assert conditions(found)["Accepted"] == ("True", "Accepted")
+    assert found["status"]["addresses"] == [
+        {"type": "Hostname", "value": f"istio-ingressgateway.{GW_NS}.svc.cluster.local"}
+    ]
+    await wait_for(kube, "Gateway", GW_NS, "lost",
+                   lambda o: conditions(o).get("Programmed") == ("False", "AddressNotUsable"),
+                   "Gateway lost: AddressNotUsable")  # fmt: skip
