@@ -872,7 +872,15 @@ def _gateway_api_change(rng: random.Random, routers: list[Proxy], mesh_rng: rand
             "spec": {"gatewayClassName": rng.choice(["istio", "istio", "other"]), "listeners": listeners},
         }
         served_by = [r for r in routers if r.namespace == ns and rng.random() < 0.5]  # its pod (re)labelled too
-        return [gateway, *(_router_pod(r, "ingressgateway", "kgw") for r in served_by)]
+        linked: list[dict[str, Any]] = []
+        if mesh_rng.random() < 0.4:  # manual deployment: addresses naming the other namespace's Service `ingress`
+            other = "b" if ns == "a" else "a"
+            address = mesh_rng.choice([f"ingress.{other}.svc.cluster.local", f"nowhere.{other}.svc.cluster.local"])
+            gateway["spec"]["addresses"] = [{"type": "Hostname", "value": address}]
+            linked.append({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "ingress", "namespace": other},
+                           "spec": {"selector": {"istio": mesh_rng.choice(["ingressgateway", "none"])},
+                                    "ports": [{"name": "http", "port": 80}]}})  # fmt: skip
+        return [gateway, *linked, *(_router_pod(r, "ingressgateway", "kgw") for r in served_by)]
     if pick < 0.45:  # a TCPRoute or TLSRoute (weights, a missing backend, another namespace's)
         kind = rng.choice(["TCPRoute", "TLSRoute"])
         l4_backends = [{"name": rng.choice(["s1", "s2", "missing"]), "port": 9080, "weight": rng.choice([0, 1, 4])}]
@@ -1017,6 +1025,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     mesh_rng = random.Random(seed + 5000)  # which of them are mesh (GAMMA) routes: another
     gwapi_routes = 0
     mesh_routes = 0
+    linked_routes = 0
     gwapi_l4 = 0
     for step in range(130):
         ns, name = rng.choice(["a", "b"]), rng.choice(["s1", "s2"])
@@ -1203,6 +1212,8 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
                 gateway_listeners.update(listeners_held)
                 held_routes = conn.snapshot.resources.get(ROUTE, {}).values()
                 gwapi_routes += sum(b"/kgw~" in r.body for r in held_routes)  # an HTTPRoute's VirtualService
+                other = b"b" if conn.proxy.namespace == "a" else b"a"  # a Gateway linked by its addresses
+                linked_routes += sum(b"/namespaces/" + other + b"/virtual-service/kgw~" in r.body for r in held_routes)
                 gwapi_l4 += sum(b"/kgw~tcp/" in r.body or b"/kgw~tls/" in r.body for r in listeners_held.values())
                 gateway_secrets += len(conn.snapshot.resources.get(SECRET, {}))
                 gateway_authz_seen[3] += _trusted_xff(conn.snapshot)
@@ -1238,6 +1249,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     assert all(gateway_authz_seen), gateway_authz_seen  # and jwt_authn and RBAC (HTTP, TCP) reached gateways
     assert gwapi_routes and gwapi_l4  # and HTTPRoutes, TCPRoutes / TLSRoutes reached the gateways
     assert mesh_routes  # and mesh (GAMMA) HTTPRoutes reached sidecars
+    assert linked_routes  # and a Gateway's routes reached the pods of the Service its addresses name
 
 
 def test_virtual_service_errors_are_carried_across_pushes_and_follow_their_rule() -> None:
