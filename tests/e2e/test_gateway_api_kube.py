@@ -3,7 +3,8 @@ KUBEBUILDER_ASSETS), the CRDs the chart installs with crds.gatewayApi: GatewayCl
 InvalidParameters), Gateway Accepted/Programmed (NoResources until a gateway pod exists, its IP then as the
 address), listener conditions (UnsupportedProtocol, InvalidCertificateRef until the Secret exists) and
 attachedRoutes; HTTPRoute Accepted/ResolvedRefs per parent with NotAllowedByListeners,
-NoMatchingListenerHostname, NoMatchingParent, UnsupportedValue (a Service parent, an unsupported field),
+NoMatchingListenerHostname, NoMatchingParent, UnsupportedValue (an unsupported field), a mesh route (GAMMA:
+a Service parent) Accepted, NoMatchingParent for a missing Service or port,
 BackendNotFound, InvalidKind and RefNotPermitted until a ReferenceGrant allows the reference; TCPRoute and
 TLSRoute status on TCP / TLS Passthrough listeners; a GRPCRoute refused on each parent. Another controller's
 GatewayClass and Gateways get nothing from meshd."""
@@ -189,7 +190,17 @@ async def test_route_status_reasons(kube: KubeRest) -> None:
         "no-parent": (route("no-parent", APP_NS, parent={**PARENT, "sectionName": "nope"}, backend=backend),
                       {"Accepted": ("False", "NoMatchingParent")}),
         "mesh": (route("mesh", APP_NS, parent={"group": "", "kind": "Service", "name": "web"}, backend=backend),
-                 {"Accepted": ("False", "UnsupportedValue")}),
+                 {"Accepted": ("True", "Accepted"), "ResolvedRefs": ("True", "ResolvedRefs")}),
+        "mesh-consumer": (route("mesh-consumer", TEAM_NS, parent={"group": "", "kind": "Service", "name": "web",
+                                                                  "namespace": APP_NS, "port": 8080},
+                                backend={"name": "shared", "port": 8080}),
+                          {"Accepted": ("True", "Accepted"), "ResolvedRefs": ("True", "ResolvedRefs")}),
+        "mesh-missing": (route("mesh-missing", APP_NS, parent={"group": "", "kind": "Service", "name": "nowhere"},
+                               backend=backend),
+                         {"Accepted": ("False", "NoMatchingParent")}),
+        "mesh-port": (route("mesh-port", APP_NS, parent={"group": "", "kind": "Service", "name": "web", "port": 9999},
+                            backend=backend),
+                      {"Accepted": ("False", "NoMatchingParent")}),
         "missing": (route("missing", APP_NS, parent=PARENT, backend={"name": "nowhere", "port": 8080}),
                     {"Accepted": ("True", "Accepted"), "ResolvedRefs": ("False", "BackendNotFound")}),
         "kind": (route("kind", APP_NS, parent=PARENT, backend={"kind": "ConfigMap", "name": "x", "port": 80}),
@@ -201,9 +212,9 @@ async def test_route_status_reasons(kube: KubeRest) -> None:
     }  # fmt: skip
     for obj, _ in cases.values():
         await kube.apply(obj)
-    for name, (_, expected) in cases.items():
+    for name, (obj, expected) in cases.items():
         await wait_for(
-            kube, "HTTPRoute", APP_NS, name,
+            kube, "HTTPRoute", obj["metadata"]["namespace"], name,
             lambda o, e=expected: all(parent_conditions(o).get(t) == v for t, v in e.items()),
             f"HTTPRoute {name}: {expected}",
         )  # fmt: skip
@@ -286,3 +297,27 @@ def _tls_pair() -> tuple[str, str]:
 
     pem = Authority("gwapi test CA").issue("gw.example.com", sans=("gw.example.com",))
     return pem.cert.decode(), pem.key.decode()
+
+
+async def test_gateway_addresses_link_to_a_service(kube: KubeRest) -> None:
+    """Manual deployment: `spec.addresses` naming an existing Service (by FQDN) is Programmed with that address;
+    one naming no Service is `Programmed: False, AddressNotUsable`."""
+    spec = {"selector": {"istio": "ingressgateway"}, "ports": [{"name": "http", "port": 80}]}
+    await kube.apply({"apiVersion": "v1", "kind": "Service",
+                      "metadata": {"name": "istio-ingressgateway", "namespace": GW_NS}, "spec": spec})  # fmt: skip
+    listeners = [{"name": "http", "port": 80, "protocol": "HTTP"}]
+    for name, host in (("manual", f"istio-ingressgateway.{GW_NS}.svc.cluster.local"),
+                       ("lost", f"nowhere.{GW_NS}.svc.cluster.local")):  # fmt: skip
+        await kube.apply({"apiVersion": GW, "kind": "Gateway", "metadata": {"name": name, "namespace": GW_NS},
+                          "spec": {"gatewayClassName": "istio", "listeners": listeners,
+                                   "addresses": [{"type": "Hostname", "value": host}]}})  # fmt: skip
+    found = await wait_for(kube, "Gateway", GW_NS, "manual",
+                           lambda o: conditions(o).get("Programmed") == ("True", "Programmed"),
+                           "Gateway manual Programmed by its Service's pods")  # fmt: skip
+    assert conditions(found)["Accepted"] == ("True", "Accepted")
+    assert found["status"]["addresses"] == [
+        {"type": "Hostname", "value": f"istio-ingressgateway.{GW_NS}.svc.cluster.local"}
+    ]
+    await wait_for(kube, "Gateway", GW_NS, "lost",
+                   lambda o: conditions(o).get("Programmed") == ("False", "AddressNotUsable"),
+                   "Gateway lost: AddressNotUsable")  # fmt: skip

@@ -40,10 +40,6 @@ READ_ELSEWHERE: dict[Field, str] = {
 }
 # Fields refused by a validation rule rather than `refused(...)` (the rule names the field; its test is cited).
 REFUSED_BY_RULE: dict[Field, str] = {
-    # a Gateway API Gateway with addresses is not Accepted (UnsupportedAddress), as the Gateway API specifies
-    # (tests/unit/test_k8s_gateway_api.py::test_addresses_and_tls_options_are_refused)
-    ("GatewayAddress", "type"): "a Gateway's addresses are not assigned by meshd (status UnsupportedAddress)",
-    ("GatewayAddress", "value"): "a Gateway's addresses are not assigned by meshd (status UnsupportedAddress)",
     # a GatewayClass with parametersRef is not Accepted (InvalidParameters): tests/e2e/test_gateway_api_kube.py
     **{
         ("ParametersReference", name): "meshd deploys no gateway proxy: no parameters apply (InvalidParameters)"

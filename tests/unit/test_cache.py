@@ -803,10 +803,49 @@ def _content(snapshot: object) -> dict[str, dict[str, bytes]]:
     return {t: {n: r.body for n, r in by_name.items()} for t, by_name in snapshot.resources.items()}  # type: ignore[attr-defined]
 
 
-def _gateway_api_change(rng: random.Random, routers: list[Proxy]) -> list[dict[str, Any]]:
+def _mesh_parent(rng: random.Random) -> dict[str, Any]:
+    """A GAMMA parentRef: a Service of namespace a or b (or a missing one), maybe narrowed to a port."""
+    ref: dict[str, Any] = {
+        "group": rng.choice(["", "core"]),
+        "kind": "Service",
+        "name": rng.choice(["s1", "s2", "s1", "x"]),
+    }
+    if rng.random() < 0.7:
+        ref["namespace"] = rng.choice(["a", "b"])
+    if rng.random() < 0.3:
+        ref["port"] = rng.choice([9080, 80])
+    return ref
+
+
+def _mesh_route(rng: random.Random) -> dict[str, Any]:
+    """An HTTPRoute attached to a Service (GAMMA): producer or consumer, weights, a header match, a header filter."""
+    rule: dict[str, Any] = {
+        "backendRefs": [
+            {"name": rng.choice(["s1", "s2"]), "namespace": rng.choice(["a", "b"]), "port": 9080,
+             "weight": rng.choice([1, 9])},
+            {"name": rng.choice(["s1", "missing"]), "port": 9080, "weight": rng.choice([0, 1])},
+        ]
+    }  # fmt: skip
+    if rng.random() < 0.5:
+        rule["matches"] = [{"headers": [{"name": "x-m", "value": str(rng.randint(0, 2))}]}]
+    if rng.random() < 0.3:
+        rule["filters"] = [
+            {"type": "ResponseHeaderModifier", "responseHeaderModifier": {"add": [{"name": "x-g", "value": "1"}]}}
+        ]
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": rng.choice(["m1", "m2"]), "namespace": rng.choice(["a", "b"]),
+                     **({"creationTimestamp": "2020-01-01T00:00:00Z"} if rng.random() < 0.5 else {})},
+        "spec": {"parentRefs": [_mesh_parent(rng)], "rules": [rule]},
+    }  # fmt: skip
+
+
+def _gateway_api_change(rng: random.Random, routers: list[Proxy], mesh_rng: random.Random) -> list[dict[str, Any]]:
     """A Gateway API change: a Gateway (HTTP, HTTPS with a Secret, a protocol not served; of class istio or
     another), an HTTPRoute (weights, filters, a backend of another namespace), a ReferenceGrant, a GatewayClass,
-    or a router pod (re)labelled with the Gateway's name."""
+    or a router pod (re)labelled with the Gateway's name. `mesh_rng` (a stream of its own) turns some routes into
+    mesh (GAMMA) routes with a Service parent."""
     gw_api = "gateway.networking.k8s.io/v1"
     ns = rng.choice(["a", "b"])
     pick = rng.random()
@@ -833,7 +872,15 @@ def _gateway_api_change(rng: random.Random, routers: list[Proxy]) -> list[dict[s
             "spec": {"gatewayClassName": rng.choice(["istio", "istio", "other"]), "listeners": listeners},
         }
         served_by = [r for r in routers if r.namespace == ns and rng.random() < 0.5]  # its pod (re)labelled too
-        return [gateway, *(_router_pod(r, "ingressgateway", "kgw") for r in served_by)]
+        linked: list[dict[str, Any]] = []
+        if mesh_rng.random() < 0.4:  # manual deployment: addresses naming the other namespace's Service `ingress`
+            other = "b" if ns == "a" else "a"
+            address = mesh_rng.choice([f"ingress.{other}.svc.cluster.local", f"nowhere.{other}.svc.cluster.local"])
+            gateway["spec"]["addresses"] = [{"type": "Hostname", "value": address}]
+            linked.append({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "ingress", "namespace": other},
+                           "spec": {"selector": {"istio": mesh_rng.choice(["ingressgateway", "none"])},
+                                    "ports": [{"name": "http", "port": 80}]}})  # fmt: skip
+        return [gateway, *linked, *(_router_pod(r, "ingressgateway", "kgw") for r in served_by)]
     if pick < 0.45:  # a TCPRoute or TLSRoute (weights, a missing backend, another namespace's)
         kind = rng.choice(["TCPRoute", "TLSRoute"])
         l4_backends = [{"name": rng.choice(["s1", "s2", "missing"]), "port": 9080, "weight": rng.choice([0, 1, 4])}]
@@ -844,6 +891,8 @@ def _gateway_api_change(rng: random.Random, routers: list[Proxy]) -> list[dict[s
                             **({"sectionName": rng.choice(["tcp", "tls"])} if rng.random() < 0.5 else {})}],
             "rules": [{"backendRefs": l4_backends}],
         }  # fmt: skip
+        if kind == "TCPRoute" and mesh_rng.random() < 0.4:  # mesh routing (GAMMA): a Service parent
+            spec["parentRefs"] = [_mesh_parent(mesh_rng)]
         if kind == "TLSRoute":
             spec["hostnames"] = rng.choice([["t.example.com"], ["t.example.com", "u.other.org"], []])
         return [{"apiVersion": "gateway.networking.k8s.io/v1alpha2", "kind": kind,
@@ -870,6 +919,8 @@ def _gateway_api_change(rng: random.Random, routers: list[Proxy]) -> list[dict[s
                             "namespace": rng.choice(["a", "b"]),
                             **({"sectionName": "https"} if rng.random() < 0.3 else {}),
                         }
+                        if mesh_rng.random() < 0.5
+                        else _mesh_parent(mesh_rng)  # mesh routing (GAMMA)
                     ],
                     "hostnames": rng.choice([[], ["h.example.com"], ["h.other.org"]]),
                     "rules": [rule],
@@ -972,7 +1023,10 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     telemetry_seen = [0, 0, 0, 0]
     gateway_authz_seen = [0, 0, 0, 0]  # gateway listeners with jwt_authn, HTTP RBAC, network RBAC, trusted XFF
     gwapi_rng = random.Random(seed + 3000)  # Gateway API changes: a stream of their own
+    mesh_rng = random.Random(seed + 5000)  # which of them are mesh (GAMMA) routes: another
     gwapi_routes = 0
+    mesh_routes = 0
+    linked_routes = 0
     gwapi_l4 = 0
     for step in range(130):
         ns, name = rng.choice(["a", "b"]), rng.choice(["s1", "s2"])
@@ -1118,7 +1172,9 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
                 docs.append(_telemetry(telemetry_rng, telemetry_rng.choice(["a", "b"])))
                 telemetries.add(parse_resource(docs[-1]).key)
         if gwapi_rng.random() < 0.3:  # in the same push: a Gateway API change
-            docs = [*docs, *_gateway_api_change(gwapi_rng, routers)]
+            docs = [*docs, *_gateway_api_change(gwapi_rng, routers, mesh_rng)]
+        if mesh_rng.random() < 0.25:  # in the same push: a mesh (GAMMA) HTTPRoute
+            docs.append(_mesh_route(mesh_rng))
         if authz_rng.random() < 0.4:  # in the same push: an AuthorizationPolicy change
             more, gone = _authorization_change(authz_rng, ns, authz_policies)
             docs, deleted = [*docs, *more], (*deleted, *gone)
@@ -1157,6 +1213,8 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
                 gateway_listeners.update(listeners_held)
                 held_routes = conn.snapshot.resources.get(ROUTE, {}).values()
                 gwapi_routes += sum(b"/kgw~" in r.body for r in held_routes)  # an HTTPRoute's VirtualService
+                other = b"b" if conn.proxy.namespace == "a" else b"a"  # a Gateway linked by its addresses
+                linked_routes += sum(b"/namespaces/" + other + b"/virtual-service/kgw~" in r.body for r in held_routes)
                 gwapi_l4 += sum(b"/kgw~tcp/" in r.body or b"/kgw~tls/" in r.body for r in listeners_held.values())
                 gateway_secrets += len(conn.snapshot.resources.get(SECRET, {}))
                 gateway_authz_seen[3] += _trusted_xff(conn.snapshot)
@@ -1164,6 +1222,10 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
                     gateway_authz_seen[i] += sum(
                         marker in b for b in _content(conn.snapshot).get(LISTENER, {}).values()
                     )
+            if conn.proxy.type != "router":  # a GAMMA route's VirtualService reached a sidecar
+                mesh_routes += sum(
+                    b"/virtual-service/gamma~" in r.body for r in conn.snapshot.resources.get(ROUTE, {}).values()
+                )
             if conn.proxy.capture:
                 outbound_modes.add(_catchall_cluster(listeners_held["virtualOutbound"].body))
             if conn.proxy.proxyless:  # gRPC's view only: api_listeners named host:port
@@ -1187,6 +1249,8 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     assert all(telemetry_seen), telemetry_seen  # and Telemetry access logs and tracers, on sidecars and gateways
     assert all(gateway_authz_seen), gateway_authz_seen  # and jwt_authn and RBAC (HTTP, TCP) reached gateways
     assert gwapi_routes and gwapi_l4  # and HTTPRoutes, TCPRoutes / TLSRoutes reached the gateways
+    assert mesh_routes  # and mesh (GAMMA) HTTPRoutes reached sidecars
+    assert linked_routes  # and a Gateway's routes reached the pods of the Service its addresses name
 
 
 def test_virtual_service_errors_are_carried_across_pushes_and_follow_their_rule() -> None:

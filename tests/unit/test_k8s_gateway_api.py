@@ -309,8 +309,13 @@ def test_certificate_refs_of_another_namespace_are_refused() -> None:
         assert not result.gateways  # nothing served
 
 
-def test_addresses_and_tls_options_are_refused() -> None:
-    result = _convert(k8s_gateway(addresses=[{"value": "10.0.0.1"}]))
+def test_addresses_naming_no_service_and_tls_options_are_refused() -> None:
+    result = _convert(k8s_gateway(addresses=[{"value": "10.0.0.1"}]))  # (an address no Service has)
+    conditions = {
+        c["type"]: c["reason"] for c in result.status[ResourceKey(KUBERNETES_GATEWAY, "infra", "gw")]["conditions"]
+    }
+    assert conditions["Programmed"] == "AddressNotUsable" and not result.gateways
+    result = _convert(k8s_gateway(addresses=[{"type": "NamedAddress", "value": "x"}]))
     conditions = {
         c["type"]: c["reason"] for c in result.status[ResourceKey(KUBERNETES_GATEWAY, "infra", "gw")]["conditions"]
     }

@@ -3,7 +3,8 @@ them (the standard channel of Gateway API v1.2).
 
 Strict: an unknown field is refused by name. Fields of the standard channel that meshd does not translate
 are read so that they can be refused where the specification says to (a listener protocol meshd does not
-serve is a listener condition `UnsupportedProtocol`, `addresses` a Gateway condition `UnsupportedAddress`);
+serve is a listener condition `UnsupportedProtocol`; `addresses` link the Gateway to an existing Service's pods,
+`model/gateway_api/addresses.py`);
 `infrastructure.parametersRef` and TLS `options` are refused here, by name. A Gateway API Gateway's identity is
 `KubernetesGateway` (`api.meta.kind_identity`): it never collides with an Istio Gateway of the same name.
 """

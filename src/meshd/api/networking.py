@@ -199,6 +199,23 @@ class Sidecar(Resource):
     spec: SidecarSpec = Field(default_factory=SidecarSpec)
 
 
+def export_class(export_to: list[str], *, owner_namespace: str) -> tuple[str, ...]:
+    """The namespaces a resource is exported to, as a class: ("*",) everyone, else the sorted namespace names
+    ('.' as the owner's). Resources of one class are seen by exactly the same namespaces."""
+    if not export_to or "*" in export_to:
+        return ("*",)
+    return tuple(sorted({owner_namespace if t == "." else t for t in export_to if t != "~"}))
+
+
+def export_tier(export_to: list[str], *, owner_namespace: str, namespace: str) -> int:
+    """Istio's order among the mesh VirtualServices of one host a proxy of `namespace` sees: one exported to that
+    namespace alone first (0), then one exported to it by name among others (1), then public ones (2)."""
+    found = export_class(export_to, owner_namespace=owner_namespace)
+    if found == ("*",):
+        return 2
+    return 0 if found == (namespace,) else 1
+
+
 def exported_to(export_to: list[str], *, owner_namespace: str, namespace: str) -> bool:
     """Istio's exportTo: '*' everyone, '.' the owner's namespace, '~' nobody, or namespace names.
     Empty means everyone (the mesh default)."""

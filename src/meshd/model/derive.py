@@ -116,6 +116,7 @@ def mesh_service(svc: Service, *, suffix: str) -> MeshService:
         addresses=addresses,
         creation=svc.metadata.creation_timestamp,
         export_to=tuple(t.strip() for t in export.split(",") if t.strip()),
+        selector=tuple(sorted((svc.spec.selector or {}).items())),
         headless=headless,
     )
 

@@ -109,6 +109,9 @@ class MeshService:
     # A Kubernetes Service with clusterIP None: its pods are also reached one by one, by the hostname
     # their EndpointSlice gives them (StatefulSets: `<pod>.<service>.<ns>.svc.<domain>`) or their address.
     headless: bool = False
+    # a Kubernetes Service's pod selector, sorted (the pods serving a Gateway API Gateway that names the Service in
+    # its `addresses`: model/gateway_api/addresses.py)
+    selector: tuple[tuple[str, str], ...] = ()
     _hash: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 
 from meshd.api.destinationrule import DestinationRule
 from meshd.api.meta import InvalidResource, ResourceKey
+from meshd.api.networking import export_class
 from meshd.api.virtualservice import VirtualService
 from meshd.model.services import MeshService, ServicePort, is_http, is_served, is_sniffed, is_tls
 from meshd.model.world import World, resolve_host
@@ -286,7 +287,7 @@ def validate_l4_routes(
     if not candidates or not ports:
         return []
     errors: list[InvalidResource] = []
-    chosen: VirtualService | None = None
+    chosen: dict[tuple[str, ...], VirtualService] = {}
     for vs in candidates:
         namespace = vs.metadata.namespace
 
@@ -314,10 +315,10 @@ def validate_l4_routes(
         if found:
             errors += found
             continue
-        if chosen is None:
-            chosen = vs
-        else:
+        # the first valid one of each export class is used where it is seen (translate/scope.py's order)
+        first = chosen.setdefault(export_class(vs.spec.export_to, owner_namespace=vs.metadata.namespace), vs)
+        if first is not vs:
             field = "spec.tcp" if vs.spec.tcp else "spec.tls"
-            message = f"{host} is already routed (TCP/TLS) by the older VirtualService {chosen.key}; ignored"
+            message = f"{host} is already routed (TCP/TLS) by the older VirtualService {first.key}; ignored"
             errors.append(InvalidResource(vs.key, field, message))
     return errors

@@ -10,6 +10,7 @@ from envoy.config.route.v3 import route_components_pb2
 
 from meshd.api.destinationrule import DestinationRule
 from meshd.api.meta import InvalidResource
+from meshd.api.networking import export_class
 from meshd.api.virtualservice import VirtualService
 from meshd.model.services import MeshService, routes_http
 from meshd.model.world import World, resolve_host
@@ -116,10 +117,12 @@ def host_routes(
     candidates: Sequence[VirtualService],
     rule_for: Callable[[str], DestinationRule | None],
 ) -> tuple[list[route_components_pb2.Route], list[InvalidResource]]:
-    """Routes for one host: the oldest valid VirtualService wins; the others are skipped and returned
-    as errors (with the resource they concern)."""
+    """Routes for one host: the first valid VirtualService wins (`candidates` in the proxy's order, Scope's);
+    the others of its export class are skipped and returned as errors (with the resource they concern). With
+    the candidates of every namespace (World checks): the first valid one of each export class wins."""
     errors: list[InvalidResource] = []
     chosen: tuple[VirtualService, list[route_components_pb2.Route]] | None = None
+    firsts: dict[tuple[str, ...], VirtualService] = {}
     for vs in candidates:
         try:
             if not match.validating and _proxy_dependent(world, vs):
@@ -132,16 +135,21 @@ def host_routes(
             continue
         if chosen is None:
             chosen = (vs, routes)
-        else:
+        first = firsts.setdefault(_export_class(vs), vs)
+        if first is not vs:
             errors.append(
                 InvalidResource(
                     vs.key,
                     "spec.hosts",
-                    f"{_routed_as(world, chosen[0], service.hostname)} is already routed by the older VirtualService"
-                    f" {chosen[0].key}; ignored",
+                    f"{_routed_as(world, first, service.hostname)} is already routed by the older VirtualService"
+                    f" {first.key}; ignored",
                 )
             )
     return (chosen[1] if chosen is not None else _default_routes(service, match.port, rule_for)), errors
+
+
+def _export_class(vs: VirtualService) -> tuple[str, ...]:
+    return export_class(vs.spec.export_to, owner_namespace=vs.metadata.namespace)
 
 
 def _routed_as(world: World, vs: VirtualService, hostname: str) -> str:

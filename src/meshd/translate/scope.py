@@ -16,7 +16,7 @@ from typing import Any
 
 from meshd.api.destinationrule import DestinationRule
 from meshd.api.meta import InvalidResource, ResourceKey
-from meshd.api.networking import IstioEgressListener, Sidecar, exported_to
+from meshd.api.networking import IstioEgressListener, Sidecar, export_tier, exported_to
 from meshd.api.virtualservice import VirtualService
 from meshd.model.derive import rule_selector
 from meshd.model.services import MeshService, ServicePort
@@ -210,10 +210,21 @@ class Scope:
         return service_mode(self.world.peer_authentications, namespace=service.namespace, root_namespace=self._root)
 
     def virtual_services(self, host: str) -> tuple[VirtualService, ...]:
-        return tuple(
+        """The mesh VirtualServices of a host this scope sees, in Istio's order: those exported to its namespace
+        alone, then those exported to it by name, then public ones; each group oldest first (the first valid one
+        routes the host)."""
+        seen = [
             vs
             for vs in self.world.virtual_services_for(host) or ()
             if exported_to(vs.spec.export_to, owner_namespace=vs.metadata.namespace, namespace=self.namespace)
+        ]
+        return tuple(
+            sorted(
+                seen,
+                key=lambda vs: export_tier(
+                    vs.spec.export_to, owner_namespace=vs.metadata.namespace, namespace=self.namespace
+                ),
+            )
         )
 
     def destination_rule(self, host: str) -> DestinationRule | None:

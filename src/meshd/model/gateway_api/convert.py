@@ -6,7 +6,8 @@ A route attaches to a listener of one of meshd's Gateways when its parentRef nam
 listener by `sectionName` / `port`, if given), the listener allows the route's namespace and kind, and their
 hostnames meet (a TCPRoute has no hostnames: it takes the listener's). HTTPRoutes become http routes
 (`http.py`), TCPRoutes and TLSRoutes tcp / tls routes (`l4.py`) of one VirtualService per listener and hostname.
-A parentRef to a Service (mesh routing, GAMMA) or another kind is refused (UnsupportedValue).
+A parentRef to a Service (mesh routing, GAMMA) attaches the route to the sidecars calling that Service
+(`mesh.py`); a parentRef of another kind is refused (UnsupportedValue).
 """
 
 from __future__ import annotations
@@ -25,6 +26,13 @@ from meshd.api.httproute import BackendObjectReference, HTTPRoute, RouteRule
 from meshd.api.kube import Namespace
 from meshd.api.meta import GATEWAY_API_GROUP, KUBERNETES_GATEWAY, InvalidResource, ResourceKey, field_path
 from meshd.api.virtualservice import VirtualService
+from meshd.model.gateway_api.addresses import (
+    AddressTargets,
+    AddressVerdict,
+    address_targets,
+    address_verdict,
+    linked_gateway,
+)
 from meshd.model.gateway_api.conditions import Condition, cond, rendered
 from meshd.model.gateway_api.gateway_status import gateway_status
 from meshd.model.gateway_api.grants import Grants
@@ -32,6 +40,7 @@ from meshd.model.gateway_api.hostnames import intersect_hostnames
 from meshd.model.gateway_api.http import Precedence, http_routes
 from meshd.model.gateway_api.l4 import L4Order, l4_route
 from meshd.model.gateway_api.listeners import ListenerView, class_verdicts, listener_views
+from meshd.model.gateway_api.mesh import MeshRoutes, is_service_parent
 
 ServiceIds = Mapping[tuple[str, str], frozenset[int]]  # (namespace, name) of a Kubernetes Service -> its ports
 AnyRoute = HTTPRoute | KubernetesTCPRoute | KubernetesTLSRoute
@@ -68,9 +77,11 @@ def convert(
     domain_suffix: str,
     secrets: Collection[tuple[str, str]] | None = None,
     gateway_pods: Mapping[tuple[str, str], tuple[str, ...]] | None = None,
+    addresses: AddressTargets | None = None,
 ) -> GatewayApiResult:
     """`secrets` / `gateway_pods` ((namespace, gateway name) -> pod IPs) are given by the status writer only:
-    a missing certificate Secret is otherwise reported by the gateway translation, as for an Istio Gateway."""
+    a missing certificate Secret is otherwise reported by the gateway translation, as for an Istio Gateway.
+    `addresses`: the Service each address of a Gateway's `spec.addresses` names (`addresses.py`)."""
     result = GatewayApiResult()
     verdicts = class_verdicts(inputs.classes)
     for gc in inputs.classes:
@@ -81,14 +92,23 @@ def convert(
             result.status[gc.key] = {"conditions": rendered(conditions)}
     grants = Grants.of(inputs.grants)
     listeners: dict[tuple[str, str], tuple[KubernetesGateway, list[ListenerView]]] = {}
+    linked: dict[tuple[str, str], AddressVerdict | None] = {}
     for gateway in sorted(inputs.gateways, key=lambda g: g.key):
         verdict = verdicts.get(gateway.spec.gateway_class_name)
         if verdict is None:
             continue  # another controller's
         views = listener_views(gateway, grants=grants, secrets=secrets) if verdict[0] else []
-        listeners[(gateway.metadata.namespace, gateway.metadata.name)] = (gateway, views)
+        at = (gateway.metadata.namespace, gateway.metadata.name)
+        linked[at] = found = address_verdict(gateway, addresses or {})
+        for view in views if found is not None else ():
+            if found is not None and found.target is not None and view.istio is not None:
+                view.istio = linked_gateway(view.istio, found.target)
+            else:  # addresses that cannot be used: served nowhere
+                view.istio = None
+        listeners[at] = (gateway, views)
     per_host: HttpEntries = {}
     per_host_l4: L4Entries = {}
+    mesh = MeshRoutes()
     namespace_labels = {n.metadata.name: n.labels for n in inputs.namespaces}
     for route in sorted(inputs.routes, key=lambda r: r.key):
         _attach_route(
@@ -101,10 +121,13 @@ def convert(
             domain_suffix=domain_suffix,
             per_host=per_host,
             per_host_l4=per_host_l4,
+            mesh=mesh,
             result=result,
         )
+    result.virtual_services += mesh.virtual_services(domain_suffix=domain_suffix)
     for gateway, views in listeners.values():
-        gateway_status(gateway, views, verdicts, gateway_pods=gateway_pods, result=result)
+        at = (gateway.metadata.namespace, gateway.metadata.name)
+        gateway_status(gateway, views, verdicts, gateway_pods=gateway_pods, address=linked[at], result=result)
         result.gateways += [v.istio for v in views if v.istio is not None]
     for key in sorted({*per_host, *per_host_l4}):
         try:
@@ -141,6 +164,7 @@ def _attach_route(
     domain_suffix: str,
     per_host: HttpEntries,
     per_host_l4: L4Entries,
+    mesh: MeshRoutes,
     result: GatewayApiResult,
 ) -> None:
     ns = route.metadata.namespace
@@ -152,10 +176,22 @@ def _attach_route(
     for i, ref in enumerate(route.spec.parent_refs):
         where = f"spec.parentRefs[{i}]"
         target = (ref.namespace or ns, ref.name)
-        if ref.group != GATEWAY_API_GROUP or ref.kind != "Gateway":
-            what = "mesh routing (a Service parent, GAMMA)" if ref.kind == "Service" else f"parent kind {ref.kind}"
-            accepted = cond("Accepted", False, "UnsupportedValue", f"{what} is not supported by meshd yet")
-            attach: list[tuple[ListenerView, list[str]]] = []
+        attach: list[tuple[ListenerView, list[str]]] = []
+        if is_service_parent(ref):
+            if isinstance(route, HTTPRoute) and entries is None:
+                entries = _route_entries(
+                    route, domain_suffix=domain_suffix, services=services, grants=grants, result=result
+                )
+            accepted = mesh.attach(
+                route,
+                ref,
+                services=services,
+                domain_suffix=domain_suffix,
+                http_entries=entries or [],
+                backend_problem=_backend_problem(route, grants=grants, services=services),
+            )
+        elif ref.group != GATEWAY_API_GROUP or ref.kind != "Gateway":
+            accepted = cond("Accepted", False, "UnsupportedValue", f"parent kind {ref.kind} is not supported by meshd")
         elif target not in listeners:
             accepted = cond(
                 "Accepted",
@@ -166,6 +202,7 @@ def _attach_route(
             attach = []
         else:
             accepted, attach = _listeners_for(route, ref, listeners[target][1], labels)
+        controller = controllers.get(target, CONTROLLER_NAMES[0]) if not is_service_parent(ref) else CONTROLLER_NAMES[0]
         for view, hosts in attach:
             view.attached += 1
             if not isinstance(route, HTTPRoute):
@@ -190,7 +227,7 @@ def _attach_route(
         parents.append(
             {
                 "parentRef": _parent_ref(ref, ns),
-                "controllerName": controllers.get(target, CONTROLLER_NAMES[0]),
+                "controllerName": controller,
                 "conditions": rendered([accepted, resolved[0]]),
             }
         )
@@ -359,7 +396,7 @@ class GatewayApiConversion:
 
     def __init__(self, *, domain_suffix: str) -> None:
         self._suffix = domain_suffix
-        self._last: tuple[GatewayApiInputs, ServiceIds, GatewayApiResult] | None = None
+        self._last: tuple[GatewayApiInputs, ServiceIds, AddressTargets, GatewayApiResult] | None = None
 
     def run(self, resources: Iterable[Any], *, services: Mapping[tuple[str, str], Any]) -> GatewayApiResult:
         """`services`: (namespace, name) -> the MeshService (only those routes name are looked at: the cost does
@@ -370,10 +407,13 @@ class GatewayApiConversion:
         named = {
             s: frozenset(port.number for port in services[s].ports) for s in _named_services(inputs) if s in services
         }
-        if self._last is not None and self._last[0] == inputs and self._last[1] == named:
-            return self._last[2]
-        result = convert(inputs, services=named, domain_suffix=self._suffix)
-        self._last = (inputs, named, result)
+        linked = address_targets(
+            [g for g in inputs.gateways if g.spec.addresses], services=services, domain_suffix=self._suffix
+        )
+        if self._last is not None and self._last[:3] == (inputs, named, linked):
+            return self._last[3]
+        result = convert(inputs, services=named, domain_suffix=self._suffix, addresses=linked)
+        self._last = (inputs, named, linked, result)
         return result
 
 
@@ -381,6 +421,7 @@ def _named_services(inputs: GatewayApiInputs) -> set[tuple[str, str]]:
     out: set[tuple[str, str]] = set()
     for route in inputs.routes:
         ns = route.metadata.namespace
+        out.update((p.namespace or ns, p.name) for p in route.spec.parent_refs if is_service_parent(p))
         rules: Sequence[RouteRule | L4RouteRule] = route.spec.rules
         for rule in rules:
             out.update((b.namespace or ns, b.name) for b in rule.backend_refs)

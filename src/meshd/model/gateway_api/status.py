@@ -22,6 +22,8 @@ from typing import Any
 from meshd.api.gateway_api import CONTROLLER_NAMES
 from meshd.api.kube import Pod, Secret, Service
 from meshd.api.meta import GATEWAY_API_GROUP, KUBERNETES_GATEWAY, InvalidResource, Resource, ResourceKey
+from meshd.model.derive import mesh_service
+from meshd.model.gateway_api.addresses import address_targets
 from meshd.model.gateway_api.convert import convert, inputs_of, status_digest
 from meshd.model.gateway_api.listeners import GATEWAY_NAME_LABEL, class_verdicts
 
@@ -68,13 +70,17 @@ def desired_statuses(
             if isinstance(pod, Pod) and GATEWAY_NAME_LABEL in pod.metadata.labels and pod.status.pod_ip:
                 at = (pod.metadata.namespace, pod.metadata.labels[GATEWAY_NAME_LABEL])
                 pods.setdefault(at, []).append(pod.status.pod_ip)
+        mesh_services = {
+            (s.metadata.namespace, s.metadata.name): mesh_service(s, suffix=domain_suffix)
+            for s in items
+            if isinstance(s, Service)
+        }
         result = convert(
             inputs,
-            services={
-                (s.metadata.namespace, s.metadata.name): frozenset(p.port for p in s.spec.ports)
-                for s in items
-                if isinstance(s, Service)
-            },
+            services={key: frozenset(p.number for p in s.ports) for key, s in mesh_services.items()},
+            addresses=address_targets(
+                [g for g in inputs.gateways if g.spec.addresses], services=mesh_services, domain_suffix=domain_suffix
+            ),
             secrets={(s.metadata.namespace, s.metadata.name) for s in items if isinstance(s, Secret)},
             gateway_pods={at: tuple(sorted(ips)) for at, ips in pods.items()},
             domain_suffix=domain_suffix,
