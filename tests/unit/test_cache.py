@@ -848,6 +848,38 @@ def _gateway_api_change(rng: random.Random, routers: list[Proxy]) -> list[dict[s
             spec["hostnames"] = rng.choice([["t.example.com"], ["t.example.com", "u.other.org"], []])
         return [{"apiVersion": "gateway.networking.k8s.io/v1alpha2", "kind": kind,
                  "metadata": {"name": rng.choice(["l1", "l2"]), "namespace": ns}, "spec": spec}]  # fmt: skip
+    if pick < 0.52:  # a GRPCRoute (method / header matches, weights, filters, a backend of another namespace)
+        backends = [{"name": rng.choice(["s1", "s2", "missing"]), "port": 9080, "weight": rng.choice([0, 1, 9])}]
+        if rng.random() < 0.4:
+            backends.append({"name": "s1", "namespace": rng.choice(["a", "b"]), "port": 9080})
+        method = rng.choice(
+            [
+                {"service": "pkg.Echo"},
+                {"service": "pkg.Echo", "method": rng.choice(["Say", "Chat"])},
+                {"type": "RegularExpression", "method": "S.*"},
+                None,
+            ]
+        )
+        grpc_rule: dict[str, Any] = {"matches": [{"method": method}] if method else [], "backendRefs": backends}
+        if rng.random() < 0.5:
+            grpc_rule["filters"] = [
+                {
+                    "type": "RequestHeaderModifier",
+                    "requestHeaderModifier": {"set": [{"name": "x-g", "value": str(rng.randint(0, 2))}]},
+                }
+            ]
+        return [
+            {
+                "apiVersion": gw_api,
+                "kind": "GRPCRoute",
+                "metadata": {"name": rng.choice(["g1", "g2"]), "namespace": ns},
+                "spec": {
+                    "parentRefs": [{"name": "kgw", "namespace": rng.choice(["a", "b"])}],
+                    "hostnames": rng.choice([[], ["h.example.com"], ["g.other.org"]]),
+                    "rules": [grpc_rule],
+                },
+            }
+        ]
     if pick < 0.6:
         backends = [{"name": rng.choice(["s1", "s2", "missing"]), "port": 9080, "weight": rng.choice([0, 1, 9])}]
         if rng.random() < 0.4:
@@ -879,7 +911,8 @@ def _gateway_api_change(rng: random.Random, routers: list[Proxy]) -> list[dict[s
     if pick < 0.75:
         return [{"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
                  "metadata": {"name": "g", "namespace": ns},
-                 "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute",
+                 "spec": {"from": [{"group": "gateway.networking.k8s.io",
+                                    "kind": rng.choice(["HTTPRoute", "GRPCRoute"]),
                                     "namespace": rng.choice(["a", "b"])}],
                           "to": [{"group": "", "kind": "Service"}]}}]  # fmt: skip
     if pick < 0.85:
@@ -973,6 +1006,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     gwapi_rng = random.Random(seed + 3000)  # Gateway API changes: a stream of their own
     gwapi_routes = 0
     gwapi_l4 = 0
+    gwapi_grpc = 0
     for step in range(130):
         ns, name = rng.choice(["a", "b"]), rng.choice(["s1", "s2"])
         choice = rng.random()
@@ -1156,6 +1190,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
                 gateway_listeners.update(listeners_held)
                 held_routes = conn.snapshot.resources.get(ROUTE, {}).values()
                 gwapi_routes += sum(b"/kgw~" in r.body for r in held_routes)  # an HTTPRoute's VirtualService
+                gwapi_grpc += sum(b".grpc." in r.body for r in held_routes)  # a GRPCRoute's routes
                 gwapi_l4 += sum(b"/kgw~tcp/" in r.body or b"/kgw~tls/" in r.body for r in listeners_held.values())
                 gateway_secrets += len(conn.snapshot.resources.get(SECRET, {}))
                 gateway_authz_seen[3] += _trusted_xff(conn.snapshot)
@@ -1185,7 +1220,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     assert wasm_seen  # and WasmPlugins' filters reached listeners
     assert all(telemetry_seen), telemetry_seen  # and Telemetry access logs and tracers, on sidecars and gateways
     assert all(gateway_authz_seen), gateway_authz_seen  # and jwt_authn and RBAC (HTTP, TCP) reached gateways
-    assert gwapi_routes and gwapi_l4  # and HTTPRoutes, TCPRoutes / TLSRoutes reached the gateways
+    assert gwapi_routes and gwapi_l4 and gwapi_grpc  # and HTTPRoutes, GRPCRoutes, TCPRoutes / TLSRoutes reached them
 
 
 def test_virtual_service_errors_are_carried_across_pushes_and_follow_their_rule() -> None:

@@ -140,7 +140,7 @@ def test_route_fields_meshd_does_not_translate_are_refused_by_name(
     assert err.value.field.startswith(field) and words in err.value.message, err.value
 
 
-@pytest.mark.parametrize("kind", ["GRPCRoute", "UDPRoute", "BackendTLSPolicy"])
+@pytest.mark.parametrize("kind", ["UDPRoute", "BackendTLSPolicy"])
 def test_kinds_not_translated_yet_are_refused(kind: str) -> None:
     with pytest.raises(InvalidResource) as err:
         parse_resource({"apiVersion": GW, "kind": kind, "metadata": {"name": "x", "namespace": "apps"}, "spec": {}})
@@ -195,7 +195,7 @@ def test_listener_conditions_and_conflicts() -> None:
         {"name": "c", "port": 81, "protocol": "HTTP"},
         {"name": "d", "port": 81, "protocol": "HTTPS", "tls": {"certificateRefs": [{"name": "s"}]}},
         {"name": "e", "port": 82, "protocol": "UDP"},
-        {"name": "f", "port": 83, "protocol": "HTTP", "allowedRoutes": {"kinds": [{"kind": "GRPCRoute"}]}},
+        {"name": "f", "port": 83, "protocol": "HTTP", "allowedRoutes": {"kinds": [{"kind": "TCPRoute"}]}},
     )
     status = _convert(gw, secrets={("infra", "s")}).status[ResourceKey(KUBERNETES_GATEWAY, "infra", "gw")]
     by_name = {lst["name"]: {c["type"]: c["reason"] for c in lst["conditions"]} for lst in status["listeners"]}

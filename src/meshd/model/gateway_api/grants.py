@@ -11,7 +11,15 @@ from meshd.api.gateway_api import ReferenceGrant
 from meshd.api.meta import GATEWAY_API_GROUP
 
 # the group of each kind that may be on either side of a grant meshd checks
-_GROUPS = {"HTTPRoute": GATEWAY_API_GROUP, "Gateway": GATEWAY_API_GROUP, "Service": "", "Secret": ""}
+_GROUPS = {
+    "HTTPRoute": GATEWAY_API_GROUP,
+    "GRPCRoute": GATEWAY_API_GROUP,
+    "TCPRoute": GATEWAY_API_GROUP,
+    "TLSRoute": GATEWAY_API_GROUP,
+    "Gateway": GATEWAY_API_GROUP,
+    "Service": "",
+    "Secret": "",
+}
 
 
 @dataclass(frozen=True)

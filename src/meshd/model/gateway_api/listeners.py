@@ -26,8 +26,8 @@ LISTENER_ANNOTATION = "internal.meshd.io/gateway-api-listener"
 PROTOCOLS = ("HTTP", "HTTPS", "TCP", "TLS")
 # The route kinds each listener protocol (TLS: and mode) takes.
 ROUTE_KINDS = {
-    "HTTP": ("HTTPRoute",),
-    "HTTPS": ("HTTPRoute",),
+    "HTTP": ("HTTPRoute", "GRPCRoute"),
+    "HTTPS": ("HTTPRoute", "GRPCRoute"),
     "TCP": ("TCPRoute",),
     "TLS/Passthrough": ("TLSRoute",),
     "TLS/Terminate": ("TCPRoute",),
