@@ -119,12 +119,15 @@ def test_the_kube_source_keeps_both_gateway_kinds_apart() -> None:
         ({"filters": [{"type": "ExtensionRef", "extensionRef": {"group": "", "kind": "X", "name": "x"}}]},
          "spec.rules[0].filters[0].extensionRef", "not supported"),
         ({"filters": [{"type": "CORS"}]}, "spec.rules[0].filters[0].type", "not supported"),
-        ({"timeouts": {"backendRequest": "1s"}}, "spec.rules[0].timeouts.backendRequest", "not supported"),
+        ({"timeouts": {"request": "1s", "backendRequest": "2s"}}, "spec.rules[0].timeouts.backendRequest",
+         "not be longer than request"),
         ({"backendRefs": [{"name": "web"}]}, "spec.rules[0].backendRefs[0].port", "required"),
         ({"filters": [{"type": "RequestRedirect", "requestRedirect": {
             "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/x"}}}]},
          "spec.rules[0].filters[0].requestRedirect.path.type", "not supported"),
-        ({"retry": {"attempts": 2}}, "spec.rules[0].retry", "not supported"),
+        ({"retry": {"backoff": "100ms"}}, "spec.rules[0].retry.backoff", "not applied by meshd"),
+        ({"retry": {"codes": [200]}}, "spec.rules[0].retry.codes", "400 to 599"),
+        ({"retry": {"attempts": -1}}, "spec.rules[0].retry.attempts", "greater than or equal"),
         ({"sessionPersistence": {"type": "Cookie"}}, "spec.rules[0].sessionPersistence", "not supported"),
         ({"filters": [{"type": "CORS", "cors": {}}]}, "spec.rules[0].filters[0].cors", "not supported"),
         ({"nope": 1}, "spec.rules[0].nope", "unknown field"),
@@ -345,3 +348,26 @@ def test_hostnames_and_header_names_are_checked(doc: dict[str, Any], field: str)
     with pytest.raises(InvalidResource) as err:
         parse_resource(doc)
     assert err.value.field == field, err.value
+
+
+def test_retry_and_backend_request_timeout_become_virtual_service_retries() -> None:
+    def action(**rule: Any) -> dict[str, Any]:
+        doc = http_route(rules=[{"backendRefs": [{"name": "web", "port": 80}], **rule}])
+        [vs] = _convert(k8s_gateway(), doc, service()).virtual_services
+        route = vs.spec.http[0]
+        retries = route.retries.model_dump(by_alias=True, exclude_defaults=True) if route.retries else None
+        return {"retries": retries, "timeout": route.timeout}
+
+    assert action() == {"retries": None, "timeout": None}  # Istio's default policy ({}: attempts 0, none)
+    assert action(retry={"attempts": 3, "codes": [500, 503]}) == {
+        "retries": {"attempts": 3, "retryOn": "connect-failure,refused-stream,unavailable,cancelled,500,503"},
+        "timeout": None,
+    }
+    assert action(retry={}) == {"retries": {"attempts": 2}, "timeout": None}
+    assert action(timeouts={"request": "5s", "backendRequest": "1s"}) == {
+        "retries": {"attempts": 2, "perTryTimeout": "1s"},
+        "timeout": "5s",
+    }
+    # one try only: the backend timeout is the route's
+    assert action(retry={"attempts": 0}, timeouts={"backendRequest": "1s"}) == {"retries": {}, "timeout": "1s"}
+    assert action(timeouts={"backendRequest": "0s"}) == {"retries": None, "timeout": None}  # zero: none
