@@ -7,7 +7,8 @@ NoMatchingListenerHostname, NoMatchingParent, UnsupportedValue (a Service parent
 BackendNotFound, InvalidKind and RefNotPermitted until a ReferenceGrant allows the reference; TCPRoute and
 TLSRoute status on TCP / TLS Passthrough listeners; GRPCRoute Accepted, NotAllowedByListeners (a listener whose
 kinds exclude it), NoMatchingListenerHostname, BackendNotFound, RefNotPermitted until a ReferenceGrant, a Service
-parent refused (UnsupportedValue), attachedRoutes and supportedKinds. Another controller's
+parent refused (UnsupportedValue), attachedRoutes and supportedKinds; a listener's certificateRef to another
+namespace's Secret RefNotPermitted until a ReferenceGrant allows it. Another controller's
 GatewayClass and Gateways get nothing from meshd."""
 
 from __future__ import annotations
@@ -298,6 +299,37 @@ async def test_grpc_route_status(kube: KubeRest) -> None:
     await wait_for(kube, "GRPCRoute", APP_NS, "grpc-cross",
                    lambda o: parent_conditions(o).get("ResolvedRefs") == ("True", "ResolvedRefs"),
                    "ResolvedRefs once a ReferenceGrant allows it")  # fmt: skip
+
+
+async def test_certificate_ref_to_another_namespace_needs_a_reference_grant(kube: KubeRest) -> None:
+    cert, key = _tls_pair()
+    await kube.apply({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                      "metadata": {"name": "shared-cert", "namespace": TEAM_NS},
+                      "stringData": {"tls.crt": cert, "tls.key": key}})  # fmt: skip
+    await kube.apply({"apiVersion": GW, "kind": "Gateway", "metadata": {"name": "cross-cert", "namespace": GW_NS},
+                      "spec": {"gatewayClassName": "istio", "listeners": [
+                          {"name": "https", "port": 443, "protocol": "HTTPS",
+                           "tls": {"mode": "Terminate",
+                                   "certificateRefs": [{"name": "shared-cert", "namespace": TEAM_NS}]}}]}})  # fmt: skip
+
+    def listener(o: dict[str, Any]) -> dict[str, tuple[str, str]]:
+        found = ((o.get("status") or {}).get("listeners") or [{}])[0].get("conditions") or []
+        return {c["type"]: (c["status"], c["reason"]) for c in found}
+
+    await wait_for(kube, "Gateway", GW_NS, "cross-cert",
+                   lambda o: listener(o).get("ResolvedRefs") == ("False", "RefNotPermitted")
+                   and listener(o).get("Programmed") == ("False", "Invalid"),
+                   "listener ResolvedRefs False RefNotPermitted without a ReferenceGrant")  # fmt: skip
+    await kube.apply({
+        "apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+        "metadata": {"name": "gateways-to-certs", "namespace": TEAM_NS},
+        "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": GW_NS}],
+                 "to": [{"group": "", "kind": "Secret", "name": "shared-cert"}]},
+    })  # fmt: skip
+    await wait_for(kube, "Gateway", GW_NS, "cross-cert",
+                   lambda o: listener(o).get("ResolvedRefs") == ("True", "ResolvedRefs")
+                   and listener(o).get("Programmed") == ("True", "Programmed"),
+                   "listener ResolvedRefs once the ReferenceGrant allows the Secret")  # fmt: skip
 
 
 async def test_tcp_and_tls_route_status(kube: KubeRest) -> None:

@@ -319,7 +319,7 @@ def _gateway(rng: random.Random, ns: str) -> dict[str, Any]:
         mode = rng.choice(["SIMPLE", "MUTUAL", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL"])
         tls: dict[str, Any] = {"mode": mode}
         if mode != "ISTIO_MUTUAL":
-            tls["credentialName"] = rng.choice(["c1", "c2", "c3"])
+            tls["credentialName"] = rng.choice(["c1", "c2", "c3", "kubernetes-gateway://b/c1"])  # b: a ReferenceGrant
         servers.append({"port": {"number": 443, "name": "https", "protocol": "HTTPS"},
                         "hosts": [rng.choice(["*", "s1.example.com"])], "tls": tls})  # fmt: skip
     if rng.random() < 0.6:
@@ -818,7 +818,10 @@ def _gateway_api_change(rng: random.Random, routers: list[Proxy]) -> list[dict[s
         ]  # fmt: skip
         if rng.random() < 0.6:
             listeners.append({"name": "https", "port": 443, "protocol": "HTTPS",
-                              "tls": {"certificateRefs": [{"name": rng.choice(["c1", "c2"])}]}})  # fmt: skip
+                              "tls": {"certificateRefs": [{"name": rng.choice(["c1", "c2"]),
+                                                           # another namespace's Secret (ReferenceGrant)
+                                                           **({"namespace": rng.choice(["a", "b"])}
+                                                              if rng.random() < 0.4 else {})}]}})  # fmt: skip
         if rng.random() < 0.8:
             listeners.append({"name": "tcp", "port": 9000, "protocol": "TCP",
                               "allowedRoutes": {"namespaces": {"from": rng.choice(["All", "Same"])}}})  # fmt: skip
@@ -909,12 +912,14 @@ def _gateway_api_change(rng: random.Random, routers: list[Proxy]) -> list[dict[s
             }
         ]
     if pick < 0.75:
+        # routes to Services (grant g), or Gateways to Secrets (grant s: certificateRefs of another namespace)
+        source, target = rng.choice([("HTTPRoute", "Service"), ("GRPCRoute", "Service"), ("Gateway", "Secret")])
+        named = {"name": rng.choice(["c1", "c2"])} if target == "Secret" and rng.random() < 0.3 else {}
         return [{"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
-                 "metadata": {"name": "g", "namespace": ns},
-                 "spec": {"from": [{"group": "gateway.networking.k8s.io",
-                                    "kind": rng.choice(["HTTPRoute", "GRPCRoute"]),
+                 "metadata": {"name": "s" if target == "Secret" else "g", "namespace": ns},
+                 "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": source,
                                     "namespace": rng.choice(["a", "b"])}],
-                          "to": [{"group": "", "kind": "Service"}]}}]  # fmt: skip
+                          "to": [{"group": "", "kind": target, **named}]}}]  # fmt: skip
     if pick < 0.85:
         return [
             {
@@ -961,10 +966,22 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     start[0]["metadata"]["labels"]["gateway.networking.k8s.io/gateway-name"] = "kgw"
     start += [
         {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "kgw", "namespace": "a"},
-         "spec": {"gatewayClassName": "istio", "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}},
+         "spec": {"gatewayClassName": "istio", "listeners": [
+             {"name": "http", "port": 80, "protocol": "HTTP"},
+             # a Secret of namespace b, under the ReferenceGrant below
+             {"name": "https", "port": 443, "protocol": "HTTPS",
+              "tls": {"certificateRefs": [{"name": "c1", "namespace": "b"}]}}]}},
+        {"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+         "metadata": {"name": "s", "namespace": "b"},
+         "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": "a"}],
+                  "to": [{"group": "", "kind": "Secret"}]}},
         {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
          "metadata": {"name": "r0", "namespace": "a"},
          "spec": {"parentRefs": [{"name": "kgw"}], "rules": [{"backendRefs": [{"name": "s1", "port": 9080}]}]}},
+        {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+         "metadata": {"name": "g0", "namespace": "a"},
+         "spec": {"parentRefs": [{"name": "kgw"}], "rules": [{"matches": [{"method": {"service": "pkg.Echo"}}],
+                                                               "backendRefs": [{"name": "s2", "port": 9080}]}]}},
     ]  # fmt: skip
     mesh.apply(_resources(start))
     proxies += routers
@@ -1007,6 +1024,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     gwapi_routes = 0
     gwapi_l4 = 0
     gwapi_grpc = 0
+    gwapi_cross_secrets = 0  # another namespace's Secrets served to gateways under a ReferenceGrant
     for step in range(130):
         ns, name = rng.choice(["a", "b"]), rng.choice(["s1", "s2"])
         choice = rng.random()
@@ -1193,6 +1211,9 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
                 gwapi_grpc += sum(b".grpc." in r.body for r in held_routes)  # a GRPCRoute's routes
                 gwapi_l4 += sum(b"/kgw~tcp/" in r.body or b"/kgw~tls/" in r.body for r in listeners_held.values())
                 gateway_secrets += len(conn.snapshot.resources.get(SECRET, {}))
+                gwapi_cross_secrets += sum(
+                    n.startswith("kubernetes-gateway://") for n in conn.snapshot.resources.get(SECRET, {})
+                )
                 gateway_authz_seen[3] += _trusted_xff(conn.snapshot)
                 for i, marker in enumerate((b"jwt_authn", b"filters.http.rbac", b"filters.network.rbac")):
                     gateway_authz_seen[i] += sum(
@@ -1220,6 +1241,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     assert wasm_seen  # and WasmPlugins' filters reached listeners
     assert all(telemetry_seen), telemetry_seen  # and Telemetry access logs and tracers, on sidecars and gateways
     assert all(gateway_authz_seen), gateway_authz_seen  # and jwt_authn and RBAC (HTTP, TCP) reached gateways
+    assert gwapi_cross_secrets  # and a Gateway API listener's Secret of another namespace, under a ReferenceGrant
     assert gwapi_routes and gwapi_l4 and gwapi_grpc  # and HTTPRoutes, GRPCRoutes, TCPRoutes / TLSRoutes reached them
 
 

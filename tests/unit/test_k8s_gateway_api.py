@@ -18,10 +18,13 @@ from meshd.api.parse import parse_resource
 from meshd.kube.kinds import watched_kinds
 from meshd.kube.source import KubeSource
 from meshd.model.gateway_api.convert import convert, inputs_of
+from meshd.model.gateway_api.grants import secret_grants
 from meshd.model.gateway_api.hostnames import intersect_hostnames
 from meshd.model.gateway_api.status import ApiStatus, desired_statuses, render_api_status
 from meshd.model.store import ConfigStore
 from meshd.model.world import build_world
+from meshd.translate.secrets import readable, source
+from tests.certs import Authority
 
 GW = "gateway.networking.k8s.io/v1"
 
@@ -297,19 +300,60 @@ def test_the_kube_source_stores_namespaces_with_their_labels() -> None:
     assert not list(store.resources())
 
 
-def test_certificate_refs_of_another_namespace_are_refused() -> None:
+def test_certificate_refs_of_another_namespace_need_a_reference_grant() -> None:
     https = {"name": "https", "port": 443, "protocol": "HTTPS",
              "tls": {"certificateRefs": [{"name": "c", "namespace": "certs"}]}}  # fmt: skip
     grant = {"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
              "metadata": {"name": "g", "namespace": "certs"},
              "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": "infra"}],
                       "to": [{"group": "", "kind": "Secret"}]}}  # fmt: skip
-    for docs, words in (((), "no ReferenceGrant"), ((grant,), "own namespace only")):
-        result = _convert(k8s_gateway(https), *docs, secrets={("certs", "c")})
+
+    def resolved(*docs: dict[str, Any], secrets: Any = frozenset({("certs", "c")})) -> tuple[Any, dict[str, str]]:
+        result = _convert(k8s_gateway(https), *docs, secrets=secrets)
         [listener] = result.status[ResourceKey(KUBERNETES_GATEWAY, "infra", "gw")]["listeners"]
-        resolved = next(c for c in listener["conditions"] if c["type"] == "ResolvedRefs")
-        assert resolved["reason"] == "RefNotPermitted" and words in resolved["message"], resolved
-        assert not result.gateways  # nothing served
+        return result, next(c for c in listener["conditions"] if c["type"] == "ResolvedRefs")
+
+    result, condition = resolved()
+    assert condition["reason"] == "RefNotPermitted" and "no ReferenceGrant" in condition["message"], condition
+    assert not result.gateways  # nothing served
+    result, condition = resolved(grant)
+    assert condition["status"] == "True", condition
+    [gateway] = result.gateways
+    tls = gateway.spec.servers[0].tls
+    assert tls is not None and tls.credential_name == "kubernetes-gateway://certs/c"
+    _, condition = resolved(grant, secrets=frozenset())
+    assert condition["reason"] == "InvalidCertificateRef" and "certs/c does not exist" in condition["message"]
+    grant["spec"]["from"][0]["namespace"] = "elsewhere"  # a grant for Gateways of another namespace
+    assert resolved(grant)[1]["reason"] == "RefNotPermitted"
+
+
+def test_another_namespaces_secret_is_served_to_gateways_only_under_a_reference_grant() -> None:
+    def grant(name: str = "", from_ns: str = "infra", kind: str = "Gateway") -> Any:
+        return parse_resource({
+            "apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+            "metadata": {"name": "g", "namespace": "certs"},
+            "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": kind, "namespace": from_ns}],
+                     "to": [{"group": "", "kind": "Secret", **({"name": name} if name else {})}]}})  # fmt: skip
+
+    resource = "kubernetes-gateway://certs/c"
+    assert dict(secret_grants([grant()])) == {("infra", "certs", ""): True}
+    assert readable(secret_grants([grant()]), namespace="infra", resource=resource)
+    assert readable(secret_grants([grant("c")]), namespace="infra", resource=resource)
+    assert not readable(secret_grants([grant("other")]), namespace="infra", resource=resource)
+    assert not readable(secret_grants([grant(from_ns="x")]), namespace="infra", resource=resource)
+    assert not readable(secret_grants([grant(kind="HTTPRoute")]), namespace="infra", resource=resource)
+    assert not readable({}, namespace="infra", resource=resource)
+    assert readable({}, namespace="certs", resource=resource)  # its own namespace
+    assert not readable({}, namespace="infra", resource="kubernetes-gateway://certs")  # malformed
+    pem = Authority("grant test CA").issue("gw.example.com", sans=("gw.example.com",))
+    secret = parse_resource({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "c", "namespace": "certs"},
+                             "type": "kubernetes.io/tls",
+                             "stringData": {"tls.crt": pem.cert.decode(), "tls.key": pem.key.decode()}})  # fmt: skip
+    secrets = {("certs", "c"): secret}
+    holder, why = source(secrets, namespace="infra", resource=resource)
+    assert holder is None and "no ReferenceGrant in certs" in why
+    holder, _ = source(secrets, namespace="infra", resource=resource, grants=secret_grants([grant()]))
+    assert holder is secret
 
 
 def test_addresses_and_tls_options_are_refused() -> None:
