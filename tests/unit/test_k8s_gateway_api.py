@@ -415,3 +415,22 @@ def test_retry_and_backend_request_timeout_become_virtual_service_retries() -> N
     # one try only: the backend timeout is the route's
     assert action(retry={"attempts": 0}, timeouts={"backendRequest": "1s"}) == {"retries": {}, "timeout": "1s"}
     assert action(timeouts={"backendRequest": "0s"}) == {"retries": None, "timeout": None}  # zero: none
+
+
+def test_reference_grants_from_l4_routes_allow_their_backends() -> None:
+    tcp = {"apiVersion": "gateway.networking.k8s.io/v1alpha2", "kind": "TCPRoute",
+           "metadata": {"name": "t", "namespace": "apps"},
+           "spec": {"parentRefs": [{"name": "gw", "namespace": "infra"}],
+                    "rules": [{"backendRefs": [{"name": "web", "namespace": "team", "port": 80}]}]}}  # fmt: skip
+    gw = k8s_gateway({"name": "tcp", "port": 9000, "protocol": "TCP", "allowedRoutes": {"namespaces": {"from": "All"}}})
+    grant = {"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+             "metadata": {"name": "g", "namespace": "team"},
+             "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "TCPRoute", "namespace": "apps"}],
+                      "to": [{"group": "", "kind": "Service"}]}}  # fmt: skip
+
+    def resolved(*docs: dict[str, Any]) -> str:
+        parent = _convert(gw, tcp, service(ns="team"), *docs).status[ResourceKey("TCPRoute", "apps", "t")]["parents"][0]
+        return str({c["type"]: c["reason"] for c in parent["conditions"]}["ResolvedRefs"])
+
+    assert resolved() == "RefNotPermitted"
+    assert resolved(grant) == "ResolvedRefs"
