@@ -39,6 +39,7 @@ from meshd.api.envoyfilter import EnvoyFilterSpec  # noqa: E402
 from meshd.api.gateway import GatewaySpec  # noqa: E402
 from meshd.api.gateway_api import GatewayClassSpec, KubernetesGatewaySpec, ReferenceGrantSpec  # noqa: E402
 from meshd.api.gateway_l4route import TCPRouteSpec, TLSRouteSpec  # noqa: E402
+from meshd.api.grpcroute import GRPCRouteSpec  # noqa: E402
 from meshd.api.httproute import HTTPRouteSpec  # noqa: E402
 from meshd.api.meta import REFUSED_MARK  # noqa: E402
 from meshd.api.networking import ServiceEntrySpec, SidecarSpec, WorkloadEntrySpec  # noqa: E402
@@ -120,13 +121,12 @@ KINDS = (
     CrdKind(TELEMETRY, "Telemetry", "telemetries", ("telemetry",), TelemetrySpec),
     CrdKind(EXTENSIONS, "WasmPlugin", "wasmplugins", (), WasmPluginSpec),
 )
-# Gateway API v1.2 standard channel, and the experimental TCPRoute / TLSRoute (GRPCRoute: refused by meshd for
-# now, its spec permissive).
+# Gateway API v1.2 standard channel, and the experimental TCPRoute / TLSRoute.
 GATEWAY_API_KINDS = (
     CrdKind(GATEWAY_API, "GatewayClass", "gatewayclasses", ("gc",), GatewayClassSpec, scope="Cluster"),
     CrdKind(GATEWAY_API, "Gateway", "gateways", ("gtw",), KubernetesGatewaySpec),
     CrdKind(GATEWAY_API, "HTTPRoute", "httproutes", (), HTTPRouteSpec),
-    CrdKind(GATEWAY_API, "GRPCRoute", "grpcroutes", (), None, versions=("v1",)),
+    CrdKind(GATEWAY_API, "GRPCRoute", "grpcroutes", (), GRPCRouteSpec, versions=("v1",)),
     CrdKind(GATEWAY_API, "TCPRoute", "tcproutes", (), TCPRouteSpec, versions=("v1alpha2",)),
     CrdKind(GATEWAY_API, "TLSRoute", "tlsroutes", (), TLSRouteSpec, versions=("v1alpha2",)),
     CrdKind(

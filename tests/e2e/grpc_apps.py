@@ -1,8 +1,8 @@
 """Tiny real gRPC apps for the protocol tests (grpcio, no generated code: raw-bytes methods).
 
-Server: `meshd.test.Echo` with `Say` (unary: answers JSON naming the server's version and the request's
-authority) and `Chat` (bidirectional streaming: one JSON reply per request message). The client helpers
-call them over a plain channel (through a sidecar) or, in a subprocess, over `xds:///` (proxyless).
+Server: `meshd.test.Echo` with `Say` (unary: answers JSON naming the server's version, the request's
+authority and its metadata) and `Chat` (bidirectional streaming: one JSON reply per request message). The
+client helpers call them over a plain channel (through a sidecar) or, in a subprocess, over `xds:///` (proxyless).
 """
 
 from __future__ import annotations
@@ -35,8 +35,14 @@ class EchoServer:
     async def _say(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:  # type: ignore[type-arg]
         self.calls += 1
         metadata = dict(context.invocation_metadata() or ())
+        texts = {k: v for k, v in metadata.items() if isinstance(v, str)}  # (-bin values are bytes)
         return json.dumps(
-            {"version": self.version, "request": request.decode(), "authority": metadata.get(":authority", "")}
+            {
+                "version": self.version,
+                "request": request.decode(),
+                "authority": metadata.get(":authority", ""),
+                "metadata": texts,
+            }
         ).encode()
 
     async def _chat(

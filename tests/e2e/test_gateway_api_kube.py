@@ -6,7 +6,10 @@ attachedRoutes; HTTPRoute Accepted/ResolvedRefs per parent with NotAllowedByList
 NoMatchingListenerHostname, NoMatchingParent, UnsupportedValue (an unsupported field), a mesh route (GAMMA:
 a Service parent) Accepted, NoMatchingParent for a missing Service or port,
 BackendNotFound, InvalidKind and RefNotPermitted until a ReferenceGrant allows the reference; TCPRoute and
-TLSRoute status on TCP / TLS Passthrough listeners; a GRPCRoute refused on each parent. Another controller's
+TLSRoute status on TCP / TLS Passthrough listeners; GRPCRoute Accepted, NotAllowedByListeners (a listener whose
+kinds exclude it), NoMatchingListenerHostname, BackendNotFound, RefNotPermitted until a ReferenceGrant, a Service
+parent refused (UnsupportedValue), attachedRoutes and supportedKinds; a listener's certificateRef to another
+namespace's Secret RefNotPermitted until a ReferenceGrant allows it. Another controller's
 GatewayClass and Gateways get nothing from meshd."""
 
 from __future__ import annotations
@@ -146,7 +149,10 @@ async def test_gateway_class_and_gateway_status(kube: KubeRest) -> None:
     assert listeners["tcp"]["supportedKinds"] == [{"group": "gateway.networking.k8s.io", "kind": "TCPRoute"}]
     assert listeners["tls"]["supportedKinds"] == [{"group": "gateway.networking.k8s.io", "kind": "TLSRoute"}]
     assert lc["https"]["ResolvedRefs"] == ("False", "InvalidCertificateRef")
-    assert listeners["http"]["supportedKinds"] == [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}]
+    assert listeners["http"]["supportedKinds"] == [
+        {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"},
+        {"group": "gateway.networking.k8s.io", "kind": "GRPCRoute"},
+    ]
 
     # the Secret appears: the HTTPS listener resolves; another controller's classes get nothing of meshd
     cert, key = _tls_pair()
@@ -207,7 +213,7 @@ async def test_route_status_reasons(kube: KubeRest) -> None:
                  {"ResolvedRefs": ("False", "InvalidKind")}),
         "refused": (route("refused", APP_NS, parent=PARENT, backend=backend) | {"spec": {
                         "parentRefs": [PARENT], "rules": [{"backendRefs": [backend],
-                                                           "timeouts": {"backendRequest": "1s"}}]}},
+                                                           "retry": {"backoff": "1s"}}]}},
                     {"Accepted": ("False", "UnsupportedValue")}),
     }  # fmt: skip
     for obj, _ in cases.values():
@@ -243,14 +249,98 @@ async def test_cross_namespace_backend_needs_a_reference_grant(kube: KubeRest) -
                    "ResolvedRefs once a ReferenceGrant allows it")  # fmt: skip
 
 
-async def test_a_route_kind_not_supported_yet_is_refused_on_its_parents(kube: KubeRest) -> None:
-    await kube.apply({"apiVersion": GW, "kind": "GRPCRoute", "metadata": {"name": "grpc", "namespace": APP_NS},
-                      "spec": {"parentRefs": [PARENT]}})  # fmt: skip
-    found = await wait_for(kube, "GRPCRoute", APP_NS, "grpc",
-                           lambda o: parent_conditions(o).get("Accepted") == ("False", "UnsupportedValue"),
-                           "GRPCRoute refused")  # fmt: skip
-    message = found["status"]["parents"][0]["conditions"][0]["message"]
-    assert "GRPCRoute is not supported by meshd yet" in message, message
+async def test_grpc_route_status(kube: KubeRest) -> None:
+    await kube.apply(service("echo", APP_NS))
+    await kube.apply(service("echo", TEAM_NS))
+    await kube.apply({"apiVersion": GW, "kind": "Gateway", "metadata": {"name": "grpc-gw", "namespace": GW_NS},
+                      "spec": {"gatewayClassName": "istio", "listeners": [
+                          {"name": "grpc", "port": 80, "protocol": "HTTP", "hostname": "*.example.com",
+                           "allowedRoutes": {"namespaces": {"from": "All"}}},
+                          {"name": "http-only", "port": 8081, "protocol": "HTTP",
+                           "allowedRoutes": {"namespaces": {"from": "All"},
+                                             "kinds": [{"kind": "HTTPRoute"}]}}]}})  # fmt: skip
+    parent = {"name": "grpc-gw", "namespace": GW_NS, "sectionName": "grpc"}
+
+    def grpc_route(
+        name: str, *, section: str = "grpc", backend: dict[str, Any] | None = None, **spec: Any
+    ) -> dict[str, Any]:
+        return {"apiVersion": GW, "kind": "GRPCRoute", "metadata": {"name": name, "namespace": APP_NS},
+                "spec": {"parentRefs": [{**parent, "sectionName": section}],
+                         "rules": [{"matches": [{"method": {"service": "meshd.test.Echo", "method": "Say"}}],
+                                    "backendRefs": [backend or {"name": "echo", "port": 8080}]}], **spec}}  # fmt: skip
+
+    cases = {
+        "grpc-ok": (grpc_route("grpc-ok", hostnames=["echo.example.com"]),
+                    {"Accepted": ("True", "Accepted"), "ResolvedRefs": ("True", "ResolvedRefs")}),
+        "grpc-kinds": (grpc_route("grpc-kinds", section="http-only"),
+                       {"Accepted": ("False", "NotAllowedByListeners")}),
+        "grpc-hostname": (grpc_route("grpc-hostname", hostnames=["echo.other.org"]),
+                          {"Accepted": ("False", "NoMatchingListenerHostname")}),
+        "grpc-missing": (grpc_route("grpc-missing", backend={"name": "nowhere", "port": 8080}),
+                         {"Accepted": ("True", "Accepted"), "ResolvedRefs": ("False", "BackendNotFound")}),
+        "grpc-cross": (grpc_route("grpc-cross", backend={"name": "echo", "namespace": TEAM_NS, "port": 8080}),
+                       {"Accepted": ("True", "Accepted"), "ResolvedRefs": ("False", "RefNotPermitted")}),
+        "grpc-mesh": (grpc_route("grpc-mesh") | {"spec": {"parentRefs": [{"group": "", "kind": "Service",
+                                                                          "name": "echo"}]}},
+                      {"Accepted": ("False", "UnsupportedValue")}),
+    }  # fmt: skip
+    for obj, _ in cases.values():
+        await kube.apply(obj)
+    for name, (_, expected) in cases.items():
+        await wait_for(
+            kube, "GRPCRoute", APP_NS, name,
+            lambda o, e=expected: all(parent_conditions(o).get(t) == v for t, v in e.items()),
+            f"GRPCRoute {name}: {expected}",
+        )  # fmt: skip
+
+    def attached(o: dict[str, Any]) -> dict[str, int]:
+        return {lst["name"]: lst["attachedRoutes"] for lst in (o.get("status") or {}).get("listeners") or []}
+
+    gw = await wait_for(kube, "Gateway", GW_NS, "grpc-gw", lambda o: attached(o) == {"grpc": 3, "http-only": 0},
+                        "listener grpc: 3 GRPCRoutes (ok, missing, cross); http-only: none")  # fmt: skip
+    kinds = {lst["name"]: [k["kind"] for k in lst["supportedKinds"]] for lst in gw["status"]["listeners"]}
+    assert kinds == {"grpc": ["HTTPRoute", "GRPCRoute"], "http-only": ["HTTPRoute"]}, kinds
+    # a ReferenceGrant for GRPCRoutes of APP_NS resolves the cross-namespace backend
+    await kube.apply({
+        "apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+        "metadata": {"name": "apps-grpc", "namespace": TEAM_NS},
+        "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "GRPCRoute", "namespace": APP_NS}],
+                 "to": [{"group": "", "kind": "Service"}]},
+    })  # fmt: skip
+    await wait_for(kube, "GRPCRoute", APP_NS, "grpc-cross",
+                   lambda o: parent_conditions(o).get("ResolvedRefs") == ("True", "ResolvedRefs"),
+                   "ResolvedRefs once a ReferenceGrant allows it")  # fmt: skip
+
+
+async def test_certificate_ref_to_another_namespace_needs_a_reference_grant(kube: KubeRest) -> None:
+    cert, key = _tls_pair()
+    await kube.apply({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                      "metadata": {"name": "shared-cert", "namespace": TEAM_NS},
+                      "stringData": {"tls.crt": cert, "tls.key": key}})  # fmt: skip
+    await kube.apply({"apiVersion": GW, "kind": "Gateway", "metadata": {"name": "cross-cert", "namespace": GW_NS},
+                      "spec": {"gatewayClassName": "istio", "listeners": [
+                          {"name": "https", "port": 443, "protocol": "HTTPS",
+                           "tls": {"mode": "Terminate",
+                                   "certificateRefs": [{"name": "shared-cert", "namespace": TEAM_NS}]}}]}})  # fmt: skip
+
+    def listener(o: dict[str, Any]) -> dict[str, tuple[str, str]]:
+        found = ((o.get("status") or {}).get("listeners") or [{}])[0].get("conditions") or []
+        return {c["type"]: (c["status"], c["reason"]) for c in found}
+
+    await wait_for(kube, "Gateway", GW_NS, "cross-cert",
+                   lambda o: listener(o).get("ResolvedRefs") == ("False", "RefNotPermitted")
+                   and listener(o).get("Programmed") == ("False", "Invalid"),
+                   "listener ResolvedRefs False RefNotPermitted without a ReferenceGrant")  # fmt: skip
+    await kube.apply({
+        "apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+        "metadata": {"name": "gateways-to-certs", "namespace": TEAM_NS},
+        "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": GW_NS}],
+                 "to": [{"group": "", "kind": "Secret", "name": "shared-cert"}]},
+    })  # fmt: skip
+    await wait_for(kube, "Gateway", GW_NS, "cross-cert",
+                   lambda o: listener(o).get("ResolvedRefs") == ("True", "ResolvedRefs")
+                   and listener(o).get("Programmed") == ("True", "Programmed"),
+                   "listener ResolvedRefs once the ReferenceGrant allows the Secret")  # fmt: skip
 
 
 async def test_tcp_and_tls_route_status(kube: KubeRest) -> None:

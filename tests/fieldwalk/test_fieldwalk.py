@@ -59,6 +59,7 @@ NO_TRAFFIC_EFFECT: dict[Field, str] = {
     ("WasmPluginSpec", "imagePullPolicy"): "meshd runs a module only with its digest (sha256 for http(s)://, a local "
     "file for file://); Istio applies the pull policy only to modules referenced without one",
     ("L4RouteRule", "name"): "as RouteRule.name (TCPRoute, TLSRoute)",
+    ("GRPCRouteRule", "name"): "as RouteRule.name (GRPCRoute)",
 }
 
 # Fields whose only accepted value is what meshd does anyway: validation refuses every other value, naming it.
@@ -69,6 +70,7 @@ VALIDATED_ONLY: dict[Field, str] = {
     ("TelemetryTargetRef", "kind"): "Gateway only",
     ("TelemetryTargetRef", "namespace"): "empty only (a Gateway of the Telemetry's own namespace)",
     ("RouteFilter", "type"): "Gateway API: must name the one filter field given (validation); the field is read",
+    ("GRPCRouteFilter", "type"): "as RouteFilter.type (GRPCRoute)",
     ("WasmPluginSpec", "type"): "HTTP (or unset, Istio's HTTP) only: NETWORK is refused by validation",
 }
 

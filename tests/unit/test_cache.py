@@ -319,7 +319,7 @@ def _gateway(rng: random.Random, ns: str) -> dict[str, Any]:
         mode = rng.choice(["SIMPLE", "MUTUAL", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL"])
         tls: dict[str, Any] = {"mode": mode}
         if mode != "ISTIO_MUTUAL":
-            tls["credentialName"] = rng.choice(["c1", "c2", "c3"])
+            tls["credentialName"] = rng.choice(["c1", "c2", "c3", "kubernetes-gateway://b/c1"])  # b: a ReferenceGrant
         servers.append({"port": {"number": 443, "name": "https", "protocol": "HTTPS"},
                         "hosts": [rng.choice(["*", "s1.example.com"])], "tls": tls})  # fmt: skip
     if rng.random() < 0.6:
@@ -857,7 +857,10 @@ def _gateway_api_change(rng: random.Random, routers: list[Proxy], mesh_rng: rand
         ]  # fmt: skip
         if rng.random() < 0.6:
             listeners.append({"name": "https", "port": 443, "protocol": "HTTPS",
-                              "tls": {"certificateRefs": [{"name": rng.choice(["c1", "c2"])}]}})  # fmt: skip
+                              "tls": {"certificateRefs": [{"name": rng.choice(["c1", "c2"]),
+                                                           # another namespace's Secret (ReferenceGrant)
+                                                           **({"namespace": rng.choice(["a", "b"])}
+                                                              if rng.random() < 0.4 else {})}]}})  # fmt: skip
         if rng.random() < 0.8:
             listeners.append({"name": "tcp", "port": 9000, "protocol": "TCP",
                               "allowedRoutes": {"namespaces": {"from": rng.choice(["All", "Same"])}}})  # fmt: skip
@@ -897,6 +900,38 @@ def _gateway_api_change(rng: random.Random, routers: list[Proxy], mesh_rng: rand
             spec["hostnames"] = rng.choice([["t.example.com"], ["t.example.com", "u.other.org"], []])
         return [{"apiVersion": "gateway.networking.k8s.io/v1alpha2", "kind": kind,
                  "metadata": {"name": rng.choice(["l1", "l2"]), "namespace": ns}, "spec": spec}]  # fmt: skip
+    if pick < 0.52:  # a GRPCRoute (method / header matches, weights, filters, a backend of another namespace)
+        backends = [{"name": rng.choice(["s1", "s2", "missing"]), "port": 9080, "weight": rng.choice([0, 1, 9])}]
+        if rng.random() < 0.4:
+            backends.append({"name": "s1", "namespace": rng.choice(["a", "b"]), "port": 9080})
+        method = rng.choice(
+            [
+                {"service": "pkg.Echo"},
+                {"service": "pkg.Echo", "method": rng.choice(["Say", "Chat"])},
+                {"type": "RegularExpression", "method": "S.*"},
+                None,
+            ]
+        )
+        grpc_rule: dict[str, Any] = {"matches": [{"method": method}] if method else [], "backendRefs": backends}
+        if rng.random() < 0.5:
+            grpc_rule["filters"] = [
+                {
+                    "type": "RequestHeaderModifier",
+                    "requestHeaderModifier": {"set": [{"name": "x-g", "value": str(rng.randint(0, 2))}]},
+                }
+            ]
+        return [
+            {
+                "apiVersion": gw_api,
+                "kind": "GRPCRoute",
+                "metadata": {"name": rng.choice(["g1", "g2"]), "namespace": ns},
+                "spec": {
+                    "parentRefs": [{"name": "kgw", "namespace": rng.choice(["a", "b"])}],
+                    "hostnames": rng.choice([[], ["h.example.com"], ["g.other.org"]]),
+                    "rules": [grpc_rule],
+                },
+            }
+        ]
     if pick < 0.6:
         backends = [{"name": rng.choice(["s1", "s2", "missing"]), "port": 9080, "weight": rng.choice([0, 1, 9])}]
         if rng.random() < 0.4:
@@ -928,11 +963,14 @@ def _gateway_api_change(rng: random.Random, routers: list[Proxy], mesh_rng: rand
             }
         ]
     if pick < 0.75:
+        # routes to Services (grant g), or Gateways to Secrets (grant s: certificateRefs of another namespace)
+        source, target = rng.choice([("HTTPRoute", "Service"), ("GRPCRoute", "Service"), ("Gateway", "Secret")])
+        named = {"name": rng.choice(["c1", "c2"])} if target == "Secret" and rng.random() < 0.3 else {}
         return [{"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
-                 "metadata": {"name": "g", "namespace": ns},
-                 "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute",
+                 "metadata": {"name": "s" if target == "Secret" else "g", "namespace": ns},
+                 "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": source,
                                     "namespace": rng.choice(["a", "b"])}],
-                          "to": [{"group": "", "kind": "Service"}]}}]  # fmt: skip
+                          "to": [{"group": "", "kind": target, **named}]}}]  # fmt: skip
     if pick < 0.85:
         return [
             {
@@ -980,10 +1018,22 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     start[0]["metadata"]["labels"]["gateway.networking.k8s.io/gateway-name"] = "kgw"
     start += [
         {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "kgw", "namespace": "a"},
-         "spec": {"gatewayClassName": "istio", "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}},
+         "spec": {"gatewayClassName": "istio", "listeners": [
+             {"name": "http", "port": 80, "protocol": "HTTP"},
+             # a Secret of namespace b, under the ReferenceGrant below
+             {"name": "https", "port": 443, "protocol": "HTTPS",
+              "tls": {"certificateRefs": [{"name": "c1", "namespace": "b"}]}}]}},
+        {"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+         "metadata": {"name": "s", "namespace": "b"},
+         "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": "a"}],
+                  "to": [{"group": "", "kind": "Secret"}]}},
         {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
          "metadata": {"name": "r0", "namespace": "a"},
          "spec": {"parentRefs": [{"name": "kgw"}], "rules": [{"backendRefs": [{"name": "s1", "port": 9080}]}]}},
+        {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+         "metadata": {"name": "g0", "namespace": "a"},
+         "spec": {"parentRefs": [{"name": "kgw"}], "rules": [{"matches": [{"method": {"service": "pkg.Echo"}}],
+                                                               "backendRefs": [{"name": "s2", "port": 9080}]}]}},
     ]  # fmt: skip
     mesh.apply(_resources(start))
     proxies += routers
@@ -1028,6 +1078,8 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     mesh_routes = 0
     linked_routes = 0
     gwapi_l4 = 0
+    gwapi_grpc = 0
+    gwapi_cross_secrets = 0  # another namespace's Secrets served to gateways under a ReferenceGrant
     for step in range(130):
         ns, name = rng.choice(["a", "b"]), rng.choice(["s1", "s2"])
         choice = rng.random()
@@ -1215,8 +1267,12 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
                 gwapi_routes += sum(b"/kgw~" in r.body for r in held_routes)  # an HTTPRoute's VirtualService
                 other = b"b" if conn.proxy.namespace == "a" else b"a"  # a Gateway linked by its addresses
                 linked_routes += sum(b"/namespaces/" + other + b"/virtual-service/kgw~" in r.body for r in held_routes)
+                gwapi_grpc += sum(b".grpc." in r.body for r in held_routes)  # a GRPCRoute's routes
                 gwapi_l4 += sum(b"/kgw~tcp/" in r.body or b"/kgw~tls/" in r.body for r in listeners_held.values())
                 gateway_secrets += len(conn.snapshot.resources.get(SECRET, {}))
+                gwapi_cross_secrets += sum(
+                    n.startswith("kubernetes-gateway://") for n in conn.snapshot.resources.get(SECRET, {})
+                )
                 gateway_authz_seen[3] += _trusted_xff(conn.snapshot)
                 for i, marker in enumerate((b"jwt_authn", b"filters.http.rbac", b"filters.network.rbac")):
                     gateway_authz_seen[i] += sum(
@@ -1251,6 +1307,8 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     assert gwapi_routes and gwapi_l4  # and HTTPRoutes, TCPRoutes / TLSRoutes reached the gateways
     assert mesh_routes  # and mesh (GAMMA) HTTPRoutes reached sidecars
     assert linked_routes  # and a Gateway's routes reached the pods of the Service its addresses name
+    assert gwapi_cross_secrets  # and a Gateway API listener's Secret of another namespace, under a ReferenceGrant
+    assert gwapi_routes and gwapi_l4 and gwapi_grpc  # and HTTPRoutes, GRPCRoutes, TCPRoutes / TLSRoutes reached them
 
 
 def test_virtual_service_errors_are_carried_across_pushes_and_follow_their_rule() -> None:

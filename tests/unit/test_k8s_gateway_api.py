@@ -18,10 +18,13 @@ from meshd.api.parse import parse_resource
 from meshd.kube.kinds import watched_kinds
 from meshd.kube.source import KubeSource
 from meshd.model.gateway_api.convert import convert, inputs_of
+from meshd.model.gateway_api.grants import secret_grants
 from meshd.model.gateway_api.hostnames import intersect_hostnames
 from meshd.model.gateway_api.status import ApiStatus, desired_statuses, render_api_status
 from meshd.model.store import ConfigStore
 from meshd.model.world import build_world
+from meshd.translate.secrets import readable, source
+from tests.certs import Authority
 
 GW = "gateway.networking.k8s.io/v1"
 
@@ -119,12 +122,15 @@ def test_the_kube_source_keeps_both_gateway_kinds_apart() -> None:
         ({"filters": [{"type": "ExtensionRef", "extensionRef": {"group": "", "kind": "X", "name": "x"}}]},
          "spec.rules[0].filters[0].extensionRef", "not supported"),
         ({"filters": [{"type": "CORS"}]}, "spec.rules[0].filters[0].type", "not supported"),
-        ({"timeouts": {"backendRequest": "1s"}}, "spec.rules[0].timeouts.backendRequest", "not supported"),
+        ({"timeouts": {"request": "1s", "backendRequest": "2s"}}, "spec.rules[0].timeouts.backendRequest",
+         "not be longer than request"),
         ({"backendRefs": [{"name": "web"}]}, "spec.rules[0].backendRefs[0].port", "required"),
         ({"filters": [{"type": "RequestRedirect", "requestRedirect": {
             "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/x"}}}]},
          "spec.rules[0].filters[0].requestRedirect.path.type", "not supported"),
-        ({"retry": {"attempts": 2}}, "spec.rules[0].retry", "not supported"),
+        ({"retry": {"backoff": "100ms"}}, "spec.rules[0].retry.backoff", "not applied by meshd"),
+        ({"retry": {"codes": [200]}}, "spec.rules[0].retry.codes", "400 to 599"),
+        ({"retry": {"attempts": -1}}, "spec.rules[0].retry.attempts", "greater than or equal"),
         ({"sessionPersistence": {"type": "Cookie"}}, "spec.rules[0].sessionPersistence", "not supported"),
         ({"filters": [{"type": "CORS", "cors": {}}]}, "spec.rules[0].filters[0].cors", "not supported"),
         ({"nope": 1}, "spec.rules[0].nope", "unknown field"),
@@ -140,7 +146,7 @@ def test_route_fields_meshd_does_not_translate_are_refused_by_name(
     assert err.value.field.startswith(field) and words in err.value.message, err.value
 
 
-@pytest.mark.parametrize("kind", ["GRPCRoute", "UDPRoute", "BackendTLSPolicy"])
+@pytest.mark.parametrize("kind", ["UDPRoute", "BackendTLSPolicy"])
 def test_kinds_not_translated_yet_are_refused(kind: str) -> None:
     with pytest.raises(InvalidResource) as err:
         parse_resource({"apiVersion": GW, "kind": kind, "metadata": {"name": "x", "namespace": "apps"}, "spec": {}})
@@ -195,7 +201,7 @@ def test_listener_conditions_and_conflicts() -> None:
         {"name": "c", "port": 81, "protocol": "HTTP"},
         {"name": "d", "port": 81, "protocol": "HTTPS", "tls": {"certificateRefs": [{"name": "s"}]}},
         {"name": "e", "port": 82, "protocol": "UDP"},
-        {"name": "f", "port": 83, "protocol": "HTTP", "allowedRoutes": {"kinds": [{"kind": "GRPCRoute"}]}},
+        {"name": "f", "port": 83, "protocol": "HTTP", "allowedRoutes": {"kinds": [{"kind": "TCPRoute"}]}},
     )
     status = _convert(gw, secrets={("infra", "s")}).status[ResourceKey(KUBERNETES_GATEWAY, "infra", "gw")]
     by_name = {lst["name"]: {c["type"]: c["reason"] for c in lst["conditions"]} for lst in status["listeners"]}
@@ -294,19 +300,60 @@ def test_the_kube_source_stores_namespaces_with_their_labels() -> None:
     assert not list(store.resources())
 
 
-def test_certificate_refs_of_another_namespace_are_refused() -> None:
+def test_certificate_refs_of_another_namespace_need_a_reference_grant() -> None:
     https = {"name": "https", "port": 443, "protocol": "HTTPS",
              "tls": {"certificateRefs": [{"name": "c", "namespace": "certs"}]}}  # fmt: skip
     grant = {"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
              "metadata": {"name": "g", "namespace": "certs"},
              "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": "infra"}],
                       "to": [{"group": "", "kind": "Secret"}]}}  # fmt: skip
-    for docs, words in (((), "no ReferenceGrant"), ((grant,), "own namespace only")):
-        result = _convert(k8s_gateway(https), *docs, secrets={("certs", "c")})
+
+    def resolved(*docs: dict[str, Any], secrets: Any = frozenset({("certs", "c")})) -> tuple[Any, dict[str, str]]:
+        result = _convert(k8s_gateway(https), *docs, secrets=secrets)
         [listener] = result.status[ResourceKey(KUBERNETES_GATEWAY, "infra", "gw")]["listeners"]
-        resolved = next(c for c in listener["conditions"] if c["type"] == "ResolvedRefs")
-        assert resolved["reason"] == "RefNotPermitted" and words in resolved["message"], resolved
-        assert not result.gateways  # nothing served
+        return result, next(c for c in listener["conditions"] if c["type"] == "ResolvedRefs")
+
+    result, condition = resolved()
+    assert condition["reason"] == "RefNotPermitted" and "no ReferenceGrant" in condition["message"], condition
+    assert not result.gateways  # nothing served
+    result, condition = resolved(grant)
+    assert condition["status"] == "True", condition
+    [gateway] = result.gateways
+    tls = gateway.spec.servers[0].tls
+    assert tls is not None and tls.credential_name == "kubernetes-gateway://certs/c"
+    _, condition = resolved(grant, secrets=frozenset())
+    assert condition["reason"] == "InvalidCertificateRef" and "certs/c does not exist" in condition["message"]
+    grant["spec"]["from"][0]["namespace"] = "elsewhere"  # a grant for Gateways of another namespace
+    assert resolved(grant)[1]["reason"] == "RefNotPermitted"
+
+
+def test_another_namespaces_secret_is_served_to_gateways_only_under_a_reference_grant() -> None:
+    def grant(name: str = "", from_ns: str = "infra", kind: str = "Gateway") -> Any:
+        return parse_resource({
+            "apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+            "metadata": {"name": "g", "namespace": "certs"},
+            "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": kind, "namespace": from_ns}],
+                     "to": [{"group": "", "kind": "Secret", **({"name": name} if name else {})}]}})  # fmt: skip
+
+    resource = "kubernetes-gateway://certs/c"
+    assert dict(secret_grants([grant()])) == {("infra", "certs", ""): True}
+    assert readable(secret_grants([grant()]), namespace="infra", resource=resource)
+    assert readable(secret_grants([grant("c")]), namespace="infra", resource=resource)
+    assert not readable(secret_grants([grant("other")]), namespace="infra", resource=resource)
+    assert not readable(secret_grants([grant(from_ns="x")]), namespace="infra", resource=resource)
+    assert not readable(secret_grants([grant(kind="HTTPRoute")]), namespace="infra", resource=resource)
+    assert not readable({}, namespace="infra", resource=resource)
+    assert readable({}, namespace="certs", resource=resource)  # its own namespace
+    assert not readable({}, namespace="infra", resource="kubernetes-gateway://certs")  # malformed
+    pem = Authority("grant test CA").issue("gw.example.com", sans=("gw.example.com",))
+    secret = parse_resource({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "c", "namespace": "certs"},
+                             "type": "kubernetes.io/tls",
+                             "stringData": {"tls.crt": pem.cert.decode(), "tls.key": pem.key.decode()}})  # fmt: skip
+    secrets = {("certs", "c"): secret}
+    holder, why = source(secrets, namespace="infra", resource=resource)
+    assert holder is None and "no ReferenceGrant in certs" in why
+    holder, _ = source(secrets, namespace="infra", resource=resource, grants=secret_grants([grant()]))
+    assert holder is secret
 
 
 def test_addresses_naming_no_service_and_tls_options_are_refused() -> None:
@@ -350,3 +397,45 @@ def test_hostnames_and_header_names_are_checked(doc: dict[str, Any], field: str)
     with pytest.raises(InvalidResource) as err:
         parse_resource(doc)
     assert err.value.field == field, err.value
+
+
+def test_retry_and_backend_request_timeout_become_virtual_service_retries() -> None:
+    def action(**rule: Any) -> dict[str, Any]:
+        doc = http_route(rules=[{"backendRefs": [{"name": "web", "port": 80}], **rule}])
+        [vs] = _convert(k8s_gateway(), doc, service()).virtual_services
+        route = vs.spec.http[0]
+        retries = route.retries.model_dump(by_alias=True, exclude_defaults=True) if route.retries else None
+        return {"retries": retries, "timeout": route.timeout}
+
+    assert action() == {"retries": None, "timeout": None}  # Istio's default policy ({}: attempts 0, none)
+    assert action(retry={"attempts": 3, "codes": [500, 503]}) == {
+        "retries": {"attempts": 3, "retryOn": "connect-failure,refused-stream,unavailable,cancelled,500,503"},
+        "timeout": None,
+    }
+    assert action(retry={}) == {"retries": {"attempts": 2}, "timeout": None}
+    assert action(timeouts={"request": "5s", "backendRequest": "1s"}) == {
+        "retries": {"attempts": 2, "perTryTimeout": "1s"},
+        "timeout": "5s",
+    }
+    # one try only: the backend timeout is the route's
+    assert action(retry={"attempts": 0}, timeouts={"backendRequest": "1s"}) == {"retries": {}, "timeout": "1s"}
+    assert action(timeouts={"backendRequest": "0s"}) == {"retries": None, "timeout": None}  # zero: none
+
+
+def test_reference_grants_from_l4_routes_allow_their_backends() -> None:
+    tcp = {"apiVersion": "gateway.networking.k8s.io/v1alpha2", "kind": "TCPRoute",
+           "metadata": {"name": "t", "namespace": "apps"},
+           "spec": {"parentRefs": [{"name": "gw", "namespace": "infra"}],
+                    "rules": [{"backendRefs": [{"name": "web", "namespace": "team", "port": 80}]}]}}  # fmt: skip
+    gw = k8s_gateway({"name": "tcp", "port": 9000, "protocol": "TCP", "allowedRoutes": {"namespaces": {"from": "All"}}})
+    grant = {"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+             "metadata": {"name": "g", "namespace": "team"},
+             "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "TCPRoute", "namespace": "apps"}],
+                      "to": [{"group": "", "kind": "Service"}]}}  # fmt: skip
+
+    def resolved(*docs: dict[str, Any]) -> str:
+        parent = _convert(gw, tcp, service(ns="team"), *docs).status[ResourceKey("TCPRoute", "apps", "t")]["parents"][0]
+        return str({c["type"]: c["reason"] for c in parent["conditions"]}["ResolvedRefs"])
+
+    assert resolved() == "RefNotPermitted"
+    assert resolved(grant) == "ResolvedRefs"

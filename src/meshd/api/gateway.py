@@ -48,6 +48,10 @@ _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_LABEL = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_]*[A-Za-z0-9])?$")
 _HEX_HASH = re.compile(r"^[0-9A-Fa-f]{64}$")
 
+# The credentialName of a Gateway API listener's certificateRef to another namespace's Secret (Istio's name):
+# `kubernetes-gateway://<namespace>/<name>`, served only where a ReferenceGrant allows it (translate/secrets.py).
+GATEWAY_SDS_PREFIX = "kubernetes-gateway://"
+
 
 class GatewayPort(StrictModel):
     number: PortNumber

@@ -1,9 +1,9 @@
 """Kubernetes Gateway API HTTPRoute (gateway.networking.k8s.io v1), as meshd reads it.
 
 Strict: an unknown field is refused by name, and so is every field meshd does not translate yet (filter
-types ExtensionRef and CORS, per-backend filters other than the header modifiers, `timeouts.backendRequest`,
-`retry`, `sessionPersistence`, a redirect's ReplacePrefixMatch, a mirror's `fraction`), so that nothing a user
-writes is dropped. Matches, filters and backends become VirtualService routes (`model/gateway_api/`).
+types ExtensionRef and CORS, per-backend filters other than the header modifiers, `retry.backoff`,
+`sessionPersistence`, a redirect's ReplacePrefixMatch, a mirror's `fraction`), so that nothing a user writes
+is dropped. Matches, filters and backends become VirtualService routes (`model/gateway_api/`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 
 from meshd.api.gateway_api import Hostname, ParentReference, PreciseHostname
 from meshd.api.meta import Resource, StrictModel, refused
-from meshd.api.values import DurationOrZero, PortNumber, check_regex
+from meshd.api.values import DurationOrZero, PortNumber, check_regex, parse_duration
 
 MAX_BACKEND_WEIGHT = 1_000_000
 
@@ -175,9 +175,31 @@ class HTTPBackendRef(BackendObjectReference):
 
 class RouteTimeouts(StrictModel):
     request: DurationOrZero | None = None
-    backend_request: DurationOrZero | None = refused(
-        "a per-try backend timeout is not applied by meshd yet (use request)"
+    backend_request: DurationOrZero | None = None  # each try's timeout (model/gateway_api/retry.py)
+
+    @model_validator(mode="after")
+    def _check(self) -> RouteTimeouts:
+        request, backend = self.request, self.backend_request
+        if request and backend and parse_duration(request) and parse_duration(backend) > parse_duration(request):
+            raise ValueError("backendRequest: must not be longer than request")
+        return self
+
+
+class RouteRetry(StrictModel):
+    """GEP-1731 (experimental): attempts -> Envoy's num_retries, codes -> retriable status codes."""
+
+    codes: list[int] = Field(default_factory=list, max_length=16)
+    attempts: int | None = Field(default=None, ge=0, le=1000)
+    backoff: DurationOrZero | None = refused(
+        "a retry backoff is not applied by meshd yet (Envoy's default: 25ms base interval, jittered)"
     )
+
+    @model_validator(mode="after")
+    def _check(self) -> RouteRetry:
+        for i, code in enumerate(self.codes):
+            if not 400 <= code <= 599:
+                raise ValueError(f"codes[{i}]: {code} is not an HTTP status code from 400 to 599")
+        return self
 
 
 class RouteRule(StrictModel):
@@ -186,7 +208,7 @@ class RouteRule(StrictModel):
     filters: list[RouteFilter] = Field(default_factory=list, max_length=16)
     backend_refs: list[HTTPBackendRef] = Field(default_factory=list, max_length=16)
     timeouts: RouteTimeouts | None = None
-    retry: dict[str, object] | None = refused("retries of an HTTPRoute are not applied by meshd yet")
+    retry: RouteRetry | None = None
     session_persistence: dict[str, object] | None = refused("session persistence is not applied by meshd")
 
     @model_validator(mode="after")

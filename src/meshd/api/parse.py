@@ -20,6 +20,7 @@ from meshd.api.gateway_api import (
     ReferenceGrant,
 )
 from meshd.api.gateway_l4route import L4_ROUTE_VERSIONS, KubernetesTCPRoute, KubernetesTLSRoute
+from meshd.api.grpcroute import GRPCRoute
 from meshd.api.httproute import HTTPRoute
 from meshd.api.kube import EndpointSlice, Namespace, Pod, Secret, Service
 from meshd.api.meta import KUBERNETES_GATEWAY, InvalidResource, Resource, ResourceKey, field_path, kind_identity
@@ -52,6 +53,7 @@ KINDS: dict[str, tuple[type[Resource], tuple[str, ...]]] = {
     "GatewayClass": (GatewayClass, GATEWAY_API_VERSIONS),
     KUBERNETES_GATEWAY: (KubernetesGateway, GATEWAY_API_VERSIONS),
     "HTTPRoute": (HTTPRoute, GATEWAY_API_VERSIONS),
+    "GRPCRoute": (GRPCRoute, ("gateway.networking.k8s.io/v1",)),
     "ReferenceGrant": (ReferenceGrant, REFERENCE_GRANT_VERSIONS),
     "WasmPlugin": (WasmPlugin, ("extensions.istio.io/v1alpha1",)),
     "TCPRoute": (KubernetesTCPRoute, L4_ROUTE_VERSIONS),
@@ -75,8 +77,6 @@ REFUSED_KINDS: dict[str, str] = {
     "(use the pod annotation proxy.istio.io/config)",
     "WorkloadGroup": "networking.istio.io WorkloadGroup is not supported by meshd yet: no WorkloadEntry is created "
     "from it (declare WorkloadEntries)",
-    "GRPCRoute": "gateway.networking.k8s.io GRPCRoute is not supported by meshd yet: it attaches to no Gateway and "
-    "routes nothing (use an HTTPRoute, or a VirtualService)",
     "UDPRoute": "gateway.networking.k8s.io UDPRoute is not supported by meshd: UDP is not proxied",
     "BackendTLSPolicy": "gateway.networking.k8s.io BackendTLSPolicy is not supported by meshd yet: connections to "
     "the backend are not originated with TLS (use a DestinationRule)",

@@ -36,9 +36,9 @@ from meshd.translate.gateway.tls import sds_secret_names
 from meshd.translate.proxy import Proxy
 from meshd.translate.routes import delegate_inputs
 from meshd.translate.scope import Scope, ScopeKey
+from meshd.translate.secrets import readable, source_keys
 from meshd.translate.spec import Ident
 from meshd.translate.telemetry.apply import with_telemetry
-from meshd.translate.upstream_tls import CA_SUFFIX, SDS_PREFIX
 from meshd.xds.resource import CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot
 
 
@@ -142,9 +142,9 @@ class GatewayLayers:
                     deps += (Ident(world.services.get(host)), Ident(scope.destination_rule(host)))
             for server in gateway.spec.servers:
                 for name in sds_secret_names(server.tls) if server.tls is not None else ():
-                    base = name.removeprefix(SDS_PREFIX)
-                    for secret in (base, base.removesuffix(CA_SUFFIX)):
-                        deps.append(Ident(world.secrets.get((key.namespace, secret))))
+                    for secret in source_keys(namespace=key.namespace, resource=name):
+                        deps.append(Ident(world.secrets.get(secret)))
+                    deps.append(readable(world.gateway_secret_grants, namespace=key.namespace, resource=name))
         # AUTO_PASSTHROUGH: a chain per visible service port and subset of its DestinationRule
         auto = any(s.auto_passthrough for g in gateways for s in g.spec.servers)
         if auto:

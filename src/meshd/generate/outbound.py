@@ -27,9 +27,8 @@ from meshd.translate.clusters import clusters_opening, service_cluster_specs, se
 from meshd.translate.endpoints import service_assignment_specs
 from meshd.translate.routes import RouteTable, VhostBody, delegate_inputs
 from meshd.translate.scope import Scope, ScopeKey, Signature, same_items
-from meshd.translate.secrets import secret_specs
+from meshd.translate.secrets import readable, secret_specs, source_keys
 from meshd.translate.spec import Ident
-from meshd.translate.upstream_tls import CA_SUFFIX, SDS_PREFIX
 from meshd.xds.resource import CLUSTER, ENDPOINT, ROUTE, SECRET, Snapshot, XdsResource
 
 EMPTY_LAYER = Snapshot(resources=MappingProxyType({}))
@@ -181,16 +180,19 @@ class OutboundLayers:
         namespace = scope.namespace
 
         def inputs() -> Hashable:
-            secrets = self.world.secrets
+            secrets, grants = self.world.secrets, self.world.gateway_secret_grants
             return tuple(
-                Ident(secrets.get((namespace, n)))
+                (tuple(Ident(secrets.get(s)) for s in source_keys(namespace=namespace, resource=name)),
+                 readable(grants, namespace=namespace, resource=name))
                 for name in sorted(names)
-                for n in (_secret_base(name), _secret_base(name).removesuffix(CA_SUFFIX))
-            )
+            )  # fmt: skip
 
         def build(ctx: Context, previous: Snapshot | None) -> tuple[Snapshot, list[MemoEntry]]:
             used: list[MemoEntry] = []
-            resolved = self.memo.resolve(secret_specs(ctx.world.secrets, namespace=namespace, names=names), used)
+            specs = secret_specs(
+                ctx.world.secrets, namespace=namespace, names=names, grants=ctx.world.gateway_secret_grants
+            )
+            resolved = self.memo.resolve(specs, used)
             return reuse_layer({SECRET: resolved}, previous), used
 
         return self.secrets.get((namespace, names), inputs=inputs, context=self._context(scope), build=build)
@@ -261,7 +263,3 @@ def _cache(name: str, previous: OutboundLayers | None, memo: ResourceMemo, trace
     return LayerCache(
         name, previous=getattr(previous, name) if previous is not None else None, memo=memo, tracer=tracer
     )
-
-
-def _secret_base(resource: str) -> str:
-    return resource.removeprefix(SDS_PREFIX)

@@ -70,7 +70,7 @@ def watched_kinds(*, namespace: str) -> tuple[KindSpec, ...]:
         # not translated yet (api/parse.py REFUSED_KINDS): watched so that each gets a status saying so
         KindSpec(net, "ProxyConfig", "proxyconfigs", ("v1beta1",), crd=True),
         KindSpec(net, "WorkloadGroup", "workloadgroups", CRD_VERSIONS, crd=True),
-        # Kubernetes Gateway API (converted into gateways and routes; the route kinds not translated yet are
+        # Kubernetes Gateway API (converted into gateways and routes; UDPRoute and BackendTLSPolicy are
         # refused, api/parse.py REFUSED_KINDS)
         KindSpec(gw, "GatewayClass", "gatewayclasses", gw_versions, crd=True),
         KindSpec(gw, "Gateway", "gateways", gw_versions, crd=True),

@@ -16,6 +16,7 @@ from meshd.api.authorization import AuthorizationPolicy
 from meshd.api.destinationrule import DestinationRule
 from meshd.api.envoyfilter import EnvoyFilter
 from meshd.api.gateway import Gateway
+from meshd.api.gateway_api import ReferenceGrant
 from meshd.api.jwks import FETCHED_JWKS, FetchedJwks
 from meshd.api.kube import EndpointSlice, Pod, Secret, Service
 from meshd.api.meta import InvalidResource, Resource, ResourceKey
@@ -27,6 +28,7 @@ from meshd.api.virtualservice import VirtualService
 from meshd.api.wasmplugin import WasmPlugin
 from meshd.model import derive
 from meshd.model.gateway_api.convert import GATEWAY_API_KINDS, GatewayApiConversion
+from meshd.model.gateway_api.grants import secret_grants
 from meshd.model.services import Endpoint, MeshService, Workload
 from meshd.model.world import World, assemble
 
@@ -107,6 +109,7 @@ class WorldState:
         self._authz: Mapping[str, tuple[AuthorizationPolicy, ...]] = MappingProxyType({})
         self._envoy_filters: Mapping[str, tuple[EnvoyFilter, ...]] = MappingProxyType({})
         self._wasm_plugins: Mapping[str, tuple[WasmPlugin, ...]] = MappingProxyType({})
+        self._secret_grants: Mapping[tuple[str, str, str], bool] = MappingProxyType({})
         # (namespace, name) -> Gateway; a new mapping object only when one of them changes
         self._gateways: Mapping[tuple[str, str], Gateway] = MappingProxyType({})
         self._gateway_bindings: dict[tuple[str, str], tuple[VirtualService, ...]] = {}
@@ -332,6 +335,9 @@ class WorldState:
             w for w in self._istio["WasmPlugin"].values() if isinstance(w, WasmPlugin)
         )
         self._wasm_plugins = _same_or_new(self._wasm_plugins, wasm_plugins)
+        self._secret_grants = secret_grants(
+            g for g in self._istio["ReferenceGrant"].values() if isinstance(g, ReferenceGrant)
+        )
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -405,6 +411,7 @@ class WorldState:
             envoy_filters=self._envoy_filters,
             telemetries=self._telemetry_by_ns,
             wasm_plugins=self._wasm_plugins,
+            gateway_secret_grants=self._secret_grants,
         )
 
 

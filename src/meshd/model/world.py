@@ -18,6 +18,7 @@ from meshd.api.authorization import AuthorizationPolicy
 from meshd.api.destinationrule import DestinationRule
 from meshd.api.envoyfilter import EnvoyFilter
 from meshd.api.gateway import Gateway
+from meshd.api.gateway_api import ReferenceGrant
 from meshd.api.jwks import FetchedJwks
 from meshd.api.kube import EndpointSlice, Pod, Secret, Service
 from meshd.api.meta import InvalidResource, Resource
@@ -30,6 +31,7 @@ from meshd.api.wasmplugin import WasmPlugin
 from meshd.model import derive
 from meshd.model.derive import EXPORT_TO_ANNOTATION, EndpointChunks, default_rule, resolve_host
 from meshd.model.gateway_api.convert import GATEWAY_API_KINDS, GatewayApiConversion
+from meshd.model.gateway_api.grants import secret_grants
 from meshd.model.services import Endpoint, MeshService, Workload
 
 __all__ = ["EXPORT_TO_ANNOTATION", "World", "build_world", "default_rule", "resolve_host"]
@@ -77,6 +79,9 @@ class World:
     envoy_filters: Mapping[str, tuple[EnvoyFilter, ...]] = field(default_factory=dict)
     # namespace -> its WasmPlugins by name (the mapping is the same object while none changes)
     wasm_plugins: Mapping[str, tuple[WasmPlugin, ...]] = field(default_factory=dict)
+    # (Gateway namespace, Secret namespace, Secret name or "") that ReferenceGrants allow: which other
+    # namespace's Secrets gateway proxies may be served (translate/secrets.py)
+    gateway_secret_grants: Mapping[tuple[str, str, str], bool] = field(default_factory=dict)
     # namespace -> Telemetry resources, oldest first (the mapping is the same object while none changes)
     telemetries: Mapping[str, tuple[Telemetry, ...]] = field(default_factory=dict)
 
@@ -118,6 +123,7 @@ def assemble(
     envoy_filters: Mapping[str, tuple[EnvoyFilter, ...]] | None = None,
     telemetries: Mapping[str, tuple[Telemetry, ...]] | None = None,
     wasm_plugins: Mapping[str, tuple[WasmPlugin, ...]] | None = None,
+    gateway_secret_grants: Mapping[tuple[str, str, str], bool] | None = None,
 ) -> World:
     ordered = dict(sorted(services.items()))
     by_namespace: dict[str, list[MeshService]] = defaultdict(list)
@@ -157,6 +163,7 @@ def assemble(
         envoy_filters=envoy_filters if envoy_filters is not None else MappingProxyType({}),
         telemetries=telemetries if telemetries is not None else MappingProxyType({}),
         wasm_plugins=wasm_plugins if wasm_plugins is not None else MappingProxyType({}),
+        gateway_secret_grants=gateway_secret_grants if gateway_secret_grants is not None else MappingProxyType({}),
     )
 
 
@@ -246,4 +253,5 @@ def build_world(resources: Iterable[Resource], *, domain_suffix: str, revision: 
         wasm_plugins=MappingProxyType(
             derive.by_namespace_and_name(w for w in by_kind["WasmPlugin"] if isinstance(w, WasmPlugin))
         ),
+        gateway_secret_grants=secret_grants(g for g in by_kind["ReferenceGrant"] if isinstance(g, ReferenceGrant)),
     )

@@ -1,9 +1,12 @@
-"""SDS secrets for DestinationRule `credentialName`, resolved as Istio does in the proxy's own
-namespace (never another namespace's Secret):
+"""SDS secrets for DestinationRule and Gateway `credentialName`, resolved as Istio does in the proxy's own
+namespace:
 - `kubernetes://<name>`: the client certificate and key of Secret `<name>` (`cert`/`key`, else
   `tls.crt`/`tls.key`);
 - `kubernetes://<name>-cacert`: the CA (and CRL) of Secret `<name>-cacert` if it exists, else of
-  Secret `<name>` (`cacert`/`crl`, else `ca.crt`/`ca.crl`).
+  Secret `<name>` (`cacert`/`crl`, else `ca.crt`/`ca.crl`);
+- `kubernetes-gateway://<namespace>/<name>` (a Gateway API listener's certificateRef, Istio's name): the
+  certificate and key of Secret `<name>` of `<namespace>`, which must be the proxy's own or one whose
+  ReferenceGrant lets Gateways of the proxy's namespace read it (`grants`, from the World); else not served.
 A resource that cannot be resolved is not served (Envoy keeps the cluster warming until its
 initial fetch timeout, then fails its connections: closed, never plaintext) and the rule is reported.
 """
@@ -12,21 +15,55 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from functools import partial
+from types import MappingProxyType
 
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
 
 from meshd.api.destinationrule import DestinationRule
+from meshd.api.gateway import GATEWAY_SDS_PREFIX
 from meshd.api.kube import Secret
 from meshd.api.meta import InvalidResource
 from meshd.translate.spec import Spec, ident
 from meshd.translate.upstream_tls import CA_SUFFIX, SDS_PREFIX, credential_settings, sds_names
 
 Secrets = Mapping[tuple[str, str], Secret]
+# (Gateway namespace, Secret namespace, Secret name or "" for all): what ReferenceGrants allow (World)
+SecretGrants = Mapping[tuple[str, str, str], bool]
+_NO_GRANTS: SecretGrants = MappingProxyType({})
 
 
-def source(secrets: Secrets, *, namespace: str, resource: str) -> tuple[Secret | None, str]:
+def gateway_ref(resource: str) -> tuple[str, str] | None:
+    """(namespace, name) of a `kubernetes-gateway://<namespace>/<name>` resource, else None."""
+    if not resource.startswith(GATEWAY_SDS_PREFIX):
+        return None
+    namespace, _, name = resource.removeprefix(GATEWAY_SDS_PREFIX).partition("/")
+    return (namespace, name) if namespace and name and "/" not in name else None
+
+
+def readable(grants: SecretGrants, *, namespace: str, resource: str) -> bool:
+    """Whether proxies of `namespace` may be served `resource` (another namespace's Secret: a ReferenceGrant)."""
+    ref = gateway_ref(resource)
+    if ref is None:
+        return not resource.startswith(GATEWAY_SDS_PREFIX)
+    return ref[0] == namespace or (namespace, ref[0], ref[1]) in grants or (namespace, ref[0], "") in grants
+
+
+def source_keys(*, namespace: str, resource: str) -> tuple[tuple[str, str], ...]:
+    """The (namespace, name) of every Secret `resource` may be read from (a cache's inputs)."""
+    ref = gateway_ref(resource)
+    if ref is not None:
+        return (ref,)
+    base = resource.removeprefix(SDS_PREFIX)
+    return ((namespace, base), (namespace, base.removesuffix(CA_SUFFIX)))
+
+
+def source(
+    secrets: Secrets, *, namespace: str, resource: str, grants: SecretGrants = _NO_GRANTS
+) -> tuple[Secret | None, str]:
     """The Secret an SDS resource is read from, or None and why not."""
+    if resource.startswith(GATEWAY_SDS_PREFIX):
+        return _gateway_source(secrets, namespace=namespace, resource=resource, grants=grants)
     base = resource.removeprefix(SDS_PREFIX)
     if base.endswith(CA_SUFFIX):
         own = secrets.get((namespace, base))
@@ -41,6 +78,22 @@ def source(secrets: Secrets, *, namespace: str, resource: str) -> tuple[Secret |
         return None, f"no Secret {base} in namespace {namespace} (the proxy's namespace)"
     if holder.key_cert() is None:
         return None, f"Secret {namespace}/{base} holds no certificate and key (cert/key or tls.crt/tls.key)"
+    return holder, ""
+
+
+def _gateway_source(
+    secrets: Secrets, *, namespace: str, resource: str, grants: SecretGrants
+) -> tuple[Secret | None, str]:
+    ref = gateway_ref(resource)
+    if ref is None:
+        return None, f"{resource!r} does not name a Secret as {GATEWAY_SDS_PREFIX}<namespace>/<name>"
+    if not readable(grants, namespace=namespace, resource=resource):
+        return None, (f"Secret {ref[0]}/{ref[1]}: no ReferenceGrant in {ref[0]} lets Gateways of {namespace} read it")
+    holder = secrets.get(ref)
+    if holder is None:
+        return None, f"no Secret {ref[1]} in namespace {ref[0]}"
+    if holder.key_cert() is None:
+        return None, f"Secret {ref[0]}/{ref[1]} holds no certificate and key (cert/key or tls.crt/tls.key)"
     return holder, ""
 
 
@@ -63,10 +116,12 @@ def _build(resource: str, holder: Secret) -> secret_pb2.Secret:
     )
 
 
-def secret_specs(secrets: Secrets, *, namespace: str, names: Iterable[str]) -> Iterator[Spec]:
+def secret_specs(
+    secrets: Secrets, *, namespace: str, names: Iterable[str], grants: SecretGrants = _NO_GRANTS
+) -> Iterator[Spec]:
     """The SDS resources a proxy in `namespace` may be served (those that resolve)."""
     for name in sorted(names):
-        holder, _ = source(secrets, namespace=namespace, resource=name)
+        holder, _ = source(secrets, namespace=namespace, resource=name, grants=grants)
         if holder is not None:
             yield Spec(name, ("sds", namespace, name, ident(holder)), partial(_build, name, holder))
 

@@ -257,7 +257,6 @@ def test_validation_webhook(default: list[dict[str, Any]]) -> None:
     unsupported = {
         ("networking.istio.io", "proxyconfigs"),
         ("networking.istio.io", "workloadgroups"),
-        ("gateway.networking.k8s.io", "grpcroutes"),
     }
     assert covered == crds - unsupported
 

@@ -5,9 +5,9 @@ and so does the status writer, with the pods and Secrets it also knows of).
 A route attaches to a listener of one of meshd's Gateways when its parentRef names the Gateway (and the
 listener by `sectionName` / `port`, if given), the listener allows the route's namespace and kind, and their
 hostnames meet (a TCPRoute has no hostnames: it takes the listener's). HTTPRoutes become http routes
-(`http.py`), TCPRoutes and TLSRoutes tcp / tls routes (`l4.py`) of one VirtualService per listener and hostname.
-A parentRef to a Service (mesh routing, GAMMA) attaches the route to the sidecars calling that Service
-(`mesh.py`); a parentRef of another kind is refused (UnsupportedValue).
+(`http.py`), GRPCRoutes too (`grpc.py`), TCPRoutes and TLSRoutes tcp / tls routes (`l4.py`) of one
+VirtualService per listener and hostname. A parentRef to a Service (mesh routing, GAMMA) attaches an HTTPRoute or
+TCPRoute to the sidecars calling that Service (`mesh.py`); a parentRef of another kind is refused (UnsupportedValue).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from pydantic import ValidationError
 from meshd.api.gateway import Gateway
 from meshd.api.gateway_api import CONTROLLER_NAMES, GatewayClass, KubernetesGateway, ParentReference, ReferenceGrant
 from meshd.api.gateway_l4route import KubernetesTCPRoute, KubernetesTLSRoute, L4RouteRule
-from meshd.api.httproute import BackendObjectReference, HTTPRoute, RouteRule
+from meshd.api.grpcroute import GRPCRoute, GRPCRouteFilter, GRPCRouteRule
+from meshd.api.httproute import BackendObjectReference, HTTPRoute, RouteFilter, RouteRule
 from meshd.api.kube import Namespace
 from meshd.api.meta import GATEWAY_API_GROUP, KUBERNETES_GATEWAY, InvalidResource, ResourceKey, field_path
 from meshd.api.virtualservice import VirtualService
@@ -36,6 +37,7 @@ from meshd.model.gateway_api.addresses import (
 from meshd.model.gateway_api.conditions import Condition, cond, rendered
 from meshd.model.gateway_api.gateway_status import gateway_status
 from meshd.model.gateway_api.grants import Grants
+from meshd.model.gateway_api.grpc import grpc_routes
 from meshd.model.gateway_api.hostnames import intersect_hostnames
 from meshd.model.gateway_api.http import Precedence, http_routes
 from meshd.model.gateway_api.l4 import L4Order, l4_route
@@ -43,7 +45,7 @@ from meshd.model.gateway_api.listeners import ListenerView, class_verdicts, list
 from meshd.model.gateway_api.mesh import MeshRoutes, is_service_parent
 
 ServiceIds = Mapping[tuple[str, str], frozenset[int]]  # (namespace, name) of a Kubernetes Service -> its ports
-AnyRoute = HTTPRoute | KubernetesTCPRoute | KubernetesTLSRoute
+AnyRoute = HTTPRoute | GRPCRoute | KubernetesTCPRoute | KubernetesTLSRoute
 # (namespace, Istio Gateway name, hostname) -> the routes of one VirtualService: http ones with their precedence,
 # tcp / tls ones with their order
 HttpEntries = dict[tuple[str, str, str], list[tuple[Precedence, dict[str, Any]]]]
@@ -205,7 +207,7 @@ def _attach_route(
         controller = controllers.get(target, CONTROLLER_NAMES[0]) if not is_service_parent(ref) else CONTROLLER_NAMES[0]
         for view, hosts in attach:
             view.attached += 1
-            if not isinstance(route, HTTPRoute):
+            if not isinstance(route, (HTTPRoute, GRPCRoute)):
                 problem = _backend_problem(route, grants=grants, services=services)
                 for host in hosts:
                     key = (view.gateway.metadata.namespace, view.istio_name, host)
@@ -311,15 +313,16 @@ def _resolved_refs(route: AnyRoute, *, grants: Grants, services: ServiceIds) -> 
     """The route's ResolvedRefs condition and the field of its first unresolved reference ("" if none)."""
     problem = _backend_problem(route, grants=grants, services=services)
     ns = route.metadata.namespace
-    rules: Sequence[RouteRule | L4RouteRule] = route.spec.rules
+    rules: Sequence[RouteRule | GRPCRouteRule | L4RouteRule] = route.spec.rules
     for r, rule in enumerate(rules):
         refs: list[tuple[str, BackendObjectReference]] = [
             (f"backendRefs[{b}]", ref) for b, ref in enumerate(rule.backend_refs)
         ]
-        if isinstance(rule, RouteRule):
+        if isinstance(rule, (RouteRule, GRPCRouteRule)):
+            filters: Sequence[RouteFilter | GRPCRouteFilter] = rule.filters
             refs += [
                 (f"filters[{f}].requestMirror.backendRef", flt.request_mirror.backend_ref)
-                for f, flt in enumerate(rule.filters)
+                for f, flt in enumerate(filters)
                 if flt.request_mirror is not None
             ]
         for where, ref in refs:
@@ -330,10 +333,13 @@ def _resolved_refs(route: AnyRoute, *, grants: Grants, services: ServiceIds) -> 
 
 
 def _route_entries(
-    route: HTTPRoute, *, domain_suffix: str, services: ServiceIds, grants: Grants, result: GatewayApiResult
+    route: HTTPRoute | GRPCRoute, *, domain_suffix: str, services: ServiceIds, grants: Grants, result: GatewayApiResult
 ) -> list[tuple[Precedence, dict[str, Any]]]:
     problem = _backend_problem(route, grants=grants, services=services)
-    entries = http_routes(route, domain_suffix=domain_suffix, backend_problem=problem)
+    if isinstance(route, GRPCRoute):
+        entries = grpc_routes(route, domain_suffix=domain_suffix, backend_problem=problem)
+    else:
+        entries = http_routes(route, domain_suffix=domain_suffix, backend_problem=problem)
     kept = []
     for precedence, entry in entries:
         try:
@@ -383,6 +389,7 @@ GATEWAY_API_KINDS = (
     "GatewayClass",
     KUBERNETES_GATEWAY,
     "HTTPRoute",
+    "GRPCRoute",
     "TCPRoute",
     "TLSRoute",
     "ReferenceGrant",
@@ -422,10 +429,10 @@ def _named_services(inputs: GatewayApiInputs) -> set[tuple[str, str]]:
     for route in inputs.routes:
         ns = route.metadata.namespace
         out.update((p.namespace or ns, p.name) for p in route.spec.parent_refs if is_service_parent(p))
-        rules: Sequence[RouteRule | L4RouteRule] = route.spec.rules
+        rules: Sequence[RouteRule | GRPCRouteRule | L4RouteRule] = route.spec.rules
         for rule in rules:
             out.update((b.namespace or ns, b.name) for b in rule.backend_refs)
-            if isinstance(rule, RouteRule):
+            if isinstance(rule, (RouteRule, GRPCRouteRule)):
                 out.update(
                     (f.request_mirror.backend_ref.namespace or ns, f.request_mirror.backend_ref.name)
                     for f in rule.filters
@@ -445,10 +452,19 @@ def inputs_of(resources: Iterable[Any]) -> GatewayApiInputs:
     return GatewayApiInputs(
         classes=tuple(r for r in items if isinstance(r, GatewayClass)),
         gateways=tuple(r for r in items if isinstance(r, KubernetesGateway)),
-        routes=tuple(r for r in items if isinstance(r, (HTTPRoute, KubernetesTCPRoute, KubernetesTLSRoute))),
+        routes=tuple(r for r in items if isinstance(r, (HTTPRoute, GRPCRoute, KubernetesTCPRoute, KubernetesTLSRoute))),
         grants=tuple(r for r in items if isinstance(r, ReferenceGrant)),
         namespaces=tuple(r for r in items if isinstance(r, Namespace)),
     )
 
 
-_KINDS = (GatewayClass, KubernetesGateway, HTTPRoute, KubernetesTCPRoute, KubernetesTLSRoute, ReferenceGrant, Namespace)
+_KINDS = (
+    GatewayClass,
+    KubernetesGateway,
+    HTTPRoute,
+    GRPCRoute,
+    KubernetesTCPRoute,
+    KubernetesTLSRoute,
+    ReferenceGrant,
+    Namespace,
+)

@@ -4,8 +4,9 @@ the owner of the target namespace allows. A reference to another namespace witho
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from meshd.api.gateway_api import ReferenceGrant
 from meshd.api.meta import GATEWAY_API_GROUP
@@ -13,6 +14,7 @@ from meshd.api.meta import GATEWAY_API_GROUP
 # the group of each kind that may be on either side of a grant meshd checks
 _GROUPS = {
     "HTTPRoute": GATEWAY_API_GROUP,
+    "GRPCRoute": GATEWAY_API_GROUP,
     "TCPRoute": GATEWAY_API_GROUP,
     "TLSRoute": GATEWAY_API_GROUP,
     "Gateway": GATEWAY_API_GROUP,
@@ -44,6 +46,20 @@ class Grants:
             if sources and targets:
                 return True
         return False
+
+
+def secret_grants(grants: Iterable[ReferenceGrant]) -> Mapping[tuple[str, str, str], bool]:
+    """(Gateway namespace, Secret namespace, Secret name or "" for all) for every Secret a ReferenceGrant lets
+    Gateways of another namespace reference: what their proxies may be served (translate/secrets.py). A mapping
+    (to True): a cached build's reads of it are recorded key by key."""
+    out: set[tuple[str, str, str]] = set()
+    for grant in grants:
+        sources = [
+            f.namespace for f in grant.spec.from_ if f.kind == "Gateway" and _group(f.group) == GATEWAY_API_GROUP
+        ]
+        names = [t.name for t in grant.spec.to if t.kind == "Secret" and _group(t.group) == ""]
+        out.update((source, grant.metadata.namespace, name) for source in sources for name in names)
+    return MappingProxyType(dict.fromkeys(sorted(out), True))
 
 
 def _group(group: str) -> str:

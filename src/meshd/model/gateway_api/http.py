@@ -6,7 +6,8 @@ order the Gateway API requires among the routes of one hostname.
 - Filters: RequestHeaderModifier / ResponseHeaderModifier -> `headers` (also per backend), RequestRedirect ->
   `redirect` (302 unless statusCode says 301; a new scheme without port: no port in the Location),
   URLRewrite -> `rewrite` (ReplacePrefixMatch: the matched prefix; ReplaceFullPath: the whole path),
-  RequestMirror -> `mirror` (+ `mirrorPercentage`), timeouts.request -> `timeout`.
+  RequestMirror -> `mirror` (+ `mirrorPercentage`), timeouts.request -> `timeout`, retry and
+  timeouts.backendRequest -> `retries` (`retry.py`).
 - backendRefs -> weighted destinations `<name>.<namespace>.svc.<domain>:<port>`; weight 0 gets no traffic; a
   rule whose backends are all unusable (not found, not permitted, not a Service) answers 500.
 - Precedence (Gateway API): Exact path before prefix, longer path first, then a method match, more header
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshd.api.httproute import HeaderFilter, HTTPBackendRef, HTTPRoute, HTTPRouteMatch, PathModifier, RouteRule
+from meshd.model.gateway_api.retry import retry_fields
 
 # group, kind, namespace, name, port -> (reason, message) of a problem, or None
 BackendCheck = Callable[[str, str, str, str, int | None], tuple[str, str] | None]
@@ -140,6 +142,7 @@ def _action(rule: RouteRule, *, route: HTTPRoute, domain_suffix: str, backend_pr
                     out["mirrorPercentage"] = {"value": float(f.request_mirror.percent)}
     if rule.timeouts is not None and rule.timeouts.request is not None:
         out["timeout"] = rule.timeouts.request
+    out.update(retry_fields(rule))
     if "redirect" in out:
         return out
     destinations = [

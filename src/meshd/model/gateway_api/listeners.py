@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from meshd.api.gateway import Gateway
+from meshd.api.gateway import GATEWAY_SDS_PREFIX, Gateway
 from meshd.api.gateway_api import BUILTIN_CLASSES, CONTROLLER_NAMES, GatewayClass, KubernetesGateway, Listener
 from meshd.api.meta import GATEWAY_API_GROUP
 from meshd.model.gateway_api.conditions import Condition, cond
@@ -26,8 +26,8 @@ LISTENER_ANNOTATION = "internal.meshd.io/gateway-api-listener"
 PROTOCOLS = ("HTTP", "HTTPS", "TCP", "TLS")
 # The route kinds each listener protocol (TLS: and mode) takes.
 ROUTE_KINDS = {
-    "HTTP": ("HTTPRoute",),
-    "HTTPS": ("HTTPRoute",),
+    "HTTP": ("HTTPRoute", "GRPCRoute"),
+    "HTTPS": ("HTTPRoute", "GRPCRoute"),
     "TCP": ("TCPRoute",),
     "TLS/Passthrough": ("TLSRoute",),
     "TLS/Terminate": ("TCPRoute",),
@@ -177,21 +177,20 @@ def _resolve_tls(
         where = f"tls.certificateRefs[{i}]"
         if ref.group not in ("", "core") or ref.kind != "Secret":
             return "InvalidCertificateRef", f"{where}: {ref.group or 'core'}/{ref.kind} is not a Secret"
-        if ref.namespace and ref.namespace != namespace:
-            if not grants.allows(
+        if (
+            ref.namespace
+            and ref.namespace != namespace
+            and not grants.allows(
                 from_kind="Gateway",
                 from_namespace=namespace,
                 to_kind="Secret",
                 to_namespace=ref.namespace,
                 name=ref.name,
-            ):
-                return "RefNotPermitted", f"{where}: Secret {ref.namespace}/{ref.name}: no ReferenceGrant allows it"
-            return "RefNotPermitted", (
-                f"{where}: Secret {ref.namespace}/{ref.name}: meshd serves certificateRefs of the Gateway's own "
-                "namespace only (not yet another namespace's, even with a ReferenceGrant)"
             )
-        if secrets is not None and (namespace, ref.name) not in secrets:
-            return "InvalidCertificateRef", f"{where}: Secret {namespace}/{ref.name} does not exist"
+        ):
+            return "RefNotPermitted", f"{where}: Secret {ref.namespace}/{ref.name}: no ReferenceGrant allows it"
+        if secrets is not None and (ref.namespace or namespace, ref.name) not in secrets:
+            return "InvalidCertificateRef", f"{where}: Secret {ref.namespace or namespace}/{ref.name} does not exist"
     return None
 
 
@@ -206,7 +205,12 @@ def _istio_gateway(view: ListenerView) -> Gateway:
     if listener.protocol == "TLS" and listener.tls is not None and listener.tls.mode == "Passthrough":
         server["tls"] = {"mode": "PASSTHROUGH"}
     elif listener.protocol in ("HTTPS", "TLS") and listener.tls is not None:
-        names = [ref.name for ref in listener.tls.certificate_refs]
+        namespace = gateway.metadata.namespace
+        # another namespace's Secret (allowed by a ReferenceGrant: checked above, and again where it is served)
+        names = [
+            ref.name if ref.namespace in ("", namespace) else f"{GATEWAY_SDS_PREFIX}{ref.namespace}/{ref.name}"
+            for ref in listener.tls.certificate_refs
+        ]
         server["tls"] = (
             {"mode": "SIMPLE", "credentialName": names[0]}
             if len(names) == 1

@@ -112,7 +112,12 @@ class _Builder:
         if tls is None or not server.server.terminates_tls:
             return None
         for name in sds_secret_names(tls):
-            holder, why = source(self.world.secrets, namespace=self.key.namespace, resource=name)
+            holder, why = source(
+                self.world.secrets,
+                namespace=self.key.namespace,
+                resource=name,
+                grants=self.world.gateway_secret_grants,
+            )
             if holder is None:
                 where = "tls.credentialName" if tls.credential_name else "tls.credentialNames"
                 return where, f"{why}: the server is not served (never without its TLS)"

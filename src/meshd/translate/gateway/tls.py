@@ -21,7 +21,7 @@ from __future__ import annotations
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 
-from meshd.api.gateway import ISTIO_MUTUAL, MUTUAL, OPTIONAL_MUTUAL, ServerTLSSettings
+from meshd.api.gateway import GATEWAY_SDS_PREFIX, ISTIO_MUTUAL, MUTUAL, OPTIONAL_MUTUAL, ServerTLSSettings
 from meshd.translate.mtls import ROOT_SECRET, WORKLOAD_SECRET, agent_sds
 from meshd.translate.upstream_tls import CA_SUFFIX, SDS_PREFIX, ads_secret, san_matchers
 
@@ -37,10 +37,16 @@ HTTP_ALPN = ("h2", "http/1.1")
 FILE_CERT, FILE_ROOT = "file-cert:", "file-root:"
 
 
+def sds_name(base: str) -> str:
+    """The SDS resource of a credential name: `kubernetes://<name>`, or a Gateway API listener's
+    `kubernetes-gateway://<namespace>/<name>` as it is."""
+    return base if base.startswith(GATEWAY_SDS_PREFIX) else SDS_PREFIX + base
+
+
 def sds_secret_names(tls: ServerTLSSettings) -> tuple[str, ...]:
     """The SDS resources (on the ADS stream) a server with these settings asks for."""
     bases = tls.credential_bases()
-    names = tuple(SDS_PREFIX + base for base in bases)
+    names = tuple(sds_name(base) for base in bases)
     if bases and tls.effective_mode in (MUTUAL, OPTIONAL_MUTUAL):
         names += (SDS_PREFIX + bases[0] + CA_SUFFIX,)
     return names
@@ -106,7 +112,7 @@ def downstream_tls(tls: ServerTLSSettings, *, http: bool, sds: bool) -> tls_pb2.
     context.require_client_certificate.value = mode == MUTUAL
     if bases:
         for base in bases:
-            common.tls_certificate_sds_secret_configs.append(ads_secret(SDS_PREFIX + base))
+            common.tls_certificate_sds_secret_configs.append(ads_secret(sds_name(base)))
         if verify:
             combined = common.combined_validation_context
             combined.default_validation_context.SetInParent()
