@@ -3,11 +3,15 @@ ProxyConfigs like every other kind, gives each a status, and its injection webho
 https://127.0.0.1:<port>/inject) puts the merged settings into the `istio-proxy` container of each new Pod:
 `--envoy-concurrency` and environment variables. Istio's order: the root namespace's ProxyConfig < the Pod's
 namespace's < the Pod's `proxy.istio.io/config` annotation < a ProxyConfig selecting the Pod's labels. An invalid
-ProxyConfig gets Reconciled False naming its field and changes no injection."""
+ProxyConfig gets Reconciled False naming its field and changes no injection. A real `meshd agent` given the
+injected settings runs Envoy with them."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
+import json
 import pathlib
 import time
 from collections.abc import AsyncIterator
@@ -17,7 +21,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from tests.e2e.harness import Meshd, eventually, free_port
+from tests.e2e.agents import AgentProcess
+from tests.e2e.harness import Meshd, eventually, free_port, next_subnet
 from tests.kubeapi import KubeRest
 from tests.kubereal.control_plane import ControlPlane
 
@@ -96,11 +101,10 @@ async def reconciled(setup: Setup, namespace: str, name: str, *, accepted: bool)
     return await eventually(decided, timeout=60, what=f"status on ProxyConfig {namespace}/{name}")
 
 
-async def injected(
+async def injected_proxy(
     setup: Setup, *, labels: dict[str, str], annotations: dict[str, str] | None = None
-) -> tuple[str | None, dict[str, str]]:
-    """A new Pod through the API server (and so the injector): its istio-proxy's --envoy-concurrency (None:
-    not given) and its environment variables set by value."""
+) -> dict[str, Any]:
+    """A new Pod through the API server (and so the injector): its istio-proxy container."""
 
     async def create() -> dict[str, Any] | None:
         name = f"web-{time.monotonic_ns()}"
@@ -116,7 +120,15 @@ async def injected(
         proxies = [c for c in ((stored or {}).get("spec") or {}).get("containers") or [] if c["name"] == "istio-proxy"]
         return proxies[0] if proxies else None
 
-    proxy = await eventually(create, timeout=60, what="an injected Pod stored by the API server")
+    proxy: dict[str, Any] = await eventually(create, timeout=60, what="an injected Pod stored by the API server")
+    return proxy
+
+
+async def injected(
+    setup: Setup, *, labels: dict[str, str], annotations: dict[str, str] | None = None
+) -> tuple[str | None, dict[str, str]]:
+    """A new Pod's istio-proxy: its --envoy-concurrency (None: not given) and environment variables set by value."""
+    proxy = await injected_proxy(setup, labels=labels, annotations=annotations)
     args = proxy["args"]
     concurrency = args[args.index("--envoy-concurrency") + 1] if "--envoy-concurrency" in args else None
     return concurrency, {e["name"]: e["value"] for e in proxy.get("env") or [] if "value" in e}
@@ -162,3 +174,50 @@ async def test_an_invalid_proxy_config_is_reported_and_changes_no_injection(setu
     assert "spec.image.imageType" in message["description"] and "meshd ships one image" in message["description"]
     concurrency, env = await injected(setup, labels={"app": "db"})
     assert concurrency == "3" and "PC_BAD" not in env, (concurrency, env)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in pathlib.Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+async def test_the_agent_runs_envoy_with_the_injected_settings(setup: Setup) -> None:
+    """The injected container's settings, given to a real `meshd agent` as the container would (its
+    --envoy-concurrency, its environment): Envoy runs 3 worker threads (admin /server_info) and has the
+    ProxyConfig's environment variable."""
+    namespace_wide = {"concurrency": 3, "environmentVariables": {"PC_LEVEL": "ns"}}
+    await setup.rest.apply(proxy_config("ns-wide", APPS, namespace_wide))
+
+    async def updated() -> tuple[list[str], dict[str, str]] | None:
+        proxy = await injected_proxy(setup, labels={"app": "agent"})
+        env = {e["name"]: e["value"] for e in proxy["env"] if "value" in e}
+        return (proxy["args"], env) if env.get("PC_LEVEL") == "ns" else None
+
+    args, env = await eventually(updated, timeout=60, what="a Pod injected with the changed ProxyConfig")
+    ip = f"{next_subnet()}.9"
+    agent = AgentProcess(
+        pod="agent-pc", ip=ip, env=env,
+        args=("--namespace", APPS, "--service-account", "default", "--restart-base", "0.2",
+              "--xds-address", f"127.0.0.1:{setup.meshd.xds_port}", "--xds-plaintext",
+              "--envoy-concurrency", args[args.index("--envoy-concurrency") + 1]),
+    )  # fmt: skip
+    try:
+        await agent.start()
+        await agent.wait_ready()
+        info = json.loads(await agent.admin_get("/server_info"))
+        assert info["command_line_options"]["concurrency"] == 3, info["command_line_options"]
+        assert agent.process is not None
+        [envoy] = _children(agent.process.pid)
+        environ = await asyncio.to_thread(pathlib.Path(f"/proc/{envoy}/environ").read_bytes)
+        assert b"PC_LEVEL=ns" in environ.split(b"\0")
+    except BaseException:
+        print(agent.log()[-5000:])
+        raise
+    finally:
+        await agent.close()
