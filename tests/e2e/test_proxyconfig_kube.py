@@ -98,7 +98,7 @@ async def reconciled(setup: Setup, namespace: str, name: str, *, accepted: bool)
         conditions = [c["status"] for c in status.get("conditions") or [] if c["type"] == "Reconciled"]
         return status if conditions == [("True" if accepted else "False")] else None
 
-    return await eventually(decided, timeout=60, what=f"status on ProxyConfig {namespace}/{name}")
+    return await eventually(decided, timeout=120, what=f"status on ProxyConfig {namespace}/{name}")
 
 
 async def injected_proxy(
@@ -120,7 +120,7 @@ async def injected_proxy(
         proxies = [c for c in ((stored or {}).get("spec") or {}).get("containers") or [] if c["name"] == "istio-proxy"]
         return proxies[0] if proxies else None
 
-    proxy: dict[str, Any] = await eventually(create, timeout=60, what="an injected Pod stored by the API server")
+    proxy: dict[str, Any] = await eventually(create, timeout=120, what="an injected Pod stored by the API server")
     return proxy
 
 
@@ -175,6 +175,20 @@ async def test_an_invalid_proxy_config_is_reported_and_changes_no_injection(setu
     concurrency, env = await injected(setup, labels={"app": "db"})
     assert concurrency == "3" and "PC_BAD" not in env, (concurrency, env)
 
+    # a second ProxyConfig without selector in the namespace: ignored (the oldest applies), and said so
+    await setup.rest.apply(proxy_config("ns-second", APPS, {"concurrency": 8}))
+
+    async def warned() -> str | None:
+        current = await setup.rest.get(PC, "ProxyConfig", APPS, "ns-second")
+        messages = ((current or {}).get("status") or {}).get("validationMessages") or []
+        return next(
+            (m["description"] for m in messages if "already applies to the namespace" in m["description"]), None
+        )
+
+    assert f"ProxyConfig {APPS}/ns-wide (older)" in await eventually(warned, timeout=120, what="a warning on ns-second")
+    assert (await injected(setup, labels={"app": "db"}))[0] == "3"
+    await setup.rest.delete(PC, "ProxyConfig", APPS, "ns-second")
+
 
 def _children(pid: int) -> list[int]:
     found = []
@@ -199,7 +213,7 @@ async def test_the_agent_runs_envoy_with_the_injected_settings(setup: Setup) -> 
         env = {e["name"]: e["value"] for e in proxy["env"] if "value" in e}
         return (proxy["args"], env) if env.get("PC_LEVEL") == "ns" else None
 
-    args, env = await eventually(updated, timeout=60, what="a Pod injected with the changed ProxyConfig")
+    args, env = await eventually(updated, timeout=120, what="a Pod injected with the changed ProxyConfig")
     ip = f"{next_subnet()}.9"
     agent = AgentProcess(
         pod="agent-pc", ip=ip, env=env,

@@ -13,10 +13,11 @@ are not valid container variable names or that meshd sets on the container itsel
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from pydantic import Field, field_validator, model_validator
 
-from meshd.api.meta import Resource, StrictModel
+from meshd.api.meta import InvalidResource, Resource, StrictModel
 
 PROXY_CONFIG_VERSIONS = ("networking.istio.io/v1beta1",)
 # a container environment variable name, as Kubernetes validates it
@@ -82,3 +83,31 @@ class ProxyConfigSpec(StrictModel):
 
 class ProxyConfig(Resource):
     spec: ProxyConfigSpec
+
+
+def oldest_first(configs: Iterable[ProxyConfig]) -> list[ProxyConfig]:
+    """Istio's order among ProxyConfigs of one level: creation time, then name; the first one applies."""
+    return sorted(configs, key=lambda c: (c.metadata.creation_timestamp, c.metadata.name))
+
+
+def namespace_conflicts(configs: Iterable[ProxyConfig]) -> list[InvalidResource]:
+    """Warnings on the ProxyConfigs without selector that do not apply: Istio allows one per namespace (the
+    oldest applies). Workload selectors that overlap depend on the pods, and are not checked."""
+    by_namespace: dict[str, list[ProxyConfig]] = {}
+    for config in configs:
+        if config.spec.selector is None:
+            by_namespace.setdefault(config.metadata.namespace, []).append(config)
+    out = []
+    for namespace, found in sorted(by_namespace.items()):
+        first, *rest = oldest_first(found)
+        out += [
+            InvalidResource(
+                c.key,
+                "spec.selector",
+                f"ProxyConfig {namespace}/{first.metadata.name} (older) already applies to the namespace: one "
+                "ProxyConfig without selector per namespace, this one is ignored",
+                severity="warning",
+            )
+            for c in rest
+        ]
+    return out

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from meshd.api.proxyconfig import ProxyConfig
+from meshd.api.proxyconfig import ProxyConfig, oldest_first
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class ProxyConfigs:
 
 
 def _oldest(configs: Iterable[ProxyConfig]) -> ProxyConfig | None:
-    ordered = sorted(configs, key=lambda c: (c.metadata.creation_timestamp, c.metadata.name))
+    ordered = oldest_first(configs)
     return ordered[0] if ordered else None
 
 

@@ -15,7 +15,7 @@ import pytest
 from meshd.api.mesh import InvalidMeshConfig, parse_mesh_config
 from meshd.api.meta import InvalidResource
 from meshd.api.parse import parse_resource
-from meshd.api.proxyconfig import ProxyConfig
+from meshd.api.proxyconfig import ProxyConfig, namespace_conflicts
 from meshd.kube.inject import inject_review
 from meshd.kube.inject_proxyconfig import ProxyConfigs, ProxySettings
 from meshd.model.store import ConfigStore
@@ -90,6 +90,20 @@ def test_selection_namespace_labels_and_the_oldest_of_a_level() -> None:
     # a ProxyConfig with a selector in the root namespace selects pods of the root namespace only
     root_selecting = proxy_config("sel", ROOT, {"selector": {"matchLabels": {"app": "web"}}, "concurrency": 6})
     assert sidecar(make_pod(labels={"app": "web"}), with_configs(root_selecting))[0] is None
+
+
+def test_a_second_proxy_config_without_selector_in_a_namespace_gets_a_warning() -> None:
+    older = proxy_config("a-older", "shop", {"concurrency": 4}, created="2026-12-01T00:00:00Z")
+    newer = proxy_config("b-newer", "shop", {"concurrency": 9}, created="2026-12-02T00:00:00Z")
+    other = proxy_config("c-other", "other", {"concurrency": 9}, created="2026-12-02T00:00:00Z")
+    selecting = proxy_config("d-sel", "shop", {"selector": {"matchLabels": {"app": "web"}}})
+    [warning] = namespace_conflicts([newer, other, selecting, older])
+    assert (str(warning.key), warning.field, warning.severity) == (
+        "ProxyConfig shop/b-newer",
+        "spec.selector",
+        "warning",
+    )
+    assert "ProxyConfig shop/a-older (older) already applies to the namespace" in warning.message
 
 
 def test_a_gateway_pod_gets_them_too() -> None:
