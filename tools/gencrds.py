@@ -43,6 +43,7 @@ from meshd.api.grpcroute import GRPCRouteSpec  # noqa: E402
 from meshd.api.httproute import HTTPRouteSpec  # noqa: E402
 from meshd.api.meta import REFUSED_MARK  # noqa: E402
 from meshd.api.networking import ServiceEntrySpec, SidecarSpec, WorkloadEntrySpec  # noqa: E402
+from meshd.api.proxyconfig import ProxyConfigSpec  # noqa: E402
 from meshd.api.request_authentication import RequestAuthenticationSpec  # noqa: E402
 from meshd.api.security import PeerAuthenticationSpec  # noqa: E402
 from meshd.api.telemetry import TelemetrySpec  # noqa: E402
@@ -115,6 +116,7 @@ KINDS = (
     CrdKind(NETWORKING, "WorkloadEntry", "workloadentries", ("we",), WorkloadEntrySpec),
     CrdKind(NETWORKING, "Sidecar", "sidecars", (), SidecarSpec),
     CrdKind(NETWORKING, "EnvoyFilter", "envoyfilters", (), EnvoyFilterSpec, versions=("v1alpha3",)),
+    CrdKind(NETWORKING, "ProxyConfig", "proxyconfigs", (), ProxyConfigSpec, versions=("v1beta1",)),
     CrdKind(SECURITY, "PeerAuthentication", "peerauthentications", ("pa",), PeerAuthenticationSpec),
     CrdKind(SECURITY, "AuthorizationPolicy", "authorizationpolicies", ("ap",), AuthorizationPolicySpec),
     CrdKind(SECURITY, "RequestAuthentication", "requestauthentications", ("ra",), RequestAuthenticationSpec),

@@ -38,6 +38,10 @@ ISTIO_KINDS = (
     ("telemetry.istio.io", "Telemetry"),
     ("extensions.istio.io", "WasmPlugin"),
 )
+# Kinds meshd reads that act elsewhere than in translation.
+NOT_TRANSLATED = {
+    "ProxyConfig": "applied at sidecar injection (Kubernetes mode; refused standalone; tests/EXTENSION_FIELDS.md)",
+}
 # The Kubernetes Gateway API kinds (gateway.networking.k8s.io): (kind, meshd's identity of it).
 GATEWAY_API_KINDS = (
     ("GatewayClass", "GatewayClass"),
@@ -68,7 +72,7 @@ def render() -> str:
     for group, kind in ISTIO_KINDS:
         if kind in KINDS:
             versions = ", ".join(v.split("/", 1)[-1] for v in KINDS[kind][1])
-            lines.append(f"| {group} | {kind} | {versions} | translated |")
+            lines.append(f"| {group} | {kind} | {versions} | {NOT_TRANSLATED.get(kind, 'translated')} |")
         elif kind in REFUSED_KINDS:
             lines.append(f"| {group} | {kind} | - | refused: {REFUSED_KINDS[kind].split(': ', 1)[-1]} |")
         else:

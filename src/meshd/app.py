@@ -36,7 +36,7 @@ from meshd.wiring.jwks import jwks_fetcher
 from meshd.wiring.kube_mode import build_kube_mode
 from meshd.wiring.leading import DutyFactory, root_cert_publisher, run_leader_duties
 from meshd.wiring.ops import ops_app
-from meshd.wiring.webhooks import proxy_config, webhook_patcher, webhook_server
+from meshd.wiring.webhooks import current_proxy_configs, proxy_config, webhook_patcher, webhook_server
 from meshd.xds.hub import Hub
 
 log = logging.getLogger("meshd")
@@ -156,6 +156,7 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
                 metrics=metrics,
                 log=log,
                 discovery_address=discovery_address,
+                proxy_configs=lambda: current_proxy_configs(mesh_source.mesh if mesh_source else None, store),
             )
             more_duties: list[DutyFactory] = []
             if authority is not None and kube is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import pathlib
 import shutil
 import signal
@@ -101,8 +102,18 @@ class AgentTask(_AgentBase):
 class AgentProcess(_AgentBase):
     """`python -m meshd agent <args>` as a child process; its log is `<workdir>/agent.log`."""
 
-    def __init__(self, *, pod: str, ip: str, args: tuple[str, ...], workdir: pathlib.Path | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        pod: str,
+        ip: str,
+        args: tuple[str, ...],
+        workdir: pathlib.Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """`env`: added to the agent's environment (as a container's `env` would be)."""
         self.ip, self.admin_port, self.status_port = ip, 15000, 15021
+        self.env = {**os.environ, **env} if env else None
         self.workdir = workdir or short_workdir(pod)
         self.log_path = self.workdir / "agent.log"
         self.args = ("--pod", pod, "--ip", ip, "--workdir", str(self.workdir), *args)
@@ -113,7 +124,7 @@ class AgentProcess(_AgentBase):
         with self.log_path.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "meshd", "--log-level", "INFO", "agent", *self.args,
-                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=self.env,
             )  # fmt: skip
 
     def log(self) -> str:

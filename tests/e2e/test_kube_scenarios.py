@@ -647,7 +647,13 @@ async def test_a_wasm_plugin_gets_a_status_accepted_or_naming_its_field(kube: Ku
         "apiVersion": "extensions.istio.io/v1alpha1",
         "kind": "WasmPlugin",
         "metadata": {"name": "header", "namespace": NS},
-        "spec": {"url": "file:///etc/wasm/header.wasm", "phase": "AUTHZ", "pluginConfig": {"a": {"b": [1, 2]}}},
+        # selecting no proxy here: no Envoy tries to read the file (one that cannot is a NACK reported on it)
+        "spec": {
+            "selector": {"matchLabels": {"app": "no-such-workload"}},
+            "url": "file:///etc/wasm/header.wasm",
+            "phase": "AUTHZ",
+            "pluginConfig": {"a": {"b": [1, 2]}},
+        },
     }
     registry: Obj = {
         "apiVersion": "extensions.istio.io/v1alpha1",

@@ -2,7 +2,7 @@
 Envoy's V8): the module's response header on the selected workload only, its `pluginConfig` as the header's
 value, its 403 on /deny; `phase` placing it before or after the authorization filters (whose 403 answers
 first); `file://` and `http://` (a local server) modules, the latter only when Envoy finds the `sha256`;
-FAIL_CLOSE (the default) refusing every request when the module cannot be fetched or verified, FAIL_OPEN
+FAIL_CLOSE (the default) refusing every request when the module cannot be fetched, verified or read, FAIL_OPEN
 skipping the filter; an invalid WasmPlugin reported (/debug/config_errors) naming its field."""
 
 from __future__ import annotations
@@ -253,30 +253,40 @@ async def test_no_request_passes_the_plugin_while_its_module_is_fetched(mesh: Me
     assert not [s for s in seen if s[0] and not s[2]], seen  # never the filter without its module
 
 
-async def test_a_missing_file_module_fails_closed(mesh: Mesh, module_file: pathlib.Path) -> None:
-    """file:// names a path in the proxy's container: no such file, Envoy rejects the plugin's config (whatever
-    `failStrategy`: it cannot build the filter) and its filter, without a config, refuses every request (500);
-    the rejection (a NACK) is reported on the WasmPlugin."""
+@pytest.mark.parametrize("strategy", ["FAIL_CLOSE", "FAIL_OPEN"])
+async def test_an_unreadable_file_module_fails_as_its_strategy_says(
+    mesh: Mesh, module_file: pathlib.Path, strategy: str
+) -> None:
+    """file:// names a path in the proxy's container that cannot be read: Envoy rejects the plugin's Wasm config
+    (a NACK of the very first Wasm config the client's proxy is sent), which is reported on the WasmPlugin.
+    FAIL_CLOSE: the filter, without a config, refuses every request (500); FAIL_OPEN: the filter is not applied
+    (Istio's fail open), requests pass without the module. A readable module then takes over."""
+    extra = f"  failStrategy: {strategy}\n"
+    mesh.write("plugin.yaml", plugin("missing", url="file:///nonexistent/header.wasm", selector="{app: client}",
+                                     extra=extra))  # fmt: skip
+
+    async def reported() -> list[str]:
+        found = await _errors_on(mesh, "WasmPlugin default/missing")
+        assert found and "Invalid path: /nonexistent/header.wasm" in found[0], found
+        return found
+
+    await eventually(reported, what="Envoy's rejection reported on the WasmPlugin")
+
+    async def in_force() -> bool:
+        dump = await mesh.envoys["client"].config_dump(resource="dynamic_listeners")
+        active = [c.get("active_state") for c in dump.get("configs", [])]
+        warming = [c.get("warming_state") for c in dump.get("configs", []) if c.get("warming_state")]
+        return "default.missing~" in json.dumps(active) and "default.missing~" not in json.dumps(warming)
+
+    await eventually(in_force, what="the client's listeners with the plugin's filter, active")
+    wanted = 500 if strategy == "FAIL_CLOSE" else 200
+    for _ in range(3):
+        status, headers, _ = await mesh.request(via_ip=mesh.ip(1), host="web", headers={"connection": "close"})
+        assert (status, HEADER in headers) == (wanted, False), (strategy, status, headers)
+
     mesh.write("plugin.yaml", plugin("missing", url=f"file://{module_file}", selector="{app: client}",
-                                     extra="  pluginConfig: {v: 1}\n"))  # fmt: skip
-    await eventually(lambda: _header_is(mesh, '{"v":1}'), what="the module's header")
-    for strategy in ("FAIL_CLOSE", "FAIL_OPEN"):
-        extra = f"  failStrategy: {strategy}\n"
-        mesh.write("plugin.yaml", plugin("missing", url="file:///nonexistent/header.wasm", selector="{app: client}",
-                                         extra=extra))  # fmt: skip
-
-        async def refused() -> bool:
-            status, _, _ = await mesh.request(via_ip=mesh.ip(1), host="web", headers={"connection": "close"})
-            return status == 500
-
-        await eventually(refused, what=f"{strategy}: requests refused without the module")
-
-        async def reported() -> list[str]:
-            found = await _errors_on(mesh, "WasmPlugin default/missing")
-            assert found and "Invalid path: /nonexistent/header.wasm" in found[0], found
-            return found
-
-        await eventually(reported, what="Envoy's rejection reported on the WasmPlugin")
+                                     extra=extra + "  pluginConfig: {v: 1}\n"))  # fmt: skip
+    await eventually(lambda: _header_is(mesh, '{"v":1}'), what="the readable module's header")
 
 
 async def _status_is(mesh: Mesh, wanted: int) -> bool:

@@ -37,6 +37,12 @@ READ_ELSEWHERE: dict[Field, str] = {
     ("WasmTargetRef", "kind"): "translate/authz/selection.py",
     ("WasmTargetRef", "name"): "translate/authz/selection.py",
     ("WasmTargetRef", "namespace"): "translate/authz/selection.py",
+    # ProxyConfig: applied at injection, not translated (tests/unit/kube/test_inject_proxyconfig.py,
+    # tests/e2e/test_proxyconfig_kube.py)
+    ("ProxyConfigSpec", "selector"): "kube/inject_proxyconfig.py",
+    ("ProxyConfigSpec", "concurrency"): "kube/inject_proxyconfig.py",
+    ("ProxyConfigSpec", "environmentVariables"): "kube/inject_proxyconfig.py",
+    ("ProxyConfigSelector", "matchLabels"): "kube/inject_proxyconfig.py",
 }
 # Fields refused by a validation rule rather than `refused(...)` (the rule names the field; its test is cited).
 REFUSED_BY_RULE: dict[Field, str] = {
@@ -72,6 +78,8 @@ VALIDATED_ONLY: dict[Field, str] = {
     ("RouteFilter", "type"): "Gateway API: must name the one filter field given (validation); the field is read",
     ("GRPCRouteFilter", "type"): "as RouteFilter.type (GRPCRoute)",
     ("WasmPluginSpec", "type"): "HTTP (or unset, Istio's HTTP) only: NETWORK is refused by validation",
+    ("ProxyConfigSpec", "image"): "imageType default only (meshd ships one image): others refused by validation",
+    ("ProxyImage", "imageType"): "default only (meshd ships one image): debug, distroless refused by validation",
 }
 
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from envoy.config.cluster.v3 import cluster_pb2
-from google.protobuf import duration_pb2
+from envoy.config.core.v3 import base_pb2, extension_pb2
+from envoy.extensions.filters.http.wasm.v3 import wasm_pb2 as http_wasm_pb2
+from envoy.extensions.wasm.v3 import wasm_pb2
+from google.protobuf import any_pb2, duration_pb2
 
+from meshd.generate.nacks import ECDS
 from meshd.xds.isolation import Isolation, named_in
 from meshd.xds.resource import CLUSTER, Snapshot, XdsResource, make_resource
 
@@ -53,13 +57,40 @@ def test_a_rejected_resource_never_accepted_is_left_out_and_a_named_one_is_chose
     assert set(iso.view(sent).resources[CLUSTER]) == {"a", "other"}
 
 
-def test_a_nack_of_an_unknown_nonce_or_before_any_accept_without_a_name_holds_nothing() -> None:
+def test_a_nack_of_an_unknown_nonce_or_of_a_first_response_that_tells_nothing_holds_nothing() -> None:
     iso = Isolation()
     assert iso.nacked(CLUSTER, "nope", "x") == []
-    first = snap(cluster("a", 1))
+    first = snap(cluster("a", 1), cluster("b", 1))
     iso.sent(CLUSTER, "n1", first)
-    assert iso.nacked(CLUSTER, "n1", "Invalid duration") == []  # nothing accepted to compare with
+    # nothing accepted to compare with, no name, no word of the error in one resource but not the other
+    assert iso.nacked(CLUSTER, "n1", "Invalid duration") == []
     assert iso.view(first) is first
+
+
+def test_a_rejected_first_response_holds_its_one_resource_or_the_one_the_error_quotes() -> None:
+    """A proxy's very first response of a type is NACKed: nothing accepted to compare with, and Envoy's error
+    about a Wasm config names the module's path, not the resource: the resource holding that path is held."""
+    iso = Isolation()
+    only = snap(cluster("a", 1))
+    iso.sent(CLUSTER, "n1", only)
+    assert [r.name for r in iso.nacked(CLUSTER, "n1", "Invalid duration")] == ["a"]
+    assert iso.view(only).resources[CLUSTER] == {}
+
+    def wasm(name: str, path: str) -> XdsResource:
+        code = base_pb2.AsyncDataSource(local=base_pb2.DataSource(filename=path))
+        vm = wasm_pb2.VmConfig(runtime="envoy.wasm.runtime.v8", code=code)
+        config = wasm_pb2.PluginConfig(name=name, vm_config=vm)
+        typed = any_pb2.Any()
+        typed.Pack(http_wasm_pb2.Wasm(config=config))
+        return make_resource(name, extension_pb2.TypedExtensionConfig(name=name, typed_config=typed))
+
+    good, bad = wasm("default.good~1", "/modules/header.wasm"), wasm("default.bad~2", "/nonexistent/header.wasm")
+    iso = Isolation()
+    sent = Snapshot(resources={ECDS: {good.name: good, bad.name: bad}})
+    iso.sent(ECDS, "n1", sent)
+    error = "Error adding/updating filter config: Invalid path: /nonexistent/header.wasm"
+    assert [r.name for r in iso.nacked(ECDS, "n1", error)] == ["default.bad~2"]
+    assert iso.view(sent).resources[ECDS] == {"default.good~1": good}
 
 
 def test_names_are_matched_as_whole_words() -> None:

@@ -451,10 +451,7 @@ def test_invalid_document_without_identity(document: Any, field: str) -> None:
 def test_istio_kinds_meshd_does_not_translate_are_refused_with_what_that_means() -> None:
     from meshd.api.parse import REFUSED_KINDS
 
-    for kind, api_version in (
-        ("ProxyConfig", "networking.istio.io/v1beta1"),
-        ("WorkloadGroup", "networking.istio.io/v1"),
-    ):
+    for kind, api_version in (("WorkloadGroup", "networking.istio.io/v1"),):
         doc = {"apiVersion": api_version, "kind": kind, "metadata": {"name": "x", "namespace": "ns"}, "spec": {}}
         with pytest.raises(InvalidResource) as info:
             parse_resource(doc, origin="f.yaml")

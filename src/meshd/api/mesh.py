@@ -1,7 +1,8 @@
 """Istio's MeshConfig (YAML), as meshd reads it from the `istio` ConfigMap (key `mesh`) in Kubernetes mode and
 from the `--mesh-config` file standalone. The fields meshd uses:
 - rootNamespace (mesh-wide policies), trustDomain (SPIFFE identities in principals and SAN checks);
-- defaultConfig.discoveryAddress (injection), defaultConfig.gatewayTopology.numTrustedProxies (the
+- defaultConfig.discoveryAddress, concurrency and proxyMetadata (injection, the lowest level of
+  kube/inject_proxyconfig.py), defaultConfig.gatewayTopology.numTrustedProxies (the
   X-Forwarded-For hops a gateway trusts for the client address);
 - discoverySelectors (Kubernetes label selectors on namespaces: when any is set, only objects in a
   namespace matching one of them count; Kubernetes mode only);
@@ -21,6 +22,7 @@ import yaml
 
 from meshd.api.meshconfig import InvalidMeshConfig, MeshPolicy, parse_mesh_policy
 from meshd.api.meta import InvalidResource, ResourceKey
+from meshd.api.proxyconfig import ENV_NAME, RESERVED_ENV
 
 __all__ = ["InvalidMeshConfig", "LabelSelector", "MeshConfig", "Requirement", "parse_mesh_config"]
 
@@ -43,7 +45,7 @@ USED_FIELDS = frozenset(
         "defaultProviders",
     }
 )
-USED_DEFAULT_CONFIG = frozenset({"discoveryAddress", "gatewayTopology", "tracing"})
+USED_DEFAULT_CONFIG = frozenset({"discoveryAddress", "gatewayTopology", "tracing", "concurrency", "proxyMetadata"})
 USED_GATEWAY_TOPOLOGY = frozenset({"numTrustedProxies"})
 MAX_TRUSTED_PROXIES = 64
 MESH_FIELD = "data.mesh"  # where the ConfigMap holds the mesh config (the message names the field in it)
@@ -85,6 +87,9 @@ class MeshConfig:
     policy: MeshPolicy = field(default_factory=MeshPolicy)
     # defaultConfig.gatewayTopology.numTrustedProxies
     gateway_trusted_proxies: int = 0
+    # defaultConfig.concurrency (None: not set) and proxyMetadata: what injected proxies get by default
+    proxy_concurrency: int | None = None
+    proxy_metadata: tuple[tuple[str, str], ...] = ()
     # the paths of fields present that meshd does not use (reported once as warnings; not compared: a
     # change of them alone changes nothing meshd builds)
     unused: tuple[str, ...] = field(default=(), compare=False)
@@ -161,6 +166,21 @@ def _trusted_proxies(
     return value, _unused(topology, USED_GATEWAY_TOPOLOGY, f"{where}.")
 
 
+def _proxy_defaults(default_config: dict[str, Any]) -> tuple[int | None, tuple[tuple[str, str], ...]]:
+    concurrency = default_config.get("concurrency")
+    if concurrency is not None and (type(concurrency) is not int or concurrency < 0):
+        raise InvalidMeshConfig(f"defaultConfig.concurrency: {concurrency!r} is not a non-negative integer")
+    metadata = default_config.get("proxyMetadata") or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise InvalidMeshConfig("defaultConfig.proxyMetadata: must be a map of strings")
+    bad = sorted(str(k) for k in metadata if not isinstance(k, str) or not ENV_NAME.match(k) or k in RESERVED_ENV)
+    if bad:
+        raise InvalidMeshConfig(
+            f"defaultConfig.proxyMetadata.{bad[0]}: not a container environment variable name meshd's injector can set"
+        )
+    return concurrency, tuple(sorted(metadata.items()))
+
+
 def parse_mesh_config(
     text: str,
     *,
@@ -186,6 +206,7 @@ def parse_mesh_config(
         if name in raw and raw[name] is not None and not isinstance(raw[name], str):
             raise InvalidMeshConfig(f"{name}: must be a string")
     trusted, unused_topology = _trusted_proxies(default_config)
+    proxy_concurrency, proxy_metadata = _proxy_defaults(default_config)
     used = USED_FIELDS if kubernetes else USED_FIELDS - {"discoverySelectors"}
     unused = _unused(raw, used) + _unused(default_config, USED_DEFAULT_CONFIG, "defaultConfig.") + unused_topology
     return MeshConfig(
@@ -197,6 +218,8 @@ def parse_mesh_config(
         else (),
         policy=parse_mesh_policy(raw),
         gateway_trusted_proxies=trusted,
+        proxy_concurrency=proxy_concurrency,
+        proxy_metadata=proxy_metadata,
         unused=tuple(unused),
     )
 
@@ -209,7 +232,8 @@ def mesh_warnings(mesh: MeshConfig, *, key: ResourceKey, origin: str, ca_trust_d
             key,
             MESH_FIELD,
             f"{path}: not used by meshd, ignored (meshd reads rootNamespace, trustDomain, trustDomainAliases, "
-            "defaultConfig.discoveryAddress, defaultConfig.gatewayTopology.numTrustedProxies, discoverySelectors, "
+            "defaultConfig.discoveryAddress, concurrency, proxyMetadata, gatewayTopology.numTrustedProxies, "
+            "discoverySelectors, "
             "extensionProviders, pathNormalization, outboundTrafficPolicy)",
             origin,
             severity="warning",

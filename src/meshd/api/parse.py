@@ -25,6 +25,7 @@ from meshd.api.httproute import HTTPRoute
 from meshd.api.kube import EndpointSlice, Namespace, Pod, Secret, Service
 from meshd.api.meta import KUBERNETES_GATEWAY, InvalidResource, Resource, ResourceKey, field_path, kind_identity
 from meshd.api.networking import NETWORKING_VERSIONS, ServiceEntry, Sidecar, WorkloadEntry
+from meshd.api.proxyconfig import PROXY_CONFIG_VERSIONS, ProxyConfig
 from meshd.api.request_authentication import RequestAuthentication, refused_request_authentication
 from meshd.api.security import SECURITY_VERSIONS, PeerAuthentication
 from meshd.api.telemetry import TELEMETRY_VERSIONS, Telemetry
@@ -58,6 +59,8 @@ KINDS: dict[str, tuple[type[Resource], tuple[str, ...]]] = {
     "WasmPlugin": (WasmPlugin, ("extensions.istio.io/v1alpha1",)),
     "TCPRoute": (KubernetesTCPRoute, L4_ROUTE_VERSIONS),
     "TLSRoute": (KubernetesTLSRoute, L4_ROUTE_VERSIONS),
+    # applied when a sidecar is injected (kube/inject_proxyconfig.py), not translated
+    "ProxyConfig": (ProxyConfig, PROXY_CONFIG_VERSIONS),
 }
 # Kinds without a namespace (their key's namespace is "").
 CLUSTER_SCOPED = frozenset({"GatewayClass", "Namespace"})
@@ -73,8 +76,6 @@ FAIL_CLOSED: dict[str, Callable[[dict[str, Any], InvalidResource], Resource | No
 # Istio kinds meshd reads but does not translate yet: refused with what that means for traffic (in
 # Kubernetes mode their CRDs are watched so each object gets this on its status, never silently ignored).
 REFUSED_KINDS: dict[str, str] = {
-    "ProxyConfig": "networking.istio.io ProxyConfig is not supported by meshd yet: proxies keep their defaults "
-    "(use the pod annotation proxy.istio.io/config)",
     "WorkloadGroup": "networking.istio.io WorkloadGroup is not supported by meshd yet: no WorkloadEntry is created "
     "from it (declare WorkloadEntries)",
     "UDPRoute": "gateway.networking.k8s.io UDPRoute is not supported by meshd: UDP is not proxied",

@@ -17,13 +17,15 @@ template instead (kube/inject_gateway.py); another template name is refused.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from typing import Any
 
 from meshd.kube.admission import admission_request
 from meshd.kube.inject_gateway import gateway_ops
 from meshd.kube.inject_metrics import APP_ENV, BadMetricsAnnotation, metrics_merge
-from meshd.kube.inject_options import BadAnnotation, sidecar_options
+from meshd.kube.inject_options import BadAnnotation, SidecarOptions, sidecar_options
+from meshd.kube.inject_proxyconfig import ProxySettings, effective_settings
 from meshd.kube.inject_template import (
     INIT_NAME,
     PROXY_NAME,
@@ -140,6 +142,15 @@ def _add_map(ops: list[dict[str, Any]], path: str, current: dict[str, str], entr
         ops.extend({"op": "add", "path": f"{path}/{_escape(k)}", "value": v} for k, v in entries.items())
 
 
+def _with_proxy_configs(
+    options: SidecarOptions, config: InjectionConfig, *, namespace: str, labels: dict[str, str]
+) -> SidecarOptions:
+    """The annotation's concurrency and proxyMetadata merged with the mesh's and the ProxyConfigs'."""
+    annotation = ProxySettings(options.concurrency, options.environment)
+    merged = effective_settings(config.proxy_configs, namespace=namespace, labels=labels, annotation=annotation)
+    return dataclasses.replace(options, concurrency=merged.concurrency, environment=merged.environment)
+
+
 def injection_patch(pod: dict[str, Any], *, namespace: str, config: InjectionConfig) -> list[dict[str, Any]]:
     """The JSONPatch that injects the sidecar ([] if the pod gets none). Raises Refused."""
     meta = pod.get("metadata")
@@ -166,6 +177,7 @@ def injection_patch(pod: dict[str, Any], *, namespace: str, config: InjectionCon
         options = sidecar_options(annotations)
     except BadAnnotation as exc:
         raise Refused(f"{where}: {exc}") from None
+    options = _with_proxy_configs(options, config, namespace=namespace, labels=labels)
     if gateway:
         return _gateway_patch(pod, spec, labels=labels, annotations=annotations, config=config, options=options)
     taken = {str(v.get("name")) for v in spec.get("volumes") or [] if isinstance(v, dict)}

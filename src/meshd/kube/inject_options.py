@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from meshd.api.proxyconfig import ENV_NAME, RESERVED_ENV
+
 INCLUDE_OUTBOUND_IP_RANGES = "traffic.sidecar.istio.io/includeOutboundIPRanges"
 EXCLUDE_OUTBOUND_IP_RANGES = "traffic.sidecar.istio.io/excludeOutboundIPRanges"
 INCLUDE_INBOUND_PORTS = "traffic.sidecar.istio.io/includeInboundPorts"
@@ -44,8 +46,10 @@ class SidecarOptions:
     exclude_outbound_ports: str = ""
     image: str | None = None  # None: the injector's default image
     log_level: str | None = None
-    concurrency: int | None = None
+    concurrency: int | None = None  # 0: meshd's default (Istio's "from the CPU limit")
     discovery_address: str | None = None
+    # the istio-proxy container's extra environment: proxyMetadata / ProxyConfig environmentVariables
+    environment: tuple[tuple[str, str], ...] = ()
 
 
 def _ip_ranges(annotation: str, value: str, *, star: bool) -> str:
@@ -82,6 +86,17 @@ def _proxy_config(value: str) -> dict[str, Any]:
     if not isinstance(parsed, dict):
         raise BadAnnotation(PROXY_CONFIG, "must be a ProxyConfig mapping")
     return parsed
+
+
+def _proxy_metadata(metadata: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise BadAnnotation(PROXY_CONFIG, "proxyMetadata must be a map of strings")
+    for name in metadata:
+        if not isinstance(name, str) or not ENV_NAME.match(name):
+            raise BadAnnotation(PROXY_CONFIG, f"proxyMetadata: {name!r} is not a container environment variable name")
+        if name in RESERVED_ENV:
+            raise BadAnnotation(PROXY_CONFIG, f"proxyMetadata: {name} is set by meshd's injector (agent identity)")
+    return tuple(sorted(metadata.items()))
 
 
 def sidecar_options(annotations: Mapping[str, str]) -> SidecarOptions:
@@ -121,7 +136,10 @@ def sidecar_options(annotations: Mapping[str, str]) -> SidecarOptions:
         if concurrency is not None:
             if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 0:
                 raise BadAnnotation(PROXY_CONFIG, "concurrency must be a non-negative integer")
-            options["concurrency"] = concurrency or None  # 0: Istio's "all cores"; meshd's default
+            options["concurrency"] = concurrency  # 0: Istio's "all cores"; meshd's default
+        metadata = config.get("proxyMetadata")
+        if metadata is not None:
+            options["environment"] = _proxy_metadata(metadata)
         address = config.get("discoveryAddress")
         if address is not None:
             host, sep, port = str(address).rpartition(":")

@@ -7,10 +7,11 @@ the `istio-ca-root-cert` ConfigMap, and emptyDirs for the workload socket and En
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from meshd.kube.inject_options import SidecarOptions, inbound_exclusions
+from meshd.kube.inject_proxyconfig import ProxyConfigs
 
 INIT_NAME = "istio-init"
 PROXY_NAME = "istio-proxy"
@@ -46,6 +47,8 @@ class InjectionConfig:
     cluster_id: str = "Kubernetes"
     revision: str = "default"
     token_expiration_s: int = 43200
+    # the mesh's defaultConfig and the ProxyConfig resources (kube/inject_proxyconfig.py)
+    proxy_configs: ProxyConfigs = field(default_factory=ProxyConfigs)
 
 
 def _env(name: str, field: str) -> dict[str, Any]:
@@ -128,6 +131,7 @@ def proxy_container(
             _env("INSTANCE_IP", "status.podIP"),
             _env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
             _env("HOST_IP", "status.hostIP"),
+            *({"name": name, "value": value} for name, value in options.environment),
         ],
         "ports": [{"containerPort": PROMETHEUS_PORT, "name": "http-envoy-prom", "protocol": "TCP"}],
         "readinessProbe": {

@@ -54,13 +54,19 @@ def _answer(raw: bytes, answer_for: Callable[[Any], dict[str, Any]], log: loggin
     return answer, 200
 
 
-def _handler(answer_for: Callable[[Any], dict[str, Any]], *, log: logging.Logger) -> Callable[[web.Request], Any]:
+def _handler(
+    answerer: Callable[[], Callable[[Any], dict[str, Any]]], *, log: logging.Logger
+) -> Callable[[web.Request], Any]:
+    """`answerer` is called on the event loop for each request (it may read live state, such as the store's
+    ProxyConfigs) and returns the function that answers the body off the loop."""
+
     async def handle(request: web.Request) -> web.Response:
         raw = await request.read()  # aiohttp answers 413 itself past client_max_size
+        answer_for = answerer()
         # Off the event loop: a review of several MB takes long to parse and validate, and this loop
         # also serves ADS (the GIL is shared, but handed over every few ms).
-        answer, status = await asyncio.to_thread(_answer, raw, answer_for, log)
-        return web.json_response(answer, status=status)
+        body, status = await asyncio.to_thread(_answer, raw, answer_for, log)
+        return web.json_response(body, status=status)
 
     return handle
 
@@ -78,10 +84,15 @@ def build_webhook_app(
         return web.Response(text="ready\n")
 
     app = web.Application(client_max_size=max_body_bytes)
-    app.router.add_post("/validate", _handler(review, log=log))
+    app.router.add_post("/validate", _handler(lambda: review, log=log))
     if injection is not None:
         current = injection if callable(injection) else (lambda: injection)
-        app.router.add_post("/inject", _handler(lambda body: inject_review(body, config=current()), log=log))
+
+        def inject_with_current() -> Callable[[Any], dict[str, Any]]:
+            config = current()  # on the loop: it reads the store
+            return lambda body: inject_review(body, config=config)
+
+        app.router.add_post("/inject", _handler(inject_with_current, log=log))
     app.router.add_get("/ready", ready)
     return app
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from meshd.api.mesh import MeshConfig
 from meshd.api.meshconfig import MeshPolicy
 from meshd.api.meta import InvalidResource
+from meshd.api.proxyconfig import ProxyConfig, namespace_conflicts
 from meshd.clock import Clock
 from meshd.gcpolicy import GcPolicy
 from meshd.generate.generations import Generations
@@ -74,7 +75,8 @@ class PushLoop:
             if rejected and current is not None
             else []
         )
-        return self._store.errors() + reported + refused + self._build_errors + nacked
+        proxy_configs = namespace_conflicts(c for c in self._store.of_kind("ProxyConfig") if isinstance(c, ProxyConfig))
+        return self._store.errors() + reported + refused + self._build_errors + nacked + proxy_configs
 
     def follow_mesh(self, mesh: Callable[[], MeshConfig | None]) -> None:
         """Where the mesh config comes from (read at every generation; a change rebuilds everything:

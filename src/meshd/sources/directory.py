@@ -17,11 +17,14 @@ from dataclasses import dataclass
 import watchfiles
 
 from meshd.api.meta import InvalidResource
+from meshd.api.proxyconfig import STANDALONE_REFUSAL
 from meshd.clock import Clock
 from meshd.model.store import ConfigStore
-from meshd.sources.yaml_file import FileResult, parse_file
+from meshd.sources.yaml_file import FileResult, parse_file, refuse_kinds
 
 SUFFIXES = (".yaml", ".yml", ".json")
+# kinds that act only in Kubernetes mode: refused here, naming why
+STANDALONE_REFUSED = {"ProxyConfig": STANDALONE_REFUSAL}
 MAX_FILE_BYTES = 16 * 1024 * 1024
 
 
@@ -134,7 +137,8 @@ class DirectorySource:
             message = f"file larger than {self._max_bytes} bytes (--max-config-file-bytes): not read"
             error = InvalidResource(None, "<file>", message, origin)
             return _Loaded(origin, FileResult({}, [error], malformed=True))
-        return _Loaded(origin, parse_file(data.decode("utf-8", errors="replace"), origin=origin))
+        result = parse_file(data.decode("utf-8", errors="replace"), origin=origin)
+        return _Loaded(origin, refuse_kinds(result, STANDALONE_REFUSED, origin=origin))
 
     def _drop(self, origin: str) -> bool:
         if origin not in self._digests:

@@ -121,3 +121,16 @@ def parse_file(text: str, *, origin: str) -> FileResult:
                 continue
             resources[resource.key] = resource
     return FileResult(resources, errors, tuple(rejected))
+
+
+def refuse_kinds(result: FileResult, refusals: dict[str, str], *, origin: str) -> FileResult:
+    """The file's resources of these kinds refused (kind -> why), as invalid documents are: named, not applied."""
+    refused = [key for key in result.resources if key.kind in refusals]
+    if not refused:
+        return result
+    return FileResult(
+        {key: r for key, r in result.resources.items() if key.kind not in refusals},
+        [*result.errors, *(InvalidResource(key, "kind", refusals[key.kind], origin) for key in refused)],
+        (*result.rejected, *refused),
+        result.malformed,
+    )

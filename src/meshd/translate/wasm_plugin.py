@@ -19,7 +19,9 @@ through a cluster `wasm|<scheme>|<host>|<port>` added to the proxy's clusters, w
 Envoy before the module runs. `pluginConfig` is handed to the plugin as JSON (`configuration`), `pluginName`
 is the root id, `vmConfig.env` the VM's environment (inline values, HOST: passed through from the proxy's),
 `failStrategy` Envoy's failure policy: FAIL_CLOSE (a module that cannot be fetched, verified or loaded
-makes the filter answer 503 to every request), FAIL_OPEN (the filter is skipped), FAIL_RELOAD."""
+makes the filter answer 503 to every request; a `file://` module Envoy cannot read makes it reject the Wasm
+config, and the filter without a config answers 500), FAIL_OPEN (the filter is skipped; when Envoy rejects
+the Wasm config, the ECDS default config, an RBAC filter without rules, stands in), FAIL_RELOAD."""
 
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from envoy.config.core.v3 import base_pb2, config_source_pb2, http_uri_pb2
 from envoy.config.core.v3.extension_pb2 import TypedExtensionConfig
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3.listener_pb2 import Listener
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2
 from envoy.extensions.filters.http.wasm.v3 import wasm_pb2 as http_wasm_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
@@ -61,6 +64,8 @@ _PEER_EXCHANGE = ("envoy.filters.http.header_mutation", "envoy.filters.http.head
 _AUTHN = ("envoy.filters.http.jwt_authn",)
 _AUTHZ_PREFIXES = ("envoy.filters.http.rbac", "envoy.filters.http.ext_authz")
 ROUTER = "envoy.filters.http.router"
+# an RBAC filter without rules enforces nothing: a FAIL_OPEN plugin's filter until its Wasm config is accepted
+PASS_THROUGH = rbac_pb2.RBAC()
 
 
 def filter_name(plugin: WasmPlugin) -> str:
@@ -168,10 +173,14 @@ def _http_filter(plugin: WasmPlugin) -> hcm_pb2.HttpFilter:
     source = config_source_pb2.ConfigSource(
         ads=config_source_pb2.AggregatedConfigSource(), resource_api_version=config_source_pb2.V3
     )
-    return hcm_pb2.HttpFilter(
-        name=filter_name(plugin),
-        config_discovery=config_source_pb2.ExtensionConfigSource(config_source=source, type_urls=[WASM_FILTER_TYPE]),
-    )
+    discovery = config_source_pb2.ExtensionConfigSource(config_source=source, type_urls=[WASM_FILTER_TYPE])
+    if plugin.spec.fail_strategy == "FAIL_OPEN":
+        # Envoy rejects a Wasm config whose module it cannot read (a file:// path), whatever the failure policy:
+        # the filter would be left without a config and refuse every request. Fail open means the filter is
+        # not applied: its default config, used while no Wasm config was accepted, lets every request through.
+        discovery.default_config.Pack(PASS_THROUGH)
+        discovery.type_urls.append(discovery.default_config.type_url)
+    return hcm_pb2.HttpFilter(name=filter_name(plugin), config_discovery=discovery)
 
 
 def extension_config(plugin: WasmPlugin) -> TypedExtensionConfig:

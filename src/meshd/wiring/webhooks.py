@@ -5,6 +5,7 @@ that makes the API server trust it (caBundle, then failurePolicy Fail once ready
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import ssl
 from collections.abc import Callable
@@ -12,14 +13,18 @@ from dataclasses import dataclass
 
 from kubernetes_asyncio.client import ApiClient
 
+from meshd.api.mesh import MeshConfig
+from meshd.api.proxyconfig import ProxyConfig
 from meshd.ca.renewal import RenewedCertificate
 from meshd.ca.serving import issue_serving_cert, webhook_ssl_context
 from meshd.clock import Clock
+from meshd.kube.inject_proxyconfig import ProxyConfigs, ProxySettings
 from meshd.kube.inject_template import InjectionConfig
 from meshd.kube.leading import LeaderDuty
 from meshd.kube.webhook import serve_webhook
 from meshd.kube.webhook_certs import webhook_sans
 from meshd.kube.webhook_patcher import WebhookConfigPatcher
+from meshd.model.store import ConfigStore
 from meshd.obs.metrics import Metrics
 from meshd.settings import Settings
 from meshd.wiring.authority import Authority
@@ -27,9 +32,23 @@ from meshd.wiring.grpc_servers import gated_listener
 from meshd.wiring.leading import DutyFactory, PassOnLeading
 
 
-def injection_config(settings: Settings, *, discovery_address: str = "") -> InjectionConfig | None:
+def injection_config(
+    settings: Settings, *, discovery_address: str = "", proxy_configs: ProxyConfigs | None = None
+) -> InjectionConfig | None:
     """What injected sidecars get (None: injection is off)."""
-    return proxy_config(settings, discovery_address=discovery_address) if settings.inject_enabled else None
+    if not settings.inject_enabled:
+        return None
+    config = proxy_config(settings, discovery_address=discovery_address)
+    return config if proxy_configs is None else dataclasses.replace(config, proxy_configs=proxy_configs)
+
+
+def current_proxy_configs(mesh: MeshConfig | None, store: ConfigStore) -> ProxyConfigs:
+    """The mesh's defaultConfig and the ProxyConfigs in the store (Kubernetes mode; standalone refuses them)."""
+    configs = tuple(c for c in store.of_kind("ProxyConfig") if isinstance(c, ProxyConfig))
+    if mesh is None:
+        return ProxyConfigs(configs=configs)
+    defaults = ProxySettings(mesh.proxy_concurrency, mesh.proxy_metadata)
+    return ProxyConfigs(mesh=defaults, configs=configs, root_namespace=mesh.root_namespace)
 
 
 def proxy_config(settings: Settings, *, discovery_address: str = "") -> InjectionConfig:
@@ -61,6 +80,8 @@ class Webhook:
     certificate: RenewedCertificate | None = None
     # the mesh config's defaultConfig.discoveryAddress, read at each injection ("": not set)
     discovery_address: Callable[[], str] = lambda: ""
+    # the mesh's defaultConfig proxy settings and the ProxyConfigs, read at each injection
+    proxy_configs: Callable[[], ProxyConfigs] = ProxyConfigs
 
     async def serve(self) -> None:
         """Until cancelled. A webhook that cannot start (unreadable certificate, port taken) is reported;
@@ -96,7 +117,9 @@ class Webhook:
 
     def _injection(self) -> Callable[[], InjectionConfig]:
         def current() -> InjectionConfig:
-            found = injection_config(self.settings, discovery_address=self.discovery_address())
+            found = injection_config(
+                self.settings, discovery_address=self.discovery_address(), proxy_configs=self.proxy_configs()
+            )
             assert found is not None  # (injection is on)
             return found
 
@@ -116,12 +139,18 @@ def webhook_server(
     metrics: Metrics,
     log: logging.Logger,
     discovery_address: Callable[[], str] = lambda: "",
+    proxy_configs: Callable[[], ProxyConfigs] = ProxyConfigs,
 ) -> Webhook | None:
     """The webhook to serve, if any: with the files, or (`ca_issued`: Kubernetes mode with the CA) a
     certificate from `authority`. `discovery_address`: the mesh config's, read at each injection."""
     if _has_files(settings):
         return Webhook(
-            settings=settings, ssl_context=None, log=log, metrics=metrics, discovery_address=discovery_address
+            settings=settings,
+            ssl_context=None,
+            log=log,
+            metrics=metrics,
+            discovery_address=discovery_address,
+            proxy_configs=proxy_configs,
         )
     if authority is None or not ca_issued:
         return None
@@ -147,6 +176,7 @@ def webhook_server(
         metrics=metrics,
         certificate=certificate,
         discovery_address=discovery_address,
+        proxy_configs=proxy_configs,
     )
 
 

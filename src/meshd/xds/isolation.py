@@ -2,8 +2,9 @@
 
 When Envoy NACKs a response, meshd works out which resources it rejected: those the error names (Envoy
 names listeners and some clusters), otherwise those that changed since the last response of that type the
-proxy accepted (the rest were already accepted). From then on the proxy is served, for each rejected
-resource, the version it last accepted (or nothing, if it never had one) while meshd still generates the
+proxy accepted (the rest were already accepted); when it accepted none yet, the one resource sent, or those
+whose content holds a word of the error (a Wasm config's module path). From then on the proxy is served, for
+each rejected resource, the version it last accepted (or nothing, if it never had one) while meshd still generates the
 rejected version: the rest of its config keeps flowing, and the rejected version is never sent again. A
 new version of the resource (the user fixed the input) is tried again.
 
@@ -95,6 +96,8 @@ class Isolation:
         if not names and track.accepted is not None:
             before = track.accepted.resources.get(type_url, {})
             names = [n for n, r in sent.items() if (b := before.get(n)) is None or b.version != r.version]
+        elif not names:
+            names = first_rejected(error, sent)
         found = [Rejected(type_url, n, sent[n].version, error) for n in sorted(names)]
         for rejected in found:
             track.held[rejected.name] = rejected
@@ -111,3 +114,21 @@ def named_in(error: str, sent: Mapping[str, XdsResource]) -> list[str]:
         if name and re.search(rf"(?:^|[\s'\"(,]){re.escape(name)}(?:$|[\s'\":),])", error):
             out.append(name)
     return out
+
+
+MAX_ERROR_WORDS = 64  # an error's words compared with what was sent (bounds the work of a long error)
+_WORD = re.compile(r"[^\s'\"(),;\[\]]{6,}")
+
+
+def first_rejected(error: str, sent: Mapping[str, XdsResource]) -> list[str]:
+    """The first response of a type was rejected (no accepted one to compare with) and the error names no
+    resource: the one resource sent, else those whose content holds a word of the error that not every sent
+    resource holds (Envoy's rejection of a Wasm config quotes the module's path, not the resource's name)."""
+    if len(sent) == 1:
+        return list(sent)
+    found: set[str] = set()
+    for word in sorted(set(_WORD.findall(error)))[:MAX_ERROR_WORDS]:
+        holders = [name for name, resource in sent.items() if word.encode() in resource.body]
+        if len(holders) < len(sent):
+            found.update(holders)
+    return sorted(found)

@@ -255,7 +255,6 @@ def test_validation_webhook(default: list[dict[str, Any]]) -> None:
     crds = {(c["spec"]["group"], c["spec"]["names"]["plural"]) for c in with_gateway_api}
     # every kind meshd translates; the kinds it does not translate yet are admitted (their status says so)
     unsupported = {
-        ("networking.istio.io", "proxyconfigs"),
         ("networking.istio.io", "workloadgroups"),
     }
     assert covered == crds - unsupported

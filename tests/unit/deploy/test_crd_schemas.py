@@ -59,6 +59,8 @@ def test_served_versions_as_istio(crds: dict[tuple[str, str], dict[str, Any]]) -
         }.get(group, {"v1", "v1beta1"})
         if kind == "EnvoyFilter":
             expected = {"v1alpha3"}  # Istio serves EnvoyFilter as v1alpha3 only
+        if kind == "ProxyConfig":
+            expected = {"v1beta1"}  # and ProxyConfig as v1beta1 only
         assert set(versions) == expected
         assert all(v["served"] for v in versions.values())
         assert sum(v["storage"] for v in versions.values()) == 1
