@@ -8,7 +8,7 @@ a Service parent) Accepted, NoMatchingParent for a missing Service or port,
 BackendNotFound, InvalidKind and RefNotPermitted until a ReferenceGrant allows the reference; TCPRoute and
 TLSRoute status on TCP / TLS Passthrough listeners; GRPCRoute Accepted, NotAllowedByListeners (a listener whose
 kinds exclude it), NoMatchingListenerHostname, BackendNotFound, RefNotPermitted until a ReferenceGrant, a Service
-parent refused (UnsupportedValue), attachedRoutes and supportedKinds; a listener's certificateRef to another
+parent (mesh) Accepted, attachedRoutes and supportedKinds; a listener's certificateRef to another
 namespace's Secret RefNotPermitted until a ReferenceGrant allows it. Another controller's
 GatewayClass and Gateways get nothing from meshd."""
 
@@ -280,9 +280,8 @@ async def test_grpc_route_status(kube: KubeRest) -> None:
                          {"Accepted": ("True", "Accepted"), "ResolvedRefs": ("False", "BackendNotFound")}),
         "grpc-cross": (grpc_route("grpc-cross", backend={"name": "echo", "namespace": TEAM_NS, "port": 8080}),
                        {"Accepted": ("True", "Accepted"), "ResolvedRefs": ("False", "RefNotPermitted")}),
-        "grpc-mesh": (grpc_route("grpc-mesh") | {"spec": {"parentRefs": [{"group": "", "kind": "Service",
-                                                                          "name": "echo"}]}},
-                      {"Accepted": ("False", "UnsupportedValue")}),
+        "grpc-mesh": (grpc_route("grpc-mesh", parentRefs=[{"group": "", "kind": "Service", "name": "echo", "port": 8080}]),
+                      {"Accepted": ("True", "Accepted"), "ResolvedRefs": ("True", "ResolvedRefs")}),
     }  # fmt: skip
     for obj, _ in cases.values():
         await kube.apply(obj)

@@ -143,8 +143,19 @@ def test_hostnames_service_parents_and_reference_grants() -> None:
     )
     [vs] = _convert(gw, grpc_route(hostnames=["a.example.com", "b.other.org"]), service()).virtual_services
     assert vs.spec.hosts == ["a.example.com"]
-    mesh = grpc_route(parentRefs=[{"group": "", "kind": "Service", "name": "web"}])
-    assert _parent(_convert(gw, mesh, service()))["Accepted"] == "UnsupportedValue"
+    # a Service parent (GAMMA): a mesh VirtualService for the Service's host, on the GRPCRoute's paths
+    mesh = grpc_route(
+        parentRefs=[{"group": "", "kind": "Service", "name": "web", "port": 80}],
+        rules=[{"matches": [{"method": {"service": "pkg.Echo", "method": "Say"}}],
+                "backendRefs": [{"name": "web", "port": 80}]}],
+    )  # fmt: skip
+    result = _convert(gw, mesh, service())
+    assert _parent(result)["Accepted"] == "Accepted"
+    [mesh_vs] = [vs for vs in result.virtual_services if vs.metadata.name == "gamma~apps~web"]
+    assert mesh_vs.spec.hosts == ["web.apps.svc.cluster.local"] and mesh_vs.spec.gateways == ["mesh"]
+    assert "/pkg.Echo/Say" in json.dumps(mesh_vs.model_dump(by_alias=True, exclude_none=True)["spec"]["http"])
+    missing = grpc_route(parentRefs=[{"group": "", "kind": "Service", "name": "nowhere", "port": 80}])
+    assert _parent(_convert(gw, missing, service()))["Accepted"] == "NoMatchingParent"
     cross = grpc_route(rules=[{"backendRefs": [{"name": "web", "namespace": "team", "port": 80}]}])
     grant = {"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
              "metadata": {"name": "g", "namespace": "team"},

@@ -6,8 +6,9 @@ A route attaches to a listener of one of meshd's Gateways when its parentRef nam
 listener by `sectionName` / `port`, if given), the listener allows the route's namespace and kind, and their
 hostnames meet (a TCPRoute has no hostnames: it takes the listener's). HTTPRoutes become http routes
 (`http.py`), GRPCRoutes too (`grpc.py`), TCPRoutes and TLSRoutes tcp / tls routes (`l4.py`) of one
-VirtualService per listener and hostname. A parentRef to a Service (mesh routing, GAMMA) attaches an HTTPRoute or
-TCPRoute to the sidecars calling that Service (`mesh.py`); a parentRef of another kind is refused (UnsupportedValue).
+VirtualService per listener and hostname. A parentRef to a Service (mesh routing, GAMMA) attaches an HTTPRoute,
+GRPCRoute or TCPRoute to the sidecars calling that Service (`mesh.py`); a parentRef of another kind is refused
+(UnsupportedValue).
 """
 
 from __future__ import annotations
@@ -180,7 +181,7 @@ def _attach_route(
         target = (ref.namespace or ns, ref.name)
         attach: list[tuple[ListenerView, list[str]]] = []
         if is_service_parent(ref):
-            if isinstance(route, HTTPRoute) and entries is None:
+            if isinstance(route, (HTTPRoute, GRPCRoute)) and entries is None:
                 entries = _route_entries(
                     route, domain_suffix=domain_suffix, services=services, grants=grants, result=result
                 )

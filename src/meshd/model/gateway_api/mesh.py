@@ -1,4 +1,4 @@
-"""Mesh routing (GAMMA): an HTTPRoute or TCPRoute whose parentRef is a Service (`group: ""`/`core`,
+"""Mesh routing (GAMMA): an HTTPRoute, GRPCRoute or TCPRoute whose parentRef is a Service (`group: ""`/`core`,
 `kind: Service`) routes what sidecars send to that Service, converted into a mesh-bound VirtualService
 (`gateways: [mesh]`, hosts the Service's FQDN) that the sidecar translation uses as any other.
 
@@ -7,6 +7,7 @@
   to clients of its own namespace: its VirtualService lives there, exported to it alone (`exportTo: ["."]`).
 - Every route of one (namespace, Service) is merged into one VirtualService, ordered by the Gateway API's
   precedence (`http.py`; tcp: the older route first); it carries the creationTimestamp of its oldest route.
+- A GRPCRoute's rules become http routes on `/<service>/<method>` as for a Gateway (`grpc.py`).
 - A TCPRoute or HTTPRoute rule left without a usable backend: as for a Gateway (`l4.py`, `http.py`), except that
   a TCPRoute without one adds no route (the Service's own routing stays; `ResolvedRefs: False` says why).
 - `port` narrows the route to that Service port (a `port` match on each route); `sectionName` is refused.
@@ -24,13 +25,14 @@ from typing import Any
 
 from meshd.api.gateway_api import ParentReference
 from meshd.api.gateway_l4route import KubernetesTCPRoute, KubernetesTLSRoute
+from meshd.api.grpcroute import GRPCRoute
 from meshd.api.httproute import HTTPRoute
 from meshd.api.virtualservice import VirtualService
 from meshd.model.gateway_api.conditions import Condition, cond
 from meshd.model.gateway_api.http import BackendCheck, Precedence
 from meshd.model.gateway_api.l4 import L4Order, l4_route
 
-MESH_ROUTE_KINDS = ("HTTPRoute", "TCPRoute")
+MESH_ROUTE_KINDS = ("HTTPRoute", "GRPCRoute", "TCPRoute")
 # (VirtualService namespace, Service namespace, Service name)
 MeshKey = tuple[str, str, str]
 
@@ -49,7 +51,7 @@ class MeshRoutes:
 
     def attach(
         self,
-        route: HTTPRoute | KubernetesTCPRoute | KubernetesTLSRoute,
+        route: HTTPRoute | GRPCRoute | KubernetesTCPRoute | KubernetesTLSRoute,
         ref: ParentReference,
         *,
         services: Mapping[tuple[str, str], frozenset[int]],
@@ -80,7 +82,7 @@ class MeshRoutes:
         key = (ns, *target)
         created = route.metadata.creation_timestamp or "~"
         self.created[key] = min(self.created.get(key, created), created)
-        if isinstance(route, HTTPRoute):
+        if isinstance(route, (HTTPRoute, GRPCRoute)):
             found = []
             for precedence, entry in http_entries:
                 if ref.port is not None:
