@@ -280,7 +280,8 @@ async def test_grpc_route_status(kube: KubeRest) -> None:
                          {"Accepted": ("True", "Accepted"), "ResolvedRefs": ("False", "BackendNotFound")}),
         "grpc-cross": (grpc_route("grpc-cross", backend={"name": "echo", "namespace": TEAM_NS, "port": 8080}),
                        {"Accepted": ("True", "Accepted"), "ResolvedRefs": ("False", "RefNotPermitted")}),
-        "grpc-mesh": (grpc_route("grpc-mesh", parentRefs=[{"group": "", "kind": "Service", "name": "echo", "port": 8080}]),
+        "grpc-mesh": (grpc_route("grpc-mesh", parentRefs=[{"group": "", "kind": "Service", "name": "echo",
+                                                            "port": 8080}]),
                       {"Accepted": ("True", "Accepted"), "ResolvedRefs": ("True", "ResolvedRefs")}),
     }  # fmt: skip
     for obj, _ in cases.values():
