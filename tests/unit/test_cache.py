@@ -841,6 +841,27 @@ def _mesh_route(rng: random.Random) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _gateway_api_anchor() -> list[dict[str, Any]]:
+    """A Gateway of namespace a served through the addresses of namespace b's Service `ingress` (its router pods),
+    with an HTTPRoute and a TCPRoute attached: the random streams need not draw all of that in one run."""
+    gw_api = "gateway.networking.k8s.io/v1"
+    listeners = [{"name": "http", "port": 80, "protocol": "HTTP", "allowedRoutes": {"namespaces": {"from": "All"}}},
+                 {"name": "tcp", "port": 9000, "protocol": "TCP", "allowedRoutes": {"namespaces": {"from": "All"}}}]
+    parent = {"name": "kgw", "namespace": "a"}
+    return [
+        {"apiVersion": gw_api, "kind": "Gateway", "metadata": {"name": "kgw", "namespace": "a"},
+         "spec": {"gatewayClassName": "istio", "listeners": listeners,
+                  "addresses": [{"type": "Hostname", "value": "ingress.b.svc.cluster.local"}]}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "ingress", "namespace": "b"},
+         "spec": {"selector": {"istio": "ingressgateway"}, "ports": [{"name": "http", "port": 80}]}},
+        {"apiVersion": gw_api, "kind": "HTTPRoute", "metadata": {"name": "r1", "namespace": "a"},
+         "spec": {"parentRefs": [parent], "rules": [{"backendRefs": [{"name": "s1", "port": 9080}]}]}},
+        {"apiVersion": "gateway.networking.k8s.io/v1alpha2", "kind": "TCPRoute",
+         "metadata": {"name": "l1", "namespace": "a"},
+         "spec": {"parentRefs": [parent], "rules": [{"backendRefs": [{"name": "s1", "port": 9080}]}]}},
+    ]  # fmt: skip
+
+
 def _gateway_api_change(rng: random.Random, routers: list[Proxy], mesh_rng: random.Random) -> list[dict[str, Any]]:
     """A Gateway API change: a Gateway (HTTP, HTTPS with a Secret, a protocol not served; of class istio or
     another), an HTTPRoute (weights, filters, a backend of another namespace), a ReferenceGrant, a GatewayClass,
@@ -876,12 +897,13 @@ def _gateway_api_change(rng: random.Random, routers: list[Proxy], mesh_rng: rand
         }
         served_by = [r for r in routers if r.namespace == ns and rng.random() < 0.5]  # its pod (re)labelled too
         linked: list[dict[str, Any]] = []
-        if mesh_rng.random() < 0.4:  # manual deployment: addresses naming the other namespace's Service `ingress`
+        if mesh_rng.random() < 0.5:  # manual deployment: addresses naming the other namespace's Service `ingress`
             other = "b" if ns == "a" else "a"
-            address = mesh_rng.choice([f"ingress.{other}.svc.cluster.local", f"nowhere.{other}.svc.cluster.local"])
+            usable, unusable = f"ingress.{other}.svc.cluster.local", f"nowhere.{other}.svc.cluster.local"
+            address = mesh_rng.choice([usable, usable, unusable])
             gateway["spec"]["addresses"] = [{"type": "Hostname", "value": address}]
             linked.append({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "ingress", "namespace": other},
-                           "spec": {"selector": {"istio": mesh_rng.choice(["ingressgateway", "none"])},
+                           "spec": {"selector": {"istio": mesh_rng.choice(["ingressgateway"] * 2 + ["none"])},
                                     "ports": [{"name": "http", "port": 80}]}})  # fmt: skip
         return [gateway, *linked, *(_router_pod(r, "ingressgateway", "kgw") for r in served_by)]
     if pick < 0.45:  # a TCPRoute or TLSRoute (weights, a missing backend, another namespace's)
@@ -894,13 +916,13 @@ def _gateway_api_change(rng: random.Random, routers: list[Proxy], mesh_rng: rand
                             **({"sectionName": rng.choice(["tcp", "tls"])} if rng.random() < 0.5 else {})}],
             "rules": [{"backendRefs": l4_backends}],
         }  # fmt: skip
-        if kind == "TCPRoute" and mesh_rng.random() < 0.4:  # mesh routing (GAMMA): a Service parent
+        if kind == "TCPRoute" and mesh_rng.random() < 0.25:  # mesh routing (GAMMA): a Service parent
             spec["parentRefs"] = [_mesh_parent(mesh_rng)]
         if kind == "TLSRoute":
             spec["hostnames"] = rng.choice([["t.example.com"], ["t.example.com", "u.other.org"], []])
         return [{"apiVersion": "gateway.networking.k8s.io/v1alpha2", "kind": kind,
                  "metadata": {"name": rng.choice(["l1", "l2"]), "namespace": ns}, "spec": spec}]  # fmt: skip
-    if pick < 0.52:  # a GRPCRoute (method / header matches, weights, filters, a backend of another namespace)
+    if pick < 0.5:  # a GRPCRoute (method / header matches, weights, filters, a backend of another namespace)
         backends = [{"name": rng.choice(["s1", "s2", "missing"]), "port": 9080, "weight": rng.choice([0, 1, 9])}]
         if rng.random() < 0.4:
             backends.append({"name": "s1", "namespace": rng.choice(["a", "b"]), "port": 9080})
@@ -932,7 +954,7 @@ def _gateway_api_change(rng: random.Random, routers: list[Proxy], mesh_rng: rand
                 },
             }
         ]
-    if pick < 0.6:
+    if pick < 0.63:
         backends = [{"name": rng.choice(["s1", "s2", "missing"]), "port": 9080, "weight": rng.choice([0, 1, 9])}]
         if rng.random() < 0.4:
             backends.append({"name": "s1", "namespace": rng.choice(["a", "b"]), "port": rng.choice([80, 9080])})
@@ -1225,6 +1247,8 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
                 telemetries.add(parse_resource(docs[-1]).key)
         if gwapi_rng.random() < 0.3:  # in the same push: a Gateway API change
             docs = [*docs, *_gateway_api_change(gwapi_rng, routers, mesh_rng)]
+        if step == 65:  # whatever the streams drew: once, a Gateway linked by its addresses, with HTTP and TCP routes
+            docs = [*docs, *_gateway_api_anchor()]
         if mesh_rng.random() < 0.25:  # in the same push: a mesh (GAMMA) HTTPRoute
             docs.append(_mesh_route(mesh_rng))
         if authz_rng.random() < 0.4:  # in the same push: an AuthorizationPolicy change
