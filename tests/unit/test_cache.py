@@ -845,8 +845,10 @@ def _gateway_api_anchor() -> list[dict[str, Any]]:
     """A Gateway of namespace a served through the addresses of namespace b's Service `ingress` (its router pods),
     with an HTTPRoute and a TCPRoute attached: the random streams need not draw all of that in one run."""
     gw_api = "gateway.networking.k8s.io/v1"
-    listeners = [{"name": "http", "port": 80, "protocol": "HTTP", "allowedRoutes": {"namespaces": {"from": "All"}}},
-                 {"name": "tcp", "port": 9000, "protocol": "TCP", "allowedRoutes": {"namespaces": {"from": "All"}}}]
+    listeners = [
+        {"name": "http", "port": 80, "protocol": "HTTP", "allowedRoutes": {"namespaces": {"from": "All"}}},
+        {"name": "tcp", "port": 9000, "protocol": "TCP", "allowedRoutes": {"namespaces": {"from": "All"}}},
+    ]
     parent = {"name": "kgw", "namespace": "a"}
     return [
         {"apiVersion": gw_api, "kind": "Gateway", "metadata": {"name": "kgw", "namespace": "a"},
