@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from meshd.api.grpcroute import GRPCBackendRef, GRPCMethodMatch, GRPCRoute, GRPCRouteMatch, GRPCRouteRule
-from meshd.model.gateway_api.http import BackendCheck, Precedence, _fqdn, _header_ops
+from meshd.api.grpcroute import GRPCMethodMatch, GRPCRoute, GRPCRouteMatch, GRPCRouteRule
+from meshd.model.gateway_api.http import BackendCheck, Precedence, _destination, _fqdn, _header_ops
 
 ANY = "[^/]+"
 NO_BACKEND_STATUS = 503  # gRPC: UNAVAILABLE
@@ -102,17 +102,4 @@ def _action(
         out["directResponse"] = {"status": NO_BACKEND_STATUS}
         out.pop("mirror", None)
         out.pop("mirrorPercentage", None)
-    return out
-
-
-def _destination(backend: GRPCBackendRef, *, namespace: str, domain_suffix: str) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "destination": {"host": _fqdn(backend, namespace=namespace, domain_suffix=domain_suffix)},
-        "weight": backend.weight,
-    }
-    if backend.port is not None:
-        out["destination"]["port"] = {"number": backend.port}
-    headers = _header_ops(backend.filters)
-    if headers:
-        out["headers"] = headers
     return out

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from meshd.api.grpcroute import GRPCBackendRef
 from meshd.api.httproute import HeaderFilter, HTTPBackendRef, HTTPRoute, HTTPRouteMatch, PathModifier, RouteRule
 from meshd.model.gateway_api.retry import retry_fields
 
@@ -159,7 +160,8 @@ def _action(rule: RouteRule, *, route: HTTPRoute, domain_suffix: str, backend_pr
     return out
 
 
-def _destination(backend: HTTPBackendRef, *, namespace: str, domain_suffix: str) -> dict[str, Any]:
+def _destination(backend: HTTPBackendRef | GRPCBackendRef, *, namespace: str, domain_suffix: str) -> dict[str, Any]:
+    """A weighted VirtualService destination of an HTTPRoute's or GRPCRoute's backendRef, with its header filters."""
     out: dict[str, Any] = {
         "destination": {"host": _fqdn(backend, namespace=namespace, domain_suffix=domain_suffix)},
         "weight": backend.weight,
