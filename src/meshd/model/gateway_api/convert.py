@@ -14,7 +14,7 @@ GRPCRoute or TCPRoute to the sidecars calling that Service (`mesh.py`); a parent
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,9 +22,9 @@ from pydantic import ValidationError
 
 from meshd.api.gateway import Gateway
 from meshd.api.gateway_api import CONTROLLER_NAMES, GatewayClass, KubernetesGateway, ParentReference, ReferenceGrant
-from meshd.api.gateway_l4route import KubernetesTCPRoute, KubernetesTLSRoute, L4RouteRule
-from meshd.api.grpcroute import GRPCRoute, GRPCRouteFilter, GRPCRouteRule
-from meshd.api.httproute import BackendObjectReference, HTTPRoute, RouteFilter, RouteRule
+from meshd.api.gateway_l4route import KubernetesTCPRoute, KubernetesTLSRoute
+from meshd.api.grpcroute import GRPCRoute
+from meshd.api.httproute import HTTPRoute
 from meshd.api.kube import Namespace
 from meshd.api.meta import GATEWAY_API_GROUP, KUBERNETES_GATEWAY, InvalidResource, ResourceKey, field_path
 from meshd.api.virtualservice import VirtualService
@@ -35,6 +35,7 @@ from meshd.model.gateway_api.addresses import (
     address_verdict,
     linked_gateway,
 )
+from meshd.model.gateway_api.backends import AnyRoute, ServiceIds, backend_problem, named_services, resolved_refs
 from meshd.model.gateway_api.conditions import Condition, cond, rendered
 from meshd.model.gateway_api.gateway_status import gateway_status
 from meshd.model.gateway_api.grants import Grants
@@ -45,8 +46,6 @@ from meshd.model.gateway_api.l4 import L4Order, l4_route
 from meshd.model.gateway_api.listeners import ListenerView, class_verdicts, listener_views
 from meshd.model.gateway_api.mesh import MeshRoutes, is_service_parent
 
-ServiceIds = Mapping[tuple[str, str], frozenset[int]]  # (namespace, name) of a Kubernetes Service -> its ports
-AnyRoute = HTTPRoute | GRPCRoute | KubernetesTCPRoute | KubernetesTLSRoute
 # (namespace, Istio Gateway name, hostname) -> the routes of one VirtualService: http ones with their precedence,
 # tcp / tls ones with their order
 HttpEntries = dict[tuple[str, str, str], list[tuple[Precedence, dict[str, Any]]]]
@@ -173,7 +172,7 @@ def _attach_route(
     ns = route.metadata.namespace
     labels = namespace_labels.get(ns) or {"kubernetes.io/metadata.name": ns}
     controllers = {key: verdicts[gw.spec.gateway_class_name][2] for key, (gw, _) in listeners.items()}
-    resolved = _resolved_refs(route, grants=grants, services=services)
+    resolved = resolved_refs(route, grants=grants, services=services)
     entries: list[tuple[Precedence, dict[str, Any]]] | None = None
     parents = []
     for i, ref in enumerate(route.spec.parent_refs):
@@ -191,7 +190,7 @@ def _attach_route(
                 services=services,
                 domain_suffix=domain_suffix,
                 http_entries=entries or [],
-                backend_problem=_backend_problem(route, grants=grants, services=services),
+                backend_problem=backend_problem(route, grants=grants, services=services),
             )
         elif ref.group != GATEWAY_API_GROUP or ref.kind != "Gateway":
             accepted = cond("Accepted", False, "UnsupportedValue", f"parent kind {ref.kind} is not supported by meshd")
@@ -209,7 +208,7 @@ def _attach_route(
         for view, hosts in attach:
             view.attached += 1
             if not isinstance(route, (HTTPRoute, GRPCRoute)):
-                problem = _backend_problem(route, grants=grants, services=services)
+                problem = backend_problem(route, grants=grants, services=services)
                 for host in hosts:
                     key = (view.gateway.metadata.namespace, view.istio_name, host)
                     found = l4_route(
@@ -289,54 +288,10 @@ def _allows(view: ListenerView, route: AnyRoute, labels: dict[str, str]) -> bool
     return spec.selector.matches(labels)
 
 
-def _backend_problem(route: AnyRoute, *, grants: Grants, services: ServiceIds) -> Any:
-    def problem(group: str, kind: str, namespace: str, name: str, port: int | None) -> tuple[str, str] | None:
-        if group not in ("", "core") or kind != "Service":
-            return "InvalidKind", f"backend {group or 'core'}/{kind} {name}: only Services are supported"
-        if namespace != route.metadata.namespace and not grants.allows(
-            from_kind=route.kind,
-            from_namespace=route.metadata.namespace,
-            to_kind="Service",
-            to_namespace=namespace,
-            name=name,
-        ):
-            return "RefNotPermitted", f"backend Service {namespace}/{name}: no ReferenceGrant in {namespace} allows it"
-        if (namespace, name) not in services:
-            return "BackendNotFound", f"backend Service {namespace}/{name} does not exist"
-        if port is None or port not in services[(namespace, name)]:
-            return "BackendNotFound", f"backend Service {namespace}/{name} has no port {port}"
-        return None
-
-    return problem
-
-
-def _resolved_refs(route: AnyRoute, *, grants: Grants, services: ServiceIds) -> tuple[Condition, str]:
-    """The route's ResolvedRefs condition and the field of its first unresolved reference ("" if none)."""
-    problem = _backend_problem(route, grants=grants, services=services)
-    ns = route.metadata.namespace
-    rules: Sequence[RouteRule | GRPCRouteRule | L4RouteRule] = route.spec.rules
-    for r, rule in enumerate(rules):
-        refs: list[tuple[str, BackendObjectReference]] = [
-            (f"backendRefs[{b}]", ref) for b, ref in enumerate(rule.backend_refs)
-        ]
-        if isinstance(rule, (RouteRule, GRPCRouteRule)):
-            filters: Sequence[RouteFilter | GRPCRouteFilter] = rule.filters
-            refs += [
-                (f"filters[{f}].requestMirror.backendRef", flt.request_mirror.backend_ref)
-                for f, flt in enumerate(filters)
-                if flt.request_mirror is not None
-            ]
-        for where, ref in refs:
-            found = problem(ref.group, ref.kind, ref.namespace or ns, ref.name, ref.port)
-            if found is not None:
-                return cond("ResolvedRefs", False, *found), f"spec.rules[{r}].{where}"
-    return cond("ResolvedRefs", True, "ResolvedRefs", "references resolved"), ""
-
-
 def _route_entries(
     route: HTTPRoute | GRPCRoute, *, domain_suffix: str, services: ServiceIds, grants: Grants, result: GatewayApiResult
 ) -> list[tuple[Precedence, dict[str, Any]]]:
-    problem = _backend_problem(route, grants=grants, services=services)
+    problem = backend_problem(route, grants=grants, services=services)
     if isinstance(route, GRPCRoute):
         entries = grpc_routes(route, domain_suffix=domain_suffix, backend_problem=problem)
     else:
@@ -413,7 +368,9 @@ class GatewayApiConversion:
         if not inputs:
             return GatewayApiResult()
         named = {
-            s: frozenset(port.number for port in services[s].ports) for s in _named_services(inputs) if s in services
+            s: frozenset(port.number for port in services[s].ports)
+            for s in named_services(inputs.routes)
+            if s in services
         }
         linked = address_targets(
             [g for g in inputs.gateways if g.spec.addresses], services=services, domain_suffix=self._suffix
@@ -423,23 +380,6 @@ class GatewayApiConversion:
         result = convert(inputs, services=named, domain_suffix=self._suffix, addresses=linked)
         self._last = (inputs, named, linked, result)
         return result
-
-
-def _named_services(inputs: GatewayApiInputs) -> set[tuple[str, str]]:
-    out: set[tuple[str, str]] = set()
-    for route in inputs.routes:
-        ns = route.metadata.namespace
-        out.update((p.namespace or ns, p.name) for p in route.spec.parent_refs if is_service_parent(p))
-        rules: Sequence[RouteRule | GRPCRouteRule | L4RouteRule] = route.spec.rules
-        for rule in rules:
-            out.update((b.namespace or ns, b.name) for b in rule.backend_refs)
-            if isinstance(rule, (RouteRule, GRPCRouteRule)):
-                out.update(
-                    (f.request_mirror.backend_ref.namespace or ns, f.request_mirror.backend_ref.name)
-                    for f in rule.filters
-                    if f.request_mirror is not None
-                )
-    return out
 
 
 def status_digest(status: Mapping[str, Any]) -> str:
