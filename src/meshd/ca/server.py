@@ -26,13 +26,19 @@ from meshd.translate.proxy import Proxy
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 # Every gRPC server of meshd (plaintext xDS, secure port). HTTP/2: at most 128 concurrent streams per
-# connection (Envoy opens one ADS stream per connection); gRPC's own bounds on calls not yet taken by
-# the application (1,000 soft / 3,000 hard) and on RST_STREAM floods (CVE-2023-44487) are kept: a
-# 20,000 pending-call limit made an HTTP/2 rapid reset grow memory several times faster (issue 20).
+# connection (Envoy opens one ADS stream per connection). gRPC core cancels calls the application has not
+# taken yet beyond `max_pending_requests`: at its default (1,000 soft / 3,000 hard) a cold storm of 2,000
+# proxies lost 177-254 streams to CANCELLED (each proxy then reconnects after a backoff; `make bench
+# BENCH_ARGS="--peer istiod --peer-cells 1000/2000/sidecar/meshd"`), none at 5,000 / 10,000. Its bound on
+# RST_STREAM floods (CVE-2023-44487) is kept: an HTTP/2 rapid reset of 300,000 streams
+# (`benchmarks/rapid_reset.py`) grew RSS by 40 MB at the defaults, 41 MB at 5,000 / 10,000 (issue 20 had
+# seen a 20,000 limit grow memory faster, before the shared push slot and stream limits were fixed).
 SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.so_reuseport", 0),
     ("grpc.max_concurrent_streams", 128),
+    ("grpc.server.max_pending_requests", 5_000),
+    ("grpc.server.max_pending_requests_hard_limit", 10_000),
 )
 
 Verdict = tuple[grpc.StatusCode, str] | None
