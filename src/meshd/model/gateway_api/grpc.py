@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from meshd.api.grpcroute import GRPCMethodMatch, GRPCRoute, GRPCRouteMatch, GRPCRouteRule
-from meshd.model.gateway_api.http import BackendCheck, Precedence, _destination, _fqdn, _header_ops
+from meshd.model.gateway_api.http import BackendCheck, Precedence, _destination, _fqdn, _header_ops, header_matches
 
 ANY = "[^/]+"
 NO_BACKEND_STATUS = 503  # gRPC: UNAVAILABLE
@@ -66,9 +66,7 @@ def grpc_routes(
             )
             entry_match: dict[str, Any] = {"uri": uri}
             if match.headers:
-                entry_match["headers"] = {
-                    h.name.lower(): {"exact" if h.type == "Exact" else "regex": h.value} for h in match.headers
-                }
+                entry_match["headers"] = header_matches(match.headers)
             entry = {"name": f"{meta.namespace}.{meta.name}.grpc.{r}.{m}", "match": [entry_match], **action}
             out.append((precedence, entry))
     return out

@@ -16,7 +16,7 @@ order the Gateway API requires among the routes of one hostname.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,10 +88,15 @@ def _uri_variants(match: HTTPRouteMatch) -> list[tuple[dict[str, str], str | Non
     return [({"exact": base}, ""), ({"prefix": f"{base}/"}, "/")]
 
 
+def header_matches(headers: Sequence[Any]) -> dict[str, dict[str, str]]:
+    """An HTTPRoute's or GRPCRoute's header matches as a VirtualService match's `headers` (names lower-cased)."""
+    return {h.name.lower(): {"exact" if h.type == "Exact" else "regex": h.value} for h in headers}
+
+
 def _match(match: HTTPRouteMatch, uri: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {"uri": uri}
     if match.headers:
-        out["headers"] = {h.name.lower(): {"exact" if h.type == "Exact" else "regex": h.value} for h in match.headers}
+        out["headers"] = header_matches(match.headers)
     if match.query_params:
         out["queryParams"] = {q.name: {"exact" if q.type == "Exact" else "regex": q.value} for q in match.query_params}
     if match.method is not None:
