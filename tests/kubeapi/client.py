@@ -97,18 +97,27 @@ class KubeRest:
         return result
 
     async def apply(self, obj: Obj) -> Obj:
-        """Create, or replace the current object (taking its resourceVersion)."""
+        """Create, or replace the current object (taking its resourceVersion).
+
+        A replace can lose a race with meshd's status writer, which bumps the resourceVersion between our read and
+        our write: the API server answers 409 Conflict, and we read again and retry, as kubectl does."""
         try:
             return await self.create(obj)
         except KubeError as error:
             if error.status != 409:
                 raise
-        current = await self.get(
-            obj["apiVersion"], obj["kind"], obj["metadata"].get("namespace", "default"), obj["metadata"]["name"]
-        )
-        assert current is not None
-        new = {**obj, "metadata": {**obj["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]}}
-        return await self.replace(new)
+        for attempt in range(10):
+            current = await self.get(
+                obj["apiVersion"], obj["kind"], obj["metadata"].get("namespace", "default"), obj["metadata"]["name"]
+            )
+            assert current is not None
+            version = current["metadata"]["resourceVersion"]
+            try:
+                return await self.replace({**obj, "metadata": {**obj["metadata"], "resourceVersion": version}})
+            except KubeError as error:
+                if error.status != 409 or attempt == 9:
+                    raise
+        raise AssertionError("unreachable")
 
     async def patch(
         self, api_version: str, kind_name: str, namespace: str, name: str, patch: Any, *, subresource: str = ""
