@@ -485,6 +485,10 @@ _L4_CHANGES = {"tcp-service": _tcp_service, "l4-route": _l4_route, "egress": _eg
 
 _HCM = "envoy.filters.network.http_connection_manager"
 _LUA = "function envoy_on_response(h) h:headers():add('x-ef', '1') end"
+_LUA_CALL = (
+    "function envoy_on_request(h) h:httpCall('outbound|9080|v1|s2.b.svc.cluster.local', "
+    "{[':method'] = 'GET', [':path'] = '/ef-call', [':authority'] = 's2'}, '', 100) end"
+)
 _EF_PATCHES: list[dict[str, Any]] = [
     {"applyTo": "CLUSTER", "match": {"context": "SIDECAR_OUTBOUND", "cluster": {"service": "s1.a.svc.cluster.local"}},
      "patch": {"operation": "MERGE", "value": {"connect_timeout": "7s"}}},
@@ -508,7 +512,13 @@ _EF_PATCHES: list[dict[str, Any]] = [
      "patch": {"operation": "MERGE", "value": {"connect_timeout": "2s"}}},
     {"applyTo": "CLUSTER", "match": {"cluster": {"service": "s2.b.svc.cluster.local"}},  # Envoy would refuse it
      "patch": {"operation": "MERGE", "value": {"connect_timeout": "0s"}}},
+    {"applyTo": "HTTP_FILTER",  # names a cluster: a gateway it applies to is sent that cluster
+     "match": {"context": "GATEWAY", "listener": {"filterChain": {"filter": {
+         "name": _HCM, "subFilter": {"name": "envoy.filters.http.router"}}}}},
+     "patch": {"operation": "INSERT_BEFORE", "value": {"name": "envoy.filters.http.lua", "typed_config": {
+         "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua", "inline_code": _LUA_CALL}}}},
 ]  # fmt: skip
+_EF_CLUSTER = "outbound|9080|v1|s2.b.svc.cluster.local"
 
 
 def _envoy_filter(rng: random.Random) -> dict[str, Any]:
@@ -1087,6 +1097,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     ef_rng = random.Random(seed * 7 + 3)
     envoy_filters: set[ResourceKey] = set()
     ef_seen = 0
+    ef_clusters = 0  # gateways sent a cluster only an EnvoyFilter of theirs names
     wasm_rng = random.Random(seed * 13 + 5)
     wasm_plugins: set[ResourceKey] = set()
     wasm_seen = 0
@@ -1296,6 +1307,11 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
                 gwapi_grpc += sum(b".grpc." in r.body for r in held_routes)  # a GRPCRoute's routes
                 gwapi_l4 += sum(b"/kgw~tcp/" in r.body or b"/kgw~tls/" in r.body for r in listeners_held.values())
                 gateway_secrets += len(conn.snapshot.resources.get(SECRET, {}))
+                ef_clusters += (
+                    _EF_CLUSTER in conn.snapshot.resources.get(CLUSTER, {})
+                    and any(b"/ef-call" in body for body in _content(conn.snapshot).get(LISTENER, {}).values())
+                    and not any(_EF_CLUSTER.encode() in r.body for r in held_routes)  # no route of its own uses it
+                )
                 gwapi_cross_secrets += sum(
                     n.startswith("kubernetes-gateway://") for n in conn.snapshot.resources.get(SECRET, {})
                 )
@@ -1327,6 +1343,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     assert len(protocols_seen) >= 3 and proxyless_listeners  # and protocol changes, proxyless clients
     assert all(jwt_seen)  # and jwt_authn reached inbound listeners, bound and captured
     assert ef_seen and ef_errors  # and EnvoyFilters patched proxies, one was refused on some
+    assert ef_clusters  # and a gateway was sent the cluster its EnvoyFilter names
     assert wasm_seen  # and WasmPlugins' filters reached listeners
     assert all(telemetry_seen), telemetry_seen  # and Telemetry access logs and tracers, on sidecars and gateways
     assert all(gateway_authz_seen), gateway_authz_seen  # and jwt_authn and RBAC (HTTP, TCP) reached gateways
