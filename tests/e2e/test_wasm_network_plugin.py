@@ -182,7 +182,7 @@ async def test_a_network_module_runs_on_the_selected_workloads_tcp_connections_o
 async def test_server_mode_sees_the_raw_bytes_of_http_on_the_selected_version_only(lab: Lab) -> None:
     """On web-v1's inbound HTTP chain, ahead of the HTTP connection manager: a request line starting
     `GET /deny` closes the connection (the client's sidecar answers 503), other requests pass; web-v2 is
-    not selected and the client's outbound chains are not SERVER."""
+    not selected, and web-v1's outbound chains are not SERVER."""
     url = f"file://{lab.modules / 'http-deny.wasm'}"
     mesh = lab.mesh
     mesh.write("plugin.yaml", plugin("gate", url=url, selector="{app: web, version: v1}",
@@ -191,6 +191,9 @@ async def test_server_mode_sees_the_raw_bytes_of_http_on_the_selected_version_on
     assert await lab.http("/fine") == 200
     mesh.write("web-vs.yaml", virtual_service(0, 100))
     await eventually(lambda: _http_is(lab, "/deny/x", 200), what="web-v2 (not selected) answering /deny")
+    # web-v1's own outbound connections (CLIENT) are not matched: its sidecar's request to web-v2 passes
+    status, _, body = await mesh.request(via_ip=mesh.ip(2), host="web", path="/deny/x")
+    assert status == 200 and json.loads(body)["version"] == "v2", (status, body)
     dump = json.dumps(await mesh.envoys["client"].config_dump(resource="dynamic_listeners"))
     assert "default.gate~" not in dump
 
