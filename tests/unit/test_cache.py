@@ -533,14 +533,17 @@ def _envoy_filter(rng: random.Random) -> dict[str, Any]:
 
 
 def _wasm_plugin(rng: random.Random) -> dict[str, Any]:
-    """A WasmPlugin at mesh, namespace or workload level (or on the gateways), of any phase and priority, a
-    file:// or http:// module, with or without traffic selectors, plugin config and environment."""
+    """A WasmPlugin at mesh, namespace or workload level (or on the gateways), HTTP or NETWORK, of any phase
+    and priority, a file:// or http:// module, with or without traffic selectors, plugin config and environment."""
     ns = rng.choice(["a", "b", "istio-system"])
     spec: dict[str, Any] = {
         "phase": rng.choice(["AUTHN", "AUTHZ", "STATS", "UNSPECIFIED_PHASE"]),
         "priority": rng.randint(-1, 1),
         "failStrategy": rng.choice(["FAIL_CLOSE", "FAIL_OPEN"]),
     }
+    kind = rng.choice([None, "HTTP", "NETWORK", "NETWORK"])
+    if kind is not None:
+        spec["type"] = kind
     if rng.random() < 0.5:
         spec["url"] = "file:///etc/wasm/plugin.wasm"
     else:
@@ -565,6 +568,11 @@ def _wasm_plugin(rng: random.Random) -> dict[str, Any]:
 def _wasm_seen(snapshot: object) -> int:
     """Listeners with a WasmPlugin's filter (an ECDS reference to the Wasm filter type)."""
     return sum(b"wasm.v3.Wasm" in body for body in _content(snapshot).get(LISTENER, {}).values())
+
+
+def _network_wasm_seen(snapshot: object) -> int:
+    """Listeners with a NETWORK WasmPlugin's filter (an ECDS reference to the Wasm network filter type)."""
+    return sum(b"network.wasm.v3.Wasm" in body for body in _content(snapshot).get(LISTENER, {}).values())
 
 
 def _envoy_filters_seen(snapshot: object) -> int:
@@ -1100,7 +1108,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     ef_clusters = 0  # gateways sent a cluster only an EnvoyFilter of theirs names
     wasm_rng = random.Random(seed * 13 + 5)
     wasm_plugins: set[ResourceKey] = set()
-    wasm_seen = 0
+    wasm_seen = network_wasm_seen = 0
     ef_errors = 0
     telemetry_rng = random.Random(seed * 7 + 3)
     telemetries: set[ResourceKey] = set()
@@ -1282,6 +1290,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
             jwt_seen[conn.proxy.capture] += _jwt_seen(conn.snapshot)
             ef_seen += _envoy_filters_seen(conn.snapshot)
             wasm_seen += _wasm_seen(conn.snapshot)
+            network_wasm_seen += _network_wasm_seen(conn.snapshot)
             clusters, listeners = _mtls_seen(conn.snapshot)
             assert not (clusters or listeners) or conn.proxy.sds  # never to a proxy without SDS
             mtls_seen[0] += clusters
@@ -1345,6 +1354,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     assert ef_seen and ef_errors  # and EnvoyFilters patched proxies, one was refused on some
     assert ef_clusters  # and a gateway was sent the cluster its EnvoyFilter names
     assert wasm_seen  # and WasmPlugins' filters reached listeners
+    assert network_wasm_seen  # NETWORK ones too
     assert all(telemetry_seen), telemetry_seen  # and Telemetry access logs and tracers, on sidecars and gateways
     assert all(gateway_authz_seen), gateway_authz_seen  # and jwt_authn and RBAC (HTTP, TCP) reached gateways
     assert gwapi_routes and gwapi_l4  # and HTTPRoutes, TCPRoutes / TLSRoutes reached the gateways
