@@ -1,9 +1,10 @@
 """Kubernetes Gateway API through a real gateway Envoy (node type `router`) fed by meshd, standalone from YAML,
 with real backends: an HTTPRoute splitting 90/10 by backendRef weights with request and response header
-modifiers, a header match, RequestRedirect (302 Location), URLRewrite (prefix and hostname), RequestMirror,
-an HTTPS listener terminating TLS with a certificateRefs Secret, and a cross-namespace backendRef answered
-500 until a ReferenceGrant allows it. The gateway pod carries `gateway.networking.k8s.io/gateway-name: gw`
-in the Gateway's namespace and reaches meshd on the secure port with an identity of that namespace."""
+modifiers, a header match, RequestRedirect (302 Location), URLRewrite (prefix and hostname), two RequestMirrors
+(one by `fraction`), an HTTPS listener terminating TLS with a certificateRefs Secret, and a cross-namespace
+backendRef answered 500 until a ReferenceGrant allows it. The gateway pod carries
+`gateway.networking.k8s.io/gateway-name: gw` in the Gateway's namespace and reaches meshd on the secure port with
+an identity of that namespace."""
 
 from __future__ import annotations
 
@@ -90,7 +91,10 @@ spec:
       urlRewrite: {hostname: internal.example.com, path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}
     backendRefs: [{name: web-v1, port: 80}]
   - matches: [{path: {type: Exact, value: /mirrored}}]
-    filters: [{type: RequestMirror, requestMirror: {backendRef: {name: audit, port: 80}}}]
+    filters:
+    - {type: RequestMirror, requestMirror: {backendRef: {name: audit, port: 80}}}
+    - type: RequestMirror
+      requestMirror: {backendRef: {name: web-v2, port: 80}, fraction: {numerator: 2, denominator: 2}}
     backendRefs: [{name: web-v1, port: 80}]
 """
 
@@ -219,16 +223,20 @@ async def test_redirect_rewrite_and_mirror(lab: Lab) -> None:
         assert request["path"] == expected and request["host"] == "internal.example.com", request
     # /apifoo is not under the prefix /api (path segments): no route
     assert (await lab.http(host="filters.example.com", path="/apifoo"))[0] == 404
-    # RequestMirror: the audit app sees a copy of every request; the client gets web-v1's answer
+    # RequestMirror twice (HTTPRouteRequestMultipleMirrors): the audit app and web-v2 (its `fraction` 2/2: all)
+    # each see a copy of every request; the client gets web-v1's answer
+    web_v2 = next(app for app in lab.mesh.apps if app.identity.pod == "web-v2")
     before = len(lab.audit.state.received)
+    copies = sum(r["path"] == "/mirrored" for r in web_v2.state.received)
     for _ in range(5):
         status, _, body = await lab.http(host="filters.example.com", path="/mirrored")
-        assert status == 200 and json.loads(body)["service"] == "web"
+        assert status == 200 and json.loads(body)["pod"] == "web-v1", body
 
     async def mirrored() -> bool:
-        return len(lab.audit.state.received) >= before + 5
+        at_v2 = sum(r["path"] == "/mirrored" for r in web_v2.state.received)
+        return len(lab.audit.state.received) >= before + 5 and at_v2 >= copies + 5
 
-    await _until(mirrored, "5 mirrored requests at the audit app")
+    await _until(mirrored, "5 mirrored requests at the audit app and at web-v2")
     assert all(r["path"] == "/mirrored" for r in lab.audit.state.received[before:])
 
 

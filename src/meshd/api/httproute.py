@@ -2,7 +2,7 @@
 
 Strict: an unknown field is refused by name, and so is every field meshd does not translate yet (filter
 types ExtensionRef and CORS, per-backend filters other than the header modifiers, `retry.backoff`,
-`sessionPersistence`, a redirect's ReplacePrefixMatch, a mirror's `fraction`), so that nothing a user writes
+`sessionPersistence`, a redirect's ReplacePrefixMatch), so that nothing a user writes
 is dropped. Matches, filters and backends become VirtualService routes (`model/gateway_api/`).
 """
 
@@ -118,10 +118,34 @@ class BackendObjectReference(StrictModel):
         return self
 
 
+class Fraction(StrictModel):
+    numerator: int = Field(ge=0)
+    denominator: int = Field(default=100, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> Fraction:
+        if self.numerator > self.denominator:
+            raise ValueError("numerator: greater than the denominator")
+        return self
+
+
 class RequestMirror(StrictModel):
     backend_ref: BackendObjectReference
     percent: int | None = Field(default=None, ge=0, le=100)
-    fraction: dict[str, int] | None = refused("a mirror fraction is not applied by meshd yet (use percent)")
+    fraction: Fraction | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> RequestMirror:
+        if self.percent is not None and self.fraction is not None:
+            raise ValueError("fraction: only one of percent and fraction may be set")
+        return self
+
+    @property
+    def percentage(self) -> float | None:
+        """The share mirrored, in percent (None: every request)."""
+        if self.fraction is not None:
+            return 100.0 * self.fraction.numerator / self.fraction.denominator
+        return None if self.percent is None else float(self.percent)
 
 
 FILTER_FIELDS = {

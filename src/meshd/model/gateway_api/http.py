@@ -6,7 +6,7 @@ order the Gateway API requires among the routes of one hostname.
 - Filters: RequestHeaderModifier / ResponseHeaderModifier -> `headers` (also per backend), RequestRedirect ->
   `redirect` (302 unless statusCode says 301; a new scheme without port: no port in the Location),
   URLRewrite -> `rewrite` (ReplacePrefixMatch: the matched prefix; ReplaceFullPath: the whole path),
-  RequestMirror -> `mirror` (+ `mirrorPercentage`), timeouts.request -> `timeout`, retry and
+  RequestMirror (one or more; `percent` or `fraction`) -> `mirrors`, timeouts.request -> `timeout`, retry and
   timeouts.backendRequest -> `retries` (`retry.py`).
 - backendRefs -> weighted destinations `<name>.<namespace>.svc.<domain>:<port>`; weight 0 gets no traffic; a
   rule whose backends are all unusable (not found, not permitted, not a Service) answers 500.
@@ -138,14 +138,9 @@ def _action(rule: RouteRule, *, route: HTTPRoute, domain_suffix: str, backend_pr
     for f in rule.filters:
         if f.request_redirect is not None:
             out["redirect"] = _redirect(f.request_redirect)
-        if f.request_mirror is not None:
-            ref = f.request_mirror.backend_ref
-            if backend_problem(ref.group, ref.kind, ref.namespace or ns, ref.name, ref.port) is None:
-                out["mirror"] = {"host": _fqdn(ref, namespace=ns, domain_suffix=domain_suffix)}
-                if ref.port is not None:
-                    out["mirror"]["port"] = {"number": ref.port}
-                if f.request_mirror.percent is not None:
-                    out["mirrorPercentage"] = {"value": float(f.request_mirror.percent)}
+    mirrored = mirrors(rule.filters, namespace=ns, domain_suffix=domain_suffix, backend_problem=backend_problem)
+    if mirrored:
+        out["mirrors"] = mirrored
     if rule.timeouts is not None and rule.timeouts.request is not None:
         out["timeout"] = rule.timeouts.request
     out.update(retry_fields(rule))
@@ -160,8 +155,31 @@ def _action(rule: RouteRule, *, route: HTTPRoute, domain_suffix: str, backend_pr
         out["route"] = destinations
     else:
         out["directResponse"] = {"status": 500}
-        out.pop("mirror", None)
-        out.pop("mirrorPercentage", None)
+        out.pop("mirrors", None)
+    return out
+
+
+def mirrors(
+    filters: Sequence[Any], *, namespace: str, domain_suffix: str, backend_problem: BackendCheck
+) -> list[dict[str, Any]]:
+    """A rule's RequestMirror filters (one or several, each with its `percent` or `fraction`) as the
+    VirtualService's `mirrors`; a mirror whose backend cannot be used is left out (its problem is on the
+    route's status)."""
+    out: list[dict[str, Any]] = []
+    for f in filters:
+        mirror = f.request_mirror
+        if mirror is None:
+            continue
+        ref = mirror.backend_ref
+        if backend_problem(ref.group, ref.kind, ref.namespace or namespace, ref.name, ref.port) is not None:
+            continue
+        destination: dict[str, Any] = {"host": _fqdn(ref, namespace=namespace, domain_suffix=domain_suffix)}
+        if ref.port is not None:
+            destination["port"] = {"number": ref.port}
+        entry: dict[str, Any] = {"destination": destination}
+        if mirror.percentage is not None:
+            entry["percentage"] = {"value": mirror.percentage}
+        out.append(entry)
     return out
 
 
