@@ -234,7 +234,7 @@ async def test_route_status_reasons(kube: KubeRest) -> None:
                  {"ResolvedRefs": ("False", "InvalidKind")}),
         "refused": (route("refused", APP_NS, parent=PARENT, backend=backend) | {"spec": {
                         "parentRefs": [PARENT], "rules": [{"backendRefs": [backend],
-                                                           "retry": {"backoff": "1s"}}]}},
+                                                           "retry": {"backoff": "0s"}}]}},
                     {"Accepted": ("False", "UnsupportedValue")}),
     }  # fmt: skip
     for obj, _ in cases.values():

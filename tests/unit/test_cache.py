@@ -966,6 +966,9 @@ def _gateway_api_change(rng: random.Random, routers: list[Proxy], mesh_rng: rand
         if rng.random() < 0.5:
             rule["filters"] = [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [
                 {"name": "x-r", "value": str(rng.randint(0, 2))}]}}]  # fmt: skip
+        if rng.random() < 0.3:  # a retry back-off (Envoy's base interval)
+            rule["retry"] = {"attempts": rng.choice([0, 2]), **({"backoff": rng.choice(["25ms", "1s"])}
+                                                                if rng.random() < 0.7 else {})}  # fmt: skip
         return [
             {
                 "apiVersion": gw_api,
