@@ -7,7 +7,8 @@ HTTPRoute Accepted/ResolvedRefs per parent with NotAllowedByListeners,
 NoMatchingListenerHostname, NoMatchingParent, UnsupportedValue (an unsupported field), a mesh route (GAMMA:
 a Service parent) Accepted, NoMatchingParent for a missing Service or port,
 BackendNotFound, InvalidKind and RefNotPermitted until a ReferenceGrant allows the reference; TCPRoute and
-TLSRoute status on TCP / TLS Passthrough listeners; GRPCRoute Accepted, NotAllowedByListeners (a listener whose
+TLSRoute status on TCP / TLS Passthrough listeners and a TLSRoute's on a Service parent; GRPCRoute Accepted,
+NotAllowedByListeners (a listener whose
 kinds exclude it), NoMatchingListenerHostname, BackendNotFound, RefNotPermitted until a ReferenceGrant, a Service
 parent (mesh) Accepted, attachedRoutes and supportedKinds; a listener's certificateRef to another
 namespace's Secret RefNotPermitted until a ReferenceGrant allows it. Another controller's
@@ -373,6 +374,7 @@ async def test_tcp_and_tls_route_status(kube: KubeRest) -> None:
                 "spec": {"parentRefs": [{"name": "gw", "namespace": GW_NS, "sectionName": section}],
                          "rules": [{"backendRefs": [{"name": backend, "port": 8080}]}], **spec}}  # fmt: skip
 
+    mesh_db, db = {"group": "", "kind": "Service", "name": "db"}, {"name": "db", "port": 8080}
     cases = {
         ("TCPRoute", "tcp-ok"): (l4("TCPRoute", "tcp-ok", "tcp", "db"),
                                  {"Accepted": ("True", "Accepted"), "ResolvedRefs": ("True", "ResolvedRefs")}),
@@ -386,6 +388,18 @@ async def test_tcp_and_tls_route_status(kube: KubeRest) -> None:
                                        {"Accepted": ("False", "NoMatchingListenerHostname")}),
         ("TLSRoute", "tls-on-tcp"): (l4("TLSRoute", "tls-on-tcp", "tcp", "db"),
                                      {"Accepted": ("False", "NotAllowedByListeners")}),
+        # a Service parent (mesh): Accepted; with hostnames (the SNI is the Service's name): UnsupportedValue
+        ("TLSRoute", "tls-mesh"): (l4("TLSRoute", "tls-mesh", "tls", "db") | {"spec": {
+                                       "parentRefs": [mesh_db], "rules": [{"backendRefs": [db]}]}},
+                                   {"Accepted": ("True", "Accepted"), "ResolvedRefs": ("True", "ResolvedRefs")}),
+        ("TLSRoute", "tls-mesh-hostnames"): (l4("TLSRoute", "tls-mesh-hostnames", "tls", "db") | {"spec": {
+                                                 "parentRefs": [mesh_db], "hostnames": ["db.example.com"],
+                                                 "rules": [{"backendRefs": [db]}]}},
+                                             {"Accepted": ("False", "UnsupportedValue")}),
+        ("TLSRoute", "tls-mesh-missing"): (l4("TLSRoute", "tls-mesh-missing", "tls", "db") | {"spec": {
+                                               "parentRefs": [{**mesh_db, "name": "nowhere"}],
+                                               "rules": [{"backendRefs": [db]}]}},
+                                           {"Accepted": ("False", "NoMatchingParent")}),
     }  # fmt: skip
     for obj, _ in cases.values():
         await kube.apply(obj)

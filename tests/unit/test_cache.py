@@ -918,7 +918,7 @@ def _gateway_api_change(rng: random.Random, routers: list[Proxy], mesh_rng: rand
                             **({"sectionName": rng.choice(["tcp", "tls"])} if rng.random() < 0.5 else {})}],
             "rules": [{"backendRefs": l4_backends}],
         }  # fmt: skip
-        if kind == "TCPRoute" and mesh_rng.random() < 0.25:  # mesh routing (GAMMA): a Service parent
+        if mesh_rng.random() < 0.25:  # mesh routing (GAMMA): a Service parent (a TLSRoute: by the Service's SNI)
             spec["parentRefs"] = [_mesh_parent(mesh_rng)]
         if kind == "TLSRoute":
             spec["hostnames"] = rng.choice([["t.example.com"], ["t.example.com", "u.other.org"], []])

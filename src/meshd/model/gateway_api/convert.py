@@ -7,8 +7,8 @@ listener by `sectionName` / `port`, if given), the listener allows the route's n
 hostnames meet (a TCPRoute has no hostnames: it takes the listener's). HTTPRoutes become http routes
 (`http.py`), GRPCRoutes too (`grpc.py`), TCPRoutes and TLSRoutes tcp / tls routes (`l4.py`) of one
 VirtualService per listener and hostname. A parentRef to a Service (mesh routing, GAMMA) attaches an HTTPRoute,
-GRPCRoute or TCPRoute to the sidecars calling that Service (`mesh.py`); a parentRef of another kind is refused
-(UnsupportedValue).
+GRPCRoute, TCPRoute or TLSRoute to the sidecars calling that Service (`mesh.py`); a parentRef of another kind is
+refused (UnsupportedValue).
 """
 
 from __future__ import annotations
