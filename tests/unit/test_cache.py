@@ -936,7 +936,7 @@ def _gateway_api_change(rng: random.Random, routers: list[Proxy], mesh_rng: rand
                             **({"sectionName": rng.choice(["tcp", "tls"])} if rng.random() < 0.5 else {})}],
             "rules": [{"backendRefs": l4_backends}],
         }  # fmt: skip
-        if kind == "TCPRoute" and mesh_rng.random() < 0.25:  # mesh routing (GAMMA): a Service parent
+        if mesh_rng.random() < 0.25:  # mesh routing (GAMMA): a Service parent (a TLSRoute: by the Service's SNI)
             spec["parentRefs"] = [_mesh_parent(mesh_rng)]
         if kind == "TLSRoute":
             spec["hostnames"] = rng.choice([["t.example.com"], ["t.example.com", "u.other.org"], []])
@@ -984,6 +984,9 @@ def _gateway_api_change(rng: random.Random, routers: list[Proxy], mesh_rng: rand
         if rng.random() < 0.5:
             rule["filters"] = [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [
                 {"name": "x-r", "value": str(rng.randint(0, 2))}]}}]  # fmt: skip
+        if rng.random() < 0.3:  # a retry back-off (Envoy's base interval)
+            rule["retry"] = {"attempts": rng.choice([0, 2]), **({"backoff": rng.choice(["25ms", "1s"])}
+                                                                if rng.random() < 0.7 else {})}  # fmt: skip
         return [
             {
                 "apiVersion": gw_api,

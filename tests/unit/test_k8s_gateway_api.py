@@ -128,7 +128,7 @@ def test_the_kube_source_keeps_both_gateway_kinds_apart() -> None:
         ({"filters": [{"type": "RequestRedirect", "requestRedirect": {
             "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/x"}}}]},
          "spec.rules[0].filters[0].requestRedirect.path.type", "not supported"),
-        ({"retry": {"backoff": "100ms"}}, "spec.rules[0].retry.backoff", "not applied by meshd"),
+        ({"retry": {"backoff": "0s"}}, "spec.rules[0].retry.backoff", "at least 1ms"),
         ({"retry": {"codes": [200]}}, "spec.rules[0].retry.codes", "400 to 599"),
         ({"retry": {"attempts": -1}}, "spec.rules[0].retry.attempts", "greater than or equal"),
         ({"sessionPersistence": {"type": "Cookie"}}, "spec.rules[0].sessionPersistence", "not supported"),
@@ -413,6 +413,11 @@ def test_retry_and_backend_request_timeout_become_virtual_service_retries() -> N
         "timeout": None,
     }
     assert action(retry={}) == {"retries": {"attempts": 2}, "timeout": None}
+    assert action(retry={"attempts": 3, "backoff": "250ms"}) == {  # Envoy's retry back-off base interval
+        "retries": {"attempts": 3, "backoff": "250ms"},
+        "timeout": None,
+    }
+    assert action(retry={"attempts": 0, "backoff": "250ms"}) == {"retries": {}, "timeout": None}  # no retry to space
     assert action(timeouts={"request": "5s", "backendRequest": "1s"}) == {
         "retries": {"attempts": 2, "perTryTimeout": "1s"},
         "timeout": "5s",

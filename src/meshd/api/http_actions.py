@@ -150,6 +150,9 @@ class HTTPRetry(StrictModel):
     per_try_timeout: Duration | None = None
     retry_on: str = ""
     retry_remote_localities: bool = False
+    # the minimum time between tries: Envoy's retry back-off base interval (its maximum: 10 times it, Envoy's
+    # default, as Istio sets only the base); at least 1ms
+    backoff: Duration | None = None
 
     @field_validator("retry_on")
     @classmethod

@@ -1,9 +1,9 @@
 """Kubernetes Gateway API HTTPRoute (gateway.networking.k8s.io v1), as meshd reads it.
 
 Strict: an unknown field is refused by name, and so is every field meshd does not translate yet (filter
-types ExtensionRef and CORS, per-backend filters other than the header modifiers, `retry.backoff`,
-`sessionPersistence`, a redirect's ReplacePrefixMatch), so that nothing a user writes
-is dropped. Matches, filters and backends become VirtualService routes (`model/gateway_api/`).
+types ExtensionRef and CORS, per-backend filters other than the header modifiers, `sessionPersistence`, a
+redirect's ReplacePrefixMatch), so that nothing a user writes is dropped.
+Matches, filters and backends become VirtualService routes (`model/gateway_api/`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 
 from meshd.api.gateway_api import Hostname, ParentReference, PreciseHostname
 from meshd.api.meta import Resource, StrictModel, refused
-from meshd.api.values import DurationOrZero, PortNumber, check_regex, parse_duration
+from meshd.api.values import Duration, DurationOrZero, PortNumber, check_regex, parse_duration
 
 MAX_BACKEND_WEIGHT = 1_000_000
 
@@ -210,13 +210,12 @@ class RouteTimeouts(StrictModel):
 
 
 class RouteRetry(StrictModel):
-    """GEP-1731 (experimental): attempts -> Envoy's num_retries, codes -> retriable status codes."""
+    """GEP-1731 (experimental): attempts -> num_retries, codes -> retriable codes, backoff -> back-off base."""
 
     codes: list[int] = Field(default_factory=list, max_length=16)
     attempts: int | None = Field(default=None, ge=0, le=1000)
-    backoff: DurationOrZero | None = refused(
-        "a retry backoff is not applied by meshd yet (Envoy's default: 25ms base interval, jittered)"
-    )
+    # Istio's `retries.backoff`: Envoy's retry back-off base interval (model/gateway_api/retry.py); at least 1ms
+    backoff: Duration | None = None
 
     @model_validator(mode="after")
     def _check(self) -> RouteRetry:
