@@ -96,6 +96,21 @@ spec:
     - type: RequestMirror
       requestMirror: {backendRef: {name: web-v2, port: 80}, fraction: {numerator: 2, denominator: 2}}
     backendRefs: [{name: web-v1, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /cors}}]
+    filters:
+    - type: CORS
+      cors:
+        allowOrigins: ["https://*.example.com", "http://app.test:8080"]
+        allowMethods: [GET, PUT]
+        allowHeaders: [x-custom]
+        exposeHeaders: [x-trace]
+        allowCredentials: true
+        maxAge: 60
+    backendRefs: [{name: web-v1, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /open}}]
+    filters:
+    - {type: CORS, cors: {allowOrigins: ["*"], allowMethods: ["*"], allowHeaders: ["*"], allowCredentials: true}}
+    backendRefs: [{name: web-v1, port: 80}]
 """
 
 CROSS = """\
@@ -238,6 +253,44 @@ async def test_redirect_rewrite_and_mirror(lab: Lab) -> None:
 
     await _until(mirrored, "5 mirrored requests at the audit app and at web-v2")
     assert all(r["path"] == "/mirrored" for r in lab.audit.state.received[before:])
+
+
+async def test_the_cors_filter_answers_preflights_for_its_origins_only(lab: Lab) -> None:
+    """HTTPRouteCORS: a wildcard host origin (any labels to its left), an origin with a port, credentials, the
+    method / header lists and maxAge in the preflight's answer; another origin gets no CORS headers; `*` origins,
+    and `*` methods and headers with credentials answered with the preflight's own (as the specification asks)."""
+
+    async def preflight(path: str, origin: str) -> dict[str, str]:
+        asked = {"origin": origin, "access-control-request-method": "PUT", "access-control-request-headers": "x-a,x-b"}
+        async with lab.client.options(
+            f"http://{lab.gateway_ip}:80{path}", headers={"Host": "filters.example.com", **asked}
+        ) as resp:
+            return {k.lower(): v for k, v in resp.headers.items()}
+
+    async def answered() -> dict[str, str] | None:
+        headers = await preflight("/cors", "https://a.b.example.com")
+        return headers if "access-control-allow-origin" in headers else None
+
+    headers = await _until(answered, "a CORS preflight answer")
+    assert headers["access-control-allow-origin"] == "https://a.b.example.com"
+    assert headers["access-control-allow-methods"] == "GET,PUT"
+    assert headers["access-control-allow-headers"] == "x-custom"
+    assert headers["access-control-max-age"] == "60"
+    assert headers["access-control-allow-credentials"] == "true"
+    assert (await preflight("/cors", "http://app.test:8080"))["access-control-allow-origin"] == "http://app.test:8080"
+    for other in ("https://example.com", "http://a.example.com", "http://app.test", "https://evil.test"):
+        assert "access-control-allow-origin" not in await preflight("/cors", other), other
+    # an actual cross-origin request: the response names the origin and the exposed headers
+    status, headers, _ = await lab.http(
+        host="filters.example.com", path="/cors/x", headers={"origin": "https://w.example.com"}
+    )
+    assert status == 200 and headers["access-control-allow-origin"] == "https://w.example.com", headers
+    assert headers["access-control-expose-headers"] == "x-trace"
+    # `*`: any origin; methods and headers `*` with credentials: the preflight's own; maxAge left out: 5
+    headers = await preflight("/open", "https://anyone.test")
+    assert headers["access-control-allow-origin"] == "https://anyone.test", headers
+    assert headers["access-control-allow-methods"] == "PUT" and headers["access-control-allow-headers"] == "x-a,x-b"
+    assert headers["access-control-max-age"] == "5" and headers["access-control-allow-credentials"] == "true"
 
 
 async def test_https_listener_terminates_with_the_certificate_ref(lab: Lab) -> None:

@@ -121,7 +121,7 @@ def test_the_kube_source_keeps_both_gateway_kinds_apart() -> None:
     [
         ({"filters": [{"type": "ExtensionRef", "extensionRef": {"group": "", "kind": "X", "name": "x"}}]},
          "spec.rules[0].filters[0].extensionRef", "not supported"),
-        ({"filters": [{"type": "CORS"}]}, "spec.rules[0].filters[0].type", "not supported"),
+        ({"filters": [{"type": "CORS"}]}, "spec.rules[0].filters[0].cors", "required by the filter's type"),
         ({"timeouts": {"request": "1s", "backendRequest": "2s"}}, "spec.rules[0].timeouts.backendRequest",
          "not be longer than request"),
         ({"backendRefs": [{"name": "web"}]}, "spec.rules[0].backendRefs[0].port", "required"),
@@ -132,7 +132,12 @@ def test_the_kube_source_keeps_both_gateway_kinds_apart() -> None:
         ({"retry": {"codes": [200]}}, "spec.rules[0].retry.codes", "400 to 599"),
         ({"retry": {"attempts": -1}}, "spec.rules[0].retry.attempts", "greater than or equal"),
         ({"sessionPersistence": {"type": "Cookie"}}, "spec.rules[0].sessionPersistence", "not supported"),
-        ({"filters": [{"type": "CORS", "cors": {}}]}, "spec.rules[0].filters[0].cors", "not supported"),
+        ({"filters": [{"type": "CORS", "cors": {"exposeHeaders": ["*"], "allowCredentials": True}}]},
+         "spec.rules[0].filters[0].cors.exposeHeaders", "only allowed when allowCredentials"),
+        ({"filters": [{"type": "CORS", "cors": {}}, {"type": "CORS", "cors": {}}]}, "spec.rules[0].filters",
+         "CORS may appear once"),
+        ({"backendRefs": [{"name": "web", "port": 80, "filters": [{"type": "CORS", "cors": {}}]}]},
+         "spec.rules[0].backendRefs[0].filters[0].type", "not supported"),
         ({"nope": 1}, "spec.rules[0].nope", "unknown field"),
     ],
 )  # fmt: skip

@@ -1,7 +1,7 @@
 """Kubernetes Gateway API HTTPRoute (gateway.networking.k8s.io v1), as meshd reads it.
 
 Strict: an unknown field is refused by name, and so is every field meshd does not translate yet (filter
-types ExtensionRef and CORS, per-backend filters other than the header modifiers, `sessionPersistence`, a
+type ExtensionRef, per-backend filters other than the header modifiers, `sessionPersistence`, a
 redirect's ReplacePrefixMatch), so that nothing a user writes is dropped.
 Matches, filters and backends become VirtualService routes (`model/gateway_api/`).
 """
@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from meshd.api.gateway_api import Hostname, ParentReference, PreciseHostname
+from meshd.api.httproute_cors import CORSFilter
 from meshd.api.meta import Resource, StrictModel, refused
 from meshd.api.values import Duration, DurationOrZero, PortNumber, check_regex, parse_duration
 
@@ -154,6 +155,7 @@ FILTER_FIELDS = {
     "RequestRedirect": "requestRedirect",
     "URLRewrite": "urlRewrite",
     "RequestMirror": "requestMirror",
+    "CORS": "cors",
 }
 
 
@@ -165,7 +167,7 @@ class RouteFilter(StrictModel):
     url_rewrite: URLRewrite | None = None
     request_mirror: RequestMirror | None = None
     extension_ref: dict[str, object] | None = refused("extension filters are not applied by meshd")
-    cors: dict[str, object] | None = refused("the CORS filter of HTTPRoute is not applied by meshd yet")
+    cors: CORSFilter | None = None
 
     @model_validator(mode="after")
     def _check(self) -> RouteFilter:
@@ -239,7 +241,7 @@ class RouteRule(StrictModel):
         types = [f.type for f in self.filters]
         if "RequestRedirect" in types and ("URLRewrite" in types or self.backend_refs):
             raise ValueError("filters: a RequestRedirect cannot be combined with URLRewrite or backendRefs")
-        for kind in ("RequestRedirect", "URLRewrite", "RequestHeaderModifier", "ResponseHeaderModifier"):
+        for kind in ("RequestRedirect", "URLRewrite", "RequestHeaderModifier", "ResponseHeaderModifier", "CORS"):
             if types.count(kind) > 1:
                 raise ValueError(f"filters: {kind} may appear once per rule")
         return self

@@ -6,7 +6,8 @@ order the Gateway API requires among the routes of one hostname.
 - Filters: RequestHeaderModifier / ResponseHeaderModifier -> `headers` (also per backend), RequestRedirect ->
   `redirect` (302 unless statusCode says 301; a new scheme without port: no port in the Location),
   URLRewrite -> `rewrite` (ReplacePrefixMatch: the matched prefix; ReplaceFullPath: the whole path),
-  RequestMirror (one or more; `percent` or `fraction`) -> `mirrors`, timeouts.request -> `timeout`, retry and
+  RequestMirror (one or more; `percent` or `fraction`) -> `mirrors`, CORS -> `corsPolicy` (`cors.py`),
+  timeouts.request -> `timeout`, retry and
   timeouts.backendRequest -> `retries` (`retry.py`).
 - backendRefs -> weighted destinations `<name>.<namespace>.svc.<domain>:<port>`; weight 0 gets no traffic; a
   rule whose backends are all unusable (not found, not permitted, not a Service) answers 500.
@@ -22,6 +23,7 @@ from typing import Any
 
 from meshd.api.grpcroute import GRPCBackendRef
 from meshd.api.httproute import HeaderFilter, HTTPBackendRef, HTTPRoute, HTTPRouteMatch, PathModifier, RouteRule
+from meshd.model.gateway_api.cors import cors_policy
 from meshd.model.gateway_api.retry import retry_fields
 
 # group, kind, namespace, name, port -> (reason, message) of a problem, or None
@@ -138,6 +140,8 @@ def _action(rule: RouteRule, *, route: HTTPRoute, domain_suffix: str, backend_pr
     for f in rule.filters:
         if f.request_redirect is not None:
             out["redirect"] = _redirect(f.request_redirect)
+        if f.cors is not None:
+            out["corsPolicy"] = cors_policy(f.cors)
     mirrored = mirrors(rule.filters, namespace=ns, domain_suffix=domain_suffix, backend_problem=backend_problem)
     if mirrored:
         out["mirrors"] = mirrored
