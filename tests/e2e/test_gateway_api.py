@@ -85,6 +85,10 @@ spec:
     filters:
     - type: RequestRedirect
       requestRedirect: {scheme: https, hostname: new.example.com, path: {type: ReplaceFullPath, replaceFullPath: /new}}
+  - matches: [{path: {type: PathPrefix, value: /moved}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /here}}
   - matches: [{path: {type: PathPrefix, value: /api}}]
     filters:
     - type: URLRewrite
@@ -230,6 +234,11 @@ async def test_redirect_rewrite_and_mirror(lab: Lab) -> None:
 
     headers = await _until(redirected, "a 302 from RequestRedirect")
     assert headers["location"] == "https://new.example.com/new", headers
+    # a redirect's ReplacePrefixMatch: the matched prefix /moved (path segments) becomes /here, the rest is kept
+    for path, expected in (("/moved/a/b?x=1", "/here/a/b?x=1"), ("/moved", "/here")):
+        status, headers, _ = await lab.http(host="filters.example.com", path=path)
+        assert status == 302 and headers["location"] == f"http://filters.example.com{expected}", (path, headers)
+    assert (await lab.http(host="filters.example.com", path="/movedx"))[0] == 404
     # URLRewrite: the matched prefix /api becomes /v2 (segment-wise), the Host internal.example.com
     for path, expected in (("/api/items?x=1", "/v2/items?x=1"), ("/api", "/v2")):
         status, _, body = await lab.http(host="filters.example.com", path=path)

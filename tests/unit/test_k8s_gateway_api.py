@@ -125,9 +125,6 @@ def test_the_kube_source_keeps_both_gateway_kinds_apart() -> None:
         ({"timeouts": {"request": "1s", "backendRequest": "2s"}}, "spec.rules[0].timeouts.backendRequest",
          "not be longer than request"),
         ({"backendRefs": [{"name": "web"}]}, "spec.rules[0].backendRefs[0].port", "required"),
-        ({"filters": [{"type": "RequestRedirect", "requestRedirect": {
-            "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/x"}}}]},
-         "spec.rules[0].filters[0].requestRedirect.path.type", "not supported"),
         ({"retry": {"backoff": "0s"}}, "spec.rules[0].retry.backoff", "at least 1ms"),
         ({"retry": {"codes": [200]}}, "spec.rules[0].retry.codes", "400 to 599"),
         ({"retry": {"attempts": -1}}, "spec.rules[0].retry.attempts", "greater than or equal"),

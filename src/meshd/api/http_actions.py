@@ -76,6 +76,12 @@ class HTTPRouteDestination(StrictModel):
     headers: Headers | None = None
 
 
+# A redirect `uri` starting with this replaces the path's matched prefix rather than the whole path (Envoy's
+# `prefix_rewrite` of a redirect): how a Gateway API redirect's ReplacePrefixMatch reaches the route, as in Istio
+# (which honours it only in VirtualServices converted from the Gateway API; meshd in any).
+PREFIX_REDIRECT = "%PREFIX()%"
+
+
 class HTTPRedirect(StrictModel):
     uri: str = ""
     authority: str = ""

@@ -1,8 +1,8 @@
 """Kubernetes Gateway API HTTPRoute (gateway.networking.k8s.io v1), as meshd reads it.
 
 Strict: an unknown field is refused by name, and so is every field meshd does not translate yet (filter
-type ExtensionRef, per-backend filters other than the header modifiers, `sessionPersistence`, a
-redirect's ReplacePrefixMatch), so that nothing a user writes is dropped.
+type ExtensionRef, per-backend filters other than the header modifiers, `sessionPersistence`), so that
+nothing a user writes is dropped.
 Matches, filters and backends become VirtualService routes (`model/gateway_api/`).
 """
 
@@ -92,12 +92,6 @@ class RequestRedirect(StrictModel):
     path: PathModifier | None = None
     port: PortNumber | None = None
     status_code: Literal[301, 302] = 302
-
-    @model_validator(mode="after")
-    def _check(self) -> RequestRedirect:
-        if self.path is not None and self.path.type == "ReplacePrefixMatch":
-            raise ValueError("path.type: ReplacePrefixMatch in a redirect is not supported by meshd yet")
-        return self
 
 
 class URLRewrite(StrictModel):

@@ -4,7 +4,8 @@ order the Gateway API requires among the routes of one hostname.
 - A match is one VirtualService route (its own rewrite); `PathPrefix /foo` matches `/foo` and `/foo/...`
   (path segments, as the specification says), so it becomes two: exact `/foo` and prefix `/foo/`.
 - Filters: RequestHeaderModifier / ResponseHeaderModifier -> `headers` (also per backend), RequestRedirect ->
-  `redirect` (302 unless statusCode says 301; a new scheme without port: no port in the Location),
+  `redirect` (302 unless statusCode says 301; a new scheme without port: no port in the Location; ReplacePrefixMatch:
+  Istio's `%PREFIX()%` uri, the matched prefix replaced),
   URLRewrite -> `rewrite` (ReplacePrefixMatch: the matched prefix; ReplaceFullPath: the whole path),
   RequestMirror (one or more; `percent` or `fraction`) -> `mirrors`, CORS -> `corsPolicy` (`cors.py`),
   timeouts.request -> `timeout`, retry and
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshd.api.grpcroute import GRPCBackendRef
+from meshd.api.http_actions import PREFIX_REDIRECT
 from meshd.api.httproute import HeaderFilter, HTTPBackendRef, HTTPRoute, HTTPRouteMatch, PathModifier, RouteRule
 from meshd.model.gateway_api.cors import cors_policy
 from meshd.model.gateway_api.retry import retry_fields
@@ -73,6 +75,9 @@ def http_routes(
                 rewrite = _rewrite(rule, rewrite_prefix)
                 if rewrite:
                     entry["rewrite"] = rewrite
+                prefix = _redirect_prefix(rule, rewrite_prefix)
+                if prefix is not None:
+                    entry["redirect"] = {**entry["redirect"], "uri": PREFIX_REDIRECT + prefix}
                 out.append((precedence, entry))
     return out
 
@@ -210,9 +215,19 @@ def _redirect(redirect: Any) -> dict[str, Any]:
         out["authority"] = redirect.hostname
     if redirect.port is not None:
         out["port"] = redirect.port
-    if redirect.path is not None:
+    if redirect.path is not None and redirect.path.type == "ReplaceFullPath":
         out["uri"] = redirect.path.value
     return out
+
+
+def _redirect_prefix(rule: RouteRule, variant: str | None) -> str | None:
+    """What a redirect's ReplacePrefixMatch puts in place of the matched prefix (as URLRewrite's: the matched
+    prefix `/foo/` keeps its slash, exact `/foo` is replaced wholly); None without one."""
+    for f in rule.filters:
+        path = f.request_redirect.path if f.request_redirect is not None else None
+        if path is not None and path.type == "ReplacePrefixMatch":
+            return path.value.rstrip("/") + "/" if variant == "/" else path.value
+    return None
 
 
 def _rewrite(rule: RouteRule, variant: str | None) -> dict[str, Any]:
