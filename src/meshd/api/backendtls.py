@@ -49,10 +49,6 @@ class SubjectAltName(StrictModel):
             raise ValueError("uri: a URI subjectAltName sets uri (and not hostname)")
         return self
 
-    @property
-    def value(self) -> str:
-        return self.hostname or self.uri
-
 
 class BackendTLSPolicyValidation(StrictModel):
     ca_certificate_refs: list[CACertificateReference] = Field(default_factory=list, max_length=8)

@@ -53,8 +53,8 @@ def credential(policy: BackendTLSPolicy) -> tuple[str, Condition | None]:
     """The credentialName of the policy's CA ("" for the system's) and, when its reference cannot be used, the
     ResolvedRefs condition saying why (the name then names a CA that is never served)."""
     validation = policy.spec.validation
-    if not validation.ca_certificate_refs:
-        return "", None
+    if validation.well_known_ca_certificates == "System" or not validation.ca_certificate_refs:
+        return "", None  # the system's CAs (Envoy's default here: the OS bundle)
     ns = policy.metadata.namespace
     ref = validation.ca_certificate_refs[0]
     if ref.group not in ("", "core") or ref.kind != "ConfigMap":
@@ -66,7 +66,7 @@ def credential(policy: BackendTLSPolicy) -> tuple[str, Condition | None]:
 
 def _tls(policy: BackendTLSPolicy, credential_name: str) -> ClientTLSSettings:
     validation = policy.spec.validation
-    sans = [s.value for s in validation.subject_alt_names] or [validation.hostname]
+    sans = [s.uri if s.type == "URI" else s.hostname for s in validation.subject_alt_names] or [validation.hostname]
     return ClientTLSSettings.model_validate(
         {"mode": "SIMPLE", "sni": validation.hostname, "subjectAltNames": sans, "credentialName": credential_name}
     )
