@@ -9,8 +9,8 @@ BackendNotFound, InvalidKind and RefNotPermitted until a ReferenceGrant allows t
 TLSRoute status on TCP / TLS Passthrough listeners; BackendTLSPolicy ancestors (InvalidCACertificateRef until its
 ConfigMap exists, TargetNotFound, Invalid for an unsupported field); GRPCRoute Accepted, NotAllowedByListeners
 (a listener whose kinds exclude it), NoMatchingListenerHostname, BackendNotFound, RefNotPermitted until a
-ReferenceGrant, a Service parent (mesh) Accepted, attachedRoutes and supportedKinds; a listener's certificateRef to another
-namespace's Secret RefNotPermitted until a ReferenceGrant allows it. Another controller's
+ReferenceGrant, a Service parent (mesh) Accepted, attachedRoutes and supportedKinds; a listener's certificateRef
+to another namespace's Secret RefNotPermitted until a ReferenceGrant allows it. Another controller's
 GatewayClass and Gateways get nothing from meshd."""
 
 from __future__ import annotations
