@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from meshd.api.backendtls import BackendTLSPolicy
 from meshd.api.meta import InvalidResource, ResourceKey
 from meshd.api.parse import parse_resource
 from meshd.model.gateway_api.backend_tls import MESH_CONTROLLER, with_backend_tls
@@ -95,9 +96,15 @@ def test_unsupported_or_invalid_fields_are_refused_by_name(change: dict[str, Any
     doc = policy()
     doc["spec"] = {**doc["spec"], **change}
     with pytest.raises(InvalidResource) as err:
-        parse_resource(doc)
+        parse_resource(doc, fail_closed=False)  # as the webhook
     assert err.value.key == ResourceKey("BackendTLSPolicy", "apps", "p")
     assert err.value.field.startswith(field) and words in err.value.message, err.value
+    if change.get("targetRefs") == []:  # no target to fail closed on: refused outright by the sources too
+        with pytest.raises(InvalidResource):
+            parse_resource(doc)
+        return
+    kept = parse_resource(doc)  # as the sources: kept as a refused policy when its targets read (fails closed)
+    assert isinstance(kept, BackendTLSPolicy) and kept.refusal is not None and kept.refusal.field == err.value.field
 
 
 # -- conversion ------------------------------------------------------------------------------------------
@@ -256,3 +263,23 @@ def test_a_refused_policy_is_invalid_on_each_target() -> None:
     (ancestor,) = status["ancestors"]
     assert ancestor["ancestorRef"]["name"] == "secure"
     assert ancestor["conditions"][0]["reason"] == "Invalid"
+
+
+def test_a_refused_policy_fails_closed_on_its_targets() -> None:
+    """A policy meshd refuses (here: `options`) is kept with its targets: they keep TLS with a CA that is never
+    served (their pods expect TLS: nothing in plaintext); Accepted False Invalid; the error reported. The webhook
+    (fail_closed=False) refuses it outright."""
+    doc = policy()
+    doc["spec"] = {**doc["spec"], "options": {"example.com/x": "y"}}
+    with pytest.raises(InvalidResource):
+        parse_resource(doc, fail_closed=False)
+    result = _convert(SERVICE, CONFIG_MAP, doc)
+    tls = result.destination_rules[0].spec.traffic_policy.tls
+    assert tls.mode == "SIMPLE" and tls.credential_name == "configmap://apps/:unresolved"
+    (ancestor,) = result.status[ResourceKey("BackendTLSPolicy", "apps", "p")]["ancestors"]
+    assert [(c["type"], c["status"], c["reason"]) for c in ancestor["conditions"]] == [("Accepted", "False", "Invalid")]
+    assert [(e.key.name, e.field) for e in result.errors] == [("p", "spec.options")]
+    # unreadable targets: nothing to fail closed on, refused outright
+    doc["spec"]["targetRefs"] = [{"kind": "Service"}]
+    with pytest.raises(InvalidResource):
+        parse_resource(doc)

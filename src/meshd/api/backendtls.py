@@ -7,17 +7,18 @@ System`), its SAN against `subjectAltNames` (else the hostname). As Istio, meshd
 into a DestinationRule for it (`model/gateway_api/backend_tls.py`).
 
 Strict: an unknown field is refused by name; `options` (implementation-specific settings, none of which meshd
-implements) is refused when set.
+implements) is refused when set. A policy whose spec is refused fails closed (`refused_backend_tls_policy`, in
+`api/parse.py` FAIL_CLOSED): its targets keep TLS with a CA that is never served.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from meshd.api.gateway_api import PreciseHostname
-from meshd.api.meta import GATEWAY_API_GROUP, Resource, StrictModel, refused
+from meshd.api.meta import GATEWAY_API_GROUP, InvalidResource, ObjectMeta, Resource, StrictModel, refused
 
 BACKEND_TLS_VERSIONS = (f"{GATEWAY_API_GROUP}/v1", f"{GATEWAY_API_GROUP}/v1alpha3")
 CA_CERT_KEY = "ca.crt"  # the ConfigMap key the CA is read from
@@ -74,3 +75,38 @@ class BackendTLSPolicySpec(StrictModel):
 class BackendTLSPolicy(Resource):
     kind: Literal["BackendTLSPolicy"]
     spec: BackendTLSPolicySpec
+    # Set on a policy whose spec failed validation (`refused_backend_tls_policy`; never read from a document)
+    _refusal: InvalidResource | None = PrivateAttr(default=None)
+
+    @property
+    def refusal(self) -> InvalidResource | None:
+        return self._refusal
+
+
+REFUSED_HOSTNAME = "refused.invalid"  # the SNI of a refused policy's connections (which fail: no CA is served)
+
+
+def refused_backend_tls_policy(doc: dict[str, Any], error: InvalidResource) -> BackendTLSPolicy | None:
+    """A policy whose spec failed validation, kept with its targets so that it fails closed: the Services it
+    targets still get TLS, with a CA that is never served (their pods expect TLS; nothing goes in plaintext).
+    None when its metadata or targetRefs cannot be read on their own (then it is refused outright)."""
+    try:
+        metadata = ObjectMeta.model_validate(doc.get("metadata"))
+        raw = doc.get("spec")
+        spec = raw if isinstance(raw, dict) else {}
+        targets = [PolicyTargetReference.model_validate(t) for t in spec.get("targetRefs") or []]
+    except (ValidationError, TypeError, ValueError, AttributeError):
+        return None
+    if not targets or len(targets) > 16:
+        return None
+    validation = {"hostname": REFUSED_HOSTNAME, "wellKnownCACertificates": "System"}
+    policy = BackendTLSPolicy(
+        api_version=str(doc.get("apiVersion")),
+        kind="BackendTLSPolicy",
+        metadata=metadata,
+        spec=BackendTLSPolicySpec(
+            target_refs=targets, validation=BackendTLSPolicyValidation.model_validate(validation)
+        ),
+    )
+    policy._refusal = error
+    return policy

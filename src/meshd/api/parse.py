@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from meshd.api.authorization import AuthorizationPolicy, refused_policy
-from meshd.api.backendtls import BACKEND_TLS_VERSIONS, BackendTLSPolicy
+from meshd.api.backendtls import BACKEND_TLS_VERSIONS, BackendTLSPolicy, refused_backend_tls_policy
 from meshd.api.destinationrule import DestinationRule
 from meshd.api.envoyfilter import EnvoyFilter
 from meshd.api.gateway import Gateway
@@ -73,6 +73,7 @@ CLUSTER_SCOPED = frozenset({"GatewayClass", "Namespace"})
 FAIL_CLOSED: dict[str, Callable[[dict[str, Any], InvalidResource], Resource | None]] = {
     "AuthorizationPolicy": refused_policy,
     "RequestAuthentication": refused_request_authentication,
+    "BackendTLSPolicy": refused_backend_tls_policy,  # its Services keep TLS (a CA never served): no plaintext
 }
 
 

@@ -104,7 +104,12 @@ def backend_tls(
         if resolved is None and ca_ref is not None and (ns, ca_ref.name) not in ca_maps:
             message = f"caCertificateRefs[0]: ConfigMap {ns}/{ca_ref.name} does not exist or holds no ca.crt of PEM"
             resolved = cond("ResolvedRefs", False, "InvalidCACertificateRef", message + " certificates")
-        if resolved is not None:
+        if policy.refusal is not None:  # refused by meshd: its Services keep TLS with a CA that is never served
+            name = f"configmap://{ns}/{UNRESOLVED}"
+            why = f"refused by meshd: {policy.refusal.field}: {policy.refusal.message}; connections are refused"
+            accepted, resolved = cond("Accepted", False, "Invalid", why), None
+            result.errors.append(policy.refusal)
+        elif resolved is not None:
             accepted = cond("Accepted", False, "NoValidCACertificate", f"{resolved[3]}: connections are refused")
             field, _, why = resolved[3].partition(": ")
             result.errors.append(InvalidResource(policy.key, f"spec.validation.{field}", why))
@@ -119,7 +124,7 @@ def backend_tls(
         gateways: set[tuple[str, str]] = set()
         for i, ref in enumerate(policy.spec.target_refs):
             problem = _target_problem(ref, ns, services)
-            conditions = [accepted, resolved]
+            conditions = [accepted, resolved] if resolved is not None else [accepted]
             if problem:
                 conditions[0] = cond("Accepted", False, "TargetNotFound", f"targetRefs invalid: {problem}")
                 result.errors.append(InvalidResource(policy.key, f"spec.targetRefs[{i}]", problem))
@@ -135,7 +140,7 @@ def backend_tls(
             )
         for gw_ns, gw_name in sorted(gateways):
             gateway = {"group": GATEWAY_API_GROUP, "kind": "Gateway", "namespace": gw_ns, "name": gw_name}
-            rendered_conditions = rendered([accepted, resolved])
+            rendered_conditions = rendered([accepted, resolved] if resolved is not None else [accepted])
             ancestors.append(
                 {"ancestorRef": gateway, "controllerName": GATEWAY_CONTROLLER, "conditions": rendered_conditions}
             )
