@@ -25,6 +25,7 @@ from meshd.xds.stream import SotwStream
 from tests.certs import Authority
 
 _CA = Authority()
+_OTHER_CA = Authority("another CA")
 _PAIRS = [_CA.issue(f"client-{i}", client=True) for i in range(2)]
 
 
@@ -251,6 +252,26 @@ def test_editing_a_destination_rule_updates_clusters_of_a_carried_scope() -> Non
     generator = mesh.apply(_resources([rule]))
     names = {r.name for r in generator.snapshot(_proxy("a", 1)).select(CLUSTER, None)}
     assert "outbound|9080|v2|s1.a.svc.cluster.local" in names
+
+
+def test_a_ca_config_map_change_reaches_a_carried_secret_layer() -> None:
+    """A BackendTLSPolicy's CA is served over SDS from its ConfigMap: a new ca.crt (nothing else changed) must
+    reach the proxy whose secrets layer is carried (the layer's key holds the ConfigMap's CA)."""
+    mesh = Mesh()
+
+    def config_map(ca: Authority) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ca1", "namespace": "a"},
+                "data": {"ca.crt": ca.pem.decode()}}  # fmt: skip
+
+    policy = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "BackendTLSPolicy",
+              "metadata": {"name": "p", "namespace": "a"},
+              "spec": {"targetRefs": [{"group": "", "kind": "Service", "name": "s1"}],
+                       "validation": {"hostname": "s1.example.com", "caCertificateRefs": [
+                           {"group": "", "kind": "ConfigMap", "name": "ca1"}]}}}  # fmt: skip
+    for ca in (_CA, _OTHER_CA, _CA):
+        generator = mesh.apply(_resources([policy, config_map(ca)]))
+        held = generator.snapshot(_proxy("a", 1)).resources[SECRET]["configmap://a/ca1"].body
+        assert ca.pem in held  # the current CA
 
 
 def test_an_endpoint_change_in_an_untouched_scope_after_many_pushes_rebuilds_one_assignment() -> None:
@@ -1009,9 +1030,6 @@ def _gateway_api_change(rng: random.Random, routers: list[Proxy], mesh_rng: rand
     if rng.random() < 0.6:
         pod["metadata"]["labels"]["gateway.networking.k8s.io/gateway-name"] = "kgw"
     return [pod]
-
-
-_OTHER_CA = Authority("another CA")
 
 
 def _backend_tls_change(rng: random.Random) -> dict[str, Any]:
