@@ -175,7 +175,8 @@ def render_api_status(
     assert isinstance(previous, dict)
     body: dict[str, Any] = json.loads(desired.body) if desired.body else _refusal(key, desired.refused, obj)
     if key.kind == "BackendTLSPolicy":
-        return _merged_list(body, previous, field="ancestors", ref="ancestorRef", generation=generation, now=now)
+        ours = {*CONTROLLER_NAMES, MESH_CONTROLLER}
+        return _merged_list(body, previous, ours, field="ancestors", ref="ancestorRef", generation=generation, now=now)
     if key.kind not in ROUTE_KINDS:
         status = {k: v for k, v in previous.items() if k not in ("conditions", "listeners", "addresses")}
         status["conditions"] = _stamp(body["conditions"], previous.get("conditions"), generation=generation, now=now)
@@ -196,20 +197,23 @@ def render_api_status(
         if body.get("addresses"):
             status["addresses"] = body["addresses"]
         return status
-    return _merged_list(body, previous, field="parents", ref="parentRef", generation=generation, now=now)
+    return _merged_list(
+        body, previous, set(CONTROLLER_NAMES), field="parents", ref="parentRef", generation=generation, now=now
+    )
 
 
 def _merged_list(
     body: dict[str, Any],
     previous: dict[str, Any],
+    ours: set[str],
     *,
     field: str,
     ref: str,
     generation: int,
     now: datetime.datetime,
 ) -> dict[str, Any]:
-    """A route's `parents` / a policy's `ancestors`: meshd's entries written, the other controllers' kept."""
-    ours = {*CONTROLLER_NAMES, MESH_CONTROLLER}
+    """A route's `parents` / a policy's `ancestors`: meshd's entries (of the controllers `ours`) written, the other
+    controllers' kept."""
     kept = [p for p in previous.get(field) or [] if isinstance(p, dict) and p.get("controllerName") not in ours]
     old = {
         json.dumps(p.get(ref), sort_keys=True): p
