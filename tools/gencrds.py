@@ -34,6 +34,7 @@ GATEWAY_API_OUTPUT = ROOT / "deploy" / "helm" / "meshd" / "templates" / "crds-ga
 sys.path.insert(0, str(ROOT / "src"))
 
 from meshd.api.authorization import AuthorizationPolicySpec  # noqa: E402
+from meshd.api.backendtls import BackendTLSPolicySpec  # noqa: E402
 from meshd.api.destinationrule import DestinationRuleSpec  # noqa: E402
 from meshd.api.envoyfilter import EnvoyFilterSpec  # noqa: E402
 from meshd.api.gateway import GatewaySpec  # noqa: E402
@@ -134,6 +135,10 @@ GATEWAY_API_KINDS = (
     CrdKind(
         GATEWAY_API, "ReferenceGrant", "referencegrants", ("refgrant",), ReferenceGrantSpec,
         versions=("v1alpha2", "v1beta1"), storage="v1beta1",
+    ),
+    CrdKind(
+        GATEWAY_API, "BackendTLSPolicy", "backendtlspolicies", ("btlspolicy",), BackendTLSPolicySpec,
+        versions=("v1alpha3", "v1"), storage="v1",
     ),
 )  # fmt: skip
 

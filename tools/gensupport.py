@@ -89,7 +89,7 @@ def render() -> str:
         "",
         "Kubernetes kinds meshd reads: "
         + ", ".join(k for k in KINDS if k not in listed)
-        + " (and Nodes and the `istio` mesh ConfigMap in Kubernetes mode).",
+        + " (and Nodes; ConfigMaps: the `istio` mesh ConfigMap, and the `ca.crt` of those BackendTLSPolicies name).",
         "",
         "## Fields meshd refuses",
         "",

@@ -7,11 +7,12 @@ HTTPRoute Accepted/ResolvedRefs per parent with NotAllowedByListeners,
 NoMatchingListenerHostname, NoMatchingParent, UnsupportedValue (an unsupported field), a mesh route (GAMMA:
 a Service parent) Accepted, NoMatchingParent for a missing Service or port,
 BackendNotFound, InvalidKind and RefNotPermitted until a ReferenceGrant allows the reference; TCPRoute and
-TLSRoute status on TCP / TLS Passthrough listeners and a TLSRoute's on a Service parent; GRPCRoute Accepted,
-NotAllowedByListeners (a listener whose
-kinds exclude it), NoMatchingListenerHostname, BackendNotFound, RefNotPermitted until a ReferenceGrant, a Service
-parent (mesh) Accepted, attachedRoutes and supportedKinds; a listener's certificateRef to another
-namespace's Secret RefNotPermitted until a ReferenceGrant allows it. Another controller's
+TLSRoute status on TCP / TLS Passthrough listeners and a TLSRoute's on a Service parent; BackendTLSPolicy
+ancestors (InvalidCACertificateRef until its ConfigMap exists, TargetNotFound, Invalid for an unsupported field);
+GRPCRoute Accepted, NotAllowedByListeners (a listener whose kinds exclude it), NoMatchingListenerHostname,
+BackendNotFound, RefNotPermitted until a ReferenceGrant, a Service parent (mesh) Accepted, attachedRoutes and
+supportedKinds; a listener's certificateRef to another namespace's Secret RefNotPermitted until a ReferenceGrant
+allows it. Another controller's
 GatewayClass and Gateways get nothing from meshd."""
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from tests.certs import Authority
 from tests.e2e.harness import Meshd, eventually, free_port
 from tests.kubeapi import KubeRest
 from tests.kubereal.control_plane import ControlPlane
@@ -446,3 +448,71 @@ async def test_gateway_addresses_link_to_a_service(kube: KubeRest) -> None:
     await wait_for(kube, "Gateway", GW_NS, "lost",
                    lambda o: conditions(o).get("Programmed") == ("False", "AddressNotUsable"),
                    "Gateway lost: AddressNotUsable")  # fmt: skip
+
+
+def ancestor_conditions(obj: dict[str, Any] | None, kind: str = "Service") -> dict[str, tuple[str, str]]:
+    ancestors = ((obj or {}).get("status") or {}).get("ancestors") or []
+    for ancestor in ancestors:
+        if ancestor["ancestorRef"].get("kind") == kind:
+            return {c["type"]: (c["status"], c["reason"]) for c in ancestor["conditions"]}
+    return {}
+
+
+async def test_backend_tls_policy_status(kube: KubeRest) -> None:
+    """BackendTLSPolicy (v1): ResolvedRefs False InvalidCACertificateRef (Accepted False NoValidCACertificate)
+    while its CA ConfigMap does not exist, Accepted / ResolvedRefs True once it does, on the Service ancestor (and
+    on the Gateway whose route reaches the Service); a target Service that does not exist: TargetNotFound; an
+    unsupported field (options): Accepted False Invalid."""
+    await kube.apply(service("secure", APP_NS))
+    await kube.apply(GATEWAY)
+    await kube.apply(route("to-secure", APP_NS, parent=PARENT, backend={"name": "secure", "port": 8080},
+                           hostnames=["secure.example.com"]))  # fmt: skip
+    policy = {
+        "apiVersion": GW,
+        "kind": "BackendTLSPolicy",
+        "metadata": {"name": "secure", "namespace": APP_NS},
+        "spec": {
+            "targetRefs": [{"group": "", "kind": "Service", "name": "secure"}],
+            "validation": {
+                "caCertificateRefs": [{"group": "", "kind": "ConfigMap", "name": "secure-ca"}],
+                "hostname": "secure.example.com",
+            },
+        },
+    }
+    await kube.apply(policy)
+    found = await wait_for(kube, "BackendTLSPolicy", APP_NS, "secure",
+                           lambda o: ancestor_conditions(o).get("ResolvedRefs")
+                           == ("False", "InvalidCACertificateRef"),
+                           "InvalidCACertificateRef while the ConfigMap does not exist")  # fmt: skip
+    assert ancestor_conditions(found)["Accepted"] == ("False", "NoValidCACertificate")
+    pem = Authority("backend-tls CA").pem.decode()
+    await kube.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "secure-ca", "namespace": APP_NS},
+                      "data": {"ca.crt": pem}})  # fmt: skip
+    found = await wait_for(kube, "BackendTLSPolicy", APP_NS, "secure",
+                           lambda o: ancestor_conditions(o) == {"Accepted": ("True", "Accepted"),
+                                                                "ResolvedRefs": ("True", "ResolvedRefs")}
+                           and ancestor_conditions(o, "Gateway").get("Accepted") == ("True", "Accepted"),
+                           "Accepted and ResolvedRefs once the ConfigMap exists")  # fmt: skip
+    service_ancestor = found["status"]["ancestors"][0]
+    assert service_ancestor["ancestorRef"]["name"] == "secure"
+    assert service_ancestor["controllerName"] == "istio.io/mesh-controller"
+    assert all(c["observedGeneration"] == found["metadata"]["generation"] for c in service_ancestor["conditions"])
+
+    nowhere = {
+        **policy,
+        "metadata": {"name": "nowhere", "namespace": APP_NS},
+        "spec": {**policy["spec"], "targetRefs": [{"group": "", "kind": "Service", "name": "no-such"}]},
+    }
+    await kube.apply(nowhere)  # fmt: skip
+    await wait_for(kube, "BackendTLSPolicy", APP_NS, "nowhere",
+                   lambda o: ancestor_conditions(o).get("Accepted") == ("False", "TargetNotFound"),
+                   "TargetNotFound for a Service that does not exist")  # fmt: skip
+    optioned = {
+        **policy,
+        "metadata": {"name": "optioned", "namespace": APP_NS},
+        "spec": {**policy["spec"], "options": {"example.com/x": "y"}},
+    }
+    await kube.apply(optioned)  # fmt: skip
+    await wait_for(kube, "BackendTLSPolicy", APP_NS, "optioned",
+                   lambda o: ancestor_conditions(o).get("Accepted") == ("False", "Invalid"),
+                   "Accepted False Invalid for an unsupported field")  # fmt: skip

@@ -120,8 +120,10 @@ def _inline_secrets(holder: dict[str, Any], secrets: dict[str, dict[str, Any]], 
     if combined is not None and _from_agent(combined["validationContextSdsSecretConfig"]):
         common["combinedValidationContext"] = combined
     elif combined is not None:
-        served = secrets[combined["validationContextSdsSecretConfig"]["name"]]["validationContext"]
-        common["validationContext"] = {**combined["defaultValidationContext"], **served}
+        # a CA meshd does not serve (a reference that does not resolve: the proxy waits for it, then fails the
+        # connections) is left out here with its SAN matchers, for Envoy to validate the rest
+        served = secrets.get(combined["validationContextSdsSecretConfig"]["name"], {}).get("validationContext")
+        common["validationContext"] = {**combined["defaultValidationContext"], **served} if served else {}
     for certificate in common.get("tlsCertificates", []):
         for part in certificate.values():
             if "filename" in part:

@@ -103,6 +103,14 @@ GATEWAY_API = (
     Kind("gateway.networking.k8s.io", "TCPRoute", "tcproutes", versions=("v1alpha2",), status=True, crd=True),
     Kind("gateway.networking.k8s.io", "TLSRoute", "tlsroutes", versions=("v1alpha2",), status=True, crd=True),
     Kind("gateway.networking.k8s.io", "ReferenceGrant", "referencegrants", versions=("v1beta1",), crd=True),
+    Kind(
+        "gateway.networking.k8s.io",
+        "BackendTLSPolicy",
+        "backendtlspolicies",
+        versions=("v1", "v1alpha3"),
+        status=True,
+        crd=True,
+    ),
 )
 
 

@@ -25,6 +25,7 @@ from meshd.xds.stream import SotwStream
 from tests.certs import Authority
 
 _CA = Authority()
+_OTHER_CA = Authority("another CA")
 _PAIRS = [_CA.issue(f"client-{i}", client=True) for i in range(2)]
 
 
@@ -251,6 +252,26 @@ def test_editing_a_destination_rule_updates_clusters_of_a_carried_scope() -> Non
     generator = mesh.apply(_resources([rule]))
     names = {r.name for r in generator.snapshot(_proxy("a", 1)).select(CLUSTER, None)}
     assert "outbound|9080|v2|s1.a.svc.cluster.local" in names
+
+
+def test_a_ca_config_map_change_reaches_a_carried_secret_layer() -> None:
+    """A BackendTLSPolicy's CA is served over SDS from its ConfigMap: a new ca.crt (nothing else changed) must
+    reach the proxy whose secrets layer is carried (the layer's key holds the ConfigMap's CA)."""
+    mesh = Mesh()
+
+    def config_map(ca: Authority) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ca1", "namespace": "a"},
+                "data": {"ca.crt": ca.pem.decode()}}  # fmt: skip
+
+    policy = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "BackendTLSPolicy",
+              "metadata": {"name": "p", "namespace": "a"},
+              "spec": {"targetRefs": [{"group": "", "kind": "Service", "name": "s1"}],
+                       "validation": {"hostname": "s1.example.com", "caCertificateRefs": [
+                           {"group": "", "kind": "ConfigMap", "name": "ca1"}]}}}  # fmt: skip
+    for ca in (_CA, _OTHER_CA, _CA):
+        generator = mesh.apply(_resources([policy, config_map(ca)]))
+        held = generator.snapshot(_proxy("a", 1)).resources[SECRET]["configmap://a/ca1"].body
+        assert ca.pem in held  # the current CA
 
 
 def test_an_endpoint_change_in_an_untouched_scope_after_many_pushes_rebuilds_one_assignment() -> None:
@@ -1032,6 +1053,31 @@ def _gateway_api_change(rng: random.Random, routers: list[Proxy], mesh_rng: rand
     return [pod]
 
 
+def _backend_tls_change(rng: random.Random) -> dict[str, Any]:
+    """A BackendTLSPolicy (v1 / v1alpha3; a CA ConfigMap that may not exist, or the system's CAs; the whole
+    Service or its port `http`; a Service that may not exist) or a CA ConfigMap (either CA, or no ca.crt)."""
+    ns = rng.choice(["a", "b"])
+    if rng.random() < 0.35:
+        data = rng.choice([{"ca.crt": _CA.pem.decode()}, {"ca.crt": _OTHER_CA.pem.decode()}, {"other": "x"}])
+        return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ca1", "namespace": ns}, "data": data}
+    target: dict[str, Any] = {"group": "", "kind": "Service", "name": rng.choice(["s1", "s2", "missing"])}
+    if rng.random() < 0.4:
+        target["sectionName"] = "http"
+    validation: dict[str, Any] = {"hostname": rng.choice(["s.example.com", "t.example.com"])}
+    if rng.random() < 0.25:
+        validation["wellKnownCACertificates"] = "System"
+    else:
+        validation["caCertificateRefs"] = [{"group": "", "kind": "ConfigMap", "name": rng.choice(["ca1", "ca2"])}]
+    if rng.random() < 0.3:
+        validation["subjectAltNames"] = [{"type": "URI", "uri": "spiffe://x/ns/a/sa/s"}]
+    return {
+        "apiVersion": rng.choice(["gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1alpha3"]),
+        "kind": "BackendTLSPolicy",
+        "metadata": {"name": rng.choice(["p1", "p2"]), "namespace": ns},
+        "spec": {"targetRefs": [target], "validation": validation},
+    }
+
+
 @pytest.mark.parametrize("seed", [3, 5, 11])
 def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(seed: int) -> None:
     """Whatever pushes skip or reuse, each proxy must end up with exactly the config a generator
@@ -1126,6 +1172,8 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     gwapi_l4 = 0
     gwapi_grpc = 0
     gwapi_cross_secrets = 0  # another namespace's Secrets served to gateways under a ReferenceGrant
+    btls_rng = random.Random(seed + 7000)  # BackendTLSPolicies and CA ConfigMaps: a stream of their own
+    btls_seen = [0, 0]  # clusters with a BackendTLSPolicy's CA over SDS; those CAs served
     for step in range(130):
         ns, name = rng.choice(["a", "b"]), rng.choice(["s1", "s2"])
         choice = rng.random()
@@ -1275,6 +1323,8 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
             docs = [*docs, *_gateway_api_anchor()]
         if mesh_rng.random() < 0.25:  # in the same push: a mesh (GAMMA) HTTPRoute
             docs.append(_mesh_route(mesh_rng))
+        if btls_rng.random() < 0.2:  # in the same push: a BackendTLSPolicy or a CA ConfigMap
+            docs.append(_backend_tls_change(btls_rng))
         if authz_rng.random() < 0.4:  # in the same push: an AuthorizationPolicy change
             more, gone = _authorization_change(authz_rng, ns, authz_policies)
             docs, deleted = [*docs, *more], (*deleted, *gone)
@@ -1290,6 +1340,8 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
             assert conn.snapshot is not None
             assert _content(conn.snapshot) == _content(fresh.snapshot(conn.proxy)), (step, conn.proxy.node_id)
             served_secrets += len(conn.snapshot.resources.get(SECRET, {}))
+            btls_seen[0] += sum(b"configmap://" in c for c in _content(conn.snapshot).get(CLUSTER, {}).values())
+            btls_seen[1] += sum(n.startswith("configmap://") for n in conn.snapshot.resources.get(SECRET, {}))
             jwt_seen[conn.proxy.capture] += _jwt_seen(conn.snapshot)
             ef_seen += _envoy_filters_seen(conn.snapshot)
             wasm_seen += _wasm_seen(conn.snapshot)
@@ -1365,6 +1417,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     assert linked_routes  # and a Gateway's routes reached the pods of the Service its addresses name
     assert gwapi_cross_secrets  # and a Gateway API listener's Secret of another namespace, under a ReferenceGrant
     assert gwapi_routes and gwapi_l4 and gwapi_grpc  # and HTTPRoutes, GRPCRoutes, TCPRoutes / TLSRoutes reached them
+    assert all(btls_seen), btls_seen  # and BackendTLSPolicies' TLS and their ConfigMaps' CAs reached proxies
 
 
 def test_virtual_service_errors_are_carried_across_pushes_and_follow_their_rule() -> None:

@@ -148,7 +148,7 @@ def test_route_fields_meshd_does_not_translate_are_refused_by_name(
     assert err.value.field.startswith(field) and words in err.value.message, err.value
 
 
-@pytest.mark.parametrize("kind", ["UDPRoute", "BackendTLSPolicy"])
+@pytest.mark.parametrize("kind", ["UDPRoute"])
 def test_kinds_not_translated_yet_are_refused(kind: str) -> None:
     with pytest.raises(InvalidResource) as err:
         parse_resource({"apiVersion": GW, "kind": kind, "metadata": {"name": "x", "namespace": "apps"}, "spec": {}})

@@ -1,4 +1,5 @@
-"""Kubernetes core objects meshd reads: Service, EndpointSlice, Pod, Secret, Namespace (the fields that matter)."""
+"""Kubernetes core objects meshd reads: Service, EndpointSlice, Pod, Secret, Namespace, ConfigMap (the fields that
+matter)."""
 
 from __future__ import annotations
 
@@ -175,3 +176,30 @@ class Secret(Resource):
             if ca_key in self._values:
                 return self._values[ca_key], self._values.get(crl_key)
         return None
+
+
+# The World keeps a ConfigMap's CA among the Secrets under this name prefix (":" is never in a Kubernetes name).
+CONFIGMAP_SECRET_PREFIX = "configmap:"
+
+
+class ConfigMap(Resource):
+    """A v1 ConfigMap, for the CA (`ca.crt`) a BackendTLSPolicy's caCertificateRefs names: checked as PEM
+    certificates when present; the other keys are kept unchecked (and unused)."""
+
+    kind: Literal["ConfigMap"]
+    data: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> ConfigMap:
+        if "ca.crt" in self.data:
+            pem.certificates(self.data["ca.crt"].encode(), what="data.ca.crt")
+        return self
+
+    def ca_secret(self) -> Secret | None:
+        """The CA as the Secret the World keeps it as (`CONFIGMAP_SECRET_PREFIX` + name), or None without one."""
+        if "ca.crt" not in self.data:
+            return None
+        meta = {"name": CONFIGMAP_SECRET_PREFIX + self.metadata.name, "namespace": self.metadata.namespace}
+        return Secret.model_validate(
+            {"apiVersion": "v1", "kind": "Secret", "metadata": meta, "stringData": {"ca.crt": self.data["ca.crt"]}}
+        )

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from meshd.api.authorization import AuthorizationPolicy, refused_policy
+from meshd.api.backendtls import BACKEND_TLS_VERSIONS, BackendTLSPolicy, refused_backend_tls_policy
 from meshd.api.destinationrule import DestinationRule
 from meshd.api.envoyfilter import EnvoyFilter
 from meshd.api.gateway import Gateway
@@ -22,7 +23,7 @@ from meshd.api.gateway_api import (
 from meshd.api.gateway_l4route import L4_ROUTE_VERSIONS, KubernetesTCPRoute, KubernetesTLSRoute
 from meshd.api.grpcroute import GRPCRoute
 from meshd.api.httproute import HTTPRoute
-from meshd.api.kube import EndpointSlice, Namespace, Pod, Secret, Service
+from meshd.api.kube import ConfigMap, EndpointSlice, Namespace, Pod, Secret, Service
 from meshd.api.meta import KUBERNETES_GATEWAY, InvalidResource, Resource, ResourceKey, field_path, kind_identity
 from meshd.api.networking import NETWORKING_VERSIONS, ServiceEntry, Sidecar, WorkloadEntry
 from meshd.api.proxyconfig import PROXY_CONFIG_VERSIONS, ProxyConfig
@@ -39,6 +40,7 @@ KINDS: dict[str, tuple[type[Resource], tuple[str, ...]]] = {
     "EndpointSlice": (EndpointSlice, ("discovery.k8s.io/v1",)),
     "Secret": (Secret, ("v1",)),
     "Namespace": (Namespace, ("v1",)),
+    "ConfigMap": (ConfigMap, ("v1",)),  # the CA a BackendTLSPolicy names (`ca.crt`)
     "VirtualService": (VirtualService, NETWORKING_VERSIONS),
     "DestinationRule": (DestinationRule, NETWORKING_VERSIONS),
     "ServiceEntry": (ServiceEntry, NETWORKING_VERSIONS),
@@ -59,6 +61,7 @@ KINDS: dict[str, tuple[type[Resource], tuple[str, ...]]] = {
     "WasmPlugin": (WasmPlugin, ("extensions.istio.io/v1alpha1",)),
     "TCPRoute": (KubernetesTCPRoute, L4_ROUTE_VERSIONS),
     "TLSRoute": (KubernetesTLSRoute, L4_ROUTE_VERSIONS),
+    "BackendTLSPolicy": (BackendTLSPolicy, BACKEND_TLS_VERSIONS),
     # applied when a sidecar is injected (kube/inject_proxyconfig.py), not translated
     "ProxyConfig": (ProxyConfig, PROXY_CONFIG_VERSIONS),
 }
@@ -70,6 +73,7 @@ CLUSTER_SCOPED = frozenset({"GatewayClass", "Namespace"})
 FAIL_CLOSED: dict[str, Callable[[dict[str, Any], InvalidResource], Resource | None]] = {
     "AuthorizationPolicy": refused_policy,
     "RequestAuthentication": refused_request_authentication,
+    "BackendTLSPolicy": refused_backend_tls_policy,  # its Services keep TLS (a CA never served): no plaintext
 }
 
 
@@ -79,8 +83,6 @@ REFUSED_KINDS: dict[str, str] = {
     "WorkloadGroup": "networking.istio.io WorkloadGroup is not supported by meshd yet: no WorkloadEntry is created "
     "from it (declare WorkloadEntries)",
     "UDPRoute": "gateway.networking.k8s.io UDPRoute is not supported by meshd: UDP is not proxied",
-    "BackendTLSPolicy": "gateway.networking.k8s.io BackendTLSPolicy is not supported by meshd yet: connections to "
-    "the backend are not originated with TLS (use a DestinationRule)",
 }
 
 

@@ -48,7 +48,8 @@ def watched_kinds(*, namespace: str) -> tuple[KindSpec, ...]:
     gw_versions = ("v1", "v1beta1")
     return (
         KindSpec("", "Namespace", "namespaces", ("v1",)),
-        KindSpec("", "ConfigMap", "configmaps", ("v1",), namespace=namespace, field_selector="metadata.name=istio"),
+        # the `istio` mesh ConfigMap of meshd's namespace, and the CAs (`ca.crt`) BackendTLSPolicies name
+        KindSpec("", "ConfigMap", "configmaps", ("v1",)),
         KindSpec("", "Node", "nodes", ("v1",)),
         KindSpec("", "Service", "services", ("v1",)),
         KindSpec("", "Pod", "pods", ("v1",)),
@@ -64,14 +65,14 @@ def watched_kinds(*, namespace: str) -> tuple[KindSpec, ...]:
         KindSpec(sec, "PeerAuthentication", "peerauthentications", ("v1", "v1beta1"), crd=True),
         KindSpec(sec, "AuthorizationPolicy", "authorizationpolicies", ("v1", "v1beta1"), crd=True),
         KindSpec(sec, "RequestAuthentication", "requestauthentications", ("v1", "v1beta1"), crd=True),
-        KindSpec(net, "EnvoyFilter", "envoyfilters", ("v1alpha3",), crd=True),
+        KindSpec(net, "EnvoyFilter", "envoyfilters", ("v1", "v1alpha3"), crd=True),
         KindSpec("telemetry.istio.io", "Telemetry", "telemetries", ("v1", "v1alpha1"), crd=True),
         KindSpec("extensions.istio.io", "WasmPlugin", "wasmplugins", ("v1alpha1",), crd=True),
         # not translated yet (api/parse.py REFUSED_KINDS): watched so that each gets a status saying so
         KindSpec(net, "ProxyConfig", "proxyconfigs", ("v1beta1",), crd=True),
         KindSpec(net, "WorkloadGroup", "workloadgroups", CRD_VERSIONS, crd=True),
-        # Kubernetes Gateway API (converted into gateways and routes; UDPRoute and BackendTLSPolicy are
-        # refused, api/parse.py REFUSED_KINDS)
+        # Kubernetes Gateway API (converted into gateways and routes, BackendTLSPolicy into DestinationRules;
+        # UDPRoute is refused, api/parse.py REFUSED_KINDS)
         KindSpec(gw, "GatewayClass", "gatewayclasses", gw_versions, crd=True),
         KindSpec(gw, "Gateway", "gateways", gw_versions, crd=True),
         KindSpec(gw, "HTTPRoute", "httproutes", gw_versions, crd=True),
@@ -80,5 +81,5 @@ def watched_kinds(*, namespace: str) -> tuple[KindSpec, ...]:
         KindSpec(gw, "TCPRoute", "tcproutes", ("v1alpha2",), crd=True),
         KindSpec(gw, "TLSRoute", "tlsroutes", ("v1alpha2",), crd=True),
         KindSpec(gw, "UDPRoute", "udproutes", ("v1alpha2",), crd=True),
-        KindSpec(gw, "BackendTLSPolicy", "backendtlspolicies", ("v1alpha3",), crd=True),
+        KindSpec(gw, "BackendTLSPolicy", "backendtlspolicies", ("v1", "v1alpha3"), crd=True),
     )

@@ -11,6 +11,8 @@ origin per object (`kube:<Kind>/<namespace>/<name>`), so one object change touch
 - Secrets are stored for DestinationRule `credentialName` (served only to proxies of their own
   namespace); one that is not usable TLS material is simply absent (never an error of its own), and
   meshd's CA keys (`istio-ca-secret`, `cacerts` in meshd's namespace) are never stored.
+- ConfigMaps holding a `ca.crt` are stored for BackendTLSPolicy `caCertificateRefs` (one whose `ca.crt` is not
+  PEM certificates is absent, as an unusable Secret is); the others are not kept.
 - Kinds meshd does not translate (e.g. Gateway) stay in the reflector caches.
 """
 
@@ -35,6 +37,11 @@ ObjectId = tuple[str, str, str]  # (kind, namespace, name)
 def origin_of(object_id: ObjectId) -> str:
     kind, namespace, name = object_id
     return f"kube:{kind}/{namespace}/{name}"
+
+
+def _holds_ca(obj: Obj) -> bool:
+    data = obj.get("data")
+    return isinstance(data, dict) and "ca.crt" in data
 
 
 def _labels(obj: Obj | None) -> dict[str, str]:
@@ -64,12 +71,16 @@ class KubeSource:
                 self._on_namespace(old, new)
             elif kind == "Node":
                 self._on_node(old, new)
-            elif kind == "ConfigMap":
+            elif kind == "ConfigMap" and self._is_mesh_configmap(new if new is not None else old):
                 self._on_configmap(new)
             else:
                 self._on_object(kind, old, new)
 
         return on_change
+
+    def _is_mesh_configmap(self, obj: Obj | None) -> bool:
+        m = meta(obj) if obj is not None else {}
+        return m.get("namespace") == self._namespace and m.get("name") == MESH_CONFIGMAP
 
     def mark_synced(self) -> None:
         """Every reflector has listed once: the store holds the whole cluster."""
@@ -89,6 +100,9 @@ class KubeSource:
             self._in_namespace[object_id[1]].discard(object_id)
         else:
             if not (is_supported(new) or is_refused_kind(new)) or self._private(object_id):
+                return
+            if kind == "ConfigMap" and not _holds_ca(new):  # only the CAs BackendTLSPolicies may name are kept
+                self._on_object(kind, new, None)
                 return
             self._objects[object_id] = new
             self._in_namespace[object_id[1]].add(object_id)
@@ -118,7 +132,7 @@ class KubeSource:
         try:
             resource = parse_resource(self._with_topology(obj) if object_id[0] == "Pod" else obj, origin=origin)
         except InvalidResource as err:
-            if object_id[0] == "Secret":
+            if object_id[0] in ("Secret", "ConfigMap"):
                 # Most Secrets are not TLS material for meshd: one is only an error when a DestinationRule
                 # names it (reported there, as a missing credential), never on its own.
                 self._log.debug("event=secret_not_usable origin=%s field=%s", origin, err.field)

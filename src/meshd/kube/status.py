@@ -33,7 +33,7 @@ Desired = tuple[Message, ...] | ApiStatus  # an Istio object's messages, or a Ga
 
 
 # The other kinds a Gateway API object's status depends on (grants, namespaces, backends, certificates, pods).
-_GATEWAY_API_INPUTS = ("ReferenceGrant", "Namespace", "Service", "Secret", "Pod")
+_GATEWAY_API_INPUTS = ("ReferenceGrant", "Namespace", "Service", "Secret", "Pod", "ConfigMap")
 
 
 class StatusConflict(Exception):

@@ -18,7 +18,7 @@ from meshd.api.envoyfilter import EnvoyFilter
 from meshd.api.gateway import Gateway
 from meshd.api.gateway_api import ReferenceGrant
 from meshd.api.jwks import FETCHED_JWKS, FetchedJwks
-from meshd.api.kube import EndpointSlice, Pod, Secret, Service
+from meshd.api.kube import CONFIGMAP_SECRET_PREFIX, ConfigMap, EndpointSlice, Pod, Secret, Service
 from meshd.api.meta import InvalidResource, Resource, ResourceKey
 from meshd.api.networking import ServiceEntry, Sidecar, WorkloadEntry
 from meshd.api.request_authentication import RequestAuthentication
@@ -27,6 +27,7 @@ from meshd.api.telemetry import Telemetry
 from meshd.api.virtualservice import VirtualService
 from meshd.api.wasmplugin import WasmPlugin
 from meshd.model import derive
+from meshd.model.gateway_api.backend_tls import with_backend_tls
 from meshd.model.gateway_api.convert import GATEWAY_API_KINDS, GatewayApiConversion
 from meshd.model.gateway_api.grants import secret_grants
 from meshd.model.services import Endpoint, MeshService, Workload
@@ -126,6 +127,13 @@ class WorldState:
         dirty_addresses: set[str] = set()
         istio_changed = hosts_changed = False
         for key, resource in changes.items():
+            if key.kind == "ConfigMap":  # its CA feeds SDS (and it is a BackendTLSPolicy input, below)
+                ca = resource.ca_secret() if isinstance(resource, ConfigMap) else None
+                at = (key.namespace, CONFIGMAP_SECRET_PREFIX + key.name)
+                if ca is not None:
+                    self._secrets[at] = ca
+                else:
+                    self._secrets.pop(at, None)
             if key.kind == "Pod":
                 self._apply_pod(key, resource, dirty, dirty_addresses)
             elif key.kind == "Service":
@@ -310,15 +318,18 @@ class WorldState:
         )
         if list(gateways) != list(self._gateways) or any(gateways[key] is not self._gateways[key] for key in gateways):
             self._gateways = MappingProxyType(gateways)
-        rules, rule_errors = derive.destination_rules_by_host(
-            [d for d in self._istio["DestinationRule"].values() if isinstance(d, DestinationRule)], suffix=self._suffix
+        merged, tls_warnings = with_backend_tls(
+            [d for d in self._istio["DestinationRule"].values() if isinstance(d, DestinationRule)],
+            converted.destination_rules,
+            domain_suffix=self._suffix,
         )
+        rules, rule_errors = derive.destination_rules_by_host(merged, suffix=self._suffix)
         self._rules = _keep_identity(self._rules, rules)
         self._sidecars = _keep_identity(
             self._sidecars,
             derive.sidecars_by_namespace([s for s in self._istio["Sidecar"].values() if isinstance(s, Sidecar)]),
         )
-        self._errors = errors + rule_errors + converted.errors
+        self._errors = errors + rule_errors + converted.errors + tls_warnings
         peer_auth = derive.peer_authentications_by_namespace(
             p for p in self._istio["PeerAuthentication"].values() if isinstance(p, PeerAuthentication)
         )

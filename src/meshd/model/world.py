@@ -20,7 +20,7 @@ from meshd.api.envoyfilter import EnvoyFilter
 from meshd.api.gateway import Gateway
 from meshd.api.gateway_api import ReferenceGrant
 from meshd.api.jwks import FetchedJwks
-from meshd.api.kube import EndpointSlice, Pod, Secret, Service
+from meshd.api.kube import ConfigMap, EndpointSlice, Pod, Secret, Service
 from meshd.api.meta import InvalidResource, Resource
 from meshd.api.networking import ServiceEntry, Sidecar, WorkloadEntry
 from meshd.api.request_authentication import RequestAuthentication
@@ -30,6 +30,7 @@ from meshd.api.virtualservice import VirtualService
 from meshd.api.wasmplugin import WasmPlugin
 from meshd.model import derive
 from meshd.model.derive import EXPORT_TO_ANNOTATION, EndpointChunks, default_rule, resolve_host
+from meshd.model.gateway_api.backend_tls import ca_secrets, with_backend_tls
 from meshd.model.gateway_api.convert import GATEWAY_API_KINDS, GatewayApiConversion
 from meshd.model.gateway_api.grants import secret_grants
 from meshd.model.services import Endpoint, MeshService, Workload
@@ -205,12 +206,17 @@ def build_world(resources: Iterable[Resource], *, domain_suffix: str, revision: 
     services.update(se_services)
     for key, more in se_chunks.items():
         chunks[key].extend(more)
-    rules_by_host, rule_errors = derive.destination_rules_by_host(
-        [d for d in by_kind["DestinationRule"] if isinstance(d, DestinationRule)], suffix=domain_suffix
-    )
     converted = GatewayApiConversion(domain_suffix=domain_suffix).run(
         [r for kind in GATEWAY_API_KINDS for r in by_kind[kind]], services=k8s_services
     )
+    rules, tls_warnings = with_backend_tls(
+        [d for d in by_kind["DestinationRule"] if isinstance(d, DestinationRule)],
+        converted.destination_rules,
+        domain_suffix=domain_suffix,
+    )
+    rules_by_host, rule_errors = derive.destination_rules_by_host(rules, suffix=domain_suffix)
+    secrets = {(s.metadata.namespace, s.metadata.name): s for s in by_kind["Secret"] if isinstance(s, Secret)}
+    secrets.update(ca_secrets(c for c in by_kind["ConfigMap"] if isinstance(c, ConfigMap)))
     vss = [v for v in by_kind["VirtualService"] if isinstance(v, VirtualService)] + converted.virtual_services
     return assemble(
         domain_suffix=domain_suffix,
@@ -221,9 +227,9 @@ def build_world(resources: Iterable[Resource], *, domain_suffix: str, revision: 
         rules_by_host=rules_by_host,
         sidecars=derive.sidecars_by_namespace([s for s in by_kind["Sidecar"] if isinstance(s, Sidecar)]),
         workloads=workloads,
-        errors=errors + rule_errors + converted.errors,
+        errors=errors + rule_errors + converted.errors + tls_warnings,
         revision=revision,
-        secrets={(s.metadata.namespace, s.metadata.name): s for s in by_kind["Secret"] if isinstance(s, Secret)},
+        secrets=secrets,
         peer_authentications=MappingProxyType(
             derive.peer_authentications_by_namespace(
                 p for p in by_kind["PeerAuthentication"] if isinstance(p, PeerAuthentication)

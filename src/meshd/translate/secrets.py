@@ -4,6 +4,9 @@ namespace:
   `tls.crt`/`tls.key`);
 - `kubernetes://<name>-cacert`: the CA (and CRL) of Secret `<name>-cacert` if it exists, else of
   Secret `<name>` (`cacert`/`crl`, else `ca.crt`/`ca.crl`);
+- `configmap://<namespace>/<name>` (a BackendTLSPolicy's caCertificateRefs): the CA (`ca.crt`) of ConfigMap `<name>`
+  of `<namespace>`, served to proxies of every namespace (a CA is no secret); the World keeps it among the
+  Secrets as `configmap:<name>` (`api.kube.ConfigMap.ca_secret`);
 - `kubernetes-gateway://<namespace>/<name>` (a Gateway API listener's certificateRef, Istio's name): the
   certificate and key of Secret `<name>` of `<namespace>`, which must be the proxy's own or one whose
   ReferenceGrant lets Gateways of the proxy's namespace read it (`grants`, from the World); else not served.
@@ -22,10 +25,16 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
 
 from meshd.api.destinationrule import DestinationRule
 from meshd.api.gateway import GATEWAY_SDS_PREFIX
-from meshd.api.kube import Secret
+from meshd.api.kube import CONFIGMAP_SECRET_PREFIX, Secret
 from meshd.api.meta import InvalidResource
 from meshd.translate.spec import Spec, ident
-from meshd.translate.upstream_tls import CA_SUFFIX, SDS_PREFIX, credential_settings, sds_names
+from meshd.translate.upstream_tls import (
+    CA_SUFFIX,
+    CONFIGMAP_SDS_PREFIX,
+    SDS_PREFIX,
+    credential_settings,
+    sds_names,
+)
 
 Secrets = Mapping[tuple[str, str], Secret]
 # (Gateway namespace, Secret namespace, Secret name or "" for all): what ReferenceGrants allow (World)
@@ -41,6 +50,14 @@ def gateway_ref(resource: str) -> tuple[str, str] | None:
     return (namespace, name) if namespace and name and "/" not in name else None
 
 
+def configmap_ref(resource: str) -> tuple[str, str] | None:
+    """The World's key of the CA a `configmap://<namespace>/<name>` resource names, else None."""
+    if not resource.startswith(CONFIGMAP_SDS_PREFIX):
+        return None
+    namespace, _, name = resource.removeprefix(CONFIGMAP_SDS_PREFIX).partition("/")
+    return (namespace, CONFIGMAP_SECRET_PREFIX + name) if namespace and name and "/" not in name else None
+
+
 def readable(grants: SecretGrants, *, namespace: str, resource: str) -> bool:
     """Whether proxies of `namespace` may be served `resource` (another namespace's Secret: a ReferenceGrant)."""
     ref = gateway_ref(resource)
@@ -51,7 +68,7 @@ def readable(grants: SecretGrants, *, namespace: str, resource: str) -> bool:
 
 def source_keys(*, namespace: str, resource: str) -> tuple[tuple[str, str], ...]:
     """The (namespace, name) of every Secret `resource` may be read from (a cache's inputs)."""
-    ref = gateway_ref(resource)
+    ref = gateway_ref(resource) or configmap_ref(resource)
     if ref is not None:
         return (ref,)
     base = resource.removeprefix(SDS_PREFIX)
@@ -64,6 +81,12 @@ def source(
     """The Secret an SDS resource is read from, or None and why not."""
     if resource.startswith(GATEWAY_SDS_PREFIX):
         return _gateway_source(secrets, namespace=namespace, resource=resource, grants=grants)
+    if resource.startswith(CONFIGMAP_SDS_PREFIX):
+        ref = configmap_ref(resource)
+        holder = secrets.get(ref) if ref is not None else None
+        if ref is None or holder is None:
+            return None, f"{resource}: no ConfigMap with a ca.crt of PEM certificates"
+        return holder, ""
     base = resource.removeprefix(SDS_PREFIX)
     if base.endswith(CA_SUFFIX):
         own = secrets.get((namespace, base))
@@ -98,7 +121,7 @@ def _gateway_source(
 
 
 def _build(resource: str, holder: Secret) -> secret_pb2.Secret:
-    if resource.endswith(CA_SUFFIX):
+    if resource.endswith(CA_SUFFIX) or resource.startswith(CONFIGMAP_SDS_PREFIX):
         ca = holder.ca()
         assert ca is not None
         validation = common_pb2.CertificateValidationContext(trusted_ca=base_pb2.DataSource(inline_bytes=ca[0]))
@@ -132,6 +155,8 @@ def check_credentials(rule: DestinationRule, secrets: Secrets, *, namespaces: It
     for path, tls in credential_settings(rule):
         for namespace in sorted(set(namespaces)):
             for name in sds_names(tls):
+                if name.startswith(CONFIGMAP_SDS_PREFIX):
+                    continue  # the BackendTLSPolicy it comes from reports it (model/gateway_api/backend_tls.py)
                 holder, why = source(secrets, namespace=namespace, resource=name)
                 if holder is None:
                     errors.append(InvalidResource(rule.key, f"{path}.credentialName", why))

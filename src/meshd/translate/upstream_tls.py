@@ -7,6 +7,8 @@ As Istio builds it:
 - MUTUAL also presents `clientCertificate` / `privateKey`;
 - `sni` absent: Envoy sets SNI from the request's Host/authority (`auto_sni`) and, when no
   subjectAltNames are given either, checks the server certificate against it (`auto_san_validation`);
+- `credentialName` `configmap://<namespace>/<name>` (a BackendTLSPolicy's CA): the CA over SDS under that name,
+  from the ConfigMap's `ca.crt`, the same for proxies of every namespace;
 - `credentialName`: the certificate comes over SDS as `kubernetes://<name>` and the CA as
   `kubernetes://<name>-cacert`, both resolved from Secrets in the *proxy's* namespace (see
   `translate/secrets.py`), so the cluster itself is the same for every namespace;
@@ -35,6 +37,9 @@ TLS_SOCKET = "envoy.transport_sockets.tls"
 HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 SDS_PREFIX = "kubernetes://"
 CA_SUFFIX = "-cacert"
+# A CA from a ConfigMap (`ca.crt`) of any namespace, as Istio names it: what a BackendTLSPolicy's
+# caCertificateRefs becomes (model/gateway_api/backend_tls.py).
+CONFIGMAP_SDS_PREFIX = "configmap://"
 # What Istio verifies a server against when caCertificates is absent (VERIFY_CERTIFICATE_AT_CLIENT).
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 SDS_FETCH_TIMEOUT_S = 15
@@ -71,6 +76,8 @@ def sds_names(tls: ClientTLSSettings | None) -> tuple[str, ...]:
     """The SDS resources a cluster with these settings asks for (none for files or plaintext)."""
     if tls is None or not tls.credential_name or tls.mode not in ("SIMPLE", "MUTUAL"):
         return ()
+    if tls.credential_name.startswith(CONFIGMAP_SDS_PREFIX):  # a CA only
+        return () if tls.insecure_skip_verify else (tls.credential_name,)
     base = SDS_PREFIX + credential_base(tls.credential_name)
     names = (base,) if tls.mode == "MUTUAL" else ()
     return names if tls.insecure_skip_verify else (*names, base + CA_SUFFIX)
@@ -122,6 +129,12 @@ def upstream_tls_context(tls: ClientTLSSettings | None, *, http2: bool = False) 
         common.alpn_protocols.append("h2")
     verify = not tls.insecure_skip_verify
     sans = san_matchers(tls.subject_alt_names)
+    if tls.credential_name.startswith(CONFIGMAP_SDS_PREFIX):
+        if verify:
+            combined = common.combined_validation_context
+            combined.default_validation_context.match_typed_subject_alt_names.extend(sans)
+            combined.validation_context_sds_secret_config.CopyFrom(ads_secret(tls.credential_name))
+        return context
     if tls.credential_name:
         base = SDS_PREFIX + credential_base(tls.credential_name)
         if tls.mode == "MUTUAL":

@@ -32,11 +32,14 @@ UNSUPPORTED = (
     ("telemetry.istio.io", "telemetries"),
     ("extensions.istio.io", "wasmplugins"),
 )
-# Kubernetes Gateway API: read; status written on the kinds meshd handles or refuses (not ReferenceGrant,
-# BackendTLSPolicy: no status of meshd's)
+# Kubernetes Gateway API: read; status written on the kinds meshd handles or refuses (not ReferenceGrant: no
+# status of meshd's)
 GATEWAY_API_READ = ("gatewayclasses", "gateways", "httproutes", "referencegrants", "grpcroutes", "tcproutes",
                     "tlsroutes", "udproutes", "backendtlspolicies")  # fmt: skip
-GATEWAY_API_STATUS = ("gatewayclasses", "gateways", "httproutes", "grpcroutes", "tcproutes", "tlsroutes", "udproutes")
+GATEWAY_API_STATUS = (
+    "gatewayclasses", "gateways", "httproutes", "grpcroutes", "tcproutes", "tlsroutes", "udproutes",
+    "backendtlspolicies",
+)  # fmt: skip
 EXPECTED_CLUSTER = (
     {("", r, v, "") for r in ("services", "pods", "namespaces", "nodes", "secrets", "configmaps") for v in READ}
     | {("discovery.k8s.io", "endpointslices", v, "") for v in READ}

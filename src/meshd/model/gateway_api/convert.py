@@ -20,12 +20,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from meshd.api.backendtls import BackendTLSPolicy
+from meshd.api.destinationrule import DestinationRule
 from meshd.api.gateway import Gateway
 from meshd.api.gateway_api import CONTROLLER_NAMES, GatewayClass, KubernetesGateway, ParentReference, ReferenceGrant
 from meshd.api.gateway_l4route import KubernetesTCPRoute, KubernetesTLSRoute
 from meshd.api.grpcroute import GRPCRoute
 from meshd.api.httproute import HTTPRoute
-from meshd.api.kube import Namespace
+from meshd.api.kube import ConfigMap, Namespace
 from meshd.api.meta import GATEWAY_API_GROUP, KUBERNETES_GATEWAY, InvalidResource, ResourceKey, field_path
 from meshd.api.virtualservice import VirtualService
 from meshd.model.gateway_api.addresses import (
@@ -35,6 +37,7 @@ from meshd.model.gateway_api.addresses import (
     address_verdict,
     linked_gateway,
 )
+from meshd.model.gateway_api.backend_tls import ServicePorts, backend_tls
 from meshd.model.gateway_api.backends import AnyRoute, ServiceIds, backend_problem, named_services, resolved_refs
 from meshd.model.gateway_api.conditions import Condition, cond, rendered
 from meshd.model.gateway_api.gateway_status import gateway_status
@@ -57,6 +60,7 @@ L4Entries = dict[tuple[str, str, str], list[tuple[L4Order, str, dict[str, Any]]]
 class GatewayApiResult:
     gateways: list[Gateway] = field(default_factory=list)
     virtual_services: list[VirtualService] = field(default_factory=list)
+    destination_rules: list[DestinationRule] = field(default_factory=list)  # from BackendTLSPolicies
     errors: list[InvalidResource] = field(default_factory=list)
     status: dict[ResourceKey, dict[str, Any]] = field(default_factory=dict)
 
@@ -68,9 +72,12 @@ class GatewayApiInputs:
     routes: tuple[AnyRoute, ...] = ()
     grants: tuple[ReferenceGrant, ...] = ()
     namespaces: tuple[Namespace, ...] = ()  # their labels: allowedRoutes selectors
+    tls_policies: tuple[BackendTLSPolicy, ...] = ()
+    ca_maps: frozenset[tuple[str, str]] = frozenset()  # the ConfigMaps with a usable ca.crt (BackendTLSPolicies)
 
     def __bool__(self) -> bool:
-        return bool(self.gateways or self.routes or self.classes)  # (grants and namespaces alone: nothing)
+        # (grants, namespaces and ConfigMaps alone: nothing)
+        return bool(self.gateways or self.routes or self.classes or self.tls_policies)
 
 
 def convert(
@@ -82,11 +89,13 @@ def convert(
     gateway_pods: Mapping[tuple[str, str], tuple[str, ...]] | None = None,
     addresses: AddressTargets | None = None,
     service_facts: Mapping[tuple[str, str], ServiceFacts] | None = None,
+    service_ports: ServicePorts | None = None,
 ) -> GatewayApiResult:
     """`secrets` / `gateway_pods` ((namespace, gateway name) -> pod IPs) / `service_facts` (the addresses of each
     Service) are given by the status writer only: a missing certificate Secret is otherwise reported by the
     gateway translation, as for an Istio Gateway.
-    `addresses`: the Service each address of a Gateway's `spec.addresses` names (`addresses.py`)."""
+    `addresses`: the Service each address of a Gateway's `spec.addresses` names (`addresses.py`).
+    `service_ports`: port names of the Services BackendTLSPolicies target (`backend_tls.py`)."""
     result = GatewayApiResult()
     verdicts = class_verdicts(inputs.classes)
     for gc in inputs.classes:
@@ -115,6 +124,7 @@ def convert(
     per_host_l4: L4Entries = {}
     mesh = MeshRoutes()
     namespace_labels = {n.metadata.name: n.labels for n in inputs.namespaces}
+    reached: dict[tuple[str, str], set[tuple[str, str]]] = {}  # Service -> Gateways with a route to it
     for route in sorted(inputs.routes, key=lambda r: r.key):
         _attach_route(
             route,
@@ -128,8 +138,19 @@ def convert(
             per_host_l4=per_host_l4,
             mesh=mesh,
             result=result,
+            reached=reached,
         )
     result.virtual_services += mesh.virtual_services(domain_suffix=domain_suffix)
+    if inputs.tls_policies:
+        tls = backend_tls(
+            inputs.tls_policies,
+            services=service_ports or {},
+            ca_maps=inputs.ca_maps,
+            gateways_of=reached,
+            domain_suffix=domain_suffix,
+        )
+        result.destination_rules, result.status = tls.rules, {**result.status, **tls.status}
+        result.errors += tls.errors
     for gateway, views in listeners.values():
         at = (gateway.metadata.namespace, gateway.metadata.name)
         gateway_status(
@@ -180,6 +201,7 @@ def _attach_route(
     per_host_l4: L4Entries,
     mesh: MeshRoutes,
     result: GatewayApiResult,
+    reached: dict[tuple[str, str], set[tuple[str, str]]],
 ) -> None:
     ns = route.metadata.namespace
     labels = namespace_labels.get(ns) or {"kubernetes.io/metadata.name": ns}
@@ -219,6 +241,8 @@ def _attach_route(
         controller = controllers.get(target, CONTROLLER_NAMES[0]) if not is_service_parent(ref) else CONTROLLER_NAMES[0]
         for view, hosts in attach:
             view.attached += 1
+            for service in named_services([route]):
+                reached.setdefault(service, set()).add(target)
             if not isinstance(route, (HTTPRoute, GRPCRoute)):
                 problem = backend_problem(route, grants=grants, services=services)
                 for host in hosts:
@@ -362,6 +386,8 @@ GATEWAY_API_KINDS = (
     "TLSRoute",
     "ReferenceGrant",
     "Namespace",
+    "BackendTLSPolicy",
+    "ConfigMap",
 )
 
 
@@ -371,7 +397,7 @@ class GatewayApiConversion:
 
     def __init__(self, *, domain_suffix: str) -> None:
         self._suffix = domain_suffix
-        self._last: tuple[GatewayApiInputs, ServiceIds, AddressTargets, GatewayApiResult] | None = None
+        self._last: tuple[GatewayApiInputs, ServiceIds, AddressTargets, ServicePorts, GatewayApiResult] | None = None
 
     def run(self, resources: Iterable[Any], *, services: Mapping[tuple[str, str], Any]) -> GatewayApiResult:
         """`services`: (namespace, name) -> the MeshService (only those routes name are looked at: the cost does
@@ -387,11 +413,23 @@ class GatewayApiConversion:
         linked = address_targets(
             [g for g in inputs.gateways if g.spec.addresses], services=services, domain_suffix=self._suffix
         )
-        if self._last is not None and self._last[:3] == (inputs, named, linked):
-            return self._last[3]
-        result = convert(inputs, services=named, domain_suffix=self._suffix, addresses=linked)
-        self._last = (inputs, named, linked, result)
+        ports = policy_ports(inputs.tls_policies, services)
+        if self._last is not None and self._last[:4] == (inputs, named, linked, ports):
+            return self._last[4]
+        result = convert(inputs, services=named, domain_suffix=self._suffix, addresses=linked, service_ports=ports)
+        self._last = (inputs, named, linked, ports, result)
         return result
+
+
+def policy_ports(policies: Iterable[BackendTLSPolicy], services: Mapping[tuple[str, str], Any]) -> ServicePorts:
+    """Port name -> number of the Services `policies` target (`services`: (namespace, name) -> MeshService)."""
+    out: dict[tuple[str, str], dict[str, int]] = {}
+    for policy in policies:
+        for ref in policy.spec.target_refs:
+            at = (policy.metadata.namespace, ref.name)
+            if at in services:
+                out[at] = {p.name: p.number for p in services[at].ports if p.name}
+    return out
 
 
 def status_digest(status: Mapping[str, Any]) -> str:
@@ -408,6 +446,10 @@ def inputs_of(resources: Iterable[Any]) -> GatewayApiInputs:
         routes=tuple(r for r in items if isinstance(r, (HTTPRoute, GRPCRoute, KubernetesTCPRoute, KubernetesTLSRoute))),
         grants=tuple(r for r in items if isinstance(r, ReferenceGrant)),
         namespaces=tuple(r for r in items if isinstance(r, Namespace)),
+        tls_policies=tuple(r for r in items if isinstance(r, BackendTLSPolicy)),
+        ca_maps=frozenset(
+            (r.metadata.namespace, r.metadata.name) for r in items if isinstance(r, ConfigMap) and "ca.crt" in r.data
+        ),
     )
 
 
@@ -420,4 +462,6 @@ _KINDS = (
     KubernetesTLSRoute,
     ReferenceGrant,
     Namespace,
+    BackendTLSPolicy,
+    ConfigMap,
 )

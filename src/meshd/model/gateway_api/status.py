@@ -8,6 +8,7 @@ already there (pure; the leader's status writer calls these).
   whatever its last accepted version says:
   GatewayClass Accepted False InvalidParameters, Gateway Accepted False Invalid, route Accepted False
   UnsupportedValue on each parent.
+  BackendTLSPolicy: Accepted False Invalid on each target (`ancestors`).
 - Written: meshd's conditions get `observedGeneration` and a `lastTransitionTime` kept while their status
   does not change; a route's parents of other controllers are kept; a Gateway's addresses are never taken
   away (Istio's rule: none reported, the ones there stay).
@@ -26,7 +27,8 @@ from meshd.api.kube import Pod, Secret, Service
 from meshd.api.meta import GATEWAY_API_GROUP, KUBERNETES_GATEWAY, InvalidResource, Resource, ResourceKey
 from meshd.model.derive import mesh_service
 from meshd.model.gateway_api.addresses import address_targets
-from meshd.model.gateway_api.convert import convert, inputs_of, status_digest
+from meshd.model.gateway_api.backend_tls import MESH_CONTROLLER
+from meshd.model.gateway_api.convert import convert, inputs_of, policy_ports, status_digest
 from meshd.model.gateway_api.listeners import GATEWAY_NAME_LABEL, class_verdicts
 from meshd.model.gateway_api.service_addresses import service_facts
 
@@ -40,14 +42,22 @@ STATUS_KINDS = {
     "TCPRoute": "tcproutes",
     "TLSRoute": "tlsroutes",
     "UDPRoute": "udproutes",
+    "BackendTLSPolicy": "backendtlspolicies",
 }
 # the version to read an object meshd holds no copy of at, where the group's preferred one may not serve it
-STATUS_VERSIONS = {"TCPRoute": "v1alpha2", "TLSRoute": "v1alpha2", "UDPRoute": "v1alpha2", "GRPCRoute": "v1"}
+STATUS_VERSIONS = {
+    "TCPRoute": "v1alpha2",
+    "TLSRoute": "v1alpha2",
+    "UDPRoute": "v1alpha2",
+    "GRPCRoute": "v1",
+    "BackendTLSPolicy": "v1alpha3",  # served by the CRDs of Gateway API v1.1 to v1.4 alike
+}
 ROUTE_KINDS = ("HTTPRoute", "GRPCRoute", "TCPRoute", "TLSRoute", "UDPRoute")
 REFUSED_REASONS = {
     "GatewayClass": "InvalidParameters",
     KUBERNETES_GATEWAY: "Invalid",
     **dict.fromkeys(ROUTE_KINDS, "UnsupportedValue"),
+    "BackendTLSPolicy": "Invalid",
 }
 
 
@@ -90,6 +100,7 @@ def desired_statuses(
                 (s.metadata.namespace, s.metadata.name): service_facts(s) for s in items if isinstance(s, Service)
             },
             domain_suffix=domain_suffix,
+            service_ports=policy_ports(inputs.tls_policies, mesh_services),
         )
         out = {key: ApiStatus(body=status_digest(status)) for key, status in result.status.items()}
     classes = tuple(sorted(class_verdicts(inputs.classes)))
@@ -132,6 +143,14 @@ def _refusal(key: ResourceKey, message: str, obj: Mapping[str, Any]) -> dict[str
         return {"parents": parents}
     if key.kind == KUBERNETES_GATEWAY:
         return {"conditions": [*refused, {**refused[0], "type": "Programmed", "reason": "Invalid"}]}
+    if key.kind == "BackendTLSPolicy":
+        refs = spec.get("targetRefs") if isinstance(spec.get("targetRefs"), list) else []
+        ancestors = []
+        for ref in refs or []:
+            if isinstance(ref, dict) and isinstance(ref.get("name"), str):
+                ancestor = {"group": "", "kind": "Service", "namespace": key.namespace, **ref}
+                ancestors.append({"ancestorRef": ancestor, "controllerName": MESH_CONTROLLER, "conditions": refused})
+        return {"ancestors": ancestors[:16]}
     return {"conditions": refused}
 
 
@@ -161,6 +180,9 @@ def render_api_status(
     previous = obj.get("status") if isinstance(obj.get("status"), dict) else {}
     assert isinstance(previous, dict)
     body: dict[str, Any] = json.loads(desired.body) if desired.body else _refusal(key, desired.refused, obj)
+    if key.kind == "BackendTLSPolicy":
+        ours = {*CONTROLLER_NAMES, MESH_CONTROLLER}
+        return _merged_list(body, previous, ours, field="ancestors", ref="ancestorRef", generation=generation, now=now)
     if key.kind not in ROUTE_KINDS:
         status = {k: v for k, v in previous.items() if k not in ("conditions", "listeners")}
         status["conditions"] = _stamp(body["conditions"], previous.get("conditions"), generation=generation, now=now)
@@ -181,20 +203,36 @@ def render_api_status(
         if body.get("addresses"):
             status["addresses"] = body["addresses"]
         return status
-    ours = set(CONTROLLER_NAMES)
-    kept = [p for p in previous.get("parents") or [] if isinstance(p, dict) and p.get("controllerName") not in ours]
+    return _merged_list(
+        body, previous, set(CONTROLLER_NAMES), field="parents", ref="parentRef", generation=generation, now=now
+    )
+
+
+def _merged_list(
+    body: dict[str, Any],
+    previous: dict[str, Any],
+    ours: set[str],
+    *,
+    field: str,
+    ref: str,
+    generation: int,
+    now: datetime.datetime,
+) -> dict[str, Any]:
+    """A route's `parents` / a policy's `ancestors`: meshd's entries (of the controllers `ours`) written, the other
+    controllers' kept."""
+    kept = [p for p in previous.get(field) or [] if isinstance(p, dict) and p.get("controllerName") not in ours]
     old = {
-        json.dumps(p.get("parentRef"), sort_keys=True): p
-        for p in previous.get("parents") or []
+        json.dumps(p.get(ref), sort_keys=True): p
+        for p in previous.get(field) or []
         if isinstance(p, dict) and p.get("controllerName") in ours
     }
-    parents = []
-    for parent in body["parents"]:
-        before = old.get(json.dumps(parent["parentRef"], sort_keys=True)) or {}
-        parents.append(
+    entries = []
+    for entry in body[field]:
+        before = old.get(json.dumps(entry[ref], sort_keys=True)) or {}
+        entries.append(
             {
-                **parent,
-                "conditions": _stamp(parent["conditions"], before.get("conditions"), generation=generation, now=now),
+                **entry,
+                "conditions": _stamp(entry["conditions"], before.get("conditions"), generation=generation, now=now),
             }
         )
-    return {**{k: v for k, v in previous.items() if k != "parents"}, "parents": [*kept, *parents]}
+    return {**{k: v for k, v in previous.items() if k != field}, field: [*kept, *entries]}
