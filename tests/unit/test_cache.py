@@ -1051,10 +1051,14 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
         )
         for ns in ("a", "b")
     ]
+    # a twin of a's router (same pod labels: often the same gateway layers) whose agent does not apply
+    # bootstrap patches: the node metadata must be part of the envoyfilters key
+    routers.append(dataclasses.replace(parse_node_id("router~10.8.97.2~gateway-2.a~a.svc.cluster.local"), sds=True))
     start = [_router_pod(r, "ingressgateway") for r in routers] + [_secret(ns, "c1", 0) for ns in "ab"]
     start += [_gateway(random.Random(157), "a"), _gateway_vs(random.Random(2), "a")]  # every kind of server, bound
     # a Gateway API Gateway served by namespace a's router, and an HTTPRoute attached to it
     start[0]["metadata"]["labels"]["gateway.networking.k8s.io/gateway-name"] = "kgw"
+    start[2]["metadata"]["labels"]["gateway.networking.k8s.io/gateway-name"] = "kgw"
     start += [
         {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "kgw", "namespace": "a"},
          "spec": {"gatewayClassName": "istio", "listeners": [
