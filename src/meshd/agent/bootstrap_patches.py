@@ -111,9 +111,9 @@ class BootstrapPatches:
             try:
                 await self._stream()
                 delay = self._retry[0]
-            except (grpc.aio.AioRpcError, OSError) as err:
-                code = err.code().name if isinstance(err, grpc.aio.AioRpcError) else type(err).__name__
-                self._log.warning("event=bootstrap_patches_stream_failed code=%s retry_in_s=%.2f", code, delay)
+            except Exception as err:  # never the end of the agent: logged, tried again
+                code = err.code().name if isinstance(err, grpc.aio.AioRpcError) else f"{type(err).__name__}: {err}"
+                self._log.warning("event=bootstrap_patches_stream_failed error=%s retry_in_s=%.2f", code, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._retry[1])
 
