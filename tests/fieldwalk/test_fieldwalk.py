@@ -22,7 +22,6 @@ READ_ELSEWHERE: dict[Field, str] = {
     # EnvoyFilter (tests/unit/test_envoyfilter.py, tests/e2e/test_envoyfilter*.py)
     ("Patch", "value"): "api/envoyfilter.py",  # parsed into the Envoy message translation applies
     ("Patch", "filterClass"): "translate/envoyfilter/apply.py",
-    ("ProxyMatch", "proxyVersion"): "translate/envoyfilter/match.py",
     ("ProxyMatch", "metadata"): "translate/envoyfilter/match.py",
     ("EnvoyFilterTargetRef", "kind"): "translate/authz/selection.py",
     ("EnvoyFilterTargetRef", "name"): "translate/authz/selection.py",

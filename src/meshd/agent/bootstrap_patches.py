@@ -160,8 +160,11 @@ class BootstrapPatches:
         kept = [(n, v) for n, v in patches if not any(n in r.resources for r in failed)]
         config = to_dict(result) if kept else dict(self.base)
         if kept and (envoy_error := await self._validate(config)) is not None:
-            config, kept, by_envoy = await self._one_by_one(kept, envoy_error)
-            refused += by_envoy
+            if (own := await self._validate(self.base)) is not None:  # not the patches' fault: not theirs to carry
+                self._log.error("event=bootstrap_invalid error=%s note=patches_checked_by_proto_rules", json.dumps(own))
+            else:
+                config, kept, by_envoy = await self._one_by_one(kept, envoy_error)
+                refused += by_envoy
         first = not self.received.is_set()
         changed = config != self.current
         # a refused patch is held back by meshd from then on (xds/isolation.py): its refusal stays listed

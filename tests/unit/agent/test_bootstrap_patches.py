@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import shutil
+import tempfile
 
 from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
 from google.protobuf import json_format
@@ -29,7 +31,8 @@ async def _no_channel() -> object:
     raise AssertionError("not used")
 
 
-async def test_envoy_refused_filters_are_left_out_and_named(tmp_path: pathlib.Path) -> None:
+async def test_envoy_refused_filters_are_left_out_and_named() -> None:
+    tmp_path = pathlib.Path(tempfile.mkdtemp(prefix="efb-", dir="/tmp"))  # the SDS socket path fits in 108 bytes
     settings = AgentSettings(pod="a", workdir=tmp_path, xds_plaintext=True, bootstrap_patches=True)
     base = agent_bootstrap(settings)
     assert base["node"]["metadata"][AGENT_METADATA] == "true"
@@ -50,6 +53,22 @@ async def test_envoy_refused_filters_are_left_out_and_named(tmp_path: pathlib.Pa
     # no patch at all: the agent's bootstrap exactly as it wrote it, accepted
     assert await patches.handle({}) is None
     assert patches.current == base and patches.received.is_set()
+    shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+async def test_an_agent_bootstrap_envoy_refuses_anyway_does_not_blame_the_patches() -> None:
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="efb-" + "x" * 80, dir="/tmp"))  # the SDS socket path: too long
+    base = agent_bootstrap(AgentSettings(pod="a", workdir=workdir, xds_plaintext=True, bootstrap_patches=True))
+    patches = BootstrapPatches(
+        base=base,
+        channel=_no_channel,  # type: ignore[arg-type]
+        validate=envoy_validator(envoy_path=default_envoy_path(), work_dir=workdir),
+        log=logging.getLogger("test"),
+    )
+    runtime = {"layered_runtime": {"layers": [{"name": "ef", "static_layer": {"k": "v"}}]}}
+    assert await patches.handle({"0/ns/good/0": _patch(runtime)}) is None
+    assert patches.applied == ("0/ns/good/0",)
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 def test_a_node_agents_patch_stream_is_not_listed_as_a_proxy() -> None:
