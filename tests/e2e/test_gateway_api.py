@@ -1,9 +1,10 @@
 """Kubernetes Gateway API through a real gateway Envoy (node type `router`) fed by meshd, standalone from YAML,
 with real backends: an HTTPRoute splitting 90/10 by backendRef weights with request and response header
-modifiers, a header match, RequestRedirect (302 Location), URLRewrite (prefix and hostname), RequestMirror,
-an HTTPS listener terminating TLS with a certificateRefs Secret, and a cross-namespace backendRef answered
-500 until a ReferenceGrant allows it. The gateway pod carries `gateway.networking.k8s.io/gateway-name: gw`
-in the Gateway's namespace and reaches meshd on the secure port with an identity of that namespace."""
+modifiers, a header match, RequestRedirect (302 Location), URLRewrite (prefix and hostname), two RequestMirrors
+(one by `fraction`), an HTTPS listener terminating TLS with a certificateRefs Secret, and a cross-namespace
+backendRef answered 500 until a ReferenceGrant allows it. The gateway pod carries
+`gateway.networking.k8s.io/gateway-name: gw` in the Gateway's namespace and reaches meshd on the secure port with
+an identity of that namespace."""
 
 from __future__ import annotations
 
@@ -84,13 +85,35 @@ spec:
     filters:
     - type: RequestRedirect
       requestRedirect: {scheme: https, hostname: new.example.com, path: {type: ReplaceFullPath, replaceFullPath: /new}}
+  - matches: [{path: {type: PathPrefix, value: /moved}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /here}}
   - matches: [{path: {type: PathPrefix, value: /api}}]
     filters:
     - type: URLRewrite
       urlRewrite: {hostname: internal.example.com, path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}
     backendRefs: [{name: web-v1, port: 80}]
   - matches: [{path: {type: Exact, value: /mirrored}}]
-    filters: [{type: RequestMirror, requestMirror: {backendRef: {name: audit, port: 80}}}]
+    filters:
+    - {type: RequestMirror, requestMirror: {backendRef: {name: audit, port: 80}}}
+    - type: RequestMirror
+      requestMirror: {backendRef: {name: web-v2, port: 80}, fraction: {numerator: 2, denominator: 2}}
+    backendRefs: [{name: web-v1, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /cors}}]
+    filters:
+    - type: CORS
+      cors:
+        allowOrigins: ["https://*.example.com", "http://app.test:8080"]
+        allowMethods: [GET, PUT]
+        allowHeaders: [x-custom]
+        exposeHeaders: [x-trace]
+        allowCredentials: true
+        maxAge: 60
+    backendRefs: [{name: web-v1, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /open}}]
+    filters:
+    - {type: CORS, cors: {allowOrigins: ["*"], allowMethods: ["*"], allowHeaders: ["*"], allowCredentials: true}}
     backendRefs: [{name: web-v1, port: 80}]
 """
 
@@ -211,6 +234,11 @@ async def test_redirect_rewrite_and_mirror(lab: Lab) -> None:
 
     headers = await _until(redirected, "a 302 from RequestRedirect")
     assert headers["location"] == "https://new.example.com/new", headers
+    # a redirect's ReplacePrefixMatch: the matched prefix /moved (path segments) becomes /here, the rest is kept
+    for path, expected in (("/moved/a/b?x=1", "/here/a/b?x=1"), ("/moved", "/here")):
+        status, headers, _ = await lab.http(host="filters.example.com", path=path)
+        assert status == 302 and headers["location"] == f"http://filters.example.com{expected}", (path, headers)
+    assert (await lab.http(host="filters.example.com", path="/movedx"))[0] == 404
     # URLRewrite: the matched prefix /api becomes /v2 (segment-wise), the Host internal.example.com
     for path, expected in (("/api/items?x=1", "/v2/items?x=1"), ("/api", "/v2")):
         status, _, body = await lab.http(host="filters.example.com", path=path)
@@ -219,17 +247,59 @@ async def test_redirect_rewrite_and_mirror(lab: Lab) -> None:
         assert request["path"] == expected and request["host"] == "internal.example.com", request
     # /apifoo is not under the prefix /api (path segments): no route
     assert (await lab.http(host="filters.example.com", path="/apifoo"))[0] == 404
-    # RequestMirror: the audit app sees a copy of every request; the client gets web-v1's answer
+    # RequestMirror twice (HTTPRouteRequestMultipleMirrors): the audit app and web-v2 (its `fraction` 2/2: all)
+    # each see a copy of every request; the client gets web-v1's answer
+    web_v2 = next(app for app in lab.mesh.apps if app.identity.pod == "web-v2")
     before = len(lab.audit.state.received)
+    copies = sum(r["path"] == "/mirrored" for r in web_v2.state.received)
     for _ in range(5):
         status, _, body = await lab.http(host="filters.example.com", path="/mirrored")
-        assert status == 200 and json.loads(body)["service"] == "web"
+        assert status == 200 and json.loads(body)["pod"] == "web-v1", body
 
     async def mirrored() -> bool:
-        return len(lab.audit.state.received) >= before + 5
+        at_v2 = sum(r["path"] == "/mirrored" for r in web_v2.state.received)
+        return len(lab.audit.state.received) >= before + 5 and at_v2 >= copies + 5
 
-    await _until(mirrored, "5 mirrored requests at the audit app")
+    await _until(mirrored, "5 mirrored requests at the audit app and at web-v2")
     assert all(r["path"] == "/mirrored" for r in lab.audit.state.received[before:])
+
+
+async def test_the_cors_filter_answers_preflights_for_its_origins_only(lab: Lab) -> None:
+    """HTTPRouteCORS: a wildcard host origin (any labels to its left), an origin with a port, credentials, the
+    method / header lists and maxAge in the preflight's answer; another origin gets no CORS headers; `*` origins,
+    and `*` methods and headers with credentials answered with the preflight's own (as the specification asks)."""
+
+    async def preflight(path: str, origin: str) -> dict[str, str]:
+        asked = {"origin": origin, "access-control-request-method": "PUT", "access-control-request-headers": "x-a,x-b"}
+        async with lab.client.options(
+            f"http://{lab.gateway_ip}:80{path}", headers={"Host": "filters.example.com", **asked}
+        ) as resp:
+            return {k.lower(): v for k, v in resp.headers.items()}
+
+    async def answered() -> dict[str, str] | None:
+        headers = await preflight("/cors", "https://a.b.example.com")
+        return headers if "access-control-allow-origin" in headers else None
+
+    headers = await _until(answered, "a CORS preflight answer")
+    assert headers["access-control-allow-origin"] == "https://a.b.example.com"
+    assert headers["access-control-allow-methods"] == "GET,PUT"
+    assert headers["access-control-allow-headers"] == "x-custom"
+    assert headers["access-control-max-age"] == "60"
+    assert headers["access-control-allow-credentials"] == "true"
+    assert (await preflight("/cors", "http://app.test:8080"))["access-control-allow-origin"] == "http://app.test:8080"
+    for other in ("https://example.com", "http://a.example.com", "http://app.test", "https://evil.test"):
+        assert "access-control-allow-origin" not in await preflight("/cors", other), other
+    # an actual cross-origin request: the response names the origin and the exposed headers
+    status, headers, _ = await lab.http(
+        host="filters.example.com", path="/cors/x", headers={"origin": "https://w.example.com"}
+    )
+    assert status == 200 and headers["access-control-allow-origin"] == "https://w.example.com", headers
+    assert headers["access-control-expose-headers"] == "x-trace"
+    # `*`: any origin; methods and headers `*` with credentials: the preflight's own; maxAge left out: 5
+    headers = await preflight("/open", "https://anyone.test")
+    assert headers["access-control-allow-origin"] == "https://anyone.test", headers
+    assert headers["access-control-allow-methods"] == "PUT" and headers["access-control-allow-headers"] == "x-a,x-b"
+    assert headers["access-control-max-age"] == "5" and headers["access-control-allow-credentials"] == "true"
 
 
 async def test_https_listener_terminates_with_the_certificate_ref(lab: Lab) -> None:

@@ -7,14 +7,18 @@ control plane: bookinfo's productpage; `samples/bookinfo/gateway-api/bookinfo-ga
 `bookinfo-gateway-istio` (ServiceAccount, Service of type ClusterIP with port 80, Deployment); the test plays the
 ReplicaSet controller and the kubelet (there are none here): it creates the pod of that Deployment's template and
 runs it as a real gateway Envoy in a network namespace, its xDS over mTLS with a token of the deployed service
-account. The Gateway becomes Programmed (what `kubectl wait --for=condition=programmed` waits for), the route
+account. The Gateway becomes Programmed (what `kubectl wait --for=condition=programmed` waits for) with the
+Service's name as its address (`kubectl get gtw bookinfo-gateway -o jsonpath='{.status.addresses[0].value}'`
+gives `bookinfo-gateway-istio.<namespace>.svc.cluster.local`, as with Istio), the route
 Accepted with its references resolved, and the product page answers through the gateway while other paths get
 404, as in the guide."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import pathlib
+import shutil
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -223,6 +227,16 @@ async def guide(real_kube: ControlPlane, tmp_path_factory: pytest.TempPathFactor
         await rest.close()
 
 
+async def _kubectl(real_kube: ControlPlane, *args: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        "kubectl", f"--kubeconfig={real_kube.kubeconfig}", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
 async def test_the_getting_started_gateway_is_deployed_programmed_and_routes_the_product_page(
     guide: Guide, real_kube: ControlPlane, tmp_path: pathlib.Path
 ) -> None:
@@ -272,6 +286,17 @@ async def test_the_getting_started_gateway_is_deployed_programmed_and_routes_the
         ) == "True"
 
     await eventually(programmed, timeout=60, what="the Gateway Programmed")
+    # $ export INGRESS_HOST=$(kubectl get gtw bookinfo-gateway -o jsonpath='{.status.addresses[0].value}')
+    # Istio reports the Service it deployed: without a load balancer (ClusterIP) its name, as a Hostname
+    gateway = await rest.get(GW, "Gateway", NS, "bookinfo-gateway")
+    assert gateway is not None
+    assert gateway["status"]["addresses"] == [{"type": "Hostname", "value": f"{name}.{NS}.svc.cluster.local"}]
+    if shutil.which("kubectl"):  # the guide's own command, where kubectl is installed
+        ingress_host = await _kubectl(
+            real_kube,
+            "get", "gtw", "bookinfo-gateway", "-n", NS, "-o", "jsonpath={.status.addresses[0].value}",
+        )  # fmt: skip
+        assert ingress_host == f"{name}.{NS}.svc.cluster.local", ingress_host
     route = await _condition(rest, "HTTPRoute", "bookinfo", "parent")
     assert route["Accepted"]["status"] == "True" and route["ResolvedRefs"]["status"] == "True", route
 

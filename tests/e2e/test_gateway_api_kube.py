@@ -1,12 +1,14 @@
 """Gateway API status written by meshd's leader on a real kube-apiserver (tests/kubereal; skipped without
 KUBEBUILDER_ASSETS), the CRDs the chart installs with crds.gatewayApi: GatewayClass Accepted (and
-InvalidParameters), Gateway Accepted/Programmed (NoResources until a gateway pod exists, its IP then as the
-address), listener conditions (UnsupportedProtocol, InvalidCertificateRef until the Secret exists) and
-attachedRoutes; HTTPRoute Accepted/ResolvedRefs per parent with NotAllowedByListeners,
+InvalidParameters), Gateway Accepted/Programmed (as Istio: AddressNotAssigned until a gateway pod exists and
+while the LoadBalancer Service meshd deployed waits for an address, then that address), listener conditions
+(UnsupportedProtocol, InvalidCertificateRef until the Secret exists) and attachedRoutes;
+HTTPRoute Accepted/ResolvedRefs per parent with NotAllowedByListeners,
 NoMatchingListenerHostname, NoMatchingParent, UnsupportedValue (an unsupported field), a mesh route (GAMMA:
 a Service parent) Accepted, NoMatchingParent for a missing Service or port,
 BackendNotFound, InvalidKind and RefNotPermitted until a ReferenceGrant allows the reference; TCPRoute and
-TLSRoute status on TCP / TLS Passthrough listeners; GRPCRoute Accepted, NotAllowedByListeners (a listener whose
+TLSRoute status on TCP / TLS Passthrough listeners and a TLSRoute's on a Service parent; GRPCRoute Accepted,
+NotAllowedByListeners (a listener whose
 kinds exclude it), NoMatchingListenerHostname, BackendNotFound, RefNotPermitted until a ReferenceGrant, a Service
 parent (mesh) Accepted, attachedRoutes and supportedKinds; a listener's certificateRef to another
 namespace's Secret RefNotPermitted until a ReferenceGrant allows it. Another controller's
@@ -140,7 +142,9 @@ async def test_gateway_class_and_gateway_status(kube: KubeRest) -> None:
     await kube.apply(GATEWAY)
     gw = await wait_for(kube, "Gateway", GW_NS, "gw", lambda o: "Programmed" in conditions(o), "Gateway status")
     assert conditions(gw)["Accepted"] == ("True", "Accepted")
-    assert conditions(gw)["Programmed"] == ("False", "NoResources")  # no gateway pod yet
+    # no gateway pod yet: before the Service meshd deploys exists, "not found"; then "no instances" (Istio's)
+    assert conditions(gw)["Programmed"][0] == "False"
+    assert conditions(gw)["Programmed"][1] in ("AddressNotUsable", "AddressNotAssigned"), conditions(gw)
     listeners = {lst["name"]: lst for lst in gw["status"]["listeners"]}
     lc = {name: {c["type"]: (c["status"], c["reason"]) for c in lst["conditions"]} for name, lst in listeners.items()}
     assert lc["http"]["Accepted"] == ("True", "Accepted") and lc["http"]["Programmed"] == ("True", "Programmed")
@@ -176,10 +180,28 @@ async def test_gateway_class_and_gateway_status(kube: KubeRest) -> None:
     assert pod is not None
     pod["status"] = {"podIP": "10.70.0.5", "podIPs": [{"ip": "10.70.0.5"}], "phase": "Running"}
     await kube.replace(pod, subresource="status")
+    # the Service meshd deployed is a LoadBalancer (the default) and nothing assigns it an address here:
+    # Programmed False, AddressNotAssigned, "address pending", and no address (as Istio)
+    host = f"gw-istio.{GW_NS}.svc.cluster.local"
+
+    def pending(o: dict[str, Any]) -> bool:
+        found = [c for c in o["status"]["conditions"] if c["type"] == "Programmed"]
+        return bool(found) and found[0]["reason"] == "AddressNotAssigned" and "address pending" in found[0]["message"]
+
+    gw = await wait_for(kube, "Gateway", GW_NS, "gw", pending, "Gateway waiting for its load balancer address")
+    programmed_condition = next(c for c in gw["status"]["conditions"] if c["type"] == "Programmed")
+    assert programmed_condition["status"] == "False"
+    assert f'address pending for hostname "{host}"' in programmed_condition["message"], programmed_condition
+    assert not gw["status"].get("addresses"), gw["status"]
+    # the cloud's controller assigns one (written here through the Service's status, as it would)
+    svc = await kube.get("v1", "Service", GW_NS, "gw-istio")
+    assert svc is not None and svc["spec"]["type"] == "LoadBalancer", svc
+    svc["status"] = {"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}]}}
+    await kube.replace(svc, subresource="status")
     programmed = ("True", "Programmed")
     gw = await wait_for(kube, "Gateway", GW_NS, "gw", lambda o: conditions(o).get("Programmed") == programmed,
-                        "Gateway Programmed once a gateway pod exists")  # fmt: skip
-    assert gw["status"]["addresses"] == [{"type": "IPAddress", "value": "10.70.0.5"}]
+                        "Gateway Programmed once its load balancer has an address")  # fmt: skip
+    assert gw["status"]["addresses"] == [{"type": "IPAddress", "value": "203.0.113.10"}]
 
 
 async def test_route_status_reasons(kube: KubeRest) -> None:
@@ -213,7 +235,7 @@ async def test_route_status_reasons(kube: KubeRest) -> None:
                  {"ResolvedRefs": ("False", "InvalidKind")}),
         "refused": (route("refused", APP_NS, parent=PARENT, backend=backend) | {"spec": {
                         "parentRefs": [PARENT], "rules": [{"backendRefs": [backend],
-                                                           "retry": {"backoff": "1s"}}]}},
+                                                           "retry": {"backoff": "0s"}}]}},
                     {"Accepted": ("False", "UnsupportedValue")}),
     }  # fmt: skip
     for obj, _ in cases.values():
@@ -352,6 +374,7 @@ async def test_tcp_and_tls_route_status(kube: KubeRest) -> None:
                 "spec": {"parentRefs": [{"name": "gw", "namespace": GW_NS, "sectionName": section}],
                          "rules": [{"backendRefs": [{"name": backend, "port": 8080}]}], **spec}}  # fmt: skip
 
+    mesh_db, db = {"group": "", "kind": "Service", "name": "db"}, {"name": "db", "port": 8080}
     cases = {
         ("TCPRoute", "tcp-ok"): (l4("TCPRoute", "tcp-ok", "tcp", "db"),
                                  {"Accepted": ("True", "Accepted"), "ResolvedRefs": ("True", "ResolvedRefs")}),
@@ -365,6 +388,18 @@ async def test_tcp_and_tls_route_status(kube: KubeRest) -> None:
                                        {"Accepted": ("False", "NoMatchingListenerHostname")}),
         ("TLSRoute", "tls-on-tcp"): (l4("TLSRoute", "tls-on-tcp", "tcp", "db"),
                                      {"Accepted": ("False", "NotAllowedByListeners")}),
+        # a Service parent (mesh): Accepted; with hostnames (the SNI is the Service's name): UnsupportedValue
+        ("TLSRoute", "tls-mesh"): (l4("TLSRoute", "tls-mesh", "tls", "db") | {"spec": {
+                                       "parentRefs": [mesh_db], "rules": [{"backendRefs": [db]}]}},
+                                   {"Accepted": ("True", "Accepted"), "ResolvedRefs": ("True", "ResolvedRefs")}),
+        ("TLSRoute", "tls-mesh-hostnames"): (l4("TLSRoute", "tls-mesh-hostnames", "tls", "db") | {"spec": {
+                                                 "parentRefs": [mesh_db], "hostnames": ["db.example.com"],
+                                                 "rules": [{"backendRefs": [db]}]}},
+                                             {"Accepted": ("False", "UnsupportedValue")}),
+        ("TLSRoute", "tls-mesh-missing"): (l4("TLSRoute", "tls-mesh-missing", "tls", "db") | {"spec": {
+                                               "parentRefs": [{**mesh_db, "name": "nowhere"}],
+                                               "rules": [{"backendRefs": [db]}]}},
+                                           {"Accepted": ("False", "NoMatchingParent")}),
     }  # fmt: skip
     for obj, _ in cases.values():
         await kube.apply(obj)

@@ -1,7 +1,8 @@
 """Mesh routing (GAMMA) through real Envoy sidecars: HTTPRoutes whose parentRef is a Service route what the
 sidecars send to it. A producer route (the Service's namespace) splits every client's traffic 90/10 and sends a
 header / path match to v2; a consumer route (namespace b) changes only b's client; an older VirtualService for
-the same host wins over a younger route, a younger one loses to it; a TCPRoute splits connections 90/10."""
+the same host wins over a younger route, a younger one loses to it; a TCPRoute splits connections 90/10; a TLSRoute
+sends the TLS connections whose SNI is the Service's name to its backend, which terminates them (passed through)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from tests.certs import Authority
 from tests.e2e.harness import Mesh, eventually, logs_on_failure
-from tests.e2e.l4_servers import Servers, read_line
+from tests.e2e.l4_servers import Servers, client_context, read_line, server_context
 
 pytestmark = pytest.mark.e2e
 REQUESTS = 300
-CLIENT_A, CLIENT_B, V1, V2, ECHO_V1, ECHO_V2 = 1, 2, 3, 4, 5, 6
+CLIENT_A, CLIENT_B, V1, V2, ECHO_V1, ECHO_V2, TLS_V1, TLS_V2 = 1, 2, 3, 4, 5, 6, 7, 8
+SECURE = "secure.a.svc.cluster.local"
 
 
 def _service(ns: str, name: str, pods: list[tuple[str, str]], *, port: int = 9080, target: int = 8080,
@@ -64,6 +67,11 @@ def _world(m: Mesh) -> str:
         ),
         _service("a", "echo-v1", [("echo-v1", ip(ECHO_V1))], port=9001, target=9000, port_name="tcp"),
         _service("a", "echo-v2", [("echo-v2", ip(ECHO_V2))], port=9002, target=9000, port_name="tcp"),
+        # TLS (passed through: the servers terminate it): `secure` has the v1 pod, secure-v2 the v2 pod
+        _pod("a", "tls-v1", ip(TLS_V1), "secure"),
+        _pod("a", "tls-v2", ip(TLS_V2), "secure"),
+        _service("a", "secure", [("tls-v1", ip(TLS_V1))], port=8443, target=8443, port_name="tls"),
+        _service("a", "secure-v2", [("tls-v2", ip(TLS_V2))], port=8443, target=8443, port_name="tls"),
     ]
     return "---\n".join(docs)
 
@@ -121,9 +129,24 @@ spec:
 """
 
 
+TLS_ROUTE = """\
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: {name: secure, namespace: a}
+spec:
+  parentRefs: [{group: "", kind: Service, name: secure, port: 8443}]
+  rules:
+  - backendRefs: [{name: secure-v2, port: 8443}]
+"""
+
+
 @pytest.fixture
 async def mesh(tmp_path: pathlib.Path) -> AsyncIterator[tuple[Mesh, Servers]]:
     servers = Servers()
+    authority = Authority()
+    (tmp_path / "ca.pem").write_bytes(authority.pem)
+    # both TLS servers answer for the Service's name (the SNI the client sends)
+    cert, key = authority.issue(SECURE, sans=(SECURE,)).write(tmp_path, "secure")
     async with logs_on_failure(Mesh(work_dir=tmp_path, delta=False)) as m:
         m.write("world.yaml", _world(m))
         await m.meshd.start()
@@ -131,6 +154,8 @@ async def mesh(tmp_path: pathlib.Path) -> AsyncIterator[tuple[Mesh, Servers]]:
         await m.app(service="web", version="v2", pod="web-v2", ip=m.ip(V2))
         await servers.name(m.ip(ECHO_V1), 9000, "v1")
         await servers.name(m.ip(ECHO_V2), 9000, "v2")
+        for index, name in ((TLS_V1, "tls-v1"), (TLS_V2, "tls-v2")):
+            await servers.name(m.ip(index), 8443, name, tls=server_context(str(cert), str(key)))
         await m.sidecar(pod="client-a", ip=m.ip(CLIENT_A), namespace="a")
         await m.sidecar(pod="client-b", ip=m.ip(CLIENT_B), namespace="b")
         try:
@@ -231,3 +256,29 @@ async def test_virtual_service_precedence_and_tcp_route(mesh: tuple[Mesh, Server
     assert 0.3 <= _share(before, "v1") <= 0.7, before
     m.write("tcp.yaml", TCP_ROUTE)
     await eventually(tcp_split, what="the TCPRoute to split connections 90/10")
+
+
+async def test_gamma_tls_route_passes_the_services_sni_through_to_its_backend(
+    mesh: tuple[Mesh, Servers], tmp_path: pathlib.Path
+) -> None:
+    """A TLSRoute with a Service parent: the client sidecars read the ClientHello's SNI and pass the connections
+    naming the Service to the route's backend (secure-v2's pod, which terminates TLS); without it they reach the
+    Service's own pod."""
+    m, _ = mesh
+    tls = client_context(str(tmp_path / "ca.pem"))
+
+    async def answer(client: int) -> str:
+        try:
+            return await read_line(m.ip(client), 8443, tls=tls, sni=SECURE)
+        except (OSError, TimeoutError) as exc:
+            return type(exc).__name__
+
+    async def answers(client: int, expected: str) -> bool:
+        return [await answer(client) for _ in range(5)] == [expected] * 5
+
+    await eventually(lambda: answers(CLIENT_A, "tls-v1"), what="the Service's own pod by its SNI, before the route")
+    m.write("tls.yaml", TLS_ROUTE)
+    for client in (CLIENT_A, CLIENT_B):  # a producer route: every client
+        await eventually(lambda c=client: answers(c, "tls-v2"), what=f"client {client}: the TLSRoute's backend")
+    errors = await m.meshd.get_json("/debug/config_errors")
+    assert not [e for e in errors if "TLSRoute" in (e["resource"] or "")], errors

@@ -1,8 +1,9 @@
 """HTTPRoute `retry` (GEP-1731) and `timeouts.backendRequest` through a real gateway Envoy fed by meshd
 (standalone from YAML) to a real tiny HTTP server that fails the first N requests of each key and answers
 slowly when asked: retries with `codes` turn a twice-failing backend into a 200 (two attempts, not one; none
-without a retry stanza), and a backendRequest timeout answers 504 where a longer request timeout alone lets
-the slow answer through."""
+without a retry stanza), `backoff` spaces the tries as Envoy's retry back-off base interval (seen by the
+backend), and a backendRequest timeout answers 504 where a longer request timeout alone lets the slow answer
+through."""
 
 from __future__ import annotations
 
@@ -62,6 +63,9 @@ spec:
   - matches: [{{path: {{type: PathPrefix, value: /once}}}}]
     retry: {{attempts: 1, codes: [500]}}
     backendRefs: [{{name: flaky, port: 80}}]
+  - matches: [{{path: {{type: PathPrefix, value: /backoff}}}}]
+    retry: {{attempts: 1, codes: [500], backoff: 1s}}
+    backendRefs: [{{name: flaky, port: 80}}]
   - matches: [{{path: {{type: PathPrefix, value: /none}}}}]
     backendRefs: [{{name: flaky, port: 80}}]
   - matches: [{{path: {{type: PathPrefix, value: /backend-timeout}}}}]
@@ -83,10 +87,12 @@ class Flaky:
 
     def __init__(self) -> None:
         self.seen: Counter[str] = Counter()
+        self.times: dict[str, list[float]] = {}  # when each request of a key arrived (the event loop's clock)
 
     async def handle(self, request: web.Request) -> web.Response:
         key = request.path.rsplit("/", 1)[-1]
         self.seen[key] += 1
+        self.times.setdefault(key, []).append(asyncio.get_running_loop().time())
         delay = float(request.query.get("delay", "0"))
         if delay:
             await asyncio.sleep(delay)
@@ -170,3 +176,18 @@ async def test_backend_request_timeout_answers_504_where_the_request_timeout_doe
     # the request timeout alone (5s) lets the 1.5s answer through
     status, took = await lab.get(f"/request-timeout/{lab.key()}?delay=1.5")
     assert status == 200 and took >= 1.5, (status, took)
+
+
+async def test_retry_backoff_spaces_the_tries(lab: Lab) -> None:
+    """`backoff: 1s` is Envoy's retry back-off base interval: the first retry waits a random time below 1s (Envoy's
+    full jitter), where Envoy's default (25ms) waits below 25ms. Of 10 requests failing twice, each tried twice
+    (one retry), some gap between the tries exceeds 300ms (with the 1s base, all stay below 300ms with a
+    probability of 0.3**10; with the default base, none exceeds it) and none exceeds the base by much."""
+    await _served(lab)
+    keys = [lab.key() for _ in range(10)]
+    answers = await asyncio.gather(*(lab.get(f"/backoff/{key}?fail=5") for key in keys))
+    assert [status for status, _ in answers] == [500] * 10, answers
+    assert [lab.flaky.seen[key] for key in keys] == [2] * 10
+    gaps = sorted(lab.flaky.times[key][1] - lab.flaky.times[key][0] for key in keys)
+    assert gaps[-1] > 0.3, gaps
+    assert gaps[-1] < 2.0, gaps  # below the 1s base (+ a loaded machine's delays)

@@ -76,7 +76,6 @@ VALIDATED_ONLY: dict[Field, str] = {
     ("TelemetryTargetRef", "namespace"): "empty only (a Gateway of the Telemetry's own namespace)",
     ("RouteFilter", "type"): "Gateway API: must name the one filter field given (validation); the field is read",
     ("GRPCRouteFilter", "type"): "as RouteFilter.type (GRPCRoute)",
-    ("WasmPluginSpec", "type"): "HTTP (or unset, Istio's HTTP) only: NETWORK is refused by validation",
     ("ProxyConfigSpec", "image"): "imageType default only (meshd ships one image): others refused by validation",
     ("ProxyImage", "imageType"): "default only (meshd ships one image): debug, distroless refused by validation",
 }

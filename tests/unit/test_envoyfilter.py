@@ -19,6 +19,7 @@ from meshd.api.meta import InvalidResource
 from meshd.api.parse import parse_resource
 from meshd.model.world import build_world
 from meshd.translate.envoyfilter.apply import ProxyConfig, apply_filters
+from meshd.translate.envoyfilter.clusters import named_clusters
 from meshd.translate.envoyfilter.merge import unpack
 from meshd.translate.envoyfilter.selection import selected
 
@@ -364,3 +365,59 @@ def test_filters_apply_in_order_and_a_failing_one_leaves_the_others() -> None:
     assert config.clusters["outbound|80||web.shop.svc.cluster.local"].connect_timeout.seconds == 3
     config, _ = apply_filters(_config(), (last, first), router=False, metadata={})
     assert config.clusters["outbound|80||web.shop.svc.cluster.local"].connect_timeout.seconds == 2
+
+
+def test_the_mesh_clusters_a_patch_names_are_found_in_any_string() -> None:
+    """The rate-limit task's `cluster_name`, a Lua script's httpCall target; other text is not a cluster."""
+    found = parse_resource(
+        {
+            "apiVersion": "networking.istio.io/v1alpha3",
+            "kind": "EnvoyFilter",
+            "metadata": {"name": "calls", "namespace": "istio-system"},
+            "spec": {
+                "configPatches": [
+                    {
+                        "applyTo": "HTTP_FILTER",
+                        "patch": {
+                            "operation": "INSERT_FIRST",
+                            "value": {
+                                "name": "envoy.filters.http.ratelimit",
+                                "typed_config": {
+                                    "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+                                    "domain": "ratelimit",
+                                    "rate_limit_service": {
+                                        "grpc_service": {
+                                            "envoy_grpc": {
+                                                "cluster_name": "outbound|8081||ratelimit.default.svc.cluster.local"
+                                            }
+                                        },
+                                        "transport_api_version": "V3",
+                                    },
+                                },
+                            },
+                        },
+                    },
+                    {
+                        "applyTo": "HTTP_FILTER",
+                        "patch": {
+                            "operation": "INSERT_FIRST",
+                            "value": {
+                                "name": "envoy.filters.http.lua",
+                                "typed_config": {
+                                    "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                                    "inline_code": "function envoy_on_request(h) h:httpCall("
+                                    "'outbound|9080|v1|reviews.default.svc.cluster.local', {}, 'outbound|x', 10) end",
+                                },
+                            },
+                        },
+                    },
+                ]
+            },
+        },
+        origin="t",
+    )
+    assert isinstance(found, EnvoyFilter)
+    assert named_clusters([found]) == {
+        "outbound|8081||ratelimit.default.svc.cluster.local",
+        "outbound|9080|v1|reviews.default.svc.cluster.local",
+    }

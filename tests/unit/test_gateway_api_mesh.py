@@ -1,6 +1,6 @@
 """Mesh routing (GAMMA), pure parts: which mesh VirtualService a route with a Service parent becomes (producer /
-consumer export, merged routes in precedence, `port`), the parent's Accepted reasons, and Istio's order between
-mesh VirtualServices of one host (translate/scope.py, api/networking.py)."""
+consumer export, merged routes in precedence, `port`; a TLSRoute by the Service's SNI), the parent's Accepted
+reasons, and Istio's order between mesh VirtualServices of one host (translate/scope.py, api/networking.py)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,8 @@ def test_service_parent_reasons() -> None:
     missing = _route("m", "apps", {**PARENT, "name": "nowhere"})
     port = _route("n", "apps", {**PARENT, "port": 9}, kind="HTTPRoute")
     section = _route("s", "apps", {**PARENT, "sectionName": "http"})
-    tls_spec = {"parentRefs": [PARENT], "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}
+    tls_spec = {"parentRefs": [PARENT], "hostnames": ["web.example.com"],  # (the SNI is the Service's name)
+                "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}  # fmt: skip
     tls = parse_resource({"apiVersion": "gateway.networking.k8s.io/v1alpha2", "kind": "TLSRoute",
                           "metadata": {"name": "t", "namespace": "apps"}, "spec": tls_spec})  # fmt: skip
     result = _convert(missing, port, section, tls)
@@ -80,6 +81,20 @@ def test_tcp_route_with_a_service_parent_becomes_tcp_routes() -> None:
     (vs,) = result.virtual_services
     assert [m.port for m in vs.spec.tcp[0].match] == [80] and not vs.spec.http
     assert vs.spec.tcp[0].route[0].destination.host == "web-v2.apps.svc.cluster.local"
+
+
+def test_tls_route_with_a_service_parent_matches_the_services_sni() -> None:
+    named = _route("t", "apps", {**PARENT, "port": 80}, kind="TLSRoute")
+    anyport = _route("u", "apps", PARENT, kind="TLSRoute")
+    result = _convert(named, anyport)
+    assert _accepted(result, named.key) == ("True", "Accepted") == _accepted(result, anyport.key)
+    (vs,) = result.virtual_services
+    assert vs.spec.hosts == ["web.apps.svc.cluster.local"] and not vs.spec.http and not vs.spec.tcp
+    assert [(m.sni_hosts, m.port) for r in vs.spec.tls for m in r.match] == [
+        (["web.apps.svc.cluster.local"], 80),
+        (["web.apps.svc.cluster.local"], None),
+    ]
+    assert vs.spec.tls[0].route[0].destination.host == "web-v2.apps.svc.cluster.local"
 
 
 def test_mesh_virtual_services_are_ordered_as_istio_orders_them() -> None:

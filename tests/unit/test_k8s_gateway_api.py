@@ -121,18 +121,20 @@ def test_the_kube_source_keeps_both_gateway_kinds_apart() -> None:
     [
         ({"filters": [{"type": "ExtensionRef", "extensionRef": {"group": "", "kind": "X", "name": "x"}}]},
          "spec.rules[0].filters[0].extensionRef", "not supported"),
-        ({"filters": [{"type": "CORS"}]}, "spec.rules[0].filters[0].type", "not supported"),
+        ({"filters": [{"type": "CORS"}]}, "spec.rules[0].filters[0].cors", "required by the filter's type"),
         ({"timeouts": {"request": "1s", "backendRequest": "2s"}}, "spec.rules[0].timeouts.backendRequest",
          "not be longer than request"),
         ({"backendRefs": [{"name": "web"}]}, "spec.rules[0].backendRefs[0].port", "required"),
-        ({"filters": [{"type": "RequestRedirect", "requestRedirect": {
-            "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/x"}}}]},
-         "spec.rules[0].filters[0].requestRedirect.path.type", "not supported"),
-        ({"retry": {"backoff": "100ms"}}, "spec.rules[0].retry.backoff", "not applied by meshd"),
+        ({"retry": {"backoff": "0s"}}, "spec.rules[0].retry.backoff", "at least 1ms"),
         ({"retry": {"codes": [200]}}, "spec.rules[0].retry.codes", "400 to 599"),
         ({"retry": {"attempts": -1}}, "spec.rules[0].retry.attempts", "greater than or equal"),
         ({"sessionPersistence": {"type": "Cookie"}}, "spec.rules[0].sessionPersistence", "not supported"),
-        ({"filters": [{"type": "CORS", "cors": {}}]}, "spec.rules[0].filters[0].cors", "not supported"),
+        ({"filters": [{"type": "CORS", "cors": {"exposeHeaders": ["*"], "allowCredentials": True}}]},
+         "spec.rules[0].filters[0].cors.exposeHeaders", "only allowed when allowCredentials"),
+        ({"filters": [{"type": "CORS", "cors": {}}, {"type": "CORS", "cors": {}}]}, "spec.rules[0].filters",
+         "CORS may appear once"),
+        ({"backendRefs": [{"name": "web", "port": 80, "filters": [{"type": "CORS", "cors": {}}]}]},
+         "spec.rules[0].backendRefs[0].filters[0].type", "not supported"),
         ({"nope": 1}, "spec.rules[0].nope", "unknown field"),
     ],
 )  # fmt: skip
@@ -413,6 +415,11 @@ def test_retry_and_backend_request_timeout_become_virtual_service_retries() -> N
         "timeout": None,
     }
     assert action(retry={}) == {"retries": {"attempts": 2}, "timeout": None}
+    assert action(retry={"attempts": 3, "backoff": "250ms"}) == {  # Envoy's retry back-off base interval
+        "retries": {"attempts": 3, "backoff": "250ms"},
+        "timeout": None,
+    }
+    assert action(retry={"attempts": 0, "backoff": "250ms"}) == {"retries": {}, "timeout": None}  # no retry to space
     assert action(timeouts={"request": "5s", "backendRequest": "1s"}) == {
         "retries": {"attempts": 2, "perTryTimeout": "1s"},
         "timeout": "5s",

@@ -104,7 +104,7 @@ def test_filters_weights_and_unusable_backends() -> None:
     [r] = vs.spec.http
     assert r.headers is not None and r.headers.request is not None and r.headers.request.set == {"x-a": "1"}
     assert r.headers.response is not None and r.headers.response.remove == ["x-b"]
-    assert r.mirror is not None and r.mirror.host == "web.apps.svc.cluster.local"
+    assert [m.destination.host for m in r.mirrors] == ["web.apps.svc.cluster.local"]
     assert [(d.destination.host, d.weight) for d in r.route] == [("web.apps.svc.cluster.local", 3)]
     assert _parent(result) == {"Accepted": "Accepted", "ResolvedRefs": "BackendNotFound"}
     # no usable backend at all: 503 (gRPC UNAVAILABLE)

@@ -70,6 +70,42 @@ def test_a_violation_inside_an_any_typed_config_is_found() -> None:
     ]
 
 
+def test_a_packed_config_is_checked_wherever_it_recurs_and_a_clean_one_is_walked_once() -> None:
+    """The clean-payload memo: a bad typed config is found (with its own path) every time it recurs; a clean
+    one is parsed once, however many listeners carry it."""
+
+    def listener(manager: hcm.HttpConnectionManager, chains: int) -> listener_pb2.Listener:
+        packed = any_pb2.Any()
+        packed.Pack(manager)
+        found = _listener(80)
+        for _ in range(chains):
+            chain = listener_components_pb2.FilterChain(
+                filters=[listener_components_pb2.Filter(name="h", typed_config=packed)]
+            )
+            found.filter_chains.append(chain)
+        return found
+
+    bad = hcm.HttpConnectionManager(
+        stat_prefix="recurring",
+        route_config=route_pb2.RouteConfiguration(virtual_hosts=[route_components_pb2.VirtualHost(domains=["*"])]),
+    )
+    where = "filters[0].typed_config(HttpConnectionManager).route_config.virtual_hosts[0].name: min_len 1"
+    for _ in range(2):  # and again in a later resource
+        assert violations(listener(bad, 2)) == [f"filter_chains[{i}].{where}" for i in (0, 1)]
+    clean = hcm.HttpConnectionManager(stat_prefix="clean-recurring", route_config=route_pb2.RouteConfiguration())
+    parsed: list[bytes] = []
+    real = hcm.HttpConnectionManager.ParseFromString
+
+    def counting(self: hcm.HttpConnectionManager, data: bytes) -> int:
+        parsed.append(data)
+        return int(real(self, data))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(hcm.HttpConnectionManager, "ParseFromString", counting)
+        assert violations(listener(clean, 3)) == [] and violations(listener(clean, 2)) == []
+    assert len(parsed) == 1
+
+
 def test_an_enum_outside_its_values_and_an_unset_required_oneof_are_found() -> None:
     address = address_pb2.SocketAddress(address="a", port_value=1, protocol=7)  # type: ignore[arg-type]
     assert violations(address) == ["protocol: defined_only (got 7)"]

@@ -1,18 +1,23 @@
 """WasmPlugin: the model's refusals (named fields), selection (root namespace, namespace, workload,
 targetRefs), placement by phase and priority among meshd's filters, traffic selectors, and the ECDS resource
-Envoy is given (module source, sha256, configuration, environment, failure policy)."""
+Envoy is given (module source, sha256, configuration, environment, failure policy); `type: NETWORK`: the
+network filter chains that take it, its place among the network filters, its ECDS resource."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
+from envoy.config.listener.v3.listener_components_pb2 import Filter
 from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.extensions.filters.http.wasm.v3 import wasm_pb2 as http_wasm_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2 import (
     HttpConnectionManager,
     HttpFilter,
 )
+from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2 import TcpProxy
+from envoy.extensions.filters.network.wasm.v3 import wasm_pb2 as network_wasm_pb2
 from envoy.extensions.wasm.v3 import wasm_pb2
 from google.protobuf import wrappers_pb2
 
@@ -47,7 +52,6 @@ def _plugin(name: str = "p", namespace: str = "default", **spec: Any) -> WasmPlu
         ({"url": "https://h/p.wasm"}, "spec.sha256", "required"),
         ({"url": "https://h/p.wasm", "sha256": "AB"}, "spec.sha256", "hexadecimal"),
         ({"url": "file:///p.wasm", "sha256": SHA}, "spec.sha256", "file://"),
-        ({"url": "file:///p.wasm", "type": "NETWORK"}, "spec.type", "NETWORK"),
         ({"url": "file:///p.wasm", "imagePullSecret": "s"}, "spec.imagePullSecret", "not supported"),
         ({"url": "file:///p.wasm", "verificationKey": "k"}, "spec.verificationKey", "not supported"),
         ({"url": "file:///p.wasm", "targetRef": {"kind": "Gateway", "name": "g"}}, "spec.targetRef", "targetRefs"),
@@ -119,7 +123,7 @@ def _hcm_listener(name: str, *, inbound: bool, port: int) -> Listener:
 
 
 def _filters(config: ProxyConfig, listener: str) -> list[str]:
-    hcm = unpack(config.listeners[listener].filter_chains[0].filters[0].typed_config)
+    hcm = unpack(config.listeners[listener].filter_chains[0].filters[-1].typed_config)
     assert isinstance(hcm, HttpConnectionManager)
     return [f.name.split("~")[0] for f in hcm.http_filters]  # a plugin's filter: <namespace>.<name>~<digest>
 
@@ -216,3 +220,91 @@ def test_envoys_rejection_of_a_wasm_config_names_the_wasm_plugin() -> None:
     assert provenance(world, ECDS, filter_name(found)) == [found.key]
     assert provenance(world, ECDS, "default.other~0123456789ab") == []  # no such WasmPlugin
     assert provenance(world, ECDS, "ecds-lua") == []  # an EnvoyFilter's extension config
+
+
+def _tcp_chain(listener: Listener, *, cluster: str, port: int = 0, before: tuple[str, ...] = ()) -> None:
+    chain = listener.filter_chains.add()
+    if port:
+        chain.filter_chain_match.destination_port.value = port
+    chain.filters.extend(Filter(name=n) for n in before)
+    flt = chain.filters.add(name="envoy.filters.network.tcp_proxy")
+    pack(flt.typed_config, TcpProxy(stat_prefix="x", cluster=cluster))
+
+
+def _chain_filters(config: ProxyConfig, listener: str, index: int) -> list[str]:
+    chain = config.listeners[listener].filter_chains[index]
+    return [f.name.split("~")[0] for f in chain.filters]
+
+
+def _network_config() -> ProxyConfig:
+    """virtualInbound: an HTTP chain (8000), a TCP chain with authorization (3306), the loop guard; a TCP
+    outbound listener on 5432 with the unknown-destination chain; virtualOutbound's catch-all."""
+    inbound = _hcm_listener("virtualInbound", inbound=True, port=15006)
+    inbound.filter_chains[0].filter_chain_match.destination_port.value = 8000
+    rbac = ("envoy.filters.network.rbac.deny", "envoy.filters.network.ext_authz")
+    _tcp_chain(inbound, cluster="inbound|3306||", port=3306, before=rbac)
+    _tcp_chain(inbound, cluster="BlackHoleCluster", port=15006)
+    outbound = Listener(name="0.0.0.0_5432", traffic_direction=2)
+    outbound.address.socket_address.port_value = 5432
+    _tcp_chain(
+        outbound, cluster="outbound|5432||db.default.svc.cluster.local", before=("envoy.filters.network.mongo_proxy",)
+    )
+    _tcp_chain(outbound, cluster="PassthroughCluster")
+    catch_all = Listener(name="virtualOutbound", traffic_direction=2)
+    catch_all.address.socket_address.port_value = 15001
+    _tcp_chain(catch_all, cluster="PassthroughCluster")
+    return ProxyConfig(listeners={"virtualInbound": inbound, "0.0.0.0_5432": outbound, "virtualOutbound": catch_all})
+
+
+def test_network_plugins_go_in_service_chains_by_phase_before_the_terminal_filter() -> None:
+    config = _network_config()
+    plugins = [
+        _plugin("n-authn", type="NETWORK", phase="AUTHN"),
+        _plugin("n-authz", type="NETWORK", phase="AUTHZ"),
+        _plugin("n-stats", type="NETWORK", phase="STATS"),
+        _plugin("n-last", type="NETWORK"),
+        _plugin("http", type="HTTP"),
+    ]
+    apply_plugins(config, plugins, router=False)
+    assert _chain_filters(config, "virtualInbound", 1) == [
+        "default.n-authn", "default.n-authz", "envoy.filters.network.rbac.deny", "envoy.filters.network.ext_authz",
+        "default.n-stats", "default.n-last", "envoy.filters.network.tcp_proxy"]  # fmt: skip
+    # an HTTP chain: network plugins ahead of the HTTP connection manager, the HTTP plugin inside it
+    assert _chain_filters(config, "virtualInbound", 0) == [
+        "default.n-authn", "default.n-authz", "default.n-stats", "default.n-last",
+        "envoy.filters.network.http_connection_manager"]  # fmt: skip
+    assert "default.http" in _filters(config, "virtualInbound")
+    assert "default.n-last" not in _filters(config, "virtualInbound")
+    # a protocol filter stays next to its tcp_proxy; chains to no service get no plugin
+    assert _chain_filters(config, "0.0.0.0_5432", 0)[-3:] == [
+        "default.n-last", "envoy.filters.network.mongo_proxy", "envoy.filters.network.tcp_proxy"]  # fmt: skip
+    assert _chain_filters(config, "virtualInbound", 2) == ["envoy.filters.network.tcp_proxy"]
+    assert _chain_filters(config, "0.0.0.0_5432", 1) == ["envoy.filters.network.tcp_proxy"]
+    assert _chain_filters(config, "virtualOutbound", 0) == ["envoy.filters.network.tcp_proxy"]
+    ecds = config.extensions[filter_name(plugins[0])]
+    assert ecds.typed_config.type_url.endswith("envoy.extensions.filters.network.wasm.v3.Wasm")
+    wasm = network_wasm_pb2.Wasm()
+    assert ecds.typed_config.Unpack(wasm) and wasm.config.vm_config.code.local.filename == "/w.wasm"
+    discovery = config.listeners["virtualInbound"].filter_chains[1].filters[0].config_discovery
+    assert list(discovery.type_urls) == ["type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm"]
+    assert not discovery.HasField("default_config")
+
+
+def test_network_plugins_select_by_mode_and_port_and_fail_open_by_network_rbac() -> None:
+    config = _network_config()
+    server_3306 = _plugin("s", type="NETWORK", match=[{"mode": "SERVER", "ports": [{"number": 3306}]}])
+    client = _plugin("c", type="NETWORK", match=[{"mode": "CLIENT"}], failStrategy="FAIL_OPEN")
+    apply_plugins(config, [server_3306, client], router=False)
+    assert "default.s" in _chain_filters(config, "virtualInbound", 1)
+    assert "default.s" not in _chain_filters(config, "virtualInbound", 0)  # port 8000
+    assert "default.c" in _chain_filters(config, "0.0.0.0_5432", 0)
+    assert "default.c" not in _chain_filters(config, "virtualInbound", 0) + _chain_filters(config, "virtualInbound", 1)
+    discovery = config.listeners["0.0.0.0_5432"].filter_chains[0].filters[0].config_discovery
+    default = network_rbac_pb2.RBAC()
+    assert discovery.default_config.Unpack(default) and not default.HasField("rules") and default.stat_prefix
+    assert discovery.default_config.type_url in discovery.type_urls
+    # a gateway: TCP / TLS route chains only (CLIENT), not its HTTP servers' chains
+    gateway = _network_config()
+    apply_plugins(gateway, [client], router=True)
+    assert "default.c" in _chain_filters(gateway, "virtualInbound", 1)
+    assert "default.c" not in _chain_filters(gateway, "virtualInbound", 0)

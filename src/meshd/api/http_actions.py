@@ -76,6 +76,12 @@ class HTTPRouteDestination(StrictModel):
     headers: Headers | None = None
 
 
+# A redirect `uri` starting with this replaces the path's matched prefix rather than the whole path (Envoy's
+# `prefix_rewrite` of a redirect): how a Gateway API redirect's ReplacePrefixMatch reaches the route, as in Istio
+# (which honours it only in VirtualServices converted from the Gateway API; meshd in any).
+PREFIX_REDIRECT = "%PREFIX()%"
+
+
 class HTTPRedirect(StrictModel):
     uri: str = ""
     authority: str = ""
@@ -150,6 +156,9 @@ class HTTPRetry(StrictModel):
     per_try_timeout: Duration | None = None
     retry_on: str = ""
     retry_remote_localities: bool = False
+    # the minimum time between tries: Envoy's retry back-off base interval (its maximum: 10 times it, Envoy's
+    # default, as Istio sets only the base); at least 1ms
+    backoff: Duration | None = None
 
     @field_validator("retry_on")
     @classmethod

@@ -1,9 +1,9 @@
 """Kubernetes Gateway API HTTPRoute (gateway.networking.k8s.io v1), as meshd reads it.
 
 Strict: an unknown field is refused by name, and so is every field meshd does not translate yet (filter
-types ExtensionRef and CORS, per-backend filters other than the header modifiers, `retry.backoff`,
-`sessionPersistence`, a redirect's ReplacePrefixMatch, a mirror's `fraction`), so that nothing a user writes
-is dropped. Matches, filters and backends become VirtualService routes (`model/gateway_api/`).
+type ExtensionRef, per-backend filters other than the header modifiers, `sessionPersistence`), so that
+nothing a user writes is dropped.
+Matches, filters and backends become VirtualService routes (`model/gateway_api/`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from meshd.api.gateway_api import Hostname, ParentReference, PreciseHostname
+from meshd.api.httproute_cors import CORSFilter
 from meshd.api.meta import Resource, StrictModel, refused
-from meshd.api.values import DurationOrZero, PortNumber, check_regex, parse_duration
+from meshd.api.values import Duration, DurationOrZero, PortNumber, check_regex, parse_duration
 
 MAX_BACKEND_WEIGHT = 1_000_000
 
@@ -92,12 +93,6 @@ class RequestRedirect(StrictModel):
     port: PortNumber | None = None
     status_code: Literal[301, 302] = 302
 
-    @model_validator(mode="after")
-    def _check(self) -> RequestRedirect:
-        if self.path is not None and self.path.type == "ReplacePrefixMatch":
-            raise ValueError("path.type: ReplacePrefixMatch in a redirect is not supported by meshd yet")
-        return self
-
 
 class URLRewrite(StrictModel):
     hostname: PreciseHostname | None = None
@@ -118,10 +113,34 @@ class BackendObjectReference(StrictModel):
         return self
 
 
+class Fraction(StrictModel):
+    numerator: int = Field(ge=0)
+    denominator: int = Field(default=100, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> Fraction:
+        if self.numerator > self.denominator:
+            raise ValueError("numerator: greater than the denominator")
+        return self
+
+
 class RequestMirror(StrictModel):
     backend_ref: BackendObjectReference
     percent: int | None = Field(default=None, ge=0, le=100)
-    fraction: dict[str, int] | None = refused("a mirror fraction is not applied by meshd yet (use percent)")
+    fraction: Fraction | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> RequestMirror:
+        if self.percent is not None and self.fraction is not None:
+            raise ValueError("fraction: only one of percent and fraction may be set")
+        return self
+
+    @property
+    def percentage(self) -> float | None:
+        """The share mirrored, in percent (None: every request)."""
+        if self.fraction is not None:
+            return 100.0 * self.fraction.numerator / self.fraction.denominator
+        return None if self.percent is None else float(self.percent)
 
 
 FILTER_FIELDS = {
@@ -130,6 +149,7 @@ FILTER_FIELDS = {
     "RequestRedirect": "requestRedirect",
     "URLRewrite": "urlRewrite",
     "RequestMirror": "requestMirror",
+    "CORS": "cors",
 }
 
 
@@ -141,7 +161,7 @@ class RouteFilter(StrictModel):
     url_rewrite: URLRewrite | None = None
     request_mirror: RequestMirror | None = None
     extension_ref: dict[str, object] | None = refused("extension filters are not applied by meshd")
-    cors: dict[str, object] | None = refused("the CORS filter of HTTPRoute is not applied by meshd yet")
+    cors: CORSFilter | None = None
 
     @model_validator(mode="after")
     def _check(self) -> RouteFilter:
@@ -186,13 +206,12 @@ class RouteTimeouts(StrictModel):
 
 
 class RouteRetry(StrictModel):
-    """GEP-1731 (experimental): attempts -> Envoy's num_retries, codes -> retriable status codes."""
+    """GEP-1731 (experimental): attempts -> num_retries, codes -> retriable codes, backoff -> back-off base."""
 
     codes: list[int] = Field(default_factory=list, max_length=16)
     attempts: int | None = Field(default=None, ge=0, le=1000)
-    backoff: DurationOrZero | None = refused(
-        "a retry backoff is not applied by meshd yet (Envoy's default: 25ms base interval, jittered)"
-    )
+    # Istio's `retries.backoff`: Envoy's retry back-off base interval (model/gateway_api/retry.py); at least 1ms
+    backoff: Duration | None = None
 
     @model_validator(mode="after")
     def _check(self) -> RouteRetry:
@@ -216,7 +235,7 @@ class RouteRule(StrictModel):
         types = [f.type for f in self.filters]
         if "RequestRedirect" in types and ("URLRewrite" in types or self.backend_refs):
             raise ValueError("filters: a RequestRedirect cannot be combined with URLRewrite or backendRefs")
-        for kind in ("RequestRedirect", "URLRewrite", "RequestHeaderModifier", "ResponseHeaderModifier"):
+        for kind in ("RequestRedirect", "URLRewrite", "RequestHeaderModifier", "ResponseHeaderModifier", "CORS"):
             if types.count(kind) > 1:
                 raise ValueError(f"filters: {kind} may appear once per rule")
         return self

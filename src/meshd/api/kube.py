@@ -27,11 +27,29 @@ class ServiceSpec(ApiModel):
     cluster_ip: str | None = Field(default=None, alias="clusterIP")
     type: str = "ClusterIP"
     external_name: str | None = None
+    external_ips: list[str] = Field(default_factory=list, alias="externalIPs")
+
+
+class LoadBalancerIngress(ApiModel):
+    ip: str | None = None
+    hostname: str | None = None
+
+
+class LoadBalancerStatus(ApiModel):
+    ingress: list[LoadBalancerIngress] = Field(default_factory=list)
+
+
+class ServiceStatus(ApiModel):
+    """What the cloud's load balancer controller wrote: the Gateway API status of a Gateway served by the
+    Service reports it (`model/gateway_api/service_addresses.py`)."""
+
+    load_balancer: LoadBalancerStatus = Field(default_factory=LoadBalancerStatus)
 
 
 class Service(Resource):
     kind: Literal["Service"]
     spec: ServiceSpec = Field(default_factory=ServiceSpec)
+    status: ServiceStatus = Field(default_factory=ServiceStatus)
 
 
 class EndpointConditions(ApiModel):

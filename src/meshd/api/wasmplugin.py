@@ -1,6 +1,7 @@
 """extensions.istio.io WasmPlugin (v1alpha1), as Istio defines it: a proxy-wasm module run as an HTTP filter
-by the proxies it selects (`selector`, `targetRefs`, or every proxy of its namespace; of the mesh from the
-root namespace), placed by `phase` and `priority` among meshd's own HTTP filters.
+(`type` HTTP or unset) or a network filter (`type: NETWORK`: on connections' bytes) by the proxies it
+selects (`selector`, `targetRefs`, or every proxy of its namespace; of the mesh from the root namespace),
+placed by `phase` and `priority` among meshd's own HTTP (or network) filters.
 
 What meshd delivers (translate/wasm_plugin.py): the filter is an ECDS reference (`<namespace>.<name>`) and
 the Wasm config an ECDS resource; the module is `file://` (a path inside the proxy's container, read by
@@ -9,7 +10,7 @@ Envoy) or `http(s)://` fetched by Envoy itself with `sha256` verified (Envoy's r
 
 Strict: unknown fields are refused by path; so is what meshd does not implement: `oci://` (and a URL
 without a scheme, which Istio reads as OCI: no registry client), `imagePullSecret` (registries only),
-`verificationKey` (Istio does not implement it either), `type: NETWORK`, `targetRef` (singular, hidden in
+`verificationKey` (Istio does not implement it either), `targetRef` (singular, hidden in
 Istio's docs) and target kinds other than Gateway / GatewayClass."""
 
 from __future__ import annotations
@@ -121,10 +122,6 @@ class WasmPluginSpec(StrictModel):
             raise ValueError("targetRefs: only one of targetRefs or selector can be set")
         if self.sha256 and not _SHA256.match(self.sha256):
             raise ValueError("sha256: 64 lowercase hexadecimal digits are expected")
-        if self.type == "NETWORK":
-            raise ValueError(
-                "type: NETWORK is not supported by meshd: only HTTP plugins are run (the plugin would run nowhere)"
-            )
         scheme = self.scheme
         if scheme in ("", "oci"):
             raise ValueError(

@@ -4,8 +4,9 @@
   with the clusters and SDS secrets they use (`translate/gateway/`), and the gateway workload's
   RequestAuthentications and AuthorizationPolicies (`queries.gateway_jwt` / `gateway_authorization`) on
   its listeners;
-- `gateway_clusters`: the clusters and endpoints of exactly those destinations (each service's from
-  the shared `services` cache, filtered) and the SNI-named clusters of AUTO_PASSTHROUGH servers;
+- `gateway_clusters`: the clusters and endpoints of exactly those destinations and of the clusters the
+  gateway's EnvoyFilters name (each service's from the shared `services` cache, filtered) and the SNI-named
+  clusters of AUTO_PASSTHROUGH servers;
 - the SDS secrets through the shared `secrets` cache (read from the gateway workload's namespace).
 A router gets no sidecar configuration: no inbound listener, no outbound listeners of the mesh.
 
@@ -209,10 +210,12 @@ class GatewayLayers:
         ]
 
     def cluster_layer(self, key: GatewayKey, built: GatewayBuild) -> tuple[Snapshot, frozenset[str]]:
-        """(clusters and endpoints of the destinations, the SDS names their clusters use)."""
+        """(clusters and endpoints of the destinations and of the clusters its EnvoyFilters name, the SDS names
+        their clusters use)."""
         scope = self.scope(key)
-        entries = self._entries(scope, built.clusters)
-        names, targets = built.clusters, built.sni_targets
+        names = built.clusters | self.queries.envoy_filter_clusters(key.namespace, key.labels)
+        entries = self._entries(scope, names)
+        targets = built.sni_targets
         endpoints = self.world.endpoints
 
         def inputs() -> Hashable:

@@ -24,6 +24,7 @@ from meshd.generate.tls_files import FileCheck
 from meshd.model.world import World
 from meshd.translate.authz.inbound import InboundAuthz, inbound_authz
 from meshd.translate.authz.selection import Selected, applied, unattached_index
+from meshd.translate.envoyfilter.clusters import named_clusters
 from meshd.translate.envoyfilter.selection import selected as selected_envoy_filters
 from meshd.translate.gateway.select import selected_gateways
 from meshd.translate.jwt_authn import JwtProviders, inline_keys, workload_providers
@@ -218,6 +219,17 @@ class Queries:
         labels = dict(workload.labels) if workload is not None else {}
         return selected_envoy_filters(
             self._world, namespace=namespace, labels=labels, root_namespace=self._options.root_namespace
+        )
+
+    def envoy_filter_clusters(self, namespace: str, labels: tuple[tuple[str, str], ...]) -> frozenset[str]:
+        """The mesh clusters named by the EnvoyFilters applying to a gateway workload of this namespace with
+        these labels (`translate/envoyfilter/clusters.py`): the gateway is sent them with its destinations'."""
+        if not self._world.envoy_filters:
+            return frozenset()
+        return named_clusters(
+            selected_envoy_filters(
+                self._world, namespace=namespace, labels=dict(labels), root_namespace=self._options.root_namespace
+            )
         )
 
     def wasm_plugins(self, namespace: str, ip: str) -> tuple[WasmPlugin, ...]:

@@ -26,6 +26,7 @@ from meshd.kube.inject_gateway import UNPRIVILEGED_PORTS
 from meshd.kube.inject_options import SidecarOptions
 from meshd.kube.inject_template import STATUS_PORT, InjectionConfig, proxy_container, volumes
 from meshd.model.gateway_api.listeners import GATEWAY_NAME_LABEL, class_verdicts
+from meshd.model.gateway_api.service_addresses import deployed_name
 
 MANAGED_LABEL = "gateway.istio.io/managed"
 SERVICE_TYPE_ANNOTATION = "networking.istio.io/service-type"
@@ -72,7 +73,7 @@ def plan(
         verdict = verdicts.get(gw.spec.gateway_class_name)
         if verdict is None or not verdict[0] or gw.spec.addresses:
             continue  # not meshd's, its class refused (status says why), or deployed by hand
-        name = f"{gw.metadata.name}-{gw.spec.gateway_class_name}"
+        name = deployed_name(gw)
         ns = gw.metadata.namespace
         if len(name) > MAX_NAME:
             refusals.append(DeployRefusal(ns, gw.metadata.name, f"{name!r} is longer than {MAX_NAME} characters"))

@@ -274,8 +274,12 @@ class Reflector:
     # -- cache ----------------------------------------------------------------------------------
 
     def _typed(self, obj: Obj) -> Obj:
-        """List items of built-in kinds come without apiVersion/kind: give them the served ones."""
+        """List items of built-in kinds come without apiVersion/kind: give them the served ones. What no
+        reader of the cache uses is dropped, as Istio's informers do: `metadata.managedFields` (the field
+        managers of server-side apply, often as large as the object) and kubectl's last-applied copy of the
+        whole object (an annotation)."""
         assert self.version is not None
+        _strip_unused(obj)
         if obj.get("kind") and obj.get("apiVersion"):
             return obj
         return {**obj, "apiVersion": self.spec.api_version(self.version), "kind": self.spec.kind}
@@ -305,3 +309,16 @@ class Reflector:
                 handler(kind, old, new)
             except Exception:  # a consumer's bug must not stop the watch
                 self._log.exception("event=handler_failed kind=%s type=%s", self.spec.kind, kind)
+
+
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def _strip_unused(obj: Obj) -> None:
+    metadata = obj.get("metadata")
+    if not isinstance(metadata, dict):
+        return
+    metadata.pop("managedFields", None)
+    annotations = metadata.get("annotations")
+    if isinstance(annotations, dict) and LAST_APPLIED in annotations:
+        metadata["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED}

@@ -21,7 +21,7 @@ from google.protobuf import duration_pb2, wrappers_pb2
 
 from meshd.api.destination import Destination
 from meshd.api.destinationrule import DestinationRule
-from meshd.api.http_actions import HeaderOperations, Headers, HTTPDirectResponse, HTTPRedirect
+from meshd.api.http_actions import PREFIX_REDIRECT, HeaderOperations, Headers, HTTPDirectResponse, HTTPRedirect
 from meshd.api.http_match import HTTPMatchRequest
 from meshd.api.meta import InvalidResource, ResourceKey
 from meshd.api.values import check_regex
@@ -216,7 +216,9 @@ def _mirrors(ctx: RouteContext, action: rc.RouteAction, route: HTTPRoute, field:
 def redirect_action(redirect: HTTPRedirect, *, request_port: int) -> rc.RedirectAction:
     """`request_port` is the port of the route configuration: the port the request came in on."""
     out = rc.RedirectAction(response_code=_REDIRECT_CODES[redirect.redirect_code])
-    if redirect.uri:
+    if redirect.uri.startswith(PREFIX_REDIRECT):
+        out.prefix_rewrite = redirect.uri.removeprefix(PREFIX_REDIRECT)
+    elif redirect.uri:
         out.path_redirect = redirect.uri
     if redirect.authority:
         out.host_redirect = redirect.authority

@@ -20,6 +20,7 @@ connection manager does not know would misread HTTP/2 as HTTP/1).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -58,19 +59,22 @@ def sni(*, port: int, subset: str, host: str) -> str:
 
 def agent_sds(name: str) -> secret_pb2.SdsSecretConfig:
     """A secret from the node agent over the `sds-grpc` cluster (no fetch timeout: Envoy waits for it)."""
+    return secret_pb2.SdsSecretConfig(name=name, sds_config=_agent_source())  # (a copy of the source)
+
+
+@functools.lru_cache(maxsize=1)
+def _agent_source() -> config_source_pb2.ConfigSource:
+    """Built once (every cluster and listener with mTLS names it twice); only ever copied."""
     grpc = grpc_service_pb2.GrpcService(envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=SDS_CLUSTER))
-    return secret_pb2.SdsSecretConfig(
-        name=name,
-        sds_config=config_source_pb2.ConfigSource(
-            api_config_source=config_source_pb2.ApiConfigSource(
-                api_type=config_source_pb2.ApiConfigSource.GRPC,
-                transport_api_version=config_source_pb2.V3,
-                grpc_services=[grpc],
-                set_node_on_first_message_only=True,
-            ),
-            initial_fetch_timeout=duration_pb2.Duration(seconds=0),
-            resource_api_version=config_source_pb2.V3,
+    return config_source_pb2.ConfigSource(
+        api_config_source=config_source_pb2.ApiConfigSource(
+            api_type=config_source_pb2.ApiConfigSource.GRPC,
+            transport_api_version=config_source_pb2.V3,
+            grpc_services=[grpc],
+            set_node_on_first_message_only=True,
         ),
+        initial_fetch_timeout=duration_pb2.Duration(seconds=0),
+        resource_api_version=config_source_pb2.V3,
     )
 
 

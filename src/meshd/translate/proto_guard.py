@@ -10,7 +10,8 @@ The rules are compiled once per message type (proto_rules says which rule kinds 
 skipped) into a walker: a handler per field that has rules or rules somewhere below it, what an unset
 field violates, the required oneofs. A walk visits only the fields a message has set (`ListFields()`)
 and never enters a message type with no rule anywhere below it (nor an Any of such a type: not even
-parsed), so its cost follows the set fields that can matter.
+parsed), so its cost follows the set fields that can matter. A packed payload (an Any) found clean is
+remembered by its bytes and not walked again.
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ _own: dict[str, bool] = {}  # by type full name: has a rule itself
 _below: dict[str, bool] = {}  # by type full name: has a rule itself or in a type reachable from it
 _walkers: dict[Descriptor, Walker | None] = {}  # None: nothing to check below this type
 _classes: dict[str, type[Message] | None] = {}  # Any type URL -> message class (None: nothing to check)
+# Packed payloads found without a violation, by (type URL, bytes, depth): the result of a walk is a function
+# of those alone. Bounded: small payloads (the recurring typed configs: stats loggers, filters, TLS contexts),
+# the oldest forgotten first.
+_CLEAN_MAX_BYTES = 16384
+_CLEAN_MAX_ENTRIES = 4096
+_clean: dict[tuple[str, bytes, int], None] = {}
 
 
 def _rules(fd: FieldDescriptor) -> Any:
@@ -238,8 +245,22 @@ def _unset_violation(fd: FieldDescriptor, checks: FieldChecks) -> str | None:
 
 
 def _walk_any(value: Any, path: _Path, out: list[str], depth: int) -> None:
-    """A message packed in an Any: parsed and walked if its type is known and has rules."""
+    """A message packed in an Any: parsed and walked if its type is known and has rules. A payload found
+    clean once is not walked again (`_clean`): the same typed configs recur in every listener."""
     type_url = value.type_url
+    payload = value.value
+    key = (type_url, payload, depth) if len(payload) <= _CLEAN_MAX_BYTES else None
+    if key is not None and key in _clean:
+        return
+    found = len(out)
+    _walk_packed(type_url, payload, path, out, depth)
+    if key is not None and len(out) == found:
+        if len(_clean) >= _CLEAN_MAX_ENTRIES:
+            del _clean[next(iter(_clean))]  # the oldest
+        _clean[key] = None
+
+
+def _walk_packed(type_url: str, payload: bytes, path: _Path, out: list[str], depth: int) -> None:
     if type_url in _classes:
         cls = _classes[type_url]
     else:
@@ -255,7 +276,7 @@ def _walk_any(value: Any, path: _Path, out: list[str], depth: int) -> None:
         return
     inner = cls()
     try:
-        inner.ParseFromString(value.value)
+        inner.ParseFromString(payload)
     except DecodeError:
         out.append(f"{_render(path)}: {type_url} does not parse")
         return

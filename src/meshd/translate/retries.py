@@ -1,7 +1,9 @@
 """Istio HTTPRetry -> Envoy RetryPolicy, with Istio's default policy when a route says nothing.
 
 `retryOn` is Envoy's comma-separated list; numeric entries are status codes, which Envoy takes
-as `retriable_status_codes` together with the `retriable-status-codes` condition.
+as `retriable_status_codes` together with the `retriable-status-codes` condition. `backoff` is the retry
+back-off's base interval (Envoy jitters each wait between 0 and the base doubled per retry, capped at 10 times
+the base).
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ def retry_policy(retries: HTTPRetry | None) -> rc.RetryPolicy | None:
     if retries.per_try_timeout:
         seconds, nanos = seconds_nanos(retries.per_try_timeout)
         policy.per_try_timeout.seconds, policy.per_try_timeout.nanos = seconds, nanos
+    if retries.backoff:  # Envoy's max interval: its default, 10 times the base (Istio sets only the base)
+        seconds, nanos = seconds_nanos(retries.backoff)
+        policy.retry_back_off.base_interval.seconds, policy.retry_back_off.base_interval.nanos = seconds, nanos
     if retries.retry_remote_localities:
         policy.retry_priority.name = "envoy.retry_priorities.previous_priorities"
         policy.retry_priority.typed_config.CopyFrom(

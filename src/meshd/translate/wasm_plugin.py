@@ -1,4 +1,6 @@
 """WasmPlugins on a proxy's generated config: which apply, where their filters go, what Envoy is given.
+`type: NETWORK` plugins are Envoy's Wasm network filter instead, placed in filter chains by
+translate/wasm_network.py; the rest below holds for both types.
 
 Selection (Istio's): one in the root namespace without a selector applies to every proxy of the mesh, with
 a `selector` to the matching workloads of any namespace; one in the proxy's namespace when its selector
@@ -35,10 +37,12 @@ from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.core.v3 import base_pb2, config_source_pb2, http_uri_pb2
 from envoy.config.core.v3.extension_pb2 import TypedExtensionConfig
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.listener.v3.listener_components_pb2 import Filter
 from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2
 from envoy.extensions.filters.http.wasm.v3 import wasm_pb2 as http_wasm_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.filters.network.wasm.v3 import wasm_pb2 as network_wasm_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.wasm.v3 import wasm_pb2
 from google.protobuf import any_pb2, wrappers_pb2
@@ -51,6 +55,8 @@ from meshd.translate.envoyfilter import match as m
 from meshd.translate.envoyfilter.apply import ProxyConfig
 from meshd.translate.envoyfilter.merge import pack, unpack
 from meshd.translate.grpc_messages import FILTER_NAMES as GRPC_COUNTING
+from meshd.translate.wasm_network import NETWORK_WASM_TYPE, place, plugin_chains
+from meshd.translate.wasm_network import PASS_THROUGH as NETWORK_PASS_THROUGH
 
 WASM_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 _FAILURE = {
@@ -109,9 +115,14 @@ def apply_plugins(config: ProxyConfig, plugins: Iterable[WasmPlugin], *, router:
     """Adds the plugins' filters to the HTTP connection managers they select, their ECDS resources and the
     clusters their modules are fetched through (changes `config` in place)."""
     plugins = tuple(plugins)
+    http = tuple(p for p in plugins if not is_network(p))
+    network = tuple(p for p in plugins if is_network(p))
     used: set[str] = set()
     for listener in config.listeners.values():
-        _in_listener(listener, plugins, router=router, used=used)
+        if http:
+            _in_listener(listener, http, router=router, used=used)
+        if network:
+            _network_in_listener(listener, network, router=router, used=used)
     for plugin in plugins:
         name = filter_name(plugin)
         if name not in used:
@@ -139,6 +150,18 @@ def _in_listener(listener: Listener, plugins: tuple[WasmPlugin, ...], *, router:
             _place(hcm, chosen)
             used.update(filter_name(p) for p in chosen)
             pack(f.typed_config, hcm)
+
+
+def is_network(plugin: WasmPlugin) -> bool:
+    return plugin.spec.type == "NETWORK"
+
+
+def _network_in_listener(listener: Listener, plugins: tuple[WasmPlugin, ...], *, router: bool, used: set[str]) -> None:
+    for chain, direction, port in plugin_chains(listener, router=router):
+        chosen = [p for p in plugins if _matches(p, direction=direction, port=port)]
+        if chosen:
+            place(chain, [(p.spec.phase, _network_filter(p)) for p in chosen])
+            used.update(filter_name(p) for p in chosen)
 
 
 def _matches(plugin: WasmPlugin, *, direction: str, port: int) -> bool:
@@ -170,21 +193,32 @@ def _place(hcm: hcm_pb2.HttpConnectionManager, plugins: list[WasmPlugin]) -> Non
 
 
 def _http_filter(plugin: WasmPlugin) -> hcm_pb2.HttpFilter:
+    return hcm_pb2.HttpFilter(name=filter_name(plugin), config_discovery=_discovery(plugin))
+
+
+def _network_filter(plugin: WasmPlugin) -> Filter:
+    return Filter(name=filter_name(plugin), config_discovery=_discovery(plugin))
+
+
+def _discovery(plugin: WasmPlugin) -> config_source_pb2.ExtensionConfigSource:
+    network = is_network(plugin)
     source = config_source_pb2.ConfigSource(
         ads=config_source_pb2.AggregatedConfigSource(), resource_api_version=config_source_pb2.V3
     )
-    discovery = config_source_pb2.ExtensionConfigSource(config_source=source, type_urls=[WASM_FILTER_TYPE])
+    discovery = config_source_pb2.ExtensionConfigSource(
+        config_source=source, type_urls=[NETWORK_WASM_TYPE if network else WASM_FILTER_TYPE]
+    )
     if plugin.spec.fail_strategy == "FAIL_OPEN":
         # Envoy rejects a Wasm config whose module it cannot read (a file:// path), whatever the failure policy:
         # the filter would be left without a config and refuse every request. Fail open means the filter is
         # not applied: its default config, used while no Wasm config was accepted, lets every request through.
-        discovery.default_config.Pack(PASS_THROUGH)
+        discovery.default_config.Pack(NETWORK_PASS_THROUGH if network else PASS_THROUGH)
         discovery.type_urls.append(discovery.default_config.type_url)
-    return hcm_pb2.HttpFilter(name=filter_name(plugin), config_discovery=discovery)
+    return discovery
 
 
 def extension_config(plugin: WasmPlugin) -> TypedExtensionConfig:
-    """The plugin's ECDS resource: Envoy's Wasm HTTP filter."""
+    """The plugin's ECDS resource: Envoy's Wasm HTTP filter, or its Wasm network filter (`type: NETWORK`)."""
     spec, name = plugin.spec, filter_name(plugin)
     vm = wasm_pb2.VmConfig(runtime="envoy.wasm.runtime.v8", code=_code(plugin))
     env = spec.vm_config.env if spec.vm_config is not None else []
@@ -202,7 +236,7 @@ def extension_config(plugin: WasmPlugin) -> TypedExtensionConfig:
         packed.Pack(wrappers_pb2.StringValue(value=as_json))
         config.configuration.CopyFrom(packed)
     wasm = any_pb2.Any()
-    wasm.Pack(http_wasm_pb2.Wasm(config=config))
+    wasm.Pack(network_wasm_pb2.Wasm(config=config) if is_network(plugin) else http_wasm_pb2.Wasm(config=config))
     return TypedExtensionConfig(name=name, typed_config=wasm)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -230,3 +231,24 @@ async def test_an_unexpected_exception_backs_off_instead_of_stopping(api: Api) -
     api.run(reflector)
     await until(lambda: reflector.has_synced, "the list after the failure")
     assert len(api.clock.sleeps) == 1 and reflector.errors == 1 and "RuntimeError" in reflector.last_error
+
+
+async def test_the_cache_drops_managed_fields_and_the_last_applied_copy(api: Api) -> None:
+    """What no reader uses is not kept (as Istio's informers strip it): server-side apply's field managers
+    and kubectl's copy of the whole object; other annotations stay, from the list and from the watch."""
+
+    def applied(name: str) -> dict[str, Any]:
+        obj = service(name)
+        obj["metadata"]["managedFields"] = [{"manager": "kubectl", "operation": "Apply", "fieldsV1": {"f:spec": {}}}]
+        obj["metadata"]["annotations"] = {"kubectl.kubernetes.io/last-applied-configuration": "{...}", "keep": "me"}
+        return obj
+
+    api.server.create(applied("listed"))
+    reflector, _ = api.reflector()
+    api.run(reflector)
+    await until(lambda: api.server.open_watches("Service") == 1, "the watch")
+    api.server.create(applied("watched"))
+    await until(lambda: ("default", "watched") in reflector.cache, "the watch event")
+    for key in (("default", "listed"), ("default", "watched")):
+        metadata = reflector.cache[key]["metadata"]
+        assert "managedFields" not in metadata and metadata["annotations"] == {"keep": "me"}, metadata

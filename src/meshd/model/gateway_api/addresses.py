@@ -8,8 +8,8 @@ deploys nothing for it (`kube/gateway_deploy.py`).
 - An address naming no Service (or a Service without a selector), or addresses naming different Services: the
   Gateway is `Programmed: False, AddressNotUsable` and its listeners are served nowhere.
 - Linked: each listener's Istio Gateway selects the Service's pods (`selector`, and `WORKLOADS_ANNOTATION` for
-  the namespace `translate/gateway/select.py` takes them from); `Programmed: True`, `status.addresses` the
-  addresses asked for.
+  the namespace `translate/gateway/select.py` takes them from); `Programmed` and `status.addresses` those of
+  that Service, as Istio reports them (`service_addresses.py`).
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ listener by `sectionName` / `port`, if given), the listener allows the route's n
 hostnames meet (a TCPRoute has no hostnames: it takes the listener's). HTTPRoutes become http routes
 (`http.py`), GRPCRoutes too (`grpc.py`), TCPRoutes and TLSRoutes tcp / tls routes (`l4.py`) of one
 VirtualService per listener and hostname. A parentRef to a Service (mesh routing, GAMMA) attaches an HTTPRoute,
-GRPCRoute or TCPRoute to the sidecars calling that Service (`mesh.py`); a parentRef of another kind is refused
-(UnsupportedValue).
+GRPCRoute, TCPRoute or TLSRoute to the sidecars calling that Service (`mesh.py`); a parentRef of another kind is
+refused (UnsupportedValue).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from meshd.model.gateway_api.http import Precedence, http_routes
 from meshd.model.gateway_api.l4 import L4Order, l4_route
 from meshd.model.gateway_api.listeners import ListenerView, class_verdicts, listener_views
 from meshd.model.gateway_api.mesh import MeshRoutes, is_service_parent
+from meshd.model.gateway_api.service_addresses import ServiceFacts
 
 # (namespace, Istio Gateway name, hostname) -> the routes of one VirtualService: http ones with their precedence,
 # tcp / tls ones with their order
@@ -80,9 +81,11 @@ def convert(
     secrets: Collection[tuple[str, str]] | None = None,
     gateway_pods: Mapping[tuple[str, str], tuple[str, ...]] | None = None,
     addresses: AddressTargets | None = None,
+    service_facts: Mapping[tuple[str, str], ServiceFacts] | None = None,
 ) -> GatewayApiResult:
-    """`secrets` / `gateway_pods` ((namespace, gateway name) -> pod IPs) are given by the status writer only:
-    a missing certificate Secret is otherwise reported by the gateway translation, as for an Istio Gateway.
+    """`secrets` / `gateway_pods` ((namespace, gateway name) -> pod IPs) / `service_facts` (the addresses of each
+    Service) are given by the status writer only: a missing certificate Secret is otherwise reported by the
+    gateway translation, as for an Istio Gateway.
     `addresses`: the Service each address of a Gateway's `spec.addresses` names (`addresses.py`)."""
     result = GatewayApiResult()
     verdicts = class_verdicts(inputs.classes)
@@ -129,7 +132,16 @@ def convert(
     result.virtual_services += mesh.virtual_services(domain_suffix=domain_suffix)
     for gateway, views in listeners.values():
         at = (gateway.metadata.namespace, gateway.metadata.name)
-        gateway_status(gateway, views, verdicts, gateway_pods=gateway_pods, address=linked[at], result=result)
+        gateway_status(
+            gateway,
+            views,
+            verdicts,
+            gateway_pods=gateway_pods,
+            address=linked[at],
+            services=service_facts,
+            domain_suffix=domain_suffix,
+            result=result,
+        )
         result.gateways += [v.istio for v in views if v.istio is not None]
     for key in sorted({*per_host, *per_host_l4}):
         try:

@@ -6,7 +6,7 @@ hostname (merged with its HTTPRoutes' routes, as Istio does).
   RegularExpression -> regex `/<service or [^/]+>/<method or [^/]+>`; no method match -> every call.
   `headers` (metadata) as an HTTPRoute's.
 - Filters RequestHeaderModifier / ResponseHeaderModifier -> `headers` (also per backend), RequestMirror ->
-  `mirror` (+ `mirrorPercentage`).
+  `mirrors`.
 - backendRefs -> weighted destinations `<name>.<namespace>.svc.<domain>:<port>`; weight 0 gets no traffic. A
   rule whose backends are all unusable answers 503, which gRPC clients see as UNAVAILABLE (the specification's
   code for an invalid backend).
@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from meshd.api.grpcroute import GRPCMethodMatch, GRPCRoute, GRPCRouteMatch, GRPCRouteRule
-from meshd.model.gateway_api.http import BackendCheck, Precedence, _destination, _fqdn, _header_ops, header_matches
+from meshd.model.gateway_api.http import BackendCheck, Precedence, _destination, _header_ops, header_matches, mirrors
 
 ANY = "[^/]+"
 NO_BACKEND_STATUS = 503  # gRPC: UNAVAILABLE
@@ -80,15 +80,9 @@ def _action(
     headers = _header_ops(rule.filters)
     if headers:
         out["headers"] = headers
-    for f in rule.filters:
-        if f.request_mirror is not None:
-            ref = f.request_mirror.backend_ref
-            if backend_problem(ref.group, ref.kind, ref.namespace or ns, ref.name, ref.port) is None:
-                out["mirror"] = {"host": _fqdn(ref, namespace=ns, domain_suffix=domain_suffix)}
-                if ref.port is not None:
-                    out["mirror"]["port"] = {"number": ref.port}
-                if f.request_mirror.percent is not None:
-                    out["mirrorPercentage"] = {"value": float(f.request_mirror.percent)}
+    mirrored = mirrors(rule.filters, namespace=ns, domain_suffix=domain_suffix, backend_problem=backend_problem)
+    if mirrored:
+        out["mirrors"] = mirrored
     destinations = [
         _destination(b, namespace=ns, domain_suffix=domain_suffix)
         for b in rule.backend_refs
@@ -98,6 +92,5 @@ def _action(
         out["route"] = destinations
     else:
         out["directResponse"] = {"status": NO_BACKEND_STATUS}
-        out.pop("mirror", None)
-        out.pop("mirrorPercentage", None)
+        out.pop("mirrors", None)
     return out

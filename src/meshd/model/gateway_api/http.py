@@ -4,9 +4,11 @@ order the Gateway API requires among the routes of one hostname.
 - A match is one VirtualService route (its own rewrite); `PathPrefix /foo` matches `/foo` and `/foo/...`
   (path segments, as the specification says), so it becomes two: exact `/foo` and prefix `/foo/`.
 - Filters: RequestHeaderModifier / ResponseHeaderModifier -> `headers` (also per backend), RequestRedirect ->
-  `redirect` (302 unless statusCode says 301; a new scheme without port: no port in the Location),
+  `redirect` (302 unless statusCode says 301; a new scheme without port: no port in the Location; ReplacePrefixMatch:
+  Istio's `%PREFIX()%` uri, the matched prefix replaced),
   URLRewrite -> `rewrite` (ReplacePrefixMatch: the matched prefix; ReplaceFullPath: the whole path),
-  RequestMirror -> `mirror` (+ `mirrorPercentage`), timeouts.request -> `timeout`, retry and
+  RequestMirror (one or more; `percent` or `fraction`) -> `mirrors`, CORS -> `corsPolicy` (`cors.py`),
+  timeouts.request -> `timeout`, retry and
   timeouts.backendRequest -> `retries` (`retry.py`).
 - backendRefs -> weighted destinations `<name>.<namespace>.svc.<domain>:<port>`; weight 0 gets no traffic; a
   rule whose backends are all unusable (not found, not permitted, not a Service) answers 500.
@@ -21,7 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshd.api.grpcroute import GRPCBackendRef
+from meshd.api.http_actions import PREFIX_REDIRECT
 from meshd.api.httproute import HeaderFilter, HTTPBackendRef, HTTPRoute, HTTPRouteMatch, PathModifier, RouteRule
+from meshd.model.gateway_api.cors import cors_policy
 from meshd.model.gateway_api.retry import retry_fields
 
 # group, kind, namespace, name, port -> (reason, message) of a problem, or None
@@ -71,6 +75,9 @@ def http_routes(
                 rewrite = _rewrite(rule, rewrite_prefix)
                 if rewrite:
                     entry["rewrite"] = rewrite
+                prefix = _redirect_prefix(rule, rewrite_prefix)
+                if prefix is not None:
+                    entry["redirect"] = {**entry["redirect"], "uri": PREFIX_REDIRECT + prefix}
                 out.append((precedence, entry))
     return out
 
@@ -138,14 +145,11 @@ def _action(rule: RouteRule, *, route: HTTPRoute, domain_suffix: str, backend_pr
     for f in rule.filters:
         if f.request_redirect is not None:
             out["redirect"] = _redirect(f.request_redirect)
-        if f.request_mirror is not None:
-            ref = f.request_mirror.backend_ref
-            if backend_problem(ref.group, ref.kind, ref.namespace or ns, ref.name, ref.port) is None:
-                out["mirror"] = {"host": _fqdn(ref, namespace=ns, domain_suffix=domain_suffix)}
-                if ref.port is not None:
-                    out["mirror"]["port"] = {"number": ref.port}
-                if f.request_mirror.percent is not None:
-                    out["mirrorPercentage"] = {"value": float(f.request_mirror.percent)}
+        if f.cors is not None:
+            out["corsPolicy"] = cors_policy(f.cors)
+    mirrored = mirrors(rule.filters, namespace=ns, domain_suffix=domain_suffix, backend_problem=backend_problem)
+    if mirrored:
+        out["mirrors"] = mirrored
     if rule.timeouts is not None and rule.timeouts.request is not None:
         out["timeout"] = rule.timeouts.request
     out.update(retry_fields(rule))
@@ -160,8 +164,31 @@ def _action(rule: RouteRule, *, route: HTTPRoute, domain_suffix: str, backend_pr
         out["route"] = destinations
     else:
         out["directResponse"] = {"status": 500}
-        out.pop("mirror", None)
-        out.pop("mirrorPercentage", None)
+        out.pop("mirrors", None)
+    return out
+
+
+def mirrors(
+    filters: Sequence[Any], *, namespace: str, domain_suffix: str, backend_problem: BackendCheck
+) -> list[dict[str, Any]]:
+    """A rule's RequestMirror filters (one or several, each with its `percent` or `fraction`) as the
+    VirtualService's `mirrors`; a mirror whose backend cannot be used is left out (its problem is on the
+    route's status)."""
+    out: list[dict[str, Any]] = []
+    for f in filters:
+        mirror = f.request_mirror
+        if mirror is None:
+            continue
+        ref = mirror.backend_ref
+        if backend_problem(ref.group, ref.kind, ref.namespace or namespace, ref.name, ref.port) is not None:
+            continue
+        destination: dict[str, Any] = {"host": _fqdn(ref, namespace=namespace, domain_suffix=domain_suffix)}
+        if ref.port is not None:
+            destination["port"] = {"number": ref.port}
+        entry: dict[str, Any] = {"destination": destination}
+        if mirror.percentage is not None:
+            entry["percentage"] = {"value": mirror.percentage}
+        out.append(entry)
     return out
 
 
@@ -188,9 +215,19 @@ def _redirect(redirect: Any) -> dict[str, Any]:
         out["authority"] = redirect.hostname
     if redirect.port is not None:
         out["port"] = redirect.port
-    if redirect.path is not None:
+    if redirect.path is not None and redirect.path.type == "ReplaceFullPath":
         out["uri"] = redirect.path.value
     return out
+
+
+def _redirect_prefix(rule: RouteRule, variant: str | None) -> str | None:
+    """What a redirect's ReplacePrefixMatch puts in place of the matched prefix (as URLRewrite's: the matched
+    prefix `/foo/` keeps its slash, exact `/foo` is replaced wholly); None without one."""
+    for f in rule.filters:
+        path = f.request_redirect.path if f.request_redirect is not None else None
+        if path is not None and path.type == "ReplacePrefixMatch":
+            return path.value.rstrip("/") + "/" if variant == "/" else path.value
+    return None
 
 
 def _rewrite(rule: RouteRule, variant: str | None) -> dict[str, Any]:

@@ -6,6 +6,9 @@ converts them:
 - `retry.codes` -> `retries.retryOn`: the codes (retriable status codes) and the connection errors the
   specification says to retry on (connect-failure, refused-stream, unavailable, cancelled); without codes,
   Istio's default conditions;
+- `retry.backoff` -> `retries.backoff` (Envoy's retry back-off base interval; the maximum stays Envoy's default,
+  10 times the base, as Istio and the other Envoy-based implementations do); with `attempts: 0` there is no
+  retry to wait for;
 - `timeouts.backendRequest` -> `retries.perTryTimeout` (each try, the first one included); with `attempts: 0`
   there is one try, so it becomes the route `timeout` (never longer than `timeouts.request`: the model checks
   it). A zero duration means none.
@@ -41,4 +44,6 @@ def retry_fields(rule: RouteRule) -> dict[str, Any]:
         retries["retryOn"] = ",".join([CONNECTION_ERRORS, *(str(c) for c in dict.fromkeys(retry.codes))])
     if per_try is not None:
         retries["perTryTimeout"] = per_try
+    if retry is not None and retry.backoff is not None:
+        retries["backoff"] = retry.backoff
     return {"retries": retries}

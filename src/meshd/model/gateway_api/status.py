@@ -1,14 +1,16 @@
 """The status each Gateway API object meshd handles should carry, and how it is written over the status
 already there (pure; the leader's status writer calls these).
 
-- Desired: `convert` over the objects meshd holds, with the Kubernetes Services, the Secrets (a missing
-  certificate is a listener's InvalidCertificateRef) and the gateway proxy pods (none: the Gateway is not
-  Programmed, NoResources; their IPs are its `addresses`). An object meshd refused outright (its model is
-  invalid: an unsupported field, filter or value) gets a refusal, whatever its last accepted version says:
+- Desired: `convert` over the objects meshd holds, with the Kubernetes Services (a Gateway's `Programmed` and
+  `addresses`: those of the Service serving it, `service_addresses.py`), the Secrets (a missing certificate is
+  a listener's InvalidCertificateRef) and the gateway proxy pods (none: the Gateway is not Programmed). An
+  object meshd refused outright (its model is invalid: an unsupported field, filter or value) gets a refusal,
+  whatever its last accepted version says:
   GatewayClass Accepted False InvalidParameters, Gateway Accepted False Invalid, route Accepted False
   UnsupportedValue on each parent.
 - Written: meshd's conditions get `observedGeneration` and a `lastTransitionTime` kept while their status
-  does not change; a route's parents of other controllers are kept.
+  does not change; a route's parents of other controllers are kept; a Gateway's addresses are never taken
+  away (Istio's rule: none reported, the ones there stay).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from meshd.model.derive import mesh_service
 from meshd.model.gateway_api.addresses import address_targets
 from meshd.model.gateway_api.convert import convert, inputs_of, status_digest
 from meshd.model.gateway_api.listeners import GATEWAY_NAME_LABEL, class_verdicts
+from meshd.model.gateway_api.service_addresses import service_facts
 
 # kind identity -> plural, for the kinds meshd writes status on (group gateway.networking.k8s.io)
 # (the route kinds meshd does not translate yet get a refusal on each parent)
@@ -83,6 +86,9 @@ def desired_statuses(
             ),
             secrets={(s.metadata.namespace, s.metadata.name) for s in items if isinstance(s, Secret)},
             gateway_pods={at: tuple(sorted(ips)) for at, ips in pods.items()},
+            service_facts={
+                (s.metadata.namespace, s.metadata.name): service_facts(s) for s in items if isinstance(s, Service)
+            },
             domain_suffix=domain_suffix,
         )
         out = {key: ApiStatus(body=status_digest(status)) for key, status in result.status.items()}
@@ -156,7 +162,7 @@ def render_api_status(
     assert isinstance(previous, dict)
     body: dict[str, Any] = json.loads(desired.body) if desired.body else _refusal(key, desired.refused, obj)
     if key.kind not in ROUTE_KINDS:
-        status = {k: v for k, v in previous.items() if k not in ("conditions", "listeners", "addresses")}
+        status = {k: v for k, v in previous.items() if k not in ("conditions", "listeners")}
         status["conditions"] = _stamp(body["conditions"], previous.get("conditions"), generation=generation, now=now)
         if "listeners" in body:
             before = {lst.get("name"): lst for lst in previous.get("listeners") or [] if isinstance(lst, dict)}
