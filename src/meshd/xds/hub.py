@@ -13,10 +13,11 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from meshd.translate.envoyfilter.bootstrap import BOOTSTRAP_PATCH
 from meshd.translate.proxy import Proxy
 from meshd.xds.inbox import Inbox
 from meshd.xds.isolation import Isolation, Rejected
-from meshd.xds.resource import BOOTSTRAP_PATCH, EMPTY_SNAPSHOT, Snapshot
+from meshd.xds.resource import EMPTY_SNAPSHOT, Snapshot
 from meshd.xds.stream import DeltaStream, SotwStream
 
 
