@@ -185,6 +185,10 @@ class AgentSettings(BaseModel):
     # Istio's node type: a `sidecar` next to an app, or a `router` (a gateway: Gateway listeners only, no
     # traffic capture), as `pilot-agent proxy router` runs gateways
     proxy_type: Literal["sidecar", "router"] = "sidecar"
+    # EnvoyFilter applyTo BOOTSTRAP: fetch the patches from meshd and apply them before Envoy starts (Istio's
+    # BOOTSTRAP_XDS_AGENT), waiting at most this long for them at the first start (agent/bootstrap_patches.py)
+    bootstrap_patches: bool = False
+    bootstrap_patches_wait_s: float = Field(default=30.0, gt=0)
 
     @model_validator(mode="after")
     def _router_captures_nothing(self) -> AgentSettings:

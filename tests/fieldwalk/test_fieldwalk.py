@@ -20,9 +20,7 @@ SRC = pathlib.Path(__file__).resolve().parents[2] / "src" / "meshd"
 READ_ELSEWHERE: dict[Field, str] = {
     ("JwtRule", "timeout"): "sources/jwks.py",  # the JWKS fetch's timeout (the fetcher, not translation)
     # EnvoyFilter (tests/unit/test_envoyfilter.py, tests/e2e/test_envoyfilter*.py)
-    ("Patch", "value"): "api/envoyfilter.py",  # parsed into the Envoy message translation applies
     ("Patch", "filterClass"): "translate/envoyfilter/apply.py",
-    ("ProxyMatch", "proxyVersion"): "translate/envoyfilter/match.py",
     ("ProxyMatch", "metadata"): "translate/envoyfilter/match.py",
     ("EnvoyFilterTargetRef", "kind"): "translate/authz/selection.py",
     ("EnvoyFilterTargetRef", "name"): "translate/authz/selection.py",

@@ -9,14 +9,17 @@ import json
 import pathlib
 from typing import Any
 
+from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
 from google.protobuf import json_format
 
+from meshd.api.envoy_value import resolve_types
 from meshd.api.kube import Pod
 from meshd.api.mesh import parse_mesh_config
 from meshd.generate.generator import ConfigGenerator
 from meshd.generate.options import GenerateOptions
 from meshd.model.world import World, build_world
 from meshd.sources.yaml_file import parse_file
+from meshd.translate.envoyfilter.bootstrap import AGENT_METADATA, BOOTSTRAP_PATCH, apply_patches
 from meshd.translate.proxy import parse_node_id
 from meshd.xds.resource import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, XdsResource
 
@@ -24,11 +27,14 @@ TYPES = {"clusters": CLUSTER, "endpoints": ENDPOINT, "listeners": LISTENER, "rou
 # Written only for cases whose proxies are served any (SDS secrets for DestinationRule credentialName).
 ECDS = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
 # ECDS extension configs (WasmPlugins, EnvoyFilter EXTENSION_CONFIG) are written and inlined for validation.
-OPTIONAL_TYPES = {"secrets": SECRET, "extensions": ECDS}
+# EnvoyFilter BOOTSTRAP patches for the node agent (`# proxies: bootstrap-patches`): merged into the
+# validation bootstrap, so Envoy validates the patched bootstrap.
+OPTIONAL_TYPES = {"secrets": SECRET, "extensions": ECDS, "bootstrap": BOOTSTRAP_PATCH}
 DEFAULT_PROXY = "sidecar~127.0.0.99~client.default~default.svc.cluster.local"
 # A case whose text holds a line `# proxies: <flags>` renders its proxies with those flags: `sds` (run
 # by the node agent: mTLS), `capture` (node metadata INTERCEPTION_MODE REDIRECT: capture-mode listeners),
-# `proxyless` (node metadata GENERATOR grpc: proxyless gRPC clients; not Envoy, so not validated by Envoy).
+# `proxyless` (node metadata GENERATOR grpc: proxyless gRPC clients; not Envoy, so not validated by Envoy),
+# `bootstrap-patches` (node metadata MESHD_BOOTSTRAP_PATCHES: its agent applies EnvoyFilter BOOTSTRAP patches).
 PROXIES_MARKER = "# proxies:"
 SDS_MARKER = "# proxies: sds"
 SDS_CLUSTER = "sds-grpc"
@@ -70,6 +76,8 @@ def proxy_flags(text: str) -> set[str]:
 
 
 def _to_dict(resource: XdsResource) -> dict[str, Any]:
+    if resource.type_url == BOOTSTRAP_PATCH:
+        return {"name": resource.name, "patch": json_format.MessageToDict(Bootstrap.FromString(resource.body))}
     return json_format.MessageToDict(resource.to_any())
 
 
@@ -93,8 +101,9 @@ def render(path: pathlib.Path) -> dict[str, Any]:
     flags = proxy_flags(path.read_text())
     for node_id in proxies:
         proxy = dataclasses.replace(
-            parse_node_id(node_id), sds="sds" in flags, capture="capture" in flags, proxyless="proxyless" in flags
-        )
+            parse_node_id(node_id), sds="sds" in flags, capture="capture" in flags, proxyless="proxyless" in flags,
+            metadata=((AGENT_METADATA, "true"),) if "bootstrap-patches" in flags else (),
+        )  # fmt: skip
         snapshot = generator.snapshot(proxy)
         for kind, type_url in (TYPES | OPTIONAL_TYPES).items():
             out[kind][f"{proxy.pod}.{proxy.namespace}"] = [_to_dict(r) for r in snapshot.select(type_url, None)]
@@ -216,8 +225,16 @@ def validation_bootstrap(
         listeners.append(listener)
     if SDS_CLUSTER in json.dumps([clusters, listeners]):
         clusters.append(_sds_cluster("/var/run/secrets/workload-spiffe-uds/socket"))
-    return {
+    config = {
         "node": {"id": DEFAULT_PROXY, "cluster": "validate"},
         "admin": {"address": {"socketAddress": {"address": "127.0.0.1", "portValue": 0}}},
         "staticResources": {"clusters": clusters, "listeners": listeners},
     }
+    served = rendered.get("bootstrap", {}).get(proxy, [])
+    patches = [(p["name"], json_format.ParseDict(p["patch"], Bootstrap())) for p in served]
+    if patches:  # as the node agent applies them (each must apply: a refused one would fail the case)
+        resolve_types(config)
+        patched, refused = apply_patches(json_format.ParseDict(config, Bootstrap()), patches)
+        assert not refused, refused
+        config = json_format.MessageToDict(patched)
+    return config

@@ -533,6 +533,12 @@ _EF_PATCHES: list[dict[str, Any]] = [
      "patch": {"operation": "MERGE", "value": {"connect_timeout": "2s"}}},
     {"applyTo": "CLUSTER", "match": {"cluster": {"service": "s2.b.svc.cluster.local"}},  # Envoy would refuse it
      "patch": {"operation": "MERGE", "value": {"connect_timeout": "0s"}}},
+    # for the node agents that apply bootstrap patches (node metadata MESHD_BOOTSTRAP_PATCHES), reported on the rest
+    {"applyTo": "BOOTSTRAP", "patch": {"operation": "MERGE", "value": {"node": {"metadata": {"EF": "1"}}}}},
+    {"applyTo": "BOOTSTRAP", "match": {"context": "GATEWAY"},
+     "patch": {"operation": "MERGE", "value": {"stats_flush_interval": "10s"}}},
+    {"applyTo": "BOOTSTRAP", "match": {"context": "SIDECAR_INBOUND", "proxy": {"proxyVersion": "^1\\.2"}},
+     "patch": {"operation": "MERGE", "value": {"layered_runtime": {"layers": [{"name": "ef", "static_layer": {}}]}}}},
     {"applyTo": "HTTP_FILTER",  # names a cluster: a gateway it applies to is sent that cluster
      "match": {"context": "GATEWAY", "listener": {"filterChain": {"filter": {
          "name": _HCM, "subFilter": {"name": "envoy.filters.http.router"}}}}},
@@ -540,6 +546,9 @@ _EF_PATCHES: list[dict[str, Any]] = [
          "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua", "inline_code": _LUA_CALL}}}},
 ]  # fmt: skip
 _EF_CLUSTER = "outbound|9080|v1|s2.b.svc.cluster.local"
+
+
+AGENT_MARK = ("MESHD_BOOTSTRAP_PATCHES", "true")  # node metadata: the agent applies bootstrap patches
 
 
 def _envoy_filter(rng: random.Random) -> dict[str, Any]:
@@ -1096,17 +1105,27 @@ def test_every_connection_holds_what_a_fresh_build_gives_after_random_changes(se
             sds=n == 2 or (n == 3 and ns == "a"),
             capture=n == 3 or (n == 1 and ns == "b"),  # two captured in b: their own layers share the memo
             proxyless=n == 4,
-            metadata=(("ISTIO_VERSION", "1.24.0"),) if n == 1 else (),
+            metadata=(("ISTIO_VERSION", "1.24.0"),) * (n == 1)
+            + (("MESHD_BOOTSTRAP_PATCHES", "true"),) * (n == 2 or ns == "a"),
         )
         for ns in ("a", "b")
         for n in (1, 2, 3, 4)
     ]
     # gateway proxies (router): one per namespace, the one of namespace a with the agent's SDS
-    routers = [dataclasses.replace(_router(ns), sds=ns == "a") for ns in ("a", "b")]
+    routers = [
+        dataclasses.replace(
+            _router(ns), sds=ns == "a", metadata=(("MESHD_BOOTSTRAP_PATCHES", "true"),) if ns == "a" else ()
+        )
+        for ns in ("a", "b")
+    ]
+    # a twin of a's router (same pod labels: often the same gateway layers) whose agent does not apply
+    # bootstrap patches: the node metadata must be part of the envoyfilters key
+    routers.append(dataclasses.replace(parse_node_id("router~10.8.97.2~gateway-2.a~a.svc.cluster.local"), sds=True))
     start = [_router_pod(r, "ingressgateway") for r in routers] + [_secret(ns, "c1", 0) for ns in "ab"]
     start += [_gateway(random.Random(157), "a"), _gateway_vs(random.Random(2), "a")]  # every kind of server, bound
     # a Gateway API Gateway served by namespace a's router, and an HTTPRoute attached to it
     start[0]["metadata"]["labels"]["gateway.networking.k8s.io/gateway-name"] = "kgw"
+    start[2]["metadata"]["labels"]["gateway.networking.k8s.io/gateway-name"] = "kgw"
     start += [
         {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "kgw", "namespace": "a"},
          "spec": {"gatewayClassName": "istio", "listeners": [

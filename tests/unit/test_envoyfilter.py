@@ -58,8 +58,12 @@ def _lua(name: str = "envoy.filters.http.lua") -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("patch", "field", "words"),
     [
-        ({"applyTo": "BOOTSTRAP", "patch": {"operation": "MERGE", "value": {}}}, "spec.configPatches[0].applyTo",
-         "BOOTSTRAP is not supported"),
+        ({"applyTo": "BOOTSTRAP", "patch": {"operation": "REPLACE", "value": {}}},
+         "spec.configPatches[0].patch.operation", "BOOTSTRAP takes MERGE only"),
+        ({"applyTo": "BOOTSTRAP", "match": {"cluster": {"name": "x"}}, "patch": {"operation": "MERGE", "value": {}}},
+         "spec.configPatches[0].match.cluster", "matches by context and proxy only"),
+        ({"applyTo": "BOOTSTRAP", "patch": {"operation": "MERGE", "value": {"stats_config": {"bogus": 1}}}},
+         "spec.configPatches[0].patch.value", 'no field named "bogus"'),
         ({"applyTo": "CLUSTER", "patch": {"operation": "MERGE", "value": {"connect_timeout": "1s", "bogus": 1}}},
          "spec.configPatches[0].patch.value", 'no field named "bogus"'),
         ({"applyTo": "HTTP_FILTER", "patch": {"operation": "ADD", "value": {

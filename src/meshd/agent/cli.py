@@ -75,6 +75,12 @@ def add_agent_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     xds.add_argument("--xds-server-name", default=d.xds_server_name, help="SNI and DNS SAN expected of meshd")
     xds.add_argument("--xds-plaintext", action="store_true", help="plaintext xDS (e.g. meshd's 15010)")
     xds.add_argument("--delta", action="store_true", help="delta (incremental) ADS")
+    xds.add_argument(
+        "--bootstrap-patches",
+        action="store_true",
+        help="apply EnvoyFilter BOOTSTRAP patches from meshd before Envoy starts (also: $BOOTSTRAP_XDS_AGENT=true)",
+    )
+    xds.add_argument("--bootstrap-patches-wait", type=float, default=d.bootstrap_patches_wait_s, help="seconds")
     ca = p.add_argument_group("certificates")
     ca.add_argument("--ca-address", default=None, help="CA host:port (default: --xds-address)")
     ca.add_argument("--root-cert", type=pathlib.Path, help="PEM root that verifies meshd's TLS certificate")
@@ -143,6 +149,8 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None =
         xds_server_name=args.xds_server_name,
         xds_plaintext=args.xds_plaintext,
         delta=args.delta,
+        bootstrap_patches=args.bootstrap_patches or env.get("BOOTSTRAP_XDS_AGENT", "").lower() in ("true", "1"),
+        bootstrap_patches_wait_s=args.bootstrap_patches_wait,
         ca_address=args.ca_address,
         root_cert=args.root_cert,
         token_file=args.token_file,

@@ -1,7 +1,8 @@
 """`meshd agent`: the node agent next to one Envoy (Istio's pilot-agent).
 
     certificate source (CSR to meshd's CA) -> rotator -> SecretState -> SDS server (Unix socket)
-    bootstrap (node identity, sds-grpc, xds-grpc over mTLS) -> Envoy, supervised -> exit code
+    bootstrap (node identity, sds-grpc, xds-grpc over mTLS) [+ EnvoyFilter BOOTSTRAP patches from meshd,
+    bootstrap_patches.py] -> Envoy, supervised -> exit code
     status port: /healthz/ready, /status
 
 `run_agent` is the reusable entry point (CLI, demo and tests); it returns the process exit code.
@@ -16,11 +17,14 @@ import pathlib
 from datetime import UTC, datetime
 from typing import Any
 
+import grpc
 from aiohttp import web
 
 from meshd.agent.bootstrap import build_bootstrap
+from meshd.agent.bootstrap_patches import BootstrapPatches, envoy_validator
+from meshd.agent.ca_client import secure_channel
 from meshd.agent.certificate import CertificateSource
-from meshd.agent.envoy import EnvoyProcess
+from meshd.agent.envoy import EnvoyProcess, default_envoy_path
 from meshd.agent.file_secrets import serve_files
 from meshd.agent.merged_metrics import ScrapeStats, agent_metrics, build_metrics_app
 from meshd.agent.metadata import node_id, node_metadata, workload_name
@@ -31,6 +35,7 @@ from meshd.agent.status import build_status_app
 from meshd.agent.supervisor import EnvoySupervisor, RestartPolicy
 from meshd.clock import Clock, SystemClock
 from meshd.settings import AgentSettings
+from meshd.translate.envoyfilter.bootstrap import AGENT_METADATA
 from meshd.translate.proxy import SDS_METADATA
 
 
@@ -63,6 +68,8 @@ def agent_bootstrap(settings: AgentSettings, *, certificates: bool | None = None
     if certificates is None:
         certificates = settings.token_file is not None or settings.root_cert is not None  # as default_source
     metadata = {**node_metadata(s), **({SDS_METADATA: "true"} if certificates else {})}
+    if s.bootstrap_patches:
+        metadata[AGENT_METADATA] = "true"  # meshd serves this proxy's EnvoyFilter BOOTSTRAP patches
     host, port = split_address(s.xds_address)
     return build_bootstrap(
         node_id=node_id(s),
@@ -112,14 +119,54 @@ class _Agent:
             clock=clock,
             log=log,
         )
+        self.patches = (
+            BootstrapPatches(
+                base=self.bootstrap(),
+                channel=self._xds_channel,
+                validate=envoy_validator(envoy_path=settings.envoy_path or default_envoy_path(), work_dir=self.workdir),
+                log=log,
+            )
+            if settings.bootstrap_patches
+            else None
+        )
 
     def bootstrap(self) -> dict[str, Any]:
         return agent_bootstrap(self.settings, certificates=self.rotator is not None)
 
+    async def _xds_channel(self) -> grpc.aio.Channel:
+        """A channel to meshd as Envoy reaches it: plaintext, or mTLS with the workload certificate."""
+        s = self.settings
+        if s.xds_plaintext or self.rotator is None:
+            return grpc.aio.insecure_channel(s.xds_address)
+        generation = 0
+        while (cert := self.rotator.current) is None:
+            generation = await self.state.wait_beyond(generation)
+        return secure_channel(
+            address=s.xds_address,
+            root_cert_pem=cert.root_pem,
+            client_cert=(cert.chain_pem, cert.private_key_pem),
+            server_name=s.xds_server_name,
+        )
+
+    async def _wait_for_patches(self, stop: asyncio.Event) -> None:
+        """Envoy's first start waits for meshd's bootstrap patches (bounded: then unpatched, logged)."""
+        assert self.patches is not None
+        waits = [asyncio.ensure_future(self.patches.received.wait()), asyncio.ensure_future(stop.wait())]
+        try:
+            await asyncio.wait(waits, timeout=self.settings.bootstrap_patches_wait_s, return_when="FIRST_COMPLETED")
+        finally:
+            for w in waits:
+                w.cancel()
+        if not self.patches.received.is_set() and not stop.is_set():
+            self.log.error(
+                "event=bootstrap_patches_missing wait_s=%s note=envoy_starts_without_them",
+                self.settings.bootstrap_patches_wait_s,
+            )
+
     def _make_envoy(self) -> EnvoyProcess:
         s = self.settings
         return EnvoyProcess(
-            bootstrap=self.bootstrap(),
+            bootstrap=self.patches.current if self.patches is not None else self.bootstrap(),
             work_dir=self.workdir,
             admin_host=s.ip,
             admin_port=s.admin_port,
@@ -174,6 +221,7 @@ class _Agent:
                 "not_after": cert.not_after.isoformat(),
                 "issued": self.rotator.issued if self.rotator else 0,
             },
+            "bootstrap_patches": self.patches.status() if self.patches is not None else None,
             "sds": {
                 "socket": str(self.socket_path),
                 "streams": self.sds.stats.streams,
@@ -209,10 +257,13 @@ class _Agent:
             )  # fmt: skip
             rotating = asyncio.create_task(self.rotator.run()) if self.rotator else None
             files = asyncio.create_task(serve_files(self.state, log=self.log))  # gateways' certificate files
+            patching = asyncio.create_task(self.patches.run()) if self.patches is not None else None
             try:
+                if self.patches is not None:
+                    await self._wait_for_patches(stop)
                 code = await self.supervisor.run(stop)
             finally:
-                for task in (rotating, files):
+                for task in (rotating, files, patching):
                     if task is not None:
                         task.cancel()
                         with contextlib.suppress(asyncio.CancelledError):

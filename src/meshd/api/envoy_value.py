@@ -29,6 +29,7 @@ VALUE_TYPES = {
     "CLUSTER": "envoy.config.cluster.v3.Cluster",
     "EXTENSION_CONFIG": "envoy.config.core.v3.TypedExtensionConfig",
     "LISTENER_FILTER": "envoy.config.listener.v3.ListenerFilter",
+    "BOOTSTRAP": "envoy.config.bootstrap.v3.Bootstrap",
 }
 _TYPE_PREFIX = "type.googleapis.com/"
 # the packages of Envoy's protos (xds-protos): the only modules a type name may import

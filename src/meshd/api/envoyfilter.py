@@ -2,9 +2,11 @@
 for the proxies it selects (`workloadSelector`, `targetRefs`, or every proxy of its namespace; of the mesh
 from the root namespace), applied in `priority` order.
 
-Strict: an unknown field is refused (named by its path), so is what meshd does not apply: `applyTo:
-BOOTSTRAP` (the agent writes the bootstrap), `routeConfiguration.gateway` / `portName` and `listener.
-portName` (not matched yet). Each patch's `value` is parsed as the Envoy message its `applyTo` names
+Strict: an unknown field is refused (named by its path), so is what meshd does not apply:
+`routeConfiguration.gateway` / `portName` and `listener.portName` (not matched yet). `applyTo: BOOTSTRAP`
+takes MERGE only (the one operation Istio applies to the bootstrap) and no listener / routeConfiguration /
+cluster match; translate/envoyfilter/bootstrap.py says how the patch reaches the bootstrap.
+Each patch's `value` is parsed as the Envoy message its `applyTo` names
 (api/envoy_value.py): a typo in a field name or an unknown `@type` is refused here, with its path."""
 
 from __future__ import annotations
@@ -130,11 +132,8 @@ class ConfigPatch(StrictModel):
     @model_validator(mode="after")
     def _check(self) -> ConfigPatch:
         apply_to, op = self.apply_to, self.patch.operation
-        if apply_to == "BOOTSTRAP":
-            raise ValueError(
-                "applyTo: BOOTSTRAP is not supported by meshd: the node agent writes the bootstrap "
-                "(the EnvoyFilter is refused rather than applied in part)"
-            )
+        if apply_to == "BOOTSTRAP" and op != "MERGE":
+            raise ValueError(f"patch.operation: BOOTSTRAP takes MERGE only (as Istio applies it), not {op}")
         if apply_to == "EXTENSION_CONFIG" and op != "ADD":
             raise ValueError(f"patch.operation: EXTENSION_CONFIG takes ADD only (as Istio), not {op}")
         if op in _INSERTS and apply_to not in _LISTED:
@@ -145,6 +144,8 @@ class ConfigPatch(StrictModel):
             raise ValueError("patch.filterClass: only for the ADD operation of an HTTP_FILTER or NETWORK_FILTER")
         wanted = _expected_match(apply_to)
         given = [n for n in ("listener", "route_configuration", "cluster") if getattr(self.match, n) is not None]
+        if given and apply_to == "BOOTSTRAP":
+            raise ValueError(f"match.{_camel(given[0])}: applyTo BOOTSTRAP matches by context and proxy only")
         if given and wanted is not None and given[0] != wanted:
             raise ValueError(f"match: applyTo {apply_to} takes a {_camel(wanted)} match, not {_camel(given[0])}")
         if op == "REMOVE":

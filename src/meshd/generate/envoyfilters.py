@@ -9,7 +9,10 @@ snapshot patched (an unchanged one is the same object), the filters that select 
 `ctx.queries.envoy_filters` / `wasm_plugins`, so check mode verifies the key holds them) and the node
 metadata patches match.
 An EnvoyFilter that fails on a proxy is left out there and its error is reported while the entry is in use
-(as the memo's refused resources are)."""
+(as the memo's refused resources are).
+The BOOTSTRAP patches that apply to the proxy are added as resources of their own type for its node agent
+(translate/envoyfilter/bootstrap.py); a proxy whose node metadata does not say its agent applies them
+gets none, and each such patch is reported."""
 
 from __future__ import annotations
 
@@ -22,13 +25,15 @@ from envoy.config.core.v3.extension_pb2 import TypedExtensionConfig
 from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
 
+from meshd.api.meta import InvalidResource
 from meshd.generate.layers import LayerCache
 from meshd.generate.memo import MemoEntry, Refused, ResourceMemo
 from meshd.generate.reads import Context, Tracer
 from meshd.translate.envoyfilter.apply import ProxyConfig, apply_filters
+from meshd.translate.envoyfilter.bootstrap import AGENT_METADATA, BOOTSTRAP_PATCH, selected_patches
 from meshd.translate.proxy import Proxy
 from meshd.translate.wasm_plugin import apply_plugins
-from meshd.xds.resource import CLUSTER, LISTENER, ROUTE, Snapshot, XdsResource, make_resource
+from meshd.xds.resource import CLUSTER, LISTENER, ROUTE, Snapshot, XdsResource, make_raw_resource, make_resource
 
 ECDS = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
 _TYPES: tuple[tuple[str, str, type[Any]], ...] = (
@@ -98,9 +103,33 @@ def _patched(
         for name, msg in now.items():
             if before.get(name) != msg:
                 by_name[name] = make_resource(name, msg)
+    failed = {e.key for e in errors}  # a filter not applied to this proxy is not applied to its bootstrap either
+    kept = tuple(f for f in filters if f.key not in failed)
+    errors += _bootstrap(out, kept, router=router, metadata=metadata)
     snap = Snapshot(resources=MappingProxyType({t: MappingProxyType(r) for t, r in out.items() if r}))
     used: list[MemoEntry] = [(("envoyfilter-errors", key), Refused(None, tuple(errors)))] if errors else []
     return snap, used
+
+
+def _bootstrap(
+    out: dict[str, dict[str, XdsResource]], filters: Any, *, router: bool, metadata: dict[str, str]
+) -> list[InvalidResource]:
+    """The BOOTSTRAP patches for the proxy's agent (into `out`), or an error per patch its agent cannot apply."""
+    chosen = selected_patches(filters, router=router, metadata=metadata)
+    if not chosen:
+        return []
+    if metadata.get(AGENT_METADATA) != "true":
+        why = (
+            "applyTo BOOTSTRAP: not applied to this proxy: its node agent does not apply bootstrap patches "
+            "(`meshd agent --bootstrap-patches`, or BOOTSTRAP_XDS_AGENT=true in its environment)"
+        )
+        return [InvalidResource(s.envoy_filter.key, f"spec.configPatches[{s.index}]", why) for s in chosen]
+    served = out.setdefault(BOOTSTRAP_PATCH, {})
+    for s in chosen:
+        assert s.patch.message is not None
+        body = s.patch.message.SerializeToString(deterministic=True)
+        served[s.resource] = make_raw_resource(s.resource, BOOTSTRAP_PATCH, body)
+    return []
 
 
 def _copy(msg: Any) -> Any:

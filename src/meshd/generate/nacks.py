@@ -10,6 +10,8 @@ read from the resource's Istio-style name and the World, as istiod names them:
   Gateway(s) and the VirtualServices bound to them;
 - an extension config `<namespace>.<name>~<digest>` (ECDS): the WasmPlugin (e.g. a file:// module Envoy
   cannot read);
+- a node agent's bootstrap patch `<order>/<namespace>/<name>/<index>` (the agent refused the patched
+  bootstrap, translate/envoyfilter/bootstrap.py): that EnvoyFilter;
 - any resource of a proxy EnvoyFilters patch: those EnvoyFilters selecting the proxy that have a patch of
   that resource's type (a Lua script Envoy cannot compile is seen by Envoy only).
 Each becomes an error on those resources (status, /debug/config_errors, the log), naming the Envoy
@@ -24,6 +26,7 @@ from collections.abc import Iterable
 from meshd.api.meta import InvalidResource, ResourceKey
 from meshd.model.services import MeshService
 from meshd.model.world import World
+from meshd.translate.envoyfilter.bootstrap import BOOTSTRAP_PATCH, parse_name
 from meshd.translate.envoyfilter.selection import selected
 from meshd.translate.proxy import Proxy
 from meshd.xds.isolation import Rejected
@@ -71,6 +74,11 @@ def nack_errors(
             f"Envoy rejected {short_name(type_url).upper()} resource {name!r} (proxies {shown}): "
             f"{error}; those proxies keep the version they accepted before"
         )
+        if type_url == BOOTSTRAP_PATCH:
+            message = (
+                f"the node agent rejected bootstrap patch {name!r} (proxies {shown}): {error}; "
+                "their Envoy starts without this EnvoyFilter's bootstrap patches"
+            )
         keys: list[ResourceKey | None] = [*provenance(world, type_url, name), *patched[(type_url, name)]] or [None]
         out += [InvalidResource(key, "<generated config>", message) for key in keys]
     return out
@@ -100,6 +108,10 @@ def provenance(world: World, type_url: str, name: str) -> list[ResourceKey]:
         _gateway_keys(world, keys, port=port, gateway=(m["ns"], m["gw"]) if m["gw"] else None)
     elif type_url == LISTENER and "_" in name and name.rsplit("_", 1)[1].isdigit():
         _port_keys(world, int(name.rsplit("_", 1)[1]), keys, services=True)
+    elif type_url == BOOTSTRAP_PATCH and (parsed := parse_name(name)) is not None:
+        for envoy_filter in world.envoy_filters.get(parsed[1], ()):
+            if envoy_filter.metadata.name == parsed[2]:
+                keys[envoy_filter.key] = None
     elif type_url == ECDS and "~" in name:  # a WasmPlugin's Wasm config: `<namespace>.<name>~<digest>`
         namespace, _, plugin = name.rsplit("~", 1)[0].partition(".")
         for found in world.wasm_plugins.get(namespace, ()):

@@ -106,7 +106,8 @@ def syncz(hub: Hub, *, cluster_id: str) -> list[any_pb2.Any]:
     """One ClientConfig per proxy connected to this meshd (newest connection of a proxy id wins)."""
     by_id: dict[str, Connection] = {}
     for conn in hub.connections.values():
-        by_id[proxy_id(conn)] = conn
+        if not conn.agent_only:
+            by_id[proxy_id(conn)] = conn
     return [_packed(client_config(conn, cluster_id=cluster_id)) for _, conn in sorted(by_id.items())]
 
 

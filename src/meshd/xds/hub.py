@@ -13,6 +13,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from meshd.translate.envoyfilter.bootstrap import BOOTSTRAP_PATCH
 from meshd.translate.proxy import Proxy
 from meshd.xds.inbox import Inbox
 from meshd.xds.isolation import Isolation, Rejected
@@ -66,6 +67,12 @@ class Connection:
     @property
     def delta(self) -> bool:
         return isinstance(self.stream, DeltaStream)
+
+    @property
+    def agent_only(self) -> bool:
+        """A node agent's stream for its EnvoyFilter bootstrap patches, not an Envoy (istioctl's proxy list
+        and config dumps leave it out)."""
+        return bool(self.stream.types) and set(self.stream.types) <= {BOOTSTRAP_PATCH}
 
     @property
     def push_pending(self) -> bool:
@@ -147,6 +154,6 @@ class Hub:
         """By full node id or Istio's short `<pod>.<namespace>` proxy id; newest connection wins."""
         for conn in reversed(list(self.connections.values())):
             p = conn.proxy
-            if proxy_id in (p.node_id, f"{p.pod}.{p.namespace}"):
+            if proxy_id in (p.node_id, f"{p.pod}.{p.namespace}") and not conn.agent_only:
                 return conn
         return None

@@ -14,6 +14,7 @@ from typing import Any
 from google.protobuf import any_pb2
 
 from meshd.protowire import length_delimited, string_field
+from meshd.translate.envoyfilter.bootstrap import BOOTSTRAP_PATCH
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
@@ -24,8 +25,11 @@ SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 # Push order that lets Envoy warm without dropping traffic: clusters before their endpoints,
 # listeners before the routes they reference.
 PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET)
-WILDCARD_TYPES = frozenset({CLUSTER, LISTENER})
-SHORT_NAMES = {CLUSTER: "cds", ENDPOINT: "eds", LISTENER: "lds", ROUTE: "rds", SECRET: "sds"}
+# (BOOTSTRAP_PATCH: a node agent's EnvoyFilter bootstrap patches, all of them, none when none apply)
+WILDCARD_TYPES = frozenset({CLUSTER, LISTENER, BOOTSTRAP_PATCH})
+SHORT_NAMES = {
+    CLUSTER: "cds", ENDPOINT: "eds", LISTENER: "lds", ROUTE: "rds", SECRET: "sds", BOOTSTRAP_PATCH: "bootstrap"
+}  # fmt: skip
 
 
 def short_name(type_url: str) -> str:

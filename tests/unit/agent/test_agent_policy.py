@@ -52,5 +52,12 @@ def test_cli_flags() -> None:
     assert (settings.cert_ttl_s, settings.max_restarts, settings.envoy_args) == (5, 2, ("--foo",))
     assert settings.workdir == pathlib.Path("/tmp/w") and settings.pod_ports == (8080, 9090)
     assert settings.sds_socket == pathlib.Path("./var/run/secrets/workload-spiffe-uds/socket")
+    assert not settings.bootstrap_patches
+    # EnvoyFilter BOOTSTRAP patches: the flag, or Istio's proxyMetadata BOOTSTRAP_XDS_AGENT in the environment
+    assert settings_from_args(
+        build_parser().parse_args(["agent", "--pod", "a", "--bootstrap-patches"]), env={}
+    ).bootstrap_patches
+    args = build_parser().parse_args(["agent", "--pod", "a"])
+    assert settings_from_args(args, env={"BOOTSTRAP_XDS_AGENT": "true"}).bootstrap_patches
     with pytest.raises(Exception, match="key=value"):
         _labels("app")

@@ -13,7 +13,8 @@ REPLACE, REMOVE of the matched ones; FILTER_CHAIN, VIRTUAL_HOST: ADD (to the mat
 configuration), MERGE, REPLACE, REMOVE; NETWORK_FILTER, HTTP_FILTER, LISTENER_FILTER, HTTP_ROUTE: items of
 an ordered list, anchored on the one the match names (filter.name, subFilter.name, listenerFilter, route):
 ADD (appended, or placed by `filterClass`), INSERT_BEFORE / INSERT_AFTER (the anchor; without one: first /
-last), INSERT_FIRST, MERGE, REPLACE, REMOVE (of the anchor); EXTENSION_CONFIG: ADD (an ECDS resource)."""
+last), INSERT_FIRST, MERGE, REPLACE, REMOVE (of the anchor); EXTENSION_CONFIG: ADD (an ECDS resource).
+BOOTSTRAP patches are not applied here: they go to the node agent (bootstrap.py)."""
 
 from __future__ import annotations
 
@@ -153,6 +154,8 @@ def _hcm_problems(listener: Listener) -> list[str]:
 
 def _apply(config: ProxyConfig, patch: ConfigPatch, *, router: bool) -> None:
     apply_to, op, value, match = patch.apply_to, patch.patch.operation, patch.message, patch.match
+    if apply_to == "BOOTSTRAP":
+        return  # the node agent's, not the served config's (translate/envoyfilter/bootstrap.py)
     if apply_to == "LISTENER":
         _resources(
             config.listeners, patch, lambda x: m.listener_context(x, router=router), m.listener_ok, match.listener
