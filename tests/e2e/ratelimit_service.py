@@ -10,6 +10,24 @@ from typing import Any
 import grpc
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 
+# The rate-limit service's Service (`ratelimit.default`, gRPC port 8081) and its endpoint at `{ip}`, as Istio's
+# rate-limit tasks name it (`outbound|8081||ratelimit.default.svc.cluster.local`)
+RATELIMIT_SERVICE = """\
+apiVersion: v1
+kind: Service
+metadata: {{name: ratelimit, namespace: default}}
+spec:
+  ports: [{{name: grpc, port: 8081, targetPort: 8081}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: ratelimit-1, namespace: default, labels: {{kubernetes.io/service-name: ratelimit}}}}
+addressType: IPv4
+ports: [{{name: grpc, port: 8081}}]
+endpoints:
+- addresses: [{ip}]
+"""
+
 
 class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[misc]
     def __init__(self, *, limits: dict[tuple[str, str, str], int]) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from tests.e2e.conftest import SERVICE, virtual_service
 from tests.e2e.harness import Mesh, eventually, logs_on_failure
-from tests.e2e.ratelimit_service import start_rate_limit_service
+from tests.e2e.ratelimit_service import RATELIMIT_SERVICE, start_rate_limit_service
 
 pytestmark = pytest.mark.e2e
 HCM = "envoy.filters.network.http_connection_manager"
@@ -257,21 +257,6 @@ spec:
             response_headers_to_add:
             - append: false
               header: {key: x-local-rate-limit, value: "true"}
-"""
-RATELIMIT_SERVICE = """\
-apiVersion: v1
-kind: Service
-metadata: {{name: ratelimit, namespace: default}}
-spec:
-  ports: [{{name: grpc, port: 8081, targetPort: 8081}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: ratelimit-1, namespace: default, labels: {{kubernetes.io/service-name: ratelimit}}}}
-addressType: IPv4
-ports: [{{name: grpc, port: 8081}}]
-endpoints:
-- addresses: [{ip}]
 """
 # Istio's global rate limit task (filter-ratelimit, filter-ratelimit-svc), on the client's sidecar: the
 # ratelimit HTTP filter calling the rate-limit service's cluster, the :path as descriptor PATH on web's routes

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.e2e.harness import Mesh, eventually, logs_on_failure
-from tests.e2e.ratelimit_service import RateLimitService, start_rate_limit_service
+from tests.e2e.ratelimit_service import RATELIMIT_SERVICE, RateLimitService, start_rate_limit_service
 
 pytestmark = pytest.mark.e2e
 TASK = pathlib.Path(__file__).parent / "istio_docs" / "global-rate-limit-task.yaml"
@@ -58,20 +58,6 @@ addressType: IPv4
 ports: [{{name: http, port: 8000}}]
 endpoints:
 - addresses: [{productpage}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: ratelimit, namespace: default}}
-spec:
-  ports: [{{name: grpc, port: 8081, targetPort: 8081}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: ratelimit-1, namespace: default, labels: {{kubernetes.io/service-name: ratelimit}}}}
-addressType: IPv4
-ports: [{{name: grpc, port: 8081}}]
-endpoints:
-- addresses: [{ratelimit}]
 """
 # the task's ConfigMap ratelimit-config: domain ratelimit, PATH /productpage 1 a minute, PATH api 2 a minute
 # (and any other PATH 100 a minute: more than this test sends)
@@ -82,7 +68,8 @@ LIMITS = {("ratelimit", "PATH", "/productpage"): 1, ("ratelimit", "PATH", "api")
 async def mesh(tmp_path: pathlib.Path) -> AsyncIterator[tuple[Mesh, RateLimitService]]:
     """meshd, productpage's app (.4, port 8000), the rate-limit service (.5:8081), the ingress gateway (.6)."""
     async with logs_on_failure(Mesh(work_dir=tmp_path, delta=False)) as m:
-        m.write("workloads.yaml", WORKLOADS.format(gateway=m.ip(6), productpage=m.ip(4), ratelimit=m.ip(5)))
+        m.write("workloads.yaml", WORKLOADS.format(gateway=m.ip(6), productpage=m.ip(4)))
+        m.write("ratelimit.yaml", RATELIMIT_SERVICE.format(ip=m.ip(5)))
         m.write("bookinfo-gateway.yaml", BOOKINFO_GATEWAY)
         await m.meshd.start()
         await m.app(service="productpage", version="v1", pod="productpage", ip=m.ip(4), port=8000)

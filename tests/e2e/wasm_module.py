@@ -76,37 +76,20 @@ def _op(code: int, arg: int) -> bytes:
     return bytes([code]) + _uleb(arg)
 
 
-def build_module(*, header: str = "x-wasm-plugin", deny_prefix: str = "") -> bytes:
-    """The module's bytes (see the module docstring)."""
-    types = [
-        bytes([0x60]) + _vec([bytes([I32])] * 5) + _vec([bytes([I32])]),  # 0: (i32 x5) -> i32
-        bytes([0x60]) + _vec([bytes([I32])] * 8) + _vec([bytes([I32])]),  # 1: (i32 x8) -> i32
-        bytes([0x60]) + _vec([]) + _vec([]),  # 2: () -> ()
-        bytes([0x60]) + _vec([bytes([I32])]) + _vec([bytes([I32])]),  # 3: (i32) -> i32
-        bytes([0x60]) + _vec([bytes([I32])] * 2) + _vec([]),  # 4: (i32 i32) -> ()
-        bytes([0x60]) + _vec([bytes([I32])] * 2) + _vec([bytes([I32])]),  # 5: (i32 i32) -> i32
-        bytes([0x60]) + _vec([bytes([I32])] * 3) + _vec([bytes([I32])]),  # 6: (i32 i32 i32) -> i32
-    ]
-    imports = [
-        _name("env") + _name("proxy_get_buffer_bytes") + b"\x00" + _uleb(0),  # func 0
-        _name("env") + _name("proxy_get_header_map_value") + b"\x00" + _uleb(0),  # func 1
-        _name("env") + _name("proxy_add_header_map_value") + b"\x00" + _uleb(0),  # func 2
-        _name("env") + _name("proxy_send_local_response") + b"\x00" + _uleb(1),  # func 3
-    ]
-    get_buffer, get_header, add_header, local_response = 0, 1, 2, 3
-    heap, config_ptr, config_size, mark = 0, 1, 2, 3  # globals
-    header_raw, prefix_raw = header.encode(), deny_prefix.encode()
-
-    abi_version = bytes([END])
+def common_bodies(*, get_buffer: int, heap: int, config_ptr: int, config_size: int, mark: int) -> tuple[bytes, ...]:
+    """The function bodies every test module shares: proxy_on_memory_allocate (a bump allocator over the global
+    `heap`, 8-byte aligned), proxy_on_context_create, proxy_on_vm_start, and proxy_on_configure (the plugin
+    configuration read into `config_ptr` / `config_size` through the import `get_buffer`; `mark` is the heap
+    after it, reset per stream)."""
     allocate = (
         _op(GLOBAL_GET, heap)
         + _op(GLOBAL_GET, heap)
         + _op(LOCAL_GET, 0)
-        + b"\x6a"
+        + b"\x6a"  # i32.add
         + _const(7)
         + b"\x6a"
         + _const(-8)
-        + b"\x71"
+        + b"\x71"  # i32.and
         + _op(GLOBAL_SET, heap)
         + bytes([END])
     )
@@ -133,6 +116,34 @@ def build_module(*, header: str = "x-wasm-plugin", deny_prefix: str = "") -> byt
         + _op(GLOBAL_SET, mark)
         + _const(1)
         + bytes([END])
+    )
+    return allocate, context_create, vm_start, configure
+
+
+def build_module(*, header: str = "x-wasm-plugin", deny_prefix: str = "") -> bytes:
+    """The module's bytes (see the module docstring)."""
+    types = [
+        bytes([0x60]) + _vec([bytes([I32])] * 5) + _vec([bytes([I32])]),  # 0: (i32 x5) -> i32
+        bytes([0x60]) + _vec([bytes([I32])] * 8) + _vec([bytes([I32])]),  # 1: (i32 x8) -> i32
+        bytes([0x60]) + _vec([]) + _vec([]),  # 2: () -> ()
+        bytes([0x60]) + _vec([bytes([I32])]) + _vec([bytes([I32])]),  # 3: (i32) -> i32
+        bytes([0x60]) + _vec([bytes([I32])] * 2) + _vec([]),  # 4: (i32 i32) -> ()
+        bytes([0x60]) + _vec([bytes([I32])] * 2) + _vec([bytes([I32])]),  # 5: (i32 i32) -> i32
+        bytes([0x60]) + _vec([bytes([I32])] * 3) + _vec([bytes([I32])]),  # 6: (i32 i32 i32) -> i32
+    ]
+    imports = [
+        _name("env") + _name("proxy_get_buffer_bytes") + b"\x00" + _uleb(0),  # func 0
+        _name("env") + _name("proxy_get_header_map_value") + b"\x00" + _uleb(0),  # func 1
+        _name("env") + _name("proxy_add_header_map_value") + b"\x00" + _uleb(0),  # func 2
+        _name("env") + _name("proxy_send_local_response") + b"\x00" + _uleb(1),  # func 3
+    ]
+    get_buffer, get_header, add_header, local_response = 0, 1, 2, 3
+    heap, config_ptr, config_size, mark = 0, 1, 2, 3  # globals
+    header_raw, prefix_raw = header.encode(), deny_prefix.encode()
+
+    abi_version = bytes([END])
+    allocate, context_create, vm_start, configure = common_bodies(
+        get_buffer=get_buffer, heap=heap, config_ptr=config_ptr, config_size=config_size, mark=mark
     )
     request = _op(GLOBAL_GET, mark) + _op(GLOBAL_SET, heap)
     if prefix_raw:

@@ -34,6 +34,7 @@ from tests.e2e.wasm_module import (
     _section,
     _uleb,
     _vec,
+    common_bodies,
 )
 
 _SCRATCH_PTR, _SCRATCH_SIZE = 16, 20
@@ -63,41 +64,8 @@ def build_network_module(*, deny_prefix: str = "") -> bytes:
     prefix_raw = deny_prefix.encode()
 
     abi_version = bytes([END])
-    allocate = (
-        _op(GLOBAL_GET, heap)
-        + _op(GLOBAL_GET, heap)
-        + _op(LOCAL_GET, 0)
-        + b"\x6a"  # i32.add
-        + _const(7)
-        + b"\x6a"
-        + _const(-8)
-        + b"\x71"  # i32.and
-        + _op(GLOBAL_SET, heap)
-        + bytes([END])
-    )
-    context_create = bytes([END])
-    vm_start = _const(1) + bytes([END])
-    configure = (
-        _op(LOCAL_GET, 1)
-        + IF_EMPTY
-        + _const(_PLUGIN_CONFIGURATION)
-        + _const(0)
-        + _op(LOCAL_GET, 1)
-        + _const(_SCRATCH_PTR)
-        + _const(_SCRATCH_SIZE)
-        + _op(CALL, get_buffer)
-        + bytes([DROP])
-        + _const(0)
-        + _load(_SCRATCH_PTR)
-        + _op(GLOBAL_SET, config_ptr)
-        + _const(0)
-        + _load(_SCRATCH_SIZE)
-        + _op(GLOBAL_SET, config_size)
-        + bytes([END])
-        + _op(GLOBAL_GET, heap)
-        + _op(GLOBAL_SET, mark)
-        + _const(1)
-        + bytes([END])
+    allocate, context_create, vm_start, configure = common_bodies(
+        get_buffer=get_buffer, heap=heap, config_ptr=config_ptr, config_size=config_size, mark=mark
     )
     new_connection = _const(0) + bytes([END])
     downstream = _op(GLOBAL_GET, mark) + _op(GLOBAL_SET, heap)
