@@ -43,8 +43,8 @@ _classes: dict[str, type[Message] | None] = {}  # Any type URL -> message class 
 # Packed payloads found without a violation, by (type URL, bytes, depth): the result of a walk is a function
 # of those alone. Bounded: small payloads (the recurring typed configs: stats loggers, filters, TLS contexts),
 # the oldest forgotten first.
-_CLEAN_MAX_BYTES = 16384
-_CLEAN_MAX_ENTRIES = 4096
+_CLEAN_MAX_BYTES = 8192
+_CLEAN_MAX_ENTRIES = 1024
 _clean: dict[tuple[str, bytes, int], None] = {}
 
 
