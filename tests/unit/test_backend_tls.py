@@ -13,7 +13,8 @@ from meshd.api.backendtls import BackendTLSPolicy
 from meshd.api.meta import InvalidResource, ResourceKey
 from meshd.api.parse import parse_resource
 from meshd.model.gateway_api.backend_tls import MESH_CONTROLLER, with_backend_tls
-from meshd.model.gateway_api.convert import convert, inputs_of, policy_ports
+from meshd.model.gateway_api.convert import convert
+from meshd.model.gateway_api.inputs import inputs_of, policy_ports
 from meshd.model.gateway_api.status import ApiStatus, desired_statuses, render_api_status
 from meshd.model.world import build_world
 from meshd.translate.secrets import secret_specs, source

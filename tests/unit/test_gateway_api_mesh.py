@@ -8,7 +8,8 @@ from typing import Any
 
 from meshd.api.networking import export_class, export_tier
 from meshd.api.parse import parse_resource
-from meshd.model.gateway_api.convert import convert, inputs_of
+from meshd.model.gateway_api.convert import convert
+from meshd.model.gateway_api.inputs import inputs_of
 
 GW = "gateway.networking.k8s.io/v1"
 PARENT = {"group": "", "kind": "Service", "name": "web", "namespace": "apps"}

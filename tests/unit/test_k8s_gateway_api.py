@@ -17,9 +17,10 @@ from meshd.api.meta import KUBERNETES_GATEWAY, InvalidResource, ResourceKey
 from meshd.api.parse import parse_resource
 from meshd.kube.kinds import watched_kinds
 from meshd.kube.source import KubeSource
-from meshd.model.gateway_api.convert import convert, inputs_of
+from meshd.model.gateway_api.convert import convert
 from meshd.model.gateway_api.grants import secret_grants
 from meshd.model.gateway_api.hostnames import intersect_hostnames
+from meshd.model.gateway_api.inputs import inputs_of
 from meshd.model.gateway_api.status import ApiStatus, desired_statuses, render_api_status
 from meshd.model.store import ConfigStore
 from meshd.model.world import build_world

@@ -11,7 +11,8 @@ import pytest
 
 from meshd.api.meta import InvalidResource, ResourceKey
 from meshd.api.parse import parse_resource
-from meshd.model.gateway_api.convert import convert, inputs_of
+from meshd.model.gateway_api.convert import convert
+from meshd.model.gateway_api.inputs import inputs_of
 from tests.unit.test_k8s_gateway_api import GW, http_route, k8s_gateway, service
 
 

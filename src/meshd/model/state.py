@@ -28,7 +28,7 @@ from meshd.api.virtualservice import VirtualService
 from meshd.api.wasmplugin import WasmPlugin
 from meshd.model import derive
 from meshd.model.gateway_api.backend_tls import with_backend_tls
-from meshd.model.gateway_api.convert import GATEWAY_API_KINDS, GatewayApiConversion
+from meshd.model.gateway_api.conversion import GATEWAY_API_KINDS, GatewayApiConversion
 from meshd.model.gateway_api.grants import secret_grants
 from meshd.model.services import Endpoint, MeshService, Workload
 from meshd.model.world import World, assemble

@@ -31,7 +31,7 @@ from meshd.api.wasmplugin import WasmPlugin
 from meshd.model import derive
 from meshd.model.derive import EXPORT_TO_ANNOTATION, EndpointChunks, default_rule, resolve_host
 from meshd.model.gateway_api.backend_tls import ca_secrets, with_backend_tls
-from meshd.model.gateway_api.convert import GATEWAY_API_KINDS, GatewayApiConversion
+from meshd.model.gateway_api.conversion import GATEWAY_API_KINDS, GatewayApiConversion
 from meshd.model.gateway_api.grants import secret_grants
 from meshd.model.services import Endpoint, MeshService, Workload
 

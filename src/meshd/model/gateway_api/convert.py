@@ -14,26 +14,23 @@ refused (UnsupportedValue).
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
-from meshd.api.backendtls import BackendTLSPolicy
 from meshd.api.destinationrule import DestinationRule
 from meshd.api.gateway import Gateway
-from meshd.api.gateway_api import CONTROLLER_NAMES, GatewayClass, KubernetesGateway, ParentReference, ReferenceGrant
-from meshd.api.gateway_l4route import KubernetesTCPRoute, KubernetesTLSRoute
+from meshd.api.gateway_api import CONTROLLER_NAMES, KubernetesGateway, ParentReference
+from meshd.api.gateway_l4route import KubernetesTCPRoute
 from meshd.api.grpcroute import GRPCRoute
 from meshd.api.httproute import HTTPRoute
-from meshd.api.kube import ConfigMap, Namespace
 from meshd.api.meta import GATEWAY_API_GROUP, KUBERNETES_GATEWAY, InvalidResource, ResourceKey, field_path
 from meshd.api.virtualservice import VirtualService
 from meshd.model.gateway_api.addresses import (
     AddressTargets,
     AddressVerdict,
-    address_targets,
     address_verdict,
     linked_gateway,
 )
@@ -45,6 +42,7 @@ from meshd.model.gateway_api.grants import Grants
 from meshd.model.gateway_api.grpc import grpc_routes
 from meshd.model.gateway_api.hostnames import intersect_hostnames
 from meshd.model.gateway_api.http import Precedence, http_routes
+from meshd.model.gateway_api.inputs import GatewayApiInputs
 from meshd.model.gateway_api.l4 import L4Order, l4_route
 from meshd.model.gateway_api.listeners import ListenerView, class_verdicts, listener_views
 from meshd.model.gateway_api.mesh import MeshRoutes, is_service_parent
@@ -63,21 +61,6 @@ class GatewayApiResult:
     destination_rules: list[DestinationRule] = field(default_factory=list)  # from BackendTLSPolicies
     errors: list[InvalidResource] = field(default_factory=list)
     status: dict[ResourceKey, dict[str, Any]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class GatewayApiInputs:
-    classes: tuple[GatewayClass, ...] = ()
-    gateways: tuple[KubernetesGateway, ...] = ()
-    routes: tuple[AnyRoute, ...] = ()
-    grants: tuple[ReferenceGrant, ...] = ()
-    namespaces: tuple[Namespace, ...] = ()  # their labels: allowedRoutes selectors
-    tls_policies: tuple[BackendTLSPolicy, ...] = ()
-    ca_maps: frozenset[tuple[str, str]] = frozenset()  # the ConfigMaps with a usable ca.crt (BackendTLSPolicies)
-
-    def __bool__(self) -> bool:
-        # (grants, namespaces and ConfigMaps alone: nothing)
-        return bool(self.gateways or self.routes or self.classes or self.tls_policies)
 
 
 def convert(
@@ -376,92 +359,6 @@ def _virtual_service(
     return VirtualService.model_validate(doc)
 
 
-# the kinds the conversion reads (Namespaces: for their labels)
-GATEWAY_API_KINDS = (
-    "GatewayClass",
-    KUBERNETES_GATEWAY,
-    "HTTPRoute",
-    "GRPCRoute",
-    "TCPRoute",
-    "TLSRoute",
-    "ReferenceGrant",
-    "Namespace",
-    "BackendTLSPolicy",
-    "ConfigMap",
-)
-
-
-class GatewayApiConversion:
-    """`convert` for the World builds, run again only when its inputs change (the result's Istio Gateways and
-    VirtualServices keep their identity, which the caches compare)."""
-
-    def __init__(self, *, domain_suffix: str) -> None:
-        self._suffix = domain_suffix
-        self._last: tuple[GatewayApiInputs, ServiceIds, AddressTargets, ServicePorts, GatewayApiResult] | None = None
-
-    def run(self, resources: Iterable[Any], *, services: Mapping[tuple[str, str], Any]) -> GatewayApiResult:
-        """`services`: (namespace, name) -> the MeshService (only those routes name are looked at: the cost does
-        not grow with the mesh)."""
-        inputs = inputs_of(resources)
-        if not inputs:
-            return GatewayApiResult()
-        named = {
-            s: frozenset(port.number for port in services[s].ports)
-            for s in named_services(inputs.routes)
-            if s in services
-        }
-        linked = address_targets(
-            [g for g in inputs.gateways if g.spec.addresses], services=services, domain_suffix=self._suffix
-        )
-        ports = policy_ports(inputs.tls_policies, services)
-        if self._last is not None and self._last[:4] == (inputs, named, linked, ports):
-            return self._last[4]
-        result = convert(inputs, services=named, domain_suffix=self._suffix, addresses=linked, service_ports=ports)
-        self._last = (inputs, named, linked, ports, result)
-        return result
-
-
-def policy_ports(policies: Iterable[BackendTLSPolicy], services: Mapping[tuple[str, str], Any]) -> ServicePorts:
-    """Port name -> number of the Services `policies` target (`services`: (namespace, name) -> MeshService)."""
-    out: dict[tuple[str, str], dict[str, int]] = {}
-    for policy in policies:
-        for ref in policy.spec.target_refs:
-            at = (policy.metadata.namespace, ref.name)
-            if at in services:
-                out[at] = {p.name: p.number for p in services[at].ports if p.name}
-    return out
-
-
 def status_digest(status: Mapping[str, Any]) -> str:
     """A canonical text of a desired status: equal statuses, equal digests."""
     return json.dumps(status, sort_keys=True, separators=(",", ":"))
-
-
-def inputs_of(resources: Iterable[Any]) -> GatewayApiInputs:
-    """The Gateway API objects among `resources`, each kind in key order (equal sets, equal inputs)."""
-    items = sorted((r for r in resources if isinstance(r, _KINDS)), key=lambda r: r.key)
-    return GatewayApiInputs(
-        classes=tuple(r for r in items if isinstance(r, GatewayClass)),
-        gateways=tuple(r for r in items if isinstance(r, KubernetesGateway)),
-        routes=tuple(r for r in items if isinstance(r, (HTTPRoute, GRPCRoute, KubernetesTCPRoute, KubernetesTLSRoute))),
-        grants=tuple(r for r in items if isinstance(r, ReferenceGrant)),
-        namespaces=tuple(r for r in items if isinstance(r, Namespace)),
-        tls_policies=tuple(r for r in items if isinstance(r, BackendTLSPolicy)),
-        ca_maps=frozenset(
-            (r.metadata.namespace, r.metadata.name) for r in items if isinstance(r, ConfigMap) and "ca.crt" in r.data
-        ),
-    )
-
-
-_KINDS = (
-    GatewayClass,
-    KubernetesGateway,
-    HTTPRoute,
-    GRPCRoute,
-    KubernetesTCPRoute,
-    KubernetesTLSRoute,
-    ReferenceGrant,
-    Namespace,
-    BackendTLSPolicy,
-    ConfigMap,
-)

@@ -28,7 +28,8 @@ from meshd.api.meta import GATEWAY_API_GROUP, KUBERNETES_GATEWAY, InvalidResourc
 from meshd.model.derive import mesh_service
 from meshd.model.gateway_api.addresses import address_targets
 from meshd.model.gateway_api.backend_tls import MESH_CONTROLLER
-from meshd.model.gateway_api.convert import convert, inputs_of, policy_ports, status_digest
+from meshd.model.gateway_api.convert import convert, status_digest
+from meshd.model.gateway_api.inputs import inputs_of, policy_ports
 from meshd.model.gateway_api.listeners import GATEWAY_NAME_LABEL, class_verdicts
 from meshd.model.gateway_api.service_addresses import service_facts
 
