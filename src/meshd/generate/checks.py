@@ -78,6 +78,10 @@ class WorldChecks:
         self._files = files
         self.route_checks: dict[Hashable, list[InvalidResource]] = {}  # per host and its inputs
         self._prev_route_checks = previous.route_checks if previous is not None else {}
+        # everything the route checks' keys are made of: when each is the previous World's own object, every
+        # key is the same, and the previous checks are carried whole (an endpoint change walks no host)
+        self.route_inputs: tuple[object, ...] = ()
+        self._prev_route_inputs = previous.route_inputs if previous is not None else ()
         self.port_check: tuple[tuple[MeshService, ...], list[InvalidResource]] | None = None
         self._prev_port_check = previous.port_check if previous is not None else None
         # whole-World checks by name: (the inputs they read, their result)
@@ -92,6 +96,29 @@ class WorldChecks:
         generator's bound method would make a cycle that keeps every old generation alive until a full
         GC (and meshd freezes GC between pushes)."""
         errors: dict[InvalidResource, None] = {}
+        world = self.world
+        self.route_inputs = inputs = (
+            world.virtual_services,
+            world.services,
+            world.rules_by_host,
+            world.rule_selectors,
+            world.virtual_services_by_name,
+        )
+        carried = bool(self._prev_route_inputs) and _same_inputs(self._prev_route_inputs, inputs)
+        if carried and not self._check:
+            self.route_checks = self._prev_route_checks
+            for found in self.route_checks.values():
+                errors.update(dict.fromkeys(found))
+        else:
+            self._route_checks(destinations, errors)
+            if carried and self.route_checks.keys() != self._prev_route_checks.keys():
+                raise MissedInput("route checks would have been carried whole, but their keys changed")
+        self._other_checks(errors)
+        return list(errors)
+
+    def _route_checks(
+        self, destinations: Callable[[VirtualService], list[str]], errors: dict[InvalidResource, None]
+    ) -> None:
         world = self.world
         for host, candidates in world.virtual_services.items():
             deps = tuple(
@@ -115,6 +142,9 @@ class WorldChecks:
                 raise MissedInput(f"route check of {host} reused under key {key!r} but its result changed")
             self.route_checks[key] = found
             errors.update(dict.fromkeys(found))
+
+    def _other_checks(self, errors: dict[InvalidResource, None]) -> None:
+        world = self.world
         services = tuple(world.services.values())
         previous = self._prev_port_check
         if previous is not None and previous[0] == services and not self._check:
@@ -150,7 +180,6 @@ class WorldChecks:
         )
         if self._sidecar_port is not None:
             errors.update(dict.fromkeys(self._bound_inbound()))
-        return list(errors)
 
     def _namespaces_with_workloads(self) -> frozenset[str]:
         held = self._prev_carried.get("with-workloads")

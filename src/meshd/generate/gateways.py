@@ -62,8 +62,9 @@ def proxy_config_errors(world: World, groups: set[tuple[str, tuple[tuple[str, st
     """A gateway workload's `proxy.istio.io/config` annotation that cannot be used (the mesh config's
     numTrustedProxies applies instead), or whose other gatewayTopology fields meshd ignores."""
     found = []
-    for workload in sorted(world.workloads.values(), key=lambda w: (w.namespace, w.name)):
-        if workload.proxy_config_problem and (workload.namespace, workload.labels) in groups:
+    troubled = [w for w in world.workloads.values() if w.proxy_config_problem]  # (few: sort only those)
+    for workload in sorted(troubled, key=lambda w: (w.namespace, w.name)):
+        if (workload.namespace, workload.labels) in groups:
             used = workload.gateway_trusted_proxies is not None
             found.append(
                 InvalidResource(
