@@ -320,11 +320,15 @@ def _tcp_loggers(reporter: str, mtls: bool | None, config: MetricsConfig) -> tup
 def tcp_metrics(
     proxy: tcp_proxy_pb2.TcpProxy, *, reporter: str, mtls: bool | None = None, config: MetricsConfig = DEFAULT_METRICS
 ) -> None:
-    """Istio's TCP metrics on a tcp_proxy: its stats loggers, logging also when the upstream connects."""
+    """Istio's TCP metrics on a tcp_proxy: its stats loggers, logging also when the upstream connects (on an
+    mTLS chain not before the client's handshake has ended, so that its principal is known by then)."""
     loggers = tcp_stats_loggers(reporter=reporter, mtls=mtls, config=config)
     proxy.access_log.extend(loggers)
     if loggers:
         proxy.access_log_options.flush_access_log_on_connected = True
+        if mtls:
+            proxy.upstream_connect_mode = tcp_proxy_pb2.ON_DOWNSTREAM_TLS_HANDSHAKE
+            proxy.max_early_data_bytes.value = 65536  # what the client sends before the upstream is there
 
 
 _METRIC_OF_NAME = {name: metric for metric, name in METRIC_NAMES.items()}
