@@ -9,6 +9,7 @@ or take just what changed since they last asked (`drain_changes()`).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
 
 from meshd.api.meta import InvalidResource, Resource, ResourceKey
 
@@ -120,6 +121,10 @@ class ConfigStore:
     def resources(self) -> list[tuple[str, Resource]]:
         """(origin, resource) pairs of the winning copies, sorted by key."""
         return [(min(self._origins_of[key]), self._winners[key]) for key in sorted(self._winners)]
+
+    def winners(self) -> Mapping[ResourceKey, Resource]:
+        """Every key's winning copy (a read-only view: what a replica of this store must hold)."""
+        return MappingProxyType(self._winners)
 
     def of_kind(self, kind: str) -> list[Resource]:
         """The winning copies of one kind, sorted by key (without walking the rest)."""

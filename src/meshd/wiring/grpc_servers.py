@@ -81,11 +81,14 @@ def plaintext_server(
     metrics: Metrics,
     log: logging.Logger,
     max_connections: int | None = None,
+    reuse_port: bool = False,
 ) -> tuple[grpc.aio.Server, int]:
     """The plaintext xDS server (not started) and the port it bound. `max_connections`: gRPC closes
-    connections over it at accept (gRPC core does not tell us when: no refusal metric on this port)."""
+    connections over it at accept (gRPC core does not tell us when: no refusal metric on this port).
+    `reuse_port`: bound with SO_REUSEPORT (the workers of `--workers N` share the port); else never."""
     cap = [("grpc.max_allowed_incoming_connections", max_connections)] if max_connections else []
-    server = grpc.aio.server(options=[*SERVER_OPTIONS, *cap])
+    base = [o for o in SERVER_OPTIONS if o[0] != "grpc.so_reuseport"]
+    server = grpc.aio.server(options=[*base, *cap, ("grpc.so_reuseport", 1 if reuse_port else 0)])
     add_to_server(server, ads)
     add_ca_service(server, CertificateService(signer=None, authenticator=None, metrics=metrics.ca, log=log))
     return server, server.add_insecure_port(f"{host}:{port}")
