@@ -37,7 +37,7 @@ from meshd.wiring.kube_mode import build_kube_mode
 from meshd.wiring.leading import DutyFactory, root_cert_publisher, run_leader_duties
 from meshd.wiring.ops import ops_app
 from meshd.wiring.webhooks import current_proxy_configs, proxy_config, webhook_patcher, webhook_server
-from meshd.wiring.workers import WorkerPool
+from meshd.wiring.workers import WorkerPool, debug_answers
 from meshd.xds.hub import Hub
 
 log = logging.getLogger("meshd")
@@ -77,6 +77,7 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
                 log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
             )
         )
+        workers[0].answer = debug_answers(workers[0], hub=hub, cluster_id=settings.cluster_id)
     mesh_file = None
     if settings.mesh_config is not None and settings.config_dir is not None:
         mesh_file = MeshConfigFile(  # raises on an unusable file: meshd does not start

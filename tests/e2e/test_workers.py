@@ -15,7 +15,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from envoy.service.status.v3 import csds_pb2
 
+from meshd.ctl.xds_client import CONFIG_DUMP, SYNCZ, ask
 from tests.e2e.conftest import SERVICE, virtual_service
 from tests.e2e.harness import Mesh, eventually, logs_on_failure
 
@@ -100,12 +102,25 @@ async def test_sidecars_on_both_workers_get_their_config_and_every_change(mesh: 
         assert V2 in {c["name"] for c in dump["cds"]}, (pod, dump.keys())
     missing = await mesh.meshd.get_json("/debug/config_dump?proxyID=nobody.default")
     assert "not connected" in missing["error"]
+    # Istio's debug types asked on the xDS port (whichever worker the kernel picks) cover every process
+    address = f"127.0.0.1:{mesh.meshd.xds_port}"
+    for _ in range(4):
+        ids = set()
+        for resource in (await ask(address, SYNCZ)).resources:
+            config = csds_pb2.ClientConfig()
+            assert resource.Unpack(config)
+            ids.add(config.node.id)
+        assert ids == {f"{pod}.default" for pod in PROXIES}
+    for worker in (0, 1):
+        pod = next(p for p, w in placed.items() if w == worker)
+        response = await ask(address, CONFIG_DUMP, names=(f"{pod}.default",))
+        assert len(response.resources) == 1 and V2.encode() in response.resources[0].value, pod
     # ... and /metrics adds the workers' stream counters up
     text = await mesh.meshd.metrics()
     connected = sum(float(v) for v in re.findall(r"^pilot_xds\{[^}]*\} (\S+)$", text, re.M))
     assert connected == len(PROXIES), text
-    pushes = sum(float(v) for v in re.findall(r'^pilot_xds_pushes\{type="cds"\} (\S+)$', text, re.M))
-    assert pushes >= 2 * len(PROXIES), text
+    pushes = sum(float(v) for v in re.findall(r'^pilot_xds_pushes\{type="rds"\} (\S+)$', text, re.M))
+    assert pushes >= 2 * len(PROXIES), text  # each proxy: its first RDS response and the edit
 
 
 async def test_a_killed_worker_is_started_again_and_its_proxies_get_config_again(mesh: Mesh) -> None:

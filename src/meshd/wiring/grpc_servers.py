@@ -31,7 +31,7 @@ from meshd.netlimits import GatedListener
 from meshd.obs.metrics import Metrics
 from meshd.settings import Settings
 from meshd.wiring.authority import Authority
-from meshd.xds.debug_stream import DebugTypes
+from meshd.xds.debug_stream import DebugTypes, Resources
 from meshd.xds.debug_types import ControlPlane
 from meshd.xds.hub import Hub
 from meshd.xds.limits import StreamLimits
@@ -47,6 +47,7 @@ def ads_servicer(
     log: logging.Logger,
     authorize: Authorize | None = None,
     verify_debug: VerifyNamespace | None = None,
+    debug_resources: Resources | None = None,
 ) -> AdsServicer:
     # The secure port's peers are all its TLS front on loopback: counted in all only.
     per_peer = settings.max_xds_streams_per_peer if authorize is None else None
@@ -60,6 +61,7 @@ def ads_servicer(
         log=log,
         system_namespace=settings.namespace,
         verify=verify_debug,
+        resources=debug_resources,
     )
     return AdsServicer(
         hub=hub,

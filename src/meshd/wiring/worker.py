@@ -13,10 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import itertools
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from google.protobuf import any_pb2
 from prometheus_client import CollectorRegistry
 
 from meshd.clock import SystemClock
@@ -30,10 +33,12 @@ from meshd.wiring.control import Sync, read_frame, write_frame
 from meshd.wiring.grpc_servers import ads_servicer, plaintext_server
 from meshd.wiring.ops import authorizationz
 from meshd.xds import debug
+from meshd.xds.debug_types import config_dump, syncz
 from meshd.xds.hub import Hub
 
 log = logging.getLogger("meshd")
 
+ASK_TIMEOUT_S = 20.0
 _PR_SET_PDEATHSIG = 1
 REPORT_INTERVAL_S = 0.2  # how often a worker looks whether what its proxies rejected changed
 
@@ -70,6 +75,31 @@ class WorkerState:
         )
         self.mesh: Any = None
         self.push.follow_mesh(lambda: self.mesh)
+        self._asks: dict[int, asyncio.Future[Any]] = {}
+        self._ask_ids = itertools.count(1)
+        self.send: Callable[[Any], Awaitable[None]] | None = None
+
+    async def ask_main(self, name: str, arg: Any) -> Any:
+        """A question only the main process can answer (it asks every worker)."""
+        assert self.send is not None
+        ask_id = next(self._ask_ids)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._asks[ask_id] = future
+        try:
+            await self.send(("ask", ask_id, name, arg))
+            async with asyncio.timeout(ASK_TIMEOUT_S):
+                return await future
+        finally:
+            self._asks.pop(ask_id, None)
+
+    def replied(self, ask_id: int, ok: bool, data: Any) -> None:
+        future = self._asks.get(ask_id)
+        if future is not None and not future.done():
+            future.set_result(data) if ok else future.set_exception(RuntimeError(str(data)))
+
+    async def debug_resources(self, type_url: str, names: list[str]) -> list[any_pb2.Any]:
+        """Istio's debug types asked on this worker's port: answered over every process's streams."""
+        return [any_pb2.Any.FromString(b) for b in await self.ask_main("debug", (type_url, names))]
 
     def apply(self, sync: Sync) -> None:
         """One step of the main store, applied to the replica (each changed key is its own origin)."""
@@ -96,8 +126,11 @@ class WorkerState:
             return authorizationz(self.hub, arg)
         if name == "metrics":
             return samples_of(self.metrics.registry)
-        if name == "connections":
-            return len(self.hub.connections)
+        if name == "debug_syncz":
+            return [a.SerializeToString() for a in syncz(self.hub, cluster_id=self.settings.cluster_id)]
+        if name == "debug_config_dump":  # only a proxy connected here: the main process answers the rest
+            found = self.hub.find(arg) is not None
+            return [a.SerializeToString() for a in config_dump(self.hub, [arg])] if found else []
         raise ValueError(f"unknown question {name!r}")
 
 
@@ -118,7 +151,14 @@ async def run_worker(*, control: str) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, writer.close)
-    ads = ads_servicer(settings=settings, hub=state.hub, metrics=state.metrics, clock=state.clock, log=log)
+    ads = ads_servicer(
+        settings=settings,
+        hub=state.hub,
+        metrics=state.metrics,
+        clock=state.clock,
+        log=log,
+        debug_resources=state.debug_resources,
+    )
     server, port = plaintext_server(
         host=settings.xds_host,
         port=settings.xds_port,
@@ -138,6 +178,8 @@ async def run_worker(*, control: str) -> None:
     async def send(message: Any) -> None:
         async with send_lock:
             await write_frame(writer, message)
+
+    state.send = send
 
     try:
         async with asyncio.TaskGroup() as tasks:
@@ -163,6 +205,8 @@ async def _serve_control(state: WorkerState, reader: asyncio.StreamReader, send:
             return
         if message[0] == "sync":
             state.apply(message[1])
+        elif message[0] == "reply":
+            state.replied(*message[1:])
         elif message[0] == "ask":
             _, ask_id, name, arg = message
             try:

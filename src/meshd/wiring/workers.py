@@ -22,7 +22,7 @@ import os
 import socket
 import sys
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,8 @@ from meshd.obs.merge import Family
 from meshd.settings import Settings
 from meshd.translate.proxy import Proxy
 from meshd.wiring.control import Sync, frame, read_frame
+from meshd.xds.debug_types import CONFIG_DUMP, SYNCZ, config_dump, syncz
+from meshd.xds.hub import Hub
 from meshd.xds.isolation import Rejected
 from meshd.xds.resource import XdsResource
 
@@ -51,16 +53,6 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
-def changes_since(
-    current: Mapping[ResourceKey, Resource], sent: Mapping[ResourceKey, Resource]
-) -> dict[ResourceKey, Resource | None]:
-    """What turns a replica holding `sent` into `current`: changed keys (the store keeps an unchanged
-    resource as the same object, so identity is the test) and None for keys gone."""
-    changes: dict[ResourceKey, Resource | None] = {k: v for k, v in current.items() if sent.get(k) is not v}
-    changes.update({k: None for k in sent if k not in current})
-    return changes
-
-
 @dataclass
 class _Worker:
     index: int
@@ -68,7 +60,6 @@ class _Worker:
     writer: asyncio.StreamWriter | None = None
     ready: bool = False
     rejected: list[tuple[Proxy, Rejected]] = field(default_factory=list)
-    sent: dict[ResourceKey, Resource] = field(default_factory=dict)  # what its replica holds
     mesh: Any = None
     extra: Mapping[str, Sequence[XdsResource]] = field(default_factory=dict)
     restarts: int = 0
@@ -97,6 +88,10 @@ class WorkerPool:
         self._reservation = reserve_port(settings.xds_host, settings.xds_port)
         self.xds_port: int = self._reservation.getsockname()[1]
         store.subscribe(self._changed.set)
+        self._store_changes = store.feed()  # the keys whose winner changed, one drain for all workers
+        # questions a worker asks the main process (Istio's debug types over every process's streams)
+        self.answer: Callable[[str, Any], Awaitable[Any]] | None = None
+        self._answering: set[asyncio.Task[None]] = set()
 
     @property
     def ready(self) -> bool:
@@ -184,9 +179,9 @@ class WorkerPool:
             server.close()
         settings = self._settings.model_copy(update={"xds_port": self.xds_port})
         writer.write(frame(("start", settings.model_dump_json(), worker.index)))
-        worker.sent, worker.mesh, worker.extra, worker.loaded = {}, None, {}, False
+        worker.mesh, worker.extra, worker.loaded = None, {}, False
         worker.writer = writer
-        self._sync(worker)  # everything the store holds now
+        self._sync(worker, dict(self._store.winners()))  # everything the store holds now
         try:
             await self._listen(worker, reader)
         finally:
@@ -204,6 +199,10 @@ class WorkerPool:
                 self._log.info("event=worker_ready worker=%d", worker.index)
             elif message[0] == "rejected":
                 worker.rejected = message[1]
+            elif message[0] == "ask":
+                task = asyncio.create_task(self._answer_worker(worker, *message[1:]))
+                self._answering.add(task)
+                task.add_done_callback(self._answering.discard)
             elif message[0] == "reply":
                 _, ask_id, ok, data = message
                 future = self._asks.pop(ask_id, None)
@@ -213,29 +212,40 @@ class WorkerPool:
                     else:
                         future.set_exception(RuntimeError(f"worker {worker.index}: {data}"))
 
+    async def _answer_worker(self, worker: _Worker, ask_id: int, name: str, arg: Any) -> None:
+        try:
+            if self.answer is None:
+                raise RuntimeError("the main process answers no questions")
+            reply: Any = ("reply", ask_id, True, await self.answer(name, arg))
+        except Exception as exc:  # the worker's caller gets the error
+            reply = ("reply", ask_id, False, f"{type(exc).__name__}: {exc}")
+        if worker.writer is not None:
+            worker.writer.write(frame(reply))
+
     async def _feed(self) -> None:
-        """After every store change (batched by one turn of the loop), send each worker what changed."""
+        """After every store change (batched by one turn of the loop), send each worker what changed.
+        Nothing is sent before the store's first load is complete (workers generate nothing before)."""
         while True:
             await self._changed.wait()
             self._changed.clear()
             await asyncio.sleep(0)
+            if not self._store.loaded:
+                continue
+            changes = self._store_changes()
             for worker in self._workers:
                 if worker.writer is not None:
-                    self._sync(worker)
+                    self._sync(worker, changes)
                     with contextlib.suppress(ConnectionError):
                         await worker.writer.drain()
 
-    def _sync(self, worker: _Worker) -> None:
+    def _sync(self, worker: _Worker, changes: Mapping[ResourceKey, Resource | None]) -> None:
         assert worker.writer is not None
-        current = self._store.winners()
-        changes = changes_since(current, worker.sent)
         mesh, extra = self._mesh(), self._extra()
         mesh_changed = mesh != worker.mesh
         extra_changed = extra != worker.extra
         if not changes and not mesh_changed and not extra_changed and worker.loaded == self._store.loaded:
             return
-        worker.sent, worker.mesh, worker.extra = dict(current), mesh, dict(extra)
-        worker.loaded = self._store.loaded
+        worker.mesh, worker.extra, worker.loaded = mesh, dict(extra), self._store.loaded
         sync = Sync(
             changes=changes,
             mesh=mesh,
@@ -269,3 +279,30 @@ class WorkerPool:
 
     async def metrics(self) -> list[Sequence[Family]]:
         return await self.ask("metrics")
+
+
+def debug_answers(pool: WorkerPool, *, hub: Hub, cluster_id: str) -> Callable[[str, Any], Awaitable[Any]]:
+    """How the main process answers a worker asked Istio's debug types (`meshd proxy-status`, istioctl):
+    syncz over the main process's streams and every worker's; a proxy's config dump from the process that
+    holds its stream, else (a node id not connected) as the main process generates it."""
+
+    async def answer(name: str, arg: Any) -> list[bytes]:
+        if name != "debug":
+            raise ValueError(f"unknown question {name!r}")
+        type_url, names = arg
+        if type_url == SYNCZ:
+            own = [a.SerializeToString() for a in syncz(hub, cluster_id=cluster_id)]
+            return [*own, *(b for answer in await pool.ask("debug_syncz") for b in answer)]
+        if type_url == CONFIG_DUMP:
+            out: list[bytes] = []
+            for proxy_id in names:
+                if hub.find(proxy_id) is None:
+                    found = [b for answer in await pool.ask("debug_config_dump", proxy_id) for b in answer]
+                    if found:
+                        out.append(found[0])
+                        continue
+                out.extend(a.SerializeToString() for a in config_dump(hub, [proxy_id]))
+            return out
+        return []
+
+    return answer

@@ -7,11 +7,12 @@ from __future__ import annotations
 import argparse
 import pickle
 import random
+from collections.abc import Callable
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from meshd.api.meta import Resource
+from meshd.api.meta import Resource, ResourceKey
 from meshd.cli import _workers
 from meshd.model.store import ConfigStore
 from meshd.obs.merge import MergedRegistry, samples_of
@@ -22,16 +23,12 @@ from meshd.translate.proxy import parse_node_id
 from meshd.wiring.control import Sync
 from meshd.wiring.worker import WorkerState
 from meshd.wiring.worker import log as worker_log
-from meshd.wiring.workers import changes_since
 from meshd.xds.hub import Hub
 from tests.unit.test_store import by_key, service
 
 
-def _sync(main: ConfigStore, sent: dict[object, Resource]) -> Sync:
-    changes = changes_since(main.winners(), sent)  # type: ignore[arg-type]
-    sent.clear()
-    sent.update(main.winners())
-    wire = Sync(changes=changes, mesh=None, mesh_changed=False, loaded=main.loaded, extra=None)
+def _sync(main: ConfigStore, feed: Callable[[], dict[ResourceKey, Resource | None]]) -> Sync:
+    wire = Sync(changes=feed(), mesh=None, mesh_changed=False, loaded=main.loaded, extra=None)
     return pickle.loads(pickle.dumps(wire))  # as the control channel carries it
 
 
@@ -39,7 +36,8 @@ def test_a_replica_fed_the_changes_holds_the_main_stores_winners() -> None:
     rng = random.Random(7)
     main = ConfigStore()
     worker = WorkerState(Settings(config_dir=None), index=0)
-    sent: dict[object, Resource] = {}
+    main.replace_origin("first.yaml", by_key(service("z")))
+    feed = main.feed()  # starts with what the store holds
     for step in range(60):
         origin = f"file-{rng.randrange(4)}.yaml"
         names = rng.sample(["a", "b", "c", "d", "e"], rng.randrange(0, 4))
@@ -49,11 +47,11 @@ def test_a_replica_fed_the_changes_holds_the_main_stores_winners() -> None:
             main.replace_origin(origin, by_key(*(service(n, port=80 + rng.randrange(3)) for n in names)))
         if step == 3:
             main.mark_loaded()
-        worker.apply(_sync(main, sent))
+        worker.apply(_sync(main, feed))
         assert dict(worker.store.winners()) == dict(main.winners()), step
         assert worker.store.loaded == main.loaded
     # unchanged resources are not sent again
-    assert _sync(main, sent).changes == {}
+    assert _sync(main, feed).changes == {}
 
 
 def test_the_replica_generates_what_the_main_process_generates() -> None:
@@ -61,7 +59,7 @@ def test_the_replica_generates_what_the_main_process_generates() -> None:
     main.replace_origin("a.yaml", by_key(service("web", port=9080), service("api", port=7070)))
     main.mark_loaded()
     worker = WorkerState(Settings(config_dir=None), index=1)
-    worker.apply(_sync(main, {}))
+    worker.apply(_sync(main, main.feed()))
     proxy = parse_node_id("sidecar~10.0.0.1~client.ns~ns.svc.cluster.local")
     main_push = PushLoop(
         store=main, hub=Hub(), settings=worker.settings, clock=worker.clock, metrics=worker.metrics, log=worker_log
