@@ -223,6 +223,14 @@ class MeshdProcess:
     def memory(self) -> dict[str, float]:
         return tree_memory_mb(self.pid)
 
+    def cpu_by_process(self) -> dict[int, float]:
+        """CPU seconds of meshd and of each of its workers (`--workers N`), by pid."""
+        out = {}
+        for pid in process_tree(self.pid):
+            with contextlib.suppress(OSError):
+                out[pid] = cpu_seconds(pid)
+        return out
+
     async def stop(self) -> None:
         try:
             if self.process is not None:

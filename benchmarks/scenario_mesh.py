@@ -78,9 +78,13 @@ async def run_mesh_scenario(name: str, opts: Options, *, sidecar: bool, envoys: 
         )
         stack.push_async_callback(client.stop)
         await client.start()
-        cpu0, client_cpu0 = meshd.cpu(), cpu_seconds(client.pid)
+        cpu0, client_cpu0, by_process0 = meshd.cpu(), cpu_seconds(client.pid), meshd.cpu_by_process()
         out["cold"] = await cold_storm(client, meshd.target, timeout=opts.cold_timeout_s)
         out["cold"]["meshd_cpu_s"] = round(meshd.cpu() - cpu0, 2)
+        # the main process first, then each worker (`--workers N`): how the storm's work was split
+        out["cold"]["meshd_cpu_by_process_s"] = [
+            round(cpu - by_process0.get(pid, 0.0), 2) for pid, cpu in meshd.cpu_by_process().items()
+        ]
         out["cold"]["client_cpu_s"] = round(cpu_seconds(client.pid) - client_cpu0, 2)
         out["cold"]["bytes"] = (await client.request("totals"))["bytes"]
         out["after_cold"] = meshd.memory()

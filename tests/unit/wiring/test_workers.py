@@ -111,3 +111,16 @@ def test_workers_flag_auto_is_the_cpus_meshd_may_use() -> None:
 def test_workers_flag_refuses_the_rest(value: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
         _workers(value)
+
+
+def test_the_mesh_config_reaches_the_replica_and_starts_a_generation() -> None:
+    from meshd.api.mesh import MeshConfig
+
+    worker = WorkerState(Settings(config_dir=None), index=0)
+    revision = worker.store.revision
+    mesh = MeshConfig(trust_domain="example.org")
+    worker.apply(Sync(changes={}, mesh=mesh, mesh_changed=True, loaded=True, extra=None))
+    assert worker.push.mesh_config == mesh
+    assert worker.store.revision > revision  # the push loop's debouncer is told
+    generator = worker.push.rebuild(changed_at=0.0)
+    assert generator.options.trust_domain == "example.org"
