@@ -37,6 +37,9 @@ from meshd.xds.debug_types import config_dump, syncz
 from meshd.xds.hub import Hub
 
 log = logging.getLogger("meshd")
+# The main process logs each rejected resource once; the same lines from every worker's push loop are dropped.
+push_log = logging.getLogger("meshd.worker")
+push_log.addFilter(lambda record: not str(record.msg).startswith("event=%s resource="))
 
 ASK_TIMEOUT_S = 20.0
 _PR_SET_PDEATHSIG = 1
@@ -70,7 +73,7 @@ class WorkerState:
             settings=settings,
             clock=self.clock,
             metrics=self.metrics,
-            log=log,
+            log=push_log,
             gc_policy=self.gc,
         )
         self.mesh: Any = None

@@ -124,3 +124,15 @@ def test_the_mesh_config_reaches_the_replica_and_starts_a_generation() -> None:
     assert worker.store.revision > revision  # the push loop's debouncer is told
     generator = worker.push.rebuild(changed_at=0.0)
     assert generator.options.trust_domain == "example.org"
+
+
+def test_a_worker_leaves_logging_rejections_to_the_main_process() -> None:
+    import logging
+
+    from meshd.wiring.worker import push_log
+
+    def record(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("meshd.worker", logging.ERROR, __file__, 1, msg, None, None)
+
+    assert not push_log.filter(record("event=%s resource=%s field=%s message=%r"))
+    assert push_log.filter(record("event=push_generation generation=%d"))
