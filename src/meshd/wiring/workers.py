@@ -232,9 +232,11 @@ class WorkerPool:
             if not self._store.loaded:
                 continue
             changes = self._store_changes()
-            for worker in self._workers:
+            live = [w for w in self._workers if w.writer is not None]
+            for worker in live:  # every worker gets this step before any is waited on
+                self._sync(worker, changes)
+            for worker in live:
                 if worker.writer is not None:
-                    self._sync(worker, changes)
                     with contextlib.suppress(ConnectionError):
                         await worker.writer.drain()
 
