@@ -247,6 +247,8 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
     except* _Stop:
         pass
     finally:
+        for pool in workers:  # also when meshd stopped before the workers ran
+            pool.close()
         gc_policy.uninstall(thresholds)
         log.info("event=stopped")
 

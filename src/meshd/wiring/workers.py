@@ -97,10 +97,6 @@ class WorkerPool:
     def ready(self) -> bool:
         return all(w.ready for w in self._workers)
 
-    @property
-    def pids(self) -> list[int]:
-        return [w.process.pid for w in self._workers if w.process is not None and w.process.returncode is None]
-
     def touch(self) -> None:
         """Something the workers read besides the store changed (test resources): sync now."""
         self._changed.set()
@@ -115,11 +111,15 @@ class WorkerPool:
                     tasks.create_task(self._keep_running(worker))
                 tasks.create_task(self._feed())
         finally:
-            self._reservation.close()
-            with contextlib.suppress(OSError):
-                for name in os.listdir(self._dir):
-                    os.unlink(os.path.join(self._dir, name))
-                os.rmdir(self._dir)
+            self.close()
+
+    def close(self) -> None:
+        """Release the port reservation and the sockets' directory (again: nothing happens)."""
+        self._reservation.close()
+        with contextlib.suppress(OSError):
+            for name in os.listdir(self._dir):
+                os.unlink(os.path.join(self._dir, name))
+            os.rmdir(self._dir)
 
     async def _keep_running(self, worker: _Worker) -> None:
         """Start the worker; whenever it exits, start it again (backing off while it keeps failing)."""
