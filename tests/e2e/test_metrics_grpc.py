@@ -15,7 +15,18 @@ import grpc
 import pytest
 
 from tests.e2e.harness import Mesh, eventually, free_port, logs_on_failure
-from tests.e2e.metrics_lab import CLIENT, SPIFFE, WEB, only, scrape, start_metrics_mesh, subset, total
+from tests.e2e.metrics_lab import (
+    CLIENT,
+    GATEWAY,
+    SPIFFE,
+    WEB,
+    only,
+    scrape,
+    start_gateway,
+    start_metrics_mesh,
+    subset,
+    total,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -269,3 +280,47 @@ async def test_overrides_act_on_message_counts(mesh: Mesh) -> None:
     assert COUNTING in await _listeners(mesh, "client-5d8f", "OUTBOUND")
     # the server still counts the calls themselves
     assert total(server, "istio_requests_total", reporter="destination", overridden="yes", request_protocol="grpc") >= 2
+
+
+GRPC_INGRESS = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: greeter-ingress, namespace: istio-system}
+spec:
+  hosts: [grpc.example]
+  gateways: [ingress]
+  http:
+  - route:
+    - destination: {host: greeter.default.svc.cluster.local, port: {number: 7070}}
+"""
+
+
+async def test_message_counts_at_the_gateway(mesh: Mesh) -> None:
+    """gRPC through the ingress gateway (h2c from the client) to the server sidecar: the gateway reports the
+    message counts as a source, with its own workload."""
+    await start_gateway(mesh)
+    mesh.write("greeter-ingress.yaml", GRPC_INGRESS)
+    target, authority = f"{mesh.ip(GATEWAY)}:8080", "grpc.example"
+    async with grpc.aio.insecure_channel(target, options=[("grpc.default_authority", authority)]) as channel:
+        await eventually(lambda: _answered(channel), timeout=30, what="gRPC through the gateway")
+        assert await _ping_pong(channel, 2) == [b"1:m0", b"2:m0", b"1:m1", b"2:m1"]
+
+    async def counted() -> str:
+        text = await scrape(mesh.client, mesh.ip(GATEWAY))
+        ok = total(text, "istio_requests_total", reporter="source", grpc_response_status="0", response_code="200")
+        assert ok >= 2
+        unary = ok - 1  # the stream is one call: two request messages, four response messages
+        assert _counts(text, "source", grpc_response_status="0") == (unary + 2, unary + 4)
+        return text
+
+    text = await eventually(counted, timeout=20, what="the gateway's message counts")
+    labels = only(text, REQUESTS, reporter="source", destination_service_name="greeter")
+    expected = {
+        "request_protocol": "grpc",
+        "source_workload": "istio-ingressgateway",
+        "source_workload_namespace": "istio-system",
+        "destination_workload": "web-v1",
+        "destination_service": HOST,
+        "destination_principal": SPIFFE.format("web"),
+    }
+    assert subset(labels, expected) == {}

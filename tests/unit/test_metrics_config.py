@@ -75,7 +75,10 @@ def test_tcp_metrics_log_on_connect_and_at_the_end() -> None:
     assert list(opened.filter.log_type_filter.types) != list(closed.filter.log_type_filter.types)
     tags = {t.name: t.value_format for t in _config(closed).counters[0].stat.tags}
     assert tags["request_protocol"] == "tcp" and "response_code" not in tags
-    assert tags["destination_workload"] == "unknown"  # no identity exchange over TCP
+    # no headers on TCP: the client reads the server's identity from the endpoint (translate/peer_exchange.py)
+    assert "xds.upstream_host_metadata" in tags["destination_workload"]
+    server = dict(standard_tags(reporter=DESTINATION, http=False, mtls=True))
+    assert "metadata.filter_metadata['meshd.peer']['workload']" in server["source_workload"]  # its PROXY header
 
 
 def test_overrides_disable_and_retag() -> None:

@@ -31,6 +31,7 @@ from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as net_rbac_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.transport_sockets.proxy_protocol.v3 import upstream_proxy_protocol_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import message
 
@@ -304,6 +305,9 @@ def client_transport(cluster: cluster_pb2.Cluster | None, endpoint: endpoint_pb2
     if cluster.HasField("transport_socket"):
         sockets.append(cluster.transport_socket)
     for socket in sockets[:1]:
+        wrapper = upstream_proxy_protocol_pb2.ProxyProtocolUpstreamTransport()
+        if socket.typed_config.Unpack(wrapper):  # a PROXY header ahead of the TLS (translate/peer_exchange.py)
+            socket = wrapper.transport_socket
         context = tls_pb2.UpstreamTlsContext()
         if socket.typed_config.Unpack(context):
             sans = context.common_tls_context.combined_validation_context.default_validation_context

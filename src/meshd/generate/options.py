@@ -17,6 +17,8 @@ class GenerateOptions:
     sidecar_endpoint_port: int | None = None
     root_namespace: str = "istio-system"
     trust_domain: str = "cluster.local"
+    # the cluster the workloads run in (their sidecars' CLUSTER_ID): endpoint metadata of TCP ports
+    cluster_id: str = "Kubernetes"
     auto_mtls: bool = True
     # meshConfig.outboundTrafficPolicy.mode: the default of capture-mode proxies (a Sidecar's mode wins)
     outbound_traffic_policy: str = ALLOW_ANY

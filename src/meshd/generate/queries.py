@@ -111,6 +111,7 @@ class Queries:
                 root_namespace=options.root_namespace,
                 trust_domain=options.trust_domain,
                 auto_mtls=options.auto_mtls,
+                cluster_id=options.cluster_id,
             )
             if len(self._signatures) > 4 * len(self._scopes) + 64:  # signatures of scopes long gone
                 self._signatures = {}

@@ -233,6 +233,7 @@ def generate_options(settings: Settings, mesh: MeshConfig | None = None) -> Gene
         trust_domain=mesh.trust_domain if mesh is not None else settings.trust_domain,
         gateway_trusted_proxies=mesh.gateway_trusted_proxies if mesh is not None else 0,
         auto_mtls=settings.enable_auto_mtls,
+        cluster_id=settings.cluster_id,
         # the mesh config's outboundTrafficPolicy.mode, else the flag (a Sidecar's own mode wins over both)
         outbound_traffic_policy=policy.outbound_traffic_policy or settings.outbound_traffic_policy,
         scope_gateway_to_namespace=settings.scope_gateway_to_namespace,

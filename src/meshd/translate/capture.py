@@ -65,6 +65,7 @@ from meshd.translate.listeners import (
 from meshd.translate.metrics import DESTINATION, SOURCE, http_stats_loggers
 from meshd.translate.mtls import downstream_context, tls_socket
 from meshd.translate.peer_auth import InboundMtls, mtls_metadata
+from meshd.translate.peer_exchange import exchange_listener_filters
 from meshd.translate.proto import pack
 from meshd.translate.protocol import match_sniffed_http, port_protocol, sniff
 from meshd.translate.sidecar_ingress import (
@@ -269,6 +270,10 @@ def _virtual_inbound(
             name="envoy.filters.listener.original_dst", typed_config=pack(original_dst_pb2.OriginalDst())
         )
     )
+    # a mesh client's identity in a PROXY header ahead of mTLS, on the ports that take mTLS
+    mtls_by_default = admits(modes.mode, mtls=True, sds=sds)
+    exceptions = [port for port, mode in modes.ports if admits(mode, mtls=True, sds=sds) != mtls_by_default]
+    listener.listener_filters.extend(exchange_listener_filters(mtls_by_default=mtls_by_default, exceptions=exceptions))
     loop = _tcp_chain("virtualInbound-blackhole", BLACKHOLE)
     loop.filter_chain_match.destination_port.value = inbound_port
     chains = [loop]

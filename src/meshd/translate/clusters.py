@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import partial
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2, config_source_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from google.protobuf import duration_pb2
 
@@ -19,6 +19,8 @@ from meshd.translate.cluster_policy import apply_policy, inbound_pool
 from meshd.translate.headless import pods
 from meshd.translate.locality import locality_groups
 from meshd.translate.metrics import service_metadata
+from meshd.translate.mtls import ISTIO_MUTUAL_MATCH
+from meshd.translate.peer_exchange import add_exchange, exchanges_on
 from meshd.translate.policy import EffectivePolicy, effective_policy
 from meshd.translate.proto import pack
 from meshd.translate.protocol import HTTP_OPTIONS_KEY, upstream_http_options
@@ -55,8 +57,17 @@ def _outbound(
     policy = _with_policy(cluster, service, port, subset, rule)
     if mtls is not None:
         mtls.apply(cluster)
+        if policy.proxy_protocol is None and exchanges_on(port.protocol):
+            # our identity to captured sidecars, in a PROXY header ahead of mTLS (translate/peer_exchange.py)
+            add_exchange(cluster, tls=_istio_mutual_socket(cluster, auto=mtls.auto))
     apply_proxy_protocol(cluster, policy.proxy_protocol)
     return cluster
+
+
+def _istio_mutual_socket(cluster: cluster_pb2.Cluster, *, auto: bool) -> base_pb2.TransportSocket:
+    if not auto:
+        return cluster.transport_socket
+    return next(m.transport_socket for m in cluster.transport_socket_matches if m.name == ISTIO_MUTUAL_MATCH)
 
 
 def _with_policy(

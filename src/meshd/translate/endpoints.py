@@ -10,12 +10,13 @@ from functools import partial
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from google.protobuf import wrappers_pb2
 
-from meshd.model.services import Endpoint, MeshService, ServicePort
+from meshd.model.services import Endpoint, MeshService, ServicePort, is_http
 from meshd.translate import naming
 from meshd.translate.clusters import socket_address
 from meshd.translate.headless import pods
 from meshd.translate.locality import LocalityPlan, locality_groups, plan_for
 from meshd.translate.mtls import tls_mode_metadata
+from meshd.translate.peer_exchange import mark_endpoint
 from meshd.translate.policy import effective_policy
 from meshd.translate.scope import Scope
 from meshd.translate.spec import Spec
@@ -28,7 +29,10 @@ def _assignment(
     sidecar_port: int | None,
     plan: LocalityPlan | None = None,
     tls_mode: bool = False,
+    identity: tuple[str, str] | None = None,
 ) -> endpoint_pb2.ClusterLoadAssignment:
+    """`identity`: (namespace, cluster id) of the workloads, to put in the metadata of the endpoints with a
+    sidecar (a TCP port's: `translate/peer_exchange.py`)."""
     pairs = []
     for ep in endpoints:
         # Without traffic capture, a workload with a sidecar is reached through the sidecar's
@@ -42,6 +46,8 @@ def _assignment(
             lb.load_balancing_weight.CopyFrom(wrappers_pb2.UInt32Value(value=ep.weight))
         if tls_mode and ep.has_sidecar:  # auto mTLS picks the cluster's TLS socket for this endpoint
             lb.metadata.CopyFrom(tls_mode_metadata())
+            if identity is not None:
+                mark_endpoint(lb.metadata, ep, namespace=identity[0], cluster_id=identity[1])
         pairs.append((ep, lb))
     return endpoint_pb2.ClusterLoadAssignment(cluster_name=name, endpoints=locality_groups(pairs, plan))
 
@@ -73,10 +79,20 @@ def service_assignment_specs(
             selected = eps if subset is None else tuple(e for e in eps if e.matches(subset.labels))
             plan = plan_for(policy, proxy_locality=proxy_locality, proxy_labels=proxy_labels)
             tls_mode = scope.key.sds  # only proxies that can do mTLS need to tell endpoints apart
+            # TCP can carry no identity headers: the endpoint tells it (HTTP ports need none)
+            identity = None if is_http(port.protocol) else (service.namespace, scope.cluster_id)
             yield Spec(
                 name,
-                ("eds", name, selected, sidecar_port, plan, tls_mode),
-                partial(_assignment, name, selected, sidecar_port=sidecar_port, plan=plan, tls_mode=tls_mode),
+                ("eds", name, selected, sidecar_port, plan, tls_mode, identity),
+                partial(
+                    _assignment,
+                    name,
+                    selected,
+                    sidecar_port=sidecar_port,
+                    plan=plan,
+                    tls_mode=tls_mode,
+                    identity=identity,
+                ),
             )
         if effective_policy(rule, port=port.number).passthrough:
             continue

@@ -15,7 +15,8 @@ Upstream Envoy has no Istio stats filter. Each side learns what it reports from 
 - **the destination service** from the metadata meshd puts on outbound clusters (`meshd.service`) and on
   inbound routes (one per service);
 - **TCP**: no headers; the peer's principal from the certificate, the service from the cluster metadata,
-  workload labels of the peer `unknown`.
+  the peer's workload labels from the endpoint's metadata (client side) and from a PROXY protocol header the
+  client sidecar sends (server side): `translate/peer_exchange.py`.
 - **gRPC message counts** from Envoy's grpc_stats filter through a Lua step into dynamic metadata
   (`translate/grpc_messages.py`), on gRPC calls only.
 The values are emitted by Envoy's stats access logger (`envoy.access_loggers.stats`) as tagged counters and
@@ -156,10 +157,22 @@ def _own(side: str) -> list[tuple[str, str]]:
     return [(f"{side}_{_LABEL_OF[key]}", _env(var)) for key, var in IDENTITY_ENV]
 
 
-def _peer(side: str, *, known: bool) -> list[tuple[str, str]]:
-    """The peer's identity: from the exchanged headers (HTTP), else unknown (TCP)."""
+def _peer(side: str, *, http: bool) -> list[tuple[str, str]]:
+    """The peer's identity: from the exchanged headers (HTTP); on TCP (`translate/peer_exchange.py`) the
+    client side reads the server's from its endpoint's metadata, the server side the client's from the
+    connection's (its PROXY header); `unknown` where there is none."""
+    if http:
+        return [(f"{side}_{_LABEL_OF[key]}", f"%DYNAMIC_METADATA({PEER_METADATA}:{key})%") for key, _ in IDENTITY_ENV]
+    # destination_* are the client's view of the server (its upstream host), source_* the server's of the client
+    where = "xds.upstream_host_metadata" if side == "destination" else "metadata"
+    present = f"'{PEER_METADATA}' in {where}.filter_metadata"
+    if side == "destination":
+        present = f"has({where}.filter_metadata) && {present}"
     return [
-        (f"{side}_{_LABEL_OF[key]}", f"%DYNAMIC_METADATA({PEER_METADATA}:{key})%" if known else UNKNOWN)
+        (
+            f"{side}_{_LABEL_OF[key]}",
+            f"%CEL({present} ? {where}.filter_metadata['{PEER_METADATA}']['{key}'] : '{UNKNOWN}')%",
+        )
         for key, _ in IDENTITY_ENV
     ]
 
@@ -195,13 +208,13 @@ def standard_tags(*, reporter: str, http: bool, mtls: bool | None) -> list[tuple
             ("source_principal", _or_unknown("upstream.uri_san_local_certificate")),
         ]
         tags += [
-            *_peer("destination", known=http),
+            *_peer("destination", http=http),
             ("destination_principal", _or_unknown("upstream.uri_san_peer_certificate")),
         ]
         tags += _service("cluster")
         policy = UNKNOWN
     else:
-        tags = [("reporter", DESTINATION), *_peer("source", known=http)]
+        tags = [("reporter", DESTINATION), *_peer("source", http=http)]
         tags.append(("source_principal", "%DOWNSTREAM_PEER_URI_SAN%" if mtls else UNKNOWN))
         tags += [*_own("destination"), ("destination_principal", "%DOWNSTREAM_LOCAL_URI_SAN%" if mtls else UNKNOWN)]
         # the inbound route names the service; an inbound TCP chain knows none (an app port may back several)

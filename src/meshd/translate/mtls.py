@@ -41,6 +41,7 @@ TLS_SOCKET = "envoy.transport_sockets.tls"
 RAW_SOCKET = "envoy.transport_sockets.raw_buffer"
 TRANSPORT_SOCKET_MATCH = "envoy.transport_socket_match"
 TLS_MODE_KEY = "tlsMode"
+ISTIO_MUTUAL_MATCH = "tlsMode-istio"  # auto mTLS: the socket of endpoints with a sidecar
 ALPN_IN_MESH = ("istio",)
 ALPN_IN_MESH_H2 = ("istio", "h2")
 ALPN_DOWNSTREAM = ("h2", "http/1.1")
@@ -117,7 +118,7 @@ def apply_istio_mutual(
     match = struct_pb2.Struct()
     match.update({TLS_MODE_KEY: "istio"})
     cluster.transport_socket_matches.append(
-        cluster_pb2.Cluster.TransportSocketMatch(name="tlsMode-istio", match=match, transport_socket=socket)
+        cluster_pb2.Cluster.TransportSocketMatch(name=ISTIO_MUTUAL_MATCH, match=match, transport_socket=socket)
     )
     cluster.transport_socket_matches.append(
         cluster_pb2.Cluster.TransportSocketMatch(

@@ -123,6 +123,7 @@ class Scope:
         root_namespace: str,
         trust_domain: str = "cluster.local",
         auto_mtls: bool = True,
+        cluster_id: str = "Kubernetes",
     ) -> None:
         self.world = world
         self.key = key
@@ -131,6 +132,7 @@ class Scope:
         self.root_namespace = root_namespace
         self.trust_domain = trust_domain
         self.auto_mtls = auto_mtls
+        self.cluster_id = cluster_id  # the workloads' cluster (their sidecars' CLUSTER_ID)
         self._sidecar = sidecar
         self.services: list[tuple[MeshService, tuple[ServicePort, ...]]] = []
         for service in self._candidates():
