@@ -37,7 +37,7 @@ from meshd.wiring.kube_mode import build_kube_mode
 from meshd.wiring.leading import DutyFactory, root_cert_publisher, run_leader_duties
 from meshd.wiring.ops import ops_app
 from meshd.wiring.webhooks import current_proxy_configs, proxy_config, webhook_patcher, webhook_server
-from meshd.wiring.workers import WorkerPool, debug_answers
+from meshd.wiring.workers import WorkerPool, debug_answers, debug_resources
 from meshd.xds.hub import Hub
 
 log = logging.getLogger("meshd")
@@ -157,7 +157,13 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
                 api = await cluster.get() if in_cluster else None
                 authority = await load_authority(settings=settings, api=api, metrics=metrics, wall=utc_now, log=log)
                 secure = await start_secure_port(
-                    settings=settings, authority=authority, hub=hub, metrics=metrics, clock=clock, log=log
+                    settings=settings,
+                    authority=authority,
+                    hub=hub,
+                    metrics=metrics,
+                    clock=clock,
+                    log=log,
+                    debug_resources=debug_resources(workers[0].answer) if workers and workers[0].answer else None,
                 )
                 cleanup.push_async_callback(secure.stop)
             if grpc_server is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pathlib
 import re
 import signal
 import urllib.parse
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 from envoy.service.status.v3 import csds_pb2
 
+from meshd.agent.ca_client import generate_csr, request_certificate
 from meshd.ctl.xds_client import CONFIG_DUMP, SYNCZ, ask
 from tests.e2e.conftest import SERVICE, virtual_service
 from tests.e2e.harness import Mesh, eventually, logs_on_failure
@@ -74,7 +76,10 @@ async def all_route_to(mesh: Mesh, version: str) -> bool:
 @pytest.fixture
 async def mesh(tmp_path: Any) -> AsyncIterator[Mesh]:
     """meshd with two workers; web v1/v2 behind sidecars; four client sidecars; web routed to v1."""
-    async with logs_on_failure(Mesh(work_dir=tmp_path, delta=False, meshd_args=("--workers", "2"))) as m:
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text("tok-admin: {namespace: istio-system, serviceAccount: istioctl}\n")
+    args = ("--workers", "2", "--ca-token-file", str(tokens))
+    async with logs_on_failure(Mesh(work_dir=tmp_path, delta=False, meshd_args=args)) as m:
         m.write("web.yaml", SERVICE.format(v1=m.ip(2), v2=m.ip(3)))
         m.write("web-vs.yaml", virtual_service(100, 0))
         await m.meshd.start()
@@ -105,12 +110,12 @@ async def test_sidecars_on_both_workers_get_their_config_and_every_change(mesh: 
     # Istio's debug types asked on the xDS port (whichever worker the kernel picks) cover every process
     address = f"127.0.0.1:{mesh.meshd.xds_port}"
     for _ in range(4):
-        ids = set()
-        for resource in (await ask(address, SYNCZ)).resources:
-            config = csds_pb2.ClientConfig()
-            assert resource.Unpack(config)
-            ids.add(config.node.id)
-        assert ids == {f"{pod}.default" for pod in PROXIES}
+        assert await _syncz_ids(address) == {f"{pod}.default" for pod in PROXIES}
+    # ... and on the secure port, which the main process serves
+    admin = await _cert_dir(mesh, "tok-admin")
+    secure = f"127.0.0.1:{mesh.meshd.secure_port}"
+    ids = await _syncz_ids(secure, cert_dir=admin, authority="istiod.istio-system.svc")
+    assert ids == {f"{pod}.default" for pod in PROXIES}
     for worker in (0, 1):
         pod = next(p for p, w in placed.items() if w == worker)
         response = await ask(address, CONFIG_DUMP, names=(f"{pod}.default",))
@@ -153,6 +158,29 @@ async def test_a_nack_on_a_worker_is_reported_by_the_main_process(mesh: Mesh) ->
     # the rest keeps flowing to the sidecars of both workers
     mesh.write("web-vs.yaml", virtual_service(0, 100))
     await eventually(lambda: all_route_to(mesh, "v2"), timeout=30, what="every client routing web to v2")
+
+
+async def _syncz_ids(address: str, **how: Any) -> set[str]:
+    ids = set()
+    for resource in (await ask(address, SYNCZ, **how)).resources:
+        config = csds_pb2.ClientConfig()
+        assert resource.Unpack(config)
+        ids.add(config.node.id)
+    return ids
+
+
+async def _cert_dir(mesh: Mesh, token: str) -> pathlib.Path:
+    """A certificate from meshd's CA for `token`'s identity, as istioctl's --cert-dir wants it."""
+    certs = mesh.work_dir / f"certs-{token}"
+    certs.mkdir()
+    root = (mesh.meshd.ca_dir / "root-cert.pem").read_text()
+    key, csr = generate_csr()
+    chain = await request_certificate(
+        address=f"127.0.0.1:{mesh.meshd.secure_port}", root_cert_pem=root, token=token, csr_pem=csr, ttl_s=3600
+    )
+    for name, text in {"cert-chain.pem": "".join(chain), "key.pem": key, "root-cert.pem": root}.items():
+        (certs / name).write_text(text)
+    return certs
 
 
 def _worker_pid(log: str, index: int) -> int:

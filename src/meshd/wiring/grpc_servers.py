@@ -121,8 +121,10 @@ async def start_secure_port(
     metrics: Metrics,
     clock: Clock,
     log: logging.Logger,
+    debug_resources: Resources | None = None,
 ) -> SecurePort:
-    """Build and start the secure server with meshd's serving certificate from `authority`."""
+    """Build and start the secure server with meshd's serving certificate from `authority`.
+    `debug_resources`: where Istio's debug types are answered from (`--workers N`: every process)."""
     sans = serving_sans(settings)
     ttl_s = serving_ttl_s(settings)
     cert = issue_serving_cert(authority.signer, sans=sans, ttl_s=ttl_s)
@@ -176,6 +178,7 @@ async def start_secure_port(
         log=log,
         authorize=authorize,
         verify_debug=verify_debug,
+        debug_resources=debug_resources,
     )
     add_to_server(server, servicer)
     await server.start()

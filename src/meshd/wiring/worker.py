@@ -19,7 +19,6 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from google.protobuf import any_pb2
 from prometheus_client import CollectorRegistry
 
 from meshd.clock import SystemClock
@@ -32,6 +31,7 @@ from meshd.settings import Settings
 from meshd.wiring.control import Sync, read_frame, write_frame
 from meshd.wiring.grpc_servers import ads_servicer, plaintext_server
 from meshd.wiring.ops import authorizationz
+from meshd.wiring.workers import debug_resources
 from meshd.xds import debug
 from meshd.xds.debug_types import config_dump, syncz
 from meshd.xds.hub import Hub
@@ -100,10 +100,6 @@ class WorkerState:
         if future is not None and not future.done():
             future.set_result(data) if ok else future.set_exception(RuntimeError(str(data)))
 
-    async def debug_resources(self, type_url: str, names: list[str]) -> list[any_pb2.Any]:
-        """Istio's debug types asked on this worker's port: answered over every process's streams."""
-        return [any_pb2.Any.FromString(b) for b in await self.ask_main("debug", (type_url, names))]
-
     def apply(self, sync: Sync) -> None:
         """One step of the main store, applied to the replica (each changed key is its own origin)."""
         if sync.mesh_changed:
@@ -160,7 +156,8 @@ async def run_worker(*, control: str) -> None:
         metrics=state.metrics,
         clock=state.clock,
         log=log,
-        debug_resources=state.debug_resources,
+        # Istio's debug types asked on this worker's port: the main process answers over every process
+        debug_resources=debug_resources(state.ask_main),
     )
     server, port = plaintext_server(
         host=settings.xds_host,

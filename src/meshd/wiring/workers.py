@@ -26,6 +26,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from google.protobuf import any_pb2
+
 from meshd.api.mesh import MeshConfig
 from meshd.api.meta import Resource, ResourceKey
 from meshd.clock import Clock
@@ -34,6 +36,7 @@ from meshd.obs.merge import Family
 from meshd.settings import Settings
 from meshd.translate.proxy import Proxy
 from meshd.wiring.control import Sync, frame, read_frame
+from meshd.xds.debug_stream import Resources
 from meshd.xds.debug_types import CONFIG_DUMP, SYNCZ, config_dump, syncz
 from meshd.xds.hub import Hub
 from meshd.xds.isolation import Rejected
@@ -308,3 +311,12 @@ def debug_answers(pool: WorkerPool, *, hub: Hub, cluster_id: str) -> Callable[[s
         return []
 
     return answer
+
+
+def debug_resources(answer: Callable[[str, Any], Awaitable[Any]]) -> Resources:
+    """Istio's debug types answered by `answer` (serialised resources), as a debug stream wants them."""
+
+    async def resources(type_url: str, names: list[str]) -> list[any_pb2.Any]:
+        return [any_pb2.Any.FromString(b) for b in await answer("debug", (type_url, names))]
+
+    return resources
