@@ -76,13 +76,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--envoys", type=int, help="real Envoys in the isolated scenario")
     p.add_argument("--no-reference", action="store_true", help="skip the reference server runs")
     p.add_argument("--poll-interval", type=float, help="meshd --poll-interval (default 0.02)")
+    p.add_argument("--meshd-workers", type=int, help="meshd serve --workers (default 1; CPU and RSS summed)")
+    p.add_argument("--client-per-channel", type=int, help="load client: ADS streams per TCP connection (default 100)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (meshd/Envoy logs, recordings)")
     peer = p.add_argument_group("side by side with istiod (--peer istiod)")
     peer.add_argument("--peer", choices=["istiod"], help="run the side-by-side benchmark instead of the scenarios")
     peer.add_argument("--peer-full", action="store_true", help="200,1000 services x 500,2000 proxies x Sidecar or not")
     peer.add_argument("--peer-large", action="store_true", help="add 5000 services / 5000 proxies, Sidecar, meshd only")
-    peer.add_argument("--peer-cells", type=_cells, metavar="S/P[/sidecar][/meshd],...",
-                      help="cells instead: services/proxies, a Sidecar per namespace, meshd alone")  # fmt: skip
+    peer.add_argument("--peer-cells", type=_cells, metavar="S/P[/sidecar][/meshd|/workers],...",
+                      help="cells instead: services/proxies, a Sidecar per namespace, meshd alone, meshd with 1"
+                           " vs 2 worker processes (--workers)")  # fmt: skip
     peer.add_argument("--peer-rounds", type=int, default=2, help="rounds per control plane, alternating")
     peer.add_argument("--peer-servers", default="meshd,istiod", help="control planes to run (meshd, istiod)")
     peer.add_argument("--peer-meshd-args", default="", help='more `meshd serve` flags, e.g. "--no-status"')
@@ -93,10 +96,12 @@ def _cells(text: str) -> tuple[Cell, ...]:
     cells = []
     for item in text.split(","):
         services, proxies, *flags = item.split("/")
-        unknown = set(flags) - {"sidecar", "meshd"}
+        unknown = set(flags) - {"sidecar", "meshd", "workers"}
         if unknown:
             raise argparse.ArgumentTypeError(f"unknown cell flag(s) {sorted(unknown)} in {item!r}")
         servers = ("meshd",) if "meshd" in flags else ("meshd", "istiod")
+        if "workers" in flags:  # meshd with 1 and with 2 worker processes, alternating rounds
+            servers = ("meshd-w1", "meshd-w2")
         cells.append(Cell(int(services), int(proxies), "sidecar" in flags, servers=servers))
     return tuple(cells)
 
@@ -108,6 +113,9 @@ def _peer_options(args: argparse.Namespace, work: pathlib.Path) -> PeerOptions:
     opts = PeerOptions(work=work, cells=cells, rounds=args.peer_rounds, delta=args.delta)
     opts.servers = tuple(args.peer_servers.split(","))
     opts.meshd_args = tuple(shlex.split(args.peer_meshd_args))
+    if args.meshd_workers is not None:
+        opts.meshd_workers = args.meshd_workers
+    opts.client_per_channel = args.client_per_channel
     if args.changes is not None:
         opts.changes = args.changes
     return opts
@@ -125,6 +133,8 @@ def _options(args: argparse.Namespace, work: pathlib.Path) -> Options:
         "changes",
         "envoys",
         "poll_interval",
+        "meshd_workers",
+        "client_per_channel",
     ):
         if getattr(args, name) is not None:
             setattr(opts, name, getattr(args, name))

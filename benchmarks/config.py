@@ -13,6 +13,10 @@ class Options:
     quick: bool = False
     delta: bool = False
     poll_interval: float = 0.02
+    meshd_workers: int = 1  # `meshd serve --workers` (CPU and memory are summed over its processes)
+    # ADS streams per TCP connection of the load client (None: its default, 100); an Envoy has one
+    # connection per proxy, and SO_REUSEPORT spreads connections, not streams, over meshd's workers
+    client_per_channel: int | None = None
     # isolated: services, namespaces, proxies (2 pods per service), one Sidecar per namespace
     isolated: tuple[int, int, int] = (1000, 100, 2000)
     full_mesh: tuple[int, int, int] = (300, 30, 300)

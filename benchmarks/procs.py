@@ -46,6 +46,40 @@ def memory_mb(pid: int) -> dict[str, float]:
     return {"rss_mb": round(out.get("VmRSS", 0.0), 1), "peak_rss_mb": round(out.get("VmHWM", 0.0), 1)}
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (meshd's workers), from /proc's children lists."""
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as f:
+                    todo.extend(int(child) for child in f.read().split())
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of `pid`, its live descendants and the children it reaped (cutime + cstime)."""
+    total = 0.0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(member)
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return total + (int(fields[13]) + int(fields[14])) / _CLK_TCK
+
+
+def tree_memory_mb(pid: int) -> dict[str, float]:
+    """VmRSS and VmHWM summed over `pid` and its descendants (the peak: each process's own, summed)."""
+    rss = peak = 0.0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            one = memory_mb(member)
+            rss, peak = rss + one["rss_mb"], peak + one["peak_rss_mb"]
+    return {"rss_mb": round(rss, 1), "peak_rss_mb": round(peak, 1)}
+
+
 def pdeathsig() -> None:
     import ctypes
 
@@ -125,9 +159,10 @@ class MeshdProcess:
         poll_interval: float,
         extra_args: tuple[str, ...] = ("--no-ca",),
         kubeconfig: pathlib.Path | None = None,
+        workers: int = 1,
     ) -> None:
         self.config_dir, self.log_path, self.poll_interval = config_dir, log_path, poll_interval
-        self.extra_args = extra_args
+        self.extra_args = (*extra_args, "--workers", str(workers)) if workers != 1 else extra_args
         self.kubeconfig = kubeconfig
         self.xds_port, self.http_port = free_port(), free_port()
         self.process: asyncio.subprocess.Process | None = None
@@ -183,10 +218,18 @@ class MeshdProcess:
             return json.loads(await resp.text())
 
     def cpu(self) -> float:
-        return cpu_seconds(self.pid)
+        return tree_cpu_seconds(self.pid)  # with --workers N, the workers' too
 
     def memory(self) -> dict[str, float]:
-        return memory_mb(self.pid)
+        return tree_memory_mb(self.pid)
+
+    def cpu_by_process(self) -> dict[int, float]:
+        """CPU seconds of meshd and of each of its workers (`--workers N`), by pid."""
+        out = {}
+        for pid in process_tree(self.pid):
+            with contextlib.suppress(OSError):
+                out[pid] = cpu_seconds(pid)
+        return out
 
     async def stop(self) -> None:
         try:
@@ -206,8 +249,10 @@ def load_client(
     delta: bool,
     record: bool,
     metadata: list[dict[str, Any]] | None = None,
+    per_channel: int | None = None,
 ) -> JsonLinesProcess:
-    """The load client for these proxies; `metadata`: each proxy's node metadata (default none)."""
+    """The load client for these proxies; `metadata`: each proxy's node metadata (default none);
+    `per_channel`: ADS streams per TCP connection (the client's default: 100)."""
     nodes = work / f"{name}.nodes.json"
     nodes.write_text(json.dumps(node_ids))
     argv = ["-m", "benchmarks.loadclient", "--proxies", str(nodes)]
@@ -216,6 +261,7 @@ def load_client(
         argv += ["--metadata", str(work / f"{name}.metadata.json")]
     argv += ["--delta"] if delta else []
     argv += ["--record"] if record else []
+    argv += ["--per-channel", str(per_channel)] if per_channel else []
     return JsonLinesProcess(name=name, argv=argv, log_path=work / f"{name}.log")
 
 

@@ -54,22 +54,37 @@ async def run_mesh_scenario(name: str, opts: Options, *, sidecar: bool, envoys: 
     reference = name in opts.reference
     out: dict[str, Any] = {
         "scenario": name, "services": services, "namespaces": namespaces, "proxies": proxies,
-        "sidecar": sidecar, "xds": "delta" if opts.delta else "sotw",
+        "sidecar": sidecar, "xds": "delta" if opts.delta else "sotw", "meshd_workers": opts.meshd_workers,
+        "client_per_channel": opts.client_per_channel,
     }  # fmt: skip
     vs_services = mesh.vs_services()
     ep_services = [(k * 37) % services for k in range(opts.changes)]
     async with contextlib.AsyncExitStack() as stack:
-        meshd = MeshdProcess(config_dir=mesh.dir, log_path=work / "meshd.log", poll_interval=opts.poll_interval)
+        meshd = MeshdProcess(
+            config_dir=mesh.dir,
+            log_path=work / "meshd.log",
+            poll_interval=opts.poll_interval,
+            workers=opts.meshd_workers,
+        )
         stack.push_async_callback(meshd.stop)
         out["startup_s"] = round(await meshd.start(timeout=opts.cold_timeout_s), 2)
         client = load_client(
-            work=work, name="client", node_ids=mesh.proxies(proxies), delta=opts.delta, record=reference
+            work=work,
+            name="client",
+            node_ids=mesh.proxies(proxies),
+            delta=opts.delta,
+            record=reference,
+            per_channel=opts.client_per_channel,
         )
         stack.push_async_callback(client.stop)
         await client.start()
-        cpu0, client_cpu0 = meshd.cpu(), cpu_seconds(client.pid)
+        cpu0, client_cpu0, by_process0 = meshd.cpu(), cpu_seconds(client.pid), meshd.cpu_by_process()
         out["cold"] = await cold_storm(client, meshd.target, timeout=opts.cold_timeout_s)
         out["cold"]["meshd_cpu_s"] = round(meshd.cpu() - cpu0, 2)
+        # the main process first, then each worker (`--workers N`): how the storm's work was split
+        out["cold"]["meshd_cpu_by_process_s"] = [
+            round(cpu - by_process0.get(pid, 0.0), 2) for pid, cpu in meshd.cpu_by_process().items()
+        ]
         out["cold"]["client_cpu_s"] = round(cpu_seconds(client.pid) - client_cpu0, 2)
         out["cold"]["bytes"] = (await client.request("totals"))["bytes"]
         out["after_cold"] = meshd.memory()

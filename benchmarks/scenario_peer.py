@@ -73,6 +73,8 @@ class PeerOptions:
     start_timeout_s: float = 300.0
     servers: tuple[str, ...] = field(default=SERVERS)  # restricts every cell's control planes
     meshd_args: tuple[str, ...] = ()  # more `meshd serve` flags (e.g. --no-status)
+    meshd_workers: int = 1  # `meshd serve --workers` (CPU and memory summed over its processes)
+    client_per_channel: int | None = None  # load client: ADS streams per TCP connection (None: its 100)
 
 
 def unavailable(opts: PeerOptions) -> str | None:
@@ -106,10 +108,11 @@ async def _round(
 ) -> dict[str, Any]:  # fmt: skip
     name = f"{server}-{index}"
     proc: MeshdProcess | IstiodProcess
-    if server == "meshd":
+    if server.startswith("meshd"):  # "meshd-wN": meshd serve --workers N
+        workers = int(server.split("-w")[1]) if "-w" in server else opts.meshd_workers
         proc = MeshdProcess(
             config_dir=None, kubeconfig=kubeconfig, log_path=work / f"{name}.log", poll_interval=0.0,
-            extra_args=("--no-ca", "--namespace", MESH_NAMESPACE, *opts.meshd_args),
+            extra_args=("--no-ca", "--namespace", MESH_NAMESPACE, *opts.meshd_args), workers=workers,
         )  # fmt: skip
     else:
         binary, _ = istiod_binary()
@@ -122,7 +125,7 @@ async def _round(
         out["ready_s"] = round(await proc.start(timeout=opts.start_timeout_s), 2)
         client = load_client(
             work=work, name=f"{name}-client", node_ids=[n for n, _ in proxies], metadata=[m for _, m in proxies],
-            delta=opts.delta, record=False,
+            delta=opts.delta, record=False, per_channel=opts.client_per_channel,
         )  # fmt: skip
         stack.push_async_callback(client.stop)
         await client.start()
@@ -168,7 +171,7 @@ async def _round(
 
 
 async def run_cell(cell: Cell, opts: PeerOptions, *, assets: pathlib.Path, index: int) -> dict[str, Any]:
-    servers = tuple(s for s in cell.servers if s in opts.servers)
+    servers = tuple(s for s in cell.servers if s.split("-w")[0] in opts.servers)
     work = opts.work / f"peer-{index}-{cell.services}-{cell.proxies}-{'sc' if cell.sidecar else 'nosc'}"
     moving = tuple(dict.fromkeys((k * 37) % cell.services for k in range(opts.changes)))
     spec = KubeMeshSpec(
@@ -179,6 +182,7 @@ async def run_cell(cell: Cell, opts: PeerOptions, *, assets: pathlib.Path, index
         "cell": cell.label, "services": cell.services, "namespaces": cell.namespaces, "proxies": cell.proxies,
         "sidecar": cell.sidecar, "servers": list(servers), "xds": "delta" if opts.delta else "sotw",
         "pods_per_service": spec.pods_per_service, "meshd_args": list(opts.meshd_args),
+        "meshd_workers": opts.meshd_workers, "client_per_channel": opts.client_per_channel,
     }  # fmt: skip
     plane = await start_cluster(work=work / "kube", assets=assets)
     rest = KubeRest.from_kubeconfig(plane.kubeconfig)

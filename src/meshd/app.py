@@ -37,6 +37,7 @@ from meshd.wiring.kube_mode import build_kube_mode
 from meshd.wiring.leading import DutyFactory, root_cert_publisher, run_leader_duties
 from meshd.wiring.ops import ops_app
 from meshd.wiring.webhooks import current_proxy_configs, proxy_config, webhook_patcher, webhook_server
+from meshd.wiring.workers import WorkerPool, debug_answers, debug_resources
 from meshd.xds.hub import Hub
 
 log = logging.getLogger("meshd")
@@ -53,7 +54,30 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
     store = ConfigStore()
     hub = Hub()
     gc_policy = GcPolicy(every=settings.gc_full_every_pushes, enabled=settings.gc_freeze)
-    push = PushLoop(store=store, hub=hub, settings=settings, clock=clock, metrics=metrics, log=log, gc_policy=gc_policy)
+    workers: list[WorkerPool] = []  # `--workers N` (N > 1): the processes serving the plaintext xDS port
+    push = PushLoop(
+        store=store,
+        hub=hub,
+        settings=settings,
+        clock=clock,
+        metrics=metrics,
+        log=log,
+        gc_policy=gc_policy,
+        rejected=lambda: [*hub.rejected(), *(r for pool in workers for r in pool.rejected())],
+    )
+    if settings.workers > 1:
+        workers.append(
+            WorkerPool(
+                settings=settings,
+                store=store,
+                mesh=lambda: push.mesh_config,
+                extra=lambda: push.injected,
+                clock=clock,
+                log=log,
+                log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+            )
+        )
+        workers[0].answer = debug_answers(workers[0], hub=hub, cluster_id=settings.cluster_id)
     mesh_file = None
     if settings.mesh_config is not None and settings.config_dir is not None:
         mesh_file = MeshConfigFile(  # raises on an unusable file: meshd does not start
@@ -91,15 +115,17 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
                     max_file_bytes=settings.max_config_file_bytes,
                 )
 
-            ads = ads_servicer(settings=settings, hub=hub, metrics=metrics, clock=clock, log=log)
-            grpc_server, xds_port = plaintext_server(
-                host=settings.xds_host,
-                port=settings.xds_port,
-                ads=ads,
-                metrics=metrics,
-                log=log,
-                max_connections=settings.xds_max_connections,
-            )
+            grpc_server, xds_port = None, workers[0].xds_port if workers else settings.xds_port
+            if not workers:  # else the workers serve it
+                ads = ads_servicer(settings=settings, hub=hub, metrics=metrics, clock=clock, log=log)
+                grpc_server, xds_port = plaintext_server(
+                    host=settings.xds_host,
+                    port=settings.xds_port,
+                    ads=ads,
+                    metrics=metrics,
+                    log=log,
+                    max_connections=settings.xds_max_connections,
+                )
             debug_authorize = (
                 debug_authorizer(settings=settings, api=await cluster.get() if in_cluster else None, log=log)
                 if settings.debug_expose
@@ -113,6 +139,7 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
                 enable_test_hooks=settings.enable_test_hooks,
                 debug_expose=settings.debug_expose,
                 debug_authorize=debug_authorize,
+                workers=workers[0] if workers else None,
             )
             runner = web.AppRunner(http_app, access_log=None)
             await runner.setup()
@@ -130,17 +157,25 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
                 api = await cluster.get() if in_cluster else None
                 authority = await load_authority(settings=settings, api=api, metrics=metrics, wall=utc_now, log=log)
                 secure = await start_secure_port(
-                    settings=settings, authority=authority, hub=hub, metrics=metrics, clock=clock, log=log
+                    settings=settings,
+                    authority=authority,
+                    hub=hub,
+                    metrics=metrics,
+                    clock=clock,
+                    log=log,
+                    debug_resources=debug_resources(workers[0].answer) if workers and workers[0].answer else None,
                 )
                 cleanup.push_async_callback(secure.stop)
-            await grpc_server.start()
-            cleanup.push_async_callback(grpc_server.stop, 1.0)
+            if grpc_server is not None:
+                await grpc_server.start()
+                cleanup.push_async_callback(grpc_server.stop, 1.0)
             await site.start()
             log.info(
-                "event=started xds_port=%d http_port=%d config_dir=%s",
+                "event=started xds_port=%d http_port=%d config_dir=%s workers=%d",
                 xds_port,
                 settings.http_port,
                 settings.config_dir,
+                settings.workers,
             )
 
             mesh_source: KubeSource | MeshConfigFile | None = kube.source if kube is not None else mesh_file
@@ -191,6 +226,8 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
                 if mesh_file is not None:
                     tasks.create_task(mesh_file.run())
                 tasks.create_task(push.run())
+                for pool in workers:
+                    tasks.create_task(pool.run())
                 tasks.create_task(jwks.run())
                 if webhook is not None:
                     tasks.create_task(webhook.serve())
@@ -216,6 +253,8 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
     except* _Stop:
         pass
     finally:
+        for pool in workers:  # also when meshd stopped before the workers ran
+            pool.close()
         gc_policy.uninstall(thresholds)
         log.info("event=stopped")
 

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import pathlib
 import sys
 
@@ -40,6 +41,7 @@ def serve_settings(args: argparse.Namespace) -> Settings:
         send_timeout_s=args.send_timeout,
         max_xds_streams=args.max_xds_streams,
         max_xds_streams_per_peer=args.max_xds_streams_per_peer,
+        workers=args.workers,
         enable_test_hooks=args.enable_test_hooks,
         enable_auto_mtls=not args.disable_auto_mtls,
         outbound_traffic_policy=args.outbound_traffic_policy,
@@ -99,6 +101,28 @@ def serve_settings(args: argparse.Namespace) -> Settings:
         jwks_allow_loopback=args.jwks_allow_loopback,
         jwks_allow_link_local=args.jwks_allow_link_local,
     )
+
+
+def _workers(value: str) -> int:
+    """`--workers`: a number, or `auto` (the CPUs this process may run on)."""
+    if value == "auto":
+        return max(1, len(os.sched_getaffinity(0)))
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--workers takes a number or 'auto', not {value!r}") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError("--workers must be at least 1")
+    return count
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from meshd.wiring.worker import run_worker, set_parent_death_signal
+
+    set_parent_death_signal()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_worker(control=args.control))
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -205,6 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.max_xds_streams_per_peer,
         help="ADS streams per peer address on the plaintext port",
     )
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        default=defaults.workers,
+        help="processes serving the plaintext xDS port (SO_REUSEPORT), fed by this one; 'auto': one per CPU"
+        f" (default {defaults.workers}: this process serves it)",
+    )
     serve.add_argument("--enable-test-hooks", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument(
         "--disable-auto-mtls", action="store_true", help="no automatic mTLS toward sidecars (Istio's enableAutoMtls)"
@@ -248,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_ca_arguments(serve, defaults)
     add_jwks_arguments(serve, defaults)
     serve.set_defaults(func=_serve)
+
+    worker = sub.add_parser("worker")  # started by `serve --workers N`, never by hand
+    worker.add_argument("--control", required=True, help=argparse.SUPPRESS)
+    worker.set_defaults(func=_worker)
 
     boot = sub.add_parser("bootstrap", help="print an Envoy bootstrap for a sidecar (or a gRPC one: --proxyless)")
     boot.add_argument("--node-id", required=True)

@@ -60,3 +60,23 @@ def test_cells_from_the_command_line() -> None:
         Cell(200, 500, False),
         Cell(5000, 5000, True, servers=("meshd",)),
     )
+
+
+async def test_a_workers_cell_runs_meshd_with_one_and_two_worker_processes(tmp_path: pathlib.Path) -> None:
+    (cell_spec,) = _cells("5/10/workers")
+    assert cell_spec.servers == ("meshd-w1", "meshd-w2")
+    opts = PeerOptions(work=tmp_path, cells=(cell_spec,), rounds=1, changes=1, servers=("meshd",))
+    why = unavailable(opts)
+    if why is not None:
+        pytest.skip(why)
+
+    (cell,) = (await run_peer(opts))["cells"]
+    assert "error" not in cell, cell.get("error")
+    assert [r["server"] for r in cell["rounds"]] == ["meshd-w1", "meshd-w2"]
+    for server in ("meshd-w1", "meshd-w2"):
+        figures = cell["figures"][server]
+        assert figures["cold_s"] is not None, f"{server}: not every proxy converged"
+        assert (figures["vs_incomplete"], figures["ep_incomplete"]) == (0, 0), server
+    # two workers: CPU and memory are summed over the main process and both workers
+    one, two = (cell["figures"][s]["peak_rss_mb"] for s in ("meshd-w1", "meshd-w2"))
+    assert two > 2 * one, (one, two)

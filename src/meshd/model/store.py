@@ -9,6 +9,7 @@ or take just what changed since they last asked (`drain_changes()`).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
 
 from meshd.api.meta import InvalidResource, Resource, ResourceKey
 
@@ -23,6 +24,7 @@ class ConfigStore:
         self._errors: dict[str, tuple[InvalidResource, ...]] = {}
         self._listeners: list[Callable[[], None]] = []
         self._kinds: dict[str, set[ResourceKey]] = {}  # kind -> keys with a winner
+        self._feeds: list[dict[ResourceKey, Resource | None]] = []  # feed(): each consumer's changed keys
         self.revision = 0
         self.loaded = False
 
@@ -106,6 +108,21 @@ class ConfigStore:
                 self._winners[key] = winner
                 self._kinds.setdefault(key.kind, set()).add(key)
             self._changes[key] = winner
+            for feed in self._feeds:
+                feed[key] = winner
+
+    def feed(self) -> Callable[[], dict[ResourceKey, Resource | None]]:
+        """A change consumer of its own (besides `drain_changes`): each call returns the keys whose winning
+        resource changed since its previous call (since `feed()` for the first), the new one or None."""
+        changes: dict[ResourceKey, Resource | None] = dict(self._winners)
+        self._feeds.append(changes)
+
+        def drain() -> dict[ResourceKey, Resource | None]:
+            out = dict(changes)
+            changes.clear()
+            return out
+
+        return drain
 
     def mark_loaded(self) -> None:
         """Sources call this once their first full load is in the store."""
@@ -120,6 +137,10 @@ class ConfigStore:
     def resources(self) -> list[tuple[str, Resource]]:
         """(origin, resource) pairs of the winning copies, sorted by key."""
         return [(min(self._origins_of[key]), self._winners[key]) for key in sorted(self._winners)]
+
+    def winners(self) -> Mapping[ResourceKey, Resource]:
+        """Every key's winning copy (a read-only view: what a replica of this store must hold)."""
+        return MappingProxyType(self._winners)
 
     def of_kind(self, kind: str) -> list[Resource]:
         """The winning copies of one kind, sorted by key (without walking the rest)."""

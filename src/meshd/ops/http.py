@@ -8,6 +8,7 @@
                         (and their errors) and the RBAC / ext_authz filters its inbound side gets
 
 What the endpoints show comes in as callables (`DebugViews`): this server knows no xDS and no Kubernetes.
+A view may return its data or an awaitable of it (`--workers N`: the main process asks its workers).
 
 /ready and /metrics answer anyone (probes, Prometheus). The /debug endpoints show every proxy's config
 and every namespace's errors: by default they answer only clients on the loopback interface (inside the
@@ -18,6 +19,7 @@ hands in accepts for the path (403 otherwise); exposed without an authorizer, th
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import json
 import posixpath
@@ -38,11 +40,18 @@ Json = Any  # what json.dumps takes
 class DebugViews:
     """The data behind the debug endpoints, read at each request."""
 
-    sync_status: Callable[[], Json]
-    config_dump: Callable[[str], Json | None]  # None: no such proxy connected
+    sync_status: Callable[[], Json | Awaitable[Json]]
+    config_dump: Callable[[str], Json | Awaitable[Json | None] | None]  # None: no such proxy connected
     config_errors: Callable[[], Sequence[InvalidResource]]
     informers: Callable[[], Json] | None = None  # Kubernetes mode only
-    authorizationz: Callable[[str], Json | None] | None = None  # None: no such proxy connected
+    # None: no such proxy connected
+    authorizationz: Callable[[str], Json | Awaitable[Json | None] | None] | None = None
+    # what /metrics renders, when not just the registry (`--workers N`: the workers' streams added in)
+    exposition: Callable[[], Awaitable[bytes]] | None = None
+
+
+async def _settled(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -106,14 +115,15 @@ def build_app(
         return web.Response(text="ready\n") if is_ready() else web.Response(text="not ready\n", status=503)
 
     async def prom(_: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        body = await views.exposition() if views.exposition is not None else generate_latest(registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def syncz(_: web.Request) -> web.Response:
-        return _json(views.sync_status())
+        return _json(await _settled(views.sync_status()))
 
     async def dump(request: web.Request) -> web.Response:
         proxy_id = request.query.get("proxyID", "")
-        data = views.config_dump(proxy_id)
+        data = await _settled(views.config_dump(proxy_id))
         if data is None:
             return _json({"error": f"proxy {proxy_id!r} is not connected"}, status=404)
         return _json(data)
@@ -145,7 +155,7 @@ def build_app(
 
         async def authorization(request: web.Request) -> web.Response:
             proxy_id = request.query.get("proxyID", "")
-            data = authorizationz(proxy_id)
+            data = await _settled(authorizationz(proxy_id))
             if data is None:
                 return _json({"error": f"proxy {proxy_id!r} is not connected"}, status=404)
             return _json(data)

@@ -26,7 +26,9 @@ from meshd.obs.metrics import Metrics
 from meshd.push.debounce import Debouncer
 from meshd.push.files import read_file
 from meshd.settings import Settings
+from meshd.translate.proxy import Proxy
 from meshd.xds.hub import Hub
+from meshd.xds.isolation import Rejected
 from meshd.xds.resource import XdsResource
 
 
@@ -42,7 +44,10 @@ class PushLoop:
         log: logging.Logger,
         gc_policy: GcPolicy | None = None,
         idle_s: float = 1.0,
+        rejected: Callable[[], list[tuple[Proxy, Rejected]]] | None = None,
     ) -> None:
+        # what connected proxies rejected: the hub's own, and (`--workers`) every worker's
+        self._rejected = rejected if rejected is not None else hub.rejected
         self._gc = gc_policy
         self._idle_s = idle_s
         self._clock = clock
@@ -69,7 +74,7 @@ class PushLoop:
         connected Envoy (NACKs, on the resources behind the rejected one)."""
         current, reported = self._generations.current, self._translation_errors
         refused = [e for e in current.refused if e not in reported] if current is not None else []
-        rejected = self._hub.rejected()
+        rejected = self._rejected()
         nacked = (
             nack_errors(rejected, current.world, root_namespace=self._settings.root_namespace)
             if rejected and current is not None
@@ -84,10 +89,20 @@ class PushLoop:
         touches the store on a change."""
         self._mesh = mesh
 
+    @property
+    def mesh_config(self) -> MeshConfig | None:
+        """The mesh config as its source has it now (a worker is sent it too)."""
+        return self._mesh()
+
     def inject(self, type_url: str, resources: Sequence[XdsResource]) -> None:
         """Test hook: serve extra resources as they are (used to exercise Envoy's NACK path)."""
         self._extra[type_url] = resources
         self._debouncer.touch()
+
+    @property
+    def injected(self) -> dict[str, Sequence[XdsResource]]:
+        """The resources `inject` added (a worker is sent them too)."""
+        return dict(self._extra)
 
     def rebuild(self, *, changed_at: float) -> ConfigGenerator:
         started = self._clock.now()

@@ -31,7 +31,7 @@ from meshd.netlimits import GatedListener
 from meshd.obs.metrics import Metrics
 from meshd.settings import Settings
 from meshd.wiring.authority import Authority
-from meshd.xds.debug_stream import DebugTypes
+from meshd.xds.debug_stream import DebugTypes, Resources
 from meshd.xds.debug_types import ControlPlane
 from meshd.xds.hub import Hub
 from meshd.xds.limits import StreamLimits
@@ -47,6 +47,7 @@ def ads_servicer(
     log: logging.Logger,
     authorize: Authorize | None = None,
     verify_debug: VerifyNamespace | None = None,
+    debug_resources: Resources | None = None,
 ) -> AdsServicer:
     # The secure port's peers are all its TLS front on loopback: counted in all only.
     per_peer = settings.max_xds_streams_per_peer if authorize is None else None
@@ -60,6 +61,7 @@ def ads_servicer(
         log=log,
         system_namespace=settings.namespace,
         verify=verify_debug,
+        resources=debug_resources,
     )
     return AdsServicer(
         hub=hub,
@@ -81,11 +83,14 @@ def plaintext_server(
     metrics: Metrics,
     log: logging.Logger,
     max_connections: int | None = None,
+    reuse_port: bool = False,
 ) -> tuple[grpc.aio.Server, int]:
     """The plaintext xDS server (not started) and the port it bound. `max_connections`: gRPC closes
-    connections over it at accept (gRPC core does not tell us when: no refusal metric on this port)."""
+    connections over it at accept (gRPC core does not tell us when: no refusal metric on this port).
+    `reuse_port`: bound with SO_REUSEPORT (the workers of `--workers N` share the port); else never."""
     cap = [("grpc.max_allowed_incoming_connections", max_connections)] if max_connections else []
-    server = grpc.aio.server(options=[*SERVER_OPTIONS, *cap])
+    base = [o for o in SERVER_OPTIONS if o[0] != "grpc.so_reuseport"]
+    server = grpc.aio.server(options=[*base, *cap, ("grpc.so_reuseport", 1 if reuse_port else 0)])
     add_to_server(server, ads)
     add_ca_service(server, CertificateService(signer=None, authenticator=None, metrics=metrics.ca, log=log))
     return server, server.add_insecure_port(f"{host}:{port}")
@@ -116,8 +121,10 @@ async def start_secure_port(
     metrics: Metrics,
     clock: Clock,
     log: logging.Logger,
+    debug_resources: Resources | None = None,
 ) -> SecurePort:
-    """Build and start the secure server with meshd's serving certificate from `authority`."""
+    """Build and start the secure server with meshd's serving certificate from `authority`.
+    `debug_resources`: where Istio's debug types are answered from (`--workers N`: every process)."""
     sans = serving_sans(settings)
     ttl_s = serving_ttl_s(settings)
     cert = issue_serving_cert(authority.signer, sans=sans, ttl_s=ttl_s)
@@ -171,6 +178,7 @@ async def start_secure_port(
         log=log,
         authorize=authorize,
         verify_debug=verify_debug,
+        debug_resources=debug_resources,
     )
     add_to_server(server, servicer)
     await server.start()

@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import any_pb2
 
 from meshd.obs.logsafe import quoted
 from meshd.xds.debug_types import CONFIG_DUMP, SUPPORTED, SYNCZ, ControlPlane, config_dump, is_debug_type, syncz
@@ -22,6 +23,9 @@ from meshd.xds.inbox import CLOSED, PUSH, Inbox
 
 # The caller's verified namespace on the secure port, or a refusal (code, message).
 VerifyCaller = Callable[[Any], Awaitable["str | tuple[grpc.StatusCode, str]"]]
+# (type URL, resource names) -> the answer's resources, when another process knows them (a worker of
+# `meshd serve --workers N` asks the main process, which asks every worker)
+Resources = Callable[[str, list[str]], Awaitable[list[any_pb2.Any]]]
 
 
 class DebugTypes:
@@ -33,8 +37,10 @@ class DebugTypes:
         log: logging.Logger,
         system_namespace: str,
         verify: VerifyCaller | None = None,
+        resources: Resources | None = None,
     ) -> None:
         self._hub = hub
+        self._resources = resources
         self._control_plane = control_plane
         self._log = log
         self._system_namespace = system_namespace
@@ -62,16 +68,18 @@ class DebugTypes:
             if item.response_nonce not in sent:  # an ACK of our response needs no answer
                 nonce = next(self._nonces)
                 sent.add(nonce)
-                await context.write(self._answer(item, nonce).SerializeToString())
+                await context.write((await self._answer(item, nonce)).SerializeToString())
             item = await inbox.get()
             while item is PUSH:
                 item = await inbox.get()
             if item is CLOSED:
                 return
 
-    def _answer(self, request: Any, nonce: str) -> discovery_pb2.DiscoveryResponse:
+    async def _answer(self, request: Any, nonce: str) -> discovery_pb2.DiscoveryResponse:
         type_url = request.type_url
-        if type_url == SYNCZ:
+        if type_url in SUPPORTED and self._resources is not None:
+            resources = await self._resources(type_url, list(request.resource_names))
+        elif type_url == SYNCZ:
             resources = syncz(self._hub, cluster_id=self._control_plane.cluster_id)
         elif type_url == CONFIG_DUMP:
             resources = config_dump(self._hub, request.resource_names)
