@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 
+from meshd.agent.ca_client import generate_csr, request_certificate
 from meshd.agent.certificate import CertificateSource
 from meshd.agent.run import run_agent
 from meshd.settings import AgentSettings
@@ -159,3 +160,19 @@ def write_ca_tokens(path: pathlib.Path, tokens: dict[str, tuple[str, str]]) -> p
     lines = [f"{token}: {{namespace: {ns}, serviceAccount: {sa}}}" for token, (ns, sa) in tokens.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+async def istioctl_cert_dir(
+    *, work_dir: pathlib.Path, ca_dir: pathlib.Path, secure_port: int, token: str
+) -> pathlib.Path:
+    """A certificate from meshd's CA for `token`'s identity, laid out as istioctl's --cert-dir wants it."""
+    certs = work_dir / f"certs-{token}"
+    certs.mkdir()
+    root = (ca_dir / "root-cert.pem").read_text()
+    key, csr = generate_csr()
+    chain = await request_certificate(
+        address=f"127.0.0.1:{secure_port}", root_cert_pem=root, token=token, csr_pem=csr, ttl_s=3600
+    )
+    for name, text in {"cert-chain.pem": "".join(chain), "key.pem": key, "root-cert.pem": root}.items():
+        (certs / name).write_text(text)
+    return certs

@@ -15,8 +15,8 @@ import pytest
 from envoy.admin.v3 import config_dump_pb2, config_dump_shared_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 
-from meshd.agent.ca_client import generate_csr, request_certificate
 from meshd.ctl.xds_client import CONFIG_DUMP, ask
+from tests.e2e.agents import istioctl_cert_dir
 from tests.e2e.conftest import SERVICE, virtual_service
 from tests.e2e.harness import Mesh, eventually, logs_on_failure
 from tests.peers import peer_binary
@@ -120,16 +120,9 @@ async def test_a_nack_shows_as_error_with_envoys_message(mesh: Mesh) -> None:
 
 
 async def _cert_dir(mesh: Mesh, token: str) -> pathlib.Path:
-    certs = mesh.work_dir / f"certs-{token}"
-    certs.mkdir()
-    root = (mesh.meshd.ca_dir / "root-cert.pem").read_text()
-    key, csr = generate_csr()
-    chain = await request_certificate(
-        address=f"127.0.0.1:{mesh.meshd.secure_port}", root_cert_pem=root, token=token, csr_pem=csr, ttl_s=3600
+    return await istioctl_cert_dir(
+        work_dir=mesh.work_dir, ca_dir=mesh.meshd.ca_dir, secure_port=mesh.meshd.secure_port, token=token
     )
-    for name, text in {"cert-chain.pem": "".join(chain), "key.pem": key, "root-cert.pem": root}.items():
-        (certs / name).write_text(text)
-    return certs
 
 
 async def test_secure_port_answers_only_an_identity_in_meshds_namespace(mesh: Mesh) -> None:

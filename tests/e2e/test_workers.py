@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from envoy.service.status.v3 import csds_pb2
 
-from meshd.agent.ca_client import generate_csr, request_certificate
 from meshd.ctl.xds_client import CONFIG_DUMP, SYNCZ, ask
+from tests.e2e.agents import istioctl_cert_dir
 from tests.e2e.conftest import SERVICE, virtual_service
 from tests.e2e.harness import Mesh, eventually, logs_on_failure
 
@@ -170,17 +170,9 @@ async def _syncz_ids(address: str, **how: Any) -> set[str]:
 
 
 async def _cert_dir(mesh: Mesh, token: str) -> pathlib.Path:
-    """A certificate from meshd's CA for `token`'s identity, as istioctl's --cert-dir wants it."""
-    certs = mesh.work_dir / f"certs-{token}"
-    certs.mkdir()
-    root = (mesh.meshd.ca_dir / "root-cert.pem").read_text()
-    key, csr = generate_csr()
-    chain = await request_certificate(
-        address=f"127.0.0.1:{mesh.meshd.secure_port}", root_cert_pem=root, token=token, csr_pem=csr, ttl_s=3600
+    return await istioctl_cert_dir(
+        work_dir=mesh.work_dir, ca_dir=mesh.meshd.ca_dir, secure_port=mesh.meshd.secure_port, token=token
     )
-    for name, text in {"cert-chain.pem": "".join(chain), "key.pem": key, "root-cert.pem": root}.items():
-        (certs / name).write_text(text)
-    return certs
 
 
 def _worker_pid(log: str, index: int) -> int:
