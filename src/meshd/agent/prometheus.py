@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from meshd.settings import AgentSettings
-from meshd.translate.metrics import BYTES_BUCKETS, IDENTITY_ENV, STAT_PREFIX
+from meshd.translate.metrics import BYTES_BUCKETS, IDENTITY_ENV, STAT_PREFIX, identity_values
 
 STATS_PATH = "/stats/prometheus"
 ADMIN_CLUSTER = "prometheus_stats"
@@ -52,14 +52,9 @@ def identity_env(settings: AgentSettings) -> dict[str, str]:
     without), cluster id."""
     from meshd.agent.metadata import workload_name
 
-    labels = settings.labels
-    values = {
-        "workload": workload_name(settings),
-        "namespace": settings.namespace,
-        "app": labels.get("app") or labels.get("service.istio.io/canonical-name") or "unknown",
-        "version": labels.get("version") or labels.get("service.istio.io/canonical-revision") or "unknown",
-        "cluster": settings.cluster_id,
-    }
+    values = identity_values(
+        settings.labels, workload=workload_name(settings), namespace=settings.namespace, cluster=settings.cluster_id
+    )
     return {var: values[key] for key, var in IDENTITY_ENV}
 
 

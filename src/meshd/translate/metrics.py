@@ -30,7 +30,7 @@ histograms `istio.<name>`; the node agent's 15090 listener and merged 15020 endp
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,6 +147,19 @@ class MetricsConfig:
 
 
 DEFAULT_METRICS = MetricsConfig()
+
+
+def identity_values(labels: Mapping[str, str], *, workload: str, namespace: str, cluster: str) -> dict[str, str]:
+    """A workload's identity as Istio's metrics label it (keys of IDENTITY_ENV): `app`/`version` labels, Istio's
+    canonical labels as fallbacks, `unknown` without. The agent gives its Envoy these (environment); meshd puts
+    them on endpoints (`translate/peer_exchange.py`): both sides must agree."""
+    return {
+        "workload": workload,
+        "namespace": namespace,
+        "app": labels.get("app") or labels.get("service.istio.io/canonical-name") or UNKNOWN,
+        "version": labels.get("version") or labels.get("service.istio.io/canonical-revision") or UNKNOWN,
+        "cluster": cluster,
+    }
 
 
 def _env(var: str) -> str:

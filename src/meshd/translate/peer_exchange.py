@@ -34,13 +34,13 @@ from envoy.config.listener.v3 import listener_components_pb2
 from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
 from envoy.extensions.filters.listener.proxy_protocol.v3 import proxy_protocol_pb2 as listener_pp_pb2
 from envoy.extensions.transport_sockets.proxy_protocol.v3 import upstream_proxy_protocol_pb2
-from envoy.type.v3 import range_pb2
 from google.protobuf import struct_pb2
 
 from meshd.model.services import Endpoint, is_http, is_sniffed
-from meshd.translate.metrics import IDENTITY_ENV, PEER_METADATA, UNKNOWN
+from meshd.translate.metrics import IDENTITY_ENV, PEER_METADATA, UNKNOWN, identity_values
 from meshd.translate.mtls import TLS_MODE_KEY, TRANSPORT_SOCKET_MATCH
 from meshd.translate.proto import pack
+from meshd.translate.protocol import any_port
 from meshd.translate.proxy_protocol import UPSTREAM_PROXY_PROTOCOL
 
 EXCHANGE_KEY = "meshdPeerExchange"  # endpoint metadata: its sidecar reads a PROXY v2 header
@@ -61,19 +61,12 @@ def exchanges_on(protocol: str) -> bool:
 
 
 def identity_metadata(endpoint: Endpoint, *, namespace: str, cluster_id: str) -> struct_pb2.Struct:
-    """The workload's identity as its own sidecar reports it (`agent/prometheus.py::identity_env`: the `app`
-    label, else the pod's name; `app`/`version`, Istio's canonical labels as fallbacks)."""
+    """The workload's identity as its own sidecar reports it (`metrics.identity_values`; the agent names a
+    workload after its `app` label, else its pod)."""
     labels = dict(endpoint.labels)
+    workload = labels.get("app") or endpoint.workload or UNKNOWN
     fields = struct_pb2.Struct()
-    fields.update(
-        {
-            "workload": labels.get("app") or endpoint.workload or UNKNOWN,
-            "namespace": namespace,
-            "app": labels.get("app") or labels.get("service.istio.io/canonical-name") or UNKNOWN,
-            "version": labels.get("version") or labels.get("service.istio.io/canonical-revision") or UNKNOWN,
-            "cluster": cluster_id,
-        }
-    )
+    fields.update(identity_values(labels, workload=workload, namespace=namespace, cluster=cluster_id))
     return fields
 
 
@@ -116,14 +109,6 @@ def add_exchange(cluster: cluster_pb2.Cluster, *, tls: base_pb2.TransportSocket)
 # --- the server's virtualInbound -----------------------------------------------------------------------
 
 
-def _port_in(ports: Sequence[int]) -> listener_components_pb2.ListenerFilterChainMatchPredicate:
-    predicate = listener_components_pb2.ListenerFilterChainMatchPredicate
-    rules = [
-        predicate(destination_port_range=range_pb2.Int32Range(start=port, end=port + 1)) for port in sorted(set(ports))
-    ]
-    return rules[0] if len(rules) == 1 else predicate(or_match=predicate.MatchSet(rules=rules))
-
-
 def exchange_listener_filters(
     *, mtls_by_default: bool, exceptions: Sequence[int]
 ) -> list[listener_components_pb2.ListenerFilter]:
@@ -139,9 +124,9 @@ def exchange_listener_filters(
         rule.on_tlv_present.key = key
     reader = listener_components_pb2.ListenerFilter(name=PROXY_PROTOCOL_FILTER, typed_config=pack(config))
     if mtls_by_default and exceptions:
-        reader.filter_disabled.CopyFrom(_port_in(exceptions))
+        reader.filter_disabled.CopyFrom(any_port(exceptions))
     elif not mtls_by_default:
-        reader.filter_disabled.not_match.CopyFrom(_port_in(exceptions))
+        reader.filter_disabled.not_match.CopyFrom(any_port(exceptions))
     restore = listener_components_pb2.ListenerFilter(
         name=ORIGINAL_DST_FILTER, typed_config=pack(original_dst_pb2.OriginalDst())
     )

@@ -47,7 +47,7 @@ def http_inspector() -> listener_components_pb2.ListenerFilter:
     )
 
 
-def _any_port(ports: Sequence[int]) -> listener_components_pb2.ListenerFilterChainMatchPredicate:
+def any_port(ports: Sequence[int]) -> listener_components_pb2.ListenerFilterChainMatchPredicate:
     ranges = [
         listener_components_pb2.ListenerFilterChainMatchPredicate(
             destination_port_range=range_pb2.Int32Range(start=port, end=port + 1)
@@ -71,9 +71,9 @@ def sniff(
     With `skip_ports`, for every port but those (undeclared ports are sniffed too)."""
     inspector = http_inspector()
     if ports:
-        inspector.filter_disabled.not_match.CopyFrom(_any_port(ports))
+        inspector.filter_disabled.not_match.CopyFrom(any_port(ports))
     elif skip_ports:
-        inspector.filter_disabled.CopyFrom(_any_port(skip_ports))
+        inspector.filter_disabled.CopyFrom(any_port(skip_ports))
     listener.listener_filters.append(inspector)
     seconds = int(timeout_s)
     listener.listener_filters_timeout.CopyFrom(
