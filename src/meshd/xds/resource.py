@@ -7,6 +7,7 @@ receives it.
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -92,7 +93,7 @@ class Snapshot:
     are cached per (type, subscription) on each layer, so proxies sharing a layer share its work.
     """
 
-    __slots__ = ("_layers", "_merged", "_own", "_versions")
+    __slots__ = ("__weakref__", "_diffs", "_layers", "_merged", "_own", "_versions")
 
     def __init__(
         self,
@@ -104,6 +105,8 @@ class Snapshot:
         self._layers = layers
         self._versions: dict[tuple[str, frozenset[str] | None], str] = {}
         self._merged: dict[str, dict[str, XdsResource]] | None = None
+        # per type: the layer last compared with (weakly: no chain of old layers is kept) and what differs
+        self._diffs: dict[str, tuple[weakref.ref[Snapshot], frozenset[str]]] = {}
 
     @property
     def layers(self) -> tuple[Snapshot, ...]:
@@ -127,6 +130,43 @@ class Snapshot:
         if names is None:
             return [by_name[n] for n in sorted(by_name)]
         return [by_name[n] for n in sorted(names) if n in by_name]
+
+    def get(self, type_url: str, name: str) -> XdsResource | None:
+        """One resource (the last layer holding the name wins), without merging the layers."""
+        if self._merged is not None or not self._layers:
+            return self.resources.get(type_url, {}).get(name)
+        for layer in reversed(self._layers):
+            found = layer.get(type_url, name)
+            if found is not None:
+                return found
+        return None
+
+    def changed_names(self, before: Snapshot, type_url: str) -> frozenset[str] | None:
+        """The names of a type whose resource may differ from `before`'s (a superset of those that do),
+        found from the layers that changed: an endpoint change costs the changed layer's size once (the
+        diff is kept on the new layer, shared by every proxy of its scope), then the changed names per
+        proxy, however many it subscribes. None when the two are not stacks of the same shape."""
+        if before is self:
+            return frozenset()
+        if not self._layers or len(self._layers) != len(before._layers):
+            return None
+        changed: frozenset[str] = frozenset()
+        for mine, theirs in zip(self._layers, before._layers, strict=True):
+            if mine is not theirs:
+                changed = changed | mine._layer_diff(theirs, type_url)
+        return changed
+
+    def _layer_diff(self, before: Snapshot, type_url: str) -> frozenset[str]:
+        cached = self._diffs.get(type_url)
+        if cached is not None and cached[0]() is before:
+            return cached[1]
+        mine, theirs = self.resources.get(type_url, {}), before.resources.get(type_url, {})
+        if mine is theirs:
+            diff: frozenset[str] = frozenset()
+        else:
+            diff = frozenset(n for n in mine.keys() | theirs.keys() if mine.get(n) is not theirs.get(n))
+        self._diffs[type_url] = (weakref.ref(before), diff)
+        return diff
 
     def version(self, type_url: str, names: frozenset[str] | None) -> str:
         key = (type_url, names)

@@ -46,7 +46,7 @@ from meshd.xds.hub import Connection, Hub
 from meshd.xds.inbox import CLOSED, PUSH, Inbox
 from meshd.xds.limits import StreamLimits, peer_host
 from meshd.xds.resource import short_name
-from meshd.xds.stream import DeltaStream, Outcome, Request, SotwStream
+from meshd.xds.stream import DeltaStream, NameSets, Outcome, Request, SotwStream
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         self._log_limit = LogLimiter(now=clock.now)
         # Nonces carry a per-process random prefix: unique across meshd restarts.
         self._boot = secrets.token_hex(4)
+        self._names = NameSets()  # equal subscriptions of different streams as one object
 
     async def StreamAggregatedResources(self, request_iterator: Any, context: Any) -> None:
         await self._serve(request_iterator, context, delta=False)
@@ -254,7 +255,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             verified = verdict.namespace
         no_secrets = secret_refusal(verified_namespace=verified, proxy=proxy) is not None
         refused = PROTECTED_TYPES if no_secrets else frozenset()
-        stream = (DeltaStream if delta else SotwStream)(nonce_prefix=self._boot, refused=refused)
+        stream = (DeltaStream if delta else SotwStream)(nonce_prefix=self._boot, refused=refused, names=self._names)
         conn = self._hub.connect(proxy=proxy, stream=stream, now=self._clock.now(), inbox=inbox)
         conn.verified_namespace = verified
         failure = self._hub.failures.get(proxy.node_id)

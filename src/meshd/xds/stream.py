@@ -18,6 +18,7 @@ MAX_TYPES types' work: many unknown types cannot make a stream's work quadratic 
 from __future__ import annotations
 
 import itertools
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -75,11 +76,37 @@ class TypeState:
     nonce_versions: dict[str, str] = field(default_factory=dict)
     # what the client holds (name -> version): delta, and SotW endpoints/routes
     known: dict[str, str] = field(default_factory=dict)
+    # SotW endpoints/routes: the snapshot `known` was last brought up to date with (weakly: an old one is
+    # not kept alive for this), so the next response looks only at the names changed since
+    # (Snapshot.changed_names) instead of every subscribed one
+    basis: weakref.ref[Snapshot] | None = None
+
+
+class NameSets:
+    """One object per distinct set of subscribed names, shared by the streams given it: a snapshot's
+    versions are cached by (type, names), and a lookup with the very same set skips comparing its
+    elements (every proxy of a scope subscribes the same hundreds of endpoint names). Bounded: when
+    full it starts again (an uninterned set costs a comparison, never a wrong answer)."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._limit = limit
+        self._sets: dict[frozenset[str], frozenset[str]] = {}
+
+    def __call__(self, names: frozenset[str]) -> frozenset[str]:
+        found = self._sets.get(names)
+        if found is None:
+            if len(self._sets) >= self._limit:
+                self._sets.clear()
+            found = self._sets[names] = names
+        return found
 
 
 class _Base:
-    def __init__(self, *, nonce_prefix: str, refused: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self, *, nonce_prefix: str, refused: frozenset[str] = frozenset(), names: NameSets | None = None
+    ) -> None:
         self._nonces = (f"{nonce_prefix}-{i}" for i in itertools.count(1))
+        self._intern: NameSets = names if names is not None else NameSets(limit=MAX_TYPES)
         self.types: dict[str, TypeState] = {}
         self.refused = refused  # type URLs never served on this stream
 
@@ -117,7 +144,7 @@ class SotwStream(_Base):
         if (refused := self._refused(req)) is not None:
             return refused
         st = self.state(req.type_url)
-        names: frozenset[str] | None = frozenset(req.resource_names)
+        names: frozenset[str] | None = self._intern(frozenset(req.resource_names))
         if not req.resource_names and req.type_url in WILDCARD_TYPES:
             names = None
         if not req.response_nonce or not st.subscribed:
@@ -145,18 +172,20 @@ class SotwStream(_Base):
                 continue
             version = snapshot.version(type_url, st.names)
             if not st.respond and version == st.sent_version:
+                st.basis = weakref.ref(snapshot)  # the same content: what `known` holds is still current
                 continue
-            selected = snapshot.select(type_url, st.names)
             if type_url in WILDCARD_TYPES or st.respond:
+                selected = snapshot.select(type_url, st.names)
                 resources = tuple(selected)
+                st.known = {r.name: r.version for r in selected}
             else:
                 # Only Listener and Cluster responses must carry the whole state; endpoints and
                 # routes are sent as they change (Envoy keeps the ones a response leaves out).
-                resources = tuple(r for r in selected if st.known.get(r.name) != r.version)
-                if not resources:
-                    st.sent_version = version
-                    continue
-            st.known = {r.name: r.version for r in selected}
+                resources = _changed(st, snapshot, type_url)
+            st.basis = weakref.ref(snapshot)
+            if not resources and type_url not in WILDCARD_TYPES and not st.respond:
+                st.sent_version = version
+                continue
             out.append(Response(type_url, self._sent(st, version), version, resources))
             if type_url == CLUSTER and ENDPOINT in self.types:
                 # Envoy re-requests EDS for clusters it is warming; answer that request even if
@@ -187,7 +216,7 @@ class DeltaStream(_Base):
             elif st.names is not None:
                 if len(st.names | explicit) > MAX_NAMES:
                     return Outcome("limit", req.type_url, error=f"more than {MAX_NAMES} resource names subscribed")
-                st.names = st.names | explicit
+                st.names = self._intern(st.names | explicit)
             changed = True
             for name in () if first else explicit:
                 # A re-subscription asks for the resource even if the client had it (on the first
@@ -195,7 +224,7 @@ class DeltaStream(_Base):
                 st.known.pop(name, None)
         if req.unsubscribe:
             if st.names is not None:
-                st.names = st.names - frozenset(req.unsubscribe)
+                st.names = self._intern(st.names - frozenset(req.unsubscribe))
             for name in req.unsubscribe:
                 st.known.pop(name, None)
             changed = True
@@ -243,6 +272,28 @@ class DeltaStream(_Base):
                     # An updated cluster warms again and needs its endpoints re-sent.
                     eds.known.pop(r.name, None)
         return out
+
+
+def _changed(st: TypeState, snapshot: Snapshot, type_url: str) -> tuple[XdsResource, ...]:
+    """SotW endpoints and routes: the subscribed resources whose version the client does not hold, and
+    `known` brought up to date (a name gone from the snapshot is forgotten: sent again if it returns).
+    Looks only at the names changed since `basis` when the snapshots' layers tell them."""
+    names, known = st.names, st.known
+    before = st.basis() if st.basis is not None else None
+    candidates = snapshot.changed_names(before, type_url) if before is not None else None
+    if candidates is None:
+        selected = snapshot.select(type_url, names)
+        st.known = {r.name: r.version for r in selected}
+        return tuple(r for r in selected if known.get(r.name) != r.version)
+    out = []
+    for name in sorted(candidates if names is None else candidates & names):
+        resource = snapshot.get(type_url, name)
+        if resource is None:
+            known.pop(name, None)
+        elif known.get(name) != resource.version:
+            known[name] = resource.version
+            out.append(resource)
+    return tuple(out)
 
 
 def _ordered(types: Iterable[str], refused: frozenset[str]) -> list[str]:
