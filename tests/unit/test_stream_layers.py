@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.route.v3 import route_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshd.xds.resource import ENDPOINT, ROUTE, Snapshot, XdsResource, make_resource
-from meshd.xds.stream import Request, Response, SotwStream
+from meshd.xds.resource import CLUSTER, ENDPOINT, ROUTE, Snapshot, XdsResource, make_resource
+from meshd.xds.stream import DeltaStream, Request, Response, SotwStream
 from tests.properties import budget
 
 NAMES = ("a", "b", "c", "d")
@@ -24,8 +25,10 @@ def _resource(type_url: str, name: str, tag: int, copy: int) -> XdsResource:
     """The same object for the same (name, tag, copy); another copy is equal content in another object."""
     key = (type_url, name, tag, copy)
     if key not in _POOL:
-        if type_url == ENDPOINT:
-            message: Any = endpoint_pb2.ClusterLoadAssignment(
+        if type_url == CLUSTER:
+            message: Any = cluster_pb2.Cluster(name=name, alt_stat_name=f"t{tag}")
+        elif type_url == ENDPOINT:
+            message = endpoint_pb2.ClusterLoadAssignment(
                 cluster_name=name,
                 policy=endpoint_pb2.ClusterLoadAssignment.Policy(overprovisioning_factor={"value": 100 + tag}),
             )
@@ -124,3 +127,76 @@ def test_an_endpoint_change_sends_only_the_changed_assignment_and_reads_only_the
     assert second.changed_names(first, ROUTE) == frozenset()
     [response] = stream.responses(second)
     assert [r.name for r in response.resources] == ["e7"]
+
+
+def _delta_summary(responses: list[Response]) -> list[tuple[str, list[tuple[str, str]], tuple[str, ...]]]:
+    return [(r.type_url, [(x.name, x.version) for x in r.resources], r.removed) for r in responses]
+
+
+@budget(150)
+@given(
+    steps,
+    st.lists(st.sampled_from(NAMES), min_size=1, max_size=4).map(tuple),
+    st.booleans(),  # clusters (wildcard) or endpoints by name
+)
+def test_delta_layered_snapshots_send_what_flat_ones_send(
+    plan: list[Any], initial: tuple[str, ...], wildcard: bool
+) -> None:
+    type_url = CLUSTER if wildcard else ENDPOINT
+    layered, flat = DeltaStream(nonce_prefix="l"), DeltaStream(nonce_prefix="f")
+    subscribed = () if wildcard else initial
+    for stream in (layered, flat):
+        stream.on_request(Request(type_url=type_url, subscribe=subscribed))
+    layers = (_layer({}), _layer({}))
+    holds: dict[str, str] = {}  # what the client holds: name -> version
+    snapshot = Snapshot(layers=layers)
+    kept: list[Snapshot] = []
+    names = set(subscribed)
+    for first, second, subscription, held in plan:
+        layers = (
+            layers[0] if first is None else _layer(_as(type_url, first)),
+            layers[1] if second is None else _layer(_as(type_url, second)),
+        )
+        kept[:] = [snapshot] if held else []
+        snapshot = Snapshot(layers=layers)
+        sent_layered, sent_flat = layered.responses(snapshot), flat.responses(Snapshot(resources=snapshot.resources))
+        assert _delta_summary(sent_layered) == _delta_summary(sent_flat)
+        for response in sent_layered:
+            holds.update({r.name: r.version for r in response.resources})
+            for name in response.removed:
+                holds.pop(name, None)
+        present = snapshot.of_type(type_url)
+        wanted = set(present) if wildcard else names & set(present)
+        assert {n: holds.get(n) for n in wanted} == {n: present[n].version for n in wanted}
+        for stream, sent in ((layered, sent_layered), (flat, sent_flat)):
+            for response in sent:
+                stream.on_request(Request(type_url=type_url, response_nonce=response.nonce))
+        if subscription is not None and not wildcard:
+            more, fewer = set(subscription) - names, names - set(subscription)
+            names = set(subscription)
+            for stream in (layered, flat):
+                stream.on_request(
+                    Request(type_url=type_url, subscribe=tuple(sorted(more)), unsubscribe=tuple(sorted(fewer)))
+                )
+            for name in fewer:
+                holds.pop(name, None)
+
+
+def _as(type_url: str, content: dict[str, dict[str, tuple[int, int]]]) -> dict[str, dict[str, tuple[int, int]]]:
+    """A layer's endpoints as resources of the tested type (clusters for the wildcard case)."""
+    return {type_url: content.get(ENDPOINT, {})}
+
+
+def test_delta_endpoints_of_an_updated_cluster_are_sent_again_though_unchanged() -> None:
+    """Envoy warms an updated cluster again and waits for its endpoints: they are re-sent even when the
+    endpoint layer did not change (the stream forgets what it knew of them)."""
+    endpoints = Snapshot(resources={ENDPOINT: {"a": _resource(ENDPOINT, "a", 0, 0)}})
+    stream = DeltaStream(nonce_prefix="d")
+    stream.on_request(Request(type_url=CLUSTER))
+    stream.on_request(Request(type_url=ENDPOINT, subscribe=("a",)))
+    first = Snapshot(layers=(Snapshot(resources={CLUSTER: {"a": _resource(CLUSTER, "a", 0, 0)}}), endpoints))
+    for response in stream.responses(first):
+        stream.on_request(Request(type_url=response.type_url, response_nonce=response.nonce))
+    second = Snapshot(layers=(Snapshot(resources={CLUSTER: {"a": _resource(CLUSTER, "a", 1, 0)}}), endpoints))
+    sent = {r.type_url: [x.name for x in r.resources] for r in stream.responses(second)}
+    assert sent == {CLUSTER: ["a"], ENDPOINT: ["a"]}

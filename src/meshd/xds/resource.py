@@ -124,9 +124,23 @@ class Snapshot:
             self._merged = merged
         return self._merged
 
+    def of_type(self, type_url: str) -> Mapping[str, XdsResource]:
+        """The resources of one type by name. A stack is not merged for this (a proxy's merged stack would
+        be held as long as its snapshot: at 1000 services ~0.3 MB for each proxy): the one layer holding
+        the type is returned as it is, several are merged into a dict the caller drops."""
+        if self._merged is not None or not self._layers:
+            return self.resources.get(type_url, {})
+        found = [by_name for layer in self._layers if (by_name := layer.of_type(type_url))]
+        if len(found) == 1:
+            return found[0]
+        merged: dict[str, XdsResource] = {}
+        for by_name in found:
+            merged.update(by_name)
+        return merged
+
     def select(self, type_url: str, names: frozenset[str] | None) -> list[XdsResource]:
         """Resources of a type, all of them (names None: wildcard) or the named ones that exist."""
-        by_name = self.resources.get(type_url, {})
+        by_name = self.of_type(type_url)
         if names is None:
             return [by_name[n] for n in sorted(by_name)]
         return [by_name[n] for n in sorted(names) if n in by_name]

@@ -76,8 +76,8 @@ class TypeState:
     nonce_versions: dict[str, str] = field(default_factory=dict)
     # what the client holds (name -> version): delta, and SotW endpoints/routes
     known: dict[str, str] = field(default_factory=dict)
-    # SotW endpoints/routes: the snapshot `known` was last brought up to date with (weakly: an old one is
-    # not kept alive for this), so the next response looks only at the names changed since
+    # the snapshot `known` was last brought up to date with (SotW endpoints/routes, every delta type; weakly:
+    # an old one is not kept alive for this), so the next response looks only at the names changed since
     # (Snapshot.changed_names) instead of every subscribed one
     basis: weakref.ref[Snapshot] | None = None
 
@@ -246,11 +246,17 @@ class DeltaStream(_Base):
             st = self.types[type_url]
             if not st.subscribed:
                 continue
-            selected = {r.name: r for r in snapshot.select(type_url, st.names)}
-            changed = tuple(r for n, r in selected.items() if st.known.get(n) != r.version)
-            gone = [n for n in st.known if n not in selected]
-            if st.names is not None:
-                gone += [n for n in st.names if n not in selected and n not in st.known and st.respond]
+            before = st.basis() if st.basis is not None and not st.respond else None
+            candidates = snapshot.changed_names(before, type_url) if before is not None else None
+            st.basis = weakref.ref(snapshot)  # `known` is brought up to date with it below
+            if candidates is None:
+                selected = {r.name: r for r in snapshot.select(type_url, st.names)}
+                changed = tuple(r for n, r in selected.items() if st.known.get(n) != r.version)
+                gone = [n for n in st.known if n not in selected]
+                if st.names is not None:
+                    gone += [n for n in st.names if n not in selected and n not in st.known and st.respond]
+            else:  # only the names that may have changed since `known` was last brought up to date
+                changed, gone = _delta_changes(st, snapshot, type_url, candidates)
             removed = tuple(sorted(set(gone)))
             if not changed and not removed and not st.respond:
                 continue
@@ -271,7 +277,26 @@ class DeltaStream(_Base):
                 for r in changed:
                     # An updated cluster warms again and needs its endpoints re-sent.
                     eds.known.pop(r.name, None)
+                if changed:
+                    eds.basis = None  # what it knows no longer follows a snapshot: compare every name next
         return out
+
+
+def _delta_changes(
+    st: TypeState, snapshot: Snapshot, type_url: str, candidates: frozenset[str]
+) -> tuple[tuple[XdsResource, ...], list[str]]:
+    """Delta: of the names that may have changed, the subscribed resources the client does not hold at
+    their version, and the names it holds that are gone."""
+    changed: list[XdsResource] = []
+    gone: list[str] = []
+    for name in sorted(candidates if st.names is None else candidates & st.names):
+        resource = snapshot.get(type_url, name)
+        if resource is None:
+            if name in st.known:
+                gone.append(name)
+        elif st.known.get(name) != resource.version:
+            changed.append(resource)
+    return tuple(changed), gone
 
 
 def _changed(st: TypeState, snapshot: Snapshot, type_url: str) -> tuple[XdsResource, ...]:
