@@ -80,6 +80,7 @@ class TypeState:
     # an old one is not kept alive for this), so the next response looks only at the names changed since
     # (Snapshot.changed_names) instead of every subscribed one
     basis: weakref.ref[Snapshot] | None = None
+    requested: tuple[str, ...] | None = None  # SotW: the names of the request `names` was last made from
 
 
 class NameSets:
@@ -144,17 +145,22 @@ class SotwStream(_Base):
         if (refused := self._refused(req)) is not None:
             return refused
         st = self.state(req.type_url)
-        names: frozenset[str] | None = self._intern(frozenset(req.resource_names))
-        if not req.resource_names and req.type_url in WILDCARD_TYPES:
-            names = None
+        names: frozenset[str] | None
+        if st.subscribed and req.resource_names == st.requested:
+            names = st.names  # Envoy's ACK repeats its list: no set built (thousands of endpoint names)
+        else:
+            names = self._intern(frozenset(req.resource_names))
+            if not req.resource_names and req.type_url in WILDCARD_TYPES:
+                names = None
         if not req.response_nonce or not st.subscribed:
             # The first request of a type on this stream is the initial request even when it echoes a
             # nonce and version this stream never issued: Envoy reconnecting (to a restarted meshd) keeps
             # them. Answered whatever version Envoy holds, as go-control-plane and istiod do.
-            st.subscribed, st.names, st.respond = True, names, True
+            st.subscribed, st.names, st.respond, st.requested = True, names, True, req.resource_names
             return Outcome("initial", req.type_url)
         if req.response_nonce != st.sent_nonce:
             return Outcome("stale", req.type_url)
+        st.requested = req.resource_names  # (st.names now stands for it: set below when it differs)
         outcome = self._ack_or_nack(st, req)
         if names != st.names:
             st.names, st.respond = names, True
