@@ -25,53 +25,30 @@ from meshd.generate.layers import LayerCache
 from meshd.generate.memo import MemoEntry, Refused, ResourceMemo, build_all, reuse_layer
 from meshd.generate.options import GenerateOptions
 from meshd.generate.outbound import EMPTY_LAYER, OutboundLayers
+from meshd.generate.own_inputs import OwnInputs, own_inputs, own_proxy_fields
 from meshd.generate.proxyless import ProxylessLayers
 from meshd.generate.queries import Queries
 from meshd.generate.reads import Context, Tracer
 from meshd.generate.scope_keys import ScopeKeys
 from meshd.generate.tls_files import FileCheck, ReadFile
 from meshd.model.world import World
-from meshd.translate.authz.inbound import InboundAuthz
 from meshd.translate.capture import capture_cluster_specs, capture_listener_specs, inbound_protocols
 from meshd.translate.clusters import inbound_cluster_specs
-from meshd.translate.jwt_authn import JwtProviders
-from meshd.translate.listener_plan import ListenerPlan
-from meshd.translate.listeners import InboundEntry, inbound_listener_specs, outbound_listener_specs
-from meshd.translate.peer_auth import InboundMtls
+from meshd.translate.listeners import inbound_listener_specs, outbound_listener_specs
 from meshd.translate.proxy import Proxy
 from meshd.translate.scope import Scope, ScopeKey
 from meshd.translate.sidecar_ingress import (
-    SidecarInbound,
     bound_ingress_listener_specs,
     bound_ports,
     ingress_cluster_specs,
     plaintext_ports,
 )
 from meshd.translate.telemetry.apply import with_telemetry
-from meshd.translate.telemetry.resolve import WorkloadTelemetry
 from meshd.xds.resource import CLUSTER, LISTENER, Snapshot, XdsResource
 
 Group = tuple[str, ScopeKey]  # a proxy group: (address, scope); proxyless gRPC clients: (PROXYLESS, scope)
 PROXYLESS = "grpc"
 ROUTER = "router"  # Istio's node type of gateway proxies
-
-
-class OwnInputs(NamedTuple):
-    """What a proxy group's own layer (listeners, inbound clusters) is built from: its cache key."""
-
-    proxy: tuple[str, bool, bool]  # the proxy's fields the build reads besides its address (_own_proxy_fields)
-    plan: ListenerPlan
-    served: tuple[InboundEntry, ...]
-    modes: InboundMtls
-    jwt: JwtProviders
-    outbound_mode: str | None  # captured proxies only
-    authz: InboundAuthz
-    inbound: SidecarInbound
-    telemetry: WorkloadTelemetry
-
-
-def _own_proxy_fields(proxy: Proxy) -> tuple[str, bool, bool]:
-    return (proxy.namespace, proxy.sds, proxy.capture)
 
 
 class ProxyLayers(NamedTuple):
@@ -290,18 +267,7 @@ class ConfigGenerator:
         )
 
     def _own_inputs(self, proxy: Proxy, key: ScopeKey) -> OwnInputs:
-        queries = self.queries
-        return OwnInputs(
-            proxy=_own_proxy_fields(proxy),
-            plan=queries.plan(key),
-            served=queries.served(proxy.ip),
-            modes=queries.inbound_mtls(proxy.namespace, proxy.ip),
-            jwt=queries.jwt_providers(proxy.namespace, proxy.ip),
-            outbound_mode=queries.outbound_mode(key) if proxy.capture else None,
-            authz=queries.authorization(proxy.namespace, proxy.ip),
-            inbound=queries.sidecar_inbound(key),
-            telemetry=queries.workload_telemetry(proxy.namespace, proxy.ip),
-        )
+        return own_inputs(self.queries, proxy, key)
 
     def _carried_own_layer(self, proxy: Proxy, key: ScopeKey) -> Snapshot | None:
         """The previous generation's own layer of the proxy's group, taken without computing its inputs when
@@ -314,7 +280,7 @@ class ConfigGenerator:
         if entry is None or self.proxies.current(group) is not None:
             return None
         inputs = entry.inputs
-        if not isinstance(inputs, OwnInputs) or inputs.proxy != _own_proxy_fields(proxy):
+        if not isinstance(inputs, OwnInputs) or inputs.proxy != own_proxy_fields(proxy):
             return None
         moved = self.queries.moved_addresses()
         if moved is None or proxy.ip in moved or not self.queries.plan_unchanged(key):
