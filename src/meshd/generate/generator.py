@@ -261,13 +261,10 @@ class ConfigGenerator:
 
         return self.proxies.get(
             (proxy.ip, key),
-            inputs=lambda: self._own_inputs(proxy, key),
+            inputs=lambda: own_inputs(self.queries, proxy, key),
             context=self._context(proxy=proxy),
             build=build,
         )
-
-    def _own_inputs(self, proxy: Proxy, key: ScopeKey) -> OwnInputs:
-        return own_inputs(self.queries, proxy, key)
 
     def _carried_own_layer(self, proxy: Proxy, key: ScopeKey) -> Snapshot | None:
         """The previous generation's own layer of the proxy's group, taken without computing its inputs when
@@ -285,7 +282,7 @@ class ConfigGenerator:
         moved = self.queries.moved_addresses()
         if moved is None or proxy.ip in moved or not self.queries.plan_unchanged(key):
             return None
-        if self._check and self._own_inputs(proxy, key) != inputs:
+        if self._check and own_inputs(self.queries, proxy, key) != inputs:
             raise AssertionError(f"the own layer of {proxy.node_id} was carried while its inputs changed")
         self.proxies.carry(group, entry)
         return entry.value

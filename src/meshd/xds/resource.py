@@ -174,7 +174,7 @@ class Snapshot:
         cached = self._diffs.get(type_url)
         if cached is not None and cached[0]() is before:
             return cached[1]
-        mine, theirs = self.resources.get(type_url, {}), before.resources.get(type_url, {})
+        mine, theirs = self.of_type(type_url), before.of_type(type_url)
         if mine is theirs:
             diff: frozenset[str] = frozenset()
         else:

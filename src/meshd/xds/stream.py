@@ -262,7 +262,7 @@ class DeltaStream(_Base):
                 if st.names is not None:
                     gone += [n for n in st.names if n not in selected and n not in st.known and st.respond]
             else:  # only the names that may have changed since `known` was last brought up to date
-                changed, gone = _delta_changes(st, snapshot, type_url, candidates)
+                changed, gone = _changes_among(st, snapshot, type_url, candidates)
             removed = tuple(sorted(set(gone)))
             if not changed and not removed and not st.respond:
                 continue
@@ -288,11 +288,11 @@ class DeltaStream(_Base):
         return out
 
 
-def _delta_changes(
+def _changes_among(
     st: TypeState, snapshot: Snapshot, type_url: str, candidates: frozenset[str]
 ) -> tuple[tuple[XdsResource, ...], list[str]]:
-    """Delta: of the names that may have changed, the subscribed resources the client does not hold at
-    their version, and the names it holds that are gone."""
+    """Of the names that may have changed, the subscribed resources the client does not hold at their
+    version, and the names it holds that are gone (SotW and delta alike)."""
     changed: list[XdsResource] = []
     gone: list[str] = []
     for name in sorted(candidates if st.names is None else candidates & st.names):
@@ -316,15 +316,11 @@ def _changed(st: TypeState, snapshot: Snapshot, type_url: str) -> tuple[XdsResou
         selected = snapshot.select(type_url, names)
         st.known = {r.name: r.version for r in selected}
         return tuple(r for r in selected if known.get(r.name) != r.version)
-    out = []
-    for name in sorted(candidates if names is None else candidates & names):
-        resource = snapshot.get(type_url, name)
-        if resource is None:
-            known.pop(name, None)
-        elif known.get(name) != resource.version:
-            known[name] = resource.version
-            out.append(resource)
-    return tuple(out)
+    changed, gone = _changes_among(st, snapshot, type_url, candidates)
+    known.update((r.name, r.version) for r in changed)
+    for name in gone:
+        del known[name]
+    return changed
 
 
 def _ordered(types: Iterable[str], refused: frozenset[str]) -> list[str]:
