@@ -19,7 +19,9 @@ class ApiModel(BaseModel):
     empty list or map as null (an EndpointSlice with no endpoints: `"endpoints": null, "ports": null`), and
     `annotations:` with nothing after it is YAML null. Such a field then gets its default (empty)."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True, defer_build=True
+    )
     _null_is_unset: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
