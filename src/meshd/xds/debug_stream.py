@@ -18,6 +18,7 @@ from google.protobuf import any_pb2
 
 from meshd.obs.logsafe import quoted
 from meshd.xds.debug_types import CONFIG_DUMP, SUPPORTED, SYNCZ, ControlPlane, config_dump, is_debug_type, syncz
+from meshd.xds.fingerprint import message_of
 from meshd.xds.hub import Hub
 from meshd.xds.inbox import CLOSED, PUSH, Inbox
 
@@ -69,9 +70,9 @@ class DebugTypes:
                 nonce = next(self._nonces)
                 sent.add(nonce)
                 await context.write((await self._answer(item, nonce)).SerializeToString())
-            item = await inbox.get()
+            item = message_of(await inbox.get())
             while item is PUSH:
-                item = await inbox.get()
+                item = message_of(await inbox.get())
             if item is CLOSED:
                 return
 

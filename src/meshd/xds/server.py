@@ -42,6 +42,7 @@ from meshd.xds.access import PROTECTED_TYPES, Authorize, secret_refusal
 from meshd.xds.debug_stream import DebugTypes
 from meshd.xds.debug_types import is_debug_type
 from meshd.xds.encode import delta_response, sotw_response
+from meshd.xds.fingerprint import Fingerprint, Received, names_fingerprint
 from meshd.xds.hub import Connection, Hub
 from meshd.xds.inbox import CLOSED, PUSH, Inbox
 from meshd.xds.limits import StreamLimits, peer_host
@@ -67,13 +68,24 @@ def _parser(message_type: Any) -> Callable[[bytes], Any]:
     return parse
 
 
-def _sotw_request(req: Any) -> Request:
+def _sotw_parser(data: bytes) -> Received | Unparsable:
+    req = _parser(discovery_pb2.DiscoveryRequest)(data)
+    if isinstance(req, Unparsable):
+        return req
+    key = names_fingerprint(data, version=req.version_info, type_url=req.type_url, nonce=req.response_nonce)
+    return Received(req, key)
+
+
+def _sotw_request(req: Any, names_key: Fingerprint | None, stream: SotwStream | None) -> Request:
+    # an ACK of the names last requested: that tuple, not thousands of new strings (fingerprint.py)
+    names = stream.requested_names(req.type_url, names_key) if stream is not None else None
     return Request(
         type_url=req.type_url,
         version_info=req.version_info,
         response_nonce=req.response_nonce,
-        resource_names=tuple(req.resource_names),
+        resource_names=tuple(req.resource_names) if names is None else names,
         error_detail=req.error_detail.message if req.HasField("error_detail") else None,
+        names_key=names_key,
     )
 
 
@@ -148,6 +160,9 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                 item = await inbox.get()
                 if item is CLOSED:
                     return
+                names_key = None
+                if isinstance(item, Received):
+                    item, names_key = item.message, item.names_key
                 # A push carries the time of the change behind it; a reply to a request, now.
                 changed_at = self._clock.now()
                 if item is PUSH:
@@ -168,7 +183,11 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                             # its last config and retries.
                             await context.abort(grpc.StatusCode.UNAVAILABLE, "meshd has not loaded its config yet")
                         conn = await self._open(item, inbox, context, delta=delta)
-                    req = _delta_request(item) if delta else _sotw_request(item)
+                    if delta:
+                        req = _delta_request(item)
+                    else:
+                        stream = conn.stream if isinstance(conn.stream, SotwStream) else None
+                        req = _sotw_request(item, names_key, stream)
                     outcome = conn.stream.on_request(req)
                     if outcome.kind == "limit":
                         if (dropped := self._log_limit.allow(("stream_limit", conn.proxy.node_id))) is not None:
@@ -357,7 +376,7 @@ def add_to_server(server: grpc.aio.Server, servicer: AdsServicer) -> None:
         {
             "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
                 servicer.StreamAggregatedResources,
-                request_deserializer=_parser(discovery_pb2.DiscoveryRequest),
+                request_deserializer=_sotw_parser,
                 response_serializer=_as_is,
             ),
             "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(

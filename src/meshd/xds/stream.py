@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 import weakref
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 
 from meshd.xds.resource import CLUSTER, ENDPOINT, PUSH_ORDER, WILDCARD_TYPES, Snapshot, XdsResource
@@ -39,6 +39,8 @@ class Request:
     subscribe: tuple[str, ...] = ()
     unsubscribe: tuple[str, ...] = ()
     initial_versions: tuple[tuple[str, str], ...] = ()
+    # SotW: a fingerprint of the request's names (fingerprint.py), None when it has none
+    names_key: Hashable | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,7 @@ class TypeState:
     # (Snapshot.changed_names) instead of every subscribed one
     basis: weakref.ref[Snapshot] | None = None
     requested: tuple[str, ...] | None = None  # SotW: the names of the request `names` was last made from
+    requested_key: Hashable | None = None  # and that request's fingerprint
 
 
 class NameSets:
@@ -141,12 +144,20 @@ class _Base:
 class SotwStream(_Base):
     """State-of-the-world ADS stream."""
 
+    def requested_names(self, type_url: str, names_key: Hashable | None) -> tuple[str, ...] | None:
+        """The names of the last request of `type_url` when `names_key` is that request's fingerprint
+        (the caller then need not read a request's names to know them); else None."""
+        st = self.types.get(type_url)
+        if names_key is None or st is None or st.requested_key != names_key:
+            return None
+        return st.requested
+
     def on_request(self, req: Request) -> Outcome:
         if (refused := self._refused(req)) is not None:
             return refused
         st = self.state(req.type_url)
         names: frozenset[str] | None
-        if st.subscribed and req.resource_names == st.requested:
+        if st.subscribed and (req.resource_names is st.requested or req.resource_names == st.requested):
             names = st.names  # Envoy's ACK repeats its list: no set built (thousands of endpoint names)
         else:
             names = self._intern(frozenset(req.resource_names))
@@ -157,10 +168,12 @@ class SotwStream(_Base):
             # nonce and version this stream never issued: Envoy reconnecting (to a restarted meshd) keeps
             # them. Answered whatever version Envoy holds, as go-control-plane and istiod do.
             st.subscribed, st.names, st.respond, st.requested = True, names, True, req.resource_names
+            st.requested_key = req.names_key
             return Outcome("initial", req.type_url)
         if req.response_nonce != st.sent_nonce:
             return Outcome("stale", req.type_url)
         st.requested = req.resource_names  # (st.names now stands for it: set below when it differs)
+        st.requested_key = req.names_key
         outcome = self._ack_or_nack(st, req)
         if names != st.names:
             st.names, st.respond = names, True
