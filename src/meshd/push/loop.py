@@ -134,7 +134,7 @@ class PushLoop:
         self._report_proxy_failures()
         self._log.info(
             "event=push_generation generation=%d revision=%d services=%d proxies=%d pushed=%d built=%d reused=%d"
-            " errors=%d generate_ms=%.1f publish_ms=%.1f",
+            " errors=%d waited_ms=%.1f generate_ms=%.1f publish_ms=%.1f",
             self._hub.generation,
             world.revision,
             len(world.services),
@@ -143,6 +143,7 @@ class PushLoop:
             generator.memo.built,
             generator.memo.reused,
             len(self.errors),
+            (started - changed_at) * 1000,  # from the first change seen (debounce, the loop being busy)
             (generated - started) * 1000,
             (published - generated) * 1000,
         )

@@ -63,6 +63,14 @@ class ScopeKey:
     # workload selector)
     rule_selection: tuple[bool, ...] = ()
 
+    def __post_init__(self) -> None:
+        # hashed once: a scope key is looked up for every proxy on every push
+        fields = (self.namespace, self.sidecar, self.locality, self.failover_labels, self.source, self.sds)
+        object.__setattr__(self, "_hash", hash((*fields, self.capture, self.rule_selection)))
+
+    def __hash__(self) -> int:
+        return self._hash  # type: ignore[attr-defined,no-any-return]
+
 
 def select_sidecar(
     world: World, *, namespace: str, labels: dict[str, str], root_namespace: str
