@@ -1639,3 +1639,81 @@ def test_carried_world_checks_follow_their_inputs() -> None:
     assert credential_errors() == []
     mesh.apply([], deleted=(ResourceKey("Secret", "a", "cred"),))
     assert credential_errors() == ["DestinationRule a/tls"]
+
+
+def _pod(proxy: Proxy, labels: dict[str, str]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": proxy.pod, "namespace": proxy.namespace, "labels": labels},
+            "status": {"podIP": proxy.ip}}  # fmt: skip
+
+
+def _connected(mesh: Mesh, proxy: Proxy) -> tuple[Hub, Any]:
+    hub = Hub()
+    assert mesh.generator is not None
+    hub.publish(mesh.generator, changed_at=0.0)
+    return hub, hub.connect(proxy=proxy, stream=SotwStream(nonce_prefix="p"), now=0.0)
+
+
+def test_a_relabelled_workload_gets_its_new_policy_though_its_scope_is_unchanged() -> None:
+    """Proxy 1 of namespace a backs b/s1, which its Sidecar (./*) does not show it: relabelling its pod
+    changes b's endpoints but none of a's shared layers, and its scope key stays. Only its own layer
+    changes (an AuthorizationPolicy now selects it): the push that carries unchanged scopes must still
+    look at a proxy whose workload moved."""
+    mesh = Mesh()
+    proxy = _proxy("a", 1)
+    deny = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": "deny-x", "namespace": "a"},
+            "spec": {"selector": {"matchLabels": {"app": "x"}}, "action": "DENY", "rules": [{}]}}  # fmt: skip
+    mesh.apply(_resources([deny, _pod(proxy, {"app": "y"}), _docs("b", "s1", [proxy.ip])[1]]))
+    hub, conn = _connected(mesh, proxy)
+    before = conn.snapshot
+    assert before is not None and b"deny-x" not in before.resources[LISTENER]["virtualInbound"].body
+    generator = mesh.apply(_resources([_pod(proxy, {"app": "x"})]))
+    hub.publish(generator, changed_at=1.0)
+    assert not hub.failures
+    assert conn.snapshot.layers[0] is before.layers[0]  # the scope's clusters: unchanged
+    assert b"deny-x" in conn.snapshot.resources[LISTENER]["virtualInbound"].body
+    assert _content(conn.snapshot) == _content(ConfigGenerator(generator.world, options=OPTIONS).snapshot(proxy))
+
+
+def test_a_workload_selector_rule_moves_a_proxy_to_another_scope_though_its_old_one_is_unchanged() -> None:
+    """A DestinationRule for a/s1 selecting proxy 1's pod: the proxy's scope key changes (the rule selects
+    it) while its old scope's layers stay the same objects (the rule selects no proxy of that scope). The
+    push must ask for the proxy's scope again rather than keep what the old scope gives it."""
+    mesh = Mesh()
+    proxy = _proxy("a", 1)
+    mesh.apply(_resources([_pod(proxy, {"app": "p"})]))
+    hub, conn = _connected(mesh, proxy)
+    before = conn.snapshot
+    assert before is not None
+    selected = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                "metadata": {"name": "s1-p", "namespace": "a"},
+                "spec": {"host": "s1", "workloadSelector": {"matchLabels": {"app": "p"}},
+                         "trafficPolicy": {"connectionPool": {"tcp": {"maxConnections": 7}}}}}  # fmt: skip
+    generator = mesh.apply(_resources([selected]))
+    hub.publish(generator, changed_at=1.0)
+    assert not hub.failures
+    fresh = ConfigGenerator(generator.world, options=OPTIONS).snapshot(proxy)
+    assert _content(conn.snapshot) == _content(fresh)
+    cluster = Cluster.FromString(conn.snapshot.resources[CLUSTER]["outbound|9080||s1.a.svc.cluster.local"].body)
+    assert cluster.circuit_breakers.thresholds[0].max_connections.value == 7
+
+
+def test_the_hub_holds_the_scope_key_of_the_generation_even_when_nothing_the_proxy_sees_changed() -> None:
+    """A DestinationRule of namespace a selecting proxy 1's pod, for b/s1 which a's Sidecar (./*) hides: the
+    proxy's config is unchanged, and so are its old scope's layers, but its scope key is not (the rule's
+    selector now tells a's proxies apart). The hub must hold the new key: later pushes look that scope up."""
+    mesh = Mesh()
+    proxy = _proxy("a", 1)
+    mesh.apply(_resources([_pod(proxy, {"app": "p"})]))
+    hub, conn = _connected(mesh, proxy)
+    old_key = conn.scope_key
+    hidden = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+              "metadata": {"name": "b-s1-p", "namespace": "a"},
+              "spec": {"host": "s1.b.svc.cluster.local", "workloadSelector": {"matchLabels": {"app": "p"}},
+                       "trafficPolicy": {"connectionPool": {"tcp": {"maxConnections": 7}}}}}  # fmt: skip
+    generator = mesh.apply(_resources([hidden]))
+    hub.publish(generator, changed_at=1.0)
+    assert not hub.failures
+    assert conn.scope_key == generator.scope_key(proxy) != old_key
+    assert _content(conn.snapshot) == _content(ConfigGenerator(generator.world, options=OPTIONS).snapshot(proxy))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Hashable
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from typing import Any
 
 import grpc
@@ -44,8 +44,8 @@ class FakeGeneration:
     def snapshot(self, proxy: Proxy) -> Snapshot:
         return self._snapshot
 
-    def still_current(self, proxy: Proxy, key: Hashable, held: Snapshot) -> bool:
-        return False
+    def still_current_many(self, key: Hashable, held: Sequence[tuple[Proxy, Snapshot]]) -> list[bool]:
+        return [False] * len(held)
 
 
 class FakeContext:

@@ -22,29 +22,20 @@ from meshd.generate.checks import WorldChecks
 from meshd.generate.envoyfilters import EnvoyFilterLayers
 from meshd.generate.gateways import GatewayLayers
 from meshd.generate.layers import LayerCache
-from meshd.generate.memo import MemoEntry, Refused, ResourceMemo, build_all, reuse_layer
+from meshd.generate.memo import MemoEntry, ResourceMemo, reuse_layer
 from meshd.generate.options import GenerateOptions
 from meshd.generate.outbound import EMPTY_LAYER, OutboundLayers
 from meshd.generate.own_inputs import OwnInputs, own_inputs, own_proxy_fields
+from meshd.generate.own_layer import build_own_layer
 from meshd.generate.proxyless import ProxylessLayers
 from meshd.generate.queries import Queries
 from meshd.generate.reads import Context, Tracer
 from meshd.generate.scope_keys import ScopeKeys
 from meshd.generate.tls_files import FileCheck, ReadFile
 from meshd.model.world import World
-from meshd.translate.capture import capture_cluster_specs, capture_listener_specs, inbound_protocols
-from meshd.translate.clusters import inbound_cluster_specs
-from meshd.translate.listeners import inbound_listener_specs, outbound_listener_specs
 from meshd.translate.proxy import Proxy
 from meshd.translate.scope import Scope, ScopeKey
-from meshd.translate.sidecar_ingress import (
-    bound_ingress_listener_specs,
-    bound_ports,
-    ingress_cluster_specs,
-    plaintext_ports,
-)
-from meshd.translate.telemetry.apply import with_telemetry
-from meshd.xds.resource import CLUSTER, LISTENER, Snapshot, XdsResource
+from meshd.xds.resource import Snapshot, XdsResource
 
 Group = tuple[str, ScopeKey]  # a proxy group: (address, scope); proxyless gRPC clients: (PROXYLESS, scope)
 PROXYLESS = "grpc"
@@ -139,6 +130,7 @@ class ConfigGenerator:
             reuse_layer({t: {r.name: r for r in rs} for t, rs in extra.items()}, previous_extra) if extra else None
         )
         self._extras: tuple[Snapshot, ...] = (self._extra,) if self._extra is not None else ()
+        self._prev_extras = previous._extras if previous is not None else None
         self._errors: dict[InvalidResource, None] = dict.fromkeys(world.errors)
         self.builds = 0  # proxy-group snapshots computed (for tests and metrics)
         self._precomputed = False
@@ -185,79 +177,7 @@ class ConfigGenerator:
             return carried
 
         def build(ctx: Context, previous: Snapshot | None) -> tuple[Snapshot, list[MemoEntry]]:
-            proxy, q = ctx.proxy, ctx.queries
-            assert proxy is not None
-            plan, served = q.plan(key), q.served(proxy.ip)
-            modes = q.inbound_mtls(proxy.namespace, proxy.ip)
-            jwt = q.jwt_providers(proxy.namespace, proxy.ip)
-            authz = q.authorization(proxy.namespace, proxy.ip)
-            inbound = q.sidecar_inbound(key)
-            inbound_port = self.options.inbound_port
-            telemetry = q.workload_telemetry(proxy.namespace, proxy.ip)
-            refused: list[MemoEntry] = []  # left out by the proto guard: reported while the layer is used
-            if proxy.capture:
-                listener_specs = capture_listener_specs(
-                    plan=plan,
-                    served=served,
-                    modes=modes,
-                    sds=proxy.sds,
-                    outbound_mode=q.outbound_mode(key),
-                    inbound_port=inbound_port,
-                    jwt=jwt,
-                    authz=authz,
-                    inbound=inbound,
-                )
-                ingress_specs = bound_ingress_listener_specs(
-                    inbound, proxy, modes=modes, capture=True, jwt=jwt, authz=authz
-                )
-                # Nothing here is bound to the proxy's address unless its key says so (a Sidecar's ingress):
-                # proxies of a scope serving the same ports share these resources through the memo. Only
-                # the refused entries are carried with the layer (reported while it is used): keeping every
-                # entry would cost each carried proxy a walk per push; one not kept is built again by the
-                # first proxy that needs it after the next generation.
-                used: list[MemoEntry] = []
-                own = {
-                    LISTENER: self.memo.resolve(with_telemetry([*listener_specs, *ingress_specs], telemetry), used),
-                    CLUSTER: self.memo.resolve(
-                        capture_cluster_specs(served=served, inbound=inbound, address=proxy.ip), used
-                    ),
-                }
-                return reuse_layer(own, previous), [entry for entry in used if type(entry[1]) is Refused]
-            else:
-                # Bound to this proxy's address: nothing to share, so built directly (no memo). A Sidecar's
-                # ingress replaces the inbound side derived from the services (peers still reach its
-                # plaintext ports through the inbound port).
-                if inbound.ingress is not None:
-                    plaintext = plaintext_ports(inbound)
-                    served = tuple(e for e in served if e[2] in plaintext)
-                    clusters = ingress_cluster_specs(inbound, address=proxy.ip, capture=False)
-                else:
-                    clusters = inbound_cluster_specs(
-                        address=proxy.ip,
-                        target_ports=[t for _, _, t in served],
-                        protocols=inbound_protocols(served),
-                        pool=inbound.pool,
-                    )
-                own = {
-                    LISTENER: build_all(
-                        with_telemetry(
-                            [
-                                *outbound_listener_specs(plan, proxy, taken=bound_ports(inbound, proxy, capture=False)),
-                                *inbound_listener_specs(
-                                    proxy, served, inbound_port=inbound_port, modes=modes, jwt=jwt, authz=authz
-                                ),
-                                *bound_ingress_listener_specs(
-                                    inbound, proxy, modes=modes, capture=False, jwt=jwt, authz=authz
-                                ),
-                            ],
-                            telemetry,
-                        ),
-                        refused,
-                    ),
-                    CLUSTER: build_all(clusters, refused),
-                }
-            self.memo.keep(refused)
-            return reuse_layer(own, previous), refused
+            return build_own_layer(ctx, previous, key=key, memo=self.memo, inbound_port=self.options.inbound_port)
 
         return self.proxies.get(
             (proxy.ip, key),
@@ -347,6 +267,60 @@ class ConfigGenerator:
         self._group_layers[group] = before
         self._group_snapshots[group] = held
         return True
+
+    def still_current_many(self, key: Hashable, held: Sequence[tuple[Proxy, Snapshot]]) -> list[bool]:
+        """`still_current` for the proxies of one scope (`key`) at once. When nothing a scope key or the
+        scope's shared layers read changed (`_scope_unchanged`), a proxy whose address did not move keeps
+        what it holds after three lookups: its scope, its EnvoyFilters and its group's layers are not
+        looked at again. An endpoint change with a Sidecar per namespace leaves most scopes so."""
+        if not isinstance(key, ScopeKey) or not self._scope_unchanged(key):
+            return [self.still_current(proxy, key, snap) for proxy, snap in held]
+        moved = self.queries.moved_addresses()
+        assert moved is not None
+        shared = self._scope_verdicts[key]
+        assert shared is not None
+        prev_groups, prev_layers, proxies = self._prev_groups, self._prev_group_layers, self.proxies
+        out: list[bool] = []
+        for proxy, snap in held:
+            if proxy.type == ROUTER or proxy.proxyless or proxy.ip in moved:
+                out.append(self.still_current(proxy, key, snap))
+                continue
+            group = (proxy.ip, key)
+            before, carried = prev_layers.get(group), proxies.previous(group)
+            if (
+                before is None
+                or carried is None
+                or snap is not prev_groups.get(group)
+                or before.clusters is not shared.clusters
+                or before.routes is not shared.routes
+                or before.secrets is not shared.secrets
+            ):
+                out.append(False)
+                continue
+            if self._check and (self.scope_key(proxy) != key or self._build(proxy, key, group) is not snap):
+                raise AssertionError(f"still_current_many kept an outdated snapshot for {proxy.node_id}")
+            proxies.carry(group, carried)
+            self._group_layers[group] = before
+            self._group_snapshots[group] = snap
+            out.append(True)
+        return out
+
+    def _scope_unchanged(self, key: ScopeKey) -> bool:
+        """Whether a proxy of this scope whose address did not move keeps its scope key, has no EnvoyFilter
+        or WasmPlugin and has the extra layers it had: the scope keys were carried from the previous
+        generation (nothing they read changed), there are no EnvoyFilters and WasmPlugins, the extras are the
+        previous ones, and the scope's listener plan is unchanged (`_layers`)."""
+        world = self.world
+        return (
+            self._keys.carried
+            and not world.envoy_filters
+            and not world.wasm_plugins
+            and self._prev_extras is not None
+            and len(self._prev_extras) == len(self._extras)
+            and all(a is b for a, b in zip(self._prev_extras, self._extras, strict=True))
+            and self.queries.moved_addresses() is not None
+            and self._layers(key) is not None
+        )
 
     def snapshot(self, proxy: Proxy) -> Snapshot:
         if proxy.type == ROUTER:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import Generic, NamedTuple, TypeVar
 
-from meshd.generate.memo import MemoEntry, ResourceMemo
+from meshd.generate.memo import Built, MemoEntry, ResourceMemo
 from meshd.generate.reads import Context, Read, Tracer
 
 G = TypeVar("G", bound=Hashable)
@@ -24,7 +24,9 @@ Build = Callable[[Context, "V | None"], tuple[V, list[MemoEntry]]]
 class Entry(NamedTuple, Generic[V]):
     inputs: Hashable
     value: V
-    used: list[MemoEntry]  # the memo entries the value holds (kept alive while it is reused)
+    # the memo entries the value holds (kept alive while it is reused), by key: a dict, so carrying them
+    # into the next generation's memo reuses their hashes (ResourceMemo.keep_carried)
+    used: dict[Hashable, Built]
     reads: list[Read]  # what its build read (check mode only)
 
 
@@ -52,7 +54,7 @@ class LayerCache(Generic[G, V]):
         key = inputs() if inputs is not None else group
         carried = self._before.get(group)
         if carried is not None and carried.inputs == key:
-            self._memo.keep(carried.used)
+            self._memo.keep_carried(carried.used)
             self._reused(carried, context)
             self.entries[group] = carried
             return carried.value
@@ -63,12 +65,12 @@ class LayerCache(Generic[G, V]):
         else:
             with self._tracer.building() as reads:
                 value, used = build(self._tracer.traced(context), previous)
-        self.entries[group] = Entry(key, value, used, reads)
+        self.entries[group] = Entry(key, value, dict(used), reads)
         return value
 
     def carry(self, group: G, entry: Entry[V]) -> None:
         """Adopt an entry of the previous generation known to be current (decided by the caller)."""
-        self._memo.keep(entry.used)
+        self._memo.keep_carried(entry.used)
         self.entries[group] = entry
 
     def previous(self, group: G) -> Entry[V] | None:

@@ -10,7 +10,7 @@ that uses the entry, also one that carries its layer over unchanged (`refused`).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Mapping
 from types import MappingProxyType
 from typing import NamedTuple
 
@@ -38,12 +38,30 @@ class ResourceMemo:
 
     def __init__(self, previous: ResourceMemo | None = None, *, check: bool = False) -> None:
         self._old: dict[Hashable, Built] = previous._entries if previous is not None else {}
+        self._old_refused = bool(previous.refused) if previous is not None else False
         self._entries: dict[Hashable, Built] = {}
         self._check = check
         self.built = 0
         self.reused = 0
         # the refused entries this generation uses, by key (reported while in use)
         self.refused: dict[Hashable, tuple[InvalidResource, ...]] = {}
+
+    def keep_carried(self, entries: Mapping[Hashable, Built]) -> None:
+        """Carry the entries of a layer the previous generation used, reused as a whole (every layer
+        carried at each push: this is on the push path of every unchanged scope). A key has one live
+        entry: a layer the previous generation used put its entries there (built, found or carried), and
+        this generation finds them there before building one. So they are added wholesale (checked in
+        check mode); refused ones are looked for only if the previous generation used any."""
+        if self._check:
+            for key, built in entries.items():
+                found = self._entries.get(key)
+                if found is not None and found is not built:
+                    raise AssertionError(f"two live memo entries under key {key!r}")
+        self._entries.update(entries)
+        if self._old_refused:
+            for key, built in entries.items():
+                if type(built) is Refused:
+                    self.refused[key] = built.errors
 
     def keep(self, entries: Iterable[MemoEntry]) -> None:
         """Carry entries of a layer reused as a whole into this generation (they are still in use)."""

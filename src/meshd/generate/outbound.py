@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from meshd.api.meta import InvalidResource
 from meshd.api.virtualservice import VirtualService
-from meshd.generate.layers import LayerCache
+from meshd.generate.layers import Entry, LayerCache
 from meshd.generate.memo import MemoEntry, ResourceMemo, reuse_layer
 from meshd.generate.options import GenerateOptions
 from meshd.generate.queries import Queries
@@ -43,9 +43,20 @@ class ServiceEntry(NamedTuple):
     used: list[MemoEntry]  # the memo entries of both
 
 
+class ServicePart(NamedTuple):
+    """One service of a scope's cluster layer: the inputs that may change without changing the scope's
+    signature (its rules and its ports' endpoints, by identity), and the `services` entry they gave."""
+
+    inputs: Hashable
+    key: Hashable
+    entry: Entry[ServiceEntry]
+
+
 class ClusterLayer(NamedTuple):
     layer: Snapshot
     secret_names: frozenset[str]
+    parts: tuple[ServicePart, ...] = ()  # per service of the scope, in its order
+    common: Hashable = None  # the inputs every service's entry reads besides its own (files, PeerAuthentications)
 
 
 class OutboundLayers:
@@ -101,44 +112,84 @@ class OutboundLayers:
 
     def cluster_layer(self, scope: Scope) -> ClusterLayer:
         signature = scope.cluster_signature
+        per_service: list[Hashable] = []  # computed once by inputs(), read again by build()
 
-        def inputs() -> Hashable:
-            # The signature (services, ports, rules) and each visible endpoint set, compared by identity
-            # (the incremental World keeps an unchanged service's endpoints as the same object).
+        def service_inputs() -> tuple[Hashable, ...]:
+            # Each service's DestinationRules and endpoints, compared by identity (WorldState keeps a host's
+            # rules tuple, and an unchanged service's endpoints, the same objects).
             endpoints, rules = self.world.endpoints, self.world.rules_by_host
+            return tuple(
+                (Ident(rules.get(s.hostname)), *(Ident(endpoints.get((s.hostname, p.number))) for p in ports))
+                for s, ports in scope.services
+            )
+
+        def common() -> Hashable:
             return (
-                signature,
-                # DestinationRules (subsets, policies) shape the clusters; WorldState keeps a host's
-                # rules tuple the same object while they are unchanged.
-                tuple(Ident(rules.get(s.hostname)) for s, _ in scope.services),
-                tuple(Ident(endpoints.get((s.hostname, p.number))) for s, ports in scope.services for p in ports),
                 self.queries.files_state,  # certificate files that (no longer) exist
                 # PeerAuthentications decide auto mTLS (the same mapping object while none changes)
                 Ident(self.world.peer_authentications) if signature.value[-1] else None,
             )
 
+        def inputs() -> Hashable:
+            # The signature (services, ports, rules) and what each service's entry reads besides it.
+            per_service[:] = service_inputs()
+            return (signature, tuple(per_service), common())
+
         def build(ctx: Context, previous: ClusterLayer | None) -> tuple[ClusterLayer, list[MemoEntry]]:
-            # Rebuilt service by service: a service whose own inputs did not change contributes its
-            # previous resources without a single spec being made.
+            # Rebuilt service by service. Within one signature (the same services and ports), a service whose
+            # rules and endpoints are the objects they were, under the same common inputs, has the entry it
+            # had: taken from the previous layer without its key being computed (an endpoint change walks
+            # the scope's services once, comparing two identities each).
+            mine = tuple(per_service) if per_service else service_inputs()
+            shared = common()
+            before = previous.parts if previous is not None and previous.common == shared else ()
+            if len(before) != len(mine):
+                before = ()
             by_type: dict[str, dict[str, XdsResource]] = {CLUSTER: {}, ENDPOINT: {}}
             names: set[str] = set()
             used: list[MemoEntry] = []
-            for service, ports in ctx.scope.services:  # type: ignore[union-attr]
-                entry = self._service_entry(scope, service, ports)
-                by_type[CLUSTER].update(entry.clusters)
-                by_type[ENDPOINT].update(entry.assignments)
-                names |= entry.secret_names
-                used += entry.used
+            parts: list[ServicePart] = []
+            for i, (service, ports) in enumerate(ctx.scope.services):  # type: ignore[union-attr]
+                part = before[i] if before and before[i].inputs == mine[i] else None
+                if part is not None:
+                    current = self.services.current(part.key)  # another scope's this generation: that one
+                    if current is None:
+                        self.services.carry(part.key, part.entry)
+                    elif current is not part.entry:
+                        part = part._replace(entry=current)
+                    if self._check:  # the entry the key gives is the one taken
+                        key, entry = self._service_entry_of(scope, service, ports)
+                        if key != part.key or entry.value is not part.entry.value:
+                            raise AssertionError(f"cluster layer reused an outdated entry of {service.hostname}")
+                else:
+                    key, entry = self._service_entry_of(scope, service, ports)
+                    part = ServicePart(mine[i], key, entry)
+                parts.append(part)
+                value = part.entry.value
+                by_type[CLUSTER].update(value.clusters)
+                by_type[ENDPOINT].update(value.assignments)
+                names |= value.secret_names
+                used += value.used
             layer = reuse_layer(by_type, previous.layer if previous is not None else None)
-            return ClusterLayer(layer, frozenset(names)), used
+            return ClusterLayer(layer, frozenset(names), tuple(parts), shared), used
 
         return self.clusters.get(signature, inputs=inputs, context=self._context(scope), build=build)
 
-    def _service_entry(self, scope: Scope, service: MeshService, ports: tuple[ServicePort, ...]) -> ServiceEntry:
-        """One service's clusters and endpoints as a scope sees them, keyed by exactly its inputs."""
+    def _service_entry_of(
+        self, scope: Scope, service: MeshService, ports: tuple[ServicePort, ...]
+    ) -> tuple[Hashable, Entry[ServiceEntry]]:
+        """A service's entry in `services` (built or reused) and its key."""
+        key = self._service_key(scope, service, ports)
+        self._service_entry(scope, service, ports, key=key)
+        entry = self.services.current(key)
+        assert entry is not None
+        return key, entry
+
+    def _service_key(self, scope: Scope, service: MeshService, ports: tuple[ServicePort, ...]) -> Hashable:
+        """Exactly the inputs of one service's clusters and endpoints as a scope sees them."""
         rule = scope.destination_rule(service.hostname)
         endpoints = self.world.endpoints
-        key = (
+        return (
             service,
             ports,
             Ident(rule),
@@ -148,6 +199,12 @@ class OutboundLayers:
             scope.key.failover_labels,
             scope.destination_mode(service) if scope.key.sds else None,
         )
+
+    def _service_entry(
+        self, scope: Scope, service: MeshService, ports: tuple[ServicePort, ...], *, key: Hashable = None
+    ) -> ServiceEntry:
+        """One service's clusters and endpoints as a scope sees them, keyed by exactly its inputs."""
+        key = key if key is not None else self._service_key(scope, service, ports)
 
         def build(ctx: Context, _: ServiceEntry | None) -> tuple[ServiceEntry, list[MemoEntry]]:
             scope = ctx.scope

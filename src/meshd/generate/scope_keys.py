@@ -17,7 +17,11 @@ class ScopeKeys:
         self._root = root_namespace
         self._keys: dict[tuple[str, tuple[tuple[str, str], ...], str, bool, bool], ScopeKey] = {}
         self._failover_labels: frozenset[str] | None = None
+        # whether nothing a key reads of the World changed since the previous generation: a proxy whose
+        # workload did not change has the key it had
+        self.carried = False
         if previous is not None and previous._root == root_namespace and _same_key_inputs(previous.world, world):
+            self.carried = True
             # nothing a key is derived from changed: the keys found so far hold (the cache key holds the rest)
             self._keys = dict(previous._keys)
             self._failover_labels = previous._failover_labels

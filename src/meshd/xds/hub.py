@@ -9,7 +9,7 @@ and the failure is kept in `failures` for the push loop to report. Nothing here 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -35,8 +35,9 @@ class Generation(Protocol):
 
     def snapshot(self, proxy: Proxy) -> Snapshot: ...
 
-    def still_current(self, proxy: Proxy, key: Hashable, held: Snapshot) -> bool:
-        """Whether `held`, built by the previous generation under `key`, is what this one would build."""
+    def still_current_many(self, key: Hashable, held: Sequence[tuple[Proxy, Snapshot]]) -> list[bool]:
+        """For proxies that held a snapshot built by the previous generation under scope `key`: whether it
+        is what this one would build (asked once per scope: what the proxies share is looked at once)."""
         ...
 
 
@@ -101,12 +102,23 @@ class Hub:
         self.generator, self.changed_at = generator, changed_at
         self.generation += 1
         self.failures = {}
-        woken = 0
+        scopes: dict[Hashable, list[tuple[Connection, Snapshot]]] = {}
+        stale: list[Connection] = []  # nothing held yet (a failed build): looked up
         for conn in self.connections.values():
-            held, key = conn.snapshot, conn.scope_key
+            if conn.snapshot is None or conn.scope_key is None:
+                stale.append(conn)
+            else:
+                scopes.setdefault(conn.scope_key, []).append((conn, conn.snapshot))
+        for key, held in scopes.items():
+            current: list[bool | None]
             try:
-                if held is not None and key is not None and generator.still_current(conn.proxy, key, held):
-                    continue  # nothing it depends on changed: not even looked up
+                current = list(generator.still_current_many(key, [(conn.proxy, snap) for conn, snap in held]))
+            except Exception:  # asked again one by one: only a proxy that fails keeps its last snapshot
+                current = [self._still_current(generator, key, conn, snap) for conn, snap in held]
+            stale += (conn for (conn, _), kept in zip(held, current, strict=True) if kept is False)
+        woken = 0
+        for conn in stale:
+            try:
                 new_key, snapshot = generator.scope_key(conn.proxy), generator.snapshot(conn.proxy)
             except Exception as exc:  # this proxy keeps its last good snapshot; the others go on
                 self._failed(conn.proxy, exc)
@@ -117,6 +129,14 @@ class Hub:
                 conn.notify()
                 woken += 1
         return woken
+
+    def _still_current(self, generator: Generation, key: Hashable, conn: Connection, held: Snapshot) -> bool | None:
+        """One proxy's verdict; None when it could not be told (the proxy keeps what it holds)."""
+        try:
+            return generator.still_current_many(key, [(conn.proxy, held)])[0]
+        except Exception as exc:
+            self._failed(conn.proxy, exc)
+            return None
 
     def _failed(self, proxy: Proxy, exc: Exception) -> None:
         self.failures[proxy.node_id] = BuildFailure(proxy.node_id, f"{type(exc).__name__}: {exc}")
