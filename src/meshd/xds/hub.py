@@ -168,7 +168,7 @@ class Hub:
 
     def rejected(self) -> list[tuple[Proxy, Rejected]]:
         """Every resource version a connected proxy rejected and is held back from it (isolation.py)."""
-        return [(conn.proxy, r) for conn in self.connections.values() for r in conn.isolation.rejected]
+        return [(c.proxy, r) for c in self.connections.values() if c.isolation.holding for r in c.isolation.rejected]
 
     def find(self, proxy_id: str) -> Connection | None:
         """By full node id or Istio's short `<pod>.<namespace>` proxy id; newest connection wins."""

@@ -43,6 +43,8 @@ class _Track:
 class Isolation:
     def __init__(self) -> None:
         self._tracks: dict[str, _Track] = {}
+        # whether any version is held back: read for every connection whenever errors are listed
+        self.holding = False
 
     @property
     def rejected(self) -> list[Rejected]:
@@ -57,7 +59,8 @@ class Isolation:
                     resource = current.get(name)
                     if resource is None or resource.version != rejected.version:
                         del track.held[name]  # gone or changed: try the new version
-        if not any(t.held for t in self._tracks.values()):
+        self.holding = any(t.held for t in self._tracks.values())
+        if not self.holding:
             return snapshot
         patched: dict[str, Mapping[str, XdsResource]] = dict(snapshot.resources)
         for type_url, track in self._tracks.items():
@@ -101,6 +104,7 @@ class Isolation:
         found = [Rejected(type_url, n, sent[n].version, error) for n in sorted(names)]
         for rejected in found:
             track.held[rejected.name] = rejected
+        self.holding = self.holding or bool(found)
         return found
 
     def _track(self, type_url: str) -> _Track:
