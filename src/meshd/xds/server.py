@@ -72,7 +72,10 @@ def _sotw_parser(data: bytes) -> Received | Unparsable:
     req = _parser(discovery_pb2.DiscoveryRequest)(data)
     if isinstance(req, Unparsable):
         return req
-    key = names_fingerprint(data, version=req.version_info, type_url=req.type_url, nonce=req.response_nonce)
+    try:
+        key = names_fingerprint(data, version=req.version_info, type_url=req.type_url, nonce=req.response_nonce)
+    except Exception:  # (bytes handed in as another buffer type): the names are read instead
+        key = None
     return Received(req, key)
 
 
