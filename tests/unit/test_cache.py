@@ -1676,6 +1676,14 @@ def test_a_relabelled_workload_gets_its_new_policy_though_its_scope_is_unchanged
     assert _content(conn.snapshot) == _content(ConfigGenerator(generator.world, options=OPTIONS).snapshot(proxy))
 
 
+def _rule_selecting_p(name: str, host: str) -> dict[str, Any]:
+    """A DestinationRule of namespace a for `host`, selecting the pods labelled app=p: 7 connections at most."""
+    return {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": name, "namespace": "a"},
+            "spec": {"host": host, "workloadSelector": {"matchLabels": {"app": "p"}},
+                     "trafficPolicy": {"connectionPool": {"tcp": {"maxConnections": 7}}}}}  # fmt: skip
+
+
 def test_a_workload_selector_rule_moves_a_proxy_to_another_scope_though_its_old_one_is_unchanged() -> None:
     """A DestinationRule for a/s1 selecting proxy 1's pod: the proxy's scope key changes (the rule selects
     it) while its old scope's layers stay the same objects (the rule selects no proxy of that scope). The
@@ -1686,11 +1694,7 @@ def test_a_workload_selector_rule_moves_a_proxy_to_another_scope_though_its_old_
     hub, conn = _connected(mesh, proxy)
     before = conn.snapshot
     assert before is not None
-    selected = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
-                "metadata": {"name": "s1-p", "namespace": "a"},
-                "spec": {"host": "s1", "workloadSelector": {"matchLabels": {"app": "p"}},
-                         "trafficPolicy": {"connectionPool": {"tcp": {"maxConnections": 7}}}}}  # fmt: skip
-    generator = mesh.apply(_resources([selected]))
+    generator = mesh.apply(_resources([_rule_selecting_p("s1-p", "s1")]))
     hub.publish(generator, changed_at=1.0)
     assert not hub.failures
     fresh = ConfigGenerator(generator.world, options=OPTIONS).snapshot(proxy)
@@ -1708,11 +1712,7 @@ def test_the_hub_holds_the_scope_key_of_the_generation_even_when_nothing_the_pro
     mesh.apply(_resources([_pod(proxy, {"app": "p"})]))
     hub, conn = _connected(mesh, proxy)
     old_key = conn.scope_key
-    hidden = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
-              "metadata": {"name": "b-s1-p", "namespace": "a"},
-              "spec": {"host": "s1.b.svc.cluster.local", "workloadSelector": {"matchLabels": {"app": "p"}},
-                       "trafficPolicy": {"connectionPool": {"tcp": {"maxConnections": 7}}}}}  # fmt: skip
-    generator = mesh.apply(_resources([hidden]))
+    generator = mesh.apply(_resources([_rule_selecting_p("b-s1-p", "s1.b.svc.cluster.local")]))
     hub.publish(generator, changed_at=1.0)
     assert not hub.failures
     assert conn.scope_key == generator.scope_key(proxy) != old_key
