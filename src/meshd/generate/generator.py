@@ -244,25 +244,28 @@ class ConfigGenerator:
             # its scope moved (e.g. a new DestinationRule workload selector or sourceLabels selector now
             # distinguishes it): the held snapshot was built for another scope
             return False
-        group = (proxy.ip, key)
-        before = self._prev_group_layers.get(group)
         moved = self.queries.moved_addresses()
-        if before is None or moved is None or proxy.ip in moved or held is not self._prev_groups.get(group):
+        if moved is None or proxy.ip in moved or held.layers[len(ProxyLayers._fields) :] != self._extras:
             return False
         shared = self._layers(key)
+        return shared is not None and self._keep(proxy, key, held, shared)
+
+    def _keep(self, proxy: Proxy, key: ScopeKey, held: Snapshot, shared: ProxyLayers) -> bool:
+        """Carry the proxy's group into this generation if `held` is its snapshot of the previous one and
+        was made of the scope's shared layers as they are now (the same objects)."""
+        group = (proxy.ip, key)
+        before, carried = self._prev_group_layers.get(group), self.proxies.previous(group)
         if (
-            shared is None
+            before is None
+            or carried is None
+            or held is not self._prev_groups.get(group)
             or before.clusters is not shared.clusters
             or before.routes is not shared.routes
             or before.secrets is not shared.secrets
-            or held.layers[len(ProxyLayers._fields) :] != self._extras
         ):
             return False
-        carried = self.proxies.previous(group)
-        if carried is None:
-            return False
-        if self._check and self._build(proxy, key, group) is not held:
-            raise AssertionError(f"still_current kept an outdated snapshot for {proxy.node_id}")
+        if self._check and (self.scope_key(proxy) != key or self._build(proxy, key, group) is not held):
+            raise AssertionError(f"a push kept an outdated snapshot for {proxy.node_id}")
         self.proxies.carry(group, carried)
         self._group_layers[group] = before
         self._group_snapshots[group] = held
@@ -279,31 +282,12 @@ class ConfigGenerator:
         assert moved is not None
         shared = self._scope_verdicts[key]
         assert shared is not None
-        prev_groups, prev_layers, proxies = self._prev_groups, self._prev_group_layers, self.proxies
-        out: list[bool] = []
-        for proxy, snap in held:
-            if proxy.type == ROUTER or proxy.proxyless or proxy.ip in moved:
-                out.append(self.still_current(proxy, key, snap))
-                continue
-            group = (proxy.ip, key)
-            before, carried = prev_layers.get(group), proxies.previous(group)
-            if (
-                before is None
-                or carried is None
-                or snap is not prev_groups.get(group)
-                or before.clusters is not shared.clusters
-                or before.routes is not shared.routes
-                or before.secrets is not shared.secrets
-            ):
-                out.append(False)
-                continue
-            if self._check and (self.scope_key(proxy) != key or self._build(proxy, key, group) is not snap):
-                raise AssertionError(f"still_current_many kept an outdated snapshot for {proxy.node_id}")
-            proxies.carry(group, carried)
-            self._group_layers[group] = before
-            self._group_snapshots[group] = snap
-            out.append(True)
-        return out
+        return [
+            self.still_current(proxy, key, snap)
+            if proxy.type == ROUTER or proxy.proxyless or proxy.ip in moved
+            else self._keep(proxy, key, snap, shared)
+            for proxy, snap in held
+        ]
 
     def _scope_unchanged(self, key: ScopeKey) -> bool:
         """Whether a proxy of this scope whose address did not move keeps its scope key, has no EnvoyFilter
