@@ -94,3 +94,11 @@ def test_an_ack_of_the_same_names_is_given_the_last_tuple_and_a_changed_list_is_
 def test_the_inbox_item_unwraps_to_the_message() -> None:
     msg = discovery_pb2.DiscoveryRequest(type_url=ENDPOINT)
     assert message_of(Received(msg, None)) is msg and message_of(msg) is msg
+
+
+def test_a_buffer_that_cannot_be_fingerprinted_is_still_parsed_and_its_names_read() -> None:
+    """The deserializer never fails on the fingerprint: a writable buffer cannot be hashed, so it has none."""
+    data = _bytes(NAMES[:2], version="v1", nonce="n-1")
+    received = _sotw_parser(bytearray(data))  # type: ignore[arg-type]
+    assert isinstance(received, Received) and received.names_key is None
+    assert _sotw_request(received.message, None, SotwStream(nonce_prefix="t")).resource_names == tuple(NAMES[:2])

@@ -68,8 +68,11 @@ def _parser(message_type: Any) -> Callable[[bytes], Any]:
     return parse
 
 
+_parse_discovery_request = _parser(discovery_pb2.DiscoveryRequest)
+
+
 def _sotw_parser(data: bytes) -> Received | Unparsable:
-    req = _parser(discovery_pb2.DiscoveryRequest)(data)
+    req = _parse_discovery_request(data)
     if isinstance(req, Unparsable):
         return req
     try:
