@@ -27,6 +27,7 @@ from meshd.translate.clusters import socket_address
 from meshd.translate.http_filters import router
 from meshd.translate.metrics import (
     DESTINATION,
+    IDENTITY_ENV,
     SOURCE,
     http_stats_loggers,
     inbound_exchange_filters,
@@ -37,13 +38,7 @@ from meshd.translate.proto import pack
 from tests.e2e.harness import free_port
 
 HOST = "127.0.252.1"
-IDENTITY = {
-    "MESHD_WORKLOAD_NAME": "bench-client",
-    "MESHD_WORKLOAD_NAMESPACE": "default",
-    "MESHD_APP": "bench",
-    "MESHD_VERSION": "v1",
-    "MESHD_CLUSTER_ID": "Kubernetes",
-}
+IDENTITY = {IDENTITY_ENV: "bench-client|default|bench|v1|Kubernetes"}  # the agent's packed identity
 
 
 def _listener(name: str, port: int, hcm: hcm_pb2.HttpConnectionManager) -> dict[str, Any]:

@@ -39,7 +39,10 @@ def test_istio_mutual_clusters_carry_the_lists_and_tcp_ones_none() -> None:
     sniffed, tcp = cluster_pb2.Cluster(name="a"), cluster_pb2.Cluster(name="b")
     apply_istio_mutual(sniffed, sni_name="x", sans=(), protocol="UNKNOWN", auto=True)
     apply_istio_mutual(tcp, sni_name="x", sans=(), protocol="TCP", auto=True)
-    assert sniffed.metadata.filter_metadata["istio"]["alpn_by_protocol"]["HTTP/2"] == "istio-h2,istio,h2"
+    assert sniffed.metadata.filter_metadata["istio"]["alpn"] == "by-downstream"  # the request's protocol decides
+    grpc = cluster_pb2.Cluster(name="g")
+    apply_istio_mutual(grpc, sni_name="x", sans=(), protocol="GRPC", auto=True)
+    assert grpc.metadata.filter_metadata["istio"]["alpn"] == "istio-h2,istio,h2"
     assert "istio" not in tcp.metadata.filter_metadata
     plain = cluster_pb2.Cluster(name="c")
     mark_cluster(plain, protocol="TCP")
@@ -53,7 +56,8 @@ def test_outbound_http_filters_set_the_upstream_alpn_before_the_router() -> None
     alpn_filter().typed_config.Unpack(config)
     (value,) = config.on_request_headers
     assert value.object_key == APPLICATION_PROTOCOLS and value.skip_if_empty
-    assert "alpn_by_protocol" in value.format_string.text_format_source.inline_string
+    expression = value.format_string.text_format_source.inline_string
+    assert "['istio']['alpn']" in expression and "request.protocol == 'HTTP/1.0' ? 'istio-http/1.0" in expression
 
 
 def test_server_chains_split_http_from_tcp_by_alpn() -> None:

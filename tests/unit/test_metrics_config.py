@@ -12,6 +12,7 @@ from meshd.agent.prometheus import app_scrape, identity_env, istio_names
 from meshd.kube.inject_metrics import BadMetricsAnnotation, metrics_merge
 from meshd.settings import AgentSettings
 from meshd.translate.grpc_messages import MESSAGES_METADATA, REQUEST_MESSAGES_VALUE, RESPONSE_MESSAGES_VALUE
+from meshd.translate.metric_labels import decompact
 from meshd.translate.metrics import (
     DEFAULT_METRICS,
     DESTINATION,
@@ -31,6 +32,11 @@ ISTIO_LABELS = {
     "destination_service_namespace", "destination_cluster", "request_protocol", "response_code",
     "grpc_response_status", "response_flags", "connection_security_policy",
 }  # fmt: skip
+
+
+def _labels(stat: stats_pb2.Config.Stat) -> dict[str, str]:
+    """Istio's labels of a stat (its compact tags read back, translate/metric_labels.py): label -> format."""
+    return dict(decompact((t.name, t.value_format) for t in stat.tags))
 
 
 def _config(log: object) -> stats_pb2.Config:
@@ -53,9 +59,10 @@ def test_http_labels_are_istios(reporter: str) -> None:
     assert grpc.filter.metadata_filter.matcher.filter == MESSAGES_METADATA
     assert not log.HasField("filter")
     for stat in [*(c.stat for c in config.counters), *(h.stat for h in config.histograms)]:
-        assert {t.name for t in stat.tags} == ISTIO_LABELS
+        assert set(_labels(stat)) == ISTIO_LABELS
+        assert len(stat.tags) == 11  # compact: 3 groups, 7 single labels, the reporter
     for counter in messages.counters:
-        assert {t.name for t in counter.stat.tags} == ISTIO_LABELS
+        assert set(_labels(counter.stat)) == ISTIO_LABELS
 
 
 def test_connection_security_policy_by_side_and_chain() -> None:
@@ -73,12 +80,12 @@ def test_tcp_metrics_log_on_connect_and_at_the_end() -> None:
         "tcp_connections_closed_total", "tcp_sent_bytes_total", "tcp_received_bytes_total"
     ]  # fmt: skip
     assert list(opened.filter.log_type_filter.types) != list(closed.filter.log_type_filter.types)
-    tags = {t.name: t.value_format for t in _config(closed).counters[0].stat.tags}
+    tags = _labels(_config(closed).counters[0].stat)
     assert tags["request_protocol"] == "tcp" and "response_code" not in tags
     # no headers on TCP: the client reads the server's identity from the endpoint (translate/peer_exchange.py)
-    assert "xds.upstream_host_metadata" in tags["destination_workload"]
+    assert tags["destination_workload"].endswith("%UPSTREAM_METADATA(meshd.peer:id)%")
     server = dict(standard_tags(reporter=DESTINATION, http=False, mtls=True))
-    assert "metadata.filter_metadata['meshd.peer']['workload']" in server["source_workload"]  # its PROXY header
+    assert server["source_workload"].endswith("%DYNAMIC_METADATA(meshd.peer:id)%")  # its PROXY header
 
 
 def test_overrides_disable_and_retag() -> None:
@@ -90,10 +97,10 @@ def test_overrides_disable_and_retag() -> None:
     )
     server = _config(http_stats_loggers(reporter=DESTINATION, mtls=True, config=config)[0])
     assert [h.stat.name for h in server.histograms] == ["request_bytes", "response_bytes"]
-    tags = {t.name: t.value_format for t in server.counters[0].stat.tags}
+    tags = _labels(server.counters[0].stat)
     assert "source_principal" not in tags and tags["team"] == "%CEL('a')%"
     client = _config(http_stats_loggers(reporter=SOURCE, config=config)[0])
-    assert "source_principal" in {t.name for t in client.counters[0].stat.tags}  # SERVER only
+    assert "source_principal" in _labels(client.counters[0].stat)  # SERVER only
     assert http_stats_loggers(reporter=SOURCE, config=MetricsConfig(enabled=False)) == []
     assert DEFAULT_METRICS.metric_tags("GRPC_REQUEST_MESSAGES", SOURCE, []) == []
     # both gRPC message counts disabled: no second logger, and the reporter needs no counting filters
@@ -118,13 +125,8 @@ def test_istio_names() -> None:
 
 def test_identity_env() -> None:
     settings = AgentSettings(pod="web-v1-abc", namespace="shop", labels={"app": "web"}, workload_name="web-v1")
-    assert identity_env(settings) == {
-        "MESHD_WORKLOAD_NAME": "web-v1",
-        "MESHD_WORKLOAD_NAMESPACE": "shop",
-        "MESHD_APP": "web",
-        "MESHD_VERSION": "unknown",
-        "MESHD_CLUSTER_ID": "Kubernetes",
-    }
+    # workload, namespace, app, version, cluster: packed as the peer exchange carries them
+    assert identity_env(settings) == {"MESHD_PEER_ID": "web-v1|shop|web|unknown|Kubernetes"}
 
 
 def test_injector_merges_metrics() -> None:

@@ -34,11 +34,11 @@ def test_an_endpoint_tells_its_identity_and_whether_its_sidecar_reads_the_header
         cluster_id="east",
     )
     mark_endpoint(bound, Endpoint("10.0.0.6", 9080, workload="ratings-1"), namespace="shop", cluster_id="east")
-    assert dict(captured.filter_metadata["meshd.peer"]) == {
-        "workload": "reviews", "namespace": "shop", "app": "reviews", "version": "v2", "cluster": "east"
-    }  # fmt: skip
+    # workload, namespace, app, version, cluster: one value (translate/metric_labels.py)
+    assert dict(captured.filter_metadata["meshd.peer"]) == {"id": "reviews|shop|reviews|v2|east"}
     assert captured.filter_metadata["envoy.transport_socket_match"][EXCHANGE_KEY] == "proxy-v2"
-    assert dict(bound.filter_metadata["meshd.peer"])["workload"] == "ratings-1"  # no `app`: the pod's name
+    # no `app`: the pod's name; no `version`: unknown
+    assert dict(bound.filter_metadata["meshd.peer"])["id"] == "ratings-1|shop|unknown|unknown|east"
     assert EXCHANGE_KEY not in bound.filter_metadata["envoy.transport_socket_match"]  # not captured: no header
 
 
@@ -52,10 +52,9 @@ def test_the_client_sends_its_identity_ahead_of_the_same_tls_socket() -> None:
     wrapper = upstream_proxy_protocol_pb2.ProxyProtocolUpstreamTransport()
     first.transport_socket.typed_config.Unpack(wrapper)
     assert wrapper.transport_socket == tls
-    assert [t.format_string.text_format_source.inline_string for t in wrapper.config.added_tlvs] == [
-        "%ENVIRONMENT(MESHD_WORKLOAD_NAME)%", "%ENVIRONMENT(MESHD_WORKLOAD_NAMESPACE)%", "%ENVIRONMENT(MESHD_APP)%",
-        "%ENVIRONMENT(MESHD_VERSION)%", "%ENVIRONMENT(MESHD_CLUSTER_ID)%",
-    ]  # fmt: skip
+    assert [(t.type, t.format_string.text_format_source.inline_string) for t in wrapper.config.added_tlvs] == [
+        (0xE0, "%ENVIRONMENT(MESHD_PEER_ID)%")
+    ]
 
 
 def test_the_server_reads_it_on_the_ports_that_take_mtls_then_restores_the_destination() -> None:
@@ -65,7 +64,7 @@ def test_the_server_reads_it_on_the_ports_that_take_mtls_then_restores_the_desti
     config = proxy_protocol_pb2.ProxyProtocol()
     reader.typed_config.Unpack(config)
     assert config.allow_requests_without_proxy_protocol  # plaintext clients and clients without one pass
-    assert [(r.tlv_type, r.on_tlv_present.key) for r in config.rules][:2] == [(0xE0, "workload"), (0xE1, "namespace")]
+    assert [(r.tlv_type, r.on_tlv_present.key) for r in config.rules] == [(0xE0, "id")]
     reader, _ = exchange_listener_filters(mtls_by_default=True, exceptions=[8080])  # 8080: DISABLE
     assert reader.filter_disabled.destination_port_range.start == 8080
     reader, _ = exchange_listener_filters(mtls_by_default=False, exceptions=[9000, 9001])  # only those take mTLS

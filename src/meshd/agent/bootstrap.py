@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from meshd.agent.prometheus import admin_cluster, stats_config, stats_listener
+from meshd.agent.prometheus import stats_cluster, stats_config, stats_listener
 from meshd.translate.proxy import parse_node_id
 
 XDS_CLUSTER = "xds-grpc"
@@ -160,6 +160,7 @@ def build_bootstrap(
     xds_server_name: str | None = None,
     sds_delta: bool = False,
     stats_port: int | None = None,
+    stats_socket: str | None = None,
 ) -> dict[str, Any]:
     """An Envoy v3 bootstrap (JSON-able dict) for the sidecar `node_id`, fetching config from meshd.
 
@@ -167,7 +168,8 @@ def build_bootstrap(
     `sds_socket`: the node agent's SDS Unix socket, served as static cluster `sds-grpc`.
     `xds_server_name` (requires `sds_socket`): reach meshd over mTLS with the SDS secrets `default` and
     `ROOTCA`, sending and checking this DNS name; None keeps plaintext xDS.
-    `stats_port`: Envoy's /stats/prometheus with Istio's metric names on the admin host (Istio's 15090).
+    `stats_port`: /stats/prometheus with Istio's metric names and labels on the admin host (Istio's 15090),
+    answered by the agent on its Unix socket `stats_socket` (`agent/prometheus.py`).
     """
     clusters = [_xds_cluster(host=xds_host, port=xds_port)]
     if xds_server_name is not None:
@@ -178,7 +180,9 @@ def build_bootstrap(
         clusters.append(_sds_cluster(socket_path=sds_socket))
     static: dict[str, Any] = {"clusters": clusters}
     if stats_port:
-        clusters.append(admin_cluster(host=admin_host, port=admin_port))
+        if stats_socket is None:
+            raise ValueError("the stats listener needs the agent's stats socket (stats_socket)")
+        clusters.append(stats_cluster(socket_path=stats_socket))
         static["listeners"] = [stats_listener(host=admin_host, port=stats_port)]
     return {
         "node": {

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
-from meshd.agent.prometheus import STATS_PATH, istio_names
+from meshd.agent.prometheus import STATS_PATH, prometheus_text
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -53,7 +53,7 @@ def build_metrics_app(
         stats.scrapes += 1
         parts = []
         try:
-            parts.append(istio_names(await envoy_stats()))
+            parts.append(prometheus_text(await envoy_stats()))
         except Exception:
             stats.failures["envoy"] += 1
         if app_url is not None:
@@ -70,4 +70,20 @@ def build_metrics_app(
 
     app = web.Application()
     app.router.add_get(STATS_PATH, merged)
+    return app
+
+
+def build_envoy_stats_app(envoy_stats: Callable[[], Awaitable[str]]) -> web.Application:
+    """What the 15090 listener forwards to (the agent's Unix socket): Envoy's stats alone, as Istio's
+    (`prometheus_text`); 503 while Envoy does not answer."""
+
+    async def stats(_: web.Request) -> web.Response:
+        try:
+            text = prometheus_text(await envoy_stats())
+        except Exception as err:
+            return web.Response(status=503, text=f"envoy stats: {err}\n")
+        return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
+
+    app = web.Application()
+    app.router.add_get(STATS_PATH, stats)
     return app

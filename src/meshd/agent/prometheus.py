@@ -1,11 +1,13 @@
 """The scrape endpoints of a sidecar, as Istio's: Envoy's `/stats/prometheus` on 15090 (a listener in the
-bootstrap, in front of Envoy's admin) and the agent's merged endpoint on 15020 (`/stats/prometheus`: Envoy's
-stats, the agent's own, and the application's when the injector moved its `prometheus.io/*` annotations to
-the agent), plus what Envoy needs for them: `stats_config` and the identity environment variables its
-metrics configuration reads (`translate/metrics.py`).
+bootstrap) and the agent's merged endpoint on 15020 (`/stats/prometheus`: Envoy's stats, the agent's own, and
+the application's when the injector moved its `prometheus.io/*` annotations to the agent), plus what Envoy
+needs for them: `stats_config` and the identity environment variable its metrics configuration reads
+(`translate/metrics.py`).
 
-Envoy names every stat in its Prometheus output `envoy_<name>`; Istio's metrics (Envoy stats `istio.<name>`)
-are exposed as `istio_<name>`: renamed by a Lua filter on 15090 and by `istio_names` on 15020.
+Envoy names every stat in its Prometheus output `envoy_<name>`, and Istio's metrics carry compact tags
+(`translate/metric_labels.py`). Both endpoints show `prometheus_text`: Istio's metrics as `istio_<name>` with
+Istio's labels. The 15090 listener's route goes to the agent over a Unix socket (`stats_cluster`), which
+reads Envoy's admin and answers with that text.
 """
 
 from __future__ import annotations
@@ -16,28 +18,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from meshd.settings import AgentSettings
-from meshd.translate.metrics import BYTES_BUCKETS, IDENTITY_ENV, STAT_PREFIX, identity_values
+from meshd.translate.metric_labels import expand_text
+from meshd.translate.metrics import BYTES_BUCKETS, IDENTITY_ENV, STAT_PREFIX, identity_id, identity_values
 
 STATS_PATH = "/stats/prometheus"
-ADMIN_CLUSTER = "prometheus_stats"
+STATS_CLUSTER = "prometheus_stats"
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _HCM_NAME = "envoy.filters.network.http_connection_manager"
-_LUA = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
 _ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-_BUFFER = 64 * 1024 * 1024  # a large mesh's stats page, buffered whole by the rename
 _ENVOY_PREFIX = f"envoy_{STAT_PREFIX}_"
-
-# Lua: the body once complete, every line naming an `envoy_istio_*` family renamed to `istio_*`
-_RENAME_LUA = f"""
-function envoy_on_response(handle)
-  local body = handle:body()
-  if body == nil then return end
-  local text = body:getBytes(0, body:length())
-  text = string.gsub(text, "\\n{_ENVOY_PREFIX}", "\\n{STAT_PREFIX}_")
-  text = string.gsub(text, "# TYPE {_ENVOY_PREFIX}", "# TYPE {STAT_PREFIX}_")
-  body:setBytes(text)
-end
-"""
 _RENAME = re.compile(rf"^(# (?:TYPE|HELP) )?{_ENVOY_PREFIX}", re.MULTILINE)
 
 
@@ -46,16 +35,21 @@ def istio_names(text: str) -> str:
     return _RENAME.sub(lambda m: f"{m.group(1) or ''}{STAT_PREFIX}_", text)
 
 
+def prometheus_text(envoy_text: str) -> str:
+    """Envoy's Prometheus text as Istio's scrape endpoints show it: Istio's names and labels."""
+    return expand_text(istio_names(envoy_text))
+
+
 def identity_env(settings: AgentSettings) -> dict[str, str]:
-    """The environment variables Envoy's metrics read its own identity from (`translate/metrics.py`):
-    workload name, namespace, `app`/`version` labels (Istio's canonical labels as fallbacks; `unknown`
-    without), cluster id."""
+    """The environment variable Envoy's metrics and peer exchange read its own identity from
+    (`translate/metrics.py`): workload name, namespace, `app`/`version` labels (Istio's canonical labels as
+    fallbacks; `unknown` without), cluster id, packed in one value."""
     from meshd.agent.metadata import workload_name
 
     values = identity_values(
         settings.labels, workload=workload_name(settings), namespace=settings.namespace, cluster=settings.cluster_id
     )
-    return {var: values[key] for key, var in IDENTITY_ENV}
+    return {IDENTITY_ENV: identity_id(values)}
 
 
 def stats_config() -> dict[str, Any]:
@@ -70,8 +64,7 @@ def stats_config() -> dict[str, Any]:
 
 def stats_listener(*, host: str, port: int) -> dict[str, Any]:
     """Istio's `0.0.0.0:15090` listener (here on the proxy's address): GET /stats/prometheus, answered by
-    Envoy's admin through the `prometheus_stats` cluster with Istio's metric names."""
-    lua = {"inline_string": _RENAME_LUA}
+    the agent through the `prometheus_stats` cluster (`prometheus_text` of Envoy's admin)."""
     hcm = {
         "@type": _HCM,
         "stat_prefix": "stats",
@@ -80,34 +73,28 @@ def stats_listener(*, host: str, port: int) -> dict[str, Any]:
                 {
                     "name": "backend",
                     "domains": ["*"],
-                    "routes": [{"match": {"prefix": STATS_PATH}, "route": {"cluster": ADMIN_CLUSTER}}],
+                    "routes": [{"match": {"prefix": STATS_PATH}, "route": {"cluster": STATS_CLUSTER}}],
                 }
             ]
         },
-        "http_filters": [
-            {"name": "envoy.filters.http.lua", "typed_config": {"@type": _LUA, "default_source_code": lua}},
-            {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}},
-        ],
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}}],
     }
     return {
         "name": f"{host}_{port}_prometheus",
         "address": {"socket_address": {"address": host, "port_value": port}},
-        "per_connection_buffer_limit_bytes": _BUFFER,
         "filter_chains": [{"filters": [{"name": _HCM_NAME, "typed_config": hcm}]}],
     }
 
 
-def admin_cluster(*, host: str, port: int) -> dict[str, Any]:
+def stats_cluster(*, socket_path: str) -> dict[str, Any]:
+    """The agent's Envoy-stats endpoint on its Unix socket (`agent/merged_metrics.py`)."""
     return {
-        "name": ADMIN_CLUSTER,
+        "name": STATS_CLUSTER,
         "type": "STATIC",
         "connect_timeout": "1s",
-        "per_connection_buffer_limit_bytes": _BUFFER,
         "load_assignment": {
-            "cluster_name": ADMIN_CLUSTER,
-            "endpoints": [
-                {"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}]}
-            ],
+            "cluster_name": STATS_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": socket_path}}}}]}],
         },
     }
 

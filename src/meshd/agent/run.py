@@ -26,7 +26,7 @@ from meshd.agent.ca_client import secure_channel
 from meshd.agent.certificate import CertificateSource
 from meshd.agent.envoy import EnvoyProcess, default_envoy_path
 from meshd.agent.file_secrets import serve_files
-from meshd.agent.merged_metrics import ScrapeStats, agent_metrics, build_metrics_app
+from meshd.agent.merged_metrics import ScrapeStats, agent_metrics, build_envoy_stats_app, build_metrics_app
 from meshd.agent.metadata import node_id, node_metadata, workload_name
 from meshd.agent.prometheus import identity_env
 from meshd.agent.rotation import CertificateRotator
@@ -60,6 +60,11 @@ def socket_path(settings: AgentSettings) -> pathlib.Path:
     return settings.workdir.resolve() / settings.sds_socket
 
 
+def stats_socket_path(settings: AgentSettings) -> pathlib.Path:
+    """Where the agent answers the 15090 listener (Envoy's stats as Istio's, `agent/prometheus.py`)."""
+    return settings.workdir.resolve() / "stats.sock"
+
+
 def agent_bootstrap(settings: AgentSettings, *, certificates: bool | None = None) -> dict[str, Any]:
     """The Envoy bootstrap `meshd agent` writes for these settings. `certificates`: the agent serves a
     workload certificate (default: when the settings name a CA); node metadata `SDS: "true"` then
@@ -84,6 +89,7 @@ def agent_bootstrap(settings: AgentSettings, *, certificates: bool | None = None
         xds_server_name=None if s.xds_plaintext else s.xds_server_name,
         sds_delta=s.sds_delta,
         stats_port=s.stats_port or None,
+        stats_socket=str(stats_socket_path(s)),
     )
 
 
@@ -237,7 +243,13 @@ class _Agent:
         server = await start_sds_server(servicer=self.sds, socket_path=self.socket_path)
         runner: web.AppRunner | None = None
         metrics: web.AppRunner | None = None
+        envoy_stats: web.AppRunner | None = None
         try:
+            if self.settings.stats_port:
+                envoy_stats = web.AppRunner(build_envoy_stats_app(self.envoy_stats), access_log=None)
+                await envoy_stats.setup()
+                stats_socket_path(self.settings).unlink(missing_ok=True)
+                await web.UnixSite(envoy_stats, str(stats_socket_path(self.settings))).start()
             if self.settings.metrics_port:
                 metrics = web.AppRunner(self.metrics_app(), access_log=None)
                 await metrics.setup()
@@ -271,7 +283,7 @@ class _Agent:
             self.log.info("event=agent_stopped exit_code=%d", code)
             return code
         finally:
-            for site in (runner, metrics):
+            for site in (runner, metrics, envoy_stats):
                 if site is not None:
                     await site.cleanup()
             await server.stop(grace=0.5)

@@ -6,10 +6,12 @@ announces `istio` only. A server sidecar can then serve a port whose protocol it
 for the first (matched by transport `tls` and those ALPNs) and a TCP chain for the rest. Istio does it with
 its own `istio.alpn` HTTP filter; meshd, whose Envoys are unmodified, with these parts of upstream Envoy:
 
-- each outbound cluster with Istio mTLS carries, in its metadata `istio.alpn_by_protocol`, the ALPN list
-  to announce for each downstream protocol (`HTTP/1.0`, `HTTP/1.1`, `HTTP/2`): from its upstream protocol
-  (HTTP/2 for HTTP2/gRPC ports, HTTP/1.1 for HTTP ports, the downstream's own for sniffed ports); other
-  protocols (TCP, TLS...) and clusters with the user's TLS carry none;
+- each outbound cluster with Istio mTLS carries, in its metadata `istio.alpn`, the ALPN list to announce
+  for HTTP (downstream `HTTP/1.0`, `HTTP/1.1`, `HTTP/2`): from its upstream protocol (HTTP/2 for HTTP2/gRPC
+  ports, HTTP/1.1 for HTTP ports); a sniffed port's cluster, which speaks the downstream's own protocol,
+  carries `by-downstream` and the filter picks the list by the request's protocol (one short value per
+  cluster: clusters are most of a proxy's config); other protocols (TCP, TLS...) and clusters with the
+  user's TLS carry none;
 - the server's sniffed ports (and undeclared ones where HTTP must be checked) get, for mTLS, an HTTP chain
   matched by transport `tls` and those ALPNs (`mesh_http`) beside the TCP chain (`mesh_tcp`);
 - the client's HTTP connection managers run a `set_filter_state` filter named `istio.alpn` (before CORS,
@@ -33,7 +35,8 @@ from meshd.translate.proto import pack
 
 ALPN_FILTER = "istio.alpn"
 APPLICATION_PROTOCOLS = "envoy.network.application_protocols"  # Envoy's well-known filter state object
-METADATA_KEY = "alpn_by_protocol"  # in the cluster's `istio` filter metadata
+METADATA_KEY = "alpn"  # in the cluster's `istio` filter metadata: the ALPN list, or BY_DOWNSTREAM
+BY_DOWNSTREAM = "by-downstream"  # the list follows the request's protocol (a sniffed port's cluster)
 # What a client announces for HTTP over Istio mTLS (any of them selects the server's HTTP chain), and for TCP.
 MTLS_HTTP_ALPNS = ("istio-http/1.0", "istio-http/1.1", "istio-h2")
 MTLS_TCP_ALPNS = ("istio-peer-exchange", "istio")
@@ -57,20 +60,31 @@ def alpn_by_protocol(protocol: str) -> dict[str, str]:
     return upstream
 
 
+def cluster_alpn(protocol: str) -> str | None:
+    """What a cluster of this port protocol with Istio mTLS carries (`METADATA_KEY`): the one list its HTTP
+    requests announce, BY_DOWNSTREAM when that depends on the request's protocol, None for non-HTTP."""
+    lists = set(alpn_by_protocol(protocol).values())
+    if not lists:
+        return None
+    return lists.pop() if len(lists) == 1 else BY_DOWNSTREAM
+
+
 def mark_cluster(cluster: cluster_pb2.Cluster, *, protocol: str) -> None:
     """Istio mTLS on `cluster`: the ALPNs its HTTP requests announce (read by the `istio.alpn` filter)."""
-    found = alpn_by_protocol(protocol)
-    if found:
+    found = cluster_alpn(protocol)
+    if found is not None:
         cluster.metadata.filter_metadata["istio"].update({METADATA_KEY: found})
 
 
 _META = f"xds.cluster_metadata.filter_metadata['istio']['{METADATA_KEY}']"
+_BY_DOWNSTREAM = " : ".join(f"request.protocol == '{p}' ? '{v}'" for p, v in alpn_by_protocol("UNKNOWN").items())
 # The route's cluster is known before the router runs (the connection manager resolves the route first);
 # a cluster without the metadata (or no cluster at all) gives '' and the filter sets nothing.
 _EXPRESSION = (
     "'istio' in xds.cluster_metadata.filter_metadata"
     f" && '{METADATA_KEY}' in xds.cluster_metadata.filter_metadata['istio']"
-    f" && request.protocol in {_META} ? {_META}[request.protocol] : ''"
+    f" && request.protocol in [{', '.join(repr(p) for p in _DOWNSTREAM)}]"
+    f" ? ({_META} != '{BY_DOWNSTREAM}' ? {_META} : ({_BY_DOWNSTREAM} : '')) : ''"
 )
 
 

@@ -1,14 +1,14 @@
 """Istio's standard metrics from upstream Envoy: names, labels and the peer-metadata exchange behind them.
 
 Upstream Envoy has no Istio stats filter. Each side learns what it reports from what Envoy provides:
-- **its own identity** from environment variables the node agent sets for Envoy (`%ENVIRONMENT(...)%`:
-  `MESHD_WORKLOAD_NAME`, `MESHD_WORKLOAD_NAMESPACE`, `MESHD_APP`, `MESHD_VERSION`, `MESHD_CLUSTER_ID`), so the
-  configuration is the same for every proxy and stays shared;
-- **the peer's identity (HTTP)** from a header exchange meshd configures: the client sidecar adds
-  `x-meshd-peer-*` request headers with its own identity (header_mutation, overwriting what the app sent); the
-  server sidecar moves them into dynamic metadata (`header_to_metadata`, namespace `meshd.peer`, removed before
-  the app sees them; `unknown` when absent: a client without sidecar) and answers with its own identity in the
-  same response headers, which the client sidecar moves into metadata and removes in turn (`unknown`: a server
+- **its own identity** (workload, namespace, app, version, cluster: one `|`-packed value,
+  `translate/metric_labels.py`) from the environment variable `MESHD_PEER_ID` the node agent sets for Envoy
+  (`%ENVIRONMENT(...)%`), so the configuration is the same for every proxy and stays shared;
+- **the peer's identity (HTTP)** from a header exchange meshd configures: the client sidecar adds an
+  `x-meshd-peer-id` request header with its own identity (header_mutation, overwriting what the app sent); the
+  server sidecar moves it into dynamic metadata (`header_to_metadata`, `meshd.peer` key `id`, removed before
+  the app sees it; `unknown` when absent: a client without sidecar) and answers with its own identity in the
+  same response header, which the client sidecar moves into metadata and removes in turn (`unknown`: a server
   without sidecar);
 - **principals** from the mTLS certificates (`%DOWNSTREAM_PEER_URI_SAN%`, `%UPSTREAM_PEER_URI_SAN%`...);
   `connection_security_policy` from the inbound filter chain (its mTLS or plaintext chain);
@@ -20,8 +20,9 @@ Upstream Envoy has no Istio stats filter. Each side learns what it reports from 
 - **gRPC message counts** from Envoy's grpc_stats filter through a Lua step into dynamic metadata
   (`translate/grpc_messages.py`), on gRPC calls only.
 The values are emitted by Envoy's stats access logger (`envoy.access_loggers.stats`) as tagged counters and
-histograms `istio.<name>`; the node agent's 15090 listener and merged 15020 endpoint expose them as Istio's
-`istio_<name>` (Envoy's Prometheus output alone would name them `envoy_istio_<name>`).
+histograms `istio.<name>`, with compact tags (`translate/metric_labels.py`: 11 short tags where Istio has
+21 labels); the node agent's 15090 and 15020 endpoints expose them as Istio's `istio_<name>` with Istio's
+labels (Envoy's Prometheus output alone would name them `envoy_istio_<name>`, with the compact tags).
 
 `MetricsConfig` is what a proxy's metrics are (Istio's defaults: `DEFAULT_METRICS`); the Telemetry API's
 `metrics` (overrides: disabled metrics, tags removed or upserted) maps onto it.
@@ -46,30 +47,26 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf import struct_pb2, wrappers_pb2
 
 from meshd.translate import grpc_messages
+from meshd.translate.metric_labels import IDENTITY_FIELDS, compact, decompact, group_label
+from meshd.translate.metric_labels import pack as pack_values
 from meshd.translate.proto import pack
 
 STATS_LOGGER = "envoy.access_loggers.stats"
 STAT_PREFIX = "istio"  # Envoy names the stats istio.<name>; exposed as istio_<name>
-PEER_HEADER = "x-meshd-peer-"
+PEER_HEADER = "x-meshd-peer-id"  # the packed identity (translate/metric_labels.py)
+PEER_KEY = "id"  # its key in the `meshd.peer` and `meshd.service` metadata
 PEER_METADATA = "meshd.peer"
 SERVICE_METADATA = "meshd.service"
 UNKNOWN = "unknown"
-# The proxy's own identity: (peer header suffix / metadata key, environment variable the agent sets)
-IDENTITY_ENV = (
-    ("workload", "MESHD_WORKLOAD_NAME"),
-    ("namespace", "MESHD_WORKLOAD_NAMESPACE"),
-    ("app", "MESHD_APP"),
-    ("version", "MESHD_VERSION"),
-    ("cluster", "MESHD_CLUSTER_ID"),
-)
-# Istio's label for each identity field, on the source_ or destination_ side
-_LABEL_OF = {
-    "workload": "workload",
-    "namespace": "workload_namespace",
-    "app": "app",
-    "version": "version",
-    "cluster": "cluster",
-}
+# The proxy's own identity, packed (`identity_id`): the environment variable the agent sets for Envoy
+IDENTITY_ENV = "MESHD_PEER_ID"
+_IDENTITY_LABELS = (
+    "workload",
+    "workload_namespace",
+    "app",
+    "version",
+    "cluster",
+)  # Istio's, after source_/destination_
 
 # Istio's metric names (Telemetry API enum -> exposed name without the `istio_` prefix)
 REQUEST_COUNT = "REQUEST_COUNT"
@@ -162,68 +159,58 @@ def identity_values(labels: Mapping[str, str], *, workload: str, namespace: str,
     }
 
 
-def _env(var: str) -> str:
-    return f"%ENVIRONMENT({var})%"
+def identity_id(values: Mapping[str, str]) -> str:
+    """An identity (`identity_values`) as one value: what the exchange carries and the agent sets."""
+    return pack_values(values[field] for field in IDENTITY_FIELDS)
+
+
+def _identity(side: str, packed: str) -> list[tuple[str, str]]:
+    return [group_label(f"{side}_{label}", packed) for label in _IDENTITY_LABELS]
 
 
 def _own(side: str) -> list[tuple[str, str]]:
-    return [(f"{side}_{_LABEL_OF[key]}", _env(var)) for key, var in IDENTITY_ENV]
+    return _identity(side, f"%ENVIRONMENT({IDENTITY_ENV})%")
 
 
 def _peer(side: str, *, http: bool) -> list[tuple[str, str]]:
-    """The peer's identity: from the exchanged headers (HTTP); on TCP (`translate/peer_exchange.py`) the
+    """The peer's identity: from the exchanged header (HTTP); on TCP (`translate/peer_exchange.py`) the
     client side reads the server's from its endpoint's metadata, the server side the client's from the
-    connection's (its PROXY header); `unknown` where there is none."""
-    if http:
-        return [(f"{side}_{_LABEL_OF[key]}", f"%DYNAMIC_METADATA({PEER_METADATA}:{key})%") for key, _ in IDENTITY_ENV]
-    # destination_* are the client's view of the server (its upstream host), source_* the server's of the client
-    where = "xds.upstream_host_metadata" if side == "destination" else "metadata"
-    present = f"'{PEER_METADATA}' in {where}.filter_metadata"
-    if side == "destination":
-        present = f"has({where}.filter_metadata) && {present}"
-    return [
-        (
-            f"{side}_{_LABEL_OF[key]}",
-            f"%CEL({present} ? {where}.filter_metadata['{PEER_METADATA}']['{key}'] : '{UNKNOWN}')%",
-        )
-        for key, _ in IDENTITY_ENV
-    ]
+    connection's (its PROXY header); `unknown` (or Envoy's `-`, which the agent reads as `unknown`) where
+    there is none."""
+    if http or side == "source":  # source_* on TCP: the server's view of the client (its PROXY header)
+        return _identity(side, f"%DYNAMIC_METADATA({PEER_METADATA}:{PEER_KEY})%")
+    return _identity(side, f"%UPSTREAM_METADATA({PEER_METADATA}:{PEER_KEY})%")  # the client's upstream host
 
 
 def _service(kind: str) -> list[tuple[str, str]]:
-    """destination_service*: from the outbound cluster's metadata, or the inbound route's."""
-    source = "CLUSTER_METADATA(" if kind == "cluster" else "METADATA(ROUTE:"
+    """destination_service*: from the outbound cluster's metadata, or the inbound route's; `unknown`."""
+    source = {
+        "cluster": f"%CLUSTER_METADATA({SERVICE_METADATA}:{PEER_KEY})%",
+        "route": f"%METADATA(ROUTE:{SERVICE_METADATA}:{PEER_KEY})%",
+    }.get(kind, UNKNOWN)
     return [
-        ("destination_service", f"%{source}{SERVICE_METADATA}:host)%"),
-        ("destination_service_name", f"%{source}{SERVICE_METADATA}:name)%"),
-        ("destination_service_namespace", f"%{source}{SERVICE_METADATA}:namespace)%"),
+        group_label(label, source)
+        for label in ("destination_service", "destination_service_name", "destination_service_namespace")
     ]
 
 
 _GRPC = (
-    "%CEL('content-type' in request.headers && "
-    "request.headers['content-type'].startsWith('application/grpc') ? 'grpc' : 'http')%"
+    "%CEL('content-type' in request.headers&&"
+    "request.headers['content-type'].startsWith('application/grpc')?'grpc':'http')%"
 )
 
 
-def _or_unknown(attribute: str) -> str:
-    """A CEL attribute, `unknown` when the connection has none (an upstream without TLS)."""
-    return f"%CEL(has({attribute}) ? {attribute} : '{UNKNOWN}')%"
-
-
 def standard_tags(*, reporter: str, http: bool, mtls: bool | None) -> list[tuple[str, str]]:
-    """Istio's labels and how Envoy fills them. `mtls`: the inbound chain's transport (destination reporter);
-    None on the client side (Istio reports `unknown` there)."""
+    """Istio's labels and how Envoy fills them (group members marked, `translate/metric_labels.py`; `_stat`
+    compacts them). `mtls`: the inbound chain's transport (destination reporter); None on the client side
+    (Istio reports `unknown` there)."""
     if reporter == SOURCE:
         tags = [
             ("reporter", SOURCE),
             *_own("source"),
-            ("source_principal", _or_unknown("upstream.uri_san_local_certificate")),
+            ("source_principal", "%UPSTREAM_LOCAL_URI_SAN%"),  # `-` without TLS: the agent's `unknown`
         ]
-        tags += [
-            *_peer("destination", http=http),
-            ("destination_principal", _or_unknown("upstream.uri_san_peer_certificate")),
-        ]
+        tags += [*_peer("destination", http=http), ("destination_principal", "%UPSTREAM_PEER_URI_SAN%")]
         tags += _service("cluster")
         policy = UNKNOWN
     else:
@@ -231,7 +218,7 @@ def standard_tags(*, reporter: str, http: bool, mtls: bool | None) -> list[tuple
         tags.append(("source_principal", "%DOWNSTREAM_PEER_URI_SAN%" if mtls else UNKNOWN))
         tags += [*_own("destination"), ("destination_principal", "%DOWNSTREAM_LOCAL_URI_SAN%" if mtls else UNKNOWN)]
         # the inbound route names the service; an inbound TCP chain knows none (an app port may back several)
-        tags += _service("route") if http else [(n, UNKNOWN) for n, _ in _service("route")]
+        tags += _service("route" if http else "none")
         policy = "mutual_tls" if mtls else "none"
     if http:
         tags += [("request_protocol", _GRPC), ("response_code", "%RESPONSE_CODE%")]
@@ -244,7 +231,7 @@ def standard_tags(*, reporter: str, http: bool, mtls: bool | None) -> list[tuple
 
 def _stat(metric: str, tags: Iterable[tuple[str, str]]) -> stats_pb2.Config.Stat:
     return stats_pb2.Config.Stat(
-        name=METRIC_NAMES[metric], tags=[stats_pb2.Config.Tag(name=n, value_format=v) for n, v in tags]
+        name=METRIC_NAMES[metric], tags=[stats_pb2.Config.Tag(name=n, value_format=v) for n, v in compact(tags)]
     )
 
 
@@ -378,13 +365,13 @@ def _retag(stat: stats_pb2.Config.Stat, *, reporter: str, config: MetricsConfig)
     metric = _METRIC_OF_NAME.get(stat.name)
     if metric is None:
         return True
-    current = [(t.name, t.value_format) for t in stat.tags]
+    current = decompact((t.name, t.value_format) for t in stat.tags)
     reporter = dict(current).get("reporter", reporter)  # the stat's own side (a passthrough chain's differs)
     tags = config.metric_tags(metric, reporter, current)
     if tags is None:
         return False
     del stat.tags[:]
-    stat.tags.extend(stats_pb2.Config.Tag(name=n, value_format=v) for n, v in tags)
+    stat.tags.extend(stats_pb2.Config.Tag(name=n, value_format=v) for n, v in compact(tags))
     return True
 
 
@@ -393,25 +380,19 @@ def _retag(stat: stats_pb2.Config.Stat, *, reporter: str, config: MetricsConfig)
 
 def _own_headers() -> list[base_pb2.HeaderValueOption]:
     overwrite = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-    return [
-        base_pb2.HeaderValueOption(
-            header=base_pb2.HeaderValue(key=f"{PEER_HEADER}{key}", value=_env(var)), append_action=overwrite
-        )
-        for key, var in IDENTITY_ENV
-    ]
+    header = base_pb2.HeaderValue(key=PEER_HEADER, value=f"%ENVIRONMENT({IDENTITY_ENV})%")
+    return [base_pb2.HeaderValueOption(header=header, append_action=overwrite)]
 
 
 def _to_metadata(*, request: bool) -> hcm_pb2.HttpFilter:
-    """The peer's identity headers into dynamic metadata (`unknown` when absent), removed from the message."""
-    rules = []
-    for key, _ in IDENTITY_ENV:
-        rule = h2m_pb2.Config.Rule(header=f"{PEER_HEADER}{key}", remove=True)
-        rule.on_header_present.metadata_namespace = PEER_METADATA
-        rule.on_header_present.key = key
-        rule.on_header_missing.metadata_namespace = PEER_METADATA
-        rule.on_header_missing.key = key
-        rule.on_header_missing.value = UNKNOWN
-        rules.append(rule)
+    """The peer's identity header into dynamic metadata (`unknown` when absent), removed from the message."""
+    rule = h2m_pb2.Config.Rule(header=PEER_HEADER, remove=True)
+    rule.on_header_present.metadata_namespace = PEER_METADATA
+    rule.on_header_present.key = PEER_KEY
+    rule.on_header_missing.metadata_namespace = PEER_METADATA
+    rule.on_header_missing.key = PEER_KEY
+    rule.on_header_missing.value = UNKNOWN
+    rules = [rule]
     config = h2m_pb2.Config(request_rules=rules) if request else h2m_pb2.Config(response_rules=rules)
     return hcm_pb2.HttpFilter(name="envoy.filters.http.header_to_metadata", typed_config=pack(config))
 
@@ -453,7 +434,7 @@ def _exchange(*, outbound: bool) -> tuple[hcm_pb2.HttpFilter, ...]:
 def service_metadata(*, host: str, name: str, namespace: str) -> base_pb2.Metadata:
     """What a cluster or route says of its destination service (read by the destination_service labels)."""
     fields = struct_pb2.Struct()
-    fields.update({"host": host, "name": name, "namespace": namespace})
+    fields.update({PEER_KEY: pack_values((host, name, namespace))})
     out = base_pb2.Metadata()
     out.filter_metadata[SERVICE_METADATA].CopyFrom(fields)
     return out

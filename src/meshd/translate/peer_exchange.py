@@ -4,18 +4,18 @@ Istio's sidecars swap workload labels over TCP with a metadata-exchange filter o
 Envoy does not have. meshd gives each side of a TCP connection between sidecars its peer's identity this way:
 
 - **the client side** (reporter `source`) reads the server's from the endpoint it connected to: meshd puts
-  the workload's identity in the endpoint's metadata (`meshd.peer`: workload, namespace, app, version, cluster;
-  only for endpoints with a sidecar, as istiod puts its `istio.workload` there), which the TCP stats loggers
-  read through CEL (`xds.upstream_host_metadata`);
+  the workload's identity in the endpoint's metadata (`meshd.peer` key `id`: workload, namespace, app,
+  version, cluster packed in one value; only for endpoints with a sidecar, as istiod puts its
+  `istio.workload` there), which the TCP stats loggers read (`%UPSTREAM_METADATA%`);
 - **the server side** (reporter `destination`) reads the client's from a PROXY protocol v2 header the client
-  sidecar sends ahead of the mTLS handshake, its identity in TLVs of the custom range (0xE0-0xE4), each
-  filled from the agent's environment like the HTTP exchange headers (Envoy's upstream PROXY protocol
+  sidecar sends ahead of the mTLS handshake, its packed identity in a TLV of the custom range (0xE0),
+  filled from the agent's environment like the HTTP exchange header (Envoy's upstream PROXY protocol
   transport socket, `format_string`: the cluster stays the same for every proxy). The client sends it only
   toward endpoints whose sidecar captures their traffic (endpoint metadata, next to `tlsMode: istio`) and only
   on TCP ports (declared, neither HTTP nor sniffed: a PROXY header makes Envoy keep an upstream HTTP
   connection per downstream connection). The server's `virtualInbound` reads and strips it with the
   proxy_protocol listener filter (connections without one pass untouched), which writes the TLVs into the
-  connection's dynamic metadata `meshd.peer`, then restores the original destination the header
+  connection's dynamic metadata (`meshd.peer` key `id`), then restores the original destination the header
   overwrote (`original_dst` again: port matching, authorization ports and the inbound cluster see the
   real one). The connection's remote address becomes the address the client's app connected from (the
   client pod's own address); `ipBlocks` still match the connection's peer, and `remoteIpBlocks` the
@@ -37,7 +37,7 @@ from envoy.extensions.transport_sockets.proxy_protocol.v3 import upstream_proxy_
 from google.protobuf import struct_pb2
 
 from meshd.model.services import Endpoint, is_http, is_sniffed
-from meshd.translate.metrics import IDENTITY_ENV, PEER_METADATA, UNKNOWN, identity_values
+from meshd.translate.metrics import IDENTITY_ENV, PEER_KEY, PEER_METADATA, UNKNOWN, identity_id, identity_values
 from meshd.translate.mtls import TLS_MODE_KEY, TRANSPORT_SOCKET_MATCH
 from meshd.translate.proto import pack
 from meshd.translate.protocol import any_port
@@ -48,8 +48,7 @@ EXCHANGE_VALUE = "proxy-v2"
 EXCHANGE_MATCH = "tlsMode-istio-peer-exchange"
 PROXY_PROTOCOL_FILTER = "envoy.filters.listener.proxy_protocol"
 ORIGINAL_DST_FILTER = "envoy.filters.listener.original_dst"
-_FIRST_TLV = 0xE0  # PP2_TYPE_MIN_CUSTOM
-TLV_TYPES = tuple((_FIRST_TLV + i, key, var) for i, (key, var) in enumerate(IDENTITY_ENV))
+IDENTITY_TLV = 0xE0  # PP2_TYPE_MIN_CUSTOM
 
 
 def exchanges_on(protocol: str) -> bool:
@@ -61,12 +60,13 @@ def exchanges_on(protocol: str) -> bool:
 
 
 def identity_metadata(endpoint: Endpoint, *, namespace: str, cluster_id: str) -> struct_pb2.Struct:
-    """The workload's identity as its own sidecar reports it (`metrics.identity_values`; the agent names a
-    workload after its `app` label, else its pod)."""
+    """The workload's identity as its own sidecar reports it (`metrics.identity_values`, packed; the agent
+    names a workload after its `app` label, else its pod)."""
     labels = dict(endpoint.labels)
     workload = labels.get("app") or endpoint.workload or UNKNOWN
     fields = struct_pb2.Struct()
-    fields.update(identity_values(labels, workload=workload, namespace=namespace, cluster=cluster_id))
+    values = identity_values(labels, workload=workload, namespace=namespace, cluster=cluster_id)
+    fields.update({PEER_KEY: identity_id(values)})
     return fields
 
 
@@ -85,13 +85,12 @@ def mark_endpoint(metadata: base_pb2.Metadata, endpoint: Endpoint, *, namespace:
 
 def _header(inner: base_pb2.TransportSocket) -> base_pb2.TransportSocket:
     config = proxy_protocol_pb2.ProxyProtocolConfig(version=proxy_protocol_pb2.ProxyProtocolConfig.V2)
-    for tlv_type, _, var in TLV_TYPES:
-        entry = config.added_tlvs.add(type=tlv_type)
-        entry.format_string.CopyFrom(
-            substitution_format_string_pb2.SubstitutionFormatString(
-                text_format_source=base_pb2.DataSource(inline_string=f"%ENVIRONMENT({var})%")
-            )
+    entry = config.added_tlvs.add(type=IDENTITY_TLV)
+    entry.format_string.CopyFrom(
+        substitution_format_string_pb2.SubstitutionFormatString(
+            text_format_source=base_pb2.DataSource(inline_string=f"%ENVIRONMENT({IDENTITY_ENV})%")
         )
+    )
     transport = upstream_proxy_protocol_pb2.ProxyProtocolUpstreamTransport(config=config, transport_socket=inner)
     return base_pb2.TransportSocket(name=UPSTREAM_PROXY_PROTOCOL, typed_config=pack(transport))
 
@@ -118,10 +117,9 @@ def exchange_listener_filters(
     if not mtls_by_default and not exceptions:
         return []
     config = listener_pp_pb2.ProxyProtocol(allow_requests_without_proxy_protocol=True, stat_prefix="meshd_peer")
-    for tlv_type, key, _ in TLV_TYPES:
-        rule = config.rules.add(tlv_type=tlv_type)
-        rule.on_tlv_present.metadata_namespace = PEER_METADATA
-        rule.on_tlv_present.key = key
+    rule = config.rules.add(tlv_type=IDENTITY_TLV)
+    rule.on_tlv_present.metadata_namespace = PEER_METADATA
+    rule.on_tlv_present.key = PEER_KEY
     reader = listener_components_pb2.ListenerFilter(name=PROXY_PROTOCOL_FILTER, typed_config=pack(config))
     if mtls_by_default and exceptions:
         reader.filter_disabled.CopyFrom(any_port(exceptions))
