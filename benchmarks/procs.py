@@ -10,12 +10,14 @@ import json
 import os
 import pathlib
 import socket
+import subprocess
 import sys
 import time
 from typing import Any
 
 import aiohttp
 
+import meshd
 from meshd.agent.process import spawn, terminate
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -147,6 +149,15 @@ class JsonLinesProcess:
         await terminate(process=self.process, timeout_s=3)
 
 
+def compile_meshd() -> None:
+    """Compile meshd's modules into their `__pycache__` (ignored by git), so meshd starts from bytecode as
+    an installed meshd does (pip compiles at install; the image's PYTHONDONTWRITEBYTECODE only stops new
+    files). Run from a checkout on a machine that sets PYTHONDONTWRITEBYTECODE, meshd would otherwise
+    compile its ~370 modules at every start: 0.2-0.3 s of CPU no deployment pays. Cheap once compiled."""
+    package = pathlib.Path(meshd.__file__).parent
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(package)], check=True)
+
+
 class MeshdProcess:
     """`meshd serve` on a config directory, or in Kubernetes mode with `kubeconfig` (then `config_dir`
     is None), on free loopback ports."""
@@ -186,6 +197,7 @@ class MeshdProcess:
 
     async def start(self, *, timeout: float) -> float:
         """Start meshd and wait for /ready; returns seconds to ready."""
+        compile_meshd()
         t0 = time.time()
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
         self.process = await spawn(
