@@ -246,6 +246,7 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
                             more=more_duties,
                             clock=clock,
                             log=log,
+                            cached=kube.source.cached if kube is not None else lambda _: None,
                         )
                     )
                 await stop.wait()

@@ -314,3 +314,85 @@ async def test_an_edit_that_keeps_the_same_error_still_moves_observed_generation
 
     await eventually(caught_up, timeout=5, what="observedGeneration of the edited, still invalid object")
     assert status_writes(server) == 2
+
+
+def informer(server: FakeApiServer) -> Any:
+    """The informers' cache as the status writer reads it: the cluster's current copy (a deep copy)."""
+    return lambda key: copy.deepcopy(server.get(V1, key.kind, key.namespace, key.name))
+
+
+async def test_the_informers_copy_saves_every_request_a_settled_status_would_take(
+    server: FakeApiServer, api: client.ApiClient
+) -> None:
+    store = ConfigStore()
+    server.create(virtual_service("web", (0, 0)))
+    server.create(virtual_service("ok", (50, 50)))
+    sync_store(store, server)
+    writer = make_writer(KubeStatusApi(api), store, Leadership(True))
+    writer._cached = informer(server)  # noqa: SLF001  (as app.py passes the Kubernetes source's)
+    assert await writer.sync_once() == 2
+    # written from the cached copies: no read, one write each, with the copy's resourceVersion
+    assert server.count(verb="get", kind="VirtualService") == 0 and status_writes(server) == 2
+    assert writer.requests == 2
+    bad = server.get(V1, "VirtualService", "default", "web")["status"]
+    assert bad["validationMessages"][0]["description"] == "spec.http[0].route: destination weights add up to 0"
+
+    # a restart, or a new leader, over a cluster whose statuses are right: not one request
+    sync_store(store, server)
+    again = make_writer(KubeStatusApi(api), store, Leadership(True))
+    again._cached = informer(server)  # noqa: SLF001
+    assert await again.sync_once() == 2
+    assert again.requests == 0 and status_writes(server) == 2
+    assert server.count(verb="get", kind="VirtualService") == 0
+
+
+async def test_a_stale_cached_copy_is_refused_then_read_again(server: FakeApiServer, api: client.ApiClient) -> None:
+    store = ConfigStore()
+    server.create(virtual_service("web", (0, 0)))
+    stale = copy.deepcopy(server.get(V1, "VirtualService", "default", "web"))
+    fixed = server.get(V1, "VirtualService", "default", "web")
+    fixed["spec"] = virtual_service("web", (50, 50))["spec"]
+    server.update(fixed)  # the informer has not seen this yet
+    sync_store(store, server)
+    writer = make_writer(KubeStatusApi(api), store, Leadership(True))
+    writer._cached = lambda key: copy.deepcopy(stale)  # noqa: SLF001
+    await writer.sync_once()
+    assert writer.conflicts == 1 and writer.writes == 0  # the stale resourceVersion: 409, nothing overwritten
+
+    async def written() -> bool:
+        await writer.sync_once()
+        return writer.writes == 1
+
+    await eventually(written, timeout=5, what="the write retried after reading the object")
+    status = server.get(V1, "VirtualService", "default", "web")["status"]
+    assert status["observedGeneration"] == 2 and "validationMessages" not in status
+    assert server.count(verb="get", kind="VirtualService") == 1
+
+
+async def test_bulk_statuses_are_paced(server: FakeApiServer, api: client.ApiClient) -> None:
+    store = ConfigStore()
+    for i in range(5):
+        server.create(virtual_service(f"vs-{i}", (50, 50)))
+    sync_store(store, server)
+    for cached in (False, True):
+        writer = StatusWriter(
+            api=KubeStatusApi(api),
+            store=store,
+            errors=store.errors,
+            is_leader=lambda: True,
+            clock=SystemClock(),
+            log=logging.getLogger("test"),
+            max_visits=2,
+            **({"cached": informer(server)} if cached else {}),
+        )
+        writes = []
+        for _ in range(3):
+            await writer.sync_once()
+            writes.append(writer.writes)
+        # two visits that call the API server a round (a read and a write each, or a write alone)
+        assert writes == ([2, 4, 5] if not cached else [0, 0, 0])
+        if not cached:
+            assert server.count(verb="get", kind="VirtualService") == 5 and status_writes(server) == 5
+            for i in range(5):  # the next writer finds them written: from the cache, nothing to do
+                server.get(V1, "VirtualService", "default", f"vs-{i}")
+            sync_store(store, server)

@@ -114,6 +114,10 @@ class KubeSource:
                 self._pods_on_node[node_after].add(object_id)
         self._sync(object_id)
 
+    def cached(self, key: ResourceKey) -> Obj | None:
+        """The object as the informers last saw it (status included), by the key meshd knows it by."""
+        return self._objects.get((key.kind, key.namespace, key.name))
+
     def _private(self, object_id: ObjectId) -> bool:
         kind, namespace, name = object_id
         return kind == "Secret" and namespace == self._namespace and name in PRIVATE_SECRETS

@@ -10,6 +10,14 @@ they differ, replacing the object with the resourceVersion it read: a 409 (someo
 object meanwhile) is never overwritten; the object is read again at a later round, with a
 per-object backoff that also covers API errors. Gaining leadership forgets what was handled, so
 a new leader checks everything once.
+
+An Istio object's first visit reads it from the informers' cache (`cached`) instead of the API
+server when the cache holds it in the version written to: a status that is already right then
+costs no request at all (a restart or a new leader over a settled cluster), and one that is not
+is written with the cached resourceVersion (a 409 sends the next try to the API server). Visits
+that call the API server are paced (`max_visits` a round), so that a bulk of statuses (a new
+install, a thousand objects applied at once) never competes with proxies' pushes for the API
+server and the event loop; the rest wait for the next rounds.
 """
 
 from __future__ import annotations
@@ -96,6 +104,23 @@ class KubeStatusApi:
         return out
 
 
+class _Paced(Exception):
+    """A visit that would call the API server when this round's budget is spent."""
+
+
+@dataclass
+class _Budget:
+    """Visits that may still call the API server this round."""
+
+    left: int
+
+    def take(self) -> bool:
+        if self.left <= 0:
+            return False
+        self.left -= 1
+        return True
+
+
 @dataclass
 class _Retry:
     at: float
@@ -122,7 +147,10 @@ class StatusWriter:
         recheck_rejected_s: float = 30.0,
         wall: Callable[[], datetime.datetime] = _utcnow,
         domain_suffix: str = "cluster.local",
+        cached: Callable[[ResourceKey], dict[str, Any] | None] = lambda _: None,
+        max_visits: int = 100,
     ) -> None:
+        self._cached, self._max_visits = cached, max_visits
         self._domain_suffix = domain_suffix
         self._api, self._store, self._errors, self._is_leader = api, store, errors, is_leader
         self._settled = settled
@@ -143,6 +171,7 @@ class StatusWriter:
         self.writes = 0
         self.conflicts = 0
         self.rounds = 0
+        self.requests = 0  # requests to the API server (reads and writes)
 
     def leadership_changed(self, leading: bool) -> None:
         """A new term starts from scratch: statuses may have changed while another replica led."""
@@ -188,6 +217,7 @@ class StatusWriter:
             self._handled_at.pop(key, None)
             self._retry.pop(key, None)
         visited = 0
+        budget = _Budget(self._max_visits)
         for key, messages in desired.items():
             api_version, store_rv = held.get(key, ("", ""))
             handled = self._handled.get(key)
@@ -198,22 +228,41 @@ class StatusWriter:
                 continue
             if not self._is_leader():
                 return visited
-            visited += 1
+            cached = None if key in self._retry else self._cached_object(key, messages, api_version)
             try:
-                seen_rv = await self._visit(key, messages, api_version)
+                seen_rv = await self._visit(key, messages, api_version, cached=cached, budget=budget)
+            except _Paced:
+                continue  # the next round
             except StatusConflict:
+                visited += 1
                 self.conflicts += 1
                 self._log.info("event=status_conflict resource=%s action=reread_later", key)
                 self._backoff(key)
                 continue
             except Exception as exc:
+                visited += 1
                 self._log.warning("event=status_write_failed resource=%s error=%s", key, _describe(exc))
                 self._backoff(key)
                 continue
+            visited += 1
             self._handled[key] = (frozenset({store_rv, seen_rv}), messages)
             self._handled_at[key] = self._clock.now()
             self._retry.pop(key, None)
         return visited
+
+    def _cached_object(self, key: ResourceKey, messages: Desired, api_version: str) -> dict[str, Any] | None:
+        """The informers' copy of an Istio object, when it is in the version of the store's copy (any version
+        of its group the informer watched, for an object meshd rejected)."""
+        if isinstance(messages, ApiStatus) or key.kind not in ISTIO_KINDS:
+            return None
+        obj = self._cached(key)
+        if obj is None:
+            return None
+        group, _ = ISTIO_KINDS[key.kind]
+        version = str(obj.get("apiVersion") or "")
+        if api_version and version != api_version or not version.startswith(f"{group}/"):
+            return None
+        return obj
 
     def _recheck_due(self, key: ResourceKey, held: dict[ResourceKey, tuple[str, str]]) -> bool:
         """An object meshd rejected outright is not in the store, so an edit that keeps the same
@@ -235,18 +284,36 @@ class StatusWriter:
             self._versions[group] = version
         return self._versions[group]
 
-    async def _visit(self, key: ResourceKey, messages: Desired, api_version: str) -> str:
-        """Read, render, write if different; returns the object's resourceVersion afterwards."""
+    async def _visit(
+        self,
+        key: ResourceKey,
+        messages: Desired,
+        api_version: str,
+        *,
+        cached: dict[str, Any] | None = None,
+        budget: _Budget | None = None,
+    ) -> str:
+        """Read (or take `cached`), render, write if different; returns the object's resourceVersion
+        afterwards. Raises _Paced, having called nothing, when it would call the API server and `budget`
+        is spent."""
         pins = KIND_VERSIONS
         if isinstance(messages, ApiStatus):
             group, plural, pins = GATEWAY_API_GROUP, STATUS_KINDS[key.kind], STATUS_VERSIONS
         else:
             group, plural = ISTIO_KINDS[key.kind]
         pinned = f"{group}/{pins[key.kind]}" if key.kind in pins else ""
-        version = await self._version(group, api_version or pinned)
-        if version is None:
-            return ""  # the CRD is not served: nothing to write on
-        obj = await self._api.get(group, version, plural, key.namespace, key.name)
+        if cached is not None:
+            version: str | None = str(cached["apiVersion"]).split("/", 1)[1]
+            obj: dict[str, Any] | None = cached
+        else:
+            version = await self._version(group, api_version or pinned)
+            if version is None:
+                return ""  # the CRD is not served: nothing to write on
+            if budget is not None and not budget.take():
+                raise _Paced
+            self.requests += 1
+            obj = await self._api.get(group, version, plural, key.namespace, key.name)
+        assert version is not None
         if obj is None:
             return ""  # not in the cluster (deleted meanwhile, or a file in standalone mode)
         meta = obj.get("metadata") or {}
@@ -261,6 +328,9 @@ class StatusWriter:
         read_rv = str(meta.get("resourceVersion", ""))
         if status == current or not self._is_leader():  # (leadership may have ended while reading)
             return read_rv
+        if cached is not None and budget is not None and not budget.take():
+            raise _Paced  # (a visit that read the object has its turn already)
+        self.requests += 1
         written = await self._api.replace_status(
             group, version, plural, key.namespace, key.name, {**obj, "status": status}
         )

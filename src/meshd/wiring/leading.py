@@ -8,11 +8,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from kubernetes_asyncio.client import ApiClient
 
-from meshd.api.meta import InvalidResource
+from meshd.api.meta import InvalidResource, ResourceKey
 from meshd.ca.publisher import RootCertPublisher
 from meshd.clock import Clock
 from meshd.kube.informers import Informers
@@ -94,6 +94,7 @@ async def run_leader_duties(
     more: Iterable[DutyFactory],
     clock: Clock,
     log: logging.Logger,
+    cached: Callable[[ResourceKey], dict[str, Any] | None] = lambda _: None,
 ) -> None:
     """Run until cancelled: open the client (retried), build the elector and the duties once, then
     elect and run them (retried after a failure, on the same objects)."""
@@ -114,6 +115,7 @@ async def run_leader_duties(
                 clock=clock,
                 log=log,
                 interval_s=settings.status_interval_s,
+                cached=cached,
             )
             duties.append(writer)
         duties += [factory(api, leadership.is_leader) for factory in more]
