@@ -65,7 +65,7 @@ class Leadership:
         self.leading = leading
 
 
-def make_writer(api: Any, store: ConfigStore, leadership: Leadership) -> StatusWriter:
+def make_writer(api: Any, store: ConfigStore, leadership: Leadership, **options: Any) -> StatusWriter:
     return StatusWriter(
         api=api,
         store=store,
@@ -74,6 +74,7 @@ def make_writer(api: Any, store: ConfigStore, leadership: Leadership) -> StatusW
         clock=SystemClock(),
         log=logging.getLogger("test"),
         interval_s=0.05,
+        **options,
     )
 
 
@@ -328,8 +329,8 @@ async def test_the_informers_copy_saves_every_request_a_settled_status_would_tak
     server.create(virtual_service("web", (0, 0)))
     server.create(virtual_service("ok", (50, 50)))
     sync_store(store, server)
-    writer = make_writer(KubeStatusApi(api), store, Leadership(True))
-    writer._cached = informer(server)  # noqa: SLF001  (as app.py passes the Kubernetes source's)
+    # as app.py passes the Kubernetes source's
+    writer = make_writer(KubeStatusApi(api), store, Leadership(True), cached=informer(server))
     assert await writer.sync_once() == 2
     # written from the cached copies: no read, one write each, with the copy's resourceVersion
     assert server.count(verb="get", kind="VirtualService") == 0 and status_writes(server) == 2
@@ -339,8 +340,7 @@ async def test_the_informers_copy_saves_every_request_a_settled_status_would_tak
 
     # a restart, or a new leader, over a cluster whose statuses are right: not one request
     sync_store(store, server)
-    again = make_writer(KubeStatusApi(api), store, Leadership(True))
-    again._cached = informer(server)  # noqa: SLF001
+    again = make_writer(KubeStatusApi(api), store, Leadership(True), cached=informer(server))
     assert await again.sync_once() == 2
     assert again.requests == 0 and status_writes(server) == 2
     assert server.count(verb="get", kind="VirtualService") == 0
@@ -354,8 +354,7 @@ async def test_a_stale_cached_copy_is_refused_then_read_again(server: FakeApiSer
     fixed["spec"] = virtual_service("web", (50, 50))["spec"]
     server.update(fixed)  # the informer has not seen this yet
     sync_store(store, server)
-    writer = make_writer(KubeStatusApi(api), store, Leadership(True))
-    writer._cached = lambda key: copy.deepcopy(stale)  # noqa: SLF001
+    writer = make_writer(KubeStatusApi(api), store, Leadership(True), cached=lambda _: copy.deepcopy(stale))
     await writer.sync_once()
     assert writer.conflicts == 1 and writer.writes == 0  # the stale resourceVersion: 409, nothing overwritten
 

@@ -260,7 +260,7 @@ class StatusWriter:
             return None
         group, _ = ISTIO_KINDS[key.kind]
         version = str(obj.get("apiVersion") or "")
-        if api_version and version != api_version or not version.startswith(f"{group}/"):
+        if (api_version and version != api_version) or not version.startswith(f"{group}/"):
             return None
         return obj
 
