@@ -288,6 +288,7 @@ class _Agent:
                     await site.cleanup()
             await server.stop(grace=0.5)
             self.socket_path.unlink(missing_ok=True)
+            stats_socket_path(self.settings).unlink(missing_ok=True)
 
 
 async def run_agent(

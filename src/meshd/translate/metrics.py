@@ -60,13 +60,8 @@ SERVICE_METADATA = "meshd.service"
 UNKNOWN = "unknown"
 # The proxy's own identity, packed (`identity_id`): the environment variable the agent sets for Envoy
 IDENTITY_ENV = "MESHD_PEER_ID"
-_IDENTITY_LABELS = (
-    "workload",
-    "workload_namespace",
-    "app",
-    "version",
-    "cluster",
-)  # Istio's, after source_/destination_
+# Istio's labels for it, after `source_` or `destination_` (in IDENTITY_FIELDS' order)
+_IDENTITY_LABELS = ("workload", "workload_namespace", "app", "version", "cluster")
 
 # Istio's metric names (Telemetry API enum -> exposed name without the `istio_` prefix)
 REQUEST_COUNT = "REQUEST_COUNT"
