@@ -105,4 +105,6 @@ def test_every_standard_label_has_one_compact_home() -> None:
     grouped = [label for members in GROUPS.values() for label, _ in members]
     assert len(grouped) == len(set(grouped)) == 13
     assert not set(grouped) & set(SINGLE.values())
+    # every compact tag starts with `_`, which Telemetry tag overrides may not (api/telemetry.py)
+    assert all(tag.startswith("_") for tag in [*GROUPS, *SINGLE])
     assert compact([group_label("source_app", "%X%")]) == [("_is_a", "%X%")]

@@ -71,6 +71,7 @@ def resolve(*items: Telemetry, namespace: str = "shop", labels: dict[str, str] |
         ({"metrics": [{"overrides": [{"tagOverrides": {"x": {"value": "request.headers['a'"}}}]}]}, "spec.metrics[0].overrides[0].tagOverrides.x.value", "unclosed"),  # noqa: E501
         ({"metrics": [{"overrides": [{"tagOverrides": {"x": {"value": "response.code % 2"}}}]}]}, "spec.metrics[0].overrides[0].tagOverrides.x.value", "'%'"),  # noqa: E501
         ({"metrics": [{"overrides": [{"tagOverrides": {"bad-name": {"operation": "REMOVE"}}}]}]}, "spec.metrics[0].overrides[0].tagOverrides.'bad-name'", "not a Prometheus label name"),  # noqa: E501
+        ({"metrics": [{"overrides": [{"tagOverrides": {"_sp": {"value": "'x'"}}}]}]}, "spec.metrics[0].overrides[0].tagOverrides.'_sp'", "compact metric tags"),  # noqa: E501
         ({"metrics": [{"overrides": [{"match": {"mode": "BOTH"}}]}]}, "spec.metrics[0].overrides[0].match.mode", "CLIENT"),  # noqa: E501
         ({"metrics": [{"providers": [{"name": "stackdriver"}]}]}, "spec.metrics[0].providers", "only the prometheus"),
         ({"metrics": [{"reportingInterval": "5s"}]}, "spec.metrics[0].reportingInterval", "cumulative"),

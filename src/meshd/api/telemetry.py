@@ -176,6 +176,8 @@ class MetricsOverride(StrictModel):
         for name in value:
             if not _TAG_NAME.match(name):
                 raise ValueError(f"{name!r}: not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*)")
+            if name.startswith("_"):  # translate/metric_labels.py: the scrape endpoints would rewrite it
+                raise ValueError(f"{name!r}: names starting with '_' are meshd's compact metric tags")
         return value
 
     @property
