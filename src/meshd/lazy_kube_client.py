@@ -1,0 +1,130 @@
+"""kubernetes_asyncio's generated client, imported by name instead of whole.
+
+The packages `kubernetes_asyncio`, `.client`, `.client.api` and `.client.models` import every one of their
+~1700 modules in their `__init__` (every API group and every model class of the Kubernetes API), although
+meshd uses a dozen. That was 0.35-0.4 s of CPU and ~40 MB at every start of `meshd serve` in Kubernetes
+mode, more than the rest of its start-up.
+
+`install()` puts a stand-in for each of those four packages into `sys.modules` before the first import.
+A stand-in is a package (same name, same `__path__`, so its submodules import as usual) whose attributes
+are the names its real `__init__` binds, each imported on first use: `client.CoreV1Api` imports
+`kubernetes_asyncio.client.api.core_v1_api` alone, and `ApiClient`'s deserializer, which looks model
+classes up on `kubernetes_asyncio.client.models` by name, imports just the models of the responses it
+reads. Which module a name comes from is read from the real `__init__` (its `ast`), so a new version of the
+library is followed. An `__init__` that does anything else than binding names from its own submodules
+(or binds fewer names than its `__all__`) is not replaced: the library is then imported as it is.
+
+Nothing else changes: the objects are the library's own. `install` runs when the `meshd` package is
+imported (`meshd/__init__.py`), which is before any meshd module imports the library, and does nothing if
+the library is already imported or not installed.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.machinery
+import importlib.util
+import pathlib
+import sys
+import types
+
+PACKAGE = "kubernetes_asyncio"
+LAZY_PACKAGES = (PACKAGE, f"{PACKAGE}.client", f"{PACKAGE}.client.api", f"{PACKAGE}.client.models")
+_ALLOWED_NAMES = {"__version__", "__project__", "__all__"}
+
+# name -> (module it comes from, attribute of that module; None: the name is that module itself)
+Exports = dict[str, tuple[str, str | None]]
+
+
+def exports_of(source: str, package: str) -> tuple[Exports, str | None] | None:
+    """The names a package's `__init__` binds and where each comes from, and its `__version__`; None when
+    the `__init__` does more than bind names from the library's own modules (it must then run as it is)."""
+    exports: Exports = {}
+    listed: list[str] | None = None
+    version: str | None = None
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            continue  # the docstring
+        if isinstance(node, ast.ImportFrom) and node.module == "__future__":
+            continue
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith(f"{PACKAGE}."):
+            for alias in node.names:
+                exports[alias.asname or alias.name] = (node.module or "", alias.name)
+            continue
+        if isinstance(node, ast.Import) and all(a.name.startswith(f"{package}.") and a.asname for a in node.names):
+            for alias in node.names:
+                exports[alias.asname or alias.name] = (alias.name, None)
+            continue
+        if isinstance(node, ast.Assign) and all(
+            isinstance(t, ast.Name) and t.id in _ALLOWED_NAMES for t in node.targets
+        ):
+            value = ast.literal_eval(node.value)
+            targets = {t.id for t in node.targets if isinstance(t, ast.Name)}
+            if "__all__" in targets:
+                listed = [str(name) for name in value]
+            if "__version__" in targets:
+                version = str(value)
+            continue
+        return None
+    if listed is not None and not set(listed) <= set(exports):
+        return None
+    return exports, version
+
+
+class _LazyPackage(types.ModuleType):
+    """A package whose exported names are imported on first use."""
+
+    def __init__(self, name: str, exports: Exports, version: str | None) -> None:
+        super().__init__(name)
+        self._lazy_exports = exports
+        self.__all__ = list(exports)
+        if version is not None:
+            self.__version__ = version
+
+    def __getattr__(self, name: str) -> object:
+        where = self.__dict__.get("_lazy_exports", {}).get(name)
+        if where is None:
+            raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
+        module_name, attribute = where
+        module = importlib.import_module(module_name)
+        value = module if attribute is None else getattr(module, attribute)
+        setattr(self, name, value)
+        return value
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | set(self._lazy_exports))
+
+
+def install() -> bool:
+    """Put the stand-ins in place; False (and nothing changed) when the library is already imported,
+    absent, or laid out otherwise than expected."""
+    if any(name in sys.modules for name in LAZY_PACKAGES):
+        return False
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    root = pathlib.Path(next(iter(spec.submodule_search_locations)))
+    made: dict[str, _LazyPackage] = {}
+    for name in LAZY_PACKAGES:
+        directory = root.joinpath(*name.split(".")[1:])
+        init = directory / "__init__.py"
+        try:
+            source = init.read_text(encoding="utf-8")
+            read = exports_of(source, name)
+        except (OSError, SyntaxError, ValueError):
+            return False
+        if read is None:
+            return False
+        module = _LazyPackage(name, *read)
+        module.__file__ = str(init)
+        module.__path__ = [str(directory)]
+        module.__spec__ = importlib.machinery.ModuleSpec(name, None, origin=str(init), is_package=True)
+        module.__spec__.submodule_search_locations = [str(directory)]
+        module.__package__ = name
+        made[name] = module
+        parent, _, child = name.rpartition(".")
+        if parent:  # as the import system does for a package it loads: the parent names its child
+            setattr(made[parent], child, module)
+    sys.modules.update(made)
+    return True

@@ -1,0 +1,117 @@
+"""kubernetes_asyncio's client imported by name (meshd/lazy_kube_client.py): the same objects, a fraction
+of the modules. Each check runs in a fresh interpreter, since the stand-ins must be in place before the
+library's first import."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+from meshd.lazy_kube_client import exports_of
+
+
+def _run(code: str) -> dict[str, object]:
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120, check=True
+    )
+    result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_meshd_uses_the_client_by_name_with_a_fraction_of_its_modules() -> None:
+    result = _run(
+        """
+        import asyncio, importlib, json, sys
+        import meshd
+        from kubernetes_asyncio import client, config, watch
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        async def read():
+            api = client.ApiClient()
+            try:  # the deserializer looks model classes up by name on client.models
+                return api._ApiClient__deserialize(
+                    {"metadata": {"name": "ca", "labels": {"a": "b"}}, "data": {"k": "dg=="}}, "V1Secret")
+            finally:
+                await api.close()
+
+        secret = asyncio.run(read())
+        print(json.dumps({
+            "secret": [type(secret).__name__, type(secret.metadata).__name__, secret.metadata.name],
+            "same_class": client.CoreV1Api is importlib.import_module(
+                "kubernetes_asyncio.client.api.core_v1_api").CoreV1Api,
+            "exception": ApiException is client.ApiException,
+            "watch": watch.Watch.__module__,
+            "config": callable(config.load_kube_config),
+            "modules": sum(1 for name in sys.modules if name.startswith("kubernetes_asyncio")),
+        }))
+        """
+    )
+    assert result["secret"] == ["V1Secret", "V1ObjectMeta", "ca"]
+    assert result["same_class"] is True and result["exception"] is True and result["config"] is True
+    assert result["watch"] == "kubernetes_asyncio.watch.watch"
+    assert isinstance(result["modules"], int) and result["modules"] < 60  # the whole library is ~1700
+
+
+def test_every_name_the_library_exports_resolves_to_its_own_object() -> None:
+    result = _run(
+        """
+        import json, sys
+        import meshd
+        import kubernetes_asyncio, kubernetes_asyncio.client as client
+        from kubernetes_asyncio.client import api, models
+        wrong = []
+        for package in (client, api, models):
+            for name in package.__all__:
+                value = getattr(package, name)
+                if getattr(value, "__name__", None) != name:
+                    wrong.append(f"{package.__name__}.{name}")
+        print(json.dumps({
+            "wrong": wrong,
+            "counts": [len(client.__all__), len(api.__all__), len(models.__all__)],
+            "top": [kubernetes_asyncio.client is client, kubernetes_asyncio.watch.__name__],
+            "version": client.__version__,
+        }))
+        """
+    )
+    assert result["wrong"] == []
+    counts = result["counts"]
+    assert isinstance(counts, list) and counts[0] > 700 and counts[1] > 50 and counts[2] > 600
+    assert result["top"] == [True, "kubernetes_asyncio.watch"]
+    assert isinstance(result["version"], str) and result["version"][:1].isdigit()
+
+
+def test_an_already_imported_library_is_left_alone() -> None:
+    result = _run(
+        """
+        import json, sys
+        import kubernetes_asyncio.client
+        from meshd.lazy_kube_client import install
+        print(json.dumps({"installed": install(), "kind": type(sys.modules["kubernetes_asyncio.client"]).__name__}))
+        """
+    )
+    assert result == {"installed": False, "kind": "module"}
+
+
+def test_an_init_that_does_more_than_bind_names_is_not_replaced() -> None:
+    package = "kubernetes_asyncio.client"
+    plain = '"""doc"""\nfrom __future__ import absolute_import\n__version__ = "1.0"\n'
+    binds = "from kubernetes_asyncio.client.api.core_v1_api import CoreV1Api\n"
+    assert exports_of(plain + binds + '__all__ = ["CoreV1Api"]\n', package) == (
+        {"CoreV1Api": ("kubernetes_asyncio.client.api.core_v1_api", "CoreV1Api")},
+        "1.0",
+    )
+    assert exports_of(plain + "import kubernetes_asyncio.client.rest as rest\n", package) == (
+        {"rest": ("kubernetes_asyncio.client.rest", None)},
+        "1.0",
+    )
+    for extra in (
+        "import os\n",  # a module from elsewhere
+        "from os import path\n",
+        "configure()\n",  # code that runs
+        "DEFAULT = object()\n",  # a name that is not an import
+        '__all__ = ["CoreV1Api", "Missing"]\n',  # a listed name nobody binds
+        "from .rest import RESTClientObject\n",  # relative
+    ):
+        assert exports_of(plain + binds + extra, package) is None, extra
