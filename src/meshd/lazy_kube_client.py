@@ -2,17 +2,18 @@
 
 The packages `kubernetes_asyncio`, `.client`, `.client.api` and `.client.models` import every one of their
 ~1700 modules in their `__init__` (every API group and every model class of the Kubernetes API), although
-meshd uses a dozen. That was 0.35-0.4 s of CPU and ~40 MB at every start of `meshd serve` in Kubernetes
-mode, more than the rest of its start-up.
+meshd uses a dozen. Measured on `meshd serve` in Kubernetes mode (`make bench BENCH_ARGS="--peer istiod"`,
+200 services with Sidecars): ~0.2 s less CPU at every start and ~30 MB less peak RSS without them.
 
 `install()` puts a stand-in for each of those four packages into `sys.modules` before the first import.
 A stand-in is a package (same name, same `__path__`, so its submodules import as usual) whose attributes
 are the names its real `__init__` binds, each imported on first use: `client.CoreV1Api` imports
 `kubernetes_asyncio.client.api.core_v1_api` alone, and `ApiClient`'s deserializer, which looks model
 classes up on `kubernetes_asyncio.client.models` by name, imports just the models of the responses it
-reads. Which module a name comes from is read from the real `__init__` (its `ast`), so a new version of the
-library is followed. An `__init__` that does anything else than binding names from its own submodules
-(or binds fewer names than its `__all__`) is not replaced: the library is then imported as it is.
+reads. Which module a name comes from is read from the real `__init__` (its `ast`), at the first lookup,
+so a new version of the library is followed and a process that never talks to Kubernetes (the node agent)
+reads nothing. An `__init__` that does anything else than bind names from the library's own modules (or
+binds fewer names than its `__all__`) is run as it is, in the stand-in, as an import would have run it.
 
 Nothing else changes: the objects are the library's own. `install` runs when the `meshd` package is
 imported (`meshd/__init__.py`), which is before any meshd module imports the library, and does nothing if
@@ -21,7 +22,6 @@ the library is already imported or not installed.
 
 from __future__ import annotations
 
-import ast
 import importlib
 import importlib.machinery
 import importlib.util
@@ -40,6 +40,10 @@ Exports = dict[str, tuple[str, str | None]]
 def exports_of(source: str, package: str) -> tuple[Exports, str | None] | None:
     """The names a package's `__init__` binds and where each comes from, and its `__version__`; None when
     the `__init__` does more than bind names from the library's own modules (it must then run as it is)."""
+    import ast  # here: only a process that uses the library reads its __init__
+
+    library = package.split(".")[0]
+
     exports: Exports = {}
     listed: list[str] | None = None
     version: str | None = None
@@ -48,7 +52,7 @@ def exports_of(source: str, package: str) -> tuple[Exports, str | None] | None:
             continue  # the docstring
         if isinstance(node, ast.ImportFrom) and node.module == "__future__":
             continue
-        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith(f"{PACKAGE}."):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith(f"{library}."):
             for alias in node.names:
                 exports[alias.asname or alias.name] = (node.module or "", alias.name)
             continue
@@ -73,17 +77,36 @@ def exports_of(source: str, package: str) -> tuple[Exports, str | None] | None:
 
 
 class _LazyPackage(types.ModuleType):
-    """A package whose exported names are imported on first use."""
+    """A package whose exported names are imported on first use. Its `__init__` is read at the first
+    lookup of a name it does not hold yet (so `import meshd` costs no parsing); an `__init__` that does more
+    than bind names is then run in this module, as the import system would have run it."""
 
-    def __init__(self, name: str, exports: Exports, version: str | None) -> None:
+    def __init__(self, name: str, init: pathlib.Path) -> None:
         super().__init__(name)
-        self._lazy_exports = exports
-        self.__all__ = list(exports)
-        if version is not None:
-            self.__version__ = version
+        self._lazy_init = init
+        self._lazy_exports: Exports | None = None
+
+    def _exports(self) -> Exports:
+        if self._lazy_exports is None:
+            source = self._lazy_init.read_text(encoding="utf-8")
+            read = exports_of(source, self.__name__)
+            self._lazy_exports = {}
+            if read is None:
+                exec(compile(source, str(self._lazy_init), "exec"), self.__dict__)  # the library's own __init__
+            else:
+                self._lazy_exports, version = read
+                self.__all__ = list(self._lazy_exports)
+                if version is not None:
+                    self.__version__ = version
+        return self._lazy_exports
 
     def __getattr__(self, name: str) -> object:
-        where = self.__dict__.get("_lazy_exports", {}).get(name)
+        if name.startswith("_lazy_"):
+            raise AttributeError(name)
+        exports = self._exports()
+        if name in self.__dict__:  # bound by reading the __init__ (__all__, __version__, or all of it)
+            return self.__dict__[name]
+        where = exports.get(name)
         if where is None:
             raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
         module_name, attribute = where
@@ -93,30 +116,25 @@ class _LazyPackage(types.ModuleType):
         return value
 
     def __dir__(self) -> list[str]:
-        return sorted(set(super().__dir__()) | set(self._lazy_exports))
+        return sorted(set(super().__dir__()) | set(self._exports()))
 
 
-def install() -> bool:
-    """Put the stand-ins in place; False (and nothing changed) when the library is already imported,
-    absent, or laid out otherwise than expected."""
-    if any(name in sys.modules for name in LAZY_PACKAGES):
+def install(packages: tuple[str, ...] = LAZY_PACKAGES) -> bool:
+    """Put the stand-ins of `packages` (a library's top package first, then subpackages whose parents come
+    before them) in place; False (and nothing changed) when the library is already imported or absent."""
+    if any(name in sys.modules for name in packages):
         return False
-    spec = importlib.util.find_spec(PACKAGE)
+    spec = importlib.util.find_spec(packages[0])
     if spec is None or not spec.submodule_search_locations:
         return False
     root = pathlib.Path(next(iter(spec.submodule_search_locations)))
     made: dict[str, _LazyPackage] = {}
-    for name in LAZY_PACKAGES:
+    for name in packages:
         directory = root.joinpath(*name.split(".")[1:])
         init = directory / "__init__.py"
-        try:
-            source = init.read_text(encoding="utf-8")
-            read = exports_of(source, name)
-        except (OSError, SyntaxError, ValueError):
+        if not init.is_file():
             return False
-        if read is None:
-            return False
-        module = _LazyPackage(name, *read)
+        module = _LazyPackage(name, init)
         module.__file__ = str(init)
         module.__path__ = [str(directory)]
         module.__spec__ = importlib.machinery.ModuleSpec(name, None, origin=str(init), is_package=True)

@@ -4,12 +4,16 @@ library's first import."""
 
 from __future__ import annotations
 
+import importlib
 import json
+import pathlib
 import subprocess
 import sys
 import textwrap
 
-from meshd.lazy_kube_client import exports_of
+import pytest
+
+from meshd.lazy_kube_client import exports_of, install
 
 
 def _run(code: str) -> dict[str, object]:
@@ -115,3 +119,44 @@ def test_an_init_that_does_more_than_bind_names_is_not_replaced() -> None:
         "from .rest import RESTClientObject\n",  # relative
     ):
         assert exports_of(plain + binds + extra, package) is None, extra
+
+
+def _fake_library(root: pathlib.Path, name: str, init: str) -> None:
+    (root / name / "sub").mkdir(parents=True)
+    (root / name / "__init__.py").write_text(init)
+    (root / name / "sub" / "__init__.py").write_text(f"from {name}.sub.thing import Thing\n__all__ = ['Thing']\n")
+    (root / name / "sub" / "thing.py").write_text("class Thing:\n    pass\n")
+    (root / name / "sub" / "other.py").write_text("raise AssertionError('imported although nobody asked')\n")
+
+
+def test_a_fake_library_is_imported_name_by_name(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    name = "lazyfake_plain"
+    _fake_library(tmp_path, name, f'"""doc"""\n__version__ = "2.0"\nimport {name}.sub as sub\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert install((name, f"{name}.sub")) is True
+        package = importlib.import_module(name)
+        assert f"{name}.sub.thing" not in sys.modules
+        assert package.sub.Thing.__module__ == f"{name}.sub.thing"  # imported on first use
+        assert f"{name}.sub.other" not in sys.modules
+        assert package.__version__ == "2.0" and package.sub.__all__ == ["Thing"]
+        assert install((name, f"{name}.sub")) is False  # already in place
+    finally:
+        for module in [m for m in sys.modules if m.split(".")[0] == name]:
+            del sys.modules[module]
+
+
+def test_an_init_that_does_more_than_bind_names_runs_as_it_is(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = "lazyfake_busy"
+    _fake_library(tmp_path, name, f"import os\nSEP = os.sep\nfrom {name}.sub.thing import Thing\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert install((name, f"{name}.sub")) is True
+        package = importlib.import_module(name)
+        assert package.SEP == "/"  # the __init__ ran, in the stand-in
+        assert package.Thing.__module__ == f"{name}.sub.thing"
+    finally:
+        for module in [m for m in sys.modules if m.split(".")[0] == name]:
+            del sys.modules[module]
