@@ -10,6 +10,7 @@ import pathlib
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -121,42 +122,44 @@ def test_an_init_that_does_more_than_bind_names_is_not_replaced() -> None:
         assert exports_of(plain + binds + extra, package) is None, extra
 
 
-def _fake_library(root: pathlib.Path, name: str, init: str) -> None:
-    (root / name / "sub").mkdir(parents=True)
-    (root / name / "__init__.py").write_text(init)
-    (root / name / "sub" / "__init__.py").write_text(f"from {name}.sub.thing import Thing\n__all__ = ['Thing']\n")
-    (root / name / "sub" / "thing.py").write_text("class Thing:\n    pass\n")
-    (root / name / "sub" / "other.py").write_text("raise AssertionError('imported although nobody asked')\n")
+@pytest.fixture
+def fake_library(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str, str], None]]:
+    """Writes a library `name` with the given `__init__` and a subpackage `sub` (its `Thing` bound by name,
+    and a module `other` that fails if imported) on sys.path; forgets its modules afterwards."""
+    names: list[str] = []
+
+    def write(name: str, init: str) -> None:
+        names.append(name)
+        (tmp_path / name / "sub").mkdir(parents=True)
+        (tmp_path / name / "__init__.py").write_text(init)
+        (tmp_path / name / "sub" / "__init__.py").write_text(
+            f"from {name}.sub.thing import Thing\n__all__ = ['Thing']\n"
+        )
+        (tmp_path / name / "sub" / "thing.py").write_text("class Thing:\n    pass\n")
+        (tmp_path / name / "sub" / "other.py").write_text("raise AssertionError('imported although nobody asked')\n")
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield write
+    for module in [m for m in sys.modules if m.split(".")[0] in names]:
+        del sys.modules[module]
 
 
-def test_a_fake_library_is_imported_name_by_name(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_fake_library_is_imported_name_by_name(fake_library: Callable[[str, str], None]) -> None:
     name = "lazyfake_plain"
-    _fake_library(tmp_path, name, f'"""doc"""\n__version__ = "2.0"\nimport {name}.sub as sub\n')
-    monkeypatch.syspath_prepend(str(tmp_path))
-    try:
-        assert install((name, f"{name}.sub")) is True
-        package = importlib.import_module(name)
-        assert f"{name}.sub.thing" not in sys.modules
-        assert package.sub.Thing.__module__ == f"{name}.sub.thing"  # imported on first use
-        assert f"{name}.sub.other" not in sys.modules
-        assert package.__version__ == "2.0" and package.sub.__all__ == ["Thing"]
-        assert install((name, f"{name}.sub")) is False  # already in place
-    finally:
-        for module in [m for m in sys.modules if m.split(".")[0] == name]:
-            del sys.modules[module]
+    fake_library(name, f'"""doc"""\n__version__ = "2.0"\nimport {name}.sub as sub\n')
+    assert install((name, f"{name}.sub")) is True
+    package = importlib.import_module(name)
+    assert f"{name}.sub.thing" not in sys.modules
+    assert package.sub.Thing.__module__ == f"{name}.sub.thing"  # imported on first use
+    assert f"{name}.sub.other" not in sys.modules
+    assert package.__version__ == "2.0" and package.sub.__all__ == ["Thing"]
+    assert install((name, f"{name}.sub")) is False  # already in place
 
 
-def test_an_init_that_does_more_than_bind_names_runs_as_it_is(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_an_init_that_does_more_than_bind_names_runs_as_it_is(fake_library: Callable[[str, str], None]) -> None:
     name = "lazyfake_busy"
-    _fake_library(tmp_path, name, f"import os\nSEP = os.sep\nfrom {name}.sub.thing import Thing\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    try:
-        assert install((name, f"{name}.sub")) is True
-        package = importlib.import_module(name)
-        assert package.SEP == "/"  # the __init__ ran, in the stand-in
-        assert package.Thing.__module__ == f"{name}.sub.thing"
-    finally:
-        for module in [m for m in sys.modules if m.split(".")[0] == name]:
-            del sys.modules[module]
+    fake_library(name, f"import os\nSEP = os.sep\nfrom {name}.sub.thing import Thing\n")
+    assert install((name, f"{name}.sub")) is True
+    package = importlib.import_module(name)
+    assert package.SEP == "/"  # the __init__ ran, in the stand-in
+    assert package.Thing.__module__ == f"{name}.sub.thing"
