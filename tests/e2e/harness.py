@@ -195,6 +195,10 @@ class Meshd:
                 await self.process.wait()
         self.process = None
 
+    def failure_logs(self) -> str:
+        """What a failing test shows of it (a Meshd alone can be given to `logs_on_failure`)."""
+        return log_tail("meshd log", self.log(), MESHD_LOG_TAIL)
+
     async def close(self) -> None:
         await self.stop()
         await self.session.close()

@@ -22,7 +22,7 @@ import pytest
 import pytest_asyncio
 
 from tests.e2e.agents import AgentProcess
-from tests.e2e.harness import Meshd, eventually, free_port, next_subnet
+from tests.e2e.harness import Meshd, eventually, free_port, logs_on_failure, next_subnet
 from tests.kubeapi import KubeRest
 from tests.kubereal.control_plane import ControlPlane
 
@@ -53,36 +53,34 @@ async def setup(real_kube: ControlPlane, tmp_path_factory: pytest.TempPathFactor
                     "--webhook-port", str(port), "--status-interval", "0.2"),
     )  # fmt: skip
     hook = "meshd-pc-injector"
-    try:
-        await meshd.start()
+    async with logs_on_failure(meshd):  # a failing test's report carries meshd's log
+        try:
+            await meshd.start()
 
-        async def root() -> str | None:
-            cm = await rest.get("v1", "ConfigMap", NS, "istio-ca-root-cert")
-            return None if cm is None else str((cm.get("data") or {}).get("root-cert.pem"))
+            async def root() -> str | None:
+                cm = await rest.get("v1", "ConfigMap", NS, "istio-ca-root-cert")
+                return None if cm is None else str((cm.get("data") or {}).get("root-cert.pem"))
 
-        pem = await eventually(root, what="meshd's root certificate")
-        await rest.apply({
-            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
-            "metadata": {"name": hook},
-            "webhooks": [{
-                "name": "injection.pc.meshd.test",
-                "clientConfig": {"url": f"https://127.0.0.1:{port}/inject",
-                                 "caBundle": base64.b64encode(pem.encode()).decode()},
-                "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}],
-                "namespaceSelector": {"matchLabels": {**LABELS, "kubernetes.io/metadata.name": APPS}},
-                "failurePolicy": "Fail", "sideEffects": "None", "admissionReviewVersions": ["v1"],
-                "reinvocationPolicy": "Never",
-            }],
-        })  # fmt: skip
-        yield Setup(rest, meshd)
-    except BaseException:
-        print(f"----- meshd log -----\n{meshd.log()[-6000:]}")
-        raise
-    finally:
-        await rest.delete("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration", "", hook)
-        await rest.delete("v1", "Namespace", "", APPS)
-        await meshd.close()
-        await rest.close()
+            pem = await eventually(root, what="meshd's root certificate")
+            await rest.apply({
+                "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+                "metadata": {"name": hook},
+                "webhooks": [{
+                    "name": "injection.pc.meshd.test",
+                    "clientConfig": {"url": f"https://127.0.0.1:{port}/inject",
+                                     "caBundle": base64.b64encode(pem.encode()).decode()},
+                    "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                               "resources": ["pods"]}],
+                    "namespaceSelector": {"matchLabels": {**LABELS, "kubernetes.io/metadata.name": APPS}},
+                    "failurePolicy": "Fail", "sideEffects": "None", "admissionReviewVersions": ["v1"],
+                    "reinvocationPolicy": "Never",
+                }],
+            })  # fmt: skip
+            yield Setup(rest, meshd)
+        finally:
+            await rest.delete("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration", "", hook)
+            await rest.delete("v1", "Namespace", "", APPS)
+            await rest.close()
 
 
 def proxy_config(name: str, namespace: str, spec: dict[str, Any]) -> dict[str, Any]:
