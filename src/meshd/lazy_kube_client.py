@@ -63,7 +63,10 @@ def exports_of(source: str, package: str) -> tuple[Exports, str | None] | None:
         if isinstance(node, ast.Assign) and all(
             isinstance(t, ast.Name) and t.id in _ALLOWED_NAMES for t in node.targets
         ):
-            value = ast.literal_eval(node.value)
+            try:
+                value = ast.literal_eval(node.value)
+            except ValueError:  # computed: the __init__ must run
+                return None
             targets = {t.id for t in node.targets if isinstance(t, ast.Name)}
             if "__all__" in targets:
                 listed = [str(name) for name in value]

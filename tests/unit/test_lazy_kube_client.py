@@ -99,7 +99,7 @@ def test_an_already_imported_library_is_left_alone() -> None:
     assert result == {"installed": False, "kind": "module"}
 
 
-def test_an_init_that_does_more_than_bind_names_is_not_replaced() -> None:
+def test_an_init_that_does_more_than_bind_names_is_not_read_as_names() -> None:
     package = "kubernetes_asyncio.client"
     plain = '"""doc"""\nfrom __future__ import absolute_import\n__version__ = "1.0"\n'
     binds = "from kubernetes_asyncio.client.api.core_v1_api import CoreV1Api\n"
@@ -116,6 +116,7 @@ def test_an_init_that_does_more_than_bind_names_is_not_replaced() -> None:
         "from os import path\n",
         "configure()\n",  # code that runs
         "DEFAULT = object()\n",  # a name that is not an import
+        '__version__ = ".".join(["1", "0"])\n',  # a computed value
         '__all__ = ["CoreV1Api", "Missing"]\n',  # a listed name nobody binds
         "from .rest import RESTClientObject\n",  # relative
     ):
