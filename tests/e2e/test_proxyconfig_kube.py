@@ -173,19 +173,22 @@ async def test_an_invalid_proxy_config_is_reported_and_changes_no_injection(setu
     concurrency, env = await injected(setup, labels={"app": "db"})
     assert concurrency == "3" and "PC_BAD" not in env, (concurrency, env)
 
-    # a second ProxyConfig without selector in the namespace: ignored (the oldest applies), and said so
-    await setup.rest.apply(proxy_config("ns-second", APPS, {"concurrency": 8}))
+    # a second ProxyConfig without selector in the namespace: ignored (the oldest applies), and said so.
+    # Istio's order is creation time (whole seconds), then name: created within ns-wide's second, a name
+    # sorting before "ns-wide" would apply instead, so this one's name sorts after it.
+    await setup.rest.apply(proxy_config("ns-wide-later", APPS, {"concurrency": 8}))
 
     async def warned() -> str | None:
-        current = await setup.rest.get(PC, "ProxyConfig", APPS, "ns-second")
+        current = await setup.rest.get(PC, "ProxyConfig", APPS, "ns-wide-later")
         messages = ((current or {}).get("status") or {}).get("validationMessages") or []
         return next(
             (m["description"] for m in messages if "already applies to the namespace" in m["description"]), None
         )
 
-    assert f"ProxyConfig {APPS}/ns-wide (older)" in await eventually(warned, timeout=120, what="a warning on ns-second")
+    warning = await eventually(warned, timeout=120, what="a warning on ns-wide-later")
+    assert f"ProxyConfig {APPS}/ns-wide (older)" in warning
     assert (await injected(setup, labels={"app": "db"}))[0] == "3"
-    await setup.rest.delete(PC, "ProxyConfig", APPS, "ns-second")
+    await setup.rest.delete(PC, "ProxyConfig", APPS, "ns-wide-later")
 
 
 def _children(pid: int) -> list[int]:

@@ -106,6 +106,18 @@ def test_a_second_proxy_config_without_selector_in_a_namespace_gets_a_warning() 
     assert "ProxyConfig shop/a-older (older) already applies to the namespace" in warning.message
 
 
+def test_one_second_of_creation_time_orders_them_and_then_the_name() -> None:
+    """Creation timestamps have whole seconds: within one, the name decides (Istio's order)."""
+    second = "2026-12-02T00:00:00Z"
+    wide, a = proxy_config("ns-wide", "shop", {}, created=second), proxy_config("ns-a", "shop", {}, created=second)
+    [warning] = namespace_conflicts([wide, a])
+    assert str(warning.key) == "ProxyConfig shop/ns-wide" and "shop/ns-a (older)" in warning.message
+    z = proxy_config("ns-z", "shop", {}, created="2026-12-01T23:59:59Z")  # a second earlier: first, whatever its name
+    warnings = namespace_conflicts([wide, a, z])
+    assert sorted(str(w.key) for w in warnings) == ["ProxyConfig shop/ns-a", "ProxyConfig shop/ns-wide"]
+    assert all("shop/ns-z (older)" in w.message for w in warnings)
+
+
 def test_a_gateway_pod_gets_them_too() -> None:
     pod = make_pod(labels={"istio": "ingressgateway"}, annotations={"inject.istio.io/templates": "gateway"})
     pod["spec"]["containers"] = [{"name": "istio-proxy", "image": "auto"}]
