@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -206,5 +207,9 @@ async def test_a_stuck_proxy_is_disconnected_and_never_delays_the_others(tmp_pat
 
             await eventually(dropped, timeout=10, what="the stuck proxy to be disconnected")
             stuck.cancel()
+            # A push is counted when it is handed to the stream, before the write completes: the
+            # counter never lags what a proxy already holds (and the stuck proxy's push counts too).
+            pushed = re.search(r'^pilot_xds_pushes\{type="cds"\} ([\d.]+)$', await server.metrics(), re.M)
+            assert pushed is not None and float(pushed[1]) == 4
     finally:
         await server.close()

@@ -223,6 +223,10 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             conn.change_times[resp.type_url] = (resp.nonce, changed_at)
             message = delta_response(resp) if delta else sotw_response(resp)
             kind = short_name(resp.type_url)
+            # Counted before the write: its completion can reach this loop after Envoy has already
+            # applied the response, and the counters must never lag what a proxy holds.
+            self._metrics.xds_pushes.inc(kind)
+            self._metrics.xds_bytes.inc(kind, len(message))
             try:
                 # (asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
                 # that arrives as the write completes, and it makes a task per write)
@@ -236,8 +240,6 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                     self._send_timeout,
                 )
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "proxy did not read its xDS stream in time")
-            self._metrics.xds_pushes.inc(kind)
-            self._metrics.xds_bytes.inc(kind, len(message))
             self._metrics.push_time.labels(kind).observe(max(0.0, self._clock.now() - changed_at))
             self._log.debug(
                 "event=push proxy=%s type=%s version=%s nonce=%s resources=%d removed=%d",
