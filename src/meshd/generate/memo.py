@@ -70,6 +70,24 @@ class ResourceMemo:
             if type(built) is Refused:
                 self.refused[key] = built.errors
 
+    def resolve_one(self, spec: Spec) -> Built:
+        """One spec's entry (built or reused), for a build that uses it as a part: not served itself, so
+        a refused one is not reported here (the resource built from it carries its errors)."""
+        built = self._entries.get(spec.key)
+        if built is None:
+            built = self._old.get(spec.key)
+            if built is None:
+                built = _build(spec)
+                self.built += 1
+            else:
+                self.reused += 1
+                if self._check:
+                    _verify(spec, built)
+            self._entries[spec.key] = built
+        elif self._check:
+            _verify(spec, built)
+        return built
+
     def resolve(self, specs: Iterable[Spec], used: list[MemoEntry] | None = None) -> dict[str, XdsResource]:
         """Resources for the specs, by name (a refused one left out); `used` collects (key, entry) for a
         later `keep`."""
@@ -104,7 +122,8 @@ def _build(spec: Spec) -> Built:
     if isinstance(built, bytes):
         return make_raw_resource(spec.name, spec.type_url, built)
     if isinstance(built, Partial):
-        return Refused(make_raw_resource(spec.name, spec.type_url, built.body), built.errors)
+        body = built.body
+        return Refused(None if body is None else make_raw_resource(spec.name, spec.type_url, body), built.errors)
     found = violations(built)
     if found:
         kind = short_name("type.googleapis.com/" + built.DESCRIPTOR.full_name)

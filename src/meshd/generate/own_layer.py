@@ -4,6 +4,9 @@ scope serving the same ports; the rest is bound to the address and built directl
 
 from __future__ import annotations
 
+from functools import partial
+
+from meshd.api.meta import InvalidResource
 from meshd.generate.memo import MemoEntry, Refused, ResourceMemo, build_all, reuse_layer
 from meshd.generate.reads import Context
 from meshd.translate.capture import capture_cluster_specs, capture_listener_specs, inbound_protocols
@@ -16,7 +19,9 @@ from meshd.translate.sidecar_ingress import (
     ingress_cluster_specs,
     plaintext_ports,
 )
+from meshd.translate.spec import Spec
 from meshd.translate.telemetry.apply import with_telemetry
+from meshd.translate.telemetry.resolve import WorkloadTelemetry
 from meshd.xds.resource import CLUSTER, LISTENER, Snapshot
 
 
@@ -45,6 +50,7 @@ def build_own_layer(
             jwt=jwt,
             authz=authz,
             inbound=inbound,
+            skeletons=partial(_skeleton, memo, telemetry),
         )
         ingress_specs = bound_ingress_listener_specs(inbound, proxy, modes=modes, capture=True, jwt=jwt, authz=authz)
         # Nothing here is bound to the proxy's address unless its key says so (a Sidecar's ingress):
@@ -91,3 +97,13 @@ def build_own_layer(
         }
     memo.keep(refused)
     return reuse_layer(own, previous), refused
+
+
+def _skeleton(memo: ResourceMemo, telemetry: WorkloadTelemetry, spec: Spec) -> bytes | tuple[InvalidResource, ...]:
+    """virtualInbound's skeleton through the memo (shared by every proxy serving the same ports the same
+    way), with the workload's telemetry on its connection managers and TCP proxies."""
+    [decorated] = with_telemetry([spec], telemetry)
+    built = memo.resolve_one(decorated)
+    if isinstance(built, Refused):
+        return built.errors
+    return built.body

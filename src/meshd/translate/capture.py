@@ -47,6 +47,7 @@ from meshd.translate.cluster_policy import inbound_pool
 from meshd.translate.clusters import CONNECT_TIMEOUT, set_upstream_protocol, socket_address
 from meshd.translate.grpc_messages import message_count_filters
 from meshd.translate.http_filters import inbound_http_filters
+from meshd.translate.inbound_splice import LISTENER_TYPE, Skeletons, assemble, build_skeleton
 from meshd.translate.jwt_authn import JwtProviders
 from meshd.translate.l4_chain import cidr_range, filter_chain
 from meshd.translate.listener_plan import RESERVED_PORTS, ListenerPlan, PortPlan
@@ -86,6 +87,7 @@ INBOUND_SOURCE = "127.0.0.6"  # the source of the sidecar's connections to its o
 ALLOW_ANY, REGISTRY_ONLY = "ALLOW_ANY", "REGISTRY_ONLY"
 ANY_ADDRESS = "0.0.0.0"
 OUTBOUND, INBOUND = 2, 1  # envoy.config.core.v3.TrafficDirection
+InboundShape = tuple[tuple[int, str], ...]  # the served target ports and their protocols, in order
 
 
 def _tcp_chain(name: str, cluster: str) -> listener_components_pb2.FilterChain:
@@ -252,7 +254,7 @@ def _ingress_chains(
 
 
 def _virtual_inbound(
-    served: tuple[InboundEntry, ...],
+    ports: InboundShape,
     inbound_port: int,
     modes: InboundMtls,
     sds: bool,
@@ -261,6 +263,10 @@ def _virtual_inbound(
     authz: InboundAuthz = NO_AUTHZ,
     ingress: tuple[IngressPort, ...] | None = None,
 ) -> listener_pb2.Listener:
+    """The skeleton of virtualInbound: every HTTP chain's route configuration holds only its name
+    (`inbound|<target>||`); the services' routes are set in by `inbound_splice.assemble`. So it depends on
+    the served ports' targets and protocols, not on the services: proxies serving the same ports the
+    same way share it."""
     listener = listener_pb2.Listener(
         name=naming.VIRTUAL_INBOUND, address=socket_address(ANY_ADDRESS, inbound_port), traffic_direction=INBOUND
     )
@@ -282,10 +288,9 @@ def _virtual_inbound(
     if ingress is not None:  # a Sidecar's ingress replaces the ports derived from the services
         found, inspect = _ingress_chains(ingress, modes, sds, jwt, authz)
         chains += found
-        served = ()
-    for target, entries in served_ports(served).items():
+        ports = ()
+    for target, protocol in ports:
         mode = modes.for_port(target)
-        protocol = target_protocol(entries)
         per_port = []
         for mtls in (True, False):
             if not admits(mode, mtls=mtls, sds=sds):
@@ -294,7 +299,7 @@ def _virtual_inbound(
             if routes_http(protocol):
                 route_name = naming.inbound_cluster(port=target)
                 chain = inbound_http_chain(
-                    entries, route_name=route_name, mtls=mtls, peer_identity=sds, jwt=jwt, authz=authz
+                    (), route_name=route_name, mtls=mtls, peer_identity=sds, jwt=jwt, authz=authz, routes=False
                 )
                 chain.name = f"{naming.inbound_cluster(port=target)}{kind}"
                 chain.filter_chain_match.destination_port.value = target
@@ -392,9 +397,11 @@ def capture_listener_specs(
     jwt: JwtProviders = (),
     authz: InboundAuthz = NO_AUTHZ,
     inbound: SidecarInbound = AUTOMATIC,
+    skeletons: Skeletons = build_skeleton,
 ) -> Iterator[Spec]:
     """Every listener of a capture-mode proxy. Nothing is bound to its address: proxies of a scope
-    with the same served ports and modes get the same listeners."""
+    with the same served ports and modes get the same listeners. `skeletons` builds virtualInbound's
+    skeleton (`inbound_splice.py`; the cache layer passes one sharing it through its memo)."""
     yield Spec(
         VIRTUAL_OUTBOUND,
         ("lds-cap-out", OUTBOUND_CAPTURE_PORT, outbound_mode),
@@ -404,9 +411,24 @@ def capture_listener_specs(
         name = naming.outbound_listener(ip=ANY_ADDRESS, port=port_plan.port)
         yield Spec(name, ("lds-cap-port", port_plan, outbound_mode), partial(_outbound, port_plan, outbound_mode))
     timeout, ingress = plan.detection_timeout, inbound.ingress
+    if ingress is not None:  # a Sidecar's ingress replaces the ports derived from the services
+        served = ()
+    # The skeleton is shared by the proxies serving the same ports the same way (through `skeletons`, the
+    # memo's); this proxy's services' routes are set into it when the listener is built.
+    ports = tuple((target, target_protocol(entries)) for target, entries in served_ports(served).items())
+    skeleton_key = ("lds-cap-in-skeleton", ports, inbound_port, modes, sds, jwt, timeout, authz, ingress)
+    skeleton = Spec(
+        naming.VIRTUAL_INBOUND,
+        skeleton_key,
+        partial(_virtual_inbound, ports, inbound_port, modes, sds, jwt, timeout, authz, ingress),
+    )
+    routes = {
+        naming.inbound_cluster(port=target): entries
+        for (target, protocol), entries in zip(ports, served_ports(served).values(), strict=True)
+        if routes_http(protocol)
+    }
     inbound_key = ("lds-cap-in", served, inbound_port, modes, sds, jwt, timeout, authz, ingress)
-    build = partial(_virtual_inbound, served, inbound_port, modes, sds, jwt, timeout, authz, ingress)
-    yield Spec(naming.VIRTUAL_INBOUND, inbound_key, build)
+    yield Spec(naming.VIRTUAL_INBOUND, inbound_key, partial(assemble, skeleton, skeletons, routes), LISTENER_TYPE)
 
 
 def capture_cluster_specs(

@@ -137,10 +137,11 @@ def inbound_index(world: World) -> dict[str, tuple[InboundEntry, ...]]:
     return {address: tuple(entries) for address, entries in index.items()}
 
 
-def _inbound_routes(
+def inbound_route_config(
     name: str, served: Sequence[InboundEntry], port_filters: tuple[hcm_pb2.HttpFilter, ...] = ()
 ) -> route_pb2.RouteConfiguration:
-    """`port_filters`: RBAC filters testing the destination port, decided per route for its target port."""
+    """An inbound chain's routes: a virtual host per served service port, to the app's target port.
+    `port_filters`: RBAC filters testing the destination port, decided per route for its target port."""
     routes = route_pb2.RouteConfiguration(name=name)
     for service, port, target in served:
         routes.virtual_hosts.append(
@@ -187,16 +188,20 @@ def inbound_http_chain(
     authz: InboundAuthz = NO_AUTHZ,
     jwt: JwtProviders = (),
     shared_port: bool = False,
+    routes: bool = True,
 ) -> listener_components_pb2.FilterChain:
     """An HTTP chain routing by Host to `inbound|<target>||` (XFCC with the peer's identity when the
     proxy has the agent's SDS), its HTTP filters `inbound_http_filters`: jwt_authn for the workload's
     RequestAuthentications, its authorization filters, the router; TLS with a
     required client certificate when `mtls`. `shared_port`: the chain serves several target ports on one
-    listener port (bound mode), so RBAC port tests are decided per route (`authz/ports.py`)."""
+    listener port (bound mode), so RBAC port tests are decided per route (`authz/ports.py`).
+    `routes` False: the route configuration holds only its name (`served` unused), for the services'
+    routes to be set in later (`inbound_splice.py`)."""
     per_port = authz.http_filters if shared_port and port_dependent(authz.http_filters) else ()
-    hcm = hcm_pb2.HttpConnectionManager(
-        stat_prefix="inbound", route_config=_inbound_routes(route_name, served, per_port)
+    config = (
+        inbound_route_config(route_name, served, per_port) if routes else route_pb2.RouteConfiguration(name=route_name)
     )
+    hcm = hcm_pb2.HttpConnectionManager(stat_prefix="inbound", route_config=config)
     normalize_paths(hcm, authz.normalization)
     hcm.access_log.extend(http_stats_loggers(reporter=DESTINATION, mtls=mtls))
     if peer_identity:

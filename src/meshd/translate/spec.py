@@ -38,9 +38,10 @@ def ident(obj: object | None) -> Ident | None:
 
 class Partial(NamedTuple):
     """Serialised bytes assembled without some parts the proto guard refused (a virtual host left out
-    of its route configuration): what is served, and why the parts are missing."""
+    of its route configuration): what is served, and why the parts are missing. `body` None: nothing is
+    served (a part the resource cannot do without was refused)."""
 
-    body: bytes
+    body: bytes | None
     errors: tuple[InvalidResource, ...]
 
 
