@@ -72,3 +72,24 @@ def test_snapshot_select(selection: frozenset[str] | None, expected: list[str]) 
     snap = snapshot(cds=["c", "a", "b"])
     assert [r.name for r in snap.select(CLUSTER, selection)] == expected
     assert snap.version(CLUSTER, selection) == version_of(snap.select(CLUSTER, selection))
+
+
+@pytest.mark.parametrize("size", [0, 1, 100, 127, 128, 16_383, 16_384, 70_000, 2_097_152])
+def test_entries_and_body_decode_whatever_the_length_prefix(size: int) -> None:
+    from envoy.service.discovery.v3 import discovery_pb2
+
+    from meshd.xds.resource import make_raw_resource
+
+    body = bytes(i % 251 for i in range(size))
+    resource = make_raw_resource("r", CLUSTER, body)
+    held = [s for s in XdsResource.__slots__ if isinstance(getattr(resource, s), bytes) and len(getattr(resource, s))]
+    assert held == ["sotw_entry"]  # the bytes are held once (the delta entry only once asked for)
+    assert resource.body == body and resource.to_any().value == body
+    [packed] = discovery_pb2.DiscoveryResponse.FromString(resource.sotw_entry).resources
+    assert (packed.type_url, packed.value) == (CLUSTER, body)
+    [entry] = discovery_pb2.DeltaDiscoveryResponse.FromString(resource.delta_entry).resources
+    assert (entry.name, entry.version, entry.resource.type_url, entry.resource.value) == (
+        "r", resource.version, CLUSTER, body
+    )  # fmt: skip
+    assert resource.delta_entry is resource.delta_entry  # made once
+    assert resource == make_raw_resource("r", CLUSTER, body)  # the delta entry made or not: equal

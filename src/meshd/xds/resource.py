@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import weakref
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf import any_pb2
@@ -39,33 +39,51 @@ def short_name(type_url: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class XdsResource:
-    """A resource, serialised once, with its encodings as an entry of a SotW response (an Any) and
-    of a delta response (a Resource): every response that carries it copies these bytes as they are."""
+    """A resource, serialised once, held as its entry in a SotW response (an Any, the resource's bytes at
+    its end): every response that carries it copies these bytes as they are. The bytes are held once:
+    `body` is cut from the entry when asked for (config dumps, patches; never on the push path), and
+    the entry of a delta response is made the first time a delta stream sends the resource."""
 
     name: str
     type_url: str
-    body: bytes
     version: str
-    sotw_entry: bytes = b""
-    delta_entry: bytes = b""
+    sotw_entry: bytes  # DiscoveryResponse.resources: Any{type_url = 1, value = 2}, the body last
+    body_size: int
+    _delta: bytes = field(default=b"", compare=False, repr=False)  # the delta entry, once made
+
+    @property
+    def body(self) -> bytes:
+        return self.sotw_entry[len(self.sotw_entry) - self.body_size :]
+
+    @property
+    def delta_entry(self) -> bytes:
+        """DeltaDiscoveryResponse.resources: Resource{version = 1, resource = 2, name = 3}."""
+        entry = self._delta
+        if not entry:
+            packed = self.sotw_entry[_prefix_size(self.sotw_entry) :]  # the Any
+            entry = length_delimited(
+                2, string_field(1, self.version) + length_delimited(2, packed) + string_field(3, self.name)
+            )
+            object.__setattr__(self, "_delta", entry)  # a cache: not part of the value (frozen otherwise)
+        return entry
 
     def to_any(self) -> any_pb2.Any:
         return any_pb2.Any(type_url=self.type_url, value=self.body)
+
+
+def _prefix_size(entry: bytes) -> int:
+    """The size of a length-delimited field's tag (one byte: field 2) and length varint."""
+    at = 1
+    while entry[at] & 0x80:
+        at += 1
+    return at + 1
 
 
 def make_raw_resource(name: str, type_url: str, body: bytes) -> XdsResource:
     """A resource from its serialised bytes (built by protobuf or assembled from parts)."""
     version = hashlib.sha256(body).hexdigest()[:16]
     packed = string_field(1, type_url) + length_delimited(2, body)  # google.protobuf.Any
-    return XdsResource(
-        name=name,
-        type_url=type_url,
-        body=body,
-        version=version,
-        sotw_entry=length_delimited(2, packed),  # DiscoveryResponse.resources
-        # DeltaDiscoveryResponse.resources: Resource{version = 1, resource = 2, name = 3}
-        delta_entry=length_delimited(2, string_field(1, version) + length_delimited(2, packed) + string_field(3, name)),
-    )
+    return XdsResource(name, type_url, version, length_delimited(2, packed), len(body))
 
 
 def make_resource(name: str, message: Any) -> XdsResource:
