@@ -76,7 +76,7 @@ from meshd.translate.sidecar_ingress import (
     ingress_chains,
     ingress_cluster_specs,
 )
-from meshd.translate.spec import Ident, Spec
+from meshd.translate.spec import Ident, Partial, Spec
 
 VIRTUAL_OUTBOUND = "virtualOutbound"
 OUTBOUND_CAPTURE_PORT = 15001
@@ -411,24 +411,37 @@ def capture_listener_specs(
         name = naming.outbound_listener(ip=ANY_ADDRESS, port=port_plan.port)
         yield Spec(name, ("lds-cap-port", port_plan, outbound_mode), partial(_outbound, port_plan, outbound_mode))
     timeout, ingress = plan.detection_timeout, inbound.ingress
-    if ingress is not None:  # a Sidecar's ingress replaces the ports derived from the services
-        served = ()
-    # The skeleton is shared by the proxies serving the same ports the same way (through `skeletons`, the
-    # memo's); this proxy's services' routes are set into it when the listener is built.
-    ports = tuple((target, target_protocol(entries)) for target, entries in served_ports(served).items())
-    skeleton_key = ("lds-cap-in-skeleton", ports, inbound_port, modes, sds, jwt, timeout, authz, ingress)
+    inbound_key = ("lds-cap-in", served, inbound_port, modes, sds, jwt, timeout, authz, ingress)
+    build = partial(_assembled_inbound, served, inbound_port, modes, sds, jwt, timeout, authz, ingress, skeletons)
+    yield Spec(naming.VIRTUAL_INBOUND, inbound_key, build, LISTENER_TYPE)
+
+
+def _assembled_inbound(
+    served: tuple[InboundEntry, ...],
+    inbound_port: int,
+    modes: InboundMtls,
+    sds: bool,
+    jwt: JwtProviders,
+    timeout: float,
+    authz: InboundAuthz,
+    ingress: tuple[IngressPort, ...] | None,
+    skeletons: Skeletons,
+) -> bytes | Partial:
+    """virtualInbound: the skeleton of the served ports (shared through `skeletons`) with this proxy's
+    services' routes set in."""
+    by_target = served_ports(served if ingress is None else ())  # a Sidecar's ingress replaces them
+    ports = tuple((target, target_protocol(entries)) for target, entries in by_target.items())
     skeleton = Spec(
         naming.VIRTUAL_INBOUND,
-        skeleton_key,
+        ("lds-cap-in-skeleton", ports, inbound_port, modes, sds, jwt, timeout, authz, ingress),
         partial(_virtual_inbound, ports, inbound_port, modes, sds, jwt, timeout, authz, ingress),
     )
     routes = {
         naming.inbound_cluster(port=target): entries
-        for (target, protocol), entries in zip(ports, served_ports(served).values(), strict=True)
+        for (target, protocol), entries in zip(ports, by_target.values(), strict=True)
         if routes_http(protocol)
     }
-    inbound_key = ("lds-cap-in", served, inbound_port, modes, sds, jwt, timeout, authz, ingress)
-    yield Spec(naming.VIRTUAL_INBOUND, inbound_key, partial(assemble, skeleton, skeletons, routes), LISTENER_TYPE)
+    return assemble(skeleton, skeletons, routes)
 
 
 def capture_cluster_specs(
