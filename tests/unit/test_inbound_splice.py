@@ -48,14 +48,14 @@ LOG_A = {"apiVersion": "telemetry.istio.io/v1", "kind": "Telemetry", "metadata":
 PROXIES = {"a": "10.0.0.2", "b": "10.0.0.3", "c": "10.0.0.4"}
 
 
-def _inbound(extra: list[dict[str, Any]] = ()) -> dict[str, listener_pb2.Listener]:  # type: ignore[assignment]
+def _inbound(extra: list[dict[str, Any]] = (), *, sds: bool = False) -> dict[str, listener_pb2.Listener]:  # type: ignore[assignment]
     docs = [d for name, ip in PROXIES.items() for d in _docs(name, ip)] + list(extra)
     world = build_world([parse_resource(d) for d in docs], domain_suffix="cluster.local")
     generator = ConfigGenerator(world, options=GenerateOptions(inbound_port=15006, sidecar_endpoint_port=15006))
     out = {}
     for name, ip in PROXIES.items():
         proxy = parse_node_id(f"sidecar~{ip}~{name}.shop~shop.svc.cluster.local")
-        snap = generator.snapshot(proxy.__class__(**{**proxy.__dict__, "capture": True}))
+        snap = generator.snapshot(proxy.__class__(**{**proxy.__dict__, "capture": True, "sds": sds}))
         out[name] = listener_pb2.Listener.FromString(snap.resources[LISTENER]["virtualInbound"].body)
     return out
 
@@ -75,7 +75,10 @@ def _served_routes(listener: listener_pb2.Listener) -> list[route_pb2.RouteConfi
     return [h.route_config for h in _managers_of_8080(listener)]
 
 
-def test_each_proxy_routes_its_own_services_from_one_shared_skeleton(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("sds", [False, True])
+def test_each_proxy_routes_its_own_services_from_one_shared_skeleton(
+    monkeypatch: pytest.MonkeyPatch, sds: bool
+) -> None:
     built: list[tuple[Any, ...]] = []
     original = capture._virtual_inbound
 
@@ -84,11 +87,11 @@ def test_each_proxy_routes_its_own_services_from_one_shared_skeleton(monkeypatch
         return original(*args)
 
     monkeypatch.setattr(capture, "_virtual_inbound", counting)
-    listeners = _inbound()
+    listeners = _inbound(sds=sds)
     assert len(built) == 1, "the proxies serve the same ports the same way: one skeleton"
     for name, listener in listeners.items():
         configs = _served_routes(listener)
-        assert len(configs) == 1  # the plaintext chain of port 8080 (the proxy has no SDS: no mTLS chain)
+        assert len(configs) == (2 if sds else 1)  # port 8080's plaintext chain, and its mTLS chain with SDS
         for config in configs:
             hosts = [vh.name for vh in config.virtual_hosts]
             assert hosts == [f"inbound|{name}.shop.svc.cluster.local:9080", "inbound|default"]
@@ -110,7 +113,8 @@ def _without_routes(listener: listener_pb2.Listener) -> bytes:
                 network_filter.typed_config.Unpack(hcm)
                 hcm.route_config.ClearField("virtual_hosts")
                 network_filter.typed_config.Pack(hcm)
-    return copy.SerializeToString(deterministic=True)
+    body: bytes = copy.SerializeToString(deterministic=True)
+    return body
 
 
 def test_telemetry_of_one_workload_is_not_shared_with_the_others(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
 from meshd.api.meta import InvalidResource
@@ -51,6 +52,7 @@ def assemble(skeleton: Spec, skeletons: Skeletons, routes: Mapping[str, Sequence
         return body
     listener = listener_pb2.Listener.FromString(body)
     found: list[str] = []
+    configs: dict[str, route_pb2.RouteConfiguration] = {}  # by name: the mTLS and plaintext chains of a port share it
     for i, chain in enumerate(listener.filter_chains):
         for j, network_filter in enumerate(chain.filters):
             if network_filter.name != _HCM:
@@ -61,9 +63,11 @@ def assemble(skeleton: Spec, skeletons: Skeletons, routes: Mapping[str, Sequence
             served = routes.get(name)
             if served is None or hcm.route_config.virtual_hosts:
                 continue
-            config = inbound_route_config(name, served)
-            where = f"filter_chains[{i}].filters[{j}].typed_config(HttpConnectionManager).route_config"
-            found += [f"{where}.{violation}" for violation in violations(config)]
+            config = configs.get(name)
+            if config is None:
+                config = configs[name] = inbound_route_config(name, served)
+                where = f"filter_chains[{i}].filters[{j}].typed_config(HttpConnectionManager).route_config"
+                found += [f"{where}.{violation}" for violation in violations(config)]
             hcm.route_config.CopyFrom(config)
             network_filter.typed_config.Pack(hcm)
     if found:
