@@ -7,7 +7,9 @@ So the skeleton is built, checked by the proto guard and serialised once per dis
 ports, modes and policies (the memo shares it across proxies and pushes), and a proxy's listener is
 the skeleton parsed back with its routes set in: per proxy, only the route configurations are built in
 Python and walked by the guard, the rest is the protobuf runtime's copying. The result is the listener
-a direct build gives (`tests/unit/translate/test_inbound_splice.py` compares them)."""
+a direct build gave: the golden files' virtualInbound listeners (bookinfo, capture-peer-auth, vs-match,
+sidecar-ingress, wasmplugin-network) did not change when this came in; `tests/unit/test_inbound_splice.py`
+tests the sharing, the telemetry and the refusals."""
 
 from __future__ import annotations
 
@@ -52,7 +54,7 @@ def assemble(skeleton: Spec, skeletons: Skeletons, routes: Mapping[str, Sequence
         return body
     listener = listener_pb2.Listener.FromString(body)
     found: list[str] = []
-    configs: dict[str, route_pb2.RouteConfiguration] = {}  # by name: the mTLS and plaintext chains of a port share it
+    configs: dict[str, route_pb2.RouteConfiguration] = {}  # by name (a port's mTLS and plaintext chains share it)
     for i, chain in enumerate(listener.filter_chains):
         for j, network_filter in enumerate(chain.filters):
             if network_filter.name != _HCM:
