@@ -75,18 +75,22 @@ def _served_routes(listener: listener_pb2.Listener) -> list[route_pb2.RouteConfi
     return [h.route_config for h in _managers_of_8080(listener)]
 
 
-@pytest.mark.parametrize("sds", [False, True])
-def test_each_proxy_routes_its_own_services_from_one_shared_skeleton(
-    monkeypatch: pytest.MonkeyPatch, sds: bool
-) -> None:
-    built: list[tuple[Any, ...]] = []
+@pytest.fixture
+def built(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    """The skeletons built (the arguments of each build)."""
+    calls: list[tuple[Any, ...]] = []
     original = capture._virtual_inbound
 
     def counting(*args: Any) -> listener_pb2.Listener:
-        built.append(args)
+        calls.append(args)
         return original(*args)
 
     monkeypatch.setattr(capture, "_virtual_inbound", counting)
+    return calls
+
+
+@pytest.mark.parametrize("sds", [False, True])
+def test_each_proxy_routes_its_own_services_from_one_shared_skeleton(built: list[tuple[Any, ...]], sds: bool) -> None:
     listeners = _inbound(sds=sds)
     assert len(built) == 1, "the proxies serve the same ports the same way: one skeleton"
     for name, listener in listeners.items():
@@ -117,15 +121,7 @@ def _without_routes(listener: listener_pb2.Listener) -> bytes:
     return body
 
 
-def test_telemetry_of_one_workload_is_not_shared_with_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
-    built: list[tuple[Any, ...]] = []
-    original = capture._virtual_inbound
-
-    def counting(*args: Any) -> listener_pb2.Listener:
-        built.append(args)
-        return original(*args)
-
-    monkeypatch.setattr(capture, "_virtual_inbound", counting)
+def test_telemetry_of_one_workload_is_not_shared_with_the_others(built: list[tuple[Any, ...]]) -> None:
     listeners = _inbound([LOG_A])
     assert len(built) == 2, "a's skeleton carries its access log: b and c share the other one"
     logged = {name: [len(h.access_log) for h in _managers_of_8080(listener)] for name, listener in listeners.items()}
