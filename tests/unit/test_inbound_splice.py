@@ -17,7 +17,7 @@ from meshd.generate.generator import ConfigGenerator
 from meshd.generate.options import GenerateOptions
 from meshd.model.services import MeshService, ServicePort
 from meshd.model.world import build_world
-from meshd.translate import capture
+from meshd.translate import virtual_inbound
 from meshd.translate.inbound_splice import assemble, build_skeleton
 from meshd.translate.peer_auth import InboundMtls
 from meshd.translate.proxy import parse_node_id
@@ -79,13 +79,13 @@ def _served_routes(listener: listener_pb2.Listener) -> list[route_pb2.RouteConfi
 def built(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
     """The skeletons built (the arguments of each build)."""
     calls: list[tuple[Any, ...]] = []
-    original = capture._virtual_inbound
+    original = virtual_inbound._virtual_inbound
 
     def counting(*args: Any) -> listener_pb2.Listener:
         calls.append(args)
         return original(*args)
 
-    monkeypatch.setattr(capture, "_virtual_inbound", counting)
+    monkeypatch.setattr(virtual_inbound, "_virtual_inbound", counting)
     return calls
 
 
@@ -141,7 +141,9 @@ def test_a_route_configuration_the_proto_guard_refuses_refuses_the_listener() ->
     skeleton = Spec(
         "virtualInbound",
         "k",
-        lambda: capture._virtual_inbound(((8080, "HTTP"),), 15006, InboundMtls(mode="PERMISSIVE"), True, (), 0.0),
+        lambda: virtual_inbound._virtual_inbound(
+            ((8080, "HTTP"),), 15006, InboundMtls(mode="PERMISSIVE"), True, (), 0.0
+        ),
     )
     served = assemble(skeleton, build_skeleton, {"inbound|8080||": [(good, 9080, 8080)]})
     assert isinstance(served, bytes)

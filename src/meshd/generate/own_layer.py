@@ -9,7 +9,7 @@ from functools import partial
 from meshd.api.meta import InvalidResource
 from meshd.generate.memo import MemoEntry, Refused, ResourceMemo, build_all, reuse_layer
 from meshd.generate.reads import Context
-from meshd.translate.capture import capture_cluster_specs, capture_listener_specs, inbound_protocols
+from meshd.translate.capture import capture_cluster_specs, capture_listener_specs
 from meshd.translate.clusters import inbound_cluster_specs
 from meshd.translate.listeners import inbound_listener_specs, outbound_listener_specs
 from meshd.translate.scope import ScopeKey
@@ -22,6 +22,7 @@ from meshd.translate.sidecar_ingress import (
 from meshd.translate.spec import Spec
 from meshd.translate.telemetry.apply import with_telemetry
 from meshd.translate.telemetry.resolve import WorkloadTelemetry
+from meshd.translate.virtual_inbound import inbound_protocols
 from meshd.xds.resource import CLUSTER, LISTENER, Snapshot
 
 

@@ -1,7 +1,7 @@
 """virtualInbound in two parts: a skeleton shared by the proxies that serve the same ports the same way,
 and the route configurations of the services a proxy serves, set into it.
 
-Every HTTP chain of the skeleton (`capture._virtual_inbound`) has a connection manager whose route
+Every HTTP chain of the skeleton (`virtual_inbound._virtual_inbound`) has a connection manager whose route
 configuration holds only its name, `inbound|<target>||`; nothing else in the listener names a service.
 So the skeleton is built, checked by the proto guard and serialised once per distinct set of served
 ports, modes and policies (the memo shares it across proxies and pushes), and a proxy's listener is

@@ -162,6 +162,18 @@ def inbound_route_config(
     return routes
 
 
+def catch_all_routes(name: str, *, vhost: str, cluster: str) -> route_pb2.RouteConfiguration:
+    """A route configuration sending every request, whatever its Host, to `cluster` (no timeout)."""
+    route = route_components_pb2.Route(
+        name="default",
+        match=route_components_pb2.RouteMatch(prefix="/"),
+        route=route_components_pb2.RouteAction(cluster=cluster, timeout=duration_pb2.Duration(seconds=0)),
+    )
+    return route_pb2.RouteConfiguration(
+        name=name, virtual_hosts=[route_components_pb2.VirtualHost(name=vhost, domains=["*"], routes=[route])]
+    )
+
+
 _ESCAPED_SLASHES = hcm_pb2.HttpConnectionManager.PathWithEscapedSlashesAction
 
 

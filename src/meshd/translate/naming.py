@@ -6,6 +6,10 @@ from __future__ import annotations
 from meshd.model.services import MeshService
 
 VIRTUAL_INBOUND = "virtualInbound"
+PASSTHROUGH = "PassthroughCluster"  # a captured connection to a destination the mesh does not know
+BLACKHOLE = "BlackHoleCluster"  # no endpoints: every connection fails at once
+INBOUND_PASSTHROUGH = "InboundPassthroughCluster"  # a captured inbound connection to an undeclared port
+ANY_ADDRESS = "0.0.0.0"
 
 
 def outbound_cluster(*, port: int, host: str, subset: str = "") -> str:

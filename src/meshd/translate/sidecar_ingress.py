@@ -20,11 +20,9 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
-from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.type.matcher.v3 import string_pb2
-from google.protobuf import duration_pb2
 
 from meshd.api.networking import Sidecar
 from meshd.api.sidecar_ingress import IngressTLSSettings
@@ -38,6 +36,7 @@ from meshd.translate.jwt_authn import JwtProviders
 from meshd.translate.listener_plan import RESERVED_PORTS
 from meshd.translate.listeners import (
     admits,
+    catch_all_routes,
     hcm_filter,
     normalize_paths,
     split_by_transport,
@@ -221,15 +220,7 @@ def _http_filter(
     port: IngressPort, *, peer_identity: bool, jwt: JwtProviders, authz: InboundAuthz, mtls: bool
 ) -> listener_components_pb2.Filter:
     cluster = naming.inbound_cluster(port=port.port)
-    route = route_components_pb2.Route(
-        name="default",
-        match=route_components_pb2.RouteMatch(prefix="/"),
-        route=route_components_pb2.RouteAction(cluster=cluster, timeout=duration_pb2.Duration(seconds=0)),
-    )
-    routes = route_pb2.RouteConfiguration(
-        name=cluster,
-        virtual_hosts=[route_components_pb2.VirtualHost(name=f"{cluster}default", domains=["*"], routes=[route])],
-    )
+    routes = catch_all_routes(cluster, vhost=f"{cluster}default", cluster=cluster)
     hcm = hcm_pb2.HttpConnectionManager(stat_prefix=cluster, route_config=routes)
     normalize_paths(hcm, authz.normalization)
     hcm.access_log.extend(http_stats_loggers(reporter=DESTINATION, mtls=mtls))
