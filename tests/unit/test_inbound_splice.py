@@ -12,8 +12,10 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
+from meshd.api.meta import InvalidResource
 from meshd.api.parse import parse_resource
 from meshd.generate.generator import ConfigGenerator
+from meshd.generate.memo import ResourceMemo
 from meshd.generate.options import GenerateOptions
 from meshd.model.services import MeshService, ServicePort
 from meshd.model.world import build_world
@@ -156,3 +158,16 @@ def test_a_route_configuration_the_proto_guard_refuses_refuses_the_listener() ->
 def test_a_refused_skeleton_refuses_the_listener() -> None:
     errors = assemble(Spec("virtualInbound", "k", lambda: None), lambda spec: ("refused",), {})  # type: ignore[arg-type,return-value]
     assert errors == Partial(None, ("refused",))  # type: ignore[arg-type]
+
+
+def test_a_listener_refused_whole_is_left_out_and_the_others_are_served() -> None:
+    error = InvalidResource(None, "lds virtualInbound", "left out: Envoy's proto validation refuses it: x")
+    memo = ResourceMemo()
+    served = memo.resolve(
+        [
+            Spec("virtualInbound", "refused", lambda: Partial(None, (error,)), LISTENER),
+            Spec("virtualOutbound", "kept", lambda: listener_pb2.Listener(name="virtualOutbound")),
+        ]
+    )
+    assert list(served) == ["virtualOutbound"]
+    assert memo.refused == {"refused": (error,)}  # reported while in use

@@ -31,9 +31,10 @@ from meshd.generate.reads import Context, MissedInput, Tracer
 from meshd.model.services import Workload
 from meshd.model.world import World
 from meshd.translate.gateway.checks import binding_errors, reference_errors, selector_errors
-from meshd.translate.gateway.config import ANY_ADDRESS, GatewayKey, build_gateway
+from meshd.translate.gateway.config import GatewayKey, build_gateway
 from meshd.translate.gateway.sni_dnat import SniTarget, sni_specs
 from meshd.translate.gateway.tls import sds_secret_names
+from meshd.translate.naming import ANY_ADDRESS
 from meshd.translate.proxy import Proxy
 from meshd.translate.routes import delegate_inputs
 from meshd.translate.scope import Scope, ScopeKey

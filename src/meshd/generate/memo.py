@@ -71,8 +71,9 @@ class ResourceMemo:
                 self.refused[key] = built.errors
 
     def resolve_one(self, spec: Spec) -> Built:
-        """One spec's entry (built or reused), for a build that uses it as a part: not served itself, so
-        a refused one is not reported here (the resource built from it carries its errors)."""
+        """One spec's entry (built or reused; in check mode a reused one is built again and compared). A
+        refused one is not reported here: `resolve` reports those it serves, and a build that uses an
+        entry as a part (virtualInbound's skeleton) carries its errors in its own entry."""
         built = self._entries.get(spec.key)
         if built is None:
             built = self._old.get(spec.key)
@@ -93,19 +94,7 @@ class ResourceMemo:
         later `keep`."""
         out: dict[str, XdsResource] = {}
         for spec in specs:
-            built = self._entries.get(spec.key)
-            hit = built is not None
-            if built is None:
-                built = self._old.get(spec.key)
-                hit = built is not None
-                if built is None:
-                    built = _build(spec)
-                    self.built += 1
-                else:
-                    self.reused += 1
-                self._entries[spec.key] = built
-            if hit and self._check:
-                _verify(spec, built)
+            built = self.resolve_one(spec)
             if used is not None:
                 used.append((spec.key, built))
             if type(built) is Refused:

@@ -214,9 +214,6 @@ _RC_NAME, _RC_VIRTUAL_HOSTS, _RC_VALIDATE_CLUSTERS = 1, 2, 7  # RouteConfigurati
 ROUTE_CONFIGURATION = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 
 
-PASSTHROUGH_CLUSTER = "PassthroughCluster"  # translate/capture.py defines it for capture-mode proxies
-
-
 def catch_all_vhost(mode: str) -> bytes:
     """Istio's last virtual host of a capture-mode route table: unknown Hosts pass through to their
     original destination (ALLOW_ANY) or get a 502 (REGISTRY_ONLY)."""
@@ -226,7 +223,7 @@ def catch_all_vhost(mode: str) -> bytes:
         route.direct_response.status = 502
     else:
         vhost = route_components_pb2.VirtualHost(name="allow_any", domains=["*"])
-        route.route.cluster = PASSTHROUGH_CLUSTER
+        route.route.cluster = naming.PASSTHROUGH
         route.route.timeout.SetInParent()  # no timeout (0s), as for any Istio route without one
     vhost.routes.append(route)
     body: bytes = vhost.SerializeToString(deterministic=True)

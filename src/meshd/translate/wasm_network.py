@@ -24,11 +24,12 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
 from meshd.translate.envoyfilter import match as m
 from meshd.translate.envoyfilter.merge import unpack
+from meshd.translate.naming import BLACKHOLE, PASSTHROUGH
 
 NETWORK_WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm"
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
 # the clusters of traffic to no service: chains ending there get no plugin
-_NO_SERVICE = frozenset({"PassthroughCluster", "BlackHoleCluster"})
+_NO_SERVICE = frozenset({PASSTHROUGH, BLACKHOLE})
 _AUTHZ_PREFIXES = ("envoy.filters.network.rbac", "envoy.filters.network.ext_authz")
 # where meshd's own network filters stand; a phase goes before the first filter ranked above it
 _PHASE_RANK = {"AUTHN": 1, "AUTHZ": 3, "STATS": 5, "UNSPECIFIED_PHASE": 7}

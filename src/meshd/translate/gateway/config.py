@@ -29,12 +29,10 @@ from meshd.translate.http_match import MatchContext, applies
 from meshd.translate.http_route import RouteContext
 from meshd.translate.jwt_authn import JwtProviders
 from meshd.translate.l4_route import cidr_ranges, route_clusters, tcp_proxy
+from meshd.translate.naming import ANY_ADDRESS
 from meshd.translate.scope import Scope
 from meshd.translate.secrets import source
 from meshd.translate.spec import Spec
-
-ANY_ADDRESS = "0.0.0.0"
-LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 
 
 @dataclass(frozen=True, order=True)
