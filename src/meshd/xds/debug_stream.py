@@ -18,9 +18,9 @@ from google.protobuf import any_pb2
 
 from meshd.obs.logsafe import quoted
 from meshd.xds.debug_types import CONFIG_DUMP, SUPPORTED, SYNCZ, ControlPlane, config_dump, is_debug_type, syncz
-from meshd.xds.fingerprint import message_of
 from meshd.xds.hub import Hub
 from meshd.xds.inbox import CLOSED, PUSH, Inbox
+from meshd.xds.request_bytes import message_of
 
 # The caller's verified namespace on the secure port, or a refusal (code, message).
 VerifyCaller = Callable[[Any], Awaitable["str | tuple[grpc.StatusCode, str]"]]

@@ -16,8 +16,6 @@ import asyncio
 import dataclasses
 import logging
 import secrets
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -42,56 +40,35 @@ from meshd.xds.access import PROTECTED_TYPES, Authorize, secret_refusal
 from meshd.xds.debug_stream import DebugTypes
 from meshd.xds.debug_types import is_debug_type
 from meshd.xds.encode import delta_response, sotw_response
-from meshd.xds.fingerprint import Fingerprint, Received, names_fingerprint
 from meshd.xds.hub import Connection, Hub
 from meshd.xds.inbox import CLOSED, PUSH, Inbox
 from meshd.xds.limits import StreamLimits, peer_host
+from meshd.xds.request_bytes import NamesBytes, Received, Unparsable, names_bytes, parse_sotw, parser, recognise_ack
 from meshd.xds.resource import short_name
 from meshd.xds.stream import DeltaStream, NameSets, Outcome, Request, SotwStream
 
 
-@dataclass(frozen=True)
-class Unparsable:
-    """What the request deserializer hands in for bytes protobuf cannot parse (instead of raising, which
-    gRPC turned into a silent end of the stream with status OK)."""
-
-    reason: str
-
-
-def _parser(message_type: Any) -> Callable[[bytes], Any]:
-    def parse(data: bytes) -> Any:
-        try:
-            return message_type.FromString(data)
-        except Exception as exc:  # DecodeError (e.g. nested beyond protobuf's depth limit), RecursionError
-            return Unparsable(f"{message_type.DESCRIPTOR.name} cannot be parsed: {quoted(str(exc), 300)}")
-
-    return parse
+def _read_sotw(data: bytes, stream: SotwStream | None) -> Request | Any:
+    """A SotW request from its bytes: an ACK of the names last requested, recognised without parsing it
+    (request_bytes.py), as a Request; else the parsed message (an Unparsable for bytes protobuf refuses)."""
+    if stream is not None and (ack := recognise_ack(data, stream)) is not None:
+        return ack
+    return parse_sotw(data)
 
 
-_parse_discovery_request = _parser(discovery_pb2.DiscoveryRequest)
-
-
-def _sotw_parser(data: bytes) -> Received | Unparsable:
-    req = _parse_discovery_request(data)
-    if isinstance(req, Unparsable):
-        return req
-    try:
-        key = names_fingerprint(data, version=req.version_info, type_url=req.type_url, nonce=req.response_nonce)
-    except Exception:  # (bytes handed in as another buffer type): the names are read instead
-        key = None
-    return Received(req, key)
-
-
-def _sotw_request(req: Any, names_key: Fingerprint | None, stream: SotwStream | None) -> Request:
-    # an ACK of the names last requested: that tuple, not thousands of new strings (fingerprint.py)
-    names = stream.requested_names(req.type_url, names_key) if stream is not None else None
+def _sotw_request(req: Any, data: bytes, stream: SotwStream, intern: NamesBytes) -> Request:
+    """A parsed SotW request, its names' bytes kept (interned) so that the next ACK is recognised."""
+    nack = req.HasField("error_detail")
+    key = names_bytes(data, version=req.version_info, type_url=req.type_url, nonce=req.response_nonce, nack=nack)
+    key = intern(key) if key is not None else None
+    names = stream.requested_names(req.type_url, key)  # the same names after all (a stale nonce): that tuple
     return Request(
         type_url=req.type_url,
         version_info=req.version_info,
         response_nonce=req.response_nonce,
         resource_names=tuple(req.resource_names) if names is None else names,
-        error_detail=req.error_detail.message if req.HasField("error_detail") else None,
-        names_key=names_key,
+        error_detail=req.error_detail.message if nack else None,
+        names_key=key,
     )
 
 
@@ -135,6 +112,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         # Nonces carry a per-process random prefix: unique across meshd restarts.
         self._boot = secrets.token_hex(4)
         self._names = NameSets()  # equal subscriptions of different streams as one object
+        self._names_bytes = NamesBytes()  # and their bytes (request_bytes.py)
 
     async def StreamAggregatedResources(self, request_iterator: Any, context: Any) -> None:
         await self._serve(request_iterator, context, delta=False)
@@ -166,34 +144,26 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                 item = await inbox.get()
                 if item is CLOSED:
                     return
-                names_key = None
+                req: Request | None = None
+                data = b""
                 if isinstance(item, Received):
-                    item, names_key = item.message, item.names_key
+                    data = item.data
+                    sotw = conn.stream if conn is not None and isinstance(conn.stream, SotwStream) else None
+                    item = _read_sotw(data, sotw)
+                    if isinstance(item, Request):
+                        req = item  # an ACK, not parsed
                 # A push carries the time of the change behind it; a reply to a request, now.
                 changed_at = self._clock.now()
                 if item is PUSH:
                     assert conn is not None
                     changed_at = self._hub.changed_at
                 else:
-                    if isinstance(item, Unparsable):
-                        await self._reject(context, conn, item.reason)
-                    if conn is None and is_debug_type(item.type_url):
-                        if self._debug is None:
-                            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "debug types are not served here")
-                        assert self._debug is not None
-                        await self._debug.serve(item, inbox, context, delta=delta)
-                        return
-                    if conn is None:
-                        if not self._hub.ready:
-                            # Not synced yet: refuse rather than serve a partial mesh; Envoy keeps
-                            # its last config and retries.
-                            await context.abort(grpc.StatusCode.UNAVAILABLE, "meshd has not loaded its config yet")
-                        conn = await self._open(item, inbox, context, delta=delta)
-                    if delta:
-                        req = _delta_request(item)
-                    else:
-                        stream = conn.stream if isinstance(conn.stream, SotwStream) else None
-                        req = _sotw_request(item, names_key, stream)
+                    if req is None:  # parsed: the stream's first request, a changed subscription, a NACK, delta
+                        opened = await self._parsed_request(item, data, conn, inbox, context, delta=delta)
+                        if opened is None:
+                            return  # a debug stream, served to its end
+                        conn, req = opened
+                    assert conn is not None
                     outcome = conn.stream.on_request(req)
                     if outcome.kind == "limit":
                         if (dropped := self._log_limit.allow(("stream_limit", conn.proxy.node_id))) is not None:
@@ -214,6 +184,28 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                 self._hub.disconnect(conn)
                 self._metrics.xds_connected.labels("meshd").set(len(self._hub.connections))
                 self._log.info("event=disconnected proxy=%s", quoted(conn.proxy.node_id))
+
+    async def _parsed_request(
+        self, item: Any, data: bytes, conn: Connection | None, inbox: Inbox, context: Any, *, delta: bool
+    ) -> tuple[Connection, Request] | None:
+        """A parsed request as the stream's Request, the stream opened by its first one; None when the
+        stream was a debug one and has been served."""
+        if isinstance(item, Unparsable):
+            await self._reject(context, conn, item.reason)
+        if conn is None and is_debug_type(item.type_url):
+            if self._debug is None:
+                await context.abort(grpc.StatusCode.UNIMPLEMENTED, "debug types are not served here")
+            assert self._debug is not None
+            await self._debug.serve(item, inbox, context, delta=delta)
+            return None
+        if conn is None:
+            if not self._hub.ready:
+                # Not synced yet: refuse rather than serve a partial mesh; Envoy keeps its last config and retries.
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "meshd has not loaded its config yet")
+            conn = await self._open(item, inbox, context, delta=delta)
+        if isinstance(conn.stream, SotwStream):
+            return conn, _sotw_request(item, data, conn.stream, self._names_bytes)
+        return conn, _delta_request(item)
 
     async def _send(self, conn: Connection, context: Any, *, changed_at: float, delta: bool) -> None:
         assert conn.snapshot is not None
@@ -384,12 +376,12 @@ def add_to_server(server: grpc.aio.Server, servicer: AdsServicer) -> None:
         {
             "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
                 servicer.StreamAggregatedResources,
-                request_deserializer=_sotw_parser,
+                request_deserializer=Received,
                 response_serializer=_as_is,
             ),
             "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
                 servicer.DeltaAggregatedResources,
-                request_deserializer=_parser(discovery_pb2.DeltaDiscoveryRequest),
+                request_deserializer=parser(discovery_pb2.DeltaDiscoveryRequest),
                 response_serializer=_as_is,
             ),
         },

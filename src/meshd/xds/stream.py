@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 import weakref
-from collections.abc import Hashable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from meshd.xds.resource import CLUSTER, ENDPOINT, PUSH_ORDER, WILDCARD_TYPES, Snapshot, XdsResource
@@ -39,8 +39,8 @@ class Request:
     subscribe: tuple[str, ...] = ()
     unsubscribe: tuple[str, ...] = ()
     initial_versions: tuple[tuple[str, str], ...] = ()
-    # SotW: a fingerprint of the request's names (fingerprint.py), None when it has none
-    names_key: Hashable | None = None
+    # SotW: the bytes of the request's node and names (request_bytes.py), None when it was not laid out so
+    names_key: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class TypeState:
     # (Snapshot.changed_names) instead of every subscribed one
     basis: weakref.ref[Snapshot] | None = None
     requested: tuple[str, ...] | None = None  # SotW: the names of the request `names` was last made from
-    requested_key: Hashable | None = None  # and that request's fingerprint
+    requested_key: bytes | None = None  # and that request's names_key
 
 
 class NameSets:
@@ -144,8 +144,8 @@ class _Base:
 class SotwStream(_Base):
     """State-of-the-world ADS stream."""
 
-    def requested_names(self, type_url: str, names_key: Hashable | None) -> tuple[str, ...] | None:
-        """The names of the last request of `type_url` when `names_key` is that request's fingerprint
+    def requested_names(self, type_url: str, names_key: bytes | None) -> tuple[str, ...] | None:
+        """The names of the last request of `type_url` when `names_key` is that request's names_key
         (the caller then need not read a request's names to know them); else None."""
         st = self.types.get(type_url)
         if names_key is None or st is None or st.requested_key != names_key:
