@@ -46,6 +46,7 @@ from meshd.xds.limits import StreamLimits, peer_host
 from meshd.xds.request_bytes import NamesBytes, Received, Unparsable, names_bytes, parse_sotw, parser, recognise_ack
 from meshd.xds.resource import short_name
 from meshd.xds.stream import DeltaStream, NameSets, Outcome, Request, SotwStream
+from meshd.xds.write_watch import WriteWatch
 
 
 def _read_sotw(data: bytes, stream: SotwStream | None) -> Request | Any:
@@ -137,6 +138,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
 
     async def _serve_admitted(self, requests: Any, context: Any, *, delta: bool) -> None:
         inbox = Inbox()
+        watch = WriteWatch(self._send_timeout)  # a write the proxy does not read in time ends the stream
         reader = asyncio.create_task(self._read(requests, inbox))
         conn: Connection | None = None
         try:
@@ -177,8 +179,9 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                     self._record(conn, outcome, req)
                 if conn.snapshot is None:
                     continue  # not ready: nothing is served before the config has loaded
-                await self._send(conn, context, changed_at=changed_at, delta=delta)
+                await self._send(conn, context, watch, changed_at=changed_at, delta=delta)
         finally:
+            watch.close()
             reader.cancel()
             if conn is not None:
                 self._hub.disconnect(conn)
@@ -207,7 +210,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             return conn, _sotw_request(item, data, conn.stream, self._names_bytes)
         return conn, _delta_request(item)
 
-    async def _send(self, conn: Connection, context: Any, *, changed_at: float, delta: bool) -> None:
+    async def _send(self, conn: Connection, context: Any, watch: WriteWatch, *, changed_at: float, delta: bool) -> None:
         assert conn.snapshot is not None
         view = conn.isolation.view(conn.snapshot)  # the versions it rejected held back
         for resp in conn.stream.responses(view):
@@ -219,12 +222,12 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             # applied the response, and the counters must never lag what a proxy holds.
             self._metrics.xds_pushes.inc(kind)
             self._metrics.xds_bytes.inc(kind, len(message))
+            watch.writing()  # (no timer per write: write_watch.py)
             try:
-                # (asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
-                # that arrives as the write completes, and it makes a task per write)
-                async with asyncio.timeout(self._send_timeout):
-                    await context.write(message)
-            except TimeoutError:
+                await context.write(message)
+            except asyncio.CancelledError:
+                if not watch.stuck():
+                    raise
                 self._log.error(
                     "event=stuck_proxy proxy=%s type=%s timeout_s=%s",
                     quoted(conn.proxy.node_id),
@@ -232,16 +235,19 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                     self._send_timeout,
                 )
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "proxy did not read its xDS stream in time")
+            finally:
+                watch.written()
             self._metrics.push_time.labels(kind).observe(max(0.0, self._clock.now() - changed_at))
-            self._log.debug(
-                "event=push proxy=%s type=%s version=%s nonce=%s resources=%d removed=%d",
-                quoted(conn.proxy.node_id),
-                kind,
-                resp.version,
-                resp.nonce,
-                len(resp.resources),
-                len(resp.removed),
-            )
+            if self._log.isEnabledFor(logging.DEBUG):
+                self._log.debug(
+                    "event=push proxy=%s type=%s version=%s nonce=%s resources=%d removed=%d",
+                    quoted(conn.proxy.node_id),
+                    kind,
+                    resp.version,
+                    resp.nonce,
+                    len(resp.resources),
+                    len(resp.removed),
+                )
 
     async def _open(self, first: Any, inbox: Inbox, context: Any, *, delta: bool) -> Connection:
         try:
