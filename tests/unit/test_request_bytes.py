@@ -58,10 +58,14 @@ def test_equal_names_have_equal_bytes_whatever_the_version_and_nonce(
     assert (ka == kb) == (a == b)
 
 
-def test_the_first_request_with_its_node_differs_from_the_acks_that_follow() -> None:
+def test_the_node_is_left_out_so_the_first_request_and_its_acks_have_the_same_names_bytes() -> None:
+    """Envoy sends the node on a stream's first request (on every one without set_node_on_first_message_only):
+    meshd reads it only when the stream opens, and what thousands of proxies keep is one shared object."""
     first = _key(_bytes(NAMES, node=NODE))
+    other_node = _key(_bytes(NAMES, version="v1", nonce="n-1", node="sidecar~10.0.0.2~b.ns~ns.svc.cluster.local"))
     ack1, ack2 = _key(_bytes(NAMES, version="v1", nonce="n-1")), _key(_bytes(NAMES, version="v2", nonce="n-2"))
-    assert first != ack1 and ack1 == ack2
+    assert first == ack1 == ack2 == other_node
+    assert first is not None and NODE.encode() not in first
 
 
 def test_a_nack_or_bytes_in_another_order_have_none() -> None:
@@ -114,19 +118,20 @@ def test_an_ack_of_the_same_names_is_recognised_and_given_the_last_tuple() -> No
     stream = SotwStream(nonce_prefix="t")
     read = Reader(stream)
     snap = _snapshot(NAMES)
-    first = read(_bytes(NAMES[:3], node=NODE))  # the node: the next request's bytes differ
+    first = read(_bytes(NAMES[:3], node=NODE))
     stream.on_request(first)
     (resp,) = stream.responses(snap)
     ack = read(_bytes(NAMES[:3], version=resp.version, nonce=resp.nonce))
-    assert read.parsed == 2 and ack.names_key is not None
+    assert read.parsed == 1  # recognised: not parsed
+    assert ack.resource_names is first.resource_names and ack.version_info == resp.version
+    assert _fields(ack) == _fields(_reference(_bytes(NAMES[:3], version=resp.version, nonce=resp.nonce)))
     assert stream.on_request(ack).kind == "ack" and stream.responses(snap) == []
-    again = read(_bytes(NAMES[:3], version=resp.version, nonce=resp.nonce))
-    assert read.parsed == 2  # recognised: not parsed
-    assert again.resource_names is ack.resource_names and again.version_info == resp.version
-    assert _fields(again) == _fields(_reference(_bytes(NAMES[:3], version=resp.version, nonce=resp.nonce)))
+    # with the node in every request, as Envoy sends it without set_node_on_first_message_only
+    again = read(_bytes(NAMES[:3], version=resp.version, nonce=resp.nonce, node=NODE))
+    assert read.parsed == 1 and again.resource_names is first.resource_names
     assert stream.on_request(again).kind == "ack"
     changed = read(_bytes([*NAMES[:2], NAMES[3]], version=resp.version, nonce=resp.nonce))
-    assert read.parsed == 3 and changed.resource_names == (*NAMES[:2], NAMES[3])
+    assert read.parsed == 2 and changed.resource_names == (*NAMES[:2], NAMES[3])
     stream.on_request(changed)
     (resp2,) = stream.responses(snap)
     assert NAMES[3] in {r.name for r in resp2.resources}
@@ -168,15 +173,15 @@ versions = st.one_of(texts, st.text(min_size=120, max_size=300), st.sampled_from
 @settings(max_examples=300, deadline=None)
 @given(
     names=names_lists, other=names_lists, version=versions, same=st.booleans(),
-    which=st.sampled_from(["eds", "cds", "stale"]), error=st.sampled_from(["", "bad cluster"]),
+    which=st.sampled_from(["eds", "cds", "stale"]), error=st.sampled_from(["", "bad cluster"]), node=st.booleans(),
 )  # fmt: skip
 def test_the_read_path_gives_what_parsing_gives(
-    names: list[str], other: list[str], version: str, same: bool, which: str, error: str
+    names: list[str], other: list[str], version: str, same: bool, which: str, error: str, node: bool
 ) -> None:
     stream = SotwStream(nonce_prefix="t")
     read = Reader(stream)
     stream.on_request(read(_bytes([], type_url=CLUSTER, node=NODE)))
-    stream.on_request(read(_bytes(names)))
+    stream.on_request(read(_bytes(names, node=NODE)))
     snap = Snapshot(resources={**_snapshot(NAMES).resources, CLUSTER: {}})
     sent = {r.type_url: r for r in stream.responses(snap)}
     ack = read(_bytes(names, version=sent[ENDPOINT].version, nonce=sent[ENDPOINT].nonce))
@@ -186,7 +191,7 @@ def test_the_read_path_gives_what_parsing_gives(
     type_url = CLUSTER if which == "cds" else ENDPOINT
     nonce = {"eds": sent[ENDPOINT].nonce, "cds": sent[CLUSTER].nonce, "stale": "t-0"}[which]
     asked = names if same else other
-    data = _bytes(asked, version=version, nonce=nonce, error=error, type_url=type_url)
+    data = _bytes(asked, version=version, nonce=nonce, error=error, type_url=type_url, node=NODE if node else None)
     got = read(data)
     assert _fields(got) == _fields(_reference(data))
     # recognised (not parsed) exactly when it is the current ACK of the type's last names (CDS: none)
@@ -237,3 +242,14 @@ def test_a_nacks_bytes_are_never_kept_wherever_its_error_is() -> None:
     first = read(nack)
     assert first.error_detail == "bad" and first.names_key is None
     assert read(nack).error_detail == "bad" and read.parsed == 3
+
+
+def test_a_node_whose_length_runs_past_the_names_is_left_to_the_parser() -> None:
+    stream = SotwStream(nonce_prefix="t")
+    read = Reader(stream)
+    stream.on_request(read(_bytes([])))
+    (resp,) = stream.responses(_snapshot(NAMES))
+    tail = _bytes([], nonce=resp.nonce)
+    data = _bytes([], version="v") + b"\x12\x7f" + tail  # a node of 127 bytes, but only the tail follows
+    assert _read_sotw(_bytes([], version="v") + tail, stream) is not None
+    assert isinstance(_read_sotw(data, stream), Unparsable)

@@ -6,17 +6,18 @@ the ACK. Envoy serialises a DiscoveryRequest in field order: version_info (1), n
 request), resource_names (3), type_url (4), response_nonce (5), error_detail (6, a NACK). An ACK of the
 same names differs from the last request only in fields 1 and 5. So:
 
-- a request read the slow way (parsed) keeps the bytes between its leading field 1 and its trailing
-  fields 4 + 5 (node and names: `names_bytes`), when it is laid out so and is not a NACK; equal such
-  bytes are one object across streams (`NamesBytes`: every proxy of a scope subscribes the same names);
+- a request read the slow way (parsed) keeps the bytes between its leading field 1 (and the node, when
+  one follows) and its trailing fields 4 + 5: its names (`names_bytes`), when it is laid out so and is not
+  a NACK; equal such bytes are one object across streams (`NamesBytes`: every proxy of a scope subscribes
+  the same names);
 - a later request that ends with the type and the nonce last sent for a type, and whose middle is those
   very bytes (a memcmp), is that type's ACK of the same names (`recognise_ack`): its version is read
   from its head, its names are the last request's tuple. Nothing else is parsed.
 
 Bytes not laid out so (a NACK, another order, unknown fields around the names, a stale nonce) are parsed.
-The bytes matched were parsed once as a request without an error and with these very fields around
-them, so the request parses to what the fast path says; a client that forges a field 1 inside its names
-can only confuse its own subscription.
+The names' bytes matched were parsed once in a request without an error, between these very fields, so
+the request parses to what the fast path says, but for what only a client forging its bytes could cause
+(a field 1 among its names, a node protobuf would refuse), which can only confuse its own subscription.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from meshd.protowire import string_field
 from meshd.xds.stream import Request, SotwStream
 
 VERSION_TAG = 0x0A  # field 1, wire type 2
+NODE_TAG = 0x12  # field 2, wire type 2
 
 
 @dataclass(frozen=True)
@@ -63,35 +65,54 @@ parse_sotw = parser(discovery_pb2.DiscoveryRequest)
 
 
 def names_bytes(data: bytes, *, version: str, type_url: str, nonce: str, nack: bool) -> bytes | None:
-    """The node and names of a parsed SotW DiscoveryRequest (`data`: its bytes; the rest: its fields as
+    """The names' bytes of a parsed SotW DiscoveryRequest (`data`: its bytes; the rest: its fields as
     parsed), or None for a NACK or bytes not laid out as Envoy writes them."""
     head = string_field(1, version)
     tail = string_field(4, type_url) + string_field(5, nonce)
     end = len(data) - len(tail)
     if nack or end < len(head) or not data.startswith(head) or not data.endswith(tail):
         return None
-    return data[len(head) : end]
+    start = _after_node(data, len(head), end)
+    return data[start:end] if start is not None else None
+
+
+def _after_node(data: bytes, pos: int, end: int) -> int | None:
+    """Where the names begin: after the node when one leads them (Envoy sends it on a stream's first
+    request, or on every one without `set_node_on_first_message_only`; meshd reads it only when the stream
+    opens, so it is left out of what is compared and kept). None when its length runs past `end`."""
+    if pos >= end or data[pos] != NODE_TAG:
+        return pos
+    read = _varint(data, pos + 1)
+    if read is None or read[0] + read[1] > end:
+        return None
+    return read[0] + read[1]
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int] | None:
+    """The varint at `pos` (its end, its value), or None when it is cut short or longer than 5 bytes."""
+    value, shift = 0, 0
+    while pos < len(data) and shift < 35:
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        pos += 1
+        if not byte & 0x80:
+            return pos, value
+        shift += 7
+    return None
 
 
 def _head(data: bytes) -> tuple[str, int] | None:
     """The version a request starts with and where it ends; ("", 0) without one; None when unreadable."""
     if not data or data[0] != VERSION_TAG:
         return "", 0
-    length, shift, pos = 0, 0, 1
-    while pos < len(data) and shift < 35:
-        byte = data[pos]
-        length |= (byte & 0x7F) << shift
-        pos += 1
-        if not byte & 0x80:
-            end = pos + length
-            if end > len(data):
-                return None
-            try:
-                return data[pos:end].decode(), end
-            except UnicodeDecodeError:
-                return None  # protobuf refuses it: parsed, and refused, the slow way
-        shift += 7
-    return None
+    read = _varint(data, 1)
+    if read is None or read[0] + read[1] > len(data):
+        return None
+    start, length = read
+    try:
+        return data[start : start + length].decode(), start + length
+    except UnicodeDecodeError:
+        return None  # protobuf refuses it: parsed, and refused, the slow way
 
 
 def recognise_ack(data: bytes, stream: SotwStream) -> Request | None:
@@ -108,7 +129,9 @@ def recognise_ack(data: bytes, stream: SotwStream) -> Request | None:
         if head is None:
             return None
         version, start = head
-        if len(data) - start - len(tail) != len(key) or not data.startswith(key, start):
+        end = len(data) - len(tail)
+        names = _after_node(data, start, end)
+        if names is None or end - names != len(key) or not data.startswith(key, names):
             return None
         return Request(
             type_url=type_url,
