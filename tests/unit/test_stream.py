@@ -428,6 +428,23 @@ def test_push_order_is_cds_eds_lds_rds(kind: str) -> None:
     assert [r.type_url for r in out] == [CLUSTER, ENDPOINT, LISTENER, ROUTE]
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_type_subscribed_after_the_first_responses_is_answered_in_push_order(kind: str) -> None:
+    """As Envoy subscribes: CDS answered first, then the others one request at a time (the order the stream
+    keeps is brought up to date as types are added)."""
+    client = Client(new_stream(kind))
+    snap = snapshot(cds=["c"], eds=["c"], lds=["l"], rds=["r"])
+    client.subscribe(CLUSTER)
+    assert [r.type_url for r in client.settle(snap)] == [CLUSTER]
+    client.subscribe(LISTENER)
+    assert [r.type_url for r in client.settle(snap)] == [LISTENER]
+    client.subscribe(ROUTE, "r")
+    client.subscribe(ENDPOINT, "c")
+    assert [r.type_url for r in client.settle(snap)] == [ENDPOINT, ROUTE]
+    out = client.stream.responses(snapshot(cds={"c": 1}, eds={"c": 1}, lds={"l": 1}, rds={"r": 1}))
+    assert [r.type_url for r in out] == [CLUSTER, ENDPOINT, LISTENER, ROUTE]
+
+
 # --- delta: subscriptions, changes, removals --------------------------------------------------------
 
 

@@ -112,6 +112,7 @@ class _Base:
         self._nonces = (f"{nonce_prefix}-{i}" for i in itertools.count(1))
         self._intern: NameSets = names if names is not None else NameSets(limit=MAX_TYPES)
         self.types: dict[str, TypeState] = {}
+        self._order: list[str] | None = None  # the types in push order (_push_order)
         self.refused = refused  # type URLs never served on this stream
 
     def _refused(self, req: Request) -> Outcome | None:
@@ -124,7 +125,17 @@ class _Base:
         return None
 
     def state(self, type_url: str) -> TypeState:
-        return self.types.setdefault(type_url, TypeState())
+        st = self.types.get(type_url)
+        if st is None:
+            st = self.types[type_url] = TypeState()
+            self._order = None
+        return st
+
+    def _push_order(self) -> list[str]:
+        """The stream's type URLs in push order (refused ones left out); sorted again only when one is added."""
+        if self._order is None:  # (types are added only by state())
+            self._order = _ordered(self.types, self.refused)
+        return self._order
 
     def _sent(self, st: TypeState, version: str) -> str:
         nonce = next(self._nonces)
@@ -175,7 +186,7 @@ class SotwStream(_Base):
         st.requested = req.resource_names  # (st.names now stands for it: set below when it differs)
         st.requested_key = req.names_key
         outcome = self._ack_or_nack(st, req)
-        if names != st.names:
+        if names is not st.names and names != st.names:  # (an ACK of the same names: the very set, not compared)
             st.names, st.respond = names, True
         if st.after_cds and req.error_detail is None:  # a NACK never re-sends what it rejected
             st.respond, st.after_cds = True, False
@@ -185,7 +196,7 @@ class SotwStream(_Base):
         out: list[Response] = []
         if not ready:
             return out
-        for type_url in _ordered(self.types, self.refused):
+        for type_url in self._push_order():
             st = self.types[type_url]
             if not st.subscribed:
                 continue
@@ -261,7 +272,7 @@ class DeltaStream(_Base):
         out: list[Response] = []
         if not ready:
             return out
-        for type_url in _ordered(self.types, self.refused):
+        for type_url in self._push_order():
             st = self.types[type_url]
             if not st.subscribed:
                 continue
