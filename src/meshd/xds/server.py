@@ -39,7 +39,7 @@ from meshd.translate.proxy import (
 from meshd.xds.access import PROTECTED_TYPES, Authorize, secret_refusal
 from meshd.xds.debug_stream import DebugTypes
 from meshd.xds.debug_types import is_debug_type
-from meshd.xds.encode import delta_response, sotw_response
+from meshd.xds.encode import ResponseBytes
 from meshd.xds.hub import Connection, Hub
 from meshd.xds.inbox import CLOSED, PUSH, Inbox
 from meshd.xds.limits import StreamLimits, peer_host
@@ -114,6 +114,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         self._boot = secrets.token_hex(4)
         self._names = NameSets()  # equal subscriptions of different streams as one object
         self._names_bytes = NamesBytes()  # and their bytes (request_bytes.py)
+        self._responses = ResponseBytes()
 
     async def StreamAggregatedResources(self, request_iterator: Any, context: Any) -> None:
         await self._serve(request_iterator, context, delta=False)
@@ -216,7 +217,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         for resp in conn.stream.responses(view):
             conn.isolation.sent(resp.type_url, resp.nonce, view)
             conn.change_times[resp.type_url] = (resp.nonce, changed_at)
-            message = delta_response(resp) if delta else sotw_response(resp)
+            message = self._responses(resp, delta=delta)  # shared by the streams sending the same one
             kind = short_name(resp.type_url)
             # Counted before the write: its completion can reach this loop after Envoy has already
             # applied the response, and the counters must never lag what a proxy holds.
