@@ -253,3 +253,22 @@ def test_a_node_whose_length_runs_past_the_names_is_left_to_the_parser() -> None
     data = _bytes([], version="v") + b"\x12\x7f" + tail  # a node of 127 bytes, but only the tail follows
     assert _read_sotw(_bytes([], version="v") + tail, stream) is not None
     assert isinstance(_read_sotw(data, stream), Unparsable)
+
+
+def test_an_ack_with_a_node_protobuf_refuses_is_left_to_the_parser() -> None:
+    """The node is not compared, but it is parsed (at the depth it has in a request): metadata nested
+    beyond protobuf's limit refuses the request, recognised or not."""
+    stream = SotwStream(nonce_prefix="t")
+    read = Reader(stream)
+    stream.on_request(read(_bytes(NAMES[:2], node=NODE)))
+    (resp,) = stream.responses(_snapshot(NAMES))
+    deep = discovery_pb2.DiscoveryRequest(version_info=resp.version, resource_names=NAMES[:2], type_url=ENDPOINT)
+    deep.response_nonce = resp.nonce
+    deep.node.id = NODE
+    value: dict[str, object] = {"k": "v"}
+    for _ in range(60):
+        value = {"x": value}
+    deep.node.metadata.update(value)
+    data = deep.SerializeToString()
+    assert isinstance(_read_sotw(data, stream), Unparsable)
+    assert isinstance(_read_sotw(_bytes(NAMES[:2], version="v", nonce=resp.nonce, node=NODE), stream), Request)

@@ -17,7 +17,8 @@ same names differs from the last request only in fields 1 and 5. So:
 Bytes not laid out so (a NACK, another order, unknown fields around the names, a stale nonce) are parsed.
 The names' bytes matched were parsed once in a request without an error, between these very fields, so
 the request parses to what the fast path says, but for what only a client forging its bytes could cause
-(a field 1 among its names, a node protobuf would refuse), which can only confuse its own subscription.
+(a field 1 among its names), which can only confuse its own subscription. A node (left out of what is
+compared) is parsed on its own, at the depth it has in the request: one protobuf refuses is refused.
 """
 
 from __future__ import annotations
@@ -78,8 +79,9 @@ def names_bytes(data: bytes, *, version: str, type_url: str, nonce: str, nack: b
 
 def _after_node(data: bytes, pos: int, end: int) -> int | None:
     """Where the names begin: after the node when one leads them (Envoy sends it on a stream's first
-    request, or on every one without `set_node_on_first_message_only`; meshd reads it only when the stream
-    opens, so it is left out of what is compared and kept). None when its length runs past `end`."""
+    request, or on every one without `set_node_on_first_message_only`, as the benchmarks' load client
+    does; meshd reads it only when the stream opens, so it is left out of what is compared and kept).
+    None when its length runs past `end`."""
     if pos >= end or data[pos] != NODE_TAG:
         return pos
     read = _varint(data, pos + 1)
@@ -133,6 +135,8 @@ def recognise_ack(data: bytes, stream: SotwStream) -> Request | None:
         names = _after_node(data, start, end)
         if names is None or end - names != len(key) or not data.startswith(key, names):
             return None
+        if names != start and isinstance(parse_sotw(data[start:names]), Unparsable):
+            return None  # a node protobuf refuses (nested too deep): the request is parsed, and refused
         return Request(
             type_url=type_url,
             version_info=version,
