@@ -25,7 +25,7 @@ from tests.e2e.workers import worker_slot
 
 # A per-process start: test runs side by side (several worktrees on one machine) rarely collide; the workers
 # of one pytest-xdist run take disjoint slots (tests/e2e/workers.py).
-_SUBNET_START = int(os.environ.get("MESHD_E2E_SUBNET_BASE", str(os.getpid() % 200)))
+_SUBNET_START = int(os.environ.get("MESHD_E2E_SUBNET_BASE", str(os.getpid() % 2500)))
 _subnets = itertools.count()
 
 
@@ -78,9 +78,16 @@ def log_tail(title: str, text: str, size: int) -> str:
     return f"----- {title} (last {size} characters) -----\n{text[-size:]}"
 
 
+# Loopback prefixes 127.A.B (A 1..50, B 20..219): 10000 in all, 2500 per xdist worker of `make test`, so no
+# run hands one out twice (with 200 a worker came back to a prefix after 50 tests, and a test once found an
+# address of its prefix still bound). 127.0.x stays free for the demo and the benchmarks.
+SUBNETS = 200 * 50
+
+
 def next_subnet() -> str:
-    """A fresh `127.0.N` prefix for one test."""
-    return f"127.0.{worker_slot(next(_subnets), span=200, start=_SUBNET_START) + 20}"
+    """A fresh `127.A.B` prefix for one test."""
+    slot = worker_slot(next(_subnets), span=SUBNETS, start=_SUBNET_START)
+    return f"127.{1 + slot // 200}.{20 + slot % 200}"
 
 
 # Test ports come from below the kernel's ephemeral range (32768-60999 by default), each xdist worker from its
