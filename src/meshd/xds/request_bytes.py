@@ -30,7 +30,7 @@ from typing import Any
 from envoy.service.discovery.v3 import discovery_pb2
 
 from meshd.obs.logsafe import quoted
-from meshd.protowire import string_field
+from meshd.protowire import read_varint, string_field
 from meshd.xds.stream import Request, SotwStream
 
 VERSION_TAG = 0x0A  # field 1, wire type 2
@@ -84,30 +84,17 @@ def _after_node(data: bytes, pos: int, end: int) -> int | None:
     None when its length runs past `end`."""
     if pos >= end or data[pos] != NODE_TAG:
         return pos
-    read = _varint(data, pos + 1)
+    read = read_varint(data, pos + 1)
     if read is None or read[0] + read[1] > end:
         return None
     return read[0] + read[1]
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int] | None:
-    """The varint at `pos` (its end, its value), or None when it is cut short or longer than 5 bytes."""
-    value, shift = 0, 0
-    while pos < len(data) and shift < 35:
-        byte = data[pos]
-        value |= (byte & 0x7F) << shift
-        pos += 1
-        if not byte & 0x80:
-            return pos, value
-        shift += 7
-    return None
 
 
 def _head(data: bytes) -> tuple[str, int] | None:
     """The version a request starts with and where it ends; ("", 0) without one; None when unreadable."""
     if not data or data[0] != VERSION_TAG:
         return "", 0
-    read = _varint(data, 1)
+    read = read_varint(data, 1)
     if read is None or read[0] + read[1] > len(data):
         return None
     start, length = read

@@ -14,7 +14,7 @@ from typing import Any
 
 from google.protobuf import any_pb2
 
-from meshd.protowire import length_delimited, string_field
+from meshd.protowire import length_delimited, read_varint, string_field
 from meshd.translate.envoyfilter.bootstrap import BOOTSTRAP_PATCH
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -73,10 +73,9 @@ class XdsResource:
 
 def _prefix_size(entry: bytes) -> int:
     """The size of a length-delimited field's tag (one byte: field 2) and length varint."""
-    at = 1
-    while entry[at] & 0x80:
-        at += 1
-    return at + 1
+    read = read_varint(entry, 1)
+    assert read is not None  # (an entry this module made)
+    return read[0]
 
 
 def make_raw_resource(name: str, type_url: str, body: bytes) -> XdsResource:
