@@ -7,6 +7,7 @@ result equals `build_world` over the same resources (a test checks this on rando
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections import defaultdict
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -30,8 +31,9 @@ from meshd.model import derive
 from meshd.model.gateway_api.backend_tls import with_backend_tls
 from meshd.model.gateway_api.conversion import GATEWAY_API_KINDS, GatewayApiConversion
 from meshd.model.gateway_api.grants import secret_grants
+from meshd.model.layered import Layered
 from meshd.model.services import Endpoint, MeshService, Workload
-from meshd.model.world import World, assemble
+from meshd.model.world import World, WorldChanges, assemble
 
 _ISTIO_KINDS = (
     "ServiceEntry",
@@ -95,9 +97,8 @@ class WorldState:
         self._rules: dict[str, tuple[DestinationRule, ...]] = {}
         self._sidecars: dict[str, tuple[Sidecar, ...]] = {}
         self._errors: list[InvalidResource] = []
-        self._workloads: dict[str, Workload] = {}
-        self._view_of: dict[str, Workload] | None = None
-        self._view: Mapping[str, Workload] = MappingProxyType({})
+        # address -> workload (a pod's over a WorkloadEntry's): a new version per change, sharing the rest
+        self._workloads: Layered[str, Workload] = Layered()
         self._secrets: dict[tuple[str, str], Secret] = {}
         # namespace -> PeerAuthentications; a new mapping object only when one of them changes
         self._peer_auth: Mapping[str, tuple[PeerAuthentication, ...]] = MappingProxyType({})
@@ -119,6 +120,7 @@ class WorldState:
         self._last: World | None = None
         self._reassemble = True
         self._dirty_endpoints: set[tuple[str, int]] = set()
+        self._dirty_workloads: set[str] = set()
 
     # -- applying changes ---------------------------------------------------------------------
 
@@ -172,8 +174,13 @@ class WorldState:
                 (e for e in self._istio["WorkloadEntry"].values() if isinstance(e, WorkloadEntry)), key=lambda e: e.key
             )
             self._entry_workloads = {e.spec.address: derive.entry_workload(e) for e in entries if e.spec.address}
-        if istio_changed or dirty_addresses:
-            self._workloads = {**self._entry_workloads, **self._pod_workloads}
+        if istio_changed:
+            self._workloads = Layered({**self._entry_workloads, **self._pod_workloads})
+        elif dirty_addresses:
+            pods, by_entry = self._pod_workloads, self._entry_workloads
+            held = {a: w for a in dirty_addresses if (w := pods[a] if a in pods else by_entry.get(a)) is not None}
+            self._workloads = self._workloads.updated(held, dirty_addresses)
+            self._dirty_workloads |= dirty_addresses
         for address in dirty_addresses:
             for slice_key in self._slices_by_address.get(address, ()):
                 dirty.add(self._service_of(self._slices[slice_key]))
@@ -354,9 +361,7 @@ class WorldState:
 
     def _workloads_view(self) -> Mapping[str, Workload]:
         """The World's workloads: the same object while they did not change (consumers compare it)."""
-        if self._view_of is not self._workloads:
-            self._view_of, self._view = self._workloads, MappingProxyType(dict(self._workloads))
-        return self._view
+        return self._workloads
 
     def world(self, *, revision: int = 0) -> World:
         last = self._last
@@ -364,18 +369,25 @@ class WorldState:
             world = self._last = self._assemble(revision)
             self._reassemble = False
             self._dirty_endpoints.clear()
+            self._dirty_workloads.clear()
             return world
         endpoints = last.endpoints
+        changes = WorldChanges(weakref.ref(last), frozenset(self._dirty_endpoints), frozenset(self._dirty_workloads))
+        self._dirty_workloads.clear()
         if self._dirty_endpoints:
-            merged, grown = dict(endpoints), False
+            # sorted by key: a new version over the last one's base (no copy), sorted again only when a key came
+            changed: dict[tuple[str, int], tuple[Endpoint, ...]] = {}
+            gone: list[tuple[str, int]] = []
             for key in self._dirty_endpoints:
                 value = self._endpoints_at(key)
                 if value is None:
-                    merged.pop(key, None)
+                    gone.append(key)
                 else:
-                    grown |= key not in merged
-                    merged[key] = value
-            endpoints = MappingProxyType(dict(sorted(merged.items())) if grown else merged)
+                    changed[key] = value
+            layered = endpoints if isinstance(endpoints, Layered) else Layered(endpoints)
+            endpoints = layered.updated(changed, gone)
+            if any(key not in layered for key in changed):
+                endpoints = Layered(dict(sorted(endpoints.items())))
             self._dirty_endpoints.clear()
         world = self._last = dataclasses.replace(
             last,
@@ -386,6 +398,7 @@ class WorldState:
             jwks=self._jwks,
             telemetries=self._telemetry_by_ns,
             revision=revision,
+            changes=changes,
         )
         return world
 

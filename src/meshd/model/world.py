@@ -9,6 +9,7 @@ scratch; `model.state.WorldState` keeps one up to date change by change (same re
 
 from __future__ import annotations
 
+import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -33,9 +34,23 @@ from meshd.model.derive import EXPORT_TO_ANNOTATION, EndpointChunks, default_rul
 from meshd.model.gateway_api.backend_tls import ca_secrets, with_backend_tls
 from meshd.model.gateway_api.conversion import GATEWAY_API_KINDS, GatewayApiConversion
 from meshd.model.gateway_api.grants import secret_grants
+from meshd.model.layered import Layered
 from meshd.model.services import Endpoint, MeshService, Workload
 
-__all__ = ["EXPORT_TO_ANNOTATION", "World", "build_world", "default_rule", "resolve_host"]
+__all__ = ["EXPORT_TO_ANNOTATION", "World", "WorldChanges", "build_world", "default_rule", "resolve_host"]
+
+
+@dataclass(frozen=True)
+class WorldChanges:
+    """What a World changed from the one it was derived from (`World.changes_since`): every endpoint key
+    and workload address whose value is not the very same object is listed (a listed one may be unchanged),
+    and every other field of the two Worlds but `secrets`, `request_authentications`, `jwks`, `telemetries`
+    and `revision` is the very same object. A reader that kept a result of the base World walks these keys
+    instead of the whole mesh."""
+
+    base: weakref.ref[World]
+    endpoints: frozenset[tuple[str, int]]
+    workloads: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -85,6 +100,16 @@ class World:
     gateway_secret_grants: Mapping[tuple[str, str, str], bool] = field(default_factory=dict)
     # namespace -> Telemetry resources, oldest first (the mapping is the same object while none changes)
     telemetries: Mapping[str, tuple[Telemetry, ...]] = field(default_factory=dict)
+    # set by WorldState on a World derived change by change from the last one (not part of its value)
+    changes: WorldChanges | None = field(default=None, compare=False, repr=False)
+
+    def changes_since(self, before: World | None) -> WorldChanges | None:
+        """What changed since `before`, when this World was derived from it change by change; else None
+        (then anything may have changed)."""
+        changes = self.changes
+        if changes is None or before is None or changes.base() is not before:
+            return None
+        return changes
 
     def virtual_services_for(self, host: str) -> tuple[VirtualService, ...] | None:
         """The VirtualServices routing a host: those naming it exactly, else those of the most
@@ -134,7 +159,7 @@ def assemble(
         domain_suffix=domain_suffix,
         by_namespace=MappingProxyType({ns: tuple(v) for ns, v in by_namespace.items()}),
         services=MappingProxyType(ordered),
-        endpoints=MappingProxyType(dict(sorted(endpoints.items()))),
+        endpoints=Layered(dict(sorted(endpoints.items()))),
         virtual_services=MappingProxyType(dict(virtual_services)),
         destination_rules=MappingProxyType(
             {
@@ -145,7 +170,7 @@ def assemble(
         ),
         rules_by_host=MappingProxyType(dict(rules_by_host)),
         sidecars=MappingProxyType(dict(sidecars)),
-        workloads=workloads if isinstance(workloads, MappingProxyType) else MappingProxyType(dict(workloads)),
+        workloads=workloads if isinstance(workloads, MappingProxyType | Layered) else MappingProxyType(dict(workloads)),
         errors=tuple(errors),
         revision=revision,
         secrets=MappingProxyType(dict(secrets or {})),
