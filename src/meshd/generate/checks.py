@@ -7,6 +7,7 @@ so a push re-checks only what changed."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Hashable, Mapping
 
 from meshd.api.destinationrule import DestinationRule
@@ -17,7 +18,7 @@ from meshd.api.virtualservice import VirtualService
 from meshd.generate.reads import MissedInput
 from meshd.generate.tls_files import FileCheck
 from meshd.model.derive import RuleSelector, rule_selector
-from meshd.model.services import MeshService, is_http
+from meshd.model.services import MeshService, Workload, is_http
 from meshd.model.world import World
 from meshd.translate import jwt_authn
 from meshd.translate.authz.checks import authorization_errors
@@ -90,6 +91,10 @@ class WorldChecks:
         # the bound-inbound check: (the endpoints and services it read, its errors per endpoint set)
         self.bound: BoundCheck | None = None
         self._prev_bound = previous.bound if previous is not None else None
+        # the namespaces holding workloads: (the workloads counted, the count per namespace, those namespaces)
+        self.namespaces: tuple[Mapping[str, Workload], dict[str, int], frozenset[str]] | None = None
+        self._prev_namespaces = previous.namespaces if previous is not None else None
+        self._prev_world = previous.world if previous is not None else None
 
     def run(self, destinations: Callable[[VirtualService], list[str]]) -> list[InvalidResource]:
         """`destinations`: the hosts a VirtualService routes to. Passed per call, never kept: holding the
@@ -182,13 +187,34 @@ class WorldChecks:
             errors.update(dict.fromkeys(self._bound_inbound()))
 
     def _namespaces_with_workloads(self) -> frozenset[str]:
-        held = self._prev_carried.get("with-workloads")
-        if held is not None and held[0][0] is self.world.workloads:
-            found = held[0][1]
+        """The namespaces holding a workload (the same object while that set is the same), from the workloads
+        per namespace, counted again over the World's changed addresses only."""
+        workloads, held = self.world.workloads, self._prev_namespaces
+        changes = self.world.changes_since(self._prev_world)
+        if held is not None and held[0] is workloads:
+            counts, found = held[1], held[2]
+        elif (
+            changes is not None
+            and held is not None
+            and self._prev_world is not None
+            and held[0] is self._prev_world.workloads
+        ):
+            then, counts = held[0], dict(held[1])
+            for ip in changes.workloads:
+                old, new = then.get(ip), workloads.get(ip)
+                if old is not new and old is not None:
+                    counts[old.namespace] -= 1
+                    if not counts[old.namespace]:
+                        del counts[old.namespace]
+                if old is not new and new is not None:
+                    counts[new.namespace] = counts.get(new.namespace, 0) + 1
+            found = held[2] if counts.keys() == held[1].keys() else frozenset(counts)
         else:
-            found = frozenset(w.namespace for w in self.world.workloads.values())
-        self.carried["with-workloads"] = ((self.world.workloads, found), [])
-        assert isinstance(found, frozenset)
+            counts = dict(Counter(w.namespace for w in workloads.values()))
+            found = frozenset(counts)
+        if self._check and found != frozenset(w.namespace for w in workloads.values()):
+            raise MissedInput("namespaces with workloads counted over the changes but the set differs")
+        self.namespaces = (workloads, counts, found)
         return found
 
     def _carry(
@@ -211,9 +237,13 @@ class WorldChecks:
         world = self.world
         now = world.endpoints
         previous = self._prev_bound
+        changes = world.changes_since(self._prev_world)
         if previous is not None and same_items(previous[1], world.services):
             then, by_key = previous[0], dict(previous[2])
-            changed = [k for k, v in now.items() if then.get(k) is not v] + [k for k in then if k not in now]
+            if changes is not None and self._prev_world is not None and then is self._prev_world.endpoints:
+                changed = [k for k in changes.endpoints if now.get(k) is not then.get(k)]
+            else:
+                changed = [k for k, v in now.items() if then.get(k) is not v] + [k for k in then if k not in now]
         else:
             by_key, changed = {}, list(now)
         for key in changed:

@@ -9,7 +9,7 @@ read of the World and a reused entry is checked against the value this generatio
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from meshd.api.authorization import AuthorizationPolicy
 from meshd.api.destinationrule import DestinationRule
@@ -370,11 +370,15 @@ class Queries:
             if world.telemetries is not before.telemetries or self._collector_services_changed(before):
                 return None  # access logging and tracing may change anywhere
             now, then = world.workloads, before.workloads
-            moved = set() if now is then else {ip for ip in now.keys() | then.keys() if now.get(ip) is not then.get(ip)}
+            changes = world.changes_since(before)
+            candidates: Iterable[str] = (
+                () if now is then else changes.workloads if changes is not None else now.keys() | then.keys()
+            )
+            moved = {ip for ip in candidates if now.get(ip) is not then.get(ip)}
             index, old = self._index(), self._prev_inbound.entries
             inbound = index.entries
-            candidates = index.touched if index.touched is not None else inbound.keys() | old.keys()
-            moved |= {ip for ip in candidates if inbound.get(ip) != old.get(ip)}
+            touched = index.touched if index.touched is not None else inbound.keys() | old.keys()
+            moved |= {ip for ip in touched if inbound.get(ip) != old.get(ip)}
             self._moved = moved
         return self._moved
 

@@ -1,0 +1,54 @@
+"""The per-World walks that follow the World's changes (WorldChanges) instead of walking the mesh give what a
+walk over the whole mesh gives, after random pod changes that empty and fill namespaces."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from meshd.api.meta import Resource, ResourceKey
+from meshd.api.parse import parse_resource
+from meshd.generate.checks import WorldChecks
+from meshd.generate.tls_files import FileCheck
+from meshd.model.state import WorldState
+
+NAMESPACES = ("a", "b", "c", "d")
+
+
+def _pod(ns: str, name: str, ip: str) -> Resource:
+    return parse_resource(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
+            "status": {"podIP": ip},
+        }
+    )
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_namespaces_with_workloads_follow_the_changes(seed: int) -> None:
+    rng = random.Random(seed)
+    state = WorldState(domain_suffix="cluster.local")
+    checks: WorldChecks | None = None
+    pods: dict[ResourceKey, Resource] = {}
+    followed = 0
+    for step in range(80):
+        changes: dict[ResourceKey, Resource | None] = {}
+        for _ in range(rng.randint(1, 3)):
+            ns, name = rng.choice(NAMESPACES), f"p{rng.randint(0, 2)}"
+            pod = _pod(ns, name, f"10.{NAMESPACES.index(ns)}.0.{rng.randint(1, 4)}")  # some addresses shared
+            if pod.key in pods and rng.random() < 0.5:
+                del pods[pod.key]
+                changes[pod.key] = None
+            else:
+                pods[pod.key] = changes[pod.key] = pod
+        state.apply(changes)
+        world = state.world()
+        followed += checks is not None and world.changes_since(checks.world) is not None
+        checks = WorldChecks(world, root_namespace="istio-system", files=FileCheck(world, read=None), previous=checks)
+        checks.run(lambda vs: [])
+        assert checks.namespaces is not None
+        assert checks.namespaces[2] == frozenset(w.namespace for w in world.workloads.values()), step
+    assert followed >= 70
