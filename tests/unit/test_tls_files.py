@@ -10,6 +10,7 @@ from typing import Any
 from meshd.api.parse import parse_resource
 from meshd.generate.generator import ConfigGenerator
 from meshd.generate.options import GenerateOptions
+from meshd.generate.tls_files import FileCheck
 from meshd.model.state import WorldState
 from meshd.translate.proxy import parse_node_id
 from meshd.xds.resource import CLUSTER
@@ -92,3 +93,30 @@ def test_files_are_not_checked_without_a_checker() -> None:
     generator.precompute()
     assert generator.errors == []
     assert "outbound|80||ledger.default.svc.cluster.local" in generator.snapshot(PROXY).resources[CLUSTER]
+
+
+def test_the_check_is_carried_while_its_inputs_and_files_are_the_same() -> None:
+    """An endpoint change walks no rule again (the previous findings are taken whole); a file that changes
+    under the same World is checked again."""
+    state = WorldState(domain_suffix="cluster.local")
+    state.apply({r.key: r for r in (parse_resource(d) for d in DOCS)})
+    world = state.world()
+    files = {"/certs/c.pem": CLIENT.cert}
+    first = FileCheck(world, read=files.get)
+    assert [e.field for e in first.errors] == ["spec.trafficPolicy.tls.privateKey"]
+    pod = parse_resource(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "default"},
+            "status": {"podIP": "10.0.0.9"},
+        }
+    )
+    state.apply({pod.key: pod})
+    moved = state.world()
+    assert moved.rules_by_host is world.rules_by_host  # derived in place: the inputs are the same objects
+    carried = FileCheck(moved, read=files.get, previous=first)
+    assert carried.errors is first.errors
+    files["/certs/k.pem"] = CLIENT.key
+    fixed = FileCheck(moved, read=files.get, previous=carried)
+    assert fixed.errors == [] and fixed.missing(world.rules_by_host["ledger.default.svc.cluster.local"][0]) == set()

@@ -17,9 +17,11 @@ World, whatever proxies are connected, plus the checks that need no workload
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import NamedTuple
 
+from meshd.api.gateway import Gateway
 from meshd.api.mesh import PROXY_CONFIG_ANNOTATION
 from meshd.api.meta import InvalidResource, ResourceKey
 from meshd.generate.layers import LayerCache
@@ -59,11 +61,24 @@ def trusted_hops(workload: Workload | None, mesh_default: int) -> int:
     return mesh_default if found is None else found
 
 
-def proxy_config_errors(world: World, groups: set[tuple[str, tuple[tuple[str, str], ...]]]) -> list[InvalidResource]:
+@dataclass(frozen=True)
+class GatewayWorkloads:
+    """The workloads the gateway checks look at, of `workloads` with `gateways`: those a Gateway selects, and
+    those whose `proxy.istio.io/config` annotation has a problem (few: the checks do not walk every workload)."""
+
+    workloads: Mapping[str, Workload]
+    gateways: Mapping[tuple[str, str], Gateway]
+    scope_to_namespace: bool  # the option Gateways select workloads by
+    selected: Mapping[str, Workload]
+    troubled: Mapping[str, Workload]
+
+
+def proxy_config_errors(
+    troubled: Iterable[Workload], groups: set[tuple[str, tuple[tuple[str, str], ...]]]
+) -> list[InvalidResource]:
     """A gateway workload's `proxy.istio.io/config` annotation that cannot be used (the mesh config's
     numTrustedProxies applies instead), or whose other gatewayTopology fields meshd ignores."""
     found = []
-    troubled = [w for w in world.workloads.values() if w.proxy_config_problem]  # (few: sort only those)
     for workload in sorted(troubled, key=lambda w: (w.namespace, w.name)):
         if (workload.namespace, workload.labels) in groups:
             used = workload.gateway_trusted_proxies is not None
@@ -102,6 +117,12 @@ class GatewayLayers:
         self._checks: dict[Hashable, tuple[InvalidResource, ...]] = {}
         self._prev_checks = previous._checks if previous is not None else {}
         self._check = tracer is not None
+        # the Gateway names that name no Gateway: (the VirtualServices and Gateways read, what was found)
+        self.references: tuple[object, object, list[InvalidResource]] | None = None
+        self._prev_references = previous.references if previous is not None else None
+        self.workload_view: GatewayWorkloads | None = None
+        self._prev_view = previous.workload_view if previous is not None else None
+        self._prev_world = previous.world if previous is not None else None
 
     def key_for(self, proxy: Proxy) -> GatewayKey:
         workload = self.world.workloads.get(proxy.ip)
@@ -261,15 +282,75 @@ class GatewayLayers:
 
     # -- World checks ------------------------------------------------------------------------------
 
+    def _reference_errors(self) -> list[InvalidResource]:
+        """`reference_errors`, carried while the VirtualServices and the Gateways are the same objects."""
+        world, held = self.world, self._prev_references
+        if held is not None and held[0] is world.virtual_services_by_name and held[1] is world.gateways:
+            found = held[2]
+            if self._check and found != reference_errors(world):
+                raise MissedInput("gateway reference check carried with the same inputs but its result changed")
+        else:
+            found = reference_errors(world)
+        self.references = (world.virtual_services_by_name, world.gateways, found)
+        return found
+
+    def _workloads(self) -> GatewayWorkloads:
+        """The selected and the troubled workloads: carried while the workloads and the Gateways are the same
+        objects, looked at again over the World's changed addresses only while just the workloads moved."""
+        world, held, q = self.world, self._prev_view, self.queries
+        workloads, gateways, scoped = world.workloads, world.gateways, self.options.scope_gateway_to_namespace
+
+        def selected(w: Workload) -> bool:
+            return bool(gateways) and bool(q.selected_gateways(w.namespace, w.labels))
+
+        changes = world.changes_since(self._prev_world)
+        same = held is not None and held.gateways is gateways and held.scope_to_namespace == scoped
+        if same and held is not None and held.workloads is workloads:
+            view = held
+        elif (
+            same
+            and held is not None
+            and changes is not None
+            and self._prev_world is not None
+            and held.workloads is self._prev_world.workloads
+        ):
+            picked, troubled = dict(held.selected), dict(held.troubled)
+            for ip in changes.workloads:
+                picked.pop(ip, None)
+                troubled.pop(ip, None)
+                workload = workloads.get(ip)
+                if workload is not None and selected(workload):
+                    picked[ip] = workload
+                if workload is not None and workload.proxy_config_problem:
+                    troubled[ip] = workload
+            view = GatewayWorkloads(workloads, gateways, scoped, picked, troubled)
+        else:
+            view = GatewayWorkloads(
+                workloads,
+                gateways,
+                scoped,
+                {ip: w for ip, w in workloads.items() if selected(w)},
+                {ip: w for ip, w in workloads.items() if w.proxy_config_problem},
+            )
+        if self._check and (
+            dict(view.selected) != {ip: w for ip, w in workloads.items() if selected(w)}
+            or dict(view.troubled) != {ip: w for ip, w in workloads.items() if w.proxy_config_problem}
+        ):
+            raise MissedInput("gateway workloads updated over the World's changes but they differ")
+        self.workload_view = view
+        return view
+
     def errors(self) -> list[InvalidResource]:
         """Every gateway error of the World: per gateway workload (namespace and labels) selected by a
         Gateway, the errors its build meets; and the checks that need no workload."""
         world, q = self.world, self.queries
-        found: dict[InvalidResource, None] = dict.fromkeys(reference_errors(world))
+        found: dict[InvalidResource, None] = dict.fromkeys(self._reference_errors())
+        view = self._workloads()
+        # a Gateway no workload is selected by: none of the selected ones is (each is selected by some Gateway)
         found.update(
             dict.fromkeys(
                 selector_errors(
-                    world, workloads=world.workloads, scope_to_namespace=self.options.scope_gateway_to_namespace
+                    world, workloads=view.selected, scope_to_namespace=self.options.scope_gateway_to_namespace
                 )
             )
         )
@@ -277,10 +358,11 @@ class GatewayLayers:
             bound = world.gateway_bindings.get((gateway.metadata.namespace, gateway.metadata.name), ())
             found.update(dict.fromkeys(binding_errors(world, gateway, bound)))
         # only the workloads some Gateway selects (the port map reads every workload's services: not for all)
-        workloads = world.workloads.values() if world.gateways else ()
-        selected = [w for w in workloads if q.selected_gateways(w.namespace, w.labels)]
+        selected = view.selected.values()
         groups = {(w.namespace, w.labels, self.port_map(w.address)) for w in selected}
-        found.update(dict.fromkeys(proxy_config_errors(world, {(w.namespace, w.labels) for w in selected})))
+        found.update(
+            dict.fromkeys(proxy_config_errors(view.troubled.values(), {(w.namespace, w.labels) for w in selected}))
+        )
         for namespace, labels, port_map in sorted(groups):
             # with the agent's certificate: its build serves (so checks) every server a proxy can have
             key = GatewayKey(namespace=namespace, labels=labels, sds=True, port_map=port_map)
