@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from collections.abc import Mapping
 from typing import Any
@@ -224,25 +223,18 @@ def _same(a: World, b: World) -> None:
     assert sorted(map(str, a.errors)) == sorted(map(str, b.errors))
 
 
-# the fields a World derived change by change may hold anew (WorldChanges' doc); the rest are the base's objects
-_MAY_CHANGE = {"endpoints", "workloads", "secrets", "request_authentications", "jwks", "telemetries", "revision"}
-
-
 def _differ(now: Mapping[Any, object], then: Mapping[Any, object]) -> set[Any]:
     return {k for k in now.keys() | then.keys() if now.get(k) is not then.get(k)}
 
 
 def _changes_hold(world: World, before: World | None) -> bool:
     """When the World says what changed since `before`, it names every endpoint key and workload address
-    that differ, and every other field is `before`'s. Returns whether it said."""
+    that differ. Returns whether it said."""
     changes = world.changes_since(before)
     if changes is None or before is None:
         return False
     assert _differ(world.endpoints, before.endpoints) <= changes.endpoints
     assert _differ(world.workloads, before.workloads) <= changes.workloads
-    for f in dataclasses.fields(World):
-        if f.name not in _MAY_CHANGE and f.name != "changes":
-            assert getattr(world, f.name) is getattr(before, f.name), f.name
     return True
 
 
@@ -274,4 +266,4 @@ def test_incremental_world_equals_full_rebuild(seed: int) -> None:
         _same(world, build_world(current.values(), domain_suffix="cluster.local"))
         said += _changes_hold(world, before)
         before = world
-    assert said >= 5  # the kinds that change all the time: most steps with only those are derived in place
+    assert said == 59  # every World after the first, assembled again or derived in place

@@ -42,14 +42,12 @@ def build_index(world: World) -> InboundIndex:
 
 def update_index(previous: InboundIndex, *, before: World, world: World) -> InboundIndex:
     """The index of `world`, from the index of `before`."""
+    if not same_items(before.services, world.services):
+        return build_index(world)
     now, then = world.endpoints, before.endpoints
     changes = world.changes_since(before)
-    if changes is not None:  # the services are the same object
-        changed = [k for k in changes.endpoints if now.get(k) is not then.get(k)]
-    elif not same_items(before.services, world.services):
-        return build_index(world)
-    else:
-        changed = [k for k in now.keys() | then.keys() if now.get(k) is not then.get(k)]
+    candidates = changes.endpoints if changes is not None else now.keys() | then.keys()
+    changed = [k for k in candidates if now.get(k) is not then.get(k)]
     if not changed:
         return InboundIndex(previous.entries, previous.keys, frozenset())
     if len(changed) > _MAX_CHANGED:

@@ -116,18 +116,20 @@ class WorldState:
         self._gateways: Mapping[tuple[str, str], Gateway] = MappingProxyType({})
         self._gateway_bindings: dict[tuple[str, str], tuple[VirtualService, ...]] = {}
         # the last World assembled, and what changed since: only endpoints, workloads, Secrets and the
-        # JWT inputs (the kinds that change all the time) are updated in place of a full assembly
+        # JWT inputs (the kinds that change all the time) are updated in place of a full assembly; either
+        # way the endpoint keys and workload addresses that changed are handed on (WorldChanges)
         self._last: World | None = None
         self._reassemble = True
         self._dirty_endpoints: set[tuple[str, int]] = set()
         self._dirty_workloads: set[str] = set()
+        self._assembled_se_keys: frozenset[tuple[str, int]] = frozenset()  # ServiceEntry endpoints last assembled
 
     # -- applying changes ---------------------------------------------------------------------
 
     def apply(self, changes: Mapping[ResourceKey, Resource | None]) -> None:
         dirty: set[ServiceId] = set()
         dirty_addresses: set[str] = set()
-        istio_changed = hosts_changed = False
+        istio_changed = hosts_changed = entries_changed = False
         for key, resource in changes.items():
             if key.kind == "ConfigMap":  # its CA feeds SDS (and it is a BackendTLSPolicy input, below)
                 ca = resource.ca_secret() if isinstance(resource, ConfigMap) else None
@@ -166,17 +168,18 @@ class WorldState:
                     self._istio[key.kind][key] = resource
                 istio_changed = self._reassemble = True
                 if key.kind == "WorkloadEntry":
+                    entries_changed = True
                     for entry in (previous, resource):
                         if isinstance(entry, WorkloadEntry) and entry.spec.address:
                             dirty_addresses.add(entry.spec.address)
-        if istio_changed:
+        if entries_changed:
             entries = sorted(
                 (e for e in self._istio["WorkloadEntry"].values() if isinstance(e, WorkloadEntry)), key=lambda e: e.key
             )
             self._entry_workloads = {e.spec.address: derive.entry_workload(e) for e in entries if e.spec.address}
-        if istio_changed:
-            self._workloads = Layered({**self._entry_workloads, **self._pod_workloads})
-        elif dirty_addresses:
+        # the workloads: a new version over the addresses of the pods and entries that changed (a pod's workload
+        # over a WorkloadEntry's); the others keep their objects (an entry's derived again is equal)
+        if dirty_addresses:
             pods, by_entry = self._pod_workloads, self._entry_workloads
             held = {a: w for a in dirty_addresses if (w := pods[a] if a in pods else by_entry.get(a)) is not None}
             self._workloads = self._workloads.updated(held, dirty_addresses)
@@ -365,15 +368,26 @@ class WorldState:
 
     def world(self, *, revision: int = 0) -> World:
         last = self._last
+        # ServiceEntry endpoints are merged anew by an assembly: their keys, before and now, may all differ
+        se_keys = frozenset(self._se_endpoints)
+        changes = (
+            WorldChanges(
+                weakref.ref(last),
+                frozenset(self._dirty_endpoints)
+                | ((self._assembled_se_keys | se_keys) if self._reassemble else frozenset()),
+                frozenset(self._dirty_workloads),
+            )
+            if last is not None
+            else None
+        )
+        self._dirty_workloads.clear()
         if last is None or self._reassemble:
-            world = self._last = self._assemble(revision)
+            world = self._last = dataclasses.replace(self._assemble(revision), changes=changes)
             self._reassemble = False
             self._dirty_endpoints.clear()
-            self._dirty_workloads.clear()
+            self._assembled_se_keys = se_keys
             return world
         endpoints = last.endpoints
-        changes = WorldChanges(weakref.ref(last), frozenset(self._dirty_endpoints), frozenset(self._dirty_workloads))
-        self._dirty_workloads.clear()
         if self._dirty_endpoints:
             # sorted by key: a new version over the last one's base (no copy), sorted again only when a key came
             changed: dict[tuple[str, int], tuple[Endpoint, ...]] = {}

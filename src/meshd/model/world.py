@@ -42,11 +42,10 @@ __all__ = ["EXPORT_TO_ANNOTATION", "World", "WorldChanges", "build_world", "defa
 
 @dataclass(frozen=True)
 class WorldChanges:
-    """What a World changed from the one it was derived from (`World.changes_since`): every endpoint key
-    and workload address whose value is not the very same object is listed (a listed one may be unchanged),
-    and every other field of the two Worlds but `secrets`, `request_authentications`, `jwks`, `telemetries`
-    and `revision` is the very same object. A reader that kept a result of the base World walks these keys
-    instead of the whole mesh."""
+    """What a World changed from the one WorldState derived it from (`World.changes_since`): every endpoint
+    key and workload address whose value is not the very same object is listed (a listed one may be
+    unchanged). A reader that kept a result of the base World walks these keys instead of the whole mesh
+    (the other fields it reads it compares itself: an unchanged one is the same object, or holds the same)."""
 
     base: weakref.ref[World]
     endpoints: frozenset[tuple[str, int]]
