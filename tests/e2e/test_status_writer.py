@@ -388,3 +388,32 @@ async def test_bulk_statuses_are_paced(server: FakeApiServer, api: client.ApiCli
     sync_store(store, server)
     again = make_writer(KubeStatusApi(api), store, Leadership(True), max_visits=2, cached=informer(server))
     assert await again.sync_once() == 5 and again.requests == 0
+
+
+async def test_a_round_with_nothing_changed_is_skipped_and_a_clobbered_status_still_repaired(
+    server: FakeApiServer, api: client.ApiClient
+) -> None:
+    """Each round walks every Istio object of the store (5000 DestinationRules: ~0.1 s): once one has left
+    nothing to do, rounds are skipped while the store and the errors stay as they were. A status someone
+    else overwrote moves only the object's resourceVersion (no new store revision): still seen, still repaired."""
+    store = web_and_ok(server)
+    writer = make_writer(KubeStatusApi(api), store, Leadership(True))
+    assert await writer.sync_once() == 2
+    sync_store(store, server)  # the resourceVersions our writes produced
+    await writer.sync_once()  # (those are ours: nothing to visit, and now nothing is left to do)
+    skipped = writer.skipped
+    for _ in range(3):
+        assert await writer.sync_once() == 0
+    assert writer.skipped == skipped + 3
+    revision = store.revision
+    theirs = server.get(V1, "VirtualService", "default", "ok")
+    theirs["status"] = {}
+    server.update(theirs, subresource="status")
+    sync_store(store, server)
+    assert store.revision == revision  # nothing to translate
+    assert await writer.sync_once() == 1
+    assert writer.skipped == skipped + 3
+    assert server.get(V1, "VirtualService", "default", "ok")["status"]["conditions"][0]["status"] == "True"
+    store.replace_origin("cluster", dict(store.winners()), [])  # the errors change (web's goes): a round again
+    await writer.sync_once()
+    assert writer.skipped == skipped + 3

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -168,6 +169,11 @@ class StatusWriter:
         self._handled_at: dict[ResourceKey, float] = {}
         self._retry: dict[ResourceKey, _Retry] = {}
         self._versions: dict[str, str] = {}  # API group -> version to use for objects not in the store
+        # a round that ended with nothing left to do: (the store's updates, the errors) it saw, and when an
+        # object meshd rejected is due to be read again. While both hold, a round would visit nothing: skipped.
+        self._idle: tuple[int, list[InvalidResource]] | None = None
+        self._next_recheck = math.inf
+        self.skipped = 0
         self.writes = 0
         self.conflicts = 0
         self.rounds = 0
@@ -178,6 +184,7 @@ class StatusWriter:
         self._handled.clear()
         self._handled_at.clear()
         self._retry.clear()
+        self._idle = None
 
     async def run(self) -> None:
         while True:
@@ -189,14 +196,15 @@ class StatusWriter:
             self.rounds += 1
             await self._clock.sleep(self._interval)
 
-    def _targets(self) -> tuple[dict[ResourceKey, Desired], dict[ResourceKey, tuple[str, str]]]:
+    def _targets(
+        self, errors: list[InvalidResource]
+    ) -> tuple[dict[ResourceKey, Desired], dict[ResourceKey, tuple[str, str]]]:
         """Desired status per object, and (apiVersion, resourceVersion) of the objects in the store."""
         held = {
             r.key: (r.api_version, r.metadata.resource_version)
             for kind in (*ISTIO_KINDS, *STATUS_KINDS)
             for r in self._store.of_kind(kind)  # (not the Pods, Services and EndpointSlices)
         }
-        errors = self._errors()
         desired: dict[ResourceKey, Desired] = dict(
             desired_messages(objects=[k for k in held if k.kind in ISTIO_KINDS], errors=errors)
         )
@@ -211,12 +219,18 @@ class StatusWriter:
         store (a push not yet built), so a verdict is never written and reverted a moment later."""
         if not self._settled():
             return 0
-        desired, held = self._targets()
+        errors = self._errors()
+        stamp = (self._store.updates, errors)
+        if self._idle is not None and self._idle == stamp and self._clock.now() < self._next_recheck:
+            self.skipped += 1  # what every status depends on is as the last round left it, all handled
+            return 0
+        self._idle = None
+        desired, held = self._targets(errors)
         for key in [k for k in self._handled if k not in desired]:
             del self._handled[key]
             self._handled_at.pop(key, None)
             self._retry.pop(key, None)
-        visited = 0
+        visited, paced = 0, False
         budget = _Budget(self._max_visits)
         for key, messages in desired.items():
             api_version, store_rv = held.get(key, ("", ""))
@@ -232,6 +246,7 @@ class StatusWriter:
             try:
                 seen_rv = await self._visit(key, messages, api_version, cached=cached, budget=budget)
             except _Paced:
+                paced = True
                 continue  # the next round
             except StatusConflict:
                 visited += 1
@@ -248,6 +263,10 @@ class StatusWriter:
             self._handled[key] = (frozenset({store_rv, seen_rv}), messages)
             self._handled_at[key] = self._clock.now()
             self._retry.pop(key, None)
+        if not paced and not self._retry:
+            self._idle = stamp
+            rejected = [self._handled_at.get(k, 0.0) for k in desired if k not in held]
+            self._next_recheck = min(rejected, default=math.inf) + self._recheck_rejected
         return visited
 
     def _cached_object(self, key: ResourceKey, messages: Desired, api_version: str) -> dict[str, Any] | None:

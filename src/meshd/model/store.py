@@ -26,6 +26,7 @@ class ConfigStore:
         self._kinds: dict[str, set[ResourceKey]] = {}  # kind -> keys with a winner
         self._feeds: list[dict[ResourceKey, Resource | None]] = []  # feed(): each consumer's changed keys
         self.revision = 0
+        self.updates = 0  # bumped by every change, resourceVersion-only ones too (what status writing reads)
         self.loaded = False
 
     def subscribe(self, callback: Callable[[], None]) -> None:
@@ -74,6 +75,7 @@ class ConfigStore:
     def _take_versions(self, origin: str, current: dict[ResourceKey, Resource]) -> None:
         """Only resourceVersions moved (e.g. a status write meshd made): keep the new copies, so
         readers see the current version, without a new revision (nothing to translate)."""
+        self.updates += 1
         self._by_origin[origin] = current
         for key, resource in current.items():
             if min(self._origins_of[key]) == origin:
@@ -163,6 +165,7 @@ class ConfigStore:
 
     def _changed(self) -> None:
         self.revision += 1
+        self.updates += 1
         for callback in self._listeners:
             callback()
 
