@@ -3,6 +3,8 @@ new base on the way) it equals the dict the same changes give, and every earlier
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -38,7 +40,7 @@ def test_updates_equal_a_dict_and_leave_every_version_as_it_was(base: dict[int, 
         versions.append((layered.updated(changed, removed), after))
     for layered, model in versions:
         _check(layered, model)
-    for (before, _), (after, _) in zip(versions, versions[1:]):  # kept keys keep their order (a sorted one stays so)
+    for (before, _), (after, _) in itertools.pairwise(versions):  # kept keys keep their order (sorted stays sorted)
         assert [k for k in after if k in before] == [k for k in before if k in after]
 
 

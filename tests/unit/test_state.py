@@ -267,3 +267,36 @@ def test_incremental_world_equals_full_rebuild(seed: int) -> None:
         said += _changes_hold(world, before)
         before = world
     assert said == 59  # every World after the first, assembled again or derived in place
+
+
+def test_the_default_rule_follows_its_service_when_only_the_service_changes() -> None:
+    """The default DestinationRule of a host (its service's namespace's, else the oldest) is taken from the
+    last World while the host's rules and service are the same objects: a service that goes or comes,
+    its rules unchanged, still changes it."""
+
+    def rule(name: str, ns: str, created: str) -> Resource:
+        return parse_resource(
+            {
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "DestinationRule",
+                "metadata": {"name": name, "namespace": ns, "creationTimestamp": created},
+                "spec": {
+                    "host": "web.a.svc.cluster.local",
+                    "trafficPolicy": {"connectionPool": {"tcp": {"maxConnections": 1}}},
+                },
+            }
+        )
+
+    service = parse_resource(
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "a"},
+         "spec": {"ports": [{"name": "http", "port": 80}]}}
+    )  # fmt: skip
+    older, own = rule("x", "b", "2024-01-01T00:00:00Z"), rule("y", "a", "2025-01-01T00:00:00Z")
+    state = WorldState(domain_suffix="cluster.local")
+    state.apply({r.key: r for r in (older, own, service)})
+    host = "web.a.svc.cluster.local"
+    assert state.world().destination_rules[host].metadata.name == "y"  # the service's namespace's
+    state.apply({service.key: None})
+    assert state.world().destination_rules[host].metadata.name == "x"  # no service: the oldest
+    state.apply({service.key: service})
+    assert state.world().destination_rules[host].metadata.name == "y"

@@ -20,7 +20,7 @@ from meshd.generate.layers import Entry, LayerCache
 from meshd.generate.memo import MemoEntry, ResourceMemo, reuse_layer
 from meshd.generate.options import GenerateOptions
 from meshd.generate.queries import Queries
-from meshd.generate.reads import Context, Tracer
+from meshd.generate.reads import Context, MissedInput, Tracer
 from meshd.model.services import MeshService, ServicePort
 from meshd.model.world import World
 from meshd.translate.clusters import clusters_opening, service_cluster_specs, service_secret_names
@@ -95,6 +95,12 @@ class OutboundLayers:
             else {}
         )
         self._contexts: dict[ScopeKey, Context] = {}
+        # the hostnames of each cluster signature's services (carried: a signature is one object across
+        # generations), and the rules the previous generation's cluster layer inputs were read from
+        self._hosts: dict[Signature, frozenset[str]] = {}
+        self._prev_hosts = previous._hosts if previous is not None else {}
+        self._prev_rules = previous.world.rules_by_host if previous is not None else None
+        self._check = tracer is not None
         # rejections found while building (check mode compares them with what the World checks report)
         self.build_errors: list[InvalidResource] = []
 
@@ -117,11 +123,17 @@ class OutboundLayers:
         def service_inputs() -> tuple[Hashable, ...]:
             # Each service's DestinationRules and endpoints, compared by identity (WorldState keeps a host's
             # rules tuple, and an unchanged service's endpoints, the same objects).
+            carried = self._carried_inputs(signature, scope)
+            if carried is not None and not self._check:
+                return carried
             endpoints, rules = self.world.endpoints, self.world.rules_by_host
-            return tuple(
+            fresh = tuple(
                 (Ident(rules.get(s.hostname)), *(Ident(endpoints.get((s.hostname, p.number))) for p in ports))
                 for s, ports in scope.services
             )
+            if carried is not None and carried != fresh:
+                raise MissedInput(f"cluster layer inputs of {scope.key} carried over the World's changes but differ")
+            return fresh
 
         def common() -> Hashable:
             return (
@@ -174,6 +186,26 @@ class OutboundLayers:
             return ClusterLayer(layer, frozenset(names), tuple(parts), shared), used
 
         return self.clusters.get(signature, inputs=inputs, context=self._context(scope), build=build)
+
+    def _carried_inputs(self, signature: Signature, scope: Scope) -> tuple[Hashable, ...] | None:
+        """The previous generation's per-service inputs of a signature's cluster layer, when none can have
+        changed: the DestinationRules are the same mapping and no endpoint key the World changed is of one of
+        its services (an endpoint change then walks no scope's services, only the changed hosts)."""
+        changed = self.queries.changed_endpoint_hosts()
+        entry = self.clusters.previous(signature)
+        if changed is None or entry is None or self.world.rules_by_host is not self._prev_rules:
+            return None
+        hosts = self._hosts.get(signature) or self._prev_hosts.get(signature)
+        if hosts is None:
+            hosts = frozenset(s.hostname for s, _ in scope.services)
+        self._hosts[signature] = hosts
+        if not hosts.isdisjoint(changed):
+            return None
+        inputs = entry.inputs
+        assert isinstance(inputs, tuple)
+        per_service = inputs[1]
+        assert isinstance(per_service, tuple)
+        return per_service
 
     def _service_entry_of(
         self, scope: Scope, service: MeshService, ports: tuple[ServicePort, ...]

@@ -63,6 +63,7 @@ class Queries:
         self._plans: dict[ScopeKey, ListenerPlan] = {}
         self._inbound: InboundIndex | None = None
         self._moved: set[str] | None = None
+        self._changed_hosts: tuple[frozenset[str] | None] | None = None
         self._jwt: dict[tuple[str, str], JwtProviders] = {}
         self._gateway_jwt: dict[tuple[str, tuple[tuple[str, str], ...]], JwtProviders] = {}
         self._mtls: dict[tuple[str, tuple[tuple[str, str], ...]], InboundMtls] = {}
@@ -343,6 +344,16 @@ class Queries:
 
     def destinations(self, vs: VirtualService) -> list[str]:
         return destination_hosts(self._world, vs)
+
+    def changed_endpoint_hosts(self) -> frozenset[str] | None:
+        """The hosts of the endpoint keys that changed since the previous World (a superset); None when not
+        known (no previous World, or this one was not derived from it)."""
+        if self._changed_hosts is None:
+            changes = self._world.changes_since(self._previous_world)
+            self._changed_hosts = (
+                (frozenset(host for host, _ in changes.endpoints),) if changes is not None else (None,)
+            )
+        return self._changed_hosts[0]
 
     def moved_addresses(self) -> set[str] | None:
         """Addresses whose proxies may hold something outdated besides their scope's layers, or

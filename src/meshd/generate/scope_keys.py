@@ -17,6 +17,10 @@ class ScopeKeys:
         self._root = root_namespace
         self._keys: dict[tuple[str, tuple[tuple[str, str], ...], str, bool, bool], ScopeKey] = {}
         self._failover_labels: frozenset[str] | None = None
+        # one object per distinct key, the previous generation's when equal: proxies of one scope with other
+        # labels share it, so grouping and looking up by key compares identities, not fields
+        self._interned: dict[ScopeKey, ScopeKey] = {}
+        self._prev_interned = previous._interned if previous is not None else {}
         # whether nothing a key reads of the World changed since the previous generation: a proxy whose
         # workload did not change has the key it had
         self.carried = False
@@ -24,6 +28,7 @@ class ScopeKeys:
             self.carried = True
             # nothing a key is derived from changed: the keys found so far hold (the cache key holds the rest)
             self._keys = dict(previous._keys)
+            self._interned = dict(previous._interned)
             self._failover_labels = previous._failover_labels
 
     def for_proxy(self, proxy: Proxy) -> ScopeKey:
@@ -44,7 +49,7 @@ class ScopeKeys:
                 namespace == proxy.namespace and all((k, v) in labels for k, v in sel)
                 for namespace, sel in self.world.rule_selectors
             )
-            cached = ScopeKey(
+            made = ScopeKey(
                 proxy.namespace,
                 sidecar.key if sidecar is not None else None,
                 locality=locality,
@@ -54,6 +59,9 @@ class ScopeKeys:
                 capture=proxy.capture,
                 rule_selection=rule_selection,
             )
+            cached = self._interned.get(made)
+            if cached is None:
+                cached = self._interned[made] = self._prev_interned.get(made, made)
             self._keys[(proxy.namespace, labels, locality, proxy.sds, proxy.capture)] = cached
         return cached
 

@@ -429,6 +429,7 @@ class WorldState:
         for key, eps in self._se_endpoints.items():
             endpoints[key] = derive.merge_chunks([endpoints[key], eps]) if key in endpoints else eps
         return assemble(
+            previous=self._last,
             domain_suffix=self._suffix,
             services=services,
             endpoints=endpoints,

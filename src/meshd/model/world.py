@@ -149,8 +149,23 @@ def assemble(
     telemetries: Mapping[str, tuple[Telemetry, ...]] | None = None,
     wasm_plugins: Mapping[str, tuple[WasmPlugin, ...]] | None = None,
     gateway_secret_grants: Mapping[tuple[str, str, str], bool] | None = None,
+    previous: World | None = None,
 ) -> World:
+    """`previous`: the World assembled before (WorldState's); what is derived from the DestinationRules alone
+    is taken from it while every host's rules and service are the objects they were (a VirtualService edit
+    then derives nothing per host)."""
     ordered = dict(sorted(services.items()))
+    if previous is not None and _same_rules(previous, rules_by_host, services):
+        default_rules, selectors = previous.destination_rules, previous.rule_selectors
+    else:
+        default_rules = MappingProxyType(
+            {
+                host: rule
+                for host, rules in rules_by_host.items()
+                if (rule := default_rule(host, rules, services)) is not None
+            }
+        )
+        selectors = derive.rule_selectors(rules_by_host)
     by_namespace: dict[str, list[MeshService]] = defaultdict(list)
     for service in ordered.values():
         by_namespace[service.namespace].append(service)
@@ -160,13 +175,7 @@ def assemble(
         services=MappingProxyType(ordered),
         endpoints=Layered(dict(sorted(endpoints.items()))),
         virtual_services=MappingProxyType(dict(virtual_services)),
-        destination_rules=MappingProxyType(
-            {
-                host: rule
-                for host, rules in rules_by_host.items()
-                if (rule := default_rule(host, rules, services)) is not None
-            }
-        ),
+        destination_rules=default_rules,
         rules_by_host=MappingProxyType(dict(rules_by_host)),
         sidecars=MappingProxyType(dict(sidecars)),
         workloads=workloads if isinstance(workloads, MappingProxyType | Layered) else MappingProxyType(dict(workloads)),
@@ -177,7 +186,7 @@ def assemble(
         source_selectors=derive.source_selectors(virtual_services_by_name.values()),
         wildcard_hosts=tuple(sorted((h for h in virtual_services if h.startswith("*")), key=lambda h: (-len(h), h))),
         peer_authentications=peer_authentications if peer_authentications is not None else MappingProxyType({}),
-        rule_selectors=derive.rule_selectors(rules_by_host),
+        rule_selectors=selectors,
         request_authentications=request_authentications
         if request_authentications is not None
         else MappingProxyType({}),
@@ -189,6 +198,16 @@ def assemble(
         telemetries=telemetries if telemetries is not None else MappingProxyType({}),
         wasm_plugins=wasm_plugins if wasm_plugins is not None else MappingProxyType({}),
         gateway_secret_grants=gateway_secret_grants if gateway_secret_grants is not None else MappingProxyType({}),
+    )
+
+
+def _same_rules(
+    previous: World, rules_by_host: Mapping[str, tuple[DestinationRule, ...]], services: Mapping[str, MeshService]
+) -> bool:
+    """Whether each host's rules, and the service of each host with rules, are the previous World's objects."""
+    before, then = previous.rules_by_host, previous.services
+    return before.keys() == rules_by_host.keys() and all(
+        before[host] is rules and then.get(host) is services.get(host) for host, rules in rules_by_host.items()
     )
 
 
