@@ -100,6 +100,7 @@ class OutboundLayers:
         self._hosts: dict[Signature, frozenset[str]] = {}
         self._prev_hosts = previous._hosts if previous is not None else {}
         self._prev_rules = previous.world.rules_by_host if previous is not None else None
+        self._rules_same: bool | None = None
         self._check = tracer is not None
         # rejections found while building (check mode compares them with what the World checks report)
         self.build_errors: list[InvalidResource] = []
@@ -193,7 +194,7 @@ class OutboundLayers:
         its services (an endpoint change then walks no scope's services, only the changed hosts)."""
         changed = self.queries.changed_endpoint_hosts()
         entry = self.clusters.previous(signature)
-        if changed is None or entry is None or self.world.rules_by_host is not self._prev_rules:
+        if changed is None or entry is None or not self._same_rules():
             return None
         hosts = self._hosts.get(signature) or self._prev_hosts.get(signature)
         if hosts is None:
@@ -206,6 +207,13 @@ class OutboundLayers:
         per_service = inputs[1]
         assert isinstance(per_service, tuple)
         return per_service
+
+    def _same_rules(self) -> bool:
+        """Whether every host's DestinationRules are the previous World's objects (once per generation)."""
+        if self._rules_same is None:
+            before = self._prev_rules
+            self._rules_same = before is not None and same_items(before, self.world.rules_by_host)
+        return self._rules_same
 
     def _service_entry_of(
         self, scope: Scope, service: MeshService, ports: tuple[ServicePort, ...]
