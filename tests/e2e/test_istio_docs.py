@@ -232,7 +232,9 @@ async def test_traffic_shifting(bookinfo: Bookinfo) -> None:
     await eventually(split_held, what="productpage's sidecar to hold the 50/50 split")
     seen = await refresh(bookinfo, 300, concurrency=8)
     assert set(seen) == {"v1", "v3+ratings"}, seen
-    assert 0.40 <= seen["v1"] / 300 <= 0.60, seen
+    # about even: within 5 standard deviations of 150 (8.7 each); a CI run on a loaded machine once saw 184
+    # (3.9), which 0.40-0.60 refused. A split that does not hold (all to one side) is far outside either way.
+    assert 0.35 <= seen["v1"] / 300 <= 0.65, seen
 
     await bookinfo.apply("traffic-shifting/v3")
     await eventually(showing(bookinfo, {"v3+ratings": 12}), what="all traffic to reviews v3")
