@@ -362,31 +362,29 @@ class WorldState:
 
     # -- reading ----------------------------------------------------------------------------------
 
-    def _workloads_view(self) -> Mapping[str, Workload]:
-        """The World's workloads: the same object while they did not change (consumers compare it)."""
-        return self._workloads
-
     def world(self, *, revision: int = 0) -> World:
         last = self._last
-        # ServiceEntry endpoints are merged anew by an assembly: their keys, before and now, may all differ
-        se_keys = frozenset(self._se_endpoints)
-        changes = (
-            WorldChanges(
-                weakref.ref(last),
-                frozenset(self._dirty_endpoints)
-                | ((self._assembled_se_keys | se_keys) if self._reassemble else frozenset()),
-                frozenset(self._dirty_workloads),
-            )
-            if last is not None
-            else None
-        )
-        self._dirty_workloads.clear()
+        changed_endpoints = frozenset(self._dirty_endpoints)
         if last is None or self._reassemble:
+            # ServiceEntry endpoints are merged anew by an assembly: their keys, before and now, may all differ
+            se_keys = frozenset(self._se_endpoints)
+            changes = (
+                WorldChanges(
+                    weakref.ref(last),
+                    changed_endpoints | self._assembled_se_keys | se_keys,
+                    frozenset(self._dirty_workloads),
+                )
+                if last is not None
+                else None
+            )
             world = self._last = dataclasses.replace(self._assemble(revision), changes=changes)
             self._reassemble = False
             self._dirty_endpoints.clear()
+            self._dirty_workloads.clear()
             self._assembled_se_keys = se_keys
             return world
+        changes = WorldChanges(weakref.ref(last), changed_endpoints, frozenset(self._dirty_workloads))
+        self._dirty_workloads.clear()
         endpoints = last.endpoints
         if self._dirty_endpoints:
             # sorted by key: a new version over the last one's base (no copy), sorted again only when a key came
@@ -406,7 +404,7 @@ class WorldState:
         world = self._last = dataclasses.replace(
             last,
             endpoints=endpoints,
-            workloads=self._workloads_view(),
+            workloads=self._workloads,
             secrets=MappingProxyType(dict(self._secrets)),
             request_authentications=self._request_authn_by_ns,
             jwks=self._jwks,
@@ -436,7 +434,7 @@ class WorldState:
             virtual_services=self._virtual_services,
             rules_by_host=self._rules,
             sidecars=self._sidecars,
-            workloads=self._workloads_view(),
+            workloads=self._workloads,
             errors=self._errors,
             revision=revision,
             secrets=self._secrets,
