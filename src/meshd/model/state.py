@@ -13,24 +13,15 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TypeVar
 
-from meshd.api.authorization import AuthorizationPolicy
-from meshd.api.destinationrule import DestinationRule
-from meshd.api.envoyfilter import EnvoyFilter
-from meshd.api.gateway import Gateway
-from meshd.api.gateway_api import ReferenceGrant
 from meshd.api.jwks import FETCHED_JWKS, FetchedJwks
 from meshd.api.kube import CONFIGMAP_SECRET_PREFIX, ConfigMap, EndpointSlice, Pod, Secret, Service
-from meshd.api.meta import InvalidResource, Resource, ResourceKey
-from meshd.api.networking import ServiceEntry, Sidecar, WorkloadEntry
+from meshd.api.meta import Resource, ResourceKey
+from meshd.api.networking import WorkloadEntry
 from meshd.api.request_authentication import RequestAuthentication
-from meshd.api.security import PeerAuthentication
 from meshd.api.telemetry import Telemetry
-from meshd.api.virtualservice import VirtualService
-from meshd.api.wasmplugin import WasmPlugin
 from meshd.model import derive
-from meshd.model.gateway_api.backend_tls import with_backend_tls
 from meshd.model.gateway_api.conversion import GATEWAY_API_KINDS, GatewayApiConversion
-from meshd.model.gateway_api.grants import secret_grants
+from meshd.model.istio_derived import IstioDerived, derive_istio
 from meshd.model.layered import Layered
 from meshd.model.services import Endpoint, MeshService, Workload
 from meshd.model.world import World, WorldChanges, assemble
@@ -50,17 +41,6 @@ _ISTIO_KINDS = (
 )
 ServiceId = tuple[str, str]  # (namespace, name)
 _K = TypeVar("_K")
-_V = TypeVar("_V")
-
-
-def _keep_identity(old: dict[_K, tuple[_V, ...]], new: dict[_K, tuple[_V, ...]]) -> dict[_K, tuple[_V, ...]]:
-    """Per key, keep the old tuple object when it holds the very same items: consumers compare these
-    by identity to know that, e.g., the rules of a host did not change."""
-    for key, items in new.items():
-        before = old.get(key)
-        if before is not None and len(before) == len(items) and all(a is b for a, b in zip(before, items, strict=True)):
-            new[key] = before
-    return new
 
 
 def _discard(index: dict[_K, set[ResourceKey]], at: _K, key: ResourceKey) -> None:
@@ -88,33 +68,18 @@ class WorldState:
         self._endpoint_keys: dict[str, list[tuple[str, int]]] = {}  # host -> its endpoint keys
         self._istio: dict[str, dict[ResourceKey, Resource]] = {kind: {} for kind in _ISTIO_KINDS}
         self._gateway_api = GatewayApiConversion(domain_suffix=domain_suffix)
-        # derived from the Istio kinds (and the set of Kubernetes service hosts)
         self._entry_workloads: dict[str, Workload] = {}
-        self._se_services: dict[str, MeshService] = {}
-        self._se_endpoints: dict[tuple[str, int], tuple[Endpoint, ...]] = {}
-        self._virtual_services: dict[str, tuple[VirtualService, ...]] = {}
-        self._vs_by_name: dict[tuple[str, str], VirtualService] = {}
-        self._rules: dict[str, tuple[DestinationRule, ...]] = {}
-        self._sidecars: dict[str, tuple[Sidecar, ...]] = {}
-        self._errors: list[InvalidResource] = []
+        # derived from the Istio kinds (and the set of Kubernetes service hosts): model/istio_derived.py
+        self._derived = IstioDerived()
         # address -> workload (a pod's over a WorkloadEntry's): a new version per change, sharing the rest
         self._workloads: Layered[str, Workload] = Layered()
         self._secrets: dict[tuple[str, str], Secret] = {}
-        # namespace -> PeerAuthentications; a new mapping object only when one of them changes
-        self._peer_auth: Mapping[str, tuple[PeerAuthentication, ...]] = MappingProxyType({})
         # RequestAuthentications and fetched key sets: re-derived (a new mapping object) only when one changes
         self._request_authn: dict[ResourceKey, RequestAuthentication] = {}
         self._request_authn_by_ns: Mapping[str, tuple[RequestAuthentication, ...]] = MappingProxyType({})
         self._jwks: Mapping[str, str] = MappingProxyType({})
         self._telemetry: dict[ResourceKey, Telemetry] = {}
         self._telemetry_by_ns: Mapping[str, tuple[Telemetry, ...]] = MappingProxyType({})
-        self._authz: Mapping[str, tuple[AuthorizationPolicy, ...]] = MappingProxyType({})
-        self._envoy_filters: Mapping[str, tuple[EnvoyFilter, ...]] = MappingProxyType({})
-        self._wasm_plugins: Mapping[str, tuple[WasmPlugin, ...]] = MappingProxyType({})
-        self._secret_grants: Mapping[tuple[str, str, str], bool] = MappingProxyType({})
-        # (namespace, name) -> Gateway; a new mapping object only when one of them changes
-        self._gateways: Mapping[tuple[str, str], Gateway] = MappingProxyType({})
-        self._gateway_bindings: dict[tuple[str, str], tuple[VirtualService, ...]] = {}
         # the last World assembled, and what changed since: only endpoints, workloads, Secrets and the
         # JWT inputs (the kinds that change all the time) are updated in place of a full assembly; either
         # way the endpoint keys and workload addresses that changed are handed on (WorldChanges)
@@ -302,62 +267,12 @@ class WorldState:
         self._endpoint_keys[host] = list(chunks)
 
     def _rederive_istio(self) -> None:
-        taken = {s.hostname: s for s in self._services.values()}
-        entries = [e for e in self._istio["WorkloadEntry"].values() if isinstance(e, WorkloadEntry)]
-        se_services, se_chunks, errors = derive.service_entries(
-            [s for s in self._istio["ServiceEntry"].values() if isinstance(s, ServiceEntry)],
-            entries,
-            taken=taken,
-            suffix=self._suffix,
-        )
-        self._se_services = se_services
-        self._se_endpoints = {key: derive.merge_chunks(chunks) for key, chunks in se_chunks.items()}
-        converted = self._gateway_api.run(
-            [r for kind in GATEWAY_API_KINDS for r in self._istio[kind].values()],
+        self._derived = derive_istio(
+            self._istio,
             services=self._services,
-        )
-        vss = [v for v in self._istio["VirtualService"].values() if isinstance(v, VirtualService)]
-        vss += converted.virtual_services
-        self._virtual_services = _keep_identity(
-            self._virtual_services, derive.virtual_services_by_host(vss, suffix=self._suffix)
-        )
-        self._vs_by_name = {(v.metadata.namespace, v.metadata.name): v for v in vss}
-        self._gateway_bindings = _keep_identity(self._gateway_bindings, derive.gateway_bindings(vss))
-        gateways = derive.gateways_by_key(
-            [g for g in self._istio["Gateway"].values() if isinstance(g, Gateway)] + converted.gateways
-        )
-        if list(gateways) != list(self._gateways) or any(gateways[key] is not self._gateways[key] for key in gateways):
-            self._gateways = MappingProxyType(gateways)
-        merged, tls_warnings = with_backend_tls(
-            [d for d in self._istio["DestinationRule"].values() if isinstance(d, DestinationRule)],
-            converted.destination_rules,
-            domain_suffix=self._suffix,
-        )
-        rules, rule_errors = derive.destination_rules_by_host(merged, suffix=self._suffix)
-        self._rules = _keep_identity(self._rules, rules)
-        self._sidecars = _keep_identity(
-            self._sidecars,
-            derive.sidecars_by_namespace([s for s in self._istio["Sidecar"].values() if isinstance(s, Sidecar)]),
-        )
-        self._errors = errors + rule_errors + converted.errors + tls_warnings
-        peer_auth = derive.peer_authentications_by_namespace(
-            p for p in self._istio["PeerAuthentication"].values() if isinstance(p, PeerAuthentication)
-        )
-        self._peer_auth = _same_or_new(self._peer_auth, peer_auth)
-        authz = derive.authorization_policies_by_namespace(
-            p for p in self._istio["AuthorizationPolicy"].values() if isinstance(p, AuthorizationPolicy)
-        )
-        self._authz = _same_or_new(self._authz, authz)
-        envoy_filters = derive.envoy_filters_by_namespace(
-            e for e in self._istio["EnvoyFilter"].values() if isinstance(e, EnvoyFilter)
-        )
-        self._envoy_filters = _same_or_new(self._envoy_filters, envoy_filters)
-        wasm_plugins = derive.by_namespace_and_name(
-            w for w in self._istio["WasmPlugin"].values() if isinstance(w, WasmPlugin)
-        )
-        self._wasm_plugins = _same_or_new(self._wasm_plugins, wasm_plugins)
-        self._secret_grants = secret_grants(
-            g for g in self._istio["ReferenceGrant"].values() if isinstance(g, ReferenceGrant)
+            conversion=self._gateway_api,
+            suffix=self._suffix,
+            previous=self._derived,
         )
 
     # -- reading ----------------------------------------------------------------------------------
@@ -367,7 +282,7 @@ class WorldState:
         changed_endpoints = frozenset(self._dirty_endpoints)
         if last is None or self._reassemble:
             # ServiceEntry endpoints are merged anew by an assembly: their keys, before and now, may all differ
-            se_keys = frozenset(self._se_endpoints)
+            se_keys = frozenset(self._derived.se_endpoints)
             changes = (
                 WorldChanges(
                     weakref.ref(last),
@@ -415,48 +330,39 @@ class WorldState:
         return world
 
     def _endpoints_at(self, key: tuple[str, int]) -> tuple[Endpoint, ...] | None:
-        k8s, entries = self._k8s_endpoints.get(key), self._se_endpoints.get(key)
+        k8s, entries = self._k8s_endpoints.get(key), self._derived.se_endpoints.get(key)
         if k8s is not None and entries is not None:
             return derive.merge_chunks([k8s, entries])
         return k8s if k8s is not None else entries
 
     def _assemble(self, revision: int) -> World:
+        d = self._derived
         services = {s.hostname: s for s in self._services.values()}
-        services.update(self._se_services)
+        services.update(self._derived.se_services)
         endpoints = dict(self._k8s_endpoints)
-        for key, eps in self._se_endpoints.items():
+        for key, eps in self._derived.se_endpoints.items():
             endpoints[key] = derive.merge_chunks([endpoints[key], eps]) if key in endpoints else eps
         return assemble(
             previous=self._last,
             domain_suffix=self._suffix,
             services=services,
             endpoints=endpoints,
-            virtual_services=self._virtual_services,
-            rules_by_host=self._rules,
-            sidecars=self._sidecars,
+            virtual_services=d.virtual_services,
+            rules_by_host=d.rules,
+            sidecars=d.sidecars,
             workloads=self._workloads,
-            errors=self._errors,
+            errors=d.errors,
             revision=revision,
             secrets=self._secrets,
-            virtual_services_by_name=self._vs_by_name,
-            peer_authentications=self._peer_auth,
+            virtual_services_by_name=d.vs_by_name,
+            peer_authentications=d.peer_auth,
             request_authentications=self._request_authn_by_ns,
             jwks=self._jwks,
-            authorization_policies=self._authz,
-            gateways=self._gateways,
-            gateway_bindings=self._gateway_bindings,
-            envoy_filters=self._envoy_filters,
+            authorization_policies=d.authz,
+            gateways=d.gateways,
+            gateway_bindings=d.gateway_bindings,
+            envoy_filters=d.envoy_filters,
             telemetries=self._telemetry_by_ns,
-            wasm_plugins=self._wasm_plugins,
-            gateway_secret_grants=self._secret_grants,
+            wasm_plugins=d.wasm_plugins,
+            gateway_secret_grants=d.secret_grants,
         )
-
-
-def _same_or_new(old: Mapping[str, tuple[_V, ...]], new: dict[str, tuple[_V, ...]]) -> Mapping[str, tuple[_V, ...]]:
-    """The old mapping object when it holds the very same objects (consumers compare it by identity)."""
-    if new.keys() == old.keys() and all(
-        len(items) == len(old[ns]) and all(a is b for a, b in zip(items, old[ns], strict=True))
-        for ns, items in new.items()
-    ):
-        return old
-    return MappingProxyType(new)

@@ -1,0 +1,142 @@
+"""What WorldState derives from the Istio kinds, and from the Gateway API objects converted into them:
+ServiceEntry services and endpoints, VirtualServices, DestinationRules and Sidecars by host or namespace,
+Gateways and their bindings, the policies by namespace. Derived again, whole, when one of those kinds (or the
+set of Kubernetes service hosts) changes; each value keeps the previous derivation's object where it holds the
+very same items, because consumers compare them by identity to know, e.g., that a host's rules did not change.
+Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TypeVar
+
+from meshd.api.authorization import AuthorizationPolicy
+from meshd.api.destinationrule import DestinationRule
+from meshd.api.envoyfilter import EnvoyFilter
+from meshd.api.gateway import Gateway
+from meshd.api.gateway_api import ReferenceGrant
+from meshd.api.meta import InvalidResource, Resource, ResourceKey
+from meshd.api.networking import ServiceEntry, Sidecar, WorkloadEntry
+from meshd.api.security import PeerAuthentication
+from meshd.api.virtualservice import VirtualService
+from meshd.api.wasmplugin import WasmPlugin
+from meshd.model import derive
+from meshd.model.gateway_api.backend_tls import with_backend_tls
+from meshd.model.gateway_api.conversion import GATEWAY_API_KINDS, GatewayApiConversion
+from meshd.model.gateway_api.grants import secret_grants
+from meshd.model.services import Endpoint, MeshService
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _empty() -> Mapping[_K, _V]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class IstioDerived:
+    se_services: dict[str, MeshService] = field(default_factory=dict)
+    se_endpoints: dict[tuple[str, int], tuple[Endpoint, ...]] = field(default_factory=dict)
+    virtual_services: dict[str, tuple[VirtualService, ...]] = field(default_factory=dict)  # by resolved host
+    vs_by_name: dict[tuple[str, str], VirtualService] = field(default_factory=dict)
+    gateway_bindings: dict[tuple[str, str], tuple[VirtualService, ...]] = field(default_factory=dict)
+    # (namespace, name) -> Gateway; a new mapping object only when one of them changes (so the mappings below)
+    gateways: Mapping[tuple[str, str], Gateway] = field(default_factory=_empty)
+    rules: dict[str, tuple[DestinationRule, ...]] = field(default_factory=dict)  # by host
+    sidecars: dict[str, tuple[Sidecar, ...]] = field(default_factory=dict)  # by namespace
+    errors: list[InvalidResource] = field(default_factory=list)
+    peer_auth: Mapping[str, tuple[PeerAuthentication, ...]] = field(default_factory=_empty)
+    authz: Mapping[str, tuple[AuthorizationPolicy, ...]] = field(default_factory=_empty)
+    envoy_filters: Mapping[str, tuple[EnvoyFilter, ...]] = field(default_factory=_empty)
+    wasm_plugins: Mapping[str, tuple[WasmPlugin, ...]] = field(default_factory=_empty)
+    secret_grants: Mapping[tuple[str, str, str], bool] = field(default_factory=_empty)
+
+
+def derive_istio(
+    istio: Mapping[str, Mapping[ResourceKey, Resource]],
+    *,
+    services: Mapping[tuple[str, str], MeshService],
+    conversion: GatewayApiConversion,
+    suffix: str,
+    previous: IstioDerived,
+) -> IstioDerived:
+    """`istio`: the resources of each Istio (and Gateway API) kind; `services`: the Kubernetes services by
+    (namespace, name); `conversion`: the Gateway API conversion (it converts again only what changed)."""
+    taken = {s.hostname: s for s in services.values()}
+    entries = [e for e in istio["WorkloadEntry"].values() if isinstance(e, WorkloadEntry)]
+    se_services, se_chunks, errors = derive.service_entries(
+        [s for s in istio["ServiceEntry"].values() if isinstance(s, ServiceEntry)], entries, taken=taken, suffix=suffix
+    )
+    converted = conversion.run([r for kind in GATEWAY_API_KINDS for r in istio[kind].values()], services=services)
+    vss = [v for v in istio["VirtualService"].values() if isinstance(v, VirtualService)]
+    vss += converted.virtual_services
+    gateways = derive.gateways_by_key(
+        [g for g in istio["Gateway"].values() if isinstance(g, Gateway)] + converted.gateways
+    )
+    before = previous.gateways
+    if list(gateways) == list(before) and all(gateways[key] is before[key] for key in gateways):
+        kept_gateways = before
+    else:
+        kept_gateways = MappingProxyType(gateways)
+    merged, tls_warnings = with_backend_tls(
+        [d for d in istio["DestinationRule"].values() if isinstance(d, DestinationRule)],
+        converted.destination_rules,
+        domain_suffix=suffix,
+    )
+    rules, rule_errors = derive.destination_rules_by_host(merged, suffix=suffix)
+    sidecars = derive.sidecars_by_namespace([s for s in istio["Sidecar"].values() if isinstance(s, Sidecar)])
+    return IstioDerived(
+        se_services=se_services,
+        se_endpoints={key: derive.merge_chunks(chunks) for key, chunks in se_chunks.items()},
+        virtual_services=_keep_identity(previous.virtual_services, derive.virtual_services_by_host(vss, suffix=suffix)),
+        vs_by_name={(v.metadata.namespace, v.metadata.name): v for v in vss},
+        gateway_bindings=_keep_identity(previous.gateway_bindings, derive.gateway_bindings(vss)),
+        gateways=kept_gateways,
+        rules=_keep_identity(previous.rules, rules),
+        sidecars=_keep_identity(previous.sidecars, sidecars),
+        errors=errors + rule_errors + converted.errors + tls_warnings,
+        peer_auth=_same_or_new(
+            previous.peer_auth,
+            derive.peer_authentications_by_namespace(
+                p for p in istio["PeerAuthentication"].values() if isinstance(p, PeerAuthentication)
+            ),
+        ),
+        authz=_same_or_new(
+            previous.authz,
+            derive.authorization_policies_by_namespace(
+                p for p in istio["AuthorizationPolicy"].values() if isinstance(p, AuthorizationPolicy)
+            ),
+        ),
+        envoy_filters=_same_or_new(
+            previous.envoy_filters,
+            derive.envoy_filters_by_namespace(e for e in istio["EnvoyFilter"].values() if isinstance(e, EnvoyFilter)),
+        ),
+        wasm_plugins=_same_or_new(
+            previous.wasm_plugins,
+            derive.by_namespace_and_name(w for w in istio["WasmPlugin"].values() if isinstance(w, WasmPlugin)),
+        ),
+        secret_grants=secret_grants(g for g in istio["ReferenceGrant"].values() if isinstance(g, ReferenceGrant)),
+    )
+
+
+def _keep_identity(old: dict[_K, tuple[_V, ...]], new: dict[_K, tuple[_V, ...]]) -> dict[_K, tuple[_V, ...]]:
+    """Per key, keep the old tuple object when it holds the very same items: consumers compare these
+    by identity to know that, e.g., the rules of a host did not change."""
+    for key, items in new.items():
+        before = old.get(key)
+        if before is not None and len(before) == len(items) and all(a is b for a, b in zip(before, items, strict=True)):
+            new[key] = before
+    return new
+
+
+def _same_or_new(old: Mapping[str, tuple[_V, ...]], new: dict[str, tuple[_V, ...]]) -> Mapping[str, tuple[_V, ...]]:
+    """The old mapping object when it holds the very same objects (consumers compare it by identity)."""
+    if new.keys() == old.keys() and all(
+        len(items) == len(old[ns]) and all(a is b for a, b in zip(items, old[ns], strict=True))
+        for ns, items in new.items()
+    ):
+        return old
+    return MappingProxyType(new)
