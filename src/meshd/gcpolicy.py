@@ -14,12 +14,21 @@ objects not yet frozen have grown by a quarter, every tenth middle collection; e
 50-400 ms, 2.2 s in all, between start and the end of the storm). `install` makes those automatic full
 collections ten times rarer (`FULL_EVERY_MIDDLE`): the live config is not garbage, and the idle-time
 collection above still bounds what cyclic garbage can accumulate.
+
+Young collections are made rarer too (`YOUNG_EVERY`: every 50 000 new containers instead of 700). What a
+push allocates is the next generation's config: long-lived, and frozen at the end of the push. With 700,
+young collections ran a dozen times inside each push and walked every container the push had made so far,
+large dicts included (measured in-process at 5000 services / 5000 proxies with a Sidecar per namespace:
+14 young and one middle collection per endpoint change, 30-40 ms of a 60-90 ms publish). With 50 000 a push
+is usually frozen before any collection visits it. What waits in the young generation is only what
+reference counting did not free: at most 50 000 containers.
 """
 
 from __future__ import annotations
 
 import gc
 
+YOUNG_EVERY = 50_000  # CPython's first threshold (default 700)
 FULL_EVERY_MIDDLE = 100  # CPython's third threshold (default 10)
 
 
@@ -31,11 +40,11 @@ class GcPolicy:
         self.full_collections = 0
 
     def install(self) -> tuple[int, ...]:
-        """Make automatic full collections rarer (see the module docstring); returns the thresholds it
-        replaced, for `uninstall`."""
+        """Make automatic young and full collections rarer (see the module docstring); returns the
+        thresholds it replaced, for `uninstall`."""
         before = gc.get_threshold()
         if self._enabled:
-            gc.set_threshold(before[0], before[1], FULL_EVERY_MIDDLE)
+            gc.set_threshold(YOUNG_EVERY, before[1], FULL_EVERY_MIDDLE)
         return before
 
     @staticmethod

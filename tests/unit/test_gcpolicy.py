@@ -151,6 +151,36 @@ def test_install_makes_automatic_full_collections_rarer_while_the_heap_grows() -
     assert default >= 3 and installed < default / 2, (default, installed)
 
 
+def _young_collections_while_allocating(objects: int) -> int:
+    """Young (generation 0) collections CPython runs on its own while `objects` live containers are made."""
+    young = 0
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        nonlocal young
+        if phase == "start" and info["generation"] == 0:
+            young += 1
+
+    gc.collect()
+    gc.callbacks.append(count)
+    try:
+        kept = [[i] for i in range(objects)]  # what one push allocates and keeps (then frozen)
+    finally:
+        gc.callbacks.remove(count)
+    del kept
+    return young
+
+
+def test_install_lets_a_push_allocate_without_young_collections() -> None:
+    policy = GcPolicy(every=100)
+    default = _young_collections_while_allocating(30_000)
+    before = policy.install()
+    try:
+        installed = _young_collections_while_allocating(30_000)
+    finally:
+        policy.uninstall(before)
+    assert default >= 20 and installed <= 1, (default, installed)
+
+
 def test_install_with_the_policy_disabled_changes_nothing() -> None:
     before = gc.get_threshold()
     GcPolicy(enabled=False).install()
