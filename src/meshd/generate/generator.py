@@ -271,23 +271,26 @@ class ConfigGenerator:
         self._group_snapshots[group] = held
         return True
 
-    def still_current_many(self, key: Hashable, held: Sequence[tuple[Proxy, Snapshot]]) -> list[bool]:
-        """`still_current` for the proxies of one scope (`key`) at once. When nothing a scope key or the
-        scope's shared layers read changed (`_scope_unchanged`), a proxy whose address did not move keeps
-        what it holds after three lookups: its scope, its EnvoyFilters and its group's layers are not
-        looked at again. An endpoint change with a Sidecar per namespace leaves most scopes so."""
+    def still_current_many(self, key: Hashable, held: Sequence[tuple[Proxy, Snapshot]]) -> list[bool] | bool:
+        """`still_current` for the proxies of one scope (`key`) at once; True when every one of them is.
+        When nothing a scope key or the scope's shared layers read changed (`_scope_unchanged`), a proxy
+        whose address did not move keeps what it holds after three lookups: its scope, its EnvoyFilters and
+        its group's layers are not looked at again. An endpoint change with a Sidecar per namespace leaves
+        most scopes so."""
         if not isinstance(key, ScopeKey) or not self._scope_unchanged(key):
             return [self.still_current(proxy, key, snap) for proxy, snap in held]
         moved = self.queries.moved_addresses()
         assert moved is not None
         shared = self._scope_verdicts[key]
         assert shared is not None
-        return [
-            self.still_current(proxy, key, snap)
-            if proxy.type == ROUTER or proxy.proxyless or proxy.ip in moved
-            else self._keep(proxy, key, snap, shared)
-            for proxy, snap in held
-        ]
+        verdicts: list[bool] = []
+        keep = self._keep
+        for proxy, snap in held:
+            if proxy.type == ROUTER or proxy.proxyless or proxy.ip in moved:
+                verdicts.append(self.still_current(proxy, key, snap))
+            else:
+                verdicts.append(keep(proxy, key, snap, shared))
+        return True if all(verdicts) else verdicts
 
     def _scope_unchanged(self, key: ScopeKey) -> bool:
         """Whether a proxy of this scope whose address did not move keeps its scope key, has no EnvoyFilter

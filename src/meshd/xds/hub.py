@@ -35,9 +35,10 @@ class Generation(Protocol):
 
     def snapshot(self, proxy: Proxy) -> Snapshot: ...
 
-    def still_current_many(self, key: Hashable, held: Sequence[tuple[Proxy, Snapshot]]) -> list[bool]:
+    def still_current_many(self, key: Hashable, held: Sequence[tuple[Proxy, Snapshot]]) -> Sequence[bool] | bool:
         """For proxies that held a snapshot built by the previous generation under scope `key`: whether it
-        is what this one would build (asked once per scope: what the proxies share is looked at once)."""
+        is what this one would build (asked once per scope: what the proxies share is looked at once).
+        A bare True: every one of them is (the hub then looks at none of them)."""
         ...
 
 
@@ -89,6 +90,10 @@ class Hub:
         self.changed_at = 0.0  # when the change behind the current generation was first seen
         self.generation = 0
         self.connections: dict[str, Connection] = {}
+        # the connections holding a snapshot, by the scope it was built for (kept between pushes, so a push
+        # asks about each scope once and looks at no connection of a scope whose proxies keep what they hold)
+        self._scopes: dict[Hashable, dict[str, Connection]] = {}
+        self._unplaced: dict[str, Connection] = {}  # holding nothing yet (a failed build): looked up each push
         self._ids = itertools.count(1)
         # node id -> why its snapshot could not be built by the current generation
         self.failures: dict[str, BuildFailure] = {}
@@ -102,20 +107,18 @@ class Hub:
         self.generator, self.changed_at = generator, changed_at
         self.generation += 1
         self.failures = {}
-        scopes: dict[Hashable, list[tuple[Connection, Snapshot]]] = {}
-        stale: list[Connection] = []  # nothing held yet (a failed build): looked up
-        for conn in self.connections.values():
-            if conn.snapshot is None or conn.scope_key is None:
-                stale.append(conn)
-            else:
-                scopes.setdefault(conn.scope_key, []).append((conn, conn.snapshot))
-        for key, held in scopes.items():
-            current: list[bool | None]
+        stale = list(self._unplaced.values())
+        for key, members in list(self._scopes.items()):
+            held = list(members.values())
+            current: Sequence[bool | None] | bool
             try:
-                current = list(generator.still_current_many(key, [(conn.proxy, snap) for conn, snap in held]))
+                current = generator.still_current_many(key, [(conn.proxy, conn.snapshot) for conn in held])  # type: ignore[misc]
             except Exception:  # asked again one by one: only a proxy that fails keeps its last snapshot
-                current = [self._still_current(generator, key, conn, snap) for conn, snap in held]
-            stale += (conn for (conn, _), kept in zip(held, current, strict=True) if kept is False)
+                current = [self._still_current(generator, key, conn) for conn in held]
+            if current is True:
+                continue
+            assert not isinstance(current, bool)
+            stale += (conn for conn, kept in zip(held, current, strict=True) if kept is False)
         woken = 0
         for conn in stale:
             try:
@@ -123,17 +126,32 @@ class Hub:
             except Exception as exc:  # this proxy keeps its last good snapshot; the others go on
                 self._failed(conn.proxy, exc)
                 continue
-            conn.scope_key = new_key
+            self._place(conn, new_key)
             if snapshot is not conn.snapshot:
                 conn.snapshot = snapshot
                 conn.notify()
                 woken += 1
         return woken
 
-    def _still_current(self, generator: Generation, key: Hashable, conn: Connection, held: Snapshot) -> bool | None:
+    def _place(self, conn: Connection, key: Hashable | None) -> None:
+        """File the connection under the scope its snapshot is built for (None: under none)."""
+        self._unplaced.pop(conn.conn_id, None)
+        if conn.scope_key is not None and conn.scope_key != key:
+            members = self._scopes.get(conn.scope_key)
+            if members is not None:
+                members.pop(conn.conn_id, None)
+                if not members:
+                    del self._scopes[conn.scope_key]
+        conn.scope_key = key
+        if key is not None:
+            self._scopes.setdefault(key, {})[conn.conn_id] = conn
+
+    def _still_current(self, generator: Generation, key: Hashable, conn: Connection) -> bool | None:
         """One proxy's verdict; None when it could not be told (the proxy keeps what it holds)."""
+        assert conn.snapshot is not None
         try:
-            return generator.still_current_many(key, [(conn.proxy, held)])[0]
+            verdict = generator.still_current_many(key, [(conn.proxy, conn.snapshot)])
+            return verdict if isinstance(verdict, bool) else verdict[0]
         except Exception as exc:
             self._failed(conn.proxy, exc)
             return None
@@ -156,15 +174,19 @@ class Hub:
         )
         if self.generator is not None:
             try:
-                conn.scope_key, conn.snapshot = self.generator.scope_key(proxy), self.generator.snapshot(proxy)
+                key, conn.snapshot = self.generator.scope_key(proxy), self.generator.snapshot(proxy)
+                self._place(conn, key)
             except Exception as exc:  # served nothing until a generation builds it
-                conn.scope_key = conn.snapshot = None
+                conn.snapshot = None
                 self._failed(proxy, exc)
+        if conn.scope_key is None:
+            self._unplaced[conn.conn_id] = conn
         self.connections[conn.conn_id] = conn
         return conn
 
     def disconnect(self, conn: Connection) -> None:
-        self.connections.pop(conn.conn_id, None)
+        if self.connections.pop(conn.conn_id, None) is not None:
+            self._place(conn, None)
 
     def rejected(self) -> list[tuple[Proxy, Rejected]]:
         """Every resource version a connected proxy rejected and is held back from it (isolation.py)."""
