@@ -15,20 +15,20 @@ objects not yet frozen have grown by a quarter, every tenth middle collection; e
 collections ten times rarer (`FULL_EVERY_MIDDLE`): the live config is not garbage, and the idle-time
 collection above still bounds what cyclic garbage can accumulate.
 
-Young collections are made rarer too (`YOUNG_EVERY`: every 50 000 new containers instead of 700). What a
-push allocates is the next generation's config: long-lived, and frozen at the end of the push. With 700,
-young collections ran a dozen times inside each push and walked every container the push had made so far,
-large dicts included (measured in-process at 5000 services / 5000 proxies with a Sidecar per namespace:
-14 young and one middle collection per endpoint change, 30-40 ms of a 60-90 ms publish). With 50 000 a push
-is usually frozen before any collection visits it. What waits in the young generation is only what
-reference counting did not free: at most 50 000 containers.
+A push itself runs with the collector off (`pushing`). What it allocates is the next generation's config,
+long-lived and frozen at its end: collections inside it only walked what it had made so far, large dicts
+included, again and again (measured in-process at 5000 services / 5000 proxies with a Sidecar per namespace:
+14 young and one middle collection per endpoint change, 30-40 ms of a 60-90 ms publish). Garbage a push
+leaves is freed by reference counting; a cycle among it is frozen with the rest and freed by the next full
+collection.
 """
 
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-YOUNG_EVERY = 50_000  # CPython's first threshold (default 700)
 FULL_EVERY_MIDDLE = 100  # CPython's third threshold (default 10)
 
 
@@ -40,11 +40,11 @@ class GcPolicy:
         self.full_collections = 0
 
     def install(self) -> tuple[int, ...]:
-        """Make automatic young and full collections rarer (see the module docstring); returns the
-        thresholds it replaced, for `uninstall`."""
+        """Make automatic full collections rarer (see the module docstring); returns the thresholds it
+        replaced, for `uninstall`."""
         before = gc.get_threshold()
         if self._enabled:
-            gc.set_threshold(YOUNG_EVERY, before[1], FULL_EVERY_MIDDLE)
+            gc.set_threshold(before[0], before[1], FULL_EVERY_MIDDLE)
         return before
 
     @staticmethod
@@ -55,6 +55,21 @@ class GcPolicy:
     def due(self) -> bool:
         """A full collection is wanted at the next idle moment."""
         return self._enabled and self._since_full >= self._every
+
+    @contextmanager
+    def pushing(self) -> Iterator[None]:
+        """Around one push: no collection inside it, then `after_push` (the push's config frozen)."""
+        if not self._enabled:
+            yield
+            return
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            yield
+        finally:
+            if was_enabled:
+                gc.enable()
+            self.after_push()
 
     def after_push(self) -> None:
         if not self._enabled:

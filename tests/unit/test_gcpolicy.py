@@ -151,34 +151,37 @@ def test_install_makes_automatic_full_collections_rarer_while_the_heap_grows() -
     assert default >= 3 and installed < default / 2, (default, installed)
 
 
-def _young_collections_while_allocating(objects: int) -> int:
-    """Young (generation 0) collections CPython runs on its own while `objects` live containers are made."""
-    young = 0
+def test_a_push_runs_without_collections_and_what_it_made_is_frozen_after_it() -> None:
+    policy = GcPolicy(every=100)
+    runs: list[int] = []
 
     def count(phase: str, info: dict[str, int]) -> None:
-        nonlocal young
-        if phase == "start" and info["generation"] == 0:
-            young += 1
+        if phase == "start":
+            runs.append(info["generation"])
 
     gc.collect()
     gc.callbacks.append(count)
     try:
-        kept = [[i] for i in range(objects)]  # what one push allocates and keeps (then frozen)
+        with policy.pushing():
+            kept = [[i] for i in range(30_000)]  # the next generation's config (700 per young collection)
+            assert not gc.isenabled()
+        inside = list(runs)
     finally:
         gc.callbacks.remove(count)
-    del kept
-    return young
+    assert inside == [] and gc.isenabled()
+    assert gc.get_freeze_count() >= len(kept)  # frozen: no later collection walks it
 
 
-def test_install_lets_a_push_allocate_without_young_collections() -> None:
+def test_a_push_that_raises_still_turns_the_collector_back_on() -> None:
     policy = GcPolicy(every=100)
-    default = _young_collections_while_allocating(30_000)
-    before = policy.install()
-    try:
-        installed = _young_collections_while_allocating(30_000)
-    finally:
-        policy.uninstall(before)
-    assert default >= 20 and installed <= 1, (default, installed)
+    with pytest.raises(RuntimeError), policy.pushing():
+        raise RuntimeError("generation failed")
+    assert gc.isenabled()
+
+
+def test_a_disabled_policy_leaves_the_collector_on_during_a_push() -> None:
+    with GcPolicy(enabled=False).pushing():
+        assert gc.isenabled()
 
 
 def test_install_with_the_policy_disabled_changes_nothing() -> None:

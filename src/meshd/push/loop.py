@@ -212,9 +212,11 @@ class PushLoop:
             changed_at = await self._debouncer.wait()
             if not self._store.loaded:
                 continue
-            self.push(changed_at=changed_at)
             if self._gc is not None:
-                self._gc.after_push()
+                with self._gc.pushing():  # no collection inside; the push's config frozen after it
+                    self.push(changed_at=changed_at)
+            else:
+                self.push(changed_at=changed_at)
             await asyncio.sleep(0)  # let streams pick the generation up before the next one
 
 
