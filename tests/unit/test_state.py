@@ -139,11 +139,14 @@ def _virtual_service(rng: random.Random, ns: str, name: str) -> dict[str, Any]:
     if rng.random() < 0.3:
         http.insert(0, {"delegate": {"name": f"vs{rng.randint(0, 2)}"}})
     hosts = rng.choice([[f"s{rng.randint(0, 3)}"], [f"s{rng.randint(0, 3)}"], ["*.a.svc.cluster.local"], []])
+    spec: dict[str, Any] = {"hosts": hosts, "http": http}
+    if hosts and rng.random() < 0.3:  # bound to a Gateway (of either namespace) instead of the mesh
+        spec["gateways"] = [rng.choice(["gw0", "gw1", "a/gw0", "b/gw1"])]
     return {
         "apiVersion": "networking.istio.io/v1",
         "kind": "VirtualService",
         "metadata": {"name": name, "namespace": ns},
-        "spec": {"hosts": hosts, "http": http},
+        "spec": spec,
     }
 
 
@@ -188,6 +191,57 @@ def _fetched(rng: random.Random, ns: str, name: str) -> Resource:
     return fetched_jwks(f"https://keys.example/{name[-1]}", rng.choice(['{"keys":[1]}', '{"keys":[2]}']))
 
 
+def _peer_authentication(rng: random.Random, ns: str, name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "PeerAuthentication",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"mtls": {"mode": rng.choice(["STRICT", "PERMISSIVE"])}},
+    }
+
+
+def _authorization_policy(rng: random.Random, ns: str, name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"action": rng.choice(["ALLOW", "DENY"]), "rules": [{"to": [{"operation": {"methods": ["GET"]}}]}]},
+    }
+
+
+def _gateway(rng: random.Random, ns: str, name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "selector": {"istio": "ingressgateway"},
+            "servers": [{"port": {"number": rng.choice([80, 8080]), "name": "http", "protocol": "HTTP"},
+                         "hosts": ["*"]}],
+        },
+    }  # fmt: skip
+
+
+def _envoy_filter(rng: random.Random, ns: str, name: str) -> dict[str, Any]:
+    patch = {"applyTo": "CLUSTER", "match": {"context": "SIDECAR_OUTBOUND"},
+             "patch": {"operation": "MERGE", "value": {"connect_timeout": f"{rng.randint(1, 3)}s"}}}  # fmt: skip
+    return {
+        "apiVersion": "networking.istio.io/v1alpha3",
+        "kind": "EnvoyFilter",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"configPatches": [patch]},
+    }
+
+
+def _wasm_plugin(rng: random.Random, ns: str, name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "extensions.istio.io/v1alpha1",
+        "kind": "WasmPlugin",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"url": "file:///etc/wasm/plugin.wasm", "priority": rng.randint(-1, 1)},
+    }
+
+
 MAKERS = {
     "Service": (_service, "s", 4),
     "Pod": (_pod, "p", 6),
@@ -201,6 +255,11 @@ MAKERS = {
     "RequestAuthentication": (_request_authentication, "ra", 2),
     "Telemetry": (_telemetry, "t", 2),
     FETCHED_JWKS: (_fetched, "k", 2),
+    "PeerAuthentication": (_peer_authentication, "pa", 1),
+    "AuthorizationPolicy": (_authorization_policy, "ap", 2),
+    "Gateway": (_gateway, "gw", 2),
+    "EnvoyFilter": (_envoy_filter, "ef", 1),
+    "WasmPlugin": (_wasm_plugin, "wp", 1),
 }
 
 
@@ -220,6 +279,12 @@ def _same(a: World, b: World) -> None:
     assert dict(a.request_authentications) == dict(b.request_authentications)
     assert dict(a.jwks) == dict(b.jwks)
     assert dict(a.telemetries) == dict(b.telemetries)
+    assert dict(a.authorization_policies) == dict(b.authorization_policies)
+    assert dict(a.gateways) == dict(b.gateways)
+    assert dict(a.gateway_bindings) == dict(b.gateway_bindings)
+    assert dict(a.envoy_filters) == dict(b.envoy_filters)
+    assert dict(a.wasm_plugins) == dict(b.wasm_plugins)
+    assert dict(a.gateway_secret_grants) == dict(b.gateway_secret_grants)
     assert sorted(map(str, a.errors)) == sorted(map(str, b.errors))
 
 

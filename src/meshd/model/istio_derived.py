@@ -1,13 +1,15 @@
 """What WorldState derives from the Istio kinds, and from the Gateway API objects converted into them:
 ServiceEntry services and endpoints, VirtualServices, DestinationRules and Sidecars by host or namespace,
-Gateways and their bindings, the policies by namespace. Derived again, whole, when one of those kinds (or the
-set of Kubernetes service hosts) changes; each value keeps the previous derivation's object where it holds the
-very same items, because consumers compare them by identity to know, e.g., that a host's rules did not change.
-Pure."""
+Gateways and their bindings, the policies by namespace. Derived again when one of those kinds (or the set of
+Kubernetes service hosts) changes: each part only when one of the kinds it reads changed (`changed`; a
+VirtualService edit does not sort 5000 DestinationRules again), otherwise the previous derivation's part, the
+same object. A part derived again keeps the previous derivation's object where it holds the very same items,
+because consumers compare them by identity to know, e.g., that a host's rules did not change. Pure."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TypeVar
@@ -25,7 +27,8 @@ from meshd.api.wasmplugin import WasmPlugin
 from meshd.model import derive
 from meshd.model.gateway_api.backend_tls import with_backend_tls
 from meshd.model.gateway_api.conversion import GATEWAY_API_KINDS, GatewayApiConversion
-from meshd.model.gateway_api.grants import secret_grants
+from meshd.model.gateway_api.convert import GatewayApiResult
+from meshd.model.gateway_api.grants import secret_grants as secret_grants_of
 from meshd.model.services import Endpoint, MeshService
 
 _K = TypeVar("_K")
@@ -53,6 +56,11 @@ class IstioDerived:
     envoy_filters: Mapping[str, tuple[EnvoyFilter, ...]] = field(default_factory=_empty)
     wasm_plugins: Mapping[str, tuple[WasmPlugin, ...]] = field(default_factory=_empty)
     secret_grants: Mapping[tuple[str, str, str], bool] = field(default_factory=_empty)
+    # the parts `errors` is made of, and the Gateway API conversion: kept for the next derivation to reuse
+    se_errors: list[InvalidResource] = field(default_factory=list)
+    rule_errors: list[InvalidResource] = field(default_factory=list)
+    tls_warnings: list[InvalidResource] = field(default_factory=list)
+    converted: GatewayApiResult | None = None
 
 
 def derive_istio(
@@ -62,63 +70,121 @@ def derive_istio(
     conversion: GatewayApiConversion,
     suffix: str,
     previous: IstioDerived,
+    changed: AbstractSet[str] | None = None,
+    hosts_changed: bool = True,
 ) -> IstioDerived:
     """`istio`: the resources of each Istio (and Gateway API) kind; `services`: the Kubernetes services by
-    (namespace, name); `conversion`: the Gateway API conversion (it converts again only what changed)."""
-    taken = {s.hostname: s for s in services.values()}
-    entries = [e for e in istio["WorkloadEntry"].values() if isinstance(e, WorkloadEntry)]
-    se_services, se_chunks, errors = derive.service_entries(
-        [s for s in istio["ServiceEntry"].values() if isinstance(s, ServiceEntry)], entries, taken=taken, suffix=suffix
-    )
+    (namespace, name); `conversion`: the Gateway API conversion (it converts again only what changed).
+    `changed`: the kinds changed since `previous` was derived (None: any may have); `hosts_changed`: whether
+    the set of Kubernetes service hosts did."""
+
+    def stale(*kinds: str) -> bool:
+        return changed is None or not changed.isdisjoint(kinds)
+
     converted = conversion.run([r for kind in GATEWAY_API_KINDS for r in istio[kind].values()], services=services)
-    vss = [v for v in istio["VirtualService"].values() if isinstance(v, VirtualService)]
-    vss += converted.virtual_services
-    gateways = derive.gateways_by_key(
-        [g for g in istio["Gateway"].values() if isinstance(g, Gateway)] + converted.gateways
-    )
-    before = previous.gateways
-    if list(gateways) == list(before) and all(gateways[key] is before[key] for key in gateways):
-        kept_gateways = before
+    before = previous.converted
+    if before is not None and (converted is before or converted == before):
+        converted = before  # the same conversion: what is derived from it is the previous derivation's
+    fresh = converted is not before
+
+    if stale("ServiceEntry", "WorkloadEntry") or hosts_changed:
+        taken = {s.hostname: s for s in services.values()}
+        entries = [e for e in istio["WorkloadEntry"].values() if isinstance(e, WorkloadEntry)]
+        se_services, se_chunks, se_errors = derive.service_entries(
+            [s for s in istio["ServiceEntry"].values() if isinstance(s, ServiceEntry)],
+            entries,
+            taken=taken,
+            suffix=suffix,
+        )
+        se_endpoints = {key: derive.merge_chunks(chunks) for key, chunks in se_chunks.items()}
     else:
-        kept_gateways = MappingProxyType(gateways)
-    merged, tls_warnings = with_backend_tls(
-        [d for d in istio["DestinationRule"].values() if isinstance(d, DestinationRule)],
-        converted.destination_rules,
-        domain_suffix=suffix,
-    )
-    rules, rule_errors = derive.destination_rules_by_host(merged, suffix=suffix)
-    sidecars = derive.sidecars_by_namespace([s for s in istio["Sidecar"].values() if isinstance(s, Sidecar)])
-    return IstioDerived(
-        se_services=se_services,
-        se_endpoints={key: derive.merge_chunks(chunks) for key, chunks in se_chunks.items()},
-        virtual_services=_keep_identity(previous.virtual_services, derive.virtual_services_by_host(vss, suffix=suffix)),
-        vs_by_name={(v.metadata.namespace, v.metadata.name): v for v in vss},
-        gateway_bindings=_keep_identity(previous.gateway_bindings, derive.gateway_bindings(vss)),
-        gateways=kept_gateways,
-        rules=_keep_identity(previous.rules, rules),
-        sidecars=_keep_identity(previous.sidecars, sidecars),
-        errors=errors + rule_errors + converted.errors + tls_warnings,
-        peer_auth=_same_or_new(
+        se_services, se_endpoints, se_errors = previous.se_services, previous.se_endpoints, previous.se_errors
+
+    if stale("VirtualService") or fresh:
+        vss = [v for v in istio["VirtualService"].values() if isinstance(v, VirtualService)]
+        vss += converted.virtual_services
+        virtual_services = _keep_identity(
+            previous.virtual_services, derive.virtual_services_by_host(vss, suffix=suffix)
+        )
+        vs_by_name = {(v.metadata.namespace, v.metadata.name): v for v in vss}
+        gateway_bindings = _keep_identity(previous.gateway_bindings, derive.gateway_bindings(vss))
+    else:
+        virtual_services, vs_by_name = previous.virtual_services, previous.vs_by_name
+        gateway_bindings = previous.gateway_bindings
+
+    kept_gateways = previous.gateways
+    if stale("Gateway") or fresh:
+        gateways = derive.gateways_by_key(
+            [g for g in istio["Gateway"].values() if isinstance(g, Gateway)] + converted.gateways
+        )
+        if list(gateways) != list(kept_gateways) or any(gateways[key] is not kept_gateways[key] for key in gateways):
+            kept_gateways = MappingProxyType(gateways)
+
+    if stale("DestinationRule") or fresh:
+        merged, tls_warnings = with_backend_tls(
+            [d for d in istio["DestinationRule"].values() if isinstance(d, DestinationRule)],
+            converted.destination_rules,
+            domain_suffix=suffix,
+        )
+        by_host, rule_errors = derive.destination_rules_by_host(merged, suffix=suffix)
+        rules = _keep_identity(previous.rules, by_host)
+    else:
+        rules, rule_errors, tls_warnings = previous.rules, previous.rule_errors, previous.tls_warnings
+
+    sidecars = previous.sidecars
+    if stale("Sidecar"):
+        by_ns = derive.sidecars_by_namespace([s for s in istio["Sidecar"].values() if isinstance(s, Sidecar)])
+        sidecars = _keep_identity(previous.sidecars, by_ns)
+    peer_auth = previous.peer_auth
+    if stale("PeerAuthentication"):
+        peer_auth = _same_or_new(
             previous.peer_auth,
             derive.peer_authentications_by_namespace(
                 p for p in istio["PeerAuthentication"].values() if isinstance(p, PeerAuthentication)
             ),
-        ),
-        authz=_same_or_new(
+        )
+    authz = previous.authz
+    if stale("AuthorizationPolicy"):
+        authz = _same_or_new(
             previous.authz,
             derive.authorization_policies_by_namespace(
                 p for p in istio["AuthorizationPolicy"].values() if isinstance(p, AuthorizationPolicy)
             ),
-        ),
-        envoy_filters=_same_or_new(
+        )
+    envoy_filters = previous.envoy_filters
+    if stale("EnvoyFilter"):
+        envoy_filters = _same_or_new(
             previous.envoy_filters,
             derive.envoy_filters_by_namespace(e for e in istio["EnvoyFilter"].values() if isinstance(e, EnvoyFilter)),
-        ),
-        wasm_plugins=_same_or_new(
+        )
+    wasm_plugins = previous.wasm_plugins
+    if stale("WasmPlugin"):
+        wasm_plugins = _same_or_new(
             previous.wasm_plugins,
             derive.by_namespace_and_name(w for w in istio["WasmPlugin"].values() if isinstance(w, WasmPlugin)),
-        ),
-        secret_grants=secret_grants(g for g in istio["ReferenceGrant"].values() if isinstance(g, ReferenceGrant)),
+        )
+    secret_grants = previous.secret_grants
+    if stale("ReferenceGrant"):
+        secret_grants = secret_grants_of(g for g in istio["ReferenceGrant"].values() if isinstance(g, ReferenceGrant))
+    return IstioDerived(
+        se_services=se_services,
+        se_endpoints=se_endpoints,
+        virtual_services=virtual_services,
+        vs_by_name=vs_by_name,
+        gateway_bindings=gateway_bindings,
+        gateways=kept_gateways,
+        rules=rules,
+        sidecars=sidecars,
+        errors=se_errors + rule_errors + converted.errors + tls_warnings,
+        peer_auth=peer_auth,
+        authz=authz,
+        envoy_filters=envoy_filters,
+        wasm_plugins=wasm_plugins,
+        secret_grants=secret_grants,
+        se_errors=se_errors,
+        rule_errors=rule_errors,
+        tls_warnings=tls_warnings,
+        converted=converted,
     )
 
 

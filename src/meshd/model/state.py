@@ -94,7 +94,8 @@ class WorldState:
     def apply(self, changes: Mapping[ResourceKey, Resource | None]) -> None:
         dirty: set[ServiceId] = set()
         dirty_addresses: set[str] = set()
-        istio_changed = hosts_changed = entries_changed = False
+        hosts_changed = entries_changed = False
+        istio_kinds: set[str] = set()  # the Istio (and Gateway API) kinds changed
         for key, resource in changes.items():
             if key.kind == "ConfigMap":  # its CA feeds SDS (and it is a BackendTLSPolicy input, below)
                 ca = resource.ca_secret() if isinstance(resource, ConfigMap) else None
@@ -131,7 +132,8 @@ class WorldState:
                 previous = self._istio[key.kind].pop(key, None)
                 if resource is not None:
                     self._istio[key.kind][key] = resource
-                istio_changed = self._reassemble = True
+                istio_kinds.add(key.kind)
+                self._reassemble = True
                 if key.kind == "WorkloadEntry":
                     entries_changed = True
                     for entry in (previous, resource):
@@ -154,8 +156,8 @@ class WorldState:
                 dirty.add(self._service_of(self._slices[slice_key]))
         for service_id in dirty:
             self._recompute_endpoints(service_id)
-        if istio_changed or hosts_changed:
-            self._rederive_istio()
+        if istio_kinds or hosts_changed:
+            self._rederive_istio(istio_kinds, hosts_changed=hosts_changed)
 
     def _apply_request_authentication(self, key: ResourceKey, resource: Resource | None) -> None:
         if isinstance(resource, RequestAuthentication):
@@ -266,13 +268,15 @@ class WorldState:
             self._dirty_endpoints.add(key)
         self._endpoint_keys[host] = list(chunks)
 
-    def _rederive_istio(self) -> None:
+    def _rederive_istio(self, changed: set[str], *, hosts_changed: bool) -> None:
         self._derived = derive_istio(
             self._istio,
             services=self._services,
             conversion=self._gateway_api,
             suffix=self._suffix,
             previous=self._derived,
+            changed=changed,
+            hosts_changed=hosts_changed,
         )
 
     # -- reading ----------------------------------------------------------------------------------
