@@ -52,8 +52,8 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
         settings = settings.model_copy(update={"check_tls_files": False})  # sidecars are not on this host
     metrics = Metrics(CollectorRegistry())
     store = ConfigStore()
-    hub = Hub()
     gc_policy = GcPolicy(every=settings.gc_full_every_pushes, enabled=settings.gc_freeze)
+    hub = Hub(gc_policy=gc_policy)
     workers: list[WorkerPool] = []  # `--workers N` (N > 1): the processes serving the plaintext xDS port
     push = PushLoop(
         store=store,

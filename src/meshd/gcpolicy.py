@@ -21,12 +21,18 @@ included, again and again (measured in-process at 5000 services / 5000 proxies w
 14 young and one middle collection per endpoint change, 30-40 ms of a 60-90 ms publish). Garbage a push
 leaves is freed by reference counting; a cycle among it is frozen with the rest and freed by the next full
 collection.
+
+A proxy connecting outside a push has its snapshot built then (a cold storm builds the scopes' layers that
+way), and the same holds (`building`): no collection inside, frozen after (in-process, 5000 proxies
+connecting at 5000 services: 5.2-5.3 s of CPU instead of 6.0-6.8 s). Each build counts toward the next
+idle full collection (due after `every * 10` of them), so what they froze cannot pile up: a full collection
+runs anyway after `every * 100` builds.
 """
 
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 FULL_EVERY_MIDDLE = 100  # CPython's third threshold (default 10)
@@ -37,6 +43,7 @@ class GcPolicy:
         self._every = every
         self._enabled = enabled
         self._since_full = 0
+        self._builds = 0  # proxy builds outside pushes since the last full collection (`building`)
         self.full_collections = 0
 
     def install(self) -> tuple[int, ...]:
@@ -54,11 +61,30 @@ class GcPolicy:
     @property
     def due(self) -> bool:
         """A full collection is wanted at the next idle moment."""
-        return self._enabled and self._since_full >= self._every
+        return self._enabled and (self._since_full >= self._every or self._builds >= self._every * 10)
 
     @contextmanager
     def pushing(self) -> Iterator[None]:
-        """Around one push: no collection inside it, then `after_push` (the push's config frozen)."""
+        """Around one push: no collection inside it, then `after_push` (the push's config frozen before the
+        collector is back on: a collection in between would walk all of it)."""
+        with self._off(self.after_push):
+            yield
+
+    @contextmanager
+    def building(self) -> Iterator[None]:
+        """Around one proxy's build outside a push (it connected): no collection inside, frozen after."""
+        with self._off(self._after_build):
+            yield
+
+    def _after_build(self) -> None:
+        self._builds += 1
+        if self._builds >= self._every * 100:
+            self.collect()
+        gc.freeze()
+
+    @contextmanager
+    def _off(self, then: Callable[[], None]) -> Iterator[None]:
+        """The collector off around the block; `then` runs before it is on again."""
         if not self._enabled:
             yield
             return
@@ -67,9 +93,11 @@ class GcPolicy:
         try:
             yield
         finally:
-            if was_enabled:
-                gc.enable()
-            self.after_push()
+            try:
+                then()
+            finally:
+                if was_enabled:
+                    gc.enable()
 
     def after_push(self) -> None:
         if not self._enabled:
@@ -86,5 +114,5 @@ class GcPolicy:
         gc.unfreeze()
         gc.collect()
         gc.freeze()
-        self._since_full = 0
+        self._since_full = self._builds = 0
         self.full_collections += 1

@@ -7,7 +7,7 @@ import asyncio
 import gc
 import logging
 import weakref
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator, Sequence
 
 import pytest
 
@@ -16,7 +16,10 @@ from meshd.model.store import ConfigStore
 from meshd.obs.metrics import Metrics
 from meshd.push.loop import PushLoop
 from meshd.settings import Settings
+from meshd.translate.proxy import Proxy, parse_node_id
 from meshd.xds.hub import Hub
+from meshd.xds.resource import Snapshot
+from meshd.xds.stream import SotwStream
 from tests.unit.test_push import FakeClock
 
 
@@ -182,6 +185,50 @@ def test_a_push_that_raises_still_turns_the_collector_back_on() -> None:
 def test_a_disabled_policy_leaves_the_collector_on_during_a_push() -> None:
     with GcPolicy(enabled=False).pushing():
         assert gc.isenabled()
+
+
+def test_a_build_outside_a_push_runs_without_collections_is_frozen_and_counts_toward_the_full_collection() -> None:
+    policy = GcPolicy(every=2)
+    with policy.building():
+        kept = [[i] for i in range(1000)]
+        assert not gc.isenabled()
+    assert gc.isenabled() and gc.get_freeze_count() >= len(kept)
+    for _ in range(18):
+        with policy.building():
+            pass
+    assert not policy.due  # 19 builds: every * 10 is 20
+    with policy.building():
+        pass
+    assert policy.due and policy.full_collections == 0
+    for _ in range(180):  # every * 100 builds without an idle moment: collected anyway
+        with policy.building():
+            pass
+    assert policy.full_collections == 1 and not policy.due
+
+
+def test_a_proxy_connecting_is_built_with_the_collector_off_and_frozen_after() -> None:
+    seen: list[bool] = []
+
+    class Generation:
+        revision = 1
+
+        def scope_key(self, proxy: Proxy) -> Hashable:
+            return "all"
+
+        def snapshot(self, proxy: Proxy) -> Snapshot:
+            seen.append(gc.isenabled())
+            return Snapshot(resources={})
+
+        def still_current_many(self, key: Hashable, held: Sequence[tuple[Proxy, Snapshot]]) -> bool:
+            return True
+
+    hub = Hub(gc_policy=GcPolicy(every=100))
+    hub.publish(Generation(), changed_at=0.0)
+    gc.unfreeze()
+    hub.connect(
+        proxy=parse_node_id("sidecar~10.0.0.1~p.a~a.svc.cluster.local"), stream=SotwStream(nonce_prefix="t"), now=0
+    )
+    assert seen == [False] and gc.isenabled() and gc.get_freeze_count() > 0
 
 
 def test_install_with_the_policy_disabled_changes_nothing() -> None:

@@ -65,8 +65,8 @@ class WorkerState:
         self.clock = SystemClock()
         self.metrics = Metrics(CollectorRegistry())
         self.store = ConfigStore()
-        self.hub = Hub()
         self.gc = GcPolicy(every=settings.gc_full_every_pushes, enabled=settings.gc_freeze)
+        self.hub = Hub(gc_policy=self.gc)
         self.push = PushLoop(
             store=self.store,
             hub=self.hub,

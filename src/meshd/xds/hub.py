@@ -8,11 +8,13 @@ and the failure is kept in `failures` for the push loop to report. Nothing here 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from meshd.gcpolicy import GcPolicy
 from meshd.translate.envoyfilter.bootstrap import BOOTSTRAP_PATCH
 from meshd.translate.proxy import Proxy
 from meshd.xds.inbox import Inbox
@@ -85,7 +87,9 @@ class Connection:
 
 
 class Hub:
-    def __init__(self) -> None:
+    def __init__(self, *, gc_policy: GcPolicy | None = None) -> None:
+        """`gc_policy`: a proxy's build when it connects runs under `GcPolicy.building` (gcpolicy.py)."""
+        self._gc = gc_policy
         self.generator: Generation | None = None
         self.changed_at = 0.0  # when the change behind the current generation was first seen
         self.generation = 0
@@ -174,7 +178,8 @@ class Hub:
         )
         if self.generator is not None:
             try:
-                key, conn.snapshot = self.generator.scope_key(proxy), self.generator.snapshot(proxy)
+                with self._gc.building() if self._gc is not None else contextlib.nullcontext():
+                    key, conn.snapshot = self.generator.scope_key(proxy), self.generator.snapshot(proxy)
                 self._place(conn, key)
             except Exception as exc:  # served nothing until a generation builds it
                 conn.snapshot = None
