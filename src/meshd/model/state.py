@@ -13,10 +13,11 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TypeVar
 
+from meshd.api.destinationrule import DestinationRule
 from meshd.api.jwks import FETCHED_JWKS, FetchedJwks
 from meshd.api.kube import CONFIGMAP_SECRET_PREFIX, ConfigMap, EndpointSlice, Pod, Secret, Service
 from meshd.api.meta import Resource, ResourceKey
-from meshd.api.networking import WorkloadEntry
+from meshd.api.networking import Sidecar, WorkloadEntry
 from meshd.api.request_authentication import RequestAuthentication
 from meshd.api.telemetry import Telemetry
 from meshd.model import derive
@@ -88,6 +89,10 @@ class WorldState:
         self._dirty_endpoints: set[tuple[str, int]] = set()
         self._dirty_workloads: set[str] = set()
         self._assembled_se_keys: frozenset[tuple[str, int]] = frozenset()  # ServiceEntry endpoints last assembled
+        # what the last assembly was made of: an assembly takes the last World's own mapping (no sort, no copy)
+        # of what is the same (a VirtualService edit at 5000 services sorts neither services nor endpoints)
+        self._services_dirty = True
+        self._assembled_from: IstioDerived | None = None
 
     # -- applying changes ---------------------------------------------------------------------
 
@@ -108,7 +113,7 @@ class WorldState:
                 self._apply_pod(key, resource, dirty, dirty_addresses)
             elif key.kind == "Service":
                 hosts_changed |= self._apply_service(key, resource)
-                self._reassemble = True
+                self._reassemble = self._services_dirty = True
                 dirty.add((key.namespace, key.name))
             elif key.kind == "EndpointSlice":
                 self._apply_slice(key, resource, dirty)
@@ -340,20 +345,34 @@ class WorldState:
         return k8s if k8s is not None else entries
 
     def _assemble(self, revision: int) -> World:
-        d = self._derived
-        services = {s.hostname: s for s in self._services.values()}
-        services.update(self._derived.se_services)
-        endpoints = dict(self._k8s_endpoints)
-        for key, eps in self._derived.se_endpoints.items():
-            endpoints[key] = derive.merge_chunks([endpoints[key], eps]) if key in endpoints else eps
+        d, last, then = self._derived, self._last, self._assembled_from
+        services: Mapping[str, MeshService]
+        endpoints: Mapping[tuple[str, int], tuple[Endpoint, ...]]
+        if last is not None and then is not None and not self._services_dirty and d.se_services is then.se_services:
+            services = last.services
+        else:
+            services = {s.hostname: s for s in self._services.values()}
+            services.update(d.se_services)
+        if last is not None and then is not None and not self._dirty_endpoints and d.se_endpoints is then.se_endpoints:
+            endpoints = last.endpoints  # every endpoint change since the assembly is in it (world())
+        else:
+            endpoints = dict(self._k8s_endpoints)
+            for key, eps in d.se_endpoints.items():
+                endpoints[key] = derive.merge_chunks([endpoints[key], eps]) if key in endpoints else eps
+        rules: Mapping[str, tuple[DestinationRule, ...]] = d.rules
+        sidecars: Mapping[str, tuple[Sidecar, ...]] = d.sidecars
+        if last is not None and then is not None:
+            rules = last.rules_by_host if d.rules is then.rules else rules
+            sidecars = last.sidecars if d.sidecars is then.sidecars else sidecars
+        self._services_dirty, self._assembled_from = False, d
         return assemble(
-            previous=self._last,
+            previous=last,
             domain_suffix=self._suffix,
             services=services,
             endpoints=endpoints,
             virtual_services=d.virtual_services,
-            rules_by_host=d.rules,
-            sidecars=d.sidecars,
+            rules_by_host=rules,
+            sidecars=sidecars,
             workloads=self._workloads,
             errors=d.errors,
             revision=revision,

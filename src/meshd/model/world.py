@@ -154,7 +154,13 @@ def assemble(
     """`previous`: the World assembled before (WorldState's); what is derived from the DestinationRules alone
     is taken from it while every host's rules and service are the objects they were (a VirtualService edit
     then derives nothing per host)."""
-    ordered = dict(sorted(services.items()))
+
+    # A mapping that is the previous World's own object is taken as it is (WorldState passes one when
+    # nothing it was made of changed): not sorted or copied again.
+    def kept(mapping: object, field: str) -> bool:
+        return previous is not None and mapping is getattr(previous, field)
+
+    ordered = services if kept(services, "services") else dict(sorted(services.items()))
     if previous is not None and _same_rules(previous, rules_by_host, services):
         default_rules, selectors = previous.destination_rules, previous.rule_selectors
     else:
@@ -166,18 +172,22 @@ def assemble(
             }
         )
         selectors = derive.rule_selectors(rules_by_host)
-    by_namespace: dict[str, list[MeshService]] = defaultdict(list)
-    for service in ordered.values():
-        by_namespace[service.namespace].append(service)
+    if previous is not None and kept(services, "services"):
+        grouped = previous.by_namespace
+    else:
+        by_namespace: dict[str, list[MeshService]] = defaultdict(list)
+        for service in ordered.values():
+            by_namespace[service.namespace].append(service)
+        grouped = MappingProxyType({ns: tuple(v) for ns, v in by_namespace.items()})
     return World(
         domain_suffix=domain_suffix,
-        by_namespace=MappingProxyType({ns: tuple(v) for ns, v in by_namespace.items()}),
-        services=MappingProxyType(ordered),
-        endpoints=Layered(dict(sorted(endpoints.items()))),
+        by_namespace=grouped,
+        services=ordered if kept(services, "services") else MappingProxyType(ordered),
+        endpoints=endpoints if kept(endpoints, "endpoints") else Layered(dict(sorted(endpoints.items()))),
         virtual_services=MappingProxyType(dict(virtual_services)),
         destination_rules=default_rules,
-        rules_by_host=MappingProxyType(dict(rules_by_host)),
-        sidecars=MappingProxyType(dict(sidecars)),
+        rules_by_host=rules_by_host if kept(rules_by_host, "rules_by_host") else MappingProxyType(dict(rules_by_host)),
+        sidecars=sidecars if kept(sidecars, "sidecars") else MappingProxyType(dict(sidecars)),
         workloads=workloads if isinstance(workloads, MappingProxyType | Layered) else MappingProxyType(dict(workloads)),
         errors=tuple(errors),
         revision=revision,
@@ -206,6 +216,8 @@ def _same_rules(
 ) -> bool:
     """Whether each host's rules, and the service of each host with rules, are the previous World's objects."""
     before, then = previous.rules_by_host, previous.services
+    if rules_by_host is before and services is then:
+        return True
     return before.keys() == rules_by_host.keys() and all(
         before[host] is rules and then.get(host) is services.get(host) for host, rules in rules_by_host.items()
     )
