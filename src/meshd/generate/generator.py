@@ -283,13 +283,12 @@ class ConfigGenerator:
         assert moved is not None
         shared = self._scope_verdicts[key]
         assert shared is not None
-        verdicts: list[bool] = []
-        keep = self._keep
-        for proxy, snap in held:
-            if proxy.type == ROUTER or proxy.proxyless or proxy.ip in moved:
-                verdicts.append(self.still_current(proxy, key, snap))
-            else:
-                verdicts.append(keep(proxy, key, snap, shared))
+        verdicts = [
+            self.still_current(proxy, key, snap)
+            if proxy.type == ROUTER or proxy.proxyless or proxy.ip in moved
+            else self._keep(proxy, key, snap, shared)
+            for proxy, snap in held
+        ]
         return True if all(verdicts) else verdicts
 
     def _scope_unchanged(self, key: ScopeKey) -> bool:

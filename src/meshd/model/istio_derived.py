@@ -8,7 +8,7 @@ because consumers compare them by identity to know, e.g., that a host's rules di
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -32,6 +32,7 @@ from meshd.model.gateway_api.grants import secret_grants as secret_grants_of
 from meshd.model.services import Endpoint, MeshService
 
 _K = TypeVar("_K")
+_R = TypeVar("_R", bound=Resource)
 _V = TypeVar("_V")
 
 
@@ -135,34 +136,22 @@ def derive_istio(
     if stale("Sidecar"):
         by_ns = derive.sidecars_by_namespace([s for s in istio["Sidecar"].values() if isinstance(s, Sidecar)])
         sidecars = _keep_identity(previous.sidecars, by_ns)
-    peer_auth = previous.peer_auth
-    if stale("PeerAuthentication"):
-        peer_auth = _same_or_new(
-            previous.peer_auth,
-            derive.peer_authentications_by_namespace(
-                p for p in istio["PeerAuthentication"].values() if isinstance(p, PeerAuthentication)
-            ),
-        )
-    authz = previous.authz
-    if stale("AuthorizationPolicy"):
-        authz = _same_or_new(
-            previous.authz,
-            derive.authorization_policies_by_namespace(
-                p for p in istio["AuthorizationPolicy"].values() if isinstance(p, AuthorizationPolicy)
-            ),
-        )
-    envoy_filters = previous.envoy_filters
-    if stale("EnvoyFilter"):
-        envoy_filters = _same_or_new(
-            previous.envoy_filters,
-            derive.envoy_filters_by_namespace(e for e in istio["EnvoyFilter"].values() if isinstance(e, EnvoyFilter)),
-        )
-    wasm_plugins = previous.wasm_plugins
-    if stale("WasmPlugin"):
-        wasm_plugins = _same_or_new(
-            previous.wasm_plugins,
-            derive.by_namespace_and_name(w for w in istio["WasmPlugin"].values() if isinstance(w, WasmPlugin)),
-        )
+    peer_auth = _by_namespace(
+        stale("PeerAuthentication"), istio["PeerAuthentication"].values(), PeerAuthentication,
+        previous.peer_auth, derive.peer_authentications_by_namespace,
+    )  # fmt: skip
+    authz = _by_namespace(
+        stale("AuthorizationPolicy"), istio["AuthorizationPolicy"].values(), AuthorizationPolicy,
+        previous.authz, derive.authorization_policies_by_namespace,
+    )  # fmt: skip
+    envoy_filters = _by_namespace(
+        stale("EnvoyFilter"), istio["EnvoyFilter"].values(), EnvoyFilter,
+        previous.envoy_filters, derive.envoy_filters_by_namespace,
+    )  # fmt: skip
+    wasm_plugins = _by_namespace(
+        stale("WasmPlugin"), istio["WasmPlugin"].values(), WasmPlugin,
+        previous.wasm_plugins, derive.by_namespace_and_name,
+    )  # fmt: skip
     secret_grants = previous.secret_grants
     if stale("ReferenceGrant"):
         secret_grants = secret_grants_of(g for g in istio["ReferenceGrant"].values() if isinstance(g, ReferenceGrant))
@@ -186,6 +175,20 @@ def derive_istio(
         tls_warnings=tls_warnings,
         converted=converted,
     )
+
+
+def _by_namespace(
+    stale: bool,
+    resources: Iterable[Resource],
+    kind: type[_R],
+    previous: Mapping[str, tuple[_R, ...]],
+    derive_by_namespace: Callable[[Iterable[_R]], dict[str, tuple[_R, ...]]],
+) -> Mapping[str, tuple[_R, ...]]:
+    """A policy kind by namespace: derived again only when it changed (`stale`), and then the previous
+    mapping object while it holds the very same objects."""
+    if not stale:
+        return previous
+    return _same_or_new(previous, derive_by_namespace(r for r in resources if isinstance(r, kind)))
 
 
 def _keep_identity(old: dict[_K, tuple[_V, ...]], new: dict[_K, tuple[_V, ...]]) -> dict[_K, tuple[_V, ...]]:
