@@ -24,7 +24,7 @@ collection.
 
 A proxy connecting outside a push has its snapshot built then (a cold storm builds the scopes' layers that
 way), and the same holds (`building`): no collection inside, frozen after (in-process, 5000 proxies
-connecting at 5000 services: 5.2-5.3 s of CPU instead of 6.0-6.8 s). Each build counts toward the next
+connecting at 5000 services: 4.5-4.8 s of CPU instead of 4.9-5.3 s). Each build counts toward the next
 idle full collection (due after `every * 10` of them), so what they froze cannot pile up: a full collection
 runs anyway after `every * 100` builds.
 """

@@ -112,7 +112,7 @@ class Hub:
         self.generation += 1
         self.failures = {}
         stale = list(self._unplaced.values())
-        for key, members in list(self._scopes.items()):
+        for key, members in self._scopes.items():  # (refiled only below, once every scope was asked)
             held = list(members.values())
             current: Sequence[bool | None] | bool
             try:
