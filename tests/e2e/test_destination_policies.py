@@ -113,6 +113,21 @@ async def _ejected(mesh: Mesh) -> set[str]:
     }
 
 
+async def _hosts(mesh: Mesh) -> list[str]:
+    """The client's Envoy's view of the web cluster's hosts: health flags and priorities (for failure messages)."""
+    text = await mesh.envoys["client"].admin_get("/clusters")
+    return re.findall(rf"^{re.escape(CLUSTER)}::\S+::(?:health_flags|priority)::\S*$", text, re.M)
+
+
+async def _has_priorities(mesh: Mesh, expected: dict[str, int]) -> bool:
+    text = await mesh.envoys["client"].admin_get("/clusters")
+    found = {
+        m.group(1): int(m.group(2))
+        for m in re.finditer(rf"^{re.escape(CLUSTER)}::([\d.]+):\d+::priority::(\d+)$", text, re.M)
+    }
+    return found == expected
+
+
 async def _recover(mesh: Mesh) -> None:
     """Heal every app and leave a plain rule, with nothing ejected, for the next test."""
     for app in mesh.apps:
@@ -246,10 +261,14 @@ async def test_locality_failover_moves_traffic_when_the_local_endpoints_fail(mes
         ),
     )
     await _holds(mesh, lambda c: "outlier_detection" in c, what="outlier detection (locality failover)")
-    # Envoy gets the endpoints with priorities from the client's locality: region-a first. The ejection lasts longer
-    # than the test (a loaded CI run once saw web-1 and web-2 return after 10 s, and 13 of 20 requests failed).
+    # Envoy gets the endpoints with priorities from the client's locality: region-a first. The cluster and its
+    # endpoints are separate resources: wait for the priorities too, or requests may go out under the old ones.
+    # The ejection lasts longer than the test (a loaded CI run once saw web-1 and web-2 return after 10 s, and
+    # 13 of 20 requests failed).
+    by_locality = {mesh.ip(2): 0, mesh.ip(3): 0, mesh.ip(4): 1}
+    await eventually(lambda: _has_priorities(mesh, by_locality), what="the endpoints' priorities by locality")
     seen = await _spread(mesh, 30)
-    assert set(seen) == {"web-1", "web-2"}, seen
+    assert set(seen) == {"web-1", "web-2"}, (seen, await _hosts(mesh))
     apps = _apps(mesh)
     for pod in ("web-1", "web-2"):
         apps[pod].force_status = 503
@@ -260,7 +279,7 @@ async def test_locality_failover_moves_traffic_when_the_local_endpoints_fail(mes
 
         await eventually(moved, what="traffic to fail over to region-b")
         seen = await _spread(mesh, 20)
-        assert seen == {"web-3": 20}, seen
+        assert seen == {"web-3": 20}, (seen, await _hosts(mesh))
     finally:
         await _recover(mesh)
 
