@@ -21,7 +21,7 @@ from meshd.api.meta import InvalidResource
 from meshd.generate.checks import WorldChecks
 from meshd.generate.envoyfilters import EnvoyFilterLayers
 from meshd.generate.gateways import GatewayLayers
-from meshd.generate.layers import LayerCache
+from meshd.generate.layers import Entry, LayerCache
 from meshd.generate.memo import MemoEntry, ResourceMemo, reuse_layer
 from meshd.generate.options import GenerateOptions
 from meshd.generate.outbound import EMPTY_LAYER, OutboundLayers
@@ -30,6 +30,7 @@ from meshd.generate.own_layer import build_own_layer
 from meshd.generate.proxyless import ProxylessLayers
 from meshd.generate.queries import Queries
 from meshd.generate.reads import Context, Tracer
+from meshd.generate.scope_groups import Group, ScopeGroups, same_shared
 from meshd.generate.scope_keys import ScopeKeys
 from meshd.generate.tls_files import FileCheck, ReadFile
 from meshd.model.world import World
@@ -37,7 +38,7 @@ from meshd.translate.proxy import Proxy
 from meshd.translate.scope import Scope, ScopeKey
 from meshd.xds.resource import Snapshot, XdsResource
 
-Group = tuple[str, ScopeKey]  # a proxy group: (address, scope); proxyless gRPC clients: (PROXYLESS, scope)
+# a proxy group (Group): (address, scope); proxyless gRPC clients: (PROXYLESS, scope)
 PROXYLESS = "grpc"
 ROUTER = "router"  # Istio's node type of gateway proxies
 
@@ -115,6 +116,9 @@ class ConfigGenerator:
         self._group_snapshots: dict[Hashable, Snapshot] = {}
         self._prev_group_layers = previous._group_layers if previous is not None else {}
         self._prev_groups = previous._group_snapshots if previous is not None else {}
+        # the sidecar groups by scope (scope_groups.py): a scope's may be adopted whole by the next generation
+        self._scope_groups: dict[ScopeKey, ScopeGroups] = {}
+        self._prev_scope_groups = previous._scope_groups if previous is not None else {}
         self._scope_verdicts: dict[ScopeKey, ProxyLayers | None] = {}
         self.checks: WorldChecks = WorldChecks(
             world,
@@ -269,6 +273,45 @@ class ConfigGenerator:
         self.proxies.carry(group, carried)
         self._group_layers[group] = before
         self._group_snapshots[group] = held
+        self._file(key, group, held, before, carried)
+        return True
+
+    def _file(self, key: ScopeKey, group: Group, snapshot: Snapshot, layers: ProxyLayers, own: Entry[Snapshot]) -> None:
+        """File a sidecar group under its scope for the next generation. A group on other shared layers than the
+        groups filed so far starts a new filing: it lacks the earlier groups, so it is not adopted while their
+        proxies are connected."""
+        groups = self._scope_groups.get(key)
+        if groups is None or not same_shared(groups.shared, layers):
+            groups = self._scope_groups[key] = ScopeGroups(layers)
+        groups.add(group, snapshot, layers, own)
+
+    def _adopt(self, key: ScopeKey, held: Sequence[tuple[Proxy, Snapshot]], shared: ProxyLayers) -> bool:
+        """What `_keep` decides proxy by proxy, decided for the whole scope: the groups the previous generation
+        filed under it are adopted at once if they are exactly the groups of the proxies held, each proxy holds its
+        group's snapshot, none of their addresses moved and the scope's shared layers are those they were built
+        on. (The caller checked the rest: `_scope_unchanged`.) In check mode every adopted snapshot is built again
+        and must be the one held."""
+        groups = self._prev_scope_groups.get(key)
+        moved = self.queries.moved_addresses()
+        if groups is None or moved is None or not same_shared(groups.shared, shared):
+            return False
+        by_ip = groups.by_ip
+        if not moved.isdisjoint(by_ip) or not all(by_ip.get(proxy.ip) is snap for proxy, snap in held):
+            return False
+        if len({proxy.ip for proxy, _ in held}) != len(by_ip):
+            return False  # some filed group is no longer held (its proxy left): filed again one by one
+        if self._check:
+            for proxy, snap in held:
+                if (
+                    proxy.proxyless
+                    or self.scope_key(proxy) != key
+                    or self._build(proxy, key, (proxy.ip, key)) is not snap
+                ):
+                    raise AssertionError(f"a push adopted an outdated snapshot for {proxy.node_id}")
+        self.proxies.carry_all(groups.own, groups.used)
+        self._group_layers.update(groups.layers)
+        self._group_snapshots.update(groups.snapshots)
+        self._scope_groups[key] = groups
         return True
 
     def still_current_many(self, key: Hashable, held: Sequence[tuple[Proxy, Snapshot]]) -> list[bool] | bool:
@@ -283,6 +326,8 @@ class ConfigGenerator:
         assert moved is not None
         shared = self._scope_verdicts[key]
         assert shared is not None
+        if self._adopt(key, held, shared):
+            return True
         verdicts = [
             self.still_current(proxy, key, snap)
             if proxy.type == ROUTER or proxy.proxyless or proxy.ip in moved
@@ -317,6 +362,9 @@ class ConfigGenerator:
         if cached is None:
             self.builds += 1
             cached = self._group_snapshots[group] = self._build(proxy, key, group)
+            own = self.proxies.current(group)
+            if own is not None and not proxy.proxyless:
+                self._file(key, group, cached, self._group_layers[group], own)
             if self._check:
                 self._check_errors()
         if proxy.proxyless:

@@ -8,7 +8,7 @@ With a Tracer (check mode) every reuse is checked against what the build read (g
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from typing import Generic, NamedTuple, TypeVar
 
 from meshd.generate.memo import Built, MemoEntry, ResourceMemo
@@ -72,6 +72,12 @@ class LayerCache(Generic[G, V]):
         """Adopt an entry of the previous generation known to be current (decided by the caller)."""
         self._memo.keep_carried(entry.used)
         self.entries[group] = entry
+
+    def carry_all(self, entries: Mapping[G, Entry[V]], used: Mapping[Hashable, Built]) -> None:
+        """Adopt entries of the previous generation known to be current, all at once; `used`: the memo entries
+        they hold, merged (one update each, whatever their number)."""
+        self._memo.keep_carried(used)
+        self.entries.update(entries)
 
     def previous(self, group: G) -> Entry[V] | None:
         return self._before.get(group)
