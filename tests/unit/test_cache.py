@@ -1739,3 +1739,35 @@ def test_the_hub_holds_the_scope_key_of_the_generation_even_when_nothing_the_pro
     assert not hub.failures
     assert conn.scope_key == generator.scope_key(proxy) != old_key
     assert _content(conn.snapshot) == _content(ConfigGenerator(generator.world, options=OPTIONS).snapshot(proxy))
+
+
+def test_a_listener_plan_follows_tcp_routes_and_an_exact_host_hiding_a_wildcard_one() -> None:
+    """A VirtualService edit of HTTP routes keeps every listener plan (`same_plan_routes`), but not a change of
+    TCP routes, nor a VirtualService naming a host exactly where a wildcard one with TCP routes applied."""
+    mesh = Mesh()
+    mesh.apply(_resources(_tcp_service(random.Random(1), "a")))
+    wildcard = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                "metadata": {"name": "wild", "namespace": "a"},
+                "spec": {"hosts": ["*.a.svc.cluster.local"],
+                         "tcp": [{"route": [{"destination": {"host": "s2", "port": {"number": 9080}}}]}]}}  # fmt: skip
+    exact = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+             "metadata": {"name": "exact", "namespace": "a"},
+             "spec": {"hosts": ["t1"], "http": [{"route": [{"destination": {"host": "t1"}}]}]}}  # fmt: skip
+    proxy = _proxy("a", 1)
+
+    def listener_of_9000() -> bytes:
+        assert mesh.generator is not None
+        fresh = ConfigGenerator(mesh.generator.world, options=OPTIONS)
+        served, built = _content(mesh.generator.snapshot(proxy)), _content(fresh.snapshot(proxy))
+        assert served == built
+        return next(body for name, body in served[LISTENER].items() if name.endswith("_9000"))
+
+    before = listener_of_9000()
+    assert b"outbound|9000||t1.a.svc.cluster.local" in before
+    mesh.apply(_resources(_docs("a", "s1", ["10.0.0.1"], weight=30)[3:]))  # HTTP routes only: the plan is kept
+    assert listener_of_9000() == before
+    mesh.apply(_resources([wildcard]))  # TCP routes: t1's port 9000 goes to s2
+    routed = listener_of_9000()
+    assert b"outbound|9080||s2.a.svc.cluster.local" in routed
+    mesh.apply(_resources([exact]))  # t1 named exactly, HTTP routes only: the wildcard no longer applies to it
+    assert listener_of_9000() == before

@@ -32,7 +32,14 @@ from meshd.translate.listener_plan import ListenerPlan
 from meshd.translate.listeners import InboundEntry
 from meshd.translate.peer_auth import InboundMtls, workload_mtls
 from meshd.translate.routes import destination_hosts
-from meshd.translate.scope import Scope, ScopeKey, Signature, same_scope_inputs, same_visibility_inputs
+from meshd.translate.scope import (
+    Scope,
+    ScopeKey,
+    Signature,
+    same_plan_routes,
+    same_scope_inputs,
+    same_visibility_inputs,
+)
 from meshd.translate.sidecar_ingress import SidecarInbound, sidecar_inbound
 from meshd.translate.telemetry.resolve import (
     WorkloadTelemetry,
@@ -80,6 +87,10 @@ class Queries:
             previous is not None and previous._options == options and same_visibility_inputs(previous._world, world)
         )
         self._prev_scopes = previous._scopes if previous is not None and rebase else {}
+        # ... and so are the listener plans when no TCP or TLS route changed (all a plan reads of them)
+        self._plans_carried = self._carried or (
+            rebase and previous is not None and same_plan_routes(previous._world, world)
+        )
         # one object per distinct cluster signature: layer lookups by signature then compare by identity
         # (scopes of different namespaces often see the same services)
         self._signatures: dict[Signature, Signature] = previous._signatures if previous is not None else {}
@@ -122,8 +133,8 @@ class Queries:
     def plan(self, key: ScopeKey) -> ListenerPlan:
         """The outbound listener plan of a scope (equal plans give equal listeners)."""
         plan = self._plans.get(key)
-        if plan is None and self._carried and key in self._prev_plans:
-            plan = self._plans[key] = self._prev_plans[key]  # built from the same scope inputs
+        if plan is None and self._plans_carried and key in self._prev_plans:
+            plan = self._plans[key] = self._prev_plans[key]  # built from the same scope inputs and TCP/TLS routes
         if plan is None:
             scope = self.scope(key)
             plan = self._plans[key] = ListenerPlan(

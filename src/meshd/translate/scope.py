@@ -289,6 +289,23 @@ def same_scope_inputs(before: World, after: World) -> bool:
     return same_items(before.virtual_services, after.virtual_services) and same_visibility_inputs(before, after)
 
 
+def same_plan_routes(before: World, after: World) -> bool:
+    """Whether what a listener plan reads of the VirtualServices is unchanged: host by host, the same ones with
+    TCP or TLS routes (the very same objects, in the same order), and no host gaining or losing VirtualServices
+    (one naming a host exactly hides the wildcard ones covering it). A plan skips a VirtualService without TCP
+    and TLS routes, so an edit of HTTP routes keeps every plan."""
+    a, b = before.virtual_services, after.virtual_services
+    if a is b:
+        return True
+    if a.keys() != b.keys():
+        return False
+    return all(now is a[host] or _l4_ids(now) == _l4_ids(a[host]) for host, now in b.items())
+
+
+def _l4_ids(vss: tuple[VirtualService, ...]) -> tuple[int, ...]:
+    return tuple(id(vs) for vs in vss if vs.spec.tcp or vs.spec.tls)
+
+
 def same_visibility_inputs(before: World, after: World) -> bool:
     """Whether what a Scope itself computes (visible services and ports, cluster signature, rule lookups)
     still holds: `same_scope_inputs` but the VirtualServices, which a scope only looks up in its World
