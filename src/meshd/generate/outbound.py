@@ -25,7 +25,7 @@ from meshd.model.services import MeshService, ServicePort
 from meshd.model.world import World
 from meshd.translate.clusters import clusters_opening, service_cluster_specs, service_secret_names
 from meshd.translate.endpoints import service_assignment_specs
-from meshd.translate.routes import RouteTable, VhostBody, delegate_inputs
+from meshd.translate.routes import RouteTable, VhostBody, changed_route_hosts, delegate_inputs
 from meshd.translate.scope import Scope, ScopeKey, Signature, same_items
 from meshd.translate.secrets import readable, secret_specs, source_keys
 from meshd.translate.spec import Ident
@@ -84,16 +84,18 @@ class OutboundLayers:
         self._vhost_cache: dict[Hashable, VhostBody] = {}
         self._prev_vhosts = previous._vhost_cache if previous is not None else {}
         self._destination_cache: dict[int, tuple[VirtualService, list[str]]] = {}
-        # route inputs per scope; carried over while the scopes are (no scope input moved) and no
-        # VirtualService a delegate could name changed
+        # route inputs per scope; carried over while the scopes are (no scope input moved but VirtualServices), for a
+        # scope that sees none of the hosts whose VirtualServices changed (`changed_route_hosts`)
         self._route_inputs: dict[ScopeKey, Hashable] = {}
-        self._prev_route_inputs = (
-            previous._route_inputs
-            if previous is not None
-            and queries.carried
-            and same_items(previous.world.virtual_services_by_name, world.virtual_services_by_name)
-            else {}
-        )
+        self._prev_route_inputs: dict[ScopeKey, Hashable] = {}
+        # with carried route inputs: the hosts whose VirtualServices changed (a scope seeing none of them keeps its
+        # inputs); None: no VirtualService changed
+        self._route_hosts: frozenset[str] | None = None
+        if previous is not None and queries.rebased:
+            if same_items(previous.world.virtual_services_by_name, world.virtual_services_by_name):
+                self._prev_route_inputs = previous._route_inputs if queries.carried else {}
+            elif (changed := changed_route_hosts(previous.world, world)) is not None:
+                self._prev_route_inputs, self._route_hosts = previous._route_inputs, changed
         self._contexts: dict[ScopeKey, Context] = {}
         # the hostnames of each cluster signature's services (carried: a signature is one object across
         # generations), and the rules the previous generation's cluster layer inputs were read from
@@ -196,17 +198,22 @@ class OutboundLayers:
         entry = self.clusters.previous(signature)
         if changed is None or entry is None or not self._same_rules():
             return None
-        hosts = self._hosts.get(signature) or self._prev_hosts.get(signature)
-        if hosts is None:
-            hosts = frozenset(s.hostname for s, _ in scope.services)
-        self._hosts[signature] = hosts
-        if not hosts.isdisjoint(changed):
+        if not self._scope_hosts(scope).isdisjoint(changed):
             return None
         inputs = entry.inputs
         assert isinstance(inputs, tuple)
         per_service = inputs[1]
         assert isinstance(per_service, tuple)
         return per_service
+
+    def _scope_hosts(self, scope: Scope) -> frozenset[str]:
+        """The hostnames of the services a scope sees (per cluster signature: one object across generations)."""
+        signature = scope.cluster_signature
+        hosts = self._hosts.get(signature) or self._prev_hosts.get(signature)
+        if hosts is None:
+            hosts = frozenset(s.hostname for s, _ in scope.services)
+        self._hosts[signature] = hosts
+        return hosts
 
     def _same_rules(self) -> bool:
         """Whether every host's DestinationRules are the previous World's objects (once per generation)."""
@@ -304,7 +311,11 @@ class OutboundLayers:
             return found
         scope = self._scope(key)
         carried = self._prev_route_inputs.get(key)
-        if carried is not None and not scope.headless:  # (a headless service's inputs hold its endpoints)
+        if (
+            carried is not None
+            and not scope.headless  # (a headless service's inputs hold its endpoints)
+            and (self._route_hosts is None or self._scope_hosts(scope).isdisjoint(self._route_hosts))
+        ):
             self._route_inputs[key] = carried
             return carried
         # Routes depend on the visible services (the signature), the VirtualServices and rules of

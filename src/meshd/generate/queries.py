@@ -87,6 +87,7 @@ class Queries:
             previous is not None and previous._options == options and same_visibility_inputs(previous._world, world)
         )
         self._prev_scopes = previous._scopes if previous is not None and rebase else {}
+        self._rebased = rebase
         # ... and so are the listener plans when no TCP or TLS route changed (all a plan reads of them)
         self._plans_carried = self._carried or (
             rebase and previous is not None and same_plan_routes(previous._world, world)
@@ -105,6 +106,12 @@ class Queries:
     def carried(self) -> bool:
         """Whether every scope and listener plan of the previous generation still holds."""
         return self._carried
+
+    @property
+    def rebased(self) -> bool:
+        """Whether every scope of the previous generation still holds (rebased: a VirtualService may have
+        changed, nothing else a scope reads)."""
+        return self._rebased
 
     def scope(self, key: ScopeKey) -> Scope:
         """What the proxies of a scope key see (computed once per World)."""

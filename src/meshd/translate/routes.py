@@ -97,6 +97,22 @@ def delegate_inputs(world: World, vs: VirtualService) -> tuple[Ident | None, ...
     return tuple(ident(world.virtual_services_by_name.get(k)) for k in delegate_keys(vs))
 
 
+def changed_route_hosts(before: World, after: World) -> frozenset[str] | None:
+    """The hosts whose VirtualServices differ between two Worlds, when that is how a change of VirtualServices
+    reaches a scope's routes; None when it may reach hosts not among them: a wildcard host's VirtualServices
+    changed (they route hosts they do not name), or a changed VirtualService is named as a delegate (it reaches
+    the hosts of the roots naming it; a root that comes or goes, or names another, changes its own hosts')."""
+    a, b = before.virtual_services, after.virtual_services
+    changed = frozenset(host for host in a.keys() | b.keys() if a.get(host) is not b.get(host))
+    if any(host.startswith("*") for host in changed):
+        return None
+    na, nb = before.virtual_services_by_name, after.virtual_services_by_name
+    names = {name for name in na.keys() | nb.keys() if na.get(name) is not nb.get(name)}
+    if names and not names.isdisjoint(k for vs in nb.values() for k in delegate_keys(vs)):
+        return None
+    return changed
+
+
 def uses_source(vss: Sequence[VirtualService], world: World) -> tuple[bool, bool]:
     """Whether any match of these VirtualServices (or their delegates) depends on the proxy's
     namespace (sourceNamespace) or labels (sourceLabels)."""
