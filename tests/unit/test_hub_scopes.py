@@ -26,6 +26,7 @@ class Generation:
         self.kept, self.moved, self.failing = kept, moved or {}, failing or set()
         self.asked: list[Hashable] = []  # scopes asked about, in order
         self.held: dict[Hashable, list[str]] = {}  # scope -> the pods asked about under it
+        self.lists: dict[Hashable, Sequence[tuple[Proxy, Snapshot]]] = {}  # scope -> the very list asked with
         self.looked_up: list[str] = []  # pods whose scope key or snapshot was looked up
         self._snaps: dict[str, Snapshot] = {}
 
@@ -43,6 +44,7 @@ class Generation:
     def still_current_many(self, key: Hashable, held: Sequence[tuple[Proxy, Snapshot]]) -> list[bool] | bool:
         self.asked.append(key)
         self.held[key] = sorted(p.pod for p, _ in held)
+        self.lists[key] = held
         return True if key in self.kept else [False] * len(held)
 
 
@@ -104,3 +106,32 @@ def test_a_proxy_whose_first_build_failed_is_looked_up_until_it_is_built() -> No
     later = Generation(kept={"a"})
     hub.publish(later, changed_at=3.0)
     assert later.asked == ["a"] and later.looked_up == []
+
+
+def test_an_unchanged_scope_is_asked_about_with_the_same_list_until_a_proxy_of_it_comes_goes_or_changes() -> None:
+    hub = Hub()
+    hub.publish(Generation(kept=set()), changed_at=0.0)
+    conns = {pod: _connect(hub, pod, ns) for pod, ns in (("a-0", "a"), ("a-1", "a"), ("b-0", "b"))}
+    first = Generation(kept={"a", "b"})
+    hub.publish(first, changed_at=1.0)
+    second = Generation(kept={"a", "b"})
+    hub.publish(second, changed_at=2.0)
+    assert second.lists["a"] is first.lists["a"] and second.lists["b"] is first.lists["b"]
+    assert [(p.pod, s) for p, s in second.lists["a"]] == [
+        ("a-0", conns["a-0"].snapshot),
+        ("a-1", conns["a-1"].snapshot),
+    ]
+    _connect(hub, "a-2", "a")  # one comes
+    third = Generation(kept={"b"})  # ... and a's proxies get new snapshots
+    hub.publish(third, changed_at=3.0)
+    assert third.lists["a"] is not second.lists["a"] and third.held["a"] == ["a-0", "a-1", "a-2"]
+    assert third.lists["b"] is second.lists["b"]
+    fourth = Generation(kept={"a", "b"})
+    hub.publish(fourth, changed_at=4.0)
+    assert fourth.lists["a"] is not third.lists["a"]  # they were given other snapshots
+    now = sorted((c.proxy.pod, id(c.snapshot)) for c in hub.connections.values() if c.proxy.namespace == "a")
+    assert sorted((p.pod, id(s)) for p, s in fourth.lists["a"]) == now
+    hub.disconnect(conns["b-0"])  # one goes: its scope is asked about no more
+    fifth = Generation(kept={"a", "b"})
+    hub.publish(fifth, changed_at=5.0)
+    assert fifth.lists["a"] is fourth.lists["a"] and "b" not in fifth.lists

@@ -289,17 +289,23 @@ class ConfigGenerator:
         """What `_keep` decides proxy by proxy, decided for the whole scope: the groups the previous generation
         filed under it are adopted at once if they are exactly the groups of the proxies held, each proxy holds its
         group's snapshot, none of their addresses moved and the scope's shared layers are those they were built
-        on. (The caller checked the rest: `_scope_unchanged`.) In check mode every adopted snapshot is built again
-        and must be the one held."""
+        on. (The caller checked the rest: `_scope_unchanged`.) The hub asks about a scope with the same list object
+        while no proxy of it came, went or was given another snapshot: groups adopted for that very list are not
+        looked at proxy by proxy again. In check mode every adopted snapshot is built again and must be the one
+        held."""
         groups = self._prev_scope_groups.get(key)
         moved = self.queries.moved_addresses()
         if groups is None or moved is None or not same_shared(groups.shared, shared):
             return False
         by_ip = groups.by_ip
-        if not moved.isdisjoint(by_ip) or not all(by_ip.get(proxy.ip) is snap for proxy, snap in held):
+        if not moved.isdisjoint(by_ip):
             return False
-        if len({proxy.ip for proxy, _ in held}) != len(by_ip):
-            return False  # some filed group is no longer held (its proxy left): filed again one by one
+        if groups.held is not held:  # (the very list these groups were adopted for: nothing to look at again)
+            if not all(by_ip.get(proxy.ip) is snap for proxy, snap in held):
+                return False
+            if len({proxy.ip for proxy, _ in held}) != len(by_ip):
+                return False  # some filed group is no longer held (its proxy left): filed again one by one
+            groups.held = held
         if self._check:
             for proxy, snap in held:
                 if (

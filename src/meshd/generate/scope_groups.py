@@ -31,7 +31,7 @@ def same_shared(a: ProxyLayers, b: ProxyLayers) -> bool:
 class ScopeGroups:
     """One scope's proxy groups as one generation holds them: all built on the scope's shared layers `shared`."""
 
-    __slots__ = ("by_ip", "layers", "own", "shared", "snapshots", "used")
+    __slots__ = ("by_ip", "held", "layers", "own", "shared", "snapshots", "used")
 
     def __init__(self, shared: ProxyLayers) -> None:
         self.shared = shared
@@ -40,9 +40,13 @@ class ScopeGroups:
         self.layers: dict[Group, ProxyLayers] = {}
         self.own: dict[Group, Entry[Snapshot]] = {}  # the own-layer cache entries
         self.used: dict[Hashable, Built] = {}  # the memo entries those hold, merged
+        # the hub's list of (proxy, snapshot) these groups were last adopted for, held so that its identity cannot
+        # be taken by another list (the hub keeps its list while nothing in it changes)
+        self.held: object = None
 
     def add(self, group: Group, snapshot: Snapshot, layers: ProxyLayers, own: Entry[Snapshot]) -> None:
         """File a group (once per generation: a group is decided once)."""
+        self.held = None
         self.by_ip[group[0]] = snapshot
         self.snapshots[group] = snapshot
         self.layers[group] = layers

@@ -40,7 +40,8 @@ class Generation(Protocol):
     def still_current_many(self, key: Hashable, held: Sequence[tuple[Proxy, Snapshot]]) -> Sequence[bool] | bool:
         """For proxies that held a snapshot built by the previous generation under scope `key`: whether it
         is what this one would build (asked once per scope: what the proxies share is looked at once).
-        A bare True: every one of them is (the hub then looks at none of them)."""
+        A bare True: every one of them is (the hub then looks at none of them). `held` is the same list object
+        from push to push while no proxy of the scope came, went or was given another snapshot."""
         ...
 
 
@@ -98,6 +99,10 @@ class Hub:
         # asks about each scope once and looks at no connection of a scope whose proxies keep what they hold)
         self._scopes: dict[Hashable, dict[str, Connection]] = {}
         self._unplaced: dict[str, Connection] = {}  # holding nothing yet (a failed build): looked up each push
+        # per scope: its connections and what they hold, as a push asks about them; kept while no connection of the
+        # scope comes, goes or is given another snapshot (so an unchanged scope is asked with the very same list,
+        # which the generation may recognise: `Generation.still_current_many`)
+        self._held: dict[Hashable, tuple[list[Connection], list[tuple[Proxy, Snapshot]]]] = {}
         self._ids = itertools.count(1)
         # node id -> why its snapshot could not be built by the current generation
         self.failures: dict[str, BuildFailure] = {}
@@ -113,10 +118,14 @@ class Hub:
         self.failures = {}
         stale = list(self._unplaced.values())
         for key, members in self._scopes.items():  # (refiled only below, once every scope was asked)
-            held = list(members.values())
+            cached = self._held.get(key)
+            if cached is None:
+                conns = list(members.values())
+                cached = self._held[key] = (conns, [(conn.proxy, conn.snapshot) for conn in conns])  # type: ignore[misc]
+            held, pairs = cached
             current: Sequence[bool | None] | bool
             try:
-                current = generator.still_current_many(key, [(conn.proxy, conn.snapshot) for conn in held])  # type: ignore[misc]
+                current = generator.still_current_many(key, pairs)
             except Exception:  # asked again one by one: only a proxy that fails keeps its last snapshot
                 current = [self._still_current(generator, key, conn) for conn in held]
             if current is True:
@@ -138,8 +147,11 @@ class Hub:
         return woken
 
     def _place(self, conn: Connection, key: Hashable | None) -> None:
-        """File the connection under the scope its snapshot is built for (None: under none)."""
+        """File the connection under the scope its snapshot is built for (None: under none); called whenever its
+        snapshot may have changed."""
         self._unplaced.pop(conn.conn_id, None)
+        self._held.pop(conn.scope_key, None)
+        self._held.pop(key, None)
         if conn.scope_key is not None and conn.scope_key != key:
             members = self._scopes.get(conn.scope_key)
             if members is not None:
