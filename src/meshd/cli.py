@@ -34,6 +34,7 @@ def serve_settings(args: argparse.Namespace) -> Settings:
         http_port=args.http_port,
         debug_expose=args.debug_expose,
         debounce_quiet_s=args.debounce_quiet,
+        debounce_calm_quiet_s=args.debounce_calm_quiet,
         debounce_max_s=args.debounce_max,
         file_poll_interval_s=args.poll_interval,
         file_watch=args.file_watch,
@@ -205,7 +206,19 @@ def build_parser() -> argparse.ArgumentParser:
         "a service-account token RBAC lets get the path (nonResourceURLs /debug/*); standalone, a --ca-token-file "
         "token of meshd's namespace (default: loopback clients only)",
     )
-    serve.add_argument("--debounce-quiet", type=float, default=defaults.debounce_quiet_s)
+    serve.add_argument(
+        "--debounce-quiet",
+        type=float,
+        default=defaults.debounce_quiet_s,
+        help="seconds without a change before a burst of changes is pushed (Istio's PILOT_DEBOUNCE_AFTER)",
+    )
+    serve.add_argument(
+        "--debounce-calm-quiet",
+        type=float,
+        default=defaults.debounce_calm_quiet_s,
+        help="the same for a change arriving --debounce-quiet or more after the last push: pushed after this "
+        "quiet period; set it to --debounce-quiet to make every change wait that",
+    )
     serve.add_argument("--debounce-max", type=float, default=defaults.debounce_max_s)
     serve.add_argument("--poll-interval", type=float, default=defaults.file_poll_interval_s)
     serve.add_argument(

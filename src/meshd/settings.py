@@ -21,6 +21,9 @@ class Settings(BaseModel):
     # /debug/* on the ops port answer only loopback clients unless exposed (they show every proxy's config)
     debug_expose: bool = False
     debounce_quiet_s: float = Field(default=0.1, ge=0)
+    # the quiet period of a change that finds the push loop calm (no push for debounce_quiet_s):
+    # push/debounce.py; equal to debounce_quiet_s, every change waits that (Istio's PILOT_DEBOUNCE_AFTER)
+    debounce_calm_quiet_s: float = Field(default=0.01, ge=0)
     debounce_max_s: float = Field(default=10.0, gt=0)
     file_poll_interval_s: float = Field(default=0.5, gt=0)
     # "events": file events (inotify); "poll": stat the directory every file_poll_interval_s

@@ -53,7 +53,12 @@ class PushLoop:
         self._clock = clock
         self._store, self._hub, self._settings = store, hub, settings
         self._metrics, self._log = metrics, log
-        self._debouncer = Debouncer(clock=clock, quiet=settings.debounce_quiet_s, max_delay=settings.debounce_max_s)
+        self._debouncer = Debouncer(
+            clock=clock,
+            quiet=settings.debounce_quiet_s,
+            max_delay=settings.debounce_max_s,
+            calm_quiet=settings.debounce_calm_quiet_s,
+        )
         self._extra: dict[str, Sequence[XdsResource]] = {}
         self._mesh: Callable[[], MeshConfig | None] = lambda: None
         self._generations = Generations(
@@ -217,6 +222,7 @@ class PushLoop:
                     self.push(changed_at=changed_at)
             else:
                 self.push(changed_at=changed_at)
+            self._debouncer.ready()  # a change coming `quiet` after this found the loop calm
             await asyncio.sleep(0)  # let streams pick the generation up before the next one
 
 
