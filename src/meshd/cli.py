@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import logging
 import os
 import pathlib
 import sys
 
 from meshd.ca.cli import add_ca_arguments
+from meshd.gcpolicy import importing
 from meshd.kube.flags import add_leader_flags
 from meshd.settings import Settings
 from meshd.sources.jwks_cli import add_jwks_arguments
@@ -291,11 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_leader_flags(serve, defaults)
     add_ca_arguments(serve, defaults)
     add_jwks_arguments(serve, defaults)
-    serve.set_defaults(func=_serve)
+    serve.set_defaults(func=_serve, imports=("meshd.app",))
 
     worker = sub.add_parser("worker")  # started by `serve --workers N`, never by hand
     worker.add_argument("--control", required=True, help=argparse.SUPPRESS)
-    worker.set_defaults(func=_worker)
+    worker.set_defaults(func=_worker, imports=("meshd.wiring.worker",))
 
     boot = sub.add_parser("bootstrap", help="print an Envoy bootstrap for a sidecar (or a gRPC one: --proxyless)")
     boot.add_argument("--node-id", required=True)
@@ -333,7 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    with importing():  # the parser's modules and the command's (`imports`) are most of a start-up's CPU
+        args = build_parser().parse_args(argv)
+        for module in getattr(args, "imports", ()):
+            importlib.import_module(module)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",

@@ -11,7 +11,8 @@ from collections.abc import Hashable, Iterator, Sequence
 
 import pytest
 
-from meshd.gcpolicy import GcPolicy
+from meshd import cli
+from meshd.gcpolicy import GcPolicy, importing
 from meshd.model.store import ConfigStore
 from meshd.obs.metrics import Metrics
 from meshd.push.loop import PushLoop
@@ -235,3 +236,26 @@ def test_install_with_the_policy_disabled_changes_nothing() -> None:
     before = gc.get_threshold()
     GcPolicy(enabled=False).install()
     assert gc.get_threshold() == before
+
+
+def test_imports_run_without_collections_and_what_they_built_is_frozen_after() -> None:
+    with importing():
+        assert not gc.isenabled()
+        made = [[i] for i in range(1000)]
+    assert gc.isenabled()
+    assert gc.get_freeze_count() >= len(made)
+    with pytest.raises(ValueError), importing():
+        raise ValueError("an import failed")
+    assert gc.isenabled()
+
+
+def test_a_command_s_parser_and_modules_are_imported_without_collections(monkeypatch: pytest.MonkeyPatch) -> None:
+    imported: list[tuple[str, bool]] = []
+    monkeypatch.setattr(cli.importlib, "import_module", lambda name: imported.append((name, gc.isenabled())))
+    monkeypatch.setattr(cli, "_serve", lambda args: 0)
+    monkeypatch.setattr(cli.logging, "basicConfig", lambda **kwargs: None)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["serve"])
+    assert exited.value.code == 0
+    assert imported == [("meshd.app", False)]
+    assert gc.isenabled()

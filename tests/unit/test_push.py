@@ -156,8 +156,8 @@ async def test_calm_quiet_defaults_to_quiet_and_never_exceeds_it(calm_quiet: flo
 
 
 async def test_the_push_loop_pushes_a_calm_change_at_once_and_debounces_what_follows_a_push() -> None:
-    """The push loop marks the debouncer ready after each push: a change 4 s after a push is pushed
-    after calm_quiet, one 0.2 s after that push waits the full quiet period."""
+    """The push loop marks the debouncer ready after each push: a change 0.2 s after a push waits the
+    full quiet period, one 3.7 s after a push (or before any) is pushed after calm_quiet."""
     clock = FakeClock()
     store, hub = ConfigStore(), Hub()
     loop = PushLoop(
@@ -183,19 +183,19 @@ async def test_the_push_loop_pushes_a_calm_change_at_once_and_debounces_what_fol
     runner = asyncio.create_task(loop.run())
     try:
         clock.time = 0.5
-        change("first")  # 0.5 s after the loop started: not calm
+        change("first")  # nothing pushed yet: calm
         await settle()
-        assert pushed == [pytest.approx(1.5)]
+        assert pushed == [pytest.approx(0.6)]
+
+        clock.time = 0.8
+        change("after-a-push")
+        await settle()
+        assert pushed[1:] == [pytest.approx(1.8)]
 
         clock.time = 5.5
         change("calm")
         await settle()
-        assert pushed[1:] == [pytest.approx(5.6)]
-
-        clock.time = 5.8
-        change("after-a-push")
-        await settle()
-        assert pushed[2:] == [pytest.approx(6.8)]
+        assert pushed[2:] == [pytest.approx(5.6)]
     finally:
         runner.cancel()
         with contextlib.suppress(asyncio.CancelledError):

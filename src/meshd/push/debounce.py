@@ -11,6 +11,7 @@ more than a fixed quiet period would give (`calm_quiet == quiet`: Istio's PILOT_
 from __future__ import annotations
 
 import asyncio
+import math
 
 from meshd.clock import Clock
 
@@ -25,7 +26,7 @@ class Debouncer:
         self._event = asyncio.Event()
         self.first: float | None = None
         self._last = 0.0
-        self._ready = clock.now()
+        self._ready = -math.inf  # never pushed: calm (the first load is pushed once its last list is in)
 
     def touch(self) -> None:
         now = self._clock.now()
