@@ -83,9 +83,10 @@ def _parser() -> argparse.ArgumentParser:
     peer.add_argument("--peer", choices=["istiod"], help="run the side-by-side benchmark instead of the scenarios")
     peer.add_argument("--peer-full", action="store_true", help="200,1000 services x 500,2000 proxies x Sidecar or not")
     peer.add_argument("--peer-large", action="store_true", help="add 5000 services / 5000 proxies, Sidecar, meshd only")
-    peer.add_argument("--peer-cells", type=_cells, metavar="S/P[/sidecar][/meshd|/workers],...",
-                      help="cells instead: services/proxies, a Sidecar per namespace, meshd alone, meshd with 1"
-                           " vs 2 worker processes (--workers)")  # fmt: skip
+    peer.add_argument("--peer-cells", type=_cells, metavar="S/P[/sidecar][/mix][/meshd|/workers],...",
+                      help="cells instead: services/proxies, a Sidecar per namespace, gateways + authorization +"
+                           " telemetry config in the mix, meshd alone, meshd with 1 vs 2 worker processes"
+                           " (--workers)")  # fmt: skip
     peer.add_argument("--peer-rounds", type=int, default=2, help="rounds per control plane, alternating")
     peer.add_argument("--peer-servers", default="meshd,istiod", help="control planes to run (meshd, istiod)")
     peer.add_argument("--peer-meshd-args", default="", help='more `meshd serve` flags, e.g. "--no-status"')
@@ -96,13 +97,13 @@ def _cells(text: str) -> tuple[Cell, ...]:
     cells = []
     for item in text.split(","):
         services, proxies, *flags = item.split("/")
-        unknown = set(flags) - {"sidecar", "meshd", "workers"}
+        unknown = set(flags) - {"sidecar", "meshd", "workers", "mix"}
         if unknown:
             raise argparse.ArgumentTypeError(f"unknown cell flag(s) {sorted(unknown)} in {item!r}")
         servers = ("meshd",) if "meshd" in flags else ("meshd", "istiod")
         if "workers" in flags:  # meshd with 1 and with 2 worker processes, alternating rounds
             servers = ("meshd-w1", "meshd-w2")
-        cells.append(Cell(int(services), int(proxies), "sidecar" in flags, servers=servers))
+        cells.append(Cell(int(services), int(proxies), "sidecar" in flags, servers=servers, mix="mix" in flags))
     return tuple(cells)
 
 

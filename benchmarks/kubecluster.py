@@ -84,7 +84,7 @@ async def write_mesh(rest: KubeRest, mesh: KubeMesh) -> dict[str, Any]:
     namespaces = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": MESH_NAMESPACE}}]
     namespaces += mesh.namespace_objects()
     await _bounded([lambda o=o: rest.create(o) for o in namespaces])  # type: ignore[misc]
-    pods = [p for i in range(mesh.spec.services) for p in mesh.pods(i)]
+    pods = [p for i in range(mesh.spec.services) for p in mesh.pods(i)] + mesh.gateway_pods()
     await _bounded([lambda p=p: _pod(rest, *p) for p in pods])  # type: ignore[misc]
     config = mesh.config_objects()
     await _bounded([lambda o=o: rest.create(o) for o in config])  # type: ignore[misc]

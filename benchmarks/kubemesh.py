@@ -8,6 +8,14 @@ pod IP), one EndpointSlice listing them (targetRef to each Pod), a DestinationRu
 a VirtualService (v1/v2 weights) for every tenth service; an optional Sidecar (`./*`) per namespace.
 Istio objects are `networking.istio.io/v1beta1`, a version both Istio 1.14's CRDs serve and meshd reads.
 
+With `mix` (the cell flag `/mix`: wave 2's kinds in the mix), besides: an ingress gateway in istio-system
+(a Service `istio-ingressgateway` 80 -> 8080, `gateways` router pods and proxies, an Istio Gateway for
+`*.example.com`, and for every service with a VirtualService a second one, `gw-svc-i`, binding
+`svc-i.example.com` to it); a mesh-wide STRICT PeerAuthentication and a mesh-wide Telemetry turning on
+the `envoy` access log; per namespace an ALLOW AuthorizationPolicy (from its own namespace and
+istio-system, GET/POST to /api/* and /healthz), a DENY one on its first service (/admin*) and a
+Telemetry removing `request_host` from the request count; an ALLOW policy on the gateway (its hosts).
+
 Every pod is a proxy's workload: proxy k is pod k // services of service k % services, so the pods per
 service are ceil(proxies / services) (at least 2). Pod IPs are 10.1.0.0/16 upwards: a real API server
 refuses loopback endpoint addresses, and nothing ever dials these (the load client only talks to the
@@ -22,6 +30,10 @@ from typing import Any
 
 DOMAIN = "cluster.local"
 NET = "networking.istio.io/v1beta1"
+SECURITY = "security.istio.io/v1beta1"
+TELEMETRY = "telemetry.istio.io/v1alpha1"
+ROOT = "istio-system"  # the mesh's root namespace (meshd's and istiod's default), where the gateway runs
+GATEWAY_LABELS = {"istio": "ingressgateway", "app": "istio-ingressgateway"}
 ISTIO_VERSION = "1.14.6"
 CLUSTER_ID = "Kubernetes"
 
@@ -37,6 +49,8 @@ class KubeMeshSpec:
     moving: tuple[int, ...] = ()  # services whose endpoints the benchmark edits
     vs_every: int = 10  # services i with i % vs_every == 1 get a VirtualService
     port: int = 9080
+    mix: bool = False  # gateways, authorization and telemetry config too (module docstring)
+    gateways: int = 2  # with mix: ingress gateway pods, each a router proxy
 
     @property
     def pods_per_service(self) -> int:
@@ -103,7 +117,27 @@ class KubeMesh:
     def proxies(self) -> list[tuple[str, dict[str, Any]]]:
         if self.spec.proxies > self.spec.services * self.spec.pods_per_service:
             raise ValueError("more proxies than pods")
-        return [self.proxy(k) for k in range(self.spec.proxies)]
+        out = [self.proxy(k) for k in range(self.spec.proxies)]
+        if self.spec.mix:
+            out += [self.gateway_proxy(g) for g in range(self.spec.gateways)]
+        return out
+
+    def gateway_ip(self, g: int) -> str:
+        return f"10.250.0.{g + 1}"
+
+    def gateway_proxy(self, g: int) -> tuple[str, dict[str, Any]]:
+        """Node id and metadata of ingress gateway g, as Istio's gateway deployment sends them."""
+        pod = f"istio-ingressgateway-{g}"
+        node_id = f"router~{self.gateway_ip(g)}~{pod}.{ROOT}~{ROOT}.svc.{DOMAIN}"
+        metadata = {
+            "NAMESPACE": ROOT,
+            "NAME": pod,
+            "CLUSTER_ID": CLUSTER_ID,
+            "ISTIO_VERSION": ISTIO_VERSION,
+            "LABELS": GATEWAY_LABELS,
+            "SDS": "true",
+        }
+        return node_id, metadata
 
     # -- objects ----------------------------------------------------------------------------------
 
@@ -125,6 +159,16 @@ class KubeMesh:
             "conditions": [{"type": "Ready", "status": "True"}],
         }
         return pod, status
+
+    def gateway_pods(self) -> list[tuple[Obj, Obj]]:
+        if not self.spec.mix:
+            return []
+        out = []
+        for g in range(self.spec.gateways):
+            pod, status = self._pod(0, f"istio-ingressgateway-{g}", "v1", self.gateway_ip(g))
+            pod["metadata"] = {"name": f"istio-ingressgateway-{g}", "namespace": ROOT, "labels": GATEWAY_LABELS}
+            out.append((pod, status))
+        return out
 
     def pods(self, i: int) -> list[tuple[Obj, Obj]]:
         out = [
@@ -213,7 +257,140 @@ class KubeMesh:
         out += [self.virtual_service(i) for i in sorted(self.weights)]
         if self.spec.sidecar:
             out += [self.sidecar(ns) for ns in self.namespaces()]
+        if self.spec.mix:
+            out += self.mix_objects()
         return out
+
+    # -- the mix: gateways, authorization, telemetry ----------------------------------------------
+
+    def mix_objects(self) -> list[Obj]:
+        ips = [self.gateway_ip(g) for g in range(self.spec.gateways)]
+        out: list[Obj] = [
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "istio-ingressgateway", "namespace": ROOT, "labels": GATEWAY_LABELS},
+                "spec": {
+                    "selector": GATEWAY_LABELS,
+                    "ports": [{"name": "http2", "port": 80, "targetPort": 8080, "protocol": "TCP"}],
+                },
+            },
+            {
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "name": "istio-ingressgateway-1",
+                    "namespace": ROOT,
+                    "labels": {"kubernetes.io/service-name": "istio-ingressgateway"},
+                },
+                "addressType": "IPv4",
+                "ports": [{"name": "http2", "port": 8080, "protocol": "TCP"}],
+                "endpoints": [
+                    {
+                        "addresses": [ip],
+                        "conditions": {"ready": True},
+                        "targetRef": {"kind": "Pod", "name": f"istio-ingressgateway-{g}", "namespace": ROOT},
+                    }
+                    for g, ip in enumerate(ips)
+                ],
+            },
+            {
+                "apiVersion": NET,
+                "kind": "Gateway",
+                "metadata": {"name": "bench-gw", "namespace": ROOT},
+                "spec": {
+                    "selector": {"istio": "ingressgateway"},
+                    "servers": [
+                        {"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*.example.com"]}
+                    ],
+                },
+            },
+            {
+                "apiVersion": SECURITY,
+                "kind": "PeerAuthentication",
+                "metadata": {"name": "default", "namespace": ROOT},
+                "spec": {"mtls": {"mode": "STRICT"}},
+            },
+            {
+                "apiVersion": TELEMETRY,
+                "kind": "Telemetry",
+                "metadata": {"name": "mesh-default", "namespace": ROOT},
+                "spec": {"accessLogging": [{"providers": [{"name": "envoy"}]}]},
+            },
+            {
+                "apiVersion": SECURITY,
+                "kind": "AuthorizationPolicy",
+                "metadata": {"name": "ingress-hosts", "namespace": ROOT},
+                "spec": {
+                    "selector": {"matchLabels": {"istio": "ingressgateway"}},
+                    "action": "ALLOW",
+                    "rules": [{"to": [{"operation": {"hosts": ["*.example.com"]}}]}],
+                },
+            },
+        ]
+        out += [self.gateway_route(i) for i in sorted(self.weights)]
+        first_of: dict[str, int] = {}
+        for i in range(self.spec.services):
+            first_of.setdefault(self.namespace(i), i)
+        for ns in self.namespaces():
+            out += [
+                {
+                    "apiVersion": SECURITY,
+                    "kind": "AuthorizationPolicy",
+                    "metadata": {"name": "allow-ns", "namespace": ns},
+                    "spec": {
+                        "action": "ALLOW",
+                        "rules": [
+                            {
+                                "from": [{"source": {"namespaces": [ns, ROOT]}}],
+                                "to": [{"operation": {"methods": ["GET", "POST"], "paths": ["/api/*", "/healthz"]}}],
+                            }
+                        ],
+                    },
+                },
+                {
+                    "apiVersion": SECURITY,
+                    "kind": "AuthorizationPolicy",
+                    "metadata": {"name": "deny-admin", "namespace": ns},
+                    "spec": {
+                        "selector": {"matchLabels": {"app": f"svc-{first_of[ns]}"}},
+                        "action": "DENY",
+                        "rules": [{"to": [{"operation": {"paths": ["/admin*"]}}]}],
+                    },
+                },
+                {
+                    "apiVersion": TELEMETRY,
+                    "kind": "Telemetry",
+                    "metadata": {"name": "metrics", "namespace": ns},
+                    "spec": {
+                        "metrics": [
+                            {
+                                "providers": [{"name": "prometheus"}],
+                                "overrides": [
+                                    {
+                                        "match": {"metric": "REQUEST_COUNT"},
+                                        "tagOverrides": {"request_host": {"operation": "REMOVE"}},
+                                    }
+                                ],
+                            }
+                        ]
+                    },
+                },
+            ]
+        return out
+
+    def gateway_route(self, i: int) -> Obj:
+        """Service i's host on the ingress gateway: svc-i.example.com to its v1 subset."""
+        return {
+            "apiVersion": NET,
+            "kind": "VirtualService",
+            "metadata": {"name": f"gw-svc-{i}", "namespace": self.namespace(i)},
+            "spec": {
+                "hosts": [f"svc-{i}.example.com"],
+                "gateways": [f"{ROOT}/bench-gw"],
+                "http": [{"route": [{"destination": {"host": self.host(i), "subset": "v1"}}]}],
+            },
+        }
 
     # -- edits ------------------------------------------------------------------------------------
 

@@ -121,6 +121,10 @@ def print_peer(result: dict[str, Any]) -> None:
         print(f"\n== peer: {cell['cell']} ({cell['xds']}, {result['rounds']} rounds each, alternating; "
               f"{cell['elapsed_s']} s) ==")  # fmt: skip
         print(cell_table(cell))
+        refused = sorted({e for r in cell.get("rounds", []) for e in r.get("config_errors", [])})
+        if refused:
+            print(f"meshd refused {len(refused)} of the objects (its figures are not of the whole mesh):")
+            print("\n".join(f"  {e}" for e in refused[:10]))
     rows = matrix_rows(result["cells"])
     if rows:
         print("\n== meshd / istiod (below 1: meshd better) ==")

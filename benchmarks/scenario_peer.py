@@ -42,6 +42,7 @@ class Cell:
     sidecar: bool
     servers: tuple[str, ...] = SERVERS
     per_namespace: int = 10  # services per namespace
+    mix: bool = False  # gateways, authorization and telemetry config too (kubemesh.py)
 
     @property
     def namespaces(self) -> int:
@@ -50,10 +51,11 @@ class Cell:
     @property
     def label(self) -> str:
         sidecar = "Sidecar per ns" if self.sidecar else "no Sidecar"
-        return f"{self.services} svc / {self.namespaces} ns / {self.proxies} proxies, {sidecar}"
+        mix = ", gateway + authz + telemetry" if self.mix else ""
+        return f"{self.services} svc / {self.namespaces} ns / {self.proxies} proxies, {sidecar}{mix}"
 
 
-DEFAULT_CELLS = (Cell(200, 500, False), Cell(200, 500, True))
+DEFAULT_CELLS = (Cell(200, 500, False), Cell(200, 500, True), Cell(200, 500, True, mix=True))
 FULL_CELLS = tuple(Cell(s, p, sc) for s in (200, 1000) for sc in (False, True) for p in (500, 2000))
 LARGE_CELL = Cell(5000, 5000, True, servers=("meshd",))
 
@@ -161,6 +163,10 @@ async def _round(
             vs = out.get("vs", {})
             print(f"    {name}: VS p50/p99 {vs.get('vs_p50_ms')}/{vs.get('vs_p99_ms')} ms, endpoint "
                   f"{out['ep']['ep_p50_ms']}/{out['ep']['ep_p99_ms']} ms", flush=True)  # fmt: skip
+        if isinstance(proc, MeshdProcess):  # what meshd refused of the mesh: none of it, or the figures lie
+            out["config_errors"] = [
+                f"{e['resource']} {e['field']}: {e['message']}" for e in await proc.get_json("/debug/config_errors")
+            ]
         totals = await client.request("totals")
         out["bytes"] = totals["bytes"]
         out["bytes_by_type"] = totals["bytes_by_type"]
@@ -173,14 +179,16 @@ async def _round(
 async def run_cell(cell: Cell, opts: PeerOptions, *, assets: pathlib.Path, index: int) -> dict[str, Any]:
     servers = tuple(s for s in cell.servers if s.split("-w")[0] in opts.servers)
     work = opts.work / f"peer-{index}-{cell.services}-{cell.proxies}-{'sc' if cell.sidecar else 'nosc'}"
+    work = work.with_name(work.name + "-mix") if cell.mix else work
     moving = tuple(dict.fromkeys((k * 37) % cell.services for k in range(opts.changes)))
     spec = KubeMeshSpec(
-        services=cell.services, namespaces=cell.namespaces, proxies=cell.proxies, sidecar=cell.sidecar, moving=moving
-    )
+        services=cell.services, namespaces=cell.namespaces, proxies=cell.proxies, sidecar=cell.sidecar, moving=moving,
+        mix=cell.mix,
+    )  # fmt: skip
     mesh = KubeMesh(spec)
     out: dict[str, Any] = {
         "cell": cell.label, "services": cell.services, "namespaces": cell.namespaces, "proxies": cell.proxies,
-        "sidecar": cell.sidecar, "servers": list(servers), "xds": "delta" if opts.delta else "sotw",
+        "sidecar": cell.sidecar, "mix": cell.mix, "servers": list(servers), "xds": "delta" if opts.delta else "sotw",
         "pods_per_service": spec.pods_per_service, "meshd_args": list(opts.meshd_args),
         "meshd_workers": opts.meshd_workers, "client_per_channel": opts.client_per_channel,
     }  # fmt: skip

@@ -80,3 +80,28 @@ async def test_a_workers_cell_runs_meshd_with_one_and_two_worker_processes(tmp_p
     # two workers: CPU and memory are summed over the main process and both workers
     one, two = (cell["figures"][s]["peak_rss_mb"] for s in ("meshd-w1", "meshd-w2"))
     assert two > 2 * one, (one, two)
+
+
+async def test_a_mix_cell_adds_gateways_authorization_and_telemetry_that_both_serve(tmp_path: pathlib.Path) -> None:
+    """`/mix`: an ingress gateway (2 router proxies), AuthorizationPolicies, PeerAuthentication and Telemetry
+    in the mesh. Both control planes converge the gateways too, and deliver them the endpoint edits of the
+    services they route to (4 edits: the 4th moves svc-1's, which the gateway routes to); meshd refuses none
+    of it."""
+    (cell_spec,) = _cells("5/10/sidecar/mix")
+    assert cell_spec.mix and cell_spec.sidecar
+    opts = PeerOptions(work=tmp_path, cells=(cell_spec,), rounds=1, changes=4)
+    why = unavailable(opts)
+    if why is not None:
+        pytest.skip(why)
+
+    (cell,) = (await run_peer(opts))["cells"]
+    assert "error" not in cell, cell.get("error")
+    for server in ("meshd", "istiod"):
+        figures = cell["figures"][server]
+        assert figures["cold_s"] is not None, f"{server}: not every proxy converged"
+        assert figures["cold_converged"] == PROXIES + 2, server
+        # one namespace (5 services): every sidecar and both gateways hold svc-1's endpoints
+        assert figures["ep_needed"] == PROXIES + 2, server
+        assert (figures["vs_incomplete"], figures["ep_incomplete"]) == (0, 0), server
+    (meshd_round,) = [r for r in cell["rounds"] if r["server"] == "meshd"]
+    assert meshd_round["config_errors"] == []
