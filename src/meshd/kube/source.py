@@ -14,6 +14,9 @@ origin per object (`kube:<Kind>/<namespace>/<name>`), so one object change touch
 - ConfigMaps holding a `ca.crt` are stored for BackendTLSPolicy `caCertificateRefs` (one whose `ca.crt` is not
   PEM certificates is absent, as an unusable Secret is); the others are not kept.
 - Kinds meshd does not translate (e.g. Gateway) stay in the reflector caches.
+- A change of only status, resourceVersion and managedFields (a status write: meshd's own come back
+  so, one per object it reports on) is not parsed again unless the kind's model reads its status (Pods,
+  Services): the store's copy takes the new resourceVersion (`ConfigStore.take_version`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,21 @@ from meshd.model.store import ConfigStore
 
 TOPOLOGY_LABELS = (REGION_LABEL, ZONE_LABEL, SUBZONE_LABEL)
 ObjectId = tuple[str, str, str]  # (kind, namespace, name)
+READS_STATUS = frozenset({"Pod", "Service"})  # the kinds whose models read their status (api/kube.py)
+_WRITE_STAMPS = ("resourceVersion", "managedFields")  # metadata any write moves
+
+
+def _same_but_status(old: Obj, new: Obj) -> bool:
+    """Whether `new` differs from `old` only in status, resourceVersion and managedFields: what a status
+    write changes (meshd's own come back so, one per object it reports on)."""
+    if old.keys() - {"status"} != new.keys() - {"status"}:
+        return False
+    if any(old[k] != v for k, v in new.items() if k not in ("status", "metadata")):
+        return False
+    before, after = meta(old), meta(new)
+    return {k: v for k, v in before.items() if k not in _WRITE_STAMPS} == {
+        k: v for k, v in after.items() if k not in _WRITE_STAMPS
+    }
 
 
 def origin_of(object_id: ObjectId) -> str:
@@ -112,7 +130,15 @@ class KubeSource:
             node_after = self._node_of(new)
             if node_after:
                 self._pods_on_node[node_after].add(object_id)
+        elif self._status_write(kind, old, new) and self._store.take_version(
+            origin_of(object_id), str(meta(new or {}).get("resourceVersion") or "")
+        ):
+            return  # a status write: what the store holds parses the same, only its resourceVersion moved
         self._sync(object_id)
+
+    @staticmethod
+    def _status_write(kind: str, old: Obj | None, new: Obj | None) -> bool:
+        return old is not None and new is not None and kind not in READS_STATUS and _same_but_status(old, new)
 
     def cached(self, key: ResourceKey) -> Obj | None:
         """The object as the informers last saw it (status included), by the key meshd knows it by."""

@@ -83,6 +83,19 @@ class ConfigStore:
                 if key in self._changes:
                     self._changes[key] = resource
 
+    def take_version(self, origin: str, resource_version: str) -> bool:
+        """The origin's one resource moved to `resource_version` and nothing else changed (the caller
+        compared its source: a status write): the copy held takes the version, unparsed (`_take_versions`).
+        False, changing nothing, if the origin holds anything else or has errors (the last accepted version
+        of a refused object keeps its own)."""
+        held = self._by_origin.get(origin)
+        if held is None or len(held) != 1 or origin in self._errors:
+            return False
+        [(key, resource)] = held.items()
+        metadata = resource.metadata.model_copy(update={"resource_version": resource_version})
+        self._take_versions(origin, {key: resource.model_copy(update={"metadata": metadata})})
+        return True
+
     def refuse_origin(self, origin: str, errors: Iterable[InvalidResource]) -> bool:
         """The origin's whole new content was refused (e.g. not YAML at all): it keeps all it held."""
         return self.replace_origin(origin, {}, errors, rejected=list(self._by_origin.get(origin, {})))

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+import meshd.kube.source as source_module
 from meshd.api.kube import Pod
 from meshd.api.meta import ResourceKey
 from meshd.kube.source import KubeSource
@@ -94,6 +95,71 @@ def test_a_status_write_moves_only_the_resource_version_and_wakes_no_push(f: Fix
     assert f.notified == before
     [(_, held)] = f.store.resources()
     assert held.metadata.resource_version == "2"  # the status writer sees the version it wrote
+
+
+def test_a_status_write_is_not_parsed_again_unless_the_kind_reads_its_status(
+    f: Fixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parsed: list[str] = []
+    real = source_module.parse_resource
+
+    def counting(raw: Obj, **kwargs: Any) -> Any:
+        parsed.append(f"{raw['kind']}/{raw['metadata']['name']}")
+        return real(raw, **kwargs)
+
+    monkeypatch.setattr(source_module, "parse_resource", counting)
+    vs = obj("VirtualService", "web", spec={"hosts": ["web"], "http": [{"route": [{"destination": {"host": "web"}}]}]})
+    f.add(vs)
+    managed = [{"manager": "meshd", "operation": "Update", "subresource": "status"}]
+    written = {
+        **vs,
+        "metadata": {**vs["metadata"], "resourceVersion": "2", "managedFields": managed},
+        "status": {"observedGeneration": 1},
+    }
+    f.modify(vs, written)
+    assert parsed == ["VirtualService/web"]
+    [(_, held)] = f.store.resources()
+    assert held.metadata.resource_version == "2"
+
+    relabelled = {**written, "metadata": {**written["metadata"], "resourceVersion": "3", "labels": {"a": "b"}}}
+    f.modify(written, relabelled)  # not only the status: parsed
+    assert parsed == ["VirtualService/web"] * 2
+    assert f.store.resources()[0][1].metadata.labels == {"a": "b"}
+
+    pod = obj("Pod", "p", spec={"containers": [{"name": "app"}]}, status={"podIP": "10.0.0.1"})
+    f.add(pod)
+    moved = {**pod, "metadata": {**pod["metadata"], "resourceVersion": "2"}, "status": {"podIP": "10.0.0.2"}}
+    f.modify(pod, moved)  # a Pod's status is its address: parsed
+    assert parsed[-2:] == ["Pod/p", "Pod/p"]
+    [held_pod] = [r for _, r in f.store.resources() if r.key.kind == "Pod"]
+    assert isinstance(held_pod, Pod) and held_pod.status.pod_ip == "10.0.0.2"
+
+    service = svc("lb")
+    f.add(service)
+    balanced = {
+        **service,
+        "metadata": {**service["metadata"], "resourceVersion": "2"},
+        "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}},
+    }
+    f.modify(service, balanced)  # a Service's status is its load balancer's address: parsed
+    assert parsed[-2:] == ["Service/lb", "Service/lb"]
+    [held_service] = [r for _, r in f.store.resources() if r.key.kind == "Service"]
+    assert held_service.status.load_balancer.ingress[0].ip == "203.0.113.7"  # type: ignore[attr-defined]
+
+
+def test_a_refused_objects_status_write_keeps_its_error_and_last_accepted_version(f: Fixture) -> None:
+    route = [{"destination": {"host": "web"}}]
+    good = obj("VirtualService", "web", spec={"hosts": ["web"], "http": [{"timeout": "1s", "route": route}]})
+    f.add(good)
+    bad_spec = {"hosts": ["web"], "http": [{"timeout": "ten", "route": route}]}
+    bad = obj("VirtualService", "web", spec=bad_spec, meta={"resourceVersion": "2"})
+    f.modify(good, bad)
+    written = {**bad, "metadata": {**bad["metadata"], "resourceVersion": "3"}, "status": {"observedGeneration": 2}}
+    f.modify(bad, written)
+    [err] = f.store.errors()
+    assert str(err.key) == "VirtualService default/web"
+    [(_, held)] = f.store.resources()
+    assert held.metadata.resource_version == "1"  # the last accepted version, as it was
 
 
 def test_invalid_object_is_reported_and_its_last_valid_version_kept(f: Fixture) -> None:
