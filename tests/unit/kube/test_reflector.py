@@ -62,6 +62,10 @@ async def test_410_relists_and_reports_what_was_deleted_meanwhile(api: Api, mode
     assert api.server.count(verb="list", kind="Service") == 2
     await until(lambda: api.server.open_watches("Service") == 1, "watching again")
     assert watches(api)[-1]["resourceVersion"] == reflector.resource_version
+    # the first list from the watch cache (any version), the relist a consistent read: never back in time
+    first, relist = (r.query for r in api.server.requests if r.verb == "list" and r.kind == "Service")
+    assert first.get("resourceVersion") == "0"
+    assert "resourceVersion" not in relist
 
 
 async def test_same_name_with_a_new_uid_is_a_replacement(api: Api) -> None:
