@@ -290,9 +290,19 @@ async def test_a_secret_that_never_comes_does_not_leave_the_cluster_warming(
 
 async def test_missing_certificate_file_is_reported_and_never_nacked(tls_mesh: TlsMesh) -> None:
     t = tls_mesh
-    good = f"{{mode: MUTUAL, clientCertificate: {t.certs / 'client.pem'}, privateKey: {t.certs / 'client-key.pem'}}}"
+    good = (
+        f"{{mode: MUTUAL, clientCertificate: {t.certs / 'client.pem'}, privateKey: {t.certs / 'client-key.pem'},"
+        f" caCertificates: {t.certs / 'ca.pem'}}}"
+    )
     typo = good.replace("client-key.pem", "typo-key.pem")
     t.mesh.write("mtls-dr.yaml", _rule("mtls", good))
+
+    async def holds_good() -> bool:
+        # the 200 below must come from this rule, not from the previous test's (a credentialName one)
+        dump = json.dumps(await t.mesh.envoys["client"].config_dump(resource="dynamic_active_clusters"))
+        return "client.pem" in dump
+
+    await eventually(holds_good, what="the client's Envoy to hold the rule with the good files")
     await _until(t, "mtls", lambda s, b: s == 200, "MUTUAL with the good files")
 
     async def reported() -> list[dict[str, Any]]:
