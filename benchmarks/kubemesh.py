@@ -145,30 +145,15 @@ class KubeMesh:
         return [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}} for ns in self.namespaces()]
 
     def _pod(self, i: int, name: str, version: str, ip: str) -> tuple[Obj, Obj]:
-        """A Pod to create and the status to write on its /status subresource."""
-        pod = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name, "namespace": self.namespace(i), "labels": self.labels(i, version)},
-            "spec": {"containers": [{"name": "app", "image": "app", "ports": [{"containerPort": 8080}]}]},
-        }
-        status = {
-            "phase": "Running",
-            "podIP": ip,
-            "podIPs": [{"ip": ip}],
-            "conditions": [{"type": "Ready", "status": "True"}],
-        }
-        return pod, status
+        return _pod(name, self.namespace(i), self.labels(i, version), ip)
 
     def gateway_pods(self) -> list[tuple[Obj, Obj]]:
         if not self.spec.mix:
             return []
-        out = []
-        for g in range(self.spec.gateways):
-            pod, status = self._pod(0, f"istio-ingressgateway-{g}", "v1", self.gateway_ip(g))
-            pod["metadata"] = {"name": f"istio-ingressgateway-{g}", "namespace": ROOT, "labels": GATEWAY_LABELS}
-            out.append((pod, status))
-        return out
+        return [
+            _pod(f"istio-ingressgateway-{g}", ROOT, GATEWAY_LABELS, self.gateway_ip(g))
+            for g in range(self.spec.gateways)
+        ]
 
     def pods(self, i: int) -> list[tuple[Obj, Obj]]:
         out = [
@@ -195,21 +180,7 @@ class KubeMesh:
         if i in self.generation:
             m = self.generation[i] % 2
             members.append((f"svc-{i}-m{m}", self.moving_ip(i, m)))
-        return {
-            "apiVersion": "discovery.k8s.io/v1",
-            "kind": "EndpointSlice",
-            "metadata": {"name": f"svc-{i}-1", "namespace": ns, "labels": {"kubernetes.io/service-name": f"svc-{i}"}},
-            "addressType": "IPv4",
-            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-            "endpoints": [
-                {
-                    "addresses": [ip],
-                    "conditions": {"ready": True},
-                    "targetRef": {"kind": "Pod", "name": pod, "namespace": ns},
-                }
-                for pod, ip in members
-            ],
-        }
+        return _endpoint_slice(f"svc-{i}", ns, "http", members)
 
     def destination_rule(self, i: int) -> Obj:
         return {
@@ -275,25 +246,9 @@ class KubeMesh:
                     "ports": [{"name": "http2", "port": 80, "targetPort": 8080, "protocol": "TCP"}],
                 },
             },
-            {
-                "apiVersion": "discovery.k8s.io/v1",
-                "kind": "EndpointSlice",
-                "metadata": {
-                    "name": "istio-ingressgateway-1",
-                    "namespace": ROOT,
-                    "labels": {"kubernetes.io/service-name": "istio-ingressgateway"},
-                },
-                "addressType": "IPv4",
-                "ports": [{"name": "http2", "port": 8080, "protocol": "TCP"}],
-                "endpoints": [
-                    {
-                        "addresses": [ip],
-                        "conditions": {"ready": True},
-                        "targetRef": {"kind": "Pod", "name": f"istio-ingressgateway-{g}", "namespace": ROOT},
-                    }
-                    for g, ip in enumerate(ips)
-                ],
-            },
+            _endpoint_slice(
+                "istio-ingressgateway", ROOT, "http2", [(f"istio-ingressgateway-{g}", ip) for g, ip in enumerate(ips)]
+            ),
             {
                 "apiVersion": NET,
                 "kind": "Gateway",
@@ -407,3 +362,43 @@ class KubeMesh:
         """Service i's EndpointSlice with the other moving pod in place of the current one."""
         self.generation[i] += 1
         return self.endpoint_slice(i)
+
+
+def _pod(name: str, namespace: str, labels: dict[str, str], ip: str) -> tuple[Obj, Obj]:
+    """A Pod to create and the status to write on its /status subresource."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {"containers": [{"name": "app", "image": "app", "ports": [{"containerPort": 8080}]}]},
+    }
+    status = {
+        "phase": "Running",
+        "podIP": ip,
+        "podIPs": [{"ip": ip}],
+        "conditions": [{"type": "Ready", "status": "True"}],
+    }
+    return pod, status
+
+
+def _endpoint_slice(service: str, namespace: str, port_name: str, members: list[tuple[str, str]]) -> Obj:
+    """The one EndpointSlice of `service`: its pods (name, IP), ready, on target port 8080."""
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{service}-1",
+            "namespace": namespace,
+            "labels": {"kubernetes.io/service-name": service},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": port_name, "port": 8080, "protocol": "TCP"}],
+        "endpoints": [
+            {
+                "addresses": [ip],
+                "conditions": {"ready": True},
+                "targetRef": {"kind": "Pod", "name": pod, "namespace": namespace},
+            }
+            for pod, ip in members
+        ],
+    }
