@@ -36,8 +36,9 @@ from meshd.wiring.jwks import jwks_fetcher
 from meshd.wiring.kube_mode import build_kube_mode
 from meshd.wiring.leading import DutyFactory, root_cert_publisher, run_leader_duties
 from meshd.wiring.ops import ops_app
+from meshd.wiring.secure_workers import serve_secure_from_workers
 from meshd.wiring.webhooks import current_proxy_configs, proxy_config, webhook_patcher, webhook_server
-from meshd.wiring.workers import WorkerPool, debug_answers, debug_resources
+from meshd.wiring.workers import WorkerPool, debug_answers
 from meshd.xds.hub import Hub
 
 log = logging.getLogger("meshd")
@@ -152,20 +153,20 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
                     loop.add_signal_handler(sig, stop.set)
 
             # The CA: raises on an unusable one (meshd must not run half-secured).
-            authority, secure = None, None
+            authority, certificate = None, None
             if settings.ca_enabled:
                 api = await cluster.get() if in_cluster else None
                 authority = await load_authority(settings=settings, api=api, metrics=metrics, wall=utc_now, log=log)
-                secure = await start_secure_port(
-                    settings=settings,
-                    authority=authority,
-                    hub=hub,
-                    metrics=metrics,
-                    clock=clock,
-                    log=log,
-                    debug_resources=debug_resources(workers[0].answer) if workers and workers[0].answer else None,
-                )
-                cleanup.push_async_callback(secure.stop)
+                if workers:  # they serve the secure port; the main process answers their CSRs and tokens
+                    certificate = serve_secure_from_workers(
+                        workers[0], settings=settings, authority=authority, metrics=metrics, clock=clock, log=log
+                    )
+                else:
+                    secure = await start_secure_port(
+                        settings=settings, authority=authority, hub=hub, metrics=metrics, clock=clock, log=log
+                    )
+                    cleanup.push_async_callback(secure.stop)
+                    certificate = secure.certificate
             if grpc_server is not None:
                 await grpc_server.start()
                 cleanup.push_async_callback(grpc_server.stop, 1.0)
@@ -233,8 +234,8 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
                     tasks.create_task(webhook.serve())
                     if webhook.certificate is not None:
                         tasks.create_task(webhook.certificate.run())
-                if secure is not None:
-                    tasks.create_task(secure.certificate.run())
+                if certificate is not None:
+                    tasks.create_task(certificate.run())
                 if wants_leader_duties(settings):
                     tasks.create_task(
                         run_leader_duties(

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import importlib
 import logging
-import os
 import pathlib
 import sys
 
@@ -107,9 +106,11 @@ def serve_settings(args: argparse.Namespace) -> Settings:
 
 
 def _workers(value: str) -> int:
-    """`--workers`: a number, or `auto` (the CPUs this process may run on)."""
+    """`--workers`: a number, or `auto` (from the CPUs and memory this process may use: wiring/worker_count.py)."""
     if value == "auto":
-        return max(1, len(os.sched_getaffinity(0)))
+        from meshd.wiring.worker_count import auto_workers, memory_limit, usable_cpus
+
+        return auto_workers(cpus=usable_cpus(), memory_limit=memory_limit())
     try:
         count = int(value)
     except ValueError:
@@ -247,9 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers",
         type=_workers,
-        default=defaults.workers,
-        help="processes serving the plaintext xDS port (SO_REUSEPORT), fed by this one; 'auto': one per CPU"
-        f" (default {defaults.workers}: this process serves it)",
+        default="auto",
+        help="processes serving the xDS ports 15010 and 15012 (SO_REUSEPORT), fed by this one; 1: this process"
+        " serves them; 'auto' (default): one per CPU from 4 CPUs up (at most 8, one per 256 MiB of the memory"
+        " limit), else 1",
     )
     serve.add_argument("--enable-test-hooks", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument(

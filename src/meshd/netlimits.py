@@ -37,6 +37,7 @@ class GatedListener:
         log: logging.Logger,
         log_every_s: float = 10.0,
         monotonic: Callable[[], float] = time.monotonic,
+        reuse_port: bool = False,
     ) -> None:
         self.name = name
         self.max_connections = max_connections
@@ -50,6 +51,8 @@ class GatedListener:
         self.socket = _GatedSocket(family, socket.SOCK_STREAM, gate=self)
         try:
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:  # the processes of `--workers N` share the port; the kernel spreads connections
+                self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             self.socket.bind((host, port))
             self.socket.listen(1024)
             self.socket.setblocking(False)

@@ -42,8 +42,9 @@ class Settings(BaseModel):
     # plaintext port per peer address (a pod is one address with one ADS stream).
     max_xds_streams: int = Field(default=20_000, ge=1)
     max_xds_streams_per_peer: int = Field(default=1_000, ge=1)
-    # Processes serving the plaintext xDS port (SO_REUSEPORT), fed by the main process (wiring/workers.py);
-    # 1: the main process serves it itself
+    # Processes serving the xDS ports, plaintext and secure (SO_REUSEPORT), fed by the main process
+    # (wiring/workers.py); 1: the main process serves them itself. `meshd serve` defaults to
+    # `--workers auto` (wiring/worker_count.py).
     workers: int = Field(default=1, ge=1, le=256)
     # Leader election and status (kube/leader.py, kube/status.py): with a cluster (Kubernetes mode,
     # or a kubeconfig next to --config-dir), one replica holds the Lease and writes status.

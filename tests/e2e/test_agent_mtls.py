@@ -1,6 +1,8 @@
 """The whole chain with meshd's CA: `meshd agent` obtains its certificate with its token, Envoy reaches
 meshd's secure port over mTLS with it and receives its config (traffic flows), and the certificate is
-rotated under continuous traffic with zero failed requests while the xDS connection stays up."""
+rotated under continuous traffic with zero failed requests while the xDS connection stays up. The same
+with `meshd serve --workers 2`: the workers serve the secure port (TLS, identity checks), the main
+process reviews the tokens and signs the CSRs they are sent."""
 
 from __future__ import annotations
 
@@ -22,10 +24,12 @@ TOKENS = {"tok-client": ("default", "client"), "tok-web": ("default", "web")}
 
 @pytest.fixture
 async def mesh(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> AsyncIterator[Mesh]:
-    """web v1/v2 behind agent sidecars with certificates from meshd; delta: delta ADS and delta SDS."""
-    async with logs_on_failure(Mesh(work_dir=tmp_path, delta=getattr(request, "param", "sotw") == "delta")) as m:
+    """web v1/v2 behind agent sidecars with certificates from meshd; delta: delta ADS and delta SDS;
+    workers: meshd with two worker processes."""
+    param = getattr(request, "param", "sotw")
+    async with logs_on_failure(Mesh(work_dir=tmp_path, delta=param == "delta")) as m:
         tokens = write_ca_tokens(tmp_path / "tokens.yaml", TOKENS)
-        m.meshd.extra_args = ("--ca-token-file", str(tokens))
+        m.meshd.extra_args = ("--ca-token-file", str(tokens), *(("--workers", "2") if param == "workers" else ()))
         m.write("web.yaml", SERVICE.format(v1=m.ip(2), v2=m.ip(3)))
         m.write("web-vs.yaml", virtual_service(100, 0))
         await m.meshd.start()
@@ -41,7 +45,14 @@ async def _stat(agent: AgentProcess, name: str) -> int:
     return int(stats[0]["value"]) if stats else 0
 
 
-@pytest.mark.parametrize("mesh", ["sotw", "delta"], indirect=True)
+async def _workers(mesh: Mesh) -> dict[str, int]:
+    """pod -> the worker process holding its xDS stream, every proxy acked its listeners."""
+    rows = await mesh.meshd.get_json("/debug/syncz")
+    assert all((row["types"].get("lds") or {}).get("acked") for row in rows), rows
+    return {row["proxy"].split("~")[2].split(".")[0]: row["worker"] for row in rows}
+
+
+@pytest.mark.parametrize("mesh", ["sotw", "delta", "workers"], indirect=True)
 async def test_agent_gets_a_certificate_and_envoy_uses_it_for_xds(mesh: Mesh) -> None:
     client: AgentProcess = await mesh.agent_sidecar(
         pod="client", ip=mesh.ip(1), service_account="client", token="tok-client"
@@ -63,8 +74,24 @@ async def test_agent_gets_a_certificate_and_envoy_uses_it_for_xds(mesh: Mesh) ->
         return await mesh.versions(via_ip=mesh.ip(1), host="web:9080", count=5) == {"v2": 5}
 
     await eventually(shifted, what="traffic shift pushed over mTLS xDS")
+    if mesh.meshd.extra_args[-2:] == ("--workers", "2"):
+        await _on_both_workers(mesh)
 
 
+async def _on_both_workers(mesh: Mesh) -> None:
+    """Restart the client's agent until the secure port's proxies are on both workers (the kernel picks
+    one per connection); the restarted client gets a new certificate and its config each time."""
+    for _ in range(12):
+        placed = await eventually(lambda: _workers(mesh), timeout=30, what="every proxy's listeners acked")
+        if set(placed.values()) == {0, 1}:
+            return
+        await mesh.agents.pop("client").close()
+        client = await mesh.agent_sidecar(pod="client", ip=mesh.ip(1), service_account="client", token="tok-client")
+        assert await client.cert_identities() == {"spiffe://cluster.local/ns/default/sa/client"}
+    raise AssertionError(f"the agents never landed on both workers: {placed}")
+
+
+@pytest.mark.parametrize("mesh", ["sotw", "workers"], indirect=True)
 async def test_rotation_under_continuous_traffic(mesh: Mesh) -> None:
     client: AgentProcess = await mesh.agent_sidecar(
         pod="client", ip=mesh.ip(1), service_account="client", token="tok-client", args=("--cert-ttl", "4")

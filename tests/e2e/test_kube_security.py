@@ -1,7 +1,8 @@
 """meshd's CA in Kubernetes mode, end to end against the fake API server: `meshd serve --kubeconfig`
 creates its root in Secret `istio-ca-secret`, the leader publishes it to every namespace as
 ConfigMap `istio-ca-root-cert` (also to a namespace created later), and a workload authenticated by
-a TokenReview gets a certificate whose only SAN is its own SPIFFE identity."""
+a TokenReview gets a certificate whose only SAN is its own SPIFFE identity, also from a worker process's
+secure port."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 import pytest
 from cryptography import x509
 
@@ -27,8 +29,9 @@ def namespace(name: str) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
 
 
-@pytest.fixture
-async def cluster(tmp_path: pathlib.Path) -> AsyncIterator[tuple[FakeApiServer, int]]:
+@pytest.fixture(params=["1", "2"], ids=["main", "workers"])
+async def cluster(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> AsyncIterator[tuple[FakeApiServer, int]]:
+    """meshd serving the secure port itself, or from two workers (the main process reviews the token)."""
     server = FakeApiServer()
     await server.start()
     for name in ("istio-system", "default", "shop"):
@@ -40,7 +43,7 @@ async def cluster(tmp_path: pathlib.Path) -> AsyncIterator[tuple[FakeApiServer, 
         "--xds-host", "127.0.0.1", "--xds-port", str(free_port()),
         "--http-host", "127.0.0.1", "--http-port", str(free_port()),
         "--secure-host", "127.0.0.1", "--secure-port", str(secure_port),
-        "--lease-duration", "4",
+        "--lease-duration", "4", "--workers", request.param,
         stdout=log, stderr=log,
     )  # fmt: skip
     try:
@@ -81,14 +84,23 @@ async def test_root_in_a_secret_published_to_every_namespace_and_token_reviewed_
     token = fake_jwt({"sub": "system:serviceaccount:shop:cart"})
     server.tokens[token] = TokenIdentity(username="system:serviceaccount:shop:cart")
     _, csr = generate_csr(identity="spiffe://cluster.local/ns/default/sa/admin")  # asks for someone else's SAN
-    chain = await request_certificate(
-        address=f"127.0.0.1:{secure_port}",
-        root_cert_pem=root,
-        token=token,
-        csr_pem=csr,
-        ttl_s=3600,
-        server_name="istiod.istio-system.svc",
-    )
+
+    async def signed() -> list[str] | None:
+        try:
+            return await request_certificate(
+                address=f"127.0.0.1:{secure_port}",
+                root_cert_pem=root,
+                token=token,
+                csr_pem=csr,
+                ttl_s=3600,
+                server_name="istiod.istio-system.svc",
+            )
+        except grpc.aio.AioRpcError as exc:  # workers still starting: nothing listens yet
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            return None
+
+    chain = await eventually(signed, timeout=20, what="a CSR signed on the secure port")
     leaf = x509.load_pem_x509_certificate(chain[0].encode())
     sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert [str(uri) for uri in sans.get_values_for_type(x509.UniformResourceIdentifier)] == [

@@ -1,6 +1,7 @@
 """xDS on the secure port (15012): `meshd serve` as a real process; real gRPC ADS clients over TLS and a
 real Envoy whose xds cluster uses mTLS with a certificate from meshd's CA. A proxy may only claim a
-node in its own identity's namespace."""
+node in its own identity's namespace. Each test runs with meshd serving the port itself and with two
+worker processes serving it."""
 
 from __future__ import annotations
 
@@ -37,14 +38,17 @@ def _node(namespace: str, ip: str = "127.0.0.9") -> str:
     return f"sidecar~{ip}~pod-1.{namespace}~{namespace}.svc.cluster.local"
 
 
-@pytest.fixture
-async def meshd(tmp_path: pathlib.Path) -> AsyncIterator[Meshd]:
+@pytest.fixture(params=["1", "2"], ids=["main", "workers"])
+async def meshd(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> AsyncIterator[Meshd]:
+    """meshd serving the secure port itself, or from two worker processes (`--workers 2`: each binds it;
+    the main process reviews tokens and signs CSRs for them)."""
     config = tmp_path / "config"
     config.mkdir()
     (config / "web.yaml").write_text(CONFIG)
     tokens = tmp_path / "tokens.yaml"
     tokens.write_text(TOKEN_FILE)
-    server = Meshd(config_dir=config, log_path=tmp_path / "meshd.log", extra_args=("--ca-token-file", str(tokens)))
+    args = ("--ca-token-file", str(tokens), "--workers", request.param)
+    server = Meshd(config_dir=config, log_path=tmp_path / "meshd.log", extra_args=args)
     await server.start()
     try:
         yield server

@@ -29,7 +29,6 @@ import yaml
 from cryptography import x509
 
 from meshd.ca.identity import Identity, InvalidIdentity
-from meshd.ca.material import SigningCa
 from meshd.ca.signer import WallClock
 
 AUDIENCE = "istio-ca"
@@ -153,7 +152,7 @@ class PeerCertVerifier:
     a SPIFFE id of our trust domain. (gRPC has already verified the handshake against our root; this
     checks again, with our own rules, what gRPC hands over.)"""
 
-    ca: SigningCa
+    issuer: x509.Certificate  # the CA certificate that signs workload certificates
     trust_domain: str
     wall: WallClock
 
@@ -163,7 +162,7 @@ class PeerCertVerifier:
         except ValueError:
             raise unauthenticated("client certificate is not PEM") from None
         try:
-            cert.verify_directly_issued_by(self.ca.cert)
+            cert.verify_directly_issued_by(self.issuer)
         except Exception:
             raise unauthenticated("client certificate was not issued by this CA") from None
         now = self.wall()
@@ -205,6 +204,16 @@ class CallerAuthenticator:
         self._peer = peer
         self._cluster_id = cluster_id
 
+    @property
+    def peer(self) -> PeerCertVerifier:
+        return self._peer
+
+    async def authenticate_token(self, token: str) -> Identity:
+        """The identity behind a bearer token alone; raises AuthError."""
+        if self._tokens is None:
+            raise unauthenticated("bearer tokens are not accepted: no token authenticator configured")
+        return await self._tokens.authenticate(token)
+
     async def authenticate(
         self,
         *,
@@ -229,6 +238,4 @@ class CallerAuthenticator:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise unauthenticated("authorization header must be 'Bearer <token>'")
-        if self._tokens is None:
-            raise unauthenticated("bearer tokens are not accepted: no token authenticator configured")
-        return await self._tokens.authenticate(token)
+        return await self.authenticate_token(token)

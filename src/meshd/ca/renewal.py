@@ -36,8 +36,10 @@ class RenewedCertificate:
         log: logging.Logger,
     ) -> None:
         self.server = server
-        self._context = context
+        self.context = context
         self.current = current
+        # called with each renewed certificate (`--workers N`: the workers' secure ports load it too)
+        self.on_renewed: list[Callable[[ServingCert], None]] = []
         self._issue = issue
         self._clock, self._wall = clock, wall
         self._metrics, self._log = metrics, log
@@ -56,11 +58,13 @@ class RenewedCertificate:
     def renew(self) -> None:
         """Issue a new certificate and load it; new handshakes use it. Raises on failure."""
         cert = self._issue()
-        load_chain_pem(self._context, chain_pem=cert.chain_pem, key_pem=cert.key_pem)
+        load_chain_pem(self.context, chain_pem=cert.chain_pem, key_pem=cert.key_pem)
         self.current, self._issued_at = cert, self._wall()
         self._metrics.serving_renewals.inc(self.server)
         self._metrics.serving_expiry.labels(self.server).set(cert.not_after.timestamp())
         self._log.info("event=serving_cert_renewed server=%s expires=%s", self.server, cert.not_after.isoformat())
+        for listener in self.on_renewed:
+            listener(cert)
 
     async def run(self) -> None:
         """Until cancelled."""

@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 
 from meshd._gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
-from meshd.ca.auth import AuthError, CallerAuthenticator
+from meshd.ca.auth import AuthError, CallerAuthenticator, unauthenticated
 from meshd.ca.identity import Identity
 from meshd.ca.signer import CsrParseError, CsrRejected, Signer, SignerUnavailable
 from meshd.obs.logsafe import quoted
@@ -48,7 +48,7 @@ Authorize = Callable[[Any, Proxy], Awaitable[Identity | tuple[grpc.StatusCode, s
 PeerCert = Callable[[Any], bytes | None]
 
 
-def _text_metadata(context: Any) -> list[tuple[str, str]]:
+def text_metadata(context: Any) -> list[tuple[str, str]]:
     pairs: list[tuple[str, str]] = []
     for item in context.invocation_metadata() or ():
         key, value = item[0], item[1]
@@ -58,14 +58,18 @@ def _text_metadata(context: Any) -> list[tuple[str, str]]:
     return pairs
 
 
-def _peer(context: Any) -> str:
+def peer_of(context: Any) -> str:
     try:
         return str(context.peer())
     except Exception:
         return "?"
 
 
-class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):  # type: ignore[misc]
+class IstioCertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):  # type: ignore[misc]
+    """What serves CreateCertificate (here, or in a worker process: `wiring/secure_workers.py`)."""
+
+
+class CertificateService(IstioCertificateService):
     """CreateCertificate. With `authenticator=None` (the plaintext port) every request is refused."""
 
     def __init__(
@@ -84,28 +88,49 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):  # type: 
         self._log = log
 
     async def CreateCertificate(self, request: Any, context: Any) -> Any:
-        self._metrics.csr_count.inc()
-        code, message, chain = await self._handle(request, context)
+        code, message, chain = await self.serve(
+            request,
+            metadata=text_metadata(context),
+            peer_cert=lambda: self._peer_cert_of(context),
+            peer=peer_of(context),
+        )
         if code is not None:
-            self._log.warning("event=csr_refused code=%s peer=%s reason=%r", code.name, _peer(context), message)
             await context.abort(code, message)
         return ca_pb2.IstioCertificateResponse(cert_chain=list(chain))
 
-    async def _handle(self, request: Any, context: Any) -> tuple[grpc.StatusCode | None, str, Sequence[str]]:
-        if self._auth is None or self._signer is None or self._peer_cert is None:
+    def _peer_cert_of(self, context: Any) -> bytes | None:
+        if self._peer_cert is None:  # not behind the TLS front
+            raise unauthenticated("certificates are only issued over TLS on the secure port")
+        return self._peer_cert(context)
+
+    async def serve(
+        self, request: Any, *, metadata: list[tuple[str, str]], peer_cert: Callable[[], bytes | None], peer: str
+    ) -> tuple[grpc.StatusCode | None, str, Sequence[str]]:
+        """One CSR, counted and logged: (None, "", chain) or the status to refuse it with. Also how a
+        worker process's secure port has a CSR answered (`wiring/secure_workers.py`)."""
+        self._metrics.csr_count.inc()
+        code, message, chain = await self._handle(request, metadata=metadata, peer_cert=peer_cert, peer=peer)
+        if code is not None:
+            self._log.warning("event=csr_refused code=%s peer=%s reason=%r", code.name, peer, message)
+        return code, message, chain
+
+    async def _handle(
+        self, request: Any, *, metadata: list[tuple[str, str]], peer_cert: Callable[[], bytes | None], peer: str
+    ) -> tuple[grpc.StatusCode | None, str, Sequence[str]]:
+        if self._auth is None or self._signer is None:
             self._metrics.auth_failures.inc()
             return grpc.StatusCode.UNAUTHENTICATED, "certificates are only issued over TLS on the secure port", ()
         keys = list(request.metadata.fields.keys()) if request.HasField("metadata") else []
         try:
             identity = await self._auth.authenticate(
-                metadata=_text_metadata(context), peer_cert_pem=self._peer_cert(context), request_metadata_keys=keys
+                metadata=metadata, peer_cert_pem=peer_cert(), request_metadata_keys=keys
             )
         except AuthError as exc:
             self._metrics.auth_failures.inc()
             return grpc.StatusCode[exc.code], str(exc), ()
         except Exception as exc:  # a TokenReview transport failure, ...: never crash, never issue
             self._metrics.auth_failures.inc()
-            self._log.exception("event=csr_auth_error peer=%s", _peer(context))
+            self._log.exception("event=csr_auth_error peer=%s", peer)
             return grpc.StatusCode.UNAUTHENTICATED, f"authentication failed: {type(exc).__name__}", ()
         try:
             issued = self._signer.sign_csr(csr_pem=request.csr, identity=identity, ttl_s=int(request.validity_duration))
@@ -123,7 +148,7 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):  # type: 
             "event=cert_issued identity=%s not_after=%s peer=%s",
             identity.spiffe_id(self._signer.trust_domain),
             issued.not_after.isoformat(),
-            _peer(context),
+            peer,
         )
         return None, "", issued.chain
 
@@ -139,7 +164,7 @@ def xds_authorizer(authenticator: CallerAuthenticator, *, peer_cert: PeerCert, l
     async def authorize(context: Any, proxy: Proxy) -> Identity | tuple[grpc.StatusCode, str]:
         try:
             identity = await authenticator.authenticate(
-                metadata=_text_metadata(context), peer_cert_pem=peer_cert(context)
+                metadata=text_metadata(context), peer_cert_pem=peer_cert(context)
             )
         except AuthError as exc:
             return grpc.StatusCode[exc.code], str(exc)
@@ -164,7 +189,7 @@ def debug_verifier(authenticator: CallerAuthenticator, *, peer_cert: PeerCert, l
     async def verify(context: Any) -> str | tuple[grpc.StatusCode, str]:
         try:
             identity = await authenticator.authenticate(
-                metadata=_text_metadata(context), peer_cert_pem=peer_cert(context)
+                metadata=text_metadata(context), peer_cert_pem=peer_cert(context)
             )
         except AuthError as exc:
             return grpc.StatusCode[exc.code], str(exc)
@@ -176,5 +201,5 @@ def debug_verifier(authenticator: CallerAuthenticator, *, peer_cert: PeerCert, l
     return verify
 
 
-def add_ca_service(server: grpc.aio.Server, service: CertificateService) -> None:
+def add_ca_service(server: grpc.aio.Server, service: IstioCertificateService) -> None:
     ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(service, server)

@@ -1,7 +1,8 @@
 """Metrics of several processes as one exposition (`meshd serve --workers N`): the per-stream families
 each worker counts (pushes, bytes, rejects, push and convergence times, connected proxies) are added to the
-main process's own, sample by sample (same name and labels: summed; otherwise appended). Families that
-describe the one source of truth (config errors, the CA, informers) are the main process's alone."""
+main process's own, sample by sample (same name and labels: summed; otherwise appended), and so are the
+connections of their secure ports and the CSRs they refused on the plaintext port. Families that describe
+the one source of truth (config errors, the CA's signing, informers) are the main process's alone."""
 
 from __future__ import annotations
 
@@ -21,6 +22,15 @@ STREAM_FAMILIES = frozenset(
         "pilot_xds_send_bytes",
         "meshd_xds_secret_refusals",
         "meshd_xds_streams_refused",
+        # the secure port's connections (served by the workers when meshd runs its CA)
+        "meshd_connections_open",
+        "meshd_connections_refused",
+        "meshd_accept_descriptors_exhausted",
+        "meshd_tls_handshake_failures",
+        "meshd_connections_closed_idle",
+        # CSRs a worker refused itself (on the plaintext port); those on the secure port the main process counts
+        "citadel_server_csr_count",
+        "citadel_server_authentication_failure_count",
     }
 )
 

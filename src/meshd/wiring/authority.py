@@ -97,7 +97,7 @@ async def load_authority(
     )
     authenticator = CallerAuthenticator(
         tokens=_token_authenticator(settings, api),
-        peer=PeerCertVerifier(ca=ca, trust_domain=settings.trust_domain, wall=wall),
+        peer=PeerCertVerifier(issuer=ca.cert, trust_domain=settings.trust_domain, wall=wall),
         cluster_id=settings.cluster_id,
     )
     _watch_root_expiry(metrics, ca, wall)

@@ -4,10 +4,12 @@ socket per worker (in a directory only meshd's user can open), carrying length-p
 Both ends are the same meshd build started by the same user: pickle carries the store's resources
 as they are (pydantic models, dataclasses), with no schema of its own to keep in step.
 
-Main -> worker: `("start", settings_json, index)` first, then `("sync", Sync)` (what changed in the main
-store, the mesh config, injected test resources) and `("ask", id, name, arg)` (a debug or metrics question).
+Main -> worker: `("start", settings_json, index, SecureMaterial | None)` first, then `("sync", Sync)` (what
+changed in the main store, the mesh config, injected test resources), `("ask", id, name, arg)` (a debug or
+metrics question) and `("secure", SecureMaterial)` (meshd's serving certificate, renewed).
 Worker -> main: `("ready",)` once its first generation is published, `("rejected", [(Proxy, Rejected)])`
-when what its proxies NACKed changes, `("reply", id, data)` answering an ask."""
+when what its proxies NACKed changes, `("reply", id, data)` answering an ask, `("ask", id, name, arg)`
+(Istio's debug types over every process; a CSR or bearer token on its secure port)."""
 
 from __future__ import annotations
 

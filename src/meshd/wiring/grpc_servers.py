@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
 
 from meshd import __version__
+from meshd.ca.auth import CallerAuthenticator
 from meshd.ca.renewal import RenewedCertificate
 from meshd.ca.server import (
     SERVER_OPTIONS,
     Authorize,
     CertificateService,
+    IstioCertificateService,
+    PeerCert,
     VerifyNamespace,
     add_ca_service,
     debug_verifier,
@@ -113,6 +118,26 @@ class SecurePort:
         await self.server.stop(grace=1.0)
 
 
+def serving_certificate(
+    *, settings: Settings, authority: Authority, metrics: Metrics, clock: Clock, log: logging.Logger
+) -> RenewedCertificate:
+    """meshd's serving certificate for the secure port, issued by `authority`, in the TLS context the
+    port's front uses; its run() renews it."""
+    sans = serving_sans(settings)
+    ttl_s = serving_ttl_s(settings)
+    cert = issue_serving_cert(authority.signer, sans=sans, ttl_s=ttl_s)
+    return RenewedCertificate(
+        server="secure",
+        context=secure_port_context(authority.signer, cert=cert),
+        current=cert,
+        issue=lambda: issue_serving_cert(authority.signer, sans=sans, ttl_s=ttl_s),
+        clock=clock,
+        wall=authority.wall,
+        metrics=metrics.ca,
+        log=log,
+    )
+
+
 async def start_secure_port(
     *,
     settings: Settings,
@@ -123,22 +148,52 @@ async def start_secure_port(
     log: logging.Logger,
     debug_resources: Resources | None = None,
 ) -> SecurePort:
-    """Build and start the secure server with meshd's serving certificate from `authority`.
-    `debug_resources`: where Istio's debug types are answered from (`--workers N`: every process)."""
-    sans = serving_sans(settings)
-    ttl_s = serving_ttl_s(settings)
-    cert = issue_serving_cert(authority.signer, sans=sans, ttl_s=ttl_s)
-    context = secure_port_context(authority.signer, cert=cert)
-    certificate = RenewedCertificate(
-        server="secure",
-        context=context,
-        current=cert,
-        issue=lambda: issue_serving_cert(authority.signer, sans=sans, ttl_s=ttl_s),
+    """Build and start the secure server with meshd's serving certificate from `authority`."""
+    certificate = serving_certificate(settings=settings, authority=authority, metrics=metrics, clock=clock, log=log)
+    server, front, port = await serve_secure(
+        settings=settings,
+        context=certificate.context,
+        authenticator=authority.authenticator,
+        ca_service=lambda peer_cert: CertificateService(
+            signer=authority.signer,
+            authenticator=authority.authenticator,
+            metrics=metrics.ca,
+            log=log,
+            peer_cert=peer_cert,
+        ),
+        hub=hub,
+        metrics=metrics,
         clock=clock,
-        wall=authority.wall,
-        metrics=metrics.ca,
         log=log,
+        debug_resources=debug_resources,
     )
+    log.info(
+        "event=secure_server_started port=%d ca=%s root_expires=%s sans=%s",
+        port,
+        authority.origin,
+        authority.root_expires.isoformat(),
+        ",".join(serving_sans(settings)),
+    )
+    return SecurePort(server=server, front=front, port=port, authority=authority, certificate=certificate)
+
+
+async def serve_secure(
+    *,
+    settings: Settings,
+    context: ssl.SSLContext,
+    authenticator: CallerAuthenticator,
+    ca_service: Callable[[PeerCert], IstioCertificateService],
+    hub: Hub,
+    metrics: Metrics,
+    clock: Clock,
+    log: logging.Logger,
+    debug_resources: Resources | None = None,
+    reuse_port: bool = False,
+) -> tuple[grpc.aio.Server, TlsFront, int]:
+    """The secure port, started: the TLS front on `settings.secure_port` (`reuse_port`: bound with
+    SO_REUSEPORT, as every worker of `--workers N` binds it) piping to a gRPC server on loopback that
+    serves the CA (`ca_service`, given the front's verified client certificates) and ADS, whose streams
+    must authenticate (`authenticator`). Returns the server, the front and the port bound."""
     server = grpc.aio.server(options=list(SERVER_OPTIONS))
     backend_port = server.add_insecure_port("127.0.0.1:0")  # reachable only through the TLS front
     front = TlsFront(
@@ -150,6 +205,7 @@ async def start_secure_port(
             settings.secure_max_connections,
             metrics=metrics,
             log=log,
+            reuse_port=reuse_port,
         ),
         backend_port=backend_port,
         log=log,
@@ -160,16 +216,9 @@ async def start_secure_port(
             on_idle_closed=lambda: metrics.connections.idle_closed.inc("secure"),
         ),
     )
-    service = CertificateService(
-        signer=authority.signer,
-        authenticator=authority.authenticator,
-        metrics=metrics.ca,
-        log=log,
-        peer_cert=front.peer_cert,
-    )
-    add_ca_service(server, service)
-    authorize = xds_authorizer(authority.authenticator, peer_cert=front.peer_cert, log=log)
-    verify_debug = debug_verifier(authority.authenticator, peer_cert=front.peer_cert, log=log)
+    add_ca_service(server, ca_service(front.peer_cert))
+    authorize = xds_authorizer(authenticator, peer_cert=front.peer_cert, log=log)
+    verify_debug = debug_verifier(authenticator, peer_cert=front.peer_cert, log=log)
     servicer = ads_servicer(
         settings=settings,
         hub=hub,
@@ -187,21 +236,22 @@ async def start_secure_port(
     except BaseException:
         await server.stop(None)
         raise
-    log.info(
-        "event=secure_server_started port=%d ca=%s root_expires=%s sans=%s",
-        port,
-        authority.origin,
-        authority.root_expires.isoformat(),
-        ",".join(sans),
-    )
-    return SecurePort(server=server, front=front, port=port, authority=authority, certificate=certificate)
+    return server, front, port
 
 
 def gated_listener(
-    name: str, host: str, port: int, max_connections: int, *, metrics: Metrics, log: logging.Logger
+    name: str,
+    host: str,
+    port: int,
+    max_connections: int,
+    *,
+    metrics: Metrics,
+    log: logging.Logger,
+    reuse_port: bool = False,
 ) -> GatedListener:
     """A listening socket with a connection cap, counted in `metrics` under `name`."""
     listener = GatedListener(
+        reuse_port=reuse_port,
         name=name,
         host=host,
         port=port,

@@ -1,12 +1,14 @@
 """One worker process of `meshd serve --workers N` (started by `wiring/workers.py`, never by a user).
 
-A worker serves ADS on the plaintext xDS port, which every worker binds with SO_REUSEPORT (the kernel
-spreads new connections over them). It keeps a replica of the main process's store, fed over the control
-channel (`wiring/control.py`: the winning resources that changed, the mesh config, test resources), and
-runs its own push loop on it: generation is pure and deterministic, so a worker builds, for its own
-proxies, exactly what the main process would. It watches nothing, writes no status and holds no CA: those
-stay in the main process, which asks the workers what their streams hold (debug endpoints, metrics) and
-is told what their proxies rejected (NACKs, reported on the resources behind them like the main ones)."""
+A worker serves ADS on the plaintext xDS port and, with the CA, on the secure port (`secure_workers.py`),
+which every worker binds with SO_REUSEPORT (the kernel spreads new connections over them). It keeps a
+replica of the main process's store, fed over the control channel (`wiring/control.py`: the winning
+resources that changed, the mesh config, test resources), and runs its own push loop on it: generation
+is pure and deterministic, so a worker builds, for its own proxies, exactly what the main process would.
+It watches nothing, writes no status and holds no CA key: those stay in the main process, which reviews
+the tokens and signs the CSRs its secure port is sent, asks the workers what their streams hold (debug
+endpoints, metrics) and is told what their proxies rejected (NACKs, reported on the resources behind
+them like the main ones)."""
 
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from meshd.settings import Settings
 from meshd.wiring.control import Sync, read_frame, write_frame
 from meshd.wiring.grpc_servers import ads_servicer, plaintext_server
 from meshd.wiring.ops import authorizationz
+from meshd.wiring.secure_workers import SecureMaterial, WorkerSecurePort, start_worker_secure_port
 from meshd.wiring.workers import debug_resources
 from meshd.xds import debug
 from meshd.xds.debug_types import config_dump, syncz
@@ -81,6 +84,7 @@ class WorkerState:
         self._asks: dict[int, asyncio.Future[Any]] = {}
         self._ask_ids = itertools.count(1)
         self.send: Callable[[Any], Awaitable[None]] | None = None
+        self.secure: WorkerSecurePort | None = None  # the secure port, when meshd runs its CA
 
     async def ask_main(self, name: str, arg: Any) -> Any:
         """A question only the main process can answer (it asks every worker)."""
@@ -141,6 +145,7 @@ async def run_worker(*, control: str) -> None:
         raise RuntimeError(f"worker: expected start, got {start[0]!r}")
     settings = Settings.model_validate_json(start[1])
     index: int = start[2]
+    material: SecureMaterial | None = start[3]
     for handler in logging.getLogger().handlers:  # its log lines say which worker wrote them
         handler.setFormatter(
             logging.Formatter(f"%(asctime)s level=%(levelname)s logger=%(name)s worker={index} %(message)s")
@@ -172,7 +177,19 @@ async def run_worker(*, control: str) -> None:
         raise RuntimeError(f"worker {index}: could not bind xDS port {settings.xds_port} (got {port})")
     thresholds = state.gc.install()
     await server.start()
-    log.info("event=worker_started worker=%d xds_port=%d", index, port)
+    if material is not None:
+        state.secure = await start_worker_secure_port(
+            settings=settings,
+            material=material,
+            hub=state.hub,
+            metrics=state.metrics,
+            clock=state.clock,
+            log=log,
+            ask=state.ask_main,
+            debug_resources=debug_resources(state.ask_main),
+        )
+    secure_port = settings.secure_port if material is not None else None
+    log.info("event=worker_started worker=%d xds_port=%d secure_port=%s", index, port, secure_port)
     send_lock = asyncio.Lock()
 
     async def send(message: Any) -> None:
@@ -191,6 +208,8 @@ async def run_worker(*, control: str) -> None:
         pass
     finally:
         state.gc.uninstall(thresholds)
+        if state.secure is not None:
+            await state.secure.stop()
         await server.stop(1.0)
         writer.close()
         log.info("event=worker_stopped worker=%d", index)
@@ -207,6 +226,8 @@ async def _serve_control(state: WorkerState, reader: asyncio.StreamReader, send:
             state.apply(message[1])
         elif message[0] == "reply":
             state.replied(*message[1:])
+        elif message[0] == "secure" and state.secure is not None:
+            state.secure.renewed(message[1])
         elif message[0] == "ask":
             _, ask_id, name, arg = message
             try:

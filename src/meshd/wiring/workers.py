@@ -1,11 +1,11 @@
 """`meshd serve --workers N`: the main process's side of its worker processes (`wiring/worker.py`).
 
 The main process keeps every duty that needs one source of truth: the sources and the store, its own
-generation (status, /debug/config_errors, the leader duties, the secure port), the CA, the webhooks and
-the ops port. The plaintext xDS port is served by N workers, each binding it with SO_REUSEPORT; the
-main process reserves the port first (a bound socket that never listens), so that port 0 names one port
-for all of them. Each worker gets the main store's winning resources as they change and generates for
-its own proxies (see worker.py for why that is the same config).
+generation (status, /debug/config_errors, the leader duties), the CA, the webhooks and the ops port.
+The xDS ports, plaintext and secure (`secure_workers.py`), are served by N workers, each binding them
+with SO_REUSEPORT; the main process reserves each port first (a bound socket that never listens), so
+that port 0 names one port for all of them. Each worker gets the main store's winning resources as they
+change and generates for its own proxies (see worker.py for why that is the same config).
 
 A worker that exits is started again (its proxies lose their streams and reconnect, to any worker);
 until it has published its first generation, /ready says not ready. The debug endpoints and /metrics
@@ -36,6 +36,7 @@ from meshd.obs.merge import Family
 from meshd.settings import Settings
 from meshd.translate.proxy import Proxy
 from meshd.wiring.control import Sync, frame, read_frame
+from meshd.wiring.secure_workers import SecureMaterial
 from meshd.xds.debug_stream import Resources
 from meshd.xds.debug_types import CONFIG_DUMP, SYNCZ, config_dump, syncz
 from meshd.xds.hub import Hub
@@ -90,6 +91,14 @@ class WorkerPool:
         self._dir = tempfile.mkdtemp(prefix="meshd-workers-")  # mode 0700: only meshd's user connects
         self._reservation = reserve_port(settings.xds_host, settings.xds_port)
         self.xds_port: int = self._reservation.getsockname()[1]
+        # with the CA, the workers serve the secure port too (`secure_workers.py`), once given its material
+        self._secure_reservation = (
+            reserve_port(settings.secure_host, settings.secure_port) if settings.ca_enabled else None
+        )
+        self.secure_port: int | None = (
+            self._secure_reservation.getsockname()[1] if self._secure_reservation is not None else None
+        )
+        self._secure: SecureMaterial | None = None
         store.subscribe(self._changed.set)
         self._store_changes = store.feed()  # the keys whose winner changed, one drain for all workers
         # questions a worker asks the main process (Istio's debug types over every process's streams)
@@ -107,6 +116,14 @@ class WorkerPool:
     def rejected(self) -> list[tuple[Proxy, Rejected]]:
         return [r for w in self._workers for r in w.rejected]
 
+    def serve_secure(self, material: SecureMaterial) -> None:
+        """What the workers serve the secure port with: given before they start, and again after each
+        renewal of meshd's serving certificate (a running worker loads it for its new handshakes)."""
+        self._secure = material
+        for worker in self._workers:
+            if worker.writer is not None:
+                worker.writer.write(frame(("secure", material)))
+
     async def run(self) -> None:
         try:
             async with asyncio.TaskGroup() as tasks:
@@ -119,6 +136,8 @@ class WorkerPool:
     def close(self) -> None:
         """Release the port reservation and the sockets' directory (again: nothing happens)."""
         self._reservation.close()
+        if self._secure_reservation is not None:
+            self._secure_reservation.close()
         with contextlib.suppress(OSError):
             for name in os.listdir(self._dir):
                 os.unlink(os.path.join(self._dir, name))
@@ -180,8 +199,9 @@ class WorkerPool:
             reader, writer = connected.result()
         finally:
             server.close()
-        settings = self._settings.model_copy(update={"xds_port": self.xds_port})
-        writer.write(frame(("start", settings.model_dump_json(), worker.index)))
+        ports = {"xds_port": self.xds_port} | ({"secure_port": self.secure_port} if self.secure_port else {})
+        settings = self._settings.model_copy(update=ports)
+        writer.write(frame(("start", settings.model_dump_json(), worker.index, self._secure)))
         worker.mesh, worker.extra, worker.loaded = None, {}, False
         worker.writer = writer
         self._sync(worker, dict(self._store.winners()))  # everything the store holds now

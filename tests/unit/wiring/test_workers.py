@@ -1,10 +1,11 @@
 """`--workers N` without processes: a worker's store replica, fed the main store's changes (pickled as the
 control channel carries them), holds the same winners and generates the same config; the workers' stream
-metrics add up with the main process's; the `--workers` flag."""
+metrics add up with the main process's; the `--workers` flag and how many `auto` is."""
 
 from __future__ import annotations
 
 import argparse
+import pathlib
 import pickle
 import random
 from collections.abc import Callable
@@ -13,7 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from meshd.api.meta import Resource, ResourceKey
-from meshd.cli import _workers
+from meshd.cli import _workers, build_parser
 from meshd.model.store import ConfigStore
 from meshd.obs.merge import MergedRegistry, samples_of
 from meshd.obs.metrics import Metrics
@@ -23,6 +24,7 @@ from meshd.translate.proxy import parse_node_id
 from meshd.wiring.control import Sync
 from meshd.wiring.worker import WorkerState
 from meshd.wiring.worker import log as worker_log
+from meshd.wiring.worker_count import auto_workers, memory_limit, usable_cpus
 from meshd.xds.hub import Hub
 from tests.unit.test_store import by_key, service
 
@@ -101,10 +103,48 @@ def test_workers_flag_takes_a_number(value: str, expected: int) -> None:
     assert _workers(value) == expected
 
 
-def test_workers_flag_auto_is_the_cpus_meshd_may_use() -> None:
+def test_workers_flag_auto_follows_the_cpus_and_memory_meshd_may_use() -> None:
+    assert _workers("auto") == auto_workers(cpus=usable_cpus(), memory_limit=memory_limit())
+
+
+def test_serve_defaults_to_auto_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    import meshd.wiring.worker_count
+
+    monkeypatch.setattr(meshd.wiring.worker_count, "auto_workers", lambda **_: 5)
+    assert build_parser().parse_args(["serve", "--config-dir", "."]).workers == 5
+    assert build_parser().parse_args(["serve", "--config-dir", ".", "--workers", "2"]).workers == 2
+
+
+@pytest.mark.parametrize(
+    ("cpus", "memory", "expected"),
+    [
+        (1, None, 1),
+        (2, None, 1),  # measured: 2 workers on 2 cores do not pay for their memory
+        (3, None, 1),
+        (4, None, 4),
+        (6, None, 6),
+        (16, None, 8),  # at most 8: memory grows with the count
+        (16, 1024 * 1024 * 1024, 3),  # 1 GiB: 4 processes of 256 MiB, the main process one of them
+        (4, 512 * 1024 * 1024, 1),  # no room for a worker beside the main process
+    ],
+)
+def test_auto_workers_from_cpus_and_memory(cpus: int, memory: int | None, expected: int) -> None:
+    assert auto_workers(cpus=cpus, memory_limit=memory) == expected
+
+
+def test_usable_cpus_and_memory_limit_read_the_cgroup(tmp_path: pathlib.Path) -> None:
     import os
 
-    assert _workers("auto") == len(os.sched_getaffinity(0))
+    affinity = len(os.sched_getaffinity(0))
+    assert usable_cpus(tmp_path) == affinity and memory_limit(tmp_path) is None  # no cgroup v2 files
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    (tmp_path / "memory.max").write_text("max\n")
+    assert usable_cpus(tmp_path) == affinity and memory_limit(tmp_path) is None
+    (tmp_path / "cpu.max").write_text("50000 100000\n")  # half a CPU: one
+    (tmp_path / "memory.max").write_text("1073741824\n")
+    assert usable_cpus(tmp_path) == 1 and memory_limit(tmp_path) == 1 << 30
+    (tmp_path / "cpu.max").write_text(f"{(affinity + 4) * 100000} 100000\n")  # a quota above the affinity
+    assert usable_cpus(tmp_path) == affinity
 
 
 @pytest.mark.parametrize("value", ["0", "many"])
