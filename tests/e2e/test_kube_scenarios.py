@@ -488,13 +488,13 @@ async def ads_ready(kube: Kube) -> bool:
 
 
 async def test_no_hot_loop_while_idle(kube: Kube) -> None:
-    """Over an idle second, meshd makes no list request and keeps one watch per kind (two on ConfigMaps)."""
+    """Over an idle second, meshd makes no list request and keeps one watch per kind (the root-certificate
+    publisher hears of its ConfigMaps from the informer's)."""
     fake = kube.need_fake()
     await baseline(kube)
     present = [k for k, v in (await informers(kube)).items() if not v["absent"]]
 
-    # ConfigMap: the informer's (the mesh ConfigMap) and the root-certificate publisher's (istio-ca-root-cert)
-    expected = {k: 2 if k == "ConfigMap" else 1 for k in present}
+    expected = dict.fromkeys(present, 1)
 
     async def one_each() -> bool:
         return all(fake.open_watches(k) == n for k, n in expected.items())

@@ -3,8 +3,9 @@
 
 The namespace list and leadership come from outside (the namespace informer and the Lease-based
 leader election): `namespaces()` and `is_leader()` are plain callables. `sync()` makes one pass;
-`run()` repeats it on `trigger()` (a namespace appeared, leadership was gained, a watch on every
-namespace's `istio-ca-root-cert` saw one edited or deleted: repaired within a pass) and every interval.
+`run()` repeats it on `trigger()` (a namespace appeared, leadership was gained, the ConfigMap informer
+saw an `istio-ca-root-cert` edited or deleted: `configmap_changed`, repaired within a pass) and every
+interval.
 Like istiod, it skips the Kubernetes system namespaces kube-public and kube-node-lease.
 """
 
@@ -13,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
+from typing import Any
 
-from kubernetes_asyncio import client, watch
+from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from meshd.clock import Clock, sleep_or_wake
@@ -23,8 +25,6 @@ CONFIGMAP = "istio-ca-root-cert"
 KEY = "root-cert.pem"
 LABELS = {"istio.io/config": "true"}
 SKIPPED_NAMESPACES = frozenset({"kube-public", "kube-node-lease"})
-WATCH_TIMEOUT_S = 300
-WATCH_RETRY_S = 1.0
 
 
 class RootCertPublisher:
@@ -107,35 +107,17 @@ class RootCertPublisher:
         return 1
 
     async def run(self, *, clock: Clock, interval_s: float = 60.0) -> None:
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self._watch_changes(clock))
-            while True:
-                self._wake.clear()
-                await self.sync()
-                await sleep_or_wake(clock, interval_s, self._wake)
-
-    async def _watch_changes(self, clock: Clock) -> None:
-        """Trigger a pass when a published ConfigMap is edited away from the root or deleted."""
         while True:
-            stream = watch.Watch()
-            try:
-                async for event in stream.stream(
-                    self._core.list_config_map_for_all_namespaces,
-                    field_selector=f"metadata.name={CONFIGMAP}",
-                    timeout_seconds=WATCH_TIMEOUT_S,
-                ):
-                    if self._needs_repair(event):
-                        self.trigger()
-            except Exception as exc:  # the API server briefly away: watch again
-                self._log.warning("event=root_cert_watch_failed error_type=%s error=%r", type(exc).__name__, str(exc))
-                await clock.sleep(WATCH_RETRY_S)
-            finally:
-                await stream.close()
+            self._wake.clear()
+            await self.sync()
+            await sleep_or_wake(clock, interval_s, self._wake)
 
-    def _needs_repair(self, event: dict[str, object]) -> bool:
-        obj = event.get("object")
-        if not isinstance(obj, client.V1ConfigMap) or obj.metadata is None:
-            return False
-        if obj.metadata.namespace in SKIPPED_NAMESPACES:
-            return False
-        return event.get("type") == "DELETED" or (obj.data or {}).get(KEY) != self._root
+    def configmap_changed(self, _kind: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        """A ConfigMap informer's handler: a pass when a published ConfigMap is edited away from the
+        root or deleted."""
+        obj = new if new is not None else old
+        meta = (obj or {}).get("metadata") or {}
+        if meta.get("name") != CONFIGMAP or meta.get("namespace") in SKIPPED_NAMESPACES:
+            return
+        if new is None or ((new.get("data") or {}).get(KEY)) != self._root:
+            self.trigger()

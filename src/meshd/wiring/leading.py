@@ -58,7 +58,7 @@ def root_cert_publisher(
     *, root_pem: str, informers: Informers, interval_s: float, clock: Clock, log: logging.Logger
 ) -> DutyFactory:
     """The leader publishes the root to every namespace the informers know, again whenever a namespace
-    appears or changes, and every `interval_s`."""
+    appears or changes or a published ConfigMap is edited or deleted, and every `interval_s`."""
 
     def namespaces() -> Iterable[str]:  # not those being deleted: they refuse new objects (403)
         return [
@@ -70,6 +70,7 @@ def root_cert_publisher(
     def build(api: ApiClient, is_leader: Callable[[], bool]) -> LeaderDuty:
         publisher = RootCertPublisher(api=api, root_pem=root_pem, namespaces=namespaces, is_leader=is_leader, log=log)
         informers.add_handler("Namespace", lambda *_: publisher.trigger())
+        informers.add_handler("ConfigMap", publisher.configmap_changed)  # one edited or deleted: repaired
         return PassOnLeading(target=publisher, clock=clock, interval_s=interval_s)
 
     return build
