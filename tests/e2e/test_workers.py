@@ -111,7 +111,7 @@ async def test_sidecars_on_both_workers_get_their_config_and_every_change(mesh: 
     address = f"127.0.0.1:{mesh.meshd.xds_port}"
     for _ in range(4):
         assert await _syncz_ids(address) == {f"{pod}.default" for pod in PROXIES}
-    # ... and on the secure port, which the main process serves
+    # ... and on the secure port, which the workers serve too (the main process answers over every process)
     admin = await _cert_dir(mesh, "tok-admin")
     secure = f"127.0.0.1:{mesh.meshd.secure_port}"
     ids = await _syncz_ids(secure, cert_dir=admin, authority="istiod.istio-system.svc")
