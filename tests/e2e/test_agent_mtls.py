@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import pathlib
+import signal
 from collections.abc import AsyncIterator
 
 import pytest
@@ -16,6 +18,7 @@ import pytest
 from tests.e2e.agents import AgentProcess, write_ca_tokens
 from tests.e2e.conftest import SERVICE, virtual_service
 from tests.e2e.harness import Mesh, eventually, logs_on_failure
+from tests.e2e.test_workers import _restarted, _worker_pid
 
 pytestmark = pytest.mark.e2e
 
@@ -75,16 +78,35 @@ async def test_agent_gets_a_certificate_and_envoy_uses_it_for_xds(mesh: Mesh) ->
 
     await eventually(shifted, what="traffic shift pushed over mTLS xDS")
     if mesh.meshd.extra_args[-2:] == ("--workers", "2"):
-        await _on_both_workers(mesh)
+        placed = await _on_both_workers(mesh)
+        # the worker holding the client dies: the client reconnects to the secure port (either worker,
+        # whichever holds it now), its stream is authorised again and it gets its config and changes
+        victim = placed["client"]
+        pid = _worker_pid(mesh.meshd.log(), victim)
+        os.kill(pid, signal.SIGKILL)
+        await eventually(lambda: _restarted(mesh, victim, pid), timeout=60, what=f"worker {victim} started again")
+        await eventually(lambda: _workers_of_all(mesh), timeout=60, what="every proxy served again")
+        mesh.write("web-vs.yaml", virtual_service(100, 0))
+
+        async def back() -> bool:
+            return await mesh.versions(via_ip=mesh.ip(1), host="web:9080", count=5) == {"v1": 5}
+
+        await eventually(back, what="traffic shift pushed after the worker's restart")
 
 
-async def _on_both_workers(mesh: Mesh) -> None:
+async def _workers_of_all(mesh: Mesh) -> dict[str, int]:
+    placed = await _workers(mesh)
+    assert set(placed) == {"client", "web-v1", "web-v2"}, placed
+    return placed
+
+
+async def _on_both_workers(mesh: Mesh) -> dict[str, int]:
     """Restart the client's agent until the secure port's proxies are on both workers (the kernel picks
     one per connection); the restarted client gets a new certificate and its config each time."""
     for _ in range(12):
-        placed = await eventually(lambda: _workers(mesh), timeout=30, what="every proxy's listeners acked")
+        placed = await eventually(lambda: _workers_of_all(mesh), timeout=30, what="every proxy's listeners acked")
         if set(placed.values()) == {0, 1}:
-            return
+            return placed
         await mesh.agents.pop("client").close()
         client = await mesh.agent_sidecar(pod="client", ip=mesh.ip(1), service_account="client", token="tok-client")
         assert await client.cert_identities() == {"spiffe://cluster.local/ns/default/sa/client"}
