@@ -116,6 +116,11 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
                     max_file_bytes=settings.max_config_file_bytes,
                 )
 
+            # The source lists (reads) while the rest starts: in Kubernetes mode the lists wait mostly for the
+            # API server, and the CA's Secret, the servers and the certificates need none of it.
+            source_task = asyncio.create_task(source.run())
+            cleanup.push_async_callback(_cancelled, source_task)
+
             grpc_server, xds_port = None, workers[0].xds_port if workers else settings.xds_port
             if not workers:  # else the workers serve it
                 ads = ads_servicer(settings=settings, hub=hub, metrics=metrics, clock=clock, log=log)
@@ -223,7 +228,7 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
                 )
             jwks = jwks_fetcher(settings=settings, store=store, clock=clock, metrics=metrics, log=log)
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(source.run())
+                tasks.create_task(_awaited(source_task))
                 if mesh_file is not None:
                     tasks.create_task(mesh_file.run())
                 tasks.create_task(push.run())
@@ -263,3 +268,13 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
 
 class _Stop(Exception):
     pass
+
+
+async def _awaited(task: asyncio.Task[None]) -> None:
+    await task
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
