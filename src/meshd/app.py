@@ -120,6 +120,11 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
             # API server, and the CA's Secret, the servers and the certificates need none of it.
             source_task = asyncio.create_task(source.run())
             cleanup.push_async_callback(_cancelled, source_task)
+            # The workers start now too: their imports overlap the lists (a worker waits for the secure
+            # port's material, when meshd runs its CA, before it is told to start serving).
+            pool_tasks = [asyncio.create_task(pool.run()) for pool in workers]
+            for task in pool_tasks:
+                cleanup.push_async_callback(_cancelled, task)
 
             grpc_server, xds_port = None, workers[0].xds_port if workers else settings.xds_port
             if not workers:  # else the workers serve it
@@ -232,8 +237,8 @@ async def run_server(settings: Settings, *, clock: Clock | None = None, stop: as
                 if mesh_file is not None:
                     tasks.create_task(mesh_file.run())
                 tasks.create_task(push.run())
-                for pool in workers:
-                    tasks.create_task(pool.run())
+                for task in pool_tasks:
+                    tasks.create_task(_awaited(task))
                 tasks.create_task(jwks.run())
                 if webhook is not None:
                     tasks.create_task(webhook.serve())

@@ -99,6 +99,9 @@ class WorkerPool:
             self._secure_reservation.getsockname()[1] if self._secure_reservation is not None else None
         )
         self._secure: SecureMaterial | None = None
+        self._secure_given = asyncio.Event()  # a worker is started only once it can serve both ports
+        if not settings.ca_enabled:
+            self._secure_given.set()
         store.subscribe(self._changed.set)
         self._store_changes = store.feed()  # the keys whose winner changed, one drain for all workers
         # questions a worker asks the main process (Istio's debug types over every process's streams)
@@ -120,6 +123,7 @@ class WorkerPool:
         """What the workers serve the secure port with: given before they start, and again after each
         renewal of meshd's serving certificate (a running worker loads it for its new handshakes)."""
         self._secure = material
+        self._secure_given.set()
         for worker in self._workers:
             if worker.writer is not None:
                 worker.writer.write(frame(("secure", material)))
@@ -199,6 +203,7 @@ class WorkerPool:
             reader, writer = connected.result()
         finally:
             server.close()
+        await self._secure_given.wait()  # (the process imports meanwhile)
         ports = {"xds_port": self.xds_port} | ({"secure_port": self.secure_port} if self.secure_port else {})
         settings = self._settings.model_copy(update=ports)
         writer.write(frame(("start", settings.model_dump_json(), worker.index, self._secure)))
