@@ -153,7 +153,10 @@ class RemoteCertificateService(IstioCertificateService):
         except AuthError as exc:  # a connection that did not come through the TLS front
             await context.abort(grpc.StatusCode[exc.code], str(exc))
         asked = (request.SerializeToString(), text_metadata(context), peer_cert, peer_of(context))
-        code, message, chain = await self._ask("csr", asked)
+        try:
+            code, message, chain = await self._ask("csr", asked)
+        except (TimeoutError, RuntimeError, ConnectionError) as exc:  # the main process away or failing
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the CA did not answer: {type(exc).__name__}")
         if code is not None:
             await context.abort(grpc.StatusCode[code], message)
         return ca_pb2.IstioCertificateResponse(cert_chain=list(chain))

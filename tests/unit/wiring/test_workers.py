@@ -145,6 +145,9 @@ def test_usable_cpus_and_memory_limit_read_the_cgroup(tmp_path: pathlib.Path) ->
     assert usable_cpus(tmp_path) == 1 and memory_limit(tmp_path) == 1 << 30
     (tmp_path / "cpu.max").write_text(f"{(affinity + 4) * 100000} 100000\n")  # a quota above the affinity
     assert usable_cpus(tmp_path) == affinity
+    (tmp_path / "cpu.max").write_text("lots 0\n")  # unreadable: the affinity, the limit unknown
+    (tmp_path / "memory.max").write_text("plenty\n")
+    assert usable_cpus(tmp_path) == affinity and memory_limit(tmp_path) is None
 
 
 @pytest.mark.parametrize("value", ["0", "many"])
