@@ -85,6 +85,7 @@ async def serve_files(
             log.info("event=file_secrets served=%s missing=%s", ",".join(found), ",".join(missing))
             served = found
             await state.set_files(found)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(state.wanted_changed.wait(), interval_s)
+        with contextlib.suppress(TimeoutError):  # (asyncio.timeout: Python 3.11's wait_for can swallow a cancel)
+            async with asyncio.timeout(interval_s):
+                await state.wanted_changed.wait()
         state.wanted_changed.clear()

@@ -149,7 +149,8 @@ class TlsFront:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limits.first_request_timeout_s
         try:
-            first = await asyncio.wait_for(reader.read(_CHUNK), limits.first_request_timeout_s)
+            async with asyncio.timeout(limits.first_request_timeout_s):
+                first = await reader.read(_CHUNK)
         except TimeoutError:
             limits.on_idle_closed()
             return

@@ -124,7 +124,10 @@ class LeaderElector:
             while True:
                 started = self._clock.now()
                 try:
-                    acquired = await asyncio.wait_for(self._try_acquire_or_renew(), self._timeout)
+                    # (asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+                    # arrives as the attempt completes, and the elector would then never stop)
+                    async with asyncio.timeout(self._timeout):
+                        acquired = await self._try_acquire_or_renew()
                 except Exception as exc:  # API down, 5xx, timeout: retried, stepping down at the deadline
                     self._log.warning(
                         "event=lease_error lease=%s/%s error=%s",

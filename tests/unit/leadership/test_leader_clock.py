@@ -196,3 +196,26 @@ async def test_a_conflict_on_renew_is_read_again_and_leadership_kept(clock: Manu
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_a_cancellation_that_arrives_as_an_attempt_completes_stops_the_elector(clock: ManualClock) -> None:
+    """Shutdown cancels the elector; if the cancel lands as a Lease call returns, it must still stop (and
+    release): Python 3.11's asyncio.wait_for returned the call's result instead and the elector ran on."""
+    leases, changes = MemoryLeases(), []
+    task: asyncio.Task[None] | None = None
+
+    class CancelledAsItAnswers(MemoryLock):
+        async def get(self) -> dict[str, Any] | None:
+            assert task is not None
+            task.cancel()  # the shutdown, at the very moment the API server answers
+            return await super().get()
+
+    a = elector("a", CancelledAsItAnswers(leases), clock, changes)
+    task = asyncio.create_task(a.run())
+    async with asyncio.timeout(5):
+        for _ in range(100):
+            await clock.advance(1)
+            if task.done():
+                break
+    assert task.done() and task.cancelled()
+    assert not a.is_leader
