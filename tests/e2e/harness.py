@@ -8,6 +8,7 @@ import itertools
 import json
 import os
 import pathlib
+import re
 import signal
 import socket
 import sys
@@ -429,3 +430,16 @@ class Mesh:
             await server.stop()
         await self.meshd.close()
         await self.client.close()
+
+
+def worker_pid(log: str, index: int) -> int:
+    """The pid of `meshd serve --workers N`'s worker `index`, as its last start was logged."""
+    pids = re.findall(rf"event=worker_starting worker={index} pid=(\d+)", log)
+    assert pids, log[-2000:]
+    return int(pids[-1])
+
+
+async def worker_restarted(mesh: Mesh, index: int, old: int) -> bool:
+    """Worker `index` exited and was started again (a pid other than `old`)."""
+    log = mesh.meshd.log()
+    return f"event=worker_exited worker={index}" in log and worker_pid(log, index) != old

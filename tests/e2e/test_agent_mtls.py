@@ -17,8 +17,7 @@ import pytest
 
 from tests.e2e.agents import AgentProcess, write_ca_tokens
 from tests.e2e.conftest import SERVICE, virtual_service
-from tests.e2e.harness import Mesh, eventually, logs_on_failure
-from tests.e2e.test_workers import _restarted, _worker_pid
+from tests.e2e.harness import Mesh, eventually, logs_on_failure, worker_pid, worker_restarted
 
 pytestmark = pytest.mark.e2e
 
@@ -82,9 +81,9 @@ async def test_agent_gets_a_certificate_and_envoy_uses_it_for_xds(mesh: Mesh) ->
         # the worker holding the client dies: the client reconnects to the secure port (either worker,
         # whichever holds it now), its stream is authorised again and it gets its config and changes
         victim = placed["client"]
-        pid = _worker_pid(mesh.meshd.log(), victim)
+        pid = worker_pid(mesh.meshd.log(), victim)
         os.kill(pid, signal.SIGKILL)
-        await eventually(lambda: _restarted(mesh, victim, pid), timeout=60, what=f"worker {victim} started again")
+        await eventually(lambda: worker_restarted(mesh, victim, pid), timeout=60, what=f"worker {victim} started again")
         await eventually(lambda: _workers_of_all(mesh), timeout=60, what="every proxy served again")
         mesh.write("web-vs.yaml", virtual_service(100, 0))
 

@@ -21,7 +21,7 @@ from envoy.service.status.v3 import csds_pb2
 from meshd.ctl.xds_client import CONFIG_DUMP, SYNCZ, ask
 from tests.e2e.agents import istioctl_cert_dir
 from tests.e2e.conftest import SERVICE, virtual_service
-from tests.e2e.harness import Mesh, eventually, logs_on_failure
+from tests.e2e.harness import Mesh, eventually, logs_on_failure, worker_pid, worker_restarted
 
 pytestmark = pytest.mark.e2e
 CLIENTS = ("client-1", "client-2", "client-3", "client-4")
@@ -131,9 +131,11 @@ async def test_sidecars_on_both_workers_get_their_config_and_every_change(mesh: 
 async def test_a_killed_worker_is_started_again_and_its_proxies_get_config_again(mesh: Mesh) -> None:
     placed = await spread(mesh)
     victim = placed[CLIENTS[0]]
-    pid = _worker_pid(mesh.meshd.log(), victim)
+    pid = worker_pid(mesh.meshd.log(), victim)
     os.kill(pid, signal.SIGKILL)
-    await eventually(lambda: _restarted(mesh, victim, pid), timeout=60, what=f"worker {victim} to be started again")
+    await eventually(
+        lambda: worker_restarted(mesh, victim, pid), timeout=60, what=f"worker {victim} to be started again"
+    )
     await eventually(lambda: mesh.meshd.ready(), timeout=60, what="meshd ready again")
     # the killed worker's proxies reconnect (to either worker) and get their whole config again
     await eventually(lambda: all_synced(mesh), timeout=60, what="every sidecar synced again")
@@ -173,14 +175,3 @@ async def _cert_dir(mesh: Mesh, token: str) -> pathlib.Path:
     return await istioctl_cert_dir(
         work_dir=mesh.work_dir, ca_dir=mesh.meshd.ca_dir, secure_port=mesh.meshd.secure_port, token=token
     )
-
-
-def _worker_pid(log: str, index: int) -> int:
-    pids = re.findall(rf"event=worker_starting worker={index} pid=(\d+)", log)
-    assert pids, log[-2000:]
-    return int(pids[-1])
-
-
-async def _restarted(mesh: Mesh, index: int, old: int) -> bool:
-    log = mesh.meshd.log()
-    return f"event=worker_exited worker={index}" in log and _worker_pid(log, index) != old

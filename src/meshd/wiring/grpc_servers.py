@@ -167,13 +167,7 @@ async def start_secure_port(
         log=log,
         debug_resources=debug_resources,
     )
-    log.info(
-        "event=secure_server_started port=%d ca=%s root_expires=%s sans=%s",
-        port,
-        authority.origin,
-        authority.root_expires.isoformat(),
-        ",".join(serving_sans(settings)),
-    )
+    log_secure_started(log, port=port, settings=settings, authority=authority)
     return SecurePort(server=server, front=front, port=port, authority=authority, certificate=certificate)
 
 
@@ -237,6 +231,18 @@ async def serve_secure(
         await server.stop(None)
         raise
     return server, front, port
+
+
+def log_secure_started(log: logging.Logger, *, port: int, settings: Settings, authority: Authority) -> None:
+    """The secure port's start line (served by this process, or by `settings.workers` workers)."""
+    log.info(
+        "event=secure_server_started port=%d workers=%d ca=%s root_expires=%s sans=%s",
+        port,
+        settings.workers,
+        authority.origin,
+        authority.root_expires.isoformat(),
+        ",".join(serving_sans(settings)),
+    )
 
 
 def gated_listener(

@@ -28,14 +28,14 @@ from meshd.ca.auth import AuthError, CallerAuthenticator, PeerCertVerifier
 from meshd.ca.identity import Identity
 from meshd.ca.renewal import RenewedCertificate
 from meshd.ca.server import CertificateService, IstioCertificateService, PeerCert, peer_of, text_metadata
-from meshd.ca.serving import ServingCert, serving_sans
+from meshd.ca.serving import ServingCert
 from meshd.ca.signer import utc_now
 from meshd.ca.tls_front import TlsFront, load_chain_pem, server_context
 from meshd.clock import Clock
 from meshd.obs.metrics import Metrics
 from meshd.settings import Settings
 from meshd.wiring.authority import Authority
-from meshd.wiring.grpc_servers import serve_secure, serving_certificate
+from meshd.wiring.grpc_servers import log_secure_started, serve_secure, serving_certificate
 from meshd.xds.debug_stream import Resources
 from meshd.xds.hub import Hub
 
@@ -103,14 +103,7 @@ def serve_secure_from_workers(
     pool.answer = with_ca_answers(pool.answer, ca_answers(service, authority.authenticator))
     pool.serve_secure(secure_material(authority, certificate.current))
     certificate.on_renewed.append(lambda cert: pool.serve_secure(secure_material(authority, cert)))
-    log.info(
-        "event=secure_server_started port=%d workers=%d ca=%s root_expires=%s sans=%s",
-        pool.secure_port or 0,
-        settings.workers,
-        authority.origin,
-        authority.root_expires.isoformat(),
-        ",".join(serving_sans(settings)),
-    )
+    log_secure_started(log, port=pool.secure_port or 0, settings=settings, authority=authority)
     return certificate
 
 
