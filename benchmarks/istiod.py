@@ -15,7 +15,7 @@ import time
 
 import aiohttp
 
-from benchmarks.procs import Deadline, cpu_seconds, free_port, memory_mb, pdeathsig
+from benchmarks.procs import READY_POLL_S, Deadline, cpu_seconds, free_port, memory_mb, pdeathsig
 from meshd.agent.process import terminate
 from tests.peers import PEERS, unpack_peer
 
@@ -80,7 +80,7 @@ class IstiodProcess:
                             return time.time() - t0
                 if time.time() - t0 > timeout:
                     raise Deadline(f"istiod not ready after {timeout}s; log {self.log_path}")
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(READY_POLL_S)
 
     def cpu(self) -> float:
         return cpu_seconds(self.pid)

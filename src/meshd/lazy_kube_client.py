@@ -10,9 +10,10 @@ A stand-in is a package (same name, same `__path__`, so its submodules import as
 are the names its real `__init__` binds, each imported on first use: `client.CoreV1Api` imports
 `kubernetes_asyncio.client.api.core_v1_api` alone, and `ApiClient`'s deserializer, which looks model
 classes up on `kubernetes_asyncio.client.models` by name, imports just the models of the responses it
-reads. Which module a name comes from is read from the real `__init__` (its `ast`), at the first lookup,
-so a new version of the library is followed and a process that never talks to Kubernetes (the node agent)
-reads nothing. An `__init__` that does anything else than bind names from the library's own modules (or
+reads. Which module a name comes from is read from the real `__init__` at the first lookup (line by line
+where it is all one-line imports, as the generated client's are: ~4 ms; otherwise its `ast`: ~15 ms), so a
+new version of the library is followed and a process that never talks to Kubernetes (the node agent) reads
+nothing. An `__init__` that does anything else than bind names from the library's own modules (or
 binds fewer names than its `__all__`) is run as it is, in the stand-in, as an import would have run it.
 
 Nothing else changes: the objects are the library's own. `install` runs when the `meshd` package is
@@ -26,6 +27,7 @@ import importlib
 import importlib.machinery
 import importlib.util
 import pathlib
+import re
 import sys
 import types
 
@@ -40,6 +42,74 @@ Exports = dict[str, tuple[str, str | None]]
 def exports_of(source: str, package: str) -> tuple[Exports, str | None] | None:
     """The names a package's `__init__` binds and where each comes from, and its `__version__`; None when
     the `__init__` does more than bind names from the library's own modules (it must then run as it is)."""
+    return _read_by_lines(source, package) or _read_by_ast(source, package)
+
+
+_FROM = re.compile(r"from ([A-Za-z_][\w.]*) import ([A-Za-z_]\w*)(?: as ([A-Za-z_]\w*))?[ \t]*(?:#.*)?")
+_IMPORT = re.compile(r"import ([A-Za-z_][\w.]*) as ([A-Za-z_]\w*)[ \t]*(?:#.*)?")
+_CONSTANT = re.compile(r"(__version__|__project__) = (?:\"([^\"\\]*)\"|'([^'\\]*)')[ \t]*(?:#.*)?")
+_ALL_ONE_LINE = re.compile(r'__all__ = \[((?:[ \t]*"[A-Za-z_]\w*",?)*)[ \t]*\][ \t]*(?:#.*)?')
+_LISTED = re.compile(r"[ \t]*\"([A-Za-z_]\w*)\",?[ \t]*(?:#.*)?")
+
+
+def _read_by_lines(source: str, package: str) -> tuple[Exports, str | None] | None:
+    """`_read_by_ast`'s answer for an `__init__` made of one-line statements of the forms a generated
+    client uses (its docstring, `from library.x import Y`, `import package.x as y`, `__version__ = "..."`,
+    an `__all__` list of one name per line), in a tenth of the time; None for anything else, which
+    `_read_by_ast` then reads (so a source this does not know is never read wrongly, only slower)."""
+    library = package.split(".")[0]
+    exports: Exports = {}
+    listed: list[str] | None = None
+    version: str | None = None
+    lines = iter(source.splitlines())
+    first = True
+    for line in lines:
+        if not line.strip() or line.startswith("#"):
+            continue
+        if first and line.startswith('"""'):  # the docstring: up to the line its closing quotes end
+            rest: str | None = line[3:]
+            while rest is not None and '"""' not in rest:
+                rest = next(lines, None)
+            if rest is None or rest.count('"""') != 1 or not rest.rstrip().endswith('"""'):
+                return None
+            first = False
+            continue
+        first = False
+        if line.startswith("from __future__ import "):
+            continue
+        if match := _FROM.fullmatch(line):
+            module, name, alias = match.groups()
+            if not module.startswith(f"{library}."):
+                return None
+            exports[alias or name] = (module, name)
+        elif match := _IMPORT.fullmatch(line):
+            module, alias = match.groups()
+            if not module.startswith(f"{package}."):
+                return None
+            exports[alias] = (module, None)
+        elif match := _CONSTANT.fullmatch(line):
+            if match.group(1) == "__version__":
+                version = match.group(2) if match.group(2) is not None else match.group(3)
+        elif (match := _ALL_ONE_LINE.fullmatch(line)) and listed is None:
+            listed = re.findall(r'"(\w+)"', match.group(1))
+        elif line == "__all__ = [" and listed is None:
+            listed = []
+            for item in lines:
+                if item == "]":
+                    break
+                if not (named := _LISTED.fullmatch(item)):
+                    return None
+                listed.append(named.group(1))
+            else:
+                return None
+        else:
+            return None
+    if listed is not None and not set(listed) <= set(exports):
+        return None
+    return exports, version
+
+
+def _read_by_ast(source: str, package: str) -> tuple[Exports, str | None] | None:
     import ast  # here: only a process that uses the library reads its __init__
 
     library = package.split(".")[0]

@@ -5,6 +5,7 @@ library's first import."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import pathlib
 import subprocess
@@ -14,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from meshd.lazy_kube_client import exports_of, install
+from meshd.lazy_kube_client import LAZY_PACKAGES, _read_by_ast, _read_by_lines, exports_of, install
 
 
 def _run(code: str) -> dict[str, object]:
@@ -121,6 +122,76 @@ def test_an_init_that_does_more_than_bind_names_is_not_read_as_names() -> None:
         "from .rest import RESTClientObject\n",  # relative
     ):
         assert exports_of(plain + binds + extra, package) is None, extra
+
+
+@pytest.mark.parametrize("package", ["kubernetes_asyncio", *LAZY_PACKAGES[1:]])
+def test_the_library_inits_are_read_by_lines_as_the_ast_reads_them(package: str) -> None:
+    spec = importlib.util.find_spec("kubernetes_asyncio")
+    assert spec is not None and spec.origin is not None
+    init = pathlib.Path(spec.origin).parent.joinpath(*package.split(".")[1:], "__init__.py")
+    source = init.read_text(encoding="utf-8")
+    by_lines = _read_by_lines(source, package)
+    assert by_lines is not None  # the fast reading applies to the installed library
+    assert by_lines == _read_by_ast(source, package)
+    assert len(by_lines[0]) > 5
+
+
+_HEAD = '"""\n    doc\n"""\nfrom __future__ import absolute_import\n__version__ = "1.0"  # edited by a bot\n'
+_BINDS = (
+    "from kubernetes_asyncio.client.api.core_v1_api import CoreV1Api\nimport kubernetes_asyncio.client.rest as rest\n"
+)
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        "",  # plain
+        '__all__ = [\n    "CoreV1Api",\n    "rest",\n]\n',
+        '__all__ = ["CoreV1Api"]\n',
+        "from kubernetes_asyncio.client.api.x import A, B\n",  # two names on a line: left to the ast
+        "from kubernetes_asyncio.client.api.x import (\n    A,\n)\n",
+        "if True:\n    from kubernetes_asyncio.client.api.x import A\n",  # indented: runs conditionally
+        "from kubernetes_asyncio.client.api.x \\\n    import A\n",  # a continued line
+        '"""a string that is not the docstring"""\n',
+        '__all__ = [\n    "CoreV1Api",\n    NAME,\n]\n',
+        '__all__ = [\n    "Missing",\n]\n',  # listed, never bound
+        "from os import path\n",
+        "import os\n",
+        "x = 1\n",
+        '__version__ = "1" + "0"\n',
+        "from .rest import RESTClientObject\n",
+        "from kubernetes_asyncio.client.api.x import A; B = 1\n",
+    ],
+)
+def test_the_line_reading_agrees_with_the_ast_or_leaves_the_init_to_it(tail: str) -> None:
+    package = "kubernetes_asyncio.client"
+    source = _HEAD + _BINDS + tail
+    by_lines = _read_by_lines(source, package)
+    assert by_lines is None or by_lines == _read_by_ast(source, package)
+    assert exports_of(source, package) == _read_by_ast(source, package)
+
+
+def test_lines_the_reading_does_not_know_are_left_to_the_ast() -> None:
+    package = "kubernetes_asyncio.client"
+    known = _HEAD + _BINDS + '__all__ = [\n    "CoreV1Api",\n]\n'
+    assert _read_by_lines(known, package) == (
+        {
+            "CoreV1Api": ("kubernetes_asyncio.client.api.core_v1_api", "CoreV1Api"),
+            "rest": ("kubernetes_asyncio.client.rest", None),
+        },
+        "1.0",
+    )
+    for unknown in (
+        "from kubernetes_asyncio.client.api.x import A, B\n",
+        "if True:\n    from kubernetes_asyncio.client.api.x import A\n",
+        '"""a second string"""\n',
+        '__all__ = [\n    "CoreV1Api",\n',
+        "   # an indented comment\n",
+        'from kubernetes_asyncio.client.api.x import A; B = """\n',
+    ):
+        assert _read_by_lines(known + unknown, package) is None, unknown
+    assert _read_by_lines('"""never closed\nfrom kubernetes_asyncio.client.x import A\n', package) is None
+    assert _read_by_lines('"""one""" + """two"""\n', package) is None
 
 
 @pytest.fixture
