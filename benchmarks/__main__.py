@@ -9,6 +9,8 @@ Scenarios (sizes adjustable, see --help):
   envoy-ack  push -> ACK through one real Envoy (SotW and delta)
   security   CA signing latency/throughput/CPU; xDS CPU per MB over mTLS 15012 vs plaintext 15010
   slowclients  healthy proxies' change latency, quiet and with 100 never-reading ADS streams attacking
+  placement  (only when named) 2 workers, 5000 services / 100 namespaces with Sidecars, 400 proxies on 15012 from
+             their pods' addresses: --worker-placement namespace against kernel (CPU, RSS, scopes per worker)
 
 --peer istiod: instead of the scenarios, meshd side by side with the real istiod (Istio 1.14, from
 ../shared/peers/istiod-1.14) on a real kube-apiserver (../shared/envtest), same objects, same load
@@ -41,6 +43,7 @@ from benchmarks import (
     envoy_bench,
     metrics_bench,
     peer_report,
+    placement_bench,
     report,
     scenario_slowclients,
     security_bench,
@@ -65,7 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small sizes, about a minute")
     p.add_argument("--out", help="results JSON (default benchmarks/results/latest.json; with --peer, peer-istiod.json)")
     p.add_argument("--delta", action="store_true", help="load client uses delta ADS (default SotW)")
-    p.add_argument("--scenarios", help="comma list of: " + ",".join(Options(work=pathlib.Path()).scenarios))
+    p.add_argument(
+        "--scenarios",
+        help="comma list of: "
+        + ",".join(Options(work=pathlib.Path()).scenarios)
+        + " (and placement, run only when named)",
+    )
     p.add_argument("--isolated", type=_triple, metavar="S,NS,P", help="services,namespaces,proxies")
     p.add_argument("--full-mesh", type=_triple, metavar="S,NS,P")
     p.add_argument("--churn", type=_triple, metavar="S,NS,P", help="mesh of the churn scenario")
@@ -208,6 +216,11 @@ async def _run_scenario(name: str, opts: Options) -> dict[str, Any]:
         )
     if name == "slowclients":
         return await run_slowclients(opts)
+    if name == "placement":
+        services, namespaces, per_namespace, rounds = opts.placement
+        return await placement_bench.run(
+            work=opts.work, services=services, namespaces=namespaces, per_namespace=per_namespace, rounds=rounds
+        )
     if name == "metrics":
         return await metrics_bench.run(seconds=opts.metrics_seconds, rounds=opts.metrics_rounds)
     raise ValueError(f"unknown scenario {name!r}")

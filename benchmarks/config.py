@@ -40,6 +40,8 @@ class Options:
     security_services: int = 300  # full mesh: each proxy's CDS+EDS is the whole mesh
     security_proxies: int = 100
     security_csrs: int = 400
+    # placement (opt-in, `--scenarios placement`): services, namespaces, proxies per namespace, rounds
+    placement: tuple[int, int, int, int] = (5000, 100, 4, 2)
     # slowclients: full mesh (services, namespaces, healthy proxies) and never-reading attacker streams
     slow_mesh: tuple[int, int, int] = (300, 30, 50)
     slow_streams: int = 100
@@ -67,6 +69,7 @@ def quick(options: Options) -> Options:
     options.envoy_ack_services = 50
     options.envoy_ack_changes = 5
     options.security_services, options.security_proxies, options.security_csrs = 100, 30, 100
+    options.placement = (500, 20, 4, 1)
     options.slow_mesh = (300, 30, 20)
     options.metrics_seconds, options.metrics_rounds = 3, 1
     return options

@@ -44,6 +44,7 @@ def serve_settings(args: argparse.Namespace) -> Settings:
         max_xds_streams=args.max_xds_streams,
         max_xds_streams_per_peer=args.max_xds_streams_per_peer,
         workers=args.workers,
+        worker_placement=args.worker_placement,
         enable_test_hooks=args.enable_test_hooks,
         enable_auto_mtls=not args.disable_auto_mtls,
         outbound_traffic_policy=args.outbound_traffic_policy,
@@ -125,7 +126,7 @@ def _worker(args: argparse.Namespace) -> int:
 
     set_parent_death_signal()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_worker(control=args.control))
+        asyncio.run(run_worker(control=args.control, dispatch_fd=args.dispatch_fd))
     return 0
 
 
@@ -253,6 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
         " serves them; 'auto' (default): one per CPU from 4 CPUs up (at most 8, one per 256 MiB of the memory"
         " limit), else 1",
     )
+    serve.add_argument(
+        "--worker-placement",
+        choices=["namespace", "kernel"],
+        default=defaults.worker_placement,
+        help="with workers and the CA, who picks the worker of a connection to 15012: 'namespace' (default):"
+        " this process, by the namespace of the pod at the caller's address, so each namespace's config is"
+        " built in one worker; 'kernel': SO_REUSEPORT spreads them",
+    )
     serve.add_argument("--enable-test-hooks", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument(
         "--disable-auto-mtls", action="store_true", help="no automatic mTLS toward sidecars (Istio's enableAutoMtls)"
@@ -299,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker")  # started by `serve --workers N`, never by hand
     worker.add_argument("--control", required=True, help=argparse.SUPPRESS)
+    worker.add_argument("--dispatch-fd", type=int, help=argparse.SUPPRESS)  # the secure port's connections
     worker.set_defaults(func=_worker, imports=("meshd.wiring.worker",))
 
     boot = sub.add_parser("bootstrap", help="print an Envoy bootstrap for a sidecar (or a gRPC one: --proxyless)")

@@ -9,6 +9,9 @@ asyncio calls its `accept()`, which is where the limits live:
   is released, the pending connection accepted and closed (the client sees a closed connection instead
   of waiting in the backlog, and the listener does not spin), and the event is counted
   (`on_exhausted`) and logged at most once per `log_every_s` with how many were not logged.
+
+`ConnectionGate` is the cap alone: `adopt` counts under it a connection another process accepted and
+handed over (the secure port of `--workers N`, `wiring/secure_placement.py`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,40 @@ _EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _REFUSALS_PER_CALL = 64  # then let the event loop run other work; asyncio calls accept() again
 
 
-class GatedListener:
+class ConnectionGate:
+    """The cap on open connections alone: for connections accepted elsewhere and handed over (another
+    process accepted them and passed the descriptor, `adopt`), counted as an accepted one would be."""
+
+    def __init__(self, *, name: str, max_connections: int, on_refused: Callable[[], None]) -> None:
+        self.name = name
+        self.max_connections = max_connections
+        self.open = 0
+        self._on_refused = on_refused
+
+    def adopt(self, fd: int) -> socket.socket | None:
+        """A connected socket for `fd`, counted until it is closed; None (and `fd` closed) when the cap
+        is reached."""
+        conn = _CountedSocket(-1, -1, -1, fileno=fd, gate=self)  # family and type read from the descriptor
+        if self._admit():
+            return conn
+        conn.close(counted=False)
+        return None
+
+    def close(self) -> None:
+        """Nothing to release: a gate holds no socket."""
+
+    def _admit(self) -> bool:
+        if self.open >= self.max_connections:
+            self._on_refused()
+            return False
+        self.open += 1
+        return True
+
+    def _released(self) -> None:
+        self.open -= 1
+
+
+class GatedListener(ConnectionGate):
     def __init__(
         self,
         *,
@@ -39,10 +75,8 @@ class GatedListener:
         monotonic: Callable[[], float] = time.monotonic,
         reuse_port: bool = False,
     ) -> None:
-        self.name = name
-        self.max_connections = max_connections
-        self.open = 0
-        self._on_refused, self._on_exhausted = on_refused, on_exhausted
+        super().__init__(name=name, max_connections=max_connections, on_refused=on_refused)
+        self._on_exhausted = on_exhausted
         self._log, self._log_every_s, self._monotonic = log, log_every_s, monotonic
         self._last_log: float | None = None
         self._unlogged = 0
@@ -69,16 +103,6 @@ class GatedListener:
         if self._spare is not None:
             os.close(self._spare)
             self._spare = None
-
-    def _admit(self) -> bool:
-        if self.open >= self.max_connections:
-            self._on_refused()
-            return False
-        self.open += 1
-        return True
-
-    def _released(self) -> None:
-        self.open -= 1
 
     def _exhausted(self, exc: OSError, listener: socket.socket) -> None:
         """Shed one pending connection with the spare descriptor; count; log rate-limited."""
@@ -137,9 +161,9 @@ class _GatedSocket(socket.socket):
 class _CountedSocket(socket.socket):
     """An accepted connection: its close gives its place back."""
 
-    def __init__(self, family: int, kind: int, proto: int, *, fileno: int, gate: GatedListener) -> None:
+    def __init__(self, family: int, kind: int, proto: int, *, fileno: int, gate: ConnectionGate) -> None:
         super().__init__(family, kind, proto, fileno=fileno)
-        self._gate: GatedListener | None = gate
+        self._gate: ConnectionGate | None = gate
 
     def close(self, *, counted: bool = True) -> None:
         gate, self._gate = self._gate, None

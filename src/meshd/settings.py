@@ -46,6 +46,10 @@ class Settings(BaseModel):
     # (wiring/workers.py); 1: the main process serves them itself. `meshd serve` defaults to
     # `--workers auto` (wiring/worker_count.py).
     workers: int = Field(default=1, ge=1, le=256)
+    # Which worker serves a connection to the secure port: "namespace": the main process accepts it and
+    # hands it to the worker that serves the caller's namespace (wiring/secure_placement.py), so a
+    # namespace's scopes are built in one worker; "kernel": every worker binds the port (SO_REUSEPORT).
+    worker_placement: Literal["namespace", "kernel"] = "namespace"
     # Leader election and status (kube/leader.py, kube/status.py): with a cluster (Kubernetes mode,
     # or a kubeconfig next to --config-dir), one replica holds the Lease and writes status.
     leader_election: bool = True

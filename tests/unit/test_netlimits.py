@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import socket
 
 import pytest
 
-from meshd.netlimits import GatedListener
+from meshd.netlimits import ConnectionGate, GatedListener
 
 
 async def test_descriptor_exhaustion_is_counted_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
@@ -56,3 +57,27 @@ async def test_descriptor_exhaustion_is_counted_and_logged_once(caplog: pytest.L
         server.close()
         await server.wait_closed()
         listener.close()
+
+
+def test_a_handed_over_connection_is_counted_and_refused_over_the_cap() -> None:
+    refused: list[int] = []
+    gate = ConnectionGate(name="secure", max_connections=1, on_refused=lambda: refused.append(1))
+    a_client, a_server = socket.socketpair()
+    b_client, b_server = socket.socketpair()
+    try:
+        adopted = gate.adopt(os.dup(a_server.fileno()))
+        assert adopted is not None and gate.open == 1
+        b_fd = os.dup(b_server.fileno())
+        assert gate.adopt(b_fd) is None and refused == [1]
+        with pytest.raises(OSError):
+            os.fstat(b_fd)  # refused: closed at once
+        a_client.sendall(b"x")
+        assert adopted.recv(1) == b"x"  # the same connection, family and type read from the descriptor
+        adopted.close()
+        assert gate.open == 0
+        again = gate.adopt(os.dup(a_server.fileno()))
+        assert again is not None and gate.open == 1
+        again.close()
+    finally:
+        for sock in (a_client, a_server, b_client, b_server):
+            sock.close()

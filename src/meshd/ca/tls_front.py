@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import ssl
 import tempfile
 from collections.abc import Callable
@@ -31,7 +32,7 @@ from typing import Any
 
 from meshd.ca.auth import unauthenticated
 from meshd.ca.h2_watch import RequestWatch
-from meshd.netlimits import GatedListener
+from meshd.netlimits import ConnectionGate, GatedListener
 
 _CHUNK = 64 * 1024
 
@@ -71,7 +72,7 @@ class TlsFront:
         self,
         *,
         context: ssl.SSLContext,
-        listener: GatedListener,
+        listener: ConnectionGate,  # a GatedListener it accepts on, or a gate for connections handed over
         backend_port: int,
         log: logging.Logger,
         limits: FrontLimits = FrontLimits(),
@@ -86,9 +87,31 @@ class TlsFront:
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
 
-    async def start(self) -> int:
+    async def start(self) -> int | None:
+        """Accept on the listener; its port. None for a gate: its connections come through `adopt`."""
+        if not isinstance(self._listener, GatedListener):
+            return None
         self._server = await asyncio.start_server(self._accept, sock=self._listener.socket)
         return self._listener.port
+
+    def adopt(self, fd: int) -> None:
+        """Serve a connection another process accepted and passed here (its descriptor), as if accepted
+        here: under the same cap, the same handshake and the same limits."""
+        sock = self._listener.adopt(fd)
+        if sock is None:  # over the cap: closed and counted
+            return
+        task = asyncio.create_task(self._adopted(sock))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _adopted(self, sock: socket.socket) -> None:
+        # as asyncio.start_server serves an accepted socket: the server side of the streams (start_tls)
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader(), self._accept), sock
+            )
+        except OSError:
+            sock.close()
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -32,7 +32,7 @@ from meshd.ca.server import (
 from meshd.ca.serving import issue_serving_cert, secure_port_context, serving_sans
 from meshd.ca.tls_front import FrontLimits, TlsFront
 from meshd.clock import Clock
-from meshd.netlimits import GatedListener
+from meshd.netlimits import ConnectionGate, GatedListener
 from meshd.obs.metrics import Metrics
 from meshd.settings import Settings
 from meshd.wiring.authority import Authority
@@ -183,23 +183,23 @@ async def serve_secure(
     log: logging.Logger,
     debug_resources: Resources | None = None,
     reuse_port: bool = False,
+    handed_over: bool = False,
 ) -> tuple[grpc.aio.Server, TlsFront, int]:
     """The secure port, started: the TLS front on `settings.secure_port` (`reuse_port`: bound with
-    SO_REUSEPORT, as every worker of `--workers N` binds it) piping to a gRPC server on loopback that
-    serves the CA (`ca_service`, given the front's verified client certificates) and ADS, whose streams
-    must authenticate (`authenticator`). Returns the server, the front and the port bound."""
+    SO_REUSEPORT, as every worker of `--workers N` binds it with `--worker-placement kernel`;
+    `handed_over`: not bound here, the main process accepts and passes the connections, `front.adopt`)
+    piping to a gRPC server on loopback that serves the CA (`ca_service`, given the front's verified
+    client certificates) and ADS, whose streams must authenticate (`authenticator`). Returns the server,
+    the front and the port."""
     server = grpc.aio.server(options=list(SERVER_OPTIONS))
     backend_port = server.add_insecure_port("127.0.0.1:0")  # reachable only through the TLS front
+    cap = settings.secure_max_connections
     front = TlsFront(
         context=context,
-        listener=gated_listener(
-            "secure",
-            settings.secure_host,
-            settings.secure_port,
-            settings.secure_max_connections,
-            metrics=metrics,
-            log=log,
-            reuse_port=reuse_port,
+        listener=connection_gate("secure", cap, metrics=metrics)
+        if handed_over
+        else gated_listener(
+            "secure", settings.secure_host, settings.secure_port, cap, metrics=metrics, log=log, reuse_port=reuse_port
         ),
         backend_port=backend_port,
         log=log,
@@ -230,7 +230,7 @@ async def serve_secure(
     except BaseException:
         await server.stop(None)
         raise
-    return server, front, port
+    return server, front, settings.secure_port if port is None else port
 
 
 def log_secure_started(log: logging.Logger, *, port: int, settings: Settings, authority: Authority) -> None:
@@ -268,6 +268,15 @@ def gated_listener(
     )
     metrics.connections.open.labels(name).set_function(lambda: listener.open)
     return listener
+
+
+def connection_gate(name: str, max_connections: int, *, metrics: Metrics) -> ConnectionGate:
+    """A connection cap for connections handed over by another process, counted as `gated_listener`'s."""
+    gate = ConnectionGate(
+        name=name, max_connections=max_connections, on_refused=lambda: metrics.connections.refused.inc(name)
+    )
+    metrics.connections.open.labels(name).set_function(lambda: gate.open)
+    return gate
 
 
 def serving_ttl_s(settings: Settings) -> int:

@@ -14,6 +14,7 @@ renewal) and serves ADS there with the main process's identity rules:
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -35,7 +36,8 @@ from meshd.clock import Clock
 from meshd.obs.metrics import Metrics
 from meshd.settings import Settings
 from meshd.wiring.authority import Authority
-from meshd.wiring.grpc_servers import log_secure_started, serve_secure, serving_certificate
+from meshd.wiring.grpc_servers import gated_listener, log_secure_started, serve_secure, serving_certificate
+from meshd.wiring.secure_handover import receive_connections
 from meshd.xds.debug_stream import Resources
 from meshd.xds.hub import Hub
 
@@ -103,6 +105,12 @@ def serve_secure_from_workers(
     pool.answer = with_ca_answers(pool.answer, ca_answers(service, authority.authenticator))
     pool.serve_secure(secure_material(authority, certificate.current))
     certificate.on_renewed.append(lambda cert: pool.serve_secure(secure_material(authority, cert)))
+    if pool.hands_over:  # this process accepts the port and hands each connection to a worker
+        cap = settings.secure_max_connections
+        listener = gated_listener(
+            "secure", settings.secure_host, pool.secure_port or 0, cap, metrics=metrics, log=log, reuse_port=True
+        )
+        pool.hand_over_from(listener, on_dropped=lambda: metrics.connections.refused.inc("secure"))
     log_secure_started(log, port=pool.secure_port or 0, settings=settings, authority=authority)
     return certificate
 
@@ -169,12 +177,14 @@ class WorkerSecurePort:
     server: grpc.aio.Server
     front: TlsFront
     context: ssl.SSLContext
+    stop_receiving: Callable[[], None] = lambda: None  # connections handed over by the main process
 
     def renewed(self, material: SecureMaterial) -> None:
         """The main process renewed meshd's serving certificate: new handshakes get it."""
         load_chain_pem(self.context, chain_pem=material.chain_pem, key_pem=material.key_pem)
 
     async def stop(self) -> None:
+        self.stop_receiving()
         await self.front.stop()
         await self.server.stop(grace=1.0)
 
@@ -189,7 +199,10 @@ async def start_worker_secure_port(
     log: logging.Logger,
     ask: Ask,
     debug_resources: Resources,
+    dispatch: socket.socket | None = None,
 ) -> WorkerSecurePort:
+    """The worker's secure port: bound here with SO_REUSEPORT, or (`dispatch`: its end of the pair the
+    main process hands connections over, `secure_handover.py`) served from what the main process accepts."""
     context = server_context(key_pem=material.key_pem, chain_pem=material.chain_pem, client_roots_pem=material.root_pem)
     server, front, port = await serve_secure(
         settings=settings,
@@ -202,8 +215,12 @@ async def start_worker_secure_port(
         log=log,
         debug_resources=debug_resources,
         reuse_port=True,
+        handed_over=dispatch is not None,
     )
     if port != settings.secure_port:
         await WorkerSecurePort(server=server, front=front, context=context).stop()
         raise RuntimeError(f"could not bind the secure port {settings.secure_port} (got {port})")
-    return WorkerSecurePort(server=server, front=front, context=context)
+    if dispatch is None:
+        return WorkerSecurePort(server=server, front=front, context=context)
+    stop = receive_connections(dispatch, front.adopt, log)
+    return WorkerSecurePort(server=server, front=front, context=context, stop_receiving=stop)

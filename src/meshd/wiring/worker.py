@@ -18,6 +18,7 @@ import ctypes
 import itertools
 import logging
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -137,8 +138,10 @@ class WorkerState:
         raise ValueError(f"unknown question {name!r}")
 
 
-async def run_worker(*, control: str) -> None:
-    """Connect to the main process, take the settings, serve until the control channel closes."""
+async def run_worker(*, control: str, dispatch_fd: int | None = None) -> None:
+    """Connect to the main process, take the settings, serve until the control channel closes.
+    `dispatch_fd`: the pair the main process hands secure-port connections over (`secure_handover.py`)."""
+    dispatch = socket.socket(fileno=dispatch_fd) if dispatch_fd is not None else None
     reader, writer = await asyncio.open_unix_connection(control, limit=1 << 26)
     start = await read_frame(reader)
     if start[0] != "start":
@@ -187,9 +190,16 @@ async def run_worker(*, control: str) -> None:
             log=log,
             ask=state.ask_main,
             debug_resources=debug_resources(state.ask_main),
+            dispatch=dispatch,
         )
     secure_port = settings.secure_port if material is not None else None
-    log.info("event=worker_started worker=%d xds_port=%d secure_port=%s", index, port, secure_port)
+    log.info(
+        "event=worker_started worker=%d xds_port=%d secure_port=%s secure_handed_over=%s",
+        index,
+        port,
+        secure_port,
+        material is not None and dispatch is not None,
+    )
     send_lock = asyncio.Lock()
 
     async def send(message: Any) -> None:

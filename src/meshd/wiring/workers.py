@@ -2,10 +2,13 @@
 
 The main process keeps every duty that needs one source of truth: the sources and the store, its own
 generation (status, /debug/config_errors, the leader duties), the CA, the webhooks and the ops port.
-The xDS ports, plaintext and secure (`secure_workers.py`), are served by N workers, each binding them
-with SO_REUSEPORT; the main process reserves each port first (a bound socket that never listens), so
-that port 0 names one port for all of them. Each worker gets the main store's winning resources as they
-change and generates for its own proxies (see worker.py for why that is the same config).
+The xDS ports, plaintext and secure (`secure_workers.py`), are served by N workers. Each binds the
+plaintext one with SO_REUSEPORT; the main process reserves each port first (a bound socket that never
+listens), so that port 0 names one port for all of them. The secure one the main process accepts itself
+and hands each connection to the worker of the caller's namespace (`secure_handover.py`; with
+`--worker-placement kernel` the workers bind it too). Each worker gets the main store's winning
+resources as they change and generates for its own proxies (see worker.py for why that is the same
+config).
 
 A worker that exits is started again (its proxies lose their streams and reconnect, to any worker);
 until it has published its first generation, /ready says not ready. The debug endpoints and /metrics
@@ -32,10 +35,12 @@ from meshd.api.mesh import MeshConfig
 from meshd.api.meta import Resource, ResourceKey
 from meshd.clock import Clock
 from meshd.model.store import ConfigStore
+from meshd.netlimits import GatedListener
 from meshd.obs.merge import Family
 from meshd.settings import Settings
 from meshd.translate.proxy import Proxy
 from meshd.wiring.control import Sync, frame, read_frame
+from meshd.wiring.secure_handover import SecureHandOver, dispatch_pair
 from meshd.wiring.secure_workers import SecureMaterial
 from meshd.xds.debug_stream import Resources
 from meshd.xds.debug_types import CONFIG_DUMP, SYNCZ, config_dump, syncz
@@ -68,6 +73,7 @@ class _Worker:
     extra: Mapping[str, Sequence[XdsResource]] = field(default_factory=dict)
     restarts: int = 0
     loaded: bool = False  # whether it was told the main store's first load is in
+    dispatch: socket.socket | None = None  # where the main process hands it secure-port connections
 
 
 class WorkerPool:
@@ -98,6 +104,10 @@ class WorkerPool:
         self.secure_port: int | None = (
             self._secure_reservation.getsockname()[1] if self._secure_reservation is not None else None
         )
+        # with `--worker-placement namespace`, the main process accepts the secure port and hands each
+        # connection to a worker (`secure_handover.py`); else every worker binds it
+        self.hands_over = settings.ca_enabled and settings.worker_placement == "namespace"
+        self._handing: tuple[asyncio.Task[None], GatedListener] | None = None
         self._secure: SecureMaterial | None = None
         self._secure_given = asyncio.Event()  # a worker is started only once it can serve both ports
         if not settings.ca_enabled:
@@ -128,6 +138,21 @@ class WorkerPool:
             if worker.writer is not None:
                 worker.writer.write(frame(("secure", material)))
 
+    def hand_over_from(self, listener: GatedListener, *, on_dropped: Callable[[], None]) -> None:
+        """Accept the secure port on `listener` (bound beside the reservation) and hand each connection to
+        the worker of the caller's namespace (`secure_handover.py`)."""
+        handover = SecureHandOver(
+            listener=listener,
+            workers=lambda: self._workers,
+            store=self._store,
+            count=len(self._workers),
+            on_dropped=on_dropped,
+            now=self._clock.now,
+            sleep=self._clock.sleep,
+            log=self._log,
+        )
+        self._handing = (asyncio.create_task(handover.run()), listener)
+
     async def run(self) -> None:
         try:
             async with asyncio.TaskGroup() as tasks:
@@ -142,6 +167,10 @@ class WorkerPool:
         self._reservation.close()
         if self._secure_reservation is not None:
             self._secure_reservation.close()
+        if self._handing is not None:
+            task, listener = self._handing
+            task.cancel()
+            listener.close()
         with contextlib.suppress(OSError):
             for name in os.listdir(self._dir):
                 os.unlink(os.path.join(self._dir, name))
@@ -155,6 +184,9 @@ class WorkerPool:
                 await self._run_once(worker)
             finally:
                 worker.ready, worker.writer, worker.rejected = False, None, []
+                if worker.dispatch is not None:
+                    worker.dispatch.close()
+                    worker.dispatch = None
                 if worker.process is not None and worker.process.returncode is None:
                     with contextlib.suppress(ProcessLookupError):
                         worker.process.kill()
@@ -184,7 +216,11 @@ class WorkerPool:
                 writer.close()
 
         server = await asyncio.start_unix_server(accept, path=path, limit=1 << 26)
+        pair = dispatch_pair() if self.hands_over else None
+        if pair is not None:  # (closed when this run ends: _keep_running)
+            worker.dispatch = pair[0]  # connections handed over before it serves wait in the pair
         try:
+            handed = ("--dispatch-fd", str(pair[1].fileno())) if pair is not None else ()
             worker.process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
@@ -194,6 +230,8 @@ class WorkerPool:
                 "worker",
                 "--control",
                 path,
+                *handed,
+                pass_fds=(pair[1].fileno(),) if pair is not None else (),
             )
             self._log.info("event=worker_starting worker=%d pid=%d", worker.index, worker.process.pid)
             exited: asyncio.Future[Any] = asyncio.ensure_future(worker.process.wait())
@@ -203,6 +241,8 @@ class WorkerPool:
             reader, writer = connected.result()
         finally:
             server.close()
+            if pair is not None:
+                pair[1].close()  # the worker holds its end
         await self._secure_given.wait()  # (the process imports meanwhile)
         ports = {"xds_port": self.xds_port} | ({"secure_port": self.secure_port} if self.secure_port else {})
         settings = self._settings.model_copy(update=ports)

@@ -1,0 +1,91 @@
+"""Which worker serves a connection to the secure port (`meshd serve --workers N --worker-placement
+namespace`, the default).
+
+Each worker builds the config of the proxies it serves, one scope at a time (a scope: what a namespace's
+Sidecar lets its proxies see). When the kernel spreads connections (SO_REUSEPORT), every worker soon
+holds proxies of every namespace and builds every scope, so generation and memory grow with N. Instead,
+the main process (which holds the Pods) accepts the connection and picks the worker by the namespace of
+the pod at the caller's address. The proxies of a namespace then meet in one worker, and its scopes are
+built once.
+
+- A namespace's worker is chosen by rendezvous hashing over the live workers. The choice is stable while
+  workers come and go (only a dead worker's namespaces move, and they come back when it does). It is the
+  same in every process and run, since it uses no per-process seed.
+- A namespace that holds more than its share of the addresses (more than 1/N of them) is spread by pod
+  address instead, so that one large namespace does not load one worker.
+- An address no Pod or WorkloadEntry has (a NAT in between, an unregistered VM, a client on loopback) goes
+  to a live worker at random, as the kernel spreads connections. (Not in turn: a client that opens
+  connections in a fixed pattern, such as a node agent's CSR and then its Envoy's xDS, would always land
+  on the same worker.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from meshd.api.kube import Pod
+from meshd.api.meta import Resource
+from meshd.api.networking import WorkloadEntry
+
+
+def rendezvous(key: str, workers: Iterable[int]) -> list[int]:
+    """`workers` in the order `key` prefers them (highest random weight first); the first live one serves."""
+    return sorted(workers, key=lambda w: hashlib.blake2b(f"{key}|{w}".encode(), digest_size=8).digest(), reverse=True)
+
+
+def plain_address(address: str) -> str:
+    """An IPv4 caller as accepted by a dual-stack socket (`::ffff:10.0.0.1`) as its IPv4 address."""
+    return address[7:] if address.startswith("::ffff:") and "." in address else address
+
+
+@dataclass(frozen=True)
+class AddressBook:
+    namespace_of: Mapping[str, str]  # workload address -> its namespace
+    spread: frozenset[str]  # namespaces holding more than their share: placed by address
+
+    @classmethod
+    def of(cls, addresses: Iterable[tuple[str, str]], workers: int) -> AddressBook:
+        """The book of (address, namespace) pairs, for `workers` workers."""
+        namespace_of = dict(addresses)
+        sizes = Counter(namespace_of.values())
+        share = len(namespace_of) / max(1, workers)
+        spread = frozenset(ns for ns, size in sizes.items() if workers > 1 and size > share)
+        return cls(namespace_of=namespace_of, spread=spread)
+
+    def key(self, address: str) -> str | None:
+        """What places a caller at `address`: its namespace, or its address in a spread namespace; None
+        for an address of no known workload."""
+        address = plain_address(address)
+        namespace = self.namespace_of.get(address)
+        if namespace is None:
+            return None
+        return f"address/{address}" if namespace in self.spread else f"namespace/{namespace}"
+
+
+def workload_addresses(resources: Iterable[Resource]) -> list[tuple[str, str]]:
+    """(address, namespace) of the Pods (their pod IP) and WorkloadEntries (their address) given."""
+    pairs: list[tuple[str, str]] = []
+    for resource in resources:
+        if isinstance(resource, Pod) and resource.status.pod_ip:
+            pairs.append((resource.status.pod_ip, resource.metadata.namespace))
+        elif isinstance(resource, WorkloadEntry) and resource.spec.address:
+            pairs.append((resource.spec.address, resource.metadata.namespace))
+    return pairs
+
+
+class Placement:
+    """Picks the worker for each caller: by its key's preference among the live workers, or at random."""
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._rng = rng or random.Random()
+
+    def order(self, book: AddressBook, address: str, live: Sequence[int]) -> list[int]:
+        """The live workers to try for a caller at `address`, best first (empty: none is live)."""
+        key = book.key(address)
+        if key is not None:
+            return rendezvous(key, live)
+        return self._rng.sample(list(live), len(live))
