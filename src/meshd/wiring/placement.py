@@ -8,9 +8,12 @@ the main process (which holds the Pods) accepts the connection and picks the wor
 the pod at the caller's address. The proxies of a namespace then meet in one worker, and its scopes are
 built once.
 
-- A namespace's worker is chosen by rendezvous hashing over the live workers. The choice is stable while
-  workers come and go (only a dead worker's namespaces move, and they come back when it does). It is the
-  same in every process and run, since it uses no per-process seed.
+- A namespace's worker is its first choice by rendezvous hashing, unless that worker would then serve
+  more than `SLACK` over its share of the addresses. In that case it is the next choice that would not
+  (bounded loads, filled largest namespace first). The choice depends only on the addresses the store
+  holds, so it is the same in every run.
+- While a namespace's worker is down (restarting), its callers go to the next live worker in the
+  namespace's rendezvous order, and come back when it does.
 - A namespace that holds more than its share of the addresses (more than 1/N of them) is spread by pod
   address instead, so that one large namespace does not load one worker.
 - An address no Pod or WorkloadEntry has (a NAT in between, an unregistered VM, a client on loopback) goes
@@ -22,10 +25,11 @@ built once.
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from meshd.api.kube import Pod
 from meshd.api.meta import Resource
@@ -42,10 +46,14 @@ def plain_address(address: str) -> str:
     return address[7:] if address.startswith("::ffff:") and "." in address else address
 
 
+SLACK = 0.1  # how far above its share of the addresses a worker may be loaded by a namespace's first choice
+
+
 @dataclass(frozen=True)
 class AddressBook:
     namespace_of: Mapping[str, str]  # workload address -> its namespace
     spread: frozenset[str]  # namespaces holding more than their share: placed by address
+    owner: Mapping[str, int] = field(default_factory=dict)  # namespace -> the worker that serves it
 
     @classmethod
     def of(cls, addresses: Iterable[tuple[str, str]], workers: int) -> AddressBook:
@@ -54,7 +62,18 @@ class AddressBook:
         sizes = Counter(namespace_of.values())
         share = len(namespace_of) / max(1, workers)
         spread = frozenset(ns for ns, size in sizes.items() if workers > 1 and size > share)
-        return cls(namespace_of=namespace_of, spread=spread)
+        cap = math.ceil((1 + SLACK) * share)
+        load = [0] * max(1, workers)
+        owner: dict[str, int] = {}
+        for namespace in sorted(sizes, key=lambda ns: (-sizes[ns], ns)):
+            if namespace in spread:
+                continue
+            choices = rendezvous(f"namespace/{namespace}", range(len(load)))
+            fits = [w for w in choices if load[w] + sizes[namespace] <= cap]
+            chosen = fits[0] if fits else min(choices, key=lambda w: load[w])
+            owner[namespace] = chosen
+            load[chosen] += sizes[namespace]
+        return cls(namespace_of=namespace_of, spread=spread, owner=owner)
 
     def key(self, address: str) -> str | None:
         """What places a caller at `address`: its namespace, or its address in a spread namespace; None
@@ -86,6 +105,11 @@ class Placement:
     def order(self, book: AddressBook, address: str, live: Sequence[int]) -> list[int]:
         """The live workers to try for a caller at `address`, best first (empty: none is live)."""
         key = book.key(address)
-        if key is not None:
-            return rendezvous(key, live)
-        return self._rng.sample(list(live), len(live))
+        if key is None:
+            return self._rng.sample(list(live), len(live))
+        ranked = rendezvous(key, live)
+        owner = book.owner.get(key.removeprefix("namespace/")) if key.startswith("namespace/") else None
+        if owner in ranked:
+            ranked.remove(owner)
+            ranked.insert(0, owner)
+        return ranked

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import socket
 from collections import Counter
@@ -53,6 +54,26 @@ def test_the_book_places_by_namespace_and_spreads_a_namespace_over_its_share() -
     assert book.key("10.0.0.3") == "address/10.0.0.3"
     assert book.key("10.9.9.9") is None
     assert AddressBook.of(pairs, workers=1).spread == frozenset()
+
+
+def test_namespaces_are_packed_within_a_bound_and_otherwise_go_to_their_first_choice() -> None:
+    sizes = {f"ns-{i}": 1 + i % 7 for i in range(100)}  # 1..7 addresses each
+    pairs = [(f"10.{i}.0.{k}", ns) for i, (ns, size) in enumerate(sizes.items()) for k in range(size)]
+    book = AddressBook.of(pairs, workers=4)
+    load = Counter[int]()
+    for ns, worker in book.owner.items():
+        load[worker] += sizes[ns]
+    share = len(pairs) / 4
+    assert max(load.values()) <= math.ceil(1.1 * share), load  # first choices alone: 1.36x here
+    first = sum(1 for ns, worker in book.owner.items() if worker == rendezvous(f"namespace/{ns}", range(4))[0])
+    assert first >= 60, first  # most keep their first choice: placements hardly move as the mesh changes
+    assert AddressBook.of(list(reversed(pairs)), workers=4).owner == book.owner  # the same from the same book
+    placement = Placement(random.Random(1))
+    owner = book.owner["ns-3"]
+    address = next(a for a, ns in pairs if ns == "ns-3")
+    assert placement.order(book, address, [0, 1, 2, 3])[0] == owner
+    rest = [w for w in range(4) if w != owner]
+    assert placement.order(book, address, rest) == rendezvous("namespace/ns-3", rest)  # its worker down
 
 
 def test_workload_addresses_are_pod_ips_and_workload_entry_addresses() -> None:
@@ -124,7 +145,7 @@ def test_a_connection_is_handed_to_its_namespaces_worker_and_stays_the_same_conn
     pairs = [dispatch_pair() for _ in range(2)]
     outlets = [_Outlet(i, True, pairs[i][0]) for i in range(2)]
     handover = _handover(store, outlets)
-    expected = rendezvous("namespace/ns-5", [0, 1])[0]
+    expected = handover.book().owner["ns-5"]
     client, accepted = socket.socketpair()
     try:
         assert handover.hand_over(accepted, "10.0.0.5")
@@ -145,7 +166,7 @@ def test_a_worker_that_cannot_take_it_is_skipped_and_with_none_it_is_dropped(sto
     pairs = [dispatch_pair() for _ in range(2)]
     outlets = [_Outlet(i, True, pairs[i][0]) for i in range(2)]
     handover = _handover(store, outlets)
-    preferred = rendezvous("namespace/ns-3", [0, 1])[0]
+    preferred = handover.book().owner["ns-3"]
     other = 1 - preferred
     client, accepted = socket.socketpair()
     try:
