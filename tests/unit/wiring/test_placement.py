@@ -9,7 +9,7 @@ import math
 import random
 import socket
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -141,75 +141,69 @@ def _received(sock: socket.socket) -> list[int]:
         fds += got
 
 
-def test_a_connection_is_handed_to_its_namespaces_worker_and_stays_the_same_connection(store: ConfigStore) -> None:
+@dataclass
+class _Wired:
+    pairs: list[tuple[socket.socket, socket.socket]]  # per worker: (the main process's end, the worker's)
+    client: socket.socket
+    accepted: socket.socket  # the client's connection as the main process accepted it
+
+
+@pytest.fixture
+def wired() -> Iterator[_Wired]:
     pairs = [dispatch_pair() for _ in range(2)]
-    outlets = [_Outlet(i, True, pairs[i][0]) for i in range(2)]
-    handover = _handover(store, outlets)
-    expected = handover.book().owner["ns-5"]
     client, accepted = socket.socketpair()
-    try:
-        assert handover.hand_over(accepted, "10.0.0.5")
-        accepted.close()  # the main process's copy
-        fds = _received(pairs[expected][1])
-        assert len(fds) == 1 and _received(pairs[1 - expected][1]) == []
-        with socket.socket(fileno=fds[0]) as adopted:
-            client.sendall(b"hello")
-            assert adopted.recv(5) == b"hello"  # the very connection the client opened
-    finally:
-        client.close()
-        for main_end, worker_end in pairs:
-            main_end.close()
-            worker_end.close()
+    yield _Wired(pairs, client, accepted)
+    for sock in (client, accepted, *(end for pair in pairs for end in pair)):
+        sock.close()
 
 
-def test_a_worker_that_cannot_take_it_is_skipped_and_with_none_it_is_dropped(store: ConfigStore) -> None:
-    pairs = [dispatch_pair() for _ in range(2)]
+def test_a_connection_is_handed_to_its_namespaces_worker_and_stays_the_same_connection(
+    store: ConfigStore, wired: _Wired
+) -> None:
+    pairs = wired.pairs
+    handover = _handover(store, [_Outlet(i, True, pairs[i][0]) for i in range(2)])
+    expected = handover.book().owner["ns-5"]
+    assert handover.hand_over(wired.accepted, "10.0.0.5")
+    wired.accepted.close()  # the main process's copy
+    fds = _received(pairs[expected][1])
+    assert len(fds) == 1 and _received(pairs[1 - expected][1]) == []
+    with socket.socket(fileno=fds[0]) as adopted:
+        wired.client.sendall(b"hello")
+        assert adopted.recv(5) == b"hello"  # the very connection the client opened
+
+
+def test_a_worker_that_cannot_take_it_is_skipped_and_with_none_it_is_dropped(store: ConfigStore, wired: _Wired) -> None:
+    pairs = wired.pairs
     outlets = [_Outlet(i, True, pairs[i][0]) for i in range(2)]
     handover = _handover(store, outlets)
     preferred = handover.book().owner["ns-3"]
     other = 1 - preferred
-    client, accepted = socket.socketpair()
-    try:
-        outlets[preferred].dispatch = None  # exited: its pair is gone
-        assert handover.hand_over(accepted, "10.0.0.3")
-        assert len(_received(pairs[other][1])) == 1
-        outlets[preferred].dispatch = pairs[preferred][0]
-        pairs[preferred][1].close()  # its end closed under us (it died): the send fails, the next takes it
-        assert handover.hand_over(accepted, "10.0.0.3")
-        assert len(_received(pairs[other][1])) == 1
-        outlets[other].dispatch = None
-        assert not handover.hand_over(accepted, "10.0.0.3")  # nobody: dropped (counted by the caller)
-    finally:
-        client.close()
-        accepted.close()
-        for main_end, worker_end in pairs:
-            main_end.close()
-            worker_end.close()
+    outlets[preferred].dispatch = None  # exited: its pair is gone
+    assert handover.hand_over(wired.accepted, "10.0.0.3")
+    assert len(_received(pairs[other][1])) == 1
+    outlets[preferred].dispatch = pairs[preferred][0]
+    pairs[preferred][1].close()  # its end closed under us (it died): the send fails, the next takes it
+    assert handover.hand_over(wired.accepted, "10.0.0.3")
+    assert len(_received(pairs[other][1])) == 1
+    outlets[other].dispatch = None
+    assert not handover.hand_over(wired.accepted, "10.0.0.3")  # nobody: dropped (counted by the caller)
 
 
-def test_a_ready_worker_is_preferred_and_the_book_follows_the_store(store: ConfigStore) -> None:
-    pairs = [dispatch_pair() for _ in range(2)]
+def test_a_ready_worker_is_preferred_and_the_book_follows_the_store(store: ConfigStore, wired: _Wired) -> None:
+    pairs = wired.pairs
     outlets = [_Outlet(i, i == 1, pairs[i][0]) for i in range(2)]  # worker 0 still loading
     clock = [100.0]
     handover = _handover(store, outlets, clock)
-    client, accepted = socket.socketpair()
-    try:
-        for i in range(20):
-            assert handover.hand_over(accepted, f"10.0.0.{i}")
-        assert len(_received(pairs[1][1])) == 20 and _received(pairs[0][1]) == []
-        assert handover.book().key("10.0.7.7") is None
-        moved = parse_resource(_pod("p-new", "ns-new", "10.0.7.7"))
-        store.replace_origin("more", {moved.key: moved})
-        clock[0] += 0.5
-        assert handover.book().key("10.0.7.7") is None  # read at most once a second
-        clock[0] += 0.5
-        assert handover.book().key("10.0.7.7") == "namespace/ns-new"  # read again once the store changed
-    finally:
-        client.close()
-        accepted.close()
-        for main_end, worker_end in pairs:
-            main_end.close()
-            worker_end.close()
+    for i in range(20):
+        assert handover.hand_over(wired.accepted, f"10.0.0.{i}")
+    assert len(_received(pairs[1][1])) == 20 and _received(pairs[0][1]) == []
+    assert handover.book().key("10.0.7.7") is None
+    moved = parse_resource(_pod("p-new", "ns-new", "10.0.7.7"))
+    store.replace_origin("more", {moved.key: moved})
+    clock[0] += 0.5
+    assert handover.book().key("10.0.7.7") is None  # read at most once a second
+    clock[0] += 0.5
+    assert handover.book().key("10.0.7.7") == "namespace/ns-new"  # read again once the store changed
 
 
 async def _until(condition: Callable[[], bool]) -> bool:
