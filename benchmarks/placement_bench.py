@@ -60,8 +60,11 @@ async def _relay(target_port: int, source: str) -> tuple[asyncio.Server, int]:
     return server, int(server.sockets[0].getsockname()[1])
 
 
-async def _storm(mesh: MeshDir, proxies: list[int], ports: dict[str, int], root: bytes) -> float:
-    """Every proxy (service i's pod 0) on its own connection through its namespace's relay: CDS and LDS."""
+async def _storm(
+    mesh: MeshDir, proxies: list[int], ports: dict[str, int], root: bytes, meshd: MeshdProcess
+) -> tuple[float, list[dict[str, Any]]]:
+    """Every proxy (service i's pod 0) on its own connection through its namespace's relay: CDS and LDS.
+    Returns the storm's seconds and meshd's /debug/syncz rows, read while every stream is still open."""
     credentials = grpc.ssl_channel_credentials(root)
     channels: list[grpc.aio.Channel] = []
     calls: list[Any] = []
@@ -86,7 +89,8 @@ async def _storm(mesh: MeshDir, proxies: list[int], ports: dict[str, int], root:
     t0 = time.perf_counter()
     try:
         await asyncio.gather(*(one(i) for i in proxies))
-        return time.perf_counter() - t0
+        storm_s = time.perf_counter() - t0
+        return storm_s, await meshd.get_json("/debug/syncz")
     finally:
         for call in calls:
             call.cancel()
@@ -113,10 +117,9 @@ async def _one(work: pathlib.Path, mesh: MeshDir, placement: str, proxies: list[
             relays.append(server)
             ports[mesh.namespace(n)] = port
         cpu0 = meshd.cpu()
-        storm_s = await _storm(mesh, proxies, ports, (ca_dir / "root-cert.pem").read_bytes())
+        storm_s, rows = await _storm(mesh, proxies, ports, (ca_dir / "root-cert.pem").read_bytes(), meshd)
         cpu_s = meshd.cpu() - cpu0
         rss = meshd.memory()["rss_mb"]
-        rows = await meshd.get_json("/debug/syncz")
         held: dict[int, set[str]] = {}
         for row in rows:
             held.setdefault(int(row["worker"]), set()).add(row["proxy"].split("~")[2].split(".")[1])
