@@ -89,6 +89,7 @@ P99 = (
     "histogram_quantile(0.99, sum(rate(istio_request_duration_milliseconds_bucket"
     '{reporter="destination",destination_service=~"web.default.svc.cluster.local"}[1m])) by (le))'
 )
+P50 = P99.replace("histogram_quantile(0.99,", "histogram_quantile(0.5,")
 
 
 BUCKETS = (
@@ -137,12 +138,17 @@ async def test_prometheus_dashboard_queries(mesh: tuple[Mesh, Prometheus]) -> No
     # 100 against 50 in the window (Prometheus extrapolates each series from its own first sample: near 2)
     assert rates["200"] / rates["503"] == pytest.approx(2.0, rel=0.15)
 
-    async def p99() -> float:  # histograms reach Envoy's output at its stats flush: wait for it in Prometheus
-        result = await prometheus.query(m, P99)
-        assert result and result[0]["value"][1] != "NaN", result
-        value = float(result[0]["value"][1])
-        assert 250 < value <= 500, (value, _by_le(await prometheus.query(m, BUCKETS)))
-        return value
+    async def quantiles() -> tuple[float, float]:  # histograms reach Prometheus at Envoy's stats flush: wait
+        values = []
+        for query in (P50, P99):
+            result = await prometheus.query(m, query)
+            assert result and result[0]["value"][1] != "NaN", result
+            values.append(float(result[0]["value"][1]))
+        p50, p99 = values
+        # Every measured request waited 300 ms: the median lies in the (250, 500] ms bucket. The P99 is above
+        # 250 ms too, and below 5 s: in milliseconds. (Not <= 500: on a loaded machine (CI's 4 test workers on
+        # 2 cores) two of the 150 requests took over 500 ms once, which is enough to move the P99 of 150.)
+        assert 250 < p50 <= 500 and 250 < p99 <= 5000, (p50, p99, _by_le(await prometheus.query(m, BUCKETS)))
+        return p50, p99
 
-    # every measured request waited 300 ms: the P99 lies in the (250, 500] ms bucket
-    await eventually(p99, timeout=40, interval=0.5, what="the P99 from the duration histogram")
+    await eventually(quantiles, timeout=40, interval=0.5, what="the P50 and P99 from the duration histogram")
