@@ -84,6 +84,12 @@ class AddressBook:
             return None
         return f"address/{address}" if namespace in self.spread else f"namespace/{namespace}"
 
+    def owner_of(self, address: str) -> int | None:
+        """The worker the bounded packing gave the namespace at `address`; None for an address placed by
+        itself (unknown, or in a spread namespace)."""
+        namespace = self.namespace_of.get(plain_address(address))
+        return self.owner.get(namespace) if namespace is not None else None
+
 
 def workload_addresses(resources: Iterable[Resource]) -> list[tuple[str, str]]:
     """(address, namespace) of the Pods (their pod IP) and WorkloadEntries (their address) given."""
@@ -108,7 +114,7 @@ class Placement:
         if key is None:
             return self._rng.sample(list(live), len(live))
         ranked = rendezvous(key, live)
-        owner = book.owner.get(key.removeprefix("namespace/")) if key.startswith("namespace/") else None
+        owner = book.owner_of(address)
         if owner in ranked:
             ranked.remove(owner)
             ranked.insert(0, owner)
